@@ -1,0 +1,59 @@
+"""shared-cache: share read-only data between the processes of a host.
+
+* :class:`FsCache` (:mod:`sharedcache.fscache`): the crash-safe multi-process cache engine.
+* :func:`use` (:mod:`sharedcache.repository`): hold a use of a repository described by a loader
+  stack; the first user downloads and prepares it, the others wait and share it.
+* :mod:`sharedcache.errors`: every error meant for a user.
+
+Submodules are imported on first access, so ``import sharedcache`` costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "FsCache": "fscache",
+    "use": "repository",
+    "MissError": "errors",
+    "SharedCacheError": "errors",
+    "UsageError": "errors",
+    "LoaderError": "errors",
+    "DownloadError": "errors",
+    "ChecksumError": "errors",
+    "UnsafeArchiveError": "errors",
+    "NoSpaceError": "errors",
+    "BusyError": "errors",
+    "CacheError": "errors",
+    "WaitTimeoutError": "errors",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .errors import (  # noqa: F401
+        BusyError,
+        CacheError,
+        ChecksumError,
+        DownloadError,
+        LoaderError,
+        MissError,
+        NoSpaceError,
+        SharedCacheError,
+        UnsafeArchiveError,
+        UsageError,
+        WaitTimeoutError,
+    )
+    from .fscache import FsCache  # noqa: F401
+    from .repository import use  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sharedcache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

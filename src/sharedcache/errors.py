@@ -1,0 +1,78 @@
+"""The exceptions shared-cache raises.
+
+Every error meant for a user derives from :class:`SharedCacheError`; its message is one line that
+says what failed and why, ready to be printed as it is.  The command line prints exactly that line
+and exits with :attr:`SharedCacheError.exit_status`: 2 for a usage error, 1 for anything else.
+Anything that is not a :class:`SharedCacheError` reaching the command line is a bug.
+"""
+
+from __future__ import annotations
+
+
+class SharedCacheError(Exception):
+    """Base of every error meant for a user."""
+
+    exit_status = 1
+
+
+class UsageError(SharedCacheError, ValueError):
+    """The caller asked for something malformed: a bad recipe, option, name or size."""
+
+    exit_status = 2
+
+
+class MissError(SharedCacheError, KeyError):
+    """The requested cache entry does not exist (or is not committed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "cache miss"
+
+
+class CacheError(SharedCacheError):
+    """The cache directory cannot be used: corrupt or foreign metadata, bad permissions."""
+
+
+class ConflictError(SharedCacheError):
+    """An entry exists under the requested name with different metadata (another recipe)."""
+
+    def __init__(self, name: str, existing: str | None) -> None:
+        super().__init__(f"entry {name!r} already exists with different metadata")
+        self.name = name
+        self.existing = existing
+
+
+class BusyError(SharedCacheError):
+    """An entry is in use and cannot be removed or replaced now."""
+
+
+class WaitTimeoutError(SharedCacheError):
+    """Waiting for a lock or for another process's population took longer than allowed."""
+
+
+class NoSpaceError(SharedCacheError):
+    """Not enough space: the budget or the file system cannot hold the data."""
+
+
+class EntryTooLargeError(NoSpaceError):
+    """An entry is larger than the whole cache budget; it is refused without evicting anything."""
+
+
+class LoaderError(SharedCacheError):
+    """Fetching or preparing data failed (base of the loader errors)."""
+
+
+class DownloadError(LoaderError):
+    """A source could not deliver its bytes: network failure, HTTP error, missing file or tool."""
+
+
+class ChecksumError(LoaderError):
+    """The data does not match the checksum the recipe gives."""
+
+
+class UnsafeArchiveError(LoaderError):
+    """An archive holds a member that would escape the repository or is not allowed."""
+
+
+class SizeLimitError(LoaderError, NoSpaceError):
+    """The data grew past the size the recipe reserved for it."""
+

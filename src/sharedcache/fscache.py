@@ -1,0 +1,833 @@
+"""FsCache: a cache of directories that many processes share, crash-safe at every step.
+
+This module owns the on-disk layout of a cache, its index, and the protocols by which processes
+add, read, hold, release, evict and remove entries.  Every step below can be interrupted by
+``SIGKILL``; the text says, step by step, what a crash there leaves and who cleans it up.
+
+Layout
+======
+::
+
+    <root>/
+      cache.info        format marker: one line, "shared-cache fscache 1"
+      index.sqlite      the index (SQLite, WAL journal; -wal and -shm files beside it)
+      stage.lock        guards the creation of staging directories against gc
+      stage/<id>/       a staging directory: "lock" (held exclusively by its owner) and "data/"
+      objects/<name>/   a committed entry: "lock", "entry.json" (the commit marker) and "data/"
+      trash/<id>/       an entry being deleted; anything here is garbage
+
+The index holds one row per committed entry (size, creation, last use, keep flag, caller's
+metadata), the *leases* (uses held by processes, see :mod:`sharedcache.leases`), and the settings
+shared by every process: the size budget and the accounted size.  SQLite gives atomic,
+durable, multi-process transactions; its locks, like ours, are released by the kernel when a
+process dies.  A write transaction (``BEGIN IMMEDIATE``) serialises every change of the
+accounting; it is held for milliseconds and never while waiting for another lock.
+
+An entry *exists* when its directory is in ``objects/`` with its commit marker **and** its row is
+in the index.  Either without the other is a leftover of a crash: :meth:`FsCache.gc` reconciles
+them (a directory with a valid marker but no row is adopted, anything else is removed), and a
+reader treats both as a miss.
+
+Entry locks
+===========
+Every entry directory holds a file ``lock``.  A reader holds a shared ``flock`` on it for as long
+as it uses the entry; whoever deletes the entry first takes an exclusive lock *without waiting*:
+if that fails, the entry is in use and is not deleted.  The staging directory's ``lock`` becomes
+the entry's ``lock`` by the commit rename, so the storer's exclusive lock covers the entry until
+the commit is complete.
+
+Store (``store(name)``)
+-----------------------
+1. Take ``stage.lock`` shared; create ``stage/<random id>/``, create its ``lock`` and lock it
+   exclusively; release ``stage.lock``.  (gc takes ``stage.lock`` exclusively, so it never sees a
+   staging directory whose owner has not locked it yet.)
+2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is removed and
+   the exception re-raised; nothing is committed.
+3. Measure the tree (:func:`~sharedcache.fsutil.disk_usage`), flush it to disk
+   (:func:`~sharedcache.fsutil.sync_tree`), and write the commit marker ``entry.json`` with the
+   name and size (atomically: temp file, fsync, rename).
+4. Begin a write transaction.  If the index already has the name, another store won: discard
+   ours, done.  If the size exceeds the budget: refuse (nothing is evicted).  If the accounted
+   size plus ours exceeds the budget: evict (below) until it fits, or refuse if what is in use
+   leaves too little.
+5. Rename ``stage/<id>`` to ``objects/<name>`` (a leftover directory there that has no row is moved
+   to ``trash/`` first), insert the row, add the size to the accounted size, and commit the
+   transaction.  Release the lock.
+
+A crash in steps 1-3 leaves a staging directory whose lock is free: gc removes it.  A crash in
+step 4-5 before the transaction commits rolls the index back; the directory may already be in
+``objects/``, with its marker but no row: a miss for readers, adopted by gc.
+
+Load (``load(name)``)
+---------------------
+Open ``objects/<name>/lock`` (absent: miss), take it shared, then check that the path still names
+that lock file and the marker is there (else the entry was deleted meanwhile: retry, then miss),
+and record the use time in the index (no row: miss).  Hold the lock until the caller is done.
+Recording the last use explicitly keeps LRU eviction right on ``noatime`` mounts and for users
+who do not own the files.
+
+Delete (eviction, ``remove``, release of the last use)
+------------------------------------------------------
+Within a write transaction: take the entry's lock exclusively without waiting (busy: skip it),
+rename ``objects/<name>`` to ``trash/<id>``, delete the row and its leases, subtract the size the
+row recorded, commit, release the lock; then delete ``trash/<id>``.  The rename is what removes
+the entry, atomically: a reader either locked it before (and the delete skipped it) or finds it
+gone.  A crash before the commit leaves a row whose directory is gone: a miss, and gc deletes
+the row.  A crash after it leaves a tree in ``trash/``, which gc and the next store delete.
+
+Because the size recorded at commit is the size subtracted at deletion, the accounting cannot
+drift; gc recomputes it from the rows anyway.  Eviction picks victims in order of last use
+through an index of the table, so it never walks other entries' files.
+
+Leases
+------
+A lease is a row naming an entry and an owner process.  An entry with a lease of a live owner is
+in use exactly as if it were locked.  Leases of dead owners are reclaimed whenever their entry is
+held or released, and by eviction and gc.  An entry whose ``keep`` flag is false is deleted as
+soon as its last use is released (or, if its users died, by the next gc); one with ``keep`` set
+stays as a cache entry under the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import locks
+from .errors import (
+    BusyError,
+    CacheError,
+    ConflictError,
+    EntryTooLargeError,
+    MissError,
+    NoSpaceError,
+    UsageError,
+    WaitTimeoutError,
+)
+from .fsutil import (
+    create_exclusive,
+    disk_usage,
+    fsync_dir,
+    remove_tree,
+    sync_tree,
+    unique_name,
+    write_atomic,
+)
+from .leases import Owner, key_alive
+from .sizes import format_size, parse_size
+
+FORMAT_LINE = b"shared-cache fscache 1\n"
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS entries (
+    name TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    keep INTEGER NOT NULL,
+    meta TEXT
+);
+CREATE INDEX IF NOT EXISTS entries_by_last_use ON entries (last_used, name);
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_by_name ON leases (name);
+INSERT OR IGNORE INTO settings VALUES ('max_size', NULL);
+INSERT OR IGNORE INTO settings VALUES ('total', 0);
+"""
+_MAX_NAME_BYTES = 200
+# How long a process waits for another's index transaction before reporting a wedged cache.
+_INDEX_TIMEOUT = 60.0
+_UNSET = object()
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it can name an entry (one path component, not hidden), else raise."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name.startswith(".")
+        or "/" in name
+        or "\0" in name
+        or len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES
+    ):
+        raise UsageError(
+            f"invalid entry name {name!r}: it must be one path component of at most "
+            f"{_MAX_NAME_BYTES} bytes, without '/' and not starting with '.'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What :meth:`FsCache.entries` reports of one entry."""
+
+    name: str
+    size: int
+    created: float
+    last_used: float
+    keep: bool
+    meta: str | None
+    in_use: bool
+    #: pids of the live processes holding a lease on the entry
+    users: tuple[int, ...]
+
+
+@dataclass
+class GcReport:
+    """What :meth:`FsCache.gc` cleaned and repaired."""
+
+    stages_removed: int = 0
+    trash_removed: int = 0
+    orphans_adopted: int = 0
+    orphans_removed: int = 0
+    rows_dropped: int = 0
+    leases_reclaimed: int = 0
+    entries_deleted: int = 0
+    accounting_fixed: int = 0
+    index_rebuilt: bool = False
+
+
+class FsCache:
+    """A cache of directories at ``root``, shared safely by any number of processes.
+
+    ``max_size`` sets the cache's size budget (bytes, a string such as ``"10GB"``, or None for
+    unlimited); the budget is stored in the cache, so every process sees the latest one set.
+    Leave it out to use the budget already stored (unlimited for a new cache).
+    ``durable`` flushes each entry to disk before committing it, so that even a power loss
+    cannot leave a committed entry with missing data.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        max_size: int | str | None | object = _UNSET,
+        *,
+        durable: bool = True,
+        timeout: float = _INDEX_TIMEOUT,
+    ) -> None:
+        self.root = Path(root).absolute()
+        self.durable = durable
+        self.timeout = timeout
+        self._objects = self.root / "objects"
+        self._stage = self.root / "stage"
+        self._trash = self.root / "trash"
+        self._local = threading.local()
+        self._open()
+        if max_size is not _UNSET:
+            self.max_size = max_size  # type: ignore[assignment]
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Create the cache if needed (safe when many processes do it at once) and check it."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise CacheError(f"cache {self.root} is not a directory") from None
+        except OSError as e:
+            raise CacheError(f"cannot create cache {self.root}: {e.strerror}") from None
+        info = self.root / "cache.info"
+        try:
+            with open(info, "rb") as f:
+                found = f.read(256)
+        except FileNotFoundError:
+            create_exclusive(info, FORMAT_LINE)
+            with open(info, "rb") as f:
+                found = f.read(256)
+        except IsADirectoryError:
+            found = b"<a directory>"
+        except OSError as e:
+            raise CacheError(f"cannot read {info}: {e.strerror}") from None
+        if found != FORMAT_LINE:
+            raise CacheError(
+                f"{self.root} is not a shared-cache cache ({info} holds {found[:40]!r}); "
+                "refusing to use it"
+            )
+        for sub in (self._objects, self._stage, self._trash):
+            sub.mkdir(exist_ok=True)
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection to the index (a fresh one after a fork)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        path = self.root / "index.sqlite"
+        try:
+            conn = sqlite3.connect(path, timeout=self.timeout, isolation_level=None)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._create_schema(conn)
+        except sqlite3.DatabaseError as e:
+            raise CacheError(
+                f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it"
+            ) from None
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        # WAL lets readers go on while one process writes; the mode is stored in the file, and
+        # switching needs no transaction, so it comes first.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise CacheError(
+                    f"the index of cache {self.root} has format {version}, this version "
+                    f"of shared-cache knows {SCHEMA_VERSION}"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the index: all of it or none of it happens."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise WaitTimeoutError(f"cache {self.root} index is busy ({e})") from None
+        try:
+            yield db
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.DatabaseError):
+                raise CacheError(
+                    f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it"
+                ) from None
+            raise
+        db.execute("COMMIT")
+
+    # -- settings --------------------------------------------------------------------------------
+
+    @property
+    def max_size(self) -> int | None:
+        """The size budget in bytes (None: unlimited), as stored in the cache now."""
+        return self._setting(self._db(), "max_size")
+
+    @max_size.setter
+    def max_size(self, value: int | str | None) -> None:
+        budget = None if value is None else parse_size(value, "max_size")
+        with self._transaction() as db:
+            db.execute("UPDATE settings SET value=? WHERE key='max_size'", (budget,))
+            if budget is not None:
+                excess = self._setting(db, "total") - budget
+                if excess > 0:
+                    self._evict(db, excess)
+        self._empty_trash()
+
+    @property
+    def size(self) -> int:
+        """The accounted size of all committed entries, in bytes."""
+        return self._setting(self._db(), "total")
+
+    @staticmethod
+    def _setting(db: sqlite3.Connection, key: str):  # type: ignore[no-untyped-def]
+        return db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()[0]
+
+    # -- staging ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _staging(self) -> Iterator[tuple[Path, int]]:
+        """A fresh staging directory, locked by this process, removed on exit unless committed."""
+        guard = locks.open_lock_file(self.root / "stage.lock")
+        try:
+            locks.lock(guard, locks.SHARED, timeout=self.timeout, what=f"{self.root}/stage.lock")
+            stage = self._stage / unique_name()
+            stage.mkdir()
+            fd = locks.open_lock_file(stage / "lock")
+            locks.lock(fd, locks.EXCLUSIVE)  # nobody else knows the file yet: immediate
+        finally:
+            os.close(guard)
+        try:
+            yield stage, fd
+        finally:
+            remove_tree(stage)  # a no-op once the commit renamed it away
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def stage(self) -> Iterator[Path]:
+        """A volatile scratch directory on the cache's file system, removed on exit."""
+        with self._staging() as (stage, _):
+            data = stage / "data"
+            data.mkdir()
+            yield data
+
+    # -- store -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def store(
+        self,
+        name: str,
+        *,
+        meta: str | None = None,
+        keep: bool = True,
+        holder: Owner | None = None,
+    ) -> Iterator[Path]:
+        """Fill a fresh directory, committed atomically as entry ``name`` on normal exit.
+
+        If another process commits ``name`` first, this copy is discarded without error.  An
+        exception inside the block commits nothing and propagates.  ``meta`` is an opaque string
+        kept with the entry.  ``holder`` gets a lease on the entry committed under ``name``
+        (this copy or the one that won) in the same transaction, so the entry cannot be
+        deleted as unused between its commit and its first use.
+        """
+        check_name(name)
+        with self._staging() as (stage, _):
+            data = stage / "data"
+            data.mkdir()
+            yield data
+            self._commit(stage, name, meta=meta, keep=keep, holder=holder)
+        self._sweep()
+
+    def _commit(
+        self, stage: Path, name: str, *, meta: str | None, keep: bool, holder: Owner | None
+    ) -> bool:
+        size = disk_usage(stage / "data")
+        now = time.time()
+        if self.durable:
+            sync_tree(stage)
+        marker = {"name": name, "size": size, "created": now, "keep": keep, "meta": meta}
+        write_atomic(stage / "entry.json", json.dumps(marker).encode())
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone():
+                if holder is not None:
+                    self._add_lease(db, name, holder)
+                return False
+            fits = self._make_room(db, name, size)
+            if fits:
+                db.execute(
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, size, now, now, int(keep), meta),
+                )
+                db.execute("UPDATE settings SET value=value+? WHERE key='total'", (size,))
+                if holder is not None:
+                    self._add_lease(db, name, holder)
+                self._rename_into_objects(stage, name)
+        self._empty_trash()
+        if not fits:
+            raise NoSpaceError(
+                f"cache {self.root} cannot fit {name!r} ({format_size(size)}) in its budget "
+                f"of {format_size(self.max_size)}: the rest is in use"
+            )
+        fsync_dir(self._objects)
+        return True
+
+    def _make_room(self, db: sqlite3.Connection, name: str, size: int) -> bool:
+        """Within a transaction: evict until ``size`` more bytes fit the budget; return whether
+        they do.  Entries evicted are gone even if they do not (a rename into the trash cannot be
+        rolled back), so the caller commits the transaction either way."""
+        budget = self._setting(db, "max_size")
+        if budget is None:
+            return True
+        if size > budget:
+            raise EntryTooLargeError(
+                f"entry {name!r} ({format_size(size)}) is larger than the budget of cache "
+                f"{self.root} ({format_size(budget)})"
+            )
+        excess = self._setting(db, "total") + size - budget
+        return excess <= 0 or self._evict(db, excess) >= excess
+
+    def _rename_into_objects(self, stage: Path, name: str) -> None:
+        target = self._objects / name
+        try:
+            os.rename(stage, target)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # A directory without a row (the caller holds the index, so nobody is committing
+            # it): the leftover of a crashed commit or delete.
+            os.rename(target, self._trash / unique_name())
+            os.rename(stage, target)
+
+    # -- load ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def load(self, name: str) -> Iterator[Path]:
+        """Yield the data directory of entry ``name``, read-locked; MissError if there is none."""
+        fd = self._lock_shared(check_name(name))
+        try:
+            yield self._objects / name / "data"
+        finally:
+            os.close(fd)
+
+    def _lock_shared(self, name: str) -> int:
+        """Take entry ``name``'s lock shared and record the use; return the locked descriptor."""
+        entry = self._objects / name
+        for _ in range(3):
+            try:
+                fd = os.open(entry / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            try:
+                locks.lock(fd, locks.SHARED, timeout=self.timeout, what=f"entry {name!r}")
+                if not locks.still_linked(fd, entry / "lock"):
+                    os.close(fd)
+                    continue  # deleted (and maybe stored again) while we waited: look again
+                if os.path.exists(entry / "entry.json") and self._touch(name):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            break
+        raise MissError(f"no entry {name!r} in cache {self.root}")
+
+    def _touch(self, name: str) -> bool:
+        db = self._db()
+        try:
+            cursor = db.execute("UPDATE entries SET last_used=? WHERE name=?", (time.time(), name))
+        except sqlite3.OperationalError as e:
+            raise WaitTimeoutError(f"cache {self.root} index is busy ({e})") from None
+        return cursor.rowcount == 1
+
+    def path(self, name: str) -> Path:
+        """Where entry ``name``'s data is (or would be); it is safe to read only under a use."""
+        return self._objects / check_name(name) / "data"
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    def hold(
+        self, name: str, owner: Owner, *, keep: bool = False, meta: str | None = None
+    ) -> int:
+        """Add a lease of ``owner`` on entry ``name``; return its id.  MissError if no entry.
+
+        ``keep`` marks the entry to stay cached once unused (it never clears the mark).  With
+        ``meta``, the entry's metadata must equal it, else :class:`ConflictError` is raised and
+        no lease is taken.
+        """
+        check_name(name)
+        with self._transaction() as db:
+            row = db.execute("SELECT meta FROM entries WHERE name=?", (name,)).fetchone()
+            if row is None or not (self._objects / name / "entry.json").exists():
+                raise MissError(f"no entry {name!r} in cache {self.root}")
+            if meta is not None and row[0] != meta:
+                raise ConflictError(name, row[0])
+            self._reclaim_leases(db, name)
+            db.execute(
+                "UPDATE entries SET last_used=?, keep=max(keep, ?) WHERE name=?",
+                (time.time(), int(keep), name),
+            )
+            return self._add_lease(db, name, owner)
+
+    def release(
+        self,
+        name: str,
+        owner: Owner | None = None,
+        *,
+        lease: int | None = None,
+        keep: bool = False,
+    ) -> bool:
+        """Release one lease on ``name``: the lease ``lease``, or one held by ``owner``.
+
+        If no live use remains, the entry is deleted unless it is marked to keep (``keep`` marks
+        it).  Returns whether the entry was deleted.  Raises MissError if there is no such
+        entry, UsageError if that owner holds no lease on it.
+        """
+        check_name(name)
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone() is None:
+                raise MissError(f"no entry {name!r} in cache {self.root}")
+            if lease is not None:
+                found = db.execute(
+                    "SELECT id FROM leases WHERE id=? AND name=?", (lease, name)
+                ).fetchone()
+            else:
+                assert owner is not None
+                found = db.execute(
+                    "SELECT id FROM leases WHERE name=? AND owner=? ORDER BY id DESC LIMIT 1",
+                    (name, owner.key),
+                ).fetchone()
+            if found is None:
+                who = f"lease {lease}" if lease is not None else f"process {owner.pid if owner else '?'}"
+                raise UsageError(f"{who} holds no use of {name!r} in {self.root}")
+            db.execute("DELETE FROM leases WHERE id=?", found)
+            if keep:
+                db.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
+            deleted = self._delete_if_unused(db, name)
+        self._empty_trash()
+        return deleted
+
+    def lease_of(self, name: str, owner: Owner) -> int | None:
+        """The newest lease of ``owner`` on ``name``, if it holds one."""
+        (lease,) = self._db().execute(
+            "SELECT max(id) FROM leases WHERE name=? AND owner=?", (name, owner.key)
+        ).fetchone()
+        return lease
+
+    def users(self, name: str) -> list[int]:
+        """pids of the live processes holding a lease on ``name``."""
+        rows = self._db().execute("SELECT owner, pid FROM leases WHERE name=?", (name,))
+        return [pid for owner, pid in rows if key_alive(owner)]
+
+    def _add_lease(self, db: sqlite3.Connection, name: str, owner: Owner) -> int:
+        cursor = db.execute(
+            "INSERT INTO leases (name, owner, pid, created) VALUES (?, ?, ?, ?)",
+            (name, owner.key, owner.pid, time.time()),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def _reclaim_leases(self, db: sqlite3.Connection, name: str | None = None) -> int:
+        """Delete the leases (of ``name``, or all) whose owner is dead; return how many."""
+        query = "SELECT DISTINCT owner FROM leases" + (" WHERE name=?" if name else "")
+        dead = [o for (o,) in db.execute(query, (name,) if name else ()) if not key_alive(o)]
+        for owner in dead:
+            if name:
+                db.execute("DELETE FROM leases WHERE owner=? AND name=?", (owner, name))
+            else:
+                db.execute("DELETE FROM leases WHERE owner=?", (owner,))
+        return len(dead)
+
+    def _delete_if_unused(self, db: sqlite3.Connection, name: str) -> bool:
+        """Within a transaction: delete ``name`` if it is not to be kept and nobody uses it."""
+        self._reclaim_leases(db, name)
+        row = db.execute("SELECT keep FROM entries WHERE name=?", (name,)).fetchone()
+        if row is None or row[0]:
+            return False
+        if db.execute("SELECT 1 FROM leases WHERE name=? LIMIT 1", (name,)).fetchone():
+            return False
+        return self._retire(db, name)
+
+    # -- deletion --------------------------------------------------------------------------------
+
+    def remove(self, name: str) -> None:
+        """Delete entry ``name``.  MissError if there is none, BusyError if it is in use."""
+        check_name(name)
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone() is None:
+                raise MissError(f"no entry {name!r} in cache {self.root}")
+            self._reclaim_leases(db, name)
+            users = db.execute("SELECT pid FROM leases WHERE name=?", (name,)).fetchall()
+            if users:
+                pids = ", ".join(str(pid) for (pid,) in users)
+                raise BusyError(f"entry {name!r} in {self.root} is in use by process {pids}")
+            if not self._retire(db, name):
+                raise BusyError(f"entry {name!r} in {self.root} is in use")
+        self._empty_trash()
+
+    def _retire(self, db: sqlite3.Connection, name: str) -> bool:
+        """Within a transaction: move entry ``name`` to the trash unless it is locked.
+
+        Returns whether it was removed.  The caller checks leases; the tree itself is deleted
+        after the commit, by :meth:`_empty_trash`.
+        """
+        entry = self._objects / name
+        try:
+            fd = os.open(entry / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            fd = None  # the directory is gone (a crashed delete): only the row is left
+        try:
+            if fd is not None:
+                if not locks.try_lock(fd, locks.EXCLUSIVE):
+                    return False
+                os.rename(entry, self._trash / unique_name())
+            (size,) = db.execute("SELECT size FROM entries WHERE name=?", (name,)).fetchone()
+            db.execute("DELETE FROM entries WHERE name=?", (name,))
+            db.execute("DELETE FROM leases WHERE name=?", (name,))
+            db.execute("UPDATE settings SET value=value-? WHERE key='total'", (size,))
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _evict(self, db: sqlite3.Connection, need: int) -> int:
+        """Within a transaction: delete unused entries, least recently used first, until
+        ``need`` bytes are freed or nothing more can go.  Returns the bytes freed."""
+        self._reclaim_leases(db)
+        freed = 0
+        after: tuple[float, str] = (float("-inf"), "")
+        while freed < need:
+            batch = db.execute(
+                "SELECT last_used, name, size FROM entries "
+                "WHERE (last_used, name) > (?, ?) "
+                "AND name NOT IN (SELECT name FROM leases) "
+                "ORDER BY last_used, name LIMIT 256",
+                after,
+            ).fetchall()
+            if not batch:
+                break
+            for last_used, name, size in batch:
+                after = (last_used, name)
+                if self._retire(db, name):
+                    freed += size
+                    if freed >= need:
+                        break
+        return freed
+
+    def _empty_trash(self) -> int:
+        """Delete whatever is in the trash; return how many trees were removed."""
+        removed = 0
+        with os.scandir(self._trash) as trees:
+            for tree in trees:
+                remove_tree(tree.path)
+                removed += 1
+        return removed
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        """Every committed entry, with its size, times, and whether it is in use now."""
+        db = self._db()
+        alive: dict[str, bool] = {}
+        users: dict[str, list[int]] = {}
+        for name, owner, pid in db.execute("SELECT name, owner, pid FROM leases"):
+            if alive.setdefault(owner, key_alive(owner)):
+                users.setdefault(name, []).append(pid)
+        result = []
+        rows = db.execute(
+            "SELECT name, size, created, last_used, keep, meta FROM entries ORDER BY name"
+        ).fetchall()
+        for name, size, created, last_used, keep, meta in rows:
+            held = tuple(users.get(name, ()))
+            in_use = bool(held) or self._locked(name)
+            result.append(Entry(name, size, created, last_used, bool(keep), meta, in_use, held))
+        return result
+
+    def info(self, name: str) -> Entry:
+        """What :meth:`entries` says of entry ``name``; MissError if there is none."""
+        row = self._db().execute(
+            "SELECT name, size, created, last_used, keep, meta FROM entries WHERE name=?",
+            (check_name(name),),
+        ).fetchone()
+        if row is None:
+            raise MissError(f"no entry {name!r} in cache {self.root}")
+        held = tuple(self.users(name))
+        return Entry(*row[:4], bool(row[4]), row[5], bool(held) or self._locked(name), held)
+
+    def __contains__(self, name: str) -> bool:
+        row = self._db().execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone()
+        return row is not None
+
+    def _locked(self, name: str) -> bool:
+        """Whether some process holds entry ``name``'s lock (a reader, or a storer committing)."""
+        try:
+            fd = os.open(self._objects / name / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            return not locks.try_lock(fd, locks.EXCLUSIVE)
+        finally:
+            os.close(fd)
+
+    # -- garbage collection ----------------------------------------------------------------------
+
+    def _sweep(self) -> int:
+        """Remove the staging directories of dead processes, if nobody is creating one now."""
+        guard = locks.open_lock_file(self.root / "stage.lock")
+        try:
+            if not locks.try_lock(guard, locks.EXCLUSIVE):
+                return 0
+            removed = 0
+            with os.scandir(self._stage) as stages:
+                for stage in stages:
+                    removed += self._remove_if_abandoned(Path(stage.path))
+            return removed
+        finally:
+            os.close(guard)
+
+    @staticmethod
+    def _remove_if_abandoned(stage: Path) -> int:
+        try:
+            fd = os.open(stage / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            fd = None  # created under stage.lock, so a lock-less one was abandoned
+        try:
+            if fd is not None and not locks.try_lock(fd, locks.EXCLUSIVE):
+                return 0
+            remove_tree(stage)
+            return 1
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def gc(self) -> GcReport:
+        """Clean what crashed processes left, reclaim dead leases, and repair the accounting.
+
+        Removes abandoned staging directories and the trash; reconciles ``objects/`` with the
+        index (adopts committed directories that lost their row, removes directories without a
+        valid marker and rows without a directory); deletes unused entries not marked to keep;
+        recomputes the accounted size; and evicts down to the budget.
+        """
+        report = GcReport()
+        try:
+            self._db()
+        except CacheError:
+            self._set_index_aside()
+            report.index_rebuilt = True
+        report.stages_removed = self._sweep()
+        with self._transaction() as db:
+            report.leases_reclaimed = self._reclaim_leases(db)
+            rows = {name for (name,) in db.execute("SELECT name FROM entries")}
+            with os.scandir(self._objects) as found:
+                on_disk = {e.name for e in found}
+            for name in on_disk - rows:
+                if self._adopt(db, name):
+                    report.orphans_adopted += 1
+                else:
+                    os.rename(self._objects / name, self._trash / unique_name())
+                    report.orphans_removed += 1
+            for name in rows - on_disk:
+                db.execute("DELETE FROM entries WHERE name=?", (name,))
+                db.execute("DELETE FROM leases WHERE name=?", (name,))
+                report.rows_dropped += 1
+            unused = db.execute(
+                "SELECT name FROM entries WHERE keep=0 AND name NOT IN (SELECT name FROM leases)"
+            ).fetchall()
+            for (name,) in unused:
+                report.entries_deleted += self._retire(db, name)
+            (actual,) = db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()
+            if actual != self._setting(db, "total"):
+                report.accounting_fixed = 1
+                db.execute("UPDATE settings SET value=? WHERE key='total'", (actual,))
+            budget = self._setting(db, "max_size")
+            if budget is not None and actual > budget:
+                self._evict(db, actual - budget)
+        report.trash_removed = self._empty_trash()
+        return report
+
+    def _set_index_aside(self) -> None:
+        """Move an unusable index into the trash; the next connection creates a new one, and
+        gc then adopts every committed entry from its marker."""
+        self._local.conn = None
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.rename(self.root / f"index.sqlite{suffix}", self._trash / unique_name())
+            except FileNotFoundError:
+                pass
+
+    def _adopt(self, db: sqlite3.Connection, name: str) -> bool:
+        """Within a transaction: give a committed directory that has no row its row back."""
+        try:
+            marker = json.loads((self._objects / name / "entry.json").read_bytes())
+            if marker["name"] != name or not (self._objects / name / "data").is_dir():
+                return False
+            size, created = int(marker["size"]), float(marker["created"])
+            keep, meta = bool(marker["keep"]), marker["meta"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        db.execute(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)", (name, size, created, created, keep, meta)
+        )
+        return True

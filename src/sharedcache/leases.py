@@ -1,0 +1,82 @@
+"""Who holds a use: the identity of a process, and whether it is still alive.
+
+A use that outlives the command that took it (``sc --use`` exits at once; the job that asked
+goes on) is recorded as a *lease* naming its owner process.  A pid alone is not an identity: pids
+are reused, and after a reboot they mean nothing.  An owner is therefore the triple
+
+    (boot id, pid, start time)
+
+where the boot id is ``/proc/sys/kernel/random/boot_id`` and the start time is field 22 of
+``/proc/PID/stat`` (clock ticks since boot).  An owner is alive exactly when this boot's process
+with that pid started at that time.  A lease whose owner is not alive is dead and is reclaimed by
+whoever touches the repository next (see :mod:`sharedcache.fscache`).
+
+Leases are stored in the cache's index (see :mod:`sharedcache.fscache`); this module only
+knows about processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        return f.read().strip()
+
+
+def start_time(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) is in parentheses and may itself contain spaces and parentheses.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])  # field 22 of the whole line
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A process, identified so that a reused pid is not mistaken for it."""
+
+    boot_id: str
+    pid: int
+    start_time: int
+
+    @classmethod
+    def of(cls, pid: int) -> Owner | None:
+        """The owner identity of the live process ``pid``; None if it does not exist."""
+        started = start_time(pid)
+        return None if started is None else cls(boot_id(), pid, started)
+
+    @classmethod
+    def current(cls) -> Owner:
+        owner = cls.of(os.getpid())
+        assert owner is not None
+        return owner
+
+    @classmethod
+    def parse(cls, key: str) -> Owner:
+        boot, pid, started = key.rsplit(":", 2)
+        return cls(boot, int(pid), int(started))
+
+    @property
+    def key(self) -> str:
+        """The form stored in the index."""
+        return f"{self.boot_id}:{self.pid}:{self.start_time}"
+
+    def alive(self) -> bool:
+        return self.boot_id == boot_id() and start_time(self.pid) == self.start_time
+
+
+def key_alive(key: str) -> bool:
+    """Whether the owner stored as ``key`` is alive (a malformed key is not)."""
+    try:
+        return Owner.parse(key).alive()
+    except ValueError:
+        return False

@@ -1,0 +1,111 @@
+"""File locks that the kernel releases when their holder dies.
+
+Every lock in shared-cache is a ``flock(2)`` lock on an open file description.  Such a lock is
+released when the last descriptor referring to that description is closed, which includes the
+process exiting for any reason, ``SIGKILL`` among them.  That is the whole reason for using them:
+a crashed process can never leave a lock behind.  Two consequences shape the code that uses them:
+
+* ``flock`` locks belong to the open file description, not to the process: two ``open()`` calls of
+  the same file in one process conflict with each other like two processes would.  Each use of a
+  lock therefore opens its own descriptor.
+* A lock protects an inode, not a path.  Whoever locks a file that others may rename or unlink
+  must, after acquiring the lock, check that the path still names the inode it locked
+  (:func:`still_linked`) and start over if it does not.
+
+``flock`` has no timeout, so a blocking acquisition polls with a non-blocking attempt and a short,
+growing sleep; the holders this waits for keep their locks for milliseconds (commits, removals)
+or for a download, where the caller reports progress between attempts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+
+from .errors import WaitTimeoutError
+
+SHARED = fcntl.LOCK_SH
+EXCLUSIVE = fcntl.LOCK_EX
+
+
+def open_lock_file(path: str | os.PathLike[str], *, create: bool = True) -> int:
+    """Open (and by default create) a lock file without following a symlink planted at ``path``."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    if create:
+        flags |= os.O_CREAT
+    return os.open(path, flags, 0o666)
+
+
+def try_lock(fd: int, mode: int) -> bool:
+    """Take the lock ``mode`` (SHARED or EXCLUSIVE) on ``fd`` if it is free now; return whether taken."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock(
+    fd: int,
+    mode: int,
+    *,
+    timeout: float | None = None,
+    what: str = "lock",
+    waiting: Callable[[float], None] | None = None,
+) -> None:
+    """Take the lock ``mode`` on ``fd``, waiting at most ``timeout`` seconds (None: forever).
+
+    ``waiting(elapsed)`` is called between attempts so a caller can report whom it waits for.
+    Raises :class:`WaitTimeoutError` naming ``what`` when the time is up.
+    """
+    if try_lock(fd, mode):
+        return
+    start = time.monotonic()
+    delay = 0.001
+    while True:
+        elapsed = time.monotonic() - start
+        if timeout is not None and elapsed >= timeout:
+            raise WaitTimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        if waiting is not None:
+            waiting(elapsed)
+        time.sleep(delay if timeout is None else max(0.0, min(delay, timeout - elapsed)))
+        delay = min(delay * 2, 0.05)
+        if try_lock(fd, mode):
+            return
+
+
+def unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def still_linked(fd: int, path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (it was not renamed or replaced)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def locks_work(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``flock`` really excludes on the file system of ``directory``.
+
+    Some network file systems accept lock calls and lock nothing.  Two descriptions of one file
+    are opened here: if the second can take an exclusive lock while the first holds one, locking
+    does not work there.
+    """
+    path = os.path.join(directory, f".lockprobe-{os.getpid()}-{time.monotonic_ns()}")
+    first = open_lock_file(path)
+    try:
+        second = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(first, fcntl.LOCK_EX)
+            return not try_lock(second, EXCLUSIVE)
+        finally:
+            os.close(second)
+    finally:
+        os.close(first)
+        os.unlink(path)
