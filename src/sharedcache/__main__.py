@@ -1,0 +1,7 @@
+"""``python -m sharedcache``: the same as the ``sc`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""Helpers for tests that run the ``sc`` command line as real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+SC = [sys.executable, "-m", "sharedcache"]
+
+
+def sc_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("SC_DIRECTORIES", None)
+    env.update(extra)
+    return env
+
+
+def sc(*args: str, timeout: float = 60, env: dict[str, str] | None = None, **kwargs):  # type: ignore[no-untyped-def]
+    """Run ``sc ARGS`` to completion; return the CompletedProcess (text mode)."""
+    return subprocess.run(
+        [*SC, *args], capture_output=True, text=True, timeout=timeout,
+        env=env if env is not None else sc_env(), **kwargs,
+    )
+
+
+def sc_start(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    return subprocess.Popen(
+        [*SC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env if env is not None else sc_env(), **kwargs,
+    )
+
+
+def finish(procs: Sequence[subprocess.Popen], timeout: float = 60) -> list[tuple[int, str, str]]:
+    """Wait for every process (killing them all if time runs out); return (status, out, err)."""
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    return results
+
+
+class Sleeper:
+    """A live process to own leases (``--pid``), killed on exit."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(["sleep", "600"])
+        self.pid = self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def __enter__(self) -> Sleeper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def make_tarball(path: Path, files: dict[str, bytes], *, compression: str = "gz") -> str:
+    """Write a tarball of ``files`` to ``path``; return its md5."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return hashlib.md5(buffer.getvalue()).hexdigest()
+
+
+def sample_files(n: int = 20, size: int = 20_000) -> dict[str, bytes]:
+    """Files whose content is derived from their name, so a reader can check each one."""
+    return {f"data/part-{i:03d}.bin": content_for(f"data/part-{i:03d}.bin", size) for i in range(n)}
+
+
+def content_for(name: str, size: int) -> bytes:
+    seed = hashlib.sha256(name.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def check_tree(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        assert (root / name).read_bytes() == data, name

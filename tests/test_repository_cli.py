@@ -1,0 +1,304 @@
+"""The ``sc`` command line and repository semantics that need no network: ``file:`` sources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from scutil import Sleeper, check_tree, finish, make_tarball, sample_files, sc, sc_env, sc_start
+
+FILES = sample_files()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    first, second = tmp_path / "base1", tmp_path / "base2"
+    first.mkdir()
+    second.mkdir()
+    return first, second
+
+
+@pytest.fixture
+def tarball(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "origin" / "data.tar.gz"
+    path.parent.mkdir()
+    return path, make_tarball(path, FILES)
+
+
+def recipe(tarball: tuple[Path, str]) -> list[str]:
+    path, md5 = tarball
+    return [f"file:{path}", f"md5:{md5}", "tar"]
+
+
+def d(dirs: tuple[Path, Path]) -> str:
+    return f"{dirs[0]}:{dirs[1]}"
+
+
+def test_use_prints_only_the_path_and_unuse_deletes(dirs, tarball):
+    with Sleeper() as owner:
+        args = ["-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)]
+        result = sc("--use", *args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{dirs[0] / 'repo'}\n"
+        assert result.stderr == ""
+        check_tree(dirs[0] / "repo", FILES)
+        located = sc("--location", *args)
+        assert located.stdout == result.stdout and located.returncode == 0
+        gone = sc("--unuse", *args)
+        assert gone.returncode == 0, gone.stderr
+        assert not (dirs[0] / "repo").exists()
+        assert not (dirs[0] / ".shared-cache" / "objects" / "repo").exists()
+        missing = sc("--location", *args)
+        assert missing.returncode == 1 and missing.stdout == ""
+
+
+def test_subcommand_forms_and_default_name(dirs, tarball):
+    with Sleeper() as owner:
+        args = ["-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)]
+        first = sc("use", *args)
+        again = sc("--use", *args)
+        assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+        assert first.stdout == again.stdout
+        path = Path(first.stdout.strip())
+        assert path.parent == dirs[0] and path.name.startswith("data-")
+        listing = json.loads(sc("list", "--json", "-d", d(dirs)).stdout)
+        assert [(r["name"], r["users"]) for r in listing] == [(path.name, [owner.pid, owner.pid])]
+        assert sc("unuse", *args).returncode == 0
+        assert path.exists(), "one use is still held"
+        assert sc("location", *args).returncode == 0
+        assert sc("unuse", *args).returncode == 0
+        assert not path.exists()
+
+
+def test_keep_leaves_an_lru_entry_within_max_size(dirs, tarball, tmp_path):
+    with Sleeper() as owner:
+        common = ["-d", str(dirs[0]), "--pid", str(owner.pid), "--keep", "--max-size", "2MB"]
+        for n in range(3):
+            args = [*common, "-n", f"kept{n}", *recipe(tarball)]
+            assert sc("--use", *args).returncode == 0
+            assert sc("--unuse", *args).returncode == 0
+            assert (dirs[0] / f"kept{n}").exists(), "kept after the last release"
+        # Each is ~0.5 MB of blocks; a fourth, in use, must evict the least recently used only.
+        args = [*common, "-n", "big", f"file:{write_big(tmp_path, 1_000_000)}"]
+        assert sc("--use", *args).returncode == 0
+        names = {r["name"] for r in json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)}
+        assert "big" in names and "kept0" not in names and "kept2" in names
+
+
+def write_big(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "origin" / "big.bin"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_existing_repository_in_a_later_directory_is_used(dirs, tarball):
+    with Sleeper() as owner:
+        args = ["-n", "repo", "--pid", str(owner.pid), *recipe(tarball)]
+        assert sc("--use", "-d", str(dirs[1]), *args).returncode == 0
+        found = sc("--use", "-d", d(dirs), *args)
+        assert found.stdout.strip() == str(dirs[1] / "repo")
+
+
+def test_no_directory_with_enough_space_is_a_clear_error(dirs, tarball):
+    result = sc("--use", "-n", "huge", "-s", "1PB", "-d", d(dirs), *recipe(tarball))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "huge" in lines[0]
+    assert str(dirs[0]) in lines[0] and str(dirs[1]) in lines[0] and "free" in lines[0]
+
+
+def test_same_name_with_another_recipe_is_refused(dirs, tarball, tmp_path):
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)).returncode == 0
+        other = write_big(tmp_path, 1000)
+        result = sc("--use", "-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), f"file:{other}")
+        assert result.returncode == 1
+        assert "repo" in result.stderr and "another loader stack" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--use"],
+        ["--use", "tar"],
+        ["--use", "nosuchloader:x"],
+        ["--use", "http:notaurl"],
+        ["--use", "file:/x", "md5:nothex"],
+        ["--use", "--size", "lots", "file:/x"],
+        ["--use", "--bogus", "file:/x"],
+        ["--use", "--unuse", "file:/x"],
+        ["--use", "-n", "../escape", "file:/x"],
+        ["run", "file:/x"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, dirs):
+    result = sc(*args, "-d", str(dirs[0])) if args else sc()
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("sc: error: ")
+
+
+def test_checksum_mismatch_commits_nothing(dirs, tarball):
+    path, md5 = tarball
+    wrong = "0" * 32
+    result = sc("--use", "-n", "repo", "-d", str(dirs[0]), f"file:{path}", f"md5:{wrong}", "tar")
+    assert result.returncode == 1
+    assert "repo" in result.stderr and "md5" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (dirs[0] / "repo").exists()
+    assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
+    leftovers = list((dirs[0] / ".shared-cache" / "stage").iterdir())
+    assert leftovers == []
+    # A later use tries afresh and succeeds with the right checksum.
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "repo", "-d", str(dirs[0]), "--pid", str(owner.pid), *recipe(tarball)).returncode == 0
+
+
+def test_unuse_without_a_use_is_an_error(dirs, tarball):
+    with Sleeper() as owner, Sleeper() as stranger:
+        args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+        assert sc("--use", "--pid", str(owner.pid), *args).returncode == 0
+        result = sc("--unuse", "--pid", str(stranger.pid), *args)
+        assert result.returncode == 1 and str(stranger.pid) in result.stderr
+        assert sc("--unuse", "--pid", "999999999", *args).returncode == 2
+        assert sc("--unuse", "-n", "nothere", "-d", str(dirs[0]), "file:/x").returncode == 1
+
+
+def test_dead_owner_lease_is_reclaimed_and_repository_deleted(dirs, tarball):
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    with Sleeper() as survivor:
+        victim = Sleeper()
+        assert sc("--use", "--pid", str(victim.pid), *args).returncode == 0
+        assert sc("--use", "--pid", str(survivor.pid), *args).returncode == 0
+        victim.kill()
+        listing = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)
+        assert listing[0]["users"] == [survivor.pid]
+        # The survivor's release is the last live one: the repository goes.
+        assert sc("--unuse", "--pid", str(survivor.pid), *args).returncode == 0
+        assert not (dirs[0] / "repo").exists()
+    # A repository whose only user died is deleted by gc.
+    lone = Sleeper()
+    assert sc("--use", "--pid", str(lone.pid), *args).returncode == 0
+    lone.kill()
+    assert sc("gc", "-d", str(dirs[0])).returncode == 0
+    assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
+    assert not (dirs[0] / "repo").exists()
+
+
+def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    script = 'test -f "$SC_PATH/data/part-000.bin" && exit 7; exit 3'
+    result = sc("run", *args, "--", "sh", "-c", script)
+    assert result.returncode == 7, result.stderr
+    assert not (dirs[0] / "repo").exists(), "released when the command ended"
+    missing = sc("run", *args, "--", "/no/such/command")
+    assert missing.returncode == 127 and "cannot run" in missing.stderr
+
+
+def test_run_use_vanishes_when_sc_is_killed(dirs, tarball):
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    proc = sc_start("run", *args, "--", "sleep", "600")
+    try:
+        link = dirs[0] / "repo"
+        deadline = time.monotonic() + 30
+        while not link.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sc("gc", "-d", str(dirs[0])).returncode == 0
+    assert not link.exists()
+
+
+def test_python_api_use(dirs, tarball):
+    code = textwrap.dedent(f"""
+        import sys, sharedcache
+        with sharedcache.use({recipe(tarball)!r}[0], *{recipe(tarball)!r}[1:], name="api", directories={str(dirs[0])!r}) as path:
+            print(path, (path / "data/part-000.bin").stat().st_size)
+            with sharedcache.use(" ".join({recipe(tarball)!r}), name="api", directories={str(dirs[0])!r}) as again:
+                assert again == path
+        print(path.exists())
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(dirs[0] / "api"), str(len(FILES["data/part-000.bin"])), "False"]
+
+
+def test_list_and_gc_human_output(dirs, tarball):
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "repo", "-d", str(dirs[0]), "--pid", str(owner.pid), *recipe(tarball)).returncode == 0
+        listing = sc("list", "-d", str(dirs[0]))
+        assert listing.returncode == 0
+        assert "repo" in listing.stdout and str(owner.pid) in listing.stdout and "ready" in listing.stdout
+        gc = sc("gc", "-d", str(dirs[0]))
+        assert gc.returncode == 0 and str(dirs[0]) in gc.stdout
+
+
+def test_sc_directories_environment(dirs, tarball):
+    with Sleeper() as owner:
+        env = sc_env(SC_DIRECTORIES=str(dirs[1]))
+        result = sc("--use", "-n", "repo", "--pid", str(owner.pid), *recipe(tarball), env=env)
+        assert result.stdout.strip() == str(dirs[1] / "repo")
+
+
+def test_planted_entry_at_link_path_is_refused(dirs, tarball):
+    (dirs[0] / "repo").symlink_to("/etc")
+    result = sc("--use", "-n", "repo", "-d", str(dirs[0]), *recipe(tarball))
+    assert result.returncode == 1 and "refusing" in result.stderr
+    assert os.readlink(dirs[0] / "repo") == "/etc"
+
+
+def test_missing_file_source_is_a_clear_error(dirs):
+    result = sc("--use", "-n", "repo", "-d", str(dirs[0]), "file:/no/such/file.tar", "tar")
+    assert result.returncode == 1
+    assert "/no/such/file.tar" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_single_file_with_hash(dirs, tmp_path):
+    payload = os.urandom(300_000)
+    src = tmp_path / "blob.bin"
+    src.write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    with Sleeper() as owner:
+        result = sc("--use", "-n", "blob", "-d", str(dirs[0]), "--pid", str(owner.pid), f"file:{src}", f"sha256:{digest}")
+        assert result.returncode == 0, result.stderr
+        assert (Path(result.stdout.strip()) / "blob.bin").read_bytes() == payload
+
+
+def test_concurrent_use_unuse_never_sees_partial_data(dirs, tarball):
+    """Processes loop over use / read / unuse of one repository: the last release deletes it
+    while others re-create it; every read must see complete data."""
+    worker = textwrap.dedent(f"""
+        import subprocess, sys, hashlib, os
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from scutil import SC, check_tree, sample_files
+        files = sample_files()
+        args = ["-n", "churn", "-d", {str(dirs[0])!r}, "--pid", str(os.getpid()), *{recipe(tarball)!r}]
+        for _ in range(6):
+            r = subprocess.run([*SC, "--use", *args], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            from pathlib import Path
+            check_tree(Path(r.stdout.strip()), files)
+            r = subprocess.run([*SC, "--unuse", *args], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+        print("ok")
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", worker], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for status, out, err in finish(procs, timeout=120):
+        assert status == 0 and out.strip() == "ok", err
+    assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []

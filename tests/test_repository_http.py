@@ -1,0 +1,208 @@
+"""Repository semantics against a real loopback HTTP origin: one download for all, shared
+failures, takeover of a killed population, waiting messages and the progress bar."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from scutil import SC, Sleeper, check_tree, finish, make_tarball, sample_files, sc, sc_env, sc_start
+
+FILES = sample_files(n=40, size=50_000)  # ~2 MB, incompressible-ish only per file: fine
+
+
+@pytest.fixture
+def tarball(tmp_path: Path) -> tuple[bytes, str]:
+    path = tmp_path / "data.tar.gz"
+    md5 = make_tarball(path, FILES)
+    return path.read_bytes(), md5
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    path = tmp_path / "base"
+    path.mkdir()
+    return path
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_concurrent_users_cause_exactly_one_download(origin, tarball, base):
+    payload, md5 = tarball
+    url = origin.add("/data.tar.gz", payload)
+    origin.rate = len(payload) / 1.5  # the download lasts long enough for all to pile up
+    with Sleeper() as owner:
+        args = ["--use", "-n", "shared", "-d", str(base), "--pid", str(owner.pid),
+                f"http:{url}", f"md5:{md5}", "tar"]
+        results = finish([sc_start(*args) for _ in range(6)], timeout=90)
+        paths = {out for status, out, err in results}
+        assert all(status == 0 for status, _, _ in results), results
+        assert paths == {f"{base / 'shared'}\n"}
+        assert origin.stats("/data.tar.gz").gets == 1
+        check_tree(base / "shared", FILES)
+        listing = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+        assert listing[0]["users"] == [owner.pid] * 6
+
+
+def test_waiters_get_the_populators_error_and_a_later_use_tries_again(origin, tarball, base):
+    payload, md5 = tarball
+    url = origin.add("/data.tar.gz", payload)
+    origin.rate = len(payload) / 1.5
+    args = ["--use", "-n", "bad", "-d", str(base), f"http:{url}", "md5:" + "0" * 32, "tar"]
+    results = finish([sc_start(*args) for _ in range(4)], timeout=90)
+    assert [status for status, _, _ in results] == [1, 1, 1, 1], results
+    messages = {err for _, _, err in results}
+    assert len(messages) == 1, messages
+    (message,) = messages
+    assert "bad" in message and "md5" in message and len(message.strip().splitlines()) == 1
+    assert origin.stats("/data.tar.gz").gets == 1, "the waiters did not download again"
+    assert not (base / "bad").exists()
+    again = sc(*args)
+    assert again.returncode == 1
+    assert origin.stats("/data.tar.gz").gets == 2, "a later use tries afresh"
+
+
+def test_http_error_is_one_clear_line(origin, base):
+    url = origin.url("/missing.tar.gz")
+    result = sc("--use", "-n", "missing", "-d", str(base), f"http:{url}", "tar")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "404" in result.stderr and "missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_killed_populator_is_taken_over_and_the_download_resumes(origin, base):
+    payload = os.urandom(3_000_000)
+    digest = hashlib.sha256(payload).hexdigest()
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 1_000_000  # 3 s for the whole file
+    with Sleeper() as owner:
+        args = ["--use", "-n", "blob", "-d", str(base), "--pid", str(owner.pid),
+                f"http:{url}", f"sha256:{digest}"]
+        first = sc_start(*args)
+        try:
+            wait_for(lambda: origin.stats("/blob.bin").bytes_served > 1_000_000, what="a partial download")
+            waiter = sc_start(*args)
+            time.sleep(0.3)  # the waiter is now waiting for the first
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+            ((status, out, err),) = finish([waiter], timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert status == 0, err
+        assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
+        stats = origin.stats("/blob.bin")
+        assert stats.gets == 2
+        assert stats.ranges and stats.ranges[-1].startswith("bytes=") and stats.ranges[-1] != "bytes=0-"
+        assert stats.bytes_served < 2 * len(payload), "the taker resumed instead of starting over"
+
+
+def test_killed_unpacking_populator_is_taken_over(origin, tarball, base):
+    payload, md5 = tarball
+    url = origin.add("/data.tar.gz", payload)
+    origin.rate = len(payload) / 2
+    with Sleeper() as owner:
+        args = ["--use", "-n", "tree", "-d", str(base), "--pid", str(owner.pid),
+                f"http:{url}", f"md5:{md5}", "tar"]
+        first = sc_start(*args)
+        try:
+            wait_for(lambda: origin.stats("/data.tar.gz").bytes_served > len(payload) // 4, what="a partial download")
+            waiter = sc_start(*args)
+            time.sleep(0.3)
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+            ((status, out, err),) = finish([waiter], timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert status == 0, err
+        check_tree(Path(out.strip()), FILES)
+        listing = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+        assert [(r["name"], r["state"], r["users"]) for r in listing] == [("tree", "ready", [owner.pid])]
+        assert list((base / ".shared-cache" / "stage").iterdir()) == [], "the dead stage was swept"
+
+
+def test_waiting_process_says_whom_it_waits_for(origin, tarball, base):
+    payload, md5 = tarball
+    url = origin.add("/data.tar.gz", payload)
+    origin.rate = len(payload) / 2
+    args = ["--use", "-n", "slow", "-d", str(base), f"http:{url}", f"md5:{md5}", "tar"]
+    first = sc_start(*args)
+    try:
+        wait_for(lambda: origin.stats("/data.tar.gz").gets == 1, what="the download to start")
+        time.sleep(0.2)
+        ((status, out, err),) = finish([sc_start("-v", *args)], timeout=60)
+        ((status0, _, err0),) = finish([first], timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert status == status0 == 0, err + err0
+    assert err0 == "", "off a terminal and without -v: silent"
+    assert f"waiting" in err and f"process {first.pid}" in err and "slow" in err
+
+
+def test_progress_bar_on_a_terminal(origin, base):
+    payload = os.urandom(2_000_000)
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 2_000_000
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [*SC, "--use", "-n", "tty", "-d", str(base), f"http:{url}"],
+        stdout=subprocess.PIPE, stderr=follower, env=sc_env(), text=False,
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None or select.select([leader], [], [], 0)[0]:
+            assert time.monotonic() < deadline
+            if select.select([leader], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(leader, 4096)
+                except OSError:
+                    break
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    assert proc.returncode == 0
+    assert proc.stdout is not None and proc.stdout.read().strip() == str(base / "tty").encode()
+    assert b"tty" in seen and b"%" in seen, seen[-300:]
+
+
+def test_dirac_source_through_a_stand_in_client(tmp_path, base):
+    payload = b"dirac data\n" * 1000
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "grid.dat").write_bytes(payload)
+    client = bindir / "dirac-dms-get-file"
+    client.write_text(f'#!/bin/sh\ncp {tmp_path / "grid.dat"} "$(basename "$1")"\n')
+    client.chmod(0o755)
+    env = sc_env(PATH=f"{bindir}:{os.environ['PATH']}")
+    with Sleeper() as owner:
+        result = sc("--use", "-n", "grid", "-d", str(base), "--pid", str(owner.pid),
+                    "dirac:/vo/user/grid.dat", f"md5:{hashlib.md5(payload).hexdigest()}", env=env)
+        assert result.returncode == 0, result.stderr
+        assert (Path(result.stdout.strip()) / "grid.dat").read_bytes() == payload
+    missing = sc("--use", "-n", "grid2", "-d", str(base), "dirac:/vo/user/other.dat",
+                 env=sc_env(PATH="/usr/bin:/bin"))
+    assert missing.returncode == 1 and "dirac-dms-get-file" in missing.stderr
