@@ -76,3 +76,14 @@ class UnsafeArchiveError(LoaderError):
 class SizeLimitError(LoaderError, NoSpaceError):
     """The data grew past the size the recipe reserved for it."""
 
+
+class CorruptDataError(LoaderError):
+    """The data is not what the recipe says it is: a corrupt or truncated archive or compressed stream."""
+
+
+class ResumeError(DownloadError):
+    """A transfer cannot continue where it stopped: the data changed, or the server ignores ranges.
+
+    Loaders raise it so that the population starts over; it reaches the user only when starting over
+    did not help either.
+    """

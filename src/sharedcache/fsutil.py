@@ -30,14 +30,21 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename)."""
+def write_atomic(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666, durable: bool = True
+) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename).
+
+    With ``durable`` false nothing is flushed: the replacement is still atomic for every
+    process, but a power loss may leave the old content or an empty file.
+    """
     path = Path(path)
     tmp = path.with_name(unique_name(f".{path.name}.tmp-"))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
@@ -48,7 +55,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666
     except BaseException:
         os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def create_exclusive(path: str | os.PathLike[str], data: bytes) -> bool:

@@ -1,0 +1,203 @@
+"""Decompressing streams (gzip, bzip2, xz, zstd) and recognising a compression by its magic bytes.
+
+Every decompressor produces at most the number of bytes asked for, so memory stays bounded even for
+a "bomb" that expands a few kilobytes into gigabytes.  Concatenated streams (``pigz``, ``pbzip2``,
+multi-frame zstd) are read through.  A stream that ends early is an error, not a short result.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import IO, Any
+
+from .errors import CorruptDataError
+from .recipe import CHUNK, Layer, Stream
+
+_MAGIC = {
+    "gzip": b"\x1f\x8b",
+    "bzip2": b"BZh",
+    "xz": b"\xfd7zXZ\x00",
+    "zstd": b"\x28\xb5\x2f\xfd",
+}
+
+
+def sniff(head: bytes) -> str | None:
+    """The compression whose magic bytes start ``head``, or ``None``."""
+    return next((codec for codec, magic in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def decompressing(codec: str, below: Stream | IO[bytes], what: str) -> Stream:
+    """The decompressed content of ``below``, compressed with ``codec`` (a key of the magic table)."""
+    if codec == "zstd":
+        return _Zstd(below, what)
+    return _Decompressing(below, codec, _DECODERS[codec], what)
+
+
+class _GzipDecoder:
+    """zlib's gzip mode (which checks the CRC and length trailer) behind the bz2/lzma interface."""
+
+    def __init__(self) -> None:
+        import zlib
+
+        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.needs_input = True
+
+    @property
+    def eof(self) -> bool:
+        return self._zlib.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._zlib.unused_data
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        tail = self._zlib.unconsumed_tail
+        out = self._zlib.decompress(tail + data if tail else data, max_length)
+        # A full output buffer may leave output pending inside zlib even with all input consumed.
+        self.needs_input = not self._zlib.unconsumed_tail and len(out) < max_length
+        return out
+
+
+def _bz2_decoder() -> Any:
+    import bz2
+
+    return bz2.BZ2Decompressor()
+
+
+def _xz_decoder() -> Any:
+    import lzma
+
+    return lzma.LZMADecompressor()
+
+
+_DECODERS: dict[str, Callable[[], Any]] = {"gzip": _GzipDecoder, "bzip2": _bz2_decoder, "xz": _xz_decoder}
+
+
+def _decoder_errors() -> tuple[type[BaseException], ...]:
+    import lzma
+    import zlib
+
+    # bz2 reports corrupt data as OSError.
+    return (zlib.error, lzma.LZMAError, OSError, EOFError)
+
+
+class _Decompressing(Layer):
+    """Decompression with a stdlib-style decompressor (``decompress(data, max_length)``, ``eof``...)."""
+
+    def __init__(self, below: Stream | IO[bytes], codec: str, new_decoder: Callable[[], Any],
+                 what: str) -> None:
+        super().__init__(below)
+        self._codec = codec
+        self._new_decoder = new_decoder
+        self._decoder = new_decoder()
+        self._what = what
+        self._pending = b""
+        self._errors = _decoder_errors()
+
+    def read(self, size: int = -1) -> bytes:
+        size = size if size > 0 else CHUNK
+        while True:
+            decoder = self._decoder
+            if decoder.eof:
+                # Another stream may follow (pigz, pbzip2, xz --block-list...): read it too.
+                rest = decoder.unused_data or self.below.read(CHUNK)
+                if not rest:
+                    return b""
+                decoder = self._decoder = self._new_decoder()
+                self._pending = rest
+            data = b""
+            if decoder.needs_input:
+                data, self._pending = self._pending or self.below.read(CHUNK), b""
+                if not data:
+                    raise CorruptDataError(f"truncated {self._codec} data from {self._what}")
+            try:
+                out = decoder.decompress(data, size)
+            except self._errors as exc:
+                raise CorruptDataError(f"corrupt {self._codec} data from {self._what}: {exc}") from None
+            if out:
+                return out
+
+
+class _ZstdFrames(Layer):
+    """Follows the frame structure of the zstd bytes passing through, to tell a whole stream from a
+    truncated one (zstandard's stream reader silently returns a short result for the latter)."""
+
+    def __init__(self, below: Stream | IO[bytes]) -> None:
+        super().__init__(below)
+        self._field = b""       # the bytes of the header being collected
+        self._need = 4          # how many bytes that header has
+        self._state = "magic"
+        self._skip = 0          # payload bytes to pass over before the next header
+        self._checksum = 0      # whether the current frame ends with a 4-byte checksum
+        self.frames = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.below.read(size if size > 0 else CHUNK)
+        view = memoryview(data)
+        while view:
+            if self._skip:
+                step = min(self._skip, len(view))
+                self._skip -= step
+                view = view[step:]
+                continue
+            step = min(self._need - len(self._field), len(view))
+            self._field += view[:step]
+            view = view[step:]
+            if len(self._field) == self._need:
+                self._header(self._field)
+        return data
+
+    def _header(self, field: bytes) -> None:
+        self._field = b""
+        if self._state == "magic":
+            if field == _MAGIC["zstd"]:
+                self._state, self._need = "descriptor", 1
+            elif field[1:] == b"\x2a\x4d\x18" and field[0] & 0xF0 == 0x50:
+                self._state, self._need = "skippable", 4
+            else:
+                self._state, self._skip = "unknown", 1 << 62  # the decompressor reports the error
+        elif self._state == "skippable":
+            self._skip = struct.unpack("<I", field)[0]
+            self._state, self._need = "magic", 4
+        elif self._state == "descriptor":
+            descriptor = field[0]
+            single_segment = descriptor >> 5 & 1
+            self._checksum = descriptor >> 2 & 1
+            content_size = (single_segment, 2, 4, 8)[descriptor >> 6]
+            self._skip = (1 - single_segment) + (0, 1, 2, 4)[descriptor & 3] + content_size
+            self._state, self._need = "block", 3
+        elif self._state == "block":
+            header = int.from_bytes(field, "little")
+            block_type, block_size = header >> 1 & 3, header >> 3
+            self._skip = 1 if block_type == 1 else block_size
+            if header & 1:
+                self._skip += 4 * self._checksum
+                self.frames += 1
+                self._state, self._need = "magic", 4
+
+    @property
+    def complete(self) -> bool:
+        return self._state == "magic" and not self._field and not self._skip and self.frames > 0
+
+
+class _Zstd(Layer):
+    def __init__(self, below: Stream | IO[bytes], what: str) -> None:
+        import zstandard
+
+        self._frames = _ZstdFrames(below)
+        super().__init__(self._frames)
+        self._what = what
+        self._error = zstandard.ZstdError
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            self._frames,  # type: ignore[arg-type]  # any object with read() will do
+            read_size=CHUNK, read_across_frames=True, closefd=False)
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            out = self._reader.read(size if size > 0 else CHUNK)
+        except self._error as exc:
+            raise CorruptDataError(f"corrupt zstd data from {self._what}: {exc}") from None
+        if not out and not self._frames.complete:
+            raise CorruptDataError(f"truncated zstd data from {self._what}")
+        return out

@@ -1,0 +1,332 @@
+"""Running a recipe: one pass from the source into the repository directory.
+
+The loaders form a chain of streams that is pulled from the top.  A background thread reads the
+source and runs the checksums directly above it (hashlib and zlib release the GIL on large
+buffers), handing chunks through a small bounded queue to the calling thread, which decompresses,
+unpacks and writes.  Memory is a few 1 MiB buffers, whatever the size of the data.
+
+Resuming
+--------
+Within a process, an interrupted HTTP transfer continues with a range request (see
+:mod:`sharedcache.sources`).  If a source cannot continue where it stopped it raises
+:class:`ResumeError`; the population then starts over from an empty ``dest`` (up to ``retries``
+times), so two versions of the data are never mixed.
+
+Across processes, a recipe that is a resumable source followed only by checksums produces a file
+that *is* the downloaded bytes.  It is written to ``work/partial.data``, with ``work/partial.json``
+(recipe identity, source, validator, bytes written so far) replaced atomically about once a
+second, and moved into ``dest`` at the end.  A process that finds such a pair in ``work`` (left by
+one that was killed) rehashes the first ``bytes`` bytes and asks the source for the rest; if the
+source cannot continue (the data changed), the partial is discarded.  Other recipes start over
+after a takeover: resuming a decompression or an unpacking midway would need a copy of the
+compressed bytes, doubling the disk used, and state that no library exposes.
+
+The partial survives the death of the process; after a crash of the machine the checksums of the
+recipe, rehashed over the kept prefix, are what detects a damaged one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ChecksumError, CorruptDataError, LoaderError, NoSpaceError, ResumeError, SizeLimitError
+from .recipe import CHUNK, Context, FileStream, Progress, SourceStream, Stream
+from .sizes import format_size
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+_QUEUE_DEPTH = 4            # chunks in flight between the reading thread and the writing one
+_PROGRESS_INTERVAL = 0.1    # seconds between progress calls
+_CHECKPOINT_INTERVAL = 1.0  # seconds between updates of partial.json
+_THREAD_EXIT_WAIT = 2.0     # seconds to wait for the reading thread after a failure
+
+
+def populate(recipe: Recipe, dest: Path, *, work: Path, limit: int | None, progress: Progress | None,
+             connect_timeout: float, read_timeout: float, retries: int) -> None:
+    """Fill the empty directory ``dest`` with what ``recipe`` describes.
+
+    ``work`` is a private directory that outlives the process (for the partial file and spools),
+    ``limit`` caps the bytes written to ``dest``, ``progress(done, total)`` is called with the
+    number of source bytes received at most every 0.1 s.  Raises a :class:`LoaderError`.
+    """
+    ctx = Context(work=work, what=recipe.source.describe(), limit=limit, connect_timeout=connect_timeout,
+                  read_timeout=read_timeout, retries=retries)
+    resumable = _raw(recipe) and recipe.source.resumable
+    partial = _Partial(work, recipe.identity, ctx.what) if resumable else None
+    if partial is None:
+        _Partial(work, recipe.identity, ctx.what).discard()  # a different recipe's leftovers
+    for restart in itertools.count():
+        try:
+            _run(recipe, dest, ctx, progress, partial)
+            return
+        except OSError as exc:  # sources report their own; these come from writing dest or work
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"no space left on the device for {ctx.what}") from None
+            why = f"{exc.strerror or exc} ({exc.filename})"
+            raise LoaderError(f"cannot write the data of {ctx.what}: {why}") from None
+        except ResumeError:
+            if restart >= retries:
+                raise
+            _empty(dest)
+            ctx.written = 0
+            if partial is not None:
+                partial.discard()
+        except (ChecksumError, CorruptDataError, SizeLimitError):
+            if partial is not None:
+                partial.discard()  # bad data: nothing worth resuming
+            raise
+
+
+def _raw(recipe: Recipe) -> bool:
+    """Whether the output is the source's bytes unchanged (only checksums above the source)."""
+    return recipe.unpacker is None and all(transform.passthrough for transform in recipe.transforms)
+
+
+def _run(recipe: Recipe, dest: Path, ctx: Context, progress: Progress | None,
+         partial: _Partial | None) -> None:
+    start, validator = partial.load() if partial is not None else (0, None)
+    source = recipe.source.open(ctx, start=start, validator=validator)
+    stream: Stream = source
+    try:
+        if start and source.start != start:
+            start = 0  # the source could not continue: start the partial over
+        if _raw(recipe) and source.total is not None and ctx.limit is not None and source.total > ctx.limit:
+            raise SizeLimitError(f"{ctx.what} is {format_size(source.total)}, "
+                                 f"more than the limit of {format_size(ctx.limit)}")
+        if start:
+            assert partial is not None
+            stream = _Concat(partial.prefix(), source)
+        # The reading thread runs the checksums directly above the source; the rest runs here.
+        transforms = list(recipe.transforms)
+        while transforms and transforms[0].passthrough:
+            stream = transforms.pop(0).wrap(stream, ctx)
+        stream = _Prefetch(stream, _Meter(progress, source.total))
+        for transform in transforms:
+            stream = transform.wrap(stream, ctx)
+        if recipe.unpacker is not None:
+            recipe.unpacker.unpack(_Lent(stream), dest, ctx)
+            # What the unpacker left unread (tar padding) still goes through the checksums.
+            while stream.read(CHUNK):
+                pass
+            return
+        name = recipe.source.filename()
+        for transform in recipe.transforms:
+            name = transform.rename(name)
+        if partial is None:
+            _write(stream, dest / name, ctx)
+        else:
+            partial.write(stream, start, source, ctx)
+            partial.finish(dest / name)
+    finally:
+        stream.close()
+
+
+def _write(stream: Stream, path: Path, ctx: Context) -> None:
+    with open(path, "xb") as out:
+        while data := stream.read(CHUNK):
+            ctx.charge(len(data))
+            out.write(data)
+
+
+def _empty(directory: Path) -> None:
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+class _Partial:
+    """The raw download kept in ``work`` so that another process can finish it."""
+
+    def __init__(self, work: Path, identity: str, what: str) -> None:
+        self.data = work / "partial.data"
+        self.meta = work / "partial.json"
+        self._identity = identity
+        self._what = what
+
+    def load(self) -> tuple[int, str | None]:
+        """Where a previous process stopped and its validator; (0, None) if there is nothing usable."""
+        try:
+            meta = json.loads(self.meta.read_text())
+            size = self.data.stat().st_size
+        except (OSError, ValueError):
+            meta, size = None, 0
+        usable = (isinstance(meta, dict) and meta.get("identity") == self._identity
+                  and isinstance(meta.get("validator"), str) and isinstance(meta.get("bytes"), int)
+                  and 0 < meta["bytes"] <= size)
+        if not usable:
+            self.discard()
+            return 0, None
+        assert isinstance(meta, dict)
+        os.truncate(self.data, meta["bytes"])  # bytes written after the last checkpoint may be torn
+        return meta["bytes"], meta["validator"]
+
+    def prefix(self) -> Stream:
+        """The kept bytes, to be hashed again.  The file holds exactly those (``load`` truncated it),
+        and nothing is appended to it before they have all been read: the rest comes after them."""
+        return FileStream(self.data)
+
+    def write(self, stream: Stream, start: int, source: SourceStream, ctx: Context) -> None:
+        """Append what ``stream`` yields after its first ``start`` bytes (those are in the file)."""
+        validator, total = source.validator, source.total
+        ctx.charge(start)
+        with open(self.data, "r+b" if start else "wb") as out:
+            out.seek(start)
+            self._checkpoint(start, validator, total)
+            skip, done, last = start, start, time.monotonic()
+            while data := stream.read(CHUNK):
+                if skip:  # the kept prefix, coming back through the checksums
+                    data, skip = data[skip:], max(0, skip - len(data))
+                if not data:
+                    continue
+                ctx.charge(len(data))
+                out.write(data)
+                done += len(data)
+                if time.monotonic() - last >= _CHECKPOINT_INTERVAL:
+                    out.flush()  # the data reaches the file before the checkpoint counts it
+                    self._checkpoint(done, validator, total)
+                    last = time.monotonic()
+
+    def _checkpoint(self, done: int, validator: str | None, total: int | None) -> None:
+        if validator is None:
+            return  # without a validator nobody could check that the rest matches
+        temporary = self.meta.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"identity": self._identity, "source": self._what,
+                                         "validator": validator, "total": total, "bytes": done}))
+        os.replace(temporary, self.meta)
+
+    def finish(self, target: Path) -> None:
+        shutil.move(self.data, target)
+        self.meta.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        for path in (self.data, self.meta, self.meta.with_suffix(".tmp")):
+            path.unlink(missing_ok=True)
+
+
+class _Concat(Stream):
+    """The kept prefix, then the source."""
+
+    def __init__(self, first: Stream, second: Stream) -> None:
+        super().__init__()
+        self._streams = [first, second]
+
+    def read(self, size: int = -1) -> bytes:
+        while self._streams:
+            if data := self._streams[0].read(size):
+                return data
+            if len(self._streams) == 1:
+                break
+            self._streams.pop(0).close()
+        return b""
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            for stream in self._streams:
+                stream.close()
+
+
+class _Lent(Stream):
+    """The stream as handed to an unpacker: closing it, or dropping a buffer around it (which
+    closes it), leaves the chain open for the runner to read to the end and close."""
+
+    def __init__(self, below: Stream) -> None:
+        super().__init__()
+        self._below = below
+
+    def read(self, size: int = -1) -> bytes:
+        return self._below.read(size)
+
+
+class _Meter:
+    """Calls the progress callback, at most every ``_PROGRESS_INTERVAL`` seconds and at the end."""
+
+    def __init__(self, progress: Progress | None, total: int | None) -> None:
+        self._progress = progress
+        self._total = total
+        self._last = float("-inf")
+
+    def __call__(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if self._progress is not None and (final or now - self._last >= _PROGRESS_INTERVAL):
+            self._last = now
+            self._progress(done, self._total)
+
+
+class _Prefetch(Stream):
+    """Reads the stream below in a background thread, a few chunks ahead of the consumer.
+
+    The thread owns the stream below: it reads it and closes it.
+    """
+
+    def __init__(self, below: Stream, meter: _Meter) -> None:
+        super().__init__()
+        self._below = below
+        self._meter = meter
+        self._queue: queue.Queue[tuple[bytes, int] | BaseException] = queue.Queue(_QUEUE_DEPTH)
+        self._stop = threading.Event()
+        self._chunk = memoryview(b"")
+        self._finished = False
+        self._thread = threading.Thread(target=self._pump, name="sharedcache-reader", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        received = 0
+        try:
+            while not self._stop.is_set():
+                data = self._below.read(CHUNK)
+                received += len(data)
+                self._put((data, received))
+                if not data:
+                    break
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+        finally:
+            self._below.close()
+
+    def _put(self, item: tuple[bytes, int] | BaseException) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.1)
+                return
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stop.is_set():  # the reading thread is gone: get() would wait forever
+            raise ValueError("read of a closed stream")
+        if not self._chunk:
+            if self._finished:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._finished = True
+                raise item
+            data, received = item
+            self._meter(received, final=not data)
+            if not data:
+                self._finished = True
+                return b""
+            if size <= 0 or len(data) <= size:
+                return data
+            self._chunk = memoryview(data)
+        piece, self._chunk = self._chunk[:size], self._chunk[size:]
+        return bytes(piece)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            # A thread blocked in a network read leaves at its read timeout; it closes the source itself.
+            self._thread.join(_THREAD_EXIT_WAIT)
+            super().close()

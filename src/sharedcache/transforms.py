@@ -1,0 +1,137 @@
+"""The built-in transform and unpacker words.
+
+``md5:HEX``, ``sha1:HEX``, ``sha256:HEX``, ``sha512:HEX``
+    Check the bytes below as they stream by; a mismatch fails the population at the end of the
+    stream.  They do not change the bytes (``passthrough``).
+``gunzip``, ``bunzip2``, ``unxz``, ``unzstd``
+    Decompress a single file; the output name loses the compression suffix.
+``tar``
+    Unpack a tar archive, uncompressed or compressed with any of the above (recognised by its
+    magic bytes).
+``zip``
+    Unpack a zip archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from pathlib import Path
+from typing import ClassVar
+
+from .errors import ChecksumError, UsageError
+from .recipe import Context, Layer, Stream, Transform, Unpacker
+
+
+class _Hashing(Layer):
+    def __init__(self, below: Stream, algorithm: str, expected: str, what: str) -> None:
+        super().__init__(below)
+        self._hash = hashlib.new(algorithm, usedforsecurity=False)
+        self._algorithm = algorithm
+        self._expected = expected
+        self._what = what
+        self._checked = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.below.read(size)
+        if data:
+            self._hash.update(data)
+        elif not self._checked:
+            self._checked = True
+            actual = self._hash.hexdigest()
+            if actual != self._expected:
+                raise ChecksumError(
+                    f"{self._algorithm} mismatch for {self._what}: expected {self._expected}, got {actual}")
+        return data
+
+
+class Checksum(Transform):
+    """Base of the checksum words; subclasses name the hashlib algorithm."""
+
+    algorithm: ClassVar[str]
+    argument = "hex digest"
+    passthrough = True
+
+    def __init__(self, name: str, arg: str | None) -> None:
+        super().__init__(name, arg)
+        assert arg is not None
+        digits = hashlib.new(self.algorithm, usedforsecurity=False).digest_size * 2
+        if len(arg) != digits or not set(arg) <= set(string.hexdigits):
+            raise UsageError(f"'{self.word}': a {name} digest is {digits} hexadecimal digits")
+        self.digest = arg.lower()
+
+    def wrap(self, below: Stream, ctx: Context) -> Stream:
+        return _Hashing(below, self.algorithm, self.digest, ctx.what)
+
+
+class Md5Check(Checksum):
+    algorithm = "md5"
+
+
+class Sha1Check(Checksum):
+    algorithm = "sha1"
+
+
+class Sha256Check(Checksum):
+    algorithm = "sha256"
+
+
+class Sha512Check(Checksum):
+    algorithm = "sha512"
+
+
+class Decompress(Transform):
+    """Base of the decompression words; subclasses name the codec and the suffixes it removes."""
+
+    codec: ClassVar[str]
+    #: Output suffix for each input suffix, as ``gzip -d`` does.
+    suffixes: ClassVar[dict[str, str]]
+
+    def wrap(self, below: Stream, ctx: Context) -> Stream:
+        from .compression import decompressing
+
+        return decompressing(self.codec, below, ctx.what)
+
+    def rename(self, name: str) -> str:
+        for suffix, replacement in self.suffixes.items():
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)] + replacement
+        return name
+
+
+class Gunzip(Decompress):
+    codec = "gzip"
+    suffixes = {".gz": "", ".tgz": ".tar"}
+
+
+class Bunzip2(Decompress):
+    codec = "bzip2"
+    suffixes = {".bz2": "", ".tbz2": ".tar", ".tbz": ".tar"}
+
+
+class Unxz(Decompress):
+    codec = "xz"
+    suffixes = {".xz": "", ".txz": ".tar"}
+
+
+class Unzstd(Decompress):
+    codec = "zstd"
+    suffixes = {".zst": "", ".tzst": ".tar"}
+
+
+class Untar(Unpacker):
+    """``tar``: unpack a tar archive, compressed or not."""
+
+    def unpack(self, stream: Stream, dest: Path, ctx: Context) -> None:
+        from .archives import extract_tar
+
+        extract_tar(stream, dest, ctx)
+
+
+class Unzip(Unpacker):
+    """``zip``: unpack a zip archive."""
+
+    def unpack(self, stream: Stream, dest: Path, ctx: Context) -> None:
+        from .archives import extract_zip
+
+        extract_zip(stream, dest, ctx)

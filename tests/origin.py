@@ -1,0 +1,375 @@
+"""A loopback HTTP/1.1 origin for tests: ranges, validators, counters, throttling and faults.
+
+Standard library only, so that it can be copied or run anywhere.
+
+In the test process::
+
+    origin = Origin().start()                       # or: with Origin() as origin:
+    origin.add("/data.bin", payload)                # or Origin(directory=...) to serve files
+    url = origin.url("/data.bin")
+    origin.fault("/data.bin", drop_after=1000)      # the next GET of it breaks after 1000 body bytes
+    origin.fault("/data.bin", ignore_range=True)    # faults queue up: this one is for the GET after
+    origin.stats("/data.bin").ranges                # Range headers seen, bytes served, statuses...
+    origin.stop()
+
+As a process (prints the port on stdout, serves until terminated)::
+
+    python tests/origin.py --dir D --port 0 [--rate BYTES_PER_SECOND]
+
+``GET /__origin__/stats`` answers the counters of every path as JSON.
+
+Served: ``GET`` and ``HEAD``; single ranges ``bytes=N-``, ``bytes=N-M`` and ``bytes=-N`` (``206``
+with ``Content-Range``, ``416`` when unsatisfiable); ``ETag`` and ``Last-Modified``; ``If-Range``
+(a range whose validator does not match gets the whole file, ``200``).  Faults apply to the next
+``times`` GETs of a path: answer a status (``500``), drop the connection after N body bytes, ignore
+the Range header or just If-Range, announce a longer ``Content-Length`` than sent, show a new ETag,
+or replace the content once the answer is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, BinaryIO
+
+_SEND_CHUNK = 64 * 1024
+_STATS_PATH = "/__origin__/stats"
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+@dataclass
+class Fault:
+    """Misbehaviour for the next ``times`` GETs of a path."""
+
+    times: int = 1
+    status: int | None = None          # answer this status instead of the file
+    drop_after: int | None = None      # close the connection after this many body bytes
+    ignore_range: bool = False         # answer 200 with the whole file to a range request
+    extra_length: int = 0              # announce this many more bytes than are sent, then close
+    new_etag: bool = False             # a fresh ETag on every answer, so If-Range never matches
+    ignore_if_range: bool = False      # honour Range even when If-Range does not match
+    replace_with: bytes | None = None  # after answering, serve this content instead (with a new ETag)
+
+
+@dataclass
+class Stats:
+    """What happened to one path."""
+
+    gets: int = 0
+    ranges: list[str] = field(default_factory=list)   # the Range header of each GET that had one
+    if_ranges: list[str] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    bytes_served: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gets": self.gets, "ranges": self.ranges, "if_ranges": self.if_ranges,
+                "statuses": self.statuses, "bytes_served": self.bytes_served}
+
+
+@dataclass
+class _Resource:
+    size: int
+    open: Callable[[], BinaryIO]
+    etag: str | None
+    last_modified: str | None
+
+
+class Origin:
+    """The server, run in a thread of this process."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0, rate: float | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        #: Bytes per second per connection, or None for full speed; may be changed at any time.
+        self.rate = rate
+        self._files: dict[str, tuple[bytes, str | None, str | None]] = {}
+        self._redirects: dict[str, tuple[int, str]] = {}
+        self._version = 0  # bumped by every add, so that a replaced file has new validators
+        self._faults: dict[str, list[Fault]] = {}
+        self._stats: dict[str, Stats] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = _Server((host, port), _Handler)
+        self._server.origin = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def add(self, path: str, content: bytes, *, etag: bool = True, last_modified: bool = True) -> str:
+        """Serve ``content`` at ``path`` (replacing what was there, with a new ETag); return its URL."""
+        with self._lock:
+            self._version += 1
+            version = self._version
+            tag = f'"{hashlib.sha1(content).hexdigest()[:16]}-{version}"' if etag else None
+            stamp = time.time() - 60 + version
+            modified = email.utils.formatdate(stamp, usegmt=True) if last_modified else None
+            self._files[path] = (content, tag, modified)
+        return self.url(path)
+
+    def redirect(self, path: str, target: str, status: int = 302) -> str:
+        self._redirects[path] = (status, target)
+        return self.url(path)
+
+    def fault(self, path: str, **kwargs: Any) -> None:
+        """Misbehave on the next GETs of ``path`` (after the faults already queued for it); see
+        :class:`Fault` for the arguments."""
+        with self._lock:
+            self._faults.setdefault(path, []).append(Fault(**kwargs))
+
+    def stats(self, path: str) -> Stats:
+        with self._lock:
+            return self._stats.setdefault(path, Stats())
+
+    def all_stats(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {path: stats.as_dict() for path, stats in self._stats.items()}
+
+    def start(self) -> Origin:
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="test-origin", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()  # handlers still sending give up
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout)
+        self._server.server_close()
+
+    def __enter__(self) -> Origin:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # Called by the handler.
+
+    def _resource(self, path: str) -> _Resource | None:
+        with self._lock:
+            entry = self._files.get(path)
+        if entry is not None:
+            content, tag, modified = entry
+            return _Resource(len(content), lambda: io.BytesIO(content), tag, modified)
+        if self.directory is None:
+            return None
+        target = (self.directory / path.lstrip("/")).resolve()
+        if self.directory.resolve() not in target.parents or not target.is_file():
+            return None
+        info = target.stat()
+        tag = f'"{info.st_ino:x}-{info.st_mtime_ns:x}-{info.st_size:x}"'
+        return _Resource(info.st_size, lambda: open(target, "rb"), tag,
+                         email.utils.formatdate(info.st_mtime, usegmt=True))
+
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            queued = self._faults.get(path)
+            if not queued:
+                return None
+            fault = queued[0]
+            fault.times -= 1
+            if fault.times <= 0:
+                queued.pop(0)
+            return fault
+
+
+class _Unsatisfiable(Exception):
+    """The range asked for lies past the end: answer 416."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    origin: Origin
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def _simple(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _answer(self, body: bool) -> None:
+        origin = self.server.origin
+        path = self.path.split("?", 1)[0]
+        if path == _STATS_PATH:
+            self._simple(200, json.dumps(origin.all_stats()).encode(), {"Content-Type": "application/json"})
+            return
+        fault = origin._take_fault(path) if body else None
+        stats = origin.stats(path)
+        range_header = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        with origin._lock:
+            if body:
+                stats.gets += 1
+                if range_header:
+                    stats.ranges.append(range_header)
+                if if_range:
+                    stats.if_ranges.append(if_range)
+
+        def answered(status: int) -> None:
+            with origin._lock:
+                stats.statuses.append(status)
+
+        if path in origin._redirects:
+            status, target = origin._redirects[path]
+            answered(status)
+            self._simple(status, headers={"Location": target})
+            return
+        if fault is not None and fault.status is not None:
+            answered(fault.status)
+            self._simple(fault.status, f"injected {fault.status}\n".encode())
+            return
+        resource = origin._resource(path)
+        if resource is None:
+            answered(404)
+            self._simple(404, b"not found\n")
+            return
+        etag = resource.etag
+        if etag is not None and fault is not None and fault.new_etag:
+            etag = f'"{etag.strip(chr(34))}-{time.monotonic_ns()}"'
+        start, end = 0, resource.size - 1
+        status = 200
+        if range_header and not (fault is not None and fault.ignore_range):
+            validated = if_range is None or if_range in (etag, resource.last_modified)
+            if validated or (fault is not None and fault.ignore_if_range):
+                try:
+                    wanted = self._range(range_header, resource.size)
+                except _Unsatisfiable:
+                    answered(416)
+                    self._simple(416, headers={"Content-Range": f"bytes */{resource.size}"})
+                    return
+                if wanted is not None:
+                    (start, end), status = wanted, 206
+        answered(status)
+        length = end - start + 1
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        if etag is not None:
+            self.send_header("ETag", etag)
+        if resource.last_modified is not None:
+            self.send_header("Last-Modified", resource.last_modified)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{resource.size}")
+        extra = fault.extra_length if fault is not None else 0
+        self.send_header("Content-Length", str(length + extra))
+        self.end_headers()
+        if not body:
+            return
+        limit = length
+        if fault is not None and fault.drop_after is not None:
+            limit = min(limit, fault.drop_after)
+        sent = self._send(resource, start, limit, stats)
+        if fault is not None and fault.replace_with is not None:
+            origin.add(path, fault.replace_with)
+        if sent < length + extra:  # dropped, or fewer bytes than announced: end the connection
+            self.close_connection = True
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _range(header: str, size: int) -> tuple[int, int] | None:
+        """The single range asked for, or None to ignore the header; raises _Unsatisfiable."""
+        match = _RANGE.fullmatch(header.strip())
+        if match is None or match[1] == match[2] == "":
+            return None
+        if match[1] == "":
+            if not int(match[2]) or not size:
+                raise _Unsatisfiable
+            return max(0, size - int(match[2])), size - 1
+        first = int(match[1])
+        last = min(int(match[2]), size - 1) if match[2] else size - 1
+        if first >= size:
+            raise _Unsatisfiable
+        return None if last < first else (first, last)
+
+    def _send(self, resource: _Resource, start: int, length: int, stats: Stats) -> int:
+        origin = self.server.origin
+        source = resource.open()
+        sent = 0
+        began = time.monotonic()
+        try:
+            source.seek(start)
+            while sent < length and not origin._stopping.is_set():
+                rate = origin.rate
+                step = _SEND_CHUNK if rate is None else max(1024, int(rate / 20))  # 20 sends a second
+                chunk = source.read(min(step, length - sent))
+                if not chunk:
+                    break
+                if rate is not None:  # keep to the rate over the whole answer
+                    delay = began + (sent + len(chunk)) / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                try:
+                    self.wfile.write(chunk)
+                except OSError:  # the client went away
+                    self.close_connection = True
+                    break
+                sent += len(chunk)
+                with origin._lock:
+                    stats.bytes_served += len(chunk)
+        finally:
+            source.close()
+        return sent
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", required=True, help="directory whose files are served")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--rate", type=float, default=None, help="bytes per second per connection")
+    args = parser.parse_args(argv)
+    origin = Origin(args.dir, host=args.host, port=args.port, rate=args.rate)
+    print(origin.port, flush=True)
+    try:
+        origin._server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        origin._server.server_close()
+
+
+if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    main()

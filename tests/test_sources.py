@@ -1,0 +1,391 @@
+"""The http:, file: and dirac: sources, against the loopback origin (tests/origin.py) and stand-ins."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from origin import Origin
+
+from sharedcache.errors import ChecksumError, DownloadError, ResumeError, SizeLimitError
+from sharedcache.recipe import parse_recipe
+
+pytestmark = pytest.mark.timeout(60)
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def boxes(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh empty dest and the (shared) work directory."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    for number in range(100):
+        dest = tmp_path / f"dest{number}"
+        if not dest.exists():
+            dest.mkdir()
+            return dest, work
+    raise AssertionError("too many boxes")
+
+
+def populate(tmp_path: Path, *words: str, **kwargs: object) -> Path:
+    dest, work = boxes(tmp_path)
+    kwargs.setdefault("retries", 3)
+    parse_recipe(words).populate(dest, work=work, **kwargs)  # type: ignore[arg-type]
+    return dest
+
+
+def sha256(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def tarball(size: int = 3_000_000) -> tuple[bytes, dict[str, bytes]]:
+    files = {"a/random.bin": os.urandom(size // 2), "a/text.txt": b"line\n" * (size // 10)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue(), files
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+# --- plain HTTP -----------------------------------------------------------------------------------
+
+
+def test_http_file_with_progress(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(2_500_000)
+    url = origin.add("/dir/data.bin", payload)
+    calls: list[tuple[int, int | None]] = []
+    dest = populate(tmp_path, f"http:{url}?token=1", sha256(payload),
+                    progress=lambda *call: calls.append(call))
+    assert (dest / "data.bin").read_bytes() == payload
+    assert calls[-1] == (len(payload), len(payload))
+    assert all(total == len(payload) for _, total in calls)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert not any((tmp_path / "work").iterdir())
+
+
+def test_http_tarball(origin: Origin, tmp_path: Path) -> None:
+    archive, files = tarball()
+    url = origin.add("/data.tar.gz", archive)
+    dest = populate(tmp_path, f"http:{url}", sha256(archive), "tar")
+    assert tree(dest) == files
+    assert origin.stats("/data.tar.gz").bytes_served == len(archive)
+
+
+def test_redirect(origin: Origin, tmp_path: Path) -> None:
+    origin.add("/real/file.txt", b"content")
+    url = origin.redirect("/moved/file.txt", "/real/file.txt")
+    dest = populate(tmp_path, f"http:{url}")
+    assert (dest / "file.txt").read_bytes() == b"content"
+
+
+def test_404(origin: Origin, tmp_path: Path) -> None:
+    url = origin.url("/missing.tar.gz")
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, f"http:{url}", "tar")
+    assert str(caught.value) == f"HTTP 404 Not Found for {url}"
+    assert origin.stats("/missing.tar.gz").gets == 1  # 4xx is not retried
+
+
+def test_500_then_success(origin: Origin, tmp_path: Path) -> None:
+    url = origin.add("/flaky.bin", b"payload")
+    origin.fault("/flaky.bin", status=500, times=2)
+    dest = populate(tmp_path, f"http:{url}")
+    assert (dest / "flaky.bin").read_bytes() == b"payload"
+    assert origin.stats("/flaky.bin").statuses == [500, 500, 200]
+
+
+def test_5xx_retries_run_out(origin: Origin, tmp_path: Path) -> None:
+    url = origin.add("/down.bin", b"payload")
+    origin.fault("/down.bin", status=503, times=10)
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, f"http:{url}", retries=1)
+    assert str(caught.value) == f"HTTP 503 Service Unavailable for {url} (after 2 attempts)"
+
+
+def test_connection_refused(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x"
+    with pytest.raises(DownloadError, match=f"^cannot download {url}: .*refused"):
+        populate(tmp_path, f"http:{url}", retries=0)
+
+
+def test_size_limit_known_before_download(origin: Origin, tmp_path: Path) -> None:
+    url = origin.add("/big.bin", b"x" * 50_000_000)
+    with pytest.raises(SizeLimitError, match="more than the limit"):
+        populate(tmp_path, f"http:{url}", limit=1000)
+    assert origin.stats("/big.bin").bytes_served < 50_000_000
+
+
+# --- resuming within a process --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("validator", ["etag", "last-modified"])
+def test_dropped_connection_resumes_with_a_range(origin: Origin, tmp_path: Path, validator: str) -> None:
+    payload = os.urandom(3_000_000)
+    url = origin.add("/data.bin", payload, etag=validator == "etag")
+    origin.fault("/data.bin", drop_after=1_000_000)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload))
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    assert stats.ranges == ["bytes=1000000-"]
+    assert stats.statuses == [200, 206]
+    assert stats.bytes_served < 2 * len(payload)
+
+
+def test_dropped_connection_resumes_under_tar(origin: Origin, tmp_path: Path) -> None:
+    archive, files = tarball()
+    url = origin.add("/data.tar.gz", archive)
+    origin.fault("/data.tar.gz", drop_after=len(archive) // 3, times=2)
+    dest = populate(tmp_path, f"http:{url}", sha256(archive), "tar")
+    assert tree(dest) == files
+    stats = origin.stats("/data.tar.gz")
+    assert len(stats.ranges) == 2 and stats.bytes_served < 2 * len(archive)
+
+
+def test_range_answered_with_200_starts_over(origin: Origin, tmp_path: Path) -> None:
+    archive, files = tarball()
+    url = origin.add("/data.tar.gz", archive)
+    origin.fault("/data.tar.gz", drop_after=1_000_000)
+    origin.fault("/data.tar.gz", ignore_range=True)
+    dest = populate(tmp_path, f"http:{url}", "tar")
+    assert tree(dest) == files
+    assert origin.stats("/data.tar.gz").statuses == [200, 200, 200]
+
+
+@pytest.mark.parametrize("server", ["honours If-Range", "ignores If-Range"])
+def test_changed_file_is_never_stitched(origin: Origin, tmp_path: Path, server: str) -> None:
+    old, new = b"old!" * 500_000, b"new!" * 500_000
+    url = origin.add("/data.bin", old)
+    origin.fault("/data.bin", drop_after=1_000_000, replace_with=new)
+    origin.fault("/data.bin", ignore_if_range=server == "ignores If-Range")
+    dest = populate(tmp_path, f"http:{url}")
+    assert (dest / "data.bin").read_bytes() == new  # all new: no old prefix
+    assert len(origin.stats("/data.bin").ranges) == 1
+
+    # With the checksum of the old version, the new one is refused.
+    url = origin.add("/other.bin", old)
+    origin.fault("/other.bin", drop_after=1_000_000, replace_with=new)
+    with pytest.raises(ChecksumError):
+        populate(tmp_path, f"http:{url}", sha256(old))
+    assert not any((tmp_path / "work").iterdir())  # no partial kept for data known to be wrong
+
+
+def test_new_etag_on_every_answer_starts_over(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(2_000_000)
+    url = origin.add("/data.bin", payload)
+    origin.fault("/data.bin", drop_after=500_000)
+    origin.fault("/data.bin", new_etag=True)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload))
+    assert (dest / "data.bin").read_bytes() == payload
+    assert origin.stats("/data.bin").statuses == [200, 200, 200]
+
+
+def test_content_length_lie(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(100_000)
+    url = origin.add("/data.bin", payload)
+    origin.fault("/data.bin", extra_length=1000)
+    dest = populate(tmp_path, f"http:{url}")
+    assert (dest / "data.bin").read_bytes() == payload
+    assert origin.stats("/data.bin").statuses == [200, 416, 200]
+
+    origin.fault("/data.bin", extra_length=1000, times=100)
+    with pytest.raises(DownloadError, match=f"^cannot resume {url} at byte 100000: the server no longer has"):
+        populate(tmp_path, f"http:{url}", retries=1)
+
+
+def test_no_validator_starts_over(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(1_000_000)
+    url = origin.add("/data.bin", payload, etag=False, last_modified=False)
+    origin.fault("/data.bin", drop_after=300_000)
+    dest = populate(tmp_path, f"http:{url}")
+    assert (dest / "data.bin").read_bytes() == payload
+    assert origin.stats("/data.bin").ranges == []
+    origin.fault("/data.bin", drop_after=300_000, times=100)
+    with pytest.raises(ResumeError, match="no ETag or Last-Modified"):
+        populate(tmp_path, f"http:{url}", retries=1)
+
+
+# --- resuming in another process ------------------------------------------------------------------
+
+
+def start_and_kill(url: str, words: list[str], dest: Path, work: Path) -> int:
+    """Populate in a child process, SIGKILL it once it has checkpointed some bytes; return them."""
+    script = (f"from sharedcache.recipe import parse_recipe\n"
+              f"parse_recipe({words!r}).populate({str(dest)!r}, work={str(work)!r})\n")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    meta = work / "partial.json"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                done = json.loads(meta.read_text())["bytes"]
+            except (OSError, ValueError):
+                done = 0
+            if done > 0:
+                break
+            assert child.poll() is None, "the child ended before it was killed"
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the child wrote no checkpoint")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert not any(dest.iterdir())
+    return done
+
+
+def test_takeover_resumes_the_partial_download(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(4_000_000)
+    url = origin.add("/big.bin", payload)
+    words = [f"http:{url}", sha256(payload)]
+    origin.rate = 1_000_000
+    dest, work = boxes(tmp_path)
+    start_and_kill(url, words, dest, work)
+    origin.rate = None
+    partial = (work / "partial.data").stat().st_size
+
+    dest = populate(tmp_path, *words)
+    assert (dest / "big.bin").read_bytes() == payload
+    stats = origin.stats("/big.bin")
+    assert len(stats.ranges) == 1
+    resumed_at = int(stats.ranges[0].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= partial
+    assert stats.bytes_served < 2 * len(payload)
+    assert sorted(p.name for p in work.iterdir()) == []
+
+
+def test_takeover_of_a_file_that_changed_starts_over(origin: Origin, tmp_path: Path) -> None:
+    old, new = os.urandom(4_000_000), os.urandom(3_000_000)
+    url = origin.add("/big.bin", old)
+    origin.rate = 1_000_000
+    dest, work = boxes(tmp_path)
+    start_and_kill(url, [f"http:{url}"], dest, work)
+    origin.rate = None
+    origin.add("/big.bin", new)
+    dest = populate(tmp_path, f"http:{url}")
+    assert (dest / "big.bin").read_bytes() == new
+    assert len(origin.stats("/big.bin").ranges) == 1  # asked, got 200 with the new file
+
+
+def test_takeover_with_another_recipe_ignores_the_partial(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(4_000_000)
+    url = origin.add("/big.bin", payload)
+    origin.rate = 1_000_000
+    dest, work = boxes(tmp_path)
+    start_and_kill(url, [f"http:{url}"], dest, work)
+    origin.rate = None
+    dest = populate(tmp_path, f"http:{url}", sha256(payload))
+    assert (dest / "big.bin").read_bytes() == payload
+    assert origin.stats("/big.bin").ranges == []
+
+
+# --- file: ----------------------------------------------------------------------------------------
+
+
+def test_file_source(tmp_path: Path) -> None:
+    data = gzip.compress(b"data\n" * 1000)
+    (tmp_path / "x.txt.gz").write_bytes(data)
+    dest = populate(tmp_path, f"file:{tmp_path / 'x.txt.gz'}", "gunzip")
+    assert (dest / "x.txt").read_bytes() == b"data\n" * 1000
+
+
+@pytest.mark.parametrize("target,why", [("missing", "no such file"), ("", "it is a directory")])
+def test_file_source_errors(tmp_path: Path, target: str, why: str) -> None:
+    path = tmp_path / target
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, f"file:{path}")
+    assert str(caught.value) == f"cannot read {path}: {why}"
+
+
+# --- dirac: ---------------------------------------------------------------------------------------
+
+STAND_IN = """#!{python}
+import os, sys
+lfn = sys.argv[1]
+if "missing" in lfn:
+    print("Getting file " + lfn, flush=True)
+    sys.stderr.write("some noise\\nERROR: " + lfn + ": No such file or directory\\n")
+    sys.exit(1)
+with open(os.path.basename(lfn), "wb") as out:
+    out.write(b"grid data for " + lfn.encode())
+"""
+
+
+@pytest.fixture
+def dirac_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "dirac-dms-get-file"
+    tool.write_text(STAND_IN.format(python=sys.executable))
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def test_dirac(dirac_path: Path, tmp_path: Path) -> None:
+    lfn = "/vo/user/data/run1.dat"
+    expected = b"grid data for " + lfn.encode()
+    dest = populate(tmp_path, f"dirac:{lfn}", f"md5:{hashlib.md5(expected).hexdigest()}")
+    assert (dest / "run1.dat").read_bytes() == expected
+    assert not any((tmp_path / "work").iterdir())  # the fetched copy is deleted
+
+
+def test_dirac_failure(dirac_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, "dirac:/vo/missing.dat")
+    assert str(caught.value) == ("dirac-dms-get-file failed for /vo/missing.dat: "
+                                 "ERROR: /vo/missing.dat: No such file or directory")
+
+
+def test_dirac_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, "dirac:/vo/file.dat")
+    assert str(caught.value) == "dirac-dms-get-file not found on PATH (install the DIRAC client)"
+
+
+# --- the origin as a separate process -------------------------------------------------------------
+
+
+def test_origin_runs_as_a_process(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    (served / "sub").mkdir(parents=True)
+    (served / "sub" / "file.bin").write_bytes(b"from a process")
+    script = Path(__file__).with_name("origin.py")
+    process = subprocess.Popen([sys.executable, str(script), "--dir", str(served), "--port", "0"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        url = f"http://127.0.0.1:{port}/sub/file.bin"
+        dest = populate(tmp_path, f"http:{url}")
+        assert (dest / "file.bin").read_bytes() == b"from a process"
+        with pytest.raises(DownloadError, match="HTTP 404"):
+            populate(tmp_path, f"http:http://127.0.0.1:{port}/missing.bin")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/__origin__/stats", timeout=10) as answer:
+            stats = json.load(answer)
+        assert stats["/sub/file.bin"]["gets"] == 1 and stats["/sub/file.bin"]["statuses"] == [200]
+    finally:
+        process.terminate()
+        process.wait(10)

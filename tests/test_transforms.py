@@ -1,0 +1,351 @@
+"""Checksums, decompressors and the tar and zip unpackers, fed from local files."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import stat
+import tarfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from sharedcache.compression import decompressing
+from sharedcache.errors import ChecksumError, CorruptDataError, SizeLimitError, UnsafeArchiveError
+from sharedcache.recipe import parse_recipe
+from sharedcache.transforms import Gunzip, Unzstd
+
+pytestmark = pytest.mark.timeout(30)
+
+COMPRESS = {
+    "none": lambda data: data,
+    "gzip": gzip.compress,
+    "bzip2": bz2.compress,
+    "xz": lzma.compress,
+    # With a checksum, as the zstd tool writes it.
+    "zstd": lambda data: zstandard.ZstdCompressor(write_checksum=True).compress(data),
+}
+SUFFIX = {"none": "", "gzip": ".gz", "bzip2": ".bz2", "xz": ".xz", "zstd": ".zst"}
+DECOMPRESSOR = {"gzip": "gunzip", "bzip2": "bunzip2", "xz": "unxz", "zstd": "unzstd"}
+
+
+def populate(tmp_path: Path, *words: str, limit: int | None = None) -> Path:
+    """Run the recipe into a fresh dest under tmp_path/box; return dest."""
+    box = tmp_path / "box"
+    box.mkdir(parents=True, exist_ok=True)
+    dest, work = box / "dest", box / "work"
+    dest.mkdir()
+    work.mkdir(exist_ok=True)
+    parse_recipe(words).populate(dest, work=work, limit=limit)
+    return dest
+
+
+def put(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return f"file:{path}"
+
+
+def everything_but_box(tmp_path: Path) -> set[str]:
+    """Paths under tmp_path outside box/ (where dest and work live)."""
+    paths = (path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    return {str(path) for path in paths if path.parts[0] != "box"}
+
+
+def sample_tree() -> dict[str, bytes]:
+    return {
+        "top.txt": b"hello\n",
+        "dir/numbers.txt": "".join(f"{i}\n" for i in range(50_000)).encode(),
+        "dir/sub/random.bin": os.urandom(300_000),
+        "dir/sub/empty": b"",
+    }
+
+
+def make_tar(files: dict[str, bytes], extra: Sequence[tuple[tarfile.TarInfo, bytes | None]] = ()) -> bytes:
+    """A tar archive of ``files`` (regular members), then of the ``extra`` members, in order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for info, content in extra:
+            tar.addfile(info, io.BytesIO(content) if content is not None else None)
+    return buffer.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, *, linkname: str = "", mode: int = 0o644,
+           content: bytes = b"") -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = mode
+    info.size = len(content) if kind == tarfile.REGTYPE else 0
+    return info, content if kind == tarfile.REGTYPE else None
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    files = (path for path in root.rglob("*") if path.is_file() and not path.is_symlink())
+    return {str(path.relative_to(root)): path.read_bytes() for path in files}
+
+
+# --- checksums ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha1", "sha256", "sha512"])
+def test_checksum_match_and_mismatch(tmp_path: Path, algorithm: str) -> None:
+    data = os.urandom(3_000_000)
+    source = put(tmp_path, "data.bin", data)
+    digest = hashlib.new(algorithm, data).hexdigest()
+    dest = populate(tmp_path, source, f"{algorithm}:{digest.upper()}")
+    assert (dest / "data.bin").read_bytes() == data
+
+    wrong = hashlib.new(algorithm, b"other").hexdigest()
+    with pytest.raises(ChecksumError) as caught:
+        populate(tmp_path / "again", source, f"{algorithm}:{wrong}")
+    assert str(caught.value) == f"{algorithm} mismatch for {source[5:]}: expected {wrong}, got {digest}"
+
+
+def test_checksum_of_decompressed_bytes(tmp_path: Path) -> None:
+    data = b"abc" * 100_000
+    source = put(tmp_path, "data.txt.gz", gzip.compress(data))
+    dest = populate(tmp_path, source, "gunzip", f"sha1:{hashlib.sha1(data).hexdigest()}")
+    assert (dest / "data.txt").read_bytes() == data
+
+
+def test_checksum_covers_bytes_after_the_tar_end(tmp_path: Path) -> None:
+    archive = make_tar({"a": b"x"}) + os.urandom(100_000)  # trailing junk after the end of archive
+    source = put(tmp_path, "junk.tar", archive)
+    populate(tmp_path, source, f"sha256:{hashlib.sha256(archive).hexdigest()}", "tar")
+    with pytest.raises(ChecksumError):
+        populate(tmp_path / "again", source, f"sha256:{hashlib.sha256(archive[:-1]).hexdigest()}", "tar")
+
+
+# --- single-file decompressors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
+def test_decompressor(tmp_path: Path, codec: str) -> None:
+    data = os.urandom(200_000) + b"\0" * 3_000_000
+    source = put(tmp_path, f"blob.dat{SUFFIX[codec]}", COMPRESS[codec](data))
+    dest = populate(tmp_path, source, DECOMPRESSOR[codec])
+    assert [p.name for p in dest.iterdir()] == ["blob.dat"]
+    assert (dest / "blob.dat").read_bytes() == data
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
+def test_concatenated_streams_are_read_through(tmp_path: Path, codec: str) -> None:
+    source = put(tmp_path, "two", COMPRESS[codec](b"first\n") + COMPRESS[codec](b"second\n"))
+    dest = populate(tmp_path, source, DECOMPRESSOR[codec])
+    assert (dest / "two").read_bytes() == b"first\nsecond\n"
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
+def test_truncated_compressed_data_is_an_error(tmp_path: Path, codec: str) -> None:
+    whole = COMPRESS[codec](os.urandom(100_000))
+    source = put(tmp_path, "cut", whole[: len(whole) - 10])
+    with pytest.raises(CorruptDataError, match=f"^truncated {codec} data from "):
+        populate(tmp_path, source, DECOMPRESSOR[codec])
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
+def test_corrupt_compressed_data_is_an_error(tmp_path: Path, codec: str) -> None:
+    whole = bytearray(COMPRESS[codec](b"some text " * 10_000))
+    whole[len(whole) // 2] ^= 0xFF
+    whole[len(whole) // 2 + 1] ^= 0xFF
+    source = put(tmp_path, "bad", bytes(whole))
+    with pytest.raises(CorruptDataError, match=f"^(corrupt|truncated) {codec} data from "):
+        populate(tmp_path, source, DECOMPRESSOR[codec])
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
+def test_decompression_output_is_bounded_by_the_read_size(codec: str) -> None:
+    bomb = COMPRESS[codec](b"\0" * 50_000_000)
+
+    class Source(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = io.BytesIO(bomb)
+
+        def read(self, size: int = -1) -> bytes:
+            return self.data.read(size)
+
+    stream = decompressing(codec, Source(), "bomb")  # type: ignore[arg-type]
+    sizes = [len(stream.read(65536)) for _ in range(50)]
+    assert max(sizes) <= 65536 and sum(sizes) > 0
+
+
+def test_output_names() -> None:
+    assert Gunzip("gunzip", None).rename("a.tar.gz") == "a.tar"
+    assert Gunzip("gunzip", None).rename("a.TGZ") == "a.tar"
+    assert Gunzip("gunzip", None).rename("plain") == "plain"
+    assert Gunzip("gunzip", None).rename(".gz") == ".gz"
+    assert Unzstd("unzstd", None).rename("x.zst") == "x"
+
+
+# --- tar ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", list(COMPRESS))
+def test_tar_any_compression(tmp_path: Path, codec: str) -> None:
+    files = sample_tree()
+    archive = COMPRESS[codec](make_tar(files))
+    source = put(tmp_path, f"t.tar{SUFFIX[codec]}", archive)
+    dest = populate(tmp_path, source, f"md5:{hashlib.md5(archive).hexdigest()}", "tar")
+    assert read_tree(dest) == files
+    assert not any((tmp_path / "box" / "work").iterdir())
+
+
+def test_tar_keeps_links_modes_and_times_but_not_setuid(tmp_path: Path) -> None:
+    archive = make_tar({"bin/tool": b"#!/bin/sh\n"}, [
+        member("bin/suid", mode=0o4755 | 0o2000 | 0o1000, content=b"x"),
+        member("bin/shared", mode=0o777, content=b"y"),
+        member("bin/alias", tarfile.SYMTYPE, linkname="tool"),
+        member("bin/hard", tarfile.LNKTYPE, linkname="bin/tool"),
+        member("lib/up", tarfile.SYMTYPE, linkname="../bin/tool"),
+        member("ro", tarfile.DIRTYPE, mode=0o555),
+        member("ro/inside", content=b"z"),
+    ])
+    dest = populate(tmp_path, put(tmp_path, "t.tar", archive), "tar")
+    assert stat.S_IMODE((dest / "bin/suid").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "bin/shared").stat().st_mode) == 0o755
+    assert os.readlink(dest / "bin/alias") == "tool"
+    assert (dest / "lib/up").read_bytes() == b"#!/bin/sh\n"
+    assert (dest / "bin/hard").stat().st_ino == (dest / "bin/tool").stat().st_ino
+    assert stat.S_IMODE((dest / "ro").stat().st_mode) == 0o755
+    assert (dest / "ro/inside").read_bytes() == b"z"
+
+
+HOSTILE = {
+    "absolute path": [member("/tmp/evil", content=b"x")],
+    "dot-dot": [member("../evil", content=b"x")],
+    "dot-dot inside": [member("a/../../evil", content=b"x")],
+    "absolute symlink": [member("link", tarfile.SYMTYPE, linkname="/etc")],
+    "symlink out": [member("link", tarfile.SYMTYPE, linkname="../evil")],
+    "symlink out from a subdirectory": [member("a/b/link", tarfile.SYMTYPE, linkname="../../../evil")],
+    "write through symlink": [member("d", tarfile.DIRTYPE, mode=0o755),
+                              member("link", tarfile.SYMTYPE, linkname="d"),
+                              member("link/file", content=b"x")],
+    "symlink chain escaping": [member("a", tarfile.SYMTYPE, linkname="x/../evil"),
+                               member("x", tarfile.SYMTYPE, linkname=".")],
+    "hard link absolute": [member("h", tarfile.LNKTYPE, linkname="/etc/passwd")],
+    "hard link out": [member("h", tarfile.LNKTYPE, linkname="../evil")],
+    "hard link to a symlink": [member("s", tarfile.SYMTYPE, linkname="."),
+                               member("h", tarfile.LNKTYPE, linkname="s")],
+    "character device": [member("dev", tarfile.CHRTYPE)],
+    "block device": [member("dev", tarfile.BLKTYPE)],
+    "fifo": [member("pipe", tarfile.FIFOTYPE)],
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_tar_is_refused(tmp_path: Path, case: str) -> None:
+    (tmp_path / "evil").mkdir()  # a target outside dest that links could reach
+    before = everything_but_box(tmp_path)
+    archive = make_tar({"fine.txt": b"ok"}, HOSTILE[case])
+    with pytest.raises(UnsafeArchiveError, match=r"^unsafe archive .*: member '.*' "):
+        populate(tmp_path, put(tmp_path, "hostile.tar", archive), "tar")
+    assert everything_but_box(tmp_path) == before | {"hostile.tar"}
+
+
+def test_tar_later_member_wins_but_never_replaces_a_directory(tmp_path: Path) -> None:
+    archive = make_tar({"f": b"first"}, [member("f", content=b"second"),
+                                         member("l", tarfile.SYMTYPE, linkname="f"),
+                                         member("l", content=b"now a file")])
+    dest = populate(tmp_path, put(tmp_path, "twice.tar", archive), "tar")
+    assert (dest / "f").read_bytes() == b"second"
+    assert not (dest / "l").is_symlink() and (dest / "l").read_bytes() == b"now a file"
+    archive = make_tar({"d/x": b"x"}, [member("d", content=b"file over a directory")])
+    with pytest.raises(UnsafeArchiveError, match="member 'd' would replace a directory"):
+        populate(tmp_path / "again", put(tmp_path, "clash.tar", archive), "tar")
+
+
+def test_tar_with_an_impossible_time(tmp_path: Path) -> None:
+    info, content = member("far-future", content=b"x")
+    info.mtime = 1e30  # stored in a pax header
+    dest = populate(tmp_path, put(tmp_path, "t.tar", make_tar({}, [(info, content)])), "tar")
+    assert (dest / "far-future").read_bytes() == b"x"
+
+
+def test_tar_limit(tmp_path: Path) -> None:
+    archive = gzip.compress(make_tar({"a": b"1" * 1000, "b": b"2" * 1000}))
+    source = put(tmp_path, "t.tgz", archive)
+    populate(tmp_path, source, "tar", limit=2000)
+    with pytest.raises(SizeLimitError, match="more than the limit of"):
+        populate(tmp_path / "again", source, "tar", limit=1999)
+
+
+def test_corrupt_tar(tmp_path: Path) -> None:
+    with pytest.raises(CorruptDataError, match="^corrupt tar archive"):
+        populate(tmp_path, put(tmp_path, "t.tar", b"not a tar archive" * 100), "tar")
+
+
+# --- zip ------------------------------------------------------------------------------------------
+
+
+def make_zip(files: dict[str, bytes], symlinks: dict[str, str] | None = None,
+             modes: dict[str, int] | None = None) -> bytes:
+    symlinks, modes = symlinks or {}, modes or {}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = (stat.S_IFREG | modes.get(name, 0o644)) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, content)
+        for name, target in symlinks.items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, target)
+    return buffer.getvalue()
+
+
+def test_zip(tmp_path: Path) -> None:
+    files = sample_tree()
+    archive = make_zip(files, {"dir/link": "numbers.txt"}, {"top.txt": 0o6755})
+    checksum = f"sha512:{hashlib.sha512(archive).hexdigest()}"
+    dest = populate(tmp_path, put(tmp_path, "a.zip", archive), checksum, "zip")
+    assert read_tree(dest) == files
+    assert os.readlink(dest / "dir/link") == "numbers.txt"
+    assert stat.S_IMODE((dest / "top.txt").stat().st_mode) == 0o755
+    assert not any((tmp_path / "box" / "work").iterdir())  # the spool is gone
+
+
+@pytest.mark.parametrize("files,symlinks", [
+    ({"../evil": b"x"}, {}),
+    ({"/evil": b"x"}, {}),
+    ({}, {"link": "../evil"}),
+    ({}, {"link": "/etc/passwd"}),
+])
+def test_hostile_zip_is_refused(tmp_path: Path, files: dict[str, bytes], symlinks: dict[str, str]) -> None:
+    before = everything_but_box(tmp_path)
+    with pytest.raises(UnsafeArchiveError):
+        populate(tmp_path, put(tmp_path, "hostile.zip", make_zip(files, symlinks)), "zip")
+    assert everything_but_box(tmp_path) == before | {"hostile.zip"}
+    assert not any((tmp_path / "box" / "work").iterdir())
+
+
+def test_zip_limit_and_corruption(tmp_path: Path) -> None:
+    source = put(tmp_path, "a.zip", make_zip({"a": b"0" * 10_000}))
+    with pytest.raises(SizeLimitError):
+        populate(tmp_path, source, "zip", limit=9_999)
+    with pytest.raises(CorruptDataError, match="^corrupt zip archive"):
+        populate(tmp_path / "again", put(tmp_path, "b.zip", b"PK not really"), "zip")
+
+
+def test_raw_file_limit(tmp_path: Path) -> None:
+    source = put(tmp_path, "data", b"x" * 5000)
+    with pytest.raises(SizeLimitError):
+        populate(tmp_path, source, "md5:" + hashlib.md5(b"x" * 5000).hexdigest(), limit=4999)
+    with pytest.raises(SizeLimitError):
+        source = put(tmp_path, "data.gz", gzip.compress(b"x" * 5000))
+        populate(tmp_path / "again", source, "gunzip", limit=4999)
