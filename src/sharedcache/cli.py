@@ -4,101 +4,192 @@ Turns arguments into calls of :mod:`sharedcache.repository` and outcomes into ex
 0 success, 1 failure, 2 usage error; ``sc run`` exits with its command's status.  Paths are the
 only thing printed on stdout by ``--use`` and ``--location``; every message goes to stderr as one
 line starting with ``sc:``.  No traceback is shown for an error a user can cause.
+
+The options are parsed from the table :data:`OPTIONS` by a small parser of our own rather than
+``argparse``: a warm ``sc --use`` must cost little more than starting Python, and importing and
+configuring ``argparse`` alone costs about half of a Python start.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 
 from .errors import SharedCacheError, UsageError
 
-SUBCOMMANDS = ("use", "unuse", "location", "run", "list", "gc")
-LOADER_HELP = """\
+ACTIONS = ("use", "unuse", "location", "run", "list", "gc")
+
+
+class Option:
+    """One option: its spellings, where it goes, and whether it takes a value."""
+
+    __slots__ = ("flags", "dest", "metavar", "convert", "help", "actions")
+
+    def __init__(self, flags: tuple[str, ...], dest: str, help: str, *, metavar: str | None = None,
+                 convert=str, actions: tuple[str, ...] = ACTIONS) -> None:  # type: ignore[no-untyped-def]
+        self.flags, self.dest, self.help, self.metavar = flags, dest, help, metavar
+        self.convert, self.actions = convert, actions
+
+
+_REPOSITORY = ("use", "unuse", "location", "run")
+OPTIONS = (
+    Option(("-n", "--name"), "name", "repository name (default: derived from the loaders)",
+           metavar="NAME", actions=_REPOSITORY),
+    Option(("-s", "--size"), "size", "space the repository needs (10GB, 512MiB, bytes)",
+           metavar="SIZE", actions=_REPOSITORY),
+    Option(("-d", "--directories"), "directories",
+           "candidate base directories (default: $SC_DIRECTORIES or /tmp:/var/tmp)",
+           metavar="DIR[:DIR...]"),
+    Option(("--keep",), "keep", "once unused, keep the repository as a cache entry (LRU)",
+           actions=_REPOSITORY),
+    Option(("--max-size",), "max_size", "size budget of the base directory's kept repositories",
+           metavar="SIZE", actions=_REPOSITORY),
+    Option(("--pid",), "pid", "process owning the use (default: the parent of sc)",
+           metavar="PID", convert=int, actions=_REPOSITORY),
+    Option(("--timeout",), "timeout", "seconds to wait for another process's population",
+           metavar="SECONDS", convert=float, actions=_REPOSITORY),
+    Option(("--json",), "json", "print JSON", actions=("list",)),
+    Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
+    Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
+    Option(("-h", "--help"), "help", "show this help and exit"),
+)
+_BY_FLAG = {flag: option for option in OPTIONS for flag in option.flags}
+_ACTION_FLAGS = {"--use": "use", "--unuse": "unuse", "--location": "location"}
+
+USAGE = """\
+usage: sc --use      [OPTIONS] LOADER...    register a use; print the repository's path
+       sc --unuse    [OPTIONS] LOADER...    release a use; the last release deletes it
+       sc --location [OPTIONS] LOADER...    print the path if it is there; exit 1 if not
+       sc run        [OPTIONS] LOADER... -- COMMAND [ARG...]
+       sc list [--json]                     list the repositories
+       sc gc                                reclaim dead uses, clean leftovers, apply budgets
+"""
+LOADERS = """\
 loader stack (left to right: a source, then transforms):
   sources:     http:URL  file:PATH  dirac:LFN
   transforms:  md5:HEX sha1:HEX sha256:HEX sha512:HEX  tar zip  gunzip bunzip2 unxz unzstd
 
 exit status: 0 success, 1 failure, 2 usage error; 'run' exits with COMMAND's status.
-environment: SC_DIRECTORIES (default candidate directories, DIR[:DIR...])
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+def help_text() -> str:
+    lines = [USAGE, "options:"]
+    for option in OPTIONS:
+        spelled = ", ".join(option.flags) + (f" {option.metavar}" if option.metavar else "")
+        lines.append(f"  {spelled:32} {option.help}")
+    return "\n".join(lines) + "\n\n" + LOADERS
 
 
-def _parser(action: str | None) -> argparse.ArgumentParser:
-    prog = "sc" if action is None else f"sc {action}"
-    parser = _Parser(
-        prog=prog,
-        description="Share read-only data between the processes of a host.",
-        epilog=LOADER_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    if action is None:
-        group = parser.add_mutually_exclusive_group(required=True)
-        group.add_argument("--use", dest="action", action="store_const", const="use",
-                           help="register a use of the repository; print its path")
-        group.add_argument("--unuse", dest="action", action="store_const", const="unuse",
-                           help="release a use; the last release deletes the repository")
-        group.add_argument("--location", dest="action", action="store_const", const="location",
-                           help="print the repository's path if it is there; exit 1 if not")
-    parser.add_argument("-d", "--directories", metavar="DIR[:DIR...]",
-                        help="candidate base directories (default: $SC_DIRECTORIES or /tmp:/var/tmp)")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="print nothing but errors")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="say what is done, and show progress off a terminal")
-    if action in ("list", "gc"):
-        if action == "list":
-            parser.add_argument("--json", action="store_true", help="print JSON")
-        return parser
-    parser.add_argument("-n", "--name", help="repository name (default: derived from the loaders)")
-    parser.add_argument("-s", "--size", help="space the repository needs (10GB, 512MiB, bytes)")
-    parser.add_argument("--keep", action="store_true",
-                        help="once unused, keep the repository as a cache entry (LRU, --max-size)")
-    parser.add_argument("--max-size", help="size budget of the base directory's kept repositories")
-    parser.add_argument("--pid", type=int, help="process owning the use (default: sc's parent)")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="how long to wait for another process's population")
-    parser.add_argument("loaders", nargs="*", metavar="LOADER")
-    return parser
+class Arguments:
+    """The parsed command line."""
+
+    def __init__(self) -> None:
+        self.action: str | None = None
+        self.loaders: list[str] = []
+        self.command: list[str] = []
+        self.name = self.size = self.directories = self.max_size = None
+        self.pid: int | None = None
+        self.timeout: float | None = None
+        self.keep = self.json = self.help = False
+        self.quiet = self.verbose = 0
+
+    @property
+    def verbosity(self) -> int:
+        return self.verbose - self.quiet
 
 
-def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Parse ``argv`` into options and, for ``run``, the command after ``--``."""
-    argv = list(argv)
-    command: list[str] = []
-    action = argv[0] if argv and argv[0] in SUBCOMMANDS else None
-    if action is not None:
-        argv = argv[1:]
-    if action == "run":
-        if "--" not in argv:
+def parse(argv: Sequence[str]) -> Arguments:
+    """Parse ``argv``; raise :class:`UsageError` with a one-line reason if it is malformed."""
+    args = Arguments()
+    words = list(argv)
+    if words and words[0] in ACTIONS:
+        args.action = words.pop(0)
+    if "--" in words:
+        split = words.index("--")
+        words, args.command = words[:split], words[split + 1 :]
+    while words:
+        word = words.pop(0)
+        if not word.startswith("-") or word == "-":
+            args.loaders.append(word)
+        elif word in _ACTION_FLAGS:
+            if args.action is not None:
+                raise UsageError(f"{word} cannot be combined with {args.action}")
+            args.action = _ACTION_FLAGS[word]
+        elif word.startswith("--"):
+            flag, has_value, value = word.partition("=")
+            _take(args, flag, value if has_value else None, words)
+        else:
+            _take_short(args, word, words)
+    return _check(args)
+
+
+def _take_short(args: Arguments, word: str, rest: list[str]) -> None:
+    """``-qv`` (flags together), ``-nNAME`` or ``-n NAME``."""
+    for i in range(1, len(word)):
+        option = _BY_FLAG.get(f"-{word[i]}")
+        if option is not None and option.metavar and i + 1 < len(word):
+            _take(args, f"-{word[i]}", word[i + 1 :], rest)
+            return
+        _take(args, f"-{word[i]}", None, rest)
+
+
+def _take(args: Arguments, flag: str, value: str | None, rest: list[str]) -> None:
+    option = _BY_FLAG.get(flag)
+    if option is None:
+        raise UsageError(f"unknown option {flag}")
+    if option.dest in ("quiet", "verbose"):
+        setattr(args, option.dest, getattr(args, option.dest) + 1)
+        return
+    if option.metavar is None:
+        if value is not None:
+            raise UsageError(f"option {flag} takes no value")
+        setattr(args, option.dest, True)
+        return
+    if value is None:
+        if not rest:
+            raise UsageError(f"option {flag} needs a value ({option.metavar})")
+        value = rest.pop(0)
+    try:
+        setattr(args, option.dest, option.convert(value))
+    except ValueError:
+        raise UsageError(f"option {flag}: invalid value {value!r}") from None
+
+
+def _check(args: Arguments) -> Arguments:
+    if args.help:
+        return args
+    if args.action is None:
+        raise UsageError("say what to do: --use, --unuse, --location, run, list or gc")
+    for option in OPTIONS:
+        given = getattr(args, option.dest)
+        if given not in (None, False, 0) and args.action not in option.actions:
+            raise UsageError(f"option {option.flags[-1]} does not apply to {args.action}")
+    if args.action in _REPOSITORY:
+        if not args.loaders:
+            raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
+        if args.action == "run" and not args.command:
             raise UsageError("run needs '-- COMMAND [ARG...]' after the loaders")
-        split = argv.index("--")
-        argv, command = argv[:split], argv[split + 1 :]
-        if not command:
-            raise UsageError("run needs a COMMAND after '--'")
-    options = _parser(action).parse_args(argv)
-    if action is not None:
-        options.action = action
-    if options.action in ("use", "unuse", "location", "run") and not options.loaders:
-        raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
-    options.verbosity = options.verbose - options.quiet
-    return options, command
+    elif args.loaders:
+        raise UsageError(f"{args.action} takes no loader ({args.loaders[0]!r})")
+    if args.command and args.action != "run":
+        raise UsageError(f"'-- COMMAND' goes with run, not with {args.action}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "-v" in argv or "--verbose" in argv
     try:
-        options, command = _parse(argv)
-        return _run(options, command)
+        options = parse(argv)
+        if options.help:
+            print(help_text(), end="")
+            return 0
+        return _run(options)
+    except UsageError as e:
+        print(f"sc: error: {e} (see 'sc --help')", file=sys.stderr)
+        return e.exit_status
     except SharedCacheError as e:
         print(f"sc: error: {e}", file=sys.stderr)
         return e.exit_status
@@ -117,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _owner(options: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _owner(options: Arguments):  # type: ignore[no-untyped-def]
     from .leases import Owner
 
     pid = options.pid if options.pid is not None else os.getppid()
@@ -127,7 +218,7 @@ def _owner(options: argparse.Namespace):  # type: ignore[no-untyped-def]
     return owner
 
 
-def _run(options: argparse.Namespace, command: list[str]) -> int:
+def _run(options: Arguments) -> int:
     from .progress import Reporter
     from .repository import Repositories
 
@@ -154,7 +245,7 @@ def _run(options: argparse.Namespace, command: list[str]) -> int:
         print(path)
         return 0
     if action == "run":
-        return _run_command(repositories, options, command)
+        return _run_command(repositories, options)
     if action == "list":
         return _list(repositories, as_json=options.json)
     if action == "gc":
@@ -165,8 +256,13 @@ def _run(options: argparse.Namespace, command: list[str]) -> int:
     raise AssertionError(action)
 
 
-def _run_command(repositories, options: argparse.Namespace, command: list[str]) -> int:  # type: ignore[no-untyped-def]
+def _run_command(repositories, options: Arguments) -> int:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+
     from .leases import Owner
+
+    command = options.command
 
     held = repositories.acquire(
         options.loaders, owner=Owner.current(), name=options.name, size=options.size,
@@ -200,11 +296,11 @@ def _list(repositories, *, as_json: bool) -> int:  # type: ignore[no-untyped-def
         return 0
     from .sizes import format_size
 
-    print(f"{'NAME':24} {'STATE':10} {'SIZE':>10} {'USERS':14} PATH")
+    print(f"{'NAME':24} {'STATE':17} {'SIZE':>10}  {'PATH':40} USERS")
     for row in rows:
         users = ",".join(str(p) for p in row["users"]) or "-"
         state = row["state"] + (" (kept)" if row["keep"] else "")
-        print(f"{row['name']:24} {state:10} {format_size(row['size']):>10} {users:14} {row['path']}")
+        print(f"{row['name']:24} {state:17} {format_size(row['size']):>10}  {row['path']:40} {users}")
     return 0
 
 

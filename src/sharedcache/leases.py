@@ -18,14 +18,17 @@ knows about processes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from functools import lru_cache
 
 
-@lru_cache(maxsize=1)
+_boot_id: str | None = None
+
+
 def boot_id() -> str:
-    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-        return f.read().strip()
+    global _boot_id
+    if _boot_id is None:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            _boot_id = f.read().strip()
+    return _boot_id
 
 
 def start_time(pid: int) -> int | None:
@@ -40,13 +43,22 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])  # field 22 of the whole line
 
 
-@dataclass(frozen=True)
 class Owner:
     """A process, identified so that a reused pid is not mistaken for it."""
 
-    boot_id: str
-    pid: int
-    start_time: int
+    __slots__ = ("boot_id", "pid", "start_time")
+
+    def __init__(self, boot_id: str, pid: int, start_time: int) -> None:
+        self.boot_id, self.pid, self.start_time = boot_id, pid, start_time
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Owner) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"Owner({self.boot_id!r}, {self.pid}, {self.start_time})"
 
     @classmethod
     def of(cls, pid: int) -> Owner | None:

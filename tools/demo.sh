@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The main job on a self-contained example: a local origin serves a tarball on 127.0.0.1, four
+# jobs ask for it at once with `sc --use`, one download serves them all, and the last
+# `sc --unuse` deletes it.  Sets up the virtual environment first if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${SC_VENV:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[progress]'
+export PATH="$PWD/$venv/bin:$PATH"
+
+work=$(mktemp -d)
+origin_pid=
+cleanup() {
+    if [ -n "$origin_pid" ]; then kill "$origin_pid" 2>/dev/null || true; wait "$origin_pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The origin runs as its own process; $! is its pid (no subshell in between).
+python tests/origin.py --dir examples --port 0 --rate 400000 >"$work/port" &
+origin_pid=$!
+for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
+port=$(cat "$work/port")
+url=http://127.0.0.1:$port/vsg-0.2.0.tar.gz
+md5=$(md5sum examples/vsg-0.2.0.tar.gz | cut -d' ' -f1)
+mkdir "$work/base"
+
+# As in the seed's example; -d keeps the demo out of the real /tmp.
+repo_args="--name=test-repo --size=10MB -d $work/base http:$url md5:$md5 tar"
+echo "repo_args: $repo_args"
+
+job() {
+    local path
+    path=$(sc --use $repo_args)
+    echo "job $1: $path holds: $(ls "$path"/vsg-0.2.0 | tr '\n' ' ') -> $("$path"/vsg-0.2.0/bin/vsg)"
+    sleep 1
+    sc --unuse $repo_args
+}
+for n in 1 2 3 4; do job "$n" & done
+sleep 1.5
+echo "--- sc list, while the jobs hold their uses:"
+sc list -d "$work/base"
+wait $(jobs -p | grep -v "^$origin_pid\$")
+
+gets=$(python -c 'import json, sys, urllib.request
+stats = json.load(urllib.request.urlopen(sys.argv[1]))
+print(stats["/vsg-0.2.0.tar.gz"]["gets"])' "http://127.0.0.1:$port/__origin__/stats")
+echo "--- the origin served $gets download(s) for 4 jobs"
+if [ -e "$work/base/test-repo" ]; then echo "the repository is still there: unexpected" >&2; exit 1; fi
+echo "--- the last sc --unuse deleted the repository"
+[ "$gets" = 1 ]
