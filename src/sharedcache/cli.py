@@ -178,6 +178,11 @@ def _check(args: Arguments) -> Arguments:
     return args
 
 
+# The owner of a use is the parent of sc by default.  It is read first thing: should the parent
+# die while sc runs, sc is re-parented (to init or a subreaper), which must not inherit the use.
+_PARENT = os.getppid()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "-v" in argv or "--verbose" in argv
@@ -211,7 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _owner(options: Arguments):  # type: ignore[no-untyped-def]
     from .leases import Owner
 
-    pid = options.pid if options.pid is not None else os.getppid()
+    if options.pid is None and _PARENT == 1:
+        raise SharedCacheError("the process that ran sc has exited; there is no one to own the use")
+    pid = options.pid if options.pid is not None else _PARENT
     owner = Owner.of(pid)
     if owner is None:
         raise UsageError(f"--pid {pid}: no such process")

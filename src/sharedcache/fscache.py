@@ -156,19 +156,74 @@ _UNSET = object()
 
 def check_name(name: str) -> str:
     """Return ``name`` if it can name an entry (one path component, not hidden), else raise."""
+    try:
+        length = len(name.encode("utf-8"))  # strict: the index cannot store a lone surrogate
+    except (AttributeError, UnicodeEncodeError):
+        length = -1
     if (
         not isinstance(name, str)
-        or not name
+        or not 0 < length <= _MAX_NAME_BYTES
         or name.startswith(".")
         or "/" in name
         or "\0" in name
-        or len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES
     ):
         raise UsageError(
             f"invalid entry name {name!r}: it must be one path component of at most "
-            f"{_MAX_NAME_BYTES} bytes, without '/' and not starting with '.'"
+            f"{_MAX_NAME_BYTES} bytes of UTF-8, without '/' and not starting with '.'"
         )
     return name
+
+
+class _Index(sqlite3.Connection):
+    """A connection to the index whose failures are shared-cache errors.
+
+    A damaged index raises :class:`CacheError` wherever SQLite notices it (including while rows
+    are fetched), and the connection is marked broken so that the next use opens the file again
+    (another process's gc may have rebuilt it); a lock held too long raises
+    :class:`WaitTimeoutError`.
+    """
+
+    root: Path
+    broken = False
+
+    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:  # type: ignore[no-untyped-def, override]
+        return self.cursor(_Rows).execute(sql, parameters)
+
+    def failure(self, e: sqlite3.DatabaseError) -> Exception:
+        if isinstance(e, sqlite3.ProgrammingError):
+            return e
+        if getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return WaitTimeoutError(f"cache {self.root} index is busy ({e})")
+        self.broken = True
+        return CacheError(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
+
+
+class _Rows(sqlite3.Cursor):
+    connection: _Index
+
+    def execute(self, sql: str, parameters=()) -> _Rows:  # type: ignore[no-untyped-def, override]
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as e:
+            raise self.connection.failure(e) from None
+
+    def fetchone(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as e:
+            raise self.connection.failure(e) from None
+
+    def fetchall(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self.connection.failure(e) from None
+
+    def __next__(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as e:
+            raise self.connection.failure(e) from None
 
 
 @dataclass(frozen=True)
@@ -208,7 +263,8 @@ class FsCache:
     unlimited); the budget is stored in the cache, so every process sees the latest one set.
     Leave it out to use the budget already stored (unlimited for a new cache).
     ``durable`` flushes each entry to disk before committing it, so that even a power loss
-    cannot leave a committed entry with missing data.
+    cannot leave a committed entry with missing data.  Without it nothing is flushed: every
+    guarantee against crashed processes holds, but a power loss may damage recent entries.
     """
 
     def __init__(
@@ -263,18 +319,21 @@ class FsCache:
     def _db(self) -> sqlite3.Connection:
         """This thread's connection to the index (a fresh one after a fork)."""
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        if conn is not None and self._local.pid == os.getpid() and not conn.broken:
             return conn
         path = self.root / "index.sqlite"
         try:
-            conn = sqlite3.connect(path, timeout=self.timeout, isolation_level=None)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                self._create_schema(conn)
+            conn = sqlite3.connect(
+                path, timeout=self.timeout, isolation_level=None, factory=_Index
+            )
         except sqlite3.DatabaseError as e:
             raise CacheError(
                 f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it"
             ) from None
+        conn.root = self.root
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            self._create_schema(conn)
         self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
@@ -331,10 +390,7 @@ class FsCache:
         budget = None if value is None else parse_size(value, "max_size")
         with self._transaction() as db:
             db.execute("UPDATE settings SET value=? WHERE key='max_size'", (budget,))
-            if budget is not None:
-                excess = self._setting(db, "total") - budget
-                if excess > 0:
-                    self._evict(db, excess)
+            self._restore_budget(db)
         self._empty_trash()
 
     @property
@@ -384,6 +440,7 @@ class FsCache:
         meta: str | None = None,
         keep: bool = True,
         holder: Owner | None = None,
+        strict_budget: bool = True,
     ) -> Iterator[Path]:
         """Fill a fresh directory, committed atomically as entry ``name`` on normal exit.
 
@@ -392,30 +449,49 @@ class FsCache:
         kept with the entry.  ``holder`` gets a lease on the entry committed under ``name``
         (this copy or the one that won) in the same transaction, so the entry cannot be
         deleted as unused between its commit and its first use.
+
+        Unused entries are evicted to make room under the budget.  If that is not enough, a
+        store with ``strict_budget`` is refused (:class:`NoSpaceError`, or
+        :class:`EntryTooLargeError` for an entry larger than the whole budget); without it the
+        entry is committed anyway, and the budget is restored by eviction as soon as entries
+        in use are released.  (Repositories use the latter: a budget for kept data must never
+        fail a job that needs data now.)
         """
         check_name(name)
         with self._staging() as (stage, _):
             data = stage / "data"
             data.mkdir()
             yield data
-            self._commit(stage, name, meta=meta, keep=keep, holder=holder)
+            self._commit(stage, name, meta=meta, keep=keep, holder=holder, strict=strict_budget)
         self._sweep()
 
     def _commit(
-        self, stage: Path, name: str, *, meta: str | None, keep: bool, holder: Owner | None
+        self,
+        stage: Path,
+        name: str,
+        *,
+        meta: str | None,
+        keep: bool,
+        holder: Owner | None,
+        strict: bool,
     ) -> bool:
         size = disk_usage(stage / "data")
         now = time.time()
         if self.durable:
             sync_tree(stage)
         marker = {"name": name, "size": size, "created": now, "keep": keep, "meta": meta}
-        write_atomic(stage / "entry.json", json.dumps(marker).encode())
+        write_atomic(stage / "entry.json", json.dumps(marker).encode(), durable=self.durable)
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone():
+            row = db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone()
+            if row and not (self._objects / name / "entry.json").exists():
+                # A row without its entry (what a delete killed before its commit leaves) is a
+                # miss: drop it and commit ours.
+                row = None if self._retire(db, name) else row
+            if row:
                 if holder is not None:
                     self._add_lease(db, name, holder)
                 return False
-            fits = self._make_room(db, name, size)
+            fits = self._make_room(db, name, size, strict=strict) or not strict
             if fits:
                 db.execute(
                     "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
@@ -431,17 +507,18 @@ class FsCache:
                 f"cache {self.root} cannot fit {name!r} ({format_size(size)}) in its budget "
                 f"of {format_size(self.max_size)}: the rest is in use"
             )
-        fsync_dir(self._objects)
+        if self.durable:
+            fsync_dir(self._objects)
         return True
 
-    def _make_room(self, db: sqlite3.Connection, name: str, size: int) -> bool:
+    def _make_room(self, db: sqlite3.Connection, name: str, size: int, *, strict: bool) -> bool:
         """Within a transaction: evict until ``size`` more bytes fit the budget; return whether
         they do.  Entries evicted are gone even if they do not (a rename into the trash cannot be
         rolled back), so the caller commits the transaction either way."""
         budget = self._setting(db, "max_size")
         if budget is None:
             return True
-        if size > budget:
+        if size > budget and strict:
             raise EntryTooLargeError(
                 f"entry {name!r} ({format_size(size)}) is larger than the budget of cache "
                 f"{self.root} ({format_size(budget)})"
@@ -566,8 +643,15 @@ class FsCache:
             if keep:
                 db.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
             deleted = self._delete_if_unused(db, name)
+            self._restore_budget(db)
         self._empty_trash()
         return deleted
+
+    def _restore_budget(self, db: sqlite3.Connection) -> None:
+        """Within a transaction: evict down to the budget (exceeded by non-strict stores)."""
+        budget = self._setting(db, "max_size")
+        if budget is not None and self._setting(db, "total") > budget:
+            self._evict(db, self._setting(db, "total") - budget)
 
     def lease_of(self, name: str, owner: Owner) -> int | None:
         """The newest lease of ``owner`` on ``name``, if it holds one."""
@@ -640,7 +724,7 @@ class FsCache:
             fd = None  # the directory is gone (a crashed delete): only the row is left
         try:
             if fd is not None:
-                if not locks.try_lock(fd, locks.EXCLUSIVE):
+                if not self._lock_if_unused(fd):
                     return False
                 os.rename(entry, self._trash / unique_name())
             (size,) = db.execute("SELECT size FROM entries WHERE name=?", (name,)).fetchone()
@@ -651,6 +735,24 @@ class FsCache:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    @staticmethod
+    def _lock_if_unused(fd: int) -> bool:
+        """Take an entry's lock exclusively unless a reader holds it.
+
+        Readers hold it shared for as long as they use the entry.  An exclusive holder (the
+        in-use probe of :meth:`entries`, a store finishing its commit) holds it for an instant:
+        it is waited for, briefly, rather than taken for a user.
+        """
+        if locks.try_lock(fd, locks.EXCLUSIVE):
+            return True
+        if locks.try_lock(fd, locks.SHARED):  # held shared: by readers, unless they just left
+            return locks.try_lock(fd, locks.EXCLUSIVE)
+        try:
+            locks.lock(fd, locks.EXCLUSIVE, timeout=0.05)
+        except WaitTimeoutError:
+            return False
+        return True
 
     def _evict(self, db: sqlite3.Connection, need: int) -> int:
         """Within a transaction: delete unused entries, least recently used first, until
@@ -772,7 +874,8 @@ class FsCache:
         """
         report = GcReport()
         try:
-            self._db()
+            if self._db().execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise CacheError("damaged index")
         except CacheError:
             self._set_index_aside()
             report.index_rebuilt = True
@@ -801,9 +904,7 @@ class FsCache:
             if actual != self._setting(db, "total"):
                 report.accounting_fixed = 1
                 db.execute("UPDATE settings SET value=? WHERE key='total'", (actual,))
-            budget = self._setting(db, "max_size")
-            if budget is not None and actual > budget:
-                self._evict(db, actual - budget)
+            self._restore_budget(db)
         report.trash_removed = self._empty_trash()
         return report
 

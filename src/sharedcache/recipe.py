@@ -10,8 +10,8 @@ A word is ``NAME`` or ``NAME:ARGUMENT``; ``NAME`` is looked up among the entry p
 ``sharedcache.loaders`` (the built-in loaders are registered there too, see pyproject.toml).
 
 This module owns the parsing of words into a :class:`Recipe`, the loader protocol below and the
-registry.  :func:`recipe_identity` and :func:`default_name` are cheap: they load no entry point and
-import nothing heavy, because the command line calls them on its fast path.  Running a recipe is
+registry.  What can be known of a recipe without loading loaders (its identity, its default
+repository name) is :mod:`sharedcache.words`, re-exported here.  Running a recipe is
 :mod:`sharedcache.pipeline`'s job.
 
 Writing a loader
@@ -77,13 +77,13 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, ClassVar
 
 from .errors import DownloadError, SizeLimitError, UsageError
 from .sizes import format_size
+from .words import default_name, normalize_words, recipe_identity
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -242,37 +242,6 @@ class Unpacker(Loader):
         raise NotImplementedError
 
 
-def _normalize(words: str | Iterable[str]) -> tuple[str, ...]:
-    if isinstance(words, str):
-        words = words.split()
-    return tuple(word.strip() for word in words if word.strip())
-
-
-def recipe_identity(words: str | Iterable[str]) -> str:
-    """A canonical string for a stack of words: equal stacks give equal strings."""
-    return "\n".join(_normalize(words))
-
-
-_ARCHIVE_SUFFIX = re.compile(
-    r"(\.(tar|cpio)(\.(gz|bz2|xz|zst|lz|lzma|z))?|\.(tgz|tbz2?|txz|tzst|zip|gz|bz2|xz|zst))+$",
-    re.IGNORECASE)
-_NOT_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-def default_name(words: str | Iterable[str]) -> str:
-    """A repository name derived from the stack: a readable stem and a hash of the whole stack."""
-    import hashlib
-    from urllib.parse import unquote
-
-    normalized = _normalize(words)
-    argument = normalized[0].partition(":")[2] if normalized else ""
-    path = re.split(r"[?#]", argument, maxsplit=1)[0].rstrip("/")
-    stem = _ARCHIVE_SUFFIX.sub("", unquote(path.rpartition("/")[2]))
-    stem = _NOT_NAME.sub("-", stem).lstrip("._+-")[:117].rstrip("._+-") or "data"
-    digest = hashlib.sha256(recipe_identity(normalized).encode()).hexdigest()[:10]
-    return f"{stem}-{digest}"
-
-
 _registry: dict[str, EntryPoint] | None = None
 
 
@@ -332,7 +301,7 @@ class Recipe:
 
 def parse_recipe(words: str | Iterable[str]) -> Recipe:
     """Parse and validate a stack of words; :class:`UsageError` if it is malformed."""
-    normalized = _normalize(words)
+    normalized = normalize_words(words)
     if not normalized:
         raise UsageError("empty recipe: give a source such as http:URL, file:PATH or dirac:LFN")
     loaders: list[Loader] = []

@@ -66,7 +66,7 @@ from .fscache import FsCache, check_name
 from .fsutil import remove_tree, unique_name, write_atomic
 from .leases import Owner
 from .progress import Reporter
-from .recipe import default_name, recipe_identity
+from .words import default_name, recipe_identity
 from .sizes import format_size, parse_size
 
 DEFAULT_DIRECTORIES = "/tmp:/var/tmp"
@@ -406,7 +406,7 @@ class Repositories:
 
         self.reporter.info(f"populating {name!r} in {base.path} from {' '.join(words)}")
         try:
-            with cache.store(name, meta=identity, keep=keep, holder=owner) as data:
+            with cache.store(name, meta=identity, keep=keep, holder=owner, strict_budget=False) as data:
                 recipe.populate(data, work=work, limit=limit, progress=progress)
         except SharedCacheError as e:
             e.args = (f"repository {name!r}: {e}",)

@@ -1,0 +1,41 @@
+"""Loader words as plain text: what can be known of a recipe without loading any loader.
+
+The warm path of ``sc --use`` needs a recipe's identity (to check that a repository was made
+from the same stack) and its default repository name, and nothing else of it; this module gives
+both at the cost of a few string operations.  Parsing words into loaders is
+:mod:`sharedcache.recipe`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def normalize_words(words: str | Iterable[str]) -> tuple[str, ...]:
+    """The words of a stack, stripped; a string counts as its whitespace-separated words."""
+    if isinstance(words, str):
+        words = words.split()
+    return tuple(word.strip() for word in words if word.strip())
+
+
+def recipe_identity(words: str | Iterable[str]) -> str:
+    """A canonical string for a stack of words: equal stacks give equal strings."""
+    return "\n".join(normalize_words(words))
+
+
+def default_name(words: str | Iterable[str]) -> str:
+    """A repository name derived from the stack: a readable stem and a hash of the whole stack."""
+    import hashlib  # only without --name: each of these costs more than the rest of a warm use
+    import re
+    from urllib.parse import unquote
+
+    normalized = normalize_words(words)
+    argument = normalized[0].partition(":")[2] if normalized else ""
+    path = re.split(r"[?#]", argument, maxsplit=1)[0].rstrip("/")
+    stem = re.sub(
+        r"(\.(tar|cpio)(\.(gz|bz2|xz|zst|lz|lzma|z))?|\.(tgz|tbz2?|txz|tzst|zip|gz|bz2|xz|zst))+$",
+        "", unquote(path.rpartition("/")[2]), flags=re.IGNORECASE,
+    )
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).lstrip("._+-")[:117].rstrip("._+-") or "data"
+    digest = hashlib.sha256(recipe_identity(normalized).encode()).hexdigest()[:10]
+    return f"{stem}-{digest}"

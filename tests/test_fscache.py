@@ -1,0 +1,793 @@
+"""FsCache: the guarantees of the engine, on a real file system with real processes.
+
+Crash tests (SIGKILL at chosen and at random moments) and the concurrency stress tests are in
+test_fscache_crash.py; the child processes both use are in fscache_worker.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fscache_worker import Children, fill, verify
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
+from sharedcache.errors import EntryTooLargeError
+from sharedcache.fscache import FORMAT_LINE, GcReport
+from sharedcache.fsutil import disk_usage
+from sharedcache.leases import Owner, boot_id, start_time
+
+BLOCK = os.statvfs(tempfile.gettempdir()).f_bsize
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    kids = Children()
+    try:
+        yield kids
+    finally:
+        kids.close()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def scan_usage(path: Path) -> int:
+    """Allocated bytes of the tree at ``path`` (every inode once), computed independently."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        total += os.lstat(dirpath).st_blocks * 512
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            st = os.lstat(os.path.join(dirpath, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def du(path: Path) -> int:
+    out = subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    return int(out.split()[0])
+
+
+def fresh_scan(root: Path) -> int:
+    """The sum of the disk usage of every committed entry's data tree."""
+    return sum(scan_usage(d / "data") for d in (root / "objects").iterdir())
+
+
+def put(cache: FsCache, name: str, sizes: list[int] | None = None, nonce: str = "n") -> int:
+    """Store entry ``name`` holding a verifiable pattern; return its accounted size."""
+    with cache.store(name) as path:
+        fill(path, name, nonce, sizes if sizes is not None else [3000])
+    return cache.info(name).size
+
+
+def loads(cache: FsCache, name: str) -> bool:
+    """Whether ``name`` is a hit; a hit must be one complete copy."""
+    try:
+        with cache.load(name) as path:
+            assert verify(path, name) is None
+            return True
+    except MissError:
+        return False
+
+
+def only_entries(cache: FsCache) -> set[str]:
+    return {e.name for e in cache.entries()}
+
+
+def assert_clean(root: Path) -> None:
+    """Nothing but committed entries is left on disk, and they match the index exactly."""
+    assert list((root / "stage").iterdir()) == []
+    assert list((root / "trash").iterdir()) == []
+    cache = FsCache(root)
+    assert {p.name for p in (root / "objects").iterdir()} == only_entries(cache)
+    assert cache.size == sum(e.size for e in cache.entries()) == fresh_scan(root)
+
+
+# -- store, load, stage ----------------------------------------------------------------------------
+
+
+def test_store_then_load_gives_the_content(root: Path) -> None:
+    cache = FsCache(root)
+    assert not loads(cache, "a")
+    put(cache, "a", [10, 5000, 70000])
+    assert loads(cache, "a")
+    assert "a" in cache and "b" not in cache
+    (entry,) = cache.entries()
+    assert (entry.name, entry.keep, entry.in_use, entry.users) == ("a", True, False, ())
+    assert (root / "cache.info").read_bytes() == FORMAT_LINE
+    assert (root / "objects" / "a" / "entry.json").is_file()
+    assert_clean(root)
+
+
+def test_failing_store_commits_nothing_and_reraises_the_same_exception(root: Path) -> None:
+    cache = FsCache(root, max_size="1MB")
+    put(cache, "old")
+    before = cache.size
+    error = RuntimeError("inside the block")
+    with pytest.raises(RuntimeError) as raised:
+        with cache.store("new") as path:
+            fill(path, "new", "n", [4000, 4000])
+            raise error
+    assert raised.value is error
+    assert "new" not in cache and not loads(cache, "new")
+    assert cache.size == before
+    assert_clean(root)
+    # a later store of the name works
+    put(cache, "new")
+    assert loads(cache, "new")
+
+
+def test_stage_is_removed_on_exit(root: Path) -> None:
+    cache = FsCache(root)
+    with cache.stage() as scratch:
+        (scratch / "sub").mkdir()
+        (scratch / "sub" / "f").write_bytes(b"x" * 10000)
+        os.chmod(scratch / "sub", 0o500)  # read-only directories do not stop the removal
+        kept = scratch
+    assert not kept.exists()
+    with pytest.raises(KeyError):
+        with cache.stage() as scratch:
+            (scratch / "f").write_text("x")
+            kept = scratch
+            raise KeyError("boom")
+    assert not kept.exists()
+    assert list((root / "stage").iterdir()) == []
+    assert cache.size == 0 and cache.entries() == []
+
+
+def test_a_second_store_of_a_name_is_discarded(root: Path) -> None:
+    cache = FsCache(root)
+    put(cache, "a", [1000], nonce="first")
+    with cache.store("a") as path:
+        fill(path, "a", "second", [50000])
+    with cache.load("a") as path:
+        assert verify(path, "a") is None
+        assert '"first"' in (path / "MANIFEST").read_text()
+    assert_clean(root)
+
+
+def test_directories_without_marker_or_row_are_misses(root: Path) -> None:
+    cache = FsCache(root)
+    put(cache, "full")
+    # a directory in objects/ without a marker nor a row
+    (root / "objects" / "bare" / "data").mkdir(parents=True)
+    (root / "objects" / "bare" / "lock").touch()
+    # a directory with a valid marker but without a row (what a crashed commit leaves)
+    shutil.copytree(root / "objects" / "full", root / "objects" / "norow")
+    marker = (root / "objects" / "norow" / "entry.json").read_text().replace('"full"', '"norow"')
+    (root / "objects" / "norow" / "entry.json").write_text(marker)
+    # a row whose directory lost its marker
+    put(cache, "nomarker")
+    (root / "objects" / "nomarker" / "entry.json").unlink()
+    for name in ("bare", "norow", "nomarker", "absent"):
+        with pytest.raises(MissError):
+            with cache.load(name):
+                pass
+    assert loads(cache, "full")
+    put(cache, "nomarker", nonce="again")  # a row without a complete entry does not block a store
+    assert loads(cache, "nomarker")
+    report = cache.gc()
+    assert report.orphans_adopted == 1 and report.orphans_removed == 1
+    with cache.load("norow") as path:  # adopted from its marker
+        assert verify(path, "full") is None  # (a copy of "full")
+    assert not (root / "objects" / "bare").exists()
+
+
+# -- names -----------------------------------------------------------------------------------------
+
+BAD_NAMES = ["", ".", "..", ".hidden", "a/b", "/abs", "a\0b", "x" * 201, "é" * 101, 5, None,
+             b"bytes", "\ud800", "bad\udc80"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_invalid_names_are_usage_errors(root: Path, name: object) -> None:
+    cache = FsCache(root)
+    owner = Owner.current()
+    calls = [
+        lambda: cache.store(name).__enter__(),  # type: ignore[arg-type]
+        lambda: cache.load(name).__enter__(),  # type: ignore[arg-type]
+        lambda: cache.remove(name),  # type: ignore[arg-type]
+        lambda: cache.info(name),  # type: ignore[arg-type]
+        lambda: cache.hold(name, owner),  # type: ignore[arg-type]
+        lambda: cache.release(name, owner),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(UsageError, match="invalid entry name"):
+            call()
+    assert list((root / "stage").iterdir()) == [] and list((root / "objects").iterdir()) == []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(st.characters(exclude_categories=()), max_size=70))
+def test_any_name_is_refused_cleanly_or_round_trips(tmp_path: Path, name: str) -> None:
+    cache = FsCache(tmp_path / "names", durable=False)
+    try:
+        with cache.store(name) as path:
+            (path / "f").write_bytes(name.encode("utf-8", "surrogatepass"))
+    except UsageError:
+        return
+    with cache.load(name) as path:
+        assert (path / "f").read_bytes() == name.encode("utf-8")
+    assert name in only_entries(cache)
+    cache.remove(name)
+    assert name not in cache
+
+
+# -- sizes and budget ------------------------------------------------------------------------------
+
+
+def test_size_is_allocated_blocks_with_hard_links_once(root: Path) -> None:
+    cache = FsCache(root)
+    with cache.store("a") as path:
+        (path / "small").write_bytes(b"x")  # 1 byte, one block
+        (path / "sub").mkdir()
+        (path / "sub" / "big").write_bytes(os.urandom(3 * BLOCK + 1))
+        os.link(path / "sub" / "big", path / "again")  # the same inode twice
+        with open(path / "sparse", "wb") as f:  # 10 MB apparent, one block allocated
+            f.seek(10_000_000)
+            f.write(b"y")
+        os.symlink("small", path / "link")
+    data = root / "objects" / "a" / "data"
+    size = cache.info("a").size
+    assert size == du(data) == scan_usage(data) == disk_usage(data)
+    apparent = int(subprocess.run(["du", "-s", "-B1", "--apparent-size", str(data)],
+                                  capture_output=True, text=True, check=True, timeout=30).stdout.split()[0])
+    assert apparent > 10_000_000 > size  # the sparse file counts by its blocks
+    assert size < 2 * (3 * BLOCK + 1) + 8 * BLOCK  # the hard-linked file counts once
+    assert cache.size == size
+
+
+def test_store_then_remove_accounts_the_same_bytes(root: Path) -> None:
+    cache = FsCache(root, max_size="100MB")
+    put(cache, "base", [123, 4567])
+    for sizes in ([0], [1], [BLOCK], [BLOCK + 1, 7 * BLOCK], [100_000] * 5):
+        before = cache.size
+        size = put(cache, "x", sizes)
+        assert size == scan_usage(root / "objects" / "x" / "data")
+        assert cache.size == before + size
+        cache.remove("x")
+        assert cache.size == before
+        with pytest.raises(MissError):
+            cache.remove("x")
+    assert_clean(root)
+
+
+def test_max_size_forms_and_persistence(root: Path) -> None:
+    assert FsCache(root).max_size is None  # a new cache is unlimited
+    assert FsCache(root, max_size="10GB").max_size == 10 * 1000**3
+    assert FsCache(root).max_size == 10 * 1000**3  # omitted: the stored budget is kept
+    assert FsCache(root, max_size="512MiB").max_size == 512 * 1024**2
+    assert FsCache(root, max_size=12345).max_size == 12345
+    assert FsCache(root, max_size=None).max_size is None
+    for bad in ("-1", "10XB", "lots", -5, True):
+        with pytest.raises(UsageError):
+            FsCache(root, max_size=bad)
+    assert FsCache(root).max_size is None
+
+
+def test_budget_is_never_exceeded_and_eviction_is_least_recently_loaded(root: Path) -> None:
+    cache = FsCache(root)
+    one = put(cache, "probe")
+    cache.remove("probe")
+    cache.max_size = 3 * one + one // 2  # room for three entries
+    for name in "abc":
+        put(cache, name)
+        time.sleep(0.01)
+    data = root / "objects" / "a" / "data"
+    assert loads(cache, "a")  # "a" is now the most recently used...
+    old = time.time() - 10 * 86400
+    for p in [data, *data.rglob("*")]:  # ...although its files say they were read long ago
+        os.utime(p, (old, old), follow_symlinks=False)
+    put(cache, "d")
+    assert only_entries(cache) == {"a", "c", "d"}  # "b" was the least recently used
+    put(cache, "e")
+    assert only_entries(cache) == {"a", "d", "e"}
+    assert cache.size <= cache.max_size
+    assert_clean(root)
+
+
+def test_entry_larger_than_the_budget_is_refused_without_eviction(root: Path) -> None:
+    cache = FsCache(root)
+    one = put(cache, "a")
+    put(cache, "b")
+    cache.max_size = 3 * one
+    before = (only_entries(cache), cache.size)
+    with pytest.raises(EntryTooLargeError) as raised:
+        with cache.store("huge") as path:
+            fill(path, "huge", "n", [4 * one])
+    assert isinstance(raised.value, NoSpaceError)
+    assert "huge" in str(raised.value) and "larger than the budget" in str(raised.value)
+    assert (only_entries(cache), cache.size) == before
+    assert_clean(root)
+
+
+def test_budget_set_by_one_process_is_seen_and_enforced_by_another(root: Path, children: Children) -> None:
+    cache = FsCache(root)
+    one = put(cache, "a")
+    put(cache, "b")
+    assert cache.max_size is None
+    result = children.start("set_budget", root=str(root), max_size=one + 10).result()
+    assert result["max_size"] == one + 10
+    assert cache.max_size == one + 10  # this object sees the other process's budget
+    assert only_entries(cache) == {"b"}  # lowering the budget evicted the older entry
+    with pytest.raises(NoSpaceError):  # and this process's stores obey it
+        put(cache, "big", [2 * one])
+
+
+def test_lowering_the_budget_evicts_least_recently_used_first(root: Path) -> None:
+    cache = FsCache(root)
+    for name in "abcdef":
+        one = put(cache, name)
+        time.sleep(0.005)
+    loads(cache, "b")
+    cache.max_size = 2 * one
+    assert only_entries(cache) == {"f", "b"}
+    assert cache.size == 2 * one
+
+
+# -- entries in use --------------------------------------------------------------------------------
+
+
+def test_loaded_entry_is_neither_removed_nor_evicted(root: Path, children: Children) -> None:
+    cache = FsCache(root)
+    one = put(cache, "a")
+    for name in "bc":
+        time.sleep(0.01)
+        put(cache, name)
+    cache.max_size = 3 * one + one // 2
+    holder = children.start("hold", root=str(root), name="a")
+    holder.expect("held")
+    with pytest.raises(BusyError):
+        cache.remove("a")
+    assert {e.name: e.in_use for e in cache.entries()} == {"a": True, "b": False, "c": False}
+    put(cache, "d")  # "a" is the least recently used, but in use: "b" goes instead
+    assert only_entries(cache) == {"a", "c", "d"}
+    put(cache, "e")
+    assert only_entries(cache) == {"a", "d", "e"}
+    assert loads(cache, "a")
+    holder.release()
+    assert holder.finish(30)[0] == 0
+    cache.remove("a")
+    assert "a" not in cache
+    assert_clean(root)
+
+
+def test_store_is_refused_when_everything_is_in_use(root: Path, children: Children) -> None:
+    cache = FsCache(root)
+    one = put(cache, "a")
+    put(cache, "b")
+    cache.max_size = 2 * one + one // 2
+    holders = [children.start("hold", root=str(root), name=n) for n in "ab"]
+    for h in holders:
+        h.expect("held")
+    with pytest.raises(NoSpaceError, match="in use"):
+        put(cache, "c")
+    assert only_entries(cache) == {"a", "b"} and cache.size == 2 * one
+    assert list((root / "stage").iterdir()) == []
+    holders[0].kill()  # the kernel drops the dead reader's lock
+    put(cache, "c")
+    assert only_entries(cache) == {"b", "c"}
+
+
+def test_leased_entry_is_busy_and_protected_from_eviction(root: Path, children: Children) -> None:
+    cache = FsCache(root)
+    one = put(cache, "a")
+    put(cache, "b")
+    cache.max_size = 2 * one + one // 2
+    holder = children.start("hold", root=str(root), name="a", how="lease", keep=True)
+    holder.expect("held")
+    with pytest.raises(BusyError, match=str(holder.pid)):
+        cache.remove("a")
+    assert cache.info("a").users == (holder.pid,)
+    put(cache, "c")
+    assert only_entries(cache) == {"a", "c"}
+
+
+# -- leases ----------------------------------------------------------------------------------------
+
+
+def test_last_release_deletes_an_entry_not_kept(root: Path) -> None:
+    cache = FsCache(root)
+    me = Owner.current()
+    with cache.store("tmp", keep=False, holder=me) as path:
+        fill(path, "tmp", "n", [1000])
+    size = cache.info("tmp").size
+    second = cache.hold("tmp", me)
+    assert cache.info("tmp").users == (os.getpid(), os.getpid())
+    assert cache.release("tmp", lease=second) is False
+    assert loads(cache, "tmp")
+    assert cache.release("tmp", me) is True
+    assert "tmp" not in cache and cache.size == 0 and size > 0
+    with pytest.raises(MissError):
+        cache.release("tmp", me)
+    # release(keep=True) turns it into a cache entry
+    put(cache, "kept")
+    cache.hold("kept", me)
+    with pytest.raises(UsageError):
+        cache.release("kept", Owner(boot_id(), 1, 0))
+    assert cache.release("kept", me, keep=True) is False
+    assert loads(cache, "kept")
+    assert_clean(root)
+
+
+def test_lease_of_a_killed_owner_is_reclaimed_by_gc(root: Path, children: Children) -> None:
+    cache = FsCache(root)
+    put(cache, "a")
+    cache.max_size = None
+    with cache.store("tmp", keep=False) as path:
+        fill(path, "tmp", "n", [1000])
+    holder = children.start("hold", root=str(root), name="tmp", how="lease")
+    holder.expect("held")
+    assert cache.info("tmp").users == (holder.pid,)
+    assert cache.gc().leases_reclaimed == 0 and "tmp" in cache  # a live lease is kept
+    holder.kill()
+    assert cache.info("tmp").users == () and not cache.info("tmp").in_use
+    report = cache.gc()
+    assert report.leases_reclaimed == 1 and report.entries_deleted == 1
+    assert only_entries(cache) == {"a"}
+    assert_clean(root)
+
+
+def test_lease_of_a_killed_owner_is_reclaimed_by_the_next_hold_and_release(
+    root: Path, children: Children
+) -> None:
+    cache = FsCache(root)
+    me = Owner.current()
+    for name in ("via-hold", "via-release"):
+        with cache.store(name, keep=False) as path:
+            fill(path, name, "n", [1000])
+        holder = children.start("hold", root=str(root), name=name, how="lease")
+        holder.expect("held")
+        if name == "via-release":
+            cache.hold(name, me)
+        holder.kill()
+        assert _lease_pids(root, name) == sorted({holder.pid, os.getpid()} if name == "via-release"
+                                                 else {holder.pid})
+        if name == "via-hold":
+            cache.hold(name, me)
+            assert _lease_pids(root, name) == [os.getpid()]  # the dead owner's lease is gone
+        # the last live use is released: the dead lease does not keep the entry
+        assert cache.release(name, me) is True
+        assert name not in cache
+    assert cache.size == 0
+    assert_clean(root)
+
+
+def _lease_pids(root: Path, name: str) -> list[int]:
+    with sqlite3.connect(root / "index.sqlite") as db:
+        return sorted(pid for (pid,) in db.execute("SELECT pid FROM leases WHERE name=?", (name,)))
+
+
+def test_a_reused_pid_is_not_the_owner(root: Path) -> None:
+    cache = FsCache(root)
+    put(cache, "a")
+    me = Owner.current()
+    assert me.alive() and me.pid == os.getpid()
+    impostors = [
+        Owner(me.boot_id, me.pid, me.start_time + 1),  # same pid, other start: a reused pid
+        Owner("another-boot", me.pid, me.start_time),  # same pid and start, before a reboot
+    ]
+    for impostor in impostors:
+        assert not impostor.alive()
+        cache.hold("a", impostor)
+        assert cache.info("a").users == ()
+        cache.remove("a")  # the impostor's lease does not make it busy
+        put(cache, "a")
+    assert Owner.parse(me.key) == me
+    assert start_time(os.getpid()) == me.start_time
+
+
+# -- metadata corruption ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage\x00\xff" * 10, b"shared-cache fscache 2\n", b"some other tool 1\n", "dir"],
+    ids=["empty", "garbage", "future", "foreign", "directory"],
+)
+def test_corrupt_or_foreign_cache_info_is_a_clear_cache_error(root: Path, content: object) -> None:
+    put(FsCache(root), "a")
+    info = root / "cache.info"
+    info.unlink()
+    if content == "dir":
+        info.mkdir()
+    else:
+        info.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(CacheError) as raised:
+        FsCache(root)
+    message = str(raised.value)
+    assert "\n" not in message and str(root) in message and "not a shared-cache cache" in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__ | (raised.value.__context__ is None)
+    assert (root / "objects" / "a").is_dir()  # nothing was touched
+
+
+def test_cache_root_that_is_a_file_is_a_cache_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CacheError, match="not a directory"):
+        FsCache(tmp_path / "file")
+
+
+def _checkpointed_cache(root: Path, n: int = 40) -> dict[str, int]:
+    """A cache of ``n`` entries whose index is all in index.sqlite (no -wal)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[2]);"
+        "from fscache_worker import fill; from sharedcache import FsCache;"
+        "c = FsCache(sys.argv[1], durable=False)\n"
+        f"for i in range({n}):\n"
+        "    with c.store(f'e{i}') as p: fill(p, f'e{i}', 'n', [i * 1000])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(root), str(Path(__file__).parent)],
+                   check=True, timeout=60)
+    assert not (root / "index.sqlite-wal").exists() or (root / "index.sqlite-wal").stat().st_size == 0
+    return {e.name: e.size for e in FsCache(root).entries()}
+
+
+def _corrupt(index: Path, how: str) -> None:
+    size = index.stat().st_size
+    if how == "garbage":
+        index.write_bytes(os.urandom(size))
+    elif how == "header":
+        with open(index, "r+b") as f:
+            f.write(os.urandom(100))
+    elif how == "pages":
+        with open(index, "r+b") as f:
+            f.seek(4096)
+            f.write(os.urandom(size - 4096))
+    elif how.startswith("truncated"):
+        os.truncate(index, size // 2 if how == "truncated-half" else 4096)
+    elif how == "directory":
+        index.unlink()
+        index.mkdir()
+        (index / "x").write_text("x")
+    else:
+        raise AssertionError(how)
+
+
+INDEX_DAMAGE = ["garbage", "header", "pages", "truncated-half", "truncated-page", "directory"]
+
+
+@pytest.mark.parametrize("how", INDEX_DAMAGE)
+def test_corrupt_index_is_a_cache_error_and_gc_rebuilds_it(root: Path, how: str) -> None:
+    sizes = _checkpointed_cache(root)
+    _corrupt(root / "index.sqlite", how)
+    cache = FsCache(root)
+    me = Owner.current()
+    operations = {
+        "size": lambda: cache.size,
+        "max_size": lambda: cache.max_size,
+        "set max_size": lambda: setattr(cache, "max_size", "1GB"),
+        "entries": cache.entries,
+        "info": lambda: cache.info("e3"),
+        "contains": lambda: "e3" in cache,
+        "load": lambda: cache.load("e3").__enter__(),
+        "store": lambda: put(cache, "new"),
+        "remove": lambda: cache.remove("e4"),
+        "hold": lambda: cache.hold("e5", me),
+        "release": lambda: cache.release("e5", me),
+    }
+    for what, call in operations.items():
+        with pytest.raises(CacheError, match="index of cache .* is unusable") as raised:
+            call()
+        assert "\n" not in str(raised.value), what
+        assert raised.value.__cause__ is None and raised.value.__suppress_context__, what
+    report = cache.gc()
+    assert report.index_rebuilt
+    assert {e.name: e.size for e in cache.entries()} == sizes
+    for name in sizes:
+        assert loads(cache, name)
+    assert cache.size == sum(sizes.values()) == fresh_scan(root)
+    put(cache, "after")
+    assert cache.gc() == GcReport()  # a second gc finds nothing to do
+    assert_clean(root)
+
+
+def test_process_recovers_once_another_process_rebuilt_the_index(root: Path, children: Children) -> None:
+    sizes = _checkpointed_cache(root, 10)
+    cache = FsCache(root)
+    assert cache.size == sum(sizes.values())  # this thread's connection is open now
+    _corrupt(root / "index.sqlite", "garbage")
+    with pytest.raises(CacheError):
+        cache.entries()
+    assert children.start("gc", root=str(root)).result()["index_rebuilt"]
+    assert {e.name for e in cache.entries()} == set(sizes)
+    assert loads(cache, "e1")
+    put(cache, "new")
+    assert "new" in FsCache(root)  # the same index as everybody else
+
+
+def test_lost_index_is_rebuilt_by_gc(root: Path) -> None:
+    sizes = _checkpointed_cache(root, 10)
+    (root / "index.sqlite").unlink()
+    cache = FsCache(root)
+    cache.gc()
+    assert {e.name: e.size for e in cache.entries()} == sizes
+    assert cache.size == fresh_scan(root)
+    assert all(loads(cache, name) for name in sizes)
+
+
+# -- a model of the whole API ----------------------------------------------------------------------
+
+
+class CacheModel(RuleBasedStateMachine):
+    """Random sequences of stores, loads, removals, budgets and gc against a model.
+
+    Checks after every step: the accounted size is the sum of the entries' sizes and a fresh scan,
+    never above the budget; every entry holds its last committed content; eviction only ever
+    removes entries older (by last load) than every surviving one.
+    """
+
+    NAMES = st.sampled_from([f"n{i}" for i in range(8)])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="fscache-model-")
+        self.root = Path(self.dir) / "cache"
+        self.cache = FsCache(self.root, durable=False)
+        self.model: dict[str, str] = {}  # name -> nonce
+        self.order: list[str] = []  # least recently used first
+        self.counter = 0
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _evicted(self, before: list[str], keep: set[str]) -> None:
+        gone = [n for n in before if n not in keep]
+        survivors = [n for n in before if n in keep]
+        if gone and survivors:
+            assert max(before.index(n) for n in gone) < min(before.index(n) for n in survivors), (
+                f"evicted {gone} although {survivors} were used less recently")
+        for n in gone:
+            del self.model[n]
+            self.order.remove(n)
+
+    @rule(name=NAMES, sizes=st.lists(st.integers(0, 40000), min_size=1, max_size=4))
+    def store(self, name: str, sizes: list[int]) -> None:
+        self.counter += 1
+        nonce = str(self.counter)
+        before = list(self.order)
+        budget = self.cache.max_size
+        try:
+            with self.cache.store(name) as path:
+                fill(path, name, nonce, sizes)
+        except EntryTooLargeError:
+            # refused only if the entry (its files, MANIFEST, data/ and sub/) may exceed the budget
+            blocks = sum(-(-size // BLOCK) for size in sizes) + 3
+            assert budget is not None and budget < blocks * BLOCK
+            return
+        present = only_entries(self.cache)
+        if name in self.model:
+            assert name in present  # the existing entry stays, ours is discarded
+        else:
+            self.model[name] = nonce
+            self.order.append(name)
+        self._evicted(before, present)
+
+    @rule(name=NAMES)
+    def load(self, name: str) -> None:
+        assert loads(self.cache, name) == (name in self.model)
+        if name in self.model:
+            self.order.remove(name)
+            self.order.append(name)
+
+    @rule(name=NAMES)
+    def remove(self, name: str) -> None:
+        before = self.cache.size
+        size = self.cache.info(name).size if name in self.model else 0
+        try:
+            self.cache.remove(name)
+        except MissError:
+            assert name not in self.model
+            return
+        del self.model[name]
+        self.order.remove(name)
+        assert self.cache.size == before - size
+
+    @rule(budget=st.one_of(st.none(), st.integers(0, 300_000)))
+    def set_budget(self, budget: int | None) -> None:
+        before = list(self.order)
+        self.cache.max_size = budget
+        self._evicted(before, only_entries(self.cache))
+
+    @rule()
+    def gc(self) -> None:
+        assert self.cache.gc() == GcReport()  # nothing crashed: nothing to repair
+
+    @invariant()
+    def consistent(self) -> None:
+        entries = self.cache.entries()
+        assert {e.name for e in entries} == set(self.model)
+        size = self.cache.size
+        assert size == sum(e.size for e in entries) == fresh_scan(self.root)
+        budget = self.cache.max_size
+        assert budget is None or size <= budget
+        for name, nonce in self.model.items():
+            manifest = (self.root / "objects" / name / "data" / "MANIFEST").read_text()
+            assert f'"nonce": "{nonce}"' in manifest
+        assert list((self.root / "stage").iterdir()) == []
+        assert list((self.root / "trash").iterdir()) == []
+
+
+CacheModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+test_model = CacheModel.TestCase
+
+
+# -- scale -----------------------------------------------------------------------------------------
+
+
+def _many(root: Path, n: int) -> FsCache:
+    cache = FsCache(root, durable=False)
+    for i in range(n):
+        with cache.store(f"entry-{i:06d}") as path:
+            (path / "f").write_bytes(b"%d" % i)
+    return cache
+
+
+def _check_scale(root: Path, cache: FsCache, n: int, children: Children) -> dict[str, float]:
+    timings = {}
+    t = time.perf_counter()
+    entries = cache.entries()
+    timings["entries"] = time.perf_counter() - t
+    assert len(entries) == n
+    one = entries[0].size
+    assert cache.size == n * one
+    t = time.perf_counter()
+    report = cache.gc()
+    timings["gc"] = time.perf_counter() - t
+    assert report == GcReport()
+    # loads of old entries make them recent: eviction must skip them
+    recent = [f"entry-{i:06d}" for i in range(0, n // 100, 2)]
+    for name in recent:
+        with cache.load(name):
+            pass
+    # evict 1% in another process, recording every path below objects/ it touches
+    audit = children.start("evict_audit", root=str(root), free=(n // 100) * one).result(120)
+    timings["evict"] = audit["seconds"]
+    assert audit["before"] - audit["after"] == (n // 100) * one
+    remaining = only_entries(cache)
+    evicted = {f"entry-{i:06d}" for i in range(n)} - remaining
+    assert len(evicted) == n // 100 and not evicted & set(recent)
+    assert evicted == {f"entry-{i:06d}" for i in range(n // 100 + len(recent))} - set(recent)
+    objects = str(root.absolute() / "objects")
+    touched = {p.split(" ", 1)[1] for p in audit["touched"]}
+    strangers = {p for p in touched if os.path.relpath(p, objects).split(os.sep)[0] not in evicted}
+    assert strangers == set(), f"eviction touched other entries: {sorted(strangers)[:5]}"
+    assert not any(line.startswith("os.scandir") or line.startswith("os.listdir")
+                   for line in audit["touched"]), "eviction listed objects/"
+    assert cache.size == (n - n // 100) * one <= cache.max_size
+    return timings
+
+
+def test_ten_thousand_entries(tmp_path: Path, children: Children) -> None:
+    n = 10_000
+    cache = _many(tmp_path / "cache", n)
+    timings = _check_scale(tmp_path / "cache", cache, n, children)
+    assert timings["evict"] < 2.0 and timings["gc"] < 5 and timings["entries"] < 5, timings
+
+
+@pytest.mark.skipif(not os.environ.get("SC_SLOW_TESTS"), reason="slow: set SC_SLOW_TESTS=1")
+@pytest.mark.timeout(600)
+def test_hundred_thousand_entries(tmp_path: Path, children: Children) -> None:
+    n = 100_000
+    cache = _many(tmp_path / "cache", n)
+    timings = _check_scale(tmp_path / "cache", cache, n, children)
+    assert timings["evict"] < 1.0, timings

@@ -1,0 +1,339 @@
+"""FsCache under SIGKILL and concurrency: real processes, real kills, real file system.
+
+Deterministic crash points stop a child at one exact step of the protocol (a profile hook that
+only watches calls: the file-system calls are the real ones) and SIGKILL it there; the random
+tests kill children doing everything at random moments.  After each crash, another process must
+be able to use the cache at once, and gc (or a later store) must leave it exactly consistent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fscache_worker import Children, fill, verify
+
+from sharedcache import BusyError, FsCache, MissError
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    kids = Children()
+    try:
+        yield kids
+    finally:
+        kids.close()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def scan_usage(path: Path) -> int:
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        total += os.lstat(dirpath).st_blocks * 512
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def put(cache: FsCache, name: str, sizes: list[int] | None = None, nonce: str = "n") -> int:
+    with cache.store(name) as path:
+        fill(path, name, nonce, sizes if sizes is not None else [3000, 9000])
+    return cache.info(name).size
+
+
+def loads(cache: FsCache, name: str) -> bool:
+    try:
+        with cache.load(name) as path:
+            assert verify(path, name) is None
+            return True
+    except MissError:
+        return False
+
+
+def assert_no_lock_held(root: Path) -> None:
+    """Every lock of the cache is free right now: flock locks and the index's write lock."""
+    files = [root / "stage.lock", *root.glob("objects/*/lock"), *root.glob("stage/*/lock")]
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if held
+        finally:
+            os.close(fd)
+    db = sqlite3.connect(root / "index.sqlite", timeout=0.5, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+def leftovers(root: Path) -> dict[str, int]:
+    cache = FsCache(root)
+    rows = {e.name for e in cache.entries()}
+    return {
+        "stage": len(list((root / "stage").iterdir())),
+        "trash": len(list((root / "trash").iterdir())),
+        "orphans": len({p.name for p in (root / "objects").iterdir()} - rows),
+        "rows without entry": len({n for n in rows if not (root / "objects" / n / "entry.json").exists()}),
+    }
+
+
+def assert_consistent(root: Path) -> None:
+    """After gc: nothing but committed entries on disk, each complete; accounting exact."""
+    assert list((root / "stage").iterdir()) == []
+    assert list((root / "trash").iterdir()) == []
+    cache = FsCache(root)
+    entries = cache.entries()
+    assert {p.name for p in (root / "objects").iterdir()} == {e.name for e in entries}
+    for e in entries:
+        assert loads(cache, e.name), e.name
+        assert e.size == scan_usage(root / "objects" / e.name / "data")
+    assert cache.size == sum(e.size for e in entries)
+    budget = cache.max_size
+    assert budget is None or cache.size <= budget
+
+
+# -- crashes at chosen steps -----------------------------------------------------------------------
+
+# (operation, (caller, callee, profile event), what must be left, budget in entries or None)
+CRASH_POINTS = {
+    "store: filling": ("store_fill", None, "stage", None),
+    "store: holding stage.lock": ("store", ("_staging", "mkdir", "return"), "stage", None),
+    "store: marker written": ("store", ("_commit", "write_atomic", "return"), "stage", None),
+    "store: making room": ("store", ("_commit", "_make_room", "return"), "stage", 3),
+    "store: renamed into objects": ("store", ("_rename_into_objects", "rename", "c_return"), "orphans", None),
+    "store: evicted a victim": ("store", ("_retire", "rename", "c_return"), "rows without entry", 3),
+    "store: committed": ("store", ("_commit", "_empty_trash", "call"), "", None),
+    "store: sweeping": ("store", ("store", "_sweep", "call"), "", None),
+    "remove: renamed to trash": ("remove", ("_retire", "rename", "c_return"), "rows without entry", None),
+    "remove: committed": ("remove", ("remove", "_empty_trash", "call"), "trash", None),
+    "budget: evicted a victim": ("set_budget", ("_retire", "rename", "c_return"), "rows without entry", None),
+    "gc: reconciling": ("gc", ("gc", "_adopt", "return"), "", None),
+    "gc: emptying trash": ("gc", ("gc", "_empty_trash", "call"), "", None),
+    "load: locked": ("load", ("_lock_shared", "_touch", "call"), "", None),
+}
+
+
+@pytest.mark.parametrize("point", list(CRASH_POINTS))
+@pytest.mark.parametrize("cleaner", ["gc", "store"])
+def test_sigkill_at_a_step_leaves_no_lock_and_gc_or_a_store_cleans_up(
+    root: Path, children: Children, point: str, cleaner: str
+) -> None:
+    op, where, expect, budget_entries = CRASH_POINTS[point]
+    cache = FsCache(root)
+    one = put(cache, "victim")  # the least recently used entry: evicted first
+    put(cache, "old")
+    put(cache, "e")
+    if op == "gc":  # give gc something to do: an orphan to adopt and a stray stage
+        (root / "stage" / "stray" / "data").mkdir(parents=True)
+        put(cache, "orphan")
+        db = sqlite3.connect(root / "index.sqlite", isolation_level=None)
+        db.execute("DELETE FROM entries WHERE name='orphan'")
+        db.close()
+    if budget_entries:
+        cache.max_size = budget_entries * one + one // 2
+    name = "e" if op in ("remove", "load") else "new"
+    args = {"root": str(root), "op": op, "point": where, "name": name, "max_size": one}
+    child = children.start("crash_at", **args)
+    child.expect("paused")
+    child.kill()
+
+    assert_no_lock_held(root)
+    found = leftovers(root)
+    if expect:
+        assert found[expect] >= 1, found
+    # another process can use the cache at once, with a short timeout
+    quick = FsCache(root, timeout=2)
+    assert loads(quick, "old")
+    if op == "load":
+        quick.remove("e")  # the dead reader's lock is gone
+    if cleaner == "store":
+        put(quick, "later")  # sweeps stage/ and empties trash/ on its way
+        after = leftovers(root)
+        assert after["stage"] == 0 and after["trash"] == 0, after
+        # what the crash interrupted can be stored and loaded again at once
+        for again in (name, "victim"):
+            if not loads(quick, again):
+                put(quick, again, nonce="retry")
+            assert loads(quick, again)
+        quick.gc()
+    else:
+        report = quick.gc()
+        if expect == "stage":
+            assert report.stages_removed >= 1
+        if expect == "orphans":
+            assert report.orphans_adopted == 1 and loads(quick, "new")
+        if expect == "rows without entry":
+            assert report.rows_dropped >= 1
+    assert_consistent(root)
+
+
+# -- crashes at random moments ---------------------------------------------------------------------
+
+
+def test_random_sigkills_while_storing_removing_and_evicting(root: Path, children: Children) -> None:
+    rng = random.Random(1234)
+    names = [f"k{i}" for i in range(8)]
+    cache = FsCache(root, max_size="120kB")
+    seen = {"stage": 0, "trash": 0, "orphans": 0, "rows without entry": 0}
+    rounds = 36
+    for round_ in range(rounds):
+        kids = [
+            children.start("chaos", root=str(root), names=names, seed=rng.random(),
+                           weights=[6, 2, 2, 0.5 if round_ % 4 == 0 else 0])
+            for _ in range(2)
+        ]
+        for kid in kids:
+            kid.expect("ready")
+        for kid in kids:
+            time.sleep(rng.uniform(0.0, 0.12))
+            kid.kill()
+        assert_no_lock_held(root)
+        found = leftovers(root)
+        for key, value in found.items():
+            seen[key] += value > 0
+        quick = FsCache(root, timeout=2)
+        if round_ % 3 == 0:
+            quick.gc()
+            assert_consistent(root)
+        elif round_ % 3 == 1:
+            put(quick, f"probe{round_}", [100])  # a later store cleans stage/ and trash/
+            after = leftovers(root)
+            assert after["stage"] == after["trash"] == 0, after
+            quick.remove(f"probe{round_}")
+        for name in names:  # whatever is there now is complete; a miss can be stored at once
+            if not loads(quick, name) and round_ % 3 == 2:
+                put(quick, name, [100], nonce="parent")
+                assert loads(quick, name)
+        assert quick.size <= 120_000
+    assert seen["stage"] > 0, seen  # the kills did interrupt stores
+    FsCache(root).gc()
+    assert_consistent(root)
+
+
+def test_readers_never_see_a_partial_entry(root: Path, children: Children) -> None:
+    rng = random.Random(99)
+    names = [f"r{i}" for i in range(5)]
+    cache = FsCache(root, max_size="150kB")
+    for name in names[:3]:
+        put(cache, name, [20000, 3000, 11000])
+    seconds = 7.0
+    readers = [children.start("reader", root=str(root), names=names, seconds=seconds, seed=i)
+               for i in range(2)]
+    for reader in readers:
+        reader.expect("ready")
+    steady = children.start("chaos", root=str(root), names=names, seed=5, weights=[5, 2, 1, 0.2])
+    steady.expect("ready")
+    end = time.monotonic() + seconds - 1
+    kills = 0
+    while time.monotonic() < end:
+        victim = children.start("chaos", root=str(root), names=names, seed=rng.random())
+        victim.expect("ready")
+        time.sleep(rng.uniform(0.0, 0.2))
+        victim.kill()
+        kills += 1
+    steady.kill()
+    results = [reader.result(timeout=30) for reader in readers]
+    for result in results:
+        assert result["n_errors"] == 0, result["errors"]
+    assert sum(r["hits"] for r in results) > 100, results  # the readers did read entries
+    assert kills >= 10
+    FsCache(root).gc()
+    assert_consistent(root)
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+
+def test_many_processes_storing_one_name_commit_exactly_one_copy(root: Path, children: Children) -> None:
+    FsCache(root)
+    start_at = time.time() + 1.5
+    sizes = [7000, 100, 33000, 5000]
+    kids = [children.start("store_same", root=str(root), name="same", start_at=start_at,
+                           sizes=sizes, pause=0.01) for _ in range(8)]
+    results = [kid.result(timeout=60) for kid in kids]
+    winners = {r["winner"] for r in results}
+    assert len(winners) == 1  # every process sees the same committed copy
+    (winner,) = winners
+    assert winner in {r["pid"] for r in results}
+    cache = FsCache(root)
+    with cache.load("same") as path:
+        assert verify(path, "same") is None
+        assert f'"nonce": "{winner}"' in (path / "MANIFEST").read_text()
+    assert [e.name for e in cache.entries()] == ["same"]
+    assert_consistent(root)
+    assert cache.gc().orphans_removed == 0
+
+
+def test_many_processes_creating_one_cache_all_succeed(tmp_path: Path, children: Children) -> None:
+    for attempt in range(3):
+        root = tmp_path / f"try{attempt}" / "deep" / "cache"
+        start_at = time.time() + 1.0
+        kids = [children.start("create", root=str(root), start_at=start_at, max_size="10MB")
+                for _ in range(8)]
+        names = {kid.result(timeout=60)["name"] for kid in kids}
+        cache = FsCache(root)
+        assert {e.name for e in cache.entries()} == names and len(names) == 8
+        assert cache.max_size == 10_000_000
+        assert_consistent(root)
+
+
+def test_listing_entries_does_not_make_unused_entries_busy(root: Path, children: Children) -> None:
+    """entries() and info() probe each entry's lock; a remove or an eviction at that instant must
+    not take the entry for one in use."""
+    cache = FsCache(root, durable=False)
+    one = put(cache, "probe", [100])
+    cache.remove("probe")
+    listers = [children.start("lister", root=str(root), seconds=30) for _ in range(2)]
+    for lister in listers:
+        lister.expect("ready")
+    busy = 0
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        put(cache, "x", [100])
+        try:
+            cache.remove("x")
+        except BusyError:
+            busy += 1
+            cache.remove("x")
+    assert busy == 0, f"{busy} removals of an unused entry failed as busy"
+    # eviction: always the least recently used entry, never a refusal
+    cache.max_size = 2 * one + one // 2
+    put(cache, "a0", [100])
+    for i in range(1, 400):
+        put(cache, f"a{i}", [100])
+        assert {e.name for e in cache.entries()} == {f"a{i - 1}", f"a{i}"}
+
+
+def test_concurrent_stores_never_exceed_the_budget(root: Path, children: Children) -> None:
+    budget = 200_000
+    cache = FsCache(root, max_size=budget)
+    start_at = time.time() + 1.0
+    kids = [children.start("budget_store", root=str(root), start_at=start_at, count=40,
+                           prefix=f"p{i}-", seed=i) for i in range(4)]
+    peak = 0
+    while any(kid.proc.poll() is None for kid in kids) and time.time() < start_at + 60:
+        peak = max(peak, cache.size)
+        time.sleep(0.002)
+    results = [kid.result(timeout=60) for kid in kids]
+    assert peak <= budget
+    assert all(r["max_seen"] <= budget for r in results), results
+    assert len(cache.entries()) < 160  # eviction happened
+    assert cache.gc().accounting_fixed == 0
+    assert_consistent(root)
