@@ -105,5 +105,5 @@ def test_crash_torture(tmp_path: Path, origin) -> None:  # type: ignore[no-untyp
     assert {e.name for e in entries} == objects, "objects/ and the index disagree"
     assert all(e.keep for e in entries), "an unkept repository without users survived gc"
     assert cache.size == scanned == sum(e.size for e in entries)
-    assert leftovers == []
+    assert leftovers == [], leftovers
     assert links <= objects, f"links without repositories: {links - objects}"

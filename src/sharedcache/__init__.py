@@ -11,7 +11,8 @@ Submodules are imported on first access, so ``import sharedcache`` costs almost 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
 
 __version__ = "0.1.0"
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from .repository import use  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sharedcache' has no attribute {name!r}")

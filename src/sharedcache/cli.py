@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 from .errors import SharedCacheError, UsageError
+
+TYPE_CHECKING = False  # the annotations need no import at run time, and typing is costly
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 ACTIONS = ("use", "unuse", "location", "run", "list", "gc")
 

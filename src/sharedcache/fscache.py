@@ -92,14 +92,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from _thread import _local as thread_local  # threading.local, without importing threading
+
+try:  # sqlite3's Python layer only adds datetime adapters, and importing them costs every start
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
+    import sqlite3  # type: ignore[no-redef]
 
 from . import locks
 from .errors import (
@@ -148,10 +149,20 @@ CREATE INDEX IF NOT EXISTS leases_by_name ON leases (name);
 INSERT OR IGNORE INTO settings VALUES ('max_size', NULL);
 INSERT OR IGNORE INTO settings VALUES ('total', 0);
 """
+TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
+if TYPE_CHECKING:
+    from pathlib import Path
 _MAX_NAME_BYTES = 200
 # How long a process waits for another's index transaction before reporting a wedged cache.
 _INDEX_TIMEOUT = 60.0
 _UNSET = object()
+
+
+def _path(path: str) -> Path:
+    """``path`` as the :class:`pathlib.Path` the API hands out (imported only when needed)."""
+    from pathlib import Path
+
+    return Path(path)
 
 
 def check_name(name: str) -> str:
@@ -183,7 +194,7 @@ class _Index(sqlite3.Connection):
     :class:`WaitTimeoutError`.
     """
 
-    root: Path
+    root: str
     broken = False
 
     def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:  # type: ignore[no-untyped-def, override]
@@ -226,34 +237,41 @@ class _Rows(sqlite3.Cursor):
             raise self.connection.failure(e) from None
 
 
-@dataclass(frozen=True)
-class Entry:
-    """What :meth:`FsCache.entries` reports of one entry."""
+class _Record:
+    """Compared and shown by value, like a dataclass (importing dataclasses would cost more
+    than a warm ``sc --use``)."""
 
-    name: str
-    size: int
-    created: float
-    last_used: float
-    keep: bool
-    meta: str | None
-    in_use: bool
-    #: pids of the live processes holding a lease on the entry
-    users: tuple[int, ...]
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclass
-class GcReport:
+class Entry(_Record):
+    """What :meth:`FsCache.entries` reports of one entry; ``users`` are the pids of the live
+    processes holding a lease on it."""
+
+    def __init__(self, name: str, size: int, created: float, last_used: float, keep: bool,
+                 meta: str | None, in_use: bool, users: tuple[int, ...]) -> None:
+        self.name, self.size, self.created, self.last_used = name, size, created, last_used
+        self.keep, self.meta, self.in_use, self.users = keep, meta, in_use, users
+
+
+class GcReport(_Record):
     """What :meth:`FsCache.gc` cleaned and repaired."""
 
-    stages_removed: int = 0
-    trash_removed: int = 0
-    orphans_adopted: int = 0
-    orphans_removed: int = 0
-    rows_dropped: int = 0
-    leases_reclaimed: int = 0
-    entries_deleted: int = 0
-    accounting_fixed: int = 0
-    index_rebuilt: bool = False
+    def __init__(self) -> None:
+        self.stages_removed = 0
+        self.trash_removed = 0
+        self.orphans_adopted = 0
+        self.orphans_removed = 0
+        self.rows_dropped = 0
+        self.leases_reclaimed = 0
+        self.entries_deleted = 0
+        self.accounting_fixed = 0
+        self.index_rebuilt = False
 
 
 class FsCache:
@@ -275,13 +293,13 @@ class FsCache:
         durable: bool = True,
         timeout: float = _INDEX_TIMEOUT,
     ) -> None:
-        self.root = Path(root).absolute()
+        self.root = os.path.abspath(root)
         self.durable = durable
         self.timeout = timeout
-        self._objects = self.root / "objects"
-        self._stage = self.root / "stage"
-        self._trash = self.root / "trash"
-        self._local = threading.local()
+        self._objects = os.path.join(self.root, "objects")
+        self._stage = os.path.join(self.root, "stage")
+        self._trash = os.path.join(self.root, "trash")
+        self._local = thread_local()
         self._open()
         if max_size is not _UNSET:
             self.max_size = max_size  # type: ignore[assignment]
@@ -291,12 +309,12 @@ class FsCache:
     def _open(self) -> None:
         """Create the cache if needed (safe when many processes do it at once) and check it."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self.root, exist_ok=True)
         except FileExistsError:
             raise CacheError(f"cache {self.root} is not a directory") from None
         except OSError as e:
             raise CacheError(f"cannot create cache {self.root}: {e.strerror}") from None
-        info = self.root / "cache.info"
+        info = os.path.join(self.root, "cache.info")
         try:
             with open(info, "rb") as f:
                 found = f.read(256)
@@ -314,14 +332,15 @@ class FsCache:
                 "refusing to use it"
             )
         for sub in (self._objects, self._stage, self._trash):
-            sub.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sub)
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection to the index (a fresh one after a fork)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid() and not conn.broken:
             return conn
-        path = self.root / "index.sqlite"
+        path = os.path.join(self.root, "index.sqlite")
         try:
             conn = sqlite3.connect(
                 path, timeout=self.timeout, isolation_level=None, factory=_Index
@@ -339,8 +358,17 @@ class FsCache:
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         # WAL lets readers go on while one process writes; the mode is stored in the file, and
-        # switching needs no transaction, so it comes first.
-        conn.execute("PRAGMA journal_mode=WAL")
+        # switching needs no transaction, so it comes first.  SQLite reports a concurrent switch
+        # (many processes creating the cache at once) as busy without waiting: retry.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except WaitTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -405,14 +433,14 @@ class FsCache:
     # -- staging ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _staging(self) -> Iterator[tuple[Path, int]]:
+    def _staging(self) -> Iterator[tuple[str, int]]:
         """A fresh staging directory, locked by this process, removed on exit unless committed."""
-        guard = locks.open_lock_file(self.root / "stage.lock")
+        guard = locks.open_lock_file(os.path.join(self.root, "stage.lock"))
         try:
             locks.lock(guard, locks.SHARED, timeout=self.timeout, what=f"{self.root}/stage.lock")
-            stage = self._stage / unique_name()
-            stage.mkdir()
-            fd = locks.open_lock_file(stage / "lock")
+            stage = os.path.join(self._stage, unique_name())
+            os.mkdir(stage)
+            fd = locks.open_lock_file(os.path.join(stage, "lock"))
             locks.lock(fd, locks.EXCLUSIVE)  # nobody else knows the file yet: immediate
         finally:
             os.close(guard)
@@ -426,9 +454,9 @@ class FsCache:
     def stage(self) -> Iterator[Path]:
         """A volatile scratch directory on the cache's file system, removed on exit."""
         with self._staging() as (stage, _):
-            data = stage / "data"
-            data.mkdir()
-            yield data
+            data = os.path.join(stage, "data")
+            os.mkdir(data)
+            yield _path(data)
 
     # -- store -----------------------------------------------------------------------------------
 
@@ -459,15 +487,15 @@ class FsCache:
         """
         check_name(name)
         with self._staging() as (stage, _):
-            data = stage / "data"
-            data.mkdir()
-            yield data
+            data = os.path.join(stage, "data")
+            os.mkdir(data)
+            yield _path(data)
             self._commit(stage, name, meta=meta, keep=keep, holder=holder, strict=strict_budget)
         self._sweep()
 
     def _commit(
         self,
-        stage: Path,
+        stage: str,
         name: str,
         *,
         meta: str | None,
@@ -475,15 +503,17 @@ class FsCache:
         holder: Owner | None,
         strict: bool,
     ) -> bool:
-        size = disk_usage(stage / "data")
+        size = disk_usage(os.path.join(stage, "data"))
         now = time.time()
         if self.durable:
             sync_tree(stage)
+        import json  # a store or gc only
+
         marker = {"name": name, "size": size, "created": now, "keep": keep, "meta": meta}
-        write_atomic(stage / "entry.json", json.dumps(marker).encode(), durable=self.durable)
+        write_atomic(os.path.join(stage, "entry.json"), json.dumps(marker).encode(), durable=self.durable)
         with self._transaction() as db:
             row = db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone()
-            if row and not (self._objects / name / "entry.json").exists():
+            if row and not os.path.exists(os.path.join(self._objects, name, "entry.json")):
                 # A row without its entry (what a delete killed before its commit leaves) is a
                 # miss: drop it and commit ours.
                 row = None if self._retire(db, name) else row
@@ -526,8 +556,8 @@ class FsCache:
         excess = self._setting(db, "total") + size - budget
         return excess <= 0 or self._evict(db, excess) >= excess
 
-    def _rename_into_objects(self, stage: Path, name: str) -> None:
-        target = self._objects / name
+    def _rename_into_objects(self, stage: str, name: str) -> None:
+        target = os.path.join(self._objects, name)
         try:
             os.rename(stage, target)
         except OSError as e:
@@ -535,7 +565,7 @@ class FsCache:
                 raise
             # A directory without a row (the caller holds the index, so nobody is committing
             # it): the leftover of a crashed commit or delete.
-            os.rename(target, self._trash / unique_name())
+            os.rename(target, os.path.join(self._trash, unique_name()))
             os.rename(stage, target)
 
     # -- load ------------------------------------------------------------------------------------
@@ -545,24 +575,24 @@ class FsCache:
         """Yield the data directory of entry ``name``, read-locked; MissError if there is none."""
         fd = self._lock_shared(check_name(name))
         try:
-            yield self._objects / name / "data"
+            yield _path(os.path.join(self._objects, name, "data"))
         finally:
             os.close(fd)
 
     def _lock_shared(self, name: str) -> int:
         """Take entry ``name``'s lock shared and record the use; return the locked descriptor."""
-        entry = self._objects / name
+        entry = os.path.join(self._objects, name)
         for _ in range(3):
             try:
-                fd = os.open(entry / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(os.path.join(entry, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except (FileNotFoundError, NotADirectoryError):
                 break
             try:
                 locks.lock(fd, locks.SHARED, timeout=self.timeout, what=f"entry {name!r}")
-                if not locks.still_linked(fd, entry / "lock"):
+                if not locks.still_linked(fd, os.path.join(entry, "lock")):
                     os.close(fd)
                     continue  # deleted (and maybe stored again) while we waited: look again
-                if os.path.exists(entry / "entry.json") and self._touch(name):
+                if os.path.exists(os.path.join(entry, "entry.json")) and self._touch(name):
                     return fd
             except BaseException:
                 os.close(fd)
@@ -581,7 +611,7 @@ class FsCache:
 
     def path(self, name: str) -> Path:
         """Where entry ``name``'s data is (or would be); it is safe to read only under a use."""
-        return self._objects / check_name(name) / "data"
+        return _path(os.path.join(self._objects, check_name(name), "data"))
 
     # -- leases ----------------------------------------------------------------------------------
 
@@ -597,7 +627,7 @@ class FsCache:
         check_name(name)
         with self._transaction() as db:
             row = db.execute("SELECT meta FROM entries WHERE name=?", (name,)).fetchone()
-            if row is None or not (self._objects / name / "entry.json").exists():
+            if row is None or not os.path.exists(os.path.join(self._objects, name, "entry.json")):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
             if meta is not None and row[0] != meta:
                 raise ConflictError(name, row[0])
@@ -717,16 +747,16 @@ class FsCache:
         Returns whether it was removed.  The caller checks leases; the tree itself is deleted
         after the commit, by :meth:`_empty_trash`.
         """
-        entry = self._objects / name
+        entry = os.path.join(self._objects, name)
         try:
-            fd = os.open(entry / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(entry, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             fd = None  # the directory is gone (a crashed delete): only the row is left
         try:
             if fd is not None:
                 if not self._lock_if_unused(fd):
                     return False
-                os.rename(entry, self._trash / unique_name())
+                os.rename(entry, os.path.join(self._trash, unique_name()))
             (size,) = db.execute("SELECT size FROM entries WHERE name=?", (name,)).fetchone()
             db.execute("DELETE FROM entries WHERE name=?", (name,))
             db.execute("DELETE FROM leases WHERE name=?", (name,))
@@ -825,7 +855,7 @@ class FsCache:
     def _locked(self, name: str) -> bool:
         """Whether some process holds entry ``name``'s lock (a reader, or a storer committing)."""
         try:
-            fd = os.open(self._objects / name / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(self._objects, name, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return False
         try:
@@ -837,22 +867,22 @@ class FsCache:
 
     def _sweep(self) -> int:
         """Remove the staging directories of dead processes, if nobody is creating one now."""
-        guard = locks.open_lock_file(self.root / "stage.lock")
+        guard = locks.open_lock_file(os.path.join(self.root, "stage.lock"))
         try:
             if not locks.try_lock(guard, locks.EXCLUSIVE):
                 return 0
             removed = 0
             with os.scandir(self._stage) as stages:
                 for stage in stages:
-                    removed += self._remove_if_abandoned(Path(stage.path))
+                    removed += self._remove_if_abandoned(stage.path)
             return removed
         finally:
             os.close(guard)
 
     @staticmethod
-    def _remove_if_abandoned(stage: Path) -> int:
+    def _remove_if_abandoned(stage: str) -> int:
         try:
-            fd = os.open(stage / "lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(stage, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             fd = None  # created under stage.lock, so a lock-less one was abandoned
         try:
@@ -889,7 +919,7 @@ class FsCache:
                 if self._adopt(db, name):
                     report.orphans_adopted += 1
                 else:
-                    os.rename(self._objects / name, self._trash / unique_name())
+                    os.rename(os.path.join(self._objects, name), os.path.join(self._trash, unique_name()))
                     report.orphans_removed += 1
             for name in rows - on_disk:
                 db.execute("DELETE FROM entries WHERE name=?", (name,))
@@ -914,15 +944,18 @@ class FsCache:
         self._local.conn = None
         for suffix in ("", "-wal", "-shm"):
             try:
-                os.rename(self.root / f"index.sqlite{suffix}", self._trash / unique_name())
+                os.rename(os.path.join(self.root, f"index.sqlite{suffix}"), os.path.join(self._trash, unique_name()))
             except FileNotFoundError:
                 pass
 
     def _adopt(self, db: sqlite3.Connection, name: str) -> bool:
         """Within a transaction: give a committed directory that has no row its row back."""
         try:
-            marker = json.loads((self._objects / name / "entry.json").read_bytes())
-            if marker["name"] != name or not (self._objects / name / "data").is_dir():
+            import json
+
+            with open(os.path.join(self._objects, name, "entry.json"), "rb") as f:
+                marker = json.loads(f.read())
+            if marker["name"] != name or not os.path.isdir(os.path.join(self._objects, name, "data")):
                 return False
             size, created = int(marker["size"]), float(marker["created"])
             keep, meta = bool(marker["keep"]), marker["meta"]

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 
 def unique_name(prefix: str = "") -> str:
     """A name no other process will pick (random, not derived from pid or time)."""
     return prefix + os.urandom(12).hex()
+
+
+def _temp_beside(path: str | os.PathLike[str]) -> str:
+    """A fresh temporary name in the directory of ``path``, hidden, naming what it will become."""
+    head, tail = os.path.split(os.fspath(path))
+    return os.path.join(head, unique_name(f".{tail}.tmp-"))
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -38,8 +43,7 @@ def write_atomic(
     With ``durable`` false nothing is flushed: the replacement is still atomic for every
     process, but a power loss may leave the old content or an empty file.
     """
-    path = Path(path)
-    tmp = path.with_name(unique_name(f".{path.name}.tmp-"))
+    tmp = _temp_beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
@@ -56,7 +60,7 @@ def write_atomic(
         os.unlink(tmp)
         raise
     if durable:
-        fsync_dir(path.parent)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def create_exclusive(path: str | os.PathLike[str], data: bytes) -> bool:
@@ -65,8 +69,7 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes) -> bool:
     The content is complete before the name appears (written aside, then hard-linked), so a
     concurrent reader sees either no file or the whole file.
     """
-    path = Path(path)
-    tmp = path.with_name(unique_name(f".{path.name}.tmp-"))
+    tmp = _temp_beside(path)
     write_atomic(tmp, data)
     try:
         os.link(tmp, path)

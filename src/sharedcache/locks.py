@@ -22,9 +22,12 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable
 
 from .errors import WaitTimeoutError
+
+TYPE_CHECKING = False  # the annotations need no import at run time, and typing is costly
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SHARED = fcntl.LOCK_SH
 EXCLUSIVE = fcntl.LOCK_EX

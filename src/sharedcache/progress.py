@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
 
 from .sizes import format_size
+
+TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 
 class Reporter:

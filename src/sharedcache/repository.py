@@ -46,12 +46,9 @@ population lock, so it never disappears under a population that is recreating it
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from . import errors, locks
 from .errors import (
@@ -69,19 +66,23 @@ from .progress import Reporter
 from .words import default_name, recipe_identity
 from .sizes import format_size, parse_size
 
+TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
+if TYPE_CHECKING:
+    from pathlib import Path
+
 DEFAULT_DIRECTORIES = "/tmp:/var/tmp"
 CONTROL = ".shared-cache"
 # An error record answers the waiters of the population that failed; later users try afresh.
 _ERROR_RECORD_TTL = 600.0
 
 
-def candidate_directories(directories: str | Sequence[str | os.PathLike[str]] | None) -> list[Path]:
+def candidate_directories(directories: str | Sequence[str | os.PathLike[str]] | None) -> list[str]:
     """The candidate base directories: as given, else ``$SC_DIRECTORIES``, else /tmp:/var/tmp."""
     if directories is None:
         directories = os.environ.get("SC_DIRECTORIES") or DEFAULT_DIRECTORIES
     if isinstance(directories, str):
         directories = [d for d in directories.split(":") if d]
-    result = [Path(d).absolute() for d in directories]
+    result = [os.path.abspath(d) for d in directories]
     if not result:
         raise UsageError("no candidate directory given")
     return result
@@ -92,43 +93,42 @@ def split_words(words: Iterable[str]) -> list[str]:
     return [w for word in words for w in word.split()]
 
 
-@dataclass
 class Held:
-    """A use held on a repository."""
+    """A use held on a repository: its name, base directory, path, cache and lease id."""
 
-    name: str
-    base: Path
-    path: Path
-    cache: FsCache
-    lease: int
+    __slots__ = ("name", "base", "path", "cache", "lease")
+
+    def __init__(self, name: str, base: str, path: str, cache: FsCache, lease: int) -> None:
+        self.name, self.base, self.path, self.cache, self.lease = name, base, path, cache, lease
 
 
 class Base:
     """One candidate base directory and the repositories in it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.control = path / CONTROL
-        self.populate_dir = self.control / "populate"
+        self.control = os.path.join(path, CONTROL)
+        self.populate_dir = os.path.join(self.control, "populate")
         self._cache: FsCache | None = None
 
     def has_cache(self) -> bool:
-        return (self.control / "cache.info").exists()
+        return os.path.exists(os.path.join(self.control, "cache.info"))
 
     def cache(self) -> FsCache:
         if self._cache is None:
             self._cache = FsCache(self.control)
-            self.populate_dir.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.populate_dir)
         return self._cache
 
-    def link(self, name: str) -> Path:
-        return self.path / name
+    def link(self, name: str) -> str:
+        return os.path.join(self.path, name)
 
     def link_target(self, name: str) -> str:
         return f"{CONTROL}/objects/{name}/data"
 
-    def population_file(self, name: str, suffix: str) -> Path:
-        return self.populate_dir / f"{name}{suffix}"
+    def population_file(self, name: str, suffix: str) -> str:
+        return os.path.join(self.populate_dir, name + suffix)
 
     def free_space(self) -> int:
         st = os.statvfs(self.path)
@@ -145,13 +145,13 @@ class Base:
         """(name, status) of every population in progress (its lock is held)."""
         found = []
         try:
-            status_files = list(self.populate_dir.glob("*.json"))
+            status_files = [f for f in os.listdir(self.populate_dir) if f.endswith(".json")]
         except OSError:
             return found
-        for path in status_files:
-            name = path.name[: -len(".json")]
+        for file in status_files:
+            name = file[: -len(".json")]
             if self.populating(name):
-                status = read_status(path)
+                status = read_status(os.path.join(self.populate_dir, file))
                 if status is not None:
                     found.append((name, status))
         return found
@@ -169,20 +169,17 @@ class Base:
 
     # -- links -----------------------------------------------------------------------------------
 
-    def ensure_link(self, name: str) -> Path:
+    def ensure_link(self, name: str) -> str:
         """Make ``<base>/<name>`` a link to the entry's data; refuse anything else found there."""
         link, target = self.link(name), self.link_target(name)
         while True:
             try:
                 current = os.readlink(link)
             except FileNotFoundError:
-                tmp = self.path / unique_name(f".{name}.link-")
-                os.symlink(target, tmp)
                 try:
-                    os.rename(tmp, link)
-                except OSError:
-                    os.unlink(tmp)
-                    continue  # something appeared meanwhile: look at it
+                    os.symlink(target, link)  # fails, rather than replaces, if anything is there
+                except FileExistsError:
+                    continue
                 return link
             except OSError:
                 raise SharedCacheError(
@@ -208,9 +205,20 @@ class Base:
             os.close(fd)
 
 
-def read_status(path: Path) -> dict | None:
+def write_record(path: str, record: dict) -> None:
+    """Write a status or error record atomically."""
+    import json  # records are written on a miss only
+
+    write_atomic(path, json.dumps(record).encode())
+
+
+def read_status(path: str) -> dict | None:
+    """A status or error record, or None if it is missing or unreadable."""
+    import json
+
     try:
-        value = json.loads(path.read_bytes())
+        with open(path, "rb") as f:
+            value = json.loads(f.read())
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
@@ -288,11 +296,11 @@ class Repositories:
         of every candidate on the same device count against each of them.
         """
         seen = []
-        present = [b for b in self.bases if b.path.is_dir()]
+        present = [b for b in self.bases if os.path.isdir(b.path)]
         reserved: dict[int, int] = {}
         if limit is not None:
             for base in present:
-                device = base.path.stat().st_dev
+                device = os.stat(base.path).st_dev
                 reserved[device] = reserved.get(device, 0) + (base.reserved() if base.has_cache() else 0)
         for base in self.bases:
             if base not in present:
@@ -300,7 +308,7 @@ class Repositories:
                 continue
             if limit is None:
                 return base
-            free = base.free_space() - reserved[base.path.stat().st_dev]
+            free = base.free_space() - reserved[os.stat(base.path).st_dev]
             if free >= limit:
                 return base
             seen.append(f"{base.path} ({format_size(max(free, 0))} free)")
@@ -391,7 +399,7 @@ class Repositories:
         work = base.population_file(name, ".work")
         status = {"pid": os.getpid(), "identity": identity, "size": limit, "done": 0,
                   "total": None, "started": time.time()}
-        write_atomic(status_path, json.dumps(status).encode())
+        write_record(status_path, status)
         self._prepare_work(work, identity)
         bar = self.reporter.bar(name)
         last_write = 0.0
@@ -402,7 +410,7 @@ class Repositories:
             if time.monotonic() - last_write >= 0.5:
                 last_write = time.monotonic()
                 status.update(done=done, total=total)
-                write_atomic(status_path, json.dumps(status).encode())
+                write_record(status_path, status)
 
         self.reporter.info(f"populating {name!r} in {base.path} from {' '.join(words)}")
         try:
@@ -411,16 +419,16 @@ class Repositories:
         except SharedCacheError as e:
             e.args = (f"repository {name!r}: {e}",)
             record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
-            write_atomic(error_path, json.dumps(record).encode())
+            write_record(error_path, record)
             remove_tree(work)
             raise
         finally:
             bar.close()
             with contextlib.suppress(FileNotFoundError):
-                status_path.unlink()
+                os.unlink(status_path)
         remove_tree(work)
         with contextlib.suppress(FileNotFoundError):
-            error_path.unlink()
+            os.unlink(error_path)
         lease = cache.lease_of(name, owner)
         assert lease is not None, "the commit gives the owner a lease"
         if cache.info(name).meta != identity:  # a direct FsCache user stored the name meanwhile
@@ -429,17 +437,18 @@ class Repositories:
         return lease
 
     @staticmethod
-    def _prepare_work(work: Path, identity: str) -> None:
+    def _prepare_work(work: str, identity: str) -> None:
         """Keep a dead populator's work directory for the same recipe; clear any other."""
-        marker = work / ".identity"
+        marker = os.path.join(work, ".identity")
         try:
-            if marker.read_text() == identity:
-                return
+            with open(marker, encoding="utf-8") as f:
+                if f.read() == identity:
+                    return
         except OSError:
             pass
         remove_tree(work)
-        work.mkdir()
-        marker.write_text(identity)
+        os.mkdir(work)
+        write_atomic(marker, identity.encode())
 
     # -- release, location, listing, gc ----------------------------------------------------------
 
@@ -477,7 +486,7 @@ class Repositories:
             if held.cache.release(held.name, lease=held.lease, keep=keep):
                 Base(held.base).drop_link_if_unused(held.name)
 
-    def locate(self, words: Sequence[str], *, name: str | None = None) -> Path | None:
+    def locate(self, words: Sequence[str], *, name: str | None = None) -> str | None:
         words = split_words(words)
         name = check_repository_name(name) if name is not None else default_name(words)
         base = self.find(name)
@@ -519,8 +528,9 @@ class Repositories:
     def _clean_populations(base: Base) -> int:
         cleaned = 0
         names = set()
-        for path in base.populate_dir.iterdir():
-            stem, dot, suffix = path.name.rpartition(".")
+        files = os.listdir(base.populate_dir)
+        for file in files:
+            stem, dot, suffix = file.rpartition(".")
             if dot and suffix in ("lock", "json", "error", "work"):
                 names.add(stem)
         for name in names:
@@ -533,12 +543,18 @@ class Repositories:
                 record = read_status(error)
                 if record is None or time.time() - float(record.get("time", 0)) > _ERROR_RECORD_TTL:
                     with contextlib.suppress(FileNotFoundError):
-                        error.unlink()
+                        os.unlink(error)
                 remove_tree(base.population_file(name, ".work"))
+                # Records are written under the population lock, so the temporary files of
+                # their atomic writes are abandoned once it is free.
+                for file in files:
+                    if file.startswith((f".{name}.json.tmp-", f".{name}.error.tmp-")):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(base.populate_dir, file))
                 with contextlib.suppress(FileNotFoundError):
-                    base.population_file(name, ".json").unlink()
-                if not error.exists():
-                    lock_path.unlink()  # waiters check that the path still names what they lock
+                    os.unlink(base.population_file(name, ".json"))
+                if not os.path.exists(error):
+                    os.unlink(lock_path)  # waiters check that the path still names what they lock
                 cleaned += 1
             finally:
                 os.close(fd)
@@ -547,12 +563,12 @@ class Repositories:
     @staticmethod
     def _clean_links(base: Base) -> int:
         removed = 0
-        for link in base.path.iterdir():
+        for link in os.scandir(base.path):
             with contextlib.suppress(OSError):
-                if link.is_symlink() and os.readlink(link) == base.link_target(link.name):
+                if link.is_symlink() and os.readlink(link.path) == base.link_target(link.name):
                     if link.name not in base.cache():
                         base.drop_link_if_unused(link.name)
-                        removed += not link.is_symlink()
+                        removed += not os.path.islink(link.path)
         return removed
 
 
@@ -566,7 +582,7 @@ def check_repository_name(name: str) -> str:
         ) from None
 
 
-def conflict(name: str, base: Path, existing: str | None, identity: str) -> SharedCacheError:
+def conflict(name: str, base: str, existing: str | None, identity: str) -> SharedCacheError:
     theirs = " ".join((existing or "?").split("\n"))
     return SharedCacheError(
         f"repository {name!r} in {base} already exists with another loader stack ({theirs}); "
@@ -598,6 +614,8 @@ def use(
     )
     try:
         with held.cache.load(held.name):
-            yield held.path
+            from pathlib import Path
+
+            yield Path(held.path)
     finally:
         repositories.release_held(held, keep=keep)

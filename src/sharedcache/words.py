@@ -8,7 +8,9 @@ both at the cost of a few string operations.  Parsing words into loaders is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False  # the annotations need no import at run time, and typing is costly
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def normalize_words(words: str | Iterable[str]) -> tuple[str, ...]:
