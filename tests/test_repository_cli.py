@@ -302,3 +302,15 @@ def test_concurrent_use_unuse_never_sees_partial_data(dirs, tarball):
     for status, out, err in finish(procs, timeout=120):
         assert status == 0 and out.strip() == "ok", err
     assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
+
+
+def test_committed_data_is_read_only_and_deletion_restores_write(dirs, tarball):
+    with Sleeper() as owner:
+        args = ["-n", "repo", "-d", str(dirs[0]), "--pid", str(owner.pid), *recipe(tarball)]
+        path = Path(sc("--use", *args).stdout.strip())
+        for item in [path, *path.rglob("*")]:
+            mode = item.stat().st_mode & 0o7777
+            assert mode == (0o555 if item.is_dir() else 0o444), (item, oct(mode))
+        assert sc("--unuse", *args).returncode == 0
+        assert not (dirs[0] / ".shared-cache" / "objects" / "repo").exists()
+        assert list((dirs[0] / ".shared-cache" / "trash").iterdir()) == []

@@ -206,3 +206,17 @@ def test_dirac_source_through_a_stand_in_client(tmp_path, base):
     missing = sc("--use", "-n", "grid2", "-d", str(base), "dirac:/vo/user/other.dat",
                  env=sc_env(PATH="/usr/bin:/bin"))
     assert missing.returncode == 1 and "dirac-dms-get-file" in missing.stderr
+
+
+def test_connections_option_downloads_in_ranged_parts(origin, base):
+    payload = os.urandom(6_000_000)
+    digest = hashlib.sha256(payload).hexdigest()
+    url = origin.add("/big.bin", payload)
+    with Sleeper() as owner:
+        result = sc("--use", "-n", "big", "-d", str(base), "--pid", str(owner.pid), "--connections", "4",
+                    f"http:{url}", f"sha256:{digest}")
+        assert result.returncode == 0, result.stderr
+        assert (Path(result.stdout.strip()) / "big.bin").read_bytes() == payload
+        assert len(origin.stats("/big.bin").ranges) > 2, "several ranged requests were made"
+    bad = sc("--use", "-n", "big", "-d", str(base), "--connections", "0", f"http:{url}")
+    assert bad.returncode == 2 and "--connections" in bad.stderr

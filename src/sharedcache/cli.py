@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 ACTIONS = ("use", "unuse", "location", "run", "list", "gc")
+MAX_CONNECTIONS = 32  # as sharedcache.ranged, which the warm path does not import
 
 
 class Option:
@@ -52,6 +53,9 @@ OPTIONS = (
            metavar="PID", convert=int, actions=_REPOSITORY),
     Option(("--timeout",), "timeout", "seconds to wait for another process's population",
            metavar="SECONDS", convert=float, actions=_REPOSITORY),
+    Option(("--connections",), "connections",
+           "download over N connections at once (HTTP ranges; for throttled links)",
+           metavar="N", convert=int, actions=_REPOSITORY),
     Option(("--json",), "json", "print JSON", actions=("list",)),
     Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
     Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
@@ -95,6 +99,7 @@ class Arguments:
         self.name = self.size = self.directories = self.max_size = None
         self.pid: int | None = None
         self.timeout: float | None = None
+        self.connections = 1
         self.keep = self.json = self.help = False
         self.quiet = self.verbose = 0
 
@@ -165,9 +170,12 @@ def _check(args: Arguments) -> Arguments:
         return args
     if args.action is None:
         raise UsageError("say what to do: --use, --unuse, --location, run, list or gc")
+    if not 1 <= args.connections <= MAX_CONNECTIONS:
+        raise UsageError(f"--connections must be between 1 and {MAX_CONNECTIONS}")
+    defaults = Arguments()
     for option in OPTIONS:
         given = getattr(args, option.dest)
-        if given not in (None, False, 0) and args.action not in option.actions:
+        if given != getattr(defaults, option.dest) and args.action not in option.actions:
             raise UsageError(f"option {option.flags[-1]} does not apply to {args.action}")
     if args.action in _REPOSITORY:
         if not args.loaders:
@@ -238,6 +246,7 @@ def _run(options: Arguments) -> int:
         held = repositories.acquire(
             options.loaders, owner=_owner(options), name=options.name, size=options.size,
             keep=options.keep, max_size=options.max_size, timeout=options.timeout,
+            connections=options.connections,
         )
         print(held.path)
         return 0
@@ -277,6 +286,7 @@ def _run_command(repositories, options: Arguments) -> int:  # type: ignore[no-un
     held = repositories.acquire(
         options.loaders, owner=Owner.current(), name=options.name, size=options.size,
         keep=options.keep, max_size=options.max_size, timeout=options.timeout,
+        connections=options.connections,
     )
     try:
         with held.cache.load(held.name):

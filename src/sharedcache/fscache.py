@@ -43,8 +43,8 @@ Store (``store(name)``)
    staging directory whose owner has not locked it yet.)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is removed and
    the exception re-raised; nothing is committed.
-3. Measure the tree (:func:`~sharedcache.fsutil.disk_usage`), flush it to disk
-   (:func:`~sharedcache.fsutil.sync_tree`), and write the commit marker ``entry.json`` with the
+3. Measure the tree and make it read-only (:func:`~sharedcache.fsutil.disk_usage` with
+   ``seal``), flush it to disk (:func:`~sharedcache.fsutil.sync_tree`), and write the commit marker ``entry.json`` with the
    name and size (atomically: temp file, fsync, rename).
 4. Begin a write transaction.  If the index already has the name, another store won: discard
    ours, done.  If the size exceeds the budget: refuse (nothing is evicted).  If the accounted
@@ -93,6 +93,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 from collections.abc import Iterator
 from _thread import _local as thread_local  # threading.local, without importing threading
@@ -314,11 +315,15 @@ class FsCache:
             raise CacheError(f"cache {self.root} is not a directory") from None
         except OSError as e:
             raise CacheError(f"cannot create cache {self.root}: {e.strerror}") from None
+        self._check_owner()
         info = os.path.join(self.root, "cache.info")
         try:
             with open(info, "rb") as f:
                 found = f.read(256)
         except FileNotFoundError:
+            # A new cache: refuse it if locks lock nothing there.  The marker records that the
+            # check passed, so the operations that follow pay nothing for it.
+            self._check_locks()
             create_exclusive(info, FORMAT_LINE)
             with open(info, "rb") as f:
                 found = f.read(256)
@@ -334,6 +339,31 @@ class FsCache:
         for sub in (self._objects, self._stage, self._trash):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(sub)
+
+    def _check_owner(self) -> None:
+        """Refuse a cache directory that is a symlink or belongs to another user (on a shared
+        /tmp anyone can create it first), unless it is a group cache: setgid, writable by a
+        group this process is in."""
+        st = os.lstat(self.root)
+        if stat.S_ISLNK(st.st_mode):
+            raise CacheError(f"cache {self.root} is a symlink; refusing to follow it")
+        group_cache = (
+            st.st_mode & stat.S_ISGID
+            and st.st_mode & stat.S_IWGRP
+            and (st.st_gid == os.getegid() or st.st_gid in os.getgroups())
+        )
+        if st.st_uid != os.geteuid() and not group_cache:
+            raise CacheError(
+                f"cache {self.root} belongs to uid {st.st_uid}, not to this user; refusing to use "
+                "it (its owner could change what is read from it)"
+            )
+
+    def _check_locks(self) -> None:
+        if not locks.locks_work(self.root):
+            raise CacheError(
+                f"file locks do not work on the file system of {self.root} (a network file "
+                "system without lock support?); refusing to use it"
+            )
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection to the index (a fresh one after a fork)."""
@@ -503,7 +533,7 @@ class FsCache:
         holder: Owner | None,
         strict: bool,
     ) -> bool:
-        size = disk_usage(os.path.join(stage, "data"))
+        size = disk_usage(os.path.join(stage, "data"), seal=True)
         now = time.time()
         if self.durable:
             sync_tree(stage)
@@ -902,6 +932,7 @@ class FsCache:
         valid marker and rows without a directory); deletes unused entries not marked to keep;
         recomputes the accounted size; and evicts down to the budget.
         """
+        self._check_locks()
         report = GcReport()
         try:
             if self._db().execute("PRAGMA quick_check").fetchone()[0] != "ok":

@@ -5,6 +5,10 @@ source and runs the checksums directly above it (hashlib and zlib release the GI
 buffers), handing chunks through a small bounded queue to the calling thread, which decompresses,
 unpacks and writes.  Memory is a few 1 MiB buffers, whatever the size of the data.
 
+With ``connections`` > 1 an HTTP source fetches parts of the file over several connections at once
+(:mod:`sharedcache.ranged`, at most 64 MiB buffered) but still hands the bytes on in order, so
+everything above it (checksums, unpacking, the partial file and resuming) is the same as with one.
+
 Resuming
 --------
 Within a process, an interrupted HTTP transfer continues with a range request (see
@@ -39,7 +43,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ChecksumError, CorruptDataError, LoaderError, NoSpaceError, ResumeError, SizeLimitError
+from .errors import (ChecksumError, CorruptDataError, LoaderError, NoSpaceError, ResumeError, SizeLimitError,
+                     UsageError)
+from .ranged import MAX_CONNECTIONS
 from .recipe import CHUNK, Context, FileStream, Progress, SourceStream, Stream
 from .sizes import format_size
 
@@ -53,15 +59,20 @@ _THREAD_EXIT_WAIT = 2.0     # seconds to wait for the reading thread after a fai
 
 
 def populate(recipe: Recipe, dest: Path, *, work: Path, limit: int | None, progress: Progress | None,
-             connect_timeout: float, read_timeout: float, retries: int) -> None:
+             connect_timeout: float, read_timeout: float, retries: int, connections: int = 1) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
     ``limit`` caps the bytes written to ``dest``, ``progress(done, total)`` is called with the
-    number of source bytes received at most every 0.1 s.  Raises a :class:`LoaderError`.
+    number of source bytes received in order (with several connections, later parts may have
+    arrived too) at most every 0.1 s, ``connections`` is how many connections a source may use at
+    once (1 to :data:`~sharedcache.ranged.MAX_CONNECTIONS`).  Raises a :class:`LoaderError`, or
+    :class:`UsageError` for a bad ``connections``.
     """
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise UsageError(f"connections must be between 1 and {MAX_CONNECTIONS}, not {connections}")
     ctx = Context(work=work, what=recipe.source.describe(), limit=limit, connect_timeout=connect_timeout,
-                  read_timeout=read_timeout, retries=retries)
+                  read_timeout=read_timeout, retries=retries, connections=connections)
     resumable = _raw(recipe) and recipe.source.resumable
     partial = _Partial(work, recipe.identity, ctx.what) if resumable else None
     if partial is None:

@@ -54,7 +54,8 @@ below into memory; :data:`CHUNK` is the read size used throughout.
     whatever the unpacker left unread, so that checksums still see every byte.
 
 While running, loaders raise subclasses of :class:`~sharedcache.errors.LoaderError` with a one-line
-message naming what failed and why; ``ctx.what`` names the source for such messages.  ``ctx.work``
+message naming what failed and why; ``ctx.what`` names the source for such messages;
+``ctx.connections`` is how many connections a source may use at once.  ``ctx.work``
 is a private directory that survives the process, for spooling; remove what you put there.
 
 A complete transform, ``upper``, that upper-cases ASCII text::
@@ -164,8 +165,9 @@ class Context:
     """What loaders may use while a recipe runs."""
 
     def __init__(self, *, work: Path, what: str, limit: int | None = None, connect_timeout: float = 30.0,
-                 read_timeout: float = 60.0, retries: int = 5) -> None:
+                 read_timeout: float = 60.0, retries: int = 5, connections: int = 1) -> None:
         self.work = work
+        self.connections = connections
         self.what = what
         self.limit = limit
         self.connect_timeout = connect_timeout
@@ -291,12 +293,14 @@ class Recipe:
 
     def populate(self, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
                  limit: int | None = None, progress: Progress | None = None,
-                 connect_timeout: float = 30.0, read_timeout: float = 60.0, retries: int = 5) -> None:
+                 connect_timeout: float = 30.0, read_timeout: float = 60.0, retries: int = 5,
+                 connections: int = 1) -> None:
         """Fill the empty directory ``dest`` with the data; see :func:`sharedcache.pipeline.populate`."""
         from .pipeline import populate
 
         populate(self, Path(dest), work=Path(work), limit=limit, progress=progress,
-                 connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries)
+                 connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries,
+                 connections=connections)
 
 
 def parse_recipe(words: str | Iterable[str]) -> Recipe:

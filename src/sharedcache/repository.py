@@ -52,6 +52,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from . import errors, locks
 from .errors import (
+    CacheError,
     ConflictError,
     LoaderError,
     MissError,
@@ -235,6 +236,8 @@ class Repositories:
     ) -> None:
         self.bases = [Base(p) for p in candidate_directories(directories)]
         self.reporter = reporter or Reporter(verbosity=-1)
+        #: base directories found unusable (path -> why), skipped from then on
+        self.unusable: dict[str, str] = {}
 
     # -- acquire ---------------------------------------------------------------------------------
 
@@ -248,8 +251,12 @@ class Repositories:
         keep: bool = False,
         max_size: int | str | None = None,
         timeout: float | None = None,
+        connections: int = 1,
     ) -> Held:
-        """Hold a use of the repository made by ``words`` for ``owner``, populating it if needed."""
+        """Hold a use of the repository made by ``words`` for ``owner``, populating it if needed.
+
+        ``connections`` is how many connections a download may use (it does not change the
+        data, so it is not part of the recipe's identity)."""
         words = split_words(words)
         if not words:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
@@ -265,17 +272,22 @@ class Repositories:
         cache = base.cache()
         if max_size is not None:
             cache.max_size = max_size
-        lease = self._hold_or_populate(base, name, words, identity, owner, keep, limit, deadline)
+        lease = self._hold_or_populate(
+            base, name, words, identity, owner, keep, limit, deadline, connections
+        )
         return Held(name, base.path, base.ensure_link(name), cache, lease)
 
     def _existing(self, name: str, identity: str, owner: Owner, keep: bool) -> Held | Base | None:
         """Step 1: a held use of ``name`` where it exists, or the base populating it, or None."""
         populating = None
         for base in self.bases:
-            if not base.has_cache():
+            if not base.has_cache() or base.path in self.unusable:
                 continue
             try:
                 lease = self._hold(base, name, identity, owner, keep)
+            except CacheError as e:
+                self.unusable[base.path] = str(e)
+                continue
             except MissError:
                 if populating is None and base.populating(name):
                     populating = base
@@ -295,26 +307,29 @@ class Repositories:
         Populations in progress reserve their size on their file system, so the reservations
         of every candidate on the same device count against each of them.
         """
-        seen = []
-        present = [b for b in self.bases if os.path.isdir(b.path)]
+        seen = [f"{path} ({problem})" for path, problem in self.unusable.items()]
+        present = [b for b in self.bases if os.path.isdir(b.path) and b.path not in self.unusable]
         reserved: dict[int, int] = {}
         if limit is not None:
             for base in present:
                 device = os.stat(base.path).st_dev
                 reserved[device] = reserved.get(device, 0) + (base.reserved() if base.has_cache() else 0)
-        for base in self.bases:
-            if base not in present:
-                seen.append(f"{base.path} (missing)")
+        for base in present:
+            if limit is not None:
+                free = base.free_space() - reserved[os.stat(base.path).st_dev]
+                if free < limit:
+                    seen.append(f"{base.path} ({format_size(max(free, 0))} free)")
+                    continue
+            try:
+                base.cache()
+            except CacheError as e:
+                seen.append(f"{base.path} ({e})")
                 continue
-            if limit is None:
-                return base
-            free = base.free_space() - reserved[os.stat(base.path).st_dev]
-            if free >= limit:
-                return base
-            seen.append(f"{base.path} ({format_size(max(free, 0))} free)")
+            return base
+        seen += [f"{b.path} (missing)" for b in self.bases if not os.path.isdir(b.path)]
+        need = f"{format_size(limit)} free" if limit is not None else "room"
         raise NoSpaceError(
-            f"repository {name!r}: no candidate directory has {format_size(limit)} free: "
-            + ", ".join(seen)
+            f"repository {name!r}: no usable candidate directory has {need}: " + ", ".join(seen)
         )
 
     def _hold_or_populate(
@@ -327,6 +342,7 @@ class Repositories:
         keep: bool,
         limit: int | None,
         deadline: float | None,
+        connections: int,
     ) -> int:
         """Steps 2-4 of the protocol in the module docstring."""
         lock_path = base.population_file(name, ".lock")
@@ -346,7 +362,7 @@ class Repositories:
                     return self._hold(base, name, identity, owner, keep)
                 if waited_since is not None:
                     self._raise_recorded_failure(base, name, waited_since)
-                return self._populate(base, name, words, identity, owner, keep, limit)
+                return self._populate(base, name, words, identity, owner, keep, limit, connections)
             finally:
                 os.close(fd)
 
@@ -389,6 +405,7 @@ class Repositories:
         owner: Owner,
         keep: bool,
         limit: int | None,
+        connections: int,
     ) -> int:
         from .recipe import parse_recipe  # loaders are needed on a miss only
 
@@ -415,7 +432,9 @@ class Repositories:
         self.reporter.info(f"populating {name!r} in {base.path} from {' '.join(words)}")
         try:
             with cache.store(name, meta=identity, keep=keep, holder=owner, strict_budget=False) as data:
-                recipe.populate(data, work=work, limit=limit, progress=progress)
+                recipe.populate(
+                    data, work=work, limit=limit, progress=progress, connections=connections
+                )
         except SharedCacheError as e:
             e.args = (f"repository {name!r}: {e}",)
             record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
@@ -599,6 +618,7 @@ def use(
     keep: bool = False,
     max_size: int | str | None = None,
     timeout: float | None = None,
+    connections: int = 1,
     verbosity: int = -1,
 ) -> Iterator[Path]:
     """Hold a use of a repository for the duration of the ``with`` block; yield its path.
@@ -610,7 +630,7 @@ def use(
     repositories = Repositories(directories, reporter=Reporter(verbosity))
     held = repositories.acquire(
         words, owner=Owner.current(), name=name, size=size, keep=keep, max_size=max_size,
-        timeout=timeout,
+        timeout=timeout, connections=connections,
     )
     try:
         with held.cache.load(held.name):

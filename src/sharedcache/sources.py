@@ -8,21 +8,35 @@ to what came before; anything else means the file changed or the server ignores 
 stream raises :class:`ResumeError` so that the population starts over: no mix of two versions is
 ever delivered.  It is resumable across processes (see :mod:`sharedcache.pipeline`).
 
+With ``ctx.connections`` N > 1 the first request asks for ``bytes=0-`` (or, resuming, for the rest).
+If the answer is a ``206`` with the total size and a validator and the rest is worth splitting
+(:func:`sharedcache.ranged.part_size`), that answer delivers the first part and N threads fetch the
+others with ``Range: bytes=A-B`` requests guarded by ``If-Range``; the bytes are handed on strictly
+in order (:mod:`sharedcache.ranged`).  Each part is checked as a resume is (a ``206`` with exactly
+the range asked for, the same size and validator) and each is continued on its own after an
+interruption.  A part that fails the check is never stitched: the stream goes on with one
+connection from the byte it has handed on, with a range request guarded by ``If-Range``, so that a
+file that changed raises :class:`ResumeError`.  A server that answers ``200`` or gives no validator,
+and a small file, get one connection.  This holds for fresh downloads and for resumed ones alike.
+
 ``file:PATH`` reads a local file.  ``dirac:LFN`` runs ``dirac-dms-get-file LFN`` in the work
 directory, streams the file it writes, and deletes it; the DIRAC tool does its own retrying.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
 import shutil
 import stat
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import DownloadError, ResumeError, UsageError
+from .ranged import RangedReader, part_size
 from .recipe import CHUNK, Context, FileStream, Source, SourceStream
 
 if TYPE_CHECKING:
@@ -157,12 +171,13 @@ def _validator(response: urllib3.BaseHTTPResponse) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int | None] | None:
-    """The first byte and total size that ``Content-Range`` announces, if it is well formed."""
+def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | None] | None:
+    """The first and last byte and the total size that ``Content-Range`` announces, if it is well
+    formed."""
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
     if match is None:
         return None
-    return int(match[1]), None if match[3] == "*" else int(match[3])
+    return int(match[1]), int(match[2]), None if match[3] == "*" else int(match[3])
 
 
 def _reason(exc: BaseException) -> str:
@@ -176,34 +191,57 @@ def _reason(exc: BaseException) -> str:
 
 
 class _HttpStream(SourceStream):
+    """The file from ``start`` on (from 0 if it cannot be continued there): through one connection,
+    or in parts over ``ctx.connections`` connections when the server allows it."""
+
     def __init__(self, url: str, ctx: Context, start: int, validator: str | None) -> None:
         super().__init__()
         import urllib3
 
-        self._url = url
-        self._retries = ctx.retries
-        self._errors = (urllib3.exceptions.HTTPError, OSError)
+        self.url = url
+        self.retries = ctx.retries
+        self.errors = (urllib3.exceptions.HTTPError, OSError)
+        self._connections = ctx.connections
         self._pool = urllib3.PoolManager(
+            maxsize=self._connections,  # a connection per worker is kept for its next part
             timeout=urllib3.Timeout(connect=ctx.connect_timeout, read=ctx.read_timeout),
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0,
                                   redirect=_MAX_REDIRECTS),
             headers={"User-Agent": "shared-cache", "Accept-Encoding": "identity"})
-        self._failures = 0  # consecutive interruptions without progress
         try:
-            self._response = self._first_response(start, validator)
+            response = self._first_response(start, validator)
         except BaseException:
             self._pool.clear()
             raise
         self._position = self.start
+        self._reader = self._rest(response)
+
+    def _rest(self, response: Any) -> _Body | RangedReader:
+        """The reader of the file after the first answer: in parts over several connections if the
+        answer is a 206 with the size and a validator to check the parts against, and the file is
+        large enough to be worth it; else the first answer alone, continued after interruptions."""
+        if response.status == 206 and self.validator is not None and self.total is not None:
+            size = part_size(self.total - self.start, self._connections)
+            if size is not None:
+                first = _Body(self, self.start, self.start + size - 1, response)
+                return RangedReader(lambda start, end: _Body(self, start, end - 1), self.start, self.total,
+                                    part_size=size, connections=self._connections, first=first)
+        return _Body(self, self.start, None, response)
 
     def _first_response(self, start: int, validator: str | None) -> Any:
-        if start and validator:
+        # A resume asks for the rest, guarded by the validator.  A fresh download that may use several
+        # connections asks for "bytes=0-": a 206 answer shows that the server serves ranges, and
+        # gives the size and the validator that the parts are then checked against.  Past the first
+        # part that answer is dropped, wasting what is in flight on its connection; a bounded first
+        # range would instead cost a second request for every file that turns out not worth splitting.
+        start = start if validator else 0
+        if start or self._connections > 1:
             response = self._get(start, validator)
             if response.status == 200 or self._continuation_problem(response, start, validator) is None:
                 self._adopt(response)
                 return response
-            response.close()  # a wrong range or 416: fetch the whole file again
-        response = self._get(0, None)
+            response.close()  # a wrong range or 416 (the file shrank, or it is empty): fetch it whole
+        response = self._get(None, None)
         if response.status != 200:
             raise self._status_error(response)
         self._adopt(response)
@@ -213,7 +251,7 @@ class _HttpStream(SourceStream):
         self.validator = _validator(response)
         content_range = _content_range(response)
         if response.status == 206 and content_range is not None:
-            self.start, self.total = content_range
+            self.start, _, self.total = content_range
         else:
             self.start = 0
             length = response.headers.get("Content-Length", "")
@@ -229,37 +267,55 @@ class _HttpStream(SourceStream):
             except ValueError:
                 reason = "(unknown status)"
         response.close()
-        return DownloadError(f"HTTP {response.status} {reason} for {self._url}")
+        return DownloadError(f"HTTP {response.status} {reason} for {self.url}")
 
-    def _get(self, start: int, validator: str | None) -> Any:
-        """GET from byte ``start`` on, retrying connection failures and 5xx answers."""
+    def _get(self, start: int | None, validator: str | None, last: int | None = None,
+             stop: threading.Event | None = None) -> Any:
+        """GET bytes ``start`` to ``last`` (the whole file if ``start`` is None, to its end if ``last``
+        is), guarded by ``validator``; retries connection failures and 5xx answers."""
         import urllib3
 
-        headers = {"Range": f"bytes={start}-", "If-Range": validator} if start and validator else {}
+        headers = {}
+        if start is not None:
+            headers["Range"] = f"bytes={start}-{'' if last is None else last}"
+            if validator:
+                headers["If-Range"] = validator
         attempt = 0
         while True:
             try:
-                response = self._pool.request("GET", self._url, headers=headers, preload_content=False,
+                response = self._pool.request("GET", self.url, headers=headers, preload_content=False,
                                               decode_content=False)
-            except self._errors as exc:
+            except self.errors as exc:
                 inner = getattr(exc, "reason", exc)
                 permanent = isinstance(inner, (urllib3.exceptions.SSLError,  # no retry fixes these
                                                urllib3.exceptions.ResponseError,
                                                urllib3.exceptions.LocationValueError))
-                if permanent or attempt >= self._retries:
+                if permanent or attempt >= self.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                    raise DownloadError(f"cannot download {self._url}: {_reason(exc)}{tries}") from None
+                    raise DownloadError(f"cannot download {self.url}: {_reason(exc)}{tries}") from None
             else:
                 if response.status < 500:
                     return response
                 error = self._status_error(response)
-                if attempt >= self._retries:
+                if attempt >= self.retries:
                     raise DownloadError(f"{error} (after {attempt + 1} attempts)") from None
-            time.sleep(_backoff(attempt))
+            self.pause(_backoff(attempt), stop)
             attempt += 1
 
-    def _continuation_problem(self, response: Any, start: int, validator: str) -> str | None:
-        """Why ``response`` cannot be appended to the first ``start`` bytes, or None if it can."""
+    def pause(self, seconds: float, stop: threading.Event | None) -> None:
+        """Wait before a retry; a part stopped meanwhile (``stop`` set) gives up."""
+        if stop is None:
+            time.sleep(seconds)
+        elif stop.wait(seconds):
+            raise self.stopped_error()
+
+    def stopped_error(self) -> DownloadError:
+        return DownloadError(f"download of {self.url} was stopped")
+
+    def _continuation_problem(self, response: Any, start: int, validator: str | None,
+                              last: int | None = None) -> str | None:
+        """Why ``response`` cannot be the bytes ``start`` to ``last`` (to the end if None) of the file
+        that ``validator`` names, or None if it can."""
         if response.status == 200:
             return "the server sent the whole file again (it changed, or it ignores ranges)"
         if response.status == 416:
@@ -267,54 +323,113 @@ class _HttpStream(SourceStream):
         if response.status != 206:
             raise self._status_error(response)
         content_range = _content_range(response)
-        if content_range is None or content_range[0] != start:
-            return f"asked for bytes {start}- but got '{response.headers.get('Content-Range')}'"
-        total = content_range[1]
+        if content_range is None or content_range[0] != start or last not in (None, content_range[1]):
+            asked = f"{start}-{'' if last is None else last}"
+            return f"asked for bytes {asked} but got '{response.headers.get('Content-Range')}'"
+        total = content_range[2]
         if self.total is not None and total != self.total:
             return f"its size changed from {self.total} to {total} bytes"
         now = _validator(response)
-        if now is not None and now != validator:
+        if validator is not None and now is not None and now != validator:
             return f"it changed ({validator} became {now})"
         return None
 
+    def continuation(self, position: int, last: int | None, stop: threading.Event) -> Any:
+        """An answer with bytes ``position`` to ``last`` (to the end if None) of the same file;
+        :class:`ResumeError` if the server does not give exactly those."""
+        response = self._get(position, self.validator, last, stop)
+        problem = self._continuation_problem(response, position, self.validator, last)
+        if problem is not None:
+            response.close()
+            raise ResumeError(f"cannot resume {self.url} at byte {position}: {problem}")
+        return response
+
     def read(self, size: int = -1) -> bytes:
         size = size if size > 0 else CHUNK
+        try:
+            data = self._reader.read(size)
+        except ResumeError:
+            if not isinstance(self._reader, RangedReader):
+                raise
+            # A part was not the same file (it changed, or the server stopped serving ranges).  What
+            # came before it was checked: go on with one connection from there, with a range guarded
+            # by If-Range, so that a file that did change starts the population over.
+            self._reader.close()
+            self._reader = _Body(self, self._position, None)
+            data = self._reader.read(size)
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._reader.close()
+            self._pool.clear()
+
+
+class _Body:
+    """Bytes ``start`` to ``last`` (to the end if None) of the file: from ``response`` if one is under
+    way, else from a range request.  An interrupted transfer goes on with a range request guarded by
+    ``If-Range`` (see :meth:`_HttpStream.continuation`), after a backoff, at most ``retries`` times in
+    a row without progress.  A :class:`~sharedcache.ranged.Part` of a parallel download."""
+
+    def __init__(self, http: _HttpStream, start: int, last: int | None, response: Any = None) -> None:
+        self._http = http
+        self._position = start
+        self._last = last
+        self._end = http.total if last is None else last + 1
+        self._response = response
+        self._failures = 0  # consecutive interruptions without progress
+        self._stop = threading.Event()
+
+    def read(self, size: int) -> bytes:
+        if self._end is not None:
+            size = min(size, self._end - self._position)
+            if size <= 0:
+                return b""
         while True:
+            if self._response is None:
+                self._response = self._http.continuation(self._position, self._last, self._stop)
+                if self._stop.is_set():  # aborted while asking: abort() may not have seen this answer
+                    raise self._http.stopped_error()
             try:
                 # read1 (urllib3 >= 2.3) hands on what has arrived rather than wait for a full buffer.
                 response = self._response
                 data = response.read1(size) if hasattr(response, "read1") else response.read(size)
-            except self._errors as exc:
-                self._resume(_reason(exc))
+            except self._http.errors as exc:
+                self._interrupted(_reason(exc))
                 continue
             if data:
                 self._position += len(data)
                 self._failures = 0
                 return data
-            if self.total is None or self._position >= self.total:
+            if self._end is None:
                 return b""
-            self._resume(f"the connection closed after {self._position} of {self.total} bytes")
+            self._interrupted(f"the connection closed after {self._position} of {self._http.total} bytes")
 
-    def _resume(self, why: str) -> None:
-        """Continue the transfer at the current position with a validated range request."""
-        self._response.close()
-        if self.validator is None:
-            raise ResumeError(f"cannot resume {self._url} at byte {self._position} ({why}): "
+    def _interrupted(self, why: str) -> None:
+        """Get ready to ask for the rest, or give up: without a validator, or after too many attempts."""
+        self.close()
+        http = self._http
+        if http.validator is None:
+            raise ResumeError(f"cannot resume {http.url} at byte {self._position} ({why}): "
                               "the server gives no ETag or Last-Modified to check it did not change")
-        if self._failures >= self._retries:
-            raise DownloadError(f"download of {self._url} failed at byte {self._position}: {why} "
+        if self._failures >= http.retries:
+            raise DownloadError(f"download of {http.url} failed at byte {self._position}: {why} "
                                 f"(after {self._failures + 1} attempts)")
-        time.sleep(_backoff(self._failures))
+        http.pause(_backoff(self._failures), self._stop)
         self._failures += 1
-        response = self._get(self._position, self.validator)
-        problem = self._continuation_problem(response, self._position, self.validator)
-        if problem is not None:
-            response.close()
-            raise ResumeError(f"cannot resume {self._url} at byte {self._position}: {problem}")
-        self._response = response
 
     def close(self) -> None:
-        if not self.closed:
-            super().close()
+        if self._response is not None:
             self._response.close()
-            self._pool.clear()
+            self._response = None
+
+    def abort(self) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            # shutdown() (urllib3 >= 2.3) makes a read blocked in another thread return at once; without
+            # it, or once the response is done, the reader stops at its next read or read timeout.
+            with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
+                response.shutdown()

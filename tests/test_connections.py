@@ -1,0 +1,376 @@
+"""Parallel ranged downloads (``connections`` > 1): the http: source against the loopback origin
+(tests/origin.py), and the in-order part reader of sharedcache.ranged with stand-in parts."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from origin import Origin
+
+from sharedcache import pipeline
+from sharedcache.errors import ChecksumError, CorruptDataError, DownloadError, UsageError
+from sharedcache.ranged import MAX_CONNECTIONS, RangedReader, part_size
+from sharedcache.recipe import Progress, parse_recipe
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 1 << 20
+
+
+def populate(tmp_path: Path, *words: str, connections: int = 4, progress: Progress | None = None,
+             retries: int = 3) -> Path:
+    """Run the recipe into a fresh dest (the work directory is shared by the calls of a test)."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    dest = tmp_path / f"dest{len(list(tmp_path.glob('dest*')))}"
+    dest.mkdir()
+    pipeline.populate(parse_recipe(words), dest, work=work, limit=None, progress=progress,
+                      connect_timeout=10, read_timeout=10, retries=retries, connections=connections)
+    return dest
+
+
+def sha256(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def spans(ranges: list[str]) -> list[tuple[int, int | None]]:
+    """The Range headers as (first, last) pairs; last is None for an open-ended range."""
+    pairs = []
+    for header in ranges:
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
+        assert match, header
+        pairs.append((int(match[1]), int(match[2]) if match[2] else None))
+    return pairs
+
+
+def part_spans(start: int, total: int, connections: int) -> list[tuple[int, int]]:
+    """The bounded ranges the workers ask for: every part after the first."""
+    size = part_size(total - start, connections)
+    assert size is not None
+    return [(first, min(first + size, total) - 1) for first in range(start + size, total, size)]
+
+
+def range_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("sharedcache-range")]
+
+
+# --- the http: source in parts --------------------------------------------------------------------
+
+
+def test_parts_are_stitched_in_order(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(4_000_000)
+    url = origin.add("/data.bin", payload)
+    calls: list[tuple[int, int | None]] = []
+    dest = populate(tmp_path, f"http:{url}", sha256(payload), progress=lambda *call: calls.append(call))
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    assert stats.ranges[0] == "bytes=0-"  # the first answer shows ranges work and gives the first part
+    assert sorted(spans(stats.ranges[1:])) == part_spans(0, len(payload), 4)
+    assert len(stats.ranges) == 4 and set(stats.statuses) == {206}
+    assert len(stats.if_ranges) == 3 and len(set(stats.if_ranges)) == 1  # every part checked
+    assert calls[-1] == (len(payload), len(payload))
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)  # received in order
+    assert not range_threads()
+
+
+def test_tarball_through_parts(origin: Origin, tmp_path: Path) -> None:
+    files = {"a/random.bin": os.urandom(4_000_000), "a/text.txt": b"line\n" * 200_000}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    archive = buffer.getvalue()
+    url = origin.add("/data.tar.gz", archive)
+    dest = populate(tmp_path, f"http:{url}", sha256(archive), "tar", connections=3)
+    assert {str(p.relative_to(dest)): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == files
+    stats = origin.stats("/data.tar.gz")
+    assert sorted(spans(stats.ranges[1:])) == part_spans(0, len(archive), 3)
+
+
+@pytest.mark.parametrize("connections", [1, 4])
+def test_small_file_and_one_connection_make_one_request(origin: Origin, tmp_path: Path,
+                                                        connections: int) -> None:
+    payload = os.urandom(1_500_000 if connections > 1 else 4_000_000)
+    url = origin.add("/data.bin", payload)
+    dest = populate(tmp_path, f"http:{url}", connections=connections)
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    assert stats.gets == 1
+    assert stats.ranges == (["bytes=0-"] if connections > 1 else [])
+
+
+@pytest.mark.parametrize("server", ["ignores ranges", "gives no validator"])
+def test_one_connection_when_parts_cannot_be_checked(origin: Origin, tmp_path: Path, server: str) -> None:
+    payload = os.urandom(4_000_000)
+    if server == "ignores ranges":
+        url = origin.add("/data.bin", payload)
+        origin.fault("/data.bin", ignore_range=True)
+    else:
+        url = origin.add("/data.bin", payload, etag=False, last_modified=False)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload))
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    assert stats.gets == 1 and stats.statuses == [200 if server == "ignores ranges" else 206]
+
+
+@pytest.mark.parametrize("fault", [{"ignore_range": True}, {"new_etag": True},
+                                   {"new_etag": True, "ignore_if_range": True}],
+                         ids=["200", "new ETag", "new ETag, If-Range ignored"])
+def test_a_part_that_does_not_match_is_never_stitched(origin: Origin, tmp_path: Path,
+                                                      fault: dict[str, bool]) -> None:
+    payload = os.urandom(4_000_000)
+    url = origin.add("/data.bin", payload)
+    origin.fault("/data.bin")  # the first answer is fine
+    origin.fault("/data.bin", **fault)  # one of the parts is not
+    dest = populate(tmp_path, f"http:{url}", sha256(payload))
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    # The stream went on with one connection, with a range from where it had got to.
+    open_ended = [first for first, last in spans(stats.ranges) if last is None]
+    assert len(open_ended) == 2 and open_ended[1] > 0
+
+
+@pytest.mark.parametrize("server", ["honours If-Range", "ignores If-Range"])
+def test_file_replaced_during_download(origin: Origin, tmp_path: Path, server: str) -> None:
+    old, new = b"old!" * 1_000_000, b"new!" * 1_000_000
+    for path in ("/data.bin", "/other.bin"):
+        origin.add(path, old)
+        origin.fault(path)
+        origin.fault(path, drop_after=100_000, replace_with=new)  # a part breaks and the file changes
+        origin.fault(path, ignore_if_range=server == "ignores If-Range", times=10)
+    dest = populate(tmp_path, f"http:{origin.url('/data.bin')}")
+    assert (dest / "data.bin").read_bytes() == new  # all new: the population started over
+    stats = origin.stats("/data.bin")
+    assert stats.ranges.count("bytes=0-") == 2
+
+    # With the checksum of the old version, the new one is refused.
+    with pytest.raises(ChecksumError):
+        populate(tmp_path, f"http:{origin.url('/other.bin')}", sha256(old))
+
+
+def test_dropped_part_is_continued(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(4_000_000)
+    url = origin.add("/data.bin", payload)
+    origin.fault("/data.bin")
+    origin.fault("/data.bin", drop_after=300_000)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload))
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    assert set(stats.statuses) == {206}
+    parts = part_spans(0, len(payload), 4)
+    asked = spans(stats.ranges[1:])
+    assert len(asked) == len(parts) + 1
+    [retry] = [span for span in asked if span not in parts]
+    assert any(first + 300_000 == retry[0] and last == retry[1] for first, last in parts)
+
+
+def test_part_retries_run_out(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(4_000_000)
+    url = origin.add("/data.bin", payload)
+    origin.fault("/data.bin")
+    origin.fault("/data.bin", drop_after=0, times=100)
+    with pytest.raises(DownloadError, match=rf"^download of {url} failed at byte \d+: .*\(after 2 attempts\)$"):
+        populate(tmp_path, f"http:{url}", retries=1)
+    assert not range_threads()
+
+
+def test_takeover_continues_in_parts(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(5_000_000)
+    url = origin.add("/data.bin", payload)
+    words = (f"http:{url}", sha256(payload))
+
+    class Killed(Exception):
+        pass
+
+    def die_midway(done: int, total: int | None) -> None:
+        if done >= 1_600_000:  # after the first checkpoint of partial.json (every second)
+            raise Killed
+
+    origin.rate = 1_000_000
+    with pytest.raises(Killed):
+        populate(tmp_path, *words, connections=1, progress=die_midway)
+    origin.rate = None
+    kept = (tmp_path / "work" / "partial.data").stat().st_size
+
+    dest = populate(tmp_path, *words)
+    assert (dest / "data.bin").read_bytes() == payload
+    asked = spans(origin.stats("/data.bin").ranges)
+    resumed_at = asked[0][0]
+    assert asked[0][1] is None and 0 < resumed_at <= kept
+    assert sorted(asked[1:]) == part_spans(resumed_at, len(payload), 4)
+    assert not any((tmp_path / "work").iterdir())
+
+
+def test_threads_stop_when_the_consumer_fails(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(8_000_000)  # not a tarball: the unpacker fails at once
+    url = origin.add("/data.tar", payload)
+    origin.rate = 1_000_000
+    with pytest.raises(CorruptDataError):
+        populate(tmp_path, f"http:{url}", "tar")
+    assert not range_threads()
+    assert origin.stats("/data.tar").bytes_served < len(payload) // 2
+
+
+@pytest.fixture
+def stalling_server() -> Iterator[str]:
+    """A server of an 8 MiB file that answers a range with a 206, sends 64 KiB of it and stalls,
+    except for a range from byte 6 MiB, which gets a 404; the URL of the file."""
+    size, stalled = 8 * MiB, threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+
+    def answer(connection: socket.socket) -> None:
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request and (received := connection.recv(4096)):
+                request += received
+            match = re.search(rb"Range: bytes=(\d+)-(\d*)", request)
+            assert match, request
+            first, last = int(match[1]), int(match[2] or size - 1)
+            if first == 6 * MiB:
+                connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            else:
+                connection.sendall(f"HTTP/1.1 206 Partial Content\r\nETag: \"1\"\r\n"
+                                   f"Content-Range: bytes {first}-{last}/{size}\r\n"
+                                   f"Content-Length: {last - first + 1}\r\n\r\n".encode() + bytes(64 << 10))
+            stalled.wait(30)
+
+    def serve() -> None:
+        while not stalled.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/data.bin"
+    finally:
+        stalled.set()
+        server.join(5)
+        listener.close()
+
+
+def test_a_failed_part_stops_the_stalled_ones_at_once(stalling_server: str, tmp_path: Path) -> None:
+    assert part_size(8 * MiB, 4) == 2 * MiB  # the part from 6 MiB is the one that fails
+    with pytest.raises(DownloadError, match=f"^HTTP 404 Not Found for {stalling_server}$"):
+        populate(tmp_path, f"http:{stalling_server}")
+    # The other parts wait for bytes that do not come (the read timeout is 10 s): they were woken.
+    assert not range_threads()
+
+
+def test_connections_out_of_range(tmp_path: Path) -> None:
+    for connections in (0, MAX_CONNECTIONS + 1):
+        with pytest.raises(UsageError, match="connections must be between 1 and"):
+            populate(tmp_path, "file:/dev/null", connections=connections)
+
+
+# --- the part reader ------------------------------------------------------------------------------
+
+
+def test_part_sizes_bound_memory() -> None:
+    assert part_size(100 * MiB, 1) is None
+    assert part_size(2 * MiB - 1, 4) is None
+    for connections in range(2, MAX_CONNECTIONS + 1):
+        for length in (2 * MiB, 10 * MiB, 100 * MiB, 10_000 * MiB):
+            size = part_size(length, connections)
+            assert size is not None and MiB <= size <= 8 * MiB
+            assert (connections + 1) * size <= 64 * MiB  # the window's bytes at most
+
+
+class FakePart:
+    """Bytes ``start`` to ``end`` of a made-up file (byte i is i % 251), in random-sized pieces after
+    random short delays; fails at byte ``fail_at`` if it lies in the part."""
+
+    opened: list[FakePart] = []
+
+    def __init__(self, start: int, end: int, fail_at: int | None = None) -> None:
+        self.position, self.end, self.fail_at = start, end, fail_at
+        self.closed = self.aborted = False
+        FakePart.opened.append(self)
+
+    def read(self, size: int) -> bytes:
+        time.sleep(random.random() / 500)
+        if self.fail_at is not None and self.position <= self.fail_at < self.end:
+            raise DownloadError(f"part failed at byte {self.fail_at}")
+        size = min(size, random.randint(1, 5000), self.end - self.position)
+        data = bytes((i % 251) for i in range(self.position, self.position + size))
+        self.position += size
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def made_up(start: int, end: int) -> bytes:
+    return bytes(i % 251 for i in range(start, end))
+
+
+@pytest.fixture
+def fake_parts() -> list[FakePart]:
+    FakePart.opened = []
+    return FakePart.opened
+
+
+def test_reader_is_in_order_and_bounded(fake_parts: list[FakePart]) -> None:
+    start, end, size, connections = 1000, 51_000, 4000, 3
+    reader = RangedReader(FakePart, start, end, part_size=size, connections=connections,
+                          first=FakePart(start, start + size))
+    got = [reader.read(7000)]
+    time.sleep(0.3)  # the consumer dawdles: the workers fill the window and wait
+    assert len(fake_parts) == connections + 1
+    consumed = len(got[0])
+    while data := reader.read(random.randint(1, 9000)):
+        assert len(data) <= 9000
+        got.append(data)
+        consumed += len(data)
+        # Parts are claimed at most connections + 1 ahead of the one being read.
+        assert len(fake_parts) <= consumed // size + connections + 1
+    assert b"".join(got) == made_up(start, end)
+    assert len(fake_parts) == 13 and all(part.closed for part in fake_parts)
+    reader.close()
+    assert not range_threads()
+
+
+def test_reader_raises_after_the_bytes_before_the_failure(fake_parts: list[FakePart]) -> None:
+    reader = RangedReader(lambda start, end: FakePart(start, end, fail_at=25_000), 0, 50_000,
+                          part_size=4000, connections=4, first=FakePart(0, 4000))
+    got = bytearray()
+    with pytest.raises(DownloadError, match="part failed at byte 25000"):
+        while data := reader.read(3000):
+            got += data
+    assert got == made_up(0, len(got)) and len(got) <= 25_000
+    reader.close()
+    assert not range_threads()
+    assert all(part.closed for part in fake_parts)
+
+
+def test_reader_closed_before_or_while_reading(fake_parts: list[FakePart]) -> None:
+    first = FakePart(0, 4000)
+    RangedReader(FakePart, 0, 40_000, part_size=4000, connections=4, first=first).close()
+    assert first.closed and len(fake_parts) == 1  # nothing was fetched
+
+    reader = RangedReader(FakePart, 0, 400_000, part_size=4000, connections=4, first=FakePart(0, 4000))
+    assert reader.read(10) == made_up(0, 10)
+    reader.close()
+    assert not range_threads()
+    with pytest.raises(ValueError):
+        reader.read(10)
