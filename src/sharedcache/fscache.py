@@ -389,15 +389,20 @@ class FsCache:
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         # WAL lets readers go on while one process writes; the mode is stored in the file, and
         # switching needs no transaction, so it comes first.  SQLite reports a concurrent switch
-        # (many processes creating the cache at once) as busy without waiting: retry.
-        deadline = time.monotonic() + self.timeout
+        # (many processes creating the cache at once) as busy without waiting: retry.  A switch
+        # still refused after seconds is not that race: connections to an index that was
+        # emptied under them hold it.
+        deadline = time.monotonic() + min(self.timeout, 5.0)
         while True:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 break
-            except WaitTimeoutError:
+            except WaitTimeoutError as e:
                 if time.monotonic() >= deadline:
-                    raise
+                    raise CacheError(
+                        f"the index of cache {self.root} is unusable (empty, and {e}); "
+                        "run gc to rebuild it"
+                    ) from None
                 time.sleep(0.005)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -813,6 +818,14 @@ class FsCache:
         except WaitTimeoutError:
             return False
         return True
+
+    def evict(self, nbytes: int | None = None) -> int:
+        """Delete unused entries, least recently used first, until ``nbytes`` are freed (all of
+        them if None); return the bytes freed.  For making room on a full file system."""
+        with self._transaction() as db:
+            freed = self._evict(db, float("inf") if nbytes is None else nbytes)  # type: ignore[arg-type]
+        self._empty_trash()
+        return freed
 
     def _evict(self, db: sqlite3.Connection, need: int) -> int:
         """Within a transaction: delete unused entries, least recently used first, until

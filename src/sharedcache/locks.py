@@ -19,11 +19,12 @@ or for a download, where the caller reports progress between attempts.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
 
-from .errors import WaitTimeoutError
+from .errors import CacheError, WaitTimeoutError
 
 TYPE_CHECKING = False  # the annotations need no import at run time, and typing is costly
 if TYPE_CHECKING:
@@ -34,11 +35,20 @@ EXCLUSIVE = fcntl.LOCK_EX
 
 
 def open_lock_file(path: str | os.PathLike[str], *, create: bool = True) -> int:
-    """Open (and by default create) a lock file without following a symlink planted at ``path``."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    """Open (and by default create) a lock file; a symlink planted at ``path`` is refused.
+
+    Read access is enough for ``flock``, so a lock file created by another member of a group
+    cache can be used without write permission on it.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     if create:
         flags |= os.O_CREAT
-    return os.open(path, flags, 0o666)
+    try:
+        return os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise CacheError(f"{os.fspath(path)} is a symlink; refusing to follow it ('sc gc' removes it)") from None
 
 
 def try_lock(fd: int, mode: int) -> bool:

@@ -58,6 +58,7 @@ from .errors import (
     MissError,
     NoSpaceError,
     SharedCacheError,
+    SizeLimitError,
     UsageError,
 )
 from .fscache import FsCache, check_name
@@ -327,9 +328,11 @@ class Repositories:
                 continue
             return base
         seen += [f"{b.path} (missing)" for b in self.bases if not os.path.isdir(b.path)]
-        need = f"{format_size(limit)} free" if limit is not None else "room"
+        if limit is None or not any(s.endswith(" free)") for s in seen):
+            raise CacheError(f"repository {name!r}: no usable candidate directory: " + ", ".join(seen))
         raise NoSpaceError(
-            f"repository {name!r}: no usable candidate directory has {need}: " + ", ".join(seen)
+            f"repository {name!r}: no usable candidate directory has {format_size(limit)} free: "
+            + ", ".join(seen)
         )
 
     def _hold_or_populate(
@@ -430,11 +433,24 @@ class Repositories:
                 write_record(status_path, status)
 
         self.reporter.info(f"populating {name!r} in {base.path} from {' '.join(words)}")
-        try:
+
+        def fill() -> None:
             with cache.store(name, meta=identity, keep=keep, holder=owner, strict_budget=False) as data:
                 recipe.populate(
                     data, work=work, limit=limit, progress=progress, connections=connections
                 )
+
+        try:
+            try:
+                fill()
+            except NoSpaceError as e:
+                # The file system is full: the space kept repositories hold is given back, once.
+                freed = 0 if isinstance(e, SizeLimitError) else cache.evict()
+                if not freed:
+                    raise
+                self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
+                self._prepare_work(work, identity)
+                fill()
         except SharedCacheError as e:
             e.args = (f"repository {name!r}: {e}",)
             record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
@@ -547,7 +563,12 @@ class Repositories:
     def _clean_populations(base: Base) -> int:
         cleaned = 0
         names = set()
-        files = os.listdir(base.populate_dir)
+        files = []
+        for entry in os.scandir(base.populate_dir):
+            if entry.is_symlink():  # nothing here is a symlink but what someone planted
+                os.unlink(entry.path)
+            else:
+                files.append(entry.name)
         for file in files:
             stem, dot, suffix = file.rpartition(".")
             if dot and suffix in ("lock", "json", "error", "work"):

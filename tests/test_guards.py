@@ -1,0 +1,177 @@
+"""Hostile or broken ground under the cache: locks that do not lock, directories planted by
+someone else, corrupted metadata, and a file system that fills up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scutil import Sleeper, check_tree, make_tarball, sample_files, sc, sc_env
+
+FILES = sample_files(n=6, size=10_000)
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    path = tmp_path / "base"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def words(tmp_path: Path) -> list[str]:
+    tarball = tmp_path / "data.tar.gz"
+    md5 = make_tarball(tarball, FILES)
+    return [f"file:{tarball}", f"md5:{md5}", "tar"]
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def lying_flock(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shared library whose flock() claims success and locks nothing, as on a network file
+    system without lock support; preloaded into sc, it stands in for such a file system."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the lying flock")
+    out = tmp_path_factory.mktemp("shim")
+    (out / "flock.c").write_text("int flock(int fd, int operation) { (void)fd; (void)operation; return 0; }\n")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out / "flock.so"), str(out / "flock.c")], check=True)
+    return out / "flock.so"
+
+
+def test_locks_that_do_not_lock_are_detected(base, words, lying_flock):
+    env = sc_env(LD_PRELOAD=str(lying_flock))
+    result = sc("--use", "-n", "repo", "-d", str(base), *words, env=env)
+    assert result.returncode == 1
+    assert "locks do not work" in one_line(result.stderr)
+    assert not (base / "repo").exists()
+    assert not (base / ".shared-cache" / "cache.info").exists(), "nothing records the directory as fine"
+    # The same directory with working locks is fine, and gc checks again.
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
+    gc = sc("gc", "-d", str(base), env=env)
+    assert gc.returncode == 1 and "locks do not work" in one_line(gc.stderr)
+
+
+def test_cache_directory_of_another_user_is_skipped(tmp_path, words):
+    foreign, mine = tmp_path / "foreign", tmp_path / "mine"
+    foreign.mkdir()
+    mine.mkdir()
+    (foreign / ".shared-cache").mkdir()
+    os.chown(foreign / ".shared-cache", 4321, 4321)
+    with Sleeper() as owner:
+        result = sc("--use", "-n", "repo", "-d", f"{foreign}:{mine}", "--pid", str(owner.pid), *words)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(mine / "repo")
+    alone = sc("--use", "-n", "repo2", "-d", str(foreign), *words)
+    assert alone.returncode == 1
+    assert "belongs to uid 4321" in one_line(alone.stderr)
+    assert list((foreign / ".shared-cache").iterdir()) == [], "nothing was written into it"
+
+
+def test_symlinked_cache_directory_is_refused(tmp_path, base, words):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (base / ".shared-cache").symlink_to(elsewhere)
+    result = sc("--use", "-n", "repo", "-d", str(base), *words)
+    assert result.returncode == 1 and "symlink" in one_line(result.stderr)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_planted_symlink_inside_the_control_directory_is_not_followed(tmp_path, base, words):
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "first", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
+    target = tmp_path / "victim"
+    target.write_text("precious")
+    (base / ".shared-cache" / "populate" / "repo.lock").symlink_to(target)
+    result = sc("--use", "-n", "repo", "-d", str(base), *words)
+    assert result.returncode == 1
+    assert "symlink" in one_line(result.stderr)
+    assert target.read_text() == "precious"
+    assert sc("gc", "-d", str(base)).returncode == 0
+    assert target.read_text() == "precious"
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "directory"])
+def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage):
+    with Sleeper() as owner:
+        args = ["-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words]
+        assert sc("--use", *args).returncode == 0
+        index = base / ".shared-cache" / "index.sqlite"
+        for suffix in ("-wal", "-shm"):
+            Path(f"{index}{suffix}").unlink(missing_ok=True)
+        if damage == "garbage":
+            index.write_bytes(b"this is not a database" * 100)
+        elif damage == "truncated":
+            index.write_bytes(index.read_bytes()[:700])
+        else:
+            index.unlink()
+            index.mkdir()
+        broken = sc("--use", *args)
+        assert broken.returncode == 1 and "gc" in one_line(broken.stderr)
+        gc = sc("gc", "-d", str(base))
+        assert gc.returncode == 0, gc.stderr
+        fixed = sc("--use", *args)
+        assert fixed.returncode == 0, fixed.stderr
+        check_tree(Path(fixed.stdout.strip()), FILES)
+
+
+def test_foreign_cache_marker_is_refused_clearly(base, words):
+    (base / ".shared-cache").mkdir()
+    (base / ".shared-cache" / "cache.info").write_text("something else entirely\n")
+    result = sc("--use", "-n", "repo", "-d", str(base), *words)
+    assert result.returncode == 1 and "not a shared-cache cache" in one_line(result.stderr)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 3 MiB tmpfs mounted for the test (needs root; skipped elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_file_system_fails_clearly_and_kept_data_makes_room(tmp_path, small_fs):
+    def blob(name: str, size: int) -> str:
+        path = tmp_path / name
+        path.write_bytes(os.urandom(size))
+        return f"file:{path}"
+
+    with Sleeper() as owner:
+        common = ["-d", str(small_fs), "--pid", str(owner.pid)]
+        kept = ["-n", "kept", "--keep", *common, blob("kept.bin", 1_600_000)]
+        assert sc("--use", *kept).returncode == 0
+        assert sc("--unuse", *kept).returncode == 0
+        assert (small_fs / "kept").exists()
+        # Does not fit beside the kept repository: that one is evicted and the population retried.
+        result = sc("--use", "-n", "new", *common, blob("new.bin", 1_600_000))
+        assert result.returncode == 0, result.stderr
+        assert not (small_fs / "kept").exists()
+        # Larger than the whole file system: a clear error, nothing left behind.
+        huge = sc("--use", "-n", "huge", *common, blob("huge.bin", 4_000_000))
+        assert huge.returncode == 1
+        line = one_line(huge.stderr)
+        assert "huge" in line and "space" in line
+        control = small_fs / ".shared-cache"
+        assert list((control / "stage").iterdir()) == []
+        assert not (small_fs / "huge").exists()
+        listing = json.loads(sc("list", "--json", "-d", str(small_fs)).stdout)
+        assert [r["name"] for r in listing] == ["new"]
