@@ -56,6 +56,9 @@ OPTIONS = (
     Option(("--connections",), "connections",
            "download over N connections at once (HTTP ranges; for throttled links)",
            metavar="N", convert=int, actions=_REPOSITORY),
+    Option(("--group",), "group",
+           "share a new base directory's cache with this group (name or gid)",
+           metavar="GROUP", actions=_REPOSITORY),
     Option(("--json",), "json", "print JSON", actions=("list",)),
     Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
     Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
@@ -96,7 +99,7 @@ class Arguments:
         self.action: str | None = None
         self.loaders: list[str] = []
         self.command: list[str] = []
-        self.name = self.size = self.directories = self.max_size = None
+        self.name = self.size = self.directories = self.max_size = self.group = None
         self.pid: int | None = None
         self.timeout: float | None = None
         self.connections = 1
@@ -224,6 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _group(group: str | None) -> int | None:
+    if group is None or group.isdigit():
+        return None if group is None else int(group)
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"--group {group}: no such group") from None
+
+
 def _owner(options: Arguments):  # type: ignore[no-untyped-def]
     from .leases import Owner
 
@@ -240,7 +254,9 @@ def _run(options: Arguments) -> int:
     from .progress import Reporter
     from .repository import Repositories
 
-    repositories = Repositories(options.directories, reporter=Reporter(options.verbosity))
+    repositories = Repositories(
+        options.directories, reporter=Reporter(options.verbosity), group=_group(options.group)
+    )
     action = options.action
     if action == "use":
         held = repositories.acquire(

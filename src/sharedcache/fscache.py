@@ -284,6 +284,14 @@ class FsCache:
     ``durable`` flushes each entry to disk before committing it, so that even a power loss
     cannot leave a committed entry with missing data.  Without it nothing is flushed: every
     guarantee against crashed processes holds, but a power loss may damage recent entries.
+
+    ``group`` (a gid) makes a new cache a *group cache*, shared by the members of that group:
+    its directory is given to the group and made setgid, so that everything created in it
+    belongs to the group.  A cache created in a setgid directory is a group cache too.  Using a
+    group cache sets the process umask to give the group what it gives the owner, whatever the
+    user's umask, because files in it are created by many hands (SQLite, unpackers); and its
+    committed directories stay writable by the group, so that any member can delete them
+    (their files stay read-only for everyone).
     """
 
     def __init__(
@@ -293,8 +301,10 @@ class FsCache:
         *,
         durable: bool = True,
         timeout: float = _INDEX_TIMEOUT,
+        group: int | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
+        self.group = group
         self.durable = durable
         self.timeout = timeout
         self._objects = os.path.join(self.root, "objects")
@@ -315,6 +325,7 @@ class FsCache:
             raise CacheError(f"cache {self.root} is not a directory") from None
         except OSError as e:
             raise CacheError(f"cannot create cache {self.root}: {e.strerror}") from None
+        self._share_with_group()
         self._check_owner()
         info = os.path.join(self.root, "cache.info")
         try:
@@ -339,6 +350,28 @@ class FsCache:
         for sub in (self._objects, self._stage, self._trash):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(sub)
+
+    def _share_with_group(self) -> None:
+        """Make our cache directory a group cache if asked to (or if it was created in a setgid
+        directory, whose group it inherited), and, in a group cache, open the umask to the
+        group."""
+        st = os.lstat(self.root)
+        ours = st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode)
+        wanted = self.group is not None and (st.st_gid != self.group or not st.st_mode & stat.S_ISGID)
+        inherited = st.st_mode & stat.S_ISGID and not st.st_mode & stat.S_IWGRP
+        if ours and (wanted or inherited) and not os.path.exists(os.path.join(self.root, "cache.info")):
+            try:
+                if self.group is not None:
+                    os.chown(self.root, -1, self.group)
+                os.chmod(self.root, 0o2770)
+            except OSError as e:
+                raise CacheError(f"cannot give cache {self.root} to group {self.group}: {e.strerror}") from None
+            st = os.lstat(self.root)
+        elif self.group is not None and st.st_gid != self.group:
+            raise CacheError(f"cache {self.root} exists and does not belong to group {self.group}")
+        self.shared = bool(st.st_mode & stat.S_ISGID)
+        if self.shared:
+            os.umask(os.umask(0) & 0o007)
 
     def _check_owner(self) -> None:
         """Refuse a cache directory that is a symlink or belongs to another user (on a shared
@@ -372,10 +405,14 @@ class FsCache:
             return conn
         path = os.path.join(self.root, "index.sqlite")
         try:
+            # Created here rather than by SQLite, which would use mode 0644 whatever the umask:
+            # the members of a group cache must be able to write it (its -wal and -shm files
+            # take its mode).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
             conn = sqlite3.connect(
                 path, timeout=self.timeout, isolation_level=None, factory=_Index
             )
-        except sqlite3.DatabaseError as e:
+        except (OSError, sqlite3.DatabaseError) as e:
             raise CacheError(
                 f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it"
             ) from None
@@ -538,7 +575,7 @@ class FsCache:
         holder: Owner | None,
         strict: bool,
     ) -> bool:
-        size = disk_usage(os.path.join(stage, "data"), seal=True)
+        size = disk_usage(os.path.join(stage, "data"), seal=0o575 if self.shared else 0o555)
         now = time.time()
         if self.durable:
             sync_tree(stage)

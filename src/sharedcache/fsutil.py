@@ -98,13 +98,14 @@ def sync_tree(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def disk_usage(path: str | os.PathLike[str], *, seal: bool = False) -> int:
+def disk_usage(path: str | os.PathLike[str], *, seal: int | None = None) -> int:
     """Bytes allocated to the tree at ``path``: the blocks of every inode in it, hard links once.
 
-    With ``seal``, the same walk also makes the tree read-only for everyone and readable by
-    everyone: files 0444 (0555 if executable), directories 0555.  Committed data is sealed so
-    that no job can change what another reads; whoever deletes it restores write permission
-    on what it removes (:func:`remove_tree`).
+    With ``seal`` (a directory mode, 0o555 in a private cache), the same walk also makes the
+    files read-only and readable for everyone (0444, or 0555 if executable) and gives the
+    directories that mode.  Committed data is sealed so that no job can change what another
+    reads; whoever deletes it restores write permission on what it removes
+    (:func:`remove_tree`).
     """
     root = os.lstat(path)
     total = root.st_blocks * 512
@@ -122,10 +123,10 @@ def disk_usage(path: str | os.PathLike[str], *, seal: bool = False) -> int:
                 total += st.st_blocks * 512
                 if stat.S_ISDIR(st.st_mode):
                     pending.append(entry.path)
-                elif seal and stat.S_ISREG(st.st_mode):
+                elif seal is not None and stat.S_ISREG(st.st_mode):
                     os.chmod(entry.path, 0o555 if st.st_mode & 0o111 else 0o444)
-        if seal:
-            os.chmod(directory, 0o555)
+        if seal is not None:
+            os.chmod(directory, seal)
     return total
 
 
@@ -160,7 +161,8 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
 
 
 def _make_writable(path: str, st: os.stat_result) -> None:
-    if st.st_mode & stat.S_IWUSR == 0:
+    # Only an owner can chmod; in a group cache the group may write already.
+    if st.st_mode & stat.S_IWUSR == 0 and st.st_uid == os.geteuid():
         try:
             os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
         except FileNotFoundError:

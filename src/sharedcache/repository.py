@@ -107,8 +107,9 @@ class Held:
 class Base:
     """One candidate base directory and the repositories in it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, group: int | None = None) -> None:
         self.path = path
+        self.group = group
         self.control = os.path.join(path, CONTROL)
         self.populate_dir = os.path.join(self.control, "populate")
         self._cache: FsCache | None = None
@@ -118,7 +119,7 @@ class Base:
 
     def cache(self) -> FsCache:
         if self._cache is None:
-            self._cache = FsCache(self.control)
+            self._cache = FsCache(self.control, group=self.group)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self.populate_dir)
         return self._cache
@@ -234,8 +235,10 @@ class Repositories:
         directories: str | Sequence[str | os.PathLike[str]] | None = None,
         *,
         reporter: Reporter | None = None,
+        group: int | None = None,
     ) -> None:
-        self.bases = [Base(p) for p in candidate_directories(directories)]
+        """``group``: create new caches in the bases as group caches of that gid."""
+        self.bases = [Base(p, group) for p in candidate_directories(directories)]
         self.reporter = reporter or Reporter(verbosity=-1)
         #: base directories found unusable (path -> why), skipped from then on
         self.unusable: dict[str, str] = {}
