@@ -119,7 +119,7 @@ CRASH_POINTS = {
     "store: making room": ("store", ("_commit", "_make_room", "return"), "stage", 3),
     "store: renamed into objects": ("store", ("_rename_into_objects", "rename", "c_return"), "orphans", None),
     "store: evicted a victim": ("store", ("_retire", "rename", "c_return"), "rows without entry", 3),
-    "store: committed": ("store", ("_commit", "_empty_trash", "call"), "", None),
+    "store: committed": ("store", ("store", "_empty_trash", "call"), "", None),
     "store: sweeping": ("store", ("store", "_sweep", "call"), "", None),
     "remove: renamed to trash": ("remove", ("_retire", "rename", "c_return"), "rows without entry", None),
     "remove: committed": ("remove", ("remove", "_empty_trash", "call"), "trash", None),

@@ -558,11 +558,16 @@ class FsCache:
         fail a job that needs data now.)
         """
         check_name(name)
-        with self._staging() as (stage, _):
-            data = os.path.join(stage, "data")
-            os.mkdir(data)
-            yield _path(data)
-            self._commit(stage, name, meta=meta, keep=keep, holder=holder, strict=strict_budget)
+        try:
+            with self._staging() as (stage, _):
+                data = os.path.join(stage, "data")
+                os.mkdir(data)
+                yield _path(data)
+                self._commit(stage, name, meta=meta, keep=keep, holder=holder, strict=strict_budget)
+        finally:
+            # Only now: until the staging context is left, the new entry's lock is held, and
+            # readers of it would wait for the deletion of whatever the commit evicted.
+            self._empty_trash()
         self._sweep()
 
     def _commit(
@@ -603,7 +608,6 @@ class FsCache:
                 if holder is not None:
                     self._add_lease(db, name, holder)
                 self._rename_into_objects(stage, name)
-        self._empty_trash()
         if not fits:
             raise NoSpaceError(
                 f"cache {self.root} cannot fit {name!r} ({format_size(size)}) in its budget "
