@@ -23,7 +23,8 @@ with ``Content-Range``, ``416`` when unsatisfiable); ``ETag`` and ``Last-Modifie
 (a range whose validator does not match gets the whole file, ``200``).  Faults apply to the next
 ``times`` GETs of a path: answer a status (``500``), drop the connection after N body bytes, ignore
 the Range header or just If-Range, announce a longer ``Content-Length`` than sent, show a new ETag,
-or replace the content once the answer is sent.
+answer a range with other bytes than asked for (saying so in ``Content-Range``, or not), or replace
+the content once the answer is sent.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Fault:
     new_etag: bool = False             # a fresh ETag on every answer, so If-Range never matches
     ignore_if_range: bool = False      # honour Range even when If-Range does not match
     replace_with: bytes | None = None  # after answering, serve this content instead (with a new ETag)
+    range_offset: int = 0              # answer a range with the bytes this far after (or before) it
+    range_lies: bool = False           # ...while Content-Range names the range asked for
 
 
 @dataclass
@@ -275,6 +278,11 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if wanted is not None:
                     (start, end), status = wanted, 206
+        shown = start, end  # what Content-Range says
+        if status == 206 and fault is not None and fault.range_offset:
+            start = min(max(0, start + fault.range_offset), resource.size - 1)
+            end = min(max(start, end + fault.range_offset), resource.size - 1)
+            shown = shown if fault.range_lies else (start, end)
         answered(status)
         length = end - start + 1
         self.send_response(status)
@@ -285,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
         if resource.last_modified is not None:
             self.send_header("Last-Modified", resource.last_modified)
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{resource.size}")
+            self.send_header("Content-Range", f"bytes {shown[0]}-{shown[1]}/{resource.size}")
         extra = fault.extra_length if fault is not None else 0
         self.send_header("Content-Length", str(length + extra))
         self.end_headers()

@@ -1,8 +1,22 @@
-"""Decompressing streams (gzip, bzip2, xz, zstd) and recognising a compression by its magic bytes.
+"""Decompressing streams (gzip, bzip2, xz, zstd), recognising a compression by its magic bytes, and
+the guard against decompression bombs.
 
 Every decompressor produces at most the number of bytes asked for, so memory stays bounded even for
-a "bomb" that expands a few kilobytes into gigabytes.  Concatenated streams (``pigz``, ``pbzip2``,
-multi-frame zstd) are read through.  A stream that ends early is an error, not a short result.
+a "bomb" that expands a few kilobytes into gigabytes; the history a stream may ask the decoder to
+keep is bounded too (xz: :data:`_XZ_MEMORY_LIMIT`, zstd: zstandard's default window limit of 128
+MiB).  Concatenated streams (``pigz``, ``pbzip2``, multi-frame zstd) are read through.  A stream
+that ends early is an error, not a short result.
+
+Expansion cap
+-------------
+The size limit of a repository (``--size``) bounds what is written, but it is optional, and bytes
+that are decompressed without being written (tar headers, data after the end of an archive) do
+not count against it.  So every decompressor applies :func:`check_expansion` (and the zip unpacker
+does, to the sizes its members declare): once the output passes :data:`EXPANSION_FLOOR` bytes, it
+may not exceed :data:`MAX_EXPANSION` times the input read so far, else the population fails with
+:class:`UnsafeArchiveError`.  Real data compresses 2 to 20 times, rarely more than 200, while a
+bomb expands by millions (only long runs of one byte come near the limit with gzip, whose best is
+about 1030); the floor keeps small, very compressible files from ever being refused.
 """
 
 from __future__ import annotations
@@ -11,8 +25,15 @@ import struct
 from collections.abc import Callable
 from typing import IO, Any
 
-from .errors import CorruptDataError
+from .errors import CorruptDataError, UnsafeArchiveError
 from .recipe import CHUNK, Layer, Stream
+from .sizes import format_size
+
+#: Output may not exceed this many times the input read so far...
+MAX_EXPANSION = 1000
+#: ...once it is past this many bytes.
+EXPANSION_FLOOR = 100 * 2**20
+_XZ_MEMORY_LIMIT = 256 * 2**20
 
 _MAGIC = {
     "gzip": b"\x1f\x8b",
@@ -25,6 +46,14 @@ _MAGIC = {
 def sniff(head: bytes) -> str | None:
     """The compression whose magic bytes start ``head``, or ``None``."""
     return next((codec for codec, magic in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def check_expansion(produced: int, consumed: int, what: str) -> None:
+    """Refuse ``produced`` bytes made from ``consumed`` bytes of ``what`` if they look like a bomb."""
+    if produced > EXPANSION_FLOOR and produced > MAX_EXPANSION * consumed:
+        raise UnsafeArchiveError(
+            f"refused {what}: it expands more than {MAX_EXPANSION} times ({format_size(produced)} from "
+            f"{format_size(consumed)}), a likely decompression bomb")
 
 
 def decompressing(codec: str, below: Stream | IO[bytes], what: str) -> Stream:
@@ -68,7 +97,9 @@ def _bz2_decoder() -> Any:
 def _xz_decoder() -> Any:
     import lzma
 
-    return lzma.LZMADecompressor()
+    # The dictionary an xz file asks for is allocated as it fills: up to 1.5 GiB.  xz -9 needs 65 MiB;
+    # like zstd's default window limit (128 MiB), this refuses only what no preset makes.
+    return lzma.LZMADecompressor(memlimit=_XZ_MEMORY_LIMIT)
 
 
 _DECODERS: dict[str, Callable[[], Any]] = {"gzip": _GzipDecoder, "bzip2": _bz2_decoder, "xz": _xz_decoder}
@@ -94,6 +125,13 @@ class _Decompressing(Layer):
         self._what = what
         self._pending = b""
         self._errors = _decoder_errors()
+        self._consumed = 0
+        self._produced = 0
+
+    def _input(self) -> bytes:
+        data = self.below.read(CHUNK)
+        self._consumed += len(data)
+        return data
 
     def read(self, size: int = -1) -> bytes:
         size = size if size > 0 else CHUNK
@@ -101,14 +139,14 @@ class _Decompressing(Layer):
             decoder = self._decoder
             if decoder.eof:
                 # Another stream may follow (pigz, pbzip2, xz --block-list...): read it too.
-                rest = decoder.unused_data or self.below.read(CHUNK)
+                rest = decoder.unused_data or self._input()
                 if not rest:
                     return b""
                 decoder = self._decoder = self._new_decoder()
                 self._pending = rest
             data = b""
             if decoder.needs_input:
-                data, self._pending = self._pending or self.below.read(CHUNK), b""
+                data, self._pending = self._pending or self._input(), b""
                 if not data:
                     raise CorruptDataError(f"truncated {self._codec} data from {self._what}")
             try:
@@ -116,6 +154,8 @@ class _Decompressing(Layer):
             except self._errors as exc:
                 raise CorruptDataError(f"corrupt {self._codec} data from {self._what}: {exc}") from None
             if out:
+                self._produced += len(out)
+                check_expansion(self._produced, self._consumed, self._what)
                 return out
 
 
@@ -131,9 +171,11 @@ class _ZstdFrames(Layer):
         self._skip = 0          # payload bytes to pass over before the next header
         self._checksum = 0      # whether the current frame ends with a 4-byte checksum
         self.frames = 0
+        self.consumed = 0       # bytes passed through
 
     def read(self, size: int = -1) -> bytes:
         data = self.below.read(size if size > 0 else CHUNK)
+        self.consumed += len(data)
         view = memoryview(data)
         while view:
             if self._skip:
@@ -188,6 +230,7 @@ class _Zstd(Layer):
         self._frames = _ZstdFrames(below)
         super().__init__(self._frames)
         self._what = what
+        self._produced = 0
         self._error = zstandard.ZstdError
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             self._frames,  # type: ignore[arg-type]  # any object with read() will do
@@ -200,4 +243,6 @@ class _Zstd(Layer):
             raise CorruptDataError(f"corrupt zstd data from {self._what}: {exc}") from None
         if not out and not self._frames.complete:
             raise CorruptDataError(f"truncated zstd data from {self._what}")
+        self._produced += len(out)
+        check_expansion(self._produced, self._frames.consumed, self._what)
         return out

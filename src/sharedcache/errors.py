@@ -14,6 +14,14 @@ class SharedCacheError(Exception):
 
     exit_status = 1
 
+    def __str__(self) -> str:
+        # Messages quote words, paths, URLs and archive member names, which may hold any character:
+        # unprintable ones (newlines, terminal controls) are escaped, so the message stays one line.
+        text = super().__str__()
+        if text.isprintable():
+            return text
+        return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
 
 class UsageError(SharedCacheError, ValueError):
     """The caller asked for something malformed: a bad recipe, option, name or size."""

@@ -23,7 +23,7 @@ def parse_size(value: int | str, what: str = "size") -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise UsageError(f"invalid {what}: {value} is negative")
-        return value
+        return _bounded(value, value, what)
     if isinstance(value, str):
         text = value.strip()
         split = len(text)
@@ -31,10 +31,17 @@ def parse_size(value: int | str, what: str = "size") -> int:
             split -= 1
         number, unit = text[:split].strip(), text[split:].strip().lower()
         if number and number.replace(".", "", 1).isdigit() and number.isascii() and unit in _UNITS:
-            return int(float(number) * _UNITS[unit])
+            return _bounded(float(number) * _UNITS[unit], value, what)
     raise UsageError(
         f"invalid {what}: {value!r} (expected bytes or a number with a unit such as 10GB or 512MiB)"
     )
+
+
+def _bounded(size: float, value: int | str, what: str) -> int:
+    # Sizes are stored as signed 64-bit integers (and a long enough number of digits is infinite).
+    if size >= 2**63:
+        raise UsageError(f"invalid {what}: {value!r} is more than 8 EiB")
+    return int(size)
 
 
 def format_size(n: int | None) -> str:

@@ -21,8 +21,21 @@ def normalize_words(words: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def recipe_identity(words: str | Iterable[str]) -> str:
-    """A canonical string for a stack of words: equal stacks give equal strings."""
-    return "\n".join(normalize_words(words))
+    """A canonical string for a stack of words: equal stacks give equal strings.
+
+    The identity is stored as UTF-8, so words that are not UTF-8 text are refused: on POSIX a
+    command-line argument with other bytes (a path in Latin-1) arrives with lone surrogates.
+    """
+    identity = "\n".join(normalize_words(words))
+    if not identity.isascii():
+        try:
+            identity.encode()
+        except UnicodeEncodeError as exc:
+            from .errors import UsageError
+
+            word = next(word for word in identity.split("\n") if exc.object[exc.start] in word)
+            raise UsageError(f"loader word {word!r} is not UTF-8 text") from None
+    return identity
 
 
 def default_name(words: str | Iterable[str]) -> str:
