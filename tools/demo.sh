@@ -36,14 +36,17 @@ job() {
     local path
     path=$(sc --use $repo_args)
     echo "job $1: $path holds: $(ls "$path"/vsg-0.2.0 | tr '\n' ' ') -> $("$path"/vsg-0.2.0/bin/vsg)"
-    sleep 1
+    touch "$work/holding.$1"
+    for _ in $(seq 100); do [ -e "$work/listed" ] && break; sleep 0.1; done
     sc --unuse $repo_args
 }
-for n in 1 2 3 4; do job "$n" & done
-sleep 1.5
-echo "--- sc list, while the jobs hold their uses:"
+pids=()
+for n in 1 2 3 4; do job "$n" & pids+=($!); done
+for _ in $(seq 300); do [ "$(ls "$work" | grep -c '^holding')" = 4 ] && break; sleep 0.1; done
+echo "--- sc list, while the four jobs hold their uses:"
 sc list -d "$work/base"
-wait $(jobs -p | grep -v "^$origin_pid\$")
+touch "$work/listed"
+wait "${pids[@]}"
 
 gets=$(python -c 'import json, sys, urllib.request
 stats = json.load(urllib.request.urlopen(sys.argv[1]))
