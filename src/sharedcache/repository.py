@@ -73,6 +73,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 DEFAULT_DIRECTORIES = "/tmp:/var/tmp"
+# The caches this process has opened, kept so that a program calling use() in a loop opens each
+# cache and its index once (a new FsCache costs checks, and its connection to the index).
+_open_caches: dict[tuple[str, int | None], FsCache] = {}
 CONTROL = ".shared-cache"
 # An error record answers the waiters of the population that failed; later users try afresh.
 _ERROR_RECORD_TTL = 600.0
@@ -119,9 +122,12 @@ class Base:
 
     def cache(self) -> FsCache:
         if self._cache is None:
-            self._cache = FsCache(self.control, group=self.group)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(self.populate_dir)
+            key = (self.control, self.group)
+            self._cache = _open_caches.get(key)
+            if self._cache is None or not os.path.isdir(self.populate_dir):
+                self._cache = _open_caches[key] = FsCache(self.control, group=self.group)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self.populate_dir)
         return self._cache
 
     def link(self, name: str) -> str:
