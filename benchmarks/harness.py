@@ -246,9 +246,13 @@ class Traffic:
 
 
 def tree_bytes(root: str | os.PathLike[str]) -> int:
-    """Bytes allocated (st_blocks) to everything under ``root``, not following symlinks;
-    tolerant of a tree that changes while it is walked."""
+    """Bytes allocated (st_blocks) to everything under ``root``, not following symlinks.
+
+    Tolerant of a tree that changes while it is walked: each inode counts once, so a file
+    renamed from a part already walked into one not walked yet (a commit, a move to a trash) is
+    not counted twice, nor is a hard link."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     stack = [os.fspath(root)]
     while stack:
         try:
@@ -256,7 +260,9 @@ def tree_bytes(root: str | os.PathLike[str]) -> int:
                 for entry in entries:
                     try:
                         st = entry.stat(follow_symlinks=False)
-                        total += st.st_blocks * 512
+                        if (st.st_dev, st.st_ino) not in seen:
+                            seen.add((st.st_dev, st.st_ino))
+                            total += st.st_blocks * 512
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                     except FileNotFoundError:
@@ -404,17 +410,20 @@ def machine_info(tmp: Path) -> dict[str, str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    free = _output(["free", "-h"])
+    memory = next((line.split()[1] for line in free.splitlines() if line.startswith("Mem:")), "?")
     return {
         "nproc": _output(["nproc"]),
         "cpu": cpu,
-        "free -h": _output(["free", "-h"]),
+        "memory": memory,
+        "free -h": free,
         "python --version": platform.python_version(),
         "uname -r": platform.release(),
-        "file system of " + str(tmp): _output(["stat", "-f", "-c", "%T", str(tmp)]),
-        "curl": _output(["curl", "--version"]).splitlines()[0] if shutil.which("curl") else "absent",
+        "file system of " + str(tmp): _output(["df", "--output=fstype", str(tmp)]).split()[-1],
+        "curl": " ".join(_output(["curl", "--version"]).split()[:2]) if shutil.which("curl")
+                else "absent",
         "hyperfine": _output(["hyperfine", "--version"]) if shutil.which("hyperfine") else "absent",
         "git": _output(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
-        "load average": load_average(),
     }
 
 
