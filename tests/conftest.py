@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from fscache_worker import Children
 from origin import Origin
 
 # --- Loader tests: the loopback HTTP origin --------------------------------------------------------
@@ -18,3 +20,22 @@ def origin() -> Iterator[Origin]:
         yield server
     finally:
         server.stop()
+
+
+# --- Engine tests: child processes and a cache directory ------------------------------------------
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    """Child processes for a test, each SIGKILLed by its PID when the test ends."""
+    kids = Children()
+    try:
+        yield kids
+    finally:
+        kids.close()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """Where a test's cache lives (not created: the engine creates it)."""
+    return tmp_path / "cache"

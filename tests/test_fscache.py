@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fscache_worker import Children, fill, verify
+from fscache_worker import Children, fill, scan_usage, verify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -33,34 +33,6 @@ BLOCK = os.statvfs(tempfile.gettempdir()).f_bsize
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    kids = Children()
-    try:
-        yield kids
-    finally:
-        kids.close()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "cache"
-
-
-def scan_usage(path: Path) -> int:
-    """Allocated bytes of the tree at ``path`` (every inode once), computed independently."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        total += os.lstat(dirpath).st_blocks * 512
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            st = os.lstat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-    return total
 
 
 def du(path: Path) -> int:

@@ -13,42 +13,14 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fscache_worker import Children, fill, verify
+from fscache_worker import Children, fill, scan_usage, verify
 
 from sharedcache import BusyError, FsCache, MissError
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def children() -> Iterator[Children]:
-    kids = Children()
-    try:
-        yield kids
-    finally:
-        kids.close()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "cache"
-
-
-def scan_usage(path: Path) -> int:
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        total += os.lstat(dirpath).st_blocks * 512
-        for name in files:
-            st = os.lstat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-    return total
 
 
 def put(cache: FsCache, name: str, sizes: list[int] | None = None, nonce: str = "n") -> int:
@@ -190,7 +162,7 @@ def test_sigkill_at_a_step_leaves_no_lock_and_gc_or_a_store_cleans_up(
 def test_random_sigkills_while_storing_removing_and_evicting(root: Path, children: Children) -> None:
     rng = random.Random(1234)
     names = [f"k{i}" for i in range(8)]
-    cache = FsCache(root, max_size="120kB")
+    FsCache(root, max_size="120kB")  # the budget that every child sees
     seen = {"stage": 0, "trash": 0, "orphans": 0, "rows without entry": 0}
     rounds = 36
     for round_ in range(rounds):

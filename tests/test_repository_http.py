@@ -87,6 +87,24 @@ def test_http_error_is_one_clear_line(origin, base):
     assert "Traceback" not in result.stderr
 
 
+def kill_populator_and_take_over(args: list[str], partly_done) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    """Start a populating ``sc``, and once ``partly_done()``, a second one that waits for it;
+    SIGKILL the first; return what the second ends with."""
+    first = sc_start(*args)
+    try:
+        wait_for(partly_done, what="a partial download")
+        waiter = sc_start(*args)
+        time.sleep(0.3)  # the waiter is now waiting for the first
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        ((status, out, err),) = finish([waiter], timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+    return status, out, err
+
+
 def test_killed_populator_is_taken_over_and_the_download_resumes(origin, base):
     payload = os.urandom(3_000_000)
     digest = hashlib.sha256(payload).hexdigest()
@@ -95,17 +113,7 @@ def test_killed_populator_is_taken_over_and_the_download_resumes(origin, base):
     with Sleeper() as owner:
         args = ["--use", "-n", "blob", "-d", str(base), "--pid", str(owner.pid),
                 f"http:{url}", f"sha256:{digest}"]
-        first = sc_start(*args)
-        try:
-            wait_for(lambda: origin.stats("/blob.bin").bytes_served > 1_000_000, what="a partial download")
-            waiter = sc_start(*args)
-            time.sleep(0.3)  # the waiter is now waiting for the first
-            os.kill(first.pid, signal.SIGKILL)
-            first.wait(10)
-            ((status, out, err),) = finish([waiter], timeout=60)
-        finally:
-            if first.poll() is None:
-                first.kill()
+        status, out, err = kill_populator_and_take_over(args, lambda: origin.stats("/blob.bin").bytes_served > 1_000_000)
         assert status == 0, err
         assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
         stats = origin.stats("/blob.bin")
@@ -121,17 +129,8 @@ def test_killed_unpacking_populator_is_taken_over(origin, tarball, base):
     with Sleeper() as owner:
         args = ["--use", "-n", "tree", "-d", str(base), "--pid", str(owner.pid),
                 f"http:{url}", f"md5:{md5}", "tar"]
-        first = sc_start(*args)
-        try:
-            wait_for(lambda: origin.stats("/data.tar.gz").bytes_served > len(payload) // 4, what="a partial download")
-            waiter = sc_start(*args)
-            time.sleep(0.3)
-            os.kill(first.pid, signal.SIGKILL)
-            first.wait(10)
-            ((status, out, err),) = finish([waiter], timeout=60)
-        finally:
-            if first.poll() is None:
-                first.kill()
+        status, out, err = kill_populator_and_take_over(
+            args, lambda: origin.stats("/data.tar.gz").bytes_served > len(payload) // 4)
         assert status == 0, err
         check_tree(Path(out.strip()), FILES)
         listing = json.loads(sc("list", "--json", "-d", str(base)).stdout)
@@ -155,7 +154,7 @@ def test_waiting_process_says_whom_it_waits_for(origin, tarball, base):
             first.kill()
     assert status == status0 == 0, err + err0
     assert err0 == "", "off a terminal and without -v: silent"
-    assert f"waiting" in err and f"process {first.pid}" in err and "slow" in err
+    assert "waiting" in err and f"process {first.pid}" in err and "slow" in err
 
 
 def test_progress_bar_on_a_terminal(origin, base):

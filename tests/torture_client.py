@@ -11,7 +11,6 @@ log as one JSON line; a read that sees wrong or incomplete data is logged as ``c
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess

@@ -62,7 +62,7 @@ from .errors import (
     UsageError,
 )
 from .fscache import FsCache, check_name
-from .fsutil import remove_tree, unique_name, write_atomic
+from .fsutil import remove_tree, write_atomic
 from .leases import Owner
 from .progress import Reporter
 from .words import default_name, recipe_identity
@@ -96,6 +96,18 @@ def candidate_directories(directories: str | Sequence[str | os.PathLike[str]] | 
 def split_words(words: Iterable[str]) -> list[str]:
     """Loader words; a string holding several words separated by spaces counts as those."""
     return [w for word in words for w in word.split()]
+
+
+class Request:
+    """One call of :meth:`Repositories.acquire`: what is asked for, by whom, on what terms."""
+
+    __slots__ = ("words", "identity", "name", "owner", "keep", "limit", "deadline", "connections")
+
+    def __init__(self, words: list[str], *, name: str, owner: Owner, keep: bool, limit: int | None,
+                 deadline: float | None, connections: int) -> None:
+        self.words, self.identity, self.name = words, recipe_identity(words), name
+        self.owner, self.keep, self.limit = owner, keep, limit
+        self.deadline, self.connections = deadline, connections
 
 
 class Held:
@@ -270,31 +282,35 @@ class Repositories:
         words = split_words(words)
         if not words:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
-        identity = recipe_identity(words)
-        name = check_repository_name(name) if name is not None else default_name(words)
-        limit = None if size is None else parse_size(size, "--size")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        base = self._existing(name, identity, owner, keep)
+        request = Request(
+            words,
+            name=check_repository_name(name) if name is not None else default_name(words),
+            owner=owner,
+            keep=keep,
+            limit=None if size is None else parse_size(size, "--size"),
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            connections=connections,
+        )
+        base = self._existing(request)
         if isinstance(base, Held):
             return base
         if base is None:
-            base = self._choose(name, limit)
+            base = self._choose(request)
         cache = base.cache()
         if max_size is not None:
             cache.max_size = max_size
-        lease = self._hold_or_populate(
-            base, name, words, identity, owner, keep, limit, deadline, connections
-        )
-        return Held(name, base.path, base.ensure_link(name), cache, lease)
+        lease = self._hold_or_populate(base, request)
+        return Held(request.name, base.path, base.ensure_link(request.name), cache, lease)
 
-    def _existing(self, name: str, identity: str, owner: Owner, keep: bool) -> Held | Base | None:
-        """Step 1: a held use of ``name`` where it exists, or the base populating it, or None."""
+    def _existing(self, request: Request) -> Held | Base | None:
+        """Step 1: a held use where the repository exists, or the base populating it, or None."""
+        name = request.name
         populating = None
         for base in self.bases:
             if not base.has_cache() or base.path in self.unusable:
                 continue
             try:
-                lease = self._hold(base, name, identity, owner, keep)
+                lease = self._hold(base, request)
             except CacheError as e:
                 self.unusable[base.path] = str(e)
                 continue
@@ -305,18 +321,21 @@ class Repositories:
             return Held(name, base.path, base.ensure_link(name), base.cache(), lease)
         return populating
 
-    def _hold(self, base: Base, name: str, identity: str, owner: Owner, keep: bool) -> int:
+    def _hold(self, base: Base, request: Request) -> int:
         try:
-            return base.cache().hold(name, owner, keep=keep, meta=identity)
+            return base.cache().hold(
+                request.name, request.owner, keep=request.keep, meta=request.identity
+            )
         except ConflictError as e:
-            raise conflict(name, base.path, e.existing, identity) from None
+            raise conflict(request.name, base.path, e.existing, request.identity) from None
 
-    def _choose(self, name: str, limit: int | None) -> Base:
+    def _choose(self, request: Request) -> Base:
         """Step 1, continued: the first base with room for ``limit`` bytes.
 
         Populations in progress reserve their size on their file system, so the reservations
         of every candidate on the same device count against each of them.
         """
+        name, limit = request.name, request.limit
         seen = [f"{path} ({problem})" for path, problem in self.unusable.items()]
         present = [b for b in self.bases if os.path.isdir(b.path) and b.path not in self.unusable]
         reserved: dict[int, int] = {}
@@ -344,41 +363,31 @@ class Repositories:
             + ", ".join(seen)
         )
 
-    def _hold_or_populate(
-        self,
-        base: Base,
-        name: str,
-        words: Sequence[str],
-        identity: str,
-        owner: Owner,
-        keep: bool,
-        limit: int | None,
-        deadline: float | None,
-        connections: int,
-    ) -> int:
+    def _hold_or_populate(self, base: Base, request: Request) -> int:
         """Steps 2-4 of the protocol in the module docstring."""
-        lock_path = base.population_file(name, ".lock")
+        lock_path = base.population_file(request.name, ".lock")
         waited_since: float | None = None
         while True:
             with contextlib.suppress(MissError):
-                return self._hold(base, name, identity, owner, keep)
+                return self._hold(base, request)
             fd = locks.open_lock_file(lock_path)
             try:
                 if not locks.try_lock(fd, locks.EXCLUSIVE):
                     if waited_since is None:
                         waited_since = time.time()
-                    self._wait(base, name, identity, fd, deadline)
+                    self._wait(base, request, fd)
                 if not locks.still_linked(fd, lock_path):
                     continue
                 with contextlib.suppress(MissError):
-                    return self._hold(base, name, identity, owner, keep)
+                    return self._hold(base, request)
                 if waited_since is not None:
-                    self._raise_recorded_failure(base, name, waited_since)
-                return self._populate(base, name, words, identity, owner, keep, limit, connections)
+                    self._raise_recorded_failure(base, request.name, waited_since)
+                return self._populate(base, request)
             finally:
                 os.close(fd)
 
-    def _wait(self, base: Base, name: str, identity: str, fd: int, deadline: float | None) -> None:
+    def _wait(self, base: Base, request: Request, fd: int) -> None:
+        name, identity, deadline = request.name, request.identity, request.deadline
         status_path = base.population_file(name, ".json")
 
         def report(elapsed: float) -> None:
@@ -408,19 +417,11 @@ class Repositories:
                 kind = LoaderError
             raise kind(str(record.get("message", f"repository {name!r}: population failed")))
 
-    def _populate(
-        self,
-        base: Base,
-        name: str,
-        words: Sequence[str],
-        identity: str,
-        owner: Owner,
-        keep: bool,
-        limit: int | None,
-        connections: int,
-    ) -> int:
+    def _populate(self, base: Base, request: Request) -> int:
         from .recipe import parse_recipe  # loaders are needed on a miss only
 
+        name, words, identity, owner = request.name, request.words, request.identity, request.owner
+        keep, limit, connections = request.keep, request.limit, request.connections
         recipe = parse_recipe(words)
         cache = base.cache()
         status_path = base.population_file(name, ".json")
