@@ -472,12 +472,7 @@ def test_a_reused_pid_is_not_the_owner(root: Path) -> None:
 # -- metadata corruption ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b"", b"garbage\x00\xff" * 10, b"shared-cache fscache 2\n", b"some other tool 1\n", "dir"],
-    ids=["empty", "garbage", "future", "foreign", "directory"],
-)
-def test_corrupt_or_foreign_cache_info_is_a_clear_cache_error(root: Path, content: object) -> None:
+def _replace_cache_info(root: Path, content: object) -> Path:
     put(FsCache(root), "a")
     info = root / "cache.info"
     info.unlink()
@@ -485,12 +480,40 @@ def test_corrupt_or_foreign_cache_info_is_a_clear_cache_error(root: Path, conten
         info.mkdir()
     else:
         info.write_bytes(content)  # type: ignore[arg-type]
+    return info
+
+
+def _one_clear_line(error: CacheError, root: Path) -> str:
+    message = str(error)
+    assert "\n" not in message and str(root) in message
+    assert error.__cause__ is None and error.__suppress_context__ | (error.__context__ is None)
+    return message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"garbage\x00\xff" * 10, b"shared-cache fscache 2\n", b"some other tool 1\n"],
+    ids=["garbage", "future", "foreign"],
+)
+def test_foreign_cache_info_is_a_clear_cache_error_and_never_overwritten(root: Path, content: object) -> None:
+    info = _replace_cache_info(root, content)
+    for repair in (False, True):
+        with pytest.raises(CacheError) as raised:
+            FsCache(root, repair=repair)
+        assert "not a shared-cache cache" in _one_clear_line(raised.value, root)
+    assert info.read_bytes() == content
+    assert (root / "objects" / "a").is_dir()  # nothing was touched
+
+
+@pytest.mark.parametrize("content", [b"", b"shared-cache fs", "dir"], ids=["empty", "truncated", "directory"])
+def test_damaged_cache_info_is_a_clear_cache_error_and_gc_repairs_it(root: Path, content: object) -> None:
+    info = _replace_cache_info(root, content)
     with pytest.raises(CacheError) as raised:
         FsCache(root)
-    message = str(raised.value)
-    assert "\n" not in message and str(root) in message and "not a shared-cache cache" in message
-    assert raised.value.__cause__ is None and raised.value.__suppress_context__ | (raised.value.__context__ is None)
-    assert (root / "objects" / "a").is_dir()  # nothing was touched
+    assert "damaged; run gc" in _one_clear_line(raised.value, root)
+    FsCache(root, repair=True).gc()
+    assert info.read_bytes() == FORMAT_LINE
+    assert loads(FsCache(root), "a")
 
 
 def test_cache_root_that_is_a_file_is_a_cache_error(tmp_path: Path) -> None:

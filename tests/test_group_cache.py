@@ -115,3 +115,22 @@ def test_two_users_share_one_download_through_a_group_cache(shared, origin, pyth
         assert last.returncode == 0, last.stderr
         assert not (control / "objects" / "repo").exists()
         assert list((control / "trash").iterdir()) == []
+
+
+def test_a_cache_created_in_a_setgid_directory_is_a_group_cache(shared, python, tmp_path):
+    tarball = shared / "data.tar.gz"
+    md5 = make_tarball(tarball, FILES)
+    base = shared / "project"
+    base.mkdir()
+    os.chown(base, 0, GROUP)
+    base.chmod(0o2775)  # the group's project directory: setgid, writable by the group
+    words = ["-n", "repo", "-d", str(base), f"file:{tarball}", f"md5:{md5}", "tar"]
+    with Sleeper() as alice_job, Sleeper() as bob_job:
+        first = as_user(python, ALICE, "--use", "--pid", str(alice_job.pid), *words)
+        assert first.returncode == 0, first.stderr
+        second = as_user(python, BOB, "--use", "--pid", str(bob_job.pid), *words)
+        assert second.returncode == 0, second.stderr
+        assert first.stdout == second.stdout
+        control = base / ".shared-cache"
+        assert control.stat().st_gid == GROUP and control.stat().st_mode & 0o2070 == 0o2070
+        assert read_as(python, BOB, Path(second.stdout.strip())).returncode == 0

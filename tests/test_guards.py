@@ -175,3 +175,16 @@ def test_full_file_system_fails_clearly_and_kept_data_makes_room(tmp_path, small
         assert not (small_fs / "huge").exists()
         listing = json.loads(sc("list", "--json", "-d", str(small_fs)).stdout)
         assert [r["name"] for r in listing] == ["new"]
+
+
+def test_damaged_cache_marker_gives_a_clear_error_and_gc_repairs_it(base, words):
+    with Sleeper() as owner:
+        args = ["-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words]
+        assert sc("--use", *args).returncode == 0
+        (base / ".shared-cache" / "cache.info").write_bytes(b"")
+        broken = sc("--use", *args)
+        assert broken.returncode == 1 and "run gc" in one_line(broken.stderr)
+        assert sc("gc", "-d", str(base)).returncode == 0
+        fixed = sc("--use", *args)
+        assert fixed.returncode == 0, fixed.stderr
+        check_tree(Path(fixed.stdout.strip()), FILES)

@@ -292,6 +292,10 @@ class FsCache:
     user's umask, because files in it are created by many hands (SQLite, unpackers); and its
     committed directories stay writable by the group, so that any member can delete them
     (their files stay read-only for everyone).
+
+    ``repair`` lets the opening rewrite a damaged format marker (emptied, truncated or replaced
+    by a directory); :meth:`gc` repairs the rest.  ``FsCache(root, repair=True).gc()`` is what
+    ``sc gc`` does.
     """
 
     def __init__(
@@ -302,9 +306,11 @@ class FsCache:
         durable: bool = True,
         timeout: float = _INDEX_TIMEOUT,
         group: int | None = None,
+        repair: bool = False,
     ) -> None:
         self.root = os.path.abspath(root)
         self.group = group
+        self.repair = repair
         self.durable = durable
         self.timeout = timeout
         self._objects = os.path.join(self.root, "objects")
@@ -339,17 +345,30 @@ class FsCache:
             with open(info, "rb") as f:
                 found = f.read(256)
         except IsADirectoryError:
-            found = b"<a directory>"
+            found = None
         except OSError as e:
             raise CacheError(f"cannot read {info}: {e.strerror}") from None
         if found != FORMAT_LINE:
-            raise CacheError(
-                f"{self.root} is not a shared-cache cache ({info} holds {found[:40]!r}); "
-                "refusing to use it"
-            )
+            self._repair_marker(info, found)
         for sub in (self._objects, self._stage, self._trash):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(sub)
+
+    def _repair_marker(self, info: str, found: bytes | None) -> None:
+        """A marker that is not ours: rewrite it if it is only damaged (emptied, truncated, or
+        replaced by a directory, in a directory that holds our layout) and this is a repairing
+        open; refuse it otherwise, and always if it holds anything else."""
+        damaged = (found is None or FORMAT_LINE.startswith(found)) and os.path.isdir(self._objects)
+        if not damaged:
+            shown = b"<a directory>" if found is None else found[:40]
+            raise CacheError(
+                f"{self.root} is not a shared-cache cache ({info} holds {shown!r}); refusing to use it"
+            )
+        if not self.repair:
+            raise CacheError(f"the marker {info} of cache {self.root} is damaged; run gc to repair it")
+        if found is None:
+            os.rename(info, os.path.join(self._trash, unique_name()))
+        write_atomic(info, FORMAT_LINE)
 
     def _share_with_group(self) -> None:
         """Make our cache directory a group cache if asked to (or if it was created in a setgid

@@ -563,7 +563,7 @@ class Repositories:
         for base in self.bases:
             if not base.has_cache():
                 continue
-            report = vars(base.cache().gc())
+            report = vars(FsCache(base.control, group=base.group, repair=True).gc())
             report["populations_cleaned"] = self._clean_populations(base)
             report["links_removed"] = self._clean_links(base)
             reports[str(base.path)] = report
