@@ -410,3 +410,13 @@ def scan_usage(path: Path) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_blocks * 512
     return total
+
+
+def loads(cache: FsCache, name: str) -> bool:
+    """Whether ``name`` is a hit; a hit must be one complete copy."""
+    try:
+        with cache.load(name) as path:
+            assert verify(path, name) is None
+            return True
+    except MissError:
+        return False

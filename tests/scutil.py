@@ -73,8 +73,8 @@ class Sleeper:
         self.kill()
 
 
-def make_tarball(path: Path, files: dict[str, bytes], *, compression: str = "gz") -> str:
-    """Write a tarball of ``files`` to ``path``; return its md5."""
+def tarball_bytes(files: dict[str, bytes], *, compression: str = "gz") -> bytes:
+    """A tarball of ``files`` (name: content), built in memory."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as tar:
         for name, data in sorted(files.items()):
@@ -83,8 +83,14 @@ def make_tarball(path: Path, files: dict[str, bytes], *, compression: str = "gz"
             info.mtime = 1_700_000_000
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
-    path.write_bytes(buffer.getvalue())
-    return hashlib.md5(buffer.getvalue()).hexdigest()
+    return buffer.getvalue()
+
+
+def make_tarball(path: Path, files: dict[str, bytes], *, compression: str = "gz") -> str:
+    """Write a tarball of ``files`` to ``path``; return its md5."""
+    data = tarball_bytes(files, compression=compression)
+    path.write_bytes(data)
+    return hashlib.md5(data).hexdigest()
 
 
 def sample_files(n: int = 20, size: int = 20_000) -> dict[str, bytes]:

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import re
 import socket
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +15,15 @@ from pathlib import Path
 
 import pytest
 from origin import Origin
+from scutil import tarball_bytes
 
 from sharedcache import pipeline
-from sharedcache.errors import ChecksumError, CorruptDataError, DownloadError, UsageError
+from sharedcache.errors import (
+    ChecksumError,
+    CorruptDataError,
+    DownloadError,
+    UsageError,
+)
 from sharedcache.ranged import MAX_CONNECTIONS, RangedReader, part_size
 from sharedcache.recipe import Progress, parse_recipe
 
@@ -86,13 +90,7 @@ def test_parts_are_stitched_in_order(origin: Origin, tmp_path: Path) -> None:
 
 def test_tarball_through_parts(origin: Origin, tmp_path: Path) -> None:
     files = {"a/random.bin": os.urandom(4_000_000), "a/text.txt": b"line\n" * 200_000}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    archive = buffer.getvalue()
+    archive = tarball_bytes(files)
     url = origin.add("/data.tar.gz", archive)
     dest = populate(tmp_path, f"http:{url}", sha256(archive), "tar", connections=3)
     assert {str(p.relative_to(dest)): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == files

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fscache_worker import Children, fill, scan_usage, verify
+from fscache_worker import Children, fill, loads, scan_usage, verify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -51,16 +51,6 @@ def put(cache: FsCache, name: str, sizes: list[int] | None = None, nonce: str = 
     with cache.store(name) as path:
         fill(path, name, nonce, sizes if sizes is not None else [3000])
     return cache.info(name).size
-
-
-def loads(cache: FsCache, name: str) -> bool:
-    """Whether ``name`` is a hit; a hit must be one complete copy."""
-    try:
-        with cache.load(name) as path:
-            assert verify(path, name) is None
-            return True
-    except MissError:
-        return False
 
 
 def only_entries(cache: FsCache) -> set[str]:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from fscache_worker import Children, fill, scan_usage, verify
+from fscache_worker import Children, fill, loads, scan_usage, verify
 
-from sharedcache import BusyError, FsCache, MissError
+from sharedcache import BusyError, FsCache
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -27,15 +27,6 @@ def put(cache: FsCache, name: str, sizes: list[int] | None = None, nonce: str = 
     with cache.store(name) as path:
         fill(path, name, nonce, sizes if sizes is not None else [3000, 9000])
     return cache.info(name).size
-
-
-def loads(cache: FsCache, name: str) -> bool:
-    try:
-        with cache.load(name) as path:
-            assert verify(path, name) is None
-            return True
-    except MissError:
-        return False
 
 
 def assert_no_lock_held(root: Path) -> None:

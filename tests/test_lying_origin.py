@@ -16,13 +16,12 @@ download with one connection) are in test_sources.py and test_connections.py.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 from origin import Origin
+from scutil import tarball_bytes
 
 import sharedcache
 from sharedcache.errors import ChecksumError, LoaderError
@@ -44,13 +43,7 @@ LIES = {
 def tarball() -> tuple[bytes, dict[str, bytes]]:
     # Large enough to be fetched in several parts with 4 connections (parts are at least 1 MiB).
     files = {"data/random.bin": os.urandom(5_000_000), "data/text.txt": b"a line of text\n" * 60_000}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue(), files
+    return tarball_bytes(files), files
 
 
 ARCHIVE, FILES = tarball()

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from origin import Origin
+from scutil import tarball_bytes
 
 from sharedcache.errors import ChecksumError, DownloadError, ResumeError, SizeLimitError
 from sharedcache.recipe import parse_recipe
@@ -52,13 +51,7 @@ def sha256(data: bytes) -> str:
 
 def tarball(size: int = 3_000_000) -> tuple[bytes, dict[str, bytes]]:
     files = {"a/random.bin": os.urandom(size // 2), "a/text.txt": b"line\n" * (size // 10)}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue(), files
+    return tarball_bytes(files), files
 
 
 def tree(root: Path) -> dict[str, bytes]:
