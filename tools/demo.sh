@@ -4,11 +4,8 @@
 # `sc --unuse` deletes it.  Sets up the virtual environment first if needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=${SC_VENV:-.venv}
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[progress]'
+. tools/venv.sh
+setup_venv '[progress]'
 export PATH="$PWD/$venv/bin:$PATH"
 
 work=$(mktemp -d)

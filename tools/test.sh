@@ -3,9 +3,6 @@
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=${SC_VENV:-.venv}
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,progress]'
+. tools/venv.sh
+setup_venv '[test,progress]'
 exec "$venv/bin/python" -m pytest "$@"
