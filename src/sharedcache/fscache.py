@@ -949,7 +949,8 @@ class FsCache:
         if row is None:
             raise MissError(f"no entry {name!r} in cache {self.root}")
         held = tuple(self.users(name))
-        return Entry(*row[:4], bool(row[4]), row[5], bool(held) or self._locked(name), held)
+        name, size, created, last_used, keep, meta = row
+        return Entry(name, size, created, last_used, bool(keep), meta, bool(held) or self._locked(name), held)
 
     def __contains__(self, name: str) -> bool:
         row = self._db().execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone()

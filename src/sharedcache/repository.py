@@ -164,7 +164,7 @@ class Base:
 
     def populations(self) -> list[tuple[str, dict]]:
         """(name, status) of every population in progress (its lock is held)."""
-        found = []
+        found: list[tuple[str, dict]] = []
         try:
             status_files = [f for f in os.listdir(self.populate_dir) if f.endswith(".json")]
         except OSError:
