@@ -21,6 +21,9 @@ TYPE_CHECKING = False  # the annotations need no import at run time, and typing 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .leases import Owner
+    from .repository import Held, Repositories
+
 ACTIONS = ("use", "unuse", "location", "run", "list", "gc")
 MAX_CONNECTIONS = 32  # as sharedcache.ranged, which the warm path does not import
 
@@ -238,7 +241,7 @@ def _group(group: str | None) -> int | None:
         raise UsageError(f"--group {group}: no such group") from None
 
 
-def _owner(options: Arguments):  # type: ignore[no-untyped-def]
+def _owner(options: Arguments) -> Owner:
     from .leases import Owner
 
     if options.pid is None and _PARENT == 1:
@@ -259,12 +262,7 @@ def _run(options: Arguments) -> int:
     )
     action = options.action
     if action == "use":
-        held = repositories.acquire(
-            options.loaders, owner=_owner(options), name=options.name, size=options.size,
-            keep=options.keep, max_size=options.max_size, timeout=options.timeout,
-            connections=options.connections,
-        )
-        print(held.path)
+        print(_acquire(repositories, options, _owner(options)).path)
         return 0
     if action == "unuse":
         deleted = repositories.release(
@@ -291,19 +289,22 @@ def _run(options: Arguments) -> int:
     raise AssertionError(action)
 
 
-def _run_command(repositories, options: Arguments) -> int:  # type: ignore[no-untyped-def]
+def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:
+    return repositories.acquire(
+        options.loaders, owner=owner, name=options.name, size=options.size, keep=options.keep,
+        max_size=options.max_size, timeout=options.timeout, connections=options.connections,
+    )
+
+
+def _run_command(repositories: Repositories, options: Arguments) -> int:
+    """Hold a use as sc's own process (also a kernel lock) while COMMAND runs."""
     import signal
     import subprocess
 
     from .leases import Owner
 
     command = options.command
-
-    held = repositories.acquire(
-        options.loaders, owner=Owner.current(), name=options.name, size=options.size,
-        keep=options.keep, max_size=options.max_size, timeout=options.timeout,
-        connections=options.connections,
-    )
+    held = _acquire(repositories, options, Owner.current())
     try:
         with held.cache.load(held.name):
             try:
@@ -323,7 +324,7 @@ def _run_command(repositories, options: Arguments) -> int:  # type: ignore[no-un
     return status if status >= 0 else 128 - status
 
 
-def _list(repositories, *, as_json: bool) -> int:  # type: ignore[no-untyped-def]
+def _list(repositories: Repositories, *, as_json: bool) -> int:
     rows = repositories.listing()
     if as_json:
         import json
