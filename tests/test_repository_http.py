@@ -219,3 +219,27 @@ def test_connections_option_downloads_in_ranged_parts(origin, base):
         assert len(origin.stats("/big.bin").ranges) > 2, "several ranged requests were made"
     bad = sc("--use", "-n", "big", "-d", str(base), "--connections", "0", f"http:{url}")
     assert bad.returncode == 2 and "--connections" in bad.stderr
+
+
+def test_waiting_past_timeout_is_a_clear_error_and_the_population_goes_on(origin, tarball, base):
+    payload, md5 = tarball
+    url = origin.add("/data.tar.gz", payload)
+    origin.rate = len(payload) / 2
+    args = ["--use", "-n", "slow", "-d", str(base), f"http:{url}", f"md5:{md5}", "tar"]
+    first = sc_start(*args)
+    try:
+        wait_for(lambda: origin.stats("/data.tar.gz").gets == 1, what="the download to start")
+        started = time.monotonic()
+        impatient = sc(*args, "--timeout", "0.5")
+        assert time.monotonic() - started < 10
+        assert impatient.returncode == 1
+        assert "timed out after 0.5 s" in impatient.stderr and "'slow'" in impatient.stderr
+        assert f"process {first.pid}" in impatient.stderr
+        assert len(impatient.stderr.strip().splitlines()) == 1
+        ((status, out, err),) = finish([first], timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+    assert status == 0, err
+    check_tree(Path(out.strip()), FILES)

@@ -60,6 +60,7 @@ from .errors import (
     SharedCacheError,
     SizeLimitError,
     UsageError,
+    WaitTimeoutError,
 )
 from .fscache import FsCache, check_name
 from .fsutil import remove_tree, write_atomic
@@ -101,13 +102,15 @@ def split_words(words: Iterable[str]) -> list[str]:
 class Request:
     """One call of :meth:`Repositories.acquire`: what is asked for, by whom, on what terms."""
 
-    __slots__ = ("words", "identity", "name", "owner", "keep", "limit", "deadline", "connections")
+    __slots__ = ("words", "identity", "name", "owner", "keep", "limit", "timeout", "deadline",
+                 "connections")
 
     def __init__(self, words: list[str], *, name: str, owner: Owner, keep: bool, limit: int | None,
-                 deadline: float | None, connections: int) -> None:
+                 timeout: float | None, connections: int) -> None:
         self.words, self.identity, self.name = words, recipe_identity(words), name
         self.owner, self.keep, self.limit = owner, keep, limit
-        self.deadline, self.connections = deadline, connections
+        self.timeout, self.connections = timeout, connections
+        self.deadline = None if timeout is None else time.monotonic() + timeout
 
 
 class Held:
@@ -288,7 +291,7 @@ class Repositories:
             owner=owner,
             keep=keep,
             limit=None if size is None else parse_size(size, "--size"),
-            deadline=None if timeout is None else time.monotonic() + timeout,
+            timeout=timeout,
             connections=connections,
         )
         base = self._existing(request)
@@ -403,10 +406,14 @@ class Repositories:
 
         report(0.0)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        locks.lock(
-            fd, locks.EXCLUSIVE, timeout=remaining, waiting=report,
-            what=f"another process to populate repository {name!r} in {base.path}",
-        )
+        try:
+            locks.lock(fd, locks.EXCLUSIVE, timeout=remaining, waiting=report)
+        except WaitTimeoutError:
+            pid = (read_status(base.population_file(name, ".json")) or {}).get("pid", "?")
+            raise WaitTimeoutError(
+                f"repository {name!r}: timed out after {request.timeout:g} s waiting for process "
+                f"{pid} to populate it in {base.path}"
+            ) from None
 
     @staticmethod
     def _raise_recorded_failure(base: Base, name: str, waited_since: float) -> None:
