@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from scutil import make_tarball, sample_files, sc
 
 from sharedcache.fscache import FsCache
@@ -31,6 +32,7 @@ CLIENTS = 5
 TIMEOUT = 60
 
 
+@pytest.mark.timeout(SECONDS + 300)  # the run, then the clients' last operations and gc
 def test_crash_torture(tmp_path: Path, origin) -> None:  # type: ignore[no-untyped-def]
     base = tmp_path / "base"
     base.mkdir()
