@@ -138,7 +138,9 @@ def test_killed_unpacking_populator_is_taken_over(origin, tarball, base):
         assert list((base / ".shared-cache" / "stage").iterdir()) == [], "the dead stage was swept"
 
 
-def test_waiting_process_says_whom_it_waits_for(origin, tarball, base):
+def start_slow_population(origin, tarball, base):  # type: ignore[no-untyped-def]
+    """Start an ``sc --use`` whose download lasts about 2 s; return its arguments and process
+    once the download has begun."""
     payload, md5 = tarball
     url = origin.add("/data.tar.gz", payload)
     origin.rate = len(payload) / 2
@@ -146,6 +148,16 @@ def test_waiting_process_says_whom_it_waits_for(origin, tarball, base):
     first = sc_start(*args)
     try:
         wait_for(lambda: origin.stats("/data.tar.gz").gets == 1, what="the download to start")
+    except BaseException:
+        first.kill()
+        first.wait(10)
+        raise
+    return args, first
+
+
+def test_waiting_process_says_whom_it_waits_for(origin, tarball, base):
+    args, first = start_slow_population(origin, tarball, base)
+    try:
         time.sleep(0.2)
         ((status, out, err),) = finish([sc_start("-v", *args)], timeout=60)
         ((status0, _, err0),) = finish([first], timeout=60)
@@ -222,13 +234,8 @@ def test_connections_option_downloads_in_ranged_parts(origin, base):
 
 
 def test_waiting_past_timeout_is_a_clear_error_and_the_population_goes_on(origin, tarball, base):
-    payload, md5 = tarball
-    url = origin.add("/data.tar.gz", payload)
-    origin.rate = len(payload) / 2
-    args = ["--use", "-n", "slow", "-d", str(base), f"http:{url}", f"md5:{md5}", "tar"]
-    first = sc_start(*args)
+    args, first = start_slow_population(origin, tarball, base)
     try:
-        wait_for(lambda: origin.stats("/data.tar.gz").gets == 1, what="the download to start")
         started = time.monotonic()
         impatient = sc(*args, "--timeout", "0.5")
         assert time.monotonic() - started < 10

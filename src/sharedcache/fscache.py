@@ -331,8 +331,7 @@ class FsCache:
             raise CacheError(f"cache {self.root} is not a directory") from None
         except OSError as e:
             raise CacheError(f"cannot create cache {self.root}: {e.strerror}") from None
-        self._share_with_group()
-        self._check_owner()
+        self._check_owner(self._share_with_group())
         info = os.path.join(self.root, "cache.info")
         try:
             with open(info, "rb") as f:
@@ -370,7 +369,7 @@ class FsCache:
             os.rename(info, os.path.join(self._trash, unique_name()))
         write_atomic(info, FORMAT_LINE)
 
-    def _share_with_group(self) -> None:
+    def _share_with_group(self) -> os.stat_result:
         """Make our cache directory a group cache if asked to (or if it was created in a setgid
         directory, whose group it inherited), and, in a group cache, open the umask to the
         group."""
@@ -391,12 +390,12 @@ class FsCache:
         self.shared = bool(st.st_mode & stat.S_ISGID)
         if self.shared:
             os.umask(os.umask(0) & 0o007)
+        return st
 
-    def _check_owner(self) -> None:
+    def _check_owner(self, st: os.stat_result) -> None:
         """Refuse a cache directory that is a symlink or belongs to another user (on a shared
         /tmp anyone can create it first), unless it is a group cache: setgid, writable by a
         group this process is in."""
-        st = os.lstat(self.root)
         if stat.S_ISLNK(st.st_mode):
             raise CacheError(f"cache {self.root} is a symlink; refusing to follow it")
         group_cache = (
