@@ -154,8 +154,11 @@ def cmd_reader(a: dict) -> None:
 
 
 def cmd_hold(a: dict) -> None:
-    """Hold a use of an entry (``load`` lock or ``lease``) until killed or stdin closes."""
+    """Hold a use of an entry (``load`` lock or ``lease``) until killed or stdin closes; with
+    ``connect``, also keep a connection to the index open (holding and loading need none)."""
     cache = FsCache(a["root"])
+    if a.get("connect"):
+        assert cache.size >= 0
     if a.get("how", "load") == "lease":
         cache.hold(a["name"], Owner.current(), keep=a.get("keep", False))
         say("held")

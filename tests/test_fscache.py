@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -129,7 +128,7 @@ def test_a_second_store_of_a_name_is_discarded(root: Path) -> None:
     assert_clean(root)
 
 
-def test_directories_without_marker_or_row_are_misses(root: Path) -> None:
+def test_directories_without_marker_are_misses_and_without_row_are_adopted(root: Path) -> None:
     cache = FsCache(root)
     put(cache, "full")
     # a directory in objects/ without a marker nor a row
@@ -142,17 +141,21 @@ def test_directories_without_marker_or_row_are_misses(root: Path) -> None:
     # a row whose directory lost its marker
     put(cache, "nomarker")
     (root / "objects" / "nomarker" / "entry.json").unlink()
-    for name in ("bare", "norow", "nomarker", "absent"):
+    for name in ("bare", "nomarker", "absent"):
         with pytest.raises(MissError):
             with cache.load(name):
                 pass
     assert loads(cache, "full")
+    # committed and complete: readable at once, though not accounted until it is adopted
+    with cache.load("norow") as path:
+        assert verify(path, "full") is None
+    assert "norow" in cache and "norow" not in {e.name for e in cache.entries()}
     put(cache, "nomarker", nonce="again")  # a row without a complete entry does not block a store
     assert loads(cache, "nomarker")
     report = cache.gc()
     assert report.orphans_adopted == 1 and report.orphans_removed == 1
-    with cache.load("norow") as path:  # adopted from its marker
-        assert verify(path, "full") is None  # (a copy of "full")
+    assert cache.info("norow").size == cache.info("full").size  # adopted from its marker
+    assert cache.size == sum(e.size for e in cache.entries())
     assert not (root / "objects" / "bare").exists()
 
 
@@ -436,8 +439,9 @@ def test_lease_of_a_killed_owner_is_reclaimed_by_the_next_hold_and_release(
 
 
 def _lease_pids(root: Path, name: str) -> list[int]:
-    with sqlite3.connect(root / "index.sqlite") as db:
-        return sorted(pid for (pid,) in db.execute("SELECT pid FROM leases WHERE name=?", (name,)))
+    """The pids of every lease file of ``name``, live or dead."""
+    leases = (root / "objects" / name / "leases").iterdir()
+    return sorted(Owner.parse(lease.name.rpartition(".")[0]).pid for lease in leases)
 
 
 def test_a_reused_pid_is_not_the_owner(root: Path) -> None:
@@ -482,7 +486,7 @@ def _one_clear_line(error: CacheError, root: Path) -> str:
 
 @pytest.mark.parametrize(
     "content",
-    [b"garbage\x00\xff" * 10, b"shared-cache fscache 2\n", b"some other tool 1\n"],
+    [b"garbage\x00\xff" * 10, b"shared-cache fscache 3\n", b"some other tool 1\n"],
     ids=["garbage", "future", "foreign"],
 )
 def test_foreign_cache_info_is_a_clear_cache_error_and_never_overwritten(root: Path, content: object) -> None:
@@ -493,6 +497,15 @@ def test_foreign_cache_info_is_a_clear_cache_error_and_never_overwritten(root: P
         assert "not a shared-cache cache" in _one_clear_line(raised.value, root)
     assert info.read_bytes() == content
     assert (root / "objects" / "a").is_dir()  # nothing was touched
+
+
+def test_cache_of_an_older_layout_is_refused_clearly_and_left_alone(root: Path) -> None:
+    info = _replace_cache_info(root, b"shared-cache fscache 1\n")
+    for repair in (False, True):
+        with pytest.raises(CacheError) as raised:
+            FsCache(root, repair=repair)
+        assert "older shared-cache (format 1); remove it" in _one_clear_line(raised.value, root)
+    assert info.read_bytes() == b"shared-cache fscache 1\n"
 
 
 @pytest.mark.parametrize("content", [b"", b"shared-cache fs", "dir"], ids=["empty", "truncated", "directory"])
@@ -559,17 +572,18 @@ def test_corrupt_index_is_a_cache_error_and_gc_rebuilds_it(root: Path, how: str)
     _corrupt(root / "index.sqlite", how)
     cache = FsCache(root)
     me = Owner.current()
+    # Reading and holding do not need the index: the data stays usable until gc repairs it.
+    assert "e3" in cache and loads(cache, "e3")
+    cache.hold("e5", me)
+    assert cache.users("e5") == [os.getpid()]
     operations = {
         "size": lambda: cache.size,
         "max_size": lambda: cache.max_size,
         "set max_size": lambda: setattr(cache, "max_size", "1GB"),
         "entries": cache.entries,
         "info": lambda: cache.info("e3"),
-        "contains": lambda: "e3" in cache,
-        "load": lambda: cache.load("e3").__enter__(),
         "store": lambda: put(cache, "new"),
         "remove": lambda: cache.remove("e4"),
-        "hold": lambda: cache.hold("e5", me),
         "release": lambda: cache.release("e5", me),
     }
     for what, call in operations.items():
@@ -580,6 +594,7 @@ def test_corrupt_index_is_a_cache_error_and_gc_rebuilds_it(root: Path, how: str)
     report = cache.gc()
     assert report.index_rebuilt
     assert {e.name: e.size for e in cache.entries()} == sizes
+    assert cache.info("e5").users == (os.getpid(),)  # leases live with their entries: kept
     for name in sizes:
         assert loads(cache, name)
     assert cache.size == sum(sizes.values()) == fresh_scan(root)
@@ -604,15 +619,15 @@ def test_process_recovers_once_another_process_rebuilt_the_index(root: Path, chi
 
 @pytest.mark.parametrize("how", ["deleted", "emptied"])
 def test_lost_index_is_rebuilt_by_gc(root: Path, how: str) -> None:
-    """An index that is gone (or truncated to nothing) is a new, empty index to SQLite: until gc
-    adopts the committed entries from their markers, they are misses (never errors)."""
+    """An index that is gone (or truncated to nothing) is a new, empty index to SQLite: the
+    committed entries stay readable, and are accounted again once gc adopts them."""
     sizes = _checkpointed_cache(root, 10)
     if how == "deleted":
         (root / "index.sqlite").unlink()
     else:
         os.truncate(root / "index.sqlite", 0)
     cache = FsCache(root)
-    assert not loads(cache, "e1") and cache.size == 0
+    assert loads(cache, "e1") and cache.size == 0
     assert cache.gc().orphans_adopted == len(sizes)
     assert {e.name: e.size for e in cache.entries()} == sizes
     assert cache.size == fresh_scan(root)
@@ -623,7 +638,7 @@ def test_index_emptied_under_other_processes_is_a_cache_error_and_gc_rebuilds_it
     root: Path, children: Children
 ) -> None:
     sizes = _checkpointed_cache(root, 10)
-    holder = children.start("hold", root=str(root), name="e3")  # keeps a connection open
+    holder = children.start("hold", root=str(root), name="e3", connect=True)
     holder.expect("held")
     os.truncate(root / "index.sqlite", 0)
     cache = FsCache(root, timeout=1)
@@ -781,12 +796,15 @@ def _check_scale(root: Path, cache: FsCache, n: int, children: Children) -> dict
     assert evicted == {f"entry-{i:06d}" for i in range(n // 100 + len(recent))} - set(recent)
     objects = str(root.absolute() / "objects")
     touched = {p.split(" ", 1)[1] for p in audit["touched"]}
+    # (The recently used candidates are only looked at with stat, which raises no audit event.)
     strangers = {p for p in touched if os.path.relpath(p, objects).split(os.sep)[0] not in evicted}
     assert strangers == set(), f"eviction touched other entries: {sorted(strangers)[:5]}"
     # (and the audit did see the victims' paths: it would have seen the others')
     assert {os.path.relpath(p, objects).split(os.sep)[0] for p in touched} == evicted
-    assert not any(line.startswith("os.scandir") or line.startswith("os.listdir")
-                   for line in audit["touched"]), "eviction listed objects/"
+    listed = {line.split(" ", 1)[1] for line in audit["touched"]
+              if line.startswith(("os.scandir", "os.listdir"))}
+    assert listed == {os.path.join(objects, name, "leases") for name in evicted}, (
+        "eviction listed more than its victims' leases")
     assert cache.size == (n - n // 100) * one <= cache.max_size
     return timings
 

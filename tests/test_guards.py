@@ -119,13 +119,19 @@ def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage
         else:
             index.unlink()
             index.mkdir()
-        broken = sc("--use", *args)
+        # A ready repository is used without the index: the data itself is intact.
+        warm = sc("--use", *args)
+        assert warm.returncode == 0, warm.stderr
+        check_tree(Path(warm.stdout.strip()), FILES)
+        # What needs the index (the accounting of a release) fails clearly.
+        broken = sc("--unuse", *args)
         assert broken.returncode == 1 and "gc" in one_line(broken.stderr)
         gc = sc("gc", "-d", str(base))
         assert gc.returncode == 0, gc.stderr
         fixed = sc("--use", *args)
         assert fixed.returncode == 0, fixed.stderr
         check_tree(Path(fixed.stdout.strip()), FILES)
+        assert sc("--unuse", *args).returncode == 0
 
 
 def test_foreign_cache_marker_is_refused_clearly(base, words):

@@ -43,6 +43,33 @@ def d(dirs: tuple[Path, Path]) -> str:
     return f"{dirs[0]}:{dirs[1]}"
 
 
+# What a warm use must not load: the index (SQLite), and the modules whose import alone costs a
+# large part of its budget (measured in benchmarks/bench_peers.py, W3).
+WARM_FORBIDDEN = {"_sqlite3", "sqlite3", "contextlib", "collections", "importlib", "json", "re",
+                  "typing", "pathlib", "threading", "argparse", "urllib3", "tarfile", "zipfile"}
+
+
+def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball):
+    with Sleeper() as owner:
+        args = ["-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), "--keep", *recipe(tarball)]
+        assert sc("--use", *args).returncode == 0
+        script = textwrap.dedent(f"""
+            import os, sys
+            from sharedcache.cli import main
+            sys.argv = ["sc", "--use", *{args!r}]
+            status = main()
+            loaded = {WARM_FORBIDDEN!r} & set(sys.modules)
+            assert status == 0 and not loaded, (status, sorted(loaded))
+            print(sorted(os.listdir({str(dirs[0] / ".shared-cache" / "objects" / "repo" / "leases")!r})))
+        """)
+        warm = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=60, env=sc_env())
+        assert warm.returncode == 0, warm.stderr
+        assert warm.stdout.startswith(f"{dirs[0] / 'repo'}\n")
+        assert warm.stdout.count(f":{owner.pid}:") == 2  # two leases of the owner, one per use
+        check_tree(dirs[0] / "repo", FILES)
+
+
 def test_use_prints_only_the_path_and_unuse_deletes(dirs, tarball):
     with Sleeper() as owner:
         args = ["-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)]

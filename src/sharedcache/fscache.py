@@ -1,40 +1,50 @@
 """FsCache: a cache of directories that many processes share, crash-safe at every step.
 
-This module owns the on-disk layout of a cache, its index, and the protocols by which processes
-add, read, hold, release, evict and remove entries.  Every step below can be interrupted by
-``SIGKILL``; the text says, step by step, what a crash there leaves and who cleans it up.
+This module owns the on-disk layout of a cache and the protocols by which processes add, read,
+hold, release, evict and remove entries.  Every step below can be interrupted by ``SIGKILL``;
+the text says, step by step, what a crash there leaves and who cleans it up.
 
 Layout
 ======
 ::
 
     <root>/
-      cache.info        format marker: one line, "shared-cache fscache 1"
-      index.sqlite      the index (SQLite, WAL journal; -wal and -shm files beside it)
+      cache.info        format marker: one line, "shared-cache fscache 2"
+      index.sqlite      the index: accounting and eviction order (see sharedcache.index)
       stage.lock        guards the creation of staging directories against gc
-      stage/<id>/       a staging directory: "lock" (held exclusively by its owner) and "data/"
-      objects/<name>/   a committed entry: "lock", "entry.json" (the commit marker) and "data/"
+      stage/<id>/       a staging directory: what becomes objects/<name>/, being filled
+      objects/<name>/   a committed entry:
+        lock              its lock (see below); its modification time is the entry's last use
+        entry.json        the commit marker: name, size, creation time
+        meta              the caller's metadata, if any
+        keep              present if the entry stays cached once unused (never removed)
+        leases/           one empty file per use held by a process: <owner>.<random id>
+        data/             the caller's tree, read-only
       trash/<id>/       an entry being deleted; anything here is garbage
 
-The index holds one row per committed entry (size, creation, last use, keep flag, caller's
-metadata), the *leases* (uses held by processes, see :mod:`sharedcache.leases`), and the settings
-shared by every process: the size budget and the accounted size.  SQLite gives atomic,
-durable, multi-process transactions; its locks, like ours, are released by the kernel when a
-process dies.  A write transaction (``BEGIN IMMEDIATE``) serialises every change of the
-accounting; it is held for milliseconds and never while waiting for another lock.
+An entry *exists* when its directory is in ``objects/`` with its commit marker.  Its row in the
+index is its accounting record (see :mod:`sharedcache.index`): the size counted against the
+budget and its place in the order of eviction.  The commit renames the directory into place
+within the index transaction that inserts the row, and a delete renames it away within the
+transaction that deletes the row, so a crash between the two steps is the only way to get one
+without the other: a committed directory without its row is adopted (given its row back) by
+the next store of that name or by gc, and a row without its directory is dropped.
 
-An entry *exists* when its directory is in ``objects/`` with its commit marker **and** its row is
-in the index.  Either without the other is a leftover of a crash: :meth:`FsCache.gc` reconciles
-them (a directory with a valid marker but no row is adopted, anything else is removed), and a
-reader treats both as a miss.
+What a warm use changes (a lease, the keep flag, the time of last use) lives in the entry's
+directory, so that holding and loading an entry never open the index: that is what makes a use
+of a ready entry cost a few system calls.  The index's copies of the last use and the keep flag
+are lower bounds (both only ever grow), brought up to date by eviction, release and gc.
 
 Entry locks
 ===========
-Every entry directory holds a file ``lock``.  A reader holds a shared ``flock`` on it for as long
-as it uses the entry; whoever deletes the entry first takes an exclusive lock *without waiting*:
-if that fails, the entry is in use and is not deleted.  The staging directory's ``lock`` becomes
-the entry's ``lock`` by the commit rename, so the storer's exclusive lock covers the entry until
-the commit is complete.
+Every entry directory holds a file ``lock``.  Readers and holders take it shared: a reader
+(``load``) for as long as it uses the entry, a holder (``hold``) while it checks the entry and
+adds its lease.  Whoever deletes the entry takes it exclusively *without waiting*, inside an
+index transaction: if that fails, the entry is in use and is not deleted; if it succeeds, no
+lease can be added until the entry is gone, so the deleter's look at the leases is final.  The
+staging directory's ``lock`` becomes the entry's ``lock`` by the commit rename, so the storer's
+exclusive lock covers the entry until the commit is complete.  Lock order: the index's write
+lock, then an entry lock; a process holding an entry lock never waits for the index.
 
 Store (``store(name)``)
 -----------------------
@@ -44,64 +54,66 @@ Store (``store(name)``)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is removed and
    the exception re-raised; nothing is committed.
 3. Measure the tree and make it read-only (:func:`~sharedcache.fsutil.disk_usage` with
-   ``seal``), flush it to disk (:func:`~sharedcache.fsutil.sync_tree`), and write the commit marker ``entry.json`` with the
-   name and size (atomically: temp file, fsync, rename).
-4. Begin a write transaction.  If the index already has the name, another store won: discard
-   ours, done.  If the size exceeds the budget: refuse (nothing is evicted).  If the accounted
-   size plus ours exceeds the budget: evict (below) until it fits, or refuse if what is in use
-   leaves too little.
-5. Rename ``stage/<id>`` to ``objects/<name>`` (a leftover directory there that has no row is moved
-   to ``trash/`` first), insert the row, add the size to the accounted size, and commit the
-   transaction.  Release the lock.
+   ``seal``); write ``meta``, ``keep``, ``leases/`` and the holder's lease, if any; flush it all
+   to disk (:func:`~sharedcache.fsutil.sync_tree`); write the commit marker ``entry.json``
+   (atomically: temp file, fsync, rename).
+4. Begin an index transaction.  If ``objects/<name>`` has a commit marker, another store won:
+   adopt it if it has no row, give the holder a lease on it, discard ours, done.  If the size
+   exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
+   the budget: evict (below) until it fits, or refuse if what is in use leaves too little.
+5. Insert the row, add the size to the accounted size, rename ``stage/<id>`` to
+   ``objects/<name>`` (a leftover there without a marker is moved to ``trash/`` first), and
+   commit the transaction.  Release the lock.
 
 A crash in steps 1-3 leaves a staging directory whose lock is free: gc removes it.  A crash in
 step 4-5 before the transaction commits rolls the index back; the directory may already be in
-``objects/``, with its marker but no row: a miss for readers, adopted by gc.
+``objects/``: a committed entry without its row, adopted by gc or the next store of the name.
 
-Load (``load(name)``)
----------------------
+Load (``load(name)``) and hold (``hold(name, owner)``)
+-------------------------------------------------------
 Open ``objects/<name>/lock`` (absent: miss), take it shared, then check that the path still names
 that lock file and the marker is there (else the entry was deleted meanwhile: retry, then miss),
-and record the use time in the index (no row: miss).  Hold the lock until the caller is done.
-Recording the last use explicitly keeps LRU eviction right on ``noatime`` mounts and for users
-who do not own the files.
+and set the lock's modification time to now: the last use, kept explicitly so that LRU
+eviction is right on ``noatime`` mounts and for users who do not own the files.
+
+A load holds the lock until the caller is done.  A hold, still under the lock, checks the
+entry's metadata against the caller's (another recipe under this name is a conflict), removes
+the leases of dead owners, creates ``keep`` if asked to, creates its lease file, and releases
+the lock.  A crash anywhere leaves at most a lease file whose owner is dead, which counts for
+nothing and is removed by whoever next holds, releases or deletes the entry, or by gc.
 
 Delete (eviction, ``remove``, release of the last use)
 ------------------------------------------------------
-Within a write transaction: take the entry's lock exclusively without waiting (busy: skip it),
-rename ``objects/<name>`` to ``trash/<id>``, delete the row and its leases, subtract the size the
-row recorded, commit, release the lock; then delete ``trash/<id>``.  The rename is what removes
-the entry, atomically: a reader either locked it before (and the delete skipped it) or finds it
-gone.  A crash before the commit leaves a row whose directory is gone: a miss, and gc deletes
-the row.  A crash after it leaves a tree in ``trash/``, which gc and the next store delete.
+Within an index transaction: take the entry's lock exclusively without waiting (busy: skip it);
+if a live owner holds a lease (or, for the release of a last use, ``keep`` exists): skip it;
+rename ``objects/<name>`` to ``trash/<id>``, delete the row, subtract the size it recorded,
+commit, release the lock; then delete ``trash/<id>``.  The rename is what removes the entry,
+atomically: a reader or holder either locked it before (and the delete skipped it) or finds it
+gone.  A crash before the commit leaves a row whose directory is gone: gc deletes it.  A crash
+after it leaves a tree in ``trash/``, which gc and the next store delete.
 
 Because the size recorded at commit is the size subtracted at deletion, the accounting cannot
-drift; gc recomputes it from the rows anyway.  Eviction picks victims in order of last use
-through an index of the table, so it never walks other entries' files.
+drift; gc recomputes it from the rows anyway.  Eviction walks the rows in the index's order of
+last use; before deleting a candidate it reads the candidate's lock time, and a candidate used
+since its row was written gets its row updated and its turn later, so the order is exact and
+only candidates' files are looked at.
 
 Leases
 ------
-A lease is a row naming an entry and an owner process.  An entry with a lease of a live owner is
-in use exactly as if it were locked.  Leases of dead owners are reclaimed whenever their entry is
-held or released, and by eviction and gc.  An entry whose ``keep`` flag is false is deleted as
-soon as its last use is released (or, if its users died, by the next gc); one with ``keep`` set
-stays as a cache entry under the budget.
+A lease is a file in the entry's ``leases/`` whose name says which process owns it (see
+:mod:`sharedcache.leases`).  An entry with a lease of a live owner is in use exactly as if it
+were locked.  Release removes one lease file within an index transaction and then deletes the
+entry if no live lease remains and ``keep`` is absent; an entry whose last users died instead is
+deleted by the next gc.  An entry with ``keep`` stays as a cache entry under the budget.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 import time
-from collections.abc import Iterator
 from _thread import _local as thread_local  # threading.local, without importing threading
-
-try:  # sqlite3's Python layer only adds datetime adapters, and importing them costs every start
-    import _sqlite3 as sqlite3
-except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
-    import sqlite3  # type: ignore[no-redef]
 
 from . import locks
 from .errors import (
@@ -121,42 +133,29 @@ from .fsutil import (
     remove_tree,
     sync_tree,
     unique_name,
+    unlink_if_present,
     write_atomic,
 )
 from .leases import Owner, key_alive
+from .scoped import scoped
 from .sizes import format_size, parse_size
 
-FORMAT_LINE = b"shared-cache fscache 1\n"
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS entries (
-    name TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    created REAL NOT NULL,
-    last_used REAL NOT NULL,
-    keep INTEGER NOT NULL,
-    meta TEXT
-);
-CREATE INDEX IF NOT EXISTS entries_by_last_use ON entries (last_used, name);
-CREATE TABLE IF NOT EXISTS leases (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS leases_by_name ON leases (name);
-INSERT OR IGNORE INTO settings VALUES ('max_size', NULL);
-INSERT OR IGNORE INTO settings VALUES ('total', 0);
-"""
+FORMAT_LINE = b"shared-cache fscache 2\n"
+# Caches in an older layout: refused with a clear error rather than taken for foreign content.
+_OLD_FORMATS = {b"shared-cache fscache 1\n": "1"}
 TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
+
+    from .index import Index
 _MAX_NAME_BYTES = 200
-# How long a process waits for another's index transaction before reporting a wedged cache.
+# How long a process waits for another's index transaction or entry lock before reporting a
+# wedged cache.
 _INDEX_TIMEOUT = 60.0
 _UNSET = object()
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _path(path: str) -> Path:
@@ -164,6 +163,15 @@ def _path(path: str) -> Path:
     from pathlib import Path
 
     return Path(path)
+
+
+def _create(path: str, *, exclusive: bool = False) -> None:
+    """Create the empty file ``path`` (a flag, or a lease when ``exclusive``)."""
+    os.close(os.open(path, _CREATE_FLAGS | (os.O_EXCL if exclusive else 0), 0o666))
+
+
+def _owner_key(lease: str) -> str:
+    return lease.rpartition(".")[0]
 
 
 def check_name(name: str) -> str:
@@ -184,58 +192,6 @@ def check_name(name: str) -> str:
             f"{_MAX_NAME_BYTES} bytes of UTF-8, without '/' and not starting with '.'"
         )
     return name
-
-
-class _Index(sqlite3.Connection):
-    """A connection to the index whose failures are shared-cache errors.
-
-    A damaged index raises :class:`CacheError` wherever SQLite notices it (including while rows
-    are fetched), and the connection is marked broken so that the next use opens the file again
-    (another process's gc may have rebuilt it); a lock held too long raises
-    :class:`WaitTimeoutError`.
-    """
-
-    root: str
-    broken = False
-
-    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:  # type: ignore[no-untyped-def, override]
-        return self.cursor(_Rows).execute(sql, parameters)
-
-    def failure(self, e: sqlite3.DatabaseError) -> Exception:
-        if isinstance(e, sqlite3.ProgrammingError):
-            return e
-        if getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return WaitTimeoutError(f"cache {self.root} index is busy ({e})")
-        self.broken = True
-        return CacheError(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
-
-
-class _Rows(sqlite3.Cursor):
-    connection: _Index
-
-    def execute(self, sql: str, parameters=()) -> _Rows:  # type: ignore[no-untyped-def, override]
-        try:
-            return super().execute(sql, parameters)
-        except sqlite3.DatabaseError as e:
-            raise self.connection.failure(e) from None
-
-    def fetchone(self):  # type: ignore[no-untyped-def]
-        try:
-            return super().fetchone()
-        except sqlite3.DatabaseError as e:
-            raise self.connection.failure(e) from None
-
-    def fetchall(self):  # type: ignore[no-untyped-def]
-        try:
-            return super().fetchall()
-        except sqlite3.DatabaseError as e:
-            raise self.connection.failure(e) from None
-
-    def __next__(self):  # type: ignore[no-untyped-def]
-        try:
-            return super().__next__()
-        except sqlite3.DatabaseError as e:
-            raise self.connection.failure(e) from None
 
 
 class _Record:
@@ -273,6 +229,7 @@ class GcReport(_Record):
         self.entries_deleted = 0
         self.accounting_fixed = 0
         self.index_rebuilt = False
+
 
 
 class FsCache:
@@ -350,14 +307,21 @@ class FsCache:
         if found != FORMAT_LINE:
             self._repair_marker(info, found)
         for sub in (self._objects, self._stage, self._trash):
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(sub)
+            except FileExistsError:
+                pass
 
     def _repair_marker(self, info: str, found: bytes | None) -> None:
         """A marker that is not ours: rewrite it if it is only damaged (emptied, truncated, or
         replaced by a directory, in a directory that holds our layout) and this is a repairing
         open; refuse it otherwise, and always if it holds anything else."""
         damaged = (found is None or FORMAT_LINE.startswith(found)) and os.path.isdir(self._objects)
+        if found in _OLD_FORMATS:
+            raise CacheError(
+                f"cache {self.root} has the layout of an older shared-cache (format "
+                f"{_OLD_FORMATS[found]}); remove it to let this version make a new one"
+            )
         if not damaged:
             shown = b"<a directory>" if found is None else found[:40]
             raise CacheError(
@@ -416,92 +380,26 @@ class FsCache:
                 "system without lock support?); refusing to use it"
             )
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Index:
         """This thread's connection to the index (a fresh one after a fork)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid() and not conn.broken:
-            return conn
-        path = os.path.join(self.root, "index.sqlite")
-        try:
-            # Created here rather than by SQLite, which would use mode 0644 whatever the umask:
-            # the members of a group cache must be able to write it (its -wal and -shm files
-            # take its mode).
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
-            conn = sqlite3.connect(
-                path, timeout=self.timeout, isolation_level=None, factory=_Index
-            )
-        except (OSError, sqlite3.DatabaseError) as e:
-            raise CacheError(
-                f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it"
-            ) from None
-        conn.root = self.root
-        conn.execute("PRAGMA synchronous=NORMAL")
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            self._create_schema(conn)
-        self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        db = getattr(self._local, "db", None)
+        if db is not None and self._local.pid == os.getpid() and not db.broken:
+            return db
+        from .index import open_index  # SQLite is loaded by what needs the index only
 
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        # WAL lets readers go on while one process writes; the mode is stored in the file, and
-        # switching needs no transaction, so it comes first.  SQLite reports a concurrent switch
-        # (many processes creating the cache at once) as busy without waiting: retry.  A switch
-        # still refused after seconds is not that race: connections to an index that was
-        # emptied under them hold it.
-        deadline = time.monotonic() + min(self.timeout, 5.0)
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                break
-            except WaitTimeoutError as e:
-                if time.monotonic() >= deadline:
-                    raise CacheError(
-                        f"the index of cache {self.root} is unusable (empty, and {e}); "
-                        "run gc to rebuild it"
-                    ) from None
-                time.sleep(0.005)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise CacheError(
-                    f"the index of cache {self.root} has format {version}, this version "
-                    f"of shared-cache knows {SCHEMA_VERSION}"
-                )
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        db = open_index(self.root, self.timeout)
+        self._local.db, self._local.pid = db, os.getpid()
+        return db
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction on the index: all of it or none of it happens."""
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise WaitTimeoutError(f"cache {self.root} index is busy ({e})") from None
-        try:
-            yield db
-        except BaseException as e:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.DatabaseError):
-                raise CacheError(
-                    f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it"
-                ) from None
-            raise
-        db.execute("COMMIT")
+    def _transaction(self):  # type: ignore[no-untyped-def]
+        return self._db().transaction()
 
     # -- settings --------------------------------------------------------------------------------
 
     @property
     def max_size(self) -> int | None:
         """The size budget in bytes (None: unlimited), as stored in the cache now."""
-        return self._setting(self._db(), "max_size")
+        return self._db().setting("max_size")  # type: ignore[no-any-return]
 
     @max_size.setter
     def max_size(self, value: int | str | None) -> None:
@@ -514,15 +412,11 @@ class FsCache:
     @property
     def size(self) -> int:
         """The accounted size of all committed entries, in bytes."""
-        return self._setting(self._db(), "total")
-
-    @staticmethod
-    def _setting(db: sqlite3.Connection, key: str):  # type: ignore[no-untyped-def]
-        return db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()[0]
+        return self._db().setting("total")  # type: ignore[no-any-return]
 
     # -- staging ---------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
+    @scoped
     def _staging(self) -> Iterator[tuple[str, int]]:
         """A fresh staging directory, locked by this process, removed on exit unless committed."""
         guard = locks.open_lock_file(os.path.join(self.root, "stage.lock"))
@@ -540,7 +434,7 @@ class FsCache:
             remove_tree(stage)  # a no-op once the commit renamed it away
             os.close(fd)
 
-    @contextlib.contextmanager
+    @scoped
     def stage(self) -> Iterator[Path]:
         """A volatile scratch directory on the cache's file system, removed on exit."""
         with self._staging() as (stage, _):
@@ -550,7 +444,7 @@ class FsCache:
 
     # -- store -----------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
+    @scoped
     def store(
         self,
         name: str,
@@ -565,7 +459,7 @@ class FsCache:
         If another process commits ``name`` first, this copy is discarded without error.  An
         exception inside the block commits nothing and propagates.  ``meta`` is an opaque string
         kept with the entry.  ``holder`` gets a lease on the entry committed under ``name``
-        (this copy or the one that won) in the same transaction, so the entry cannot be
+        (this copy or the one that won) before the commit completes, so the entry cannot be
         deleted as unused between its commit and its first use.
 
         Unused entries are evicted to make room under the budget.  If that is not enough, a
@@ -600,22 +494,27 @@ class FsCache:
     ) -> bool:
         size = disk_usage(os.path.join(stage, "data"), seal=0o575 if self.shared else 0o555)
         now = time.time()
+        if meta is not None:
+            write_atomic(os.path.join(stage, "meta"), meta.encode(), durable=False)
+        if keep:
+            _create(os.path.join(stage, "keep"))
+        os.mkdir(os.path.join(stage, "leases"))
+        if holder is not None:
+            self._add_lease(stage, holder)
         if self.durable:
             sync_tree(stage)
         import json  # a store or gc only
 
-        marker = {"name": name, "size": size, "created": now, "keep": keep, "meta": meta}
+        marker = {"name": name, "size": size, "created": now}
         write_atomic(os.path.join(stage, "entry.json"), json.dumps(marker).encode(), durable=self.durable)
         with self._transaction() as db:
-            row = db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone()
-            if row and not os.path.exists(os.path.join(self._objects, name, "entry.json")):
-                # A row without its entry (what a delete killed before its commit leaves) is a
-                # miss: drop it and commit ours.
-                row = None if self._retire(db, name) else row
-            if row:
+            if os.path.exists(os.path.join(self._objects, name, "entry.json")):
+                if not self._has_row(db, name):
+                    self._adopt(db, name)
                 if holder is not None:
-                    self._add_lease(db, name, holder)
+                    self.hold(name, holder)
                 return False
+            self._forget(db, name)  # what a delete killed before its commit left
             fits = self._make_room(db, name, size, strict=strict) or not strict
             if fits:
                 db.execute(
@@ -623,8 +522,6 @@ class FsCache:
                     (name, size, now, now, int(keep), meta),
                 )
                 db.execute("UPDATE settings SET value=value+? WHERE key='total'", (size,))
-                if holder is not None:
-                    self._add_lease(db, name, holder)
                 self._rename_into_objects(stage, name)
         if not fits:
             raise NoSpaceError(
@@ -635,11 +532,11 @@ class FsCache:
             fsync_dir(self._objects)
         return True
 
-    def _make_room(self, db: sqlite3.Connection, name: str, size: int, *, strict: bool) -> bool:
+    def _make_room(self, db: Index, name: str, size: int, *, strict: bool) -> bool:
         """Within a transaction: evict until ``size`` more bytes fit the budget; return whether
         they do.  Entries evicted are gone even if they do not (a rename into the trash cannot be
         rolled back), so the caller commits the transaction either way."""
-        budget = self._setting(db, "max_size")
+        budget = db.setting("max_size")
         if budget is None:
             return True
         if size > budget and strict:
@@ -647,7 +544,7 @@ class FsCache:
                 f"entry {name!r} ({format_size(size)}) is larger than the budget of cache "
                 f"{self.root} ({format_size(budget)})"
             )
-        excess = self._setting(db, "total") + size - budget
+        excess = db.setting("total") + size - budget
         return excess <= 0 or self._evict(db, excess) >= excess
 
     def _rename_into_objects(self, stage: str, name: str) -> None:
@@ -657,14 +554,14 @@ class FsCache:
         except OSError as e:
             if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
-            # A directory without a row (the caller holds the index, so nobody is committing
-            # it): the leftover of a crashed commit or delete.
+            # A directory without a commit marker (the caller checked): not an entry, and
+            # nobody can be committing it while the caller holds the index.
             os.rename(target, os.path.join(self._trash, unique_name()))
             os.rename(stage, target)
 
-    # -- load ------------------------------------------------------------------------------------
+    # -- load and hold ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
+    @scoped
     def load(self, name: str) -> Iterator[Path]:
         """Yield the data directory of entry ``name``, read-locked; MissError if there is none."""
         fd = self._lock_shared(check_name(name))
@@ -676,17 +573,19 @@ class FsCache:
     def _lock_shared(self, name: str) -> int:
         """Take entry ``name``'s lock shared and record the use; return the locked descriptor."""
         entry = os.path.join(self._objects, name)
+        lock = os.path.join(entry, "lock")
         for _ in range(3):
             try:
-                fd = os.open(os.path.join(entry, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(lock, _OPEN_FLAGS)
             except (FileNotFoundError, NotADirectoryError):
                 break
             try:
                 locks.lock(fd, locks.SHARED, timeout=self.timeout, what=f"entry {name!r}")
-                if not locks.still_linked(fd, os.path.join(entry, "lock")):
+                if not locks.still_linked(fd, lock):
                     os.close(fd)
                     continue  # deleted (and maybe stored again) while we waited: look again
-                if os.path.exists(os.path.join(entry, "entry.json")) and self._touch(name):
+                if os.path.exists(os.path.join(entry, "entry.json")):
+                    self._touch(fd)
                     return fd
             except BaseException:
                 os.close(fd)
@@ -695,49 +594,94 @@ class FsCache:
             break
         raise MissError(f"no entry {name!r} in cache {self.root}")
 
-    def _touch(self, name: str) -> bool:
-        db = self._db()
+    @staticmethod
+    def _touch(fd: int) -> None:
+        """Record a use of the entry whose lock is ``fd``: the lock's time becomes now."""
         try:
-            cursor = db.execute("UPDATE entries SET last_used=? WHERE name=?", (time.time(), name))
-        except sqlite3.OperationalError as e:
-            raise WaitTimeoutError(f"cache {self.root} index is busy ({e})") from None
-        return cursor.rowcount == 1
+            os.utime(fd)
+        except OSError:
+            pass  # the last use orders eviction only: a read-only lock file must not fail a use
 
     def path(self, name: str) -> Path:
         """Where entry ``name``'s data is (or would be); it is safe to read only under a use."""
         return _path(os.path.join(self._objects, check_name(name), "data"))
 
-    # -- leases ----------------------------------------------------------------------------------
-
     def hold(
         self, name: str, owner: Owner, *, keep: bool = False, meta: str | None = None
-    ) -> int:
+    ) -> str:
         """Add a lease of ``owner`` on entry ``name``; return its id.  MissError if no entry.
 
         ``keep`` marks the entry to stay cached once unused (it never clears the mark).  With
         ``meta``, the entry's metadata must equal it, else :class:`ConflictError` is raised and
-        no lease is taken.
+        no lease is taken.  The index is not opened: this is the whole of a warm use.
         """
-        check_name(name)
-        with self._transaction() as db:
-            row = db.execute("SELECT meta FROM entries WHERE name=?", (name,)).fetchone()
-            if row is None or not os.path.exists(os.path.join(self._objects, name, "entry.json")):
-                raise MissError(f"no entry {name!r} in cache {self.root}")
-            if meta is not None and row[0] != meta:
-                raise ConflictError(name, row[0])
-            self._reclaim_leases(db, name)
-            db.execute(
-                "UPDATE entries SET last_used=?, keep=max(keep, ?) WHERE name=?",
-                (time.time(), int(keep), name),
-            )
-            return self._add_lease(db, name, owner)
+        fd = self._lock_shared(check_name(name))
+        try:
+            entry = os.path.join(self._objects, name)
+            if meta is not None:
+                found = self._meta(entry)
+                if found != meta:
+                    raise ConflictError(name, found)
+            self._reclaim(entry, self._leases(entry)[1])
+            if keep:
+                _create(os.path.join(entry, "keep"))
+            return self._add_lease(entry, owner)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _meta(entry: str) -> str | None:
+        try:
+            with open(os.path.join(entry, "meta"), "rb") as f:
+                return f.read().decode()
+        except FileNotFoundError:
+            return None
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _add_lease(entry: str, owner: Owner) -> str:
+        lease = f"{owner.key}.{unique_name()}"
+        _create(os.path.join(entry, "leases", lease), exclusive=True)
+        return lease
+
+    @staticmethod
+    def _leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[int], list[str]]:
+        """The pids of the live owners of the entry's leases, and the dead leases' ids.
+
+        ``alive`` caches, across calls, whether each owner is alive."""
+        try:
+            leases = os.listdir(os.path.join(entry, "leases"))
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        live, dead = [], []
+        for lease in leases:
+            key = _owner_key(lease)
+            if alive is None:
+                up = key_alive(key)
+            elif key in alive:
+                up = alive[key]
+            else:
+                up = alive[key] = key_alive(key)
+            if up:
+                live.append(Owner.parse(key).pid)
+            else:
+                dead.append(lease)
+        return live, dead
+
+    @staticmethod
+    def _reclaim(entry: str, dead: list[str]) -> int:
+        """Remove the dead leases ``dead`` of an entry; return how many."""
+        for lease in dead:
+            unlink_if_present(os.path.join(entry, "leases", lease))
+        return len(dead)
 
     def release(
         self,
         name: str,
         owner: Owner | None = None,
         *,
-        lease: int | None = None,
+        lease: str | None = None,
         keep: bool = False,
     ) -> bool:
         """Release one lease on ``name``: the lease ``lease``, or one held by ``owner``.
@@ -746,123 +690,114 @@ class FsCache:
         it).  Returns whether the entry was deleted.  Raises MissError if there is no such
         entry, UsageError if that owner holds no lease on it.
         """
-        check_name(name)
+        entry = os.path.join(self._objects, check_name(name))
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone() is None:
+            if not os.path.exists(os.path.join(entry, "entry.json")):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
-            if lease is not None:
-                found = db.execute(
-                    "SELECT id FROM leases WHERE id=? AND name=?", (lease, name)
-                ).fetchone()
-            else:
+            # Read before anything changes, so that an unusable index fails the release whole.
+            row = db.execute("SELECT keep FROM entries WHERE name=?", (name,)).fetchone()
+            if lease is None:
                 assert owner is not None
-                found = db.execute(
-                    "SELECT id FROM leases WHERE name=? AND owner=? ORDER BY id DESC LIMIT 1",
-                    (name, owner.key),
-                ).fetchone()
-            if found is None:
-                who = f"lease {lease}" if lease is not None else f"process {owner.pid if owner else '?'}"
-                raise UsageError(f"{who} holds no use of {name!r} in {self.root}")
-            db.execute("DELETE FROM leases WHERE id=?", found)
+                lease = self.lease_of(name, owner)
+            try:
+                if lease is None or "/" in lease:
+                    raise FileNotFoundError
+                os.unlink(os.path.join(entry, "leases", lease))
+            except FileNotFoundError:
+                who = f"lease {lease}" if owner is None else f"process {owner.pid}"
+                raise UsageError(f"{who} holds no use of {name!r} in {self.root}") from None
             if keep:
+                _create(os.path.join(entry, "keep"))
                 db.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
-            deleted = self._delete_if_unused(db, name)
+            deleted = not keep and not (row and row[0]) and self._retire(db, name, unless_kept=True)
             self._restore_budget(db)
         self._empty_trash()
         return deleted
 
-    def _restore_budget(self, db: sqlite3.Connection) -> None:
+    def _restore_budget(self, db: Index) -> None:
         """Within a transaction: evict down to the budget (exceeded by non-strict stores)."""
-        budget = self._setting(db, "max_size")
-        if budget is not None and self._setting(db, "total") > budget:
-            self._evict(db, self._setting(db, "total") - budget)
+        budget = db.setting("max_size")
+        if budget is not None and db.setting("total") > budget:
+            self._evict(db, db.setting("total") - budget)
 
-    def lease_of(self, name: str, owner: Owner) -> int | None:
-        """The newest lease of ``owner`` on ``name``, if it holds one."""
-        (lease,) = self._db().execute(
-            "SELECT max(id) FROM leases WHERE name=? AND owner=?", (name, owner.key)
-        ).fetchone()
-        return lease
+    def lease_of(self, name: str, owner: Owner) -> str | None:
+        """A lease of ``owner`` on ``name``, if it holds one."""
+        try:
+            leases = os.listdir(os.path.join(self._objects, check_name(name), "leases"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return next((lease for lease in sorted(leases) if _owner_key(lease) == owner.key), None)
 
     def users(self, name: str) -> list[int]:
         """pids of the live processes holding a lease on ``name``."""
-        rows = self._db().execute("SELECT owner, pid FROM leases WHERE name=?", (name,))
-        return [pid for owner, pid in rows if key_alive(owner)]
-
-    def _add_lease(self, db: sqlite3.Connection, name: str, owner: Owner) -> int:
-        cursor = db.execute(
-            "INSERT INTO leases (name, owner, pid, created) VALUES (?, ?, ?, ?)",
-            (name, owner.key, owner.pid, time.time()),
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
-
-    def _reclaim_leases(self, db: sqlite3.Connection, name: str | None = None) -> int:
-        """Delete the leases (of ``name``, or all) whose owner is dead; return how many."""
-        query = "SELECT DISTINCT owner FROM leases" + (" WHERE name=?" if name else "")
-        dead = [o for (o,) in db.execute(query, (name,) if name else ()) if not key_alive(o)]
-        for owner in dead:
-            if name:
-                db.execute("DELETE FROM leases WHERE owner=? AND name=?", (owner, name))
-            else:
-                db.execute("DELETE FROM leases WHERE owner=?", (owner,))
-        return len(dead)
-
-    def _delete_if_unused(self, db: sqlite3.Connection, name: str) -> bool:
-        """Within a transaction: delete ``name`` if it is not to be kept and nobody uses it."""
-        self._reclaim_leases(db, name)
-        row = db.execute("SELECT keep FROM entries WHERE name=?", (name,)).fetchone()
-        if row is None or row[0]:
-            return False
-        if db.execute("SELECT 1 FROM leases WHERE name=? LIMIT 1", (name,)).fetchone():
-            return False
-        return self._retire(db, name)
+        return self._leases(os.path.join(self._objects, check_name(name)))[0]
 
     # -- deletion --------------------------------------------------------------------------------
 
     def remove(self, name: str) -> None:
         """Delete entry ``name``.  MissError if there is none, BusyError if it is in use."""
-        check_name(name)
+        entry = os.path.join(self._objects, check_name(name))
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone() is None:
+            if not os.path.exists(os.path.join(entry, "entry.json")):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
-            self._reclaim_leases(db, name)
-            users = db.execute("SELECT pid FROM leases WHERE name=?", (name,)).fetchall()
+            users = self._leases(entry)[0]
             if users:
-                pids = ", ".join(str(pid) for (pid,) in users)
+                pids = ", ".join(str(pid) for pid in users)
                 raise BusyError(f"entry {name!r} in {self.root} is in use by process {pids}")
             if not self._retire(db, name):
                 raise BusyError(f"entry {name!r} in {self.root} is in use")
         self._empty_trash()
 
-    def _retire(self, db: sqlite3.Connection, name: str) -> bool:
-        """Within a transaction: move entry ``name`` to the trash unless it is locked.
+    def _retire(self, db: Index, name: str, *, unless_kept: bool = False) -> bool:
+        """Within a transaction: move entry ``name`` to the trash unless it is in use (locked,
+        or leased by a live process) or, with ``unless_kept``, marked to keep.
 
-        Returns whether it was removed.  The caller checks leases; the tree itself is deleted
-        after the commit, by :meth:`_empty_trash`.
+        Returns whether it was removed.  The tree itself is deleted after the commit, by
+        :meth:`_empty_trash`.
         """
         entry = os.path.join(self._objects, name)
+        # The index is read before anything changes, so that an unusable one fails the
+        # deletion whole.
+        counted = self._has_row(db, name)
         try:
-            fd = os.open(os.path.join(entry, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             fd = None  # the directory is gone (a crashed delete): only the row is left
         try:
             if fd is not None:
                 if not self._lock_if_unused(fd):
                     return False
+                live, dead = self._leases(entry)
+                if live:
+                    self._reclaim(entry, dead)
+                    return False
+                if unless_kept and os.path.exists(os.path.join(entry, "keep")):
+                    db.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
+                    self._reclaim(entry, dead)
+                    return False
                 os.rename(entry, os.path.join(self._trash, unique_name()))
-            (size,) = db.execute("SELECT size FROM entries WHERE name=?", (name,)).fetchone()
-            db.execute("DELETE FROM entries WHERE name=?", (name,))
-            db.execute("DELETE FROM leases WHERE name=?", (name,))
-            db.execute("UPDATE settings SET value=value-? WHERE key='total'", (size,))
+            if counted:
+                self._forget(db, name)
             return True
         finally:
             if fd is not None:
                 os.close(fd)
 
     @staticmethod
+    def _forget(db: Index, name: str) -> None:
+        """Within a transaction: delete the row of ``name``, if any, and its accounted size."""
+        row = db.execute("SELECT size FROM entries WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            db.execute("DELETE FROM entries WHERE name=?", (name,))
+            db.execute("UPDATE settings SET value=value-? WHERE key='total'", row)
+
+    @staticmethod
+    def _has_row(db: Index, name: str) -> bool:
+        return db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone() is not None
+
+    @staticmethod
     def _lock_if_unused(fd: int) -> bool:
-        """Take an entry's lock exclusively unless a reader holds it.
+        """Take an entry's lock exclusively unless a reader or holder has it.
 
         Readers hold it shared for as long as they use the entry.  An exclusive holder (the
         in-use probe of :meth:`entries`, a store finishing its commit) holds it for an instant:
@@ -886,29 +821,38 @@ class FsCache:
         self._empty_trash()
         return freed
 
-    def _evict(self, db: sqlite3.Connection, need: int) -> int:
+    def _evict(self, db: Index, need: int) -> int:
         """Within a transaction: delete unused entries, least recently used first, until
         ``need`` bytes are freed or nothing more can go.  Returns the bytes freed."""
-        self._reclaim_leases(db)
         freed = 0
         after: tuple[float, str] = (float("-inf"), "")
         while freed < need:
             batch = db.execute(
-                "SELECT last_used, name, size FROM entries "
-                "WHERE (last_used, name) > (?, ?) "
-                "AND name NOT IN (SELECT name FROM leases) "
+                "SELECT last_used, name, size FROM entries WHERE (last_used, name) > (?, ?) "
                 "ORDER BY last_used, name LIMIT 256",
                 after,
             ).fetchall()
             if not batch:
                 break
             for last_used, name, size in batch:
+                used = self._last_use(name)
+                if used > last_used:
+                    # Used since its row was written: its turn comes later, maybe before the
+                    # rest of this batch, so the walk goes on from here in the new order.
+                    db.execute("UPDATE entries SET last_used=? WHERE name=?", (used, name))
+                    break
                 after = (last_used, name)
                 if self._retire(db, name):
                     freed += size
                     if freed >= need:
                         break
         return freed
+
+    def _last_use(self, name: str) -> float:
+        try:
+            return os.stat(os.path.join(self._objects, name, "lock")).st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return float("-inf")
 
     def _empty_trash(self) -> int:
         """Delete whatever is in the trash; return how many trees were removed."""
@@ -921,48 +865,48 @@ class FsCache:
 
     # -- inspection ------------------------------------------------------------------------------
 
+    _COLUMNS = "SELECT name, size, created, last_used, keep, meta FROM entries"
+
     def entries(self) -> list[Entry]:
         """Every committed entry, with its size, times, and whether it is in use now."""
-        db = self._db()
+        rows = self._db().execute(self._COLUMNS + " ORDER BY name").fetchall()
         alive: dict[str, bool] = {}
-        users: dict[str, list[int]] = {}
-        for name, owner, pid in db.execute("SELECT name, owner, pid FROM leases"):
-            if alive.setdefault(owner, key_alive(owner)):
-                users.setdefault(name, []).append(pid)
-        result = []
-        rows = db.execute(
-            "SELECT name, size, created, last_used, keep, meta FROM entries ORDER BY name"
-        ).fetchall()
-        for name, size, created, last_used, keep, meta in rows:
-            held = tuple(users.get(name, ()))
-            in_use = bool(held) or self._locked(name)
-            result.append(Entry(name, size, created, last_used, bool(keep), meta, in_use, held))
-        return result
+        return [self._describe(row, alive) for row in rows]
 
     def info(self, name: str) -> Entry:
         """What :meth:`entries` says of entry ``name``; MissError if there is none."""
-        row = self._db().execute(
-            "SELECT name, size, created, last_used, keep, meta FROM entries WHERE name=?",
-            (check_name(name),),
-        ).fetchone()
+        row = self._db().execute(self._COLUMNS + " WHERE name=?", (check_name(name),)).fetchone()
         if row is None:
             raise MissError(f"no entry {name!r} in cache {self.root}")
-        held = tuple(self.users(name))
+        return self._describe(row, {})
+
+    def _describe(self, row: tuple, alive: dict[str, bool]) -> Entry:  # type: ignore[type-arg]
+        """An index row completed by what its entry's directory says now."""
         name, size, created, last_used, keep, meta = row
-        return Entry(name, size, created, last_used, bool(keep), meta, bool(held) or self._locked(name), held)
+        entry = os.path.join(self._objects, name)
+        users = self._leases(entry, alive)[0]
+        locked, used = self._probe(entry)
+        keep = bool(keep) or os.path.exists(os.path.join(entry, "keep"))
+        return Entry(name, size, created, max(last_used, used), keep, meta, bool(users) or locked,
+                     tuple(users))
 
     def __contains__(self, name: str) -> bool:
-        row = self._db().execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone()
-        return row is not None
-
-    def _locked(self, name: str) -> bool:
-        """Whether some process holds entry ``name``'s lock (a reader, or a storer committing)."""
         try:
-            fd = os.open(os.path.join(self._objects, name, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
+            check_name(name)
+        except UsageError:
             return False
+        return os.path.exists(os.path.join(self._objects, name, "entry.json"))
+
+    @staticmethod
+    def _probe(entry: str) -> tuple[bool, float]:
+        """Whether some process holds the entry's lock (a reader or holder, or a storer
+        committing), and the time of its last use."""
         try:
-            return not locks.try_lock(fd, locks.EXCLUSIVE)
+            fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return False, float("-inf")
+        try:
+            return not locks.try_lock(fd, locks.EXCLUSIVE), os.fstat(fd).st_mtime
         finally:
             os.close(fd)
 
@@ -985,7 +929,7 @@ class FsCache:
     @staticmethod
     def _remove_if_abandoned(stage: str) -> int:
         try:
-            fd = os.open(os.path.join(stage, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(stage, "lock"), _OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             fd = None  # created under stage.lock, so a lock-less one was abandoned
         try:
@@ -1002,8 +946,9 @@ class FsCache:
 
         Removes abandoned staging directories and the trash; reconciles ``objects/`` with the
         index (adopts committed directories that lost their row, removes directories without a
-        valid marker and rows without a directory); deletes unused entries not marked to keep;
-        recomputes the accounted size; and evicts down to the budget.
+        valid marker and rows without a directory); removes the leases of dead processes;
+        deletes unused entries not marked to keep; recomputes the accounted size; and evicts
+        down to the budget.
         """
         self._check_locks()
         report = GcReport()
@@ -1015,7 +960,6 @@ class FsCache:
             report.index_rebuilt = True
         report.stages_removed = self._sweep()
         with self._transaction() as db:
-            report.leases_reclaimed = self._reclaim_leases(db)
             rows = {name for (name,) in db.execute("SELECT name FROM entries")}
             with os.scandir(self._objects) as found:
                 on_disk = {e.name for e in found}
@@ -1026,16 +970,17 @@ class FsCache:
                     os.rename(os.path.join(self._objects, name), os.path.join(self._trash, unique_name()))
                     report.orphans_removed += 1
             for name in rows - on_disk:
-                db.execute("DELETE FROM entries WHERE name=?", (name,))
-                db.execute("DELETE FROM leases WHERE name=?", (name,))
+                self._forget(db, name)
                 report.rows_dropped += 1
-            unused = db.execute(
-                "SELECT name FROM entries WHERE keep=0 AND name NOT IN (SELECT name FROM leases)"
-            ).fetchall()
-            for (name,) in unused:
-                report.entries_deleted += self._retire(db, name)
+            alive: dict[str, bool] = {}
+            for name, keep in db.execute("SELECT name, keep FROM entries").fetchall():
+                entry = os.path.join(self._objects, name)
+                users, dead = self._leases(entry, alive)
+                report.leases_reclaimed += self._reclaim(entry, dead)
+                if not users and not keep:
+                    report.entries_deleted += self._retire(db, name, unless_kept=True)
             (actual,) = db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()
-            if actual != self._setting(db, "total"):
+            if actual != db.setting("total"):
                 report.accounting_fixed = 1
                 db.execute("UPDATE settings SET value=? WHERE key='total'", (actual,))
             self._restore_budget(db)
@@ -1044,28 +989,32 @@ class FsCache:
 
     def _set_index_aside(self) -> None:
         """Move an unusable index into the trash; the next connection creates a new one, and
-        gc then adopts every committed entry from its marker."""
-        self._local.conn = None
+        gc then adopts every committed entry from its directory."""
+        self._local.db = None
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.rename(os.path.join(self.root, f"index.sqlite{suffix}"), os.path.join(self._trash, unique_name()))
             except FileNotFoundError:
                 pass
 
-    def _adopt(self, db: sqlite3.Connection, name: str) -> bool:
+    def _adopt(self, db: Index, name: str) -> bool:
         """Within a transaction: give a committed directory that has no row its row back."""
+        entry = os.path.join(self._objects, name)
         try:
             import json
 
-            with open(os.path.join(self._objects, name, "entry.json"), "rb") as f:
+            with open(os.path.join(entry, "entry.json"), "rb") as f:
                 marker = json.loads(f.read())
-            if marker["name"] != name or not os.path.isdir(os.path.join(self._objects, name, "data")):
+            if marker["name"] != name or not os.path.isdir(os.path.join(entry, "data")):
                 return False
             size, created = int(marker["size"]), float(marker["created"])
-            keep, meta = bool(marker["keep"]), marker["meta"]
+            meta = self._meta(entry)
         except (OSError, ValueError, KeyError, TypeError):
             return False
+        keep = os.path.exists(os.path.join(entry, "keep"))
+        last_used = max(created, self._last_use(name))
         db.execute(
-            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)", (name, size, created, created, keep, meta)
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)", (name, size, created, last_used, keep, meta)
         )
+        db.execute("UPDATE settings SET value=value+? WHERE key='total'", (size,))
         return True

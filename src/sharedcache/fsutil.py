@@ -142,7 +142,7 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(st.st_mode):
-        _unlink_quiet(path)
+        unlink_if_present(path)
         return
     _make_writable(path, st)
     try:
@@ -153,7 +153,7 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
         if entry.is_dir(follow_symlinks=False):
             remove_tree(entry.path)
         else:
-            _unlink_quiet(entry.path)
+            unlink_if_present(entry.path)
     try:
         os.rmdir(path)
     except FileNotFoundError:
@@ -169,7 +169,8 @@ def _make_writable(path: str, st: os.stat_result) -> None:
             pass
 
 
-def _unlink_quiet(path: str) -> None:
+def unlink_if_present(path: str | os.PathLike[str]) -> None:
+    """Delete the file ``path``; that it is gone already (another process was first) is fine."""
     try:
         os.unlink(path)
     except FileNotFoundError:

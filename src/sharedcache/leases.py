@@ -11,8 +11,8 @@ where the boot id is ``/proc/sys/kernel/random/boot_id`` and the start time is f
 with that pid started at that time.  A lease whose owner is not alive is dead and is reclaimed by
 whoever touches the repository next (see :mod:`sharedcache.fscache`).
 
-Leases are stored in the cache's index (see :mod:`sharedcache.fscache`); this module only
-knows about processes.
+Leases are files in their entry's directory, named by their owner's key (see
+:mod:`sharedcache.fscache`); this module only knows about processes.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ _boot_id: str | None = None
 def boot_id() -> str:
     global _boot_id
     if _boot_id is None:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            _boot_id = f.read().strip()
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:  # (an ascii codec costs an import)
+            _boot_id = f.read().strip().decode()
     return _boot_id
 
 
@@ -79,7 +79,7 @@ class Owner:
 
     @property
     def key(self) -> str:
-        """The form stored in the index."""
+        """The form that names the owner of a lease."""
         return f"{self.boot_id}:{self.pid}:{self.start_time}"
 
     def alive(self) -> bool:

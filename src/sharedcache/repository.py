@@ -45,10 +45,8 @@ population lock, so it never disappears under a population that is recreating it
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
 
 from . import errors, locks
 from .errors import (
@@ -63,14 +61,16 @@ from .errors import (
     WaitTimeoutError,
 )
 from .fscache import FsCache, check_name
-from .fsutil import remove_tree, write_atomic
+from .fsutil import remove_tree, unlink_if_present, write_atomic
 from .leases import Owner
 from .progress import Reporter
+from .scoped import scoped
 from .words import default_name, recipe_identity
 from .sizes import format_size, parse_size
 
 TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
     from pathlib import Path
 
 DEFAULT_DIRECTORIES = "/tmp:/var/tmp"
@@ -118,7 +118,7 @@ class Held:
 
     __slots__ = ("name", "base", "path", "cache", "lease")
 
-    def __init__(self, name: str, base: str, path: str, cache: FsCache, lease: int) -> None:
+    def __init__(self, name: str, base: str, path: str, cache: FsCache, lease: str) -> None:
         self.name, self.base, self.path, self.cache, self.lease = name, base, path, cache, lease
 
 
@@ -141,8 +141,10 @@ class Base:
             self._cache = _open_caches.get(key)
             if self._cache is None or not os.path.isdir(self.populate_dir):
                 self._cache = _open_caches[key] = FsCache(self.control, group=self.group)
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(self.populate_dir)
+                except FileExistsError:
+                    pass
         return self._cache
 
     def link(self, name: str) -> str:
@@ -222,9 +224,11 @@ class Base:
         try:
             if not locks.try_lock(fd, locks.EXCLUSIVE) or name in self.cache():
                 return
-            with contextlib.suppress(OSError):
+            try:
                 if os.readlink(self.link(name)) == self.link_target(name):
                     os.unlink(self.link(name))
+            except OSError:
+                pass  # no link, or not ours: nothing to remove
         finally:
             os.close(fd)
 
@@ -324,7 +328,14 @@ class Repositories:
             return Held(name, base.path, base.ensure_link(name), base.cache(), lease)
         return populating
 
-    def _hold(self, base: Base, request: Request) -> int:
+    def _try_hold(self, base: Base, request: Request) -> str | None:
+        """A lease on the repository if it is ready in ``base``, else None."""
+        try:
+            return self._hold(base, request)
+        except MissError:
+            return None
+
+    def _hold(self, base: Base, request: Request) -> str:
         try:
             return base.cache().hold(
                 request.name, request.owner, keep=request.keep, meta=request.identity
@@ -366,13 +377,14 @@ class Repositories:
             + ", ".join(seen)
         )
 
-    def _hold_or_populate(self, base: Base, request: Request) -> int:
+    def _hold_or_populate(self, base: Base, request: Request) -> str:
         """Steps 2-4 of the protocol in the module docstring."""
         lock_path = base.population_file(request.name, ".lock")
         waited_since: float | None = None
         while True:
-            with contextlib.suppress(MissError):
-                return self._hold(base, request)
+            lease = self._try_hold(base, request)
+            if lease is not None:
+                return lease
             fd = locks.open_lock_file(lock_path)
             try:
                 if not locks.try_lock(fd, locks.EXCLUSIVE):
@@ -381,8 +393,9 @@ class Repositories:
                     self._wait(base, request, fd)
                 if not locks.still_linked(fd, lock_path):
                     continue
-                with contextlib.suppress(MissError):
-                    return self._hold(base, request)
+                lease = self._try_hold(base, request)
+                if lease is not None:
+                    return lease
                 if waited_since is not None:
                     self._raise_recorded_failure(base, request.name, waited_since)
                 return self._populate(base, request)
@@ -424,7 +437,7 @@ class Repositories:
                 kind = LoaderError
             raise kind(str(record.get("message", f"repository {name!r}: population failed")))
 
-    def _populate(self, base: Base, request: Request) -> int:
+    def _populate(self, base: Base, request: Request) -> str:
         from .recipe import parse_recipe  # loaders are needed on a miss only
 
         name, words, identity, owner = request.name, request.words, request.identity, request.owner
@@ -476,11 +489,9 @@ class Repositories:
             raise
         finally:
             bar.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(status_path)
+            unlink_if_present(status_path)
         remove_tree(work)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(error_path)
+        unlink_if_present(error_path)
         lease = cache.lease_of(name, owner)
         assert lease is not None, "the commit gives the owner a lease"
         if cache.info(name).meta != identity:  # a direct FsCache user stored the name meanwhile
@@ -534,9 +545,12 @@ class Repositories:
 
     def release_held(self, held: Held, *, keep: bool = False) -> None:
         """Release a use returned by :meth:`acquire`."""
-        with contextlib.suppress(MissError):
-            if held.cache.release(held.name, lease=held.lease, keep=keep):
-                Base(held.base).drop_link_if_unused(held.name)
+        try:
+            deleted = held.cache.release(held.name, lease=held.lease, keep=keep)
+        except MissError:
+            return  # deleted already (gc found its owner dead)
+        if deleted:
+            Base(held.base).drop_link_if_unused(held.name)
 
     def locate(self, words: Sequence[str], *, name: str | None = None) -> str | None:
         words = split_words(words)
@@ -599,17 +613,14 @@ class Repositories:
                 error = base.population_file(name, ".error")
                 record = read_status(error)
                 if record is None or time.time() - float(record.get("time", 0)) > _ERROR_RECORD_TTL:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(error)
+                    unlink_if_present(error)
                 remove_tree(base.population_file(name, ".work"))
                 # Records are written under the population lock, so the temporary files of
                 # their atomic writes are abandoned once it is free.
                 for file in files:
                     if file.startswith((f".{name}.json.tmp-", f".{name}.error.tmp-")):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(os.path.join(base.populate_dir, file))
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(base.population_file(name, ".json"))
+                        unlink_if_present(os.path.join(base.populate_dir, file))
+                unlink_if_present(base.population_file(name, ".json"))
                 if not os.path.exists(error):
                     os.unlink(lock_path)  # waiters check that the path still names what they lock
                 cleaned += 1
@@ -621,11 +632,13 @@ class Repositories:
     def _clean_links(base: Base) -> int:
         removed = 0
         for link in os.scandir(base.path):
-            with contextlib.suppress(OSError):
-                if link.is_symlink() and os.readlink(link.path) == base.link_target(link.name):
-                    if link.name not in base.cache():
-                        base.drop_link_if_unused(link.name)
-                        removed += not os.path.islink(link.path)
+            try:
+                ours = link.is_symlink() and os.readlink(link.path) == base.link_target(link.name)
+            except OSError:
+                continue  # gone meanwhile
+            if ours and link.name not in base.cache():
+                base.drop_link_if_unused(link.name)
+                removed += not os.path.islink(link.path)
         return removed
 
 
@@ -647,7 +660,7 @@ def conflict(name: str, base: str, existing: str | None, identity: str) -> Share
     )
 
 
-@contextlib.contextmanager
+@scoped
 def use(
     *words: str,
     name: str | None = None,

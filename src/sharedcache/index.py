@@ -1,0 +1,174 @@
+"""The index of a cache: its accounting, the order of eviction, and what listing shows.
+
+The index is an SQLite database, ``index.sqlite`` in the cache (see :mod:`sharedcache.fscache`
+for the protocol it takes part in).  It holds one row per committed entry: its size as measured
+at commit, its creation time, its caller's metadata, and two facts that only ever grow and are
+also kept in the entry's own directory, where holding and loading record them without the
+index: the time of the last use and the keep flag.  The index's copies of those two are lower
+bounds, brought up to date by whoever needs them exact (eviction, release, gc).  It also holds
+the settings every process shares: the size budget and the accounted size.
+
+SQLite gives atomic, durable, multi-process transactions, and its locks, like ours, are released
+by the kernel when a process dies.  A write transaction (``BEGIN IMMEDIATE``) serialises every
+change of the accounting; it is held for milliseconds and never while waiting for another lock
+that could be held for longer.
+
+This module is imported only by the operations that change or list the accounting.  Holding and
+loading an entry do not import it: loading SQLite's shared library alone costs more than a warm
+``sc --use`` may take.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+try:  # sqlite3's Python layer only adds datetime adapters, which would cost every start
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
+    import sqlite3  # type: ignore[no-redef]
+
+from .errors import CacheError, WaitTimeoutError
+from .scoped import scoped
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SCHEMA_VERSION = 2
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS entries (
+    name TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    keep INTEGER NOT NULL,
+    meta TEXT
+);
+CREATE INDEX IF NOT EXISTS entries_by_last_use ON entries (last_used, name);
+INSERT OR IGNORE INTO settings VALUES ('max_size', NULL);
+INSERT OR IGNORE INTO settings VALUES ('total', 0);
+"""
+
+
+class Index(sqlite3.Connection):
+    """A connection to the index whose failures are shared-cache errors.
+
+    A damaged index raises :class:`CacheError` wherever SQLite notices it (including while rows
+    are fetched), and the connection is marked broken so that the next use opens the file again
+    (another process's gc may have rebuilt it); a lock held too long raises
+    :class:`WaitTimeoutError`.
+    """
+
+    root: str
+    broken = False
+
+    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:  # type: ignore[no-untyped-def, override]
+        return self.cursor(_Rows).execute(sql, parameters)
+
+    def failure(self, e: sqlite3.DatabaseError) -> Exception:
+        if isinstance(e, sqlite3.ProgrammingError):
+            return e
+        if getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return WaitTimeoutError(f"cache {self.root} index is busy ({e})")
+        self.broken = True
+        return CacheError(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
+
+    def setting(self, key: str):  # type: ignore[no-untyped-def]
+        return self.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()[0]
+
+    @scoped
+    def transaction(self) -> Iterator[Index]:
+        """A write transaction: all of it or none of it happens."""
+        try:
+            self.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise WaitTimeoutError(f"cache {self.root} index is busy ({e})") from None
+        try:
+            yield self
+        except BaseException as e:
+            if self.in_transaction:
+                self.execute("ROLLBACK")
+            if isinstance(e, sqlite3.DatabaseError):
+                raise CacheError(
+                    f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it"
+                ) from None
+            raise
+        self.execute("COMMIT")
+
+
+class _Rows(sqlite3.Cursor):
+    connection: Index
+
+    def execute(self, sql: str, parameters=()) -> _Rows:  # type: ignore[no-untyped-def, override]
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as e:
+            raise self.connection.failure(e) from None
+
+    def fetchone(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as e:
+            raise self.connection.failure(e) from None
+
+    def fetchall(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self.connection.failure(e) from None
+
+    def __next__(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as e:
+            raise self.connection.failure(e) from None
+
+
+def open_index(root: str, timeout: float) -> Index:
+    """A connection to the index of the cache at ``root``, created with its schema if needed."""
+    path = os.path.join(root, "index.sqlite")
+    try:
+        # Created here rather than by SQLite, which would use mode 0644 whatever the umask: the
+        # members of a group cache must be able to write it (its -wal and -shm files take its
+        # mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+        db = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=Index)
+    except (OSError, sqlite3.DatabaseError) as e:
+        raise CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") from None
+    db.root = root
+    db.execute("PRAGMA synchronous=NORMAL")
+    if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        _create_schema(db, timeout)
+    return db
+
+
+def _create_schema(db: Index, timeout: float) -> None:
+    # WAL lets readers go on while one process writes; the mode is stored in the file, and
+    # switching needs no transaction, so it comes first.  SQLite reports a concurrent switch
+    # (many processes creating the cache at once) as busy without waiting: retry.  A switch
+    # still refused after seconds is not that race: connections to an index that was emptied
+    # under them hold it.
+    deadline = time.monotonic() + min(timeout, 5.0)
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except WaitTimeoutError as e:
+            if time.monotonic() >= deadline:
+                raise CacheError(
+                    f"the index of cache {db.root} is unusable (empty, and {e}); run gc to rebuild it"
+                ) from None
+            time.sleep(0.005)
+    with db.transaction():
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise CacheError(
+                f"the index of cache {db.root} has format {version}, this version of "
+                f"shared-cache knows {SCHEMA_VERSION}"
+            )
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -1,0 +1,60 @@
+"""``@scoped``: the generator-based context managers of the engine behave like contextlib's."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharedcache.scoped import scoped
+
+
+@scoped
+def recording(log: list[str], *, swallow: bool = False):  # type: ignore[no-untyped-def]
+    """Enter, then exit or fail."""
+    log.append("enter")
+    try:
+        yield "value"
+    except KeyError:
+        log.append("failed")
+        if not swallow:
+            raise
+    finally:
+        log.append("exit")
+
+
+def test_value_and_order_on_a_normal_exit() -> None:
+    log: list[str] = []
+    with recording(log) as value:
+        log.append(value)
+    assert log == ["enter", "value", "exit"]
+    assert recording.__name__ == "recording" and recording.__doc__ == "Enter, then exit or fail."
+
+
+def test_the_blocks_exception_reaches_the_generator_and_propagates_unchanged() -> None:
+    log: list[str] = []
+    error = KeyError("x")
+    with pytest.raises(KeyError) as raised:
+        with recording(log):
+            raise error
+    assert raised.value is error and log == ["enter", "failed", "exit"]
+    with pytest.raises(ValueError):  # not handled by the generator: its finally still runs
+        with recording(log):
+            raise ValueError
+    assert log[-2:] == ["enter", "exit"]
+
+
+def test_a_generator_may_swallow_the_exception() -> None:
+    log: list[str] = []
+    with recording(log, swallow=True):
+        raise KeyError("x")
+    assert log == ["enter", "failed", "exit"]
+
+
+def test_a_generator_that_yields_twice_is_an_error() -> None:
+    @scoped
+    def twice():  # type: ignore[no-untyped-def]
+        yield 1
+        yield 2
+
+    with pytest.raises(RuntimeError, match="yielded twice"):
+        with twice():
+            pass
