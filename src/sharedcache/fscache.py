@@ -624,10 +624,16 @@ class FsCache:
                     raise ConflictError(name, found)
             self._reclaim(entry, self._leases(entry)[1])
             if keep:
-                _create(os.path.join(entry, "keep"))
+                self._mark_kept(entry)
             return self._add_lease(entry, owner)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _mark_kept(entry: str) -> None:
+        keep = os.path.join(entry, "keep")
+        if not os.path.exists(keep):  # (another member's flag in a group cache may be read-only)
+            _create(keep)
 
     @staticmethod
     def _meta(entry: str) -> str | None:
@@ -707,7 +713,7 @@ class FsCache:
                 who = f"lease {lease}" if owner is None else f"process {owner.pid}"
                 raise UsageError(f"{who} holds no use of {name!r} in {self.root}") from None
             if keep:
-                _create(os.path.join(entry, "keep"))
+                self._mark_kept(entry)
                 db.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
             deleted = not keep and not (row and row[0]) and self._retire(db, name, unless_kept=True)
             self._restore_budget(db)
