@@ -89,15 +89,20 @@ def wait_until(start_at: float) -> None:
 
 
 def cmd_chaos(a: dict) -> None:
-    """Store, load, remove, evict and gc at random until killed (or ``ops`` operations done)."""
+    """Store, load, remove, evict, gc, hold and release at random until killed (or ``ops``
+    operations done)."""
     rng = random.Random(a.get("seed"))
     cache = FsCache(a["root"], durable=a.get("durable", False), timeout=a.get("timeout", 30))
     names = a["names"]
-    counts = {"stored": 0, "hits": 0, "misses": 0, "busy": 0, "nospace": 0, "removed": 0}
+    counts = {"stored": 0, "hits": 0, "misses": 0, "busy": 0, "nospace": 0, "removed": 0,
+              "held": 0, "released": 0}
     errors: list[str] = []
+    held: list[tuple[str, str]] = []
+    me = Owner.current()
     say("ready")
+    ops = ["store", "load", "remove", "gc", "hold", "release"]
     for _ in range(a.get("ops", 10**9)):
-        op = rng.choices(["store", "load", "remove", "gc"], a.get("weights", [6, 3, 2, 0.3]))[0]
+        op = rng.choices(ops, a.get("weights", [6, 3, 2, 0.3, 1, 1]))[0]
         name = rng.choice(names)
         try:
             if op == "store":
@@ -117,7 +122,14 @@ def cmd_chaos(a: dict) -> None:
             elif op == "remove":
                 cache.remove(name)
                 counts["removed"] += 1
-            else:
+            elif op == "hold":
+                held.append((name, cache.hold(name, me, keep=rng.random() < 0.5)))
+                counts["held"] += 1
+            elif op == "release" and held:
+                name, lease = held.pop(rng.randrange(len(held)))
+                cache.release(name, lease=lease)
+                counts["released"] += 1
+            elif op == "gc":
                 cache.gc()
         except MissError:
             counts["misses"] += 1
@@ -276,6 +288,10 @@ def cmd_crash_at(a: dict) -> None:
     elif op == "load":
         with cache.load(name):
             pass
+    elif op == "hold":
+        cache.hold(name, Owner.current())
+    elif op == "release":
+        cache.release(name, lease=cache.hold(name, Owner.current()))
     sys.setprofile(None)
     say("finished without reaching the point")
 

@@ -19,6 +19,7 @@ import pytest
 from fscache_worker import Children, fill, loads, scan_usage, verify
 
 from sharedcache import BusyError, FsCache
+from sharedcache.leases import key_alive
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -46,6 +47,11 @@ def assert_no_lock_held(root: Path) -> None:
         db.close()
 
 
+def dead_leases(root: Path) -> list[Path]:
+    return [lease for lease in root.glob("objects/*/leases/*")
+            if not key_alive(lease.name.rpartition(".")[0])]
+
+
 def leftovers(root: Path) -> dict[str, int]:
     cache = FsCache(root)
     rows = {e.name for e in cache.entries()}
@@ -54,6 +60,7 @@ def leftovers(root: Path) -> dict[str, int]:
         "trash": len(list((root / "trash").iterdir())),
         "orphans": len({p.name for p in (root / "objects").iterdir()} - rows),
         "rows without entry": len({n for n in rows if not (root / "objects" / n / "entry.json").exists()}),
+        "dead leases": len(dead_leases(root)),
     }
 
 
@@ -61,6 +68,7 @@ def assert_consistent(root: Path) -> None:
     """After gc: nothing but committed entries on disk, each complete; accounting exact."""
     assert list((root / "stage").iterdir()) == []
     assert list((root / "trash").iterdir()) == []
+    assert dead_leases(root) == []
     cache = FsCache(root)
     entries = cache.entries()
     assert {p.name for p in (root / "objects").iterdir()} == {e.name for e in entries}
@@ -90,6 +98,8 @@ CRASH_POINTS = {
     "gc: reconciling": ("gc", ("gc", "_adopt", "return"), "", None),
     "gc: emptying trash": ("gc", ("gc", "_empty_trash", "call"), "", None),
     "load: locked": ("load", ("_lock_shared", "_touch", "call"), "", None),
+    "hold: lease created": ("hold", ("_add_lease", "_create", "return"), "dead leases", None),
+    "release: lease removed": ("release", ("release", "unlink", "c_return"), "", None),
 }
 
 
@@ -111,7 +121,7 @@ def test_sigkill_at_a_step_leaves_no_lock_and_gc_or_a_store_cleans_up(
         db.close()
     if budget_entries:
         cache.max_size = budget_entries * one + one // 2
-    name = "e" if op in ("remove", "load") else "new"
+    name = "e" if op in ("remove", "load", "hold", "release") else "new"
     args = {"root": str(root), "op": op, "point": where, "name": name, "max_size": one}
     child = children.start("crash_at", **args)
     child.expect("paused")
@@ -144,6 +154,8 @@ def test_sigkill_at_a_step_leaves_no_lock_and_gc_or_a_store_cleans_up(
             assert report.orphans_adopted == 1 and loads(quick, "new")
         if expect == "rows without entry":
             assert report.rows_dropped >= 1
+        if expect == "dead leases":
+            assert report.leases_reclaimed >= 1
     assert_consistent(root)
 
 
@@ -154,12 +166,12 @@ def test_random_sigkills_while_storing_removing_and_evicting(root: Path, childre
     rng = random.Random(1234)
     names = [f"k{i}" for i in range(8)]
     FsCache(root, max_size="120kB")  # the budget that every child sees
-    seen = {"stage": 0, "trash": 0, "orphans": 0, "rows without entry": 0}
+    seen = {"stage": 0, "trash": 0, "orphans": 0, "rows without entry": 0, "dead leases": 0}
     rounds = 36
     for round_ in range(rounds):
         kids = [
             children.start("chaos", root=str(root), names=names, seed=rng.random(),
-                           weights=[6, 2, 2, 0.5 if round_ % 4 == 0 else 0])
+                           weights=[6, 2, 2, 0.5 if round_ % 4 == 0 else 0, 2, 1])
             for _ in range(2)
         ]
         for kid in kids:
@@ -186,6 +198,7 @@ def test_random_sigkills_while_storing_removing_and_evicting(root: Path, childre
                 assert loads(quick, name)
         assert quick.size <= 120_000
     assert seen["stage"] > 0, seen  # the kills did interrupt stores
+    assert seen["dead leases"] > 0, seen  # and killed holders
     FsCache(root).gc()
     assert_consistent(root)
 
@@ -201,7 +214,7 @@ def test_readers_never_see_a_partial_entry(root: Path, children: Children) -> No
                for i in range(2)]
     for reader in readers:
         reader.expect("ready")
-    steady = children.start("chaos", root=str(root), names=names, seed=5, weights=[5, 2, 1, 0.2])
+    steady = children.start("chaos", root=str(root), names=names, seed=5, weights=[5, 2, 1, 0.2, 1, 1])
     steady.expect("ready")
     end = time.monotonic() + seconds - 1
     kills = 0

@@ -657,7 +657,7 @@ class FsCache:
 
         ``alive`` caches, across calls, whether each owner is alive."""
         try:
-            leases = os.listdir(os.path.join(entry, "leases"))
+            leases = os.listdir(f"{entry}/leases")
         except (FileNotFoundError, NotADirectoryError):
             return [], []
         live, dead = [], []
@@ -889,12 +889,16 @@ class FsCache:
     def _describe(self, row: tuple, alive: dict[str, bool]) -> Entry:  # type: ignore[type-arg]
         """An index row completed by what its entry's directory says now."""
         name, size, created, last_used, keep, meta = row
-        entry = os.path.join(self._objects, name)
+        entry = f"{self._objects}/{name}"  # (os.path.join costs a listing of 100,000 a tenth)
         users = self._leases(entry, alive)[0]
         locked, used = self._probe(entry)
-        keep = bool(keep) or os.path.exists(os.path.join(entry, "keep"))
+        keep = bool(keep) or os.path.exists(f"{entry}/keep")
         return Entry(name, size, created, max(last_used, used), keep, meta, bool(users) or locked,
                      tuple(users))
+
+    def names(self) -> set[str]:
+        """The names of the entries the index accounts for: after :meth:`gc`, every entry."""
+        return {name for (name,) in self._db().execute("SELECT name FROM entries")}
 
     def __contains__(self, name: str) -> bool:
         try:
@@ -908,7 +912,7 @@ class FsCache:
         """Whether some process holds the entry's lock (a reader or holder, or a storer
         committing), and the time of its last use."""
         try:
-            fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
+            fd = os.open(f"{entry}/lock", _OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return False, float("-inf")
         try:
@@ -980,7 +984,7 @@ class FsCache:
                 report.rows_dropped += 1
             alive: dict[str, bool] = {}
             for name, keep in db.execute("SELECT name, keep FROM entries").fetchall():
-                entry = os.path.join(self._objects, name)
+                entry = f"{self._objects}/{name}"
                 users, dead = self._leases(entry, alive)
                 report.leases_reclaimed += self._reclaim(entry, dead)
                 if not users and not keep:

@@ -630,8 +630,13 @@ class Repositories:
 
     @staticmethod
     def _clean_links(base: Base) -> int:
+        """Remove the links of deleted repositories (run after the engine's gc, which has given
+        every committed entry its row)."""
         removed = 0
+        present = base.cache().names()
         for link in os.scandir(base.path):
+            if link.name in present:
+                continue
             try:
                 ours = link.is_symlink() and os.readlink(link.path) == base.link_target(link.name)
             except OSError:
