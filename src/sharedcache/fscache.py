@@ -43,8 +43,13 @@ adds its lease.  Whoever deletes the entry takes it exclusively *without waiting
 index transaction: if that fails, the entry is in use and is not deleted; if it succeeds, no
 lease can be added until the entry is gone, so the deleter's look at the leases is final.  The
 staging directory's ``lock`` becomes the entry's ``lock`` by the commit rename, so the storer's
-exclusive lock covers the entry until the commit is complete.  Lock order: the index's write
-lock, then an entry lock; a process holding an entry lock never waits for the index.
+exclusive lock covers the entry until the commit is complete.
+
+Entry locks may be held for long (a reader holds one while it reads, and may meanwhile store,
+which waits for the index), so whoever holds the index's write lock never waits for an entry
+lock that a reader holds: a deleter tries without waiting (and waits at most 50 ms for an
+exclusive holder, which holds it for an instant); a store that lost the race for its name
+takes the winner's lock shared, which only such instant exclusive holders can delay.
 
 Store (``store(name)``)
 -----------------------
