@@ -660,19 +660,19 @@ class FsCache:
     def _leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[int], list[str]]:
         """The pids of the live owners of the entry's leases, and the dead leases' ids.
 
-        ``alive`` caches, across calls, whether each owner is alive."""
+        ``alive`` caches whether each owner is alive, across calls if the caller passes it (an
+        owner often holds many leases: each ``sc --use`` of a job adds one)."""
         try:
             leases = os.listdir(f"{entry}/leases")
         except (FileNotFoundError, NotADirectoryError):
             return [], []
+        if alive is None:
+            alive = {}
         live, dead = [], []
         for lease in leases:
             key = _owner_key(lease)
-            if alive is None:
-                up = key_alive(key)
-            elif key in alive:
-                up = alive[key]
-            else:
+            up = alive.get(key)
+            if up is None:
                 up = alive[key] = key_alive(key)
             if up:
                 live.append(Owner.parse(key).pid)
