@@ -504,7 +504,7 @@ def test_cache_of_an_older_layout_is_refused_clearly_and_left_alone(root: Path) 
     for repair in (False, True):
         with pytest.raises(CacheError) as raised:
             FsCache(root, repair=repair)
-        assert "older shared-cache (format 1); remove it" in _one_clear_line(raised.value, root)
+        assert "made by shared-cache 0.1, whose layout this version does not use; remove it" in _one_clear_line(raised.value, root)
     assert info.read_bytes() == b"shared-cache fscache 1\n"
 
 

@@ -177,6 +177,16 @@ def test_usage_errors_exit_2_with_one_line(args, dirs):
     assert result.stderr.startswith("sc: error: ")
 
 
+def test_help_and_version_print_and_exit_0():
+    import sharedcache
+
+    version = sc("--version")
+    assert (version.returncode, version.stdout, version.stderr) == (
+        0, f"sc (shared-cache) {sharedcache.__version__}\n", "")
+    helped = sc("--help")
+    assert helped.returncode == 0 and "--version" in helped.stdout and "--use" in helped.stdout
+
+
 def test_checksum_mismatch_commits_nothing(dirs, tarball):
     path, md5 = tarball
     wrong = "0" * 32

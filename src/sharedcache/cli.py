@@ -66,6 +66,7 @@ OPTIONS = (
     Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
     Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
     Option(("-h", "--help"), "help", "show this help and exit"),
+    Option(("--version",), "version", "show the version and exit"),
 )
 _BY_FLAG = {flag: option for option in OPTIONS for flag in option.flags}
 _ACTION_FLAGS = {"--use": "use", "--unuse": "unuse", "--location": "location"}
@@ -106,7 +107,7 @@ class Arguments:
         self.pid: int | None = None
         self.timeout: float | None = None
         self.connections = 1
-        self.keep = self.json = self.help = False
+        self.keep = self.json = self.help = self.version = False
         self.quiet = self.verbose = 0
 
     @property
@@ -172,7 +173,7 @@ def _take(args: Arguments, flag: str, value: str | None, rest: list[str]) -> Non
 
 
 def _check(args: Arguments) -> Arguments:
-    if args.help:
+    if args.help or args.version:
         return args
     if args.action is None:
         raise UsageError("say what to do: --use, --unuse, --location, run, list or gc")
@@ -207,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse(argv)
         if options.help:
             print(help_text(), end="")
+            return 0
+        if options.version:
+            from . import __version__
+
+            print(f"sc (shared-cache) {__version__}")
             return 0
         return _run(options)
     except UsageError as e:

@@ -146,8 +146,9 @@ from .scoped import scoped
 from .sizes import format_size, parse_size
 
 FORMAT_LINE = b"shared-cache fscache 2\n"
-# Caches in an older layout: refused with a clear error rather than taken for foreign content.
-_OLD_FORMATS = {b"shared-cache fscache 1\n": "1"}
+# Caches in an older layout (marker -> the versions that made it): refused with a clear error
+# rather than taken for foreign content.
+_OLD_FORMATS = {b"shared-cache fscache 1\n": "shared-cache 0.1"}
 TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -324,8 +325,9 @@ class FsCache:
         damaged = (found is None or FORMAT_LINE.startswith(found)) and os.path.isdir(self._objects)
         if found in _OLD_FORMATS:
             raise CacheError(
-                f"cache {self.root} has the layout of an older shared-cache (format "
-                f"{_OLD_FORMATS[found]}); remove it to let this version make a new one"
+                f"cache {self.root} was made by {_OLD_FORMATS[found]}, whose layout this version "
+                "does not use; remove it (its data is fetched again) to let this version make a "
+                "new one"
             )
         if not damaged:
             shown = b"<a directory>" if found is None else found[:40]
