@@ -569,16 +569,17 @@ INDEX_DAMAGE = ["garbage", "header", "pages", "truncated-half", "truncated-page"
 @pytest.mark.parametrize("how", INDEX_DAMAGE)
 def test_corrupt_index_is_a_cache_error_and_gc_rebuilds_it(root: Path, how: str) -> None:
     sizes = _checkpointed_cache(root)
+    budget = 10 * sum(sizes.values())
+    FsCache(root).max_size = budget
     _corrupt(root / "index.sqlite", how)
     cache = FsCache(root)
     me = Owner.current()
     # Reading and holding do not need the index: the data stays usable until gc repairs it.
-    assert "e3" in cache and loads(cache, "e3")
+    assert "e3" in cache and loads(cache, "e3") and cache.max_size == budget
     cache.hold("e5", me)
     assert cache.users("e5") == [os.getpid()]
     operations = {
         "size": lambda: cache.size,
-        "max_size": lambda: cache.max_size,
         "set max_size": lambda: setattr(cache, "max_size", "1GB"),
         "entries": cache.entries,
         "info": lambda: cache.info("e3"),
@@ -595,6 +596,7 @@ def test_corrupt_index_is_a_cache_error_and_gc_rebuilds_it(root: Path, how: str)
     assert report.index_rebuilt
     assert {e.name: e.size for e in cache.entries()} == sizes
     assert cache.info("e5").users == (os.getpid(),)  # leases live with their entries: kept
+    assert cache.max_size == budget  # and so does the budget
     for name in sizes:
         assert loads(cache, name)
     assert cache.size == sum(sizes.values()) == fresh_scan(root)

@@ -121,6 +121,27 @@ def test_keep_leaves_an_lru_entry_within_max_size(dirs, tarball, tmp_path):
         assert "big" in names and "kept0" not in names and "kept2" in names
 
 
+def test_max_size_given_with_a_warm_use_applies_at_once(dirs, tarball):
+    with Sleeper() as owner:
+        common = ["-d", str(dirs[0]), "--pid", str(owner.pid), "--keep"]
+        for n in range(3):
+            args = [*common, "-n", f"kept{n}", *recipe(tarball)]
+            assert sc("--use", *args).returncode == 0
+            assert sc("--unuse", *args).returncode == 0
+        def listed():
+            return {r["name"]: r["size"] for r in json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)}
+        one = listed()["kept2"]
+        # A warm use of kept2 with a budget of one repository: the two others go, kept2 stays.
+        args = [*common, "-n", "kept2", "--max-size", str(one), *recipe(tarball)]
+        assert sc("--use", *args).returncode == 0
+        assert listed() == {"kept2": one}
+        budget = dirs[0] / ".shared-cache" / "budget"
+        assert budget.read_text() == str(one)
+        written = budget.stat().st_mtime_ns
+        assert sc("--use", *args).returncode == 0  # the same budget again: nothing written
+        assert budget.stat().st_mtime_ns == written
+
+
 def write_big(tmp_path: Path, size: int) -> Path:
     path = tmp_path / "origin" / "big.bin"
     path.write_bytes(os.urandom(size))

@@ -10,6 +10,7 @@ Layout
 
     <root>/
       cache.info        format marker: one line, "shared-cache fscache 2"
+      budget            the size budget in bytes (absent: unlimited)
       index.sqlite      the index: accounting and eviction order (see sharedcache.index)
       stage.lock        guards the creation of staging directories against gc
       stage/<id>/       a staging directory: what becomes objects/<name>/, being filled
@@ -279,6 +280,7 @@ class FsCache:
         self._objects = os.path.join(self.root, "objects")
         self._stage = os.path.join(self.root, "stage")
         self._trash = os.path.join(self.root, "trash")
+        self._budget = os.path.join(self.root, "budget")
         self._local = thread_local()
         self._open()
         if max_size is not _UNSET:
@@ -406,14 +408,36 @@ class FsCache:
     @property
     def max_size(self) -> int | None:
         """The size budget in bytes (None: unlimited), as stored in the cache now."""
-        return self._db().setting("max_size")  # type: ignore[no-any-return]
+        try:
+            with open(self._budget, "rb") as f:
+                text = f.read(64)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise CacheError(f"cannot read {self._budget}: {e.strerror}") from None
+        try:
+            return int(text)
+        except ValueError:
+            raise CacheError(
+                f"the budget {self._budget} of cache {self.root} is damaged ({text[:20]!r}); "
+                "set it again (max_size, or sc --max-size)"
+            ) from None
 
     @max_size.setter
     def max_size(self, value: int | str | None) -> None:
+        # Kept in a file of its own, not in the index, so that an index rebuilt by gc keeps it.
+        # It is changed under the index's write lock, with the evictions it calls for.
         budget = None if value is None else parse_size(value, "max_size")
         with self._transaction() as db:
-            db.execute("UPDATE settings SET value=? WHERE key='max_size'", (budget,))
-            self._restore_budget(db)
+            # The index is read before anything changes, so that an unusable one fails the
+            # change whole.
+            excess = db.setting("total") - budget if budget is not None else 0
+            if budget is None:
+                unlink_if_present(self._budget)
+            else:
+                write_atomic(self._budget, str(budget).encode())
+            if excess > 0:
+                self._evict(db, excess)
         self._empty_trash()
 
     @property
@@ -543,7 +567,7 @@ class FsCache:
         """Within a transaction: evict until ``size`` more bytes fit the budget; return whether
         they do.  Entries evicted are gone even if they do not (a rename into the trash cannot be
         rolled back), so the caller commits the transaction either way."""
-        budget = db.setting("max_size")
+        budget = self.max_size
         if budget is None:
             return True
         if size > budget and strict:
@@ -729,7 +753,7 @@ class FsCache:
 
     def _restore_budget(self, db: Index) -> None:
         """Within a transaction: evict down to the budget (exceeded by non-strict stores)."""
-        budget = db.setting("max_size")
+        budget = self.max_size
         if budget is not None and db.setting("total") > budget:
             self._evict(db, db.setting("total") - budget)
 

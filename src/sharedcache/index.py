@@ -6,7 +6,8 @@ at commit, its creation time, its caller's metadata, and two facts that only eve
 also kept in the entry's own directory, where holding and loading record them without the
 index: the time of the last use and the keep flag.  The index's copies of those two are lower
 bounds, brought up to date by whoever needs them exact (eviction, release, gc).  It also holds
-the settings every process shares: the size budget and the accounted size.
+the accounted size, the sum of the rows' sizes, so that a store need not add them up.  Nothing
+else is only here: gc can rebuild the index from the entries' directories.
 
 SQLite gives atomic, durable, multi-process transactions, and its locks, like ours, are released
 by the kernel when a process dies.  A write transaction (``BEGIN IMMEDIATE``) serialises every
@@ -47,7 +48,6 @@ CREATE TABLE IF NOT EXISTS entries (
     meta TEXT
 );
 CREATE INDEX IF NOT EXISTS entries_by_last_use ON entries (last_used, name);
-INSERT OR IGNORE INTO settings VALUES ('max_size', NULL);
 INSERT OR IGNORE INTO settings VALUES ('total', 0);
 """
 

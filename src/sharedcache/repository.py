@@ -298,16 +298,25 @@ class Repositories:
             timeout=timeout,
             connections=connections,
         )
+        budget = None if max_size is None else parse_size(max_size, "--max-size")
         base = self._existing(request)
         if isinstance(base, Held):
+            if budget is not None:
+                self._set_budget(base.cache, budget)  # after the hold: evictions spare ours
             return base
         if base is None:
             base = self._choose(request)
         cache = base.cache()
-        if max_size is not None:
-            cache.max_size = max_size
+        if budget is not None:
+            self._set_budget(cache, budget)
         lease = self._hold_or_populate(base, request)
         return Held(request.name, base.path, base.ensure_link(request.name), cache, lease)
+
+    @staticmethod
+    def _set_budget(cache: FsCache, budget: int) -> None:
+        """Give the cache this budget; a budget already in place costs no write (nor the index)."""
+        if cache.max_size != budget:
+            cache.max_size = budget
 
     def _existing(self, request: Request) -> Held | Base | None:
         """Step 1: a held use where the repository exists, or the base populating it, or None."""
