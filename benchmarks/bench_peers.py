@@ -676,14 +676,7 @@ def w3_warm_process(b: Bench) -> Workload:
     reference = None if base_median is None else base_median * 1000
     w.rows.append(Row("python -c pass", reference, 1.0 if reference else None, how,
                       {"seconds": base_times}))
-    for c in b.usable(where=lambda c: c.warm):
-        if c.unavailable:
-            w.rows.append(absent(c))
-            continue
-        target, problem = ready_target(b, c, archive, "w3")
-        if problem:
-            w.rows.append(Row(c.label, None, notes=f"FAILED to populate: {problem}"))
-            continue
+    for c, target in ready_contenders(b, w, archive, "w3", lambda c: c.warm):
         count = runs if c.kind == "project" else max(5, runs // 3)
         seconds, times, how = b.time_warm(c.argv(target), count)
         value = None if seconds is None else seconds * 1000
@@ -695,11 +688,22 @@ def w3_warm_process(b: Bench) -> Workload:
     return w
 
 
-def ready_target(b: Bench, c: Contender, archive: Archive, tag: str) -> tuple[Target, str]:
-    """A directory where ``c`` has fetched ``archive`` already (kept until the end of the run)."""
-    dest = b.fresh_dir(f"{tag}-{c.key}")
-    attempt = b.fetch(c, archive, dest)
-    return b.target(archive, dest), attempt.problem
+def ready_contenders(
+    b: Bench, w: Workload, archive: Archive, tag: str, where: Callable[[Contender], bool]
+) -> Iterator[tuple[Contender, Target]]:
+    """The contenders ``where`` selects, each with a directory where it has fetched ``archive``
+    already (kept until the end of the run); one that is unavailable or fails to fetch gets its
+    row in ``w`` instead."""
+    for c in b.usable(where=where):
+        if c.unavailable:
+            w.rows.append(absent(c))
+            continue
+        dest = b.fresh_dir(f"{tag}-{c.key}")
+        problem = b.fetch(c, archive, dest).problem
+        if problem:
+            w.rows.append(Row(c.label, None, notes=f"FAILED to populate: {problem}"))
+            continue
+        yield c, b.target(archive, dest)
 
 
 # -- W4 warm hit, in process ----------------------------------------------------------------------
@@ -711,14 +715,7 @@ def w4_warm_in_process(b: Bench) -> Workload:
     w = Workload("W4", "warm hit, in process: one fetch() of a ready tree", "us", "200 us goal",
                  params={"iterations": iterations, "budget_s": budget,
                          "archive_bytes": archive.size})
-    for c in b.usable(where=lambda c: c.in_process):
-        if c.unavailable:
-            w.rows.append(absent(c))
-            continue
-        target, problem = ready_target(b, c, archive, "w4")
-        if problem:
-            w.rows.append(Row(c.label, None, notes=f"FAILED to populate: {problem}"))
-            continue
+    for c, target in ready_contenders(b, w, archive, "w4", lambda c: c.in_process):
         done = harness.run(c.loop_argv(target, iterations, budget), timeout=budget * 4 + 120,
                            env=b.env)
         if not done.ok:
