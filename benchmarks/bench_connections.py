@@ -26,8 +26,9 @@ from pathlib import Path
 
 from harness import MB, OriginProcess, Traffic, table
 
-from sharedcache import pipeline
-from sharedcache.recipe import parse_recipe
+from sharedcache import FetchPolicy
+from sharedcache.loaders import pipeline
+from sharedcache.loaders.registry import parse_recipe
 
 
 def populate_once(words: list[str], tmp: Path, connections: int) -> float:
@@ -36,8 +37,8 @@ def populate_once(words: list[str], tmp: Path, connections: int) -> float:
     (run / "dest").mkdir()
     (run / "work").mkdir()
     started = time.perf_counter()
-    pipeline.populate(parse_recipe(words), run / "dest", work=run / "work", limit=None, progress=None,
-                      connect_timeout=30, read_timeout=60, retries=5, connections=connections)
+    pipeline.populate(parse_recipe(words), run / "dest", work=run / "work",
+                      fetch=FetchPolicy(connections=connections))
     return time.perf_counter() - started
 
 

@@ -812,7 +812,7 @@ print(time.perf_counter() - start)
 STORE = """\
 import sys
 from sharedcache import FsCache
-from sharedcache.recipe import recipe_identity
+from sharedcache.loaders.words import recipe_identity
 root, first, step, count = sys.argv[1], *map(int, sys.argv[2:5])
 cache = FsCache(root, durable=False)
 for i in range(first, count, step):

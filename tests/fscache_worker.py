@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from sharedcache import BusyError, FsCache, MissError, NoSpaceError, WaitTimeoutError
-from sharedcache.leases import Owner
+from sharedcache.engine.leases import Owner
 
 MANIFEST = "MANIFEST"
 

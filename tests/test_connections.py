@@ -1,5 +1,5 @@
 """Parallel ranged downloads (``connections`` > 1): the http: source against the loopback origin
-(tests/origin.py), and the in-order part reader of sharedcache.ranged with stand-in parts."""
+(tests/origin.py), and the in-order part reader of sharedcache.loaders.ranged with stand-in parts."""
 
 from __future__ import annotations
 
@@ -11,21 +11,25 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 from pathlib import Path
 
 import pytest
 from origin import Origin
 from scutil import tarball_bytes
 
-from sharedcache import pipeline
+from sharedcache.loaders import pipeline
 from sharedcache.errors import (
     ChecksumError,
     CorruptDataError,
     DownloadError,
     UsageError,
 )
-from sharedcache.ranged import MAX_CONNECTIONS, RangedReader, part_size
-from sharedcache.recipe import Progress, parse_recipe
+from sharedcache import FetchPolicy
+from sharedcache.config.settings import MAX_CONNECTIONS
+from sharedcache.loaders.protocol import Progress
+from sharedcache.loaders.ranged import RangedReader, part_size
+from sharedcache.loaders.registry import parse_recipe
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,8 +43,8 @@ def populate(tmp_path: Path, *words: str, connections: int = 4, progress: Progre
     work.mkdir(exist_ok=True)
     dest = tmp_path / f"dest{len(list(tmp_path.glob('dest*')))}"
     dest.mkdir()
-    pipeline.populate(parse_recipe(words), dest, work=work, limit=None, progress=progress,
-                      connect_timeout=10, read_timeout=10, retries=retries, connections=connections)
+    fetch = FetchPolicy(connect_timeout=10, read_timeout=10, retries=retries, connections=connections)
+    pipeline.populate(parse_recipe(words), dest, work=work, limit=None, progress=progress, fetch=fetch)
     return dest
 
 
@@ -295,7 +299,7 @@ class FakePart:
     """Bytes ``start`` to ``end`` of a made-up file (byte i is i % 251), in random-sized pieces after
     random short delays; fails at byte ``fail_at`` if it lies in the part."""
 
-    opened: list[FakePart] = []
+    opened: ClassVar[list[FakePart]] = []
 
     def __init__(self, start: int, end: int, fail_at: int | None = None) -> None:
         self.position, self.end, self.fail_at = start, end, fail_at

@@ -24,9 +24,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
 from sharedcache.errors import EntryTooLargeError
-from sharedcache.fscache import FORMAT_LINE, GcReport
-from sharedcache.fsutil import disk_usage
-from sharedcache.leases import Owner, boot_id, start_time
+from sharedcache.engine.fscache import GcReport
+from sharedcache.engine.fsutil import disk_usage
+from sharedcache.engine.layout import FORMAT_LINE
+from sharedcache.engine.leases import Owner, boot_id, start_time
 
 BLOCK = os.statvfs(tempfile.gettempdir()).f_bsize
 

@@ -19,7 +19,7 @@ import pytest
 from fscache_worker import Children, fill, loads, scan_usage, verify
 
 from sharedcache import BusyError, FsCache
-from sharedcache.leases import key_alive
+from sharedcache.engine.leases import key_alive
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -98,7 +98,7 @@ CRASH_POINTS = {
     "gc: reconciling": ("gc", ("gc", "_adopt", "return"), "", None),
     "gc: emptying trash": ("gc", ("gc", "_empty_trash", "call"), "", None),
     "load: locked": ("load", ("_lock_shared", "_touch", "call"), "", None),
-    "hold: lease created": ("hold", ("_add_lease", "_create", "return"), "dead leases", None),
+    "hold: lease created": ("hold", ("add_lease", "create_empty", "return"), "dead leases", None),
     "release: lease removed": ("release", ("release", "unlink", "c_return"), "", None),
 }
 

@@ -26,8 +26,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sharedcache import cli
+from sharedcache.cli import parser
 from sharedcache.errors import LoaderError, UsageError
-from sharedcache.recipe import Recipe, parse_recipe
+from sharedcache.loaders.pipeline import populate
+from sharedcache.loaders.registry import Recipe, parse_recipe
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,11 +85,11 @@ argv_items = st.sampled_from(FLAGS + VALUES + KNOWN) | words() | st.sampled_from
 @given(st.lists(argv_items, max_size=8))
 def test_any_command_line_parses_or_is_a_usage_error(argv: list[str]) -> None:
     try:
-        parsed = cli.parse(argv)
+        parsed = parser.parse(argv)
     except UsageError as error:
         assert_one_line(error)
     else:
-        assert isinstance(parsed, cli.Arguments)
+        assert isinstance(parsed, parser.Arguments)
 
 
 # Run in this process, against a fresh base directory: only options that keep it there, and
@@ -130,11 +132,11 @@ def test_main_answers_with_a_status_and_one_line(argv: list[str], tmp_path_facto
     monkeypatch.setenv("SC_DIRECTORIES", str(base))  # where a "-d" without its value leaves us
     capsys.readouterr()
     status = cli.main([argv[0], "-d", str(base), *argv[1:]])
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     assert status in (0, 1, 2), (argv, status, err)
     assert "Traceback" not in err and "internal error" not in err, (argv, err)
     if status:  # an error says so in one line (--location of nothing says nothing)
-        assert err.count("\n") <= 1 and err.startswith("sc: ") or not err, (argv, err)
+        assert (err.count("\n") <= 1 and err.startswith("sc: ")) or not err, (argv, err)
 
 
 # --- damaged archives and compressed streams -------------------------------------------------------
@@ -210,7 +212,7 @@ def test_damaged_data_is_unpacked_or_refused(sample: tuple[bytes, str]) -> None:
         (root / "work").mkdir()
         (root / "input").write_bytes(data)
         try:
-            parse_recipe([f"file:{root / 'input'}", unpacker]).populate(root / "dest", work=root / "work",
+            populate(parse_recipe([f"file:{root / 'input'}", unpacker]), root / "dest", work=root / "work",
                                                                         limit=10_000_000)
         except LoaderError as error:
             assert_one_line(error)

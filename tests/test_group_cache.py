@@ -99,7 +99,7 @@ def test_two_users_share_one_download_through_a_group_cache(shared, origin, pyth
         st = control.stat()
         assert st.st_gid == GROUP and st.st_mode & stat.S_ISGID and st.st_mode & 0o070 == 0o070
         for item in control.rglob("*"):
-            if item.is_symlink() or "objects" in item.parts and "data" in item.parts:
+            if item.is_symlink() or ("objects" in item.parts and "data" in item.parts):
                 continue
             mode = item.stat().st_mode
             assert item.stat().st_gid == GROUP, item

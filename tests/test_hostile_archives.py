@@ -29,9 +29,10 @@ import pytest
 import zstandard
 
 import sharedcache
-from sharedcache import archives, compression
+from sharedcache.loaders import archives, codecs
 from sharedcache.errors import CorruptDataError, LoaderError, SizeLimitError, UnsafeArchiveError
-from sharedcache.recipe import parse_recipe
+from sharedcache.loaders.pipeline import populate
+from sharedcache.loaders.registry import parse_recipe
 from scutil import sc
 
 pytestmark = pytest.mark.timeout(60)
@@ -145,7 +146,7 @@ class Box:
                 if path.relative_to(self.root).parts[0] != "box"}
 
     def populate(self, *words: str, limit: int | None = None) -> Path:
-        parse_recipe(words).populate(self.dest, work=self.work, limit=limit)
+        populate(parse_recipe(words), self.dest, work=self.work, limit=limit)
         return self.dest
 
     def refused(self, data: bytes, unpacker: str, *, limit: int | None = None,
@@ -427,8 +428,9 @@ def test_200000_empty_members_in_bounded_memory(box: Box) -> None:
     # The peak of this process's own memory: VmHWM.  (ru_maxrss would include the RSS of the
     # process that started it, which Linux carries across exec: pytest's, late in a long run.)
     script = ("import sys\n"
-              "from sharedcache.recipe import parse_recipe\n"
-              "parse_recipe(sys.argv[1:3]).populate(sys.argv[3], work=sys.argv[4])\n"
+              "from sharedcache.loaders.pipeline import populate\n"
+              "from sharedcache.loaders.registry import parse_recipe\n"
+              "populate(parse_recipe(sys.argv[1:3]), sys.argv[3], work=sys.argv[4])\n"
               "status = open('/proc/self/status').read()\n"
               "print(status.split('VmHWM:')[1].split()[0])\n")
     result = subprocess.run([sys.executable, "-c", script, f"file:{path}", "tar", box.dest, box.work],
@@ -484,7 +486,7 @@ def test_bomb_without_a_limit_hits_the_expansion_cap(box: Box, monkeypatch: pyte
                                                      unpacker: str) -> None:
     # A small floor keeps this fast; test_expansion_cap_for_real uses the real one.  (gzip's best is
     # about 1030 times, so its zeros pass the cap of 1000 only just: real gzip bombs are nested.)
-    monkeypatch.setattr(compression, "EXPANSION_FLOOR", MiB)
+    monkeypatch.setattr(codecs, "EXPANSION_FLOOR", MiB)
     if unpacker == "tar":
         bomb = COMPRESS[codec](tar(member("zeros", content=bytes(8 * MiB))))
     else:
@@ -501,14 +503,14 @@ def test_expansion_cap_for_real(box: Box) -> None:
 
 
 def test_compressible_data_under_the_cap_is_fine(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compression, "EXPANSION_FLOOR", MiB)
+    monkeypatch.setattr(codecs, "EXPANSION_FLOOR", MiB)
     text = b"".join(b"line %d of a log that compresses well\n" % i for i in range(100_000))
     dest = box.populate(box.put("log.xz", lzma.compress(text, preset=1)), "unxz")
     assert (dest / "log").read_bytes() == text
 
 
 def test_zip_bomb_is_refused_before_anything_is_written(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compression, "EXPANSION_FLOOR", MiB)
+    monkeypatch.setattr(codecs, "EXPANSION_FLOOR", MiB)
     bomb = zip_of(*((f"z{i}", bytes(5 * MiB), stat.S_IFREG | 0o644) for i in range(3)), method=zipfile.ZIP_BZIP2)
     assert "expands more than 1000 times" in box.refused(bomb, "zip")
     assert not any(box.dest.iterdir())
@@ -558,6 +560,6 @@ def test_zstd_asking_for_a_huge_window(box: Box) -> None:
 
 def test_data_after_the_end_of_a_tar_is_bounded_too(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bomb hidden after the end-of-archive marker, where nothing is written but all is read."""
-    monkeypatch.setattr(compression, "EXPANSION_FLOOR", MiB)
+    monkeypatch.setattr(codecs, "EXPANSION_FLOOR", MiB)
     bomb = zstandard.ZstdCompressor().compress(tar(member("small", content=b"x")) + bytes(20 * MiB))
     assert "a likely decompression bomb" in box.refused(bomb, "tar")

@@ -25,7 +25,9 @@ from scutil import tarball_bytes
 
 import sharedcache
 from sharedcache.errors import ChecksumError, LoaderError
-from sharedcache.recipe import parse_recipe
+from sharedcache import FetchPolicy
+from sharedcache.loaders.pipeline import populate as run_recipe
+from sharedcache.loaders.registry import parse_recipe
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,7 +59,8 @@ def populate(tmp_path: Path, *words: str, connections: int = 1, retries: int = 3
     work.mkdir(exist_ok=True)
     dest = tmp_path / f"dest{len(list(tmp_path.glob('dest*')))}"
     dest.mkdir()
-    parse_recipe(words).populate(dest, work=work, connections=connections, retries=retries)
+    run_recipe(parse_recipe(words), dest, work=work,
+               fetch=FetchPolicy(connections=connections, retries=retries))
     return dest
 
 

@@ -14,9 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sharedcache.errors import UsageError
-from sharedcache.recipe import Recipe, default_name, parse_recipe, recipe_identity
-from sharedcache.sources import HttpSource
-from sharedcache.transforms import Sha256Check, Untar
+from sharedcache.loaders.http import HttpSource
+from sharedcache.loaders.registry import Recipe, parse_recipe
+from sharedcache.loaders.transforms import Sha256Check, Untar
+from sharedcache.loaders.words import default_name, recipe_identity
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,7 +47,8 @@ def test_parse() -> None:
     (["http:https://"], "'http:https://': malformed URL"),
     (["http:host/x"], "'http:host/x': malformed URL"),
     (["http:http://host:99999/x"], "'http:http://host:99999/x': malformed URL"),
-    (["http:http://host/a b"], "'http:http://host/a b': malformed URL"),
+    # One splitting rule everywhere: whitespace separates words, inside a list's items too.
+    (["http:http://host/a b"], "unknown loader 'b'"),
     (["http"], "'http': http needs a URL, as in http:URL"),
     (["http:"], "'http:': http needs a URL, as in http:URL"),
     (["file:/x", "sha256:abc"], "'sha256:abc': a sha256 digest is 64 hexadecimal digits"),
@@ -95,7 +97,7 @@ def test_default_name_is_always_a_safe_name(words: list[str]) -> None:
 def test_identity_and_name_are_cheap() -> None:
     script = textwrap.dedent("""
         import sys
-        from sharedcache.recipe import default_name, recipe_identity
+        from sharedcache.loaders.words import default_name, recipe_identity
         default_name(["http:https://h/x.tar.gz", "tar"]), recipe_identity(["http:https://h/x.tar.gz", "tar"])
         heavy = {"urllib3", "importlib.metadata", "zstandard", "tarfile", "zipfile"} & set(sys.modules)
         assert not heavy, heavy
@@ -114,7 +116,8 @@ def test_third_party_loader(tmp_path: Path) -> None:
         "[sharedcache.loaders]\nrot13 = rot13_loader:Rot13\nbroken = rot13_loader:Missing\n")
     (plugin / "rot13_loader.py").write_text(textwrap.dedent('''
         import codecs
-        from sharedcache.recipe import Layer, Transform
+        from sharedcache.loaders.protocol import Transform
+        from sharedcache.loaders.streams import Layer
 
         class _Rot13(Layer):
             def read(self, size=-1):
@@ -133,8 +136,9 @@ def test_third_party_loader(tmp_path: Path) -> None:
     work.mkdir()
     script = textwrap.dedent(f"""
         from sharedcache.errors import UsageError
-        from sharedcache.recipe import parse_recipe
-        parse_recipe(["file:{source}", "rot13"]).populate({str(dest)!r}, work={str(work)!r})
+        from sharedcache.loaders.pipeline import populate
+        from sharedcache.loaders.registry import parse_recipe
+        populate(parse_recipe(["file:{source}", "rot13"]), {str(dest)!r}, work={str(work)!r})
         try:
             parse_recipe(["file:/x", "broken"])
         except UsageError as error:
@@ -145,3 +149,13 @@ def test_third_party_loader(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "dest" / "in.txt.rot13").read_text() == "Uryyb, Jbeyq"
     assert result.stdout.startswith("loader 'broken' (rot13_loader:Missing) cannot be loaded: ")
+
+
+def test_one_splitting_rule_for_strings_lists_and_the_command_line() -> None:
+    words = "http:https://host/data.tgz  sha256:" + "0" * 64 + "\ttar"
+    expected = ("http:https://host/data.tgz", "sha256:" + "0" * 64, "tar")
+    assert parse_recipe(words).words == expected
+    assert parse_recipe(words.split()).words == expected
+    assert parse_recipe([" ".join(expected[:2]), expected[2]]).words == expected
+    assert recipe_identity(words) == recipe_identity(list(expected)) == "\n".join(expected)
+    assert default_name(words) == default_name(list(expected))

@@ -209,7 +209,7 @@ def test_help_and_version_print_and_exit_0():
 
 
 def test_checksum_mismatch_commits_nothing(dirs, tarball):
-    path, md5 = tarball
+    path, _md5 = tarball
     wrong = "0" * 32
     result = sc("--use", "-n", "repo", "-d", str(dirs[0]), f"file:{path}", f"md5:{wrong}", "tar")
     assert result.returncode == 1

@@ -62,7 +62,7 @@ def test_concurrent_users_cause_exactly_one_download(origin, tarball, base):
 
 
 def test_waiters_get_the_populators_error_and_a_later_use_tries_again(origin, tarball, base):
-    payload, md5 = tarball
+    payload, _md5 = tarball
     url = origin.add("/data.tar.gz", payload)
     origin.rate = len(payload) / 1.5
     args = ["--use", "-n", "bad", "-d", str(base), f"http:{url}", "md5:" + "0" * 32, "tar"]
@@ -159,7 +159,7 @@ def test_waiting_process_says_whom_it_waits_for(origin, tarball, base):
     args, first = start_slow_population(origin, tarball, base)
     try:
         time.sleep(0.2)
-        ((status, out, err),) = finish([sc_start("-v", *args)], timeout=60)
+        ((status, _out, err),) = finish([sc_start("-v", *args)], timeout=60)
         ((status0, _, err0),) = finish([first], timeout=60)
     finally:
         if first.poll() is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sharedcache.scoped import scoped
+from sharedcache.lean import scoped
 
 
 @scoped

@@ -19,7 +19,10 @@ from origin import Origin
 from scutil import tarball_bytes
 
 from sharedcache.errors import ChecksumError, DownloadError, ResumeError, SizeLimitError
-from sharedcache.recipe import parse_recipe
+from sharedcache import FetchPolicy
+from sharedcache.loaders.pipeline import populate as run_recipe
+from sharedcache.loaders.protocol import Progress
+from sharedcache.loaders.registry import parse_recipe
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,10 +41,13 @@ def boxes(tmp_path: Path) -> tuple[Path, Path]:
     raise AssertionError("too many boxes")
 
 
-def populate(tmp_path: Path, *words: str, **kwargs: object) -> Path:
+def populate(tmp_path: Path, *words: str, limit: int | None = None, progress: Progress | None = None,
+             **fetch: int) -> Path:
+    """Run the recipe ``words`` into a fresh box; ``fetch``: settings of the FetchPolicy."""
     dest, work = boxes(tmp_path)
-    kwargs.setdefault("retries", 3)
-    parse_recipe(words).populate(dest, work=work, **kwargs)  # type: ignore[arg-type]
+    fetch.setdefault("retries", 3)
+    run_recipe(parse_recipe(words), dest, work=work, limit=limit, progress=progress,
+               fetch=FetchPolicy(**fetch))  # type: ignore[arg-type]
     return dest
 
 
@@ -223,8 +229,9 @@ def test_no_validator_starts_over(origin: Origin, tmp_path: Path) -> None:
 
 def start_and_kill(url: str, words: list[str], dest: Path, work: Path) -> int:
     """Populate in a child process, SIGKILL it once it has checkpointed some bytes; return them."""
-    script = (f"from sharedcache.recipe import parse_recipe\n"
-              f"parse_recipe({words!r}).populate({str(dest)!r}, work={str(work)!r})\n")
+    script = (f"from sharedcache.loaders.pipeline import populate\n"
+              f"from sharedcache.loaders.registry import parse_recipe\n"
+              f"populate(parse_recipe({words!r}), {str(dest)!r}, work={str(work)!r})\n")
     env = {**os.environ, "PYTHONPATH": SRC}
     child = subprocess.Popen([sys.executable, "-c", script], env=env)
     meta = work / "partial.json"

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from scutil import make_tarball, sample_files, sc
 
-from sharedcache.fscache import FsCache
-from sharedcache.fsutil import disk_usage
+from sharedcache.engine.fscache import FsCache
+from sharedcache.engine.fsutil import disk_usage
 
 SECONDS = float(os.environ.get("SC_TORTURE_SECONDS", "45"))
 CLIENTS = 5

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from sharedcache.compression import decompressing
+from sharedcache.loaders.codecs import decompressing
 from sharedcache.errors import ChecksumError, CorruptDataError, SizeLimitError, UnsafeArchiveError
-from sharedcache.recipe import parse_recipe
-from sharedcache.transforms import Gunzip, Unzstd
+from sharedcache.loaders.pipeline import populate as run_recipe
+from sharedcache.loaders.registry import parse_recipe
+from sharedcache.loaders.transforms import Gunzip, Unzstd
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,7 +44,7 @@ def populate(tmp_path: Path, *words: str, limit: int | None = None) -> Path:
     dest, work = box / "dest", box / "work"
     dest.mkdir()
     work.mkdir(exist_ok=True)
-    parse_recipe(words).populate(dest, work=work, limit=limit)
+    run_recipe(parse_recipe(words), dest, work=work, limit=limit)
     return dest
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scutil import SC, content_for  # noqa: E402
+from scutil import SC, content_for
 
 
 def verify(path: Path, files: dict[str, int]) -> bool:
@@ -31,7 +31,7 @@ def verify(path: Path, files: dict[str, int]) -> bool:
 
 def main() -> None:
     config = json.loads(sys.argv[1])
-    log = open(sys.argv[2], "a", buffering=1)
+    log = open(sys.argv[2], "a", buffering=1)  # noqa: SIM115 - the log is written until the process dies
     rng = random.Random(int(sys.argv[3]))
     deadline = config["deadline"]
     timeout = config["timeout"]
@@ -68,9 +68,8 @@ def main() -> None:
                 status, _, err, took = sc("--unuse", *args)
                 record(op="unuse", repo=repo["name"], status=status, took=took, err=err.strip())
         elif op == "run":
-            check = ("import os, sys; sys.path.insert(0, %r); from torture_client import verify; "
-                     "from pathlib import Path; sys.exit(0 if verify(Path(os.environ['SC_PATH']), %r) else 3)"
-                     % (str(Path(__file__).parent), files))
+            check = (f"import os, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from torture_client import verify; "
+                     f"from pathlib import Path; sys.exit(0 if verify(Path(os.environ['SC_PATH']), {files!r}) else 3)")
             status, _, err, took = sc("run", *args, "--", sys.executable, "-c", check)
             record(op="run", repo=repo["name"], status="corrupt" if status == 3 else status, took=took,
                    err=err.strip())

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/venv.sh
-setup_venv '[test,progress]'
+setup_venv '[test,progress,lint]'
 exec "$venv/bin/python" -m pytest "$@"

@@ -1,22 +1,35 @@
 """shared-cache: share read-only data between the processes of a host.
 
-* :class:`FsCache` (:mod:`sharedcache.fscache`): the crash-safe multi-process cache engine.
 * :func:`use` (:mod:`sharedcache.repository`): hold a use of a repository described by a loader
   stack; the first user downloads and prepares it, the others wait and share it.
+* :class:`FsCache` (:mod:`sharedcache.engine`): the crash-safe multi-process cache engine.
+* :class:`FetchPolicy` (:mod:`sharedcache.config`): how downloads fetch.
 * :mod:`sharedcache.errors`: every error meant for a user.
+
+The sub-systems, from the top down (each imports only those below it):
+
+* :mod:`sharedcache.cli`: the ``sc`` command;
+* :mod:`sharedcache.repository`: repositories in base directories, one population for all;
+* :mod:`sharedcache.loaders`: recipes and their loaders, and running them;
+* :mod:`sharedcache.engine`: the cache engine;
+* :mod:`sharedcache.config`, and the shared modules :mod:`~sharedcache.errors`,
+  :mod:`~sharedcache.sizes`, :mod:`~sharedcache.progress`, :mod:`~sharedcache.lean`.
 
 Submodules are imported on first access, so ``import sharedcache`` costs almost nothing.
 """
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
+import sys
 
-__version__ = "0.2.0"
+TYPE_CHECKING = False  # see sharedcache.lean
+
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 _EXPORTS = {
-    "FsCache": "fscache",
-    "use": "repository",
+    "FsCache": "engine.fscache",
+    "FetchPolicy": "config.settings",
+    "use": "repository.repositories",
     "MissError": "errors",
     "SharedCacheError": "errors",
     "UsageError": "errors",
@@ -29,9 +42,11 @@ _EXPORTS = {
     "CacheError": "errors",
     "WaitTimeoutError": "errors",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 - the list is the lazy exports' names
 
 if TYPE_CHECKING:
+    from .config.settings import FetchPolicy  # noqa: F401
+    from .engine.fscache import FsCache  # noqa: F401
     from .errors import (  # noqa: F401
         BusyError,
         CacheError,
@@ -45,8 +60,7 @@ if TYPE_CHECKING:
         UsageError,
         WaitTimeoutError,
     )
-    from .fscache import FsCache  # noqa: F401
-    from .repository import use  # noqa: F401
+    from .repository.repositories import use  # noqa: F401
 
 
 def __getattr__(name: str) -> object:
@@ -56,6 +70,6 @@ def __getattr__(name: str) -> object:
     # __import__ rather than importlib.import_module: importing importlib costs a warm sc --use
     # a tenth of its budget.
     __import__(f"{__name__}.{module}")
-    value = getattr(globals()[module], name)
+    value = getattr(sys.modules[f"{__name__}.{module}"], name)
     globals()[name] = value
     return value

@@ -29,6 +29,15 @@ class UsageError(SharedCacheError, ValueError):
     exit_status = 2
 
 
+class SettingError(UsageError):
+    """A setting has a value it cannot take.  ``setting`` is its name (``connections``), so that
+    whoever took the value can say where it came from (``--connections``, a file and key)."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting} {reason}")
+        self.setting, self.reason = setting, reason
+
+
 class MissError(SharedCacheError, KeyError):
     """The requested cache entry does not exist (or is not committed)."""
 

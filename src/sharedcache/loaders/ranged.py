@@ -24,9 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["MAX_CONNECTIONS", "Part", "RangedReader", "part_size"]
+__all__ = ["Part", "RangedReader", "part_size"]
 
-MAX_CONNECTIONS = 32
 _PART_MIN = 1 << 20       # smaller parts would spend more on requests than parallelism saves
 _PART_MAX = 8 << 20
 _BUFFER_MAX = 64 << 20    # what the parts of the window may hold together

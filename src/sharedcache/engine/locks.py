@@ -24,7 +24,7 @@ import fcntl
 import os
 import time
 
-from .errors import CacheError, WaitTimeoutError
+from ..errors import CacheError, WaitTimeoutError
 
 TYPE_CHECKING = False  # the annotations need no import at run time, and typing is costly
 if TYPE_CHECKING:
@@ -87,10 +87,6 @@ def lock(
         delay = min(delay * 2, 0.05)
         if try_lock(fd, mode):
             return
-
-
-def unlock(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def still_linked(fd: int, path: str | os.PathLike[str]) -> bool:

@@ -6,13 +6,13 @@ buffers), handing chunks through a small bounded queue to the calling thread, wh
 unpacks and writes.  Memory is a few 1 MiB buffers, whatever the size of the data.
 
 With ``connections`` > 1 an HTTP source fetches parts of the file over several connections at once
-(:mod:`sharedcache.ranged`, at most 64 MiB buffered) but still hands the bytes on in order, so
+(:mod:`sharedcache.loaders.ranged`, at most 64 MiB buffered) but still hands the bytes on in order, so
 everything above it (checksums, unpacking, the partial file and resuming) is the same as with one.
 
 Resuming
 --------
 Within a process, an interrupted HTTP transfer continues with a range request (see
-:mod:`sharedcache.sources`).  If a source cannot continue where it stopped it raises
+:mod:`sharedcache.loaders.http`).  If a source cannot continue where it stopped it raises
 :class:`ResumeError`; the population then starts over from an empty ``dest`` (up to ``retries``
 times), so two versions of the data are never mixed.
 
@@ -43,14 +43,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import (ChecksumError, CorruptDataError, LoaderError, NoSpaceError, ResumeError, SizeLimitError,
-                     UsageError)
-from .ranged import MAX_CONNECTIONS
-from .recipe import CHUNK, Context, FileStream, Progress, SourceStream, Stream
-from .sizes import format_size
+from ..errors import ChecksumError, CorruptDataError, LoaderError, NoSpaceError, ResumeError, SizeLimitError
+from ..sizes import format_size
+from .protocol import Context, Progress
+from .streams import CHUNK, FileStream, SourceStream, Stream
 
 if TYPE_CHECKING:
-    from .recipe import Recipe
+    from ..config.settings import FetchPolicy
+    from .registry import Recipe
 
 _QUEUE_DEPTH = 4            # chunks in flight between the reading thread and the writing one
 _PROGRESS_INTERVAL = 0.1    # seconds between progress calls
@@ -58,21 +58,20 @@ _CHECKPOINT_INTERVAL = 1.0  # seconds between updates of partial.json
 _THREAD_EXIT_WAIT = 2.0     # seconds to wait for the reading thread after a failure
 
 
-def populate(recipe: Recipe, dest: Path, *, work: Path, limit: int | None, progress: Progress | None,
-             connect_timeout: float, read_timeout: float, retries: int, connections: int = 1) -> None:
+def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
+             limit: int | None = None, progress: Progress | None = None,
+             fetch: FetchPolicy | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
     ``limit`` caps the bytes written to ``dest``, ``progress(done, total)`` is called with the
     number of source bytes received in order (with several connections, later parts may have
-    arrived too) at most every 0.1 s, ``connections`` is how many connections a source may use at
-    once (1 to :data:`~sharedcache.ranged.MAX_CONNECTIONS`).  Raises a :class:`LoaderError`, or
-    :class:`UsageError` for a bad ``connections``.
+    arrived too) at most every 0.1 s, ``fetch`` says how sources fetch (connections, timeouts,
+    retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None).
+    Raises a :class:`LoaderError`.
     """
-    if not 1 <= connections <= MAX_CONNECTIONS:
-        raise UsageError(f"connections must be between 1 and {MAX_CONNECTIONS}, not {connections}")
-    ctx = Context(work=work, what=recipe.source.describe(), limit=limit, connect_timeout=connect_timeout,
-                  read_timeout=read_timeout, retries=retries, connections=connections)
+    dest, work = Path(dest), Path(work)
+    ctx = Context(work=work, what=recipe.source.describe(), limit=limit, fetch=fetch)
     resumable = _raw(recipe) and recipe.source.resumable
     partial = _Partial(work, recipe.identity, ctx.what) if resumable else None
     if partial is None:
@@ -87,7 +86,7 @@ def populate(recipe: Recipe, dest: Path, *, work: Path, limit: int | None, progr
             why = f"{exc.strerror or exc} ({exc.filename})"
             raise LoaderError(f"cannot write the data of {ctx.what}: {why}") from None
         except ResumeError:
-            if restart >= retries:
+            if restart >= ctx.fetch.retries:
                 raise
             _empty(dest)
             ctx.written = 0

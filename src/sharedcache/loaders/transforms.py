@@ -19,8 +19,9 @@ import string
 from pathlib import Path
 from typing import ClassVar
 
-from .errors import ChecksumError, UsageError
-from .recipe import Context, Layer, Stream, Transform, Unpacker
+from ..errors import ChecksumError, UsageError
+from .protocol import Context, Transform, Unpacker
+from .streams import Layer, Stream
 
 
 class _Hashing(Layer):
@@ -88,7 +89,7 @@ class Decompress(Transform):
     suffixes: ClassVar[dict[str, str]]
 
     def wrap(self, below: Stream, ctx: Context) -> Stream:
-        from .compression import decompressing
+        from .codecs import decompressing
 
         return decompressing(self.codec, below, ctx.what)
 

@@ -3,7 +3,7 @@
 The warm path of ``sc --use`` needs a recipe's identity (to check that a repository was made
 from the same stack) and its default repository name, and nothing else of it; this module gives
 both at the cost of a few string operations.  Parsing words into loaders is
-:mod:`sharedcache.recipe`'s job.
+:mod:`sharedcache.loaders.registry`'s job.
 """
 
 from __future__ import annotations
@@ -14,10 +14,15 @@ if TYPE_CHECKING:
 
 
 def normalize_words(words: str | Iterable[str]) -> tuple[str, ...]:
-    """The words of a stack, stripped; a string counts as its whitespace-separated words."""
+    """The words of a stack: each string given counts as its whitespace-separated words.
+
+    This is the one splitting rule, on the command line and in the API alike, so that
+    ``"http:URL tar"`` and ``("http:URL", "tar")`` are the same recipe.  A loader's argument
+    therefore holds no whitespace (URLs cannot; a path with a space is written with another
+    name or a symlink)."""
     if isinstance(words, str):
-        words = words.split()
-    return tuple(word.strip() for word in words if word.strip())
+        return tuple(words.split())
+    return tuple(part for word in words for part in word.split())
 
 
 def recipe_identity(words: str | Iterable[str]) -> str:
@@ -31,7 +36,7 @@ def recipe_identity(words: str | Iterable[str]) -> str:
         try:
             identity.encode()
         except UnicodeEncodeError as exc:
-            from .errors import UsageError
+            from ..errors import UsageError
 
             word = next(word for word in identity.split("\n") if exc.object[exc.start] in word)
             raise UsageError(f"loader word {word!r} is not UTF-8 text") from None

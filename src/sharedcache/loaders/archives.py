@@ -10,8 +10,8 @@ Work is proportional to the archive, memory is bounded:
 
 * at most :data:`MAX_ENTRIES` entries: members, plus the directories created for their paths (so
   that a small archive cannot fill the file system with millions of empty files or directories);
-* the decompressed bytes may not exceed :data:`~sharedcache.compression.MAX_EXPANSION` times the
-  bytes read (see :mod:`sharedcache.compression`); for zip, whose members are decompressed by
+* the decompressed bytes may not exceed :data:`~sharedcache.loaders.codecs.MAX_EXPANSION` times the
+  bytes read (see :mod:`sharedcache.loaders.codecs`); for zip, whose members are decompressed by
   :mod:`zipfile`, the declared sizes of the members are checked against the archive's size;
 * a tar header is checked before :mod:`tarfile` parses it: an extended header (pax, GNU long name)
   may hold at most :data:`MAX_EXTENDED_HEADER` bytes, at most :data:`_MAX_HEADER_CHAIN` of them may
@@ -41,10 +41,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar
 
-from .compression import check_expansion, decompressing, sniff
-from .errors import CorruptDataError, UnsafeArchiveError
-from .recipe import CHUNK, Context, Stream
-from .sizes import format_size
+from ..errors import CorruptDataError, UnsafeArchiveError
+from ..sizes import format_size
+from .codecs import check_expansion, decompressing, sniff
+from .protocol import Context
+from .streams import CHUNK, Stream
 
 if TYPE_CHECKING:
     import zipfile

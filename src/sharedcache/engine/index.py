@@ -1,6 +1,6 @@
 """The index of a cache: its accounting, the order of eviction, and what listing shows.
 
-The index is an SQLite database, ``index.sqlite`` in the cache (see :mod:`sharedcache.fscache`
+The index is an SQLite database, ``index.sqlite`` in the cache (see :mod:`sharedcache.engine.fscache`
 for the protocol it takes part in).  It holds one row per committed entry: its size as measured
 at commit, its creation time, its caller's metadata, and two facts that only ever grow and are
 also kept in the entry's own directory, where holding and loading record them without the
@@ -29,12 +29,16 @@ try:  # sqlite3's Python layer only adds datetime adapters, which would cost eve
 except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
     import sqlite3  # type: ignore[no-redef]
 
-from .errors import CacheError, WaitTimeoutError
-from .scoped import scoped
+from ..errors import CacheError, WaitTimeoutError
+from ..lean import scoped
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Any
+
+#: A row: name, size, created, last used, keep, meta.
+Row = tuple[str, int, float, float, int, "str | None"]
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -64,7 +68,7 @@ class Index(sqlite3.Connection):
     root: str
     broken = False
 
-    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:  # type: ignore[no-untyped-def, override]
+    def execute(self, sql: str, parameters: tuple[object, ...] = ()) -> _Rows:  # type: ignore[override]  # rows are fetched through _Rows, whose errors are ours
         return self.cursor(_Rows).execute(sql, parameters)
 
     def failure(self, e: sqlite3.DatabaseError) -> Exception:
@@ -75,8 +79,77 @@ class Index(sqlite3.Connection):
         self.broken = True
         return CacheError(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
 
-    def setting(self, key: str):  # type: ignore[no-untyped-def]
-        return self.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()[0]
+    # -- the queries: every statement the engine runs is one of these ------------------------
+
+    def total(self) -> int:
+        """The accounted size: the sum of the rows' sizes, kept up to date by every change."""
+        return int(self.execute("SELECT value FROM settings WHERE key='total'").fetchone()[0])
+
+    def set_total(self, total: int) -> None:
+        self.execute("UPDATE settings SET value=? WHERE key='total'", (total,))
+
+    def sum_of_sizes(self) -> int:
+        """The accounted size recomputed from the rows."""
+        return int(self.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0])
+
+    def add(self, name: str, size: int, created: float, last_used: float, keep: bool,
+            meta: str | None) -> None:
+        """Insert the row of a committed entry and account for its size."""
+        self.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                     (name, size, created, last_used, int(keep), meta))
+        self.execute("UPDATE settings SET value=value+? WHERE key='total'", (size,))
+
+    def forget(self, name: str) -> None:
+        """Delete the row of ``name``, if any, and the size it accounted for."""
+        row = self.execute("SELECT size FROM entries WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            self.execute("DELETE FROM entries WHERE name=?", (name,))
+            self.execute("UPDATE settings SET value=value-? WHERE key='total'", row)
+
+    def has(self, name: str) -> bool:
+        return self.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone() is not None
+
+    def kept(self, name: str) -> bool:
+        """Whether the row of ``name`` says it is kept (False without a row)."""
+        row = self.execute("SELECT keep FROM entries WHERE name=?", (name,)).fetchone()
+        return bool(row and row[0])
+
+    def mark_kept(self, name: str) -> None:
+        self.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
+
+    def set_last_used(self, name: str, last_used: float) -> None:
+        self.execute("UPDATE entries SET last_used=? WHERE name=?", (last_used, name))
+
+    def eviction_batch(self, after: tuple[float, str], count: int = 256) -> list[tuple[float, str, int]]:
+        """The next ``count`` rows in the order of eviction (last use, then name) after
+        ``after``: (last used, name, size)."""
+        batch: list[tuple[float, str, int]] = self.execute(
+            "SELECT last_used, name, size FROM entries WHERE (last_used, name) > (?, ?) "
+            "ORDER BY last_used, name LIMIT ?", (*after, count),
+        ).fetchall()
+        return batch
+
+    _ROW = "SELECT name, size, created, last_used, keep, meta FROM entries"
+
+    def rows(self) -> list[Row]:
+        """Every row, by name: (name, size, created, last used, keep, meta)."""
+        rows: list[Row] = self.execute(self._ROW + " ORDER BY name").fetchall()
+        return rows
+
+    def row(self, name: str) -> Row | None:
+        row: Row | None = self.execute(self._ROW + " WHERE name=?", (name,)).fetchone()
+        return row
+
+    def names(self) -> set[str]:
+        return {name for (name,) in self.execute("SELECT name FROM entries")}
+
+    def names_and_keep(self) -> list[tuple[str, int]]:
+        rows: list[tuple[str, int]] = self.execute("SELECT name, keep FROM entries").fetchall()
+        return rows
+
+    def intact(self) -> bool:
+        """Whether SQLite finds the database sound (``PRAGMA quick_check``)."""
+        return bool(self.execute("PRAGMA quick_check").fetchone()[0] == "ok")
 
     @scoped
     def transaction(self) -> Iterator[Index]:
@@ -101,25 +174,26 @@ class Index(sqlite3.Connection):
 class _Rows(sqlite3.Cursor):
     connection: Index
 
-    def execute(self, sql: str, parameters=()) -> _Rows:  # type: ignore[no-untyped-def, override]
+    def execute(self, sql: str, parameters: Any = ()) -> _Rows:
         try:
-            return super().execute(sql, parameters)
+            super().execute(sql, parameters)
+            return self
         except sqlite3.DatabaseError as e:
             raise self.connection.failure(e) from None
 
-    def fetchone(self):  # type: ignore[no-untyped-def]
+    def fetchone(self) -> Any:
         try:
             return super().fetchone()
         except sqlite3.DatabaseError as e:
             raise self.connection.failure(e) from None
 
-    def fetchall(self):  # type: ignore[no-untyped-def]
+    def fetchall(self) -> list[Any]:
         try:
             return super().fetchall()
         except sqlite3.DatabaseError as e:
             raise self.connection.failure(e) from None
 
-    def __next__(self):  # type: ignore[no-untyped-def]
+    def __next__(self) -> Any:
         try:
             return super().__next__()
         except sqlite3.DatabaseError as e:

@@ -25,9 +25,9 @@ import struct
 from collections.abc import Callable
 from typing import IO, Any
 
-from .errors import CorruptDataError, UnsafeArchiveError
-from .recipe import CHUNK, Layer, Stream
-from .sizes import format_size
+from ..errors import CorruptDataError, UnsafeArchiveError
+from ..sizes import format_size
+from .streams import CHUNK, Layer, Stream
 
 #: Output may not exceed this many times the input read so far...
 MAX_EXPANSION = 1000

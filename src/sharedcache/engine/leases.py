@@ -1,4 +1,5 @@
-"""Who holds a use: the identity of a process, and whether it is still alive.
+"""Leases: who holds a use (the identity of a process, and whether it is alive), and the lease
+files that record it in an entry's directory.
 
 A use that outlives the command that took it (``sc --use`` exits at once; the job that asked
 goes on) is recorded as a *lease* naming its owner process.  A pid alone is not an identity: pids
@@ -9,22 +10,25 @@ are reused, and after a reboot they mean nothing.  An owner is therefore the tri
 where the boot id is ``/proc/sys/kernel/random/boot_id`` and the start time is field 22 of
 ``/proc/PID/stat`` (clock ticks since boot).  An owner is alive exactly when this boot's process
 with that pid started at that time.  A lease whose owner is not alive is dead and is reclaimed by
-whoever touches the repository next (see :mod:`sharedcache.fscache`).
+whoever touches the entry next (see the protocol in :mod:`sharedcache.engine.fscache`).
 
-Leases are files in their entry's directory, named by their owner's key (see
-:mod:`sharedcache.fscache`); this module only knows about processes.
+A lease is an empty file ``<entry>/leases/<owner key>.<random id>``: creating it takes a use,
+removing it releases that use, and its name says whose it is, so that reading an entry's leases
+is one directory listing.  The callers hold the entry's lock while they add or remove leases
+(see the protocol).
 """
 
 from __future__ import annotations
 
 import os
 
+from .fsutil import create_empty, unique_name, unlink_if_present
 
 _boot_id: str | None = None
 
 
 def boot_id() -> str:
-    global _boot_id
+    global _boot_id  # noqa: PLW0603 - read once per process, then remembered
     if _boot_id is None:
         with open("/proc/sys/kernel/random/boot_id", "rb") as f:  # (an ascii codec costs an import)
             _boot_id = f.read().strip().decode()
@@ -92,3 +96,55 @@ def key_alive(key: str) -> bool:
         return Owner.parse(key).alive()
     except ValueError:
         return False
+
+
+def owner_key(lease: str) -> str:
+    """The key of the owner of lease ``lease`` (a lease file's name)."""
+    return lease.rpartition(".")[0]
+
+
+def add_lease(entry: str, owner: Owner) -> str:
+    """Create a lease of ``owner`` in ``entry``; return its id."""
+    lease = f"{owner.key}.{unique_name()}"
+    create_empty(os.path.join(entry, "leases", lease), exclusive=True)
+    return lease
+
+
+def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[int], list[str]]:
+    """The pids of the live owners of ``entry``'s leases, and the dead leases' ids.
+
+    ``alive`` caches whether each owner is alive, across calls if the caller passes it (an
+    owner often holds many leases: each ``sc --use`` of a job adds one)."""
+    try:
+        leases = os.listdir(f"{entry}/leases")
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []
+    if alive is None:
+        alive = {}
+    live, dead = [], []
+    for lease in leases:
+        key = owner_key(lease)
+        up = alive.get(key)
+        if up is None:
+            up = alive[key] = key_alive(key)
+        if up:
+            live.append(Owner.parse(key).pid)
+        else:
+            dead.append(lease)
+    return live, dead
+
+
+def reclaim_leases(entry: str, dead: list[str]) -> int:
+    """Remove the dead leases ``dead`` of ``entry``; return how many."""
+    for lease in dead:
+        unlink_if_present(os.path.join(entry, "leases", lease))
+    return len(dead)
+
+
+def lease_of(entry: str, owner: Owner) -> str | None:
+    """A lease of ``owner`` in ``entry``, if it holds one."""
+    try:
+        leases = os.listdir(os.path.join(entry, "leases"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return next((lease for lease in sorted(leases) if owner_key(lease) == owner.key), None)

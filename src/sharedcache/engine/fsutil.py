@@ -169,6 +169,13 @@ def _make_writable(path: str, st: os.stat_result) -> None:
             pass
 
 
+def create_empty(path: str, *, exclusive: bool = False) -> None:
+    """Create the empty file ``path`` (a flag, or with ``exclusive`` a lease), never through a
+    symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
+    os.close(os.open(path, flags, 0o666))
+
+
 def unlink_if_present(path: str | os.PathLike[str]) -> None:
     """Delete the file ``path``; that it is gone already (another process was first) is fine."""
     try:

@@ -1,4 +1,4 @@
-"""The built-in source words: ``http:URL``, ``file:PATH`` and ``dirac:LFN``.
+"""``http:URL``: a file on an HTTP or HTTPS server.
 
 ``http:URL`` (http:// or https://) follows redirects, retries connection failures and 5xx answers
 with exponential backoff (4xx answers fail at once), and continues an interrupted transfer with a
@@ -6,125 +6,40 @@ with exponential backoff (4xx answers fail at once), and continues an interrupte
 ``206`` answer that starts at byte N, has the same total size and the same validator is stitched
 to what came before; anything else means the file changed or the server ignores ranges, and the
 stream raises :class:`ResumeError` so that the population starts over: no mix of two versions is
-ever delivered.  It is resumable across processes (see :mod:`sharedcache.pipeline`).
+ever delivered.  It is resumable across processes (see :mod:`sharedcache.loaders.pipeline`).
 
-With ``ctx.connections`` N > 1 the first request asks for ``bytes=0-`` (or, resuming, for the rest).
+With ``ctx.fetch.connections`` N > 1 the first request asks for ``bytes=0-`` (or, resuming, for the rest).
 If the answer is a ``206`` with the total size and a validator and the rest is worth splitting
-(:func:`sharedcache.ranged.part_size`), that answer delivers the first part and N threads fetch the
+(:func:`sharedcache.loaders.ranged.part_size`), that answer delivers the first part and N threads fetch the
 others with ``Range: bytes=A-B`` requests guarded by ``If-Range``; the bytes are handed on strictly
-in order (:mod:`sharedcache.ranged`).  Each part is checked as a resume is (a ``206`` with exactly
+in order (:mod:`sharedcache.loaders.ranged`).  Each part is checked as a resume is (a ``206`` with exactly
 the range asked for, the same size and validator) and each is continued on its own after an
 interruption.  A part that fails the check is never stitched: the stream goes on with one
 connection from the byte it has handed on, with a range request guarded by ``If-Range``, so that a
 file that changed raises :class:`ResumeError`.  A server that answers ``200`` or gives no validator,
 and a small file, get one connection.  This holds for fresh downloads and for resumed ones alike.
-
-``file:PATH`` reads a local file.  ``dirac:LFN`` runs ``dirac-dms-get-file LFN`` in the work
-directory, streams the file it writes, and deletes it; the DIRAC tool does its own retrying.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import posixpath
 import re
-import shutil
-import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import DownloadError, ResumeError, UsageError
+from ..errors import DownloadError, ResumeError, UsageError
+from .local import safe_filename
+from .protocol import Context, Source
 from .ranged import RangedReader, part_size
-from .recipe import CHUNK, Context, FileStream, Source, SourceStream
+from .streams import CHUNK, SourceStream
 
 if TYPE_CHECKING:
     import urllib3
 
-_BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles each time
-_BACKOFF_MAX = 8.0
 _MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-def _backoff(attempt: int) -> float:
-    return min(_BACKOFF_FIRST * 2**attempt, _BACKOFF_MAX)
-
-
-def _safe_filename(name: str) -> str:
-    unusable = name in ("", ".", "..") or "\x00" in name or len(name.encode(errors="surrogateescape")) > 255
-    return "download" if unusable else name
-
-
-def _open_file(path: str, what: str, *, remove: bool = False) -> FileStream:
-    try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise DownloadError(f"cannot read {what}: it is a directory")
-        if not stat.S_ISREG(mode):  # opening a FIFO would block
-            raise DownloadError(f"cannot read {what}: not a regular file")
-        return FileStream(path, remove=remove)
-    except FileNotFoundError:
-        raise DownloadError(f"cannot read {what}: no such file") from None
-    except OSError as exc:
-        raise DownloadError(f"cannot read {what}: {exc.strerror or exc}") from None
-
-
-class FileSource(Source):
-    """``file:PATH``: a local file."""
-
-    argument = "path"
-
-    def describe(self) -> str:
-        assert self.arg is not None
-        return self.arg
-
-    def filename(self) -> str:
-        assert self.arg is not None
-        return _safe_filename(os.path.basename(os.path.normpath(self.arg)))
-
-    def open(self, ctx: Context, start: int = 0, validator: str | None = None) -> SourceStream:
-        return _open_file(os.path.expanduser(self.describe()), self.describe())
-
-
-class DiracSource(Source):
-    """``dirac:LFN``: a file of the DIRAC grid file catalogue, fetched with the DIRAC client."""
-
-    argument = "LFN"
-    tool = "dirac-dms-get-file"
-
-    def __init__(self, name: str, arg: str | None) -> None:
-        super().__init__(name, arg)
-        if posixpath.basename(self.lfn) in ("", ".", ".."):
-            raise UsageError(f"'{self.word}': an LFN names a file, such as /vo/data/file.root")
-
-    @property
-    def lfn(self) -> str:
-        assert self.arg is not None
-        return self.arg
-
-    def filename(self) -> str:
-        return posixpath.basename(self.lfn)
-
-    def open(self, ctx: Context, start: int = 0, validator: str | None = None) -> SourceStream:
-        import subprocess
-
-        tool = shutil.which(self.tool)
-        if tool is None:
-            raise DownloadError(f"{self.tool} not found on PATH (install the DIRAC client)")
-        target = ctx.work / self.filename()
-        target.unlink(missing_ok=True)  # left by a process that died while fetching it
-        result = subprocess.run([tool, self.lfn], cwd=ctx.work, stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, errors="replace")
-        if result.returncode != 0:
-            target.unlink(missing_ok=True)
-            lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            why = lines[-1].strip() if lines else f"exit status {result.returncode}"
-            raise DownloadError(f"{self.tool} failed for {self.lfn}: {why}")
-        if not target.is_file():
-            raise DownloadError(f"{self.tool} did not write {self.filename()} for {self.lfn}")
-        return _open_file(str(target), self.word, remove=True)
 
 
 class HttpSource(Source):
@@ -157,7 +72,7 @@ class HttpSource(Source):
     def filename(self) -> str:
         from urllib.parse import unquote, urlsplit
 
-        return _safe_filename(posixpath.basename(unquote(urlsplit(self.url).path)))
+        return safe_filename(posixpath.basename(unquote(urlsplit(self.url).path)))
 
     def open(self, ctx: Context, start: int = 0, validator: str | None = None) -> SourceStream:
         return _HttpStream(self.url, ctx, start, validator)
@@ -192,19 +107,20 @@ def _reason(exc: BaseException) -> str:
 
 class _HttpStream(SourceStream):
     """The file from ``start`` on (from 0 if it cannot be continued there): through one connection,
-    or in parts over ``ctx.connections`` connections when the server allows it."""
+    or in parts over ``ctx.fetch.connections`` connections when the server allows it."""
 
     def __init__(self, url: str, ctx: Context, start: int, validator: str | None) -> None:
         super().__init__()
         import urllib3
 
         self.url = url
-        self.retries = ctx.retries
+        self.fetch = fetch = ctx.fetch
+        self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
-        self._connections = ctx.connections
+        self._connections = fetch.connections
         self._pool = urllib3.PoolManager(
             maxsize=self._connections,  # a connection per worker is kept for its next part
-            timeout=urllib3.Timeout(connect=ctx.connect_timeout, read=ctx.read_timeout),
+            timeout=urllib3.Timeout(connect=fetch.connect_timeout, read=fetch.read_timeout),
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0,
                                   redirect=_MAX_REDIRECTS),
             headers={"User-Agent": "shared-cache", "Accept-Encoding": "identity"})
@@ -299,7 +215,7 @@ class _HttpStream(SourceStream):
                 error = self._status_error(response)
                 if attempt >= self.retries:
                     raise DownloadError(f"{error} (after {attempt + 1} attempts)") from None
-            self.pause(_backoff(attempt), stop)
+            self.pause(self.fetch.delay(attempt), stop)
             attempt += 1
 
     def pause(self, seconds: float, stop: threading.Event | None) -> None:
@@ -371,7 +287,7 @@ class _Body:
     """Bytes ``start`` to ``last`` (to the end if None) of the file: from ``response`` if one is under
     way, else from a range request.  An interrupted transfer goes on with a range request guarded by
     ``If-Range`` (see :meth:`_HttpStream.continuation`), after a backoff, at most ``retries`` times in
-    a row without progress.  A :class:`~sharedcache.ranged.Part` of a parallel download."""
+    a row without progress.  A :class:`~sharedcache.loaders.ranged.Part` of a parallel download."""
 
     def __init__(self, http: _HttpStream, start: int, last: int | None, response: Any = None) -> None:
         self._http = http
@@ -395,7 +311,7 @@ class _Body:
             try:
                 # read1 (urllib3 >= 2.3) hands on what has arrived rather than wait for a full buffer.
                 response = self._response
-                data = response.read1(size) if hasattr(response, "read1") else response.read(size)
+                data: bytes = response.read1(size) if hasattr(response, "read1") else response.read(size)
             except self._http.errors as exc:
                 self._interrupted(_reason(exc))
                 continue
@@ -417,7 +333,7 @@ class _Body:
         if self._failures >= http.retries:
             raise DownloadError(f"download of {http.url} failed at byte {self._position}: {why} "
                                 f"(after {self._failures + 1} attempts)")
-        http.pause(_backoff(self._failures), self._stop)
+        http.pause(http.fetch.delay(self._failures), self._stop)
         self._failures += 1
 
     def close(self) -> None:

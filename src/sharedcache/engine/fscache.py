@@ -11,7 +11,7 @@ Layout
     <root>/
       cache.info        format marker: one line, "shared-cache fscache 2"
       budget            the size budget in bytes (absent: unlimited)
-      index.sqlite      the index: accounting and eviction order (see sharedcache.index)
+      index.sqlite      the index: accounting and eviction order (see sharedcache.engine.index)
       stage.lock        guards the creation of staging directories against gc
       stage/<id>/       a staging directory: what becomes objects/<name>/, being filled
       objects/<name>/   a committed entry:
@@ -24,7 +24,7 @@ Layout
       trash/<id>/       an entry being deleted; anything here is garbage
 
 An entry *exists* when its directory is in ``objects/`` with its commit marker.  Its row in the
-index is its accounting record (see :mod:`sharedcache.index`): the size counted against the
+index is its accounting record (see :mod:`sharedcache.engine.index`): the size counted against the
 budget and its place in the order of eviction.  The commit renames the directory into place
 within the index transaction that inserts the row, and a delete renames it away within the
 transaction that deletes the row, so a crash between the two steps is the only way to get one
@@ -59,9 +59,9 @@ Store (``store(name)``)
    staging directory whose owner has not locked it yet.)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is removed and
    the exception re-raised; nothing is committed.
-3. Measure the tree and make it read-only (:func:`~sharedcache.fsutil.disk_usage` with
+3. Measure the tree and make it read-only (:func:`~sharedcache.engine.fsutil.disk_usage` with
    ``seal``); write ``meta``, ``keep``, ``leases/`` and the holder's lease, if any; flush it all
-   to disk (:func:`~sharedcache.fsutil.sync_tree`); write the commit marker ``entry.json``
+   to disk (:func:`~sharedcache.engine.fsutil.sync_tree`); write the commit marker ``entry.json``
    (atomically: temp file, fsync, rename).
 4. Begin an index transaction.  If ``objects/<name>`` has a commit marker, another store won:
    adopt it if it has no row, give the holder a lease on it, discard ours, done.  If the size
@@ -107,7 +107,7 @@ only candidates' files are looked at.
 Leases
 ------
 A lease is a file in the entry's ``leases/`` whose name says which process owns it (see
-:mod:`sharedcache.leases`).  An entry with a lease of a live owner is in use exactly as if it
+:mod:`sharedcache.engine.leases`).  An entry with a lease of a live owner is in use exactly as if it
 were locked.  Release removes one lease file within an index transaction and then deletes the
 entry if no live lease remains and ``keep`` is absent; an entry whose last users died instead is
 deleted by the next gc.  An entry with ``keep`` stays as a cache entry under the budget.
@@ -117,12 +117,10 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import time
 from _thread import _local as thread_local  # threading.local, without importing threading
 
-from . import locks
-from .errors import (
+from ..errors import (
     BusyError,
     CacheError,
     ConflictError,
@@ -132,8 +130,11 @@ from .errors import (
     UsageError,
     WaitTimeoutError,
 )
+from ..lean import Record, scoped
+from ..sizes import format_size, parse_size
+from . import locks
 from .fsutil import (
-    create_exclusive,
+    create_empty,
     disk_usage,
     fsync_dir,
     remove_tree,
@@ -142,27 +143,22 @@ from .fsutil import (
     unlink_if_present,
     write_atomic,
 )
-from .leases import Owner, key_alive
-from .scoped import scoped
-from .sizes import format_size, parse_size
+from .layout import check_locks, check_name, open_cache
+from .leases import Owner, add_lease, lease_of, reclaim_leases, scan_leases
 
-FORMAT_LINE = b"shared-cache fscache 2\n"
-# Caches in an older layout (marker -> the versions that made it): refused with a clear error
-# rather than taken for foreign content.
-_OLD_FORMATS = {b"shared-cache fscache 1\n": "shared-cache 0.1"}
-TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
+TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from contextlib import AbstractContextManager
     from pathlib import Path
 
-    from .index import Index
-_MAX_NAME_BYTES = 200
+    from .index import Index, Row
+
 # How long a process waits for another's index transaction or entry lock before reporting a
 # wedged cache.
 _INDEX_TIMEOUT = 60.0
 _UNSET = object()
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _path(path: str) -> Path:
@@ -172,48 +168,7 @@ def _path(path: str) -> Path:
     return Path(path)
 
 
-def _create(path: str, *, exclusive: bool = False) -> None:
-    """Create the empty file ``path`` (a flag, or a lease when ``exclusive``)."""
-    os.close(os.open(path, _CREATE_FLAGS | (os.O_EXCL if exclusive else 0), 0o666))
-
-
-def _owner_key(lease: str) -> str:
-    return lease.rpartition(".")[0]
-
-
-def check_name(name: str) -> str:
-    """Return ``name`` if it can name an entry (one path component, not hidden), else raise."""
-    try:
-        length = len(name.encode("utf-8"))  # strict: the index cannot store a lone surrogate
-    except (AttributeError, UnicodeEncodeError):
-        length = -1
-    if (
-        not isinstance(name, str)
-        or not 0 < length <= _MAX_NAME_BYTES
-        or name.startswith(".")
-        or "/" in name
-        or "\0" in name
-    ):
-        raise UsageError(
-            f"invalid entry name {name!r}: it must be one path component of at most "
-            f"{_MAX_NAME_BYTES} bytes of UTF-8, without '/' and not starting with '.'"
-        )
-    return name
-
-
-class _Record:
-    """Compared and shown by value, like a dataclass (importing dataclasses would cost more
-    than a warm ``sc --use``)."""
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({fields})"
-
-
-class Entry(_Record):
+class Entry(Record):
     """What :meth:`FsCache.entries` reports of one entry; ``users`` are the pids of the live
     processes holding a lease on it."""
 
@@ -223,7 +178,7 @@ class Entry(_Record):
         self.keep, self.meta, self.in_use, self.users = keep, meta, in_use, users
 
 
-class GcReport(_Record):
+class GcReport(Record):
     """What :meth:`FsCache.gc` cleaned and repaired."""
 
     def __init__(self) -> None:
@@ -265,7 +220,7 @@ class FsCache:
     def __init__(
         self,
         root: str | os.PathLike[str],
-        max_size: int | str | None | object = _UNSET,
+        max_size: int | str | object | None = _UNSET,
         *,
         durable: bool = True,
         timeout: float = _INDEX_TIMEOUT,
@@ -282,116 +237,15 @@ class FsCache:
         self._trash = os.path.join(self.root, "trash")
         self._budget = os.path.join(self.root, "budget")
         self._local = thread_local()
-        self._open()
+        self.shared = open_cache(self.root, group, repair=repair)
         if max_size is not _UNSET:
             self.max_size = max_size  # type: ignore[assignment]
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        """Create the cache if needed (safe when many processes do it at once) and check it."""
-        try:
-            os.makedirs(self.root, exist_ok=True)
-        except FileExistsError:
-            raise CacheError(f"cache {self.root} is not a directory") from None
-        except OSError as e:
-            raise CacheError(f"cannot create cache {self.root}: {e.strerror}") from None
-        self._check_owner(self._share_with_group())
-        info = os.path.join(self.root, "cache.info")
-        try:
-            with open(info, "rb") as f:
-                found = f.read(256)
-        except FileNotFoundError:
-            # A new cache: refuse it if locks lock nothing there.  The marker records that the
-            # check passed, so the operations that follow pay nothing for it.
-            self._check_locks()
-            create_exclusive(info, FORMAT_LINE)
-            with open(info, "rb") as f:
-                found = f.read(256)
-        except IsADirectoryError:
-            found = None
-        except OSError as e:
-            raise CacheError(f"cannot read {info}: {e.strerror}") from None
-        if found != FORMAT_LINE:
-            self._repair_marker(info, found)
-        for sub in (self._objects, self._stage, self._trash):
-            try:
-                os.mkdir(sub)
-            except FileExistsError:
-                pass
-
-    def _repair_marker(self, info: str, found: bytes | None) -> None:
-        """A marker that is not ours: rewrite it if it is only damaged (emptied, truncated, or
-        replaced by a directory, in a directory that holds our layout) and this is a repairing
-        open; refuse it otherwise, and always if it holds anything else."""
-        damaged = (found is None or FORMAT_LINE.startswith(found)) and os.path.isdir(self._objects)
-        if found in _OLD_FORMATS:
-            raise CacheError(
-                f"cache {self.root} was made by {_OLD_FORMATS[found]}, whose layout this version "
-                "does not use; remove it (its data is fetched again) to let this version make a "
-                "new one"
-            )
-        if not damaged:
-            shown = b"<a directory>" if found is None else found[:40]
-            raise CacheError(
-                f"{self.root} is not a shared-cache cache ({info} holds {shown!r}); refusing to use it"
-            )
-        if not self.repair:
-            raise CacheError(f"the marker {info} of cache {self.root} is damaged; run gc to repair it")
-        if found is None:
-            os.rename(info, os.path.join(self._trash, unique_name()))
-        write_atomic(info, FORMAT_LINE)
-
-    def _share_with_group(self) -> os.stat_result:
-        """Make our cache directory a group cache if asked to (or if it was created in a setgid
-        directory, whose group it inherited), and, in a group cache, open the umask to the
-        group."""
-        st = os.lstat(self.root)
-        ours = st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode)
-        wanted = self.group is not None and (st.st_gid != self.group or not st.st_mode & stat.S_ISGID)
-        inherited = st.st_mode & stat.S_ISGID and not st.st_mode & stat.S_IWGRP
-        if ours and (wanted or inherited) and not os.path.exists(os.path.join(self.root, "cache.info")):
-            try:
-                if self.group is not None:
-                    os.chown(self.root, -1, self.group)
-                os.chmod(self.root, 0o2770)
-            except OSError as e:
-                raise CacheError(f"cannot give cache {self.root} to group {self.group}: {e.strerror}") from None
-            st = os.lstat(self.root)
-        elif self.group is not None and st.st_gid != self.group:
-            raise CacheError(f"cache {self.root} exists and does not belong to group {self.group}")
-        self.shared = bool(st.st_mode & stat.S_ISGID)
-        if self.shared:
-            os.umask(os.umask(0) & 0o007)
-        return st
-
-    def _check_owner(self, st: os.stat_result) -> None:
-        """Refuse a cache directory that is a symlink or belongs to another user (on a shared
-        /tmp anyone can create it first), unless it is a group cache: setgid, writable by a
-        group this process is in."""
-        if stat.S_ISLNK(st.st_mode):
-            raise CacheError(f"cache {self.root} is a symlink; refusing to follow it")
-        group_cache = (
-            st.st_mode & stat.S_ISGID
-            and st.st_mode & stat.S_IWGRP
-            and (st.st_gid == os.getegid() or st.st_gid in os.getgroups())
-        )
-        if st.st_uid != os.geteuid() and not group_cache:
-            raise CacheError(
-                f"cache {self.root} belongs to uid {st.st_uid}, not to this user; refusing to use "
-                "it (its owner could change what is read from it)"
-            )
-
-    def _check_locks(self) -> None:
-        if not locks.locks_work(self.root):
-            raise CacheError(
-                f"file locks do not work on the file system of {self.root} (a network file "
-                "system without lock support?); refusing to use it"
-            )
-
     def _db(self) -> Index:
         """This thread's connection to the index (a fresh one after a fork)."""
-        db = getattr(self._local, "db", None)
+        db: Index | None = getattr(self._local, "db", None)
         if db is not None and self._local.pid == os.getpid() and not db.broken:
             return db
         from .index import open_index  # SQLite is loaded by what needs the index only
@@ -400,7 +254,7 @@ class FsCache:
         self._local.db, self._local.pid = db, os.getpid()
         return db
 
-    def _transaction(self):  # type: ignore[no-untyped-def]
+    def _transaction(self) -> AbstractContextManager[Index]:
         return self._db().transaction()
 
     # -- settings --------------------------------------------------------------------------------
@@ -431,7 +285,7 @@ class FsCache:
         with self._transaction() as db:
             # The index is read before anything changes, so that an unusable one fails the
             # change whole.
-            excess = db.setting("total") - budget if budget is not None else 0
+            excess = db.total() - budget if budget is not None else 0
             if budget is None:
                 unlink_if_present(self._budget)
             else:
@@ -443,7 +297,7 @@ class FsCache:
     @property
     def size(self) -> int:
         """The accounted size of all committed entries, in bytes."""
-        return self._db().setting("total")  # type: ignore[no-any-return]
+        return self._db().total()
 
     # -- staging ---------------------------------------------------------------------------------
 
@@ -528,10 +382,10 @@ class FsCache:
         if meta is not None:
             write_atomic(os.path.join(stage, "meta"), meta.encode(), durable=False)
         if keep:
-            _create(os.path.join(stage, "keep"))
+            create_empty(os.path.join(stage, "keep"))
         os.mkdir(os.path.join(stage, "leases"))
         if holder is not None:
-            self._add_lease(stage, holder)
+            add_lease(stage, holder)
         if self.durable:
             sync_tree(stage)
         import json  # a store or gc only
@@ -540,19 +394,15 @@ class FsCache:
         write_atomic(os.path.join(stage, "entry.json"), json.dumps(marker).encode(), durable=self.durable)
         with self._transaction() as db:
             if os.path.exists(os.path.join(self._objects, name, "entry.json")):
-                if not self._has_row(db, name):
+                if not db.has(name):
                     self._adopt(db, name)
                 if holder is not None:
                     self.hold(name, holder)
                 return False
-            self._forget(db, name)  # what a delete killed before its commit left
+            db.forget(name)  # what a delete killed before its commit left
             fits = self._make_room(db, name, size, strict=strict) or not strict
             if fits:
-                db.execute(
-                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, size, now, now, int(keep), meta),
-                )
-                db.execute("UPDATE settings SET value=value+? WHERE key='total'", (size,))
+                db.add(name, size, now, now, keep, meta)
                 self._rename_into_objects(stage, name)
         if not fits:
             raise NoSpaceError(
@@ -575,7 +425,7 @@ class FsCache:
                 f"entry {name!r} ({format_size(size)}) is larger than the budget of cache "
                 f"{self.root} ({format_size(budget)})"
             )
-        excess = db.setting("total") + size - budget
+        excess = db.total() + size - budget
         return excess <= 0 or self._evict(db, excess) >= excess
 
     def _rename_into_objects(self, stage: str, name: str) -> None:
@@ -653,10 +503,10 @@ class FsCache:
                 found = self._meta(entry)
                 if found != meta:
                     raise ConflictError(name, found)
-            self._reclaim(entry, self._leases(entry)[1])
+            reclaim_leases(entry, scan_leases(entry)[1])
             if keep:
                 self._mark_kept(entry)
-            return self._add_lease(entry, owner)
+            return add_lease(entry, owner)
         finally:
             os.close(fd)
 
@@ -664,7 +514,7 @@ class FsCache:
     def _mark_kept(entry: str) -> None:
         keep = os.path.join(entry, "keep")
         if not os.path.exists(keep):  # (another member's flag in a group cache may be read-only)
-            _create(keep)
+            create_empty(keep)
 
     @staticmethod
     def _meta(entry: str) -> str | None:
@@ -675,43 +525,6 @@ class FsCache:
             return None
 
     # -- leases ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _add_lease(entry: str, owner: Owner) -> str:
-        lease = f"{owner.key}.{unique_name()}"
-        _create(os.path.join(entry, "leases", lease), exclusive=True)
-        return lease
-
-    @staticmethod
-    def _leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[int], list[str]]:
-        """The pids of the live owners of the entry's leases, and the dead leases' ids.
-
-        ``alive`` caches whether each owner is alive, across calls if the caller passes it (an
-        owner often holds many leases: each ``sc --use`` of a job adds one)."""
-        try:
-            leases = os.listdir(f"{entry}/leases")
-        except (FileNotFoundError, NotADirectoryError):
-            return [], []
-        if alive is None:
-            alive = {}
-        live, dead = [], []
-        for lease in leases:
-            key = _owner_key(lease)
-            up = alive.get(key)
-            if up is None:
-                up = alive[key] = key_alive(key)
-            if up:
-                live.append(Owner.parse(key).pid)
-            else:
-                dead.append(lease)
-        return live, dead
-
-    @staticmethod
-    def _reclaim(entry: str, dead: list[str]) -> int:
-        """Remove the dead leases ``dead`` of an entry; return how many."""
-        for lease in dead:
-            unlink_if_present(os.path.join(entry, "leases", lease))
-        return len(dead)
 
     def release(
         self,
@@ -732,7 +545,7 @@ class FsCache:
             if not os.path.exists(os.path.join(entry, "entry.json")):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
             # Read before anything changes, so that an unusable index fails the release whole.
-            row = db.execute("SELECT keep FROM entries WHERE name=?", (name,)).fetchone()
+            kept = db.kept(name)
             if lease is None:
                 assert owner is not None
                 lease = self.lease_of(name, owner)
@@ -745,8 +558,8 @@ class FsCache:
                 raise UsageError(f"{who} holds no use of {name!r} in {self.root}") from None
             if keep:
                 self._mark_kept(entry)
-                db.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
-            deleted = not keep and not (row and row[0]) and self._retire(db, name, unless_kept=True)
+                db.mark_kept(name)
+            deleted = not keep and not kept and self._retire(db, name, unless_kept=True)
             self._restore_budget(db)
         self._empty_trash()
         return deleted
@@ -754,20 +567,16 @@ class FsCache:
     def _restore_budget(self, db: Index) -> None:
         """Within a transaction: evict down to the budget (exceeded by non-strict stores)."""
         budget = self.max_size
-        if budget is not None and db.setting("total") > budget:
-            self._evict(db, db.setting("total") - budget)
+        if budget is not None and db.total() > budget:
+            self._evict(db, db.total() - budget)
 
     def lease_of(self, name: str, owner: Owner) -> str | None:
         """A lease of ``owner`` on ``name``, if it holds one."""
-        try:
-            leases = os.listdir(os.path.join(self._objects, check_name(name), "leases"))
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return next((lease for lease in sorted(leases) if _owner_key(lease) == owner.key), None)
+        return lease_of(os.path.join(self._objects, check_name(name)), owner)
 
     def users(self, name: str) -> list[int]:
         """pids of the live processes holding a lease on ``name``."""
-        return self._leases(os.path.join(self._objects, check_name(name)))[0]
+        return scan_leases(os.path.join(self._objects, check_name(name)))[0]
 
     # -- deletion --------------------------------------------------------------------------------
 
@@ -777,7 +586,7 @@ class FsCache:
         with self._transaction() as db:
             if not os.path.exists(os.path.join(entry, "entry.json")):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
-            users = self._leases(entry)[0]
+            users = scan_leases(entry)[0]
             if users:
                 pids = ", ".join(str(pid) for pid in users)
                 raise BusyError(f"entry {name!r} in {self.root} is in use by process {pids}")
@@ -795,7 +604,7 @@ class FsCache:
         entry = os.path.join(self._objects, name)
         # The index is read before anything changes, so that an unusable one fails the
         # deletion whole.
-        counted = self._has_row(db, name)
+        counted = db.has(name)
         try:
             fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
@@ -804,33 +613,21 @@ class FsCache:
             if fd is not None:
                 if not self._lock_if_unused(fd):
                     return False
-                live, dead = self._leases(entry)
+                live, dead = scan_leases(entry)
                 if live:
-                    self._reclaim(entry, dead)
+                    reclaim_leases(entry, dead)
                     return False
                 if unless_kept and os.path.exists(os.path.join(entry, "keep")):
-                    db.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
-                    self._reclaim(entry, dead)
+                    db.mark_kept(name)
+                    reclaim_leases(entry, dead)
                     return False
                 os.rename(entry, os.path.join(self._trash, unique_name()))
             if counted:
-                self._forget(db, name)
+                db.forget(name)
             return True
         finally:
             if fd is not None:
                 os.close(fd)
-
-    @staticmethod
-    def _forget(db: Index, name: str) -> None:
-        """Within a transaction: delete the row of ``name``, if any, and its accounted size."""
-        row = db.execute("SELECT size FROM entries WHERE name=?", (name,)).fetchone()
-        if row is not None:
-            db.execute("DELETE FROM entries WHERE name=?", (name,))
-            db.execute("UPDATE settings SET value=value-? WHERE key='total'", row)
-
-    @staticmethod
-    def _has_row(db: Index, name: str) -> bool:
-        return db.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone() is not None
 
     @staticmethod
     def _lock_if_unused(fd: int) -> bool:
@@ -864,11 +661,7 @@ class FsCache:
         freed = 0
         after: tuple[float, str] = (float("-inf"), "")
         while freed < need:
-            batch = db.execute(
-                "SELECT last_used, name, size FROM entries WHERE (last_used, name) > (?, ?) "
-                "ORDER BY last_used, name LIMIT 256",
-                after,
-            ).fetchall()
+            batch = db.eviction_batch(after)
             if not batch:
                 break
             for last_used, name, size in batch:
@@ -876,7 +669,7 @@ class FsCache:
                 if used > last_used:
                     # Used since its row was written: its turn comes later, maybe before the
                     # rest of this batch, so the walk goes on from here in the new order.
-                    db.execute("UPDATE entries SET last_used=? WHERE name=?", (used, name))
+                    db.set_last_used(name, used)
                     break
                 after = (last_used, name)
                 if self._retire(db, name):
@@ -902,26 +695,24 @@ class FsCache:
 
     # -- inspection ------------------------------------------------------------------------------
 
-    _COLUMNS = "SELECT name, size, created, last_used, keep, meta FROM entries"
-
     def entries(self) -> list[Entry]:
         """Every committed entry, with its size, times, and whether it is in use now."""
-        rows = self._db().execute(self._COLUMNS + " ORDER BY name").fetchall()
+        rows = self._db().rows()
         alive: dict[str, bool] = {}
         return [self._describe(row, alive) for row in rows]
 
     def info(self, name: str) -> Entry:
         """What :meth:`entries` says of entry ``name``; MissError if there is none."""
-        row = self._db().execute(self._COLUMNS + " WHERE name=?", (check_name(name),)).fetchone()
+        row = self._db().row(check_name(name))
         if row is None:
             raise MissError(f"no entry {name!r} in cache {self.root}")
         return self._describe(row, {})
 
-    def _describe(self, row: tuple, alive: dict[str, bool]) -> Entry:  # type: ignore[type-arg]
+    def _describe(self, row: Row, alive: dict[str, bool]) -> Entry:
         """An index row completed by what its entry's directory says now."""
         name, size, created, last_used, keep, meta = row
         entry = f"{self._objects}/{name}"  # (os.path.join costs a listing of 100,000 a tenth)
-        users = self._leases(entry, alive)[0]
+        users = scan_leases(entry, alive)[0]
         locked, used = self._probe(entry)
         keep = bool(keep) or os.path.exists(f"{entry}/keep")
         return Entry(name, size, created, max(last_used, used), keep, meta, bool(users) or locked,
@@ -929,7 +720,7 @@ class FsCache:
 
     def names(self) -> set[str]:
         """The names of the entries the index accounts for: after :meth:`gc`, every entry."""
-        return {name for (name,) in self._db().execute("SELECT name FROM entries")}
+        return self._db().names()
 
     def __contains__(self, name: str) -> bool:
         try:
@@ -991,17 +782,17 @@ class FsCache:
         deletes unused entries not marked to keep; recomputes the accounted size; and evicts
         down to the budget.
         """
-        self._check_locks()
+        check_locks(self.root)
         report = GcReport()
         try:
-            if self._db().execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            if not self._db().intact():
                 raise CacheError("damaged index")
         except CacheError:
             self._set_index_aside()
             report.index_rebuilt = True
         report.stages_removed = self._sweep()
         with self._transaction() as db:
-            rows = {name for (name,) in db.execute("SELECT name FROM entries")}
+            rows = db.names()
             with os.scandir(self._objects) as found:
                 on_disk = {e.name for e in found}
             for name in on_disk - rows:
@@ -1011,19 +802,19 @@ class FsCache:
                     os.rename(os.path.join(self._objects, name), os.path.join(self._trash, unique_name()))
                     report.orphans_removed += 1
             for name in rows - on_disk:
-                self._forget(db, name)
+                db.forget(name)
                 report.rows_dropped += 1
             alive: dict[str, bool] = {}
-            for name, keep in db.execute("SELECT name, keep FROM entries").fetchall():
+            for name, keep in db.names_and_keep():
                 entry = f"{self._objects}/{name}"
-                users, dead = self._leases(entry, alive)
-                report.leases_reclaimed += self._reclaim(entry, dead)
+                users, dead = scan_leases(entry, alive)
+                report.leases_reclaimed += reclaim_leases(entry, dead)
                 if not users and not keep:
                     report.entries_deleted += self._retire(db, name, unless_kept=True)
-            (actual,) = db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()
-            if actual != db.setting("total"):
+            actual = db.sum_of_sizes()
+            if actual != db.total():
                 report.accounting_fixed = 1
-                db.execute("UPDATE settings SET value=? WHERE key='total'", (actual,))
+                db.set_total(actual)
             self._restore_budget(db)
         report.trash_removed = self._empty_trash()
         return report
@@ -1054,8 +845,5 @@ class FsCache:
             return False
         keep = os.path.exists(os.path.join(entry, "keep"))
         last_used = max(created, self._last_use(name))
-        db.execute(
-            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)", (name, size, created, last_used, keep, meta)
-        )
-        db.execute("UPDATE settings SET value=value+? WHERE key='total'", (size,))
+        db.add(name, size, created, last_used, keep, meta)
         return True

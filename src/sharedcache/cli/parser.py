@@ -1,0 +1,199 @@
+"""The command line's grammar: the options table, the parser, and the help text.
+
+The options are parsed from the table :data:`OPTIONS` by a small parser of our own rather than
+``argparse``: a warm ``sc --use`` must cost little more than starting Python, and importing and
+configuring ``argparse`` alone costs about half of a Python start (see CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+ACTIONS = ("use", "unuse", "location", "run", "list", "gc")
+REPOSITORY_ACTIONS = ("use", "unuse", "location", "run")
+
+
+class Option:
+    """One option: its spellings, where it goes, and whether it takes a value."""
+
+    __slots__ = ("actions", "convert", "dest", "flags", "help", "metavar")
+
+    def __init__(self, flags: tuple[str, ...], dest: str, help: str, *, metavar: str | None = None,
+                 convert: Callable[[str], object] = str, actions: tuple[str, ...] = ACTIONS) -> None:
+        self.flags, self.dest, self.help, self.metavar = flags, dest, help, metavar
+        self.convert, self.actions = convert, actions
+
+
+OPTIONS = (
+    Option(("-n", "--name"), "name", "repository name (default: derived from the loaders)",
+           metavar="NAME", actions=REPOSITORY_ACTIONS),
+    Option(("-s", "--size"), "size", "space the repository needs (10GB, 512MiB, bytes)",
+           metavar="SIZE", actions=REPOSITORY_ACTIONS),
+    Option(("-d", "--directories"), "directories",
+           "candidate base directories (default: $SC_DIRECTORIES or /tmp:/var/tmp)",
+           metavar="DIR[:DIR...]"),
+    Option(("--keep",), "keep", "once unused, keep the repository as a cache entry (LRU)",
+           actions=REPOSITORY_ACTIONS),
+    Option(("--max-size",), "max_size", "size budget of the base directory's kept repositories",
+           metavar="SIZE", actions=REPOSITORY_ACTIONS),
+    Option(("--pid",), "pid", "process owning the use (default: the parent of sc)",
+           metavar="PID", convert=int, actions=REPOSITORY_ACTIONS),
+    Option(("--timeout",), "timeout", "seconds to wait for another process's population",
+           metavar="SECONDS", convert=float, actions=REPOSITORY_ACTIONS),
+    Option(("--connections",), "connections",
+           "download over N connections at once (HTTP ranges; for throttled links)",
+           metavar="N", convert=int, actions=REPOSITORY_ACTIONS),
+    Option(("--group",), "group",
+           "share a new base directory's cache with this group (name or gid)",
+           metavar="GROUP", actions=REPOSITORY_ACTIONS),
+    Option(("--json",), "json", "print JSON", actions=("list",)),
+    Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
+    Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
+    Option(("-h", "--help"), "help", "show this help and exit"),
+    Option(("--version",), "version", "show the version and exit"),
+)
+_BY_FLAG = {flag: option for option in OPTIONS for flag in option.flags}
+_ACTION_FLAGS = {"--use": "use", "--unuse": "unuse", "--location": "location"}
+
+USAGE = """\
+usage: sc --use      [OPTIONS] LOADER...    register a use; print the repository's path
+       sc --unuse    [OPTIONS] LOADER...    release a use; the last release deletes it
+       sc --location [OPTIONS] LOADER...    print the path if it is there; exit 1 if not
+       sc run        [OPTIONS] LOADER... -- COMMAND [ARG...]
+       sc list [--json]                     list the repositories
+       sc gc                                reclaim dead uses, clean leftovers, apply budgets
+"""
+EXIT_STATUS = "exit status: 0 success, 1 failure, 2 usage error; 'run' exits with COMMAND's status.\n"
+
+
+def help_text() -> str:
+    lines = [USAGE, "options:"]
+    for option in OPTIONS:
+        spelled = ", ".join(option.flags) + (f" {option.metavar}" if option.metavar else "")
+        lines.append(f"  {spelled:32} {option.help}")
+    return "\n".join(lines) + "\n\n" + loader_help() + "\n" + EXIT_STATUS
+
+
+def loader_help() -> str:
+    """The loader words, as the registry knows them: plugins' words show too."""
+    from ..loaders.protocol import Source, Transform, Unpacker
+    from ..loaders.registry import loader_words
+
+    kinds: dict[str, list[str]] = {"sources": [], "transforms": [], "unpackers": []}
+    for name, cls in loader_words():
+        if cls is None:
+            continue  # a broken plugin: using its word says why
+        word = name if cls.argument is None else f"{name}:{cls.argument.split()[0].upper()}"
+        kind = "sources" if issubclass(cls, Source) else (
+            "unpackers" if issubclass(cls, Unpacker) else "transforms")
+        assert issubclass(cls, (Source, Transform, Unpacker))
+        kinds[kind].append(word)
+    lines = ["loader stack (left to right: a source, then transforms, then an unpacker):"]
+    lines += [f"  {kind + ':':12} {'  '.join(words)}" for kind, words in kinds.items() if words]
+    return "\n".join(lines) + "\n"
+
+
+class Arguments:
+    """The parsed command line."""
+
+    def __init__(self) -> None:
+        self.action: str | None = None
+        self.loaders: list[str] = []
+        self.command: list[str] = []
+        self.name: str | None = None
+        self.size: str | None = None
+        self.directories: str | None = None
+        self.max_size: str | None = None
+        self.group: str | None = None
+        self.pid: int | None = None
+        self.timeout: float | None = None
+        self.connections = 1
+        self.keep = self.json = self.help = self.version = False
+        self.quiet = self.verbose = 0
+
+    @property
+    def verbosity(self) -> int:
+        return self.verbose - self.quiet
+
+
+def parse(argv: Sequence[str]) -> Arguments:
+    """Parse ``argv``; raise :class:`UsageError` with a one-line reason if it is malformed."""
+    args = Arguments()
+    words = list(argv)
+    if words and words[0] in ACTIONS:
+        args.action = words.pop(0)
+    if "--" in words:
+        split = words.index("--")
+        words, args.command = words[:split], words[split + 1 :]
+    while words:
+        word = words.pop(0)
+        if not word.startswith("-") or word == "-":
+            args.loaders.append(word)
+        elif word in _ACTION_FLAGS:
+            if args.action is not None:
+                raise UsageError(f"{word} cannot be combined with {args.action}")
+            args.action = _ACTION_FLAGS[word]
+        elif word.startswith("--"):
+            flag, has_value, value = word.partition("=")
+            _take(args, flag, value if has_value else None, words)
+        else:
+            _take_short(args, word, words)
+    return _check(args)
+
+
+def _take_short(args: Arguments, word: str, rest: list[str]) -> None:
+    """``-qv`` (flags together), ``-nNAME`` or ``-n NAME``."""
+    for i in range(1, len(word)):
+        option = _BY_FLAG.get(f"-{word[i]}")
+        if option is not None and option.metavar and i + 1 < len(word):
+            _take(args, f"-{word[i]}", word[i + 1 :], rest)
+            return
+        _take(args, f"-{word[i]}", None, rest)
+
+
+def _take(args: Arguments, flag: str, value: str | None, rest: list[str]) -> None:
+    option = _BY_FLAG.get(flag)
+    if option is None:
+        raise UsageError(f"unknown option {flag}")
+    if option.dest in ("quiet", "verbose"):
+        setattr(args, option.dest, getattr(args, option.dest) + 1)
+        return
+    if option.metavar is None:
+        if value is not None:
+            raise UsageError(f"option {flag} takes no value")
+        setattr(args, option.dest, True)
+        return
+    if value is None:
+        if not rest:
+            raise UsageError(f"option {flag} needs a value ({option.metavar})")
+        value = rest.pop(0)
+    try:
+        setattr(args, option.dest, option.convert(value))
+    except ValueError:
+        raise UsageError(f"option {flag}: invalid value {value!r}") from None
+
+
+def _check(args: Arguments) -> Arguments:
+    if args.help or args.version:
+        return args
+    if args.action is None:
+        raise UsageError("say what to do: --use, --unuse, --location, run, list or gc")
+    defaults = Arguments()
+    for option in OPTIONS:
+        given = getattr(args, option.dest)
+        if given != getattr(defaults, option.dest) and args.action not in option.actions:
+            raise UsageError(f"option {option.flags[-1]} does not apply to {args.action}")
+    if args.action in REPOSITORY_ACTIONS:
+        if not args.loaders:
+            raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
+        if args.action == "run" and not args.command:
+            raise UsageError("run needs '-- COMMAND [ARG...]' after the loaders")
+    elif args.loaders:
+        raise UsageError(f"{args.action} takes no loader ({args.loaders[0]!r})")
+    if args.command and args.action != "run":
+        raise UsageError(f"'-- COMMAND' goes with run, not with {args.action}")
+    return args

@@ -1,0 +1,46 @@
+"""``file:PATH``: a local file; and the helpers every source that ends in a local file uses."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ..errors import DownloadError
+from .protocol import Context, Source
+from .streams import FileStream, SourceStream
+
+
+def safe_filename(name: str) -> str:
+    unusable = name in ("", ".", "..") or "\x00" in name or len(name.encode(errors="surrogateescape")) > 255
+    return "download" if unusable else name
+
+
+def open_file(path: str, what: str, *, remove: bool = False) -> FileStream:
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise DownloadError(f"cannot read {what}: it is a directory")
+        if not stat.S_ISREG(mode):  # opening a FIFO would block
+            raise DownloadError(f"cannot read {what}: not a regular file")
+        return FileStream(path, remove=remove)
+    except FileNotFoundError:
+        raise DownloadError(f"cannot read {what}: no such file") from None
+    except OSError as exc:
+        raise DownloadError(f"cannot read {what}: {exc.strerror or exc}") from None
+
+
+class FileSource(Source):
+    """``file:PATH``: a local file."""
+
+    argument = "path"
+
+    def describe(self) -> str:
+        assert self.arg is not None
+        return self.arg
+
+    def filename(self) -> str:
+        assert self.arg is not None
+        return safe_filename(os.path.basename(os.path.normpath(self.arg)))
+
+    def open(self, ctx: Context, start: int = 0, validator: str | None = None) -> SourceStream:
+        return open_file(os.path.expanduser(self.describe()), self.describe())

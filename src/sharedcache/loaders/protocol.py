@@ -1,0 +1,164 @@
+"""The loader protocol: what a loader word is, and what it may use while a recipe runs.
+
+A recipe is read left to right.  The first word is a *source*, each later word transforms what is
+below it, and an *unpacker* may come last::
+
+    http:https://host/data.tar.gz sha256:HEX tar
+    file:/data/big.bin.zst unzstd md5:HEX
+
+A word is ``NAME`` or ``NAME:ARGUMENT``; ``NAME`` is looked up among the entry points of the group
+``sharedcache.loaders`` (:mod:`sharedcache.loaders.registry`; the built-in loaders are registered
+there too, see pyproject.toml).
+
+Writing a loader
+----------------
+A loader is a class derived from :class:`Source`, :class:`Transform` or :class:`Unpacker`,
+registered under an entry point whose name is the word users write::
+
+    [project.entry-points."sharedcache.loaders"]
+    rot13 = "mypackage.loaders:Rot13"
+
+The registry constructs it as ``cls(name, arg)`` where ``arg`` is the text after the first colon,
+or ``None``.  Set the class attribute ``argument`` to a short description of the argument ("URL",
+"hex digest") if the word takes one; the base class then insists on it being present (or absent
+when ``argument`` is ``None``).  Check the argument further in ``__init__`` (after calling the base)
+and raise :class:`~sharedcache.errors.UsageError` with one line if it is malformed: parsing a recipe
+must fail before any byte is fetched.
+
+Data flows as streams (:mod:`sharedcache.loaders.streams`), a pull model.
+
+``Source.open(ctx, start=0, validator=None) -> SourceStream``
+    Deliver the raw bytes.  ``SourceStream.total`` is the full size if known (for progress);
+    sources whose class sets ``resumable = True`` may be asked to continue a partial copy from byte
+    ``start``; they must make sure it is the same data (``validator`` is the one they reported in
+    ``SourceStream.validator`` earlier) and set ``SourceStream.start`` to where they really start
+    (0 if they could not continue).  ``filename()`` names the single output file when no unpacker
+    follows, ``describe()`` names the source in messages.  A stream that cannot go on where it
+    stopped raises :class:`~sharedcache.errors.ResumeError`: the population then starts over.
+``Transform.wrap(below, ctx) -> Stream``
+    Return the transformed stream.  A transform that only inspects the bytes (a checksum) sets
+    ``passthrough = True``: it then runs in the thread that reads the source, and a stack made only of
+    a source and passthrough transforms can be resumed by another process.  ``rename(name)`` maps
+    the output file name (``gunzip`` strips ``.gz``).
+``Unpacker.unpack(stream, dest, ctx)``
+    Read the stream and write a tree under ``dest``, calling ``ctx.charge(n)`` before writing ``n``
+    bytes so that the size limit holds.  Only the last word may be an unpacker; the runner reads
+    whatever the unpacker left unread, so that checksums still see every byte.
+
+While running, loaders raise subclasses of :class:`~sharedcache.errors.LoaderError` with a one-line
+message naming what failed and why; ``ctx.what`` names the source for such messages;
+``ctx.fetch`` is the fetch policy (:class:`~sharedcache.config.settings.FetchPolicy`: connections,
+timeouts, retries, back-off).  ``ctx.work`` is a private directory that survives the process, for
+spooling; remove what you put there.
+
+A complete transform, ``upper``, that upper-cases ASCII text::
+
+    from sharedcache.loaders.protocol import Transform
+    from sharedcache.loaders.streams import Layer
+
+    class _Upper(Layer):
+        def read(self, size=-1):
+            return self.below.read(size).upper()
+
+    class Upper(Transform):
+        '''upper-case ASCII text'''
+
+        def wrap(self, below, ctx):
+            return _Upper(below)
+
+        def rename(self, name):
+            return name + ".upper"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from ..config.settings import FetchPolicy
+from ..errors import SizeLimitError, UsageError
+from ..sizes import format_size
+from .streams import SourceStream, Stream
+
+Progress = Callable[[int, "int | None"], None]
+
+
+class Context:
+    """What loaders may use while a recipe runs."""
+
+    def __init__(self, *, work: Path, what: str, limit: int | None = None,
+                 fetch: FetchPolicy | None = None) -> None:
+        self.work = work
+        self.what = what
+        self.limit = limit
+        self.fetch = fetch if fetch is not None else FetchPolicy()
+        self.written = 0
+
+    def charge(self, nbytes: int) -> None:
+        """Account for ``nbytes`` about to be written to the repository; raise if past the limit."""
+        self.written += nbytes
+        if self.limit is not None and self.written > self.limit:
+            raise SizeLimitError(f"{self.what} holds more than the limit of {format_size(self.limit)}")
+
+
+class Loader:
+    """Base of every loader word."""
+
+    #: What the argument after the colon is, for messages; ``None`` if the word takes none.
+    argument: ClassVar[str | None] = None
+
+    def __init__(self, name: str, arg: str | None) -> None:
+        self.name = name
+        self.arg = arg
+        if self.argument is None and arg is not None:
+            raise UsageError(f"'{self.word}': {name} takes no argument")
+        if self.argument is not None and not arg:
+            example = self.argument.split()[0].upper()
+            raise UsageError(f"'{self.word}': {name} needs a {self.argument}, as in {name}:{example}")
+
+    @property
+    def word(self) -> str:
+        return self.name if self.arg is None else f"{self.name}:{self.arg}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.word}>"
+
+
+class Source(Loader):
+    """The first word: where the bytes come from."""
+
+    #: True if :meth:`open` can continue a partial copy from a given byte.
+    resumable: ClassVar[bool] = False
+
+    def open(self, ctx: Context, start: int = 0, validator: str | None = None) -> SourceStream:
+        raise NotImplementedError
+
+    def filename(self) -> str:
+        """The name of the output file when no unpacker follows."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The source as named in messages."""
+        return self.word
+
+
+class Transform(Loader):
+    """A word that turns the stream below it into another stream."""
+
+    #: True if the output is the input unchanged (the transform only checks it).
+    passthrough: ClassVar[bool] = False
+
+    def wrap(self, below: Stream, ctx: Context) -> Stream:
+        raise NotImplementedError
+
+    def rename(self, name: str) -> str:
+        """The output file name given the name of the input."""
+        return name
+
+
+class Unpacker(Loader):
+    """The last word: turns the stream into a tree of files."""
+
+    def unpack(self, stream: Stream, dest: Path, ctx: Context) -> None:
+        raise NotImplementedError

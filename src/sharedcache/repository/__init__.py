@@ -1,0 +1,51 @@
+"""Repositories: shared data directories, populated once from a recipe and held by leases.
+
+* :mod:`~.bases`: base directories, their caches and free space, and the links;
+* :mod:`~.population`: one population for all (the population lock, waiting, takeover) and
+  :class:`~.population.Population`, whose ``fill()`` is where the data comes from;
+* :mod:`~.records`: the status and error records of populations;
+* :mod:`~.repositories`: :class:`~.repositories.Repositories`, the facade the command line uses
+  (acquire, release, locate, list, gc), and :func:`~.repositories.use` for Python callers.
+
+A repository is an :class:`~sharedcache.engine.fscache.FsCache` entry of the cache that lives in a base
+directory (``/tmp``, ``/var/tmp``, or what the user names), made visible at ``<base>/<name>``.
+The entry's metadata is the recipe's identity, so a name cannot be reused for another recipe.
+Each user holds a lease (:mod:`sharedcache.engine.leases`); the last release deletes the repository
+unless it is kept, and then it stays under the base directory's LRU budget.
+
+Layout in a base directory
+==========================
+::
+
+    <base>/<name>                          symlink to .shared-cache/objects/<name>/data
+    <base>/.shared-cache/                  the base directory's FsCache (see sharedcache.engine)
+    <base>/.shared-cache/populate/<name>.lock    held exclusively by the process populating <name>
+    <base>/.shared-cache/populate/<name>.json    its status: pid, reserved size, bytes so far
+    <base>/.shared-cache/populate/<name>.error   the last failed population: time and message
+    <base>/.shared-cache/populate/<name>.work/   kept across a takeover (partial download)
+
+Acquire (``sc --use``, :func:`use`)
+===================================
+1. In each candidate base that has a cache, try to hold ``<name>`` (with the recipe's identity:
+   another recipe under that name is refused).  Held: go to 5.  A base where ``<name>`` is being
+   populated is chosen.  Otherwise the first base whose free space, less the space reserved by
+   the populations in progress there, is at least the requested size is chosen.
+2. In the chosen base, loop: try to hold (held: go to 5); take the population lock of ``<name>``
+   without waiting; if another process has it, wait for it (saying whom we wait for and how far
+   it has got), then loop.  After taking it, check that the lock file is still the one named
+   by its path (gc may remove lock files it holds), else loop.
+3. Holding the population lock, try to hold once more (the previous holder may have
+   finished).  If instead it failed after we started waiting for it, its error record is newer
+   than our wait: raise that error, so one failure is not repeated by every waiter.  If it died,
+   there is no record: we take over.
+4. Populate: write the status file (this reserves the space), fill a store of ``<name>`` with
+   the recipe (``work`` survives us for a takeover), commit it with a lease for the owner in the
+   same transaction, then remove the work directory and the status.  On failure write the error
+   record, discard the work directory and raise.  Release the population lock.  A process
+   killed here releases the lock with its death; a waiter takes over at step 3.
+5. Make sure ``<base>/<name>`` links to the entry, and return the path.
+
+Release (``sc --unuse``) drops one lease of the owner; the engine deletes the entry in the same
+transaction if no live use remains and it is not kept.  The link is then removed under the
+population lock, so it never disappears under a population that is recreating it.
+"""

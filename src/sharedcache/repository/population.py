@@ -1,0 +1,194 @@
+"""One population for all: the population lock, the waiters, and the filling of a repository.
+
+The steps refer to the protocol in :mod:`sharedcache.repository` (its package docstring).
+
+A :class:`Population` is one attempt to make a repository (step 4): it writes the status record,
+keeps a work directory for a takeover, fills a store of the engine, retries once after evicting
+kept data when the file system is full, and leaves an error record for its waiters when it
+fails.  :meth:`Population.fill` is the one place where the data comes from: today it runs the
+recipe (:mod:`sharedcache.loaders.pipeline`); a tier that serves prepared data (another host, a
+remote cache) takes its place there, and everything around it (locks, records, accounting,
+commit) stays the same.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import errors
+from ..engine import locks
+from ..engine.fsutil import remove_tree, unlink_if_present, write_atomic
+from ..errors import (
+    LoaderError,
+    NoSpaceError,
+    SharedCacheError,
+    SizeLimitError,
+    WaitTimeoutError,
+)
+from ..sizes import format_size
+from .bases import conflict
+from .records import read_status, write_record
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..progress import Reporter
+    from .bases import Base
+    from .repositories import Request
+
+
+def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
+    """Steps 2-4 of the protocol: a lease on the repository in ``base``, made here if needed."""
+    lock_path = base.population_file(request.name, ".lock")
+    waited_since: float | None = None
+    while True:
+        lease = base.try_hold(request)
+        if lease is not None:
+            return lease
+        fd = locks.open_lock_file(lock_path)
+        try:
+            if not locks.try_lock(fd, locks.EXCLUSIVE):
+                if waited_since is None:
+                    waited_since = time.time()
+                _wait(base, request, fd, reporter)
+            if not locks.still_linked(fd, lock_path):
+                continue
+            lease = base.try_hold(request)
+            if lease is not None:
+                return lease
+            if waited_since is not None:
+                _raise_recorded_failure(base, request.name, waited_since)
+            return Population(base, request, reporter).run()
+        finally:
+            os.close(fd)
+
+
+def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
+    name, identity, deadline = request.name, request.identity, request.deadline
+    status_path = base.population_file(name, ".json")
+
+    def report(elapsed: float) -> None:
+        status = read_status(status_path) or {}
+        if status.get("identity") not in (None, identity):
+            raise conflict(name, base.path, status.get("identity"))
+        done, total = status.get("done", 0), status.get("total")
+        of = f" of {format_size(total)}" if total else ""
+        reporter.waiting(
+            f"waiting {elapsed:.0f} s for process {status.get('pid', '?')} to populate "
+            f"{name!r} in {base.path}: {format_size(done)}{of} so far"
+        )
+
+    report(0.0)
+    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        locks.lock(fd, locks.EXCLUSIVE, timeout=remaining, waiting=report)
+    except WaitTimeoutError:
+        pid = (read_status(status_path) or {}).get("pid", "?")
+        raise WaitTimeoutError(
+            f"repository {name!r}: timed out after {request.timeout:g} s waiting for process "
+            f"{pid} to populate it in {base.path}"
+        ) from None
+
+
+def _raise_recorded_failure(base: Base, name: str, waited_since: float) -> None:
+    """Step 3: the population we waited for failed after we started waiting: raise its error."""
+    record = read_status(base.population_file(name, ".error"))
+    if record and float(record.get("time", 0)) >= waited_since:
+        kind = getattr(errors, str(record.get("error")), None)
+        if not (isinstance(kind, type) and issubclass(kind, SharedCacheError)):
+            kind = LoaderError
+        raise kind(str(record.get("message", f"repository {name!r}: population failed")))
+
+
+class Population:
+    """Step 4: make the repository of ``request`` in ``base``, holding its population lock."""
+
+    def __init__(self, base: Base, request: Request, reporter: Reporter) -> None:
+        self.base, self.request, self.reporter = base, request, reporter
+        name = request.name
+        self.status_path = base.population_file(name, ".json")
+        self.error_path = base.population_file(name, ".error")
+        #: A private directory that survives this process, for a takeover (partial download).
+        self.work = base.population_file(name, ".work")
+        self.status = {"pid": os.getpid(), "identity": request.identity, "size": request.limit,
+                       "done": 0, "total": None, "started": time.time()}
+        self._bar = reporter.bar(name)
+        self._last_write = 0.0
+
+    def run(self) -> str:
+        """Populate and commit; return the owner's lease.  On failure leave the error record
+        for the waiters, remove the work directory, and raise."""
+        from ..loaders.registry import parse_recipe  # loaders are needed on a miss only
+
+        request, base, cache = self.request, self.base, self.base.cache()
+        name, owner = request.name, request.owner
+        self.recipe = parse_recipe(request.words)  # a bad recipe fails before anything is written
+        write_record(self.status_path, self.status)
+        self._prepare_work()
+        self.reporter.info(f"populating {name!r} in {base.path} from {' '.join(request.words)}")
+        try:
+            try:
+                self._store()
+            except NoSpaceError as e:
+                # The file system is full: the space kept repositories hold is given back, once.
+                freed = 0 if isinstance(e, SizeLimitError) else cache.evict()
+                if not freed:
+                    raise
+                self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
+                self._prepare_work()
+                self._store()
+        except SharedCacheError as e:
+            e.args = (f"repository {name!r}: {e}",)
+            record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
+            write_record(self.error_path, record)
+            remove_tree(self.work)
+            raise
+        finally:
+            self._bar.close()
+            unlink_if_present(self.status_path)
+        remove_tree(self.work)
+        unlink_if_present(self.error_path)
+        lease = cache.lease_of(name, owner)
+        assert lease is not None, "the commit gives the owner a lease"
+        if cache.info(name).meta != request.identity:  # a direct FsCache user stored the name meanwhile
+            cache.release(name, lease=lease)
+            raise conflict(name, base.path, cache.info(name).meta)
+        return lease
+
+    def _store(self) -> None:
+        request = self.request
+        with self.base.cache().store(request.name, meta=request.identity, keep=request.keep,
+                                     holder=request.owner, strict_budget=False) as data:
+            self.fill(data)
+
+    def fill(self, data: Path) -> None:
+        """Put the repository's data into the empty directory ``data``: run the recipe."""
+        from ..loaders.pipeline import populate
+
+        request = self.request
+        populate(self.recipe, data, work=self.work, limit=request.limit,
+                 progress=self.progress, fetch=request.fetch)
+
+    def progress(self, done: int, total: int | None) -> None:
+        """Show how far the population has got, and tell the waiters twice a second."""
+        self._bar(done, total)
+        if time.monotonic() - self._last_write >= 0.5:
+            self._last_write = time.monotonic()
+            self.status.update(done=done, total=total)
+            write_record(self.status_path, self.status)
+
+    def _prepare_work(self) -> None:
+        """Keep a dead populator's work directory for the same recipe; clear any other."""
+        work, identity = self.work, self.request.identity
+        marker = os.path.join(work, ".identity")
+        try:
+            with open(marker, encoding="utf-8") as f:
+                if f.read() == identity:
+                    return
+        except OSError:
+            pass
+        remove_tree(work)
+        os.mkdir(work)
+        write_atomic(marker, identity.encode())

@@ -1,0 +1,42 @@
+"""Population records: the status of a population in progress and the error of one that failed.
+
+``populate/<name>.json`` (pid, recipe identity, reserved size, bytes so far, start time) is
+written by the populating process about twice a second, and read by its waiters (to say how far
+it has got) and by the choice of a base directory (the space it reserves).
+``populate/<name>.error`` (time, message, error class) answers the waiters of a population that
+failed, so that one failure is not repeated by every waiter; it counts for
+:data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically.
+"""
+
+from __future__ import annotations
+
+from ..engine.fsutil import write_atomic
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from typing import Any
+
+    #: A record as JSON makes it: names to values.
+    Record = dict[str, Any]
+
+#: An error record answers the waiters of the population that failed; later users try afresh.
+ERROR_RECORD_TTL = 600.0
+
+
+def write_record(path: str, record: Record) -> None:
+    """Write a status or error record atomically."""
+    import json  # records are written on a miss only
+
+    write_atomic(path, json.dumps(record).encode())
+
+
+def read_status(path: str) -> Record | None:
+    """A status or error record, or None if it is missing or unreadable."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,387 @@
+"""The repositories of a list of candidate base directories: acquire, release, locate, list, gc.
+
+:class:`Repositories` follows the protocol in the docstring of :mod:`sharedcache.repository`
+(step 1 here, steps 2-4 in :mod:`~sharedcache.repository.population`); :func:`use` is the
+Python API.  Settings arrive as arguments: the environment is read by the callers (the command
+line, :func:`use`), not here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..config.settings import FetchPolicy, base_directories
+from ..engine import locks
+from ..engine.fscache import FsCache
+from ..engine.fsutil import remove_tree, unlink_if_present
+from ..engine.layout import check_name
+from ..engine.leases import Owner
+from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
+from ..lean import scoped
+from ..loaders.words import default_name, normalize_words, recipe_identity
+from ..progress import Reporter
+from ..sizes import format_size, parse_size
+from .bases import Base
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
+
+    from .records import Record
+
+
+class Request:
+    """One call of :meth:`Repositories.acquire`: what is asked for, by whom, on what terms."""
+
+    __slots__ = (
+        "deadline",
+        "fetch",
+        "identity",
+        "keep",
+        "limit",
+        "name",
+        "owner",
+        "timeout",
+        "words",
+    )
+
+    def __init__(self, words: tuple[str, ...], identity: str, *, name: str, owner: Owner,
+                 keep: bool, limit: int | None, timeout: float | None, fetch: FetchPolicy) -> None:
+        self.words, self.identity, self.name = words, identity, name
+        self.owner, self.keep, self.limit = owner, keep, limit
+        self.timeout, self.fetch = timeout, fetch
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+
+class Held:
+    """A use held on a repository: its name, base directory, path, cache and lease id."""
+
+    __slots__ = ("base", "cache", "lease", "name", "path")
+
+    def __init__(self, name: str, base: str, path: str, cache: FsCache, lease: str) -> None:
+        self.name, self.base, self.path, self.cache, self.lease = name, base, path, cache, lease
+
+
+class Repositories:
+    """The repositories of a list of candidate base directories."""
+
+    def __init__(
+        self,
+        directories: str | Sequence[str | os.PathLike[str]] | None = None,
+        *,
+        reporter: Reporter | None = None,
+        group: int | None = None,
+    ) -> None:
+        """``directories``: the candidate base directories (see
+        :func:`~sharedcache.config.settings.base_directories`; None: the defaults).
+        ``group``: create new caches in the bases as group caches of that gid."""
+        self.bases = [Base(p, group) for p in base_directories(directories)]
+        self.reporter = reporter or Reporter(verbosity=-1)
+        #: base directories found unusable (path -> why), skipped from then on
+        self.unusable: dict[str, str] = {}
+
+    # -- acquire ---------------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        words: Sequence[str],
+        *,
+        owner: Owner,
+        name: str | None = None,
+        size: int | str | None = None,
+        keep: bool = False,
+        max_size: int | str | None = None,
+        timeout: float | None = None,
+        fetch: FetchPolicy | None = None,
+    ) -> Held:
+        """Hold a use of the repository made by ``words`` for ``owner``, populating it if needed.
+
+        ``fetch`` says how a download fetches (connections, timeouts, retries); it does not
+        change the data, so it is not part of the recipe's identity."""
+        words = normalize_words(words)
+        if not words:
+            raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
+        request = Request(
+            words,
+            recipe_identity(words),
+            name=check_repository_name(name) if name is not None else default_name(words),
+            owner=owner,
+            keep=keep,
+            limit=None if size is None else parse_size(size, "--size"),
+            timeout=timeout,
+            fetch=fetch if fetch is not None else FetchPolicy(),
+        )
+        budget = None if max_size is None else parse_size(max_size, "--max-size")
+        base = self._existing(request)
+        if isinstance(base, Held):
+            if budget is not None:
+                self._set_budget(base.cache, budget)  # after the hold: evictions spare ours
+            return base
+        if base is None:
+            base = self._choose(request)
+        cache = base.cache()
+        if budget is not None:
+            self._set_budget(cache, budget)
+        from .population import hold_or_populate  # a miss, or a wait for one
+
+        lease = hold_or_populate(base, request, self.reporter)
+        return Held(request.name, base.path, base.ensure_link(request.name), cache, lease)
+
+    @staticmethod
+    def _set_budget(cache: FsCache, budget: int) -> None:
+        """Give the cache this budget; a budget already in place costs no write (nor the index)."""
+        if cache.max_size != budget:
+            cache.max_size = budget
+
+    def _existing(self, request: Request) -> Held | Base | None:
+        """Step 1: a held use where the repository exists, or the base populating it, or None."""
+        name = request.name
+        populating = None
+        for base in self.bases:
+            if not base.has_cache() or base.path in self.unusable:
+                continue
+            try:
+                lease = base.hold(request)
+            except CacheError as e:
+                self.unusable[base.path] = str(e)
+                continue
+            except MissError:
+                if populating is None and base.populating(name):
+                    populating = base
+                continue
+            return Held(name, base.path, base.ensure_link(name), base.cache(), lease)
+        return populating
+
+    def _choose(self, request: Request) -> Base:
+        """Step 1, continued: the first base with room for ``limit`` bytes.
+
+        Populations in progress reserve their size on their file system, so the reservations
+        of every candidate on the same device count against each of them.
+        """
+        name, limit = request.name, request.limit
+        seen = [f"{path} ({problem})" for path, problem in self.unusable.items()]
+        present = [b for b in self.bases if os.path.isdir(b.path) and b.path not in self.unusable]
+        reserved: dict[int, int] = {}
+        if limit is not None:
+            for base in present:
+                device = os.stat(base.path).st_dev
+                reserved[device] = reserved.get(device, 0) + (base.reserved() if base.has_cache() else 0)
+        for base in present:
+            if limit is not None:
+                free = base.free_space() - reserved[os.stat(base.path).st_dev]
+                if free < limit:
+                    seen.append(f"{base.path} ({format_size(max(free, 0))} free)")
+                    continue
+            try:
+                base.cache()
+            except CacheError as e:
+                seen.append(f"{base.path} ({e})")
+                continue
+            return base
+        seen += [f"{b.path} (missing)" for b in self.bases if not os.path.isdir(b.path)]
+        if limit is None or not any(s.endswith(" free)") for s in seen):
+            raise CacheError(f"repository {name!r}: no usable candidate directory: " + ", ".join(seen))
+        raise NoSpaceError(
+            f"repository {name!r}: no usable candidate directory has {format_size(limit)} free: "
+            + ", ".join(seen)
+        )
+
+    # -- release, location, listing, gc ----------------------------------------------------------
+
+    def find(self, name: str) -> Base | None:
+        """The base holding a ready repository ``name``."""
+        for base in self.bases:
+            if base.has_cache() and name in base.cache():
+                return base
+        return None
+
+    def release(
+        self, words: Sequence[str], *, owner: Owner, name: str | None = None, keep: bool = False
+    ) -> bool:
+        """Release one use of ``owner``; return whether that deleted the repository."""
+        name = check_repository_name(name) if name is not None else default_name(words)
+        base = self.find(name)
+        if base is None:
+            raise SharedCacheError(
+                f"no repository {name!r} in {', '.join(str(b.path) for b in self.bases)}"
+            )
+        try:
+            deleted = base.cache().release(name, owner, keep=keep)
+        except UsageError:
+            raise SharedCacheError(
+                f"process {owner.pid} holds no use of repository {name!r} in {base.path}"
+            ) from None
+        if deleted:
+            base.drop_link_if_unused(name)
+        return deleted
+
+    def release_held(self, held: Held, *, keep: bool = False) -> None:
+        """Release a use returned by :meth:`acquire`."""
+        try:
+            deleted = held.cache.release(held.name, lease=held.lease, keep=keep)
+        except MissError:
+            return  # deleted already (gc found its owner dead)
+        if deleted:
+            Base(held.base).drop_link_if_unused(held.name)
+
+    def locate(self, words: Sequence[str], *, name: str | None = None) -> str | None:
+        name = check_repository_name(name) if name is not None else default_name(words)
+        base = self.find(name)
+        return None if base is None else base.link(name)
+
+    def listing(self) -> list[Record]:
+        """Every repository in the candidate bases: ready ones and populations in progress."""
+        rows = []
+        for base in self.bases:
+            if not base.has_cache():
+                continue
+            for entry in base.cache().entries():
+                rows.append({
+                    "name": entry.name, "path": str(base.link(entry.name)), "state": "ready",
+                    "size": entry.size, "users": list(entry.users), "keep": entry.keep,
+                    "last_used": entry.last_used, "base": str(base.path),
+                })
+            for name, status in base.populations():
+                rows.append({
+                    "name": name, "path": str(base.link(name)), "state": "populating",
+                    "size": status.get("done", 0), "users": [status.get("pid")], "keep": None,
+                    "last_used": status.get("started"), "base": str(base.path),
+                })
+        return rows
+
+    def collect(self) -> dict[str, Record]:
+        """gc every base: the engine's gc, then the population leftovers and stale links."""
+        reports = {}
+        for base in self.bases:
+            if not base.has_cache():
+                continue
+            report = vars(FsCache(base.control, group=base.group, repair=True).gc())
+            report["populations_cleaned"] = self._clean_populations(base)
+            report["links_removed"] = self._clean_links(base)
+            reports[str(base.path)] = report
+        return reports
+
+    @staticmethod
+    def _clean_populations(base: Base) -> int:
+        from .records import ERROR_RECORD_TTL, read_status
+
+        cleaned = 0
+        names = set()
+        files = []
+        for entry in os.scandir(base.populate_dir):
+            if entry.is_symlink():  # nothing here is a symlink but what someone planted
+                os.unlink(entry.path)
+            else:
+                files.append(entry.name)
+        for file in files:
+            stem, dot, suffix = file.rpartition(".")
+            if dot and suffix in ("lock", "json", "error", "work"):
+                names.add(stem)
+        for name in names:
+            lock_path = base.population_file(name, ".lock")
+            fd = locks.open_lock_file(lock_path)
+            try:
+                if not locks.try_lock(fd, locks.EXCLUSIVE):
+                    continue
+                error = base.population_file(name, ".error")
+                record = read_status(error)
+                if record is None or time.time() - float(record.get("time", 0)) > ERROR_RECORD_TTL:
+                    unlink_if_present(error)
+                remove_tree(base.population_file(name, ".work"))
+                # Records are written under the population lock, so the temporary files of
+                # their atomic writes are abandoned once it is free.
+                for file in files:
+                    if file.startswith((f".{name}.json.tmp-", f".{name}.error.tmp-")):
+                        unlink_if_present(os.path.join(base.populate_dir, file))
+                unlink_if_present(base.population_file(name, ".json"))
+                if not os.path.exists(error):
+                    os.unlink(lock_path)  # waiters check that the path still names what they lock
+                cleaned += 1
+            finally:
+                os.close(fd)
+        return cleaned
+
+    @staticmethod
+    def _clean_links(base: Base) -> int:
+        """Remove the links of deleted repositories (run after the engine's gc, which has given
+        every committed entry its row)."""
+        removed = 0
+        present = base.cache().names()
+        for link in os.scandir(base.path):
+            if link.name in present:
+                continue
+            try:
+                ours = link.is_symlink() and os.readlink(link.path) == base.link_target(link.name)
+            except OSError:
+                continue  # gone meanwhile
+            if ours and link.name not in base.cache():
+                base.drop_link_if_unused(link.name)
+                removed += not os.path.islink(link.path)
+        return removed
+
+
+def check_repository_name(name: str) -> str:
+    try:
+        return check_name(name)
+    except UsageError:
+        raise UsageError(
+            f"invalid repository name {name!r}: it must be one path component, not starting "
+            "with '.'"
+        ) from None
+
+
+@scoped
+def use(
+    *words: str,
+    name: str | None = None,
+    size: int | str | None = None,
+    directories: str | Sequence[str | os.PathLike[str]] | None = None,
+    keep: bool = False,
+    max_size: int | str | None = None,
+    timeout: float | None = None,
+    connections: int = 1,
+    fetch: FetchPolicy | None = None,
+    verbosity: int = -1,
+) -> Iterator[Path]:
+    """Hold a use of a repository for the duration of the ``with`` block; yield its path.
+
+    The first user populates it from the loader ``words``; the others wait and share it.  The use
+    is a lease of this process and also a kernel lock, so it vanishes if the process dies; on
+    exit it is released, and the last release deletes the repository unless ``keep``.
+
+    ``directories`` defaults to ``$SC_DIRECTORIES``, else /tmp:/var/tmp.  ``fetch`` (a
+    :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches;
+    ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.
+    """
+    from ..config import settings
+
+    if fetch is None:
+        fetch = FetchPolicy(connections=connections)
+    elif connections != 1:
+        raise UsageError("give connections in fetch, or alone, not both")
+    repositories = Repositories(settings.directories(directories), reporter=Reporter(verbosity))
+    held = repositories.acquire(
+        _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
+        max_size=max_size, timeout=timeout, fetch=fetch,
+    )
+    try:
+        with held.cache.load(held.name):
+            from pathlib import Path
+
+            yield Path(held.path)
+    finally:
+        repositories.release_held(held, keep=keep)
+
+
+def _loader_words(words: tuple[object, ...]) -> list[str]:
+    """The loader words given to :func:`use`, each a string (one may hold several words
+    separated by spaces); anything else is refused with a clear error."""
+    for word in words:
+        if not isinstance(word, str):
+            raise UsageError(
+                f"loader words must be strings, as in use('http:URL', 'sha256:HEX', 'tar'), not "
+                f"{type(word).__name__} {word!r}"
+            )
+    return list(words)  # type: ignore[arg-type]
