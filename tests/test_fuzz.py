@@ -202,19 +202,46 @@ def damaged(draw: st.DrawFn) -> tuple[bytes, str]:
     return bytes(damaged), unpacker
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
+    """Every path under ``root`` with its mode and its content (a file's bytes, a link's target)."""
+    found: dict[str, tuple[int, bytes | str | None]] = {}
+    for directory, names, files, _ in os.fwalk(root):  # never follows links
+        for name in names + files:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            content: bytes | str | None = None
+            if stat.S_ISREG(st.st_mode):
+                content = Path(path).read_bytes()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            found[os.path.relpath(path, root)] = (st.st_mode, content)
+    return found
+
+
 @settings(max_examples=300, deadline=None)
 @given(damaged())
 def test_damaged_data_is_unpacked_or_refused(sample: tuple[bytes, str]) -> None:
     data, unpacker = sample
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        (root / "dest").mkdir()
-        (root / "work").mkdir()
+        box, outside = root / "box", root / "outside"
+        for directory in (box / "dest", box / "work", outside / "dir"):
+            directory.mkdir(parents=True)
+        # What a damaged archive's paths and links could reach: files beside the box, named as
+        # the samples' members are.
+        for name in ("a.txt", "dir/a.txt", "dir/b.bin", "input"):
+            (outside / name).write_bytes(b"outside\n")
         (root / "input").write_bytes(data)
+        before = _snapshot(root / "outside"), (root / "input").read_bytes()
         try:
-            populate(parse_recipe([f"file:{root / 'input'}", unpacker]), root / "dest", work=root / "work",
-                                                                        limit=10_000_000)
+            populate(parse_recipe([f"file:{root / 'input'}", unpacker]), box / "dest", work=box / "work",
+                     limit=10_000_000)
         except LoaderError as error:
             assert_one_line(error)
-        for path in (root / "dest").rglob("*"):  # whatever was unpacked stays inside
-            assert os.path.realpath(path).startswith(os.path.realpath(root / "dest")) or path.is_symlink()
+        assert (_snapshot(root / "outside"), (root / "input").read_bytes()) == before
+        assert sorted(os.listdir(root)) == ["box", "input", "outside"]
+        dest = os.path.realpath(box / "dest")
+        for directory, names, files, _ in os.fwalk(box / "dest"):
+            for name in names + files:  # a link that stays may only lead inside the tree
+                path = os.path.join(directory, name)
+                assert os.path.realpath(path) == dest or os.path.realpath(path).startswith(dest + os.sep), path

@@ -44,9 +44,21 @@ def d(dirs: tuple[Path, Path]) -> str:
 
 
 # What a warm use must not load: the index (SQLite), and the modules whose import alone costs a
-# large part of its budget (measured in benchmarks/bench_peers.py, W3).
+# large part of its budget (measured in benchmarks/bench_peers.py, W3; see CONTRIBUTING.md).
 WARM_FORBIDDEN = {"_sqlite3", "sqlite3", "contextlib", "collections", "importlib", "json", "re",
-                  "typing", "pathlib", "threading", "argparse", "urllib3", "tarfile", "zipfile"}
+                  "typing", "pathlib", "threading", "argparse", "urllib3", "tarfile", "zipfile",
+                  "dataclasses", "tomllib"}
+# Exactly the modules of ours a warm use loads (CONTRIBUTING.md, "The warm path"): a module added
+# here costs every warm use its loading time, so adding one is a decision, made in both places.
+WARM_MODULES = {
+    "sharedcache", "sharedcache.errors", "sharedcache.lean", "sharedcache.sizes", "sharedcache.progress",
+    "sharedcache.config", "sharedcache.config.settings",
+    "sharedcache.cli", "sharedcache.cli.parser", "sharedcache.cli.commands",
+    "sharedcache.repository", "sharedcache.repository.repositories", "sharedcache.repository.bases",
+    "sharedcache.loaders", "sharedcache.loaders.words",
+    "sharedcache.engine", "sharedcache.engine.fscache", "sharedcache.engine.layout",
+    "sharedcache.engine.leases", "sharedcache.engine.locks", "sharedcache.engine.fsutil",
+}
 
 
 def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball):
@@ -60,6 +72,8 @@ def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball):
             status = main()
             loaded = {WARM_FORBIDDEN!r} & set(sys.modules)
             assert status == 0 and not loaded, (status, sorted(loaded))
+            ours = {{name for name in sys.modules if name.split(".")[0] == "sharedcache"}}
+            assert ours == {WARM_MODULES!r}, (sorted(ours - {WARM_MODULES!r}), sorted({WARM_MODULES!r} - ours))
             print(sorted(os.listdir({str(dirs[0] / ".shared-cache" / "objects" / "repo" / "leases")!r})))
         """)
         warm = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -372,3 +386,20 @@ def test_committed_data_is_read_only_and_deletion_restores_write(dirs, tarball):
         assert sc("--unuse", *args).returncode == 0
         assert not (dirs[0] / ".shared-cache" / "objects" / "repo").exists()
         assert list((dirs[0] / ".shared-cache" / "trash").iterdir()) == []
+
+
+def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one(dirs, tarball):
+    path, _md5 = tarball
+    failed = sc("--use", "-n", "repo", "-d", str(dirs[0]), f"file:{path}", "md5:" + "0" * 32, "tar")
+    assert failed.returncode == 1
+    record = dirs[0] / ".shared-cache" / "populate" / "repo.error"
+    assert record.exists()
+    gc = sc("gc", "-d", str(dirs[0]))
+    assert gc.returncode == 0 and "populations cleaned" not in gc.stdout, gc.stdout
+    assert record.exists()  # it answers the waiters of that population for a while
+    stale = json.loads(record.read_text())
+    stale["time"] -= 3600
+    record.write_text(json.dumps(stale))
+    gc = sc("gc", "-d", str(dirs[0]))
+    assert gc.returncode == 0 and "populations cleaned: 1" in gc.stdout, gc.stdout
+    assert not record.exists()

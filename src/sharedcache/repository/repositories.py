@@ -287,18 +287,22 @@ class Repositories:
                     continue
                 error = base.population_file(name, ".error")
                 record = read_status(error)
-                if record is None or time.time() - float(record.get("time", 0)) > ERROR_RECORD_TTL:
-                    unlink_if_present(error)
-                remove_tree(base.population_file(name, ".work"))
+                expired = record is None or time.time() - float(record.get("time", 0)) > ERROR_RECORD_TTL
                 # Records are written under the population lock, so the temporary files of
                 # their atomic writes are abandoned once it is free.
-                for file in files:
-                    if file.startswith((f".{name}.json.tmp-", f".{name}.error.tmp-")):
-                        unlink_if_present(os.path.join(base.populate_dir, file))
-                unlink_if_present(base.population_file(name, ".json"))
-                if not os.path.exists(error):
+                leftovers = [os.path.join(base.populate_dir, file) for file in files
+                             if file.startswith((f".{name}.json.tmp-", f".{name}.error.tmp-"))]
+                leftovers.append(base.population_file(name, ".json"))
+                if expired:
+                    leftovers.append(error)
+                work = base.population_file(name, ".work")
+                found = os.path.lexists(work) or any(os.path.lexists(path) for path in leftovers)
+                remove_tree(work)
+                for path in leftovers:
+                    unlink_if_present(path)
+                if expired:  # a kept error record keeps its lock: waiters may still read it
                     os.unlink(lock_path)  # waiters check that the path still names what they lock
-                cleaned += 1
+                cleaned += found
             finally:
                 os.close(fd)
         return cleaned
