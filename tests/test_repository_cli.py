@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import sharedcache
+
 from scutil import Sleeper, check_tree, finish, make_tarball, sample_files, sc, sc_env, sc_start
 
 FILES = sample_files()
@@ -403,3 +405,23 @@ def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one
     gc = sc("gc", "-d", str(dirs[0]))
     assert gc.returncode == 0 and "populations cleaned: 1" in gc.stdout, gc.stdout
     assert not record.exists()
+
+
+@pytest.mark.parametrize(("args", "kwargs", "message"), [
+    ((["file:/x", "tar"],), {}, "separate arguments"),
+    ((("file:/x", "tar"),), {}, "separate arguments"),
+    ((None,), {}, "not NoneType"),
+    ((b"file:/x",), {}, "not bytes"),
+    ((), {}, "no loader given"),
+    (("file:/x",), {"name": "a/b"}, "invalid repository name"),
+    (("file:/x",), {"size": "lots"}, "size"),
+    (("file:/x",), {"max_size": -1}, "max-size"),
+    (("file:/x",), {"connections": 0}, "connections must be between 1 and"),
+    (("nope:/x",), {}, "unknown loader 'nope'"),
+])
+def test_python_api_bad_input_is_a_usage_error_of_one_line(dirs, args, kwargs, message):
+    with pytest.raises(sharedcache.UsageError) as caught:
+        with sharedcache.use(*args, directories=[str(dirs[0])], **kwargs):
+            raise AssertionError("no use may be held")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (dirs[0] / "repo").exists()

@@ -13,7 +13,7 @@ import time
 
 from .sizes import format_size
 
-TYPE_CHECKING = False  # typing itself is not imported: it is costly on the warm path
+TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from typing import Any, TextIO
 

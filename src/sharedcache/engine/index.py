@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - an interpreter without the C module's 
 from ..errors import CacheError, WaitTimeoutError
 from ..lean import scoped
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any

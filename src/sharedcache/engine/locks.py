@@ -26,7 +26,7 @@ import time
 
 from ..errors import CacheError, WaitTimeoutError
 
-TYPE_CHECKING = False  # the annotations need no import at run time, and typing is costly
+TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
 

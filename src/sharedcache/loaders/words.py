@@ -8,7 +8,7 @@ both at the cost of a few string operations.  Parsing words into loaders is
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # the annotations need no import at run time, and typing is costly
+TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Iterable
 

@@ -383,9 +383,10 @@ def _loader_words(words: tuple[object, ...]) -> list[str]:
     """The loader words given to :func:`use`, each a string (one may hold several words
     separated by spaces); anything else is refused with a clear error."""
     for word in words:
+        if isinstance(word, (list, tuple)):
+            raise UsageError("loader words are given as separate arguments: use(*words), "
+                             "as in use('http:URL', 'sha256:HEX', 'tar')")
         if not isinstance(word, str):
-            raise UsageError(
-                f"loader words must be strings, as in use('http:URL', 'sha256:HEX', 'tar'), not "
-                f"{type(word).__name__} {word!r}"
-            )
-    return list(words)  # type: ignore[arg-type]
+            raise UsageError(f"a loader word is a string, as in use('http:URL', 'sha256:HEX', 'tar'), "
+                             f"not {type(word).__name__} {word!r}")
+    return list(words)  # type: ignore[arg-type]  # (each was checked to be a str)

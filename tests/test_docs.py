@@ -1,0 +1,81 @@
+"""The documents say what is true: the README's example, its table of modules, and the commands
+of docs/guarantees.md, each of which must select tests that exist."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+from _pytest.mark.expression import Expression  # pytest's own -k language
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "sharedcache"
+
+
+def test_readme_example_checksum_is_that_of_the_shipped_archive() -> None:
+    readme = (ROOT / "README.md").read_text()
+    url = re.search(r"^url=\S*/(\S+)$", readme, re.MULTILINE)
+    md5 = re.search(r"^md5=([0-9a-f]{32})$", readme, re.MULTILINE)
+    assert url and md5
+    assert hashlib.md5((ROOT / "examples" / url[1]).read_bytes()).hexdigest() == md5[1]
+
+
+def test_readme_module_table_matches_the_tree() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Layout of the code"):]
+    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    named = {name for cell in first_cells for name in re.findall(r"`([a-z_/]+)`", cell)}
+    modules = {str(path.relative_to(PACKAGE).with_suffix("")) for path in PACKAGE.rglob("*.py")
+               if path.name not in ("__init__.py", "__main__.py")}
+    packages = {f"{path.parent.relative_to(PACKAGE)}/" for path in PACKAGE.rglob("__init__.py")} - {"./"}
+    assert modules | packages == named, (sorted((modules | packages) - named), sorted(named - modules - packages))
+
+
+@cache
+def _collected() -> list[str]:
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             str(ROOT / "tests")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return [line for line in result.stdout.splitlines() if "::" in line]
+
+
+def _selected(command: str, collected: list[str]) -> list[str]:
+    words = shlex.split(command)
+    words = words[words.index("pytest") + 1:]
+    paths, keyword = [], None
+    while words:
+        word = words.pop(0)
+        if word == "-k":
+            keyword = words.pop(0)
+        elif not word.startswith("-"):
+            paths.append(word)
+    chosen = [test for test in collected
+              if any(test == path or test.startswith(path.rstrip("/") + ("::" if ".py" in path else "/"))
+                     or test.startswith(path + "[") for path in paths)]
+    if keyword is not None:
+        expression = Expression.compile(keyword)
+        chosen = [test for test in chosen
+                  if expression.evaluate(lambda name, test=test: any(
+                      name.lower() in part.lower() for part in re.split(r"::|/|\.py", test)))]
+    return chosen
+
+
+def test_every_command_of_the_guarantees_selects_tests() -> None:
+    guarantees = (ROOT / "docs" / "guarantees.md").read_text()
+    commands = [command for command in re.findall(r"`([^`]*pytest[^`]*)`", guarantees) if "tests/" in command]
+    assert len(commands) >= 20
+    collected = _collected()
+    assert collected
+    empty = [command for command in commands if not _selected(command, collected)]
+    assert not empty, f"these commands select no test: {empty}"
+
+
+@pytest.mark.parametrize("command", ["pytest tests/test_fuzz.py -k no_such_test_anywhere",
+                                     "pytest tests/test_no_such_file.py"])
+def test_a_command_that_selects_nothing_is_caught(command: str) -> None:
+    assert _selected(command, _collected()) == []
