@@ -34,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .. import __version__
 
             print(f"sc (shared-cache) {__version__}")
+            if options.verbose > 0:
+                from ..loaders.codecs import backends
+
+                for codec, library in backends().items():
+                    print(f"{codec}: {library}")
             return 0
         return commands.run(options)
     except UsageError as e:
