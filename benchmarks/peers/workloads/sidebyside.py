@@ -1,0 +1,86 @@
+"""Contenders side by side on one archive and one file system, for W9-W11: each entry is a
+contender with the checksum algorithm it is given; the entries run interleaved, ``--repeat``
+times, each run cold in a fresh directory; a row gives the median, the time per member and,
+when measured, the peak RSS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmarks.harness import MB, Archive
+
+from ..bench import Attempt, Bench, absent
+from ..contenders import Contender
+from ..report import Row, fmt, log, median, ratio, seconds_list
+
+
+@dataclass(frozen=True)
+class Entry:
+    contender: Contender
+    algorithm: str                  # of the checksum word; "" for none
+
+    @property
+    def label(self) -> str:
+        if self.algorithm:
+            return f"{self.contender.label} {self.algorithm}"
+        return self.contender.label + (", no checksum" if self.contender.verifies else "")
+
+
+def entries(b: Bench, wanted: list[tuple[str, str]]) -> list[Entry]:
+    """``wanted`` as entries: (contender key, algorithm) pairs, in that order."""
+    by_key = {c.key: c for c in b.contenders}
+    return [Entry(by_key[key], algorithm) for key, algorithm in wanted if key in by_key]
+
+
+def interleaved(b: Bench, archive: Archive, chosen: list[Entry], filesystem: str, tag: str,
+                *, rss: bool = False) -> dict[str, list[Attempt]]:
+    """Every entry that can run ``--repeat`` times, interleaved so that drift hits all alike."""
+    runnable = [e for e in chosen if not e.contender.unavailable
+                and e.contender.unpacks(archive.name)]
+    attempts: dict[str, list[Attempt]] = {e.label: [] for e in runnable}
+    for i in range(b.args.repeat):
+        for e in runnable:
+            attempt = b.cold(e.contender, archive, tag, rss=rss, algorithm=e.algorithm,
+                             filesystem=filesystem)
+            attempts[e.label].append(attempt)
+            log(f"{tag} {filesystem} {e.label} run {i + 1}: {attempt.run.seconds:.2f} s "
+                f"{attempt.problem}")
+    return attempts
+
+
+def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt]],
+         reference: str, prefix: str, *, rss: bool = False) -> list[Row]:
+    """One row per entry, its median against that of the entry labelled ``reference``; each
+    row's contender is ``prefix`` and the entry's label.  ``rss``: the attempts measured their
+    peak RSS."""
+    base = median([a.run.seconds for a in attempts.get(reference, []) if a.ok])
+    made = []
+    for e in chosen:
+        label = f"{prefix}{e.label}"
+        if e.contender.unavailable:
+            made.append(absent(e.contender))
+            made[-1].contender = label
+            continue
+        if e.label not in attempts:
+            made.append(Row(label, None, notes=f"unavailable: cannot unpack {archive.name} "
+                                                "(Python's tarfile reads no zstd)"))
+            continue
+        times = [a.run.seconds for a in attempts[e.label] if a.ok]
+        value = median(times)
+        problems = sorted({a.problem for a in attempts[e.label] if a.problem})
+        peak = max((a.run.maxrss_kb for a in attempts[e.label] if a.ok and rss), default=0) / 1024
+        notes = [f"runs {seconds_list(times)} s"]
+        if value:
+            notes += [f"{value / archive.files * 1e6:.1f} us/member",
+                      f"{archive.size / MB / value:.0f} MB/s in"]
+        if peak:
+            notes.append(f"peak RSS {fmt(peak, 'MiB')} MiB")
+        if not e.contender.verifies:
+            notes.append("no checksum")
+        if problems:
+            notes.append(f"FAILED {len(problems)}: {problems[0]}")
+        made.append(Row(label, value, ratio(value, base), "; ".join(notes),
+                        {"seconds": times, "problems": problems, "members": archive.files,
+                         "us_per_member": None if value is None else value / archive.files * 1e6,
+                         "peak_rss_mib": peak or None}))
+    return made

@@ -1,0 +1,82 @@
+"""W9 and W10: real archives against the GNU pipeline, on tmpfs and on the disk.
+
+W9 software tree: the standard library of the interpreter running the benchmark, as .tar.gz,
+.tar.xz and .tar.zst (see :mod:`..archives`).  Contenders: ``sc --use`` with ``sha256:`` and with
+``md5:``; the GNU pipeline ``curl URL | tee >(sha256sum) | tar -x[z|J|--zstd]f -``; pooch
+(``sha256:``) and cached_path for the formats Python's tarfile reads.  To keep a full run short,
+``md5:`` and the peers run on the .tar.gz only, unless ``--every-contender``.
+W10 many small files: ``--members`` files of 1-8 KB as .tar.gz (default 50,000; up to
+1,000,000), the same contenders (the peers at the first size only: at a million members they
+take minutes a run), with the peak RSS of every run.  With two sizes, the time per member of
+``sc --use`` at the largest against the smallest shows whether time grows linearly.
+
+Each measures every contender ``--repeat`` times, interleaved, on each file system (``--tmp``,
+the disk, and ``--tmpfs``), each run cold into a fresh directory, removed afterwards; ratios are
+to the GNU pipeline on the same archive and file system.
+"""
+
+from __future__ import annotations
+
+from benchmarks.harness import MB
+
+from ..archives import COMPRESSIONS
+from ..bench import Bench
+from ..report import Workload, ratio
+from .sidebyside import entries, interleaved, rows
+
+#: the contenders of W9 and W10 with the checksum each is given; the reference third
+ARCHIVE_CONTENDERS = [("sc-cli", "sha256"), ("sc-cli-baseline", "sha256"), ("sc-cli", "md5"),
+                      ("curl", "sha256"), ("pooch", "sha256"), ("cached_path", "")]
+REFERENCE = "curl pipeline sha256"
+SC = "sc --use sha256"
+
+
+def w9_software_tree(b: Bench) -> Workload:
+    archives = {compression: b.archive(f"w9-{compression}") for compression in COMPRESSIONS}
+    gz = archives["gz"]
+    w = Workload("W9", f"software tree: the standard library ({gz.files:,} files, "
+                 f"{gz.content_bytes / MB:.0f} MB) as .tar.gz, .tar.xz, .tar.zst", "s",
+                 "GNU pipeline", params={"repeat": b.args.repeat, "archives": {
+                     c: {"bytes": a.size, "files": a.files, "content_bytes": a.content_bytes}
+                     for c, a in archives.items()}})
+    every = entries(b, ARCHIVE_CONTENDERS)
+    for filesystem in b.filesystems:
+        for compression, archive in archives.items():
+            chosen = [e for e in every if compression == "gz" or b.args.every_contender
+                      or (e.contender.kind != "peer" and e.algorithm != "md5")]
+            attempts = interleaved(b, archive, chosen, filesystem, f"w9-{compression}")
+            made = rows(archive, chosen, attempts, REFERENCE,
+                        f"{filesystem} .tar.{compression} {archive.size / MB:.0f} MB: ")
+            w.rows += made
+            w.check("W9", f"{filesystem} .tar.{compression}",
+                    next((r.ratio for r in made if r.contender.endswith(": " + SC)), None))
+    return w
+
+
+def w10_small_files(b: Bench) -> Workload:
+    sizes = b.args.members
+    w = Workload("W10", f"many small files: {', '.join(f'{n:,}' for n in sizes)} files of "
+                 "1-8 KB as .tar.gz", "s", "GNU pipeline",
+                 params={"repeat": b.args.repeat, "members": sizes})
+    for filesystem in b.filesystems:
+        per_member = {}
+        for n, members in enumerate(sizes):
+            archive = b.archive(f"w10-{members}")
+            w.params[f"archive_bytes_{members}"] = archive.size
+            chosen = [e for e in entries(b, ARCHIVE_CONTENDERS)
+                      if n == 0 or e.contender.kind != "peer"]
+            attempts = interleaved(b, archive, chosen, filesystem, f"w10-{members}", rss=True)
+            made = rows(archive, chosen, attempts, REFERENCE,
+                        f"{filesystem} {members:,} ({archive.size / MB:.0f} MB): ", rss=True)
+            w.rows += made
+            sc = next((r for r in made if r.contender.endswith(": " + SC)), None)
+            w.check("W10", f"{filesystem}, {members:,} members", None if sc is None else sc.ratio)
+            w.check("W10-rss", f"{filesystem}, {members:,} members",
+                    None if sc is None else sc.data.get("peak_rss_mib"))
+            per_member[members] = None if sc is None else sc.data.get("us_per_member")
+        if len(sizes) > 1:
+            w.check("W10-linear", f"{filesystem}, {max(sizes):,} against {min(sizes):,}",
+                    ratio(per_member[max(sizes)], per_member[min(sizes)]))
+        else:
+            w.check("W10-linear", f"{filesystem} (one size)", None)
+    return w
