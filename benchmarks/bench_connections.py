@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 from harness import MB, OriginProcess, Traffic, table
-
 from sharedcache import FetchPolicy
 from sharedcache.loaders import pipeline
 from sharedcache.loaders.registry import parse_recipe

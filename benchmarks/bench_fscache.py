@@ -134,7 +134,7 @@ def bench_size(results: Results, base: Path, n: int, repeat: int, rng: random.Ra
         writer = FsCache(root, durable=durable)
         runs = []
         for r in range(repeat):
-            def store(i: int, r: int = r) -> None:
+            def store(i: int, r: int = r, writer: FsCache = writer, durable: bool = durable) -> None:
                 with writer.store(f"small-{durable}-{r}-{i}") as path:
                     (path / "f").write_bytes(b"small")
             runs.append(per_op(count, store))
@@ -147,7 +147,7 @@ def bench_size(results: Results, base: Path, n: int, repeat: int, rng: random.Ra
     runs = []
     for r in range(repeat):
         size = cache.size
-        runs.append(timed(lambda: setattr(cache, "max_size", size - victims * one)))
+        runs.append(timed(lambda size=size: setattr(cache, "max_size", size - victims * one)))
         assert cache.size == size - victims * one, (cache.size, size)
         cache.max_size = None
         for i in range(victims):
