@@ -33,7 +33,7 @@ def run(options: Arguments) -> int:
     from ..repository.repositories import Repositories
 
     repositories = Repositories(
-        settings.directories(options.directories),
+        settings.directories_from_environment(options.directories),
         reporter=Reporter(options.verbosity),
         group=_group(options.group),
     )

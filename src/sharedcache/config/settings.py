@@ -48,6 +48,12 @@ class FetchPolicy:
         "read_timeout",
         "retries",
     )
+    connections: int
+    connect_timeout: float
+    read_timeout: float
+    retries: int
+    backoff: float
+    backoff_max: float
 
     def __init__(self, *, connections: int = 1, connect_timeout: float = 30.0,
                  read_timeout: float = 60.0, retries: int = 5, backoff: float = 0.25,
@@ -60,9 +66,15 @@ class FetchPolicy:
                               ("backoff", backoff), ("backoff_max", backoff_max)):
             if not isinstance(seconds, (int, float)) or not seconds >= 0 or seconds == float("inf"):
                 raise SettingError(what, f"must be a number of seconds, not {seconds!r}")
-        self.connections, self.retries = connections, retries
-        self.connect_timeout, self.read_timeout = float(connect_timeout), float(read_timeout)
-        self.backoff, self.backoff_max = float(backoff), float(backoff_max)
+        values = {"connections": connections, "connect_timeout": float(connect_timeout),
+                  "read_timeout": float(read_timeout), "retries": retries, "backoff": float(backoff),
+                  "backoff_max": float(backoff_max)}
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # A value, shared by whoever was given it: changing it would change their fetching too.
+        raise AttributeError(f"FetchPolicy is immutable: make a new one to change {name}")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry ``attempt`` (0 for the first)."""
@@ -95,7 +107,7 @@ def base_directories(directories: str | Sequence[str | os.PathLike[str]] | None)
     return result
 
 
-def directories(given: str | Sequence[str | os.PathLike[str]] | None,
+def directories_from_environment(given: str | Sequence[str | os.PathLike[str]] | None,
                 environ: Mapping[str, str] = os.environ) -> str | Sequence[str | os.PathLike[str]] | None:
     """The base directories asked for: ``given``, else ``$SC_DIRECTORIES``, else None (the
     defaults)."""

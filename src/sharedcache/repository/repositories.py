@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..config.settings import FetchPolicy, base_directories
+from ..config.settings import FetchPolicy, base_directories, directories_from_environment
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_tree, unlink_if_present
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .records import Record
+
+
+_DEFAULT_FETCH = FetchPolicy()  # (immutable: one serves every call)
 
 
 class Request:
@@ -111,7 +114,7 @@ class Repositories:
             keep=keep,
             limit=None if size is None else parse_size(size, "--size"),
             timeout=timeout,
-            fetch=fetch if fetch is not None else FetchPolicy(),
+            fetch=fetch if fetch is not None else _DEFAULT_FETCH,
         )
         budget = None if max_size is None else parse_size(max_size, "--max-size")
         base = self._existing(request)
@@ -359,13 +362,11 @@ def use(
     :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches;
     ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.
     """
-    from ..config import settings
-
     if fetch is None:
-        fetch = FetchPolicy(connections=connections)
+        fetch = _DEFAULT_FETCH if connections == 1 else FetchPolicy(connections=connections)
     elif connections != 1:
         raise UsageError("give connections in fetch, or alone, not both")
-    repositories = Repositories(settings.directories(directories), reporter=Reporter(verbosity))
+    repositories = Repositories(directories_from_environment(directories), reporter=Reporter(verbosity))
     held = repositories.acquire(
         _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
         max_size=max_size, timeout=timeout, fetch=fetch,
