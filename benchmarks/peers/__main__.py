@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", default="50000",
                    help="W10 archive sizes in members, e.g. 50000,1000000 (default 50000)")
     p.add_argument("--every-contender", action="store_true",
-                   help="W9: md5: and the peers on every format, not on the .tar.gz only")
+                   help="W9, W10: sc --use md5: and the peers too (a longer run)")
     p.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
                    help="the working directory's parent, on the disk (default: the temp directory)")
     p.add_argument("--tmpfs", default="/dev/shm",
