@@ -89,6 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("counts must be positive")
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
+    if args.tmpfs and not Path(args.tmpfs).is_dir():
+        p.error(f"--tmpfs {args.tmpfs}: no such directory ('' to measure on the disk only)")
     return args
 
 
