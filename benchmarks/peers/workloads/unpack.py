@@ -9,10 +9,10 @@ W10 many small files: ``--members`` files of 1-8 KB as .tar.gz (default 50,000; 
 take minutes a run), with the peak RSS of every run.  With two sizes, the time per member of
 ``sc --use`` at the largest against the smallest shows whether time grows linearly.
 
-Each measures every contender ``--repeat`` times, interleaved, on each file system (``--tmp``,
-the disk, and ``--tmpfs``), each run cold into a fresh directory, removed afterwards; ratios are
-to the GNU pipeline on the same archive and file system.  To keep a full run within minutes,
-``md5:`` and the peers run only with ``--every-contender``.
+Each measures every contender ``--repeat`` times, interleaved, on each file system of ``--on``
+(``--tmpfs`` and the disk, under ``--tmp``), each run cold into a fresh directory, removed
+afterwards; ratios are to the GNU pipeline on the same archive and file system.  To keep a full
+run within minutes, ``md5:`` and the peers run only with ``--every-contender``.
 """
 
 from __future__ import annotations
