@@ -24,7 +24,7 @@ from ..bench import Bench
 from ..report import Workload, ratio
 from .sidebyside import Entry, entries, interleaved, rows
 
-#: the contenders of W9 and W10 with the checksum each is given; the reference third
+#: the contenders of W9 and W10 with the checksum each is given (the reference: the curl pipeline)
 ARCHIVE_CONTENDERS = [("sc-cli", "sha256"), ("sc-cli-baseline", "sha256"), ("sc-cli", "md5"),
                       ("curl", "sha256"), ("pooch", "sha256"), ("cached_path", "")]
 REFERENCE = "curl pipeline sha256"
