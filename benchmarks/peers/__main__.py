@@ -69,11 +69,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", default="50000",
                    help="W10 archive sizes in members, e.g. 50000,1000000 (default 50000)")
     p.add_argument("--every-contender", action="store_true",
-                   help="W9: md5: and the peers on every format, not on the .tar.gz only")
+                   help="W9, W10: sc --use md5: and the peers too (a longer run)")
     p.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
                    help="the working directory's parent, on the disk (default: the temp directory)")
-    p.add_argument("--tmpfs", default="/dev/shm",
-                   help="a tmpfs where W9-W11 measure too (default /dev/shm; '' for none)")
+    p.add_argument("--tmpfs", type=Path, default=Path("/dev/shm"),
+                   help="the tmpfs where W9-W11 measure (default /dev/shm)")
+    p.add_argument("--on", default="tmpfs,disk",
+                   help="where W9-W11 measure: tmpfs, disk or both (default tmpfs,disk)")
     p.add_argument("--keep-work", action="store_true", help="keep the working directory")
     args = p.parse_args(argv)
     args.only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
@@ -89,6 +91,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("counts must be positive")
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
+    args.on = [name.strip() for name in args.on.split(",") if name.strip()]
+    if not args.on or set(args.on) - {"tmpfs", "disk"}:
+        p.error(f"--on takes tmpfs, disk or both, not {','.join(args.on)!r}")
+    if "tmpfs" in args.on and not args.tmpfs.is_dir():
+        p.error(f"--tmpfs {args.tmpfs}: no such directory (--on disk measures on the disk only)")
     return args
 
 
@@ -134,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.baseline is not None and (problem := prepare_baseline(args.baseline)):
         log(f"baseline unavailable: {problem}")
     machine = {**harness.machine_info(args.tmp), "load average at start": harness.load_average()}
-    if args.tmpfs:
-        machine.update(harness.machine_info(Path(args.tmpfs)))
+    if "tmpfs" in args.on:
+        machine.update(harness.machine_info(args.tmpfs))
     results: list[Workload] = []
     with working_directory(args) as work:
         bench = Bench(args, work, peers)

@@ -65,11 +65,12 @@ class Bench:
         self.env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
         self.env.pop("SC_DIRECTORIES", None)
         self.contenders = contenders(work / "scripts", PYTHON, peers, args.baseline)
-        #: where the trees of W9-W11 go: the disk (``--tmp``) and, with ``--tmpfs``, a tmpfs
-        self.filesystems = {"disk": work}
-        if args.tmpfs:
-            self.filesystems["tmpfs"] = Path(tempfile.mkdtemp(prefix="sc-bench-peers-",
-                                                              dir=args.tmpfs))
+        #: where fresh directories go: the disk (under ``--tmp``) and, for W9-W11, the tmpfs
+        self.roots = {"disk": work}
+        if "tmpfs" in args.on:
+            self.roots["tmpfs"] = Path(tempfile.mkdtemp(prefix="sc-bench-peers-", dir=args.tmpfs))
+        #: the file systems W9-W11 measure on (``--on``)
+        self.filesystems: list[str] = args.on
         self._archives: dict[str, Archive] = {}
         self._digests: dict[tuple[Path, str], str] = {}
         self._origins: dict[tuple[Path, float | None], OriginProcess] = {}
@@ -153,13 +154,13 @@ class Bench:
     def stop(self) -> None:
         for origin in self._origins.values():
             origin.stop()
-        for name, root in self.filesystems.items():
-            if name != "disk":
+        for name, root in self.roots.items():
+            if name != "disk":  # the working directory, removed by its owner
                 remove(root)
 
     def fresh_dir(self, tag: str, filesystem: str = "disk") -> Path:
         self._dirs += 1
-        path = self.filesystems[filesystem] / "runs" / f"{self._dirs:04d}-{tag}"
+        path = self.roots[filesystem] / "runs" / f"{self._dirs:04d}-{tag}"
         path.mkdir(parents=True)
         return path
 

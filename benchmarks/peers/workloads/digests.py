@@ -28,7 +28,8 @@ def w11_digests(b: Bench) -> Workload:
     chosen = entries(b, [("sc-cli", ""), *(("sc-cli", a) for a in ALGORITHMS)])
     for filesystem in b.filesystems:
         attempts = interleaved(b, archive, chosen, filesystem, "w11")
-        made = rows(archive, chosen, attempts, "sc --use, no checksum", f"{filesystem}: ")
+        made = rows(archive, chosen, attempts, "sc --use, no checksum", f"{filesystem}: ",
+                    per_member=False)
         for row, entry in zip(made, chosen, strict=True):
             if entry.algorithm:
                 row.notes += f"; hashlib alone {alone[entry.algorithm]:.0f} MB/s"

@@ -49,10 +49,11 @@ def interleaved(b: Bench, archive: Archive, chosen: list[Entry], filesystem: str
 
 
 def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt]],
-         reference: str, prefix: str, *, rss: bool = False) -> list[Row]:
+         reference: str, prefix: str, *, rss: bool = False, per_member: bool = True
+         ) -> list[Row]:
     """One row per entry, its median against that of the entry labelled ``reference``; each
     row's contender is ``prefix`` and the entry's label.  ``rss``: the attempts measured their
-    peak RSS."""
+    peak RSS; ``per_member``: show the time per member (where members, not bytes, decide)."""
     base = median([a.run.seconds for a in attempts.get(reference, []) if a.ok])
     made = []
     for e in chosen:
@@ -70,9 +71,10 @@ def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt
         problems = sorted({a.problem for a in attempts[e.label] if a.problem})
         peak = max((a.run.maxrss_kb for a in attempts[e.label] if a.ok and rss), default=0) / 1024
         notes = [f"runs {seconds_list(times)} s"]
+        if value and per_member:
+            notes.append(f"{value / archive.files * 1e6:.1f} us/member")
         if value:
-            notes += [f"{value / archive.files * 1e6:.1f} us/member",
-                      f"{archive.size / MB / value:.0f} MB/s in"]
+            notes.append(f"{archive.size / MB / value:.0f} MB/s in")
         if peak:
             notes.append(f"peak RSS {fmt(peak, 'MiB')} MiB")
         if not e.contender.verifies:

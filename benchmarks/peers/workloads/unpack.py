@@ -3,16 +3,16 @@
 W9 software tree: the standard library of the interpreter running the benchmark, as .tar.gz,
 .tar.xz and .tar.zst (see :mod:`..archives`).  Contenders: ``sc --use`` with ``sha256:`` and with
 ``md5:``; the GNU pipeline ``curl URL | tee >(sha256sum) | tar -x[z|J|--zstd]f -``; pooch
-(``sha256:``) and cached_path for the formats Python's tarfile reads.  To keep a full run short,
-``md5:`` and the peers run on the .tar.gz only, unless ``--every-contender``.
+(``sha256:``) and cached_path for the formats Python's tarfile reads.
 W10 many small files: ``--members`` files of 1-8 KB as .tar.gz (default 50,000; up to
 1,000,000), the same contenders (the peers at the first size only: at a million members they
 take minutes a run), with the peak RSS of every run.  With two sizes, the time per member of
 ``sc --use`` at the largest against the smallest shows whether time grows linearly.
 
-Each measures every contender ``--repeat`` times, interleaved, on each file system (``--tmp``,
-the disk, and ``--tmpfs``), each run cold into a fresh directory, removed afterwards; ratios are
-to the GNU pipeline on the same archive and file system.
+Each measures every contender ``--repeat`` times, interleaved, on each file system of ``--on``
+(``--tmpfs`` and the disk, under ``--tmp``), each run cold into a fresh directory, removed
+afterwards; ratios are to the GNU pipeline on the same archive and file system.  To keep a full
+run within minutes, ``md5:`` and the peers run only with ``--every-contender``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from benchmarks.harness import MB
 from ..archives import COMPRESSIONS
 from ..bench import Bench
 from ..report import Workload, ratio
-from .sidebyside import entries, interleaved, rows
+from .sidebyside import Entry, entries, interleaved, rows
 
-#: the contenders of W9 and W10 with the checksum each is given; the reference third
+#: the contenders of W9 and W10 with the checksum each is given (the reference: the curl pipeline)
 ARCHIVE_CONTENDERS = [("sc-cli", "sha256"), ("sc-cli-baseline", "sha256"), ("sc-cli", "md5"),
                       ("curl", "sha256"), ("pooch", "sha256"), ("cached_path", "")]
 REFERENCE = "curl pipeline sha256"
@@ -39,11 +39,9 @@ def w9_software_tree(b: Bench) -> Workload:
                  "GNU pipeline", params={"repeat": b.args.repeat, "archives": {
                      c: {"bytes": a.size, "files": a.files, "content_bytes": a.content_bytes}
                      for c, a in archives.items()}})
-    every = entries(b, ARCHIVE_CONTENDERS)
+    chosen = chosen_contenders(b)
     for filesystem in b.filesystems:
         for compression, archive in archives.items():
-            chosen = [e for e in every if compression == "gz" or b.args.every_contender
-                      or (e.contender.kind != "peer" and e.algorithm != "md5")]
             attempts = interleaved(b, archive, chosen, filesystem, f"w9-{compression}")
             made = rows(archive, chosen, attempts, REFERENCE,
                         f"{filesystem} .tar.{compression} {archive.size / MB:.0f} MB: ")
@@ -63,8 +61,7 @@ def w10_small_files(b: Bench) -> Workload:
         for n, members in enumerate(sizes):
             archive = b.archive(f"w10-{members}")
             w.params[f"archive_bytes_{members}"] = archive.size
-            chosen = [e for e in entries(b, ARCHIVE_CONTENDERS)
-                      if n == 0 or e.contender.kind != "peer"]
+            chosen = [e for e in chosen_contenders(b) if n == 0 or e.contender.kind != "peer"]
             attempts = interleaved(b, archive, chosen, filesystem, f"w10-{members}", rss=True)
             made = rows(archive, chosen, attempts, REFERENCE,
                         f"{filesystem} {members:,} ({archive.size / MB:.0f} MB): ", rss=True)
@@ -80,3 +77,9 @@ def w10_small_files(b: Bench) -> Workload:
         else:
             w.check("W10-linear", f"{filesystem} (one size)", None)
     return w
+
+
+def chosen_contenders(b: Bench) -> list[Entry]:
+    """:data:`ARCHIVE_CONTENDERS`, without ``md5:`` and the peers unless ``--every-contender``."""
+    return [e for e in entries(b, ARCHIVE_CONTENDERS) if b.args.every_contender
+            or (e.contender.kind != "peer" and e.algorithm != "md5")]

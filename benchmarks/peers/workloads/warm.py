@@ -37,24 +37,23 @@ def w3_warm_process(b: Bench) -> Workload:
                  "python -c pass", params={"warm_runs": b.args.warm_runs,
                                            "archive_bytes": archive.size})
     runs = b.args.warm_runs
-    base_median, base_times, how = b.time_warm([sys.executable, "-c", "pass"], runs)
-    reference = None if base_median is None else base_median * 1000
-    w.rows.append(Row("python -c pass", reference, 1.0 if reference else None, how,
-                      {"seconds": base_times}))
-    ready = list(ready_contenders(b, w, archive, "w3", lambda c: c.warm))
-    times: dict[str, list[float]] = {c.key: [] for c, _ in ready}
+    floor = [sys.executable, "-c", "pass"]
+    commands = [("python -c pass", floor, runs)] + [
+        (c.label, c.argv(target),
+         runs if c.kind in ("project", "baseline") else max(5, runs // 3))
+        for c, target in ready_contenders(b, w, archive, "w3", lambda c: c.warm)]
+    times: dict[str, list[float]] = {label: [] for label, _, _ in commands}
     methods: dict[str, str] = {}
     for i in range(rounds(b)):
-        for c, target in ready:
-            count = runs if c.kind in ("project", "baseline") else max(5, runs // 3)
-            _, taken, methods[c.key] = b.time_warm(c.argv(target), max(1, count // rounds(b)))
-            times[c.key] += taken
-            log(f"W3 {c.label} round {i + 1}: {fmt(median(taken), 's')} s")
-    for c, _ in ready:
-        value = median([t * 1000 for t in times[c.key]])
-        notes = methods[c.key] + (f", {rounds(b)} rounds" if rounds(b) > 1 else "")
-        w.rows.append(Row(c.label, value, ratio(value, reference), notes,
-                          {"seconds": times[c.key]}))
+        for label, argv, count in commands:
+            _, taken, methods[label] = b.time_warm(argv, max(1, count // rounds(b)))
+            times[label] += taken
+            log(f"W3 {label} round {i + 1}: {fmt(median(taken), 's')} s")
+    reference = median([t * 1000 for t in times["python -c pass"]])
+    for label, _, _ in commands:
+        value = median([t * 1000 for t in times[label]])
+        notes = methods[label] + (f" in each of {rounds(b)} rounds" if rounds(b) > 1 else "")
+        w.rows.append(Row(label, value, ratio(value, reference), notes, {"seconds": times[label]}))
     w.check("W3", "sc --use", ratio_of(w.row("sc --use")))
     check_baseline(b, w, "W3-baseline")
     return w
@@ -96,7 +95,7 @@ def w4_warm_in_process(b: Bench) -> Workload:
 def rounds(b: Bench) -> int:
     """Into how many rounds the runs of each contender are split, the contenders taking turns:
     with a baseline, so that a change of load on the machine hits both sides alike."""
-    return 1 if b.args.baseline is None else 3
+    return 1 if b.args.baseline is None else 5
 
 
 def check_baseline(b: Bench, w: Workload, goal: str) -> None:
