@@ -50,9 +50,10 @@ _T = TypeVar("_T")
 
 
 def _set_mtime(target: int | str, mtime_ns: int) -> None:
-    # A time the system cannot represent (a hostile pax header can say 1e30) is not worth failing for.
-    with contextlib.suppress(OverflowError, ValueError):
+    try:
         os.utime(target, ns=(mtime_ns, mtime_ns))
+    except (OverflowError, ValueError):
+        pass  # a time the system cannot represent (a pax header can say 1e30) is not worth failing for
 
 
 def _umask() -> int | None:
@@ -84,6 +85,7 @@ class SafeTree:
         self._dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
         self._entries = 0
         self._open: dict[int, int] = {}  # directory id -> descriptor, oldest first
+        self._last_parent: tuple[tuple[str, ...], int] = ((), 0)  # the parent of the last entry, its id
         # A file is created with its final mode, unless the umask would take bits from it.
         umask = _umask()
         self._fix_mode = umask is None or bool(umask & _FILE_MODE_MASK)
@@ -106,10 +108,12 @@ class SafeTree:
             raise self.refuse(name, "has an absolute path")
         if "\x00" in name:
             raise self.refuse(name, "has a NUL byte in its name")
-        parts = tuple(part for part in name.split("/") if part not in ("", "."))
+        parts = name.split("/")
+        if "" in parts or "." in parts:
+            parts = [part for part in parts if part not in ("", ".")]
         if ".." in parts:
             raise self.refuse(name, "has a '..' component")
-        return parts
+        return tuple(parts)
 
     def _path(self, parts: tuple[str, ...]) -> str:
         return os.path.join(self._root, *parts)
@@ -162,12 +166,17 @@ class SafeTree:
         is not."""
         if not parts:
             raise self.refuse(name, "names the top directory itself")
-        parent = self._dir(parts[:-1], name, create=True)
-        leaf = parts[-1]
+        parent_parts, leaf = parts[:-1], parts[-1]
+        if parent_parts == self._last_parent[0]:  # members come directory by directory
+            parent = self._last_parent[1]
+        else:
+            made = self._dir(parent_parts, name, create=True)
+            assert made is not None
+            parent = made
+            self._last_parent = (parent_parts, parent)
         if (parent, leaf) in self._dirs:
             raise self.refuse(name, "would replace a directory")
-        assert parent is not None
-        descriptor = self._descriptor(parent, parts[:-1])
+        descriptor = self._descriptor(parent, parent_parts)
         try:
             return make(leaf, descriptor)
         except FileExistsError:
@@ -342,13 +351,14 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
                 # zipfile stops each member at its declared size: check those against the archive's.
                 declared += info.file_size
                 check_expansion(declared, spool.stat().st_size, ctx.what)
+                extra = _zip_extra(info.extra)
+                name = _zip_name(info, extra)
                 try:
-                    _extract_zip_member(archive, info, tree)
+                    _extract_zip_member(archive, info, name, extra, tree)
                 except damaged as exc:
                     if isinstance(exc, OSError) and exc.errno is not None:
                         raise  # writing failed, not reading: the pipeline reports it
-                    raise CorruptDataError(f"cannot unzip {info.filename!r} from {ctx.what}: {exc}") \
-                        from None
+                    raise CorruptDataError(f"cannot unzip {name!r} from {ctx.what}: {exc}") from None
             tree.finish()
     finally:
         spool.unlink(missing_ok=True)
@@ -391,24 +401,72 @@ def _zip_entries(path: Path) -> int:
         return count
 
 
-def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, tree: SafeTree) -> None:
+_EXTRA_HEADER = struct.Struct("<HH")
+_UNICODE_PATH = 0x7075    # Info-ZIP: version 1, CRC-32 of the stored name, the name in UTF-8
+_EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds since 1970, UTC) if flag 1
+_UTF8_NAME_FLAG = 0x800
+_CP437_SYSTEMS = {0, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
+
+
+def _zip_extra(extra: bytes) -> dict[int, bytes]:
+    """The fields of a zip extra block, by id (a malformed tail is ignored, as unzip does)."""
+    fields: dict[int, bytes] = {}
+    at = 0
+    while at + _EXTRA_HEADER.size <= len(extra):
+        ident, size = _EXTRA_HEADER.unpack_from(extra, at)
+        at += _EXTRA_HEADER.size
+        fields.setdefault(ident, extra[at:at + size])
+        at += size
+    return fields
+
+
+def _zip_name(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> str:
+    """The member's name as unzip writes it here: zipfile's if flagged UTF-8; else the UTF-8 name
+    of a Unicode Path field that belongs to the stored name (its CRC matches); else the stored bytes
+    as they are if the archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's
+    names so, unflagged), or read as code page 437 if made on DOS or Windows."""
+    if info.flag_bits & _UTF8_NAME_FLAG:
+        return info.filename
+    import zlib
+
+    unicode_path = extra.get(_UNICODE_PATH, b"")
+    stored = info.orig_filename.encode("cp437")  # zipfile decoded the stored bytes as cp437
+    if (len(unicode_path) > 5 and unicode_path[0] == 1
+            and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(stored)):
+        return unicode_path[5:].decode("utf-8", "surrogateescape")
+    if info.create_system in _CP437_SYSTEMS:
+        return info.filename
+    return info.filename.encode("cp437").decode("utf-8", "surrogateescape")
+
+
+def _zip_mtime_ns(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> int:
+    """The modification time: the "UT" field's if there is one (UTC, to the second), as unzip
+    prefers it, else the DOS time (local time, to two seconds)."""
+    extended = extra.get(_EXTENDED_TIME, b"")
+    if len(extended) >= 5 and extended[0] & 1:
+        return int.from_bytes(extended[1:5], "little", signed=True) * 10**9
     import time
 
-    parts = tree.parts(info.filename)
+    return int(time.mktime(info.date_time + (0, 0, -1))) * 10**9
+
+
+def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, extra: dict[int, bytes],
+                        tree: SafeTree) -> None:
+    parts = tree.parts(name)
     unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
     kind = stat.S_IFMT(unix_mode)
-    is_dir = info.filename.endswith("/")  # not info.is_dir(), which fails on an empty name
+    is_dir = name.endswith("/")  # not info.is_dir(), which fails on an empty name
     mode = stat.S_IMODE(unix_mode) or (0o755 if is_dir else 0o644)
-    mtime_ns = int(time.mktime(info.date_time + (0, 0, -1))) * 10**9
+    mtime_ns = _zip_mtime_ns(info, extra)
     if is_dir and kind in (0, stat.S_IFDIR):
-        tree.mkdir(parts, info.filename, mode, mtime_ns)
+        tree.mkdir(parts, name, mode, mtime_ns)
     elif kind == stat.S_IFLNK:
         if info.file_size > 4096:
-            raise tree.refuse(info.filename, "is a symlink with an implausibly long target")
-        tree.symlink(parts, info.filename, archive.read(info).decode("utf-8", "surrogateescape"))
+            raise tree.refuse(name, "is a symlink with an implausibly long target")
+        tree.symlink(parts, name, archive.read(info).decode("utf-8", "surrogateescape"))
     elif kind in (0, stat.S_IFREG):
         with archive.open(info) as content:
-            tree.write_file(parts, info.filename, info.file_size, mode, mtime_ns, content.read)
+            tree.write_file(parts, name, info.file_size, mode, mtime_ns, content.read)
     else:
         kinds = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "FIFO"}
-        raise tree.refuse(info.filename, f"is a {kinds.get(kind, 'special file')}")
+        raise tree.refuse(name, f"is a {kinds.get(kind, 'special file')}")

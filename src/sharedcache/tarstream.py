@@ -145,7 +145,11 @@ class TarReader:
 
     def next(self) -> TarMember | None:
         """The next member, or None at the end-of-archive marker."""
-        if not self._discard(self._data_left + self._skip):
+        skip = self._data_left + self._skip
+        if self._at + skip <= len(self._buffer):  # the padding of a member, usually
+            self._at += skip
+            self._position += skip
+        elif not self._discard(skip):
             raise self._corrupt("unexpected end of data")
         self._data_left = self._skip = 0
         local: dict[str, str] = {}
@@ -195,14 +199,14 @@ class TarReader:
 
     def _member(self, header: bytes, kind: bytes, size: int, offset: int, local: dict[str, str],
                 long_name: str | None, long_link: str | None) -> TarMember:
-        name = _string(header[:100])
-        if header[257:263] == _POSIX_MAGIC and header[345] != 0:
+        name = header[:100].partition(b"\0")[0].decode("utf-8", "surrogateescape")
+        if header[257:263] == _POSIX_MAGIC and header[345]:
             name = _string(header[345:500]) + "/" + name
         if long_name is not None:
             name = long_name
-        linkname = _string(header[157:257]) if long_link is None else long_link
+        linkname = (_string(header[157:257]) if header[157] else "") if long_link is None else long_link
         mode = self._number(header, 100, 108, offset)
-        mtime_ns = self._number(header, 136, 148, offset) * 10**9
+        mtime_ns = self._number(header, 136, 148, offset) * 1_000_000_000
         pax = {**self._global, **local} if self._global else local
         if pax:
             if "path" in pax:
@@ -237,10 +241,14 @@ class TarReader:
     def _number(self, header: bytes, start: int, end: int, offset: int) -> int:
         """A numeric field: octal digits, or GNU's base-256 (first byte 0x80, or 0xff if negative)."""
         field = header[start:end]
+        try:  # the usual "0000644\0": digits, then NUL or space
+            return int(field.rstrip(b"\0 "), 8)
+        except ValueError:
+            pass
         if field[0] in (0o200, 0o377):
             value = int.from_bytes(field[1:], "big")
             return value - 256 ** (len(field) - 1) if field[0] == 0o377 else value
-        digits = field.split(b"\0", 1)[0].strip()
+        digits = field.partition(b"\0")[0].strip()
         try:
             return int(digits, 8) if digits else 0
         except ValueError:
@@ -277,7 +285,7 @@ class TarReader:
 
 def _string(field: bytes) -> str:
     """A name field: up to its first NUL, UTF-8 with any other bytes kept as surrogate escapes."""
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    return field.partition(b"\0")[0].decode("utf-8", "surrogateescape")
 
 
 def _pax_int(value: str) -> int:
