@@ -13,69 +13,68 @@ Work is proportional to the archive, memory is bounded:
 * the decompressed bytes may not exceed :data:`~sharedcache.loaders.codecs.MAX_EXPANSION` times the
   bytes read (see :mod:`sharedcache.loaders.codecs`); for zip, whose members are decompressed by
   :mod:`zipfile`, the declared sizes of the members are checked against the archive's size;
-* a tar header is checked before :mod:`tarfile` parses it: an extended header (pax, GNU long name)
-  may hold at most :data:`MAX_EXTENDED_HEADER` bytes, at most :data:`_MAX_HEADER_CHAIN` of them may
-  precede a member, global pax headers may hold at most :data:`_MAX_GLOBAL_RECORDS` records in all
-  (tarfile copies them for every member), and sparse files are refused (tarfile parses their maps
-  in quadratic time).  tarfile before Python 3.11.10 also parses pax headers in quadratic time
-  (CVE-2024-6232): their records must be well framed, and the squares of the lengths of the runs
-  of digits in them, the work tarfile spends on them, may add up to at most
-  :data:`_DIGIT_WORK_PER_BYTE` times their size (at least 4 KiB), which keeps that work linear, at
-  worst a few times what tarfile spends on any header;
-* a tar archive must end with its end-of-archive marker: one cut at a member boundary or with a
-  damaged header is corrupt, not a shorter archive.
+* tar headers are bounded as :mod:`sharedcache.loaders.tarstream` says (extended headers, global pax
+  records, sparse members), and a tar archive must end with its end-of-archive marker.
 
 Tar archives are read in one pass from the stream (any compression is recognised by its magic
-bytes); zip archives need random access, so they are spooled to the work directory first.
+bytes) by :class:`~sharedcache.loaders.tarstream.TarReader`; zip archives need random access, so they are
+spooled to the work directory first.  Zip member names are those ``unzip`` shows: UTF-8 if flagged
+so, else the UTF-8 name of an Info-ZIP Unicode Path extra field (0x7075) whose CRC matches the
+stored name, else code page 437.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
 import struct
-import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from ..errors import CorruptDataError, UnsafeArchiveError
-from ..sizes import format_size
 from .codecs import check_expansion, decompressing, sniff
 from .protocol import Context
-from .streams import CHUNK, Stream
+from .streams import CHUNK, Layer, Stream
+from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarMember, TarReader
 
 if TYPE_CHECKING:
     import zipfile
 
 #: Entries an archive may create: members, plus the directories created for their paths.
 MAX_ENTRIES = 1_000_000
-#: Bytes of one extended tar header (pax or GNU long name), which tarfile reads into memory.
-#: Extended attributes are the largest thing they hold in practice (at most 64 KiB each on Linux).
-MAX_EXTENDED_HEADER = 256 * 2**10
-_MAX_HEADER_CHAIN = 8     # extended headers before one member (real archives use up to 3)
-_MAX_GLOBAL_RECORDS = 64  # records in all the global pax headers (real archives use 1 or 2)
-_DIGIT_WORK_PER_BYTE = 16  # in a pax header: one run of 256 digits in 4 KiB (numbers have at most 30)
 
 _FILE_MODE_MASK = 0o755  # no setuid/setgid/sticky, no write for group and others
-_EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-             tarfile.GNUTYPE_LONGLINK}
-_PAX = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
-_CHECKED = _EXTENDED | {tarfile.GNUTYPE_SPARSE}
-_DIGIT_RUNS = re.compile(rb"[0-9]+")
+_OPEN_DIRECTORIES = 16   # descriptors of the directories written to last, kept open
 _T = TypeVar("_T")
 
 
-def _set_mtime(target: int | str, mtime: float) -> None:
-    # A time the system cannot represent (a hostile pax header can say 1e30) is not worth failing for.
-    with contextlib.suppress(OverflowError, ValueError):
-        os.utime(target, (mtime, mtime))
+def _set_mtime(target: int | str, mtime_ns: int) -> None:
+    try:
+        os.utime(target, ns=(mtime_ns, mtime_ns))
+    except (OverflowError, ValueError):
+        pass  # a time the system cannot represent (a pax header can say 1e30) is not worth failing for
+
+
+def _umask() -> int | None:
+    """The process's umask, read without changing it (os.umask would, for every thread), or None
+    if the kernel does not say."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    return None
 
 
 class SafeTree:
-    """Creates files, directories and links under ``dest`` without ever leaving it."""
+    """Creates files, directories and links under ``dest`` without ever leaving it.
+
+    Entries are made relative to descriptors of their parent directories (the last
+    :data:`_OPEN_DIRECTORIES` used stay open), each file with its final mode and time set on its
+    descriptor: a file costs ``open``, ``write``, ``futimens`` and ``close``.  Use it as a context
+    manager, which closes the descriptors.
+    """
 
     def __init__(self, dest: Path, ctx: Context) -> None:
         self._root = os.path.realpath(dest)
@@ -84,8 +83,21 @@ class SafeTree:
         # the root being 0.  Lookups cost the depth of a path, and memory one item per directory.
         self._dirs: dict[tuple[int, str], int] = {}
         self._symlinks: list[tuple[str, ...]] = []
-        self._dir_times: dict[tuple[str, ...], tuple[int, float]] = {}
+        self._dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
         self._entries = 0
+        self._open: dict[int, int] = {}  # directory id -> descriptor, oldest first
+        self._last_parent: tuple[tuple[str, ...], int] = ((), 0)  # the parent of the last entry, its id
+        # A file is created with its final mode, unless the umask would take bits from it.
+        umask = _umask()
+        self._fix_mode = umask is None or bool(umask & _FILE_MODE_MASK)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for descriptor in self._open.values():
+            os.close(descriptor)
+        self._open.clear()
 
     def refuse(self, name: str, why: str) -> UnsafeArchiveError:
         """The error for member ``name``, refused because of ``why``."""
@@ -97,10 +109,12 @@ class SafeTree:
             raise self.refuse(name, "has an absolute path")
         if "\x00" in name:
             raise self.refuse(name, "has a NUL byte in its name")
-        parts = tuple(part for part in name.split("/") if part not in ("", "."))
+        parts = name.split("/")
+        if "" in parts or "." in parts:
+            parts = [part for part in parts if part not in ("", ".")]
         if ".." in parts:
             raise self.refuse(name, "has a '..' component")
-        return parts
+        return tuple(parts)
 
     def _path(self, parts: tuple[str, ...]) -> str:
         return os.path.join(self._root, *parts)
@@ -111,6 +125,16 @@ class SafeTree:
             raise UnsafeArchiveError(f"unsafe archive {self._ctx.what}: more than {MAX_ENTRIES} entries "
                                      "(members and the directories of their paths)")
 
+    def _descriptor(self, ident: int, parts: tuple[str, ...]) -> int:
+        """An open descriptor of directory ``parts``, whose id is ``ident``."""
+        descriptor = self._open.get(ident)
+        if descriptor is None:
+            if len(self._open) >= _OPEN_DIRECTORIES:
+                os.close(self._open.pop(next(iter(self._open))))
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            descriptor = self._open[ident] = os.open(self._path(parts), flags)
+        return descriptor
+
     def _dir(self, parts: tuple[str, ...], name: str, *, create: bool) -> int | None:
         """The id of directory ``parts``, made (with its parents) if ``create``, else None if it was
         not made."""
@@ -120,60 +144,80 @@ class SafeTree:
             if child is None:
                 if not create:
                     return None
-                self._mkdir(parts[: depth + 1], name)
+                self._mkdir(ident, parts[:depth], part, name)
                 child = self._dirs[(ident, part)] = len(self._dirs) + 1
             ident = child
         return ident
 
-    def _mkdir(self, parts: tuple[str, ...], name: str) -> None:
+    def _mkdir(self, parent: int, parent_parts: tuple[str, ...], part: str, name: str) -> None:
         self._count()
+        descriptor = self._descriptor(parent, parent_parts)
         try:
-            os.mkdir(self._path(parts), 0o755)
+            os.mkdir(part, 0o755, dir_fd=descriptor)
         except FileExistsError:
             # Every directory here was made by _dir: what is there is a file or a link.
-            there = "/".join(parts)
-            if os.path.islink(self._path(parts)):
+            there = "/".join((*parent_parts, part))
+            if stat.S_ISLNK(os.lstat(part, dir_fd=descriptor).st_mode):
                 raise self.refuse(name, f"would be written through the symlink {there!r}") from None
             raise self.refuse(name, f"would be written below the file {there!r}") from None
 
-    def _place(self, parts: tuple[str, ...], name: str, make: Callable[[str], _T]) -> _T:
-        """``make(path)`` the entry for ``parts``, after its parents; an earlier file or link of the
-        same name is replaced (the later member wins, as with tar), a directory is not."""
+    def _place(self, parts: tuple[str, ...], name: str, make: Callable[[str, int], _T]) -> _T:
+        """``make(leaf, parent's descriptor)`` the entry for ``parts``, after its parents; an earlier
+        file or link of the same name is replaced (the later member wins, as with tar), a directory
+        is not."""
         if not parts:
             raise self.refuse(name, "names the top directory itself")
-        parent = self._dir(parts[:-1], name, create=True)
-        if (parent, parts[-1]) in self._dirs:
+        parent_parts, leaf = parts[:-1], parts[-1]
+        if parent_parts == self._last_parent[0]:  # members come directory by directory
+            parent = self._last_parent[1]
+        else:
+            made = self._dir(parent_parts, name, create=True)
+            assert made is not None
+            parent = made
+            self._last_parent = (parent_parts, parent)
+        if (parent, leaf) in self._dirs:
             raise self.refuse(name, "would replace a directory")
-        path = self._path(parts)
+        descriptor = self._descriptor(parent, parent_parts)
         try:
-            return make(path)
+            return make(leaf, descriptor)
         except FileExistsError:
-            os.unlink(path)
-            return make(path)
+            os.unlink(leaf, dir_fd=descriptor)
+            return make(leaf, descriptor)
 
-    def mkdir(self, parts: tuple[str, ...], name: str, mode: int, mtime: float) -> None:
+    def mkdir(self, parts: tuple[str, ...], name: str, mode: int, mtime_ns: int) -> None:
         self._count()
         self._dir(parts, name, create=True)
         if parts:  # the top directory belongs to the caller: its mode is not the archive's to set
-            self._dir_times[parts] = (mode, mtime)
+            self._dir_times[parts] = (mode, mtime_ns)
 
-    def write_file(self, parts: tuple[str, ...], name: str, content: IO[bytes], size: int, mode: int,
-                   mtime: float) -> None:
+    def write_file(self, parts: tuple[str, ...], name: str, size: int, mode: int, mtime_ns: int,
+                   read: Callable[[int], bytes | memoryview]) -> None:
+        """Write the file ``parts`` from ``size`` bytes got by calls of ``read(most)``, each of which
+        returns at least one byte."""
         self._count()
         self._ctx.charge(size)
+        mode = mode & _FILE_MODE_MASK | 0o600
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        descriptor = self._place(parts, name, lambda path: os.open(path, flags, 0o600))
-        with open(descriptor, "wb", buffering=0) as out:
-            while data := content.read(CHUNK):
-                view = memoryview(data)
-                while view:
-                    view = view[out.write(view):]
-            os.fchmod(descriptor, mode & _FILE_MODE_MASK | 0o600)
-            _set_mtime(descriptor, mtime)
+        descriptor = self._place(parts, name, lambda leaf, parent: os.open(leaf, flags, mode, dir_fd=parent))
+        try:
+            left = size
+            while left:
+                piece = read(min(left, CHUNK))
+                if not piece:
+                    raise CorruptDataError(f"corrupt archive {self._ctx.what}: member {name!r} "
+                                           "is shorter than its header says")
+                left -= len(piece)
+                while piece:
+                    piece = piece[os.write(descriptor, piece):]
+            if self._fix_mode:
+                os.fchmod(descriptor, mode)
+            _set_mtime(descriptor, mtime_ns)
+        finally:
+            os.close(descriptor)
 
     def symlink(self, parts: tuple[str, ...], name: str, target: str) -> None:
         self._count()
-        if "\x00" in target:  # tarfile cuts names at a NUL, but not a pax linkpath
+        if "\x00" in target:  # a pax linkpath can hold one (os.symlink would raise ValueError)
             raise self.refuse(name, "is a symlink whose target has a NUL byte")
         escapes = not target or os.path.isabs(target)
         if not escapes:
@@ -181,7 +225,7 @@ class SafeTree:
             escapes = resolved == ".." or resolved.startswith("../")
         if escapes:
             raise self.refuse(name, f"is a symlink to {target!r}, outside the archive")
-        self._place(parts, name, lambda path: os.symlink(target, path))
+        self._place(parts, name, lambda leaf, parent: os.symlink(target, leaf, dir_fd=parent))
         self._symlinks.append(parts)
 
     def hardlink(self, parts: tuple[str, ...], name: str, target: str) -> None:
@@ -198,7 +242,8 @@ class SafeTree:
             is_file = False
         if not is_file:
             raise self.refuse(name, f"is a hard link to {target!r}, which is not a file extracted before it")
-        self._place(parts, name, lambda path: os.link(target_path, path, follow_symlinks=False))
+        self._place(parts, name, lambda leaf, parent: os.link(target_path, leaf, dst_dir_fd=parent,
+                                                              follow_symlinks=False))
 
     def finish(self) -> None:
         """Check where the symlinks lead now that the tree is complete; set directory modes."""
@@ -213,184 +258,63 @@ class SafeTree:
                 why = f"is a symlink that leads outside the archive ({os.readlink(path)!r})"
                 raise self.refuse("/".join(parts), why)
         # Deepest first, so that a read-only directory does not stop us from setting its children.
-        for parts, (mode, mtime) in sorted(self._dir_times.items(), key=lambda item: -len(item[0])):
+        for parts, (mode, mtime_ns) in sorted(self._dir_times.items(), key=lambda item: -len(item[0])):
             path = self._path(parts)
             os.chmod(path, mode & _FILE_MODE_MASK | 0o700)
-            _set_mtime(path, mtime)
+            _set_mtime(path, mtime_ns)
 
 
 # --- tar ------------------------------------------------------------------------------------------
 
 
-class _TarInput:
-    """The archive as tarfile reads it (mode ``r:``): sequential reads, ``tell``, forward ``seek``,
-    and a look at each header before tarfile parses it (:meth:`check_header`).
+class _Replay(Layer):
+    """The stream below with the bytes already read from it put back in front."""
 
-    Not tarfile's stream mode (``r|``), because there the bytes pass through a buffer of tarfile's
-    own, out of reach of the checks.
-    """
+    def __init__(self, head: bytes, below: Stream) -> None:
+        super().__init__(below)
+        self._head = head
 
-    def __init__(self, below: Stream | IO[bytes], what: str) -> None:
-        self._below = below
-        self._what = what
-        self._buffer = bytearray()  # read from below, not yet consumed
-        self._position = 0          # of the first byte of the buffer in the archive
-        self._chain = 0             # extended headers since the last member header
-        self._global_records = 0
-        self._header = b""          # the last header tarfile read, and where
-        self._header_at = 0
-
-    def peek(self, size: int) -> bytes:
-        """The next ``size`` bytes (fewer at the end), left to be read."""
-        while len(self._buffer) < size:
-            data = self._below.read(max(CHUNK, size - len(self._buffer)))
-            if not data:
-                break
-            self._buffer += data
-        return bytes(self._buffer[:size])
-
-    def read(self, size: int) -> bytes:
-        """Exactly ``size`` bytes, fewer only at the end (tarfile counts on it)."""
-        if size < CHUNK or size <= len(self._buffer):  # headers: through the buffer
-            data = self.peek(size)
-            del self._buffer[:size]
-        else:  # member data: past the buffer, with one copy
-            pieces = [bytes(self._buffer)]
-            self._buffer.clear()
-            missing = size - len(pieces[0])
-            while missing > 0 and (piece := self._below.read(missing)):
-                pieces.append(piece)
-                missing -= len(piece)
-            data = b"".join(pieces)
-        self._position += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int) -> int:
-        if offset < self._position:
-            # tarfile only skips forward, unless a header lied about a size (a negative one).
-            raise CorruptDataError(f"corrupt tar archive {self._what}: a member points back into the archive")
-        while self._position < offset and self.read(min(CHUNK, offset - self._position)):
-            pass
-        return self._position
-
-    def check_header(self) -> None:
-        """Check the header that tarfile is about to read; see the module's docstring."""
-        block = self._header = self.peek(tarfile.BLOCKSIZE)
-        self._header_at = self._position
-        if block[156:157] not in _CHECKED:  # the type: most headers need no more than this look
-            self._chain = 0
-            return
-        try:
-            header = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError:
-            return  # tarfile finds it bad too: see check_end
-        if header.type == tarfile.GNUTYPE_SPARSE:
-            raise self._refuse("it holds a sparse file, which is not supported")
-        self._chain += 1
-        if self._chain > _MAX_HEADER_CHAIN:
-            raise self._refuse(f"more than {_MAX_HEADER_CHAIN} extended headers in a row")
-        if header.size > MAX_EXTENDED_HEADER:
-            raise self._refuse(f"an extended header of {format_size(header.size)}, "
-                               f"more than {format_size(MAX_EXTENDED_HEADER)}")
-        if header.type in _PAX:
-            data = self.peek(tarfile.BLOCKSIZE + header.size)[tarfile.BLOCKSIZE:]
-            # tarfile's search for "hdrcharset" tries every start in a run of digits, each to its end.
-            work = sum(len(run) ** 2 for run in _DIGIT_RUNS.findall(data))
-            if work > _DIGIT_WORK_PER_BYTE * max(len(data), 4096):
-                raise self._refuse("a pax header with long runs of digits")
-            keywords = list(self._pax_keywords(data))
-            if any(keyword.startswith(b"GNU.sparse.") for keyword in keywords):
-                raise self._refuse("it holds a sparse file, which is not supported")
-            if header.type == tarfile.XGLTYPE:
-                self._global_records += len(keywords)
-                if self._global_records > _MAX_GLOBAL_RECORDS:
-                    raise self._refuse(f"more than {_MAX_GLOBAL_RECORDS} global pax records")
-
-    def check_end(self) -> None:
-        """Check that the archive ended with its end-of-archive marker: past the first header,
-        tarfile takes a missing, cut or damaged header for the end of the archive."""
-        try:
-            tarfile.TarInfo.frombuf(self._header, "utf-8", "surrogateescape")
-        except tarfile.EOFHeaderError:  # the marker
-            pass
-        except tarfile.EmptyHeaderError:
-            raise CorruptDataError(f"corrupt tar archive {self._what}: "
-                                   "it ends without an end-of-archive marker") from None
-        except tarfile.HeaderError as exc:
-            raise CorruptDataError(f"corrupt tar archive {self._what}: {exc} at byte {self._header_at}") \
-                from None
-
-    def _pax_keywords(self, data: bytes) -> Iterator[bytes]:
-        """The keywords of pax records ``LENGTH KEYWORD=VALUE\\n``, checked to be well framed."""
-        position = 0
-        while position < len(data) and data[position]:  # NUL padding may follow the records
-            space = data.find(b" ", position, position + 21)  # a length has at most 20 digits
-            digits = data[position:space] if space > position else b""
-            length = int(digits) if digits.isdigit() else 0
-            end = position + length
-            equals = data.find(b"=", space + 1, end)
-            if length < 5 or end > len(data) or data[end - 1] != ord("\n") or equals <= space + 1:
-                raise CorruptDataError(f"corrupt tar archive {self._what}: "
-                                       f"a malformed pax header at byte {self._position}")
-            yield data[space + 1:equals]
-            position = end
-
-    def _refuse(self, why: str) -> UnsafeArchiveError:
-        return UnsafeArchiveError(f"unsafe archive {self._what}: {why} (at byte {self._position})")
-
-
-class _CheckedHeader(tarfile.TarInfo):
-    """tarfile's member header, checked by :meth:`_TarInput.check_header` before it is parsed."""
-
-    @classmethod
-    def fromtarfile(cls, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
-        archive = tarfile.fileobj
-        assert isinstance(archive, _TarInput)
-        archive.check_header()
-        return super().fromtarfile(tarfile)
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            data, self._head = self._head, b""
+            return data
+        return self.below.read(size)
 
 
 def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
     """Unpack the tar archive (of any compression) read from ``stream`` into ``dest``."""
-    archive = _TarInput(stream, ctx.what)
-    codec = sniff(archive.peek(8))
+    head = b""
+    while len(head) < 8 and (data := stream.read(CHUNK)):
+        head += data
+    codec = sniff(head)
+    archive: Stream = _Replay(head, stream)
     if codec is not None:
-        archive = _TarInput(decompressing(codec, archive, ctx.what), ctx.what)
-    tree = SafeTree(dest, ctx)
-    try:
-        with tarfile.open(fileobj=archive, mode="r:", tarinfo=_CheckedHeader) as tar:  # type: ignore[call-overload]
-            while (member := tar.next()) is not None:
-                _extract_tar_member(tar, member, tree)
-                tar.members.clear()  # else tarfile keeps every header
-    except tarfile.TarError as exc:
-        raise CorruptDataError(f"corrupt tar archive {ctx.what}: {exc}") from None
-    archive.check_end()
-    # Read the end of the compressed stream too, so that its trailer (CRC, length) is checked.
-    while archive.read(CHUNK):
-        pass
-    tree.finish()
+        archive = decompressing(codec, archive, ctx.what)
+    reader = TarReader(archive, ctx.what)
+    with SafeTree(dest, ctx) as tree:
+        while (member := reader.next()) is not None:
+            _extract_tar_member(reader, member, tree)
+        # Read the end of the compressed stream too, so that its trailer (CRC, length) is checked.
+        reader.drain()
+        tree.finish()
 
 
-def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tree: SafeTree) -> None:
+def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree) -> None:
     parts = tree.parts(member.name)
-    if member.isdir():
-        tree.mkdir(parts, member.name, member.mode, member.mtime)
-    elif member.isreg():
+    kind = member.kind
+    if kind == REGULAR:
         if member.size < 0:  # base-256 and pax sizes can be negative
             raise tree.refuse(member.name, f"has a negative size ({member.size})")
-        content = tar.extractfile(member)
-        assert content is not None
-        tree.write_file(parts, member.name, content, member.size, member.mode, member.mtime)
-    elif member.issym():
+        tree.write_file(parts, member.name, member.size, member.mode, member.mtime_ns, reader.take)
+    elif kind == DIRECTORY:
+        tree.mkdir(parts, member.name, member.mode, member.mtime_ns)
+    elif kind == SYMLINK:
         tree.symlink(parts, member.name, member.linkname)
-    elif member.islnk():
+    elif kind == HARDLINK:
         tree.hardlink(parts, member.name, member.linkname)
     else:
-        kind = "FIFO" if member.isfifo() else "device file" if member.isdev() else "special file"
-        raise tree.refuse(member.name, f"is a {kind}")
+        what = {b"3": "device file", b"4": "device file", b"6": "FIFO"}.get(kind, "special file")
+        raise tree.refuse(member.name, f"is a {what}")
 
 
 # --- zip ------------------------------------------------------------------------------------------
@@ -422,20 +346,20 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
             archive = zipfile.ZipFile(spool)
         except (zipfile.BadZipFile, UnicodeDecodeError) as exc:  # a name said to be UTF-8 that is not
             raise CorruptDataError(f"corrupt zip archive {ctx.what}: {exc}") from None
-        with archive:
-            tree = SafeTree(dest, ctx)
+        with archive, SafeTree(dest, ctx) as tree:
             declared = 0
             for info in archive.infolist():
                 # zipfile stops each member at its declared size: check those against the archive's.
                 declared += info.file_size
                 check_expansion(declared, spool.stat().st_size, ctx.what)
+                extra = _zip_extra(info.extra)
+                name = _zip_name(info, extra)
                 try:
-                    _extract_zip_member(archive, info, tree)
+                    _extract_zip_member(archive, info, name, extra, tree)
                 except damaged as exc:
                     if isinstance(exc, OSError) and exc.errno is not None:
                         raise  # writing failed, not reading: the pipeline reports it
-                    raise CorruptDataError(f"cannot unzip {info.filename!r} from {ctx.what}: {exc}") \
-                        from None
+                    raise CorruptDataError(f"cannot unzip {name!r} from {ctx.what}: {exc}") from None
             tree.finish()
     finally:
         spool.unlink(missing_ok=True)
@@ -478,24 +402,72 @@ def _zip_entries(path: Path) -> int:
         return count
 
 
-def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, tree: SafeTree) -> None:
+_EXTRA_HEADER = struct.Struct("<HH")
+_UNICODE_PATH = 0x7075    # Info-ZIP: version 1, CRC-32 of the stored name, the name in UTF-8
+_EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds since 1970, UTC) if flag 1
+_UTF8_NAME_FLAG = 0x800
+_CP437_SYSTEMS = {0, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
+
+
+def _zip_extra(extra: bytes) -> dict[int, bytes]:
+    """The fields of a zip extra block, by id (a malformed tail is ignored, as unzip does)."""
+    fields: dict[int, bytes] = {}
+    at = 0
+    while at + _EXTRA_HEADER.size <= len(extra):
+        ident, size = _EXTRA_HEADER.unpack_from(extra, at)
+        at += _EXTRA_HEADER.size
+        fields.setdefault(ident, extra[at:at + size])
+        at += size
+    return fields
+
+
+def _zip_name(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> str:
+    """The member's name as unzip writes it here: zipfile's if flagged UTF-8; else the UTF-8 name
+    of a Unicode Path field that belongs to the stored name (its CRC matches); else the stored bytes
+    as they are if the archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's
+    names so, unflagged), or read as code page 437 if made on DOS or Windows."""
+    if info.flag_bits & _UTF8_NAME_FLAG:
+        return info.filename
+    import zlib
+
+    unicode_path = extra.get(_UNICODE_PATH, b"")
+    stored = info.orig_filename.encode("cp437")  # zipfile decoded the stored bytes as cp437
+    if (len(unicode_path) > 5 and unicode_path[0] == 1
+            and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(stored)):
+        return unicode_path[5:].decode("utf-8", "surrogateescape")
+    if info.create_system in _CP437_SYSTEMS:
+        return info.filename
+    return info.filename.encode("cp437").decode("utf-8", "surrogateescape")
+
+
+def _zip_mtime_ns(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> int:
+    """The modification time: the "UT" field's if there is one (UTC, to the second), as unzip
+    prefers it, else the DOS time (local time, to two seconds)."""
+    extended = extra.get(_EXTENDED_TIME, b"")
+    if len(extended) >= 5 and extended[0] & 1:
+        return int.from_bytes(extended[1:5], "little", signed=True) * 10**9
     import time
 
-    parts = tree.parts(info.filename)
+    return int(time.mktime(info.date_time + (0, 0, -1))) * 10**9
+
+
+def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, extra: dict[int, bytes],
+                        tree: SafeTree) -> None:
+    parts = tree.parts(name)
     unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
     kind = stat.S_IFMT(unix_mode)
-    is_dir = info.filename.endswith("/")  # not info.is_dir(), which fails on an empty name
+    is_dir = name.endswith("/")  # not info.is_dir(), which fails on an empty name
     mode = stat.S_IMODE(unix_mode) or (0o755 if is_dir else 0o644)
-    mtime = time.mktime(info.date_time + (0, 0, -1))
+    mtime_ns = _zip_mtime_ns(info, extra)
     if is_dir and kind in (0, stat.S_IFDIR):
-        tree.mkdir(parts, info.filename, mode, mtime)
+        tree.mkdir(parts, name, mode, mtime_ns)
     elif kind == stat.S_IFLNK:
         if info.file_size > 4096:
-            raise tree.refuse(info.filename, "is a symlink with an implausibly long target")
-        tree.symlink(parts, info.filename, archive.read(info).decode("utf-8", "surrogateescape"))
+            raise tree.refuse(name, "is a symlink with an implausibly long target")
+        tree.symlink(parts, name, archive.read(info).decode("utf-8", "surrogateescape"))
     elif kind in (0, stat.S_IFREG):
         with archive.open(info) as content:
-            tree.write_file(parts, info.filename, content, info.file_size, mode, mtime)
+            tree.write_file(parts, name, info.file_size, mode, mtime_ns, content.read)
     else:
         kinds = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "FIFO"}
-        raise tree.refuse(info.filename, f"is a {kinds.get(kind, 'special file')}")
+        raise tree.refuse(name, f"is a {kinds.get(kind, 'special file')}")
