@@ -487,10 +487,7 @@ def test_bomb_without_a_limit_hits_the_expansion_cap(box: Box, monkeypatch: pyte
     # A small floor keeps this fast; test_expansion_cap_for_real uses the real one.  (gzip's best is
     # about 1030 times, so its zeros pass the cap of 1000 only just: real gzip bombs are nested.)
     monkeypatch.setattr(codecs, "EXPANSION_FLOOR", MiB)
-    if unpacker == "tar":
-        bomb = COMPRESS[codec](tar(member("zeros", content=bytes(8 * MiB))))
-    else:
-        bomb = zeros(codec, 8 * MiB)
+    bomb = COMPRESS[codec](tar(member("zeros", content=bytes(8 * MiB)))) if unpacker == "tar" else zeros(codec, 8 * MiB)
     message = box.refused(bomb, "tar" if unpacker == "tar" else DECOMPRESSOR[codec])
     assert "expands more than 1000 times" in message and message.endswith("a likely decompression bomb")
 

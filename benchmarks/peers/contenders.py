@@ -116,7 +116,7 @@ class Contender:
     unavailable: str = ""                      # why it cannot run here; "" when it can
 
     def loop_argv(self, target: Target, iterations: int, budget: float) -> list[str]:
-        return self.argv(target) + [str(iterations), str(budget)]
+        return [*self.argv(target), str(iterations), str(budget)]
 
     def unpacks(self, filename: str) -> bool:
         return any(filename.endswith(suffix) for suffix in self.formats)

@@ -448,7 +448,7 @@ def _zip_mtime_ns(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> int:
         return int.from_bytes(extended[1:5], "little", signed=True) * 10**9
     import time
 
-    return int(time.mktime(info.date_time + (0, 0, -1))) * 10**9
+    return int(time.mktime((*info.date_time, 0, 0, -1))) * 10**9
 
 
 def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, extra: dict[int, bytes],

@@ -110,15 +110,15 @@ class _GzipDecoder:
 
     @property
     def eof(self) -> bool:
-        return self._zlib.eof
+        return bool(self._zlib.eof)
 
     @property
     def unused_data(self) -> bytes:
-        return self._zlib.unused_data
+        return bytes(self._zlib.unused_data)
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
         tail = self._zlib.unconsumed_tail
-        out = self._zlib.decompress(tail + data if tail else data, max_length)
+        out: bytes = self._zlib.decompress(tail + data if tail else data, max_length)
         # A full output buffer may leave output pending inside zlib even with all input consumed.
         self.needs_input = not self._zlib.unconsumed_tail and len(out) < max_length
         return out
@@ -186,7 +186,7 @@ class _Decompressing(Layer):
                 if not data:
                     raise CorruptDataError(f"truncated {self._codec} data from {self._what}")
             try:
-                out = decoder.decompress(data, size)
+                out: bytes = decoder.decompress(data, size)
             except self._errors as exc:
                 raise CorruptDataError(f"corrupt {self._codec} data from {self._what}: {exc}") from None
             if out:

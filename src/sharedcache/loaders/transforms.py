@@ -102,22 +102,22 @@ class Decompress(Transform):
 
 class Gunzip(Decompress):
     codec = "gzip"
-    suffixes = {".gz": "", ".tgz": ".tar"}
+    suffixes: ClassVar[dict[str, str]] = {".gz": "", ".tgz": ".tar"}
 
 
 class Bunzip2(Decompress):
     codec = "bzip2"
-    suffixes = {".bz2": "", ".tbz2": ".tar", ".tbz": ".tar"}
+    suffixes: ClassVar[dict[str, str]] = {".bz2": "", ".tbz2": ".tar", ".tbz": ".tar"}
 
 
 class Unxz(Decompress):
     codec = "xz"
-    suffixes = {".xz": "", ".txz": ".tar"}
+    suffixes: ClassVar[dict[str, str]] = {".xz": "", ".txz": ".tar"}
 
 
 class Unzstd(Decompress):
     codec = "zstd"
-    suffixes = {".zst": "", ".tzst": ".tar"}
+    suffixes: ClassVar[dict[str, str]] = {".zst": "", ".tzst": ".tar"}
 
 
 class Untar(Unpacker):
