@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from ..repository.repositories import Held, Repositories
     from .parser import Arguments
 
-# The owner of a use is the parent of sc by default.  It is read first thing: should the parent
-# die while sc runs, sc is re-parented (to init or a subreaper), which must not inherit the use.
+# The owner of a use is the job that ran sc (see _owner), found from sc's parent.  The parent is
+# read first thing: should it die while sc runs, sc is re-parented (to init or a subreaper),
+# which must not inherit the use.
 PARENT = os.getppid()
 
 
@@ -47,9 +48,16 @@ def use(repositories: Repositories, options: Arguments) -> int:
 
 
 def unuse(repositories: Repositories, options: Arguments) -> int:
-    deleted = repositories.release(
-        options.loaders, owner=_owner(options), name=options.name, keep=options.keep
-    )
+    from ..engine.leases import Owner
+
+    if options.pid is not None:
+        owners = [_owner(options)]
+    else:
+        # The nearest process first: a shell execs its last command (bash -c '...; sc --unuse'),
+        # so sc itself, or a wrapper it runs under, may be the very process that took the use.
+        found = (Owner.of(pid) for pid in _job_chain()[0]) if PARENT != 0 else iter(())
+        owners = [Owner.current(), *(owner for owner in found if owner is not None)]
+    deleted = repositories.release(options.loaders, owners=owners, name=options.name, keep=options.keep)
     repositories.reporter.info("repository deleted" if deleted else "use released")
     return 0
 
@@ -150,12 +158,37 @@ def _group(group: str | None) -> int | None:
 
 
 def _owner(options: Arguments) -> Owner:
+    """The owner of the use: the process ``--pid`` names, else the job that ran sc."""
     from ..engine.leases import Owner
 
-    if options.pid is None and PARENT == 1:
-        raise SharedCacheError("the process that ran sc has exited; there is no one to own the use")
-    pid = options.pid if options.pid is not None else PARENT
-    owner = Owner.of(pid)
+    if options.pid is not None:
+        owner = Owner.of(options.pid)
+        if owner is None:
+            raise UsageError(f"--pid {options.pid}: no such process")
+        return owner
+    return _job()
+
+
+def _job() -> Owner:
+    """The job sc's parent belongs to (:func:`~sharedcache.engine.leases.job_of`: past
+    wrappers and subshells), with the last subshell on the way as a second owner."""
+    from ..engine.leases import Owner, start_time
+
+    chain, copy = _job_chain()
+    owner = Owner.of(chain[-1])
     if owner is None:
-        raise UsageError(f"--pid {pid}: no such process")
+        raise SharedCacheError("the process that ran sc has exited; there is no one to own the use")
+    started = None if copy is None else start_time(copy)
+    if copy is not None and started is not None:
+        owner.via = (copy, started)
     return owner
+
+
+def _job_chain() -> tuple[list[int], int | None]:
+    from ..engine.leases import INITIAL_PID_NAMESPACE, job_of, pid_namespace
+
+    if PARENT == 0:
+        raise SharedCacheError("sc is the first process of its PID namespace; pass --pid to name the owner of the use")
+    if PARENT == 1 and pid_namespace() == INITIAL_PID_NAMESPACE:
+        raise SharedCacheError("the process that ran sc has exited; there is no one to own the use")
+    return job_of(PARENT)
