@@ -117,6 +117,10 @@ def listing(repositories: Repositories, options: Arguments) -> int:
 
 
 def gc(repositories: Repositories, options: Arguments) -> int:
+    if options.forget_host is not None:
+        from ..engine.leases import forget_hosts
+
+        forget_hosts(frozenset(filter(None, options.forget_host.split(","))))
     for base, report in repositories.collect().items():
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
         print(f"{base}: {done or 'nothing to do'}")

@@ -19,8 +19,9 @@ A lease is judged dead only by a process that can know, and unknown means alive:
   not start at that time.  Where ``/proc`` hides other users' processes (``hidepid``),
   ``kill(pid, 0)`` answers: ESRCH is dead, EPERM is alive (a reused pid then cannot be told from
   the owner: such a lease may outlive its owner, never the reverse);
-- same boot id, another PID namespace (a container sharing the base directory): alive; a
-  process of that namespace judges it;
+- same boot id, another PID namespace (a container sharing the base directory): alive, unless
+  the process judging sees every PID namespace of the host (root in the host's namespace) and
+  that one has no process left; otherwise a process of that namespace judges it;
 - another boot id and the same machine id: this machine before a reboot: dead;
 - another boot id and another machine id (another host sharing the base directory): alive,
   unless that host was forgotten by policy (:func:`forget_hosts`, ``sc gc --forget-host``).
@@ -134,6 +135,49 @@ def process_alive(pid: int, started: int) -> bool:
     return True
 
 
+_namespaces: frozenset[int] | None = None
+_namespaces_read = False
+
+
+def _live_pid_namespaces() -> frozenset[int] | None:
+    """The PID namespaces that still have a process, if this process can see them all (root in
+    the host's namespace); None if it cannot.  Read once per process."""
+    global _namespaces, _namespaces_read  # noqa: PLW0603 - read once per process, then remembered
+    if not _namespaces_read:
+        _namespaces_read = True
+        if pid_namespace() == INITIAL_PID_NAMESPACE:
+            _namespaces = _scan_pid_namespaces()
+    return _namespaces
+
+
+def _scan_pid_namespaces() -> frozenset[int] | None:
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                found.add(os.stat(f"/proc/{name}/ns/pid").st_ino)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # it ended while we looked
+            except OSError:
+                # Not ours to inspect: it is known only if it lives in this very namespace.
+                if not _in_this_namespace(name):
+                    return None
+                found.add(pid_namespace())
+    return frozenset(found)
+
+
+def _in_this_namespace(pid: str) -> bool:
+    """Whether process ``pid`` lives in this PID namespace (its NSpid has a single pid)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        pass
+    return False
+
+
 class Owner:
     """A process, identified so that a reused pid, another namespace or another host is not
     mistaken for it; ``via`` is the (pid, start time) of a copy of it that ran sc, if any."""
@@ -207,7 +251,10 @@ class Owner:
                 return False  # an old lease of this host's previous boot
             return self.machine != machine_id() and self.machine not in _forgotten
         if self.pid_ns is not None and self.pid_ns != pid_namespace():
-            return True  # another container's process: its own namespace judges it
+            # Another container's process: its own namespace judges it, or a process that sees
+            # every namespace of this host and finds that one gone.
+            namespaces = _live_pid_namespaces()
+            return namespaces is None or self.pid_ns in namespaces
         if process_alive(self.pid, self.start_time):
             return True
         return self.via is not None and process_alive(*self.via)
