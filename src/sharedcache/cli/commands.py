@@ -72,7 +72,12 @@ def location(repositories: Repositories, options: Arguments) -> int:
 
 
 def run_command(repositories: Repositories, options: Arguments) -> int:
-    """Hold a use as sc's own process (also a kernel lock) while COMMAND runs."""
+    """Hold a use as sc's own process while COMMAND runs; COMMAND inherits the entry's lock.
+
+    The lock is a kernel lock held while any process keeps the descriptor open: should sc be
+    killed (SIGKILL, the OOM killer), the command and what it started go on holding the data,
+    which stays until they end (then ``sc gc``, or the next release, deletes it unless kept).
+    """
     import signal
     import subprocess
 
@@ -81,19 +86,22 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     command = options.command
     held = _acquire(repositories, options, Owner.current())
     try:
-        with held.cache.load(held.name):
+        lock = held.cache.lock_for_reading(held.name)
+        try:
             try:
-                child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)))
+                child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)), pass_fds=(lock,))
             except OSError as e:
                 print(f"sc: error: cannot run {command[0]}: {e.strerror}", file=sys.stderr)
                 return 127
-            forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-            previous = {s: signal.signal(s, lambda sig, _: child.send_signal(sig)) for s in forwarded}
-            try:
-                status = child.wait()
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+        finally:
+            os.close(lock)  # the child has its copy; sc's own use is its lease
+        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, lambda sig, _: child.send_signal(sig)) for s in forwarded}
+        try:
+            status = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     finally:
         repositories.release_held(held, keep=options.keep)
     return status if status >= 0 else 128 - status
