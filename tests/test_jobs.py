@@ -143,3 +143,23 @@ def test_sc_as_pid_1_of_a_namespace_is_refused_clearly(setup):
     assert result.returncode != 0
     assert result.stderr.startswith("sc: ") and "--pid" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_relative_file_path_means_the_file_where_sc_runs(tmp_path):
+    """``file:data.tgz`` from two directories: two recipes, each with its own directory's bytes."""
+    base = tmp_path / "base"
+    base.mkdir()
+    paths = []
+    for name in ("first", "second"):
+        where = tmp_path / name
+        where.mkdir()
+        make_tarball(where / "data.tgz", {"data.txt": f"{name}\n".encode()})
+        with_default_name = run_job(f"cd {where} && sc --use -d {base} file:data.tgz tar", ["bash"])
+        assert with_default_name.returncode == 0, with_default_name.stderr
+        paths.append(Path(with_default_name.stdout.strip()))
+        assert (paths[-1] / "data.txt").read_text() == f"{name}\n"
+    assert paths[0] != paths[1]
+    # One name for both: the second directory's recipe is another recipe, refused in one line.
+    assert run_job(f"cd {tmp_path / 'first'} && sc --use -d {base} -n one file:data.tgz tar", ["bash"]).returncode == 0
+    other = run_job(f"cd {tmp_path / 'second'} && sc --use -d {base} -n one file:./data.tgz tar", ["bash"])
+    assert other.returncode != 0 and other.stderr.startswith("sc: ") and len(other.stderr.splitlines()) == 1
