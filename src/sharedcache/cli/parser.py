@@ -47,6 +47,11 @@ OPTIONS = (
     Option(("--connections",), "connections",
            "download over N connections at once (HTTP ranges; for throttled links)",
            metavar="N", convert=int, actions=REPOSITORY_ACTIONS),
+    Option(("--speed-limit",), "speed_limit",
+           "fail a download slower than RATE bytes a second (1KB: 1000) for --speed-time; 0: never",
+           metavar="RATE", actions=REPOSITORY_ACTIONS),
+    Option(("--speed-time",), "speed_time", "seconds a download may stay under --speed-limit (default 60)",
+           metavar="SECONDS", convert=float, actions=REPOSITORY_ACTIONS),
     Option(("--group",), "group",
            "share a new base directory's cache with this group (name or gid)",
            metavar="GROUP", actions=REPOSITORY_ACTIONS),
@@ -116,6 +121,8 @@ class Arguments:
         self.pid: int | None = None
         self.timeout: float | None = None
         self.connections = 1
+        self.speed_limit: str | None = None
+        self.speed_time: float | None = None
         self.keep = self.json = self.help = self.version = False
         self.quiet = self.verbose = 0
 

@@ -262,9 +262,18 @@ class Repositories:
                 continue
             report = vars(FsCache(base.control, group=base.group, repair=True).gc())
             report["populations_cleaned"] = self._clean_populations(base)
+            report["stuck_populations"] = self._stuck_populations(base)
             report["links_removed"] = self._clean_links(base)
             reports[str(base.path)] = report
         return reports
+
+    @staticmethod
+    def _stuck_populations(base: Base) -> str:
+        """The populations in progress that look stuck, and why ("" if none)."""
+        from .population import stuck
+
+        found = ((name, stuck(base.population_file(name, ".json"), status)) for name, status in base.populations())
+        return "; ".join(f"{name!r} ({why})" for name, why in found if why)
 
     @staticmethod
     def _clean_populations(base: Base) -> int:
