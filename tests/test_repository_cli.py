@@ -281,22 +281,61 @@ def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
     assert missing.returncode == 127 and "cannot run" in missing.stderr
 
 
-def test_run_use_vanishes_when_sc_is_killed(dirs, tarball):
-    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
-    proc = sc_start("run", *args, "--", "sleep", "600")
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` has exited (gone, or a zombie not yet reaped)."""
     try:
-        link = dirs[0] / "repo"
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(b")") + 2 :].startswith(b"Z")
+
+
+def test_run_command_keeps_its_data_when_sc_is_killed_and_frees_it_when_it_ends(dirs, tarball, tmp_path):
+    """sc run killed by SIGKILL: its command goes on, and its data stays until it (and what it
+    started) ends; then gc deletes the repository."""
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    script = (f'sleep 600 & echo $! > {flags}/worker; echo $$ > {flags}/command; '
+              f'while [ ! -e {flags}/go ]; do sleep 0.05; done; '
+              f'test -f "$SC_PATH/data/part-000.bin" && touch {flags}/read; wait')
+    proc = sc_start("run", *args, "--", "sh", "-c", script)
+    command = worker = None
+    try:
         deadline = time.monotonic() + 30
-        while not link.exists():
+        while not (flags / "worker").exists() or not (flags / "command").exists():
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
+        command, worker = (int((flags / f).read_text()) for f in ("command", "worker"))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        assert sc("gc", "-d", str(dirs[0])).returncode == 0
+        with Sleeper() as other:  # another job's last release must not delete it either
+            assert sc("--use", "--pid", str(other.pid), *args).returncode == 0
+            assert sc("--unuse", "--pid", str(other.pid), *args).returncode == 0
+        (flags / "go").touch()
+        while not (flags / "read").exists():
+            assert time.monotonic() < deadline, "the command lost its data when sc run was killed"
+            time.sleep(0.05)
+        os.kill(command, signal.SIGKILL)
+        # The command's own child still holds the data.
+        assert sc("gc", "-d", str(dirs[0])).returncode == 0
+        assert (dirs[0] / "repo" / "data" / "part-000.bin").exists()
+        os.kill(worker, signal.SIGKILL)
+        while not ended(worker):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     finally:
         if proc.poll() is None:
             proc.kill()
+        for pid in (command, worker):
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     assert sc("gc", "-d", str(dirs[0])).returncode == 0
-    assert not link.exists()
+    assert not (dirs[0] / "repo").exists()
 
 
 def test_python_api_use(dirs, tarball):

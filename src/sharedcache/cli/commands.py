@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from ..repository.repositories import Held, Repositories
     from .parser import Arguments
 
-# The owner of a use is the parent of sc by default.  It is read first thing: should the parent
-# die while sc runs, sc is re-parented (to init or a subreaper), which must not inherit the use.
+# The owner of a use is the job that ran sc (see _owner), found from sc's parent.  The parent is
+# read first thing: should it die while sc runs, sc is re-parented (to init or a subreaper),
+# which must not inherit the use.
 PARENT = os.getppid()
 
 
@@ -47,9 +48,16 @@ def use(repositories: Repositories, options: Arguments) -> int:
 
 
 def unuse(repositories: Repositories, options: Arguments) -> int:
-    deleted = repositories.release(
-        options.loaders, owner=_owner(options), name=options.name, keep=options.keep
-    )
+    from ..engine.leases import Owner
+
+    if options.pid is not None:
+        owners = [_owner(options)]
+    else:
+        # The nearest process first: a shell execs its last command (bash -c '...; sc --unuse'),
+        # so sc itself, or a wrapper it runs under, may be the very process that took the use.
+        found = (Owner.of(pid) for pid in _job_chain()[0]) if PARENT != 0 else iter(())
+        owners = [Owner.current(), *(owner for owner in found if owner is not None)]
+    deleted = repositories.release(options.loaders, owners=owners, name=options.name, keep=options.keep)
     repositories.reporter.info("repository deleted" if deleted else "use released")
     return 0
 
@@ -64,7 +72,12 @@ def location(repositories: Repositories, options: Arguments) -> int:
 
 
 def run_command(repositories: Repositories, options: Arguments) -> int:
-    """Hold a use as sc's own process (also a kernel lock) while COMMAND runs."""
+    """Hold a use as sc's own process while COMMAND runs; COMMAND inherits the entry's lock.
+
+    The lock is a kernel lock held while any process keeps the descriptor open: should sc be
+    killed (SIGKILL, the OOM killer), the command and what it started go on holding the data,
+    which stays until they end (then ``sc gc``, or the next release, deletes it unless kept).
+    """
     import signal
     import subprocess
 
@@ -73,19 +86,22 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     command = options.command
     held = _acquire(repositories, options, Owner.current())
     try:
-        with held.cache.load(held.name):
+        lock = held.cache.lock_for_reading(held.name)
+        try:
             try:
-                child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)))
+                child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)), pass_fds=(lock,))
             except OSError as e:
                 print(f"sc: error: cannot run {command[0]}: {e.strerror}", file=sys.stderr)
                 return 127
-            forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-            previous = {s: signal.signal(s, lambda sig, _: child.send_signal(sig)) for s in forwarded}
-            try:
-                status = child.wait()
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+        finally:
+            os.close(lock)  # the child has its copy; sc's own use is its lease
+        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, lambda sig, _: child.send_signal(sig)) for s in forwarded}
+        try:
+            status = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     finally:
         repositories.release_held(held, keep=options.keep)
     return status if status >= 0 else 128 - status
@@ -109,6 +125,10 @@ def listing(repositories: Repositories, options: Arguments) -> int:
 
 
 def gc(repositories: Repositories, options: Arguments) -> int:
+    if options.forget_host is not None:
+        from ..engine.leases import forget_hosts
+
+        forget_hosts(frozenset(filter(None, options.forget_host.split(","))))
     for base, report in repositories.collect().items():
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
         print(f"{base}: {done or 'nothing to do'}")
@@ -127,9 +147,13 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 
 def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:
     from ..config.settings import FetchPolicy
+    from ..sizes import parse_size
 
+    default = FetchPolicy()
+    limit = default.speed_limit if options.speed_limit is None else parse_size(options.speed_limit, "--speed-limit")
     try:
-        fetch = FetchPolicy(connections=options.connections)
+        fetch = FetchPolicy(connections=options.connections, speed_limit=limit,
+                            speed_time=default.speed_time if options.speed_time is None else options.speed_time)
     except SettingError as e:
         raise UsageError(f"--{e.setting.replace('_', '-')} {e.reason}") from None
     return repositories.acquire(
@@ -150,12 +174,37 @@ def _group(group: str | None) -> int | None:
 
 
 def _owner(options: Arguments) -> Owner:
+    """The owner of the use: the process ``--pid`` names, else the job that ran sc."""
     from ..engine.leases import Owner
 
-    if options.pid is None and PARENT == 1:
-        raise SharedCacheError("the process that ran sc has exited; there is no one to own the use")
-    pid = options.pid if options.pid is not None else PARENT
-    owner = Owner.of(pid)
+    if options.pid is not None:
+        owner = Owner.of(options.pid)
+        if owner is None:
+            raise UsageError(f"--pid {options.pid}: no such process")
+        return owner
+    return _job()
+
+
+def _job() -> Owner:
+    """The job sc's parent belongs to (:func:`~sharedcache.engine.leases.job_of`: past
+    wrappers and subshells), with the last subshell on the way as a second owner."""
+    from ..engine.leases import Owner, start_time
+
+    chain, copy = _job_chain()
+    owner = Owner.of(chain[-1])
     if owner is None:
-        raise UsageError(f"--pid {pid}: no such process")
+        raise SharedCacheError("the process that ran sc has exited; there is no one to own the use")
+    started = None if copy is None else start_time(copy)
+    if copy is not None and started is not None:
+        owner.via = (copy, started)
     return owner
+
+
+def _job_chain() -> tuple[list[int], int | None]:
+    from ..engine.leases import INITIAL_PID_NAMESPACE, job_of, pid_namespace
+
+    if PARENT == 0:
+        raise SharedCacheError("sc is the first process of its PID namespace; pass --pid to name the owner of the use")
+    if PARENT == 1 and pid_namespace() == INITIAL_PID_NAMESPACE:
+        raise SharedCacheError("the process that ran sc has exited; there is no one to own the use")
+    return job_of(PARENT)

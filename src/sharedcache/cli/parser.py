@@ -40,17 +40,25 @@ OPTIONS = (
            actions=REPOSITORY_ACTIONS),
     Option(("--max-size",), "max_size", "size budget of the base directory's kept repositories",
            metavar="SIZE", actions=REPOSITORY_ACTIONS),
-    Option(("--pid",), "pid", "process owning the use (default: the parent of sc)",
+    Option(("--pid",), "pid", "process owning the use (default: the job that ran sc)",
            metavar="PID", convert=int, actions=REPOSITORY_ACTIONS),
     Option(("--timeout",), "timeout", "seconds to wait for another process's population",
            metavar="SECONDS", convert=float, actions=REPOSITORY_ACTIONS),
     Option(("--connections",), "connections",
            "download over N connections at once (HTTP ranges; for throttled links)",
            metavar="N", convert=int, actions=REPOSITORY_ACTIONS),
+    Option(("--speed-limit",), "speed_limit",
+           "fail a download slower than RATE bytes a second (1KB: 1000) for --speed-time; 0: never",
+           metavar="RATE", actions=REPOSITORY_ACTIONS),
+    Option(("--speed-time",), "speed_time", "seconds a download may stay under --speed-limit (default 60)",
+           metavar="SECONDS", convert=float, actions=REPOSITORY_ACTIONS),
     Option(("--group",), "group",
            "share a new base directory's cache with this group (name or gid)",
            metavar="GROUP", actions=REPOSITORY_ACTIONS),
     Option(("--json",), "json", "print JSON", actions=("list",)),
+    Option(("--forget-host",), "forget_host",
+           "judge dead every use held on these hosts (machine ids; for hosts that are gone)",
+           metavar="ID[,ID...]", actions=("gc",)),
     Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
     Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
     Option(("-h", "--help"), "help", "show this help and exit"),
@@ -65,7 +73,7 @@ usage: sc --use      [OPTIONS] LOADER...    register a use; print the repository
        sc --location [OPTIONS] LOADER...    print the path if it is there; exit 1 if not
        sc run        [OPTIONS] LOADER... -- COMMAND [ARG...]
        sc list [--json]                     list the repositories
-       sc gc                                reclaim dead uses, clean leftovers, apply budgets
+       sc gc [--forget-host ID,...]         reclaim dead uses, clean leftovers, apply budgets
 """
 EXIT_STATUS = "exit status: 0 success, 1 failure, 2 usage error; 'run' exits with COMMAND's status.\n"
 
@@ -109,9 +117,12 @@ class Arguments:
         self.directories: str | None = None
         self.max_size: str | None = None
         self.group: str | None = None
+        self.forget_host: str | None = None
         self.pid: int | None = None
         self.timeout: float | None = None
         self.connections = 1
+        self.speed_limit: str | None = None
+        self.speed_time: float | None = None
         self.keep = self.json = self.help = self.version = False
         self.quiet = self.verbose = 0
 

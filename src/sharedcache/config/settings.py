@@ -37,7 +37,11 @@ class FetchPolicy:
     connection, and for the next bytes of an answer.  ``retries``: how many times a failed
     transfer (connection error, 5xx, interrupted body) is tried again, and how many times a
     population starts over when a source cannot resume.  Retry ``attempt`` (from 0) waits
-    ``backoff`` seconds doubled ``attempt`` times, at most ``backoff_max``.
+    ``backoff`` seconds doubled ``attempt`` times, at most ``backoff_max``.  ``speed_limit``,
+    ``speed_time``: a transfer (each connection of one) that brings fewer than ``speed_limit``
+    bytes a second, on average over ``speed_time`` seconds, fails (curl's ``--speed-limit`` and
+    ``--speed-time``); a ``speed_limit`` of 0 never does.  Without it, an origin that sends a
+    byte now and then, each within the read timeout, would keep a population going forever.
     """
 
     __slots__ = (
@@ -47,6 +51,8 @@ class FetchPolicy:
         "connections",
         "read_timeout",
         "retries",
+        "speed_limit",
+        "speed_time",
     )
     connections: int
     connect_timeout: float
@@ -54,21 +60,27 @@ class FetchPolicy:
     retries: int
     backoff: float
     backoff_max: float
+    speed_limit: int
+    speed_time: float
 
     def __init__(self, *, connections: int = 1, connect_timeout: float = 30.0,
                  read_timeout: float = 60.0, retries: int = 5, backoff: float = 0.25,
-                 backoff_max: float = 8.0) -> None:
+                 backoff_max: float = 8.0, speed_limit: int = 1000, speed_time: float = 60.0) -> None:
         if type(connections) is not int or not 1 <= connections <= MAX_CONNECTIONS:
             raise SettingError("connections", f"must be between 1 and {MAX_CONNECTIONS}, not {connections!r}")
         if type(retries) is not int or retries < 0:
             raise SettingError("retries", f"must be a whole number of at least 0, not {retries!r}")
+        if type(speed_limit) is not int or speed_limit < 0:
+            raise SettingError("speed_limit", f"must be a whole number of bytes a second, not {speed_limit!r}")
         for what, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout),
-                              ("backoff", backoff), ("backoff_max", backoff_max)):
+                              ("backoff", backoff), ("backoff_max", backoff_max), ("speed_time", speed_time)):
             if not isinstance(seconds, (int, float)) or not seconds >= 0 or seconds == float("inf"):
                 raise SettingError(what, f"must be a number of seconds, not {seconds!r}")
+        if speed_time == 0 and speed_limit:
+            raise SettingError("speed_time", "must be more than 0 seconds when there is a speed limit")
         values = {"connections": connections, "connect_timeout": float(connect_timeout),
                   "read_timeout": float(read_timeout), "retries": retries, "backoff": float(backoff),
-                  "backoff_max": float(backoff_max)}
+                  "backoff_max": float(backoff_max), "speed_limit": speed_limit, "speed_time": float(speed_time)}
         for name, value in values.items():
             object.__setattr__(self, name, value)
 

@@ -451,6 +451,12 @@ class FsCache:
         finally:
             os.close(fd)
 
+    def lock_for_reading(self, name: str) -> int:
+        """Entry ``name``'s lock taken shared, as a descriptor the caller closes; MissError if
+        there is none.  The entry is in use while any copy of the descriptor is open, so a
+        child process that inherits it holds the entry for as long as it keeps it."""
+        return self._lock_shared(check_name(name))
+
     def _lock_shared(self, name: str) -> int:
         """Take entry ``name``'s lock shared and record the use; return the locked descriptor."""
         entry = os.path.join(self._objects, name)

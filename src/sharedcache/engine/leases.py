@@ -1,16 +1,37 @@
-"""Leases: who holds a use (the identity of a process, and whether it is alive), and the lease
-files that record it in an entry's directory.
+"""Leases: who holds a use (the identity of a process, whether it is alive, and the job a
+command belongs to), and the lease files that record it in an entry's directory.
 
 A use that outlives the command that took it (``sc --use`` exits at once; the job that asked
 goes on) is recorded as a *lease* naming its owner process.  A pid alone is not an identity: pids
-are reused, and after a reboot they mean nothing.  An owner is therefore the triple
+are reused, after a reboot they mean nothing, and in another PID namespace (a container) or on
+another host they name another process.  An owner is therefore
 
-    (boot id, pid, start time)
+    (boot id, pid, start time, PID namespace, machine id)
 
-where the boot id is ``/proc/sys/kernel/random/boot_id`` and the start time is field 22 of
-``/proc/PID/stat`` (clock ticks since boot).  An owner is alive exactly when this boot's process
-with that pid started at that time.  A lease whose owner is not alive is dead and is reclaimed by
-whoever touches the entry next (see the protocol in :mod:`sharedcache.engine.fscache`).
+where the boot id is ``/proc/sys/kernel/random/boot_id``, the start time is field 22 of
+``/proc/PID/stat`` (clock ticks since boot), the PID namespace is the inode of
+``/proc/self/ns/pid`` of the process that wrote the lease (the pid is as seen there), and the
+machine id is ``/etc/machine-id`` (or ``/var/lib/dbus/machine-id``, else the host name).
+
+A lease is judged dead only by a process that can know, and unknown means alive:
+
+- same boot id and same PID namespace: dead exactly when this boot's process with that pid did
+  not start at that time.  Where ``/proc`` hides other users' processes (``hidepid``),
+  ``kill(pid, 0)`` answers: ESRCH is dead, EPERM is alive (a reused pid then cannot be told from
+  the owner: such a lease may outlive its owner, never the reverse);
+- same boot id, another PID namespace (a container sharing the base directory): alive, unless
+  the process judging sees every PID namespace of the host (root in the host's namespace) and
+  that one has no process left; otherwise a process of that namespace judges it;
+- another boot id and the same machine id: this machine before a reboot: dead;
+- another boot id and another machine id (another host sharing the base directory): alive,
+  unless that host was forgotten by policy (:func:`forget_hosts`, ``sc gc --forget-host``).
+
+Leases written before namespaces and hosts were recorded (``boot:pid:start``) are judged as
+they were then: by pid and start time in this boot, dead after a reboot.
+
+A lease may also name the process that ran ``sc`` when that was a short-lived copy of the job's
+shell (see :func:`job_of`): the lease is alive while either lives, so a use taken in a
+background subshell lasts as long as that subshell even if the job's shell ends first.
 
 A lease is an empty file ``<entry>/leases/<owner key>.<random id>``: creating it takes a use,
 removing it releases that use, and its name says whose it is, so that reading an entry's leases
@@ -24,7 +45,19 @@ import os
 
 from .fsutil import create_empty, unique_name, unlink_if_present
 
+#: The inode of the initial PID namespace (the host's), fixed by the kernel.
+INITIAL_PID_NAMESPACE = 0xEFFFFFFC
+
+#: Commands that fork the command they run and wait for it: a use taken under them belongs to
+#: whoever ran them.  (Commands that exec the next one, like env or nice, never appear.)
+FORKING_WRAPPERS = frozenset(
+    {"timeout", "time", "flock", "sudo", "su", "runuser", "setsid", "strace", "ltrace", "xargs"}
+)
+
 _boot_id: str | None = None
+_machine_id: str | None = None
+_pid_namespace: int | None = None
+_forgotten: frozenset[str] = frozenset()
 
 
 def boot_id() -> str:
@@ -35,25 +68,128 @@ def boot_id() -> str:
     return _boot_id
 
 
-def start_time(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks since boot, or None if there is no such process."""
+def machine_id() -> str:
+    """This host's machine id, or its host name where it has none (a lean container)."""
+    global _machine_id  # noqa: PLW0603 - read once per process, then remembered
+    if _machine_id is None:
+        for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+            try:
+                with open(path, "rb") as f:
+                    found = f.read().strip().decode(errors="replace")
+            except OSError:
+                continue
+            if found.isalnum():
+                _machine_id = found
+                break
+        else:
+            name = os.uname().nodename
+            _machine_id = "host-" + "".join(c if c.isalnum() or c == "-" else "_" for c in name)
+    return _machine_id
+
+
+def pid_namespace() -> int:
+    """The inode of this process's PID namespace, in which pids are read and written."""
+    global _pid_namespace  # noqa: PLW0603 - read once per process, then remembered
+    if _pid_namespace is None:
+        _pid_namespace = os.stat("/proc/self/ns/pid").st_ino
+    return _pid_namespace
+
+
+def forget_hosts(hosts: frozenset[str]) -> None:
+    """Judge the leases of ``hosts`` (machine ids) written in another boot dead, in this process:
+    the explicit policy for hosts that are gone (``sc gc --forget-host``)."""
+    global _forgotten  # noqa: PLW0603 - a policy of this process, set once at the edge
+    _forgotten = hosts
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields 3 on of ``/proc/PID/stat``; None if there is no such process or it is hidden."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:  # gone, or hidden by hidepid (another user's process)
         return None
     # The command name (field 2) is in parentheses and may itself contain spaces and parentheses.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])  # field 22 of the whole line
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot, or None if it cannot be seen."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])  # field 22 of the whole line
+
+
+def process_alive(pid: int, started: int) -> bool:
+    """Whether the process ``pid`` of this namespace that started at ``started`` is alive."""
+    if pid <= 0:
+        return False
+    seen = start_time(pid)
+    if seen is not None:
+        return seen == started
+    try:
+        os.kill(pid, 0)  # /proc hides it or it is gone: the kernel tells which
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process, hidden by hidepid: alive as far as anyone can tell
+    return True
+
+
+_namespaces: frozenset[int] | None = None
+_namespaces_read = False
+
+
+def _live_pid_namespaces() -> frozenset[int] | None:
+    """The PID namespaces that still have a process, if this process can see them all (root in
+    the host's namespace); None if it cannot.  Read once per process."""
+    global _namespaces, _namespaces_read  # noqa: PLW0603 - read once per process, then remembered
+    if not _namespaces_read:
+        _namespaces_read = True
+        if pid_namespace() == INITIAL_PID_NAMESPACE:
+            _namespaces = _scan_pid_namespaces()
+    return _namespaces
+
+
+def _scan_pid_namespaces() -> frozenset[int] | None:
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                found.add(os.stat(f"/proc/{name}/ns/pid").st_ino)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # it ended while we looked
+            except OSError:
+                # Not ours to inspect: it is known only if it lives in this very namespace.
+                if not _in_this_namespace(name):
+                    return None
+                found.add(pid_namespace())
+    return frozenset(found)
+
+
+def _in_this_namespace(pid: str) -> bool:
+    """Whether process ``pid`` lives in this PID namespace (its NSpid has a single pid)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        pass
+    return False
 
 
 class Owner:
-    """A process, identified so that a reused pid is not mistaken for it."""
+    """A process, identified so that a reused pid, another namespace or another host is not
+    mistaken for it; ``via`` is the (pid, start time) of a copy of it that ran sc, if any."""
 
-    __slots__ = ("boot_id", "pid", "start_time")
+    __slots__ = ("boot_id", "machine", "pid", "pid_ns", "start_time", "via")
 
-    def __init__(self, boot_id: str, pid: int, start_time: int) -> None:
+    def __init__(
+        self, boot_id: str, pid: int, start_time: int, pid_ns: int | None = None,
+        machine: str | None = None, via: tuple[int, int] | None = None,
+    ) -> None:
         self.boot_id, self.pid, self.start_time = boot_id, pid, start_time
+        self.pid_ns, self.machine, self.via = pid_ns, machine, via
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Owner) and self.key == other.key
@@ -62,13 +198,13 @@ class Owner:
         return hash(self.key)
 
     def __repr__(self) -> str:
-        return f"Owner({self.boot_id!r}, {self.pid}, {self.start_time})"
+        return f"Owner.parse({self.key!r})"
 
     @classmethod
     def of(cls, pid: int) -> Owner | None:
-        """The owner identity of the live process ``pid``; None if it does not exist."""
+        """The owner identity of the live process ``pid``; None if it cannot be seen."""
         started = start_time(pid)
-        return None if started is None else cls(boot_id(), pid, started)
+        return None if started is None else cls(boot_id(), pid, started, pid_namespace(), machine_id())
 
     @classmethod
     def current(cls) -> Owner:
@@ -78,16 +214,114 @@ class Owner:
 
     @classmethod
     def parse(cls, key: str) -> Owner:
-        boot, pid, started = key.rsplit(":", 2)
-        return cls(boot, int(pid), int(started))
+        fields = key.split(":")
+        if len(fields) == 3:  # written before namespaces and hosts were recorded
+            return cls(fields[0], int(fields[1]), int(fields[2]))
+        if len(fields) not in (5, 7) or not fields[4]:
+            raise ValueError(key)
+        via = (int(fields[5]), int(fields[6])) if len(fields) == 7 else None
+        return cls(fields[0], int(fields[1]), int(fields[2]), int(fields[3]), fields[4], via)
 
     @property
     def key(self) -> str:
         """The form that names the owner of a lease."""
-        return f"{self.boot_id}:{self.pid}:{self.start_time}"
+        if self.pid_ns is None:
+            return f"{self.boot_id}:{self.pid}:{self.start_time}"
+        via = "" if self.via is None else f":{self.via[0]}:{self.via[1]}"
+        return f"{self.boot_id}:{self.pid}:{self.start_time}:{self.pid_ns}:{self.machine}{via}"
+
+    @property
+    def host(self) -> str:
+        """The machine id of the owner's host ("?" for leases that did not record it)."""
+        return self.machine or "?"
+
+    def shares_a_process(self, other: Owner) -> bool:
+        """Whether ``other`` names one of the processes this owner names (itself or ``via``)."""
+        if self.boot_id != other.boot_id or not (
+            self.pid_ns is None or other.pid_ns is None or self.pid_ns == other.pid_ns
+        ):
+            return False
+        mine = {(self.pid, self.start_time), self.via}
+        return (other.pid, other.start_time) in mine or (other.via is not None and other.via in mine)
 
     def alive(self) -> bool:
-        return self.boot_id == boot_id() and start_time(self.pid) == self.start_time
+        """Whether the owner may be alive: False only if a process that can know says it is dead."""
+        if self.boot_id != boot_id():
+            if self.machine is None:
+                return False  # an old lease of this host's previous boot
+            return self.machine != machine_id() and self.machine not in _forgotten
+        if self.pid_ns is not None and self.pid_ns != pid_namespace():
+            # Another container's process: its own namespace judges it, or a process that sees
+            # every namespace of this host and finds that one gone.
+            namespaces = _live_pid_namespaces()
+            return namespaces is None or self.pid_ns in namespaces
+        if process_alive(self.pid, self.start_time):
+            return True
+        return self.via is not None and process_alive(*self.via)
+
+    def __str__(self) -> str:
+        """The owner as users read it: a pid, qualified when it is not of this host and namespace."""
+        if self.machine is not None and self.boot_id != boot_id():
+            return f"{self.pid}@{self.machine[:12]}"
+        if self.pid_ns is not None and self.pid_ns != pid_namespace():
+            return f"{self.pid}@pid:[{self.pid_ns}]"
+        return str(self.pid)
+
+
+def job_of(pid: int) -> tuple[list[int], int | None]:
+    """The processes from ``pid`` (which ran sc) up to the job it belongs to, the job last, and
+    the last copy of the job's shell met on the way if there was one.
+
+    The walk goes up from ``pid`` past the processes that live no longer than what they run:
+    forking wrappers (:data:`FORKING_WRAPPERS`: ``timeout``, ``time``, ...) and copies of a
+    shell (a subshell of ``$(...)``, a pipeline or ``( )`` has its parent's command name and
+    command line, since it forked without exec).  It stops at a process it cannot read (another
+    user's, under hidepid), at a process whose parent is outside this namespace, and below PID 1
+    of the host (PID 1 of a container, often the job's shell itself, may be the job).
+    """
+    on_host = pid_namespace() == INITIAL_PID_NAMESPACE
+    chain, copy = [pid], None
+    while True:
+        job = chain[-1]
+        fields = _stat(job)
+        if fields is None:
+            break
+        parent = int(fields[1])
+        if parent == 0 or (parent == 1 and on_host):
+            break
+        comm = _comm(job)
+        if comm in FORKING_WRAPPERS:
+            chain.append(parent)
+        elif _same_command(job, comm, parent):
+            chain.append(parent)
+            copy = job
+        else:
+            break
+    return chain, copy
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _same_command(pid: int, comm: str | None, parent: int) -> bool:
+    """Whether ``pid`` is a copy of ``parent`` made by fork without exec."""
+    if comm is None or _comm(parent) != comm:
+        return False
+    line = _cmdline(pid)
+    return line is not None and line == _cmdline(parent)
 
 
 def key_alive(key: str) -> bool:
@@ -147,4 +381,10 @@ def lease_of(entry: str, owner: Owner) -> str | None:
         leases = os.listdir(os.path.join(entry, "leases"))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return next((lease for lease in sorted(leases) if owner_key(lease) == owner.key), None)
+    for lease in sorted(leases):
+        try:
+            if owner.shares_a_process(Owner.parse(owner_key(lease))):
+                return lease
+        except ValueError:
+            continue  # a malformed name is nobody's lease
+    return None

@@ -38,6 +38,8 @@ from .streams import CHUNK, SourceStream
 if TYPE_CHECKING:
     import urllib3
 
+    from ..config.settings import FetchPolicy
+
 _MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -105,6 +107,11 @@ def _reason(exc: BaseException) -> str:
     return text.rpartition("): ")[2] if text.startswith(("HTTPConnection", "HTTPSConnection")) else text
 
 
+def _read_timeout(fetch: FetchPolicy) -> float:
+    """How long one read may wait: never past the time that judges the transfer too slow."""
+    return min(fetch.read_timeout, fetch.speed_time) if fetch.speed_limit else fetch.read_timeout
+
+
 class _HttpStream(SourceStream):
     """The file from ``start`` on (from 0 if it cannot be continued there): through one connection,
     or in parts over ``ctx.fetch.connections`` connections when the server allows it."""
@@ -120,7 +127,7 @@ class _HttpStream(SourceStream):
         self._connections = fetch.connections
         self._pool = urllib3.PoolManager(
             maxsize=self._connections,  # a connection per worker is kept for its next part
-            timeout=urllib3.Timeout(connect=fetch.connect_timeout, read=fetch.read_timeout),
+            timeout=urllib3.Timeout(connect=fetch.connect_timeout, read=_read_timeout(fetch)),
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0,
                                   redirect=_MAX_REDIRECTS),
             headers={"User-Agent": "shared-cache", "Accept-Encoding": "identity"})
@@ -297,6 +304,7 @@ class _Body:
         self._response = response
         self._failures = 0  # consecutive interruptions without progress
         self._stop = threading.Event()
+        self._window = (time.monotonic(), 0)  # since when, and how many bytes since (speed limit)
 
     def read(self, size: int) -> bytes:
         if self._end is not None:
@@ -305,6 +313,7 @@ class _Body:
                 return b""
         while True:
             if self._response is None:
+                self._check_speed(0)
                 self._response = self._http.continuation(self._position, self._last, self._stop)
                 if self._stop.is_set():  # aborted while asking: abort() may not have seen this answer
                     raise self._http.stopped_error()
@@ -318,10 +327,26 @@ class _Body:
             if data:
                 self._position += len(data)
                 self._failures = 0
+                self._check_speed(len(data))
                 return data
             if self._end is None:
                 return b""
             self._interrupted(f"the connection closed after {self._position} of {self._http.total} bytes")
+
+    def _check_speed(self, got: int) -> None:
+        """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time``."""
+        fetch = self._http.fetch
+        since, count = self._window
+        count += got
+        now = time.monotonic()
+        self._window = (since, count)
+        if not fetch.speed_limit or now - since < fetch.speed_time:
+            return
+        if count < fetch.speed_limit * (now - since):
+            raise DownloadError(
+                f"download of {self._http.url} too slow: {count} bytes in the last {now - since:.0f} s "
+                f"(less than {fetch.speed_limit} bytes/s for {fetch.speed_time:g} s), at byte {self._position}")
+        self._window = (now, 0)
 
     def _interrupted(self, why: str) -> None:
         """Get ready to ask for the rest, or give up: without a validator, or after too many attempts."""

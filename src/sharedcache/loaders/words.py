@@ -19,10 +19,20 @@ def normalize_words(words: str | Iterable[str]) -> tuple[str, ...]:
     This is the one splitting rule, on the command line and in the API alike, so that
     ``"http:URL tar"`` and ``("http:URL", "tar")`` are the same recipe.  A loader's argument
     therefore holds no whitespace (URLs cannot; a path with a space is written with another
-    name or a symlink)."""
-    if isinstance(words, str):
-        return tuple(words.split())
-    return tuple(part for word in words for part in word.split())
+    name or a symlink).  A relative ``file:`` path is made absolute here (see
+    :func:`_absolute_file`), so that the identity, the name and the file read agree."""
+    parts = words.split() if isinstance(words, str) else [part for word in words for part in word.split()]
+    return tuple(part if not part.startswith("file:") else _absolute_file(part) for part in parts)
+
+
+def _absolute_file(word: str) -> str:
+    """A ``file:`` word whose path is absolute: a relative one (or ``~``) names another file in
+    another directory, so it is resolved before it identifies anything.  ``..`` is left for the
+    kernel to follow (a lexical clean-up could name another file through a symlink)."""
+    import os  # (loaded already by every caller: this costs a dictionary look-up)
+
+    path = os.path.expanduser(word[5:])
+    return word if not path or path.startswith("/") else f"file:{os.getcwd()}/{path}"
 
 
 def recipe_identity(words: str | Iterable[str]) -> str:

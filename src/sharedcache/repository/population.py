@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from ..progress import Reporter
     from .bases import Base
+    from .records import Record
     from .repositories import Request
 
 
@@ -65,6 +66,31 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
             os.close(fd)
 
 
+#: A population whose status record has not changed for this many seconds is reported as stuck.
+STALL_SECONDS = 60.0
+
+
+def stuck(status_path: str, status: Record) -> str | None:
+    """Why the population whose status record is ``status_path`` (read as ``status``) looks
+    stuck: its process is stopped (SIGSTOP, a frozen cgroup), or it has written no progress
+    for :data:`STALL_SECONDS`; None if it does not."""
+    pid = status.get("pid")
+    if isinstance(pid, int) and pid > 0:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            state = stat[stat.rindex(b")") + 2 :].split()[0].decode()
+        except (OSError, ValueError, IndexError):
+            state = None  # gone, hidden, or in another namespace: nothing to say
+        if state in ("T", "t"):
+            return f"process {pid} is stopped (state {state}): it makes no progress until continued"
+    try:
+        idle = time.time() - os.stat(status_path).st_mtime
+    except OSError:
+        return None
+    return f"no progress for {idle:.0f} s" if idle >= STALL_SECONDS else None
+
+
 def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
     name, identity, deadline = request.name, request.identity, request.deadline
     status_path = base.population_file(name, ".json")
@@ -75,9 +101,11 @@ def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
             raise conflict(name, base.path, status.get("identity"))
         done, total = status.get("done", 0), status.get("total")
         of = f" of {format_size(total)}" if total else ""
+        why = stuck(status_path, status)
         reporter.waiting(
             f"waiting {elapsed:.0f} s for process {status.get('pid', '?')} to populate "
             f"{name!r} in {base.path}: {format_size(done)}{of} so far"
+            + (f"; stuck: {why}" if why else "")
         )
 
     report(0.0)
@@ -139,6 +167,8 @@ class Population:
                 self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
                 self._prepare_work()
                 self._store()
+        except WaitTimeoutError:
+            raise  # our --timeout, not the recipe's failure: the work stays for a takeover
         except SharedCacheError as e:
             e.args = (f"repository {name!r}: {e}",)
             record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
@@ -172,8 +202,14 @@ class Population:
                  progress=self.progress, fetch=request.fetch)
 
     def progress(self, done: int, total: int | None) -> None:
-        """Show how far the population has got, and tell the waiters twice a second."""
+        """Show how far the population has got, and tell the waiters twice a second; past the
+        request's deadline (``--timeout``), give up."""
         self._bar(done, total)
+        request = self.request
+        if request.deadline is not None and time.monotonic() > request.deadline:
+            raise WaitTimeoutError(
+                f"repository {request.name!r}: timed out after {request.timeout:g} s populating it in "
+                f"{self.base.path} ({format_size(done)} so far; the next use takes over from there)")
         if time.monotonic() - self._last_write >= 0.5:
             self._last_write = time.monotonic()
             self.status.update(done=done, total=total)

@@ -201,20 +201,23 @@ class Repositories:
         return None
 
     def release(
-        self, words: Sequence[str], *, owner: Owner, name: str | None = None, keep: bool = False
+        self, words: Sequence[str], *, owners: Sequence[Owner], name: str | None = None, keep: bool = False
     ) -> bool:
-        """Release one use of ``owner``; return whether that deleted the repository."""
+        """Release one use of the first of ``owners`` that holds one; return whether that deleted
+        the repository."""
         name = check_repository_name(name) if name is not None else default_name(words)
         base = self.find(name)
         if base is None:
             raise SharedCacheError(
                 f"no repository {name!r} in {', '.join(str(b.path) for b in self.bases)}"
             )
+        cache = base.cache()
+        lease = next(filter(None, (cache.lease_of(name, owner) for owner in owners)), None)
         try:
-            deleted = base.cache().release(name, owner, keep=keep)
+            deleted = cache.release(name, owners[-1], lease=lease, keep=keep)
         except UsageError:
             raise SharedCacheError(
-                f"process {owner.pid} holds no use of repository {name!r} in {base.path}"
+                f"process {owners[-1]} holds no use of repository {name!r} in {base.path}"
             ) from None
         if deleted:
             base.drop_link_if_unused(name)
@@ -262,9 +265,18 @@ class Repositories:
                 continue
             report = vars(FsCache(base.control, group=base.group, repair=True).gc())
             report["populations_cleaned"] = self._clean_populations(base)
+            report["stuck_populations"] = self._stuck_populations(base)
             report["links_removed"] = self._clean_links(base)
             reports[str(base.path)] = report
         return reports
+
+    @staticmethod
+    def _stuck_populations(base: Base) -> str:
+        """The populations in progress that look stuck, and why ("" if none)."""
+        from .population import stuck
+
+        found = ((name, stuck(base.population_file(name, ".json"), status)) for name, status in base.populations())
+        return "; ".join(f"{name!r} ({why})" for name, why in found if why)
 
     @staticmethod
     def _clean_populations(base: Base) -> int:

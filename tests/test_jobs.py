@@ -1,0 +1,165 @@
+"""Uses belong to jobs: the default owner of a use survives the shell idioms users write
+(command substitution with redirects and pipes, ``timeout`` and ``time`` wrappers, ``bash -c``
+with sc last, dash, login shells, background subshells, a job shell that is PID 1 of a PID
+namespace), and ``sc --unuse`` written the same way finds the use.
+
+Every job is a real shell running the real ``sc``: it takes a use, lets the subshells and
+wrappers that ran sc end, has the repository touched (``sc gc``: it reclaims dead leases and
+deletes unused repositories), checks its data is still there, then releases the use the same
+way and the test checks that this deleted the repository (the release found the use).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scutil import make_tarball, sc, sc_env
+
+BIN = os.path.dirname(sys.executable)
+
+# (use, unuse): shell text; $R holds the recipe and options, $p gets the path.
+IDIOMS = {
+    "plain substitution": ('p=$(sc --use $R)', 'sc --unuse $R'),
+    "substitution with redirect": ('p=$(sc --use $R 2>/dev/null)', 'x=$(sc --unuse $R 2>&1)'),
+    "substitution of a pipe": ('p=$(sc --use $R 2>&1 | tail -1)', 'sc --unuse $R 2>&1 | cat'),
+    "timeout": ('p=$(timeout 60 sc --use $R 2>/dev/null)', 'timeout 60 sc --unuse $R'),
+    "time": ('p=$(/usr/bin/time -o /dev/null sc --use $R)', '/usr/bin/time -o /dev/null sc --unuse $R'),
+    "nested substitution": ('p=$(echo "$(sc --use $R 2>/dev/null)")', 'echo "$(sc --unuse $R 2>&1)"'),
+}
+
+JOB = """
+R="{recipe}"
+{use}
+[ -f "$p/data.txt" ] || {{ echo "no data at '$p'" >&2; exit 3; }}
+sc gc -d {base} >/dev/null || exit 4
+[ -f "$p/data.txt" ] || {{ echo "data deleted under the job" >&2; exit 5; }}
+{unuse}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, str]:
+    base = tmp_path / "base"
+    base.mkdir()
+    origin = tmp_path / "data.tgz"
+    make_tarball(origin, {"data.txt": b"job data\n"})
+    return base, f"-d {base} -n repo file:{origin} tar"
+
+
+def run_job(script: str, shell: list[str], *, prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    script = f'PATH="{BIN}:$PATH"\n{script}'  # (a login shell sets PATH afresh)
+    return subprocess.run([*(prefix or []), *shell, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=sc_env())
+
+
+def assert_job_done(result: subprocess.CompletedProcess[str], base: Path) -> None:
+    assert result.returncode == 0, result.stderr
+    assert not (base / "repo").exists(), "the release did not find the use"
+    assert not (base / ".shared-cache" / "objects" / "repo").exists()
+
+
+@pytest.mark.parametrize("shell", [["bash"], ["bash", "-l"], ["dash"]])
+@pytest.mark.parametrize("idiom", sorted(IDIOMS))
+def test_a_use_belongs_to_the_job_whatever_ran_sc(setup, shell, idiom):
+    base, recipe = setup
+    use, unuse = IDIOMS[idiom]
+    result = run_job(JOB.format(recipe=recipe, base=base, use=use, unuse=unuse), shell)
+    assert_job_done(result, base)
+
+
+def test_bash_c_with_sc_last_releases_the_use_its_shell_took(setup):
+    """bash execs the last command of ``bash -c``: sc is then the shell that took the use."""
+    base, recipe = setup
+    inner = JOB.format(recipe=recipe, base=base, use="p=$(sc --use $R)", unuse="sc --unuse $R")
+    # A job that itself holds a use of the same repository keeps it: the release is the inner shell's.
+    script = f"""
+        p0=$(sc --use {recipe}) || exit 6
+        bash -c '{inner}' || exit $?
+        [ -f "$p0/data.txt" ] || {{ echo "the job's own use was released" >&2; exit 7; }}
+        sc --unuse {recipe}
+    """
+    assert_job_done(run_job(script, ["bash"]), base)
+
+
+def test_a_use_in_a_background_subshell_outlives_the_job_shell(setup, tmp_path):
+    """``( ... ) &``: the subshell may outlive the job's shell; its use lasts as long as it."""
+    base, recipe = setup
+    go, done = tmp_path / "go", tmp_path / "done"
+    script = f"""
+        (
+            p=$(sc --use {recipe} 2>/dev/null)
+            while [ ! -e {go} ]; do sleep 0.05; done
+            sc gc -d {base} >/dev/null
+            if [ -f "$p/data.txt" ]; then echo ok > {done}; else echo deleted > {done}; fi
+            sc --unuse {recipe}
+        ) >/dev/null 2>&1 &
+        while [ ! -e {base}/repo ]; do sleep 0.05; done
+    """
+    assert run_job(script, ["bash"]).returncode == 0  # the job's shell has ended
+    go.touch()
+    for _ in range(1200):
+        if done.exists() and done.read_text():
+            break
+        subprocess.run(["sleep", "0.05"], check=True)
+    assert done.read_text().strip() == "ok"
+
+
+def test_a_use_of_a_job_that_ended_is_reclaimed(setup):
+    base, recipe = setup
+    assert run_job(f"p=$(sc --use {recipe} 2>/dev/null) && [ -d \"$p\" ]", ["bash"]).returncode == 0
+    assert (base / "repo").exists()
+    assert sc("gc", "-d", str(base)).returncode == 0
+    assert not (base / "repo").exists()
+
+
+def needs_root_and_unshare() -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to make PID namespaces")
+
+
+@pytest.mark.parametrize("idiom", ["plain substitution", "substitution with redirect", "timeout"])
+def test_a_job_shell_that_is_pid_1_of_a_container_owns_its_uses(setup, idiom):
+    needs_root_and_unshare()
+    base, recipe = setup
+    use, unuse = IDIOMS[idiom]
+    script = JOB.format(recipe=recipe, base=base, use=use, unuse=unuse)
+    result = run_job(script, ["bash"], prefix=["unshare", "--pid", "--fork", "--mount-proc"])
+    assert_job_done(result, base)
+
+
+def test_sc_as_pid_1_of_a_namespace_is_refused_clearly(setup):
+    needs_root_and_unshare()
+    _, recipe = setup
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", f"{BIN}/sc", "--use", *recipe.split()],
+        capture_output=True, text=True, timeout=60, env=sc_env(),
+    )
+    assert result.returncode != 0
+    assert result.stderr.startswith("sc: ") and "--pid" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_relative_file_path_means_the_file_where_sc_runs(tmp_path):
+    """``file:data.tgz`` from two directories: two recipes, each with its own directory's bytes."""
+    base = tmp_path / "base"
+    base.mkdir()
+    paths = []
+    for name in ("first", "second"):
+        where = tmp_path / name
+        where.mkdir()
+        make_tarball(where / "data.tgz", {"data.txt": f"{name}\n".encode()})
+        with_default_name = run_job(f"cd {where} && sc --use -d {base} file:data.tgz tar", ["bash"])
+        assert with_default_name.returncode == 0, with_default_name.stderr
+        paths.append(Path(with_default_name.stdout.strip()))
+        assert (paths[-1] / "data.txt").read_text() == f"{name}\n"
+    assert paths[0] != paths[1]
+    # One name for both: the second directory's recipe is another recipe, refused in one line.
+    assert run_job(f"cd {tmp_path / 'first'} && sc --use -d {base} -n one file:data.tgz tar", ["bash"]).returncode == 0
+    other = run_job(f"cd {tmp_path / 'second'} && sc --use -d {base} -n one file:./data.tgz tar", ["bash"])
+    assert other.returncode != 0 and other.stderr.startswith("sc: ") and len(other.stderr.splitlines()) == 1

@@ -1,0 +1,221 @@
+"""A lease is judged dead only by a process that can know: containers (PID namespaces) and hosts
+(mount namespaces with their own boot id and machine id) sharing one base directory, and a
+``/proc`` mounted with ``hidepid``.
+
+Every party is a real process in a real namespace made by ``unshare`` (root is needed); every
+judgement is the real ``sc gc``, which reclaims the leases it finds dead and deletes unused
+repositories.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from scutil import Sleeper, make_tarball, sc_env
+
+BIN = os.path.dirname(sys.executable)
+SC = f"{BIN}/sc"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="making PID and mount namespaces needs root and unshare(1)",
+)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A base directory every party reaches, and the options and recipe of one repository."""
+    shared = Path(tempfile.mkdtemp(prefix="sc-scope-", dir="/tmp"))
+    shared.chmod(0o1777)
+    origin = shared / "data.tgz"
+    make_tarball(origin, {"data.txt": b"shared data\n"})
+    origin.chmod(0o644)
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    try:
+        yield base, ["-d", str(base), "-n", "repo", f"file:{origin}", "tar"]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def exists(base: Path) -> bool:
+    return (base / ".shared-cache" / "objects" / "repo").exists()
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env or sc_env())
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def job(flags: Path, recipe: list[str]) -> str:
+    """A job's shell: take a use, say so, wait for the word, check the data is there, release."""
+    r = " ".join(recipe)
+    return (f'p=$({SC} --use {r}) || exit 3; touch {flags}/ready; '
+            f'while [ ! -e {flags}/go ]; do sleep 0.05; done; '
+            f'[ -f "$p/data.txt" ] || exit 5; {SC} --unuse {r}')
+
+
+CONTAINER = ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
+@contextmanager
+def running(argv: list[str], flags: Path) -> Iterator[subprocess.Popen[str]]:
+    """The job ``argv`` started and holding its use; stopped by its pid at the end if it runs."""
+    proc = subprocess.Popen(argv, env=sc_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(flags / "ready", proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def let_finish(proc: subprocess.Popen[str], flags: Path) -> None:
+    """Tell the job to check its data and release its use; it must succeed."""
+    (flags / "go").touch()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+def test_a_container_s_use_is_not_judged_by_the_host_or_a_sibling_container(world, tmp_path):
+    base, recipe = world
+    with running([*CONTAINER, "bash", "-c", job(tmp_path, recipe)], tmp_path) as proc:
+        # The job's pid means another process on the host (or none): neither judges it dead.
+        assert run([SC, "gc", "-d", str(base)]).returncode == 0
+        with Sleeper() as other:
+            assert run([SC, "--use", "--pid", str(other.pid), *recipe]).returncode == 0
+            assert run([SC, "--unuse", "--pid", str(other.pid), *recipe]).returncode == 0
+        assert run([*CONTAINER, SC, "gc", "-d", str(base)]).returncode == 0
+        assert exists(base), "a live container's data was deleted"
+        let_finish(proc, tmp_path)
+        assert not exists(base), "the container's release did not delete the repository"
+
+
+def test_the_use_of_a_container_that_ended_is_reclaimed_by_root_on_the_host(world, tmp_path):
+    base, recipe = world
+    # --kill-child: the container's PID 1, and so every process in it, dies with unshare.
+    with running([*CONTAINER, "--kill-child", "bash", "-c", job(tmp_path, recipe)], tmp_path) as proc:
+        init = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+        proc.kill()
+        proc.wait(10)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{init}").exists():  # the namespace ends when its PID 1 is reaped
+        assert time.monotonic() < deadline, "the container's PID 1 outlived unshare"
+        time.sleep(0.05)
+    # Root in the host's namespace sees every namespace, and that one is gone.  (A sibling
+    # container cannot see it: the first test shows it judges such a lease alive.)
+    assert run([SC, "gc", "-d", str(base)]).returncode == 0
+    assert not exists(base)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> dict[str, tuple[Path, Path, str]]:
+    """Identities of hosts: (boot id file, machine id file, machine id); "a2" is "a" rebooted."""
+    made = {}
+    for name, boot, machine in (("a", "1" * 8, "a" * 32), ("b", "2" * 8, "b" * 32), ("a2", "3" * 8, "a" * 32)):
+        boot_file, machine_file = tmp_path / f"{name}.boot", tmp_path / f"{name}.machine"
+        boot_file.write_text(f"{boot}-0000-4000-8000-000000000000\n")
+        machine_file.write_text(machine + "\n")
+        made[name] = (boot_file, machine_file, machine)
+    return made
+
+
+def on_host(host: tuple[Path, Path, str], argv: list[str]) -> list[str]:
+    """``argv`` run on another host: a mount namespace with that host's boot id and machine id."""
+    boot, machine, _ = host
+    script = ('mount --bind "$1" /proc/sys/kernel/random/boot_id && mount --bind "$2" /etc/machine-id'
+              ' && shift 2 && exec "$@"')
+    return ["unshare", "--mount", "sh", "-c", script, "sh", str(boot), str(machine), *argv]
+
+
+def test_hosts_sharing_a_base_directory_never_reclaim_each_other_s_uses(world, hosts, tmp_path):
+    base, recipe = world
+    with running(on_host(hosts["a"], ["bash", "-c", job(tmp_path, recipe)]), tmp_path) as proc:
+        assert run(on_host(hosts["b"], [SC, "gc", "-d", str(base)])).returncode == 0
+        with Sleeper() as other:
+            assert run(on_host(hosts["b"], [SC, "--use", "--pid", str(other.pid), *recipe])).returncode == 0
+            assert run(on_host(hosts["b"], [SC, "--unuse", "--pid", str(other.pid), *recipe])).returncode == 0
+        assert exists(base), "host B deleted data in use on host A"
+        let_finish(proc, tmp_path)
+        assert not exists(base)
+
+
+def test_a_host_s_uses_end_with_its_boot_or_when_another_host_forgets_it(world, hosts):
+    base, recipe = world
+    with Sleeper() as owner:
+        use = [SC, "--use", "--pid", str(owner.pid), *recipe]
+        assert run(on_host(hosts["a"], use)).returncode == 0
+        # The same machine after a reboot knows the use is over.
+        assert run(on_host(hosts["a2"], [SC, "gc", "-d", str(base)])).returncode == 0
+        assert not exists(base)
+
+        assert run(on_host(hosts["a"], use)).returncode == 0
+        assert run(on_host(hosts["b"], [SC, "gc", "-d", str(base)])).returncode == 0
+        assert exists(base)
+        forget = [SC, "gc", "-d", str(base), "--forget-host", hosts["a"][2]]
+        assert run(on_host(hosts["b"], forget)).returncode == 0
+        assert not exists(base)
+
+
+# --- hidepid: another user's processes are invisible in /proc ----------------------------------
+
+ALICE, BOB, GROUP = 47101, 47102, 47500
+
+
+def hidden(mode: int, uid: int, argv: list[str]) -> list[str]:
+    """``argv`` run as ``uid`` where /proc is mounted with ``hidepid=mode``."""
+    script = f'mount -t proc -o hidepid={mode} proc /proc && exec "$@"'
+    return ["unshare", "--mount", "sh", "-c", script, "sh",
+            "setpriv", f"--reuid={uid}", f"--regid={GROUP}", "--clear-groups", *argv]
+
+
+@pytest.fixture(scope="module")
+def python() -> tuple[str, dict[str, str]]:
+    from test_group_cache import _interpreter
+
+    return _interpreter()
+
+
+def test_under_hidepid_another_user_s_live_use_is_alive_and_a_dead_one_is_reclaimed(world, python):
+    base, recipe = world
+    interpreter, env = python
+    sc_as = [interpreter, "-m", "sharedcache"]
+    alice_job = subprocess.Popen(["sleep", "600"], user=ALICE, group=GROUP)
+    try:
+        took = subprocess.run([*sc_as, "--use", "--group", str(GROUP), "--pid", str(alice_job.pid), *recipe],
+                              capture_output=True, text=True, timeout=60, env=env, user=ALICE, group=GROUP,
+                              umask=0o077)
+        assert took.returncode == 0, took.stderr
+        for mode in (1, 2):
+            judged = run(hidden(mode, BOB, [*sc_as, "gc", "-d", str(base)]), env=env)
+            assert judged.returncode == 0, judged.stderr
+            listed = run(hidden(mode, BOB, [*sc_as, "list", "-d", str(base)]), env=env)
+            assert listed.returncode == 0 and str(alice_job.pid) in listed.stdout, listed.stderr
+            assert exists(base), f"hidepid={mode}: another user's live use was judged dead"
+        alice_job.kill()
+        alice_job.wait(10)
+        assert run(hidden(2, BOB, [*sc_as, "gc", "-d", str(base)]), env=env).returncode == 0
+        assert not exists(base)
+    finally:
+        if alice_job.poll() is None:
+            alice_job.kill()
+            alice_job.wait(10)

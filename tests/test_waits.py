@@ -1,0 +1,148 @@
+"""Every wait is bounded or visibly stuck: a download slower than the speed limit fails and its
+waiters get the error; a waiter says when the populator is stopped; ``--timeout`` bounds the
+command's own population; ``sc gc`` reports stuck populations.
+
+The slow origin is a raw socket server in this file: it sends its headers at once, then one body
+byte at a time, each well within any read timeout (the origin users met).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scutil import finish, sc, sc_start
+
+
+class Trickle:
+    """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, one every ``interval`` s."""
+
+    def __init__(self, length: int = 100_000, interval: float = 0.2) -> None:
+        self.length, self.interval = length, interval
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def word(self) -> str:
+        return f"http:http://127.0.0.1:{self.port}/slow.bin"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            head = f'HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\nETag: "v1"\r\n\r\n'
+            try:
+                conn.sendall(head.encode())
+                for _ in range(self.length):
+                    if self._stop.wait(self.interval):
+                        return
+                    conn.sendall(b"x")
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() does not
+        except OSError:
+            pass
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(10)
+
+
+@pytest.fixture
+def trickle() -> Iterator[Trickle]:
+    server = Trickle()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_for_population(base: Path, name: str, proc) -> None:  # type: ignore[no-untyped-def]
+    status = base / ".shared-cache" / "populate" / f"{name}.json"
+    deadline = time.monotonic() + 30
+    while not status.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the population never started"
+        time.sleep(0.05)
+
+
+def test_a_download_below_the_speed_limit_fails_and_its_waiters_get_the_error(tmp_path, trickle):
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["-d", str(base), "-n", "slow", trickle.word()]
+    started = time.monotonic()
+    populator = sc_start("--use", "--speed-limit", "100", "--speed-time", "2", *args)
+    wait_for_population(base, "slow", populator)
+    waiter = sc_start("--use", *args)
+    (status, _, err), (wstatus, _, werr) = finish([populator, waiter], timeout=60)
+    assert time.monotonic() - started < 30
+    assert status == 1 and err.startswith("sc: ") and "too slow" in err and len(err.splitlines()) == 1, err
+    assert wstatus == 1 and "too slow" in werr, werr
+    assert not (base / ".shared-cache" / "objects" / "slow").exists()
+    assert not (base / ".shared-cache" / "populate" / "slow.work").exists()
+
+
+def test_speed_limit_options_are_checked(tmp_path):
+    bad = sc("--use", "-d", str(tmp_path), "--speed-limit", "fast", "file:/nonexistent")
+    assert bad.returncode == 2 and bad.stderr.startswith("sc: ") and "--speed-limit" in bad.stderr
+    bad = sc("--use", "-d", str(tmp_path), "--speed-time", "0", "file:/nonexistent")
+    assert bad.returncode == 2 and "--speed-time" in bad.stderr
+
+
+def test_a_waiter_says_the_populator_is_stopped_and_gc_reports_it(tmp_path, trickle):
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["-d", str(base), "-n", "slow", "--speed-limit", "0", trickle.word()]
+    populator = sc_start("--use", *args)
+    try:
+        wait_for_population(base, "slow", populator)
+        os.kill(populator.pid, signal.SIGSTOP)
+        waiter = sc("--use", "-v", "--timeout", "2", *args)
+        assert waiter.returncode == 1 and "timed out" in waiter.stderr
+        assert f"process {populator.pid} is stopped (state T)" in waiter.stderr, waiter.stderr
+        gc = sc("gc", "-d", str(base))
+        assert gc.returncode == 0 and "stuck populations" in gc.stdout and "'slow'" in gc.stdout, gc.stdout
+        assert "stopped" in gc.stdout
+    finally:
+        populator.kill()
+        populator.wait(10)
+
+
+def test_timeout_bounds_the_command_s_own_population(tmp_path, trickle):
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["-d", str(base), "-n", "slow", "--speed-limit", "0", trickle.word()]
+    started = time.monotonic()
+    result = sc("--use", "--timeout", "2", *args)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1 and result.stderr.startswith("sc: ") and "timed out" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert not (base / ".shared-cache" / "objects" / "slow").exists()
+    # Not the recipe's failure: no error record answers the next user.
+    assert not (base / ".shared-cache" / "populate" / "slow.error").exists()
