@@ -126,10 +126,10 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 
 
 def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:
-    from ..config.settings import FetchPolicy
+    from ..config.settings import Credentials, FetchPolicy
 
     try:
-        fetch = FetchPolicy(connections=options.connections)
+        fetch = FetchPolicy(connections=options.connections, credentials=Credentials.discover())
     except SettingError as e:
         raise UsageError(f"--{e.setting.replace('_', '-')} {e.reason}") from None
     return repositories.acquire(
