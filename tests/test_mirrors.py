@@ -54,13 +54,6 @@ def mirrors() -> Iterator[Mirrors]:
         servers.stop()
 
 
-@pytest.fixture
-def base(tmp_path: Path) -> Path:
-    path = tmp_path / "base"
-    path.mkdir()
-    return path
-
-
 def test_mirrors_are_tried_in_order_until_one_gives_the_checksummed_bytes(mirrors: Mirrors, base: Path) -> None:
     words = (f"http:{mirrors.down_url}", f"http:{mirrors.wrong.url('/data.tgz')}",
              f"http:{mirrors.good.url('/data.tgz')}", SHA256, "tar")
@@ -193,7 +186,7 @@ def test_rewrite_rules_keep_credentials_only_for_the_url_as_written() -> None:
     rules = rewrite_rules("https://host.example/ = http://mirror.site/ https://host.example/")
     recipe = parse_recipe(["http:https://u:p%40ss@host.example/d.tgz", SHA256, "tar"], rules)
     assert [source.word for source in recipe.sources] == ["http:http://mirror.site/d.tgz", "http:https://host.example/d.tgz"]
-    assert [getattr(source, "login") for source in recipe.sources] == [None, ("u", "p@ss")]
+    assert [vars(source).get("login") for source in recipe.sources] == [None, ("u", "p@ss")]
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -30,13 +30,6 @@ def tarball(tmp_path: Path) -> tuple[bytes, str]:
     return path.read_bytes(), md5
 
 
-@pytest.fixture
-def base(tmp_path: Path) -> Path:
-    path = tmp_path / "base"
-    path.mkdir()
-    return path
-
-
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():

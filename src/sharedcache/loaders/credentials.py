@@ -14,7 +14,8 @@ download needs them and turns them into:
   host.
 
 No credential is ever part of a message: messages name where a credential came from (a file, a
-variable), never its value.
+variable), never its value.  A credential file that cannot be used is a :class:`LoaderError` (not
+a download error: no mirror would do better).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DownloadError, UsageError
+from ..errors import LoaderError
 
 if TYPE_CHECKING:
     from ..config.settings import Credentials
@@ -64,7 +65,7 @@ def _load(method: Any, what: str, path: str, **kwargs: str | None) -> None:
         method(**kwargs)
     except (OSError, ssl.SSLError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else getattr(exc, "reason", None) or exc
-        raise UsageError(f"cannot use the {what} {path}: {why}") from None
+        raise LoaderError(f"cannot use the {what} {path}: {why}") from None
 
 
 def certificate_problem(exc: BaseException) -> str | None:
@@ -135,9 +136,9 @@ def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
     try:
         entry = netrc.netrc(path).authenticators(host)
     except netrc.NetrcParseError as exc:
-        raise UsageError(f"cannot read {path}: {exc.msg} (line {exc.lineno})") from None
+        raise LoaderError(f"cannot read {path}: {exc.msg} (line {exc.lineno})") from None
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
     if entry is None:
         return None
     login, _account, password = entry
@@ -157,12 +158,12 @@ def _bearer_token(credentials: Credentials) -> str | None:
         try:
             status = os.fstat(fd)
             if status.st_uid not in (os.getuid(), 0):
-                raise DownloadError(f"the bearer token file {path} belongs to another user (uid {status.st_uid})")
+                raise LoaderError(f"the bearer token file {path} belongs to another user (uid {status.st_uid})")
             token = os.read(fd, 1 << 20).decode("utf-8", "replace").strip()
         finally:
             os.close(fd)
     except OSError as exc:
-        raise DownloadError(f"cannot read the bearer token file {path}: {exc.strerror}") from None
+        raise LoaderError(f"cannot read the bearer token file {path}: {exc.strerror}") from None
     if not token or any(char.isspace() for char in token):
-        raise DownloadError(f"the bearer token file {path} does not hold one token")
+        raise LoaderError(f"the bearer token file {path} does not hold one token")
     return token
