@@ -115,7 +115,7 @@ def recipe_identity(words: str | Iterable[str]) -> str:
             from ..errors import UsageError
 
             word = next(word for word in identity.split("\n") if exc.object[exc.start] in word)
-            raise UsageError(f"loader word {word!r} is not UTF-8 text") from None
+            raise UsageError(f"loader word {without_userinfo(word)!r} is not UTF-8 text") from None
     return identity
 
 
