@@ -5,6 +5,7 @@ right ones."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 import sharedcache
 from origin import Origin
-from scutil import Sleeper, check_tree, sample_files, sc, tarball_bytes
+from scutil import Sleeper, check_tree, kill_populator_and_take_over, sample_files, sc, tarball_bytes
 from sharedcache.config.settings import FetchPolicy, Rewrite, rewrite_rules
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.leases import Owner
@@ -96,6 +97,24 @@ def test_command_line_mirrors_fail_over_and_a_bad_list_is_one_line(mirrors: Mirr
     result = sc("--use", "-d", str(base), f"http:{missing}", f"http:{good}", "tar")
     assert result.returncode == 2
     assert result.stderr.startswith("sc: error: 'http:") and "several sources need a checksum word" in result.stderr
+
+
+def test_a_killed_download_is_continued_from_the_mirror_it_came_from(mirrors: Mirrors, base: Path) -> None:
+    payload = os.urandom(3_000_000)
+    digest = hashlib.sha256(payload).hexdigest()
+    first, second = mirrors.good.url("/missing.bin"), mirrors.wrong.add("/blob.bin", payload)
+    mirrors.wrong.rate = 1_000_000  # 3 s for the whole file
+    with Sleeper() as owner:
+        args = ["--use", "-n", "blob", "-d", str(base), "--pid", str(owner.pid), f"http:{first}", f"http:{second}",
+                f"sha256:{digest}"]
+        status, out, err = kill_populator_and_take_over(
+            args, lambda: mirrors.wrong.stats("/blob.bin").bytes_served > 1_000_000)
+        assert status == 0, err
+        assert (Path(out.strip()) / "missing.bin").read_bytes() == payload  # named after the first source
+    stats = mirrors.wrong.stats("/blob.bin")
+    assert stats.gets == 2 and stats.ranges and stats.ranges[-1] != "bytes=0-"
+    assert stats.bytes_served < 2 * len(payload), "the taker resumed from the second mirror"
+    assert mirrors.good.stats("/missing.bin").gets == 1, "only the killed process tried the first mirror"
 
 
 def test_a_checksummed_recipe_is_one_repository_whatever_the_mirrors_or_query_token(base: Path) -> None:

@@ -36,7 +36,8 @@ them in order.  A source that fails (a download error, a checksum mismatch, a co
 archive, data past the size limit) leaves nothing behind: ``dest`` is emptied, its partial
 discarded, and the next source starts afresh.  A failure that no other source can mend (no space,
 a write error, a bad setting) ends the population at once.  When every source failed, the error
-names each one's failure.
+names each one's failure.  A partial left by a killed process is continued from the source it came
+from, which is therefore tried first.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     """
     dest, work = Path(dest), Path(work)
     failures: list[LoaderError] = []
-    for source in recipe.sources:
+    kept = _Partial.kept_source(work)
+    for source in sorted(recipe.sources, key=lambda source: source.describe() != kept):
         try:
             _populate_from(source, recipe, dest, work, limit, progress, fetch)
             return
@@ -200,11 +202,22 @@ def _empty(directory: Path) -> None:
 class _Partial:
     """The raw download kept in ``work`` so that another process can finish it."""
 
+    META = "partial.json"
+
     def __init__(self, work: Path, identity: str, what: str) -> None:
         self.data = work / "partial.data"
-        self.meta = work / "partial.json"
+        self.meta = work / self.META
         self._identity = identity
         self._what = what
+
+    @staticmethod
+    def kept_source(work: Path) -> str | None:
+        """The source of the partial kept in ``work``, if there is one."""
+        try:
+            meta = json.loads((work / _Partial.META).read_text())
+        except (OSError, ValueError):
+            return None
+        return meta.get("source") if isinstance(meta, dict) else None
 
     def load(self) -> tuple[int, str | None]:
         """Where a previous process stopped and its validator; (0, None) if there is nothing usable."""
