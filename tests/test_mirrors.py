@@ -86,8 +86,12 @@ def test_command_line_mirrors_fail_over_and_a_bad_list_is_one_line(mirrors: Mirr
         result = sc("--use", "-d", str(base), "--pid", str(owner.pid), f"http:{missing}",
                     f"http:{wrong}", f"http:{good}", SHA256, "tar")
         assert result.returncode == 0, result.stderr
-        assert result.stderr == ""
+        assert result.stderr == ""  # quiet off a terminal
         check_tree(Path(result.stdout.strip()), FILES)
+        told = sc("--use", "-v", "-d", str(base), "--pid", str(owner.pid), "--name", "told", f"http:{missing}",
+                  f"http:{good}", SHA256, "tar")
+        assert told.returncode == 0, told.stderr
+        assert f"sc: HTTP 404 Not Found for {missing}; trying the next source, {good}\n" in told.stderr
 
     result = sc("--use", "-d", str(base), f"http:{missing}", f"http:{wrong}", SHA256, "tar", "--name", "bad")
     assert result.returncode == 1

@@ -69,6 +69,8 @@ from .protocol import Context, Progress
 from .streams import CHUNK, FileStream, SourceStream, Stream
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config.settings import FetchPolicy
     from .protocol import Source
     from .registry import Recipe
@@ -81,7 +83,7 @@ _THREAD_EXIT_WAIT = 2.0     # seconds to wait for the reading thread after a fai
 
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
              limit: int | None = None, progress: Progress | None = None,
-             fetch: FetchPolicy | None = None) -> None:
+             fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
@@ -89,18 +91,22 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     number of source bytes received in order (with several connections, later parts may have
     arrived too) at most every 0.1 s, ``fetch`` says how sources fetch (connections, timeouts,
     retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None).
-    Raises a :class:`LoaderError`.  The sources of the recipe are tried in order (see Mirrors).
+    Raises a :class:`LoaderError`.  The sources of the recipe are tried in order (see Mirrors);
+    ``notice(message)`` is told of each move to the next one, and why.
     """
     dest, work = Path(dest), Path(work)
     failures: list[LoaderError] = []
     kept = _Partial.kept_source(work)
-    for source in sorted(recipe.sources, key=lambda source: source.describe() != kept):
+    sources = sorted(recipe.sources, key=lambda source: source.describe() != kept)
+    for source, following in zip(sources, [*sources[1:], None], strict=True):
         try:
             _populate_from(source, recipe, dest, work, limit, progress, fetch)
             return
         except _MIRROR_FAILURES as exc:
             failures.append(exc)
             _empty(dest)
+            if following is not None and notice is not None:
+                notice(f"{exc}; trying the next source, {following.describe()}")
     if len(failures) == 1:
         raise failures[0]
     raise type(failures[-1])("every source failed: " + "; ".join(str(failure) for failure in failures))

@@ -171,7 +171,7 @@ class Population:
 
         request = self.request
         populate(self.recipe, data, work=self.work, limit=request.limit,
-                 progress=self.progress, fetch=request.fetch)
+                 progress=self.progress, fetch=request.fetch, notice=self.reporter.info)
 
     def progress(self, done: int, total: int | None) -> None:
         """Show how far the population has got, and tell the waiters twice a second."""
