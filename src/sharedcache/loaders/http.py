@@ -18,6 +18,10 @@ interruption.  A part that fails the check is never stitched: the stream goes on
 connection from the byte it has handed on, with a range request guarded by ``If-Range``, so that a
 file that changed raises :class:`ResumeError`.  A server that answers ``200`` or gives no validator,
 and a small file, get one connection.  This holds for fresh downloads and for resumed ones alike.
+
+TLS trust, the client certificate and the ``Authorization`` header come from
+:mod:`sharedcache.loaders.credentials` (``ctx.fetch.credentials``; the user info of the URL, which
+is removed from the URL that messages show); a 401 or 403 answer says what was sent.
 """
 
 from __future__ import annotations
