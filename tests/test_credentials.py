@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -289,3 +290,49 @@ def test_client_certificates_from_the_settings_and_the_grid_proxy(nginx: Nginx, 
         check_tree(path, FILES)
     failed(use(home, url, SSL_CERT_FILE=ca, X509_USER_PROXY=pki / "client.csr"),
            f"cannot use the client certificate {pki}/client.csr: ")
+
+
+DISCOVER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from sharedcache.config.settings import Credentials
+found = Credentials.discover({"HOME": "/nonexistent"})
+print(json.dumps([found.cert_file, found.bearer_token_file]))
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare: /tmp is replaced by a private tmpfs in a mount namespace")
+def test_credentials_in_tmp_are_taken_only_from_the_users_own_files() -> None:
+    uid = os.getuid()
+    source = str(Path(sharedcache.__file__).parent.parent)
+    script = f"""
+set -e
+mount -t tmpfs tmpfs /tmp
+discover() {{ "$0" -c '{DISCOVER}' {source}; }}
+discover
+echo token > /tmp/bt_u{uid}; cp /dev/null /tmp/x509up_u{uid}
+discover
+chown 65534 /tmp/bt_u{uid} /tmp/x509up_u{uid}
+discover
+rm /tmp/bt_u{uid} /tmp/x509up_u{uid}; echo token > /tmp/real; ln -s /tmp/real /tmp/bt_u{uid}; ln -s /tmp/real /tmp/x509up_u{uid}
+discover
+"""
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    own = f'["/tmp/x509up_u{uid}", "/tmp/bt_u{uid}"]'
+    assert result.stdout.splitlines() == ["[null, null]", own, "[null, null]", "[null, null]"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
+def test_a_token_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    from sharedcache.errors import LoaderError
+    from sharedcache.loaders.credentials import Authorization
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    os.chown(token_file, 65534, 65534)
+    credentials = Credentials.discover({"BEARER_TOKEN_FILE": str(token_file), "HOME": str(tmp_path)})
+    with pytest.raises(LoaderError, match=f"^the bearer token file {token_file} belongs to another user \\(uid 65534\\)$"):
+        Authorization(credentials, "https://127.0.0.1/data.tgz", None)

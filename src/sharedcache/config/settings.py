@@ -81,10 +81,10 @@ class Credentials:
         CAs: ``ca_bundle`` (a file or a directory), else ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``
         (as OpenSSL reads them), else the system's; ``X509_CERT_DIR`` adds grid CAs (default
         ``/etc/grid-security/certificates`` when it exists).  Client certificate: ``client_cert``
-        and ``client_key``, else ``X509_USER_PROXY``, else ``/tmp/x509up_u<uid>`` when it exists.
+        and ``client_key``, else ``X509_USER_PROXY``, else ``/tmp/x509up_u<uid>`` if it is the user's own file.
         Bearer token in the WLCG discovery order: ``bearer_token_file``, else ``BEARER_TOKEN``,
         ``BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>`` (the first that
-        is set or exists).  ``.netrc``: ``netrc``, else ``$NETRC``, else ``~/.netrc``.
+        is set or exists; in /tmp, only the user's own file).  ``.netrc``: ``netrc``, else ``$NETRC``, else ``~/.netrc``.
         Nothing is read here but variables and whether a few files exist."""
         uid = os.getuid()
         ca_file = ca_dir = None
@@ -94,7 +94,7 @@ class Credentials:
             ca_file, ca_dir = environ.get("SSL_CERT_FILE") or None, environ.get("SSL_CERT_DIR") or None
         grid_ca_dir = environ.get("X509_CERT_DIR") or _existing("/etc/grid-security/certificates")
         if client_cert is None:
-            client_cert = environ.get("X509_USER_PROXY") or _existing(f"/tmp/x509up_u{uid}")
+            client_cert = environ.get("X509_USER_PROXY") or _own_file(f"/tmp/x509up_u{uid}", uid)
         token = token_from = None
         if bearer_token_file is None:
             token = environ.get("BEARER_TOKEN") or None
@@ -105,7 +105,7 @@ class Credentials:
         if token is None and bearer_token_file is None:
             runtime = environ.get("XDG_RUNTIME_DIR")
             bearer_token_file = (_existing(f"{runtime}/bt_u{uid}") if runtime else None) \
-                or _existing(f"/tmp/bt_u{uid}")
+                or _own_file(f"/tmp/bt_u{uid}", uid)
         if netrc is None:
             netrc = environ.get("NETRC") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".netrc")
         return cls(ca_file=ca_file, ca_dir=ca_dir, grid_ca_dir=grid_ca_dir, cert_file=client_cert,
@@ -130,6 +130,16 @@ class Credentials:
 
 def _existing(path: str) -> str | None:
     return path if os.path.exists(path) else None
+
+
+def _own_file(path: str, uid: int) -> str | None:
+    """``path`` if it is a regular file of user ``uid``: in /tmp anyone may plant a credential
+    under the name a user's would have."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return None
+    return path if status.st_uid == uid and (status.st_mode & 0o170000) == 0o100000 else None
 
 
 class Rewrite:
