@@ -81,10 +81,11 @@ class Credentials:
         CAs: ``ca_bundle`` (a file or a directory), else ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``
         (as OpenSSL reads them), else the system's; ``X509_CERT_DIR`` adds grid CAs (default
         ``/etc/grid-security/certificates`` when it exists).  Client certificate: ``client_cert``
-        and ``client_key``, else ``X509_USER_PROXY``, else ``/tmp/x509up_u<uid>`` if it is the user's own file.
-        Bearer token in the WLCG discovery order: ``bearer_token_file``, else ``BEARER_TOKEN``,
-        ``BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>`` (the first that
-        is set or exists; in /tmp, only the user's own file).  ``.netrc``: ``netrc``, else ``$NETRC``, else ``~/.netrc``.
+        and ``client_key``, else ``X509_USER_PROXY``, else ``/tmp/x509up_u<uid>`` if it is the
+        user's own file.  Bearer token in the WLCG discovery order: ``bearer_token_file``, else
+        ``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``
+        (the first that is set or exists; in /tmp, only the user's own file).  ``.netrc``:
+        ``netrc``, else ``$NETRC``, else ``~/.netrc``.
         Nothing is read here but variables and whether a few files exist."""
         uid = os.getuid()
         ca_file = ca_dir = None
