@@ -336,3 +336,32 @@ def test_a_token_file_of_another_user_is_refused(tmp_path: Path) -> None:
     credentials = Credentials.discover({"BEARER_TOKEN_FILE": str(token_file), "HOME": str(tmp_path)})
     with pytest.raises(LoaderError, match=f"^the bearer token file {token_file} belongs to another user \\(uid 65534\\)$"):
         Authorization(credentials, "https://127.0.0.1/data.tgz", None)
+
+
+def test_credentials_that_cannot_be_used_do_not_fail_plain_http(origin, home: Path) -> None:
+    url = origin.add("/data.tgz", DATA)
+    succeeded(use(home, url, X509_USER_PROXY=home / "expired-and-gone", SSL_CERT_FILE=home / "missing.pem"))
+
+
+def test_discovery_order_of_the_settings_and_the_variables(tmp_path: Path) -> None:
+    ca_dir, ca_file, token_file = tmp_path / "cas", tmp_path / "ca.pem", tmp_path / "token"
+    ca_dir.mkdir()
+    variables = {"SSL_CERT_FILE": "/env/ca.pem", "SSL_CERT_DIR": "/env/cas", "X509_CERT_DIR": "/grid/cas",
+                 "X509_USER_PROXY": "/env/proxy", "BEARER_TOKEN": "env-token", "BEARER_TOKEN_FILE": "/env/token",
+                 "NETRC": "/env/netrc", "HOME": str(tmp_path)}
+    found = Credentials.discover(variables)
+    assert (found.ca_file, found.ca_dir, found.grid_ca_dir) == ("/env/ca.pem", "/env/cas", "/grid/cas")
+    assert (found.cert_file, found.bearer_token, found.bearer_token_file, found.netrc) == (
+        "/env/proxy", "env-token", None, "/env/netrc")
+    assert "env-token" not in repr(found) and "env-token" not in repr(FetchPolicy(credentials=found))
+    # Settings given explicitly win over the variables.
+    given = Credentials.discover(variables, ca_bundle=str(ca_dir), client_cert="/set/cert.pem",
+                                 client_key="/set/key.pem", bearer_token_file=str(token_file), netrc="/set/netrc")
+    assert (given.ca_file, given.ca_dir) == (None, str(ca_dir))
+    assert (given.cert_file, given.key_file, given.bearer_token, given.bearer_token_file, given.netrc) == (
+        "/set/cert.pem", "/set/key.pem", None, str(token_file), "/set/netrc")
+    assert Credentials.discover(variables, ca_bundle=str(ca_file)).ca_file == str(ca_file)
+    # BEARER_TOKEN_FILE when BEARER_TOKEN is not set; ~/.netrc without NETRC.
+    later = Credentials.discover({"BEARER_TOKEN_FILE": "/env/token", "HOME": str(tmp_path)})
+    assert (later.bearer_token, later.bearer_token_file, later.token_from) == (None, "/env/token", "BEARER_TOKEN_FILE")
+    assert later.netrc == str(tmp_path / ".netrc")

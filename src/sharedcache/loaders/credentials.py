@@ -33,14 +33,21 @@ if TYPE_CHECKING:
 _contexts: dict[Credentials, ssl.SSLContext] = {}
 
 
-def pool_options(credentials: Credentials | None) -> dict[str, Any]:
-    """Keyword arguments for a urllib3 ``PoolManager`` that uses ``credentials`` (none: urllib3's
-    defaults, the system's CAs)."""
+def pool_options(credentials: Credentials | None, url: str) -> dict[str, Any]:
+    """Keyword arguments for a urllib3 ``PoolManager`` that fetches ``url`` with ``credentials``
+    (none: urllib3's defaults, the system's CAs).  A plain-HTTP download does not fail because a
+    CA bundle or a client certificate cannot be used (a stale ``X509_USER_PROXY``): should it be
+    redirected to HTTPS, urllib3's defaults apply there."""
     if credentials is None:
         return {}
     context = _contexts.get(credentials)
     if context is None:
-        context = _contexts[credentials] = _ssl_context(credentials)
+        try:
+            context = _contexts[credentials] = _ssl_context(credentials)
+        except LoaderError:
+            if url.startswith("http://"):
+                return {}
+            raise
     return {"ssl_context": context}
 
 

@@ -131,7 +131,7 @@ class _HttpStream(SourceStream):
                                   redirect=_MAX_REDIRECTS),
             headers={"User-Agent": "shared-cache", "Accept-Encoding": "identity"},
             # Credentials hook (2 of 2): the TLS trust and client certificate of the pool.
-            **pool_options(fetch.credentials))
+            **pool_options(fetch.credentials, url))
         try:
             response = self._first_response(start, validator)
         except BaseException:
