@@ -22,6 +22,14 @@ def origin() -> Iterator[Origin]:
         server.stop()
 
 
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    """An empty base directory for repositories."""
+    path = tmp_path / "base"
+    path.mkdir()
+    return path
+
+
 # --- Engine tests: child processes and a cache directory ------------------------------------------
 
 

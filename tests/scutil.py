@@ -54,6 +54,31 @@ def finish(procs: Sequence[subprocess.Popen], timeout: float = 60) -> list[tuple
     return results
 
 
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def kill_populator_and_take_over(args: list[str], partly_done) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    """Start a populating ``sc``, and once ``partly_done()``, a second one that waits for it;
+    SIGKILL the first; return what the second ends with."""
+    first = sc_start(*args)
+    try:
+        wait_for(partly_done, what="a partial download")
+        waiter = sc_start(*args)
+        time.sleep(0.3)  # the waiter is now waiting for the first
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        ((status, out, err),) = finish([waiter], timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+    return status, out, err
+
+
 class Sleeper:
     """A live process to own leases (``--pid``), killed on exit."""
 

@@ -17,13 +17,6 @@ FILES = sample_files(n=6, size=10_000)
 
 
 @pytest.fixture
-def base(tmp_path: Path) -> Path:
-    path = tmp_path / "base"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def words(tmp_path: Path) -> list[str]:
     tarball = tmp_path / "data.tar.gz"
     md5 = make_tarball(tarball, FILES)

@@ -59,7 +59,9 @@ def test_parse() -> None:
      f"'tar' unpacks, so it must be the last word (found 'sha256:{HEX64}' after it)"),
     (["file:/x", "zip", "tar"], "'zip' unpacks, so it must be the last word (found 'tar' after it)"),
     (["file:/x", "http:http://host/y"],
-     "'http:http://host/y' is a source: only the first word of a recipe can be one"),
+     "'http:http://host/y': several sources need a checksum word (such as sha256:HEX)"),
+    (["file:/x", "gunzip", "http:http://host/y"],
+     "'http:http://host/y' is a source: sources come first, before 'gunzip'"),
     (["file:/x", "tar:gz"], "'tar:gz': tar takes no argument"),
     (["dirac:/vo/dir/"], "'dirac:/vo/dir/': an LFN names a file"),
 ])
@@ -157,5 +159,6 @@ def test_one_splitting_rule_for_strings_lists_and_the_command_line() -> None:
     assert parse_recipe(words).words == expected
     assert parse_recipe(words.split()).words == expected
     assert parse_recipe([" ".join(expected[:2]), expected[2]]).words == expected
-    assert recipe_identity(words) == recipe_identity(list(expected)) == "\n".join(expected)
+    # Checksummed: the file name of the source and the words after it (see loaders.words).
+    assert recipe_identity(words) == recipe_identity(list(expected)) == "\n".join(("checksummed data.tgz", *expected[1:]))
     assert default_name(words) == default_name(list(expected))

@@ -9,7 +9,6 @@ import json
 import os
 import pty
 import select
-import signal
 import struct
 import subprocess
 import termios
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import SC, Sleeper, check_tree, finish, make_tarball, sample_files, sc, sc_env, sc_start
+from scutil import SC, Sleeper, check_tree, finish, kill_populator_and_take_over, make_tarball, sample_files, sc, sc_env, sc_start, wait_for
 
 FILES = sample_files(n=40, size=50_000)  # ~2 MB, incompressible-ish only per file: fine
 
@@ -28,20 +27,6 @@ def tarball(tmp_path: Path) -> tuple[bytes, str]:
     path = tmp_path / "data.tar.gz"
     md5 = make_tarball(path, FILES)
     return path.read_bytes(), md5
-
-
-@pytest.fixture
-def base(tmp_path: Path) -> Path:
-    path = tmp_path / "base"
-    path.mkdir()
-    return path
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_concurrent_users_cause_exactly_one_download(origin, tarball, base):
@@ -85,24 +70,6 @@ def test_http_error_is_one_clear_line(origin, base):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "404" in result.stderr and "missing" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def kill_populator_and_take_over(args: list[str], partly_done) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    """Start a populating ``sc``, and once ``partly_done()``, a second one that waits for it;
-    SIGKILL the first; return what the second ends with."""
-    first = sc_start(*args)
-    try:
-        wait_for(partly_done, what="a partial download")
-        waiter = sc_start(*args)
-        time.sleep(0.3)  # the waiter is now waiting for the first
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(10)
-        ((status, out, err),) = finish([waiter], timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait(10)
-    return status, out, err
 
 
 def test_killed_populator_is_taken_over_and_the_download_resumes(origin, base):

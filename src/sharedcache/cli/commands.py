@@ -146,14 +146,15 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 
 
 def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:
-    from ..config.settings import FetchPolicy
+    from ..config.settings import Credentials, FetchPolicy
     from ..sizes import parse_size
 
     default = FetchPolicy()
     limit = default.speed_limit if options.speed_limit is None else parse_size(options.speed_limit, "--speed-limit")
     try:
         fetch = FetchPolicy(connections=options.connections, speed_limit=limit,
-                            speed_time=default.speed_time if options.speed_time is None else options.speed_time)
+                            speed_time=default.speed_time if options.speed_time is None else options.speed_time,
+                            credentials=Credentials.discover())
     except SettingError as e:
         raise UsageError(f"--{e.setting.replace('_', '-')} {e.reason}") from None
     return repositories.acquire(

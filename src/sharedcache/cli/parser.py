@@ -100,7 +100,8 @@ def loader_help() -> str:
             "unpackers" if issubclass(cls, Unpacker) else "transforms")
         assert issubclass(cls, (Source, Transform, Unpacker))
         kinds[kind].append(word)
-    lines = ["loader stack (left to right: a source, then transforms, then an unpacker):"]
+    lines = ["loader stack (left to right: a source, or mirrors of it with a checksum, then transforms,",
+             "then an unpacker):"]
     lines += [f"  {kind + ':':12} {'  '.join(words)}" for kind, words in kinds.items() if words]
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,9 @@ setting.  The environment is read here, by functions the edge calls (the command
 ``SC_DIRECTORIES``   candidate base directories, ``:``-separated (as ``--directories``)
 ===================  ================================================================
 
+The standard variables of TLS and of grid credentials (``SSL_CERT_FILE``, ``X509_USER_PROXY``,
+``BEARER_TOKEN``...) are read by :meth:`Credentials.discover`, which the edge calls too.
+
 This module is on the warm path of ``sc --use``: it imports nothing costly.
 """
 
@@ -29,6 +32,160 @@ DEFAULT_DIRECTORIES = ("/tmp", "/var/tmp")
 MAX_CONNECTIONS = 32
 
 
+class Credentials:
+    """Where TLS trust and authentication come from: paths and the token, never shown.
+
+    ``ca_file``, ``ca_dir``: the certificate authorities to trust instead of the system's (a PEM
+    bundle, a hashed directory); ``grid_ca_dir``: a directory of grid CAs trusted in addition
+    (``X509_CERT_DIR``).  ``cert_file``, ``key_file``: a client certificate and its key (PEM; the
+    key may be in the certificate's file, as in a grid proxy).  ``bearer_token``: a token for
+    ``Authorization: Bearer`` over HTTPS, or ``bearer_token_file``, a file that holds one (read
+    when a download needs it).  ``netrc``: the ``.netrc`` file of basic-auth logins per host.
+    Each ``*_from`` field says where the value came from (a variable, a setting), for messages.
+    The values are read only when a download needs them
+    (:mod:`sharedcache.loaders.credentials`); the token never appears in ``repr``.
+    """
+
+    __slots__ = (
+        "bearer_token",
+        "bearer_token_file",
+        "ca_dir",
+        "ca_file",
+        "cert_file",
+        "grid_ca_dir",
+        "key_file",
+        "netrc",
+        "token_from",
+    )
+
+    def __init__(self, *, ca_file: str | None = None, ca_dir: str | None = None,
+                 grid_ca_dir: str | None = None, cert_file: str | None = None, key_file: str | None = None,
+                 bearer_token: str | None = None, bearer_token_file: str | None = None,
+                 netrc: str | None = None, token_from: str | None = None) -> None:
+        if key_file is not None and cert_file is None:
+            raise SettingError("client_key", "needs a client_cert to go with it")
+        if bearer_token is not None and (not bearer_token.strip() or any(c.isspace() for c in bearer_token.strip())):
+            raise SettingError("bearer_token", "must be one word of printable characters")
+        self.ca_file, self.ca_dir, self.grid_ca_dir = ca_file, ca_dir, grid_ca_dir
+        self.cert_file, self.key_file = cert_file, key_file
+        self.bearer_token = None if bearer_token is None else bearer_token.strip()
+        self.bearer_token_file, self.netrc = bearer_token_file, netrc
+        self.token_from = token_from or ("bearer_token" if bearer_token is not None else bearer_token_file)
+
+    @classmethod
+    def discover(cls, environ: Mapping[str, str] = os.environ, *, ca_bundle: str | None = None,
+                 client_cert: str | None = None, client_key: str | None = None,
+                 bearer_token_file: str | None = None, netrc: str | None = None) -> Credentials:
+        """The credentials of this process: the settings given, else the standard variables.
+
+        CAs: ``ca_bundle`` (a file or a directory), else ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``
+        (as OpenSSL reads them), else the system's; ``X509_CERT_DIR`` adds grid CAs (default
+        ``/etc/grid-security/certificates`` when it exists).  Client certificate: ``client_cert``
+        and ``client_key``, else ``X509_USER_PROXY``, else ``/tmp/x509up_u<uid>`` if it is the
+        user's own file.  Bearer token in the WLCG discovery order: ``bearer_token_file``, else
+        ``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``
+        (the first that is set or exists; in /tmp, only the user's own file).  ``.netrc``:
+        ``netrc``, else ``$NETRC``, else ``~/.netrc``.
+        Nothing is read here but variables and whether a few files exist."""
+        uid = os.getuid()
+        ca_file = ca_dir = None
+        if ca_bundle is not None:
+            ca_dir, ca_file = (ca_bundle, None) if os.path.isdir(ca_bundle) else (None, ca_bundle)
+        else:
+            ca_file, ca_dir = environ.get("SSL_CERT_FILE") or None, environ.get("SSL_CERT_DIR") or None
+        grid_ca_dir = environ.get("X509_CERT_DIR") or _existing("/etc/grid-security/certificates")
+        if client_cert is None:
+            client_cert = environ.get("X509_USER_PROXY") or _own_file(f"/tmp/x509up_u{uid}", uid)
+        token = token_from = None
+        if bearer_token_file is None:
+            token = environ.get("BEARER_TOKEN") or None
+            token_from = "BEARER_TOKEN" if token else None
+        if token is None and bearer_token_file is None:
+            bearer_token_file = environ.get("BEARER_TOKEN_FILE") or None
+            token_from = "BEARER_TOKEN_FILE" if bearer_token_file else None
+        if token is None and bearer_token_file is None:
+            runtime = environ.get("XDG_RUNTIME_DIR")
+            bearer_token_file = (_existing(f"{runtime}/bt_u{uid}") if runtime else None) \
+                or _own_file(f"/tmp/bt_u{uid}", uid)
+        if netrc is None:
+            netrc = environ.get("NETRC") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".netrc")
+        return cls(ca_file=ca_file, ca_dir=ca_dir, grid_ca_dir=grid_ca_dir, cert_file=client_cert,
+                   key_file=client_key, bearer_token=token, bearer_token_file=bearer_token_file,
+                   netrc=netrc, token_from=token_from)
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Credentials) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        shown = {name: getattr(self, name) for name in self.__slots__ if getattr(self, name) is not None}
+        if "bearer_token" in shown:
+            shown["bearer_token"] = "(hidden)"
+        return "Credentials(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
+
+
+def _existing(path: str) -> str | None:
+    return path if os.path.exists(path) else None
+
+
+def _own_file(path: str, uid: int) -> str | None:
+    """``path`` if it is a regular file of user ``uid``: in /tmp anyone may plant a credential
+    under the name a user's would have."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return None
+    return path if status.st_uid == uid and (status.st_mode & 0o170000) == 0o100000 else None
+
+
+class Rewrite:
+    """A site rewrite rule: a source whose URL starts with ``prefix`` is fetched from each of
+    ``mirrors`` in turn, the prefix replaced by the mirror (see :func:`rewrite_rules`)."""
+
+    __slots__ = ("mirrors", "prefix")
+
+    def __init__(self, prefix: str, mirrors: Sequence[str]) -> None:
+        if not prefix or any(char.isspace() for char in prefix):
+            raise SettingError("rewrite", f"needs a URL prefix without spaces, not {prefix!r}")
+        if not mirrors:
+            raise SettingError("rewrite", f"{prefix}: give at least one mirror after '='")
+        self.prefix, self.mirrors = prefix, tuple(mirrors)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rewrite) and (self.prefix, self.mirrors) == (other.prefix, other.mirrors)
+
+    def __hash__(self) -> int:
+        return hash((self.prefix, self.mirrors))
+
+    def __repr__(self) -> str:
+        return f"Rewrite({self.prefix!r}, {self.mirrors!r})"
+
+
+def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
+    """Rewrite rules from their text: ``PREFIX = MIRROR [MIRROR...]``, one rule per line or
+    separated by ``;``; a ``#`` starts a comment line.  The first rule whose prefix a source's URL
+    starts with applies; a mirror equal to the prefix keeps the URL as written (the origin as the
+    last resort)::
+
+        https://github.com/ = http://mirror.site/github/ https://github.com/
+    """
+    rules = []
+    for text_line in text.replace(";", "\n").splitlines():
+        line = text_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        prefix, equals, mirrors = line.partition("=")
+        if not equals:
+            raise SettingError("rewrite", f"{line!r}: expected PREFIX = MIRROR [MIRROR...]")
+        rules.append(Rewrite(prefix.strip(), mirrors.split()))
+    return tuple(rules)
+
+
 class FetchPolicy:
     """How sources fetch: connections at once, timeouts, retries and back-off.
 
@@ -41,7 +198,9 @@ class FetchPolicy:
     ``speed_time``: a transfer (each connection of one) that brings fewer than ``speed_limit``
     bytes a second, on average over ``speed_time`` seconds, fails (curl's ``--speed-limit`` and
     ``--speed-time``); a ``speed_limit`` of 0 never does.  Without it, an origin that sends a
-    byte now and then, each within the read timeout, would keep a population going forever.
+    byte now and then, each within the read timeout, would keep a population going forever.  ``credentials``: TLS
+    trust and authentication (:class:`Credentials`; None: the system's CAs and no credentials).
+    ``rewrites``: the site's rewrite rules (:func:`rewrite_rules`).
     """
 
     __slots__ = (
@@ -49,8 +208,10 @@ class FetchPolicy:
         "backoff_max",
         "connect_timeout",
         "connections",
+        "credentials",
         "read_timeout",
         "retries",
+        "rewrites",
         "speed_limit",
         "speed_time",
     )
@@ -62,10 +223,13 @@ class FetchPolicy:
     backoff_max: float
     speed_limit: int
     speed_time: float
+    credentials: Credentials | None
+    rewrites: tuple[Rewrite, ...]
 
     def __init__(self, *, connections: int = 1, connect_timeout: float = 30.0,
                  read_timeout: float = 60.0, retries: int = 5, backoff: float = 0.25,
-                 backoff_max: float = 8.0, speed_limit: int = 1000, speed_time: float = 60.0) -> None:
+                 backoff_max: float = 8.0, speed_limit: int = 1000, speed_time: float = 60.0,
+                 credentials: Credentials | None = None, rewrites: Sequence[Rewrite] = ()) -> None:
         if type(connections) is not int or not 1 <= connections <= MAX_CONNECTIONS:
             raise SettingError("connections", f"must be between 1 and {MAX_CONNECTIONS}, not {connections!r}")
         if type(retries) is not int or retries < 0:
@@ -80,7 +244,8 @@ class FetchPolicy:
             raise SettingError("speed_time", "must be more than 0 seconds when there is a speed limit")
         values = {"connections": connections, "connect_timeout": float(connect_timeout),
                   "read_timeout": float(read_timeout), "retries": retries, "backoff": float(backoff),
-                  "backoff_max": float(backoff_max), "speed_limit": speed_limit, "speed_time": float(speed_time)}
+                  "backoff_max": float(backoff_max), "speed_limit": speed_limit, "speed_time": float(speed_time),
+                  "credentials": credentials, "rewrites": tuple(rewrites)}
         for name, value in values.items():
             object.__setattr__(self, name, value)
 

@@ -18,6 +18,10 @@ interruption.  A part that fails the check is never stitched: the stream goes on
 connection from the byte it has handed on, with a range request guarded by ``If-Range``, so that a
 file that changed raises :class:`ResumeError`.  A server that answers ``200`` or gives no validator,
 and a small file, get one connection.  This holds for fresh downloads and for resumed ones alike.
+
+TLS trust, the client certificate and the ``Authorization`` header come from
+:mod:`sharedcache.loaders.credentials` (``ctx.fetch.credentials``; the user info of the URL, which
+is removed from the URL that messages show); a 401 or 403 answer says what was sent.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DownloadError, ResumeError, UsageError
+from .credentials import Authorization, certificate_problem, pool_options, url_login
 from .local import safe_filename
 from .protocol import Context, Source
 from .ranged import RangedReader, part_size
@@ -54,19 +59,17 @@ class HttpSource(Source):
         super().__init__(name, arg)
         from urllib.parse import urlsplit
 
+        assert arg is not None
         try:
-            parts = urlsplit(self.url)
+            parts = urlsplit(arg)
             parts.port  # noqa: B018 - raises on a malformed port
         except ValueError:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
-                or any(char.isspace() for char in self.url):
+                or any(char.isspace() for char in arg):
             raise UsageError(f"'{self.word}': malformed URL, expected http://HOST/PATH or https://HOST/PATH")
-
-    @property
-    def url(self) -> str:
-        assert self.arg is not None
-        return self.arg
+        # User info is a credential: sent as basic auth, never shown or stored.
+        self.url, self.login = url_login(arg)
 
     def describe(self) -> str:
         return self.url
@@ -77,7 +80,7 @@ class HttpSource(Source):
         return safe_filename(posixpath.basename(unquote(urlsplit(self.url).path)))
 
     def open(self, ctx: Context, start: int = 0, validator: str | None = None) -> SourceStream:
-        return _HttpStream(self.url, ctx, start, validator)
+        return _HttpStream(self.url, ctx, start, validator, self.login)
 
 
 def _validator(response: urllib3.BaseHTTPResponse) -> str | None:
@@ -116,7 +119,8 @@ class _HttpStream(SourceStream):
     """The file from ``start`` on (from 0 if it cannot be continued there): through one connection,
     or in parts over ``ctx.fetch.connections`` connections when the server allows it."""
 
-    def __init__(self, url: str, ctx: Context, start: int, validator: str | None) -> None:
+    def __init__(self, url: str, ctx: Context, start: int, validator: str | None,
+                 login: tuple[str, str] | None = None) -> None:
         super().__init__()
         import urllib3
 
@@ -125,12 +129,16 @@ class _HttpStream(SourceStream):
         self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
         self._connections = fetch.connections
+        # Credentials hook (1 of 2): the Authorization of every request of this URL.
+        self._auth = Authorization(fetch.credentials, url, login)
         self._pool = urllib3.PoolManager(
             maxsize=self._connections,  # a connection per worker is kept for its next part
             timeout=urllib3.Timeout(connect=fetch.connect_timeout, read=_read_timeout(fetch)),
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0,
                                   redirect=_MAX_REDIRECTS),
-            headers={"User-Agent": "shared-cache", "Accept-Encoding": "identity"})
+            headers={"User-Agent": "shared-cache", "Accept-Encoding": "identity"},
+            # Credentials hook (2 of 2): the TLS trust and client certificate of the pool.
+            **pool_options(fetch.credentials, url))
         try:
             response = self._first_response(start, validator)
         except BaseException:
@@ -190,7 +198,8 @@ class _HttpStream(SourceStream):
             except ValueError:
                 reason = "(unknown status)"
         response.close()
-        return DownloadError(f"HTTP {response.status} {reason} for {self.url}")
+        refused = f" ({self._auth.sent})" if response.status in (401, 403) else ""
+        return DownloadError(f"HTTP {response.status} {reason} for {self.url}{refused}")
 
     def _get(self, start: int | None, validator: str | None, last: int | None = None,
              stop: threading.Event | None = None) -> Any:
@@ -198,7 +207,7 @@ class _HttpStream(SourceStream):
         is), guarded by ``validator``; retries connection failures and 5xx answers."""
         import urllib3
 
-        headers = {}
+        headers = dict(self._auth.headers)
         if start is not None:
             headers["Range"] = f"bytes={start}-{'' if last is None else last}"
             if validator:
@@ -215,7 +224,8 @@ class _HttpStream(SourceStream):
                                                urllib3.exceptions.LocationValueError))
                 if permanent or attempt >= self.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                    raise DownloadError(f"cannot download {self.url}: {_reason(exc)}{tries}") from None
+                    why = certificate_problem(exc) or _reason(exc)
+                    raise DownloadError(f"cannot download {self.url}: {why}{tries}") from None
             else:
                 if response.status < 500:
                     return response

@@ -26,7 +26,18 @@ after a takeover: resuming a decompression or an unpacking midway would need a c
 compressed bytes, doubling the disk used, and state that no library exposes.
 
 The partial survives the death of the process; after a crash of the machine the checksums of the
-recipe, rehashed over the kept prefix, are what detects a damaged one.
+recipe, rehashed over the kept prefix, are what detects a damaged one.  It records the source it
+came from, and only that source continues it.
+
+Mirrors
+-------
+A recipe with several sources (alternatives for the same bytes, which its checksum checks) tries
+them in order.  A source that fails (a download error, a checksum mismatch, a corrupt or unsafe
+archive, data past the size limit) leaves nothing behind: ``dest`` is emptied, its partial
+discarded, and the next source starts afresh.  A failure that no other source can mend (no space,
+a write error, a bad setting) ends the population at once.  When every source failed, the error
+names each one's failure.  A partial left by a killed process is continued from the source it came
+from, which is therefore tried first.
 """
 
 from __future__ import annotations
@@ -43,13 +54,25 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ChecksumError, CorruptDataError, LoaderError, NoSpaceError, ResumeError, SizeLimitError
+from ..errors import (
+    ChecksumError,
+    CorruptDataError,
+    DownloadError,
+    LoaderError,
+    NoSpaceError,
+    ResumeError,
+    SizeLimitError,
+    UnsafeArchiveError,
+)
 from ..sizes import format_size
 from .protocol import Context, Progress
 from .streams import CHUNK, FileStream, SourceStream, Stream
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config.settings import FetchPolicy
+    from .protocol import Source
     from .registry import Recipe
 
 _QUEUE_DEPTH = 4            # chunks in flight between the reading thread and the writing one
@@ -60,7 +83,7 @@ _THREAD_EXIT_WAIT = 2.0     # seconds to wait for the reading thread after a fai
 
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
              limit: int | None = None, progress: Progress | None = None,
-             fetch: FetchPolicy | None = None) -> None:
+             fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
@@ -68,17 +91,42 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     number of source bytes received in order (with several connections, later parts may have
     arrived too) at most every 0.1 s, ``fetch`` says how sources fetch (connections, timeouts,
     retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None).
-    Raises a :class:`LoaderError`.
+    Raises a :class:`LoaderError`.  The sources of the recipe are tried in order (see Mirrors);
+    ``notice(message)`` is told of each move to the next one, and why.
     """
     dest, work = Path(dest), Path(work)
-    ctx = Context(work=work, what=recipe.source.describe(), limit=limit, fetch=fetch)
-    resumable = _raw(recipe) and recipe.source.resumable
+    failures: list[LoaderError] = []
+    kept = _Partial.kept_source(work)
+    sources = sorted(recipe.sources, key=lambda source: source.describe() != kept)
+    for source, following in zip(sources, [*sources[1:], None], strict=True):
+        try:
+            _populate_from(source, recipe, dest, work, limit, progress, fetch)
+            return
+        except _MIRROR_FAILURES as exc:
+            failures.append(exc)
+            _empty(dest)
+            if following is not None and notice is not None:
+                notice(f"{exc}; trying the next source, {following.describe()}")
+    if len(failures) == 1:
+        raise failures[0]
+    raise type(failures[-1])("every source failed: " + "; ".join(str(failure) for failure in failures))
+
+
+# Failures of one source that another source may not have (see Mirrors).
+_MIRROR_FAILURES = (DownloadError, ChecksumError, CorruptDataError, UnsafeArchiveError, SizeLimitError)
+
+
+def _populate_from(source: Source, recipe: Recipe, dest: Path, work: Path, limit: int | None,
+                   progress: Progress | None, fetch: FetchPolicy | None) -> None:
+    """Fill ``dest`` from ``source``, starting over when it cannot resume."""
+    ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch)
+    resumable = _raw(recipe) and source.resumable
     partial = _Partial(work, recipe.identity, ctx.what) if resumable else None
     if partial is None:
         _Partial(work, recipe.identity, ctx.what).discard()  # a different recipe's leftovers
     for restart in itertools.count():
         try:
-            _run(recipe, dest, ctx, progress, partial)
+            _run(source, recipe, dest, ctx, progress, partial)
             return
         except OSError as exc:  # sources report their own; these come from writing dest or work
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -103,10 +151,10 @@ def _raw(recipe: Recipe) -> bool:
     return recipe.unpacker is None and all(transform.passthrough for transform in recipe.transforms)
 
 
-def _run(recipe: Recipe, dest: Path, ctx: Context, progress: Progress | None,
+def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Progress | None,
          partial: _Partial | None) -> None:
     start, validator = partial.load() if partial is not None else (0, None)
-    source = recipe.source.open(ctx, start=start, validator=validator)
+    source = origin.open(ctx, start=start, validator=validator)
     stream: Stream = source
     try:
         if start and source.start != start:
@@ -160,11 +208,22 @@ def _empty(directory: Path) -> None:
 class _Partial:
     """The raw download kept in ``work`` so that another process can finish it."""
 
+    META = "partial.json"
+
     def __init__(self, work: Path, identity: str, what: str) -> None:
         self.data = work / "partial.data"
-        self.meta = work / "partial.json"
+        self.meta = work / self.META
         self._identity = identity
         self._what = what
+
+    @staticmethod
+    def kept_source(work: Path) -> str | None:
+        """The source of the partial kept in ``work``, if there is one."""
+        try:
+            meta = json.loads((work / _Partial.META).read_text())
+        except (OSError, ValueError):
+            return None
+        return meta.get("source") if isinstance(meta, dict) else None
 
     def load(self) -> tuple[int, str | None]:
         """Where a previous process stopped and its validator; (0, None) if there is nothing usable."""
@@ -174,6 +233,7 @@ class _Partial:
         except (OSError, ValueError):
             meta, size = None, 0
         usable = (isinstance(meta, dict) and meta.get("identity") == self._identity
+                  and meta.get("source") == self._what
                   and isinstance(meta.get("validator"), str) and isinstance(meta.get("bytes"), int)
                   and 0 < meta["bytes"] <= size)
         if not usable:

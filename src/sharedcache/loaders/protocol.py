@@ -6,6 +6,11 @@ below it, and an *unpacker* may come last::
     http:https://host/data.tar.gz sha256:HEX tar
     file:/data/big.bin.zst unzstd md5:HEX
 
+Several sources may come first: alternatives for the same bytes (mirrors), tried in order until one
+delivers data that passes the recipe's checks (see :mod:`sharedcache.loaders.pipeline`)::
+
+    http:http://mirror.site/data.tar.gz http:https://host/data.tar.gz sha256:HEX tar
+
 A word is ``NAME`` or ``NAME:ARGUMENT``; ``NAME`` is looked up among the entry points of the group
 ``sharedcache.loaders`` (:mod:`sharedcache.loaders.registry`; the built-in loaders are registered
 there too, see pyproject.toml).
@@ -80,6 +85,7 @@ from ..config.settings import FetchPolicy
 from ..errors import SizeLimitError, UsageError
 from ..sizes import format_size
 from .streams import SourceStream, Stream
+from .words import without_userinfo
 
 Progress = Callable[[int, "int | None"], None]
 
@@ -119,7 +125,8 @@ class Loader:
 
     @property
     def word(self) -> str:
-        return self.name if self.arg is None else f"{self.name}:{self.arg}"
+        """The word as messages show it (user info in a URL removed: it is a credential)."""
+        return self.name if self.arg is None else without_userinfo(f"{self.name}:{self.arg}")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.word}>"

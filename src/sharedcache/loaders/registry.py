@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .protocol import Loader, Source, Transform, Unpacker
-from .words import normalize_words, recipe_identity
+from .words import CHECKSUM_WORDS, normalize_words, recipe_identity, without_userinfo
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
+
+    from ..config.settings import Rewrite
 
 ENTRY_POINT_GROUP = "sharedcache.loaders"
 
@@ -63,23 +65,31 @@ def loader_class(name: str) -> type[Loader]:
 
 
 class Recipe:
-    """A parsed, validated stack of loaders."""
+    """A parsed, validated stack of loaders.
 
-    def __init__(self, words: tuple[str, ...], source: Source, transforms: tuple[Transform, ...],
-                 unpacker: Unpacker | None) -> None:
+    ``sources`` are the alternatives to try in order (the recipe's source words, as the site's
+    rewrite rules map them); ``source`` is the first source word as written, which names the file
+    of a recipe without an unpacker whichever alternative delivers it."""
+
+    def __init__(self, words: tuple[str, ...], sources: tuple[Source, ...], transforms: tuple[Transform, ...],
+                 unpacker: Unpacker | None, *, source: Source | None = None) -> None:
         self.words = words
         self.identity = recipe_identity(words)  # computed once: the pipeline asks for it often
-        self.source = source
+        self.sources = sources
+        self.source = source if source is not None else sources[0]
         self.transforms = transforms
         self.unpacker = unpacker
 
-
     def __repr__(self) -> str:
-        return f"<Recipe {' '.join(self.words)}>"
+        return f"<Recipe {' '.join(loader.word for loader in (*self.sources, *self.transforms))}>"
 
 
-def parse_recipe(words: str | Iterable[str]) -> Recipe:
-    """Parse and validate a stack of words; :class:`UsageError` if it is malformed."""
+def parse_recipe(words: str | Iterable[str], rewrites: Iterable[Rewrite] = ()) -> Recipe:
+    """Parse and validate a stack of words; :class:`UsageError` if it is malformed.
+
+    The leading source words are alternatives for the same bytes; several of them need a checksum
+    word to check that each gives the same bytes.  ``rewrites`` (the site's rules) then map each
+    source whose URL starts with a rule's prefix to that rule's mirrors."""
     normalized = normalize_words(words)
     if not normalized:
         raise UsageError("empty recipe: give a source such as http:URL, file:PATH or dirac:LFN")
@@ -87,13 +97,18 @@ def parse_recipe(words: str | Iterable[str]) -> Recipe:
     for word in normalized:
         name, colon, arg = word.partition(":")
         loaders.append(loader_class(name)(name, arg if colon else None))
-    source, *rest = loaders
-    if not isinstance(source, Source):
+    if not isinstance(loaders[0], Source):
         raise UsageError(
-            f"a recipe starts with a source (http:URL, file:PATH, dirac:LFN), not '{source.word}'")
+            f"a recipe starts with a source (http:URL, file:PATH, dirac:LFN), not '{loaders[0].word}'")
+    count = next((i for i, loader in enumerate(loaders) if not isinstance(loader, Source)), len(loaders))
+    sources = tuple(loader for loader in loaders[:count] if isinstance(loader, Source))
+    rest = loaders[count:]
+    if count > 1 and not any(word.partition(":")[0] in CHECKSUM_WORDS for word in normalized[count:]):
+        raise UsageError(f"'{sources[1].word}': several sources need a checksum word (such as sha256:HEX) "
+                         "to check that each gives the same bytes")
     for position, loader in enumerate(rest, start=1):
         if isinstance(loader, Source):
-            raise UsageError(f"'{loader.word}' is a source: only the first word of a recipe can be one")
+            raise UsageError(f"'{loader.word}' is a source: sources come first, before '{rest[0].word}'")
         if isinstance(loader, Unpacker) and position != len(rest):
             after = rest[position].word
             raise UsageError(f"'{loader.word}' unpacks, so it must be the last word "
@@ -102,4 +117,24 @@ def parse_recipe(words: str | Iterable[str]) -> Recipe:
     unpacker = last if isinstance(last, Unpacker) else None
     # loader_class admits only sources, transforms and unpackers: all the others are transforms.
     transforms = tuple(loader for loader in rest if isinstance(loader, Transform))
-    return Recipe(normalized, source, transforms, unpacker)
+    return Recipe(normalized, _rewritten(sources, tuple(rewrites)), transforms, unpacker, source=sources[0])
+
+
+def _rewritten(sources: tuple[Source, ...], rewrites: tuple[Rewrite, ...]) -> tuple[Source, ...]:
+    """Each source replaced by the mirrors of the first rule whose prefix its argument starts with
+    (user info aside); a mirror that is the prefix itself keeps the source as written, credentials
+    included, which no other mirror is given.  A source met twice is tried once."""
+    result: dict[str, Source] = {}
+    for source in sources:
+        argument = without_userinfo(source.arg or "")
+        rule = next((rule for rule in rewrites if argument.startswith(rule.prefix)), None)
+        if rule is None:
+            result.setdefault(source.word, source)
+            continue
+        for mirror in rule.mirrors:
+            if mirror == rule.prefix:
+                result.setdefault(source.word, source)
+            else:
+                alternative = type(source)(source.name, mirror + argument[len(rule.prefix):])
+                result.setdefault(alternative.word, alternative)
+    return tuple(result.values())

@@ -4,6 +4,26 @@ The warm path of ``sc --use`` needs a recipe's identity (to check that a reposit
 from the same stack) and its default repository name, and nothing else of it; this module gives
 both at the cost of a few string operations.  Parsing words into loaders is
 :mod:`sharedcache.loaders.registry`'s job.
+
+Identity
+--------
+A recipe starts with one or more source words, alternatives for the same bytes (mirrors), then
+transforms.  Textually, the sources are the leading words that have an argument and are not
+checksums.  The identity is what decides that two recipes make the same repository:
+
+* without a checksum word, the words themselves (each URL exactly, query included);
+* with one (``md5:``, ``sha1:``, ``sha256:``, ``sha512:``), the bytes are pinned, so the identity
+  is the file name of the first source (the last path component of its argument, which names the
+  file of a recipe without an unpacker) and the words after the sources.  Mirror lists, and URLs
+  that differ only in their host or a query token, then make one repository.
+
+User info in a URL (``https://user:password@host/...``) is a credential: it is never part of the
+identity, of a name, or of anything shown (:func:`without_userinfo`).
+
+Caches made before this rule stored the words themselves as the identity
+(:func:`legacy_identity`); a repository with such an identity is still held under its name (see
+:meth:`sharedcache.repository.bases.Base.hold`), and a release or a location without ``--name``
+also looks for the default name that identity gave (:func:`legacy_default_name`).
 """
 
 from __future__ import annotations
@@ -35,13 +55,69 @@ def _absolute_file(word: str) -> str:
     return word if not path or path.startswith("/") else f"file:{os.getcwd()}/{path}"
 
 
+#: The checksum words: with one of them a recipe's bytes are pinned, whatever source gives them.
+CHECKSUM_WORDS = ("md5", "sha1", "sha256", "sha512")
+
+
+def without_userinfo(word: str) -> str:
+    """``word`` without the user info (``user:password@``) of a URL in its argument: what may be
+    stored and shown of it."""
+    start = word.find("://")
+    if start < 0:
+        return word
+    start += 3
+    end = len(word)
+    for delimiter in "/?#":
+        found = word.find(delimiter, start, end)
+        if found >= 0:
+            end = found
+    at = word.rfind("@", start, end)
+    return word if at < 0 else word[:start] + word[at + 1:]
+
+
+def shown_words(words: Iterable[str]) -> str:
+    """The words as messages may show them: user info removed."""
+    return " ".join(without_userinfo(word) for word in words)
+
+
+def source_count(words: tuple[str, ...]) -> int:
+    """How many leading words are sources, as text tells: the first word, and the words after it
+    that have an argument and are not checksums."""
+    count = 1
+    for word in words[1:]:
+        name, colon, _ = word.partition(":")
+        if not colon or name in CHECKSUM_WORDS:
+            break
+        count += 1
+    return count
+
+
+def _file_name(word: str) -> str:
+    """The last path component of a source word's argument, query and fragment removed."""
+    argument = without_userinfo(word).partition(":")[2]
+    for delimiter in "?#":
+        argument = argument.partition(delimiter)[0]
+    return argument.rstrip("/").rpartition("/")[2]
+
+
+def _identity_words(normalized: tuple[str, ...]) -> tuple[str, ...]:
+    """The lines of the identity (see the module docstring)."""
+    checksummed = any(word.partition(":")[0] in CHECKSUM_WORDS and ":" in word for word in normalized[1:])
+    if not checksummed:
+        return tuple(without_userinfo(word) for word in normalized)
+    # The first line holds a space, which no word can: an identity of this form never equals one
+    # made of the words themselves.
+    return (f"checksummed {_file_name(normalized[0])}", *normalized[source_count(normalized):])
+
+
 def recipe_identity(words: str | Iterable[str]) -> str:
-    """A canonical string for a stack of words: equal stacks give equal strings.
+    """A canonical string for a stack of words: recipes that make the same repository give
+    equal strings (see the module docstring).
 
     The identity is stored as UTF-8, so words that are not UTF-8 text are refused: on POSIX a
     command-line argument with other bytes (a path in Latin-1) arrives with lone surrogates.
     """
-    identity = "\n".join(normalize_words(words))
+    identity = "\n".join(_identity_words(normalize_words(words)))
     if not identity.isascii():
         try:
             identity.encode()
@@ -49,23 +125,37 @@ def recipe_identity(words: str | Iterable[str]) -> str:
             from ..errors import UsageError
 
             word = next(word for word in identity.split("\n") if exc.object[exc.start] in word)
-            raise UsageError(f"loader word {word!r} is not UTF-8 text") from None
+            raise UsageError(f"loader word {without_userinfo(word)!r} is not UTF-8 text") from None
     return identity
 
 
+def legacy_identity(words: str | Iterable[str]) -> str:
+    """The identity that caches made before the checksum rule stored: the words themselves."""
+    return "\n".join(normalize_words(words))
+
+
 def default_name(words: str | Iterable[str]) -> str:
-    """A repository name derived from the stack: a readable stem and a hash of the whole stack."""
+    """A repository name derived from the stack: a readable stem and a hash of its identity."""
+    return _name(words, recipe_identity(words))
+
+
+def legacy_default_name(words: str | Iterable[str]) -> str:
+    """The default name that caches made before the checksum rule gave the stack."""
+    return _name(words, legacy_identity(words))
+
+
+def _name(words: str | Iterable[str], identity: str) -> str:
     import hashlib  # only without --name: each of these costs more than the rest of a warm use
     import re
     from urllib.parse import unquote
 
     normalized = normalize_words(words)
-    argument = normalized[0].partition(":")[2] if normalized else ""
+    argument = without_userinfo(normalized[0]).partition(":")[2] if normalized else ""
     path = re.split(r"[?#]", argument, maxsplit=1)[0].rstrip("/")
     stem = re.sub(
         r"(\.(tar|cpio)(\.(gz|bz2|xz|zst|lz|lzma|z))?|\.(tgz|tbz2?|txz|tzst|zip|gz|bz2|xz|zst))+$",
         "", unquote(path.rpartition("/")[2]), flags=re.IGNORECASE,
     )
     stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).lstrip("._+-")[:117].rstrip("._+-") or "data"
-    digest = hashlib.sha256(recipe_identity(normalized).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     return f"{stem}-{digest}"

@@ -52,10 +52,18 @@ class Base:
         return self._cache
 
     def hold(self, request: Request) -> str:
-        """A lease on the repository if it is ready here; MissError if it is not."""
+        """A lease on the repository if it is ready here; MissError if it is not.
+
+        A repository made before checksummed recipes had their own identity holds the words
+        themselves as its identity (:func:`~sharedcache.loaders.words.legacy_identity`): it is
+        the same recipe, and is held."""
         try:
             return self.cache().hold(request.name, request.owner, keep=request.keep, meta=request.identity)
         except ConflictError as e:
+            from ..loaders.words import legacy_identity
+
+            if e.existing is not None and e.existing == legacy_identity(request.words):
+                return self.cache().hold(request.name, request.owner, keep=request.keep, meta=e.existing)
             raise conflict(request.name, self.path, e.existing) from None
 
     def try_hold(self, request: Request) -> str | None:

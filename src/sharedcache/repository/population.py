@@ -149,13 +149,15 @@ class Population:
         """Populate and commit; return the owner's lease.  On failure leave the error record
         for the waiters, remove the work directory, and raise."""
         from ..loaders.registry import parse_recipe  # loaders are needed on a miss only
+        from ..loaders.words import shown_words
 
         request, base, cache = self.request, self.base, self.base.cache()
         name, owner = request.name, request.owner
-        self.recipe = parse_recipe(request.words)  # a bad recipe fails before anything is written
+        # A bad recipe fails before anything is written.
+        self.recipe = parse_recipe(request.words, request.fetch.rewrites)
         write_record(self.status_path, self.status)
         self._prepare_work()
-        self.reporter.info(f"populating {name!r} in {base.path} from {' '.join(request.words)}")
+        self.reporter.info(f"populating {name!r} in {base.path} from {shown_words(request.words)}")
         try:
             try:
                 self._store()
@@ -199,7 +201,7 @@ class Population:
 
         request = self.request
         populate(self.recipe, data, work=self.work, limit=request.limit,
-                 progress=self.progress, fetch=request.fetch)
+                 progress=self.progress, fetch=request.fetch, notice=self.reporter.info)
 
     def progress(self, done: int, total: int | None) -> None:
         """Show how far the population has got, and tell the waiters twice a second; past the

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..config.settings import FetchPolicy, base_directories, directories_from_environment
+from ..config.settings import Credentials, FetchPolicy, base_directories, directories_from_environment
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_tree, unlink_if_present
@@ -19,7 +19,7 @@ from ..engine.layout import check_name
 from ..engine.leases import Owner
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
 from ..lean import scoped
-from ..loaders.words import default_name, normalize_words, recipe_identity
+from ..loaders.words import default_name, legacy_default_name, normalize_words, recipe_identity
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
 from .bases import Base
@@ -205,8 +205,7 @@ class Repositories:
     ) -> bool:
         """Release one use of the first of ``owners`` that holds one; return whether that deleted
         the repository."""
-        name = check_repository_name(name) if name is not None else default_name(words)
-        base = self.find(name)
+        name, base = self._find_named(words, name)
         if base is None:
             raise SharedCacheError(
                 f"no repository {name!r} in {', '.join(str(b.path) for b in self.bases)}"
@@ -233,9 +232,23 @@ class Repositories:
             Base(held.base).drop_link_if_unused(held.name)
 
     def locate(self, words: Sequence[str], *, name: str | None = None) -> str | None:
-        name = check_repository_name(name) if name is not None else default_name(words)
-        base = self.find(name)
+        name, base = self._find_named(words, name)
         return None if base is None else base.link(name)
+
+    def _find_named(self, words: Sequence[str], name: str | None) -> tuple[str, Base | None]:
+        """The repository's name and the base holding it ready.  Without ``name``, the default
+        name, else the default name of caches made before checksummed recipes had their own
+        identity (a use taken then is released now)."""
+        if name is not None:
+            name = check_repository_name(name)
+            return name, self.find(name)
+        name = default_name(words)
+        base = self.find(name)
+        if base is None and (legacy := legacy_default_name(words)) != name:
+            legacy_base = self.find(legacy)
+            if legacy_base is not None:
+                return legacy, legacy_base
+        return name, base
 
     def listing(self) -> list[Record]:
         """Every repository in the candidate bases: ready ones and populations in progress."""
@@ -371,11 +384,13 @@ def use(
     exit it is released, and the last release deletes the repository unless ``keep``.
 
     ``directories`` defaults to ``$SC_DIRECTORIES``, else /tmp:/var/tmp.  ``fetch`` (a
-    :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches;
-    ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.
+    :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches, credentials
+    and rewrite rules included; without it, ``connections`` says how many connections, and the
+    credentials are those the standard variables give
+    (:meth:`~sharedcache.config.settings.Credentials.discover`).
     """
     if fetch is None:
-        fetch = _DEFAULT_FETCH if connections == 1 else FetchPolicy(connections=connections)
+        fetch = FetchPolicy(connections=connections, credentials=Credentials.discover())
     elif connections != 1:
         raise UsageError("give connections in fetch, or alone, not both")
     repositories = Repositories(directories_from_environment(directories), reporter=Reporter(verbosity))

@@ -1,0 +1,176 @@
+"""TLS trust and authentication of HTTP downloads: what the connection pool and each request need.
+
+The settings say where credentials come from (:class:`~sharedcache.config.settings.Credentials`,
+filled at the edge from the settings and the standard variables); this module reads them when a
+download needs them and turns them into:
+
+* :func:`pool_options`: the keyword arguments of a urllib3 pool, an ``ssl_context`` that trusts
+  the CAs asked for and presents the client certificate (a PEM certificate and key, or a grid
+  proxy that holds both);
+* :class:`Authorization`: the ``Authorization`` header of each request, and what was sent, for
+  messages.  In order: the user info of the URL (``https://user:password@host/``, sent as basic
+  auth, never shown), a ``.netrc`` entry for the host (basic auth), a bearer token (over HTTPS
+  only: a token is not sent in clear text).  urllib3 drops the header on a redirect to another
+  host.
+
+No credential is ever part of a message: messages name where a credential came from (a file, a
+variable), never its value.  A credential file that cannot be used is a :class:`LoaderError` (not
+a download error: no mirror would do better).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LoaderError
+
+if TYPE_CHECKING:
+    from ..config.settings import Credentials
+
+# One context per set of credentials in a process: loading the system's CAs takes milliseconds.
+_contexts: dict[Credentials, ssl.SSLContext] = {}
+
+
+def pool_options(credentials: Credentials | None, url: str) -> dict[str, Any]:
+    """Keyword arguments for a urllib3 ``PoolManager`` that fetches ``url`` with ``credentials``
+    (none: urllib3's defaults, the system's CAs).  A plain-HTTP download does not fail because a
+    CA bundle or a client certificate cannot be used (a stale ``X509_USER_PROXY``): should it be
+    redirected to HTTPS, urllib3's defaults apply there."""
+    if credentials is None:
+        return {}
+    context = _contexts.get(credentials)
+    if context is None:
+        try:
+            context = _contexts[credentials] = _ssl_context(credentials)
+        except LoaderError:
+            if url.startswith("http://"):
+                return {}
+            raise
+    return {"ssl_context": context}
+
+
+def _ssl_context(credentials: Credentials) -> ssl.SSLContext:
+    context = ssl.create_default_context()  # verifies certificates and host names
+    bundle = credentials.ca_file or credentials.ca_dir
+    if bundle:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the CAs asked for, instead of the system's
+        _load(context.load_verify_locations, "CA bundle", bundle,
+              cafile=credentials.ca_file, capath=credentials.ca_dir)
+    if credentials.grid_ca_dir:
+        _load(context.load_verify_locations, "grid CA directory", credentials.grid_ca_dir,
+              capath=credentials.grid_ca_dir)
+    if credentials.cert_file:
+        _load(context.load_cert_chain, "client certificate", credentials.cert_file,
+              certfile=credentials.cert_file, keyfile=credentials.key_file)
+    return context
+
+
+def _load(method: Any, what: str, path: str, **kwargs: str | None) -> None:
+    try:
+        method(**kwargs)
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else getattr(exc, "reason", None) or exc
+        raise LoaderError(f"cannot use the {what} {path}: {why}") from None
+
+
+def certificate_problem(exc: BaseException) -> str | None:
+    """A one-line cause for a TLS failure (an untrusted certificate, a refused client
+    certificate), or None if ``exc`` is no such failure."""
+    while not isinstance(exc, ssl.SSLError):
+        inner = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+        if not isinstance(inner, BaseException) or inner is exc:
+            return None
+        exc = inner
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"untrusted server certificate ({exc.verify_message}): give its CA with SSL_CERT_FILE, "
+                "SSL_CERT_DIR or the ca_bundle setting")
+    return f"TLS failed ({exc.reason or exc})"
+
+
+class Authorization:
+    """The ``Authorization`` header for the requests of one URL, and what was sent, in words
+    (``sent``: for the message of a 401 or 403 answer).
+
+    ``login`` is the (user, password) of the URL's user info, if it has one."""
+
+    def __init__(self, credentials: Credentials | None, url: str, login: tuple[str, str] | None) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.headers: dict[str, str] = {}
+        sent = []
+        if login is not None:
+            self._basic(*login)
+            sent.append("the user and password of the URL")
+        elif credentials is None:
+            pass
+        elif (found := _netrc_login(credentials.netrc, parts.hostname or "")) is not None:
+            self._basic(*found)
+            sent.append(f"the {credentials.netrc} login for {parts.hostname}")
+        elif parts.scheme == "https" and (token := _bearer_token(credentials)) is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
+            sent.append(f"the bearer token from {credentials.token_from}")
+        if credentials is not None and credentials.cert_file and parts.scheme == "https":
+            sent.append(f"the client certificate {credentials.cert_file}")
+        self.sent = "sent " + " and ".join(sent) if sent else "no credentials were sent"
+
+    def _basic(self, user: str, password: str) -> None:
+        import base64
+
+        self.headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def url_login(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its user info, and the (user, password) that user info gives, if any."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    login = (unquote(parts.username or ""), unquote(parts.password or ""))
+    return urlunsplit(parts._replace(netloc=host)), login
+
+
+def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
+    """The login and password ``.netrc`` gives for ``host`` (or its ``default``), if any."""
+    if not path or not os.path.isfile(path):
+        return None
+    import netrc
+
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except netrc.NetrcParseError as exc:
+        raise LoaderError(f"cannot read {path}: {exc.msg} (line {exc.lineno})") from None
+    except OSError as exc:
+        raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
+    if entry is None:
+        return None
+    login, _account, password = entry
+    return login, password or ""
+
+
+def _bearer_token(credentials: Credentials) -> str | None:
+    """The token itself, or read from its file (which must be this user's: files in /tmp are
+    anyone's to plant)."""
+    if credentials.bearer_token is not None:
+        return credentials.bearer_token
+    path = credentials.bearer_token_file
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            status = os.fstat(fd)
+            if status.st_uid not in (os.getuid(), 0):
+                raise LoaderError(f"the bearer token file {path} belongs to another user (uid {status.st_uid})")
+            token = os.read(fd, 1 << 20).decode("utf-8", "replace").strip()
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LoaderError(f"cannot read the bearer token file {path}: {exc.strerror}") from None
+    if not token or any(char.isspace() for char in token):
+        raise LoaderError(f"the bearer token file {path} does not hold one token")
+    return token

@@ -1,0 +1,367 @@
+"""Certificates and credentials against a real nginx on 127.0.0.1, with a test CA made by openssl:
+custom CA bundles, a client-certificate vhost, a bearer-token location and basic auth (from
+``.netrc`` and from the user info of a URL).  Each works with the right credentials, and each
+failure is one line naming its cause; no credential is ever shown or stored."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sharedcache
+from scutil import Sleeper, check_tree, sample_files, sc, sc_env, tarball_bytes
+from sharedcache.config.settings import Credentials, FetchPolicy
+from sharedcache.errors import DownloadError
+
+FILES = sample_files(n=3, size=5_000)
+DATA = tarball_bytes(FILES)
+SHA256 = "sha256:" + hashlib.sha256(DATA).hexdigest()
+TOKEN = "eyJ0ZXN0IjoidG9rZW4ifQ.good-token"
+USER, PASSWORD = "alice", "s3cret-pw"
+# Every variable that could bring credentials in from the environment the tests run in.
+CREDENTIAL_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "X509_CERT_DIR", "X509_USER_PROXY", "BEARER_TOKEN",
+                        "BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR", "NETRC")
+
+
+def _nginx() -> str | None:
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def _openssl(*args: str | Path, cwd: Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _certificate(pki: Path, name: str, ca: str, *, server: bool) -> None:
+    """``name.key`` and ``name.pem``, signed by the CA ``ca`` (``ca.key``, ``ca.pem``)."""
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", f"/CN={name}",
+             "-out", f"{name}.csr", cwd=pki)
+    extensions = pki / f"{name}.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n" if server
+                          else "extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+             "-days", "2", "-sha256", "-extfile", extensions, "-out", f"{name}.pem", cwd=pki)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Nginx:
+    """nginx serving /public/, /token/ (bearer token) and /basic/ (basic auth) on ``port``, and a
+    vhost on ``cert_port`` that wants a client certificate of the test CA."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.pki = home / "pki"
+        self.pki.mkdir()
+        for ca in ("ca", "other-ca"):
+            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
+                     "-days", "2", "-subj", f"/CN=shared-cache test {ca}", cwd=self.pki)
+        _certificate(self.pki, "server", "ca", server=True)
+        _certificate(self.pki, "client", "ca", server=False)
+        _certificate(self.pki, "stranger", "other-ca", server=False)
+        # A grid proxy holds the certificate and its key in one file.
+        (self.pki / "proxy.pem").write_bytes((self.pki / "client.pem").read_bytes() + (self.pki / "client.key").read_bytes())
+        (self.pki / "proxy.pem").chmod(0o600)
+        self.ca_dir = self.pki / "hashed"
+        self.ca_dir.mkdir()
+        shutil.copy(self.pki / "ca.pem", self.ca_dir / "ca.pem")
+        _openssl("rehash", self.ca_dir, cwd=self.pki)
+        root = home / "root"
+        for location in ("public", "token", "basic", "cert"):
+            (root / location).mkdir(parents=True)
+            (root / location / "data.tgz").write_bytes(DATA)
+        password = base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
+        (home / "htpasswd").write_text(f"{USER}:{{SHA}}{password}\n")
+        self.port, self.cert_port = _free_port(), _free_port()
+        tls = f"ssl_certificate {self.pki}/server.pem; ssl_certificate_key {self.pki}/server.key; root {root};"
+        config = home / "nginx.conf"
+        config.write_text(f"""
+daemon off;
+master_process off;
+pid {home}/nginx.pid;
+error_log {home}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {home}/access.log;
+    client_body_temp_path {home}/body; proxy_temp_path {home}/proxy; fastcgi_temp_path {home}/fastcgi;
+    uwsgi_temp_path {home}/uwsgi; scgi_temp_path {home}/scgi;
+    map $http_authorization $token_refusal {{ "" 401; "Bearer {TOKEN}" ""; default 403; }}
+    server {{
+        listen 127.0.0.1:{self.port} ssl; {tls}
+        location /token/ {{
+            if ($token_refusal = 401) {{ return 401; }}
+            if ($token_refusal = 403) {{ return 403; }}
+        }}
+        location /basic/ {{ auth_basic "shared-cache test"; auth_basic_user_file {home}/htpasswd; }}
+    }}
+    server {{
+        listen 127.0.0.1:{self.cert_port} ssl; {tls}
+        ssl_client_certificate {self.pki}/ca.pem;
+        ssl_verify_client optional_no_ca;  # an untrusted one gets 403, not 400
+        location / {{ if ($ssl_client_verify != SUCCESS) {{ return 403; }} }}
+    }}
+}}
+""")
+        nginx = _nginx()
+        assert nginx is not None
+        self.process = subprocess.Popen([nginx, "-c", str(config), "-p", str(home)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while not self._listening():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                error = (home / "error.log").read_text() if (home / "error.log").exists() else ""
+                raise RuntimeError(f"nginx did not start: {error}")
+            time.sleep(0.05)
+
+    def _listening(self) -> bool:
+        try:
+            for port in (self.port, self.cert_port):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def url(self, path: str, *, cert: bool = False, userinfo: str = "") -> str:
+        return f"https://{userinfo}127.0.0.1:{self.cert_port if cert else self.port}{path}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # a graceful stop, by the PID we started
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    if _nginx() is None:
+        pytest.skip("nginx is not installed (tools/test.sh installs it when run as root with apt-get)")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (tools/test.sh installs it when run as root with apt-get)")
+    server = Nginx(tmp_path_factory.mktemp("nginx"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A home without a .netrc, and a base directory in it."""
+    path = tmp_path / "home"
+    (path / "base").mkdir(parents=True)
+    return path
+
+
+def env(home: Path, **variables: str | Path) -> dict[str, str]:
+    """sc's environment: none of the credentials of the environment the tests run in, HOME=home."""
+    result = sc_env(HOME=str(home))
+    for name in CREDENTIAL_VARIABLES:
+        result.pop(name, None)
+    result.update({name: str(value) for name, value in variables.items()})
+    return result
+
+
+def use(home: Path, url: str, *args: str, base: Path | None = None,
+        **variables: str | Path) -> subprocess.CompletedProcess[str]:
+    """``sc --use`` of the test data at ``url`` in ``base`` (default: a fresh one, so that every
+    call downloads)."""
+    base = base if base is not None else Path(tempfile.mkdtemp(dir=home))
+    with Sleeper() as owner:
+        return sc("--use", "-d", str(base), "--pid", str(owner.pid), *args, f"http:{url}", SHA256, "tar",
+                  env=env(home, **variables))
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stderr
+    check_tree(Path(result.stdout.strip()), FILES)
+
+
+def failed(result: subprocess.CompletedProcess[str], cause: str, status: int = 1) -> str:
+    """The one error line, which must name the cause."""
+    assert result.returncode == status, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sc: error: "), result.stderr
+    assert cause in lines[0]
+    return lines[0]
+
+
+def test_server_certificates_are_checked_against_the_ca_bundles_given(nginx: Nginx, home: Path) -> None:
+    url = nginx.url("/public/data.tgz")
+    failed(use(home, url), f"cannot download {url}: untrusted server certificate (")
+    succeeded(use(home, url, SSL_CERT_FILE=nginx.pki / "ca.pem"))
+    succeeded(use(home, url, SSL_CERT_DIR=nginx.ca_dir))
+    succeeded(use(home, url, X509_CERT_DIR=nginx.ca_dir))  # grid CAs, trusted besides the system's
+    failed(use(home, url, SSL_CERT_FILE=nginx.pki / "other-ca.pem"), "untrusted server certificate")
+    failed(use(home, url, SSL_CERT_FILE=home / "missing.pem"), f"cannot use the CA bundle {home}/missing.pem: ")
+
+
+def test_bearer_token_in_the_wlcg_discovery_order(nginx: Nginx, home: Path) -> None:
+    url, ca = nginx.url("/token/data.tgz"), nginx.pki / "ca.pem"
+    failed(use(home, url, SSL_CERT_FILE=ca), f"HTTP 401 Unauthorized for {url} (no credentials were sent)")
+    line = failed(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN="wrong-token"),
+                  f"HTTP 403 Forbidden for {url} (sent the bearer token from BEARER_TOKEN)")
+    assert "wrong-token" not in line
+    succeeded(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN=TOKEN))
+    token_file = home / "token"
+    token_file.write_text(TOKEN + "\n")
+    succeeded(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN_FILE=token_file))
+    # BEARER_TOKEN comes before BEARER_TOKEN_FILE.
+    failed(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN="wrong-token", BEARER_TOKEN_FILE=token_file), "HTTP 403")
+    runtime = home / "run"
+    runtime.mkdir()
+    (runtime / f"bt_u{os.getuid()}").write_text(TOKEN)
+    succeeded(use(home, url, SSL_CERT_FILE=ca, XDG_RUNTIME_DIR=runtime))
+    # Never in clear text: over http:// the token is not sent.
+    assert Credentials(bearer_token=TOKEN) is not None
+    from sharedcache.loaders.credentials import Authorization
+
+    assert Authorization(Credentials(bearer_token=TOKEN), "http://127.0.0.1/x", None).headers == {}
+    assert TOKEN not in repr(Credentials(bearer_token=TOKEN))
+
+
+def test_netrc_gives_basic_auth(nginx: Nginx, home: Path) -> None:
+    url, ca = nginx.url("/basic/data.tgz"), nginx.pki / "ca.pem"
+    failed(use(home, url, SSL_CERT_FILE=ca), f"HTTP 401 Unauthorized for {url} (no credentials were sent)")
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1 login {USER} password wrong-pw\n")
+    line = failed(use(home, url, SSL_CERT_FILE=ca), f"HTTP 401 Unauthorized for {url} (sent the {netrc} login for 127.0.0.1)")
+    assert "wrong-pw" not in line
+    netrc.write_text(f"machine other.example login bob password x\nmachine 127.0.0.1 login {USER} password {PASSWORD}\n")
+    succeeded(use(home, url, SSL_CERT_FILE=ca))
+    netrc.write_text("machine 127.0.0.1 colour blue\n")
+    failed(use(home, url, SSL_CERT_FILE=ca), f"cannot read {netrc}: bad follower token 'colour' (line 1)")
+
+
+def test_user_info_in_a_url_is_sent_and_never_shown_or_stored(nginx: Nginx, home: Path) -> None:
+    ca, base = nginx.pki / "ca.pem", home / "base"
+    good = nginx.url("/basic/data.tgz", userinfo=f"{USER}:{PASSWORD}@")
+    bad = nginx.url("/basic/data.tgz", userinfo=f"{USER}:wrong-pw@")
+    line = failed(use(home, bad, "--name", "refused", base=base, SSL_CERT_FILE=ca),
+                  f"HTTP 401 Unauthorized for {nginx.url('/basic/data.tgz')} (sent the user and password of the URL)")
+    assert "wrong-pw" not in line
+    made = use(home, good, "-v", base=base, SSL_CERT_FILE=ca)
+    succeeded(made)
+    listing = sc("list", "-d", str(base), env=env(home))
+    shown = made.stdout + made.stderr + listing.stdout + listing.stderr
+    assert "populating" in made.stderr and USER not in shown and PASSWORD not in shown
+    # Nothing under the base directory holds a credential: entry metadata, records, error files.
+    for directory, _, files in os.walk(base):
+        for file in files:
+            content = Path(directory, file).read_bytes()
+            assert PASSWORD.encode() not in content and b"wrong-pw" not in content, file
+    assert list((base / ".shared-cache" / "populate").glob("refused.error"))  # the error record was looked at
+    # The same checksummed data from another URL, without user info, is the same repository.
+    assert use(home, nginx.url("/public/data.tgz"), base=base, SSL_CERT_FILE=ca).stdout == made.stdout
+
+
+def test_client_certificates_from_the_settings_and_the_grid_proxy(nginx: Nginx, home: Path) -> None:
+    url, ca, pki = nginx.url("/cert/data.tgz", cert=True), nginx.pki / "ca.pem", nginx.pki
+    failed(use(home, url, SSL_CERT_FILE=ca), f"HTTP 403 Forbidden for {url} (no credentials were sent)")
+    succeeded(use(home, url, SSL_CERT_FILE=ca, X509_USER_PROXY=pki / "proxy.pem"))
+    stranger = Credentials(ca_file=str(ca), cert_file=str(pki / "stranger.pem"), key_file=str(pki / "stranger.key"))
+    with pytest.raises(DownloadError, match=rf"HTTP 403 Forbidden for {url} \(sent the client certificate {pki}/stranger.pem\)"):
+        with sharedcache.use(f"http:{url}", SHA256, "tar", directories=[tempfile.mkdtemp(dir=home)],
+                             fetch=FetchPolicy(credentials=stranger)):
+            pass
+    client = Credentials(ca_file=str(ca), cert_file=str(pki / "client.pem"), key_file=str(pki / "client.key"))
+    with sharedcache.use(f"http:{url}", SHA256, "tar", directories=[tempfile.mkdtemp(dir=home)],
+                         fetch=FetchPolicy(credentials=client)) as path:
+        check_tree(path, FILES)
+    failed(use(home, url, SSL_CERT_FILE=ca, X509_USER_PROXY=pki / "client.csr"),
+           f"cannot use the client certificate {pki}/client.csr: ")
+
+
+DISCOVER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from sharedcache.config.settings import Credentials
+found = Credentials.discover({"HOME": "/nonexistent"})
+print(json.dumps([found.cert_file, found.bearer_token_file]))
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare: /tmp is replaced by a private tmpfs in a mount namespace")
+def test_credentials_in_tmp_are_taken_only_from_the_users_own_files() -> None:
+    uid = os.getuid()
+    source = str(Path(sharedcache.__file__).parent.parent)
+    script = f"""
+set -e
+mount -t tmpfs tmpfs /tmp
+discover() {{ "$0" -c '{DISCOVER}' {source}; }}
+discover
+echo token > /tmp/bt_u{uid}; cp /dev/null /tmp/x509up_u{uid}
+discover
+chown 65534 /tmp/bt_u{uid} /tmp/x509up_u{uid}
+discover
+rm /tmp/bt_u{uid} /tmp/x509up_u{uid}; echo token > /tmp/real; ln -s /tmp/real /tmp/bt_u{uid}; ln -s /tmp/real /tmp/x509up_u{uid}
+discover
+"""
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    own = f'["/tmp/x509up_u{uid}", "/tmp/bt_u{uid}"]'
+    assert result.stdout.splitlines() == ["[null, null]", own, "[null, null]", "[null, null]"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
+def test_a_token_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    from sharedcache.errors import LoaderError
+    from sharedcache.loaders.credentials import Authorization
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    os.chown(token_file, 65534, 65534)
+    credentials = Credentials.discover({"BEARER_TOKEN_FILE": str(token_file), "HOME": str(tmp_path)})
+    with pytest.raises(LoaderError, match=f"^the bearer token file {token_file} belongs to another user \\(uid 65534\\)$"):
+        Authorization(credentials, "https://127.0.0.1/data.tgz", None)
+
+
+def test_credentials_that_cannot_be_used_do_not_fail_plain_http(origin, home: Path) -> None:
+    url = origin.add("/data.tgz", DATA)
+    succeeded(use(home, url, X509_USER_PROXY=home / "expired-and-gone", SSL_CERT_FILE=home / "missing.pem"))
+
+
+def test_discovery_order_of_the_settings_and_the_variables(tmp_path: Path) -> None:
+    ca_dir, ca_file, token_file = tmp_path / "cas", tmp_path / "ca.pem", tmp_path / "token"
+    ca_dir.mkdir()
+    variables = {"SSL_CERT_FILE": "/env/ca.pem", "SSL_CERT_DIR": "/env/cas", "X509_CERT_DIR": "/grid/cas",
+                 "X509_USER_PROXY": "/env/proxy", "BEARER_TOKEN": "env-token", "BEARER_TOKEN_FILE": "/env/token",
+                 "NETRC": "/env/netrc", "HOME": str(tmp_path)}
+    found = Credentials.discover(variables)
+    assert (found.ca_file, found.ca_dir, found.grid_ca_dir) == ("/env/ca.pem", "/env/cas", "/grid/cas")
+    assert (found.cert_file, found.bearer_token, found.bearer_token_file, found.netrc) == (
+        "/env/proxy", "env-token", None, "/env/netrc")
+    assert "env-token" not in repr(found) and "env-token" not in repr(FetchPolicy(credentials=found))
+    # Settings given explicitly win over the variables.
+    given = Credentials.discover(variables, ca_bundle=str(ca_dir), client_cert="/set/cert.pem",
+                                 client_key="/set/key.pem", bearer_token_file=str(token_file), netrc="/set/netrc")
+    assert (given.ca_file, given.ca_dir) == (None, str(ca_dir))
+    assert (given.cert_file, given.key_file, given.bearer_token, given.bearer_token_file, given.netrc) == (
+        "/set/cert.pem", "/set/key.pem", None, str(token_file), "/set/netrc")
+    assert Credentials.discover(variables, ca_bundle=str(ca_file)).ca_file == str(ca_file)
+    # BEARER_TOKEN_FILE when BEARER_TOKEN is not set; ~/.netrc without NETRC.
+    later = Credentials.discover({"BEARER_TOKEN_FILE": "/env/token", "HOME": str(tmp_path)})
+    assert (later.bearer_token, later.bearer_token_file, later.token_from) == (None, "/env/token", "BEARER_TOKEN_FILE")
+    assert later.netrc == str(tmp_path / ".netrc")

@@ -1,0 +1,224 @@
+"""Mirrors, a checksummed recipe's identity, and site rewrite rules, against real loopback origins
+(tests/origin.py): one origin that is down, one that serves other bytes, one that serves the
+right ones."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sharedcache
+from origin import Origin
+from scutil import Sleeper, check_tree, kill_populator_and_take_over, sample_files, sc, tarball_bytes
+from sharedcache.config.settings import FetchPolicy, Rewrite, rewrite_rules
+from sharedcache.engine.fscache import FsCache
+from sharedcache.engine.leases import Owner
+from sharedcache.errors import ChecksumError, SettingError, UsageError
+from sharedcache.loaders.registry import parse_recipe
+from sharedcache.loaders.words import default_name, legacy_default_name, legacy_identity, recipe_identity
+
+FILES = sample_files(n=5, size=10_000)
+GOOD = tarball_bytes(FILES)
+WRONG = tarball_bytes({"other.txt": b"not the data"})
+SHA256 = "sha256:" + hashlib.sha256(GOOD).hexdigest()
+# A down mirror costs one refused connection and one quick retry, not the default back-off.
+FAST = FetchPolicy(retries=1, backoff=0.01)
+
+
+class Mirrors:
+    """Three origins serving /data.tgz: ``down`` (nothing listens), ``wrong`` (other bytes),
+    ``good``."""
+
+    def __init__(self) -> None:
+        self.wrong, self.good = Origin().start(), Origin().start()
+        down = Origin()
+        self.down_url = down.url("/data.tgz")
+        down.stop()  # its port now refuses connections
+        self.wrong.add("/data.tgz", WRONG)
+        self.good.add("/data.tgz", GOOD)
+
+    def stop(self) -> None:
+        self.wrong.stop()
+        self.good.stop()
+
+
+@pytest.fixture
+def mirrors() -> Iterator[Mirrors]:
+    servers = Mirrors()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def test_mirrors_are_tried_in_order_until_one_gives_the_checksummed_bytes(mirrors: Mirrors, base: Path) -> None:
+    words = (f"http:{mirrors.down_url}", f"http:{mirrors.wrong.url('/data.tgz')}",
+             f"http:{mirrors.good.url('/data.tgz')}", SHA256, "tar")
+    with sharedcache.use(*words, directories=[base], fetch=FAST) as path:
+        check_tree(path, FILES)
+        assert not (path / "other.txt").exists()  # the wrong mirror's tree was not kept
+    assert mirrors.wrong.stats("/data.tgz").gets == 1
+    assert mirrors.good.stats("/data.tgz").gets == 1
+
+
+def test_a_mismatch_from_every_mirror_commits_nothing_and_names_each_failure(mirrors: Mirrors, base: Path) -> None:
+    down, wrong = mirrors.down_url, mirrors.wrong.url("/data.tgz")
+    with pytest.raises(ChecksumError) as caught:
+        with sharedcache.use(f"http:{down}", f"http:{wrong}", SHA256, "tar", name="data",
+                             directories=[base], fetch=FAST):
+            pass
+    message = str(caught.value)
+    assert message.startswith("repository 'data': every source failed: cannot download ")
+    assert f"{down}: " in message and f"sha256 mismatch for {wrong}: " in message and "\n" not in message
+    assert sc("--location", "-d", str(base), "--name", "data", "http:x").returncode == 1
+    assert not (base / "data").exists()
+    assert [entry.name for entry in FsCache(base / ".shared-cache").entries()] == []
+
+
+def test_command_line_mirrors_fail_over_and_a_bad_list_is_one_line(mirrors: Mirrors, base: Path) -> None:
+    missing = mirrors.good.url("/missing.tgz")  # a 404 fails at once, without retries
+    wrong, good = mirrors.wrong.url("/data.tgz"), mirrors.good.url("/data.tgz")
+    with Sleeper() as owner:
+        result = sc("--use", "-d", str(base), "--pid", str(owner.pid), f"http:{missing}",
+                    f"http:{wrong}", f"http:{good}", SHA256, "tar")
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""  # quiet off a terminal
+        check_tree(Path(result.stdout.strip()), FILES)
+        told = sc("--use", "-v", "-d", str(base), "--pid", str(owner.pid), "--name", "told", f"http:{missing}",
+                  f"http:{good}", SHA256, "tar")
+        assert told.returncode == 0, told.stderr
+        assert f"sc: HTTP 404 Not Found for {missing}; trying the next source, {good}\n" in told.stderr
+
+    result = sc("--use", "-d", str(base), f"http:{missing}", f"http:{wrong}", SHA256, "tar", "--name", "bad")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sc: error: repository 'bad': every source failed: HTTP 404 Not Found for ")
+
+    result = sc("--use", "-d", str(base), f"http:{missing}", f"http:{good}", "tar")
+    assert result.returncode == 2
+    assert result.stderr.startswith("sc: error: 'http:") and "several sources need a checksum word" in result.stderr
+
+
+def test_a_killed_download_is_continued_from_the_mirror_it_came_from(mirrors: Mirrors, base: Path) -> None:
+    payload = os.urandom(3_000_000)
+    digest = hashlib.sha256(payload).hexdigest()
+    first, second = mirrors.good.url("/missing.bin"), mirrors.wrong.add("/blob.bin", payload)
+    mirrors.wrong.rate = 1_000_000  # 3 s for the whole file
+    with Sleeper() as owner:
+        args = ["--use", "-n", "blob", "-d", str(base), "--pid", str(owner.pid), f"http:{first}", f"http:{second}",
+                f"sha256:{digest}"]
+        status, out, err = kill_populator_and_take_over(
+            args, lambda: mirrors.wrong.stats("/blob.bin").bytes_served > 1_000_000)
+        assert status == 0, err
+        assert (Path(out.strip()) / "missing.bin").read_bytes() == payload  # named after the first source
+    stats = mirrors.wrong.stats("/blob.bin")
+    assert stats.gets == 2 and stats.ranges and stats.ranges[-1] != "bytes=0-"
+    assert stats.bytes_served < 2 * len(payload), "the taker resumed from the second mirror"
+    assert mirrors.good.stats("/missing.bin").gets == 1, "only the killed process tried the first mirror"
+
+
+def test_a_checksummed_recipe_is_one_repository_whatever_the_mirrors_or_query_token(base: Path) -> None:
+    with Origin() as first, Origin() as second:
+        first.add("/data.tgz", GOOD)
+        second.add("/data.tgz", GOOD)
+        signed = f"http:{first.url('/data.tgz')}?X-Amz-Signature=aaaa&token=1"
+        with Sleeper() as owner:
+            made = sc("--use", "-d", str(base), "--pid", str(owner.pid), signed, SHA256, "tar")
+            assert made.returncode == 0, made.stderr
+            again = sc("--use", "-d", str(base), "--pid", str(owner.pid),
+                       f"http:{second.url('/data.tgz')}?token=2", signed, SHA256, "tar")
+            assert again.returncode == 0, again.stderr
+            assert again.stdout == made.stdout
+            # A shared --name too: the second recipe is the same repository, not "another loader stack".
+            named = [sc("--use", "-d", str(base), "--pid", str(owner.pid), "--name", "shared", url, SHA256, "tar")
+                     for url in (signed, f"http:{second.url('/data.tgz')}?token=3")]
+            assert [result.returncode for result in named] == [0, 0], named[1].stderr
+        assert first.stats("/data.tgz").gets == 2  # the default name, then "shared"
+        assert second.stats("/data.tgz").gets == 0
+
+
+def test_identity_rules() -> None:
+    digest, other = SHA256, "sha256:" + "0" * 64
+    one = recipe_identity(f"http:https://a.example/v1/data.tgz?token=1 {digest} tar")
+    assert recipe_identity(f"http:http://mirror.site/x/data.tgz http:https://a.example/v1/data.tgz {digest} tar") == one
+    assert recipe_identity(f"file:/srv/data.tgz {digest} tar") == one
+    assert default_name(f"http:https://b.example/data.tgz?sig=2 {digest} tar") == default_name(
+        f"http:https://a.example/v1/data.tgz {digest} tar")
+    # What makes other data or another file is another identity.
+    assert recipe_identity(f"http:https://a.example/data.tgz {other} tar") != one
+    assert recipe_identity(f"http:https://a.example/data.tgz {digest}") != one
+    assert recipe_identity(f"http:https://a.example/renamed.tgz {digest} tar") != one
+    # Without a checksum the URL is the data's only name: the query counts.
+    assert recipe_identity("http:https://a.example/data.tgz?v=1 tar") != recipe_identity("http:https://a.example/data.tgz?v=2 tar")
+    # An old cache's identity (the words) and the new one never collide.
+    assert legacy_identity(f"http:https://a.example/data.tgz {digest} tar") != recipe_identity(
+        f"http:https://a.example/data.tgz {digest} tar")
+    assert legacy_identity("http:https://a.example/data.tgz tar") == recipe_identity("http:https://a.example/data.tgz tar")
+
+
+def test_user_info_is_no_part_of_an_identity_or_a_name() -> None:
+    for tail in ("", f" {SHA256} tar"):
+        secret = f"http:https://alice:s3cret@host.example/data.tgz{tail}"
+        plain = f"http:https://host.example/data.tgz{tail}"
+        assert recipe_identity(secret) == recipe_identity(plain)
+        assert default_name(secret) == default_name(plain)
+        assert "s3cret" not in recipe_identity(secret) and "alice" not in default_name(secret)
+    assert default_name("http:https://alice:s3cret@host.example").startswith("host.example-")
+    assert "s3cret" not in repr(parse_recipe(f"http:https://alice:s3cret@host.example/data.tgz {SHA256} tar"))
+
+
+def test_repositories_of_caches_made_before_the_checksum_identity_are_still_used(base: Path) -> None:
+    with Origin() as server:
+        server.add("/data.tgz", GOOD)
+        words = (f"http:{server.url('/data.tgz')}", SHA256, "tar")
+        old = FsCache(base / ".shared-cache")
+        for name in ("named", legacy_default_name(words)):
+            with old.store(name, meta=legacy_identity(words)) as data:
+                (data / "old.txt").write_text("made by an earlier version")
+        with Sleeper() as owner:
+            # A named repository of an old cache is the same recipe: held, not a conflict, no download.
+            named = sc("--use", "-d", str(base), "--pid", str(owner.pid), "--name", "named", *words)
+            assert named.returncode == 0, named.stderr
+            assert (Path(named.stdout.strip()) / "old.txt").exists()
+            # A use taken under the old default name is released under it.
+            old.hold(legacy_default_name(words), Owner.of(owner.pid))
+            released = sc("--unuse", "-d", str(base), "--pid", str(owner.pid), *words)
+            assert released.returncode == 0, released.stderr
+            assert old.info(legacy_default_name(words)).users == ()
+        assert server.stats("/data.tgz").gets == 0
+
+
+def test_rewrite_rules_send_a_source_to_the_site_mirrors(mirrors: Mirrors, base: Path) -> None:
+    down_prefix = mirrors.down_url.removesuffix("data.tgz")
+    rules = rewrite_rules(f"# the site's mirrors\n{down_prefix} = {mirrors.wrong.url('/')} "
+                          f"{mirrors.good.url('/')} ; https://unused.example/ = http://other.example/")
+    assert rules[0] == Rewrite(down_prefix, (mirrors.wrong.url("/"), mirrors.good.url("/")))
+    words = (f"http:{mirrors.down_url}", SHA256, "tar")
+    fetch = FetchPolicy(retries=0, rewrites=rules)
+    with sharedcache.use(*words, directories=[base], fetch=fetch) as path:
+        check_tree(path, FILES)
+        assert path == base / default_name(words)  # rewriting changes where from, not what
+    assert mirrors.wrong.stats("/data.tgz").gets == 1 and mirrors.good.stats("/data.tgz").gets == 1
+
+
+def test_rewrite_rules_keep_credentials_only_for_the_url_as_written() -> None:
+    rules = rewrite_rules("https://host.example/ = http://mirror.site/ https://host.example/")
+    recipe = parse_recipe(["http:https://u:p%40ss@host.example/d.tgz", SHA256, "tar"], rules)
+    assert [source.word for source in recipe.sources] == ["http:http://mirror.site/d.tgz", "http:https://host.example/d.tgz"]
+    assert [vars(source).get("login") for source in recipe.sources] == [None, ("u", "p@ss")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("https://host/", "rewrite 'https://host/': expected PREFIX = MIRROR [MIRROR...]"),
+    ("https://host/ =", "rewrite https://host/: give at least one mirror after '='"),
+    (" = http://mirror/", "rewrite needs a URL prefix without spaces, not ''"),
+])
+def test_bad_rewrite_rules_are_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(SettingError) as caught:
+        rewrite_rules(text)
+    assert str(caught.value) == message
+    assert isinstance(caught.value, UsageError)
