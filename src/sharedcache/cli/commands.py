@@ -2,8 +2,8 @@
 
 Each command takes the parsed :class:`~sharedcache.cli.parser.Arguments` and the
 :class:`~sharedcache.repository.repositories.Repositories` built from them, and returns the exit
-status.  The settings are built here, at the edge, from the options and the environment, and
-passed down as values.
+status.  The settings are built here, at the edge, from the config files, the environment and
+the options (:mod:`sharedcache.config.files`), and passed down as values.
 """
 
 from __future__ import annotations
@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import SettingError, SharedCacheError, UsageError
+from ..errors import ConfigError, SettingError, SharedCacheError, UsageError
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ..config.settings import FetchPolicy
     from ..engine.leases import Owner
     from ..repository.repositories import Held, Repositories
     from .parser import Arguments
+
+    Effective = dict[str, tuple[object, str]]
 
 # The owner of a use is the parent of sc by default.  It is read first thing: should the parent
 # die while sc runs, sc is re-parented (to init or a subreaper), which must not inherit the use.
@@ -28,10 +31,19 @@ PARENT = os.getppid()
 
 def run(options: Arguments) -> int:
     """Run the command ``options`` asks for; return its exit status."""
-    from ..config import settings
+    from ..config import files, settings
     from ..progress import Reporter
     from ..repository.repositories import Repositories
 
+    given = {setting.key: value for setting in files.SETTINGS
+             if (value := getattr(options, setting.key, None)) is not None and value is not False}
+    effective = files.effective(given, os.environ)
+    if options.action == "config":
+        return show_config(effective)
+    for key in ("directories", "max_size", "keep", "group", "timeout"):
+        if key in effective:
+            setattr(options, key, effective[key][0])
+    options.fetch = _fetch_policy(effective)
     repositories = Repositories(
         settings.directories(options.directories),
         reporter=Reporter(options.verbosity),
@@ -125,16 +137,51 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 }
 
 
-def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:
+def show_config(effective: Effective) -> int:
+    """``sc config``: every setting, its effective value and where it comes from."""
+    from ..config.files import SETTINGS
+    from ..config.settings import DEFAULT_DIRECTORIES, FetchPolicy
+    from ..loaders.transport import shown
+
+    defaults = FetchPolicy()
+    for setting in SETTINGS:
+        key = setting.key
+        if key in effective:
+            value, where = effective[key]
+        elif key == "directories":
+            value, where = ":".join(DEFAULT_DIRECTORIES), "default"
+        else:
+            value, where = getattr(defaults, key, None), "default"
+        if key == "proxy" and isinstance(value, str):  # user info in a proxy URL is not shown
+            value = "|".join(shown(member).removeprefix("proxy ") for member in value.split("|"))
+        elif key == "proxy" and value is None:
+            value = "(none: curl's variables apply)"
+        text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
+        print(f"{key} = {text}  # {where}")
+    return 0
+
+
+_FETCH_KEYS = ("connections", "connect_timeout", "read_timeout", "retries", "proxy", "no_proxy", "offline")
+
+
+def _fetch_policy(effective: Effective) -> FetchPolicy:
+    """The fetch policy the settings make; an invalid value names where it was set."""
     from ..config.settings import FetchPolicy
 
     try:
-        fetch = FetchPolicy(connections=options.connections)
+        return FetchPolicy(**{key: effective[key][0] for key in _FETCH_KEYS  # type: ignore[arg-type]
+                              if key in effective and effective[key][0] is not None})
     except SettingError as e:
-        raise UsageError(f"--{e.setting.replace('_', '-')} {e.reason}") from None
+        where = effective[e.setting][1]
+        if where.startswith("--"):
+            raise UsageError(f"{where} {e.reason}") from None
+        raise ConfigError(f"{where}: {e.setting} {e.reason}") from None
+
+
+def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:
     return repositories.acquire(
         options.loaders, owner=owner, name=options.name, size=options.size, keep=options.keep,
-        max_size=options.max_size, timeout=options.timeout, fetch=fetch,
+        max_size=options.max_size, timeout=options.timeout, fetch=options.fetch,
     )
 
 

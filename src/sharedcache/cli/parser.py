@@ -13,8 +13,12 @@ TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-ACTIONS = ("use", "unuse", "location", "run", "list", "gc")
+    from ..config.settings import FetchPolicy
+
+ACTIONS = ("use", "unuse", "location", "run", "list", "gc", "config")
 REPOSITORY_ACTIONS = ("use", "unuse", "location", "run")
+#: The actions that take the options that are settings too (see sharedcache.config.files).
+SETTING_ACTIONS = (*REPOSITORY_ACTIONS, "config")
 
 
 class Option:
@@ -37,19 +41,25 @@ OPTIONS = (
            "candidate base directories (default: $SC_DIRECTORIES or /tmp:/var/tmp)",
            metavar="DIR[:DIR...]"),
     Option(("--keep",), "keep", "once unused, keep the repository as a cache entry (LRU)",
-           actions=REPOSITORY_ACTIONS),
+           actions=SETTING_ACTIONS),
     Option(("--max-size",), "max_size", "size budget of the base directory's kept repositories",
-           metavar="SIZE", actions=REPOSITORY_ACTIONS),
+           metavar="SIZE", actions=SETTING_ACTIONS),
     Option(("--pid",), "pid", "process owning the use (default: the parent of sc)",
            metavar="PID", convert=int, actions=REPOSITORY_ACTIONS),
     Option(("--timeout",), "timeout", "seconds to wait for another process's population",
-           metavar="SECONDS", convert=float, actions=REPOSITORY_ACTIONS),
+           metavar="SECONDS", convert=float, actions=SETTING_ACTIONS),
     Option(("--connections",), "connections",
            "download over N connections at once (HTTP ranges; for throttled links)",
-           metavar="N", convert=int, actions=REPOSITORY_ACTIONS),
+           metavar="N", convert=int, actions=SETTING_ACTIONS),
     Option(("--group",), "group",
            "share a new base directory's cache with this group (name or gid)",
-           metavar="GROUP", actions=REPOSITORY_ACTIONS),
+           metavar="GROUP", actions=SETTING_ACTIONS),
+    Option(("--proxy",), "proxy",
+           "proxy chain 'A|B;C': groups in order, '|' picks at random, DIRECT for none "
+           "(default: $SC_PROXY, the config, curl's http_proxy...)",
+           metavar="PROXIES", actions=SETTING_ACTIONS),
+    Option(("--offline",), "offline", "no network at all: serve what is here, fail at once on a miss",
+           actions=SETTING_ACTIONS),
     Option(("--json",), "json", "print JSON", actions=("list",)),
     Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
     Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
@@ -66,6 +76,10 @@ usage: sc --use      [OPTIONS] LOADER...    register a use; print the repository
        sc run        [OPTIONS] LOADER... -- COMMAND [ARG...]
        sc list [--json]                     list the repositories
        sc gc                                reclaim dead uses, clean leftovers, apply budgets
+       sc config                            show the effective settings and where each comes from
+
+settings are read from /etc/shared-cache/config, then $XDG_CONFIG_HOME/shared-cache/config, then
+$SC_CONFIG ('key = value' lines), then the environment, then the options: later ones win.
 """
 EXIT_STATUS = "exit status: 0 success, 1 failure, 2 usage error; 'run' exits with COMMAND's status.\n"
 
@@ -111,8 +125,11 @@ class Arguments:
         self.group: str | None = None
         self.pid: int | None = None
         self.timeout: float | None = None
-        self.connections = 1
-        self.keep = self.json = self.help = self.version = False
+        self.connections: int | None = None
+        self.proxy: str | None = None
+        self.keep = self.offline = self.json = self.help = self.version = False
+        #: How sources fetch: built by the command from the settings (sharedcache.config.files).
+        self.fetch: FetchPolicy | None = None
         self.quiet = self.verbose = 0
 
     @property

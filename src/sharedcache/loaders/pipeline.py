@@ -49,6 +49,8 @@ from .protocol import Context, Progress
 from .streams import CHUNK, FileStream, SourceStream, Stream
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config.settings import FetchPolicy
     from .registry import Recipe
 
@@ -60,18 +62,19 @@ _THREAD_EXIT_WAIT = 2.0     # seconds to wait for the reading thread after a fai
 
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
              limit: int | None = None, progress: Progress | None = None,
-             fetch: FetchPolicy | None = None) -> None:
+             fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
     ``limit`` caps the bytes written to ``dest``, ``progress(done, total)`` is called with the
     number of source bytes received in order (with several connections, later parts may have
     arrived too) at most every 0.1 s, ``fetch`` says how sources fetch (connections, timeouts,
-    retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None).
+    retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None), and
+    ``notice(message)`` hears of retries and fail-overs.
     Raises a :class:`LoaderError`.
     """
     dest, work = Path(dest), Path(work)
-    ctx = Context(work=work, what=recipe.source.describe(), limit=limit, fetch=fetch)
+    ctx = Context(work=work, what=recipe.source.describe(), limit=limit, fetch=fetch, notice=notice)
     resumable = _raw(recipe) and recipe.source.resumable
     partial = _Partial(work, recipe.identity, ctx.what) if resumable else None
     if partial is None:

@@ -20,6 +20,7 @@ from .. import errors
 from ..engine import locks
 from ..engine.fsutil import remove_tree, unlink_if_present, write_atomic
 from ..errors import (
+    DownloadError,
     LoaderError,
     NoSpaceError,
     SharedCacheError,
@@ -125,6 +126,9 @@ class Population:
         request, base, cache = self.request, self.base, self.base.cache()
         name, owner = request.name, request.owner
         self.recipe = parse_recipe(request.words)  # a bad recipe fails before anything is written
+        if request.fetch.offline and self.recipe.source.network:
+            raise DownloadError(f"offline: repository {name!r} is not here, and "
+                                f"{self.recipe.source.describe()} needs the network")
         write_record(self.status_path, self.status)
         self._prepare_work()
         self.reporter.info(f"populating {name!r} in {base.path} from {' '.join(request.words)}")
@@ -169,7 +173,7 @@ class Population:
 
         request = self.request
         populate(self.recipe, data, work=self.work, limit=request.limit,
-                 progress=self.progress, fetch=request.fetch)
+                 progress=self.progress, fetch=request.fetch, notice=self.reporter.info)
 
     def progress(self, done: int, total: int | None) -> None:
         """Show how far the population has got, and tell the waiters twice a second."""
