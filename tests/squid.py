@@ -26,6 +26,7 @@ from scutil import stop_process
 
 SQUID = shutil.which("squid") or ("/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None)
 
+_NCSA_AUTH = "/usr/lib/squid/basic_ncsa_auth"
 _CONFIG = """\
 http_port {host}:{port}
 pid_filename none
@@ -36,7 +37,7 @@ cache_mem 256 MB
 maximum_object_size 1 GB
 maximum_object_size_in_memory 256 MB
 collapsed_forwarding on
-http_access allow all
+{access}
 shutdown_lifetime 0 seconds
 pinger_enable off
 coredump_dir {dir}
@@ -58,12 +59,23 @@ def free_port() -> int:
 class Squid:
     """One squid process.  ``netns``: run it in that network namespace (``ip netns exec``)."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None, netns: str | None = None) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None, netns: str | None = None,
+                 users: dict[str, str] | None = None) -> None:
+        """``users``: name -> password of the users allowed, with basic authentication (without
+        it, anyone may use the proxy)."""
         self.binary = require_squid()
         self.host, self.port, self.netns = host, port or free_port(), netns
         # squid drops root for its own user, which must reach its files: not under pytest's 0700 tmp.
         self.dir = Path(tempfile.mkdtemp(prefix="sc-squid-"))
-        (self.dir / "squid.conf").write_text(_CONFIG.format(host=self.host, port=self.port, dir=self.dir))
+        access = "http_access allow all"
+        if users:
+            hashed = [subprocess.run(["openssl", "passwd", "-apr1", password], capture_output=True, text=True,
+                                     check=True, timeout=30).stdout.strip() for password in users.values()]
+            (self.dir / "passwd").write_text("".join(f"{u}:{h}\n" for u, h in zip(users, hashed, strict=True)))
+            access = (f"auth_param basic program {_NCSA_AUTH} {self.dir}/passwd\n"
+                      "acl users proxy_auth REQUIRED\nhttp_access allow users\nhttp_access deny all")
+        (self.dir / "squid.conf").write_text(_CONFIG.format(host=self.host, port=self.port, dir=self.dir,
+                                                            access=access))
         if os.geteuid() == 0:
             user = pwd.getpwnam("proxy")
             os.chown(self.dir, user.pw_uid, user.pw_gid)

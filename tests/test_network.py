@@ -86,6 +86,23 @@ def test_all_proxy_applies_when_no_scheme_variable_is_set(tmp_path, origin, squi
     assert [u for _, u, _, _ in squid.requests()] == [url]
 
 
+def test_proxy_credentials_are_sent_and_never_shown(tmp_path, origin, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    with Squid(users={"alice": "s3cret-word"}) as proxy:
+        address = proxy.url.removeprefix("http://")
+        refused = use(tmp_path, owner, url, "-v", env=sc_env(http_proxy=proxy.url, SC_CONFIG="/dev/null"),
+                      name="refused")
+        assert refused.returncode == 1, refused.stderr
+        assert f"HTTP 407 Proxy Authentication Required for {url} via proxy {proxy.url}" in refused.stderr
+        result = use(tmp_path, owner, url, "-v", env=sc_env(SC_PROXY=f"http://alice:s3cret-word@{address}"))
+        assert result.returncode == 0, result.stderr
+        check_tree(tmp_path / "data", FILES)
+        assert [(m, u) for m, u, _, _ in proxy.requests()][-1] == ("GET", url)
+        shown = sc("config", env=sc_env(SC_PROXY=f"http://alice:s3cret-word@{address}"))
+        assert shown.returncode == 0 and f"proxy = http://{address}  # SC_PROXY" in shown.stdout, shown.stdout
+        assert "s3cret" not in result.stderr + shown.stdout
+
+
 # --- the proxy chain -----------------------------------------------------------------------------
 
 

@@ -189,7 +189,7 @@ class _HttpStream(SourceStream):
             except ValueError:
                 reason = "(unknown status)"
         response.close()
-        return DownloadError(f"HTTP {response.status} {reason} for {self.url}")
+        return DownloadError(f"HTTP {response.status} {reason} for {self.url}{self._transport.via()}")
 
     def _get(self, start: int | None, validator: str | None, last: int | None = None,
              stop: threading.Event | None = None) -> Any:
@@ -231,7 +231,7 @@ class _HttpStream(SourceStream):
                     return response
                 error = self._status_error(response)
                 if attempt >= self.retries:
-                    raise DownloadError(f"{error}{via} (after {attempt + 1} attempts)") from None
+                    raise DownloadError(f"{error} (after {attempt + 1} attempts)") from None
                 why = f"HTTP {response.status}"
             delay = self.fetch.delay(attempt)
             self.notice(f"retrying {self.url}{via} in {delay:.2g} s ({why}; "
