@@ -297,6 +297,22 @@ def test_verbose_off_a_terminal_shows_retries_and_progress_lines(tmp_path, origi
     assert all("\r" not in line for line in lines)
 
 
+def test_verbose_tells_resumes_and_restarts_with_their_reasons(tmp_path, origin, owner):
+    big = os.urandom(1_000_000)
+    url = origin.add("/big.bin", big)
+    origin.fault("/big.bin", drop_after=300_000)  # cut: resumed with a Range request...
+    origin.fault("/big.bin", new_etag=True)       # ...which finds another file: started over
+    result = sc("--use", "-v", "-n", "big", "-d", str(tmp_path), "--pid", str(owner.pid), f"http:{url}",
+                f"sha256:{hashlib.sha256(big).hexdigest()}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    resumed = [line for line in lines if line.startswith(f"sc: resuming {url} at byte 300000 in ")]
+    assert len(resumed) == 1 and "attempt 2 of 6" in resumed[0], result.stderr
+    restarted = [line for line in lines if line.startswith(f"sc: starting {url} over (cannot resume")]
+    assert len(restarted) == 1 and "attempt 2 of 6" in restarted[0], result.stderr
+    assert origin.stats("/big.bin").gets == 3
+
+
 def test_a_bare_url_gets_a_hint(tmp_path, owner):
     for word in ["https://example.org/data.tar", "http://example.org/data.tar"]:
         result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), word)

@@ -88,9 +88,10 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
                 raise NoSpaceError(f"no space left on the device for {ctx.what}") from None
             why = f"{exc.strerror or exc} ({exc.filename})"
             raise LoaderError(f"cannot write the data of {ctx.what}: {why}") from None
-        except ResumeError:
+        except ResumeError as e:
             if restart >= ctx.fetch.retries:
                 raise
+            ctx.notice(f"starting {ctx.what} over ({e}; attempt {restart + 2} of {ctx.fetch.retries + 1})")
             _empty(dest)
             ctx.written = 0
             if partial is not None:

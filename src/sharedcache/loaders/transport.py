@@ -159,7 +159,7 @@ class Transport:
 
     def __init__(self, url: str, fetch: FetchPolicy, *, maxsize: int,
                  notice: Callable[[str], None], tls: TlsOptions | None = None) -> None:
-        if fetch.offline:  # the last guard: sources refuse earlier, before any import of urllib3
+        if fetch.offline:  # the last guard: a population refuses earlier (repository.population)
             raise DownloadError(f"offline: not connecting to fetch {url}")
         self.url, self.fetch, self.maxsize, self.notice, self.tls = url, fetch, maxsize, notice, tls
         self.route = route(url, fetch)
