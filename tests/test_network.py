@@ -214,6 +214,25 @@ def test_offline_serves_what_is_here_and_fails_fast_on_a_miss(tmp_path, origin, 
     assert origin.stats("/data.tar.gz").gets == 1, "offline, nothing connects"
 
 
+def test_the_python_api_reads_the_settings_too(tmp_path, origin, monkeypatch):
+    import sharedcache
+    from sharedcache.errors import DownloadError
+
+    url = origin.add("/data.tar.gz", DATA)
+    config = tmp_path / "config"
+    config.write_text(f"offline = yes\ndirectories = {tmp_path}\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "nothing"))
+    monkeypatch.setenv("SC_CONFIG", str(config))
+    with pytest.raises(DownloadError, match="^offline: repository 'data' is not here"), \
+            sharedcache.use(*recipe(url), name="data"):
+        pass
+    assert origin.stats("/data.tar.gz").gets == 0
+    config.write_text(f"directories = {tmp_path}\n")
+    with sharedcache.use(*recipe(url), name="data", keep=True) as path:
+        assert path == tmp_path / "data"
+    assert origin.stats("/data.tar.gz").gets == 1
+
+
 # --- the config file -----------------------------------------------------------------------------
 
 

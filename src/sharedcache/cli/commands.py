@@ -11,18 +11,16 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import ConfigError, SettingError, SharedCacheError, UsageError
+from ..errors import SharedCacheError, UsageError
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..config.settings import FetchPolicy
+    from ..config.files import Effective
     from ..engine.leases import Owner
     from ..repository.repositories import Held, Repositories
     from .parser import Arguments
-
-    Effective = dict[str, tuple[object, str]]
 
 # The owner of a use is the parent of sc by default.  It is read first thing: should the parent
 # die while sc runs, sc is re-parented (to init or a subreaper), which must not inherit the use.
@@ -43,7 +41,7 @@ def run(options: Arguments) -> int:
     for key in ("directories", "max_size", "keep", "group", "timeout"):
         if key in effective:
             setattr(options, key, effective[key][0])
-    options.fetch = _fetch_policy(effective)
+    options.fetch = files.fetch_policy(effective)
     repositories = Repositories(
         settings.directories(options.directories),
         reporter=Reporter(options.verbosity),
@@ -159,23 +157,6 @@ def show_config(effective: Effective) -> int:
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         print(f"{key} = {text}  # {where}")
     return 0
-
-
-_FETCH_KEYS = ("connections", "connect_timeout", "read_timeout", "retries", "proxy", "no_proxy", "offline")
-
-
-def _fetch_policy(effective: Effective) -> FetchPolicy:
-    """The fetch policy the settings make; an invalid value names where it was set."""
-    from ..config.settings import FetchPolicy
-
-    try:
-        return FetchPolicy(**{key: effective[key][0] for key in _FETCH_KEYS  # type: ignore[arg-type]
-                              if key in effective and effective[key][0] is not None})
-    except SettingError as e:
-        where = effective[e.setting][1]
-        if where.startswith("--"):
-            raise UsageError(f"{where} {e.reason}") from None
-        raise ConfigError(f"{where}: {e.setting} {e.reason}") from None
 
 
 def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:

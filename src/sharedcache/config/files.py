@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ConfigError, SettingError
-from .settings import flag, proxy_chain
+from ..errors import ConfigError, SettingError, UsageError
+from .settings import FetchPolicy, flag, proxy_chain
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from typing import Any
+
+    #: Every setting that is set: key -> (value, where it came from).
+    Effective = dict[str, tuple[object, str]]
 
 SITE_FILE = "/etc/shared-cache/config"
 #: The environment variables of curl's that name a proxy; any of them overrides a file's ``proxy``.
@@ -141,9 +145,11 @@ def _convert(setting: Setting, text: str, where: str) -> object:
         raise ConfigError(f"{where}: {setting.key}: invalid value {text!r}") from None
 
 
-def effective(given: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
+def effective(given: Mapping[str, object], environ: Mapping[str, str], *,
+              given_as: str = "--{}") -> Effective:
     """Every setting that is set: key -> (value, where it came from), from the files, the
-    environment and ``given`` (the command line's options, by key: ``--max-size`` as ``max_size``)."""
+    environment and ``given`` (the command line's options, by key: ``--max-size`` as
+    ``max_size``; ``given_as`` names where they came from, the key with ``_`` as ``-``)."""
     settings: dict[str, tuple[object, str]] = {}
     for path, required in config_files(environ):
         settings.update(read_file(path, required))
@@ -158,5 +164,26 @@ def effective(given: Mapping[str, object], environ: Mapping[str, str]) -> dict[s
         if overriding:
             settings["proxy"] = (None, ", ".join(overriding))
     for key, value in given.items():
-        settings[key] = (value, "--" + key.replace("_", "-"))
+        settings[key] = (value, given_as.format(key.replace("_", "-")))
     return settings
+
+
+def value(settings: Effective, key: str) -> Any:
+    """The value of setting ``key`` (of the kind :data:`SETTINGS` gives it), or None if unset."""
+    return settings[key][0] if key in settings else None
+
+
+_FETCH_KEYS = ("connections", "connect_timeout", "read_timeout", "retries", "proxy", "no_proxy", "offline")
+
+
+def fetch_policy(settings: Effective) -> FetchPolicy:
+    """The fetch policy ``settings`` make.  An invalid value names where it was set: an option's
+    is a :class:`UsageError`, a file's or a variable's a :class:`ConfigError`."""
+    try:
+        return FetchPolicy(**{key: settings[key][0] for key in _FETCH_KEYS  # type: ignore[arg-type]
+                              if key in settings and settings[key][0] is not None})
+    except SettingError as e:
+        where = settings[e.setting][1]
+        if where.startswith("--"):
+            raise UsageError(f"{where} {e.reason}") from None
+        raise ConfigError(f"{where}: {e.setting} {e.reason}") from None

@@ -351,20 +351,27 @@ def use(
     is a lease of this process and also a kernel lock, so it vanishes if the process dies; on
     exit it is released, and the last release deletes the repository unless ``keep``.
 
-    ``directories`` defaults to ``$SC_DIRECTORIES``, else /tmp:/var/tmp.  ``fetch`` (a
-    :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches;
-    ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.
+    ``fetch`` (a :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches;
+    ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.  What is not given is
+    taken from the config files and the environment as ``sc`` takes it
+    (:mod:`sharedcache.config.files`): ``directories`` (else /tmp:/var/tmp), ``max_size``,
+    ``timeout`` and, without ``fetch``, the fetch settings (proxy, offline, timeouts...).
     """
-    from ..config import settings
+    from ..config import files, settings
 
-    if fetch is None:
-        fetch = FetchPolicy(connections=connections)
-    elif connections != 1:
+    if fetch is not None and connections != 1:
         raise UsageError("give connections in fetch, or alone, not both")
-    repositories = Repositories(settings.directories(directories), reporter=Reporter(verbosity))
+    given = {key: value for key, value in (("directories", directories), ("max_size", max_size),
+                                           ("timeout", timeout), ("connections", connections))
+             if value is not None and not (key == "connections" and value == 1)}
+    effective = files.effective(given, os.environ, given_as="use({}=...)")
+    if fetch is None:
+        fetch = files.fetch_policy(effective)
+    repositories = Repositories(settings.directories(files.value(effective, "directories")),
+                                reporter=Reporter(verbosity))
     held = repositories.acquire(
         _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
-        max_size=max_size, timeout=timeout, fetch=fetch,
+        max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"), fetch=fetch,
     )
     try:
         with held.cache.load(held.name):
