@@ -189,6 +189,21 @@ def test_https_goes_through_connect(tmp_path, tls_origin, squid, owner):
     assert len(squid.requests()) == 1
 
 
+def test_a_tunnel_the_proxy_refuses_fails_at_once_naming_the_proxy(tmp_path, tls_origin, owner):
+    server, ca = tls_origin
+    server.add("/data.tar.gz", DATA)
+    url = f"https://127.0.0.1:{server.port}/data.tar.gz"
+    with Squid(users={"alice": "s3cret-word"}) as proxy:
+        started = time.monotonic()
+        result = use(tmp_path, owner, url, env=sc_env(https_proxy=proxy.url, SSL_CERT_FILE=str(ca)))
+        took = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and f"via proxy {proxy.url}" in result.stderr, result.stderr
+    assert "407 Proxy Authentication Required" in result.stderr, result.stderr
+    assert took < 5, "a refusal is not retried"
+    assert server.stats("/data.tar.gz").gets == 0
+
+
 # --- offline -------------------------------------------------------------------------------------
 
 

@@ -222,7 +222,12 @@ class _HttpStream(SourceStream):
                                                 urllib3.exceptions.ProxyError))
                 if connecting and not permanent and self._transport.fail_over(member, _reason(exc)):
                     continue
-                if permanent or attempt >= self.retries:
+                # A proxy that answered and refused the tunnel (407, 403) would refuse it again.
+                cause = inner.args[1] if isinstance(inner, urllib3.exceptions.ProxyError) and len(inner.args) > 1 \
+                    else None
+                refused = isinstance(cause, OSError) and not isinstance(
+                    cause, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
+                if permanent or refused or attempt >= self.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
                     raise DownloadError(f"cannot download {self.url}{via}: {_reason(exc)}{tries}") from None
                 why = _reason(exc)
