@@ -353,3 +353,35 @@ def test_a_bare_url_gets_a_hint(tmp_path, owner):
         assert result.returncode == 2
         assert f"'{word}' looks like a bare URL: write http:{word}" in result.stderr, result.stderr
 
+
+
+@pytest.mark.parametrize(("url", "environ", "proxy", "expected"), [
+    ("http://h.example.org/x", {"http_proxy": "p:3128"}, None, ["http://p:3128"]),
+    ("http://h.example.org/x", {"HTTP_PROXY": "http://p:3128"}, None, ["DIRECT"]),
+    ("https://h.example.org/x", {"HTTPS_PROXY": "http://P:1", "https_proxy": "http://p:1"}, None, ["http://p:1"]),
+    ("https://h.example.org/x", {"http_proxy": "http://p:1"}, None, ["DIRECT"]),
+    ("https://h.example.org/x", {"ALL_PROXY": "http://a:1", "http_proxy": "http://p:1"}, None, ["http://a:1"]),
+    ("http://h.example.org/x", {"http_proxy": "http://p:1", "no_proxy": ".example.org"}, None, ["DIRECT"]),
+    ("http://example.org/x", {"http_proxy": "http://p:1", "no_proxy": "example.org"}, None, ["DIRECT"]),
+    ("http://badexample.org/x", {"http_proxy": "http://p:1", "no_proxy": "example.org"}, None, ["http://p:1"]),
+    ("http://10.1.2.3/x", {"http_proxy": "http://p:1", "NO_PROXY": "192.168.0.1, 10.0.0.0/8"}, None, ["DIRECT"]),
+    ("http://[::1]:8/x", {"http_proxy": "http://p:1", "no_proxy": "[::1]"}, None, ["DIRECT"]),
+    ("http://h/x", {"http_proxy": "http://p:1"}, "http://a:1;DIRECT", ["http://a:1", "DIRECT"]),
+    ("http://h/x", {"no_proxy": "h"}, "http://a:1;DIRECT", ["DIRECT"]),
+])
+def test_the_route_of_a_url_follows_curl(url, environ, proxy, expected):
+    """The route table, as curl reads its variables (the servers above check that routes are taken)."""
+    from sharedcache.config.settings import FetchPolicy
+    from sharedcache.loaders.transport import route
+
+    assert route(url, FetchPolicy(proxy=proxy), environ) == expected
+
+
+def test_a_group_of_the_chain_is_tried_in_random_order():
+    from sharedcache.config.settings import FetchPolicy
+    from sharedcache.loaders.transport import route
+
+    fetch = FetchPolicy(proxy="a:1|b:1|c:1;DIRECT")
+    seen = {tuple(route("http://h/x", fetch, {})) for _ in range(200)}
+    assert len(seen) == 6 and all(r[-1] == "DIRECT" and sorted(r[:3]) == ["http://a:1", "http://b:1", "http://c:1"]
+                                  for r in seen)
