@@ -123,6 +123,47 @@ def test_chain_fails_over_when_a_proxy_is_stopped(tmp_path, origin, owner):
         assert took < 10, "a stopped proxy costs a refused connection, not the retry policy"
 
 
+@pytest.fixture
+def silent_proxy() -> Iterator[str]:
+    """A proxy address on 127.0.0.1 that never answers a connection: its accept queue is full, so
+    the kernel drops new SYNs, as a host that is down or firewalled would."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    address = server.getsockname()
+    queued: list[socket.socket] = []
+    try:
+        while True:
+            client = socket.socket()
+            client.settimeout(0.5)
+            try:
+                client.connect(address)
+            except TimeoutError:
+                client.close()
+                break
+            queued.append(client)
+            assert len(queued) < 64, "the accept queue does not fill"
+        yield f"http://{address[0]}:{address[1]}"
+    finally:
+        for client in queued:
+            client.close()
+        server.close()
+
+
+def test_a_silent_proxy_costs_one_short_connect_timeout(tmp_path, origin, owner, silent_proxy):
+    url = origin.add("/data.tar.gz", DATA)
+    started = time.monotonic()
+    result = use(tmp_path, owner, url, "-v", "--proxy", f"{silent_proxy};DIRECT")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    failover = [line for line in result.stderr.splitlines() if "failing over" in line]
+    assert len(failover) == 1 and f"proxy {silent_proxy} failed" in failover[0], result.stderr
+    assert "timed out" in failover[0], failover[0]
+    assert 4.5 < took < 15, f"{took:.1f} s: the fail-over connect timeout is 5 s (the connect timeout is 30 s)"
+
+
 def test_chain_with_direct_and_every_proxy_down(tmp_path, origin, owner):
     url = origin.add("/data.tar.gz", DATA)
     dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
