@@ -98,8 +98,10 @@ def test_proxy_credentials_are_sent_and_never_shown(tmp_path, origin, owner):
         assert result.returncode == 0, result.stderr
         check_tree(tmp_path / "data", FILES)
         assert [(m, u) for m, u, _, _ in proxy.requests()][-1] == ("GET", url)
-        shown = sc("config", env=sc_env(SC_PROXY=f"http://alice:s3cret-word@{address}"))
-        assert shown.returncode == 0 and f"proxy = http://{address}  # SC_PROXY" in shown.stdout, shown.stdout
+        chain = f"http://alice:s3cret-word@{address};alice:s3cret-word@{address}|DIRECT"
+        shown = sc("config", env=sc_env(SC_PROXY=chain))
+        assert shown.returncode == 0, shown.stderr
+        assert f"proxy = http://{address};{address}|DIRECT  # SC_PROXY" in shown.stdout, shown.stdout
         assert "s3cret" not in result.stderr + shown.stdout
 
 

@@ -139,7 +139,7 @@ def show_config(effective: Effective) -> int:
     """``sc config``: every setting, its effective value and where it comes from."""
     from ..config.files import SETTINGS
     from ..config.settings import DEFAULT_DIRECTORIES, FetchPolicy
-    from ..loaders.transport import shown
+    from ..loaders.transport import shown_chain
 
     defaults = FetchPolicy()
     for setting in SETTINGS:
@@ -151,7 +151,7 @@ def show_config(effective: Effective) -> int:
         else:
             value, where = getattr(defaults, key, None), "default"
         if key == "proxy" and isinstance(value, str):  # user info in a proxy URL is not shown
-            value = "|".join(shown(member).removeprefix("proxy ") for member in value.split("|"))
+            value = shown_chain(value)
         elif key == "proxy" and value is None:
             value = "(none: curl's variables apply)"
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value

@@ -55,8 +55,7 @@ OPTIONS = (
            "share a new base directory's cache with this group (name or gid)",
            metavar="GROUP", actions=SETTING_ACTIONS),
     Option(("--proxy",), "proxy",
-           "proxy chain 'A|B;C': groups in order, '|' picks at random, DIRECT for none "
-           "(default: $SC_PROXY, the config, curl's http_proxy...)",
+           "proxy chain 'A|B;C' (DIRECT: none); default: $SC_PROXY, config, http_proxy...",
            metavar="PROXIES", actions=SETTING_ACTIONS),
     Option(("--offline",), "offline", "no network at all: serve what is here, fail at once on a miss",
            actions=SETTING_ACTIONS),

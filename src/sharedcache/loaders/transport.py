@@ -108,12 +108,21 @@ def bypassed(host: str, no_proxy: str) -> bool:
     return False
 
 
+def without_user_info(proxy: str) -> str:
+    """A proxy URL (or ``DIRECT``) without its user name and password."""
+    scheme, has_scheme, rest = proxy.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if has_scheme else proxy.rpartition("@")[2]
+
+
+def shown_chain(chain: str) -> str:
+    """A proxy chain as written, without the user info of its proxies."""
+    return ";".join("|".join(without_user_info(member.strip()) for member in group.split("|"))
+                    for group in chain.split(";"))
+
+
 def shown(proxy: str) -> str:
     """A route member as messages name it: without user info."""
-    if proxy == DIRECT:
-        return "a direct connection"
-    scheme, _, rest = proxy.partition("://")
-    return f"proxy {scheme}://{rest.rpartition('@')[2]}"
+    return "a direct connection" if proxy == DIRECT else f"proxy {without_user_info(proxy)}"
 
 
 class TlsOptions:
