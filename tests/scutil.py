@@ -16,9 +16,16 @@ from pathlib import Path
 SC = [sys.executable, "-m", "sharedcache"]
 
 
+#: What sc reads from the environment that would change a test's outcome (see sharedcache.config).
+_SETTINGS_ENVIRONMENT = ("SC_DIRECTORIES", "SC_CONFIG", "SC_PROXY", "SC_OFFLINE", "http_proxy", "https_proxy",
+                         "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY")
+
+
 def sc_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("SC_DIRECTORIES", None)
+    """The environment of a test's sc: without the settings of whoever runs the tests (and without a
+    user config file); plus ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name not in _SETTINGS_ENVIRONMENT}
+    env["XDG_CONFIG_HOME"] = "/nonexistent/sc-test-config"
     env.update(extra)
     return env
 
@@ -77,6 +84,15 @@ def kill_populator_and_take_over(args: list[str], partly_done) -> tuple[int, str
             first.kill()
             first.wait(10)
     return status, out, err
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:  # type: ignore[type-arg]
+    """Stop ``proc`` by its PID: SIGTERM, then SIGKILL if it is still there after ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
 
 
 class Sleeper:

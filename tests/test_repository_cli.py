@@ -54,7 +54,7 @@ WARM_FORBIDDEN = {"_sqlite3", "sqlite3", "contextlib", "collections", "importlib
 # here costs every warm use its loading time, so adding one is a decision, made in both places.
 WARM_MODULES = {
     "sharedcache", "sharedcache.errors", "sharedcache.lean", "sharedcache.sizes", "sharedcache.progress",
-    "sharedcache.config", "sharedcache.config.settings",
+    "sharedcache.config", "sharedcache.config.settings", "sharedcache.config.files",
     "sharedcache.cli", "sharedcache.cli.parser", "sharedcache.cli.commands",
     "sharedcache.repository", "sharedcache.repository.repositories", "sharedcache.repository.bases",
     "sharedcache.loaders", "sharedcache.loaders.words",
@@ -455,7 +455,7 @@ def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one
     (("file:/x",), {"name": "a/b"}, "invalid repository name"),
     (("file:/x",), {"size": "lots"}, "size"),
     (("file:/x",), {"max_size": -1}, "max-size"),
-    (("file:/x",), {"connections": 0}, "connections must be between 1 and"),
+    (("file:/x",), {"connections": 0}, "use(connections=...) must be between 1 and 32"),
     (("nope:/x",), {}, "unknown loader 'nope'"),
 ])
 def test_python_api_bad_input_is_a_usage_error_of_one_line(dirs, args, kwargs, message):

@@ -38,6 +38,13 @@ class SettingError(UsageError):
         self.setting, self.reason = setting, reason
 
 
+class ConfigError(SharedCacheError):
+    """A config file or a setting's environment variable is malformed; the message names the file
+    and line (or the variable) and the key."""
+
+    exit_status = 2
+
+
 class MissError(SharedCacheError, KeyError):
     """The requested cache entry does not exist (or is not committed)."""
 

@@ -2,8 +2,9 @@
 
 On a terminal the downloader shows a progress bar (tqdm when the ``progress`` extra is installed,
 else a plain line redrawn in place) and waiting processes say whom they wait for.  Off a terminal
-nothing is printed but errors, unless the user asks for it with ``-v``; ``-q`` silences all but
-errors even on a terminal.
+nothing is printed but errors, unless the user asks for it with ``-v``: progress is then a line
+every :data:`LINE_INTERVAL` seconds and one at the end, fit for a job's log.  ``-q`` silences all
+but errors even on a terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from .sizes import format_size
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from typing import Any, TextIO
+
+
+#: Seconds between two progress lines off a terminal.
+LINE_INTERVAL = 5.0
 
 
 class Reporter:
@@ -44,19 +49,34 @@ class Reporter:
             print(f"sc: {message}", file=self.stream, flush=True)
 
     def bar(self, label: str) -> ProgressBar:
-        return ProgressBar(label, self.stream, enabled=self.chatty and self.tty)
+        return ProgressBar(label, self.stream, enabled=self.chatty, lines=not self.tty)
 
 
 class ProgressBar:
-    """A byte counter shown on a terminal; a callable fit for ``Recipe.populate(progress=)``."""
+    """A byte counter shown on a terminal, or as lines in a log (``lines``); a callable fit for
+    ``Recipe.populate(progress=)``."""
 
-    def __init__(self, label: str, stream: TextIO, *, enabled: bool) -> None:
-        self.label, self.stream, self.enabled = label, stream, enabled
+    def __init__(self, label: str, stream: TextIO, *, enabled: bool, lines: bool = False) -> None:
+        self.label, self.stream, self.enabled, self.lines = label, stream, enabled, lines
         self._bar: Any = None
         self._plain_at = 0.0
+        self._line_at: float | None = None  # when the last line was printed; None: no progress yet
+        self._last: tuple[int, int | None] | None = None
+
+    def _line(self, done: int, total: int | None) -> None:
+        self._line_at = time.monotonic()
+        of = f" of {format_size(total)} ({100 * done // total}%)" if total else ""
+        print(f"sc: {self.label}: {format_size(done)}{of}", file=self.stream, flush=True)
 
     def __call__(self, done: int, total: int | None) -> None:
         if not self.enabled:
+            return
+        if self.lines:
+            self._last = (done, total)
+            if self._line_at is None:
+                self._line_at = time.monotonic()  # the first line comes after an interval
+            elif time.monotonic() - self._line_at >= LINE_INTERVAL:
+                self._line(done, total)
             return
         if self._bar is None:
             try:
@@ -78,6 +98,9 @@ class ProgressBar:
             print(f"\r{self.label}: {format_size(done)}{of}", end="", file=self.stream, flush=True)
 
     def close(self) -> None:
+        if self._last is not None:
+            self._line(*self._last)
+            self._last = None
         if self._bar:
             self._bar.close()
         elif self._bar is False:

@@ -2,8 +2,8 @@
 
 Each command takes the parsed :class:`~sharedcache.cli.parser.Arguments` and the
 :class:`~sharedcache.repository.repositories.Repositories` built from them, and returns the exit
-status.  The settings are built here, at the edge, from the options and the environment, and
-passed down as values.
+status.  The settings are built here, at the edge, from the config files, the environment and
+the options (:mod:`sharedcache.config.files`), and passed down as values.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import SettingError, SharedCacheError, UsageError
+from ..errors import SharedCacheError, UsageError
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ..config.files import Effective
     from ..engine.leases import Owner
     from ..repository.repositories import Held, Repositories
     from .parser import Arguments
@@ -29,12 +30,21 @@ PARENT = os.getppid()
 
 def run(options: Arguments) -> int:
     """Run the command ``options`` asks for; return its exit status."""
-    from ..config import settings
+    from ..config import files
     from ..progress import Reporter
     from ..repository.repositories import Repositories
 
+    given = {setting.key: value for setting in files.SETTINGS
+             if (value := getattr(options, setting.key, None)) is not None and value is not False}
+    effective = files.effective(given, os.environ)
+    if options.action == "config":
+        return show_config(effective)
+    for key in ("directories", "max_size", "keep", "group", "timeout"):
+        if key in effective:
+            setattr(options, key, effective[key][0])
+    options.fetch = files.fetch_policy(effective, os.environ)
     repositories = Repositories(
-        settings.directories_from_environment(options.directories),
+        options.directories,  # the environment's, a file's, or the option's (files.effective)
         reporter=Reporter(options.verbosity),
         group=_group(options.group),
     )
@@ -145,21 +155,34 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 }
 
 
-def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:
-    from ..config.settings import Credentials, FetchPolicy
-    from ..sizes import parse_size
+def show_config(effective: Effective) -> int:
+    """``sc config``: every setting, its effective value and where it comes from."""
+    from ..config.files import SETTINGS
+    from ..config.settings import DEFAULT_DIRECTORIES, FetchPolicy
+    from ..loaders.transport import shown_chain
 
-    default = FetchPolicy()
-    limit = default.speed_limit if options.speed_limit is None else parse_size(options.speed_limit, "--speed-limit")
-    try:
-        fetch = FetchPolicy(connections=options.connections, speed_limit=limit,
-                            speed_time=default.speed_time if options.speed_time is None else options.speed_time,
-                            credentials=Credentials.discover())
-    except SettingError as e:
-        raise UsageError(f"--{e.setting.replace('_', '-')} {e.reason}") from None
+    defaults = FetchPolicy()
+    for setting in SETTINGS:
+        key = setting.key
+        if key in effective:
+            value, where = effective[key]
+        elif key == "directories":
+            value, where = ":".join(DEFAULT_DIRECTORIES), "default"
+        else:
+            value, where = getattr(defaults, key, None), "default"
+        if key == "proxy" and isinstance(value, str):  # user info in a proxy URL is not shown
+            value = shown_chain(value)
+        elif key == "proxy" and value is None:
+            value = "(none: curl's variables apply)"
+        text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
+        print(f"{key} = {text}  # {where}")
+    return 0
+
+
+def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:
     return repositories.acquire(
         options.loaders, owner=owner, name=options.name, size=options.size, keep=options.keep,
-        max_size=options.max_size, timeout=options.timeout, fetch=fetch,
+        max_size=options.max_size, timeout=options.timeout, fetch=options.fetch,
     )
 
 

@@ -8,13 +8,18 @@ configuring ``argparse`` alone costs about half of a Python start (see CONTRIBUT
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..sizes import parse_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-ACTIONS = ("use", "unuse", "location", "run", "list", "gc")
+    from ..config.settings import FetchPolicy
+
+ACTIONS = ("use", "unuse", "location", "run", "list", "gc", "config")
 REPOSITORY_ACTIONS = ("use", "unuse", "location", "run")
+#: The actions that take the options that are settings too (see sharedcache.config.files).
+SETTING_ACTIONS = (*REPOSITORY_ACTIONS, "config")
 
 
 class Option:
@@ -37,24 +42,29 @@ OPTIONS = (
            "candidate base directories (default: $SC_DIRECTORIES or /tmp:/var/tmp)",
            metavar="DIR[:DIR...]"),
     Option(("--keep",), "keep", "once unused, keep the repository as a cache entry (LRU)",
-           actions=REPOSITORY_ACTIONS),
+           actions=SETTING_ACTIONS),
     Option(("--max-size",), "max_size", "size budget of the base directory's kept repositories",
-           metavar="SIZE", actions=REPOSITORY_ACTIONS),
+           metavar="SIZE", actions=SETTING_ACTIONS),
     Option(("--pid",), "pid", "process owning the use (default: the job that ran sc)",
            metavar="PID", convert=int, actions=REPOSITORY_ACTIONS),
     Option(("--timeout",), "timeout", "seconds to wait for another process's population",
-           metavar="SECONDS", convert=float, actions=REPOSITORY_ACTIONS),
+           metavar="SECONDS", convert=float, actions=SETTING_ACTIONS),
     Option(("--connections",), "connections",
            "download over N connections at once (HTTP ranges; for throttled links)",
-           metavar="N", convert=int, actions=REPOSITORY_ACTIONS),
+           metavar="N", convert=int, actions=SETTING_ACTIONS),
     Option(("--speed-limit",), "speed_limit",
            "fail a download slower than RATE bytes a second (1KB: 1000) for --speed-time; 0: never",
-           metavar="RATE", actions=REPOSITORY_ACTIONS),
+           metavar="RATE", convert=lambda rate: parse_size(rate, "--speed-limit"), actions=SETTING_ACTIONS),
     Option(("--speed-time",), "speed_time", "seconds a download may stay under --speed-limit (default 60)",
-           metavar="SECONDS", convert=float, actions=REPOSITORY_ACTIONS),
+           metavar="SECONDS", convert=float, actions=SETTING_ACTIONS),
     Option(("--group",), "group",
            "share a new base directory's cache with this group (name or gid)",
-           metavar="GROUP", actions=REPOSITORY_ACTIONS),
+           metavar="GROUP", actions=SETTING_ACTIONS),
+    Option(("--proxy",), "proxy",
+           "proxy chain 'A|B;C' (DIRECT: none); default: $SC_PROXY, config, http_proxy...",
+           metavar="PROXIES", actions=SETTING_ACTIONS),
+    Option(("--offline",), "offline", "no network at all: serve what is here, fail at once on a miss",
+           actions=SETTING_ACTIONS),
     Option(("--json",), "json", "print JSON", actions=("list",)),
     Option(("--forget-host",), "forget_host",
            "judge dead every use held on these hosts (machine ids; for hosts that are gone)",
@@ -74,6 +84,10 @@ usage: sc --use      [OPTIONS] LOADER...    register a use; print the repository
        sc run        [OPTIONS] LOADER... -- COMMAND [ARG...]
        sc list [--json]                     list the repositories
        sc gc [--forget-host ID,...]         reclaim dead uses, clean leftovers, apply budgets
+       sc config                            show the effective settings and where each comes from
+
+settings are read from /etc/shared-cache/config, then $XDG_CONFIG_HOME/shared-cache/config, then
+$SC_CONFIG ('key = value' lines), then the environment, then the options: later ones win.
 """
 EXIT_STATUS = "exit status: 0 success, 1 failure, 2 usage error; 'run' exits with COMMAND's status.\n"
 
@@ -121,10 +135,13 @@ class Arguments:
         self.forget_host: str | None = None
         self.pid: int | None = None
         self.timeout: float | None = None
-        self.connections = 1
-        self.speed_limit: str | None = None
+        self.connections: int | None = None
+        self.speed_limit: int | None = None
         self.speed_time: float | None = None
-        self.keep = self.json = self.help = self.version = False
+        self.proxy: str | None = None
+        self.keep = self.offline = self.json = self.help = self.version = False
+        #: How sources fetch: built by the command from the settings (sharedcache.config.files).
+        self.fetch: FetchPolicy | None = None
         self.quiet = self.verbose = 0
 
     @property

@@ -8,10 +8,15 @@ setting.  The environment is read here, by functions the edge calls (the command
 
 ===================  ================================================================
 ``SC_DIRECTORIES``   candidate base directories, ``:``-separated (as ``--directories``)
+``SC_PROXY``         the proxy chain (as ``--proxy``; see :func:`proxy_chain`)
+``SC_OFFLINE``       ``1`` (or ``yes``, ``true``, ``on``): no network at all (as ``--offline``)
 ===================  ================================================================
 
 The standard variables of TLS and of grid credentials (``SSL_CERT_FILE``, ``X509_USER_PROXY``,
 ``BEARER_TOKEN``...) are read by :meth:`Credentials.discover`, which the edge calls too.
+Which proxy a URL goes through when no chain is set (curl's variables ``http_proxy``,
+``https_proxy``, ``all_proxy``, ``no_proxy``) is decided per URL by
+:mod:`sharedcache.loaders.transport`.
 
 This module is on the warm path of ``sc --use``: it imports nothing costly.
 """
@@ -30,6 +35,10 @@ if TYPE_CHECKING:
 DEFAULT_DIRECTORIES = ("/tmp", "/var/tmp")
 #: At most this many connections for one download (``--connections``).
 MAX_CONNECTIONS = 32
+#: The member of a proxy chain that means "no proxy".
+DIRECT = "DIRECT"
+
+ProxyChain = tuple[tuple[str, ...], ...]
 
 
 class Credentials:
@@ -201,6 +210,11 @@ class FetchPolicy:
     byte now and then, each within the read timeout, would keep a population going forever.  ``credentials``: TLS
     trust and authentication (:class:`Credentials`; None: the system's CAs and no credentials).
     ``rewrites``: the site's rewrite rules (:func:`rewrite_rules`).
+
+    ``proxy``: the proxy chain (a string as :func:`proxy_chain` reads it, or its groups), or None
+    to follow curl's environment variables.  ``no_proxy``: hosts reached directly, as curl's
+    ``no_proxy`` (None: the environment's).  ``offline``: no network connection of any kind; a
+    source that needs one fails at once.
     """
 
     __slots__ = (
@@ -209,6 +223,9 @@ class FetchPolicy:
         "connect_timeout",
         "connections",
         "credentials",
+        "no_proxy",
+        "offline",
+        "proxy",
         "read_timeout",
         "retries",
         "rewrites",
@@ -225,11 +242,16 @@ class FetchPolicy:
     speed_time: float
     credentials: Credentials | None
     rewrites: tuple[Rewrite, ...]
+    proxy: ProxyChain | None
+    no_proxy: str | None
+    offline: bool
 
     def __init__(self, *, connections: int = 1, connect_timeout: float = 30.0,
                  read_timeout: float = 60.0, retries: int = 5, backoff: float = 0.25,
                  backoff_max: float = 8.0, speed_limit: int = 1000, speed_time: float = 60.0,
-                 credentials: Credentials | None = None, rewrites: Sequence[Rewrite] = ()) -> None:
+                 credentials: Credentials | None = None, rewrites: Sequence[Rewrite] = (),
+                 proxy: str | ProxyChain | None = None, no_proxy: str | None = None,
+                 offline: bool = False) -> None:
         if type(connections) is not int or not 1 <= connections <= MAX_CONNECTIONS:
             raise SettingError("connections", f"must be between 1 and {MAX_CONNECTIONS}, not {connections!r}")
         if type(retries) is not int or retries < 0:
@@ -242,10 +264,14 @@ class FetchPolicy:
                 raise SettingError(what, f"must be a number of seconds, not {seconds!r}")
         if speed_time == 0 and speed_limit:
             raise SettingError("speed_time", "must be more than 0 seconds when there is a speed limit")
+        if type(offline) is not bool:
+            raise SettingError("offline", f"must be true or false, not {offline!r}")
         values = {"connections": connections, "connect_timeout": float(connect_timeout),
                   "read_timeout": float(read_timeout), "retries": retries, "backoff": float(backoff),
                   "backoff_max": float(backoff_max), "speed_limit": speed_limit, "speed_time": float(speed_time),
-                  "credentials": credentials, "rewrites": tuple(rewrites)}
+                  "credentials": credentials, "rewrites": tuple(rewrites),
+                  "proxy": proxy_chain(proxy) if isinstance(proxy, str) else proxy, "no_proxy": no_proxy,
+                  "offline": offline}
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -269,6 +295,46 @@ class FetchPolicy:
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"FetchPolicy({fields})"
+
+
+def proxy_chain(text: str) -> ProxyChain:
+    """The groups of a CVMFS-style proxy chain ``A|B;C``: groups (``;``) are tried in order, the
+    proxies of a group (``|``) in random order; ``DIRECT`` is a member that uses no proxy.  A
+    proxy is ``[http://|https://][USER:PASSWORD@]HOST[:PORT]`` (``http://`` if no scheme is given).
+    """
+    groups = []
+    for group in text.split(";"):
+        members = tuple(_proxy_member(member.strip()) for member in group.split("|"))
+        groups.append(members)
+    return tuple(groups)
+
+
+def _proxy_member(member: str) -> str:
+    if member.upper() == DIRECT:
+        return DIRECT
+    scheme, has_scheme, rest = member.partition("://")
+    if not has_scheme:
+        scheme, rest = "http", member
+    address = rest.rpartition("@")[2].partition("/")[0]  # HOST[:PORT], without user info
+    host, colon, port = address.rpartition(":")
+    if not colon or host.endswith(":"):  # no port, or an IPv6 address without brackets
+        host, port = address, ""
+    if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
+            or any(char.isspace() for char in member):
+        why = f"cannot use {member!r}" if member else "has an empty member"
+        raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
+                                    "separated by ';' and proxies inside a group by '|'")
+    return f"{scheme}://{rest}"
+
+
+def flag(value: str, setting: str) -> bool:
+    """A yes/no setting written as text: 1, yes, true, on or 0, no, false, off (any case)."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off", ""):
+        return False
+    raise SettingError(setting, f"must be yes or no (1/0, true/false, on/off), not {value!r}")
 
 
 def base_directories(directories: str | Sequence[str | os.PathLike[str]] | None) -> list[str]:

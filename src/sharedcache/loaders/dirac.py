@@ -20,6 +20,7 @@ class DiracSource(Source):
 
     argument = "LFN"
     tool = "dirac-dms-get-file"
+    network = True
 
     def __init__(self, name: str, arg: str | None) -> None:
         super().__init__(name, arg)

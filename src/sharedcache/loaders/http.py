@@ -22,6 +22,9 @@ and a small file, get one connection.  This holds for fresh downloads and for re
 TLS trust, the client certificate and the ``Authorization`` header come from
 :mod:`sharedcache.loaders.credentials` (``ctx.fetch.credentials``; the user info of the URL, which
 is removed from the URL that messages show); a 401 or 403 answer says what was sent.
+Connections go through :mod:`sharedcache.loaders.transport` (proxies, fail-over, the pool
+managers).  Every retry and every fail-over is told to ``ctx.notice`` with its reason.  Offline
+(``ctx.fetch.offline``) the source refuses to open before any connection is tried.
 """
 
 from __future__ import annotations
@@ -43,9 +46,6 @@ from .streams import CHUNK, SourceStream
 if TYPE_CHECKING:
     import urllib3
 
-    from ..config.settings import FetchPolicy
-
-_MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -54,12 +54,15 @@ class HttpSource(Source):
 
     argument = "URL"
     resumable = True
+    network = True
 
     def __init__(self, name: str, arg: str | None) -> None:
         super().__init__(name, arg)
         from urllib.parse import urlsplit
 
         assert arg is not None
+        if arg.startswith("//"):  # http://HOST/PATH written without the word's name
+            raise UsageError(f"'{self.word}' looks like a bare URL: write http:{self.word}")
         try:
             parts = urlsplit(arg)
             parts.port  # noqa: B018 - raises on a malformed port
@@ -105,14 +108,11 @@ def _reason(exc: BaseException) -> str:
     inner = getattr(exc, "reason", None)
     if isinstance(inner, BaseException):
         return _reason(inner)
+    if len(exc.args) == 2 and isinstance(exc.args[1], BaseException):  # ProxyError(what, why)
+        return f"{exc.args[0]}: {_reason(exc.args[1])}"
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc) or type(exc).__name__
     # "HTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] ..."
     return text.rpartition("): ")[2] if text.startswith(("HTTPConnection", "HTTPSConnection")) else text
-
-
-def _read_timeout(fetch: FetchPolicy) -> float:
-    """How long one read may wait: never past the time that judges the transfer too slow."""
-    return min(fetch.read_timeout, fetch.speed_time) if fetch.speed_limit else fetch.read_timeout
 
 
 class _HttpStream(SourceStream):
@@ -124,25 +124,23 @@ class _HttpStream(SourceStream):
         super().__init__()
         import urllib3
 
+        from .transport import TlsOptions, Transport
+
         self.url = url
         self.fetch = fetch = ctx.fetch
+        self.notice = ctx.notice
         self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
         self._connections = fetch.connections
-        # Credentials hook (1 of 2): the Authorization of every request of this URL.
+        # Credentials: the Authorization of every request of this URL, and the TLS trust and
+        # client certificate of every pool of its transport.
         self._auth = Authorization(fetch.credentials, url, login)
-        self._pool = urllib3.PoolManager(
-            maxsize=self._connections,  # a connection per worker is kept for its next part
-            timeout=urllib3.Timeout(connect=fetch.connect_timeout, read=_read_timeout(fetch)),
-            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0,
-                                  redirect=_MAX_REDIRECTS),
-            headers={"User-Agent": "shared-cache", "Accept-Encoding": "identity"},
-            # Credentials hook (2 of 2): the TLS trust and client certificate of the pool.
-            **pool_options(fetch.credentials, url))
+        self._transport = Transport(url, fetch, maxsize=self._connections, notice=ctx.notice,
+                                    tls=TlsOptions(pool_options(fetch.credentials, url)))
         try:
             response = self._first_response(start, validator)
         except BaseException:
-            self._pool.clear()
+            self._transport.clear()
             raise
         self._position = self.start
         self._reader = self._rest(response)
@@ -199,7 +197,7 @@ class _HttpStream(SourceStream):
                 reason = "(unknown status)"
         response.close()
         refused = f" ({self._auth.sent})" if response.status in (401, 403) else ""
-        return DownloadError(f"HTTP {response.status} {reason} for {self.url}{refused}")
+        return DownloadError(f"HTTP {response.status} {reason} for {self.url}{self._transport.via()}{refused}")
 
     def _get(self, start: int | None, validator: str | None, last: int | None = None,
              stop: threading.Event | None = None) -> Any:
@@ -214,25 +212,45 @@ class _HttpStream(SourceStream):
                 headers["If-Range"] = validator
         attempt = 0
         while True:
+            member, pool = self._transport.pool()
+            via = self._transport.via()
             try:
-                response = self._pool.request("GET", self.url, headers=headers, preload_content=False,
-                                              decode_content=False)
+                # Headers given to a request replace the pool's (User-Agent...): they are merged.
+                response = pool.request("GET", self.url, headers={**pool.headers, **headers},
+                                        preload_content=False, decode_content=False)
             except self.errors as exc:
                 inner = getattr(exc, "reason", exc)
                 permanent = isinstance(inner, (urllib3.exceptions.SSLError,  # no retry fixes these
                                                urllib3.exceptions.ResponseError,
                                                urllib3.exceptions.LocationValueError))
-                if permanent or attempt >= self.retries:
+                # No connection through this member (a proxy that is down, or refuses the tunnel):
+                # the next member of the route is tried at once.
+                connecting = isinstance(inner, (urllib3.exceptions.NewConnectionError,
+                                                urllib3.exceptions.ConnectTimeoutError,
+                                                urllib3.exceptions.ProxyError))
+                if connecting and not permanent and self._transport.fail_over(member, _reason(exc)):
+                    continue
+                # A proxy that answered and refused the tunnel (407, 403) would refuse it again.
+                cause = inner.args[1] if isinstance(inner, urllib3.exceptions.ProxyError) and len(inner.args) > 1 \
+                    else None
+                refused = isinstance(cause, OSError) and not isinstance(
+                    cause, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
+                if permanent or refused or attempt >= self.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
                     why = certificate_problem(exc) or _reason(exc)
-                    raise DownloadError(f"cannot download {self.url}: {why}{tries}") from None
+                    raise DownloadError(f"cannot download {self.url}{via}: {why}{tries}") from None
+                why = _reason(exc)
             else:
                 if response.status < 500:
                     return response
                 error = self._status_error(response)
                 if attempt >= self.retries:
                     raise DownloadError(f"{error} (after {attempt + 1} attempts)") from None
-            self.pause(self.fetch.delay(attempt), stop)
+                why = f"HTTP {response.status}"
+            delay = self.fetch.delay(attempt)
+            self.notice(f"retrying {self.url}{via} in {delay:.2g} s ({why}; "
+                        f"attempt {attempt + 2} of {self.retries + 1})")
+            self.pause(delay, stop)
             attempt += 1
 
     def pause(self, seconds: float, stop: threading.Event | None) -> None:
@@ -297,7 +315,7 @@ class _HttpStream(SourceStream):
         if not self.closed:
             super().close()
             self._reader.close()
-            self._pool.clear()
+            self._transport.clear()
 
 
 class _Body:
@@ -368,7 +386,10 @@ class _Body:
         if self._failures >= http.retries:
             raise DownloadError(f"download of {http.url} failed at byte {self._position}: {why} "
                                 f"(after {self._failures + 1} attempts)")
-        http.pause(http.fetch.delay(self._failures), self._stop)
+        delay = http.fetch.delay(self._failures)
+        http.notice(f"resuming {http.url} at byte {self._position} in {delay:.2g} s ({why}; "
+                    f"attempt {self._failures + 2} of {http.retries + 1})")
+        http.pause(delay, self._stop)
         self._failures += 1
 
     def close(self) -> None:

@@ -90,9 +90,9 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     ``limit`` caps the bytes written to ``dest``, ``progress(done, total)`` is called with the
     number of source bytes received in order (with several connections, later parts may have
     arrived too) at most every 0.1 s, ``fetch`` says how sources fetch (connections, timeouts,
-    retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None).
-    Raises a :class:`LoaderError`.  The sources of the recipe are tried in order (see Mirrors);
-    ``notice(message)`` is told of each move to the next one, and why.
+    retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None), and
+    ``notice(message)`` hears of retries and fail-overs, and of each move to the next source.
+    Raises a :class:`LoaderError`.  The sources of the recipe are tried in order (see Mirrors).
     """
     dest, work = Path(dest), Path(work)
     failures: list[LoaderError] = []
@@ -100,7 +100,7 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     sources = sorted(recipe.sources, key=lambda source: source.describe() != kept)
     for source, following in zip(sources, [*sources[1:], None], strict=True):
         try:
-            _populate_from(source, recipe, dest, work, limit, progress, fetch)
+            _populate_from(source, recipe, dest, work, limit, progress, fetch, notice)
             return
         except _MIRROR_FAILURES as exc:
             failures.append(exc)
@@ -117,9 +117,10 @@ _MIRROR_FAILURES = (DownloadError, ChecksumError, CorruptDataError, UnsafeArchiv
 
 
 def _populate_from(source: Source, recipe: Recipe, dest: Path, work: Path, limit: int | None,
-                   progress: Progress | None, fetch: FetchPolicy | None) -> None:
+                   progress: Progress | None, fetch: FetchPolicy | None,
+                   notice: Callable[[str], None] | None) -> None:
     """Fill ``dest`` from ``source``, starting over when it cannot resume."""
-    ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch)
+    ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch, notice=notice)
     resumable = _raw(recipe) and source.resumable
     partial = _Partial(work, recipe.identity, ctx.what) if resumable else None
     if partial is None:
@@ -133,9 +134,10 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, work: Path, limit
                 raise NoSpaceError(f"no space left on the device for {ctx.what}") from None
             why = f"{exc.strerror or exc} ({exc.filename})"
             raise LoaderError(f"cannot write the data of {ctx.what}: {why}") from None
-        except ResumeError:
+        except ResumeError as e:
             if restart >= ctx.fetch.retries:
                 raise
+            ctx.notice(f"starting {ctx.what} over ({e}; attempt {restart + 2} of {ctx.fetch.retries + 1})")
             _empty(dest)
             ctx.written = 0
             if partial is not None:

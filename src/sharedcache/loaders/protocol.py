@@ -53,8 +53,9 @@ Data flows as streams (:mod:`sharedcache.loaders.streams`), a pull model.
 While running, loaders raise subclasses of :class:`~sharedcache.errors.LoaderError` with a one-line
 message naming what failed and why; ``ctx.what`` names the source for such messages;
 ``ctx.fetch`` is the fetch policy (:class:`~sharedcache.config.settings.FetchPolicy`: connections,
-timeouts, retries, back-off).  ``ctx.work`` is a private directory that survives the process, for
-spooling; remove what you put there.
+timeouts, retries, back-off, proxies, offline); ``ctx.notice(message)`` tells the user (with
+``-v``) what is worth knowing, such as a retry and its reason.  ``ctx.work`` is a private
+directory that survives the process, for spooling; remove what you put there.
 
 A complete transform, ``upper``, that upper-cases ASCII text::
 
@@ -94,11 +95,12 @@ class Context:
     """What loaders may use while a recipe runs."""
 
     def __init__(self, *, work: Path, what: str, limit: int | None = None,
-                 fetch: FetchPolicy | None = None) -> None:
+                 fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None) -> None:
         self.work = work
         self.what = what
         self.limit = limit
         self.fetch = fetch if fetch is not None else FetchPolicy()
+        self.notice: Callable[[str], None] = notice if notice is not None else _ignore
         self.written = 0
 
     def charge(self, nbytes: int) -> None:
@@ -106,6 +108,10 @@ class Context:
         self.written += nbytes
         if self.limit is not None and self.written > self.limit:
             raise SizeLimitError(f"{self.what} holds more than the limit of {format_size(self.limit)}")
+
+
+def _ignore(message: str) -> None:
+    """Where notices go when nobody listens."""
 
 
 class Loader:
@@ -137,6 +143,8 @@ class Source(Loader):
 
     #: True if :meth:`open` can continue a partial copy from a given byte.
     resumable: ClassVar[bool] = False
+    #: True if the source needs the network: offline, a recipe starting with it is not populated.
+    network: ClassVar[bool] = False
 
     def open(self, ctx: Context, start: int = 0, validator: str | None = None) -> SourceStream:
         raise NotImplementedError

@@ -96,6 +96,8 @@ def parse_recipe(words: str | Iterable[str], rewrites: Iterable[Rewrite] = ()) -
     loaders: list[Loader] = []
     for word in normalized:
         name, colon, arg = word.partition(":")
+        if arg.startswith("//") and name not in _entry_points():
+            raise UsageError(f"'{word}' looks like a bare URL: write http:{word}")
         loaders.append(loader_class(name)(name, arg if colon else None))
     if not isinstance(loaders[0], Source):
         raise UsageError(

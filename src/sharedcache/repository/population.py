@@ -20,6 +20,7 @@ from .. import errors
 from ..engine import locks
 from ..engine.fsutil import remove_tree, unlink_if_present, write_atomic
 from ..errors import (
+    DownloadError,
     LoaderError,
     NoSpaceError,
     SharedCacheError,
@@ -155,6 +156,9 @@ class Population:
         name, owner = request.name, request.owner
         # A bad recipe fails before anything is written.
         self.recipe = parse_recipe(request.words, request.fetch.rewrites)
+        if request.fetch.offline and any(source.network for source in self.recipe.sources):
+            raise DownloadError(f"offline: repository {name!r} is not here, and "
+                                f"{self.recipe.source.describe()} needs the network")
         write_record(self.status_path, self.status)
         self._prepare_work()
         self.reporter.info(f"populating {name!r} in {base.path} from {shown_words(request.words)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..config.settings import Credentials, FetchPolicy, base_directories, directories_from_environment
+from ..config.settings import FetchPolicy, base_directories
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_tree, unlink_if_present
@@ -383,20 +383,26 @@ def use(
     is a lease of this process and also a kernel lock, so it vanishes if the process dies; on
     exit it is released, and the last release deletes the repository unless ``keep``.
 
-    ``directories`` defaults to ``$SC_DIRECTORIES``, else /tmp:/var/tmp.  ``fetch`` (a
-    :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches, credentials
-    and rewrite rules included; without it, ``connections`` says how many connections, and the
-    credentials are those the standard variables give
-    (:meth:`~sharedcache.config.settings.Credentials.discover`).
+    ``fetch`` (a :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches;
+    ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.  What is not given is
+    taken from the config files and the environment as ``sc`` takes it
+    (:mod:`sharedcache.config.files`): ``directories`` (else /tmp:/var/tmp), ``max_size``,
+    ``timeout`` and, without ``fetch``, the fetch settings (proxy, offline, timeouts...).
     """
-    if fetch is None:
-        fetch = FetchPolicy(connections=connections, credentials=Credentials.discover())
-    elif connections != 1:
+    from ..config import files
+
+    if fetch is not None and connections != 1:
         raise UsageError("give connections in fetch, or alone, not both")
-    repositories = Repositories(directories_from_environment(directories), reporter=Reporter(verbosity))
+    given = {key: value for key, value in (("directories", directories), ("max_size", max_size),
+                                           ("timeout", timeout), ("connections", connections))
+             if value is not None and not (key == "connections" and value == 1)}
+    effective = files.effective(given, os.environ, given_as="use({}=...)")
+    if fetch is None:
+        fetch = files.fetch_policy(effective, os.environ)
+    repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity))
     held = repositories.acquire(
         _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
-        max_size=max_size, timeout=timeout, fetch=fetch,
+        max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"), fetch=fetch,
     )
     try:
         with held.cache.load(held.name):

@@ -1,0 +1,214 @@
+"""The configuration files, and how they layer with the environment and the command line.
+
+Read in this order, each later one overriding what came before, key by key:
+
+1. the site file ``/etc/shared-cache/config``;
+2. the user file ``$XDG_CONFIG_HOME/shared-cache/config`` (``~/.config/shared-cache/config``);
+3. the file named by ``SC_CONFIG``;
+4. the environment variables (:data:`SETTINGS` names them);
+5. the command line's options.
+
+A missing file is skipped (except ``SC_CONFIG``'s, which must exist).  The format is
+``key = value`` lines, as CVMFS's ``default.local`` or ``nix.conf``: ``#`` starts a comment,
+blank lines are ignored, the value is the rest of the line with spaces trimmed.  A file that
+cannot be read, a line without ``=``, an unknown key or a value of the wrong kind is an error of
+one line naming the file, the line and the key (:class:`~sharedcache.errors.ConfigError`).
+
+One exception to the order: a ``proxy`` set by a file yields to curl's proxy variables
+(``http_proxy``...) set in the environment, which :mod:`sharedcache.loaders.transport` then reads.
+
+Loading is on the warm path of ``sc --use``: a hand parser, no import but :mod:`os` (``tomllib``
+alone would cost more than the whole warm overhead).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError, SettingError, UsageError
+from .settings import Credentials, FetchPolicy, flag, proxy_chain, rewrite_rules
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    #: Every setting that is set: key -> (value, where it came from).
+    Effective = dict[str, tuple[object, str]]
+
+SITE_FILE = "/etc/shared-cache/config"
+#: The environment variables of curl's that name a proxy; any of them overrides a file's ``proxy``.
+CURL_PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _size(value: str) -> str:
+    from ..sizes import parse_size
+
+    parse_size(value, "max_size")
+    return value
+
+
+def _rate(value: str) -> int:
+    from ..sizes import parse_size
+
+    return parse_size(value, "speed_limit")
+
+
+def _rewrites(value: str) -> str:
+    rewrite_rules(value)
+    return value
+
+
+def _proxy(value: str) -> str:
+    proxy_chain(value)
+    return value
+
+
+def _boolean(value: str) -> bool:
+    return flag(value, "")
+
+
+class Setting:
+    """A key of the config file: how its text becomes a value, and the environment variables
+    that set it too (the first one set wins)."""
+
+    __slots__ = ("convert", "environment", "help", "key")
+
+    def __init__(self, key: str, convert: Callable[[str], object], help: str,
+                 environment: tuple[str, ...] = ()) -> None:
+        self.key, self.convert, self.help, self.environment = key, convert, help, environment
+
+
+#: Every setting a config file may hold; the command line's options of the same name
+#: (``max_size`` is ``--max-size``) override them.
+SETTINGS = (
+    Setting("directories", _text, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",)),
+    Setting("max_size", _size, "size budget of a base directory's kept repositories"),
+    Setting("keep", _boolean, "keep repositories once unused (LRU)"),
+    Setting("group", _text, "share a new base directory's cache with this group"),
+    Setting("timeout", float, "seconds to wait for another process's population"),
+    Setting("connections", int, "connections of one download"),
+    Setting("connect_timeout", float, "seconds to wait for a connection"),
+    Setting("read_timeout", float, "seconds to wait for the next bytes of an answer"),
+    Setting("retries", int, "how many times a failed transfer is tried again"),
+    Setting("speed_limit", _rate, "fail a download slower than this many bytes a second for speed_time; 0: never"),
+    Setting("speed_time", float, "seconds a download may stay under speed_limit"),
+    Setting("proxy", _proxy, "proxy chain 'A|B;C' (DIRECT: no proxy)", ("SC_PROXY",)),
+    Setting("no_proxy", _text, "hosts reached without a proxy", ("no_proxy", "NO_PROXY")),
+    Setting("offline", _boolean, "no network at all: serve what is here", ("SC_OFFLINE",)),
+    Setting("rewrite", _rewrites, "site rewrite rules: 'PREFIX = MIRROR [MIRROR...]', ';'-separated"),
+    Setting("ca_bundle", _text, "CAs to trust instead of the system's (a PEM file or a hashed directory)"),
+    Setting("client_cert", _text, "client certificate (PEM; a grid proxy holds its key too)"),
+    Setting("client_key", _text, "the client certificate's key, if in a file of its own"),
+    Setting("bearer_token_file", _text, "a file holding a bearer token"),
+    Setting("netrc", _text, "the .netrc file of basic-auth logins"),
+)
+_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+def config_files(environ: Mapping[str, str]) -> list[tuple[str, bool]]:
+    """The config files to read, in order, each with whether it must exist."""
+    home = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"),
+                                                          ".config")
+    files = [(SITE_FILE, False), (os.path.join(home, "shared-cache", "config"), False)]
+    if environ.get("SC_CONFIG"):
+        files.append((environ["SC_CONFIG"], True))
+    return files
+
+
+def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]]:
+    """The settings ``path`` holds: key -> (value, where: ``path:line``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: no such config file (named by SC_CONFIG)") from None
+        return {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    found: dict[str, tuple[object, str]] = {}
+    for number, text in enumerate(b"".join(chunks).decode("utf-8", "replace").splitlines(), start=1):
+        line = text.partition("#")[0].strip()
+        if not line:
+            continue
+        where = f"{path}:{number}"
+        key, equals, value = line.partition("=")
+        key = key.strip()
+        if not equals:
+            raise ConfigError(f"{where}: expected 'key = value', not {line!r}")
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(_BY_KEY)})")
+        found[key] = (_convert(setting, value.strip(), where), where)
+    return found
+
+
+def _convert(setting: Setting, text: str, where: str) -> object:
+    try:
+        return setting.convert(text)
+    except SettingError as e:
+        raise ConfigError(f"{where}: {setting.key} {e.reason}") from None
+    except ValueError:
+        raise ConfigError(f"{where}: {setting.key}: invalid value {text!r}") from None
+
+
+def effective(given: Mapping[str, object], environ: Mapping[str, str], *,
+              given_as: str = "--{}") -> Effective:
+    """Every setting that is set: key -> (value, where it came from), from the files, the
+    environment and ``given`` (the command line's options, by key: ``--max-size`` as
+    ``max_size``; ``given_as`` names where they came from, the key with ``_`` as ``-``)."""
+    settings: dict[str, tuple[object, str]] = {}
+    for path, required in config_files(environ):
+        settings.update(read_file(path, required))
+    for setting in SETTINGS:
+        for variable in setting.environment:
+            if environ.get(variable):
+                settings[setting.key] = (_convert(setting, environ[variable], variable), variable)
+                break
+    proxy = settings.get("proxy")
+    if proxy is not None and proxy[1] not in _BY_KEY["proxy"].environment:  # from a file
+        overriding = [variable for variable in CURL_PROXY_VARIABLES if environ.get(variable)]
+        if overriding:
+            settings["proxy"] = (None, ", ".join(overriding))
+    for key, value in given.items():
+        settings[key] = (value, given_as.format(key.replace("_", "-")))
+    return settings
+
+
+def value(settings: Effective, key: str) -> Any:
+    """The value of setting ``key`` (of the kind :data:`SETTINGS` gives it), or None if unset."""
+    return settings[key][0] if key in settings else None
+
+
+_FETCH_KEYS = ("connections", "connect_timeout", "read_timeout", "retries", "speed_limit", "speed_time",
+               "proxy", "no_proxy", "offline")
+_CREDENTIAL_KEYS = ("ca_bundle", "client_cert", "client_key", "bearer_token_file", "netrc")
+
+
+def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy:
+    """The fetch policy ``settings`` make, with the credentials they and the standard variables
+    of ``environ`` give.  An invalid value names where it was set: an option's is a
+    :class:`UsageError`, a file's or a variable's a :class:`ConfigError`."""
+    try:
+        credentials = Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS})
+        rewrites = rewrite_rules(value(settings, "rewrite") or "")
+        return FetchPolicy(**{key: settings[key][0] for key in _FETCH_KEYS  # type: ignore[arg-type]
+                              if key in settings and settings[key][0] is not None},
+                           credentials=credentials, rewrites=rewrites)
+    except SettingError as e:
+        where = settings[e.setting][1]
+        if where.startswith(("--", "use(")):  # the caller's own input
+            raise UsageError(f"{where} {e.reason}") from None
+        raise ConfigError(f"{where}: {e.setting} {e.reason}") from None

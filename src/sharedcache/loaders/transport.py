@@ -1,0 +1,222 @@
+"""The connection layer of HTTP sources: the route of a URL (the proxies to try, in order), fail-over
+along it, and the urllib3 pool managers.
+
+The route of a URL:
+
+* a host that ``no_proxy`` names (``FetchPolicy.no_proxy``, else ``no_proxy``/``NO_PROXY``) is
+  reached directly.  As curl reads it: a comma-separated list of host names, each matching itself
+  and its sub-domains (a leading dot is ignored), IP addresses or CIDR ranges, or ``*`` for all;
+* else the proxy chain of the settings (``--proxy``, ``SC_PROXY``, the config file), if set: its
+  groups in order, the members of a group in random order (so that a fleet spreads over them);
+* else curl's environment variables: ``http_proxy`` for ``http://`` URLs (lower case only: a CGI
+  program may find ``HTTP_PROXY`` set from a request's ``Proxy:`` header), ``https_proxy`` or
+  ``HTTPS_PROXY`` for ``https://`` ones, then ``all_proxy`` or ``ALL_PROXY`` for both; the lower
+  case one wins when both are set.  (requests also reads ``HTTP_PROXY``; we follow curl.)
+* else no proxy.
+
+HTTPS through a proxy is a ``CONNECT`` tunnel: the proxy sees neither the URL's path nor the bytes.
+
+Fail-over: a connection error (refused, unreachable, connect timeout, a proxy's refusal to connect)
+moves on to the next member of the route at once, without a retry's back-off; every member but the
+last connects with a short timeout (:data:`FAIL_OVER_CONNECT_TIMEOUT`), so that a proxy that is
+down costs that much and not a failed job.  When the last member fails too, the failure counts as
+one attempt of the retry policy, and the next attempt starts again from the first member (a proxy
+may be back).
+
+Every pool manager is built by :func:`pool_manager`, which takes the TLS and authentication
+options (:class:`TlsOptions`): the one place where connections are configured.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..config.settings import DIRECT, FetchPolicy
+from ..errors import DownloadError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    import urllib3
+
+#: Seconds a member of a route that has a successor may take to connect before we fail over.
+FAIL_OVER_CONNECT_TIMEOUT = 5.0
+_MAX_REDIRECTS = 10
+
+
+def user_agent() -> str:
+    from .. import __version__
+
+    return f"shared-cache/{__version__}"
+
+
+def route(url: str, fetch: FetchPolicy, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The proxies to try for ``url``, in order: each a proxy URL or ``DIRECT``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    no_proxy = fetch.no_proxy if fetch.no_proxy is not None else (
+        environ.get("no_proxy") or environ.get("NO_PROXY") or "")
+    if bypassed(parts.hostname or "", no_proxy):
+        return [DIRECT]
+    if fetch.proxy is not None:
+        members: list[str] = []
+        for group in fetch.proxy:
+            members += random.sample(group, len(group))
+        return members
+    proxy = _environment_proxy(parts.scheme, environ)
+    if proxy is None:
+        return [DIRECT]
+    return [proxy if "://" in proxy else f"http://{proxy}"]
+
+
+def _environment_proxy(scheme: str, environ: Mapping[str, str]) -> str | None:
+    names = ("http_proxy",) if scheme == "http" else ("https_proxy", "HTTPS_PROXY")
+    for name in (*names, "all_proxy", "ALL_PROXY"):
+        if environ.get(name):
+            return environ[name]
+    return None
+
+
+def bypassed(host: str, no_proxy: str) -> bool:
+    """Whether ``host`` is one that the ``no_proxy`` list names (curl's rules)."""
+    import ipaddress
+
+    host = host.lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for written in no_proxy.replace(" ", ",").split(","):
+        entry = written.strip().lower().strip(".").removeprefix("[").removesuffix("]")
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        if host == entry or host.endswith("." + entry):
+            return True
+    return False
+
+
+def without_user_info(proxy: str) -> str:
+    """A proxy URL (or ``DIRECT``) without its user name and password."""
+    scheme, has_scheme, rest = proxy.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if has_scheme else proxy.rpartition("@")[2]
+
+
+def shown_chain(chain: str) -> str:
+    """A proxy chain as written, without the user info of its proxies."""
+    return ";".join("|".join(without_user_info(member.strip()) for member in group.split("|"))
+                    for group in chain.split(";"))
+
+
+def shown(proxy: str) -> str:
+    """A route member as messages name it: without user info."""
+    return "a direct connection" if proxy == DIRECT else f"proxy {without_user_info(proxy)}"
+
+
+def read_timeout(fetch: FetchPolicy) -> float:
+    """How long one read may wait: never past the time that judges the transfer too slow."""
+    return min(fetch.read_timeout, fetch.speed_time) if fetch.speed_limit else fetch.read_timeout
+
+
+class TlsOptions:
+    """How TLS connections are verified and how requests authenticate: the keyword arguments
+    given to every urllib3 connection pool (``ca_certs``, ``cert_file``, ``key_file``,
+    ``ssl_context``...) and extra request headers.  Empty by default: urllib3's defaults."""
+
+    def __init__(self, pool: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.pool = dict(pool or {})
+        self.headers = dict(headers or {})
+
+
+def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, maxsize: int,
+                 tls: TlsOptions | None = None) -> urllib3.PoolManager:
+    """The pool manager for requests through route ``member`` (a proxy URL or ``DIRECT``)."""
+    import urllib3
+
+    tls = tls or TlsOptions()
+    common: dict[str, Any] = dict(
+        maxsize=maxsize,  # a connection per worker is kept for its next part
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout(fetch)),
+        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=_MAX_REDIRECTS),
+        headers={"User-Agent": user_agent(), "Accept-Encoding": "identity", **tls.headers},
+        **tls.pool,
+    )
+    if member == DIRECT:
+        return urllib3.PoolManager(**common)
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(member)
+    proxy_headers = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        proxy_headers = urllib3.make_headers(proxy_basic_auth=credentials)
+    address = parts.netloc.rpartition("@")[2]
+    return urllib3.ProxyManager(f"{parts.scheme}://{address}", proxy_headers=proxy_headers, **common)
+
+
+class Transport:
+    """The connections of one download: the route of its URL, the member in use, and a pool
+    manager per member (built when first used).  ``notice`` is told of every fail-over."""
+
+    def __init__(self, url: str, fetch: FetchPolicy, *, maxsize: int,
+                 notice: Callable[[str], None], tls: TlsOptions | None = None) -> None:
+        if fetch.offline:  # the last guard: a population refuses earlier (repository.population)
+            raise DownloadError(f"offline: not connecting to fetch {url}")
+        self.url, self.fetch, self.maxsize, self.notice, self.tls = url, fetch, maxsize, notice, tls
+        self.route = route(url, fetch)
+        self._current = 0
+        self._pools: dict[int, urllib3.PoolManager] = {}
+        self._lock = threading.Lock()  # the parts of a download fail over together
+
+    @property
+    def member(self) -> str:
+        return self.route[self._current]
+
+    def pool(self) -> tuple[int, urllib3.PoolManager]:
+        """The member in use (its index in the route) and its pool manager."""
+        with self._lock:
+            index = self._current
+            if index in self._pools:
+                return index, self._pools[index]
+            last = index == len(self.route) - 1
+            timeout = self.fetch.connect_timeout if last else min(self.fetch.connect_timeout,
+                                                                  FAIL_OVER_CONNECT_TIMEOUT)
+            pool = self._pools[index] = pool_manager(self.route[index], self.fetch, connect_timeout=timeout,
+                                                     maxsize=self.maxsize, tls=self.tls)
+            return index, pool
+
+    def fail_over(self, failed: int, reason: str) -> bool:
+        """After a connection error through member ``failed``: move to the next member and say
+        so, and return True; after the last member, go back to the first and return False (the
+        failure then counts as an attempt).  If another part moved on meanwhile, just return True."""
+        with self._lock:
+            if failed != self._current:
+                return True
+            if failed + 1 < len(self.route):
+                self._current += 1
+                self.notice(f"{shown(self.route[failed])} failed for {self.url} ({reason}); "
+                            f"failing over to {shown(self.member)}")
+                return True
+            self._current = 0
+            return False
+
+    def via(self) -> str:
+        """How the member in use is named in messages: empty for a direct connection."""
+        return "" if self.member == DIRECT else f" via {shown(self.member)}"
+
+    def clear(self) -> None:
+        for pool in self._pools.values():
+            pool.clear()

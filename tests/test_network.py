@@ -1,0 +1,430 @@
+"""Networks as users have them, with a real squid: curl's proxy variables, no_proxy, a proxy chain
+that fails over when a proxy is stopped, HTTPS through CONNECT to a TLS origin signed by a test CA;
+offline mode; the config file; what ``-v`` says off a terminal."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from origin import Origin
+from scutil import Sleeper, check_tree, sample_files, sc, sc_env, tarball_bytes
+from squid import Squid, free_port
+
+FILES = sample_files(n=10, size=20_000)
+DATA = tarball_bytes(FILES)
+SHA256 = hashlib.sha256(DATA).hexdigest()
+
+
+def recipe(url: str) -> list[str]:
+    return [f"http:{url}", f"sha256:{SHA256}", "tar"]
+
+
+@pytest.fixture
+def owner() -> Iterator[Sleeper]:
+    with Sleeper() as sleeper:
+        yield sleeper
+
+
+@pytest.fixture
+def squid() -> Iterator[Squid]:
+    with Squid() as proxy:
+        yield proxy
+
+
+def use(base: Path, owner: Sleeper, url: str, *extra: str, env: dict[str, str] | None = None,
+        name: str = "data") -> subprocess.CompletedProcess[str]:
+    return sc("--use", "-n", name, "-d", str(base), "--pid", str(owner.pid), *extra, *recipe(url),
+              env=env if env is not None else sc_env())
+
+
+def version() -> str:
+    src = Path(__file__).parent.parent / "src"
+    out = subprocess.run([sys.executable, "-c", "import sharedcache; print(sharedcache.__version__)"],
+                         capture_output=True, text=True, timeout=30, env=sc_env(PYTHONPATH=str(src)))
+    return out.stdout.strip()
+
+
+# --- curl's variables ----------------------------------------------------------------------------
+
+
+def test_http_proxy_is_used_with_our_user_agent(tmp_path, origin, squid, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    result = use(tmp_path, owner, url, env=sc_env(http_proxy=squid.url))
+    assert result.returncode == 0, result.stderr
+    check_tree(tmp_path / "data", FILES)
+    assert [(m, u) for m, u, _, _ in squid.requests()] == [("GET", url)]
+    assert squid.requests()[0][3] == f"shared-cache/{version()}"
+
+
+def test_no_proxy_bypasses_and_upper_case_http_proxy_is_ignored(tmp_path, origin, squid, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    dead = f"http://127.0.0.1:{free_port()}"
+    # HTTP_PROXY is ignored as curl ignores it (a CGI program may get it from a request header);
+    # no_proxy sends 127.0.0.1 past the proxy that http_proxy names.
+    for n, env in enumerate([sc_env(HTTP_PROXY=dead), sc_env(http_proxy=squid.url, no_proxy="localhost,127.0.0.1"),
+                             sc_env(http_proxy=squid.url, NO_PROXY="*")]):
+        result = use(tmp_path, owner, url, env=env, name=f"data{n}")
+        assert result.returncode == 0, (env, result.stderr)
+        check_tree(tmp_path / f"data{n}", FILES)
+    assert squid.requests() == []
+    assert origin.stats("/data.tar.gz").gets == 3
+
+
+def test_all_proxy_applies_when_no_scheme_variable_is_set(tmp_path, origin, squid, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    result = use(tmp_path, owner, url, env=sc_env(ALL_PROXY=squid.url))
+    assert result.returncode == 0, result.stderr
+    assert [u for _, u, _, _ in squid.requests()] == [url]
+
+
+def test_proxy_credentials_are_sent_and_never_shown(tmp_path, origin, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    with Squid(users={"alice": "s3cret-word"}) as proxy:
+        address = proxy.url.removeprefix("http://")
+        refused = use(tmp_path, owner, url, "-v", env=sc_env(http_proxy=proxy.url, SC_CONFIG="/dev/null"),
+                      name="refused")
+        assert refused.returncode == 1, refused.stderr
+        assert f"HTTP 407 Proxy Authentication Required for {url} via proxy {proxy.url}" in refused.stderr
+        result = use(tmp_path, owner, url, "-v", env=sc_env(SC_PROXY=f"http://alice:s3cret-word@{address}"))
+        assert result.returncode == 0, result.stderr
+        check_tree(tmp_path / "data", FILES)
+        assert [(m, u) for m, u, _, _ in proxy.requests()][-1] == ("GET", url)
+        chain = f"http://alice:s3cret-word@{address};alice:s3cret-word@{address}|DIRECT"
+        shown = sc("config", env=sc_env(SC_PROXY=chain))
+        assert shown.returncode == 0, shown.stderr
+        assert f"proxy = http://{address};{address}|DIRECT  # SC_PROXY" in shown.stdout, shown.stdout
+        assert "s3cret" not in result.stderr + shown.stdout
+
+
+# --- the proxy chain -----------------------------------------------------------------------------
+
+
+def test_chain_fails_over_when_a_proxy_is_stopped(tmp_path, origin, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    with Squid() as first, Squid() as second:
+        first.stop()
+        started = time.monotonic()
+        result = use(tmp_path, owner, url, "-v", "--proxy", f"{first.url};{second.url}")
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        check_tree(tmp_path / "data", FILES)
+        assert [u for _, u, _, _ in second.requests()] == [url]
+        failover = [line for line in result.stderr.splitlines() if "failing over" in line]
+        assert len(failover) == 1, result.stderr
+        assert f"proxy {first.url} failed" in failover[0] and f"proxy {second.url}" in failover[0]
+        assert "refused" in failover[0].lower()
+        assert took < 10, "a stopped proxy costs a refused connection, not the retry policy"
+
+
+@pytest.fixture
+def silent_proxy() -> Iterator[str]:
+    """A proxy address on 127.0.0.1 that never answers a connection: its accept queue is full, so
+    the kernel drops new SYNs, as a host that is down or firewalled would."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    address = server.getsockname()
+    queued: list[socket.socket] = []
+    try:
+        while True:
+            client = socket.socket()
+            client.settimeout(0.5)
+            try:
+                client.connect(address)
+            except TimeoutError:
+                client.close()
+                break
+            queued.append(client)
+            assert len(queued) < 64, "the accept queue does not fill"
+        yield f"http://{address[0]}:{address[1]}"
+    finally:
+        for client in queued:
+            client.close()
+        server.close()
+
+
+def test_a_silent_proxy_costs_one_short_connect_timeout(tmp_path, origin, owner, silent_proxy):
+    url = origin.add("/data.tar.gz", DATA)
+    started = time.monotonic()
+    result = use(tmp_path, owner, url, "-v", "--proxy", f"{silent_proxy};DIRECT")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    failover = [line for line in result.stderr.splitlines() if "failing over" in line]
+    assert len(failover) == 1 and f"proxy {silent_proxy} failed" in failover[0], result.stderr
+    assert "timed out" in failover[0], failover[0]
+    assert 4.5 < took < 15, f"{took:.1f} s: the fail-over connect timeout is 5 s (the connect timeout is 30 s)"
+
+
+def test_chain_with_direct_and_every_proxy_down(tmp_path, origin, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    result = use(tmp_path, owner, url, "-v", env=sc_env(SC_PROXY=f"{dead[0]}|{dead[1]};DIRECT"))
+    assert result.returncode == 0, result.stderr
+    assert "failing over to a direct connection" in result.stderr
+    config = tmp_path / "config"
+    config.write_text(f"proxy = {dead[0]}\nretries = 1\nconnect_timeout = 2\n")
+    env = sc_env(SC_CONFIG=str(config))
+    failed = use(tmp_path, owner, url, "-v", env=env, name="other")
+    assert failed.returncode == 1
+    errors = [line for line in failed.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and f"via proxy {dead[0]}" in errors[0] and "(after 2 attempts)" in errors[0], \
+        failed.stderr
+    assert "retrying" in failed.stderr and "attempt 2 of 2" in failed.stderr
+
+
+# --- HTTPS through CONNECT -----------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def tls_origin(tmp_path: Path) -> Iterator[tuple[Origin, Path]]:
+    """An HTTPS origin on 127.0.0.1 whose certificate a test CA signed; and the CA's file."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (tools/test.sh installs it when run as root)")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=sc test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign", cwd=pki)
+    _openssl("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=pki)
+    (pki / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "ext", cwd=pki)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    server = Origin()
+    server._server.socket = context.wrap_socket(server._server.socket, server_side=True)
+    server.start()
+    try:
+        yield server, pki / "ca.pem"
+    finally:
+        server.stop()
+
+
+def test_https_goes_through_connect(tmp_path, tls_origin, squid, owner):
+    server, ca = tls_origin
+    server.add("/data.tar.gz", DATA)
+    url = f"https://127.0.0.1:{server.port}/data.tar.gz"
+    env = sc_env(https_proxy=squid.url, SSL_CERT_FILE=str(ca))
+    result = use(tmp_path, owner, url, env=env)
+    assert result.returncode == 0, result.stderr
+    check_tree(tmp_path / "data", FILES)
+    # The proxy saw a tunnel to the origin, not the URL: the bytes were verified end to end by TLS.
+    assert [(m, u) for m, u, _, _ in squid.requests()] == [("CONNECT", f"127.0.0.1:{server.port}")]
+    assert server.stats("/data.tar.gz").gets == 1
+    # http_proxy does not apply to https URLs.
+    again = use(tmp_path, owner, url, env=sc_env(http_proxy=squid.url, SSL_CERT_FILE=str(ca)), name="direct")
+    assert again.returncode == 0, again.stderr
+    assert len(squid.requests()) == 1
+
+
+def test_a_tunnel_the_proxy_refuses_fails_at_once_naming_the_proxy(tmp_path, tls_origin, owner):
+    server, ca = tls_origin
+    server.add("/data.tar.gz", DATA)
+    url = f"https://127.0.0.1:{server.port}/data.tar.gz"
+    with Squid(users={"alice": "s3cret-word"}) as proxy:
+        started = time.monotonic()
+        result = use(tmp_path, owner, url, env=sc_env(https_proxy=proxy.url, SSL_CERT_FILE=str(ca)))
+        took = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and f"via proxy {proxy.url}" in result.stderr, result.stderr
+    assert "407 Proxy Authentication Required" in result.stderr, result.stderr
+    assert took < 5, "a refusal is not retried"
+    assert server.stats("/data.tar.gz").gets == 0
+
+
+# --- offline -------------------------------------------------------------------------------------
+
+
+def test_offline_serves_what_is_here_and_fails_fast_on_a_miss(tmp_path, origin, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    assert use(tmp_path, owner, url, "--keep").returncode == 0
+    config = tmp_path / "config"
+    config.write_text("offline = yes\n")
+    for extra, env in [(["--offline"], sc_env()), ([], sc_env(SC_OFFLINE="1")), ([], sc_env(SC_CONFIG=str(config)))]:
+        ready = use(tmp_path, owner, url, *extra, env=env)
+        assert ready.returncode == 0 and ready.stdout == f"{tmp_path / 'data'}\n", ready.stderr
+        started = time.monotonic()
+        miss = use(tmp_path, owner, url, *extra, env=env, name="missing")
+        took = time.monotonic() - started
+        assert miss.returncode == 1
+        assert miss.stderr.startswith("sc: error: offline: ") and miss.stderr.count("\n") == 1, miss.stderr
+        assert url in miss.stderr
+        assert took < 1.0, f"an offline miss took {took:.2f} s"
+        assert not (tmp_path / "missing").exists()
+        # Nothing written but the population's lock file, which every population leaves.
+        left = [p.name for p in (tmp_path / ".shared-cache").glob("**/missing*")]
+        assert left == ["missing.lock"], left
+    assert origin.stats("/data.tar.gz").gets == 1, "offline, nothing connects"
+
+
+def test_the_python_api_reads_the_settings_too(tmp_path, origin, monkeypatch):
+    import sharedcache
+    from sharedcache.errors import DownloadError
+
+    url = origin.add("/data.tar.gz", DATA)
+    config = tmp_path / "config"
+    config.write_text(f"offline = yes\ndirectories = {tmp_path}\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "nothing"))
+    monkeypatch.setenv("SC_CONFIG", str(config))
+    with pytest.raises(DownloadError, match="^offline: repository 'data' is not here"), \
+            sharedcache.use(*recipe(url), name="data"):
+        pass
+    assert origin.stats("/data.tar.gz").gets == 0
+    config.write_text(f"directories = {tmp_path}\n")
+    with sharedcache.use(*recipe(url), name="data", keep=True) as path:
+        assert path == tmp_path / "data"
+    assert origin.stats("/data.tar.gz").gets == 1
+
+
+# --- the config file -----------------------------------------------------------------------------
+
+
+def test_config_file_layers_and_sc_config_shows_sources(tmp_path, origin, squid, owner):
+    url = origin.add("/data.tar.gz", DATA)
+    home = tmp_path / "home"
+    (home / "shared-cache").mkdir(parents=True)
+    (home / "shared-cache" / "config").write_text(
+        f"# the user's settings\nproxy = {squid.url}\ndirectories = {tmp_path / 'nowhere'}\nretries=2\n")
+    site = tmp_path / "site.conf"
+    site.write_text(f"directories = {tmp_path}\nconnections = 2  # later files win key by key\n")
+    env = sc_env(XDG_CONFIG_HOME=str(home), SC_CONFIG=str(site))
+    shown = sc("config", env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = dict(line.split(" = ", 1) for line in shown.stdout.splitlines())
+    assert lines["directories"] == f"{tmp_path}  # {site}:1"
+    assert lines["connections"] == f"2  # {site}:2"
+    assert lines["proxy"] == f"{squid.url}  # {home / 'shared-cache' / 'config'}:2"
+    assert lines["retries"].endswith(f"# {home / 'shared-cache' / 'config'}:4")
+    assert lines["offline"] == "no  # default"
+    flagged = dict(line.split(" = ", 1) for line in sc("config", "--connections", "3", "--offline",
+                                                         env=env).stdout.splitlines())
+    assert flagged["connections"] == "3  # --connections" and flagged["offline"] == "yes  # --offline"
+    # The file's proxy is used; curl's variables in the environment override it.
+    result = sc("--use", "-n", "data", "--pid", str(owner.pid), *recipe(url), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{tmp_path / 'data'}\n"
+    assert [u for _, u, _, _ in squid.requests()] == [url]
+    bypass = sc("--use", "-n", "data2", "--pid", str(owner.pid), *recipe(url),
+                env={**env, "http_proxy": f"http://127.0.0.1:{free_port()}", "no_proxy": "127.0.0.1"})
+    assert bypass.returncode == 0, bypass.stderr
+    assert len(squid.requests()) == 1
+    assert "http_proxy" in sc("config", env={**env, "http_proxy": squid.url}).stdout
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("colour = blue\n", ":1: unknown key 'colour'"),
+    ("# fine\nconnections = many\n", ":2: connections: invalid value 'many'"),
+    ("connections = 99\n", ":1: connections must be between 1 and 32"),
+    ("proxy = ftp://x\n", ":1: proxy cannot use 'ftp://x'"),
+    ("offline = perhaps\n", ":1: offline must be yes or no"),
+    ("just words\n", ":1: expected 'key = value'"),
+    ("max_size = lots\n", ":1: max_size"),
+])
+def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, owner, text, expected):
+    config = tmp_path / "config"
+    config.write_text(text)
+    result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "file:/nonexistent",
+                env=sc_env(SC_CONFIG=str(config)))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"sc: error: {config}{expected}"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, owner):
+    for env, expected in [({"SC_OFFLINE": "perhaps"}, "sc: error: SC_OFFLINE: offline must be yes or no"),
+                          ({"SC_PROXY": "a b"}, "sc: error: SC_PROXY: proxy cannot use 'a b'"),
+                          ({"SC_CONFIG": str(tmp_path / "absent")}, f"sc: error: {tmp_path / 'absent'}: no such")]:
+        result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "file:/x", env=sc_env(**env))
+        assert result.returncode == 2 and result.stderr.startswith(expected), result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+# --- saying what happens -------------------------------------------------------------------------
+
+
+def test_verbose_off_a_terminal_shows_retries_and_progress_lines(tmp_path, origin, owner):
+    big = os.urandom(3 * 1024 * 1024)
+    url = origin.add("/big.bin", big)
+    origin.fault("/big.bin", status=503)
+    origin.rate = 450_000  # about 7 s: a progress line every 5 s, and one at the end
+    result = sc("--use", "-v", "-n", "big", "-d", str(tmp_path), "--pid", str(owner.pid), f"http:{url}",
+                f"sha256:{hashlib.sha256(big).hexdigest()}", timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    retries = [line for line in lines if "retrying" in line]
+    assert len(retries) == 1 and "(HTTP 503; attempt 2 of 6)" in retries[0], result.stderr
+    progress = [line for line in lines if line.startswith("sc: big: ")]
+    assert 2 <= len(progress) <= 3, result.stderr
+    assert progress[-1] == "sc: big: 3.0 MiB of 3.0 MiB (100%)", result.stderr
+    assert all("\r" not in line for line in lines)
+
+
+def test_verbose_tells_resumes_and_restarts_with_their_reasons(tmp_path, origin, owner):
+    big = os.urandom(1_000_000)
+    url = origin.add("/big.bin", big)
+    origin.fault("/big.bin", drop_after=300_000)  # cut: resumed with a Range request...
+    origin.fault("/big.bin", new_etag=True)       # ...which finds another file: started over
+    result = sc("--use", "-v", "-n", "big", "-d", str(tmp_path), "--pid", str(owner.pid), f"http:{url}",
+                f"sha256:{hashlib.sha256(big).hexdigest()}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    resumed = [line for line in lines if line.startswith(f"sc: resuming {url} at byte 300000 in ")]
+    assert len(resumed) == 1 and "attempt 2 of 6" in resumed[0], result.stderr
+    restarted = [line for line in lines if line.startswith(f"sc: starting {url} over (cannot resume")]
+    assert len(restarted) == 1 and "attempt 2 of 6" in restarted[0], result.stderr
+    assert origin.stats("/big.bin").gets == 3
+
+
+def test_a_bare_url_gets_a_hint(tmp_path, owner):
+    for word in ["https://example.org/data.tar", "http://example.org/data.tar"]:
+        result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), word)
+        assert result.returncode == 2
+        assert f"'{word}' looks like a bare URL: write http:{word}" in result.stderr, result.stderr
+
+
+
+@pytest.mark.parametrize(("url", "environ", "proxy", "expected"), [
+    ("http://h.example.org/x", {"http_proxy": "p:3128"}, None, ["http://p:3128"]),
+    ("http://h.example.org/x", {"HTTP_PROXY": "http://p:3128"}, None, ["DIRECT"]),
+    ("https://h.example.org/x", {"HTTPS_PROXY": "http://P:1", "https_proxy": "http://p:1"}, None, ["http://p:1"]),
+    ("https://h.example.org/x", {"http_proxy": "http://p:1"}, None, ["DIRECT"]),
+    ("https://h.example.org/x", {"ALL_PROXY": "http://a:1", "http_proxy": "http://p:1"}, None, ["http://a:1"]),
+    ("http://h.example.org/x", {"http_proxy": "http://p:1", "no_proxy": ".example.org"}, None, ["DIRECT"]),
+    ("http://example.org/x", {"http_proxy": "http://p:1", "no_proxy": "example.org"}, None, ["DIRECT"]),
+    ("http://badexample.org/x", {"http_proxy": "http://p:1", "no_proxy": "example.org"}, None, ["http://p:1"]),
+    ("http://10.1.2.3/x", {"http_proxy": "http://p:1", "NO_PROXY": "192.168.0.1, 10.0.0.0/8"}, None, ["DIRECT"]),
+    ("http://[::1]:8/x", {"http_proxy": "http://p:1", "no_proxy": "[::1]"}, None, ["DIRECT"]),
+    ("http://h/x", {"http_proxy": "http://p:1"}, "http://a:1;DIRECT", ["http://a:1", "DIRECT"]),
+    ("http://h/x", {"no_proxy": "h"}, "http://a:1;DIRECT", ["DIRECT"]),
+])
+def test_the_route_of_a_url_follows_curl(url, environ, proxy, expected):
+    """The route table, as curl reads its variables (the servers above check that routes are taken)."""
+    from sharedcache.config.settings import FetchPolicy
+    from sharedcache.loaders.transport import route
+
+    assert route(url, FetchPolicy(proxy=proxy), environ) == expected
+
+
+def test_a_group_of_the_chain_is_tried_in_random_order():
+    from sharedcache.config.settings import FetchPolicy
+    from sharedcache.loaders.transport import route
+
+    fetch = FetchPolicy(proxy="a:1|b:1|c:1;DIRECT")
+    seen = {tuple(route("http://h/x", fetch, {})) for _ in range(200)}
+    assert len(seen) == 6 and all(r[-1] == "DIRECT" and sorted(r[:3]) == ["http://a:1", "http://b:1", "http://c:1"]
+                                  for r in seen)
