@@ -289,14 +289,21 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
     codec = sniff(head)
     archive: Stream = _Replay(head, stream)
     if codec is not None:
-        archive = decompressing(codec, archive, ctx.what)
+        from .pipeline import _Meter, _Prefetch
+
+        # Decompression releases the GIL: in a thread of its own it runs beside the parsing and the
+        # file creation here, on another core.  (Its thread is done with the stream at its end.)
+        archive = _Prefetch(decompressing(codec, archive, ctx.what), _Meter(None, None))
     reader = TarReader(archive, ctx.what)
-    with SafeTree(dest, ctx) as tree:
-        while (member := reader.next()) is not None:
-            _extract_tar_member(reader, member, tree)
-        # Read the end of the compressed stream too, so that its trailer (CRC, length) is checked.
-        reader.drain()
-        tree.finish()
+    try:
+        with SafeTree(dest, ctx) as tree:
+            while (member := reader.next()) is not None:
+                _extract_tar_member(reader, member, tree)
+            # Read the end of the compressed stream too, so that its trailer (CRC, length) is checked.
+            reader.drain()
+            tree.finish()
+    finally:
+        archive.close()
 
 
 def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree) -> None:

@@ -1,0 +1,203 @@
+"""Profile of unpacking: inflate speed of each gzip library, and the cost per tar member.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_unpack.py [--files 50000] [--runs 5] [--dirs /dev/shm,/var/tmp]
+                                                [--stdlib-only] [--members-only]
+
+* **Inflate.** The Python standard library of this interpreter, packed by GNU tar and gzip -6, is
+  inflated from memory by zlib, zlib-ng (``zlib_ng``) and ISA-L (``isal``), whichever are installed,
+  the way :mod:`sharedcache.compression` calls them (1 MiB in, at most 1 MiB out); then through
+  ``decompressing()`` itself, and by ``gzip -dc``.  Median MB/s of the output.
+* **Members.** ``--files`` files of 1-8 KB of text (a 300-line vocabulary: compressible) in
+  directories of 500, packed by GNU tar and gzip, are unpacked cold, the previous tree removed
+  (untimed) before each run, in every directory of ``--dirs``: by ``sc --use -d DIR file:X
+  md5:HEX tar`` (the whole process: start, verify, unpack, seal, sync, commit) and by ``cat X |
+  tee >(md5sum) | tar xzf -``.  Median wall time over ``--runs`` (contenders interleaved), its
+  share per member, and the median CPU time (user + system, all processes).
+
+It writes its inputs in a temporary directory and removes them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+
+
+def inflate_modules() -> dict[str, Any]:
+    import zlib
+
+    found: dict[str, Any] = {"zlib": zlib}
+    try:
+        from zlib_ng import zlib_ng
+        found["zlib-ng"] = zlib_ng
+    except ImportError:
+        print("zlib-ng: not installed (pip install zlib-ng)")
+    try:
+        from isal import isal_zlib
+        found["ISA-L"] = isal_zlib
+    except ImportError:
+        print("ISA-L: not installed (pip install isal)")
+    return found
+
+
+def inflate_once(module: Any, data: bytes) -> int:
+    decoder = module.decompressobj(16 + module.MAX_WBITS)
+    produced = position = 0
+    pending = b""
+    while position < len(data) or pending:
+        if not pending:
+            pending = data[position:position + CHUNK]
+            position += CHUNK
+        produced += len(decoder.decompress(pending, CHUNK))
+        pending = decoder.unconsumed_tail
+    return produced
+
+
+def median_rate(run: Callable[[], int], runs: int) -> tuple[float, float]:
+    times, produced = [], 0
+    for _ in range(runs):
+        start = time.perf_counter()
+        produced = run()
+        times.append(time.perf_counter() - start)
+    return produced / statistics.median(times) / 1e6, statistics.median(times)
+
+
+def bench_inflate(scratch: Path, runs: int) -> None:
+    from sharedcache.compression import decompressing
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    archive = scratch / "stdlib.tar.gz"
+    subprocess.run(f"tar -C {stdlib.parent} -cf - --exclude=__pycache__ --exclude=site-packages {stdlib.name}"
+                   f" | gzip -6 > {archive}", shell=True, check=True)
+    data = archive.read_bytes()
+    print(f"\ninflate: {archive.name} of {stdlib} ({len(data) / 1e6:.1f} MB), median of {runs}")
+    for name, module in inflate_modules().items():
+        rate, seconds = median_rate(lambda module=module: inflate_once(module, data), runs)
+        print(f"  {name:28s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
+
+    def through_sharedcache() -> int:
+        stream, produced = decompressing("gzip", io.BytesIO(data), "bench"), 0
+        while piece := stream.read(CHUNK):
+            produced += len(piece)
+        return produced
+
+    rate, seconds = median_rate(through_sharedcache, runs)
+    print(f"  {'decompressing() (sc)':28s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
+
+    def gzip_tool() -> int:
+        result = subprocess.run(["gzip", "-dc", str(archive)], capture_output=True, check=True)
+        return len(result.stdout)
+
+    rate, seconds = median_rate(gzip_tool, runs)
+    print(f"  {'gzip -dc (process)':28s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
+
+
+def make_small_files(scratch: Path, count: int) -> Path:
+    rng = random.Random(13)
+    words = [f"{rng.getrandbits(24):x}" for _ in range(2000)]
+    lines = [" ".join(rng.choice(words) for _ in range(8)) + "\n" for _ in range(300)]
+    root = scratch / f"small{count}"
+    for i in range(count):
+        directory = root / f"d{i // 500:04d}"
+        if i % 500 == 0:
+            directory.mkdir(parents=True)
+        size, text = rng.randint(1024, 8192), []
+        while sum(map(len, text)) < size:
+            text.append(rng.choice(lines))
+        path = directory / f"f{i:07d}.txt"
+        path.write_text("".join(text)[:size])
+        if i % 7 == 0:
+            path.chmod(0o755)
+    archive = scratch / f"small{count}.tar.gz"
+    subprocess.run(["tar", "-C", str(scratch), "-czf", str(archive), root.name], check=True)
+    shutil.rmtree(root)
+    return archive
+
+
+def remove(path: Path) -> None:
+    subprocess.run(["chmod", "-R", "u+w", str(path)], stderr=subprocess.DEVNULL, check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        sys.exit(f"{command[:3]} failed: {result.stderr.strip()}")
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def bench_members(scratch: Path, count: int, runs: int, directories: list[str]) -> None:
+    archive = make_small_files(scratch, count)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    listed = subprocess.run(["tar", "-tzf", str(archive)], capture_output=True, check=True).stdout
+    members = listed.count(b"\n")
+    print(f"\nmembers: {archive.name}, {members} members, {archive.stat().st_size / 1e6:.1f} MB; "
+          f"median of {runs}, load average {os.getloadavg()[0]:.2f} at the start")
+    contenders = {
+        "sc --use": lambda base: [sys.executable, "-m", "sharedcache", "--use", "-q", "-d", str(base), "-n", "w",
+                                  "--pid", str(os.getpid()), f"file:{archive}", f"md5:{md5}", "tar"],
+        "GNU tar pipeline": lambda base: ["bash", "-c", f"cat {archive} | tee >(md5sum >/dev/null) | "
+                                                        f"tar xzf - -C {base}"],
+    }
+    for directory in directories:
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+        for _ in range(runs):
+            for name, command in contenders.items():
+                base = Path(directory) / f"sc-bench-unpack-{os.getpid()}"
+                remove(base)
+                base.mkdir()
+                subprocess.run(["sync"], check=True)
+                results[name].append(timed(command(base)))
+                remove(base)
+        fstype = subprocess.run(["df", "--output=fstype", directory], capture_output=True, text=True,
+                                check=True).stdout.split()[-1]
+        for name, measured in results.items():
+            wall = statistics.median(w for w, _ in measured)
+            cpu = statistics.median(c for _, c in measured)
+            print(f"  {directory} ({fstype}) {name:17s} {wall:6.3f} s  {wall / members * 1e6:6.1f} us/member  "
+                  f"cpu {cpu:6.3f} s  runs {' '.join(f'{w:.2f}' for w, _ in measured)}")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dirs", default="/dev/shm,/var/tmp")
+    parser.add_argument("--stdlib-only", action="store_true", help="only the inflate part")
+    parser.add_argument("--members-only", action="store_true", help="only the members part")
+    args = parser.parse_args()
+    from sharedcache.compression import backends
+
+    print("sharedcache codecs:", "; ".join(f"{codec}: {library}" for codec, library in backends().items()))
+    with tempfile.TemporaryDirectory(prefix="sc-bench-unpack-") as scratch:
+        if not args.members_only:
+            bench_inflate(Path(scratch), args.runs)
+        if not args.stdlib_only:
+            bench_members(Path(scratch), args.files, args.runs, args.dirs.split(","))
+
+
+if __name__ == "__main__":
+    main()
