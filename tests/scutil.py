@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -147,3 +148,23 @@ def content_for(name: str, size: int) -> bytes:
 def check_tree(root: Path, files: dict[str, bytes]) -> None:
     for name, data in files.items():
         assert (root / name).read_bytes() == data, name
+
+
+def read_head(conn: socket.socket) -> bytes | None:
+    """An HTTP request's head from ``conn`` (to the blank line), or None if it closed first."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        request += chunk
+    return request
+
+
+def close_listener(listener: socket.socket) -> None:
+    """Close a listening socket, waking an accept() blocked on it (close() alone does not)."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    listener.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import finish, sc, sc_start
+from scutil import close_listener, finish, read_head, sc, sc_start
 
 
 class Trickle:
@@ -47,12 +47,8 @@ class Trickle:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
+            if read_head(conn) is None:
+                return
             head = f'HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\nETag: "v1"\r\n\r\n'
             try:
                 conn.sendall(head.encode())
@@ -65,11 +61,7 @@ class Trickle:
 
     def stop(self) -> None:
         self._stop.set()
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() does not
-        except OSError:
-            pass
-        self._listener.close()
+        close_listener(self._listener)
         for thread in self._threads:
             thread.join(10)
 

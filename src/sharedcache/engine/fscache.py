@@ -697,6 +697,10 @@ class FsCache:
             for tree in trees:
                 remove_tree(tree.path)
                 removed += 1
+        if removed:
+            from .index import make_reserve  # (the index is open already: this imports nothing)
+
+            make_reserve(self.root)  # the room just made keeps the index usable on a full disk
         return removed
 
     # -- inspection ------------------------------------------------------------------------------

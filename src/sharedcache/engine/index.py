@@ -14,6 +14,13 @@ by the kernel when a process dies.  A write transaction (``BEGIN IMMEDIATE``) se
 change of the accounting; it is held for milliseconds and never while waiting for another lock
 that could be held for longer.
 
+A full file system must not make the index unusable: SQLite's journal (``-wal``) grows with
+every write transaction, and the transactions that free space (a release, an eviction, gc) are
+writes too.  So the index keeps a *reserve*, ``index.reserve``, a file of :data:`RESERVE`
+allocated bytes: a transaction that begins with less free space than that removes it first,
+giving the journal room, and whoever commits with room again makes it anew.  Running out of
+space all the same is :class:`NoSpaceError`, not damage.
+
 This module is imported only by the operations that change or list the accounting.  Holding and
 loading an entry do not import it: loading SQLite's shared library alone costs more than a warm
 ``sc --use`` may take.
@@ -21,7 +28,10 @@ loading an entry do not import it: loading SQLite's shared library alone costs m
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import stat
 import time
 
 try:  # sqlite3's Python layer only adds datetime adapters, which would cost every start
@@ -29,7 +39,7 @@ try:  # sqlite3's Python layer only adds datetime adapters, which would cost eve
 except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
     import sqlite3  # type: ignore[no-redef]
 
-from ..errors import CacheError, WaitTimeoutError
+from ..errors import CacheError, NoSpaceError, WaitTimeoutError
 from ..lean import scoped
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -39,6 +49,9 @@ if TYPE_CHECKING:
 
 #: A row: name, size, created, last used, keep, meta.
 Row = tuple[str, int, float, float, int, "str | None"]
+
+#: Bytes kept allocated beside the index for its journal to grow into on a full file system.
+RESERVE = 256 * 1024
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -74,8 +87,11 @@ class Index(sqlite3.Connection):
     def failure(self, e: sqlite3.DatabaseError) -> Exception:
         if isinstance(e, sqlite3.ProgrammingError):
             return e
-        if getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return WaitTimeoutError(f"cache {self.root} index is busy ({e})")
+        if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _full(self.root)):
+            return NoSpaceError(f"no space left on the device for the index of cache {self.root}")
         self.broken = True
         return CacheError(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
 
@@ -154,6 +170,9 @@ class Index(sqlite3.Connection):
     @scoped
     def transaction(self) -> Iterator[Index]:
         """A write transaction: all of it or none of it happens."""
+        reserve = os.path.join(self.root, "index.reserve")
+        if _full(self.root):
+            _remove_reserve(reserve)
         try:
             self.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
@@ -164,11 +183,14 @@ class Index(sqlite3.Connection):
             if self.in_transaction:
                 self.execute("ROLLBACK")
             if isinstance(e, sqlite3.DatabaseError):
-                raise CacheError(
-                    f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it"
-                ) from None
+                raise self.failure(e) from None
             raise
         self.execute("COMMIT")
+        if _full(self.root):
+            # Give back what the journal took, so that the reserve can be made again now.
+            with contextlib.suppress(sqlite3.DatabaseError):
+                super().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        make_reserve(self.root)
 
 
 class _Rows(sqlite3.Cursor):
@@ -200,9 +222,60 @@ class _Rows(sqlite3.Cursor):
             raise self.connection.failure(e) from None
 
 
+#: The caches whose reserve this process gave up, to make again when it exits.
+_to_remake: set[str] = set()
+
+
+def _full(root: str) -> bool:
+    """Whether the file system of ``root`` has less than :data:`RESERVE` bytes free for us."""
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < RESERVE
+
+
+def _remove_reserve(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def make_reserve(root: str) -> None:
+    """Allocate the reserve of the index of the cache at ``root``: :data:`RESERVE` bytes, or
+    what is free if less (a nearly full file system keeps what it can for the next
+    transaction), grown back to :data:`RESERVE` once there is room.  Best effort."""
+    path = os.path.join(root, "index.reserve")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError:
+        return  # no room even for the inode, or something planted there: next time
+    try:
+        st = os.fstat(fd)
+        size = st.st_blocks * 512
+        free = os.fstatvfs(fd)
+        room = free.f_bavail * free.f_frsize
+        if not stat.S_ISREG(st.st_mode) or size >= RESERVE or (size and room < 2 * RESERVE):
+            return
+        os.posix_fallocate(fd, 0, min(RESERVE, size + room) // 4096 * 4096 or 4096)
+    except OSError:
+        pass  # what could be allocated stays allocated
+    finally:
+        os.close(fd)
+
+
 def open_index(root: str, timeout: float) -> Index:
     """A connection to the index of the cache at ``root``, created with its schema if needed."""
     path = os.path.join(root, "index.sqlite")
+    reserve = os.path.join(root, "index.reserve")
+    if _full(root):  # its -wal and -shm files are made anew by the first connection
+        _remove_reserve(reserve)
+        if root not in _to_remake:  # whatever this process frees, the next one has a reserve
+            _to_remake.add(root)
+            atexit.register(make_reserve, root)
+    else:
+        make_reserve(root)  # (data deleted after the last transaction may have made room)
     try:
         # Created here rather than by SQLite, which would use mode 0644 whatever the umask: the
         # members of a group cache must be able to write it (its -wal and -shm files take its

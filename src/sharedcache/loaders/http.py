@@ -46,6 +46,9 @@ from .streams import CHUNK, SourceStream
 if TYPE_CHECKING:
     import urllib3
 
+
+#: Sizes and positions at or past this are absurd (no file system holds such a file).
+_MAX_SIZE = 2**63
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -100,7 +103,20 @@ def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | 
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
     if match is None:
         return None
-    return int(match[1]), int(match[2]), None if match[3] == "*" else int(match[3])
+    first, last, total = int(match[1]), int(match[2]), None if match[3] == "*" else int(match[3])
+    if not first <= last < (_MAX_SIZE if total is None else total) or (total or 0) >= _MAX_SIZE:
+        return None  # an impossible range, or a size no file system holds: not an answer to trust
+    return first, last, total
+
+
+def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
+    """Refuse a body in a Content-Encoding that was not asked for (identity was): its bytes are
+    not the file's, and storing them under the file's name would be a silent lie."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        response.close()
+        raise DownloadError(f"{url}: the server sent the file with Content-Encoding {encoding!r} "
+                            "though none was asked for; refusing to store encoded bytes as the file")
 
 
 def _reason(exc: BaseException) -> str:
@@ -177,6 +193,7 @@ class _HttpStream(SourceStream):
         return response
 
     def _adopt(self, response: Any) -> None:
+        _refuse_encoding(response, self.url)
         self.validator = _validator(response)
         content_range = _content_range(response)
         if response.status == 206 and content_range is not None:
@@ -185,6 +202,9 @@ class _HttpStream(SourceStream):
             self.start = 0
             length = response.headers.get("Content-Length", "")
             self.total = int(length) if length.isdigit() else None
+            if self.total is not None and self.total >= _MAX_SIZE:
+                response.close()
+                raise DownloadError(f"{self.url}: the server announces an absurd size ({length} bytes)")
 
     def _status_error(self, response: Any) -> DownloadError:
         from http import HTTPStatus
@@ -289,6 +309,7 @@ class _HttpStream(SourceStream):
         """An answer with bytes ``position`` to ``last`` (to the end if None) of the same file;
         :class:`ResumeError` if the server does not give exactly those."""
         response = self._get(position, self.validator, last, stop)
+        _refuse_encoding(response, self.url)
         problem = self._continuation_problem(response, position, self.validator, last)
         if problem is not None:
             response.close()
@@ -358,6 +379,11 @@ class _Body:
                 self._check_speed(len(data))
                 return data
             if self._end is None:
+                if not getattr(self._response, "chunked", False):
+                    # Ended by a close, which a cut connection also is: nothing says it is whole.
+                    raise DownloadError(
+                        f"{self._http.url}: the server sent neither a length nor a chunked body, so "
+                        f"the {self._position} bytes received cannot be known to be the whole file")
                 return b""
             self._interrupted(f"the connection closed after {self._position} of {self._http.total} bytes")
 

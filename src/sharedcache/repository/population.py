@@ -13,6 +13,7 @@ commit) stays the same.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -159,27 +160,27 @@ class Population:
         if request.fetch.offline and any(source.network for source in self.recipe.sources):
             raise DownloadError(f"offline: repository {name!r} is not here, and "
                                 f"{self.recipe.source.describe()} needs the network")
-        write_record(self.status_path, self.status)
-        self._prepare_work()
         self.reporter.info(f"populating {name!r} in {base.path} from {shown_words(request.words)}")
         try:
             try:
-                self._store()
+                self._attempt()
             except NoSpaceError as e:
                 # The file system is full: the space kept repositories hold is given back, once.
                 freed = 0 if isinstance(e, SizeLimitError) else cache.evict()
                 if not freed:
                     raise
                 self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
-                self._prepare_work()
-                self._store()
+                self._attempt()
         except WaitTimeoutError:
             raise  # our --timeout, not the recipe's failure: the work stays for a takeover
         except SharedCacheError as e:
             e.args = (f"repository {name!r}: {e}",)
-            record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
-            write_record(self.error_path, record)
             remove_tree(self.work)
+            record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
+            try:
+                write_record(self.error_path, record)
+            except OSError:
+                pass  # no room even for the record: the waiters try for themselves
             raise
         finally:
             self._bar.close()
@@ -192,6 +193,18 @@ class Population:
             cache.release(name, lease=lease)
             raise conflict(name, base.path, cache.info(name).meta)
         return lease
+
+    def _attempt(self) -> None:
+        """One try: the status record, the work directory, the store; whichever of their writes
+        meets a full file system first raises :class:`NoSpaceError`."""
+        try:
+            write_record(self.status_path, self.status)
+            self._prepare_work()
+            self._store()
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise NoSpaceError(f"no space left on the device of {self.base.path}") from None
 
     def _store(self) -> None:
         request = self.request

@@ -1,0 +1,102 @@
+"""Full disks heal: on a file system filled to the last byte (a tmpfs the test mounts, so root
+is needed), the release of a last use, ``sc gc`` and ``--max-size`` work, and a population that
+finds no room, whichever of its writes meets ENOSPC first, evicts unused kept repositories,
+tries again, and otherwise fails with one clear line, leaving nothing."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from test_guards import small_fs  # noqa: F401 - the fixture: a 3 MiB tmpfs mounted for the test
+
+from scutil import Sleeper, sc
+
+
+def fill(mount: Path) -> Path:
+    """Fill ``mount`` to its last byte with a file; return it."""
+    filler = mount / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def full(mount: Path) -> bool:
+    st = os.statvfs(mount)
+    return st.f_bavail == 0
+
+
+def one_line(err: str) -> str:
+    assert err.startswith("sc: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_release_gc_and_max_size_work_on_a_full_file_system(tmp_path, small_fs):  # noqa: F811
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(300_000))
+    with Sleeper() as owner:
+        common = ["-d", str(small_fs), "--pid", str(owner.pid)]
+        for name in ("kept1", "kept2"):
+            assert sc("--use", "-n", name, "--keep", *common, f"file:{blob}").returncode == 0
+            assert sc("--unuse", "-n", name, *common, f"file:{blob}").returncode == 0
+        held = ["-n", "held", *common, f"file:{blob}"]
+        assert sc("--use", *held).returncode == 0
+        fill(small_fs)
+        assert full(small_fs)
+
+        released = sc("--unuse", *held)
+        assert released.returncode == 0, released.stderr
+        assert not (small_fs / "held").exists()
+
+        fill(small_fs)
+        gc = sc("gc", "-d", str(small_fs))
+        assert gc.returncode == 0, gc.stderr
+
+        fill(small_fs)
+        budget = sc("--use", "-n", "kept1", "--max-size", "350KB", *common, f"file:{blob}")
+        assert budget.returncode == 0, budget.stderr
+        assert not (small_fs / "kept2").exists(), "the budget was not applied"
+        assert sc("--unuse", "-n", "kept1", *common, f"file:{blob}").returncode == 0
+
+        fill(small_fs)
+        assert sc("gc", "-d", str(small_fs)).returncode == 0
+        assert sc("list", "-d", str(small_fs)).returncode == 0
+
+
+def test_a_population_on_a_full_file_system_evicts_kept_data_and_retries(tmp_path, small_fs):  # noqa: F811
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(300_000))
+    other = tmp_path / "other.bin"
+    other.write_bytes(os.urandom(200_000))
+    with Sleeper() as owner:
+        common = ["-d", str(small_fs), "--pid", str(owner.pid)]
+        assert sc("--use", "-n", "kept", "--keep", *common, f"file:{blob}").returncode == 0
+        assert sc("--unuse", "-n", "kept", *common, f"file:{blob}").returncode == 0
+        filler = fill(small_fs)
+        # The first write (the status record) meets ENOSPC: the kept repository makes room.
+        made = sc("--use", "-n", "new", *common, f"file:{other}")
+        assert made.returncode == 0, made.stderr
+        assert not (small_fs / "kept").exists()
+        assert (small_fs / "new" / "other.bin").read_bytes() == other.read_bytes()
+
+        # Nothing to evict: one clear line, nothing left behind.
+        fill(small_fs)
+        failed = sc("--use", "-n", "more", *common, f"file:{blob}")
+        assert failed.returncode == 1
+        assert "space" in one_line(failed.stderr)
+        control = small_fs / ".shared-cache"
+        assert list((control / "stage").iterdir()) == []
+        assert not (small_fs / "more").exists()
+        assert not any(p.name.startswith("more") for p in (control / "populate").iterdir()
+                       if p.name not in ("more.lock", "more.error"))
+        filler.unlink()
+        assert sc("gc", "-d", str(small_fs)).returncode == 0

@@ -1,0 +1,129 @@
+"""HTTP bodies are complete and are what the origin stored: a body without a length counts only
+if it is chunked and ends with its final chunk; a Content-Encoding nobody asked for is refused;
+absurd sizes and ranges give one clear line.  Each time nothing is committed and the error
+record is left for waiters.
+
+The origin is a raw socket server in this file, answering every request with bytes the test
+writes out in full (the misbehaviours tests/origin.py, a correct server, cannot produce).
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from scutil import close_listener, read_head, sc
+
+BODY = b"0123456789" * 1000
+
+
+class RawOrigin:
+    """Answers every request on 127.0.0.1 with ``answer(request)``, then closes the connection."""
+
+    def __init__(self, answer: Callable[[bytes], bytes]) -> None:
+        self.answer = answer
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def word(self) -> str:
+        return f"http:http://127.0.0.1:{self.port}/data.bin"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = read_head(conn)
+                try:
+                    if request is not None:
+                        conn.sendall(self.answer(request))
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        close_listener(self._listener)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Callable[[bytes], bytes]], RawOrigin]]:
+    started: list[RawOrigin] = []
+
+    def start(answer: Callable[[bytes], bytes]) -> RawOrigin:
+        started.append(RawOrigin(answer))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for origin in started:
+            origin.stop()
+
+
+def fixed(head: str, body: bytes) -> Callable[[bytes], bytes]:
+    return lambda _request: head.replace("\n", "\r\n").encode() + b"\r\n" + body
+
+
+def chunked(body: bytes, *, final: bool) -> bytes:
+    pieces = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    out = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces)
+    return out + (b"0\r\n\r\n" if final else b"")
+
+
+def use(base: Path, origin: RawOrigin, *extra: str):  # type: ignore[no-untyped-def]
+    return sc("--use", "-d", str(base), "-n", "data", *extra, origin.word())
+
+
+def assert_refused(result, base: Path, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("sc: ") and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert not (base / ".shared-cache" / "objects" / "data").exists()
+    populate = base / ".shared-cache" / "populate"
+    assert not (populate / "data.work").exists(), "the work directory was left behind"
+    assert (populate / "data.error").exists(), "no error record for the waiters"
+
+
+def test_a_complete_chunked_body_is_stored(tmp_path, serve):
+    origin = serve(fixed("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", chunked(BODY, final=True)))
+    result = use(tmp_path, origin)
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
+
+
+def test_a_chunked_body_without_its_final_chunk_is_an_error(tmp_path, serve):
+    origin = serve(fixed("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n", chunked(BODY, final=False)))
+    assert_refused(use(tmp_path, origin), tmp_path)
+
+
+def test_a_body_ended_by_close_without_a_length_is_an_error(tmp_path, serve):
+    origin = serve(fixed("HTTP/1.1 200 OK\nConnection: close\n", BODY))
+    assert_refused(use(tmp_path, origin), tmp_path, "length")
+
+
+def test_a_content_encoding_that_was_not_asked_for_is_refused(tmp_path, serve):
+    packed = gzip.compress(BODY)
+    origin = serve(fixed(f"HTTP/1.1 200 OK\nContent-Length: {len(packed)}\nContent-Encoding: gzip\n", packed))
+    assert_refused(use(tmp_path, origin), tmp_path, "gzip")
+
+
+def test_an_absurd_content_length_is_a_clean_error(tmp_path, serve):
+    origin = serve(fixed(f"HTTP/1.1 200 OK\nContent-Length: {10**30}\n", BODY))
+    assert_refused(use(tmp_path, origin), tmp_path)
+
+
+def test_an_absurd_content_range_with_connections_is_a_clean_error(tmp_path, serve):
+    head = f'HTTP/1.1 206 Partial Content\nContent-Range: bytes 0-{len(BODY) - 1}/{10**30}\nETag: "v"\nContent-Length: {len(BODY)}\n'
+    origin = serve(fixed(head, BODY))
+    assert_refused(use(tmp_path, origin, "--connections", "4"), tmp_path)
