@@ -346,9 +346,14 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, owner, text, exp
 
 
 def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, owner):
-    for env, expected in [({"SC_OFFLINE": "perhaps"}, "sc: error: SC_OFFLINE: offline must be yes or no"),
-                          ({"SC_PROXY": "a b"}, "sc: error: SC_PROXY: proxy cannot use 'a b'"),
-                          ({"SC_CONFIG": str(tmp_path / "absent")}, f"sc: error: {tmp_path / 'absent'}: no such")]:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # a FIFO must not hang sc
+    cases = [({"SC_OFFLINE": "perhaps"}, "sc: error: SC_OFFLINE: offline must be yes or no"),
+             ({"SC_PROXY": "a b"}, "sc: error: SC_PROXY: proxy cannot use 'a b'"),
+             ({"SC_CONFIG": str(tmp_path / "absent")}, f"sc: error: {tmp_path / 'absent'}: no such"),
+             ({"SC_CONFIG": str(fifo)}, f"sc: error: {fifo}: the config file is not a regular file"),
+             ({"SC_CONFIG": str(tmp_path)}, f"sc: error: {tmp_path}: the config file is not a regular file")]
+    for env, expected in cases:
         result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "file:/x", env=sc_env(**env))
         assert result.returncode == 2 and result.stderr.startswith(expected), result.stderr
         assert result.stderr.count("\n") == 1

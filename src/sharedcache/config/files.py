@@ -24,6 +24,7 @@ alone would cost more than the whole warm overhead).
 from __future__ import annotations
 
 import os
+import stat
 
 from ..errors import ConfigError, SettingError, UsageError
 from .settings import FetchPolicy, flag, proxy_chain
@@ -104,7 +105,8 @@ def config_files(environ: Mapping[str, str]) -> list[tuple[str, bool]]:
 def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]]:
     """The settings ``path`` holds: key -> (value, where: ``path:line``)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted there must not hang sc (it is refused below).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path}: no such config file (named by SC_CONFIG)") from None
@@ -112,6 +114,8 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: the config file is not a regular file")
         chunks = []
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
