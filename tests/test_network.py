@@ -173,9 +173,9 @@ def test_chain_with_direct_and_every_proxy_down(tmp_path, origin, owner):
     assert result.returncode == 0, result.stderr
     assert "failing over to a direct connection" in result.stderr
     config = tmp_path / "config"
-    config.write_text(f"proxy = {dead[0]}\nretries = 1\nconnect_timeout = 2\n")
+    config.write_text(f"proxy = {dead[0]}\nretries = 1\nconnect_timeout = 2\nverbose = yes\n")
     env = sc_env(SC_CONFIG=str(config))
-    failed = use(tmp_path, owner, url, "-v", env=env, name="other")
+    failed = use(tmp_path, owner, url, env=env, name="other")
     assert failed.returncode == 1
     errors = [line for line in failed.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and f"via proxy {dead[0]}" in errors[0] and "(after 2 attempts)" in errors[0], \
@@ -311,6 +311,7 @@ def test_config_file_layers_and_sc_config_shows_sources(tmp_path, origin, squid,
     assert lines["proxy"] == f"{squid.url}  # {home / 'shared-cache' / 'config'}:2"
     assert lines["retries"].endswith(f"# {home / 'shared-cache' / 'config'}:4")
     assert lines["offline"] == "no  # default"
+    assert lines["verbose"] == "(not set)  # default"
     flagged = dict(line.split(" = ", 1) for line in sc("config", "--connections", "3", "--offline",
                                                          env=env).stdout.splitlines())
     assert flagged["connections"] == "3  # --connections" and flagged["offline"] == "yes  # --offline"

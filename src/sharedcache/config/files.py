@@ -74,7 +74,8 @@ class Setting:
 
 
 #: Every setting a config file may hold; the command line's options of the same name
-#: (``max_size`` is ``--max-size``) override them.
+#: (``max_size`` is ``--max-size``) override them.  The options that name one use (``--name``,
+#: ``--size``, ``--pid``) are not settings.
 SETTINGS = (
     Setting("directories", _text, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",)),
     Setting("max_size", _size, "size budget of a base directory's kept repositories"),
@@ -88,6 +89,8 @@ SETTINGS = (
     Setting("proxy", _proxy, "proxy chain 'A|B;C' (DIRECT: no proxy)", ("SC_PROXY",)),
     Setting("no_proxy", _text, "hosts reached without a proxy", ("no_proxy", "NO_PROXY")),
     Setting("offline", _boolean, "no network at all: serve what is here", ("SC_OFFLINE",)),
+    Setting("verbose", _boolean, "say what is done; progress lines off a terminal too"),
+    Setting("quiet", _boolean, "print nothing but errors"),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
@@ -103,7 +106,10 @@ def config_files(environ: Mapping[str, str]) -> list[tuple[str, bool]]:
 
 
 def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]]:
-    """The settings ``path`` holds: key -> (value, where: ``path:line``)."""
+    """The settings ``path`` holds: key -> (value, where: ``path:line``).  ``/dev/null`` holds
+    none (``SC_CONFIG=/dev/null``, as ``GIT_CONFIG=/dev/null``)."""
+    if path == os.devnull:
+        return {}
     try:
         # O_NONBLOCK: a FIFO planted there must not hang sc (it is refused below).
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
