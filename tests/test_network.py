@@ -173,9 +173,9 @@ def test_chain_with_direct_and_every_proxy_down(tmp_path, origin, owner):
     assert result.returncode == 0, result.stderr
     assert "failing over to a direct connection" in result.stderr
     config = tmp_path / "config"
-    config.write_text(f"proxy = {dead[0]}\nretries = 1\nconnect_timeout = 2\n")
+    config.write_text(f"proxy = {dead[0]}\nretries = 1\nconnect_timeout = 2\nverbose = yes\n")
     env = sc_env(SC_CONFIG=str(config))
-    failed = use(tmp_path, owner, url, "-v", env=env, name="other")
+    failed = use(tmp_path, owner, url, env=env, name="other")
     assert failed.returncode == 1
     errors = [line for line in failed.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and f"via proxy {dead[0]}" in errors[0] and "(after 2 attempts)" in errors[0], \
@@ -311,6 +311,7 @@ def test_config_file_layers_and_sc_config_shows_sources(tmp_path, origin, squid,
     assert lines["proxy"] == f"{squid.url}  # {home / 'shared-cache' / 'config'}:2"
     assert lines["retries"].endswith(f"# {home / 'shared-cache' / 'config'}:4")
     assert lines["offline"] == "no  # default"
+    assert lines["verbose"] == "(not set)  # default"
     flagged = dict(line.split(" = ", 1) for line in sc("config", "--connections", "3", "--offline",
                                                          env=env).stdout.splitlines())
     assert flagged["connections"] == "3  # --connections" and flagged["offline"] == "yes  # --offline"
@@ -346,9 +347,14 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, owner, text, exp
 
 
 def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, owner):
-    for env, expected in [({"SC_OFFLINE": "perhaps"}, "sc: error: SC_OFFLINE: offline must be yes or no"),
-                          ({"SC_PROXY": "a b"}, "sc: error: SC_PROXY: proxy cannot use 'a b'"),
-                          ({"SC_CONFIG": str(tmp_path / "absent")}, f"sc: error: {tmp_path / 'absent'}: no such")]:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # a FIFO must not hang sc
+    cases = [({"SC_OFFLINE": "perhaps"}, "sc: error: SC_OFFLINE: offline must be yes or no"),
+             ({"SC_PROXY": "a b"}, "sc: error: SC_PROXY: proxy cannot use 'a b'"),
+             ({"SC_CONFIG": str(tmp_path / "absent")}, f"sc: error: {tmp_path / 'absent'}: no such"),
+             ({"SC_CONFIG": str(fifo)}, f"sc: error: {fifo}: the config file is not a regular file"),
+             ({"SC_CONFIG": str(tmp_path)}, f"sc: error: {tmp_path}: the config file is not a regular file")]
+    for env, expected in cases:
         result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "file:/x", env=sc_env(**env))
         assert result.returncode == 2 and result.stderr.startswith(expected), result.stderr
         assert result.stderr.count("\n") == 1

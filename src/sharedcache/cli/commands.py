@@ -34,12 +34,14 @@ def run(options: Arguments) -> int:
     from ..progress import Reporter
     from ..repository.repositories import Repositories
 
+    # An option not given is None, False, or a count (-v, -q) of 0.
     given = {setting.key: value for setting in files.SETTINGS
-             if (value := getattr(options, setting.key, None)) is not None and value is not False}
+             if (value := getattr(options, setting.key, None)) is not None and value is not False
+             and not (setting.key in ("verbose", "quiet") and value == 0)}
     effective = files.effective(given, os.environ)
     if options.action == "config":
         return show_config(effective)
-    for key in ("directories", "max_size", "keep", "group", "timeout"):
+    for key in ("directories", "max_size", "keep", "group", "timeout", "verbose", "quiet"):
         if key in effective:
             setattr(options, key, effective[key][0])
     options.fetch = files.fetch_policy(effective, os.environ)

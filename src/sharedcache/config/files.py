@@ -24,6 +24,7 @@ alone would cost more than the whole warm overhead).
 from __future__ import annotations
 
 import os
+import stat
 
 from ..errors import ConfigError, SettingError, UsageError
 from .settings import Credentials, FetchPolicy, flag, proxy_chain, rewrite_rules
@@ -84,7 +85,8 @@ class Setting:
 
 
 #: Every setting a config file may hold; the command line's options of the same name
-#: (``max_size`` is ``--max-size``) override them.
+#: (``max_size`` is ``--max-size``) override them.  The options that name one use (``--name``,
+#: ``--size``, ``--pid``) are not settings.
 SETTINGS = (
     Setting("directories", _text, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",)),
     Setting("max_size", _size, "size budget of a base directory's kept repositories"),
@@ -106,6 +108,8 @@ SETTINGS = (
     Setting("client_key", _text, "the client certificate's key, if in a file of its own"),
     Setting("bearer_token_file", _text, "a file holding a bearer token"),
     Setting("netrc", _text, "the .netrc file of basic-auth logins"),
+    Setting("verbose", _boolean, "say what is done; progress lines off a terminal too"),
+    Setting("quiet", _boolean, "print nothing but errors"),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
@@ -121,9 +125,13 @@ def config_files(environ: Mapping[str, str]) -> list[tuple[str, bool]]:
 
 
 def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]]:
-    """The settings ``path`` holds: key -> (value, where: ``path:line``)."""
+    """The settings ``path`` holds: key -> (value, where: ``path:line``).  ``/dev/null`` holds
+    none (``SC_CONFIG=/dev/null``, as ``GIT_CONFIG=/dev/null``)."""
+    if path == os.devnull:
+        return {}
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted there must not hang sc (it is refused below).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path}: no such config file (named by SC_CONFIG)") from None
@@ -131,6 +139,8 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: the config file is not a regular file")
         chunks = []
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
