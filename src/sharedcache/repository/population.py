@@ -18,7 +18,8 @@ import time
 
 from .. import errors
 from ..engine import locks
-from ..engine.fsutil import remove_tree, unlink_if_present, write_atomic
+from ..engine.fsutil import read_control, unlink_if_present, write_atomic
+from ..engine.layout import make_directory
 from ..errors import (
     LoaderError,
     NoSpaceError,
@@ -47,7 +48,7 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
         lease = base.try_hold(request)
         if lease is not None:
             return lease
-        fd = locks.open_lock_file(lock_path)
+        fd = locks.open_lock_file(lock_path, mode=base.cache().modes.file)
         try:
             if not locks.try_lock(fd, locks.EXCLUSIVE):
                 if waited_since is None:
@@ -125,7 +126,7 @@ class Population:
         request, base, cache = self.request, self.base, self.base.cache()
         name, owner = request.name, request.owner
         self.recipe = parse_recipe(request.words)  # a bad recipe fails before anything is written
-        write_record(self.status_path, self.status)
+        write_record(self.status_path, self.status, cache.modes.file)
         self._prepare_work()
         self.reporter.info(f"populating {name!r} in {base.path} from {' '.join(request.words)}")
         try:
@@ -142,13 +143,13 @@ class Population:
         except SharedCacheError as e:
             e.args = (f"repository {name!r}: {e}",)
             record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
-            write_record(self.error_path, record)
-            remove_tree(self.work)
+            write_record(self.error_path, record, cache.modes.file)
+            cache.discard(self.work)
             raise
         finally:
             self._bar.close()
             unlink_if_present(self.status_path)
-        remove_tree(self.work)
+        cache.discard(self.work)
         unlink_if_present(self.error_path)
         lease = cache.lease_of(name, owner)
         assert lease is not None, "the commit gives the owner a lease"
@@ -177,18 +178,18 @@ class Population:
         if time.monotonic() - self._last_write >= 0.5:
             self._last_write = time.monotonic()
             self.status.update(done=done, total=total)
-            write_record(self.status_path, self.status)
+            write_record(self.status_path, self.status, self.base.cache().modes.file)
 
     def _prepare_work(self) -> None:
         """Keep a dead populator's work directory for the same recipe; clear any other."""
         work, identity = self.work, self.request.identity
         marker = os.path.join(work, ".identity")
         try:
-            with open(marker, encoding="utf-8") as f:
-                if f.read() == identity:
-                    return
+            if read_control(marker, 1 << 16) == identity.encode():
+                return
         except OSError:
             pass
-        remove_tree(work)
-        os.mkdir(work)
-        write_atomic(marker, identity.encode())
+        cache = self.base.cache()
+        cache.discard(work)
+        make_directory(work, cache.modes.directory)
+        write_atomic(marker, identity.encode(), mode=cache.modes.file)
