@@ -403,3 +403,32 @@ def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_out
         finally:
             done(attacker)
     assert snapshot(home) == before
+
+
+def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_its_timeout(
+    shared, users, python, recipe
+):
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    root = base / f".shared-cache-g{users.gid}"
+    with Sleeper() as job:  # the group cache, made by a first use
+        first = run_as(python, users.victim, "--use", *group, "-n", "warm", "-d", str(base),
+                       "--pid", str(job.pid), *recipe, groups=(users.gid,))
+        assert first.returncode == 0, first.stderr
+    hold = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o664)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n")
+    holder = code_as(python, users.member, hold, str(root / "populate" / "repo.lock"), groups=(users.gid,))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        result = run_as(python, users.victim, "--use", *group, "-n", "repo", "-d", str(base),
+                        "--timeout", "2", *recipe, groups=(users.gid,))
+        elapsed = time.monotonic() - start
+        assert result.returncode == 1 and "timed out after 2 s" in clean_lines(result)[-1]
+        assert elapsed < 2 + 10
+    finally:
+        holder.kill()
+        holder.communicate(timeout=BOUND)
