@@ -336,7 +336,8 @@ else:
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "file", "directory"])
 @pytest.mark.parametrize(
-    "path", ["trash", "stage", "objects", "populate", "stage.lock", "cache.info", "budget", "populate/repo.lock"]
+    "path", ["trash", "stage", "objects", "populate", "stage.lock", "cache.info", "budget", "index.sqlite",
+             "populate/repo.lock"]
 )
 def test_a_member_planting_in_a_group_cache_never_makes_another_act_outside_or_hang(
     shared, users, python, recipe, home, path, kind

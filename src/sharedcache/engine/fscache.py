@@ -258,10 +258,16 @@ class FsCache:
             return db
         from .index import open_index  # SQLite is loaded by what needs the index only
 
+        index = os.path.join(self.root, "index.sqlite")
         try:  # made here with its mode: SQLite would give it 0644 whatever the cache
-            create_empty(os.path.join(self.root, "index.sqlite"), exclusive=True, mode=self.modes.file)
+            create_empty(index, exclusive=True, mode=self.modes.file)
         except FileExistsError:
-            pass
+            # SQLite opens it without O_NONBLOCK: a FIFO planted there would hang every command.
+            if read_control(index, 0) is None:
+                raise CacheError(
+                    f"the index of cache {self.root} is unusable ({index} is not a regular file); "
+                    "run gc to rebuild it"
+                ) from None
         db = open_index(self.root, self.timeout)
         self._local.db, self._local.pid = db, os.getpid()
         return db
