@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,3 +49,18 @@ def children() -> Iterator[Children]:
 def root(tmp_path: Path) -> Path:
     """Where a test's cache lives (not created: the engine creates it)."""
     return tmp_path / "cache"
+
+
+# --- Tests with other users: a directory they can reach ------------------------------------------
+
+
+@pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """A fresh directory under /tmp that every user can enter (0755; pytest's own are private),
+    removed at the end whoever made what is in it."""
+    path = Path(tempfile.mkdtemp(prefix="sc-users-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False, timeout=60)

@@ -168,3 +168,39 @@ def close_listener(listener: socket.socket) -> None:
     except OSError:
         pass
     listener.close()
+
+
+def user_dir(base: Path) -> Path:
+    """This user's directory in the base directory ``base``: the repositories' paths are there."""
+    return base / f".shared-cache-{os.geteuid()}"
+
+
+def control(base: Path) -> Path:
+    """This user's private cache in the base directory ``base``."""
+    return user_dir(base) / ".cache"
+
+
+def interpreter_for(uid: int, gid: int) -> tuple[str, dict[str, str]]:
+    """A Python that the user ``uid`` may run, and the environment that finds the project with it.
+
+    This interpreter may live in a directory only root can enter (a home directory); a system
+    Python of the same version then runs the project from its source and the venv's packages.
+    """
+    import shutil
+
+    import pytest
+    import sharedcache
+    import urllib3
+
+    paths = os.pathsep.join([str(Path(sharedcache.__file__).parents[1]), str(Path(urllib3.__file__).parents[1])])
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")):
+        if candidate is None:
+            continue
+        try:
+            subprocess.run([candidate, "-c", "import sharedcache"], env=sc_env(PYTHONPATH=paths),
+                           user=uid, group=gid, check=True, capture_output=True, timeout=30)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        return candidate, sc_env(PYTHONPATH=paths)
+    pytest.skip(f"no {version} that another user may run")

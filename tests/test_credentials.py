@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import sharedcache
-from scutil import Sleeper, check_tree, sample_files, sc, sc_env, tarball_bytes
+from scutil import Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes
 from sharedcache.config.settings import Credentials, FetchPolicy
 from sharedcache.errors import DownloadError
 
@@ -270,7 +270,7 @@ def test_user_info_in_a_url_is_sent_and_never_shown_or_stored(nginx: Nginx, home
         for file in files:
             content = Path(directory, file).read_bytes()
             assert PASSWORD.encode() not in content and b"wrong-pw" not in content, file
-    assert list((base / ".shared-cache" / "populate").glob("refused.error"))  # the error record was looked at
+    assert list((control(base) / "populate").glob("refused.error"))  # the error record was looked at
     # The same checksummed data from another URL, without user info, is the same repository.
     assert use(home, nginx.url("/public/data.tgz"), base=base, SSL_CERT_FILE=ca).stdout == made.stdout
 

@@ -487,8 +487,8 @@ def _one_clear_line(error: CacheError, root: Path) -> str:
 
 @pytest.mark.parametrize(
     "content",
-    [b"garbage\x00\xff" * 10, b"shared-cache fscache 3\n", b"some other tool 1\n"],
-    ids=["garbage", "future", "foreign"],
+    [b"shared-cache fscache 3\n", b"some other tool 1\n"],
+    ids=["future", "foreign"],
 )
 def test_foreign_cache_info_is_a_clear_cache_error_and_never_overwritten(root: Path, content: object) -> None:
     info = _replace_cache_info(root, content)
@@ -509,7 +509,8 @@ def test_cache_of_an_older_layout_is_refused_clearly_and_left_alone(root: Path) 
     assert info.read_bytes() == b"shared-cache fscache 1\n"
 
 
-@pytest.mark.parametrize("content", [b"", b"shared-cache fs", "dir"], ids=["empty", "truncated", "directory"])
+@pytest.mark.parametrize("content", [b"", b"shared-cache fs", b"garbage\x00\xff" * 10, "dir"],
+                         ids=["empty", "truncated", "garbage", "directory"])
 def test_damaged_cache_info_is_a_clear_cache_error_and_gc_repairs_it(root: Path, content: object) -> None:
     info = _replace_cache_info(root, content)
     with pytest.raises(CacheError) as raised:

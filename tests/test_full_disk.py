@@ -11,7 +11,7 @@ from pathlib import Path
 
 from test_guards import small_fs  # noqa: F401 - the fixture: a 3 MiB tmpfs mounted for the test
 
-from scutil import Sleeper, sc
+from scutil import Sleeper, control, sc, user_dir
 
 
 def fill(mount: Path) -> Path:
@@ -55,7 +55,7 @@ def test_release_gc_and_max_size_work_on_a_full_file_system(tmp_path, small_fs):
 
         released = sc("--unuse", *held)
         assert released.returncode == 0, released.stderr
-        assert not (small_fs / "held").exists()
+        assert not (user_dir(small_fs) / "held").exists()
 
         fill(small_fs)
         gc = sc("gc", "-d", str(small_fs))
@@ -64,7 +64,7 @@ def test_release_gc_and_max_size_work_on_a_full_file_system(tmp_path, small_fs):
         fill(small_fs)
         budget = sc("--use", "-n", "kept1", "--max-size", "350KB", *common, f"file:{blob}")
         assert budget.returncode == 0, budget.stderr
-        assert not (small_fs / "kept2").exists(), "the budget was not applied"
+        assert not (user_dir(small_fs) / "kept2").exists(), "the budget was not applied"
         assert sc("--unuse", "-n", "kept1", *common, f"file:{blob}").returncode == 0
 
         fill(small_fs)
@@ -85,18 +85,18 @@ def test_a_population_on_a_full_file_system_evicts_kept_data_and_retries(tmp_pat
         # The first write (the status record) meets ENOSPC: the kept repository makes room.
         made = sc("--use", "-n", "new", *common, f"file:{other}")
         assert made.returncode == 0, made.stderr
-        assert not (small_fs / "kept").exists()
-        assert (small_fs / "new" / "other.bin").read_bytes() == other.read_bytes()
+        assert not (user_dir(small_fs) / "kept").exists()
+        assert (user_dir(small_fs) / "new" / "other.bin").read_bytes() == other.read_bytes()
 
         # Nothing to evict: one clear line, nothing left behind.
         fill(small_fs)
         failed = sc("--use", "-n", "more", *common, f"file:{blob}")
         assert failed.returncode == 1
         assert "space" in one_line(failed.stderr)
-        control = small_fs / ".shared-cache"
-        assert list((control / "stage").iterdir()) == []
-        assert not (small_fs / "more").exists()
-        assert not any(p.name.startswith("more") for p in (control / "populate").iterdir()
+        cache = control(small_fs)
+        assert list((cache / "stage").iterdir()) == []
+        assert not (user_dir(small_fs) / "more").exists()
+        assert not any(p.name.startswith("more") for p in (cache / "populate").iterdir()
                        if p.name not in ("more.lock", "more.error"))
         filler.unlink()
         assert sc("gc", "-d", str(small_fs)).returncode == 0

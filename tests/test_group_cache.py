@@ -4,17 +4,13 @@ share one repository and one download, and either can delete what the other crea
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, make_tarball, sample_files, sc_env
+from scutil import Sleeper, interpreter_for, make_tarball, sample_files
 
 ALICE, BOB, CAROL, GROUP = 41001, 41002, 41003, 41500
 FILES = sample_files(n=5, size=20_000)
@@ -23,42 +19,15 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs
 
 
 @pytest.fixture
-def shared() -> Iterator[Path]:
+def shared(reachable_tmp: Path) -> Path:
     """A world-writable sticky directory, like /tmp, that every test user can reach."""
-    path = Path(tempfile.mkdtemp(prefix="sc-group-", dir="/tmp"))
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _interpreter() -> tuple[str, dict[str, str]]:
-    """A Python the test users may run, and the environment that finds the project with it.
-
-    This interpreter may live in a directory only root can enter (a home directory); a system
-    Python of the same version then runs the project from its source and the venv's packages.
-    """
-    import sharedcache
-    import urllib3
-
-    paths = os.pathsep.join([str(Path(sharedcache.__file__).parents[1]), str(Path(urllib3.__file__).parents[1])])
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")):
-        if candidate is None:
-            continue
-        try:
-            subprocess.run([candidate, "-c", "import sharedcache"], env=sc_env(PYTHONPATH=paths),
-                           user=ALICE, group=GROUP, check=True, capture_output=True, timeout=30)
-        except (OSError, subprocess.CalledProcessError):
-            continue
-        return candidate, sc_env(PYTHONPATH=paths)
-    pytest.skip(f"no {version} that another user may run")
+    reachable_tmp.chmod(0o1777)
+    return reachable_tmp
 
 
 @pytest.fixture(scope="module")
 def python() -> tuple[str, dict[str, str]]:
-    return _interpreter()
+    return interpreter_for(ALICE, GROUP)
 
 
 def as_user(python, uid: int, *args: str, groups: tuple[int, ...] = (GROUP,)) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
@@ -85,39 +54,50 @@ def test_two_users_share_one_download_through_a_group_cache(shared, origin, pyth
     base.mkdir()
     base.chmod(0o1777)
     words = ["-n", "repo", "-d", str(base), f"http:{url}", f"md5:{md5}", "tar"]
+    group = ["--group", str(GROUP)]
     with Sleeper() as alice_job, Sleeper() as bob_job:
-        first = as_user(python, ALICE, "--use", "--group", str(GROUP), "--pid", str(alice_job.pid), *words)
+        first = as_user(python, ALICE, "--use", *group, "--pid", str(alice_job.pid), *words)
         assert first.returncode == 0, first.stderr
-        second = as_user(python, BOB, "--use", "--pid", str(bob_job.pid), *words)
+        second = as_user(python, BOB, "--use", *group, "--pid", str(bob_job.pid), *words)
         assert second.returncode == 0, second.stderr
-        assert first.stdout == second.stdout
+        # Each member's path is in their own directory; both lead to the one download.
+        assert first.stdout.strip() == str(base / f".shared-cache-{ALICE}" / "repo")
+        assert second.stdout.strip() == str(base / f".shared-cache-{BOB}" / "repo")
+        assert os.path.realpath(first.stdout.strip()) == os.path.realpath(second.stdout.strip())
         assert origin.stats("/data.tar.gz").gets == 1, "bob shared alice's download"
-        path = Path(first.stdout.strip())
+        path = Path(second.stdout.strip())
         assert read_as(python, BOB, path).returncode == 0
 
-        control = base / ".shared-cache"
+        control = base / f".shared-cache-g{GROUP}"
         st = control.stat()
-        assert st.st_gid == GROUP and st.st_mode & stat.S_ISGID and st.st_mode & 0o070 == 0o070
+        assert st.st_gid == GROUP and stat.S_IMODE(st.st_mode) == 0o2770
         for item in control.rglob("*"):
-            if item.is_symlink() or ("objects" in item.parts and "data" in item.parts):
-                continue
-            mode = item.stat().st_mode
-            assert item.stat().st_gid == GROUP, item
-            assert mode & 0o060 == 0o060, (item, oct(mode))  # whatever alice's umask (077)
-        # An outsider of the group is refused, and told why.
-        outsider = as_user(python, CAROL, "--use", *words, groups=())
-        assert outsider.returncode == 1 and "uid" in outsider.stderr
+            mode = item.lstat().st_mode
+            assert item.lstat().st_gid == GROUP, item
+            assert not mode & 0o002, (item, oct(mode))
+            if "data" in item.relative_to(control).parts:
+                # Committed data: nobody may change it, the group included (whatever the umask).
+                assert stat.S_IMODE(mode) in (0o444, 0o555), (item, oct(mode))
+            elif item.is_dir() and item.parent.name != "stage":
+                assert mode & 0o070 == 0o070, (item, oct(mode))  # whatever alice's umask (077)
+            elif item.parent.name != "leases":
+                assert mode & 0o060 == 0o060, (item, oct(mode))
+        # A user outside the group is refused the group cache, and told why.
+        outsider = as_user(python, CAROL, "--use", *group, *words, groups=())
+        assert outsider.returncode == 1 and "not in" in outsider.stderr
 
-        # Alice leaves first; bob's release is the last and deletes what alice created.
-        assert as_user(python, ALICE, "--unuse", "--pid", str(alice_job.pid), *words).returncode == 0
+        # Alice leaves first; bob's release is the last and deletes the repository alice made.
+        assert as_user(python, ALICE, "--unuse", *group, "--pid", str(alice_job.pid), *words).returncode == 0
         assert path.exists()
-        last = as_user(python, BOB, "--unuse", "--pid", str(bob_job.pid), *words)
+        last = as_user(python, BOB, "--unuse", *group, "--pid", str(bob_job.pid), *words)
         assert last.returncode == 0, last.stderr
         assert not (control / "objects" / "repo").exists()
+        # Its read-only tree can only be emptied by its committer: alice's next command does it.
+        assert as_user(python, ALICE, "gc", *group, "-d", str(base)).returncode == 0
         assert list((control / "trash").iterdir()) == []
 
 
-def test_a_cache_created_in_a_setgid_directory_is_a_group_cache(shared, python, tmp_path):
+def test_a_setgid_directory_makes_no_group_cache_without_consent(shared, python):
     tarball = shared / "data.tar.gz"
     md5 = make_tarball(tarball, FILES)
     base = shared / "project"
@@ -126,11 +106,15 @@ def test_a_cache_created_in_a_setgid_directory_is_a_group_cache(shared, python, 
     base.chmod(0o2775)  # the group's project directory: setgid, writable by the group
     words = ["-n", "repo", "-d", str(base), f"file:{tarball}", f"md5:{md5}", "tar"]
     with Sleeper() as alice_job, Sleeper() as bob_job:
-        first = as_user(python, ALICE, "--use", "--pid", str(alice_job.pid), *words)
+        # Without --group: the base is not safe for a private cache (any member could move
+        # things in it), so it is refused, with the way to share it named.
+        alone = as_user(python, ALICE, "--use", "--pid", str(alice_job.pid), *words)
+        assert alone.returncode == 1 and f"--group {GROUP}" in alone.stderr
+        assert sorted(os.listdir(base)) == []
+        first = as_user(python, ALICE, "--use", "--group", str(GROUP), "--pid", str(alice_job.pid), *words)
         assert first.returncode == 0, first.stderr
-        second = as_user(python, BOB, "--use", "--pid", str(bob_job.pid), *words)
+        second = as_user(python, BOB, "--use", "--group", str(GROUP), "--pid", str(bob_job.pid), *words)
         assert second.returncode == 0, second.stderr
-        assert first.stdout == second.stdout
-        control = base / ".shared-cache"
+        control = base / f".shared-cache-g{GROUP}"
         assert control.stat().st_gid == GROUP and control.stat().st_mode & 0o2070 == 0o2070
         assert read_as(python, BOB, Path(second.stdout.strip())).returncode == 0

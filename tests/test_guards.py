@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, check_tree, make_tarball, sample_files, sc, sc_env
+from scutil import Sleeper, check_tree, control, make_tarball, sample_files, sc, sc_env, user_dir
 
 FILES = sample_files(n=6, size=10_000)
 
@@ -47,8 +47,8 @@ def test_locks_that_do_not_lock_are_detected(base, words, lying_flock):
     result = sc("--use", "-n", "repo", "-d", str(base), *words, env=env)
     assert result.returncode == 1
     assert "locks do not work" in one_line(result.stderr)
-    assert not (base / "repo").exists()
-    assert not (base / ".shared-cache" / "cache.info").exists(), "nothing records the directory as fine"
+    assert not (user_dir(base) / "repo").exists()
+    assert not (control(base) / "cache.info").exists(), "nothing records the directory as fine"
     # The same directory with working locks is fine, and gc checks again.
     with Sleeper() as owner:
         assert sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
@@ -56,26 +56,27 @@ def test_locks_that_do_not_lock_are_detected(base, words, lying_flock):
     assert gc.returncode == 1 and "locks do not work" in one_line(gc.stderr)
 
 
-def test_cache_directory_of_another_user_is_skipped(tmp_path, words):
+def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_path, words):
     foreign, mine = tmp_path / "foreign", tmp_path / "mine"
     foreign.mkdir()
     mine.mkdir()
-    (foreign / ".shared-cache").mkdir()
-    os.chown(foreign / ".shared-cache", 4321, 4321)
+    user_dir(foreign).mkdir(mode=0o700)
+    os.chown(user_dir(foreign), 4321, 4321)
     with Sleeper() as owner:
         result = sc("--use", "-n", "repo", "-d", f"{foreign}:{mine}", "--pid", str(owner.pid), *words)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == str(mine / "repo")
+        assert result.stdout.strip() == str(user_dir(mine) / "repo")
+        assert "belongs to uid 4321" in one_line(result.stderr)
     alone = sc("--use", "-n", "repo2", "-d", str(foreign), *words)
     assert alone.returncode == 1
     assert "belongs to uid 4321" in one_line(alone.stderr)
-    assert list((foreign / ".shared-cache").iterdir()) == [], "nothing was written into it"
+    assert list(user_dir(foreign).iterdir()) == [], "nothing was written into it"
 
 
-def test_symlinked_cache_directory_is_refused(tmp_path, base, words):
+def test_symlinked_user_directory_is_refused(tmp_path, base, words):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (base / ".shared-cache").symlink_to(elsewhere)
+    user_dir(base).symlink_to(elsewhere)
     result = sc("--use", "-n", "repo", "-d", str(base), *words)
     assert result.returncode == 1 and "symlink" in one_line(result.stderr)
     assert list(elsewhere.iterdir()) == []
@@ -86,7 +87,7 @@ def test_planted_symlink_inside_the_control_directory_is_not_followed(tmp_path, 
         assert sc("--use", "-n", "first", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
     target = tmp_path / "victim"
     target.write_text("precious")
-    (base / ".shared-cache" / "populate" / "repo.lock").symlink_to(target)
+    (control(base) / "populate" / "repo.lock").symlink_to(target)
     result = sc("--use", "-n", "repo", "-d", str(base), *words)
     assert result.returncode == 1
     assert "symlink" in one_line(result.stderr)
@@ -102,7 +103,7 @@ def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage
     with Sleeper() as owner:
         args = ["-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words]
         assert sc("--use", *args).returncode == 0
-        index = base / ".shared-cache" / "index.sqlite"
+        index = control(base) / "index.sqlite"
         for suffix in ("-wal", "-shm"):
             Path(f"{index}{suffix}").unlink(missing_ok=True)
         if damage == "garbage":
@@ -128,8 +129,9 @@ def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage
 
 
 def test_foreign_cache_marker_is_refused_clearly(base, words):
-    (base / ".shared-cache").mkdir()
-    (base / ".shared-cache" / "cache.info").write_text("something else entirely\n")
+    user_dir(base).mkdir(mode=0o700)
+    control(base).mkdir(mode=0o700)
+    (control(base) / "cache.info").write_text("something else entirely\n")
     result = sc("--use", "-n", "repo", "-d", str(base), *words)
     assert result.returncode == 1 and "not a shared-cache cache" in one_line(result.stderr)
 
@@ -159,19 +161,18 @@ def test_full_file_system_fails_clearly_and_kept_data_makes_room(tmp_path, small
         kept = ["-n", "kept", "--keep", *common, blob("kept.bin", 1_600_000)]
         assert sc("--use", *kept).returncode == 0
         assert sc("--unuse", *kept).returncode == 0
-        assert (small_fs / "kept").exists()
+        assert (user_dir(small_fs) / "kept").exists()
         # Does not fit beside the kept repository: that one is evicted and the population retried.
         result = sc("--use", "-n", "new", *common, blob("new.bin", 1_600_000))
         assert result.returncode == 0, result.stderr
-        assert not (small_fs / "kept").exists()
+        assert not (user_dir(small_fs) / "kept").exists()
         # Larger than the whole file system: a clear error, nothing left behind.
         huge = sc("--use", "-n", "huge", *common, blob("huge.bin", 4_000_000))
         assert huge.returncode == 1
         line = one_line(huge.stderr)
         assert "huge" in line and "space" in line
-        control = small_fs / ".shared-cache"
-        assert list((control / "stage").iterdir()) == []
-        assert not (small_fs / "huge").exists()
+        assert list((control(small_fs) / "stage").iterdir()) == []
+        assert not (user_dir(small_fs) / "huge").exists()
         listing = json.loads(sc("list", "--json", "-d", str(small_fs)).stdout)
         assert [r["name"] for r in listing] == ["new"]
 
@@ -180,7 +181,7 @@ def test_damaged_cache_marker_gives_a_clear_error_and_gc_repairs_it(base, words)
     with Sleeper() as owner:
         args = ["-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words]
         assert sc("--use", *args).returncode == 0
-        (base / ".shared-cache" / "cache.info").write_bytes(b"")
+        (control(base) / "cache.info").write_bytes(b"")
         broken = sc("--use", *args)
         assert broken.returncode == 1 and "run gc" in one_line(broken.stderr)
         assert sc("gc", "-d", str(base)).returncode == 0

@@ -33,7 +33,7 @@ from sharedcache.loaders import archives, codecs
 from sharedcache.errors import CorruptDataError, LoaderError, SizeLimitError, UnsafeArchiveError
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
-from scutil import sc
+from scutil import control, sc, user_dir
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -329,8 +329,8 @@ def test_hostile_archive_is_never_committed(tmp_path: Path, case: str) -> None:
     with pytest.raises(error):
         with sharedcache.use(f"file:{tmp_path / 'input'}", unpacker, name="repo", directories=[base]):
             pass
-    assert not (base / "repo").exists() and not (base / "repo").is_symlink()
-    assert not any((base / ".shared-cache" / "stage").iterdir())
+    assert not (user_dir(base) / "repo").exists() and not (user_dir(base) / "repo").is_symlink()
+    assert not any((control(base) / "stage").iterdir())
     assert not any(outside.iterdir())
 
 
@@ -346,8 +346,8 @@ def test_hostile_archive_from_the_command_line(tmp_path: Path, case: str) -> Non
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("sc: error: repository 'repo': ")
-    assert not (base / "repo").exists() and not (base / "repo").is_symlink()
-    assert not any((base / ".shared-cache" / "stage").iterdir())
+    assert not (user_dir(base) / "repo").exists() and not (user_dir(base) / "repo").is_symlink()
+    assert not any((control(base) / "stage").iterdir())
     assert not any(outside.iterdir())
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import close_listener, read_head, sc
+from scutil import close_listener, control, read_head, sc
 
 BODY = b"0123456789" * 1000
 
@@ -89,8 +89,8 @@ def assert_refused(result, base: Path, *words: str) -> None:  # type: ignore[no-
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
-    assert not (base / ".shared-cache" / "objects" / "data").exists()
-    populate = base / ".shared-cache" / "populate"
+    assert not (control(base) / "objects" / "data").exists()
+    populate = control(base) / "populate"
     assert not (populate / "data.work").exists(), "the work directory was left behind"
     assert (populate / "data.error").exists(), "no error record for the waiters"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import make_tarball, sc, sc_env
+from scutil import control, make_tarball, sc, sc_env, user_dir
 
 BIN = os.path.dirname(sys.executable)
 
@@ -60,8 +60,8 @@ def run_job(script: str, shell: list[str], *, prefix: list[str] | None = None) -
 
 def assert_job_done(result: subprocess.CompletedProcess[str], base: Path) -> None:
     assert result.returncode == 0, result.stderr
-    assert not (base / "repo").exists(), "the release did not find the use"
-    assert not (base / ".shared-cache" / "objects" / "repo").exists()
+    assert not (user_dir(base) / "repo").exists(), "the release did not find the use"
+    assert not (control(base) / "objects" / "repo").exists()
 
 
 @pytest.mark.parametrize("shell", [["bash"], ["bash", "-l"], ["dash"]])
@@ -99,7 +99,7 @@ def test_a_use_in_a_background_subshell_outlives_the_job_shell(setup, tmp_path):
             if [ -f "$p/data.txt" ]; then echo ok > {done}; else echo deleted > {done}; fi
             sc --unuse {recipe}
         ) >/dev/null 2>&1 &
-        while [ ! -e {base}/repo ]; do sleep 0.05; done
+        while [ ! -e {user_dir(base)}/repo ]; do sleep 0.05; done
     """
     assert run_job(script, ["bash"]).returncode == 0  # the job's shell has ended
     go.touch()
@@ -113,9 +113,9 @@ def test_a_use_in_a_background_subshell_outlives_the_job_shell(setup, tmp_path):
 def test_a_use_of_a_job_that_ended_is_reclaimed(setup):
     base, recipe = setup
     assert run_job(f"p=$(sc --use {recipe} 2>/dev/null) && [ -d \"$p\" ]", ["bash"]).returncode == 0
-    assert (base / "repo").exists()
+    assert (user_dir(base) / "repo").exists()
     assert sc("gc", "-d", str(base)).returncode == 0
-    assert not (base / "repo").exists()
+    assert not (user_dir(base) / "repo").exists()
 
 
 def needs_root_and_unshare() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, make_tarball, sc_env
+from scutil import Sleeper, control, interpreter_for, make_tarball, sc_env
 
 BIN = os.path.dirname(sys.executable)
 SC = f"{BIN}/sc"
@@ -50,7 +50,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
 
 
 def exists(base: Path) -> bool:
-    return (base / ".shared-cache" / "objects" / "repo").exists()
+    return (control(base) / "objects" / "repo").exists()
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -190,15 +190,14 @@ def hidden(mode: int, uid: int, argv: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def python() -> tuple[str, dict[str, str]]:
-    from test_group_cache import _interpreter
-
-    return _interpreter()
+    return interpreter_for(ALICE, GROUP)
 
 
 def test_under_hidepid_another_user_s_live_use_is_alive_and_a_dead_one_is_reclaimed(world, python):
     base, recipe = world
     interpreter, env = python
     sc_as = [interpreter, "-m", "sharedcache"]
+    shared = base / f".shared-cache-g{GROUP}" / "objects" / "repo"  # the group's cache, by consent
     alice_job = subprocess.Popen(["sleep", "600"], user=ALICE, group=GROUP)
     try:
         took = subprocess.run([*sc_as, "--use", "--group", str(GROUP), "--pid", str(alice_job.pid), *recipe],
@@ -206,15 +205,15 @@ def test_under_hidepid_another_user_s_live_use_is_alive_and_a_dead_one_is_reclai
                               umask=0o077)
         assert took.returncode == 0, took.stderr
         for mode in (1, 2):
-            judged = run(hidden(mode, BOB, [*sc_as, "gc", "-d", str(base)]), env=env)
+            judged = run(hidden(mode, BOB, [*sc_as, "gc", "--group", str(GROUP), "-d", str(base)]), env=env)
             assert judged.returncode == 0, judged.stderr
-            listed = run(hidden(mode, BOB, [*sc_as, "list", "-d", str(base)]), env=env)
+            listed = run(hidden(mode, BOB, [*sc_as, "list", "--group", str(GROUP), "-d", str(base)]), env=env)
             assert listed.returncode == 0 and str(alice_job.pid) in listed.stdout, listed.stderr
-            assert exists(base), f"hidepid={mode}: another user's live use was judged dead"
+            assert shared.exists(), f"hidepid={mode}: another user's live use was judged dead"
         alice_job.kill()
         alice_job.wait(10)
-        assert run(hidden(2, BOB, [*sc_as, "gc", "-d", str(base)]), env=env).returncode == 0
-        assert not exists(base)
+        assert run(hidden(2, BOB, [*sc_as, "gc", "--group", str(GROUP), "-d", str(base)]), env=env).returncode == 0
+        assert not shared.exists()
     finally:
         if alice_job.poll() is None:
             alice_job.kill()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from origin import Origin
-from scutil import tarball_bytes
+from scutil import control, tarball_bytes, user_dir
 
 import sharedcache
 from sharedcache.errors import ChecksumError, LoaderError
@@ -140,8 +140,8 @@ def use_or_error(tmp_path: Path, *words: str, connections: int = 1) -> dict[str,
         with sharedcache.use(*words, name="repo", directories=[base], connections=connections) as path:
             return tree(path)
     except LoaderError as error:
-        assert not (base / "repo").exists() and not (base / "repo").is_symlink()
-        assert not any((base / ".shared-cache" / "stage").iterdir())
+        assert not (user_dir(base) / "repo").exists() and not (user_dir(base) / "repo").is_symlink()
+        assert not any((control(base) / "stage").iterdir())
         return error
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import sharedcache
 from origin import Origin
-from scutil import Sleeper, check_tree, kill_populator_and_take_over, sample_files, sc, tarball_bytes
+from scutil import Sleeper, check_tree, control, kill_populator_and_take_over, sample_files, sc, tarball_bytes, user_dir
 from sharedcache.config.settings import FetchPolicy, Rewrite, rewrite_rules
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.leases import Owner
@@ -75,8 +75,8 @@ def test_a_mismatch_from_every_mirror_commits_nothing_and_names_each_failure(mir
     assert message.startswith("repository 'data': every source failed: cannot download ")
     assert f"{down}: " in message and f"sha256 mismatch for {wrong}: " in message and "\n" not in message
     assert sc("--location", "-d", str(base), "--name", "data", "http:x").returncode == 1
-    assert not (base / "data").exists()
-    assert [entry.name for entry in FsCache(base / ".shared-cache").entries()] == []
+    assert not (user_dir(base) / "data").exists()
+    assert [entry.name for entry in FsCache(control(base)).entries()] == []
 
 
 def test_command_line_mirrors_fail_over_and_a_bad_list_is_one_line(mirrors: Mirrors, base: Path) -> None:
@@ -175,7 +175,8 @@ def test_repositories_of_caches_made_before_the_checksum_identity_are_still_used
     with Origin() as server:
         server.add("/data.tgz", GOOD)
         words = (f"http:{server.url('/data.tgz')}", SHA256, "tar")
-        old = FsCache(base / ".shared-cache")
+        user_dir(base).mkdir(mode=0o700)  # as sc makes it
+        old = FsCache(control(base))
         for name in ("named", legacy_default_name(words)):
             with old.store(name, meta=legacy_identity(words)) as data:
                 (data / "old.txt").write_text("made by an earlier version")
@@ -201,7 +202,7 @@ def test_rewrite_rules_send_a_source_to_the_site_mirrors(mirrors: Mirrors, base:
     fetch = FetchPolicy(retries=0, rewrites=rules)
     with sharedcache.use(*words, directories=[base], fetch=fetch) as path:
         check_tree(path, FILES)
-        assert path == base / default_name(words)  # rewriting changes where from, not what
+        assert path == user_dir(base) / default_name(words)  # rewriting changes where from, not what
     assert mirrors.wrong.stats("/data.tgz").gets == 1 and mirrors.good.stats("/data.tgz").gets == 1
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from origin import Origin
-from scutil import Sleeper, check_tree, sample_files, sc, sc_env, tarball_bytes
+from scutil import Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes, user_dir
 from squid import Squid, free_port
 
 FILES = sample_files(n=10, size=20_000)
@@ -60,7 +60,7 @@ def test_http_proxy_is_used_with_our_user_agent(tmp_path, origin, squid, owner):
     url = origin.add("/data.tar.gz", DATA)
     result = use(tmp_path, owner, url, env=sc_env(http_proxy=squid.url))
     assert result.returncode == 0, result.stderr
-    check_tree(tmp_path / "data", FILES)
+    check_tree(user_dir(tmp_path) / "data", FILES)
     assert [(m, u) for m, u, _, _ in squid.requests()] == [("GET", url)]
     assert squid.requests()[0][3] == f"shared-cache/{version()}"
 
@@ -74,7 +74,7 @@ def test_no_proxy_bypasses_and_upper_case_http_proxy_is_ignored(tmp_path, origin
                              sc_env(http_proxy=squid.url, NO_PROXY="*")]):
         result = use(tmp_path, owner, url, env=env, name=f"data{n}")
         assert result.returncode == 0, (env, result.stderr)
-        check_tree(tmp_path / f"data{n}", FILES)
+        check_tree(user_dir(tmp_path) / f"data{n}", FILES)
     assert squid.requests() == []
     assert origin.stats("/data.tar.gz").gets == 3
 
@@ -96,7 +96,7 @@ def test_proxy_credentials_are_sent_and_never_shown(tmp_path, origin, owner):
         assert f"HTTP 407 Proxy Authentication Required for {url} via proxy {proxy.url}" in refused.stderr
         result = use(tmp_path, owner, url, "-v", env=sc_env(SC_PROXY=f"http://alice:s3cret-word@{address}"))
         assert result.returncode == 0, result.stderr
-        check_tree(tmp_path / "data", FILES)
+        check_tree(user_dir(tmp_path) / "data", FILES)
         assert [(m, u) for m, u, _, _ in proxy.requests()][-1] == ("GET", url)
         chain = f"http://alice:s3cret-word@{address};alice:s3cret-word@{address}|DIRECT"
         shown = sc("config", env=sc_env(SC_PROXY=chain))
@@ -116,7 +116,7 @@ def test_chain_fails_over_when_a_proxy_is_stopped(tmp_path, origin, owner):
         result = use(tmp_path, owner, url, "-v", "--proxy", f"{first.url};{second.url}")
         took = time.monotonic() - started
         assert result.returncode == 0, result.stderr
-        check_tree(tmp_path / "data", FILES)
+        check_tree(user_dir(tmp_path) / "data", FILES)
         assert [u for _, u, _, _ in second.requests()] == [url]
         failover = [line for line in result.stderr.splitlines() if "failing over" in line]
         assert len(failover) == 1, result.stderr
@@ -222,7 +222,7 @@ def test_https_goes_through_connect(tmp_path, tls_origin, squid, owner):
     env = sc_env(https_proxy=squid.url, SSL_CERT_FILE=str(ca))
     result = use(tmp_path, owner, url, env=env)
     assert result.returncode == 0, result.stderr
-    check_tree(tmp_path / "data", FILES)
+    check_tree(user_dir(tmp_path) / "data", FILES)
     # The proxy saw a tunnel to the origin, not the URL: the bytes were verified end to end by TLS.
     assert [(m, u) for m, u, _, _ in squid.requests()] == [("CONNECT", f"127.0.0.1:{server.port}")]
     assert server.stats("/data.tar.gz").gets == 1
@@ -257,7 +257,7 @@ def test_offline_serves_what_is_here_and_fails_fast_on_a_miss(tmp_path, origin, 
     config.write_text("offline = yes\n")
     for extra, env in [(["--offline"], sc_env()), ([], sc_env(SC_OFFLINE="1")), ([], sc_env(SC_CONFIG=str(config)))]:
         ready = use(tmp_path, owner, url, *extra, env=env)
-        assert ready.returncode == 0 and ready.stdout == f"{tmp_path / 'data'}\n", ready.stderr
+        assert ready.returncode == 0 and ready.stdout == f"{user_dir(tmp_path) / 'data'}\n", ready.stderr
         started = time.monotonic()
         miss = use(tmp_path, owner, url, *extra, env=env, name="missing")
         took = time.monotonic() - started
@@ -267,7 +267,7 @@ def test_offline_serves_what_is_here_and_fails_fast_on_a_miss(tmp_path, origin, 
         assert took < 1.0, f"an offline miss took {took:.2f} s"
         assert not (tmp_path / "missing").exists()
         # Nothing written but the population's lock file, which every population leaves.
-        left = [p.name for p in (tmp_path / ".shared-cache").glob("**/missing*")]
+        left = [p.name for p in (control(tmp_path)).glob("**/missing*")]
         assert left == ["missing.lock"], left
     assert origin.stats("/data.tar.gz").gets == 1, "offline, nothing connects"
 
@@ -287,7 +287,7 @@ def test_the_python_api_reads_the_settings_too(tmp_path, origin, monkeypatch):
     assert origin.stats("/data.tar.gz").gets == 0
     config.write_text(f"directories = {tmp_path}\n")
     with sharedcache.use(*recipe(url), name="data", keep=True) as path:
-        assert path == tmp_path / "data"
+        assert path == user_dir(tmp_path) / "data"
     assert origin.stats("/data.tar.gz").gets == 1
 
 
@@ -318,7 +318,7 @@ def test_config_file_layers_and_sc_config_shows_sources(tmp_path, origin, squid,
     # The file's proxy is used; curl's variables in the environment override it.
     result = sc("--use", "-n", "data", "--pid", str(owner.pid), *recipe(url), env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{tmp_path / 'data'}\n"
+    assert result.stdout == f"{user_dir(tmp_path) / 'data'}\n"
     assert [u for _, u, _, _ in squid.requests()] == [url]
     bypass = sc("--use", "-n", "data2", "--pid", str(owner.pid), *recipe(url),
                 env={**env, "http_proxy": f"http://127.0.0.1:{free_port()}", "no_proxy": "127.0.0.1"})

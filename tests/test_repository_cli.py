@@ -16,7 +16,7 @@ import pytest
 
 import sharedcache
 
-from scutil import Sleeper, check_tree, finish, make_tarball, sample_files, sc, sc_env, sc_start
+from scutil import Sleeper, check_tree, control, finish, make_tarball, sample_files, sc, sc_env, sc_start, user_dir
 
 FILES = sample_files()
 
@@ -76,14 +76,14 @@ def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball):
             assert status == 0 and not loaded, (status, sorted(loaded))
             ours = {{name for name in sys.modules if name.split(".")[0] == "sharedcache"}}
             assert ours == {WARM_MODULES!r}, (sorted(ours - {WARM_MODULES!r}), sorted({WARM_MODULES!r} - ours))
-            print(sorted(os.listdir({str(dirs[0] / ".shared-cache" / "objects" / "repo" / "leases")!r})))
+            print(sorted(os.listdir({str(control(dirs[0]) / "objects" / "repo" / "leases")!r})))
         """)
         warm = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               timeout=60, env=sc_env())
         assert warm.returncode == 0, warm.stderr
-        assert warm.stdout.startswith(f"{dirs[0] / 'repo'}\n")
+        assert warm.stdout.startswith(f"{user_dir(dirs[0]) / 'repo'}\n")
         assert warm.stdout.count(f":{owner.pid}:") == 2  # two leases of the owner, one per use
-        check_tree(dirs[0] / "repo", FILES)
+        check_tree(user_dir(dirs[0]) / "repo", FILES)
 
 
 def test_use_prints_only_the_path_and_unuse_deletes(dirs, tarball):
@@ -91,15 +91,15 @@ def test_use_prints_only_the_path_and_unuse_deletes(dirs, tarball):
         args = ["-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)]
         result = sc("--use", *args)
         assert result.returncode == 0, result.stderr
-        assert result.stdout == f"{dirs[0] / 'repo'}\n"
+        assert result.stdout == f"{user_dir(dirs[0]) / 'repo'}\n"
         assert result.stderr == ""
-        check_tree(dirs[0] / "repo", FILES)
+        check_tree(user_dir(dirs[0]) / "repo", FILES)
         located = sc("--location", *args)
         assert located.stdout == result.stdout and located.returncode == 0
         gone = sc("--unuse", *args)
         assert gone.returncode == 0, gone.stderr
-        assert not (dirs[0] / "repo").exists()
-        assert not (dirs[0] / ".shared-cache" / "objects" / "repo").exists()
+        assert not (user_dir(dirs[0]) / "repo").exists()
+        assert not (control(dirs[0]) / "objects" / "repo").exists()
         missing = sc("--location", *args)
         assert missing.returncode == 1 and missing.stdout == ""
 
@@ -112,7 +112,7 @@ def test_subcommand_forms_and_default_name(dirs, tarball):
         assert first.returncode == again.returncode == 0, first.stderr + again.stderr
         assert first.stdout == again.stdout
         path = Path(first.stdout.strip())
-        assert path.parent == dirs[0] and path.name.startswith("data-")
+        assert path.parent == user_dir(dirs[0]) and path.name.startswith("data-")
         listing = json.loads(sc("list", "--json", "-d", d(dirs)).stdout)
         assert [(r["name"], r["users"]) for r in listing] == [(path.name, [owner.pid, owner.pid])]
         assert sc("unuse", *args).returncode == 0
@@ -129,7 +129,7 @@ def test_keep_leaves_an_lru_entry_within_max_size(dirs, tarball, tmp_path):
             args = [*common, "-n", f"kept{n}", *recipe(tarball)]
             assert sc("--use", *args).returncode == 0
             assert sc("--unuse", *args).returncode == 0
-            assert (dirs[0] / f"kept{n}").exists(), "kept after the last release"
+            assert (user_dir(dirs[0]) / f"kept{n}").exists(), "kept after the last release"
         # Each is ~0.5 MB of blocks; a fourth, in use, must evict the least recently used only.
         args = [*common, "-n", "big", f"file:{write_big(tmp_path, 1_000_000)}"]
         assert sc("--use", *args).returncode == 0
@@ -151,7 +151,7 @@ def test_max_size_given_with_a_warm_use_applies_at_once(dirs, tarball):
         args = [*common, "-n", "kept2", "--max-size", str(one), *recipe(tarball)]
         assert sc("--use", *args).returncode == 0
         assert listed() == {"kept2": one}
-        budget = dirs[0] / ".shared-cache" / "budget"
+        budget = control(dirs[0]) / "budget"
         assert budget.read_text() == str(one)
         written = budget.stat().st_mtime_ns
         assert sc("--use", *args).returncode == 0  # the same budget again: nothing written
@@ -169,7 +169,7 @@ def test_existing_repository_in_a_later_directory_is_used(dirs, tarball):
         args = ["-n", "repo", "--pid", str(owner.pid), *recipe(tarball)]
         assert sc("--use", "-d", str(dirs[1]), *args).returncode == 0
         found = sc("--use", "-d", d(dirs), *args)
-        assert found.stdout.strip() == str(dirs[1] / "repo")
+        assert found.stdout.strip() == str(user_dir(dirs[1]) / "repo")
 
 
 def test_no_directory_with_enough_space_is_a_clear_error(dirs, tarball):
@@ -231,9 +231,9 @@ def test_checksum_mismatch_commits_nothing(dirs, tarball):
     assert result.returncode == 1
     assert "repo" in result.stderr and "md5" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not (dirs[0] / "repo").exists()
+    assert not (user_dir(dirs[0]) / "repo").exists()
     assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
-    leftovers = list((dirs[0] / ".shared-cache" / "stage").iterdir())
+    leftovers = list((control(dirs[0]) / "stage").iterdir())
     assert leftovers == []
     # A later use tries afresh and succeeds with the right checksum.
     with Sleeper() as owner:
@@ -261,14 +261,14 @@ def test_dead_owner_lease_is_reclaimed_and_repository_deleted(dirs, tarball):
         assert listing[0]["users"] == [survivor.pid]
         # The survivor's release is the last live one: the repository goes.
         assert sc("--unuse", "--pid", str(survivor.pid), *args).returncode == 0
-        assert not (dirs[0] / "repo").exists()
+        assert not (user_dir(dirs[0]) / "repo").exists()
     # A repository whose only user died is deleted by gc.
     lone = Sleeper()
     assert sc("--use", "--pid", str(lone.pid), *args).returncode == 0
     lone.kill()
     assert sc("gc", "-d", str(dirs[0])).returncode == 0
     assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
-    assert not (dirs[0] / "repo").exists()
+    assert not (user_dir(dirs[0]) / "repo").exists()
 
 
 def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
@@ -276,7 +276,7 @@ def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
     script = 'test -f "$SC_PATH/data/part-000.bin" && exit 7; exit 3'
     result = sc("run", *args, "--", "sh", "-c", script)
     assert result.returncode == 7, result.stderr
-    assert not (dirs[0] / "repo").exists(), "released when the command ended"
+    assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
     missing = sc("run", *args, "--", "/no/such/command")
     assert missing.returncode == 127 and "cannot run" in missing.stderr
 
@@ -320,7 +320,7 @@ def test_run_command_keeps_its_data_when_sc_is_killed_and_frees_it_when_it_ends(
         os.kill(command, signal.SIGKILL)
         # The command's own child still holds the data.
         assert sc("gc", "-d", str(dirs[0])).returncode == 0
-        assert (dirs[0] / "repo" / "data" / "part-000.bin").exists()
+        assert (user_dir(dirs[0]) / "repo" / "data" / "part-000.bin").exists()
         os.kill(worker, signal.SIGKILL)
         while not ended(worker):
             assert time.monotonic() < deadline
@@ -335,7 +335,7 @@ def test_run_command_keeps_its_data_when_sc_is_killed_and_frees_it_when_it_ends(
                 except ProcessLookupError:
                     pass
     assert sc("gc", "-d", str(dirs[0])).returncode == 0
-    assert not (dirs[0] / "repo").exists()
+    assert not (user_dir(dirs[0]) / "repo").exists()
 
 
 def test_python_api_use(dirs, tarball):
@@ -349,7 +349,7 @@ def test_python_api_use(dirs, tarball):
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(dirs[0] / "api"), str(len(FILES["data/part-000.bin"])), "False"]
+    assert result.stdout.split() == [str(user_dir(dirs[0]) / "api"), str(len(FILES["data/part-000.bin"])), "False"]
 
 
 def test_list_and_gc_human_output(dirs, tarball):
@@ -366,14 +366,17 @@ def test_sc_directories_environment(dirs, tarball):
     with Sleeper() as owner:
         env = sc_env(SC_DIRECTORIES=str(dirs[1]))
         result = sc("--use", "-n", "repo", "--pid", str(owner.pid), *recipe(tarball), env=env)
-        assert result.stdout.strip() == str(dirs[1] / "repo")
+        assert result.stdout.strip() == str(user_dir(dirs[1]) / "repo")
 
 
-def test_planted_entry_at_link_path_is_refused(dirs, tarball):
-    (dirs[0] / "repo").symlink_to("/etc")
-    result = sc("--use", "-n", "repo", "-d", str(dirs[0]), *recipe(tarball))
-    assert result.returncode == 1 and "refusing" in result.stderr
-    assert os.readlink(dirs[0] / "repo") == "/etc"
+def test_planted_entry_at_link_path_is_refused_and_leaks_no_lease(dirs, tarball):
+    user_dir(dirs[0]).mkdir(mode=0o700)
+    (user_dir(dirs[0]) / "repo").symlink_to("/etc")
+    for _ in range(2):
+        result = sc("--use", "-n", "repo", "-d", str(dirs[0]), *recipe(tarball))
+        assert result.returncode == 1 and "refusing" in result.stderr
+        assert os.readlink(user_dir(dirs[0]) / "repo") == "/etc"
+        assert not (control(dirs[0]) / "objects" / "repo").exists(), "the use taken was released"
 
 
 def test_missing_file_source_is_a_clear_error(dirs):
@@ -425,15 +428,15 @@ def test_committed_data_is_read_only_and_deletion_restores_write(dirs, tarball):
             mode = item.stat().st_mode & 0o7777
             assert mode == (0o555 if item.is_dir() else 0o444), (item, oct(mode))
         assert sc("--unuse", *args).returncode == 0
-        assert not (dirs[0] / ".shared-cache" / "objects" / "repo").exists()
-        assert list((dirs[0] / ".shared-cache" / "trash").iterdir()) == []
+        assert not (control(dirs[0]) / "objects" / "repo").exists()
+        assert list((control(dirs[0]) / "trash").iterdir()) == []
 
 
 def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one(dirs, tarball):
     path, _md5 = tarball
     failed = sc("--use", "-n", "repo", "-d", str(dirs[0]), f"file:{path}", "md5:" + "0" * 32, "tar")
     assert failed.returncode == 1
-    record = dirs[0] / ".shared-cache" / "populate" / "repo.error"
+    record = control(dirs[0]) / "populate" / "repo.error"
     assert record.exists()
     gc = sc("gc", "-d", str(dirs[0]))
     assert gc.returncode == 0 and "populations cleaned" not in gc.stdout, gc.stdout
@@ -463,4 +466,4 @@ def test_python_api_bad_input_is_a_usage_error_of_one_line(dirs, args, kwargs, m
         with sharedcache.use(*args, directories=[str(dirs[0])], **kwargs):
             raise AssertionError("no use may be held")
     assert message in str(caught.value) and "\n" not in str(caught.value)
-    assert not (dirs[0] / "repo").exists()
+    assert not (user_dir(dirs[0]) / "repo").exists()

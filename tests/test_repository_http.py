@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import SC, Sleeper, check_tree, finish, kill_populator_and_take_over, make_tarball, sample_files, sc, sc_env, sc_start, wait_for
+from scutil import SC, Sleeper, check_tree, control, finish, kill_populator_and_take_over, make_tarball, sample_files, sc, sc_env, sc_start, user_dir, wait_for
 
 FILES = sample_files(n=40, size=50_000)  # ~2 MB, incompressible-ish only per file: fine
 
@@ -39,9 +39,9 @@ def test_concurrent_users_cause_exactly_one_download(origin, tarball, base):
         results = finish([sc_start(*args) for _ in range(6)], timeout=90)
         paths = {out for status, out, err in results}
         assert all(status == 0 for status, _, _ in results), results
-        assert paths == {f"{base / 'shared'}\n"}
+        assert paths == {f"{user_dir(base) / 'shared'}\n"}
         assert origin.stats("/data.tar.gz").gets == 1
-        check_tree(base / "shared", FILES)
+        check_tree(user_dir(base) / "shared", FILES)
         listing = json.loads(sc("list", "--json", "-d", str(base)).stdout)
         assert listing[0]["users"] == [owner.pid] * 6
 
@@ -58,7 +58,7 @@ def test_waiters_get_the_populators_error_and_a_later_use_tries_again(origin, ta
     (message,) = messages
     assert "bad" in message and "md5" in message and len(message.strip().splitlines()) == 1
     assert origin.stats("/data.tar.gz").gets == 1, "the waiters did not download again"
-    assert not (base / "bad").exists()
+    assert not (user_dir(base) / "bad").exists()
     again = sc(*args)
     assert again.returncode == 1
     assert origin.stats("/data.tar.gz").gets == 2, "a later use tries afresh"
@@ -102,7 +102,7 @@ def test_killed_unpacking_populator_is_taken_over(origin, tarball, base):
         check_tree(Path(out.strip()), FILES)
         listing = json.loads(sc("list", "--json", "-d", str(base)).stdout)
         assert [(r["name"], r["state"], r["users"]) for r in listing] == [("tree", "ready", [owner.pid])]
-        assert list((base / ".shared-cache" / "stage").iterdir()) == [], "the dead stage was swept"
+        assert list((control(base) / "stage").iterdir()) == [], "the dead stage was swept"
 
 
 def start_slow_population(origin, tarball, base):  # type: ignore[no-untyped-def]
@@ -163,7 +163,7 @@ def test_progress_bar_on_a_terminal(origin, base):
             proc.kill()
         os.close(leader)
     assert proc.returncode == 0
-    assert proc.stdout is not None and proc.stdout.read().strip() == str(base / "tty").encode()
+    assert proc.stdout is not None and proc.stdout.read().strip() == str(user_dir(base) / "tty").encode()
     assert b"tty" in seen and b"%" in seen, seen[-300:]
 
 

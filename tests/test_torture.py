@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scutil import make_tarball, sample_files, sc
+from scutil import control, make_tarball, sample_files, sc
 
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.fsutil import disk_usage
@@ -86,13 +86,13 @@ def test_crash_torture(tmp_path: Path, origin) -> None:  # type: ignore[no-untyp
     failures = [e for e in events if e["op"] in ("use", "unuse", "run", "leak") and e["status"] not in (0, "corrupt")]
     kills = count(op="killed") + killed_clients
 
-    cache = FsCache(base / ".shared-cache")
+    cache = FsCache(control(base))
     entries = cache.entries()
-    objects = {p.name for p in (base / ".shared-cache" / "objects").iterdir()}
-    scanned = sum(disk_usage(base / ".shared-cache" / "objects" / name / "data") for name in objects)
-    leftovers = (list((base / ".shared-cache" / "stage").iterdir())
-                 + list((base / ".shared-cache" / "trash").iterdir())
-                 + [p for p in (base / ".shared-cache" / "populate").iterdir() if not p.name.endswith((".lock", ".error"))])
+    objects = {p.name for p in (control(base) / "objects").iterdir()}
+    scanned = sum(disk_usage(control(base) / "objects" / name / "data") for name in objects)
+    leftovers = (list((control(base) / "stage").iterdir())
+                 + list((control(base) / "trash").iterdir())
+                 + [p for p in (control(base) / "populate").iterdir() if not p.name.endswith((".lock", ".error"))])
     links = {p.name for p in base.iterdir() if p.is_symlink()}
 
     print(f"\ntorture: {SECONDS:.0f} s, {len(events)} operations, {kills} kills "

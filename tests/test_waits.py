@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import close_listener, finish, read_head, sc, sc_start
+from scutil import close_listener, control, finish, read_head, sc, sc_start
 
 
 class Trickle:
@@ -76,7 +76,7 @@ def trickle() -> Iterator[Trickle]:
 
 
 def wait_for_population(base: Path, name: str, proc) -> None:  # type: ignore[no-untyped-def]
-    status = base / ".shared-cache" / "populate" / f"{name}.json"
+    status = control(base) / "populate" / f"{name}.json"
     deadline = time.monotonic() + 30
     while not status.exists():
         assert proc.poll() is None, proc.communicate()
@@ -96,8 +96,8 @@ def test_a_download_below_the_speed_limit_fails_and_its_waiters_get_the_error(tm
     assert time.monotonic() - started < 30
     assert status == 1 and err.startswith("sc: ") and "too slow" in err and len(err.splitlines()) == 1, err
     assert wstatus == 1 and "too slow" in werr, werr
-    assert not (base / ".shared-cache" / "objects" / "slow").exists()
-    assert not (base / ".shared-cache" / "populate" / "slow.work").exists()
+    assert not (control(base) / "objects" / "slow").exists()
+    assert not (control(base) / "populate" / "slow.work").exists()
 
 
 def test_speed_limit_options_are_checked(tmp_path):
@@ -135,6 +135,6 @@ def test_timeout_bounds_the_command_s_own_population(tmp_path, trickle):
     assert time.monotonic() - started < 20
     assert result.returncode == 1 and result.stderr.startswith("sc: ") and "timed out" in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert not (base / ".shared-cache" / "objects" / "slow").exists()
+    assert not (control(base) / "objects" / "slow").exists()
     # Not the recipe's failure: no error record answers the next user.
-    assert not (base / ".shared-cache" / "populate" / "slow.error").exists()
+    assert not (control(base) / "populate" / "slow.error").exists()

@@ -41,6 +41,11 @@ class Reporter:
         if self.verbosity > 0:
             print(f"sc: {message}", file=self.stream, flush=True)
 
+    def warning(self, message: str) -> None:
+        """A line that something was skipped or repaired: shown unless quiet."""
+        if self.verbosity >= 0:
+            print(f"sc: {message}", file=self.stream, flush=True)
+
     def waiting(self, message: str, *, every: float = 5.0) -> None:
         """A waiting message, at most one per ``every`` seconds."""
         now = time.monotonic()

@@ -137,13 +137,15 @@ from .fsutil import (
     create_empty,
     disk_usage,
     fsync_dir,
+    open_directory,
+    read_control,
     remove_tree,
     sync_tree,
     unique_name,
     unlink_if_present,
     write_atomic,
 )
-from .layout import check_locks, check_name, open_cache
+from .layout import OBJECTS, STAGE, TRASH, check_locks, check_name, make_directory, make_subdirectory, open_cache
 from .leases import Owner, add_lease, lease_of, reclaim_leases, scan_leases
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -158,7 +160,8 @@ if TYPE_CHECKING:
 # wedged cache.
 _INDEX_TIMEOUT = 60.0
 _UNSET = object()
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# An entry's lock is opened never through a symlink, and never waiting on a FIFO.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _path(path: str) -> Path:
@@ -204,13 +207,16 @@ class FsCache:
     cannot leave a committed entry with missing data.  Without it nothing is flushed: every
     guarantee against crashed processes holds, but a power loss may damage recent entries.
 
-    ``group`` (a gid) makes a new cache a *group cache*, shared by the members of that group:
-    its directory is given to the group and made setgid, so that everything created in it
-    belongs to the group.  A cache created in a setgid directory is a group cache too.  Using a
-    group cache sets the process umask to give the group what it gives the owner, whatever the
-    user's umask, because files in it are created by many hands (SQLite, unpackers); and its
-    committed directories stay writable by the group, so that any member can delete them
-    (their files stay read-only for everyone).
+    ``group`` (a gid) opens the *group cache* of that group at ``root``, created if needed:
+    shared by the members of the group, and used only when asked for (a setgid or
+    group-writable directory is refused as a private cache, never joined).  Its directories are
+    setgid and writable by the group, its files readable and writable by it, all with explicit
+    modes (the process umask is never changed).  Committed data is read-only for everyone, and
+    an entry's directory is sticky: a member can delete an unused entry (rename it into the
+    trash) but not change another's files.  Only a tree's committer can remove its read-only
+    files, so a tree another member deleted stays in the trash until its committer's next
+    command in the cache (or its gc).  Without ``group`` the cache is private: 0700, owned by
+    this user, and nothing in it is open to anyone else.
 
     ``repair`` lets the opening rewrite a damaged format marker (emptied, truncated or replaced
     by a directory); :meth:`gc` repairs the rest.  ``FsCache(root, repair=True).gc()`` is what
@@ -237,7 +243,9 @@ class FsCache:
         self._trash = os.path.join(self.root, "trash")
         self._budget = os.path.join(self.root, "budget")
         self._local = thread_local()
-        self.shared = open_cache(self.root, group, repair=repair)
+        self._kept_open: dict[str, int] = {}  # (see own_directory)
+        self.modes = open_cache(self.root, group, repair=repair)
+        self.shared = self.modes.group
         if max_size is not _UNSET:
             self.max_size = max_size  # type: ignore[assignment]
 
@@ -250,6 +258,16 @@ class FsCache:
             return db
         from .index import open_index  # SQLite is loaded by what needs the index only
 
+        index = os.path.join(self.root, "index.sqlite")
+        try:  # made here with its mode: SQLite would give it 0644 whatever the cache
+            create_empty(index, exclusive=True, mode=self.modes.file)
+        except FileExistsError:
+            # SQLite opens it without O_NONBLOCK: a FIFO planted there would hang every command.
+            if read_control(index, 0) is None:
+                raise CacheError(
+                    f"the index of cache {self.root} is unusable ({index} is not a regular file); "
+                    "run gc to rebuild it"
+                ) from None
         db = open_index(self.root, self.timeout)
         self._local.db, self._local.pid = db, os.getpid()
         return db
@@ -263,8 +281,7 @@ class FsCache:
     def max_size(self) -> int | None:
         """The size budget in bytes (None: unlimited), as stored in the cache now."""
         try:
-            with open(self._budget, "rb") as f:
-                text = f.read(64)
+            text = read_control(self._budget, 64) or b"<not a file>"
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -289,7 +306,7 @@ class FsCache:
             if budget is None:
                 unlink_if_present(self._budget)
             else:
-                write_atomic(self._budget, str(budget).encode())
+                write_atomic(self._budget, str(budget).encode(), mode=self.modes.file)
             if excess > 0:
                 self._evict(db, excess)
         self._empty_trash()
@@ -304,12 +321,19 @@ class FsCache:
     @scoped
     def _staging(self) -> Iterator[tuple[str, int]]:
         """A fresh staging directory, locked by this process, removed on exit unless committed."""
-        guard = locks.open_lock_file(os.path.join(self.root, "stage.lock"))
+        guard = self._stage_guard()
         try:
             locks.lock(guard, locks.SHARED, timeout=self.timeout, what=f"{self.root}/stage.lock")
-            stage = os.path.join(self._stage, unique_name())
-            os.mkdir(stage)
-            fd = locks.open_lock_file(os.path.join(stage, "lock"))
+            stage_id = unique_name()
+            stage = os.path.join(self._stage, stage_id)
+            stages = self._open_own(STAGE)
+            try:
+                # Private to this process's user until the commit, whatever the cache: nobody
+                # else can change or swap anything in it while it is filled and sealed.
+                make_directory(stage_id, 0o700, dir_fd=stages)
+                fd = locks.open_lock_file(f"{stage_id}/lock", mode=self.modes.file, dir_fd=stages)
+            finally:
+                os.close(stages)
             locks.lock(fd, locks.EXCLUSIVE)  # nobody else knows the file yet: immediate
         finally:
             os.close(guard)
@@ -377,13 +401,21 @@ class FsCache:
         holder: Owner | None,
         strict: bool,
     ) -> bool:
-        size = disk_usage(os.path.join(stage, "data"), seal=0o575 if self.shared else 0o555)
+        stage_fd = open_directory(stage)
+        try:
+            if os.fstat(stage_fd).st_uid != os.geteuid():
+                raise CacheError(f"the staging directory {stage} was replaced; nothing committed")
+            size = disk_usage("data", seal=0o555, dir_fd=stage_fd)
+            if self.modes.entry != 0o700:
+                os.fchmod(stage_fd, self.modes.entry)
+        finally:
+            os.close(stage_fd)
         now = time.time()
         if meta is not None:
-            write_atomic(os.path.join(stage, "meta"), meta.encode(), durable=False)
+            write_atomic(os.path.join(stage, "meta"), meta.encode(), mode=self.modes.file, durable=False)
         if keep:
-            create_empty(os.path.join(stage, "keep"))
-        os.mkdir(os.path.join(stage, "leases"))
+            create_empty(os.path.join(stage, "keep"), mode=self.modes.file)
+        make_directory(os.path.join(stage, "leases"), self.modes.directory)
         if holder is not None:
             add_lease(stage, holder)
         if self.durable:
@@ -391,7 +423,8 @@ class FsCache:
         import json  # a store or gc only
 
         marker = {"name": name, "size": size, "created": now}
-        write_atomic(os.path.join(stage, "entry.json"), json.dumps(marker).encode(), durable=self.durable)
+        write_atomic(os.path.join(stage, "entry.json"), json.dumps(marker).encode(), mode=self.modes.file,
+                     durable=self.durable)
         with self._transaction() as db:
             if os.path.exists(os.path.join(self._objects, name, "entry.json")):
                 if not db.has(name):
@@ -429,16 +462,21 @@ class FsCache:
         return excess <= 0 or self._evict(db, excess) >= excess
 
     def _rename_into_objects(self, stage: str, name: str) -> None:
-        target = os.path.join(self._objects, name)
+        stages, objects = self._open_own(STAGE), self._open_own(OBJECTS)
+        stage_id = os.path.basename(stage)
         try:
-            os.rename(stage, target)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            # A directory without a commit marker (the caller checked): not an entry, and
-            # nobody can be committing it while the caller holds the index.
-            os.rename(target, os.path.join(self._trash, unique_name()))
-            os.rename(stage, target)
+            try:
+                os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                # A directory without a commit marker (the caller checked): not an entry, and
+                # nobody can be committing it while the caller holds the index.
+                self._to_trash(OBJECTS, name)
+                os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
+        finally:
+            os.close(stages)
+            os.close(objects)
 
     # -- load and hold ---------------------------------------------------------------------------
 
@@ -516,19 +554,18 @@ class FsCache:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _mark_kept(entry: str) -> None:
+    def _mark_kept(self, entry: str) -> None:
         keep = os.path.join(entry, "keep")
         if not os.path.exists(keep):  # (another member's flag in a group cache may be read-only)
-            create_empty(keep)
+            create_empty(keep, mode=self.modes.file)
 
     @staticmethod
     def _meta(entry: str) -> str | None:
         try:
-            with open(os.path.join(entry, "meta"), "rb") as f:
-                return f.read().decode()
+            found = read_control(os.path.join(entry, "meta"), 1 << 20)
         except FileNotFoundError:
             return None
+        return None if found is None else found.decode(errors="replace")
 
     # -- leases ----------------------------------------------------------------------------------
 
@@ -627,7 +664,7 @@ class FsCache:
                     db.mark_kept(name)
                     reclaim_leases(entry, dead)
                     return False
-                os.rename(entry, os.path.join(self._trash, unique_name()))
+                self._to_trash(OBJECTS, name)
             if counted:
                 db.forget(name)
             return True
@@ -690,13 +727,83 @@ class FsCache:
         except (FileNotFoundError, NotADirectoryError):
             return float("-inf")
 
+    def discard(self, path: str) -> None:
+        """Delete the tree ``path``, a directory inside this cache's (a population's work
+        directory).  It is moved into the trash first: a tree made by another member of a group
+        cache, which only that member can delete, is out of the way at once."""
+        trash = self._open_own(TRASH)
+        try:
+            os.rename(path, unique_name(), dst_dir_fd=trash)
+        except FileNotFoundError:
+            return
+        finally:
+            os.close(trash)
+        self._empty_trash()
+
+    def _open_own(self, sub: str) -> int:
+        """A descriptor of the subdirectory ``sub`` of this cache, reached without following a
+        symlink at any step from the cache's directory (another member of a group cache may
+        have swapped one in), so that what is removed or renamed through it is this cache's."""
+        try:
+            root = open_directory(self.root)
+            try:
+                return open_directory(sub, dir_fd=root)
+            finally:
+                os.close(root)
+        except OSError as e:
+            raise CacheError(
+                f"{self.root}/{sub} is not a directory of this cache ({e.strerror}); run gc to repair it"
+            ) from None
+
+    def own_directory(self, sub: str) -> str:
+        """A path that names the subdirectory ``sub`` of this cache (created if needed) for as
+        long as this process lives, whatever is renamed or swapped in the cache meanwhile: the
+        directory is opened as :meth:`_open_own` does and named through ``/proc/self/fd``.  For
+        directories that code outside the engine reads and writes by path (the population
+        files)."""
+        fd = self._kept_open.get(sub)
+        if fd is not None:
+            try:
+                st, now = os.fstat(fd), os.stat(os.path.join(self.root, sub), follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                    return f"/proc/self/fd/{fd}"
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # removed (and maybe made again) since: open what is there now
+            del self._kept_open[sub]
+        root = open_directory(self.root)
+        try:
+            make_subdirectory(root, sub, self.modes, repair=self.repair)
+        finally:
+            os.close(root)
+        self._kept_open[sub] = self._open_own(sub)
+        return f"/proc/self/fd/{self._kept_open[sub]}"
+
+    def _to_trash(self, directory: str, name: str) -> None:
+        """Rename ``directory/name`` into the trash, both directories reached as :meth:`_open_own`
+        does: a symlink swapped in for one of them never makes this move anything else."""
+        source, trash = self._open_own(directory), self._open_own(TRASH)
+        try:
+            os.rename(name, unique_name(), src_dir_fd=source, dst_dir_fd=trash)
+        finally:
+            os.close(source)
+            os.close(trash)
+
     def _empty_trash(self) -> int:
-        """Delete whatever is in the trash; return how many trees were removed."""
+        """Delete whatever is in the trash; return how many trees were removed.  A tree that
+        another member of a group cache committed can only be deleted by that member (its
+        directories are read-only): it stays until that member's next command here."""
         removed = 0
-        with os.scandir(self._trash) as trees:
-            for tree in trees:
-                remove_tree(tree.path)
+        trash = self._open_own(TRASH)
+        try:
+            for tree in os.listdir(trash):
+                try:
+                    remove_tree(tree, dir_fd=trash)
+                except PermissionError:
+                    continue
                 removed += 1
+        finally:
+            os.close(trash)
         if removed:
             from .index import make_reserve  # (the index is open already: this imports nothing)
 
@@ -754,31 +861,48 @@ class FsCache:
 
     # -- garbage collection ----------------------------------------------------------------------
 
+    def _stage_guard(self) -> int:
+        """Open ``stage.lock``; a repairing open (gc) moves anything but a file found there
+        into the trash and makes a new one."""
+        path = os.path.join(self.root, "stage.lock")
+        try:
+            return locks.open_lock_file(path, mode=self.modes.file)
+        except CacheError:
+            if not self.repair:
+                raise
+            os.rename(path, os.path.join(self._trash, unique_name()))
+            return locks.open_lock_file(path, mode=self.modes.file)
+
     def _sweep(self) -> int:
         """Remove the staging directories of dead processes, if nobody is creating one now."""
-        guard = locks.open_lock_file(os.path.join(self.root, "stage.lock"))
+        guard = self._stage_guard()
         try:
             if not locks.try_lock(guard, locks.EXCLUSIVE):
                 return 0
             removed = 0
-            with os.scandir(self._stage) as stages:
-                for stage in stages:
-                    removed += self._remove_if_abandoned(stage.path)
+            stages = self._open_own("stage")
+            try:
+                for stage in os.listdir(stages):
+                    removed += self._remove_if_abandoned(stages, stage)
+            finally:
+                os.close(stages)
             return removed
         finally:
             os.close(guard)
 
     @staticmethod
-    def _remove_if_abandoned(stage: str) -> int:
+    def _remove_if_abandoned(stages: int, stage: str) -> int:
         try:
-            fd = os.open(os.path.join(stage, "lock"), _OPEN_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
+            fd = os.open(f"{stage}/lock", _OPEN_FLAGS, dir_fd=stages)
+        except OSError:
             fd = None  # created under stage.lock, so a lock-less one was abandoned
         try:
             if fd is not None and not locks.try_lock(fd, locks.EXCLUSIVE):
                 return 0
-            remove_tree(stage)
+            remove_tree(stage, dir_fd=stages)
             return 1
+        except PermissionError:
+            return 0  # another member's: only that member (or root) can delete it
         finally:
             if fd is not None:
                 os.close(fd)
@@ -803,13 +927,16 @@ class FsCache:
         report.stages_removed = self._sweep()
         with self._transaction() as db:
             rows = db.names()
-            with os.scandir(self._objects) as found:
-                on_disk = {e.name for e in found}
+            objects = self._open_own(OBJECTS)
+            try:
+                on_disk = set(os.listdir(objects))
+            finally:
+                os.close(objects)
             for name in on_disk - rows:
                 if self._adopt(db, name):
                     report.orphans_adopted += 1
                 else:
-                    os.rename(os.path.join(self._objects, name), os.path.join(self._trash, unique_name()))
+                    self._to_trash(OBJECTS, name)
                     report.orphans_removed += 1
             for name in rows - on_disk:
                 db.forget(name)
@@ -835,7 +962,7 @@ class FsCache:
         self._local.db = None
         for suffix in ("", "-wal", "-shm"):
             try:
-                os.rename(os.path.join(self.root, f"index.sqlite{suffix}"), os.path.join(self._trash, unique_name()))
+                self._to_trash(".", f"index.sqlite{suffix}")
             except FileNotFoundError:
                 pass
 
@@ -845,8 +972,7 @@ class FsCache:
         try:
             import json
 
-            with open(os.path.join(entry, "entry.json"), "rb") as f:
-                marker = json.loads(f.read())
+            marker = json.loads(read_control(os.path.join(entry, "entry.json"), 1 << 16) or b"")
             if marker["name"] != name or not os.path.isdir(os.path.join(entry, "data")):
                 return False
             size, created = int(marker["size"]), float(marker["created"])

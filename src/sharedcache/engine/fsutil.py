@@ -8,12 +8,23 @@
   size budget.
 * :func:`remove_tree`: deletes a tree, restoring write permission only on what it removes, and
   tolerating a concurrent remover of the same tree.
+
+Trees are walked by :func:`walk`: iteratively (any depth), relative to directory descriptors
+opened with ``O_NOFOLLOW|O_DIRECTORY``, never following a symlink, so that a link planted or
+swapped in anywhere (by an archive, or by another member of a group cache) makes no walk act
+outside the tree it was given.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 def unique_name(prefix: str = "") -> str:
@@ -36,16 +47,19 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def write_atomic(
-    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666, durable: bool = True
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, durable: bool = True
 ) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename).
+    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename); the file
+    gets exactly ``mode``, whatever the umask.
 
     With ``durable`` false nothing is flushed: the replacement is still atomic for every
     process, but a power loss may leave the old content or an empty file.
     """
     tmp = _temp_beside(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777)
     try:
+        if mode & 0o077:  # bits the umask may have dropped
+            os.fchmod(fd, mode)
         os.write(fd, data)
         if durable:
             os.fsync(fd)
@@ -63,14 +77,15 @@ def write_atomic(
         fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def create_exclusive(path: str | os.PathLike[str], data: bytes) -> bool:
-    """Create ``path`` holding ``data`` unless it exists; return whether this call created it.
+def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data`` (with ``mode``) unless it exists; return whether this
+    call created it.
 
     The content is complete before the name appears (written aside, then hard-linked), so a
     concurrent reader sees either no file or the whole file.
     """
     tmp = _temp_beside(path)
-    write_atomic(tmp, data)
+    write_atomic(tmp, data, mode=mode)
     try:
         os.link(tmp, path)
         return True
@@ -78,6 +93,24 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes) -> bool:
         return False
     finally:
         os.unlink(tmp)
+
+
+def read_control(path: str | os.PathLike[str], limit: int = 4096, *, dir_fd: int | None = None) -> bytes | None:
+    """The first ``limit`` bytes of the control file ``path``, or None if it is not a regular
+    file (a symlink, a FIFO, a directory: never followed, opened for good or waited on).
+    FileNotFoundError if there is nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENOTDIR):
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def sync_tree(path: str | os.PathLike[str]) -> None:
@@ -98,87 +131,223 @@ def sync_tree(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def disk_usage(path: str | os.PathLike[str], *, seal: int | None = None) -> int:
+def disk_usage(
+    path: str | os.PathLike[str], *, seal: int | None = None, dir_fd: int | None = None
+) -> int:
     """Bytes allocated to the tree at ``path``: the blocks of every inode in it, hard links once.
 
-    With ``seal`` (a directory mode, 0o555 in a private cache), the same walk also makes the
-    files read-only and readable for everyone (0444, or 0555 if executable) and gives the
-    directories that mode.  Committed data is sealed so that no job can change what another
-    reads; whoever deletes it restores write permission on what it removes
-    (:func:`remove_tree`).
+    With ``seal`` (a directory mode, 0o555), the same walk also makes the files read-only and
+    readable for everyone (0444, or 0555 if executable) and gives the directories that mode.
+    Committed data is sealed so that no job can change what another reads; whoever deletes it
+    restores write permission on what it removes (:func:`remove_tree`).  The walk never follows
+    a symlink, the tree's own root included: a link swapped in anywhere is counted as a link
+    and left alone.
     """
-    root = os.lstat(path)
-    total = root.st_blocks * 512
-    seen: set[tuple[int, int]] = set()
-    pending = [os.fspath(path)]
-    while pending:
-        directory = pending.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    if (st.st_dev, st.st_ino) in seen:
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-                if stat.S_ISDIR(st.st_mode):
-                    pending.append(entry.path)
-                elif seal is not None and stat.S_ISREG(st.st_mode):
-                    os.chmod(entry.path, 0o555 if st.st_mode & 0o111 else 0o444)
+    root = open_directory(path, dir_fd=dir_fd)
+    try:
+        total = os.fstat(root).st_blocks * 512
+        seen: set[tuple[int, int]] = set()
+
+        def enter(directory: int, name: str) -> int | None:
+            nonlocal total
+            try:
+                st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in seen:
+                    return None
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                return open_directory(name, dir_fd=directory)
+            if seal is not None and stat.S_ISREG(st.st_mode):
+                chmod_nofollow(name, 0o555 if st.st_mode & 0o111 else 0o444, dir_fd=directory,
+                               kind=stat.S_IFREG)
+            return None
+
+        def leave(_parent: int, _name: str, directory: int) -> None:
+            if seal is not None:
+                os.fchmod(directory, seal)
+
+        walk(root, enter, leave)
         if seal is not None:
-            os.chmod(directory, seal)
-    return total
+            os.fchmod(root, seal)
+        return total
+    finally:
+        os.close(root)
 
 
-def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Delete the tree at ``path``; missing parts (a concurrent remover) are not an error.
+def remove_tree(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
+    """Delete the tree at ``path`` (relative to ``dir_fd`` if given); missing parts (a
+    concurrent remover) are not an error.
 
-    Read-only directories inside it (committed data is read-only) are made writable first, but only
-    those being removed.
+    The walk never follows a symlink (one found anywhere, ``path`` included, is removed as a
+    link) and never recurses, so any depth can be removed.  Read-only directories inside the
+    tree (committed data is read-only) are made writable first, but only those being removed.
+    Raises PermissionError for a tree that this user may not delete (another member's, in a
+    group cache).
     """
-    path = os.fspath(path)
     try:
-        st = os.lstat(path)
+        os.unlink(path, dir_fd=dir_fd)
+        return
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
-        unlink_if_present(path)
-        return
-    _make_writable(path, st)
+    except IsADirectoryError:
+        pass
     try:
-        entries = list(os.scandir(path))
+        root = open_directory(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            remove_tree(entry.path)
-        else:
-            unlink_if_present(entry.path)
+    except NotADirectoryError:  # swapped for a link or a file meanwhile: remove that
+        unlink_if_present(path, dir_fd=dir_fd)
+        return
     try:
-        os.rmdir(path)
+        _make_writable(root)
+
+        def enter(directory: int, name: str) -> int | None:
+            try:
+                os.unlink(name, dir_fd=directory)
+                return None
+            except FileNotFoundError:
+                return None
+            except IsADirectoryError:
+                pass
+            try:
+                child = open_directory(name, dir_fd=directory)
+            except FileNotFoundError:
+                return None
+            except NotADirectoryError:
+                unlink_if_present(name, dir_fd=directory)
+                return None
+            _make_writable(child)
+            return child
+
+        def leave(parent: int, name: str, _directory: int) -> None:
+            try:
+                os.rmdir(name, dir_fd=parent)
+            except FileNotFoundError:
+                pass
+
+        walk(root, enter, leave)
+    except FileNotFoundError:
+        return  # a concurrent remover took the tree from under this walk
+    finally:
+        os.close(root)
+    try:
+        os.rmdir(path, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
 
 
-def _make_writable(path: str, st: os.stat_result) -> None:
-    # Only an owner can chmod; in a group cache the group may write already.
-    if st.st_mode & stat.S_IWUSR == 0 and st.st_uid == os.geteuid():
-        try:
-            os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-        except FileNotFoundError:
-            pass
+def _make_writable(fd: int) -> None:
+    # Only an owner can chmod; in a group cache another member's tree stays as it is.
+    st = os.fstat(fd)
+    if st.st_mode & stat.S_IRWXU != stat.S_IRWXU and st.st_uid == os.geteuid():
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
-def create_empty(path: str, *, exclusive: bool = False) -> None:
+#: Flags that open a directory, never through a symlink.
+DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directory descriptors a walk keeps open; below that depth it climbs back with "..", checked.
+_OPEN_LEVELS = 48
+
+
+def open_directory(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """Open the directory ``path`` (relative to ``dir_fd`` if given) without following a symlink
+    at its last component: NotADirectoryError if it is a link or anything but a directory."""
+    try:
+        return os.open(path, DIRECTORY, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotADirectoryError(errno.ENOTDIR, "a symlink, not a directory", os.fspath(path)) from None
+        raise
+
+
+def chmod_nofollow(name: str, mode: int, *, dir_fd: int, kind: int) -> bool:
+    """Give ``name`` in ``dir_fd`` the mode ``mode`` if it is of type ``kind`` (stat.S_IFREG,
+    S_IFDIR); never through a symlink.  Returns whether it changed the mode.
+
+    Linux has no ``lchmod``: the file is opened as a mere path reference (``O_PATH``), its type
+    checked on what was opened, and changed through ``/proc/self/fd``, which names exactly that
+    inode.
+    """
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if stat.S_IFMT(os.fstat(fd).st_mode) != kind:
+            return False
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+        return True
+    finally:
+        os.close(fd)
+
+
+def walk(root: int, enter: Callable[[int, str], int | None], leave: Callable[[int, str, int], None]) -> None:
+    """Walk the tree below the directory open as ``root``, depth first, iteratively.
+
+    ``enter(directory, name)`` is called for each entry of each directory (``directory`` is a
+    descriptor): it returns the opened descriptor of a subdirectory to walk into (the walk then
+    owns it), or None.  ``leave(parent, name, directory)`` is called when the subdirectory
+    ``name`` of ``parent`` has been walked, before ``directory`` is closed.  Only the top
+    levels keep their descriptors open; deeper ones are reached again through ``..``, checked
+    to be the directory the walk came from (else OSError: the tree was moved under the walk).
+    """
+    st = os.fstat(root)
+    # One level: [descriptor or None, (dev, ino), names not yet entered, its name in its parent]
+    stack: list[list[Any]] = [[root, (st.st_dev, st.st_ino), os.listdir(root), ""]]
+    try:
+        while True:
+            level = stack[-1]
+            fd: int = level[0]
+            if level[2]:
+                name = level[2].pop()
+                child = enter(fd, name)
+                if child is None:
+                    continue
+                try:
+                    cst = os.fstat(child)
+                    names = os.listdir(child)
+                except BaseException:
+                    os.close(child)
+                    raise
+                if len(stack) > _OPEN_LEVELS:
+                    os.close(fd)
+                    level[0] = None
+                stack.append([child, (cst.st_dev, cst.st_ino), names, name])
+                continue
+            if len(stack) == 1:
+                return
+            parent = stack[-2]
+            if parent[0] is None:
+                up = os.open("..", DIRECTORY, dir_fd=fd)
+                ust = os.fstat(up)
+                parent[0] = up
+                if (ust.st_dev, ust.st_ino) != parent[1]:
+                    raise OSError(errno.ESTALE, "directory moved during a walk", level[3])
+            leave(parent[0], level[3], fd)
+            os.close(fd)
+            stack.pop()
+    finally:
+        for level in stack[1:]:
+            if level[0] is not None:
+                os.close(level[0])
+
+
+def create_empty(path: str, *, exclusive: bool = False, mode: int = 0o600) -> None:
     """Create the empty file ``path`` (a flag, or with ``exclusive`` a lease), never through a
-    symlink."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
-    os.close(os.open(path, flags, 0o666))
+    symlink, and never opening a FIFO found there for good."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
+    fd = os.open(path, flags, mode & 0o777)
+    try:
+        if mode & 0o077:  # bits the umask may have dropped (a group cache's)
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
-def unlink_if_present(path: str | os.PathLike[str]) -> None:
+def unlink_if_present(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
     """Delete the file ``path``; that it is gone already (another process was first) is fine."""
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
     except FileNotFoundError:
         pass

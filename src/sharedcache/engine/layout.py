@@ -1,15 +1,32 @@
-"""A cache's directory: its names, its format marker, and the checks made when it is opened.
+"""A cache's directory: its names, its modes, its format marker, and the checks made when it is
+opened.
 
 The layout itself (what lives where) is described in :mod:`sharedcache.engine.fscache`, beside
-the protocol that uses it.  This module owns how a cache directory is created and accepted:
+the protocol that uses it.  This module owns how a cache directory is created and accepted.
+Anything in a directory another user can write may be replaced at any moment by a symlink, a
+FIFO or a directory, so:
 
-* it must be a directory of this user, not a symlink (on a shared ``/tmp`` anyone could create it
-  first), unless it is a group cache: setgid and writable by a group this process is in;
+* a *private* cache (the default) is a directory of this user that no one else can write,
+  created with mode 0700 whatever the umask; everything in it is created with explicit modes
+  (:class:`Modes`: directories 0700, files 0600), so no other user can read, write or lock
+  anything in it;
+* a *group* cache exists only by consent: the caller names the group (``group=``), and its
+  directory must then be that group's, setgid and writable by the group, and not by others.
+  A setgid or group-writable directory is never taken for a group cache on its own, and is
+  refused as a private one;
+* directories are checked on what was opened (``O_NOFOLLOW|O_DIRECTORY``, then ``fstat``),
+  never by a path looked up twice; control files are read with ``O_NOFOLLOW|O_NONBLOCK`` and
+  must be regular files, so a planted symlink or FIFO is refused, never followed or waited on;
 * a new cache is refused if file locks do nothing on its file system, and gets its format
   marker ``cache.info`` only once that check passed;
-* a marker that is not ours is refused, except a damaged one (emptied, truncated, replaced by a
-  directory, beside our layout), which a repairing open rewrites;
+* a marker that names another format or another tool is refused; a damaged one (emptied,
+  truncated, garbage, replaced by a directory) beside our layout is rewritten by a repairing
+  open (``sc gc``);
 * a name of an entry is one path component of at most 200 bytes of UTF-8, not hidden.
+
+Per-user directories in a shared base (:func:`user_directory`) follow the same rules, in the
+way of tmux and ssh-agent: ``<base>/.shared-cache-<uid>``, 0700, refused when it is not this
+user's or is open to others.
 """
 
 from __future__ import annotations
@@ -19,7 +36,7 @@ import stat
 
 from ..errors import CacheError, UsageError
 from . import locks
-from .fsutil import create_exclusive, unique_name, write_atomic
+from .fsutil import create_exclusive, open_directory, read_control, unique_name, write_atomic
 
 FORMAT_LINE = b"shared-cache fscache 2\n"
 # Caches in an older layout (marker -> the versions that made it): refused with a clear error
@@ -28,6 +45,29 @@ _OLD_FORMATS = {b"shared-cache fscache 1\n": "shared-cache 0.1"}
 _MAX_NAME_BYTES = 200
 #: The subdirectories of a cache (see the layout in sharedcache.engine.fscache).
 OBJECTS, STAGE, TRASH = "objects", "stage", "trash"
+
+
+class Modes:
+    """The modes a cache gives what it creates: ``directory`` and ``file``, and ``entry`` for a
+    committed entry's directory.
+
+    In a private cache nothing is open to anyone else.  In a group cache directories are setgid
+    (what is created in them belongs to the group) and writable by the group, files readable
+    and writable by it; a committed entry's directory is also sticky, so that a member may
+    rename the entry away (delete it) and add files to it (a keep flag) but not remove or
+    replace the committer's files in it.  The data itself is sealed read-only for everyone.
+    """
+
+    __slots__ = ("directory", "entry", "file", "group")
+
+    def __init__(self, group: bool) -> None:
+        self.group = group
+        self.directory = 0o2770 if group else 0o700
+        self.entry = 0o3770 if group else 0o700
+        self.file = 0o660 if group else 0o600
+
+
+PRIVATE, GROUP = Modes(False), Modes(True)
 
 
 def check_name(name: str) -> str:
@@ -50,104 +90,201 @@ def check_name(name: str) -> str:
     return name
 
 
-def open_cache(root: str, group: int | None, *, repair: bool) -> bool:
-    """Create the cache at ``root`` if needed (safe when many processes do it at once) and check it;
-    return whether it is a group cache.  ``group``: make a new cache a group cache of that gid."""
+def make_directory(path: str, mode: int, *, dir_fd: int | None = None) -> bool:
+    """Create the directory ``path`` with exactly ``mode``, whatever the umask; return whether
+    this call created it (False: something is there already, left as it is and unchecked)."""
     try:
-        os.makedirs(root, exist_ok=True)
+        os.mkdir(path, mode & 0o777, dir_fd=dir_fd)
     except FileExistsError:
-        raise CacheError(f"cache {root} is not a directory") from None
+        return False
+    if mode & 0o7077:  # bits the umask may have dropped, or mkdir does not set
+        fd = open_directory(path, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    return True
+
+
+def user_directory(base: str) -> str:
+    """This user's directory in the base directory ``base``, created if needed (0700); refused
+    with a clear error if another user owns it (squatted) or others may write or enter it."""
+    path = os.path.join(base, f".shared-cache-{os.geteuid()}")
+    try:
+        make_directory(path, 0o700)
+        fd = open_directory(path)
+    except NotADirectoryError:
+        raise CacheError(f"{path} is not a directory (a symlink or a file); refusing to use it") from None
+    except OSError as e:
+        raise CacheError(f"cannot create {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid != os.geteuid():
+        raise CacheError(
+            f"{path} belongs to uid {st.st_uid}, not to this user; refusing to use it"
+        )
+    if st.st_mode & 0o077:
+        raise CacheError(
+            f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); refusing to use "
+            "it (remove it to let sc create it again)"
+        )
+    return path
+
+
+def group_directory(base: str, group: int) -> str:
+    """Where the group cache of gid ``group`` lives in the base directory ``base``."""
+    return os.path.join(base, f".shared-cache-g{group}")
+
+
+def check_base(base: str, group: int | None) -> None:
+    """Refuse a base directory in which another user could move this user's files: one that
+    belongs to another user (root excepted), or that others may write without its sticky bit
+    (as ``/tmp`` has), except by the members of the group of a group cache."""
+    try:
+        st = os.stat(base)
+    except OSError as e:
+        raise CacheError(f"cannot use {base}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CacheError(f"{base} is not a directory")
+    if st.st_uid not in (0, os.geteuid()):
+        raise CacheError(
+            f"{base} belongs to uid {st.st_uid}, who could replace what sc puts in it; refusing to use it"
+        )
+    if st.st_mode & stat.S_ISVTX:
+        return
+    if st.st_mode & 0o002:
+        raise CacheError(f"{base} is writable by every user and not sticky; refusing to use it")
+    if st.st_mode & 0o020 and st.st_gid != group:
+        raise CacheError(
+            f"{base} is writable by group {st.st_gid} and not sticky; refusing to use it "
+            f"(unless as a cache of that group: --group {st.st_gid})"
+        )
+
+
+def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
+    """Create the cache at ``root`` if needed (safe when many processes do it at once) and check
+    it; return the modes of what is created in it.  ``group``: the gid of a group cache."""
+    modes = GROUP if group is not None else PRIVATE
+    if group is not None and group != os.getegid() and group not in os.getgroups():
+        raise CacheError(f"cannot use a cache of group {group} at {root}: this user is not in that group")
+    try:
+        try:
+            make_directory(root, modes.directory)
+        except FileNotFoundError:  # its parents first (a caller's choice of place: default modes)
+            os.makedirs(os.path.dirname(root), exist_ok=True)
+            make_directory(root, modes.directory)
+        fd = open_directory(root)
+    except NotADirectoryError:
+        kind = "a symlink" if os.path.islink(root) else "not a directory"
+        raise CacheError(f"cache {root} is {kind}; refusing to use it") from None
     except OSError as e:
         raise CacheError(f"cannot create cache {root}: {e.strerror}") from None
-    shared = _check_owner(root, _share_with_group(root, group))
-    info = os.path.join(root, "cache.info")
     try:
-        with open(info, "rb") as f:
-            found = f.read(256)
-    except FileNotFoundError:
-        # A new cache: refuse it if locks lock nothing there.  The marker records that the
-        # check passed, so the operations that follow pay nothing for it.
-        check_locks(root)
-        create_exclusive(info, FORMAT_LINE)
-        with open(info, "rb") as f:
-            found = f.read(256)
-    except IsADirectoryError:
-        found = None
-    except OSError as e:
-        raise CacheError(f"cannot read {info}: {e.strerror}") from None
-    if found != FORMAT_LINE:
-        _repair_marker(root, info, found, repair=repair)
-    for sub in (OBJECTS, STAGE, TRASH):
+        st = os.fstat(fd)
+        if group is not None and st.st_gid != group and st.st_uid == os.geteuid():
+            st = _give_to_group(root, fd, group, st)
+        _check_owner(root, st, group)
         try:
-            os.mkdir(os.path.join(root, sub))
-        except FileExistsError:
-            pass
-    return shared
+            found = read_control("cache.info", dir_fd=fd)
+        except FileNotFoundError:
+            # A new cache: refuse it if locks lock nothing there.  The marker records that the
+            # check passed, so the operations that follow pay nothing for it.
+            check_locks(root)
+            create_exclusive(os.path.join(root, "cache.info"), FORMAT_LINE, mode=modes.file)
+            found = read_control("cache.info", dir_fd=fd)
+        except OSError as e:
+            raise CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
+        if found != FORMAT_LINE:
+            _repair_marker(root, fd, found, modes, repair=repair)
+        for sub in (OBJECTS, STAGE, TRASH):
+            make_subdirectory(fd, sub, modes, repair=repair)
+    finally:
+        os.close(fd)
+    return modes
 
 
-def _repair_marker(root: str, info: str, found: bytes | None, *, repair: bool) -> None:
-    """A marker that is not ours: rewrite it if it is only damaged (emptied, truncated, or
-    replaced by a directory, in a directory that holds our layout) and this is a repairing
-    open; refuse it otherwise, and always if it holds anything else."""
-    damaged = (found is None or FORMAT_LINE.startswith(found)) and os.path.isdir(os.path.join(root, OBJECTS))
+def make_subdirectory(root: int, sub: str, modes: Modes, *, repair: bool) -> None:
+    """Create the subdirectory ``sub`` of the cache open as ``root`` if it is missing; a repairing
+    open removes anything but a directory found there first (a planted link, FIFO or file)."""
+    if make_directory(sub, modes.directory, dir_fd=root) or not repair:
+        return
+    if not stat.S_ISDIR(os.stat(sub, dir_fd=root, follow_symlinks=False).st_mode):
+        os.unlink(sub, dir_fd=root)
+        make_directory(sub, modes.directory, dir_fd=root)
+
+
+def _give_to_group(root: str, fd: int, group: int, st: os.stat_result) -> os.stat_result:
+    """Make our new, empty cache directory a group cache of ``group``."""
+    try:
+        if any(True for _ in os.scandir(fd)):
+            return st  # not new: left to the checks
+        os.fchown(fd, -1, group)
+        os.fchmod(fd, GROUP.directory)
+    except OSError as e:
+        raise CacheError(f"cannot give cache {root} to group {group}: {e.strerror}") from None
+    return os.fstat(fd)
+
+
+def _looks_like_a_marker(found: bytes) -> bool:
+    """Whether ``found`` is one line naming a format ("<words> <number>"), ours or another's."""
+    words = found[:-1].split(b" ")
+    return (found.endswith(b"\n") and len(words) >= 2 and words[-1].isdigit()
+            and all(w.isalnum() or w.replace(b"-", b"").isalnum() for w in words))
+
+
+def _repair_marker(root: str, fd: int, found: bytes | None, modes: Modes, *, repair: bool) -> None:
+    """A marker that is not ours: rewrite it if it is only damaged (emptied, truncated, garbage,
+    or replaced by something not a file, in a directory that holds our layout) and this is a
+    repairing open; refuse it otherwise, and always if it names another format."""
     if found in _OLD_FORMATS:
         raise CacheError(
             f"cache {root} was made by {_OLD_FORMATS[found]}, whose layout this version "
             "does not use; remove it (its data is fetched again) to let this version make a "
             "new one"
         )
-    if not damaged:
-        shown = b"<a directory>" if found is None else found[:40]
+    try:
+        ours = stat.S_ISDIR(os.stat(OBJECTS, dir_fd=fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        ours = False
+    damaged = found is None or FORMAT_LINE.startswith(found) or not _looks_like_a_marker(found)
+    if not (damaged and ours):
+        shown = b"<not a file>" if found is None else found[:40]
         raise CacheError(
-            f"{root} is not a shared-cache cache ({info} holds {shown!r}); refusing to use it"
+            f"{root} is not a shared-cache cache ({root}/cache.info holds {shown!r}); refusing to use it"
         )
     if not repair:
-        raise CacheError(f"the marker {info} of cache {root} is damaged; run gc to repair it")
+        raise CacheError(f"the marker {root}/cache.info of cache {root} is damaged; run gc to repair it")
     if found is None:
-        os.rename(info, os.path.join(root, TRASH, unique_name()))
-    write_atomic(info, FORMAT_LINE)
+        os.rename("cache.info", f"{TRASH}/{unique_name()}", src_dir_fd=fd, dst_dir_fd=fd)
+    write_atomic(os.path.join(root, "cache.info"), FORMAT_LINE, mode=modes.file)
 
 
-def _share_with_group(root: str, group: int | None) -> os.stat_result:
-    """Make our cache directory a group cache if asked to (or if it was created in a setgid
-    directory, whose group it inherited), and, in a group cache, open the umask to the
-    group."""
-    st = os.lstat(root)
-    ours = st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode)
-    wanted = group is not None and (st.st_gid != group or not st.st_mode & stat.S_ISGID)
-    inherited = st.st_mode & stat.S_ISGID and not st.st_mode & stat.S_IWGRP
-    if ours and (wanted or inherited) and not os.path.exists(os.path.join(root, "cache.info")):
-        try:
-            if group is not None:
-                os.chown(root, -1, group)
-            os.chmod(root, 0o2770)
-        except OSError as e:
-            raise CacheError(f"cannot give cache {root} to group {group}: {e.strerror}") from None
-        st = os.lstat(root)
-    elif group is not None and st.st_gid != group:
-        raise CacheError(f"cache {root} exists and does not belong to group {group}")
-    if st.st_mode & stat.S_ISGID:
-        os.umask(os.umask(0) & 0o007)
-    return st
-
-
-def _check_owner(root: str, st: os.stat_result) -> bool:
-    """Refuse a cache directory that is a symlink or belongs to another user (on a shared
-    /tmp anyone can create it first), unless it is a group cache: setgid, writable by a
-    group this process is in."""
-    if stat.S_ISLNK(st.st_mode):
-        raise CacheError(f"cache {root} is a symlink; refusing to follow it")
-    group_cache = (
-        st.st_mode & stat.S_ISGID
-        and st.st_mode & stat.S_IWGRP
-        and (st.st_gid == os.getegid() or st.st_gid in os.getgroups())
-    )
-    if st.st_uid != os.geteuid() and not group_cache:
+def _check_owner(root: str, st: os.stat_result, group: int | None) -> None:
+    """Refuse a cache directory that another user could change: in a private cache, one that
+    belongs to another user or that others may write; in a group cache, one that is not that
+    group's (setgid, writable by the group, not by others) or whose group this user is not in."""
+    mode = stat.S_IMODE(st.st_mode)
+    if group is None:
+        if st.st_uid != os.geteuid():
+            raise CacheError(
+                f"cache {root} belongs to uid {st.st_uid}, not to this user; refusing to use "
+                "it (its owner could change what is read from it)"
+            )
+        if mode & 0o022:
+            raise CacheError(
+                f"cache {root} is writable by other users (mode {mode:o}); refusing to use it as "
+                "a private cache"
+            )
+        return
+    if st.st_gid != group or not mode & stat.S_ISGID or mode & 0o070 != 0o070 or mode & 0o002:
         raise CacheError(
-            f"cache {root} belongs to uid {st.st_uid}, not to this user; refusing to use "
-            "it (its owner could change what is read from it)"
+            f"cache {root} is not a cache of group {group} (group {st.st_gid}, mode {mode:o}); "
+            "refusing to use it"
         )
-    return bool(st.st_mode & stat.S_ISGID)
 
 
 def check_locks(root: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import time
 
 from ..errors import CacheError, WaitTimeoutError
@@ -34,21 +35,40 @@ SHARED = fcntl.LOCK_SH
 EXCLUSIVE = fcntl.LOCK_EX
 
 
-def open_lock_file(path: str | os.PathLike[str], *, create: bool = True) -> int:
-    """Open (and by default create) a lock file; a symlink planted at ``path`` is refused.
+def open_lock_file(
+    path: str | os.PathLike[str], *, create: bool = True, mode: int = 0o600, dir_fd: int | None = None
+) -> int:
+    """Open (and by default create, with exactly ``mode``) a lock file; anything but a regular
+    file found at ``path`` (a planted symlink, FIFO or directory) is refused with a CacheError,
+    never followed or waited on.
 
     Read access is enough for ``flock``, so a lock file created by another member of a group
-    cache can be used without write permission on it.
+    cache can be used without write permission on it.  For the same reason a private cache's
+    lock files are readable by their owner only: nobody else can hold them.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     if create:
         flags |= os.O_CREAT
     try:
-        return os.open(path, flags, 0o666)
+        fd = os.open(path, flags, mode & 0o777, dir_fd=dir_fd)
     except OSError as e:
-        if e.errno != errno.ELOOP:
+        if e.errno not in (errno.ELOOP, errno.EISDIR):
             raise
-        raise CacheError(f"{os.fspath(path)} is a symlink; refusing to follow it ('sc gc' removes it)") from None
+        fd = -1
+    try:
+        st = os.fstat(fd) if fd >= 0 else None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise CacheError(
+                f"{os.fspath(path)} is not a regular file (a planted symlink, FIFO or directory?); "
+                "refusing to use it ('sc gc' removes it)"
+            )
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode and st.st_size == 0:
+            os.fchmod(fd, mode)  # ours, and new: the umask may have dropped bits
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd
 
 
 def try_lock(fd: int, mode: int) -> bool:
@@ -109,7 +129,7 @@ def locks_work(directory: str | os.PathLike[str]) -> bool:
     path = os.path.join(directory, f".lockprobe-{os.getpid()}-{time.monotonic_ns()}")
     first = open_lock_file(path)
     try:
-        second = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        second = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             fcntl.flock(first, fcntl.LOCK_EX)
             return not try_lock(second, EXCLUSIVE)

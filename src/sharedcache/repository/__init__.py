@@ -8,21 +8,24 @@
   (acquire, release, locate, list, gc), and :func:`~.repositories.use` for Python callers.
 
 A repository is an :class:`~sharedcache.engine.fscache.FsCache` entry of the cache that lives in a base
-directory (``/tmp``, ``/var/tmp``, or what the user names), made visible at ``<base>/<name>``.
+directory (``/tmp``, ``/var/tmp``, or what the user names), made visible at ``<base>/.shared-cache-<uid>/<name>``.
 The entry's metadata is the recipe's identity, so a name cannot be reused for another recipe.
 Each user holds a lease (:mod:`sharedcache.engine.leases`); the last release deletes the repository
 unless it is kept, and then it stays under the base directory's LRU budget.
 
 Layout in a base directory
 ==========================
-::
+Each user has a directory of their own in a base (see :mod:`~.bases` for the checks)::
 
-    <base>/<name>                          symlink to .shared-cache/objects/<name>/data
-    <base>/.shared-cache/                  the base directory's FsCache (see sharedcache.engine)
-    <base>/.shared-cache/populate/<name>.lock    held exclusively by the process populating <name>
-    <base>/.shared-cache/populate/<name>.json    its status: pid, reserved size, bytes so far
-    <base>/.shared-cache/populate/<name>.error   the last failed population: time and message
-    <base>/.shared-cache/populate/<name>.work/   kept across a takeover (partial download)
+    <base>/.shared-cache-<uid>/<name>          symlink to .cache/objects/<name>/data: the path printed
+    <base>/.shared-cache-<uid>/.cache/         the user's private FsCache (see sharedcache.engine)
+    <cache>/populate/<name>.lock    held exclusively by the process populating <name>
+    <cache>/populate/<name>.json    its status: pid, reserved size, bytes so far
+    <cache>/populate/<name>.error   the last failed population: time and message
+    <cache>/populate/<name>.work/   kept across a takeover (partial download)
+
+With ``--group GID`` the cache is ``<base>/.shared-cache-g<GID>/``, and the user's link points
+there (``../.shared-cache-g<GID>/objects/<name>/data``).
 
 Acquire (``sc --use``, :func:`use`)
 ===================================
@@ -43,7 +46,8 @@ Acquire (``sc --use``, :func:`use`)
    same transaction, then remove the work directory and the status.  On failure write the error
    record, discard the work directory and raise.  Release the population lock.  A process
    killed here releases the lock with its death; a waiter takes over at step 3.
-5. Make sure ``<base>/<name>`` links to the entry, and return the path.
+5. Make sure the user's link ``<name>`` points to the entry, and return its path.  A use whose
+   link cannot be made is released before the error is raised: no failure leaks a lease.
 
 Release (``sc --unuse``) drops one lease of the owner; the engine deletes the entry in the same
 transaction if no live use remains and it is not kept.  The link is then removed under the

@@ -1,10 +1,27 @@
 """Base directories: where repositories live, and the links that make them visible.
 
-A base directory (``/tmp``, ``/var/tmp``, or one the user names) holds the FsCache of its
-repositories, ``<base>/.shared-cache``, and one link per repository, ``<base>/<name>``, to the
-entry's data.  The population files of a repository live in ``.shared-cache/populate`` (see
-:mod:`sharedcache.repository.population`).  This module owns a base's paths, its cache, its
-free space and the space reserved by populations in progress, and the links.
+A base directory (``/tmp``, ``/var/tmp``, or one the user names) is shared by every user of the
+host, and any of them may plant anything in it.  So each user has a directory of their own in
+it, in the way of tmux and ssh-agent, and sc touches nothing else in the base but the group
+caches the user asked for::
+
+    <base>/.shared-cache-<uid>/            this user's directory: 0700, checked on every open
+        <name>                             the repository's path: a link to its entry's data
+        .cache/                            this user's private FsCache (see sharedcache.engine)
+        .cache/populate/                   the population files (sharedcache.repository.population)
+    <base>/.shared-cache-g<gid>/           the FsCache of group <gid>: used only with --group
+        populate/
+
+A user directory or group cache that another user owns (squatted), or that is open to others,
+is refused with a clear line and the base is skipped; so is a base that belongs to another user
+or that others may write without its sticky bit.  The printed path of a repository,
+``<base>/.shared-cache-<uid>/<name>``, is stable for a user and a name, and nobody else can
+redirect it: only this user (and root) can write the directory that holds the link.  The link
+of a group repository points into the group's cache.  A ``<base>/.shared-cache`` made by
+shared-cache 0.2 is never read, changed or removed.
+
+This module owns a base's paths, its cache, its free space and the space reserved by
+populations in progress, and the links.
 """
 
 from __future__ import annotations
@@ -13,6 +30,7 @@ import os
 
 from ..engine import locks
 from ..engine.fscache import FsCache
+from ..engine.layout import check_base, group_directory, user_directory
 from ..errors import ConflictError, MissError, SharedCacheError
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -20,7 +38,8 @@ if TYPE_CHECKING:
     from .records import Record
     from .repositories import Request
 
-CONTROL = ".shared-cache"
+#: The private cache's directory in a user's directory (hidden: no repository is named so).
+PRIVATE_CACHE = ".cache"
 # The caches this process has opened, kept so that a program calling use() in a loop opens each
 # cache and its index once (a new FsCache costs checks, and its connection to the index).
 _open_caches: dict[tuple[str, int | None], FsCache] = {}
@@ -32,24 +51,57 @@ class Base:
     def __init__(self, path: str, group: int | None = None) -> None:
         self.path = path
         self.group = group
-        self.control = os.path.join(path, CONTROL)
-        self.populate_dir = os.path.join(self.control, "populate")
+        #: this user's directory in the base: the links live there
+        self.links = os.path.join(path, f".shared-cache-{os.geteuid()}")
+        if group is None:
+            self.control = os.path.join(self.links, PRIVATE_CACHE)
+            self._target = f"{PRIVATE_CACHE}/objects/"
+        else:
+            self.control = group_directory(path, group)
+            self._target = f"../{os.path.basename(self.control)}/objects/"
         self._cache: FsCache | None = None
+        self._populate: str | None = None
 
     def has_cache(self) -> bool:
         return os.path.exists(os.path.join(self.control, "cache.info"))
 
+    def present(self) -> bool:
+        """Whether this base has a cache to look into.  CacheError if this user's directory (or
+        the group's cache) is there but not safe to use (squatted), so that every command
+        skips it saying why, as the choice of a base does."""
+        if self.has_cache():
+            return True
+        if os.path.lexists(self.links if self.group is None else self.control):
+            check_base(self.path, self.group)
+            if self.group is None:
+                user_directory(self.path)
+            else:
+                self.cache()
+        return False
+
     def cache(self) -> FsCache:
+        """The cache of this base, created if needed; CacheError (one line saying why) if the
+        base, this user's directory or the cache is not safe to use."""
         if self._cache is None:
             key = (self.control, self.group)
             self._cache = _open_caches.get(key)
-            if self._cache is None or not os.path.isdir(self.populate_dir):
+            if self._cache is None or not os.path.isdir(os.path.join(self.control, "populate")):
+                check_base(self.path, self.group)
+                user_directory(self.path)
                 self._cache = _open_caches[key] = FsCache(self.control, group=self.group)
-                try:
-                    os.mkdir(self.populate_dir)
-                except FileExistsError:
-                    pass
         return self._cache
+
+    def use_cache(self, cache: FsCache) -> None:
+        """Work with ``cache`` (opened by the caller, for a repair) as this base's cache."""
+        self._cache, self._populate = cache, None
+
+    @property
+    def populate_dir(self) -> str:
+        """The directory of the population files, named so that what is swapped in the cache
+        (by another member of a group cache) never redirects them."""
+        if self._populate is None:
+            self._populate = self.cache().own_directory("populate")
+        return self._populate
 
     def hold(self, request: Request) -> str:
         """A lease on the repository if it is ready here; MissError if it is not.
@@ -74,10 +126,10 @@ class Base:
             return None
 
     def link(self, name: str) -> str:
-        return os.path.join(self.path, name)
+        return os.path.join(self.links, name)
 
     def link_target(self, name: str) -> str:
-        return f"{CONTROL}/objects/{name}/data"
+        return f"{self._target}{name}/data"
 
     def population_file(self, name: str, suffix: str) -> str:
         return os.path.join(self.populate_dir, name + suffix)
@@ -114,7 +166,7 @@ class Base:
         """Whether some process holds the population lock of ``name`` now."""
         try:
             fd = locks.open_lock_file(self.population_file(name, ".lock"), create=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, SharedCacheError):
             return False
         try:
             return not locks.try_lock(fd, locks.EXCLUSIVE)
@@ -124,7 +176,8 @@ class Base:
     # -- links -----------------------------------------------------------------------------------
 
     def ensure_link(self, name: str) -> str:
-        """Make ``<base>/<name>`` a link to the entry's data; refuse anything else found there."""
+        """Make this user's link ``<name>`` point to the entry's data; refuse anything else found
+        there."""
         link, target = self.link(name), self.link_target(name)
         while True:
             try:
@@ -148,7 +201,7 @@ class Base:
 
     def drop_link_if_unused(self, name: str) -> None:
         """Remove the link of a deleted repository, unless it is being populated again."""
-        fd = locks.open_lock_file(self.population_file(name, ".lock"))
+        fd = locks.open_lock_file(self.population_file(name, ".lock"), mode=self.cache().modes.file)
         try:
             if not locks.try_lock(fd, locks.EXCLUSIVE) or name in self.cache():
                 return

@@ -19,7 +19,8 @@ import time
 
 from .. import errors
 from ..engine import locks
-from ..engine.fsutil import remove_tree, unlink_if_present, write_atomic
+from ..engine.fsutil import read_control, unlink_if_present, write_atomic
+from ..engine.layout import make_directory
 from ..errors import (
     DownloadError,
     LoaderError,
@@ -50,7 +51,7 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
         lease = base.try_hold(request)
         if lease is not None:
             return lease
-        fd = locks.open_lock_file(lock_path)
+        fd = locks.open_lock_file(lock_path, mode=base.cache().modes.file)
         try:
             if not locks.try_lock(fd, locks.EXCLUSIVE):
                 if waited_since is None:
@@ -175,17 +176,17 @@ class Population:
             raise  # our --timeout, not the recipe's failure: the work stays for a takeover
         except SharedCacheError as e:
             e.args = (f"repository {name!r}: {e}",)
-            remove_tree(self.work)
+            cache.discard(self.work)
             record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
             try:
-                write_record(self.error_path, record)
+                write_record(self.error_path, record, cache.modes.file)
             except OSError:
                 pass  # no room even for the record: the waiters try for themselves
             raise
         finally:
             self._bar.close()
             unlink_if_present(self.status_path)
-        remove_tree(self.work)
+        cache.discard(self.work)
         unlink_if_present(self.error_path)
         lease = cache.lease_of(name, owner)
         assert lease is not None, "the commit gives the owner a lease"
@@ -198,7 +199,7 @@ class Population:
         """One try: the status record, the work directory, the store; whichever of their writes
         meets a full file system first raises :class:`NoSpaceError`."""
         try:
-            write_record(self.status_path, self.status)
+            write_record(self.status_path, self.status, self.base.cache().modes.file)
             self._prepare_work()
             self._store()
         except OSError as e:
@@ -232,18 +233,18 @@ class Population:
         if time.monotonic() - self._last_write >= 0.5:
             self._last_write = time.monotonic()
             self.status.update(done=done, total=total)
-            write_record(self.status_path, self.status)
+            write_record(self.status_path, self.status, self.base.cache().modes.file)
 
     def _prepare_work(self) -> None:
         """Keep a dead populator's work directory for the same recipe; clear any other."""
         work, identity = self.work, self.request.identity
         marker = os.path.join(work, ".identity")
         try:
-            with open(marker, encoding="utf-8") as f:
-                if f.read() == identity:
-                    return
+            if read_control(marker, 1 << 16) == identity.encode():
+                return
         except OSError:
             pass
-        remove_tree(work)
-        os.mkdir(work)
-        write_atomic(marker, identity.encode())
+        cache = self.base.cache()
+        cache.discard(work)
+        make_directory(work, cache.modes.directory)
+        write_atomic(marker, identity.encode(), mode=cache.modes.file)

@@ -10,7 +10,7 @@ failed, so that one failure is not repeated by every waiter; it counts for
 
 from __future__ import annotations
 
-from ..engine.fsutil import write_atomic
+from ..engine.fsutil import read_control, write_atomic
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 ERROR_RECORD_TTL = 600.0
 
 
-def write_record(path: str, record: Record) -> None:
-    """Write a status or error record atomically."""
+def write_record(path: str, record: Record, mode: int) -> None:
+    """Write a status or error record atomically, with ``mode`` (the cache's file mode)."""
     import json  # records are written on a miss only
 
-    write_atomic(path, json.dumps(record).encode())
+    write_atomic(path, json.dumps(record).encode(), mode=mode)
 
 
 def read_status(path: str) -> Record | None:
@@ -35,8 +35,7 @@ def read_status(path: str) -> Record | None:
     import json
 
     try:
-        with open(path, "rb") as f:
-            value = json.loads(f.read())
+        value = json.loads(read_control(path, 1 << 16) or b"")
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None

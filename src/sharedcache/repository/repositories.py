@@ -14,15 +14,15 @@ import time
 from ..config.settings import FetchPolicy, base_directories
 from ..engine import locks
 from ..engine.fscache import FsCache
-from ..engine.fsutil import remove_tree, unlink_if_present
-from ..engine.layout import check_name
+from ..engine.fsutil import unlink_if_present
+from ..engine.layout import check_base, check_name, user_directory
 from ..engine.leases import Owner
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
 from ..lean import scoped
 from ..loaders.words import default_name, legacy_default_name, normalize_words, recipe_identity
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
-from .bases import Base
+from .bases import PRIVATE_CACHE, Base
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -80,10 +80,12 @@ class Repositories:
         """``directories``: the candidate base directories (see
         :func:`~sharedcache.config.settings.base_directories`; None: the defaults).
         ``group``: create new caches in the bases as group caches of that gid."""
+        self.group = group
         self.bases = [Base(p, group) for p in base_directories(directories)]
         self.reporter = reporter or Reporter(verbosity=-1)
         #: base directories found unusable (path -> why), skipped from then on
         self.unusable: dict[str, str] = {}
+        self._reported: set[str] = set()
 
     # -- acquire ---------------------------------------------------------------------------------
 
@@ -119,18 +121,66 @@ class Repositories:
         budget = None if max_size is None else parse_size(max_size, "--max-size")
         base = self._existing(request)
         if isinstance(base, Held):
+            self._report_skips()
             if budget is not None:
-                self._set_budget(base.cache, budget)  # after the hold: evictions spare ours
+                try:
+                    self._set_budget(base.cache, budget)  # after the hold: evictions spare ours
+                except BaseException:
+                    self.release_held(base)  # a failed use leaks no lease
+                    raise
             return base
         if base is None:
             base = self._choose(request)
+        self._report_skips()
         cache = base.cache()
         if budget is not None:
             self._set_budget(cache, budget)
         from .population import hold_or_populate  # a miss, or a wait for one
 
         lease = hold_or_populate(base, request, self.reporter)
-        return Held(request.name, base.path, base.ensure_link(request.name), cache, lease)
+        return self._held(base, request.name, lease)
+
+    def _held(self, base: Base, name: str, lease: str) -> Held:
+        """The use just taken with ``lease``, once its link is in place; a use whose link
+        cannot be made is released, not leaked."""
+        try:
+            link = base.ensure_link(name)
+        except BaseException:
+            self.release_held(Held(name, base.path, "", base.cache(), lease))
+            raise
+        return Held(name, base.path, link, base.cache(), lease)
+
+    def _skip(self, base: Base, error: CacheError) -> None:
+        """Skip ``base`` from now on; why is said once, by :meth:`_report_skips` if the
+        command goes on, or in its error if it fails."""
+        self.unusable.setdefault(base.path, str(error))
+
+    def _report_skips(self) -> None:
+        for path, problem in self.unusable.items():
+            if path not in self._reported:
+                self._reported.add(path)
+                self.reporter.warning(f"skipping {path}: {problem}")
+
+    def _searched(self) -> str:
+        """The candidates searched, each skipped one with why."""
+        return ", ".join(
+            f"{b.path} ({self.unusable[b.path]})" if b.path in self.unusable else b.path for b in self.bases
+        )
+
+    def _caches(self) -> Iterator[tuple[Base, FsCache]]:
+        """Each candidate base that has a cache this user may use, with its cache; the others
+        are skipped with one line saying why."""
+        for base in self.bases:
+            if base.path in self.unusable:
+                continue
+            try:
+                if not base.present():
+                    continue
+                cache = base.cache()
+            except CacheError as e:
+                self._skip(base, e)
+                continue
+            yield base, cache
 
     @staticmethod
     def _set_budget(cache: FsCache, budget: int) -> None:
@@ -148,13 +198,13 @@ class Repositories:
             try:
                 lease = base.hold(request)
             except CacheError as e:
-                self.unusable[base.path] = str(e)
+                self._skip(base, e)
                 continue
             except MissError:
                 if populating is None and base.populating(name):
                     populating = base
                 continue
-            return Held(name, base.path, base.ensure_link(name), base.cache(), lease)
+            return self._held(base, name, lease)
         return populating
 
     def _choose(self, request: Request) -> Base:
@@ -181,6 +231,7 @@ class Repositories:
                 base.cache()
             except CacheError as e:
                 seen.append(f"{base.path} ({e})")
+                self._skip(base, e)
                 continue
             return base
         seen += [f"{b.path} (missing)" for b in self.bases if not os.path.isdir(b.path)]
@@ -195,8 +246,9 @@ class Repositories:
 
     def find(self, name: str) -> Base | None:
         """The base holding a ready repository ``name``."""
-        for base in self.bases:
-            if base.has_cache() and name in base.cache():
+        for base, cache in self._caches():
+            if name in cache:
+                self._report_skips()
                 return base
         return None
 
@@ -207,9 +259,7 @@ class Repositories:
         the repository."""
         name, base = self._find_named(words, name)
         if base is None:
-            raise SharedCacheError(
-                f"no repository {name!r} in {', '.join(str(b.path) for b in self.bases)}"
-            )
+            raise SharedCacheError(f"no repository {name!r} in {self._searched()}")
         cache = base.cache()
         lease = next(filter(None, (cache.lease_of(name, owner) for owner in owners)), None)
         try:
@@ -229,10 +279,11 @@ class Repositories:
         except MissError:
             return  # deleted already (gc found its owner dead)
         if deleted:
-            Base(held.base).drop_link_if_unused(held.name)
+            Base(held.base, self.group).drop_link_if_unused(held.name)
 
     def locate(self, words: Sequence[str], *, name: str | None = None) -> str | None:
         name, base = self._find_named(words, name)
+        self._report_skips()
         return None if base is None else base.link(name)
 
     def _find_named(self, words: Sequence[str], name: str | None) -> tuple[str, Base | None]:
@@ -253,10 +304,8 @@ class Repositories:
     def listing(self) -> list[Record]:
         """Every repository in the candidate bases: ready ones and populations in progress."""
         rows = []
-        for base in self.bases:
-            if not base.has_cache():
-                continue
-            for entry in base.cache().entries():
+        for base, cache in self._caches():
+            for entry in cache.entries():
                 rows.append({
                     "name": entry.name, "path": str(base.link(entry.name)), "state": "ready",
                     "size": entry.size, "users": list(entry.users), "keep": entry.keep,
@@ -268,19 +317,29 @@ class Repositories:
                     "size": status.get("done", 0), "users": [status.get("pid")], "keep": None,
                     "last_used": status.get("started"), "base": str(base.path),
                 })
+        self._report_skips()
         return rows
 
     def collect(self) -> dict[str, Record]:
         """gc every base: the engine's gc, then the population leftovers and stale links."""
         reports = {}
         for base in self.bases:
-            if not base.has_cache():
+            try:
+                if not os.path.isdir(base.control) and not base.present():
+                    continue
+                check_base(base.path, base.group)
+                user_directory(base.path)
+                cache = FsCache(base.control, group=base.group, repair=True)
+            except CacheError as e:
+                self._skip(base, e)
                 continue
-            report = vars(FsCache(base.control, group=base.group, repair=True).gc())
-            report["populations_cleaned"] = self._clean_populations(base)
+            report = vars(cache.gc())
+            base.use_cache(cache)
+            report["populations_cleaned"] = self._clean_populations(base, cache)
             report["stuck_populations"] = self._stuck_populations(base)
             report["links_removed"] = self._clean_links(base)
             reports[str(base.path)] = report
+        self._report_skips()
         return reports
 
     @staticmethod
@@ -291,8 +350,7 @@ class Repositories:
         found = ((name, stuck(base.population_file(name, ".json"), status)) for name, status in base.populations())
         return "; ".join(f"{name!r} ({why})" for name, why in found if why)
 
-    @staticmethod
-    def _clean_populations(base: Base) -> int:
+    def _clean_populations(self, base: Base, cache: FsCache) -> int:
         from .records import ERROR_RECORD_TTL, read_status
 
         cleaned = 0
@@ -309,7 +367,11 @@ class Repositories:
                 names.add(stem)
         for name in names:
             lock_path = base.population_file(name, ".lock")
-            fd = locks.open_lock_file(lock_path)
+            try:
+                fd = locks.open_lock_file(lock_path, mode=cache.modes.file)
+            except (CacheError, OSError) as e:  # planted there, or a name no lock can have
+                self.reporter.warning(f"gc: skipping {lock_path!r}: {e}")
+                continue
             try:
                 if not locks.try_lock(fd, locks.EXCLUSIVE):
                     continue
@@ -325,7 +387,7 @@ class Repositories:
                     leftovers.append(error)
                 work = base.population_file(name, ".work")
                 found = os.path.lexists(work) or any(os.path.lexists(path) for path in leftovers)
-                remove_tree(work)
+                cache.discard(work)
                 for path in leftovers:
                     unlink_if_present(path)
                 if expired:  # a kept error record keeps its lock: waiters may still read it
@@ -335,14 +397,18 @@ class Repositories:
                 os.close(fd)
         return cleaned
 
-    @staticmethod
-    def _clean_links(base: Base) -> int:
+    def _clean_links(self, base: Base) -> int:
         """Remove the links of deleted repositories (run after the engine's gc, which has given
-        every committed entry its row)."""
+        every committed entry its row).  Only this user's directory is looked at."""
         removed = 0
         present = base.cache().names()
-        for link in os.scandir(base.path):
-            if link.name in present:
+        for link in os.scandir(base.links):
+            if link.name in present or link.name == PRIVATE_CACHE:
+                continue
+            try:
+                check_name(link.name)
+            except UsageError:
+                self.reporter.warning(f"gc: skipping {link.path!r}: not a repository's name")
                 continue
             try:
                 ours = link.is_symlink() and os.readlink(link.path) == base.link_target(link.name)

@@ -1,0 +1,435 @@
+"""Hostile neighbours: other users of the host, played for real by users and a group that this
+module creates (``schost*``), in base directories like ``/tmp`` that everyone can write.
+
+Each test asserts what the victim sees: her files outside the cache keep their names, contents
+and modes; what she reads is the checksummed content, or her command fails with one clear line;
+and every command returns within its bound.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scutil import Sleeper, check_tree, interpreter_for, make_tarball, sample_files
+
+FILES = sample_files(n=4, size=5_000)
+NAMES = ("schost1", "schost2", "schost3", "schost4")
+GROUP_NAME = "schostg"
+# The bound on any command here: nothing in these tests may make one wait for a lock or a FIFO.
+BOUND = 30.0
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating and switching users needs root")
+
+
+class Users:
+    """The test's users: ``victim`` (schost1), ``member`` (schost2, in the group with the victim),
+    ``other`` (schost3, also in the group), ``outsider`` (schost4, in no group); ``gid`` is the
+    group's."""
+
+    def __init__(self) -> None:
+        self.victim, self.member, self.other, self.outsider = (pwd.getpwnam(n).pw_uid for n in NAMES)
+        import grp
+
+        self.gid = grp.getgrnam(GROUP_NAME).gr_gid
+
+
+def _delete_users() -> None:
+    for name in NAMES:
+        subprocess.run(["userdel", name], capture_output=True, timeout=30, check=False)
+    subprocess.run(["groupdel", GROUP_NAME], capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[Users]:
+    if shutil.which("useradd") is None or shutil.which("groupadd") is None:
+        pytest.skip("useradd/groupadd are not installed: cannot create the test users")
+    _delete_users()  # what an interrupted run left
+    try:
+        subprocess.run(["groupadd", GROUP_NAME], check=True, capture_output=True, timeout=30)
+        for name in NAMES:
+            groups = [] if name == "schost4" else ["-G", GROUP_NAME]
+            subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", *groups, name], check=True,
+                           capture_output=True, timeout=30)
+        yield Users()
+    finally:
+        _delete_users()
+
+
+@pytest.fixture(scope="module")
+def python(users: Users) -> tuple[str, dict[str, str]]:
+    return interpreter_for(users.victim, users.gid)
+
+
+@pytest.fixture
+def shared(reachable_tmp: Path) -> Path:
+    """A directory that every test user can enter, holding this test's bases."""
+    return reachable_tmp
+
+
+def tmp_like(path: Path) -> Path:
+    path.mkdir()
+    path.chmod(0o1777)
+    return path
+
+
+@pytest.fixture
+def recipe(shared: Path) -> list[str]:
+    tarball = shared / "data.tar.gz"
+    md5 = make_tarball(tarball, FILES)
+    tarball.chmod(0o644)
+    return [f"file:{tarball}", f"md5:{md5}", "tar"]
+
+
+@pytest.fixture
+def home(shared: Path, users: Users) -> Path:
+    """The victim's private files, outside every cache: what no neighbour may touch through her."""
+    path = shared / "victim-home"
+    (path / ".ssh").mkdir(parents=True)
+    (path / ".ssh" / "id_ed25519").write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (path / ".ssh" / "id_ed25519").chmod(0o600)
+    (path / "notes.txt").write_text("mine\n")
+    (path / ".ssh").chmod(0o700)
+    for item in [path, *path.rglob("*")]:
+        os.chown(item, users.victim, users.victim)
+    path.chmod(0o755)  # enterable, as homes often are: a link into it must lead somewhere
+    return path
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, int, bytes | None]]:
+    """Names, owners, modes and contents of everything below ``path``."""
+    found = {}
+    for item in [path, *path.rglob("*")]:
+        st = item.lstat()
+        data = item.read_bytes() if stat.S_ISREG(st.st_mode) else None
+        found[str(item.relative_to(path))] = (st.st_uid, stat.S_IMODE(st.st_mode), data)
+    return found
+
+
+def run_as(python: tuple[str, dict[str, str]], uid: int, *args: str, gid: int | None = None,
+           groups: tuple[int, ...] = (), umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    """``sc ARGS`` as user ``uid``; it must return within BOUND."""
+    interpreter, env = python
+    return subprocess.run([interpreter, "-m", "sharedcache", *args], capture_output=True, text=True,
+                          timeout=BOUND, env=env, user=uid, group=uid if gid is None else gid,
+                          extra_groups=list(groups), umask=umask, cwd="/")
+
+
+def code_as(python: tuple[str, dict[str, str]], uid: int, code: str, *args: str,
+            groups: tuple[int, ...] = ()) -> subprocess.Popen[str]:
+    """Start Python ``code`` as user ``uid`` (the other user acting)."""
+    interpreter, env = python
+    return subprocess.Popen([interpreter, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, user=uid, group=uid,
+                            extra_groups=list(groups), cwd="/")
+
+
+def done(proc: subprocess.Popen[str], timeout: float = BOUND) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out
+
+
+def clean_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """stderr's lines: each one 'sc: ...', never a traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and all(line.startswith("sc: ") for line in lines), result.stderr
+    return lines
+
+
+def user_dir(base: Path, uid: int) -> Path:
+    return base / f".shared-cache-{uid}"
+
+
+# -- every user of the host can use the shared bases --------------------------------------------
+
+
+def test_three_users_share_tmp_like_bases_and_a_squatted_directory_means_the_next_one(
+    shared, users, python, recipe
+):
+    tmp, var_tmp = tmp_like(shared / "tmp"), tmp_like(shared / "var-tmp")
+    bases = ["-d", f"{tmp}:{var_tmp}"]
+    # The member squats the third user's directory in the first base, before that user comes.
+    done(code_as(python, users.member, "import os, sys; os.mkdir(sys.argv[1], 0o777)",
+                 str(user_dir(tmp, users.other))))
+    # A cache of shared-cache 0.2 in the base is nobody's business but its owner's.
+    old = tmp / ".shared-cache"
+    old.mkdir(mode=0o700)
+    (old / "cache.info").write_text("shared-cache fscache 2\n")
+    os.chown(old, users.victim, users.victim)
+    before = snapshot(old)
+    with Sleeper() as job:
+        paths = {}
+        for uid in (users.victim, users.member, users.other):
+            result = run_as(python, uid, "--use", "-n", "repo", "--pid", str(job.pid), *bases, *recipe)
+            assert result.returncode == 0, result.stderr
+            paths[uid] = Path(result.stdout.strip())
+            lines = clean_lines(result)
+            if uid == users.other:
+                assert len(lines) == 1 and str(tmp) in lines[0] and f"belongs to uid {users.member}" in lines[0]
+            else:
+                assert lines == []
+        assert paths[users.victim] == user_dir(tmp, users.victim) / "repo"
+        assert paths[users.member] == user_dir(tmp, users.member) / "repo"
+        assert paths[users.other] == user_dir(var_tmp, users.other) / "repo", "fell back to the next base"
+        for uid, path in paths.items():
+            assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and path.parent.stat().st_uid == uid
+            check_tree(path, FILES)
+        # Every command of the squatted user skips that base the same way, with one line.
+        common = ["-n", "repo", "--pid", str(job.pid), *bases, *recipe]
+        for command in (["--location", *common], ["list", *bases], ["gc", *bases], ["--unuse", *common]):
+            result = run_as(python, users.other, *command)
+            assert result.returncode == 0, (command, result.stderr)
+            lines = clean_lines(result)
+            assert len(lines) == 1 and f"belongs to uid {users.member}" in lines[0], (command, lines)
+    assert os.listdir(user_dir(tmp, users.other)) == [], "nothing was written into the squatted directory"
+    assert snapshot(old) == before, "the old cache was left alone"
+
+
+def test_a_base_that_another_user_owns_is_refused(shared, users, python, recipe):
+    base = shared / "sc"
+    base.mkdir()
+    os.chown(base, users.member, users.member)  # made first by another user: /tmp/sc
+    result = run_as(python, users.victim, "--use", "-n", "repo", "-d", str(base), *recipe)
+    assert result.returncode == 1 and f"belongs to uid {users.member}" in clean_lines(result)[0]
+    assert os.listdir(base) == []
+
+
+# -- private whatever the umask -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_a_private_cache_is_private_whatever_the_umask_and_nobody_else_can_lock_it(
+    shared, users, python, recipe, umask
+):
+    base = tmp_like(shared / "tmp")
+    with Sleeper() as job:
+        args = ["-n", "repo", "-d", str(base), "--pid", str(job.pid), *recipe]
+        result = run_as(python, users.victim, "--use", *args, umask=umask)
+        assert result.returncode == 0, result.stderr
+        mine = user_dir(base, users.victim)
+        assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+        for item in mine.rglob("*"):
+            st = item.lstat()
+            assert st.st_uid == users.victim, item
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if "data" in item.relative_to(mine).parts:
+                assert mode in (0o444, 0o555), (item, oct(mode))  # sealed; behind a 0700 directory
+            else:
+                assert mode & 0o077 == 0, (item, oct(mode))
+        # Another user can neither reach nor lock anything in it.
+        locks = [str(p) for p in mine.rglob("*lock")]
+        assert locks
+        probe = ("import os, sys\n"
+                 "for path in sys.argv[1:]:\n"
+                 "    try:\n"
+                 "        os.open(path, os.O_RDONLY | os.O_NONBLOCK)\n"
+                 "    except PermissionError:\n"
+                 "        continue\n"
+                 "    sys.exit(f'opened {path}')\n")
+        done(code_as(python, users.member, probe, *locks))
+        # The umask of the command sc runs is the caller's: sc never changes it.
+        ran = run_as(python, users.victim, "run", *args[:-3], *recipe, "--", "sh", "-c", "umask", umask=umask)
+        assert ran.returncode == 0, ran.stderr
+        assert int(ran.stdout.strip(), 8) == umask
+
+
+def test_the_umask_is_unchanged_in_a_group_cache(shared, users, python, recipe):
+    base = tmp_like(shared / "tmp")
+    ran = run_as(python, users.victim, "run", "--group", str(users.gid), "-n", "repo", "-d", str(base),
+                 *recipe, "--", "sh", "-c", "umask", groups=(users.gid,), umask=0o077)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "0077"
+
+
+# -- sharing only by consent --------------------------------------------------------------------
+
+
+def test_a_setgid_directory_planted_by_a_member_is_never_joined_without_consent(shared, users, python, recipe):
+    base, second = tmp_like(shared / "tmp"), tmp_like(shared / "var-tmp")
+    plant = ("import os, sys\n"
+             "for path in sys.argv[2:]:\n"
+             "    os.mkdir(path)\n"
+             "    os.chown(path, -1, int(sys.argv[1]))\n"
+             "    os.chmod(path, 0o2777)\n")
+    done(code_as(python, users.member, plant, str(users.gid), str(base / ".shared-cache"),
+                 str(base / f".shared-cache-g{users.gid}"), str(user_dir(base, users.victim)),
+                 groups=(users.gid,)))
+    with Sleeper() as job:
+        result = run_as(python, users.victim, "--use", "-n", "repo", "-d", f"{base}:{second}",
+                        "--pid", str(job.pid), *recipe, groups=(users.gid,))
+        assert result.returncode == 0, result.stderr
+        assert Path(result.stdout.strip()) == user_dir(second, users.victim) / "repo"
+        assert "belongs to uid" in clean_lines(result)[0]
+    for planted in (base / ".shared-cache", base / f".shared-cache-g{users.gid}", user_dir(base, users.victim)):
+        assert os.listdir(planted) == [], f"nothing was written into {planted}"
+
+
+def test_committed_data_in_a_group_cache_cannot_be_changed_by_another_member(shared, users, python, recipe):
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    with Sleeper() as job:
+        result = run_as(python, users.victim, "--use", *group, "-n", "repo", "-d", str(base),
+                        "--pid", str(job.pid), *recipe, groups=(users.gid,))
+        assert result.returncode == 0, result.stderr
+        data = Path(os.path.realpath(result.stdout.strip()))
+        entry = data.parent
+        change = ("import os, sys\n"
+                  "data, entry = sys.argv[1], sys.argv[2]\n"
+                  "attempts = [lambda: os.unlink(os.path.join(data, 'data', 'part-000.bin')),\n"
+                  "            lambda: open(os.path.join(data, 'data', 'new'), 'wb'),\n"
+                  "            lambda: open(os.path.join(data, 'data', 'part-001.bin'), 'r+b'),\n"
+                  "            lambda: os.rename(data, data + '.old'),\n"
+                  "            lambda: os.unlink(os.path.join(entry, 'entry.json')),\n"
+                  "            lambda: os.chmod(data, 0o777)]\n"
+                  "for attempt in attempts:\n"
+                  "    try:\n"
+                  "        attempt()\n"
+                  "    except PermissionError:\n"
+                  "        continue\n"
+                  "    sys.exit(f'a member changed the committed repository: {attempt}')\n")
+        done(code_as(python, users.member, change, str(data), str(entry), groups=(users.gid,)))
+        check_tree(data, FILES)
+        # But any member can delete it once it is unused: here the last release is the member's.
+        member = run_as(python, users.member, "--use", *group, "-n", "repo", "-d", str(base),
+                        "--pid", str(job.pid), *recipe, groups=(users.gid,))
+        assert member.returncode == 0, member.stderr
+        assert run_as(python, users.victim, "--unuse", *group, "-n", "repo", "-d", str(base), "--pid",
+                      str(job.pid), *recipe, groups=(users.gid,)).returncode == 0
+        last = run_as(python, users.member, "--unuse", *group, "-n", "repo", "-d", str(base), "--pid",
+                      str(job.pid), *recipe, groups=(users.gid,))
+        assert last.returncode == 0, last.stderr
+        assert not entry.exists()
+
+
+# -- planted and swapped objects ----------------------------------------------------------------
+
+PLANT = """\
+import os, sys
+root, path, kind, target = sys.argv[1:5]
+full = os.path.join(root, path)
+try:
+    os.rename(full, os.path.join(root, ".gone-" + path.replace("/", "-")))
+except FileNotFoundError:
+    pass
+if kind == "symlink":
+    os.symlink(target, full)
+elif kind == "fifo":
+    os.mkfifo(full, 0o666)
+elif kind == "file":
+    with open(full, "w") as f:
+        f.write("planted")
+else:
+    os.mkdir(full, 0o777)
+"""
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "file", "directory"])
+@pytest.mark.parametrize(
+    "path", ["trash", "stage", "objects", "populate", "stage.lock", "cache.info", "budget", "index.sqlite",
+             "populate/repo.lock"]
+)
+def test_a_member_planting_in_a_group_cache_never_makes_another_act_outside_or_hang(
+    shared, users, python, recipe, home, path, kind
+):
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    before = snapshot(home)
+    with Sleeper() as job:
+        rest = ["-d", str(base), "--pid", str(job.pid), *recipe]
+        args = [*group, "-n", "repo", *rest]
+        first = run_as(python, users.victim, "--use", "--keep", *args, groups=(users.gid,))
+        assert first.returncode == 0, first.stderr
+        assert run_as(python, users.victim, "--unuse", *args, groups=(users.gid,)).returncode == 0
+        root = base / f".shared-cache-g{users.gid}"
+        done(code_as(python, users.member, PLANT, str(root), path, kind, str(home), groups=(users.gid,)))
+        # The victim's commands: each returns within its bound, clearly.
+        other = [*group, "-n", "other", *rest]  # not kept: its release deletes it, through the trash
+        for command in (["--use", *args], ["--unuse", *args], ["--use", *other], ["--unuse", *other],
+                        ["gc", *group, "-d", str(base)], ["--use", *other], ["--unuse", *other]):
+            result = run_as(python, users.victim, *command, groups=(users.gid,))
+            clean_lines(result)
+            assert result.returncode in (0, 1), (command, result.stderr)
+            if result.returncode == 0 and command[0] == "--use":
+                check_tree(Path(result.stdout.strip()), FILES)
+    assert snapshot(home) == before
+
+
+def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_outside(
+    shared, users, python, recipe, home
+):
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    root = base / f".shared-cache-g{users.gid}"
+    before = snapshot(home)
+    with Sleeper() as job:
+        args = [*group, "-d", str(base), "--pid", str(job.pid), *recipe]
+        assert run_as(python, users.victim, "--use", "-n", "warm", *args, groups=(users.gid,)).returncode == 0
+        swapper = ("import os, sys, time\n"
+                   "root, target, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])\n"
+                   "end = time.monotonic() + seconds\n"
+                   "while time.monotonic() < end:\n"
+                   "    for sub in ('stage', 'trash'):\n"
+                   "        real, aside = os.path.join(root, sub), os.path.join(root, sub + '.real')\n"
+                   "        try:\n"
+                   "            os.rename(real, aside)\n"
+                   "            os.symlink(target, real)\n"
+                   "            time.sleep(0.001)\n"
+                   "            os.unlink(real)\n"
+                   "            os.rename(aside, real)\n"
+                   "        except OSError:\n"
+                   "            pass\n")
+        attacker = code_as(python, users.member, swapper, str(root), str(home), "3", groups=(users.gid,))
+        try:
+            end = time.monotonic() + 3
+            rounds = 0
+            while time.monotonic() < end:
+                rounds += 1
+                used = run_as(python, users.victim, "--use", "-n", f"r{rounds}", *args, groups=(users.gid,))
+                clean_lines(used)
+                if used.returncode == 0:
+                    check_tree(Path(used.stdout.strip()), FILES)
+                released = run_as(python, users.victim, "--unuse", "-n", f"r{rounds}", *args, groups=(users.gid,))
+                clean_lines(released)
+        finally:
+            done(attacker)
+    assert snapshot(home) == before
+
+
+def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_its_timeout(
+    shared, users, python, recipe
+):
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    root = base / f".shared-cache-g{users.gid}"
+    with Sleeper() as job:  # the group cache, made by a first use
+        first = run_as(python, users.victim, "--use", *group, "-n", "warm", "-d", str(base),
+                       "--pid", str(job.pid), *recipe, groups=(users.gid,))
+        assert first.returncode == 0, first.stderr
+    hold = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o664)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n")
+    holder = code_as(python, users.member, hold, str(root / "populate" / "repo.lock"), groups=(users.gid,))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        result = run_as(python, users.victim, "--use", *group, "-n", "repo", "-d", str(base),
+                        "--timeout", "2", *recipe, groups=(users.gid,))
+        elapsed = time.monotonic() - start
+        assert result.returncode == 1 and "timed out after 2 s" in clean_lines(result)[-1]
+        assert elapsed < 2 + 10
+    finally:
+        holder.kill()
+        holder.communicate(timeout=BOUND)
