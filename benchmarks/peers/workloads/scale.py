@@ -43,11 +43,18 @@ for i in range(first, count, step):
 """
 
 
+def user_directory(base: Path) -> Path:
+    """This user's directory in the base directory ``base`` (see sharedcache.repository.bases)."""
+    return base / f".shared-cache-{os.geteuid()}"
+
+
 def make_repositories(base: Path, count: int, env: dict[str, str]) -> tuple[float, str]:
-    """``count`` kept repositories with their links in ``base``, made by one process per core:
-    (seconds, "" or why it failed)."""
+    """``count`` kept repositories with their links in this user's directory of ``base``, made by
+    one process per core: (seconds, "" or why it failed)."""
     start = time.perf_counter()
-    root = base / ".shared-cache"
+    links = user_directory(base)
+    links.mkdir(mode=0o700)
+    root = links / ".cache"
     workers = os.cpu_count() or 1
     runs = harness.run_all([[sys.executable, "-c", STORE, str(root), str(i), str(workers), str(count)]
                             for i in range(workers)], timeout=120 + count / 50, env=env)
@@ -56,7 +63,7 @@ def make_repositories(base: Path, count: int, env: dict[str, str]) -> tuple[floa
         return time.perf_counter() - start, failed[0]
     (root / "populate").mkdir(exist_ok=True)
     for i in range(count):
-        os.symlink(f".shared-cache/objects/repo-{i:06d}/data", base / f"repo-{i:06d}")
+        os.symlink(f".cache/objects/repo-{i:06d}/data", links / f"repo-{i:06d}")
     return time.perf_counter() - start, ""
 
 
@@ -73,7 +80,7 @@ def w7_scale(b: Bench) -> Workload:
     if problem:
         w.check("W7", f"{count:,} repositories", None)
         return w
-    root = base / ".shared-cache"
+    root = user_directory(base) / ".cache"
     commands = {"sc list": [str(SC), "list", "-d", str(base)],
                 "sc gc": [str(SC), "gc", "-d", str(base)]}
     times: dict[str, list[float]] = {name: [] for name in [*commands, "evict 1%"]}

@@ -181,6 +181,16 @@ class Entry(Record):
         self.keep, self.meta, self.in_use, self.users = keep, meta, in_use, users
 
 
+class Staging:
+    """A staging directory being filled: its name in ``stage/``, the path to fill it by, and a
+    descriptor of it (opened without following a symlink)."""
+
+    __slots__ = ("fd", "id", "path")
+
+    def __init__(self, stage_id: str, path: str, fd: int) -> None:
+        self.id, self.path, self.fd = stage_id, path, fd
+
+
 class GcReport(Record):
     """What :meth:`FsCache.gc` cleaned and repaired."""
 
@@ -319,35 +329,46 @@ class FsCache:
     # -- staging ---------------------------------------------------------------------------------
 
     @scoped
-    def _staging(self) -> Iterator[tuple[str, int]]:
+    def _staging(self) -> Iterator[Staging]:
         """A fresh staging directory, locked by this process, removed on exit unless committed."""
         guard = self._stage_guard()
         try:
             locks.lock(guard, locks.SHARED, timeout=self.timeout, what=f"{self.root}/stage.lock")
             stage_id = unique_name()
-            stage = os.path.join(self._stage, stage_id)
             stages = self._open_own(STAGE)
             try:
                 # Private to this process's user until the commit, whatever the cache: nobody
                 # else can change or swap anything in it while it is filled and sealed.
                 make_directory(stage_id, 0o700, dir_fd=stages)
                 fd = locks.open_lock_file(f"{stage_id}/lock", mode=self.modes.file, dir_fd=stages)
+                directory = open_directory(stage_id, dir_fd=stages)
             finally:
                 os.close(stages)
             locks.lock(fd, locks.EXCLUSIVE)  # nobody else knows the file yet: immediate
         finally:
             os.close(guard)
+        # In a group cache another member could swap the directories on the way to it: it is
+        # then named through its descriptor, so that no write meant for it lands elsewhere.
+        path = f"/proc/self/fd/{directory}" if self.shared else os.path.join(self._stage, stage_id)
         try:
-            yield stage, fd
+            yield Staging(stage_id, path, directory)
         finally:
-            remove_tree(stage)  # a no-op once the commit renamed it away
+            try:
+                stages = self._open_own(STAGE)
+                try:
+                    remove_tree(stage_id, dir_fd=stages)  # a no-op once the commit renamed it away
+                finally:
+                    os.close(stages)
+            except CacheError:
+                pass  # stage/ was swapped meanwhile: what is left is gc's
+            os.close(directory)
             os.close(fd)
 
     @scoped
     def stage(self) -> Iterator[Path]:
         """A volatile scratch directory on the cache's file system, removed on exit."""
-        with self._staging() as (stage, _):
-            data = os.path.join(stage, "data")
+        with self._staging() as staging:
+            data = os.path.join(staging.path, "data")
             os.mkdir(data)
             yield _path(data)
 
@@ -380,11 +401,11 @@ class FsCache:
         """
         check_name(name)
         try:
-            with self._staging() as (stage, _):
-                data = os.path.join(stage, "data")
+            with self._staging() as staging:
+                data = os.path.join(staging.path, "data")
                 os.mkdir(data)
                 yield _path(data)
-                self._commit(stage, name, meta=meta, keep=keep, holder=holder, strict=strict_budget)
+                self._commit(staging, name, meta=meta, keep=keep, holder=holder, strict=strict_budget)
         finally:
             # Only now: until the staging context is left, the new entry's lock is held, and
             # readers of it would wait for the deletion of whatever the commit evicted.
@@ -393,7 +414,7 @@ class FsCache:
 
     def _commit(
         self,
-        stage: str,
+        staging: Staging,
         name: str,
         *,
         meta: str | None,
@@ -401,15 +422,10 @@ class FsCache:
         holder: Owner | None,
         strict: bool,
     ) -> bool:
-        stage_fd = open_directory(stage)
-        try:
-            if os.fstat(stage_fd).st_uid != os.geteuid():
-                raise CacheError(f"the staging directory {stage} was replaced; nothing committed")
-            size = disk_usage("data", seal=0o555, dir_fd=stage_fd)
-            if self.modes.entry != 0o700:
-                os.fchmod(stage_fd, self.modes.entry)
-        finally:
-            os.close(stage_fd)
+        stage = staging.path
+        size = disk_usage("data", seal=0o555, dir_fd=staging.fd)
+        if self.modes.entry != 0o700:
+            os.fchmod(staging.fd, self.modes.entry)
         now = time.time()
         if meta is not None:
             write_atomic(os.path.join(stage, "meta"), meta.encode(), mode=self.modes.file, durable=False)
@@ -436,7 +452,7 @@ class FsCache:
             fits = self._make_room(db, name, size, strict=strict) or not strict
             if fits:
                 db.add(name, size, now, now, keep, meta)
-                self._rename_into_objects(stage, name)
+                self._rename_into_objects(staging.id, name)
         if not fits:
             raise NoSpaceError(
                 f"cache {self.root} cannot fit {name!r} ({format_size(size)}) in its budget "
@@ -461,9 +477,8 @@ class FsCache:
         excess = db.total() + size - budget
         return excess <= 0 or self._evict(db, excess) >= excess
 
-    def _rename_into_objects(self, stage: str, name: str) -> None:
+    def _rename_into_objects(self, stage_id: str, name: str) -> None:
         stages, objects = self._open_own(STAGE), self._open_own(OBJECTS)
-        stage_id = os.path.basename(stage)
         try:
             try:
                 os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
