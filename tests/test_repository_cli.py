@@ -46,7 +46,7 @@ def d(dirs: tuple[Path, Path]) -> str:
 
 
 # What a warm use must not load: the index (SQLite), and the modules whose import alone costs a
-# large part of its budget (measured in benchmarks/bench_peers.py, W3; see CONTRIBUTING.md).
+# large part of its budget (measured by python -m benchmarks.peers, W3; see CONTRIBUTING.md).
 WARM_FORBIDDEN = {"_sqlite3", "sqlite3", "contextlib", "collections", "importlib", "json", "re",
                   "typing", "pathlib", "threading", "argparse", "urllib3", "tarfile", "zipfile",
                   "dataclasses", "tomllib"}
