@@ -365,3 +365,14 @@ def test_discovery_order_of_the_settings_and_the_variables(tmp_path: Path) -> No
     later = Credentials.discover({"BEARER_TOKEN_FILE": "/env/token", "HOME": str(tmp_path)})
     assert (later.bearer_token, later.bearer_token_file, later.token_from) == (None, "/env/token", "BEARER_TOKEN_FILE")
     assert later.netrc == str(tmp_path / ".netrc")
+
+
+def test_a_config_file_names_the_ca_bundle_and_the_bearer_token_file(nginx: Nginx, home: Path) -> None:
+    config, token_file = home / "site.config", home / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    config.write_text(f"ca_bundle = {nginx.pki / 'ca.pem'}\nbearer_token_file = {token_file}\n")
+    succeeded(use(home, nginx.url("/public/data.tgz"), SC_CONFIG=config))
+    succeeded(use(home, nginx.url("/token/data.tgz"), SC_CONFIG=config))
+    # The option-less settings win over the standard variables, as the settings given do.
+    succeeded(use(home, nginx.url("/public/data.tgz"), SC_CONFIG=config, SSL_CERT_FILE=nginx.pki / "other-ca.pem"))

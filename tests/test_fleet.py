@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scutil import SC, Sleeper, check_tree, finish, sample_files, sc_env, stop_process, tarball_bytes
+from scutil import SC, Sleeper, check_tree, finish, sample_files, sc_env, stop_process, tarball_bytes, user_dir
 from squid import Squid
 
 HOSTS = 6
@@ -119,8 +119,8 @@ def test_a_fleet_behind_one_squid_makes_one_origin_download(site, tmp_path):
             results = finish(fleet, timeout=90)
             for host, (status, out, err) in zip(site.hosts, results, strict=True):
                 assert status == 0, (host, err)
-                assert out == f"{tmp_path / host / 'data'}\n"
-                check_tree(tmp_path / host / "data", FILES)
+                assert out == f"{user_dir(tmp_path / host) / 'data'}\n"
+                check_tree(user_dir(tmp_path / host) / "data", FILES)
             gets = [(method, status) for method, seen, status, _ in proxy.requests() if seen == url]
             assert len(gets) == HOSTS, proxy.requests()
         stats = subprocess.run(

@@ -13,7 +13,7 @@ import pytest
 
 import sharedcache
 from origin import Origin
-from scutil import Sleeper, check_tree, control, kill_populator_and_take_over, sample_files, sc, tarball_bytes, user_dir
+from scutil import Sleeper, check_tree, control, kill_populator_and_take_over, sample_files, sc, sc_env, tarball_bytes, user_dir
 from sharedcache.config.settings import FetchPolicy, Rewrite, rewrite_rules
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.leases import Owner
@@ -223,3 +223,23 @@ def test_bad_rewrite_rules_are_one_clear_line(text: str, message: str) -> None:
         rewrite_rules(text)
     assert str(caught.value) == message
     assert isinstance(caught.value, UsageError)
+
+
+def test_a_config_file_sets_the_rewrite_rules_and_sc_config_shows_them(mirrors: Mirrors, base: Path,
+                                                                        tmp_path: Path) -> None:
+    down_prefix = mirrors.down_url.removesuffix("data.tgz")
+    config = tmp_path / "site.config"
+    config.write_text(f"retries = 0\nrewrite = {down_prefix} = {mirrors.good.url('/')}\n")
+    env = {"SC_CONFIG": str(config)}
+    shown = sc("config", env=sc_env(**env))
+    assert shown.returncode == 0 and f"rewrite = {down_prefix} = {mirrors.good.url('/')}  # {config}:2" in shown.stdout
+    with Sleeper() as owner:
+        used = sc("--use", "-d", str(base), "--pid", str(owner.pid), f"http:{mirrors.down_url}", SHA256, "tar",
+                  env=sc_env(**env))
+        assert used.returncode == 0, used.stderr
+        check_tree(Path(used.stdout.strip()), FILES)
+    assert mirrors.good.stats("/data.tgz").gets == 1
+    config.write_text("rewrite = https://host/\n")  # a bad rule: one line naming the file and the key
+    bad = sc("--use", "-d", str(base), f"http:{mirrors.down_url}", SHA256, "tar", env=sc_env(**env))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert f"{config}:1" in bad.stderr and "rewrite" in bad.stderr

@@ -278,7 +278,7 @@ class FsCache:
                     f"the index of cache {self.root} is unusable ({index} is not a regular file); "
                     "run gc to rebuild it"
                 ) from None
-        db = open_index(self.root, self.timeout)
+        db = open_index(self.root, self.timeout, self.modes.file)
         self._local.db, self._local.pid = db, os.getpid()
         return db
 
@@ -822,7 +822,7 @@ class FsCache:
         if removed:
             from .index import make_reserve  # (the index is open already: this imports nothing)
 
-            make_reserve(self.root)  # the room just made keeps the index usable on a full disk
+            make_reserve(self.root, self.modes.file)  # the room just made keeps the index usable on a full disk
         return removed
 
     # -- inspection ------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class Index(sqlite3.Connection):
     """
 
     root: str
+    file_mode: int  # the cache's mode for the files it makes (the reserve)
     broken = False
 
     def execute(self, sql: str, parameters: tuple[object, ...] = ()) -> _Rows:  # type: ignore[override]  # rows are fetched through _Rows, whose errors are ours
@@ -190,7 +191,7 @@ class Index(sqlite3.Connection):
             # Give back what the journal took, so that the reserve can be made again now.
             with contextlib.suppress(sqlite3.DatabaseError):
                 super().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        make_reserve(self.root)
+        make_reserve(self.root, self.file_mode)
 
 
 class _Rows(sqlite3.Cursor):
@@ -242,13 +243,14 @@ def _remove_reserve(path: str) -> None:
         pass
 
 
-def make_reserve(root: str) -> None:
+def make_reserve(root: str, mode: int) -> None:
     """Allocate the reserve of the index of the cache at ``root``: :data:`RESERVE` bytes, or
     what is free if less (a nearly full file system keeps what it can for the next
-    transaction), grown back to :data:`RESERVE` once there is room.  Best effort."""
+    transaction), grown back to :data:`RESERVE` once there is room.  Best effort.  ``mode``: the
+    cache's file mode, given to a new reserve."""
     path = os.path.join(root, "index.reserve")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError:
         return  # no room even for the inode, or something planted there: next time
     try:
@@ -258,6 +260,8 @@ def make_reserve(root: str) -> None:
         room = free.f_bavail * free.f_frsize
         if not stat.S_ISREG(st.st_mode) or size >= RESERVE or (size and room < 2 * RESERVE):
             return
+        if st.st_uid == os.geteuid():
+            os.fchmod(fd, mode)  # whatever the umask took off (the cache's modes are exact)
         os.posix_fallocate(fd, 0, min(RESERVE, size + room) // 4096 * 4096 or 4096)
     except OSError:
         pass  # what could be allocated stays allocated
@@ -265,17 +269,18 @@ def make_reserve(root: str) -> None:
         os.close(fd)
 
 
-def open_index(root: str, timeout: float) -> Index:
-    """A connection to the index of the cache at ``root``, created with its schema if needed."""
+def open_index(root: str, timeout: float, file_mode: int = 0o600) -> Index:
+    """A connection to the index of the cache at ``root``, created with its schema if needed;
+    ``file_mode`` is the cache's mode for the files it makes (the index's reserve)."""
     path = os.path.join(root, "index.sqlite")
     reserve = os.path.join(root, "index.reserve")
     if _full(root):  # its -wal and -shm files are made anew by the first connection
         _remove_reserve(reserve)
         if root not in _to_remake:  # whatever this process frees, the next one has a reserve
             _to_remake.add(root)
-            atexit.register(make_reserve, root)
+            atexit.register(make_reserve, root, file_mode)
     else:
-        make_reserve(root)  # (data deleted after the last transaction may have made room)
+        make_reserve(root, file_mode)  # (data deleted after the last transaction may have made room)
     try:
         # Created here rather than by SQLite, which would use mode 0644 whatever the umask: the
         # members of a group cache must be able to write it (its -wal and -shm files take its
@@ -284,7 +289,7 @@ def open_index(root: str, timeout: float) -> Index:
         db = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=Index)
     except (OSError, sqlite3.DatabaseError) as e:
         raise CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") from None
-    db.root = root
+    db.root, db.file_mode = root, file_mode
     db.execute("PRAGMA synchronous=NORMAL")
     if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
         _create_schema(db, timeout)
