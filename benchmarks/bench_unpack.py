@@ -158,8 +158,8 @@ def bench_members(scratch: Path, count: int, runs: int, directories: list[str]) 
     contenders = {
         "sc --use": lambda base: [sys.executable, "-m", "sharedcache", "--use", "-q", "-d", str(base), "-n", "w",
                                   "--pid", str(os.getpid()), f"file:{archive}", f"md5:{md5}", "tar"],
-        "GNU tar pipeline": lambda base: ["bash", "-c", f"cat {archive} | tee >(md5sum >/dev/null) | "
-                                                        f"tar xzf - -C {base}"],
+        "GNU tar pipeline": lambda base: ["bash", "-c", (f"cat {archive} | tee >(md5sum >/dev/null) | "
+                                                         f"tar xzf - -C {base}")],
     }
     for directory in directories:
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}

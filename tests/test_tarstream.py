@@ -9,7 +9,14 @@ import tarfile
 import pytest
 
 from sharedcache.errors import CorruptDataError
-from sharedcache.tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarMember, TarReader
+from sharedcache.tarstream import (
+    DIRECTORY,
+    HARDLINK,
+    REGULAR,
+    SYMLINK,
+    TarMember,
+    TarReader,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,8 +66,9 @@ def test_same_members_as_tarfile(fmt: int) -> None:
     if fmt == tarfile.USTAR_FORMAT:
         infos = [info for info in infos if "long-" not in info.name]
     data = archive(infos, fmt)
-    expected = [(info.name, KINDS[info.type], info.size, info.mode, info.mtime * 10**9, info.linkname)
-                for info in tarfile.open(fileobj=io.BytesIO(data))]
+    with tarfile.open(fileobj=io.BytesIO(data)) as reference:
+        expected = [(info.name, KINDS[info.type], info.size, info.mode, info.mtime * 10**9, info.linkname)
+                    for info in reference]
     found = [(m.name.rstrip("/"), m.kind, m.size, m.mode, m.mtime_ns, m.linkname) for m in members(data)]
     assert found == expected
     assert len(found) == len(infos)
