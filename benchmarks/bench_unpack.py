@@ -7,7 +7,7 @@ Usage::
 
 * **Inflate.** The Python standard library of this interpreter, packed by GNU tar and gzip -6, is
   inflated from memory by zlib, zlib-ng (``zlib_ng``) and ISA-L (``isal``), whichever are installed,
-  the way :mod:`sharedcache.compression` calls them (1 MiB in, at most 1 MiB out); then through
+  the way :mod:`sharedcache.loaders.codecs` calls them (1 MiB in, at most 1 MiB out); then through
   ``decompressing()`` itself, and by ``gzip -dc``.  Median MB/s of the output.
 * **Members.** ``--files`` files of 1-8 KB of text (a 300-line vocabulary: compressible) in
   directories of 500, packed by GNU tar and gzip, are unpacked cold, the previous tree removed
@@ -81,7 +81,7 @@ def median_rate(run: Callable[[], int], runs: int) -> tuple[float, float]:
 
 
 def bench_inflate(scratch: Path, runs: int) -> None:
-    from sharedcache.compression import decompressing
+    from sharedcache.loaders.codecs import decompressing
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     archive = scratch / "stdlib.tar.gz"
@@ -158,8 +158,8 @@ def bench_members(scratch: Path, count: int, runs: int, directories: list[str]) 
     contenders = {
         "sc --use": lambda base: [sys.executable, "-m", "sharedcache", "--use", "-q", "-d", str(base), "-n", "w",
                                   "--pid", str(os.getpid()), f"file:{archive}", f"md5:{md5}", "tar"],
-        "GNU tar pipeline": lambda base: ["bash", "-c", f"cat {archive} | tee >(md5sum >/dev/null) | "
-                                                        f"tar xzf - -C {base}"],
+        "GNU tar pipeline": lambda base: ["bash", "-c", (f"cat {archive} | tee >(md5sum >/dev/null) | "
+                                                         f"tar xzf - -C {base}")],
     }
     for directory in directories:
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--stdlib-only", action="store_true", help="only the inflate part")
     parser.add_argument("--members-only", action="store_true", help="only the members part")
     args = parser.parse_args()
-    from sharedcache.compression import backends
+    from sharedcache.loaders.codecs import backends
 
     print("sharedcache codecs:", "; ".join(f"{codec}: {library}" for codec, library in backends().items()))
     with tempfile.TemporaryDirectory(prefix="sc-bench-unpack-") as scratch:
