@@ -89,7 +89,7 @@ def stuck(status_path: str, status: Record) -> str | None:
         idle = time.time() - os.stat(status_path).st_mtime
     except OSError:
         return None
-    return f"no progress for {idle:.0f} s" if idle >= STALL_SECONDS else None
+    return f"no progress reported for {idle:.0f} s" if idle >= STALL_SECONDS else None
 
 
 def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
