@@ -12,7 +12,6 @@ import pytest
 from scutil import sc
 
 from sharedcache.loaders.codecs import backends
-from scutil import sc
 
 pytestmark = pytest.mark.timeout(60)
 

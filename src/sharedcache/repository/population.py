@@ -21,6 +21,7 @@ from .. import errors
 from ..engine import locks
 from ..engine.fsutil import read_control, unlink_if_present, write_atomic
 from ..engine.layout import make_directory
+from ..engine.leases import pid_namespace
 from ..errors import (
     DownloadError,
     LoaderError,
@@ -75,23 +76,23 @@ STALL_SECONDS = 60.0
 
 def stuck(status_path: str, status: Record) -> str | None:
     """Why the population whose status record is ``status_path`` (read as ``status``) looks
-    stuck: its process is stopped (SIGSTOP, a frozen cgroup), or it has written no progress
-    for :data:`STALL_SECONDS`; None if it does not."""
+    stuck: its process is stopped (SIGSTOP, a frozen cgroup; seen only from its own PID
+    namespace), or it has written no progress for :data:`STALL_SECONDS`; None if it does not."""
     pid = status.get("pid")
-    if isinstance(pid, int) and pid > 0:
+    if isinstance(pid, int) and pid > 0 and status.get("pid_ns") in (None, pid_namespace()):
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 stat = f.read()
             state = stat[stat.rindex(b")") + 2 :].split()[0].decode()
         except (OSError, ValueError, IndexError):
-            state = None  # gone, hidden, or in another namespace: nothing to say
+            state = None  # gone, or hidden by hidepid: nothing to say
         if state in ("T", "t"):
             return f"process {pid} is stopped (state {state}): it makes no progress until continued"
     try:
         idle = time.time() - os.stat(status_path).st_mtime
     except OSError:
         return None
-    return f"no progress for {idle:.0f} s" if idle >= STALL_SECONDS else None
+    return f"no progress reported for {idle:.0f} s" if idle >= STALL_SECONDS else None
 
 
 def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
@@ -143,8 +144,8 @@ class Population:
         self.error_path = base.population_file(name, ".error")
         #: A private directory that survives this process, for a takeover (partial download).
         self.work = base.population_file(name, ".work")
-        self.status = {"pid": os.getpid(), "identity": request.identity, "size": request.limit,
-                       "done": 0, "total": None, "started": time.time()}
+        self.status = {"pid": os.getpid(), "pid_ns": pid_namespace(), "identity": request.identity,
+                       "size": request.limit, "done": 0, "total": None, "started": time.time()}
         self._bar = reporter.bar(name)
         self._last_write = 0.0
 
