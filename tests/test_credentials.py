@@ -306,10 +306,16 @@ print(json.dumps([found.cert_file, found.bearer_token_file]))
 def test_credentials_in_tmp_are_taken_only_from_the_users_own_files() -> None:
     uid = os.getuid()
     source = str(Path(sharedcache.__file__).parent.parent)
+    # A private tmpfs hides /tmp: the interpreter and the project are reached through a bind mount
+    # of the old /tmp (a checkout or a venv may live there), made in the same mount namespace.
+    old_tmp = Path(tempfile.mkdtemp(dir="/run" if os.path.isdir("/run") else "/var/tmp"))
+    python, source = (path.replace("/tmp/", f"{old_tmp}/", 1) if path.startswith("/tmp/") else path
+                      for path in (sys.executable, source))
     script = f"""
 set -e
+mount --bind /tmp {old_tmp}
 mount -t tmpfs tmpfs /tmp
-discover() {{ "$0" -c '{DISCOVER}' {source}; }}
+discover() {{ {python} -c '{DISCOVER}' {source}; }}
 discover
 echo token > /tmp/bt_u{uid}; cp /dev/null /tmp/x509up_u{uid}
 discover
@@ -318,8 +324,11 @@ discover
 rm /tmp/bt_u{uid} /tmp/x509up_u{uid}; echo token > /tmp/real; ln -s /tmp/real /tmp/bt_u{uid}; ln -s /tmp/real /tmp/x509up_u{uid}
 discover
 """
-    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
-                            capture_output=True, text=True, timeout=60)
+    try:
+        result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        old_tmp.rmdir()  # the bind mount lived in the namespace that ended
     assert result.returncode == 0, result.stderr
     own = f'["/tmp/x509up_u{uid}", "/tmp/bt_u{uid}"]'
     assert result.stdout.splitlines() == ["[null, null]", own, "[null, null]", "[null, null]"]
