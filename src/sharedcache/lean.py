@@ -78,7 +78,7 @@ def scoped(function: Callable[P, Iterator[T]]) -> Callable[P, AbstractContextMan
 
     def start(*args: P.args, **kwargs: P.kwargs) -> Scope:
         # A generator function, annotated (as is usual) as returning an Iterator.
-        return Scope(function(*args, **kwargs), function.__qualname__)  # type: ignore[arg-type]
+        return Scope(function(*args, **kwargs), function.__qualname__)  # type: ignore[arg-type]  # a generator
 
     start.__name__, start.__qualname__ = function.__name__, function.__qualname__
     start.__doc__, start.__module__ = function.__doc__, function.__module__

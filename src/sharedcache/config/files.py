@@ -214,7 +214,7 @@ def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy
     try:
         credentials = Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS})
         rewrites = rewrite_rules(value(settings, "rewrite") or "")
-        return FetchPolicy(**{key: settings[key][0] for key in _FETCH_KEYS  # type: ignore[arg-type]
+        return FetchPolicy(**{key: settings[key][0] for key in _FETCH_KEYS  # type: ignore[arg-type]  # typed by SETTINGS
                               if key in settings and settings[key][0] is not None},
                            credentials=credentials, rewrites=rewrites)
     except SettingError as e:

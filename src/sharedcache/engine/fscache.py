@@ -257,7 +257,7 @@ class FsCache:
         self.modes = open_cache(self.root, group, repair=repair)
         self.shared = self.modes.group
         if max_size is not _UNSET:
-            self.max_size = max_size  # type: ignore[assignment]
+            self.max_size = max_size  # type: ignore[assignment]  # not _UNSET: an int, a str or None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -709,7 +709,7 @@ class FsCache:
         """Delete unused entries, least recently used first, until ``nbytes`` are freed (all of
         them if None); return the bytes freed.  For making room on a full file system."""
         with self._transaction() as db:
-            freed = self._evict(db, float("inf") if nbytes is None else nbytes)  # type: ignore[arg-type]
+            freed = self._evict(db, float("inf") if nbytes is None else nbytes)  # type: ignore[arg-type]  # inf: all
         self._empty_trash()
         return freed
 

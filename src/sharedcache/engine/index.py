@@ -37,7 +37,7 @@ import time
 try:  # sqlite3's Python layer only adds datetime adapters, which would cost every start
     import _sqlite3 as sqlite3
 except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
-    import sqlite3  # type: ignore[no-redef]
+    import sqlite3  # type: ignore[no-redef]  # the same module under its public name
 
 from ..errors import CacheError, NoSpaceError, WaitTimeoutError
 from ..lean import scoped

@@ -31,7 +31,7 @@ class Stream(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         raise NotImplementedError
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # io's Buffer
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
