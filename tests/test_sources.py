@@ -389,3 +389,12 @@ def test_origin_runs_as_a_process(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_file_source_that_is_a_fifo_or_a_directory_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "data.fifo"
+    os.mkfifo(fifo)  # nobody writes to it: opening it to block would hang for ever
+    for path, why in ((fifo, "not a regular file"), (tmp_path, "it is a directory")):
+        with pytest.raises(DownloadError) as caught:
+            populate(tmp_path, f"file:{path}")
+        assert str(caught.value) == f"cannot read {path}: {why}"

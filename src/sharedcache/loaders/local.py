@@ -17,12 +17,20 @@ def safe_filename(name: str) -> str:
 
 def open_file(path: str, what: str, *, remove: bool = False) -> FileStream:
     try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise DownloadError(f"cannot read {what}: it is a directory")
-        if not stat.S_ISREG(mode):  # opening a FIFO would block
-            raise DownloadError(f"cannot read {what}: not a regular file")
-        return FileStream(path, remove=remove)
+        # Opened without blocking and checked by what was opened, not by the path: a FIFO put in
+        # the file's place after a look at the path would otherwise hang the open or the reads.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise DownloadError(f"cannot read {what}: it is a directory")
+            if not stat.S_ISREG(mode):
+                raise DownloadError(f"cannot read {what}: not a regular file")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return FileStream(path, fd=fd, remove=remove)
     except FileNotFoundError:
         raise DownloadError(f"cannot read {what}: no such file") from None
     except OSError as exc:

@@ -60,12 +60,14 @@ class SourceStream(Stream):
 
 class FileStream(SourceStream):
     """A local file as a stream, for sources that fetch into a file first; ``remove`` deletes the
-    file when the stream is closed."""
+    file when the stream is closed.  ``fd``: the file, opened and checked already by the caller
+    (the stream then owns it); else ``path`` is opened."""
 
-    def __init__(self, path: str | os.PathLike[str], *, remove: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, fd: int | None = None, remove: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - open as long as the stream is
+        # Open as long as the stream is.
+        self._file = open(path if fd is None else fd, "rb", buffering=0)  # noqa: SIM115
         self.total = os.fstat(self._file.fileno()).st_size
         self._remove = remove
 
