@@ -117,7 +117,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from _thread import _local as thread_local  # threading.local, without importing threading
 
 from ..errors import (
@@ -426,7 +425,11 @@ class FsCache:
         size = disk_usage("data", seal=0o555, dir_fd=staging.fd)
         if self.modes.entry != 0o700:
             os.fchmod(staging.fd, self.modes.entry)
-        now = time.time()
+        # The time of the commit is the new entry's first use, read from the file system's clock
+        # as every later use is (the lock's time, set by a load or hold): with two clocks, a use
+        # just after a commit could look older than the commit and be evicted first.
+        os.utime("lock", dir_fd=staging.fd, follow_symlinks=False)
+        now = os.stat("lock", dir_fd=staging.fd, follow_symlinks=False).st_mtime
         if meta is not None:
             write_atomic(os.path.join(stage, "meta"), meta.encode(), mode=self.modes.file, durable=False)
         if keep:
