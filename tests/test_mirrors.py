@@ -240,6 +240,8 @@ def test_a_config_file_sets_the_rewrite_rules_and_sc_config_shows_them(mirrors: 
         check_tree(Path(used.stdout.strip()), FILES)
     assert mirrors.good.stats("/data.tgz").gets == 1
     config.write_text("rewrite = https://host/\n")  # a bad rule: one line naming the file and the key
-    bad = sc("--use", "-d", str(base), f"http:{mirrors.down_url}", SHA256, "tar", env=sc_env(**env))
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
-    assert f"{config}:1" in bad.stderr and "rewrite" in bad.stderr
+    for bad in (sc("--use", "-d", str(base), "-n", "another", f"http:{mirrors.down_url}", SHA256, "tar",
+                   env=sc_env(**env)),
+                sc("config", env=sc_env(**env))):
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+        assert f"{config}:1" in bad.stderr and "rewrite" in bad.stderr

@@ -346,6 +346,26 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, owner, text, exp
     assert result.stderr.count("\n") == 1, result.stderr
 
 
+def test_fetch_settings_are_checked_by_a_miss_and_sc_config_not_by_a_use_of_ready_data(tmp_path, owner):
+    data = tmp_path / "data.txt"
+    data.write_text("ready")
+    config = tmp_path / "config"
+    use = ("--use", "-d", str(tmp_path), "--pid", str(owner.pid), f"file:{data}")
+    assert sc(*use).returncode == 0
+    config.write_text("connections = 99\n")
+    env = sc_env(SC_CONFIG=str(config))
+    ready = sc(*use, env=env)
+    assert ready.returncode == 0 and ready.stderr == "", ready.stderr
+    option = sc(*use[:-1], "--connections", "99", f"file:{data}")  # the caller's own input: at once
+    assert option.returncode == 2 and option.stderr.startswith("sc: error: --connections must be between 1 and 32")
+    miss, shown = sc(*use[:-1], "-n", "other", f"file:{data}", env=env), sc("config", env=env)
+    for result in (miss, shown):
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"sc: error: {config}:1: connections must be between 1 and 32, not 99\n"
+    assert ".cache" in os.listdir(user_dir(tmp_path)) and "other" not in os.listdir(user_dir(tmp_path))
+    assert not [name for name in os.listdir(control(tmp_path) / "populate") if name.startswith("other")]
+
+
 def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, owner):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # a FIFO must not hang sc

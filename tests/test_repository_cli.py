@@ -54,7 +54,7 @@ WARM_FORBIDDEN = {"_sqlite3", "sqlite3", "contextlib", "collections", "importlib
 # here costs every warm use its loading time, so adding one is a decision, made in both places.
 WARM_MODULES = {
     "sharedcache", "sharedcache.errors", "sharedcache.lean", "sharedcache.sizes", "sharedcache.progress",
-    "sharedcache.config", "sharedcache.config.settings", "sharedcache.config.files",
+    "sharedcache.config", "sharedcache.config.files",
     "sharedcache.cli", "sharedcache.cli.parser", "sharedcache.cli.commands",
     "sharedcache.repository", "sharedcache.repository.repositories", "sharedcache.repository.bases",
     "sharedcache.loaders", "sharedcache.loaders.words",
@@ -63,10 +63,14 @@ WARM_MODULES = {
 }
 
 
-def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball):
+def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball, tmp_path):
+    # A site's settings of how to fetch are made into a policy on a miss only.
+    config = tmp_path / "config"
+    config.write_text("proxy = http://127.0.0.1:9|DIRECT\nrewrite = https://a.example/ = http://b.example/\n"
+                      "connections = 4\nspeed_limit = 10KB\nnetrc = /nonexistent\n")
     with Sleeper() as owner:
         args = ["-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), "--keep", *recipe(tarball)]
-        assert sc("--use", *args).returncode == 0
+        assert sc("--use", *args, env=sc_env(SC_CONFIG=str(config))).returncode == 0
         script = textwrap.dedent(f"""
             import os, sys
             from sharedcache.cli import main
@@ -79,7 +83,7 @@ def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball):
             print(sorted(os.listdir({str(control(dirs[0]) / "objects" / "repo" / "leases")!r})))
         """)
         warm = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=60, env=sc_env())
+                              timeout=60, env=sc_env(SC_CONFIG=str(config)))
         assert warm.returncode == 0, warm.stderr
         assert warm.stdout.startswith(f"{user_dir(dirs[0]) / 'repo'}\n")
         assert warm.stdout.count(f":{owner.pid}:") == 2  # two leases of the owner, one per use

@@ -40,11 +40,12 @@ def run(options: Arguments) -> int:
              and not (setting.key in ("verbose", "quiet") and value == 0)}
     effective = files.effective(given, os.environ)
     if options.action == "config":
+        files.fetch_policy(effective, os.environ)  # checks the fetch settings, as a miss would
         return show_config(effective)
     for key in ("directories", "max_size", "keep", "group", "timeout", "verbose", "quiet"):
         if key in effective:
             setattr(options, key, effective[key][0])
-    options.fetch = files.fetch_policy(effective, os.environ)
+    options.fetch = files.fetch_when_needed(effective, os.environ, given)
     repositories = Repositories(
         options.directories,  # the environment's, a file's, or the option's (files.effective)
         reporter=Reporter(options.verbosity),
@@ -160,8 +161,9 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 def show_config(effective: Effective) -> int:
     """``sc config``: every setting, its effective value and where it comes from."""
     from ..config.files import SETTINGS
-    from ..config.settings import DEFAULT_DIRECTORIES, FetchPolicy
+    from ..config.settings import FetchPolicy
     from ..loaders.transport import shown_chain
+    from ..repository.bases import DEFAULT_DIRECTORIES
 
     defaults = FetchPolicy()
     for setting in SETTINGS:

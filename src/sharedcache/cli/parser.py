@@ -14,7 +14,7 @@ TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ..config.settings import FetchPolicy
+    from ..repository.repositories import Fetch
 
 ACTIONS = ("use", "unuse", "location", "run", "list", "gc", "config")
 REPOSITORY_ACTIONS = ("use", "unuse", "location", "run")
@@ -140,8 +140,9 @@ class Arguments:
         self.speed_time: float | None = None
         self.proxy: str | None = None
         self.keep = self.offline = self.json = self.help = self.version = False
-        #: How sources fetch: built by the command from the settings (sharedcache.config.files).
-        self.fetch: FetchPolicy | None = None
+        #: How sources fetch: made by the command from the settings on a miss
+        #: (sharedcache.config.files).
+        self.fetch: Fetch | None = None
         self.quiet = self.verbose = 0
 
     @property

@@ -5,10 +5,14 @@ as arguments; nothing below the edge reads the environment, with one exception: 
 variables (``http_proxy``...), which :mod:`sharedcache.loaders.transport` reads for each URL
 when no proxy chain is set, as curl and requests do, so that Python callers get them too.
 
-* :mod:`~sharedcache.config.settings`: the values (:class:`~.settings.FetchPolicy` for how data
-  is fetched, proxies and offline included; the base directories), their defaults and
-  validation, and the environment variables that set them.  A new setting lives there.
-* :mod:`~sharedcache.config.files`: the config files (site, user, ``SC_CONFIG``), their
-  ``key = value`` format, and how they layer with the environment and the options.  A new
-  setting gets its key there.
+* :mod:`~sharedcache.config.files`: every setting's key (:data:`~.files.SETTINGS`), the config
+  files (site, user, ``SC_CONFIG``), their ``key = value`` format, and how they layer with the
+  environment and the options.  A new setting gets its key there.  On the warm path.
+* :mod:`~sharedcache.config.settings`: the fetch settings as values
+  (:class:`~.settings.FetchPolicy` for how data is fetched, proxies, credentials and offline
+  included), their defaults and validation.  A new setting of how to fetch lives there.  Made
+  on a miss only: a use of ready data fetches nothing.
+
+The base directories, a setting that says where repositories live, are turned into paths by
+:func:`sharedcache.repository.bases.base_directories`.
 """

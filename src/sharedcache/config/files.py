@@ -18,7 +18,11 @@ One exception to the order: a ``proxy`` set by a file yields to curl's proxy var
 (``http_proxy``...) set in the environment, which :mod:`sharedcache.loaders.transport` then reads.
 
 Loading is on the warm path of ``sc --use``: a hand parser, no import but :mod:`os` (``tomllib``
-alone would cost more than the whole warm overhead).
+alone would cost more than the whole warm overhead).  Reading checks each line's form, key and
+kind of value; the fetch settings (proxy, rewrite rules, connections, timeouts, credentials) are
+turned into a :class:`~sharedcache.config.settings.FetchPolicy` by :func:`fetch_policy`, which
+the edge calls on a miss only: a use of ready data fetches nothing, so it neither imports nor
+checks them (``sc config`` checks every one).
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import os
 import stat
 
 from ..errors import ConfigError, SettingError, UsageError
-from .settings import Credentials, FetchPolicy, flag, proxy_chain, rewrite_rules
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any
+
+    from .settings import FetchPolicy
 
     #: Every setting that is set: key -> (value, where it came from).
     Effective = dict[str, tuple[object, str]]
@@ -59,18 +64,18 @@ def _rate(value: str) -> int:
     return parse_size(value, "speed_limit")
 
 
-def _rewrites(value: str) -> str:
-    rewrite_rules(value)
-    return value
-
-
-def _proxy(value: str) -> str:
-    proxy_chain(value)
-    return value
-
-
 def _boolean(value: str) -> bool:
     return flag(value, "")
+
+
+def flag(value: str, setting: str) -> bool:
+    """A yes/no setting written as text: 1, yes, true, on or 0, no, false, off (any case)."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off", ""):
+        return False
+    raise SettingError(setting, f"must be yes or no (1/0, true/false, on/off), not {value!r}")
 
 
 class Setting:
@@ -99,10 +104,10 @@ SETTINGS = (
     Setting("retries", int, "how many times a failed transfer is tried again"),
     Setting("speed_limit", _rate, "fail a download slower than this many bytes a second for speed_time; 0: never"),
     Setting("speed_time", float, "seconds a download may stay under speed_limit"),
-    Setting("proxy", _proxy, "proxy chain 'A|B;C' (DIRECT: no proxy)", ("SC_PROXY",)),
+    Setting("proxy", _text, "proxy chain 'A|B;C' (DIRECT: no proxy)", ("SC_PROXY",)),
     Setting("no_proxy", _text, "hosts reached without a proxy", ("no_proxy", "NO_PROXY")),
     Setting("offline", _boolean, "no network at all: serve what is here", ("SC_OFFLINE",)),
-    Setting("rewrite", _rewrites, "site rewrite rules: 'PREFIX = MIRROR [MIRROR...]', ';'-separated"),
+    Setting("rewrite", _text, "site rewrite rules: 'PREFIX = MIRROR [MIRROR...]', ';'-separated"),
     Setting("ca_bundle", _text, "CAs to trust instead of the system's (a PEM file or a hashed directory)"),
     Setting("client_cert", _text, "client certificate (PEM; a grid proxy holds its key too)"),
     Setting("client_key", _text, "the client certificate's key, if in a file of its own"),
@@ -202,6 +207,17 @@ def value(settings: Effective, key: str) -> Any:
     return settings[key][0] if key in settings else None
 
 
+def fetch_when_needed(settings: Effective, environ: Mapping[str, str],
+                      given: Mapping[str, object]) -> FetchPolicy | Callable[[], FetchPolicy]:
+    """The fetch policy of ``settings`` as the repositories take it: a function that makes it,
+    which only a miss calls (a use of ready data fetches nothing, so it neither imports the fetch
+    settings nor reads credentials); or, if ``given`` (the caller's own options) holds a fetch
+    setting, the policy made now, so that a bad option is an error at once, as any option is."""
+    if any(key in given for key in (*_FETCH_KEYS, *_CREDENTIAL_KEYS, "rewrite")):
+        return fetch_policy(settings, environ)
+    return lambda: fetch_policy(settings, environ)
+
+
 _FETCH_KEYS = ("connections", "connect_timeout", "read_timeout", "retries", "speed_limit", "speed_time",
                "proxy", "no_proxy", "offline")
 _CREDENTIAL_KEYS = ("ca_bundle", "client_cert", "client_key", "bearer_token_file", "netrc")
@@ -211,6 +227,8 @@ def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy
     """The fetch policy ``settings`` make, with the credentials they and the standard variables
     of ``environ`` give.  An invalid value names where it was set: an option's is a
     :class:`UsageError`, a file's or a variable's a :class:`ConfigError`."""
+    from .settings import Credentials, FetchPolicy, rewrite_rules
+
     try:
         credentials = Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS})
         rewrites = rewrite_rules(value(settings, "rewrite") or "")

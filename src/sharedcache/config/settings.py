@@ -1,38 +1,29 @@
-"""The settings as values: what each is, its default, what makes it valid, and the environment
-variables that set it.
+"""The fetch settings as values: how a download fetches (:class:`FetchPolicy`), with its
+credentials (:class:`Credentials`), proxy chain (:func:`proxy_chain`) and site rewrite rules
+(:func:`rewrite_rules`).
 
 A value is validated once, when it is built, so that the code that uses it need not check it
-again; invalid input raises :class:`~sharedcache.errors.UsageError` with one line naming the
-setting.  The environment is read here, by functions the edge calls (the command line,
-:func:`sharedcache.use`); a value given explicitly wins over it:
+again; invalid input raises :class:`~sharedcache.errors.SettingError` naming the setting, which
+the edge turns into one line saying where the value came from.  The environment is read here
+only by :meth:`Credentials.discover` (``SSL_CERT_FILE``, ``X509_USER_PROXY``,
+``BEARER_TOKEN``...), which the edge calls.  Which proxy a URL goes through when no chain is set
+(curl's variables ``http_proxy``, ``https_proxy``, ``all_proxy``, ``no_proxy``) is decided per
+URL by :mod:`sharedcache.loaders.transport`.
 
-===================  ================================================================
-``SC_DIRECTORIES``   candidate base directories, ``:``-separated (as ``--directories``)
-``SC_PROXY``         the proxy chain (as ``--proxy``; see :func:`proxy_chain`)
-``SC_OFFLINE``       ``1`` (or ``yes``, ``true``, ``on``): no network at all (as ``--offline``)
-===================  ================================================================
-
-The standard variables of TLS and of grid credentials (``SSL_CERT_FILE``, ``X509_USER_PROXY``,
-``BEARER_TOKEN``...) are read by :meth:`Credentials.discover`, which the edge calls too.
-Which proxy a URL goes through when no chain is set (curl's variables ``http_proxy``,
-``https_proxy``, ``all_proxy``, ``no_proxy``) is decided per URL by
-:mod:`sharedcache.loaders.transport`.
-
-This module is on the warm path of ``sc --use``: it imports nothing costly.
+A use of ready data fetches nothing, so this module is not on the warm path: the edge builds a
+fetch policy only on a miss (:mod:`sharedcache.config.files`).
 """
 
 from __future__ import annotations
 
 import os
 
-from ..errors import SettingError, UsageError
+from ..errors import SettingError
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-#: Base directories used when none are given.
-DEFAULT_DIRECTORIES = ("/tmp", "/var/tmp")
 #: At most this many connections for one download (``--connections``).
 MAX_CONNECTIONS = 32
 #: The member of a proxy chain that means "no proxy".
@@ -325,35 +316,3 @@ def _proxy_member(member: str) -> str:
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
     return f"{scheme}://{rest}"
-
-
-def flag(value: str, setting: str) -> bool:
-    """A yes/no setting written as text: 1, yes, true, on or 0, no, false, off (any case)."""
-    lowered = value.strip().lower()
-    if lowered in ("1", "yes", "true", "on"):
-        return True
-    if lowered in ("0", "no", "false", "off", ""):
-        return False
-    raise SettingError(setting, f"must be yes or no (1/0, true/false, on/off), not {value!r}")
-
-
-def base_directories(directories: str | Sequence[str | os.PathLike[str]] | None) -> list[str]:
-    """Candidate base directories as absolute paths: a ``:``-separated string or a sequence;
-    None gives :data:`DEFAULT_DIRECTORIES`."""
-    if directories is None:
-        directories = DEFAULT_DIRECTORIES
-    if isinstance(directories, str):
-        directories = [d for d in directories.split(":") if d]
-    result = [os.path.abspath(os.fspath(d)) for d in directories]
-    if not result:
-        raise UsageError("no candidate directory given")
-    return result
-
-
-def directories_from_environment(given: str | Sequence[str | os.PathLike[str]] | None,
-                environ: Mapping[str, str] = os.environ) -> str | Sequence[str | os.PathLike[str]] | None:
-    """The base directories asked for: ``given``, else ``$SC_DIRECTORIES``, else None (the
-    defaults)."""
-    if given is not None:
-        return given
-    return environ.get("SC_DIRECTORIES") or None

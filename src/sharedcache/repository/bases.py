@@ -20,8 +20,8 @@ redirect it: only this user (and root) can write the directory that holds the li
 of a group repository points into the group's cache.  A ``<base>/.shared-cache`` made by
 shared-cache 0.2 is never read, changed or removed.
 
-This module owns a base's paths, its cache, its free space and the space reserved by
-populations in progress, and the links.
+This module owns the list of candidate bases, a base's paths, its cache, its free space and the
+space reserved by populations in progress, and the links.
 """
 
 from __future__ import annotations
@@ -31,18 +31,35 @@ import os
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.layout import check_base, group_directory, user_directory
-from ..errors import ConflictError, MissError, SharedCacheError
+from ..errors import ConflictError, MissError, SharedCacheError, UsageError
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .records import Record
     from .repositories import Request
 
+#: Base directories used when none are given.
+DEFAULT_DIRECTORIES = ("/tmp", "/var/tmp")
 #: The private cache's directory in a user's directory (hidden: no repository is named so).
 PRIVATE_CACHE = ".cache"
 # The caches this process has opened, kept so that a program calling use() in a loop opens each
 # cache and its index once (a new FsCache costs checks, and its connection to the index).
 _open_caches: dict[tuple[str, int | None], FsCache] = {}
+
+
+def base_directories(directories: str | Sequence[str | os.PathLike[str]] | None) -> list[str]:
+    """Candidate base directories as absolute paths: a ``:``-separated string or a sequence;
+    None gives :data:`DEFAULT_DIRECTORIES`."""
+    if directories is None:
+        directories = DEFAULT_DIRECTORIES
+    if isinstance(directories, str):
+        directories = [d for d in directories.split(":") if d]
+    result = [os.path.abspath(os.fspath(d)) for d in directories]
+    if not result:
+        raise UsageError("no candidate directory given")
+    return result
 
 
 class Base:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 
-from ..config.settings import FetchPolicy, base_directories
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import unlink_if_present
@@ -22,25 +21,26 @@ from ..lean import scoped
 from ..loaders.words import default_name, legacy_default_name, normalize_words, recipe_identity
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
-from .bases import PRIVATE_CACHE, Base
+from .bases import PRIVATE_CACHE, Base, base_directories
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
+    from ..config.settings import FetchPolicy
     from .records import Record
 
-
-_DEFAULT_FETCH = FetchPolicy()  # (immutable: one serves every call)
+    #: A fetch policy, or a function that makes one when a miss needs it.
+    Fetch = FetchPolicy | Callable[[], FetchPolicy]
 
 
 class Request:
     """One call of :meth:`Repositories.acquire`: what is asked for, by whom, on what terms."""
 
     __slots__ = (
+        "_fetch",
         "deadline",
-        "fetch",
         "identity",
         "keep",
         "limit",
@@ -51,11 +51,25 @@ class Request:
     )
 
     def __init__(self, words: tuple[str, ...], identity: str, *, name: str, owner: Owner,
-                 keep: bool, limit: int | None, timeout: float | None, fetch: FetchPolicy) -> None:
+                 keep: bool, limit: int | None, timeout: float | None, fetch: Fetch | None) -> None:
         self.words, self.identity, self.name = words, identity, name
         self.owner, self.keep, self.limit = owner, keep, limit
-        self.timeout, self.fetch = timeout, fetch
+        self.timeout, self._fetch = timeout, fetch
         self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    @property
+    def fetch(self) -> FetchPolicy:
+        """How a download fetches, made on first need: a use of ready data fetches nothing, so
+        it neither imports the fetch settings nor reads credentials (nor fails on a bad one)."""
+        fetch = self._fetch
+        if fetch is None:
+            from ..config.settings import FetchPolicy
+
+            fetch = FetchPolicy()
+        elif callable(fetch):
+            fetch = fetch()
+        self._fetch = fetch
+        return fetch
 
 
 class Held:
@@ -99,12 +113,14 @@ class Repositories:
         keep: bool = False,
         max_size: int | str | None = None,
         timeout: float | None = None,
-        fetch: FetchPolicy | None = None,
+        fetch: Fetch | None = None,
     ) -> Held:
         """Hold a use of the repository made by ``words`` for ``owner``, populating it if needed.
 
-        ``fetch`` says how a download fetches (connections, timeouts, retries); it does not
-        change the data, so it is not part of the recipe's identity."""
+        ``fetch`` says how a download fetches (connections, timeouts, retries; None: the
+        defaults); it does not change the data, so it is not part of the recipe's identity.  It
+        may be a function that makes the policy: it is called on a miss only, before anything is
+        created, so that its errors (a bad setting) leave nothing behind."""
         words = normalize_words(words)
         if not words:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
@@ -116,7 +132,7 @@ class Repositories:
             keep=keep,
             limit=None if size is None else parse_size(size, "--size"),
             timeout=timeout,
-            fetch=fetch if fetch is not None else _DEFAULT_FETCH,
+            fetch=fetch,
         )
         budget = None if max_size is None else parse_size(max_size, "--max-size")
         base = self._existing(request)
@@ -129,6 +145,7 @@ class Repositories:
                     self.release_held(base)  # a failed use leaks no lease
                     raise
             return base
+        request.fetch  # noqa: B018 - a miss: the fetch policy is made (or fails) before anything else
         if base is None:
             base = self._choose(request)
         self._report_skips()
@@ -453,7 +470,9 @@ def use(
     ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.  What is not given is
     taken from the config files and the environment as ``sc`` takes it
     (:mod:`sharedcache.config.files`): ``directories`` (else /tmp:/var/tmp), ``max_size``,
-    ``timeout`` and, without ``fetch``, the fetch settings (proxy, offline, timeouts...).
+    ``timeout`` and, without ``fetch``, the fetch settings (proxy, offline, timeouts...), which
+    are made into a policy, and checked, only when the repository is not ready (``connections``,
+    given here, is checked at once).
     """
     from ..config import files
 
@@ -463,12 +482,11 @@ def use(
                                            ("timeout", timeout), ("connections", connections))
              if value is not None and not (key == "connections" and value == 1)}
     effective = files.effective(given, os.environ, given_as="use({}=...)")
-    if fetch is None:
-        fetch = files.fetch_policy(effective, os.environ)
     repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity))
     held = repositories.acquire(
         _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
-        max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"), fetch=fetch,
+        max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"),
+        fetch=fetch if fetch is not None else files.fetch_when_needed(effective, os.environ, given),
     )
     try:
         with held.cache.load(held.name):
