@@ -58,13 +58,16 @@ _boot_id: str | None = None
 _machine_id: str | None = None
 _pid_namespace: int | None = None
 _forgotten: frozenset[str] = frozenset()
+_own_start: tuple[int, int] | None = None  # (pid, start time) of this process
 
 
 def boot_id() -> str:
     global _boot_id  # noqa: PLW0603 - read once per process, then remembered
     if _boot_id is None:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:  # (an ascii codec costs an import)
-            _boot_id = f.read().strip().decode()
+        found = _read("/proc/sys/kernel/random/boot_id")
+        if found is None:
+            raise OSError("cannot read /proc/sys/kernel/random/boot_id: is /proc mounted?")
+        _boot_id = found.strip().decode()
     return _boot_id
 
 
@@ -73,11 +76,7 @@ def machine_id() -> str:
     global _machine_id  # noqa: PLW0603 - read once per process, then remembered
     if _machine_id is None:
         for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-            try:
-                with open(path, "rb") as f:
-                    found = f.read().strip().decode(errors="replace")
-            except OSError:
-                continue
+            found = (_read(path) or b"").strip().decode(errors="replace")
             if found.isalnum():
                 _machine_id = found
                 break
@@ -104,10 +103,8 @@ def forget_hosts(hosts: frozenset[str]) -> None:
 
 def _stat(pid: int) -> list[bytes] | None:
     """Fields 3 on of ``/proc/PID/stat``; None if there is no such process or it is hidden."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:  # gone, or hidden by hidepid (another user's process)
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:  # gone, or hidden by hidepid (another user's process)
         return None
     # The command name (field 2) is in parentheses and may itself contain spaces and parentheses.
     return stat[stat.rindex(b")") + 2 :].split()
@@ -208,9 +205,15 @@ class Owner:
 
     @classmethod
     def current(cls) -> Owner:
-        owner = cls.of(os.getpid())
-        assert owner is not None
-        return owner
+        """This process (its start time is read once per process: a program calling use() in
+        a loop asks for it at every call)."""
+        global _own_start  # noqa: PLW0603 - remembered per process, as boot_id() is
+        pid = os.getpid()
+        if _own_start is None or _own_start[0] != pid:  # (a child of fork is another process)
+            started = start_time(pid)
+            assert started is not None  # (this very process)
+            _own_start = (pid, started)
+        return cls(boot_id(), pid, _own_start[1], pid_namespace(), machine_id())
 
     @classmethod
     def parse(cls, key: str) -> Owner:
@@ -301,19 +304,31 @@ def job_of(pid: int) -> tuple[list[int], int | None]:
 
 
 def _comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().strip().decode(errors="replace")
-    except OSError:
-        return None
+    comm = _read(f"/proc/{pid}/comm")
+    return None if comm is None else comm.strip().decode(errors="replace")
 
 
 def _cmdline(pid: int) -> bytes | None:
+    return _read(f"/proc/{pid}/cmdline")
+
+
+def _read(path: str) -> bytes | None:
+    """The contents of the small file ``path`` (of /proc, mostly), or None if it cannot be read.
+    (Unbuffered: a warm use reads a dozen of these, and a buffered file costs more to set up than
+    the read itself.)"""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _same_command(pid: int, comm: str | None, parent: int) -> bool:
@@ -356,15 +371,19 @@ def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[
     if alive is None:
         alive = {}
     live, dead = [], []
+    pids: dict[str, int] = {}
     for lease in leases:
         key = owner_key(lease)
         up = alive.get(key)
         if up is None:
             up = alive[key] = key_alive(key)
-        if up:
-            live.append(Owner.parse(key).pid)
-        else:
+        if not up:
             dead.append(lease)
+            continue
+        pid = pids.get(key)
+        if pid is None:
+            pid = pids[key] = Owner.parse(key).pid
+        live.append(pid)
     return live, dead
 
 
