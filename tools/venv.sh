@@ -2,8 +2,8 @@
 # and holds the project installed with EXTRAS, e.g. '[test,progress]'.  Run from the project root.
 #
 # The install is editable, so changes to the sources need no reinstall; it is redone only when
-# pyproject.toml changes (a stamp in the venv per set of extras records what was installed), which
-# saves the seconds pip takes to find that nothing changed.
+# pyproject.toml or the scripts of bin/ (which are copied) change (a stamp in the venv per set of
+# extras records what was installed), which saves the seconds pip takes to find that nothing changed.
 venv=${SC_VENV:-.venv}
 
 setup_venv() {
@@ -11,7 +11,7 @@ setup_venv() {
         python3 -m venv "$venv"
     fi
     local stamp="$venv/.installed${1//[^a-z,]/}" wanted
-    wanted="$(cksum < pyproject.toml) $(pwd)"
+    wanted="$(cat pyproject.toml bin/* | cksum) $(pwd)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".$1"
         printf '%s' "$wanted" > "$stamp"
