@@ -1,7 +1,12 @@
-"""``python -m sharedcache``: the same as the ``sc`` command."""
+"""``python -m sharedcache``: the ``sc`` command, started as ``bin/sc`` starts it (which says why
+the garbage collector is off while it imports)."""
 
+import gc
 import sys
 
-from .cli import main
+gc.disable()
+from .cli import main  # noqa: E402 - imported with the collector off
 
+gc.freeze()
+gc.enable()
 sys.exit(main())

@@ -11,15 +11,21 @@ from __future__ import annotations
 import os
 import sys
 
+# What a command needs is imported here, not in the functions: the sc scripts import this
+# module before they freeze what start-up made (see bin/sc).
+from ..config import files
+from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
 from ..errors import SharedCacheError, UsageError
+from ..progress import Reporter
+from ..repository.repositories import Repositories
+from ..sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..config.files import Effective
-    from ..engine.leases import Owner
-    from ..repository.repositories import Held, Repositories
+    from ..repository.repositories import Held
     from .parser import Arguments
 
 # The owner of a use is the job that ran sc (see _owner), found from sc's parent.  The parent is
@@ -30,10 +36,6 @@ PARENT = os.getppid()
 
 def run(options: Arguments) -> int:
     """Run the command ``options`` asks for; return its exit status."""
-    from ..config import files
-    from ..progress import Reporter
-    from ..repository.repositories import Repositories
-
     # An option not given is None, False, or a count (-v, -q) of 0.
     given = {setting.key: value for setting in files.SETTINGS
              if (value := getattr(options, setting.key, None)) is not None and value is not False
@@ -61,8 +63,6 @@ def use(repositories: Repositories, options: Arguments) -> int:
 
 
 def unuse(repositories: Repositories, options: Arguments) -> int:
-    from ..engine.leases import Owner
-
     if options.pid is not None:
         owners = [_owner(options)]
     else:
@@ -93,8 +93,6 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     """
     import signal
     import subprocess
-
-    from ..engine.leases import Owner
 
     command = options.command
     held = _acquire(repositories, options, Owner.current())
@@ -127,8 +125,6 @@ def listing(repositories: Repositories, options: Arguments) -> int:
 
         print(json.dumps(rows, indent=2))
         return 0
-    from ..sizes import format_size
-
     print(f"{'NAME':24} {'STATE':17} {'SIZE':>10}  {'PATH':40} USERS")
     for row in rows:
         users = ",".join(str(p) for p in row["users"]) or "-"
@@ -139,8 +135,6 @@ def listing(repositories: Repositories, options: Arguments) -> int:
 
 def gc(repositories: Repositories, options: Arguments) -> int:
     if options.forget_host is not None:
-        from ..engine.leases import forget_hosts
-
         forget_hosts(frozenset(filter(None, options.forget_host.split(","))))
     for base, report in repositories.collect().items():
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
@@ -160,13 +154,12 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 
 def show_config(effective: Effective) -> int:
     """``sc config``: every setting, its effective value and where it comes from."""
-    from ..config.files import SETTINGS
     from ..config.settings import FetchPolicy
     from ..loaders.transport import shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES
 
     defaults = FetchPolicy()
-    for setting in SETTINGS:
+    for setting in files.SETTINGS:
         key = setting.key
         if key in effective:
             value, where = effective[key]
@@ -203,8 +196,6 @@ def _group(group: str | None) -> int | None:
 
 def _owner(options: Arguments) -> Owner:
     """The owner of the use: the process ``--pid`` names, else the job that ran sc."""
-    from ..engine.leases import Owner
-
     if options.pid is not None:
         owner = Owner.of(options.pid)
         if owner is None:
@@ -216,8 +207,6 @@ def _owner(options: Arguments) -> Owner:
 def _job() -> Owner:
     """The job sc's parent belongs to (:func:`~sharedcache.engine.leases.job_of`: past
     wrappers and subshells), with the last subshell on the way as a second owner."""
-    from ..engine.leases import Owner, start_time
-
     chain, copy = _job_chain()
     owner = Owner.of(chain[-1])
     if owner is None:
@@ -229,8 +218,6 @@ def _job() -> Owner:
 
 
 def _job_chain() -> tuple[list[int], int | None]:
-    from ..engine.leases import INITIAL_PID_NAMESPACE, job_of, pid_namespace
-
     if PARENT == 0:
         raise SharedCacheError("sc is the first process of its PID namespace; pass --pid to name the owner of the use")
     if PARENT == 1 and pid_namespace() == INITIAL_PID_NAMESPACE:
