@@ -106,9 +106,12 @@ def read_control(path: str | os.PathLike[str], limit: int = 4096, *, dir_fd: int
             return None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             return None
-        return os.read(fd, limit)
+        # A buffer of the file's size, not of the limit: a read of up to 1 MiB (an entry's
+        # metadata) would map and fault in a whole 1 MiB buffer at every warm use.
+        return os.read(fd, min(limit, max(status.st_size, 4096)))
     finally:
         os.close(fd)
 
