@@ -406,6 +406,62 @@ def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_out
     assert snapshot(home) == before
 
 
+def test_swapping_an_entry_for_a_link_during_uses_and_releases_never_reaches_outside(
+    shared, users, python, recipe, home
+):
+    # The worst case: the link leads to a directory of the victim's that looks like the entry
+    # (its lock, marker, metadata, and leases of owners long dead), so that a hold or a release
+    # acting through the link would touch her files: reclaim those leases, add its own, flag it.
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    root = base / f".shared-cache-g{users.gid}"
+    with Sleeper() as job:
+        args = [*group, "-d", str(base), "--pid", str(job.pid), "-n", "warm", *recipe]
+        first = run_as(python, users.victim, "--use", "--keep", *args, groups=(users.gid,))
+        assert first.returncode == 0, first.stderr
+        entry = root / "objects" / "warm"
+        decoy = home / "decoy"
+        (decoy / "leases").mkdir(parents=True)
+        for name in ("lock", "entry.json", "meta"):
+            (decoy / name).write_bytes((entry / name).read_bytes())
+        (decoy / "leases" / "0:1:1").write_text("")
+        (decoy / "leases" / "not a lease").write_text("")
+        for item in [decoy, *decoy.rglob("*")]:
+            os.chown(item, users.victim, users.victim)
+        before, touched = snapshot(home), os.stat(decoy / "lock").st_mtime_ns
+        swapper = ("import os, sys, time\n"
+                   "entry, target, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])\n"
+                   "aside = entry + '.real'\n"
+                   "end = time.monotonic() + seconds\n"
+                   "while time.monotonic() < end:\n"
+                   "    try:\n"
+                   "        os.rename(entry, aside)\n"
+                   "        os.symlink(target, entry)\n"
+                   "        time.sleep(0.002)\n"
+                   "        os.unlink(entry)\n"
+                   "        os.rename(aside, entry)\n"
+                   "    except OSError:\n"
+                   "        pass\n"
+                   "    time.sleep(0.001)\n")
+        attacker = code_as(python, users.member, swapper, str(entry), str(decoy), "4", groups=(users.gid,))
+        try:
+            end, rounds = time.monotonic() + 4, 0
+            while time.monotonic() < end:
+                rounds += 1
+                # (What she reads meanwhile is up to the member, whom she trusts by joining: the
+                # path goes through objects/, which every member may rename things in.)
+                for command in (["--use", *args], ["--unuse", *args], ["gc", *group, "-d", str(base)]):
+                    clean_lines(run_as(python, users.victim, *command, groups=(users.gid,)))
+        finally:
+            done(attacker)
+        assert rounds > 3
+        after = run_as(python, users.victim, "--use", *args, groups=(users.gid,))
+        assert after.returncode == 0, after.stderr
+        check_tree(Path(after.stdout.strip()), FILES)
+    assert snapshot(home) == before
+    assert os.stat(decoy / "lock").st_mtime_ns == touched  # no use was recorded on it
+
+
 def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_its_timeout(
     shared, users, python, recipe
 ):

@@ -79,8 +79,14 @@ Load (``load(name)``) and hold (``hold(name, owner)``)
 -------------------------------------------------------
 Open ``objects/<name>/lock`` (absent: miss), take it shared, then check that the path still names
 that lock file and the marker is there (else the entry was deleted meanwhile: retry, then miss),
-and set the lock's modification time to now: the last use, kept explicitly so that LRU
-eviction is right on ``noatime`` mounts and for users who do not own the files.
+and set the lock's modification time to now: the last use, kept explicitly so that LRU eviction
+is right on ``noatime`` mounts and for users who do not own the files.
+
+In a group cache every member may write ``objects/``, so one could put a link where an entry
+was between two steps.  There the entry's directory is opened first, without following a link
+at any step from the cache's directory (a link is a miss), and every step of a load, hold,
+release or deletion acts through that descriptor; the check above also asks that
+``objects/<name>`` still names that directory.
 
 A load holds the lock until the caller is done.  A hold, still under the lock, checks the
 entry's metadata against the caller's (another recipe under this name is a conflict), removes
@@ -502,41 +508,50 @@ class FsCache:
     @scoped
     def load(self, name: str) -> Iterator[Path]:
         """Yield the data directory of entry ``name``, read-locked; MissError if there is none."""
-        fd = self._lock_shared(check_name(name))
-        try:
+        with self._shared(check_name(name)):
             yield _path(os.path.join(self._objects, name, "data"))
-        finally:
-            os.close(fd)
 
     def lock_for_reading(self, name: str) -> int:
         """Entry ``name``'s lock taken shared, as a descriptor the caller closes; MissError if
         there is none.  The entry is in use while any copy of the descriptor is open, so a
         child process that inherits it holds the entry for as long as it keeps it."""
-        return self._lock_shared(check_name(name))
+        with self._shared(check_name(name)) as (fd, _):
+            return os.dup(fd)  # (a copy shares the lock: it is held until every copy is closed)
 
-    def _lock_shared(self, name: str) -> int:
-        """Take entry ``name``'s lock shared and record the use; return the locked descriptor."""
-        entry = os.path.join(self._objects, name)
-        lock = os.path.join(entry, "lock")
+    @scoped
+    def _shared(self, name: str) -> Iterator[tuple[int, str]]:
+        """Take entry ``name``'s lock shared and record the use; yield the locked descriptor
+        and the entry's path (:meth:`_entry`), for the block to act on that very directory."""
         for _ in range(3):
-            try:
-                fd = os.open(lock, _OPEN_FLAGS)
-            except (FileNotFoundError, NotADirectoryError):
-                break
-            try:
-                locks.lock(fd, locks.SHARED, timeout=self.timeout, what=f"entry {name!r}")
-                if not locks.still_linked(fd, lock):
-                    os.close(fd)
-                    continue  # deleted (and maybe stored again) while we waited: look again
-                if os.path.exists(os.path.join(entry, "entry.json")):
+            with self._entry(name) as entry:
+                lock = os.path.join(entry, "lock")
+                try:
+                    fd = os.open(lock, _OPEN_FLAGS)
+                except (FileNotFoundError, NotADirectoryError):
+                    break
+                try:
+                    locks.lock(fd, locks.SHARED, timeout=self.timeout, what=f"entry {name!r}")
+                    if not (locks.still_linked(fd, lock) and self._still_named(name, entry)):
+                        continue  # deleted (and maybe stored again) while we waited: look again
+                    if not os.path.exists(os.path.join(entry, "entry.json")):
+                        break
                     self._touch(fd)
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
-            break
+                    yield fd, entry
+                    return
+                finally:
+                    os.close(fd)
         raise MissError(f"no entry {name!r} in cache {self.root}")
+
+    def _still_named(self, name: str, entry: str) -> bool:
+        """Whether ``objects/<name>`` still names the directory ``entry`` (a path of
+        :meth:`_entry`): a deletion renames it into the trash."""
+        if not self.shared:
+            return True  # (a plain path: still_linked on a file in it says it all)
+        try:
+            now = os.stat(os.path.join(self._objects, name), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return os.path.samestat(os.stat(entry), now)
 
     @staticmethod
     def _touch(fd: int) -> None:
@@ -550,6 +565,31 @@ class FsCache:
         """Where entry ``name``'s data is (or would be); it is safe to read only under a use."""
         return _path(os.path.join(self._objects, check_name(name), "data"))
 
+    @scoped
+    def _entry(self, name: str) -> Iterator[str]:
+        """A path naming entry ``name``'s directory for the steps of one operation.
+
+        In a group cache ``objects/`` is writable by every member, so one could rename an entry
+        away and put a link to a directory of yours in its place between two steps: the
+        directory is then opened once, without following a link at any step from the cache's
+        directory, and named through its descriptor (as a stage is), so that the leases and
+        flags written and removed are that directory's, inside the cache.  A link there is no
+        entry (MissError).  In a private cache nobody else can write, and the path is plain."""
+        if not self.shared:
+            yield os.path.join(self._objects, name)
+            return
+        objects = self._open_own(OBJECTS)
+        try:
+            fd = open_directory(name, dir_fd=objects)
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissError(f"no entry {name!r} in cache {self.root}") from None
+        finally:
+            os.close(objects)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+
     def hold(
         self, name: str, owner: Owner, *, keep: bool = False, meta: str | None = None
     ) -> str:
@@ -559,9 +599,7 @@ class FsCache:
         ``meta``, the entry's metadata must equal it, else :class:`ConflictError` is raised and
         no lease is taken.  The index is not opened: this is the whole of a warm use.
         """
-        fd = self._lock_shared(check_name(name))
-        try:
-            entry = os.path.join(self._objects, name)
+        with self._shared(check_name(name)) as (_, entry):
             if meta is not None:
                 found = self._meta(entry)
                 if found != meta:
@@ -570,8 +608,6 @@ class FsCache:
             if keep:
                 self._mark_kept(entry)
             return add_lease(entry, owner)
-        finally:
-            os.close(fd)
 
     def _mark_kept(self, entry: str) -> None:
         keep = os.path.join(entry, "keep")
@@ -602,8 +638,7 @@ class FsCache:
         it).  Returns whether the entry was deleted.  Raises MissError if there is no such
         entry, UsageError if that owner holds no lease on it.
         """
-        entry = os.path.join(self._objects, check_name(name))
-        with self._transaction() as db:
+        with self._transaction() as db, self._entry(check_name(name)) as entry:
             if not os.path.exists(os.path.join(entry, "entry.json")):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
             # Read before anything changes, so that an unusable index fails the release whole.
@@ -621,7 +656,7 @@ class FsCache:
             if keep:
                 self._mark_kept(entry)
                 db.mark_kept(name)
-            deleted = not keep and not kept and self._retire(db, name, unless_kept=True)
+            deleted = not keep and not kept and self._retire(db, name, unless_kept=True, entry=entry)
             self._restore_budget(db)
         self._empty_trash()
         return deleted
@@ -634,36 +669,53 @@ class FsCache:
 
     def lease_of(self, name: str, owner: Owner) -> str | None:
         """A lease of ``owner`` on ``name``, if it holds one."""
-        return lease_of(os.path.join(self._objects, check_name(name)), owner)
+        try:
+            with self._entry(check_name(name)) as entry:
+                return lease_of(entry, owner)
+        except MissError:
+            return None
 
     def users(self, name: str) -> list[int]:
         """pids of the live processes holding a lease on ``name``."""
-        return scan_leases(os.path.join(self._objects, check_name(name)))[0]
+        try:
+            with self._entry(check_name(name)) as entry:
+                return scan_leases(entry)[0]
+        except MissError:
+            return []
 
     # -- deletion --------------------------------------------------------------------------------
 
     def remove(self, name: str) -> None:
         """Delete entry ``name``.  MissError if there is none, BusyError if it is in use."""
-        entry = os.path.join(self._objects, check_name(name))
-        with self._transaction() as db:
+        with self._transaction() as db, self._entry(check_name(name)) as entry:
             if not os.path.exists(os.path.join(entry, "entry.json")):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
             users = scan_leases(entry)[0]
             if users:
                 pids = ", ".join(str(pid) for pid in users)
                 raise BusyError(f"entry {name!r} in {self.root} is in use by process {pids}")
-            if not self._retire(db, name):
+            if not self._retire(db, name, entry=entry):
                 raise BusyError(f"entry {name!r} in {self.root} is in use")
         self._empty_trash()
 
-    def _retire(self, db: Index, name: str, *, unless_kept: bool = False) -> bool:
+    def _retire(self, db: Index, name: str, *, unless_kept: bool = False, entry: str | None = None) -> bool:
         """Within a transaction: move entry ``name`` to the trash unless it is in use (locked,
-        or leased by a live process) or, with ``unless_kept``, marked to keep.
+        or leased by a live process) or, with ``unless_kept``, marked to keep.  ``entry``: the
+        caller's path of its directory (:meth:`_entry`), if it has one.
 
         Returns whether it was removed.  The tree itself is deleted after the commit, by
         :meth:`_empty_trash`.
         """
-        entry = os.path.join(self._objects, name)
+        if entry is None:
+            try:
+                with self._entry(name) as opened:
+                    return self._retire(db, name, unless_kept=unless_kept, entry=opened)
+            except MissError:
+                # No directory (a crashed delete), or a link a group member put in its place:
+                # only the row is ours to drop (gc moves a link away).
+                if db.has(name):
+                    db.forget(name)
+                return True
         # The index is read before anything changes, so that an unusable one fails the
         # deletion whole.
         counted = db.has(name)
@@ -974,11 +1026,14 @@ class FsCache:
                 report.rows_dropped += 1
             alive: dict[str, bool] = {}
             for name, keep in db.names_and_keep():
-                entry = f"{self._objects}/{name}"
-                users, dead = scan_leases(entry, alive)
-                report.leases_reclaimed += reclaim_leases(entry, dead)
-                if not users and not keep:
-                    report.entries_deleted += self._retire(db, name, unless_kept=True)
+                try:
+                    with self._entry(name) as entry:
+                        users, dead = scan_leases(entry, alive)
+                        report.leases_reclaimed += reclaim_leases(entry, dead)
+                        if not users and not keep:
+                            report.entries_deleted += self._retire(db, name, unless_kept=True, entry=entry)
+                except MissError:
+                    continue  # a link where the entry was (a group member's): not ours to follow
             actual = db.sum_of_sizes()
             if actual != db.total():
                 report.accounting_fixed = 1
