@@ -365,6 +365,25 @@ def test_a_member_planting_in_a_group_cache_never_makes_another_act_outside_or_h
     assert snapshot(home) == before
 
 
+# Swaps each of PATHS for a symlink to TARGET and back, in a loop, for SECONDS.
+SWAP = """\
+import os, sys, time
+target, seconds, *paths = sys.argv[1], float(sys.argv[2]), *sys.argv[3:]
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for real in paths:
+        aside = real + ".real"
+        try:
+            os.rename(real, aside)
+            os.symlink(target, real)
+            time.sleep(0.001)
+            os.unlink(real)
+            os.rename(aside, real)
+        except OSError:
+            pass
+"""
+
+
 def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_outside(
     shared, users, python, recipe, home
 ):
@@ -375,21 +394,8 @@ def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_out
     with Sleeper() as job:
         args = [*group, "-d", str(base), "--pid", str(job.pid), *recipe]
         assert run_as(python, users.victim, "--use", "-n", "warm", *args, groups=(users.gid,)).returncode == 0
-        swapper = ("import os, sys, time\n"
-                   "root, target, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])\n"
-                   "end = time.monotonic() + seconds\n"
-                   "while time.monotonic() < end:\n"
-                   "    for sub in ('stage', 'trash'):\n"
-                   "        real, aside = os.path.join(root, sub), os.path.join(root, sub + '.real')\n"
-                   "        try:\n"
-                   "            os.rename(real, aside)\n"
-                   "            os.symlink(target, real)\n"
-                   "            time.sleep(0.001)\n"
-                   "            os.unlink(real)\n"
-                   "            os.rename(aside, real)\n"
-                   "        except OSError:\n"
-                   "            pass\n")
-        attacker = code_as(python, users.member, swapper, str(root), str(home), "3", groups=(users.gid,))
+        attacker = code_as(python, users.member, SWAP, str(home), "3", str(root / "stage"), str(root / "trash"),
+                           groups=(users.gid,))
         try:
             end = time.monotonic() + 3
             rounds = 0
@@ -429,21 +435,7 @@ def test_swapping_an_entry_for_a_link_during_uses_and_releases_never_reaches_out
         for item in [decoy, *decoy.rglob("*")]:
             os.chown(item, users.victim, users.victim)
         before, touched = snapshot(home), os.stat(decoy / "lock").st_mtime_ns
-        swapper = ("import os, sys, time\n"
-                   "entry, target, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])\n"
-                   "aside = entry + '.real'\n"
-                   "end = time.monotonic() + seconds\n"
-                   "while time.monotonic() < end:\n"
-                   "    try:\n"
-                   "        os.rename(entry, aside)\n"
-                   "        os.symlink(target, entry)\n"
-                   "        time.sleep(0.002)\n"
-                   "        os.unlink(entry)\n"
-                   "        os.rename(aside, entry)\n"
-                   "    except OSError:\n"
-                   "        pass\n"
-                   "    time.sleep(0.001)\n")
-        attacker = code_as(python, users.member, swapper, str(entry), str(decoy), "4", groups=(users.gid,))
+        attacker = code_as(python, users.member, SWAP, str(decoy), "4", str(entry), groups=(users.gid,))
         try:
             end, rounds = time.monotonic() + 4, 0
             while time.monotonic() < end:
