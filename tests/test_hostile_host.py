@@ -454,29 +454,42 @@ def test_swapping_an_entry_for_a_link_during_uses_and_releases_never_reaches_out
     assert os.stat(decoy / "lock").st_mtime_ns == touched  # no use was recorded on it
 
 
+@pytest.mark.parametrize(("held", "name"), [("populate/repo.lock", "repo"), ("objects/warm/lock", "warm"),
+                                           ("stage.lock", "repo"), ("index.sqlite", "repo")])
 def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_its_timeout(
-    shared, users, python, recipe
+    shared, users, python, recipe, held, name
 ):
+    # A population's lock, a ready entry's lock (held exclusively: as if deleting it), the
+    # staging area's, and the index's write lock: each is waited for at most --timeout.
     base = tmp_like(shared / "tmp")
     group = ["--group", str(users.gid)]
     root = base / f".shared-cache-g{users.gid}"
     with Sleeper() as job:  # the group cache, made by a first use
-        first = run_as(python, users.victim, "--use", *group, "-n", "warm", "-d", str(base),
+        first = run_as(python, users.victim, "--use", "--keep", *group, "-n", "warm", "-d", str(base),
                        "--pid", str(job.pid), *recipe, groups=(users.gid,))
         assert first.returncode == 0, first.stderr
-    hold = ("import fcntl, os, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o664)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    hold = ("import fcntl, os, sqlite3, sys, time\n"
+            "if sys.argv[1].endswith('.sqlite'):\n"
+            "    db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "    db.execute('BEGIN IMMEDIATE')\n"
+            "else:\n"
+            "    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o664)\n"
+            "    fcntl.flock(fd, fcntl.LOCK_EX)\n"
             "print('held', flush=True)\n"
             "time.sleep(60)\n")
-    holder = code_as(python, users.member, hold, str(root / "populate" / "repo.lock"), groups=(users.gid,))
+    holder = code_as(python, users.member, hold, str(root / held), groups=(users.gid,))
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         start = time.monotonic()
-        result = run_as(python, users.victim, "--use", *group, "-n", "repo", "-d", str(base),
+        result = run_as(python, users.victim, "--use", *group, "-n", name, "-d", str(base),
                         "--timeout", "2", *recipe, groups=(users.gid,))
         elapsed = time.monotonic() - start
-        assert result.returncode == 1 and "timed out after 2 s" in clean_lines(result)[-1]
+        last = clean_lines(result)[-1]
+        assert result.returncode == 1, result.stderr
+        if held == "populate/repo.lock":
+            assert "timed out after 2 s" in last
+        else:
+            assert "timed out after" in last or "busy" in last, last
         assert elapsed < 2 + 10
     finally:
         holder.kill()

@@ -124,6 +124,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from _thread import _local as thread_local  # threading.local, without importing threading
 
 from ..errors import (
@@ -254,6 +255,9 @@ class FsCache:
         self.repair = repair
         self.durable = durable
         self.timeout = timeout
+        #: No wait goes on past this ``time.monotonic()`` (None: each is bounded by ``timeout``
+        #: alone): a caller with a deadline of its own sets it for its operations (sc's --timeout).
+        self.deadline: float | None = None
         self._objects = os.path.join(self.root, "objects")
         self._stage = os.path.join(self.root, "stage")
         self._trash = os.path.join(self.root, "trash")
@@ -289,7 +293,16 @@ class FsCache:
         return db
 
     def _transaction(self) -> AbstractContextManager[Index]:
-        return self._db().transaction()
+        db = self._db()
+        db.wait_at_most(self._wait())
+        return db.transaction()
+
+    def _wait(self) -> float:
+        """Seconds a wait for a lock (or for the index) may take now: ``timeout``, or less if
+        the deadline is nearer."""
+        if self.deadline is None:
+            return self.timeout
+        return max(0.0, min(self.timeout, self.deadline - time.monotonic()))
 
     # -- settings --------------------------------------------------------------------------------
 
@@ -339,7 +352,7 @@ class FsCache:
         """A fresh staging directory, locked by this process, removed on exit unless committed."""
         guard = self._stage_guard()
         try:
-            locks.lock(guard, locks.SHARED, timeout=self.timeout, what=f"{self.root}/stage.lock")
+            locks.lock(guard, locks.SHARED, timeout=self._wait(), what=f"{self.root}/stage.lock")
             stage_id = unique_name()
             stages = self._open_own(STAGE)
             try:
@@ -530,7 +543,7 @@ class FsCache:
                 except (FileNotFoundError, NotADirectoryError):
                     break
                 try:
-                    locks.lock(fd, locks.SHARED, timeout=self.timeout, what=f"entry {name!r}")
+                    locks.lock(fd, locks.SHARED, timeout=self._wait(), what=f"entry {name!r}")
                     if not (locks.still_linked(fd, lock) and self._still_named(name, entry)):
                         continue  # deleted (and maybe stored again) while we waited: look again
                     if not os.path.exists(os.path.join(entry, "entry.json")):

@@ -81,6 +81,13 @@ class Index(sqlite3.Connection):
     root: str
     file_mode: int  # the cache's mode for the files it makes (the reserve)
     broken = False
+    waits: float  # seconds a busy index is waited for (SQLite's busy timeout), as last set
+
+    def wait_at_most(self, seconds: float) -> None:
+        """Wait for a busy index at most ``seconds`` from now on (SQLite's busy timeout)."""
+        if seconds != self.waits:
+            super().execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+            self.waits = seconds
 
     def execute(self, sql: str, parameters: tuple[object, ...] = ()) -> _Rows:  # type: ignore[override]  # rows are fetched through _Rows, whose errors are ours
         return self.cursor(_Rows).execute(sql, parameters)
@@ -289,7 +296,7 @@ def open_index(root: str, timeout: float, file_mode: int = 0o600) -> Index:
         db = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=Index)
     except (OSError, sqlite3.DatabaseError) as e:
         raise CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") from None
-    db.root, db.file_mode = root, file_mode
+    db.root, db.file_mode, db.waits = root, file_mode, timeout
     db.execute("PRAGMA synchronous=NORMAL")
     if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
         _create_schema(db, timeout)

@@ -78,6 +78,14 @@ class Base:
             self._target = f"../{os.path.basename(self.control)}/objects/"
         self._cache: FsCache | None = None
         self._populate: str | None = None
+        #: The command's deadline (``--timeout``), which bounds every wait in the cache too.
+        self.deadline: float | None = None
+
+    def bound_waits(self, deadline: float | None) -> None:
+        """Let no wait in this base's cache go past ``deadline`` (None: the cache's own bound)."""
+        self.deadline = deadline
+        if self._cache is not None:
+            self._cache.deadline = deadline
 
     def has_cache(self) -> bool:
         return os.path.exists(os.path.join(self.control, "cache.info"))
@@ -106,6 +114,7 @@ class Base:
                 check_base(self.path, self.group)
                 user_directory(self.path)
                 self._cache = _open_caches[key] = FsCache(self.control, group=self.group)
+            self._cache.deadline = self.deadline  # (shared by the commands of this process)
         return self._cache
 
     def use_cache(self, cache: FsCache) -> None:

@@ -135,6 +135,16 @@ class Repositories:
             fetch=fetch,
         )
         budget = None if max_size is None else parse_size(max_size, "--max-size")
+        for base in self.bases:
+            base.bound_waits(request.deadline)
+        try:
+            return self._acquire(request, budget)
+        finally:
+            for base in self.bases:
+                base.bound_waits(None)
+
+    def _acquire(self, request: Request, budget: int | None) -> Held:
+        """The steps of :meth:`acquire`, each wait in the caches bounded by the request's deadline."""
         base = self._existing(request)
         if isinstance(base, Held):
             self._report_skips()
