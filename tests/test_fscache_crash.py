@@ -97,7 +97,7 @@ CRASH_POINTS = {
     "budget: evicted a victim": ("set_budget", ("_to_trash", "rename", "c_return"), "rows without entry", None),
     "gc: reconciling": ("gc", ("gc", "_adopt", "return"), "", None),
     "gc: emptying trash": ("gc", ("gc", "_empty_trash", "call"), "", None),
-    "load: locked": ("load", ("_lock_shared", "_touch", "call"), "", None),
+    "load: locked": ("load", ("_shared", "_touch", "call"), "", None),
     "hold: lease created": ("hold", ("add_lease", "create_empty", "return"), "dead leases", None),
     "release: lease removed": ("release", ("release", "unlink", "c_return"), "", None),
 }
