@@ -118,3 +118,27 @@ def test_a_setgid_directory_makes_no_group_cache_without_consent(shared, python)
         control = base / f".shared-cache-g{GROUP}"
         assert control.stat().st_gid == GROUP and control.stat().st_mode & 0o2070 == 0o2070
         assert read_as(python, BOB, Path(second.stdout.strip())).returncode == 0
+
+
+def test_the_python_api_uses_a_group_cache_when_asked_by_argument_or_config_file(shared, tmp_path, monkeypatch):
+    import grp
+
+    import sharedcache
+    from sharedcache import UsageError
+
+    tarball = shared / "data.tar.gz"
+    md5 = make_tarball(tarball, FILES)
+    words = (f"file:{tarball}", f"md5:{md5}", "tar")
+    gid = os.getgid()
+    monkeypatch.setenv("SC_CONFIG", os.devnull)
+    with sharedcache.use(*words, name="repo", directories=[shared], group=gid) as path:
+        assert path.resolve().parent.parent == shared / f".shared-cache-g{gid}" / "objects"
+        assert (shared / f".shared-cache-g{gid}").stat().st_mode & 0o2070 == 0o2070
+    config = tmp_path / "config"
+    config.write_text(f"group = {grp.getgrgid(gid).gr_name}\n")
+    monkeypatch.setenv("SC_CONFIG", str(config))
+    with sharedcache.use(*words, name="again", directories=[shared]) as path:
+        assert path.resolve().parent.parent == shared / f".shared-cache-g{gid}" / "objects"
+    with pytest.raises(UsageError, match="no such group: 'no-such-group-here'"), \
+            sharedcache.use(*words, name="none", directories=[shared], group="no-such-group-here"):
+        pass

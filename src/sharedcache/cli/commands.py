@@ -17,6 +17,7 @@ from ..config import files
 from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
 from ..errors import SharedCacheError, UsageError
 from ..progress import Reporter
+from ..repository.bases import group_id
 from ..repository.repositories import Repositories
 from ..sizes import format_size
 
@@ -51,7 +52,7 @@ def run(options: Arguments) -> int:
     repositories = Repositories(
         options.directories,  # the environment's, a file's, or the option's (files.effective)
         reporter=Reporter(options.verbosity),
-        group=_group(options.group),
+        group=group_id(options.group),
     )
     assert options.action is not None
     return COMMANDS[options.action](repositories, options)
@@ -181,17 +182,6 @@ def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> He
         options.loaders, owner=owner, name=options.name, size=options.size, keep=options.keep,
         max_size=options.max_size, timeout=options.timeout, fetch=options.fetch,
     )
-
-
-def _group(group: str | None) -> int | None:
-    if group is None or group.isdigit():
-        return None if group is None else int(group)
-    import grp
-
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise UsageError(f"--group {group}: no such group") from None
 
 
 def _owner(options: Arguments) -> Owner:

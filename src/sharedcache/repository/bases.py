@@ -62,6 +62,21 @@ def base_directories(directories: str | Sequence[str | os.PathLike[str]] | None)
     return result
 
 
+def group_id(group: str | int | None) -> int | None:
+    """The gid of the group cache asked for (``--group``, ``use(group=)``, a config file's
+    ``group``): a gid, or a group's name; None for none."""
+    if group is None or isinstance(group, int):
+        return group
+    if group.isdigit():
+        return int(group)
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"no such group: {group!r}") from None
+
+
 class Base:
     """One candidate base directory and the repositories in it."""
 

@@ -21,7 +21,7 @@ from ..lean import scoped
 from ..loaders.words import default_name, legacy_default_name, normalize_words, recipe_identity
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
-from .bases import PRIVATE_CACHE, Base, base_directories
+from .bases import PRIVATE_CACHE, Base, base_directories, group_id
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -468,6 +468,7 @@ def use(
     timeout: float | None = None,
     connections: int = 1,
     fetch: FetchPolicy | None = None,
+    group: str | int | None = None,
     verbosity: int = -1,
 ) -> Iterator[Path]:
     """Hold a use of a repository for the duration of the ``with`` block; yield its path.
@@ -480,7 +481,8 @@ def use(
     ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.  What is not given is
     taken from the config files and the environment as ``sc`` takes it
     (:mod:`sharedcache.config.files`): ``directories`` (else /tmp:/var/tmp), ``max_size``,
-    ``timeout`` and, without ``fetch``, the fetch settings (proxy, offline, timeouts...), which
+    ``timeout``, ``group`` (a group's name or gid: use the cache that group shares, as ``sc
+    --group`` does, instead of your own) and, without ``fetch``, the fetch settings (proxy, offline, timeouts...), which
     are made into a policy, and checked, only when the repository is not ready (``connections``,
     given here, is checked at once).
     """
@@ -489,10 +491,12 @@ def use(
     if fetch is not None and connections != 1:
         raise UsageError("give connections in fetch, or alone, not both")
     given = {key: value for key, value in (("directories", directories), ("max_size", max_size),
-                                           ("timeout", timeout), ("connections", connections))
+                                           ("timeout", timeout), ("connections", connections),
+                                           ("group", group))
              if value is not None and not (key == "connections" and value == 1)}
     effective = files.effective(given, os.environ, given_as="use({}=...)")
-    repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity))
+    repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity),
+                                group=group_id(files.value(effective, "group")))
     held = repositories.acquire(
         _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
         max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"),
