@@ -22,10 +22,11 @@ from scutil import close_listener, control, finish, read_head, sc, sc_start
 
 
 class Trickle:
-    """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, one every ``interval`` s."""
+    """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, one every ``interval`` s;
+    ``headers``: whether it answers at all (else it reads the request and stays silent)."""
 
-    def __init__(self, length: int = 100_000, interval: float = 0.2) -> None:
-        self.length, self.interval = length, interval
+    def __init__(self, length: int = 100_000, interval: float = 0.2, headers: bool = True) -> None:
+        self.length, self.interval, self.headers = length, interval, headers
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -51,6 +52,9 @@ class Trickle:
                 return
             head = f'HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\nETag: "v1"\r\n\r\n'
             try:
+                if not self.headers:
+                    self._stop.wait(120)
+                    return
                 conn.sendall(head.encode())
                 for _ in range(self.length):
                     if self._stop.wait(self.interval):
@@ -138,3 +142,23 @@ def test_timeout_bounds_the_command_s_own_population(tmp_path, trickle):
     assert not (control(base) / "objects" / "slow").exists()
     # Not the recipe's failure: no error record answers the next user.
     assert not (control(base) / "populate" / "slow.error").exists()
+
+
+@pytest.mark.parametrize("silent", ["answer", "body"])
+def test_timeout_bounds_a_population_whose_origin_falls_silent(tmp_path, silent):
+    # Headers, then nothing (or not even headers): no progress to check the deadline against,
+    # and each wait within the 60 s read timeout; --timeout still ends the command on time.
+    server = Trickle(interval=120, headers=silent == "body")
+    try:
+        base = tmp_path / "base"
+        base.mkdir()
+        started = time.monotonic()
+        result = sc("--use", "--timeout", "2", "--speed-limit", "0", "-d", str(base), "-n", "silent", server.word())
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("sc: error: repository 'silent': timed out after 2 s populating it")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert elapsed < 2 + 5, elapsed
+    assert not (control(base) / "objects" / "silent").exists()

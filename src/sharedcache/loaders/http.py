@@ -36,7 +36,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DownloadError, ResumeError, UsageError
+from ..errors import DownloadError, ResumeError, UsageError, WaitTimeoutError
 from .credentials import Authorization, certificate_problem, pool_options, url_login
 from .local import safe_filename
 from .protocol import Context, Source
@@ -145,6 +145,7 @@ class _HttpStream(SourceStream):
         self.url = url
         self.fetch = fetch = ctx.fetch
         self.notice = ctx.notice
+        self.deadline = ctx.deadline
         self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
         self._connections = fetch.connections
@@ -237,7 +238,8 @@ class _HttpStream(SourceStream):
             try:
                 # Headers given to a request replace the pool's (User-Agent...): they are merged.
                 response = pool.request("GET", self.url, headers={**pool.headers, **headers},
-                                        preload_content=False, decode_content=False)
+                                        preload_content=False, decode_content=False,
+                                        **self._timeout(pool))
             except self.errors as exc:
                 inner = getattr(exc, "reason", exc)
                 permanent = isinstance(inner, (urllib3.exceptions.SSLError,  # no retry fixes these
@@ -274,11 +276,41 @@ class _HttpStream(SourceStream):
             attempt += 1
 
     def pause(self, seconds: float, stop: threading.Event | None) -> None:
-        """Wait before a retry; a part stopped meanwhile (``stop`` set) gives up."""
+        """Wait before a retry; a part stopped meanwhile (``stop`` set) gives up, and so does
+        everyone at the deadline."""
+        left = self.time_left()
+        if left is not None:
+            seconds = min(seconds, left)
         if stop is None:
             time.sleep(seconds)
         elif stop.wait(seconds):
             raise self.stopped_error()
+        self.time_left()
+
+    def time_left(self) -> float | None:
+        """Seconds left before the population's deadline (None: it has none); past it,
+        :class:`WaitTimeoutError`."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeoutError(f"{self.url} gave no complete answer in the time left")
+        return left
+
+    def _timeout(self, pool: Any) -> dict[str, Any]:
+        """The timeouts of a request: the pool's, shortened to the time left before the deadline."""
+        left = self.time_left()
+        if left is None:
+            return {}
+        import urllib3
+
+        configured = pool.connection_pool_kw.get("timeout") or urllib3.Timeout()
+
+        def shortened(seconds: object) -> float:
+            return min(seconds, left) if isinstance(seconds, (int, float)) else left
+
+        return {"timeout": urllib3.Timeout(connect=shortened(configured.connect_timeout),
+                                           read=shortened(configured.read_timeout))}
 
     def stopped_error(self) -> DownloadError:
         return DownloadError(f"download of {self.url} was stopped")
@@ -369,6 +401,7 @@ class _Body:
             try:
                 # read1 (urllib3 >= 2.3) hands on what has arrived rather than wait for a full buffer.
                 response = self._response
+                self._bound_wait(response)
                 data: bytes = response.read1(size) if hasattr(response, "read1") else response.read(size)
             except self._http.errors as exc:
                 self._interrupted(_reason(exc))
@@ -387,6 +420,16 @@ class _Body:
                 return b""
             self._interrupted(f"the connection closed after {self._position} of {self._http.total} bytes")
 
+    def _bound_wait(self, response: Any) -> None:
+        """With a deadline, let the next read wait no longer than the time left (a silent server
+        would otherwise hold it for the whole read timeout)."""
+        left = self._http.time_left()
+        sock = getattr(getattr(response, "connection", None), "sock", None)
+        if left is not None and sock is not None:
+            from .transport import read_timeout
+
+            sock.settimeout(min(read_timeout(self._http.fetch), left))
+
     def _check_speed(self, got: int) -> None:
         """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time``."""
         fetch = self._http.fetch
@@ -403,9 +446,11 @@ class _Body:
         self._window = (now, 0)
 
     def _interrupted(self, why: str) -> None:
-        """Get ready to ask for the rest, or give up: without a validator, or after too many attempts."""
+        """Get ready to ask for the rest, or give up: without a validator, after too many attempts,
+        or at the deadline."""
         self.close()
         http = self._http
+        http.time_left()
         if http.validator is None:
             raise ResumeError(f"cannot resume {http.url} at byte {self._position} ({why}): "
                               "the server gives no ETag or Last-Modified to check it did not change")

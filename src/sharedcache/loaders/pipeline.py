@@ -83,7 +83,8 @@ _THREAD_EXIT_WAIT = 2.0     # seconds to wait for the reading thread after a fai
 
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
              limit: int | None = None, progress: Progress | None = None,
-             fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None) -> None:
+             fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
+             deadline: float | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
@@ -92,7 +93,9 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     arrived too) at most every 0.1 s, ``fetch`` says how sources fetch (connections, timeouts,
     retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None), and
     ``notice(message)`` hears of retries and fail-overs, and of each move to the next source.
-    Raises a :class:`LoaderError`.  The sources of the recipe are tried in order (see Mirrors).
+    Past ``deadline`` (a ``time.monotonic()``), no source waits any longer: it raises
+    :class:`~sharedcache.errors.WaitTimeoutError`.  Raises a :class:`LoaderError`.  The sources
+    of the recipe are tried in order (see Mirrors).
     """
     dest, work = Path(dest), Path(work)
     failures: list[LoaderError] = []
@@ -100,7 +103,7 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     sources = sorted(recipe.sources, key=lambda source: source.describe() != kept)
     for source, following in zip(sources, [*sources[1:], None], strict=True):
         try:
-            _populate_from(source, recipe, dest, work, limit, progress, fetch, notice)
+            _populate_from(source, recipe, dest, work, limit, progress, fetch, notice, deadline)
             return
         except _MIRROR_FAILURES as exc:
             failures.append(exc)
@@ -118,9 +121,10 @@ _MIRROR_FAILURES = (DownloadError, ChecksumError, CorruptDataError, UnsafeArchiv
 
 def _populate_from(source: Source, recipe: Recipe, dest: Path, work: Path, limit: int | None,
                    progress: Progress | None, fetch: FetchPolicy | None,
-                   notice: Callable[[str], None] | None) -> None:
+                   notice: Callable[[str], None] | None, deadline: float | None) -> None:
     """Fill ``dest`` from ``source``, starting over when it cannot resume."""
-    ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch, notice=notice)
+    ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch, notice=notice,
+                  deadline=deadline)
     resumable = _raw(recipe) and source.resumable
     partial = _Partial(work, recipe.identity, ctx.what) if resumable else None
     if partial is None:

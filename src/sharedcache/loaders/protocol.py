@@ -55,7 +55,10 @@ message naming what failed and why; ``ctx.what`` names the source for such messa
 ``ctx.fetch`` is the fetch policy (:class:`~sharedcache.config.settings.FetchPolicy`: connections,
 timeouts, retries, back-off, proxies, offline); ``ctx.notice(message)`` tells the user (with
 ``-v``) what is worth knowing, such as a retry and its reason.  ``ctx.work`` is a private
-directory that survives the process, for spooling; remove what you put there.
+directory that survives the process, for spooling; remove what you put there.  ``ctx.deadline``
+(a ``time.monotonic()``, or None) is when the caller stops waiting (``--timeout``): a source that
+waits on the network bounds each wait by what is left, and past it raises
+:class:`~sharedcache.errors.WaitTimeoutError`.
 
 A complete transform, ``upper``, that upper-cases ASCII text::
 
@@ -95,9 +98,13 @@ class Context:
     """What loaders may use while a recipe runs."""
 
     def __init__(self, *, work: Path, what: str, limit: int | None = None,
-                 fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None) -> None:
+                 fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
+                 deadline: float | None = None) -> None:
         self.work = work
         self.what = what
+        #: The ``time.monotonic()`` by which the population must be done (the caller's --timeout),
+        #: or None: a source bounds each wait of its own (a connection, an answer) by what is left.
+        self.deadline = deadline
         self.limit = limit
         self.fetch = fetch if fetch is not None else FetchPolicy()
         self.notice: Callable[[str], None] = notice if notice is not None else _ignore

@@ -148,6 +148,7 @@ class Population:
                        "size": request.limit, "done": 0, "total": None, "started": time.time()}
         self._bar = reporter.bar(name)
         self._last_write = 0.0
+        self._done = 0  # source bytes received, as progress() last heard
 
     def run(self) -> str:
         """Populate and commit; return the owner's lease.  On failure leave the error record
@@ -219,22 +220,32 @@ class Population:
         from ..loaders.pipeline import populate
 
         request = self.request
-        populate(self.recipe, data, work=self.work, limit=request.limit,
-                 progress=self.progress, fetch=request.fetch, notice=self.reporter.info)
+        try:
+            populate(self.recipe, data, work=self.work, limit=request.limit, progress=self.progress,
+                     fetch=request.fetch, notice=self.reporter.info, deadline=request.deadline)
+        except WaitTimeoutError:
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                raise self._timed_out() from None
+            raise
 
     def progress(self, done: int, total: int | None) -> None:
         """Show how far the population has got, and tell the waiters twice a second; past the
         request's deadline (``--timeout``), give up."""
         self._bar(done, total)
+        self._done = done
         request = self.request
         if request.deadline is not None and time.monotonic() > request.deadline:
-            raise WaitTimeoutError(
-                f"repository {request.name!r}: timed out after {request.timeout:g} s populating it in "
-                f"{self.base.path} ({format_size(done)} so far; the next use takes over from there)")
+            raise self._timed_out()
         if time.monotonic() - self._last_write >= 0.5:
             self._last_write = time.monotonic()
             self.status.update(done=done, total=total)
             write_record(self.status_path, self.status, self.base.cache().modes.file)
+
+    def _timed_out(self) -> WaitTimeoutError:
+        request = self.request
+        return WaitTimeoutError(
+            f"repository {request.name!r}: timed out after {request.timeout:g} s populating it in "
+            f"{self.base.path} ({format_size(self._done)} so far; the next use takes over from there)")
 
     def _prepare_work(self) -> None:
         """Keep a dead populator's work directory for the same recipe; clear any other."""
