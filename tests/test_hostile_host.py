@@ -337,7 +337,7 @@ else:
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "file", "directory"])
 @pytest.mark.parametrize(
     "path", ["trash", "stage", "objects", "populate", "stage.lock", "cache.info", "budget", "index.sqlite",
-             "populate/repo.lock"]
+             "populate/repo.lock", "objects/repo"]
 )
 def test_a_member_planting_in_a_group_cache_never_makes_another_act_outside_or_hang(
     shared, users, python, recipe, home, path, kind
@@ -356,7 +356,8 @@ def test_a_member_planting_in_a_group_cache_never_makes_another_act_outside_or_h
         # The victim's commands: each returns within its bound, clearly.
         other = [*group, "-n", "other", *rest]  # not kept: its release deletes it, through the trash
         for command in (["--use", *args], ["--unuse", *args], ["--use", *other], ["--unuse", *other],
-                        ["gc", *group, "-d", str(base)], ["--use", *other], ["--unuse", *other]):
+                        ["list", *group, "-d", str(base)], ["gc", *group, "-d", str(base)],
+                        ["--use", *other], ["--unuse", *other], ["list", *group, "-d", str(base)]):
             result = run_as(python, users.victim, *command, groups=(users.gid,))
             clean_lines(result)
             assert result.returncode in (0, 1), (command, result.stderr)

@@ -805,10 +805,15 @@ class FsCache:
                         break
         return freed
 
-    def _last_use(self, name: str) -> float:
+    def _last_use(self, name: str, entry: str | None = None) -> float:
+        """The time of entry ``name``'s last use (its lock's); ``entry``: the caller's path of its
+        directory (:meth:`_entry`), if it has one."""
         try:
-            return os.stat(os.path.join(self._objects, name, "lock")).st_mtime
-        except (FileNotFoundError, NotADirectoryError):
+            if entry is None:
+                with self._entry(name) as opened:
+                    return os.stat(os.path.join(opened, "lock")).st_mtime
+            return os.stat(os.path.join(entry, "lock")).st_mtime
+        except (FileNotFoundError, NotADirectoryError, MissError):
             return float("-inf")
 
     def discard(self, path: str) -> None:
@@ -924,7 +929,16 @@ class FsCache:
     def _describe(self, row: Row, alive: dict[str, bool]) -> Entry:
         """An index row completed by what its entry's directory says now."""
         name, size, created, last_used, keep, meta = row
-        entry = f"{self._objects}/{name}"  # (os.path.join costs a listing of 100,000 a tenth)
+        if self.shared:
+            try:
+                with self._entry(name) as entry:
+                    return self._described(row, entry, alive)
+            except MissError:  # a link where the entry was (a member's): nothing of it is read
+                return Entry(name, size, created, last_used, bool(keep), meta, False, ())
+        return self._described(row, f"{self._objects}/{name}", alive)  # (os.path.join: a tenth more)
+
+    def _described(self, row: Row, entry: str, alive: dict[str, bool]) -> Entry:
+        name, size, created, last_used, keep, meta = row
         users = scan_leases(entry, alive)[0]
         locked, used = self._probe(entry)
         keep = bool(keep) or os.path.exists(f"{entry}/keep")
@@ -940,7 +954,11 @@ class FsCache:
             check_name(name)
         except UsageError:
             return False
-        return os.path.exists(os.path.join(self._objects, name, "entry.json"))
+        try:
+            with self._entry(name) as entry:
+                return os.path.exists(os.path.join(entry, "entry.json"))
+        except MissError:
+            return False
 
     @staticmethod
     def _probe(entry: str) -> tuple[bool, float]:
@@ -1067,7 +1085,13 @@ class FsCache:
 
     def _adopt(self, db: Index, name: str) -> bool:
         """Within a transaction: give a committed directory that has no row its row back."""
-        entry = os.path.join(self._objects, name)
+        try:
+            with self._entry(name) as entry:
+                return self._adopt_from(db, name, entry)
+        except MissError:
+            return False  # a link (a member's): moved to the trash by the caller
+
+    def _adopt_from(self, db: Index, name: str, entry: str) -> bool:
         try:
             import json
 
@@ -1079,6 +1103,6 @@ class FsCache:
         except (OSError, ValueError, KeyError, TypeError):
             return False
         keep = os.path.exists(os.path.join(entry, "keep"))
-        last_used = max(created, self._last_use(name))
+        last_used = max(created, self._last_use(name, entry))
         db.add(name, size, created, last_used, keep, meta)
         return True
