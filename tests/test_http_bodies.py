@@ -1,5 +1,6 @@
 """HTTP bodies are complete and are what the origin stored: a body without a length counts only
-if it is chunked and ends with its final chunk; a Content-Encoding nobody asked for is refused;
+if it is chunked and ends with its final chunk, or, ended by a close, if a range request for what
+follows completes it or says it ended there; a Content-Encoding nobody asked for is refused;
 absurd sizes and ranges give one clear line.  Each time nothing is committed and the error
 record is left for waiters.
 
@@ -110,6 +111,35 @@ def test_a_chunked_body_without_its_final_chunk_is_an_error(tmp_path, serve):
 def test_a_body_ended_by_close_without_a_length_is_an_error(tmp_path, serve):
     origin = serve(fixed("HTTP/1.1 200 OK\nConnection: close\n", BODY))
     assert_refused(use(tmp_path, origin), tmp_path, "length")
+
+
+def ranges_after_a_close(cut: int) -> Callable[[bytes], bytes]:
+    """A server that ends its first answer by a close, with no length, after ``cut`` bytes of
+    BODY, and answers a range request as a correct server does (a 416 past the end)."""
+
+    def answer(request: bytes) -> bytes:
+        head = request.decode("latin-1").lower()
+        if "range: bytes=" not in head:
+            return b'HTTP/1.1 200 OK\r\nETag: "v1"\r\nConnection: close\r\n\r\n' + BODY[:cut]
+        start = int(head.split("range: bytes=")[1].split("-")[0])
+        if start >= len(BODY):
+            return (f'HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len(BODY)}\r\n'
+                    'Content-Length: 0\r\n\r\n').encode()
+        rest = BODY[start:]
+        return (f'HTTP/1.1 206 Partial Content\r\nETag: "v1"\r\nContent-Length: {len(rest)}\r\n'
+                f'Content-Range: bytes {start}-{len(BODY) - 1}/{len(BODY)}\r\n\r\n').encode() + rest
+
+    return answer
+
+
+@pytest.mark.parametrize("cut", [len(BODY) // 3, len(BODY)], ids=["cut short", "whole"])
+def test_a_body_ended_by_close_is_completed_or_confirmed_by_a_range_request(tmp_path, serve, cut):
+    # Cut short: the rest is asked for and comes with the size, checked at its end.  Whole: the
+    # server's 416 for the bytes after it says the file ends there.
+    origin = serve(ranges_after_a_close(cut))
+    result = use(tmp_path, origin)
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
 
 
 def test_a_content_encoding_that_was_not_asked_for_is_refused(tmp_path, serve):

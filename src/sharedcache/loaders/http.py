@@ -8,6 +8,14 @@ to what came before; anything else means the file changed or the server ignores 
 stream raises :class:`ResumeError` so that the population starts over: no mix of two versions is
 ever delivered.  It is resumable across processes (see :mod:`sharedcache.loaders.pipeline`).
 
+A body is complete when it has its ``Content-Length``, or is chunked and ends with its final
+chunk.  A body that has neither ends with a close, which a cut connection also is: what follows is
+asked for as after an interruption, and either comes (with the size, checked at its end) or a
+``416`` that gives the size says the file ended there; a server that gives no validator cannot be
+asked, so the population starts over, and fails as before when it gets no further.
+With ``ctx.deadline`` (``--timeout``), every connection, read and back-off waits at most what is
+left of it.
+
 With ``ctx.fetch.connections`` N > 1 the first request asks for ``bytes=0-`` (or, resuming, for the rest).
 If the answer is a ``206`` with the total size and a validator and the rest is worth splitting
 (:func:`sharedcache.loaders.ranged.part_size`), that answer delivers the first part and N threads fetch the
@@ -107,6 +115,12 @@ def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | 
     if not first <= last < (_MAX_SIZE if total is None else total) or (total or 0) >= _MAX_SIZE:
         return None  # an impossible range, or a size no file system holds: not an answer to trust
     return first, last, total
+
+
+def _size_of_unsatisfiable(response: urllib3.BaseHTTPResponse) -> int | None:
+    """The size a 416 answer gives (``Content-Range: bytes */SIZE``), if it gives one."""
+    unit, _, size = response.headers.get("Content-Range", "").partition(" */")
+    return int(size) if unit.strip() == "bytes" and size.isdigit() and int(size) < _MAX_SIZE else None
 
 
 def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
@@ -339,8 +353,13 @@ class _HttpStream(SourceStream):
 
     def continuation(self, position: int, last: int | None, stop: threading.Event) -> Any:
         """An answer with bytes ``position`` to ``last`` (to the end if None) of the same file;
-        :class:`ResumeError` if the server does not give exactly those."""
+        None if the file's size was not known and it ends at ``position`` (a 416 that says its
+        size is that); else :class:`ResumeError` if the server does not give exactly those."""
         response = self._get(position, self.validator, last, stop)
+        if (response.status == 416 and last is None and self.total is None
+                and _size_of_unsatisfiable(response) == position):
+            response.close()
+            return None
         _refuse_encoding(response, self.url)
         problem = self._continuation_problem(response, position, self.validator, last)
         if problem is not None:
@@ -398,6 +417,13 @@ class _Body:
                 self._response = self._http.continuation(self._position, self._last, self._stop)
                 if self._stop.is_set():  # aborted while asking: abort() may not have seen this answer
                     raise self._http.stopped_error()
+                if self._response is None:  # the file ends here: what came was the whole of it
+                    self._end = self._position
+                    return b""
+                content_range = _content_range(self._response)
+                if self._end is None and content_range is not None and content_range[2] is not None:
+                    # The size, now known: the end is checked against it.
+                    self._end = self._http.total = content_range[2]
             try:
                 # read1 (urllib3 >= 2.3) hands on what has arrived rather than wait for a full buffer.
                 response = self._response
@@ -414,9 +440,11 @@ class _Body:
             if self._end is None:
                 if not getattr(self._response, "chunked", False):
                     # Ended by a close, which a cut connection also is: nothing says it is whole.
-                    raise DownloadError(
-                        f"{self._http.url}: the server sent neither a length nor a chunked body, so "
-                        f"the {self._position} bytes received cannot be known to be the whole file")
+                    # Asking for what follows tells: the rest, or a 416 saying the file ends here.
+                    self._interrupted(
+                        f"the server sent neither a length nor a chunked body, so the {self._position} "
+                        "bytes received cannot be known to be the whole file")
+                    continue
                 return b""
             self._interrupted(f"the connection closed after {self._position} of {self._http.total} bytes")
 
