@@ -455,6 +455,20 @@ def test_swapping_an_entry_for_a_link_during_uses_and_releases_never_reaches_out
     assert os.stat(decoy / "lock").st_mtime_ns == touched  # no use was recorded on it
 
 
+# Holds the lock file, or the SQLite database's write lock, named by its argument for a minute.
+HOLD = """\
+import fcntl, os, sqlite3, sys, time
+if sys.argv[1].endswith(".sqlite"):
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+else:
+    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o664)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 @pytest.mark.parametrize(("held", "name"), [("populate/repo.lock", "repo"), ("objects/warm/lock", "warm"),
                                            ("stage.lock", "repo"), ("index.sqlite", "repo")])
 def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_its_timeout(
@@ -469,16 +483,7 @@ def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_it
         first = run_as(python, users.victim, "--use", "--keep", *group, "-n", "warm", "-d", str(base),
                        "--pid", str(job.pid), *recipe, groups=(users.gid,))
         assert first.returncode == 0, first.stderr
-    hold = ("import fcntl, os, sqlite3, sys, time\n"
-            "if sys.argv[1].endswith('.sqlite'):\n"
-            "    db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "    db.execute('BEGIN IMMEDIATE')\n"
-            "else:\n"
-            "    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o664)\n"
-            "    fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\n"
-            "time.sleep(60)\n")
-    holder = code_as(python, users.member, hold, str(root / held), groups=(users.gid,))
+    holder = code_as(python, users.member, HOLD, str(root / held), groups=(users.gid,))
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         start = time.monotonic()
@@ -495,3 +500,25 @@ def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_it
     finally:
         holder.kill()
         holder.communicate(timeout=BOUND)
+
+
+def test_a_member_holding_the_index_delays_a_release_no_longer_than_its_timeout(shared, users, python, recipe):
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    with Sleeper() as job:
+        args = [*group, "-n", "warm", "-d", str(base), "--pid", str(job.pid), *recipe]
+        assert run_as(python, users.victim, "--use", *args, groups=(users.gid,)).returncode == 0
+        root = base / f".shared-cache-g{users.gid}"
+        holder = code_as(python, users.member, HOLD, str(root / "index.sqlite"), groups=(users.gid,))
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            start = time.monotonic()
+            result = run_as(python, users.victim, "--unuse", "--timeout", "2", *args, groups=(users.gid,))
+            elapsed = time.monotonic() - start
+            assert result.returncode == 1 and "busy" in clean_lines(result)[-1], result.stderr
+            assert elapsed < 2 + 10
+        finally:
+            holder.kill()
+            holder.communicate(timeout=BOUND)
+        released = run_as(python, users.victim, "--unuse", *args, groups=(users.gid,))
+        assert released.returncode == 0, released.stderr  # the use stayed, and is released now

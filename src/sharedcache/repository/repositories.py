@@ -280,10 +280,21 @@ class Repositories:
         return None
 
     def release(
-        self, words: Sequence[str], *, owners: Sequence[Owner], name: str | None = None, keep: bool = False
+        self, words: Sequence[str], *, owners: Sequence[Owner], name: str | None = None, keep: bool = False,
+        timeout: float | None = None,
     ) -> bool:
         """Release one use of the first of ``owners`` that holds one; return whether that deleted
-        the repository."""
+        the repository.  ``timeout``: seconds any wait (for a lock, for the index) may take in all."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for base in self.bases:
+            base.bound_waits(deadline)
+        try:
+            return self._release(words, owners, name, keep)
+        finally:
+            for base in self.bases:
+                base.bound_waits(None)
+
+    def _release(self, words: Sequence[str], owners: Sequence[Owner], name: str | None, keep: bool) -> bool:
         name, base = self._find_named(words, name)
         if base is None:
             raise SharedCacheError(f"no repository {name!r} in {self._searched()}")
