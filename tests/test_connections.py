@@ -27,7 +27,7 @@ from sharedcache.errors import (
 )
 from sharedcache import FetchPolicy
 from sharedcache.config.settings import MAX_CONNECTIONS
-from sharedcache.loaders.protocol import Progress
+from sharedcache.loaders.streams import Progress
 from sharedcache.loaders.ranged import RangedReader, part_size
 from sharedcache.loaders.registry import parse_recipe
 

@@ -21,7 +21,7 @@ from scutil import tarball_bytes
 from sharedcache.errors import ChecksumError, DownloadError, ResumeError, SizeLimitError
 from sharedcache import FetchPolicy
 from sharedcache.loaders.pipeline import populate as run_recipe
-from sharedcache.loaders.protocol import Progress
+from sharedcache.loaders.streams import Progress
 from sharedcache.loaders.registry import parse_recipe
 
 pytestmark = pytest.mark.timeout(60)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 from ..errors import CorruptDataError, UnsafeArchiveError
 from .codecs import check_expansion, decompressing, sniff
 from .protocol import Context
-from .streams import CHUNK, Layer, Stream
+from .streams import CHUNK, Layer, Prefetch, Stream
 from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarMember, TarReader
 
 if TYPE_CHECKING:
@@ -289,11 +289,9 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
     codec = sniff(head)
     archive: Stream = _Replay(head, stream)
     if codec is not None:
-        from .pipeline import _Meter, _Prefetch
-
         # Decompression releases the GIL: in a thread of its own it runs beside the parsing and the
         # file creation here, on another core.  (Its thread is done with the stream at its end.)
-        archive = _Prefetch(decompressing(codec, archive, ctx.what), _Meter(None, None))
+        archive = Prefetch(decompressing(codec, archive, ctx.what))
     reader = TarReader(archive, ctx.what)
     try:
         with SafeTree(dest, ctx) as tree:

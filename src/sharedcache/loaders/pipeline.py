@@ -42,14 +42,11 @@ from, which is therefore tried first.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import json
 import os
-import queue
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,8 +62,8 @@ from ..errors import (
     UnsafeArchiveError,
 )
 from ..sizes import format_size
-from .protocol import Context, Progress
-from .streams import CHUNK, FileStream, SourceStream, Stream
+from .protocol import Context
+from .streams import CHUNK, FileStream, Meter, Prefetch, Progress, SourceStream, Stream
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -75,10 +72,7 @@ if TYPE_CHECKING:
     from .protocol import Source
     from .registry import Recipe
 
-_QUEUE_DEPTH = 4            # chunks in flight between the reading thread and the writing one
-_PROGRESS_INTERVAL = 0.1    # seconds between progress calls
 _CHECKPOINT_INTERVAL = 1.0  # seconds between updates of partial.json
-_THREAD_EXIT_WAIT = 2.0     # seconds to wait for the reading thread after a failure
 
 
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
@@ -175,7 +169,7 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
         transforms = list(recipe.transforms)
         while transforms and transforms[0].passthrough:
             stream = transforms.pop(0).wrap(stream, ctx)
-        stream = _Prefetch(stream, _Meter(progress, source.total))
+        stream = Prefetch(stream, Meter(progress, source.total))
         for transform in transforms:
             stream = transform.wrap(stream, ctx)
         if recipe.unpacker is not None:
@@ -325,84 +319,3 @@ class _Lent(Stream):
 
     def read(self, size: int = -1) -> bytes:
         return self._below.read(size)
-
-
-class _Meter:
-    """Calls the progress callback, at most every ``_PROGRESS_INTERVAL`` seconds and at the end."""
-
-    def __init__(self, progress: Progress | None, total: int | None) -> None:
-        self._progress = progress
-        self._total = total
-        self._last = float("-inf")
-
-    def __call__(self, done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if self._progress is not None and (final or now - self._last >= _PROGRESS_INTERVAL):
-            self._last = now
-            self._progress(done, self._total)
-
-
-class _Prefetch(Stream):
-    """Reads the stream below in a background thread, a few chunks ahead of the consumer.
-
-    The thread owns the stream below: it reads it and closes it.
-    """
-
-    def __init__(self, below: Stream, meter: _Meter) -> None:
-        super().__init__()
-        self._below = below
-        self._meter = meter
-        self._queue: queue.Queue[tuple[bytes, int] | BaseException] = queue.Queue(_QUEUE_DEPTH)
-        self._stop = threading.Event()
-        self._chunk = memoryview(b"")
-        self._finished = False
-        self._thread = threading.Thread(target=self._pump, name="sharedcache-reader", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        received = 0
-        try:
-            while not self._stop.is_set():
-                data = self._below.read(CHUNK)
-                received += len(data)
-                self._put((data, received))
-                if not data:
-                    break
-        except BaseException as exc:  # handed to the consumer, which raises it
-            self._put(exc)
-        finally:
-            self._below.close()
-
-    def _put(self, item: tuple[bytes, int] | BaseException) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(item, timeout=0.1)
-                return
-
-    def read(self, size: int = -1) -> bytes:
-        if self._stop.is_set():  # the reading thread is gone: get() would wait forever
-            raise ValueError("read of a closed stream")
-        if not self._chunk:
-            if self._finished:
-                return b""
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._finished = True
-                raise item
-            data, received = item
-            self._meter(received, final=not data)
-            if not data:
-                self._finished = True
-                return b""
-            if size <= 0 or len(data) <= size:
-                return data
-            self._chunk = memoryview(data)
-        piece, self._chunk = self._chunk[:size], self._chunk[size:]
-        return bytes(piece)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._stop.set()
-            # A thread blocked in a network read leaves at its read timeout; it closes the source itself.
-            self._thread.join(_THREAD_EXIT_WAIT)
-            super().close()

@@ -91,8 +91,6 @@ from ..sizes import format_size
 from .streams import SourceStream, Stream
 from .words import without_userinfo
 
-Progress = Callable[[int, "int | None"], None]
-
 
 class Context:
     """What loaders may use while a recipe runs."""

@@ -7,19 +7,31 @@ read the whole stream below into memory.  :data:`CHUNK` is the read size used th
 
 :class:`Layer` is a stream computed from the one below it, :class:`SourceStream` what a source
 delivers (with its total size and validator, for progress and resuming), :class:`FileStream` a
-local file served as a source stream.
+local file served as a source stream.  :class:`Prefetch` reads the stream below in a thread of its
+own, a few chunks ahead, telling a :class:`Meter` (the progress callback, throttled) how far it got.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import queue
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from ..errors import DownloadError
 
+#: What a population is told of its progress: ``progress(bytes received, total or None)``.
+Progress = Callable[[int, "int | None"], None]
+
 CHUNK = 1 << 20  # the read size used throughout: large enough for speed, small enough for memory
+_QUEUE_DEPTH = 4            # chunks in flight between a Prefetch's thread and its consumer
+_PROGRESS_INTERVAL = 0.1    # seconds between progress calls
+_THREAD_EXIT_WAIT = 2.0     # seconds to wait for a Prefetch's thread after a failure
 
 
 class Stream(io.RawIOBase):
@@ -83,3 +95,87 @@ class FileStream(SourceStream):
             self._file.close()
             if self._remove:
                 self.path.unlink(missing_ok=True)
+
+
+class Meter:
+    """Calls the progress callback, at most every ``_PROGRESS_INTERVAL`` seconds and at the end."""
+
+    def __init__(self, progress: Progress | None, total: int | None) -> None:
+        self._progress = progress
+        self._total = total
+        self._last = float("-inf")
+
+    def __call__(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if self._progress is not None and (final or now - self._last >= _PROGRESS_INTERVAL):
+            self._last = now
+            self._progress(done, self._total)
+
+
+class Prefetch(Stream):
+    """Reads the stream below in a background thread, a few chunks ahead of the consumer, and
+    tells ``meter`` how many bytes have come.  What the stream below does (a download, a
+    checksum, a decompression) then runs beside the consumer, on another core where the work
+    releases the GIL.
+
+    The thread owns the stream below: it reads it and closes it.
+    """
+
+    def __init__(self, below: Stream, meter: Meter | None = None) -> None:
+        super().__init__()
+        self._below = below
+        self._meter = meter if meter is not None else Meter(None, None)
+        self._queue: queue.Queue[tuple[bytes, int] | BaseException] = queue.Queue(_QUEUE_DEPTH)
+        self._stop = threading.Event()
+        self._chunk = memoryview(b"")
+        self._finished = False
+        self._thread = threading.Thread(target=self._pump, name="sharedcache-reader", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        received = 0
+        try:
+            while not self._stop.is_set():
+                data = self._below.read(CHUNK)
+                received += len(data)
+                self._put((data, received))
+                if not data:
+                    break
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+        finally:
+            self._below.close()
+
+    def _put(self, item: tuple[bytes, int] | BaseException) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.1)
+                return
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stop.is_set():  # the reading thread is gone: get() would wait forever
+            raise ValueError("read of a closed stream")
+        if not self._chunk:
+            if self._finished:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._finished = True
+                raise item
+            data, received = item
+            self._meter(received, final=not data)
+            if not data:
+                self._finished = True
+                return b""
+            if size <= 0 or len(data) <= size:
+                return data
+            self._chunk = memoryview(data)
+        piece, self._chunk = self._chunk[:size], self._chunk[size:]
+        return bytes(piece)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            # A thread blocked in a network read leaves at its read timeout; it closes the source itself.
+            self._thread.join(_THREAD_EXIT_WAIT)
+            super().close()
