@@ -837,3 +837,40 @@ def test_hundred_thousand_entries(big_root: Path, children: Children) -> None:
     timings = _check_scale(big_root, cache, n, children)
     # (the goal is < 1 s, see benchmarks/bench_fscache.py; here the audit hook slows it down)
     assert timings["evict"] < 3.0, timings
+
+
+def test_a_deadline_bounds_the_waits_of_the_thread_that_set_it_only(tmp_path: Path) -> None:
+    # use() from several threads shares one FsCache: one caller's --timeout must not cut short
+    # the waits of another, which keeps the cache's own bound (here 1 s).
+    import threading
+
+    from sharedcache import WaitTimeoutError
+
+    cache = FsCache(tmp_path / "c", timeout=1.0)
+    with cache.stage():  # (makes stage.lock)
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(30)\n"), str(tmp_path / "c" / "stage.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+
+        def waited() -> float:
+            start = time.monotonic()
+            with pytest.raises(WaitTimeoutError), cache.stage():
+                pass
+            return time.monotonic() - start
+
+        cache.deadline = time.monotonic()  # this thread's time is up
+        other: list[float] = []
+        thread = threading.Thread(target=lambda: other.append(waited()))
+        thread.start()
+        mine = waited()
+        thread.join(10)
+        assert mine < 0.5 and len(other) == 1 and other[0] >= 0.9, (mine, other)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)

@@ -255,9 +255,6 @@ class FsCache:
         self.repair = repair
         self.durable = durable
         self.timeout = timeout
-        #: No wait goes on past this ``time.monotonic()`` (None: each is bounded by ``timeout``
-        #: alone): a caller with a deadline of its own sets it for its operations (sc's --timeout).
-        self.deadline: float | None = None
         self._objects = os.path.join(self.root, "objects")
         self._stage = os.path.join(self.root, "stage")
         self._trash = os.path.join(self.root, "trash")
@@ -296,6 +293,19 @@ class FsCache:
         db = self._db()
         db.wait_at_most(self._wait())
         return db.transaction()
+
+    @property
+    def deadline(self) -> float | None:
+        """No wait of this thread's goes on past this ``time.monotonic()`` (None: each is
+        bounded by ``timeout`` alone): a caller with a deadline of its own sets it for its
+        operations (sc's --timeout).  Per thread, as the connection to the index is: a program
+        calling use() from several threads gives each its own."""
+        deadline: float | None = getattr(self._local, "deadline", None)
+        return deadline
+
+    @deadline.setter
+    def deadline(self, deadline: float | None) -> None:
+        self._local.deadline = deadline
 
     def _wait(self) -> float:
         """Seconds a wait for a lock (or for the index) may take now: ``timeout``, or less if
