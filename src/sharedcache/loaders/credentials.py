@@ -4,9 +4,9 @@ The settings say where credentials come from (:class:`~sharedcache.config.settin
 filled at the edge from the settings and the standard variables); this module reads them when a
 download needs them and turns them into:
 
-* :func:`pool_options`: the keyword arguments of a urllib3 pool, an ``ssl_context`` that trusts
-  the CAs asked for and presents the client certificate (a PEM certificate and key, or a grid
-  proxy that holds both);
+* :func:`tls_context`: the TLS context of the connections, made when the first one is, which
+  trusts the CAs asked for and presents the client certificate (a PEM certificate and key, or a
+  grid proxy that holds both);
 * :class:`Authorization`: the ``Authorization`` header of each request, and what was sent, for
   messages.  In order: the user info of the URL (``https://user:password@host/``, sent as basic
   auth, never shown), a ``.netrc`` entry for the host (basic auth), a bearer token (over HTTPS
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LoaderError
@@ -29,35 +30,48 @@ from ..errors import LoaderError
 if TYPE_CHECKING:
     from ..config.settings import Credentials
 
-# One context per set of credentials in a process: loading the system's CAs takes milliseconds.
+# One context per set of credentials in a process: loading a CA bundle takes tens of milliseconds.
 _contexts: dict[Credentials, ssl.SSLContext] = {}
 
 
-def pool_options(credentials: Credentials | None, url: str) -> dict[str, Any]:
-    """Keyword arguments for a urllib3 ``PoolManager`` that fetches ``url`` with ``credentials``
-    (none: urllib3's defaults, the system's CAs).  A plain-HTTP download does not fail because a
-    CA bundle or a client certificate cannot be used (a stale ``X509_USER_PROXY``): should it be
-    redirected to HTTPS, urllib3's defaults apply there."""
-    if credentials is None:
-        return {}
-    context = _contexts.get(credentials)
-    if context is None:
-        try:
-            context = _contexts[credentials] = _ssl_context(credentials)
-        except LoaderError:
-            if url.startswith("http://"):
-                return {}
-            raise
-    return {"ssl_context": context}
+def tls_context(credentials: Credentials | None, url: str) -> Callable[[], ssl.SSLContext | None]:
+    """What makes the TLS context of the connections that fetch ``url`` with ``credentials``,
+    called when the first TLS connection is made: a plain-HTTP download then loads no CA bundle.
+    It gives None for urllib3's defaults (the system's CAs), without credentials.
+
+    For an ``https://`` URL the context is made here, so that a CA bundle or client certificate
+    that cannot be used fails the download before it connects.  A plain-HTTP download does not
+    fail because of one (a stale ``X509_USER_PROXY``): should it be redirected to HTTPS, or go
+    through an HTTPS proxy, urllib3's defaults apply there."""
+
+    def context() -> ssl.SSLContext | None:
+        if credentials is None:
+            return None
+        made = _contexts.get(credentials)
+        if made is None:
+            try:
+                made = _contexts[credentials] = _ssl_context(credentials)
+            except LoaderError:
+                if url.startswith("http://"):
+                    return None
+                raise
+        return made
+
+    if not url.startswith("http://"):
+        context()
+    return context
 
 
 def _ssl_context(credentials: Credentials) -> ssl.SSLContext:
-    context = ssl.create_default_context()  # verifies certificates and host names
     bundle = credentials.ca_file or credentials.ca_dir
     if bundle:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the CAs asked for, instead of the system's
+        # The CAs asked for, instead of the system's (a client context verifies certificates and
+        # host names, as the default one does).
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         _load(context.load_verify_locations, "CA bundle", bundle,
               cafile=credentials.ca_file, capath=credentials.ca_dir)
+    else:
+        context = ssl.create_default_context()
     if credentials.grid_ca_dir:
         _load(context.load_verify_locations, "grid CA directory", credentials.grid_ca_dir,
               capath=credentials.grid_ca_dir)

@@ -45,7 +45,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DownloadError, ResumeError, UsageError, WaitTimeoutError
-from .credentials import Authorization, certificate_problem, pool_options, url_login
+from .credentials import Authorization, certificate_problem, tls_context, url_login
 from .local import safe_filename
 from .protocol import Context, Source
 from .ranged import RangedReader, part_size
@@ -167,7 +167,7 @@ class _HttpStream(SourceStream):
         # client certificate of every pool of its transport.
         self._auth = Authorization(fetch.credentials, url, login)
         self._transport = Transport(url, fetch, maxsize=self._connections, notice=ctx.notice,
-                                    tls=TlsOptions(pool_options(fetch.credentials, url)))
+                                    tls=TlsOptions(tls_context(fetch.credentials, url)))
         try:
             response = self._first_response(start, validator)
         except BaseException:

@@ -38,6 +38,7 @@ from ..config.settings import DIRECT, FetchPolicy
 from ..errors import DownloadError
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Mapping
 
     import urllib3
@@ -131,13 +132,13 @@ def read_timeout(fetch: FetchPolicy) -> float:
 
 
 class TlsOptions:
-    """How TLS connections are verified and how requests authenticate: the keyword arguments
-    given to every urllib3 connection pool (``ca_certs``, ``cert_file``, ``key_file``,
-    ``ssl_context``...) and extra request headers.  Empty by default: urllib3's defaults."""
+    """How TLS connections are verified and how requests authenticate: ``context`` makes the
+    ``ssl.SSLContext`` of the TLS connections (None for urllib3's defaults), when the first one
+    is made; ``headers`` are extra request headers.  Empty by default: urllib3's defaults."""
 
-    def __init__(self, pool: Mapping[str, Any] | None = None,
+    def __init__(self, context: Callable[[], ssl.SSLContext | None] | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
-        self.pool = dict(pool or {})
+        self.context = context
         self.headers = dict(headers or {})
 
 
@@ -152,19 +153,39 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout(fetch)),
         retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=_MAX_REDIRECTS),
         headers={"User-Agent": user_agent(), "Accept-Encoding": "identity", **tls.headers},
-        **tls.pool,
     )
     if member == DIRECT:
-        return urllib3.PoolManager(**common)
-    from urllib.parse import unquote, urlsplit
+        manager = urllib3.PoolManager(**common)
+    else:
+        from urllib.parse import unquote, urlsplit
 
-    parts = urlsplit(member)
-    proxy_headers = None
-    if parts.username is not None:
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        proxy_headers = urllib3.make_headers(proxy_basic_auth=credentials)
-    address = parts.netloc.rpartition("@")[2]
-    return urllib3.ProxyManager(f"{parts.scheme}://{address}", proxy_headers=proxy_headers, **common)
+        parts = urlsplit(member)
+        proxy_headers = None
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            proxy_headers = urllib3.make_headers(proxy_basic_auth=credentials)
+        address = parts.netloc.rpartition("@")[2]
+        manager = urllib3.ProxyManager(f"{parts.scheme}://{address}", proxy_headers=proxy_headers, **common)
+    if tls.context is not None:
+        # The pools of TLS connections (to an https:// origin, or to an HTTPS proxy) get the
+        # context when the first is made; plain-HTTP pools never ask for it.
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme,
+                                          "https": _https_pool_class(tls.context)}
+    return manager
+
+
+def _https_pool_class(context: Callable[[], ssl.SSLContext | None]) -> type[urllib3.HTTPSConnectionPool]:
+    """urllib3's HTTPS pool, with the ``ssl_context`` that ``context()`` makes (if not None)."""
+    import urllib3
+
+    class HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+        def __init__(self, host: str, port: int | None = None, **options: Any) -> None:
+            made = context()
+            if made is not None:
+                options.setdefault("ssl_context", made)
+            super().__init__(host, port, **options)
+
+    return HTTPSConnectionPool
 
 
 class Transport:
