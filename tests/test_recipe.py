@@ -109,13 +109,15 @@ def test_identity_and_name_are_cheap() -> None:
 
 
 def test_third_party_loader(tmp_path: Path) -> None:
-    """A distribution with an entry point in the group adds a word, found like the built-in ones."""
+    """A distribution with an entry point in the group adds a word, found like the built-in ones,
+    but cannot replace a built-in word."""
     plugin = tmp_path / "plugin"
     dist_info = plugin / "rot13_loader-1.0.dist-info"
     dist_info.mkdir(parents=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: rot13-loader\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text(
-        "[sharedcache.loaders]\nrot13 = rot13_loader:Rot13\nbroken = rot13_loader:Missing\n")
+        "[sharedcache.loaders]\nrot13 = rot13_loader:Rot13\nbroken = rot13_loader:Missing\n"
+        "sha256 = rot13_loader:Rot13\n")
     (plugin / "rot13_loader.py").write_text(textwrap.dedent('''
         import codecs
         from sharedcache.loaders.protocol import Transform
@@ -139,8 +141,11 @@ def test_third_party_loader(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         from sharedcache.errors import UsageError
         from sharedcache.loaders.pipeline import populate
-        from sharedcache.loaders.registry import parse_recipe
+        from sharedcache.loaders.registry import loader_words, parse_recipe
         populate(parse_recipe(["file:{source}", "rot13"]), {str(dest)!r}, work={str(work)!r})
+        check = parse_recipe(["file:/x", "sha256:" + "0" * 64]).transforms[0]
+        print(type(check).__module__, type(check).__name__)
+        print(sorted(name for name, _ in loader_words()))
         try:
             parse_recipe(["file:/x", "broken"])
         except UsageError as error:
@@ -150,7 +155,10 @@ def test_third_party_loader(tmp_path: Path) -> None:
                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), SRC])})
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "dest" / "in.txt.rot13").read_text() == "Uryyb, Jbeyq"
-    assert result.stdout.startswith("loader 'broken' (rot13_loader:Missing) cannot be loaded: ")
+    check, words, error = result.stdout.splitlines()
+    assert check == "sharedcache.loaders.transforms Sha256Check"
+    assert "'rot13'" in words and "'broken'" in words and "'tar'" in words
+    assert error.startswith("loader 'broken' (rot13_loader:Missing) cannot be loaded: ")
 
 
 def test_one_splitting_rule_for_strings_lists_and_the_command_line() -> None:

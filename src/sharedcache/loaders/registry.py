@@ -1,14 +1,17 @@
 """The registry of loader words, and the parsing of a stack of words into a :class:`Recipe`.
 
-Every loader word, the built-in ones included, is an entry point of the group
-``sharedcache.loaders`` (see pyproject.toml); the protocol a loader follows is
-:mod:`sharedcache.loaders.protocol`.  What can be known of a recipe without loading any loader
-(its identity, its default repository name) is :mod:`sharedcache.loaders.words`.  Running a
-recipe is :mod:`sharedcache.loaders.pipeline`'s job.
+The built-in words are :data:`BUILT_IN`; other packages add words as entry points of the group
+``sharedcache.loaders``.  A built-in word cannot be replaced by one (a package installed beside
+cannot change what ``sha256:`` checks), and the installed packages' metadata, which costs tens of
+milliseconds to scan, is read only for a word that is not built in.  The protocol a loader
+follows is :mod:`sharedcache.loaders.protocol`.  What can be known of a recipe without loading
+any loader (its identity, its default repository name) is :mod:`sharedcache.loaders.words`.
+Running a recipe is :mod:`sharedcache.loaders.pipeline`'s job.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -23,25 +26,47 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "sharedcache.loaders"
 
-_registry: dict[str, EntryPoint] | None = None
+#: The built-in words and the classes that implement them, as ``module:class``.
+BUILT_IN = {
+    "http": "sharedcache.loaders.http:HttpSource",
+    "file": "sharedcache.loaders.local:FileSource",
+    "dirac": "sharedcache.loaders.dirac:DiracSource",
+    "md5": "sharedcache.loaders.transforms:Md5Check",
+    "sha1": "sharedcache.loaders.transforms:Sha1Check",
+    "sha256": "sharedcache.loaders.transforms:Sha256Check",
+    "sha512": "sharedcache.loaders.transforms:Sha512Check",
+    "tar": "sharedcache.loaders.transforms:Untar",
+    "zip": "sharedcache.loaders.transforms:Unzip",
+    "gunzip": "sharedcache.loaders.transforms:Gunzip",
+    "bunzip2": "sharedcache.loaders.transforms:Bunzip2",
+    "unxz": "sharedcache.loaders.transforms:Unxz",
+    "unzstd": "sharedcache.loaders.transforms:Unzstd",
+}
+
+_registry: dict[str, str | EntryPoint] | None = None
 
 
-def _entry_points() -> dict[str, EntryPoint]:
+def _words() -> dict[str, str | EntryPoint]:
+    """Every word: the built-in ones, then those that installed packages add as entry points."""
     global _registry  # noqa: PLW0603 - the entry points are scanned once per process
     if _registry is None:
         from importlib.metadata import entry_points
 
-        found: dict[str, EntryPoint] = {}
+        found: dict[str, str | EntryPoint] = dict(BUILT_IN)
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
             found.setdefault(entry_point.name, entry_point)
         _registry = found
     return _registry
 
 
+def _known(name: str) -> bool:
+    return name in BUILT_IN or name in _words()
+
+
 def loader_words() -> list[tuple[str, type[Loader] | None]]:
     """Every registered word and its class (None for one that cannot be loaded), by name."""
     found: list[tuple[str, type[Loader] | None]] = []
-    for name in sorted(_entry_points()):
+    for name in sorted(_words()):
         try:
             found.append((name, loader_class(name)))
         except UsageError:
@@ -51,16 +76,21 @@ def loader_words() -> list[tuple[str, type[Loader] | None]]:
 
 def loader_class(name: str) -> type[Loader]:
     """The loader class registered for word ``name``; :class:`UsageError` if there is none."""
-    entry_point = _entry_points().get(name)
-    if entry_point is None:
-        known = ", ".join(sorted(_entry_points()))
+    found = BUILT_IN.get(name) or _words().get(name)
+    if found is None:
+        known = ", ".join(sorted(_words()))
         raise UsageError(f"unknown loader '{name}' (known: {known})")
+    target = found if isinstance(found, str) else found.value
     try:
-        cls = entry_point.load()
+        if isinstance(found, str):
+            module, _, attribute = found.partition(":")
+            cls = getattr(importlib.import_module(module), attribute)
+        else:
+            cls = found.load()
     except Exception as exc:
-        raise UsageError(f"loader '{name}' ({entry_point.value}) cannot be loaded: {exc}") from None
+        raise UsageError(f"loader '{name}' ({target}) cannot be loaded: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, (Source, Transform, Unpacker))):
-        raise UsageError(f"loader '{name}' ({entry_point.value}) is not a Source, Transform or Unpacker")
+        raise UsageError(f"loader '{name}' ({target}) is not a Source, Transform or Unpacker")
     return cls
 
 
@@ -96,7 +126,7 @@ def parse_recipe(words: str | Iterable[str], rewrites: Iterable[Rewrite] = ()) -
     loaders: list[Loader] = []
     for word in normalized:
         name, colon, arg = word.partition(":")
-        if arg.startswith("//") and name not in _entry_points():
+        if arg.startswith("//") and not _known(name):
             raise UsageError(f"'{word}' looks like a bare URL: write http:{word}")
         loaders.append(loader_class(name)(name, arg if colon else None))
     if not isinstance(loaders[0], Source):
