@@ -51,6 +51,7 @@ _POSIX_MAGIC = b"ustar\x00"
 _DIGIT_RUNS = re.compile(rb"[0-9]+")
 _PAX_TIME = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
 _SPACES = 8 * ord(" ")  # the checksum field counts as spaces in its own sum
+_ZERO_BLOCK = bytes(BLOCK)
 
 
 class TarMember:
@@ -79,6 +80,7 @@ class TarReader:
         self._below = below
         self._what = what
         self._buffer = b""     # the last piece read from below...
+        self._view = memoryview(self._buffer)
         self._at = 0           # ...and how much of it is consumed
         self._position = 0     # of the first byte not consumed, in the archive
         self._data_left = 0    # of the current member's data, not taken yet
@@ -91,7 +93,7 @@ class TarReader:
     def _fill(self) -> bool:
         """Read the next piece from below once the buffer is consumed; False at the end."""
         data = self._below.read(CHUNK)
-        self._buffer, self._at = data, 0
+        self._buffer, self._view, self._at = data, memoryview(data), 0
         return bool(data)
 
     def _read(self, size: int) -> bytes:
@@ -128,9 +130,10 @@ class TarReader:
         until the next call."""
         if self._at == len(self._buffer) and not self._fill():
             raise self._corrupt("unexpected end of data")
-        size = min(size, self._data_left, len(self._buffer) - self._at)
-        piece = memoryview(self._buffer)[self._at:self._at + size]
-        self._at += size
+        at = self._at
+        size = min(size, self._data_left, len(self._buffer) - at)
+        piece = self._view[at:at + size]
+        self._at = at + size
         self._position += size
         self._data_left -= size
         return piece
@@ -142,6 +145,11 @@ class TarReader:
             pass
 
     # --- headers ----------------------------------------------------------------------------------
+    #
+    # This is the loop every member goes through, so it is written for speed: the fields are read
+    # in place, the usual spelling of each number ("0000644\0") is tried before _number's slower
+    # general reading, and the checksum of an ASCII header (all of them, in practice) is derived
+    # from adler32, which sums the bytes in C.
 
     def next(self) -> TarMember | None:
         """The next member, or None at the end-of-archive marker."""
@@ -152,24 +160,39 @@ class TarReader:
         elif not self._discard(skip):
             raise self._corrupt("unexpected end of data")
         self._data_left = self._skip = 0
-        local: dict[str, str] = {}
+        local: dict[str, str] | None = None
         long_name = long_link = None
         chain = 0
         while True:
             offset = self._position
-            header = self._read(BLOCK)
-            if len(header) < BLOCK:
-                if not header:
-                    raise self._corrupt("empty file" if offset == 0 else
-                                        "it ends without an end-of-archive marker")
-                raise self._corrupt(f"truncated header at byte {offset}")
-            if header[0] == 0 and header.count(0) == BLOCK:  # the end-of-archive marker
+            at = self._at
+            if at + BLOCK <= len(self._buffer):
+                header = self._buffer[at:at + BLOCK]
+                self._at = at + BLOCK
+                self._position = offset + BLOCK
+            else:
+                header = self._read(BLOCK)
+                if len(header) < BLOCK:
+                    if not header:
+                        raise self._corrupt("empty file" if offset == 0 else
+                                            "it ends without an end-of-archive marker")
+                    raise self._corrupt(f"truncated header at byte {offset}")
+            if header == _ZERO_BLOCK:  # the end-of-archive marker
                 if chain:
                     raise self._corrupt(f"extended headers at byte {offset} are not followed by a member")
                 return None
-            self._check_sum(header, offset)
+            try:
+                stored = int(header[148:156].rstrip(b"\0 "), 8)
+            except ValueError:
+                stored = self._number(header, 148, 156, offset)
+            if not (header.isascii()  # then the sum is below 65521: adler32 gives it exactly
+                    and stored == (zlib.adler32(header) & 0xFFFF) - 1 - sum(header[148:156]) + _SPACES):
+                self._check_sum(header, stored, offset)
+            try:
+                size = int(header[124:136].rstrip(b"\0 "), 8)
+            except ValueError:
+                size = self._number(header, 124, 136, offset)
             kind = header[156:157]
-            size = self._number(header, 124, 136, offset)
             if kind not in _EXTENDED:
                 if kind == _SPARSE:
                     raise self._refuse("it holds a sparse file, which is not supported", offset)
@@ -195,20 +218,27 @@ class TarReader:
                         raise self._refuse(f"more than {_MAX_GLOBAL_RECORDS} global pax records", offset)
                     self._global.update(records)
                 else:
-                    local.update(records)
+                    local = {**local, **records} if local else records
 
-    def _member(self, header: bytes, kind: bytes, size: int, offset: int, local: dict[str, str],
+    def _member(self, header: bytes, kind: bytes, size: int, offset: int, local: dict[str, str] | None,
                 long_name: str | None, long_link: str | None) -> TarMember:
-        name = header[:100].partition(b"\0")[0].decode("utf-8", "surrogateescape")
-        if header[257:263] == _POSIX_MAGIC and header[345]:
-            name = _string(header[345:500]) + "/" + name
         if long_name is not None:
             name = long_name
+        else:
+            name = header[:100].partition(b"\0")[0].decode("utf-8", "surrogateescape")
+            if header[345] and header[257:263] == _POSIX_MAGIC:
+                name = _string(header[345:500]) + "/" + name
         linkname = (_string(header[157:257]) if header[157] else "") if long_link is None else long_link
-        mode = self._number(header, 100, 108, offset)
-        mtime_ns = self._number(header, 136, 148, offset) * 1_000_000_000
-        pax = {**self._global, **local} if self._global else local
-        if pax:
+        try:
+            mode = int(header[100:108].rstrip(b"\0 "), 8)
+        except ValueError:
+            mode = self._number(header, 100, 108, offset)
+        try:
+            mtime_ns = int(header[136:148].rstrip(b"\0 "), 8) * 1_000_000_000
+        except ValueError:
+            mtime_ns = self._number(header, 136, 148, offset) * 1_000_000_000
+        if local or self._global:
+            pax = {**self._global, **local} if local else self._global
             if "path" in pax:
                 name = pax["path"]
             if "linkpath" in pax:
@@ -222,21 +252,17 @@ class TarReader:
         # As tarfile: data follows regular members and those of unknown types, not links or
         # directories (GNU tar's incremental dumps store data with those; tarfile misreads it too).
         if kind == REGULAR or kind not in b"123456":
-            self._data_left, self._skip = max(size, 0), -size % BLOCK if size > 0 else 0
+            self._data_left, self._skip = (size, -size % BLOCK) if size > 0 else (0, 0)
         return TarMember(name, kind, size, mode, mtime_ns, linkname, offset)
 
-    def _check_sum(self, header: bytes, offset: int) -> None:
-        stored = self._number(header, 148, 156, offset)
+    def _check_sum(self, header: bytes, stored: int, offset: int) -> None:
+        """Check the checksum ``stored`` in ``header`` the slow way (a header with bytes above 127:
+        some old tars summed them as signed)."""
         field = header[148:156]
-        if header.isascii():  # then the sum is below 65521 and adler32 gives it exactly, fast
-            if stored == (zlib.adler32(header) & 0xFFFF) - 1 - sum(field) + _SPACES:
-                return
-        else:  # some old tars summed signed bytes
-            unsigned = sum(header) - sum(field) + _SPACES
-            signed = unsigned - 256 * sum(1 for byte in header[:148] + header[156:] if byte > 127)
-            if stored in (unsigned, signed):
-                return
-        raise self._corrupt(f"bad checksum at byte {offset}")
+        unsigned = sum(header) - sum(field) + _SPACES
+        signed = unsigned - 256 * sum(1 for byte in header[:148] + header[156:] if byte > 127)
+        if stored not in (unsigned, signed):
+            raise self._corrupt(f"bad checksum at byte {offset}")
 
     def _number(self, header: bytes, start: int, end: int, offset: int) -> int:
         """A numeric field: octal digits, or GNU's base-256 (first byte 0x80, or 0xff if negative)."""
