@@ -436,6 +436,31 @@ def test_committed_data_is_read_only_and_deletion_restores_write(dirs, tarball):
         assert list((control(dirs[0]) / "trash").iterdir()) == []
 
 
+def test_unpacked_files_are_sealed_by_their_execute_bits_whatever_modes_the_archive_gives(dirs, tmp_path):
+    # The unpacker gives files their sealed modes itself, so the commit's walk changes none: the
+    # result must be what sealing the archive's modes gives.
+    import io
+    import tarfile
+
+    modes = {"plain": 0o644, "tool": 0o755, "suid": 0o4755, "none": 0o000, "own-only": 0o700,
+             "others-exec": 0o601, "everyone": 0o777}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, mode in modes.items():
+            info = tarfile.TarInfo(f"bin/{name}")
+            info.size, info.mode = 1, mode
+            archive.addfile(info, io.BytesIO(b"x"))
+    source = tmp_path / "modes.tar.gz"
+    source.write_bytes(buffer.getvalue())
+    with Sleeper() as owner:
+        args = ["-n", "modes", "-d", str(dirs[0]), "--pid", str(owner.pid), f"file:{source}",
+                f"sha256:{hashlib.sha256(buffer.getvalue()).hexdigest()}", "tar"]
+        path = Path(sc("--use", *args).stdout.strip())
+        found = {item.name: item.stat().st_mode & 0o7777 for item in (path / "bin").iterdir()}
+        assert found == {name: 0o555 if mode & 0o111 else 0o444 for name, mode in modes.items()}
+        assert sc("--unuse", *args).returncode == 0
+
+
 def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one(dirs, tarball):
     path, _md5 = tarball
     failed = sc("--use", "-n", "repo", "-d", str(dirs[0]), f"file:{path}", "md5:" + "0" * 32, "tar")

@@ -134,13 +134,19 @@ def sync_tree(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def sealed_mode(mode: int) -> int:
+    """The mode that sealing gives a file of mode ``mode``: readable by everyone, writable by
+    nobody, executable by everyone if by anyone."""
+    return 0o555 if mode & 0o111 else 0o444
+
+
 def disk_usage(
     path: str | os.PathLike[str], *, seal: int | None = None, dir_fd: int | None = None
 ) -> int:
     """Bytes allocated to the tree at ``path``: the blocks of every inode in it, hard links once.
 
-    With ``seal`` (a directory mode, 0o555), the same walk also makes the files read-only and
-    readable for everyone (0444, or 0555 if executable) and gives the directories that mode.
+    With ``seal`` (a directory mode, 0o555), the same walk also gives the files their
+    :func:`sealed_mode` and the directories that mode.
     Committed data is sealed so that no job can change what another reads; whoever deletes it
     restores write permission on what it removes (:func:`remove_tree`).  The walk never follows
     a symlink, the tree's own root included: a link swapped in anywhere is counted as a link
@@ -165,8 +171,9 @@ def disk_usage(
             if stat.S_ISDIR(st.st_mode):
                 return open_directory(name, dir_fd=directory)
             if seal is not None and stat.S_ISREG(st.st_mode):
-                chmod_nofollow(name, 0o555 if st.st_mode & 0o111 else 0o444, dir_fd=directory,
-                               kind=stat.S_IFREG)
+                mode = sealed_mode(st.st_mode)
+                if stat.S_IMODE(st.st_mode) != mode:  # an unpacker may have given it already
+                    chmod_nofollow(name, mode, dir_fd=directory, kind=stat.S_IFREG)
             return None
 
         def leave(_parent: int, _name: str, directory: int) -> None:

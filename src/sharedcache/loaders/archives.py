@@ -57,6 +57,11 @@ def _set_mtime(target: int | str, mtime_ns: int) -> None:
         pass  # a time the system cannot represent (a pax header can say 1e30) is not worth failing for
 
 
+def _safe_mode(mode: int) -> int:
+    """A file's mode from the archive's: no special bits, no write permission for group and others."""
+    return mode & _FILE_MODE_MASK | 0o600
+
+
 def _umask() -> int | None:
     """The process's umask, read without changing it (os.umask would, for every thread), or None
     if the kernel does not say."""
@@ -87,9 +92,9 @@ class SafeTree:
         self._entries = 0
         self._open: dict[int, int] = {}  # directory id -> descriptor, oldest first
         self._last_parent: tuple[tuple[str, ...], int] = ((), 0)  # the parent of the last entry, its id
-        # A file is created with its final mode, unless the umask would take bits from it.
-        umask = _umask()
-        self._fix_mode = umask is None or bool(umask & _FILE_MODE_MASK)
+        self._file_mode = ctx.file_mode or _safe_mode
+        # A file is created with its final mode, set again only if the umask took bits from it.
+        self._umask = _umask()
 
     def __enter__(self) -> Self:
         return self
@@ -196,7 +201,7 @@ class SafeTree:
         returns at least one byte."""
         self._count()
         self._ctx.charge(size)
-        mode = mode & _FILE_MODE_MASK | 0o600
+        mode = self._file_mode(mode)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         descriptor = self._place(parts, name, lambda leaf, parent: os.open(leaf, flags, mode, dir_fd=parent))
         try:
@@ -209,7 +214,7 @@ class SafeTree:
                 left -= len(piece)
                 while piece:
                     piece = piece[os.write(descriptor, piece):]
-            if self._fix_mode:
+            if self._umask is None or mode & self._umask:
                 os.fchmod(descriptor, mode)
             _set_mtime(descriptor, mtime_ns)
         finally:

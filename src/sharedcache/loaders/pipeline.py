@@ -78,7 +78,7 @@ _CHECKPOINT_INTERVAL = 1.0  # seconds between updates of partial.json
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
              limit: int | None = None, progress: Progress | None = None,
              fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
-             deadline: float | None = None) -> None:
+             deadline: float | None = None, file_mode: Callable[[int], int] | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
@@ -88,7 +88,9 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None), and
     ``notice(message)`` hears of retries and fail-overs, and of each move to the next source.
     Past ``deadline`` (a ``time.monotonic()``), no source waits any longer: it raises
-    :class:`~sharedcache.errors.WaitTimeoutError`.  Raises a :class:`LoaderError`.  The sources
+    :class:`~sharedcache.errors.WaitTimeoutError`.  ``file_mode(mode)`` gives the mode of each
+    file unpacked from an archive that says ``mode`` (by default, that mode without its special
+    bits and write permission for group and others).  Raises a :class:`LoaderError`.  The sources
     of the recipe are tried in order (see Mirrors).
     """
     dest, work = Path(dest), Path(work)
@@ -97,7 +99,9 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     sources = sorted(recipe.sources, key=lambda source: source.describe() != kept)
     for source, following in zip(sources, [*sources[1:], None], strict=True):
         try:
-            _populate_from(source, recipe, dest, work, limit, progress, fetch, notice, deadline)
+            ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch, notice=notice,
+                          deadline=deadline, file_mode=file_mode)
+            _populate_from(source, recipe, dest, ctx, progress)
             return
         except _MIRROR_FAILURES as exc:
             failures.append(exc)
@@ -113,12 +117,9 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
 _MIRROR_FAILURES = (DownloadError, ChecksumError, CorruptDataError, UnsafeArchiveError, SizeLimitError)
 
 
-def _populate_from(source: Source, recipe: Recipe, dest: Path, work: Path, limit: int | None,
-                   progress: Progress | None, fetch: FetchPolicy | None,
-                   notice: Callable[[str], None] | None, deadline: float | None) -> None:
+def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Progress | None) -> None:
     """Fill ``dest`` from ``source``, starting over when it cannot resume."""
-    ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch, notice=notice,
-                  deadline=deadline)
+    work = ctx.work
     resumable = _raw(recipe) and source.resumable
     partial = _Partial(work, recipe.identity, ctx.what) if resumable else None
     if partial is None:

@@ -97,9 +97,12 @@ class Context:
 
     def __init__(self, *, work: Path, what: str, limit: int | None = None,
                  fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, file_mode: Callable[[int], int] | None = None) -> None:
         self.work = work
         self.what = what
+        #: The mode of each file an unpacker writes, from the mode the archive gives it; None: the
+        #: archive's, without its special bits and write permission for group and others.
+        self.file_mode = file_mode
         #: The ``time.monotonic()`` by which the population must be done (the caller's --timeout),
         #: or None: a source bounds each wait of its own (a connection, an answer) by what is left.
         self.deadline = deadline

@@ -19,7 +19,7 @@ import time
 
 from .. import errors
 from ..engine import locks
-from ..engine.fsutil import read_control, unlink_if_present, write_atomic
+from ..engine.fsutil import read_control, sealed_mode, unlink_if_present, write_atomic
 from ..engine.layout import make_directory
 from ..engine.leases import pid_namespace
 from ..errors import (
@@ -222,7 +222,8 @@ class Population:
         request = self.request
         try:
             populate(self.recipe, data, work=self.work, limit=request.limit, progress=self.progress,
-                     fetch=request.fetch, notice=self.reporter.info, deadline=request.deadline)
+                     fetch=request.fetch, notice=self.reporter.info, deadline=request.deadline,
+                     file_mode=sealed_mode)  # the commit's seal then has no file left to change
         except WaitTimeoutError:
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 raise self._timed_out() from None
