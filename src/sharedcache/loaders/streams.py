@@ -7,7 +7,8 @@ read the whole stream below into memory.  :data:`CHUNK` is the read size used th
 
 :class:`Layer` is a stream computed from the one below it, :class:`SourceStream` what a source
 delivers (with its total size and validator, for progress and resuming), :class:`FileStream` a
-local file served as a source stream.  :class:`Prefetch` reads the stream below in a thread of its
+local file served as a source stream.  :class:`Buffered` hands out the bytes of a stream in exact
+counts or as views, for parsers.  :class:`Prefetch` reads the stream below in a thread of its
 own, a few chunks ahead, telling a :class:`Meter` (the progress callback, throttled) how far it got.
 """
 
@@ -95,6 +96,66 @@ class FileStream(SourceStream):
             self._file.close()
             if self._remove:
                 self.path.unlink(missing_ok=True)
+
+
+class Buffered:
+    """Bytes got from ``read(size)`` a chunk at a time and handed out as exact counts
+    (:meth:`read_exact`) or as views of the chunk (:meth:`view`), so that a parser copies nothing it
+    does not keep.  Subclasses may read ``_buffer`` in place from ``_at`` (their fast paths), and
+    must then move ``_at`` and ``_position`` on."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._source_read = read
+        self._buffer = b""      # the last chunk read...
+        self._view = memoryview(self._buffer)
+        self._at = 0            # ...and how much of it is consumed
+        self._position = 0      # of the first byte not consumed, in the whole input
+
+    def _fill(self) -> bool:
+        """Read the next chunk once the buffer is consumed; False at the end."""
+        data = self._source_read(CHUNK)
+        self._buffer, self._view, self._at = data, memoryview(data), 0
+        return bool(data)
+
+    def read_exact(self, size: int) -> bytes:
+        """Exactly ``size`` bytes, fewer only at the end of the input."""
+        end = self._at + size
+        if end <= len(self._buffer):
+            data = self._buffer[self._at:end]
+            self._at = end
+        else:
+            pieces = [self._buffer[self._at:]]
+            missing = size - len(pieces[0])
+            while missing and self._fill():
+                piece = self._buffer[:missing]
+                self._at = len(piece)
+                pieces.append(piece)
+                missing -= len(piece)
+            data = b"".join(pieces)
+        self._position += len(data)
+        return data
+
+    def skip(self, size: int) -> bool:
+        """Pass over ``size`` bytes; False if the input ended first."""
+        while size:
+            if self._at == len(self._buffer) and not self._fill():
+                return False
+            step = min(size, len(self._buffer) - self._at)
+            self._at += step
+            self._position += step
+            size -= step
+        return True
+
+    def view(self, size: int) -> memoryview:
+        """Up to ``size`` bytes, at least one (none only at the end of the input), as a view of the
+        chunk that holds them."""
+        if self._at == len(self._buffer) and not self._fill():
+            return self._view[:0]
+        at = self._at
+        size = min(size, len(self._buffer) - at)
+        self._at = at + size
+        self._position += size
+        return self._view[at:at + size]
 
 
 class Meter:

@@ -32,7 +32,7 @@ from typing import IO
 
 from ..errors import CorruptDataError, UnsafeArchiveError
 from ..sizes import format_size
-from .streams import CHUNK, Stream
+from .streams import CHUNK, Buffered, Stream
 
 BLOCK = 512
 #: Bytes of one extended tar header (pax or GNU long name), which is read into memory.
@@ -69,7 +69,7 @@ class TarMember:
         self.mtime_ns, self.linkname, self.offset = mtime_ns, linkname, offset
 
 
-class TarReader:
+class TarReader(Buffered):
     """The members of the tar archive read from ``below`` (already decompressed), in order.
 
     Call :meth:`next` for each member, then :meth:`take` for the data of a regular one (what is not
@@ -77,65 +77,20 @@ class TarReader:
     """
 
     def __init__(self, below: Stream | IO[bytes], what: str) -> None:
+        super().__init__(below.read)
         self._below = below
         self._what = what
-        self._buffer = b""     # the last piece read from below...
-        self._view = memoryview(self._buffer)
-        self._at = 0           # ...and how much of it is consumed
-        self._position = 0     # of the first byte not consumed, in the archive
         self._data_left = 0    # of the current member's data, not taken yet
         self._skip = 0         # padding after it
         self._global: dict[str, str] = {}
         self._global_records = 0
 
-    # --- input ------------------------------------------------------------------------------------
-
-    def _fill(self) -> bool:
-        """Read the next piece from below once the buffer is consumed; False at the end."""
-        data = self._below.read(CHUNK)
-        self._buffer, self._view, self._at = data, memoryview(data), 0
-        return bool(data)
-
-    def _read(self, size: int) -> bytes:
-        """Exactly ``size`` bytes, fewer only at the end of the stream."""
-        end = self._at + size
-        if end <= len(self._buffer):
-            data = self._buffer[self._at:end]
-            self._at = end
-        else:
-            pieces = [self._buffer[self._at:]]
-            missing = size - len(pieces[0])
-            while missing and self._fill():
-                piece = self._buffer[:missing]
-                self._at = len(piece)
-                pieces.append(piece)
-                missing -= len(piece)
-            data = b"".join(pieces)
-        self._position += len(data)
-        return data
-
-    def _discard(self, size: int) -> bool:
-        """Pass over ``size`` bytes; False if the stream ended first."""
-        while size:
-            if self._at == len(self._buffer) and not self._fill():
-                return False
-            step = min(size, len(self._buffer) - self._at)
-            self._at += step
-            self._position += step
-            size -= step
-        return True
-
     def take(self, size: int) -> memoryview:
-        """Up to ``size`` bytes (at least one) of the current member's data, as a view that is valid
-        until the next call."""
-        if self._at == len(self._buffer) and not self._fill():
+        """Up to ``size`` bytes (at least one) of the current member's data, as a view."""
+        piece = self.view(min(size, self._data_left))
+        if not piece:
             raise self._corrupt("unexpected end of data")
-        at = self._at
-        size = min(size, self._data_left, len(self._buffer) - at)
-        piece = self._view[at:at + size]
-        self._at = at + size
-        self._position += size
-        self._data_left -= size
+        self._data_left -= len(piece)
         return piece
 
     def drain(self) -> None:
@@ -157,7 +112,7 @@ class TarReader:
         if self._at + skip <= len(self._buffer):  # the padding of a member, usually
             self._at += skip
             self._position += skip
-        elif not self._discard(skip):
+        elif not self.skip(skip):
             raise self._corrupt("unexpected end of data")
         self._data_left = self._skip = 0
         local: dict[str, str] | None = None
@@ -171,7 +126,7 @@ class TarReader:
                 self._at = at + BLOCK
                 self._position = offset + BLOCK
             else:
-                header = self._read(BLOCK)
+                header = self.read_exact(BLOCK)
                 if len(header) < BLOCK:
                     if not header:
                         raise self._corrupt("empty file" if offset == 0 else
@@ -203,8 +158,8 @@ class TarReader:
             if not 0 <= size <= MAX_EXTENDED_HEADER:
                 raise self._refuse(f"an extended header of {format_size(size)}, "
                                    f"more than {format_size(MAX_EXTENDED_HEADER)}", offset)
-            data = self._read(size)
-            if len(data) < size or not self._discard(-size % BLOCK):
+            data = self.read_exact(size)
+            if len(data) < size or not self.skip(-size % BLOCK):
                 raise self._corrupt("unexpected end of data")
             if kind == _LONG_NAME:
                 long_name = _string(data)
