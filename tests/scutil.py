@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SC = [sys.executable, "-m", "sharedcache"]
+#: The package's source, for the scripts that tests run with a bare interpreter.
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 #: What sc reads from the environment that would change a test's outcome (see sharedcache.config).

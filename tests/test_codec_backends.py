@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from scutil import sc
+from scutil import SRC, sc
 
 from sharedcache.loaders.codecs import backends
 
 pytestmark = pytest.mark.timeout(60)
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def test_version_verbose_names_the_libraries() -> None:

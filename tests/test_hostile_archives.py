@@ -33,12 +33,11 @@ from sharedcache.loaders import archives, codecs
 from sharedcache.errors import CorruptDataError, LoaderError, SizeLimitError, UnsafeArchiveError
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
-from scutil import control, sc, user_dir
+from scutil import SRC, control, sc, user_dir
 
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 2**20
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 # --- crafting archives ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scutil import SRC
 from sharedcache.errors import UsageError
 from sharedcache.loaders.http import HttpSource
 from sharedcache.loaders.registry import Recipe, parse_recipe
@@ -21,7 +22,6 @@ from sharedcache.loaders.words import default_name, recipe_identity
 
 pytestmark = pytest.mark.timeout(60)
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 HEX64 = "ab" * 32
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
