@@ -42,10 +42,13 @@ from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarMember, TarRead
 if TYPE_CHECKING:
     import zipfile
 
+    from .writer import WriterProcess
+
 #: Entries an archive may create: members, plus the directories created for their paths.
 MAX_ENTRIES = 1_000_000
 
 _FILE_MODE_MASK = 0o755  # no setuid/setgid/sticky, no write for group and others
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC  # a file, never through a link
 _OPEN_DIRECTORIES = 16   # descriptors of the directories written to last, kept open
 _T = TypeVar("_T")
 
@@ -103,6 +106,10 @@ class SafeTree:
         for descriptor in self._open.values():
             os.close(descriptor)
         self._open.clear()
+
+    def descriptors(self) -> list[int]:
+        """The descriptors the tree holds open (its latest directories)."""
+        return list(self._open.values())
 
     def refuse(self, name: str, why: str) -> UnsafeArchiveError:
         """The error for member ``name``, refused because of ``why``."""
@@ -202,8 +209,7 @@ class SafeTree:
         self._count()
         self._ctx.charge(size)
         mode = self._file_mode(mode)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        descriptor = self._place(parts, name, lambda leaf, parent: os.open(leaf, flags, mode, dir_fd=parent))
+        descriptor = self._place(parts, name, lambda leaf, parent: os.open(leaf, _CREATE, mode, dir_fd=parent))
         try:
             left = size
             while left:
@@ -212,9 +218,12 @@ class SafeTree:
                     raise CorruptDataError(f"corrupt archive {self._ctx.what}: member {name!r} "
                                            "is shorter than its header says")
                 left -= len(piece)
-                while piece:
-                    piece = piece[os.write(descriptor, piece):]
-            if self._umask is None or mode & self._umask:
+                written = os.write(descriptor, piece)
+                while written < len(piece):  # a short write (interrupted by a signal) goes on
+                    piece = piece[written:]
+                    written = os.write(descriptor, piece)
+            umask = self._umask
+            if umask is None or mode & umask:
                 os.fchmod(descriptor, mode)
             _set_mtime(descriptor, mtime_ns)
         finally:
@@ -300,16 +309,34 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
     reader = TarReader(archive, ctx.what)
     try:
         with SafeTree(dest, ctx) as tree:
-            while (member := reader.next()) is not None:
-                _extract_tar_member(reader, member, tree)
-            # Read the end of the compressed stream too, so that its trailer (CRC, length) is checked.
-            reader.drain()
-            tree.finish()
+            _extract_tar_members(reader, tree, ctx.what)
     finally:
         archive.close()
 
 
-def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree) -> None:
+def _extract_tar_members(reader: TarReader, tree: SafeTree, what: str) -> None:
+    """Unpack the members read by ``reader`` into ``tree``; past the first ones, in a writer process
+    (see :mod:`sharedcache.loaders.writer`) when the archive turns out to have many."""
+    from . import writer
+
+    target: SafeTree | writer.WriterProcess = tree
+    members = 0
+    try:
+        while (member := reader.next()) is not None:
+            if members == writer.SERIAL_MEMBERS and writer.available():
+                target = writer.WriterProcess(tree, what)
+            _extract_tar_member(reader, member, target)
+            members += 1
+        # Read the end of the compressed stream too, so that its trailer (CRC, length) is checked.
+        reader.drain()
+        target.finish()
+    except BaseException as failure:
+        if isinstance(target, writer.WriterProcess):
+            raise target.abandon(failure) from None
+        raise
+
+
+def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | WriterProcess) -> None:
     parts = tree.parts(member.name)
     kind = member.kind
     if kind == REGULAR:

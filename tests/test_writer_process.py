@@ -1,0 +1,190 @@
+"""The writer process (sharedcache.loaders.writer) against one process: the same trees, the same
+refusals with the same messages, in archive order; and a child that holds nothing of its parent
+and ends with it.
+
+``SERIAL_MEMBERS`` is set here so that the child takes over at the first member, or midway; by
+default only archives of thousands of members fork.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from test_fuzz import _snapshot, damaged
+
+from scutil import SRC, wait_for
+from sharedcache.errors import LoaderError
+from sharedcache.loaders import writer
+from sharedcache.loaders.pipeline import populate
+from sharedcache.loaders.registry import parse_recipe
+
+pytestmark = pytest.mark.timeout(300)
+
+ONE_PROCESS = 10**9
+
+
+def outcome(data: bytes, unpacker: str, serial_members: int) -> tuple[str, object]:
+    """What unpacking ``data`` gives: the tree, or the error's type and message."""
+    saved = writer.SERIAL_MEMBERS
+    writer.SERIAL_MEMBERS = serial_members
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            root = Path(scratch)
+            (root / "dest").mkdir()
+            (root / "work").mkdir()
+            (root / "input").write_bytes(data)
+            try:
+                populate(parse_recipe([f"file:{root / 'input'}", unpacker]), root / "dest", work=root / "work",
+                         limit=10_000_000)
+            except LoaderError as error:
+                return type(error).__name__, str(error).replace(scratch, "SCRATCH")
+            return "tree", _snapshot(root / "dest")
+    finally:
+        writer.SERIAL_MEMBERS = saved
+
+
+def tar(*members: tuple[str, bytes | str | None, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar of (name, content or link target, type) members."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
+        for name, content, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mtime, info.mode = kind, 1_700_000_000, 0o755 if name.endswith(".sh") else 0o644
+            if kind == tarfile.REGTYPE:
+                assert isinstance(content, bytes)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+            else:
+                if isinstance(content, str):
+                    info.linkname = content
+                archive.addfile(info)
+    return buffer.getvalue()
+
+
+def many_members(count: int) -> list[tuple[str, bytes | str | None, bytes]]:
+    members: list[tuple[str, bytes | str | None, bytes]] = [("top", None, tarfile.DIRTYPE)]
+    for i in range(count):
+        members.append((f"top/d{i % 7}/f{i}.{'sh' if i % 5 == 0 else 'txt'}", f"{i}\n".encode() * (i % 40),
+                        tarfile.REGTYPE))
+    members += [("top/big.bin", os.urandom(3 << 20), tarfile.REGTYPE),  # larger than a pipe and a batch
+                ("top/link", "d0/f0.sh", tarfile.SYMTYPE), ("top/hard", "top/d1/f1.txt", tarfile.LNKTYPE),
+                ("top/d2/f2.txt", b"replaced by a later member\n", tarfile.REGTYPE),
+                ("top/empty", None, tarfile.DIRTYPE), ("top/" + "ü" * 80 + "/ナ", b"pax names\n", tarfile.REGTYPE)]
+    return members
+
+
+@pytest.mark.parametrize("serial_members", [0, 1000])
+def test_a_large_archive_makes_the_same_tree_as_in_one_process(serial_members: int) -> None:
+    data = tar(*many_members(3000))
+    kind, tree = outcome(data, "tar", serial_members)
+    assert kind == "tree"
+    assert (kind, tree) == outcome(data, "tar", ONE_PROCESS)
+
+
+@pytest.mark.parametrize(("case", "members", "expected"), [
+    ("a refusal by the child comes before a corrupt end", [
+        ("a.txt", b"a", tarfile.REGTYPE), ("hard", "missing", tarfile.LNKTYPE),
+        *[(f"f{i}", b"x" * 600, tarfile.REGTYPE) for i in range(40)]], "UnsafeArchiveError"),
+    ("a refusal by the parent", [
+        ("a.txt", b"a", tarfile.REGTYPE), ("../escape", b"x", tarfile.REGTYPE)], "UnsafeArchiveError"),
+    ("a link that leads out, found at the end by the child", [
+        ("d", None, tarfile.DIRTYPE), ("d/up", "..", tarfile.SYMTYPE), ("d/x", "up/../..", tarfile.SYMTYPE),
+        ("f", b"y", tarfile.REGTYPE)], "UnsafeArchiveError"),
+    ("a write below a file", [("f", b"x", tarfile.REGTYPE), ("f/g", b"y", tarfile.REGTYPE)], "UnsafeArchiveError"),
+])
+def test_failures_are_the_ones_one_process_reports(case: str, members: list, expected: str) -> None:
+    data = tar(*members)
+    if case.endswith("corrupt end"):
+        data = data[: len(data) // 2]  # cut within the members after the refused one
+    serial = outcome(data, "tar", ONE_PROCESS)
+    assert serial[0] == expected, serial
+    assert outcome(data, "tar", 0) == serial
+
+
+def test_the_size_limit_is_kept_by_the_child() -> None:
+    data = tar(*[(f"f{i}", b"z" * 1_000_000, tarfile.REGTYPE) for i in range(12)])
+    serial = outcome(data, "tar", ONE_PROCESS)
+    assert serial[0] == "SizeLimitError"
+    assert outcome(data, "tar", 0) == serial
+    assert outcome(data, "tar", 5) == serial
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(damaged().filter(lambda sample: sample[1] == "tar"))
+def test_damaged_archives_give_the_same_outcome_in_both(sample: tuple[bytes, str]) -> None:
+    data, unpacker = sample
+    assert outcome(data, unpacker, 0) == outcome(data, unpacker, ONE_PROCESS)
+
+
+# --- the child process ----------------------------------------------------------------------------
+
+STALLED = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    held = open({held!r}, "w")  # a descriptor the child must not keep: a lock, a connection
+    read_end = os.fdopen({read_end}, "rb", buffering=0)
+    print(os.getpid(), flush=True)
+    extract_tar(read_end, Path({dest!r}), Context(work=Path({work!r}), what="stalled"))
+""")
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listing:
+        return [int(child) for child in listing.read().split()]
+
+
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` has exited (gone, or a zombie that its new parent has not reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as status:
+            return status.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_child_holds_no_descriptor_of_the_parent_and_ends_when_it_is_killed(tmp_path: Path) -> None:
+    dest, work, held = tmp_path / "dest", tmp_path / "work", tmp_path / "held.lock"
+    dest.mkdir()
+    work.mkdir()
+    read_end, write_end = os.pipe()
+    script = STALLED.format(src=SRC, held=str(held), read_end=read_end, dest=str(dest), work=str(work))
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, pass_fds=[read_end])
+    os.close(read_end)
+    try:
+        assert parent.stdout is not None
+        assert int(parent.stdout.readline()) == parent.pid
+        # Members (more than the parent gathers before it writes to the pipe), then silence: the
+        # parent waits for more, the child for the parent.
+        head = tar(*[(f"f{i}", b"data\n" * 400, tarfile.REGTYPE) for i in range(300)])
+        os.write(write_end, head[: len(head) - 2048])
+        wait_for(lambda: len(children_of(parent.pid)) == 1, 30, "the writer process")
+        child = children_of(parent.pid)[0]
+        wait_for((dest / "f0").exists, 30, "the members sent to be written")
+        targets = {os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd")}
+        assert str(held) not in targets
+        # Its pipes, the tree's directories and the file being written, if any: nothing else.
+        assert all(target.startswith("pipe:") or target == str(dest) or target.startswith(f"{dest}/")
+                   for target in targets), targets
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        wait_for(lambda: ended(child), 30, "the end of the child after its parent's")
+    finally:
+        os.close(write_end)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=30)
