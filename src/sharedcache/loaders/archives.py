@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
     from .writer import WriterProcess
 
-#: Entries an archive may create: members, plus the directories created for their paths.
-MAX_ENTRIES = 1_000_000
+#: Entries an archive may create: members, plus the directories created for their paths.  A data
+#: set of a million small files in their directories fits, with room to spare.
+MAX_ENTRIES = 2_000_000
 
 _FILE_MODE_MASK = 0o755  # no setuid/setgid/sticky, no write for group and others
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC  # a file, never through a link
