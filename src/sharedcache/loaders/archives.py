@@ -197,16 +197,18 @@ class SafeTree:
             os.unlink(leaf, dir_fd=descriptor)
             return make(leaf, descriptor)
 
-    def mkdir(self, parts: tuple[str, ...], name: str, mode: int, mtime_ns: int) -> None:
+    def mkdir(self, name: str, mode: int, mtime_ns: int) -> None:
+        parts = self.parts(name)
         self._count()
         self._dir(parts, name, create=True)
         if parts:  # the top directory belongs to the caller: its mode is not the archive's to set
             self._dir_times[parts] = (mode, mtime_ns)
 
-    def write_file(self, parts: tuple[str, ...], name: str, size: int, mode: int, mtime_ns: int,
+    def write_file(self, name: str, size: int, mode: int, mtime_ns: int,
                    read: Callable[[int], bytes | memoryview]) -> None:
-        """Write the file ``parts`` from ``size`` bytes got by calls of ``read(most)``, each of which
+        """Write the file ``name`` from ``size`` bytes got by calls of ``read(most)``, each of which
         returns at least one byte."""
+        parts = self.parts(name)
         self._count()
         self._ctx.charge(size)
         mode = self._file_mode(mode)
@@ -230,7 +232,8 @@ class SafeTree:
         finally:
             os.close(descriptor)
 
-    def symlink(self, parts: tuple[str, ...], name: str, target: str) -> None:
+    def symlink(self, name: str, target: str) -> None:
+        parts = self.parts(name)
         self._count()
         if "\x00" in target:  # a pax linkpath can hold one (os.symlink would raise ValueError)
             raise self.refuse(name, "is a symlink whose target has a NUL byte")
@@ -243,7 +246,8 @@ class SafeTree:
         self._place(parts, name, lambda leaf, parent: os.symlink(target, leaf, dir_fd=parent))
         self._symlinks.append(parts)
 
-    def hardlink(self, parts: tuple[str, ...], name: str, target: str) -> None:
+    def hardlink(self, name: str, target: str) -> None:
+        parts = self.parts(name)
         self._count()
         try:
             target_parts = self.parts(target)
@@ -338,21 +342,21 @@ def _extract_tar_members(reader: TarReader, tree: SafeTree, what: str) -> None:
 
 
 def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | WriterProcess) -> None:
-    parts = tree.parts(member.name)
-    kind = member.kind
-    if kind == REGULAR:
-        if member.size < 0:  # base-256 and pax sizes can be negative
-            raise tree.refuse(member.name, f"has a negative size ({member.size})")
-        tree.write_file(parts, member.name, member.size, member.mode, member.mtime_ns, reader.take)
+    name, kind = member.name, member.kind
+    if kind == REGULAR and member.size >= 0:  # base-256 and pax sizes can be negative
+        tree.write_file(name, member.size, member.mode, member.mtime_ns, reader.take)
     elif kind == DIRECTORY:
-        tree.mkdir(parts, member.name, member.mode, member.mtime_ns)
+        tree.mkdir(name, member.mode, member.mtime_ns)
     elif kind == SYMLINK:
-        tree.symlink(parts, member.name, member.linkname)
+        tree.symlink(name, member.linkname)
     elif kind == HARDLINK:
-        tree.hardlink(parts, member.name, member.linkname)
+        tree.hardlink(name, member.linkname)
     else:
+        tree.parts(name)  # a name that leaves the tree is refused for that first, as with any member
+        if kind == REGULAR:
+            raise tree.refuse(name, f"has a negative size ({member.size})")
         what = {b"3": "device file", b"4": "device file", b"6": "FIFO"}.get(kind, "special file")
-        raise tree.refuse(member.name, f"is a {what}")
+        raise tree.refuse(name, f"is a {what}")
 
 
 # --- zip ------------------------------------------------------------------------------------------
@@ -491,21 +495,21 @@ def _zip_mtime_ns(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> int:
 
 def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, extra: dict[int, bytes],
                         tree: SafeTree) -> None:
-    parts = tree.parts(name)
+    tree.parts(name)  # a name that leaves the tree is refused for that first, whatever the member
     unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
     kind = stat.S_IFMT(unix_mode)
     is_dir = name.endswith("/")  # not info.is_dir(), which fails on an empty name
     mode = stat.S_IMODE(unix_mode) or (0o755 if is_dir else 0o644)
     mtime_ns = _zip_mtime_ns(info, extra)
     if is_dir and kind in (0, stat.S_IFDIR):
-        tree.mkdir(parts, name, mode, mtime_ns)
+        tree.mkdir(name, mode, mtime_ns)
     elif kind == stat.S_IFLNK:
         if info.file_size > 4096:
             raise tree.refuse(name, "is a symlink with an implausibly long target")
-        tree.symlink(parts, name, archive.read(info).decode("utf-8", "surrogateescape"))
+        tree.symlink(name, archive.read(info).decode("utf-8", "surrogateescape"))
     elif kind in (0, stat.S_IFREG):
         with archive.open(info) as content:
-            tree.write_file(parts, name, info.file_size, mode, mtime_ns, content.read)
+            tree.write_file(name, info.file_size, mode, mtime_ns, content.read)
     else:
         kinds = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "FIFO"}
         raise tree.refuse(name, f"is a {kinds.get(kind, 'special file')}")

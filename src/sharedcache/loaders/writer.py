@@ -111,7 +111,7 @@ class WriterProcess:
     def refuse(self, name: str, why: str) -> UnsafeArchiveError:
         return self._tree.refuse(name, why)
 
-    def write_file(self, parts: tuple[str, ...], name: str, size: int, mode: int, mtime_ns: int,
+    def write_file(self, name: str, size: int, mode: int, mtime_ns: int,
                    read: Callable[[int], bytes | memoryview]) -> None:
         self._frame(FILE, name, "", mode, mtime_ns, size)
         pending, left = self._pending, size
@@ -126,13 +126,13 @@ class WriterProcess:
         if len(pending) >= _MAX_PENDING:
             self._flush()
 
-    def mkdir(self, parts: tuple[str, ...], name: str, mode: int, mtime_ns: int) -> None:
+    def mkdir(self, name: str, mode: int, mtime_ns: int) -> None:
         self._frame(DIRECTORY, name, "", mode, mtime_ns, 0)
 
-    def symlink(self, parts: tuple[str, ...], name: str, target: str) -> None:
+    def symlink(self, name: str, target: str) -> None:
         self._frame(SYMLINK, name, target, 0, 0, 0)
 
-    def hardlink(self, parts: tuple[str, ...], name: str, target: str) -> None:
+    def hardlink(self, name: str, target: str) -> None:
         self._frame(HARDLINK, name, target, 0, 0, 0)
 
     def finish(self) -> None:
@@ -291,13 +291,12 @@ def _serve(tree: SafeTree, commands: int) -> tuple[str, BaseException | None]:
         if operation == FINISH:
             tree.finish()
             return _FINISHED, None
-        parts = tree.parts(name)
         if operation == FILE:
-            tree.write_file(parts, name, size, mode, mtime_ns, data)
+            tree.write_file(name, size, mode, mtime_ns, data)
         elif operation == DIRECTORY:
-            tree.mkdir(parts, name, mode, mtime_ns)
+            tree.mkdir(name, mode, mtime_ns)
         elif operation == SYMLINK:
-            tree.symlink(parts, name, target)
+            tree.symlink(name, target)
         elif operation == HARDLINK:
-            tree.hardlink(parts, name, target)
+            tree.hardlink(name, target)
     return _STOPPED, None
