@@ -192,3 +192,33 @@ def test_the_child_holds_no_descriptor_of_the_parent_and_ends_when_it_is_killed(
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=30)
+
+
+NO_FORK = textwrap.dedent("""
+    import resource, sys
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # no other process (or thread) for this user
+    with open({archive!r}, "rb") as archive:  # uncompressed: no decompressing thread either
+        extract_tar(archive, Path({dest!r}), Context(work=Path({work!r}), what="many.tar"))
+    print("unpacked")
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run as another user whose processes it can limit")
+def test_without_a_process_to_fork_the_archive_is_unpacked_in_one(reachable_tmp: Path) -> None:
+    # Root ignores RLIMIT_NPROC, so the unpack runs as nobody, who has no other process here.
+    archive, dest, work = reachable_tmp / "many.tar", reachable_tmp / "dest", reachable_tmp / "work"
+    archive.write_bytes(tar(*many_members(50)))
+    for directory in (dest, work):
+        directory.mkdir()
+        os.chown(directory, 65534, 65534)
+    script = NO_FORK.format(src=SRC, archive=str(archive), dest=str(dest), work=str(work))
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                             script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
+    assert ("tree", _snapshot(dest)) == outcome(archive.read_bytes(), "tar", ONE_PROCESS)

@@ -329,7 +329,8 @@ def _extract_tar_members(reader: TarReader, tree: SafeTree, what: str) -> None:
     try:
         while (member := reader.next()) is not None:
             if members == writer.SERIAL_MEMBERS and writer.available():
-                target = writer.WriterProcess(tree, what)
+                with contextlib.suppress(OSError):  # no process to be had: one will do
+                    target = writer.WriterProcess(tree, what)
             _extract_tar_member(reader, member, target)
             members += 1
         # Read the end of the compressed stream too, so that its trailer (CRC, length) is checked.

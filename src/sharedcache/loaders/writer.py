@@ -75,13 +75,19 @@ class _Stopped(Exception):
 
 
 class WriterProcess:
-    """The parent's side: a stand-in for the tree that the tar loop calls, with its methods."""
+    """The parent's side: a stand-in for the tree that the tar loop calls, with its methods.
+    OSError if the child cannot be made (no process or memory left): one process will do."""
 
     def __init__(self, tree: SafeTree, what: str) -> None:
         self._tree = tree  # this process's copy, from now on used only for names and messages
         self._what = what
         commands, self._commands = os.pipe()
-        self._results, results = os.pipe()
+        try:
+            self._results, results = os.pipe()
+        except OSError:  # out of descriptors: the caller goes on in one process
+            os.close(commands)
+            os.close(self._commands)
+            raise
         try:
             import fcntl
 
@@ -91,11 +97,16 @@ class WriterProcess:
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         self._outcome: tuple[str, BaseException | None] | None = None
-        with warnings.catch_warnings():
-            # Python 3.12 warns of fork in a process with threads.  The child runs none of the code
-            # that the other threads (reading ahead, decompressing) may hold locks of.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._pid = os.fork()
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12 warns of fork in a process with threads.  The child runs none of the
+                # code that the other threads (reading ahead, decompressing) may hold locks of.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._pid = os.fork()
+        except OSError:  # out of processes or memory: the caller goes on in one process
+            for descriptor in (commands, self._commands, self._results, results):
+                os.close(descriptor)
+            raise
         if self._pid == 0:
             os.close(self._commands)
             os.close(self._results)
