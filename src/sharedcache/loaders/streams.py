@@ -100,13 +100,14 @@ class FileStream(SourceStream):
 
 class Buffered:
     """Bytes got from ``read(size)`` a chunk at a time and handed out as exact counts
-    (:meth:`read_exact`) or as views of the chunk (:meth:`view`), so that a parser copies nothing it
-    does not keep.  Subclasses may read ``_buffer`` in place from ``_at`` (their fast paths), and
-    must then move ``_at`` and ``_position`` on."""
+    (:meth:`read_exact`, copies) or as views of the chunk (:meth:`view`, valid until the next read:
+    ``read`` may fill the same buffer again), so that a parser copies nothing it does not keep.
+    Subclasses may read ``_buffer`` in place from ``_at`` (their fast paths), and must then move
+    ``_at`` and ``_position`` on."""
 
-    def __init__(self, read: Callable[[int], bytes]) -> None:
+    def __init__(self, read: Callable[[int], bytes | memoryview]) -> None:
         self._source_read = read
-        self._buffer = b""      # the last chunk read...
+        self._buffer: bytes | memoryview = b""  # the last chunk read...
         self._view = memoryview(self._buffer)
         self._at = 0            # ...and how much of it is consumed
         self._position = 0      # of the first byte not consumed, in the whole input
@@ -121,13 +122,13 @@ class Buffered:
         """Exactly ``size`` bytes, fewer only at the end of the input."""
         end = self._at + size
         if end <= len(self._buffer):
-            data = self._buffer[self._at:end]
+            data = bytes(self._buffer[self._at:end])
             self._at = end
         else:
-            pieces = [self._buffer[self._at:]]
+            pieces = [bytes(self._buffer[self._at:])]  # copies: the next read may reuse the buffer
             missing = size - len(pieces[0])
             while missing and self._fill():
-                piece = self._buffer[:missing]
+                piece = bytes(self._buffer[:missing])
                 self._at = len(piece)
                 pieces.append(piece)
                 missing -= len(piece)

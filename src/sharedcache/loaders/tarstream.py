@@ -122,7 +122,7 @@ class TarReader(Buffered):
             offset = self._position
             at = self._at
             if at + BLOCK <= len(self._buffer):
-                header = self._buffer[at:at + BLOCK]
+                header = bytes(self._buffer[at:at + BLOCK])  # already bytes: no copy
                 self._at = at + BLOCK
                 self._position = offset + BLOCK
             else:
