@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_unpack.py [--files 50000] [--runs 5] [--dirs /dev/shm,/var/tmp]
                                                 [--stdlib-only] [--members-only]
+    .venv/bin/python benchmarks/bench_unpack.py --phases /dev/shm [--files 50000 | --archive X.tar.gz] [--runs 5]
 
 * **Inflate.** The Python standard library of this interpreter, packed by GNU tar and gzip -6, is
   inflated from memory by zlib, zlib-ng (``zlib_ng``) and ISA-L (``isal``), whichever are installed,
@@ -12,9 +13,15 @@ Usage::
 * **Members.** ``--files`` files of 1-8 KB of text (a 300-line vocabulary: compressible) in
   directories of 500, packed by GNU tar and gzip, are unpacked cold, the previous tree removed
   (untimed) before each run, in every directory of ``--dirs``: by ``sc --use -d DIR file:X
-  md5:HEX tar`` (the whole process: start, verify, unpack, seal, sync, commit) and by ``cat X |
-  tee >(md5sum) | tar xzf -``.  Median wall time over ``--runs`` (contenders interleaved), its
-  share per member, and the median CPU time (user + system, all processes).
+  md5:HEX tar`` (the whole process: start, verify, unpack, seal, sync, commit), by the same with
+  its writer process turned off (``sc --use, 1 process``), and by ``cat X | tee >(md5sum) | tar
+  xzf -``.  Median wall time over ``--runs`` (contenders interleaved), its share per member, and
+  the median CPU time (user + system, all processes).
+* **Phases** (``--phases DIR``, instead of the above).  The same archive's unpack (or that of
+  ``--archive``, a .tar.gz such as W10's in ``benchmarks/results/archives``) taken apart in
+  this process: parsing the headers from memory, unpacking into DIR in one process and with the
+  writer process (interleaved), and the seal walk of the commit.  It uses only the interfaces
+  that earlier versions had too (``PYTHONPATH=OTHER/src`` measures another checkout).
 
 It writes its inputs in a temporary directory and removes them at the end.
 """
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
+import importlib.util
 import io
 import os
 import random
@@ -148,6 +157,79 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
+# sc with its writer process turned off: every member unpacked by the process that parses.
+ONE_PROCESS = ("import sys; from sharedcache.loaders import writer; writer.SERIAL_MEMBERS = 1 << 62; "
+               "from sharedcache.cli import main; sys.argv[0] = 'sc'; main()")
+
+
+def bench_phases(scratch: Path, count: int, runs: int, directory: str, given: Path | None) -> None:
+    """The parts of an unpack, in this process: parsing the headers, unpacking (in one process and
+    with the writer process, where this version has one), and the commit's seal walk."""
+    import gzip
+
+    from sharedcache.engine import fsutil
+    from sharedcache.loaders import archives
+    from sharedcache.loaders.protocol import Context
+    from sharedcache.loaders.streams import FileStream, Prefetch
+    from sharedcache.loaders.tarstream import TarReader
+
+    archive = given or make_small_files(scratch, count)
+    tar = gzip.decompress(archive.read_bytes())
+    members = 0
+    reader = TarReader(io.BytesIO(tar), "bench")
+    while reader.next() is not None:
+        members += 1
+    sealed = getattr(fsutil, "sealed_mode", None)  # unpack with the modes a population asks for
+    options: dict[str, Any] = {"file_mode": sealed} if sealed else {}
+
+    def parse() -> None:
+        reader = TarReader(io.BytesIO(tar), "bench")
+        while (member := reader.next()) is not None:
+            left = member.size if member.kind == b"0" else 0
+            while left:
+                left -= len(reader.take(left))
+
+    def unpack(serial_members: int) -> tuple[float, float]:
+        """Seconds to unpack, and to seal and measure the tree as a commit does."""
+        base = Path(directory) / f"sc-bench-phases-{os.getpid()}"
+        remove(base)
+        (base / "data").mkdir(parents=True)
+        writer = sys.modules.get("sharedcache.loaders.writer")
+        if writer is not None:
+            writer.SERIAL_MEMBERS = serial_members
+        start = time.perf_counter()
+        archives.extract_tar(Prefetch(FileStream(archive)), base / "data", Context(work=base, what="bench", **options))
+        unpacked = time.perf_counter()
+        fsutil.disk_usage(base / "data", seal=0o555)
+        sealed_at = time.perf_counter()
+        remove(base)
+        return unpacked - start, sealed_at - unpacked
+
+    print(f"\nphases: {archive.name}, {members} members, in {directory}; median of {runs}")
+    parsed = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        parse()
+        parsed.append(time.perf_counter() - start)
+    print(f"  parse headers (from memory)    {statistics.median(parsed):6.3f} s  "
+          f"{statistics.median(parsed) / members * 1e6:5.1f} us/member")
+    kinds = {"unpack, 1 process": 1 << 62}
+    if importlib.util.find_spec("sharedcache.loaders.writer") is not None:
+        importlib.import_module("sharedcache.loaders.writer")
+        kinds["unpack, writer process"] = 0
+    measured: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    for _ in range(runs):  # interleaved
+        for kind, serial_members in kinds.items():
+            measured[kind].append(unpack(serial_members))
+    for kind, results in measured.items():
+        times = [unpacked for unpacked, _ in results]
+        print(f"  {kind:30s} {statistics.median(times):6.3f} s  {statistics.median(times) / members * 1e6:5.1f} "
+              f"us/member  (runs {' '.join(f'{t:.2f}' for t in times)})")
+    seals = [seal for results in measured.values() for _, seal in results]
+    print(f"  seal walk at commit            {statistics.median(seals):6.3f} s  "
+          f"{statistics.median(seals) / members * 1e6:5.1f} us/member")
+
+
 def bench_members(scratch: Path, count: int, runs: int, directories: list[str]) -> None:
     archive = make_small_files(scratch, count)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
@@ -155,9 +237,10 @@ def bench_members(scratch: Path, count: int, runs: int, directories: list[str]) 
     members = listed.count(b"\n")
     print(f"\nmembers: {archive.name}, {members} members, {archive.stat().st_size / 1e6:.1f} MB; "
           f"median of {runs}, load average {os.getloadavg()[0]:.2f} at the start")
+    use = ["--use", "-q", "-n", "w", "--pid", str(os.getpid()), f"file:{archive}", f"md5:{md5}", "tar", "-d"]
     contenders = {
-        "sc --use": lambda base: [sys.executable, "-m", "sharedcache", "--use", "-q", "-d", str(base), "-n", "w",
-                                  "--pid", str(os.getpid()), f"file:{archive}", f"md5:{md5}", "tar"],
+        "sc --use": lambda base: [sys.executable, "-m", "sharedcache", *use, str(base)],
+        "sc --use, 1 process": lambda base: [sys.executable, "-c", ONE_PROCESS, *use, str(base)],
         "GNU tar pipeline": lambda base: ["bash", "-c", (f"cat {archive} | tee >(md5sum >/dev/null) | "
                                                          f"tar xzf - -C {base}")],
     }
@@ -188,11 +271,17 @@ def main() -> None:
     parser.add_argument("--dirs", default="/dev/shm,/var/tmp")
     parser.add_argument("--stdlib-only", action="store_true", help="only the inflate part")
     parser.add_argument("--members-only", action="store_true", help="only the members part")
+    parser.add_argument("--phases", metavar="DIR",
+                        help="instead: the parts of an unpack in process (parse, unpack, seal), in DIR")
+    parser.add_argument("--archive", type=Path, help="with --phases: this .tar.gz instead of --files small files")
     args = parser.parse_args()
     from sharedcache.loaders.codecs import backends
 
     print("sharedcache codecs:", "; ".join(f"{codec}: {library}" for codec, library in backends().items()))
     with tempfile.TemporaryDirectory(prefix="sc-bench-unpack-") as scratch:
+        if args.phases:
+            bench_phases(Path(scratch), args.files, args.runs, args.phases, args.archive)
+            return
         if not args.members_only:
             bench_inflate(Path(scratch), args.runs)
         if not args.stdlib_only:
