@@ -17,6 +17,7 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.timeout(300)
 ONE_PROCESS = 10**9
 
 
-def outcome(data: bytes, unpacker: str, serial_members: int) -> tuple[str, object]:
+def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None = 10_000_000) -> tuple[str, object]:
     """What unpacking ``data`` gives: the tree, or the error's type and message."""
     saved = writer.SERIAL_MEMBERS
     writer.SERIAL_MEMBERS = serial_members
@@ -46,12 +47,18 @@ def outcome(data: bytes, unpacker: str, serial_members: int) -> tuple[str, objec
             (root / "input").write_bytes(data)
             try:
                 populate(parse_recipe([f"file:{root / 'input'}", unpacker]), root / "dest", work=root / "work",
-                         limit=10_000_000)
+                         limit=limit)
             except LoaderError as error:
                 return type(error).__name__, str(error).replace(scratch, "SCRATCH")
-            return "tree", _snapshot(root / "dest")
+            return "tree", {path: (*found, _mtime(root / "dest" / path)) for path, found in _snapshot(root / "dest").items()}
     finally:
         writer.SERIAL_MEMBERS = saved
+
+
+def _mtime(path: Path) -> int | str:
+    """A file's modification time, or "now" for one left as its creation made it."""
+    mtime_ns = os.lstat(path).st_mtime_ns
+    return "now" if abs(mtime_ns - time.time_ns()) < 3600 * 10**9 else mtime_ns
 
 
 def tar(*members: tuple[str, bytes | str | None, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:
@@ -110,6 +117,27 @@ def test_failures_are_the_ones_one_process_reports(case: str, members: list, exp
     serial = outcome(data, "tar", ONE_PROCESS)
     assert serial[0] == expected, serial
     assert outcome(data, "tar", 0) == serial
+
+
+def with_pax_records(records: dict[str, str]) -> bytes:
+    """A tar of a plain file, then one whose pax header says ``records``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, pax in (("before.txt", {}), ("odd.txt", records)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.pax_headers = 1, 1_700_000_000, pax
+            archive.addfile(info, io.BytesIO(b"x"))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("records", [{"mtime": "1e30"}, {"mtime": "-1e30"}, {"mtime": "9223372036.854775808"},
+                                     {"size": str(2**70)}, {"size": str(2**63)}])
+@pytest.mark.parametrize("limit", [None, 1000])
+def test_numbers_no_frame_can_hold_give_what_one_process_gives(records: dict[str, str], limit: int | None) -> None:
+    # A pax header can say any number; the frames hold 64 bits.
+    data = with_pax_records(records)
+    serial = outcome(data, "tar", ONE_PROCESS, limit)
+    assert outcome(data, "tar", 0, limit) == serial
 
 
 def test_the_size_limit_is_kept_by_the_child() -> None:
@@ -221,4 +249,5 @@ def test_without_a_process_to_fork_the_archive_is_unpacked_in_one(reachable_tmp:
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                              script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
-    assert ("tree", _snapshot(dest)) == outcome(archive.read_bytes(), "tar", ONE_PROCESS)
+    expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
+    assert ("tree", {path: (*found, _mtime(dest / path)) for path, found in _snapshot(dest).items()}) == expected

@@ -58,11 +58,19 @@ if TYPE_CHECKING:
 SERIAL_MEMBERS = 4096
 
 FILE, DIRECTORY, SYMLINK, HARDLINK, FINISH = range(1, 6)
-_FRAME = struct.Struct("<BIIqqQ")  # operation, name bytes, target bytes, mode, mtime (ns), data bytes
+# operation, name bytes, target bytes, mode, mtime (seconds, nanoseconds), data bytes
+_FRAME = struct.Struct("<BIIqqIq")
 _PIPE_SIZE = 1 << 20               # asked of the kernel for the command pipe (its default is 64 KiB)
 _BATCH = 256 << 10                 # bytes gathered before a write to the pipe...
 _MAX_PENDING = 512                 # ...or pieces (well below IOV_MAX, 1024)
 _FINISHED, _STOPPED, _FAILED = "finished", "stopped", "failed"
+# A pax header can say any number.  A time whose seconds a frame cannot hold, no clock holds
+# either (time_t has 64 bits): it is sent as _NO_TIME, and the child gives the tree a time that
+# fails to be set as it would have (so the file keeps its creation time, as in one process).
+# The modes of tar headers always fit.
+_LARGEST = (1 << 63) - 1
+_NO_TIME = -(1 << 63)
+_UNSETTABLE_TIME = 10**30
 
 
 def available() -> bool:
@@ -171,9 +179,13 @@ class WriterProcess:
     # --- the protocol --------------------------------------------------------------------------
 
     def _frame(self, operation: int, name: str, target: str, mode: int, mtime_ns: int, size: int) -> None:
+        seconds, nanoseconds = divmod(mtime_ns, 1_000_000_000)
+        if not _NO_TIME < seconds <= _LARGEST:
+            seconds = _NO_TIME
+        size = min(size, _LARGEST)  # no archive holds more: its reader ends first, as in one process
         name_bytes = name.encode("utf-8", "surrogateescape")
         target_bytes = target.encode("utf-8", "surrogateescape")
-        self._send(_FRAME.pack(operation, len(name_bytes), len(target_bytes), mode, mtime_ns, size)
+        self._send(_FRAME.pack(operation, len(name_bytes), len(target_bytes), mode, seconds, nanoseconds, size)
                    + name_bytes + target_bytes)
 
     def _send(self, data: bytes | memoryview) -> None:
@@ -279,7 +291,7 @@ class _Frames(Buffered):
         at, buffer = self._at, self._buffer
         start = at + _FRAME.size
         if start <= len(buffer):
-            operation, name_size, target_size, mode, mtime_ns, size = _FRAME.unpack_from(buffer, at)
+            operation, name_size, target_size, mode, seconds, nanoseconds, size = _FRAME.unpack_from(buffer, at)
             end = start + name_size + target_size
             if end <= len(buffer):  # the usual case: all of it is here
                 self._at = end
@@ -287,20 +299,25 @@ class _Frames(Buffered):
                 self.within = True
                 target = str(buffer[start + name_size:end], "utf-8", "surrogateescape") if target_size else ""
                 return (operation, str(buffer[start:start + name_size], "utf-8", "surrogateescape"), target,
-                        mode, mtime_ns, size)
+                        mode, _time(seconds, nanoseconds), size)
         header = self.read_exact(_FRAME.size)
         if not header:
             return None
         self.within = True
         if len(header) < _FRAME.size:
             raise _Stopped
-        operation, name_size, target_size, mode, mtime_ns, size = _FRAME.unpack(header)
+        operation, name_size, target_size, mode, seconds, nanoseconds, size = _FRAME.unpack(header)
         name_bytes = self.read_exact(name_size)
         target_bytes = self.read_exact(target_size)
         if len(name_bytes) < name_size or len(target_bytes) < target_size:
             raise _Stopped
         return (operation, name_bytes.decode("utf-8", "surrogateescape"),
-                target_bytes.decode("utf-8", "surrogateescape"), mode, mtime_ns, size)
+                target_bytes.decode("utf-8", "surrogateescape"), mode, _time(seconds, nanoseconds), size)
+
+
+def _time(seconds: int, nanoseconds: int) -> int:
+    """A frame's time, in nanoseconds."""
+    return _UNSETTABLE_TIME if seconds == _NO_TIME else seconds * 1_000_000_000 + nanoseconds
 
 
 def _serve(tree: SafeTree, commands: int) -> tuple[str, BaseException | None]:
