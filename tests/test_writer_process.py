@@ -251,3 +251,31 @@ def test_without_a_process_to_fork_the_archive_is_unpacked_in_one(reachable_tmp:
     assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
     expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
     assert ("tree", {path: (*found, _mtime(dest / path)) for path, found in _snapshot(dest).items()}) == expected
+
+
+IGNORES_CHILDREN = textwrap.dedent("""
+    import signal, sys
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel: no waitpid
+    with open({archive!r}, "rb") as archive:
+        extract_tar(archive, Path({dest!r}), Context(work=Path({work!r}), what="many.tar"))
+    print("unpacked")
+""")
+
+
+def test_a_program_that_ignores_sigchld_gets_its_tree(tmp_path: Path) -> None:
+    archive, dest, work = tmp_path / "many.tar", tmp_path / "dest", tmp_path / "work"
+    archive.write_bytes(tar(*many_members(50)))
+    dest.mkdir()
+    work.mkdir()
+    script = IGNORES_CHILDREN.format(src=SRC, archive=str(archive), dest=str(dest), work=str(work))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
+    expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
+    assert ("tree", {path: (*found, _mtime(dest / path)) for path, found in _snapshot(dest).items()}) == expected
+

@@ -221,7 +221,10 @@ class WriterProcess:
             while chunk := os.read(self._results, 1 << 16):
                 chunks.append(chunk)
             os.close(self._results)
-            _, status = os.waitpid(self._pid, 0)
+            try:
+                _, status = os.waitpid(self._pid, 0)
+            except ChildProcessError:  # reaped already: the process ignores SIGCHLD
+                status = 0
             if chunks:
                 self._outcome = pickle.loads(b"".join(chunks))
             elif os.WIFSIGNALED(status):
