@@ -17,8 +17,10 @@ Work is proportional to the archive, memory is bounded:
   records, sparse members), and a tar archive must end with its end-of-archive marker.
 
 Tar archives are read in one pass from the stream (any compression is recognised by its magic
-bytes) by :class:`~sharedcache.loaders.tarstream.TarReader`; zip archives need random access, so they are
-spooled to the work directory first.  Zip member names are those ``unzip`` shows: UTF-8 if flagged
+bytes) by :class:`~sharedcache.loaders.tarstream.TarReader`; past the first
+:data:`~sharedcache.loaders.writer.SERIAL_MEMBERS` members, their files are made by a writer
+process while this one parses (:mod:`sharedcache.loaders.writer`).  Zip archives need random
+access, so they are spooled to the work directory first.  Zip member names are those ``unzip`` shows: UTF-8 if flagged
 so, else the UTF-8 name of an Info-ZIP Unicode Path extra field (0x7075) whose CRC matches the
 stored name, else code page 437.
 """
@@ -80,9 +82,10 @@ class SafeTree:
     """Creates files, directories and links under ``dest`` without ever leaving it.
 
     Entries are made relative to descriptors of their parent directories (the last
-    :data:`_OPEN_DIRECTORIES` used stay open), each file with its final mode and time set on its
-    descriptor: a file costs ``open``, ``write``, ``futimens`` and ``close``.  Use it as a context
-    manager, which closes the descriptors.
+    :data:`_OPEN_DIRECTORIES` used stay open), each file with its final mode (``ctx.file_mode``
+    of the archive's: in a population, the sealed one) and time set on its descriptor: a file
+    costs ``open``, ``write``, ``futimens`` and ``close``.  Use it as a context manager, which
+    closes the descriptors.
     """
 
     def __init__(self, dest: Path, ctx: Context) -> None:
