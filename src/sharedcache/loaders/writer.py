@@ -14,8 +14,8 @@ The protocol:
 
 1. Parent to child, on the command pipe: a frame per member, in archive order.  A frame is a
    fixed header (:data:`_FRAME`: operation, sizes of the name and of the link target, mode, time
-   in nanoseconds, data size), the name and the target in UTF-8 (other bytes kept as surrogate
-   escapes), then a file's data.  A full pipe makes the parent wait: memory stays a pipe's worth.
+   in seconds and nanoseconds, data size), the name and the target in UTF-8 (other bytes kept as
+   surrogate escapes), then a file's data.  A full pipe makes the parent wait: memory stays a pipe's worth.
 2. The child executes each frame with the tree's own methods, which check and refuse exactly as
    they do in one process.  :data:`FINISH` asks it to finish the tree (check where the links
    lead, set the directories' modes).
@@ -269,7 +269,7 @@ class _Frames(Buffered):
     """The command pipe's frames, read in place from the buffer when whole in it.
 
     The pipe is read into one buffer, again and again: reads of changing sizes into fresh bytes
-    left the allocator's heap in pieces, and the child grew by 150 bytes a member (130 MiB at a
+    left the allocator's heap in pieces, and the child grew by 150 bytes a member (133 MiB at a
     million).  What :meth:`view` hands out is written to its file before the next read."""
 
     def __init__(self, commands: int) -> None:
