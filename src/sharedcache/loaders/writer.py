@@ -75,7 +75,7 @@ _UNSETTABLE_TIME = 10**30
 
 def available() -> bool:
     """Whether this system can run a writer process (fork, and /proc to find descriptors)."""
-    return sys.platform == "linux" and hasattr(os, "fork")
+    return sys.platform == "linux" and hasattr(os, "fork") and os.path.isdir("/proc/self/fd")
 
 
 class _Stopped(Exception):
