@@ -31,8 +31,8 @@ The protocol:
 
 The child holds no more than it needs: it closes every descriptor but the two pipes and the
 tree's directories at once (the parent's locks, connections and index are not kept alive by it),
-restores the default action of the signals the parent handles in Python, never imports, logs or
-prints, and leaves with ``os._exit``.
+restores the default action of the signals the parent handles in Python, loads no module (the
+two it needs are loaded before the fork), never logs or prints, and leaves with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import pickle
-import signal
 import struct
 import sys
 import warnings
@@ -105,6 +103,11 @@ class WriterProcess:
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         self._outcome: tuple[str, BaseException | None] | None = None
+        # Loaded here, before the fork, so that the child loads no module (nor does an unpack
+        # that never forks: these two cost a few milliseconds).
+        import pickle  # noqa: F401
+        import signal  # noqa: F401
+
         try:
             with warnings.catch_warnings():
                 # Python 3.12 warns of fork in a process with threads.  The child runs none of the
@@ -226,6 +229,8 @@ class WriterProcess:
             except ChildProcessError:  # reaped already: the process ignores SIGCHLD
                 status = 0
             if chunks:
+                import pickle
+
                 self._outcome = pickle.loads(b"".join(chunks))
             elif os.WIFSIGNALED(status):
                 self._outcome = (_STOPPED, LoaderError(
@@ -237,6 +242,9 @@ class WriterProcess:
 
 def _child(tree: SafeTree, commands: int, results: int) -> NoReturn:
     """The writer process: execute the frames read from ``commands``, answer on ``results``."""
+    import pickle  # loaded before the fork: found, not loaded
+    import signal
+
     outcome: tuple[str, BaseException | None]
     try:
         gc.disable()  # nothing here makes cycles, and a collection would walk the parent's objects
