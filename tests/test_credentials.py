@@ -61,8 +61,9 @@ def _free_port() -> int:
 
 
 class Nginx:
-    """nginx serving /public/, /token/ (bearer token) and /basic/ (basic auth) on ``port``, and a
-    vhost on ``cert_port`` that wants a client certificate of the test CA."""
+    """nginx serving /public/, /token/ (bearer token) and /basic/ (basic auth) on ``port``, a vhost
+    on ``cert_port`` that wants a client certificate of the test CA, and plain HTTP on
+    ``redirect_port`` that redirects every request to ``port``."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -87,7 +88,7 @@ class Nginx:
             (root / location / "data.tgz").write_bytes(DATA)
         password = base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
         (home / "htpasswd").write_text(f"{USER}:{{SHA}}{password}\n")
-        self.port, self.cert_port = _free_port(), _free_port()
+        self.port, self.cert_port, self.redirect_port = _free_port(), _free_port(), _free_port()
         tls = f"ssl_certificate {self.pki}/server.pem; ssl_certificate_key {self.pki}/server.key; root {root};"
         config = home / "nginx.conf"
         config.write_text(f"""
@@ -115,6 +116,10 @@ http {{
         ssl_verify_client optional_no_ca;  # an untrusted one gets 403, not 400
         location / {{ if ($ssl_client_verify != SUCCESS) {{ return 403; }} }}
     }}
+    server {{
+        listen 127.0.0.1:{self.redirect_port};
+        location / {{ return 302 https://127.0.0.1:{self.port}$request_uri; }}
+    }}
 }}
 """)
         nginx = _nginx()
@@ -131,7 +136,7 @@ http {{
 
     def _listening(self) -> bool:
         try:
-            for port in (self.port, self.cert_port):
+            for port in (self.port, self.cert_port, self.redirect_port):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except OSError:
             return False
@@ -214,6 +219,16 @@ def test_server_certificates_are_checked_against_the_ca_bundles_given(nginx: Ngi
     succeeded(use(home, url, X509_CERT_DIR=nginx.ca_dir))  # grid CAs, trusted besides the system's
     failed(use(home, url, SSL_CERT_FILE=nginx.pki / "other-ca.pem"), "untrusted server certificate")
     failed(use(home, url, SSL_CERT_FILE=home / "missing.pem"), f"cannot use the CA bundle {home}/missing.pem: ")
+
+
+def test_a_plain_http_url_redirected_to_https_is_checked_against_the_ca_bundles_given(
+        nginx: Nginx, home: Path) -> None:
+    # A plain-HTTP download makes its TLS context only when a redirect asks for TLS: it must be
+    # the one the settings say, not urllib3's default.
+    url = f"http://127.0.0.1:{nginx.redirect_port}/public/data.tgz"
+    failed(use(home, url), "untrusted server certificate")
+    succeeded(use(home, url, SSL_CERT_FILE=nginx.pki / "ca.pem"))
+    succeeded(use(home, url, X509_CERT_DIR=nginx.ca_dir))
 
 
 def test_bearer_token_in_the_wlcg_discovery_order(nginx: Nginx, home: Path) -> None:
