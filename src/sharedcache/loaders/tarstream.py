@@ -101,10 +101,9 @@ class TarReader(Buffered):
 
     # --- headers ----------------------------------------------------------------------------------
     #
-    # This is the loop every member goes through, so it is written for speed: the fields are read
-    # in place, the usual spelling of each number ("0000644\0") is tried before _number's slower
-    # general reading, and the checksum of an ASCII header (all of them, in practice) is derived
-    # from adler32, which sums the bytes in C.
+    # This is the loop every member goes through, so it is written for speed: the header is read
+    # in place from the buffer, and the checksum of an ASCII header (all of them, in practice) is
+    # derived from adler32, which sums the bytes in C.
 
     def next(self) -> TarMember | None:
         """The next member, or None at the end-of-archive marker."""
@@ -136,17 +135,11 @@ class TarReader(Buffered):
                 if chain:
                     raise self._corrupt(f"extended headers at byte {offset} are not followed by a member")
                 return None
-            try:
-                stored = int(header[148:156].rstrip(b"\0 "), 8)
-            except ValueError:
-                stored = self._number(header, 148, 156, offset)
+            stored = self._number(header, 148, 156, offset)
             if not (header.isascii()  # then the sum is below 65521: adler32 gives it exactly
                     and stored == (zlib.adler32(header) & 0xFFFF) - 1 - sum(header[148:156]) + _SPACES):
                 self._check_sum(header, stored, offset)
-            try:
-                size = int(header[124:136].rstrip(b"\0 "), 8)
-            except ValueError:
-                size = self._number(header, 124, 136, offset)
+            size = self._number(header, 124, 136, offset)
             kind = header[156:157]
             if kind not in _EXTENDED:
                 if kind == _SPARSE:
@@ -184,14 +177,8 @@ class TarReader(Buffered):
             if header[345] and header[257:263] == _POSIX_MAGIC:
                 name = _string(header[345:500]) + "/" + name
         linkname = (_string(header[157:257]) if header[157] else "") if long_link is None else long_link
-        try:
-            mode = int(header[100:108].rstrip(b"\0 "), 8)
-        except ValueError:
-            mode = self._number(header, 100, 108, offset)
-        try:
-            mtime_ns = int(header[136:148].rstrip(b"\0 "), 8) * 1_000_000_000
-        except ValueError:
-            mtime_ns = self._number(header, 136, 148, offset) * 1_000_000_000
+        mode = self._number(header, 100, 108, offset)
+        mtime_ns = self._number(header, 136, 148, offset) * 1_000_000_000
         if local or self._global:
             pax = {**self._global, **local} if local else self._global
             if "path" in pax:
