@@ -158,7 +158,7 @@ def test_damaged_archives_give_the_same_outcome_in_both(sample: tuple[bytes, str
 # --- the child process ----------------------------------------------------------------------------
 
 STALLED = textwrap.dedent("""
-    import os, sys
+    import os, signal, sys
     sys.path.insert(0, {src!r})
     from pathlib import Path
     from sharedcache.loaders import writer
@@ -166,10 +166,17 @@ STALLED = textwrap.dedent("""
     from sharedcache.loaders.protocol import Context
     writer.SERIAL_MEMBERS = 0
     held = open({held!r}, "w")  # a descriptor the child must not keep: a lock, a connection
+    signal.signal(signal.SIGTERM, lambda *_: None)  # a handler of the program's, not the child's
     read_end = os.fdopen({read_end}, "rb", buffering=0)
     print(os.getpid(), flush=True)
     extract_tar(read_end, Path({dest!r}), Context(work=Path({work!r}), what="stalled"))
 """)
+
+
+def caught_signals(pid: int) -> int:
+    """The mask of the signals that process ``pid`` catches with a handler."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
 
 
 def children_of(pid: int) -> list[int]:
@@ -212,6 +219,10 @@ def test_the_child_holds_no_descriptor_of_the_parent_and_ends_when_it_is_killed(
         # Its pipes, the tree's directories and the file being written, if any: nothing else.
         assert all(target.startswith("pipe:") or target == str(dest) or target.startswith(f"{dest}/")
                    for target in targets), targets
+        # The parent's handlers (Python's for SIGINT, the program's for SIGTERM) are not the
+        # child's: a signal to it does what it does to any process.
+        assert caught_signals(parent.pid) & (1 << (signal.SIGTERM - 1))
+        assert caught_signals(child) == 0
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
         wait_for(lambda: ended(child), 30, "the end of the child after its parent's")
