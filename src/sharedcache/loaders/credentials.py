@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LoaderError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config.settings import Credentials
 
 # One context per set of credentials in a process: loading a CA bundle takes tens of milliseconds.
