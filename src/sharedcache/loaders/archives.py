@@ -20,9 +20,9 @@ Tar archives are read in one pass from the stream (any compression is recognised
 bytes) by :class:`~sharedcache.loaders.tarstream.TarReader`; past the first
 :data:`~sharedcache.loaders.writer.SERIAL_MEMBERS` members, their files are made by a writer
 process while this one parses (:mod:`sharedcache.loaders.writer`).  Zip archives need random
-access, so they are spooled to the work directory first.  Zip member names are those ``unzip`` shows: UTF-8 if flagged
-so, else the UTF-8 name of an Info-ZIP Unicode Path extra field (0x7075) whose CRC matches the
-stored name, else code page 437.
+access, so they are spooled to the work directory first.  Zip member names are those ``unzip``
+shows: UTF-8 if flagged so, else the UTF-8 name of an Info-ZIP Unicode Path extra field (0x7075)
+whose CRC matches the stored name, else code page 437.
 """
 
 from __future__ import annotations
