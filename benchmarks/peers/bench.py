@@ -13,6 +13,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,13 @@ PEERS_VENV = RESULTS / "peers-venv"
 KEPT_ARCHIVES = RESULTS / "archives"
 PYTHON = Path(sys.executable)
 SC = PYTHON.parent / "sc"
+
+# ext4 without a journal (this benchmark's usual disk) will not reuse an inode freed less than
+# 60 s ago (300 s more while its inode table block is dirty), and skips such inodes one by one
+# at every allocation: GNU tar unpacked W10 in 1.27 s into a fresh directory, and in 11.9 s (of
+# which 11.9 s system time) just after the previous run's tree was removed.  A run must not pay
+# for its predecessor's removal.
+RECENTLY_DELETED_SECONDS = 61
 
 
 @dataclass
@@ -191,14 +199,30 @@ class Bench:
 
     def cold(self, c: Contender, archive: Archive, tag: str, *, rate: float | None = None,
              extra: tuple[str, ...] = (), rss: bool = False, algorithm: str = "md5",
-             filesystem: str = "disk") -> Attempt:
-        """A cold fetch into a fresh directory on ``filesystem``, removed afterwards."""
+             filesystem: str = "disk", keep: bool = False) -> Attempt:
+        """A cold fetch into a fresh directory on ``filesystem``, removed afterwards unless
+        ``keep`` (then it goes with the benchmark's directories, at the end)."""
         dest = self.fresh_dir(f"{tag}-{c.key}", filesystem)
         try:
             return self.fetch(c, archive, dest, rate=rate, extra=extra, rss=rss,
                               algorithm=algorithm)
         finally:
-            remove(dest)
+            if not keep:
+                remove(dest)
+
+    def room_for(self, archive: Archive, copies: int, filesystem: str) -> bool:
+        """Whether ``copies`` unpacked copies of ``archive`` fit in half of what is free."""
+        free = os.statvfs(self.roots[filesystem])
+        return (archive.content_bytes * copies < free.f_bavail * free.f_frsize // 2
+                and (free.f_files == 0 or archive.files * copies < free.f_favail // 2))
+
+    @staticmethod
+    def settle(filesystem: str) -> None:
+        """After a removal on the disk, wait until the inodes it freed slow no allocation down
+        (``RECENTLY_DELETED_SECONDS``)."""
+        if filesystem == "disk":
+            os.sync()  # the inode tables clean: the shorter wait applies
+            time.sleep(RECENTLY_DELETED_SECONDS)
 
     def instrumented(self, c: Contender) -> Attempt:
         """One cold W1 fetch with peak RSS and disk measured (shared by W5 and W6)."""

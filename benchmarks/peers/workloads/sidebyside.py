@@ -1,7 +1,7 @@
 """Contenders side by side on one archive and one file system, for W9-W11: each entry is a
 contender with the checksum algorithm it is given; the entries run interleaved, ``--repeat``
-times, each run cold in a fresh directory; a row gives the median, the time per member and,
-when measured, the peak RSS."""
+times, each run cold in a fresh directory (kept to the end where there is room); a row gives
+the median, the time per member and, when measured, the peak RSS."""
 
 from __future__ import annotations
 
@@ -38,10 +38,15 @@ def interleaved(b: Bench, archive: Archive, chosen: list[Entry], filesystem: str
     runnable = [e for e in chosen if not e.contender.unavailable
                 and e.contender.unpacks(archive.name)]
     attempts: dict[str, list[Attempt]] = {e.label: [] for e in runnable}
+    # Trees stay until the benchmark ends, where there is room: no run follows a removal (see
+    # ``RECENTLY_DELETED_SECONDS``).
+    keep = b.room_for(archive, len(runnable) * b.args.repeat, filesystem)
     for i in range(b.args.repeat):
         for e in runnable:
             attempt = b.cold(e.contender, archive, tag, rss=rss, algorithm=e.algorithm,
-                             filesystem=filesystem)
+                             filesystem=filesystem, keep=keep)
+            if not keep:
+                b.settle(filesystem)
             attempts[e.label].append(attempt)
             log(f"{tag} {filesystem} {e.label} run {i + 1}: {attempt.run.seconds:.2f} s "
                 f"{attempt.problem}")
