@@ -16,7 +16,7 @@ import pytest
 
 import sharedcache
 
-from scutil import Sleeper, check_tree, control, finish, make_tarball, sample_files, sc, sc_env, sc_start, user_dir
+from scutil import SC, Sleeper, check_tree, control, finish, make_tarball, sample_files, sc, sc_env, sc_start, user_dir
 
 FILES = sample_files()
 
@@ -106,6 +106,33 @@ def test_use_prints_only_the_path_and_unuse_deletes(dirs, tarball):
         assert not (control(dirs[0]) / "objects" / "repo").exists()
         missing = sc("--location", *args)
         assert missing.returncode == 1 and missing.stdout == ""
+
+
+def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tarball):
+    # sc ends without the interpreter's teardown (cli.leave): what that teardown did must still
+    # happen.  The connection to the index is closed, so SQLite folds its journal back into the
+    # index file (a copy of that file alone is the whole index).
+    with Sleeper() as owner:
+        args = ["-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)]
+        used = sc("--use", *args)
+        assert used.returncode == 0 and used.stdout.strip(), used.stderr
+        index = control(dirs[0]) / "index.sqlite"
+        assert index.stat().st_size > 0
+        assert not Path(f"{index}-wal").exists()
+        assert sc("--unuse", *args).returncode == 0
+        assert not Path(f"{index}-wal").exists()
+    # A reader that went away before the output was written: a failure, said in one line (the
+    # interpreter's teardown printed two lines about a BrokenPipeError, and exited 120).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        gone = subprocess.run([*SC, "--version"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env=sc_env())
+    finally:
+        os.close(write_end)
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("sc: error: ") and gone.stderr.endswith("Broken pipe\n")
+    assert gone.stderr.count("\n") == 1
 
 
 def test_subcommand_forms_and_default_name(dirs, tarball):

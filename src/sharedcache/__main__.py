@@ -2,11 +2,10 @@
 the garbage collector is off while it imports)."""
 
 import gc
-import sys
 
 gc.disable()
-from .cli import main  # noqa: E402 - imported with the collector off
+from .cli import leave, main  # noqa: E402 - imported with the collector off
 
 gc.freeze()
 gc.enable()
-sys.exit(main())
+leave(main())

@@ -289,6 +289,18 @@ class FsCache:
         self._local.db, self._local.pid = db, os.getpid()
         return db
 
+    def close(self) -> None:
+        """Close this thread's connection to the index, if it has one (the next call needing the
+        index opens another).  The last connection to close folds SQLite's journal back into the
+        index file: a process that ends without the interpreter's teardown closes it first."""
+        db: Index | None = getattr(self._local, "db", None)
+        self._local.db = None
+        if db is not None and self._local.pid == os.getpid():
+            try:
+                db.close()
+            except db.Error:
+                pass  # the journal stays beside the index, and the next connection folds it back
+
     def _transaction(self) -> AbstractContextManager[Index]:
         db = self._db()
         db.wait_at_most(self._wait())

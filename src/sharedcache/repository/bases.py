@@ -49,6 +49,13 @@ PRIVATE_CACHE = ".cache"
 _open_caches: dict[tuple[str, int | None], FsCache] = {}
 
 
+def close_caches() -> None:
+    """Close the connections to the indexes of the caches this process opened (see
+    :meth:`FsCache.close`)."""
+    for cache in _open_caches.values():
+        cache.close()
+
+
 def base_directories(directories: str | Sequence[str | os.PathLike[str]] | None) -> list[str]:
     """Candidate base directories as absolute paths: a ``:``-separated string or a sequence;
     None gives :data:`DEFAULT_DIRECTORIES`."""
