@@ -59,10 +59,12 @@ Store (``store(name)``)
    staging directory whose owner has not locked it yet.)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is removed and
    the exception re-raised; nothing is committed.
-3. Measure the tree and make it read-only (:func:`~sharedcache.engine.fsutil.disk_usage` with
-   ``seal``); write ``meta``, ``keep``, ``leases/`` and the holder's lease, if any; flush it all
-   to disk (:func:`~sharedcache.engine.fsutil.sync_tree`); write the commit marker ``entry.json``
-   (atomically: temp file, fsync, rename).
+3. Flush the data to disk (:func:`~sharedcache.engine.fsutil.sync_tree`), then measure the tree
+   and make it read-only (:func:`~sharedcache.engine.fsutil.disk_usage` with ``seal``): a file
+   being written back (by anyone's flush of the file system) can show fewer blocks than it has,
+   so it is measured once on disk.  Write ``meta``, ``keep``, ``leases/`` and the holder's
+   lease, if any; flush again (the seal's modes and these files); write the commit marker
+   ``entry.json`` (atomically: temp file, fsync, rename).
 4. Begin an index transaction.  If ``objects/<name>`` has a commit marker, another store won:
    adopt it if it has no row, give the holder a lease on it, discard ours, done.  If the size
    exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
@@ -464,6 +466,12 @@ class FsCache:
         strict: bool,
     ) -> bool:
         stage = staging.path
+        if self.durable:
+            # Flushed before it is measured: another process's commit flushes the whole file
+            # system, and while a file is being written back ext4 can show fewer blocks than it
+            # has (4 KB to 12 KB short, in the test that flushes during the walk).  Once on
+            # disk, its blocks stay put.
+            sync_tree(stage)
         size = disk_usage("data", seal=0o555, dir_fd=staging.fd)
         if self.modes.entry != 0o700:
             os.fchmod(staging.fd, self.modes.entry)
