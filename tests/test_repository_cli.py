@@ -121,6 +121,8 @@ def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tar
         assert not Path(f"{index}-wal").exists()
         assert sc("--unuse", *args).returncode == 0
         assert not Path(f"{index}-wal").exists()
+        assert sc("gc", "-d", d(dirs)).returncode == 0
+        assert not Path(f"{index}-wal").exists()
     # A reader that went away before the output was written: a failure, said in one line (the
     # interpreter's teardown printed two lines about a BrokenPipeError, and exited 120).
     read_end, write_end = os.pipe()

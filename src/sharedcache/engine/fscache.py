@@ -469,7 +469,7 @@ class FsCache:
         if self.durable:
             # Flushed before it is measured: another process's commit flushes the whole file
             # system, and while a file is being written back ext4 can show fewer blocks than it
-            # has (4 KB to 12 KB short, in the test that flushes during the walk).  Once on
+            # has (4 KB to 20 KB short, in the test that flushes during the walk).  Once on
             # disk, its blocks stay put.
             sync_tree(stage)
         size = disk_usage("data", seal=0o555, dir_fd=staging.fd)

@@ -371,11 +371,14 @@ class Repositories:
             except CacheError as e:
                 self._skip(base, e)
                 continue
-            report = vars(cache.gc())
-            base.use_cache(cache)
-            report["populations_cleaned"] = self._clean_populations(base, cache)
-            report["stuck_populations"] = self._stuck_populations(base)
-            report["links_removed"] = self._clean_links(base)
+            try:
+                report = vars(cache.gc())
+                base.use_cache(cache)
+                report["populations_cleaned"] = self._clean_populations(base, cache)
+                report["stuck_populations"] = self._stuck_populations(base)
+                report["links_removed"] = self._clean_links(base)
+            finally:
+                cache.close()  # opened for the repair, outside the process's table of caches
             reports[str(base.path)] = report
         self._report_skips()
         return reports
