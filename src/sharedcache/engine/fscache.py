@@ -224,7 +224,9 @@ class FsCache:
     Leave it out to use the budget already stored (unlimited for a new cache).
     ``durable`` flushes each entry to disk before committing it, so that even a power loss
     cannot leave a committed entry with missing data.  Without it nothing is flushed: every
-    guarantee against crashed processes holds, but a power loss may damage recent entries.
+    guarantee against crashed processes holds, but a power loss may damage recent entries, and
+    an entry measured while another process flushes the file system may be recorded a few
+    blocks short (until :meth:`gc` recounts it).
 
     ``group`` (a gid) opens the *group cache* of that group at ``root``, created if needed:
     shared by the members of the group, and used only when asked for (a setgid or
