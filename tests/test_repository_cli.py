@@ -135,6 +135,11 @@ def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tar
     assert gone.returncode == 1
     assert gone.stderr.startswith("sc: error: ") and gone.stderr.endswith("Broken pipe\n")
     assert gone.stderr.count("\n") == 1
+    # Started with its output or its error stream closed: nothing to write, nothing to fail.
+    for closed in (">&-", "2>&-"):
+        done = subprocess.run(["sh", "-c", f'exec "$0" "$@" {closed}', *SC, "--version"],
+                              capture_output=True, text=True, timeout=60, env=sc_env())
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (closed, done.stderr)
 
 
 def test_subcommand_forms_and_default_name(dirs, tarball):

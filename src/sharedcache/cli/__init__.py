@@ -80,13 +80,17 @@ def leave(status: int) -> NoReturn:
     close_caches()
     # A private name, but the one function that runs the handlers as the teardown would.
     atexit._run_exitfuncs()
+    # A stream is None when the process started with that descriptor closed.
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except OSError as e:  # a reader that went away (`sc --list | head -0`), a full disk
-        print(f"sc: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
+        if sys.stderr is not None:
+            print(f"sc: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
         status = status or 1
     try:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
     except OSError:
         status = status or 1
     os._exit(status)
