@@ -402,6 +402,19 @@ def _output(argv: Sequence[str]) -> str:
     return (done.stdout or done.stderr).strip()
 
 
+def file_system(path: Path) -> str:
+    """The type of the file system holding ``path``, and for ext4 whether it lacks a journal
+    (then an inode freed in the last minutes slows every allocation down: see "Freed inodes on
+    the disk" in docs/performance.md)."""
+    fstype = _output(["df", "--output=fstype", str(path)]).split()[-1]
+    if fstype == "ext4":
+        device = os.path.basename(_output(["df", "--output=source", str(path)]).split()[-1])
+        with contextlib.suppress(OSError):
+            if Path(f"/sys/fs/ext4/{device}/journal_task").read_text().strip() == "<none>":
+                fstype += " without a journal"
+    return fstype
+
+
 def machine_info(tmp: Path) -> dict[str, str]:
     """The facts a reader needs to compare numbers between machines."""
     cpu = "unknown"
@@ -419,7 +432,7 @@ def machine_info(tmp: Path) -> dict[str, str]:
         "free -h": free,
         "python --version": platform.python_version(),
         "uname -r": platform.release(),
-        "file system of " + str(tmp): _output(["df", "--output=fstype", str(tmp)]).split()[-1],
+        "file system of " + str(tmp): file_system(tmp),
         "curl": " ".join(_output(["curl", "--version"]).split()[:2]) if shutil.which("curl")
                 else "absent",
         "hyperfine": _output(["hyperfine", "--version"]) if shutil.which("hyperfine") else "absent",
