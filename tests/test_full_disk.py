@@ -56,6 +56,9 @@ def test_release_gc_and_max_size_work_on_a_full_file_system(tmp_path, small_fs):
         released = sc("--unuse", *held)
         assert released.returncode == 0, released.stderr
         assert not (user_dir(small_fs) / "held").exists()
+        # The release gave the index's reserve to its journal, freed room, and made it again.
+        reserve = control(small_fs) / "index.reserve"
+        assert reserve.exists() and reserve.stat().st_blocks > 0, "no reserve after the release"
 
         fill(small_fs)
         gc = sc("gc", "-d", str(small_fs))

@@ -123,6 +123,13 @@ def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tar
         assert not Path(f"{index}-wal").exists()
         assert sc("gc", "-d", d(dirs)).returncode == 0
         assert not Path(f"{index}-wal").exists()
+    # The exit handlers run (the index remakes its full-disk reserve in one).
+    ran = dirs[1] / "handler-ran"
+    code = ("import atexit, sys\nfrom sharedcache.cli import leave\n"
+            "atexit.register(lambda: open(sys.argv[1], 'w').close())\nleave(3)")
+    left = subprocess.run([sys.executable, "-c", code, str(ran)], capture_output=True, text=True,
+                          timeout=60, env=sc_env())
+    assert (left.returncode, left.stderr, ran.exists()) == (3, "", True)
     # A reader that went away before the output was written: a failure, said in one line (the
     # interpreter's teardown printed two lines about a BrokenPipeError, and exited 120).
     read_end, write_end = os.pipe()
