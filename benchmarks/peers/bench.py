@@ -173,10 +173,10 @@ class Bench:
         return path
 
     def usable(self, keys: Sequence[str] | None = None,
-               where: Callable[[Contender], bool] = lambda c: c.kind != "baseline"
+               where: Callable[[Contender], bool] = lambda c: c.kind not in ("baseline", "flushed")
                ) -> list[Contender]:
         """The contenders named by ``keys`` (default: all) that ``where`` selects (default: all
-        but the baseline's, which only some workloads measure)."""
+        but the baseline's and the flushed pipeline, which only some workloads measure)."""
         return [c for c in self.contenders if (keys is None or c.key in keys) and where(c)]
 
     def target(self, archive: Archive, dest: Path, *, rate: float | None = None,

@@ -8,6 +8,8 @@ and prints the path of the unpacked tree.
 * ``cached_path``: ``cached_path(url, cache_dir=..., extract_archive=True)`` (it has no checksum);
 * ``curl pipeline``: ``curl -sf URL | tee >(md5sum) | tar xz -C DIR`` in bash, then a comparison
   of the sum: one stream through standard tools, the practical limit for one stream;
+* ``curl pipeline+sync``: the same, then ``sync -f DIR``: the pipeline with the promise ``sc``
+  keeps, that the tree is on stable storage when the command returns (W9, W10);
 * with ``--baseline DIR``: ``sc --use (baseline)`` and ``sharedcache.use() (baseline)``, the same
   commands run from the virtual environment of another checkout (``DIR/.venv``).
 
@@ -71,7 +73,8 @@ def fetch():
 
 #: The reference: one stream through curl, tee, a checksum tool and tar.  The checksum tool reads
 #: fd 3 rather than a process substitution inside the pipeline, so that bash can close its input
-#: and wait for it.  Arguments: URL HEX DEST TOOL TAR-FLAG (md5sum -z, sha256sum --zstd...).
+#: and wait for it.  Arguments: URL HEX DEST TOOL TAR-FLAG (md5sum -z, sha256sum --zstd...), and
+#: "sync" to flush the tree's file system before answering.
 CURL_PIPELINE = """\
 set -o pipefail
 mkdir -p "$3/tree"
@@ -80,6 +83,7 @@ curl -sf "$1" | tee /dev/fd/3 | tar -x "$5" -f - -C "$3/tree"
 status=$?
 exec 3>&-
 wait $!
+[ $status -eq 0 ] && [ "$6" = sync ] && { sync -f "$3/tree" || status=$?; }
 [ $status -eq 0 ] && read -r sum _ <"$3/sum" && [ "$sum" = "$2" ] && echo "$3/tree"
 """
 
@@ -107,7 +111,7 @@ class Target:
 class Contender:
     key: str
     label: str
-    kind: str                                  # "project", "peer", "reference" or "baseline"
+    kind: str                                  # "project", "peer", "reference", "flushed" or "baseline"
     argv: Callable[[Target], list[str]]        # fetch, verify, unpack; print the tree's path
     warm: bool = True                          # answers again from its cache (W3)
     in_process: bool = True                    # has fetch() for an in-process loop (W4)
@@ -142,11 +146,11 @@ def sc_contender(key: str, label: str, kind: str, sc: Path) -> Contender:
                      unavailable="" if sc.exists() else f"{sc} not found")
 
 
-def curl_argv(t: Target) -> list[str]:
+def curl_argv(t: Target, *, flush: bool = False) -> list[str]:
     algorithm, _, hexdigest = t.digest.partition(":")
     flag = next(flag for suffix, flag in TAR_FLAGS.items() if t.filename.endswith(suffix))
     return ["bash", "-c", CURL_PIPELINE, "curl-pipeline", t.url, hexdigest, str(t.dest),
-            f"{algorithm}sum", flag]
+            f"{algorithm}sum", flag, "sync" if flush else ""]
 
 
 def contenders(scripts: Path, python: Path, peers: PeerEnv, baseline: Path | None) -> list[Contender]:
@@ -155,7 +159,8 @@ def contenders(scripts: Path, python: Path, peers: PeerEnv, baseline: Path | Non
     the project's from that checkout."""
     scripts.mkdir(parents=True, exist_ok=True)
     missing_tools = [tool for tool in ("bash", "curl", "tee", "md5sum", "sha256sum", "tar", "gzip",
-                                       "xz", "zstd") if shutil.which(tool) is None]
+                                       "xz", "zstd", "sync") if shutil.which(tool) is None]
+    missing = f"missing {', '.join(missing_tools)}" if missing_tools else ""
     project = [
         sc_contender("sc-cli", "sc --use", "project", python.parent / "sc"),
         python_contender("sc-api", "sharedcache.use()", "project", python, SC_API_RECIPE, scripts),
@@ -176,5 +181,8 @@ def contenders(scripts: Path, python: Path, peers: PeerEnv, baseline: Path | Non
                          scripts, verifies=False, formats=TARFILE_FORMATS,
                          unavailable=peers.problems.get("cached_path", "")),
         Contender("curl", "curl pipeline", "reference", curl_argv, warm=False, in_process=False,
-                  unavailable=f"missing {', '.join(missing_tools)}" if missing_tools else ""),
+                  unavailable=missing),
+        Contender("curl-sync", "curl pipeline+sync", "flushed",
+                  lambda t: curl_argv(t, flush=True), warm=False, in_process=False,
+                  unavailable=missing),
     ]

@@ -54,12 +54,16 @@ def interleaved(b: Bench, archive: Archive, chosen: list[Entry], filesystem: str
 
 
 def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt]],
-         reference: str, prefix: str, *, rss: bool = False, per_member: bool = True
-         ) -> list[Row]:
+         reference: str, prefix: str, *, rss: bool = False, per_member: bool = True,
+         also: str | None = None) -> list[Row]:
     """One row per entry, its median against that of the entry labelled ``reference``; each
     row's contender is ``prefix`` and the entry's label.  ``rss``: the attempts measured their
-    peak RSS; ``per_member``: show the time per member (where members, not bytes, decide)."""
-    base = median([a.run.seconds for a in attempts.get(reference, []) if a.ok])
+    peak RSS; ``per_member``: show the time per member (where members, not bytes, decide);
+    ``also``: the label of a second reference, whose ratio the project's rows note too."""
+    def median_of(label: str | None) -> float | None:
+        return median([a.run.seconds for a in attempts.get(label or "", []) if a.ok])
+
+    base, second = median_of(reference), median_of(also)
     made = []
     for e in chosen:
         label = f"{prefix}{e.label}"
@@ -76,6 +80,9 @@ def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt
         problems = sorted({a.problem for a in attempts[e.label] if a.problem})
         peak = max((a.run.maxrss_kb for a in attempts[e.label] if a.ok and rss), default=0) / 1024
         notes = [f"runs {seconds_list(times)} s"]
+        flushed = ratio(value, second) if e.contender.kind in ("project", "baseline") else None
+        if flushed is not None:
+            notes.append(f"{fmt(flushed, 'x')}x the {also}")
         if value and per_member:
             notes.append(f"{value / archive.files * 1e6:.1f} us/member")
         if value:
