@@ -187,13 +187,11 @@ class WriterProcess:
             seconds = _NO_TIME
         size = min(size, _LARGEST)  # no archive holds more: its reader ends first, as in one process
         name_bytes = name.encode("utf-8", "surrogateescape")
-        target_bytes = target.encode("utf-8", "surrogateescape")
-        self._send(_FRAME.pack(operation, len(name_bytes), len(target_bytes), mode, seconds, nanoseconds, size)
-                   + name_bytes + target_bytes)
-
-    def _send(self, data: bytes | memoryview) -> None:
-        self._pending.append(data)
-        self._pending_bytes += len(data)
+        target_bytes = target.encode("utf-8", "surrogateescape") if target else b""
+        frame = _FRAME.pack(operation, len(name_bytes), len(target_bytes), mode, seconds, nanoseconds,
+                            size) + name_bytes + target_bytes
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
         if self._pending_bytes >= _BATCH or len(self._pending) >= _MAX_PENDING:
             self._flush()
 
