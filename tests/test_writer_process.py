@@ -50,15 +50,19 @@ def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None =
                          limit=limit)
             except LoaderError as error:
                 return type(error).__name__, str(error).replace(scratch, "SCRATCH")
-            return "tree", {path: (*found, _mtime(root / "dest" / path)) for path, found in _snapshot(root / "dest").items()}
+            return "tree", _tree(root / "dest")
     finally:
         writer.SERIAL_MEMBERS = saved
 
 
-def _mtime(path: Path) -> int | str:
-    """A file's modification time, or "now" for one left as its creation made it."""
-    mtime_ns = os.lstat(path).st_mtime_ns
-    return "now" if abs(mtime_ns - time.time_ns()) < 3600 * 10**9 else mtime_ns
+def _tree(dest: Path) -> dict[str, tuple[object, ...]]:
+    """What is under ``dest``: each path's kind and content, and its modification time ("now"
+    for one left as its creation made it)."""
+    def mtime(path: Path) -> int | str:
+        mtime_ns = os.lstat(path).st_mtime_ns
+        return "now" if abs(mtime_ns - time.time_ns()) < 3600 * 10**9 else mtime_ns
+
+    return {path: (*found, mtime(dest / path)) for path, found in _snapshot(dest).items()}
 
 
 def tar(*members: tuple[str, bytes | str | None, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:
@@ -261,7 +265,7 @@ def test_without_a_process_to_fork_the_archive_is_unpacked_in_one(reachable_tmp:
                              script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
     expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
-    assert ("tree", {path: (*found, _mtime(dest / path)) for path, found in _snapshot(dest).items()}) == expected
+    assert ("tree", _tree(dest)) == expected
 
 
 IGNORES_CHILDREN = textwrap.dedent("""
@@ -288,5 +292,5 @@ def test_a_program_that_ignores_sigchld_gets_its_tree(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
     expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
-    assert ("tree", {path: (*found, _mtime(dest / path)) for path, found in _snapshot(dest).items()}) == expected
+    assert ("tree", _tree(dest)) == expected
 
