@@ -10,6 +10,8 @@ import lzma
 import os
 import stat
 import tarfile
+import threading
+import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,6 +130,21 @@ def test_checksum_covers_bytes_after_the_tar_end(tmp_path: Path) -> None:
     populate(tmp_path, source, f"sha256:{hashlib.sha256(archive).hexdigest()}", "tar")
     with pytest.raises(ChecksumError):
         populate(tmp_path / "again", source, f"sha256:{hashlib.sha256(archive[:-1]).hexdigest()}", "tar")
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha512"])
+def test_a_failure_above_the_checksums_stops_the_threads_below_them(tmp_path: Path, algorithm: str) -> None:
+    # The source and the checksums run in threads of their own.  The unpacker fails at the first
+    # member, with most of the archive still to be read: both threads must end, not wait on a queue.
+    archive = make_tar({"../escape": b"x", "big.bin": os.urandom(48 << 20)})
+    source = put(tmp_path, "hostile.tar", archive)
+    with pytest.raises(UnsafeArchiveError):
+        populate(tmp_path, source, f"{algorithm}:{hashlib.new(algorithm, archive).hexdigest()}", "tar")
+    deadline = time.monotonic() + 10
+    while (readers := [thread for thread in threading.enumerate() if thread.name == "sharedcache-reader"]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert readers == []
 
 
 # --- single-file decompressors --------------------------------------------------------------------

@@ -42,7 +42,7 @@ Data flows as streams (:mod:`sharedcache.loaders.streams`), a pull model.
     stopped raises :class:`~sharedcache.errors.ResumeError`: the population then starts over.
 ``Transform.wrap(below, ctx) -> Stream``
     Return the transformed stream.  A transform that only inspects the bytes (a checksum) sets
-    ``passthrough = True``: it then runs in the thread that reads the source, and a stack made only of
+    ``passthrough = True``: it then runs in a thread beside the source's, and a stack made only of
     a source and passthrough transforms can be resumed by another process.  ``rename(name)`` maps
     the output file name (``gunzip`` strips ``.gz``).
 ``Unpacker.unpack(stream, dest, ctx)``
