@@ -168,10 +168,11 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
             stream = _Concat(partial.prefix(), source)
         # The source is read in a thread, the checksums directly above it run in the next, and
         # the rest runs here.  Apart, a hash slower than the transfer (md5 and sha512 hash at about
-        # 450 MB/s) overlaps the reads instead of adding its time to theirs.
+        # 450 MB/s) overlaps the reads instead of adding its time to theirs.  One chunk read ahead
+        # of the hash is enough for that; the hashing thread's queue holds the rest.
         transforms = list(recipe.transforms)
         if transforms and transforms[0].passthrough:
-            stream = Prefetch(stream)
+            stream = Prefetch(stream, depth=1)
         while transforms and transforms[0].passthrough:
             stream = transforms.pop(0).wrap(stream, ctx)
         stream = Prefetch(stream, Meter(progress, source.total))

@@ -175,19 +175,19 @@ class Meter:
 
 
 class Prefetch(Stream):
-    """Reads the stream below in a background thread, a few chunks ahead of the consumer, and
-    tells ``meter`` how many bytes have come.  What the stream below does (a download, a
-    checksum, a decompression) then runs beside the consumer, on another core where the work
-    releases the GIL.
+    """Reads the stream below in a background thread, up to ``depth`` chunks ahead of the
+    consumer, and tells ``meter`` how many bytes have come.  What the stream below does (a
+    download, a checksum, a decompression) then runs beside the consumer, on another core where
+    the work releases the GIL.
 
     The thread owns the stream below: it reads it and closes it.
     """
 
-    def __init__(self, below: Stream, meter: Meter | None = None) -> None:
+    def __init__(self, below: Stream, meter: Meter | None = None, *, depth: int = _QUEUE_DEPTH) -> None:
         super().__init__()
         self._below = below
         self._meter = meter if meter is not None else Meter(None, None)
-        self._queue: queue.Queue[tuple[bytes, int] | BaseException] = queue.Queue(_QUEUE_DEPTH)
+        self._queue: queue.Queue[tuple[bytes, int] | BaseException] = queue.Queue(depth)
         self._stop = threading.Event()
         self._chunk = memoryview(b"")
         self._finished = False
