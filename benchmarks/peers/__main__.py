@@ -50,7 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="results file (default benchmarks/results/peers-<time>.json)")
     p.add_argument("--baseline", type=Path,
                    help="another checkout of the project: W3 and W4 measure its sc and use() too "
-                        "(and W9, W10 its sc), from DIR/.venv (made when missing)")
+                        "(and W9-W11 its sc), from DIR/.venv (made when missing)")
     p.add_argument("--goals-markdown", action="store_true",
                    help="print the goals as a Markdown table and exit")
     p.add_argument("--size-mb", type=float, default=200, help="W1 archive size (default 200)")
