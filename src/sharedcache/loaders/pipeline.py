@@ -1,9 +1,10 @@
 """Running a recipe: one pass from the source into the repository directory.
 
 The loaders form a chain of streams that is pulled from the top.  A background thread reads the
-source; the checksums directly above it run in a second one (hashlib releases the GIL on large
-buffers), which hands chunks through a small bounded queue to the calling thread, which
-decompresses, unpacks and writes.  Memory is a few 1 MiB buffers, whatever the size of the data.
+source, and a second one runs the checksums directly above it, if the recipe has any (hashlib
+releases the GIL on large buffers); chunks go through small bounded queues to the calling thread,
+which decompresses, unpacks and writes.  Memory is a few 1 MiB buffers, whatever the size of the
+data.
 
 With ``connections`` > 1 an HTTP source fetches parts of the file over several connections at once
 (:mod:`sharedcache.loaders.ranged`, at most 64 MiB buffered) but still hands the bytes on in order, so
