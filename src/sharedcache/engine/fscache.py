@@ -59,7 +59,8 @@ Store (``store(name)``)
    staging directory whose owner has not locked it yet.)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is removed and
    the exception re-raised; nothing is committed.
-3. Flush the data to disk (:func:`~sharedcache.engine.fsutil.sync_tree`), then measure the tree
+3. Flush the data to disk (:func:`~sharedcache.engine.fsutil.sync_tree`: an entry of a few files
+   inode by inode, a larger one with the whole file system), then measure the tree
    and make it read-only (:func:`~sharedcache.engine.fsutil.disk_usage` with ``seal``): a file
    being written back (by anyone's flush of the file system) can show fewer blocks than it has,
    so it is measured once on disk.  Write ``meta``, ``keep``, ``leases/`` and the holder's
@@ -473,7 +474,7 @@ class FsCache:
             # system, and while a file is being written back ext4 can show fewer blocks than it
             # has (4 KB to 20 KB short, in the test that flushes during the walk).  Once on
             # disk, its blocks stay put.
-            sync_tree(stage)
+            sync_tree(staging.fd)
         size = disk_usage("data", seal=0o555, dir_fd=staging.fd)
         if self.modes.entry != 0o700:
             os.fchmod(staging.fd, self.modes.entry)
@@ -490,7 +491,7 @@ class FsCache:
         if holder is not None:
             add_lease(stage, holder)
         if self.durable:
-            sync_tree(stage)
+            sync_tree(staging.fd)
         import json  # a store or gc only
 
         marker = {"name": name, "size": size, "created": now}
