@@ -149,7 +149,7 @@ def _small_tree(root: int) -> list[int] | None:
     """Descriptors of the files and directories below ``root``, for :func:`sync_tree`; None
     (nothing left open) if there are more than :data:`SCOPED_FLUSH_ENTRIES`, anything else, or
     anything that cannot be opened.  Listing stops at the first entry too many, so a large
-    tree costs a few system calls here."""
+    tree costs a few dozen system calls here."""
     opened: list[int] = []
     unlisted = [root]
     try:
