@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
 import signal
 import socket
 import subprocess
+import struct
 import sys
 import tarfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 SC = [sys.executable, "-m", "sharedcache"]
 #: The package's source, for the scripts that tests run with a bare interpreter.
@@ -206,3 +210,32 @@ def interpreter_for(uid: int, gid: int) -> tuple[str, dict[str, str]]:
             continue
         return candidate, sc_env(PYTHONPATH=paths)
     pytest.skip(f"no {version} that another user may run")
+
+
+def pending(path: Path) -> bool:
+    """Whether some of the data of ``path`` waits in memory for its blocks (an extent that FIEMAP
+    marks delayed-allocation): written and not yet flushed.  False where FIEMAP is not supported."""
+    fs_ioc_fiemap, delayed_allocation, count = 0xC020660B, 0x4, 64  # _IOWR('f', 11, struct fiemap)
+    request = bytearray(struct.pack("=QQIIII", 0, 2**64 - 1, 0, 0, count, 0) + bytes(56 * count))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.ioctl(fd, fs_ioc_fiemap, request)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    mapped = struct.unpack_from("=I", request, 20)[0]
+    return any(struct.unpack_from("=I", request, 32 + 56 * i + 40)[0] & delayed_allocation for i in range(mapped))
+
+
+def needs_delayed_allocation(directory: Path) -> None:
+    """Skip the calling test unless the file system of ``directory`` delays allocation (ext4, xfs
+    and btrfs do): there :func:`pending` tells what was flushed and what was not."""
+    probe = directory / "delayed-allocation-probe"
+    probe.write_bytes(os.urandom(2**16))
+    try:
+        if not pending(probe):
+            pytest.skip(f"the file system of {directory} does not delay allocation (ext4, xfs and btrfs "
+                        "do), so what was flushed cannot be seen")
+    finally:
+        probe.unlink()

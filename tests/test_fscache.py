@@ -6,11 +6,9 @@ test_fscache_crash.py; the child processes both use are in fscache_worker.py.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from fscache_worker import Children, fill, loads, scan_usage, verify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from scutil import needs_delayed_allocation, pending
 
 from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
 from sharedcache.errors import EntryTooLargeError
@@ -270,31 +269,11 @@ def test_sizes_are_exact_when_the_data_is_written_back_while_it_is_measured(
         os.close(directory)
 
 
-def pending(path: Path) -> bool:
-    """Whether some of the data of ``path`` waits in memory for its blocks (an extent that FIEMAP
-    marks delayed-allocation): written and not yet flushed.  False where FIEMAP is not supported."""
-    fs_ioc_fiemap, delayed_allocation, count = 0xC020660B, 0x4, 64  # _IOWR('f', 11, struct fiemap)
-    request = bytearray(struct.pack("=QQIIII", 0, 2**64 - 1, 0, 0, count, 0) + bytes(56 * count))
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        fcntl.ioctl(fd, fs_ioc_fiemap, request)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    mapped = struct.unpack_from("=I", request, 20)[0]
-    return any(struct.unpack_from("=I", request, 32 + 56 * i + 40)[0] & delayed_allocation for i in range(mapped))
-
-
 def test_a_small_entry_is_flushed_without_waiting_for_other_writers(root: Path, tmp_path: Path) -> None:
     # syncfs writes out every writer's dirty data on the file system and waits for it (1.4 s with
     # 2.3 GB of another process's data pending, in docs/performance.md).  An entry of a few
     # files is flushed inode by inode; a large one still by syncfs, which this test also sees.
-    probe = tmp_path / "probe"
-    probe.write_bytes(os.urandom(2**20))
-    if not pending(probe):
-        pytest.skip(f"the file system of {tmp_path} does not delay allocation (ext4, xfs and btrfs do), "
-                    "so what a flush wrote cannot be seen")
+    needs_delayed_allocation(tmp_path)
     cache = FsCache(root)
     foreign = tmp_path / "another writer's file"
     foreign.write_bytes(os.urandom(8 * 2**20))

@@ -260,4 +260,6 @@ class Population:
         cache = self.base.cache()
         cache.discard(work)
         make_directory(work, cache.modes.directory)
-        write_atomic(marker, identity.encode(), mode=cache.modes.file)
+        # Not flushed, like the partial download it names: after a power loss a marker lost or
+        # garbled no longer matches, and the work is cleared.
+        write_atomic(marker, identity.encode(), mode=cache.modes.file, durable=False)

@@ -5,7 +5,9 @@ written by the populating process about twice a second, and read by its waiters 
 it has got) and by the choice of a base directory (the space it reserves).
 ``populate/<name>.error`` (time, message, error class) answers the waiters of a population that
 failed, so that one failure is not repeated by every waiter; it counts for
-:data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically.
+:data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically, and not flushed: after
+a power loss the population they speak of is dead, and a record lost or garbled reads as none,
+so a flush would only make the download wait for the disk twice a second.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def write_record(path: str, record: Record, mode: int) -> None:
     """Write a status or error record atomically, with ``mode`` (the cache's file mode)."""
     import json  # records are written on a miss only
 
-    write_atomic(path, json.dumps(record).encode(), mode=mode)
+    write_atomic(path, json.dumps(record).encode(), mode=mode, durable=False)
 
 
 def read_status(path: str) -> Record | None:
