@@ -203,6 +203,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     origin: Origin
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hang up in the middle of answers on purpose (after a 4xx, at a cut, when they
+        # stop): that is no error of the origin's, and its traceback would only clutter the output.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
