@@ -78,8 +78,8 @@ def main() -> None:
     try:
         for files in map(int, args.files.split(",")):
             for run in range(args.runs):
-                for label, checkout in checkouts.items():
-                    root = work / f"cache-{len(label)}"
+                for index, (label, checkout) in enumerate(checkouts.items()):
+                    root = work / f"cache-{index}"
                     os.sync()
                     quiet = timed_store(checkout, root, files)
                     pending = work / "pending"

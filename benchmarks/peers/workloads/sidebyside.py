@@ -80,9 +80,9 @@ def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt
         problems = sorted({a.problem for a in attempts[e.label] if a.problem})
         peak = max((a.run.maxrss_kb for a in attempts[e.label] if a.ok and rss), default=0) / 1024
         notes = [f"runs {seconds_list(times)} s"]
-        flushed = ratio(value, second) if e.contender.kind in ("project", "baseline") else None
-        if flushed is not None:
-            notes.append(f"{fmt(flushed, 'x')}x the {also}")
+        to_second = ratio(value, second) if e.contender.kind in ("project", "baseline") else None
+        if to_second is not None:
+            notes.append(f"{fmt(to_second, 'x')}x the {also}")
         if value and per_member:
             notes.append(f"{value / archive.files * 1e6:.1f} us/member")
         if value:
