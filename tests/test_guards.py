@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, check_tree, control, make_tarball, sample_files, sc, sc_env, user_dir
+from scutil import Sleeper, check_tree, control, make_tarball, mounted_tmpfs, sample_files, sc, sc_env, user_dir
 
 FILES = sample_files(n=6, size=10_000)
 
@@ -139,15 +139,8 @@ def test_foreign_cache_marker_is_refused_clearly(base, words):
 @pytest.fixture
 def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 3 MiB tmpfs mounted for the test (needs root; skipped elsewhere)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "3m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_file_system_fails_clearly_and_kept_data_makes_room(tmp_path, small_fs):

@@ -63,9 +63,12 @@ Store (``store(name)``)
    inode by inode, a larger one with the whole file system), then measure the tree
    and make it read-only (:func:`~sharedcache.engine.fsutil.disk_usage` with ``seal``): a file
    being written back (by anyone's flush of the file system) can show fewer blocks than it has,
-   so it is measured once on disk.  Write ``meta``, ``keep``, ``leases/`` and the holder's
-   lease, if any; flush again (the seal's modes and these files); write the commit marker
-   ``entry.json`` (atomically: temp file, fsync, rename).
+   so it is measured once on disk.  A filler that sealed and measured the tree as it made it
+   (:class:`~sharedcache.engine.fsutil.Seal`) is taken at its word where blocks are counted for
+   good at write (tmpfs): only the data directory itself is then sealed and measured.  Write
+   ``meta``, ``keep``, ``leases/`` and the holder's lease, if any; flush again (the seal's modes
+   and these files); write the commit marker ``entry.json`` (atomically: temp file, fsync,
+   rename).
 4. Begin an index transaction.  If ``objects/<name>`` has a commit marker, another store won:
    adopt it if it has no row, give the holder a lease on it, discard ours, done.  If the size
    exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
@@ -144,6 +147,9 @@ from ..lean import Record, scoped
 from ..sizes import format_size, parse_size
 from . import locks
 from .fsutil import (
+    SEALED_DIRECTORY,
+    Seal,
+    counts_blocks_at_write,
     create_empty,
     disk_usage,
     fsync_dir,
@@ -420,6 +426,15 @@ class FsCache:
 
     # -- store -----------------------------------------------------------------------------------
 
+    def seal(self) -> Seal:
+        """A :class:`~sharedcache.engine.fsutil.Seal` for the filler of a :meth:`store`, asking it
+        to measure what it makes only where the commit will take that count."""
+        stages = self._open_own(STAGE)
+        try:
+            return Seal(measure=counts_blocks_at_write(stages))
+        finally:
+            os.close(stages)
+
     @scoped
     def store(
         self,
@@ -429,6 +444,7 @@ class FsCache:
         keep: bool = True,
         holder: Owner | None = None,
         strict_budget: bool = True,
+        seal: Seal | None = None,
     ) -> Iterator[Path]:
         """Fill a fresh directory, committed atomically as entry ``name`` on normal exit.
 
@@ -444,6 +460,10 @@ class FsCache:
         entry is committed anyway, and the budget is restored by eviction as soon as entries
         in use are released.  (Repositories use the latter: a budget for kept data must never
         fail a job that needs data now.)
+
+        ``seal`` (from :meth:`seal`) is given to the code that fills the directory, which seals
+        and may measure what it makes (see :class:`~sharedcache.engine.fsutil.Seal`); without
+        it, or if the filler did not measure, the commit walks the tree to seal and measure it.
         """
         check_name(name)
         try:
@@ -451,7 +471,8 @@ class FsCache:
                 data = os.path.join(staging.path, "data")
                 os.mkdir(data)
                 yield _path(data)
-                self._commit(staging, name, meta=meta, keep=keep, holder=holder, strict=strict_budget)
+                self._commit(staging, name, meta=meta, keep=keep, holder=holder, strict=strict_budget,
+                             seal=seal)
         finally:
             # Only now: until the staging context is left, the new entry's lock is held, and
             # readers of it would wait for the deletion of whatever the commit evicted.
@@ -467,6 +488,7 @@ class FsCache:
         keep: bool,
         holder: Owner | None,
         strict: bool,
+        seal: Seal | None,
     ) -> bool:
         stage = staging.path
         if self.durable:
@@ -475,7 +497,10 @@ class FsCache:
             # has (4 KB to 20 KB short, in the test that flushes during the walk).  Once on
             # disk, its blocks stay put.
             sync_tree(staging.fd)
-        size = disk_usage("data", seal=0o555, dir_fd=staging.fd)
+        if seal is not None:
+            size = seal.apply("data", dir_fd=staging.fd)
+        else:
+            size = disk_usage("data", seal=SEALED_DIRECTORY, dir_fd=staging.fd)
         if self.modes.entry != 0o700:
             os.fchmod(staging.fd, self.modes.entry)
         # The time of the commit is the new entry's first use, read from the file system's clock

@@ -6,7 +6,7 @@
 * :func:`sync_tree`: makes a finished directory tree durable before it is committed, waiting
   for other writers' data only when the tree is large.
 * :func:`disk_usage`: what a tree occupies (allocated blocks, each inode once), the unit of every
-  size budget.
+  size budget; a :class:`Seal` lets the filler of a tree measure it as it makes it instead.
 * :func:`remove_tree`: deletes a tree, restoring write permission only on what it removes, and
   tolerating a concurrent remover of the same tree.
 
@@ -195,6 +195,70 @@ def sealed_mode(mode: int) -> int:
     """The mode that sealing gives a file of mode ``mode``: readable by everyone, writable by
     nobody, executable by everyone if by anyone."""
     return 0o555 if mode & 0o111 else 0o444
+
+
+#: The mode that sealing gives a directory.
+SEALED_DIRECTORY = 0o555
+
+#: File systems whose count of a file's blocks is final when a write returns: no delayed
+#: allocation, and no write-back that moves blocks from one count to another.
+_COUNTED_AT_WRITE = frozenset({"tmpfs"})
+
+
+class Seal:
+    """A tree sealed and measured by the filler that makes it, so that the commit need not walk it.
+
+    The commit's walk (:func:`disk_usage` with ``seal``) costs a ``stat`` of every inode once the
+    data is complete: about 0.2 s for 50,000 files, after the unpack and before the commit can
+    end.  An unpacker holds each file open when it has written it, and an ``fstat`` there costs
+    less, beside the work of reading the archive.
+
+    A filler given a seal seals what it makes: each regular file gets :meth:`file_mode` of its
+    mode, each directory :data:`directory_mode` once it is complete.  If :attr:`measure` is set,
+    it also counts the blocks (``st_blocks`` times 512) of every inode it makes, hard links once, read
+    after it last changed each, and when the tree is complete sets :attr:`allocated`.  By setting
+    it, the filler vouches that it made everything below the data directory, and sealed it.
+    :meth:`apply` takes that count where the file system's counts are final at write
+    (:func:`counts_blocks_at_write`; elsewhere a file being written back can read a few blocks
+    short, see the commit's flush) and walks the tree otherwise, as it does without a seal.
+    """
+
+    file_mode = staticmethod(sealed_mode)
+    directory_mode = SEALED_DIRECTORY
+
+    def __init__(self, *, measure: bool) -> None:
+        self.measure = measure
+        self.allocated: int | None = None
+
+    def apply(self, path: str, *, dir_fd: int) -> int:
+        """Seal the complete tree at ``path`` (relative to ``dir_fd``) and return the bytes allocated
+        to it: the filler's count and the root's blocks, or what :func:`disk_usage` finds."""
+        if self.allocated is None or not counts_blocks_at_write(dir_fd):
+            return disk_usage(path, seal=SEALED_DIRECTORY, dir_fd=dir_fd)
+        root = open_directory(path, dir_fd=dir_fd)
+        try:
+            os.fchmod(root, SEALED_DIRECTORY)
+            return os.fstat(root).st_blocks * 512 + self.allocated
+        finally:
+            os.close(root)
+
+
+def counts_blocks_at_write(fd: int) -> bool:
+    """Whether the file system of the file open as ``fd`` counts blocks for good when a write
+    returns (one of :data:`_COUNTED_AT_WRITE`, found by device number in /proc/self/mountinfo);
+    False if that cannot be told."""
+    device = os.fstat(fd).st_dev
+    number = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                # ID, parent ID, major:minor, root, mount point, options, optional fields, "-", type, ...
+                if len(fields) > 2 and fields[2] == number and "-" in fields:
+                    return fields[fields.index("-", 6) + 1] in _COUNTED_AT_WRITE
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def disk_usage(

@@ -82,10 +82,15 @@ class SafeTree:
     """Creates files, directories and links under ``dest`` without ever leaving it.
 
     Entries are made relative to descriptors of their parent directories (the last
-    :data:`_OPEN_DIRECTORIES` used stay open), each file with its final mode (``ctx.file_mode``
-    of the archive's: in a population, the sealed one) and time set on its descriptor: a file
-    costs ``open``, ``write``, ``futimens`` and ``close``.  Use it as a context manager, which
-    closes the descriptors.
+    :data:`_OPEN_DIRECTORIES` used stay open), each file with its final mode and time set on its
+    descriptor: a file costs ``open``, ``write``, ``futimens`` and ``close``.  Use it as a context
+    manager, which closes the descriptors.
+
+    With ``ctx.seal`` (:class:`~sharedcache.engine.fsutil.Seal`: the tree is for a cache), files
+    get their sealed mode at creation and :meth:`finish` seals every directory; if the seal asks
+    to measure, each file's blocks are read by an ``fstat`` before it is closed, each link's
+    after it is made, each directory's at the end, and what a later member of the same name
+    replaces is taken off again (unless another hard link keeps its inode).
     """
 
     def __init__(self, dest: Path, ctx: Context) -> None:
@@ -99,7 +104,11 @@ class SafeTree:
         self._entries = 0
         self._open: dict[int, int] = {}  # directory id -> descriptor, oldest first
         self._last_parent: tuple[tuple[str, ...], int] = ((), 0)  # the parent of the last entry, its id
-        self._file_mode = ctx.file_mode or _safe_mode
+        self._seal = ctx.seal
+        self._file_mode = ctx.seal.file_mode if ctx.seal is not None else _safe_mode
+        self._measure = ctx.seal is not None and ctx.seal.measure
+        self._allocated = 0  # bytes, counted only if measuring
+        self.vouch(None)  # a failed source's tree before this one counts for nothing
         # A file is created with its final mode, set again only if the umask took bits from it.
         self._umask = _umask()
 
@@ -197,6 +206,10 @@ class SafeTree:
         try:
             return make(leaf, descriptor)
         except FileExistsError:
+            if self._measure:
+                replaced = os.lstat(leaf, dir_fd=descriptor)
+                if replaced.st_nlink == 1:  # else another hard link keeps its blocks
+                    self._allocated -= replaced.st_blocks * 512
             os.unlink(leaf, dir_fd=descriptor)
             return make(leaf, descriptor)
 
@@ -232,6 +245,8 @@ class SafeTree:
             if umask is None or mode & umask:
                 os.fchmod(descriptor, mode)
             _set_mtime(descriptor, mtime_ns)
+            if self._measure:
+                self._allocated += os.fstat(descriptor).st_blocks * 512
         finally:
             os.close(descriptor)
 
@@ -246,8 +261,13 @@ class SafeTree:
             escapes = resolved == ".." or resolved.startswith("../")
         if escapes:
             raise self.refuse(name, f"is a symlink to {target!r}, outside the archive")
-        self._place(parts, name, lambda leaf, parent: os.symlink(target, leaf, dir_fd=parent))
+        self._place(parts, name, lambda leaf, parent: self._make_symlink(target, leaf, parent))
         self._symlinks.append(parts)
+
+    def _make_symlink(self, target: str, leaf: str, parent: int) -> None:
+        os.symlink(target, leaf, dir_fd=parent)
+        if self._measure:  # a long target takes a block of its own
+            self._allocated += os.lstat(leaf, dir_fd=parent).st_blocks * 512
 
     def hardlink(self, name: str, target: str) -> None:
         parts = self.parts(name)
@@ -267,8 +287,10 @@ class SafeTree:
         self._place(parts, name, lambda leaf, parent: os.link(target_path, leaf, dst_dir_fd=parent,
                                                               follow_symlinks=False))
 
-    def finish(self) -> None:
-        """Check where the symlinks lead now that the tree is complete; set directory modes."""
+    def finish(self) -> int | None:
+        """Check where the symlinks lead now that the tree is complete; set the directories' modes
+        and times.  Returns the bytes allocated to the tree below the root if the seal asked to
+        measure them, else None."""
         # A target checked alone can still escape through symlinks extracted after it
         # (x -> . then a -> x/../escape), so resolve every link in the finished tree.
         for parts in self._symlinks:
@@ -279,11 +301,42 @@ class SafeTree:
             if resolved != self._root and not resolved.startswith(self._root + os.sep):
                 why = f"is a symlink that leads outside the archive ({os.readlink(path)!r})"
                 raise self.refuse("/".join(parts), why)
+        if self._seal is not None:
+            allocated = self._seal_directories(self._seal.directory_mode)
+            self.vouch(allocated)
+            return allocated
         # Deepest first, so that a read-only directory does not stop us from setting its children.
         for parts, (mode, mtime_ns) in sorted(self._dir_times.items(), key=lambda item: -len(item[0])):
             path = self._path(parts)
             os.chmod(path, mode & _FILE_MODE_MASK | 0o700)
             _set_mtime(path, mtime_ns)
+        return None
+
+    def vouch(self, allocated: int | None) -> None:
+        """Tell the seal that the tree is complete and sealed, and the bytes allocated to it
+        (None: not measured)."""
+        if self._seal is not None:
+            self._seal.allocated = allocated
+
+    def _seal_directories(self, mode: int) -> int | None:
+        """Give every directory made its time (if the archive has one) and the sealed ``mode``,
+        children before parents; the tree's blocks if measuring, else None."""
+        made = {ident: key for key, ident in self._dirs.items()}  # id -> (parent's id, name)
+        for ident in range(len(made), 0, -1):  # ids count up as directories are made, parents first
+            parts: list[str] = []
+            up = ident
+            while up:
+                up, part = made[up]
+                parts.append(part)
+            key = tuple(reversed(parts))
+            path = self._path(key)
+            times = self._dir_times.get(key)
+            if times is not None:
+                _set_mtime(path, times[1])
+            os.chmod(path, mode)
+            if self._measure:
+                self._allocated += os.lstat(path).st_blocks * 512
+        return self._allocated if self._measure else None
 
 
 # --- tar ------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..engine.fsutil import remove_tree
 from ..errors import (
     ChecksumError,
     CorruptDataError,
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..config.settings import FetchPolicy
+    from ..engine.fsutil import Seal
     from .protocol import Source
     from .registry import Recipe
 
@@ -79,7 +81,7 @@ _CHECKPOINT_INTERVAL = 1.0  # seconds between updates of partial.json
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
              limit: int | None = None, progress: Progress | None = None,
              fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
-             deadline: float | None = None, file_mode: Callable[[int], int] | None = None) -> None:
+             deadline: float | None = None, seal: Seal | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
@@ -89,9 +91,10 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None), and
     ``notice(message)`` hears of retries and fail-overs, and of each move to the next source.
     Past ``deadline`` (a ``time.monotonic()``), no source waits any longer: it raises
-    :class:`~sharedcache.errors.WaitTimeoutError`.  ``file_mode(mode)`` gives the mode of each
-    file unpacked from an archive that says ``mode`` (by default, that mode without its special
-    bits and write permission for group and others).  Raises a :class:`LoaderError`.  The sources
+    :class:`~sharedcache.errors.WaitTimeoutError`.  ``seal`` asks an unpacker to seal (and maybe
+    measure) the tree it makes for a cache (see :class:`~sharedcache.engine.fsutil.Seal`); without
+    it, files keep the archive's mode without its special bits and write permission for group and
+    others.  Raises a :class:`LoaderError`.  The sources
     of the recipe are tried in order (see Mirrors).
     """
     dest, work = Path(dest), Path(work)
@@ -101,7 +104,7 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     for source, following in zip(sources, [*sources[1:], None], strict=True):
         try:
             ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch, notice=notice,
-                          deadline=deadline, file_mode=file_mode)
+                          deadline=deadline, seal=seal)
             _populate_from(source, recipe, dest, ctx, progress)
             return
         except _MIRROR_FAILURES as exc:
@@ -205,11 +208,9 @@ def _write(stream: Stream, path: Path, ctx: Context) -> None:
 
 
 def _empty(directory: Path) -> None:
+    """Remove what a failed source left in ``directory``: a tree it may have sealed already."""
     for child in directory.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+        remove_tree(child)
 
 
 class _Partial:

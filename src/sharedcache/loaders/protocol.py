@@ -47,8 +47,10 @@ Data flows as streams (:mod:`sharedcache.loaders.streams`), a pull model.
     the output file name (``gunzip`` strips ``.gz``).
 ``Unpacker.unpack(stream, dest, ctx)``
     Read the stream and write a tree under ``dest``, calling ``ctx.charge(n)`` before writing ``n``
-    bytes so that the size limit holds.  Only the last word may be an unpacker; the runner reads
-    whatever the unpacker left unread, so that checksums still see every byte.
+    bytes so that the size limit holds.  ``ctx.seal``, when set, asks for the modes of committed
+    data; an unpacker that ignores it leaves the sealing and measuring to the commit.  Only the
+    last word may be an unpacker; the runner reads whatever the unpacker left unread, so that
+    checksums still see every byte.
 
 While running, loaders raise subclasses of :class:`~sharedcache.errors.LoaderError` with a one-line
 message naming what failed and why; ``ctx.what`` names the source for such messages;
@@ -83,7 +85,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..config.settings import FetchPolicy
 from ..errors import SizeLimitError, UsageError
@@ -91,18 +93,22 @@ from ..sizes import format_size
 from .streams import SourceStream, Stream
 from .words import without_userinfo
 
+if TYPE_CHECKING:
+    from ..engine.fsutil import Seal
+
 
 class Context:
     """What loaders may use while a recipe runs."""
 
     def __init__(self, *, work: Path, what: str, limit: int | None = None,
                  fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
-                 deadline: float | None = None, file_mode: Callable[[int], int] | None = None) -> None:
+                 deadline: float | None = None, seal: Seal | None = None) -> None:
         self.work = work
         self.what = what
-        #: The mode of each file an unpacker writes, from the mode the archive gives it; None: the
-        #: archive's, without its special bits and write permission for group and others.
-        self.file_mode = file_mode
+        #: How an unpacker seals (and may measure) what it makes, when its tree is for a cache (see
+        #: :class:`~sharedcache.engine.fsutil.Seal`); None: files keep the archive's mode, without
+        #: its special bits and write permission for group and others, and directories theirs.
+        self.seal = seal
         #: The ``time.monotonic()`` by which the population must be done (the caller's --timeout),
         #: or None: a source bounds each wait of its own (a connection, an answer) by what is left.
         self.deadline = deadline

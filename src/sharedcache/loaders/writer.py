@@ -19,8 +19,9 @@ The protocol:
 2. The child executes each frame with the tree's own methods, which check and refuse exactly as
    they do in one process.  :data:`FINISH` asks it to finish the tree (check where the links
    lead, set the directories' modes).
-3. Child to parent, on the result pipe, once: the pickled outcome (finished; stopped, when the
-   command pipe ended without FINISH; or the exception that stopped it).  Then it exits.
+3. Child to parent, on the result pipe, once: the pickled outcome (finished, with what the
+   tree's finish measured; stopped, when the command pipe ended without FINISH; or the exception
+   that stopped it).  Then it exits.
 4. A failure is reported as one process would report it, the first in archive order.  When the
    parent fails (a corrupt header, a refused name, an interrupt), it closes the command pipe and
    waits for the outcome: the child executes what it was sent, which came before the failure.  A
@@ -62,6 +63,8 @@ _PIPE_SIZE = 1 << 20               # asked of the kernel for the command pipe (i
 _BATCH = 256 << 10                 # bytes gathered before a write to the pipe...
 _MAX_PENDING = 512                 # ...or pieces (well below IOV_MAX, 1024)
 _FINISHED, _STOPPED, _FAILED = "finished", "stopped", "failed"
+# What the child answers: how it ended, the failure that ended it, what the tree's finish measured.
+_Outcome = tuple[str, BaseException | None, int | None]
 # A pax header can say any number.  A time whose seconds a frame cannot hold, no clock holds
 # either (time_t has 64 bits): it is sent as _NO_TIME, and the child gives the tree a time that
 # fails to be set as it would have (so the file keeps its creation time, as in one process).
@@ -102,7 +105,7 @@ class WriterProcess:
             pass  # above the system's limit for this user: the default size works, with more switches
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
-        self._outcome: tuple[str, BaseException | None] | None = None
+        self._outcome: _Outcome | None = None
         # Loaded here, before the fork, so that the child loads no module (nor does an unpack
         # that never forks: these two cost a few milliseconds).
         import pickle  # noqa: F401
@@ -157,15 +160,18 @@ class WriterProcess:
     def hardlink(self, name: str, target: str) -> None:
         self._frame(HARDLINK, name, target, 0, 0, 0)
 
-    def finish(self) -> None:
-        """Have the child finish the tree; raise what stopped it, if anything did."""
+    def finish(self) -> int | None:
+        """Have the child finish the tree, and return what its finish measured (see
+        :meth:`SafeTree.finish`); raise what stopped it, if anything did."""
         self._frame(FINISH, "", "", 0, 0, 0)
         self._flush()
-        kind, failure = self._stop()
+        kind, failure, allocated = self._stop()
         if failure is not None:
             raise failure
         if kind != _FINISHED:
             raise LoaderError(f"cannot unpack {self._what}: its writer process ended before finishing")
+        self._tree.vouch(allocated)
+        return allocated
 
     def abandon(self, failure: BaseException) -> BaseException:
         """After this process failed with ``failure``: stop the child once it has executed what it
@@ -174,7 +180,7 @@ class WriterProcess:
             self._flush()
         except BaseException:  # the child's failure (or an interrupt): _stop tells which
             pass
-        _kind, child_failure = self._stop()
+        _kind, child_failure, _allocated = self._stop()
         if child_failure is not None and isinstance(failure, Exception):
             return child_failure
         return failure
@@ -202,7 +208,7 @@ class WriterProcess:
             try:
                 written = os.writev(self._commands, pending)
             except BrokenPipeError:  # the child failed and left
-                _kind, failure = self._stop()
+                _kind, failure, _allocated = self._stop()
                 raise failure if failure is not None else LoaderError(
                     f"cannot unpack {self._what}: its writer process stopped reading") from None
             done = 0
@@ -213,7 +219,7 @@ class WriterProcess:
             if written:
                 pending[0] = memoryview(pending[0])[written:]
 
-    def _stop(self) -> tuple[str, BaseException | None]:
+    def _stop(self) -> _Outcome:
         """Close the command pipe, wait for the child's answer and its exit; what it answered
         (stopped, if it could not: then the failure says why)."""
         if self._outcome is None:
@@ -232,9 +238,9 @@ class WriterProcess:
                 self._outcome = pickle.loads(b"".join(chunks))
             elif os.WIFSIGNALED(status):
                 self._outcome = (_STOPPED, LoaderError(
-                    f"cannot unpack {self._what}: its writer process was killed by signal {os.WTERMSIG(status)}"))
+                    f"cannot unpack {self._what}: its writer process was killed by signal {os.WTERMSIG(status)}"), None)
             else:
-                self._outcome = (_STOPPED, None)
+                self._outcome = (_STOPPED, None, None)
         return self._outcome
 
 
@@ -243,7 +249,7 @@ def _child(tree: SafeTree, commands: int, results: int) -> NoReturn:
     import pickle  # loaded before the fork: found, not loaded
     import signal
 
-    outcome: tuple[str, BaseException | None]
+    outcome: _Outcome
     try:
         gc.disable()  # nothing here makes cycles, and a collection would walk the parent's objects
         for number in signal.valid_signals():
@@ -257,14 +263,14 @@ def _child(tree: SafeTree, commands: int, results: int) -> NoReturn:
                     os.close(int(name))
         outcome = _serve(tree, commands)
     except _Stopped:
-        outcome = (_STOPPED, None)
+        outcome = (_STOPPED, None, None)
     except BaseException as exc:  # sent to the parent, which raises it
-        outcome = (_FAILED, exc)
+        outcome = (_FAILED, exc, None)
     try:
         try:
             answer = pickle.dumps(outcome)
         except Exception:  # an exception that does not pickle: its message will do
-            answer = pickle.dumps((_FAILED, LoaderError(f"cannot unpack: {outcome[1]}")))
+            answer = pickle.dumps((_FAILED, LoaderError(f"cannot unpack: {outcome[1]}"), None))
         while answer:
             answer = answer[os.write(results, answer):]
     finally:
@@ -329,14 +335,13 @@ def _time(seconds: int, nanoseconds: int) -> int:
     return _UNSETTABLE_TIME if seconds == _NO_TIME else seconds * 1_000_000_000 + nanoseconds
 
 
-def _serve(tree: SafeTree, commands: int) -> tuple[str, BaseException | None]:
+def _serve(tree: SafeTree, commands: int) -> _Outcome:
     frames = _Frames(commands)
     data = frames.view  # within a file's frame, it raises _Stopped rather than end short
     while (frame := frames.next()) is not None:
         operation, name, target, mode, mtime_ns, size = frame
         if operation == FINISH:
-            tree.finish()
-            return _FINISHED, None
+            return _FINISHED, None, tree.finish()
         if operation == FILE:
             tree.write_file(name, size, mode, mtime_ns, data)
         elif operation == DIRECTORY:
@@ -345,4 +350,4 @@ def _serve(tree: SafeTree, commands: int) -> tuple[str, BaseException | None]:
             tree.symlink(name, target)
         elif operation == HARDLINK:
             tree.hardlink(name, target)
-    return _STOPPED, None
+    return _STOPPED, None, None

@@ -19,7 +19,7 @@ import time
 
 from .. import errors
 from ..engine import locks
-from ..engine.fsutil import read_control, sealed_mode, unlink_if_present, write_atomic
+from ..engine.fsutil import read_control, unlink_if_present, write_atomic
 from ..engine.layout import make_directory
 from ..engine.leases import pid_namespace
 from ..errors import (
@@ -38,6 +38,7 @@ TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ..engine.fsutil import Seal
     from ..progress import Reporter
     from .bases import Base
     from .records import Record
@@ -211,19 +212,22 @@ class Population:
 
     def _store(self) -> None:
         request = self.request
-        with self.base.cache().store(request.name, meta=request.identity, keep=request.keep,
-                                     holder=request.owner, strict_budget=False) as data:
-            self.fill(data)
+        cache = self.base.cache()
+        seal = cache.seal()
+        with cache.store(request.name, meta=request.identity, keep=request.keep,
+                         holder=request.owner, strict_budget=False, seal=seal) as data:
+            self.fill(data, seal)
 
-    def fill(self, data: Path) -> None:
-        """Put the repository's data into the empty directory ``data``: run the recipe."""
+    def fill(self, data: Path, seal: Seal) -> None:
+        """Put the repository's data into the empty directory ``data``: run the recipe, sealing
+        what it makes with ``seal`` (the commit's walk then has less or nothing to do)."""
         from ..loaders.pipeline import populate
 
         request = self.request
         try:
             populate(self.recipe, data, work=self.work, limit=request.limit, progress=self.progress,
                      fetch=request.fetch, notice=self.reporter.info, deadline=request.deadline,
-                     file_mode=sealed_mode)  # the commit's seal then has no file left to change
+                     seal=seal)
         except WaitTimeoutError:
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 raise self._timed_out() from None

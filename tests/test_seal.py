@@ -1,0 +1,235 @@
+"""The seal: an unpacker seals and measures the tree it makes, and the commit takes that count where
+the file system counts a file's blocks for good when the write returns (tmpfs), and walks the
+tree to measure it everywhere else.
+
+Every count is checked against the engine's own walk (``disk_usage``) of the same tree, on a tmpfs
+that the tests mount (which needs root: elsewhere they are skipped, saying why).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from scutil import Sleeper, control, mounted_tmpfs, sc
+from sharedcache.engine.fscache import FsCache
+from sharedcache.engine.fsutil import Seal, counts_blocks_at_write, disk_usage, remove_tree
+from sharedcache.errors import LoaderError
+from sharedcache.loaders import writer
+from sharedcache.loaders.pipeline import populate
+from sharedcache.loaders.registry import parse_recipe
+
+pytestmark = pytest.mark.timeout(300)
+
+ONE_PROCESS = 10**9
+_LONG = "./" * 80  # a symlink target past 128 bytes takes a block of its own on tmpfs
+
+
+@pytest.fixture(scope="module")
+def tmpfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path_factory.mktemp("seal") / "tmpfs", "512m") as mount:
+        yield mount
+
+
+def file_system_type(path: Path) -> str:
+    """The type of the file system of ``path``, as coreutils' ``stat -f`` names it."""
+    return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def sealed(root: Path) -> list[str]:
+    """What below ``root`` is not sealed: a file writable by anyone, or a directory not 0555."""
+    wrong = []
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            mode = os.lstat(path).st_mode
+            allowed = {stat.S_IFDIR: (0o555,), stat.S_IFREG: (0o444, 0o555)}.get(stat.S_IFMT(mode))
+            if allowed is not None and stat.S_IMODE(mode) not in allowed:
+                wrong.append(f"{path}: {oct(mode)}")
+    return wrong
+
+
+def test_the_file_systems_that_count_blocks_at_write(tmpfs: Path, tmp_path: Path) -> None:
+    for where in (tmpfs, tmp_path):
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert counts_blocks_at_write(fd) == (file_system_type(where) == "tmpfs"), where
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("on_tmpfs", [True, False], ids=["tmpfs", "disk"])
+def test_a_commit_takes_the_fillers_count_only_on_tmpfs(on_tmpfs: bool, tmpfs: Path, tmp_path: Path) -> None:
+    where = tmpfs if on_tmpfs else tmp_path
+    if (file_system_type(where) == "tmpfs") != on_tmpfs:
+        pytest.skip(f"{where} is {file_system_type(where)}")
+    root = where / f"cache-{os.getpid()}"
+    cache = FsCache(str(root))
+    try:
+        seal = cache.seal()
+        assert seal.measure is on_tmpfs
+        with cache.store("entry", seal=seal) as data:
+            (data / "file").write_bytes(os.urandom(10_000))
+            (data / "file").chmod(0o444)
+            (data / "dir").mkdir(mode=0o555)
+            seal.allocated = 1234 * 4096  # a count no walk of this tree finds
+        data = root / "objects" / "entry" / "data"
+        recorded = cache.info("entry").size
+        if on_tmpfs:
+            assert recorded == os.lstat(data).st_blocks * 512 + 1234 * 4096
+        else:
+            assert recorded == disk_usage(data) < 1234 * 4096
+        assert stat.S_IMODE(os.lstat(data).st_mode) == 0o555
+        assert sealed(data) == []
+    finally:
+        cache.close()
+        remove_tree(root)
+
+
+# --- the unpacker's count -------------------------------------------------------------------------
+
+_LEAVES = ("a", "b", "d/a", "d/b", "d/e/a")
+_DIRECTORIES = ("d", "d/e")
+
+
+@st.composite
+def members(draw: st.DrawFn) -> list[tuple[str, str, object, int]]:
+    """Members of a tar archive, as (name, kind, content or link target, mode): few names, so that
+    later members replace earlier ones, and hard links, long and short symlinks among them."""
+    drawn: list[tuple[str, str, object, int]] = []
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["file", "file", "file", "dir", "symlink", "hardlink"]))
+        name = draw(st.sampled_from(_DIRECTORIES if kind == "dir" else _LEAVES))
+        mode = draw(st.sampled_from([0o644, 0o755, 0o600, 0o777, 0o4755]))
+        content: object = None
+        if kind == "file":
+            content = draw(st.sampled_from([0, 1, 4095, 4097, 20_000]))
+        elif kind == "symlink":
+            content = "../" * name.count("/") + draw(st.sampled_from(["", _LONG])) + draw(st.sampled_from(_LEAVES))
+        elif kind == "hardlink":
+            files = [earlier for earlier, earlier_kind, _, _ in drawn if earlier_kind == "file"]
+            if not files:
+                continue
+            content = draw(st.sampled_from(files))
+        drawn.append((name, kind, content, mode))
+    return drawn
+
+
+def archive(drawn: list[tuple[str, str, object, int]]) -> bytes:
+    buffer = io.BytesIO()
+    types = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, content, mode in drawn:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = types[kind], mode, 1_700_000_000
+            if kind == "file":
+                assert isinstance(content, int)
+                info.size = content
+                tar.addfile(info, io.BytesIO(os.urandom(content)))
+            else:
+                if isinstance(content, str):
+                    info.linkname = content
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def unpack_sealed(data: bytes, scratch: Path, serial_members: int, *, measure: bool) -> tuple[Path, Seal] | None:
+    """Unpack ``data`` into ``scratch/dest`` with a seal; None if the archive is refused."""
+    for sub in ("dest", "work"):
+        (scratch / sub).mkdir()
+    (scratch / "input.tar").write_bytes(data)
+    seal = Seal(measure=measure)
+    saved = writer.SERIAL_MEMBERS
+    writer.SERIAL_MEMBERS = serial_members
+    try:
+        populate(parse_recipe([f"file:{scratch / 'input.tar'}", "tar"]), scratch / "dest", work=scratch / "work",
+                 seal=seal)
+    except LoaderError:
+        return None
+    finally:
+        writer.SERIAL_MEMBERS = saved
+    return scratch / "dest", seal
+
+
+@pytest.mark.parametrize("serial_members", [ONE_PROCESS, 0, 2], ids=["one process", "writer process", "midway"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(drawn=members())
+def test_the_unpackers_count_is_what_a_walk_finds(drawn: list[tuple[str, str, object, int]], serial_members: int,
+                                                  tmpfs: Path) -> None:
+    scratch = tmpfs / f"unpack-{os.getpid()}"
+    scratch.mkdir()
+    try:
+        unpacked = unpack_sealed(archive(drawn), scratch, serial_members, measure=True)
+        event("refused" if unpacked is None else "unpacked")
+        if unpacked is None:
+            return  # refused (a directory replaced, a link to nothing): nothing to count
+        dest, seal = unpacked
+        assert seal.allocated is not None
+        assert seal.allocated + os.lstat(dest).st_blocks * 512 == disk_usage(dest)
+        assert sealed(dest) == []
+    finally:
+        remove_tree(scratch)
+
+
+def test_a_seal_without_measure_seals_and_counts_nothing(tmpfs: Path) -> None:
+    drawn = [("d/e/a", "file", 4097, 0o777), ("d", "dir", None, 0o700), ("b", "hardlink", "d/e/a", 0o644)]
+    scratch = tmpfs / f"unmeasured-{os.getpid()}"
+    scratch.mkdir()
+    try:
+        unpacked = unpack_sealed(archive(drawn), scratch, ONE_PROCESS, measure=False)
+        assert unpacked is not None
+        dest, seal = unpacked
+        assert seal.allocated is None
+        assert sealed(dest) == []
+        assert os.lstat(dest / "d").st_mtime == 1_700_000_000  # the archive's time survives the seal
+    finally:
+        remove_tree(scratch)
+
+
+def test_a_population_on_tmpfs_records_what_its_tree_holds(tmpfs: Path, tmp_path: Path) -> None:
+    """The whole chain, with the writer process (past its first thousands of members): what the
+    cache records for the entry is what a walk of it finds."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for number in range(writer.SERIAL_MEMBERS + 1000):
+            content = os.urandom(number % 9000)
+            info = tarfile.TarInfo(f"tree/{number % 7}/{number}.bin")
+            info.size, info.mode = len(content), 0o755 if number % 3 else 0o640
+            tar.addfile(info, io.BytesIO(content))
+        for name, size in (("tree/again", 50_000), ("tree/again", 10)):  # replaced: only the second counts
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(os.urandom(size)))
+        link = tarfile.TarInfo("tree/link")
+        link.type, link.linkname = tarfile.LNKTYPE, "tree/0/7.bin"
+        tar.addfile(link)
+    source = tmp_path / "tree.tar.gz"
+    source.write_bytes(buffer.getvalue())
+    base = tmpfs / f"base-{os.getpid()}"
+    base.mkdir()
+    try:
+        with Sleeper() as owner:
+            words = ["-d", str(base), "-n", "tree", "--pid", str(owner.pid), f"file:{source}", "tar"]
+            used = sc("--use", *words)
+            assert used.returncode == 0, used.stderr
+            cache = FsCache(str(control(base)))
+            try:
+                (entry,) = cache.entries()
+                data = control(base) / "objects" / entry.name / "data"
+                assert entry.size == disk_usage(data)
+                assert sealed(data) == []
+            finally:
+                cache.close()
+            assert sc("--unuse", *words).returncode == 0
+    finally:
+        remove_tree(base)
