@@ -221,6 +221,8 @@ class Seal:
     :meth:`apply` takes that count where the file system's counts are final at write
     (:func:`counts_blocks_at_write`; elsewhere a file being written back can read a few blocks
     short, see the commit's flush) and walks the tree otherwise, as it does without a seal.
+    (The loaders know it as the ``Sealing`` of their protocol, and it is the repository that
+    hands it from the one to the other.)
     """
 
     file_mode = staticmethod(sealed_mode)

@@ -52,7 +52,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..engine.fsutil import remove_tree
 from ..errors import (
     ChecksumError,
     CorruptDataError,
@@ -64,14 +63,13 @@ from ..errors import (
     UnsafeArchiveError,
 )
 from ..sizes import format_size
-from .protocol import Context
+from .protocol import Context, Sealing
 from .streams import CHUNK, FileStream, Meter, Prefetch, Progress, SourceStream, Stream
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..config.settings import FetchPolicy
-    from ..engine.fsutil import Seal
     from .protocol import Source
     from .registry import Recipe
 
@@ -81,7 +79,7 @@ _CHECKPOINT_INTERVAL = 1.0  # seconds between updates of partial.json
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
              limit: int | None = None, progress: Progress | None = None,
              fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
-             deadline: float | None = None, seal: Seal | None = None) -> None:
+             deadline: float | None = None, seal: Sealing | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
@@ -92,10 +90,10 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     ``notice(message)`` hears of retries and fail-overs, and of each move to the next source.
     Past ``deadline`` (a ``time.monotonic()``), no source waits any longer: it raises
     :class:`~sharedcache.errors.WaitTimeoutError`.  ``seal`` asks an unpacker to seal (and maybe
-    measure) the tree it makes for a cache (see :class:`~sharedcache.engine.fsutil.Seal`); without
-    it, files keep the archive's mode without its special bits and write permission for group and
-    others.  Raises a :class:`LoaderError`.  The sources
-    of the recipe are tried in order (see Mirrors).
+    measure) the tree it makes for a cache (see :class:`~sharedcache.loaders.protocol.Sealing`);
+    without it, files keep the archive's mode without its special bits and write permission for
+    group and others.  Raises a :class:`LoaderError`.  The sources of the recipe are tried in
+    order (see Mirrors).
     """
     dest, work = Path(dest), Path(work)
     failures: list[LoaderError] = []
@@ -208,9 +206,11 @@ def _write(stream: Stream, path: Path, ctx: Context) -> None:
 
 
 def _empty(directory: Path) -> None:
-    """Remove what a failed source left in ``directory``: a tree it may have sealed already."""
     for child in directory.iterdir():
-        remove_tree(child)
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 class _Partial:

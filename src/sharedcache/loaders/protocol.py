@@ -85,7 +85,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 from ..config.settings import FetchPolicy
 from ..errors import SizeLimitError, UsageError
@@ -93,8 +93,18 @@ from ..sizes import format_size
 from .streams import SourceStream, Stream
 from .words import without_userinfo
 
-if TYPE_CHECKING:
-    from ..engine.fsutil import Seal
+
+class Sealing(Protocol):
+    """What an unpacker is asked when its tree is for a cache (the engine's ``Seal`` answers it):
+    the modes of what it makes, whether to count the blocks of what it makes, and, set when the
+    tree is complete, that count (None: not counted)."""
+
+    directory_mode: int
+    measure: bool
+    allocated: int | None
+
+    def file_mode(self, mode: int) -> int:
+        """The mode of a file that the archive gives ``mode``."""
 
 
 class Context:
@@ -102,12 +112,12 @@ class Context:
 
     def __init__(self, *, work: Path, what: str, limit: int | None = None,
                  fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
-                 deadline: float | None = None, seal: Seal | None = None) -> None:
+                 deadline: float | None = None, seal: Sealing | None = None) -> None:
         self.work = work
         self.what = what
         #: How an unpacker seals (and may measure) what it makes, when its tree is for a cache (see
-        #: :class:`~sharedcache.engine.fsutil.Seal`); None: files keep the archive's mode, without
-        #: its special bits and write permission for group and others, and directories theirs.
+        #: :class:`Sealing`); None: files keep the archive's mode, without its special bits and
+        #: write permission for group and others, and directories theirs.
         self.seal = seal
         #: The ``time.monotonic()`` by which the population must be done (the caller's --timeout),
         #: or None: a source bounds each wait of its own (a connection, an answer) by what is left.
