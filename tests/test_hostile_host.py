@@ -413,6 +413,34 @@ def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_out
     assert snapshot(home) == before
 
 
+def test_an_unpack_acts_through_its_directory_whatever_becomes_of_the_path_to_it(tmp_path: Path) -> None:
+    """In a group cache, the staging directory is reached through its descriptor (/proc/self/fd),
+    because a member may rename ``stage`` and put a link in its place, to a copy of the layout
+    that she watched being made.  The unpack, midway, must go on in the directory it was given."""
+    from sharedcache.loaders.archives import SafeTree
+    from sharedcache.loaders.protocol import Context
+
+    stage, moved, lure = tmp_path / "stage", tmp_path / "moved", tmp_path / "lure"
+    (stage / "id" / "data").mkdir(parents=True)
+    (lure / "id" / "data" / "sub").mkdir(parents=True)  # the attacker's copy of what was made
+    fd = os.open(stage / "id", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with SafeTree(Path(f"/proc/self/fd/{fd}/data"), Context(work=tmp_path, what="test")) as tree:
+            tree.write_file("first", 1, 0o644, 0, lambda _: b"1")
+            tree.mkdir("sub", 0o755, 0)
+            os.rename(stage, moved)
+            os.symlink(lure, stage)
+            tree.write_file("sub/deeper/second", 1, 0o644, 0, lambda _: b"2")
+            tree.hardlink("sub/third", "first")
+            tree.symlink("sub/link", "../first")
+            tree.finish()
+    finally:
+        os.close(fd)
+    made = {str(path.relative_to(moved / "id" / "data")) for path in (moved / "id" / "data").rglob("*")}
+    assert made == {"first", "sub", "sub/deeper", "sub/deeper/second", "sub/third", "sub/link"}
+    assert sorted(str(path.relative_to(lure)) for path in lure.rglob("*")) == ["id", "id/data", "id/data/sub"]
+
+
 def test_swapping_an_entry_for_a_link_during_uses_and_releases_never_reaches_outside(
     shared, users, python, recipe, home
 ):

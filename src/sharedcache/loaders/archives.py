@@ -56,9 +56,9 @@ _OPEN_DIRECTORIES = 16   # descriptors of the directories written to last, kept 
 _T = TypeVar("_T")
 
 
-def _set_mtime(target: int | str, mtime_ns: int) -> None:
+def _set_mtime(target: int | str, mtime_ns: int, *, dir_fd: int | None = None) -> None:
     try:
-        os.utime(target, ns=(mtime_ns, mtime_ns))
+        os.utime(target, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd)
     except (OverflowError, ValueError):
         pass  # a time the system cannot represent (a pax header can say 1e30) is not worth failing for
 
@@ -83,10 +83,12 @@ class SafeTree:
 
     Entries are made relative to descriptors of their parent directories (the last
     :data:`_OPEN_DIRECTORIES` used stay open), each file with its final mode and time set on its
-    descriptor: a file costs ``open``, ``write``, ``futimens`` and ``close``.  Use it as a context
+    descriptor: a file costs ``open``, ``write``, ``futimens`` and ``close``.  Every path is
+    followed from a descriptor of ``dest`` opened once, never from ``dest``'s name again: in a
+    group cache another member may rename a directory on the way to it.  Use it as a context
     manager, which closes the descriptors.
 
-    With ``ctx.seal`` (:class:`~sharedcache.engine.fsutil.Seal`: the tree is for a cache), files
+    With ``ctx.seal`` (:class:`~sharedcache.loaders.protocol.Sealing`: the tree is for a cache), files
     get their sealed mode at creation and :meth:`finish` seals every directory; if the seal asks
     to measure, each file's blocks are read by an ``fstat`` before it is closed, each link's
     after it is made, each directory's at the end, and what a later member of the same name
@@ -94,7 +96,12 @@ class SafeTree:
     """
 
     def __init__(self, dest: Path, ctx: Context) -> None:
-        self._root = os.path.realpath(dest)
+        self._root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Where the symlinks' check resolves their targets from: the directory itself, by its
+        # descriptor, where /proc says where that is.
+        self._anchor = f"/proc/self/fd/{self._root_fd}"
+        if not os.path.isdir(self._anchor):
+            self._anchor = os.path.realpath(dest)
         self._ctx = ctx
         # The real directories made so far (never symlinks), as a tree: (parent's id, name) -> id,
         # the root being 0.  Lookups cost the depth of a path, and memory one item per directory.
@@ -119,10 +126,11 @@ class SafeTree:
         for descriptor in self._open.values():
             os.close(descriptor)
         self._open.clear()
+        os.close(self._root_fd)
 
     def descriptors(self) -> list[int]:
-        """The descriptors the tree holds open (its latest directories)."""
-        return list(self._open.values())
+        """The descriptors the tree holds open (its root, and its latest directories)."""
+        return [self._root_fd, *self._open.values()]
 
     def refuse(self, name: str, why: str) -> UnsafeArchiveError:
         """The error for member ``name``, refused because of ``why``."""
@@ -141,8 +149,10 @@ class SafeTree:
             raise self.refuse(name, "has a '..' component")
         return tuple(parts)
 
-    def _path(self, parts: tuple[str, ...]) -> str:
-        return os.path.join(self._root, *parts)
+    @staticmethod
+    def _below(parts: tuple[str, ...]) -> str:
+        """``parts`` as a path relative to the root's descriptor."""
+        return "/".join(parts) or "."
 
     def _count(self) -> None:
         self._entries += 1
@@ -157,7 +167,7 @@ class SafeTree:
             if len(self._open) >= _OPEN_DIRECTORIES:
                 os.close(self._open.pop(next(iter(self._open))))
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-            descriptor = self._open[ident] = os.open(self._path(parts), flags)
+            descriptor = self._open[ident] = os.open(self._below(parts), flags, dir_fd=self._root_fd)
         return descriptor
 
     def _dir(self, parts: tuple[str, ...], name: str, *, create: bool) -> int | None:
@@ -276,15 +286,15 @@ class SafeTree:
             target_parts = self.parts(target)
         except UnsafeArchiveError:
             raise self.refuse(name, f"is a hard link to {target!r}, outside the archive") from None
-        target_path = self._path(target_parts)
+        below, root = self._below(target_parts), self._root_fd
         reachable = self._dir(target_parts[:-1], name, create=False) is not None
         try:
-            is_file = reachable and stat.S_ISREG(os.lstat(target_path).st_mode)
+            is_file = reachable and stat.S_ISREG(os.lstat(below, dir_fd=root).st_mode)
         except FileNotFoundError:
             is_file = False
         if not is_file:
             raise self.refuse(name, f"is a hard link to {target!r}, which is not a file extracted before it")
-        self._place(parts, name, lambda leaf, parent: os.link(target_path, leaf, dst_dir_fd=parent,
+        self._place(parts, name, lambda leaf, parent: os.link(below, leaf, src_dir_fd=root, dst_dir_fd=parent,
                                                               follow_symlinks=False))
 
     def finish(self) -> int | None:
@@ -293,13 +303,17 @@ class SafeTree:
         measure them, else None."""
         # A target checked alone can still escape through symlinks extracted after it
         # (x -> . then a -> x/../escape), so resolve every link in the finished tree.
+        root = os.path.realpath(self._anchor)
         for parts in self._symlinks:
-            path = self._path(parts)
-            if not os.path.islink(path):  # replaced by a later member
+            below = self._below(parts)
+            try:
+                if not stat.S_ISLNK(os.lstat(below, dir_fd=self._root_fd).st_mode):
+                    continue  # replaced by a later member
+            except FileNotFoundError:
                 continue
-            resolved = os.path.realpath(path)
-            if resolved != self._root and not resolved.startswith(self._root + os.sep):
-                why = f"is a symlink that leads outside the archive ({os.readlink(path)!r})"
+            resolved = os.path.realpath(os.path.join(self._anchor, below))
+            if resolved != root and not resolved.startswith(root + os.sep):
+                why = f"is a symlink that leads outside the archive ({os.readlink(below, dir_fd=self._root_fd)!r})"
                 raise self.refuse("/".join(parts), why)
         if self._seal is not None:
             allocated = self._seal_directories(self._seal.directory_mode)
@@ -307,9 +321,9 @@ class SafeTree:
             return allocated
         # Deepest first, so that a read-only directory does not stop us from setting its children.
         for parts, (mode, mtime_ns) in sorted(self._dir_times.items(), key=lambda item: -len(item[0])):
-            path = self._path(parts)
-            os.chmod(path, mode & _FILE_MODE_MASK | 0o700)
-            _set_mtime(path, mtime_ns)
+            below = self._below(parts)
+            os.chmod(below, mode & _FILE_MODE_MASK | 0o700, dir_fd=self._root_fd)
+            _set_mtime(below, mtime_ns, dir_fd=self._root_fd)
         return None
 
     def vouch(self, allocated: int | None) -> None:
@@ -329,13 +343,13 @@ class SafeTree:
                 up, part = made[up]
                 parts.append(part)
             key = tuple(reversed(parts))
-            path = self._path(key)
+            below = self._below(key)
             times = self._dir_times.get(key)
             if times is not None:
-                _set_mtime(path, times[1])
-            os.chmod(path, mode)
+                _set_mtime(below, times[1], dir_fd=self._root_fd)
+            os.chmod(below, mode, dir_fd=self._root_fd)
             if self._measure:
-                self._allocated += os.lstat(path).st_blocks * 512
+                self._allocated += os.lstat(below, dir_fd=self._root_fd).st_blocks * 512
         return self._allocated if self._measure else None
 
 
