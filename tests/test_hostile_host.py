@@ -8,12 +8,14 @@ and every command returns within its bound.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
 import stat
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -410,6 +412,61 @@ def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_out
                 clean_lines(released)
         finally:
             done(attacker)
+    assert snapshot(home) == before
+
+
+# Whenever the work directory is a directory, put it aside and a link to ``target`` in its place.
+HIJACK_WORK = """\
+import os, sys, time
+target, seconds, work = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        if not os.path.islink(work):
+            os.rename(work, work + ".aside-" + str(time.monotonic_ns()))
+            os.symlink(target, work)
+    except OSError:
+        pass
+"""
+
+
+def test_hijacking_a_population_work_directory_never_reaches_outside(shared, users, python, home):
+    """A member renames the victim's population work directory, and puts in its place a link into
+    the victim's home, over and over: the partial download, its record, the marker and a zip's
+    spool are never written, truncated or removed there."""
+    base = tmp_like(shared / "tmp")
+    blob = shared / "blob.bin"
+    blob.write_bytes(os.urandom(3_000_000))
+    blob.chmod(0o644)
+    archive = shared / "data.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("inside.txt", b"zipped")
+    archive.chmod(0o644)
+    recipes = {"raw": [f"file:{blob}", f"md5:{hashlib.md5(blob.read_bytes()).hexdigest()}"],
+               "zip": [f"file:{archive}", f"md5:{hashlib.md5(archive.read_bytes()).hexdigest()}", "zip"]}
+    for bait in ("partial.data", "partial.json", ".identity", "unzip.spool"):
+        (home / bait).write_text("the victim's own\n")
+    before = snapshot(home)
+    root = base / f".shared-cache-g{users.gid}"
+    with Sleeper() as job:
+        common = ["--group", str(users.gid), "-d", str(base), "--pid", str(job.pid)]
+        assert run_as(python, users.victim, "--use", "-n", "warm", *common, *recipes["raw"],
+                      groups=(users.gid,)).returncode == 0
+        for name, recipe in recipes.items():
+            attacker = code_as(python, users.member, HIJACK_WORK, str(home), "2",
+                               str(root / "populate" / f"{name}.work"), groups=(users.gid,))
+            populated = 0
+            try:
+                end = time.monotonic() + 2
+                while time.monotonic() < end:
+                    used = run_as(python, users.victim, "--use", "-n", name, *common, *recipe, groups=(users.gid,))
+                    clean_lines(used)
+                    populated += used.returncode == 0
+                    clean_lines(run_as(python, users.victim, "--unuse", "-n", name, *common, *recipe,
+                                       groups=(users.gid,)))
+            finally:
+                done(attacker)
+            assert populated, f"no {name} population got through the attack"
     assert snapshot(home) == before
 
 

@@ -42,7 +42,9 @@ Acquire (``sc --use``, :func:`use`)
    than our wait: raise that error, so one failure is not repeated by every waiter.  If it died,
    there is no record: we take over.
 4. Populate: write the status file (this reserves the space), fill a store of ``<name>`` with
-   the recipe (``work`` survives us for a takeover), commit it with a lease for the owner in the
+   the recipe (``work`` survives us for a takeover; once made, or kept for the same recipe, it is
+   opened and used through that descriptor, whatever another member of a group cache puts at its
+   name), commit it with a lease for the owner in the
    same transaction, then remove the work directory and the status.  On failure write the error
    record, discard the work directory and raise.  Release the population lock.  A process
    killed here releases the lock with its death; a waiter takes over at step 3.

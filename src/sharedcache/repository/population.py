@@ -19,10 +19,11 @@ import time
 
 from .. import errors
 from ..engine import locks
-from ..engine.fsutil import read_control, unlink_if_present, write_atomic
+from ..engine.fsutil import open_directory, read_control, unlink_if_present, write_atomic
 from ..engine.layout import make_directory
 from ..engine.leases import pid_namespace
 from ..errors import (
+    CacheError,
     DownloadError,
     LoaderError,
     NoSpaceError,
@@ -145,6 +146,7 @@ class Population:
         self.error_path = base.population_file(name, ".error")
         #: A private directory that survives this process, for a takeover (partial download).
         self.work = base.population_file(name, ".work")
+        self._work_fd: int | None = None  # the work directory, once prepared: see _prepare_work
         self.status = {"pid": os.getpid(), "pid_ns": pid_namespace(), "identity": request.identity,
                        "size": request.limit, "done": 0, "total": None, "started": time.time()}
         self._bar = reporter.bar(name)
@@ -189,6 +191,7 @@ class Population:
         finally:
             self._bar.close()
             unlink_if_present(self.status_path)
+            self._close_work()
         cache.discard(self.work)
         unlink_if_present(self.error_path)
         lease = cache.lease_of(name, owner)
@@ -225,7 +228,8 @@ class Population:
 
         request = self.request
         try:
-            populate(self.recipe, data, work=self.work, limit=request.limit, progress=self.progress,
+            populate(self.recipe, data, work=f"/proc/self/fd/{self._work_fd}", limit=request.limit,
+                     progress=self.progress,
                      fetch=request.fetch, notice=self.reporter.info, deadline=request.deadline,
                      seal=seal)
         except WaitTimeoutError:
@@ -253,17 +257,51 @@ class Population:
             f"{self.base.path} ({format_size(self._done)} so far; the next use takes over from there)")
 
     def _prepare_work(self) -> None:
-        """Keep a dead populator's work directory for the same recipe; clear any other."""
-        work, identity = self.work, self.request.identity
-        marker = os.path.join(work, ".identity")
-        try:
-            if read_control(marker, 1 << 16) == identity.encode():
-                return
-        except OSError:
-            pass
+        """Keep a dead populator's work directory for the same recipe; clear any other.
+
+        The recipe then works in it through a descriptor, whatever becomes of its name: in a group
+        cache another member may rename it and put a link in its place, and what this process
+        writes there (the partial download, its record, a spool) must not follow that link."""
+        work, identity = self.work, self.request.identity.encode()
         cache = self.base.cache()
-        cache.discard(work)
-        make_directory(work, cache.modes.directory)
-        # Not flushed, like the partial download it names: after a power loss a marker lost or
-        # garbled no longer matches, and the work is cleared.
-        write_atomic(marker, identity.encode(), mode=cache.modes.file, durable=False)
+        self._close_work()
+        for _attempt in range(_WORK_ATTEMPTS):
+            fd = _open_work(work)
+            if fd is not None:
+                try:
+                    kept = read_control(".identity", 1 << 16, dir_fd=fd) == identity
+                except OSError:
+                    kept = False
+                if kept:
+                    self._work_fd = fd
+                    return
+                os.close(fd)
+            cache.discard(work)
+            make_directory(work, cache.modes.directory)
+            fd = _open_work(work)
+            if fd is None:
+                continue  # replaced as soon as made
+            self._work_fd = fd
+            # Not flushed, like the partial download it names: after a power loss a marker lost or
+            # garbled no longer matches, and the work is cleared.
+            write_atomic(f"/proc/self/fd/{fd}/.identity", identity, mode=cache.modes.file, durable=False)
+            return
+        raise CacheError(f"its work directory {work} was replaced as soon as it was made, "
+                         f"{_WORK_ATTEMPTS} times (by another user of the cache)")
+
+    def _close_work(self) -> None:
+        if self._work_fd is not None:
+            os.close(self._work_fd)
+            self._work_fd = None
+
+
+#: Tries at making a population's work directory and opening it, before giving up.
+_WORK_ATTEMPTS = 3
+
+
+def _open_work(path: str) -> int | None:
+    """A descriptor of the work directory ``path``; None if there is none, or something else."""
+    try:
+        return open_directory(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
