@@ -430,10 +430,27 @@ while time.monotonic() < end:
 """
 
 
-def test_hijacking_a_population_work_directory_never_reaches_outside(shared, users, python, home):
-    """A member renames the victim's population work directory, and puts in its place a link into
-    the victim's home, over and over: the partial download, its record, the marker and a zip's
-    spool are never written, truncated or removed there."""
+# Links into ``target`` for the files a population makes in its work directory, planted in it
+# and in every directory below it that she may write.
+PLANT_IN_WORK = """\
+import os, sys, time
+target, seconds, work = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for directory, _, _ in os.walk(work):
+        for name in ("partial.data", "partial.json", ".identity", "unzip.spool"):
+            try:
+                os.symlink(os.path.join(target, name), os.path.join(directory, name))
+            except OSError:
+                pass
+"""
+
+
+@pytest.mark.parametrize("attack", [HIJACK_WORK, PLANT_IN_WORK], ids=["renaming it", "planting in it"])
+def test_hijacking_a_population_work_directory_never_reaches_outside(shared, users, python, home, attack):
+    """A member renames the victim's population work directory and puts in its place a link into
+    the victim's home, or plants such links in it, over and over: the partial download, its
+    record, the marker and a zip's spool are never written, truncated or removed there."""
     base = tmp_like(shared / "tmp")
     blob = shared / "blob.bin"
     blob.write_bytes(os.urandom(3_000_000))
@@ -444,8 +461,9 @@ def test_hijacking_a_population_work_directory_never_reaches_outside(shared, use
     archive.chmod(0o644)
     recipes = {"raw": [f"file:{blob}", f"md5:{hashlib.md5(blob.read_bytes()).hexdigest()}"],
                "zip": [f"file:{archive}", f"md5:{hashlib.md5(archive.read_bytes()).hexdigest()}", "zip"]}
-    for bait in ("partial.data", "partial.json", ".identity", "unzip.spool"):
+    for bait in ("partial.data", "partial.json", ".identity", "unzip.spool"):  # hers, so she could write them
         (home / bait).write_text("the victim's own\n")
+        os.chown(home / bait, users.victim, users.victim)
     before = snapshot(home)
     root = base / f".shared-cache-g{users.gid}"
     with Sleeper() as job:
@@ -453,7 +471,7 @@ def test_hijacking_a_population_work_directory_never_reaches_outside(shared, use
         assert run_as(python, users.victim, "--use", "-n", "warm", *common, *recipes["raw"],
                       groups=(users.gid,)).returncode == 0
         for name, recipe in recipes.items():
-            attacker = code_as(python, users.member, HIJACK_WORK, str(home), "2",
+            attacker = code_as(python, users.member, attack, str(home), "2",
                                str(root / "populate" / f"{name}.work"), groups=(users.gid,))
             populated = 0
             try:

@@ -118,9 +118,10 @@ def test_the_records_of_a_population_in_progress_are_not_flushed(tmp_path):
     try:
         wait_for_population(base, "slow", populator)
         populate = control(base) / "populate"
-        wait_for((populate / "slow.work" / ".identity").exists, what="the work directory's marker")
+        marker = populate / "slow.work" / str(os.geteuid()) / ".identity"
+        wait_for(marker.exists, what="the work directory's marker")
         assert pending(populate / "slow.json"), "the status record was flushed"
-        assert pending(populate / "slow.work" / ".identity"), "the work directory's marker was flushed"
+        assert pending(marker), "the work directory's marker was flushed"
     finally:
         populator.kill()
         populator.wait(10)

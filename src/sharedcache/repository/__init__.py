@@ -22,7 +22,8 @@ Each user has a directory of their own in a base (see :mod:`~.bases` for the che
     <cache>/populate/<name>.lock    held exclusively by the process populating <name>
     <cache>/populate/<name>.json    its status: pid, reserved size, bytes so far
     <cache>/populate/<name>.error   the last failed population: time and message
-    <cache>/populate/<name>.work/   kept across a takeover (partial download)
+    <cache>/populate/<name>.work/<uid>/   private, kept across a takeover by the same user
+                                          (partial download)
 
 With ``--group GID`` the cache is ``<base>/.shared-cache-g<GID>/``, and the user's link points
 there (``../.shared-cache-g<GID>/objects/<name>/data``).
@@ -42,9 +43,9 @@ Acquire (``sc --use``, :func:`use`)
    than our wait: raise that error, so one failure is not repeated by every waiter.  If it died,
    there is no record: we take over.
 4. Populate: write the status file (this reserves the space), fill a store of ``<name>`` with
-   the recipe (``work`` survives us for a takeover; once made, or kept for the same recipe, it is
-   opened and used through that descriptor, whatever another member of a group cache puts at its
-   name), commit it with a lease for the owner in the
+   the recipe (``work`` survives us for a takeover; it is private to its user, and opened once
+   made or kept for the same recipe and used through that descriptor, whatever another member of
+   a group cache puts at its name), commit it with a lease for the owner in the
    same transaction, then remove the work directory and the status.  On failure write the error
    record, discard the work directory and raise.  Release the population lock.  A process
    killed here releases the lock with its death; a waiter takes over at step 3.

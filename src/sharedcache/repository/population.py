@@ -257,37 +257,59 @@ class Population:
             f"{self.base.path} ({format_size(self._done)} so far; the next use takes over from there)")
 
     def _prepare_work(self) -> None:
-        """Keep a dead populator's work directory for the same recipe; clear any other.
+        """Keep a dead populator's work for the same recipe; clear any other.
 
-        The recipe then works in it through a descriptor, whatever becomes of its name: in a group
-        cache another member may rename it and put a link in its place, and what this process
-        writes there (the partial download, its record, a spool) must not follow that link."""
-        work, identity = self.work, self.request.identity.encode()
+        The work is done in ``<name>.work/<uid>/``: the outer directory is the cache's (in a group
+        cache any member may move it away, as gc does), the inner one private to its maker, and
+        the recipe works in it through a descriptor, whatever becomes of either name.  Another
+        member may rename them and put links in their place, or plant links in the outer one;
+        what this process writes (the partial download, its record, a spool) never follows them.
+        (So a member does not take over another's partial download: she starts over.)"""
         cache = self.base.cache()
         self._close_work()
         for _attempt in range(_WORK_ATTEMPTS):
-            fd = _open_work(work)
-            if fd is not None:
+            make_directory(self.work, cache.modes.directory)
+            try:
+                outer = open_directory(self.work)
+            except (FileNotFoundError, NotADirectoryError):
+                outer = None  # replaced as soon as made
+            if outer is not None:
                 try:
-                    kept = read_control(".identity", 1 << 16, dir_fd=fd) == identity
-                except OSError:
-                    kept = False
-                if kept:
-                    self._work_fd = fd
+                    self._work_fd = self._own_work(outer)
+                finally:
+                    os.close(outer)
+                if self._work_fd is not None:
                     return
-                os.close(fd)
-            cache.discard(work)
-            make_directory(work, cache.modes.directory)
-            fd = _open_work(work)
-            if fd is None:
-                continue  # replaced as soon as made
-            self._work_fd = fd
+            try:
+                cache.discard(self.work)  # another recipe's work, or what was planted at its name
+            except PermissionError:
+                pass  # another member's, which she alone may move: the next try says so
+        raise CacheError(f"cannot make a work directory of this user's in {self.work}: something "
+                         f"else is put there at once, {_WORK_ATTEMPTS} times (by another user of the cache)")
+
+    def _own_work(self, outer: int) -> int | None:
+        """A descriptor of this user's private directory in the work directory ``outer``: kept if
+        it holds the work of the same recipe, made if there is none; None if something else is
+        there (the whole work directory is then cleared)."""
+        mine, identity = str(os.geteuid()), self.request.identity.encode()
+        fd = _open_private(mine, outer)
+        if fd is not None:
+            try:
+                kept = read_control(".identity", 1 << 16, dir_fd=fd) == identity
+            except OSError:
+                kept = False
+            if kept:
+                return fd
+            os.close(fd)
+            return None
+        if not make_directory(mine, 0o700, dir_fd=outer):
+            return None  # something else of that name
+        fd = _open_private(mine, outer)
+        if fd is not None:
             # Not flushed, like the partial download it names: after a power loss a marker lost or
             # garbled no longer matches, and the work is cleared.
-            write_atomic(f"/proc/self/fd/{fd}/.identity", identity, mode=cache.modes.file, durable=False)
-            return
-        raise CacheError(f"its work directory {work} was replaced as soon as it was made, "
-                         f"{_WORK_ATTEMPTS} times (by another user of the cache)")
+            write_atomic(f"/proc/self/fd/{fd}/.identity", identity, mode=0o600, durable=False)
+        return fd
 
     def _close_work(self) -> None:
         if self._work_fd is not None:
@@ -299,9 +321,15 @@ class Population:
 _WORK_ATTEMPTS = 3
 
 
-def _open_work(path: str) -> int | None:
-    """A descriptor of the work directory ``path``; None if there is none, or something else."""
+def _open_private(name: str, directory: int) -> int | None:
+    """A descriptor of the directory ``name`` in ``directory``; None if there is none, or if it is
+    anything but a directory of this user's that nobody else may enter."""
     try:
-        return open_directory(path)
+        fd = open_directory(name, dir_fd=directory)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    status = os.fstat(fd)
+    if status.st_uid != os.geteuid() or status.st_mode & 0o077:
+        os.close(fd)
+        return None
+    return fd
