@@ -147,6 +147,7 @@ class Population:
         #: A private directory that survives this process, for a takeover (partial download).
         self.work = base.population_file(name, ".work")
         self._work_fd: int | None = None  # the work directory, once prepared: see _prepare_work
+        self._seal: Seal | None = None  # what the store asks of the filler, while it fills
         self.status = {"pid": os.getpid(), "pid_ns": pid_namespace(), "identity": request.identity,
                        "size": request.limit, "done": 0, "total": None, "started": time.time()}
         self._bar = reporter.bar(name)
@@ -216,22 +217,21 @@ class Population:
     def _store(self) -> None:
         request = self.request
         cache = self.base.cache()
-        seal = cache.seal()
+        self._seal = cache.seal()
         with cache.store(request.name, meta=request.identity, keep=request.keep,
-                         holder=request.owner, strict_budget=False, seal=seal) as data:
-            self.fill(data, seal)
+                         holder=request.owner, strict_budget=False, seal=self._seal) as data:
+            self.fill(data)
 
-    def fill(self, data: Path, seal: Seal) -> None:
-        """Put the repository's data into the empty directory ``data``: run the recipe, sealing
-        what it makes with ``seal`` (the commit's walk then has less or nothing to do)."""
+    def fill(self, data: Path) -> None:
+        """Put the repository's data into the empty directory ``data``: run the recipe, in the
+        work directory, with the store's seal (the commit's walk then has less or nothing to do)."""
         from ..loaders.pipeline import populate
 
         request = self.request
         try:
             populate(self.recipe, data, work=f"/proc/self/fd/{self._work_fd}", limit=request.limit,
-                     progress=self.progress,
-                     fetch=request.fetch, notice=self.reporter.info, deadline=request.deadline,
-                     seal=seal)
+                     progress=self.progress, fetch=request.fetch, notice=self.reporter.info,
+                     deadline=request.deadline, seal=self._seal)
         except WaitTimeoutError:
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 raise self._timed_out() from None
@@ -284,8 +284,8 @@ class Population:
                 cache.discard(self.work)  # another recipe's work, or what was planted at its name
             except PermissionError:
                 pass  # another member's, which she alone may move: the next try says so
-        raise CacheError(f"cannot make a work directory of this user's in {self.work}: something "
-                         f"else is put there at once, {_WORK_ATTEMPTS} times (by another user of the cache)")
+        raise CacheError(f"cannot make its work directory in {self.base.path}: something else was put "
+                         f"there at once, {_WORK_ATTEMPTS} times over (by another user of the cache)")
 
     def _own_work(self, outer: int) -> int | None:
         """A descriptor of this user's private directory in the work directory ``outer``: kept if
