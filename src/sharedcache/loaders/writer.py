@@ -202,7 +202,7 @@ class WriterProcess:
             self._flush()
 
     def _flush(self) -> None:
-        pending = self._pending
+        pending, left = self._pending, self._pending_bytes
         self._pending, self._pending_bytes = [], 0
         while pending:
             try:
@@ -211,6 +211,9 @@ class WriterProcess:
                 _kind, failure, _allocated = self._stop()
                 raise failure if failure is not None else LoaderError(
                     f"cannot unpack {self._what}: its writer process stopped reading") from None
+            left -= written
+            if not left:  # all of it, as a blocking pipe takes it unless a signal cuts in
+                return
             done = 0
             while done < len(pending) and written >= len(pending[done]):
                 written -= len(pending[done])
