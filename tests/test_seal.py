@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import tarfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,6 +175,35 @@ def test_the_unpackers_count_is_what_a_walk_finds(drawn: list[tuple[str, str, ob
         if unpacked is None:
             return  # refused (a directory replaced, a link to nothing): nothing to count
         dest, seal = unpacked
+        assert seal.allocated is not None
+        assert seal.allocated + os.lstat(dest).st_blocks * 512 == disk_usage(dest)
+        assert sealed(dest) == []
+    finally:
+        remove_tree(scratch)
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # zipfile's, for the member written twice on purpose
+def test_a_zips_count_is_what_a_walk_finds(tmpfs: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("top/", b"")
+        archive.writestr("top/a.txt", os.urandom(5000))
+        archive.writestr("top/deeper/b.bin", os.urandom(70_000))
+        link = zipfile.ZipInfo("top/link")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16  # as Info-ZIP stores a symlink
+        archive.writestr(link, _LONG + "a.txt")
+        archive.writestr("top/a.txt", os.urandom(100))  # a second member of the same name wins
+    scratch = tmpfs / f"zip-{os.getpid()}"
+    scratch.mkdir()
+    try:
+        for sub in ("dest", "work"):
+            (scratch / sub).mkdir()
+        (scratch / "input.zip").write_bytes(buffer.getvalue())
+        seal = Seal(measure=True)
+        populate(parse_recipe([f"file:{scratch / 'input.zip'}", "zip"]), scratch / "dest", work=scratch / "work",
+                 seal=seal)
+        dest = scratch / "dest"
+        assert (dest / "top" / "link").is_symlink() and (dest / "top" / "a.txt").stat().st_size == 100
         assert seal.allocated is not None
         assert seal.allocated + os.lstat(dest).st_blocks * 512 == disk_usage(dest)
         assert sealed(dest) == []
