@@ -100,12 +100,37 @@ def make_directory(path: str, mode: int, *, dir_fd: int | None = None) -> bool:
     if mode & 0o7077:  # bits the umask may have dropped, or mkdir does not set
         fd = open_directory(path, dir_fd=dir_fd)
         try:
-            st = os.fstat(fd)
-            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
-                os.fchmod(fd, mode)
+            _give_mode(fd, mode)
         finally:
             os.close(fd)
     return True
+
+
+def open_made_directory(path: str, mode: int, *, dir_fd: int | None = None) -> tuple[int, bool]:
+    """The directory ``path``, created as :func:`make_directory` does if there is none, then
+    opened without following a link: its descriptor, and whether this call created it.
+    NotADirectoryError if what is there is anything else, FileNotFoundError if it went away.
+    Made and opened back to back, so that whoever replaces it has the least time to do so."""
+    try:
+        os.mkdir(path, mode & 0o777, dir_fd=dir_fd)
+        created = True
+    except FileExistsError:
+        created = False
+    fd = open_directory(path, dir_fd=dir_fd)
+    if created and mode & 0o7077:
+        try:
+            _give_mode(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd, created
+
+
+def _give_mode(fd: int, mode: int) -> None:
+    """Give the directory open as ``fd`` exactly ``mode``, if it is this user's."""
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def user_directory(base: str) -> str:

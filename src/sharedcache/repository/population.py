@@ -19,8 +19,8 @@ import time
 
 from .. import errors
 from ..engine import locks
-from ..engine.fsutil import open_directory, read_control, unlink_if_present, write_atomic
-from ..engine.layout import make_directory
+from ..engine.fsutil import read_control, unlink_if_present, write_atomic
+from ..engine.layout import open_made_directory
 from ..engine.leases import pid_namespace
 from ..errors import (
     CacheError,
@@ -268,9 +268,8 @@ class Population:
         cache = self.base.cache()
         self._close_work()
         for _attempt in range(_WORK_ATTEMPTS):
-            make_directory(self.work, cache.modes.directory)
             try:
-                outer = open_directory(self.work)
+                outer, _made = open_made_directory(self.work, cache.modes.directory)
             except (FileNotFoundError, NotADirectoryError):
                 outer = None  # replaced as soon as made
             if outer is not None:
@@ -292,23 +291,26 @@ class Population:
         it holds the work of the same recipe, made if there is none; None if something else is
         there (the whole work directory is then cleared)."""
         mine, identity = str(os.geteuid()), self.request.identity.encode()
-        fd = _open_private(mine, outer)
-        if fd is not None:
-            try:
-                kept = read_control(".identity", 1 << 16, dir_fd=fd) == identity
-            except OSError:
-                kept = False
-            if kept:
-                return fd
+        try:
+            fd, made = open_made_directory(mine, 0o700, dir_fd=outer)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # something else of that name
+        status = os.fstat(fd)
+        if status.st_uid != os.geteuid() or status.st_mode & 0o077:  # not this user's alone
             os.close(fd)
             return None
-        if not make_directory(mine, 0o700, dir_fd=outer):
-            return None  # something else of that name
-        fd = _open_private(mine, outer)
-        if fd is not None:
+        if made:
             # Not flushed, like the partial download it names: after a power loss a marker lost or
             # garbled no longer matches, and the work is cleared.
             write_atomic(f"/proc/self/fd/{fd}/.identity", identity, mode=0o600, durable=False)
+            return fd
+        try:
+            kept = read_control(".identity", 1 << 16, dir_fd=fd) == identity
+        except OSError:
+            kept = False
+        if not kept:
+            os.close(fd)
+            return None
         return fd
 
     def _close_work(self) -> None:
@@ -317,19 +319,7 @@ class Population:
             self._work_fd = None
 
 
-#: Tries at making a population's work directory and opening it, before giving up.
-_WORK_ATTEMPTS = 3
-
-
-def _open_private(name: str, directory: int) -> int | None:
-    """A descriptor of the directory ``name`` in ``directory``; None if there is none, or if it is
-    anything but a directory of this user's that nobody else may enter."""
-    try:
-        fd = open_directory(name, dir_fd=directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    status = os.fstat(fd)
-    if status.st_uid != os.geteuid() or status.st_mode & 0o077:
-        os.close(fd)
-        return None
-    return fd
+#: Tries at making a population's work directory and opening it, before giving up.  Another
+#: member of a group cache who replaces it in a loop wins the race between the two now and then:
+#: the population must still get through, and a file put there for good must still fail it soon.
+_WORK_ATTEMPTS = 20
