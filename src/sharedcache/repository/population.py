@@ -302,7 +302,11 @@ class Population:
         if made:
             # Not flushed, like the partial download it names: after a power loss a marker lost or
             # garbled no longer matches, and the work is cleared.
-            write_atomic(f"/proc/self/fd/{fd}/.identity", identity, mode=0o600, durable=False)
+            try:
+                write_atomic(f"/proc/self/fd/{fd}/.identity", identity, mode=0o600, durable=False)
+            except BaseException:  # a full disk, say: the caller tries again, or says why
+                os.close(fd)
+                raise
             return fd
         try:
             kept = read_control(".identity", 1 << 16, dir_fd=fd) == identity
