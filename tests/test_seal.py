@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import sharedcache
 from scutil import Sleeper, control, mounted_tmpfs, sc
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.fsutil import Seal, counts_blocks_at_write, disk_usage, remove_tree
@@ -261,5 +262,45 @@ def test_a_population_on_tmpfs_records_what_its_tree_holds(tmpfs: Path, tmp_path
             finally:
                 cache.close()
             assert sc("--unuse", *words).returncode == 0
+    finally:
+        remove_tree(base)
+
+
+@pytest.mark.parametrize("on_tmpfs", [True, False], ids=["tmpfs", "disk"])
+def test_a_population_walks_its_tree_only_where_the_count_is_not_taken(
+        on_tmpfs: bool, tmpfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain from the population to the commit: on tmpfs the unpacker's count is what gets
+    recorded, and the commit's walk (``disk_usage`` with a seal) never runs; elsewhere it runs."""
+    from sharedcache.engine import fscache, fsutil
+
+    where = tmpfs if on_tmpfs else tmp_path
+    if (file_system_type(where) == "tmpfs") != on_tmpfs:
+        pytest.skip(f"{where} is {file_system_type(where)}")
+    walks: list[object] = []
+
+    def watched(path: object, *, seal: int | None = None, dir_fd: int | None = None) -> int:
+        if seal is not None:
+            walks.append(path)
+        return disk_usage(path, seal=seal, dir_fd=dir_fd)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fsutil, "disk_usage", watched)
+    monkeypatch.setattr(fscache, "disk_usage", watched)
+    source = tmp_path / "tree.tar"
+    with tarfile.open(source, "w") as tar:
+        for number in range(20):
+            info = tarfile.TarInfo(f"tree/{number % 3}/{number}.bin")
+            info.size = 1000 * number
+            tar.addfile(info, io.BytesIO(os.urandom(info.size)))
+    base = where / f"walked-{os.getpid()}"
+    base.mkdir()
+    try:
+        with sharedcache.use(f"file:{source}", "tar", name="tree", directories=[base]) as path:
+            assert sealed(path) == []
+            cache = FsCache(str(control(base)))
+            try:
+                assert cache.info("tree").size == disk_usage(path.resolve())
+            finally:
+                cache.close()
+        assert walks == ([] if on_tmpfs else ["data"])
     finally:
         remove_tree(base)

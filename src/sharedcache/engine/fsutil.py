@@ -215,9 +215,10 @@ class Seal:
 
     A filler given a seal seals what it makes: each regular file gets :meth:`file_mode` of its
     mode, each directory :data:`directory_mode` once it is complete.  If :attr:`measure` is set,
-    it also counts the blocks (``st_blocks`` times 512) of every inode it makes, hard links once, read
-    after it last changed each, and when the tree is complete sets :attr:`allocated`.  By setting
-    it, the filler vouches that it made everything below the data directory, and sealed it.
+    it also counts the blocks (``st_blocks`` times 512) of every inode it makes, hard links
+    once, read after it last changed each, and when the tree is complete sets :attr:`allocated`.
+    By setting it, the filler vouches that it made everything below the data directory, and
+    sealed it.
     :meth:`apply` takes that count where the file system's counts are final at write
     (:func:`counts_blocks_at_write`; elsewhere a file being written back can read a few blocks
     short, see the commit's flush) and walks the tree otherwise, as it does without a seal.
