@@ -448,6 +448,34 @@ def load_average() -> str:
         return "unknown"
 
 
+class CpuClock:
+    """The share of the machine's CPU time that its host gave to others while this clock ran
+    (``steal`` in ``/proc/stat``): a virtual machine on a busy host loses it in spells, and a
+    run in one of them is slower in everything, its CPU times included.  None where the kernel
+    does not count it."""
+
+    def __init__(self) -> None:
+        self._start = self._ticks()
+
+    @staticmethod
+    def _ticks() -> tuple[int, int] | None:
+        """The ticks stolen and in all, over every CPU, since boot."""
+        try:
+            fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 8:
+            return None
+        # user nice system idle iowait irq softirq steal: guest time is counted in user already
+        return fields[7], sum(fields[:8])
+
+    def stolen(self) -> float | None:
+        end = self._ticks()
+        if self._start is None or end is None or end[1] == self._start[1]:
+            return None
+        return (end[0] - self._start[0]) / (end[1] - self._start[1])
+
+
 # -- tables ------------------------------------------------------------------------------------
 
 

@@ -151,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.byte_compile()
             for key in args.only:
                 log(f"{key} ...")
+                clock = harness.CpuClock()
                 results.append(RUNNERS[key](bench))
+                results[-1].stolen = clock.stolen()
                 print("\n" + results[-1].render(), flush=True)
                 write_report(output, args, argv, started, machine, peers, results)
         finally:

@@ -49,6 +49,7 @@ class Workload:
     goals: list[Goal] = field(default_factory=list)
     params: dict = field(default_factory=dict)
     skipped: str = ""            # why nothing was measured
+    stolen: float | None = None  # share of the CPU time the host took while it ran (harness.CpuClock)
 
     def row(self, contender: str) -> Row | None:
         return next((r for r in self.rows if r.contender == contender), None)
@@ -71,6 +72,8 @@ class Workload:
             verdicts.append(f"goal: {spec.text} {spec.bound}")
             verdicts += [f"  {g.subject}: {g.measured}: {verdict(g.met)}"
                          for g in self.goals if g.spec == spec]
+        if self.stolen is not None:
+            verdicts.append(f"CPU time taken by the host while this ran: {self.stolen:.1%}")
         return "\n".join([head, text, *verdicts])
 
 
