@@ -200,9 +200,19 @@ class SafeTree:
         """``make(leaf, parent's descriptor)`` the entry for ``parts``, after its parents; an earlier
         file or link of the same name is replaced (the later member wins, as with tar), a directory
         is not."""
+        parent = self._parent(parts, name)
+        try:
+            return make(parts[-1], parent)
+        except FileExistsError:
+            self._clear(parts[-1], parent)
+            return make(parts[-1], parent)
+
+    def _parent(self, parts: tuple[str, ...], name: str) -> int:
+        """The descriptor of the directory that the entry for ``parts`` goes in, made (with its
+        parents) if need be; refuses the top directory itself, and a name that a directory has."""
         if not parts:
             raise self.refuse(name, "names the top directory itself")
-        parent_parts, leaf = parts[:-1], parts[-1]
+        parent_parts = parts[:-1]
         if parent_parts == self._last_parent[0]:  # members come directory by directory
             parent = self._last_parent[1]
         else:
@@ -210,18 +220,18 @@ class SafeTree:
             assert made is not None
             parent = made
             self._last_parent = (parent_parts, parent)
-        if (parent, leaf) in self._dirs:
+        if (parent, parts[-1]) in self._dirs:
             raise self.refuse(name, "would replace a directory")
-        descriptor = self._descriptor(parent, parent_parts)
-        try:
-            return make(leaf, descriptor)
-        except FileExistsError:
-            if self._measure:
-                replaced = os.lstat(leaf, dir_fd=descriptor)
-                if replaced.st_nlink == 1:  # else another hard link keeps its blocks
-                    self._allocated -= replaced.st_blocks * 512
-            os.unlink(leaf, dir_fd=descriptor)
-            return make(leaf, descriptor)
+        return self._descriptor(parent, parent_parts)
+
+    def _clear(self, leaf: str, parent: int) -> None:
+        """Remove the file or link ``leaf`` in the directory open as ``parent``, for a later member
+        of the same name, and take its blocks off the count."""
+        if self._measure:
+            replaced = os.lstat(leaf, dir_fd=parent)
+            if replaced.st_nlink == 1:  # else another hard link keeps its blocks
+                self._allocated -= replaced.st_blocks * 512
+        os.unlink(leaf, dir_fd=parent)
 
     def mkdir(self, name: str, mode: int, mtime_ns: int) -> None:
         parts = self.parts(name)
@@ -238,11 +248,18 @@ class SafeTree:
         self._count()
         self._ctx.charge(size)
         mode = self._file_mode(mode)
-        descriptor = self._place(parts, name, lambda leaf, parent: os.open(leaf, _CREATE, mode, dir_fd=parent))
+        # _place's steps, without a function made and called for each file: this is the loop
+        # that an archive of many small files spends its time in.
+        parent, leaf = self._parent(parts, name), parts[-1]
+        try:
+            descriptor = os.open(leaf, _CREATE, mode, dir_fd=parent)
+        except FileExistsError:
+            self._clear(leaf, parent)
+            descriptor = os.open(leaf, _CREATE, mode, dir_fd=parent)
         try:
             left = size
             while left:
-                piece = read(min(left, CHUNK))
+                piece = read(left if left < CHUNK else CHUNK)
                 if not piece:
                     raise CorruptDataError(f"corrupt archive {self._ctx.what}: member {name!r} "
                                            "is shorter than its header says")
