@@ -27,7 +27,7 @@ from scutil import needs_delayed_allocation, pending
 from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
 from sharedcache.errors import EntryTooLargeError
 from sharedcache.engine.fscache import GcReport
-from sharedcache.engine import fscache, fsutil
+from sharedcache.engine import fsutil
 from sharedcache.engine.fsutil import disk_usage
 from sharedcache.engine.layout import FORMAT_LINE
 from sharedcache.engine.leases import Owner, boot_id, start_time
@@ -258,7 +258,7 @@ def test_sizes_are_exact_when_the_data_is_written_back_while_it_is_measured(
         finally:
             flush.join()
 
-    monkeypatch.setattr(fscache, "disk_usage", measured_while_flushed)
+    monkeypatch.setattr(fsutil, "disk_usage", measured_while_flushed)
     cache = FsCache(root)
     directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -147,11 +147,9 @@ from ..lean import Record, scoped
 from ..sizes import format_size, parse_size
 from . import locks
 from .fsutil import (
-    SEALED_DIRECTORY,
     Seal,
     counts_blocks_at_write,
     create_empty,
-    disk_usage,
     fsync_dir,
     open_directory,
     read_control,
@@ -471,8 +469,9 @@ class FsCache:
                 data = os.path.join(staging.path, "data")
                 os.mkdir(data)
                 yield _path(data)
+                # Without a seal the filler sealed and measured nothing: one that says so walks.
                 self._commit(staging, name, meta=meta, keep=keep, holder=holder, strict=strict_budget,
-                             seal=seal)
+                             seal=seal if seal is not None else Seal(measure=False))
         finally:
             # Only now: until the staging context is left, the new entry's lock is held, and
             # readers of it would wait for the deletion of whatever the commit evicted.
@@ -488,7 +487,7 @@ class FsCache:
         keep: bool,
         holder: Owner | None,
         strict: bool,
-        seal: Seal | None,
+        seal: Seal,
     ) -> bool:
         stage = staging.path
         if self.durable:
@@ -497,10 +496,7 @@ class FsCache:
             # has (4 KB to 20 KB short, in the test that flushes during the walk).  Once on
             # disk, its blocks stay put.
             sync_tree(staging.fd)
-        if seal is not None:
-            size = seal.apply("data", dir_fd=staging.fd)
-        else:
-            size = disk_usage("data", seal=SEALED_DIRECTORY, dir_fd=staging.fd)
+        size = seal.apply("data", dir_fd=staging.fd)
         if self.modes.entry != 0o700:
             os.fchmod(staging.fd, self.modes.entry)
         # The time of the commit is the new entry's first use, read from the file system's clock
