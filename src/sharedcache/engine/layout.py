@@ -93,9 +93,7 @@ def check_name(name: str) -> str:
 def make_directory(path: str, mode: int, *, dir_fd: int | None = None) -> bool:
     """Create the directory ``path`` with exactly ``mode``, whatever the umask; return whether
     this call created it (False: something is there already, left as it is and unchecked)."""
-    try:
-        os.mkdir(path, mode & 0o777, dir_fd=dir_fd)
-    except FileExistsError:
+    if not _mkdir(path, mode, dir_fd):
         return False
     if mode & 0o7077:  # bits the umask may have dropped, or mkdir does not set
         fd = open_directory(path, dir_fd=dir_fd)
@@ -111,11 +109,7 @@ def open_made_directory(path: str, mode: int, *, dir_fd: int | None = None) -> t
     opened without following a link: its descriptor, and whether this call created it.
     NotADirectoryError if what is there is anything else, FileNotFoundError if it went away.
     Made and opened back to back, so that whoever replaces it has the least time to do so."""
-    try:
-        os.mkdir(path, mode & 0o777, dir_fd=dir_fd)
-        created = True
-    except FileExistsError:
-        created = False
+    created = _mkdir(path, mode, dir_fd)
     fd = open_directory(path, dir_fd=dir_fd)
     if created and mode & 0o7077:
         try:
@@ -124,6 +118,16 @@ def open_made_directory(path: str, mode: int, *, dir_fd: int | None = None) -> t
             os.close(fd)
             raise
     return fd, created
+
+
+def _mkdir(path: str, mode: int, dir_fd: int | None) -> bool:
+    """Create the directory ``path`` with the permission bits of ``mode`` that the umask leaves;
+    whether this call created it."""
+    try:
+        os.mkdir(path, mode & 0o777, dir_fd=dir_fd)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _give_mode(fd: int, mode: int) -> None:
