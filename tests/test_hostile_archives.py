@@ -30,7 +30,7 @@ import zstandard
 
 import sharedcache
 from sharedcache.loaders import archives, codecs
-from sharedcache.errors import CorruptDataError, LoaderError, SizeLimitError, UnsafeArchiveError
+from sharedcache.errors import QUOTED_CHARACTERS, CorruptDataError, LoaderError, SizeLimitError, UnsafeArchiveError
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
 from scutil import SRC, control, sc, user_dir
@@ -141,8 +141,8 @@ class Box:
         return f"file:{self.inputs / name}"
 
     def outside_box(self) -> set[str]:
-        return {str(path.relative_to(self.root)) for path in self.root.rglob("*")
-                if path.relative_to(self.root).parts[0] != "box"}
+        return {str(path.relative_to(self.root)) for top in self.root.iterdir() if top.name != "box"
+                for path in (top, *top.rglob("*"))}
 
     def populate(self, *words: str, limit: int | None = None) -> Path:
         populate(parse_recipe(words), self.dest, work=self.work, limit=limit)
@@ -159,6 +159,7 @@ class Box:
         assert type(caught.value) is expected, caught.value
         message = str(caught.value)
         assert "\n" not in message and "\r" not in message
+        assert len(message) < len(str(self.inputs)) + 2 * QUOTED_CHARACTERS + 200, message  # one readable line
         assert self.outside_box() == before
         assert not any(self.outside.iterdir())
         assert not any(self.work.iterdir())
@@ -398,6 +399,20 @@ def test_zip_duplicate_entries_replace_a_symlink(box: Box) -> None:
 def test_names_too_long_for_the_file_system(box: Box) -> None:
     message = box.refused(tar(member("n" * 300, content=b"x")), "tar", expected=LoaderError)
     assert message.startswith("cannot write the data of ") and "File name too long" in message
+    # Past PATH_MAX (4 KiB) across directories: the message shows the path's two ends and its length.
+    deep = "/".join(["d" * 200] * 23) + "/file"
+    message = box.refused(tar(member(deep, content=b"x")), "tar", expected=LoaderError)
+    assert "File name too long ('ddd" in message and " characters))" in message
+    assert "(None)" not in message
+
+
+@pytest.mark.parametrize("unpacker", ["tar", "zip"])
+def test_a_huge_refused_name_is_shown_by_its_two_ends(box: Box, unpacker: str) -> None:
+    name = "start-" + "x" * 60_000 + "/../../end-of-the-name"  # a zip name has at most 65,535 bytes
+    archive = tar(member(name, content=b"x")) if unpacker == "tar" else zip_of((name, b"x", stat.S_IFREG | 0o644))
+    message = box.refused(archive, unpacker)
+    assert message.endswith(f"'start-{'x' * 74}…{'x' * 58}/../../end-of-the-name' ({len(name):,} characters) "
+                            "has a '..' component"), message
 
 
 # --- many members ---------------------------------------------------------------------------------

@@ -157,3 +157,43 @@ def test_an_absurd_content_range_with_connections_is_a_clean_error(tmp_path, ser
     head = f'HTTP/1.1 206 Partial Content\nContent-Range: bytes 0-{len(BODY) - 1}/{10**30}\nETag: "v"\nContent-Length: {len(BODY)}\n'
     origin = serve(fixed(head, BODY))
     assert_refused(use(tmp_path, origin, "--connections", "4"), tmp_path)
+
+
+def latin1(head: str, body: bytes) -> Callable[[bytes], bytes]:
+    """An answer whose head is sent in Latin-1, the bytes HTTP headers are read as."""
+    return lambda _request: head.replace("\n", "\r\n").encode("latin-1") + b"\r\n" + body
+
+
+@pytest.mark.parametrize("length", ["9" * 5000, "²", "1²"], ids=["5000 digits", "superscript", "mixed"])
+def test_a_content_length_that_is_no_size_is_a_clean_error_or_ignored(tmp_path, serve, length):
+    # int() refuses 4,300 digits and "²" (which str.isdigit() takes): neither may escape as a crash.
+    origin = serve(latin1(f"HTTP/1.1 200 OK\nContent-Length: {length}\nConnection: close\n", BODY))
+    result = use(tmp_path, origin)
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    if length.isascii():
+        assert_refused(result, tmp_path, "absurd size", "(5,000 characters)")
+        assert len(result.stderr) < 500, result.stderr
+    else:  # not a length at all: the body ends with the close, then a range request is refused
+        assert_refused(result, tmp_path, "length")
+
+
+@pytest.mark.parametrize("total", ["9" * 5000, "¹"], ids=["5000 digits", "superscript"])
+def test_a_content_range_that_is_no_size_is_a_clean_error(tmp_path, serve, total):
+    head = (f'HTTP/1.1 206 Partial Content\nContent-Range: bytes 0-{len(BODY) - 1}/{total}\nETag: "v"\n'
+            f"Content-Length: {len(BODY)}\n")
+    origin = serve(latin1(head, BODY))
+    result = use(tmp_path, origin, "--connections", "4")
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert_refused(result, tmp_path)
+
+
+def test_a_long_reason_and_encoding_are_shown_by_their_two_ends(tmp_path, serve):
+    origin = serve(latin1(f"HTTP/1.1 404 {'Gone ' * 4000}away\nContent-Length: 0\n", b""))
+    result = use(tmp_path, origin)
+    assert_refused(result, tmp_path, "HTTP 404 'Gone Gone", "away' (20,004 characters) for http://")
+    assert len(result.stderr) < 500, result.stderr
+    origin = serve(latin1(f"HTTP/1.1 200 OK\nContent-Length: 4\nContent-Encoding: {'x' * 9000}\n", b"abcd"))
+    (tmp_path / "encoding").mkdir()
+    result = use(tmp_path / "encoding", origin)
+    assert_refused(result, tmp_path / "encoding", "Content-Encoding 'xxx", "(9,000 characters)")
+    assert len(result.stderr) < 500, result.stderr

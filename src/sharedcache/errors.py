@@ -8,6 +8,10 @@ Anything that is not a :class:`SharedCacheError` reaching the command line is a 
 
 from __future__ import annotations
 
+#: Quoted text longer than this many characters is shown by its two ends (a name in an archive may
+#: be 256 KiB long, and the message must stay a line a user can read).
+QUOTED_CHARACTERS = 160
+
 
 class SharedCacheError(Exception):
     """Base of every error meant for a user."""
@@ -21,6 +25,15 @@ class SharedCacheError(Exception):
         if text.isprintable():
             return text
         return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def quoted(text: str) -> str:
+    """``text`` quoted for a message: its ``repr``, or past :data:`QUOTED_CHARACTERS`, its two ends
+    joined by an ellipsis, and its length."""
+    if len(text) <= QUOTED_CHARACTERS:
+        return repr(text)
+    half = QUOTED_CHARACTERS // 2
+    return f"{text[:half] + '…' + text[-half:]!r} ({len(text):,} characters)"
 
 
 class UsageError(SharedCacheError, ValueError):

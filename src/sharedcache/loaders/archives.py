@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Self, TypeVar
 
-from ..errors import CorruptDataError, UnsafeArchiveError
+from ..errors import CorruptDataError, UnsafeArchiveError, quoted
 from .codecs import check_expansion, decompressing, sniff
 from .protocol import Context
 from .streams import CHUNK, Layer, Prefetch, Stream
@@ -134,7 +134,7 @@ class SafeTree:
 
     def refuse(self, name: str, why: str) -> UnsafeArchiveError:
         """The error for member ``name``, refused because of ``why``."""
-        return UnsafeArchiveError(f"unsafe archive {self._ctx.what}: member {name!r} {why}")
+        return UnsafeArchiveError(f"unsafe archive {self._ctx.what}: member {quoted(name)} {why}")
 
     def parts(self, name: str) -> tuple[str, ...]:
         """The components of member ``name`` below the root; refuses names that leave it."""
@@ -193,8 +193,8 @@ class SafeTree:
             # Every directory here was made by _dir: what is there is a file or a link.
             there = "/".join((*parent_parts, part))
             if stat.S_ISLNK(os.lstat(part, dir_fd=descriptor).st_mode):
-                raise self.refuse(name, f"would be written through the symlink {there!r}") from None
-            raise self.refuse(name, f"would be written below the file {there!r}") from None
+                raise self.refuse(name, f"would be written through the symlink {quoted(there)}") from None
+            raise self.refuse(name, f"would be written below the file {quoted(there)}") from None
 
     def _place(self, parts: tuple[str, ...], name: str, make: Callable[[str, int], _T]) -> _T:
         """``make(leaf, parent's descriptor)`` the entry for ``parts``, after its parents; an earlier
@@ -261,7 +261,7 @@ class SafeTree:
             while left:
                 piece = read(left if left < CHUNK else CHUNK)
                 if not piece:
-                    raise CorruptDataError(f"corrupt archive {self._ctx.what}: member {name!r} "
+                    raise CorruptDataError(f"corrupt archive {self._ctx.what}: member {quoted(name)} "
                                            "is shorter than its header says")
                 left -= len(piece)
                 written = os.write(descriptor, piece)
@@ -287,7 +287,7 @@ class SafeTree:
             resolved = os.path.normpath(os.path.join(*parts[:-1], target))
             escapes = resolved == ".." or resolved.startswith("../")
         if escapes:
-            raise self.refuse(name, f"is a symlink to {target!r}, outside the archive")
+            raise self.refuse(name, f"is a symlink to {quoted(target)}, outside the archive")
         self._place(parts, name, lambda leaf, parent: self._make_symlink(target, leaf, parent))
         self._symlinks.append(parts)
 
@@ -302,7 +302,7 @@ class SafeTree:
         try:
             target_parts = self.parts(target)
         except UnsafeArchiveError:
-            raise self.refuse(name, f"is a hard link to {target!r}, outside the archive") from None
+            raise self.refuse(name, f"is a hard link to {quoted(target)}, outside the archive") from None
         below, root = self._below(target_parts), self._root_fd
         reachable = self._dir(target_parts[:-1], name, create=False) is not None
         try:
@@ -310,7 +310,7 @@ class SafeTree:
         except FileNotFoundError:
             is_file = False
         if not is_file:
-            raise self.refuse(name, f"is a hard link to {target!r}, which is not a file extracted before it")
+            raise self.refuse(name, f"is a hard link to {quoted(target)}, which is not a file extracted before it")
         self._place(parts, name, lambda leaf, parent: os.link(below, leaf, src_dir_fd=root, dst_dir_fd=parent,
                                                               follow_symlinks=False))
 
@@ -330,8 +330,8 @@ class SafeTree:
                 continue
             resolved = os.path.realpath(os.path.join(self._anchor, below))
             if resolved != root and not resolved.startswith(root + os.sep):
-                why = f"is a symlink that leads outside the archive ({os.readlink(below, dir_fd=self._root_fd)!r})"
-                raise self.refuse("/".join(parts), why)
+                target = os.readlink(below, dir_fd=self._root_fd)
+                raise self.refuse("/".join(parts), f"is a symlink that leads outside the archive ({quoted(target)})")
         if self._seal is not None:
             allocated = self._seal_directories(self._seal.directory_mode)
             self.vouch(allocated)
@@ -489,7 +489,7 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
                 except damaged as exc:
                     if isinstance(exc, OSError) and exc.errno is not None:
                         raise  # writing failed, not reading: the pipeline reports it
-                    raise CorruptDataError(f"cannot unzip {name!r} from {ctx.what}: {exc}") from None
+                    raise CorruptDataError(f"cannot unzip {quoted(name)} from {ctx.what}: {exc}") from None
             tree.finish()
     finally:
         spool.unlink(missing_ok=True)

@@ -44,7 +44,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DownloadError, ResumeError, UsageError, WaitTimeoutError
+from ..errors import QUOTED_CHARACTERS, DownloadError, ResumeError, UsageError, WaitTimeoutError, quoted
 from .credentials import Authorization, certificate_problem, tls_context, url_login
 from .local import safe_filename
 from .protocol import Context, Source
@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 
 #: Sizes and positions at or past this are absurd (no file system holds such a file).
 _MAX_SIZE = 2**63
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_NUMBER = re.compile(r"[0-9]+")
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)")
 
 
 class HttpSource(Source):
@@ -105,13 +106,19 @@ def _validator(response: urllib3.BaseHTTPResponse) -> str | None:
     return response.headers.get("Last-Modified")
 
 
+def _size(digits: str) -> int:
+    """The number that a header's ``digits`` (matched by :data:`_NUMBER`) give.  Past 19 digits it
+    is :data:`_MAX_SIZE`: absurd as a size, and not converted (``int`` refuses 4,300 digits)."""
+    return int(digits) if len(digits) <= len(str(_MAX_SIZE)) else _MAX_SIZE
+
+
 def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | None] | None:
     """The first and last byte and the total size that ``Content-Range`` announces, if it is well
     formed."""
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
     if match is None:
         return None
-    first, last, total = int(match[1]), int(match[2]), None if match[3] == "*" else int(match[3])
+    first, last, total = _size(match[1]), _size(match[2]), None if match[3] == "*" else _size(match[3])
     if not first <= last < (_MAX_SIZE if total is None else total) or (total or 0) >= _MAX_SIZE:
         return None  # an impossible range, or a size no file system holds: not an answer to trust
     return first, last, total
@@ -119,8 +126,9 @@ def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | 
 
 def _size_of_unsatisfiable(response: urllib3.BaseHTTPResponse) -> int | None:
     """The size a 416 answer gives (``Content-Range: bytes */SIZE``), if it gives one."""
-    unit, _, size = response.headers.get("Content-Range", "").partition(" */")
-    return int(size) if unit.strip() == "bytes" and size.isdigit() and int(size) < _MAX_SIZE else None
+    unit, _, text = response.headers.get("Content-Range", "").partition(" */")
+    size = _size(text) if unit.strip() == "bytes" and _NUMBER.fullmatch(text) else None
+    return size if size is not None and size < _MAX_SIZE else None
 
 
 def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
@@ -129,7 +137,7 @@ def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         response.close()
-        raise DownloadError(f"{url}: the server sent the file with Content-Encoding {encoding!r} "
+        raise DownloadError(f"{url}: the server sent the file with Content-Encoding {quoted(encoding)} "
                             "though none was asked for; refusing to store encoded bytes as the file")
 
 
@@ -216,10 +224,12 @@ class _HttpStream(SourceStream):
         else:
             self.start = 0
             length = response.headers.get("Content-Length", "")
-            self.total = int(length) if length.isdigit() else None
+            # Not str.isdigit(): it takes "²", which int() refuses.
+            self.total = _size(length) if _NUMBER.fullmatch(length) else None
             if self.total is not None and self.total >= _MAX_SIZE:
                 response.close()
-                raise DownloadError(f"{self.url}: the server announces an absurd size ({length} bytes)")
+                raise DownloadError(f"{self.url}: the server announces an absurd size "
+                                    f"(Content-Length {quoted(length)})")
 
     def _status_error(self, response: Any) -> DownloadError:
         from http import HTTPStatus
@@ -230,6 +240,8 @@ class _HttpStream(SourceStream):
                 reason = HTTPStatus(response.status).phrase
             except ValueError:
                 reason = "(unknown status)"
+        if len(reason) > QUOTED_CHARACTERS:  # a line of up to 64 KiB, from the server
+            reason = quoted(reason)
         response.close()
         refused = f" ({self._auth.sent})" if response.status in (401, 403) else ""
         return DownloadError(f"HTTP {response.status} {reason} for {self.url}{self._transport.via()}{refused}")

@@ -61,6 +61,7 @@ from ..errors import (
     ResumeError,
     SizeLimitError,
     UnsafeArchiveError,
+    quoted,
 )
 from ..sizes import format_size
 from .protocol import Context, Sealing
@@ -133,7 +134,9 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
         except OSError as exc:  # sources report their own; these come from writing dest or work
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpaceError(f"no space left on the device for {ctx.what}") from None
-            why = f"{exc.strerror or exc} ({exc.filename})"
+            why = exc.strerror or str(exc)
+            if exc.filename is not None:  # a member's path may be 4 KiB (ENAMETOOLONG) or missing
+                why += f" ({quoted(str(exc.filename))})"
             raise LoaderError(f"cannot write the data of {ctx.what}: {why}") from None
         except ResumeError as e:
             if restart >= ctx.fetch.retries:
