@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,18 @@ import pytest
 
 import sharedcache
 from origin import Origin
-from scutil import Sleeper, check_tree, control, kill_populator_and_take_over, sample_files, sc, sc_env, tarball_bytes, user_dir
+from scutil import (
+    Sleeper,
+    check_tree,
+    control,
+    interpreter_for,
+    kill_populator_and_take_over,
+    sample_files,
+    sc,
+    sc_env,
+    tarball_bytes,
+    user_dir,
+)
 from sharedcache.config.settings import FetchPolicy, Rewrite, rewrite_rules
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.leases import Owner
@@ -77,6 +89,49 @@ def test_a_mismatch_from_every_mirror_commits_nothing_and_names_each_failure(mir
     assert sc("--location", "-d", str(base), "--name", "data", "http:x").returncode == 1
     assert not (user_dir(base) / "data").exists()
     assert [entry.name for entry in FsCache(control(base)).entries()] == []
+
+
+# An unpacker of another package that seals what it made (as ctx.seal asks), then leaves the rest
+# of the stream to the runner, whose checksum fails this source.
+_SEALING_UNPACKER = """
+import hashlib, sys
+from pathlib import Path
+from sharedcache.loaders.pipeline import populate
+from sharedcache.loaders.protocol import Unpacker
+from sharedcache.loaders.registry import Recipe, parse_recipe
+
+class Sealing(Unpacker):
+    def unpack(self, stream, dest, ctx):
+        data = stream.read(4)
+        (dest / "d" / "e").mkdir(parents=True)
+        (dest / "d" / "e" / "f").write_bytes(data)
+        for directory in (dest / "d" / "e", dest / "d", dest):
+            directory.chmod(0o555)
+
+run = Path(sys.argv[1])
+good, bad = run / "good", run / "bad"
+good.write_bytes(b"good data" * 1000)
+bad.write_bytes(b"bad! data" * 1000)
+words = parse_recipe([f"file:{bad}", f"file:{good}", "sha256:" + hashlib.sha256(good.read_bytes()).hexdigest()])
+recipe = Recipe(words.words, words.sources, words.transforms, Sealing("sealing", None))
+(run / "dest").mkdir()
+(run / "work").mkdir()
+populate(recipe, run / "dest", work=run / "work")
+print((run / "dest" / "d" / "e" / "f").read_bytes().decode())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as a user whom read-only directories stop")
+def test_the_next_mirror_starts_afresh_after_a_source_whose_unpacker_sealed_its_tree(reachable_tmp: Path) -> None:
+    user = 41020
+    interpreter, env = interpreter_for(user, user)
+    run = reachable_tmp / "run"
+    run.mkdir()
+    os.chown(run, user, user)
+    result = subprocess.run([interpreter, "-c", _SEALING_UNPACKER, str(run)], capture_output=True, text=True,
+                            timeout=60, env=env, user=user, group=user, extra_groups=[])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "good\n"
 
 
 def test_command_line_mirrors_fail_over_and_a_bad_list_is_one_line(mirrors: Mirrors, base: Path) -> None:

@@ -48,6 +48,7 @@ import itertools
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -209,6 +210,13 @@ def _write(stream: Stream, path: Path, ctx: Context) -> None:
 
 
 def _empty(directory: Path) -> None:
+    """Remove what a failed attempt left in ``directory``, sealed or not."""
+    # An unpacker that honours the seal may have made directories read-only before the runner's
+    # last read failed the source (a checksum).  Give their owner, this user, write access back.
+    for _, _, _, descriptor in os.fwalk(directory):
+        mode = os.fstat(descriptor).st_mode
+        if mode & stat.S_IRWXU != stat.S_IRWXU:
+            os.fchmod(descriptor, stat.S_IMODE(mode) | stat.S_IRWXU)
     for child in directory.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
