@@ -4,6 +4,7 @@ share one repository and one download, and either can delete what the other crea
 from __future__ import annotations
 
 import os
+import select
 import stat
 import subprocess
 from pathlib import Path
@@ -142,3 +143,51 @@ def test_the_python_api_uses_a_group_cache_when_asked_by_argument_or_config_file
     with pytest.raises(UsageError, match="no such group: 'no-such-group-here'"), \
             sharedcache.use(*words, name="none", directories=[shared], group="no-such-group-here"):
         pass
+
+
+# Bob holds the population lock of "x" in the group cache and writes a status record that is
+# valid JSON of the wrong kinds, as any member could.
+_GARBLED_POPULATION = """
+import fcntl, json, os, sys, time
+populate = sys.argv[1]
+fd = os.open(os.path.join(populate, "x.lock"), os.O_RDWR | os.O_CREAT, 0o660)
+fcntl.flock(fd, fcntl.LOCK_EX)
+with open(os.path.join(populate, "x.json"), "w") as record:
+    json.dump({"pid": "me", "identity": 7, "size": "lots", "done": [1], "total": -5,
+               "started": float("nan"), "time": float("inf")}, record)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_members_garbled_population_record_fails_nobody_else(shared, python):
+    tarball = shared / "data.tar.gz"
+    md5 = make_tarball(tarball, FILES)
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    group = ["--group", str(GROUP), "-d", str(base)]
+    words = [f"file:{tarball}", f"md5:{md5}", "tar"]
+    with Sleeper() as alice_job:
+        made = as_user(python, ALICE, "--use", *group, "-n", "first", "--pid", str(alice_job.pid), *words)
+        assert made.returncode == 0, made.stderr
+        interpreter, env = python
+        populate = base / f".shared-cache-g{GROUP}" / "populate"
+        bob = subprocess.Popen([interpreter, "-c", _GARBLED_POPULATION, str(populate)], stdout=subprocess.PIPE,
+                               text=True, env=env, user=BOB, group=GROUP, extra_groups=[GROUP])
+        try:
+            assert bob.stdout is not None and select.select([bob.stdout], [], [], 30)[0], "bob never got ready"
+            assert bob.stdout.readline() == "ready\n"
+            listed = as_user(python, ALICE, "list", *group)
+            assert listed.returncode == 0, listed.stderr
+            assert "x" in listed.stdout.split() and "populating" in listed.stdout
+            waited = as_user(python, ALICE, "--use", *group, "-n", "x", "--timeout", "1", "-v",
+                             "--pid", str(alice_job.pid), *words)
+            assert waited.returncode == 1 and "internal error" not in waited.stderr, waited.stderr
+            assert waited.stderr.splitlines()[-1].startswith("sc: error: repository 'x': timed out"), waited.stderr
+            other = as_user(python, ALICE, "--use", *group, "-n", "other", "--size", "1M",
+                            "--pid", str(alice_job.pid), *words)
+            assert other.returncode == 0, other.stderr
+        finally:
+            bob.kill()
+            bob.wait(10)

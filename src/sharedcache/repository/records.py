@@ -32,12 +32,24 @@ def write_record(path: str, record: Record, mode: int) -> None:
     write_atomic(path, json.dumps(record).encode(), mode=mode, durable=False)
 
 
+#: The fields a record may have: the text ones, and the numbers (never negative).
+_TEXT_FIELDS = frozenset({"identity", "error", "message"})
+_NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time"})
+
+
 def read_status(path: str) -> Record | None:
-    """A status or error record, or None if it is missing or unreadable."""
+    """A status or error record, or None if it is missing or unreadable.  A field that is not of
+    its kind reads as absent: in a group cache the record may be another user's, and hold anything
+    (a size that is text, a time that is NaN) that would fail whoever reads it."""
     import json
+    import math
 
     try:
         value = json.loads(read_control(path, 1 << 16) or b"")
     except (OSError, ValueError):
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    return {key: field for key, field in value.items()
+            if (key in _TEXT_FIELDS and isinstance(field, str))
+            or (key in _NUMBER_FIELDS and type(field) in (int, float) and math.isfinite(field) and field >= 0)}
