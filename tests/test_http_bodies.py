@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import close_listener, control, read_head, sc
+from scutil import close_listener, control, read_head, sc, sc_env
 
 BODY = b"0123456789" * 1000
 
@@ -196,4 +196,30 @@ def test_a_long_reason_and_encoding_are_shown_by_their_two_ends(tmp_path, serve)
     (tmp_path / "encoding").mkdir()
     result = use(tmp_path / "encoding", origin)
     assert_refused(result, tmp_path / "encoding", "Content-Encoding 'xxx", "(9,000 characters)")
+    assert len(result.stderr) < 500, result.stderr
+
+
+# Answers that no correct server gives, each of which must fail the download with one line.
+MALFORMED_ANSWERS = {
+    "redirect to a broken IPv6 host": "HTTP/1.1 302 Found\nLocation: http://[::1\nContent-Length: 0\n",
+    "redirect to a file URL": "HTTP/1.1 302 Found\nLocation: file:///etc/passwd\nContent-Length: 0\n",
+    "redirect to an FTP URL": "HTTP/1.1 302 Found\nLocation: ftp://127.0.0.1/data\nContent-Length: 0\n",
+    "a header line of 100,000 bytes": f"HTTP/1.1 200 OK\nX-Long: {'a' * 100_000}\nContent-Length: 2\n",
+    "150 header lines": "HTTP/1.1 200 OK\n" + "".join(f"X-H{i}: v\n" for i in range(150)) + "Content-Length: 2\n",
+    "no status line": "garbage\n",
+    "two different lengths": "HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 3\n",
+    "an unknown status": "HTTP/1.1 999 Weird\nContent-Length: 0\n",
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED_ANSWERS.values(), ids=MALFORMED_ANSWERS.keys())
+def test_a_malformed_answer_fails_in_one_line(tmp_path, serve, answer):
+    config = tmp_path / "config"
+    config.write_text("retries = 0\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    origin = serve(latin1(answer, b"hi"))
+    result = sc("--use", "-d", str(base), "-n", "data", origin.word(), env=sc_env(SC_CONFIG=str(config)))
+    assert "internal error" not in result.stderr, result.stderr
+    assert_refused(result, base, "sc: error: repository 'data': ")
     assert len(result.stderr) < 500, result.stderr

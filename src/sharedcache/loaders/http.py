@@ -266,11 +266,11 @@ class _HttpStream(SourceStream):
                 response = pool.request("GET", self.url, headers={**pool.headers, **headers},
                                         preload_content=False, decode_content=False,
                                         **self._timeout(pool))
-            except self.errors as exc:
+            except (*self.errors, ValueError) as exc:  # ValueError: a redirect to "http://[::1", say
                 inner = getattr(exc, "reason", exc)
                 permanent = isinstance(inner, (urllib3.exceptions.SSLError,  # no retry fixes these
                                                urllib3.exceptions.ResponseError,
-                                               urllib3.exceptions.LocationValueError))
+                                               ValueError))  # urllib3's LocationValueError is one
                 # No connection through this member (a proxy that is down, or refuses the tunnel):
                 # the next member of the route is tried at once.
                 connecting = isinstance(inner, (urllib3.exceptions.NewConnectionError,
