@@ -19,6 +19,9 @@ from origin import Origin
 from scutil import Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes, user_dir
 from squid import Squid, free_port
 
+import sharedcache
+from sharedcache.errors import SettingError
+
 FILES = sample_files(n=10, size=20_000)
 DATA = tarball_bytes(FILES)
 SHA256 = hashlib.sha256(DATA).hexdigest()
@@ -335,6 +338,10 @@ def test_config_file_layers_and_sc_config_shows_sources(tmp_path, origin, squid,
     ("offline = perhaps\n", ":1: offline must be yes or no"),
     ("just words\n", ":1: expected 'key = value'"),
     ("max_size = lots\n", ":1: max_size"),
+    ("timeout = nan\n", ":1: timeout must be a number of seconds, not nan"),
+    ("timeout = -1\n", ":1: timeout must be a number of seconds, not -1.0"),
+    ("proxy = http://[::1\n", ":1: proxy cannot use 'http://[::1'"),
+    ("proxy = proxy.site:99999\n", ":1: proxy cannot use 'proxy.site:99999'"),
 ])
 def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, owner, text, expected):
     config = tmp_path / "config"
@@ -371,6 +378,7 @@ def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, own
     os.mkfifo(fifo)  # a FIFO must not hang sc
     cases = [({"SC_OFFLINE": "perhaps"}, "sc: error: SC_OFFLINE: offline must be yes or no"),
              ({"SC_PROXY": "a b"}, "sc: error: SC_PROXY: proxy cannot use 'a b'"),
+             ({"SC_PROXY": "http://[::1"}, "sc: error: SC_PROXY: proxy cannot use 'http://[::1'"),
              ({"SC_CONFIG": str(tmp_path / "absent")}, f"sc: error: {tmp_path / 'absent'}: no such"),
              ({"SC_CONFIG": str(fifo)}, f"sc: error: {fifo}: the config file is not a regular file"),
              ({"SC_CONFIG": str(tmp_path)}, f"sc: error: {tmp_path}: the config file is not a regular file")]
@@ -378,6 +386,29 @@ def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, own
         result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "file:/x", env=sc_env(**env))
         assert result.returncode == 2 and result.stderr.startswith(expected), result.stderr
         assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("proxy", ["http://[::1", "proxy.site:99999", "http://proxy.site:0", "socks5://proxy.site:1080"])
+def test_a_proxy_no_connection_can_use_is_one_line_naming_where_it_came_from(tmp_path, owner, proxy):
+    url = f"http:http://127.0.0.1:{free_port()}/data"
+    option = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "--proxy", proxy, url)
+    assert option.returncode == 2 and option.stderr == (
+        f"sc: error: --proxy cannot use {proxy!r}: expected DIRECT or [http://]HOST[:PORT], groups separated "
+        "by ';' and proxies inside a group by '|' (see 'sc --help')\n"), option.stderr
+    curl_style = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url,
+                    env=sc_env(http_proxy=proxy))
+    assert curl_style.returncode == 2 and curl_style.stderr.count("\n") == 1, curl_style.stderr
+    assert curl_style.stderr.startswith(f"sc: error: repository 'data': http_proxy: proxy cannot use {proxy!r}")
+
+
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, owner):
+    for given in ("nan", "-1", "inf", "1e400"):
+        result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "--timeout", given, "file:/x")
+        assert result.returncode == 2 and result.stderr.startswith("sc: error: option --timeout must be a number "
+                                                                   "of seconds, not "), result.stderr
+    with pytest.raises(SettingError, match="timeout must be a number of seconds, not -1"):
+        with sharedcache.use("file:/x", directories=[str(tmp_path)], timeout=-1):
+            raise AssertionError("no use may be held")
 
 
 # --- saying what happens -------------------------------------------------------------------------

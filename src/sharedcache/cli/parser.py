@@ -7,7 +7,8 @@ configuring ``argparse`` alone costs about half of a Python start (see CONTRIBUT
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..config.files import seconds
+from ..errors import SettingError, UsageError
 from ..sizes import parse_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -48,7 +49,7 @@ OPTIONS = (
     Option(("--pid",), "pid", "process owning the use (default: the job that ran sc)",
            metavar="PID", convert=int, actions=REPOSITORY_ACTIONS),
     Option(("--timeout",), "timeout", "seconds to wait for another process's population",
-           metavar="SECONDS", convert=float, actions=SETTING_ACTIONS),
+           metavar="SECONDS", convert=seconds, actions=SETTING_ACTIONS),
     Option(("--connections",), "connections",
            "download over N connections at once (HTTP ranges; for throttled links)",
            metavar="N", convert=int, actions=SETTING_ACTIONS),
@@ -203,6 +204,8 @@ def _take(args: Arguments, flag: str, value: str | None, rest: list[str]) -> Non
         value = rest.pop(0)
     try:
         setattr(args, option.dest, option.convert(value))
+    except SettingError as e:
+        raise UsageError(f"option {flag} {e.reason}") from None
     except ValueError:
         raise UsageError(f"option {flag}: invalid value {value!r}") from None
 

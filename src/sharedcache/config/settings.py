@@ -186,6 +186,14 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
     return tuple(rules)
 
 
+def seconds(setting: str, value: object) -> float:
+    """``value`` of ``setting`` as seconds: a number, finite and not negative (NaN is neither);
+    else :class:`SettingError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise SettingError(setting, f"must be a number of seconds, not {value!r}")
+    return float(value)
+
+
 class FetchPolicy:
     """How sources fetch: connections at once, timeouts, retries and back-off.
 
@@ -249,10 +257,9 @@ class FetchPolicy:
             raise SettingError("retries", f"must be a whole number of at least 0, not {retries!r}")
         if type(speed_limit) is not int or speed_limit < 0:
             raise SettingError("speed_limit", f"must be a whole number of bytes a second, not {speed_limit!r}")
-        for what, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout),
-                              ("backoff", backoff), ("backoff_max", backoff_max), ("speed_time", speed_time)):
-            if not isinstance(seconds, (int, float)) or not seconds >= 0 or seconds == float("inf"):
-                raise SettingError(what, f"must be a number of seconds, not {seconds!r}")
+        for what, given in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout),
+                            ("backoff", backoff), ("backoff_max", backoff_max), ("speed_time", speed_time)):
+            seconds(what, given)
         if speed_time == 0 and speed_limit:
             raise SettingError("speed_time", "must be more than 0 seconds when there is a speed limit")
         if type(offline) is not bool:
@@ -295,12 +302,14 @@ def proxy_chain(text: str) -> ProxyChain:
     """
     groups = []
     for group in text.split(";"):
-        members = tuple(_proxy_member(member.strip()) for member in group.split("|"))
+        members = tuple(proxy_url(member.strip()) for member in group.split("|"))
         groups.append(members)
     return tuple(groups)
 
 
-def _proxy_member(member: str) -> str:
+def proxy_url(member: str) -> str:
+    """The URL of the proxy written ``member`` (``http://`` added if no scheme is given), or
+    ``DIRECT``; :class:`SettingError` if it is neither."""
     if member.upper() == DIRECT:
         return DIRECT
     scheme, has_scheme, rest = member.partition("://")
@@ -311,8 +320,19 @@ def _proxy_member(member: str) -> str:
     if not colon or host.endswith(":"):  # no port, or an IPv6 address without brackets
         host, port = address, ""
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
-            or any(char.isspace() for char in member):
+            or any(char.isspace() for char in member) or not _parses(f"{scheme}://{rest}"):
         why = f"cannot use {member!r}" if member else "has an empty member"
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
     return f"{scheme}://{rest}"
+
+
+def _parses(url: str) -> bool:
+    """Whether ``url`` has a host and a port that can be connected to, as urllib3 will need."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and parts.port != 0  # .port raises past 65535
+    except ValueError:  # an unclosed "[" of an IPv6 address, say
+        return False

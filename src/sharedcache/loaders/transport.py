@@ -34,8 +34,8 @@ import random
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..config.settings import DIRECT, FetchPolicy
-from ..errors import DownloadError
+from ..config.settings import DIRECT, FetchPolicy, proxy_url
+from ..errors import ConfigError, DownloadError, SettingError
 
 if TYPE_CHECKING:
     import ssl
@@ -68,18 +68,14 @@ def route(url: str, fetch: FetchPolicy, environ: Mapping[str, str] = os.environ)
         for group in fetch.proxy:
             members += random.sample(group, len(group))
         return members
-    proxy = _environment_proxy(parts.scheme, environ)
-    if proxy is None:
-        return [DIRECT]
-    return [proxy if "://" in proxy else f"http://{proxy}"]
-
-
-def _environment_proxy(scheme: str, environ: Mapping[str, str]) -> str | None:
-    names = ("http_proxy",) if scheme == "http" else ("https_proxy", "HTTPS_PROXY")
+    names = ("http_proxy",) if parts.scheme == "http" else ("https_proxy", "HTTPS_PROXY")
     for name in (*names, "all_proxy", "ALL_PROXY"):
         if environ.get(name):
-            return environ[name]
-    return None
+            try:
+                return [proxy_url(environ[name])]
+            except SettingError as e:
+                raise ConfigError(f"{name}: {e.setting} {e.reason}") from None
+    return [DIRECT]
 
 
 def bypassed(host: str, no_proxy: str) -> bool:

@@ -35,6 +35,16 @@ if TYPE_CHECKING:
     Fetch = FetchPolicy | Callable[[], FetchPolicy]
 
 
+def deadline_after(timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` at which ``timeout`` seconds from now end (None: never);
+    :class:`SettingError` if ``timeout`` is not a number of seconds (negative, NaN)."""
+    if timeout is None:
+        return None
+    from ..config.settings import seconds
+
+    return time.monotonic() + seconds("timeout", timeout)
+
+
 class Request:
     """One call of :meth:`Repositories.acquire`: what is asked for, by whom, on what terms."""
 
@@ -55,7 +65,7 @@ class Request:
         self.words, self.identity, self.name = words, identity, name
         self.owner, self.keep, self.limit = owner, keep, limit
         self.timeout, self._fetch = timeout, fetch
-        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.deadline = deadline_after(timeout)
 
     @property
     def fetch(self) -> FetchPolicy:
@@ -285,7 +295,7 @@ class Repositories:
     ) -> bool:
         """Release one use of the first of ``owners`` that holds one; return whether that deleted
         the repository.  ``timeout``: seconds any wait (for a lock, for the index) may take in all."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         for base in self.bases:
             base.bound_waits(deadline)
         try:
