@@ -342,6 +342,8 @@ def test_config_file_layers_and_sc_config_shows_sources(tmp_path, origin, squid,
     ("timeout = -1\n", ":1: timeout must be a number of seconds, not -1.0"),
     ("proxy = http://[::1\n", ":1: proxy cannot use 'http://[::1'"),
     ("proxy = proxy.site:99999\n", ":1: proxy cannot use 'proxy.site:99999'"),
+    ("proxy = proxy\x00.site\n", ":1: proxy cannot use 'proxy\\x00.site'"),
+    ("x" * 100_000 + "\n", ":1: expected 'key = value', not '" + "x" * 80 + "…" + "x" * 80 + "' (100,000 characters)"),
 ])
 def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path, owner, text, expected):
     config = tmp_path / "config"

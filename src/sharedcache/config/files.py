@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import ConfigError, SettingError, UsageError
+from ..errors import ConfigError, SettingError, UsageError, quoted
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -169,10 +169,10 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
         key, equals, value = line.partition("=")
         key = key.strip()
         if not equals:
-            raise ConfigError(f"{where}: expected 'key = value', not {line!r}")
+            raise ConfigError(f"{where}: expected 'key = value', not {quoted(line)}")
         setting = _BY_KEY.get(key)
         if setting is None:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(_BY_KEY)})")
+            raise ConfigError(f"{where}: unknown key {quoted(key)} (known: {', '.join(_BY_KEY)})")
         found[key] = (_convert(setting, value.strip(), where), where)
     return found
 
@@ -183,7 +183,7 @@ def _convert(setting: Setting, text: str, where: str) -> object:
     except SettingError as e:
         raise ConfigError(f"{where}: {setting.key} {e.reason}") from None
     except ValueError:
-        raise ConfigError(f"{where}: {setting.key}: invalid value {text!r}") from None
+        raise ConfigError(f"{where}: {setting.key}: invalid value {quoted(text)}") from None
 
 
 def effective(given: Mapping[str, object], environ: Mapping[str, str], *,

@@ -320,7 +320,7 @@ def proxy_url(member: str) -> str:
     if not colon or host.endswith(":"):  # no port, or an IPv6 address without brackets
         host, port = address, ""
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
-            or any(char.isspace() for char in member) or not _parses(f"{scheme}://{rest}"):
+            or not member.isprintable() or " " in member or not _parses(f"{scheme}://{rest}"):
         why = f"cannot use {member!r}" if member else "has an empty member"
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
