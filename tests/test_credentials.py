@@ -266,6 +266,8 @@ def test_netrc_gives_basic_auth(nginx: Nginx, home: Path) -> None:
     succeeded(use(home, url, SSL_CERT_FILE=ca))
     netrc.write_text("machine 127.0.0.1 colour blue\n")
     failed(use(home, url, SSL_CERT_FILE=ca), f"cannot read {netrc}: bad follower token 'colour' (line 1)")
+    netrc.write_bytes(f"machine 127.0.0.1 login {USER} password \xff\n".encode("latin-1"))
+    failed(use(home, url, SSL_CERT_FILE=ca), f"cannot read {netrc}: it is not UTF-8 text (byte 39)")
 
 
 def test_user_info_in_a_url_is_sent_and_never_shown_or_stored(nginx: Nginx, home: Path) -> None:

@@ -159,6 +159,8 @@ def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
         entry = netrc.netrc(path).authenticators(host)
     except netrc.NetrcParseError as exc:
         raise LoaderError(f"cannot read {path}: {exc.msg} (line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise LoaderError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
     if entry is None:
