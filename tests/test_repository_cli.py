@@ -407,6 +407,24 @@ def test_list_and_gc_human_output(dirs, tarball):
         assert gc.returncode == 0 and str(dirs[0]) in gc.stdout
 
 
+def test_a_name_that_would_steer_the_terminal_is_refused_and_listed_escaped(dirs, tarball):
+    for name in ("new\nline", "red\x1b[31m", "bell\x07"):
+        refused = sc("--use", "-n", name, "-d", str(dirs[0]), *recipe(tarball))
+        assert refused.returncode == 2 and "invalid repository name" in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "\x1b" not in refused.stderr
+    # Such a name can still come from elsewhere (another member of a group cache, the engine's
+    # API): the listing escapes it, one line per repository.
+    assert sc("--use", "-n", "plain", "-d", str(dirs[0]), "--pid", "1", *recipe(tarball)).returncode == 0
+    with sharedcache.FsCache(control(dirs[0])).store("red\x1b[31m\nmore", meta="m") as data:
+        (data / "f").write_bytes(b"x")
+    listing = sc("list", "-d", str(dirs[0]))
+    assert listing.returncode == 0, listing.stderr
+    assert "\x1b" not in listing.stdout and "red\\x1b[31m\\nmore" in listing.stdout, listing.stdout
+    assert len(listing.stdout.splitlines()) == 3, listing.stdout  # the heading and two rows
+    rows = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)  # JSON escapes them itself
+    assert {row["name"] for row in rows} == {"plain", "red\x1b[31m\nmore"}
+
+
 def test_sc_directories_environment(dirs, tarball):
     with Sleeper() as owner:
         env = sc_env(SC_DIRECTORIES=str(dirs[1]))

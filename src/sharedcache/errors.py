@@ -19,12 +19,16 @@ class SharedCacheError(Exception):
     exit_status = 1
 
     def __str__(self) -> str:
-        # Messages quote words, paths, URLs and archive member names, which may hold any character:
-        # unprintable ones (newlines, terminal controls) are escaped, so the message stays one line.
-        text = super().__str__()
-        if text.isprintable():
-            return text
-        return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+        # Messages quote words, paths, URLs and archive member names, which may hold any character.
+        return printable(super().__str__())
+
+
+def printable(text: str) -> str:
+    """``text`` with its unprintable characters (newlines, terminal controls) escaped as Python
+    escapes them, so that printed it stays one line and cannot steer the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def quoted(text: str) -> str:

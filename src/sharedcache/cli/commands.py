@@ -15,7 +15,7 @@ import sys
 # module before they freeze what start-up made (see bin/sc).
 from ..config import files
 from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
-from ..errors import SharedCacheError, UsageError
+from ..errors import SharedCacheError, UsageError, printable
 from ..progress import Reporter
 from ..repository.bases import group_id
 from ..repository.repositories import Repositories
@@ -131,7 +131,9 @@ def listing(repositories: Repositories, options: Arguments) -> int:
     for row in rows:
         users = ",".join(str(p) for p in row["users"]) or "-"
         state = row["state"] + (" (kept)" if row["keep"] else "")
-        print(f"{row['name']:24} {state:17} {format_size(row['size']):>10}  {row['path']:40} {users}")
+        # Names and paths are escaped: in a group cache another member chose them.
+        name, path = printable(row["name"]), printable(row["path"])
+        print(f"{name:24} {state:17} {format_size(row['size']):>10}  {path:40} {users}")
     return 0
 
 

@@ -472,12 +472,16 @@ class Repositories:
 
 
 def check_repository_name(name: str) -> str:
+    """``name`` if a repository may be given it: an entry's name (:func:`check_name`) that is
+    printable too (a newline or a terminal control in it would garble every listing)."""
     try:
+        if isinstance(name, str) and not name.isprintable():
+            raise UsageError(name)
         return check_name(name)
     except UsageError:
         raise UsageError(
-            f"invalid repository name {name!r}: it must be one path component, not starting "
-            "with '.'"
+            f"invalid repository name {name!r}: it must be one path component of printable "
+            "characters, not starting with '.'"
         ) from None
 
 
