@@ -7,7 +7,7 @@ configuring ``argparse`` alone costs about half of a Python start (see CONTRIBUT
 
 from __future__ import annotations
 
-from ..config.files import seconds
+from ..config.files import parse_seconds
 from ..errors import SettingError, UsageError
 from ..sizes import parse_size
 
@@ -49,7 +49,7 @@ OPTIONS = (
     Option(("--pid",), "pid", "process owning the use (default: the job that ran sc)",
            metavar="PID", convert=int, actions=REPOSITORY_ACTIONS),
     Option(("--timeout",), "timeout", "seconds to wait for another process's population",
-           metavar="SECONDS", convert=seconds, actions=SETTING_ACTIONS),
+           metavar="SECONDS", convert=parse_seconds, actions=SETTING_ACTIONS),
     Option(("--connections",), "connections",
            "download over N connections at once (HTTP ranges; for throttled links)",
            metavar="N", convert=int, actions=SETTING_ACTIONS),

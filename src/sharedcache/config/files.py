@@ -64,11 +64,11 @@ def _rate(value: str) -> int:
     return parse_size(value, "speed_limit")
 
 
-def seconds(text: str, setting: str = "timeout") -> float:
-    """A number of seconds written as text (``--timeout``, ``timeout =``): finite, not negative."""
-    from .settings import seconds as checked
+def parse_seconds(text: str) -> float:
+    """A timeout written as text (``--timeout``, ``timeout =``): seconds, finite, not negative."""
+    from .settings import seconds
 
-    return checked(setting, float(text))
+    return seconds("timeout", float(text))
 
 
 def _boolean(value: str) -> bool:
@@ -104,7 +104,7 @@ SETTINGS = (
     Setting("max_size", _size, "size budget of a base directory's kept repositories"),
     Setting("keep", _boolean, "keep repositories once unused (LRU)"),
     Setting("group", _text, "share a new base directory's cache with this group"),
-    Setting("timeout", seconds, "seconds to wait for another process's population"),
+    Setting("timeout", parse_seconds, "seconds to wait for another process's population"),
     Setting("connections", int, "connections of one download"),
     Setting("connect_timeout", float, "seconds to wait for a connection"),
     Setting("read_timeout", float, "seconds to wait for the next bytes of an answer"),

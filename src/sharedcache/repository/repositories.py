@@ -475,14 +475,15 @@ def check_repository_name(name: str) -> str:
     """``name`` if a repository may be given it: an entry's name (:func:`check_name`) that is
     printable too (a newline or a terminal control in it would garble every listing)."""
     try:
-        if isinstance(name, str) and not name.isprintable():
-            raise UsageError(name)
-        return check_name(name)
+        valid = isinstance(name, str) and name.isprintable() and check_name(name) == name
     except UsageError:
+        valid = False
+    if not valid:
         raise UsageError(
             f"invalid repository name {name!r}: it must be one path component of printable "
             "characters, not starting with '.'"
-        ) from None
+        )
+    return name
 
 
 @scoped
