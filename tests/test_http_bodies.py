@@ -11,6 +11,8 @@ writes out in full (the misbehaviours tests/origin.py, a correct server, cannot 
 from __future__ import annotations
 
 import gzip
+import itertools
+import random
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -223,3 +225,45 @@ def test_a_malformed_answer_fails_in_one_line(tmp_path, serve, answer):
     assert "internal error" not in result.stderr, result.stderr
     assert_refused(result, base, "sc: error: repository 'data': ")
     assert len(result.stderr) < 500, result.stderr
+
+
+# Pieces of answers for the test below: statuses, headers and values that no correct server
+# sends together, and bodies that fit them or not.
+_STATUSES = ["200 OK", "206 Partial Content", "301 Moved", "302 Found", "304 Not Modified", "401 No", "404 No",
+             "416 Range Not Satisfiable", "500 Error", "503 Busy", "204 No Content", "999 What", "20 X"]
+_HEADERS = ["Content-Length", "Content-Range", "ETag", "Last-Modified", "Location", "Transfer-Encoding",
+            "Content-Encoding", "Accept-Ranges", "Retry-After", "Connection"]
+_HEADER_WEIGHTS = [4, 4, 2, 1, 2, 1, 1, 1, 1, 1]  # sizes and ranges most: those we parse ourselves
+_VALUES = ["", "0", "-1", "10000", "9999", "10001", "9" * 30, "9" * 5000, "²", " 12 ", "1,2", "abc", "0x10",
+           "bytes 0-9999/10000", "bytes 0-0/10000", "bytes 5-2/10000", "bytes */10000", "bytes */*",
+           f"bytes 0-9999/{'9' * 5000}", "bytes 0-9999/*", "items 0-1/2", '"v1"', 'W/"v1"', '""',
+           "Mon, 01 Jan 2024 00:00:00 GMT", "not a date", "http://[::1", "/relative", "//127.0.0.1:1/x",
+           "file:///etc/passwd", "chunked", "gzip", "identity", "gzip, chunked", "close", "x" * 70_000]
+_BODIES = [BODY, b"", BODY[:100], b"5\r\nhello\r\n0\r\n\r\n", b"zz\r\n"]
+
+
+def test_random_malformed_answers_each_end_in_one_line(tmp_path, serve):
+    # Seeded, so that a failure can be replayed; each case is one to three answers, served in turn.
+    rng = random.Random(20261130)
+    config = tmp_path / "config"
+    config.write_text("retries = 1\nread_timeout = 1\nconnect_timeout = 1\nspeed_time = 1\n")
+    for case in range(60):
+        answers = []
+        for _ in range(rng.randint(1, 3)):
+            status = rng.choice(_STATUSES[:2]) if rng.random() < 0.6 else rng.choice(_STATUSES)
+            names = dict.fromkeys(rng.choices(_HEADERS, weights=_HEADER_WEIGHTS, k=rng.randint(1, 4)))
+            head = [f"HTTP/1.1 {status}", *(f"{name}: {rng.choice(_VALUES)}" for name in names)]
+            answers.append(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + rng.choice(_BODIES))
+        turns, asked = itertools.cycle(answers), []
+        origin = serve(lambda request, turns=turns, asked=asked: asked.append(request) or next(turns))
+        base = tmp_path / f"base{case}"
+        base.mkdir()
+        connections = ["--connections", "4"] if rng.random() < 0.3 else []
+        result = sc("--use", "-d", str(base), "-n", "data", "--timeout", "20", *connections, origin.word(),
+                    env=sc_env(SC_CONFIG=str(config)))
+        replay = f"case {case}: {[answer[:300] for answer in answers]}"
+        assert asked, (replay, result.stderr)  # the answers were given, and what follows is about them
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr, (replay, result.stderr)
+        if result.returncode != 0:
+            assert result.returncode in (1, 2) and result.stderr.startswith("sc: error: "), (replay, result.stderr)
+            assert result.stderr.count("\n") == 1 and len(result.stderr) < 1000, (replay, result.stderr)
