@@ -425,6 +425,12 @@ def test_a_name_that_would_steer_the_terminal_is_refused_and_listed_escaped(dirs
     assert {row["name"] for row in rows} == {"plain", "red\x1b[31m\nmore"}
 
 
+def test_python_api_takes_one_path_as_the_directories(dirs, tarball):
+    with sharedcache.use(*recipe(tarball), name="repo", directories=dirs[0]) as path:
+        assert path == user_dir(dirs[0]) / "repo"
+        check_tree(path, FILES)
+
+
 def test_sc_directories_environment(dirs, tarball):
     with Sleeper() as owner:
         env = sc_env(SC_DIRECTORIES=str(dirs[1]))
@@ -548,10 +554,18 @@ def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one
     (("file:/x",), {"max_size": -1}, "max-size"),
     (("file:/x",), {"connections": 0}, "use(connections=...) must be between 1 and 32"),
     (("nope:/x",), {}, "unknown loader 'nope'"),
+    (("file:/x",), {"keep": "yes"}, "keep must be True or False, not 'yes'"),
+    (("file:/x",), {"group": 1.5}, "a group is a name or a gid, not 1.5"),
+    (("file:/x",), {"fetch": "x"}, "fetch must be a FetchPolicy, not 'x'"),
+    (("file:/x",), {"verbosity": "loud"}, "verbosity must be a whole number, not 'loud'"),
+    (("file:/x",), {"directories": 5}, "directories must be paths, not 5"),
+    (("file:/x",), {"directories": ["/tmp", 5]}, "a candidate directory must be a path, not 5"),
+    (("file:/x",), {"directories": [b"/tmp"]}, "a candidate directory must be a path, not b'/tmp'"),
 ])
 def test_python_api_bad_input_is_a_usage_error_of_one_line(dirs, args, kwargs, message):
+    kwargs = {"directories": [str(dirs[0])], **kwargs}
     with pytest.raises(sharedcache.UsageError) as caught:
-        with sharedcache.use(*args, directories=[str(dirs[0])], **kwargs):
+        with sharedcache.use(*args, **kwargs):
             raise AssertionError("no use may be held")
     assert message in str(caught.value) and "\n" not in str(caught.value)
     assert not (user_dir(dirs[0]) / "repo").exists()

@@ -56,14 +56,25 @@ def close_caches() -> None:
         cache.close()
 
 
-def base_directories(directories: str | Sequence[str | os.PathLike[str]] | None) -> list[str]:
-    """Candidate base directories as absolute paths: a ``:``-separated string or a sequence;
-    None gives :data:`DEFAULT_DIRECTORIES`."""
+def base_directories(
+    directories: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+) -> list[str]:
+    """Candidate base directories as absolute paths: a ``:``-separated string, one path, or a
+    sequence of paths; None gives :data:`DEFAULT_DIRECTORIES`."""
     if directories is None:
         directories = DEFAULT_DIRECTORIES
     if isinstance(directories, str):
         directories = [d for d in directories.split(":") if d]
-    result = [os.path.abspath(os.fspath(d)) for d in directories]
+    elif isinstance(directories, os.PathLike):
+        directories = [directories]
+    elif not hasattr(directories, "__iter__"):
+        raise UsageError(f"directories must be paths, not {directories!r}")
+    result = []
+    for directory in directories:
+        path = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
+        if not isinstance(path, str):
+            raise UsageError(f"a candidate directory must be a path, not {directory!r}")
+        result.append(os.path.abspath(path))
     if not result:
         raise UsageError("no candidate directory given")
     return result
@@ -72,8 +83,10 @@ def base_directories(directories: str | Sequence[str | os.PathLike[str]] | None)
 def group_id(group: str | int | None) -> int | None:
     """The gid of the group cache asked for (``--group``, ``use(group=)``, a config file's
     ``group``): a gid, or a group's name; None for none."""
-    if group is None or isinstance(group, int):
+    if group is None or (isinstance(group, int) and not isinstance(group, bool)):
         return group
+    if not isinstance(group, str):
+        raise UsageError(f"a group is a name or a gid, not {group!r}")
     if group.isdigit():
         return int(group)
     import grp

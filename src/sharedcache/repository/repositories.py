@@ -131,6 +131,8 @@ class Repositories:
         defaults); it does not change the data, so it is not part of the recipe's identity.  It
         may be a function that makes the policy: it is called on a miss only, before anything is
         created, so that its errors (a bad setting) leave nothing behind."""
+        if type(keep) is not bool:
+            raise UsageError(f"keep must be True or False, not {keep!r}")
         words = normalize_words(words)
         if not words:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
@@ -519,6 +521,13 @@ def use(
 
     if fetch is not None and connections != 1:
         raise UsageError("give connections in fetch, or alone, not both")
+    if fetch is not None:
+        from ..config.settings import FetchPolicy
+
+        if not isinstance(fetch, FetchPolicy):
+            raise UsageError(f"fetch must be a FetchPolicy, not {fetch!r}")
+    if type(verbosity) is not int:
+        raise UsageError(f"verbosity must be a whole number, not {verbosity!r}")
     given = {key: value for key, value in (("directories", directories), ("max_size", max_size),
                                            ("timeout", timeout), ("connections", connections),
                                            ("group", group))
