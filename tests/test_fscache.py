@@ -26,6 +26,7 @@ from scutil import needs_delayed_allocation, pending
 
 from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
 from sharedcache.errors import EntryTooLargeError
+from sharedcache.engine import fscache
 from sharedcache.engine.fscache import GcReport
 from sharedcache.engine import fsutil
 from sharedcache.engine.fsutil import disk_usage
@@ -287,6 +288,26 @@ def test_a_small_entry_is_flushed_without_waiting_for_other_writers(root: Path, 
     assert pending(foreign), "the commit of a small entry flushed another writer's data"
     put(cache, "many", [4096] * (fsutil.SCOPED_FLUSH_ENTRIES + 1))
     assert not pending(foreign), "the commit of a large entry did not flush its file system"
+
+
+def test_arguments_that_cannot_be_kept_as_given_are_refused_before_anything_is_made(root: Path) -> None:
+    for bad_root in (5, b"/tmp/cache"):
+        with pytest.raises(UsageError, match="a cache's root must be a path"):
+            FsCache(bad_root)  # type: ignore[arg-type]
+    cache = FsCache(root)
+    too_long = "é" * (fscache.META_BYTES // 2 + 1)  # fewer characters than bytes
+    for meta, keep in ((5, True), (too_long, True), ("\udcff", True), ("m", "yes"), ("m", 1)):
+        with pytest.raises(UsageError):
+            with cache.store("entry", meta=meta, keep=keep) as data:  # type: ignore[arg-type]
+                raise AssertionError(f"filled with meta={meta!r:.20} keep={keep!r}: {data}")
+    assert list((root / "stage").iterdir()) == [] and "entry" not in cache
+    put(cache, "entry")
+    with pytest.raises(UsageError, match="keep must be True or False"):
+        cache.hold("entry", Owner.current(), keep="yes")  # type: ignore[arg-type]
+    with cache.store("largest", meta="x" * fscache.META_BYTES):
+        pass
+    with cache.load("largest"):
+        assert cache.hold("largest", Owner.current(), meta="x" * fscache.META_BYTES)
 
 
 def test_max_size_forms_and_persistence(root: Path) -> None:

@@ -159,7 +159,17 @@ from .fsutil import (
     unlink_if_present,
     write_atomic,
 )
-from .layout import OBJECTS, STAGE, TRASH, check_locks, check_name, make_directory, make_subdirectory, open_cache
+from .layout import (
+    OBJECTS,
+    STAGE,
+    TRASH,
+    absolute_path,
+    check_locks,
+    check_name,
+    make_directory,
+    make_subdirectory,
+    open_cache,
+)
 from .leases import Owner, add_lease, lease_of, reclaim_leases, scan_leases
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -176,6 +186,23 @@ _INDEX_TIMEOUT = 60.0
 _UNSET = object()
 # An entry's lock is opened never through a symlink, and never waiting on a FIFO.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: The most an entry's metadata may hold, in bytes of UTF-8: what a read of it takes in.
+META_BYTES = 1 << 20
+
+
+def _check_entry_settings(meta: object, keep: object) -> None:
+    """Refuse, before anything is made, a ``meta`` or ``keep`` of :meth:`FsCache.store` and
+    :meth:`FsCache.hold` that could not be kept as given."""
+    if meta is not None:
+        try:
+            size = len(meta.encode()) if isinstance(meta, str) else None
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 holds it
+            size = None
+        if size is None or size > META_BYTES:
+            shown = f"{len(meta):,} characters" if isinstance(meta, str) else repr(meta)
+            raise UsageError(f"an entry's meta must be UTF-8 text of at most {META_BYTES:,} bytes, not {shown}")
+    if type(keep) is not bool:
+        raise UsageError(f"keep must be True or False, not {keep!r}")
 
 
 def _path(path: str) -> Path:
@@ -259,7 +286,7 @@ class FsCache:
         group: int | None = None,
         repair: bool = False,
     ) -> None:
-        self.root = os.path.abspath(root)
+        self.root = absolute_path(root, "a cache's root")
         self.group = group
         self.repair = repair
         self.durable = durable
@@ -448,7 +475,7 @@ class FsCache:
 
         If another process commits ``name`` first, this copy is discarded without error.  An
         exception inside the block commits nothing and propagates.  ``meta`` is an opaque string
-        kept with the entry.  ``holder`` gets a lease on the entry committed under ``name``
+        kept with the entry (at most :data:`META_BYTES` of UTF-8).  ``holder`` gets a lease on the entry committed under ``name``
         (this copy or the one that won) before the commit completes, so the entry cannot be
         deleted as unused between its commit and its first use.
 
@@ -464,6 +491,7 @@ class FsCache:
         it, or if the filler did not measure, the commit walks the tree to seal and measure it.
         """
         check_name(name)
+        _check_entry_settings(meta, keep)
         try:
             with self._staging() as staging:
                 data = os.path.join(staging.path, "data")
@@ -666,6 +694,7 @@ class FsCache:
         ``meta``, the entry's metadata must equal it, else :class:`ConflictError` is raised and
         no lease is taken.  The index is not opened: this is the whole of a warm use.
         """
+        _check_entry_settings(meta, keep)
         with self._shared(check_name(name)) as (_, entry):
             if meta is not None:
                 found = self._meta(entry)
@@ -684,7 +713,7 @@ class FsCache:
     @staticmethod
     def _meta(entry: str) -> str | None:
         try:
-            found = read_control(os.path.join(entry, "meta"), 1 << 20)
+            found = read_control(os.path.join(entry, "meta"), META_BYTES)
         except FileNotFoundError:
             return None
         return None if found is None else found.decode(errors="replace")

@@ -70,6 +70,15 @@ class Modes:
 PRIVATE, GROUP = Modes(False), Modes(True)
 
 
+def absolute_path(path: object, what: str) -> str:
+    """``path`` (a ``str`` or a ``pathlib.Path``) made absolute; :class:`UsageError` naming
+    ``what`` it should be if it is no path of text (a number, bytes)."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be a path, not {path!r}")
+    return os.path.abspath(text)
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it can name an entry (one path component, not hidden), else raise."""
     try:

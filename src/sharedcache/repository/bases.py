@@ -30,7 +30,7 @@ import os
 
 from ..engine import locks
 from ..engine.fscache import FsCache
-from ..engine.layout import check_base, group_directory, user_directory
+from ..engine.layout import absolute_path, check_base, group_directory, user_directory
 from ..errors import ConflictError, MissError, SharedCacheError, UsageError
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -69,12 +69,7 @@ def base_directories(
         directories = [directories]
     elif not hasattr(directories, "__iter__"):
         raise UsageError(f"directories must be paths, not {directories!r}")
-    result = []
-    for directory in directories:
-        path = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
-        if not isinstance(path, str):
-            raise UsageError(f"a candidate directory must be a path, not {directory!r}")
-        result.append(os.path.abspath(path))
+    result = [absolute_path(directory, "a candidate directory") for directory in directories]
     if not result:
         raise UsageError("no candidate directory given")
     return result
