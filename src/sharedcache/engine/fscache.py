@@ -475,9 +475,9 @@ class FsCache:
 
         If another process commits ``name`` first, this copy is discarded without error.  An
         exception inside the block commits nothing and propagates.  ``meta`` is an opaque string
-        kept with the entry (at most :data:`META_BYTES` of UTF-8).  ``holder`` gets a lease on the entry committed under ``name``
-        (this copy or the one that won) before the commit completes, so the entry cannot be
-        deleted as unused between its commit and its first use.
+        kept with the entry (at most :data:`META_BYTES` of UTF-8).  ``holder`` gets a lease on
+        the entry committed under ``name`` (this copy or the one that won) before the commit
+        completes, so the entry cannot be deleted as unused between its commit and its first use.
 
         Unused entries are evicted to make room under the budget.  If that is not enough, a
         store with ``strict_budget`` is refused (:class:`NoSpaceError`, or

@@ -96,7 +96,7 @@ class Repositories:
 
     def __init__(
         self,
-        directories: str | Sequence[str | os.PathLike[str]] | None = None,
+        directories: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         *,
         reporter: Reporter | None = None,
         group: int | None = None,
@@ -493,7 +493,7 @@ def use(
     *words: str,
     name: str | None = None,
     size: int | str | None = None,
-    directories: str | Sequence[str | os.PathLike[str]] | None = None,
+    directories: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     keep: bool = False,
     max_size: int | str | None = None,
     timeout: float | None = None,
