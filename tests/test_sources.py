@@ -18,7 +18,7 @@ import pytest
 from origin import Origin
 from scutil import tarball_bytes
 
-from sharedcache.errors import ChecksumError, DownloadError, ResumeError, SizeLimitError
+from sharedcache.errors import ChecksumError, DownloadError, ResumeError, SizeLimitError, UsageError, WaitTimeoutError
 from sharedcache import FetchPolicy
 from sharedcache.loaders.pipeline import populate as run_recipe
 from sharedcache.loaders.streams import Progress
@@ -321,8 +321,13 @@ def test_file_source_errors(tmp_path: Path, target: str, why: str) -> None:
 # --- dirac: ---------------------------------------------------------------------------------------
 
 STAND_IN = """#!{python}
-import os, sys
+import os, subprocess, sys, time
 lfn = sys.argv[1]
+if "slow" in lfn:  # hangs, and so does a process it started, each saying who it is first
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(os.path.join(os.environ["STAND_IN_PIDS"]), "w") as pids:
+        pids.write(f"{{os.getpid()}} {{helper.pid}}")
+    time.sleep(600)
 if "missing" in lfn:
     print("Getting file " + lfn, flush=True)
     sys.stderr.write("some noise\\nERROR: " + lfn + ": No such file or directory\\n")
@@ -356,6 +361,37 @@ def test_dirac_failure(dirac_path: Path, tmp_path: Path) -> None:
         populate(tmp_path, "dirac:/vo/missing.dat")
     assert str(caught.value) == ("dirac-dms-get-file failed for /vo/missing.dat: "
                                  "ERROR: /vo/missing.dat: No such file or directory")
+
+
+def test_dirac_is_stopped_with_what_it_started_at_the_deadline(dirac_path: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("STAND_IN_PIDS", str(pids))
+    dest, work = boxes(tmp_path)
+    began = time.monotonic()
+    with pytest.raises(WaitTimeoutError) as caught:
+        run_recipe(parse_recipe(["dirac:/vo/slow.dat"]), dest, work=work, deadline=began + 2)
+    assert time.monotonic() - began < 30
+    assert str(caught.value) == "dirac-dms-get-file gave no file for /vo/slow.dat in the time left"
+    for pid in map(int, pids.read_text().split()):
+        deadline = time.monotonic() + 10
+        while _running(pid):
+            assert time.monotonic() < deadline, f"process {pid} of the tool outlived it"
+            time.sleep(0.05)
+    assert not any(work.iterdir())
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_an_lfn_that_would_be_an_option_is_refused() -> None:
+    with pytest.raises(UsageError, match="an LFN names a file"):
+        parse_recipe(["dirac:--help"])
 
 
 def test_dirac_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

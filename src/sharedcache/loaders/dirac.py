@@ -1,15 +1,21 @@
 """``dirac:LFN``: a file of the DIRAC grid file catalogue, fetched with the DIRAC client.
 
 It runs ``dirac-dms-get-file LFN`` in the work directory, streams the file it writes, and deletes
-it; the DIRAC tool does its own retrying.
+it; the DIRAC tool does its own retrying.  The tool runs in a session of its own: past
+``ctx.deadline`` (``--timeout``), or when this process is interrupted, it is killed with all it
+started, so that none of them goes on writing in the work directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
 import shutil
+import signal
+import time
 
-from ..errors import DownloadError, UsageError
+from ..errors import DownloadError, UsageError, WaitTimeoutError
 from .local import open_file
 from .protocol import Context, Source
 from .streams import SourceStream
@@ -24,7 +30,8 @@ class DiracSource(Source):
 
     def __init__(self, name: str, arg: str | None) -> None:
         super().__init__(name, arg)
-        if posixpath.basename(self.lfn) in ("", ".", ".."):
+        # A leading "-" would be read by the tool as an option.
+        if posixpath.basename(self.lfn) in ("", ".", "..") or self.lfn.startswith("-"):
             raise UsageError(f"'{self.word}': an LFN names a file, such as /vo/data/file.root")
 
     @property
@@ -43,12 +50,23 @@ class DiracSource(Source):
             raise DownloadError(f"{self.tool} not found on PATH (install the DIRAC client)")
         target = ctx.work / self.filename()
         target.unlink(missing_ok=True)  # left by a process that died while fetching it
-        result = subprocess.run([tool, self.lfn], cwd=ctx.work, stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, errors="replace")
-        if result.returncode != 0:
+        left = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
+        with subprocess.Popen([tool, self.lfn], cwd=ctx.work, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              errors="replace", start_new_session=True) as process:
+            try:
+                stdout, stderr = process.communicate(timeout=left)
+            except BaseException as exc:
+                with contextlib.suppress(ProcessLookupError):  # (all of them ended meanwhile)
+                    os.killpg(process.pid, signal.SIGKILL)
+                target.unlink(missing_ok=True)
+                if isinstance(exc, subprocess.TimeoutExpired):
+                    raise WaitTimeoutError(f"{self.tool} gave no file for {self.lfn} in the time left") from None
+                raise
+        if process.returncode != 0:
             target.unlink(missing_ok=True)
-            lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            why = lines[-1].strip() if lines else f"exit status {result.returncode}"
+            lines = (stderr.strip() or stdout.strip()).splitlines()
+            why = lines[-1].strip() if lines else f"exit status {process.returncode}"
             raise DownloadError(f"{self.tool} failed for {self.lfn}: {why}")
         if not target.is_file():
             raise DownloadError(f"{self.tool} did not write {self.filename()} for {self.lfn}")
