@@ -328,6 +328,13 @@ if "slow" in lfn:  # hangs, and so does a process it started, each saying who it
     with open(os.path.join(os.environ["STAND_IN_PIDS"]), "w") as pids:
         pids.write(f"{{os.getpid()}} {{helper.pid}}")
     time.sleep(600)
+if "gradual" in lfn:  # writes its file over three seconds, as a download does
+    with open(os.path.basename(lfn), "wb") as out:
+        for _ in range(4):
+            out.write(b"x" * 100_000)
+            out.flush()
+            time.sleep(0.8)
+    sys.exit(0)
 if "missing" in lfn:
     print("Getting file " + lfn, flush=True)
     sys.stderr.write("some noise\\nERROR: " + lfn + ": No such file or directory\\n")
@@ -387,6 +394,16 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_dirac_tells_how_far_its_client_has_got(dirac_path: Path, tmp_path: Path) -> None:
+    # Else the waiters of a long DIRAC download would see no progress and call it stuck.
+    heard: list[tuple[int, int | None]] = []
+    dest, work = boxes(tmp_path)
+    run_recipe(parse_recipe(["dirac:/vo/gradual.dat"]), dest, work=work, progress=lambda *told: heard.append(told))
+    while_fetching = [done for done, total in heard if total is None]
+    assert len(while_fetching) >= 2 and while_fetching == sorted(while_fetching), heard
+    assert 0 < while_fetching[-1] <= 400_000 and (dest / "gradual.dat").stat().st_size == 400_000
 
 
 def test_an_lfn_that_would_be_an_option_is_refused() -> None:

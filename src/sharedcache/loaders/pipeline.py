@@ -104,7 +104,7 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     for source, following in zip(sources, [*sources[1:], None], strict=True):
         try:
             ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch, notice=notice,
-                          deadline=deadline, seal=seal)
+                          deadline=deadline, seal=seal, progress=progress)
             _populate_from(source, recipe, dest, ctx, progress)
             return
         except _MIRROR_FAILURES as exc:

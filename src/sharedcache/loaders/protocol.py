@@ -60,7 +60,9 @@ timeouts, retries, back-off, proxies, offline); ``ctx.notice(message)`` tells th
 directory that survives the process, for spooling; remove what you put there.  ``ctx.deadline``
 (a ``time.monotonic()``, or None) is when the caller stops waiting (``--timeout``): a source that
 waits on the network bounds each wait by what is left, and past it raises
-:class:`~sharedcache.errors.WaitTimeoutError`.
+:class:`~sharedcache.errors.WaitTimeoutError`.  ``ctx.progress(done, total)`` is for a source
+that fetches the whole file before its stream is read (``dirac:``): it says how far it has got,
+so that the waiters do not take it for stuck (the bytes of the stream are counted as they pass).
 
 A complete transform, ``upper``, that upper-cases ASCII text::
 
@@ -90,7 +92,7 @@ from typing import ClassVar, Protocol
 from ..config.settings import FetchPolicy
 from ..errors import SizeLimitError, UsageError
 from ..sizes import format_size
-from .streams import SourceStream, Stream
+from .streams import Progress, SourceStream, Stream
 from .words import without_userinfo
 
 
@@ -112,7 +114,8 @@ class Context:
 
     def __init__(self, *, work: Path, what: str, limit: int | None = None,
                  fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
-                 deadline: float | None = None, seal: Sealing | None = None) -> None:
+                 deadline: float | None = None, seal: Sealing | None = None,
+                 progress: Progress | None = None) -> None:
         self.work = work
         self.what = what
         #: How an unpacker seals (and may measure) what it makes, when its tree is for a cache (see
@@ -125,6 +128,7 @@ class Context:
         self.limit = limit
         self.fetch = fetch if fetch is not None else FetchPolicy()
         self.notice: Callable[[str], None] = notice if notice is not None else _ignore
+        self.progress: Progress = progress if progress is not None else _unwatched
         self.written = 0
 
     def charge(self, nbytes: int) -> None:
@@ -136,6 +140,10 @@ class Context:
 
 def _ignore(message: str) -> None:
     """Where notices go when nobody listens."""
+
+
+def _unwatched(done: int, total: int | None) -> None:
+    """Where progress goes when nobody watches."""
 
 
 class Loader:
