@@ -112,6 +112,12 @@ def _size(digits: str) -> int:
     return int(digits) if len(digits) <= len(str(_MAX_SIZE)) else _MAX_SIZE
 
 
+def _header_size(text: str) -> int | None:
+    """The size a header's value gives if it is decimal digits (not ``str.isdigit()``, which takes
+    "²", and ``int()`` then refuses), else None."""
+    return _size(text) if _NUMBER.fullmatch(text) else None
+
+
 def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | None] | None:
     """The first and last byte and the total size that ``Content-Range`` announces, if it is well
     formed."""
@@ -127,7 +133,7 @@ def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | 
 def _size_of_unsatisfiable(response: urllib3.BaseHTTPResponse) -> int | None:
     """The size a 416 answer gives (``Content-Range: bytes */SIZE``), if it gives one."""
     unit, _, text = response.headers.get("Content-Range", "").partition(" */")
-    size = _size(text) if unit.strip() == "bytes" and _NUMBER.fullmatch(text) else None
+    size = _header_size(text) if unit.strip() == "bytes" else None
     return size if size is not None and size < _MAX_SIZE else None
 
 
@@ -224,8 +230,7 @@ class _HttpStream(SourceStream):
         else:
             self.start = 0
             length = response.headers.get("Content-Length", "")
-            # Not str.isdigit(): it takes "²", which int() refuses.
-            self.total = _size(length) if _NUMBER.fullmatch(length) else None
+            self.total = _header_size(length)
             if self.total is not None and self.total >= _MAX_SIZE:
                 response.close()
                 raise DownloadError(f"{self.url}: the server announces an absurd size "

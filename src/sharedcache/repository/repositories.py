@@ -476,10 +476,12 @@ class Repositories:
 def check_repository_name(name: str) -> str:
     """``name`` if a repository may be given it: an entry's name (:func:`check_name`) that is
     printable too (a newline or a terminal control in it would garble every listing)."""
-    try:
-        valid = isinstance(name, str) and name.isprintable() and check_name(name) == name
-    except UsageError:
-        valid = False
+    valid = isinstance(name, str) and name.isprintable()
+    if valid:
+        try:
+            check_name(name)
+        except UsageError:
+            valid = False
     if not valid:
         raise UsageError(
             f"invalid repository name {name!r}: it must be one path component of printable "
