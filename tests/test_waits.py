@@ -186,3 +186,20 @@ def test_timeout_bounds_a_population_whose_origin_falls_silent(tmp_path, silent)
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert elapsed < 2 + 5, elapsed
     assert not (control(base) / "objects" / "silent").exists()
+
+
+def test_a_timeout_that_ends_the_retries_says_why_they_were_made(tmp_path):
+    # An origin that refuses every connection: the retries' back-off runs into --timeout, and the
+    # one line says what the attempts met, not only that time ran out.
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    base = tmp_path / "base"
+    base.mkdir()
+    started = time.monotonic()
+    result = sc("--use", "--timeout", "2", "-d", str(base), "-n", "refused", f"http:http://127.0.0.1:{port}/x.bin")
+    assert time.monotonic() - started < 2 + 5
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("sc: error: repository 'refused': timed out after 2 s populating it"), result.stderr
+    assert "(the last attempt: " in result.stderr and "Connection refused" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -303,29 +303,31 @@ class _HttpStream(SourceStream):
             delay = self.fetch.delay(attempt)
             self.notice(f"retrying {self.url}{via} in {delay:.2g} s ({why}; "
                         f"attempt {attempt + 2} of {self.retries + 1})")
-            self.pause(delay, stop)
+            self.pause(delay, stop, why)
             attempt += 1
 
-    def pause(self, seconds: float, stop: threading.Event | None) -> None:
-        """Wait before a retry; a part stopped meanwhile (``stop`` set) gives up, and so does
-        everyone at the deadline."""
-        left = self.time_left()
+    def pause(self, seconds: float, stop: threading.Event | None, why: str) -> None:
+        """Wait before a retry, which ``why`` failed; a part stopped meanwhile (``stop`` set) gives
+        up, and so does everyone at the deadline."""
+        left = self.time_left(why)
         if left is not None:
             seconds = min(seconds, left)
         if stop is None:
             time.sleep(seconds)
         elif stop.wait(seconds):
             raise self.stopped_error()
-        self.time_left()
+        self.time_left(why)
 
-    def time_left(self) -> float | None:
+    def time_left(self, why: str | None = None) -> float | None:
         """Seconds left before the population's deadline (None: it has none); past it,
-        :class:`WaitTimeoutError`."""
+        :class:`WaitTimeoutError`, which says ``why`` the last attempt failed, if one did: a
+        deadline that ends the retries of a refused connection says that it was refused."""
         if self.deadline is None:
             return None
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise WaitTimeoutError(f"{self.url} gave no complete answer in the time left")
+            last = f" (the last attempt: {why})" if why else ""
+            raise WaitTimeoutError(f"{self.url} gave no complete answer in the time left{last}")
         return left
 
     def _timeout(self, pool: Any) -> dict[str, Any]:
@@ -495,7 +497,7 @@ class _Body:
         or at the deadline."""
         self.close()
         http = self._http
-        http.time_left()
+        http.time_left(why)
         if http.validator is None:
             raise ResumeError(f"cannot resume {http.url} at byte {self._position} ({why}): "
                               "the server gives no ETag or Last-Modified to check it did not change")
@@ -505,7 +507,7 @@ class _Body:
         delay = http.fetch.delay(self._failures)
         http.notice(f"resuming {http.url} at byte {self._position} in {delay:.2g} s ({why}; "
                     f"attempt {self._failures + 2} of {http.retries + 1})")
-        http.pause(delay, self._stop)
+        http.pause(delay, self._stop, why)
         self._failures += 1
 
     def close(self) -> None:

@@ -232,9 +232,9 @@ class Population:
             populate(self.recipe, data, work=f"/proc/self/fd/{self._work_fd}", limit=request.limit,
                      progress=self.progress, fetch=request.fetch, notice=self.reporter.info,
                      deadline=request.deadline, seal=self._seal)
-        except WaitTimeoutError:
+        except WaitTimeoutError as e:
             if request.deadline is not None and time.monotonic() >= request.deadline:
-                raise self._timed_out() from None
+                raise self._timed_out(str(e)) from None
             raise
 
     def progress(self, done: int, total: int | None) -> None:
@@ -250,11 +250,13 @@ class Population:
             self.status.update(done=done, total=total)
             write_record(self.status_path, self.status, self.base.cache().modes.file)
 
-    def _timed_out(self) -> WaitTimeoutError:
+    def _timed_out(self, cause: str | None = None) -> WaitTimeoutError:
+        """The deadline's error; ``cause`` is what the recipe was waiting for when it struck."""
         request = self.request
         return WaitTimeoutError(
             f"repository {request.name!r}: timed out after {request.timeout:g} s populating it in "
-            f"{self.base.path} ({format_size(self._done)} so far; the next use takes over from there)")
+            f"{self.base.path} ({format_size(self._done)} so far; the next use takes over from there)"
+            + (f": {cause}" if cause else ""))
 
     def _prepare_work(self) -> None:
         """Keep a dead populator's work for the same recipe; clear any other.
