@@ -149,6 +149,32 @@ def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tar
         assert done.returncode == 0 and "Traceback" not in done.stderr, (closed, done.stderr)
 
 
+def test_without_an_error_stream_stdout_still_carries_only_the_path(dirs, tarball):
+    # A job that closed stderr (`P=$(sc --use ... 2>&-)`): the messages that had nowhere to go
+    # were printed to stdout, as print() does given None, so the job read an error as its path,
+    # and the first progress line failed a use that had worked.
+    with Sleeper() as owner:
+        options = ["-d", d(dirs), "--pid", str(owner.pid), "-v"]
+        for action, status, words in (("--use", 0, recipe(tarball)), ("--location", 0, recipe(tarball)),
+                                      ("--use", 1, ["file:/nonexistent/archive.tar", "tar"])):
+            args = [*options, *words]
+            done = subprocess.run(["sh", "-c", 'exec "$0" "$@" 2>&-', *SC, action, *args],
+                                  capture_output=True, text=True, timeout=60, env=sc_env())
+            assert done.returncode == status, (action, done.stdout)
+            if status:
+                assert done.stdout == ""
+            else:
+                assert Path(done.stdout.strip()).is_dir() and done.stdout.count("\n") == 1, done.stdout
+    # The library in a process without stderr (a daemon): its messages go nowhere, not to stdout.
+    code = ("import sys, sharedcache\n"
+            "with sharedcache.use(*sys.argv[2:], directories=[sys.argv[1]], verbosity=1) as path:\n"
+            "    print(path)\n")
+    embedded = subprocess.run(["sh", "-c", 'exec "$0" "$@" 2>&-', sys.executable, "-c", code, str(dirs[1]),
+                               *recipe(tarball)], capture_output=True, text=True, timeout=60, env=sc_env())
+    assert embedded.returncode == 0 and embedded.stdout.count("\n") == 1, embedded.stdout
+    assert Path(embedded.stdout.strip()).parent.parent == dirs[1]
+
+
 def test_subcommand_forms_and_default_name(dirs, tarball):
     with Sleeper() as owner:
         args = ["-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)]

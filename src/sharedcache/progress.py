@@ -9,6 +9,7 @@ but errors even on a terminal.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -27,7 +28,11 @@ class Reporter:
     """Decides what to print, and prints it to ``stream`` (stderr)."""
 
     def __init__(self, verbosity: int = 0, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
+        if stream is None:
+            # A process started without stderr (a daemon that embeds the library) hears nothing;
+            # print() given None would write to its stdout.
+            stream = sys.stderr or open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - the reporter's for life
+        self.stream = stream
         self.tty = self.stream.isatty()
         self.verbosity = verbosity
         self._last_wait = 0.0

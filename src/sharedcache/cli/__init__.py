@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if sys.stderr is None:
+        # Started with descriptor 2 closed (`2>&-`): messages go nowhere, since print() given
+        # None writes to stdout, where a job reads the path `--use` prints.
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
     verbose = "-v" in argv or "--verbose" in argv
     try:
         options = parse(argv)
