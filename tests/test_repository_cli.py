@@ -595,3 +595,18 @@ def test_python_api_bad_input_is_a_usage_error_of_one_line(dirs, args, kwargs, m
             raise AssertionError("no use may be held")
     assert message in str(caught.value) and "\n" not in str(caught.value)
     assert not (user_dir(dirs[0]) / "repo").exists()
+
+
+def test_a_relative_path_in_a_deleted_directory_is_one_line_naming_it(tmp_path, dirs, tarball):
+    # A job whose working directory was removed under it: getcwd() fails with a bare
+    # "No such file or directory", which named neither the path nor the cause.
+    gone = tmp_path / "gone"
+    for args, path in ((["-d", d(dirs), "file:data.tar.gz", "tar"], "data.tar.gz"),
+                       (["-d", "relative/base", *recipe(tarball)], "relative/base")):
+        gone.mkdir()
+        done = subprocess.run(["sh", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(gone), *SC, "--use",
+                               "--pid", str(os.getpid()), *args],
+                              capture_output=True, text=True, timeout=60, env=sc_env())
+        assert done.returncode == 1 and done.stdout == "", done.stderr
+        assert done.stderr == (f"sc: error: cannot resolve the relative path '{path}': the current directory "
+                               "no longer exists\n")

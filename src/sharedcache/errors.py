@@ -40,6 +40,13 @@ def quoted(text: str) -> str:
     return f"{text[:half] + '…' + text[-half:]!r} ({len(text):,} characters)"
 
 
+def unresolvable(path: str) -> SharedCacheError:
+    """The error for a relative ``path`` given while the current directory no longer exists
+    (``os.getcwd()`` then fails with a bare "No such file or directory" that names nothing)."""
+    return SharedCacheError(f"cannot resolve the relative path {quoted(path)}: the current directory "
+                            "no longer exists")
+
+
 class UsageError(SharedCacheError, ValueError):
     """The caller asked for something malformed: a bad recipe, option, name or size."""
 

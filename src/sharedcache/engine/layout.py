@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import CacheError, UsageError
+from ..errors import CacheError, UsageError, unresolvable
 from . import locks
 from .fsutil import create_exclusive, open_directory, read_control, unique_name, write_atomic
 
@@ -76,7 +76,10 @@ def absolute_path(path: object, what: str) -> str:
     text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
     if not isinstance(text, str):
         raise UsageError(f"{what} must be a path, not {path!r}")
-    return os.path.abspath(text)
+    try:
+        return os.path.abspath(text)
+    except FileNotFoundError:
+        raise unresolvable(text) from None
 
 
 def check_name(name: str) -> str:

@@ -52,7 +52,14 @@ def _absolute_file(word: str) -> str:
     import os  # (loaded already by every caller: this costs a dictionary look-up)
 
     path = os.path.expanduser(word[5:])
-    return word if not path or path.startswith("/") else f"file:{os.getcwd()}/{path}"
+    if not path or path.startswith("/"):
+        return word
+    try:
+        return f"file:{os.getcwd()}/{path}"
+    except FileNotFoundError:
+        from ..errors import unresolvable
+
+        raise unresolvable(path) from None
 
 
 #: The checksum words: with one of them a recipe's bytes are pinned, whatever source gives them.
