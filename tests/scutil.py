@@ -243,11 +243,13 @@ def needs_delayed_allocation(directory: Path) -> None:
 
 
 @contextmanager
-def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` (``mount -o size=``) mounted on the new directory ``mount`` for the
-    block; the calling test is skipped, saying why, where it cannot be mounted (not root)."""
+def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``mount -o size=``), and of at most ``inodes`` inodes if given, mounted
+    on the new directory ``mount`` for the block; the calling test is skipped, saying why, where it
+    cannot be mounted (not root)."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes is not None else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from test_guards import small_fs  # noqa: F401 - the fixture: a 3 MiB tmpfs mounted for the test
 
-from scutil import Sleeper, control, sc, user_dir
+from scutil import Sleeper, control, make_tarball, mounted_tmpfs, sc, user_dir
 
 
 def fill(mount: Path) -> Path:
@@ -103,3 +103,26 @@ def test_a_population_on_a_full_file_system_evicts_kept_data_and_retries(tmp_pat
                        if p.name not in ("more.lock", "more.error"))
         filler.unlink()
         assert sc("gc", "-d", str(small_fs)).returncode == 0
+
+
+def test_a_file_system_out_of_inodes_is_named_as_such(tmp_path):
+    # ENOSPC also means that no inode is left, while df shows free space: a tree of many small
+    # files meets that first on a tmpfs or a disk made with few inodes.  The line says which.
+    archive = tmp_path / "many.tar.gz"
+    make_tarball(archive, {f"d/{i}.txt": b"x" * 100 for i in range(400)})
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "few", "64m", inodes=150) as few:
+        common = ["-d", str(few), "--pid", str(owner.pid), "-n", "many"]
+        failed = sc("--use", *common, f"file:{archive}", "tar")
+        assert failed.returncode == 1
+        line = one_line(failed.stderr)
+        assert "no space left on the device" in line and line.endswith(": no free inodes (see df -i)\n"), line
+        assert list((control(few) / "stage").iterdir()) == []
+        assert not (user_dir(few) / "many").exists()
+        assert os.statvfs(few).f_ffree > 100  # the failed tree gave its inodes back
+    # Out of blocks, with inodes to spare: no word of inodes.
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "small", "1m") as small:
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(2_000_000))
+        failed = sc("--use", "-d", str(small), "--pid", str(owner.pid), f"file:{big}")
+        line = one_line(failed.stderr)
+        assert failed.returncode == 1 and "no space left on the device" in line and "inode" not in line, line

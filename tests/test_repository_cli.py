@@ -610,3 +610,14 @@ def test_a_relative_path_in_a_deleted_directory_is_one_line_naming_it(tmp_path, 
         assert done.returncode == 1 and done.stdout == "", done.stderr
         assert done.stderr == (f"sc: error: cannot resolve the relative path '{path}': the current directory "
                                "no longer exists\n")
+
+
+def test_each_unusable_candidate_directory_is_named_with_its_reason(tmp_path, tarball):
+    # A path that is a file was reported "missing", which sends whoever reads it looking for a
+    # directory that is there, as a file.
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    done = sc("--use", "-d", f"{afile}:{tmp_path / 'absent'}", "--pid", str(os.getpid()), *recipe(tarball))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.endswith(f"no usable candidate directory: {afile} (not a directory), "
+                                f"{tmp_path / 'absent'} (missing)\n"), done.stderr

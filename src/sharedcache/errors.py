@@ -47,6 +47,23 @@ def unresolvable(path: str) -> SharedCacheError:
                             "no longer exists")
 
 
+def full(code: int, path: str) -> str:
+    """What to add to "no space left on the device" for a write under ``path`` that met ``code``
+    (ENOSPC or EDQUOT), where ``df`` would show free space: ENOSPC also means that the file system
+    has no inode left (a tree of many small files), EDQUOT that the user's quota is used up.
+    Asked at once: the failed tree, once removed, gives its inodes back."""
+    import errno
+    import os
+
+    if code == errno.EDQUOT:
+        return ": your disk quota is used up"
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return ""
+    return ": no free inodes (see df -i)" if stats.f_files > 0 and stats.f_ffree == 0 else ""  # 0, 0: no count
+
+
 class UsageError(SharedCacheError, ValueError):
     """The caller asked for something malformed: a bad recipe, option, name or size."""
 

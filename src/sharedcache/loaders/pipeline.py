@@ -62,6 +62,7 @@ from ..errors import (
     ResumeError,
     SizeLimitError,
     UnsafeArchiveError,
+    full,
     quoted,
 )
 from ..sizes import format_size
@@ -134,7 +135,7 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             return
         except OSError as exc:  # sources report their own; these come from writing dest or work
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpaceError(f"no space left on the device for {ctx.what}") from None
+                raise NoSpaceError(f"no space left on the device for {ctx.what}{full(exc.errno, str(dest))}") from None
             why = exc.strerror or str(exc)
             if exc.filename is not None:  # a member's path may be 4 KiB (ENAMETOOLONG) or missing
                 why += f" ({quoted(str(exc.filename))})"

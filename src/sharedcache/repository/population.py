@@ -212,7 +212,8 @@ class Population:
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise NoSpaceError(f"no space left on the device of {self.base.path}") from None
+            path = self.base.path
+            raise NoSpaceError(f"no space left on the device of {path}{errors.full(e.errno, path)}") from None
 
     def _store(self) -> None:
         request = self.request

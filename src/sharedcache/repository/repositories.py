@@ -273,7 +273,8 @@ class Repositories:
                 self._skip(base, e)
                 continue
             return base
-        seen += [f"{b.path} (missing)" for b in self.bases if not os.path.isdir(b.path)]
+        seen += [f"{b.path} ({'not a directory' if os.path.lexists(b.path) else 'missing'})"
+                 for b in self.bases if not os.path.isdir(b.path)]
         if limit is None or not any(s.endswith(" free)") for s in seen):
             raise CacheError(f"repository {name!r}: no usable candidate directory: " + ", ".join(seen))
         raise NoSpaceError(
