@@ -8,9 +8,11 @@ byte at a time, each well within any read timeout (the origin users met).
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from scutil import close_listener, control, finish, needs_delayed_allocation, pending, read_head, sc, sc_start, wait_for
+from scutil import (
+    close_listener,
+    control,
+    finish,
+    needs_delayed_allocation,
+    pending,
+    read_head,
+    sc,
+    sc_start,
+    stop_process,
+    wait_for,
+)
 
 
 class Trickle:
@@ -203,3 +216,62 @@ def test_a_timeout_that_ends_the_retries_says_why_they_were_made(tmp_path):
     assert result.stderr.startswith("sc: error: repository 'refused': timed out after 2 s populating it"), result.stderr
     assert "(the last attempt: " in result.stderr and "Connection refused" in result.stderr, result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def undone(base: Path, name: str) -> None:
+    """Assert that the population of ``name`` in ``base`` left nothing but what a takeover uses."""
+    cache = control(base)
+    assert list((cache / "stage").iterdir()) == [], "the staging tree is left for a sweep"
+    assert not (cache / "populate" / f"{name}.json").exists(), "the status record is left"
+    assert not (cache / "populate" / f"{name}.error").exists(), "an error is recorded for the waiters"
+    assert not (cache / "objects" / name).exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_populator_ended_by_its_job_undoes_itself_then_ends_by_the_signal(tmp_path, trickle, signum):
+    # A batch system ends a job with SIGTERM (a closed terminal sends SIGHUP): the staging tree
+    # stayed until some later store swept it, and a killed download of gigabytes took its space.
+    base = tmp_path / "base"
+    base.mkdir()
+    populator = sc_start("--use", "--speed-limit", "0", "-d", str(base), "-n", "slow", trickle.word())
+    try:
+        wait_for_population(base, "slow", populator)
+        wait_for(lambda: list((control(base) / "stage").iterdir()), what="the staging tree")
+        populator.send_signal(signum)
+        populator.communicate(timeout=30)
+    finally:
+        stop_process(populator)
+    assert populator.returncode == -signum  # ended by the signal, as without the clean-up
+    undone(base, "slow")
+    # What it downloaded is kept for whoever takes over.
+    assert list((control(base) / "populate").glob("slow.work/*/*")), "the partial download is gone"
+
+
+def test_a_job_s_process_group_ended_mid_unpack_leaves_no_tree_and_no_error(tmp_path):
+    # SIGTERM to the job's process group reaches the unpacker's writer process too: the unpack
+    # ends by the signal, not by a failure on the writer's pipe recorded for the waiters.
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w") as tar:
+        for i in range(40_000):
+            member = tarfile.TarInfo(f"f{i}")
+            member.size = 10
+            tar.addfile(member, io.BytesIO(b"0123456789"))
+    base = tmp_path / "base"
+    base.mkdir()
+    populator = sc_start("--use", "-d", str(base), "-n", "many", f"file:{archive}", "tar",
+                         start_new_session=True)
+    try:
+        def unpacking() -> bool:
+            assert populator.poll() is None, "the unpack ended before the signal"
+            return any(len(os.listdir(data)) > 100 for data in (control(base) / "stage").glob("*/data"))
+
+        wait_for(unpacking, what="the unpack under way")
+        os.killpg(populator.pid, signal.SIGTERM)
+        populator.communicate(timeout=30)
+    finally:
+        stop_process(populator)
+    assert populator.returncode == -signal.SIGTERM
+    undone(base, "many")
+    again = sc("--use", "-d", str(base), "-n", "many", "--pid", str(os.getpid()), f"file:{archive}", "tar")
+    assert again.returncode == 0, again.stderr
+    assert len(os.listdir(again.stdout.strip())) == 40_000

@@ -31,12 +31,14 @@ from ..errors import (
     SizeLimitError,
     WaitTimeoutError,
 )
+from ..lean import scoped
 from ..sizes import format_size
 from .bases import conflict
 from .records import read_status, write_record
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from ..engine.fsutil import Seal
@@ -136,6 +138,51 @@ def _raise_recorded_failure(base: Base, name: str, waited_since: float) -> None:
         raise kind(str(record.get("message", f"repository {name!r}: population failed")))
 
 
+class _Ended(BaseException):
+    """A SIGTERM or SIGHUP that came while this process populated (see :func:`_ending_cleanly`);
+    not an Exception, so that no handler of failures takes it for the recipe's."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@scoped
+def _ending_cleanly() -> Iterator[None]:
+    """Have a SIGTERM or SIGHUP that would end the process mid-population (a batch system ending
+    the job, a terminal closed) end it once the population has undone itself, as an interrupt
+    does: its staging tree removed (else it stays until a later store sweeps it), its status
+    record gone, what it downloaded kept for a takeover, no error recorded for its waiters.  The
+    process then ends by that same signal, as it would have.  Only for a signal whose default
+    action is in force, and in the main thread, where Python runs handlers: what an application
+    embedding the library does with its signals stays as it is.  A second such signal ends the
+    process at once."""
+    import signal
+
+    def end(signum: int, _frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        raise _Ended(signum)
+
+    caught = []
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, end)
+                caught.append(signum)
+        except ValueError:  # not the main thread
+            break
+    try:
+        yield
+    except _Ended as ended:
+        signal.signal(ended.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), ended.signum)
+        raise  # the signal is blocked in this thread: it ends the process once unblocked
+    finally:
+        for signum in caught:
+            if signal.getsignal(signum) is end:
+                signal.signal(signum, signal.SIG_DFL)
+
+
 class Population:
     """Step 4: make the repository of ``request`` in ``base``, holding its population lock."""
 
@@ -168,31 +215,32 @@ class Population:
             raise DownloadError(f"offline: repository {name!r} is not here, and "
                                 f"{self.recipe.source.describe()} needs the network")
         self.reporter.info(f"populating {name!r} in {base.path} from {shown_words(request.words)}")
-        try:
+        with _ending_cleanly():
             try:
-                self._attempt()
-            except NoSpaceError as e:
-                # The file system is full: the space kept repositories hold is given back, once.
-                freed = 0 if isinstance(e, SizeLimitError) else cache.evict()
-                if not freed:
-                    raise
-                self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
-                self._attempt()
-        except WaitTimeoutError:
-            raise  # our --timeout, not the recipe's failure: the work stays for a takeover
-        except SharedCacheError as e:
-            e.args = (f"repository {name!r}: {e}",)
-            cache.discard(self.work)
-            record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
-            try:
-                write_record(self.error_path, record, cache.modes.file)
-            except OSError:
-                pass  # no room even for the record: the waiters try for themselves
-            raise
-        finally:
-            self._bar.close()
-            unlink_if_present(self.status_path)
-            self._close_work()
+                try:
+                    self._attempt()
+                except NoSpaceError as e:
+                    # The file system is full: the space kept repositories hold is given back, once.
+                    freed = 0 if isinstance(e, SizeLimitError) else cache.evict()
+                    if not freed:
+                        raise
+                    self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
+                    self._attempt()
+            except WaitTimeoutError:
+                raise  # our --timeout, not the recipe's failure: the work stays for a takeover
+            except SharedCacheError as e:
+                e.args = (f"repository {name!r}: {e}",)
+                cache.discard(self.work)
+                record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
+                try:
+                    write_record(self.error_path, record, cache.modes.file)
+                except OSError:
+                    pass  # no room even for the record: the waiters try for themselves
+                raise
+            finally:
+                self._bar.close()
+                unlink_if_present(self.status_path)
+                self._close_work()
         cache.discard(self.work)
         unlink_if_present(self.error_path)
         lease = cache.lease_of(name, owner)
