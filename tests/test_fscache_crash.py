@@ -11,7 +11,10 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -313,3 +316,43 @@ def test_concurrent_stores_never_exceed_the_budget(root: Path, children: Childre
     assert len(cache.entries()) < 160  # eviction happened
     assert cache.gc().accounting_fixed == 0
     assert_consistent(root)
+
+
+def test_a_sweep_keeps_no_one_from_staging_while_it_deletes_a_killed_store_s_tree(root: Path) -> None:
+    # A store killed mid-fill leaves its tree in stage/; the next store sweeps it.  The sweep holds
+    # stage.lock exclusively, which every store needs to create its staging directory: it deleted
+    # the tree under that lock, so a tree of many files held every other store back that long.
+    files = 30_000
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from sharedcache import FsCache\n"
+        "with FsCache(sys.argv[1]).store('killed') as data:\n"
+        "    for i in range(int(sys.argv[2])):\n"
+        "        open(os.path.join(data, str(i)), 'w').close()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"), str(root), str(files)], timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    (abandoned,) = (root / "stage").iterdir()
+
+    def left() -> int:  # the killed store's files not deleted yet, wherever they are
+        trees = [abandoned / "data", *(tree / "data" for tree in (root / "trash").iterdir())]
+        return sum(len(os.listdir(tree)) for tree in trees if tree.is_dir())
+
+    sweeper = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom sharedcache import FsCache\n"
+        "with FsCache(sys.argv[1]).store('next') as data:\n    (data / 'f').write_text('x')\n"), str(root)])
+    try:
+        # The sweep has begun once the tree has moved or lost files.
+        deadline = time.monotonic() + 60
+        while abandoned.exists() and left() == files:
+            assert sweeper.poll() is None and time.monotonic() < deadline, "the sweep never began"
+            time.sleep(0.001)
+        with FsCache(root).stage():
+            during = left()
+        assert sweeper.wait(60) == 0
+    finally:
+        if sweeper.poll() is None:
+            sweeper.kill()
+            sweeper.wait(10)
+    assert during > 0, "staging waited for the whole deletion"
+    assert left() == 0 and list((root / "stage").iterdir()) == []
+    assert "next" in FsCache(root)

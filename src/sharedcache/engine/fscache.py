@@ -77,9 +77,11 @@ Store (``store(name)``)
    ``objects/<name>`` (a leftover there without a marker is moved to ``trash/`` first), and
    commit the transaction.  Release the lock.
 
-A crash in steps 1-3 leaves a staging directory whose lock is free: gc removes it.  A crash in
-step 4-5 before the transaction commits rolls the index back; the directory may already be in
-``objects/``: a committed entry without its row, adopted by gc or the next store of the name.
+A crash in steps 1-3 leaves a staging directory whose lock is free: gc and the next store remove
+it (under ``stage.lock`` taken exclusively without waiting, they move it into the trash, and delete
+it with the trash once the lock is released).  A crash in step 4-5 before the transaction commits
+rolls the index back; the directory may already be in ``objects/``: a committed entry without its
+row, adopted by gc or the next store of the name.
 
 Load (``load(name)``) and hold (``hold(name, owner)``)
 -------------------------------------------------------
@@ -1071,24 +1073,31 @@ class FsCache:
             return locks.open_lock_file(path, mode=self.modes.file)
 
     def _sweep(self) -> int:
-        """Remove the staging directories of dead processes, if nobody is creating one now."""
+        """Remove the staging directories of dead processes, if nobody is creating one now.
+
+        Under ``stage.lock`` they are only moved into the trash, then deleted with it once the
+        lock is released: a killed population may leave a million files, and every store waits
+        for ``stage.lock`` to create its staging directory."""
         guard = self._stage_guard()
         try:
             if not locks.try_lock(guard, locks.EXCLUSIVE):
                 return 0
             removed = 0
-            stages = self._open_own("stage")
+            stages, trash = self._open_own(STAGE), self._open_own(TRASH)
             try:
                 for stage in os.listdir(stages):
-                    removed += self._remove_if_abandoned(stages, stage)
+                    removed += self._trash_if_abandoned(stages, stage, trash)
             finally:
                 os.close(stages)
-            return removed
+                os.close(trash)
         finally:
             os.close(guard)
+        if removed:
+            self._empty_trash()
+        return removed
 
     @staticmethod
-    def _remove_if_abandoned(stages: int, stage: str) -> int:
+    def _trash_if_abandoned(stages: int, stage: str, trash: int) -> int:
         try:
             fd = os.open(f"{stage}/lock", _OPEN_FLAGS, dir_fd=stages)
         except OSError:
@@ -1096,10 +1105,12 @@ class FsCache:
         try:
             if fd is not None and not locks.try_lock(fd, locks.EXCLUSIVE):
                 return 0
-            remove_tree(stage, dir_fd=stages)
+            os.rename(stage, unique_name(), src_dir_fd=stages, dst_dir_fd=trash)
             return 1
+        except FileNotFoundError:
+            return 0  # committed or removed by its owner since the listing (no stage is made now)
         except PermissionError:
-            return 0  # another member's: only that member (or root) can delete it
+            return 0  # another member's: only that member (or root) can move or delete it
         finally:
             if fd is not None:
                 os.close(fd)
