@@ -175,7 +175,7 @@ def test_timeout_bounds_the_command_s_own_population(tmp_path, trickle):
     result = sc("--use", "--timeout", "2", *args)
     assert time.monotonic() - started < 20
     assert result.returncode == 1 and result.stderr.startswith("sc: ") and "timed out" in result.stderr
-    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.count("timed out after") == 1, result.stderr
     assert not (control(base) / "objects" / "slow").exists()
     # Not the recipe's failure: no error record answers the next user.
     assert not (control(base) / "populate" / "slow.error").exists()
@@ -275,3 +275,16 @@ def test_a_job_s_process_group_ended_mid_unpack_leaves_no_tree_and_no_error(tmp_
     again = sc("--use", "-d", str(base), "-n", "many", "--pid", str(os.getpid()), f"file:{archive}", "tar")
     assert again.returncode == 0, again.stderr
     assert len(os.listdir(again.stdout.strip())) == 40_000
+
+
+def test_a_deadline_met_while_data_flows_is_said_once(tmp_path):
+    # Past the deadline the progress callback gave up with the population's own error, which the
+    # population then wrapped in itself: the line said "timed out after 0 s ..." twice.
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(100_000))
+    base = tmp_path / "base"
+    base.mkdir()
+    result = sc("--use", "--timeout", "0", "-d", str(base), "-n", "late", "--pid", str(os.getpid()), f"file:{source}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("sc: error: repository 'late': timed out after 0 s populating it")
+    assert result.stderr.count("timed out after") == 1 and len(result.stderr.splitlines()) == 1, result.stderr

@@ -293,14 +293,15 @@ class Population:
         self._done = done
         request = self.request
         if request.deadline is not None and time.monotonic() > request.deadline:
-            raise self._timed_out()
+            raise WaitTimeoutError  # said by fill(), which has nothing to add to it
         if time.monotonic() - self._last_write >= 0.5:
             self._last_write = time.monotonic()
             self.status.update(done=done, total=total)
             write_record(self.status_path, self.status, self.base.cache().modes.file)
 
-    def _timed_out(self, cause: str | None = None) -> WaitTimeoutError:
-        """The deadline's error; ``cause`` is what the recipe was waiting for when it struck."""
+    def _timed_out(self, cause: str) -> WaitTimeoutError:
+        """The deadline's error; ``cause`` is what the recipe was waiting for when it struck
+        (empty when it was making progress)."""
         request = self.request
         return WaitTimeoutError(
             f"repository {request.name!r}: timed out after {request.timeout:g} s populating it in "
