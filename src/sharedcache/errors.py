@@ -47,7 +47,7 @@ def unresolvable(path: str) -> SharedCacheError:
                             "no longer exists")
 
 
-def full(code: int, path: str) -> str:
+def why_full(code: int, path: str) -> str:
     """What to add to "no space left on the device" for a write under ``path`` that met ``code``
     (ENOSPC or EDQUOT), where ``df`` would show free space: ENOSPC also means that the file system
     has no inode left (a tree of many small files), EDQUOT that the user's quota is used up.

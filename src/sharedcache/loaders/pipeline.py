@@ -62,8 +62,8 @@ from ..errors import (
     ResumeError,
     SizeLimitError,
     UnsafeArchiveError,
-    full,
     quoted,
+    why_full,
 )
 from ..sizes import format_size
 from .protocol import Context, Sealing
@@ -135,7 +135,8 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             return
         except OSError as exc:  # sources report their own; these come from writing dest or work
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpaceError(f"no space left on the device for {ctx.what}{full(exc.errno, str(dest))}") from None
+                why = why_full(exc.errno, str(dest))
+                raise NoSpaceError(f"no space left on the device for {ctx.what}{why}") from None
             why = exc.strerror or str(exc)
             if exc.filename is not None:  # a member's path may be 4 KiB (ENAMETOOLONG) or missing
                 why += f" ({quoted(str(exc.filename))})"

@@ -261,7 +261,7 @@ class Population:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             path = self.base.path
-            raise NoSpaceError(f"no space left on the device of {path}{errors.full(e.errno, path)}") from None
+            raise NoSpaceError(f"no space left on the device of {path}{errors.why_full(e.errno, path)}") from None
 
     def _store(self) -> None:
         request = self.request
