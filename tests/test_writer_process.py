@@ -294,3 +294,76 @@ def test_a_program_that_ignores_sigchld_gets_its_tree(tmp_path: Path) -> None:
     expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
     assert ("tree", _tree(dest)) == expected
 
+
+
+INTERRUPTED = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    try:
+        with open({read_end}, "rb") as archive:
+            extract_tar(archive, Path({dest!r}), Context(work=Path({work!r}), what="piped.tar"))
+    except KeyboardInterrupt:
+        print("interrupted")
+    else:
+        print("unpacked")
+""")
+
+
+def pipes_of(pid: int) -> int:
+    """How many pipes process ``pid`` has open, besides its standard streams."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            count += int(fd) > 2 and os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+    return count
+
+
+def test_an_interrupt_while_the_parent_waits_for_the_child_s_answer_still_stops_the_child(tmp_path: Path) -> None:
+    # The parent has sent everything and closed the command pipe; a signal's exception (Ctrl-C, a
+    # job's end) cuts into its wait for the answer.  The clean-up stopped the child again from
+    # the start: it closed the command pipe a second time (EBADF, or a descriptor opened since)
+    # and failed with "Bad file descriptor" instead of the interrupt, without waiting for the child.
+    dest, work = tmp_path / "dest", tmp_path / "work"
+    dest.mkdir()
+    work.mkdir()
+    read_end, write_end = os.pipe()
+    script = INTERRUPTED.format(src=SRC, read_end=read_end, dest=str(dest), work=str(work))
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, pass_fds=[read_end])
+    os.close(read_end)
+    child = None
+    try:
+        data = tar(*[(f"f{i}", b"data\n" * 400, tarfile.REGTYPE) for i in range(500)])  # past one read
+        os.write(write_end, data[:-2048])  # the reader waits for whole buffers: all but the end
+        wait_for(lambda: len(children_of(parent.pid)) == 1, 30, "the writer process")
+        child = children_of(parent.pid)[0]
+        os.kill(child, signal.SIGSTOP)  # it answers only once continued
+        os.write(write_end, data[-2048:])
+        os.close(write_end)
+        write_end = -1
+
+        def waiting_for_the_answer() -> bool:  # the command pipe closed: the input's and the answer's left
+            with open(f"/proc/{parent.pid}/wchan") as wchan:
+                return pipes_of(parent.pid) == 2 and "pipe_read" in wchan.read()
+
+        wait_for(waiting_for_the_answer, 30, "the parent waiting for the child's answer")
+        parent.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # the interrupt is handled; the parent is waiting again, for good this time
+        os.kill(child, signal.SIGCONT)
+        out, err = parent.communicate(timeout=30)
+        assert (parent.returncode, out) == (0, "interrupted\n"), err
+        wait_for(lambda: ended(child), 30, "the end of the child")
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=30)

@@ -106,6 +106,8 @@ class WriterProcess:
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
         self._outcome: _Outcome | None = None
+        self._answer: list[bytes] = []  # what the child has answered so far (see _stop)
+        self._status: int | None = None  # its exit status, once waited for
         # Loaded here, before the fork, so that the child loads no module (nor does an unpack
         # that never forks: these two cost a few milliseconds).
         import pickle  # noqa: F401
@@ -224,21 +226,29 @@ class WriterProcess:
 
     def _stop(self) -> _Outcome:
         """Close the command pipe, wait for the child's answer and its exit; what it answered
-        (stopped, if it could not: then the failure says why)."""
+        (stopped, if it could not: then the failure says why).  A signal's exception (an
+        interrupt, a job's end) may cut in at any step; :meth:`abandon` then calls this again,
+        which goes on from that step: a descriptor closed twice could be one opened meanwhile."""
         if self._outcome is None:
-            os.close(self._commands)
-            chunks = []
-            while chunk := os.read(self._results, 1 << 16):
-                chunks.append(chunk)
-            os.close(self._results)
-            try:
-                _, status = os.waitpid(self._pid, 0)
-            except ChildProcessError:  # reaped already: the process ignores SIGCHLD
-                status = 0
-            if chunks:
+            if self._commands >= 0:
+                os.close(self._commands)
+                self._commands = -1
+            while self._results >= 0:
+                if chunk := os.read(self._results, 1 << 16):
+                    self._answer.append(chunk)
+                else:
+                    os.close(self._results)
+                    self._results = -1
+            if self._status is None:
+                try:
+                    self._status = os.waitpid(self._pid, 0)[1]
+                except ChildProcessError:  # reaped already: the process ignores SIGCHLD
+                    self._status = 0
+            status = self._status
+            if self._answer:
                 import pickle
 
-                self._outcome = pickle.loads(b"".join(chunks))
+                self._outcome = pickle.loads(b"".join(self._answer))
             elif os.WIFSIGNALED(status):
                 self._outcome = (_STOPPED, LoaderError(
                     f"cannot unpack {self._what}: its writer process was killed by signal {os.WTERMSIG(status)}"), None)
