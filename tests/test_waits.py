@@ -28,6 +28,7 @@ from scutil import (
     pending,
     read_head,
     sc,
+    sc_env,
     sc_start,
     stop_process,
     wait_for,
@@ -36,10 +37,12 @@ from scutil import (
 
 class Trickle:
     """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, one every ``interval`` s;
-    ``headers``: whether it answers at all (else it reads the request and stays silent)."""
+    ``headers``: whether it answers at all (else it reads the request and stays silent);
+    ``slow_head``: whether it sends its head the same way, never ending it."""
 
-    def __init__(self, length: int = 100_000, interval: float = 0.2, headers: bool = True) -> None:
-        self.length, self.interval, self.headers = length, interval, headers
+    def __init__(self, length: int = 100_000, interval: float = 0.2, headers: bool = True,
+                 slow_head: bool = False) -> None:
+        self.length, self.interval, self.headers, self.slow_head = length, interval, headers, slow_head
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -67,6 +70,11 @@ class Trickle:
             try:
                 if not self.headers:
                     self._stop.wait(120)
+                    return
+                if self.slow_head:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    while not self._stop.wait(self.interval):
+                        conn.sendall(b"x")
                     return
                 conn.sendall(head.encode())
                 for _ in range(self.length):
@@ -288,3 +296,29 @@ def test_a_deadline_met_while_data_flows_is_said_once(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("sc: error: repository 'late': timed out after 0 s populating it")
     assert result.stderr.count("timed out after") == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_an_answer_whose_head_never_ends_is_bounded(tmp_path):
+    # Each byte of the head came within the read timeout, which bounds each wait for bytes; the
+    # speed limit counts a body's bytes only: the request waited for ever, past --timeout too.
+    server = Trickle(interval=0.2, slow_head=True)
+    try:
+        base = tmp_path / "base"
+        base.mkdir()
+        started = time.monotonic()
+        bounded = sc("--use", "--timeout", "2", "-d", str(base), "-n", "head", server.word())
+        assert time.monotonic() - started < 2 + 5
+        assert bounded.returncode == 1 and len(bounded.stderr.splitlines()) == 1, bounded.stderr
+        assert bounded.stderr.startswith("sc: error: repository 'head': timed out after 2 s populating it")
+        assert "(the last attempt: Read timed out." in bounded.stderr, bounded.stderr
+        # Without a deadline, the read timeout bounds the head as a whole, and the retries apply.
+        config = tmp_path / "config"
+        config.write_text("read_timeout = 1\nretries = 1\n")
+        started = time.monotonic()
+        failed = sc("--use", "-d", str(base), "-n", "head", server.word(), env=sc_env(SC_CONFIG=str(config)))
+        assert time.monotonic() - started < 2 * 1 + 5
+        assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1, failed.stderr
+        assert "cannot download" in failed.stderr and "Read timed out." in failed.stderr, failed.stderr
+        assert "(after 2 attempts)" in failed.stderr
+    finally:
+        server.stop()

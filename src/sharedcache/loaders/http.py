@@ -38,6 +38,7 @@ managers).  Every retry and every fail-over is told to ``ctx.notice`` with its r
 from __future__ import annotations
 
 import contextlib
+import math
 import posixpath
 import re
 import threading
@@ -338,6 +339,8 @@ class _HttpStream(SourceStream):
         import urllib3
 
         configured = pool.connection_pool_kw.get("timeout") or urllib3.Timeout()
+
+        left = math.ceil(left * 100) / 100  # (shown in urllib3's messages: "read timeout=2.88")
 
         def shortened(seconds: object) -> float:
             return min(seconds, left) if isinstance(seconds, (int, float)) else left

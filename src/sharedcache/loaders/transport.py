@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config.settings import DIRECT, FetchPolicy, proxy_url
 from ..errors import ConfigError, DownloadError, SettingError
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     import urllib3
+    from urllib3.connection import HTTPConnection
+
+_Connection = TypeVar("_Connection", bound="HTTPConnection")
 
 #: Seconds a member of a route that has a successor may take to connect before we fail over.
 FAIL_OVER_CONNECT_TIMEOUT = 5.0
@@ -162,26 +165,83 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
             proxy_headers = urllib3.make_headers(proxy_basic_auth=credentials)
         address = parts.netloc.rpartition("@")[2]
         manager = urllib3.ProxyManager(f"{parts.scheme}://{address}", proxy_headers=proxy_headers, **common)
-    if tls.context is not None:
-        # The pools of TLS connections (to an https:// origin, or to an HTTPS proxy) get the
-        # context when the first is made; plain-HTTP pools never ask for it.
-        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme,
-                                          "https": _https_pool_class(tls.context)}
+    manager.pool_classes_by_scheme = {"http": _http_pool_class(), "https": _https_pool_class(tls.context)}
     return manager
 
 
-def _https_pool_class(context: Callable[[], ssl.SSLContext | None]) -> type[urllib3.HTTPSConnectionPool]:
-    """urllib3's HTTPS pool, with the ``ssl_context`` that ``context()`` makes (if not None)."""
+def _http_pool_class() -> type[urllib3.HTTPConnectionPool]:
+    """urllib3's HTTP pool, of connections whose answers' heads are bounded (:func:`_bounded_head`)."""
     import urllib3
+    from urllib3.connection import HTTPConnection
+
+    class HTTPConnectionPool(urllib3.HTTPConnectionPool):
+        ConnectionCls = _bounded_head(HTTPConnection)
+
+    return HTTPConnectionPool
+
+
+def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None) -> type[urllib3.HTTPSConnectionPool]:
+    """urllib3's HTTPS pool, of connections whose answers' heads are bounded, with the
+    ``ssl_context`` that ``context()`` makes (if not None) when the first is made: plain-HTTP
+    pools never ask for it."""
+    import urllib3
+    from urllib3.connection import HTTPSConnection
 
     class HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = _bounded_head(HTTPSConnection)
+
         def __init__(self, host: str, port: int | None = None, **options: Any) -> None:
-            made = context()
+            made = context() if context is not None else None
             if made is not None:
                 options.setdefault("ssl_context", made)
             super().__init__(host, port, **options)
 
     return HTTPSConnectionPool
+
+
+def _bounded_head(connection: type[_Connection]) -> type[_Connection]:
+    """urllib3's ``connection`` class, on which the head of an answer (its status line and
+    headers) must come within one read timeout in all.  The read timeout bounds each wait for
+    bytes, so a server (or a proxy) that sends its head a byte at a time, each within it, held
+    a request for ever, past ``--timeout`` too, whose deadline shortens the read timeout: the
+    speed limit counts the bytes of a body only.  When the time is up the connection is shut
+    down, and the request fails as a read that timed out (and is retried as one)."""
+    import socket
+
+    base: Any = connection  # mypy takes no variable for a base class
+
+    class Connection(base):  # type: ignore[misc]  # (whose type it then cannot know)
+        def getresponse(self) -> Any:
+            limit = self.timeout  # the read timeout of this request, set by the pool
+            if not isinstance(limit, (int, float)):
+                return super().getresponse()
+            sock, late = self.sock, threading.Event()
+
+            def cut() -> None:
+                late.set()
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed meanwhile
+
+            timer = threading.Timer(limit, cut)
+            timer.daemon = True
+            timer.start()
+            response = None
+            try:
+                response = super().getresponse()
+            except BaseException:
+                if not late.is_set():
+                    raise
+            finally:
+                timer.cancel()
+            if late.is_set():
+                if response is not None:  # a head cut short may parse: what follows is no body of it
+                    response.close()
+                raise TimeoutError(f"the head of the answer took more than {limit:g} s")
+            return response
+
+    return Connection
 
 
 class Transport:
