@@ -322,3 +322,20 @@ def test_an_answer_whose_head_never_ends_is_bounded(tmp_path):
         assert "(after 2 attempts)" in failed.stderr
     finally:
         server.stop()
+
+
+def test_a_proxy_whose_answer_to_connect_never_ends_is_bounded(tmp_path):
+    # The tunnel to an https:// origin begins with the proxy's answer to CONNECT, read while
+    # connecting: sent a byte at a time, it held the connection for ever, past --timeout too.
+    proxy = Trickle(interval=0.2, slow_head=True)
+    try:
+        base = tmp_path / "base"
+        base.mkdir()
+        started = time.monotonic()
+        result = sc("--use", "--timeout", "2", "--proxy", f"http://127.0.0.1:{proxy.port}", "-d", str(base),
+                    "-n", "tunnel", "http:https://origin.invalid/data.bin")
+        assert time.monotonic() - started < 2 + 5
+        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("sc: error: repository 'tunnel': timed out after 2 s populating it")
+    finally:
+        proxy.stop()

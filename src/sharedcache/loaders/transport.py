@@ -200,46 +200,60 @@ def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None) -> ty
 
 
 def _bounded_head(connection: type[_Connection]) -> type[_Connection]:
-    """urllib3's ``connection`` class, on which the head of an answer (its status line and
-    headers) must come within one read timeout in all.  The read timeout bounds each wait for
-    bytes, so a server (or a proxy) that sends its head a byte at a time, each within it, held
-    a request for ever, past ``--timeout`` too, whose deadline shortens the read timeout: the
-    speed limit counts the bytes of a body only.  When the time is up the connection is shut
-    down, and the request fails as a read that timed out (and is retried as one)."""
+    """urllib3's ``connection`` class, on which the steps of a request that read a peer's
+    words in several pieces each end within their timeout in all: the connection (a proxy's
+    answer to ``CONNECT``, the TLS handshake) within the connect timeout, the head of an answer
+    (its status line and headers) within the read timeout.  The timeouts bound each wait for
+    bytes, so a server or proxy that sent a byte at a time, each within them, held a request
+    for ever, past ``--timeout`` too, whose deadline shortens them; the speed limit counts a
+    body's bytes only.  When the time is up the connection is shut down, and the step fails as
+    one that timed out (and is retried as such)."""
     import socket
 
     base: Any = connection  # mypy takes no variable for a base class
 
     class Connection(base):  # type: ignore[misc]  # (whose type it then cannot know)
+        def connect(self) -> None:
+            self._within(super().connect, "connecting")
+
         def getresponse(self) -> Any:
-            limit = self.timeout  # the read timeout of this request, set by the pool
+            return self._within(super().getresponse, "the head of the answer")
+
+        def _within(self, step: Callable[[], Any], what: str) -> Any:
+            limit = self.timeout  # the step's timeout, set by the pool
             if not isinstance(limit, (int, float)):
-                return super().getresponse()
-            sock, late = self.sock, threading.Event()
+                return step()
+            done, late = threading.Event(), threading.Event()
 
             def cut() -> None:
-                late.set()
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # closed meanwhile
+                while not done.is_set():
+                    # No socket yet: the TCP connection, bounded by its own timeout, is being made.
+                    if self.sock is not None:
+                        late.set()
+                        try:
+                            self.sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass  # closed meanwhile
+                        return
+                    done.wait(0.05)
 
             timer = threading.Timer(limit, cut)
             timer.daemon = True
             timer.start()
-            response = None
+            result = None
             try:
-                response = super().getresponse()
+                result = step()
             except BaseException:
                 if not late.is_set():
                     raise
             finally:
+                done.set()
                 timer.cancel()
             if late.is_set():
-                if response is not None:  # a head cut short may parse: what follows is no body of it
-                    response.close()
-                raise TimeoutError(f"the head of the answer took more than {limit:g} s")
-            return response
+                if result is not None:  # a head cut short may parse: what follows is no body of it
+                    result.close()
+                raise TimeoutError(f"{what} took more than {limit:g} s")
+            return result
 
     return Connection
 
