@@ -298,44 +298,46 @@ def test_a_deadline_met_while_data_flows_is_said_once(tmp_path):
     assert result.stderr.count("timed out after") == 1 and len(result.stderr.splitlines()) == 1, result.stderr
 
 
-def test_an_answer_whose_head_never_ends_is_bounded(tmp_path):
-    # Each byte of the head came within the read timeout, which bounds each wait for bytes; the
-    # speed limit counts a body's bytes only: the request waited for ever, past --timeout too.
+@pytest.fixture
+def slow_head() -> Iterator[Trickle]:
+    """A server (or proxy) that sends the head of its answer a byte at a time, never ending it."""
     server = Trickle(interval=0.2, slow_head=True)
     try:
-        base = tmp_path / "base"
-        base.mkdir()
-        started = time.monotonic()
-        bounded = sc("--use", "--timeout", "2", "-d", str(base), "-n", "head", server.word())
-        assert time.monotonic() - started < 2 + 5
-        assert bounded.returncode == 1 and len(bounded.stderr.splitlines()) == 1, bounded.stderr
-        assert bounded.stderr.startswith("sc: error: repository 'head': timed out after 2 s populating it")
-        assert "(the last attempt: Read timed out." in bounded.stderr, bounded.stderr
-        # Without a deadline, the read timeout bounds the head as a whole, and the retries apply.
-        config = tmp_path / "config"
-        config.write_text("read_timeout = 1\nretries = 1\n")
-        started = time.monotonic()
-        failed = sc("--use", "-d", str(base), "-n", "head", server.word(), env=sc_env(SC_CONFIG=str(config)))
-        assert time.monotonic() - started < 2 * 1 + 5
-        assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1, failed.stderr
-        assert "cannot download" in failed.stderr and "Read timed out." in failed.stderr, failed.stderr
-        assert "(after 2 attempts)" in failed.stderr
+        yield server
     finally:
         server.stop()
 
 
-def test_a_proxy_whose_answer_to_connect_never_ends_is_bounded(tmp_path):
+def failed_on_time(limit: float, *args: str, env: dict[str, str] | None = None) -> str:
+    """The one line of ``sc ARGS``, which must fail within ``limit`` seconds (and a margin)."""
+    started = time.monotonic()
+    result = sc(*args, env=env)
+    assert time.monotonic() - started < limit + 5
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+def test_an_answer_whose_head_never_ends_is_bounded(tmp_path, slow_head):
+    # Each byte of the head came within the read timeout, which bounds each wait for bytes; the
+    # speed limit counts a body's bytes only: the request waited for ever, past --timeout too.
+    base = tmp_path / "base"
+    base.mkdir()
+    line = failed_on_time(2, "--use", "--timeout", "2", "-d", str(base), "-n", "head", slow_head.word())
+    assert line.startswith("sc: error: repository 'head': timed out after 2 s populating it")
+    assert "(the last attempt: Read timed out." in line, line
+    # Without a deadline, the read timeout bounds the head as a whole, and the retries apply.
+    config = tmp_path / "config"
+    config.write_text("read_timeout = 1\nretries = 1\n")
+    line = failed_on_time(2 * 1, "--use", "-d", str(base), "-n", "head", slow_head.word(),
+                          env=sc_env(SC_CONFIG=str(config)))
+    assert "cannot download" in line and "Read timed out." in line and "(after 2 attempts)" in line, line
+
+
+def test_a_proxy_whose_answer_to_connect_never_ends_is_bounded(tmp_path, slow_head):
     # The tunnel to an https:// origin begins with the proxy's answer to CONNECT, read while
     # connecting: sent a byte at a time, it held the connection for ever, past --timeout too.
-    proxy = Trickle(interval=0.2, slow_head=True)
-    try:
-        base = tmp_path / "base"
-        base.mkdir()
-        started = time.monotonic()
-        result = sc("--use", "--timeout", "2", "--proxy", f"http://127.0.0.1:{proxy.port}", "-d", str(base),
-                    "-n", "tunnel", "http:https://origin.invalid/data.bin")
-        assert time.monotonic() - started < 2 + 5
-        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
-        assert result.stderr.startswith("sc: error: repository 'tunnel': timed out after 2 s populating it")
-    finally:
-        proxy.stop()
+    base = tmp_path / "base"
+    base.mkdir()
+    line = failed_on_time(2, "--use", "--timeout", "2", "--proxy", f"http://127.0.0.1:{slow_head.port}",
+                          "-d", str(base), "-n", "tunnel", "http:https://origin.invalid/data.bin")
+    assert line.startswith("sc: error: repository 'tunnel': timed out after 2 s populating it"), line
