@@ -24,7 +24,9 @@ one attempt of the retry policy, and the next attempt starts again from the firs
 may be back).
 
 Every pool manager is built by :func:`pool_manager`, which takes the TLS and authentication
-options (:class:`TlsOptions`): the one place where connections are configured.
+options (:class:`TlsOptions`): the one place where connections are configured.  Its connections
+bound, in all, the steps that read a peer's words in pieces (:func:`_bounded_steps`): a timeout
+bounds each wait for bytes only.
 """
 
 from __future__ import annotations
@@ -170,25 +172,25 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
 
 
 def _http_pool_class() -> type[urllib3.HTTPConnectionPool]:
-    """urllib3's HTTP pool, of connections whose answers' heads are bounded (:func:`_bounded_head`)."""
+    """urllib3's HTTP pool, of connections bounded in time as :func:`_bounded_steps` says."""
     import urllib3
     from urllib3.connection import HTTPConnection
 
     class HTTPConnectionPool(urllib3.HTTPConnectionPool):
-        ConnectionCls = _bounded_head(HTTPConnection)
+        ConnectionCls = _bounded_steps(HTTPConnection)
 
     return HTTPConnectionPool
 
 
 def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None) -> type[urllib3.HTTPSConnectionPool]:
-    """urllib3's HTTPS pool, of connections whose answers' heads are bounded, with the
-    ``ssl_context`` that ``context()`` makes (if not None) when the first is made: plain-HTTP
+    """urllib3's HTTPS pool, of connections bounded in time as :func:`_bounded_steps` says, with
+    the ``ssl_context`` that ``context()`` makes (if not None) when the first is made: plain-HTTP
     pools never ask for it."""
     import urllib3
     from urllib3.connection import HTTPSConnection
 
     class HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
-        ConnectionCls = _bounded_head(HTTPSConnection)
+        ConnectionCls = _bounded_steps(HTTPSConnection)
 
         def __init__(self, host: str, port: int | None = None, **options: Any) -> None:
             made = context() if context is not None else None
@@ -199,7 +201,7 @@ def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None) -> ty
     return HTTPSConnectionPool
 
 
-def _bounded_head(connection: type[_Connection]) -> type[_Connection]:
+def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
     """urllib3's ``connection`` class, on which the steps of a request that read a peer's
     words in several pieces each end within their timeout in all: the connection (a proxy's
     answer to ``CONNECT``, the TLS handshake) within the connect timeout, the head of an answer
