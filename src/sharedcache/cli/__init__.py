@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as e:  # stdout written at once (PYTHONUNBUFFERED), its reader gone
+        print(f"sc: error: cannot write the output: {e.strerror}", file=sys.stderr)
+        return 1
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         print(f"sc: error: {e.strerror or e}{where}", file=sys.stderr)
