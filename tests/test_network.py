@@ -487,3 +487,13 @@ def test_a_group_of_the_chain_is_tried_in_random_order():
     seen = {tuple(route("http://h/x", fetch, {})) for _ in range(200)}
     assert len(seen) == 6 and all(r[-1] == "DIRECT" and sorted(r[:3]) == ["http://a:1", "http://b:1", "http://c:1"]
                                   for r in seen)
+
+
+def test_the_back_off_of_a_late_retry_is_its_ceiling():
+    # 2.0 ** attempt overflows a float past attempt 1023: a policy of thousands of retries (a
+    # "retry for ever" site) met an OverflowError, an internal error, after hours of them.
+    from sharedcache.config.settings import FetchPolicy
+
+    policy = FetchPolicy(retries=100_000, backoff=0.25, backoff_max=60)
+    assert [policy.delay(attempt) for attempt in (0, 1, 2)] == [0.25, 0.5, 1.0]
+    assert policy.delay(8) == 60 and policy.delay(1024) == 60 and policy.delay(99_999) == 60

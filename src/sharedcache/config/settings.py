@@ -279,7 +279,8 @@ class FetchPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry ``attempt`` (0 for the first)."""
-        return min(self.backoff * 2.0**attempt, self.backoff_max)
+        # Past 2**1023 a float overflows: a policy of thousands of retries met it after hours.
+        return min(self.backoff * 2.0 ** min(attempt, 64), self.backoff_max)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FetchPolicy) and self._fields() == other._fields()
