@@ -191,3 +191,59 @@ def test_a_members_garbled_population_record_fails_nobody_else(shared, python):
         finally:
             bob.kill()
             bob.wait(10)
+
+
+_HUGE_FAILURE = """
+import fcntl, json, os, sys, time
+populate = sys.argv[1]
+fd = os.open(os.path.join(populate, "x.lock"), os.O_RDWR | os.O_CREAT, 0o660)
+fcntl.flock(fd, fcntl.LOCK_EX)
+with open(os.path.join(populate, "x.error"), "w") as record:
+    json.dump({"time": time.time() + 3600, "error": "DownloadError",
+               "message": "A" * 30000 + "\\x1b[2J" + "Z" * 30000}, record)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_members_recorded_failure_reaches_the_waiters_as_one_short_line(shared, python):
+    # A population's failure is recorded for its waiters, in a file any member may write: one of
+    # 64 KiB became a line of 64 KiB on each waiter's terminal.
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    group = ["--group", str(GROUP), "-d", str(base)]
+    interpreter, env = python
+    tarball = shared / "data.tar.gz"
+    md5 = make_tarball(tarball, FILES)
+    with Sleeper() as alice_job:
+        made = as_user(python, ALICE, "--use", *group, "-n", "first", "--pid", str(alice_job.pid),
+                       f"file:{tarball}", f"md5:{md5}", "tar")
+        assert made.returncode == 0, made.stderr
+        populate = base / f".shared-cache-g{GROUP}" / "populate"
+        bob = subprocess.Popen([interpreter, "-c", _HUGE_FAILURE, str(populate)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, env=env, user=BOB, group=GROUP,
+                               extra_groups=[GROUP])
+        alice = None
+        try:
+            assert bob.stdout is not None and select.select([bob.stdout], [], [], 30)[0], "bob never got ready"
+            assert bob.stdout.readline() == "ready\n"
+            alice = subprocess.Popen([interpreter, "-m", "sharedcache", "--use", *group, "-n", "x", "-v",
+                                      "--pid", str(alice_job.pid), "file:/nonexistent"],
+                                     stderr=subprocess.PIPE, text=True, env=env, user=ALICE, group=GROUP,
+                                     extra_groups=[GROUP], umask=0o077)
+            assert alice.stderr is not None and select.select([alice.stderr], [], [], 30)[0]
+            assert "waiting" in alice.stderr.readline()
+            assert bob.stdin is not None
+            bob.stdin.write("go\n")
+            bob.stdin.close()
+            rest = alice.stderr.read()
+            assert alice.wait(30) == 1
+        finally:
+            for process in (bob, alice):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait(10)
+    line = rest.splitlines()[-1]
+    assert line.startswith("sc: error: AAAA") and line.endswith("ZZZZ (60,004 characters)"), line[:100]
+    assert len(line) < 4100 and "\x1b" not in line

@@ -36,8 +36,18 @@ def quoted(text: str) -> str:
     joined by an ellipsis, and its length."""
     if len(text) <= QUOTED_CHARACTERS:
         return repr(text)
-    half = QUOTED_CHARACTERS // 2
-    return f"{text[:half] + '…' + text[-half:]!r} ({len(text):,} characters)"
+    return f"{_ends(text, QUOTED_CHARACTERS)!r} ({len(text):,} characters)"
+
+
+def clipped(message: str, limit: int = 4000) -> str:
+    """A ``message`` read from a file that anyone else may have written (a group cache's record
+    of a failed population): past ``limit`` characters, its two ends and its length."""
+    return message if len(message) <= limit else f"{_ends(message, limit)} ({len(message):,} characters)"
+
+
+def _ends(text: str, limit: int) -> str:
+    half = limit // 2
+    return text[:half] + "…" + text[-half:]
 
 
 def unresolvable(path: str) -> SharedCacheError:
