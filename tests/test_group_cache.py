@@ -245,5 +245,5 @@ def test_a_members_recorded_failure_reaches_the_waiters_as_one_short_line(shared
                     process.kill()
                     process.wait(10)
     line = rest.splitlines()[-1]
-    assert line.startswith("sc: error: AAAA") and line.endswith("ZZZZ (60,004 characters)"), line[:100]
+    assert line.startswith("sc: error: AAAA") and line.endswith("ZZZZ (60,007 characters)"), line[-100:]
     assert len(line) < 4100 and "\x1b" not in line

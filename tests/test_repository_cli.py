@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -622,3 +624,20 @@ def test_each_unusable_candidate_directory_is_named_with_its_reason(tmp_path, ta
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.endswith(f"no usable candidate directory: {afile} (not a directory), "
                                 f"{tmp_path / 'absent'} (missing)\n"), done.stderr
+
+
+def test_an_error_about_a_long_url_stays_a_line_that_says_what_and_why(tmp_path):
+    # Signed URLs run to kilobytes, and the URL is in the line once or twice: it was printed whole.
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    config = tmp_path / "config"
+    config.write_text("retries = 0\n")
+    url = f"http://127.0.0.1:{port}/data.tar?signature={'s' * 5000}"
+    done = sc("--use", "-d", str(tmp_path), "--pid", str(os.getpid()), "-n", "signed", f"http:{url}",
+              env=sc_env(SC_CONFIG=str(config)))
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[:200]
+    line = done.stderr.rstrip("\n")
+    assert len(line) < 4100, len(line)
+    assert line.startswith(f"sc: error: repository 'signed': cannot download http://127.0.0.1:{port}/data.tar?"), line[:200]
+    assert re.search(r"Connection refused \([0-9,]+ characters\)$", line), line[-200:]

@@ -40,8 +40,9 @@ def quoted(text: str) -> str:
 
 
 def clipped(message: str, limit: int = 4000) -> str:
-    """A ``message`` read from a file that anyone else may have written (a group cache's record
-    of a failed population): past ``limit`` characters, its two ends and its length."""
+    """``message``, or past ``limit`` characters, its two ends and its length: what an error says
+    first (what failed) and last (why) stays.  For the line a user reads: messages quote URLs,
+    paths and records that another member of a group cache wrote, any of them kilobytes long."""
     return message if len(message) <= limit else f"{_ends(message, limit)} ({len(message):,} characters)"
 
 

@@ -15,7 +15,7 @@ import atexit
 import os
 import sys
 
-from ..errors import SharedCacheError, UsageError
+from ..errors import SharedCacheError, UsageError, clipped
 from ..repository.bases import close_caches
 from . import commands
 from .parser import help_text, parse
@@ -50,10 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return commands.run(options)
     except UsageError as e:
-        print(f"sc: error: {e} (see 'sc --help')", file=sys.stderr)
+        print(f"sc: error: {clipped(str(e))} (see 'sc --help')", file=sys.stderr)
         return e.exit_status
     except SharedCacheError as e:
-        print(f"sc: error: {e}", file=sys.stderr)
+        print(f"sc: error: {clipped(str(e))}", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
         print("sc: interrupted", file=sys.stderr)

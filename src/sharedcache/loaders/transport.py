@@ -257,6 +257,9 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
                 raise TimeoutError(f"{what} took more than {limit:g} s")
             return result
 
+    # urllib3 names the connection in its messages ("HTTPConnection(host=...): Failed to ..."),
+    # which http._reason takes off.
+    Connection.__name__ = Connection.__qualname__ = connection.__name__
     return Connection
 
 

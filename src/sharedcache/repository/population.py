@@ -135,7 +135,7 @@ def _raise_recorded_failure(base: Base, name: str, waited_since: float) -> None:
         kind = getattr(errors, str(record.get("error")), None)
         if not (isinstance(kind, type) and issubclass(kind, SharedCacheError)):
             kind = LoaderError
-        raise kind(errors.clipped(str(record.get("message", f"repository {name!r}: population failed"))))
+        raise kind(str(record.get("message", f"repository {name!r}: population failed")))
 
 
 class _Ended(BaseException):
