@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import tarfile
 import threading
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from scutil import (
+    SC,
     close_listener,
     control,
     finish,
@@ -309,10 +312,16 @@ def slow_head() -> Iterator[Trickle]:
         server.stop()
 
 
-def failed_on_time(limit: float, *args: str, env: dict[str, str] | None = None) -> str:
-    """The one line of ``sc ARGS``, which must fail within ``limit`` seconds (and a margin)."""
+def failed_on_time(limit: float, *args: str, env: dict[str, str] | None = None,
+                   wrapper: list[str] | None = None) -> str:
+    """The one line of ``sc ARGS`` (run under ``wrapper``, a command that runs the rest), which
+    must fail within ``limit`` seconds (and a margin)."""
     started = time.monotonic()
-    result = sc(*args, env=env)
+    if wrapper is None:
+        result = sc(*args, env=env)
+    else:
+        result = subprocess.run([*wrapper, *SC, *args], capture_output=True, text=True, timeout=60,
+                                env=env if env is not None else sc_env())
     assert time.monotonic() - started < limit + 5
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
     return result.stderr
@@ -342,3 +351,26 @@ def test_a_proxy_whose_answer_to_connect_never_ends_is_bounded(tmp_path, slow_he
     line = failed_on_time(2, "--use", "--timeout", "2", "--proxy", f"http://127.0.0.1:{slow_head.port}",
                           "-d", str(base), "-n", "tunnel", "http:https://origin.invalid/data.bin")
     assert line.startswith("sc: error: repository 'tunnel': timed out after 2 s populating it"), line
+
+
+def test_a_resolver_that_never_answers_is_bounded(tmp_path):
+    # getaddrinfo waits as long as resolv.conf says (here 20 s, three times) and cannot be told to
+    # stop: a name server that swallowed queries held a download past --timeout.  The resolver
+    # here is a UDP socket that reads and never answers, made the name server of a mount namespace.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare: a name server on port 53 and a resolv.conf of a mount namespace")
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.2", 53))
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.2\noptions timeout:20 attempts:3\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    try:
+        line = failed_on_time(2, "--use", "--timeout", "2", "-d", str(base), "-n", "dns",
+                              "http:http://hang.example/data.bin",
+                              wrapper=["unshare", "--mount", "sh", "-c",
+                                       f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh"])
+    finally:
+        server.close()
+    assert line.startswith("sc: error: repository 'dns': timed out after 2 s populating it"), line
+    assert "Failed to resolve 'hang.example'" in line and "the resolver gave no answer in" in line, line

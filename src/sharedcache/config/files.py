@@ -106,7 +106,7 @@ SETTINGS = (
     Setting("group", _text, "share a new base directory's cache with this group"),
     Setting("timeout", parse_seconds, "seconds to wait for another process's population"),
     Setting("connections", int, "connections of one download"),
-    Setting("connect_timeout", float, "seconds to make a connection, a tunnel and TLS handshake included"),
+    Setting("connect_timeout", float, "seconds to make a connection, its name, tunnel and TLS included"),
     Setting("read_timeout", float, "seconds to wait for the next bytes of an answer, and for its head"),
     Setting("retries", int, "how many times a failed transfer is tried again"),
     Setting("speed_limit", _rate, "fail a download slower than this many bytes a second for speed_time; 0: never"),

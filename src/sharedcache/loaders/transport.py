@@ -202,11 +202,11 @@ def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None) -> ty
 
 
 def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
-    """urllib3's ``connection`` class, on which the steps of a request that read a peer's
-    words in several pieces each end within their timeout in all: the connection (a proxy's
-    answer to ``CONNECT``, the TLS handshake) within the connect timeout, the head of an answer
-    (its status line and headers) within the read timeout.  The timeouts bound each wait for
-    bytes, so a server or proxy that sent a byte at a time, each within them, held a request
+    """urllib3's ``connection`` class, on which the steps of a request that wait for a peer each
+    end within their timeout in all: the resolution of the host name and the connection (a
+    proxy's answer to ``CONNECT``, the TLS handshake) within the connect timeout, the head of an
+    answer (its status line and headers) within the read timeout.  The timeouts bound each wait
+    for bytes, so a server or proxy that sent a byte at a time, each within them, held a request
     for ever, past ``--timeout`` too, whose deadline shortens them; the speed limit counts a
     body's bytes only.  When the time is up the connection is shut down, and the step fails as
     one that timed out (and is retried as such)."""
@@ -215,8 +215,37 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
     base: Any = connection  # mypy takes no variable for a base class
 
     class Connection(base):  # type: ignore[misc]  # (whose type it then cannot know)
+        _dns_host: str  # urllib3's: the host name or address that the socket connects to
+
         def connect(self) -> None:
             self._within(super().connect, "connecting")
+
+        def _new_conn(self) -> Any:
+            """The TCP connection, its host name resolved within the connect timeout: the system's
+            resolver waits as long as its own settings say (five seconds, twice, for each name
+            server), and cannot be told to stop.  Left in a thread of its own that ends with it,
+            a resolution past the limit fails as one that found no address."""
+            from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+            host, limit = self._dns_host, self.timeout
+            if not isinstance(limit, (int, float)) or _numeric(host):
+                return super()._new_conn()
+            try:
+                addresses = _resolve(host, self.port, limit)
+            except socket.gaierror as e:
+                raise NameResolutionError(self.host, self, e) from e
+            failure: Exception | None = None
+            try:
+                for address in addresses:  # in the resolver's order, as urllib3 tries them
+                    self._dns_host = address
+                    try:
+                        return super()._new_conn()
+                    except NewConnectionError as e:
+                        failure = e
+            finally:
+                self._dns_host = host
+            assert failure is not None, "getaddrinfo gives at least one address"
+            raise failure
 
         def getresponse(self) -> Any:
             return self._within(super().getresponse, "the head of the answer")
@@ -261,6 +290,46 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
     # which http._reason takes off.
     Connection.__name__ = Connection.__qualname__ = connection.__name__
     return Connection
+
+
+def _numeric(host: str) -> bool:
+    """Whether ``host`` is an IP address, which needs no resolver."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(host: str, port: int, limit: float) -> list[str]:
+    """The addresses of ``host``, from the system's resolver within ``limit`` seconds;
+    :class:`socket.gaierror` if it finds none, or gives no answer in time."""
+    import socket
+
+    from urllib3.util.connection import allowed_gai_family
+
+    found: list[list[str] | OSError] = []
+
+    def resolve() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+        except OSError as e:
+            found.append(e)
+            return
+        # An IPv6 link-local address is reached through the interface it came with.
+        found.append([f"{address[0]}%{address[3]}" if len(address) == 4 and address[3] else str(address[0])
+                      for *_, address in infos])
+
+    resolver = threading.Thread(target=resolve, daemon=True)
+    resolver.start()
+    resolver.join(limit)
+    if not found:
+        raise socket.gaierror(socket.EAI_AGAIN, f"the resolver gave no answer in {limit:g} s")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
 
 
 class Transport:
