@@ -360,9 +360,17 @@ def test_a_resolver_that_never_answers_is_bounded(tmp_path):
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare: a name server on port 53 and a resolv.conf of a mount namespace")
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.2", 53))
+    for last in range(2, 40):  # a name server of the host may hold port 53 on some of them
+        try:
+            server.bind((f"127.0.0.{last}", 53))
+            break
+        except OSError:
+            continue
+    else:
+        server.close()
+        pytest.fail("no address of 127.0.0.0/8 left with port 53 free")
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.2\noptions timeout:20 attempts:3\n")
+    resolv.write_text(f"nameserver {server.getsockname()[0]}\noptions timeout:20 attempts:3\n")
     base = tmp_path / "base"
     base.mkdir()
     try:
