@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from origin import Origin
-from scutil import Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes, user_dir
+from scutil import SC, Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes, user_dir
 from squid import Squid, free_port
 
 import sharedcache
@@ -497,3 +497,24 @@ def test_the_back_off_of_a_late_retry_is_its_ceiling():
     policy = FetchPolicy(retries=100_000, backoff=0.25, backoff_max=60)
     assert [policy.delay(attempt) for attempt in (0, 1, 2)] == [0.25, 0.5, 1.0]
     assert policy.delay(8) == 60 and policy.delay(1024) == 60 and policy.delay(99_999) == 60
+
+
+def test_a_host_name_with_several_addresses_reaches_the_one_that_answers(tmp_path, origin, owner):
+    # The name is resolved in a thread of its own, within the connect timeout, and its addresses
+    # are tried in the resolver's order, each within what is left of it: here ::1 first, where
+    # nothing listens, then 127.0.0.1, the origin's.  The name is in the /etc/hosts of a mount
+    # namespace.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare: an /etc/hosts of a mount namespace")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("::1 two-addresses.test\n127.0.0.1 two-addresses.test\n")
+    url = origin.add("/data.tar.gz", DATA).replace("127.0.0.1", "two-addresses.test")
+    base = tmp_path / "base"
+    base.mkdir()
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", f'mount --bind {hosts} /etc/hosts && exec "$@"', "sh",
+                             *SC, "--use", "-d", str(base), "--pid", str(owner.pid), "-v", f"http:{url}", "tar"],
+                            capture_output=True, text=True, timeout=60, env=sc_env())
+    assert result.returncode == 0, result.stderr
+    check_tree(Path(result.stdout.strip()), FILES)
+    assert origin.stats("/data.tar.gz").gets == 1
+    assert "retrying" not in result.stderr  # ::1's refusal moved on to the next address at once

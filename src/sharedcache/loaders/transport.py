@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config.settings import DIRECT, FetchPolicy, proxy_url
@@ -216,35 +217,41 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
 
     class Connection(base):  # type: ignore[misc]  # (whose type it then cannot know)
         _dns_host: str  # urllib3's: the host name or address that the socket connects to
+        timeout: Any  # http.client's: the step's timeout, set by the pool (seconds, None or a default)
 
         def connect(self) -> None:
             self._within(super().connect, "connecting")
 
         def _new_conn(self) -> Any:
-            """The TCP connection, its host name resolved within the connect timeout: the system's
-            resolver waits as long as its own settings say (five seconds, twice, for each name
-            server), and cannot be told to stop.  Left in a thread of its own that ends with it,
-            a resolution past the limit fails as one that found no address."""
-            from urllib3.exceptions import NameResolutionError, NewConnectionError
+            """The TCP connection, its host name resolved and its addresses tried within the
+            connect timeout in all.  The system's resolver waits as long as its own settings say
+            (five seconds, twice, for each name server) and cannot be told to stop: left in a
+            thread of its own that ends with it, a resolution past the limit fails as one that
+            found no address.  urllib3 would also give each address the whole timeout."""
+            from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
             host, limit = self._dns_host, self.timeout
             if not isinstance(limit, (int, float)) or _numeric(host):
                 return super()._new_conn()
+            ends = time.monotonic() + limit
             try:
                 addresses = _resolve(host, self.port, limit)
             except socket.gaierror as e:
                 raise NameResolutionError(self.host, self, e) from e
-            failure: Exception | None = None
+            failure: Exception = ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={limit:g})")
             try:
                 for address in addresses:  # in the resolver's order, as urllib3 tries them
-                    self._dns_host = address
+                    left = ends - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._dns_host, self.timeout = address, left
                     try:
                         return super()._new_conn()
                     except NewConnectionError as e:
                         failure = e
             finally:
-                self._dns_host = host
-            assert failure is not None, "getaddrinfo gives at least one address"
+                self._dns_host, self.timeout = host, limit
             raise failure
 
         def getresponse(self) -> Any:
