@@ -238,8 +238,7 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
                 addresses = _resolve(host, self.port, limit)
             except socket.gaierror as e:
                 raise NameResolutionError(self.host, self, e) from e
-            failure: Exception = ConnectTimeoutError(
-                self, f"Connection to {self.host} timed out. (connect timeout={limit:g})")
+            failure: Exception | None = None
             try:
                 for address in addresses:  # in the resolver's order, as urllib3 tries them
                     left = ends - time.monotonic()
@@ -252,7 +251,9 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
                         failure = e
             finally:
                 self._dns_host, self.timeout = host, limit
-            raise failure
+            # None tried: the resolution took all the time.
+            raise failure or ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
+                                                       f"(connect timeout={limit:g})")
 
         def getresponse(self) -> Any:
             return self._within(super().getresponse, "the head of the answer")
