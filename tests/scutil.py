@@ -256,3 +256,32 @@ def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None) -> Iterator
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@contextmanager
+def mounted_image(mount: Path, fs_type: str, megabytes: int) -> Iterator[Path]:
+    """A new file system of ``fs_type`` (made by ``mkfs.<fs_type>``) in an image file of
+    ``megabytes`` MiB beside ``mount``, mounted through a loop device on the new directory
+    ``mount`` for the block, then unmounted and the image removed; the calling test is skipped,
+    saying why, where it cannot be made or mounted (not root, no loop device, no mkfs)."""
+    image = mount.with_name(mount.name + ".img")
+    with open(image, "wb") as made:
+        made.truncate(megabytes << 20)
+    try:
+        try:
+            formatted = subprocess.run([f"mkfs.{fs_type}", "-q", "-F", str(image)], capture_output=True)
+        except FileNotFoundError:
+            pytest.skip(f"mkfs.{fs_type} is not installed (Debian: e2fsprogs)")
+        if formatted.returncode != 0:
+            pytest.skip(f"cannot make an {fs_type} file system: {formatted.stderr.decode().strip()}")
+        mount.mkdir()
+        done = subprocess.run(["mount", "-t", fs_type, "-o", "loop", str(image), str(mount)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount an {fs_type} image: {done.stderr.decode().strip()}")
+        try:
+            yield mount
+        finally:
+            if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(mount)], check=False)
+    finally:
+        image.unlink()

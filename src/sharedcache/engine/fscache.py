@@ -64,8 +64,10 @@ Store (``store(name)``)
    and make it read-only (:func:`~sharedcache.engine.fsutil.disk_usage` with ``seal``): a file
    being written back (by anyone's flush of the file system) can show fewer blocks than it has,
    so it is measured once on disk.  A filler that sealed and measured the tree as it made it
-   (:class:`~sharedcache.engine.fsutil.Seal`) is taken at its word where blocks are counted for
-   good at write (tmpfs): only the data directory itself is then sealed and measured.  Write
+   (:class:`~sharedcache.engine.fsutil.Seal`) is taken at its word where a file's blocks can be
+   counted when its last write returns (tmpfs, ext4: see
+   :func:`~sharedcache.engine.fsutil.counts_blocks_at_write`): only the data directory itself is
+   then sealed and measured.  Write
    ``meta``, ``keep``, ``leases/`` and the holder's lease, if any; flush again (the seal's modes
    and these files); write the commit marker ``entry.json`` (atomically: temp file, fsync,
    rename).

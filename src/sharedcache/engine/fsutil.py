@@ -200,9 +200,14 @@ def sealed_mode(mode: int) -> int:
 #: The mode that sealing gives a directory.
 SEALED_DIRECTORY = 0o555
 
-#: File systems whose count of a file's blocks is final when a write returns: no delayed
-#: allocation, and no write-back that moves blocks from one count to another.
-_COUNTED_AT_WRITE = frozenset({"tmpfs"})
+#: File systems whose count of a file's blocks, read when its last write returns, is what the
+#: file holds once flushed.  tmpfs has no write-back.  ext4 counts the blocks that delayed
+#: allocation reserves, and allocates that many (a file written whole in few pieces needs no
+#: extent block), but its write-back lowers the reservation before it raises the allocation:
+#: a count read in between falls short, so an unpacker counts a file as at least its size in
+#: whole blocks.  xfs counts the blocks it preallocates past the end of a file being written, and
+#: btrfs what compression and inline extents will change: those are walked.
+_COUNTED_AT_WRITE = frozenset({"tmpfs", "ext4"})
 
 
 class Seal:
@@ -219,9 +224,8 @@ class Seal:
     once, read after it last changed each, and when the tree is complete sets :attr:`allocated`.
     By setting it, the filler vouches that it made everything below the data directory, and
     sealed it.
-    :meth:`apply` takes that count where the file system's counts are final at write
-    (:func:`counts_blocks_at_write`; elsewhere a file being written back can read a few blocks
-    short, see the commit's flush) and walks the tree otherwise, as it does without a seal.
+    :meth:`apply` takes that count where the file system's counts can be read at write
+    (:func:`counts_blocks_at_write`) and walks the tree otherwise, as it does without a seal.
     (The loaders know it as the ``Sealing`` of their protocol, and it is the repository that
     hands it from the one to the other.)
     """
@@ -247,9 +251,9 @@ class Seal:
 
 
 def counts_blocks_at_write(fd: int) -> bool:
-    """Whether the file system of the file open as ``fd`` counts blocks for good when a write
-    returns (one of :data:`_COUNTED_AT_WRITE`, found by device number in /proc/self/mountinfo);
-    False if that cannot be told."""
+    """Whether the file system of the file open as ``fd`` counts a file's blocks, when its last
+    write returns, as it will once flushed (one of :data:`_COUNTED_AT_WRITE`, found by device
+    number in /proc/self/mountinfo); False if that cannot be told."""
     device = os.fstat(fd).st_dev
     number = f"{os.major(device)}:{os.minor(device)}"
     try:

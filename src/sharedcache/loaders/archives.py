@@ -115,6 +115,7 @@ class SafeTree:
         self._file_mode = ctx.seal.file_mode if ctx.seal is not None else _safe_mode
         self._measure = ctx.seal is not None and ctx.seal.measure
         self._allocated = 0  # bytes, counted only if measuring
+        self._block = os.fstatvfs(self._root_fd).f_bsize if self._measure else 1
         self.vouch(None)  # a failed source's tree before this one counts for nothing
         # A file is created with its final mode, set again only if the umask took bits from it.
         self._umask = _umask()
@@ -230,7 +231,8 @@ class SafeTree:
         if self._measure:
             replaced = os.lstat(leaf, dir_fd=parent)
             if replaced.st_nlink == 1:  # else another hard link keeps its blocks
-                self._allocated -= replaced.st_blocks * 512
+                self._allocated -= (self._file_allocation(replaced.st_blocks, replaced.st_size)
+                                    if stat.S_ISREG(replaced.st_mode) else replaced.st_blocks * 512)
         os.unlink(leaf, dir_fd=parent)
 
     def mkdir(self, name: str, mode: int, mtime_ns: int) -> None:
@@ -273,9 +275,17 @@ class SafeTree:
                 os.fchmod(descriptor, mode)
             _set_mtime(descriptor, mtime_ns)
             if self._measure:
-                self._allocated += os.fstat(descriptor).st_blocks * 512
+                self._allocated += self._file_allocation(os.fstat(descriptor).st_blocks, size)
         finally:
             os.close(descriptor)
+
+    def _file_allocation(self, blocks: int, size: int) -> int:
+        """The bytes allocated to a file of ``size`` bytes, every one of them written, whose
+        ``st_blocks`` read ``blocks``.  ext4 counts a file's blocks when the write reserves them;
+        its write-back takes them off that reservation before it adds them to the allocation, so
+        a count read meanwhile falls short.  A file written whole holds at least its size in
+        whole blocks (archives' sparse members are refused)."""
+        return max(blocks * 512, -(-size // self._block) * self._block)
 
     def symlink(self, name: str, target: str) -> None:
         parts = self.parts(name)
