@@ -242,6 +242,18 @@ def needs_delayed_allocation(directory: Path) -> None:
         probe.unlink()
 
 
+def on_host(host: tuple[Path, Path | None, str], argv: list[str]) -> list[str]:
+    """``argv`` run on another host, or on this one after a reboot: a mount namespace with that
+    host's boot id (the file ``host[0]``) and machine id (``host[1]``; None: this machine's)."""
+    boot, machine, _ = host
+    if machine is None:
+        script = 'mount --bind "$1" /proc/sys/kernel/random/boot_id && shift 2 && exec "$@"'
+    else:
+        script = ('mount --bind "$1" /proc/sys/kernel/random/boot_id && mount --bind "$2" /etc/machine-id'
+                  ' && shift 2 && exec "$@"')
+    return ["unshare", "--mount", "sh", "-c", script, "sh", str(boot), str(machine), *argv]
+
+
 @contextmanager
 def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None) -> Iterator[Path]:
     """A tmpfs of ``size`` (``mount -o size=``), and of at most ``inodes`` inodes if given, mounted

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, control, interpreter_for, make_tarball, sc_env
+from scutil import Sleeper, control, interpreter_for, make_tarball, on_host, sc_env
 
 BIN = os.path.dirname(sys.executable)
 SC = f"{BIN}/sc"
@@ -137,14 +137,6 @@ def hosts(tmp_path: Path) -> dict[str, tuple[Path, Path, str]]:
         machine_file.write_text(machine + "\n")
         made[name] = (boot_file, machine_file, machine)
     return made
-
-
-def on_host(host: tuple[Path, Path, str], argv: list[str]) -> list[str]:
-    """``argv`` run on another host: a mount namespace with that host's boot id and machine id."""
-    boot, machine, _ = host
-    script = ('mount --bind "$1" /proc/sys/kernel/random/boot_id && mount --bind "$2" /etc/machine-id'
-              ' && shift 2 && exec "$@"')
-    return ["unshare", "--mount", "sh", "-c", script, "sh", str(boot), str(machine), *argv]
 
 
 def test_hosts_sharing_a_base_directory_never_reclaim_each_other_s_uses(world, hosts, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import SC, Sleeper, check_tree, control, finish, kill_populator_and_take_over, make_tarball, sample_files, sc, sc_env, sc_start, user_dir, wait_for
+from scutil import SC, Sleeper, check_tree, control, finish, kill_populator_and_take_over, make_tarball, on_host, sample_files, sc, sc_env, sc_start, user_dir, wait_for
 
 FILES = sample_files(n=40, size=50_000)  # ~2 MB, incompressible-ish only per file: fine
 
@@ -87,6 +87,49 @@ def test_killed_populator_is_taken_over_and_the_download_resumes(origin, base):
         assert stats.gets == 2
         assert stats.ranges and stats.ranges[-1].startswith("bytes=") and stats.ranges[-1] != "bytes=0-"
         assert stats.bytes_served < 2 * len(payload), "the taker resumed instead of starting over"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give a mount namespace another boot id")
+def test_a_partial_download_left_before_a_reboot_is_started_over(origin, base, tmp_path):
+    """A partial download is not flushed: after a power loss its size and record can survive
+    while the data they count does not, which reads as zeros.  Such a partial is made here the
+    way a power loss leaves it (a killed download, then its kept bytes zeroed), and taken over
+    on this machine after a reboot (a mount namespace with another boot id).  No checksum is
+    there to notice: the taker must start over, not resume."""
+    payload = os.urandom(3_000_000)
+    url = origin.add("/raw.bin", payload)
+    origin.rate = 1_000_000  # 3 s for the whole file
+    with Sleeper() as owner:
+        args = ["--use", "-n", "raw", "-d", str(base), "--pid", str(owner.pid), f"http:{url}"]
+
+        def checkpointed() -> int:
+            """The bytes that the partial's record counts, 0 before its first checkpoint."""
+            for record in control(base).glob("populate/raw.work/*/partial.json"):
+                try:
+                    return int(json.loads(record.read_text())["bytes"])
+                except (OSError, ValueError):
+                    pass  # being replaced
+            return 0
+
+        first = sc_start(*args)
+        try:
+            wait_for(lambda: checkpointed() > 500_000, what="a checkpoint of the partial download")
+        finally:
+            first.kill()
+            first.wait(10)
+        kept = checkpointed()
+        (record,) = control(base).glob("populate/raw.work/*/partial.json")
+        with open(record.with_name("partial.data"), "r+b") as data:
+            data.write(bytes(kept))
+        boot = tmp_path / "boot_id"
+        boot.write_text("0badb007-0000-4000-8000-000000000000\n")
+        taken = subprocess.run(on_host((boot, None, ""), [*SC, *args]), capture_output=True, text=True,
+                               timeout=60, env=sc_env())
+        assert taken.returncode == 0, taken.stderr
+        assert (Path(taken.stdout.strip()) / "raw.bin").read_bytes() == payload
+        stats = origin.stats("/raw.bin")
+        assert stats.gets == 2
+        assert stats.ranges == [], "the taker resumed a partial left before the reboot"
 
 
 def test_killed_unpacking_populator_is_taken_over(origin, tarball, base):

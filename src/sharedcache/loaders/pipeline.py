@@ -26,9 +26,11 @@ source cannot continue (the data changed), the partial is discarded.  Other reci
 after a takeover: resuming a decompression or an unpacking midway would need a copy of the
 compressed bytes, doubling the disk used, and state that no library exposes.
 
-The partial survives the death of the process; after a crash of the machine the checksums of the
-recipe, rehashed over the kept prefix, are what detects a damaged one.  It records the source it
-came from, and only that source continues it.
+The partial survives the death of the process, but not a crash of the machine: it is never
+flushed, so after a power loss its size and record may count bytes that never reached the disk.
+Whoever keeps ``work`` across a reboot must clear it (the repositories do: their work directory
+names the boot it belongs to).  It records the source it came from, and only that source
+continues it.
 
 Mirrors
 -------

@@ -21,7 +21,7 @@ from .. import errors
 from ..engine import locks
 from ..engine.fsutil import read_control, unlink_if_present, write_atomic
 from ..engine.layout import open_made_directory
-from ..engine.leases import pid_namespace
+from ..engine.leases import boot_id, pid_namespace
 from ..errors import (
     CacheError,
     DownloadError,
@@ -340,9 +340,16 @@ class Population:
 
     def _own_work(self, outer: int) -> int | None:
         """A descriptor of this user's private directory in the work directory ``outer``: kept if
-        it holds the work of the same recipe, made if there is none; None if something else is
-        there (the whole work directory is then cleared)."""
-        mine, identity = str(os.geteuid()), self.request.identity.encode()
+        it holds the work of the same recipe in this boot of the machine, made if there is none;
+        None if something else is there (the whole work directory is then cleared).
+
+        The work is not flushed (a partial download is written back when the kernel sees fit),
+        so after a power loss its files may say more than their blocks hold: a partial's size and
+        record can survive while the data they count does not.  Hence the marker names the boot
+        as well as the recipe, and a work left before a reboot is cleared, however whole it
+        looks: no checksum need be there to notice the damage."""
+        mine = str(os.geteuid())
+        identity = f"{self.request.identity}\nboot {boot_id()}".encode()
         try:
             fd, made = open_made_directory(mine, 0o700, dir_fd=outer)
         except (FileNotFoundError, NotADirectoryError):
@@ -353,7 +360,7 @@ class Population:
             return None
         if made:
             # Not flushed, like the partial download it names: after a power loss a marker lost or
-            # garbled no longer matches, and the work is cleared.
+            # garbled no longer matches either, and the work is cleared.
             try:
                 write_atomic(f"/proc/self/fd/{fd}/.identity", identity, mode=0o600, durable=False)
             except BaseException:  # a full disk, say: the caller tries again, or says why
