@@ -747,6 +747,9 @@ class CacheModel(RuleBasedStateMachine):
         self.cache = FsCache(self.root, durable=False)
         self.model: dict[str, str] = {}  # name -> nonce
         self.order: list[str] = []  # least recently used first
+        # name -> the time of its last use, as its lock says: the file system's clock is coarse
+        # (a tick of a few milliseconds), so two uses in one tick tie, and either may go first.
+        self.used: dict[str, float] = {}
         self.counter = 0
 
     def teardown(self) -> None:
@@ -755,12 +758,20 @@ class CacheModel(RuleBasedStateMachine):
     def _evicted(self, before: list[str], keep: set[str]) -> None:
         gone = [n for n in before if n not in keep]
         survivors = [n for n in before if n in keep]
-        if gone and survivors:
-            assert max(before.index(n) for n in gone) < min(before.index(n) for n in survivors), (
-                f"evicted {gone} although {survivors} were used less recently")
+        older = [(g, s) for g in gone for s in survivors
+                 if before.index(s) < before.index(g) and self.used[s] != self.used[g]]
+        assert not older, f"evicted {gone} although {survivors} were used less recently"
         for n in gone:
             del self.model[n]
+            del self.used[n]
             self.order.remove(n)
+
+    def _used(self, name: str) -> None:
+        """``name`` was just stored or loaded: it is now the most recently used."""
+        if name in self.order:
+            self.order.remove(name)
+        self.order.append(name)
+        self.used[name] = os.stat(self.root / "objects" / name / "lock").st_mtime
 
     @rule(name=NAMES, sizes=st.lists(st.integers(0, 40000), min_size=1, max_size=4))
     def store(self, name: str, sizes: list[int]) -> None:
@@ -781,15 +792,14 @@ class CacheModel(RuleBasedStateMachine):
             assert name in present  # the existing entry stays, ours is discarded
         else:
             self.model[name] = nonce
-            self.order.append(name)
+            self._used(name)
         self._evicted(before, present)
 
     @rule(name=NAMES)
     def load(self, name: str) -> None:
         assert loads(self.cache, name) == (name in self.model)
         if name in self.model:
-            self.order.remove(name)
-            self.order.append(name)
+            self._used(name)
 
     @rule(name=NAMES)
     def remove(self, name: str) -> None:
@@ -801,6 +811,7 @@ class CacheModel(RuleBasedStateMachine):
             assert name not in self.model
             return
         del self.model[name]
+        del self.used[name]
         self.order.remove(name)
         assert self.cache.size == before - size
 
