@@ -245,7 +245,8 @@ def test_a_populator_ended_by_its_job_undoes_itself_then_ends_by_the_signal(tmp_
     # stayed until some later store swept it, and a killed download of gigabytes took its space.
     base = tmp_path / "base"
     base.mkdir()
-    populator = sc_start("--use", "--speed-limit", "0", "-d", str(base), "-n", "slow", trickle.word())
+    populator = sc_start("--use", "--speed-limit", "0", "-d", str(base), "-n", "slow", trickle.word(),
+                         default_signals=True)
     try:
         wait_for_population(base, "slow", populator)
         wait_for(lambda: list((control(base) / "stage").iterdir()), what="the staging tree")
@@ -271,7 +272,7 @@ def test_a_job_s_process_group_ended_mid_unpack_leaves_no_tree_and_no_error(tmp_
     base = tmp_path / "base"
     base.mkdir()
     populator = sc_start("--use", "-d", str(base), "-n", "many", f"file:{archive}", "tar",
-                         start_new_session=True)
+                         start_new_session=True, default_signals=True)
     try:
         def unpacking() -> bool:
             assert populator.poll() is None, "the unpack ended before the signal"

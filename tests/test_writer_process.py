@@ -297,7 +297,8 @@ def test_a_program_that_ignores_sigchld_gets_its_tree(tmp_path: Path) -> None:
 
 
 INTERRUPTED = textwrap.dedent("""
-    import sys
+    import signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a shell in the foreground starts it
     sys.path.insert(0, {src!r})
     from pathlib import Path
     from sharedcache.loaders import writer
