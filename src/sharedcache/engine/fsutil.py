@@ -221,7 +221,9 @@ class Seal:
     A filler given a seal seals what it makes: each regular file gets :meth:`file_mode` of its
     mode, each directory :data:`directory_mode` once it is complete.  If :attr:`measure` is set,
     it also counts the blocks (``st_blocks`` times 512) of every inode it makes, hard links
-    once, read after it last changed each, and when the tree is complete sets :attr:`allocated`.
+    once, read after it last changed each, a regular file written whole as at least its size in
+    whole blocks of the file system (a count read while ext4 writes the file back falls short:
+    see :data:`_COUNTED_AT_WRITE`), and when the tree is complete sets :attr:`allocated`.
     By setting it, the filler vouches that it made everything below the data directory, and
     sealed it.
     :meth:`apply` takes that count where the file system's counts can be read at write
