@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import sharedcache
 from scutil import Sleeper, control, mounted_image, mounted_tmpfs, sc
 from sharedcache.engine.fscache import FsCache
-from sharedcache.engine.fsutil import Seal, counts_blocks_at_write, disk_usage, remove_tree
+from sharedcache.engine.fsutil import Seal, counts_blocks_at_write, disk_usage, flush_file_system, remove_tree
 from sharedcache.errors import LoaderError
 from sharedcache.loaders import writer
 from sharedcache.loaders.pipeline import populate
@@ -341,10 +341,11 @@ def test_a_count_taken_while_ext4_writes_back_is_what_a_walk_finds(ext4: Path) -
     scratch = ext4 / f"racing-{os.getpid()}"
     scratch.mkdir()
     flushing = True
+    image = os.open(ext4, os.O_RDONLY | os.O_DIRECTORY)
 
     def flush() -> None:
         while flushing:
-            os.sync()
+            flush_file_system(image)
 
     flusher = threading.Thread(target=flush)
     flusher.start()
@@ -353,6 +354,7 @@ def test_a_count_taken_while_ext4_writes_back_is_what_a_walk_finds(ext4: Path) -
     finally:
         flushing = False
         flusher.join(timeout=60)
+        os.close(image)
     try:
         assert unpacked is not None
         dest, seal = unpacked
