@@ -34,7 +34,9 @@ def entries(b: Bench, wanted: list[tuple[str, str]]) -> list[Entry]:
 
 def interleaved(b: Bench, archive: Archive, chosen: list[Entry], filesystem: str, tag: str,
                 *, rss: bool = False) -> dict[str, list[Attempt]]:
-    """Every entry that can run ``--repeat`` times, interleaved so that drift hits all alike."""
+    """Every entry that can run ``--repeat`` times, interleaved so that drift hits all alike, each
+    round starting one entry later than the one before, so that no entry always runs first (after
+    the previous round's last) or always follows the same one."""
     runnable = [e for e in chosen if not e.contender.unavailable
                 and e.contender.unpacks(archive.name)]
     attempts: dict[str, list[Attempt]] = {e.label: [] for e in runnable}
@@ -42,7 +44,8 @@ def interleaved(b: Bench, archive: Archive, chosen: list[Entry], filesystem: str
     # ``RECENTLY_DELETED_SECONDS``).
     keep = b.room_for(archive, len(runnable) * b.args.repeat, filesystem)
     for i in range(b.args.repeat):
-        for e in runnable:
+        turn = i % len(runnable) if runnable else 0
+        for e in runnable[turn:] + runnable[:turn]:
             attempt = b.cold(e.contender, archive, tag, rss=rss, algorithm=e.algorithm,
                              filesystem=filesystem, keep=keep)
             if not keep:
