@@ -281,9 +281,9 @@ def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None) -> Iterator
 
 
 @contextmanager
-def mounted_image(mount: Path, fs_type: str, megabytes: int) -> Iterator[Path]:
-    """A new file system of ``fs_type`` (made by ``mkfs.<fs_type>``) in an image file of
-    ``megabytes`` MiB beside ``mount``, mounted through a loop device on the new directory
+def mounted_image(mount: Path, fs_type: str, megabytes: int, *options: str) -> Iterator[Path]:
+    """A new file system of ``fs_type`` (made by ``mkfs.<fs_type>``, given ``options`` too) in an
+    image file of ``megabytes`` MiB beside ``mount``, mounted through a loop device on the new directory
     ``mount`` for the block, then unmounted and the image removed; the calling test is skipped,
     saying why, where it cannot be made or mounted (not root, no loop device, no mkfs)."""
     image = mount.with_name(mount.name + ".img")
@@ -291,7 +291,7 @@ def mounted_image(mount: Path, fs_type: str, megabytes: int) -> Iterator[Path]:
         made.truncate(megabytes << 20)
     try:
         try:
-            formatted = subprocess.run([f"mkfs.{fs_type}", "-q", "-F", str(image)], capture_output=True)
+            formatted = subprocess.run([f"mkfs.{fs_type}", "-q", "-F", *options, str(image)], capture_output=True)
         except FileNotFoundError:
             pytest.skip(f"mkfs.{fs_type} is not installed (Debian: e2fsprogs)")
         if formatted.returncode != 0:

@@ -51,6 +51,14 @@ def ext4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
+def ext4_inline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """ext4 that keeps the data of small files in their inodes: they have fewer blocks than their
+    size, for good."""
+    with mounted_image(tmp_path_factory.mktemp("seal") / "ext4-inline", "ext4", 512, "-O", "inline_data") as mount:
+        yield mount
+
+
+@pytest.fixture(scope="module")
 def ext2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A file system whose counts the commit does not take."""
     with mounted_image(tmp_path_factory.mktemp("seal") / "ext2", "ext2", 64) as mount:
@@ -59,6 +67,8 @@ def ext2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 #: The file systems whose counts the commit takes.
 COUNTED = ("tmpfs", "ext4")
+#: The fixtures of those file systems.
+MEASURED = (*COUNTED, "ext4_inline")
 
 
 def flushed_usage(path: Path) -> int:
@@ -188,7 +198,7 @@ def unpack_sealed(data: bytes, scratch: Path, serial_members: int, *, measure: b
     return scratch / "dest", seal
 
 
-@pytest.mark.parametrize("kind", COUNTED)
+@pytest.mark.parametrize("kind", MEASURED)
 @pytest.mark.parametrize("serial_members", [ONE_PROCESS, 0, 2], ids=["one process", "writer process", "midway"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(drawn=members())
@@ -209,7 +219,7 @@ def test_the_unpackers_count_is_what_a_walk_finds(drawn: list[tuple[str, str, ob
         remove_tree(scratch)
 
 
-@pytest.mark.parametrize("kind", COUNTED)
+@pytest.mark.parametrize("kind", MEASURED)
 @pytest.mark.filterwarnings("ignore:Duplicate name")  # zipfile's, for the member written twice on purpose
 def test_a_zips_count_is_what_a_walk_finds(kind: str, request: pytest.FixtureRequest) -> None:
     buffer = io.BytesIO()

@@ -205,7 +205,7 @@ SEALED_DIRECTORY = 0o555
 #: allocation reserves, and allocates that many (a file written whole in few pieces needs no
 #: extent block), but its write-back lowers the reservation before it raises the allocation:
 #: a count read in between falls short, so an unpacker counts a file as at least its size in
-#: whole blocks.  xfs counts the blocks it preallocates past the end of a file being written, and
+#: whole blocks, unless its inode holds its data (inline_data).  xfs counts the blocks it preallocates past the end of a file being written, and
 #: btrfs what compression and inline extents will change: those are walked.
 _COUNTED_AT_WRITE = frozenset({"tmpfs", "ext4"})
 
@@ -222,8 +222,9 @@ class Seal:
     mode, each directory :data:`directory_mode` once it is complete.  If :attr:`measure` is set,
     it also counts the blocks (``st_blocks`` times 512) of every inode it makes, hard links
     once, read after it last changed each, a regular file written whole as at least its size in
-    whole blocks of the file system (a count read while ext4 writes the file back falls short:
-    see :data:`_COUNTED_AT_WRITE`), and when the tree is complete sets :attr:`allocated`.
+    whole blocks of the file system unless its inode holds its data (a count read while ext4
+    writes the file back falls short: see :data:`_COUNTED_AT_WRITE`), and when the tree is
+    complete sets :attr:`allocated`.
     By setting it, the filler vouches that it made everything below the data directory, and
     sealed it.
     :meth:`apply` takes that count where the file system's counts can be read at write

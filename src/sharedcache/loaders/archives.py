@@ -28,9 +28,11 @@ whose CRC matches the stored name, else code page 437.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import struct
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Self, TypeVar
@@ -76,6 +78,21 @@ def _umask() -> int | None:
             if line.startswith(b"Umask:"):
                 return int(line.split()[1], 8)
     return None
+
+
+#: FS_IOC_GETFLAGS (linux/fs.h: ``_IOR('f', 1, long)``), and its flag of a file whose data is in
+#: its inode.
+_GET_FLAGS = 2 << 30 | struct.calcsize("l") << 16 | ord("f") << 8 | 1
+_INLINE_DATA = 0x10000000
+
+
+def _inline(descriptor: int) -> bool:
+    """Whether the file open as ``descriptor`` keeps its data in its inode (ext4's inline_data)."""
+    try:
+        flags = fcntl.ioctl(descriptor, _GET_FLAGS, bytes(8))
+    except OSError:  # a file system without such flags
+        return False
+    return bool(int.from_bytes(flags[:4], sys.byteorder) & _INLINE_DATA)
 
 
 class SafeTree:
@@ -230,9 +247,14 @@ class SafeTree:
         of the same name, and take its blocks off the count."""
         if self._measure:
             replaced = os.lstat(leaf, dir_fd=parent)
-            if replaced.st_nlink == 1:  # else another hard link keeps its blocks
-                self._allocated -= (self._file_allocation(replaced.st_blocks, replaced.st_size)
-                                    if stat.S_ISREG(replaced.st_mode) else replaced.st_blocks * 512)
+            if replaced.st_nlink == 1 and stat.S_ISREG(replaced.st_mode):  # counted as it was made
+                descriptor = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                try:
+                    self._allocated -= self._file_allocation(descriptor)
+                finally:
+                    os.close(descriptor)
+            elif replaced.st_nlink == 1:  # else another hard link keeps its blocks
+                self._allocated -= replaced.st_blocks * 512
         os.unlink(leaf, dir_fd=parent)
 
     def mkdir(self, name: str, mode: int, mtime_ns: int) -> None:
@@ -275,17 +297,21 @@ class SafeTree:
                 os.fchmod(descriptor, mode)
             _set_mtime(descriptor, mtime_ns)
             if self._measure:
-                self._allocated += self._file_allocation(os.fstat(descriptor).st_blocks, size)
+                self._allocated += self._file_allocation(descriptor)
         finally:
             os.close(descriptor)
 
-    def _file_allocation(self, blocks: int, size: int) -> int:
-        """The bytes allocated to a file of ``size`` bytes, every one of them written, whose
-        ``st_blocks`` read ``blocks``.  ext4 counts a file's blocks when the write reserves them;
-        its write-back takes them off that reservation before it adds them to the allocation, so
-        a count read meanwhile falls short.  A file written whole holds at least its size in
-        whole blocks (archives' sparse members are refused)."""
-        return max(blocks * 512, -(-size // self._block) * self._block)
+    def _file_allocation(self, descriptor: int) -> int:
+        """The bytes allocated to the regular file open as ``descriptor``, every byte of which was
+        written.  ext4 counts a file's blocks when the write reserves them; its write-back takes
+        them off that reservation before it adds them to the allocation, so a count read
+        meanwhile falls short.  A file written whole holds at least its size in whole blocks
+        (archives' sparse members are refused), unless its inode holds its data (ext4's
+        inline_data), where the count is right as it is."""
+        status = os.fstat(descriptor)
+        counted = status.st_blocks * 512
+        whole = -(-status.st_size // self._block) * self._block
+        return counted if counted >= whole or _inline(descriptor) else whole
 
     def symlink(self, name: str, target: str) -> None:
         parts = self.parts(name)
