@@ -205,8 +205,9 @@ SEALED_DIRECTORY = 0o555
 #: allocation reserves, and allocates that many (a file written whole in few pieces needs no
 #: extent block), but its write-back lowers the reservation before it raises the allocation:
 #: a count read in between falls short, so an unpacker counts a file as at least its size in
-#: whole blocks, unless its inode holds its data (inline_data).  xfs counts the blocks it preallocates past the end of a file being written, and
-#: btrfs what compression and inline extents will change: those are walked.
+#: whole blocks, unless its inode holds its data (inline_data).  xfs counts the blocks it
+#: preallocates past the end of a file being written, and btrfs what compression and inline
+#: extents will change: those are walked.
 _COUNTED_AT_WRITE = frozenset({"tmpfs", "ext4"})
 
 
