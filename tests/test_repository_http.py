@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import struct
 import subprocess
 import termios
@@ -89,7 +90,8 @@ def test_killed_populator_is_taken_over_and_the_download_resumes(origin, base):
         assert stats.bytes_served < 2 * len(payload), "the taker resumed instead of starting over"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give a mount namespace another boot id")
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare, to give a mount namespace another boot id")
 def test_a_partial_download_left_before_a_reboot_is_started_over(origin, base, tmp_path):
     """A partial download is not flushed: after a power loss its size and record can survive
     while the data they count does not, which reads as zeros.  Such a partial is made here the
