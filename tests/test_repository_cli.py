@@ -110,6 +110,25 @@ def test_use_prints_only_the_path_and_unuse_deletes(dirs, tarball):
         assert missing.returncode == 1 and missing.stdout == ""
 
 
+def test_verbose_says_what_the_population_made_and_what_its_flush_and_commit_took(dirs, tarball):
+    from sharedcache.sizes import format_size
+
+    with Sleeper() as owner:
+        args = ["-v", "-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)]
+        made = sc("--use", *args)
+        assert made.returncode == 0, made.stderr
+        ready = [line for line in made.stderr.splitlines() if " is ready: " in line]
+        assert len(ready) == 1, made.stderr
+        said = re.fullmatch(r"sc: 'repo' is ready: (.+), made in (\d+\.\d\d) s, "
+                            r"then flushed to disk and committed in (\d+\.\d\d) s", ready[0])
+        assert said is not None, ready[0]
+        (listed,) = json.loads(sc("list", "--json", "-d", d(dirs)).stdout)
+        assert said[1] == format_size(listed["size"])
+        # A warm use makes nothing, and says nothing of it.
+        again = sc("--use", *args)
+        assert again.returncode == 0 and " is ready: " not in again.stderr, again.stderr
+
+
 def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tarball):
     # sc ends without the interpreter's teardown (cli.leave): what that teardown did must still
     # happen.  The connection to the index is closed, so SQLite folds its journal back into the

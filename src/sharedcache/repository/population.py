@@ -200,6 +200,8 @@ class Population:
         self._bar = reporter.bar(name)
         self._last_write = 0.0
         self._done = 0  # source bytes received, as progress() last heard
+        # Seconds the store took to make the data, then to flush and commit it: said with -v.
+        self._times = (0.0, 0.0)
 
     def run(self) -> str:
         """Populate and commit; return the owner's lease.  On failure leave the error record
@@ -245,9 +247,13 @@ class Population:
         unlink_if_present(self.error_path)
         lease = cache.lease_of(name, owner)
         assert lease is not None, "the commit gives the owner a lease"
-        if cache.info(name).meta != request.identity:  # a direct FsCache user stored the name meanwhile
+        entry = cache.info(name)
+        if entry.meta != request.identity:  # a direct FsCache user stored the name meanwhile
             cache.release(name, lease=lease)
-            raise conflict(name, base.path, cache.info(name).meta)
+            raise conflict(name, base.path, entry.meta)
+        filled, committed = self._times
+        self.reporter.info(f"{name!r} is ready: {format_size(entry.size)}, made in {filled:.2f} s, then "
+                           f"flushed to disk and committed in {committed:.2f} s")
         return lease
 
     def _attempt(self) -> None:
@@ -267,9 +273,12 @@ class Population:
         request = self.request
         cache = self.base.cache()
         self._seal = cache.seal()
+        started = time.monotonic()
         with cache.store(request.name, meta=request.identity, keep=request.keep,
                          holder=request.owner, strict_budget=False, seal=self._seal) as data:
             self.fill(data)
+            filled = time.monotonic()
+        self._times = (filled - started, time.monotonic() - filled)
 
     def fill(self, data: Path) -> None:
         """Put the repository's data into the empty directory ``data``: run the recipe, in the
