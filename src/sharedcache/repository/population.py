@@ -252,7 +252,7 @@ class Population:
             cache.release(name, lease=lease)
             raise conflict(name, base.path, entry.meta)
         filled, committed = self._times
-        self.reporter.info(f"{name!r} is ready: {format_size(entry.size)}, made in {filled:.2f} s, then "
+        self.reporter.info(f"{name!r} is ready: {format_size(entry.size)} on disk, made in {filled:.2f} s, then "
                            f"flushed to disk and committed in {committed:.2f} s")
         return lease
 
