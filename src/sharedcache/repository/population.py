@@ -138,6 +138,13 @@ def _raise_recorded_failure(base: Base, name: str, waited_since: float) -> None:
         raise kind(str(record.get("message", f"repository {name!r}: population failed")))
 
 
+#: The SIGTERM or SIGHUP ending this process's population, once its handler has run (see
+#: :func:`_ending_cleanly`).  The handler's exception can be lost: raised while Python runs a
+#: weakref callback, a ``__del__`` or a collector's callback, it is printed and ignored.  So the
+#: population's progress raises it again, and so does the end of the population.
+_ending: list[int] = []
+
+
 class _Ended(BaseException):
     """A SIGTERM or SIGHUP that came while this process populated (see :func:`_ending_cleanly`);
     not an Exception, so that no handler of failures takes it for the recipe's."""
@@ -161,6 +168,7 @@ def _ending_cleanly() -> Iterator[None]:
 
     def end(signum: int, _frame: object) -> None:
         signal.signal(signum, signal.SIG_DFL)
+        _ending.append(signum)
         raise _Ended(signum)
 
     caught = []
@@ -171,16 +179,25 @@ def _ending_cleanly() -> Iterator[None]:
                 caught.append(signum)
         except ValueError:  # not the main thread
             break
+    _ending.clear()
     try:
         yield
+        _raise_if_ending()  # the population ended, but the signal's exception had been lost
     except _Ended as ended:
         signal.signal(ended.signum, signal.SIG_DFL)
         os.kill(os.getpid(), ended.signum)
         raise  # the signal is blocked in this thread: it ends the process once unblocked
     finally:
+        _ending.clear()
         for signum in caught:
             if signal.getsignal(signum) is end:
                 signal.signal(signum, signal.SIG_DFL)
+
+
+def _raise_if_ending() -> None:
+    """Raise :class:`_Ended` again if a SIGTERM or SIGHUP came, in case its exception was lost."""
+    if _ending:
+        raise _Ended(_ending[0])
 
 
 class Population:
@@ -298,6 +315,7 @@ class Population:
     def progress(self, done: int, total: int | None) -> None:
         """Show how far the population has got, and tell the waiters twice a second; past the
         request's deadline (``--timeout``), give up."""
+        _raise_if_ending()
         self._bar(done, total)
         self._done = done
         request = self.request
