@@ -260,12 +260,12 @@ def test_a_populator_ended_by_its_job_undoes_itself_then_ends_by_the_signal(tmp_
     assert list((control(base) / "populate").glob("slow.work/*/*")), "the partial download is gone"
 
 
-# Loaded by the populating process as its sitecustomize: once armed, the next status record it
-# writes runs a weakref callback that sleeps, so that the test's signal comes while Python runs
-# it, where whatever the signal's handler raises is printed and ignored.
+# Loaded by the populating process as its sitecustomize: once armed, the next file it renames to
+# a name ending in $SC_TEST_AT runs a weakref callback that sleeps, so that the test's signal comes
+# while Python runs it, where whatever the signal's handler raises is printed and ignored.
 LOSING_THE_SIGNAL = """
 import os, sys, time, weakref
-_armed, _asleep = os.environ["SC_TEST_ARMED"], os.environ["SC_TEST_ASLEEP"]
+_armed, _asleep, _at = os.environ["SC_TEST_ARMED"], os.environ["SC_TEST_ASLEEP"], os.environ["SC_TEST_AT"]
 _inside = []
 class _Thing:
     pass
@@ -273,7 +273,7 @@ def _sleep(_ref):
     open(_asleep, "w").close()
     time.sleep(20)
 def _hook(event, args):
-    if _inside or event != "os.rename" or not str(args[1]).endswith(".json") or not os.path.exists(_armed):
+    if _inside or event != "os.rename" or not str(args[1]).endswith(_at) or not os.path.exists(_armed):
         return
     _inside.append(True)
     os.unlink(_armed)
@@ -285,22 +285,34 @@ sys.addaudithook(_hook)
 """
 
 
-def test_a_populator_ends_by_its_job_s_signal_even_when_the_handler_s_exception_is_lost(tmp_path, trickle):
+@pytest.mark.parametrize("lost_in", ["the download", "the commit"])
+def test_a_populator_ends_by_its_job_s_signal_even_when_the_handler_s_exception_is_lost(tmp_path, trickle,
+                                                                                          lost_in):
     # The handler's exception, raised where Python ignores exceptions (a weakref callback, here
     # one of the import system's), was printed as "Exception ignored in" and the population went
-    # on: the job's SIGHUP was lost, and the download held the job until it was killed.
+    # on: the job's SIGHUP was lost, and the download held the job until it was killed.  Lost
+    # during the download, it is raised again at the next progress and the population undoes
+    # itself; lost during the commit, at the population's end: the repository is made, and the
+    # process still ends by the signal.
     base, site = tmp_path / "base", tmp_path / "site"
     base.mkdir()
     site.mkdir()
     (site / "sitecustomize.py").write_text(LOSING_THE_SIGNAL)
     armed, asleep = tmp_path / "armed", tmp_path / "asleep"
-    env = sc_env(PYTHONPATH=str(site), SC_TEST_ARMED=str(armed), SC_TEST_ASLEEP=str(asleep))
-    populator = sc_start("--use", "--speed-limit", "0", "-d", str(base), "-n", "slow", trickle.word(),
-                         env=env, default_signals=True)
-    try:
-        wait_for_population(base, "slow", populator)
-        wait_for(lambda: list((control(base) / "stage").iterdir()), what="the staging tree")
+    during_download = lost_in == "the download"
+    source = tmp_path / "small.bin"
+    source.write_bytes(b"data\n" * 1000)
+    env = sc_env(PYTHONPATH=str(site), SC_TEST_ARMED=str(armed), SC_TEST_ASLEEP=str(asleep),
+                 SC_TEST_AT="/slow.json" if during_download else "/entry.json")
+    if not during_download:
         armed.touch()
+    populator = sc_start("--use", "--speed-limit", "0", "-d", str(base), "-n", "slow",
+                         trickle.word() if during_download else f"file:{source}", env=env, default_signals=True)
+    try:
+        if during_download:
+            wait_for_population(base, "slow", populator)
+            wait_for(lambda: list((control(base) / "stage").iterdir()), what="the staging tree")
+            armed.touch()
         wait_for(asleep.exists, what="the weakref callback")
         populator.send_signal(signal.SIGHUP)
         _out, err = populator.communicate(timeout=30)
@@ -308,7 +320,11 @@ def test_a_populator_ends_by_its_job_s_signal_even_when_the_handler_s_exception_
         stop_process(populator)
     assert "Exception ignored in" in err, err  # the handler's exception was indeed lost
     assert populator.returncode == -signal.SIGHUP
-    undone(base, "slow")
+    if during_download:
+        undone(base, "slow")
+    else:
+        assert (control(base) / "objects" / "slow" / "entry.json").is_file()
+        assert not (control(base) / "populate" / "slow.json").exists(), "the status record is left"
 
 
 def test_a_job_s_process_group_ended_mid_unpack_leaves_no_tree_and_no_error(tmp_path):
