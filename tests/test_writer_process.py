@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from test_fuzz import _snapshot, damaged
 
 from scutil import SRC, wait_for
@@ -35,10 +36,11 @@ pytestmark = pytest.mark.timeout(300)
 ONE_PROCESS = 10**9
 
 
-def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None = 10_000_000) -> tuple[str, object]:
+def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None = 10_000_000, *,
+            writers: int = writer.WRITERS) -> tuple[str, object]:
     """What unpacking ``data`` gives: the tree, or the error's type and message."""
-    saved = writer.SERIAL_MEMBERS
-    writer.SERIAL_MEMBERS = serial_members
+    saved = writer.SERIAL_MEMBERS, writer.WRITERS
+    writer.SERIAL_MEMBERS, writer.WRITERS = serial_members, writers
     try:
         with tempfile.TemporaryDirectory() as scratch:
             root = Path(scratch)
@@ -52,7 +54,7 @@ def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None =
                 return type(error).__name__, str(error).replace(scratch, "SCRATCH")
             return "tree", _tree(root / "dest")
     finally:
-        writer.SERIAL_MEMBERS = saved
+        writer.SERIAL_MEMBERS, writer.WRITERS = saved
 
 
 def _tree(dest: Path) -> dict[str, tuple[object, ...]]:
@@ -95,10 +97,11 @@ def many_members(count: int) -> list[tuple[str, bytes | str | None, bytes]]:
     return members
 
 
+@pytest.mark.parametrize("writers", [1, 2])
 @pytest.mark.parametrize("serial_members", [0, 1000])
-def test_a_large_archive_makes_the_same_tree_as_in_one_process(serial_members: int) -> None:
+def test_a_large_archive_makes_the_same_tree_as_in_one_process(serial_members: int, writers: int) -> None:
     data = tar(*many_members(3000))
-    kind, tree = outcome(data, "tar", serial_members)
+    kind, tree = outcome(data, "tar", serial_members, writers=writers)
     assert kind == "tree"
     assert (kind, tree) == outcome(data, "tar", ONE_PROCESS)
 
@@ -114,13 +117,14 @@ def test_a_large_archive_makes_the_same_tree_as_in_one_process(serial_members: i
         ("f", b"y", tarfile.REGTYPE)], "UnsafeArchiveError"),
     ("a write below a file", [("f", b"x", tarfile.REGTYPE), ("f/g", b"y", tarfile.REGTYPE)], "UnsafeArchiveError"),
 ])
-def test_failures_are_the_ones_one_process_reports(case: str, members: list, expected: str) -> None:
+@pytest.mark.parametrize("writers", [1, 2])
+def test_failures_are_the_ones_one_process_reports(case: str, members: list, expected: str, writers: int) -> None:
     data = tar(*members)
     if case.endswith("corrupt end"):
         data = data[: len(data) // 2]  # cut within the members after the refused one
     serial = outcome(data, "tar", ONE_PROCESS)
     assert serial[0] == expected, serial
-    assert outcome(data, "tar", 0) == serial
+    assert outcome(data, "tar", 0, writers=writers) == serial
 
 
 def with_pax_records(records: dict[str, str]) -> bytes:
@@ -141,22 +145,67 @@ def test_numbers_no_frame_can_hold_give_what_one_process_gives(records: dict[str
     # A pax header can say any number; the frames hold 64 bits.
     data = with_pax_records(records)
     serial = outcome(data, "tar", ONE_PROCESS, limit)
-    assert outcome(data, "tar", 0, limit) == serial
+    assert outcome(data, "tar", 0, limit, writers=1) == serial
+    assert outcome(data, "tar", 0, limit, writers=2) == serial
 
 
 def test_the_size_limit_is_kept_by_the_child() -> None:
     data = tar(*[(f"f{i}", b"z" * 1_000_000, tarfile.REGTYPE) for i in range(12)])
     serial = outcome(data, "tar", ONE_PROCESS)
     assert serial[0] == "SizeLimitError"
-    assert outcome(data, "tar", 0) == serial
-    assert outcome(data, "tar", 5) == serial
+    for writers in (1, 2):
+        assert outcome(data, "tar", 0, writers=writers) == serial
+        assert outcome(data, "tar", 5, writers=writers) == serial
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(damaged().filter(lambda sample: sample[1] == "tar"))
 def test_damaged_archives_give_the_same_outcome_in_both(sample: tuple[bytes, str]) -> None:
     data, unpacker = sample
-    assert outcome(data, unpacker, 0) == outcome(data, unpacker, ONE_PROCESS)
+    serial = outcome(data, unpacker, ONE_PROCESS)
+    assert outcome(data, unpacker, 0, writers=1) == serial
+    assert outcome(data, unpacker, 0, writers=2) == serial
+
+
+def _leaves_for_both_writers() -> tuple[str, ...]:
+    """Names of which some fall on the helper and some on the authority (the parent routes a
+    file by the hash of its name's last component, and this process is the parent)."""
+    candidates = [f"n{number}" for number in range(64)]
+    return (*[name for name in candidates if hash(name) & 1][:3], *[name for name in candidates if not hash(name) & 1][:2])
+
+
+@st.composite
+def colliding_members(draw: st.DrawFn) -> list[tuple[str, bytes | str | None, bytes]]:
+    """Members of few names in few directories, of every kind, falling on both writers: files
+    replaced by files, links and directories, and the other way round; hard links to files
+    either writer made; files below what is not a directory."""
+    leaves = _leaves_for_both_writers()
+    directories = ["", "d/", "d/e/", f"d/{leaves[0]}/", f"{leaves[3]}/"]
+    drawn: list[tuple[str, bytes | str | None, bytes]] = []
+    for _ in range(draw(st.integers(1, 24))):
+        kind = draw(st.sampled_from([tarfile.REGTYPE] * 4 + [tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE]))
+        name = draw(st.sampled_from(directories)) + draw(st.sampled_from(leaves))
+        content: bytes | str | None = None
+        if kind == tarfile.REGTYPE:
+            content = draw(st.sampled_from([b"", b"x", b"y" * 5000]))
+        elif kind == tarfile.SYMTYPE:
+            content = "../" * name.count("/") + draw(st.sampled_from(leaves))
+        elif kind == tarfile.LNKTYPE:
+            files = [earlier for earlier, _, earlier_kind in drawn if earlier_kind == tarfile.REGTYPE]
+            content = draw(st.sampled_from(files)) if files else name
+        drawn.append((name, content, kind))
+    return drawn
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=colliding_members())
+def test_two_writers_make_what_one_process_makes_whatever_the_names_collide(
+        drawn: list[tuple[str, bytes | str | None, bytes]]) -> None:
+    data = tar(*drawn)
+    serial = outcome(data, "tar", ONE_PROCESS)
+    event(serial[0] if serial[0] == "tree" else "refused")
+    assert outcome(data, "tar", 0, writers=2) == serial
+    assert outcome(data, "tar", 3, writers=2) == serial
 
 
 # --- the child process ----------------------------------------------------------------------------
@@ -212,26 +261,85 @@ def test_the_child_holds_no_descriptor_of_the_parent_and_ends_when_it_is_killed(
         # parent waits for more, the child for the parent.
         head = tar(*[(f"f{i}", b"data\n" * 400, tarfile.REGTYPE) for i in range(300)])
         os.write(write_end, head[: len(head) - 2048])
-        wait_for(lambda: len(children_of(parent.pid)) == 1, 30, "the writer process")
-        child = children_of(parent.pid)[0]
+        wait_for(lambda: len(children_of(parent.pid)) == writer.WRITERS, 30, "the writer processes")
+        children = children_of(parent.pid)
         wait_for((dest / "f0").exists, 30, "the members sent to be written")
-        targets = set()
-        for fd in os.listdir(f"/proc/{child}/fd"):
-            with contextlib.suppress(FileNotFoundError):  # a file the child just closed
-                targets.add(os.readlink(f"/proc/{child}/fd/{fd}"))
-        assert str(held) not in targets
-        # Its pipes, the tree's directories and the file being written, if any: nothing else.
-        assert all(target.startswith("pipe:") or target == str(dest) or target.startswith(f"{dest}/")
-                   for target in targets), targets
-        # The parent's handlers (Python's for SIGINT, the program's for SIGTERM) are not the
-        # child's: a signal to it does what it does to any process.
+        for child in children:
+            targets = set()
+            for fd in os.listdir(f"/proc/{child}/fd"):
+                with contextlib.suppress(FileNotFoundError):  # a file the child just closed
+                    targets.add(os.readlink(f"/proc/{child}/fd/{fd}"))
+            assert str(held) not in targets
+            # Its pipes, the tree's directories and the file being written, if any: nothing else.
+            assert all(target.startswith("pipe:") or target == str(dest) or target.startswith(f"{dest}/")
+                       for target in targets), targets
+            # The parent's handlers (Python's for SIGINT, the program's for SIGTERM) are not the
+            # child's: a signal to it does what it does to any process.
+            assert caught_signals(child) == 0
         assert caught_signals(parent.pid) & (1 << (signal.SIGTERM - 1))
-        assert caught_signals(child) == 0
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
-        wait_for(lambda: ended(child), 30, "the end of the child after its parent's")
+        wait_for(lambda: all(map(ended, children)), 30, "the end of the children after their parent's")
     finally:
         os.close(write_end)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=30)
+
+
+def waiting_for_the_other(pid: int) -> bool:
+    """Whether writer ``pid`` is in its wait for the other writer (a poll with a timeout)."""
+    with open(f"/proc/{pid}/wchan") as wchan:
+        return "poll_schedule_timeout" in wchan.read()
+
+
+@pytest.mark.parametrize("victim", [0, 1], ids=["the authority", "the helper"])
+def test_a_writer_killed_while_the_other_waits_for_it_ends_the_unpack_with_an_error(tmp_path: Path,
+                                                                                     victim: int) -> None:
+    # Each directory's files that fall on the helper wait for the authority to make it; a
+    # directory whose name falls on the helper, made beside files of the helper, waits for them.
+    dest, work = tmp_path / "dest", tmp_path / "work"
+    dest.mkdir()
+    work.mkdir()
+    read_end, write_end = os.pipe()
+    script = STALLED.format(src=SRC, held=str(tmp_path / "held"), read_end=read_end, dest=str(dest), work=str(work))
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              pass_fds=[read_end])
+    os.close(read_end)
+    children: list[int] = []
+    try:
+        assert parent.stdout is not None
+        assert int(parent.stdout.readline()) == parent.pid
+        members = []
+        for directory in range(40):
+            members += [(f"r{directory}-{i}", b"top\n" * 100, tarfile.REGTYPE) for i in range(8)]
+            members += [(f"d{directory}/f{i}", b"data\n" * 400, tarfile.REGTYPE) for i in range(20)]
+        data = tar(*members)
+        head = 100 * 1024
+        os.write(write_end, data[:head])
+        wait_for(lambda: len(children_of(parent.pid)) == 2, 30, "the writer processes")
+        children = children_of(parent.pid)  # in the order they were made: the authority first
+        survivor = children[1 - victim]
+        wait_for((dest / "r0-0").exists, 30, "the members sent to be written")
+        os.kill(children[victim], signal.SIGSTOP)
+        with contextlib.suppress(BrokenPipeError):
+            os.write(write_end, data[head:len(data) - 2048])  # all but the end, which the reader waits for
+        wait_for(lambda: waiting_for_the_other(survivor), 30, "the other writer waiting")
+        os.kill(children[victim], signal.SIGKILL)
+        with contextlib.suppress(BrokenPipeError):
+            os.write(write_end, data[len(data) - 2048:])
+        os.close(write_end)
+        write_end = -1
+        _out, err = parent.communicate(timeout=60)
+        assert parent.returncode != 0
+        assert "its writer process was killed by signal 9" in err.decode(), err
+        wait_for(lambda: all(map(ended, children)), 30, "the end of both writers")
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=30)
@@ -337,32 +445,34 @@ def test_an_interrupt_while_the_parent_waits_for_the_child_s_answer_still_stops_
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, pass_fds=[read_end])
     os.close(read_end)
-    child = None
+    children: list[int] = []
     try:
         data = tar(*[(f"f{i}", b"data\n" * 400, tarfile.REGTYPE) for i in range(500)])  # past one read
         os.write(write_end, data[:-2048])  # the reader waits for whole buffers: all but the end
-        wait_for(lambda: len(children_of(parent.pid)) == 1, 30, "the writer process")
-        child = children_of(parent.pid)[0]
-        os.kill(child, signal.SIGSTOP)  # it answers only once continued
+        wait_for(lambda: len(children_of(parent.pid)) == writer.WRITERS, 30, "the writer processes")
+        children = children_of(parent.pid)
+        for child in children:
+            os.kill(child, signal.SIGSTOP)  # they answer only once continued
         os.write(write_end, data[-2048:])
         os.close(write_end)
         write_end = -1
 
-        def waiting_for_the_answer() -> bool:  # the command pipe closed: the input's and the answer's left
+        def waiting_for_the_answer() -> bool:  # the command pipes closed: the input's and the answers' left
             with open(f"/proc/{parent.pid}/wchan") as wchan:
-                return pipes_of(parent.pid) == 2 and "pipe_read" in wchan.read()
+                return pipes_of(parent.pid) == 1 + writer.WRITERS and "pipe_read" in wchan.read()
 
-        wait_for(waiting_for_the_answer, 30, "the parent waiting for the child's answer")
+        wait_for(waiting_for_the_answer, 30, "the parent waiting for the children's answers")
         parent.send_signal(signal.SIGINT)
         time.sleep(0.5)  # the interrupt is handled; the parent is waiting again, for good this time
-        os.kill(child, signal.SIGCONT)
+        for child in children:
+            os.kill(child, signal.SIGCONT)
         out, err = parent.communicate(timeout=30)
         assert (parent.returncode, out) == (0, "interrupted\n"), err
-        wait_for(lambda: ended(child), 30, "the end of the child")
+        wait_for(lambda: all(map(ended, children)), 30, "the end of the children")
     finally:
         if write_end >= 0:
             os.close(write_end)
-        if child is not None:
+        for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGCONT)
         if parent.poll() is None:

@@ -136,6 +136,7 @@ class SafeTree:
         self.vouch(None)  # a failed source's tree before this one counts for nothing
         # A file is created with its final mode, set again only if the umask took bits from it.
         self._umask = _umask()
+        self._adopting = False  # see adopt()
 
     def __enter__(self) -> Self:
         return self
@@ -172,6 +173,24 @@ class SafeTree:
         """``parts`` as a path relative to the root's descriptor."""
         return "/".join(parts) or "."
 
+    def adopt(self) -> None:
+        """From now on, take the directories on the path of each entry as made by another process
+        (a writer process that makes only files, in directories that the tree's authority made:
+        see :mod:`sharedcache.loaders.writer`).  They are recorded, neither made nor counted."""
+        self._adopting = True
+
+    def count(self) -> None:
+        """Count a member that another process makes, against the cap on entries."""
+        self._count()
+
+    def charge(self, size: int) -> None:
+        """Charge ``size`` bytes that another process will write to the size limit."""
+        self._ctx.charge(size)
+
+    def measured(self) -> int | None:
+        """The bytes counted so far if measuring (see :class:`SafeTree`), else None."""
+        return self._allocated if self._measure else None
+
     def _count(self) -> None:
         self._entries += 1
         if self._entries > MAX_ENTRIES:
@@ -203,6 +222,8 @@ class SafeTree:
         return ident
 
     def _mkdir(self, parent: int, parent_parts: tuple[str, ...], part: str, name: str) -> None:
+        if self._adopting:
+            return
         self._count()
         descriptor = self._descriptor(parent, parent_parts)
         try:

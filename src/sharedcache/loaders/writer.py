@@ -1,39 +1,82 @@
-"""The writer process: the files of a tar archive made by a child process while this one reads on.
+"""The writer processes: the files of a tar archive made by child processes while this one reads on.
 
 An unpack of many small files is bound by one core.  Parsing a header and making a file (``open``,
 ``write``, ``futimens``, ``close``) are both interpreter work, and a thread cannot share it out:
 the second thread would wait for the interpreter lock after every system call.  So past
-:data:`SERIAL_MEMBERS` members, :func:`~sharedcache.loaders.archives.extract_tar` forks.  The child
-goes on with the :class:`~sharedcache.loaders.archives.SafeTree` as fork copied it: every rule, and
-all its state (the directories made and their descriptors, the links to check at the end, the
-entry count, the bytes charged to the size limit).  The parent decompresses and parses, and sends
-each member down a pipe.  Small archives never fork: for them the fork would cost more than it
-saves.
+:data:`SERIAL_MEMBERS` members, :func:`~sharedcache.loaders.archives.extract_tar` forks.  The
+children go on with the :class:`~sharedcache.loaders.archives.SafeTree` as fork copied it: every
+rule, and all its state (the directories made and their descriptors, the links to check at the
+end, the entry count, the bytes charged to the size limit).  The parent decompresses and parses,
+and sends each member down a pipe.  Small archives never fork: for them the fork would cost more
+than it saves.
+
+There are two children (:data:`WRITERS`), because on a disk the kernel's work of making each file
+is itself more than one core can do at the pace of the parsing.  The *authority* executes every
+member but some plain files, with every rule of the tree, and finishes it.  The *helper* makes
+only plain files, in directories the authority has made: its tree :meth:`adopts
+<sharedcache.loaders.archives.SafeTree.adopt>` them.  If the helper cannot be made, the authority
+makes everything; if the authority cannot, this process does.
 
 The protocol:
 
-1. Parent to child, on the command pipe: a frame per member, in archive order.  A frame is a
-   fixed header (:data:`_FRAME`: operation, sizes of the name and of the link target, mode, time
-   in seconds and nanoseconds, data size), the name and the target in UTF-8 (other bytes kept as
-   surrogate escapes), then a file's data.  A full pipe makes the parent wait: memory stays a pipe's worth.
-2. The child executes each frame with the tree's own methods, which check and refuse exactly as
-   they do in one process.  :data:`FINISH` asks it to finish the tree (check where the links
-   lead, set the directories' modes).
-3. Child to parent, on the result pipe, once: the pickled outcome (finished, with what the
-   tree's finish measured; stopped, when the command pipe ended without FINISH; or the exception
-   that stopped it).  Then it exits.
-4. A failure is reported as one process would report it, the first in archive order.  When the
-   parent fails (a corrupt header, a refused name, an interrupt), it closes the command pipe and
-   waits for the outcome: the child executes what it was sent, which came before the failure.  A
-   failure of the child is then raised in place of the parent's; else the parent's stands.  When
-   the child fails first, the parent's next write finds the pipe closed, and the child's failure
-   is raised.
-5. If the parent dies, the child reads the end of the command pipe and exits, without finishing.
+1. Parent to child, on each child's command pipe: a frame per member, in archive order.  A frame
+   is a fixed header (:data:`_FRAME`: operation, sizes of the name and of the link target, mode,
+   time in seconds and nanoseconds, data size, the member's number, and how many frames of the
+   other child must be done before this one), the name and the target in UTF-8 (other bytes kept
+   as surrogate escapes), then a file's data.  A full pipe makes the parent wait: memory stays a
+   pipe's worth per child.
+2. Which child makes a plain file: the helper, if the directory it goes in was made by a frame
+   sent to the authority before, the name is not that of such a directory, and a hash of its last
+   component falls on the helper; else the authority.  The same name in the same directory
+   always falls on the same child, so two files of one name are made in archive order.  With a
+   helper, the parent counts every member and every directory it implies against the cap on
+   entries, and charges every file's size to the size limit, in archive order and before any of
+   it is sent, as the tree would (its own copy of the tree does it); the children count and charge
+   again what they make, a part of the whole that never reaches a limit first.  (One difference
+   remains, at the cap alone: a member whose directories take the count past it is refused for
+   that, where one process might first have refused it for a file in the way of one of them.)
+3. Every other member goes to the authority, and so does what it implies: the directories of its
+   path.  The parent keeps the authority's directories as a tree of ids (as the tree itself
+   does), and for each directory two counts: the authority's frames that must be done before the
+   helper makes a file in it (the frame that made it, and every later one that made, replaced or
+   read an entry there whose name falls on the helper), and the helper's frames sent with a file
+   in it.  A frame waits for the other child's count that it needs:
 
-The child holds no more than it needs: it closes every descriptor but the two pipes and the
-tree's directories at once (the parent's locks, connections and index are not kept alive by it),
-restores the default action of the signals the parent handles in Python, loads no module (the
-two it needs are loaded before the fork), never logs or prints, and leaves with ``os._exit``.
+   * a helper frame, for the authority's first count of its directory: the directory exists, and
+     nothing of the same name that came before is still to be made;
+   * an authority frame that makes, replaces or reads (a hard link's target) an entry whose name
+     falls on the helper, for the helper's second count of that directory: a file of that name
+     sent before is made.
+
+   Every other pair of frames touches different names, in directories that are never replaced
+   (the tree refuses to replace a directory), so the children's work commutes.  Each child
+   publishes how many frames it has done in a few bytes of memory shared before the fork; a child
+   waiting for the other polls them, and stops if the other has exited short of the count it
+   needs (it holds the read end of a pipe whose only writer is the other child).
+4. No wait can close a circle: a frame waits only for frames of earlier members.  The parent
+   writes a frame that waits only once what it waits for is in the other child's pipe (it first
+   writes out what it holds for the other), so a child never waits for a frame still in the
+   parent, and the parent's wait on one full pipe ends as both children drain theirs.
+5. :data:`FINISH`: the helper answers with the bytes it counted, if measuring; the authority,
+   once the helper's frames are all done, checks where the links lead and sets the directories'
+   modes.  The parent adds the two counts.
+6. Child to parent, on its result pipe, once: the pickled outcome (finished, with what it
+   measured; stopped, when its command pipe ended without FINISH or the other child ended short;
+   or the exception that stopped it, with the member's number).  Then it exits.
+7. A failure is reported as one process would report it: the first in archive order.  When the
+   parent fails (a corrupt header, a refused name, an interrupt), it closes the command pipes and
+   waits for the outcomes: the children execute what they were sent, which came before the
+   failure.  The children's first failure by member number (each member goes to one child) is
+   then raised in place of the parent's; else the parent's stands.  When a child fails first, the parent's next write to it finds the pipe
+   closed, and the same choice is made.
+8. If the parent dies, each child reads the end of its command pipe (or finds the other gone) and
+   exits, without finishing.
+
+The children hold no more than they need: each closes every descriptor but its two pipes, the
+other's end of the liveness pipe and the tree's directories at once (the parent's locks,
+connections and index are not kept alive by it), restores the default action of the signals the
+parent handles in Python, loads no module (the ones they need are loaded before the fork), never
+logs or prints, and leaves with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -51,20 +94,30 @@ from ..errors import LoaderError, UnsafeArchiveError
 from .streams import CHUNK, Buffered
 
 if TYPE_CHECKING:
+    import mmap
+
     from .archives import SafeTree
 
-#: Members unpacked in this process before the rest is handed to a writer process.
+#: Members unpacked in this process before the rest is handed to writer processes.
 SERIAL_MEMBERS = 4096
+#: Writer processes: the authority alone (1), or with a helper (2).
+WRITERS = 2
 
 FILE, DIRECTORY, SYMLINK, HARDLINK, FINISH = range(1, 6)
-# operation, name bytes, target bytes, mode, mtime (seconds, nanoseconds), data bytes
-_FRAME = struct.Struct("<BIIqqIq")
-_PIPE_SIZE = 1 << 20               # asked of the kernel for the command pipe (its default is 64 KiB)
-_BATCH = 256 << 10                 # bytes gathered before a write to the pipe...
+# operation, name bytes, target bytes, mode, mtime (seconds, nanoseconds), data bytes, the member's
+# number, the other child's frames to be done first
+_FRAME = struct.Struct("<BIIqqIqqq")
+_AUTHORITY, _HELPER = 0, 1         # each child's slot in the shared counts
+_DONE = struct.Struct("<q")        # a child's count of frames done, in the shared memory
+_POLL = 0.0002                     # seconds between two looks at the other child's count
+_PIPE_SIZE = 1 << 20               # asked of the kernel for the command pipes (its default is 64 KiB)
+_BATCH = 256 << 10                 # bytes gathered before a write to a pipe...
 _MAX_PENDING = 512                 # ...or pieces (well below IOV_MAX, 1024)
 _FINISHED, _STOPPED, _FAILED = "finished", "stopped", "failed"
-# What the child answers: how it ended, the failure that ended it, what the tree's finish measured.
-_Outcome = tuple[str, BaseException | None, int | None]
+# What a child answers: how it ended, the failure that ended it, what it measured, and the
+# number of the member it was at.
+_Outcome = tuple[str, BaseException | None, int | None, int]
+_UNNUMBERED = 1 << 63              # the member of a failure no child reported (a child killed)
 # A pax header can say any number.  A time whose seconds a frame cannot hold, no clock holds
 # either (time_t has 64 bits): it is sent as _NO_TIME, and the child gives the tree a time that
 # fails to be set as it would have (so the file keeps its creation time, as in one process).
@@ -80,55 +133,123 @@ def available() -> bool:
 
 
 class _Stopped(Exception):
-    """The command pipe ended within a frame: the parent stopped sending."""
+    """The command pipe ended within a frame (the parent stopped sending), or the other child
+    ended before doing what a frame waits for."""
+
+
+class _Child:
+    """The parent's side of one writer process: its pipes, what is gathered for it, its answer."""
+
+    def __init__(self, slot: int, commands: int, results: int) -> None:
+        self.slot = slot
+        self.commands, self.results = commands, results  # -1 once closed
+        self.pid = 0
+        self.pending: list[bytes | memoryview] = []
+        self.pending_bytes = 0
+        self.sent = 0  # frames sent but FINISH: the count the child publishes once it has done them
+        self.written = 0  # of those, the frames written to the pipe (the rest are pending)
+        self.outcome: _Outcome | None = None
+        self.answer: list[bytes] = []  # what the child has answered so far (see WriterProcess._stop)
+        self.status: int | None = None  # its exit status, once waited for
+
+
+def _pipe_pair() -> tuple[tuple[int, int], tuple[int, int]]:
+    """A command pipe and a result pipe: ((read, write), (read, write)); nothing left open on OSError."""
+    commands = os.pipe()
+    try:
+        return commands, os.pipe()
+    except OSError:
+        for descriptor in commands:
+            os.close(descriptor)
+        raise
 
 
 class WriterProcess:
     """The parent's side: a stand-in for the tree that the tar loop calls, with its methods.
-    OSError if the child cannot be made (no process or memory left): one process will do."""
+    OSError if no child can be made (no process or memory left): one process will do."""
 
     def __init__(self, tree: SafeTree, what: str) -> None:
-        self._tree = tree  # this process's copy, from now on used only for names and messages
+        self._tree = tree  # this process's copy, from now on used only for names, messages and charges
         self._what = what
-        commands, self._commands = os.pipe()
-        try:
-            self._results, results = os.pipe()
-        except OSError:  # out of descriptors: the caller goes on in one process
-            os.close(commands)
-            os.close(self._commands)
-            raise
-        try:
-            import fcntl
-
-            fcntl.fcntl(self._commands, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:
-            pass  # above the system's limit for this user: the default size works, with more switches
-        self._pending: list[bytes | memoryview] = []
-        self._pending_bytes = 0
-        self._outcome: _Outcome | None = None
-        self._answer: list[bytes] = []  # what the child has answered so far (see _stop)
-        self._status: int | None = None  # its exit status, once waited for
-        # Loaded here, before the fork, so that the child loads no module (nor does an unpack
-        # that never forks: these two cost a few milliseconds).
+        self._number = 0  # the current member's
+        # The authority's directories as the parent sees them, as in the tree: (parent's id, name)
+        # -> id, the root being 0; by id, the two counts of the protocol's step 3.
+        self._dirs: dict[tuple[int, str], int] = {}
+        self._ready = [0]
+        self._helper_sent = [0]
+        self._last_parent: tuple[tuple[str, ...], int] = ((), 0)
+        # Loaded here, before the fork, so that the children load no module (nor does an unpack
+        # that never forks: these cost a few milliseconds).
+        import mmap
         import pickle  # noqa: F401
+        import select  # noqa: F401
         import signal  # noqa: F401
 
+        self._shared = mmap.mmap(-1, 2 * _DONE.size)
+        self._children = self._fork(tree)
+        self._authority = self._children[0]
+        self._helper = self._children[1] if len(self._children) > 1 else None
+
+    def _fork(self, tree: SafeTree) -> list[_Child]:
+        """The children, the authority first; OSError if not even the authority can be made."""
+        (command_read, command_write), (result_read, result_write) = _pipe_pair()
+        children = [_Child(_AUTHORITY, command_write, result_read)]
+        ends = [(command_read, result_write)]
+        lives: list[tuple[int, int]] = []  # each child's liveness pipe: (read end, write end)
         try:
-            with warnings.catch_warnings():
-                # Python 3.12 warns of fork in a process with threads.  The child runs none of the
-                # code that the other threads (reading ahead, decompressing) may hold locks of.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self._pid = os.fork()
-        except OSError:  # out of processes or memory: the caller goes on in one process
-            for descriptor in (commands, self._commands, self._results, results):
-                os.close(descriptor)
-            raise
-        if self._pid == 0:
-            os.close(self._commands)
-            os.close(self._results)
-            _child(tree, commands, results)
-        os.close(commands)
-        os.close(results)
+            if WRITERS > 1:
+                (command_read, command_write), (result_read, result_write) = _pipe_pair()
+                children.append(_Child(_HELPER, command_write, result_read))
+                ends.append((command_read, result_write))
+                lives.append(os.pipe())
+                lives.append(os.pipe())
+        except OSError:  # out of descriptors: the authority alone
+            for read_end, write_end in lives:
+                os.close(read_end)
+                os.close(write_end)
+            lives = []
+            if len(children) > 1:
+                self._close(children.pop(), *ends.pop())
+        for child in children:
+            with contextlib.suppress(OSError):
+                import fcntl
+
+                # Above the system's limit for this user, the default size works, with more switches.
+                fcntl.fcntl(child.commands, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        forked: list[_Child] = []
+        for child, (command_read, result_write) in zip(children, ends, strict=True):
+            # Its own liveness pipe's write end, and the other's read end, which it watches.
+            keep = (lives[child.slot][1], lives[1 - child.slot][0]) if lives else (-1, -1)
+            try:
+                with warnings.catch_warnings():
+                    # Python 3.12 warns of fork in a process with threads.  The child runs none of
+                    # the code that the other threads (reading ahead, decompressing) may hold locks of.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    child.pid = os.fork()
+            except OSError:  # out of processes or memory: one process fewer will do
+                self._close(child, command_read, result_write)
+                if not forked:
+                    for other, (read_end, write_end) in zip(children[1:], ends[1:], strict=True):
+                        self._close(other, read_end, write_end)
+                    for read_end, write_end in lives:
+                        os.close(read_end)
+                        os.close(write_end)
+                    raise
+                break
+            if child.pid == 0:
+                _child(tree, child.slot, command_read, result_write, keep, self._shared)
+            os.close(command_read)
+            os.close(result_write)
+            forked.append(child)
+        for read_end, write_end in lives:
+            os.close(read_end)
+            os.close(write_end)
+        return forked
+
+    @staticmethod
+    def _close(child: _Child, *ends: int) -> None:
+        for descriptor in (child.commands, child.results, *ends):
+            os.close(descriptor)
 
     # --- the tree's methods --------------------------------------------------------------------
 
@@ -140,56 +261,150 @@ class WriterProcess:
 
     def write_file(self, name: str, size: int, mode: int, mtime_ns: int,
                    read: Callable[[int], bytes | memoryview]) -> None:
-        self._frame(FILE, name, "", mode, mtime_ns, size)
-        pending, left = self._pending, size
+        self._number += 1
+        helper = self._helper
+        if helper is None:
+            child, after = self._authority, 0
+        else:
+            parts = self._tree.parts(name)
+            self._tree.count()
+            self._tree.charge(size)
+            directory = self._directory(parts[:-1]) if parts and hash(parts[-1]) & 1 else None
+            if directory is not None and (directory, parts[-1]) not in self._dirs:
+                child, after = helper, self._ready[directory]
+                self._helper_sent[directory] = helper.sent + 1
+            else:
+                child, after = self._authority, self._before_authority(parts[:-1], parts[-1:])
+        self._frame(child, FILE, name, "", mode, mtime_ns, size, after)
+        pending, left = child.pending, size
         while left:
             piece = read(min(left, CHUNK))  # a view of the reader's buffer: sent, never copied here
             left -= len(piece)
             pending.append(piece)
-            self._pending_bytes += len(piece)
-            if self._pending_bytes >= _BATCH:
-                self._flush()
-                pending = self._pending
+            child.pending_bytes += len(piece)
+            if child.pending_bytes >= _BATCH:
+                self._flush(child)
+                pending = child.pending
         if len(pending) >= _MAX_PENDING:
-            self._flush()
+            self._flush(child)
 
     def mkdir(self, name: str, mode: int, mtime_ns: int) -> None:
-        self._frame(DIRECTORY, name, "", mode, mtime_ns, 0)
+        after = self._authority_member(name, directory=True)
+        self._frame(self._authority, DIRECTORY, name, "", mode, mtime_ns, 0, after)
 
     def symlink(self, name: str, target: str) -> None:
-        self._frame(SYMLINK, name, target, 0, 0, 0)
+        after = self._authority_member(name)
+        self._frame(self._authority, SYMLINK, name, target, 0, 0, 0, after)
 
     def hardlink(self, name: str, target: str) -> None:
-        self._frame(HARDLINK, name, target, 0, 0, 0)
+        after = self._authority_member(name)
+        if self._helper is not None:
+            try:
+                target_parts = self._tree.parts(target)
+            except UnsafeArchiveError:  # the authority refuses it
+                target_parts = ()
+            if target_parts:
+                after = max(after, self._before_authority(target_parts[:-1], target_parts[-1:], reads=True))
+        self._frame(self._authority, HARDLINK, name, target, 0, 0, 0, after)
 
     def finish(self) -> int | None:
-        """Have the child finish the tree, and return what its finish measured (see
-        :meth:`SafeTree.finish`); raise what stopped it, if anything did."""
-        self._frame(FINISH, "", "", 0, 0, 0)
-        self._flush()
-        kind, failure, allocated = self._stop()
+        """Have the children finish the tree, and return what they measured (see
+        :meth:`SafeTree.finish`); raise what stopped them, if anything did."""
+        self._number += 1
+        after = 0
+        if self._helper is not None:
+            self._frame(self._helper, FINISH, "", "", 0, 0, 0, 0)
+            after = self._helper.sent
+        self._frame(self._authority, FINISH, "", "", 0, 0, 0, after)
+        for child in self._children:
+            self._flush(child)
+        self._stop()
+        failure = self._first_failure()
         if failure is not None:
             raise failure
-        if kind != _FINISHED:
+        outcomes = [child.outcome for child in self._children]
+        if any(outcome is None or outcome[0] != _FINISHED for outcome in outcomes):
             raise LoaderError(f"cannot unpack {self._what}: its writer process ended before finishing")
+        counts = [outcome[2] for outcome in outcomes if outcome is not None]
+        allocated = None if None in counts else sum(count for count in counts if count is not None)
         self._tree.vouch(allocated)
         return allocated
 
     def abandon(self, failure: BaseException) -> BaseException:
-        """After this process failed with ``failure``: stop the child once it has executed what it
-        was sent, and return the failure to raise (the child's, which came first, if it failed)."""
-        try:
-            self._flush()
-        except BaseException:  # the child's failure (or an interrupt): _stop tells which
-            pass
-        _kind, child_failure, _allocated = self._stop()
+        """After this process failed with ``failure``: stop the children once they have executed
+        what they were sent, and return the failure to raise (a child's, which came first, if
+        one failed)."""
+        for child in self._children:
+            try:
+                self._flush(child)
+            except BaseException:  # a child's failure (or an interrupt): _stop tells which
+                break
+        self._stop()
+        child_failure = self._first_failure()
         if child_failure is not None and isinstance(failure, Exception):
             return child_failure
         return failure
 
     # --- the protocol --------------------------------------------------------------------------
 
-    def _frame(self, operation: int, name: str, target: str, mode: int, mtime_ns: int, size: int) -> None:
+    def _authority_member(self, name: str, *, directory: bool = False) -> int:
+        """Number the member ``name`` that only the authority makes (a ``directory``, or a link)
+        and, with a helper, count it and return the helper's frames it waits for."""
+        self._number += 1
+        if self._helper is None:
+            return 0
+        parts = self._tree.parts(name)
+        self._tree.count()
+        return self._before_authority(parts, ()) if directory else self._before_authority(parts[:-1], parts[-1:])
+
+    def _directory(self, parts: tuple[str, ...]) -> int | None:
+        """The id of the authority's directory ``parts``, None if no frame sent to it made it."""
+        if parts == self._last_parent[0]:  # members come directory by directory
+            return self._last_parent[1]
+        ident: int | None = 0
+        for part in parts:
+            ident = self._dirs.get((ident, part))  # type: ignore[arg-type]  # None ends the loop
+            if ident is None:
+                return None
+        assert ident is not None
+        self._last_parent = (parts, ident)
+        return ident
+
+    def _before_authority(self, directory: tuple[str, ...], leaf: tuple[str, ...], *, reads: bool = False) -> int:
+        """For a frame to the authority that makes the directories ``directory`` (unless ``reads``)
+        and then makes, replaces or (``reads``) reads the entry ``leaf`` (none if empty) in the last
+        of them: the helper's frames it must wait for, with the counts updated (step 3)."""
+        number = self._authority.sent + 1  # what the authority's count will be once it has done it
+        touched: list[int] = []
+        ident = self._directory(directory)
+        if ident is None:
+            if reads:
+                return 0  # a hard link into no directory: the authority refuses it
+            ident = 0
+            for part in directory:
+                below = self._dirs.get((ident, part))
+                if below is None:
+                    self._tree.count()
+                    if hash(part) & 1:
+                        touched.append(ident)
+                    below = self._dirs[(ident, part)] = len(self._ready)
+                    self._ready.append(number)
+                    self._helper_sent.append(0)
+                ident = below
+        if leaf and hash(leaf[0]) & 1:
+            touched.append(ident)
+        after = 0
+        for ident in touched:
+            after = max(after, self._helper_sent[ident])
+            self._ready[ident] = number
+        return after
+
+    def _frame(self, child: _Child, operation: int, name: str, target: str, mode: int, mtime_ns: int, size: int,
+               after: int) -> None:
+        if after:  # what it waits for must be in the other child's pipe, not held here (step 4)
+            other = self._children[1 - child.slot]
+            if after > other.written:
+                self._flush(other)
         seconds, nanoseconds = divmod(mtime_ns, 1_000_000_000)
         if not _NO_TIME < seconds <= _LARGEST:
             seconds = _NO_TIME
@@ -197,20 +412,24 @@ class WriterProcess:
         name_bytes = name.encode("utf-8", "surrogateescape")
         target_bytes = target.encode("utf-8", "surrogateescape") if target else b""
         frame = _FRAME.pack(operation, len(name_bytes), len(target_bytes), mode, seconds, nanoseconds,
-                            size) + name_bytes + target_bytes
-        self._pending.append(frame)
-        self._pending_bytes += len(frame)
-        if self._pending_bytes >= _BATCH or len(self._pending) >= _MAX_PENDING:
-            self._flush()
+                            size, self._number, after) + name_bytes + target_bytes
+        if operation != FINISH:
+            child.sent += 1
+        child.pending.append(frame)
+        child.pending_bytes += len(frame)
+        if child.pending_bytes >= _BATCH or len(child.pending) >= _MAX_PENDING:
+            self._flush(child)
 
-    def _flush(self) -> None:
-        pending, left = self._pending, self._pending_bytes
-        self._pending, self._pending_bytes = [], 0
+    def _flush(self, child: _Child) -> None:
+        pending, left = child.pending, child.pending_bytes
+        child.pending, child.pending_bytes = [], 0
+        child.written = child.sent
         while pending:
             try:
-                written = os.writev(self._commands, pending)
-            except BrokenPipeError:  # the child failed and left
-                _kind, failure, _allocated = self._stop()
+                written = os.writev(child.commands, pending)
+            except BrokenPipeError:  # the child ended: failed, or stopped by the other's end
+                self._stop()
+                failure = self._first_failure()
                 raise failure if failure is not None else LoaderError(
                     f"cannot unpack {self._what}: its writer process stopped reading") from None
             left -= written
@@ -224,41 +443,55 @@ class WriterProcess:
             if written:
                 pending[0] = memoryview(pending[0])[written:]
 
-    def _stop(self) -> _Outcome:
-        """Close the command pipe, wait for the child's answer and its exit; what it answered
-        (stopped, if it could not: then the failure says why).  A signal's exception (an
-        interrupt, a job's end) may cut in at any step; :meth:`abandon` then calls this again,
-        which goes on from that step: a descriptor closed twice could be one opened meanwhile."""
-        if self._outcome is None:
-            if self._commands >= 0:
-                os.close(self._commands)
-                self._commands = -1
-            while self._results >= 0:
-                if chunk := os.read(self._results, 1 << 16):
-                    self._answer.append(chunk)
+    def _first_failure(self) -> BaseException | None:
+        """The children's failure that came first in archive order (the authority's, for one
+        member), once they are stopped."""
+        failures = [(outcome[3], child.slot, outcome[1]) for child in self._children
+                    if (outcome := child.outcome) is not None and outcome[1] is not None]
+        return min(failures, key=lambda failure: failure[:2])[2] if failures else None
+
+    def _stop(self) -> None:
+        """Close the command pipes, wait for the children's answers and their exits, and keep
+        what each answered (stopped, if it could not: then the failure says why).  A signal's
+        exception (an interrupt, a job's end) may cut in at any step; :meth:`abandon` then calls
+        this again, which goes on from that step: a descriptor closed twice could be one opened
+        meanwhile."""
+        for child in self._children:
+            if child.commands >= 0:
+                os.close(child.commands)
+                child.commands = -1
+        for child in self._children:
+            if child.outcome is not None:
+                continue
+            while child.results >= 0:
+                if chunk := os.read(child.results, 1 << 16):
+                    child.answer.append(chunk)
                 else:
-                    os.close(self._results)
-                    self._results = -1
-            if self._status is None:
+                    os.close(child.results)
+                    child.results = -1
+            if child.status is None:
                 try:
-                    self._status = os.waitpid(self._pid, 0)[1]
+                    child.status = os.waitpid(child.pid, 0)[1]
                 except ChildProcessError:  # reaped already: the process ignores SIGCHLD
-                    self._status = 0
-            status = self._status
-            if self._answer:
+                    child.status = 0
+            status = child.status
+            if child.answer:
                 import pickle
 
-                self._outcome = pickle.loads(b"".join(self._answer))
+                child.outcome = pickle.loads(b"".join(child.answer))
             elif os.WIFSIGNALED(status):
-                self._outcome = (_STOPPED, LoaderError(
-                    f"cannot unpack {self._what}: its writer process was killed by signal {os.WTERMSIG(status)}"), None)
+                child.outcome = (_STOPPED, LoaderError(
+                    f"cannot unpack {self._what}: its writer process was killed by signal {os.WTERMSIG(status)}"),
+                    None, _UNNUMBERED)
             else:
-                self._outcome = (_STOPPED, None, None)
-        return self._outcome
+                child.outcome = (_STOPPED, None, None, _UNNUMBERED)
 
 
-def _child(tree: SafeTree, commands: int, results: int) -> NoReturn:
-    """The writer process: execute the frames read from ``commands``, answer on ``results``."""
+def _child(tree: SafeTree, slot: int, commands: int, results: int, lives: tuple[int, int],
+           shared: mmap.mmap) -> NoReturn:
+    """A writer process: execute the frames read from ``commands``, answer on ``results``.
+    ``lives`` holds the write end of its liveness pipe and the read end of the other child's
+    (both -1 if there is no other)."""
     import pickle  # loaded before the fork: found, not loaded
     import signal
 
@@ -269,21 +502,19 @@ def _child(tree: SafeTree, commands: int, results: int) -> NoReturn:
             with contextlib.suppress(OSError, ValueError):
                 if callable(signal.getsignal(number)):
                     signal.signal(number, signal.SIG_DFL)
-        keep = {commands, results, *tree.descriptors()}
+        keep = {commands, results, *lives, *tree.descriptors()}
         for name in os.listdir("/proc/self/fd"):
             if int(name) not in keep:
                 with contextlib.suppress(OSError):
                     os.close(int(name))
-        outcome = _serve(tree, commands)
-    except _Stopped:
-        outcome = (_STOPPED, None, None)
+        outcome = _serve(tree, slot, commands, lives[1], shared)
     except BaseException as exc:  # sent to the parent, which raises it
-        outcome = (_FAILED, exc, None)
+        outcome = (_FAILED, exc, None, 0)
     try:
         try:
             answer = pickle.dumps(outcome)
         except Exception:  # an exception that does not pickle: its message will do
-            answer = pickle.dumps((_FAILED, LoaderError(f"cannot unpack: {outcome[1]}"), None))
+            answer = pickle.dumps((_FAILED, LoaderError(f"cannot unpack: {outcome[1]}"), None, outcome[3]))
         while answer:
             answer = answer[os.write(results, answer):]
     finally:
@@ -313,13 +544,15 @@ class _Frames(Buffered):
             raise _Stopped
         return False
 
-    def next(self) -> tuple[int, str, str, int, int, int] | None:
-        """The next frame's operation, name, target, mode, mtime and data size; None at the end."""
+    def next(self) -> tuple[int, str, str, int, int, int, int, int] | None:
+        """The next frame's operation, name, target, mode, mtime, data size, member's number and
+        the other child's count to wait for; None at the end."""
         self.within = False
         at, buffer = self._at, self._buffer
         start = at + _FRAME.size
         if start <= len(buffer):
-            operation, name_size, target_size, mode, seconds, nanoseconds, size = _FRAME.unpack_from(buffer, at)
+            operation, name_size, target_size, mode, seconds, nanoseconds, size, number, after = \
+                _FRAME.unpack_from(buffer, at)
             end = start + name_size + target_size
             if end <= len(buffer):  # the usual case: all of it is here
                 self._at = end
@@ -327,20 +560,21 @@ class _Frames(Buffered):
                 self.within = True
                 target = str(buffer[start + name_size:end], "utf-8", "surrogateescape") if target_size else ""
                 return (operation, str(buffer[start:start + name_size], "utf-8", "surrogateescape"), target,
-                        mode, _time(seconds, nanoseconds), size)
+                        mode, _time(seconds, nanoseconds), size, number, after)
         header = self.read_exact(_FRAME.size)
         if not header:
             return None
         self.within = True
         if len(header) < _FRAME.size:
             raise _Stopped
-        operation, name_size, target_size, mode, seconds, nanoseconds, size = _FRAME.unpack(header)
+        operation, name_size, target_size, mode, seconds, nanoseconds, size, number, after = _FRAME.unpack(header)
         name_bytes = self.read_exact(name_size)
         target_bytes = self.read_exact(target_size)
         if len(name_bytes) < name_size or len(target_bytes) < target_size:
             raise _Stopped
         return (operation, name_bytes.decode("utf-8", "surrogateescape"),
-                target_bytes.decode("utf-8", "surrogateescape"), mode, _time(seconds, nanoseconds), size)
+                target_bytes.decode("utf-8", "surrogateescape"), mode, _time(seconds, nanoseconds), size, number,
+                after)
 
 
 def _time(seconds: int, nanoseconds: int) -> int:
@@ -348,19 +582,47 @@ def _time(seconds: int, nanoseconds: int) -> int:
     return _UNSETTABLE_TIME if seconds == _NO_TIME else seconds * 1_000_000_000 + nanoseconds
 
 
-def _serve(tree: SafeTree, commands: int) -> _Outcome:
+def _wait(shared: mmap.mmap, slot: int, count: int, watch: int) -> None:
+    """Return once the child in ``slot`` has done ``count`` frames; _Stopped if it exits first."""
+    import select  # loaded before the fork: found, not loaded
+
+    while _DONE.unpack_from(shared, slot * _DONE.size)[0] < count:
+        if select.select([watch], [], [], _POLL)[0]:  # it has exited: what it did last is published
+            if _DONE.unpack_from(shared, slot * _DONE.size)[0] < count:
+                raise _Stopped
+            return
+
+
+def _serve(tree: SafeTree, slot: int, commands: int, watch: int, shared: mmap.mmap) -> _Outcome:
     frames = _Frames(commands)
     data = frames.view  # within a file's frame, it raises _Stopped rather than end short
-    while (frame := frames.next()) is not None:
-        operation, name, target, mode, mtime_ns, size = frame
-        if operation == FINISH:
-            return _FINISHED, None, tree.finish()
-        if operation == FILE:
-            tree.write_file(name, size, mode, mtime_ns, data)
-        elif operation == DIRECTORY:
-            tree.mkdir(name, mode, mtime_ns)
-        elif operation == SYMLINK:
-            tree.symlink(name, target)
-        elif operation == HARDLINK:
-            tree.hardlink(name, target)
-    return _STOPPED, None, None
+    other, offset = 1 - slot, slot * _DONE.size
+    start = tree.measured()
+    if slot == _HELPER:
+        tree.adopt()
+    done = number = 0
+    try:
+        while (frame := frames.next()) is not None:
+            operation, name, target, mode, mtime_ns, size, number, after = frame
+            if after:
+                _wait(shared, other, after, watch)
+            if operation == FILE:
+                tree.write_file(name, size, mode, mtime_ns, data)
+            elif operation == FINISH:
+                if slot == _HELPER:
+                    end = tree.measured()
+                    return _FINISHED, None, None if end is None or start is None else end - start, number
+                return _FINISHED, None, tree.finish(), number
+            elif operation == DIRECTORY:
+                tree.mkdir(name, mode, mtime_ns)
+            elif operation == SYMLINK:
+                tree.symlink(name, target)
+            elif operation == HARDLINK:
+                tree.hardlink(name, target)
+            done += 1
+            _DONE.pack_into(shared, offset, done)
+    except _Stopped:
+        pass
+    except BaseException as exc:  # sent to the parent, which raises it
+        return _FAILED, exc, None, number
+    return _STOPPED, None, None, number
