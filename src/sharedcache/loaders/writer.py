@@ -67,8 +67,8 @@ The protocol:
    parent fails (a corrupt header, a refused name, an interrupt), it closes the command pipes and
    waits for the outcomes: the children execute what they were sent, which came before the
    failure.  The children's first failure by member number (each member goes to one child) is
-   then raised in place of the parent's; else the parent's stands.  When a child fails first, the parent's next write to it finds the pipe
-   closed, and the same choice is made.
+   then raised in place of the parent's; else the parent's stands.  When a child fails first, the
+   parent's next write to it finds the pipe closed, and the same choice is made.
 8. If the parent dies, each child reads the end of its command pipe (or finds the other gone) and
    exits, without finishing.
 
