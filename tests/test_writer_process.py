@@ -9,6 +9,7 @@ default only archives of thousands of members fork.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import io
 import os
 import signal
@@ -287,6 +288,21 @@ def test_the_child_holds_no_descriptor_of_the_parent_and_ends_when_it_is_killed(
             parent.wait(timeout=30)
 
 
+def feed(write_end: int, data: memoryview, until: Callable[[], bool], what: str) -> memoryview:
+    """Write ``data`` to the non-blocking pipe ``write_end`` as its reader takes it, until all of
+    it is written, the reader has gone or ``until()``; return what is left."""
+    deadline = time.monotonic() + 30
+    while data and not until():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        try:
+            data = data[os.write(write_end, data):]
+        except BlockingIOError:
+            time.sleep(0.01)
+        except BrokenPipeError:
+            return data[:0]
+    return data
+
+
 def waiting_for_the_other(pid: int) -> bool:
     """Whether writer ``pid`` is in its wait for the other writer (a poll with a timeout)."""
     with open(f"/proc/{pid}/wchan") as wchan:
@@ -315,19 +331,21 @@ def test_a_writer_killed_while_the_other_waits_for_it_ends_the_unpack_with_an_er
             members += [(f"r{directory}-{i}", b"top\n" * 100, tarfile.REGTYPE) for i in range(8)]
             members += [(f"d{directory}/f{i}", b"data\n" * 400, tarfile.REGTYPE) for i in range(20)]
         data = tar(*members)
-        head = 100 * 1024
+        head = len(data) // 2  # past the parent's first batch of frames for each writer
         os.write(write_end, data[:head])
         wait_for(lambda: len(children_of(parent.pid)) == 2, 30, "the writer processes")
         children = children_of(parent.pid)  # in the order they were made: the authority first
         survivor = children[1 - victim]
-        wait_for((dest / "r0-0").exists, 30, "the members sent to be written")
+        wait_for(lambda: any(dest.iterdir()), 30, "the members sent to be written")
         os.kill(children[victim], signal.SIGSTOP)
-        with contextlib.suppress(BrokenPipeError):
-            os.write(write_end, data[head:len(data) - 2048])  # all but the end, which the reader waits for
+        # The parent may block on the stopped writer's full pipe and stop reading: the pipe is fed
+        # only as it is read, until the other writer waits.
+        os.set_blocking(write_end, False)
+        left = feed(write_end, memoryview(data)[head:], lambda: waiting_for_the_other(survivor),
+                    "the other writer waiting")
         wait_for(lambda: waiting_for_the_other(survivor), 30, "the other writer waiting")
         os.kill(children[victim], signal.SIGKILL)
-        with contextlib.suppress(BrokenPipeError):
-            os.write(write_end, data[len(data) - 2048:])
+        feed(write_end, left, lambda: False, "the parent reading the rest")
         os.close(write_end)
         write_end = -1
         _out, err = parent.communicate(timeout=60)
