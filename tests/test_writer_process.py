@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Callable
 import io
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -361,6 +362,41 @@ def test_a_writer_killed_while_the_other_waits_for_it_ends_the_unpack_with_an_er
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=30)
+
+
+MANY_DESCRIPTORS = textwrap.dedent("""
+    import os, resource, sys
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]  # a server's sockets, say
+    with open({archive!r}, "rb") as archive:
+        extract_tar(archive, Path({dest!r}), Context(work=Path({work!r}), what="many.tar"))
+    print("unpacked")
+""")
+
+
+def test_a_parent_with_descriptors_past_1024_gets_its_tree(tmp_path: Path) -> None:
+    # The writers' pipes then have numbers past what select() can watch (FD_SETSIZE).
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 2048:
+        pytest.skip("the hard limit on open files is below 2048 here")
+    archive, dest, work = tmp_path / "many.tar", tmp_path / "dest", tmp_path / "work"
+    members = []
+    for directory in range(40):  # each directory's files wait for it; each waits for the files beside it
+        members += [(f"r{directory}-{i}", b"top\n", tarfile.REGTYPE) for i in range(8)]
+        members += [(f"d{directory}/f{i}", b"data\n", tarfile.REGTYPE) for i in range(20)]
+    archive.write_bytes(tar(*members))
+    dest.mkdir()
+    work.mkdir()
+    script = MANY_DESCRIPTORS.format(src=SRC, archive=str(archive), dest=str(dest), work=str(work))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
+    assert ("tree", _tree(dest)) == outcome(archive.read_bytes(), "tar", ONE_PROCESS)
 
 
 NO_FORK = textwrap.dedent("""

@@ -210,10 +210,10 @@ class WriterProcess:
             lives = []
             if len(children) > 1:
                 self._close(children.pop(), *ends.pop())
+        import fcntl
+
         for child in children:
             with contextlib.suppress(OSError):
-                import fcntl
-
                 # Above the system's limit for this user, the default size works, with more switches.
                 fcntl.fcntl(child.commands, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         forked: list[_Child] = []
@@ -507,7 +507,12 @@ def _child(tree: SafeTree, slot: int, commands: int, results: int, lives: tuple[
             if int(name) not in keep:
                 with contextlib.suppress(OSError):
                     os.close(int(name))
-        outcome = _serve(tree, slot, commands, lives[1], shared)
+        watch = lives[1]
+        if watch >= 0:  # to the lowest number free, for select(), which watches none past 1023
+            low = os.dup(watch)
+            os.close(watch)
+            watch = low
+        outcome = _serve(tree, slot, commands, watch, shared)
     except BaseException as exc:  # sent to the parent, which raises it
         outcome = (_FAILED, exc, None, 0)
     try:
