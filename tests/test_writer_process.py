@@ -1,15 +1,16 @@
-"""The writer process (sharedcache.loaders.writer) against one process: the same trees, the same
-refusals with the same messages, in archive order; and a child that holds nothing of its parent
-and ends with it.
+"""The writer processes (sharedcache.loaders.writer) against one process: the same trees, the
+same refusals with the same messages, in archive order, with one writer or two, however the names
+of members collide; and children that hold nothing of their parent, end with it, and end when
+the other is killed, even while waiting for it.
 
-``SERIAL_MEMBERS`` is set here so that the child takes over at the first member, or midway; by
-default only archives of thousands of members fork.
+``SERIAL_MEMBERS`` is set here so that the children take over at the first member, or midway, and
+``WRITERS`` to run the authority alone or with its helper; by default only archives of thousands
+of members fork, and two writers run.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 import io
 import os
 import resource
@@ -20,6 +21,7 @@ import tarfile
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
