@@ -31,7 +31,7 @@ from test_fuzz import _snapshot, damaged
 
 from scutil import SRC, wait_for
 from sharedcache.errors import LoaderError
-from sharedcache.loaders import writer
+from sharedcache.loaders import archives, writer
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
 
@@ -129,6 +129,25 @@ def test_failures_are_the_ones_one_process_reports(case: str, members: list, exp
     serial = outcome(data, "tar", ONE_PROCESS)
     assert serial[0] == expected, serial
     assert outcome(data, "tar", 0, writers=writers) == serial
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+def test_the_cap_on_entries_falls_on_the_member_it_falls_on_in_one_process(writers: int,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Directories made before the writers take over (the first 3 members) and after, implied by
+    # files and named by members: every one counted once, whoever makes it.
+    members: list[tuple[str, bytes | str | None, bytes]] = [
+        ("a/b/one", b"1", tarfile.REGTYPE), ("c/two", b"2", tarfile.REGTYPE), ("d", None, tarfile.DIRTYPE)]
+    members += [(f"{top}/{i}/f{j}", b"x", tarfile.REGTYPE) for top in "ac" for i in range(3) for j in range(4)]
+    members += [("e", None, tarfile.DIRTYPE), ("a/b/three", b"3", tarfile.REGTYPE), ("e/g/h", b"4", tarfile.REGTYPE)]
+    data = tar(*members)
+    kinds = set()
+    for cap in range(36, 46):  # 30 members, and 12 directories made: the tree's count is 42
+        monkeypatch.setattr(archives, "MAX_ENTRIES", cap)
+        serial = outcome(data, "tar", ONE_PROCESS)
+        kinds.add(serial[0])
+        assert outcome(data, "tar", 3, writers=writers) == serial, cap
+    assert kinds == {"tree", "UnsafeArchiveError"}
 
 
 def with_pax_records(records: dict[str, str]) -> bytes:

@@ -179,6 +179,11 @@ class SafeTree:
         see :mod:`sharedcache.loaders.writer`).  They are recorded, neither made nor counted."""
         self._adopting = True
 
+    def directories(self) -> dict[tuple[int, str], int]:
+        """The directories made so far, as the tree keeps them: (parent's id, name) -> id, the
+        root being 0 and the ids counting up from 1 as they were made (a copy)."""
+        return dict(self._dirs)
+
     def count(self) -> None:
         """Count a member that another process makes, against the cap on entries."""
         self._count()

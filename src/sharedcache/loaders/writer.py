@@ -37,7 +37,7 @@ The protocol:
    that, where one process might first have refused it for a file in the way of one of them.)
 3. Every other member goes to the authority, and so does what it implies: the directories of its
    path.  The parent keeps the authority's directories as a tree of ids (as the tree itself
-   does), and for each directory two counts: the authority's frames that must be done before the
+   does, starting from those made before the fork), and for each directory two counts: the authority's frames that must be done before the
    helper makes a file in it (the frame that made it, and every later one that made, replaced or
    read an entry there whose name falls on the helper), and the helper's frames sent with a file
    in it.  A frame waits for the other child's count that it needs:
@@ -172,11 +172,12 @@ class WriterProcess:
         self._tree = tree  # this process's copy, from now on used only for names, messages and charges
         self._what = what
         self._number = 0  # the current member's
-        # The authority's directories as the parent sees them, as in the tree: (parent's id, name)
-        # -> id, the root being 0; by id, the two counts of the protocol's step 3.
-        self._dirs: dict[tuple[int, str], int] = {}
-        self._ready = [0]
-        self._helper_sent = [0]
+        # The authority's directories as the parent sees them, from those the tree has made so
+        # far (counted already), as in the tree: (parent's id, name) -> id, the root being 0; by
+        # id, the two counts of the protocol's step 3.
+        self._dirs = tree.directories()
+        self._ready = [0] * (len(self._dirs) + 1)
+        self._helper_sent = [0] * (len(self._dirs) + 1)
         self._last_parent: tuple[tuple[str, ...], int] = ((), 0)
         # Loaded here, before the fork, so that the children load no module (nor does an unpack
         # that never forks: these cost a few milliseconds).
