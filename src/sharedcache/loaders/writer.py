@@ -37,10 +37,11 @@ The protocol:
    that, where one process might first have refused it for a file in the way of one of them.)
 3. Every other member goes to the authority, and so does what it implies: the directories of its
    path.  The parent keeps the authority's directories as a tree of ids (as the tree itself
-   does, starting from those made before the fork), and for each directory two counts: the authority's frames that must be done before the
-   helper makes a file in it (the frame that made it, and every later one that made, replaced or
-   read an entry there whose name falls on the helper), and the helper's frames sent with a file
-   in it.  A frame waits for the other child's count that it needs:
+   does, starting from those made before the fork), and for each directory two counts: the
+   authority's frames that must be done before the helper makes a file in it (the frame that made
+   it, and every later one that made, replaced or read an entry there whose name falls on the
+   helper), and the helper's frames sent with a file in it.  A frame waits for the other child's
+   count that it needs:
 
    * a helper frame, for the authority's first count of its directory: the directory exists, and
      nothing of the same name that came before is still to be made;
