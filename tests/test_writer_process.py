@@ -35,7 +35,9 @@ from sharedcache.loaders import archives, writer
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(not writer.available(), reason="no writer process is forked here (one CPU for "
+                                 "this process, or no fork and /proc): there would be nothing to compare")]
 
 ONE_PROCESS = 10**9
 
@@ -418,6 +420,80 @@ def test_a_parent_with_descriptors_past_1024_gets_its_tree(tmp_path: Path) -> No
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
     assert ("tree", _tree(dest)) == outcome(archive.read_bytes(), "tar", ONE_PROCESS)
+
+
+COUNTS_FORKS = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    if {cpus!r}:
+        os.sched_setaffinity(0, {cpus!r})
+    os.register_at_fork(after_in_parent=lambda: print("forked"))
+    with open({archive!r}, "rb") as archive:
+        extract_tar(archive, Path({dest!r}), Context(work=Path({work!r}), what="many.tar"))
+    print("unpacked")
+""")
+
+
+def unpack_counting_forks(tmp_path: Path, cpus: set[int], *, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Unpack an archive of many members in a new process that may run on ``cpus`` (all if
+    empty), with ``prefix`` before its command; what it printed, one line per fork."""
+    archive, dest, work = tmp_path / "many.tar", tmp_path / "dest", tmp_path / "work"
+    tmp_path.mkdir(exist_ok=True)
+    archive.write_bytes(tar(*many_members(50)))
+    dest.mkdir()
+    work.mkdir()
+    script = COUNTS_FORKS.format(src=SRC, cpus=cpus, archive=str(archive), dest=str(dest), work=str(work))
+    result = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ("tree", _tree(dest)) == outcome(archive.read_bytes(), "tar", ONE_PROCESS)
+    return result.stdout.splitlines()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="this machine gives this process one CPU")
+def test_a_process_bound_to_one_cpu_unpacks_in_one_process_and_on_two_with_two_writers(tmp_path: Path) -> None:
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    assert unpack_counting_forks(tmp_path / "one", {first}) == ["unpacked"]
+    assert unpack_counting_forks(tmp_path / "two", {first, second}) == ["forked", "forked", "unpacked"]
+
+
+def cpu_quota_of_one_cpu(group: Path) -> tuple[str, ...]:
+    """Make the control group ``group`` with a quota of one CPU; the command prefix that runs a
+    program in it.  Skips the calling test where no control group can be made (cgroup v1's cpu
+    controller or cgroup v2's, as root)."""
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            made = v1 / group.name
+            made.mkdir()
+            (made / "cpu.cfs_period_us").write_text("100000")
+            (made / "cpu.cfs_quota_us").write_text("100000")
+        elif "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
+            made = v2 / group.name
+            made.mkdir()
+            (made / "cpu.max").write_text("100000 100000")
+        else:
+            pytest.skip("no cpu controller of cgroup v1 or v2 to give a process a quota")
+    except PermissionError:
+        pytest.skip("cannot make a control group here (needs root)")
+    except FileNotFoundError:
+        pytest.skip("no control groups mounted at /sys/fs/cgroup")
+    return ("sh", "-c", f'echo $$ > {made / "cgroup.procs"} && exec "$@"', "in-group")
+
+
+def test_a_process_with_a_cpu_quota_of_one_cpu_unpacks_in_one_process(tmp_path: Path) -> None:
+    group = Path(f"sc-test-quota-{os.getpid()}")
+    prefix = cpu_quota_of_one_cpu(group)
+    made = next(path for path in (Path("/sys/fs/cgroup/cpu") / group, Path("/sys/fs/cgroup") / group)
+                if path.exists())
+    try:
+        assert unpack_counting_forks(tmp_path, set(), prefix=prefix) == ["unpacked"]
+    finally:
+        made.rmdir()  # its process has exited
 
 
 NO_FORK = textwrap.dedent("""

@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import struct
 import sys
@@ -129,8 +130,73 @@ _UNSETTABLE_TIME = 10**30
 
 
 def available() -> bool:
-    """Whether this system can run a writer process (fork, and /proc to find descriptors)."""
-    return sys.platform == "linux" and hasattr(os, "fork") and os.path.isdir("/proc/self/fd")
+    """Whether writer processes can run here (fork, and /proc to find descriptors), and would
+    help: this process may use more than one CPU.  On one, the processes would only take turns,
+    and copy every byte through pipes besides: under ``taskset -c 0``, W10's 50,000 files took
+    0.84 s in one process, 1.02 s with one writer and 1.10 s with two."""
+    return (sys.platform == "linux" and hasattr(os, "fork") and os.path.isdir("/proc/self/fd")
+            and usable_cpus() >= 2)
+
+
+def usable_cpus() -> float:
+    """How many CPUs this process can use: those its affinity allows (``taskset``, a batch
+    system's cpuset), or fewer if a control group's CPU quota allows fewer (a container's
+    ``--cpus``)."""
+    try:
+        cpus: float = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return min(cpus, _cgroup_quota())
+
+
+def _cgroup_quota() -> float:
+    """The smallest CPU quota, in CPUs, of this process's control group and the groups above it:
+    cgroup v2's ``cpu.max``, v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; infinite if
+    there is none, or none can be read."""
+    quota = math.inf
+    try:
+        with open("/proc/self/cgroup") as listing:
+            groups = [line.rstrip("\n").split(":", 2) for line in listing]
+        with open("/proc/self/mountinfo") as listing:
+            mounts = [line.split() for line in listing]
+    except OSError:
+        return quota
+    for fields in mounts:
+        after = fields[fields.index("-") + 1:]  # the file system's type, its source, its options
+        if after[0] == "cgroup2":
+            path = next((path for hierarchy, _, path in groups if hierarchy == "0"), None)
+        elif after[0] == "cgroup" and "cpu" in after[2].split(","):
+            path = next((path for _, controllers, path in groups if "cpu" in controllers.split(",")), None)
+        else:
+            continue
+        root, mountpoint = fields[3], fields[4]
+        if path is None or not (root == "/" or path == root or path.startswith(root + "/")):
+            continue  # a group this mount does not show
+        directory = os.path.normpath(mountpoint + "/" + path[len(root.rstrip("/")):])
+        while True:
+            quota = min(quota, _quota_of(directory, v2=after[0] == "cgroup2"))
+            if len(directory) <= len(mountpoint):
+                break
+            directory = os.path.dirname(directory)
+    return quota
+
+
+def _quota_of(directory: str, *, v2: bool) -> float:
+    """The CPU quota, in CPUs, that the control group ``directory`` sets (infinite if none)."""
+    try:
+        if v2:
+            with open(os.path.join(directory, "cpu.max")) as limit:
+                quota, period = limit.read().split()
+        else:
+            with open(os.path.join(directory, "cpu.cfs_quota_us")) as limit:
+                quota = limit.read().strip()
+            with open(os.path.join(directory, "cpu.cfs_period_us")) as limit:
+                period = limit.read().strip()
+        if quota in ("max", "-1") or int(period) <= 0:
+            return math.inf
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        return math.inf
 
 
 class _Stopped(Exception):
