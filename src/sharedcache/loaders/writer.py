@@ -144,7 +144,7 @@ def usable_cpus() -> float:
     ``--cpus``)."""
     try:
         cpus: float = len(os.sched_getaffinity(0))
-    except OSError:
+    except (AttributeError, OSError):  # a system without affinities (macOS has no such call)
         cpus = os.cpu_count() or 1
     return min(cpus, _cgroup_quota())
 
