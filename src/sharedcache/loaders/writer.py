@@ -8,7 +8,8 @@ children go on with the :class:`~sharedcache.loaders.archives.SafeTree` as fork 
 rule, and all its state (the directories made and their descriptors, the links to check at the
 end, the entry count, the bytes charged to the size limit).  The parent decompresses and parses,
 and sends each member down a pipe.  Small archives never fork: for them the fork would cost more
-than it saves.
+than it saves.  Nor does a process that may use only one CPU (:func:`available`): there the
+processes would only take turns.
 
 There are two children (:data:`WRITERS`), because on a disk the kernel's work of making each file
 is itself more than one core can do at the pace of the parsing.  The *authority* executes every
