@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from scutil import SRC, sc
+from scutil import SC, SRC, sc
 
+from sharedcache.loaders import writer
 from sharedcache.loaders.codecs import backends
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,6 +25,7 @@ def test_version_verbose_names_the_libraries() -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("sc (shared-cache) ")
     shown = dict(line.split(": ", 1) for line in lines[1:])
+    assert shown.pop("large tar archives") == writer.describe()  # its cases: test_writer_process.py, below
     assert shown == backends()
     try:
         import isal  # noqa: F401  # only asks whether it is there
@@ -31,6 +34,14 @@ def test_version_verbose_names_the_libraries() -> None:
     else:
         assert shown["gzip"].startswith("ISA-L ")
     assert sc("--version").stdout.count("\n") == 1  # without -v, the version alone
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset is not installed (Debian: util-linux)")
+def test_version_verbose_says_a_process_bound_to_one_cpu_unpacks_alone() -> None:
+    result = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), *SC, "--version", "-v"],
+                            capture_output=True, text=True, timeout=50, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "large tar archives: one process (1 usable CPU)\n" in result.stdout
 
 
 def test_without_isal_gzip_falls_back_to_zlib(tmp_path: Path) -> None:

@@ -43,10 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"sc (shared-cache) {__version__}")
             if options.verbose > 0:
+                from ..loaders import writer
                 from ..loaders.codecs import backends
 
                 for codec, library in backends().items():
                     print(f"{codec}: {library}")
+                print(f"large tar archives: {writer.describe()}")
             return 0
         return commands.run(options)
     except UsageError as e:

@@ -139,6 +139,16 @@ def available() -> bool:
             and usable_cpus() >= 2)
 
 
+def describe() -> str:
+    """How this process would unpack a large tar archive, for ``sc --version -v``."""
+    cpus = usable_cpus()
+    if available():
+        return f"{WRITERS} writer processes past {SERIAL_MEMBERS:,} members ({cpus:g} usable CPUs)"
+    if cpus < 2:
+        return f"one process ({cpus:g} usable CPU{'' if cpus == 1 else 's'})"
+    return "one process (no fork, or no /proc to find descriptors)"
+
+
 def usable_cpus() -> float:
     """How many CPUs this process can use: those its affinity allows (``taskset``, a batch
     system's cpuset), or fewer if a control group's CPU quota allows fewer (a container's
