@@ -271,6 +271,20 @@ def ended(pid: int) -> bool:
         return True
 
 
+def end_unpacking(parent: subprocess.Popen[bytes] | subprocess.Popen[str], write_end: int,
+                  children: list[int] | None = None, signum: int = signal.SIGKILL) -> None:
+    """A test's clean-up of its unpacking process: close its input (unless closed: -1), send
+    ``signum`` to the ``children`` found, then end the process if it has not ended."""
+    if write_end >= 0:
+        os.close(write_end)
+    for child in children or []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+    if parent.poll() is None:
+        parent.kill()
+        parent.wait(timeout=30)
+
+
 def test_the_child_holds_no_descriptor_of_the_parent_and_ends_when_it_is_killed(tmp_path: Path) -> None:
     dest, work, held = tmp_path / "dest", tmp_path / "work", tmp_path / "held.lock"
     dest.mkdir()
@@ -306,10 +320,7 @@ def test_the_child_holds_no_descriptor_of_the_parent_and_ends_when_it_is_killed(
         parent.wait(timeout=30)
         wait_for(lambda: all(map(ended, children)), 30, "the end of the children after their parent's")
     finally:
-        os.close(write_end)
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(timeout=30)
+        end_unpacking(parent, write_end)
 
 
 def feed(write_end: int, data: memoryview, until: Callable[[], bool], what: str) -> memoryview:
@@ -377,14 +388,7 @@ def test_a_writer_killed_while_the_other_waits_for_it_ends_the_unpack_with_an_er
         assert "its writer process was killed by signal 9" in err.decode(), err
         wait_for(lambda: all(map(ended, children)), 30, "the end of both writers")
     finally:
-        if write_end >= 0:
-            os.close(write_end)
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(timeout=30)
+        end_unpacking(parent, write_end, children, signal.SIGKILL)
 
 
 MANY_DESCRIPTORS = textwrap.dedent("""
@@ -621,11 +625,4 @@ def test_an_interrupt_while_the_parent_waits_for_the_child_s_answer_still_stops_
         assert (parent.returncode, out) == (0, "interrupted\n"), err
         wait_for(lambda: all(map(ended, children)), 30, "the end of the children")
     finally:
-        if write_end >= 0:
-            os.close(write_end)
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGCONT)
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(timeout=30)
+        end_unpacking(parent, write_end, children, signal.SIGCONT)  # they end once continued
