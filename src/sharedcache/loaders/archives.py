@@ -184,19 +184,18 @@ class SafeTree:
         root being 0 and the ids counting up from 1 as they were made (a copy)."""
         return dict(self._dirs)
 
-    def count(self) -> None:
-        """Count a member that another process makes, against the cap on entries."""
-        self._count()
-
     def charge(self, size: int) -> None:
-        """Charge ``size`` bytes that another process will write to the size limit."""
+        """Charge ``size`` bytes about to be written to the size limit (a writer process's parent
+        charges those that its writers will write)."""
         self._ctx.charge(size)
 
     def measured(self) -> int | None:
         """The bytes counted so far if measuring (see :class:`SafeTree`), else None."""
         return self._allocated if self._measure else None
 
-    def _count(self) -> None:
+    def count(self) -> None:
+        """Count an entry against the cap on entries: a member, or a directory made for a path (a
+        writer process's parent counts those that its writers will make)."""
         self._entries += 1
         if self._entries > MAX_ENTRIES:
             raise UnsafeArchiveError(f"unsafe archive {self._ctx.what}: more than {MAX_ENTRIES} entries "
@@ -229,7 +228,7 @@ class SafeTree:
     def _mkdir(self, parent: int, parent_parts: tuple[str, ...], part: str, name: str) -> None:
         if self._adopting:
             return
-        self._count()
+        self.count()
         descriptor = self._descriptor(parent, parent_parts)
         try:
             os.mkdir(part, 0o755, dir_fd=descriptor)
@@ -285,7 +284,7 @@ class SafeTree:
 
     def mkdir(self, name: str, mode: int, mtime_ns: int) -> None:
         parts = self.parts(name)
-        self._count()
+        self.count()
         self._dir(parts, name, create=True)
         if parts:  # the top directory belongs to the caller: its mode is not the archive's to set
             self._dir_times[parts] = (mode, mtime_ns)
@@ -295,8 +294,8 @@ class SafeTree:
         """Write the file ``name`` from ``size`` bytes got by calls of ``read(most)``, each of which
         returns at least one byte."""
         parts = self.parts(name)
-        self._count()
-        self._ctx.charge(size)
+        self.count()
+        self.charge(size)
         mode = self._file_mode(mode)
         # _place's steps, without a function made and called for each file: this is the loop
         # that an archive of many small files spends its time in.
@@ -341,7 +340,7 @@ class SafeTree:
 
     def symlink(self, name: str, target: str) -> None:
         parts = self.parts(name)
-        self._count()
+        self.count()
         if "\x00" in target:  # a pax linkpath can hold one (os.symlink would raise ValueError)
             raise self.refuse(name, "is a symlink whose target has a NUL byte")
         escapes = not target or os.path.isabs(target)
@@ -360,7 +359,7 @@ class SafeTree:
 
     def hardlink(self, name: str, target: str) -> None:
         parts = self.parts(name)
-        self._count()
+        self.count()
         try:
             target_parts = self.parts(target)
         except UnsafeArchiveError:
