@@ -254,10 +254,19 @@ class Seal:
             os.close(root)
 
 
-def counts_blocks_at_write(fd: int) -> bool:
-    """Whether the file system of the file open as ``fd`` counts a file's blocks, when its last
-    write returns, as it will once flushed (one of :data:`_COUNTED_AT_WRITE`, found by device
-    number in /proc/self/mountinfo); False if that cannot be told."""
+#: File systems on a disk of this machine: what a process writes waits in this kernel's page
+#: cache until it is written back, so every process of this boot reads it whole, flushed or not,
+#: and a power loss or a crash of the kernel (which ends the boot) is all that can lose it; no
+#: other host mounts them.  Network and cluster file systems (nfs, cifs, ceph, lustre, gpfs,
+#: gfs2, ocfs2, fuse...) are not here: another host's kernel may read what this one has not
+#: written back yet.
+LOCAL_DISKS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "bcachefs",
+                         "zfs", "overlay"})
+
+
+def file_system_type(fd: int) -> str | None:
+    """The type of the file system of the file open as ``fd`` ("ext4", "tmpfs"...), as
+    /proc/self/mountinfo names it (found by device number); None if that cannot be told."""
     device = os.fstat(fd).st_dev
     number = f"{os.major(device)}:{os.minor(device)}"
     try:
@@ -266,10 +275,17 @@ def counts_blocks_at_write(fd: int) -> bool:
                 fields = line.split()
                 # ID, parent ID, major:minor, root, mount point, options, optional fields, "-", type, ...
                 if len(fields) > 2 and fields[2] == number and "-" in fields:
-                    return fields[fields.index("-", 6) + 1] in _COUNTED_AT_WRITE
+                    return fields[fields.index("-", 6) + 1]
     except (OSError, ValueError, IndexError):
         pass
-    return False
+    return None
+
+
+def counts_blocks_at_write(fd: int) -> bool:
+    """Whether the file system of the file open as ``fd`` counts a file's blocks, when its last
+    write returns, as it will once flushed (one of :data:`_COUNTED_AT_WRITE`); False if that
+    cannot be told."""
+    return file_system_type(fd) in _COUNTED_AT_WRITE
 
 
 def disk_usage(
