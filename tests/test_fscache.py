@@ -558,7 +558,7 @@ def _one_clear_line(error: CacheError, root: Path) -> str:
 
 @pytest.mark.parametrize(
     "content",
-    [b"shared-cache fscache 3\n", b"some other tool 1\n"],
+    [b"shared-cache fscache 4\n", b"some other tool 1\n"],
     ids=["future", "foreign"],
 )
 def test_foreign_cache_info_is_a_clear_cache_error_and_never_overwritten(root: Path, content: object) -> None:
@@ -578,6 +578,14 @@ def test_cache_of_an_older_layout_is_refused_clearly_and_left_alone(root: Path) 
             FsCache(root, repair=repair)
         assert "made by shared-cache 0.1, whose layout this version does not use; remove it" in _one_clear_line(raised.value, root)
     assert info.read_bytes() == b"shared-cache fscache 1\n"
+
+
+def test_cache_of_the_format_before_is_used_and_brought_to_this_one(root: Path) -> None:
+    # Format 3 adds entries of one boot, which a version of format 2 would delete as leftovers:
+    # the marker changes so that such a version refuses the cache rather than use it.
+    info = _replace_cache_info(root, b"shared-cache fscache 2\n")
+    assert loads(FsCache(root), "a")
+    assert info.read_bytes() == FORMAT_LINE == b"shared-cache fscache 3\n"
 
 
 @pytest.mark.parametrize("content", [b"", b"shared-cache fs", b"garbage\x00\xff" * 10, "dir"],

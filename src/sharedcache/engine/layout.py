@@ -38,7 +38,12 @@ from ..errors import CacheError, UsageError, unresolvable
 from . import locks
 from .fsutil import create_exclusive, open_directory, read_control, unique_name, write_atomic
 
-FORMAT_LINE = b"shared-cache fscache 2\n"
+FORMAT_LINE = b"shared-cache fscache 3\n"
+# Caches whose every entry this layout reads as it is: the first open rewrites their marker.
+# Format 3 adds entries committed for one boot (entry.<boot id>.json, see sharedcache.engine.fscache),
+# which a version of format 2 would take for leftovers of a crash and delete, in use or not: it
+# refuses a cache of format 3 instead.
+_COMPATIBLE_FORMATS = frozenset({b"shared-cache fscache 2\n"})
 # Caches in an older layout (marker -> the versions that made it): refused with a clear error
 # rather than taken for foreign content.
 _OLD_FORMATS = {b"shared-cache fscache 1\n": "shared-cache 0.1"}
@@ -239,7 +244,12 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
             found = read_control("cache.info", dir_fd=fd)
         except OSError as e:
             raise CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
-        if found != FORMAT_LINE:
+        if found in _COMPATIBLE_FORMATS:
+            try:
+                write_atomic(os.path.join(root, "cache.info"), FORMAT_LINE, mode=modes.file)
+            except OSError as e:
+                raise CacheError(f"cannot bring cache {root} to this version's format: {e.strerror}") from None
+        elif found != FORMAT_LINE:
             _repair_marker(root, fd, found, modes, repair=repair)
         for sub in (OBJECTS, STAGE, TRASH):
             make_subdirectory(fd, sub, modes, repair=repair)
