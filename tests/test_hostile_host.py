@@ -288,11 +288,12 @@ def test_committed_data_in_a_group_cache_cannot_be_changed_by_another_member(sha
         entry = data.parent
         change = ("import os, sys\n"
                   "data, entry = sys.argv[1], sys.argv[2]\n"
+                  "marker, = (n for n in os.listdir(entry) if n.startswith('entry.') and n.endswith('.json'))\n"
                   "attempts = [lambda: os.unlink(os.path.join(data, 'data', 'part-000.bin')),\n"
                   "            lambda: open(os.path.join(data, 'data', 'new'), 'wb'),\n"
                   "            lambda: open(os.path.join(data, 'data', 'part-001.bin'), 'r+b'),\n"
                   "            lambda: os.rename(data, data + '.old'),\n"
-                  "            lambda: os.unlink(os.path.join(entry, 'entry.json')),\n"
+                  "            lambda: os.unlink(os.path.join(entry, marker)),\n"
                   "            lambda: os.chmod(data, 0o777)]\n"
                   "for attempt in attempts:\n"
                   "    try:\n"

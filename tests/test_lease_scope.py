@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, control, interpreter_for, make_tarball, on_host, sc_env
+from scutil import Sleeper, control, interpreter_for, make_tarball, mounted_tmpfs, on_host, sc_env
 
 BIN = os.path.dirname(sys.executable)
 SC = f"{BIN}/sc"
@@ -33,9 +33,25 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+def world() -> Iterator[tuple[Path, list[str]]]:
     """A base directory every party reaches, and the options and recipe of one repository."""
-    shared = Path(tempfile.mkdtemp(prefix="sc-scope-", dir="/tmp"))
+    with made_world(Path("/tmp")) as made:
+        yield made
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """The world of hosts: on a file system that hosts can share (nfs, ceph...), where every
+    entry is flushed before its commit and so is an entry in every boot of every host.  A
+    tmpfs stands in for it: to the engine it is no local disk either.  (A local disk cannot be
+    shared by hosts: there an entry nobody keeps is committed for its boot only.)"""
+    with mounted_tmpfs(tmp_path / "network", "64m") as mount, made_world(mount) as made:
+        yield made
+
+
+@contextmanager
+def made_world(directory: Path) -> Iterator[tuple[Path, list[str]]]:
+    shared = Path(tempfile.mkdtemp(prefix="sc-scope-", dir=directory))
     shared.chmod(0o1777)
     origin = shared / "data.tgz"
     make_tarball(origin, {"data.txt": b"shared data\n"})
@@ -139,8 +155,8 @@ def hosts(tmp_path: Path) -> dict[str, tuple[Path, Path, str]]:
     return made
 
 
-def test_hosts_sharing_a_base_directory_never_reclaim_each_other_s_uses(world, hosts, tmp_path):
-    base, recipe = world
+def test_hosts_sharing_a_base_directory_never_reclaim_each_other_s_uses(network, hosts, tmp_path):
+    base, recipe = network
     with running(on_host(hosts["a"], ["bash", "-c", job(tmp_path, recipe)]), tmp_path) as proc:
         assert run(on_host(hosts["b"], [SC, "gc", "-d", str(base)])).returncode == 0
         with Sleeper() as other:
@@ -151,8 +167,8 @@ def test_hosts_sharing_a_base_directory_never_reclaim_each_other_s_uses(world, h
         assert not exists(base)
 
 
-def test_a_host_s_uses_end_with_its_boot_or_when_another_host_forgets_it(world, hosts):
-    base, recipe = world
+def test_a_host_s_uses_end_with_its_boot_or_when_another_host_forgets_it(network, hosts):
+    base, recipe = network
     with Sleeper() as owner:
         use = [SC, "--use", "--pid", str(owner.pid), *recipe]
         assert run(on_host(hosts["a"], use)).returncode == 0

@@ -9,7 +9,7 @@ Layout
 ::
 
     <root>/
-      cache.info        format marker: one line, "shared-cache fscache 2"
+      cache.info        format marker: one line, "shared-cache fscache 3"
       budget            the size budget in bytes (absent: unlimited)
       index.sqlite      the index: accounting and eviction order (see sharedcache.engine.index)
       stage.lock        guards the creation of staging directories against gc
@@ -17,13 +17,15 @@ Layout
       objects/<name>/   a committed entry:
         lock              its lock (see below); its modification time is the entry's last use
         entry.json        the commit marker: name, size, creation time
+        entry.<boot>.json the commit marker of an entry for one boot only (see below), instead
         meta              the caller's metadata, if any
         keep              present if the entry stays cached once unused (never removed)
         leases/           one empty file per use held by a process: <owner>.<random id>
         data/             the caller's tree, read-only
       trash/<id>/       an entry being deleted; anything here is garbage
 
-An entry *exists* when its directory is in ``objects/`` with its commit marker.  Its row in the
+An entry *exists* when its directory is in ``objects/`` with its commit marker: ``entry.json``,
+or ``entry.<boot id>.json`` naming this boot of the machine.  Its row in the
 index is its accounting record (see :mod:`sharedcache.engine.index`): the size counted against the
 budget and its place in the order of eviction.  The commit renames the directory into place
 within the index transaction that inserts the row, and a delete renames it away within the
@@ -60,7 +62,8 @@ Store (``store(name)``)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is removed and
    the exception re-raised; nothing is committed.
 3. Flush the data to disk (:func:`~sharedcache.engine.fsutil.sync_tree`: an entry of a few files
-   inode by inode, a larger one with the whole file system), then measure the tree
+   inode by inode, a larger one with the whole file system), unless the entry is for this boot
+   only (below; then nothing in this step is flushed), then measure the tree
    and make it read-only (:func:`~sharedcache.engine.fsutil.disk_usage` with ``seal``): a file
    being written back (by anyone's flush of the file system) can show fewer blocks than it has,
    so it is measured once on disk.  A filler that sealed and measured the tree as it made it
@@ -70,7 +73,7 @@ Store (``store(name)``)
    then sealed and measured.  Write
    ``meta``, ``keep``, ``leases/`` and the holder's lease, if any; flush again (the seal's modes
    and these files); write the commit marker ``entry.json`` (atomically: temp file, fsync,
-   rename).
+   rename), or for an entry of this boot only ``entry.<boot id>.json``.
 4. Begin an index transaction.  If ``objects/<name>`` has a commit marker, another store won:
    adopt it if it has no row, give the holder a lease on it, discard ours, done.  If the size
    exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
@@ -88,7 +91,8 @@ row, adopted by gc or the next store of the name.
 Load (``load(name)``) and hold (``hold(name, owner)``)
 -------------------------------------------------------
 Open ``objects/<name>/lock`` (absent: miss), take it shared, then check that the path still names
-that lock file and the marker is there (else the entry was deleted meanwhile: retry, then miss),
+that lock file (else the entry was deleted meanwhile: retry, then miss) and that a commit marker
+valid in this boot is there (else miss),
 and set the lock's modification time to now: the last use, kept explicitly so that LRU eviction
 is right on ``noatime`` mounts and for users who do not own the files.
 
@@ -100,9 +104,10 @@ release or deletion acts through that descriptor; the check above also asks that
 
 A load holds the lock until the caller is done.  A hold, still under the lock, checks the
 entry's metadata against the caller's (another recipe under this name is a conflict), removes
-the leases of dead owners, creates ``keep`` if asked to, creates its lease file, and releases
-the lock.  A crash anywhere leaves at most a lease file whose owner is dead, which counts for
-nothing and is removed by whoever next holds, releases or deletes the entry, or by gc.
+the leases of dead owners, creates ``keep`` if asked to (making an entry of this boot durable
+first, below), creates its lease file, and releases the lock.  A crash anywhere leaves at most
+a lease file whose owner is dead, which counts for nothing and is removed by whoever next
+holds, releases or deletes the entry, or by gc.
 
 Delete (eviction, ``remove``, release of the last use)
 ------------------------------------------------------
@@ -119,6 +124,28 @@ drift; gc recomputes it from the rows anyway.  Eviction walks the rows in the in
 last use; before deleting a candidate it reads the candidate's lock time, and a candidate used
 since its row was written gets its row updated and its turn later, so the order is exact and
 only candidates' files are looked at.
+
+Entries for this boot
+---------------------
+The flush of step 3 is what lets an entry outlive a power loss.  An entry nobody keeps
+(``store(keep=False)``) is deleted by the release of its last use, and after a reboot it has no
+live use left: what its flush buys is an entry that gc deletes.  On a file system of a local disk
+(:data:`~sharedcache.engine.fsutil.LOCAL_DISKS`; of a durable cache) such an entry is therefore
+committed without any flush, under the marker ``entry.<boot id>.json``
+(``/proc/sys/kernel/random/boot_id``).  Until the machine reboots, every process reads its data
+whole from the kernel's page cache, written back or not; a power loss or a crash of the kernel
+ends the boot, and with it the marker's validity, so data that never reached the disk is never
+taken for an entry.  Such a directory is a leftover, not an entry: a store of the name moves it
+to the trash (step 5), and gc deletes it as it deletes an unused entry (every lease on it died
+with the boot).  A file system another host may mount (nfs, ceph, fuse...) is not a local
+disk, and tmpfs ends with the boot anyway: there every entry is flushed, whatever it costs.
+
+A use that keeps such an entry (``hold`` or ``release`` with ``keep``) first flushes it with
+:func:`~sharedcache.engine.fsutil.sync_tree` (the data, its metadata and the boot's marker), under
+the entry's lock taken shared and outside any index transaction, then creates ``entry.json``
+beside the boot's marker (written aside and flushed, then linked: the first of two keepers wins,
+the other finds it there) and flushes the entry's directory and ``objects/``.  A crash or a power
+loss anywhere in between leaves the entry of this boot as it was.
 
 Leases
 ------
@@ -151,9 +178,12 @@ from ..lean import Record, scoped
 from ..sizes import format_size, parse_size
 from . import locks
 from .fsutil import (
+    LOCAL_DISKS,
     Seal,
     counts_blocks_at_write,
     create_empty,
+    create_exclusive,
+    file_system_type,
     fsync_dir,
     open_directory,
     read_control,
@@ -174,7 +204,7 @@ from .layout import (
     make_subdirectory,
     open_cache,
 )
-from .leases import Owner, add_lease, lease_of, reclaim_leases, scan_leases
+from .leases import Owner, add_lease, boot_id, lease_of, reclaim_leases, scan_leases
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -192,6 +222,23 @@ _UNSET = object()
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: The most an entry's metadata may hold, in bytes of UTF-8: what a read of it takes in.
 META_BYTES = 1 << 20
+#: The commit marker of an entry flushed to disk before its commit.
+MARKER = "entry.json"
+
+
+def boot_marker() -> str:
+    """The commit marker of an entry committed for this boot of the machine only (see "Entries
+    for this boot" in the module's docstring)."""
+    return f"entry.{boot_id()}.json"
+
+
+def committed(entry: str) -> str | None:
+    """The name of the commit marker that makes the directory ``entry`` an entry now: its
+    :data:`MARKER`, else its :func:`boot_marker`; None if it has neither (no entry)."""
+    if os.path.lexists(f"{entry}/{MARKER}"):
+        return MARKER
+    marker = boot_marker()
+    return marker if os.path.lexists(f"{entry}/{marker}") else None
 
 
 def _check_entry_settings(meta: object, keep: object) -> None:
@@ -259,7 +306,9 @@ class FsCache:
     unlimited); the budget is stored in the cache, so every process sees the latest one set.
     Leave it out to use the budget already stored (unlimited for a new cache).
     ``durable`` flushes each entry to disk before committing it, so that even a power loss
-    cannot leave a committed entry with missing data.  Without it nothing is flushed: every
+    cannot leave a committed entry with missing data; on a local disk, an entry stored without
+    ``keep`` is committed for this boot of the machine instead, unflushed, and after a reboot is
+    no entry (see "Entries for this boot"), until a use keeps it.  Without it nothing is flushed: every
     guarantee against crashed processes holds, but a power loss may damage recent entries, and
     an entry measured while another process flushes the file system may be recorded a few
     blocks short (until :meth:`gc` recounts it).
@@ -522,7 +571,9 @@ class FsCache:
         seal: Seal,
     ) -> bool:
         stage = staging.path
-        if self.durable:
+        # An entry nobody keeps ends with the uses of this boot (see "Entries for this boot").
+        flush = self.durable and (keep or file_system_type(staging.fd) not in LOCAL_DISKS)
+        if flush:
             # Flushed before it is measured: another process's commit flushes the whole file
             # system, and while a file is being written back ext4 can show fewer blocks than it
             # has (4 KB to 20 KB short, in the test that flushes during the walk).  Once on
@@ -543,15 +594,15 @@ class FsCache:
         make_directory(os.path.join(stage, "leases"), self.modes.directory)
         if holder is not None:
             add_lease(stage, holder)
-        if self.durable:
+        if flush:
             sync_tree(staging.fd)
         import json  # a store or gc only
 
         marker = {"name": name, "size": size, "created": now}
-        write_atomic(os.path.join(stage, "entry.json"), json.dumps(marker).encode(), mode=self.modes.file,
-                     durable=self.durable)
+        write_atomic(os.path.join(stage, MARKER if flush or not self.durable else boot_marker()),
+                     json.dumps(marker).encode(), mode=self.modes.file, durable=flush)
         with self._transaction() as db:
-            if os.path.exists(os.path.join(self._objects, name, "entry.json")):
+            if committed(os.path.join(self._objects, name)):
                 if not db.has(name):
                     self._adopt(db, name)
                 if holder is not None:
@@ -567,7 +618,7 @@ class FsCache:
                 f"cache {self.root} cannot fit {name!r} ({format_size(size)}) in its budget "
                 f"of {format_size(self.max_size)}: the rest is in use"
             )
-        if self.durable:
+        if flush:
             fsync_dir(self._objects)
         return True
 
@@ -632,7 +683,7 @@ class FsCache:
                     locks.lock(fd, locks.SHARED, timeout=self._wait(), what=f"entry {name!r}")
                     if not (locks.still_linked(fd, lock) and self._still_named(name, entry)):
                         continue  # deleted (and maybe stored again) while we waited: look again
-                    if not os.path.exists(os.path.join(entry, "entry.json")):
+                    if not committed(entry):
                         break
                     self._touch(fd)
                     yield fd, entry
@@ -706,8 +757,29 @@ class FsCache:
                     raise ConflictError(name, found)
             reclaim_leases(entry, scan_leases(entry)[1])
             if keep:
+                self._make_durable(entry)
                 self._mark_kept(entry)
             return add_lease(entry, owner)
+
+    def _make_durable(self, entry: str) -> None:
+        """Flush entry ``entry``, committed for this boot only, and give it its durable marker,
+        so that it stays once kept (see "Entries for this boot").  The caller holds its lock."""
+        if not self.durable or os.path.lexists(f"{entry}/{MARKER}"):
+            return
+        marker = read_control(f"{entry}/{boot_marker()}", 1 << 16)
+        if marker is None:
+            return  # (not a file: the entry is then no entry of this boot either)
+        # (In a group cache ``entry`` names an open descriptor: a link to follow, not to refuse.)
+        directory = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            sync_tree(directory)  # the data, its metadata and the boot's marker
+        finally:
+            os.close(directory)
+        # Exclusive: two processes keeping it at once in a group cache may not replace each
+        # other's file in its sticky directory.
+        create_exclusive(f"{entry}/{MARKER}", marker, mode=self.modes.file)
+        fsync_dir(entry)
+        fsync_dir(self._objects)  # the commit's rename into objects/ was not flushed either
 
     def _mark_kept(self, entry: str) -> None:
         keep = os.path.join(entry, "keep")
@@ -738,8 +810,11 @@ class FsCache:
         it).  Returns whether the entry was deleted.  Raises MissError if there is no such
         entry, UsageError if that owner holds no lease on it.
         """
+        if keep:  # flushed first: the index's write lock is never held while the disk writes
+            with self._shared(check_name(name)) as (_, entry):
+                self._make_durable(entry)
         with self._transaction() as db, self._entry(check_name(name)) as entry:
-            if not os.path.exists(os.path.join(entry, "entry.json")):
+            if not committed(entry):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
             # Read before anything changes, so that an unusable index fails the release whole.
             kept = db.kept(name)
@@ -788,7 +863,7 @@ class FsCache:
     def remove(self, name: str) -> None:
         """Delete entry ``name``.  MissError if there is none, BusyError if it is in use."""
         with self._transaction() as db, self._entry(check_name(name)) as entry:
-            if not os.path.exists(os.path.join(entry, "entry.json")):
+            if not committed(entry):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
             users = scan_leases(entry)[0]
             if users:
@@ -1043,7 +1118,7 @@ class FsCache:
             return False
         try:
             with self._entry(name) as entry:
-                return os.path.exists(os.path.join(entry, "entry.json"))
+                return committed(entry) is not None
         except MissError:
             return False
 
@@ -1191,7 +1266,7 @@ class FsCache:
         try:
             import json
 
-            marker = json.loads(read_control(os.path.join(entry, "entry.json"), 1 << 16) or b"")
+            marker = json.loads(read_control(os.path.join(entry, committed(entry) or MARKER), 1 << 16) or b"")
             if marker["name"] != name or not os.path.isdir(os.path.join(entry, "data")):
                 return False
             size, created = int(marker["size"]), float(marker["created"])

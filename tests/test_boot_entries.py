@@ -1,0 +1,162 @@
+"""Entries committed for this boot: on a local disk, an entry that nobody keeps is committed
+without a flush, under a commit marker that names the boot of the machine; after a reboot it is
+no entry, and the first use makes it again.  A kept entry is flushed: at its commit, or when a
+use first keeps it.
+
+Real parts: an ext4 file system in an image (a loop device: root), FIEMAP to see what is still
+waiting to be written (delayed allocation), and a reboot as a process sees one: a mount
+namespace whose ``/proc/sys/kernel/random/boot_id`` is another.  A power loss is shown as it
+leaves data that was never written back: the entry's file read back as zeros.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scutil import (
+    SC,
+    Sleeper,
+    control,
+    make_tarball,
+    mounted_image,
+    mounted_tmpfs,
+    needs_delayed_allocation,
+    on_host,
+    pending,
+    sc,
+    sc_env,
+)
+from sharedcache.engine.fscache import FsCache
+from sharedcache.engine.leases import Owner, boot_id
+from sharedcache.errors import MissError
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
+
+OTHER_BOOT = "0badb007-0000-4000-8000-000000000000\n"
+
+
+@pytest.fixture
+def disk(tmp_path: Path):
+    """A fresh ext4 file system, which delays allocation: what is not flushed can be seen."""
+    with mounted_image(tmp_path / "disk", "ext4", 64) as mount:
+        needs_delayed_allocation(mount)
+        yield mount
+
+
+def markers(entry: Path) -> set[str]:
+    return {path.name for path in entry.glob("entry.*json")}
+
+
+def test_an_entry_nobody_keeps_is_committed_for_this_boot_without_a_flush(disk: Path) -> None:
+    cache = FsCache(disk / "cache")
+    with cache.store("job", meta="m", keep=False) as data:
+        (data / "weights").write_bytes(os.urandom(4 * 2**20))
+    with cache.store("kept", meta="m", keep=True) as data:
+        (data / "weights").write_bytes(os.urandom(4 * 2**20))
+    job, kept = disk / "cache" / "objects" / "job", disk / "cache" / "objects" / "kept"
+    assert markers(job) == {f"entry.{boot_id()}.json"}
+    assert pending(job / "data" / "weights"), "an entry nobody keeps was flushed"
+    assert markers(kept) == {"entry.json"}
+    assert not pending(kept / "data" / "weights")
+    assert "job" in cache
+    with cache.load("job") as path:
+        assert (path / "weights").stat().st_size == 4 * 2**20
+
+
+def test_a_use_that_keeps_an_entry_of_this_boot_flushes_it_first(disk: Path) -> None:
+    cache = FsCache(disk / "cache")
+    for name in ("held", "released"):
+        with cache.store(name, meta="m", keep=False, holder=Owner.current()) as data:
+            (data / "weights").write_bytes(os.urandom(2**20))
+            (data / "more").mkdir()
+            for i in range(20):  # past the entries flushed one by one: the file system's flush
+                (data / "more" / str(i)).write_bytes(os.urandom(8192))
+    cache.hold("held", Owner.current(), keep=True)
+    cache.release("released", Owner.current(), keep=True)
+    for name in ("held", "released"):
+        entry = disk / "cache" / "objects" / name
+        assert "entry.json" in markers(entry), name
+        assert not pending(entry / "data" / "weights"), name
+        assert not any(pending(path) for path in (entry / "data" / "more").iterdir()), name
+        assert (entry / "keep").exists()
+
+
+def test_on_a_file_system_that_is_no_local_disk_every_entry_is_flushed(tmp_path: Path) -> None:
+    # tmpfs stands in for the file systems another host may read (nfs, ceph...): it is not on
+    # the list of local disks, so nothing there is trusted to a boot.
+    with mounted_tmpfs(tmp_path / "mem", "64m") as mount:
+        cache = FsCache(mount / "cache")
+        with cache.store("job", meta="m", keep=False) as data:
+            (data / "file").write_bytes(b"x")
+        assert markers(mount / "cache" / "objects" / "job") == {"entry.json"}
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare, to give a mount namespace another boot id")
+def test_after_a_reboot_an_entry_of_the_boot_before_is_made_again(origin, disk: Path, tmp_path: Path) -> None:
+    files = {"data/part.bin": os.urandom(3 * 2**20)}
+    make_tarball(tmp_path / "job.tgz", files)
+    make_tarball(tmp_path / "kept.tgz", {"data/kept.bin": b"kept\n"})
+    job_url = origin.add("/job.tgz", (tmp_path / "job.tgz").read_bytes())
+    kept_url = origin.add("/kept.tgz", (tmp_path / "kept.tgz").read_bytes())
+    base = disk / "base"
+    base.mkdir()
+    boot = tmp_path / "boot_id"
+    boot.write_text(OTHER_BOOT)
+    after_reboot = (boot, None, "")
+    with Sleeper() as job, Sleeper() as later:
+        first = sc("--use", "-d", str(base), "-n", "job", "--pid", str(job.pid), f"http:{job_url}", "tar")
+        assert first.returncode == 0, first.stderr
+        kept = sc("--use", "--keep", "-d", str(base), "-n", "kept", "--pid", str(job.pid), f"http:{kept_url}", "tar")
+        assert kept.returncode == 0, kept.stderr
+        part = Path(first.stdout.strip()) / "data" / "part.bin"
+        assert pending(part)
+        # What a power loss leaves of data that was never written back.
+        with open(part, "r+b") as damaged:
+            damaged.write(bytes(len(files["data/part.bin"])))
+
+        def use(name: str, url: str) -> subprocess.CompletedProcess[str]:
+            argv = [*SC, "--use", "-d", str(base), "-n", name, "--pid", str(later.pid), f"http:{url}", "tar"]
+            return subprocess.run(on_host(after_reboot, argv), capture_output=True, text=True, timeout=60,
+                                  env=sc_env())
+
+        again = use("job", job_url)
+        assert again.returncode == 0, again.stderr
+        assert (Path(again.stdout.strip()) / "data" / "part.bin").read_bytes() == files["data/part.bin"]
+        assert origin.stats("/job.tgz").gets == 2, "the entry of the boot before was used"
+        still = use("kept", kept_url)
+        assert still.returncode == 0, still.stderr
+        assert origin.stats("/kept.tgz").gets == 1, "a kept entry did not outlive the reboot"
+        gc = subprocess.run(on_host(after_reboot, [*SC, "gc", "-d", str(base)]), capture_output=True,
+                            text=True, timeout=60, env=sc_env())
+        assert gc.returncode == 0, gc.stderr
+    cache = FsCache(control(base))
+    assert cache.names() == {"job", "kept"}
+    assert markers(control(base) / "objects" / "job") == {f"entry.{OTHER_BOOT.strip()}.json"}
+    assert not list((control(base) / "trash").iterdir())
+    assert cache.size == sum(entry.size for entry in cache.entries())
+
+
+def test_a_store_replaces_an_entry_of_another_boot_and_gc_removes_one(disk: Path) -> None:
+    cache = FsCache(disk / "cache")
+    for name in ("replaced", "collected"):
+        with cache.store(name, meta="m", keep=False) as data:
+            (data / "old").write_bytes(b"old")
+        entry = disk / "cache" / "objects" / name
+        # As the next boot finds it.
+        os.rename(entry / f"entry.{boot_id()}.json", entry / f"entry.{OTHER_BOOT.strip()}.json")
+        assert name not in cache
+        with pytest.raises(MissError):
+            cache.hold(name, Owner.current())
+    with cache.store("replaced", meta="m", keep=False, holder=Owner.current()) as data:
+        (data / "new").write_bytes(b"new")
+    with cache.load("replaced") as path:
+        assert sorted(p.name for p in path.iterdir()) == ["new"]
+    report = cache.gc()
+    assert report.entries_deleted == 1
+    assert cache.names() == {"replaced"}
+    assert cache.size == cache.info("replaced").size
