@@ -3,11 +3,12 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_flush.py [--dir /var/tmp] [--files 1,10,100] [--pending-mb 2000]
-                                               [--runs 5] [--baseline OTHER_CHECKOUT]
+                                               [--runs 5] [--baseline OTHER_CHECKOUT] [--keep no]
 
 An entry of ``--files`` files is stored in a cache in ``--dir`` by ``FsCache.store`` (one file:
-4 MiB of random bytes; more: 4 KiB each), and the store is timed from its start to its return,
-commit included:
+4 MiB of random bytes; more: 4 KiB each), kept (``--keep yes``, the default: flushed at its commit)
+or not (``--keep no``: on a local disk, committed for this boot without a flush), and the store
+is timed from its start to its return, commit included:
 
 * *quiet*: after a ``sync``, with nothing else pending on the file system;
 * *pending*: just after this script wrote ``--pending-mb`` MB to a file beside the cache without
@@ -35,10 +36,10 @@ HERE = Path(__file__).resolve().parent
 _STORE = """
 import os, sys, time
 from sharedcache import FsCache
-root, files = sys.argv[1], int(sys.argv[2])
+root, files, keep = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "yes"
 cache = FsCache(root)
 start = time.perf_counter()
-with cache.store(f"e{time.time_ns()}") as data:
+with cache.store(f"e{time.time_ns()}", keep=keep) as data:
     if files == 1:
         (data / "file").write_bytes(os.urandom(4 * 2**20))
     for i in range(files if files > 1 else 0):
@@ -47,9 +48,9 @@ print(time.perf_counter() - start)
 """
 
 
-def timed_store(checkout: Path, root: Path, files: int) -> float:
+def timed_store(checkout: Path, root: Path, files: int, keep: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(checkout / "src")}
-    out = subprocess.run([sys.executable, "-c", _STORE, str(root), str(files)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", _STORE, str(root), str(files), keep], env=env, check=True,
                          capture_output=True, text=True, timeout=600).stdout
     return float(out)
 
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--pending-mb", type=int, default=2000, help="another writer's pending data (default 2000)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--baseline", type=Path, help="another checkout, run in turn with this one")
+    parser.add_argument("--keep", choices=("yes", "no"), default="yes", help="store kept entries (default yes)")
     args = parser.parse_args()
 
     checkouts = {"this checkout": HERE.parent}
@@ -81,10 +83,10 @@ def main() -> None:
                 for index, (label, checkout) in enumerate(checkouts.items()):
                     root = work / f"cache-{index}"
                     os.sync()
-                    quiet = timed_store(checkout, root, files)
+                    quiet = timed_store(checkout, root, files, args.keep)
                     pending = work / "pending"
                     write_pending(pending, args.pending_mb)
-                    busy = timed_store(checkout, root, files)
+                    busy = timed_store(checkout, root, files, args.keep)
                     pending.unlink()
                     times.setdefault((files, label, "quiet"), []).append(quiet)
                     times.setdefault((files, label, "pending"), []).append(busy)
@@ -93,8 +95,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         os.sync()
-    print(f"\nstore and commit in {args.dir}, medians of {args.runs} (ms); pending: {args.pending_mb} MB "
-          "of another writer's data not yet flushed")
+    print(f"\nstore and commit in {args.dir}, kept: {args.keep}, medians of {args.runs} (ms); pending: "
+          f"{args.pending_mb} MB of another writer's data not yet flushed")
     print(f"{'files':>5}  {'checkout':<14}  {'quiet':>8}  {'pending':>8}")
     for (files, label, how), values in sorted(times.items()):
         if how == "quiet":
