@@ -86,9 +86,10 @@ def test_a_use_that_keeps_an_entry_of_this_boot_flushes_it_first(disk: Path) -> 
         assert (entry / "keep").exists()
 
 
-def test_on_a_file_system_that_is_no_local_disk_every_entry_is_flushed(tmp_path: Path) -> None:
+def test_on_a_file_system_that_is_no_local_disk_every_entry_is_one_of_every_boot(tmp_path: Path) -> None:
     # tmpfs stands in for the file systems another host may read (nfs, ceph...): it is not on
-    # the list of local disks, so nothing there is trusted to a boot.
+    # the list of local disks, so no entry there is trusted to a boot.  (There is nothing for a
+    # flush to write on a tmpfs; elsewhere the entry is flushed before its commit.)
     with mounted_tmpfs(tmp_path / "mem", "64m") as mount:
         cache = FsCache(mount / "cache")
         with cache.store("job", meta="m", keep=False) as data:

@@ -63,7 +63,7 @@ Store (``store(name)``)
    the exception re-raised; nothing is committed.
 3. Flush the data to disk (:func:`~sharedcache.engine.fsutil.sync_tree`: an entry of a few files
    inode by inode, a larger one with the whole file system), unless the entry is for this boot
-   only (below; then nothing in this step is flushed), then measure the tree
+   only or on a tmpfs (below; then nothing in this step is flushed), then measure the tree
    and make it read-only (:func:`~sharedcache.engine.fsutil.disk_usage` with ``seal``): a file
    being written back (by anyone's flush of the file system) can show fewer blocks than it has,
    so it is measured once on disk.  A filler that sealed and measured the tree as it made it
@@ -138,7 +138,9 @@ ends the boot, and with it the marker's validity, so data that never reached the
 taken for an entry.  Such a directory is a leftover, not an entry: a store of the name moves it
 to the trash (step 5), and gc deletes it as it deletes an unused entry (every lease on it died
 with the boot).  A file system another host may mount (nfs, ceph, fuse...) is not a local
-disk, and tmpfs ends with the boot anyway: there every entry is flushed, whatever it costs.
+disk: there every entry is flushed, whatever it costs.  A tmpfs
+(:data:`~sharedcache.engine.fsutil.IN_MEMORY`) has nothing to write back, and ends with the boot
+itself: nothing is flushed there, and every entry gets ``entry.json``.
 
 A use that keeps such an entry (``hold`` or ``release`` with ``keep``) first flushes it with
 :func:`~sharedcache.engine.fsutil.sync_tree` (the data, its metadata and the boot's marker), under
@@ -178,6 +180,7 @@ from ..lean import Record, scoped
 from ..sizes import format_size, parse_size
 from . import locks
 from .fsutil import (
+    IN_MEMORY,
     LOCAL_DISKS,
     Seal,
     counts_blocks_at_write,
@@ -571,8 +574,11 @@ class FsCache:
         seal: Seal,
     ) -> bool:
         stage = staging.path
-        # An entry nobody keeps ends with the uses of this boot (see "Entries for this boot").
-        flush = self.durable and (keep or file_system_type(staging.fd) not in LOCAL_DISKS)
+        # An entry nobody keeps ends with the uses of this boot (see "Entries for this boot"),
+        # and a tmpfs has no disk to write to.
+        kind = file_system_type(staging.fd)
+        flush = self.durable and kind not in IN_MEMORY and (keep or kind not in LOCAL_DISKS)
+        boot_only = self.durable and not keep and kind in LOCAL_DISKS
         if flush:
             # Flushed before it is measured: another process's commit flushes the whole file
             # system, and while a file is being written back ext4 can show fewer blocks than it
@@ -599,7 +605,7 @@ class FsCache:
         import json  # a store or gc only
 
         marker = {"name": name, "size": size, "created": now}
-        write_atomic(os.path.join(stage, MARKER if flush or not self.durable else boot_marker()),
+        write_atomic(os.path.join(stage, boot_marker() if boot_only else MARKER),
                      json.dumps(marker).encode(), mode=self.modes.file, durable=flush)
         with self._transaction() as db:
             if committed(os.path.join(self._objects, name)):

@@ -263,6 +263,10 @@ class Seal:
 LOCAL_DISKS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "bcachefs",
                          "zfs", "overlay"})
 
+#: File systems without a disk: a flush has nothing to write back, and what they hold ends with
+#: the boot of the machine.
+IN_MEMORY = frozenset({"tmpfs", "ramfs"})
+
 
 def file_system_type(fd: int) -> str | None:
     """The type of the file system of the file open as ``fd`` ("ext4", "tmpfs"...), as
