@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,10 @@ def test_after_a_reboot_an_entry_of_the_boot_before_is_made_again(origin, disk: 
             return subprocess.run(on_host(after_reboot, argv), capture_output=True, text=True, timeout=60,
                                   env=sc_env())
 
+        listed = subprocess.run(on_host(after_reboot, [*SC, "list", "-d", str(base)]), capture_output=True,
+                                text=True, timeout=60, env=sc_env())
+        assert listed.returncode == 0, listed.stderr
+        assert "kept" in listed.stdout and "job" not in listed.stdout, listed.stdout
         again = use("job", job_url)
         assert again.returncode == 0, again.stderr
         assert (Path(again.stdout.strip()) / "data" / "part.bin").read_bytes() == files["data/part.bin"]
@@ -135,11 +140,15 @@ def test_after_a_reboot_an_entry_of_the_boot_before_is_made_again(origin, disk: 
         gc = subprocess.run(on_host(after_reboot, [*SC, "gc", "-d", str(base)]), capture_output=True,
                             text=True, timeout=60, env=sc_env())
         assert gc.returncode == 0, gc.stderr
-    cache = FsCache(control(base))
-    assert cache.names() == {"job", "kept"}
+        # The accounting as that boot sees it: every row an entry, and their sizes the total.
+        check = ("import sys\nfrom sharedcache import FsCache\ncache = FsCache(sys.argv[1])\n"
+                 "assert cache.names() == {e.name for e in cache.entries()} == {'job', 'kept'}\n"
+                 "assert cache.size == sum(e.size for e in cache.entries()), cache.size\n")
+        checked = subprocess.run(on_host(after_reboot, [sys.executable, "-c", check, str(control(base))]),
+                                 capture_output=True, text=True, timeout=60, env=sc_env())
+        assert checked.returncode == 0, checked.stderr
     assert markers(control(base) / "objects" / "job") == {f"entry.{OTHER_BOOT.strip()}.json"}
     assert not list((control(base) / "trash").iterdir())
-    assert cache.size == sum(entry.size for entry in cache.entries())
 
 
 def test_a_store_replaces_an_entry_of_another_boot_and_gc_removes_one(disk: Path) -> None:
@@ -153,6 +162,9 @@ def test_a_store_replaces_an_entry_of_another_boot_and_gc_removes_one(disk: Path
         assert name not in cache
         with pytest.raises(MissError):
             cache.hold(name, Owner.current())
+        with pytest.raises(MissError):
+            cache.info(name)
+        assert name not in {entry.name for entry in cache.entries()}
     with cache.store("replaced", meta="m", keep=False, holder=Owner.current()) as data:
         (data / "new").write_bytes(b"new")
     with cache.load("replaced") as path:

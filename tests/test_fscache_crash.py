@@ -57,7 +57,7 @@ def dead_leases(root: Path) -> list[Path]:
 
 def leftovers(root: Path) -> dict[str, int]:
     cache = FsCache(root)
-    rows = {e.name for e in cache.entries()}
+    rows = cache.names()  # the index's rows (entries() lists only what is an entry now)
     return {
         "stage": len(list((root / "stage").iterdir())),
         "trash": len(list((root / "trash").iterdir())),

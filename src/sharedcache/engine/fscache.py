@@ -137,10 +137,11 @@ whole from the kernel's page cache, written back or not; a power loss or a crash
 ends the boot, and with it the marker's validity, so data that never reached the disk is never
 taken for an entry.  Such a directory is a leftover, not an entry: a store of the name moves it
 to the trash (step 5), and gc deletes it as it deletes an unused entry (every lease on it died
-with the boot).  A file system another host may mount (nfs, ceph, fuse...) is not a local
-disk: there every entry is flushed, whatever it costs.  A tmpfs
-(:data:`~sharedcache.engine.fsutil.IN_MEMORY`) has nothing to write back, and ends with the boot
-itself: nothing is flushed there, and every entry gets ``entry.json``.
+with the boot); listings leave it out, while its row counts against the budget until then.
+A file system another host may mount (nfs, ceph, fuse...) is not a local disk: there every
+entry is flushed, whatever it costs.  A tmpfs (:data:`~sharedcache.engine.fsutil.IN_MEMORY`)
+has nothing to write back, and ends with the boot itself: nothing is flushed there, and every
+entry gets ``entry.json``.
 
 A use that keeps such an entry (``hold`` or ``release`` with ``keep``) first flushes it with
 :func:`~sharedcache.engine.fsutil.sync_tree` (the data, its metadata and the boot's marker), under
@@ -1085,17 +1086,19 @@ class FsCache:
         """Every committed entry, with its size, times, and whether it is in use now."""
         rows = self._db().rows()
         alive: dict[str, bool] = {}
-        return [self._describe(row, alive) for row in rows]
+        return [entry for row in rows if (entry := self._describe(row, alive)) is not None]
 
     def info(self, name: str) -> Entry:
         """What :meth:`entries` says of entry ``name``; MissError if there is none."""
         row = self._db().row(check_name(name))
-        if row is None:
+        entry = None if row is None else self._describe(row, {})
+        if entry is None:
             raise MissError(f"no entry {name!r} in cache {self.root}")
-        return self._describe(row, {})
+        return entry
 
-    def _describe(self, row: Row, alive: dict[str, bool]) -> Entry:
-        """An index row completed by what its entry's directory says now."""
+    def _describe(self, row: Row, alive: dict[str, bool]) -> Entry | None:
+        """An index row completed by what its entry's directory says now; None if the directory
+        is no entry now (one of a boot before, or gone with a crashed delete: gc drops the row)."""
         name, size, created, last_used, keep, meta = row
         if self.shared:
             try:
@@ -1105,7 +1108,9 @@ class FsCache:
                 return Entry(name, size, created, last_used, bool(keep), meta, False, ())
         return self._described(row, f"{self._objects}/{name}", alive)  # (os.path.join: a tenth more)
 
-    def _described(self, row: Row, entry: str, alive: dict[str, bool]) -> Entry:
+    def _described(self, row: Row, entry: str, alive: dict[str, bool]) -> Entry | None:
+        if committed(entry) is None:
+            return None
         name, size, created, last_used, keep, meta = row
         users = scan_leases(entry, alive)[0]
         locked, used = self._probe(entry)
