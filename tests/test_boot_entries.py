@@ -15,6 +15,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,42 @@ def test_a_store_replaces_an_entry_of_another_boot_and_gc_removes_one(disk: Path
     assert report.entries_deleted == 1
     assert cache.names() == {"replaced"}
     assert cache.size == cache.info("replaced").size
+
+
+@pytest.fixture
+def served(disk: Path, tmp_path: Path) -> Iterator[Path]:
+    """``disk`` as another machine reaches it: through a file system that a kernel serves to it,
+    as nfs is.  bindfs, a FUSE file system, stands in for it (a process reading through it, in a
+    mount namespace with another boot id and machine id, is that other machine)."""
+    if shutil.which("bindfs") is None:
+        pytest.skip("bindfs is not installed (Debian: bindfs)")
+    view = tmp_path / "view"
+    view.mkdir()
+    daemon = subprocess.Popen(["bindfs", "-f", str(disk), str(view)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(view):
+            if daemon.poll() is not None:
+                pytest.skip(f"cannot mount bindfs: {daemon.stderr.read().decode().strip()}")  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "bindfs never mounted"
+            time.sleep(0.05)
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True)
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(10)
+
+
+def test_a_store_that_fails_on_a_served_file_system_raises_its_own_error_and_leaves_nothing(served: Path) -> None:
+    # nfs and FUSE keep a file removed while open under another name (.nfs*, .fuse_hidden*): the
+    # staging tree's lock, still open while the tree was removed, kept the tree, and the error
+    # of its removal ("Directory not empty") replaced the store's own.
+    cache = FsCache(served / "cache")
+    with pytest.raises(ValueError, match="the filler's own error"):
+        with cache.store("job", meta="m", keep=True) as data:
+            (data / "file").write_bytes(b"x")
+            raise ValueError("the filler's own error")
+    assert not list((served / "cache" / "stage").iterdir())

@@ -59,8 +59,9 @@ Store (``store(name)``)
 1. Take ``stage.lock`` shared; create ``stage/<random id>/``, create its ``lock`` and lock it
    exclusively; release ``stage.lock``.  (gc takes ``stage.lock`` exclusively, so it never sees a
    staging directory whose owner has not locked it yet.)
-2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is removed and
-   the exception re-raised; nothing is committed.
+2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is unlocked
+   and removed (what cannot be removed is left to gc) and the exception re-raised; nothing is
+   committed.
 3. Flush the data to disk (:func:`~sharedcache.engine.fsutil.sync_tree`: an entry of a few files
    inode by inode, a larger one with the whole file system), unless the entry is for this boot
    only or on a tmpfs (below; then nothing in this step is flushed), then measure the tree
@@ -487,16 +488,19 @@ class FsCache:
         try:
             yield Staging(stage_id, path, directory)
         finally:
+            # The lock first: nfs and FUSE keep a file that is removed while open under another
+            # name (.nfs*, .fuse_hidden*), and its directory could not be removed.  Unlocked, the
+            # tree may also be swept by gc meanwhile, which the removal tolerates.
+            os.close(fd)
             try:
                 stages = self._open_own(STAGE)
                 try:
                     remove_tree(stage_id, dir_fd=stages)  # a no-op once the commit renamed it away
                 finally:
                     os.close(stages)
-            except CacheError:
-                pass  # stage/ was swapped meanwhile: what is left is gc's
+            except (CacheError, OSError):
+                pass  # stage/ swapped meanwhile, or the tree not removable: what is left is gc's
             os.close(directory)
-            os.close(fd)
 
     @scoped
     def stage(self) -> Iterator[Path]:
