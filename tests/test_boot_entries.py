@@ -24,6 +24,7 @@ import pytest
 from scutil import (
     SC,
     Sleeper,
+    check_tree,
     control,
     make_tarball,
     mounted_image,
@@ -202,6 +203,48 @@ def served(disk: Path, tmp_path: Path) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait(10)
+
+
+def test_from_another_machine_an_entry_of_the_serving_machine_s_boot_is_neither_used_nor_removed(
+        origin, disk: Path, served: Path, tmp_path: Path) -> None:
+    # The machine whose disk it is committed the entry for its boot; another machine cannot tell
+    # that boot from one before a reboot, so it may neither trust the entry nor delete it (which
+    # would delete data in use over there).  Once kept there, it is durable and a hit from here.
+    files = {"data/part.bin": os.urandom(2**20)}
+    make_tarball(tmp_path / "job.tgz", files)
+    url = origin.add("/job.tgz", (tmp_path / "job.tgz").read_bytes())
+    (disk / "base").mkdir()
+    boot, machine = tmp_path / "boot_id", tmp_path / "machine-id"
+    boot.write_text(OTHER_BOOT)
+    machine.write_text("0badc0de" * 4 + "\n")
+    elsewhere = (boot, machine, "0badc0de" * 4)
+    with Sleeper() as job, Sleeper() as there:
+        here = ["-d", str(disk / "base"), "-n", "job", "--pid", str(job.pid), f"http:{url}", "tar"]
+        first = sc("--use", *here)
+        assert first.returncode == 0, first.stderr
+        path = Path(first.stdout.strip())
+        entry = path.resolve().parent
+        assert markers(entry) == {f"entry.{boot_id()}.json"}
+
+        def from_there(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(on_host(elsewhere, [*SC, *args]), capture_output=True, text=True,
+                                  timeout=60, env=sc_env())
+
+        view = ["-d", str(served / "base"), "-n", "job", "--pid", str(there.pid), f"http:{url}", "tar"]
+        refused = from_there("--use", *view)
+        assert refused.returncode == 1, refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and "for its own boot" in lines[0] and "--keep" in lines[0], lines
+        assert not list((control(disk / "base") / "stage").iterdir()), "the refused store left its tree"
+        assert from_there("gc", "-d", str(served / "base")).returncode == 0
+        check_tree(path, files)
+        assert markers(entry) == {f"entry.{boot_id()}.json"}, "another machine touched the entry"
+
+        assert sc("--use", "--keep", *here).returncode == 0
+        used = from_there("--use", *view)
+        assert used.returncode == 0, used.stderr
+        check_tree(Path(used.stdout.strip()), files)
+        assert origin.stats("/job.tgz").gets == 2  # the first use's, and the refused one's
 
 
 def test_a_store_that_fails_on_a_served_file_system_raises_its_own_error_and_leaves_nothing(served: Path) -> None:

@@ -80,8 +80,9 @@ Store (``store(name)``)
    exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
    the budget: evict (below) until it fits, or refuse if what is in use leaves too little.
 5. Insert the row, add the size to the accounted size, rename ``stage/<id>`` to
-   ``objects/<name>`` (a leftover there without a marker is moved to ``trash/`` first), and
-   commit the transaction.  Release the lock.
+   ``objects/<name>`` (a leftover there without a marker is moved to ``trash/`` first, unless
+   another machine's, below: the store is then refused), and commit the transaction.  Release
+   the lock.
 
 A crash in steps 1-3 leaves a staging directory whose lock is free: gc and the next store remove
 it (under ``stage.lock`` taken exclusively without waiting, they move it into the trash, and delete
@@ -150,6 +151,15 @@ the entry's lock taken shared and outside any index transaction, then creates ``
 beside the boot's marker (written aside and flushed, then linked: the first of two keepers wins,
 the other finds it there) and flushes the entry's directory and ``objects/``.  A crash or a power
 loss anywhere in between leaves the entry of this boot as it was.
+
+Only a process with a local view of the disk writes a marker of one boot, so where that is the
+view, a marker of another boot is this machine's before a reboot.  Another machine may reach the
+same disk through a file system that this machine serves (nfs, or a FUSE or virtio file system):
+a marker of a boot not its own may then be the serving machine's, still running, with the
+entry in use there.  Such a process does not use the entry (its boot cannot be judged from
+there), neither does gc remove it, and a store of the name is refused with an error that says so
+(:meth:`FsCache._another_kernel_s`), until the serving machine keeps the entry (which makes it
+durable) or deletes it.
 
 Leases
 ------
@@ -658,6 +668,11 @@ class FsCache:
                     raise
                 # A directory without a commit marker (the caller checked): not an entry, and
                 # nobody can be committing it while the caller holds the index.
+                if self._another_kernel_s(name):
+                    raise CacheError(
+                        f"cannot store {name!r} in cache {self.root}: the machine that serves its file "
+                        "system committed it there, unflushed, for its own boot, which only it can "
+                        "judge; a use with --keep on that machine makes it usable from here") from None
                 self._to_trash(OBJECTS, name)
                 os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
         finally:
@@ -1041,6 +1056,29 @@ class FsCache:
         self._kept_open[sub] = self._open_own(sub)
         return f"/proc/self/fd/{self._kept_open[sub]}"
 
+    def _another_kernel_s(self, name: str) -> bool:
+        """Whether ``objects/<name>``, no entry in this boot, is an entry of another boot that only
+        another machine can judge: this process reaches the cache through a file system that
+        another kernel serves (nfs, fuse: not a local disk), and the directory has the marker of
+        an entry for one boot, which only a process with a local view of the disk writes.  That
+        boot may well be the serving machine's, still running: the entry may be in use there.
+        (With a local view, a boot not ours is one of this machine before a reboot.)"""
+        objects = self._open_own(OBJECTS)
+        try:
+            if file_system_type(objects) in LOCAL_DISKS:
+                return False
+            try:
+                directory = open_directory(name, dir_fd=objects)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+        finally:
+            os.close(objects)
+        try:
+            return any(n.startswith("entry.") and n.endswith(".json") and n != MARKER
+                       for n in os.listdir(directory))
+        finally:
+            os.close(directory)
+
     def _to_trash(self, directory: str, name: str) -> None:
         """Rename ``directory/name`` into the trash, both directories reached as :meth:`_open_own`
         does: a symlink swapped in for one of them never makes this move anything else."""
@@ -1235,6 +1273,8 @@ class FsCache:
             for name in on_disk - rows:
                 if self._adopt(db, name):
                     report.orphans_adopted += 1
+                elif self._another_kernel_s(name):
+                    continue  # not ours to judge (see _another_kernel_s)
                 else:
                     self._to_trash(OBJECTS, name)
                     report.orphans_removed += 1
