@@ -588,6 +588,23 @@ def test_cache_of_the_format_before_is_used_and_brought_to_this_one(root: Path) 
     assert info.read_bytes() == FORMAT_LINE == b"shared-cache fscache 3\n"
 
 
+def test_a_read_only_cache_of_the_format_before_is_still_read(tmp_path: Path) -> None:
+    # Its marker cannot be rewritten, and nothing of format 3 can be put in it either.  (A
+    # read-only bind mount of the cache's directory; mounting needs root.)
+    root, view = tmp_path / "cache", tmp_path / "view"
+    info = _replace_cache_info(root, b"shared-cache fscache 2\n")
+    view.mkdir()
+    done = subprocess.run(["mount", "--bind", str(root), str(view)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount the cache: {done.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True, capture_output=True)
+        assert loads(FsCache(view), "a")
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)
+    assert info.read_bytes() == b"shared-cache fscache 2\n"
+
+
 @pytest.mark.parametrize("content", [b"", b"shared-cache fs", b"garbage\x00\xff" * 10, "dir"],
                          ids=["empty", "truncated", "garbage", "directory"])
 def test_damaged_cache_info_is_a_clear_cache_error_and_gc_repairs_it(root: Path, content: object) -> None:

@@ -31,6 +31,7 @@ user's or is open to others.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -248,7 +249,9 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
             try:
                 write_atomic(os.path.join(root, "cache.info"), FORMAT_LINE, mode=modes.file)
             except OSError as e:
-                raise CacheError(f"cannot bring cache {root} to this version's format: {e.strerror}") from None
+                # A read-only cache can still be read, and nothing of format 3 can be put in it.
+                if e.errno != errno.EROFS:
+                    raise CacheError(f"cannot bring cache {root} to this version's format: {e.strerror}") from None
         elif found != FORMAT_LINE:
             _repair_marker(root, fd, found, modes, repair=repair)
         for sub in (OBJECTS, STAGE, TRASH):
