@@ -120,7 +120,7 @@ def test_verbose_says_what_the_population_made_and_what_its_flush_and_commit_too
         ready = [line for line in made.stderr.splitlines() if " is ready: " in line]
         assert len(ready) == 1, made.stderr
         said = re.fullmatch(r"sc: 'repo' is ready: (.+) on disk, made in (\d+\.\d\d) s, "
-                            r"then flushed to disk and committed in (\d+\.\d\d) s", ready[0])
+                            r"then committed in (\d+\.\d\d) s", ready[0])
         assert said is not None, ready[0]
         (listed,) = json.loads(sc("list", "--json", "-d", d(dirs)).stdout)
         assert said[1] == format_size(listed["size"])
