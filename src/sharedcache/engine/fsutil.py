@@ -269,20 +269,13 @@ IN_MEMORY = frozenset({"tmpfs", "ramfs"})
 
 
 def file_system_type(fd: int) -> str | None:
-    """The type of the file system of the file open as ``fd`` ("ext4", "tmpfs"...), as
-    /proc/self/mountinfo names it (found by device number); None if that cannot be told."""
+    """The type of the file system of the file open as ``fd`` ("ext4", "tmpfs"...), as the mount
+    table names it (found by device number); None if that cannot be told."""
+    from ..mounts import mounts  # a store only
+
     device = os.fstat(fd).st_dev
     number = f"{os.major(device)}:{os.minor(device)}"
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
-            for line in mounts:
-                fields = line.split()
-                # ID, parent ID, major:minor, root, mount point, options, optional fields, "-", type, ...
-                if len(fields) > 2 and fields[2] == number and "-" in fields:
-                    return fields[fields.index("-", 6) + 1]
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return next((kind for found, _, _, kind, _ in mounts() if found == number), None)
 
 
 def counts_blocks_at_write(fd: int) -> bool:

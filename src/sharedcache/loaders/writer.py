@@ -164,28 +164,26 @@ def _cgroup_quota() -> float:
     """The smallest CPU quota, in CPUs, of this process's control group and the groups above it:
     cgroup v2's ``cpu.max``, v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; infinite if
     there is none, or none can be read."""
+    from ..mounts import mounts
+
     quota = math.inf
     try:
         with open("/proc/self/cgroup") as listing:
             groups = [line.rstrip("\n").split(":", 2) for line in listing]
-        with open("/proc/self/mountinfo") as listing:
-            mounts = [line.split() for line in listing]
     except OSError:
         return quota
-    for fields in mounts:
-        after = fields[fields.index("-") + 1:]  # the file system's type, its source, its options
-        if after[0] == "cgroup2":
+    for _, root, mountpoint, kind, options in mounts():
+        if kind == "cgroup2":
             path = next((path for hierarchy, _, path in groups if hierarchy == "0"), None)
-        elif after[0] == "cgroup" and "cpu" in after[2].split(","):
+        elif kind == "cgroup" and "cpu" in options.split(","):
             path = next((path for _, controllers, path in groups if "cpu" in controllers.split(",")), None)
         else:
             continue
-        root, mountpoint = fields[3], fields[4]
         if path is None or not (root == "/" or path == root or path.startswith(root + "/")):
             continue  # a group this mount does not show
         directory = os.path.normpath(mountpoint + "/" + path[len(root.rstrip("/")):])
         while True:
-            quota = min(quota, _quota_of(directory, v2=after[0] == "cgroup2"))
+            quota = min(quota, _quota_of(directory, v2=kind == "cgroup2"))
             if len(directory) <= len(mountpoint):
                 break
             directory = os.path.dirname(directory)
