@@ -135,18 +135,21 @@ def available() -> bool:
     help: this process may use more than one CPU.  On one, the processes would only take turns,
     and copy every byte through pipes besides: under ``taskset -c 0``, W10's 50,000 files took
     0.84 s in one process, 1.02 s with one writer and 1.10 s with two."""
-    return (sys.platform == "linux" and hasattr(os, "fork") and os.path.isdir("/proc/self/fd")
-            and usable_cpus() >= 2)
+    return _can_fork() and usable_cpus() >= 2
+
+
+def _can_fork() -> bool:
+    return sys.platform == "linux" and hasattr(os, "fork") and os.path.isdir("/proc/self/fd")
 
 
 def describe() -> str:
     """How this process would unpack a large tar archive, for ``sc --version -v``."""
+    if not _can_fork():
+        return "one process (no fork, or no /proc to find descriptors)"
     cpus = usable_cpus()
-    if available():
-        return f"{WRITERS} writer processes past {SERIAL_MEMBERS:,} members ({cpus:g} usable CPUs)"
     if cpus < 2:
         return f"one process ({cpus:g} usable CPU{'' if cpus == 1 else 's'})"
-    return "one process (no fork, or no /proc to find descriptors)"
+    return f"{WRITERS} writer processes past {SERIAL_MEMBERS:,} members ({cpus:g} usable CPUs)"
 
 
 def usable_cpus() -> float:
