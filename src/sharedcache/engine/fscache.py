@@ -1318,10 +1318,13 @@ class FsCache:
             return False  # a link (a member's): moved to the trash by the caller
 
     def _adopt_from(self, db: Index, name: str, entry: str) -> bool:
+        found = committed(entry)
+        if found is None:
+            return False  # no marker valid in this boot: a leftover, not an entry
         try:
             import json
 
-            marker = json.loads(read_control(os.path.join(entry, committed(entry) or MARKER), 1 << 16) or b"")
+            marker = json.loads(read_control(os.path.join(entry, found), 1 << 16) or b"")
             if marker["name"] != name or not os.path.isdir(os.path.join(entry, "data")):
                 return False
             size, created = int(marker["size"]), float(marker["created"])
