@@ -124,6 +124,7 @@ class SafeTree:
         # the root being 0.  Lookups cost the depth of a path, and memory one item per directory.
         self._dirs: dict[tuple[int, str], int] = {}
         self._symlinks: list[tuple[str, ...]] = []
+        self._linked: set[tuple[str, ...]] = set()  # the names of hard links and of their targets
         self._dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
         self._entries = 0
         self._open: dict[int, int] = {}  # directory id -> descriptor, oldest first
@@ -178,6 +179,10 @@ class SafeTree:
         (a writer process that makes only files, in directories that the tree's authority made:
         see :mod:`sharedcache.loaders.writer`).  They are recorded, neither made nor counted."""
         self._adopting = True
+
+    def linked(self) -> set[tuple[str, ...]]:
+        """The names (as parts) of the hard links made so far and of their targets (a copy)."""
+        return set(self._linked)
 
     def directories(self) -> dict[tuple[int, str], int]:
         """The directories made so far, as the tree keeps them: (parent's id, name) -> id, the
@@ -374,6 +379,7 @@ class SafeTree:
             raise self.refuse(name, f"is a hard link to {quoted(target)}, which is not a file extracted before it")
         self._place(parts, name, lambda leaf, parent: os.link(below, leaf, src_dir_fd=root, dst_dir_fd=parent,
                                                               follow_symlinks=False))
+        self._linked.update((parts, target_parts))
 
     def finish(self) -> int | None:
         """Check where the symlinks lead now that the tree is complete; set the directories' modes

@@ -27,8 +27,10 @@ The protocol:
    as surrogate escapes), then a file's data.  A full pipe makes the parent wait: memory stays a
    pipe's worth per child.
 2. Which child makes a plain file: the helper, if the directory it goes in was made by a frame
-   sent to the authority before, the name is not that of such a directory, and a hash of its last
-   component falls on the helper; else the authority.  The same name in the same directory
+   sent to the authority before, the name is not that of such a directory nor of a hard link or
+   its target, and a hash of its last component falls on the helper; else the authority.  (A
+   replaced file's blocks leave the tree's count only with its last link, so every change to a
+   name that a hard link shares is made by one process, in archive order.)  The same name in the same directory
    always falls on the same child, so two files of one name are made in archive order.  With a
    helper, the parent counts every member and every directory it implies against the cap on
    entries, and charges every file's size to the size limit, in archive order and before any of
@@ -258,6 +260,7 @@ class WriterProcess:
         self._ready = [0] * (len(self._dirs) + 1)
         self._helper_sent = [0] * (len(self._dirs) + 1)
         self._last_parent: tuple[tuple[str, ...], int] = ((), 0)
+        self._linked = tree.linked()  # names the helper never makes a file of (step 2)
         # Loaded here, before the fork, so that the children load no module (nor does an unpack
         # that never forks: these cost a few milliseconds).
         import mmap
@@ -350,7 +353,8 @@ class WriterProcess:
             self._tree.count()
             self._tree.charge(size)
             directory = self._directory(parts[:-1]) if parts and hash(parts[-1]) & 1 else None
-            if directory is not None and (directory, parts[-1]) not in self._dirs:
+            if directory is not None and (directory, parts[-1]) not in self._dirs \
+                    and not (self._linked and parts in self._linked):
                 child, after = helper, self._ready[directory]
                 self._helper_sent[directory] = helper.sent + 1
             else:
@@ -385,6 +389,7 @@ class WriterProcess:
                 target_parts = ()
             if target_parts:
                 after = max(after, self._before_authority(target_parts[:-1], target_parts[-1:], reads=True))
+                self._linked.update((self._tree.parts(name), target_parts))
         self._frame(self._authority, HARDLINK, name, target, 0, 0, 0, after)
 
     def finish(self) -> int | None:
