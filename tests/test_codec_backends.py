@@ -1,12 +1,15 @@
-"""Which library decompresses each codec, and the fallback to zlib when ISA-L is not installed."""
+"""Which library decompresses each codec, and the fallbacks to the standard library: to zlib when ISA-L
+is not installed, to lzma when lzma-mt is not."""
 
 from __future__ import annotations
 
 import gzip
+import lzma
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,12 @@ def test_version_verbose_names_the_libraries() -> None:
         assert shown["gzip"].startswith("zlib ") and shown["gzip"].endswith("(isal not available)")
     else:
         assert shown["gzip"].startswith("ISA-L ")
+    try:
+        import lzma_mt  # noqa: F401  # only asks whether it is there
+    except ImportError:
+        assert shown["xz"] == "liblzma (Python's lzma; lzma-mt not available)"
+    else:
+        assert shown["xz"].startswith("liblzma 5.") and "(lzma-mt " in shown["xz"]
     assert sc("--version").stdout.count("\n") == 1  # without -v, the version alone
 
 
@@ -44,25 +53,42 @@ def test_version_verbose_says_a_process_bound_to_one_cpu_unpacks_alone() -> None
     assert "large tar archives: one process (1 usable CPU)\n" in result.stdout
 
 
-def test_without_isal_gzip_falls_back_to_zlib(tmp_path: Path) -> None:
-    """A Python where isal cannot be imported still inflates gzip, checks its trailer, and says so."""
+def _flip(data: bytes, position: int) -> bytes:
+    damaged = bytearray(data)
+    damaged[position] ^= 1
+    return bytes(damaged)
+
+
+#: codec: (the accelerating module, the file's suffix, how to compress, how to damage the result,
+#: the decompressor word, what `sc --version -v` says without the module)
+FALLBACKS: dict[str, tuple[str, str, Callable[[bytes], bytes], Callable[[bytes], bytes], str, str]] = {
+    "gzip": ("isal", ".gz", gzip.compress, lambda data: _flip(data, -8),  # its CRC
+             "gunzip", "gzip: zlib "),
+    "xz": ("lzma_mt", ".xz", lzma.compress, lambda data: _flip(data, len(data) // 2),
+           "unxz", "xz: liblzma (Python's lzma; lzma-mt not available)"),
+}
+
+
+@pytest.mark.parametrize("codec", sorted(FALLBACKS))
+def test_without_the_faster_library_a_codec_falls_back_to_the_standard_one(tmp_path: Path, codec: str) -> None:
+    """A Python where the faster library cannot be imported still decompresses, checks the data, and
+    says so."""
+    module, suffix, compress, damage, word, shown = FALLBACKS[codec]
     text = b"".join(b"line %d\n" % i for i in range(100_000))
-    (tmp_path / "good.gz").write_bytes(gzip.compress(text))
-    damaged = bytearray(gzip.compress(text))
-    damaged[-8] ^= 1  # the CRC
-    (tmp_path / "bad.gz").write_bytes(bytes(damaged))
+    (tmp_path / f"good{suffix}").write_bytes(compress(text))
+    (tmp_path / f"bad{suffix}").write_bytes(damage(compress(text)))
     script = (
         "import sys\n"
-        "sys.modules['isal'] = None  # import isal now raises ImportError\n"
+        f"sys.modules[{module!r}] = None  # importing it now raises ImportError\n"
         "from sharedcache import cli\n"
         "from sharedcache.errors import CorruptDataError\n"
         "from sharedcache.loaders.pipeline import populate\n"
         "from sharedcache.loaders.registry import parse_recipe\n"
         "cli.main(['--version', '-v'])\n"
         "root = sys.argv[1]\n"
-        "populate(parse_recipe([f'file:{root}/good.gz', 'gunzip']), f'{root}/dest', work=f'{root}/work')\n"
+        f"populate(parse_recipe([f'file:{{root}}/good{suffix}', {word!r}]), f'{{root}}/dest', work=f'{{root}}/work')\n"
         "try:\n"
-        "    populate(parse_recipe([f'file:{root}/bad.gz', 'gunzip']), f'{root}/dest2', work=f'{root}/work')\n"
+        f"    populate(parse_recipe([f'file:{{root}}/bad{suffix}', {word!r}]), f'{{root}}/dest2', work=f'{{root}}/work')\n"
         "except CorruptDataError as exc:\n"
         "    print('refused:', exc)\n")
     for name in ("dest", "dest2", "work"):
@@ -70,6 +96,8 @@ def test_without_isal_gzip_falls_back_to_zlib(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": SRC}, timeout=50, check=False)
     assert result.returncode == 0, result.stderr
-    assert "gzip: zlib " in result.stdout and "(isal not available)" in result.stdout
+    assert shown in result.stdout
+    if codec == "gzip":
+        assert "(isal not available)" in result.stdout
     assert (tmp_path / "dest" / "good").read_bytes() == text
-    assert "refused: corrupt gzip data from " in result.stdout
+    assert f"refused: corrupt {codec} data from " in result.stdout
