@@ -1,15 +1,17 @@
-"""Profile of unpacking: inflate speed of each gzip library, and the cost per tar member.
+"""Profile of unpacking: the speed of each gzip and xz library, and the cost per tar member.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_unpack.py [--files 50000] [--runs 5] [--dirs /dev/shm,/var/tmp]
-                                                [--stdlib-only] [--members-only]
+                                                [--stdlib-only] [--codecs gzip,xz] [--members-only]
     .venv/bin/python benchmarks/bench_unpack.py --phases /dev/shm [--files 50000 | --archive X.tar.gz] [--runs 5]
 
-* **Inflate.** The Python standard library of this interpreter, packed by GNU tar and gzip -6, is
-  inflated from memory by zlib, zlib-ng (``zlib_ng``) and ISA-L (``isal``), whichever are installed,
-  the way :mod:`sharedcache.loaders.codecs` calls them (1 MiB in, at most 1 MiB out); then through
-  ``decompressing()`` itself, and by ``gzip -dc``.  Median MB/s of the output.
+* **Decompression.** The Python standard library of this interpreter, packed by GNU tar and gzip -6,
+  is inflated from memory by zlib, zlib-ng (``zlib_ng``) and ISA-L (``isal``), whichever are
+  installed, the way :mod:`sharedcache.loaders.codecs` calls them (1 MiB in, at most 1 MiB out);
+  then through ``decompressing()`` itself, and by ``gzip -dc``.  The same for xz -6 (one block, as
+  ``xz`` makes it on one thread): Python's ``lzma`` and ``lzma-mt``, ``decompressing()``, ``xz -dc``.
+  Median MB/s of the output.
 * **Members.** ``--files`` files of 1-8 KB of text (a 300-line vocabulary: compressible) in
   directories of 500, packed by GNU tar and gzip, are unpacked cold, the previous tree removed
   (untimed) before each run, in every directory of ``--dirs``: by ``sc --use -d DIR file:X
@@ -30,6 +32,7 @@ It writes its inputs in a temporary directory and removes them at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -51,7 +54,7 @@ from typing import Any
 CHUNK = 1 << 20
 
 
-def inflate_modules() -> dict[str, Any]:
+def gzip_modules() -> dict[str, Any]:
     import zlib
 
     found: dict[str, Any] = {"zlib": zlib}
@@ -68,6 +71,18 @@ def inflate_modules() -> dict[str, Any]:
     return found
 
 
+def xz_modules() -> dict[str, Any]:
+    import lzma
+
+    found: dict[str, Any] = {"lzma (standard library)": lzma}
+    try:
+        import lzma_mt
+        found[f"lzma-mt (liblzma {lzma_mt.get_xz_version()})"] = lzma_mt
+    except ImportError:
+        print("lzma-mt: not installed (pip install lzma-mt)")
+    return found
+
+
 def inflate_once(module: Any, data: bytes) -> int:
     decoder = module.decompressobj(16 + module.MAX_WBITS)
     produced = position = 0
@@ -81,6 +96,26 @@ def inflate_once(module: Any, data: bytes) -> int:
     return produced
 
 
+def unxz_once(module: Any, data: bytes) -> int:
+    decoder = module.LZMADecompressor()
+    produced = position = 0
+    while not decoder.eof:
+        pending = b""
+        if decoder.needs_input:
+            pending = data[position:position + CHUNK]
+            position += CHUNK
+        produced += len(decoder.decompress(pending, CHUNK))
+    return produced
+
+
+#: codec: (the compressor's command line, the libraries, one decompression from memory by a library,
+#: the decompressor's command line)
+CODECS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[Any, bytes], int], list[str]]] = {
+    "gzip": ("gzip -6", gzip_modules, inflate_once, ["gzip", "-dc"]),
+    "xz": ("xz -6", xz_modules, unxz_once, ["xz", "-dc"]),
+}
+
+
 def median_rate(run: Callable[[], int], runs: int) -> tuple[float, float]:
     times, produced = [], 0
     for _ in range(runs):
@@ -90,34 +125,36 @@ def median_rate(run: Callable[[], int], runs: int) -> tuple[float, float]:
     return produced / statistics.median(times) / 1e6, statistics.median(times)
 
 
-def bench_inflate(scratch: Path, runs: int) -> None:
+def bench_inflate(scratch: Path, runs: int, codecs: list[str]) -> None:
     from sharedcache.loaders.codecs import decompressing
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    archive = scratch / "stdlib.tar.gz"
-    subprocess.run(f"tar -C {stdlib.parent} -cf - --exclude=__pycache__ --exclude=site-packages {stdlib.name}"
-                   f" | gzip -6 > {archive}", shell=True, check=True)
-    data = archive.read_bytes()
-    print(f"\ninflate: {archive.name} of {stdlib} ({len(data) / 1e6:.1f} MB), median of {runs}")
-    for name, module in inflate_modules().items():
-        rate, seconds = median_rate(lambda module=module: inflate_once(module, data), runs)
-        print(f"  {name:28s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
+    for codec in codecs:
+        compressor, modules, once, tool = CODECS[codec]
+        archive = scratch / f"stdlib.tar.{codec.replace('gzip', 'gz')}"
+        subprocess.run(f"tar -C {stdlib.parent} -cf - --exclude=__pycache__ --exclude=site-packages "
+                       f"{stdlib.name} | {compressor} > {archive}", shell=True, check=True)
+        data = archive.read_bytes()
+        print(f"\n{codec}: {archive.name} of {stdlib} ({len(data) / 1e6:.1f} MB), median of {runs}")
+        for name, module in modules().items():
+            rate, seconds = median_rate(functools.partial(once, module, data), runs)
+            print(f"  {name:34s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
 
-    def through_sharedcache() -> int:
-        stream, produced = decompressing("gzip", io.BytesIO(data), "bench"), 0
-        while piece := stream.read(CHUNK):
-            produced += len(piece)
-        return produced
+        def through_sharedcache(codec: str = codec, data: bytes = data) -> int:
+            stream, produced = decompressing(codec, io.BytesIO(data), "bench"), 0
+            while piece := stream.read(CHUNK):
+                produced += len(piece)
+            return produced
 
-    rate, seconds = median_rate(through_sharedcache, runs)
-    print(f"  {'decompressing() (sc)':28s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
+        rate, seconds = median_rate(through_sharedcache, runs)
+        print(f"  {'decompressing() (sc)':34s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
 
-    def gzip_tool() -> int:
-        result = subprocess.run(["gzip", "-dc", str(archive)], capture_output=True, check=True)
-        return len(result.stdout)
+        def by_tool(tool: list[str] = tool, archive: Path = archive) -> int:
+            result = subprocess.run([*tool, str(archive)], capture_output=True, check=True)
+            return len(result.stdout)
 
-    rate, seconds = median_rate(gzip_tool, runs)
-    print(f"  {'gzip -dc (process)':28s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
+        rate, seconds = median_rate(by_tool, runs)
+        print(f"  {' '.join(tool) + ' (process)':34s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
 
 
 def make_small_files(scratch: Path, count: int) -> Path:
@@ -293,7 +330,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dirs", default="/dev/shm,/var/tmp")
-    parser.add_argument("--stdlib-only", action="store_true", help="only the inflate part")
+    parser.add_argument("--stdlib-only", action="store_true", help="only the decompression part")
+    parser.add_argument("--codecs", default="gzip,xz", help="the codecs of the decompression part")
     parser.add_argument("--members-only", action="store_true", help="only the members part")
     parser.add_argument("--phases", metavar="DIR",
                         help="instead: the parts of an unpack in process (parse, unpack, seal), in DIR")
@@ -307,7 +345,7 @@ def main() -> None:
             bench_phases(Path(scratch), args.files, args.runs, args.phases, args.archive)
             return
         if not args.members_only:
-            bench_inflate(Path(scratch), args.runs)
+            bench_inflate(Path(scratch), args.runs, args.codecs.split(","))
         if not args.stdlib_only:
             bench_members(Path(scratch), args.files, args.runs, args.dirs.split(","))
 
