@@ -4,6 +4,8 @@ is not installed, to lzma when lzma-mt is not."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
+import io
 import lzma
 import os
 import shutil
@@ -13,10 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scutil import SC, SRC, sc
 
+from sharedcache.errors import SharedCacheError
+from sharedcache.loaders import codecs as codecs_module
 from sharedcache.loaders import writer
-from sharedcache.loaders.codecs import backends
+from sharedcache.loaders.codecs import backends, decompressing
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,3 +107,54 @@ def test_without_the_faster_library_a_codec_falls_back_to_the_standard_one(tmp_p
         assert "(isal not available)" in result.stdout
     assert (tmp_path / "dest" / "good").read_bytes() == text
     assert f"refused: corrupt {codec} data from " in result.stdout
+
+
+def _xz_outcome(data: bytes) -> tuple[str, bytes | str]:
+    """What ``decompressing()`` makes of ``data`` as xz: the bytes, or the error's class and text."""
+    stream = decompressing("xz", io.BytesIO(data), "the test's data")
+    out = bytearray()
+    try:
+        while piece := stream.read(1 << 16):
+            out += piece
+    except SharedCacheError as exc:
+        return type(exc).__name__, str(exc)
+    return "bytes", bytes(out)
+
+
+#: Valid xz data to damage: one stream of compressible text, two streams one after the other (as
+#: xz --block-list or a concatenation makes), a stream of several blocks, and an .lzma (alone) file,
+#: which the automatic format also reads.
+_TEXT = b"".join(b"%d: the quick brown fox\n" % i for i in range(20_000))
+_XZ_SAMPLES = [
+    lzma.compress(_TEXT),
+    lzma.compress(_TEXT[:1000]) + lzma.compress(_TEXT[1000:3000], check=lzma.CHECK_SHA256),
+    lzma.compress(_TEXT, filters=[{"id": lzma.FILTER_LZMA2, "preset": 1}], check=lzma.CHECK_CRC32)
+    + lzma.compress(b"", check=lzma.CHECK_NONE),
+    lzma.compress(_TEXT[:5000], format=lzma.FORMAT_ALONE),
+]
+
+
+@st.composite
+def _damaged_xz(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(_XZ_SAMPLES)))
+    for _ in range(draw(st.integers(0, 4))):
+        position = draw(st.integers(0, len(data) - 1))
+        data[position] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data)))
+    return bytes(data[:cut] if draw(st.booleans()) else data)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lzma_mt") is None, reason="lzma-mt is not installed here")
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_damaged_xz())
+def test_lzma_mt_decodes_damaged_xz_exactly_as_the_standard_library(monkeypatch: pytest.MonkeyPatch,
+                                                                      data: bytes) -> None:
+    """The faster xz backend makes of whole, damaged and truncated data what Python's lzma makes of
+    it: the same bytes, or the same refusal."""
+    with monkeypatch.context() as without:
+        without.setitem(sys.modules, "lzma_mt", None)
+        codecs_module._accelerated.cache_clear()
+        standard = _xz_outcome(data)
+    codecs_module._accelerated.cache_clear()
+    assert codecs_module._lzma_module().__name__ == "lzma_mt"
+    assert _xz_outcome(data) == standard
