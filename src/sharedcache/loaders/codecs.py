@@ -23,7 +23,7 @@ Backends
 gzip streams are inflated by ISA-L (the ``isal`` package) where it is installed: about twice as fast
 as the standard library's zlib on real data (see docs/performance.md), with the same interface and
 checks (CRC and length trailer).  Without it, zlib.  xz streams are decoded by the liblzma that the
-``lzma-mt`` package builds in (5.8), where it is installed: its LZMA decoder is about 1.5 times as
+``lzma-mt`` package builds in (5.8), where it is installed: its LZMA decoder is about 1.6 times as
 fast as that of liblzma 5.4, which the standard library's ``lzma`` and ``xz`` use on Debian 12;
 the interface and checks are the standard library's, and one thread decodes, as there (a stream of
 one block cannot be split, and several threads would each buffer a block).  Without it, the
