@@ -247,7 +247,7 @@ def test_from_another_machine_an_entry_of_the_serving_machine_s_boot_is_neither_
         used = from_there("--use", *view)
         assert used.returncode == 0, used.stderr
         check_tree(Path(used.stdout.strip()), files)
-        assert origin.stats("/job.tgz").gets == 2  # the first use's, and the refused one's
+        assert origin.stats("/job.tgz").gets == 1  # the refused use downloaded nothing
 
 
 def test_a_store_that_fails_on_a_served_file_system_raises_its_own_error_and_leaves_nothing(served: Path) -> None:

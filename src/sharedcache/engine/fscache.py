@@ -94,9 +94,10 @@ Load (``load(name)``) and hold (``hold(name, owner)``)
 -------------------------------------------------------
 Open ``objects/<name>/lock`` (absent: miss), take it shared, then check that the path still names
 that lock file (else the entry was deleted meanwhile: retry, then miss) and that a commit marker
-valid in this boot is there (else miss),
-and set the lock's modification time to now: the last use, kept explicitly so that LRU eviction
-is right on ``noatime`` mounts and for users who do not own the files.
+valid in this boot is there (else miss, unless only another machine can judge the entry's boot:
+then an error, see "Entries for this boot"), and set the lock's modification time to now: the
+last use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for users who
+do not own the files.
 
 In a group cache every member may write ``objects/``, so one could put a link where an entry
 was between two steps.  There the entry's directory is opened first, without following a link
@@ -157,7 +158,8 @@ view, a marker of another boot is this machine's before a reboot.  Another machi
 same disk through a file system that this machine serves (nfs, or a FUSE or virtio file system):
 a marker of a boot not its own may then be the serving machine's, still running, with the
 entry in use there.  Such a process does not use the entry (its boot cannot be judged from
-there), neither does gc remove it, and a store of the name is refused with an error that says so
+there), neither does gc remove it: a load or hold of the name is refused with an error that says
+so (not a miss, which a caller would fill with data it could not store), and so is a store
 (:meth:`FsCache._another_kernel_s`), until the serving machine keeps the entry (which makes it
 durable) or deletes it.
 
@@ -669,10 +671,7 @@ class FsCache:
                 # A directory without a commit marker (the caller checked): not an entry, and
                 # nobody can be committing it while the caller holds the index.
                 if self._another_kernel_s(name):
-                    raise CacheError(
-                        f"cannot store {name!r} in cache {self.root}: the machine that serves its file "
-                        "system committed it there, unflushed, for its own boot, which only it can "
-                        "judge; a use with --keep on that machine makes it usable from here") from None
+                    raise self._judged_elsewhere(name, "store") from None
                 self._to_trash(OBJECTS, name)
                 os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
         finally:
@@ -710,6 +709,8 @@ class FsCache:
                     if not (locks.still_linked(fd, lock) and self._still_named(name, entry)):
                         continue  # deleted (and maybe stored again) while we waited: look again
                     if not committed(entry):
+                        if self._another_kernel_s(name):
+                            raise self._judged_elsewhere(name, "use")
                         break
                     self._touch(fd)
                     yield fd, entry
@@ -1078,6 +1079,15 @@ class FsCache:
                        for n in os.listdir(directory))
         finally:
             os.close(directory)
+
+    def _judged_elsewhere(self, name: str, action: str) -> CacheError:
+        """The refusal to ``action`` ("use", "store") ``name``, whose directory is an entry of
+        another boot that only the machine serving the file system can judge
+        (:meth:`_another_kernel_s`)."""
+        return CacheError(
+            f"cannot {action} {name!r} in cache {self.root}: the machine that serves its file "
+            "system committed it there, unflushed, for its own boot, which only it can judge; a "
+            "use with --keep on that machine makes it usable from here")
 
     def _to_trash(self, directory: str, name: str) -> None:
         """Rename ``directory/name`` into the trash, both directories reached as :meth:`_open_own`
