@@ -178,6 +178,34 @@ def test_a_store_replaces_an_entry_of_another_boot_and_gc_removes_one(disk: Path
     assert cache.size == cache.info("replaced").size
 
 
+def test_the_first_eviction_after_a_reboot_drops_the_entries_of_the_boot_before(disk: Path) -> None:
+    # An entry in use when the machine went down is no entry after the reboot, but its row still
+    # counts against the budget.  Eviction must drop it before any real entry, however long that
+    # one has gone unused: else a kept entry is deleted (and downloaded again) for a dead one.
+    cache = FsCache(disk / "cache")
+
+    def put(name: str, keep: bool) -> None:
+        with cache.store(name, meta="m", keep=keep) as data:
+            (data / "weights").write_bytes(os.urandom(2**20))
+
+    put("probe", True)
+    one = cache.info("probe").size
+    cache.remove("probe")
+    cache.max_size = 2 * one + one // 2  # room for two entries
+    put("kept long ago", True)
+    time.sleep(0.01)
+    put("of the boot before", False)
+    entry = disk / "cache" / "objects" / "of the boot before"
+    os.rename(entry / f"entry.{boot_id()}.json", entry / f"entry.{OTHER_BOOT.strip()}.json")
+    assert cache.size == 2 * one  # the dead entry still counts
+    put("new", True)
+    assert cache.names() == {"kept long ago", "new"}
+    assert cache.size == 2 * one
+    assert cache.gc().entries_deleted == 0
+    with cache.load("kept long ago") as path:
+        assert (path / "weights").stat().st_size == 2**20
+
+
 @pytest.fixture
 def served(disk: Path, tmp_path: Path) -> Iterator[Path]:
     """``disk`` as another machine reaches it: through a file system that a kernel serves to it,

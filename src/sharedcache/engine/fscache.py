@@ -141,6 +141,12 @@ ends the boot, and with it the marker's validity, so data that never reached the
 taken for an entry.  Such a directory is a leftover, not an entry: a store of the name moves it
 to the trash (step 5), and gc deletes it as it deletes an unused entry (every lease on it died
 with the boot); listings leave it out, while its row counts against the budget until then.
+The first eviction of each boot (with a local view of the disk) retires those rows before it
+walks the order of last use, so that an entry of a boot before, which nobody can use, never
+outlasts a real one, however long unused (the index records the boot that did it, ``swept
+boot``: later evictions of the boot skip this, since no entry of it is stale before it ends).
+It looks only at the rows not marked kept, which are few: an entry nobody keeps is deleted by
+the release of its last use.
 A file system another host may mount (nfs, ceph, fuse...) is not a local disk: there every
 entry is flushed, whatever it costs.  A tmpfs (:data:`~sharedcache.engine.fsutil.IN_MEMORY`)
 has nothing to write back, and ends with the boot itself: nothing is flushed there, and every
@@ -973,8 +979,9 @@ class FsCache:
 
     def _evict(self, db: Index, need: int) -> int:
         """Within a transaction: delete unused entries, least recently used first, until
-        ``need`` bytes are freed or nothing more can go.  Returns the bytes freed."""
-        freed = 0
+        ``need`` bytes are freed or nothing more can go, once the rows of entries of a boot
+        before are gone (:meth:`_retire_other_boots`).  Returns the bytes freed."""
+        freed = self._retire_other_boots(db)
         after: tuple[float, str] = (float("-inf"), "")
         while freed < need:
             batch = db.eviction_batch(after)
@@ -992,6 +999,28 @@ class FsCache:
                     freed += size
                     if freed >= need:
                         break
+        return freed
+
+    def _retire_other_boots(self, db: Index) -> int:
+        """Within a transaction, once a boot: retire the rows of directories that are no entry in
+        this boot, among those not marked kept (see "Entries for this boot"); return the bytes
+        freed.  Only with a local view of the disk, where a boot not ours is this machine's
+        before a reboot."""
+        boot = boot_id()
+        if db.swept_boot() == boot:
+            return 0
+        objects = self._open_own(OBJECTS)
+        try:
+            local = file_system_type(objects) in LOCAL_DISKS
+        finally:
+            os.close(objects)
+        if not local:
+            return 0
+        freed = 0
+        for name, size in db.unkept():
+            if not committed(os.path.join(self._objects, name)) and self._retire(db, name):
+                freed += size
+        db.set_swept_boot(boot)
         return freed
 
     def _last_use(self, name: str, entry: str | None = None) -> float:

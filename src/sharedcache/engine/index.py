@@ -141,6 +141,20 @@ class Index(sqlite3.Connection):
     def mark_kept(self, name: str) -> None:
         self.execute("UPDATE entries SET keep=1 WHERE name=?", (name,))
 
+    def unkept(self) -> list[tuple[str, int]]:
+        """The rows not marked kept: (name, size)."""
+        rows: list[tuple[str, int]] = self.execute("SELECT name, size FROM entries WHERE keep=0").fetchall()
+        return rows
+
+    def swept_boot(self) -> str | None:
+        """The boot in which an eviction last retired the entries of the boots before (see
+        "Entries for this boot" in :mod:`sharedcache.engine.fscache`), if any."""
+        row = self.execute("SELECT value FROM settings WHERE key='swept boot'").fetchone()
+        return None if row is None else str(row[0])
+
+    def set_swept_boot(self, boot: str) -> None:
+        self.execute("INSERT OR REPLACE INTO settings VALUES ('swept boot', ?)", (boot,))
+
     def set_last_used(self, name: str, last_used: float) -> None:
         self.execute("UPDATE entries SET last_used=? WHERE name=?", (last_used, name))
 
