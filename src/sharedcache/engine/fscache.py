@@ -1007,14 +1007,7 @@ class FsCache:
         freed.  Only with a local view of the disk, where a boot not ours is this machine's
         before a reboot."""
         boot = boot_id()
-        if db.swept_boot() == boot:
-            return 0
-        objects = self._open_own(OBJECTS)
-        try:
-            local = file_system_type(objects) in LOCAL_DISKS
-        finally:
-            os.close(objects)
-        if not local:
+        if db.swept_boot() == boot or not self._local_view():
             return 0
         freed = 0
         for name, size in db.unkept():
@@ -1093,14 +1086,13 @@ class FsCache:
         an entry for one boot, which only a process with a local view of the disk writes.  That
         boot may well be the serving machine's, still running: the entry may be in use there.
         (With a local view, a boot not ours is one of this machine before a reboot.)"""
+        if self._local_view():
+            return False
         objects = self._open_own(OBJECTS)
         try:
-            if file_system_type(objects) in LOCAL_DISKS:
-                return False
-            try:
-                directory = open_directory(name, dir_fd=objects)
-            except (FileNotFoundError, NotADirectoryError):
-                return False
+            directory = open_directory(name, dir_fd=objects)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
         finally:
             os.close(objects)
         try:
@@ -1108,6 +1100,16 @@ class FsCache:
                        for n in os.listdir(directory))
         finally:
             os.close(directory)
+
+    def _local_view(self) -> bool:
+        """Whether this process sees ``objects/`` on a disk of its own machine
+        (:data:`~sharedcache.engine.fsutil.LOCAL_DISKS`), where a boot not its own is one of this
+        machine before a reboot."""
+        objects = self._open_own(OBJECTS)
+        try:
+            return file_system_type(objects) in LOCAL_DISKS
+        finally:
+            os.close(objects)
 
     def _judged_elsewhere(self, name: str, action: str) -> CacheError:
         """The refusal to ``action`` ("use", "store") ``name``, whose directory is an entry of
