@@ -278,6 +278,31 @@ def test_from_another_machine_an_entry_of_the_serving_machine_s_boot_is_neither_
         assert origin.stats("/job.tgz").gets == 1  # the refused use downloaded nothing
 
 
+def test_eviction_seen_from_another_machine_leaves_an_entry_of_one_boot_alone(disk: Path, served: Path) -> None:
+    # Through the served view, a marker of a boot not ours may be the serving machine's running
+    # boot: that eviction goes by last use alone, and never retires such an entry first.
+    view = FsCache(served / "cache")
+
+    def put(name: str, keep: bool) -> None:
+        with view.store(name, meta="m", keep=keep) as data:
+            (data / "weights").write_bytes(os.urandom(2**20))
+
+    put("probe", True)
+    one = view.info("probe").size
+    view.remove("probe")
+    view.max_size = 2 * one + one // 2  # room for two entries
+    put("kept long ago", True)
+    time.sleep(0.01)
+    # As the serving machine commits it for its boot.  (Its row is written through the view: the
+    # index's shared memory is one file's pages, which the view and the disk do not share.)
+    put("of one boot", False)
+    entry = disk / "cache" / "objects" / "of one boot"
+    os.rename(entry / "entry.json", entry / f"entry.{OTHER_BOOT.strip()}.json")
+    put("new", True)
+    assert view.names() == {"of one boot", "new"}
+    assert markers(entry) == {f"entry.{OTHER_BOOT.strip()}.json"}
+
+
 def test_a_store_that_fails_on_a_served_file_system_raises_its_own_error_and_leaves_nothing(served: Path) -> None:
     # nfs and FUSE keep a file removed while open under another name (.nfs*, .fuse_hidden*): the
     # staging tree's lock, still open while the tree was removed, kept the tree, and the error
