@@ -178,27 +178,34 @@ def test_a_store_replaces_an_entry_of_another_boot_and_gc_removes_one(disk: Path
     assert cache.size == cache.info("replaced").size
 
 
+def put(cache: FsCache, name: str, keep: bool) -> None:
+    with cache.store(name, meta="m", keep=keep) as data:
+        (data / "weights").write_bytes(os.urandom(2**20))
+
+
+def kept_long_ago_in_room_for_two(cache: FsCache) -> int:
+    """Give ``cache`` a budget of two entries of :func:`put`, and put in it a kept one, "kept long
+    ago" (the least recently used of those that follow); return the size of one."""
+    put(cache, "probe", True)
+    one = cache.info("probe").size
+    cache.remove("probe")
+    cache.max_size = 2 * one + one // 2
+    put(cache, "kept long ago", True)
+    time.sleep(0.01)
+    return one
+
+
 def test_the_first_eviction_after_a_reboot_drops_the_entries_of_the_boot_before(disk: Path) -> None:
     # An entry in use when the machine went down is no entry after the reboot, but its row still
     # counts against the budget.  Eviction must drop it before any real entry, however long that
     # one has gone unused: else a kept entry is deleted (and downloaded again) for a dead one.
     cache = FsCache(disk / "cache")
-
-    def put(name: str, keep: bool) -> None:
-        with cache.store(name, meta="m", keep=keep) as data:
-            (data / "weights").write_bytes(os.urandom(2**20))
-
-    put("probe", True)
-    one = cache.info("probe").size
-    cache.remove("probe")
-    cache.max_size = 2 * one + one // 2  # room for two entries
-    put("kept long ago", True)
-    time.sleep(0.01)
-    put("of the boot before", False)
+    one = kept_long_ago_in_room_for_two(cache)
+    put(cache, "of the boot before", False)
     entry = disk / "cache" / "objects" / "of the boot before"
     os.rename(entry / f"entry.{boot_id()}.json", entry / f"entry.{OTHER_BOOT.strip()}.json")
     assert cache.size == 2 * one  # the dead entry still counts
-    put("new", True)
+    put(cache, "new", True)
     assert cache.names() == {"kept long ago", "new"}
     assert cache.size == 2 * one
     assert cache.gc().entries_deleted == 0
@@ -282,23 +289,13 @@ def test_eviction_seen_from_another_machine_leaves_an_entry_of_one_boot_alone(di
     # Through the served view, a marker of a boot not ours may be the serving machine's running
     # boot: that eviction goes by last use alone, and never retires such an entry first.
     view = FsCache(served / "cache")
-
-    def put(name: str, keep: bool) -> None:
-        with view.store(name, meta="m", keep=keep) as data:
-            (data / "weights").write_bytes(os.urandom(2**20))
-
-    put("probe", True)
-    one = view.info("probe").size
-    view.remove("probe")
-    view.max_size = 2 * one + one // 2  # room for two entries
-    put("kept long ago", True)
-    time.sleep(0.01)
+    kept_long_ago_in_room_for_two(view)
     # As the serving machine commits it for its boot.  (Its row is written through the view: the
     # index's shared memory is one file's pages, which the view and the disk do not share.)
-    put("of one boot", False)
+    put(view, "of one boot", False)
     entry = disk / "cache" / "objects" / "of one boot"
     os.rename(entry / "entry.json", entry / f"entry.{OTHER_BOOT.strip()}.json")
-    put("new", True)
+    put(view, "new", True)
     assert view.names() == {"of one boot", "new"}
     assert markers(entry) == {f"entry.{OTHER_BOOT.strip()}.json"}
 
