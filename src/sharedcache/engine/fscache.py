@@ -794,20 +794,17 @@ class FsCache:
                 self._mark_kept(entry)
             return add_lease(entry, owner)
 
-    def _needs_flush_to_keep(self, name: str) -> bool:
-        """Whether keeping entry ``name`` would flush it (:meth:`_make_durable`): not when it is
-        durable already, as every entry a use kept is, nor in a cache that flushes nothing.  A
-        releaser asks first, so that releasing a use of a kept entry takes its lock once, not
-        twice; the lease it releases keeps that very entry in place meanwhile."""
-        if not self.durable:
-            return False
-        with self._entry(name) as entry:
-            return not os.path.lexists(f"{entry}/{MARKER}")
+    def _flushes_to_keep(self, entry: str) -> bool:
+        """Whether keeping the entry at ``entry`` flushes it (:meth:`_make_durable`): not when it
+        is durable already, as every entry a use kept is, nor in a cache that flushes nothing.
+        A releaser asks before it takes the entry's lock, so that releasing a use of a kept entry
+        takes it once, not twice: the lease it releases keeps that very entry in place."""
+        return self.durable and not os.path.lexists(f"{entry}/{MARKER}")
 
     def _make_durable(self, entry: str) -> None:
         """Flush entry ``entry``, committed for this boot only, and give it its durable marker,
         so that it stays once kept (see "Entries for this boot").  The caller holds its lock."""
-        if not self.durable or os.path.lexists(f"{entry}/{MARKER}"):
+        if not self._flushes_to_keep(entry):
             return
         marker = read_control(f"{entry}/{boot_marker()}", 1 << 16)
         if marker is None:
@@ -853,10 +850,12 @@ class FsCache:
         it).  Returns whether the entry was deleted.  Raises MissError if there is no such
         entry, UsageError if that owner holds no lease on it.
         """
-        if keep and self._needs_flush_to_keep(check_name(name)):
-            # Flushed first: the index's write lock is never held while the disk writes.
-            with self._shared(name) as (_, entry):
-                self._make_durable(entry)
+        if keep:
+            with self._entry(check_name(name)) as entry:
+                flushes = self._flushes_to_keep(entry)
+            if flushes:  # first: the index's write lock is never held while the disk writes
+                with self._shared(name) as (_, entry):
+                    self._make_durable(entry)
         with self._transaction() as db, self._entry(check_name(name)) as entry:
             if not committed(entry):
                 raise MissError(f"no entry {name!r} in cache {self.root}")

@@ -271,7 +271,7 @@ IN_MEMORY = frozenset({"tmpfs", "ramfs"})
 def file_system_type(fd: int) -> str | None:
     """The type of the file system of the file open as ``fd`` ("ext4", "tmpfs"...), as the mount
     table names it (found by device number); None if that cannot be told."""
-    from ..mounts import mounts  # a store only
+    from ..mounts import mounts  # a store, an eviction or a refused use: never a warm use
 
     device = os.fstat(fd).st_dev
     number = f"{os.major(device)}:{os.minor(device)}"
