@@ -3,8 +3,10 @@ real archives: the same names, contents, symlinks, hard links, empty directories
 and modification times.
 
 The corpus: archives that GNU tar (gnu, posix and ustar formats; gzip, xz and zstd) and Info-ZIP's
-zip make of a tree with every kind of entry here, and sdists and wheels from PyPI, fetched once
-with ``pip download`` into a cache (``$SC_TEST_CORPUS``, default ``~/.cache/shared-cache-tests``).
+zip make of a tree with every kind of entry here, and of trees made at random (long and non-ASCII
+names, hard links, symlinks, read-only directories, times before 1970 and past 11 octal digits),
+and sdists and wheels from PyPI, fetched once with ``pip download`` into a cache
+(``$SC_TEST_CORPUS``, default ``~/.cache/shared-cache-tests``).
 A test whose tool or download is not available is skipped and says why.
 """
 
@@ -17,8 +19,11 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
@@ -224,3 +229,105 @@ def test_wheels(tmp_path: Path, requirement: str) -> None:
     archive = corpus("wheel", requirement)
     assert archive.suffix == ".whl"
     assert_same_trees(archive, "zip", tmp_path)
+
+
+# --- trees made at random, archived by GNU tar ----------------------------------------------------
+
+_NAME = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="/\\"),
+                min_size=1, max_size=12)
+#: Long names too: past the 100 bytes of a tar name field, up to the 255 bytes a file system takes.
+_LONG_NAME = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="/\\"),
+                     min_size=90, max_size=130)
+_NAMES = st.one_of(_NAME, _NAME, _NAME, _LONG_NAME).filter(
+    lambda name: name not in (".", "..") and len(name.encode()) <= 255)
+#: Modification times, in ns: before 1970, fractions of a second, and past what 11 octal digits hold.
+_TIMES = st.sampled_from([0, 1_600_000_000_123_456_789, -1_500_000_000, -315_532_800_250_000_000,
+                          8**11 * 10**9 + 999_999_999, 2**33 * 10**9 + 7, 1_700_000_000_000_000_000])
+_SIZES = st.sampled_from([0, 1, 511, 512, 513, 10_240, 65_543])
+_FILE_MODES = st.sampled_from([0o644, 0o755, 0o444, 0o700, 0o4755])
+_DIR_MODES = st.sampled_from([0o755, 0o700, 0o555])
+_STEP = st.one_of(
+    st.tuples(st.just("dir"), st.integers(0, 20), _NAMES, _DIR_MODES, _TIMES),
+    st.tuples(st.just("file"), st.integers(0, 20), _NAMES, _FILE_MODES, _TIMES, _SIZES),
+    st.tuples(st.just("symlink"), st.integers(0, 20), _NAMES, st.integers(0, 40)),
+    st.tuples(st.just("hardlink"), st.integers(0, 20), _NAMES, st.integers(0, 40)),
+)
+
+
+def build_tree(root: Path, steps: list[tuple[Any, ...]]) -> None:
+    """Make ``steps`` under ``root``: each puts a directory, file, symlink or hard link in a
+    directory made before (chosen by index); a name already taken skips the step.  A symlink
+    leads to an entry made before, or to a name that does not exist, always inside the tree.
+    Modes and times are set last, children before parents."""
+    root.mkdir()
+    directories, entries = [root], []
+    finishing: list[tuple[Path, int | None, int]] = []
+    for kind, where, name, *rest in steps:
+        parent = directories[where % len(directories)]
+        path = parent / name
+        if os.path.lexists(path):
+            continue
+        if kind == "dir":
+            mode, when = rest
+            path.mkdir()
+            directories.append(path)
+            finishing.append((path, mode, when))
+        elif kind == "file":
+            mode, when, size = rest
+            seed = hashlib.sha256(str(path).encode()).digest()
+            path.write_bytes((seed * (size // len(seed) + 1))[:size])
+            finishing.append((path, mode, when))
+        elif kind == "symlink":
+            (choice,) = rest
+            target = entries[choice % len(entries)] if entries and choice % 4 else parent / "nothing"
+            path.symlink_to(os.path.relpath(target, parent))
+            finishing.append((path, None, 1_600_000_000 * 10**9))
+        else:
+            (choice,) = rest
+            files = [entry for entry in entries if entry.is_file() and not entry.is_symlink()]
+            if not files:
+                continue
+            os.link(files[choice % len(files)], path)
+        entries.append(path)
+    for path, mode, when in sorted(finishing, key=lambda item: len(item[0].parts), reverse=True):
+        if mode is not None:
+            path.chmod(mode)
+        os.utime(path, ns=(when, when), follow_symlinks=False)
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_STEP, max_size=30), fmt=st.sampled_from(["gnu", "oldgnu", "posix"]))
+def test_gnu_tar_archives_of_trees_made_at_random(tmp_path_factory: pytest.TempPathFactory,
+                                                   steps: list[tuple[Any, ...]], fmt: str) -> None:
+    need("tar")
+    scratch = tmp_path_factory.mktemp("random")
+    build_tree(scratch / "tree", steps)
+    archive = scratch / "tree.tar"
+    run("tar", "-cf", archive, f"--format={fmt}", "-C", scratch / "tree", ".")
+    # Only pax headers carry times below the second; the others round them down, for both.
+    assert_same_trees(archive, "tar", scratch / "out", exact_times=fmt == "posix")
+
+
+#: What a zip's extended timestamp (Unix seconds, 32 bits) and its DOS time (from 1980) both hold.
+_ZIP_TIMES = st.sampled_from([315_532_800 * 10**9, 1_600_000_000_123_456_789, 2_000_000_001 * 10**9])
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_STEP, max_size=30), when=_ZIP_TIMES)
+def test_info_zip_archives_of_trees_made_at_random(tmp_path_factory: pytest.TempPathFactory,
+                                                   steps: list[tuple[Any, ...]], when: int) -> None:
+    need("zip", "unzip")
+    # unzip takes a name's last ";" and the digits after it for a VMS version and drops them ("a;1"
+    # and "a;2" both make "a", one file); the archive holds the whole name, and `zip` keeps it.
+    assume(not any(";" in step[2] for step in steps))
+    scratch = tmp_path_factory.mktemp("random")
+    build_tree(scratch / "tree", steps)
+    assume(any((scratch / "tree").iterdir()))  # zip makes no archive of nothing
+    for directory, names, files, _ in os.fwalk(scratch / "tree"):
+        for name in names + files:
+            os.utime(os.path.join(directory, name), ns=(when, when), follow_symlinks=False)
+    archive = scratch / "tree.zip"
+    run("zip", "-q", "-r", "-y", archive, ".", cwd=scratch / "tree")  # -y: symlinks as links
+    assert_same_trees(archive, "zip", scratch / "out", exact_times=False)
