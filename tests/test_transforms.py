@@ -166,6 +166,61 @@ def test_concatenated_streams_are_read_through(tmp_path: Path, codec: str) -> No
     assert (dest / "two").read_bytes() == b"first\nsecond\n"
 
 
+#: What may follow the last stream, as gzip -d and xz -d read it: gzip's trailing zeros (a
+#: blocked tape's padding, which gzip ignores silently), xz's stream padding (zero bytes, a multiple
+#: of four, after or between streams: part of the format).  Anything else is refused, with what
+#: it is: GNU gzip warns of "trailing garbage" and exits 2 (so `tar xzf` fails), xz and zstd
+#: refuse it; bzip2 only warns, and here it is refused too.
+AFTER_THE_LAST_STREAM = {
+    "gzip, zeros": ("gzip", gzip.compress(b"one\n") + b"\0" * 1000, b"one\n"),
+    "gzip, one zero": ("gzip", gzip.compress(b"one\n") + b"\0", b"one\n"),
+    "gzip, zeros then a member": ("gzip", gzip.compress(b"one\n") + b"\0" * 8 + gzip.compress(b"two\n"),
+                                  "corrupt gzip data from .*: what follows its end at byte 24 is not gzip data"),
+    "gzip, garbage": ("gzip", gzip.compress(b"one\n") + b"garbage\n",
+                      "corrupt gzip data from .*: what follows its end at byte 24 is not gzip data"),
+    "gzip, a member cut in its magic": ("gzip", gzip.compress(b"one\n") + b"\x1f", "truncated gzip data from "),
+    "xz, padding": ("xz", lzma.compress(b"one\n") + b"\0" * 8, b"one\n"),
+    "xz, padding between streams": ("xz", lzma.compress(b"one\n") + b"\0" * 4 + lzma.compress(b"two\n"),
+                                    b"one\ntwo\n"),
+    "xz, padding not of four": ("xz", lzma.compress(b"one\n") + b"\0" * 3,
+                                "corrupt xz data from .*: 3 bytes of padding at byte 60, not a multiple of 4"),
+    "xz, padding not of four between streams": (
+        "xz", lzma.compress(b"one\n") + b"\0" * 2 + lzma.compress(b"two\n"),
+        "corrupt xz data from .*: 2 bytes of padding at byte 60, not a multiple of 4"),
+    "xz, garbage": ("xz", lzma.compress(b"one\n") + b"garbage\n",
+                    "corrupt xz data from .*: what follows its end at byte 60 is not xz data"),
+    "bzip2, garbage": ("bzip2", bz2.compress(b"one\n") + b"garbage\n",
+                       "corrupt bzip2 data from .*: what follows its end at byte 42 is not bzip2 data"),
+    "bzip2, zeros": ("bzip2", bz2.compress(b"one\n") + b"\0" * 4,
+                     "corrupt bzip2 data from .*: what follows its end at byte 42 is not bzip2 data"),
+}
+
+
+@pytest.mark.parametrize("case", list(AFTER_THE_LAST_STREAM))
+def test_what_may_follow_the_last_stream(tmp_path: Path, case: str) -> None:
+    codec, data, expected = AFTER_THE_LAST_STREAM[case]
+    source = put(tmp_path, "data", data)
+    if isinstance(expected, bytes):
+        assert (populate(tmp_path, source, DECOMPRESSOR[codec]) / "data").read_bytes() == expected
+    else:
+        with pytest.raises(CorruptDataError, match=f"^{expected}"):
+            populate(tmp_path, source, DECOMPRESSOR[codec])
+
+
+@pytest.mark.parametrize("case", ["gzip, zeros", "xz, padding between streams"])
+def test_what_may_follow_the_last_stream_of_a_tar(tmp_path: Path, case: str) -> None:
+    codec = AFTER_THE_LAST_STREAM[case][0]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"one\n"))
+    data = COMPRESS[codec](archive.getvalue())
+    data += b"\0" * 512 if codec == "gzip" else b"\0" * 4 + COMPRESS[codec](b"")
+    dest = populate(tmp_path, put(tmp_path, "a.tar", data), "tar")
+    assert (dest / "a.txt").read_bytes() == b"one\n"
+
+
 @pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
 def test_truncated_compressed_data_is_an_error(tmp_path: Path, codec: str) -> None:
     whole = COMPRESS[codec](os.urandom(100_000))

@@ -5,7 +5,8 @@ Every decompressor produces at most the number of bytes asked for, so memory sta
 a "bomb" that expands a few kilobytes into gigabytes; the history a stream may ask the decoder to
 keep is bounded too (xz: :data:`_XZ_MEMORY_LIMIT`, zstd: zstandard's default window limit of 128
 MiB).  Concatenated streams (``pigz``, ``pbzip2``, multi-frame zstd) are read through.  A stream
-that ends early is an error, not a short result.
+that ends early is an error, not a short result.  After a stream, only another stream or padding
+may follow (:data:`_PADDING`): anything else is an error that says where it starts.
 
 Expansion cap
 -------------
@@ -158,6 +159,12 @@ def _xz_decoder() -> Any:
 
 _DECODERS: dict[str, Callable[[], Any]] = {"gzip": _GzipDecoder, "bzip2": _bz2_decoder, "xz": _xz_decoder}
 
+#: The zero bytes that may follow a stream, as the reference tools read them: xz's stream padding,
+#: part of its format, after a stream or between two, in runs of a multiple of 4 bytes; and zeros
+#: after gzip's last member, to the end of the input only (a blocked tape's padding, which gzip -d
+#: passes over silently).  0: zeros at the end only.  bzip2 has none.
+_PADDING = {"xz": 4, "gzip": 0}
+
 
 def _decoder_errors(codec: str) -> tuple[type[BaseException], ...]:
     """What the decoder of ``codec`` raises for corrupt data (bz2: OSError)."""
@@ -196,8 +203,8 @@ class _Decompressing(Layer):
             decoder = self._decoder
             if decoder.eof:
                 # Another stream may follow (pigz, pbzip2, xz --block-list...): read it too.
-                rest = decoder.unused_data or self._input()
-                if not rest:
+                rest = self._next_stream(decoder.unused_data)
+                if rest is None:
                     return b""
                 decoder = self._decoder = self._new_decoder()
                 self._pending = rest
@@ -214,6 +221,34 @@ class _Decompressing(Layer):
                 self._produced += len(out)
                 check_expansion(self._produced, self._consumed, self._what)
                 return out
+
+    def _next_stream(self, rest: bytes) -> bytes | None:
+        """The start of the stream that follows the one that has just ended (``rest``, then the
+        input after it), past the padding the format allows; None at the end of the input."""
+        end = self._consumed - len(rest)  # where the stream ended, in the input
+        padding = _PADDING.get(self._codec)
+        zeros = 0
+        while not rest or (padding is not None and rest[:1] == b"\0"):
+            if rest:
+                stripped = rest.lstrip(b"\0")
+                zeros, rest = zeros + len(rest) - len(stripped), stripped
+            elif not (rest := self._input()):
+                break
+        if padding and zeros % padding:
+            raise CorruptDataError(f"corrupt {self._codec} data from {self._what}: {zeros} bytes of padding "
+                                   f"at byte {end}, not a multiple of {padding}")
+        if not rest:
+            return None
+        magic = _MAGIC[self._codec]
+        while len(rest) < len(magic) and (more := self._input()):
+            rest += more
+        if not zeros or padding:  # gzip's zeros end the input
+            if rest.startswith(magic):
+                return rest
+            if magic.startswith(rest):
+                raise CorruptDataError(f"truncated {self._codec} data from {self._what}")
+        raise CorruptDataError(f"corrupt {self._codec} data from {self._what}: what follows its end at byte "
+                               f"{end} is not {self._codec} data")
 
 
 class _ZstdFrames(Layer):
