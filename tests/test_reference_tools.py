@@ -5,7 +5,7 @@ and modification times.
 The corpus: archives that GNU tar (gnu, posix and ustar formats; gzip, xz and zstd) and Info-ZIP's
 zip make of a tree with every kind of entry here, and of trees made at random (long and non-ASCII
 names, hard links, symlinks, read-only directories, times before 1970 and past 11 octal digits),
-and sdists and wheels from PyPI, fetched once with ``pip download`` into a cache
+which bsdtar (macOS's tar) archives too, and sdists and wheels from PyPI, fetched once with ``pip download`` into a cache
 (``$SC_TEST_CORPUS``, default ``~/.cache/shared-cache-tests``).
 A test whose tool or download is not available is skipped and says why.
 """
@@ -114,11 +114,11 @@ def unpack_with_sc(archive: Path, unpacker: str, scratch: Path) -> Path:
     return dest
 
 
-def unpack_with_reference(archive: Path, unpacker: str, scratch: Path) -> Path:
+def unpack_with_reference(archive: Path, unpacker: str, scratch: Path, reference: str) -> Path:
     dest = scratch / "reference"
     dest.mkdir(parents=True)
-    if unpacker == "tar":  # GNU tar recognises the compression by itself
-        run("tar", "-xf", archive, "-C", dest)
+    if unpacker == "tar":  # GNU tar (and bsdtar) recognise the compression by themselves
+        run(reference, "-xpf", archive, "-C", dest)
     else:
         run("unzip", "-q", archive, "-d", dest)
     return dest
@@ -132,10 +132,14 @@ def listing(archive: Path, unpacker: str) -> set[str]:
     return {name for name in names if name not in ("", ".")}
 
 
-def assert_same_trees(archive: Path, unpacker: str, scratch: Path, *, exact_times: bool = True) -> None:
+def assert_same_trees(archive: Path, unpacker: str, scratch: Path, *, exact_times: bool = True,
+                      reference: str = "tar") -> None:
+    """The trees ``unpacker`` and the reference tool (GNU tar or unzip; ``reference`` may name
+    another tar) make of ``archive`` are the same."""
     members = listing(archive, unpacker)
     ours = snapshot(unpack_with_sc(archive, unpacker, scratch), members, exact_times=exact_times)
-    theirs = snapshot(unpack_with_reference(archive, unpacker, scratch), members, exact_times=exact_times)
+    theirs = snapshot(unpack_with_reference(archive, unpacker, scratch, reference), members,
+                      exact_times=exact_times)
     assert ours.keys() == theirs.keys()
     different = {name: (ours[name], theirs[name]) for name in ours if ours[name] != theirs[name]}
     assert not different, different
@@ -242,17 +246,23 @@ _LONG_NAME = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"
 _NAMES = st.one_of(_NAME, _NAME, _NAME, _LONG_NAME).filter(
     lambda name: name not in (".", "..") and len(name.encode()) <= 255)
 #: Modification times, in ns: before 1970, fractions of a second, and past what 11 octal digits hold.
-_TIMES = st.sampled_from([0, 1_600_000_000_123_456_789, -1_500_000_000, -315_532_800_250_000_000,
-                          8**11 * 10**9 + 999_999_999, 2**33 * 10**9 + 7, 1_700_000_000_000_000_000])
+_WHOLE_TIMES = [0, 1_600_000_000_123_456_789, -2_000_000_000, 8**11 * 10**9 + 999_999_999, 2**33 * 10**9 + 7,
+                1_700_000_000_000_000_000]
+_TIMES = [*_WHOLE_TIMES, -1_500_000_000, -315_532_800_250_000_000]  # and fractions before 1970
 _SIZES = st.sampled_from([0, 1, 511, 512, 513, 10_240, 65_543])
 _FILE_MODES = st.sampled_from([0o644, 0o755, 0o444, 0o700, 0o4755])
 _DIR_MODES = st.sampled_from([0o755, 0o700, 0o555])
-_STEP = st.one_of(
-    st.tuples(st.just("dir"), st.integers(0, 20), _NAMES, _DIR_MODES, _TIMES),
-    st.tuples(st.just("file"), st.integers(0, 20), _NAMES, _FILE_MODES, _TIMES, _SIZES),
-    st.tuples(st.just("symlink"), st.integers(0, 20), _NAMES, st.integers(0, 40)),
-    st.tuples(st.just("hardlink"), st.integers(0, 20), _NAMES, st.integers(0, 40)),
-)
+
+
+def _steps(times: list[int]) -> st.SearchStrategy[list[tuple[Any, ...]]]:
+    """What :func:`build_tree` makes, with modification times from ``times``."""
+    step = st.one_of(
+        st.tuples(st.just("dir"), st.integers(0, 20), _NAMES, _DIR_MODES, st.sampled_from(times)),
+        st.tuples(st.just("file"), st.integers(0, 20), _NAMES, _FILE_MODES, st.sampled_from(times), _SIZES),
+        st.tuples(st.just("symlink"), st.integers(0, 20), _NAMES, st.integers(0, 40)),
+        st.tuples(st.just("hardlink"), st.integers(0, 20), _NAMES, st.integers(0, 40)),
+    )
+    return st.lists(step, max_size=30)
 
 
 def build_tree(root: Path, steps: list[tuple[Any, ...]]) -> None:
@@ -298,7 +308,7 @@ def build_tree(root: Path, steps: list[tuple[Any, ...]]) -> None:
 
 @pytest.mark.timeout(600)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(_STEP, max_size=30), fmt=st.sampled_from(["gnu", "oldgnu", "posix"]),
+@given(steps=_steps(_TIMES), fmt=st.sampled_from(["gnu", "oldgnu", "posix"]),
        writer_processes=st.booleans())
 def test_gnu_tar_archives_of_trees_made_at_random(tmp_path_factory: pytest.TempPathFactory,
                                                    steps: list[tuple[Any, ...]], fmt: str,
@@ -319,13 +329,33 @@ def test_gnu_tar_archives_of_trees_made_at_random(tmp_path_factory: pytest.TempP
         writer.SERIAL_MEMBERS = saved
 
 
+@pytest.mark.timeout(600)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_steps(_WHOLE_TIMES), fmt=st.sampled_from(["pax", "gnutar"]))
+def test_bsdtar_archives_of_trees_made_at_random(tmp_path_factory: pytest.TempPathFactory,
+                                                 steps: list[tuple[Any, ...]], fmt: str) -> None:
+    """Archives as macOS's tar (libarchive's bsdtar) makes them, against bsdtar's own unpacking:
+    it lists a directory before entries that are not in it, and then GNU tar, which restores a
+    directory's time once it has left it, leaves the time of the directory's later entries.
+
+    Without fractions of a second before 1970: bsdtar writes -1.5 s as "mtime=-2.5" (the
+    seconds, then the nanoseconds after them), and reads it back as -1.5 s; by the pax format it
+    is -2.5 s, which GNU tar and `tar` make of it."""
+    need("bsdtar")
+    scratch = tmp_path_factory.mktemp("random")
+    build_tree(scratch / "tree", steps)
+    archive = scratch / "tree.tar"
+    run("bsdtar", "-cf", archive, f"--format={fmt}", "-C", scratch / "tree", ".")
+    assert_same_trees(archive, "tar", scratch / "out", exact_times=fmt == "pax", reference="bsdtar")
+
+
 #: What a zip's extended timestamp (Unix seconds, 32 bits) and its DOS time (from 1980) both hold.
 _ZIP_TIMES = st.sampled_from([315_532_800 * 10**9, 1_600_000_000_123_456_789, 2_000_000_001 * 10**9])
 
 
 @pytest.mark.timeout(600)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(_STEP, max_size=30), when=_ZIP_TIMES)
+@given(steps=_steps(_TIMES), when=_ZIP_TIMES)
 def test_info_zip_archives_of_trees_made_at_random(tmp_path_factory: pytest.TempPathFactory,
                                                    steps: list[tuple[Any, ...]], when: int) -> None:
     need("zip", "unzip")
