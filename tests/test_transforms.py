@@ -407,6 +407,21 @@ def test_hostile_zip_is_refused(tmp_path: Path, files: dict[str, bytes], symlink
     assert not any((tmp_path / "box" / "work").iterdir())
 
 
+@pytest.mark.parametrize("name", ["..\\evil", "dir\\..\\..\\evil", "\\evil"])
+def test_backslashes_of_a_dos_zip_are_judged_as_separators(tmp_path: Path, name: str) -> None:
+    """A zip made on MS-DOS may separate with backslashes (see test_reference_tools): the rules
+    judge the name they make, ``../evil``, not the one stored."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        info = zipfile.ZipInfo(name)
+        info.create_system = 0
+        archive.writestr(info, b"x")
+    before = everything_but_box(tmp_path)
+    with pytest.raises(UnsafeArchiveError):
+        populate(tmp_path, put(tmp_path, "hostile.zip", buffer.getvalue()), "zip")
+    assert everything_but_box(tmp_path) == before | {"hostile.zip"}
+
+
 def test_zip_limit_and_corruption(tmp_path: Path) -> None:
     source = put(tmp_path, "a.zip", make_zip({"a": b"0" * 10_000}))
     with pytest.raises(SizeLimitError):

@@ -603,7 +603,8 @@ _EXTRA_HEADER = struct.Struct("<HH")
 _UNICODE_PATH = 0x7075    # Info-ZIP: version 1, CRC-32 of the stored name, the name in UTF-8
 _EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds since 1970, UTC) if flag 1
 _UTF8_NAME_FLAG = 0x800
-_CP437_SYSTEMS = {0, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
+_MS_DOS = 0
+_CP437_SYSTEMS = {_MS_DOS, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
 
 
 def _zip_extra(extra: bytes) -> dict[int, bytes]:
@@ -619,10 +620,21 @@ def _zip_extra(extra: bytes) -> dict[int, bytes]:
 
 
 def _zip_name(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> str:
-    """The member's name as unzip writes it here: zipfile's if flagged UTF-8; else the UTF-8 name
-    of a Unicode Path field that belongs to the stored name (its CRC matches); else the stored bytes
-    as they are if the archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's
-    names so, unflagged), or read as code page 437 if made on DOS or Windows."""
+    """The member's name as unzip writes it here (:func:`_zip_stored_name`), with its backslashes
+    taken for separators, as unzip takes them, if the archive was made on MS-DOS (FAT) and the name
+    has no slash: the format asks for slashes, but some Windows tools (PowerShell 5's
+    ``Compress-Archive``) write backslashes.  The unpacker's rules judge the name that results."""
+    name = _zip_stored_name(info, extra)
+    if info.create_system == _MS_DOS and "/" not in name:
+        return name.replace("\\", "/")
+    return name
+
+
+def _zip_stored_name(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> str:
+    """The member's name: zipfile's if flagged UTF-8; else the UTF-8 name of a Unicode Path field
+    that belongs to the stored name (its CRC matches); else the stored bytes as they are if the
+    archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's names so,
+    unflagged), or read as code page 437 if made on DOS or Windows."""
     if info.flag_bits & _UTF8_NAME_FLAG:
         return info.filename
     import zlib
