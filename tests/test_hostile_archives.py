@@ -216,9 +216,14 @@ def _tar_cases() -> dict[str, Case]:
         "hard link absolute": ("tar", lambda outside: tar(member("h", tarfile.LNKTYPE, link=f"{outside}/x")),
                                UnsafeArchiveError, "is a hard link to '/.*', outside the archive"),
         "hard link up": refused(member("h", tarfile.LNKTYPE, link="../outside/x"), why="outside the archive"),
-        "hard link to a symlink": refused(
-            member("s", tarfile.SYMTYPE, link="."), member("h", tarfile.LNKTYPE, link="s"),
-            why="which is not a file extracted before it"),
+        # A hard link to a symlink is the symlink again, judged where the link stands.
+        "hard link to a symlink, leading out from where it is": refused(
+            member("a/b/s", tarfile.SYMTYPE, link="../x"), member("h", tarfile.LNKTYPE, link="a/b/s"),
+            why="is a symlink to '../x', outside the archive"),
+        "hard link to a symlink to a directory inside, then a file through it": refused(
+            member("d", tarfile.DIRTYPE, mode=0o755), member("s", tarfile.SYMTYPE, link="d"),
+            member("h", tarfile.LNKTYPE, link="s"), member("h/evil", content=b"x"),
+            why="would be written through the symlink 'h'"),
         "hard link through a symlinked directory": refused(
             member("d/f", content=b"x"), member("l", tarfile.SYMTYPE, link="d"),
             member("h", tarfile.LNKTYPE, link="l/f"), why="which is not a file extracted before it"),

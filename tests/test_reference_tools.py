@@ -77,6 +77,7 @@ def make_tree(root: Path) -> None:
     (root / "links" / "to-dir").symlink_to("../lib")
     (root / "links" / "dangling").symlink_to("nowhere")
     os.link(root / "lib" / "data.txt", root / "links" / "hard")
+    os.link(root / "links" / "relative", root / "lib" / "sub" / "hard-to-symlink", follow_symlinks=False)
     for number, path in enumerate(sorted(root.rglob("*"), reverse=True)):  # children before parents
         when = 1_600_000_000 + number * 3607
         os.utime(path, ns=(when * 10**9 + 123_456_789, when * 10**9 + 123_456_789), follow_symlinks=False)
@@ -147,6 +148,18 @@ def assert_same_trees(archive: Path, unpacker: str, scratch: Path, *, exact_time
 
 
 # --- archives made here by the reference tools ----------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [["-g", "snapshot"], ["-V", "volume 1"]], ids=["incremental", "label"])
+def test_gnu_tar_incremental_dumps_and_volume_labels(tmp_path: Path, options: list[str]) -> None:
+    """An incremental dump (``-g``) stores each directory as a "dumpdir" member (type D), with the
+    list of its entries as data; a label (``-V``) comes first as a member of type V.  Unpacked
+    without ``-g``, GNU tar makes the directories and passes over the label."""
+    need("tar")
+    make_tree(tmp_path / "tree")
+    archive = tmp_path / "tree.tar"
+    run("tar", "-cf", archive, "--format=gnu", *options, "-C", tmp_path / "tree", ".", cwd=tmp_path)
+    assert_same_trees(archive, "tar", tmp_path / "out", exact_times=False)
 
 
 @pytest.mark.parametrize("fmt", list(TAR_FORMATS))
@@ -289,8 +302,9 @@ def _steps(times: list[int]) -> st.SearchStrategy[list[tuple[Any, ...]]]:
 def build_tree(root: Path, steps: list[tuple[Any, ...]]) -> None:
     """Make ``steps`` under ``root``: each puts a directory, file, symlink or hard link in a
     directory made before (chosen by index); a name already taken skips the step.  A symlink
-    leads to an entry made before, or to a name that does not exist, always inside the tree.
-    Modes and times are set last, children before parents."""
+    leads to an entry made before, or to a name that does not exist, always inside the tree; a
+    hard link is to a file or a symlink made before.  Modes and times are set last, children
+    before parents."""
     root.mkdir()
     directories, entries = [root], []
     finishing: list[tuple[Path, int | None, int]] = []
@@ -314,12 +328,17 @@ def build_tree(root: Path, steps: list[tuple[Any, ...]]) -> None:
             target = entries[choice % len(entries)] if entries and choice % 4 else parent / "nothing"
             path.symlink_to(os.path.relpath(target, parent))
             finishing.append((path, None, 1_600_000_000 * 10**9))
-        else:
+        else:  # a hard link to a file or to a symlink (as `cp -al` makes them)
             (choice,) = rest
-            files = [entry for entry in entries if entry.is_file() and not entry.is_symlink()]
+            files = [entry for entry in entries if entry.is_symlink() or entry.is_file()]
             if not files:
                 continue
-            os.link(files[choice % len(files)], path)
+            linked = files[choice % len(files)]
+            if linked.is_symlink():  # beside it: its target means the same there
+                path = linked.parent / name
+                if os.path.lexists(path):
+                    continue
+            os.link(linked, path, follow_symlinks=False)
         entries.append(path)
     for path, mode, when in sorted(finishing, key=lambda item: len(item[0].parts), reverse=True):
         if mode is not None:

@@ -41,7 +41,7 @@ from ..errors import CorruptDataError, UnsafeArchiveError, quoted
 from .codecs import check_expansion, decompressing, sniff
 from .protocol import Context
 from .streams import CHUNK, Layer, Prefetch, Stream
-from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarMember, TarReader
+from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarMember, TarReader
 
 if TYPE_CHECKING:
     import zipfile
@@ -363,19 +363,26 @@ class SafeTree:
             self._allocated += os.lstat(leaf, dir_fd=parent).st_blocks * 512
 
     def hardlink(self, name: str, target: str) -> None:
+        """A hard link to a file made before; to a symlink made before (as ``cp -al`` links
+        them), a symlink with its target, judged where it now stands, as :meth:`symlink` judges
+        any (GNU tar would link the symlink itself: the same, but for its inode)."""
         parts = self.parts(name)
-        self.count()
         try:
             target_parts = self.parts(target)
         except UnsafeArchiveError:
+            self.count()
             raise self.refuse(name, f"is a hard link to {quoted(target)}, outside the archive") from None
         below, root = self._below(target_parts), self._root_fd
         reachable = self._dir(target_parts[:-1], name, create=False) is not None
         try:
-            is_file = reachable and stat.S_ISREG(os.lstat(below, dir_fd=root).st_mode)
+            mode = os.lstat(below, dir_fd=root).st_mode if reachable else 0
         except FileNotFoundError:
-            is_file = False
-        if not is_file:
+            mode = 0
+        if stat.S_ISLNK(mode):
+            self.symlink(name, os.readlink(below, dir_fd=root))
+            return
+        self.count()
+        if not stat.S_ISREG(mode):
             raise self.refuse(name, f"is a hard link to {quoted(target)}, which is not a file extracted before it")
         self._place(parts, name, lambda leaf, parent: os.link(below, leaf, src_dir_fd=root, dst_dir_fd=parent,
                                                               follow_symlinks=False))
@@ -506,6 +513,8 @@ def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | W
         tree.symlink(name, member.linkname)
     elif kind == HARDLINK:
         tree.hardlink(name, member.linkname)
+    elif kind == VOLUME_LABEL:
+        pass  # GNU tar passes over it too; its name is the label, not a path
     else:
         tree.parts(name)  # a name that leaves the tree is refused for that first, as with any member
         if kind == REGULAR:

@@ -43,6 +43,9 @@ _MAX_GLOBAL_RECORDS = 64  # records in all the global pax headers (real archives
 _DIGIT_WORK_PER_BYTE = 16  # in a pax header: one run of 256 digits in 4 KiB (numbers have at most 30)
 
 REGULAR, DIRECTORY, SYMLINK, HARDLINK = b"0", b"5", b"2", b"1"
+#: GNU's volume label (``tar -V``): a header, not an entry of the tree.
+VOLUME_LABEL = b"V"
+_DUMPDIR = b"D"  # GNU's incremental dumps: a directory, with the list of its entries as data
 _REGULAR_TYPES = {b"0", b"\0", b"7"}  # "7" is a contiguous file: a regular one everywhere
 _PAX_LOCAL, _PAX_GLOBAL, _PAX_SOLARIS = b"x", b"g", b"X"
 _LONG_NAME, _LONG_LINK, _SPARSE = b"L", b"K", b"S"
@@ -57,8 +60,9 @@ _ZERO_BLOCK = bytes(BLOCK)
 class TarMember:
     """One member's header, with the pax and GNU extensions applied.
 
-    ``kind`` is one of :data:`REGULAR`, :data:`DIRECTORY`, :data:`SYMLINK`, :data:`HARDLINK`, or the
-    type byte as found for anything else (devices, FIFOs, unknown types).
+    ``kind`` is one of :data:`REGULAR`, :data:`DIRECTORY` (also for GNU's "dumpdir" members, as
+    GNU tar unpacks them without ``-g``), :data:`SYMLINK`, :data:`HARDLINK`, or the type byte as
+    found for anything else (:data:`VOLUME_LABEL`, devices, FIFOs, unknown types).
     """
 
     __slots__ = ("kind", "linkname", "mode", "mtime_ns", "name", "offset", "size")
@@ -195,6 +199,8 @@ class TarReader(Buffered):
         # directories (GNU tar's incremental dumps store data with those; tarfile misreads it too).
         if kind == REGULAR or kind not in b"123456":
             self._data_left, self._skip = (size, -size % BLOCK) if size > 0 else (0, 0)
+        if kind == _DUMPDIR:  # its data, skipped above, only matters to an incremental restore
+            kind = DIRECTORY
         return TarMember(name, kind, size, mode, mtime_ns, linkname, offset)
 
     def _check_sum(self, header: bytes, stored: int, offset: int) -> None:
