@@ -239,6 +239,42 @@ def test_corrupt_compressed_data_is_an_error(tmp_path: Path, codec: str) -> None
         populate(tmp_path, source, DECOMPRESSOR[codec])
 
 
+def _tar_bytes() -> bytes:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("empty.txt"))
+    return archive.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("a.txt", "a")
+    return archive.getvalue()
+
+
+#: Data that is not what the word expects, and what the message says it is instead: a page a
+#: server sent instead of the file is the usual case.
+NOT_WHAT_WAS_EXPECTED = {
+    "an HTML page to tar": ("tar", b"<!DOCTYPE html>\n<html><head><title>Sign in</title>" + b" " * 600,
+                            r"cannot unpack .* as a tar archive: it is text starting '<!DOCTYPE html>'$"),
+    "a zip to tar": ("tar", _zip_bytes(), r"cannot unpack .* as a tar archive: it is a zip archive$"),
+    "lzip data to tar": ("tar", b"LZIP\x01" + bytes(600), r"cannot unpack .* as a tar archive: it is lzip data$"),
+    "a .tar.gz to zip": ("zip", gzip.compress(_tar_bytes()), r"cannot unpack .* as a zip archive: it is gzip data$"),
+    "a tar to zip": ("zip", _tar_bytes(), r"cannot unpack .* as a zip archive: it is a tar archive$"),
+    "xz data to gunzip": ("gunzip", lzma.compress(b"x" * 100), r"corrupt gzip data from .*: it is xz data$"),
+    "a JSON error to unzstd": ("unzstd", b'{"error": "not found"}\n',
+                               r"""corrupt zstd data from .*: it is text starting '{"error": "not found"}'$"""),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_WHAT_WAS_EXPECTED))
+def test_data_that_is_something_else_is_named(tmp_path: Path, case: str) -> None:
+    word, data, message = NOT_WHAT_WAS_EXPECTED[case]
+    with pytest.raises(CorruptDataError, match=message):
+        populate(tmp_path, put(tmp_path, "download", data), word)
+
+
 @pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
 def test_decompression_output_is_bounded_by_the_read_size(codec: str) -> None:
     bomb = COMPRESS[codec](b"\0" * 50_000_000)
@@ -356,8 +392,9 @@ def test_tar_limit(tmp_path: Path) -> None:
 
 
 def test_corrupt_tar(tmp_path: Path) -> None:
+    # (Text is named as text: see test_data_that_is_something_else_is_named.)
     with pytest.raises(CorruptDataError, match="^corrupt tar archive"):
-        populate(tmp_path, put(tmp_path, "t.tar", b"not a tar archive" * 100), "tar")
+        populate(tmp_path, put(tmp_path, "t.tar", bytes(range(256)) * 4), "tar")
 
 
 # --- zip ------------------------------------------------------------------------------------------
@@ -427,7 +464,7 @@ def test_zip_limit_and_corruption(tmp_path: Path) -> None:
     with pytest.raises(SizeLimitError):
         populate(tmp_path, source, "zip", limit=9_999)
     with pytest.raises(CorruptDataError, match="^corrupt zip archive"):
-        populate(tmp_path / "again", put(tmp_path, "b.zip", b"PK not really"), "zip")
+        populate(tmp_path / "again", put(tmp_path, "b.zip", b"PK\x01\x02 not really"), "zip")
 
 
 def test_raw_file_limit(tmp_path: Path) -> None:

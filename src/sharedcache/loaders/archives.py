@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from ..errors import CorruptDataError, UnsafeArchiveError, quoted
-from .codecs import check_expansion, decompressing, sniff
+from .codecs import check_expansion, decompressing, sniff, what_data_is
 from .protocol import Context
 from .streams import CHUNK, Layer, Prefetch, Stream
 from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarMember, TarReader
@@ -197,6 +197,11 @@ class SafeTree:
     def measured(self) -> int | None:
         """The bytes counted so far if measuring (see :class:`SafeTree`), else None."""
         return self._allocated if self._measure else None
+
+    @property
+    def entries(self) -> int:
+        """The entries counted so far (see :meth:`count`)."""
+        return self._entries
 
     def count(self) -> None:
         """Count an entry against the cap on entries: a member, or a directory made for a path (a
@@ -473,9 +478,16 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
         # file creation here, on another core.  (Its thread is done with the stream at its end.)
         archive = Prefetch(decompressing(codec, archive, ctx.what))
     reader = TarReader(archive, ctx.what)
+    made = None
     try:
-        with SafeTree(dest, ctx) as tree:
-            _extract_tar_members(reader, tree, ctx.what)
+        with SafeTree(dest, ctx) as made:
+            _extract_tar_members(reader, made, ctx.what)
+    except CorruptDataError:
+        # Not a tar at all (a page a server sent in place of the file...): say what it is.
+        other = what_data_is(head) if codec is None and made is not None and not made.entries else None
+        if other is not None and other != "a tar archive":
+            raise CorruptDataError(f"cannot unpack {ctx.what} as a tar archive: it is {other}") from None
+        raise
     finally:
         archive.close()
 
@@ -551,6 +563,10 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
         try:
             archive = zipfile.ZipFile(spool)
         except (zipfile.BadZipFile, UnicodeDecodeError) as exc:  # a name said to be UTF-8 that is not
+            with open(spool, "rb") as file:
+                other = what_data_is(file.read(512))
+            if other is not None and other != "a zip archive":
+                raise CorruptDataError(f"cannot unpack {ctx.what} as a zip archive: it is {other}") from None
             raise CorruptDataError(f"corrupt zip archive {ctx.what}: {exc}") from None
         with archive, SafeTree(dest, ctx) as tree:
             declared = 0

@@ -40,7 +40,7 @@ import struct
 from collections.abc import Callable
 from typing import IO, Any
 
-from ..errors import CorruptDataError, UnsafeArchiveError
+from ..errors import CorruptDataError, UnsafeArchiveError, quoted
 from ..sizes import format_size
 from .streams import CHUNK, Layer, Stream
 
@@ -58,9 +58,37 @@ _MAGIC = {
 }
 
 
+#: Formats known by their first bytes only to say what data is when it is not what a word expects.
+_OTHER_FORMATS = (
+    (b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "a zip archive"), (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"), (b"LZIP", "lzip data"), (b"\x04\x22\x4d\x18", "lz4 data"),
+    (b"\x1f\x9d", "compress (.Z) data"), (b"\x89LZO\x00\r\n\x1a\n", "lzop data"),
+)
+
+
 def sniff(head: bytes) -> str | None:
     """The compression whose magic bytes start ``head``, or ``None``."""
     return next((codec for codec, magic in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def what_data_is(head: bytes) -> str | None:
+    """What data starting with ``head`` is, as a message says it ("xz data", "a zip archive",
+    "text starting '<!DOCTYPE html>'"), if its first bytes tell: a page that a server sent in
+    place of the file is the usual surprise."""
+    codec = sniff(head)
+    if codec is not None:
+        return f"{codec} data"
+    known = next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), None)
+    if known is not None:
+        return known
+    if head[257:262] == b"ustar":
+        return "a tar archive"
+    line = head[:240].partition(b"\n")[0].strip()
+    try:
+        text = line.decode()
+    except UnicodeDecodeError as error:  # a character cut at the end is still text
+        text = line[:error.start].decode() if error.start >= len(line) - 3 and error.start > 0 else ""
+    return f"text starting {quoted(text[:60])}" if text and text.isprintable() else None
 
 
 def check_expansion(produced: int, consumed: int, what: str) -> None:
@@ -177,6 +205,16 @@ def _decoder_errors(codec: str) -> tuple[type[BaseException], ...]:
     return (OSError, EOFError)
 
 
+def _failure(codec: str, what: str, head: bytes, produced: int, why: str) -> CorruptDataError:
+    """The error that ``why`` says, unless nothing came out of the input yet and its first bytes,
+    ``head``, are something else than ``codec``'s: then the error names that."""
+    if not produced:
+        other = what_data_is(head)
+        if other is not None and other != f"{codec} data":
+            return CorruptDataError(f"corrupt {codec} data from {what}: it is {other}")
+    return CorruptDataError(why)
+
+
 class _Decompressing(Layer):
     """Decompression with a stdlib-style decompressor (``decompress(data, max_length)``, ``eof``...)."""
 
@@ -191,9 +229,12 @@ class _Decompressing(Layer):
         self._errors = _decoder_errors(codec)
         self._consumed = 0
         self._produced = 0
+        self._head = b""  # the input's first bytes, to say what it is if it is not this codec's
 
     def _input(self) -> bytes:
         data = self.below.read(CHUNK)
+        if self._consumed < 512:
+            self._head += data[:512 - self._consumed]
         self._consumed += len(data)
         return data
 
@@ -212,11 +253,13 @@ class _Decompressing(Layer):
             if decoder.needs_input:
                 data, self._pending = self._pending or self._input(), b""
                 if not data:
-                    raise CorruptDataError(f"truncated {self._codec} data from {self._what}")
+                    raise _failure(self._codec, self._what, self._head, self._produced,
+                                   f"truncated {self._codec} data from {self._what}")
             try:
                 out: bytes = decoder.decompress(data, size)
             except self._errors as exc:
-                raise CorruptDataError(f"corrupt {self._codec} data from {self._what}: {exc}") from None
+                raise _failure(self._codec, self._what, self._head, self._produced,
+                               f"corrupt {self._codec} data from {self._what}: {exc}") from None
             if out:
                 self._produced += len(out)
                 check_expansion(self._produced, self._consumed, self._what)
@@ -264,9 +307,12 @@ class _ZstdFrames(Layer):
         self._checksum = 0      # whether the current frame ends with a 4-byte checksum
         self.frames = 0
         self.consumed = 0       # bytes passed through
+        self.head = b""         # the first of them
 
     def read(self, size: int = -1) -> bytes:
         data = self.below.read(size if size > 0 else CHUNK)
+        if self.consumed < 512:
+            self.head += data[:512 - self.consumed]
         self.consumed += len(data)
         view = memoryview(data)
         while view:
@@ -332,9 +378,11 @@ class _Zstd(Layer):
         try:
             out = self._reader.read(size if size > 0 else CHUNK)
         except self._error as exc:
-            raise CorruptDataError(f"corrupt zstd data from {self._what}: {exc}") from None
+            raise _failure("zstd", self._what, self._frames.head, self._produced,
+                           f"corrupt zstd data from {self._what}: {exc}") from None
         if not out and not self._frames.complete:
-            raise CorruptDataError(f"truncated zstd data from {self._what}")
+            raise _failure("zstd", self._what, self._frames.head, self._produced,
+                           f"truncated zstd data from {self._what}")
         self._produced += len(out)
         check_expansion(self._produced, self._frames.consumed, self._what)
         return out
