@@ -275,6 +275,21 @@ def test_data_that_is_something_else_is_named(tmp_path: Path, case: str) -> None
         populate(tmp_path, put(tmp_path, "download", data), word)
 
 
+def test_streams_that_need_too_much_memory_are_refused_as_such(tmp_path: Path) -> None:
+    """A zstd frame with a window past 128 MiB (`zstd --long=28` and up: `zstd -d` refuses it too
+    unless told) and an xz stream with a dictionary past 256 MiB are valid, but not decoded here."""
+    window = zstandard.ZstdCompressionParameters(window_log=28, write_content_size=0)
+    compressor = zstandard.ZstdCompressor(compression_params=window).compressobj()
+    zstd = compressor.compress(b"x" * 1000) + compressor.flush()
+    xz = lzma.compress(b"x" * 1000, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 300 * 2**20}])
+    for data, word, message in ((zstd, "unzstd", "zstd data needs a window of 256.0 MiB to decompress, more than "
+                                                 "the 128.0 MiB allowed"),
+                                (xz, "unxz", "xz data needs more memory to decompress, more than the 256.0 MiB "
+                                             "allowed")):
+        with pytest.raises(UnsafeArchiveError, match=f"^refused .*: its {message}$"):
+            populate(tmp_path / word, put(tmp_path, f"{word}.data", data), word)
+
+
 @pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
 def test_decompression_output_is_bounded_by_the_read_size(codec: str) -> None:
     bomb = COMPRESS[codec](b"\0" * 50_000_000)

@@ -1,12 +1,13 @@
-"""Decompressing streams (gzip, bzip2, xz, zstd), recognising a compression by its magic bytes, and
-the guard against decompression bombs.
+"""Decompressing streams (gzip, bzip2, xz, zstd), recognising a compression (and what data is when
+it is none of them) by its first bytes, and the guard against decompression bombs.
 
 Every decompressor produces at most the number of bytes asked for, so memory stays bounded even for
 a "bomb" that expands a few kilobytes into gigabytes; the history a stream may ask the decoder to
-keep is bounded too (xz: :data:`_XZ_MEMORY_LIMIT`, zstd: zstandard's default window limit of 128
-MiB).  Concatenated streams (``pigz``, ``pbzip2``, multi-frame zstd) are read through.  A stream
-that ends early is an error, not a short result.  After a stream, only another stream or padding
-may follow (:data:`_PADDING`): anything else is an error that says where it starts.
+keep is bounded too (xz: :data:`_XZ_MEMORY_LIMIT`, zstd: :data:`_ZSTD_WINDOW_LIMIT`), and a stream
+that asks for more is refused as such, not as corrupt.  Concatenated streams (``pigz``,
+``pbzip2``, multi-frame zstd) are read through.  A stream that ends early is an error, not a short
+result.  After a stream, only another stream or padding may follow (:data:`_PADDING`): anything
+else is an error that says where it starts.
 
 Expansion cap
 -------------
@@ -49,6 +50,8 @@ MAX_EXPANSION = 1000
 #: ...once it is past this many bytes.
 EXPANSION_FLOOR = 100 * 2**20
 _XZ_MEMORY_LIMIT = 256 * 2**20
+#: zstandard's default limit on a frame's window, the one `zstd -d` applies unless told `--long`.
+_ZSTD_WINDOW_LIMIT = 128 * 2**20
 
 _MAGIC = {
     "gzip": b"\x1f\x8b",
@@ -205,6 +208,13 @@ def _decoder_errors(codec: str) -> tuple[type[BaseException], ...]:
     return (OSError, EOFError)
 
 
+def _too_large(what: str, codec: str, needs: str) -> UnsafeArchiveError:
+    """The refusal of a stream that needs more memory than it may have."""
+    return UnsafeArchiveError(f"refused {what}: its {codec} data needs {needs} to decompress, more than "
+                              f"the {format_size(_XZ_MEMORY_LIMIT if codec == 'xz' else _ZSTD_WINDOW_LIMIT)} "
+                              "allowed")
+
+
 def _failure(codec: str, what: str, head: bytes, produced: int, why: str) -> CorruptDataError:
     """The error that ``why`` says, unless nothing came out of the input yet and its first bytes,
     ``head``, are something else than ``codec``'s: then the error names that."""
@@ -258,6 +268,8 @@ class _Decompressing(Layer):
             try:
                 out: bytes = decoder.decompress(data, size)
             except self._errors as exc:
+                if self._codec == "xz" and "Memory usage limit" in str(exc):  # liblzma's LZMA_MEMLIMIT_ERROR
+                    raise _too_large(self._what, "xz", "more memory") from None
                 raise _failure(self._codec, self._what, self._head, self._produced,
                                f"corrupt {self._codec} data from {self._what}: {exc}") from None
             if out:
@@ -378,6 +390,9 @@ class _Zstd(Layer):
         try:
             out = self._reader.read(size if size > 0 else CHUNK)
         except self._error as exc:
+            window = self._window()
+            if window > _ZSTD_WINDOW_LIMIT:  # compressed with --long
+                raise _too_large(self._what, "zstd", f"a window of {format_size(window)}") from None
             raise _failure("zstd", self._what, self._frames.head, self._produced,
                            f"corrupt zstd data from {self._what}: {exc}") from None
         if not out and not self._frames.complete:
@@ -386,3 +401,12 @@ class _Zstd(Layer):
         self._produced += len(out)
         check_expansion(self._produced, self._frames.consumed, self._what)
         return out
+
+    def _window(self) -> int:
+        """The window that the first frame asks for (0 if its header cannot be read)."""
+        import zstandard
+
+        try:
+            return int(zstandard.get_frame_parameters(self._frames.head).window_size)
+        except self._error:
+            return 0
