@@ -123,7 +123,7 @@ def _xz_outcome(data: bytes) -> tuple[str, bytes | str]:
 
 #: Valid xz data to damage: one stream of compressible text, two streams one after the other (as
 #: xz --block-list or a concatenation makes), a stream of several blocks, and an .lzma (alone) file,
-#: which the automatic format also reads.
+#: which `unxz` reads as `xz -d` does.
 _TEXT = b"".join(b"%d: the quick brown fox\n" % i for i in range(20_000))
 _XZ_SAMPLES = [
     lzma.compress(_TEXT),

@@ -12,7 +12,10 @@ A test whose tool or download is not available is skipped and says why.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import stat
@@ -24,7 +27,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+import zstandard
 
+from sharedcache.errors import LoaderError
 from sharedcache.loaders import writer
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
@@ -227,6 +232,49 @@ def test_zip_with_backslashes_for_separators(tmp_path: Path) -> None:
     assert_same_trees(archive, "zip", tmp_path / "out")
     assert (tmp_path / "out" / "sc" / "dos" / "sub" / "f.txt").read_text() == "dos\\sub\\f.txt"
     assert (tmp_path / "out" / "sc" / "unix\\f.txt").is_file()
+
+
+# --- compressed streams, against gzip -d, xz -d, bzip2 -d and zstd -d ----------------------------
+
+_COMPRESSORS = {
+    "gzip": ("gunzip", gzip.compress),
+    "xz": ("unxz", lzma.compress),
+    "lzma": ("unxz", lambda data: lzma.compress(data, format=lzma.FORMAT_ALONE)),  # xz's older format
+    "bzip2": ("bunzip2", bz2.compress),
+    "zstd": ("unzstd", lambda data: zstandard.ZstdCompressor(write_checksum=True).compress(data)),
+}
+#: Pieces of a compressed file: a stream of some bytes, zero bytes (padding, or not), other bytes.
+_PIECES = st.lists(st.one_of(st.tuples(st.just("stream"), st.binary(max_size=300)),
+                             st.tuples(st.just("zeros"), st.integers(1, 9)),
+                             st.tuples(st.just("other"), st.binary(min_size=1, max_size=8))),
+                   min_size=1, max_size=5)
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(codec=st.sampled_from(list(_COMPRESSORS)), pieces=_PIECES)
+def test_compressed_streams_as_the_reference_tools_read_them(tmp_path_factory: pytest.TempPathFactory,
+                                                            codec: str, pieces: list[tuple[str, Any]]) -> None:
+    """Streams one after another, with zero bytes or other bytes between or after them: what the
+    reference tool reads without a word of warning, the decompressor gives byte for byte; what it
+    refuses or warns about (gzip's "trailing garbage", bzip2's "trailing garbage after EOF"), the
+    decompressor refuses."""
+    need(codec)
+    word, compress = _COMPRESSORS[codec]
+    data = b"".join(compress(piece) if kind == "stream" else bytes(piece) if kind == "zeros" else piece
+                    for kind, piece in pieces)
+    scratch = tmp_path_factory.mktemp("stream")
+    (scratch / "input").write_bytes(data)
+    reference = subprocess.run([codec, "-dc"], input=data, capture_output=True, timeout=60, check=False)
+    (scratch / "dest").mkdir()
+    (scratch / "work").mkdir()
+    try:
+        populate(parse_recipe([f"file:{scratch / 'input'}", word]), scratch / "dest", work=scratch / "work")
+    except LoaderError:
+        assert reference.returncode != 0 or reference.stderr, "refused what the reference tool reads"
+        return
+    assert reference.returncode == 0 and not reference.stderr, reference.stderr
+    assert (scratch / "dest" / "input").read_bytes() == reference.stdout
 
 
 # --- sdists and wheels from PyPI ------------------------------------------------------------------

@@ -221,6 +221,17 @@ def test_what_may_follow_the_last_stream_of_a_tar(tmp_path: Path, case: str) -> 
     assert (dest / "a.txt").read_bytes() == b"one\n"
 
 
+def test_unxz_reads_an_lzma_file_as_xz_does(tmp_path: Path) -> None:
+    """The older LZMA-alone format (.lzma) has no magic: `xz -d` takes a file for one by the
+    checks its header passes, and so does `unxz`.  Eighteen zero bytes, which liblzma's automatic
+    choice would decode as an empty file, fail them."""
+    data = lzma.compress(b"the old format\n" * 100, format=lzma.FORMAT_ALONE)
+    assert (populate(tmp_path, put(tmp_path, "a.lzma", data), "unxz") / "a.lzma").read_bytes() == \
+        b"the old format\n" * 100
+    with pytest.raises(CorruptDataError, match="^corrupt xz data from "):
+        populate(tmp_path / "zeros", put(tmp_path, "zeros.xz", bytes(18)), "unxz")
+
+
 @pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
 def test_truncated_compressed_data_is_an_error(tmp_path: Path, codec: str) -> None:
     whole = COMPRESS[codec](os.urandom(100_000))

@@ -66,6 +66,7 @@ _OTHER_FORMATS = (
     (b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "a zip archive"), (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
     (b"Rar!\x1a\x07", "a RAR archive"), (b"LZIP", "lzip data"), (b"\x04\x22\x4d\x18", "lz4 data"),
     (b"\x1f\x9d", "compress (.Z) data"), (b"\x89LZO\x00\r\n\x1a\n", "lzop data"),
+    (b"\x5d\x00\x00", "LZMA-alone (.lzma) data"),  # the usual settings' first bytes: no magic of its own
 )
 
 
@@ -176,19 +177,47 @@ class _GzipDecoder:
         return out
 
 
-def _bz2_decoder() -> Any:
+def _gzip_decoder(start: bytes) -> _GzipDecoder:
+    return _GzipDecoder()
+
+
+def _bz2_decoder(start: bytes) -> Any:
     import bz2
 
     return bz2.BZ2Decompressor()
 
 
-def _xz_decoder() -> Any:
+def _xz_decoder(start: bytes) -> Any:
+    """The decoder of an xz stream, or of an .lzma file (the older LZMA-alone format) if ``start``
+    looks like one as `xz -d` judges it.  liblzma's automatic choice takes anything but xz for
+    LZMA-alone data, which has no check: eighteen zero bytes are an empty file of it."""
     # The dictionary an xz file asks for is allocated as it fills: up to 1.5 GiB.  xz -9 needs 65 MiB;
     # like zstd's default window limit (128 MiB), this refuses only what no preset makes.
-    return _lzma_module().LZMADecompressor(memlimit=_XZ_MEMORY_LIMIT)
+    lzma = _lzma_module()
+    kind = lzma.FORMAT_ALONE if _lzma_alone(start) else lzma.FORMAT_XZ
+    return lzma.LZMADecompressor(format=kind, memlimit=_XZ_MEMORY_LIMIT)
 
 
-_DECODERS: dict[str, Callable[[], Any]] = {"gzip": _GzipDecoder, "bzip2": _bz2_decoder, "xz": _xz_decoder}
+def _lzma_alone(start: bytes) -> bool:
+    """Whether ``start`` begins an .lzma file, by the header checks of `xz -d` (which has no magic
+    to go by): its properties byte at most 224, its dictionary 2^n or 2^n + 2^(n-1) bytes (or
+    unset), its size below 256 GiB (or unknown)."""
+    if len(start) < 13 or start[0] > 224:
+        return False
+    dictionary = int.from_bytes(start[1:5], "little")
+    if dictionary != 0xFFFFFFFF:
+        rounded = dictionary - 1
+        for shift in (2, 3, 4, 8, 16):
+            rounded |= rounded >> shift
+        if dictionary == 0 or rounded + 1 != dictionary:
+            return False
+    size = int.from_bytes(start[5:13], "little")
+    return size == 2**64 - 1 or size < 2**38
+
+
+_DECODERS: dict[str, Callable[[bytes], Any]] = {"gzip": _gzip_decoder, "bzip2": _bz2_decoder, "xz": _xz_decoder}
+#: How many of a stream's first bytes its decoder is chosen by (an .lzma header's).
+_START = 13
 
 #: The zero bytes that may follow a stream, as the reference tools read them: xz's stream padding,
 #: part of its format, after a stream or between two, in runs of a multiple of 4 bytes; and zeros
@@ -228,18 +257,19 @@ def _failure(codec: str, what: str, head: bytes, produced: int, why: str) -> Cor
 class _Decompressing(Layer):
     """Decompression with a stdlib-style decompressor (``decompress(data, max_length)``, ``eof``...)."""
 
-    def __init__(self, below: Stream | IO[bytes], codec: str, new_decoder: Callable[[], Any],
+    def __init__(self, below: Stream | IO[bytes], codec: str, new_decoder: Callable[[bytes], Any],
                  what: str) -> None:
         super().__init__(below)
         self._codec = codec
-        self._new_decoder = new_decoder
-        self._decoder = new_decoder()
+        self._new_decoder = new_decoder  # given the first bytes of the stream it decodes
+        self._decoder: Any = None
         self._what = what
         self._pending = b""
         self._errors = _decoder_errors(codec)
         self._consumed = 0
         self._produced = 0
         self._head = b""  # the input's first bytes, to say what it is if it is not this codec's
+        self._alone = False
 
     def _input(self) -> bytes:
         data = self.below.read(CHUNK)
@@ -252,12 +282,19 @@ class _Decompressing(Layer):
         size = size if size > 0 else CHUNK
         while True:
             decoder = self._decoder
-            if decoder.eof:
+            if decoder is None:
+                start = self._input()
+                while 0 < len(start) < _START and (more := self._input()):
+                    start += more
+                decoder = self._decoder = self._new_decoder(start)
+                self._pending = start
+                self._alone = self._codec == "xz" and _lzma_alone(start)  # an .lzma file: one stream
+            elif decoder.eof:
                 # Another stream may follow (pigz, pbzip2, xz --block-list...): read it too.
                 rest = self._next_stream(decoder.unused_data)
                 if rest is None:
                     return b""
-                decoder = self._decoder = self._new_decoder()
+                decoder = self._decoder = self._new_decoder(rest)
                 self._pending = rest
             data = b""
             if decoder.needs_input:
@@ -281,7 +318,7 @@ class _Decompressing(Layer):
         """The start of the stream that follows the one that has just ended (``rest``, then the
         input after it), past the padding the format allows; None at the end of the input."""
         end = self._consumed - len(rest)  # where the stream ended, in the input
-        padding = _PADDING.get(self._codec)
+        padding = None if self._alone else _PADDING.get(self._codec)
         zeros = 0
         while not rest or (padding is not None and rest[:1] == b"\0"):
             if rest:
@@ -297,7 +334,7 @@ class _Decompressing(Layer):
         magic = _MAGIC[self._codec]
         while len(rest) < len(magic) and (more := self._input()):
             rest += more
-        if not zeros or padding:  # gzip's zeros end the input
+        if not self._alone and (not zeros or padding):  # gzip's zeros end the input
             if rest.startswith(magic):
                 return rest
             if magic.startswith(rest):
