@@ -150,6 +150,22 @@ def test_a_content_encoding_that_was_not_asked_for_is_refused(tmp_path, serve):
     assert_refused(use(tmp_path, origin), tmp_path, "gzip")
 
 
+@pytest.mark.parametrize("path", ["data.bin.gz", "data.tgz", "DATA.BIN.GZ"])
+def test_a_compressed_file_labelled_with_its_own_encoding_is_stored_as_it_is(tmp_path, serve, path):
+    """A .gz file that its server labels `Content-Encoding: gzip` (S3 objects whose uploader set
+    the encoding from the name, as django-storages does; Apache's AddEncoding): its bytes are the
+    file, which curl, wget and pip keep as they are, and so does the source."""
+    packed = gzip.compress(BODY)
+    origin = serve(fixed(f"HTTP/1.1 200 OK\nContent-Length: {len(packed)}\nContent-Encoding: gzip\n", packed))
+    url = f"http:http://127.0.0.1:{origin.port}/{path}"
+    kept = sc("--use", "-d", str(tmp_path), "-n", "kept", url)
+    assert kept.returncode == 0, kept.stderr
+    assert (Path(kept.stdout.strip()) / path).read_bytes() == packed
+    unpacked = sc("--use", "-d", str(tmp_path), "-n", "unpacked", url, "gunzip")
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert [p.read_bytes() for p in Path(unpacked.stdout.strip()).iterdir()] == [BODY]
+
+
 def test_an_absurd_content_length_is_a_clean_error(tmp_path, serve):
     origin = serve(fixed(f"HTTP/1.1 200 OK\nContent-Length: {10**30}\n", BODY))
     assert_refused(use(tmp_path, origin), tmp_path)

@@ -138,14 +138,29 @@ def _size_of_unsatisfiable(response: urllib3.BaseHTTPResponse) -> int | None:
     return size if size is not None and size < _MAX_SIZE else None
 
 
+#: The name endings of files compressed in each Content-Encoding: a file so named, served with that
+#: encoding, is labelled with its own (S3 objects whose uploader set it from the name, as
+#: django-storages does; Apache's AddEncoding), and its bytes are the file.
+_OWN_ENCODINGS = {"gzip": (".gz", ".tgz"), "x-gzip": (".gz", ".tgz"), "compress": (".z", ".taz"),
+                  "x-compress": (".z", ".taz"), "br": (".br",), "zstd": (".zst", ".tzst"),
+                  "xz": (".xz", ".txz"), "bzip2": (".bz2", ".tbz2", ".tbz")}
+
+
 def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
     """Refuse a body in a Content-Encoding that was not asked for (identity was): its bytes are
-    not the file's, and storing them under the file's name would be a silent lie."""
+    not the file's, and storing them under the file's name would be a silent lie.  Unless the
+    file's name says it is compressed that way: then the label is the file's own, and its bytes
+    are the file's, as curl, wget and pip keep them."""
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
-        response.close()
-        raise DownloadError(f"{url}: the server sent the file with Content-Encoding {quoted(encoding)} "
-                            "though none was asked for; refusing to store encoded bytes as the file")
+    if encoding in ("", "identity"):
+        return
+    from urllib.parse import unquote, urlsplit
+
+    if unquote(urlsplit(url).path).lower().endswith(_OWN_ENCODINGS.get(encoding, ())):
+        return
+    response.close()
+    raise DownloadError(f"{url}: the server sent the file with Content-Encoding {quoted(encoding)} "
+                        "though none was asked for; refusing to store encoded bytes as the file")
 
 
 def _reason(exc: BaseException) -> str:
