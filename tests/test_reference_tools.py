@@ -43,6 +43,7 @@ TAR_FORMATS = {  # GNU tar's format and compression options, and the archive's s
     "gnu-gzip": (["--format=gnu", "--gzip"], ".tar.gz"),
     "posix-xz": (["--format=posix", "--xz"], ".tar.xz"),
     "ustar-zstd": (["--format=ustar", "--zstd"], ".tar.zst"),
+    "gnu-pzstd": (["--format=gnu", "--use-compress-program=pzstd"], ".tar.zst"),  # a skippable frame first
     "posix-plain": (["--format=posix"], ".tar"),
 }
 
@@ -170,7 +171,8 @@ def test_gnu_tar_incremental_dumps_and_volume_labels(tmp_path: Path, options: li
 @pytest.mark.parametrize("fmt", list(TAR_FORMATS))
 def test_gnu_tar_archives(tmp_path: Path, fmt: str) -> None:
     options, suffix = TAR_FORMATS[fmt]
-    need("tar", *(("zstd",) if "--zstd" in options else ()), *(("xz",) if "--xz" in options else ()))
+    need("tar", *(tool for option, tool in (("--zstd", "zstd"), ("--xz", "xz"), ("--use-compress-program=pzstd",
+                                                                                 "pzstd")) if option in options))
     make_tree(tmp_path / "tree")
     archive = tmp_path / f"tree{suffix}"
     run("tar", "-cf", archive, *options, "-C", tmp_path / "tree", ".")

@@ -9,6 +9,7 @@ import io
 import lzma
 import os
 import stat
+import struct
 import tarfile
 import threading
 import time
@@ -336,6 +337,17 @@ def test_tar_any_compression(tmp_path: Path, codec: str) -> None:
     dest = populate(tmp_path, source, f"md5:{hashlib.md5(archive).hexdigest()}", "tar")
     assert read_tree(dest) == files
     assert not any((tmp_path / "box" / "work").iterdir())
+
+
+def test_tar_of_zstd_frames_after_skippable_ones(tmp_path: Path) -> None:
+    """pzstd (zstd's parallel compressor) writes a skippable frame, holding the size of the next,
+    before each frame, so a .tar.zst of it starts with no zstd magic; GNU tar unpacks it."""
+    files = sample_tree()
+    tar = make_tar(files)
+    frames = [zstandard.ZstdCompressor().compress(part) for part in (tar[:4096], tar[4096:])]
+    archive = b"".join(b"\x50\x2a\x4d\x18" + struct.pack("<II", 4, len(frame)) + frame for frame in frames)
+    dest = populate(tmp_path, put(tmp_path, "t.tar.zst", archive), "tar")
+    assert read_tree(dest) == files
 
 
 def test_tar_keeps_links_modes_and_times_but_not_setuid(tmp_path: Path) -> None:

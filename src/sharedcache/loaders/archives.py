@@ -469,7 +469,7 @@ class _Replay(Layer):
 def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
     """Unpack the tar archive (of any compression) read from ``stream`` into ``dest``."""
     head = b""
-    while len(head) < 8 and (data := stream.read(CHUNK)):
+    while len(head) < 64 and (data := stream.read(CHUNK)):  # magic numbers, past pzstd's first frame
         head += data
     codec = sniff(head)
     archive: Stream = _Replay(head, stream)

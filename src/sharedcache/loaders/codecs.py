@@ -71,8 +71,18 @@ _OTHER_FORMATS = (
 
 
 def sniff(head: bytes) -> str | None:
-    """The compression whose magic bytes start ``head``, or ``None``."""
+    """The compression whose magic bytes start ``head``, or ``None``.  Skippable frames at the
+    start (pzstd writes one before each frame) are passed over to the magic after them."""
+    head = _past_skippable_frames(head)
     return next((codec for codec, magic in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def _past_skippable_frames(head: bytes) -> bytes:
+    """``head`` after the skippable frames it starts with: zstd's (and lz4's, which has the same),
+    a magic number 0x184D2A5? and the size of what follows it."""
+    while len(head) >= 8 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:
+        head = head[8 + int.from_bytes(head[4:8], "little"):]
+    return head
 
 
 def what_data_is(head: bytes) -> str | None:
@@ -82,7 +92,8 @@ def what_data_is(head: bytes) -> str | None:
     codec = sniff(head)
     if codec is not None:
         return f"{codec} data"
-    known = next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), None)
+    rest = _past_skippable_frames(head)
+    known = next((name for magic, name in _OTHER_FORMATS if rest.startswith(magic)), None)
     if known is not None:
         return known
     if head[257:262] == b"ustar":
