@@ -180,6 +180,26 @@ def test_gnu_tar_archives(tmp_path: Path, fmt: str) -> None:
     assert_same_trees(archive, "tar", tmp_path / "out", exact_times=fmt.startswith("posix"))
 
 
+def test_tar_regular_members_named_as_directories(tmp_path: Path) -> None:
+    """Old tars, and some tools since, wrote a directory as a regular member (type 0, or the NUL of
+    the first tars) whose name ends with a slash: GNU tar makes a directory of it."""
+    need("tar")
+    import io
+    import tarfile
+
+    archive = tmp_path / "old.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as out:
+        # (Nothing is put in them: GNU tar gives such a directory its time at once, and a file
+        # made in it later changes that; `tar` gives every directory its time at the end.)
+        for name, kind, data in (("zero/", tarfile.REGTYPE, b""), ("nul/", tarfile.AREGTYPE, b""),
+                                 ("after.txt", tarfile.REGTYPE, b"a")):
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mode, info.mtime = kind, len(data), 0o755, 1_600_000_000
+            out.addfile(info, io.BytesIO(data))
+    assert_same_trees(archive, "tar", tmp_path / "out")
+    assert (tmp_path / "out" / "sc" / "nul").is_dir()
+
+
 def test_info_zip_archive(tmp_path: Path) -> None:
     need("zip", "unzip")
     make_tree(tmp_path / "tree")

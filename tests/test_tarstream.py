@@ -113,3 +113,15 @@ def test_octal_fields_with_spaces_and_a_damaged_number() -> None:
     data[148:156] = b"%06o\0 " % sum(data[:512])
     with pytest.raises(CorruptDataError, match="invalid header at byte 0"):
         members(bytes(data))
+
+
+@pytest.mark.parametrize("kind", [tarfile.REGTYPE, tarfile.AREGTYPE])
+def test_a_regular_member_named_as_a_directory_is_one_and_its_data_is_passed_over(kind: bytes) -> None:
+    """Such a member (see test_reference_tools) that declares data: GNU tar does not skip it and
+    loses its way ("Skipping to next header"); the reader passes over it to the next member."""
+    named = tarfile.TarInfo("d/")
+    named.type, named.size = kind, 700
+    after = tarfile.TarInfo("after.txt")
+    after.size = 3
+    found = members(archive([named, after], tarfile.GNU_FORMAT))
+    assert [(member.name, member.kind) for member in found] == [("d/", DIRECTORY), ("after.txt", REGULAR)]

@@ -194,12 +194,15 @@ class TarReader(Buffered):
             if "mtime" in pax:
                 mtime_ns = _pax_time_ns(pax["mtime"])
         if kind in _REGULAR_TYPES:
-            kind = DIRECTORY if kind == b"\0" and name.endswith("/") else REGULAR
+            kind = REGULAR
         # As tarfile: data follows regular members and those of unknown types, not links or
         # directories (GNU tar's incremental dumps store data with those; tarfile misreads it too).
         if kind == REGULAR or kind not in b"123456":
             self._data_left, self._skip = (size, -size % BLOCK) if size > 0 else (0, 0)
-        if kind == _DUMPDIR:  # its data, skipped above, only matters to an incremental restore
+        # As GNU tar, after the data they declare: a regular member named with a final slash is a
+        # directory (old tars wrote them so), and so is a dump's (whose data is a list of entries,
+        # for an incremental restore).
+        if (kind == REGULAR and name.endswith("/")) or kind == _DUMPDIR:
             kind = DIRECTORY
         return TarMember(name, kind, size, mode, mtime_ns, linkname, offset)
 
