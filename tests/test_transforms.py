@@ -302,6 +302,33 @@ def test_streams_that_need_too_much_memory_are_refused_as_such(tmp_path: Path) -
             populate(tmp_path / word, put(tmp_path, f"{word}.data", data), word)
 
 
+class _Dribble(io.RawIOBase):
+    """A source that hands out ``step`` bytes a read, as a slow connection may."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step = io.BytesIO(data), step
+
+    def read(self, size: int = -1) -> bytes:
+        return self.data.read(min(self.step, size) if size > 0 else self.step)
+
+
+@pytest.mark.parametrize("step", [1, 3, 7])
+@pytest.mark.parametrize("case", ["gzip, zeros", "xz, padding between streams", "xz, padding", "lzma"])
+def test_decompression_reads_alike_in_pieces_of_any_size(case: str, step: int) -> None:
+    """A decoder is chosen by a stream's first bytes (an .lzma file's header has 13), and padding
+    and the next stream's magic are read across reads: a source that gives a few bytes at a time
+    decodes to the same bytes as one that gives them all."""
+    if case == "lzma":
+        codec, data, expected = "xz", lzma.compress(b"old\n" * 50, format=lzma.FORMAT_ALONE), b"old\n" * 50
+    else:
+        codec, data, expected = AFTER_THE_LAST_STREAM[case]
+    stream = decompressing(codec, _Dribble(data, step), "dribble")  # type: ignore[arg-type]
+    out = b""
+    while piece := stream.read(65536):
+        out += piece
+    assert out == expected
+
+
 @pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
 def test_decompression_output_is_bounded_by_the_read_size(codec: str) -> None:
     bomb = COMPRESS[codec](b"\0" * 50_000_000)
