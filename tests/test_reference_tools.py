@@ -15,12 +15,15 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import io
 import lzma
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +187,6 @@ def test_tar_regular_members_named_as_directories(tmp_path: Path) -> None:
     """Old tars, and some tools since, wrote a directory as a regular member (type 0, or the NUL of
     the first tars) whose name ends with a slash: GNU tar makes a directory of it."""
     need("tar")
-    import io
-    import tarfile
 
     archive = tmp_path / "old.tar"
     with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as out:
@@ -215,7 +216,6 @@ def test_zip_name_in_a_unicode_path_field(tmp_path: Path) -> None:
     by its CRC; unzip uses the UTF-8 name then, and only then."""
     need("unzip")
     import struct
-    import zipfile
     import zlib
 
     stored = "unicode-fallback.txt"
@@ -241,7 +241,6 @@ def test_zip_with_backslashes_for_separators(tmp_path: Path) -> None:
     ``dir\\file``: unzip takes the backslashes for separators in an archive made on MS-DOS (FAT)
     whose name has no slash, and only there."""
     need("unzip")
-    import zipfile
 
     archive = tmp_path / "backslashes.zip"
     with zipfile.ZipFile(archive, "w") as out:
@@ -254,6 +253,60 @@ def test_zip_with_backslashes_for_separators(tmp_path: Path) -> None:
     assert_same_trees(archive, "zip", tmp_path / "out")
     assert (tmp_path / "out" / "sc" / "dos" / "sub" / "f.txt").read_text() == "dos\\sub\\f.txt"
     assert (tmp_path / "out" / "sc" / "unix\\f.txt").is_file()
+
+
+class _Unseekable(io.RawIOBase):
+    """Where zipfile writes as to a pipe: each member then ends with a data descriptor."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.written += data
+        return len(data)
+
+
+#: Names for the zips below: directories come before what is in them, as writers put them.
+_ZIP_NAMES = ["a.txt", "dir/", "dir/b.bin", "dir/sub/", "dir/sub/c", "x y/z", "é/ü.txt", "文件.txt"]
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(members=st.lists(st.tuples(st.sampled_from(_ZIP_NAMES), st.sampled_from([0, 3, 11, 19]),
+                                  st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2]),
+                                  st.sampled_from([0o644, 0o755, 0o600, 0o444]), st.integers(0, 300)),
+                        min_size=1, max_size=8, unique_by=lambda member: member[0]),
+       unseekable=st.booleans(), comment=st.booleans())
+def test_zipfile_archives_against_unzip(tmp_path_factory: pytest.TempPathFactory, members: list[tuple[Any, ...]],
+                                        unseekable: bool, comment: bool) -> None:
+    """Zips as Python's zipfile writes them (wheels, and many tools), made on Unix, MS-DOS,
+    Windows or macOS, stored, deflated or bzip2'd, with data descriptors or not.  Differences kept
+    on purpose, so left out here: unzip gives a directory its mode without the owner's execute
+    bit, where `zip` keeps that bit (a directory its owner cannot enter is of no use); and the
+    Debian build of unzip reads a name flagged UTF-8 as code page 437 in a zip made on MS-DOS."""
+    need("unzip")
+    scratch = tmp_path_factory.mktemp("zipfile")
+    out: io.BytesIO | _Unseekable = _Unseekable() if unseekable else io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, made_on, method, mode, size in sorted(members):
+            system = 11 if made_on == 0 and not name.isascii() else made_on
+            info = zipfile.ZipInfo(name, (2021, 3, 4, 5, 6, 8))
+            info.create_system, info.compress_type = system, method
+            directory = name.endswith("/")
+            if system == 3:
+                info.external_attr = (mode | 0o700 if directory else mode) << 16 | (0x10 if directory else 0)
+                info.external_attr |= (stat.S_IFDIR if directory else stat.S_IFREG) << 16
+            else:
+                info.external_attr = 0x10 if directory else 0
+            archive.writestr(info, b"" if directory else hashlib.sha256(name.encode()).digest() * size)
+        if comment:
+            archive.comment = b"an archive's comment"
+    path = scratch / "a.zip"
+    path.write_bytes(bytes(out.written) if isinstance(out, _Unseekable) else out.getvalue())
+    assert_same_trees(path, "zip", scratch / "out", exact_times=False)
 
 
 # --- compressed streams, against gzip -d, xz -d, bzip2 -d and zstd -d ----------------------------
