@@ -2,11 +2,16 @@
 real archives: the same names, contents, symlinks, hard links, empty directories, executable bits
 and modification times.
 
-The corpus: archives that GNU tar (gnu, posix and ustar formats; gzip, xz and zstd) and Info-ZIP's
-zip make of a tree with every kind of entry here, and of trees made at random (long and non-ASCII
-names, hard links, symlinks, read-only directories, times before 1970 and past 11 octal digits),
-which bsdtar (macOS's tar) archives too, and sdists and wheels from PyPI, fetched once with ``pip download`` into a cache
-(``$SC_TEST_CORPUS``, default ``~/.cache/shared-cache-tests``).
+The corpus:
+- archives that GNU tar (gnu, posix and ustar formats; gzip, xz, zstd and pzstd) and Info-ZIP's
+  zip make of a tree with every kind of entry here, and a few that they make of special cases;
+- archives of trees made at random (long and non-ASCII names, hard links to files and symlinks,
+  symlinks, read-only directories, times before 1970 and past 11 octal digits) by GNU tar, bsdtar
+  (macOS's tar, against its own unpacking) and zip, and zips that Python's zipfile makes;
+- compressed streams one after another, with padding or other bytes between them, against the
+  compressors' own decompressors;
+- sdists and wheels from PyPI, fetched once with ``pip download`` into a cache
+  (``$SC_TEST_CORPUS``, default ``~/.cache/shared-cache-tests``).
 A test whose tool or download is not available is skipped and says why.
 """
 
@@ -187,7 +192,6 @@ def test_tar_regular_members_named_as_directories(tmp_path: Path) -> None:
     """Old tars, and some tools since, wrote a directory as a regular member (type 0, or the NUL of
     the first tars) whose name ends with a slash: GNU tar makes a directory of it."""
     need("tar")
-
     archive = tmp_path / "old.tar"
     with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as out:
         # (Nothing is put in them: GNU tar gives such a directory its time at once, and a file
@@ -241,7 +245,6 @@ def test_zip_with_backslashes_for_separators(tmp_path: Path) -> None:
     ``dir\\file``: unzip takes the backslashes for separators in an archive made on MS-DOS (FAT)
     whose name has no slash, and only there."""
     need("unzip")
-
     archive = tmp_path / "backslashes.zip"
     with zipfile.ZipFile(archive, "w") as out:
         for name, system in (("dos\\sub\\", 0), ("dos\\sub\\f.txt", 0), ("dos\\g.txt", 0),
@@ -309,7 +312,7 @@ def test_zipfile_archives_against_unzip(tmp_path_factory: pytest.TempPathFactory
     assert_same_trees(path, "zip", scratch / "out", exact_times=False)
 
 
-# --- compressed streams, against gzip -d, xz -d, bzip2 -d and zstd -d ----------------------------
+# --- compressed streams, against gzip -d, xz -d, lzma -d, bzip2 -d and zstd -d -------------------
 
 _COMPRESSORS = {
     "gzip": ("gunzip", gzip.compress),
@@ -393,7 +396,7 @@ def test_wheels(tmp_path: Path, requirement: str) -> None:
     assert_same_trees(archive, "zip", tmp_path)
 
 
-# --- trees made at random, archived by GNU tar ----------------------------------------------------
+# --- trees made at random, archived by GNU tar, bsdtar and zip -------------------------------------
 
 _NAME = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="/\\"),
                 min_size=1, max_size=12)
