@@ -240,6 +240,19 @@ def test_zip_name_in_a_unicode_path_field(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "sc" / stored).read_text() == "wrong crc\n"
 
 
+def test_zip_name_flagged_utf8_in_a_zip_made_on_ms_dos(tmp_path: Path) -> None:
+    """Java writes every zip (every jar) as made on MS-DOS, with non-ASCII names in UTF-8 and
+    flagged so (bit 11).  The flag decides, as the format says: the Debian build of unzip reads
+    such a name as code page 437 instead (``é.txt`` comes out as ``+?.txt``), a difference kept."""
+    archive = tmp_path / "java-like.jar"
+    with zipfile.ZipFile(archive, "w") as out:
+        info = zipfile.ZipInfo(UNICODE_NAME, (2024, 5, 6, 7, 8, 10))
+        info.create_system = 0
+        out.writestr(info, "unicode\n")
+    assert zipfile.ZipFile(archive).infolist()[0].flag_bits & 0x800
+    assert (unpack_with_sc(archive, "zip", tmp_path / "out") / UNICODE_NAME).read_text() == "unicode\n"
+
+
 def test_zip_with_backslashes_for_separators(tmp_path: Path) -> None:
     """Windows tools that ignore the format's rule (PowerShell 5's Compress-Archive) write
     ``dir\\file``: unzip takes the backslashes for separators in an archive made on MS-DOS (FAT)
