@@ -195,8 +195,8 @@ class TarReader(Buffered):
                 mtime_ns = _pax_time_ns(pax["mtime"])
         if kind in _REGULAR_TYPES:
             kind = REGULAR
-        # As tarfile: data follows regular members and those of unknown types, not links or
-        # directories (GNU tar's incremental dumps store data with those; tarfile misreads it too).
+        # Data follows regular members and those of other types (a dump's directory among them),
+        # not links, devices, FIFOs or directories.
         if kind == REGULAR or kind not in b"123456":
             self._data_left, self._skip = (size, -size % BLOCK) if size > 0 else (0, 0)
         # As GNU tar, after the data they declare: a regular member named with a final slash is a
