@@ -231,6 +231,10 @@ def test_unxz_reads_an_lzma_file_as_xz_does(tmp_path: Path) -> None:
         b"the old format\n" * 100
     with pytest.raises(CorruptDataError, match="^corrupt xz data from "):
         populate(tmp_path / "zeros", put(tmp_path, "zeros.xz", bytes(18)), "unxz")
+    damaged = bytearray(data)
+    damaged[20:24] = b"\xff\xff\xff\xff"
+    with pytest.raises(CorruptDataError, match="^corrupt xz data from .*: (?!it is)"):  # not "it is .lzma data"
+        populate(tmp_path / "damaged", put(tmp_path, "damaged.lzma", bytes(damaged)), "unxz")
 
 
 @pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])

@@ -255,12 +255,14 @@ def _too_large(what: str, codec: str, needs: str) -> UnsafeArchiveError:
                               "allowed")
 
 
-def _failure(codec: str, what: str, head: bytes, produced: int, why: str) -> CorruptDataError:
+def _failure(codec: str, what: str, head: bytes, produced: int, why: str, *, alone: bool = False) -> CorruptDataError:
     """The error that ``why`` says, unless nothing came out of the input yet and its first bytes,
-    ``head``, are something else than ``codec``'s: then the error names that."""
+    ``head``, are something else than ``codec``'s (``alone``: an .lzma file's, read as one): then
+    the error names that."""
     if not produced:
         other = what_data_is(head)
-        if other is not None and other != f"{codec} data":
+        own = {f"{codec} data", "LZMA-alone (.lzma) data"} if alone else {f"{codec} data"}
+        if other is not None and other not in own:
             return CorruptDataError(f"corrupt {codec} data from {what}: it is {other}")
     return CorruptDataError(why)
 
@@ -312,14 +314,14 @@ class _Decompressing(Layer):
                 data, self._pending = self._pending or self._input(), b""
                 if not data:
                     raise _failure(self._codec, self._what, self._head, self._produced,
-                                   f"truncated {self._codec} data from {self._what}")
+                                   f"truncated {self._codec} data from {self._what}", alone=self._alone)
             try:
                 out: bytes = decoder.decompress(data, size)
             except self._errors as exc:
                 if self._codec == "xz" and "Memory usage limit" in str(exc):  # liblzma's LZMA_MEMLIMIT_ERROR
                     raise _too_large(self._what, "xz", "more memory") from None
                 raise _failure(self._codec, self._what, self._head, self._produced,
-                               f"corrupt {self._codec} data from {self._what}: {exc}") from None
+                               f"corrupt {self._codec} data from {self._what}: {exc}", alone=self._alone) from None
             if out:
                 self._produced += len(out)
                 check_expansion(self._produced, self._consumed, self._what)
