@@ -52,6 +52,8 @@ EXPANSION_FLOOR = 100 * 2**20
 _XZ_MEMORY_LIMIT = 256 * 2**20
 #: zstandard's default limit on a frame's window, the one `zstd -d` applies unless told `--long`.
 _ZSTD_WINDOW_LIMIT = 128 * 2**20
+#: The first bytes of its input that a decompressor keeps, to say what the input is if not its own.
+_HEAD = 512
 
 _MAGIC = {
     "gzip": b"\x1f\x8b",
@@ -77,12 +79,23 @@ def sniff(head: bytes) -> str | None:
     return next((codec for codec, magic in _MAGIC.items() if head.startswith(magic)), None)
 
 
+def _skippable(magic: bytes) -> bool:
+    """Whether the four bytes ``magic`` begin a skippable frame: zstd's (and lz4's, which has the
+    same), 0x184D2A5? little-endian, followed by the size of what it skips."""
+    return magic[1:4] == b"\x2a\x4d\x18" and magic[0] & 0xF0 == 0x50
+
+
 def _past_skippable_frames(head: bytes) -> bytes:
-    """``head`` after the skippable frames it starts with: zstd's (and lz4's, which has the same),
-    a magic number 0x184D2A5? and the size of what follows it."""
-    while len(head) >= 8 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:
+    """``head`` after the skippable frames it starts with."""
+    while len(head) >= 8 and _skippable(head[:4]):
         head = head[8 + int.from_bytes(head[4:8], "little"):]
     return head
+
+
+def _kept_head(head: bytes, consumed: int, data: bytes) -> bytes:
+    """``head``, the first of ``consumed`` bytes read, with what ``data``, read after them, adds
+    to the first :data:`_HEAD`: what :func:`what_data_is` looks at if decoding fails."""
+    return head + data[:_HEAD - consumed] if consumed < _HEAD else head
 
 
 def what_data_is(head: bytes) -> str | None:
@@ -286,8 +299,7 @@ class _Decompressing(Layer):
 
     def _input(self) -> bytes:
         data = self.below.read(CHUNK)
-        if self._consumed < 512:
-            self._head += data[:512 - self._consumed]
+        self._head = _kept_head(self._head, self._consumed, data)
         self._consumed += len(data)
         return data
 
@@ -344,16 +356,18 @@ class _Decompressing(Layer):
                                    f"at byte {end}, not a multiple of {padding}")
         if not rest:
             return None
+        something_else = CorruptDataError(f"corrupt {self._codec} data from {self._what}: what follows its end "
+                                          f"at byte {end} is not {self._codec} data")
+        if self._alone or (zeros and not padding):  # an .lzma file is one stream; gzip's zeros end it
+            raise something_else
         magic = _MAGIC[self._codec]
         while len(rest) < len(magic) and (more := self._input()):
             rest += more
-        if not self._alone and (not zeros or padding):  # gzip's zeros end the input
-            if rest.startswith(magic):
-                return rest
-            if magic.startswith(rest):
-                raise CorruptDataError(f"truncated {self._codec} data from {self._what}")
-        raise CorruptDataError(f"corrupt {self._codec} data from {self._what}: what follows its end at byte "
-                               f"{end} is not {self._codec} data")
+        if rest.startswith(magic):
+            return rest
+        if magic.startswith(rest):
+            raise CorruptDataError(f"truncated {self._codec} data from {self._what}")
+        raise something_else
 
 
 class _ZstdFrames(Layer):
@@ -373,8 +387,7 @@ class _ZstdFrames(Layer):
 
     def read(self, size: int = -1) -> bytes:
         data = self.below.read(size if size > 0 else CHUNK)
-        if self.consumed < 512:
-            self.head += data[:512 - self.consumed]
+        self.head = _kept_head(self.head, self.consumed, data)
         self.consumed += len(data)
         view = memoryview(data)
         while view:
@@ -395,7 +408,7 @@ class _ZstdFrames(Layer):
         if self._state == "magic":
             if field == _MAGIC["zstd"]:
                 self._state, self._need = "descriptor", 1
-            elif field[1:] == b"\x2a\x4d\x18" and field[0] & 0xF0 == 0x50:
+            elif _skippable(field):
                 self._state, self._need = "skippable", 4
             else:
                 self._state, self._skip = "unknown", 1 << 62  # the decompressor reports the error
