@@ -1096,10 +1096,10 @@ class FsCache:
         an entry for one boot, which only a process with a local view of the disk writes.  That
         boot may well be the serving machine's, still running: the entry may be in use there.
         (With a local view, a boot not ours is one of this machine before a reboot.)"""
-        if self._local_view():
-            return False
         objects = self._open_own(OBJECTS)
         try:
+            if self._local_view(objects):
+                return False
             directory = open_directory(name, dir_fd=objects)
         except (FileNotFoundError, NotADirectoryError):
             return False
@@ -1111,13 +1111,16 @@ class FsCache:
         finally:
             os.close(directory)
 
-    def _local_view(self) -> bool:
+    def _local_view(self, objects: int | None = None) -> bool:
         """Whether this process sees ``objects/`` on a disk of its own machine
         (:data:`~sharedcache.engine.fsutil.LOCAL_DISKS`), where a boot not its own is one of this
-        machine before a reboot."""
+        machine before a reboot.  ``objects``: the caller's descriptor of it, if it has one, so
+        that what it goes on to read there is in the directory judged here."""
+        if objects is not None:
+            return file_system_type(objects) in LOCAL_DISKS
         objects = self._open_own(OBJECTS)
         try:
-            return file_system_type(objects) in LOCAL_DISKS
+            return self._local_view(objects)
         finally:
             os.close(objects)
 
