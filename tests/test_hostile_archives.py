@@ -551,6 +551,17 @@ def test_zip_member_with_damaged_data(box: Box, method: int) -> None:
     assert message.startswith("cannot unzip 'f' from ")
 
 
+def test_zip_member_placed_before_the_archive(box: Box) -> None:
+    """A central directory said to start past where it does puts its members before the file's
+    first byte: a corrupt archive, not a failure to write."""
+    archive = bytearray(zip_of(("f", b"x", stat.S_IFREG | 0o644)))
+    end = archive.rindex(b"PK\x05\x06") + 16  # the directory's offset in the end record
+    archive[end:end + 4] = (int.from_bytes(archive[end:end + 4], "little") + 10).to_bytes(4, "little")
+    message = box.refused(bytes(archive), "zip", expected=CorruptDataError)
+    assert message.startswith("cannot unzip 'f' from "), message
+    assert "before the start of the archive" in message
+
+
 @pytest.mark.parametrize("header", ["central", "local"])
 def test_zip_name_flagged_as_utf8_that_is_not(box: Box, header: str) -> None:
     archive = bytearray(zip_of(("é", b"x", stat.S_IFREG | 0o644)))  # flag bit 11: the name is UTF-8

@@ -240,6 +240,38 @@ def test_zip_name_in_a_unicode_path_field(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "sc" / stored).read_text() == "wrong crc\n"
 
 
+@pytest.mark.parametrize("kept_in", ["central directory", "local header"])
+def test_zip_times_in_one_header_only(tmp_path: Path, kept_in: str) -> None:
+    """unzip (and bsdtar) take a member's extended timestamp ("UT", 0x5455) from its local header.
+    Some writers put it in one header only: yazl (VS Code's extensions, many npm tools) in the
+    central directory, where unzip does not look and the DOS time counts."""
+    need("unzip")
+    import struct
+
+    def extended_time(seconds: int) -> bytes:
+        return struct.pack("<HHBl", 0x5455, 5, 1, seconds)
+
+    archive = tmp_path / "one-header.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for number, member in enumerate(("dir/", "dir/file.txt", "top.txt")):
+            info = zipfile.ZipInfo(member, (2024, 5, 6, 7, 8, 10))
+            info.create_system = 3
+            info.external_attr = (0o40755 if member.endswith("/") else 0o100644) << 16
+            info.extra = extended_time(1_600_000_001 + 3607 * number)  # odd: no DOS time holds it
+            out.writestr(info, "" if member.endswith("/") else member)
+    data = bytearray(archive.read_bytes())
+    # Rename the other header's copy of the field to an id nobody reads: the sizes stay.
+    other, fixed, name_size_at = (b"PK\x03\x04", 30, 26) if kept_in == "central directory" else (b"PK\x01\x02", 46, 28)
+    at = data.find(other)
+    while at >= 0:
+        field = at + fixed + struct.unpack_from("<H", data, at + name_size_at)[0]
+        assert data[field:field + 2] == b"\x55\x54"
+        data[field:field + 2] = b"\xfe\xca"
+        at = data.find(other, at + 4)
+    archive.write_bytes(bytes(data))
+    assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
+
+
 def test_zip_name_flagged_utf8_in_a_zip_made_on_ms_dos(tmp_path: Path) -> None:
     """Java writes every zip (every jar) as made on MS-DOS, with non-ASCII names in UTF-8 and
     flagged so (bit 11).  The flag decides, as the format says: the Debian build of unzip reads

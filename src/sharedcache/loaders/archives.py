@@ -541,6 +541,7 @@ _END_RECORD = struct.Struct("<4s4H2LH")      # end of central directory
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_END_RECORD = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL_RECORD = struct.Struct("<4s4B4HL2L5H2L")
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 
 
 def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
@@ -569,15 +570,14 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
                 raise CorruptDataError(f"cannot unpack {ctx.what} as a zip archive: it is {other}") from None
             raise CorruptDataError(f"corrupt zip archive {ctx.what}: {exc}") from None
         with archive, SafeTree(dest, ctx) as tree:
-            declared = 0
+            declared, size = 0, spool.stat().st_size
             for info in archive.infolist():
                 # zipfile stops each member at its declared size: check those against the archive's.
                 declared += info.file_size
-                check_expansion(declared, spool.stat().st_size, ctx.what)
-                extra = _zip_extra(info.extra)
-                name = _zip_name(info, extra)
+                check_expansion(declared, size, ctx.what)
+                name = _zip_name(info, _zip_extra(info.extra))
                 try:
-                    _extract_zip_member(archive, info, name, extra, tree)
+                    _extract_zip_member(archive, info, name, tree)
                 except damaged as exc:
                     if isinstance(exc, OSError) and exc.errno is not None:
                         raise  # writing failed, not reading: the pipeline reports it
@@ -674,10 +674,29 @@ def _zip_stored_name(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> str:
     return info.filename.encode("cp437").decode("utf-8", "surrogateescape")
 
 
-def _zip_mtime_ns(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> int:
-    """The modification time: the "UT" field's if there is one (UTC, to the second), as unzip
-    prefers it, else the DOS time (local time, to two seconds)."""
-    extended = extra.get(_EXTENDED_TIME, b"")
+def _zip_local_extra(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict[int, bytes]:
+    """The fields of the extra block of the member's local header, which may differ from the
+    central directory's ({} if there is no such header there: zipfile says so as it opens the
+    member)."""
+    import zipfile
+
+    assert archive.fp is not None
+    if info.header_offset < 0:  # zipfile would seek there, and its EINVAL would pass for a write's
+        raise zipfile.BadZipFile("the central directory places it before the start of the archive")
+    fd = archive.fp.fileno()  # pread leaves the position that zipfile's reads use alone
+    header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
+    if len(header) < _LOCAL_HEADER.size or not header.startswith(b"PK\x03\x04"):
+        return {}
+    *_, name_size, extra_size = _LOCAL_HEADER.unpack(header)
+    return _zip_extra(os.pread(fd, extra_size, info.header_offset + _LOCAL_HEADER.size + name_size))
+
+
+def _zip_mtime_ns(info: zipfile.ZipInfo, local_extra: dict[int, bytes]) -> int:
+    """The modification time: the "UT" field's if the local header has one (UTC, to the second),
+    else the DOS time (local time, to two seconds).  unzip and bsdtar look there only: a field in
+    the central directory alone (yazl writes it so) is not read, and one in the local header
+    alone is."""
+    extended = local_extra.get(_EXTENDED_TIME, b"")
     if len(extended) >= 5 and extended[0] & 1:
         return int.from_bytes(extended[1:5], "little", signed=True) * 10**9
     import time
@@ -685,14 +704,13 @@ def _zip_mtime_ns(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> int:
     return int(time.mktime((*info.date_time, 0, 0, -1))) * 10**9
 
 
-def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, extra: dict[int, bytes],
-                        tree: SafeTree) -> None:
+def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, tree: SafeTree) -> None:
     tree.parts(name)  # a name that leaves the tree is refused for that first, whatever the member
     unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
     kind = stat.S_IFMT(unix_mode)
     is_dir = name.endswith("/")  # not info.is_dir(), which fails on an empty name
     mode = stat.S_IMODE(unix_mode) or (0o755 if is_dir else 0o644)
-    mtime_ns = _zip_mtime_ns(info, extra)
+    mtime_ns = _zip_mtime_ns(info, _zip_local_extra(archive, info))
     if is_dir and kind in (0, stat.S_IFDIR):
         tree.mkdir(name, mode, mtime_ns)
     elif kind == stat.S_IFLNK:
