@@ -152,6 +152,37 @@ def make_tarball(path: Path, files: dict[str, bytes], *, compression: str = "gz"
     return hashlib.md5(data).hexdigest()
 
 
+def deflate64_zip(files: dict[str, bytes], *, compressed: dict[str, bytes] | None = None) -> bytes:
+    """A zip of ``files`` with every member compressed with Deflate64 (method 9, as Windows' Explorer
+    and 7-Zip write it), which zipfile cannot write: each is written stored, holding its Deflate64
+    data (from ``compressed``, for damaged data, else made by inflate64), and its headers then say
+    Deflate64, with the CRC and size of its content."""
+    import zipfile
+    import zlib
+
+    inflate64 = pytest.importorskip("inflate64", reason="inflate64 is not installed (pip install inflate64)")
+
+    def deflated(content: bytes) -> bytes:
+        deflater = inflate64.Deflater()
+        return deflater.deflate(content) + deflater.flush()
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, (compressed or {}).get(name) or deflated(content))
+    data = bytearray(buffer.getvalue())
+    directory = struct.unpack_from("<L", data, data.rindex(b"PK\x05\x06") + 16)[0]
+    at = directory
+    for info, content in zip(zipfile.ZipFile(io.BytesIO(bytes(data))).infolist(), files.values(), strict=True):
+        # method, then CRC-32, compressed size, size: 8 and 14 in the local header, 10 and 16 in the central
+        for where, method, crc in ((info.header_offset, 8, 14), (at, 10, 16)):
+            struct.pack_into("<H", data, where + method, 9)
+            struct.pack_into("<L", data, where + crc, zlib.crc32(content))
+            struct.pack_into("<L", data, where + crc + 8, len(content))
+        at += 46 + sum(struct.unpack_from("<3H", data, at + 28))
+    return bytes(data)
+
+
 def sample_files(n: int = 20, size: int = 20_000) -> dict[str, bytes]:
     """Files whose content is derived from their name, so a reader can check each one."""
     return {f"data/part-{i:03d}.bin": content_for(f"data/part-{i:03d}.bin", size) for i in range(n)}

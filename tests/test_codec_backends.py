@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scutil import SC, SRC, sc
+from scutil import SC, SRC, deflate64_zip, sc
 
 from sharedcache.errors import SharedCacheError
 from sharedcache.loaders import codecs as codecs_module
@@ -48,6 +48,12 @@ def test_version_verbose_names_the_libraries() -> None:
         assert shown["xz"] == "liblzma (Python's lzma; lzma-mt not available)"
     else:
         assert shown["xz"].startswith("liblzma 5.") and "(lzma-mt " in shown["xz"]
+    try:
+        import inflate64  # noqa: F401  # only asks whether it is there
+    except ImportError:
+        assert shown["deflate64"].startswith("not available")
+    else:
+        assert shown["deflate64"].startswith("inflate64 ")
     assert sc("--version").stdout.count("\n") == 1  # without -v, the version alone
 
 
@@ -75,14 +81,12 @@ FALLBACKS: dict[str, tuple[str, str, Callable[[bytes], bytes], Callable[[bytes],
 }
 
 
-@pytest.mark.parametrize("codec", sorted(FALLBACKS))
-def test_without_the_faster_library_a_codec_falls_back_to_the_standard_one(tmp_path: Path, codec: str) -> None:
-    """A Python where the faster library cannot be imported still decompresses, checks the data, and
-    says so."""
-    module, suffix, compress, damage, word, shown = FALLBACKS[codec]
-    text = b"".join(b"line %d\n" % i for i in range(100_000))
-    (tmp_path / f"good{suffix}").write_bytes(compress(text))
-    (tmp_path / f"bad{suffix}").write_bytes(damage(compress(text)))
+def without(module: str, root: Path, populations: list[tuple[str, str, str]]) -> str:
+    """What a Python where ``module`` cannot be imported prints: ``sc --version -v``, then for each
+    population (source file in ``root``, word, destination) nothing, or "refused:" and why.  Its
+    destinations and work directory are made in ``root``."""
+    for name in {"work", *(dest for _, _, dest in populations)}:
+        (root / name).mkdir()
     script = (
         "import sys\n"
         f"sys.modules[{module!r}] = None  # importing it now raises ImportError\n"
@@ -92,21 +96,40 @@ def test_without_the_faster_library_a_codec_falls_back_to_the_standard_one(tmp_p
         "from sharedcache.loaders.registry import parse_recipe\n"
         "cli.main(['--version', '-v'])\n"
         "root = sys.argv[1]\n"
-        f"populate(parse_recipe([f'file:{{root}}/good{suffix}', {word!r}]), f'{{root}}/dest', work=f'{{root}}/work')\n"
-        "try:\n"
-        f"    populate(parse_recipe([f'file:{{root}}/bad{suffix}', {word!r}]), f'{{root}}/dest2', work=f'{{root}}/work')\n"
-        "except CorruptDataError as exc:\n"
-        "    print('refused:', exc)\n")
-    for name in ("dest", "dest2", "work"):
-        (tmp_path / name).mkdir()
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+        f"for source, word, dest in {populations!r}:\n"
+        "    try:\n"
+        "        populate(parse_recipe([f'file:{root}/{source}', word]), f'{root}/{dest}', work=f'{root}/work')\n"
+        "    except CorruptDataError as exc:\n"
+        "        print('refused:', exc)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": SRC}, timeout=50, check=False)
     assert result.returncode == 0, result.stderr
-    assert shown in result.stdout
+    return result.stdout
+
+
+def test_without_inflate64_a_deflate64_member_is_refused_saying_why(tmp_path: Path) -> None:
+    (tmp_path / "windows.zip").write_bytes(deflate64_zip({"big.bin": b"data" * 1000}))
+    printed = without("inflate64", tmp_path, [("windows.zip", "zip", "dest")])
+    assert "deflate64: not available (inflate64 not installed: such zip members are refused)\n" in printed
+    assert (f"refused: cannot unzip 'big.bin' from {tmp_path}/windows.zip: it is compressed with Deflate64, "
+            "which needs the inflate64 package (not installed)\n") in printed
+    assert not any((tmp_path / "dest").iterdir())
+
+
+@pytest.mark.parametrize("codec", sorted(FALLBACKS))
+def test_without_the_faster_library_a_codec_falls_back_to_the_standard_one(tmp_path: Path, codec: str) -> None:
+    """A Python where the faster library cannot be imported still decompresses, checks the data, and
+    says so."""
+    module, suffix, compress, damage, word, shown = FALLBACKS[codec]
+    text = b"".join(b"line %d\n" % i for i in range(100_000))
+    (tmp_path / f"good{suffix}").write_bytes(compress(text))
+    (tmp_path / f"bad{suffix}").write_bytes(damage(compress(text)))
+    printed = without(module, tmp_path, [(f"good{suffix}", word, "dest"), (f"bad{suffix}", word, "dest2")])
+    assert shown in printed
     if codec == "gzip":
-        assert "(isal not available)" in result.stdout
+        assert "(isal not available)" in printed
     assert (tmp_path / "dest" / "good").read_bytes() == text
-    assert f"refused: corrupt {codec} data from " in result.stdout
+    assert f"refused: corrupt {codec} data from " in printed
 
 
 def _xz_outcome(data: bytes) -> tuple[str, bytes | str]:

@@ -33,7 +33,7 @@ from sharedcache.loaders import archives, codecs
 from sharedcache.errors import QUOTED_CHARACTERS, CorruptDataError, LoaderError, SizeLimitError, UnsafeArchiveError
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
-from scutil import SRC, control, sc, user_dir
+from scutil import SRC, control, deflate64_zip, sc, user_dir
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -549,6 +549,41 @@ def test_zip_member_with_damaged_data(box: Box, method: int) -> None:
     archive[start + 20:start + 60] = bytes(40)
     message = box.refused(bytes(archive), "zip", expected=CorruptDataError)
     assert message.startswith("cannot unzip 'f' from ")
+
+
+def test_deflate64_member_with_damaged_data(box: Box) -> None:
+    content = bytes(range(256)) * 400
+    good = deflate64_zip({"f": content})
+    assert (box.populate(box.put("good.zip", good), "zip") / "f").read_bytes() == content
+    inflate64 = pytest.importorskip("inflate64")
+    deflater = inflate64.Deflater()
+    damaged = bytearray(deflater.deflate(content) + deflater.flush())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 40] = bytes(40)
+    message = Box(box.root / "damaged").refused(deflate64_zip({"f": content}, compressed={"f": bytes(damaged)}),
+                                                "zip", expected=CorruptDataError)
+    assert message.startswith("cannot unzip 'f' from "), message
+    assert "Bad CRC-32" in message or "corrupt Deflate64 data" in message or "shorter than" in message, message
+
+
+@pytest.mark.parametrize("declared", ["smaller", "larger"])
+def test_deflate64_member_lying_about_its_size(box: Box, declared: str) -> None:
+    """Its data is cut at the declared size, and the CRC of what is kept tells; data that ends
+    before it is too short.  Nothing past the declared size is kept in memory or written."""
+    content = b"".join(b"line %d\n" % i for i in range(20_000))
+    archive = bytearray(deflate64_zip({"f": content}))
+    size = 10 if declared == "smaller" else len(content) + 1000
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central headers
+        at = archive.index(signature) + offset
+        archive[at:at + 4] = size.to_bytes(4, "little")
+    message = box.refused(bytes(archive), "zip", expected=CorruptDataError)
+    assert ("Bad CRC-32 for file 'f'" if declared == "smaller" else "shorter than its header says") in message
+
+
+def test_deflate64_bomb_is_refused_before_anything_is_written(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codecs, "EXPANSION_FLOOR", MiB)
+    bomb = deflate64_zip({f"z{i}": bytes(5 * MiB) for i in range(3)})
+    assert "expands more than 1000 times" in box.refused(bomb, "zip")
+    assert not any(box.dest.iterdir())
 
 
 def test_zip_member_placed_before_the_archive(box: Box) -> None:

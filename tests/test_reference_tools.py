@@ -7,7 +7,8 @@ The corpus:
   zip make of a tree with every kind of entry here, and a few that they make of special cases;
 - archives of trees made at random (long and non-ASCII names, hard links to files and symlinks,
   symlinks, read-only directories, times before 1970 and past 11 octal digits) by GNU tar, bsdtar
-  (macOS's tar, against its own unpacking) and zip, and zips that Python's zipfile makes;
+  (macOS's tar, against its own unpacking), zip and 7-Zip, and zips that Python's zipfile makes;
+- zips with Deflate64 members (as Windows' Explorer and 7-Zip write them), which zipfile cannot read;
 - compressed streams one after another, with padding or other bytes between them, against the
   compressors' own decompressors;
 - sdists and wheels from PyPI, fetched once with ``pip download`` into a cache
@@ -41,6 +42,7 @@ from sharedcache.errors import LoaderError
 from sharedcache.loaders import writer
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
+from scutil import deflate64_zip
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -212,6 +214,28 @@ def test_info_zip_archive(tmp_path: Path) -> None:
     run("zip", "-q", "-r", "-y", archive, ".", cwd=tmp_path / "tree")  # -y: symlinks as links
     assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
     assert (tmp_path / "out" / "sc" / UNICODE_NAME).read_text() == "unicode\n"
+
+
+@pytest.mark.parametrize("options", [[], ["-mm=Deflate64"]])
+def test_7zip_archive(tmp_path: Path, options: list[str]) -> None:
+    """7-Zip, as Windows users make their zips, with its default method or with Deflate64 (the
+    method Windows' Explorer writes in zips past 2 GiB), which unzip reads and zipfile does not."""
+    need("7zz", "unzip")
+    make_tree(tmp_path / "tree")
+    archive = tmp_path / "tree.zip"
+    run("7zz", "a", "-tzip", "-snl", "-bso0", "-bsp0", *options, archive, ".", cwd=tmp_path / "tree")  # -snl: links
+    assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
+
+
+def test_deflate64_members_against_unzip(tmp_path: Path) -> None:
+    """Deflate64 data of every kind of content, large and small, as inflate64 makes it."""
+    need("unzip")
+    files = {"empty": b"", "one": b"x", "text.txt": b"".join(b"line %d\n" % i for i in range(200_000)),
+             "random.bin": hashlib.sha256(b"seed").digest() * 100_000, "dir/zeros": bytes(3 << 20)}
+    archive = tmp_path / "deflate64.zip"
+    archive.write_bytes(deflate64_zip(files))
+    assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
+    assert (tmp_path / "out" / "sc" / "text.txt").read_bytes() == files["text.txt"]
 
 
 def test_zip_name_in_a_unicode_path_field(tmp_path: Path) -> None:
@@ -562,6 +586,27 @@ def test_bsdtar_archives_of_trees_made_at_random(tmp_path_factory: pytest.TempPa
 
 #: What a zip's extended timestamp (Unix seconds, 32 bits) and its DOS time (from 1980) both hold.
 _ZIP_TIMES = st.sampled_from([315_532_800 * 10**9, 1_600_000_000_123_456_789, 2_000_000_001 * 10**9])
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_steps(_WHOLE_TIMES), when=_ZIP_TIMES,
+       options=st.sampled_from([[], ["-mx0"], ["-mm=Deflate64"], ["-mcu=on"], ["-mtc=on"]]))
+def test_7zip_archives_of_trees_made_at_random(tmp_path_factory: pytest.TempPathFactory,
+                                               steps: list[tuple[Any, ...]], when: int, options: list[str]) -> None:
+    """Made with 7-Zip's defaults, stored (-mx0), with Deflate64, with UTF-8 names flagged (-mcu),
+    or with the NTFS field of times (-mtc)."""
+    need("7zz", "unzip")
+    assume(not any(";" in step[2] for step in steps))  # unzip's VMS versions: see the test below
+    scratch = tmp_path_factory.mktemp("random")
+    build_tree(scratch / "tree", steps)
+    assume(any((scratch / "tree").iterdir()))  # 7-Zip makes no archive of nothing
+    for directory, names, files, _ in os.fwalk(scratch / "tree"):
+        for name in names + files:
+            os.utime(os.path.join(directory, name), ns=(when, when), follow_symlinks=False)
+    archive = scratch / "tree.zip"
+    run("7zz", "a", "-tzip", "-snl", "-bso0", "-bsp0", *options, archive, ".", cwd=scratch / "tree")
+    assert_same_trees(archive, "zip", scratch / "out", exact_times=False)
 
 
 @pytest.mark.timeout(600)

@@ -12,7 +12,8 @@ Work is proportional to the archive, memory is bounded:
   that a small archive cannot fill the file system with millions of empty files or directories);
 * the decompressed bytes may not exceed :data:`~sharedcache.loaders.codecs.MAX_EXPANSION` times the
   bytes read (see :mod:`sharedcache.loaders.codecs`); for zip, whose members are decompressed by
-  :mod:`zipfile`, the declared sizes of the members are checked against the archive's size;
+  :mod:`zipfile` (or, for Deflate64, which it does not read, by ``inflate64``), the declared sizes
+  of the members are checked against the archive's size, and each member stops at its own;
 * tar headers are bounded as :mod:`sharedcache.loaders.tarstream` says (extended headers, global pax
   records, sparse members), and a tar archive must end with its end-of-archive marker.
 
@@ -22,7 +23,8 @@ bytes) by :class:`~sharedcache.loaders.tarstream.TarReader`; past the first
 process while this one parses (:mod:`sharedcache.loaders.writer`).  Zip archives need random
 access, so they are spooled to the work directory first.  Zip member names are those ``unzip``
 shows: UTF-8 if flagged so, else the UTF-8 name of an Info-ZIP Unicode Path extra field (0x7075)
-whose CRC matches the stored name, else code page 437.
+whose CRC matches the stored name, else code page 437; their times, as unzip reads them, are those
+of the extended timestamps in their local headers, else the DOS times.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarM
 
 if TYPE_CHECKING:
     import zipfile
+    from typing import IO
 
     from .writer import WriterProcess
 
@@ -628,6 +631,9 @@ _EXTRA_HEADER = struct.Struct("<HH")
 _UNICODE_PATH = 0x7075    # Info-ZIP: version 1, CRC-32 of the stored name, the name in UTF-8
 _EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds since 1970, UTC) if flag 1
 _UTF8_NAME_FLAG = 0x800
+_ENCRYPTED = 0x1
+_DEFLATE64 = 9
+_DEFLATE64_INPUT = 16 << 10  # compressed bytes inflated at once: at most about 16 MiB come of them
 _MS_DOS = 0
 _CP437_SYSTEMS = {_MS_DOS, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
 
@@ -674,10 +680,10 @@ def _zip_stored_name(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> str:
     return info.filename.encode("cp437").decode("utf-8", "surrogateescape")
 
 
-def _zip_local_extra(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict[int, bytes]:
+def _zip_local_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[dict[int, bytes], int | None]:
     """The fields of the extra block of the member's local header, which may differ from the
-    central directory's ({} if there is no such header there: zipfile says so as it opens the
-    member)."""
+    central directory's, and where the member's data starts after that header (({}, None) if there
+    is no such header there: zipfile says so as it opens the member)."""
     import zipfile
 
     assert archive.fp is not None
@@ -686,9 +692,79 @@ def _zip_local_extra(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict[in
     fd = archive.fp.fileno()  # pread leaves the position that zipfile's reads use alone
     header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
     if len(header) < _LOCAL_HEADER.size or not header.startswith(b"PK\x03\x04"):
-        return {}
+        return {}, None
     *_, name_size, extra_size = _LOCAL_HEADER.unpack(header)
-    return _zip_extra(os.pread(fd, extra_size, info.header_offset + _LOCAL_HEADER.size + name_size))
+    extra_start = info.header_offset + _LOCAL_HEADER.size + name_size
+    return _zip_extra(os.pread(fd, extra_size, extra_start)), extra_start + extra_size
+
+
+class _Deflate64Member:
+    """The data of a member compressed with Deflate64 (method 9, "enhanced deflate": Windows'
+    Explorer writes it in zips past 2 GiB, 7-Zip when asked, and unzip reads it), which zipfile does
+    not read.  The inflate64 package inflates it, from where the local header ends; as zipfile
+    does for the other methods, it stops at the declared size and checks the declared CRC.  Each
+    call inflates at most :data:`_DEFLATE64_INPUT` bytes of input, so that what a bomb makes of
+    them stays in memory's bounds."""
+
+    def __init__(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, start: int | None) -> None:
+        import zipfile
+
+        try:
+            import inflate64
+        except ImportError:
+            raise NotImplementedError("it is compressed with Deflate64, which needs the inflate64 package "
+                                      "(not installed)") from None
+        if start is None:
+            raise zipfile.BadZipFile("Bad magic number for file header")  # as zipfile says it
+        assert archive.fp is not None
+        self._inflater = inflate64.Inflater()
+        self._fd, self._at, self._compressed_left = archive.fp.fileno(), start, info.compress_size
+        self._left, self._crc, self._info = info.file_size, 0, info
+        self._pending = memoryview(b"")
+
+    def read(self, most: int) -> bytes:
+        """Up to ``most`` bytes, fewer only at the end of the data."""
+        import zipfile
+        import zlib
+
+        pieces = []
+        most = min(most, self._left)
+        while most:
+            if not self._pending:
+                if not self._compressed_left or self._inflater.eof:
+                    break  # short of the declared size: the caller says so
+                data = os.pread(self._fd, min(_DEFLATE64_INPUT, self._compressed_left), self._at)
+                if not data:
+                    raise EOFError("the archive ends inside the member's data")
+                self._at, self._compressed_left = self._at + len(data), self._compressed_left - len(data)
+                try:
+                    self._pending = memoryview(self._inflater.inflate(data))
+                except ValueError as exc:  # inflate64's word for corrupt data
+                    raise zipfile.BadZipFile(f"corrupt Deflate64 data ({exc})") from None
+            piece = self._pending[:most]
+            self._pending = self._pending[len(piece):]
+            pieces.append(piece)
+            most -= len(piece)
+            self._left -= len(piece)
+            self._crc = zlib.crc32(piece, self._crc)
+        if not self._left and self._crc != self._info.CRC:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {self._info.filename!r}")  # as zipfile says it
+        return b"".join(pieces)
+
+    def __enter__(self) -> _Deflate64Member:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
+def _zip_member_data(archive: zipfile.ZipFile, info: zipfile.ZipInfo,
+                     data_start: int | None) -> IO[bytes] | _Deflate64Member:
+    """A reader of the member's data, decompressed: zipfile's, or ours for Deflate64 (an encrypted
+    member is left to zipfile, which refuses it for that)."""
+    if info.compress_type == _DEFLATE64 and not info.flag_bits & _ENCRYPTED:
+        return _Deflate64Member(archive, info, data_start)
+    return archive.open(info)
 
 
 def _zip_mtime_ns(info: zipfile.ZipInfo, local_extra: dict[int, bytes]) -> int:
@@ -710,15 +786,17 @@ def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: s
     kind = stat.S_IFMT(unix_mode)
     is_dir = name.endswith("/")  # not info.is_dir(), which fails on an empty name
     mode = stat.S_IMODE(unix_mode) or (0o755 if is_dir else 0o644)
-    mtime_ns = _zip_mtime_ns(info, _zip_local_extra(archive, info))
+    local_extra, data_start = _zip_local_header(archive, info)
+    mtime_ns = _zip_mtime_ns(info, local_extra)
     if is_dir and kind in (0, stat.S_IFDIR):
         tree.mkdir(name, mode, mtime_ns)
     elif kind == stat.S_IFLNK:
         if info.file_size > 4096:
             raise tree.refuse(name, "is a symlink with an implausibly long target")
-        tree.symlink(name, archive.read(info).decode("utf-8", "surrogateescape"))
+        with _zip_member_data(archive, info, data_start) as content:
+            tree.symlink(name, content.read(info.file_size).decode("utf-8", "surrogateescape"))
     elif kind in (0, stat.S_IFREG):
-        with archive.open(info) as content:
+        with _zip_member_data(archive, info, data_start) as content:
             tree.write_file(name, info.file_size, mode, mtime_ns, content.read)
     else:
         kinds = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "FIFO"}

@@ -172,8 +172,14 @@ def backends() -> dict[str, str]:
     else:
         xz = f"liblzma {lzma.get_xz_version()} (lzma-mt {lzma.__version__})"
     zstd = ".".join(map(str, zstandard.ZSTD_VERSION))
+    try:
+        import inflate64
+    except ImportError:
+        deflate64 = "not available (inflate64 not installed: such zip members are refused)"
+    else:
+        deflate64 = f"inflate64 {inflate64.__version__}"
     return {"gzip": gzip, "bzip2": "libbz2 (Python's bz2)", "xz": xz,
-            "zstd": f"libzstd {zstd} (zstandard {zstandard.__version__})"}
+            "zstd": f"libzstd {zstd} (zstandard {zstandard.__version__})", "deflate64": deflate64}
 
 
 class _GzipDecoder:
