@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import importlib.util
 import io
 import lzma
 import os
@@ -30,6 +31,7 @@ from sharedcache.cli import parser
 from sharedcache.errors import LoaderError, UsageError
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import Recipe, parse_recipe
+from scutil import deflate64_zip
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -180,6 +182,9 @@ SAMPLES = {
     "xz": (lzma.compress(b"text\n" * 500), "unxz"),
     "zst": (zstandard.ZstdCompressor().compress(b"text\n" * 500), "unzstd"),
 }
+if importlib.util.find_spec("inflate64") is not None:  # a dependency where its wheels exist
+    SAMPLES["zip deflate64"] = (deflate64_zip({"dir/a.txt": b"alpha\n" * 50, "dir/b.bin": bytes(range(256)) * 40}),
+                                "zip")
 
 
 @st.composite
