@@ -11,9 +11,8 @@ Work is proportional to the archive, memory is bounded:
 * at most :data:`MAX_ENTRIES` entries: members, plus the directories created for their paths (so
   that a small archive cannot fill the file system with millions of empty files or directories);
 * the decompressed bytes may not exceed :data:`~sharedcache.loaders.codecs.MAX_EXPANSION` times the
-  bytes read (see :mod:`sharedcache.loaders.codecs`); for zip, whose members are decompressed by
-  :mod:`zipfile` (or, for Deflate64, which it does not read, by ``inflate64``), the declared sizes
-  of the members are checked against the archive's size, and each member stops at its own;
+  bytes read (see :mod:`sharedcache.loaders.codecs`); for zip, the declared sizes of the members
+  are checked against the archive's size, and each member stops at its own;
 * tar headers are bounded as :mod:`sharedcache.loaders.tarstream` says (extended headers, global pax
   records, sparse members), and a tar archive must end with its end-of-archive marker.
 
@@ -21,10 +20,8 @@ Tar archives are read in one pass from the stream (any compression is recognised
 bytes) by :class:`~sharedcache.loaders.tarstream.TarReader`; past the first
 :data:`~sharedcache.loaders.writer.SERIAL_MEMBERS` members, their files are made by a writer
 process while this one parses (:mod:`sharedcache.loaders.writer`).  Zip archives need random
-access, so they are spooled to the work directory first.  Zip member names are those ``unzip``
-shows: UTF-8 if flagged so, else the UTF-8 name of an Info-ZIP Unicode Path extra field (0x7075)
-whose CRC matches the stored name, else code page 437; their times, as unzip reads them, are those
-of the extended timestamps in their local headers, else the DOS times.
+access, so they are spooled to the work directory first, then read member by member by
+:class:`~sharedcache.loaders.ziparchive.ZipReader`, as unzip reads them (names, times, methods).
 """
 
 from __future__ import annotations
@@ -46,10 +43,8 @@ from .streams import CHUNK, Layer, Prefetch, Stream
 from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarMember, TarReader
 
 if TYPE_CHECKING:
-    import zipfile
-    from typing import IO
-
     from .writer import WriterProcess
+    from .ziparchive import ZipMember, ZipReader
 
 #: Entries an archive may create: members, plus the directories created for their paths.  A data
 #: set of a million small files in their directories fits, with room to spare.
@@ -540,23 +535,11 @@ def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | W
 
 # --- zip ------------------------------------------------------------------------------------------
 
-_END_RECORD = struct.Struct("<4s4H2LH")      # end of central directory
-_ZIP64_LOCATOR = struct.Struct("<4sLQL")
-_ZIP64_END_RECORD = struct.Struct("<4sQ2H2L4Q")
-_CENTRAL_RECORD = struct.Struct("<4s4B4HL2L5H2L")
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-
 
 def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
     """Unpack the zip archive read from ``stream`` into ``dest``, spooling it in ``ctx.work``."""
-    import lzma
-    import zipfile
-    import zlib
+    from .ziparchive import ZipReader
 
-    # What reading a damaged member raises (bz2 says OSError, without an errno; a local header can
-    # flag as UTF-8 a name that is not).
-    damaged = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError, NotImplementedError,
-               RuntimeError, EOFError)
     spool = ctx.work / "unzip.spool"
     try:
         with open(spool, "wb") as out:
@@ -564,240 +547,55 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
                 out.write(data)
         if _zip_entries(spool) > MAX_ENTRIES:
             raise UnsafeArchiveError(f"unsafe archive {ctx.what}: more than {MAX_ENTRIES} members")
-        try:
-            archive = zipfile.ZipFile(spool)
-        except (zipfile.BadZipFile, UnicodeDecodeError) as exc:  # a name said to be UTF-8 that is not
-            with open(spool, "rb") as file:
+        with open(spool, "rb") as file:
+            try:
+                reader = ZipReader(file.fileno(), ctx.what)
+            except CorruptDataError:
                 other = what_data_is(file.read(512))
-            if other is not None and other != "a zip archive":
-                raise CorruptDataError(f"cannot unpack {ctx.what} as a zip archive: it is {other}") from None
-            raise CorruptDataError(f"corrupt zip archive {ctx.what}: {exc}") from None
-        with archive, SafeTree(dest, ctx) as tree:
-            declared, size = 0, spool.stat().st_size
-            for info in archive.infolist():
-                # zipfile stops each member at its declared size: check those against the archive's.
-                declared += info.file_size
-                check_expansion(declared, size, ctx.what)
-                name = _zip_name(info, _zip_extra(info.extra))
-                try:
-                    _extract_zip_member(archive, info, name, tree)
-                except damaged as exc:
-                    if isinstance(exc, OSError) and exc.errno is not None:
-                        raise  # writing failed, not reading: the pipeline reports it
-                    raise CorruptDataError(f"cannot unzip {quoted(name)} from {ctx.what}: {exc}") from None
-            tree.finish()
+                if other is not None and other != "a zip archive":
+                    raise CorruptDataError(f"cannot unpack {ctx.what} as a zip archive: it is {other}") from None
+                raise
+            with SafeTree(dest, ctx) as tree:
+                declared, size = 0, os.fstat(file.fileno()).st_size
+                for member in reader.members():
+                    # Each member stops at its declared size: check those against the archive's.
+                    declared += member.file_size
+                    check_expansion(declared, size, ctx.what)
+                    _extract_zip_member(reader, member, tree)
+                tree.finish()
     finally:
         spool.unlink(missing_ok=True)
 
 
 def _zip_entries(path: Path) -> int:
     """How many records the central directory of the zip at ``path`` holds, counted up to
-    ``MAX_ENTRIES + 1`` without loading it (zipfile keeps about 0.6 KB in memory per record).
+    ``MAX_ENTRIES + 1``; 0 if it cannot be found (unpacking then says why)."""
+    from .ziparchive import ZipReader
 
-    The directory is found as zipfile finds it; if it cannot be, 0 (zipfile then says why).
-    """
     with open(path, "rb") as file:
-        size = file.seek(0, os.SEEK_END)
-        tail_start = max(0, size - _END_RECORD.size - 0xFFFF)  # the record, then a comment
-        file.seek(tail_start)
-        tail = file.read()
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + _END_RECORD.size > len(tail):
-            return 0
-        end = tail_start + at  # where the central directory ends
-        directory_size = _END_RECORD.unpack_from(tail, at)[5]
-        if end >= _ZIP64_LOCATOR.size + _ZIP64_END_RECORD.size:
-            file.seek(end - _ZIP64_LOCATOR.size - _ZIP64_END_RECORD.size)
-            zip64 = file.read(_ZIP64_END_RECORD.size + _ZIP64_LOCATOR.size)
-            if zip64[-_ZIP64_LOCATOR.size:].startswith(b"PK\x06\x07") and zip64.startswith(b"PK\x06\x06"):
-                directory_size = _ZIP64_END_RECORD.unpack_from(zip64)[8]
-                end -= _ZIP64_LOCATOR.size + _ZIP64_END_RECORD.size
-        if directory_size > end:
-            return 0
-        file.seek(end - directory_size)
-        count = done = 0
-        while done < directory_size and count <= MAX_ENTRIES:
-            record = file.read(_CENTRAL_RECORD.size)
-            if len(record) < _CENTRAL_RECORD.size or not record.startswith(b"PK\x01\x02"):
-                break
-            variable = sum(_CENTRAL_RECORD.unpack(record)[12:15])  # name, extra field, comment
-            file.seek(variable, os.SEEK_CUR)
-            done += _CENTRAL_RECORD.size + variable
-            count += 1
-        return count
-
-
-_EXTRA_HEADER = struct.Struct("<HH")
-_UNICODE_PATH = 0x7075    # Info-ZIP: version 1, CRC-32 of the stored name, the name in UTF-8
-_EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds since 1970, UTC) if flag 1
-_UTF8_NAME_FLAG = 0x800
-_ENCRYPTED = 0x1
-_DEFLATE64 = 9
-_DEFLATE64_INPUT = 16 << 10  # compressed bytes inflated at once: at most about 16 MiB come of them
-_MS_DOS = 0
-_CP437_SYSTEMS = {_MS_DOS, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
-
-
-def _zip_extra(extra: bytes) -> dict[int, bytes]:
-    """The fields of a zip extra block, by id (a malformed tail is ignored, as unzip does)."""
-    fields: dict[int, bytes] = {}
-    at = 0
-    while at + _EXTRA_HEADER.size <= len(extra):
-        ident, size = _EXTRA_HEADER.unpack_from(extra, at)
-        at += _EXTRA_HEADER.size
-        fields.setdefault(ident, extra[at:at + size])
-        at += size
-    return fields
-
-
-def _zip_name(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> str:
-    """The member's name as unzip writes it here (:func:`_zip_stored_name`), with its backslashes
-    taken for separators, as unzip takes them, if the archive was made on MS-DOS (FAT) and the name
-    has no slash: the format asks for slashes, but some Windows tools (PowerShell 5's
-    ``Compress-Archive``) write backslashes.  The unpacker's rules judge the name that results."""
-    name = _zip_stored_name(info, extra)
-    if info.create_system == _MS_DOS and "/" not in name:
-        return name.replace("\\", "/")
-    return name
-
-
-def _zip_stored_name(info: zipfile.ZipInfo, extra: dict[int, bytes]) -> str:
-    """The member's name: zipfile's if flagged UTF-8; else the UTF-8 name of a Unicode Path field
-    that belongs to the stored name (its CRC matches); else the stored bytes as they are if the
-    archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's names so,
-    unflagged), or read as code page 437 if made on DOS or Windows."""
-    if info.flag_bits & _UTF8_NAME_FLAG:
-        return info.filename
-    import zlib
-
-    unicode_path = extra.get(_UNICODE_PATH, b"")
-    stored = info.orig_filename.encode("cp437")  # zipfile decoded the stored bytes as cp437
-    if (len(unicode_path) > 5 and unicode_path[0] == 1
-            and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(stored)):
-        return unicode_path[5:].decode("utf-8", "surrogateescape")
-    if info.create_system in _CP437_SYSTEMS:
-        return info.filename
-    return info.filename.encode("cp437").decode("utf-8", "surrogateescape")
-
-
-def _zip_local_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[dict[int, bytes], int | None]:
-    """The fields of the extra block of the member's local header, which may differ from the
-    central directory's, and where the member's data starts after that header (({}, None) if there
-    is no such header there: zipfile says so as it opens the member)."""
-    import zipfile
-
-    assert archive.fp is not None
-    if info.header_offset < 0:  # zipfile would seek there, and its EINVAL would pass for a write's
-        raise zipfile.BadZipFile("the central directory places it before the start of the archive")
-    fd = archive.fp.fileno()  # pread leaves the position that zipfile's reads use alone
-    header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
-    if len(header) < _LOCAL_HEADER.size or not header.startswith(b"PK\x03\x04"):
-        return {}, None
-    *_, name_size, extra_size = _LOCAL_HEADER.unpack(header)
-    extra_start = info.header_offset + _LOCAL_HEADER.size + name_size
-    return _zip_extra(os.pread(fd, extra_size, extra_start)), extra_start + extra_size
-
-
-class _Deflate64Member:
-    """The data of a member compressed with Deflate64 (method 9, "enhanced deflate": Windows'
-    Explorer writes it in zips past 2 GiB, 7-Zip when asked, and unzip reads it), which zipfile does
-    not read.  The inflate64 package inflates it, from where the local header ends; as zipfile
-    does for the other methods, it stops at the declared size and checks the declared CRC.  Each
-    call inflates at most :data:`_DEFLATE64_INPUT` bytes of input, so that what a bomb makes of
-    them stays in memory's bounds."""
-
-    def __init__(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, start: int | None) -> None:
-        import zipfile
-
         try:
-            import inflate64
-        except ImportError:
-            raise NotImplementedError("it is compressed with Deflate64, which needs the inflate64 package "
-                                      "(not installed)") from None
-        if start is None:
-            raise zipfile.BadZipFile("Bad magic number for file header")  # as zipfile says it
-        assert archive.fp is not None
-        self._inflater = inflate64.Inflater()
-        self._fd, self._at, self._compressed_left = archive.fp.fileno(), start, info.compress_size
-        self._left, self._crc, self._info = info.file_size, 0, info
-        self._pending = memoryview(b"")
-
-    def read(self, most: int) -> bytes:
-        """Up to ``most`` bytes, fewer only at the end of the data."""
-        import zipfile
-        import zlib
-
-        pieces = []
-        most = min(most, self._left)
-        while most:
-            if not self._pending:
-                if not self._compressed_left or self._inflater.eof:
-                    break  # short of the declared size: the caller says so
-                data = os.pread(self._fd, min(_DEFLATE64_INPUT, self._compressed_left), self._at)
-                if not data:
-                    raise EOFError("the archive ends inside the member's data")
-                self._at, self._compressed_left = self._at + len(data), self._compressed_left - len(data)
-                try:
-                    self._pending = memoryview(self._inflater.inflate(data))
-                except ValueError as exc:  # inflate64's word for corrupt data
-                    raise zipfile.BadZipFile(f"corrupt Deflate64 data ({exc})") from None
-            piece = self._pending[:most]
-            self._pending = self._pending[len(piece):]
-            pieces.append(piece)
-            most -= len(piece)
-            self._left -= len(piece)
-            self._crc = zlib.crc32(piece, self._crc)
-        if not self._left and self._crc != self._info.CRC:
-            raise zipfile.BadZipFile(f"Bad CRC-32 for file {self._info.filename!r}")  # as zipfile says it
-        return b"".join(pieces)
-
-    def __enter__(self) -> _Deflate64Member:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        pass
+            return ZipReader(file.fileno(), str(path)).count(MAX_ENTRIES + 1)
+        except CorruptDataError:
+            return 0
 
 
-def _zip_member_data(archive: zipfile.ZipFile, info: zipfile.ZipInfo,
-                     data_start: int | None) -> IO[bytes] | _Deflate64Member:
-    """A reader of the member's data, decompressed: zipfile's, or ours for Deflate64 (an encrypted
-    member is left to zipfile, which refuses it for that)."""
-    if info.compress_type == _DEFLATE64 and not info.flag_bits & _ENCRYPTED:
-        return _Deflate64Member(archive, info, data_start)
-    return archive.open(info)
-
-
-def _zip_mtime_ns(info: zipfile.ZipInfo, local_extra: dict[int, bytes]) -> int:
-    """The modification time: the "UT" field's if the local header has one (UTC, to the second),
-    else the DOS time (local time, to two seconds).  unzip and bsdtar look there only: a field in
-    the central directory alone (yazl writes it so) is not read, and one in the local header
-    alone is."""
-    extended = local_extra.get(_EXTENDED_TIME, b"")
-    if len(extended) >= 5 and extended[0] & 1:
-        return int.from_bytes(extended[1:5], "little", signed=True) * 10**9
-    import time
-
-    return int(time.mktime((*info.date_time, 0, 0, -1))) * 10**9
-
-
-def _extract_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, tree: SafeTree) -> None:
+def _extract_zip_member(reader: ZipReader, member: ZipMember, tree: SafeTree) -> None:
+    name = member.name
     tree.parts(name)  # a name that leaves the tree is refused for that first, whatever the member
-    unix_mode = info.external_attr >> 16 if info.create_system == 3 else 0
-    kind = stat.S_IFMT(unix_mode)
-    is_dir = name.endswith("/")  # not info.is_dir(), which fails on an empty name
-    mode = stat.S_IMODE(unix_mode) or (0o755 if is_dir else 0o644)
-    local_extra, data_start = _zip_local_header(archive, info)
-    mtime_ns = _zip_mtime_ns(info, local_extra)
+    kind = stat.S_IFMT(member.unix_mode)
+    is_dir = name.endswith("/")
+    mode = stat.S_IMODE(member.unix_mode) or (0o755 if is_dir else 0o644)
+    local_extra, data_start = reader.local_header(member)
+    mtime_ns = reader.mtime_ns(member, local_extra)
     if is_dir and kind in (0, stat.S_IFDIR):
         tree.mkdir(name, mode, mtime_ns)
     elif kind == stat.S_IFLNK:
-        if info.file_size > 4096:
+        if member.file_size > 4096:
             raise tree.refuse(name, "is a symlink with an implausibly long target")
-        with _zip_member_data(archive, info, data_start) as content:
-            tree.symlink(name, content.read(info.file_size).decode("utf-8", "surrogateescape"))
+        target = reader.open(member, data_start)(member.file_size)
+        tree.symlink(name, target.decode("utf-8", "surrogateescape"))
     elif kind in (0, stat.S_IFREG):
-        with _zip_member_data(archive, info, data_start) as content:
-            tree.write_file(name, info.file_size, mode, mtime_ns, content.read)
+        tree.write_file(name, member.file_size, mode, mtime_ns, reader.open(member, data_start))
     else:
         kinds = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "FIFO"}
         raise tree.refuse(name, f"is a {kinds.get(kind, 'special file')}")

@@ -3,7 +3,7 @@ it is none of them) by its first bytes, and the guard against decompression bomb
 
 Every decompressor produces at most the number of bytes asked for, so memory stays bounded even for
 a "bomb" that expands a few kilobytes into gigabytes; the history a stream may ask the decoder to
-keep is bounded too (xz: :data:`_XZ_MEMORY_LIMIT`, zstd: :data:`_ZSTD_WINDOW_LIMIT`), and a stream
+keep is bounded too (xz: :data:`XZ_MEMORY_LIMIT`, zstd: :data:`_ZSTD_WINDOW_LIMIT`), and a stream
 that asks for more is refused as such, not as corrupt.  Concatenated streams (``pigz``,
 ``pbzip2``, multi-frame zstd) are read through.  A stream that ends early is an error, not a short
 result.  After a stream, only another stream or padding may follow (:data:`_PADDING`): anything
@@ -49,7 +49,7 @@ from .streams import CHUNK, Layer, Stream
 MAX_EXPANSION = 1000
 #: ...once it is past this many bytes.
 EXPANSION_FLOOR = 100 * 2**20
-_XZ_MEMORY_LIMIT = 256 * 2**20
+XZ_MEMORY_LIMIT = 256 * 2**20
 #: zstandard's default limit on a frame's window, the one `zstd -d` applies unless told `--long`.
 _ZSTD_WINDOW_LIMIT = 128 * 2**20
 #: The first bytes of its input that a decompressor keeps, to say what the input is if not its own.
@@ -144,8 +144,9 @@ def _accelerated(module: str, standard: str) -> Any:
         return importlib.import_module(standard)
 
 
-def _inflate_module() -> Any:
-    """The zlib-compatible module that inflates gzip streams: ISA-L's if installed, else zlib."""
+def inflate_module() -> Any:
+    """The zlib-compatible module that inflates deflate data (gzip streams, zip members): ISA-L's if
+    installed, else zlib."""
     return _accelerated("isal.isal_zlib", "zlib")
 
 
@@ -160,7 +161,7 @@ def backends() -> dict[str, str]:
 
     import zstandard
 
-    if _inflate_module() is zlib:
+    if inflate_module() is zlib:
         gzip = f"zlib {zlib.ZLIB_RUNTIME_VERSION} (isal not available)"
     else:
         import isal
@@ -187,7 +188,7 @@ class _GzipDecoder:
     interface."""
 
     def __init__(self) -> None:
-        inflate = _inflate_module()
+        inflate = inflate_module()
         self._zlib = inflate.decompressobj(16 + inflate.MAX_WBITS)
         self.needs_input = True
 
@@ -225,7 +226,7 @@ def _xz_decoder(start: bytes) -> Any:
     # like zstd's default window limit (128 MiB), this refuses only what no preset makes.
     lzma = _lzma_module()
     kind = lzma.FORMAT_ALONE if _lzma_alone(start) else lzma.FORMAT_XZ
-    return lzma.LZMADecompressor(format=kind, memlimit=_XZ_MEMORY_LIMIT)
+    return lzma.LZMADecompressor(format=kind, memlimit=XZ_MEMORY_LIMIT)
 
 
 def _lzma_alone(start: bytes) -> bool:
@@ -261,17 +262,18 @@ def _decoder_errors(codec: str) -> tuple[type[BaseException], ...]:
     if codec == "gzip":
         import zlib
 
-        return (zlib.error, _inflate_module().error, OSError, EOFError)
+        return (zlib.error, inflate_module().error, OSError, EOFError)
     if codec == "xz":
         return (_lzma_module().LZMAError, OSError, EOFError)
     return (OSError, EOFError)
 
 
-def _too_large(what: str, codec: str, needs: str) -> UnsafeArchiveError:
-    """The refusal of a stream that needs more memory than it may have."""
+def too_large(what: str, codec: str, needs: str) -> UnsafeArchiveError:
+    """The refusal of a stream that needs more memory than it may have (LZMA data in a zip: as
+    much as xz data)."""
+    limit = _ZSTD_WINDOW_LIMIT if codec == "zstd" else XZ_MEMORY_LIMIT
     return UnsafeArchiveError(f"refused {what}: its {codec} data needs {needs} to decompress, more than "
-                              f"the {format_size(_XZ_MEMORY_LIMIT if codec == 'xz' else _ZSTD_WINDOW_LIMIT)} "
-                              "allowed")
+                              f"the {format_size(limit)} allowed")
 
 
 def _failure(codec: str, what: str, head: bytes, produced: int, why: str, *, alone: bool = False) -> CorruptDataError:
@@ -337,7 +339,7 @@ class _Decompressing(Layer):
                 out: bytes = decoder.decompress(data, size)
             except self._errors as exc:
                 if self._codec == "xz" and "Memory usage limit" in str(exc):  # liblzma's LZMA_MEMLIMIT_ERROR
-                    raise _too_large(self._what, "xz", "more memory") from None
+                    raise too_large(self._what, "xz", "more memory") from None
                 raise _failure(self._codec, self._what, self._head, self._produced,
                                f"corrupt {self._codec} data from {self._what}: {exc}", alone=self._alone) from None
             if out:
@@ -461,7 +463,7 @@ class _Zstd(Layer):
         except self._error as exc:
             window = self._window()
             if window > _ZSTD_WINDOW_LIMIT:  # compressed with --long
-                raise _too_large(self._what, "zstd", f"a window of {format_size(window)}") from None
+                raise too_large(self._what, "zstd", f"a window of {format_size(window)}") from None
             raise _failure("zstd", self._what, self._frames.head, self._produced,
                            f"corrupt zstd data from {self._what}: {exc}") from None
         if not out and not self._frames.complete:

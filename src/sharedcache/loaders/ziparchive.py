@@ -1,0 +1,419 @@
+"""Reading a zip archive from its file, member by member, as unzip reads it.
+
+:class:`ZipReader` walks the central directory one record at a time, through a buffer of one
+chunk, so that memory stays bounded whatever the number of members: the standard library's
+zipfile loads the whole directory and keeps an object of about half a kilobyte per member (half a
+GiB for a data set of a million files).  Each :class:`ZipMember` is what the directory says of one
+member, read as unzip reads it:
+
+* its name: UTF-8 if flagged so (bit 11); else the UTF-8 name of an Info-ZIP Unicode Path extra
+  field (0x7075) whose CRC matches the stored name; else the stored bytes as they are if the
+  archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's names so, unflagged),
+  or read as code page 437 if made on MS-DOS, OS/2 or Windows NT.  Its backslashes are separators
+  if it was made on MS-DOS (FAT) and has no slash (PowerShell 5's ``Compress-Archive`` writes such
+  names).  A name ends at a NUL byte;
+* its sizes and the offset of its local header, from the Zip64 extra field (0x0001) where the
+  record's own are saturated, moved by the bytes before the archive if there are any (the program
+  of a self-extracting zip).
+
+:meth:`ZipReader.open` checks the member's local header and gives its data, decompressed (stored,
+deflate, Deflate64, bzip2, LZMA) a chunk at a time at most, stopped at the declared size and
+checked against the declared CRC; :meth:`ZipReader.mtime_ns` gives its time, from the extended
+timestamp ("UT", 0x5455) of its local header, where unzip and bsdtar look (yazl writes that field
+in the central directory only), else the DOS time (local time, to two seconds).  Deflate64 (method
+9, "enhanced deflate": Windows' Explorer writes it in zips past 2 GiB, 7-Zip when asked) is
+inflated by the inflate64 package, where it is installed.
+
+Whatever is wrong is a :class:`~sharedcache.errors.CorruptDataError` of one line: "corrupt zip
+archive WHAT: why" for the directory (no end record, a record that is not one, a name flagged UTF-8
+that is not), "cannot unzip NAME from WHAT: why" for a member (a local header that is not one or
+names another member, data that ends short or inflates wrong, a wrong CRC, encryption, a method no
+reader here knows).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import CorruptDataError, quoted
+from ..sizes import format_size
+from .codecs import XZ_MEMORY_LIMIT, too_large
+from .streams import CHUNK, Buffered
+
+_END_RECORD = struct.Struct("<4s4H2LH")          # end of central directory
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END_RECORD = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL_RECORD = struct.Struct("<4s4B4HL2L5H2L")
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+_EXTRA_HEADER = struct.Struct("<HH")
+
+_ZIP64 = 0x0001           # the sizes and the offset that the record's fields cannot hold
+_UNICODE_PATH = 0x7075    # Info-ZIP: version 1, CRC-32 of the stored name, the name in UTF-8
+_EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds since 1970, UTC) if flag 1
+_ENCRYPTED, _UTF8_NAME, _STRONG_ENCRYPTION = 0x1, 0x800, 0x40
+_UNIX, _MS_DOS = 3, 0
+_CP437_SYSTEMS = {_MS_DOS, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
+_STORED, _DEFLATED, _DEFLATE64, _BZIP2, _LZMA = 0, 8, 9, 12, 14
+_DEFLATE64_INPUT = 16 << 10  # compressed bytes inflated at once: at most about 16 MiB come of them
+_SATURATED = 0xFFFFFFFF
+
+
+class ZipMember:
+    """One record of the central directory."""
+
+    __slots__ = ("compress_size", "crc", "create_system", "date_time", "external_attr", "file_size", "flags",
+                 "header_offset", "method", "name", "stored_name")
+
+    def __init__(self, record: tuple[Any, ...], stored_name: bytes, extra: dict[int, bytes], concat: int) -> None:
+        (_, _, self.create_system, _, _, self.flags, self.method, time, date, self.crc, compress_size,
+         file_size, *_, self.external_attr, header_offset) = record
+        self.date_time = ((date >> 9) + 1980, (date >> 5) & 0xF, date & 0x1F, time >> 11, (time >> 5) & 0x3F,
+                          (time & 0x1F) * 2)
+        self.stored_name = stored_name
+        zip64 = extra.get(_ZIP64, b"")
+        values = [file_size, compress_size, header_offset]
+        for index, value in enumerate(values):
+            if value == _SATURATED:
+                if len(zip64) < 8:
+                    raise ValueError("its Zip64 extra field is missing or short")
+                values[index], zip64 = int.from_bytes(zip64[:8], "little"), zip64[8:]
+        self.file_size, self.compress_size = values[0], values[1]
+        self.header_offset = values[2] + concat
+        self.name = _name(self, extra)
+
+    @property
+    def unix_mode(self) -> int:
+        """The mode an archive made on a Unix-like system records, else 0."""
+        return self.external_attr >> 16 if self.create_system == _UNIX else 0
+
+
+def _name(member: ZipMember, extra: dict[int, bytes]) -> str:
+    """The member's name as unzip writes it here (see the module's docstring)."""
+    stored = member.stored_name.partition(b"\0")[0]
+    if member.flags & _UTF8_NAME:
+        return stored.decode("utf-8")  # a name flagged so that is not: the directory is corrupt
+    unicode_path = extra.get(_UNICODE_PATH, b"")
+    if (len(unicode_path) > 5 and unicode_path[0] == 1
+            and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(member.stored_name)):
+        return unicode_path[5:].decode("utf-8", "surrogateescape")
+    if member.create_system not in _CP437_SYSTEMS:
+        return stored.decode("utf-8", "surrogateescape")
+    name = stored.decode("cp437")
+    return name.replace("\\", "/") if member.create_system == _MS_DOS and "/" not in name else name
+
+
+def extra_fields(extra: bytes) -> dict[int, bytes]:
+    """The fields of a zip extra block, by id (the first of an id counts; a malformed tail is
+    ignored, as unzip does)."""
+    fields: dict[int, bytes] = {}
+    at = 0
+    while at + _EXTRA_HEADER.size <= len(extra):
+        ident, size = _EXTRA_HEADER.unpack_from(extra, at)
+        at += _EXTRA_HEADER.size
+        fields.setdefault(ident, extra[at:at + size])
+        at += size
+    return fields
+
+
+class ZipReader:
+    """The members of the zip archive in the file open as ``fd`` (read with ``pread``: the caller's
+    position is left alone); ``what`` names it in messages."""
+
+    def __init__(self, fd: int, what: str) -> None:
+        self.fd, self.what = fd, what
+        self._start, self._size, self._concat = self._directory()
+
+    def _corrupt(self, why: str) -> CorruptDataError:
+        return CorruptDataError(f"corrupt zip archive {self.what}: {why}")
+
+    def _directory(self) -> tuple[int, int, int]:
+        """Where the central directory starts, its size, and how many bytes precede the archive,
+        found as zipfile finds them: from the last end record in the file's last 64 KiB (the
+        record, then a comment), and the Zip64 end record before it, if any."""
+        size = os.fstat(self.fd).st_size
+        tail_start = max(0, size - _END_RECORD.size - 0xFFFF)
+        tail = os.pread(self.fd, size - tail_start, tail_start)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + _END_RECORD.size > len(tail):
+            raise self._corrupt("it has no end-of-central-directory record in its last 64 KiB")
+        end = tail_start + at  # where the central directory ends, unless Zip64 records follow it
+        directory_size, directory_offset = _END_RECORD.unpack_from(tail, at)[5:7]
+        if end >= _ZIP64_LOCATOR.size + _ZIP64_END_RECORD.size:
+            records = os.pread(self.fd, _ZIP64_END_RECORD.size + _ZIP64_LOCATOR.size,
+                               end - _ZIP64_LOCATOR.size - _ZIP64_END_RECORD.size)
+            locator = _ZIP64_LOCATOR.unpack_from(records, _ZIP64_END_RECORD.size)
+            if locator[0] == b"PK\x06\x07":
+                if locator[1] != 0 or locator[3] > 1:
+                    raise self._corrupt("it is one part of a zip split over several files, which is not supported")
+                if records.startswith(b"PK\x06\x06"):
+                    directory_size, directory_offset = _ZIP64_END_RECORD.unpack_from(records)[8:10]
+                    end -= _ZIP64_LOCATOR.size + _ZIP64_END_RECORD.size
+        start = end - directory_size
+        if start < 0:
+            raise self._corrupt("its end record places the central directory before the start of the file")
+        return start, directory_size, start - directory_offset
+
+    def _records(self) -> Iterator[tuple[tuple[Any, ...], bytes, bytes]]:
+        """Each record of the central directory, with its name and its extra field."""
+        at = self._start
+
+        def read(most: int) -> bytes:
+            nonlocal at
+            data = os.pread(self.fd, min(most, self._start + self._size - at), at)
+            at += len(data)
+            return data
+
+        directory = Buffered(read)
+        done = 0
+        while done < self._size:
+            record = directory.read_exact(_CENTRAL_RECORD.size)
+            if len(record) < _CENTRAL_RECORD.size:
+                raise self._corrupt("its central directory is cut short")
+            fields = _CENTRAL_RECORD.unpack(record)
+            if fields[0] != b"PK\x01\x02":
+                raise self._corrupt(f"no central directory record at byte {self._start + done}")
+            name_size, extra_size, comment_size = fields[12:15]
+            name = directory.read_exact(name_size)
+            extra = directory.read_exact(extra_size)
+            if (len(directory.read_exact(comment_size)) < comment_size or len(extra) < extra_size
+                    or len(name) < name_size):
+                raise self._corrupt("its central directory is cut short")
+            done += _CENTRAL_RECORD.size + name_size + extra_size + comment_size
+            yield fields, name, extra
+
+    def count(self, limit: int) -> int:
+        """How many records the directory holds, counted up to ``limit``."""
+        count = 0
+        for _ in self._records():
+            count += 1
+            if count >= limit:
+                break
+        return count
+
+    def members(self) -> Iterator[ZipMember]:
+        for fields, name, extra in self._records():
+            try:
+                yield ZipMember(fields, name, extra_fields(extra), self._concat)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise self._corrupt(f"the record of {quoted(name.decode('cp437'))}: {exc}") from None
+
+    def local_header(self, member: ZipMember) -> tuple[dict[int, bytes], int]:
+        """The extra fields of the member's local header, and where its data starts."""
+        if member.header_offset < 0:
+            raise self.refuse(member, "the central directory places it before the start of the archive")
+        header = os.pread(self.fd, _LOCAL_HEADER.size, member.header_offset)
+        if len(header) < _LOCAL_HEADER.size or not header.startswith(b"PK\x03\x04"):
+            raise self.refuse(member, f"no local header at byte {member.header_offset}, where the central "
+                                      "directory places it")
+        *_, name_size, extra_size = _LOCAL_HEADER.unpack(header)
+        name_start = member.header_offset + _LOCAL_HEADER.size
+        variable = os.pread(self.fd, name_size + extra_size, name_start)
+        if variable[:name_size] != member.stored_name:
+            raise self.refuse(member, f"its local header names {quoted(variable[:name_size].decode('cp437'))}")
+        return extra_fields(variable[name_size:]), name_start + name_size + extra_size
+
+    def refuse(self, member: ZipMember, why: str) -> CorruptDataError:
+        return CorruptDataError(f"cannot unzip {quoted(member.name)} from {self.what}: {why}")
+
+    @staticmethod
+    def mtime_ns(member: ZipMember, local_extra: dict[int, bytes]) -> int:
+        """The member's modification time, given the extra fields of its local header (see the
+        module's docstring)."""
+        extended = local_extra.get(_EXTENDED_TIME, b"")
+        if len(extended) >= 5 and extended[0] & 1:
+            return int.from_bytes(extended[1:5], "little", signed=True) * 10**9
+        import time
+
+        return int(time.mktime((*member.date_time, 0, 0, -1))) * 10**9
+
+    def open(self, member: ZipMember, data_start: int) -> Callable[[int], bytes]:
+        """A function that returns up to ``most`` bytes of the member's data (which starts at
+        ``data_start``), decompressed: fewer only at its declared size, where its CRC is checked.
+        Data that ends before that size is refused."""
+        if member.flags & (_ENCRYPTED | _STRONG_ENCRYPTION):
+            raise self.refuse(member, "it is encrypted")
+        decoder = _DECODERS.get(member.method)
+        if decoder is None:
+            raise self.refuse(member, f"it is compressed with method {member.method}, which no unpacker here reads")
+        try:
+            return _MemberData(self, member, data_start, decoder()).read
+        except ImportError as exc:
+            raise self.refuse(member, str(exc)) from None
+
+
+class _MemberData:
+    """A member's data: read from the archive a chunk at a time, decoded, stopped at the declared
+    size, the CRC of all of it checked at the end."""
+
+    def __init__(self, reader: ZipReader, member: ZipMember, start: int, decoder: _Decoder) -> None:
+        self._reader, self._member, self._decoder = reader, member, decoder
+        self._at, self._compressed_left, self._left = start, member.compress_size, member.file_size
+        self._crc = 0
+
+    def read(self, most: int) -> bytes:
+        """Up to ``most`` bytes; fewer only at the declared end."""
+        most = min(most, self._left)
+        pieces = []
+        while most:
+            try:
+                piece = self._decoder.decompress(b"", most)  # what the decoder holds first
+                if not piece:
+                    if self._decoder.eof or not self._compressed_left:
+                        raise self._reader.refuse(self._member, "its data ends before its declared size "
+                                                  f"({self._member.file_size - self._left:,} of "
+                                                  f"{self._member.file_size:,} bytes)")
+                    data = os.pread(self._reader.fd, min(CHUNK, self._compressed_left), self._at)
+                    if not data:
+                        raise self._reader.refuse(self._member, "the archive ends inside its data")
+                    self._at, self._compressed_left = self._at + len(data), self._compressed_left - len(data)
+                    piece = self._decoder.decompress(data, most)
+            except _TooLarge as exc:
+                raise too_large(f"{quoted(self._member.name)} from {self._reader.what}", "lzma", str(exc)) from None
+            except ValueError as exc:
+                raise self._reader.refuse(self._member, f"its data is corrupt ({exc})") from None
+            pieces.append(piece)
+            most -= len(piece)
+            self._left -= len(piece)
+            self._crc = zlib.crc32(piece, self._crc)
+        if not self._left and self._crc != self._member.crc:
+            raise self._reader.refuse(self._member, f"Bad CRC-32 for file {self._member.name!r}")
+        return b"".join(pieces)
+
+
+class _TooLarge(ValueError):
+    """Data that needs more memory to decode than it may have; says what it needs."""
+
+
+class _Decoder:
+    """What every decoder of member data does: ``decompress(data, max_length)`` returns at most
+    ``max_length`` bytes and keeps the rest of its input; ``eof`` tells the end of its stream, past
+    which it takes nothing; corrupt data raises :class:`ValueError`."""
+
+    eof = False
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        raise NotImplementedError
+
+
+class _Stored(_Decoder):
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        data = self._pending + data if self._pending else data
+        self._pending = data[max_length:]
+        return data[:max_length]
+
+
+class _Inflate(_Decoder):
+    """Deflate, inflated by ISA-L where it is installed (see :func:`~sharedcache.loaders.codecs.inflate_module`)."""
+
+    def __init__(self) -> None:
+        from .codecs import inflate_module
+
+        module = inflate_module()
+        self._inflater, self._errors = module.decompressobj(-15), (module.error, zlib.error)
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._inflater.eof:
+            return b""
+        tail = self._inflater.unconsumed_tail
+        try:
+            out: bytes = self._inflater.decompress(tail + data if tail else data, max_length)
+        except self._errors as exc:
+            raise ValueError(str(exc)) from None
+        self.eof = self._inflater.eof
+        return out
+
+
+class _Deflate64(_Decoder):
+    """inflate64's inflater, fed :data:`_DEFLATE64_INPUT` bytes at a time (it takes no bound on its
+    output), its output handed out ``max_length`` bytes at a time."""
+
+    def __init__(self) -> None:
+        try:
+            import inflate64
+        except ImportError:
+            raise ImportError("it is compressed with Deflate64, which needs the inflate64 package "
+                              "(not installed)") from None
+        self._inflater = inflate64.Inflater()
+        self._input = b""
+        self._output = memoryview(b"")
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        self._input = self._input + data if self._input else data
+        while not self._output and self._input and not self._inflater.eof:
+            piece, self._input = self._input[:_DEFLATE64_INPUT], self._input[_DEFLATE64_INPUT:]
+            self._output = memoryview(self._inflater.inflate(piece))  # ValueError for corrupt data
+        out, self._output = self._output[:max_length], self._output[max_length:]
+        self.eof = bool(self._inflater.eof) and not self._output
+        return bytes(out)
+
+
+class _Standard(_Decoder):
+    """A decompressor of the standard library's bz2 or lzma, whose ``decompress`` keeps what it
+    does not return."""
+
+    def __init__(self, decompressor: Any, errors: tuple[type[BaseException], ...]) -> None:
+        self._decompressor, self._errors = decompressor, errors
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._decompressor.eof or not (data or not self._decompressor.needs_input):
+            return b""
+        try:
+            out: bytes = self._decompressor.decompress(data, max_length)
+        except self._errors as exc:
+            raise ValueError(str(exc) or type(exc).__name__) from None
+        self.eof = self._decompressor.eof
+        return out
+
+
+def _bzip2() -> _Decoder:
+    import bz2
+
+    return _Standard(bz2.BZ2Decompressor(), (OSError, EOFError))  # bz2 says OSError, without an errno
+
+
+class _ZipLzma(_Decoder):
+    """LZMA as zip stores it: a version (2 bytes), the size of the properties (2 bytes), the
+    properties (a byte for lc, lp and pb, then the dictionary's size), then raw LZMA1 data."""
+
+    def __init__(self) -> None:
+        self._header = b""
+        self._decoder: _Decoder | None = None
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._decoder is None:
+            self._header += data
+            size = int.from_bytes(self._header[2:4], "little")
+            if len(self._header) < 4 or len(self._header) < 4 + size:
+                return b""
+            if size != 5:
+                raise ValueError(f"LZMA properties of {size} bytes, not 5")
+            properties, data = self._header[4:9], self._header[9:]
+            if properties[0] >= 9 * 5 * 5:
+                raise ValueError("invalid LZMA properties")
+            dictionary = int.from_bytes(properties[1:5], "little")
+            if dictionary > XZ_MEMORY_LIMIT:  # liblzma would allocate it whole, whatever the data
+                raise _TooLarge(f"a dictionary of {format_size(dictionary)}")
+            import lzma
+
+            lc, lp, pb = properties[0] % 9, properties[0] // 9 % 5, properties[0] // 45
+            try:
+                decompressor = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{
+                    "id": lzma.FILTER_LZMA1, "lc": lc, "lp": lp, "pb": pb,
+                    "dict_size": dictionary}])
+            except lzma.LZMAError as exc:  # liblzma refuses the properties
+                raise ValueError(f"invalid LZMA properties ({exc})") from None
+            self._decoder = _Standard(decompressor, (lzma.LZMAError, EOFError))
+        out = self._decoder.decompress(data, max_length)
+        self.eof = self._decoder.eof
+        return out
+
+
+_DECODERS: dict[int, Callable[[], _Decoder]] = {
+    _STORED: _Stored, _DEFLATED: _Inflate, _DEFLATE64: _Deflate64, _BZIP2: _bzip2, _LZMA: _ZipLzma}
