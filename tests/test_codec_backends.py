@@ -34,7 +34,7 @@ def test_version_verbose_names_the_libraries() -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("sc (shared-cache) ")
     shown = dict(line.split(": ", 1) for line in lines[1:])
-    assert shown.pop("large tar archives") == writer.describe()  # its cases: test_writer_process.py, below
+    assert shown.pop("large archives") == writer.describe()  # its cases: test_writer_process.py, below
     assert shown == backends()
     try:
         import isal  # noqa: F401  # only asks whether it is there
@@ -62,7 +62,7 @@ def test_version_verbose_says_a_process_bound_to_one_cpu_unpacks_alone() -> None
     result = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), *SC, "--version", "-v"],
                             capture_output=True, text=True, timeout=50, check=False)
     assert result.returncode == 0, result.stderr
-    assert "large tar archives: one process (1 usable CPU)\n" in result.stdout
+    assert "large archives: one process (1 usable CPU)\n" in result.stdout
 
 
 def _flip(data: bytes, position: int) -> bytes:

@@ -112,6 +112,40 @@ def test_a_large_archive_makes_the_same_tree_as_in_one_process(serial_members: i
     assert (kind, tree) == outcome(data, "tar", ONE_PROCESS)
 
 
+def zip_of_members(members: list[tuple[str, bytes | str | None, bytes]]) -> bytes:
+    """A zip of the same (name, content or link target, type) members as :func:`tar` takes: hard
+    links, which zip does not have, become copies of their target."""
+    import stat
+    import zipfile
+
+    contents: dict[str, bytes] = {}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content, kind in members:
+            info = zipfile.ZipInfo(name + "/" if kind == tarfile.DIRTYPE else name, (2023, 11, 14, 22, 13, 20))
+            info.create_system, info.compress_type = 3, zipfile.ZIP_DEFLATED
+            if kind == tarfile.DIRTYPE:
+                info.external_attr, data = (stat.S_IFDIR | 0o755) << 16, b""
+            elif kind == tarfile.SYMTYPE:
+                info.external_attr, data = (stat.S_IFLNK | 0o777) << 16, str(content).encode()
+            else:
+                data = contents[str(content)] if kind == tarfile.LNKTYPE else bytes(content or b"")
+                info.external_attr = (stat.S_IFREG | (0o755 if name.endswith(".sh") else 0o644)) << 16
+            contents[name] = data
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize("writers", [1, 2])
+@pytest.mark.parametrize("serial_members", [0, 1000])
+def test_a_large_zip_makes_the_same_tree_as_in_one_process(serial_members: int, writers: int) -> None:
+    data = zip_of_members(many_members(3000))
+    kind, tree = outcome(data, "zip", serial_members, writers=writers)
+    assert kind == "tree"
+    assert (kind, tree) == outcome(data, "zip", ONE_PROCESS)
+
+
 @pytest.mark.parametrize(("case", "members", "expected"), [
     ("a refusal by the child comes before a corrupt end", [
         ("a.txt", b"a", tarfile.REGTYPE), ("hard", "missing", tarfile.LNKTYPE),
@@ -184,7 +218,7 @@ def test_the_size_limit_is_kept_by_the_child() -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(damaged().filter(lambda sample: sample[1] == "tar"))
+@given(damaged().filter(lambda sample: sample[1] in ("tar", "zip")))
 def test_damaged_archives_give_the_same_outcome_in_both(sample: tuple[bytes, str]) -> None:
     data, unpacker = sample
     serial = outcome(data, unpacker, ONE_PROCESS)

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 for codec, library in backends().items():
                     print(f"{codec}: {library}")
-                print(f"large tar archives: {writer.describe()}")
+                print(f"large archives: {writer.describe()}")
             return 0
         return commands.run(options)
     except UsageError as e:

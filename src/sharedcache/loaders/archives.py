@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import stat
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Self, TypeVar
 
@@ -54,6 +55,7 @@ _FILE_MODE_MASK = 0o755  # no setuid/setgid/sticky, no write for group and other
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC  # a file, never through a link
 _OPEN_DIRECTORIES = 16   # descriptors of the directories written to last, kept open
 _T = TypeVar("_T")
+_M = TypeVar("_M")  # an archive's member, as its reader gives it
 
 
 def _set_mtime(target: int | str, mtime_ns: int, *, dir_fd: int | None = None) -> None:
@@ -479,7 +481,7 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
     made = None
     try:
         with SafeTree(dest, ctx) as made:
-            _extract_tar_members(reader, made, ctx.what)
+            _extract_members(_tar_members(reader), functools.partial(_extract_tar_member, reader), made, ctx.what)
     except CorruptDataError:
         # Not a tar at all (a page a server sent in place of the file...): say what it is.
         other = what_data_is(head) if codec is None and made is not None and not made.entries else None
@@ -490,27 +492,32 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
         archive.close()
 
 
-def _extract_tar_members(reader: TarReader, tree: SafeTree, what: str) -> None:
-    """Unpack the members read by ``reader`` into ``tree``; past the first ones, in a writer process
+def _extract_members(members: Iterable[_M], extract: Callable[[_M, SafeTree | WriterProcess], None],
+                     tree: SafeTree, what: str) -> None:
+    """Unpack ``members`` with ``extract`` into ``tree``; past the first ones, in writer processes
     (see :mod:`sharedcache.loaders.writer`) when the archive turns out to have many."""
     from . import writer
 
     target: SafeTree | writer.WriterProcess = tree
-    members = 0
     try:
-        while (member := reader.next()) is not None:
-            if members == writer.SERIAL_MEMBERS and writer.available():
+        for count, member in enumerate(members):
+            if count == writer.SERIAL_MEMBERS and writer.available():
                 with contextlib.suppress(OSError):  # no process to be had: one will do
                     target = writer.WriterProcess(tree, what)
-            _extract_tar_member(reader, member, target)
-            members += 1
-        # Read the end of the compressed stream too, so that its trailer (CRC, length) is checked.
-        reader.drain()
+            extract(member, target)
         target.finish()
     except BaseException as failure:
         if isinstance(target, writer.WriterProcess):
             raise target.abandon(failure) from None
         raise
+
+
+def _tar_members(reader: TarReader) -> Iterator[TarMember]:
+    """The members ``reader`` reads, then the end of the compressed stream too, so that its trailer
+    (CRC, length) is checked."""
+    while (member := reader.next()) is not None:
+        yield member
+    reader.drain()
 
 
 def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | WriterProcess) -> None:
@@ -556,13 +563,8 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
                     raise CorruptDataError(f"cannot unpack {ctx.what} as a zip archive: it is {other}") from None
                 raise
             with SafeTree(dest, ctx) as tree:
-                declared, size = 0, os.fstat(file.fileno()).st_size
-                for member in reader.members():
-                    # Each member stops at its declared size: check those against the archive's.
-                    declared += member.file_size
-                    check_expansion(declared, size, ctx.what)
-                    _extract_zip_member(reader, member, tree)
-                tree.finish()
+                _extract_members(_checked(reader, os.fstat(file.fileno()).st_size, ctx.what),
+                                 functools.partial(_extract_zip_member, reader), tree, ctx.what)
     finally:
         spool.unlink(missing_ok=True)
 
@@ -579,7 +581,17 @@ def _zip_entries(path: Path) -> int:
             return 0
 
 
-def _extract_zip_member(reader: ZipReader, member: ZipMember, tree: SafeTree) -> None:
+def _checked(reader: ZipReader, size: int, what: str) -> Iterator[ZipMember]:
+    """The members of the zip archive of ``size`` bytes that ``reader`` reads, the sum of their
+    declared sizes (at which each stops) checked against that size as they come."""
+    declared = 0
+    for member in reader.members():
+        declared += member.file_size
+        check_expansion(declared, size, what)
+        yield member
+
+
+def _extract_zip_member(reader: ZipReader, member: ZipMember, tree: SafeTree | WriterProcess) -> None:
     name = member.name
     tree.parts(name)  # a name that leaves the tree is refused for that first, whatever the member
     kind = stat.S_IFMT(member.unix_mode)

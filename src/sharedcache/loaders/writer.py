@@ -1,13 +1,14 @@
-"""The writer processes: the files of a tar archive made by child processes while this one reads on.
+"""The writer processes: the files of an archive made by child processes while this one reads on.
 
 An unpack of many small files is bound by one core.  Parsing a header and making a file (``open``,
 ``write``, ``futimens``, ``close``) are both interpreter work, and a thread cannot share it out:
 the second thread would wait for the interpreter lock after every system call.  So past
-:data:`SERIAL_MEMBERS` members, :func:`~sharedcache.loaders.archives.extract_tar` forks.  The
-children go on with the :class:`~sharedcache.loaders.archives.SafeTree` as fork copied it: every
-rule, and all its state (the directories made and their descriptors, the links to check at the
-end, the entry count, the bytes charged to the size limit).  The parent decompresses and parses,
-and sends each member down a pipe.  Small archives never fork: for them the fork would cost more
+:data:`SERIAL_MEMBERS` members, the unpacking of a tar or zip archive
+(:mod:`sharedcache.loaders.archives`) forks.  The children go on with the
+:class:`~sharedcache.loaders.archives.SafeTree` as fork copied it: every rule, and all its state
+(the directories made and their descriptors, the links to check at the end, the entry count, the
+bytes charged to the size limit).  The parent reads, decompresses and parses, and sends each
+member down a pipe.  Small archives never fork: for them the fork would cost more
 than it saves.  Nor does a process that may use only one CPU (:func:`available`): there the
 processes would only take turns.
 
@@ -145,7 +146,7 @@ def _can_fork() -> bool:
 
 
 def describe() -> str:
-    """How this process would unpack a large tar archive, for ``sc --version -v``."""
+    """How this process would unpack a large archive, for ``sc --version -v``."""
     if not _can_fork():
         return "one process (no fork, or no /proc to find descriptors)"
     cpus = usable_cpus()
