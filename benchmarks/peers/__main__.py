@@ -36,6 +36,7 @@ Workloads (--only picks some; the workloads' modules say more):
   W9  the standard library as .tar.gz/.xz/.zst against the GNU pipeline, tmpfs and disk
   W10 --members small files against the GNU pipeline, tmpfs and disk
   W11 md5:, sha256:, sha512: against no checksum on W1's archive
+  W12 the --members small files of W10 as a .zip against curl then unzip, tmpfs and disk
 """
 
 
@@ -46,11 +47,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(RUNNERS), help="workloads, e.g. W1,W3")
     p.add_argument("--repeat", type=int, default=3,
-                   help="runs per median in W1, W2, W7, W9, W10, W11 (default 3)")
+                   help="runs per median in W1, W2, W7, W9-W12 (default 3)")
     p.add_argument("--json", type=Path, help="results file (default benchmarks/results/peers-<time>.json)")
     p.add_argument("--baseline", type=Path,
                    help="another checkout of the project: W3 and W4 measure its sc and use() too "
-                        "(and W9-W11 its sc), from DIR/.venv (made when missing)")
+                        "(and W9-W12 its sc), from DIR/.venv (made when missing)")
     p.add_argument("--goals-markdown", action="store_true",
                    help="print the goals as a Markdown table and exit")
     p.add_argument("--size-mb", type=float, default=200, help="W1 archive size (default 200)")
@@ -67,15 +68,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--link-rate-mb", type=float, default=5,
                    help="W8 origin, MB/s per connection (default 5)")
     p.add_argument("--members", default="50000",
-                   help="W10 archive sizes in members, e.g. 50000,1000000 (default 50000)")
+                   help="W10 and W12 archive sizes in members, e.g. 50000,1000000 (default 50000)")
     p.add_argument("--every-contender", action="store_true",
                    help="W9, W10: sc --use md5: and the peers too (a longer run)")
     p.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
                    help="the working directory's parent, on the disk (default: the temp directory)")
     p.add_argument("--tmpfs", type=Path, default=Path("/dev/shm"),
-                   help="the tmpfs where W9-W11 measure (default /dev/shm)")
+                   help="the tmpfs where W9-W12 measure (default /dev/shm)")
     p.add_argument("--on", default="tmpfs,disk",
-                   help="where W9-W11 measure: tmpfs, disk or both (default tmpfs,disk)")
+                   help="where W9-W12 measure: tmpfs, disk or both (default tmpfs,disk)")
     p.add_argument("--keep-work", action="store_true", help="keep the working directory")
     args = p.parse_args(argv)
     args.only = [w.strip().upper() for w in args.only.split(",") if w.strip()]

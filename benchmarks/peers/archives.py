@@ -1,4 +1,4 @@
-"""The archives of W9 and W10, made deterministically and kept between runs.
+"""The archives of W9, W10 and W12, made deterministically and kept between runs.
 
 * The software tree (W9): the standard library of the interpreter running the benchmark
   (``sysconfig``'s ``stdlib`` directory: its modules, data and tests, without ``site-packages``,
@@ -7,7 +7,8 @@
   (zstd -3, the zstd command's default level).
 * Many small files (W10): ``members`` files of 1,000 to 8,192 bytes, 1,000 to a directory, made of
   lines drawn from a pool of 64 random lines (text that compresses as source code does), as
-  .tar.gz (gzip -6).
+  .tar.gz (gzip -6); and the same files as a zip (W12: deflate at level 6, as Info-ZIP's default,
+  with an entry for each directory).
 
 Making them takes a while (the .tar.xz about a minute), so each is kept in
 ``benchmarks/results/archives`` with a JSON file of its facts, and made again only when missing.
@@ -24,6 +25,8 @@ import platform
 import random
 import sysconfig
 import tarfile
+import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -126,27 +129,55 @@ def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def _small_files(members: int) -> Iterator[tuple[str, bytes | None]]:
+    """The entries of the small-files tree, in order: (name, content), content None for a
+    directory."""
+    rng = random.Random(f"small-files-{members}")
+    pool = [rng.randbytes(32).hex().encode() + b"\n" for _ in range(64)]
+    for i in range(members):
+        if i % 1000 == 0:
+            yield f"small/{i // 1000:04d}", None
+        size = rng.randrange(1000, 8193)
+        yield f"small/{i // 1000:04d}/file-{i:07d}.txt", b"".join(rng.choices(pool, k=size // 65 + 1))[:size]
+
+
 def small_files(directory: Path, members: int) -> Archive:
     """``members`` files of 1,000-8,192 bytes as ``small-<members>.tar.gz``."""
 
     def make(path: Path) -> tuple[int, int, int]:
-        rng = random.Random(f"small-files-{members}")
-        pool = [rng.randbytes(32).hex().encode() + b"\n" for _ in range(64)]
         content = disk = 0
         with _compressed(path, "gz") as out, \
              tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for i in range(members):
-                if i % 1000 == 0:
-                    tar.addfile(_entry(f"small/{i // 1000:04d}", tarfile.DIRTYPE, 0o755, 0))
-                size = rng.randrange(1000, 8193)
-                data = b"".join(rng.choices(pool, k=size // 65 + 1))[:size]
-                tar.addfile(_entry(f"small/{i // 1000:04d}/file-{i:07d}.txt", tarfile.REGTYPE,
-                                   0o644, size), io.BytesIO(data))
-                content += size
-                disk += _allocated(size)
+            for name, data in _small_files(members):
+                if data is None:
+                    tar.addfile(_entry(name, tarfile.DIRTYPE, 0o755, 0))
+                    continue
+                tar.addfile(_entry(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+                content += len(data)
+                disk += _allocated(len(data))
         return members, content, disk
 
     return _kept(directory, f"small-{members}.tar.gz", make)
+
+
+def small_files_zip(directory: Path, members: int) -> Archive:
+    """The files of :func:`small_files` as ``small-<members>.zip``."""
+
+    def make(path: Path) -> tuple[int, int, int]:
+        content = disk = 0
+        when = time.gmtime(MTIME)[:6]
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+            for name, data in _small_files(members):
+                info = zipfile.ZipInfo(name + "/" if data is None else name, when)
+                info.create_system, info.compress_type = 3, zipfile.ZIP_DEFLATED
+                info.external_attr = (0o40755 if data is None else 0o100644) << 16
+                archive.writestr(info, data or b"")
+                if data is not None:
+                    content += len(data)
+                    disk += _allocated(len(data))
+        return members, content, disk
+
+    return _kept(directory, f"small-{members}.zip", make)
 
 
 def _entry(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:

@@ -93,7 +93,8 @@ class Bench:
 
     def archive(self, key: str) -> Archive:
         """The archive of a workload: "w1", "w2", "w8", "big" (generated for this run),
-        "w9-gz", "w9-xz", "w9-zst", "w10-<members>" (kept between runs, see :mod:`.archives`)."""
+        "w9-gz", "w9-xz", "w9-zst", "w10-<members>", "w12-<members>" (kept between runs, see
+        :mod:`.archives`)."""
         if key not in self._archives:
             if key.startswith("w9-"):
                 log(f"the standard library as .tar.{key[3:]} (made once, then kept)")
@@ -101,6 +102,9 @@ class Bench:
             elif key.startswith("w10-"):
                 log(f"{int(key[4:]):,} small files as .tar.gz (made once, then kept)")
                 self._archives[key] = archives.small_files(KEPT_ARCHIVES, int(key[4:]))
+            elif key.startswith("w12-"):
+                log(f"{int(key[4:]):,} small files as .zip (made once, then kept)")
+                self._archives[key] = archives.small_files_zip(KEPT_ARCHIVES, int(key[4:]))
             else:
                 megabytes, small_files = {
                     "w1": (self.args.size_mb, self.args.small_files),

@@ -7,7 +7,8 @@ and prints the path of the unpacked tree.
 * ``pooch``: ``pooch.retrieve(url, known_hash="md5:...", processor=pooch.Untar())``;
 * ``cached_path``: ``cached_path(url, cache_dir=..., extract_archive=True)`` (it has no checksum);
 * ``curl pipeline``: ``curl -sf URL | tee >(md5sum) | tar xz -C DIR`` in bash, then a comparison
-  of the sum: one stream through standard tools, the practical limit for one stream;
+  of the sum: one stream through standard tools, the practical limit for one stream; for a zip,
+  which needs random access, ``curl -sf URL | tee >(md5sum) >FILE`` then ``unzip -q FILE -d DIR``;
 * ``curl pipeline+sync``: the same, then ``sync -f DIR``: the pipeline with the promise ``sc``
   keeps, that the tree is on stable storage when the command returns (W9, W10);
 * with ``--baseline DIR``: ``sc --use (baseline)`` and ``sharedcache.use() (baseline)``, the same
@@ -71,27 +72,36 @@ def fetch():
     return cached_path(URL, cache_dir=DEST, extract_archive=True, quiet=True)
 """
 
-#: The reference: one stream through curl, tee, a checksum tool and tar.  The checksum tool reads
-#: fd 3 rather than a process substitution inside the pipeline, so that bash can close its input
-#: and wait for it.  Arguments: URL HEX DEST TOOL TAR-FLAG (md5sum -z, sha256sum --zstd...), and
-#: "sync" to flush the tree's file system before answering.
+#: The reference: one stream through curl, tee, a checksum tool and tar (or into a file that unzip
+#: then reads).  The checksum tool reads fd 3 rather than a process substitution inside the
+#: pipeline, so that bash can close its input and wait for it.  Arguments: URL HEX DEST TOOL
+#: UNPACK (a tar flag, as md5sum -z, sha256sum --zstd..., or "unzip"), and "sync" to flush the
+#: tree's file system before answering.
 CURL_PIPELINE = """\
 set -o pipefail
 mkdir -p "$3/tree"
 exec 3> >("$4" >"$3/sum")
-curl -sf "$1" | tee /dev/fd/3 | tar -x "$5" -f - -C "$3/tree"
+if [ "$5" = unzip ]; then
+    curl -sf "$1" | tee /dev/fd/3 >"$3/archive" && unzip -q "$3/archive" -d "$3/tree"
+else
+    curl -sf "$1" | tee /dev/fd/3 | tar -x "$5" -f - -C "$3/tree"
+fi
 status=$?
+rm -f "$3/archive"
 exec 3>&-
 wait $!
 [ $status -eq 0 ] && [ "$6" = sync ] && { sync -f "$3/tree" || status=$?; }
 [ $status -eq 0 ] && read -r sum _ <"$3/sum" && [ "$sum" = "$2" ] && echo "$3/tree"
 """
 
-#: how GNU tar is told each compression, by the archive's name suffix
-TAR_FLAGS = {".tar.gz": "-z", ".tar.xz": "-J", ".tar.zst": "--zstd"}
+#: how the pipeline unpacks each archive, by its name's suffix: GNU tar's flag for the compression,
+#: or unzip
+UNPACKS = {".tar.gz": "-z", ".tar.xz": "-J", ".tar.zst": "--zstd", ".zip": "unzip"}
 #: the compressions Python's tarfile reads (pooch and cached_path unpack with it)
 TARFILE_FORMATS = frozenset({".tar.gz", ".tar.xz"})
-ALL_FORMATS = frozenset(TAR_FLAGS)
+#: the archives that the project's contenders unpack through the sharedcache API
+TAR_FORMATS = frozenset(suffix for suffix in UNPACKS if suffix.startswith(".tar"))
+ALL_FORMATS = frozenset(UNPACKS)
 
 
 @dataclass(frozen=True)
@@ -139,8 +149,9 @@ def python_contender(key: str, label: str, kind: str, python: Path, recipe: str,
 
 def sc_contender(key: str, label: str, kind: str, sc: Path) -> Contender:
     def argv(t: Target) -> list[str]:
+        unpacker = "zip" if t.filename.endswith(".zip") else "tar"
         return [str(sc), "--use", "-d", str(t.dest), "-n", t.name, f"http:{t.url}",
-                *filter(None, [t.digest]), "tar", *t.extra]
+                *filter(None, [t.digest]), unpacker, *t.extra]
 
     return Contender(key, label, kind, argv, in_process=False,
                      unavailable="" if sc.exists() else f"{sc} not found")
@@ -148,7 +159,7 @@ def sc_contender(key: str, label: str, kind: str, sc: Path) -> Contender:
 
 def curl_argv(t: Target, *, flush: bool = False) -> list[str]:
     algorithm, _, hexdigest = t.digest.partition(":")
-    flag = next(flag for suffix, flag in TAR_FLAGS.items() if t.filename.endswith(suffix))
+    flag = next(flag for suffix, flag in UNPACKS.items() if t.filename.endswith(suffix))
     return ["bash", "-c", CURL_PIPELINE, "curl-pipeline", t.url, hexdigest, str(t.dest),
             f"{algorithm}sum", flag, "sync" if flush else ""]
 
@@ -159,11 +170,12 @@ def contenders(scripts: Path, python: Path, peers: PeerEnv, baseline: Path | Non
     the project's from that checkout."""
     scripts.mkdir(parents=True, exist_ok=True)
     missing_tools = [tool for tool in ("bash", "curl", "tee", "md5sum", "sha256sum", "tar", "gzip",
-                                       "xz", "zstd", "sync") if shutil.which(tool) is None]
+                                       "xz", "zstd", "unzip", "sync") if shutil.which(tool) is None]
     missing = f"missing {', '.join(missing_tools)}" if missing_tools else ""
     project = [
         sc_contender("sc-cli", "sc --use", "project", python.parent / "sc"),
-        python_contender("sc-api", "sharedcache.use()", "project", python, SC_API_RECIPE, scripts),
+        python_contender("sc-api", "sharedcache.use()", "project", python, SC_API_RECIPE, scripts,
+                         formats=TAR_FORMATS),
     ]
     if baseline is not None:  # each right after its counterpart, so that both see the same load
         old = baseline / ".venv" / "bin"
@@ -171,7 +183,7 @@ def contenders(scripts: Path, python: Path, peers: PeerEnv, baseline: Path | Non
                                        old / "sc"))
         project.append(python_contender(
             "sc-api-baseline", "sharedcache.use() (baseline)", "baseline", old / "python",
-            SC_API_RECIPE, scripts,
+            SC_API_RECIPE, scripts, formats=TAR_FORMATS,
             unavailable="" if (old / "python").exists() else f"{old / 'python'} not found"))
     return [
         *project,

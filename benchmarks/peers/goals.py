@@ -65,6 +65,12 @@ GOALS: tuple[GoalSpec, ...] = (
              "smallest (needs two sizes in `--members`)", 1.2, "x"),
     GoalSpec("W11", "W11", "`sc --use` with md5:, sha256:, sha512:, against no checksum", 1.05,
              "x"),
+    GoalSpec("W12", "W12", "`sc --use` on many small files as a zip, against curl then unzip, on "
+             "tmpfs and on the disk", 1.0, "x"),
+    GoalSpec("W12-rss", "W12", "peak RSS of `sc --use` at every size (1,000,000 members with "
+             "`--members`)", 64, "MiB"),
+    GoalSpec("W12-linear", "W12", "`sc --use` time per member at the largest size against the "
+             "smallest (needs two sizes in `--members`)", 1.2, "x"),
 )
 
 BY_KEY = {spec.key: spec for spec in GOALS}

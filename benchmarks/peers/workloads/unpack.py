@@ -1,4 +1,4 @@
-"""W9 and W10: real archives against the GNU pipeline, on tmpfs and on the disk.
+"""W9, W10 and W12: real archives against the GNU pipeline (and unzip), on tmpfs and on the disk.
 
 W9 software tree: the standard library of the interpreter running the benchmark, as .tar.gz,
 .tar.xz and .tar.zst (see :mod:`..archives`).  Contenders: ``sc --use`` with ``sha256:`` and with
@@ -9,6 +9,8 @@ W10 many small files: ``--members`` files of 1-8 KB as .tar.gz (default 50,000; 
 1,000,000), the same contenders (the peers at the first size only: at a million members they
 take minutes a run), with the peak RSS of every run.  With two sizes, the time per member of
 ``sc --use`` at the largest against the smallest shows whether time grows linearly.
+W12 many small files as a zip: the same files as .zip, against ``curl URL | tee >(sha256sum)
+>FILE`` then ``unzip -q FILE`` (a zip needs random access: unzip cannot read a stream).
 
 Each measures every contender ``--repeat`` times, interleaved, on each file system of ``--on``
 (``--tmpfs`` and the disk, under ``--tmp``), each run cold into a fresh directory, removed
@@ -56,31 +58,40 @@ def w9_software_tree(b: Bench) -> Workload:
 
 
 def w10_small_files(b: Bench) -> Workload:
+    return _many_files(b, "W10", "tar.gz")
+
+
+def w12_small_files_zip(b: Bench) -> Workload:
+    return _many_files(b, "W12", "zip")
+
+
+def _many_files(b: Bench, workload: str, suffix: str) -> Workload:
+    """W10 or W12: ``--members`` small files as ``suffix``, with the goals of ``workload``."""
     sizes = b.args.members
-    w = Workload("W10", f"many small files: {', '.join(f'{n:,}' for n in sizes)} files of "
-                 "1-8 KB as .tar.gz", "s", "GNU pipeline",
+    w = Workload(workload, f"many small files: {', '.join(f'{n:,}' for n in sizes)} files of "
+                 f"1-8 KB as .{suffix}", "s", "GNU pipeline" if suffix.startswith("tar") else "unzip",
                  params={"repeat": b.args.repeat, "members": sizes})
     for filesystem in b.filesystems:
         per_member = {}
         for n, members in enumerate(sizes):
-            archive = b.archive(f"w10-{members}")
+            archive = b.archive(f"{workload.lower()}-{members}")
             w.params[f"archive_bytes_{members}"] = archive.size
             chosen = [e for e in chosen_contenders(b) if n == 0 or e.contender.kind != "peer"]
-            attempts = interleaved(b, archive, chosen, filesystem, f"w10-{members}", rss=True)
+            attempts = interleaved(b, archive, chosen, filesystem, f"{workload.lower()}-{members}", rss=True)
             made = rows(archive, chosen, attempts, REFERENCE,
                         f"{filesystem} {members:,} ({archive.size / MB:.0f} MB): ", rss=True,
                         also=FLUSHED)
             w.rows += made
             sc = next((r for r in made if r.contender.endswith(": " + SC)), None)
-            w.check("W10", f"{filesystem}, {members:,} members", None if sc is None else sc.ratio)
-            w.check("W10-rss", f"{filesystem}, {members:,} members",
+            w.check(workload, f"{filesystem}, {members:,} members", None if sc is None else sc.ratio)
+            w.check(f"{workload}-rss", f"{filesystem}, {members:,} members",
                     None if sc is None else sc.data.get("peak_rss_mib"))
             per_member[members] = None if sc is None else sc.data.get("us_per_member")
         if len(sizes) > 1:
-            w.check("W10-linear", f"{filesystem}, {max(sizes):,} against {min(sizes):,}",
+            w.check(f"{workload}-linear", f"{filesystem}, {max(sizes):,} against {min(sizes):,}",
                     ratio(per_member[max(sizes)], per_member[min(sizes)]))
         else:
-            w.check("W10-linear", f"{filesystem} (one size)", None)
+            w.check(f"{workload}-linear", f"{filesystem} (one size)", None)
     return w
 
 
