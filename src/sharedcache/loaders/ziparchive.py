@@ -63,16 +63,18 @@ _SATURATED = 0xFFFFFFFF
 
 
 class ZipMember:
-    """One record of the central directory."""
+    """One record of the central directory: its name as unzip reads it, and the stored one; its
+    sizes, CRC, method, flags and DOS time; where its local header is; who made it and the
+    attributes they recorded."""
 
     __slots__ = ("compress_size", "crc", "create_system", "date_time", "external_attr", "file_size", "flags",
                  "header_offset", "method", "name", "stored_name")
 
     def __init__(self, record: tuple[Any, ...], stored_name: bytes, extra: dict[int, bytes], concat: int) -> None:
-        (_, _, self.create_system, _, _, self.flags, self.method, time, date, self.crc, compress_size,
+        (_, _, self.create_system, _, _, self.flags, self.method, dos_time, dos_date, self.crc, compress_size,
          file_size, *_, self.external_attr, header_offset) = record
-        self.date_time = ((date >> 9) + 1980, (date >> 5) & 0xF, date & 0x1F, time >> 11, (time >> 5) & 0x3F,
-                          (time & 0x1F) * 2)
+        self.date_time = ((dos_date >> 9) + 1980, (dos_date >> 5) & 0xF, dos_date & 0x1F, dos_time >> 11,
+                          (dos_time >> 5) & 0x3F, (dos_time & 0x1F) * 2)
         self.stored_name = stored_name
         zip64 = extra.get(_ZIP64, b"")
         values = [file_size, compress_size, header_offset]
