@@ -197,10 +197,12 @@ class ZipReader:
         return count
 
     def members(self) -> Iterator[ZipMember]:
+        """Each record, in the directory's order; one that cannot be read (a name flagged UTF-8
+        that is not, a Zip64 field missing) makes the directory corrupt."""
         for fields, name, extra in self._records():
             try:
                 yield ZipMember(fields, name, extra_fields(extra), self._concat)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except ValueError as exc:  # UnicodeDecodeError is one
                 raise self._corrupt(f"the record of {quoted(name.decode('cp437'))}: {exc}") from None
 
     def local_header(self, member: ZipMember) -> tuple[dict[int, bytes], int]:
