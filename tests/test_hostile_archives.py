@@ -534,6 +534,40 @@ def test_zip_bomb_is_refused_before_anything_is_written(box: Box, monkeypatch: p
     assert Box(box.root / "again").refused(bomb, "zip", limit=MiB, expected=SizeLimitError).endswith("1.0 MiB")
 
 
+def _overlapping_zip(case: str) -> bytes:
+    """A zip of ``case``: 50 central records for one member's local header and data, or a member
+    stored inside the data of another, as the zip bombs that expand millions of times nest them."""
+    import struct
+
+    inner = zip_of(("inner", bytes(MiB), stat.S_IFREG | 0o644))
+    directory = inner.rindex(b"PK\x01\x02")
+    record, trailer = inner[directory:inner.rindex(b"PK\x05\x06")], bytearray(inner[inner.rindex(b"PK\x05\x06"):])
+    if case == "shared":
+        records = record * 50
+        body = inner[:directory]
+    else:
+        outer = zip_of(("outer", inner[:directory], stat.S_IFREG | 0o644), method=zipfile.ZIP_STORED)
+        outer_directory = outer.rindex(b"PK\x01\x02")
+        moved = bytearray(record)
+        struct.pack_into("<L", moved, 42, 30 + len("outer"))  # inner's local header, inside outer's data
+        records = outer[outer_directory:outer.rindex(b"PK\x05\x06")] + bytes(moved)
+        body = outer[:outer_directory]
+    count = records.count(b"PK\x01\x02")
+    struct.pack_into("<HHLL", trailer, 8, count, count, len(records), len(body))
+    return body + records + bytes(trailer)
+
+
+@pytest.mark.parametrize("case", ["shared", "nested"])
+def test_zip_members_overlapping_are_refused(box: Box, case: str) -> None:
+    """Members whose data overlap add up to more compressed data than the archive holds: with 50
+    records for one member, 50 MiB would come of 4 KB, under the bomb limits here."""
+    archive = _overlapping_zip(case)
+    assert len(zipfile.ZipFile(io.BytesIO(archive)).namelist()) == (50 if case == "shared" else 2)
+    message = box.refused(archive, "zip")
+    assert "members overlap" in message, message
+    assert not any(box.dest.rglob("inner"))
+
+
 def test_zip_member_lying_about_its_size(box: Box) -> None:
     archive = bytearray(zip_of(("f", b"x" * 1000, stat.S_IFREG | 0o644), method=zipfile.ZIP_STORED))
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central headers

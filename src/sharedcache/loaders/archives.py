@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from ..errors import CorruptDataError, UnsafeArchiveError, quoted
+from ..sizes import format_size
 from .codecs import check_expansion, decompressing, sniff, what_data_is
 from .protocol import Context
 from .streams import CHUNK, Layer, Prefetch, Stream
@@ -582,11 +583,20 @@ def _zip_entries(path: Path) -> int:
 
 
 def _checked(reader: ZipReader, size: int, what: str) -> Iterator[ZipMember]:
-    """The members of the zip archive of ``size`` bytes that ``reader`` reads, the sum of their
-    declared sizes (at which each stops) checked against that size as they come."""
-    declared = 0
+    """The members of the zip archive of ``size`` bytes that ``reader`` reads, with two sums
+    checked against that size as they come: their declared sizes (at which each stops), and their
+    compressed data.  Members that do not overlap fit in the archive; ones that share their data
+    (the trick of the zip bombs that expand millions of times, with each member under the bomb
+    limits) add up to more.  It takes no memory, where sorting the members' places would."""
+    declared = compressed = 0
     for member in reader.members():
         declared += member.file_size
+        compressed += member.compress_size
+        if compressed > size:
+            raise UnsafeArchiveError(
+                f"unsafe archive {what}: its members overlap (their compressed data add up to "
+                f"{format_size(compressed)} by {quoted(member.name)}, in an archive of {format_size(size)}), "
+                "a likely decompression bomb")
         check_expansion(declared, size, what)
         yield member
 
