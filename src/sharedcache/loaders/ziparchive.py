@@ -345,11 +345,12 @@ class _Deflate64(_Decoder):
             raise ImportError("it is compressed with Deflate64, which needs the inflate64 package "
                               "(not installed)") from None
         self._inflater = inflate64.Inflater()
-        self._input = b""
+        self._input = memoryview(b"")  # taken from the front: a view, so that nothing is copied
         self._output = memoryview(b"")
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
-        self._input = self._input + data if self._input else data
+        if data:  # given only once the input before it is used up (see _MemberData.read)
+            self._input = memoryview(bytes(self._input) + data if self._input else data)
         while not self._output and self._input and not self._inflater.eof:
             piece, self._input = self._input[:_DEFLATE64_INPUT], self._input[_DEFLATE64_INPUT:]
             self._output = memoryview(self._inflater.inflate(piece))  # ValueError for corrupt data
