@@ -556,6 +556,31 @@ def test_zip_memory_does_not_grow_with_its_members(tmp_path: Path, monkeypatch: 
     assert large < small + 2 * CHUNK + 2**20, (small, large)
 
 
+def test_zip_entry_cap_refuses_before_any_member_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap on entries is checked on the count of the central directory's records, before any
+    member is read or made: the reader's members are never asked for, and the tree stays empty.
+    (The hostile corpus's test of the cap watched zipfile, which the unpacker no longer uses.)"""
+    from sharedcache.loaders import archives, ziparchive
+
+    listed: list[object] = []
+    members = ziparchive.ZipReader.members
+
+    def watched(reader: ziparchive.ZipReader) -> object:
+        listed.append(reader)
+        return members(reader)
+
+    monkeypatch.setattr(ziparchive.ZipReader, "members", watched)
+    source = put(tmp_path, "many.zip", make_zip({f"d/f{i}": b"x" for i in range(300)}))
+    monkeypatch.setattr(archives, "MAX_ENTRIES", 299)
+    with pytest.raises(UnsafeArchiveError, match=r": more than 299 members$"):
+        populate(tmp_path / "capped", source, "zip")
+    assert not listed
+    assert not any((tmp_path / "capped" / "box" / "dest").iterdir())
+    monkeypatch.setattr(archives, "MAX_ENTRIES", 301)  # 300 files and their directory
+    assert len(list(populate(tmp_path / "under", source, "zip").rglob("f*"))) == 300
+    assert listed
+
+
 def test_zip_limit_and_corruption(tmp_path: Path) -> None:
     source = put(tmp_path, "a.zip", make_zip({"a": b"0" * 10_000}))
     with pytest.raises(SizeLimitError):
