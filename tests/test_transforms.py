@@ -168,6 +168,18 @@ def test_concatenated_streams_are_read_through(tmp_path: Path, codec: str) -> No
     assert (dest / "two").read_bytes() == b"first\nsecond\n"
 
 
+def test_gzip_streams_that_end_inside_a_chunk_of_input(tmp_path: Path) -> None:
+    """The inflater is given its input in pieces smaller than a chunk: a stream that ends in one of
+    them is followed by the rest of the chunk, read on as the next stream, or refused at the byte
+    where the stream ended."""
+    first = gzip.compress(os.urandom(300_000))  # ends in the fifth piece of its chunk
+    second = gzip.compress(b"x" * 5_000_000)  # inflates many times: its output fills the buffer first
+    dest = populate(tmp_path / "both", put(tmp_path, "two.gz", first + second + first), "gunzip")
+    assert (dest / "two").read_bytes() == gzip.decompress(first) + b"x" * 5_000_000 + gzip.decompress(first)
+    with pytest.raises(CorruptDataError, match=f"what follows its end at byte {len(first)} is not gzip data"):
+        populate(tmp_path / "garbage", put(tmp_path, "garbage.gz", first + b"garbage" * 1000), "gunzip")
+
+
 #: What may follow the last stream, as gzip -d and xz -d read it: gzip's trailing zeros (a
 #: blocked tape's padding, which gzip ignores silently), xz's stream padding (zero bytes, a multiple
 #: of four, after or between streams: part of the format).  Anything else is refused, with what

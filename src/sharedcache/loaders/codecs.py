@@ -183,13 +183,23 @@ def backends() -> dict[str, str]:
             "zstd": f"libzstd {zstd} (zstandard {zstandard.__version__})", "deflate64": deflate64}
 
 
+#: Compressed bytes given to zlib at once.  What a call leaves unconsumed (its output full), zlib
+#: copies into ``unconsumed_tail``: given a chunk of data that inflates twenty times, it copied the
+#: rest of the chunk at each of the twenty calls, and inflating took 1.65 times as long.  (The zip
+#: reader's inflater takes a chunk at a time: it fills each read to the size asked, and outputs cut
+#: at these pieces' ends would cost it a copy to join them, 86 against 73 ms for a member of 195 MB
+#: that inflates thirty times.)
+_INFLATE_INPUT = 64 << 10
+
+
 class _GzipDecoder:
     """A gzip-mode zlib decompressor (which checks the CRC and length trailer) behind the bz2/lzma
-    interface."""
+    interface, given its input :data:`_INFLATE_INPUT` bytes at a time."""
 
     def __init__(self) -> None:
         inflate = inflate_module()
         self._zlib = inflate.decompressobj(16 + inflate.MAX_WBITS)
+        self._input = memoryview(b"")  # what zlib has not been given yet
         self.needs_input = True
 
     @property
@@ -198,13 +208,17 @@ class _GzipDecoder:
 
     @property
     def unused_data(self) -> bytes:
-        return bytes(self._zlib.unused_data)
+        return bytes(self._zlib.unused_data) + bytes(self._input)
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
-        tail = self._zlib.unconsumed_tail
-        out: bytes = self._zlib.decompress(tail + data if tail else data, max_length)
+        if data:  # given when it needs input: all it was given before is used up
+            self._input = memoryview(data)
+        piece = self._zlib.unconsumed_tail
+        if not piece:
+            piece, self._input = self._input[:_INFLATE_INPUT], self._input[_INFLATE_INPUT:]
+        out: bytes = self._zlib.decompress(piece, max_length)
         # A full output buffer may leave output pending inside zlib even with all input consumed.
-        self.needs_input = not self._zlib.unconsumed_tail and len(out) < max_length
+        self.needs_input = not self._zlib.unconsumed_tail and not self._input and len(out) < max_length
         return out
 
 
