@@ -66,6 +66,7 @@ class Run:
     started: float        # time.perf_counter() values
     ended: float
     timed_out: bool = False
+    cpu_seconds: float = 0.0  # user and system, of it and the descendants it waited for
 
     @property
     def ok(self) -> bool:
@@ -115,6 +116,7 @@ class Child:
         self.ended = 0.0
         self._status = 0
         self._maxrss = 0
+        self._cpu = 0.0
         self._reaper = threading.Thread(target=self._reap, daemon=True)
         self._reaper.start()
 
@@ -123,6 +125,7 @@ class Child:
         self.ended = time.perf_counter()
         self._status = os.waitstatus_to_exitcode(status)
         self._maxrss = usage.ru_maxrss
+        self._cpu = usage.ru_utime + usage.ru_stime
         self.proc.returncode = self._status  # reaped here: Popen must not wait for it again
 
     def wait(self, timeout: float) -> Run:
@@ -135,7 +138,7 @@ class Child:
             self._reaper.join(10)
         _live.pop(self.proc.pid, None)
         return Run(self.argv, self.ended - self.started, self._status, self._peak_rss(),
-                   _read(self._out), _read(self._err), self.started, self.ended, timed_out)
+                   _read(self._out), _read(self._err), self.started, self.ended, timed_out, self._cpu)
 
     def _peak_rss(self) -> int:
         if self._rss_file is None:

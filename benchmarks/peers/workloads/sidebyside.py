@@ -80,6 +80,7 @@ def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt
             continue
         times = [a.run.seconds for a in attempts[e.label] if a.ok]
         value = median(times)
+        cpu = [a.run.cpu_seconds for a in attempts[e.label] if a.ok]
         problems = sorted({a.problem for a in attempts[e.label] if a.problem})
         peak = max((a.run.maxrss_kb for a in attempts[e.label] if a.ok and rss), default=0) / 1024
         notes = [f"runs {seconds_list(times)} s"]
@@ -90,6 +91,8 @@ def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt
             notes.append(f"{value / archive.files * 1e6:.1f} us/member")
         if value:
             notes.append(f"{archive.size / MB / value:.0f} MB/s in")
+            # Two cores: what a contender spends, where wall time shows only how evenly it spreads it.
+            notes.append(f"CPU {median(cpu):.2f} s")
         if peak:
             notes.append(f"peak RSS {fmt(peak, 'MiB')} MiB")
         if not e.contender.verifies:
@@ -99,5 +102,5 @@ def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt
         made.append(Row(label, value, ratio(value, base), "; ".join(notes),
                         {"seconds": times, "problems": problems, "members": archive.files,
                          "us_per_member": None if value is None else value / archive.files * 1e6,
-                         "peak_rss_mib": peak or None}))
+                         "peak_rss_mib": peak or None, "cpu_seconds": cpu}))
     return made
