@@ -91,7 +91,7 @@ def rows(archive: Archive, chosen: list[Entry], attempts: dict[str, list[Attempt
             notes.append(f"{value / archive.files * 1e6:.1f} us/member")
         if value:
             notes.append(f"{archive.size / MB / value:.0f} MB/s in")
-            # Two cores: what a contender spends, where wall time shows only how evenly it spreads it.
+            # On two cores wall time mixes what a contender spends with how evenly it spreads it.
             notes.append(f"CPU {median(cpu):.2f} s")
         if peak:
             notes.append(f"peak RSS {fmt(peak, 'MiB')} MiB")
