@@ -183,23 +183,19 @@ def backends() -> dict[str, str]:
             "zstd": f"libzstd {zstd} (zstandard {zstandard.__version__})", "deflate64": deflate64}
 
 
-#: Compressed bytes given to zlib at once.  What a call leaves unconsumed (its output full), zlib
-#: copies into ``unconsumed_tail``: given a chunk of data that inflates twenty times, it copied the
-#: rest of the chunk at each of the twenty calls, and inflating took 1.65 times as long.  (The zip
-#: reader's inflater takes a chunk at a time: it fills each read to the size asked, and outputs cut
-#: at these pieces' ends would cost it a copy to join them, 86 against 73 ms for a member of 195 MB
-#: that inflates thirty times.)
-_INFLATE_INPUT = 64 << 10
+#: The fewest compressed bytes given to zlib at once (see :meth:`_GzipDecoder.decompress`).
+_INFLATE_PIECE = 64 << 10
 
 
 class _GzipDecoder:
     """A gzip-mode zlib decompressor (which checks the CRC and length trailer) behind the bz2/lzma
-    interface, given its input :data:`_INFLATE_INPUT` bytes at a time."""
+    interface."""
 
     def __init__(self) -> None:
         inflate = inflate_module()
         self._zlib = inflate.decompressobj(16 + inflate.MAX_WBITS)
         self._input = memoryview(b"")  # what zlib has not been given yet
+        self._given = self._made = 0  # bytes given to zlib and bytes it made: the ratio so far
         self.needs_input = True
 
     @property
@@ -215,8 +211,17 @@ class _GzipDecoder:
             self._input = memoryview(data)
         piece = self._zlib.unconsumed_tail
         if not piece:
-            piece, self._input = self._input[:_INFLATE_INPUT], self._input[_INFLATE_INPUT:]
+            # What makes about max_length bytes at the ratio so far, not the whole chunk: zlib
+            # copies what a call leaves unconsumed (its output full) into unconsumed_tail, so a
+            # chunk of W10's archive, which inflates twenty times, was copied at each of twenty
+            # calls.  Nor much less: each output goes down the layers as one chunk, and fixed
+            # pieces of 64 KiB cut incompressible data into outputs of that size (its unpack took
+            # 47% more instructions).
+            size = max(max_length * self._given // self._made, _INFLATE_PIECE) if self._made else len(self._input)
+            piece, self._input = self._input[:size], self._input[size:]
+            self._given += len(piece)
         out: bytes = self._zlib.decompress(piece, max_length)
+        self._made += len(out)
         # A full output buffer may leave output pending inside zlib even with all input consumed.
         self.needs_input = not self._zlib.unconsumed_tail and not self._input and len(out) < max_length
         return out
