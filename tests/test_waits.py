@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -178,6 +180,64 @@ def test_a_waiter_says_the_populator_is_stopped_and_gc_reports_it(tmp_path, tric
     finally:
         populator.kill()
         populator.wait(10)
+
+
+#: ``sc gc`` paused where a scheduler may pause it: it has opened the population lock file of
+#: ``slow`` and not yet locked it.  It says "opened" on stdout, then waits for a line on stdin.
+PAUSED_GC = """
+import os, sys
+from sharedcache.engine import locks
+from sharedcache.cli import main
+real_try_lock, paused = locks.try_lock, []
+def try_lock(fd, mode):
+    if not paused and os.readlink(f"/proc/self/fd/{fd}").endswith("/populate/slow.lock"):
+        paused.append(fd)
+        print("opened", flush=True)
+        sys.stdin.readline()
+    return real_try_lock(fd, mode)
+locks.try_lock = try_lock
+sys.exit(main(["gc", "-d", sys.argv[1]]))
+"""
+
+
+def test_a_gc_whose_lock_file_was_removed_meanwhile_leaves_the_new_population_alone(tmp_path, trickle):
+    # One gc removes an abandoned population's lock file while another gc has it open; a new
+    # population then makes and locks a new one.  The second gc's lock on the removed file locks
+    # nothing: it must leave the new population's lock, status record and work directory alone
+    # (else its waiters find no lock and download again, or the population loses its files).
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["-d", str(base), "-n", "slow", "--speed-limit", "0", trickle.word()]
+    populate = control(base) / "populate"
+    abandoned = sc_start("--use", *args)
+    try:
+        wait_for_population(base, "slow", abandoned)
+    finally:
+        abandoned.kill()
+        abandoned.wait(10)
+    paused = subprocess.Popen([sys.executable, "-c", PAUSED_GC, str(base)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sc_env())
+    populator = None
+    try:
+        assert select.select([paused.stdout], [], [], 30)[0], "the paused gc never opened the lock file"
+        assert paused.stdout.readline() == "opened\n", paused.communicate(timeout=30)
+        first = sc("gc", "-d", str(base))
+        assert first.returncode == 0, first.stderr
+        assert not (populate / "slow.lock").exists(), "the abandoned population was not cleaned"
+        populator = sc_start("--use", *args)
+        wait_for_population(base, "slow", populator)
+        held = (populate / "slow.lock").stat().st_ino
+        files = sorted(os.listdir(populate))
+        _, err = paused.communicate("go\n", timeout=60)
+        assert paused.returncode == 0, err
+        assert sorted(os.listdir(populate)) == files
+        assert (populate / "slow.lock").stat().st_ino == held
+        assert populator.poll() is None, populator.communicate()
+    finally:
+        for proc in (paused, populator):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
 
 def test_timeout_bounds_the_command_s_own_population(tmp_path, trickle):

@@ -54,5 +54,12 @@ Acquire (``sc --use``, :func:`use`)
 
 Release (``sc --unuse``) drops one lease of the owner; the engine deletes the entry in the same
 transaction if no live use remains and it is not kept.  The link is then removed under the
-population lock, so it never disappears under a population that is recreating it.
+population lock (checked as in step 2), so it never disappears under a population that is
+recreating it.
+
+gc removes what a population left behind (its status, the temporary files of its records, its
+work directory, an expired error record and then the lock file itself) only under that
+population lock, checked as in step 2: a lock taken on a file that another gc removed in the
+meantime locks nothing, and the name's files may by then belong to a population holding the new
+lock file.
 """

@@ -257,9 +257,11 @@ class Base:
 
     def drop_link_if_unused(self, name: str) -> None:
         """Remove the link of a deleted repository, unless it is being populated again."""
-        fd = locks.open_lock_file(self.population_file(name, ".lock"), mode=self.cache().modes.file)
+        lock_path = self.population_file(name, ".lock")
+        fd = locks.open_lock_file(lock_path, mode=self.cache().modes.file)
         try:
-            if not locks.try_lock(fd, locks.EXCLUSIVE) or name in self.cache():
+            if (not locks.try_lock(fd, locks.EXCLUSIVE) or not locks.still_linked(fd, lock_path)
+                    or name in self.cache()):
                 return
             try:
                 if os.readlink(self.link(name)) == self.link_target(name):

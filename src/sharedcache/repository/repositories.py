@@ -427,7 +427,9 @@ class Repositories:
                 self.reporter.warning(f"gc: skipping {lock_path!r}: {e}")
                 continue
             try:
-                if not locks.try_lock(fd, locks.EXCLUSIVE):
+                # A lock file unlinked (by another gc) since it was opened locks nothing: the
+                # files of the name may now belong to a population that holds the new one.
+                if not locks.try_lock(fd, locks.EXCLUSIVE) or not locks.still_linked(fd, lock_path):
                     continue
                 error = base.population_file(name, ".error")
                 record = read_status(error)
