@@ -364,6 +364,15 @@ def test_a_token_file_of_another_user_is_refused(tmp_path: Path) -> None:
         Authorization(credentials, "https://127.0.0.1/data.tgz", None)
 
 
+@pytest.mark.parametrize("token", ["two words", " "])
+def test_a_bearer_token_that_is_not_one_word_is_named_in_one_line(origin, home: Path, token: str) -> None:
+    # BEARER_TOKEN is a standard variable, not one of the settings: its error names it.
+    url = origin.add("/data.tgz", DATA)
+    for result in (sc("config", env=env(home, BEARER_TOKEN=token)), use(home, url, BEARER_TOKEN=token)):
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == "sc: error: BEARER_TOKEN: must be one word of printable characters\n"
+
+
 def test_credentials_that_cannot_be_used_do_not_fail_plain_http(origin, home: Path) -> None:
     url = origin.add("/data.tgz", DATA)
     succeeded(use(home, url, X509_USER_PROXY=home / "expired-and-gone", SSL_CERT_FILE=home / "missing.pem"))

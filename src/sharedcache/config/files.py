@@ -243,6 +243,8 @@ def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy
                               if key in settings and settings[key][0] is not None},
                            credentials=credentials, rewrites=rewrites)
     except SettingError as e:
+        if e.setting not in settings:  # a standard variable (BEARER_TOKEN), not one of the settings
+            raise ConfigError(f"{e.setting}: {e.reason}") from None
         where = settings[e.setting][1]
         if where.startswith(("--", "use(")):  # the caller's own input
             raise UsageError(f"{where} {e.reason}") from None

@@ -65,7 +65,7 @@ class Credentials:
         if key_file is not None and cert_file is None:
             raise SettingError("client_key", "needs a client_cert to go with it")
         if bearer_token is not None and (not bearer_token.strip() or any(c.isspace() for c in bearer_token.strip())):
-            raise SettingError("bearer_token", "must be one word of printable characters")
+            raise SettingError(token_from or "bearer_token", "must be one word of printable characters")
         self.ca_file, self.ca_dir, self.grid_ca_dir = ca_file, ca_dir, grid_ca_dir
         self.cert_file, self.key_file = cert_file, key_file
         self.bearer_token = None if bearer_token is None else bearer_token.strip()
