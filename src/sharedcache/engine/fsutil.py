@@ -466,8 +466,11 @@ def walk(root: int, enter: Callable[[int, str], int | None], leave: Callable[[in
                     os.close(child)
                     raise
                 if len(stack) > _OPEN_LEVELS:
-                    os.close(fd)
+                    # Forgotten before it is closed, here and below: an interrupt between the two
+                    # then leaks a descriptor, where the other order would close it twice (the
+                    # second time, whatever file has reused its number).
                     level[0] = None
+                    os.close(fd)
                 stack.append([child, (cst.st_dev, cst.st_ino), names, name])
                 continue
             if len(stack) == 1:
@@ -480,8 +483,8 @@ def walk(root: int, enter: Callable[[int, str], int | None], leave: Callable[[in
                 if (ust.st_dev, ust.st_ino) != parent[1]:
                     raise OSError(errno.ESTALE, "directory moved during a walk", level[3])
             leave(parent[0], level[3], fd)
-            os.close(fd)
             stack.pop()
+            os.close(fd)
     finally:
         for level in stack[1:]:
             if level[0] is not None:
