@@ -660,3 +660,23 @@ def test_an_error_about_a_long_url_stays_a_line_that_says_what_and_why(tmp_path)
     assert len(line) < 4100, len(line)
     assert line.startswith(f"sc: error: repository 'signed': cannot download http://127.0.0.1:{port}/data.tar?"), line[:200]
     assert re.search(r"Connection refused \([0-9,]+ characters\)$", line), line[-200:]
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_a_use_whose_path_cannot_be_written_fails_and_is_released(tmp_path, stdout):
+    # The path was written at exit, after the use was taken: a full device was reported as
+    # "No space left on device", as if the cache's were full, and a closed stdout as success;
+    # both left the job a use it was never told of.
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"data\n" * 100)
+    base = tmp_path / "base"
+    base.mkdir()
+    redirect = ">/dev/full" if stdout == "full" else ">&-"
+    why = "No space left on device" if stdout == "full" else "the standard output is closed"
+    with Sleeper() as owner:
+        result = subprocess.run(["bash", "-c", f'exec "$@" {redirect}', "bash", *SC, "--use", "--pid",
+                                 str(owner.pid), "-d", str(base), f"file:{source}"],
+                                capture_output=True, text=True, timeout=60, env=sc_env())
+        assert (result.returncode, result.stderr) == (1, f"sc: error: cannot write the output: {why}\n")
+        listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+        assert [pid for row in listed for pid in row["users"]] == []

@@ -9,6 +9,7 @@ byte at a time, each well within any read timeout (the origin users met).
 from __future__ import annotations
 
 import io
+import json
 import os
 import select
 import shutil
@@ -26,6 +27,7 @@ import pytest
 
 from scutil import (
     SC,
+    Sleeper,
     close_listener,
     control,
     finish,
@@ -36,6 +38,8 @@ from scutil import (
     sc_env,
     sc_start,
     stop_process,
+    tarball_bytes,
+    user_dir,
     wait_for,
 )
 
@@ -320,6 +324,42 @@ def test_a_populator_ended_by_its_job_undoes_itself_then_ends_by_the_signal(tmp_
     undone(base, "slow")
     # What it downloaded is kept for whoever takes over.
     assert list((control(base) / "populate").glob("slow.work/*/*")), "the partial download is gone"
+
+
+def test_an_interrupt_as_the_repository_is_committed_leaves_one_outcome(tmp_path):
+    # Ctrl-C (SIGINT) sent as soon as the entry is in place, while the commit and what follows
+    # it run: the command either succeeds (its path printed, the use held) or fails as
+    # interrupted, in one line, having released the use.  It left the job a use while it said
+    # "interrupted", or "Bad file descriptor" (a walk interrupted between closing a directory
+    # and forgetting it closed it again), or a traceback.
+    archive = tmp_path / "many.tar.gz"
+    archive.write_bytes(tarball_bytes({f"d{i % 20}/f{i}": b"x" * 100 for i in range(3000)}))
+    outcomes = []
+    with Sleeper() as owner:
+        for attempt in range(8):
+            base = tmp_path / f"base{attempt}"
+            base.mkdir()
+            entry = control(base) / "objects" / "many"
+            proc = sc_start("--use", "--pid", str(owner.pid), "-d", str(base), "-n", "many", f"file:{archive}",
+                            "tar", default_signals=True)
+            try:
+                deadline = time.monotonic() + 60
+                while not entry.exists() and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.0005)
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=60)
+            finally:
+                stop_process(proc)
+            listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+            users = [pid for row in listed for pid in row["users"]]
+            if proc.returncode == 0:
+                assert err == "" and out.strip() == str(user_dir(base) / "many")
+                assert users == [owner.pid]
+            else:
+                assert (proc.returncode, err, out) == (130, "sc: interrupted\n", "")
+                assert users == [], f"the interrupted use is still held: {listed}"
+            outcomes.append(proc.returncode)
+    assert 0 in outcomes, outcomes  # from the commit on, an interrupt no longer undoes the use
 
 
 # Loaded by the populating process as its sitecustomize: once armed, the next file it renames to

@@ -8,6 +8,7 @@ the options (:mod:`sharedcache.config.files`), and passed down as values.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -59,7 +60,19 @@ def run(options: Arguments) -> int:
 
 
 def use(repositories: Repositories, options: Arguments) -> int:
-    print(_acquire(repositories, options, _owner(options)).path)
+    held = _acquire(repositories, options, _owner(options))
+    # Written out now, not at exit: a use whose path cannot be written, or that is interrupted
+    # first, is released rather than left to its owner, who was never told of it.
+    try:
+        if sys.stdout is None:  # started with descriptor 1 closed
+            raise OSError(errno.EBADF, "the standard output is closed")
+        print(held.path, flush=True)
+    except BaseException as e:
+        repositories.release_held(held)
+        if isinstance(e, OSError):
+            print(f"sc: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 

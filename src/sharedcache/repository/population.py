@@ -212,6 +212,7 @@ class Population:
         self.work = base.population_file(name, ".work")
         self._work_fd: int | None = None  # the work directory, once prepared: see _prepare_work
         self._seal: Seal | None = None  # what the store asks of the filler, while it fills
+        self._interrupts_ignored = False  # see _ignore_interrupts
         self.status = {"pid": os.getpid(), "pid_ns": pid_namespace(), "identity": request.identity,
                        "size": request.limit, "done": 0, "total": None, "started": time.time()}
         self._bar = reporter.bar(name)
@@ -226,14 +227,21 @@ class Population:
         from ..loaders.registry import parse_recipe  # loaders are needed on a miss only
         from ..loaders.words import shown_words
 
-        request, base, cache = self.request, self.base, self.base.cache()
-        name, owner = request.name, request.owner
+        request, base, name = self.request, self.base, self.request.name
         # A bad recipe fails before anything is written.
         self.recipe = parse_recipe(request.words, request.fetch.rewrites)
         if request.fetch.offline and any(source.network for source in self.recipe.sources):
             raise DownloadError(f"offline: repository {name!r} is not here, and "
                                 f"{self.recipe.source.describe()} needs the network")
         self.reporter.info(f"populating {name!r} in {base.path} from {shown_words(request.words)}")
+        try:
+            return self._run()
+        finally:
+            self._heed_interrupts()
+
+    def _run(self) -> str:
+        request, base, cache = self.request, self.base, self.base.cache()
+        name, owner = request.name, request.owner
         with _ending_cleanly():
             try:
                 try:
@@ -292,11 +300,40 @@ class Population:
         cache = self.base.cache()
         self._seal = cache.seal()
         started = time.monotonic()
-        with cache.store(request.name, meta=request.identity, keep=request.keep,
-                         holder=request.owner, strict_budget=False, seal=self._seal) as data:
-            self.fill(data)
-            filled = time.monotonic()
+        try:
+            with cache.store(request.name, meta=request.identity, keep=request.keep,
+                             holder=request.owner, strict_budget=False, seal=self._seal) as data:
+                self.fill(data)
+                filled = time.monotonic()
+                self._ignore_interrupts()
+        except BaseException:
+            self._heed_interrupts()  # not committed: a retry downloads again, and may be interrupted
+            raise
         self._times = (filled - started, time.monotonic() - filled)
+
+    def _ignore_interrupts(self) -> None:
+        """Ignore Ctrl-C (SIGINT) from the end of the fill until :meth:`run` returns the lease.
+
+        The data are complete then.  An interrupt during the commit, or after it, would throw the
+        download away (and its waiters would make it again), or leave the owner, often the job,
+        a use that the command reports as failed.  What is left takes milliseconds, or the
+        seconds of a flush.  Only where SIGINT raises KeyboardInterrupt (Python's default
+        handler), in the main thread: an application's own handler is left alone."""
+        import signal
+
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                self._interrupts_ignored = True
+        except ValueError:  # not the main thread, where Python runs handlers
+            pass
+
+    def _heed_interrupts(self) -> None:
+        if self._interrupts_ignored:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._interrupts_ignored = False
 
     def fill(self, data: Path) -> None:
         """Put the repository's data into the empty directory ``data``: run the recipe, in the
