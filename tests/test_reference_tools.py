@@ -209,6 +209,22 @@ def test_tar_regular_members_named_as_directories(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "sc" / "nul").is_dir()
 
 
+@pytest.mark.parametrize("writer_processes", [False, True], ids=["one process", "writer processes"])
+def test_gnu_tar_archive_of_names_given_twice(tmp_path: Path, writer_processes: bool) -> None:
+    """GNU tar stores a file of two links whose name is given twice as a hard link to itself the
+    second time (``f`` linked to ``f``), and the other name as a link to it, twice: each is
+    already that file when it comes.  Replacing it removed the link's own target."""
+    need("tar")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_text("data\n")
+    os.link(tree / "f", tree / "g")
+    archive = tmp_path / "twice.tar"
+    run("tar", "-cf", archive, "-C", tree, "f", "f", "g", "g")
+    with writers_from_the_first_member(writer_processes):
+        assert_same_trees(archive, "tar", tmp_path / "out")
+
+
 def test_info_zip_archive(tmp_path: Path) -> None:
     need("zip", "unzip")
     make_tree(tmp_path / "tree")

@@ -379,20 +379,29 @@ class SafeTree:
             self.count()
             raise self.refuse(name, f"is a hard link to {quoted(target)}, outside the archive") from None
         below, root = self._below(target_parts), self._root_fd
-        reachable = self._dir(target_parts[:-1], name, create=False) is not None
-        try:
-            mode = os.lstat(below, dir_fd=root).st_mode if reachable else 0
-        except FileNotFoundError:
-            mode = 0
-        if stat.S_ISLNK(mode):
+        linked = self._existing(target_parts, name)
+        if linked is not None and stat.S_ISLNK(linked.st_mode):
             self.symlink(name, os.readlink(below, dir_fd=root))
             return
         self.count()
-        if not stat.S_ISREG(mode):
+        if linked is None or not stat.S_ISREG(linked.st_mode):
             raise self.refuse(name, f"is a hard link to {quoted(target)}, which is not a file extracted before it")
-        self._place(parts, name, lambda leaf, parent: os.link(below, leaf, src_dir_fd=root, dst_dir_fd=parent,
-                                                              follow_symlinks=False))
+        there = self._existing(parts, name)
+        # Already that file (GNU tar writes `f` as a link to itself when `f` is named twice, and
+        # `h` linked to `f` twice): done, as for tar, where replacing it would remove the target.
+        if there is None or (there.st_dev, there.st_ino) != (linked.st_dev, linked.st_ino):
+            self._place(parts, name, lambda leaf, parent: os.link(below, leaf, src_dir_fd=root, dst_dir_fd=parent,
+                                                                  follow_symlinks=False))
         self._linked.update((parts, target_parts))
+
+    def _existing(self, parts: tuple[str, ...], name: str) -> os.stat_result | None:
+        """What is at ``parts`` (not followed), if its directory was made here and it exists."""
+        if self._dir(parts[:-1], name, create=False) is None:
+            return None
+        try:
+            return os.lstat(self._below(parts), dir_fd=self._root_fd)
+        except FileNotFoundError:
+            return None
 
     def finish(self) -> int | None:
         """Check where the symlinks lead now that the tree is complete; set the directories' modes
