@@ -59,9 +59,9 @@ _T = TypeVar("_T")
 _M = TypeVar("_M")  # an archive's member, as its reader gives it
 
 
-def _set_mtime(target: int | str, mtime_ns: int, *, dir_fd: int | None = None) -> None:
+def _set_mtime(target: int | str, mtime_ns: int, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> None:
     try:
-        os.utime(target, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd)
+        os.utime(target, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=follow_symlinks)
     except (OverflowError, ValueError):
         pass  # a time the system cannot represent (a pax header can say 1e30) is not worth failing for
 
@@ -349,7 +349,8 @@ class SafeTree:
         whole = -(-status.st_size // self._block) * self._block
         return counted if counted >= whole or _inline(descriptor) else whole
 
-    def symlink(self, name: str, target: str) -> None:
+    def symlink(self, name: str, target: str, mtime_ns: int | None = None) -> None:
+        """A symlink to ``target``, with the time ``mtime_ns`` (if given) as its own."""
         parts = self.parts(name)
         self.count()
         if "\x00" in target:  # a pax linkpath can hold one (os.symlink would raise ValueError)
@@ -360,11 +361,13 @@ class SafeTree:
             escapes = resolved == ".." or resolved.startswith("../")
         if escapes:
             raise self.refuse(name, f"is a symlink to {quoted(target)}, outside the archive")
-        self._place(parts, name, lambda leaf, parent: self._make_symlink(target, leaf, parent))
+        self._place(parts, name, lambda leaf, parent: self._make_symlink(target, leaf, parent, mtime_ns))
         self._symlinks.append(parts)
 
-    def _make_symlink(self, target: str, leaf: str, parent: int) -> None:
+    def _make_symlink(self, target: str, leaf: str, parent: int, mtime_ns: int | None) -> None:
         os.symlink(target, leaf, dir_fd=parent)
+        if mtime_ns is not None:
+            _set_mtime(leaf, mtime_ns, dir_fd=parent, follow_symlinks=False)
         if self._measure:  # a long target takes a block of its own
             self._allocated += os.lstat(leaf, dir_fd=parent).st_blocks * 512
 
@@ -381,7 +384,7 @@ class SafeTree:
         below, root = self._below(target_parts), self._root_fd
         linked = self._existing(target_parts, name)
         if linked is not None and stat.S_ISLNK(linked.st_mode):
-            self.symlink(name, os.readlink(below, dir_fd=root))
+            self.symlink(name, os.readlink(below, dir_fd=root), linked.st_mtime_ns)
             return
         self.count()
         if linked is None or not stat.S_ISREG(linked.st_mode):
@@ -537,7 +540,7 @@ def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | W
     elif kind == DIRECTORY:
         tree.mkdir(name, member.mode, member.mtime_ns)
     elif kind == SYMLINK:
-        tree.symlink(name, member.linkname)
+        tree.symlink(name, member.linkname, member.mtime_ns)
     elif kind == HARDLINK:
         tree.hardlink(name, member.linkname)
     elif kind == VOLUME_LABEL:
@@ -624,7 +627,7 @@ def _extract_zip_member(reader: ZipReader, member: ZipMember, tree: SafeTree | W
         if member.file_size > 4096:
             raise tree.refuse(name, "is a symlink with an implausibly long target")
         target = reader.open(member, data_start)(member.file_size)
-        tree.symlink(name, target.decode("utf-8", "surrogateescape"))
+        tree.symlink(name, target.decode("utf-8", "surrogateescape"), mtime_ns)
     elif kind in (0, stat.S_IFREG):
         tree.write_file(name, member.file_size, mode, mtime_ns, reader.open(member, data_start))
     else:

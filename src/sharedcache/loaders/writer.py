@@ -377,9 +377,10 @@ class WriterProcess:
         after = self._authority_member(name, directory=True)
         self._frame(self._authority, DIRECTORY, name, "", mode, mtime_ns, 0, after)
 
-    def symlink(self, name: str, target: str) -> None:
+    def symlink(self, name: str, target: str, mtime_ns: int | None = None) -> None:
         after = self._authority_member(name)
-        self._frame(self._authority, SYMLINK, name, target, 0, 0, 0, after)
+        self._frame(self._authority, SYMLINK, name, target, 0, _UNSETTABLE_TIME if mtime_ns is None else mtime_ns,
+                    0, after)
 
     def hardlink(self, name: str, target: str) -> None:
         after = self._authority_member(name)
@@ -707,7 +708,7 @@ def _serve(tree: SafeTree, slot: int, commands: int, watch: int, shared: mmap.mm
             elif operation == DIRECTORY:
                 tree.mkdir(name, mode, mtime_ns)
             elif operation == SYMLINK:
-                tree.symlink(name, target)
+                tree.symlink(name, target, mtime_ns)
             elif operation == HARDLINK:
                 tree.hardlink(name, target)
             done += 1
