@@ -621,7 +621,7 @@ def _extract_zip_member(reader: ZipReader, member: ZipMember, tree: SafeTree | W
     mode = stat.S_IMODE(member.unix_mode) or (0o755 if is_dir else 0o644)
     local_extra, data_start = reader.local_header(member)
     mtime_ns = reader.mtime_ns(member, local_extra)
-    if is_dir and kind in (0, stat.S_IFDIR):
+    if is_dir:  # whatever the mode's type, as unzip reads it (some tools write S_IFREG there)
         tree.mkdir(name, mode, mtime_ns)
     elif kind == stat.S_IFLNK:
         if member.file_size > 4096:
