@@ -248,6 +248,41 @@ def test_7zip_archive(tmp_path: Path, options: list[str]) -> None:
     assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
 
 
+def test_zip_names_ending_in_a_slash_are_directories_whatever_their_mode(tmp_path: Path) -> None:
+    """unzip (and bsdtar) make a directory of every name that ends in a slash, whatever type its
+    Unix mode gives: some tools write S_IFREG there.  Such an entry became an empty file, and
+    its members were then refused as written below a file."""
+    need("unzip")
+    archive = tmp_path / "dirs.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, mode, data in (("regular/", stat.S_IFREG | 0o755, b""), ("regular/inside", stat.S_IFREG | 0o644, b"1"),
+                                 ("link/", stat.S_IFLNK | 0o777, b"target"), ("device/", stat.S_IFCHR | 0o755, b""),
+                                 ("typeless/", 0o755, b"")):
+            info = zipfile.ZipInfo(name, (2020, 5, 5, 10, 10, 10))
+            info.create_system, info.external_attr = 3, mode << 16
+            out.writestr(info, data)
+    assert_same_trees(archive, "zip", tmp_path / "out")
+    assert (tmp_path / "out" / "sc" / "link").is_dir()
+
+
+def test_zip_times_past_2038_and_before_1970(tmp_path: Path) -> None:
+    """The extended time field holds 32 bits: Info-ZIP's zip writes a time past 2038-01-19 as a
+    negative number, as it does one before 1970, and unzip tells them apart by the MS-DOS time
+    beside it (it takes that one, 1980, for a time before 1970).  Read as signed alone, 2040
+    came out as 1903."""
+    need("zip", "unzip")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name, when in (("past-2038", 2_208_988_800), ("just-past", 2_149_000_000), ("before-1970", -144_000_000),
+                       ("ordinary", 1_600_000_000)):
+        (tree / name).write_text(name)
+        os.utime(tree / name, (when, when))
+    archive = tmp_path / "times.zip"
+    run("zip", "-q", "-r", archive, ".", cwd=tree)
+    assert_same_trees(archive, "zip", tmp_path / "out")
+    assert (tmp_path / "out" / "sc" / "past-2038").stat().st_mtime == 2_208_988_800
+
+
 def test_deflate64_members_against_unzip(tmp_path: Path) -> None:
     """Deflate64 data of every kind of content, large and small, as inflate64 makes it."""
     need("unzip")

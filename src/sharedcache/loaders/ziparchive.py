@@ -54,6 +54,7 @@ _EXTRA_HEADER = struct.Struct("<HH")
 _ZIP64 = 0x0001           # the sizes and the offset that the record's fields cannot hold
 _UNICODE_PATH = 0x7075    # Info-ZIP: version 1, CRC-32 of the stored name, the name in UTF-8
 _EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds since 1970, UTC) if flag 1
+_DOS_2038 = (2038, 1, 18, 0, 0, 0)  # an MS-DOS time past which a negative "UT" time is past 2038
 _ENCRYPTED, _UTF8_NAME, _STRONG_ENCRYPTION = 0x1, 0x800, 0x40
 _UNIX, _MS_DOS = 3, 0
 _CP437_SYSTEMS = {_MS_DOS, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
@@ -229,7 +230,14 @@ class ZipReader:
         module's docstring)."""
         extended = local_extra.get(_EXTENDED_TIME, b"")
         if len(extended) >= 5 and extended[0] & 1:
-            return int.from_bytes(extended[1:5], "little", signed=True) * 10**9
+            seconds = int.from_bytes(extended[1:5], "little", signed=True)
+            # 32 bits: a time past 2038-01-19 reads as one before 1970.  As unzip does, the MS-DOS
+            # time beside it says which; before 1970, unzip takes the MS-DOS time (its earliest,
+            # 1980, as zip writes it then), and so does this.
+            if seconds >= 0:
+                return seconds * 10**9
+            if member.date_time > _DOS_2038:
+                return (seconds + (1 << 32)) * 10**9
         import time
 
         return int(time.mktime((*member.date_time, 0, 0, -1))) * 10**9
