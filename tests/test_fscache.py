@@ -444,6 +444,47 @@ def test_leased_entry_is_busy_and_protected_from_eviction(root: Path, children: 
 # -- leases ----------------------------------------------------------------------------------------
 
 
+#: Makes files in the directory ``argv[1]`` without pause, until killed.
+KEEPS_FILLING = """
+import os, sys
+i = 0
+while True:
+    i += 1
+    try:
+        os.close(os.open(os.path.join(sys.argv[1], str(i)), os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError:
+        pass
+"""
+
+
+def test_a_tree_in_the_trash_that_cannot_be_removed_fails_no_commit_or_release(root: Path) -> None:
+    # A member of a group cache may put a directory in the trash and keep making files in it:
+    # its removal then fails with "Directory not empty".  The commit and the release that emptied
+    # the trash after their work raised that: sc --use said it failed, though the commit had
+    # given the job a use.
+    cache = FsCache(root)
+    me = Owner.current()
+    planted = root / "trash" / "planted"
+    planted.mkdir()
+    filler = subprocess.Popen([sys.executable, "-c", KEEPS_FILLING, str(planted)])
+    try:
+        deadline = time.monotonic() + 30
+        while len(os.listdir(planted)) < 100:
+            assert time.monotonic() < deadline and filler.poll() is None
+            time.sleep(0.01)
+        for number in range(3):
+            name = f"e{number}"
+            with cache.store(name, keep=False, holder=me) as path:
+                fill(path, name, "n", [1000])
+            assert cache.release(name, me) is True
+    finally:
+        filler.kill()
+        filler.wait(10)
+    assert only_entries(cache) == set()
+    cache.gc()
+    assert os.listdir(root / "trash") == []
+
+
 def test_last_release_deletes_an_entry_not_kept(root: Path) -> None:
     cache = FsCache(root)
     me = Owner.current()

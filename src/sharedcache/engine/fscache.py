@@ -1148,6 +1148,10 @@ class FsCache:
         another member of a group cache committed can only be deleted by that member (its
         directories are read-only): it stays until that member's next command here.
 
+        A tree that cannot be removed now for any other reason (a member who keeps making files
+        in a directory of it, an I/O error) stays too: what put it there is done, and the next
+        command that empties the trash tries again.
+
         Only directories are put in the trash, and a directory's link count is 2 plus its
         subdirectories on the usual file systems (ext4, xfs, tmpfs): a count of 2 says it is
         empty without opening it, which every release would otherwise do.  gc (``thorough``)
@@ -1165,7 +1169,7 @@ class FsCache:
             for tree in os.listdir(trash):
                 try:
                     remove_tree(tree, dir_fd=trash)
-                except PermissionError:
+                except OSError:  # PermissionError: another member's
                     continue
                 removed += 1
         finally:
