@@ -369,6 +369,35 @@ def test_a_member_planting_in_a_group_cache_never_makes_another_act_outside_or_h
     assert snapshot(home) == before
 
 
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "file", "directory"])
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_a_member_s_file_beside_the_index_of_a_group_cache_is_refused_then_set_aside_by_gc(
+    shared, users, python, recipe, home, suffix, kind
+):
+    # SQLite opens its journals, beside the index, for writing and without O_NONBLOCK: a FIFO
+    # there hung every command that opened the index, SIGTERM and --timeout included, and a
+    # directory or a file the victim may not write made every write fail, gc's repair too.
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    before = snapshot(home)
+    with Sleeper() as job:
+        other = [*group, "-n", "other", "-d", str(base), "--pid", str(job.pid), *recipe]
+        first = run_as(python, users.victim, "--use", *group, "-n", "repo", "-d", str(base), "--pid",
+                       str(job.pid), *recipe, groups=(users.gid,))
+        assert first.returncode == 0, first.stderr
+        root = base / f".shared-cache-g{users.gid}"
+        done(code_as(python, users.member, PLANT, str(root), f"index.sqlite{suffix}", kind, str(home),
+                     groups=(users.gid,)))
+        refused = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert refused.returncode in (0, 1) and len(clean_lines(refused)) <= 1, refused.stderr
+        gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+        assert gc.returncode == 0, gc.stderr
+        again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert again.returncode == 0, again.stderr
+        check_tree(Path(again.stdout.strip()), FILES)
+    assert snapshot(home) == before
+
+
 # Swaps each of PATHS for a symlink to TARGET and back, in a loop, for SECONDS.
 SWAP = """\
 import os, sys, time

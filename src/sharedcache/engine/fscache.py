@@ -245,6 +245,10 @@ _UNSET = object()
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: The most an entry's metadata may hold, in bytes of UTF-8: what a read of it takes in.
 META_BYTES = 1 << 20
+#: The files SQLite keeps beside the index (its journals), by the suffix of their names.
+_INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
+#: The beginning of the name of what gc set aside in the cache's directory, not in the trash.
+_ASIDE = ".aside-"
 #: The commit marker of an entry flushed to disk before its commit.
 MARKER = "entry.json"
 
@@ -262,6 +266,24 @@ def committed(entry: str) -> str | None:
         return MARKER
     marker = boot_marker()
     return marker if os.path.lexists(f"{entry}/{marker}") else None
+
+
+def _unwritable_file(path: str) -> str:
+    """Why SQLite could not open ``path`` for writing, as it would, without waiting or harm: "is
+    not a regular file" (a FIFO would block its open for good, a symlink or a directory fail it),
+    or the error of the open; "" if it can, or if there is nothing there (SQLite makes it)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            return "is not a regular file"
+        return f"cannot be written: {e.strerror}"
+    try:
+        return "" if stat.S_ISREG(os.fstat(fd).st_mode) else "is not a regular file"
+    finally:
+        os.close(fd)
 
 
 def _check_entry_settings(meta: object, keep: object) -> None:
@@ -397,6 +419,11 @@ class FsCache:
                     f"the index of cache {self.root} is unusable ({index} is not a regular file); "
                     "run gc to rebuild it"
                 ) from None
+        for suffix in _INDEX_SIDE_FILES:  # so are its journals, which SQLite also opens for writing
+            problem = _unwritable_file(index + suffix)
+            if problem:
+                raise CacheError(f"the index of cache {self.root} is unusable ({index}{suffix} {problem}); "
+                                 "run gc to rebuild it")
         db = open_index(self.root, self.timeout, self.modes.file)
         self._local.db, self._local.pid = db, os.getpid()
         return db
@@ -1320,6 +1347,7 @@ class FsCache:
         except CacheError:
             self._set_index_aside()
             report.index_rebuilt = True
+        self._trash_what_was_set_aside()
         report.stages_removed = self._sweep()
         with self._transaction() as db:
             rows = db.names()
@@ -1358,14 +1386,38 @@ class FsCache:
         return report
 
     def _set_index_aside(self) -> None:
-        """Move an unusable index into the trash; the next connection creates a new one, and
-        gc then adopts every committed entry from its directory."""
+        """Move an unusable index, and the files beside it, into the trash; the next connection
+        creates a new one, and gc then adopts every committed entry from its directory.
+
+        A directory that another member of a group cache made at one of those names cannot move
+        to another directory (only its owner may rewrite its ``..``): it is renamed aside in the
+        cache's own directory (:data:`_ASIDE`), which frees the name, and its owner's next gc
+        moves it into the trash (:meth:`_trash_what_was_set_aside`)."""
         self._local.db = None
-        for suffix in ("", "-wal", "-shm"):
+        root = self._open_own(".")
+        try:
+            for name in (f"index.sqlite{suffix}" for suffix in ("", *_INDEX_SIDE_FILES)):
+                try:
+                    self._to_trash(".", name)
+                except FileNotFoundError:
+                    pass
+                except PermissionError:
+                    os.rename(name, _ASIDE + unique_name(), src_dir_fd=root, dst_dir_fd=root)
+        finally:
+            os.close(root)
+
+    def _trash_what_was_set_aside(self) -> None:
+        """Move into the trash what :meth:`_set_index_aside` renamed aside, where this user may."""
+        root = self._open_own(".")
+        try:
+            names = [name for name in os.listdir(root) if name.startswith(_ASIDE)]
+        finally:
+            os.close(root)
+        for name in names:
             try:
-                self._to_trash(".", f"index.sqlite{suffix}")
-            except FileNotFoundError:
-                pass
+                self._to_trash(".", name)
+            except (FileNotFoundError, PermissionError):
+                pass  # moved by another gc meanwhile, or another member's
 
     def _adopt(self, db: Index, name: str) -> bool:
         """Within a transaction: give a committed directory that has no row its row back."""
