@@ -337,6 +337,17 @@ else:
 """
 
 
+def plant_after_a_use(python: tuple[str, dict[str, str]], users: Users, base: Path, args: list[str], path: str,
+                      kind: str, home: Path) -> None:
+    """The victim makes the group cache in ``base`` with a kept repository (``args``), and releases
+    it; then the member plants a ``kind`` at ``path`` in it (a symlink leads to ``home``)."""
+    first = run_as(python, users.victim, "--use", "--keep", *args, groups=(users.gid,))
+    assert first.returncode == 0, first.stderr
+    assert run_as(python, users.victim, "--unuse", *args, groups=(users.gid,)).returncode == 0
+    root = base / f".shared-cache-g{users.gid}"
+    done(code_as(python, users.member, PLANT, str(root), path, kind, str(home), groups=(users.gid,)))
+
+
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "file", "directory"])
 @pytest.mark.parametrize(
     "path", ["trash", "stage", "objects", "populate", "stage.lock", "cache.info", "budget", "index.sqlite",
@@ -351,11 +362,7 @@ def test_a_member_planting_in_a_group_cache_never_makes_another_act_outside_or_h
     with Sleeper() as job:
         rest = ["-d", str(base), "--pid", str(job.pid), *recipe]
         args = [*group, "-n", "repo", *rest]
-        first = run_as(python, users.victim, "--use", "--keep", *args, groups=(users.gid,))
-        assert first.returncode == 0, first.stderr
-        assert run_as(python, users.victim, "--unuse", *args, groups=(users.gid,)).returncode == 0
-        root = base / f".shared-cache-g{users.gid}"
-        done(code_as(python, users.member, PLANT, str(root), path, kind, str(home), groups=(users.gid,)))
+        plant_after_a_use(python, users, base, args, path, kind, home)
         # The victim's commands: each returns within its bound, clearly.
         other = [*group, "-n", "other", *rest]  # not kept: its release deletes it, through the trash
         for command in (["--use", *args], ["--unuse", *args], ["--use", *other], ["--unuse", *other],
@@ -381,13 +388,9 @@ def test_a_member_s_file_beside_the_index_of_a_group_cache_is_refused_then_set_a
     group = ["--group", str(users.gid)]
     before = snapshot(home)
     with Sleeper() as job:
-        other = [*group, "-n", "other", "-d", str(base), "--pid", str(job.pid), *recipe]
-        first = run_as(python, users.victim, "--use", *group, "-n", "repo", "-d", str(base), "--pid",
-                       str(job.pid), *recipe, groups=(users.gid,))
-        assert first.returncode == 0, first.stderr
-        root = base / f".shared-cache-g{users.gid}"
-        done(code_as(python, users.member, PLANT, str(root), f"index.sqlite{suffix}", kind, str(home),
-                     groups=(users.gid,)))
+        rest = ["-d", str(base), "--pid", str(job.pid), *recipe]
+        plant_after_a_use(python, users, base, [*group, "-n", "repo", *rest], f"index.sqlite{suffix}", kind, home)
+        other = [*group, "-n", "other", *rest]
         refused = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
         assert refused.returncode in (0, 1) and len(clean_lines(refused)) <= 1, refused.stderr
         gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
