@@ -9,6 +9,7 @@ and every command returns within its bound.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, check_tree, interpreter_for, make_tarball, sample_files
+from scutil import Sleeper, check_tree, control, interpreter_for, make_tarball, sample_files, sc, sc_env
 
 FILES = sample_files(n=4, size=5_000)
 NAMES = ("schost1", "schost2", "schost3", "schost4")
@@ -446,6 +447,51 @@ def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_out
         finally:
             done(attacker)
     assert snapshot(home) == before
+
+
+# Loaded by sc as its sitecustomize: the first time SQLite is about to connect, exchange the
+# index of the cache at $SC_TEST_ROOT for a symlink to $SC_TEST_LURE (renameat2's
+# RENAME_EXCHANGE), as another member of a group cache may do at that moment.
+SWAP_BEFORE_CONNECTING = """\
+import ctypes, ctypes.util, os, _sqlite3
+_root, _lure = os.environ["SC_TEST_ROOT"], os.environ["SC_TEST_LURE"]
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_connect = _sqlite3.connect
+def connect(*args, **kwargs):
+    index, link = os.path.join(_root, "index.sqlite"), os.path.join(_root, ".lure")
+    if not os.path.lexists(link):
+        os.symlink(_lure, link)
+        if _libc.renameat2(-100, link.encode(), -100, index.encode(), 2) != 0:
+            raise OSError(ctypes.get_errno(), "renameat2")
+    return _connect(*args, **kwargs)
+_sqlite3.connect = connect
+"""
+
+
+def test_an_index_swapped_for_a_link_as_sqlite_connects_is_refused_and_nothing_written_there(tmp_path):
+    # SQLite opens the index by its path and follows symlinks: the index checked, then swapped
+    # for a link to an empty file of the victim's just before SQLite opened it (a member of a
+    # group cache watching with inotify can), had her command write an index there.
+    base, site, lure = tmp_path / "base", tmp_path / "site", tmp_path / "app.db"
+    base.mkdir()
+    site.mkdir()
+    lure.touch()  # empty: SQLite takes it for a new database
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"data\n")
+    assert sc("--use", "--keep", "-d", str(base), "-n", "kept", f"file:{source}").returncode == 0
+    (site / "sitecustomize.py").write_text(SWAP_BEFORE_CONNECTING)
+    root = control(base)
+    swapped = sc("list", "-d", str(base), env=sc_env(PYTHONPATH=str(site), SC_TEST_ROOT=str(root),
+                                                   SC_TEST_LURE=str(lure)))
+    assert (root / "index.sqlite").is_symlink(), "the swap did not happen"
+    assert swapped.returncode == 1, swapped.stderr
+    assert swapped.stderr.startswith("sc: error: the index of cache ") and "was replaced" in swapped.stderr
+    assert lure.stat().st_size == 0 and sorted(os.listdir(tmp_path)) == ["app.db", "base", "data.bin", "site"]
+    # gc sets the link aside and rebuilds the index from the entries.
+    assert sc("gc", "-d", str(base)).returncode == 0
+    listed = sc("list", "--json", "-d", str(base))
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["kept"], listed.stderr
+    assert lure.stat().st_size == 0
 
 
 # Whenever the work directory is a directory, put it aside and a link to ``target`` in its place.

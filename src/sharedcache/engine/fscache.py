@@ -245,6 +245,8 @@ _UNSET = object()
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: The most an entry's metadata may hold, in bytes of UTF-8: what a read of it takes in.
 META_BYTES = 1 << 20
+#: The index's file in the cache's directory (see :mod:`sharedcache.engine.index`).
+INDEX = "index.sqlite"
 #: The files SQLite keeps beside the index (its journals), by the suffix of their names.
 _INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
 #: The beginning of the name of what gc set aside in the cache's directory, not in the trash.
@@ -268,22 +270,20 @@ def committed(entry: str) -> str | None:
     return marker if os.path.lexists(f"{entry}/{marker}") else None
 
 
-def _unwritable_file(path: str) -> str:
-    """Why SQLite could not open ``path`` for writing, as it would, without waiting or harm: "is
-    not a regular file" (a FIFO would block its open for good, a symlink or a directory fail it),
-    or the error of the open; "" if it can, or if there is nothing there (SQLite makes it)."""
+def _unwritable_file(name: str, directory: int) -> str:
+    """Why SQLite could not open ``name`` in the directory open as ``directory`` for writing, as
+    it would: "is not a regular file" (a FIFO would block its open for good, a symlink or a
+    directory fail it), or "cannot be written by this user"; "" if it can, or if there is
+    nothing there (SQLite makes it)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        found = os.stat(name, dir_fd=directory, follow_symlinks=False)
     except FileNotFoundError:
         return ""
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            return "is not a regular file"
-        return f"cannot be written: {e.strerror}"
-    try:
-        return "" if stat.S_ISREG(os.fstat(fd).st_mode) else "is not a regular file"
-    finally:
-        os.close(fd)
+    if not stat.S_ISREG(found.st_mode):
+        return "is not a regular file"
+    if not os.access(name, os.R_OK | os.W_OK, dir_fd=directory, effective_ids=True, follow_symlinks=False):
+        return "cannot be written by this user"
+    return ""
 
 
 def _check_entry_settings(meta: object, keep: object) -> None:
@@ -409,24 +409,50 @@ class FsCache:
             return db
         from .index import open_index  # SQLite is loaded by what needs the index only
 
-        index = os.path.join(self.root, "index.sqlite")
-        try:  # made here with its mode: SQLite would give it 0644 whatever the cache
-            create_empty(index, exclusive=True, mode=self.modes.file)
-        except FileExistsError:
-            # SQLite opens it without O_NONBLOCK: a FIFO planted there would hang every command.
-            if read_control(index, 0) is None:
-                raise CacheError(
-                    f"the index of cache {self.root} is unusable ({index} is not a regular file); "
-                    "run gc to rebuild it"
-                ) from None
-        for suffix in _INDEX_SIDE_FILES:  # so are its journals, which SQLite also opens for writing
-            problem = _unwritable_file(index + suffix)
-            if problem:
-                raise CacheError(f"the index of cache {self.root} is unusable ({index}{suffix} {problem}); "
-                                 "run gc to rebuild it")
-        db = open_index(self.root, self.timeout, self.modes.file)
+        directory = self._open_own(".")
+        try:
+            index = self._index_file(directory)
+        finally:
+            os.close(directory)
+        db = open_index(self.root, index, self.timeout, self.modes.file)
         self._local.db, self._local.pid = db, os.getpid()
         return db
+
+    def _index_file(self, directory: int) -> tuple[int, int]:
+        """The device and inode of the index file in the cache's directory open as ``directory``
+        (made with the cache's mode if missing: SQLite would give it 0644 whatever the cache):
+        the file that SQLite must then open.
+
+        SQLite opens it, and its journals beside it, for writing and without O_NONBLOCK: anything
+        there but regular files this user may write (a FIFO would hang every command) makes the
+        index unusable, until gc sets it aside.  They are looked at, not opened: closing any
+        descriptor of a file drops the POSIX locks that this process holds on it, and SQLite's
+        connections in other threads hold theirs there."""
+        try:
+            fd = os.open(INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         self.modes.file, dir_fd=directory)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                if self.modes.file & 0o077:  # bits the umask may have dropped (a group cache's)
+                    os.fchmod(fd, self.modes.file)
+                made = os.fstat(fd)
+            finally:
+                os.close(fd)  # (a new file: no connection has it open)
+            return made.st_dev, made.st_ino
+        for name in (INDEX, *(INDEX + suffix for suffix in _INDEX_SIDE_FILES)):
+            why = _unwritable_file(name, directory)
+            if why:
+                problem = f"{self.root}/{name} {why}"
+                break
+        else:
+            try:
+                found = os.stat(INDEX, dir_fd=directory, follow_symlinks=False)
+                return found.st_dev, found.st_ino
+            except OSError as e:  # gone meanwhile: set aside by a gc
+                problem = e.strerror or str(e)
+        raise CacheError(f"the index of cache {self.root} is unusable ({problem}); run gc to rebuild it") from None
 
     def close(self) -> None:
         """Close this thread's connection to the index, if it has one (the next call needing the
@@ -1396,7 +1422,7 @@ class FsCache:
         self._local.db = None
         root = self._open_own(".")
         try:
-            for name in (f"index.sqlite{suffix}" for suffix in ("", *_INDEX_SIDE_FILES)):
+            for name in (INDEX + suffix for suffix in ("", *_INDEX_SIDE_FILES)):
                 try:
                     self._to_trash(".", name)
                 except FileNotFoundError:

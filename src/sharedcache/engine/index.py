@@ -290,9 +290,18 @@ def make_reserve(root: str, mode: int) -> None:
         os.close(fd)
 
 
-def open_index(root: str, timeout: float, file_mode: int = 0o600) -> Index:
+def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int = 0o600) -> Index:
     """A connection to the index of the cache at ``root``, created with its schema if needed;
-    ``file_mode`` is the cache's mode for the files it makes (the index's reserve)."""
+    ``index`` is the device and inode of the index's file, checked by the caller through the
+    cache's directory; ``file_mode`` is the cache's mode for the files it makes (the index's
+    reserve).
+
+    SQLite opens the index by its path, and follows symlinks on the way: another member of a
+    group cache could put one in place of the file the caller checked, just before, and have
+    this process write an index into a file of its own elsewhere.  So SQLite may not create the
+    file (``mode=rw``), and the connection is kept only if SQLite's file is the one checked,
+    which is known before SQLite reads or writes anything: it opens the file, and not its
+    journals, as it connects."""
     path = os.path.join(root, "index.sqlite")
     reserve = os.path.join(root, "index.reserve")
     if _full(root):  # its -wal and -shm files are made anew by the first connection
@@ -302,19 +311,34 @@ def open_index(root: str, timeout: float, file_mode: int = 0o600) -> Index:
             atexit.register(make_reserve, root, file_mode)
     else:
         make_reserve(root, file_mode)  # (data deleted after the last transaction may have made room)
+    uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=rw"
     try:
-        # Created here rather than by SQLite, which would use mode 0644 whatever the umask: the
-        # members of a group cache must be able to write it (its -wal and -shm files take its
-        # mode).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
-        db = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=Index)
+        db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=Index)
     except (OSError, sqlite3.DatabaseError) as e:
         raise CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") from None
+    if not _open_here(index):
+        db.close()
+        raise CacheError(f"the index of cache {root} was replaced as it was opened (SQLite found another "
+                         "file at its path); run gc to rebuild it")
     db.root, db.file_mode, db.waits = root, file_mode, timeout
     db.execute("PRAGMA synchronous=NORMAL")
     if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
         _create_schema(db, timeout)
     return db
+
+
+def _open_here(file: tuple[int, int]) -> bool:
+    """Whether this process has the file of this device and inode open (SQLite, once it has
+    connected to it; or another connection of this process to the same index, a case this check
+    cannot tell from the first)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor among them)
+        if (found.st_dev, found.st_ino) == file:
+            return True
+    return False
 
 
 def _create_schema(db: Index, timeout: float) -> None:
