@@ -449,6 +449,22 @@ def test_verbose_tells_resumes_and_restarts_with_their_reasons(tmp_path, origin,
     assert origin.stats("/big.bin").gets == 3
 
 
+@pytest.mark.parametrize("cut_at", [0, 150_000])
+def test_a_download_cut_by_a_server_without_validators_says_why_in_one_line(tmp_path, origin, owner, cut_at):
+    # Without an ETag or Last-Modified a cut download starts over; when every attempt is cut, the
+    # line said "cannot resume ... at byte 0" (nothing to resume there), and urllib3's reason
+    # came twice ("Connection broken: IncompleteRead(...): IncompleteRead(...)").
+    url = origin.add("/cut.bin", os.urandom(300_000), etag=False, last_modified=False)
+    origin.fault("/cut.bin", drop_after=cut_at, times=10)
+    result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), f"http:{url}")
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    where = "failed before its first byte: " if cut_at == 0 else f"broke off at byte {cut_at} ("
+    assert f"download of {url} {where}" in line, line
+    assert line.count("IncompleteRead") == 1 and line.endswith("(6 attempts, each from the start)"), line
+    assert origin.stats("/cut.bin").gets == 6
+
+
 def test_a_bare_url_gets_a_hint(tmp_path, owner):
     for word in ["https://example.org/data.tar", "http://example.org/data.tar"]:
         result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), word)

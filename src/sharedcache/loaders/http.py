@@ -169,7 +169,9 @@ def _reason(exc: BaseException) -> str:
     if isinstance(inner, BaseException):
         return _reason(inner)
     if len(exc.args) == 2 and isinstance(exc.args[1], BaseException):  # ProxyError(what, why)
-        return f"{exc.args[0]}: {_reason(exc.args[1])}"
+        why = _reason(exc.args[1])
+        # ProtocolError("Connection broken: IncompleteRead(...)", IncompleteRead(...)) says it twice
+        return exc.args[0] if why in str(exc.args[0]) else f"{exc.args[0]}: {why}"
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc) or type(exc).__name__
     # "HTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] ..."
     return text.rpartition("): ")[2] if text.startswith(("HTTPConnection", "HTTPSConnection")) else text
@@ -516,9 +518,11 @@ class _Body:
         self.close()
         http = self._http
         http.time_left(why)
-        if http.validator is None:
-            raise ResumeError(f"cannot resume {http.url} at byte {self._position} ({why}): "
-                              "the server gives no ETag or Last-Modified to check it did not change")
+        if http.validator is None:  # started over by the population, which needs no validator
+            if not self._position:
+                raise ResumeError(f"download of {http.url} failed before its first byte: {why}")
+            raise ResumeError(f"download of {http.url} broke off at byte {self._position} ({why}), and cannot "
+                              "go on from there: the server gives no ETag or Last-Modified to check it did not change")
         if self._failures >= http.retries:
             raise DownloadError(f"download of {http.url} failed at byte {self._position}: {why} "
                                 f"(after {self._failures + 1} attempts)")

@@ -145,6 +145,7 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             raise LoaderError(f"cannot write the data of {ctx.what}: {why}") from None
         except ResumeError as e:
             if restart >= ctx.fetch.retries:
+                e.args = (f"{e} ({restart + 1} attempts, each from the start)" if restart else str(e),)
                 raise
             ctx.notice(f"starting {ctx.what} over ({e}; attempt {restart + 2} of {ctx.fetch.retries + 1})")
             _empty(dest)
