@@ -272,6 +272,12 @@ def test_rewrite_rules_keep_credentials_only_for_the_url_as_written() -> None:
     ("https://host/", "rewrite 'https://host/': expected PREFIX = MIRROR [MIRROR...]"),
     ("https://host/ =", "rewrite https://host/: give at least one mirror after '='"),
     (" = http://mirror/", "rewrite needs a URL prefix without spaces, not ''"),
+    ("github.com/ = http://mirror/", "rewrite needs a URL prefix without spaces, not 'github.com/'"),
+    # A mirror that is no URL was accepted, and a use of a good URL then blamed the user's word.
+    ("https://host/ = mirror.site/data/", "rewrite https://host/: the mirror 'mirror.site/data/' is not a URL "
+                                          "(SCHEME://HOST...)"),
+    ("https://host/ = http:///data/", "rewrite https://host/: the mirror 'http:///data/' is not a URL "
+                                      "(SCHEME://HOST...)"),
 ])
 def test_bad_rewrite_rules_are_one_clear_line(text: str, message: str) -> None:
     with pytest.raises(SettingError) as caught:

@@ -150,10 +150,13 @@ class Rewrite:
     __slots__ = ("mirrors", "prefix")
 
     def __init__(self, prefix: str, mirrors: Sequence[str]) -> None:
-        if not prefix or any(char.isspace() for char in prefix):
+        if not _url_prefix(prefix):
             raise SettingError("rewrite", f"needs a URL prefix without spaces, not {prefix!r}")
         if not mirrors:
             raise SettingError("rewrite", f"{prefix}: give at least one mirror after '='")
+        for mirror in mirrors:
+            if not _url_prefix(mirror):
+                raise SettingError("rewrite", f"{prefix}: the mirror {mirror!r} is not a URL (SCHEME://HOST...)")
         self.prefix, self.mirrors = prefix, tuple(mirrors)
 
     def __eq__(self, other: object) -> bool:
@@ -164,6 +167,13 @@ class Rewrite:
 
     def __repr__(self) -> str:
         return f"Rewrite({self.prefix!r}, {self.mirrors!r})"
+
+
+def _url_prefix(text: str) -> bool:
+    """Whether ``text`` begins a URL with its scheme and host (``https://host/...``), without spaces."""
+    scheme, separator, rest = text.partition("://")
+    return (bool(separator) and scheme[:1].isalpha() and all(char.isalnum() or char in "+.-" for char in scheme)
+            and rest[:1] not in ("", "/") and not any(char.isspace() for char in text))
 
 
 def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
