@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import zipfile
 from pathlib import Path
 
 from test_guards import small_fs  # noqa: F401 - the fixture: a 3 MiB tmpfs mounted for the test
@@ -108,17 +109,23 @@ def test_a_population_on_a_full_file_system_evicts_kept_data_and_retries(tmp_pat
 def test_a_file_system_out_of_inodes_is_named_as_such(tmp_path):
     # ENOSPC also means that no inode is left, while df shows free space: a tree of many small
     # files meets that first on a tmpfs or a disk made with few inodes.  The line says which.
-    archive = tmp_path / "many.tar.gz"
-    make_tarball(archive, {f"d/{i}.txt": b"x" * 100 for i in range(400)})
-    with Sleeper() as owner, mounted_tmpfs(tmp_path / "few", "64m", inodes=150) as few:
-        common = ["-d", str(few), "--pid", str(owner.pid), "-n", "many"]
-        failed = sc("--use", *common, f"file:{archive}", "tar")
-        assert failed.returncode == 1
-        line = one_line(failed.stderr)
-        assert "no space left on the device" in line and line.endswith(": no free inodes (see df -i)\n"), line
-        assert list((control(few) / "stage").iterdir()) == []
-        assert not (user_dir(few) / "many").exists()
-        assert os.statvfs(few).f_ffree > 100  # the failed tree gave its inodes back
+    files = {f"d/{i}.txt": b"x" * 100 for i in range(400)}
+    archive, zipped = tmp_path / "many.tar.gz", tmp_path / "many.zip"
+    make_tarball(archive, files)
+    with zipfile.ZipFile(zipped, "w") as out:
+        for name, data in files.items():
+            out.writestr(name, data)
+    # (A zip is spooled first: the spool's removal gave an inode back before the line was made.)
+    for source, unpacker in ((archive, "tar"), (zipped, "zip")):
+        with Sleeper() as owner, mounted_tmpfs(tmp_path / f"few-{unpacker}", "64m", inodes=150) as few:
+            common = ["-d", str(few), "--pid", str(owner.pid), "-n", "many"]
+            failed = sc("--use", *common, f"file:{source}", unpacker)
+            assert failed.returncode == 1
+            line = one_line(failed.stderr)
+            assert "no space left on the device" in line and line.endswith(": no free inodes (see df -i)\n"), line
+            assert list((control(few) / "stage").iterdir()) == []
+            assert not (user_dir(few) / "many").exists()
+            assert os.statvfs(few).f_ffree > 100  # the failed tree gave its inodes back
     # Out of blocks, with inodes to spare: no word of inodes.
     with Sleeper() as owner, mounted_tmpfs(tmp_path / "small", "1m") as small:
         big = tmp_path / "big.bin"

@@ -129,6 +129,16 @@ class NoSpaceError(SharedCacheError):
     """Not enough space: the budget or the file system cannot hold the data."""
 
 
+def no_space_for(what: str, error: OSError, path: str) -> NoSpaceError | None:
+    """The error to raise for ``error``, met by a write for ``what`` under ``path``, if it is a
+    full file system or quota (ENOSPC, EDQUOT), said with :func:`why_full` at once; else None."""
+    import errno
+
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return NoSpaceError(f"no space left on the device for {what}{why_full(error.errno, path)}")
+
+
 class EntryTooLargeError(NoSpaceError):
     """An entry is larger than the whole cache budget; it is refused without evicting anything."""
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Self, TypeVar
 
-from ..errors import CorruptDataError, UnsafeArchiveError, quoted
+from ..errors import CorruptDataError, UnsafeArchiveError, no_space_for, quoted
 from ..sizes import format_size
 from .codecs import check_expansion, decompressing, sniff, what_data_is
 from .protocol import Context
@@ -578,6 +578,11 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
             with SafeTree(dest, ctx) as tree:
                 _extract_members(_checked(reader, os.fstat(file.fileno()).st_size, ctx.what),
                                  functools.partial(_extract_zip_member, reader), tree, ctx.what)
+    except OSError as e:  # said before the spool's removal gives an inode back
+        full = no_space_for(ctx.what, e, str(dest))
+        if full is not None:
+            raise full from None
+        raise
     finally:
         spool.unlink(missing_ok=True)
 

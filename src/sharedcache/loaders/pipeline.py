@@ -45,7 +45,6 @@ from, which is therefore tried first.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import os
@@ -60,12 +59,11 @@ from ..errors import (
     CorruptDataError,
     DownloadError,
     LoaderError,
-    NoSpaceError,
     ResumeError,
     SizeLimitError,
     UnsafeArchiveError,
+    no_space_for,
     quoted,
-    why_full,
 )
 from ..sizes import format_size
 from .protocol import Context, Sealing
@@ -136,9 +134,9 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             _run(source, recipe, dest, ctx, progress, partial)
             return
         except OSError as exc:  # sources report their own; these come from writing dest or work
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                why = why_full(exc.errno, str(dest))
-                raise NoSpaceError(f"no space left on the device for {ctx.what}{why}") from None
+            full = no_space_for(ctx.what, exc, str(dest))
+            if full is not None:
+                raise full from None
             why = exc.strerror or str(exc)
             if exc.filename is not None:  # a member's path may be 4 KiB (ENAMETOOLONG) or missing
                 why += f" ({quoted(str(exc.filename))})"
