@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -133,3 +134,30 @@ def test_a_file_system_out_of_inodes_is_named_as_such(tmp_path):
         failed = sc("--use", "-d", str(small), "--pid", str(owner.pid), f"file:{big}")
         line = one_line(failed.stderr)
         assert failed.returncode == 1 and "no space left on the device" in line and "inode" not in line, line
+
+
+def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tmp_path):
+    # Its cache was made before the file system became read-only: a miss failed on a lock file
+    # named by a /proc path, a use of ready data on a lease's path, both without naming the
+    # base; the next candidate was not tried; and sc list advised a gc that could not help.
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"data\n" * 100)
+    other = tmp_path / "other"
+    other.mkdir()
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "ro", "8m") as ro:
+        common = ["--pid", str(owner.pid), f"file:{source}"]
+        assert sc("--use", "--keep", "-d", str(ro), "-n", "ready", *common).returncode == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True, capture_output=True, timeout=30)
+        for name in ("ready", "missing"):
+            failed = sc("--use", "-d", str(ro), "-n", name, *common)
+            assert failed.returncode == 1, failed.stderr
+            line = one_line(failed.stderr)
+            assert str(ro) in line and "read-only file system" in line and "/proc/" not in line, line
+            moved = sc("--use", "-d", f"{ro}:{other}", "-n", name, *common)
+            assert moved.returncode == 0, moved.stderr
+            assert moved.stdout.strip() == str(user_dir(other) / name)
+        listed = sc("list", "-d", str(ro))
+        assert listed.returncode == 1 and "read-only file system" in one_line(listed.stderr)
+        assert "gc" not in listed.stderr, listed.stderr
+        collected = sc("gc", "-d", str(ro))
+        assert collected.returncode == 0 and one_line(collected.stderr) == f"sc: skipping {ro}: a read-only file system\n"

@@ -441,6 +441,8 @@ class FsCache:
             finally:
                 os.close(fd)  # (a new file: no connection has it open)
             return made.st_dev, made.st_ino
+        if os.fstatvfs(directory).f_flag & os.ST_RDONLY:
+            raise CacheError(f"the index of cache {self.root} cannot be written: it is on a read-only file system")
         for name in (INDEX, *(INDEX + suffix for suffix in _INDEX_SIDE_FILES)):
             why = _unwritable_file(name, directory)
             if why:

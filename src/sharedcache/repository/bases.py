@@ -194,6 +194,10 @@ class Base:
         st = os.statvfs(self.path)
         return st.f_bavail * st.f_frsize
 
+    def read_only(self) -> bool:
+        """Whether the base is on a file system mounted read-only."""
+        return bool(os.statvfs(self.path).f_flag & os.ST_RDONLY)
+
     def reserved(self) -> int:
         """Space reserved by the populations in progress here."""
         total = 0

@@ -8,6 +8,7 @@ line, :func:`use`), not here.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
     #: A fetch policy, or a function that makes one when a miss needs it.
     Fetch = FetchPolicy | Callable[[], FetchPolicy]
+
+#: Why a base on a file system mounted read-only is skipped.
+READ_ONLY = "a read-only file system"
 
 
 def deadline_after(timeout: float | None) -> float | None:
@@ -239,6 +243,11 @@ class Repositories:
             except CacheError as e:
                 self._skip(base, e)
                 continue
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
+                self._skip(base, CacheError(READ_ONLY))  # a use is a lease, written there
+                continue
             except MissError:
                 if populating is None and base.populating(name):
                     populating = base
@@ -261,6 +270,9 @@ class Repositories:
                 device = os.stat(base.path).st_dev
                 reserved[device] = reserved.get(device, 0) + (base.reserved() if base.has_cache() else 0)
         for base in present:
+            if base.read_only():
+                seen.append(f"{base.path} ({READ_ONLY})")
+                continue
             if limit is not None:
                 free = base.free_space() - reserved[os.stat(base.path).st_dev]
                 if free < limit:
@@ -378,6 +390,8 @@ class Repositories:
             try:
                 if not os.path.isdir(base.control) and not base.present():
                     continue
+                if base.read_only():  # nothing to clean that could be cleaned
+                    raise CacheError(READ_ONLY)
                 check_base(base.path, base.group)
                 user_directory(base.path)
                 cache = FsCache(base.control, group=base.group, repair=True)
