@@ -372,6 +372,9 @@ def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
     assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
     missing = sc("run", *args, "--", "/no/such/command")
     assert missing.returncode == 127 and "cannot run" in missing.stderr
+    # An empty name names no command: a usage error (it was 'cannot run : Permission denied').
+    empty = sc("run", *args, "--", "")
+    assert empty.returncode == 2 and "run needs '-- COMMAND [ARG...]'" in empty.stderr, empty.stderr
 
 
 def ended(pid: int) -> bool:

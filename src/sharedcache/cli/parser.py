@@ -223,7 +223,7 @@ def _check(args: Arguments) -> Arguments:
     if args.action in REPOSITORY_ACTIONS:
         if not args.loaders:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
-        if args.action == "run" and not args.command:
+        if args.action == "run" and not (args.command and args.command[0]):  # '' names no program
             raise UsageError("run needs '-- COMMAND [ARG...]' after the loaders")
     elif args.loaders:
         raise UsageError(f"{args.action} takes no loader ({args.loaders[0]!r})")
