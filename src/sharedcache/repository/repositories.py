@@ -227,9 +227,14 @@ class Repositories:
 
     @staticmethod
     def _set_budget(cache: FsCache, budget: int) -> None:
-        """Give the cache this budget; a budget already in place costs no write (nor the index)."""
-        if cache.max_size != budget:
-            cache.max_size = budget
+        """Give the cache this budget; a budget already in place costs no write (nor the index),
+        and a damaged one is written over, as its error says to do."""
+        try:
+            if cache.max_size == budget:
+                return
+        except CacheError:
+            pass
+        cache.max_size = budget
 
     def _existing(self, request: Request) -> Held | Base | None:
         """Step 1: a held use where the repository exists, or the base populating it, or None."""
