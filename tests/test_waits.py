@@ -362,6 +362,41 @@ def test_an_interrupt_as_the_repository_is_committed_leaves_one_outcome(tmp_path
     assert 0 in outcomes, outcomes  # from the commit on, an interrupt no longer undoes the use
 
 
+# Loaded by the populating process as its sitecustomize: the job's SIGTERM comes as soon as the
+# staging directory is made, while its lock file is being opened.
+TERM_ONCE_STAGED = """
+import os, signal, sys
+_staged = []
+def _hook(event, args):
+    name = str(args[0]) if args else ""
+    if event == "os.mkdir" and args[1] == 0o700 and len(name) == 24 and not _staged:  # a staging id
+        _staged.append(name)
+    elif event == "open" and _staged and str(args[0]) == _staged[0] + "/lock":
+        _staged.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+sys.addaudithook(_hook)
+"""
+
+
+def test_a_populator_ended_as_its_staging_directory_is_made_leaves_none(tmp_path):
+    # The staging directory was made, and its removal set up only once its lock was taken: a
+    # SIGTERM in between left an empty staging directory for a later store to sweep.
+    base, site = tmp_path / "base", tmp_path / "site"
+    base.mkdir()
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(TERM_ONCE_STAGED)
+    source = tmp_path / "small.bin"
+    source.write_bytes(b"data\n" * 1000)
+    populator = sc_start("--use", "-d", str(base), "-n", "slow", f"file:{source}", env=sc_env(PYTHONPATH=str(site)),
+                         default_signals=True)
+    try:
+        populator.communicate(timeout=30)
+    finally:
+        stop_process(populator)
+    assert populator.returncode == -signal.SIGTERM
+    undone(base, "slow")
+
+
 # Loaded by the populating process as its sitecustomize: once armed, the next file it renames to
 # a name ending in one of $SC_TEST_AT (separated by ":") runs a weakref callback that sleeps, so that the test's signal comes
 # while Python runs it, where whatever the signal's handler raises is printed and ignored.

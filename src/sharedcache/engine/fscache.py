@@ -538,42 +538,49 @@ class FsCache:
 
     @scoped
     def _staging(self) -> Iterator[Staging]:
-        """A fresh staging directory, locked by this process, removed on exit unless committed."""
+        """A fresh staging directory, locked by this process, removed on exit unless committed
+        (and if what follows its making fails: a job's SIGTERM may come then)."""
         guard = self._stage_guard()
+        stage_id = unique_name()
+        made = False
+        fd = directory = None
         try:
-            locks.lock(guard, locks.SHARED, timeout=self._wait(), what=f"{self.root}/stage.lock")
-            stage_id = unique_name()
-            stages = self._open_own(STAGE)
             try:
-                # Private to this process's user until the commit, whatever the cache: nobody
-                # else can change or swap anything in it while it is filled and sealed.
-                make_directory(stage_id, 0o700, dir_fd=stages)
-                fd = locks.open_lock_file(f"{stage_id}/lock", mode=self.modes.file, dir_fd=stages)
-                directory = open_directory(stage_id, dir_fd=stages)
+                locks.lock(guard, locks.SHARED, timeout=self._wait(), what=f"{self.root}/stage.lock")
+                stages = self._open_own(STAGE)
+                try:
+                    # Private to this process's user until the commit, whatever the cache: nobody
+                    # else can change or swap anything in it while it is filled and sealed.
+                    make_directory(stage_id, 0o700, dir_fd=stages)
+                    made = True
+                    fd = locks.open_lock_file(f"{stage_id}/lock", mode=self.modes.file, dir_fd=stages)
+                    directory = open_directory(stage_id, dir_fd=stages)
+                finally:
+                    os.close(stages)
+                locks.lock(fd, locks.EXCLUSIVE)  # nobody else knows the file yet: immediate
             finally:
-                os.close(stages)
-            locks.lock(fd, locks.EXCLUSIVE)  # nobody else knows the file yet: immediate
-        finally:
-            os.close(guard)
-        # In a group cache another member could swap the directories on the way to it: it is
-        # then named through its descriptor, so that no write meant for it lands elsewhere.
-        path = f"/proc/self/fd/{directory}" if self.shared else os.path.join(self._stage, stage_id)
-        try:
+                os.close(guard)
+            # In a group cache another member could swap the directories on the way to it: it is
+            # then named through its descriptor, so that no write meant for it lands elsewhere.
+            path = f"/proc/self/fd/{directory}" if self.shared else os.path.join(self._stage, stage_id)
             yield Staging(stage_id, path, directory)
         finally:
             # The lock first: nfs and FUSE keep a file that is removed while open under another
             # name (.nfs*, .fuse_hidden*), and its directory could not be removed.  Unlocked, the
             # tree may also be swept by gc meanwhile, which the removal tolerates.
-            os.close(fd)
-            try:
-                stages = self._open_own(STAGE)
+            if fd is not None:
+                os.close(fd)
+            if made:
                 try:
-                    remove_tree(stage_id, dir_fd=stages)  # a no-op once the commit renamed it away
-                finally:
-                    os.close(stages)
-            except (CacheError, OSError):
-                pass  # stage/ swapped meanwhile, or the tree not removable: what is left is gc's
-            os.close(directory)
+                    stages = self._open_own(STAGE)
+                    try:
+                        remove_tree(stage_id, dir_fd=stages)  # a no-op once the commit renamed it away
+                    finally:
+                        os.close(stages)
+                except (CacheError, OSError):
+                    pass  # stage/ swapped meanwhile, or the tree not removable: what is left is gc's
+            if directory is not None:
+                os.close(directory)
 
     @scoped
     def stage(self) -> Iterator[Path]:
