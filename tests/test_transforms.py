@@ -459,6 +459,11 @@ def test_tar_later_member_wins_but_never_replaces_a_directory(tmp_path: Path) ->
     archive = make_tar({"d/x": b"x"}, [member("d", content=b"file over a directory")])
     with pytest.raises(UnsafeArchiveError, match="member 'd' would replace a directory"):
         populate(tmp_path / "again", put(tmp_path, "clash.tar", archive), "tar")
+    # Nor a file by a directory (an archive appended to with `tar -r` after x became one), said
+    # as such: it was "would be written below the file 'x'".
+    archive = make_tar({"x": b"a file"}, [member("x", tarfile.DIRTYPE), member("x/y", content=b"y")])
+    with pytest.raises(UnsafeArchiveError, match="member 'x/?' is a directory in place of the file 'x' made before it"):
+        populate(tmp_path / "third", put(tmp_path, "appended.tar", archive), "tar")
 
 
 def test_tar_with_an_impossible_time(tmp_path: Path) -> None:

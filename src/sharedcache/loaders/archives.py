@@ -248,6 +248,10 @@ class SafeTree:
             there = "/".join((*parent_parts, part))
             if stat.S_ISLNK(os.lstat(part, dir_fd=descriptor).st_mode):
                 raise self.refuse(name, f"would be written through the symlink {quoted(there)}") from None
+            if (*parent_parts, part) == self.parts(name):  # the member is this directory
+                # (GNU tar would replace the file; here nothing made is replaced by a directory)
+                raise self.refuse(name, f"is a directory in place of the file {quoted(there)} made before it") \
+                    from None
             raise self.refuse(name, f"would be written below the file {quoted(there)}") from None
 
     def _place(self, parts: tuple[str, ...], name: str, make: Callable[[str, int], _T]) -> _T:
