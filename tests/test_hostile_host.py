@@ -494,6 +494,124 @@ def test_an_index_swapped_for_a_link_as_sqlite_connects_is_refused_and_nothing_w
     assert lure.stat().st_size == 0
 
 
+# Loaded by the victim's sc as its sitecustomize: once it has made its staging directory, it
+# waits (at most 30 s) for the file $SC_TEST_GO, so that the test can act while she populates.
+PAUSE_ONCE_STAGED = """
+import os, sys, time
+_paused = []
+def _hook(event, args):
+    if event == "os.mkdir" and not _paused and args[1] == 0o700 and len(str(args[0])) == 24:
+        _paused.append(True)
+        open(os.environ["SC_TEST_STAGED"], "w").close()
+        end = time.monotonic() + 30
+        while not os.path.exists(os.environ["SC_TEST_GO"]) and time.monotonic() < end:
+            time.sleep(0.01)
+sys.addaudithook(_hook)
+"""
+
+
+def test_the_creator_swapping_the_group_cache_for_a_link_mid_population_never_makes_her_write_there(
+    shared, users, python, recipe, home
+):
+    # The member who made a group cache owns its directory, and may rename it and put a link to
+    # a directory of the victim's in its place while she populates.  Her commit then opened the
+    # index, its reserve, the budget and stage.lock by their paths, through the link: it made an
+    # index and a 256 KiB reserve in her directory.
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    root = base / f".shared-cache-g{users.gid}"
+    target = home / "projects"
+    target.mkdir()
+    os.chown(target, users.victim, users.victim)
+    made = run_as(python, users.member, "--use", "--keep", *group, "-d", str(base), "-n", "first", *recipe,
+                  groups=(users.gid,))
+    assert made.returncode == 0, made.stderr
+    before = snapshot(home)
+    site, signals = shared / "site", tmp_like(shared / "signals")
+    staged, go = signals / "staged", signals / "go"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PAUSE_ONCE_STAGED)
+    interpreter, env = python
+    env = {**env, "PYTHONPATH": f"{site}{os.pathsep}{env['PYTHONPATH']}", "SC_TEST_STAGED": str(staged),
+           "SC_TEST_GO": str(go)}
+    with Sleeper() as job:
+        victim = subprocess.Popen([interpreter, "-m", "sharedcache", "--use", *group, "-d", str(base), "-n", "second",
+                                   "--pid", str(job.pid), *recipe], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env, user=users.victim, group=users.victim,
+                                  extra_groups=[users.gid], cwd="/")
+        try:
+            deadline = time.monotonic() + BOUND
+            while not staged.exists():
+                assert victim.poll() is None and time.monotonic() < deadline, victim.communicate()
+                time.sleep(0.01)
+            done(code_as(python, users.member, "import os, sys; os.rename(sys.argv[1], sys.argv[1] + '.away'); "
+                         "os.symlink(sys.argv[2], sys.argv[1])", str(root), str(target), groups=(users.gid,)))
+            go.touch()
+            _, err = victim.communicate(timeout=BOUND)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+                victim.wait(BOUND)
+    assert victim.returncode == 1 and len(err.strip().splitlines()) == 1 and err.startswith("sc: "), err
+    assert snapshot(home) == {**before, "projects": before["projects"]}
+    assert os.listdir(target) == []
+
+
+# The victim's program, a library user: it opens the group cache ROOT of GID, says "open", waits
+# for the file GO (at most 30 s), then sets a budget, stores, collects and stores again, each
+# step allowed to fail; prints what each step raised.
+LIBRARY_USER = """
+import os, sys, time
+from sharedcache import FsCache
+root, gid, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+cache = FsCache(root, group=gid)
+print("open", flush=True)
+end = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < end:
+    time.sleep(0.01)
+def store():
+    with cache.store("x") as path:
+        (path / "f").write_text("x")
+for step in (lambda: setattr(cache, "max_size", "1GB"), store, cache.gc, store):
+    try:
+        step()
+        print("done")
+    except Exception as e:
+        print(type(e).__name__, e)
+"""
+
+
+def test_the_creator_swapping_the_group_cache_for_a_link_under_a_library_user_gets_nothing_written_there(
+    shared, users, python, recipe, home
+):
+    # A process that opened the cache before the swap wrote its budget, stage.lock, the index's
+    # reserve and its lock probes by their paths, through the link.
+    base = tmp_like(shared / "tmp")
+    root = base / f".shared-cache-g{users.gid}"
+    target = home / "projects"
+    target.mkdir()
+    os.chown(target, users.victim, users.victim)
+    made = run_as(python, users.member, "--use", "--keep", "--group", str(users.gid), "-d", str(base), "-n", "first",
+                  *recipe, groups=(users.gid,))
+    assert made.returncode == 0, made.stderr
+    before = snapshot(home)
+    go = tmp_like(shared / "signals") / "go"
+    victim = code_as(python, users.victim, LIBRARY_USER, str(root), str(users.gid), str(go), groups=(users.gid,))
+    try:
+        assert victim.stdout is not None and victim.stdout.readline() == "open\n", victim.communicate(timeout=BOUND)
+        done(code_as(python, users.member, "import os, sys; os.rename(sys.argv[1], sys.argv[1] + '.away'); "
+                     "os.symlink(sys.argv[2], sys.argv[1])", str(root), str(target), groups=(users.gid,)))
+        go.touch()
+        steps = done(victim)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(BOUND)
+    assert "Traceback" not in steps
+    assert os.listdir(target) == [], steps
+    assert snapshot(home) == before
+
+
 # Whenever the work directory is a directory, put it aside and a link to ``target`` in its place.
 HIJACK_WORK = """\
 import os, sys, time

@@ -247,6 +247,8 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 META_BYTES = 1 << 20
 #: The index's file in the cache's directory (see :mod:`sharedcache.engine.index`).
 INDEX = "index.sqlite"
+#: The budget's file in the cache's directory (see :attr:`FsCache.max_size`).
+BUDGET = "budget"
 #: The files SQLite keeps beside the index (its journals), by the suffix of their names.
 _INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
 #: The beginning of the name of what gc set aside in the cache's directory, not in the trash.
@@ -392,7 +394,7 @@ class FsCache:
         self._objects = os.path.join(self.root, "objects")
         self._stage = os.path.join(self.root, "stage")
         self._trash = os.path.join(self.root, "trash")
-        self._budget = os.path.join(self.root, "budget")
+        self._budget = os.path.join(self.root, BUDGET)  # (as messages name it)
         self._local = thread_local()
         self._kept_open: dict[str, int] = {}  # (see own_directory)
         self.modes = open_cache(self.root, group, repair=repair)
@@ -498,12 +500,15 @@ class FsCache:
     @property
     def max_size(self) -> int | None:
         """The size budget in bytes (None: unlimited), as stored in the cache now."""
+        root = self._open_own(".")
         try:
-            text = read_control(self._budget, 64) or b"<not a file>"
+            text = read_control(BUDGET, 64, dir_fd=root) or b"<not a file>"
         except FileNotFoundError:
             return None
         except OSError as e:
             raise CacheError(f"cannot read {self._budget}: {e.strerror}") from None
+        finally:
+            os.close(root)
         try:
             return int(text)
         except ValueError:
@@ -521,10 +526,14 @@ class FsCache:
             # The index is read before anything changes, so that an unusable one fails the
             # change whole.
             excess = db.total() - budget if budget is not None else 0
-            if budget is None:
-                unlink_if_present(self._budget)
-            else:
-                write_atomic(self._budget, str(budget).encode(), mode=self.modes.file)
+            root = self._open_own(".")
+            try:
+                if budget is None:
+                    unlink_if_present(BUDGET, dir_fd=root)
+                else:
+                    write_atomic(f"/proc/self/fd/{root}/{BUDGET}", str(budget).encode(), mode=self.modes.file)
+            finally:
+                os.close(root)
             if excess > 0:
                 self._evict(db, excess)
         self._empty_trash()
@@ -1313,14 +1322,17 @@ class FsCache:
     def _stage_guard(self) -> int:
         """Open ``stage.lock``; a repairing open (gc) moves anything but a file found there
         into the trash and makes a new one."""
-        path = os.path.join(self.root, "stage.lock")
+        root = self._open_own(".")
         try:
-            return locks.open_lock_file(path, mode=self.modes.file)
-        except CacheError:
-            if not self.repair:
-                raise
-            os.rename(path, os.path.join(self._trash, unique_name()))
-            return locks.open_lock_file(path, mode=self.modes.file)
+            try:
+                return locks.open_lock_file("stage.lock", mode=self.modes.file, dir_fd=root)
+            except CacheError:
+                if not self.repair:
+                    raise
+                self._to_trash(".", "stage.lock")
+                return locks.open_lock_file("stage.lock", mode=self.modes.file, dir_fd=root)
+        finally:
+            os.close(root)
 
     def _sweep(self) -> int:
         """Remove the staging directories of dead processes, if nobody is creating one now.

@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - an interpreter without the C module's 
 
 from ..errors import CacheError, NoSpaceError, WaitTimeoutError
 from ..lean import scoped
+from .fsutil import open_directory, unlink_if_present
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ Row = tuple[str, int, float, float, int, "str | None"]
 
 #: Bytes kept allocated beside the index for its journal to grow into on a full file system.
 RESERVE = 256 * 1024
+_RESERVE = "index.reserve"  # the reserve's file, in the cache's directory
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -192,9 +194,8 @@ class Index(sqlite3.Connection):
     @scoped
     def transaction(self) -> Iterator[Index]:
         """A write transaction: all of it or none of it happens."""
-        reserve = os.path.join(self.root, "index.reserve")
         if _full(self.root):
-            _remove_reserve(reserve)
+            _remove_reserve(self.root)
         try:
             self.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
@@ -257,21 +258,33 @@ def _full(root: str) -> bool:
     return st.f_bavail * st.f_frsize < RESERVE
 
 
-def _remove_reserve(path: str) -> None:
+def _remove_reserve(root: str) -> None:
+    """Remove the reserve of the index of the cache at ``root``, reached as :func:`make_reserve`
+    reaches it."""
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        directory = open_directory(root)
+    except OSError:
+        return  # not a directory: not the cache (see make_reserve)
+    try:
+        unlink_if_present(_RESERVE, dir_fd=directory)
+    finally:
+        os.close(directory)
 
 
 def make_reserve(root: str, mode: int) -> None:
     """Allocate the reserve of the index of the cache at ``root``: :data:`RESERVE` bytes, or
     what is free if less (a nearly full file system keeps what it can for the next
     transaction), grown back to :data:`RESERVE` once there is room.  Best effort.  ``mode``: the
-    cache's file mode, given to a new reserve."""
-    path = os.path.join(root, "index.reserve")
+    cache's file mode, given to a new reserve.  The cache's directory is opened without following
+    a symlink at its name: a group cache's creator may rename the directory and put one there,
+    and the reserve would be made wherever it led."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        directory = open_directory(root)
+        try:
+            fd = os.open(_RESERVE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
+                         dir_fd=directory)
+        finally:
+            os.close(directory)
     except OSError:
         return  # no room even for the inode, or something planted there: next time
     try:
@@ -303,9 +316,8 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
     which is known before SQLite reads or writes anything: it opens the file, and not its
     journals, as it connects."""
     path = os.path.join(root, "index.sqlite")
-    reserve = os.path.join(root, "index.reserve")
     if _full(root):  # its -wal and -shm files are made anew by the first connection
-        _remove_reserve(reserve)
+        _remove_reserve(root)
         if root not in _to_remake:  # whatever this process frees, the next one has a reserve
             _to_remake.add(root)
             atexit.register(make_reserve, root, file_mode)

@@ -241,13 +241,13 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
             # A new cache: refuse it if locks lock nothing there.  The marker records that the
             # check passed, so the operations that follow pay nothing for it.
             check_locks(root)
-            create_exclusive(os.path.join(root, "cache.info"), FORMAT_LINE, mode=modes.file)
+            create_exclusive(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
             found = read_control("cache.info", dir_fd=fd)
         except OSError as e:
             raise CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
         if found in _COMPATIBLE_FORMATS:
             try:
-                write_atomic(os.path.join(root, "cache.info"), FORMAT_LINE, mode=modes.file)
+                write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
             except OSError as e:
                 # A read-only cache can still be read, and nothing of format 3 can be put in it.
                 if e.errno != errno.EROFS:
@@ -314,7 +314,7 @@ def _repair_marker(root: str, fd: int, found: bytes | None, modes: Modes, *, rep
         raise CacheError(f"the marker {root}/cache.info of cache {root} is damaged; run gc to repair it")
     if found is None:
         os.rename("cache.info", f"{TRASH}/{unique_name()}", src_dir_fd=fd, dst_dir_fd=fd)
-    write_atomic(os.path.join(root, "cache.info"), FORMAT_LINE, mode=modes.file)
+    write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
 
 
 def _check_owner(root: str, st: os.stat_result, group: int | None) -> None:

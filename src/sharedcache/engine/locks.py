@@ -126,15 +126,20 @@ def locks_work(directory: str | os.PathLike[str]) -> bool:
     are opened here: if the second can take an exclusive lock while the first holds one, locking
     does not work there.
     """
-    path = os.path.join(directory, f".lockprobe-{os.getpid()}-{time.monotonic_ns()}")
-    first = open_lock_file(path)
+    # Opened without following a symlink at its name, where a group cache's creator could put one.
+    at = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        second = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        name = f".lockprobe-{os.getpid()}-{time.monotonic_ns()}"
+        first = open_lock_file(name, dir_fd=at)
         try:
-            fcntl.flock(first, fcntl.LOCK_EX)
-            return not try_lock(second, EXCLUSIVE)
+            second = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at)
+            try:
+                fcntl.flock(first, fcntl.LOCK_EX)
+                return not try_lock(second, EXCLUSIVE)
+            finally:
+                os.close(second)
         finally:
-            os.close(second)
+            os.close(first)
+            os.unlink(name, dir_fd=at)
     finally:
-        os.close(first)
-        os.unlink(path)
+        os.close(at)
