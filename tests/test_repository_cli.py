@@ -413,6 +413,10 @@ def test_run_command_keeps_its_data_when_sc_is_killed_and_frees_it_when_it_ends(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         assert sc("gc", "-d", str(dirs[0])).returncode == 0
+        # Its only use is now the command's lock, which the listing shows (its USERS said "-").
+        [row] = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)
+        assert (row["users"], row["in_use"]) == ([], True)
+        assert sc("list", "-d", str(dirs[0])).stdout.splitlines()[1].endswith(" a lock")
         with Sleeper() as other:  # another job's last release must not delete it either
             assert sc("--use", "--pid", str(other.pid), *args).returncode == 0
             assert sc("--unuse", "--pid", str(other.pid), *args).returncode == 0

@@ -142,7 +142,8 @@ def listing(repositories: Repositories, options: Arguments) -> int:
         return 0
     print(f"{'NAME':24} {'STATE':17} {'SIZE':>10}  {'PATH':40} USERS")
     for row in rows:
-        users = ",".join(str(p) for p in row["users"]) or "-"
+        # In use without a lease: held through its lock (by what a killed `sc run` started).
+        users = ",".join(str(p) for p in row["users"]) or ("a lock" if row["in_use"] else "-")
         state = row["state"] + (" (kept)" if row["keep"] else "")
         # Names and paths are escaped: in a group cache another member chose them.
         name, path = printable(row["name"]), printable(row["path"])

@@ -377,13 +377,13 @@ class Repositories:
                 rows.append({
                     "name": entry.name, "path": str(base.link(entry.name)), "state": "ready",
                     "size": entry.size, "users": list(entry.users), "keep": entry.keep,
-                    "last_used": entry.last_used, "base": str(base.path),
+                    "last_used": entry.last_used, "base": str(base.path), "in_use": entry.in_use,
                 })
             for name, status in base.populations():
                 rows.append({
                     "name": name, "path": str(base.link(name)), "state": "populating",
                     "size": status.get("done", 0), "users": [status.get("pid")], "keep": None,
-                    "last_used": status.get("started"), "base": str(base.path),
+                    "last_used": status.get("started"), "base": str(base.path), "in_use": True,
                 })
         self._report_skips()
         return rows
