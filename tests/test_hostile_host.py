@@ -553,6 +553,7 @@ def test_the_creator_swapping_the_group_cache_for_a_link_mid_population_never_ma
                 victim.kill()
                 victim.wait(BOUND)
     assert victim.returncode == 1 and len(err.strip().splitlines()) == 1 and err.startswith("sc: "), err
+    assert f"cache {root} is no longer a directory" in err, err
     assert snapshot(home) == {**before, "projects": before["projects"]}
     assert os.listdir(target) == []
 

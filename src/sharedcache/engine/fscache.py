@@ -1127,14 +1127,17 @@ class FsCache:
         have swapped one in), so that what is removed or renamed through it is this cache's."""
         try:
             root = open_directory(self.root)
-            try:
-                return open_directory(sub, dir_fd=root)
-            finally:
-                os.close(root)
+        except OSError as e:  # renamed and replaced (by a link, as a group cache's creator may), or gone
+            raise CacheError(f"cache {self.root} is no longer a directory ({e.strerror}); refusing to use it") \
+                from None
+        try:
+            return open_directory(sub, dir_fd=root)
         except OSError as e:
             raise CacheError(
                 f"{self.root}/{sub} is not a directory of this cache ({e.strerror}); run gc to repair it"
             ) from None
+        finally:
+            os.close(root)
 
     def own_directory(self, sub: str) -> str:
         """A path that names the subdirectory ``sub`` of this cache (created if needed) for as
