@@ -126,8 +126,9 @@ def locks_work(directory: str | os.PathLike[str]) -> bool:
     are opened here: if the second can take an exclusive lock while the first holds one, locking
     does not work there.
     """
-    # Opened without following a symlink at its name, where a group cache's creator could put one.
-    at = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    from .fsutil import open_directory  # (loaded already: the engine's other modules use it)
+
+    at = open_directory(directory)  # not through a symlink at its name, as a group cache's creator may put
     try:
         name = f".lockprobe-{os.getpid()}-{time.monotonic_ns()}"
         first = open_lock_file(name, dir_fd=at)
