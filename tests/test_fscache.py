@@ -793,6 +793,34 @@ def test_index_emptied_under_other_processes_is_a_cache_error_and_gc_rebuilds_it
     assert all(loads(cache, name) for name in sizes)
 
 
+OPENS_AND_CLOSES = """
+import sys, time
+from sharedcache import CacheError, FsCache
+cache, end, failed = FsCache(sys.argv[1]), time.monotonic() + float(sys.argv[2]), []
+while time.monotonic() < end:
+    try:
+        cache.entries()
+    except CacheError as e:
+        failed.append(str(e))
+    cache.close()  # the last connection to close removes the index's -wal and -shm
+print(len(failed), failed[:1])
+"""
+
+
+def test_connections_opening_and_closing_in_other_processes_never_make_the_index_unusable(root: Path) -> None:
+    """Every connection's last close removes the files beside the index, and the next one makes
+    them anew: a process that looks at them just then must not take the file that went (or
+    its mode before its maker set it) for one it may not write."""
+    made = FsCache(root)
+    made.entries()
+    made.close()  # the children's connections are then the only ones
+    processes = [subprocess.Popen([sys.executable, "-c", OPENS_AND_CLOSES, str(root), "4"],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [process.communicate(timeout=60)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert outputs == ["0 []\n"] * len(processes)
+
+
 # -- a model of the whole API ----------------------------------------------------------------------
 
 

@@ -251,6 +251,9 @@ INDEX = "index.sqlite"
 BUDGET = "budget"
 #: The files SQLite keeps beside the index (its journals), by the suffix of their names.
 _INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
+#: How long, in seconds, a file beside the index that this user may not write must stay as it
+#: is to be refused: SQLite makes it with the umask's mode, then sets the index's.
+_SETTLE = 0.002
 #: The beginning of the name of what gc set aside in the cache's directory, not in the trash.
 _ASIDE = ".aside-"
 #: The commit marker of an entry flushed to disk before its commit.
@@ -276,15 +279,29 @@ def _unwritable_file(name: str, directory: int) -> str:
     """Why SQLite could not open ``name`` in the directory open as ``directory`` for writing, as
     it would: "is not a regular file" (a FIFO would block its open for good, a symlink or a
     directory fail it), or "cannot be written by this user"; "" if it can, or if there is
-    nothing there (SQLite makes it)."""
+    nothing there (SQLite makes it).
+
+    SQLite's connections in other processes remove these files and make them anew at any
+    moment, and set a new file's mode only after making it: a refusal holds only if the file
+    was there, unchanged, from before the test to a moment after it (:data:`_SETTLE`).  One
+    that keeps changing is in use, and is left to SQLite."""
     try:
         found = os.stat(name, dir_fd=directory, follow_symlinks=False)
     except FileNotFoundError:
         return ""
-    if not stat.S_ISREG(found.st_mode):
-        return "is not a regular file"
-    if not os.access(name, os.R_OK | os.W_OK, dir_fd=directory, effective_ids=True, follow_symlinks=False):
-        return "cannot be written by this user"
+    for _ in range(3):
+        if not stat.S_ISREG(found.st_mode):
+            return "is not a regular file"
+        if os.access(name, os.R_OK | os.W_OK, dir_fd=directory, effective_ids=True, follow_symlinks=False):
+            return ""
+        time.sleep(_SETTLE)
+        try:
+            after = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        except FileNotFoundError:
+            return ""
+        if (after.st_ino, after.st_mode, after.st_ctime_ns) == (found.st_ino, found.st_mode, found.st_ctime_ns):
+            return "cannot be written by this user"
+        found = after
     return ""
 
 
