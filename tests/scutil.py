@@ -113,6 +113,25 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:  # type
             proc.wait(timeout)
 
 
+def pause_at(event_test: str) -> str:
+    """The text of a ``sitecustomize`` that pauses the process that loads it the first time an
+    audit event passes ``event_test`` (an expression of ``event`` and ``args``): it makes the
+    file $SC_TEST_PAUSED, then waits (at most 30 s) for the file $SC_TEST_GO, so that a test
+    can act at that very moment."""
+    return f"""
+import os, sys, time
+_paused = []
+def _hook(event, args):
+    if not _paused and {event_test}:
+        _paused.append(True)
+        open(os.environ["SC_TEST_PAUSED"], "w").close()
+        end = time.monotonic() + 30
+        while not os.path.exists(os.environ["SC_TEST_GO"]) and time.monotonic() < end:
+            time.sleep(0.005)
+sys.addaudithook(_hook)
+"""
+
+
 class Sleeper:
     """A live process to own leases (``--pid``), killed on exit."""
 

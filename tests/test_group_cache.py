@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, interpreter_for, make_tarball, sample_files
+from scutil import Sleeper, interpreter_for, make_tarball, pause_at, sample_files
 
 ALICE, BOB, CAROL, GROUP = 41001, 41002, 41003, 41500
 FILES = sample_files(n=5, size=20_000)
@@ -31,10 +31,11 @@ def python() -> tuple[str, dict[str, str]]:
     return interpreter_for(ALICE, GROUP)
 
 
-def as_user(python, uid: int, *args: str, groups: tuple[int, ...] = (GROUP,)) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
-    interpreter, env = python
+def as_user(python, uid: int, *args: str, groups: tuple[int, ...] = (GROUP,),  # type: ignore[no-untyped-def]
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    interpreter, python_env = python
     return subprocess.run([interpreter, "-m", "sharedcache", *args], capture_output=True, text=True,
-                          timeout=60, env=env, user=uid, group=groups[0] if groups else uid,
+                          timeout=60, env=env or python_env, user=uid, group=groups[0] if groups else uid,
                           extra_groups=list(groups), umask=0o077)
 
 
@@ -247,3 +248,64 @@ def test_a_members_recorded_failure_reaches_the_waiters_as_one_short_line(shared
     line = rest.splitlines()[-1]
     assert line.startswith("sc: error: AAAA") and line.endswith("ZZZZ (60,007 characters)"), line[-100:]
     assert len(line) < 4100 and "\x1b" not in line
+
+
+# Loaded by alice's sc as its sitecustomize: it pauses once SQLite has opened the index, and
+# before SQLite opens the journals beside it, for bob to make them.
+_PAUSE_ONCE_CONNECTED = pause_at('event == "sqlite3.connect/handle"')
+
+# Bob's SQLite making the journals: with the mode his umask leaves, then, a moment later
+# (a process the scheduler put aside), with the index's.
+_JOURNALS_MADE_AS_SQLITE_MAKES_THEM = """
+import os, sys, time
+root, paused, go = sys.argv[1:]
+end = time.monotonic() + 30
+while not os.path.exists(paused) and time.monotonic() < end:
+    time.sleep(0.005)
+mode = os.stat(os.path.join(root, "index.sqlite")).st_mode & 0o777
+journals = [os.path.join(root, "index.sqlite" + suffix) for suffix in ("-wal", "-shm")]
+for journal in journals:
+    os.close(os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+open(go, "w").close()
+time.sleep(0.3)
+for journal in journals:
+    os.chmod(journal, mode)
+"""
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022])
+def test_journals_another_member_is_making_as_she_connects_are_waited_for(shared, python, umask):
+    # The first connection to the index makes its journals (-wal, -shm) with the umask's mode,
+    # then gives them the index's; a member whose SQLite opened them in between could not
+    # (with bob's umask 077) or got them read-only (022; her writes then failed): her command
+    # said the index was unusable, and advised a gc that rebuilt it.
+    source = shared / "data.bin"
+    source.write_bytes(b"data\n")
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    group = ["--group", str(GROUP), "-d", str(base)]
+    made = as_user(python, ALICE, "--use", "--keep", *group, "-n", "kept", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    root = base / f".shared-cache-g{GROUP}"
+    assert not (root / "index.sqlite-wal").exists(), "the last connection removes the journals"
+    site, paused, go = shared / "site", shared / "paused", shared / "go"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_PAUSE_ONCE_CONNECTED)
+    interpreter, env = python
+    bob = subprocess.Popen([interpreter, "-c", _JOURNALS_MADE_AS_SQLITE_MAKES_THEM, str(root), str(paused), str(go)],
+                           env=env, user=BOB, group=GROUP, extra_groups=[GROUP], umask=umask)
+    try:
+        second = as_user(python, ALICE, "--use", "--keep", *group, "-n", "second", f"file:{source}",
+                         env={**env, "PYTHONPATH": f"{site}:{env['PYTHONPATH']}",
+                              "SC_TEST_PAUSED": str(paused), "SC_TEST_GO": str(go)})
+        assert bob.wait(30) == 0
+    finally:
+        if bob.poll() is None:
+            bob.kill()
+            bob.wait(10)
+    assert go.exists(), "bob did not make the journals"
+    assert second.returncode == 0 and second.stderr == "", second.stderr
+    listed = as_user(python, BOB, "list", *group)
+    assert listed.returncode == 0, listed.stderr
+    assert {"kept", "second"} <= set(listed.stdout.split()), listed.stdout

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, check_tree, control, interpreter_for, make_tarball, sample_files, sc, sc_env
+from scutil import (Sleeper, check_tree, control, interpreter_for, make_tarball, pause_at, sample_files, sc,
+                    sc_env)
 
 FILES = sample_files(n=4, size=5_000)
 NAMES = ("schost1", "schost2", "schost3", "schost4")
@@ -494,20 +495,9 @@ def test_an_index_swapped_for_a_link_as_sqlite_connects_is_refused_and_nothing_w
     assert lure.stat().st_size == 0
 
 
-# Loaded by the victim's sc as its sitecustomize: once it has made its staging directory, it
-# waits (at most 30 s) for the file $SC_TEST_GO, so that the test can act while she populates.
-PAUSE_ONCE_STAGED = """
-import os, sys, time
-_paused = []
-def _hook(event, args):
-    if event == "os.mkdir" and not _paused and args[1] == 0o700 and len(str(args[0])) == 24:
-        _paused.append(True)
-        open(os.environ["SC_TEST_STAGED"], "w").close()
-        end = time.monotonic() + 30
-        while not os.path.exists(os.environ["SC_TEST_GO"]) and time.monotonic() < end:
-            time.sleep(0.01)
-sys.addaudithook(_hook)
-"""
+# Loaded by the victim's sc as its sitecustomize: it pauses once it has made its staging
+# directory, so that the test can act while she populates.
+PAUSE_ONCE_STAGED = pause_at('event == "os.mkdir" and args[1] == 0o700 and len(str(args[0])) == 24')
 
 
 def test_the_creator_swapping_the_group_cache_for_a_link_mid_population_never_makes_her_write_there(
@@ -532,7 +522,7 @@ def test_the_creator_swapping_the_group_cache_for_a_link_mid_population_never_ma
     site.mkdir()
     (site / "sitecustomize.py").write_text(PAUSE_ONCE_STAGED)
     interpreter, env = python
-    env = {**env, "PYTHONPATH": f"{site}{os.pathsep}{env['PYTHONPATH']}", "SC_TEST_STAGED": str(staged),
+    env = {**env, "PYTHONPATH": f"{site}{os.pathsep}{env['PYTHONPATH']}", "SC_TEST_PAUSED": str(staged),
            "SC_TEST_GO": str(go)}
     with Sleeper() as job:
         victim = subprocess.Popen([interpreter, "-m", "sharedcache", "--use", *group, "-d", str(base), "-n", "second",

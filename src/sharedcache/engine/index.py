@@ -103,7 +103,8 @@ class Index(sqlite3.Connection):
         if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _full(self.root)):
             return NoSpaceError(f"no space left on the device for the index of cache {self.root}")
         self.broken = True
-        return CacheError(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
+        unusable = _JournalUnopened if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) else CacheError
+        return unusable(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
 
     # -- the queries: every statement the engine runs is one of these ------------------------
 
@@ -216,6 +217,12 @@ class Index(sqlite3.Connection):
         make_reserve(self.root, self.file_mode)
 
 
+class _JournalUnopened(CacheError):
+    """SQLite could not open the index's journals (``-wal``, ``-shm``), or opened them read-only:
+    for the moment, while another connection makes them (what :func:`open_index` waits out),
+    or for good."""
+
+
 class _Rows(sqlite3.Cursor):
     connection: Index
 
@@ -314,7 +321,62 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
     this process write an index into a file of its own elsewhere.  So SQLite may not create the
     file (``mode=rw``), and the connection is kept only if SQLite's file is the one checked,
     which is known before SQLite reads or writes anything: it opens the file, and not its
-    journals, as it connects."""
+    journals, as it connects.
+
+    SQLite makes the journals (``-wal``, ``-shm``) at a connection's first statement if no other
+    connection has them open, and the last connection to close removes them.  It makes them with
+    the umask's mode, then gives them the index's: a member of a group cache whose connection
+    opens them in between gets them read-only (writes then fail), or not at all.  So a
+    connection is kept once it has shown that it may write (``BEGIN IMMEDIATE``), and one that
+    may not is made again, for at most :data:`_JOURNALS_SETTLE` seconds: a connection that has
+    its journals open keeps them open, and nobody removes them meanwhile."""
+    deadline = time.monotonic() + _JOURNALS_SETTLE
+    while True:
+        db = _connect(root, index, timeout, file_mode)
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                _create_schema(db, timeout)
+            if _may_write(db):
+                return db
+            raise _JournalUnopened(f"the index of cache {root} is unusable (its journals are read-only); "
+                                   "run gc to rebuild it")
+        except _JournalUnopened:
+            db.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.002)
+        except BaseException:
+            db.close()
+            raise
+
+
+def _may_write(db: Index) -> bool:
+    """Whether SQLite would let ``db`` write, with the journals it has open: it says so before it
+    waits for another writer, so that one is not waited for."""
+    waits = db.waits
+    db.wait_at_most(0)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+    except WaitTimeoutError:
+        pass  # another writer has the lock: SQLite refuses read-only journals before it tries it
+    except _JournalUnopened:
+        return False
+    finally:
+        db.wait_at_most(waits)
+    return True
+
+
+#: Seconds for which :func:`open_index` makes a connection again whose journals SQLite could not
+#: open for writing: far more than SQLite takes to set a new journal's mode.
+_JOURNALS_SETTLE = 1.0
+
+
+def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) -> Index:
+    """A connection to the index of :func:`open_index`'s arguments, which has not yet run a
+    statement: SQLite has opened the index's file, and the check that it is the one checked has
+    been made."""
     path = os.path.join(root, "index.sqlite")
     if _full(root):  # its -wal and -shm files are made anew by the first connection
         _remove_reserve(root)
@@ -333,9 +395,6 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
         raise CacheError(f"the index of cache {root} was replaced as it was opened (SQLite found another "
                          "file at its path); run gc to rebuild it")
     db.root, db.file_mode, db.waits = root, file_mode, timeout
-    db.execute("PRAGMA synchronous=NORMAL")
-    if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-        _create_schema(db, timeout)
     return db
 
 
