@@ -250,9 +250,11 @@ def test_a_members_recorded_failure_reaches_the_waiters_as_one_short_line(shared
     assert len(line) < 4100 and "\x1b" not in line
 
 
-# Loaded by alice's sc as its sitecustomize: it pauses once SQLite has opened the index, and
-# before SQLite opens the journals beside it, for bob to make them.
-_PAUSE_ONCE_CONNECTED = pause_at('event == "sqlite3.connect/handle"')
+# Loaded by alice's sc as its sitecustomize: it pauses, for bob to make the index's journals,
+# before she looks at the files beside the index (as she opens it to make it if missing), or
+# once SQLite has opened the index, before SQLite opens the journals.
+_PAUSES = {"before she looks": pause_at('event == "open" and args[0] == "index.sqlite"'),
+           "as she connects": pause_at('event == "sqlite3.connect/handle"')}
 
 # Bob's SQLite making the journals: with the mode his umask leaves, then, a moment later
 # (a process the scheduler put aside), with the index's.
@@ -274,11 +276,13 @@ for journal in journals:
 
 
 @pytest.mark.parametrize("umask", [0o077, 0o022])
-def test_journals_another_member_is_making_as_she_connects_are_waited_for(shared, python, umask):
+@pytest.mark.parametrize("moment", ["before she looks", "as she connects"])
+def test_journals_another_member_is_making_are_waited_for(shared, python, umask, moment):
     # The first connection to the index makes its journals (-wal, -shm) with the umask's mode,
-    # then gives them the index's; a member whose SQLite opened them in between could not
-    # (with bob's umask 077) or got them read-only (022; her writes then failed): her command
-    # said the index was unusable, and advised a gc that rebuilt it.
+    # then gives them the index's.  A member whose SQLite opened them in between could not
+    # (with bob's umask 077) or got them read-only (022; her writes then failed), and one who
+    # looked at them first refused them as a plant: her command said the index was unusable,
+    # and advised a gc that rebuilt it.
     source = shared / "data.bin"
     source.write_bytes(b"data\n")
     base = shared / "base"
@@ -291,7 +295,7 @@ def test_journals_another_member_is_making_as_she_connects_are_waited_for(shared
     assert not (root / "index.sqlite-wal").exists(), "the last connection removes the journals"
     site, paused, go = shared / "site", shared / "paused", shared / "go"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(_PAUSE_ONCE_CONNECTED)
+    (site / "sitecustomize.py").write_text(_PAUSES[moment])
     interpreter, env = python
     bob = subprocess.Popen([interpreter, "-c", _JOURNALS_MADE_AS_SQLITE_MAKES_THEM, str(root), str(paused), str(go)],
                            env=env, user=BOB, group=GROUP, extra_groups=[GROUP], umask=umask)

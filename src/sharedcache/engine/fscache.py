@@ -251,9 +251,6 @@ INDEX = "index.sqlite"
 BUDGET = "budget"
 #: The files SQLite keeps beside the index (its journals), by the suffix of their names.
 _INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
-#: How long, in seconds, a file beside the index that this user may not write must stay as it
-#: is to be refused: SQLite makes it with the umask's mode, then sets the index's.
-_SETTLE = 0.002
 #: The beginning of the name of what gc set aside in the cache's directory, not in the trash.
 _ASIDE = ".aside-"
 #: The commit marker of an entry flushed to disk before its commit.
@@ -275,34 +272,28 @@ def committed(entry: str) -> str | None:
     return marker if os.path.lexists(f"{entry}/{marker}") else None
 
 
-def _unwritable_file(name: str, directory: int) -> str:
+def _unwritable_file(name: str, directory: int, settle: float) -> str:
     """Why SQLite could not open ``name`` in the directory open as ``directory`` for writing, as
     it would: "is not a regular file" (a FIFO would block its open for good, a symlink or a
     directory fail it), or "cannot be written by this user"; "" if it can, or if there is
     nothing there (SQLite makes it).
 
-    SQLite's connections in other processes remove these files and make them anew at any
-    moment, and set a new file's mode only after making it: a refusal holds only if the file
-    was there, unchanged, from before the test to a moment after it (:data:`_SETTLE`).  One
-    that keeps changing is in use, and is left to SQLite."""
-    try:
-        found = os.stat(name, dir_fd=directory, follow_symlinks=False)
-    except FileNotFoundError:
-        return ""
-    for _ in range(3):
+    SQLite's connections in other processes remove the journals and make them anew at any
+    moment, and give a new one the index's mode only after making it with the umask's: a file
+    this user may not write is refused only if it stays so for ``settle`` seconds."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            found = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        except FileNotFoundError:
+            return ""
         if not stat.S_ISREG(found.st_mode):
             return "is not a regular file"
         if os.access(name, os.R_OK | os.W_OK, dir_fd=directory, effective_ids=True, follow_symlinks=False):
             return ""
-        time.sleep(_SETTLE)
-        try:
-            after = os.stat(name, dir_fd=directory, follow_symlinks=False)
-        except FileNotFoundError:
-            return ""
-        if (after.st_ino, after.st_mode, after.st_ctime_ns) == (found.st_ino, found.st_mode, found.st_ctime_ns):
+        if time.monotonic() >= deadline:
             return "cannot be written by this user"
-        found = after
-    return ""
+        time.sleep(0.002)
 
 
 def _check_entry_settings(meta: object, keep: object) -> None:
@@ -462,8 +453,10 @@ class FsCache:
             return made.st_dev, made.st_ino
         if os.fstatvfs(directory).f_flag & os.ST_RDONLY:
             raise CacheError(f"the index of cache {self.root} cannot be written: it is on a read-only file system")
+        from .index import JOURNALS_SETTLE  # (loaded by the caller)
+
         for name in (INDEX, *(INDEX + suffix for suffix in _INDEX_SIDE_FILES)):
-            why = _unwritable_file(name, directory)
+            why = _unwritable_file(name, directory, JOURNALS_SETTLE)
             if why:
                 problem = f"{self.root}/{name} {why}"
                 break

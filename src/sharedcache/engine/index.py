@@ -328,9 +328,9 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
     the umask's mode, then gives them the index's: a member of a group cache whose connection
     opens them in between gets them read-only (writes then fail), or not at all.  So a
     connection is kept once it has shown that it may write (``BEGIN IMMEDIATE``), and one that
-    may not is made again, for at most :data:`_JOURNALS_SETTLE` seconds: a connection that has
+    may not is made again, for at most :data:`JOURNALS_SETTLE` seconds: a connection that has
     its journals open keeps them open, and nobody removes them meanwhile."""
-    deadline = time.monotonic() + _JOURNALS_SETTLE
+    deadline = time.monotonic() + JOURNALS_SETTLE
     while True:
         db = _connect(root, index, timeout, file_mode)
         try:
@@ -368,9 +368,10 @@ def _may_write(db: Index) -> bool:
     return True
 
 
-#: Seconds for which :func:`open_index` makes a connection again whose journals SQLite could not
-#: open for writing: far more than SQLite takes to set a new journal's mode.
-_JOURNALS_SETTLE = 1.0
+#: Seconds within which SQLite gives a journal it made the index's mode (far more than it takes):
+#: :func:`open_index` makes a connection whose journals it could not open for writing again for
+#: that long, and a cache refuses a journal this user may not write only after that long.
+JOURNALS_SETTLE = 1.0
 
 
 def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) -> Index:
