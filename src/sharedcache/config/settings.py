@@ -64,8 +64,8 @@ class Credentials:
                  netrc: str | None = None, token_from: str | None = None) -> None:
         if key_file is not None and cert_file is None:
             raise SettingError("client_key", "needs a client_cert to go with it")
-        if bearer_token is not None and (not bearer_token.strip() or any(c.isspace() for c in bearer_token.strip())):
-            raise SettingError(token_from or "bearer_token", "must be one word of printable characters")
+        if bearer_token is not None and not _one_word(bearer_token):
+            raise SettingError(token_from or "bearer_token", "must be one word of printable ASCII characters")
         self.ca_file, self.ca_dir, self.grid_ca_dir = ca_file, ca_dir, grid_ca_dir
         self.cert_file, self.key_file = cert_file, key_file
         self.bearer_token = None if bearer_token is None else bearer_token.strip()
@@ -129,6 +129,13 @@ class Credentials:
         return "Credentials(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
 
 
+def _one_word(token: str) -> bool:
+    """Whether ``token`` (spaces around it aside) is one word that an HTTP header can carry: printable
+    ASCII (a header is sent as Latin-1; RFC 6750's tokens are ASCII)."""
+    token = token.strip()
+    return bool(token) and token.isascii() and token.isprintable() and not any(c.isspace() for c in token)
+
+
 def _existing(path: str) -> str | None:
     return path if os.path.exists(path) else None
 
@@ -155,7 +162,7 @@ class Rewrite:
         if not mirrors:
             raise SettingError("rewrite", f"{prefix}: give at least one mirror after '='")
         for mirror in mirrors:
-            if not _url_prefix(mirror):
+            if not _url_prefix(mirror) or not _parses(mirror):
                 raise SettingError("rewrite", f"{prefix}: the mirror {mirror!r} is not a URL (SCHEME://HOST...)")
         self.prefix, self.mirrors = prefix, tuple(mirrors)
 
@@ -270,6 +277,9 @@ class FetchPolicy:
         for what, given in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout),
                             ("backoff", backoff), ("backoff_max", backoff_max), ("speed_time", speed_time)):
             seconds(what, given)
+        for what, given in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if not given:  # urllib3 refuses a timeout of 0 (a socket would not wait at all)
+                raise SettingError(what, f"must be a number of seconds more than 0, not {given!r}")
         if speed_time == 0 and speed_limit:
             raise SettingError("speed_time", "must be more than 0 seconds when there is a speed limit")
         if type(offline) is not bool:
@@ -331,11 +341,21 @@ def proxy_url(member: str) -> str:
     if not colon or host.endswith(":"):  # no port, or an IPv6 address without brackets
         host, port = address, ""
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
-            or not member.isprintable() or " " in member or not _parses(f"{scheme}://{rest}"):
-        why = f"cannot use {member!r}" if member else "has an empty member"
+            or not member.isprintable() or not member.isascii() or " " in member \
+            or not _parses(f"{scheme}://{rest}"):
+        why = f"cannot use {_without_user_info(member)!r}" if member else "has an empty member"
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
     return f"{scheme}://{rest}"
+
+
+def _without_user_info(member: str) -> str:
+    """A proxy as written, without its user name and password: what messages may show of it."""
+    scheme, has_scheme, rest = member.partition("://")
+    if not has_scheme:
+        scheme, rest = "", member
+    at = rest.rfind("@")
+    return member if at < 0 else f"{scheme}{has_scheme}{rest[at + 1:]}"
 
 
 def _parses(url: str) -> bool:

@@ -77,12 +77,20 @@ def _ssl_context(credentials: Credentials) -> ssl.SSLContext:
         _load(context.load_verify_locations, "grid CA directory", credentials.grid_ca_dir,
               capath=credentials.grid_ca_dir)
     if credentials.cert_file:
+        key = credentials.key_file or credentials.cert_file
+
+        def no_passphrase() -> bytes:
+            # Without this, OpenSSL asks for the passphrase on the terminal (a job waits there for
+            # good, holding its population) or prints its prompt and fails with "Invalid argument".
+            raise LoaderError(f"cannot use the client certificate {credentials.cert_file}: its key {key} is "
+                              "encrypted, and sc cannot ask for its passphrase")
+
         _load(context.load_cert_chain, "client certificate", credentials.cert_file,
-              certfile=credentials.cert_file, keyfile=credentials.key_file)
+              certfile=credentials.cert_file, keyfile=credentials.key_file, password=no_passphrase)
     return context
 
 
-def _load(method: Any, what: str, path: str, **kwargs: str | None) -> None:
+def _load(method: Any, what: str, path: str, **kwargs: Any) -> None:
     try:
         method(**kwargs)
     except (OSError, ssl.SSLError) as exc:
@@ -154,11 +162,15 @@ def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
     if not path or not os.path.isfile(path):
         return None
     import netrc
+    import re
 
     try:
         entry = netrc.netrc(path).authenticators(host)
     except netrc.NetrcParseError as exc:
-        raise LoaderError(f"cannot read {path}: {exc.msg} (line {exc.lineno})") from None
+        # Its message quotes the word it did not expect, which may be a password (a line
+        # "login alice S3CRET" without the word "password"): never shown.
+        why = re.sub(r"\s*(['\"]).*\1$", "", exc.msg)
+        raise LoaderError(f"cannot read {path}: {why} (line {exc.lineno})") from None
     except UnicodeDecodeError as exc:
         raise LoaderError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
@@ -188,6 +200,6 @@ def _bearer_token(credentials: Credentials) -> str | None:
             os.close(fd)
     except OSError as exc:
         raise LoaderError(f"cannot read the bearer token file {path}: {exc.strerror}") from None
-    if not token or any(char.isspace() for char in token):
+    if not token or any(char.isspace() for char in token) or not (token.isascii() and token.isprintable()):
         raise LoaderError(f"the bearer token file {path} does not hold one token")
     return token

@@ -231,8 +231,12 @@ class Population:
         # A bad recipe fails before anything is written.
         self.recipe = parse_recipe(request.words, request.fetch.rewrites)
         if request.fetch.offline and any(source.network for source in self.recipe.sources):
-            raise DownloadError(f"offline: repository {name!r} is not here, and "
-                                f"{self.recipe.source.describe()} needs the network")
+            # Offline, the sources that need no network (local mirrors, listed first) still do.
+            local = tuple(source for source in self.recipe.sources if not source.network)
+            if not local:
+                raise DownloadError(f"offline: repository {name!r} is not here, and "
+                                    f"{self.recipe.sources[0].describe()} needs the network")
+            self.recipe.sources = local
         self.reporter.info(f"populating {name!r} in {base.path} from {shown_words(request.words)}")
         try:
             return self._run()

@@ -1,0 +1,193 @@
+"""Network inputs that must never show a secret or meet an internal error: proxies, netrc,
+bearer tokens, client keys, timeouts and rewrite mirrors; and offline with a local mirror."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scutil import Sleeper, control, sc, sc_env, user_dir
+from squid import free_port
+
+DATA = b"local mirror bytes\n" * 1000
+SHA256 = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture
+def owner() -> Iterator[Sleeper]:
+    with Sleeper() as sleeper:
+        yield sleeper
+
+
+def stored(base: Path) -> str:
+    """Everything the user's cache holds as text (records, metadata, the index)."""
+    return "".join(path.read_bytes().decode("latin-1") for path in control(base).rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("proxy", ["http://alice:s3cret-word@proxy.site:99999", "alice:s3cret-word@proxy.site:0",
+                                   "socks5://alice:s3cret-word@proxy.site:1080",
+                                   "http://alice:s3cret-word@[::1"])
+def test_the_password_of_a_proxy_no_connection_can_use_is_never_shown_or_stored(tmp_path, owner, proxy):
+    url = f"http:http://127.0.0.1:{free_port()}/data"
+    config = tmp_path / "config"
+    config.write_text(f"proxy = {proxy}\n")
+    for args, env in [(["--proxy", proxy], sc_env()), ([], sc_env(SC_PROXY=proxy)),
+                      ([], sc_env(SC_CONFIG=str(config))), ([], sc_env(http_proxy=proxy))]:
+        result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), *args, url, env=env)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "proxy" in result.stderr and "s3cret" not in result.stderr, result.stderr
+        shown = sc("config", env=env)
+        assert "s3cret" not in shown.stdout + shown.stderr
+    assert "s3cret" not in stored(tmp_path)
+
+
+def test_a_netrc_line_without_the_word_password_does_not_show_the_password(tmp_path, owner, origin):
+    url = origin.add("/data", DATA)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice S3CRET-pw\n")
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), f"http:{url}",
+                env=sc_env(NETRC=str(netrc)))
+    assert result.returncode == 1 and result.stderr.startswith(f"sc: error: repository 'data': cannot read {netrc}: ")
+    assert "S3CRET" not in result.stderr and "S3CRET" not in stored(tmp_path), result.stderr
+
+
+def test_offline_a_local_mirror_still_populates(tmp_path, owner, origin):
+    """README: "`file:` recipes still populate", and mirrors are tried in order, local ones first."""
+    url = origin.add("/data", DATA)
+    local = tmp_path / "data"
+    local.write_bytes(DATA)
+    for n, sources in enumerate([[f"file:{local}", f"http:{url}"], [f"http:{url}", f"file:{local}"]]):
+        result = sc("--use", "--offline", "-d", str(tmp_path), "-n", f"data{n}", "--pid", str(owner.pid),
+                    *sources, f"sha256:{SHA256}")
+        assert result.returncode == 0, result.stderr
+        assert (user_dir(tmp_path) / f"data{n}" / "data").read_bytes() == DATA
+    assert origin.stats("/data").gets == 0, "offline, nothing connects"
+    missing = sc("--use", "--offline", "-d", str(tmp_path), "-n", "missing", "--pid", str(owner.pid), f"http:{url}")
+    assert missing.returncode == 1 and missing.stderr == (
+        f"sc: error: offline: repository 'missing' is not here, and {url} needs the network\n")
+
+
+def test_a_proxy_host_that_is_not_ascii_is_one_line_not_an_internal_error(tmp_path, owner):
+    url = f"http:http://127.0.0.1:{free_port()}/data"
+    for env in (sc_env(SC_PROXY="http://pr\u00f6xy.site:3128"), sc_env(http_proxy="http://pr\u00f6xy.site:3128")):
+        result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url, env=env)
+        assert result.returncode == 2 and "internal error" not in result.stderr, result.stderr
+        assert "proxy cannot use 'http://pr\u00f6xy.site:3128'" in result.stderr
+
+
+@pytest.mark.parametrize("mirror", ["http://[::1/", "http://mirror.site:99999/"])
+def test_a_rewrite_mirror_no_connection_can_use_is_refused_naming_the_config_line(tmp_path, owner, mirror):
+    config = tmp_path / "config"
+    config.write_text(f"rewrite = http://origin.site/ = {mirror}\n")
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), "http:http://origin.site/data",
+                env=sc_env(SC_CONFIG=str(config)))
+    assert result.returncode == 2 and result.stderr.startswith(f"sc: error: {config}:1: rewrite "), result.stderr
+
+
+def test_a_bearer_token_a_header_cannot_carry_is_refused_at_once(tmp_path, owner):
+    url = f"http:https://127.0.0.1:{free_port()}/data"
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url,
+                env=sc_env(BEARER_TOKEN="tok\u20acn"), timeout=20)
+    assert result.returncode == 2 and result.stderr == (
+        "sc: error: BEARER_TOKEN: must be one word of printable ASCII characters\n"), result.stderr
+
+
+class _RecordingProxy:
+    """A forward proxy for plain HTTP that answers every GET itself with ``DATA`` and records the
+    ``Proxy-Authorization`` it was sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen: list[str | None] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                seen.append(self.headers.get("Proxy-Authorization"))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(DATA)))
+                self.end_headers()
+                self.wfile.write(DATA)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_proxy_password_outside_latin_1_is_sent_as_utf_8(tmp_path, owner):
+    import base64
+
+    proxy = _RecordingProxy()
+    try:
+        result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
+                    "--proxy", f"http://alice:p%E2%82%ACss@{proxy.address}",
+                    f"http:http://origin.invalid:{free_port()}/data", f"sha256:{SHA256}")
+    finally:
+        proxy.stop()
+    assert result.returncode == 0 and "internal error" not in result.stderr, result.stderr
+    assert proxy.seen == ["Basic " + base64.b64encode("alice:p\u20acss".encode()).decode()]
+
+
+@pytest.mark.parametrize("key", ["connect_timeout", "read_timeout"])
+def test_a_connect_or_read_timeout_of_0_is_one_line_naming_the_file(tmp_path, owner, key):
+    config = tmp_path / "config"
+    config.write_text(f"{key} = 0\n")
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
+                f"http:http://127.0.0.1:{free_port()}/data", env=sc_env(SC_CONFIG=str(config)))
+    assert result.returncode == 2 and result.stderr == (
+        f"sc: error: {config}:1: {key} must be a number of seconds more than 0, not 0.0\n"), result.stderr
+
+
+@pytest.fixture
+def encrypted_client_key(tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (tools/test.sh installs it when run as root)")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=client", "-passout", "pass:secret"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_an_encrypted_client_key_is_one_line_and_never_a_passphrase_prompt(tmp_path, owner, encrypted_client_key):
+    import shutil
+    import subprocess
+    import sys
+
+    cert, key = encrypted_client_key
+    config = tmp_path / "config"
+    config.write_text(f"client_cert = {cert}\nclient_key = {key}\n")
+    url = f"http:https://127.0.0.1:{free_port()}/data"
+    args = ["--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url]
+    expected = (f"sc: error: repository 'data': cannot use the client certificate {cert}: its key {key} is "
+                "encrypted, and sc cannot ask for its passphrase")
+    # A batch job: no terminal.  OpenSSL printed its prompt twice, then "Invalid argument".
+    batch = sc(*args, env=sc_env(SC_CONFIG=str(config)), stdin=subprocess.DEVNULL, start_new_session=True)
+    assert batch.returncode == 1 and batch.stderr == expected + "\n", batch.stderr
+    # On a terminal OpenSSL asked for the passphrase there, and the population waited for good.
+    if shutil.which("script") is None:
+        pytest.skip("script (util-linux) is not installed: no terminal to run sc on")
+    import shlex
+
+    command = " ".join(shlex.quote(arg) for arg in [sys.executable, "-m", "sharedcache", *args])
+    on_terminal = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL, env=sc_env(SC_CONFIG=str(config)))
+    assert on_terminal.returncode == 1 and expected in on_terminal.stdout, on_terminal.stdout
+    assert "pass phrase" not in on_terminal.stdout
