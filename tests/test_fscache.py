@@ -821,6 +821,34 @@ def test_connections_opening_and_closing_in_other_processes_never_make_the_index
     assert outputs == ["0 []\n"] * len(processes)
 
 
+def test_a_cache_made_again_under_a_live_object_is_accounted_in_its_new_index(root: Path) -> None:
+    old = FsCache(root, max_size=10_000_000)
+    with old.store("x") as path:
+        (path / "f").write_bytes(b"x" * 100_000)
+    assert old.size > 0
+    shutil.rmtree(root)  # an admin clears the cache; another program makes it again
+    new = FsCache(root, max_size=10_000_000)
+    with old.store("y") as path:
+        (path / "f").write_bytes(b"y" * 100_000)
+    assert set(os.listdir(root / "objects")) == {"y"}
+    assert [e.name for e in new.entries()] == ["y"]  # its row is in the index at the path
+    assert [e.name for e in old.entries()] == ["y"]  # not in the deleted file
+    assert old.size == new.size == new.info("y").size
+    assert new.gc().orphans_adopted == 0
+    old.close()
+    assert not any(target.startswith(f"{root}/index.sqlite") and target.endswith("(deleted)") for target in _open_files())
+
+
+def _open_files() -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the listing's own descriptor
+    return found
+
+
 # -- a model of the whole API ----------------------------------------------------------------------
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from sharedcache import FsCache
 from sharedcache.lean import scoped
 
 
@@ -58,3 +61,15 @@ def test_a_generator_that_yields_twice_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="yielded twice"):
         with twice():
             pass
+
+
+@pytest.mark.parametrize("what", ["load", "store", "stage"])
+def test_a_stop_iteration_in_the_block_propagates_as_itself(root: Path, what: str) -> None:
+    cache = FsCache(root)
+    with cache.store("a") as path:
+        (path / "f").write_text("a")
+    manager = {"load": lambda: cache.load("a"), "store": lambda: cache.store("b"), "stage": cache.stage}[what]
+    with pytest.raises(StopIteration):
+        with manager():
+            next(iter([]))
+    assert "b" not in cache

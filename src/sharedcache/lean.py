@@ -69,6 +69,8 @@ class Scope:
         except BaseException as raised:
             if raised is error:
                 return False  # propagates with its own traceback
+            if isinstance(error, StopIteration) and raised.__cause__ is error:
+                return False  # the block's StopIteration, which the generator turned into RuntimeError (PEP 479)
             raise
         raise RuntimeError(f"{self._name} yielded again after an exception")
 

@@ -416,7 +416,16 @@ class FsCache:
         """This thread's connection to the index (a fresh one after a fork)."""
         db: Index | None = getattr(self._local, "db", None)
         if db is not None and self._local.pid == os.getpid() and not db.broken:
-            return db
+            # Still the index at the cache's path: the cache's directory may have been removed and
+            # made again (or the index set aside by a gc, of another thread or process) since
+            # this connection was made, and its transactions would then go to a deleted file.
+            try:
+                now = os.stat(os.path.join(self.root, INDEX), follow_symlinks=False)
+                if (now.st_dev, now.st_ino) == self._local.index:
+                    return db
+            except OSError:
+                pass
+            self.close()
         from .index import open_index  # SQLite is loaded by what needs the index only
 
         directory = self._open_own(".")
@@ -425,7 +434,7 @@ class FsCache:
         finally:
             os.close(directory)
         db = open_index(self.root, index, self.timeout, self.modes.file)
-        self._local.db, self._local.pid = db, os.getpid()
+        self._local.db, self._local.pid, self._local.index = db, os.getpid(), index
         return db
 
     def _index_file(self, directory: int) -> tuple[int, int]:

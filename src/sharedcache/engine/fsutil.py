@@ -72,7 +72,10 @@ def write_atomic(
     try:
         os.rename(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass  # renamed: an interrupt (KeyboardInterrupt) came as the rename returned
         raise
     if durable:
         fsync_dir(os.path.dirname(os.path.abspath(path)))

@@ -33,6 +33,7 @@ import contextlib
 import os
 import stat
 import time
+import weakref
 
 try:  # sqlite3's Python layer only adds datetime adapters, which would cost every start
     import _sqlite3 as sqlite3
@@ -197,19 +198,26 @@ class Index(sqlite3.Connection):
         """A write transaction: all of it or none of it happens."""
         if _full(self.root):
             _remove_reserve(self.root)
+        if self.in_transaction:
+            # Transactions never nest: one is open only if an interrupt (KeyboardInterrupt, an
+            # exception a signal handler raised) came between its BEGIN and its COMMIT where
+            # nothing could roll it back.  It still holds the index's write lock.
+            self.execute("ROLLBACK")
         try:
-            self.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise WaitTimeoutError(f"cache {self.root} index is busy ({e})") from None
-        try:
+            try:
+                self.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise WaitTimeoutError(f"cache {self.root} index is busy ({e})") from None
             yield self
+            self.execute("COMMIT")
         except BaseException as e:
+            # Whatever ended it (the block's exception, or an interrupt that came just after the
+            # BEGIN or just before the COMMIT ran): the write lock is not kept.
             if self.in_transaction:
                 self.execute("ROLLBACK")
             if isinstance(e, sqlite3.DatabaseError):
                 raise self.failure(e) from None
             raise
-        self.execute("COMMIT")
         if _full(self.root):
             # Give back what the journal took, so that the reserve can be made again now.
             with contextlib.suppress(sqlite3.DatabaseError):
@@ -251,6 +259,27 @@ class _Rows(sqlite3.Cursor):
         except sqlite3.DatabaseError as e:
             raise self.connection.failure(e) from None
 
+
+#: Every connection this process made, so that a forked child can close what it inherited.
+_connections: weakref.WeakSet[Index] = weakref.WeakSet()
+
+
+def _close_inherited() -> None:
+    """In a forked child: close every connection inherited from the parent.  SQLite's locks on
+    the index and its journals are POSIX locks, which a child does not inherit, while SQLite's
+    record of what "this process" holds (kept per file, shared by all its connections) is
+    copied with the memory: a connection the child opened would rely on locks it does not hold
+    (its transactions then lose other processes' commits, or theirs lose its own) or wait for
+    ones held by the parent's threads, which do not exist in the child.  Once every inherited
+    connection is closed, SQLite forgets that record, and the child's next connection takes
+    its own locks."""
+    for db in list(_connections):
+        with contextlib.suppress(sqlite3.Error):  # dropped either way
+            db.close()
+    _connections.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited)
 
 #: The caches whose reserve this process gave up, to make again when it exits.
 _to_remake: set[str] = set()
@@ -388,7 +417,10 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
         make_reserve(root, file_mode)  # (data deleted after the last transaction may have made room)
     uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=rw"
     try:
-        db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=Index)
+        # check_same_thread=False: each connection is used by the thread that made it (FsCache keeps one
+        # per thread), but a forked child closes what every thread of its parent made (_close_inherited).
+        db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=Index,
+                             check_same_thread=False)
     except (OSError, sqlite3.DatabaseError) as e:
         raise CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") from None
     if not _open_here(index):
@@ -396,6 +428,7 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
         raise CacheError(f"the index of cache {root} was replaced as it was opened (SQLite found another "
                          "file at its path); run gc to rebuild it")
     db.root, db.file_mode, db.waits = root, file_mode, timeout
+    _connections.add(db)
     return db
 
 

@@ -564,13 +564,17 @@ def use(
         max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"),
         fetch=fetch if fetch is not None else files.fetch_when_needed(effective, os.environ, given),
     )
+    holder = os.getpid()
     try:
         with held.cache.load(held.name):
             from pathlib import Path
 
             yield Path(held.path)
     finally:
-        repositories.release_held(held, keep=keep)
+        # A child forked inside the block that leaves it (sys.exit() unwinds it) does not own the
+        # use: its parent does, and releases it when it leaves the block itself.
+        if os.getpid() == holder:
+            repositories.release_held(held, keep=keep)
 
 
 def _loader_words(words: tuple[object, ...]) -> list[str]:

@@ -1,0 +1,123 @@
+"""Programs that fork: a child's index transactions neither wait for its parent's threads nor
+lose what other processes commit, and a child forked inside ``use()`` leaves the parent's use alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import sharedcache
+from sharedcache import FsCache
+
+HERE = os.path.dirname(__file__)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(HERE, "..", "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _fork(child) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            status = child()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            status = 99
+        os._exit(status)
+    return pid
+
+
+def test_a_child_forked_while_another_thread_is_in_a_transaction_can_write_the_index(root: Path) -> None:
+    cache = FsCache(root, timeout=3)
+    with cache.store("a") as path:
+        (path / "f").write_text("a")
+    inside, done = threading.Event(), threading.Event()
+
+    def commit_slowly() -> None:
+        with cache._transaction():  # what a store's commit or a release holds for milliseconds
+            inside.set()
+            done.wait()
+
+    thread = threading.Thread(target=commit_slowly)
+    thread.start()
+    inside.wait()
+
+    def child() -> int:
+        time.sleep(0.5)  # the parent's transaction is over by then
+        with FsCache(root, timeout=3).store("b") as path:
+            (path / "f").write_text("b")
+        return 0
+
+    pid = _fork(child)
+    done.set()
+    thread.join()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert {e.name for e in cache.entries()} == {"a", "b"}
+
+
+def test_a_forked_child_outliving_its_parent_loses_no_commit_of_another_process(root: Path) -> None:
+    script = f"""
+import os, sys, time
+import sharedcache
+from sharedcache import FsCache
+cache = FsCache({str(root)!r})
+with cache.store("a") as p: (p / "f").write_text("a")   # the parent has used the index
+if os.fork() == 0:
+    time.sleep(0.5)                                     # the parent has exited
+    c = FsCache({str(root)!r})
+    for i in range(150):
+        with c.store(f"c{{i}}") as p: (p / "f").write_text("c")
+    open({str(root)!r} + "-child-done", "w").close()
+    os._exit(0)
+"""
+    third = f"""
+import sharedcache
+from sharedcache import FsCache
+c = FsCache({str(root)!r})
+for i in range(150):
+    with c.store(f"t{{i}}") as p: (p / "f").write_text("t")
+"""
+    subprocess.run([sys.executable, "-c", script], env=ENV, check=True, timeout=60)
+    time.sleep(0.3)
+    subprocess.run([sys.executable, "-c", third], env=ENV, check=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(f"{root}-child-done"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cache = FsCache(root)
+    on_disk = set(os.listdir(root / "objects"))
+    assert len(on_disk) == 301
+    assert cache.names() == on_disk  # every commit has its row: none was lost
+    assert cache.gc().orphans_adopted == 0
+
+
+def test_a_child_forked_inside_use_that_exits_leaves_the_parents_use_alone(base: Path, tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(10_000))
+    cache_root = base / f".shared-cache-{os.getuid()}" / ".cache"
+    leases = cache_root / "objects" / "blob" / "leases"
+
+    def program() -> None:
+        with sharedcache.use(f"file:{blob}", name="blob", directories=str(base)) as path:
+            before = os.listdir(leases)
+            pid = os.fork()
+            if pid == 0:
+                raise SystemExit(0)  # the worker is done: sys.exit() unwinds the `with` in it too
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+            assert os.listdir(leases) == before  # the child did not release the parent's use
+            assert (path / "blob").read_bytes() == blob.read_bytes()
+
+    parent = os.getpid()
+    try:
+        program()
+    except SystemExit:
+        if os.getpid() != parent:
+            os._exit(0)  # the child, past the `with`
+        raise
+    # The parent's own release worked, and deleted the repository as the last one.
+    assert "blob" not in FsCache(cache_root)
+    assert not os.path.lexists(base / f".shared-cache-{os.getuid()}" / "blob")
