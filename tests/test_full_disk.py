@@ -159,5 +159,10 @@ def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tm
         listed = sc("list", "-d", str(ro))
         assert listed.returncode == 1 and "read-only file system" in one_line(listed.stderr)
         assert "gc" not in listed.stderr, listed.stderr
+        for order in (f"{ro}:{other}", f"{other}:{ro}"):  # it failed whole, listing nothing
+            listed = sc("list", "-d", order)
+            assert listed.returncode == 0, listed.stderr
+            assert {"ready", "missing"} <= set(listed.stdout.split()), listed.stdout
+            assert one_line(listed.stderr) == f"sc: skipping {ro}: a read-only file system\n"
         collected = sc("gc", "-d", str(ro))
         assert collected.returncode == 0 and one_line(collected.stderr) == f"sc: skipping {ro}: a read-only file system\n"

@@ -694,3 +694,38 @@ def test_a_use_whose_path_cannot_be_written_fails_and_is_released(tmp_path, stdo
         assert (result.returncode, result.stderr) == (1, f"sc: error: cannot write the output: {why}\n")
         listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
         assert [pid for row in listed for pid in row["users"]] == []
+
+
+def test_location_and_unuse_under_a_name_refuse_another_recipes_repository(dirs, tarball, tmp_path):
+    # --use refuses a name that another recipe made; --location printed that recipe's path (its
+    # data, not the one asked for) and --unuse released its use, deleting it under its job.
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"not the tarball")
+    with Sleeper() as owner:
+        base = ["-n", "shared-name", "-d", d(dirs)]
+        assert sc("--use", *base, "--pid", str(owner.pid), *recipe(tarball)).returncode == 0
+        for command in (["--location", *base, f"file:{other}"],
+                        ["--unuse", *base, "--pid", str(owner.pid), f"file:{other}"]):
+            result = sc(*command)
+            assert result.returncode == 1 and result.stdout == "", (command, result)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "another loader stack" in lines[0], result.stderr
+        listed = json.loads(sc("list", "--json", "-d", d(dirs)).stdout)
+        assert [(row["name"], row["users"]) for row in listed] == [("shared-name", [owner.pid])]
+        located = sc("--location", *base, *recipe(tarball))
+        assert located.returncode == 0 and located.stdout.strip().endswith("/shared-name")
+        assert sc("--unuse", *base, "--pid", str(owner.pid), *recipe(tarball)).returncode == 0
+
+
+def test_unuse_releases_the_use_in_the_candidate_that_holds_it(dirs, tarball):
+    # The same repository is in both candidates (made by jobs whose candidates came in another
+    # order): --unuse looked only in the first one holding it, and failed, saying this job held
+    # no use there, while its use in the second lived on.
+    first, second = dirs
+    with Sleeper() as other_job, Sleeper() as job:
+        assert sc("--use", "-d", str(first), "--pid", str(other_job.pid), *recipe(tarball)).returncode == 0
+        assert sc("--use", "-d", str(second), "--pid", str(job.pid), *recipe(tarball)).returncode == 0
+        released = sc("--unuse", "-d", d(dirs), "--pid", str(job.pid), *recipe(tarball))
+        assert released.returncode == 0, released.stderr
+        users = {row["base"]: row["users"] for row in json.loads(sc("list", "--json", "-d", d(dirs)).stdout)}
+        assert users == {str(first): [other_job.pid]}

@@ -592,3 +592,31 @@ def test_a_resolver_that_never_answers_is_bounded(tmp_path):
         server.close()
     assert line.startswith("sc: error: repository 'dns': timed out after 2 s populating it"), line
     assert "Failed to resolve 'hang.example'" in line and "the resolver gave no answer in" in line, line
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sc_run_as_pid_1_of_a_container_ended_while_it_populates_ends_cleanly(tmp_path, trickle, signum):
+    # `sc run` as a container's entrypoint (PID 1 of its namespace), stopped (`docker stop`)
+    # while it populates: it undid the population, but its own signal, which the kernel does not
+    # deliver to such a process, did not end it: a traceback (_Ended: 15) and status 1.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to make PID namespaces")
+    base = tmp_path / "base"
+    base.mkdir()
+    container = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", *SC, "run", "--speed-limit", "0", "-d", str(base),
+         "-n", "slow", trickle.word(), "--", "true"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sc_env())
+    try:
+        wait_for_population(base, "slow", container)
+        wait_for(lambda: list((control(base) / "stage").iterdir()), what="the staging tree")
+        status = json.loads((control(base) / "populate" / "slow.json").read_text())
+        assert status["pid"] == 1
+        entrypoint = int(Path(f"/proc/{container.pid}/task/{container.pid}/children").read_text().split()[0])
+        os.kill(entrypoint, signum)
+        _, err = container.communicate(timeout=30)
+    finally:
+        stop_process(container)
+    assert "Traceback" not in err and "_Ended" not in err, err
+    assert container.returncode == 128 + signum, err
+    undone(base, "slow")

@@ -884,6 +884,14 @@ class FsCache:
                 self._mark_kept(entry)
             return add_lease(entry, owner)
 
+    def meta(self, name: str) -> str | None:
+        """The metadata of entry ``name`` (None if it has none); MissError if there is no entry.
+        The index is not opened."""
+        with self._entry(check_name(name)) as entry:
+            if not committed(entry):
+                raise MissError(f"no entry {name!r} in cache {self.root}")
+            return self._meta(entry)
+
     def _flushes_to_keep(self, entry: str) -> bool:
         """Whether keeping the entry at ``entry`` flushes it (:meth:`_make_durable`): not when it
         is durable already, as every entry a use kept is, nor in a cache that flushes nothing.

@@ -186,6 +186,11 @@ def _ending_cleanly() -> Iterator[None]:
     except _Ended as ended:
         signal.signal(ended.signum, signal.SIG_DFL)
         os.kill(os.getpid(), ended.signum)
+        if os.getpid() == 1:
+            # The first process of a PID namespace (a container's entrypoint: `sc run`, or a
+            # program calling use()) is never ended by a signal it does not handle, its own
+            # included: it ends with the status a shell gives such an end.
+            raise SystemExit(128 + ended.signum) from None
         raise  # the signal is blocked in this thread: it ends the process once unblocked
     finally:
         _ending.clear()

@@ -19,10 +19,10 @@ from ..engine.layout import check_base, check_name, user_directory
 from ..engine.leases import Owner
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
 from ..lean import scoped
-from ..loaders.words import default_name, legacy_default_name, normalize_words, recipe_identity
+from ..loaders.words import default_name, legacy_default_name, legacy_identity, normalize_words, recipe_identity
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
-from .bases import PRIVATE_CACHE, Base, base_directories, group_id
+from .bases import PRIVATE_CACHE, Base, base_directories, conflict, group_id
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -330,6 +330,16 @@ class Repositories:
             raise SharedCacheError(f"no repository {name!r} in {self._searched()}")
         cache = base.cache()
         lease = next(filter(None, (cache.lease_of(name, owner) for owner in owners)), None)
+        if lease is None:
+            # The first candidate holding it may hold another job's use only (one whose list of
+            # candidates put it first): the use to release is then in a later one.
+            for other, other_cache in self._caches():
+                if other is base or name not in other_cache or other_cache.meta(name) != cache.meta(name):
+                    continue
+                found = next(filter(None, (other_cache.lease_of(name, owner) for owner in owners)), None)
+                if found is not None:
+                    base, cache, lease = other, other_cache, found
+                    break
         try:
             deleted = cache.release(name, owners[-1], lease=lease, keep=keep)
         except UsageError:
@@ -360,7 +370,17 @@ class Repositories:
         identity (a use taken then is released now)."""
         if name is not None:
             name = check_repository_name(name)
-            return name, self.find(name)
+            base = self.find(name)
+            if base is not None:
+                # A name is not a recipe: another recipe's repository of that name is not this
+                # one, to be shown (--location) or released (--unuse), as --use refuses it.
+                try:
+                    found = base.cache().meta(name)
+                except MissError:
+                    return name, None  # deleted meanwhile
+                if found not in (recipe_identity(words), legacy_identity(words)):
+                    raise conflict(name, base.path, found)
+            return name, base
         name = default_name(words)
         base = self.find(name)
         if base is None and (legacy := legacy_default_name(words)) != name:
@@ -372,8 +392,20 @@ class Repositories:
     def listing(self) -> list[Record]:
         """Every repository in the candidate bases: ready ones and populations in progress."""
         rows = []
+        listed, read_only = False, None
         for base, cache in self._caches():
-            for entry in cache.entries():
+            try:
+                entries = cache.entries()
+            except CacheError as e:
+                # Its index cannot be opened there: the other candidates are still listed, as
+                # gc and uses go on past such a base.
+                if not base.read_only():
+                    raise
+                read_only = read_only or e
+                self._skip(base, CacheError(READ_ONLY))
+                continue
+            listed = True
+            for entry in entries:
                 rows.append({
                     "name": entry.name, "path": str(base.link(entry.name)), "state": "ready",
                     "size": entry.size, "users": list(entry.users), "keep": entry.keep,
@@ -385,6 +417,8 @@ class Repositories:
                     "size": status.get("done", 0), "users": [status.get("pid")], "keep": None,
                     "last_used": status.get("started"), "base": str(base.path), "in_use": True,
                 })
+        if read_only is not None and not listed:
+            raise read_only  # nothing else to list: the one line says why
         self._report_skips()
         return rows
 
