@@ -18,7 +18,8 @@ import pytest
 
 import sharedcache
 
-from scutil import SC, Sleeper, check_tree, control, finish, make_tarball, sample_files, sc, sc_env, sc_start, user_dir
+from scutil import (SC, Sleeper, check_tree, control, finish, make_tarball, sample_files, sc, sc_env, sc_start,
+                    stop_process, user_dir, wait_for)
 
 FILES = sample_files()
 
@@ -382,6 +383,31 @@ def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
     # An empty name names no command: a usage error (it was 'cannot run : Permission denied').
     empty = sc("run", *args, "--", "")
     assert empty.returncode == 2 and "run needs '-- COMMAND [ARG...]'" in empty.stderr, empty.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
+def test_run_passes_a_signal_sent_to_sc_on_to_its_command(dirs, tarball, tmp_path, sig):
+    # SIGUSR1 and SIGUSR2 (a batch system's warning that time is almost up) ended sc run by
+    # their default action, leaving its command running as an orphan and its use to gc.
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    ready, heard = tmp_path / "ready", tmp_path / "heard"
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        signal.signal({int(sig)}, lambda s, _: open({str(heard)!r}, "a").write(f"{{s}} "))
+        open({str(ready)!r}, "w").close()
+        end = time.monotonic() + 30
+        while not os.path.exists({str(heard)!r}) and time.monotonic() < end:
+            time.sleep(0.02)
+    """)
+    proc = sc_start("run", *args, "--", sys.executable, "-c", script)
+    try:
+        wait_for(ready.exists, what="the command to start")
+        os.kill(proc.pid, sig)
+        assert proc.wait(30) == 0
+    finally:
+        stop_process(proc)
+    assert heard.read_text() == f"{int(sig)} "
+    assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
 
 
 def ended(pid: int) -> bool:

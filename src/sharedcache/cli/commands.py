@@ -121,7 +121,9 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
                 return 127
         finally:
             os.close(lock)  # the child has its copy; sc's own use is its lease
-        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        # What a job is told (USR1 and USR2: a batch system's "time is almost up") is the
+        # command's to hear: their default action would end sc, orphaning the command.
+        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         previous = {s: signal.signal(s, lambda sig, _: child.send_signal(sig)) for s in forwarded}
         try:
             status = child.wait()
