@@ -243,6 +243,20 @@ def test_bearer_token_in_the_wlcg_discovery_order(nginx: Nginx, home: Path) -> N
     succeeded(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN_FILE=token_file))
     # BEARER_TOKEN comes before BEARER_TOKEN_FILE.
     failed(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN="wrong-token", BEARER_TOKEN_FILE=token_file), "HTTP 403")
+    # A token as Kubernetes projects it: a link to a link to the file (it was refused).
+    projected = home / "serviceaccount"
+    (projected / "..2026_12_02").mkdir(parents=True)
+    (projected / "..2026_12_02" / "token").write_text(TOKEN)
+    (projected / "..data").symlink_to("..2026_12_02")
+    (projected / "token").symlink_to("..data/token")
+    succeeded(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN_FILE=projected / "token"))
+    # In a directory that others may write, a link is anyone's: not followed.
+    shared = home / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    (shared / "token").symlink_to(token_file)
+    failed(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN_FILE=shared / "token"),
+           f"the bearer token file {shared / 'token'} is a symbolic link in a directory that others may write")
     runtime = home / "run"
     runtime.mkdir()
     (runtime / f"bt_u{os.getuid()}").write_text(TOKEN)

@@ -20,6 +20,7 @@ a download error: no mirror would do better).
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -182,15 +183,28 @@ def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
 
 
 def _bearer_token(credentials: Credentials) -> str | None:
-    """The token itself, or read from its file (which must be this user's: files in /tmp are
-    anyone's to plant)."""
+    """The token itself, or read from its file, which must be this user's or root's: files in
+    /tmp are anyone's to plant.  A symlink is followed (a Kubernetes token is one), unless it
+    is in a directory that others may write, where anyone could have put it."""
     if credentials.bearer_token is not None:
         return credentials.bearer_token
     path = credentials.bearer_token_file
     if path is None:
         return None
+    flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK)
+        if os.stat(os.path.dirname(os.path.abspath(path))).st_mode & 0o002:
+            flags |= os.O_NOFOLLOW
+    except OSError:
+        flags |= os.O_NOFOLLOW  # (the open below says why it cannot be read)
+    try:
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and flags & os.O_NOFOLLOW:
+                raise LoaderError(f"the bearer token file {path} is a symbolic link in a directory that others "
+                                  "may write; refusing to follow it") from None
+            raise
         try:
             status = os.fstat(fd)
             if status.st_uid not in (os.getuid(), 0):
