@@ -191,3 +191,14 @@ def test_an_encrypted_client_key_is_one_line_and_never_a_passphrase_prompt(tmp_p
                                  stdin=subprocess.DEVNULL, env=sc_env(SC_CONFIG=str(config)))
     assert on_terminal.returncode == 1 and expected in on_terminal.stdout, on_terminal.stdout
     assert "pass phrase" not in on_terminal.stdout
+
+
+def test_sc_config_shows_no_password_of_a_rewrite_mirror(tmp_path):
+    config = tmp_path / "config"
+    config.write_text("rewrite = http://origin.site/a@b/ = http://bob:s3cret-word@mirror.site/x@y/"
+                      ";http://o2.site/=https://al:pw-word@m2.site/\n")
+    shown = sc("config", env=sc_env(SC_CONFIG=str(config)))
+    assert shown.returncode == 0, shown.stderr
+    assert (f"rewrite = http://origin.site/a@b/ = http://mirror.site/x@y/;http://o2.site/=https://m2.site/  "
+            f"# {config}:1\n") in shown.stdout, shown.stdout
+    assert "s3cret" not in shown.stdout and "pw-word" not in shown.stdout

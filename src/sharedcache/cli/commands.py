@@ -174,7 +174,7 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 
 def show_config(effective: Effective) -> int:
     """``sc config``: every setting, its effective value and where it comes from."""
-    from ..config.settings import FetchPolicy
+    from ..config.settings import FetchPolicy, without_user_info
     from ..loaders.transport import shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES
 
@@ -189,6 +189,10 @@ def show_config(effective: Effective) -> int:
             value, where = getattr(defaults, key, None), "default"
         if key == "proxy" and isinstance(value, str):  # user info in a proxy URL is not shown
             value = shown_chain(value)
+        elif key == "rewrite" and isinstance(value, str):  # nor in a mirror's
+            import re
+
+            value = "".join(without_user_info(part) for part in re.split(r"([\s;=]+)", value))
         elif key == "proxy" and value is None:
             value = "(none: curl's variables apply)"
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value

@@ -343,19 +343,20 @@ def proxy_url(member: str) -> str:
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
             or not member.isprintable() or not member.isascii() or " " in member \
             or not _parses(f"{scheme}://{rest}"):
-        why = f"cannot use {_without_user_info(member)!r}" if member else "has an empty member"
+        why = f"cannot use {without_user_info(member)!r}" if member else "has an empty member"
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
     return f"{scheme}://{rest}"
 
 
-def _without_user_info(member: str) -> str:
-    """A proxy as written, without its user name and password: what messages may show of it."""
-    scheme, has_scheme, rest = member.partition("://")
+def without_user_info(url: str) -> str:
+    """A URL (a proxy's, with or without its scheme, or ``DIRECT``), as written, without the user
+    name and password of its authority: what messages and ``sc config`` may show of it."""
+    scheme, has_scheme, rest = url.partition("://")
     if not has_scheme:
-        scheme, rest = "", member
-    at = rest.rfind("@")
-    return member if at < 0 else f"{scheme}{has_scheme}{rest[at + 1:]}"
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{has_scheme}{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _parses(url: str) -> bool:

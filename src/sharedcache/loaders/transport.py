@@ -37,7 +37,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config.settings import DIRECT, FetchPolicy, proxy_url
+from ..config.settings import DIRECT, FetchPolicy, proxy_url, without_user_info
 from ..errors import ConfigError, DownloadError, SettingError
 
 if TYPE_CHECKING:
@@ -109,12 +109,6 @@ def bypassed(host: str, no_proxy: str) -> bool:
         if host == entry or host.endswith("." + entry):
             return True
     return False
-
-
-def without_user_info(proxy: str) -> str:
-    """A proxy URL (or ``DIRECT``) without its user name and password."""
-    scheme, has_scheme, rest = proxy.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}" if has_scheme else proxy.rpartition("@")[2]
 
 
 def shown_chain(chain: str) -> str:
