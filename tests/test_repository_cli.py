@@ -18,8 +18,8 @@ import pytest
 
 import sharedcache
 
-from scutil import (SC, Sleeper, check_tree, control, finish, make_tarball, sample_files, sc, sc_env, sc_start,
-                    stop_process, user_dir, wait_for)
+from scutil import (DEFAULT_SIGNALS, SC, Sleeper, check_tree, control, finish, make_tarball, pause_at, sample_files, sc,
+                    sc_env, sc_start, stop_process, user_dir, wait_for)
 
 FILES = sample_files()
 
@@ -407,6 +407,82 @@ def test_run_passes_a_signal_sent_to_sc_on_to_its_command(dirs, tarball, tmp_pat
     finally:
         stop_process(proc)
     assert heard.read_text() == f"{int(sig)} "
+    assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
+
+
+#: A login session in miniature: a session leader whose controlling terminal is its standard
+#: input runs its arguments in the foreground, in its own process group (as a shell without job
+#: control does), shrugging off Ctrl-C itself.
+TERMINAL_SESSION = textwrap.dedent("""
+    import fcntl, signal, subprocess, sys, termios
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    sys.exit(subprocess.call(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "hangup"])
+def test_run_does_not_pass_on_a_signal_the_terminal_sent_its_command_too(dirs, tarball, tmp_path, how):
+    # The terminal signals its whole foreground process group (Ctrl-C; a hangup as the session
+    # ends), sc run's command with sc: sc passed the signal on too, and its command got it twice,
+    # which many programs take as "abort now, skip the clean-up".
+    sig = signal.SIGINT if how == "ctrl-c" else signal.SIGHUP
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    ready, heard = tmp_path / "ready", tmp_path / "heard"
+    # Each delivery writes a byte to the wakeup pipe (Python runs its handler once for two that
+    # come close together).  A signal that is pending still when another comes is not delivered
+    # twice, so sc passing one on waits (see the sitecustomize) until its command has its own.
+    script = textwrap.dedent(f"""
+        import os, select, signal, time
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        signal.signal({int(sig)}, lambda *_: None)
+        open({str(ready)!r} + ".new", "w").write(str(os.getpid()))
+        os.rename({str(ready)!r} + ".new", {str(ready)!r})
+        select.select([read], [], [], 30)
+        open(os.environ["SC_TEST_GO"], "w").close()
+        time.sleep(1)  # time for a second one to come
+        open({str(heard)!r}, "w").write(str(os.read(read, 100).count({int(sig)})))
+    """)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(pause_at('event == "os.kill"'))
+    env = sc_env(PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+                 SC_TEST_PAUSED=str(tmp_path / "paused"), SC_TEST_GO=str(tmp_path / "go"))
+    master, terminal = os.openpty()
+    try:
+        session = subprocess.Popen(
+            [sys.executable, "-c", TERMINAL_SESSION, *DEFAULT_SIGNALS, *SC, "run", *args, "--", sys.executable,
+             "-c", script], stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            start_new_session=True)
+    finally:
+        os.close(terminal)
+    started: list[int] = []
+    try:
+        wait_for(ready.exists, what="the command to start")
+        command = int(ready.read_text())
+        started.append(command)
+        [sc_pid] = (int(p) for p in Path(f"/proc/{session.pid}/task/{session.pid}/children").read_text().split())
+        started.append(sc_pid)
+        if how == "ctrl-c":
+            os.write(master, b"\x03")
+            _, err = session.communicate(timeout=30)
+            assert session.returncode == 0, err
+        else:
+            os.kill(session.pid, signal.SIGKILL)  # the session ends: its terminal hangs up
+            session.communicate(timeout=30)
+            wait_for(lambda: ended(sc_pid), what="sc run to end")
+        assert heard.read_text() == "1", f"the command got {heard.read_text()} of the terminal's {sig.name}"
+    finally:
+        stop_process(session)
+        for pid in started:
+            if not ended(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        os.close(master)
     assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
 
 

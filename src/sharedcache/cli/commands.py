@@ -24,6 +24,8 @@ from ..sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
+    import signal
+    import subprocess
     from collections.abc import Callable
 
     from ..config.files import Effective
@@ -124,15 +126,68 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
         # What a job is told (USR1 and USR2: a batch system's "time is almost up") is the
         # command's to hear: their default action would end sc, orphaning the command.
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+        # These handlers pass on what comes before the signals are blocked (the child already
+        # runs), and what another thread of sc takes, since a mask is a thread's own.
         previous = {s: signal.signal(s, lambda sig, _: child.send_signal(sig)) for s in forwarded}
         try:
-            status = child.wait()
+            status = _wait_passing_on(child, forwarded)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     finally:
         repositories.release_held(held, keep=options.keep)
     return status if status >= 0 else 128 - status
+
+
+#: ``si_code`` of a signal the kernel sent (``SI_KERNEL``), as a terminal does.
+_SI_KERNEL = 0x80
+
+
+def _wait_passing_on(child: subprocess.Popen[bytes], forwarded: tuple[signal.Signals, ...]) -> int:
+    """Wait for ``child``, passing on to it each of the ``forwarded`` signals sc gets, save one
+    that reached it too; return its status.
+
+    The signals are taken blocked, with :func:`signal.sigtimedwait`, for their ``si_code``, which
+    a handler does not see.  SIGCHLD is taken with them, to hear at once that the child ended.
+    """
+    import signal
+
+    taken = {*forwarded, signal.SIGCHLD}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, taken)
+    try:
+        # The child is polled after the block: an end after that leaves SIGCHLD pending.  The
+        # timeout covers a SIGCHLD that sc ignores (the kernel then sends none), or that
+        # another thread took.
+        while child.poll() is None:
+            info = signal.sigtimedwait(taken, 1.0)
+            if info is not None and info.si_signo != signal.SIGCHLD and not _reached_it_too(child, info):
+                child.send_signal(info.si_signo)
+    finally:
+        # Unblocked, what came after the last wait goes to the handlers, to a child now reaped.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return child.returncode
+
+
+def _reached_it_too(child: subprocess.Popen[bytes], info: signal.struct_siginfo) -> bool:
+    """Whether the signal ``info`` tells of went to ``child`` as well: the kernel's signal to a
+    terminal's foreground process group (Ctrl-C, the hangup as its session ends).
+
+    A terminal sends only to its foreground group, so sc getting it says that its group was it;
+    the terminal is not asked: as a session ends, its processes lose it before sc could ask.
+    The child shares it unless it made its own (setsid, a shell with job control).
+    """
+    import signal
+
+    # Sent by a process (kill(), sigqueue()): to sc alone, as far as can be told; to its group
+    # (a shell passing on its hangup) reads the same.
+    if info.si_code != _SI_KERNEL:
+        return False
+    if info.si_signo == signal.SIGHUP and os.getsid(0) == os.getpid():
+        return False  # a hangup goes to the session's leader alone
+    try:
+        return os.getpgid(child.pid) == os.getpgrp()
+    except ProcessLookupError:
+        return False
 
 
 def listing(repositories: Repositories, options: Arguments) -> int:
