@@ -306,3 +306,10 @@ def test_a_config_file_sets_the_rewrite_rules_and_sc_config_shows_them(mirrors: 
                 sc("config", env=sc_env(**env))):
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1
         assert f"{config}:1" in bad.stderr and "rewrite" in bad.stderr
+
+
+@pytest.mark.parametrize("mirror", ["https://u:s3cret@m.example:99999/", "https://u:s3cr#et@m.example:8080/"])
+def test_a_bad_rewrite_mirror_is_refused_without_its_password(mirror: str) -> None:
+    with pytest.raises(SettingError) as caught:
+        rewrite_rules(f"https://host/ = {mirror}")
+    assert "s3cr" not in str(caught.value)

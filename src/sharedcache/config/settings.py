@@ -163,7 +163,8 @@ class Rewrite:
             raise SettingError("rewrite", f"{prefix}: give at least one mirror after '='")
         for mirror in mirrors:
             if not _url_prefix(mirror) or not _parses(mirror):
-                raise SettingError("rewrite", f"{prefix}: the mirror {mirror!r} is not a URL (SCHEME://HOST...)")
+                raise SettingError("rewrite", f"{prefix}: the mirror {without_user_info(mirror)!r} is not a URL "
+                                              "(SCHEME://HOST...)")
         self.prefix, self.mirrors = prefix, tuple(mirrors)
 
     def __eq__(self, other: object) -> bool:

@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import os
 import stat
+import sys
 import time
 import weakref
 
@@ -262,24 +263,44 @@ class _Rows(sqlite3.Cursor):
 
 #: Every connection this process made, so that a forked child can close what it inherited.
 _connections: weakref.WeakSet[Index] = weakref.WeakSet()
+#: The threads of this process as it last forked (see :func:`_close_inherited`).
+_threads_at_fork = 1
+#: The connections a child of a process with other threads inherited: never closed nor freed.
+_kept_from_fork: list[Index] = []
+
+
+def _count_threads() -> None:
+    global _threads_at_fork  # noqa: PLW0603 - what the parent knew at the fork, for the child
+    _threads_at_fork = len(sys._current_frames())  # without importing threading
 
 
 def _close_inherited() -> None:
-    """In a forked child: close every connection inherited from the parent.  SQLite's locks on
-    the index and its journals are POSIX locks, which a child does not inherit, while SQLite's
-    record of what "this process" holds (kept per file, shared by all its connections) is
-    copied with the memory: a connection the child opened would rely on locks it does not hold
-    (its transactions then lose other processes' commits, or theirs lose its own) or wait for
-    ones held by the parent's threads, which do not exist in the child.  Once every inherited
-    connection is closed, SQLite forgets that record, and the child's next connection takes
-    its own locks."""
-    for db in list(_connections):
+    """In a forked child: close every connection inherited from the parent, if the parent had
+    no other thread.
+
+    SQLite's locks on the index and its journals are POSIX locks, which a child does not
+    inherit, while SQLite's record of what "this process" holds (kept per file, shared by all
+    its connections) is copied with the memory: a connection the child opened would rely on
+    locks it does not hold (its transactions then lose other processes' commits, or theirs
+    lose its own).  Once every inherited connection is closed, SQLite forgets that record, and
+    the child's next connection takes its own locks.
+
+    Another thread of the parent may have been inside SQLite at the fork, holding mutexes (the
+    connection's, SQLite's own) that nobody releases in the child: closing a connection there
+    would wait for them for good.  So a child of a process with other threads closes nothing,
+    and keeps what it inherited from being freed (which would close it): its connections are
+    what they were before this rule (see docs/guarantees.md)."""
+    inherited = list(_connections)
+    _connections.clear()
+    if _threads_at_fork > 1:
+        _kept_from_fork.extend(inherited)
+        return
+    for db in inherited:
         with contextlib.suppress(sqlite3.Error):  # dropped either way
             db.close()
-    _connections.clear()
 
 
-os.register_at_fork(after_in_child=_close_inherited)
+os.register_at_fork(before=_count_threads, after_in_child=_close_inherited)
 
 #: The caches whose reserve this process gave up, to make again when it exits.
 _to_remake: set[str] = set()
@@ -364,6 +385,11 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
         db = _connect(root, index, timeout, file_mode)
         try:
             db.execute("PRAGMA synchronous=NORMAL")
+            # A transaction writes its pages to the journal as it commits, never before: one
+            # that a fork leaves open in a child, where it is rolled back as the connection is
+            # freed, changes nothing of the journal's index, which the child shares with the
+            # parent's transaction, still going on.
+            db.execute("PRAGMA cache_spill=OFF")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 _create_schema(db, timeout)
             if _may_write(db):
@@ -418,7 +444,7 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
     uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=rw"
     try:
         # check_same_thread=False: each connection is used by the thread that made it (FsCache keeps one
-        # per thread), but a forked child closes what every thread of its parent made (_close_inherited).
+        # per thread), but a forked child closes what its parent made (_close_inherited).
         db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=Index,
                              check_same_thread=False)
     except (OSError, sqlite3.DatabaseError) as e:
