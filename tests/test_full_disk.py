@@ -134,6 +134,8 @@ def test_a_file_system_out_of_inodes_is_named_as_such(tmp_path):
         failed = sc("--use", "-d", str(small), "--pid", str(owner.pid), f"file:{big}")
         line = one_line(failed.stderr)
         assert failed.returncode == 1 and "no space left on the device" in line and "inode" not in line, line
+        # The full file system is named, not only the source (it read as the source's device).
+        assert f"no space left on the device of {small} for {big}" in line, line
 
 
 def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tmp_path):

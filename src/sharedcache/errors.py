@@ -136,7 +136,24 @@ def no_space_for(what: str, error: OSError, path: str) -> NoSpaceError | None:
 
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
-    return NoSpaceError(f"no space left on the device for {what}{why_full(error.errno, path)}")
+    return NoSpaceError(f"no space left on the device of {_mount_point(path)} for {what}"
+                        f"{why_full(error.errno, path)}")
+
+
+def _mount_point(path: str) -> str:
+    """Where the file system of ``path`` is mounted (what ``df`` names), or ``path`` itself if
+    that cannot be told: the place a message about a full file system names, rather than the
+    source whose data was being written."""
+    import os
+
+    try:
+        here = os.path.realpath(path)
+        device = os.stat(here).st_dev
+        while here != "/" and os.stat(os.path.dirname(here)).st_dev == device:
+            here = os.path.dirname(here)
+    except OSError:
+        return path
+    return here
 
 
 class EntryTooLargeError(NoSpaceError):
