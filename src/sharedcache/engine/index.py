@@ -385,11 +385,6 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
         db = _connect(root, index, timeout, file_mode)
         try:
             db.execute("PRAGMA synchronous=NORMAL")
-            # A transaction writes its pages to the journal as it commits, never before: one
-            # that a fork leaves open in a child, where it is rolled back as the connection is
-            # freed, changes nothing of the journal's index, which the child shares with the
-            # parent's transaction, still going on.
-            db.execute("PRAGMA cache_spill=OFF")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 _create_schema(db, timeout)
             if _may_write(db):
