@@ -64,7 +64,7 @@ class Credentials:
                  netrc: str | None = None, token_from: str | None = None) -> None:
         if key_file is not None and cert_file is None:
             raise SettingError("client_key", "needs a client_cert to go with it")
-        if bearer_token is not None and not _one_word(bearer_token):
+        if bearer_token is not None and not one_word(bearer_token):
             raise SettingError(token_from or "bearer_token", "must be one word of printable ASCII characters")
         self.ca_file, self.ca_dir, self.grid_ca_dir = ca_file, ca_dir, grid_ca_dir
         self.cert_file, self.key_file = cert_file, key_file
@@ -129,7 +129,7 @@ class Credentials:
         return "Credentials(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
 
 
-def _one_word(token: str) -> bool:
+def one_word(token: str) -> bool:
     """Whether ``token`` (spaces around it aside) is one word that an HTTP header can carry: printable
     ASCII (a header is sent as Latin-1; RFC 6750's tokens are ASCII)."""
     token = token.strip()

@@ -205,10 +205,7 @@ class Index(sqlite3.Connection):
             # nothing could roll it back.  It still holds the index's write lock.
             self.execute("ROLLBACK")
         try:
-            try:
-                self.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                raise WaitTimeoutError(f"cache {self.root} index is busy ({e})") from None
+            self.execute("BEGIN IMMEDIATE")  # (a busy index: WaitTimeoutError, see failure)
             yield self
             self.execute("COMMIT")
         except BaseException as e:

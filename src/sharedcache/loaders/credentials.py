@@ -25,6 +25,7 @@ import os
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from ..config.settings import one_word
 from ..errors import LoaderError
 
 if TYPE_CHECKING:
@@ -141,9 +142,15 @@ class Authorization:
         self.sent = "sent " + " and ".join(sent) if sent else "no credentials were sent"
 
     def _basic(self, user: str, password: str) -> None:
-        import base64
+        self.headers["Authorization"] = basic_auth(user, password)
 
-        self.headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+def basic_auth(user: str, password: str) -> str:
+    """The value of an ``Authorization`` (or ``Proxy-Authorization``) header for HTTP basic
+    auth, in UTF-8 (as RFC 7617 allows: urllib3's ``make_headers`` takes Latin-1 only)."""
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def url_login(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -214,6 +221,6 @@ def _bearer_token(credentials: Credentials) -> str | None:
             os.close(fd)
     except OSError as exc:
         raise LoaderError(f"cannot read the bearer token file {path}: {exc.strerror}") from None
-    if not token or any(char.isspace() for char in token) or not (token.isascii() and token.isprintable()):
+    if not one_word(token):
         raise LoaderError(f"the bearer token file {path} does not hold one token")
     return token

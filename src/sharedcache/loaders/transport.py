@@ -158,12 +158,9 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
         parts = urlsplit(member)
         proxy_headers = None
         if parts.username is not None:
-            import base64
+            from .credentials import basic_auth
 
-            # As UTF-8, as the origin's basic auth is sent (urllib3's make_headers takes Latin-1
-            # only, and raised on a password such as "p%E2%82%ACss").
-            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            proxy_headers = {"Proxy-Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+            proxy_headers = {"Proxy-Authorization": basic_auth(unquote(parts.username), unquote(parts.password or ""))}
         address = parts.netloc.rpartition("@")[2]
         manager = urllib3.ProxyManager(f"{parts.scheme}://{address}", proxy_headers=proxy_headers, **common)
     manager.pool_classes_by_scheme = {"http": _http_pool_class(), "https": _https_pool_class(tls.context)}

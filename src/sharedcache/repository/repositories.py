@@ -333,9 +333,13 @@ class Repositories:
         if lease is None:
             # The first candidate holding it may hold another job's use only (one whose list of
             # candidates put it first): the use to release is then in a later one.
+            identity = cache.meta(name)
             for other, other_cache in self._caches():
-                if other is base or name not in other_cache or other_cache.meta(name) != cache.meta(name):
-                    continue
+                try:
+                    if other is base or other_cache.meta(name) != identity:
+                        continue
+                except MissError:
+                    continue  # not there, or deleted meanwhile
                 found = next(filter(None, (other_cache.lease_of(name, owner) for owner in owners)), None)
                 if found is not None:
                     base, cache, lease = other, other_cache, found
