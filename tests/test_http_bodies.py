@@ -217,6 +217,26 @@ def test_a_long_reason_and_encoding_are_shown_by_their_two_ends(tmp_path, serve)
     assert len(result.stderr) < 500, result.stderr
 
 
+def test_the_credentials_of_a_url_go_to_its_origin_alone_across_redirects(tmp_path, serve):
+    requests: list[bytes] = []
+
+    def answer(request: bytes) -> bytes:
+        requests.append(request)
+        path = request.split(b" ")[1]
+        if path == b"/data.bin":
+            return b"HTTP/1.1 302 Found\r\nLocation: /same.bin\r\nContent-Length: 0\r\n\r\n"
+        if path == b"/same.bin":  # the same server by another name: another origin
+            return (f"HTTP/1.1 302 Found\r\nLocation: http://localhost:{origin.port}/other.bin\r\n"
+                    "Content-Length: 0\r\n\r\n").encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"
+
+    origin = serve(answer)
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", f"http:http://alice:secret@127.0.0.1:{origin.port}/data.bin")
+    assert result.returncode == 0, result.stderr
+    sent = [b"authorization: basic" in request.lower() for request in requests]
+    assert sent == [True, True, False], requests
+
+
 # Answers that no correct server gives, each of which must fail the download with one line.
 MALFORMED_ANSWERS = {
     "redirect to a broken IPv6 host": "HTTP/1.1 302 Found\nLocation: http://[::1\nContent-Length: 0\n",

@@ -82,6 +82,26 @@ def test_no_proxy_bypasses_and_upper_case_http_proxy_is_ignored(tmp_path, origin
     assert origin.stats("/data.tar.gz").gets == 3
 
 
+def test_each_url_of_a_redirect_takes_its_own_route(tmp_path, origin, squid, owner):
+    # One origin under two names: 127.0.0.1, which no_proxy sends past the proxy, and localhost,
+    # which goes through it.  Each hop of a redirect goes as curl would send it, whichever way the
+    # first went.
+    url = origin.add("/data.tar.gz", DATA)
+    named = url.replace("127.0.0.1", "localhost")
+    env = sc_env(http_proxy=squid.url, no_proxy="127.0.0.1")
+    direct_first = origin.redirect("/direct/data.tar.gz", named)
+    result = use(tmp_path, owner, direct_first, env=env, name="direct-first")
+    assert result.returncode == 0, result.stderr
+    check_tree(user_dir(tmp_path) / "direct-first", FILES)
+    assert [u for _, u, _, _ in squid.requests()] == [named]
+    proxied_first = origin.redirect("/proxied/data.tar.gz", url).replace("127.0.0.1", "localhost")
+    result = use(tmp_path, owner, proxied_first, env=env, name="proxied-first")
+    assert result.returncode == 0, result.stderr
+    check_tree(user_dir(tmp_path) / "proxied-first", FILES)
+    assert [u for _, u, _, _ in squid.requests()] == [named, proxied_first]
+    assert origin.stats("/data.tar.gz").gets == 2
+
+
 def test_all_proxy_applies_when_no_scheme_variable_is_set(tmp_path, origin, squid, owner):
     url = origin.add("/data.tar.gz", DATA)
     result = use(tmp_path, owner, url, env=sc_env(ALL_PROXY=squid.url))

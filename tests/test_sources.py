@@ -95,6 +95,22 @@ def test_redirect(origin: Origin, tmp_path: Path) -> None:
     assert (dest / "file.txt").read_bytes() == b"content"
 
 
+def test_a_failure_after_a_redirect_names_where_it_led(origin: Origin, tmp_path: Path) -> None:
+    url = origin.redirect("/moved/data.tar.gz", "/gone/data.tar.gz")
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, f"http:{url}", "tar")
+    assert str(caught.value) == f"HTTP 404 Not Found for {url}, redirected to {origin.url('/gone/data.tar.gz')}"
+
+
+def test_a_redirect_loop_ends_after_ten_redirects(origin: Origin, tmp_path: Path) -> None:
+    url = origin.redirect("/a", "/b")
+    origin.redirect("/b", "/a")
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, f"http:{url}")
+    assert str(caught.value) == f"cannot download {url}: more than 10 redirects"
+    assert origin.stats("/a").gets + origin.stats("/b").gets == 11  # retrying would loop again
+
+
 def test_404(origin: Origin, tmp_path: Path) -> None:
     url = origin.url("/missing.tar.gz")
     with pytest.raises(DownloadError) as caught:

@@ -10,8 +10,8 @@ download needs them and turns them into:
 * :class:`Authorization`: the ``Authorization`` header of each request, and what was sent, for
   messages.  In order: the user info of the URL (``https://user:password@host/``, sent as basic
   auth, never shown), a ``.netrc`` entry for the host (basic auth), a bearer token (over HTTPS
-  only: a token is not sent in clear text).  urllib3 drops the header on a redirect to another
-  host.
+  only: a token is not sent in clear text).  It goes to the URL's own origin alone: a redirect to
+  another scheme, host or port is followed without it.
 
 No credential is ever part of a message: messages name where a credential came from (a file, a
 variable), never its value.  A credential file that cannot be used is a :class:`LoaderError` (not

@@ -1,6 +1,7 @@
 """``http:URL``: a file on an HTTP or HTTPS server.
 
-``http:URL`` (http:// or https://) follows redirects, retries connection failures and 5xx answers
+``http:URL`` (http:// or https://) follows redirects (each to the route of its own URL: see
+:mod:`sharedcache.loaders.transport`), retries connection failures and 5xx answers
 with exponential backoff (4xx answers fail at once), and continues an interrupted transfer with a
 ``Range: bytes=N-`` request guarded by ``If-Range`` (the strong ETag, else Last-Modified).  Only a
 ``206`` answer that starts at byte N, has the same total size and the same validator is stitched
@@ -45,6 +46,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..config.settings import without_user_info
 from ..errors import QUOTED_CHARACTERS, DownloadError, ResumeError, UsageError, WaitTimeoutError, quoted
 from .credentials import Authorization, certificate_problem, tls_context, url_login
 from .local import safe_filename
@@ -55,11 +57,15 @@ from .streams import CHUNK, SourceStream
 if TYPE_CHECKING:
     import urllib3
 
+    from .transport import Transport
+
 
 #: Sizes and positions at or past this are absurd (no file system holds such a file).
 _MAX_SIZE = 2**63
 _NUMBER = re.compile(r"[0-9]+")
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)")
+#: Redirects followed from the URL asked for.
+_MAX_REDIRECTS = 10
 
 
 class HttpSource(Source):
@@ -163,6 +169,14 @@ def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
                         "though none was asked for; refusing to store encoded bytes as the file")
 
 
+def _origin(url: str) -> str:
+    """The scheme, host and port of ``url``: what a connection is made to."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
 def _reason(exc: BaseException) -> str:
     """A short reason for a urllib3 or socket error (urllib3 nests and decorates them)."""
     inner = getattr(exc, "reason", None)
@@ -186,7 +200,7 @@ class _HttpStream(SourceStream):
         super().__init__()
         import urllib3
 
-        from .transport import TlsOptions, Transport
+        from .transport import TlsOptions
 
         self.url = url
         self.fetch = fetch = ctx.fetch
@@ -198,12 +212,13 @@ class _HttpStream(SourceStream):
         # Credentials: the Authorization of every request of this URL, and the TLS trust and
         # client certificate of every pool of its transport.
         self._auth = Authorization(fetch.credentials, url, login)
-        self._transport = Transport(url, fetch, maxsize=self._connections, notice=ctx.notice,
-                                    tls=TlsOptions(tls_context(fetch.credentials, url)))
+        self._tls = TlsOptions(tls_context(fetch.credentials, url))
+        self._transports: dict[str, Transport] = {}  # by origin: see _transport
+        self._transports_lock = threading.Lock()  # parts ask from their threads
         try:
             response = self._first_response(start, validator)
         except BaseException:
-            self._transport.clear()
+            self._clear()
             raise
         self._position = self.start
         self._reader = self._rest(response)
@@ -267,29 +282,72 @@ class _HttpStream(SourceStream):
             reason = quoted(reason)
         response.close()
         refused = f" ({self._auth.sent})" if response.status in (401, 403) else ""
-        return DownloadError(f"HTTP {response.status} {reason} for {self.url}{self._transport.via()}{refused}")
+        return DownloadError(f"HTTP {response.status} {reason} for {self._where(response.url or self.url)}{refused}")
+
+    def _transport(self, target: str) -> Transport:
+        """The connections to ``target``'s origin.  Each origin of a redirect chain has its own
+        route, as curl takes one for each URL it is sent to: a host that ``no_proxy`` names is
+        reached directly, and the others through the proxies."""
+        from .transport import Transport
+
+        origin = _origin(target)
+        with self._transports_lock:
+            transport = self._transports.get(origin)
+            if transport is None:
+                transport = self._transports[origin] = Transport(
+                    target, self.fetch, maxsize=self._connections, notice=self.notice, tls=self._tls)
+            return transport
+
+    def _where(self, target: str) -> str:
+        """How messages name a request of ``target``: the URL asked for, the URL that a redirect
+        led to, and the proxy."""
+        redirected = "" if target == self.url else f", redirected to {target}"
+        return f"{self.url}{redirected}{self._transport(target).via()}"
+
+    def _redirected(self, target: str, location: str, redirects: int) -> str:
+        """Where a redirect from ``target`` to ``location`` leads (the user info of a URL there is
+        dropped: a server does not choose what to send); an error if nowhere we may go."""
+        from urllib.parse import urljoin, urlsplit
+
+        if redirects >= _MAX_REDIRECTS:
+            raise DownloadError(f"cannot download {self.url}: more than {_MAX_REDIRECTS} redirects")
+        try:
+            parts = urlsplit(urljoin(target, location.strip()))
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DownloadError(f"cannot download {self.url}: redirected to {quoted(location)}, "
+                                "which is no http:// or https:// URL")
+        return without_user_info(parts.geturl())
 
     def _get(self, start: int | None, validator: str | None, last: int | None = None,
              stop: threading.Event | None = None) -> Any:
         """GET bytes ``start`` to ``last`` (the whole file if ``start`` is None, to its end if ``last``
-        is), guarded by ``validator``; retries connection failures and 5xx answers."""
+        is), guarded by ``validator``; follows redirects, each through the route of its own URL
+        (:meth:`_transport`); retries connection failures and 5xx answers from the URL asked for.
+        The answer's ``url`` is the URL that gave it."""
         import urllib3
 
-        headers = dict(self._auth.headers)
+        ranges: dict[str, str] = {}
         if start is not None:
-            headers["Range"] = f"bytes={start}-{'' if last is None else last}"
+            ranges["Range"] = f"bytes={start}-{'' if last is None else last}"
             if validator:
-                headers["If-Range"] = validator
-        attempt = 0
+                ranges["If-Range"] = validator
+        attempt, target, redirects = 0, self.url, 0
         while True:
-            member, pool = self._transport.pool()
-            via = self._transport.via()
+            transport = self._transport(target)
+            member, pool = transport.pool()
+            where = self._where(target)
+            # Headers given to a request replace the pool's (User-Agent...): they are merged.  The
+            # credentials go to the origin of the URL asked for alone.
+            headers = {**pool.headers, **ranges}
+            if _origin(target) == _origin(self.url):
+                headers.update(self._auth.headers)
             try:
-                # Headers given to a request replace the pool's (User-Agent...): they are merged.
-                response = pool.request("GET", self.url, headers={**pool.headers, **headers},
-                                        preload_content=False, decode_content=False,
-                                        **self._timeout(pool))
-            except (*self.errors, ValueError) as exc:  # ValueError: a redirect to "http://[::1", say
+                response = pool.request("GET", target, headers=headers, redirect=False,
+                                        preload_content=False, decode_content=False, **self._timeout(pool))
+            except (*self.errors, ValueError) as exc:  # ValueError: a URL that http.client refuses
                 inner = getattr(exc, "reason", exc)
                 permanent = isinstance(inner, (urllib3.exceptions.SSLError,  # no retry fixes these
                                                urllib3.exceptions.ResponseError,
@@ -299,7 +357,7 @@ class _HttpStream(SourceStream):
                 connecting = isinstance(inner, (urllib3.exceptions.NewConnectionError,
                                                 urllib3.exceptions.ConnectTimeoutError,
                                                 urllib3.exceptions.ProxyError))
-                if connecting and not permanent and self._transport.fail_over(member, _reason(exc)):
+                if connecting and not permanent and transport.fail_over(member, _reason(exc)):
                     continue
                 # A proxy that answered and refused the tunnel (407, 403) would refuse it again.
                 cause = inner.args[1] if isinstance(inner, urllib3.exceptions.ProxyError) and len(inner.args) > 1 \
@@ -309,9 +367,16 @@ class _HttpStream(SourceStream):
                 if permanent or refused or attempt >= self.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
                     why = certificate_problem(exc) or _reason(exc)
-                    raise DownloadError(f"cannot download {self.url}{via}: {why}{tries}") from None
+                    raise DownloadError(f"cannot download {where}: {why}{tries}") from None
                 why = _reason(exc)
             else:
+                location = response.get_redirect_location()
+                if location:
+                    response.close()
+                    target = self._redirected(target, location, redirects)
+                    redirects += 1
+                    continue
+                response.url = target
                 if response.status < 500:
                     return response
                 error = self._status_error(response)
@@ -319,10 +384,10 @@ class _HttpStream(SourceStream):
                     raise DownloadError(f"{error} (after {attempt + 1} attempts)") from None
                 why = f"HTTP {response.status}"
             delay = self.fetch.delay(attempt)
-            self.notice(f"retrying {self.url}{via} in {delay:.2g} s ({why}; "
+            self.notice(f"retrying {where} in {delay:.2g} s ({why}; "
                         f"attempt {attempt + 2} of {self.retries + 1})")
             self.pause(delay, stop, why)
-            attempt += 1
+            attempt, target, redirects = attempt + 1, self.url, 0  # a redirect may lead elsewhere now
 
     def pause(self, seconds: float, stop: threading.Event | None, why: str) -> None:
         """Wait before a retry, which ``why`` failed; a part stopped meanwhile (``stop`` set) gives
@@ -426,7 +491,12 @@ class _HttpStream(SourceStream):
         if not self.closed:
             super().close()
             self._reader.close()
-            self._transport.clear()
+            self._clear()
+
+    def _clear(self) -> None:
+        with self._transports_lock:
+            for transport in self._transports.values():
+                transport.clear()
 
 
 class _Body:

@@ -51,7 +51,6 @@ _Connection = TypeVar("_Connection", bound="HTTPConnection")
 
 #: Seconds a member of a route that has a successor may take to connect before we fail over.
 FAIL_OVER_CONNECT_TIMEOUT = 5.0
-_MAX_REDIRECTS = 10
 
 
 def user_agent() -> str:
@@ -147,7 +146,7 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
     common: dict[str, Any] = dict(
         maxsize=maxsize,  # a connection per worker is kept for its next part
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout(fetch)),
-        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=_MAX_REDIRECTS),
+        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=False),
         headers={"User-Agent": user_agent(), "Accept-Encoding": "identity", **tls.headers},
     )
     if member == DIRECT:
