@@ -347,8 +347,30 @@ def test_unuse_without_a_use_is_an_error(dirs, tarball):
         assert sc("--use", "--pid", str(owner.pid), *args).returncode == 0
         result = sc("--unuse", "--pid", str(stranger.pid), *args)
         assert result.returncode == 1 and str(stranger.pid) in result.stderr
-        assert sc("--unuse", "--pid", "999999999", *args).returncode == 2
+        # No process has that pid, and no use names one that had it.
+        result = sc("--unuse", "--pid", "999999999", *args)
+        assert result.returncode == 1 and "process 999999999 holds no use" in result.stderr, result.stderr
         assert sc("--unuse", "-n", "nothere", "-d", str(dirs[0]), "file:/x").returncode == 1
+
+
+def test_unuse_of_a_process_that_has_ended_releases_its_use(dirs, tarball):
+    # A job's epilogue runs after the job: its release must not wait for gc.
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    with Sleeper() as survivor:
+        ended, other = Sleeper(), Sleeper()
+        for owner in (ended, survivor, other):
+            assert sc("--use", "--pid", str(owner.pid), *args).returncode == 0
+        ended.kill()
+        other.kill()
+        result = sc("--unuse", "--pid", str(ended.pid), *args)
+        assert result.returncode == 0, result.stderr
+        # The ended processes' uses went (a release reclaims the dead), the live one's stays.
+        leases = [p.name.split(":")[1] for p in (control(dirs[0]) / "objects" / "repo" / "leases").iterdir()]
+        assert leases == [str(survivor.pid)]
+        again = sc("--unuse", "--pid", str(ended.pid), *args)
+        assert again.returncode == 1 and f"process {ended.pid} holds no use" in again.stderr, again.stderr
+        assert sc("--unuse", "--pid", str(survivor.pid), *args).returncode == 0
+        assert not (user_dir(dirs[0]) / "repo").exists()
 
 
 def test_dead_owner_lease_is_reclaimed_and_repository_deleted(dirs, tarball):

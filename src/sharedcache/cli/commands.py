@@ -80,7 +80,7 @@ def use(repositories: Repositories, options: Arguments) -> int:
 
 def unuse(repositories: Repositories, options: Arguments) -> int:
     if options.pid is not None:
-        owners = [_owner(options)]
+        owners = [Owner.of(options.pid) or Owner.ended(options.pid)]
     else:
         # The nearest process first: a shell execs its last command (bash -c '...; sc --unuse'),
         # so sc itself, or a wrapper it runs under, may be the very process that took the use.

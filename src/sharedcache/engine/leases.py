@@ -175,6 +175,10 @@ def _in_this_namespace(pid: str) -> bool:
     return False
 
 
+#: The start time of :meth:`Owner.ended`: no process's.
+_ENDED = -1
+
+
 class Owner:
     """A process, identified so that a reused pid, another namespace or another host is not
     mistaken for it; ``via`` is the (pid, start time) of a copy of it that ran sc, if any."""
@@ -202,6 +206,13 @@ class Owner:
         """The owner identity of the live process ``pid``; None if it cannot be seen."""
         started = start_time(pid)
         return None if started is None else cls(boot_id(), pid, started, pid_namespace(), machine_id())
+
+    @classmethod
+    def ended(cls, pid: int) -> Owner:
+        """Whichever process of this boot and PID namespace had ``pid`` and has ended: what
+        ``--unuse --pid`` names once that process is gone, as a job's epilogue may.  Its uses are
+        dead, and releasing one is what gc would do.  It holds no lease of its own."""
+        return cls(boot_id(), pid, _ENDED, pid_namespace(), machine_id())
 
     @classmethod
     def current(cls) -> Owner:
@@ -244,6 +255,8 @@ class Owner:
             self.pid_ns is None or other.pid_ns is None or self.pid_ns == other.pid_ns
         ):
             return False
+        if self.start_time == _ENDED:
+            return self.pid in (other.pid, other.via and other.via[0]) and not other.alive()
         mine = {(self.pid, self.start_time), self.via}
         return (other.pid, other.start_time) in mine or (other.via is not None and other.via in mine)
 
