@@ -145,6 +145,34 @@ def test_sc_as_pid_1_of_a_namespace_is_refused_clearly(setup):
     assert len(result.stderr.splitlines()) == 1
 
 
+# The zombies among the processes that /proc shows.
+ZOMBIES = """
+import glob
+count = 0
+for path in glob.glob("/proc/[0-9]*/stat"):
+    try:
+        with open(path) as f:
+            count += f.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        pass  # it ended meanwhile
+print(count)
+"""
+
+
+def test_sc_run_as_pid_1_reaps_the_orphans_of_its_command(setup):
+    # The entrypoint of a container is its init: what its command leaves running becomes its
+    # child when its parent ends, and stays a zombie, holding its pid, until it is reaped.
+    needs_root_and_unshare()
+    _, recipe = setup
+    orphaning = ["bash", "-c", '(sleep 0.1 &); sleep 1; exec "$0" -c "$1"', sys.executable, ZOMBIES]
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", f"{BIN}/sc", "run", *recipe.split(), "--", *orphaning],
+        capture_output=True, text=True, timeout=60, env=sc_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "0\n", result.stdout
+
+
 def test_a_relative_file_path_means_the_file_where_sc_runs(tmp_path):
     """``file:data.tgz`` from two directories: two recipes, each with its own directory's bytes."""
     base = tmp_path / "base"

@@ -149,16 +149,21 @@ def _wait_passing_on(child: subprocess.Popen[bytes], forwarded: tuple[signal.Sig
 
     The signals are taken blocked, with :func:`signal.sigtimedwait`, for their ``si_code``, which
     a handler does not see.  SIGCHLD is taken with them, to hear at once that the child ended.
+    As PID 1 of a PID namespace (a container's entrypoint), sc also reaps the orphans that the
+    kernel makes its children, as an init must: else each stays a zombie, holding its pid.
     """
     import signal
 
     taken = {*forwarded, signal.SIGCHLD}
+    init = os.getpid() == 1
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, taken)
     try:
         # The child is polled after the block: an end after that leaves SIGCHLD pending.  The
         # timeout covers a SIGCHLD that sc ignores (the kernel then sends none), or that
         # another thread took.
         while child.poll() is None:
+            if init:
+                _reap_orphans(child.pid)
             info = signal.sigtimedwait(taken, 1.0)
             if info is not None and info.si_signo != signal.SIGCHLD and not _reached_it_too(child, info):
                 child.send_signal(info.si_signo)
@@ -166,6 +171,19 @@ def _wait_passing_on(child: subprocess.Popen[bytes], forwarded: tuple[signal.Sig
         # Unblocked, what came after the last wait goes to the handlers, to a child now reaped.
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return child.returncode
+
+
+def _reap_orphans(command: int) -> None:
+    """Reap the children that have ended, but for ``command``, whose status its ``Popen`` takes."""
+    while True:
+        try:
+            # Looked at without reaping (WNOWAIT) first: the command's end is not ours to take.
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if ended is None or ended.si_pid == command:
+            return
+        os.waitpid(ended.si_pid, 0)
 
 
 def _reached_it_too(child: subprocess.Popen[bytes], info: signal.struct_siginfo) -> bool:
