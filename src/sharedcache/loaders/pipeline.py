@@ -163,12 +163,17 @@ def _raw(recipe: Recipe) -> bool:
 
 def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Progress | None,
          partial: _Partial | None) -> None:
-    start, validator = partial.load() if partial is not None else (0, None)
+    start, validator, total = partial.load() if partial is not None else (0, None, None)
     source = origin.open(ctx, start=start, validator=validator)
     stream: Stream = source
     try:
         if start and source.start != start:
             start = 0  # the source could not continue: start the partial over
+        elif start and total is not None and source.total != total:
+            # The source checks its continuation against the size it has seen, which after a
+            # takeover is none: the size the partial recorded is checked here, as within a process.
+            raise ResumeError(f"cannot resume {ctx.what} at byte {start}: its size changed from {total} "
+                              f"to {source.total} bytes")
         if _raw(recipe) and source.total is not None and ctx.limit is not None and source.total > ctx.limit:
             raise SizeLimitError(f"{ctx.what} is {format_size(source.total)}, "
                                  f"more than the limit of {format_size(ctx.limit)}")
@@ -247,8 +252,9 @@ class _Partial:
             return None
         return meta.get("source") if isinstance(meta, dict) else None
 
-    def load(self) -> tuple[int, str | None]:
-        """Where a previous process stopped and its validator; (0, None) if there is nothing usable."""
+    def load(self) -> tuple[int, str | None, int | None]:
+        """Where a previous process stopped, its validator and the size of the whole (if known);
+        (0, None, None) if there is nothing usable."""
         try:
             meta = json.loads(self.meta.read_text())
             size = self.data.stat().st_size
@@ -257,13 +263,13 @@ class _Partial:
         usable = (isinstance(meta, dict) and meta.get("identity") == self._identity
                   and meta.get("source") == self._what
                   and isinstance(meta.get("validator"), str) and isinstance(meta.get("bytes"), int)
-                  and 0 < meta["bytes"] <= size)
+                  and isinstance(meta.get("total"), (int, type(None))) and 0 < meta["bytes"] <= size)
         if not usable:
             self.discard()
-            return 0, None
+            return 0, None, None
         assert isinstance(meta, dict)
         os.truncate(self.data, meta["bytes"])  # bytes written after the last checkpoint may be torn
-        return meta["bytes"], meta["validator"]
+        return meta["bytes"], meta["validator"], meta["total"]
 
     def prefix(self) -> Stream:
         """The kept bytes, to be hashed again.  The file holds exactly those (``load`` truncated it),
