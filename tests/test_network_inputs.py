@@ -28,7 +28,7 @@ def stored(base: Path) -> str:
 
 @pytest.mark.parametrize("proxy", ["http://alice:s3cret-word@proxy.site:99999", "alice:s3cret-word@proxy.site:0",
                                    "socks5://alice:s3cret-word@proxy.site:1080",
-                                   "http://alice:s3cret-word@[::1"])
+                                   "http://alice:s3cret-word@[::1", "http://alice:s3cret/word@proxy.site:3128"])
 def test_the_password_of_a_proxy_no_connection_can_use_is_never_shown_or_stored(tmp_path, owner, proxy):
     url = f"http:http://127.0.0.1:{free_port()}/data"
     config = tmp_path / "config"
@@ -202,3 +202,14 @@ def test_sc_config_shows_no_password_of_a_rewrite_mirror(tmp_path):
     assert (f"rewrite = http://origin.site/a@b/ = http://mirror.site/x@y/;http://o2.site/=https://m2.site/  "
             f"# {config}:1\n") in shown.stdout, shown.stdout
     assert "s3cret" not in shown.stdout and "pw-word" not in shown.stdout
+
+
+def test_a_mirror_that_is_no_url_is_refused_without_its_password(tmp_path):
+    # A "/" in a password ends the authority for a URL parser: the rest is no URL, and its
+    # user info cannot be told from its path.
+    config = tmp_path / "config"
+    config.write_text("rewrite = http://origin.site/ = http://bob:s3cret/word@mirror.site/x/\n")
+    shown = sc("config", env=sc_env(SC_CONFIG=str(config)))
+    assert shown.returncode == 2 and shown.stderr.count("\n") == 1, shown.stderr
+    assert "the mirror 'http://mirror.site/x/' is not a URL" in shown.stderr, shown.stderr
+    assert "s3cret" not in shown.stdout + shown.stderr

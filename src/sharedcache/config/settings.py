@@ -163,7 +163,7 @@ class Rewrite:
             raise SettingError("rewrite", f"{prefix}: give at least one mirror after '='")
         for mirror in mirrors:
             if not _url_prefix(mirror) or not _parses(mirror):
-                raise SettingError("rewrite", f"{prefix}: the mirror {without_user_info(mirror)!r} is not a URL "
+                raise SettingError("rewrite", f"{prefix}: the mirror {_unparsed(mirror)!r} is not a URL "
                                               "(SCHEME://HOST...)")
         self.prefix, self.mirrors = prefix, tuple(mirrors)
 
@@ -344,7 +344,9 @@ def proxy_url(member: str) -> str:
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
             or not member.isprintable() or not member.isascii() or " " in member \
             or not _parses(f"{scheme}://{rest}"):
-        why = f"cannot use {without_user_info(member)!r}" if member else "has an empty member"
+        why = f"cannot use {_unparsed(member)!r}" if member else "has an empty member"
+        if "/" in rest.rpartition("@")[0]:
+            why += " (a '/' in its user name or password is written %2F)"
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
     return f"{scheme}://{rest}"
@@ -358,6 +360,16 @@ def without_user_info(url: str) -> str:
         scheme, rest = "", url
     authority, slash, path = rest.partition("/")
     return f"{scheme}{has_scheme}{authority.rpartition('@')[2]}{slash}{path}"
+
+
+def _unparsed(url: str) -> str:
+    """What a message shows of ``url``, which does not parse: its scheme and what follows its last
+    "@".  Its user info cannot be told from the rest (a password may hold a "/", which
+    :func:`without_user_info` takes for the end of the authority): all that may be it is left out."""
+    scheme, has_scheme, rest = url.partition("://")
+    if not has_scheme:
+        scheme, rest = "", url
+    return f"{scheme}{has_scheme}{rest.rpartition('@')[2]}"
 
 
 def _parses(url: str) -> bool:
