@@ -237,6 +237,48 @@ def test_the_credentials_of_a_url_go_to_its_origin_alone_across_redirects(tmp_pa
     assert sent == [True, True, False], requests
 
 
+def test_a_refusal_after_a_redirect_elsewhere_does_not_say_the_credentials_were_sent(tmp_path, serve):
+    def answer(request: bytes) -> bytes:
+        if request.split(b" ")[1] == b"/data.bin":
+            return (f"HTTP/1.1 302 Found\r\nLocation: http://localhost:{origin.port}/other.bin\r\n"
+                    "Content-Length: 0\r\n\r\n").encode()
+        return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"
+
+    origin = serve(answer)
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", f"http:http://alice:secret@127.0.0.1:{origin.port}/data.bin")
+    assert_refused(result, tmp_path, f"HTTP 401 Unauthorized for http://127.0.0.1:{origin.port}/data.bin, redirected "
+                   f"to http://localhost:{origin.port}/other.bin (redirected to another origin: the credentials "
+                   "of the URL were not sent there)")
+
+
+def test_a_redirect_keeps_its_host_when_its_query_holds_an_at_sign(tmp_path, serve):
+    asked: list[bytes] = []
+
+    def answer(request: bytes) -> bytes:
+        asked.append(request.split(b"\r\n")[0])
+        if request.split(b" ")[1] == b"/data.bin":  # a URL without a path, as some signed URLs are
+            return (f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{origin.port}?sig=a@localhost:1\r\n"
+                    "Content-Length: 0\r\n\r\n").encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"
+
+    origin = serve(answer)
+    result = use(tmp_path, origin)
+    assert result.returncode == 0, result.stderr
+    assert asked == [b"GET /data.bin HTTP/1.1", b"GET /?sig=a@localhost:1 HTTP/1.1"]
+
+
+def test_a_long_redirect_location_is_shown_by_its_two_ends(tmp_path, serve):
+    def answer(request: bytes) -> bytes:
+        if request.split(b" ")[1] == b"/data.bin":
+            return f"HTTP/1.1 302 Found\r\nLocation: /{'a' * 60_000}z\r\nContent-Length: 0\r\n\r\n".encode()
+        return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+    origin = serve(answer)
+    result = use(tmp_path, origin)
+    assert_refused(result, tmp_path, "HTTP 404 Not Found for http://", ", redirected to 'http://", "az' (")
+    assert len(result.stderr) < 500, result.stderr
+
+
 # Answers that no correct server gives, each of which must fail the download with one line.
 MALFORMED_ANSWERS = {
     "redirect to a broken IPv6 host": "HTTP/1.1 302 Found\nLocation: http://[::1\nContent-Length: 0\n",

@@ -46,7 +46,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..config.settings import without_user_info
 from ..errors import QUOTED_CHARACTERS, DownloadError, ResumeError, UsageError, WaitTimeoutError, quoted
 from .credentials import Authorization, certificate_problem, tls_context, url_login
 from .local import safe_filename
@@ -281,8 +280,14 @@ class _HttpStream(SourceStream):
         if len(reason) > QUOTED_CHARACTERS:  # a line of up to 64 KiB, from the server
             reason = quoted(reason)
         response.close()
-        refused = f" ({self._auth.sent})" if response.status in (401, 403) else ""
-        return DownloadError(f"HTTP {response.status} {reason} for {self._where(response.url or self.url)}{refused}")
+        target = response.url or self.url
+        refused = ""
+        if response.status in (401, 403):
+            # The credentials went to the URL's own origin alone (see _get): a refusal after a
+            # redirect elsewhere is of a request that carried none of them.
+            refused = f" ({self._auth.sent})" if _origin(target) == _origin(self.url) else \
+                " (redirected to another origin: the credentials of the URL were not sent there)"
+        return DownloadError(f"HTTP {response.status} {reason} for {self._where(target)}{refused}")
 
     def _transport(self, target: str) -> Transport:
         """The connections to ``target``'s origin.  Each origin of a redirect chain has its own
@@ -301,7 +306,9 @@ class _HttpStream(SourceStream):
     def _where(self, target: str) -> str:
         """How messages name a request of ``target``: the URL asked for, the URL that a redirect
         led to, and the proxy."""
-        redirected = "" if target == self.url else f", redirected to {target}"
+        # A server chooses the URL it redirects to, up to 64 KiB of it: a long one is shown by its ends.
+        shown = target if len(target) <= QUOTED_CHARACTERS else quoted(target)
+        redirected = "" if target == self.url else f", redirected to {shown}"
         return f"{self.url}{redirected}{self._transport(target).via()}"
 
     def _redirected(self, target: str, location: str, redirects: int) -> str:
@@ -319,7 +326,9 @@ class _HttpStream(SourceStream):
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise DownloadError(f"cannot download {self.url}: redirected to {quoted(location)}, "
                                 "which is no http:// or https:// URL")
-        return without_user_info(parts.geturl())
+        # The user info is dropped from the authority as urlsplit found it: a "@" in the query of a
+        # URL without a path ("http://host?sig=a@b") is no end of user info.
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
     def _get(self, start: int | None, validator: str | None, last: int | None = None,
              stop: threading.Event | None = None) -> Any:
