@@ -957,8 +957,9 @@ class FsCache:
         with self._transaction() as db, self._entry(check_name(name)) as entry:
             if not committed(entry):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
-            # Read before anything changes, so that an unusable index fails the release whole.
-            kept = db.kept(name)
+            # Read before anything changes, so that an unusable index (or a damaged budget) fails
+            # the release whole.
+            kept, budget = db.kept(name), self.max_size
             if lease is None:
                 assert owner is not None
                 lease = self.lease_of(name, owner)
@@ -973,13 +974,13 @@ class FsCache:
                 self._mark_kept(entry)
                 db.mark_kept(name)
             deleted = not keep and not kept and self._retire(db, name, unless_kept=True, entry=entry)
-            self._restore_budget(db)
+            self._restore_budget(db, budget)
         self._empty_trash()
         return deleted
 
-    def _restore_budget(self, db: Index) -> None:
-        """Within a transaction: evict down to the budget (exceeded by non-strict stores)."""
-        budget = self.max_size
+    def _restore_budget(self, db: Index, budget: int | None) -> None:
+        """Within a transaction: evict down to ``budget`` (exceeded by non-strict stores), read by
+        the caller before it changed anything."""
         if budget is not None and db.total() > budget:
             self._evict(db, db.total() - budget)
 
@@ -1076,6 +1077,19 @@ class FsCache:
         except WaitTimeoutError:
             return False
         return True
+
+    def drop_lease(self, name: str, lease: str) -> None:
+        """Remove the lease ``lease`` of entry ``name`` without opening the index, as a dead
+        owner's lease is reclaimed: the entry stays, unused, for the next release, eviction or
+        gc to delete.  For a use that its taker cannot release through the index (busy past the
+        caller's deadline, or unusable) and must not leave to its owner."""
+        if "/" in lease:
+            return
+        try:
+            with self._entry(check_name(name)) as entry:
+                unlink_if_present(os.path.join(entry, "leases", lease))
+        except MissError:
+            pass  # deleted already
 
     def evict(self, nbytes: int | None = None) -> int:
         """Delete unused entries, least recently used first, until ``nbytes`` are freed (all of
@@ -1427,7 +1441,7 @@ class FsCache:
         self._trash_what_was_set_aside()
         report.stages_removed = self._sweep()
         with self._transaction() as db:
-            rows = db.names()
+            rows, budget = db.names(), self.max_size  # (before anything changes, as a release reads them)
             objects = self._open_own(OBJECTS)
             try:
                 on_disk = set(os.listdir(objects))
@@ -1458,7 +1472,7 @@ class FsCache:
             if actual != db.total():
                 report.accounting_fixed = 1
                 db.set_total(actual)
-            self._restore_budget(db)
+            self._restore_budget(db, budget)
         report.trash_removed = self._empty_trash(thorough=True)
         return report
 

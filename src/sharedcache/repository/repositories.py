@@ -168,7 +168,7 @@ class Repositories:
                 try:
                     self._set_budget(base.cache, budget)  # after the hold: evictions spare ours
                 except BaseException:
-                    self.release_held(base)  # a failed use leaks no lease
+                    self._give_back(base)  # a failed use leaks no lease
                     raise
             return base
         request.fetch  # noqa: B018 - a miss: the fetch policy is made (or fails) before anything else
@@ -189,9 +189,19 @@ class Repositories:
         try:
             link = base.ensure_link(name)
         except BaseException:
-            self.release_held(Held(name, base.path, "", base.cache(), lease))
+            self._give_back(Held(name, base.path, "", base.cache(), lease))
             raise
         return Held(name, base.path, link, base.cache(), lease)
+
+    def _give_back(self, held: Held) -> None:
+        """Release the use ``held``, which this command took but fails to hand out.  A release
+        needs the index, which may be what failed the command (busy until its deadline, which has
+        passed by now, or unusable): the lease is then removed alone, so that the owner, told of
+        a failure, is not left holding the repository."""
+        try:
+            self.release_held(held)
+        except (SharedCacheError, OSError):
+            held.cache.drop_lease(held.name, held.lease)
 
     def _skip(self, base: Base, error: CacheError) -> None:
         """Skip ``base`` from now on; why is said once, by :meth:`_report_skips` if the
@@ -344,12 +354,20 @@ class Repositories:
                 if found is not None:
                     base, cache, lease = other, other_cache, found
                     break
-        try:
-            deleted = cache.release(name, owners[-1], lease=lease, keep=keep)
-        except UsageError:
-            raise SharedCacheError(
-                f"process {owners[-1]} holds no use of repository {name!r} in {base.path}"
-            ) from None
+        while True:
+            try:
+                deleted = cache.release(name, owners[-1], lease=lease, keep=keep)
+                break
+            except UsageError:
+                # The lease was chosen before the release began: another release of the same
+                # job (`sc --unuse` run twice at once) may have taken it meanwhile.  The next
+                # lease the job holds is then the one to release.
+                found = next(filter(None, (cache.lease_of(name, owner) for owner in owners)), None)
+                if found is None or found == lease:
+                    raise SharedCacheError(
+                        f"process {owners[-1]} holds no use of repository {name!r} in {base.path}"
+                    ) from None
+                lease = found
         if deleted:
             base.drop_link_if_unused(name)
         return deleted
