@@ -170,3 +170,94 @@ def test_one_splitting_rule_for_strings_lists_and_the_command_line() -> None:
     # Checksummed: the file name of the source and the words after it (see loaders.words).
     assert recipe_identity(words) == recipe_identity(list(expected)) == "\n".join(("checksummed data.tgz", *expected[1:]))
     assert default_name(words) == default_name(list(expected))
+
+
+def test_home_is_expanded_in_a_file_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "file:~/x" is another file for another $HOME (another user of a group cache): identified as
+    # written, one user's file was served for the other's.
+    monkeypatch.setenv("HOME", "/home/alice")
+    alice = recipe_identity(["file:~/data.txt"])
+    monkeypatch.setenv("HOME", "/home/bob")
+    assert recipe_identity(["file:~/data.txt"]) == "file:/home/bob/data.txt" != alice
+    assert default_name(["file:~/data.txt"]) == default_name(["file:/home/bob/data.txt"])
+
+
+def test_one_file_written_two_ways_is_one_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    same = {recipe_identity([word, "tar"]) for word in
+            ("file:x.tar", "file:./x.tar", f"file:{tmp_path}//x.tar", f"file:{tmp_path}/./x.tar")}
+    assert same == {f"file:{tmp_path}/x.tar\ntar"}
+    # ".." may cross a link, and a trailing "/" is refused by the kernel on a file: both stay.
+    assert recipe_identity(["file:/a/../x.tar"]) == "file:/a/../x.tar"
+    assert recipe_identity(["file:/a/x.tar/"]) == "file:/a/x.tar/"
+
+
+def test_a_digest_in_upper_case_is_the_same_recipe() -> None:
+    assert recipe_identity(f"file:/d/x.tgz sha256:{HEX64.upper()} tar") == recipe_identity(f"file:/d/x.tgz sha256:{HEX64} tar")
+    assert default_name(f"file:/d/x.tgz sha256:{HEX64.upper()} tar") == default_name(f"file:/d/x.tgz sha256:{HEX64} tar")
+
+
+@pytest.mark.parametrize("source", ["file:/data", "dirac:/vo/data"])
+def test_a_path_keeps_its_question_mark_and_hash_in_a_checksummed_identity(source: str) -> None:
+    # They name the file of a recipe without an unpacker: cut at them, "a#1.txt" and "a#2.txt"
+    # were one repository, holding whichever file was made first.
+    one, two, bare = (recipe_identity([f"{source}/{name}", f"sha256:{HEX64}"]) for name in ("a#1.txt", "a?2.txt", "a"))
+    assert len({one, two, bare}) == 3
+    assert one.startswith("checksummed a#1.txt\n")
+
+
+def test_a_plugin_word_with_an_argument_stays_in_a_checksummed_identity() -> None:
+    # A plugin's transform may take an argument and rename the file (or change the bytes before
+    # the checksum): taken for a mirror, it left the identity, and "rename:b.bin" was served the
+    # repository made with "rename:a.bin", or without it.
+    with_a, with_b, without = (recipe_identity(["file:/d/x.bin", *middle, f"sha256:{HEX64}"])
+                               for middle in (["rename:a.bin"], ["rename:b.bin"], []))
+    assert len({with_a, with_b, without}) == 3
+    # The built-in sources are still mirrors.
+    assert recipe_identity(["http:https://h/x.bin", "file:/m/x.bin", "dirac:/vo/x.bin", f"sha256:{HEX64}"]) == without
+
+
+def test_a_plugin_that_exits_or_fails_its_check_is_one_usage_error(tmp_path: Path) -> None:
+    # A module that calls sys.exit() on import ended `sc --help` (which loads every word) silently
+    # with its status; a constructor raising ValueError was an "internal error".
+    plugin = tmp_path / "plugin"
+    dist_info = plugin / "odd_loaders-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: odd-loaders\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[sharedcache.loaders]\nexiting = odd_exiting:X\npicky = odd_picky:Picky\n")
+    (plugin / "odd_exiting.py").write_text("import sys\nsys.exit('odd_exiting needs libfoo')\n")
+    (plugin / "odd_picky.py").write_text(textwrap.dedent('''
+        from sharedcache.loaders.protocol import Transform
+
+        class Picky(Transform):
+            argument = "level"
+
+            def __init__(self, name, arg):
+                super().__init__(name, arg)
+                int(arg)
+    '''))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), SRC])}
+    run = [sys.executable, "-m", "sharedcache"]
+    shown = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=30, env=env)
+    assert shown.returncode == 0 and "unpackers:" in shown.stdout, shown
+    for word, message in (("exiting", "sc: error: loader 'exiting' (odd_exiting:X) cannot be loaded: "
+                                      "odd_exiting needs libfoo (see 'sc --help')"),
+                          ("picky:high", "sc: error: 'picky:high': invalid literal for int() with base 10: "
+                                         "'high' (see 'sc --help')")):
+        refused = subprocess.run([*run, "--use", "-d", str(tmp_path), "file:/x", word],
+                                 capture_output=True, text=True, timeout=30, env=env)
+        assert (refused.returncode, refused.stderr) == (2, message + "\n")
+
+
+def test_a_file_renamed_to_no_name_is_written_under_the_fallback_name(tmp_path: Path) -> None:
+    import gzip
+
+    from sharedcache.loaders.pipeline import populate
+
+    (tmp_path / "..gz").write_bytes(gzip.compress(b"data"))
+    dest, work = tmp_path / "dest", tmp_path / "work"
+    dest.mkdir()
+    work.mkdir()
+    populate(parse_recipe([f"file:{tmp_path}/..gz", "gunzip"]), dest, work=work)  # "." was refused
+    assert [(path.name, path.read_bytes()) for path in dest.iterdir()] == [("download", b"data")]

@@ -358,6 +358,16 @@ if "gradual" in lfn:  # writes its file over three seconds, as a download does
             out.flush()
             time.sleep(0.8)
     sys.exit(0)
+if "leaves" in lfn:  # writes its file and ends, leaving a process that holds its output and,
+    # a second later, goes on writing the file
+    with open(os.path.basename(lfn), "wb") as out:
+        out.write(b"complete")
+    helper = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(1); "
+                               "[(open(sys.argv[1], 'ab').write(b'x'), time.sleep(0.05)) for _ in iter(int, 1)]",
+                               os.path.basename(lfn)])
+    with open(os.path.join(os.environ["STAND_IN_PIDS"]), "w") as pids:
+        pids.write(f"{{helper.pid}}")
+    sys.exit(0)
 if "missing" in lfn:
     print("Getting file " + lfn, flush=True)
     sys.stderr.write("some noise\\nERROR: " + lfn + ": No such file or directory\\n")
@@ -411,6 +421,26 @@ def test_dirac_is_stopped_with_what_it_started_at_the_deadline(dirac_path: Path,
     assert not any(work.iterdir())
 
 
+def test_what_the_dirac_client_leaves_behind_neither_holds_us_nor_writes_its_file(
+        dirac_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client has ended: its file is complete.  A process it left holding its output made us
+    # wait for it (to the deadline, or for good), and one that kept writing the file had a copy
+    # of whatever it held then committed, and went on writing after us.
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("STAND_IN_PIDS", str(pids))
+    dest, work = boxes(tmp_path)
+    began = time.monotonic()
+    run_recipe(parse_recipe(["dirac:/vo/leaves.dat"]), dest, work=work, deadline=began + 8)
+    assert time.monotonic() - began < 5
+    assert (dest / "leaves.dat").read_bytes() == b"complete"
+    helper = int(pids.read_text())
+    deadline = time.monotonic() + 10
+    while _running(helper):
+        assert time.monotonic() < deadline, f"process {helper} outlived the client"
+        time.sleep(0.05)
+    assert not any(work.iterdir())
+
+
 def _running(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
     try:
@@ -442,6 +472,35 @@ def test_dirac_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 # --- the origin as a separate process -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["truncated", "appended to"])
+def test_a_file_source_changed_while_it_is_read_is_refused(tmp_path: Path, change: str) -> None:
+    # A copy made while the file is written is neither its old content nor its new one: without a
+    # checksum it was committed as the file, and served to every later use.
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(32 << 20))
+
+    def meddle(done: int, total: int | None) -> None:  # told of the first chunk, long before the end
+        if not meddle.done:  # type: ignore[attr-defined]
+            meddle.done = True  # type: ignore[attr-defined]
+            with open(path, "r+b") as f:
+                if change == "truncated":
+                    f.truncate(1 << 20)
+                else:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"more")
+    meddle.done = False  # type: ignore[attr-defined]
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, f"file:{path}", progress=meddle)
+    assert str(caught.value).startswith(f"{path} changed while it was read ({32 << 20} bytes when opened, ")
+    assert not any(tmp_path.glob("dest*/*"))
+
+
+def test_a_file_source_in_proc_is_read(tmp_path: Path) -> None:
+    # Its size says 0, and it is read to its end: the same size and time at the end.
+    dest = populate(tmp_path, "file:/proc/self/status")
+    assert b"Pid:" in (dest / "status").read_bytes()
 
 
 def test_origin_runs_as_a_process(tmp_path: Path) -> None:

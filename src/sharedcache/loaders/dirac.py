@@ -3,8 +3,9 @@
 It runs ``dirac-dms-get-file LFN`` in the work directory, streams the file it writes, and deletes
 it; the DIRAC tool does its own retrying.  While it runs, the size of the file it writes is told
 each second as progress (``ctx.progress``), so that the waiters see it going.  The tool runs in a
-session of its own: past ``ctx.deadline`` (``--timeout``), or when this process is interrupted,
-it is killed with all it started, so that none of them goes on writing in the work directory.
+session of its own: past ``ctx.deadline`` (``--timeout``), when this process is interrupted, and
+when it has ended (before its file is read), what it started is killed with it, so that none of
+them goes on writing in the work directory.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     import subprocess
     from pathlib import Path
+    from typing import IO
 
 #: How often the size of the file that the client writes is told as progress.
 _PROGRESS_SECONDS = 1.0
+#: How often the client is looked at, to see whether it has ended (it is not waited for: see _ended).
+_POLL_SECONDS = 0.05
+#: How much of the end of its output is read, for the line that says why it failed.
+_TAIL_BYTES = 1 << 16
 
 
 class DiracSource(Source):
@@ -53,45 +59,66 @@ class DiracSource(Source):
 
     def open(self, ctx: Context, start: int = 0, validator: str | None = None) -> SourceStream:
         import subprocess
+        import tempfile
 
         tool = shutil.which(self.tool)
         if tool is None:
             raise DownloadError(f"{self.tool} not found on PATH (install the DIRAC client)")
         target = ctx.work / self.filename()
         target.unlink(missing_ok=True)  # left by a process that died while fetching it
-        with subprocess.Popen([tool, self.lfn], cwd=ctx.work, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              errors="replace", start_new_session=True) as process:
+        # Its output goes to files, not pipes: a process it left behind holding them would keep
+        # this one waiting after the client has ended (to the deadline, or for good).
+        with tempfile.TemporaryFile(dir=ctx.work) as out, tempfile.TemporaryFile(dir=ctx.work) as err:
+            process = subprocess.Popen([tool, self.lfn], cwd=ctx.work, stdin=subprocess.DEVNULL,
+                                       stdout=out, stderr=err, start_new_session=True)
             try:
-                stdout, stderr = self._wait(process, target, ctx)
-            except BaseException as exc:
-                with contextlib.suppress(ProcessLookupError):  # (all of them ended meanwhile)
-                    os.killpg(process.pid, signal.SIGKILL)
+                self._wait(process, target, ctx)
+            except BaseException:
+                _stop(process)
                 target.unlink(missing_ok=True)
-                if isinstance(exc, subprocess.TimeoutExpired):
-                    raise WaitTimeoutError(f"{self.tool} gave no file for {self.lfn} in the time left") from None
                 raise
-        if process.returncode != 0:
-            target.unlink(missing_ok=True)
-            lines = (stderr.strip() or stdout.strip()).splitlines()
-            why = lines[-1].strip() if lines else f"exit status {process.returncode}"
-            raise DownloadError(f"{self.tool} failed for {self.lfn}: {why}")
+            _stop(process)
+            if process.returncode != 0:
+                target.unlink(missing_ok=True)
+                lines = (_tail(err) or _tail(out)).splitlines()
+                why = lines[-1].strip() if lines else f"exit status {process.returncode}"
+                raise DownloadError(f"{self.tool} failed for {self.lfn}: {why}")
         if not target.is_file():
             raise DownloadError(f"{self.tool} did not write {self.filename()} for {self.lfn}")
         return open_file(str(target), self.word, remove=True)
 
-    @staticmethod
-    def _wait(process: subprocess.Popen[str], target: Path, ctx: Context) -> tuple[str, str]:
-        """The output of the client, once it has ended; meanwhile, each second, the size of the
-        file it writes as progress.  TimeoutExpired past ``ctx.deadline``."""
-        import subprocess
+    def _wait(self, process: subprocess.Popen[bytes], target: Path, ctx: Context) -> None:
+        """Return once the client has ended, leaving it unreaped (see :func:`_ended`); meanwhile,
+        each second, tell the size of the file it writes as progress.  WaitTimeoutError past
+        ``ctx.deadline``."""
+        told = time.monotonic()
+        while not _ended(process.pid):
+            now = time.monotonic()
+            if ctx.deadline is not None and now >= ctx.deadline:
+                raise WaitTimeoutError(f"{self.tool} gave no file for {self.lfn} in the time left")
+            if now - told >= _PROGRESS_SECONDS:
+                told = now
+                with contextlib.suppress(OSError):
+                    ctx.progress(target.stat().st_size, None)
+            time.sleep(_POLL_SECONDS)
 
-        while True:
-            left = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
-            try:
-                return process.communicate(timeout=_PROGRESS_SECONDS if left is None else min(left, _PROGRESS_SECONDS))
-            except subprocess.TimeoutExpired:
-                if left is not None and left <= _PROGRESS_SECONDS:
-                    raise
-            with contextlib.suppress(OSError):
-                ctx.progress(target.stat().st_size, None)
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Kill the client's process group, and reap the client.  Ended but not reaped yet, the client
+    still holds the group's id: what it left behind is killed too, before its file is read, else it
+    could go on writing it (or another file in the work directory)."""
+    with contextlib.suppress(ProcessLookupError):  # (all of them ended meanwhile)
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _ended(pid: int) -> bool:
+    """Whether child ``pid`` has ended, without reaping it: until it is reaped, its pid (the id of
+    its process group) cannot be given to another process, which a kill of the group could hit."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _tail(output: IO[bytes]) -> str:
+    """The last lines the client wrote to ``output``, stripped."""
+    output.seek(max(0, output.seek(0, os.SEEK_END) - _TAIL_BYTES))
+    return output.read().decode(errors="replace").strip()

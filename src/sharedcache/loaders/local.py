@@ -11,7 +11,10 @@ from .streams import FileStream, SourceStream
 
 
 def safe_filename(name: str) -> str:
-    unusable = name in ("", ".", "..") or "\x00" in name or len(name.encode(errors="surrogateescape")) > 255
+    """``name``, or "download" if no file in a directory can have it (a plugin's rename may give
+    a path)."""
+    unusable = (name in ("", ".", "..") or "\x00" in name or "/" in name
+                or len(name.encode(errors="surrogateescape")) > 255)
     return "download" if unusable else name
 
 
@@ -30,7 +33,7 @@ def open_file(path: str, what: str, *, remove: bool = False) -> FileStream:
         except BaseException:
             os.close(fd)
             raise
-        return FileStream(path, fd=fd, remove=remove)
+        return FileStream(path, fd=fd, remove=remove, what=what)
     except FileNotFoundError:
         raise DownloadError(f"cannot read {what}: no such file") from None
     except OSError as exc:

@@ -66,6 +66,7 @@ from ..errors import (
     quoted,
 )
 from ..sizes import format_size
+from .local import safe_filename
 from .protocol import Context, Sealing
 from .streams import CHUNK, FileStream, Meter, Prefetch, Progress, SourceStream, Stream
 
@@ -201,6 +202,8 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
         name = recipe.source.filename()
         for transform in recipe.transforms:
             name = transform.rename(name)
+        # A rename may make a name no file can have: "..gz" gunzipped is ".".
+        name = safe_filename(name)
         if partial is None:
             _write(stream, dest / name, ctx)
         else:

@@ -87,8 +87,8 @@ def loader_class(name: str) -> type[Loader]:
             cls = getattr(importlib.import_module(module), attribute)
         else:
             cls = found.load()
-    except Exception as exc:
-        raise UsageError(f"loader '{name}' ({target}) cannot be loaded: {exc}") from None
+    except (Exception, SystemExit) as exc:  # a module may sys.exit() when it cannot work here
+        raise UsageError(f"loader '{name}' ({target}) cannot be loaded: {exc!s}") from None
     if not (isinstance(cls, type) and issubclass(cls, (Source, Transform, Unpacker))):
         raise UsageError(f"loader '{name}' ({target}) is not a Source, Transform or Unpacker")
     return cls
@@ -128,7 +128,13 @@ def parse_recipe(words: str | Iterable[str], rewrites: Iterable[Rewrite] = ()) -
         name, colon, arg = word.partition(":")
         if arg.startswith("//") and not _known(name):
             raise UsageError(f"'{word}' looks like a bare URL: write http:{word}")
-        loaders.append(loader_class(name)(name, arg if colon else None))
+        cls = loader_class(name)
+        try:
+            loaders.append(cls(name, arg if colon else None))
+        except UsageError:
+            raise
+        except Exception as exc:  # a plugin's check of its argument, which should say UsageError
+            raise UsageError(f"'{without_userinfo(word)}': {exc!s}") from None
     if not isinstance(loaders[0], Source):
         raise UsageError(
             f"a recipe starts with a source (http:URL, file:PATH, dirac:LFN), not '{loaders[0].word}'")

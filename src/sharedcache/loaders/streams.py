@@ -76,19 +76,31 @@ class FileStream(SourceStream):
     file when the stream is closed.  ``fd``: the file, opened and checked already by the caller
     (the stream then owns it); else ``path`` is opened."""
 
-    def __init__(self, path: str | os.PathLike[str], *, fd: int | None = None, remove: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, fd: int | None = None, remove: bool = False,
+                 what: str | None = None) -> None:
         super().__init__()
         self.path = Path(path)
+        self._what = str(path) if what is None else what  # the file as messages name it
         # Open as long as the stream is.
         self._file = open(path if fd is None else fd, "rb", buffering=0)  # noqa: SIM115
-        self.total = os.fstat(self._file.fileno()).st_size
+        status = os.fstat(self._file.fileno())
+        self.total = status.st_size
+        self._version = (status.st_size, status.st_mtime_ns)
         self._remove = remove
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._file.read(size if size > 0 else CHUNK)
+            data = self._file.read(size if size > 0 else CHUNK)
+            status = None if data else os.fstat(self._file.fileno())
         except OSError as exc:
-            raise DownloadError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            raise DownloadError(f"cannot read {self._what}: {exc.strerror or exc}") from None
+        # A file written while it is read (appended to, truncated, rewritten in place; a process
+        # that the DIRAC client left behind) gives a copy that is neither its old content nor its
+        # new one: at its end, it must be the file that was opened.
+        if status is not None and (status.st_size, status.st_mtime_ns) != self._version:
+            raise DownloadError(f"{self._what} changed while it was read ({self._version[0]} bytes when "
+                                f"opened, {status.st_size} at the end)")
+        return data
 
     def close(self) -> None:
         if not self.closed:

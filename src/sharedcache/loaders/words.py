@@ -8,14 +8,16 @@ both at the cost of a few string operations.  Parsing words into loaders is
 Identity
 --------
 A recipe starts with one or more source words, alternatives for the same bytes (mirrors), then
-transforms.  Textually, the sources are the leading words that have an argument and are not
-checksums.  The identity is what decides that two recipes make the same repository:
+transforms.  Textually, the sources are the first word and the built-in source words (``http:``,
+``file:``, ``dirac:``) that follow it (see :func:`source_count`).  The identity is what decides
+that two recipes make the same repository:
 
 * without a checksum word, the words themselves (each URL exactly, query included);
 * with one (``md5:``, ``sha1:``, ``sha256:``, ``sha512:``), the bytes are pinned, so the identity
   is the file name of the first source (the last path component of its argument, which names the
-  file of a recipe without an unpacker) and the words after the sources.  Mirror lists, and URLs
-  that differ only in their host or a query token, then make one repository.
+  file of a recipe without an unpacker) and the words after the sources (digests in lower
+  case).  Mirror lists, and URLs that differ only in their host or a query token, then make one
+  repository.
 
 User info in a URL (``https://user:password@host/...``) is a credential: it is never part of the
 identity, of a name, or of anything shown (:func:`without_userinfo`).
@@ -52,14 +54,21 @@ def _absolute_file(word: str) -> str:
     import os  # (loaded already by every caller: this costs a dictionary look-up)
 
     path = os.path.expanduser(word[5:])
-    if not path or path.startswith("/"):
-        return word
-    try:
-        return f"file:{os.getcwd()}/{path}"
-    except FileNotFoundError:
-        from ..errors import unresolvable
+    if path and not path.startswith("/"):
+        try:
+            path = f"{os.getcwd()}/{path}"
+        except FileNotFoundError:
+            from ..errors import unresolvable
 
-        raise unresolvable(path) from None
+            raise unresolvable(path) from None
+    if not path:
+        return word
+    # The expanded path, not the word: "~" is another directory for another user or $HOME, and
+    # "file:~/x" identified as written would serve one user's file for another's.  Empty and "."
+    # components are dropped, which name the same file whatever the links ("a/./b" is "a/b"),
+    # but not the last, whose trailing "/" or "/." the kernel refuses on a file.
+    *parents, last = path.split("/")
+    return "file:/" + "/".join([*(part for part in parents if part not in ("", ".")), last])
 
 
 #: The checksum words: with one of them a recipe's bytes are pinned, whatever source gives them.
@@ -87,24 +96,40 @@ def shown_words(words: Iterable[str]) -> str:
     return " ".join(without_userinfo(word) for word in words)
 
 
+#: The built-in source words: after the first word, only these are taken for its mirrors.
+SOURCE_WORDS = ("http", "file", "dirac")
+
+
 def source_count(words: tuple[str, ...]) -> int:
-    """How many leading words are sources, as text tells: the first word, and the words after it
-    that have an argument and are not checksums."""
+    """How many leading words are sources, as text tells: the first word, and the built-in source
+    words after it.  A plugin's word is not known without loading it: one that takes an argument
+    may be a transform (``rename:NAME``), which must stay in the identity; a plugin's source after
+    the first word is then kept in it too, which costs a second download, never wrong data."""
     count = 1
     for word in words[1:]:
         name, colon, _ = word.partition(":")
-        if not colon or name in CHECKSUM_WORDS:
+        if not colon or name not in SOURCE_WORDS:
             break
         count += 1
     return count
 
 
 def _file_name(word: str) -> str:
-    """The last path component of a source word's argument, query and fragment removed."""
+    """The last path component of a source word's argument, query and fragment removed from a URL
+    (a path, ``file:`` or ``dirac:``, may hold "?" and "#" in its file name, which names the file
+    of a recipe without an unpacker)."""
     argument = without_userinfo(word).partition(":")[2]
-    for delimiter in "?#":
-        argument = argument.partition(delimiter)[0]
+    if "://" in argument:
+        for delimiter in "?#":
+            argument = argument.partition(delimiter)[0]
     return argument.rstrip("/").rpartition("/")[2]
+
+
+def _canonical(word: str) -> str:
+    """``word`` as the identity holds it: a checksum's hex digest in lower case, as it is checked
+    (``sha256:ABC...`` and ``sha256:abc...`` are one recipe)."""
+    name, colon, argument = word.partition(":")
+    return f"{name}:{argument.lower()}" if colon and name in CHECKSUM_WORDS else word
 
 
 def _identity_words(normalized: tuple[str, ...]) -> tuple[str, ...]:
@@ -114,7 +139,8 @@ def _identity_words(normalized: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(without_userinfo(word) for word in normalized)
     # The first line holds a space, which no word can: an identity of this form never equals one
     # made of the words themselves.
-    return (f"checksummed {_file_name(normalized[0])}", *normalized[source_count(normalized):])
+    return (f"checksummed {_file_name(normalized[0])}",
+            *(_canonical(word) for word in normalized[source_count(normalized):]))
 
 
 def recipe_identity(words: str | Iterable[str]) -> str:
