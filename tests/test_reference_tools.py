@@ -352,6 +352,44 @@ def test_zip_times_in_one_header_only(tmp_path: Path, kept_in: str) -> None:
     assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
 
 
+def test_zip_times_in_the_old_unix_fields(tmp_path: Path) -> None:
+    """Before the extended timestamp, Info-ZIP's zip wrote the times in its "UX" field (0x5855),
+    and PKWARE's zip for Unix in its Unix field (0x000d): access, then modification time, in the
+    local header.  unzip takes the time from them where no "UT" field is (the last of them, if
+    both are there), and its DOS time (two-second steps, local time) only after them."""
+    need("unzip")
+    import struct
+
+    fields = {"ux": struct.pack("<HHll", 0x5855, 8, 1_000, 1_500_000_001),
+              "ux-with-owner": struct.pack("<HHllHH", 0x5855, 12, 1_000, 1_500_003_609, 0, 0),
+              "pkware": struct.pack("<HHllHH", 0x000D, 12, 1_000, 1_400_000_003, 0, 0),
+              "both": struct.pack("<HHllHH", 0x000D, 12, 1_000, 1_400_000_003, 0, 0)
+              + struct.pack("<HHll", 0x5855, 8, 1_000, 1_300_000_005),
+              "ut-first": struct.pack("<HHll", 0x5855, 8, 1_000, 1_300_000_005)
+              + struct.pack("<HHBl", 0x5455, 5, 1, 1_200_000_007),
+              "before-1970": struct.pack("<HHll", 0x5855, 8, 1_000, -5)}
+    archive = tmp_path / "old-times.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, extra in fields.items():
+            info = zipfile.ZipInfo(name, (2024, 5, 6, 7, 8, 10))
+            info.create_system, info.external_attr, info.extra = 3, 0o100644 << 16, extra
+            out.writestr(info, name)
+    assert_same_trees(archive, "zip", tmp_path / "out")
+    assert (tmp_path / "out" / "sc" / "ux").stat().st_mtime == 1_500_000_001
+
+
+def test_zip_comment_ending_in_an_end_record_signature(tmp_path: Path) -> None:
+    """The end record is the last signature with a whole record after it, as unzip finds it: the
+    signature in the last bytes of a comment (binary comments, such as a signature's) is not
+    it.  Taken for it, the archive was refused as having no end record."""
+    need("unzip")
+    archive = tmp_path / "comment.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr(zipfile.ZipInfo("file.txt", (2024, 5, 6, 7, 8, 10)), "data\n")
+        out.comment = b"signed: PK\x05\x06\x01\x02\x03"
+    assert_same_trees(archive, "zip", tmp_path / "out")
+
+
 def test_zip_name_flagged_utf8_in_a_zip_made_on_ms_dos(tmp_path: Path) -> None:
     """Java writes every zip (every jar) as made on MS-DOS, with non-ASCII names in UTF-8 and
     flagged so (bit 11).  The flag decides, as the format says: the Debian build of unzip reads

@@ -20,9 +20,10 @@ member, read as unzip reads it:
 deflate, Deflate64, bzip2, LZMA) a chunk at a time at most, stopped at the declared size and
 checked against the declared CRC; :meth:`ZipReader.mtime_ns` gives its time, from the extended
 timestamp ("UT", 0x5455) of its local header, where unzip and bsdtar look (yazl writes that field
-in the central directory only), else the DOS time (local time, to two seconds).  Deflate64 (method
-9, "enhanced deflate": Windows' Explorer writes it in zips past 2 GiB, 7-Zip when asked) is
-inflated by the inflate64 package, where it is installed.
+in the central directory only), else, as unzip, from the fields that older zips wrote there
+(Info-ZIP's "UX", 0x5855, and PKWARE's Unix field, 0x000d), else the DOS time (local time, to two
+seconds).  Deflate64 (method 9, "enhanced deflate": Windows' Explorer writes it in zips past 2 GiB,
+7-Zip when asked) is inflated by the inflate64 package, where it is installed.
 
 Whatever is wrong is a :class:`~sharedcache.errors.CorruptDataError` of one line: "corrupt zip
 archive WHAT: why" for the directory (no end record, a record that is not one, a name flagged UTF-8
@@ -54,6 +55,9 @@ _EXTRA_HEADER = struct.Struct("<HH")
 _ZIP64 = 0x0001           # the sizes and the offset that the record's fields cannot hold
 _UNICODE_PATH = 0x7075    # Info-ZIP: version 1, CRC-32 of the stored name, the name in UTF-8
 _EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds since 1970, UTC) if flag 1
+# What zip wrote before "UT": Info-ZIP's old Unix field ("UX": access, then modification time) and
+# PKWARE's Unix field (the same two times, then the owner), which unzip reads when no "UT" is there.
+_OLD_UNIX_TIMES = (0x5855, 0x000D)
 _DOS_2038 = (2038, 1, 18, 0, 0, 0)  # an MS-DOS time past which a negative "UT" time is past 2038
 _ENCRYPTED, _UTF8_NAME, _STRONG_ENCRYPTION = 0x1, 0x800, 0x40
 _UNIX, _MS_DOS = 3, 0
@@ -140,8 +144,10 @@ class ZipReader:
         size = os.fstat(self.fd).st_size
         tail_start = max(0, size - _END_RECORD.size - 0xFFFF)
         tail = os.pread(self.fd, size - tail_start, tail_start)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + _END_RECORD.size > len(tail):
+        # The last signature with a whole record after it, as unzip looks for it: one in the last
+        # bytes of a comment cannot be the record.
+        at = tail.rfind(b"PK\x05\x06", 0, len(tail) - _END_RECORD.size + 4)
+        if at < 0:
             raise self._corrupt("it has no end-of-central-directory record in its last 64 KiB")
         end = tail_start + at  # where the central directory ends, unless Zip64 records follow it
         directory_size, directory_offset = _END_RECORD.unpack_from(tail, at)[5:7]
@@ -229,8 +235,14 @@ class ZipReader:
         """The member's modification time, given the extra fields of its local header (see the
         module's docstring)."""
         extended = local_extra.get(_EXTENDED_TIME, b"")
+        seconds = None
         if len(extended) >= 5 and extended[0] & 1:
             seconds = int.from_bytes(extended[1:5], "little", signed=True)
+        else:  # the last of the old fields, as unzip reads them in order
+            old = [field for ident, field in local_extra.items() if ident in _OLD_UNIX_TIMES and len(field) >= 8]
+            if old:
+                seconds = int.from_bytes(old[-1][4:8], "little", signed=True)
+        if seconds is not None:
             # 32 bits: a time past 2038-01-19 reads as one before 1970.  As unzip does, the MS-DOS
             # time beside it says which; before 1970, unzip takes the MS-DOS time (its earliest,
             # 1980, as zip writes it then), and so does this.
