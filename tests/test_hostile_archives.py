@@ -631,14 +631,22 @@ def test_zip_member_placed_before_the_archive(box: Box) -> None:
     assert "before the start of the archive" in message
 
 
-@pytest.mark.parametrize("header", ["central", "local"])
-def test_zip_name_flagged_as_utf8_that_is_not(box: Box, header: str) -> None:
+def test_zip_name_flagged_as_utf8_that_is_not(box: Box) -> None:
+    # bsdtar flags every name as UTF-8, whatever the bytes of the locale it read them in: unzip
+    # writes such a name as its bytes, and so do we.  A local header that names another file
+    # than the directory does is still corrupt.
     archive = bytearray(zip_of(("é", b"x", stat.S_IFREG | 0o644)))  # flag bit 11: the name is UTF-8
-    signature = b"PK\x01\x02" if header == "central" else b"PK\x03\x04"
-    at = archive.index("é".encode(), archive.index(signature))
-    archive[at:at + 2] = b"\xe7("  # not UTF-8
+    for signature in (b"PK\x01\x02", b"PK\x03\x04"):
+        at = archive.index("é".encode(), archive.index(signature))
+        archive[at:at + 2] = b"\xe7("  # not UTF-8
+    dest = box.populate(box.put("latin1.zip", bytes(archive)), "zip")
+    assert [(os.fsencode(path.name), path.read_bytes()) for path in dest.iterdir()] == [(b"\xe7(", b"x")]
+    shutil.rmtree(dest)
+    dest.mkdir()
+    at = archive.index(b"\xe7(", archive.index(b"PK\x03\x04"))
+    archive[at:at + 2] = "é".encode()
     message = box.refused(bytes(archive), "zip", expected=CorruptDataError)
-    assert message.startswith("corrupt zip archive " if header == "central" else "cannot unzip ")
+    assert message.startswith("cannot unzip "), message
 
 
 def test_zip_lzma_member_asking_for_a_huge_dictionary(box: Box) -> None:

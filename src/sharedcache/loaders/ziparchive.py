@@ -6,7 +6,8 @@ zipfile loads the whole directory and keeps an object of about half a kilobyte p
 GiB for a data set of a million files).  Each :class:`ZipMember` is what the directory says of one
 member, read as unzip reads it:
 
-* its name: UTF-8 if flagged so (bit 11); else the UTF-8 name of an Info-ZIP Unicode Path extra
+* its name: UTF-8 if flagged so (bit 11; bytes that are not UTF-8 are kept as they are, as unzip
+  keeps them); else the UTF-8 name of an Info-ZIP Unicode Path extra
   field (0x7075) whose CRC matches the stored name; else the stored bytes as they are if the
   archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's names so, unflagged),
   or read as code page 437 if made on MS-DOS, OS/2 or Windows NT.  Its backslashes are separators
@@ -26,10 +27,9 @@ seconds).  Deflate64 (method 9, "enhanced deflate": Windows' Explorer writes it 
 7-Zip when asked) is inflated by the inflate64 package, where it is installed.
 
 Whatever is wrong is a :class:`~sharedcache.errors.CorruptDataError` of one line: "corrupt zip
-archive WHAT: why" for the directory (no end record, a record that is not one, a name flagged UTF-8
-that is not), "cannot unzip NAME from WHAT: why" for a member (a local header that is not one or
-names another member, data that ends short or inflates wrong, a wrong CRC, encryption, a method no
-reader here knows).
+archive WHAT: why" for the directory (no end record, a record that is not one), "cannot unzip NAME
+from WHAT: why" for a member (a local header that is not one or names another member, data that
+ends short or inflates wrong, a wrong CRC, encryption, a method no reader here knows).
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def _name(member: ZipMember, extra: dict[int, bytes]) -> str:
     """The member's name as unzip writes it here (see the module's docstring)."""
     stored = member.stored_name.partition(b"\0")[0]
     if member.flags & _UTF8_NAME:
-        return stored.decode("utf-8")  # a name flagged so that is not: the directory is corrupt
+        # A name flagged so that is not (bsdtar flags every name, whatever the locale's bytes)
+        # is written as its bytes, as unzip writes it.
+        return stored.decode("utf-8", "surrogateescape")
     unicode_path = extra.get(_UNICODE_PATH, b"")
     if (len(unicode_path) > 5 and unicode_path[0] == 1
             and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(member.stored_name)):
@@ -204,8 +206,8 @@ class ZipReader:
         return count
 
     def members(self) -> Iterator[ZipMember]:
-        """Each record, in the directory's order; one that cannot be read (a name flagged UTF-8
-        that is not, a Zip64 field missing) makes the directory corrupt."""
+        """Each record, in the directory's order; one that cannot be read (a Zip64 field
+        missing) makes the directory corrupt."""
         for fields, name, extra in self._records():
             try:
                 yield ZipMember(fields, name, extra_fields(extra), self._concat)
