@@ -359,6 +359,26 @@ def test_entry_larger_than_the_budget_is_refused_without_eviction(root: Path) ->
     assert_clean(root)
 
 
+def test_a_store_that_cannot_fit_for_entries_in_use_evicts_nothing(root: Path) -> None:
+    # Room for three entries, one of them in use: a store of nearly three more is refused, and the
+    # unused entry, which could not have made room alone, stays (evicted, it was lost for nothing).
+    cache = FsCache(root)
+    one = put(cache, "probe")
+    cache.remove("probe")
+    cache.max_size = 3 * one + one // 2
+    put(cache, "unused")
+    put(cache, "held")
+    with cache.load("held"):
+        with pytest.raises(NoSpaceError, match="the rest is in use"):
+            with cache.store("large") as path:
+                fill(path, "large", "n", [2 * one + one // 2])
+        assert only_entries(cache) == {"unused", "held"}
+        # One that fits once the unused entry goes still evicts it.
+        put(cache, "medium", [one + one // 2])
+        assert only_entries(cache) == {"held", "medium"}
+    assert_clean(root)
+
+
 def test_budget_set_by_one_process_is_seen_and_enforced_by_another(root: Path, children: Children) -> None:
     cache = FsCache(root)
     one = put(cache, "a")

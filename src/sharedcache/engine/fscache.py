@@ -650,7 +650,8 @@ class FsCache:
 
         Unused entries are evicted to make room under the budget.  If that is not enough, a
         store with ``strict_budget`` is refused (:class:`NoSpaceError`, or
-        :class:`EntryTooLargeError` for an entry larger than the whole budget); without it the
+        :class:`EntryTooLargeError` for an entry larger than the whole budget), and evicts
+        nothing (unless an entry was used between the count and the eviction); without it the
         entry is committed anyway, and the budget is restored by eviction as soon as entries
         in use are released.  (Repositories use the latter: a budget for kept data must never
         fail a job that needs data now.)
@@ -744,7 +745,9 @@ class FsCache:
     def _make_room(self, db: Index, name: str, size: int, *, strict: bool) -> bool:
         """Within a transaction: evict until ``size`` more bytes fit the budget; return whether
         they do.  Entries evicted are gone even if they do not (a rename into the trash cannot be
-        rolled back), so the caller commits the transaction either way."""
+        rolled back), so the caller commits the transaction either way.  With ``strict`` (the
+        store is refused if they do not fit) nothing is evicted unless enough is unused: a store
+        that is refused all the same would have lost those entries for nothing."""
         budget = self.max_size
         if budget is None:
             return True
@@ -754,7 +757,46 @@ class FsCache:
                 f"{self.root} ({format_size(budget)})"
             )
         excess = db.total() + size - budget
-        return excess <= 0 or self._evict(db, excess) >= excess
+        if excess <= 0:
+            return True
+        if strict:
+            excess -= self._retire_other_boots(db)  # no entries: they go whatever comes next
+            if excess <= 0:
+                return True
+            if self._unused_bytes(db, excess) < excess:
+                return False
+        return self._evict(db, excess) >= excess
+
+    def _unused_bytes(self, db: Index, need: int) -> int:
+        """Within a transaction: the bytes of the entries nobody uses now, counted in the order of
+        eviction until ``need``: what :meth:`_evict` could free.  (One used meanwhile is not freed
+        after all: the store then evicts what it can and is refused, as without this count.)"""
+        counted = 0
+        after: tuple[float, str] = (float("-inf"), "")
+        while counted < need:
+            batch = db.eviction_batch(after)
+            if not batch:
+                break
+            for last_used, name, size in batch:
+                after = (last_used, name)
+                if not self._in_use(name):
+                    counted += size
+                    if counted >= need:
+                        break
+        return counted
+
+    def _in_use(self, name: str) -> bool:
+        """Whether entry ``name`` is in use: locked by a reader or holder, or leased by a live
+        process (as :meth:`_retire` judges it, without retiring it)."""
+        try:
+            with self._entry(name) as entry:
+                fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
+                try:
+                    return not self._lock_if_unused(fd) or bool(scan_leases(entry)[0])
+                finally:
+                    os.close(fd)  # and with it the lock, if taken
+        except (MissError, FileNotFoundError, NotADirectoryError):
+            return False  # only its row is left, which a retirement drops
 
     def _rename_into_objects(self, stage_id: str, name: str) -> None:
         stages, objects = self._open_own(STAGE), self._open_own(OBJECTS)
