@@ -772,17 +772,11 @@ class FsCache:
         eviction until ``need``: what :meth:`_evict` could free.  (One used meanwhile is not freed
         after all: the store then evicts what it can and is refused, as without this count.)"""
         counted = 0
-        after: tuple[float, str] = (float("-inf"), "")
-        while counted < need:
-            batch = db.eviction_batch(after)
-            if not batch:
+        for name, size in db.sizes_by_last_use():
+            if counted >= need:
                 break
-            for last_used, name, size in batch:
-                after = (last_used, name)
-                if not self._in_use(name):
-                    counted += size
-                    if counted >= need:
-                        break
+            if not self._in_use(name):
+                counted += size
         return counted
 
     def _in_use(self, name: str) -> bool:

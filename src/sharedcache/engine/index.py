@@ -172,6 +172,11 @@ class Index(sqlite3.Connection):
         ).fetchall()
         return batch
 
+    def sizes_by_last_use(self) -> Iterator[tuple[str, int]]:
+        """(name, size) of every row, least recently used first, read as they are asked for."""
+        rows: Iterator[tuple[str, int]] = self.execute("SELECT name, size FROM entries ORDER BY last_used, name")
+        return rows
+
     _ROW = "SELECT name, size, created, last_used, keep, meta FROM entries"
 
     def rows(self) -> list[Row]:
