@@ -85,6 +85,13 @@ def tmp_like(path: Path) -> Path:
     return path
 
 
+def group_cache(shared: Path, users: Users) -> tuple[Path, list[str], Path]:
+    """A fresh base like /tmp, the option that names the group, and the group cache's directory
+    in that base."""
+    base = tmp_like(shared / "tmp")
+    return base, ["--group", str(users.gid)], base / f".shared-cache-g{users.gid}"
+
+
 @pytest.fixture
 def recipe(shared: Path) -> list[str]:
     tarball = shared / "data.tar.gz"
@@ -425,9 +432,7 @@ while time.monotonic() < end:
 def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_outside(
     shared, users, python, recipe, home
 ):
-    base = tmp_like(shared / "tmp")
-    group = ["--group", str(users.gid)]
-    root = base / f".shared-cache-g{users.gid}"
+    base, group, root = group_cache(shared, users)
     before = snapshot(home)
     with Sleeper() as job:
         args = [*group, "-d", str(base), "--pid", str(job.pid), *recipe]
@@ -507,9 +512,7 @@ def test_the_creator_swapping_the_group_cache_for_a_link_mid_population_never_ma
     # a directory of the victim's in its place while she populates.  Her commit then opened the
     # index, its reserve, the budget and stage.lock by their paths, through the link: it made an
     # index and a 256 KiB reserve in her directory.
-    base = tmp_like(shared / "tmp")
-    group = ["--group", str(users.gid)]
-    root = base / f".shared-cache-g{users.gid}"
+    base, group, root = group_cache(shared, users)
     target = home / "projects"
     target.mkdir()
     os.chown(target, users.victim, users.victim)
@@ -710,9 +713,7 @@ def test_swapping_an_entry_for_a_link_during_uses_and_releases_never_reaches_out
     # The worst case: the link leads to a directory of the victim's that looks like the entry
     # (its lock, marker, metadata, and leases of owners long dead), so that a hold or a release
     # acting through the link would touch her files: reclaim those leases, add its own, flag it.
-    base = tmp_like(shared / "tmp")
-    group = ["--group", str(users.gid)]
-    root = base / f".shared-cache-g{users.gid}"
+    base, group, root = group_cache(shared, users)
     with Sleeper() as job:
         args = [*group, "-d", str(base), "--pid", str(job.pid), "-n", "warm", *recipe]
         first = run_as(python, users.victim, "--use", "--keep", *args, groups=(users.gid,))
@@ -767,9 +768,7 @@ def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_it
 ):
     # A population's lock, a ready entry's lock (held exclusively: as if deleting it), the
     # staging area's, and the index's write lock: each is waited for at most --timeout.
-    base = tmp_like(shared / "tmp")
-    group = ["--group", str(users.gid)]
-    root = base / f".shared-cache-g{users.gid}"
+    base, group, root = group_cache(shared, users)
     with Sleeper() as job:  # the group cache, made by a first use
         first = run_as(python, users.victim, "--use", "--keep", *group, "-n", "warm", "-d", str(base),
                        "--pid", str(job.pid), *recipe, groups=(users.gid,))
@@ -813,3 +812,58 @@ def test_a_member_holding_the_index_delays_a_release_no_longer_than_its_timeout(
             holder.communicate(timeout=BOUND)
         released = run_as(python, users.victim, "--unuse", *args, groups=(users.gid,))
         assert released.returncode == 0, released.stderr  # the use stayed, and is released now
+
+
+# -- what a member puts in an entry's leases ---------------------------------------------------
+
+
+def test_a_member_s_entry_whose_leases_is_a_link_never_makes_another_remove_her_files(
+    shared, users, python, recipe, home
+):
+    # A member commits the repository (kept), as any member may, then puts a link in place of
+    # its leases/, which is hers: the victim's use, release, listing and gc listed the directory
+    # it led to as the entry's leases, and removed each file there whose name is no live
+    # owner's (her key, her notes) as a dead use, and added her lease there.
+    base, group, root = group_cache(shared, users)
+    before = snapshot(home)
+    with Sleeper() as job:
+        args = [*group, "-n", "repo", "-d", str(base), "--pid", str(job.pid), *recipe]
+        made = run_as(python, users.member, "--use", "--keep", *args, groups=(users.gid,))
+        assert made.returncode == 0, made.stderr
+        assert run_as(python, users.member, "--unuse", *args, groups=(users.gid,)).returncode == 0
+        leases = root / "objects" / "repo" / "leases"
+        done(code_as(python, users.member, "import os, sys; os.rmdir(sys.argv[1]); os.symlink(sys.argv[2], sys.argv[1])",
+                     str(leases), str(home / ".ssh"), groups=(users.gid,)))
+        for command in (["--use", *args], ["--unuse", *args], ["list", *group, "-d", str(base)],
+                        ["gc", *group, "-d", str(base)], ["--use", *args]):
+            result = run_as(python, users.victim, *command, groups=(users.gid,))
+            assert result.returncode in (0, 1) and len(clean_lines(result)) <= 1, (command, result.stderr)
+            if result.returncode == 0 and command[0] == "--use":
+                check_tree(Path(result.stdout.strip()), FILES)
+    assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("planted", ["pid past pid_t", "subshell past pid_t", "directory"])
+def test_what_a_member_plants_in_an_entry_s_leases_fails_no_use_release_or_gc(shared, users, python, recipe, planted):
+    # A lease naming a pid no process can have (os.kill raised OverflowError), or a directory
+    # among the leases (its removal as a dead lease raised EISDIR), failed every use, listing
+    # and gc of the repository, gc's repair included, for as long as it was there.
+    from sharedcache.engine.leases import boot_id, machine_id, pid_namespace
+
+    base, group, root = group_cache(shared, users)
+    with Sleeper() as job:
+        args = [*group, "-n", "repo", "-d", str(base), "--pid", str(job.pid), *recipe]
+        first = run_as(python, users.victim, "--use", "--keep", *args, groups=(users.gid,))
+        assert first.returncode == 0, first.stderr
+        owner = f"{boot_id()}:{job.pid}:1:{pid_namespace()}:{machine_id()}"
+        name = {"pid past pid_t": f"{boot_id()}:99999999999:1:{pid_namespace()}:{machine_id()}.x",
+                "subshell past pid_t": f"{owner}:99999999999:1.x", "directory": "junk"}[planted]
+        make = "os.mkdir" if planted == "directory" else "os.mknod"
+        done(code_as(python, users.member, f"import os, sys; {make}(sys.argv[1])",
+                     str(root / "objects" / "repo" / "leases" / name), groups=(users.gid,)))
+        for command in (["--use", *args], ["--unuse", *args], ["--unuse", *args], ["list", *group, "-d", str(base)],
+                        ["gc", *group, "-d", str(base)], ["--use", *args]):
+            result = run_as(python, users.victim, *command, groups=(users.gid,))
+            assert result.returncode == 0 and clean_lines(result) == [], (command, result.stderr)
+            if command[0] == "--use":
+                check_tree(Path(result.stdout.strip()), FILES)

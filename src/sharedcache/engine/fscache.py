@@ -227,7 +227,7 @@ from .layout import (
     make_subdirectory,
     open_cache,
 )
-from .leases import Owner, add_lease, boot_id, lease_of, reclaim_leases, scan_leases
+from .leases import Owner, add_lease, boot_id, lease_of, reclaim_leases, remove_lease, scan_leases
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -999,13 +999,9 @@ class FsCache:
             if lease is None:
                 assert owner is not None
                 lease = self.lease_of(name, owner)
-            try:
-                if lease is None or "/" in lease:
-                    raise FileNotFoundError
-                os.unlink(os.path.join(entry, "leases", lease))
-            except FileNotFoundError:
+            if lease is None or not remove_lease(entry, lease):
                 who = f"lease {lease}" if owner is None else f"process {owner.pid}"
-                raise UsageError(f"{who} holds no use of {name!r} in {self.root}") from None
+                raise UsageError(f"{who} holds no use of {name!r} in {self.root}")
             if keep:
                 self._mark_kept(entry)
                 db.mark_kept(name)
@@ -1119,11 +1115,9 @@ class FsCache:
         owner's lease is reclaimed: the entry stays, unused, for the next release, eviction or
         gc to delete.  For a use that its taker cannot release through the index (busy past the
         caller's deadline, or unusable) and must not leave to its owner."""
-        if "/" in lease:
-            return
         try:
             with self._entry(check_name(name)) as entry:
-                unlink_if_present(os.path.join(entry, "leases", lease))
+                remove_lease(entry, lease)
         except MissError:
             pass  # deleted already
 

@@ -494,11 +494,11 @@ def walk(root: int, enter: Callable[[int, str], int | None], leave: Callable[[in
                 os.close(level[0])
 
 
-def create_empty(path: str, *, exclusive: bool = False, mode: int = 0o600) -> None:
-    """Create the empty file ``path`` (a flag, or with ``exclusive`` a lease), never through a
-    symlink, and never opening a FIFO found there for good."""
+def create_empty(path: str, *, exclusive: bool = False, mode: int = 0o600, dir_fd: int | None = None) -> None:
+    """Create the empty file ``path`` (a flag, or with ``exclusive`` a lease; relative to
+    ``dir_fd`` if given), never through a symlink, and never opening a FIFO found there for good."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
-    fd = os.open(path, flags, mode & 0o777)
+    fd = os.open(path, flags, mode & 0o777, dir_fd=dir_fd)
     try:
         if mode & 0o077:  # bits the umask may have dropped (a group cache's)
             os.fchmod(fd, mode)

@@ -37,13 +37,20 @@ A lease is an empty file ``<entry>/leases/<owner key>.<random id>``: creating it
 removing it releases that use, and its name says whose it is, so that reading an entry's leases
 is one directory listing.  The callers hold the entry's lock while they add or remove leases
 (see the protocol).
+
+``leases/`` is opened without following a link, and every lease is made, listed and removed
+through that descriptor: in a group cache the entry may be another member's, who may put a link
+to a directory of yours in its place, where every file not named as a live owner's lease would
+be removed as a dead one.  Whatever a member plants among the leases (a directory, a name no
+process can have) is nobody's lease, and fails nothing.
 """
 
 from __future__ import annotations
 
 import os
 
-from .fsutil import create_empty, unique_name, unlink_if_present
+from ..errors import CacheError
+from .fsutil import create_empty, open_directory, unique_name
 
 #: The inode of the initial PID namespace (the host's), fixed by the kernel.
 INITIAL_PID_NAMESPACE = 0xEFFFFFFC
@@ -125,7 +132,7 @@ def process_alive(pid: int, started: int) -> bool:
         return seen == started
     try:
         os.kill(pid, 0)  # /proc hides it or it is gone: the kernel tells which
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (past pid_t: a name no process can have)
         return False
     except PermissionError:
         return True  # another user's process, hidden by hidepid: alive as far as anyone can tell
@@ -365,10 +372,36 @@ def owner_key(lease: str) -> str:
     return lease.rpartition(".")[0]
 
 
+def _leases(entry: str) -> int | None:
+    """A descriptor of ``entry``'s ``leases/``, opened without following a link; None if there is
+    none, or something else is there (a link, a file), which holds no lease."""
+    try:
+        return open_directory(os.path.join(entry, "leases"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _lease_names(entry: str) -> list[str]:
+    directory = _leases(entry)
+    if directory is None:
+        return []
+    try:
+        return os.listdir(directory)
+    finally:
+        os.close(directory)
+
+
 def add_lease(entry: str, owner: Owner) -> str:
     """Create a lease of ``owner`` in ``entry``; return its id."""
     lease = f"{owner.key}.{unique_name()}"
-    create_empty(os.path.join(entry, "leases", lease), exclusive=True)
+    directory = _leases(entry)
+    if directory is None:
+        raise CacheError("an entry's leases/ is not a directory (a link or a file put in its place?); "
+                         "refusing to use the entry")
+    try:
+        create_empty(lease, exclusive=True, dir_fd=directory)
+    finally:
+        os.close(directory)
     return lease
 
 
@@ -377,10 +410,7 @@ def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[
 
     ``alive`` caches whether each owner is alive, across calls if the caller passes it (an
     owner often holds many leases: each ``sc --use`` of a job adds one)."""
-    try:
-        leases = os.listdir(f"{entry}/leases")
-    except (FileNotFoundError, NotADirectoryError):
-        return [], []
+    leases = _lease_names(entry)
     if alive is None:
         alive = {}
     live, dead = [], []
@@ -401,19 +431,45 @@ def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[
 
 
 def reclaim_leases(entry: str, dead: list[str]) -> int:
-    """Remove the dead leases ``dead`` of ``entry``; return how many."""
-    for lease in dead:
-        unlink_if_present(os.path.join(entry, "leases", lease))
-    return len(dead)
+    """Remove the dead leases ``dead`` of ``entry``; return how many.  What is no file (a
+    directory a member made there) is no lease, and is left alone."""
+    if not dead:
+        return 0
+    directory = _leases(entry)
+    if directory is None:
+        return 0
+    removed = 0
+    try:
+        for lease in dead:
+            try:
+                os.unlink(lease, dir_fd=directory)
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                continue
+            removed += 1
+    finally:
+        os.close(directory)
+    return removed
+
+
+def remove_lease(entry: str, lease: str) -> bool:
+    """Remove the lease ``lease`` of ``entry``; whether it was there to remove."""
+    directory = _leases(entry)
+    if directory is None or "/" in lease:
+        if directory is not None:
+            os.close(directory)
+        return False
+    try:
+        os.unlink(lease, dir_fd=directory)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return False
+    finally:
+        os.close(directory)
+    return True
 
 
 def lease_of(entry: str, owner: Owner) -> str | None:
     """A lease of ``owner`` in ``entry``, if it holds one."""
-    try:
-        leases = os.listdir(os.path.join(entry, "leases"))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    for lease in sorted(leases):
+    for lease in sorted(_lease_names(entry)):
         try:
             if owner.shares_a_process(Owner.parse(owner_key(lease))):
                 return lease
