@@ -597,7 +597,7 @@ class FsCache:
             # name (.nfs*, .fuse_hidden*), and its directory could not be removed.  Unlocked, the
             # tree may also be swept by gc meanwhile, which the removal tolerates.
             if fd is not None:
-                os.close(fd)
+                locks.release(fd)  # (not only closed: see locks.release)
             if made:
                 try:
                     stages = self._open_own(STAGE)

@@ -109,6 +109,16 @@ def lock(
             return
 
 
+def release(fd: int) -> None:
+    """Release the lock held on ``fd`` (if any), then close it.  A close alone releases a flock
+    only once every copy of the open file description is closed: a child that another thread
+    forked meanwhile (without exec) holds a copy, and would hold the lock for as long as it lives."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def still_linked(fd: int, path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` still names the file open as ``fd`` (it was not renamed or replaced)."""
     try:

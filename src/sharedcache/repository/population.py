@@ -24,11 +24,13 @@ from ..engine.layout import open_made_directory
 from ..engine.leases import boot_id, pid_namespace
 from ..errors import (
     CacheError,
+    ConfigError,
     DownloadError,
     LoaderError,
     NoSpaceError,
     SharedCacheError,
     SizeLimitError,
+    UsageError,
     WaitTimeoutError,
 )
 from ..lean import scoped
@@ -68,10 +70,10 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
             if lease is not None:
                 return lease
             if waited_since is not None:
-                _raise_recorded_failure(base, request.name, waited_since)
+                _raise_recorded_failure(base, request, waited_since)
             return Population(base, request, reporter).run()
         finally:
-            os.close(fd)
+            locks.release(fd)
 
 
 #: A population whose status record has not changed for this many seconds is reported as stuck.
@@ -128,10 +130,16 @@ def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
         ) from None
 
 
-def _raise_recorded_failure(base: Base, name: str, waited_since: float) -> None:
-    """Step 3: the population we waited for failed after we started waiting: raise its error."""
+def _raise_recorded_failure(base: Base, request: Request, waited_since: float) -> None:
+    """Step 3: the population we waited for failed after we started waiting: raise its error.
+    Data past the populator's own ``--size`` is not past a larger one (or none): that use
+    populates for itself."""
+    name = request.name
     record = read_status(base.population_file(name, ".error"))
     if record and float(record.get("time", 0)) >= waited_since:
+        if record.get("error") == SizeLimitError.__name__ and "limit" in record and (
+                request.limit is None or request.limit > record["limit"]):
+            return
         kind = getattr(errors, str(record.get("error")), None)
         if not (isinstance(kind, type) and issubclass(kind, SharedCacheError)):
             kind = LoaderError
@@ -262,12 +270,16 @@ class Population:
                         raise
                     self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
                     self._attempt()
-            except WaitTimeoutError:
-                raise  # our --timeout, not the recipe's failure: the work stays for a takeover
+            except (WaitTimeoutError, UsageError, ConfigError):
+                # Our --timeout, or our own settings (a proxy variable, a token), not the recipe's
+                # failure: the waiters, who have theirs, are not told it, and the work stays.
+                raise
             except SharedCacheError as e:
                 e.args = (f"repository {name!r}: {e}",)
                 cache.discard(self.work)
                 record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
+                if isinstance(e, SizeLimitError) and request.limit is not None:
+                    record["limit"] = request.limit  # our --size: a waiter asking for more takes over
                 try:
                     write_record(self.error_path, record, cache.modes.file)
                 except OSError:

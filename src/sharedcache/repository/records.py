@@ -3,8 +3,9 @@
 ``populate/<name>.json`` (pid, recipe identity, reserved size, bytes so far, start time) is
 written by the populating process about twice a second, and read by its waiters (to say how far
 it has got) and by the choice of a base directory (the space it reserves).
-``populate/<name>.error`` (time, message, error class) answers the waiters of a population that
-failed, so that one failure is not repeated by every waiter; it counts for
+``populate/<name>.error`` (time, message, error class; the ``--size`` that the data outgrew)
+answers the waiters of a population that failed, so that one failure is not repeated by every
+waiter; it counts for
 :data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically, and not flushed: after
 a power loss the population they speak of is dead, and a record lost or garbled reads as none,
 so a flush would only make the download wait for the disk twice a second.
@@ -34,7 +35,7 @@ def write_record(path: str, record: Record, mode: int) -> None:
 
 #: The fields a record may have: the text ones, and the numbers (never negative).
 _TEXT_FIELDS = frozenset({"identity", "error", "message"})
-_NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time"})
+_NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time", "limit"})
 
 
 def read_status(path: str) -> Record | None:

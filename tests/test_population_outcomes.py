@@ -1,0 +1,108 @@
+"""What the waiters of a population are told, and what a population leaves held when it ends."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scutil import SRC, control, finish, pause_at, sc_env, sc_start, tarball_bytes, wait_for
+
+
+def test_a_populators_own_settings_are_not_its_waiters_failure(origin, base, tmp_path):
+    """A populator whose proxy variable is malformed fails with its own usage error; the process
+    waiting for it, whose settings are fine, is not told that error: it populates."""
+    payload = os.urandom(300_000)
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 300_000
+    args = ["--use", "-d", str(base), "-n", "blob", f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    site = tmp_path / "site"
+    site.mkdir()
+    # The populator pauses as it makes its work directory, before it connects: its waiter is then waiting.
+    (site / "sitecustomize.py").write_text(pause_at('event == "os.mkdir" and str(args[0]).endswith(".work")'))
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    populator = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), http_proxy="http://[bad",
+                                           SC_TEST_PAUSED=str(paused), SC_TEST_GO=str(go)))
+    try:
+        wait_for(paused.exists, what="the populator")
+        waiter = sc_start(*args)
+        time.sleep(1.0)  # the waiter waits for the populator
+        go.touch()
+        (bad, _, bad_err), (status, out, err) = finish([populator, waiter], timeout=60)
+    finally:
+        finish([populator])
+    assert bad == 2 and "http_proxy" in bad_err, bad_err
+    assert status == 0, err
+    assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
+    assert origin.stats("/blob.bin").gets == 1
+
+
+def test_data_past_the_populators_size_is_not_past_a_waiters_larger_one(origin, base):
+    """The populator's --size is its own: a waiter that asks for more (or sets none) populates
+    for itself; one that asks for no more gets the populator's error."""
+    files = {f"f{i}": os.urandom(100_000) for i in range(6)}
+    payload = tarball_bytes(files, compression="")
+    url = origin.add("/data.tar", payload)
+    origin.rate = 300_000
+    args = ["--use", "-d", str(base), "-n", "data", f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest(), "tar"]
+    status = control(base) / "populate" / "data.json"
+    populator = sc_start(*args, "--size", "250KB")
+    wait_for(status.exists, what="the population")
+    (first, _, first_err), (same, _, same_err) = finish([populator, sc_start(*args, "--size", "200KB")], timeout=60)
+    assert first == 1 and "limit" in first_err, first_err
+    assert same == 1 and same_err == first_err, same_err
+    assert origin.stats("/data.tar").gets == 1
+    populator = sc_start(*args, "--size", "250KB")
+    wait_for(status.exists, what="the population")
+    (again, _, _), (large, out, large_err) = finish([populator, sc_start(*args, "--size", "10MB")], timeout=60)
+    assert again == 1
+    assert large == 0, large_err
+    assert all((Path(out.strip()) / name).read_bytes() == content for name, content in files.items())
+
+
+_FORKS_DURING_ITS_POPULATION = """
+import os, sys, threading, time
+import sharedcache
+status, words = sys.argv[1], sys.argv[2:]
+def fork():
+    while not os.path.exists(status):
+        time.sleep(0.01)
+    if os.fork() == 0:  # a worker that another thread forks, and that lives on
+        time.sleep(30)
+        os._exit(0)
+threading.Thread(target=fork).start()
+with sharedcache.use(*words, name="blob", directories=[os.environ["BASE"]]) as path:
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_child_forked_during_a_population_does_not_hold_its_locks(origin, base):
+    """A program that populates in one thread while another forks a long-lived child: once the
+    population is committed, the program and the processes waiting for it get the data at once
+    (the child's copies of the population lock and of the new entry's lock hold nothing)."""
+    payload = os.urandom(600_000)
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 600_000
+    words = [f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    program = subprocess.Popen(
+        [sys.executable, "-c", _FORKS_DURING_ITS_POPULATION, str(control(base) / "populate" / "blob.json"), *words],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=sc_env(PYTHONPATH=SRC, BASE=str(base)),
+        start_new_session=True)
+    try:
+        wait_for((control(base) / "populate" / "blob.json").exists, what="the population")
+        waiter = sc_start("--use", "-d", str(base), "-n", "blob", *words, "--timeout", "15")
+        ((status, out, err),) = finish([waiter], timeout=60)
+        assert status == 0, err  # not timed out waiting for the forked child (30 s)
+        assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
+        assert program.stdout is not None and program.stdout.readline() == "ready\n"
+    finally:
+        program.kill()
+        program.wait(10)
+        try:
+            os.killpg(program.pid, 9)  # the forked child, in the program's own process group
+        except ProcessLookupError:
+            pass
