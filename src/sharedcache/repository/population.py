@@ -270,9 +270,12 @@ class Population:
                         raise
                     self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
                     self._attempt()
-            except (WaitTimeoutError, UsageError, ConfigError):
-                # Our --timeout, or our own settings (a proxy variable, a token), not the recipe's
-                # failure: the waiters, who have theirs, are not told it, and the work stays.
+            except WaitTimeoutError:
+                raise  # our --timeout, not the recipe's failure: the work stays for a takeover
+            except (UsageError, ConfigError) as e:
+                # Our own settings (a proxy variable, a token), not the recipe's failure: the
+                # waiters, who have theirs, are not told it, and the work stays.
+                e.args = (f"repository {name!r}: {e}",)
                 raise
             except SharedCacheError as e:
                 e.args = (f"repository {name!r}: {e}",)
