@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from shlex import quote as shlex_quote
 from pathlib import Path
 
 import pytest
@@ -569,6 +570,51 @@ def test_run_command_keeps_its_data_when_sc_is_killed_and_frees_it_when_it_ends(
     assert not (user_dir(dirs[0]) / "repo").exists()
 
 
+#: Starts its arguments with SIGCHLD ignored, as a parent that ignores it leaves it to what it
+#: runs (an ignored signal stays ignored across exec).
+IGNORING_SIGCHLD = "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def test_run_exits_with_its_command_s_status_when_started_with_sigchld_ignored(dirs, tarball):
+    # SIGCHLD ignored makes the kernel reap sc's children itself: Popen found no status
+    # (ECHILD) and took it for 0, so a failed or killed command was reported as a success.
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    for script, status in (("exit 7", 7), ("sleep 1.2; exit 7", 7), ("kill -KILL $$", -signal.SIGKILL)):
+        result = subprocess.run([sys.executable, "-c", IGNORING_SIGCHLD, *SC, "run", *args, "--", "sh", "-c", script],
+                                capture_output=True, text=True, timeout=60, env=sc_env())
+        assert result.returncode == status, (script, result.stderr)
+    assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
+
+
+def test_run_ends_by_the_signal_that_ended_its_command(dirs, tarball, tmp_path):
+    # A shell that gets Ctrl-C while it waits for a command goes on only if the command did not
+    # die of it (it handled it): sc run exited 130 instead of dying of SIGINT as its command
+    # had, and a script running sc run in a loop went on to the next iteration.
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        result = subprocess.run([*DEFAULT_SIGNALS, *SC, "run", *args, "--", "sh", "-c", f"kill -{sig.name[3:]} $$"],
+                                capture_output=True, text=True, timeout=60, env=sc_env(), cwd=tmp_path)
+        assert result.returncode == -sig, (sig, result.returncode, result.stderr)
+        assert not list(tmp_path.glob("core*")), "sc dumped no core of its own"
+    loop = textwrap.dedent(f"""
+        for i in 1 2; do
+            {" ".join(map(shlex_quote, [*SC, "run", *args]))} -- sh -c 'echo $$ > {tmp_path}/command; sleep 30'
+            echo "went on after $?"
+        done
+    """)
+    shell = subprocess.Popen([*DEFAULT_SIGNALS, "bash", "-c", loop], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=sc_env(), start_new_session=True)
+    try:
+        wait_for(lambda: (tmp_path / "command").exists() and (tmp_path / "command").read_text().strip() != "",
+                 what="the command to start")
+        os.killpg(shell.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches its foreground group
+        out, err = shell.communicate(timeout=30)
+    finally:
+        stop_process(shell)
+    assert "went on" not in out, (out, err)
+    assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
+
+
 def test_python_api_use(dirs, tarball):
     code = textwrap.dedent(f"""
         import sys, sharedcache
@@ -581,6 +627,24 @@ def test_python_api_use(dirs, tarball):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(user_dir(dirs[0]) / "api"), str(len(FILES["data/part-000.bin"])), "False"]
+
+
+def test_a_use_in_a_generator_left_unfinished_is_released_at_exit(dirs, tarball):
+    # The interpreter finalises the generator as it exits, when imports fail: the release
+    # raised ("Exception ignored in generator") and left the repository's link dangling.
+    code = textwrap.dedent(f"""
+        import sharedcache
+        def paths():
+            with sharedcache.use(*{recipe(tarball)!r}, name="api", directories={str(dirs[0])!r}) as path:
+                yield path
+        kept = paths()
+        print(next(kept))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.strip() == str(user_dir(dirs[0]) / "api")
+    assert not os.path.lexists(user_dir(dirs[0]) / "api")
+    assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
 
 
 def test_list_and_gc_human_output(dirs, tarball):

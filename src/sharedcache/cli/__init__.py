@@ -110,4 +110,20 @@ def leave(status: int) -> NoReturn:
             sys.stderr.flush()
     except OSError:
         status = status or 1
+    if commands.ENDED_BY and os.getpid() != 1:  # (PID 1 is not ended by a signal of its own)
+        _end_by(commands.ENDED_BY[-1])
     os._exit(status)
+
+
+def _end_by(signum: int) -> None:
+    """End the process by signal ``signum``, as ``sc run``'s command ended; return if it does
+    not end it (a signal whose default action is to stop, or to do nothing)."""
+    import _signal  # (see leave)
+    import resource
+
+    # The command dumped its core, if any: sc's own would be of no use, and could be large.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    if signum != _signal.SIGKILL:  # (whose action cannot be set, nor needs to be)
+        _signal.signal(signum, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)

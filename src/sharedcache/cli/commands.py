@@ -112,6 +112,11 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     import subprocess
 
     command = options.command
+    # Ignored (inherited: an ignored signal stays so across exec), SIGCHLD has the kernel reap
+    # the command itself, and its status is lost: Popen reads 0 for a command that failed.  Its
+    # command gets the default, as under `timeout`.
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     held = _acquire(repositories, options, Owner.current())
     try:
         lock = held.cache.lock_for_reading(held.name)
@@ -136,7 +141,15 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
                 signal.signal(sig, handler)
     finally:
         repositories.release_held(held, keep=options.keep)
+    if status < 0:
+        ENDED_BY.append(-status)  # sc ends by it too, once done (see sharedcache.cli.leave)
     return status if status >= 0 else 128 - status
+
+
+#: The signal that killed ``sc run``'s command.  sc then ends by it too, as the command would
+#: have ended its caller's wait: a shell that gets Ctrl-C while it waits goes on (runs the next
+#: command of a loop) unless what it waited for died of SIGINT.
+ENDED_BY: list[int] = []
 
 
 #: ``si_code`` of a signal the kernel sent (``SI_KERNEL``), as a terminal does.

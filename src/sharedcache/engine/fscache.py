@@ -1320,8 +1320,10 @@ class FsCache:
         finally:
             os.close(trash)
         if removed:
-            from .index import make_reserve  # (the index is open already: this imports nothing)
-
+            try:
+                from .index import make_reserve  # (the index is open already: this imports nothing)
+            except ImportError:  # (but an import fails at the interpreter's exit: a use() finalised then)
+                return removed  # the next command that frees room makes the reserve again
             make_reserve(self.root, self.modes.file)  # the room just made keeps the index usable on a full disk
         return removed
 
