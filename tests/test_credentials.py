@@ -62,8 +62,8 @@ def _free_port() -> int:
 
 class Nginx:
     """nginx serving /public/, /token/ (bearer token) and /basic/ (basic auth) on ``port``, a vhost
-    on ``cert_port`` that wants a client certificate of the test CA, and plain HTTP on
-    ``redirect_port`` that redirects every request to ``port``."""
+    on ``cert_port`` that wants a client certificate of the test CA (/to-cert/ on ``port``
+    redirects there), and plain HTTP on ``redirect_port`` that redirects every request to ``port``."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -109,6 +109,7 @@ http {{
             if ($token_refusal = 403) {{ return 403; }}
         }}
         location /basic/ {{ auth_basic "shared-cache test"; auth_basic_user_file {home}/htpasswd; }}
+        location /to-cert/ {{ return 302 https://127.0.0.1:{self.cert_port}/cert/data.tgz; }}
     }}
     server {{
         listen 127.0.0.1:{self.cert_port} ssl; {tls}
@@ -321,6 +322,105 @@ def test_client_certificates_from_the_settings_and_the_grid_proxy(nginx: Nginx, 
         check_tree(path, FILES)
     failed(use(home, url, SSL_CERT_FILE=ca, X509_USER_PROXY=pki / "client.csr"),
            f"cannot use the client certificate {pki}/client.csr: ")
+
+
+def test_the_client_certificate_is_presented_to_the_disk_server_a_redirect_leads_to(nginx: Nginx, home: Path) -> None:
+    # Grid storage redirects from its head node to the disk server that holds the file, which
+    # asks for the certificate, as curl and davix present it there.  The Authorization header
+    # is not sent there, and a refusal there says so.
+    url, ca, pki = nginx.url("/to-cert/data.tgz"), nginx.pki / "ca.pem", nginx.pki
+    target = nginx.url("/cert/data.tgz", cert=True)
+    succeeded(use(home, url, SSL_CERT_FILE=ca, X509_USER_PROXY=pki / "proxy.pem"))
+    failed(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN="t0ken"),
+           f"HTTP 403 Forbidden for {url}, redirected to {target} (redirected to another origin: the "
+           "Authorization of the URL was not sent there)")
+
+
+class TlsProxy:
+    """An HTTPS forward proxy on 127.0.0.1 with the server certificate of the test CA: it tunnels
+    ``CONNECT`` and forwards plain-HTTP GETs; ``seen`` lists (method, target, the subject of the
+    client certificate shown to it, or None)."""
+
+    def __init__(self, pki: Path) -> None:
+        import http.server
+        import select
+        import ssl
+        import threading
+        import urllib.request
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _seen(self) -> None:
+                certificate = self.connection.getpeercert()
+                seen.append((self.command, self.path, dict(x[0] for x in certificate["subject"])["commonName"]
+                             if certificate else None))
+
+            def do_CONNECT(self) -> None:
+                self._seen()
+                host, _, port = self.path.rpartition(":")
+                with socket.create_connection((host, int(port)), timeout=10) as upstream:
+                    self.send_response(200)
+                    self.end_headers()
+                    ends = (self.connection, upstream)
+                    while True:
+                        ready, _, _ = select.select(ends, [], [], 10)
+                        data = ready[0].recv(65536) if ready else b""
+                        if not data:
+                            break
+                        ends[ready[0] is self.connection].sendall(data)
+                self.close_connection = True
+
+            def do_GET(self) -> None:
+                self._seen()
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                with opener.open(self.path, timeout=10) as answer:
+                    body = answer.read()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pki / "server.pem", pki / "server.key")
+        context.verify_mode = ssl.CERT_OPTIONAL  # to see whether a client certificate is shown
+        context.load_verify_locations(pki / "ca.pem")
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tls_proxy(nginx: Nginx) -> Iterator[TlsProxy]:
+    proxy = TlsProxy(nginx.pki)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def test_an_https_proxy_is_verified_against_the_ca_bundle_and_shown_no_client_certificate(
+        nginx: Nginx, origin, tls_proxy: TlsProxy, home: Path) -> None:
+    config, pki = home / "site.config", nginx.pki
+    config.write_text(f"ca_bundle = {pki / 'ca.pem'}\n")
+    url, plain = nginx.url("/cert/data.tgz", cert=True), origin.add("/data.tgz", DATA)
+    # Through the CONNECT tunnel, to the origin that wants the client certificate: the proxy is
+    # trusted through the ca_bundle setting (not the system's CAs), and sees no certificate.
+    succeeded(use(home, url, SC_CONFIG=config, X509_USER_PROXY=pki / "proxy.pem", https_proxy=tls_proxy.url))
+    # A plain-HTTP URL that the proxy forwards: it is not the origin, and sees no certificate either.
+    succeeded(use(home, plain, SC_CONFIG=config, X509_USER_PROXY=pki / "proxy.pem", http_proxy=tls_proxy.url))
+    assert tls_proxy.seen == [("CONNECT", f"127.0.0.1:{nginx.cert_port}", None), ("GET", plain, None)]
+    # A proxy whose certificate is not trusted is one line, at once.
+    failed(use(home, url, SSL_CERT_FILE=pki / "other-ca.pem", https_proxy=tls_proxy.url),
+           f"cannot download {url} via proxy {tls_proxy.url}: untrusted server certificate (")
 
 
 DISCOVER = """

@@ -237,7 +237,7 @@ def test_the_credentials_of_a_url_go_to_its_origin_alone_across_redirects(tmp_pa
     assert sent == [True, True, False], requests
 
 
-def test_a_refusal_after_a_redirect_elsewhere_does_not_say_the_credentials_were_sent(tmp_path, serve):
+def test_a_refusal_after_a_redirect_elsewhere_does_not_say_the_authorization_was_sent(tmp_path, serve):
     def answer(request: bytes) -> bytes:
         if request.split(b" ")[1] == b"/data.bin":
             return (f"HTTP/1.1 302 Found\r\nLocation: http://localhost:{origin.port}/other.bin\r\n"
@@ -247,8 +247,8 @@ def test_a_refusal_after_a_redirect_elsewhere_does_not_say_the_credentials_were_
     origin = serve(answer)
     result = sc("--use", "-d", str(tmp_path), "-n", "data", f"http:http://alice:secret@127.0.0.1:{origin.port}/data.bin")
     assert_refused(result, tmp_path, f"HTTP 401 Unauthorized for http://127.0.0.1:{origin.port}/data.bin, redirected "
-                   f"to http://localhost:{origin.port}/other.bin (redirected to another origin: the credentials "
-                   "of the URL were not sent there)")
+                   f"to http://localhost:{origin.port}/other.bin (redirected to another origin: the Authorization "
+                   "of the URL was not sent there)")
 
 
 def test_a_redirect_keeps_its_host_when_its_query_holds_an_at_sign(tmp_path, serve):

@@ -11,7 +11,10 @@ download needs them and turns them into:
   messages.  In order: the user info of the URL (``https://user:password@host/``, sent as basic
   auth, never shown), a ``.netrc`` entry for the host (basic auth), a bearer token (over HTTPS
   only: a token is not sent in clear text).  It goes to the URL's own origin alone: a redirect to
-  another scheme, host or port is followed without it.
+  another scheme, host or port is followed without it.  The client certificate is presented to
+  the targets of redirects too, as curl and davix present it (grid storage redirects to the disk
+  server that holds the file, which asks for it), but not to an HTTPS proxy, which is verified
+  against the same CAs.
 
 No credential is ever part of a message: messages name where a credential came from (a file, a
 variable), never its value.  A credential file that cannot be used is a :class:`LoaderError` (not
@@ -33,39 +36,45 @@ if TYPE_CHECKING:
 
     from ..config.settings import Credentials
 
-# One context per set of credentials in a process: loading a CA bundle takes tens of milliseconds.
-_contexts: dict[Credentials, ssl.SSLContext] = {}
+# One context per set of credentials (with or without the client certificate) in a process:
+# loading a CA bundle takes tens of milliseconds.
+_contexts: dict[tuple[Credentials, bool], ssl.SSLContext] = {}
 
 
-def tls_context(credentials: Credentials | None, url: str) -> Callable[[], ssl.SSLContext | None]:
+def tls_context(credentials: Credentials | None, url: str, *,
+                client_certificate: bool = True) -> Callable[[], ssl.SSLContext | None]:
     """What makes the TLS context of the connections that fetch ``url`` with ``credentials``,
     called when the first TLS connection is made: a plain-HTTP download then loads no CA bundle.
     It gives None for urllib3's defaults (the system's CAs), without credentials.
 
-    For an ``https://`` URL the context is made here, so that a CA bundle or client certificate
-    that cannot be used fails the download before it connects.  A plain-HTTP download does not
-    fail because of one (a stale ``X509_USER_PROXY``): should it be redirected to HTTPS, or go
-    through an HTTPS proxy, urllib3's defaults apply there."""
+    The context presents the client certificate, unless ``client_certificate`` is false: the
+    context of the connections to an HTTPS proxy, which trusts the same CAs but is given no
+    credential.
+
+    For an ``https://`` URL the context with the client certificate is made here, so that a CA
+    bundle or client certificate that cannot be used fails the download before it connects.  A
+    plain-HTTP download does not fail because of one (a stale ``X509_USER_PROXY``): should it be
+    redirected to HTTPS, or go through an HTTPS proxy, urllib3's defaults apply there."""
 
     def context() -> ssl.SSLContext | None:
         if credentials is None:
             return None
-        made = _contexts.get(credentials)
+        made = _contexts.get((credentials, client_certificate))
         if made is None:
             try:
-                made = _contexts[credentials] = _ssl_context(credentials)
+                made = _contexts[credentials, client_certificate] = _ssl_context(credentials, client_certificate)
             except LoaderError:
                 if url.startswith("http://"):
                     return None
                 raise
         return made
 
-    if not url.startswith("http://"):
+    if client_certificate and not url.startswith("http://"):
         context()
     return context
 
 
-def _ssl_context(credentials: Credentials) -> ssl.SSLContext:
+def _ssl_context(credentials: Credentials, client_certificate: bool = True) -> ssl.SSLContext:
     bundle = credentials.ca_file or credentials.ca_dir
     if bundle:
         # The CAs asked for, instead of the system's (a client context verifies certificates and
@@ -78,7 +87,7 @@ def _ssl_context(credentials: Credentials) -> ssl.SSLContext:
     if credentials.grid_ca_dir:
         _load(context.load_verify_locations, "grid CA directory", credentials.grid_ca_dir,
               capath=credentials.grid_ca_dir)
-    if credentials.cert_file:
+    if credentials.cert_file and client_certificate:
         key = credentials.key_file or credentials.cert_file
 
         def no_passphrase() -> bytes:
@@ -104,7 +113,10 @@ def certificate_problem(exc: BaseException) -> str | None:
     """A one-line cause for a TLS failure (an untrusted certificate, a refused client
     certificate), or None if ``exc`` is no such failure."""
     while not isinstance(exc, ssl.SSLError):
-        inner = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+        # urllib3 nests its errors: a MaxRetryError's reason, a ProxyError's second argument
+        # (the TLS handshake with an HTTPS proxy), an SSLError's first.
+        nested = [arg for arg in exc.args if isinstance(arg, BaseException)]
+        inner = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__ or (nested[-1] if nested else None)
         if not isinstance(inner, BaseException) or inner is exc:
             return None
         exc = inner

@@ -211,7 +211,11 @@ class _HttpStream(SourceStream):
         # Credentials: the Authorization of every request of this URL, and the TLS trust and
         # client certificate of every pool of its transport.
         self._auth = Authorization(fetch.credentials, url, login)
-        self._tls = TlsOptions(tls_context(fetch.credentials, url))
+        # The client certificate is presented to every server the download reaches, the targets
+        # of redirects too, as curl and davix present it: grid storage redirects to disk servers
+        # that ask for it.  An HTTPS proxy is verified against the same CAs and shown none.
+        self._tls = TlsOptions(tls_context(fetch.credentials, url),
+                               proxy_context=tls_context(fetch.credentials, url, client_certificate=False))
         self._transports: dict[str, Transport] = {}  # by origin: see _transport
         self._transports_lock = threading.Lock()  # parts ask from their threads
         try:
@@ -286,7 +290,7 @@ class _HttpStream(SourceStream):
             # The credentials went to the URL's own origin alone (see _get): a refusal after a
             # redirect elsewhere is of a request that carried none of them.
             refused = f" ({self._auth.sent})" if _origin(target) == _origin(self.url) else \
-                " (redirected to another origin: the credentials of the URL were not sent there)"
+                " (redirected to another origin: the Authorization of the URL was not sent there)"
         return DownloadError(f"HTTP {response.status} {reason} for {self._where(target)}{refused}")
 
     def _transport(self, target: str) -> Transport:
@@ -371,7 +375,8 @@ class _HttpStream(SourceStream):
                 # A proxy that answered and refused the tunnel (407, 403) would refuse it again.
                 cause = inner.args[1] if isinstance(inner, urllib3.exceptions.ProxyError) and len(inner.args) > 1 \
                     else None
-                refused = isinstance(cause, OSError) and not isinstance(
+                # So would an HTTPS proxy whose certificate is not trusted.
+                refused = isinstance(cause, (OSError, urllib3.exceptions.SSLError)) and not isinstance(
                     cause, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
                 if permanent or refused or attempt >= self.retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""

@@ -129,11 +129,15 @@ def read_timeout(fetch: FetchPolicy) -> float:
 class TlsOptions:
     """How TLS connections are verified and how requests authenticate: ``context`` makes the
     ``ssl.SSLContext`` of the TLS connections (None for urllib3's defaults), when the first one
-    is made; ``headers`` are extra request headers.  Empty by default: urllib3's defaults."""
+    is made; ``proxy_context`` that of the TLS connections to an HTTPS proxy (the same CAs, and
+    no client certificate: the proxy is not the origin); ``headers`` are extra request headers.
+    Empty by default: urllib3's defaults."""
 
     def __init__(self, context: Callable[[], ssl.SSLContext | None] | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, *,
+                 proxy_context: Callable[[], ssl.SSLContext | None] | None = None) -> None:
         self.context = context
+        self.proxy_context = proxy_context
         self.headers = dict(headers or {})
 
 
@@ -143,6 +147,7 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
     import urllib3
 
     tls = tls or TlsOptions()
+    proxy: tuple[str | None, int | None] | None = None
     common: dict[str, Any] = dict(
         maxsize=maxsize,  # a connection per worker is kept for its next part
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout(fetch)),
@@ -161,8 +166,16 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
 
             proxy_headers = {"Proxy-Authorization": basic_auth(unquote(parts.username), unquote(parts.password or ""))}
         address = parts.netloc.rpartition("@")[2]
-        manager = urllib3.ProxyManager(f"{parts.scheme}://{address}", proxy_headers=proxy_headers, **common)
-    manager.pool_classes_by_scheme = {"http": _http_pool_class(), "https": _https_pool_class(tls.context)}
+        # An HTTPS proxy is verified against the CAs asked for, as the origin is, and is shown no
+        # client certificate: through its CONNECT tunnel (proxy_ssl_context) and when it forwards
+        # a plain-HTTP URL (a pool of connections to the proxy itself).
+        proxy_context = tls.proxy_context() if tls.proxy_context is not None and parts.scheme == "https" else None
+        manager = urllib3.ProxyManager(f"{parts.scheme}://{address}", proxy_headers=proxy_headers,
+                                       proxy_ssl_context=proxy_context, **common)
+        assert manager.proxy is not None
+        proxy = (manager.proxy.host, manager.proxy.port)  # as urllib3 names the pool of the proxy itself
+    manager.pool_classes_by_scheme = {"http": _http_pool_class(),
+                                      "https": _https_pool_class(tls.context, tls.proxy_context, proxy)}
     return manager
 
 
@@ -177,10 +190,13 @@ def _http_pool_class() -> type[urllib3.HTTPConnectionPool]:
     return HTTPConnectionPool
 
 
-def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None) -> type[urllib3.HTTPSConnectionPool]:
+def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None,
+                      proxy_context: Callable[[], ssl.SSLContext | None] | None = None,
+                      proxy: tuple[str | None, int | None] | None = None) -> type[urllib3.HTTPSConnectionPool]:
     """urllib3's HTTPS pool, of connections bounded in time as :func:`_bounded_steps` says, with
     the ``ssl_context`` that ``context()`` makes (if not None) when the first is made: plain-HTTP
-    pools never ask for it."""
+    pools never ask for it.  A pool of connections to the HTTPS ``proxy`` (host, port) itself,
+    which forwards plain-HTTP URLs, has the one ``proxy_context()`` makes instead."""
     import urllib3
     from urllib3.connection import HTTPSConnection
 
@@ -188,7 +204,8 @@ def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None) -> ty
         ConnectionCls = _bounded_steps(HTTPSConnection)
 
         def __init__(self, host: str, port: int | None = None, **options: Any) -> None:
-            made = context() if context is not None else None
+            maker = proxy_context if proxy is not None and (host, port) == proxy else context
+            made = maker() if maker is not None else None
             if made is not None:
                 options.setdefault("ssl_context", made)
             super().__init__(host, port, **options)
