@@ -275,6 +275,17 @@ for journal in journals:
 """
 
 
+def file_in_a_group_cache(shared: Path) -> tuple[Path, Path, list[str]]:
+    """A small file to use as a source, a fresh base like /tmp, and the options that name the
+    group's cache there."""
+    source = shared / "data.bin"
+    source.write_bytes(b"data\n")
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    return source, base, ["--group", str(GROUP), "-d", str(base)]
+
+
 @pytest.mark.parametrize("umask", [0o077, 0o022])
 @pytest.mark.parametrize("moment", ["before she looks", "as she connects"])
 def test_journals_another_member_is_making_are_waited_for(shared, python, umask, moment):
@@ -283,12 +294,7 @@ def test_journals_another_member_is_making_are_waited_for(shared, python, umask,
     # (with bob's umask 077) or got them read-only (022; her writes then failed), and one who
     # looked at them first refused them as a plant: her command said the index was unusable,
     # and advised a gc that rebuilt it.
-    source = shared / "data.bin"
-    source.write_bytes(b"data\n")
-    base = shared / "base"
-    base.mkdir()
-    base.chmod(0o1777)
-    group = ["--group", str(GROUP), "-d", str(base)]
+    source, base, group = file_in_a_group_cache(shared)
     made = as_user(python, ALICE, "--use", "--keep", *group, "-n", "kept", f"file:{source}")
     assert made.returncode == 0, made.stderr
     root = base / f".shared-cache-g{GROUP}"
@@ -313,3 +319,74 @@ def test_journals_another_member_is_making_are_waited_for(shared, python, umask,
     listed = as_user(python, BOB, "list", *group)
     assert listed.returncode == 0, listed.stderr
     assert {"kept", "second"} <= set(listed.stdout.split()), listed.stdout
+
+
+def test_a_lock_file_another_member_is_making_is_never_refused(shared, python):
+    # A population's lock file (populate/<name>.lock) was made with the mode the maker's umask
+    # left, then given the group's: with bob's umask 077 it was bob's alone for a moment, and
+    # alice's use of the same name, opening it then, failed with "Permission denied" (as did her
+    # gc and her releases).  Bob is paused at that moment: alice gets her repository.
+    source, base, group = file_in_a_group_cache(shared)
+    made = as_user(python, ALICE, "--use", "--keep", *group, "-n", "first", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    site, paused, go = shared / "site", shared / "paused", shared / "go"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(pause_at('event == "os.chmod" and isinstance(args[0], int) '
+                                                    'and args[1] == 0o660'))
+    interpreter, env = python
+    bob = subprocess.Popen([interpreter, "-m", "sharedcache", "--use", "--keep", *group, "-n", "shared",
+                            f"file:{source}"], env={**env, "PYTHONPATH": f"{site}:{env['PYTHONPATH']}",
+                                                    "SC_TEST_PAUSED": str(paused), "SC_TEST_GO": str(go)},
+                           user=BOB, group=GROUP, extra_groups=[GROUP], umask=0o077,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):
+            if paused.exists() or bob.poll() is not None:
+                break
+            select.select([], [], [], 0.01)
+        assert paused.exists(), "bob never made the lock file"
+        second = as_user(python, ALICE, "--use", "--keep", *group, "-n", "shared", f"file:{source}")
+        collected = as_user(python, ALICE, "gc", *group)
+    finally:
+        go.touch()
+        out, err = bob.communicate(timeout=60)
+    assert second.returncode == 0 and second.stderr == "", second.stderr
+    assert collected.returncode == 0 and "Permission denied" not in collected.stderr, collected.stderr
+    assert bob.returncode == 0, err
+    assert out.strip() == str(base / f".shared-cache-{BOB}" / "shared")
+    for lock in (base / f".shared-cache-g{GROUP}" / "populate").glob("*.lock"):
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o660, lock
+
+
+def test_a_members_listing_during_a_population_leaves_its_lock_file_to_the_group(shared, python):
+    # Listing a population in progress opened its lock file with the private default mode, and
+    # "fixed" it to 0600 if it was the lister's own file: every other member's use, release and
+    # gc of that name then failed with "Permission denied", until the lister removed it.
+    import fcntl
+    import json
+
+    source, base, group = file_in_a_group_cache(shared)
+    with Sleeper() as job:
+        made = as_user(python, ALICE, "--use", *group, "--pid", str(job.pid), "-n", "busy", f"file:{source}")
+        assert made.returncode == 0, made.stderr
+        populate = base / f".shared-cache-g{GROUP}" / "populate"
+        lock = populate / "busy.lock"
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o660
+        # A population of "busy" in progress (another member's, say): its lock held, its status there.
+        status = populate / "busy.json"
+        status.write_text(json.dumps({"pid": os.getpid(), "done": 0, "total": None}))
+        status.chmod(0o644)
+        held = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            listed = as_user(python, ALICE, "list", *group)
+            assert listed.returncode == 0, listed.stderr
+            assert "populating" in listed.stdout, listed.stdout
+        finally:
+            os.close(held)
+            status.unlink()
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o660, "alice's listing took the lock from the group"
+        released = as_user(python, BOB, "--unuse", *group, "--pid", str(job.pid), "-n", "busy", f"file:{source}")
+        assert "Permission denied" not in released.stderr, released.stderr
+        collected = as_user(python, BOB, "gc", *group)
+        assert collected.returncode == 0 and "Permission denied" not in collected.stderr, collected.stderr

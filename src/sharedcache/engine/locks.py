@@ -47,14 +47,26 @@ def open_lock_file(
     lock files are readable by their owner only: nobody else can hold them.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    if create:
+    # A mode the umask may cut (a group cache's): the file appears at ``path`` only once it has
+    # that mode (made aside, then linked), so that another member never finds it hers alone.
+    aside = create and bool(mode & 0o077)
+    if create and not aside:
         flags |= os.O_CREAT
-    try:
-        fd = os.open(path, flags, mode & 0o777, dir_fd=dir_fd)
-    except OSError as e:
-        if e.errno not in (errno.ELOOP, errno.EISDIR):
-            raise
-        fd = -1
+    while True:
+        try:
+            fd = os.open(path, flags, mode & 0o777, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if not aside:
+                raise
+            made = _create_aside(path, mode, dir_fd)
+            if made is None:
+                continue  # another process made it first: open theirs
+            fd = made
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.EISDIR):
+                raise
+            fd = -1
+        break
     try:
         st = os.fstat(fd) if fd >= 0 else None
         if st is None or not stat.S_ISREG(st.st_mode):
@@ -62,11 +74,41 @@ def open_lock_file(
                 f"{os.fspath(path)} is not a regular file (a planted symlink, FIFO or directory?); "
                 "refusing to use it ('sc gc' removes it)"
             )
-        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode and st.st_size == 0:
-            os.fchmod(fd, mode)  # ours, and new: the umask may have dropped bits
+        if create and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode and st.st_size == 0:
+            os.fchmod(fd, mode)  # ours, and new: the umask may have dropped bits (never a mere look's)
     except BaseException:
         if fd >= 0:
             os.close(fd)
+        raise
+    return fd
+
+
+#: The prefix and infix of the name of a lock file being made (:func:`_create_aside`):
+#: ``.<name>.tmp-<random>``, beside it.
+_TEMP_INFIX = ".tmp-"
+
+
+def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -> int | None:
+    """A descriptor of a new lock file at ``path`` that had exactly ``mode`` before anyone could
+    open it there: made under a temporary name, given ``mode``, then linked at ``path``; None if
+    something is at ``path`` already."""
+    path = os.fspath(path)
+    head, tail = os.path.split(path)
+    temp = os.path.join(head, f".{tail}{_TEMP_INFIX}{os.urandom(12).hex()}")
+    fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777,
+                 dir_fd=dir_fd)
+    try:
+        try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+                os.fchmod(fd, mode)
+            os.link(temp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.unlink(temp, dir_fd=dir_fd)
+    except FileExistsError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
         raise
     return fd
 

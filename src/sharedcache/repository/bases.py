@@ -225,7 +225,8 @@ class Base:
     def populating(self, name: str) -> bool:
         """Whether some process holds the population lock of ``name`` now."""
         try:
-            fd = locks.open_lock_file(self.population_file(name, ".lock"), create=False)
+            fd = locks.open_lock_file(self.population_file(name, ".lock"), create=False,
+                                      mode=self.cache().modes.file)
         except (FileNotFoundError, SharedCacheError):
             return False
         try:
