@@ -433,6 +433,29 @@ def test_run_passes_a_signal_sent_to_sc_on_to_its_command(dirs, tarball, tmp_pat
     assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
+def test_run_is_not_ended_by_a_warning_that_comes_while_it_populates(origin, base, tmp_path, sig):
+    # The warning came before the command ran: its default action ended sc (status 138), which
+    # left its population for a takeover and never ran the command.  It is not passed on (a
+    # command just started has no handler for it yet): sc says so, and the command runs.
+    payload = os.urandom(400_000)
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 400_000  # a second or so
+    args = ["-n", "blob", "-d", str(base), f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    ran = tmp_path / "ran"
+    proc = sc_start("run", *args, "--", "touch", str(ran))
+    try:
+        wait_for((control(base) / "populate" / "blob.json").exists, what="the population")
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, err
+    assert err == f"sc: {sig.name} came while the repository was made, before the command ran: not passed on\n"
+    assert ran.exists()
+    assert origin.stats("/blob.bin").gets == 1
+
+
 #: A login session in miniature: a session leader whose controlling terminal is its standard
 #: input runs its arguments in the foreground, in its own process group (as a shell without job
 #: control does), shrugging off Ctrl-C itself.

@@ -109,7 +109,6 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     which stays until they end (then ``sc gc``, or the next release, deletes it unless kept).
     """
     import signal
-    import subprocess
 
     command = options.command
     # Ignored (inherited: an ignored signal stays so across exec), SIGCHLD has the kernel reap
@@ -117,7 +116,29 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     # command gets the default, as under `timeout`.
     if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    held = _acquire(repositories, options, Owner.current())
+    # What a job is told (USR1 and USR2: a batch system's "time is almost up") is the command's
+    # to hear: their default action would end sc, orphaning the command, or, while sc populates,
+    # leaving its work for a takeover.  One that comes before the command runs is not passed on
+    # (a command just started has no handler for it yet, and would die of it): sc says so.
+    warnings = (signal.SIGUSR1, signal.SIGUSR2)
+    early: list[int] = []
+    original = {s: signal.signal(s, lambda sig, _: early.append(sig)) for s in warnings}
+    try:
+        held = _acquire(repositories, options, Owner.current())
+        for number in dict.fromkeys(early):
+            repositories.reporter.warning(f"{signal.Signals(number).name} came while the repository was made, "
+                                          "before the command ran: not passed on")
+        return _run_holding(repositories, options, command, held)
+    finally:
+        for sig, handler in original.items():
+            signal.signal(sig, handler)
+
+
+def _run_holding(repositories: Repositories, options: Arguments, command: list[str], held: Held) -> int:
+    """:func:`run_command` once the use is held."""
+    import signal
+    import subprocess
+
     try:
         lock = held.cache.lock_for_reading(held.name)
         try:
@@ -128,8 +149,6 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
                 return 127
         finally:
             os.close(lock)  # the child has its copy; sc's own use is its lease
-        # What a job is told (USR1 and USR2: a batch system's "time is almost up") is the
-        # command's to hear: their default action would end sc, orphaning the command.
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         # These handlers pass on what comes before the signals are blocked (the child already
         # runs), and what another thread of sc takes, since a mask is a thread's own.
