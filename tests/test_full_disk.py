@@ -138,6 +138,77 @@ def test_a_file_system_out_of_inodes_is_named_as_such(tmp_path):
         assert f"no space left on the device of {small} for {big}" in line, line
 
 
+def take_every_inode(mount: Path, taken: list[Path]) -> None:
+    """Create empty files in ``mount`` (added to ``taken``) until no inode is left, as another
+    user of a shared tmpfs may."""
+    (mount / "inodes").mkdir(exist_ok=True)
+    while True:
+        path = mount / "inodes" / str(len(taken))
+        try:
+            path.touch()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+            break
+        taken.append(path)
+    assert os.statvfs(mount).f_favail == 0
+
+
+def test_release_gc_list_and_a_warm_use_work_on_a_file_system_out_of_inodes(tmp_path):
+    # Bytes to spare, but another user took every inode: SQLite could not make the index's
+    # journals (-wal, -shm), so a release and sc list failed and advised a gc; gc failed on its
+    # lock probe's new file; uses failed naming a descriptor's path, not the file system.
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(100_000))
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "few", "8m", inodes=400) as few:
+        common = ["-d", str(few), "--pid", str(owner.pid)]
+        kept, held = ["-n", "kept", *common, f"file:{blob}"], ["-n", "held", *common, f"file:{blob}"]
+        assert sc("--use", "--keep", *kept).returncode == 0
+        assert sc("--unuse", *kept).returncode == 0
+        assert sc("--use", *held).returncode == 0
+        taken: list[Path] = []
+        take_every_inode(few, taken)
+
+        listed = sc("list", "-d", str(few))
+        assert listed.returncode == 0, listed.stderr
+        assert {"kept", "held"} <= set(listed.stdout.split()), listed.stdout
+        take_every_inode(few, taken)
+        collected = sc("gc", "-d", str(few))
+        assert collected.returncode == 0, collected.stderr
+
+        # A warm use is a lease, an empty file: one inode, which it fails in one line without.
+        take_every_inode(few, taken)
+        failed = sc("--use", *kept)
+        assert failed.returncode == 1
+        line = one_line(failed.stderr)
+        assert f"no space left on the device of {few} " in line and line.endswith(": no free inodes (see df -i)\n"), line
+        taken.pop().unlink()
+        warm = sc("--use", *kept)
+        assert warm.returncode == 0, warm.stderr
+        take_every_inode(few, taken)
+        assert sc("--unuse", *kept).returncode == 0
+
+        take_every_inode(few, taken)
+        released = sc("--unuse", *held)
+        assert released.returncode == 0, released.stderr
+        assert not (user_dir(few) / "held").exists()
+        reserve = control(few)
+        assert (reserve / "index.reserve").exists() and (reserve / "index.reserve-inode").exists(), \
+            "no reserve after the release"
+
+        # A cold use: the unused kept repository gives its inodes back (too few for the new
+        # one here), and the use fails in one line naming the file system, leaving nothing.
+        take_every_inode(few, taken)
+        failed = sc("--use", "-n", "cold", *common, f"file:{blob}")
+        assert failed.returncode == 1
+        line = one_line(failed.stderr)
+        assert f"no space left on the device of {few}" in line and "/proc/" not in line, line
+        assert not (user_dir(few) / "kept").exists() and not (user_dir(few) / "cold").exists()
+        for path in taken:
+            path.unlink()
+        assert sc("gc", "-d", str(few)).returncode == 0
+        assert list((control(few) / "stage").iterdir()) == []
+
+
 def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tmp_path):
     # Its cache was made before the file system became read-only: a miss failed on a lock file
     # named by a /proc path, a use of ready data on a lease's path, both without naming the

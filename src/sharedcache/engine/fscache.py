@@ -195,6 +195,7 @@ from ..errors import (
     NoSpaceError,
     UsageError,
     WaitTimeoutError,
+    no_space_for,
 )
 from ..lean import Record, scoped
 from ..sizes import format_size, parse_size
@@ -915,10 +916,16 @@ class FsCache:
                 if found != meta:
                     raise ConflictError(name, found)
             reclaim_leases(entry, scan_leases(entry)[1])
-            if keep:
-                self._make_durable(entry)
-                self._mark_kept(entry)
-            return add_lease(entry, owner)
+            try:
+                if keep:
+                    self._make_durable(entry)
+                    self._mark_kept(entry)
+                return add_lease(entry, owner)
+            except OSError as e:  # (a lease is an empty file: no inode left for it, most often)
+                full = no_space_for(f"a use of entry {name!r}", e, self.root)
+                if full is None:
+                    raise
+                raise full from None
 
     def meta(self, name: str) -> str | None:
         """The metadata of entry ``name`` (None if it has none); MissError if there is no entry.
@@ -1462,7 +1469,7 @@ class FsCache:
         deletes unused entries not marked to keep; recomputes the accounted size; and evicts
         down to the budget.
         """
-        check_locks(self.root)
+        check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
         report = GcReport()
         try:
             if not self._db().intact():

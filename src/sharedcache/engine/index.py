@@ -18,8 +18,12 @@ A full file system must not make the index unusable: SQLite's journal (``-wal``)
 every write transaction, and the transactions that free space (a release, an eviction, gc) are
 writes too.  So the index keeps a *reserve*, ``index.reserve``, a file of :data:`RESERVE`
 allocated bytes: a transaction that begins with less free space than that removes it first,
-giving the journal room, and whoever commits with room again makes it anew.  Running out of
-space all the same is :class:`NoSpaceError`, not damage.
+giving the journal room, and whoever commits with room again makes it anew.  A file system can
+also run out of inodes, with bytes to spare (another user's many small files on a shared
+tmpfs): SQLite then cannot even make the journals (``-wal`` and ``-shm``, made anew by the
+first connection), and the index cannot be opened.  So the reserve also holds the inodes they
+take: its file and an empty one beside it, ``index.reserve-inode``, removed together.  Running
+out of space (or inodes) all the same is :class:`NoSpaceError`, not damage.
 
 This module is imported only by the operations that change or list the accounting.  Holding and
 loading an entry do not import it: loading SQLite's shared library alone costs more than a warm
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -41,7 +46,7 @@ try:  # sqlite3's Python layer only adds datetime adapters, which would cost eve
 except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
     import sqlite3  # type: ignore[no-redef]  # the same module under its public name
 
-from ..errors import CacheError, NoSpaceError, WaitTimeoutError
+from ..errors import CacheError, WaitTimeoutError, no_space_for
 from ..lean import scoped
 from .fsutil import open_directory, unlink_if_present
 
@@ -56,6 +61,10 @@ Row = tuple[str, int, float, float, int, "str | None"]
 #: Bytes kept allocated beside the index for its journal to grow into on a full file system.
 RESERVE = 256 * 1024
 _RESERVE = "index.reserve"  # the reserve's file, in the cache's directory
+#: The reserve's second file, empty: with the first, the inodes of the journals (-wal, -shm).
+_RESERVE_INODE = "index.reserve-inode"
+#: Inodes the journals take when a connection makes them.
+_JOURNAL_INODES = 2
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -102,8 +111,12 @@ class Index(sqlite3.Connection):
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return WaitTimeoutError(f"cache {self.root} index is busy ({e})")
-        if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _full(self.root)):
-            return NoSpaceError(f"no space left on the device for the index of cache {self.root}")
+        if code == sqlite3.SQLITE_FULL or (code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
+                                           and _full(self.root)):
+            # (No inode for a journal is CANTOPEN: not damage, and gc must not set the index aside.)
+            full = no_space_for(f"the index of cache {self.root}", OSError(errno.ENOSPC, e), self.root)
+            assert full is not None
+            return full
         self.broken = True
         unusable = _JournalUnopened if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) else CacheError
         return unusable(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
@@ -309,12 +322,13 @@ _to_remake: set[str] = set()
 
 
 def _full(root: str) -> bool:
-    """Whether the file system of ``root`` has less than :data:`RESERVE` bytes free for us."""
+    """Whether the file system of ``root`` has less than :data:`RESERVE` bytes free for us, or
+    fewer inodes than the journals take (a file system that counts none says 0 of 0)."""
     try:
         st = os.statvfs(root)
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < RESERVE
+    return st.f_bavail * st.f_frsize < RESERVE or (st.f_files > 0 and st.f_favail < _JOURNAL_INODES)
 
 
 def _remove_reserve(root: str) -> None:
@@ -326,26 +340,41 @@ def _remove_reserve(root: str) -> None:
         return  # not a directory: not the cache (see make_reserve)
     try:
         unlink_if_present(_RESERVE, dir_fd=directory)
+        unlink_if_present(_RESERVE_INODE, dir_fd=directory)
     finally:
         os.close(directory)
 
 
-def make_reserve(root: str, mode: int) -> None:
+def make_reserve(root: str, mode: int, spare_inodes: int = 0) -> None:
     """Allocate the reserve of the index of the cache at ``root``: :data:`RESERVE` bytes, or
     what is free if less (a nearly full file system keeps what it can for the next
     transaction), grown back to :data:`RESERVE` once there is room.  Best effort.  ``mode``: the
     cache's file mode, given to a new reserve.  The cache's directory is opened without following
     a symlink at its name: a group cache's creator may rename the directory and put one there,
-    and the reserve would be made wherever it led."""
+    and the reserve would be made wherever it led.  Its files leave ``spare_inodes`` free: those
+    that a connection about to make the journals takes."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = -1
     try:
         directory = open_directory(root)
         try:
-            fd = os.open(_RESERVE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
-                         dir_fd=directory)
+            for name in (_RESERVE, _RESERVE_INODE):
+                fs = os.fstatvfs(directory)
+                if fs.f_files and fs.f_favail <= spare_inodes and not os.path.lexists(
+                        f"/proc/self/fd/{directory}/{name}"):
+                    break  # its inode would be the journals'
+                made = os.open(name, flags, mode, dir_fd=directory)
+                if name == _RESERVE:
+                    fd = made
+                else:
+                    _give_mode(made, mode)
+                    os.close(made)
         finally:
             os.close(directory)
     except OSError:
-        return  # no room even for the inode, or something planted there: next time
+        pass  # no room even for the inode, or something planted there: next time
+    if fd < 0:
+        return
     try:
         st = os.fstat(fd)
         size = st.st_blocks * 512
@@ -353,13 +382,20 @@ def make_reserve(root: str, mode: int) -> None:
         room = free.f_bavail * free.f_frsize
         if not stat.S_ISREG(st.st_mode) or size >= RESERVE or (size and room < 2 * RESERVE):
             return
-        if st.st_uid == os.geteuid():
-            os.fchmod(fd, mode)  # whatever the umask took off (the cache's modes are exact)
+        _give_mode(fd, mode)
         os.posix_fallocate(fd, 0, min(RESERVE, size + room) // 4096 * 4096 or 4096)
     except OSError:
         pass  # what could be allocated stays allocated
     finally:
         os.close(fd)
+
+
+def _give_mode(fd: int, mode: int) -> None:
+    """Give the reserve's file open as ``fd`` exactly ``mode`` if it is this user's: whatever the
+    umask took off (the cache's modes are exact)."""
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int = 0o600) -> Index:
@@ -437,7 +473,8 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
             _to_remake.add(root)
             atexit.register(make_reserve, root, file_mode)
     else:
-        make_reserve(root, file_mode)  # (data deleted after the last transaction may have made room)
+        # (Data deleted after the last transaction may have made room.)
+        make_reserve(root, file_mode, spare_inodes=_JOURNAL_INODES)
     uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=rw"
     try:
         # check_same_thread=False: each connection is used by the thread that made it (FsCache keeps one

@@ -341,8 +341,10 @@ def _check_owner(root: str, st: os.stat_result, group: int | None) -> None:
         )
 
 
-def check_locks(root: str) -> None:
-    if not locks.locks_work(root):
+def check_locks(root: str, existing: str | None = None) -> None:
+    """Refuse the cache at ``root`` if file locks lock nothing there (:func:`locks.locks_work`,
+    which probes ``existing`` where no new file can be made)."""
+    if not locks.locks_work(root, existing):
         raise CacheError(
             f"file locks do not work on the file system of {root} (a network file "
             "system without lock support?); refusing to use it"

@@ -171,19 +171,27 @@ def still_linked(fd: int, path: str | os.PathLike[str]) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def locks_work(directory: str | os.PathLike[str]) -> bool:
+def locks_work(directory: str | os.PathLike[str], existing: str | None = None) -> bool:
     """Whether ``flock`` really excludes on the file system of ``directory``.
 
     Some network file systems accept lock calls and lock nothing.  Two descriptions of one file
     are opened here: if the second can take an exclusive lock while the first holds one, locking
-    does not work there.
+    does not work there.  The file is a new one, or on a file system with no inode left for it,
+    the file ``existing`` in ``directory`` if given (one that nobody else locks).
     """
     from .fsutil import open_directory  # (loaded already: the engine's other modules use it)
 
     at = open_directory(directory)  # not through a symlink at its name, as a group cache's creator may put
     try:
         name = f".lockprobe-{os.getpid()}-{time.monotonic_ns()}"
-        first = open_lock_file(name, dir_fd=at)
+        made: str | None = name
+        try:
+            first = open_lock_file(name, dir_fd=at)
+        except OSError as e:
+            if existing is None or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            name, made = existing, None
+            first = open_lock_file(name, create=False, dir_fd=at)
         try:
             second = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at)
             try:
@@ -193,6 +201,7 @@ def locks_work(directory: str | os.PathLike[str]) -> bool:
                 os.close(second)
         finally:
             os.close(first)
-            os.unlink(name, dir_fd=at)
+            if made:
+                os.unlink(made, dir_fd=at)
     finally:
         os.close(at)

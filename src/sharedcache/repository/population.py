@@ -54,11 +54,25 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
     """Steps 2-4 of the protocol: a lease on the repository in ``base``, made here if needed."""
     lock_path = base.population_file(request.name, ".lock")
     waited_since: float | None = None
+    evicted = False
     while True:
         lease = base.try_hold(request)
         if lease is not None:
             return lease
-        fd = locks.open_lock_file(lock_path, mode=base.cache().modes.file)
+        try:
+            fd = locks.open_lock_file(lock_path, mode=base.cache().modes.file)
+        except OSError as e:  # (named by a descriptor's path: the line names the file system)
+            full = errors.no_space_for(f"repository {request.name!r}", e, base.path)
+            if full is None:
+                raise
+            # No inode left even for the lock: kept repositories give theirs back, once, as
+            # they give room to a population (Population._run).
+            freed = 0 if evicted else base.cache().evict()
+            if not freed:
+                raise full from None
+            evicted = True
+            reporter.info(f"{full}; evicted {format_size(freed)} of kept data, trying again")
+            continue
         try:
             if not locks.try_lock(fd, locks.EXCLUSIVE):
                 if waited_since is None:
