@@ -261,3 +261,17 @@ def test_a_file_renamed_to_no_name_is_written_under_the_fallback_name(tmp_path: 
     work.mkdir()
     populate(parse_recipe([f"file:{tmp_path}/..gz", "gunzip"]), dest, work=work)  # "." was refused
     assert [(path.name, path.read_bytes()) for path in dest.iterdir()] == [("download", b"data")]
+
+
+@pytest.mark.parametrize("one, two", [
+    ("http:https://h/d/x", "http:https://h/d/x/"),        # "x/" names its file "download"
+    ("http:https://h/d/", "http:https://h/e/"),
+    ("http:https://h/d/x.bin?t=1", "http:https://h/d/x.bin#f"),
+])
+def test_recipes_of_one_checksummed_identity_name_their_file_alike(one: str, two: str) -> None:
+    # Without an unpacker the repository holds one file named after the first source: two
+    # recipes that share a repository must name that file alike, or one of them is served
+    # the other's name ("http://h/d/x/" was one repository with "http://h/d/x").
+    first, second = ([source, f"sha256:{HEX64}"] for source in (one, two))
+    same_file = parse_recipe(first).source.filename() == parse_recipe(second).source.filename()
+    assert same_file or recipe_identity(first) != recipe_identity(second)

@@ -408,10 +408,11 @@ def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
     assert empty.returncode == 2 and "run needs '-- COMMAND [ARG...]'" in empty.stderr, empty.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
 def test_run_passes_a_signal_sent_to_sc_on_to_its_command(dirs, tarball, tmp_path, sig):
     # SIGUSR1 and SIGUSR2 (a batch system's warning that time is almost up) ended sc run by
     # their default action, leaving its command running as an orphan and its use to gc.
+    # SIGINT, SIGTERM and SIGHUP sent by a process (kill, a batch system) are passed on as well.
     args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
     ready, heard = tmp_path / "ready", tmp_path / "heard"
     script = textwrap.dedent(f"""

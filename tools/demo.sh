@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/venv.sh
 setup_venv '[progress]'
-export PATH="$PWD/$venv/bin:$PATH"
+export PATH="$(cd "$venv/bin" && pwd):$PATH"  # $venv may be relative ($SC_VENV too) or absolute
 
 work=$(mktemp -d)
 origin_pid=
@@ -49,6 +49,7 @@ gets=$(python -c 'import json, sys, urllib.request
 stats = json.load(urllib.request.urlopen(sys.argv[1]))
 print(stats["/vsg-0.2.0.tar.gz"]["gets"])' "http://127.0.0.1:$port/__origin__/stats")
 echo "--- the origin served $gets download(s) for 4 jobs"
-if [ -e "$work/base/test-repo" ]; then echo "the repository is still there: unexpected" >&2; exit 1; fi
+# The path is <base>/.shared-cache-<uid>/test-repo; --location exits 1 once it is gone.
+if sc --location $repo_args >/dev/null; then echo "the repository is still there: unexpected" >&2; exit 1; fi
 echo "--- the last sc --unuse deleted the repository"
 [ "$gets" = 1 ]

@@ -1,7 +1,8 @@
 """The ``sc`` (alias ``shared-cache``) command line.
 
 Turns arguments into calls of :mod:`sharedcache.repository` and outcomes into exit statuses:
-0 success, 1 failure, 2 usage error; ``sc run`` exits with its command's status.  Paths are the
+0 success, 1 failure, 2 usage error, 130 interrupted; ``sc run`` ends as its command ends (its
+status, or by the signal that killed it; as PID 1 with 128+N), 127 if it cannot start it.  Paths are the
 only thing printed on stdout by ``--use`` and ``--location``; every message goes to stderr as one
 line starting with ``sc:``.  No traceback is shown for an error a user can cause.
 

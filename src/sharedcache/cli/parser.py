@@ -48,13 +48,13 @@ OPTIONS = (
            metavar="SIZE", actions=SETTING_ACTIONS),
     Option(("--pid",), "pid", "process owning the use (default: the job that ran sc)",
            metavar="PID", convert=int, actions=REPOSITORY_ACTIONS),
-    Option(("--timeout",), "timeout", "seconds to wait for another process's population",
+    Option(("--timeout",), "timeout", "seconds to wait for a population, another process's or its own",
            metavar="SECONDS", convert=parse_seconds, actions=SETTING_ACTIONS),
     Option(("--connections",), "connections",
            "download over N connections at once (HTTP ranges; for throttled links)",
            metavar="N", convert=int, actions=SETTING_ACTIONS),
     Option(("--speed-limit",), "speed_limit",
-           "fail a download slower than RATE bytes a second (1KB: 1000) for --speed-time; 0: never",
+           "fail a download slower than RATE bytes a second (default 1000) for --speed-time; 0: never",
            metavar="RATE", convert=lambda rate: parse_size(rate, "--speed-limit"), actions=SETTING_ACTIONS),
     Option(("--speed-time",), "speed_time", "seconds a download may stay under --speed-limit (default 60)",
            metavar="SECONDS", convert=float, actions=SETTING_ACTIONS),
@@ -90,7 +90,8 @@ usage: sc --use      [OPTIONS] LOADER...    register a use; print the repository
 settings are read from /etc/shared-cache/config, then $XDG_CONFIG_HOME/shared-cache/config, then
 $SC_CONFIG ('key = value' lines), then the environment, then the options: later ones win.
 """
-EXIT_STATUS = "exit status: 0 success, 1 failure, 2 usage error; 'run' exits with COMMAND's status.\n"
+EXIT_STATUS = ("exit status: 0 success, 1 failure, 2 usage error, 130 interrupted; 'run' ends as COMMAND ends\n"
+               "(its status, or the signal that killed it), 127 if COMMAND cannot be started.\n")
 
 
 def help_text() -> str:

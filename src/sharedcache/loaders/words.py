@@ -117,12 +117,13 @@ def source_count(words: tuple[str, ...]) -> int:
 def _file_name(word: str) -> str:
     """The last path component of a source word's argument, query and fragment removed from a URL
     (a path, ``file:`` or ``dirac:``, may hold "?" and "#" in its file name, which names the file
-    of a recipe without an unpacker)."""
+    of a recipe without an unpacker).  After a trailing "/" it is empty: such a URL's file is
+    named "download", so it is not the repository of the URL without the "/"."""
     argument = without_userinfo(word).partition(":")[2]
     if "://" in argument:
         for delimiter in "?#":
             argument = argument.partition(delimiter)[0]
-    return argument.rstrip("/").rpartition("/")[2]
+    return argument.rpartition("/")[2]
 
 
 def _canonical(word: str) -> str:
