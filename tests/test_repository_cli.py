@@ -403,6 +403,10 @@ def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
     assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
     missing = sc("run", *args, "--", "/no/such/command")
     assert missing.returncode == 127 and "cannot run" in missing.stderr
+    # Found but not runnable (no execute bit, a directory): 126, as a shell says.
+    for unrunnable in (str(tarball[0]), str(dirs[0])):
+        refused = sc("run", *args, "--", unrunnable)
+        assert refused.returncode == 126 and "cannot run" in refused.stderr, refused.stderr
     # An empty name names no command: a usage error (it was 'cannot run : Permission denied').
     empty = sc("run", *args, "--", "")
     assert empty.returncode == 2 and "run needs '-- COMMAND [ARG...]'" in empty.stderr, empty.stderr

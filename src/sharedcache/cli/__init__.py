@@ -2,9 +2,10 @@
 
 Turns arguments into calls of :mod:`sharedcache.repository` and outcomes into exit statuses:
 0 success, 1 failure, 2 usage error, 130 interrupted; ``sc run`` ends as its command ends (its
-status, or by the signal that killed it; as PID 1 with 128+N), 127 if it cannot start it.  Paths are the
-only thing printed on stdout by ``--use`` and ``--location``; every message goes to stderr as one
-line starting with ``sc:``.  No traceback is shown for an error a user can cause.
+status, or by the signal that killed it; as PID 1 with 128+N), 127 if it finds no such command,
+126 if it cannot run it.  Paths are the only thing printed on stdout by ``--use`` and
+``--location``; every message goes to stderr as one line starting with ``sc:``.  No traceback is
+shown for an error a user can cause.
 
 * :mod:`~.parser`: the grammar (the options table, the parser, the help text);
 * :mod:`~.commands`: the commands, as a table from action to function.

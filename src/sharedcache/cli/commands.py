@@ -146,7 +146,8 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
                 child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)), pass_fds=(lock,))
             except OSError as e:
                 print(f"sc: error: cannot run {command[0]}: {e.strerror}", file=sys.stderr)
-                return 127
+                # As shells and timeout(1) tell them apart: not found, or found and not runnable.
+                return 127 if isinstance(e, FileNotFoundError) else 126
         finally:
             os.close(lock)  # the child has its copy; sc's own use is its lease
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)

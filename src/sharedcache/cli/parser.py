@@ -91,7 +91,7 @@ settings are read from /etc/shared-cache/config, then $XDG_CONFIG_HOME/shared-ca
 $SC_CONFIG ('key = value' lines), then the environment, then the options: later ones win.
 """
 EXIT_STATUS = ("exit status: 0 success, 1 failure, 2 usage error, 130 interrupted; 'run' ends as COMMAND ends\n"
-               "(its status, or the signal that killed it), 127 if COMMAND cannot be started.\n")
+               "(its status, or the signal that killed it), 127 if COMMAND is not found, 126 if it cannot be run.\n")
 
 
 def help_text() -> str:
