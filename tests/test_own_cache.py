@@ -167,3 +167,85 @@ def test_gc_skips_odd_names_and_never_touches_foreign_objects(tmp_path: Path, wo
     for name in foreign:
         assert os.readlink(os.path.join(bbase, name)) == b"/etc/passwd"
     assert os.path.lexists(odd) and long.exists()
+
+
+OTHER_MACHINE = "0123456789abcdef0123456789abcdef"
+
+
+def kept_and_unused(tmp_path: Path, words: list[str]) -> tuple[Path, Path]:
+    """A base holding the repository "repo", kept and used by nobody; and its leases directory."""
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["-n", "repo", "-d", str(base), "--keep", *words]
+    with Sleeper() as owner:
+        assert sc("--use", *args, "--pid", str(owner.pid)).returncode == 0
+        assert sc("--unuse", *args, "--pid", str(owner.pid)).returncode == 0
+    return base, control(base) / "objects" / "repo" / "leases"
+
+
+def test_list_names_the_host_of_another_host_s_use_and_gc_forgets_it_by_that_id(
+    tmp_path: Path, words: list[str]
+) -> None:
+    # Another host sharing the base holds a use: its pid means nothing here, so `sc list` must
+    # not show it as if it were a process of this host, and must show the id that
+    # `sc gc --forget-host` takes.
+    import json
+
+    base, leases = kept_and_unused(tmp_path, words)
+    (leases / f"11111111-2222-3333-4444-555555555555:4242:999:4026531836:{OTHER_MACHINE}.x1").touch()
+    listed = sc("list", "-d", str(base))
+    assert listed.returncode == 0, listed.stderr
+    row = listed.stdout.splitlines()[1]
+    assert row.split()[-1] == f"4242@{OTHER_MACHINE}", row
+    rows = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+    assert rows[0]["users"] == [4242] and rows[0]["owners"] == [f"4242@{OTHER_MACHINE}"]
+    # What `sc list` shows whole is refused with a line saying what to pass; a typo is too.
+    for bad in (f"4242@{OTHER_MACHINE}", "0123 4567", ","):
+        refused = sc("gc", "-d", str(base), "--forget-host", bad)
+        assert refused.returncode == 2 and refused.stderr.startswith("sc: error: --forget-host"), refused
+    assert sc("list", "-d", str(base)).stdout.splitlines()[1].split()[-1] == f"4242@{OTHER_MACHINE}"
+    assert sc("gc", "-d", str(base), "--forget-host", OTHER_MACHINE).returncode == 0
+    assert sc("list", "-d", str(base)).stdout.splitlines()[1].split()[-1] == "-"
+
+
+def test_list_escapes_a_planted_lease_s_host_and_names_no_user_for_a_record_without_pid(
+    tmp_path: Path, words: list[str]
+) -> None:
+    import fcntl
+    import json
+
+    base, leases = kept_and_unused(tmp_path, words)
+    (leases / "11111111-2222:77:1:4026531836:\x1b[31mred.x1").touch()
+    populate = control(base) / "populate"
+    (populate / "ghost.json").write_text('{"identity": "x", "started": 1.5}')
+    with open(populate / "ghost.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        listed = sc("list", "-d", str(base))
+        rows = {row["name"]: row for row in json.loads(sc("list", "--json", "-d", str(base)).stdout)}
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout, listed.stdout
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert lines["ghost"].endswith(" a lock"), lines["ghost"]
+    assert rows["ghost"]["users"] == [] and rows["ghost"]["owners"] == []
+    assert set(rows["ghost"]) == set(rows["repo"])
+
+
+def test_list_goes_past_a_base_whose_index_is_damaged(tmp_path: Path, words: list[str]) -> None:
+    # One candidate's index garbled (a crash of a network file system, a planted file) must not
+    # hide the repositories of the others: the base is skipped with the line that says to run
+    # gc, as uses and gc go past it.  Alone, it is the error.
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    with Sleeper() as owner:
+        for base in (good, bad):
+            args = ["-n", f"in-{base.name}", "-d", str(base), "--pid", str(owner.pid), *words]
+            assert sc("--use", *args).returncode == 0
+        (control(bad) / "index.sqlite").write_bytes(b"garbage" * 1000)
+        listed = sc("list", "-d", f"{bad}:{good}")
+        assert listed.returncode == 0, listed.stderr
+        assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["in-good"]
+        assert listed.stderr.startswith(f"sc: skipping {bad}: the index of cache") and "run gc" in listed.stderr
+        alone = sc("list", "-d", str(bad))
+        assert alone.returncode == 1 and alone.stderr.startswith("sc: error: the index of cache"), alone
+        assert sc("gc", "-d", f"{bad}:{good}").returncode == 0
+        assert len(sc("list", "-d", f"{bad}:{good}").stdout.splitlines()) == 3

@@ -251,7 +251,9 @@ def listing(repositories: Repositories, options: Arguments) -> int:
     print(f"{'NAME':24} {'STATE':17} {'SIZE':>10}  {'PATH':40} USERS")
     for row in rows:
         # In use without a lease: held through its lock (by what a killed `sc run` started).
-        users = ",".join(str(p) for p in row["users"]) or ("a lock" if row["in_use"] else "-")
+        # Another host's or PID namespace's process is qualified (PID@MACHINE-ID, PID@pid:[NS]).
+        # (escaped too: a lease's machine id is text a member of a group cache may have chosen)
+        users = printable(",".join(row["owners"])) or ("a lock" if row["in_use"] else "-")
         state = row["state"] + (" (kept)" if row["keep"] else "")
         # Names and paths are escaped: in a group cache another member chose them.
         name, path = printable(row["name"]), printable(row["path"])
@@ -261,7 +263,17 @@ def listing(repositories: Repositories, options: Arguments) -> int:
 
 def gc(repositories: Repositories, options: Arguments) -> int:
     if options.forget_host is not None:
-        forget_hosts(frozenset(filter(None, options.forget_host.split(","))))
+        hosts = frozenset(filter(None, options.forget_host.split(",")))
+        for host in sorted(hosts):
+            # A machine id as leases record it (leases.machine_id): an id that is not one
+            # (a pid@id copied from `sc list`, a typo with a space) would match no lease and
+            # forget nothing, silently.
+            if not host.replace("-", "").replace("_", "").isalnum():
+                raise UsageError(f"--forget-host: {printable(host)!r} is not a machine id "
+                                 "(the MACHINE-ID of a user PID@MACHINE-ID that 'sc list' shows)")
+        if not hosts:
+            raise UsageError("--forget-host: no machine id given")
+        forget_hosts(hosts)
     for base, report in repositories.collect().items():
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
         print(f"{base}: {done or 'nothing to do'}")

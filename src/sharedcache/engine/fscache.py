@@ -228,7 +228,16 @@ from .layout import (
     make_subdirectory,
     open_cache,
 )
-from .leases import Owner, add_lease, boot_id, lease_of, reclaim_leases, remove_lease, scan_leases
+from .leases import (
+    Owner,
+    add_lease,
+    boot_id,
+    lease_of,
+    reclaim_leases,
+    remove_lease,
+    scan_lease_owners,
+    scan_leases,
+)
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -321,12 +330,16 @@ def _path(path: str) -> Path:
 
 class Entry(Record):
     """What :meth:`FsCache.entries` reports of one entry; ``users`` are the pids of the live
-    processes holding a lease on it."""
+    processes holding a lease on it, and ``owners`` the same as users read them: a pid,
+    qualified (``PID@MACHINE-ID``, ``PID@pid:[NS]``) when it is not of this host and PID
+    namespace."""
 
     def __init__(self, name: str, size: int, created: float, last_used: float, keep: bool,
-                 meta: str | None, in_use: bool, users: tuple[int, ...]) -> None:
+                 meta: str | None, in_use: bool, users: tuple[int, ...],
+                 owners: tuple[str, ...] | None = None) -> None:
         self.name, self.size, self.created, self.last_used = name, size, created, last_used
         self.keep, self.meta, self.in_use, self.users = keep, meta, in_use, users
+        self.owners = tuple(str(pid) for pid in users) if owners is None else owners
 
 
 class Staging:
@@ -1366,11 +1379,11 @@ class FsCache:
         if committed(entry) is None:
             return None
         name, size, created, last_used, keep, meta = row
-        users = scan_leases(entry, alive)[0]
+        owners = scan_lease_owners(entry, alive)[0]
         locked, used = self._probe(entry)
         keep = bool(keep) or os.path.exists(f"{entry}/keep")
-        return Entry(name, size, created, max(last_used, used), keep, meta, bool(users) or locked,
-                     tuple(users))
+        return Entry(name, size, created, max(last_used, used), keep, meta, bool(owners) or locked,
+                     tuple(owner.pid for owner in owners), tuple(str(owner) for owner in owners))
 
     def names(self) -> set[str]:
         """The names of the entries the index accounts for: after :meth:`gc`, every entry."""

@@ -285,7 +285,8 @@ class Owner:
     def __str__(self) -> str:
         """The owner as users read it: a pid, qualified when it is not of this host and namespace."""
         if self.machine is not None and self.boot_id != boot_id():
-            return f"{self.pid}@{self.machine[:12]}"
+            # The whole machine id: what `sc gc --forget-host` takes.
+            return f"{self.pid}@{self.machine}"
         if self.pid_ns is not None and self.pid_ns != pid_namespace():
             return f"{self.pid}@pid:[{self.pid_ns}]"
         return str(self.pid)
@@ -410,11 +411,20 @@ def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[
 
     ``alive`` caches whether each owner is alive, across calls if the caller passes it (an
     owner often holds many leases: each ``sc --use`` of a job adds one)."""
+    owners, dead = scan_lease_owners(entry, alive)
+    return [owner.pid for owner in owners], dead
+
+
+def scan_lease_owners(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[Owner], list[str]]:
+    """The live owners of ``entry``'s leases (one per lease), and the dead leases' ids: as
+    :func:`scan_leases`, with each owner whole, so that a listing can say which host and PID
+    namespace a pid is of."""
     leases = _lease_names(entry)
     if alive is None:
         alive = {}
-    live, dead = [], []
-    pids: dict[str, int] = {}
+    live: list[Owner] = []
+    dead: list[str] = []
+    owners: dict[str, Owner] = {}
     for lease in leases:
         key = owner_key(lease)
         up = alive.get(key)
@@ -423,10 +433,10 @@ def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[
         if not up:
             dead.append(lease)
             continue
-        pid = pids.get(key)
-        if pid is None:
-            pid = pids[key] = Owner.parse(key).pid
-        live.append(pid)
+        owner = owners.get(key)
+        if owner is None:
+            owner = owners[key] = Owner.parse(key)
+        live.append(owner)
     return live, dead
 
 

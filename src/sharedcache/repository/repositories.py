@@ -16,7 +16,7 @@ from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import unlink_if_present
 from ..engine.layout import check_base, check_name, user_directory
-from ..engine.leases import Owner
+from ..engine.leases import Owner, pid_namespace
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
 from ..lean import scoped
 from ..loaders.words import default_name, legacy_default_name, legacy_identity, normalize_words, recipe_identity
@@ -414,17 +414,16 @@ class Repositories:
     def listing(self) -> list[Record]:
         """Every repository in the candidate bases: ready ones and populations in progress."""
         rows = []
-        listed, read_only = False, None
+        listed, failed = False, None
         for base, cache in self._caches():
             try:
                 entries = cache.entries()
             except CacheError as e:
-                # Its index cannot be opened there: the other candidates are still listed, as
-                # gc and uses go on past such a base.
-                if not base.read_only():
-                    raise
-                read_only = read_only or e
-                self._skip(base, CacheError(READ_ONLY))
+                # Its index cannot be opened there (a read-only file system, an index damaged
+                # or planted: "run gc to rebuild it"): the other candidates are still listed,
+                # as gc and uses go on past such a base, and the skipped one said why.
+                failed = failed or e
+                self._skip(base, CacheError(READ_ONLY) if base.read_only() else e)
                 continue
             listed = True
             for entry in entries:
@@ -432,15 +431,24 @@ class Repositories:
                     "name": entry.name, "path": str(base.link(entry.name)), "state": "ready",
                     "size": entry.size, "users": list(entry.users), "keep": entry.keep,
                     "last_used": entry.last_used, "base": str(base.path), "in_use": entry.in_use,
+                    "owners": list(entry.owners),
                 })
             for name, status in base.populations():
+                # The populating process, as a lease names it; a record without a pid (written
+                # by another member of a group cache) names nobody.
+                pid = status.get("pid")
+                users = [pid] if isinstance(pid, int) else []
+                namespace = status.get("pid_ns")
+                owners = [str(user) if namespace in (None, pid_namespace()) else f"{user}@pid:[{namespace}]"
+                          for user in users]
                 rows.append({
                     "name": name, "path": str(base.link(name)), "state": "populating",
-                    "size": status.get("done", 0), "users": [status.get("pid")], "keep": None,
+                    "size": status.get("done", 0), "users": users, "keep": None,
                     "last_used": status.get("started"), "base": str(base.path), "in_use": True,
+                    "owners": owners,
                 })
-        if read_only is not None and not listed:
-            raise read_only  # nothing else to list: the one line says why
+        if failed is not None and not listed:
+            raise failed  # nothing else to list: the one line says why
         self._report_skips()
         return rows
 
