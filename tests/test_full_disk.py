@@ -239,3 +239,36 @@ def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tm
             assert one_line(listed.stderr) == f"sc: skipping {ro}: a read-only file system\n"
         collected = sc("gc", "-d", str(ro))
         assert collected.returncode == 0 and one_line(collected.stderr) == f"sc: skipping {ro}: a read-only file system\n"
+
+
+def test_the_lock_probe_of_a_file_system_out_of_inodes_waits_for_nobody(tmp_path, monkeypatch):
+    # With no inode for a probe file, gc probes its locks on cache.info, which every member of a
+    # group cache can open: one holding a lock on it (for as long as it likes) made every gc
+    # wait for good.  That lock is itself the exclusion asked about.
+    import fcntl
+    import threading
+
+    from sharedcache.engine import locks
+
+    (tmp_path / "cache.info").write_text("shared-cache fscache 3\n")
+    held = os.open(tmp_path / "cache.info", os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_SH)
+    real = locks.open_lock_file
+
+    def no_inode(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path).startswith(".lockprobe-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(locks, "open_lock_file", no_inode)
+    answer: list[bool] = []
+    probe = threading.Thread(target=lambda: answer.append(locks.locks_work(tmp_path, "cache.info")), daemon=True)
+    probe.start()
+    probe.join(10)
+    try:
+        assert answer == [True], "the probe waited for another's lock on cache.info"
+    finally:
+        os.close(held)
+        probe.join(10)
+    # Unlocked, it is probed as before.
+    assert locks.locks_work(tmp_path, "cache.info")

@@ -390,3 +390,42 @@ def test_a_members_listing_during_a_population_leaves_its_lock_file_to_the_group
         assert "Permission denied" not in released.stderr, released.stderr
         collected = as_user(python, BOB, "gc", *group)
         assert collected.returncode == 0 and "Permission denied" not in collected.stderr, collected.stderr
+
+
+def test_a_lock_file_left_under_its_temporary_name_is_removed_by_gc_and_never_fails_a_use(shared, python):
+    # A lock file is made under ".<name>.lock.tmp-<random>", then linked into place: a member
+    # that ended between the two (killed, out of its time) left that name behind, which no gc
+    # removed.  gc removes it once old; a fresh one (a member making its lock now) stays, and a
+    # member whose temporary file gc removed meanwhile still gets its lock file.
+    import time
+
+    from sharedcache.engine import locks
+
+    source, base, group = file_in_a_group_cache(shared)
+    made = as_user(python, ALICE, "--use", "--keep", *group, "-n", "first", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    populate = base / f".shared-cache-g{GROUP}" / "populate"
+    old, fresh = populate / ".first.lock.tmp-0123456789abcdef01234567", populate / ".other.lock.tmp-aa"
+    for path in (old, fresh):
+        path.touch(mode=0o660)
+    long_ago = time.time() - 2 * 3600  # (a member that ended hours ago)
+    os.utime(old, (long_ago, long_ago))
+    collected = as_user(python, BOB, "gc", *group)
+    assert collected.returncode == 0, collected.stderr
+    assert not old.exists() and fresh.exists()
+    # The temporary file removed under a member that makes its lock file: it makes it again.
+    real_link = os.link
+
+    def link_after_gc(src, dst, **kwargs):  # type: ignore[no-untyped-def]
+        os.unlink(src, dir_fd=kwargs.get("src_dir_fd"))
+        os.link = real_link
+        return real_link(src, dst, **kwargs)
+
+    os.link = link_after_gc
+    try:
+        fd = locks.open_lock_file(populate / "third.lock", mode=0o660)
+    finally:
+        os.link = real_link
+    os.close(fd)
+    assert stat.S_IMODE((populate / "third.lock").stat().st_mode) == 0o660
+    assert not list(populate.glob(".third.lock.tmp-*"))

@@ -248,6 +248,33 @@ def test_repositories_of_caches_made_before_the_checksum_identity_are_still_used
         assert server.stats("/data.tgz").gets == 0
 
 
+def test_repositories_made_before_paths_and_digests_were_normalised_are_still_used(base: Path,
+                                                                                    tmp_path: Path) -> None:
+    # The identities that the version before stored for these very recipes: digests as written,
+    # file: paths as spelled.  The same recipe, given again, holds them (no conflict, no copy).
+    source = tmp_path / "data.txt"
+    source.write_bytes(b"data")
+    upper = "sha256:" + hashlib.sha256(b"data").hexdigest().upper()
+    spelled = f"file:{tmp_path}/./data.txt"
+    stored = {"digest": ("checksummed data.txt", upper), "spelled": (spelled,)}
+    user_dir(base).mkdir(mode=0o700)  # as sc makes it
+    old = FsCache(control(base))
+    for name, identity in stored.items():
+        with old.store(name, meta="\n".join(identity)) as data:
+            (data / "old.txt").write_text("made by an earlier version")
+    for name, words in (("digest", (f"file:{source}", upper)), ("spelled", (spelled,))):
+        for action in ("--use", "--location"):
+            done = sc(action, "-d", str(base), "--name", name, *words)
+            assert done.returncode == 0, done.stderr
+            assert (Path(done.stdout.strip()) / "old.txt").exists()
+    # "~" named another user's file then: never held as this one.
+    with old.store("home", meta="file:~/data.txt") as data:
+        (data / "old.txt").write_text("someone else's")
+    refused = sc("--use", "-d", str(base), "--name", "home", "file:~/data.txt",
+                 env={**sc_env(), "HOME": str(tmp_path)})
+    assert refused.returncode == 1 and "another loader stack" in refused.stderr
+
+
 def test_rewrite_rules_send_a_source_to_the_site_mirrors(mirrors: Mirrors, base: Path) -> None:
     down_prefix = mirrors.down_url.removesuffix("data.tgz")
     rules = rewrite_rules(f"# the site's mirrors\n{down_prefix} = {mirrors.wrong.url('/')} "

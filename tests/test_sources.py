@@ -396,6 +396,21 @@ def test_dirac(dirac_path: Path, tmp_path: Path) -> None:
     assert not any((tmp_path / "work").iterdir())  # the fetched copy is deleted
 
 
+def test_dirac_with_sigchld_ignored(dirac_path: Path, tmp_path: Path) -> None:
+    # An ignored SIGCHLD (inherited by sc --use, or a program's own) has the kernel reap the
+    # client: it is then no child of ours, and that is its end, not an error.
+    import signal
+
+    lfn = "/vo/user/data/run1.dat"
+    expected = b"grid data for " + lfn.encode()
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        dest = populate(tmp_path, f"dirac:{lfn}", f"md5:{hashlib.md5(expected).hexdigest()}")
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert (dest / "run1.dat").read_bytes() == expected
+
+
 def test_dirac_failure(dirac_path: Path, tmp_path: Path) -> None:
     with pytest.raises(DownloadError) as caught:
         populate(tmp_path, "dirac:/vo/missing.dat")

@@ -86,6 +86,16 @@ def open_lock_file(
 #: The prefix and infix of the name of a lock file being made (:func:`_create_aside`):
 #: ``.<name>.tmp-<random>``, beside it.
 _TEMP_INFIX = ".tmp-"
+#: Age past which such a temporary file is a leftover of a process that ended between making it
+#: and removing it (made and linked in an instant otherwise): gc removes it.
+LEFTOVER_SECONDS = 3600.0
+
+
+def is_leftover(name: str, status: os.stat_result, now: float) -> bool:
+    """Whether the file ``name`` (in a directory of lock files), whose ``status`` this is, is a
+    temporary file of :func:`_create_aside` left behind."""
+    return (name.startswith(".") and f".lock{_TEMP_INFIX}" in name and stat.S_ISREG(status.st_mode)
+            and now - status.st_mtime > LEFTOVER_SECONDS)
 
 
 def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -> int | None:
@@ -103,8 +113,11 @@ def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -
                 os.fchmod(fd, mode)
             os.link(temp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         finally:
-            os.unlink(temp, dir_fd=dir_fd)
-    except FileExistsError:
+            try:
+                os.unlink(temp, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass  # removed by gc as a leftover (see LEFTOVER_SECONDS), if this one was stopped that long
+    except (FileExistsError, FileNotFoundError):  # (the latter: the temporary file removed by gc)
         os.close(fd)
         return None
     except BaseException:
@@ -195,6 +208,11 @@ def locks_work(directory: str | os.PathLike[str], existing: str | None = None) -
         try:
             second = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at)
             try:
+                if made is None and not try_lock(first, EXCLUSIVE):
+                    # ``existing`` is locked by another (a member of a group cache may hold it for
+                    # as long as it likes): waiting would be for good, and its lock that kept this
+                    # one out is the exclusion asked about.
+                    return True
                 fcntl.flock(first, fcntl.LOCK_EX)
                 return not try_lock(second, EXCLUSIVE)
             finally:

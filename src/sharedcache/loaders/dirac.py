@@ -114,8 +114,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _ended(pid: int) -> bool:
     """Whether child ``pid`` has ended, without reaping it: until it is reaped, its pid (the id of
-    its process group) cannot be given to another process, which a kill of the group could hit."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    its process group) cannot be given to another process, which a kill of the group could hit.
+    With SIGCHLD ignored (inherited, or a program's own setting) the kernel reaps it itself: it is
+    then no child of ours any more, and has ended."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def _tail(output: IO[bytes]) -> str:

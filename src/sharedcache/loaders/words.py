@@ -133,15 +133,42 @@ def _canonical(word: str) -> str:
     return f"{name}:{argument.lower()}" if colon and name in CHECKSUM_WORDS else word
 
 
-def _identity_words(normalized: tuple[str, ...]) -> tuple[str, ...]:
-    """The lines of the identity (see the module docstring)."""
+def earlier_identities(words: str | Iterable[str]) -> tuple[str, ...]:
+    """The identities that repositories made before paths and digests were normalised hold for
+    this very recipe: its ``file:`` paths as spelled (``/a/./b``, ``/a//b``; never ``~``, which named
+    another user's file) and its digests in the case written, under the checksum rule and as the
+    words themselves (:func:`legacy_identity`).  A repository holding one is this recipe's."""
+    import os  # (loaded already by every caller)
+
+    parts = words.split() if isinstance(words, str) else [part for word in words for part in word.split()]
+    spelled = []
+    for part in parts:
+        word = part
+        if part.startswith("file:"):
+            path = part[5:]
+            if path.startswith("~"):
+                return ()  # identified as written then: another user's or $HOME's file, not this one
+            if path and not path.startswith("/"):
+                try:
+                    word = f"file:{os.getcwd()}/{path}"
+                except FileNotFoundError:
+                    return ()  # (the identity says so: see _absolute_file)
+        spelled.append(word)
+    if not spelled:
+        return ()
+    return "\n".join(_identity_words(tuple(spelled), canonical=False)), "\n".join(spelled)
+
+
+def _identity_words(normalized: tuple[str, ...], *, canonical: bool = True) -> tuple[str, ...]:
+    """The lines of the identity (see the module docstring); digests as written unless
+    ``canonical`` (see :func:`earlier_identities`)."""
     checksummed = any(word.partition(":")[0] in CHECKSUM_WORDS and ":" in word for word in normalized[1:])
     if not checksummed:
         return tuple(without_userinfo(word) for word in normalized)
     # The first line holds a space, which no word can: an identity of this form never equals one
     # made of the words themselves.
     return (f"checksummed {_file_name(normalized[0])}",
-            *(_canonical(word) for word in normalized[source_count(normalized):]))
+            *(_canonical(word) if canonical else word for word in normalized[source_count(normalized):]))
 
 
 def recipe_identity(words: str | Iterable[str]) -> str:

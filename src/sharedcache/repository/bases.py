@@ -168,9 +168,10 @@ class Base:
         try:
             return self.cache().hold(request.name, request.owner, keep=request.keep, meta=request.identity)
         except ConflictError as e:
-            from ..loaders.words import legacy_identity
+            from ..loaders.words import earlier_identities, legacy_identity
 
-            if e.existing is not None and e.existing == legacy_identity(request.words):
+            if e.existing is not None and (e.existing == legacy_identity(request.words)
+                                           or e.existing in earlier_identities(request.given)):
                 return self.cache().hold(request.name, request.owner, keep=request.keep, meta=e.existing)
             raise conflict(request.name, self.path, e.existing) from None
 

@@ -19,7 +19,14 @@ from ..engine.layout import check_base, check_name, user_directory
 from ..engine.leases import Owner, pid_namespace
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
 from ..lean import scoped
-from ..loaders.words import default_name, legacy_default_name, legacy_identity, normalize_words, recipe_identity
+from ..loaders.words import (
+    default_name,
+    earlier_identities,
+    legacy_default_name,
+    legacy_identity,
+    normalize_words,
+    recipe_identity,
+)
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
 from .bases import PRIVATE_CACHE, Base, base_directories, conflict, group_id
@@ -55,6 +62,7 @@ class Request:
     __slots__ = (
         "_fetch",
         "deadline",
+        "given",
         "identity",
         "keep",
         "limit",
@@ -67,6 +75,9 @@ class Request:
     def __init__(self, words: tuple[str, ...], identity: str, *, name: str, owner: Owner,
                  keep: bool, limit: int | None, timeout: float | None, fetch: Fetch | None) -> None:
         self.words, self.identity, self.name = words, identity, name
+        #: The words as given, before normalize_words: what repositories made by earlier
+        #: versions were identified by (see Base.hold), read only on a conflict.
+        self.given: tuple[str, ...] = words
         self.owner, self.keep, self.limit = owner, keep, limit
         self.timeout, self._fetch = timeout, fetch
         self.deadline = deadline_after(timeout)
@@ -137,7 +148,7 @@ class Repositories:
         created, so that its errors (a bad setting) leave nothing behind."""
         if type(keep) is not bool:
             raise UsageError(f"keep must be True or False, not {keep!r}")
-        words = normalize_words(words)
+        given, words = words, normalize_words(words)
         if not words:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
         request = Request(
@@ -150,6 +161,7 @@ class Repositories:
             timeout=timeout,
             fetch=fetch,
         )
+        request.given = tuple(given)
         budget = None if max_size is None else parse_size(max_size, "--max-size")
         for base in self.bases:
             base.bound_waits(request.deadline)
@@ -400,7 +412,7 @@ class Repositories:
                     found = base.cache().meta(name)
                 except MissError:
                     return name, None  # deleted meanwhile
-                if found not in (recipe_identity(words), legacy_identity(words)):
+                if found not in (recipe_identity(words), legacy_identity(words), *earlier_identities(words)):
                     raise conflict(name, base.path, found)
             return name, base
         name = default_name(words)
@@ -493,9 +505,14 @@ class Repositories:
         cleaned = 0
         names = set()
         files = []
+        now = time.time()
         for entry in os.scandir(base.populate_dir):
             if entry.is_symlink():  # nothing here is a symlink but what someone planted
                 os.unlink(entry.path)
+            elif _leftover(entry, now):
+                # A lock file's temporary name, left by a process that ended as it made it.
+                unlink_if_present(entry.path)
+                cleaned += 1
             else:
                 files.append(entry.name)
         for file in files:
@@ -652,3 +669,11 @@ def _loader_words(words: tuple[object, ...]) -> list[str]:
             raise UsageError(f"a loader word is a string, as in use('http:URL', 'sha256:HEX', 'tar'), "
                              f"not {type(word).__name__} {word!r}")
     return list(words)  # type: ignore[arg-type]  # (each was checked to be a str)
+
+
+def _leftover(entry: os.DirEntry[str], now: float) -> bool:
+    """Whether ``entry`` of the population directory is a temporary file of a lock left behind."""
+    try:
+        return locks.is_leftover(entry.name, entry.stat(follow_symlinks=False), now)
+    except FileNotFoundError:
+        return False
