@@ -60,7 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sc: error: {clipped(str(e))}", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
+        import signal  # (an interrupted command can afford its import)
+
         print("sc: interrupted", file=sys.stderr)
+        # Ended by SIGINT as well, once done (see leave): a shell that gets Ctrl-C while it waits
+        # for a command goes on with its script unless the command died of it.
+        commands.ENDED_BY.append(signal.SIGINT)
         return 130
     except BrokenPipeError as e:  # stdout written at once (PYTHONUNBUFFERED), its reader gone
         print(f"sc: error: cannot write the output: {e.strerror}", file=sys.stderr)
@@ -113,13 +118,14 @@ def leave(status: int) -> NoReturn:
     except OSError:
         status = status or 1
     if commands.ENDED_BY and os.getpid() != 1:  # (PID 1 is not ended by a signal of its own)
-        _end_by(commands.ENDED_BY[-1])
+        _end_by(commands.ENDED_BY[-1])  # (after Ctrl-C, or as sc run's command ended)
     os._exit(status)
 
 
 def _end_by(signum: int) -> None:
-    """End the process by signal ``signum``, as ``sc run``'s command ended; return if it does
-    not end it (a signal whose default action is to stop, or to do nothing)."""
+    """End the process by signal ``signum`` (SIGINT after Ctrl-C, or the one that ended ``sc
+    run``'s command); return if it does not end it (a signal whose default action is to stop,
+    or to do nothing)."""
     import _signal  # (see leave)
     import resource
 
