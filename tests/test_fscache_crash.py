@@ -102,7 +102,7 @@ CRASH_POINTS = {
     "gc: emptying trash": ("gc", ("gc", "_empty_trash", "call"), "", None),
     "load: locked": ("load", ("_shared", "_touch", "call"), "", None),
     "hold: lease created": ("hold", ("add_lease", "create_empty", "return"), "dead leases", None),
-    "release: lease removed": ("release", ("remove_lease", "unlink", "c_return"), "", None),
+    "release: lease removed": ("release", ("reclaim_leases", "unlink", "c_return"), "", None),
 }
 
 

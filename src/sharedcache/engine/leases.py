@@ -441,8 +441,9 @@ def scan_lease_owners(entry: str, alive: dict[str, bool] | None = None) -> tuple
 
 
 def reclaim_leases(entry: str, dead: list[str]) -> int:
-    """Remove the dead leases ``dead`` of ``entry``; return how many.  What is no file (a
-    directory a member made there) is no lease, and is left alone."""
+    """Remove the leases ``dead`` of ``entry`` (names in its ``leases/``); return how many were
+    there to remove.  What is no file (a directory a member made there) is no lease, and is left
+    alone."""
     if not dead:
         return 0
     directory = _leases(entry)
@@ -462,19 +463,9 @@ def reclaim_leases(entry: str, dead: list[str]) -> int:
 
 
 def remove_lease(entry: str, lease: str) -> bool:
-    """Remove the lease ``lease`` of ``entry``; whether it was there to remove."""
-    directory = _leases(entry)
-    if directory is None or "/" in lease:
-        if directory is not None:
-            os.close(directory)
-        return False
-    try:
-        os.unlink(lease, dir_fd=directory)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return False
-    finally:
-        os.close(directory)
-    return True
+    """Remove the lease ``lease`` of ``entry``; whether it was there to remove.  (A name with a
+    "/" names no lease: it would be a path below ``leases/``.)"""
+    return "/" not in lease and reclaim_leases(entry, [lease]) == 1
 
 
 def lease_of(entry: str, owner: Owner) -> str | None:
