@@ -141,7 +141,7 @@ def bench_inflate(scratch: Path, runs: int, codecs: list[str]) -> None:
             print(f"  {name:34s} {rate:6.0f} MB/s  ({seconds:.3f} s)")
 
         def through_sharedcache(codec: str = codec, data: bytes = data) -> int:
-            stream, produced = decompressing(codec, io.BytesIO(data), "bench"), 0
+            stream, produced = decompressing(codec, io.BytesIO(data), "bench", None), 0
             while piece := stream.read(CHUNK):
                 produced += len(piece)
             return produced

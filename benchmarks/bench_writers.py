@@ -102,7 +102,7 @@ def unpack(archive: Path, dest: Path, writers: int) -> None:
     with open(archive, "rb") as raw:
         codec = sniff(raw.read(8))
         raw.seek(0)
-        stream = raw if codec is None else Prefetch(decompressing(codec, raw, str(archive)))
+        stream = raw if codec is None else Prefetch(decompressing(codec, raw, str(archive), None))
         reader = TarReader(stream, str(archive))
         made: set[str] = set()
         while (member := reader.next()) is not None:

@@ -134,7 +134,7 @@ def test_without_the_faster_library_a_codec_falls_back_to_the_standard_one(tmp_p
 
 def _xz_outcome(data: bytes) -> tuple[str, bytes | str]:
     """What ``decompressing()`` makes of ``data`` as xz: the bytes, or the error's class and text."""
-    stream = decompressing("xz", io.BytesIO(data), "the test's data")
+    stream = decompressing("xz", io.BytesIO(data), "the test's data", None)
     out = bytearray()
     try:
         while piece := stream.read(1 << 16):

@@ -511,6 +511,38 @@ def test_bomb_without_a_limit_hits_the_expansion_cap(box: Box, monkeypatch: pyte
     assert "expands more than 1000 times" in message and message.endswith("a likely decompression bomb")
 
 
+@pytest.mark.parametrize("codec", list(DECOMPRESSOR))
+@pytest.mark.parametrize("unpacker", ["single file", "tar"])
+def test_blank_image_passes_the_cap_within_twice_its_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           codec: str, unpacker: str) -> None:
+    """Data that is mostly one byte (a blank disk image) expands past the ratio, and its user knows
+    it: given its size, it is unpacked at any ratio; what expands past twice that size, unwritten
+    (zeros after a tar's end), is still refused."""
+    monkeypatch.setattr(codecs, "EXPANSION_FLOOR", MiB)
+    image = bytes(8 * MiB)
+    if unpacker == "tar":
+        data, word = COMPRESS[codec](tar(member("disk.img", content=image))), "tar"
+    else:
+        data, word = zeros(codec, len(image)), DECOMPRESSOR[codec]
+    box = Box(tmp_path / "fits")
+    [made] = box.populate(box.put("disk.img.compressed", data), word, limit=8 * MiB).iterdir()
+    assert made.read_bytes() == image
+    trailing = COMPRESS[codec](tar(member("small", content=b"x")) + bytes(8 * MiB))
+    message = Box(tmp_path / "past").refused(trailing, "tar", limit=MiB)
+    assert "expands more than 1000 times" in message and "past twice its --size of 1.0 MiB" in message
+
+
+def test_blank_image_in_a_zip_passes_the_cap_within_twice_its_size(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codecs, "EXPANSION_FLOOR", MiB)
+    image = bytes(8 * MiB)
+    data = zip_of(("disk.img", image, stat.S_IFREG | 0o644), method=zipfile.ZIP_BZIP2)
+    box = Box(tmp_path / "fits")
+    assert (box.populate(box.put("disk.zip", data), "zip", limit=8 * MiB) / "disk.img").read_bytes() == image
+    message = Box(tmp_path / "past").refused(data, "zip", limit=MiB)
+    assert "expands more than 1000 times" in message and "past twice its --size of 1.0 MiB" in message
+
+
 def test_expansion_cap_for_real(box: Box) -> None:
     """The real floor: 100 MiB; a stream of zeros is stopped just past it."""
     message = box.refused(zeros("zstd", 300 * MiB), "unzstd")

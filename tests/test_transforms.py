@@ -342,7 +342,7 @@ def test_decompression_reads_alike_in_pieces_of_any_size(case: str, step: int) -
         codec, data, expected = "xz", lzma.compress(b"old\n" * 50, format=lzma.FORMAT_ALONE), b"old\n" * 50
     else:
         codec, data, expected = AFTER_THE_LAST_STREAM[case]
-    stream = decompressing(codec, _Dribble(data, step), "dribble")  # type: ignore[arg-type]
+    stream = decompressing(codec, _Dribble(data, step), "dribble", None)  # type: ignore[arg-type]
     out = b""
     while piece := stream.read(65536):
         out += piece
@@ -360,7 +360,7 @@ def test_decompression_output_is_bounded_by_the_read_size(codec: str) -> None:
         def read(self, size: int = -1) -> bytes:
             return self.data.read(size)
 
-    stream = decompressing(codec, Source(), "bomb")  # type: ignore[arg-type]
+    stream = decompressing(codec, Source(), "bomb", None)  # type: ignore[arg-type]
     sizes = [len(stream.read(65536)) for _ in range(50)]
     assert max(sizes) <= 65536 and sum(sizes) > 0
 

@@ -493,7 +493,7 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
     if codec is not None:
         # Decompression releases the GIL: in a thread of its own it runs beside the parsing and the
         # file creation here, on another core.  (Its thread is done with the stream at its end.)
-        archive = Prefetch(decompressing(codec, archive, ctx.what))
+        archive = Prefetch(decompressing(codec, archive, ctx.what, ctx.limit))
     reader = TarReader(archive, ctx.what)
     made = None
     try:
@@ -580,7 +580,7 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
                     raise CorruptDataError(f"cannot unpack {ctx.what} as a zip archive: it is {other}") from None
                 raise
             with SafeTree(dest, ctx) as tree:
-                _extract_members(_checked(reader, os.fstat(file.fileno()).st_size, ctx.what),
+                _extract_members(_checked(reader, os.fstat(file.fileno()).st_size, ctx.what, ctx.limit),
                                  functools.partial(_extract_zip_member, reader), tree, ctx.what)
     except OSError as e:  # said before the spool's removal gives an inode back
         full = no_space_for(ctx.what, e, str(dest))
@@ -603,12 +603,13 @@ def _zip_entries(path: Path) -> int:
             return 0
 
 
-def _checked(reader: ZipReader, size: int, what: str) -> Iterator[ZipMember]:
+def _checked(reader: ZipReader, size: int, what: str, limit: int | None) -> Iterator[ZipMember]:
     """The members of the zip archive of ``size`` bytes that ``reader`` reads, with two sums
-    checked against that size as they come: their declared sizes (at which each stops), and their
-    compressed data.  Members that do not overlap fit in the archive; ones that share their data
-    (the trick of the zip bombs that expand millions of times, with each member under the bomb
-    limits) add up to more.  It takes no memory, where sorting the members' places would."""
+    checked against that size as they come: their declared sizes (at which each stops; ``limit``
+    is the size allowed, see :func:`.codecs.check_expansion`), and their compressed data.
+    Members that do not overlap fit in the archive; ones that share their data (the trick of the
+    zip bombs that expand millions of times, with each member under the bomb limits) add up to
+    more.  It takes no memory, where sorting the members' places would."""
     declared = compressed = 0
     for member in reader.members():
         declared += member.file_size
@@ -618,7 +619,7 @@ def _checked(reader: ZipReader, size: int, what: str) -> Iterator[ZipMember]:
                 f"unsafe archive {what}: its members overlap (their compressed data add up to "
                 f"{format_size(compressed)} by {quoted(member.name)}, in an archive of {format_size(size)}), "
                 "a likely decompression bomb")
-        check_expansion(declared, size, what)
+        check_expansion(declared, size, what, limit)
         yield member
 
 

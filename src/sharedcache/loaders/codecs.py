@@ -18,7 +18,11 @@ does, to the sizes its members declare): once the output passes :data:`EXPANSION
 may not exceed :data:`MAX_EXPANSION` times the input read so far, else the population fails with
 :class:`UnsafeArchiveError`.  Real data compresses 2 to 20 times, rarely more than 200, while a
 bomb expands by millions (only long runs of one byte come near the limit with gzip, whose best is
-about 1030); the floor keeps small, very compressible files from ever being refused.
+about 1030); the floor keeps small, very compressible files from ever being refused.  Data that
+is mostly one byte (a blank disk image, a sparse file's holes) does expand past the ratio, and
+its user knows it: with ``--size``, output up to twice the size given (plus the floor, for the
+headers of an archive of small files) is allowed at any ratio, and ``--size`` itself bounds what
+is written.
 
 Backends
 --------
@@ -119,19 +123,28 @@ def what_data_is(head: bytes) -> str | None:
     return f"text starting {quoted(text[:60])}" if text and text.isprintable() else None
 
 
-def check_expansion(produced: int, consumed: int, what: str) -> None:
-    """Refuse ``produced`` bytes made from ``consumed`` bytes of ``what`` if they look like a bomb."""
-    if produced > EXPANSION_FLOOR and produced > MAX_EXPANSION * consumed:
-        raise UnsafeArchiveError(
-            f"refused {what}: it expands more than {MAX_EXPANSION} times ({format_size(produced)} from "
-            f"{format_size(consumed)}), a likely decompression bomb")
+def check_expansion(produced: int, consumed: int, what: str, limit: int | None) -> None:
+    """Refuse ``produced`` bytes made from ``consumed`` bytes of ``what`` if they look like a bomb,
+    ``limit`` being the size the user allowed (``--size``), if any."""
+    if produced <= EXPANSION_FLOOR or produced <= MAX_EXPANSION * consumed:
+        return
+    if limit is None:
+        beyond = "without a --size that allows it"
+    elif produced <= 2 * limit + EXPANSION_FLOOR:
+        return
+    else:
+        beyond = f"and past twice its --size of {format_size(limit)}"
+    raise UnsafeArchiveError(
+        f"refused {what}: it expands more than {MAX_EXPANSION} times ({format_size(produced)} from "
+        f"{format_size(consumed)}) {beyond}, a likely decompression bomb")
 
 
-def decompressing(codec: str, below: Stream | IO[bytes], what: str) -> Stream:
-    """The decompressed content of ``below``, compressed with ``codec`` (a key of the magic table)."""
+def decompressing(codec: str, below: Stream | IO[bytes], what: str, limit: int | None) -> Stream:
+    """The decompressed content of ``below``, compressed with ``codec`` (a key of the magic table),
+    within the expansion cap for the size ``limit`` (``--size``; see :func:`check_expansion`)."""
     if codec == "zstd":
-        return _Zstd(below, what)
-    return _Decompressing(below, codec, _DECODERS[codec], what)
+        return _Zstd(below, what, limit)
+    return _Decompressing(below, codec, _DECODERS[codec], what, limit)
 
 
 @functools.cache
@@ -311,8 +324,9 @@ class _Decompressing(Layer):
     """Decompression with a stdlib-style decompressor (``decompress(data, max_length)``, ``eof``...)."""
 
     def __init__(self, below: Stream | IO[bytes], codec: str, new_decoder: Callable[[bytes], Any],
-                 what: str) -> None:
+                 what: str, limit: int | None) -> None:
         super().__init__(below)
+        self._limit = limit
         self._codec = codec
         self._new_decoder = new_decoder  # given the first bytes of the stream it decodes
         self._decoder: Any = None
@@ -363,7 +377,7 @@ class _Decompressing(Layer):
                                f"corrupt {self._codec} data from {self._what}: {exc}", alone=self._alone) from None
             if out:
                 self._produced += len(out)
-                check_expansion(self._produced, self._consumed, self._what)
+                check_expansion(self._produced, self._consumed, self._what, self._limit)
                 return out
 
     def _next_stream(self, rest: bytes) -> bytes | None:
@@ -464,12 +478,13 @@ class _ZstdFrames(Layer):
 
 
 class _Zstd(Layer):
-    def __init__(self, below: Stream | IO[bytes], what: str) -> None:
+    def __init__(self, below: Stream | IO[bytes], what: str, limit: int | None) -> None:
         import zstandard
 
         self._frames = _ZstdFrames(below)
         super().__init__(self._frames)
         self._what = what
+        self._limit = limit
         self._produced = 0
         self._error = zstandard.ZstdError
         self._reader = zstandard.ZstdDecompressor().stream_reader(
@@ -489,7 +504,7 @@ class _Zstd(Layer):
             raise _failure("zstd", self._what, self._frames.head, self._produced,
                            f"truncated zstd data from {self._what}")
         self._produced += len(out)
-        check_expansion(self._produced, self._frames.consumed, self._what)
+        check_expansion(self._produced, self._frames.consumed, self._what, self._limit)
         return out
 
     def _window(self) -> int:

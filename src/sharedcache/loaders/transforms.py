@@ -93,7 +93,7 @@ class Decompress(Transform):
     def wrap(self, below: Stream, ctx: Context) -> Stream:
         from .codecs import decompressing
 
-        return decompressing(self.codec, below, ctx.what)
+        return decompressing(self.codec, below, ctx.what, ctx.limit)
 
     def rename(self, name: str) -> str:
         for suffix, replacement in self.suffixes.items():
