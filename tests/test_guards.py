@@ -167,7 +167,9 @@ def test_full_file_system_fails_clearly_and_kept_data_makes_room(tmp_path, small
         assert list((control(small_fs) / "stage").iterdir()) == []
         assert not (user_dir(small_fs) / "huge").exists()
         listing = json.loads(sc("list", "--json", "-d", str(small_fs)).stdout)
-        assert [r["name"] for r in listing] == ["new"]
+        # Nothing of it is there: its one row is the failure, which says why.
+        assert [(r["name"], r["state"]) for r in listing] == [("new", "ready"), ("huge", "failed")]
+        assert listing[1]["path"] is None and listing[1]["size"] is None and "space" in listing[1]["error"]
 
 
 def test_damaged_cache_marker_gives_a_clear_error_and_gc_repairs_it(base, words):

@@ -188,7 +188,7 @@ def test_a_checksummed_recipe_is_one_repository_whatever_the_mirrors_or_query_to
                        f"http:{second.url('/data.tgz')}?token=2", signed, SHA256, "tar")
             assert again.returncode == 0, again.stderr
             assert again.stdout == made.stdout
-            # A shared --name too: the second recipe is the same repository, not "another loader stack".
+            # A shared --name too: the second recipe is the same repository, not "another recipe".
             named = [sc("--use", "-d", str(base), "--pid", str(owner.pid), "--name", "shared", url, SHA256, "tar")
                      for url in (signed, f"http:{second.url('/data.tgz')}?token=3")]
             assert [result.returncode for result in named] == [0, 0], named[1].stderr
@@ -272,7 +272,7 @@ def test_repositories_made_before_paths_and_digests_were_normalised_are_still_us
         (data / "old.txt").write_text("someone else's")
     refused = sc("--use", "-d", str(base), "--name", "home", "file:~/data.txt",
                  env={**sc_env(), "HOME": str(tmp_path)})
-    assert refused.returncode == 1 and "another loader stack" in refused.stderr
+    assert refused.returncode == 2 and "holds another recipe" in refused.stderr
 
 
 def test_rewrite_rules_send_a_source_to_the_site_mirrors(mirrors: Mirrors, base: Path) -> None:

@@ -40,6 +40,35 @@ def test_a_populators_own_settings_are_not_its_waiters_failure(origin, base, tmp
     assert origin.stats("/blob.bin").gets == 1
 
 
+def test_a_use_that_asked_before_a_population_failed_is_told_its_failure_whether_or_not_it_waited(
+        origin, base, tmp_path):
+    """A use that asked while a population was under way is told its failure, rather than making
+    it again (a 404, a checksum mismatch), also when it comes to the population lock just after
+    the failure released it, without having to wait for it (it downloaded again); a use that
+    asks after the failure tries afresh."""
+    args = ["--use", "-d", str(base), "-n", "gone", f"http:{origin.url('/gone.tgz')}", "tar"]
+    site = tmp_path / "site"
+    site.mkdir()
+    # The first use pauses as it opens the population lock, having found no repository.
+    (site / "sitecustomize.py").write_text(pause_at('event == "open" and str(args[0]).endswith("/gone.lock")'))
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    early = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
+                                       SC_TEST_GO=str(go)))
+    try:
+        wait_for(paused.exists, what="the first use")
+        ((status, _, err),) = finish([sc_start(*args)], timeout=60)  # a population that fails meanwhile
+        assert status == 1 and "404" in err, err
+        go.touch()
+        ((early_status, _, early_err),) = finish([early], timeout=60)
+    finally:
+        finish([early])
+    assert (early_status, early_err) == (status, err)
+    assert origin.stats("/gone.tgz").gets == 1, "the use that asked before the failure downloaded again"
+    ((later, _, later_err),) = finish([sc_start(*args)], timeout=60)
+    assert later == 1 and later_err == err
+    assert origin.stats("/gone.tgz").gets == 2, "a use that asks after the failure tries afresh"
+
+
 def test_data_past_the_populators_size_is_not_past_a_waiters_larger_one(origin, base):
     """The populator's --size is its own: a waiter that asks for more (or sets none) populates
     for itself; one that asks for no more gets the populator's error."""

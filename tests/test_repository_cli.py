@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import fcntl
 import json
 import os
 import re
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from shlex import quote as shlex_quote
 from pathlib import Path
 
@@ -19,8 +22,9 @@ import pytest
 
 import sharedcache
 
-from scutil import (DEFAULT_SIGNALS, SC, Sleeper, check_tree, control, finish, make_tarball, pause_at, sample_files, sc,
-                    sc_env, sc_start, stop_process, user_dir, wait_for)
+from scutil import (DEFAULT_SIGNALS, SC, SRC, Sleeper, check_tree, control, finish, make_tarball, pause_at, sample_files,
+                    sc, sc_env, sc_start, stop_process, user_dir, wait_for)
+from sharedcache.engine.leases import pid_namespace
 
 FILES = sample_files()
 
@@ -287,8 +291,8 @@ def test_same_name_with_another_recipe_is_refused(dirs, tarball, tmp_path):
         assert sc("--use", "-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)).returncode == 0
         other = write_big(tmp_path, 1000)
         result = sc("--use", "-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), f"file:{other}")
-        assert result.returncode == 1
-        assert "repo" in result.stderr and "another loader stack" in result.stderr
+        assert result.returncode == 2
+        assert "repo" in result.stderr and "holds another recipe" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -334,7 +338,9 @@ def test_checksum_mismatch_commits_nothing(dirs, tarball):
     assert "repo" in result.stderr and "md5" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (user_dir(dirs[0]) / "repo").exists()
-    assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
+    # Nothing ready: the one row is the failure, with no data.
+    listed = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)
+    assert [(row["name"], row["state"], row["path"], row["size"]) for row in listed] == [("repo", "failed", None, None)]
     leftovers = list((control(dirs[0]) / "stage").iterdir())
     assert leftovers == []
     # A later use tries afresh and succeeds with the right checksum.
@@ -685,6 +691,112 @@ def test_list_and_gc_human_output(dirs, tarball):
         assert gc.returncode == 0 and str(dirs[0]) in gc.stdout
 
 
+@contextmanager
+def paused_population(base: Path, tmp_path: Path, *args: str) -> Iterator[subprocess.Popen]:  # type: ignore[type-arg]
+    """``sc --use -d base ARGS`` paused in its population (its status record written, its lock
+    held), as it makes its work directory; it goes on, and is waited for, on exit."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(pause_at('event == "os.mkdir" and str(args[0]).endswith(".work")'))
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    populator = sc_start("--use", "-d", str(base), *args, env=sc_env(
+        PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused), SC_TEST_GO=str(go)))
+    try:
+        wait_for(paused.exists, what="the populator")
+        yield populator
+    finally:
+        go.touch()
+        finish([populator])
+        paused.unlink(missing_ok=True)
+        go.unlink(missing_ok=True)
+
+
+def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs, tarball, tmp_path):
+    # It said "already exists with another loader stack", naming only the recipe there, with a
+    # failure's status: the name is the caller's to change.
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"other data")
+    _, md5 = tarball
+    with Sleeper() as owner:
+        args = ["-n", "repo", "-d", str(dirs[0]), "--pid", str(owner.pid)]
+        assert sc("--use", *args, *recipe(tarball)).returncode == 0
+        refused = sc("--use", *args, f"file:{other}")
+        assert refused.returncode == 2 and refused.stdout == "", refused
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"sc: error: repository 'repo' in {dirs[0]} holds another recipe ("), line
+        assert f"md5:{md5[:12]}…" in line and md5 not in line, line  # the other recipe, short
+        assert f"(file:{other})" in line and "choose another --name" in line and "sc --unuse -n repo" in line, line
+        # Being populated with another recipe: said so, as it is not there yet.
+        with paused_population(dirs[0], tmp_path, "-n", "made", *recipe(tarball)):
+            refused = sc("--use", "-n", "made", "-d", str(dirs[0]), "--pid", str(owner.pid), f"file:{other}")
+            assert refused.returncode == 2, refused
+            (line,) = refused.stderr.splitlines()
+            assert line.startswith(f"sc: error: repository 'made' in {dirs[0]} is being populated with another "
+                                   f"recipe (checksummed data.tar.gz md5:{md5[:12]}… tar) than the one given "
+                                   f"(file:{other}): choose another --name"), line
+
+
+def test_list_shows_a_failed_population_and_one_in_progress_as_they_are(dirs, tarball, tmp_path):
+    # A failed population was not listed (its record, told to its waiters, was there); one in
+    # progress showed the bytes received so far as its size, and a path that did not exist yet.
+    base = dirs[0]
+    missing = tmp_path / "missing.bin"
+    before = time.time()
+    failed = sc("--use", "-d", str(base), "-n", "broken", f"file:{missing}")
+    assert failed.returncode == 1, failed
+    why = failed.stderr.removeprefix("sc: error: repository 'broken': ").strip()
+    with paused_population(base, tmp_path, "-n", "making", *recipe(tarball)) as populator:
+        rows = {row["name"]: row for row in json.loads(sc("list", "--json", "-d", str(base)).stdout)}
+        shown = sc("list", "-d", str(base)).stdout
+    broken, making = rows["broken"], rows["making"]
+    assert broken["state"] == "failed" and broken["error"] == f"repository 'broken': {why}", broken
+    assert before <= broken["failed_at"] <= time.time(), broken
+    assert (broken["path"], broken["size"], broken["users"], broken["in_use"]) == (None, None, [], False), broken
+    assert making["state"] == "populating" and (making["path"], making["size"]) == (None, None), making
+    assert (making["users"], making["owners"]) == ([populator.pid], [str(populator.pid)]), making
+    assert making["done"] == 0 and making["error"] is None, making
+    lines = {line.split()[0]: line for line in shown.splitlines()[1:]}
+    assert lines["broken"].split()[1:4] == ["failed", "-", "-"] and why in lines["broken"], shown
+    assert lines["making"].split()[1:] == ["populating", "0", "B", "-", "-", str(populator.pid)], shown
+    # Once made, it is ready, and no longer failed.
+    missing.write_bytes(b"here now")
+    with Sleeper() as owner:
+        assert sc("--use", "-d", str(base), "-n", "broken", "--pid", str(owner.pid), f"file:{missing}").returncode == 0
+        rows = {row["name"]: row for row in json.loads(sc("list", "--json", "-d", str(base)).stdout)}
+        assert rows["broken"]["state"] == "ready" and rows["broken"]["error"] is None
+        assert set(rows["broken"]) == set(broken) == set(making), "every row has the same fields"
+        assert rows["broken"]["path"] == str(user_dir(base) / "broken")
+
+
+def test_a_populator_of_another_host_is_named_as_such(dirs, tmp_path):
+    # A base on a file system that two hosts share: the status record of a population that
+    # another host runs named a bare pid, read as this host's process (here, a stopped one).
+    base = dirs[0]
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"data")
+    assert sc("--use", "-d", str(base), "-n", "here", "--pid", "1", f"file:{data}").returncode == 0
+    populate = control(base) / "populate"
+    with Sleeper() as local:
+        os.kill(local.pid, signal.SIGSTOP)
+        namespace = pid_namespace()
+        (populate / "remote.json").write_text(json.dumps({
+            "pid": local.pid, "pid_ns": namespace, "owner": f"another-boot:{local.pid}:1:{namespace}:another-host",
+            "identity": f"file:{data}", "done": 0, "total": None, "started": time.time()}))
+        lock = os.open(populate / "remote.lock", os.O_RDONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (row,) = [row for row in json.loads(sc("list", "--json", "-d", str(base)).stdout)
+                      if row["name"] == "remote"]
+            assert row["owners"] == [f"{local.pid}@another-host"] and row["users"] == [local.pid], row
+            assert f"{local.pid}@another-host" in sc("list", "-d", str(base)).stdout
+            waiter = sc("--use", "-d", str(base), "-n", "remote", "--timeout", "1", f"file:{data}")
+            assert waiter.returncode == 1, waiter
+            assert f"waiting for process {local.pid}@another-host to populate it" in waiter.stderr, waiter.stderr
+            assert "stopped" not in waiter.stderr, waiter.stderr
+        finally:
+            os.close(lock)
+
+
 def test_a_name_that_would_steer_the_terminal_is_refused_and_listed_escaped(dirs, tarball):
     for name in ("new\nline", "red\x1b[31m", "bell\x07"):
         refused = sc("--use", "-n", name, "-d", str(dirs[0]), *recipe(tarball))
@@ -923,9 +1035,9 @@ def test_location_and_unuse_under_a_name_refuse_another_recipes_repository(dirs,
         for command in (["--location", *base, f"file:{other}"],
                         ["--unuse", *base, "--pid", str(owner.pid), f"file:{other}"]):
             result = sc(*command)
-            assert result.returncode == 1 and result.stdout == "", (command, result)
+            assert result.returncode == 2 and result.stdout == "", (command, result)
             lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and "another loader stack" in lines[0], result.stderr
+            assert len(lines) == 1 and "holds another recipe" in lines[0], result.stderr
         listed = json.loads(sc("list", "--json", "-d", d(dirs)).stdout)
         assert [(row["name"], row["users"]) for row in listed] == [("shared-name", [owner.pid])]
         located = sc("--location", *base, *recipe(tarball))

@@ -186,6 +186,33 @@ def test_a_waiter_says_the_populator_is_stopped_and_gc_reports_it(tmp_path, tric
         populator.wait(10)
 
 
+def test_a_waiter_that_times_out_says_in_its_one_line_whom_it_waited_for_and_that_it_is_stopped(tmp_path, trickle):
+    # Off a terminal and without -v, the error line is all a job's log keeps: it must say whom
+    # the use waited for, why that did not end (a suspended job: SIGSTOP), and what to do.
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["-d", str(base), "-n", "slow", "--speed-limit", "0", trickle.word()]
+    populator = sc_start("--use", *args)
+    try:
+        wait_for_population(base, "slow", populator)
+        os.kill(populator.pid, signal.SIGSTOP)
+        waiter = sc("--use", "--timeout", "1", *args)
+        assert waiter.returncode == 1 and len(waiter.stderr.splitlines()) == 1, waiter.stderr
+        line = waiter.stderr
+        assert line.startswith("sc: error: repository 'slow': timed out after 1 s waiting for "
+                               f"process {populator.pid} to populate it in {base}"), line
+        assert f"process {populator.pid} is stopped (state T)" in line, line
+        assert f"kill -CONT {populator.pid}" in line and "takes over" in line, line
+        # One that is at work is not called stuck: the line says that a longer wait would do.
+        os.kill(populator.pid, signal.SIGCONT)
+        waiter = sc("--use", "--timeout", "1", *args)
+        assert waiter.returncode == 1 and "stopped" not in waiter.stderr, waiter.stderr
+        assert "so far; a longer --timeout (or none) waits for it" in waiter.stderr, waiter.stderr
+    finally:
+        populator.kill()
+        populator.wait(10)
+
+
 #: ``sc gc`` paused where a scheduler may pause it: it has opened the population lock file of
 #: ``slow`` and not yet locked it.  It says "opened" on stdout, then waits for a line on stdin.
 PAUSED_GC = """

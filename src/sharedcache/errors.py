@@ -117,6 +117,14 @@ class ConflictError(SharedCacheError):
         self.existing = existing
 
 
+class NameTakenError(SharedCacheError):
+    """A repository's name holds another recipe than the one given: the caller chose the name,
+    and is the one to change it, so the status is a usage error's (without its pointer to the
+    help, which does not help here)."""
+
+    exit_status = 2
+
+
 class BusyError(SharedCacheError):
     """An entry is in use and cannot be removed or replaced now."""
 

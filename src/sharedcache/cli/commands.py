@@ -16,7 +16,7 @@ import sys
 # module before they freeze what start-up made (see bin/sc).
 from ..config import files
 from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
-from ..errors import SharedCacheError, UsageError, printable
+from ..errors import SharedCacheError, UsageError, clipped, printable
 from ..progress import Reporter
 from ..repository.bases import group_id
 from ..repository.repositories import Repositories
@@ -255,9 +255,18 @@ def listing(repositories: Repositories, options: Arguments) -> int:
         # (escaped too: a lease's machine id is text a member of a group cache may have chosen)
         users = printable(",".join(row["owners"])) or ("a lock" if row["in_use"] else "-")
         state = row["state"] + (" (kept)" if row["keep"] else "")
+        if row["state"] == "populating":  # how far it has got (its size is known once it is ready)
+            done, total = row["done"], row["total"]
+            state += f" {min(100, int(100 * done / total))}%" if total else f" {format_size(done)}"
+        elif row["state"] == "failed":  # when, and why: the uses that asked meanwhile were told so
+            import time
+
+            why = row["error"].removeprefix(f"repository {row['name']!r}: ")
+            users = f"{max(0, time.time() - row['failed_at']):.0f} s ago: {clipped(printable(why), 200)}"
+        size = "-" if row["size"] is None else format_size(row["size"])
         # Names and paths are escaped: in a group cache another member chose them.
-        name, path = printable(row["name"]), printable(row["path"])
-        print(f"{name:24} {state:17} {format_size(row['size']):>10}  {path:40} {users}")
+        name, path = printable(row["name"]), printable(row["path"] or "-")
+        print(f"{name:24} {state:17} {size:>10}  {path:40} {users}")
     return 0
 
 

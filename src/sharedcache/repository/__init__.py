@@ -20,7 +20,7 @@ Each user has a directory of their own in a base (see :mod:`~.bases` for the che
     <base>/.shared-cache-<uid>/<name>          symlink to .cache/objects/<name>/data: the path printed
     <base>/.shared-cache-<uid>/.cache/         the user's private FsCache (see sharedcache.engine)
     <cache>/populate/<name>.lock    held exclusively by the process populating <name>
-    <cache>/populate/<name>.json    its status: pid, reserved size, bytes so far
+    <cache>/populate/<name>.json    its status: pid (and its owner key), reserved size, bytes so far
     <cache>/populate/<name>.error   the last failed population: time and message
     <cache>/populate/<name>.work/<uid>/   private, kept across a takeover by the same user
                                           (partial download)
@@ -39,9 +39,12 @@ Acquire (``sc --use``, :func:`use`)
    it has got), then loop.  After taking it, check that the lock file is still the one named
    by its path (gc may remove lock files it holds), else loop.
 3. Holding the population lock, try to hold once more (the previous holder may have
-   finished).  If instead it failed after we started waiting for it, its error record is newer
-   than our wait: raise that error, so one failure is not repeated by every waiter.  If it died,
-   there is no record: we take over.
+   finished).  If instead a population failed after this use asked for the repository (at the
+   start of step 2), its error record is newer than the asking: raise that error, so that one
+   failure is not repeated by every use that asked while it was under way, whether it had to
+   wait for the lock or came to it just as the failure released it.  A use that asks after the
+   failure tries afresh (the error may have been a passing one).  If the holder died, there is
+   no record: we take over.
 4. Populate: write the status file (this reserves the space), fill a store of ``<name>`` with
    the recipe (``work`` survives us for a takeover; it is private to its user, and opened once
    made or kept for the same recipe and used through that descriptor, whatever another member of

@@ -31,7 +31,7 @@ import os
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.layout import absolute_path, check_base, group_directory, user_directory
-from ..errors import ConflictError, MissError, SharedCacheError, UsageError
+from ..errors import QUOTED_CHARACTERS, ConflictError, MissError, NameTakenError, SharedCacheError, UsageError, clipped
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ class Base:
             if e.existing is not None and (e.existing == legacy_identity(request.words)
                                            or e.existing in earlier_identities(request.given)):
                 return self.cache().hold(request.name, request.owner, keep=request.keep, meta=e.existing)
-            raise conflict(request.name, self.path, e.existing) from None
+            raise conflict(request.name, self.path, e.existing, request.identity) from None
 
     def try_hold(self, request: Request) -> str | None:
         """A lease on the repository if it is ready here, else None."""
@@ -208,19 +208,32 @@ class Base:
 
     def populations(self) -> list[tuple[str, Record]]:
         """(name, status) of every population in progress (its lock is held)."""
+        return [(name, status) for name, status in self._records(".json") if self.populating(name)]
+
+    def failures(self) -> list[tuple[str, Record]]:
+        """(name, error record) of every population that failed and is not under way again, for
+        as long as its record counts (:data:`~.records.ERROR_RECORD_TTL`)."""
+        import time
+
+        from .records import ERROR_RECORD_TTL
+
+        now = time.time()
+        return [(name, record) for name, record in self._records(".error")
+                if now - float(record.get("time", 0)) <= ERROR_RECORD_TTL and not self.populating(name)]
+
+    def _records(self, suffix: str) -> list[tuple[str, Record]]:
+        """(name, record) of every readable population record of this suffix."""
         from .records import read_status  # (populations are looked at on a miss only)
 
         found: list[tuple[str, Record]] = []
         try:
-            status_files = [f for f in os.listdir(self.populate_dir) if f.endswith(".json")]
+            files = [f for f in os.listdir(self.populate_dir) if f.endswith(suffix)]
         except OSError:
             return found
-        for file in status_files:
-            name = file[: -len(".json")]
-            if self.populating(name):
-                status = read_status(os.path.join(self.populate_dir, file))
-                if status is not None:
-                    found.append((name, status))
+        for file in files:
+            record = read_status(os.path.join(self.populate_dir, file))
+            if record is not None:
+                found.append((file[: -len(suffix)], record))
         return found
 
     def populating(self, name: str) -> bool:
@@ -278,10 +291,32 @@ class Base:
             os.close(fd)
 
 
-def conflict(name: str, base: str, existing: str | None) -> SharedCacheError:
-    """The error for a repository name taken by another recipe in ``base``."""
-    theirs = " ".join((existing or "?").split("\n"))
-    return SharedCacheError(
-        f"repository {name!r} in {base} already exists with another loader stack ({theirs}); "
-        "choose another --name"
+def conflict(name: str, base: str, existing: str | None, wanted: str, *, populating: bool = False) -> NameTakenError:
+    """The error for a repository name that holds the recipe whose identity is ``existing`` in
+    ``base`` (or is being populated with it), where the recipe whose identity is ``wanted`` was
+    asked for."""
+    if populating:
+        return NameTakenError(
+            f"repository {name!r} in {base} is being populated with another recipe ({_shown(existing)}) than "
+            f"the one given ({_shown(wanted)}): choose another --name"
+        )
+    return NameTakenError(
+        f"repository {name!r} in {base} holds another recipe ({_shown(existing)}) than the one given "
+        f"({_shown(wanted)}): choose another --name; this one is free once that repository is deleted (by the "
+        f"last sc --unuse -n {name} of its recipe, unless it is kept, or by sc gc once its users have ended)"
     )
+
+
+def _shown(identity: str | None) -> str:
+    """A recipe's identity in a line: its words, each digest by its first 12 digits, each word past
+    80 characters by its two ends (the identity holds no credentials)."""
+    from ..loaders.words import CHECKSUM_WORDS
+
+    if identity is None:
+        return "unknown"
+    shown = []
+    for word in identity.split("\n"):
+        kind, colon, digest = word.partition(":")
+        short = f"{kind}:{digest[:12]}…" if kind in CHECKSUM_WORDS and colon and len(digest) > 12 else word
+        shown.append(clipped(short, QUOTED_CHARACTERS // 2))
+    return " ".join(shown)

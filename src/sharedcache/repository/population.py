@@ -21,7 +21,7 @@ from .. import errors
 from ..engine import locks
 from ..engine.fsutil import read_control, unlink_if_present, write_atomic
 from ..engine.layout import open_made_directory
-from ..engine.leases import boot_id, pid_namespace
+from ..engine.leases import Owner, boot_id, pid_namespace
 from ..errors import (
     CacheError,
     ConfigError,
@@ -36,7 +36,7 @@ from ..errors import (
 from ..lean import scoped
 from ..sizes import format_size
 from .bases import conflict
-from .records import read_status, write_record
+from .records import local, populator, read_status, write_record
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -53,7 +53,9 @@ if TYPE_CHECKING:
 def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
     """Steps 2-4 of the protocol: a lease on the repository in ``base``, made here if needed."""
     lock_path = base.population_file(request.name, ".lock")
-    waited_since: float | None = None
+    # A population that fails after this moment fails for this use too (step 3), whether this
+    # use had to wait for it or found its lock just released: one that failed before is past.
+    asked = time.time()
     evicted = False
     while True:
         lease = base.try_hold(request)
@@ -75,16 +77,13 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
             continue
         try:
             if not locks.try_lock(fd, locks.EXCLUSIVE):
-                if waited_since is None:
-                    waited_since = time.time()
                 _wait(base, request, fd, reporter)
             if not locks.still_linked(fd, lock_path):
                 continue
             lease = base.try_hold(request)
             if lease is not None:
                 return lease
-            if waited_since is not None:
-                _raise_recorded_failure(base, request, waited_since)
+            _raise_recorded_failure(base, request, asked)
             return Population(base, request, reporter).run()
         finally:
             locks.release(fd)
@@ -96,10 +95,12 @@ STALL_SECONDS = 60.0
 
 def stuck(status_path: str, status: Record) -> str | None:
     """Why the population whose status record is ``status_path`` (read as ``status``) looks
-    stuck: its process is stopped (SIGSTOP, a frozen cgroup; seen only from its own PID
-    namespace), or it has written no progress for :data:`STALL_SECONDS`; None if it does not."""
-    pid = status.get("pid")
-    if isinstance(pid, int) and pid > 0 and status.get("pid_ns") in (None, pid_namespace()):
+    stuck, and what to do about it: its process is stopped (SIGSTOP, a suspended job, a frozen
+    cgroup; seen only from its own host and PID namespace), or it has written no progress for
+    :data:`STALL_SECONDS`; None if it does not."""
+    process = populator(status)
+    if process is not None and local(process):
+        pid = process.pid
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 stat = f.read()
@@ -107,50 +108,71 @@ def stuck(status_path: str, status: Record) -> str | None:
         except (OSError, ValueError, IndexError):
             state = None  # gone, or hidden by hidepid: nothing to say
         if state in ("T", "t"):
-            return f"process {pid} is stopped (state {state}): it makes no progress until continued"
+            return (f"process {pid} is stopped (state {state}): it makes no progress until continued "
+                    f"(kill -CONT {pid}); or kill it (kill -KILL {pid}: a stopped process heeds no other "
+                    "signal) and the next use takes over")
     try:
         idle = time.time() - os.stat(status_path).st_mtime
     except OSError:
         return None
-    return f"no progress reported for {idle:.0f} s" if idle >= STALL_SECONDS else None
+    if idle < STALL_SECONDS:
+        return None
+    where = "" if process is None or local(process) else " on its host"
+    return (f"no progress reported for {idle:.0f} s (if {_named(process)} hangs, end it{where}: "
+            "the next use takes over)")
+
+
+def _named(process: Owner | None) -> str:
+    """``process`` as messages name it: qualified when it is of another host or container."""
+    return "an unknown process" if process is None else f"process {process}"
+
+
+def _waiting_for(base: Base, request: Request, status_path: str, it: str) -> tuple[str, str | None]:
+    """What a waiter for the population of ``request`` in ``base`` says it waits for (whom, to
+    do what, how far it has got; the repository named as ``it``), and why it looks stuck, if it
+    does (None if it does not, or there is no status record to tell); a population of another
+    recipe under the name is refused."""
+    name = request.name
+    status = read_status(status_path) or {}
+    if status.get("identity") not in (None, request.identity):
+        raise conflict(name, base.path, status.get("identity"), request.identity, populating=True)
+    done, total = status.get("done", 0), status.get("total")
+    of = f" of {format_size(total)}" if total else ""
+    why = stuck(status_path, status) if status else None
+    return f"{_named(populator(status))} to populate {it} in {base.path}: {format_size(done)}{of} so far", why
 
 
 def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
-    name, identity, deadline = request.name, request.identity, request.deadline
-    status_path = base.population_file(name, ".json")
+    status_path = base.population_file(request.name, ".json")
 
     def report(elapsed: float) -> None:
-        status = read_status(status_path) or {}
-        if status.get("identity") not in (None, identity):
-            raise conflict(name, base.path, status.get("identity"))
-        done, total = status.get("done", 0), status.get("total")
-        of = f" of {format_size(total)}" if total else ""
-        why = stuck(status_path, status)
-        reporter.waiting(
-            f"waiting {elapsed:.0f} s for process {status.get('pid', '?')} to populate "
-            f"{name!r} in {base.path}: {format_size(done)}{of} so far"
-            + (f"; stuck: {why}" if why else "")
-        )
+        waited_for, why = _waiting_for(base, request, status_path, repr(request.name))
+        reporter.waiting(f"waiting {elapsed:.0f} s for {waited_for}" + (f"; stuck: {why}" if why else ""))
 
     report(0.0)
+    deadline = request.deadline
     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
         locks.lock(fd, locks.EXCLUSIVE, timeout=remaining, waiting=report)
     except WaitTimeoutError:
-        pid = (read_status(status_path) or {}).get("pid", "?")
+        # The line a job's log keeps, -v or not: whom it waited for, why that did not end, and
+        # what to do about it.
+        waited_for, why = _waiting_for(base, request, status_path, "it")
         raise WaitTimeoutError(
-            f"repository {name!r}: timed out after {request.timeout:g} s waiting for process "
-            f"{pid} to populate it in {base.path}"
+            f"repository {request.name!r}: timed out after {request.timeout:g} s waiting for {waited_for}; "
+            + (f"stuck: {why}" if why else "a longer --timeout (or none) waits for it to finish")
         ) from None
 
 
-def _raise_recorded_failure(base: Base, request: Request, waited_since: float) -> None:
-    """Step 3: the population we waited for failed after we started waiting: raise its error.
-    Data past the populator's own ``--size`` is not past a larger one (or none): that use
-    populates for itself."""
+def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
+    """Step 3: the population that failed after this use asked for the repository: raise its
+    error.  Data past the populator's own ``--size`` is not past a larger one (or none): that use
+    populates for itself.  (A record is written before its population lock is released, so one
+    dated after now was not written by a population: in a group cache a member could plant it,
+    to fail every use of the name.)"""
     name = request.name
     record = read_status(base.population_file(name, ".error"))
-    if record and float(record.get("time", 0)) >= waited_since:
+    if record and asked <= float(record.get("time", 0)) <= time.time():
         if record.get("error") == SizeLimitError.__name__ and "limit" in record and (
                 request.limit is None or request.limit > record["limit"]):
             return
@@ -240,7 +262,8 @@ class Population:
         self._work_fd: int | None = None  # the work directory, once prepared: see _prepare_work
         self._seal: Seal | None = None  # what the store asks of the filler, while it fills
         self._interrupts_ignored = False  # see _ignore_interrupts
-        self.status = {"pid": os.getpid(), "pid_ns": pid_namespace(), "identity": request.identity,
+        self.status = {"pid": os.getpid(), "pid_ns": pid_namespace(), "owner": Owner.current().key,
+                       "identity": request.identity,
                        "size": request.limit, "done": 0, "total": None, "started": time.time()}
         self._bar = reporter.bar(name)
         self._last_write = 0.0
@@ -313,7 +336,7 @@ class Population:
         entry = cache.info(name)
         if entry.meta != request.identity:  # a direct FsCache user stored the name meanwhile
             cache.release(name, lease=lease)
-            raise conflict(name, base.path, entry.meta)
+            raise conflict(name, base.path, entry.meta, request.identity)
         filled, committed = self._times
         # (The commit includes the flush of what is kept, or may be read from another machine.)
         self.reporter.info(f"{name!r} is ready: {format_size(entry.size)} on disk, made in {filled:.2f} s, then "

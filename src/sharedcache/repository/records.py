@@ -1,12 +1,13 @@
 """Population records: the status of a population in progress and the error of one that failed.
 
-``populate/<name>.json`` (pid, recipe identity, reserved size, bytes so far, start time) is
-written by the populating process about twice a second, and read by its waiters (to say how far
-it has got) and by the choice of a base directory (the space it reserves).
+``populate/<name>.json`` (pid, its owner key as a lease names a process, recipe identity,
+reserved size, bytes so far, start time) is written by the populating process about twice a
+second, and read by its waiters (to say whom they wait for and how far it has got), by ``sc list``
+and by the choice of a base directory (the space it reserves).
 ``populate/<name>.error`` (time, message, error class; the ``--size`` that the data outgrew)
-answers the waiters of a population that failed, so that one failure is not repeated by every
-waiter; it counts for
-:data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically, and not flushed: after
+answers the uses that asked while the population that failed was under way, so that one failure
+is not repeated by each of them; ``sc list`` shows it; it counts for :data:`ERROR_RECORD_TTL`
+seconds at most.  Both are written atomically, and not flushed: after
 a power loss the population they speak of is dead, and a record lost or garbled reads as none,
 so a flush would only make the download wait for the disk twice a second.
 """
@@ -14,6 +15,7 @@ so a flush would only make the download wait for the disk twice a second.
 from __future__ import annotations
 
 from ..engine.fsutil import read_control, write_atomic
+from ..engine.leases import Owner, boot_id, pid_namespace
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
     #: A record as JSON makes it: names to values.
     Record = dict[str, Any]
 
-#: An error record answers the waiters of the population that failed; later users try afresh.
+#: An error record answers the uses that asked before the population failed; later ones try
+#: afresh, and gc removes it once it is this many seconds old.
 ERROR_RECORD_TTL = 600.0
 
 
@@ -34,7 +37,7 @@ def write_record(path: str, record: Record, mode: int) -> None:
 
 
 #: The fields a record may have: the text ones, and the numbers (never negative).
-_TEXT_FIELDS = frozenset({"identity", "error", "message"})
+_TEXT_FIELDS = frozenset({"identity", "error", "message", "owner"})
 _NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time", "limit"})
 
 
@@ -54,3 +57,25 @@ def read_status(path: str) -> Record | None:
     return {key: field for key, field in value.items()
             if (key in _TEXT_FIELDS and isinstance(field, str))
             or (key in _NUMBER_FIELDS and type(field) in (int, float) and math.isfinite(field) and field >= 0)}
+
+
+def populator(status: Record) -> Owner | None:
+    """The process that writes the status record ``status``, as a lease names it (so that one of
+    another host or container is told from this one's); None if the record names nobody (a
+    member of a group cache may write anything there)."""
+    try:
+        return Owner.parse(status["owner"])
+    except (KeyError, ValueError):
+        pass
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    # A record without its owner's key (written by an earlier version) is of this host: its
+    # start time is unknown (0), and its PID namespace, if it does not say, is this one.
+    return Owner(boot_id(), pid, 0, int(status.get("pid_ns", pid_namespace())))
+
+
+def local(process: Owner) -> bool:
+    """Whether ``process`` is one this process can look at in ``/proc``: of this boot and host,
+    and of this PID namespace."""
+    return process.boot_id == boot_id() and process.pid_ns in (None, pid_namespace())

@@ -16,7 +16,7 @@ from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import unlink_if_present
 from ..engine.layout import check_base, check_name, user_directory
-from ..engine.leases import Owner, pid_namespace
+from ..engine.leases import Owner
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
 from ..lean import scoped
 from ..loaders.words import (
@@ -412,8 +412,9 @@ class Repositories:
                     found = base.cache().meta(name)
                 except MissError:
                     return name, None  # deleted meanwhile
-                if found not in (recipe_identity(words), legacy_identity(words), *earlier_identities(words)):
-                    raise conflict(name, base.path, found)
+                wanted = recipe_identity(words)
+                if found not in (wanted, legacy_identity(words), *earlier_identities(words)):
+                    raise conflict(name, base.path, found, wanted)
             return name, base
         name = default_name(words)
         base = self.find(name)
@@ -424,7 +425,11 @@ class Repositories:
         return name, base
 
     def listing(self) -> list[Record]:
-        """Every repository in the candidate bases: ready ones and populations in progress."""
+        """Every repository in the candidate bases: ready ones, populations in progress, and
+        populations that failed (while their error record counts).  Every row has the same
+        fields; those that do not apply to its state are None."""
+        from .records import populator
+
         rows = []
         listed, failed = False, None
         for base, cache in self._caches():
@@ -439,26 +444,22 @@ class Repositories:
                 continue
             listed = True
             for entry in entries:
-                rows.append({
-                    "name": entry.name, "path": str(base.link(entry.name)), "state": "ready",
-                    "size": entry.size, "users": list(entry.users), "keep": entry.keep,
-                    "last_used": entry.last_used, "base": str(base.path), "in_use": entry.in_use,
-                    "owners": list(entry.owners),
-                })
+                rows.append(_row(entry.name, base, "ready", path=str(base.link(entry.name)), size=entry.size,
+                                 users=list(entry.users), owners=list(entry.owners), keep=entry.keep,
+                                 last_used=entry.last_used, in_use=entry.in_use))
             for name, status in base.populations():
-                # The populating process, as a lease names it; a record without a pid (written
-                # by another member of a group cache) names nobody.
-                pid = status.get("pid")
-                users = [pid] if isinstance(pid, int) else []
-                namespace = status.get("pid_ns")
-                owners = [str(user) if namespace in (None, pid_namespace()) else f"{user}@pid:[{namespace}]"
-                          for user in users]
-                rows.append({
-                    "name": name, "path": str(base.link(name)), "state": "populating",
-                    "size": status.get("done", 0), "users": users, "keep": None,
-                    "last_used": status.get("started"), "base": str(base.path), "in_use": True,
-                    "owners": owners,
-                })
+                # The populating process, as a lease names it (of another host: PID@MACHINE-ID);
+                # a record without one (written by another member of a group cache) names nobody.
+                # No path and no size yet: the link is made, and the size known, at the commit.
+                process = populator(status)
+                rows.append(_row(name, base, "populating", users=[] if process is None else [process.pid],
+                                 owners=[] if process is None else [str(process)], last_used=status.get("started"),
+                                 in_use=True, done=status.get("done", 0), total=status.get("total")))
+            ready = {entry.name for entry in entries}
+            for name, record in base.failures():  # (none under way again)
+                if name not in ready:
+                    rows.append(_row(name, base, "failed", error=record.get("message", "population failed"),
+                                     failed_at=record.get("time")))
         if failed is not None and not listed:
             raise failed  # nothing else to list: the one line says why
         self._report_skips()
@@ -669,6 +670,16 @@ def _loader_words(words: tuple[object, ...]) -> list[str]:
             raise UsageError(f"a loader word is a string, as in use('http:URL', 'sha256:HEX', 'tar'), "
                              f"not {type(word).__name__} {word!r}")
     return list(words)  # type: ignore[arg-type]  # (each was checked to be a str)
+
+
+def _row(name: str, base: Base, state: str, *, path: str | None = None, size: int | None = None,
+         users: list[int] | None = None, owners: list[str] | None = None, keep: bool | None = None,
+         last_used: float | None = None, in_use: bool = False, done: int | None = None, total: int | None = None,
+         error: str | None = None, failed_at: float | None = None) -> Record:
+    """A row of :meth:`Repositories.listing`."""
+    return {"name": name, "path": path, "state": state, "size": size, "users": users or [], "keep": keep,
+            "last_used": last_used, "base": str(base.path), "in_use": in_use, "owners": owners or [],
+            "done": done, "total": total, "error": error, "failed_at": failed_at}
 
 
 def _leftover(entry: os.DirEntry[str], now: float) -> bool:
