@@ -21,6 +21,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,10 @@ def test_speed_limit_options_are_checked(tmp_path):
     assert bad.returncode == 2 and "--speed-time" in bad.stderr
 
 
-def test_a_waiter_says_the_populator_is_stopped_and_gc_reports_it(tmp_path, trickle):
+@contextmanager
+def stopped_populator(tmp_path: Path, trickle: Trickle) -> Iterator[tuple[Path, list[str], subprocess.Popen[str]]]:
+    """A population of a trickling source, stopped (SIGSTOP) once under way: its base, the
+    arguments that use it, its process; killed on exit."""
     base = tmp_path / "base"
     base.mkdir()
     args = ["-d", str(base), "-n", "slow", "--speed-limit", "0", trickle.word()]
@@ -175,27 +179,26 @@ def test_a_waiter_says_the_populator_is_stopped_and_gc_reports_it(tmp_path, tric
     try:
         wait_for_population(base, "slow", populator)
         os.kill(populator.pid, signal.SIGSTOP)
+        yield base, args, populator
+    finally:
+        populator.kill()
+        populator.wait(10)
+
+
+def test_a_waiter_says_the_populator_is_stopped_and_gc_reports_it(tmp_path, trickle):
+    with stopped_populator(tmp_path, trickle) as (base, args, populator):
         waiter = sc("--use", "-v", "--timeout", "2", *args)
         assert waiter.returncode == 1 and "timed out" in waiter.stderr
         assert f"process {populator.pid} is stopped (state T)" in waiter.stderr, waiter.stderr
         gc = sc("gc", "-d", str(base))
         assert gc.returncode == 0 and "stuck populations" in gc.stdout and "'slow'" in gc.stdout, gc.stdout
         assert "stopped" in gc.stdout
-    finally:
-        populator.kill()
-        populator.wait(10)
 
 
 def test_a_waiter_that_times_out_says_in_its_one_line_whom_it_waited_for_and_that_it_is_stopped(tmp_path, trickle):
     # Off a terminal and without -v, the error line is all a job's log keeps: it must say whom
     # the use waited for, why that did not end (a suspended job: SIGSTOP), and what to do.
-    base = tmp_path / "base"
-    base.mkdir()
-    args = ["-d", str(base), "-n", "slow", "--speed-limit", "0", trickle.word()]
-    populator = sc_start("--use", *args)
-    try:
-        wait_for_population(base, "slow", populator)
-        os.kill(populator.pid, signal.SIGSTOP)
+    with stopped_populator(tmp_path, trickle) as (base, args, populator):
         waiter = sc("--use", "--timeout", "1", *args)
         assert waiter.returncode == 1 and len(waiter.stderr.splitlines()) == 1, waiter.stderr
         line = waiter.stderr
@@ -208,9 +211,6 @@ def test_a_waiter_that_times_out_says_in_its_one_line_whom_it_waited_for_and_tha
         waiter = sc("--use", "--timeout", "1", *args)
         assert waiter.returncode == 1 and "stopped" not in waiter.stderr, waiter.stderr
         assert "so far; a longer --timeout (or none) waits for it" in waiter.stderr, waiter.stderr
-    finally:
-        populator.kill()
-        populator.wait(10)
 
 
 #: ``sc gc`` paused where a scheduler may pause it: it has opened the population lock file of
