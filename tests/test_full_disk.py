@@ -272,3 +272,65 @@ def test_the_lock_probe_of_a_file_system_out_of_inodes_waits_for_nobody(tmp_path
         probe.join(10)
     # Unlocked, it is probed as before.
     assert locks.locks_work(tmp_path, "cache.info")
+
+
+def test_a_lock_or_a_lease_without_an_inode_evicts_one_unused_repository_at_a_time(tmp_path):
+    # A lease or a population's lock file is one empty file: one inode.  Without it a warm use
+    # failed, though unused kept repositories could give theirs back; and a cold use's lock file
+    # evicted every unused repository where the least recently used one made room.
+    tarball = tmp_path / "many.tar.gz"
+    make_tarball(tarball, {f"d/{i}.txt": b"x" * 100 for i in range(30)})
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"small\n")
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "few", "16m", inodes=600) as few:
+        common = ["-d", str(few), "--pid", str(owner.pid)]
+        for name in ("oldest", "older", "old", "wanted"):  # in this order of last use
+            recipe = ["-n", name, *common, f"file:{tarball}", "tar"]
+            assert sc("--use", "--keep", *recipe).returncode == 0
+            assert sc("--unuse", *recipe).returncode == 0
+        taken: list[Path] = []
+        take_every_inode(few, taken)
+        warm = sc("--use", "-v", "-n", "wanted", *common, f"file:{tarball}", "tar")
+        assert warm.returncode == 0, warm.stderr
+        said = [line for line in warm.stderr.splitlines() if "evicted" in line]
+        assert len(said) == 1 and f"no space left on the device of {few} " in said[0], warm.stderr
+        assert ": no free inodes (see df -i); evicted " in said[0], said
+        assert not (user_dir(few) / "oldest").exists() and (user_dir(few) / "older").exists()
+
+        take_every_inode(few, taken)
+        cold = sc("--use", "-v", "-n", "fresh", *common, f"file:{small}")
+        assert cold.returncode == 0, cold.stderr
+        assert sum("evicted" in line for line in cold.stderr.splitlines()) == 1, cold.stderr
+        assert not (user_dir(few) / "older").exists() and (user_dir(few) / "old").exists()
+        listed = sc("list", "-d", str(few))
+        assert {"old", "wanted", "fresh"} <= set(listed.stdout.split()), listed.stdout
+        for path in taken:
+            path.unlink()
+
+
+def test_every_retry_and_failure_on_a_file_system_out_of_inodes_says_so(tmp_path):
+    # A population that met ENOSPC while it made its staging directory or committed said so
+    # only once that directory was removed, which gave its inodes back: the line, its retry's
+    # or its failure's, then said nothing of inodes.  Each number of inodes left, in turn.
+    blob, small = tmp_path / "blob.bin", tmp_path / "small.bin"
+    blob.write_bytes(os.urandom(10_000))
+    small.write_bytes(b"small\n")
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "few", "16m", inodes=800) as few:
+        common = ["-d", str(few), "--pid", str(owner.pid)]
+        taken: list[Path] = []
+        met = 0
+        for left in range(1, 11):
+            kept = ["-n", f"kept{left}", *common, f"file:{blob}"]
+            assert sc("--use", "--keep", *kept).returncode == 0
+            assert sc("--unuse", *kept).returncode == 0
+            take_every_inode(few, taken)
+            for _ in range(left):
+                taken.pop().unlink()
+            used = sc("--use", "-v", "-n", f"cold{left}", *common, f"file:{small}")
+            full = [line for line in used.stderr.splitlines() if "no space left" in line]
+            assert all(": no free inodes (see df -i)" in line for line in full), (left, used.stderr)
+            met += bool(full)
+            for path in taken:
+                path.unlink()
+            taken.clear()
+        assert met >= 5, "too few uses met a full file system to tell anything"

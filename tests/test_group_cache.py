@@ -199,11 +199,11 @@ import fcntl, json, os, sys, time
 populate = sys.argv[1]
 fd = os.open(os.path.join(populate, "x.lock"), os.O_RDWR | os.O_CREAT, 0o660)
 fcntl.flock(fd, fcntl.LOCK_EX)
-with open(os.path.join(populate, "x.error"), "w") as record:
-    json.dump({"time": time.time() + 3600, "error": "DownloadError",
-               "message": "A" * 30000 + "\\x1b[2J" + "Z" * 30000}, record)
 print("ready", flush=True)
-sys.stdin.readline()
+sys.stdin.readline()  # the waiter has asked: a failure recorded now is one it is told of
+with open(os.path.join(populate, "x.error"), "w") as record:
+    json.dump({"time": time.time(), "error": "DownloadError",
+               "message": "A" * 30000 + "\\x1b[2J" + "Z" * 30000}, record)
 """
 
 
@@ -429,3 +429,140 @@ def test_a_lock_file_left_under_its_temporary_name_is_removed_by_gc_and_never_fa
     os.close(fd)
     assert stat.S_IMODE((populate / "third.lock").stat().st_mode) == 0o660
     assert not list(populate.glob(".third.lock.tmp-*"))
+
+
+# Loaded by alice's sc as its sitecustomize: it pauses her as she gives the directory she makes
+# the N-th time ($SC_TEST_NTH) the group's mode (the cache's own, objects, stage, trash, populate).
+_PAUSED_AT_THE_NTH_DIRECTORY = "import itertools\n_made = itertools.count(1).__next__\n" + pause_at(
+    'event == "os.chmod" and isinstance(args[0], int) and args[1] == 0o2770 '
+    'and _made() == int(os.environ["SC_TEST_NTH"])')
+
+
+def test_a_directory_another_member_is_making_is_never_refused(shared, python):
+    # A directory of a group cache was made in place with the mode the maker's umask left, then
+    # given the group's: with alice's umask 077 it was hers alone for a moment, and bob's use
+    # and gc that came then failed with "Permission denied".  Alice is paused at that moment,
+    # at each of the directories a first use makes in turn.
+    source = shared / "data.bin"
+    source.write_bytes(b"data\n")
+    interpreter, env = python
+    for nth in range(1, 6):
+        base = shared / f"base{nth}"
+        base.mkdir()
+        base.chmod(0o1777)
+        group = ["--group", str(GROUP), "-d", str(base)]
+        site, paused, go = shared / f"site{nth}", shared / f"paused{nth}", shared / f"go{nth}"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_PAUSED_AT_THE_NTH_DIRECTORY)
+        alice = subprocess.Popen([interpreter, "-m", "sharedcache", "--use", "--keep", *group, "-n", "alices",
+                                  f"file:{source}"],
+                                 env={**env, "PYTHONPATH": f"{site}:{env['PYTHONPATH']}", "SC_TEST_NTH": str(nth),
+                                      "SC_TEST_PAUSED": str(paused), "SC_TEST_GO": str(go)},
+                                 user=ALICE, group=GROUP, extra_groups=[GROUP], umask=0o077,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(3000):
+                if paused.exists() or alice.poll() is not None:
+                    break
+                select.select([], [], [], 0.01)
+            assert paused.exists(), f"alice never made directory {nth}"
+            used = as_user(python, BOB, "--use", "--keep", *group, "-n", "bobs", f"file:{source}")
+            collected = as_user(python, BOB, "gc", *group)
+        finally:
+            go.touch()
+            out, err = alice.communicate(timeout=60)
+        assert used.returncode == 0 and used.stderr == "", (nth, used.stderr)
+        assert collected.returncode == 0 and collected.stderr == "", (nth, collected.stderr)
+        assert alice.returncode == 0 and err == "", (nth, err)
+        assert out.strip() == str(base / f".shared-cache-{ALICE}" / "alices")
+        root = base / f".shared-cache-g{GROUP}"
+        for directory in (root, *(root / sub for sub in ("objects", "stage", "trash", "populate"))):
+            status = directory.stat()
+            assert status.st_gid == GROUP and stat.S_IMODE(status.st_mode) == 0o2770, (nth, directory)
+        # What lost the race to make a directory left nothing under a temporary name.
+        assert not [p for p in (*base.iterdir(), *root.iterdir(), *(root / "populate").iterdir())
+                    if ".tmp-" in p.name], nth
+        listed = as_user(python, ALICE, "list", *group)
+        assert {"alices", "bobs"} <= set(listed.stdout.split()), listed.stdout
+
+
+def test_temporary_names_left_in_a_group_cache_are_removed_by_gc(shared, python):
+    # What is made under a temporary name and then linked or renamed into place (the lock file
+    # stage.lock, the directories of the cache) stays under that name when its maker ends in
+    # between.  gc removed those of population lock files only: it removes them all once old,
+    # whoever made them, and leaves fresh ones (being made now) alone.
+    import time
+
+    source, base, group = file_in_a_group_cache(shared)
+    made = as_user(python, ALICE, "--use", "--keep", *group, "-n", "first", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    root = base / f".shared-cache-g{GROUP}"
+    old = [root / ".stage.lock.tmp-0123456789abcdef01234567", root / ".objects.tmp-0123456789abcdef01234567",
+           root / "populate" / ".first.work.tmp-0123456789abcdef01234567",
+           base / f"..shared-cache-g{GROUP}.tmp-0123456789abcdef01234567"]
+    fresh = [root / ".stage.lock.tmp-fresh", root / ".trash.tmp-fresh"]
+    long_ago = time.time() - 2 * 3600
+    for path in old + fresh:
+        if "lock" in path.name:
+            path.touch(mode=0o660)
+        else:
+            path.mkdir(mode=0o2770)
+        os.chown(path, ALICE, GROUP)
+        if path in old:
+            os.utime(path, (long_ago, long_ago))
+    collected = as_user(python, ALICE, "gc", *group)
+    assert collected.returncode == 0 and collected.stderr == "", collected.stderr
+    assert not [path for path in old if os.path.lexists(path)]
+    assert all(path.exists() for path in fresh)
+
+
+def test_a_signed_urls_token_is_kept_from_the_other_members(shared, origin, python):
+    # A URL's query may be a credential (a presigned URL's signature, a token): it was stored in
+    # files every member may read (the repository's identity, in its metadata, the index and the
+    # population's status; the error recorded for the waiters), so bob could read alice's token.
+    import json
+
+    from sharedcache.loaders import words as recipe_words
+
+    url = origin.add("/data.bin", b"data\n" * 100)
+    signed = f"http:{url}?X-Amz-Signature=SECRETSIGNATURE&token=SECRETTOKEN"
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    group = ["--group", str(GROUP), "-d", str(base)]
+    with Sleeper() as job:
+        owned = ["--pid", str(job.pid)]
+        first = as_user(python, ALICE, "--use", *group, *owned, signed)
+        assert first.returncode == 0, first.stderr
+        again = as_user(python, ALICE, "--use", *group, *owned, signed)
+        assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
+        assert origin.stats("/data.bin").gets == 1, "the same signed URL is the same repository"
+        other = as_user(python, ALICE, "--use", *group, *owned, f"http:{url}?token=ANOTHERTOKEN")
+        assert other.returncode == 0 and other.stdout != first.stdout, "another query, another repository"
+        missing = as_user(python, ALICE, "--use", *group, *owned, "-n", "missing",
+                          f"http:{origin.url('/missing.bin')}?token=SECRETMISSING")
+        assert missing.returncode == 1 and "SECRETMISSING" in missing.stderr  # her own line says it all
+        readable = [path for path in (base / f".shared-cache-g{GROUP}").rglob("*")
+                    if path.is_file() and path.stat().st_mode & 0o040]
+        assert readable
+        for path in readable:
+            content = path.read_bytes()
+            assert b"SECRET" not in content and b"ANOTHERTOKEN" not in content, path
+        record = json.loads((base / f".shared-cache-g{GROUP}" / "populate" / "missing.error").read_text())
+        assert record["message"].endswith(f"{origin.url('/missing.bin')}?…"), record
+
+        # A repository made before, whose identity holds the query itself, is still this recipe's.
+        earlier = recipe_words.earlier_identities(signed)[-1]
+        assert "SECRETTOKEN" in earlier
+        interpreter, env = python
+        store = ("import sys; from sharedcache.engine.fscache import FsCache\n"
+                 "with FsCache(sys.argv[1], group=int(sys.argv[2])).store('made-before', meta=sys.argv[3]) as data:\n"
+                 "    (data / 'data.bin').write_bytes(b'before')\n")
+        stored = subprocess.run([interpreter, "-c", store, str(base / f".shared-cache-g{GROUP}"), str(GROUP), earlier],
+                                capture_output=True, text=True, timeout=60, env=env, user=ALICE, group=GROUP,
+                                extra_groups=[GROUP])
+        assert stored.returncode == 0, stored.stderr
+        gets = origin.stats("/data.bin").gets
+        held = as_user(python, ALICE, "--use", *group, *owned, "-n", "made-before", signed)
+        assert held.returncode == 0, held.stderr
+        assert origin.stats("/data.bin").gets == gets, "held as it was, not downloaded again"

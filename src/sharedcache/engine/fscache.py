@@ -211,6 +211,7 @@ from .fsutil import (
     fsync_dir,
     open_directory,
     read_control,
+    remove_leftovers,
     remove_tree,
     sync_tree,
     unique_name,
@@ -358,6 +359,7 @@ class GcReport(Record):
     def __init__(self) -> None:
         self.stages_removed = 0
         self.trash_removed = 0
+        self.leftovers_removed = 0
         self.orphans_adopted = 0
         self.orphans_removed = 0
         self.rows_dropped = 0
@@ -579,9 +581,12 @@ class FsCache:
     # -- staging ---------------------------------------------------------------------------------
 
     @scoped
-    def _staging(self) -> Iterator[Staging]:
+    def _staging(self, what: str) -> Iterator[Staging]:
         """A fresh staging directory, locked by this process, removed on exit unless committed
-        (and if what follows its making fails: a job's SIGTERM may come then)."""
+        (and if what follows its making fails: a job's SIGTERM may come then).  A full file
+        system met by its making or by the block (for ``what``: "entry 'NAME'") is said as such
+        (:func:`~sharedcache.errors.no_space_for`) before the tree is removed: once removed, it
+        has given back the inodes whose lack the error would have named."""
         guard = self._stage_guard()
         stage_id = unique_name()
         made = False
@@ -606,6 +611,11 @@ class FsCache:
             # then named through its descriptor, so that no write meant for it lands elsewhere.
             path = f"/proc/self/fd/{directory}" if self.shared else os.path.join(self._stage, stage_id)
             yield Staging(stage_id, path, directory)
+        except OSError as e:
+            full = no_space_for(what, e, self.root)
+            if full is None:
+                raise
+            raise full from None
         finally:
             # The lock first: nfs and FUSE keep a file that is removed while open under another
             # name (.nfs*, .fuse_hidden*), and its directory could not be removed.  Unlocked, the
@@ -627,7 +637,7 @@ class FsCache:
     @scoped
     def stage(self) -> Iterator[Path]:
         """A volatile scratch directory on the cache's file system, removed on exit."""
-        with self._staging() as staging:
+        with self._staging("a staging directory") as staging:
             data = os.path.join(staging.path, "data")
             os.mkdir(data)
             yield _path(data)
@@ -677,7 +687,7 @@ class FsCache:
         check_name(name)
         _check_entry_settings(meta, keep)
         try:
-            with self._staging() as staging:
+            with self._staging(f"entry {name!r}") as staging:
                 data = os.path.join(staging.path, "data")
                 os.mkdir(data)
                 yield _path(data)
@@ -1476,9 +1486,10 @@ class FsCache:
     def gc(self) -> GcReport:
         """Clean what crashed processes left, reclaim dead leases, and repair the accounting.
 
-        Removes abandoned staging directories and the trash; reconciles ``objects/`` with the
-        index (adopts committed directories that lost their row, removes directories without a
-        valid marker and rows without a directory); removes the leases of dead processes;
+        Removes abandoned staging directories, the trash, and what processes that ended left
+        under temporary names (an hour old: see :func:`~sharedcache.engine.fsutil.remove_leftovers`);
+        reconciles ``objects/`` with the index (adopts committed directories that lost their row,
+        removes directories without a valid marker and rows without a directory); removes the leases of dead processes;
         deletes unused entries not marked to keep; recomputes the accounted size; and evicts
         down to the budget.
         """
@@ -1491,6 +1502,7 @@ class FsCache:
             self._set_index_aside()
             report.index_rebuilt = True
         self._trash_what_was_set_aside()
+        report.leftovers_removed = self._remove_leftovers()
         report.stages_removed = self._sweep()
         with self._transaction() as db:
             rows, budget = db.names(), self.max_size  # (before anything changes, as a release reads them)
@@ -1527,6 +1539,21 @@ class FsCache:
             self._restore_budget(db, budget)
         report.trash_removed = self._empty_trash(thorough=True)
         return report
+
+    def _remove_leftovers(self) -> int:
+        """Remove what processes that ended left under temporary names (see
+        :func:`~sharedcache.engine.fsutil.remove_leftovers`) in the cache's directory (``stage.lock``
+        and the subdirectories being made, the budget and marker being written) and, for a group
+        cache, made as the cache's own directory beside it."""
+        root = self._open_own(".")
+        try:
+            removed = remove_leftovers(f"/proc/self/fd/{root}")
+        finally:
+            os.close(root)
+        if self.shared:
+            base, name = os.path.split(self.root)
+            removed += remove_leftovers(base, prefix=f".{name}.tmp-")
+        return removed
 
     def _set_index_aside(self) -> None:
         """Move an unusable index, and the files beside it, into the trash; the next connection

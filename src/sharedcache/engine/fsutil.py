@@ -33,10 +33,65 @@ def unique_name(prefix: str = "") -> str:
     return prefix + os.urandom(12).hex()
 
 
-def _temp_beside(path: str | os.PathLike[str]) -> str:
-    """A fresh temporary name in the directory of ``path``, hidden, naming what it will become."""
+#: What names a file or directory being made under a temporary name: ``.<name>.tmp-<random>``.
+_TEMP_INFIX = ".tmp-"
+#: Age past which something under a temporary name is a leftover of a process that ended between
+#: making it and renaming or linking it into place (an instant otherwise): gc removes it.
+LEFTOVER_SECONDS = 3600.0
+
+
+def temp_beside(path: str | os.PathLike[str]) -> str:
+    """A fresh temporary name in the directory of ``path``, hidden, naming what it will become;
+    one left behind is a leftover (:func:`remove_leftovers`)."""
     head, tail = os.path.split(os.fspath(path))
-    return os.path.join(head, unique_name(f".{tail}.tmp-"))
+    return os.path.join(head, unique_name(f".{tail}{_TEMP_INFIX}"))
+
+
+def _is_leftover(name: str, status: os.stat_result, now: float) -> bool:
+    """Whether ``name`` (a file or directory whose ``status`` this is) is a temporary name of
+    :func:`temp_beside` that its maker left behind ``LEFTOVER_SECONDS`` ago or more."""
+    return (name.startswith(".") and _TEMP_INFIX in name and stat.S_IFMT(status.st_mode) in (stat.S_IFREG, stat.S_IFDIR)
+            and now - status.st_mtime > LEFTOVER_SECONDS)
+
+
+def remove_leftovers(directory: str, prefix: str = ".") -> int:
+    """Remove the leftovers (:func:`_is_leftover`) in ``directory`` whose names start with
+    ``prefix``: files, and directories that are still empty; return how many.  Whatever else
+    is there, or cannot be removed by this user (another member's, in a sticky directory), is
+    left alone."""
+    import time  # (loaded already: the engine's locks use it)
+
+    now, removed = time.time(), 0
+    with os.scandir(directory) as entries:
+        found = [entry for entry in entries if entry.name.startswith(prefix)]
+    for entry in found:
+        try:
+            status = entry.stat(follow_symlinks=False)
+            if not _is_leftover(entry.name, status, now):
+                continue
+            if stat.S_ISDIR(status.st_mode):
+                os.rmdir(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:  # gone meanwhile, not empty, or not this user's to remove
+            continue
+        removed += 1
+    return removed
+
+
+def rename_noreplace(source: str, target: str, *, dir_fd: int | None = None) -> None:
+    """Rename ``source`` to ``target`` (both relative to ``dir_fd`` if given) unless something is
+    at ``target``: FileExistsError then, where ``os.rename`` would replace an empty directory.
+    OSError with EINVAL (or ENOSYS) where the file system (or the C library) cannot do it."""
+    import ctypes  # only what makes a directory of a group cache needs it
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", target)
+    at = -100 if dir_fd is None else dir_fd  # AT_FDCWD
+    if renameat2(at, os.fsencode(source), at, os.fsencode(target), 1) != 0:  # 1: RENAME_NOREPLACE
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), target)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -56,7 +111,7 @@ def write_atomic(
     With ``durable`` false nothing is flushed: the replacement is still atomic for every
     process, but a power loss may leave the old content or an empty file.
     """
-    tmp = _temp_beside(path)
+    tmp = temp_beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777)
     try:
         if mode & 0o077:  # bits the umask may have dropped
@@ -88,7 +143,7 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0
     The content is complete before the name appears (written aside, then hard-linked), so a
     concurrent reader sees either no file or the whole file.
     """
-    tmp = _temp_beside(path)
+    tmp = temp_beside(path)
     write_atomic(tmp, data, mode=mode)
     try:
         os.link(tmp, path)

@@ -13,7 +13,8 @@ FIFO or a directory, so:
 * a *group* cache exists only by consent: the caller names the group (``group=``), and its
   directory must then be that group's, setgid and writable by the group, and not by others.
   A setgid or group-writable directory is never taken for a group cache on its own, and is
-  refused as a private one;
+  refused as a private one.  Its directories appear with their mode (made aside, then renamed
+  into place: :func:`make_directory`), never the maker's alone for a moment;
 * directories are checked on what was opened (``O_NOFOLLOW|O_DIRECTORY``, then ``fstat``),
   never by a path looked up twice; control files are read with ``O_NOFOLLOW|O_NONBLOCK`` and
   must be regular files, so a planted symlink or FIFO is refused, never followed or waited on;
@@ -37,7 +38,15 @@ import stat
 
 from ..errors import CacheError, UsageError, unresolvable
 from . import locks
-from .fsutil import create_exclusive, open_directory, read_control, unique_name, write_atomic
+from .fsutil import (
+    create_exclusive,
+    open_directory,
+    read_control,
+    rename_noreplace,
+    temp_beside,
+    unique_name,
+    write_atomic,
+)
 
 FORMAT_LINE = b"shared-cache fscache 3\n"
 # Caches whose every entry this layout reads as it is: the first open rewrites their marker.
@@ -108,17 +117,16 @@ def check_name(name: str) -> str:
     return name
 
 
-def make_directory(path: str, mode: int, *, dir_fd: int | None = None) -> bool:
-    """Create the directory ``path`` with exactly ``mode``, whatever the umask; return whether
-    this call created it (False: something is there already, left as it is and unchecked)."""
-    if not _mkdir(path, mode, dir_fd):
+def make_directory(path: str, mode: int, *, dir_fd: int | None = None, group: int | None = None) -> bool:
+    """Create the directory ``path`` with exactly ``mode`` (and with ``group``, of that group),
+    whatever the umask; return whether this call created it (False: something is there already,
+    left as it is and unchecked)."""
+    if not _made_aside(mode, group):
+        return _mkdir(path, mode, dir_fd)
+    fd = _make_aside(path, mode, dir_fd, group)
+    if fd is None:
         return False
-    if mode & 0o7077:  # bits the umask may have dropped, or mkdir does not set
-        fd = open_directory(path, dir_fd=dir_fd)
-        try:
-            _give_mode(fd, mode)
-        finally:
-            os.close(fd)
+    os.close(fd)
     return True
 
 
@@ -127,15 +135,13 @@ def open_made_directory(path: str, mode: int, *, dir_fd: int | None = None) -> t
     opened without following a link: its descriptor, and whether this call created it.
     NotADirectoryError if what is there is anything else, FileNotFoundError if it went away.
     Made and opened back to back, so that whoever replaces it has the least time to do so."""
-    created = _mkdir(path, mode, dir_fd)
-    fd = open_directory(path, dir_fd=dir_fd)
-    if created and mode & 0o7077:
-        try:
-            _give_mode(fd, mode)
-        except BaseException:
-            os.close(fd)
-            raise
-    return fd, created
+    if not _made_aside(mode, None):
+        created = _mkdir(path, mode, dir_fd)
+        return open_directory(path, dir_fd=dir_fd), created
+    fd = _make_aside(path, mode, dir_fd, None)
+    if fd is None:
+        return open_directory(path, dir_fd=dir_fd), False
+    return fd, True
 
 
 def _mkdir(path: str, mode: int, dir_fd: int | None) -> bool:
@@ -146,6 +152,64 @@ def _mkdir(path: str, mode: int, dir_fd: int | None) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def _made_aside(mode: int, group: int | None) -> bool:
+    """Whether a directory of ``mode`` (and ``group``) is made aside (:func:`_make_aside`): when
+    it has bits that the umask may drop or that mkdir does not set (a group cache's)."""
+    return bool(mode & 0o7077) or group is not None
+
+
+def _make_aside(path: str, mode: int, dir_fd: int | None, group: int | None) -> int | None:
+    """A descriptor of the new directory ``path`` that had exactly ``mode`` (and ``group``)
+    before anyone could find it there; None if something is at ``path`` already.
+
+    Made in place, a directory of a group cache would be its maker's alone for a moment (a
+    member with umask 077 makes it 0700, then gives it its mode), and another member's use
+    that came then would be refused it ("Permission denied").  So it is made under a temporary
+    name beside it, given its mode, and renamed into place without replacing anything (what
+    another process made there first wins).  A file system that cannot rename so (some network
+    ones) gets it made in place, as before."""
+    try:
+        os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+        return None  # (there, as it is on every use but the first: nothing is made)
+    except FileNotFoundError:
+        pass
+    temp = temp_beside(path)
+    os.mkdir(temp, 0o700, dir_fd=dir_fd)
+    fd = None
+    try:
+        fd = open_directory(temp, dir_fd=dir_fd)
+        if group is not None:
+            os.fchown(fd, -1, group)
+        os.fchmod(fd, mode)
+        try:
+            rename_noreplace(temp, path, dir_fd=dir_fd)
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            os.close(fd)
+            fd = None
+            os.rmdir(temp, dir_fd=dir_fd)
+            if not _mkdir(path, mode, dir_fd):
+                return None
+            fd = open_directory(path, dir_fd=dir_fd)
+            if group is not None:
+                os.fchown(fd, -1, group)
+            _give_mode(fd, mode)
+        return fd
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    finally:
+        try:
+            os.rmdir(temp, dir_fd=dir_fd)
+        except OSError:
+            pass  # renamed into place, or removed above
 
 
 def _give_mode(fd: int, mode: int) -> None:
@@ -220,10 +284,10 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
         raise CacheError(f"cannot use a cache of group {group} at {root}: this user is not in that group")
     try:
         try:
-            make_directory(root, modes.directory)
+            make_directory(root, modes.directory, group=group)
         except FileNotFoundError:  # its parents first (a caller's choice of place: default modes)
             os.makedirs(os.path.dirname(root), exist_ok=True)
-            make_directory(root, modes.directory)
+            make_directory(root, modes.directory, group=group)
         fd = open_directory(root)
     except NotADirectoryError:
         kind = "a symlink" if os.path.islink(root) else "not a directory"

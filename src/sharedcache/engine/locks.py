@@ -26,6 +26,7 @@ import stat
 import time
 
 from ..errors import CacheError, WaitTimeoutError
+from .fsutil import open_directory, temp_beside
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -83,28 +84,11 @@ def open_lock_file(
     return fd
 
 
-#: The prefix and infix of the name of a lock file being made (:func:`_create_aside`):
-#: ``.<name>.tmp-<random>``, beside it.
-_TEMP_INFIX = ".tmp-"
-#: Age past which such a temporary file is a leftover of a process that ended between making it
-#: and removing it (made and linked in an instant otherwise): gc removes it.
-LEFTOVER_SECONDS = 3600.0
-
-
-def is_leftover(name: str, status: os.stat_result, now: float) -> bool:
-    """Whether the file ``name`` (in a directory of lock files), whose ``status`` this is, is a
-    temporary file of :func:`_create_aside` left behind."""
-    return (name.startswith(".") and f".lock{_TEMP_INFIX}" in name and stat.S_ISREG(status.st_mode)
-            and now - status.st_mtime > LEFTOVER_SECONDS)
-
-
 def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -> int | None:
     """A descriptor of a new lock file at ``path`` that had exactly ``mode`` before anyone could
     open it there: made under a temporary name, given ``mode``, then linked at ``path``; None if
     something is at ``path`` already."""
-    path = os.fspath(path)
-    head, tail = os.path.split(path)
-    temp = os.path.join(head, f".{tail}{_TEMP_INFIX}{os.urandom(12).hex()}")
+    temp = temp_beside(path)
     fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777,
                  dir_fd=dir_fd)
     try:
@@ -116,7 +100,7 @@ def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -
             try:
                 os.unlink(temp, dir_fd=dir_fd)
             except FileNotFoundError:
-                pass  # removed by gc as a leftover (see LEFTOVER_SECONDS), if this one was stopped that long
+                pass  # removed by gc as a leftover (see fsutil.LEFTOVER_SECONDS), if this one was stopped that long
     except (FileExistsError, FileNotFoundError):  # (the latter: the temporary file removed by gc)
         os.close(fd)
         return None
@@ -192,8 +176,6 @@ def locks_work(directory: str | os.PathLike[str], existing: str | None = None) -
     does not work there.  The file is a new one, or on a file system with no inode left for it,
     the file ``existing`` in ``directory`` if given (one that nobody else locks).
     """
-    from .fsutil import open_directory  # (loaded already: the engine's other modules use it)
-
     at = open_directory(directory)  # not through a symlink at its name, as a group cache's creator may put
     try:
         name = f".lockprobe-{os.getpid()}-{time.monotonic_ns()}"

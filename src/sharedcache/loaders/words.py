@@ -20,7 +20,11 @@ that two recipes make the same repository:
   repository.
 
 User info in a URL (``https://user:password@host/...``) is a credential: it is never part of the
-identity, of a name, or of anything shown (:func:`without_userinfo`).
+identity, of a name, or of anything shown (:func:`without_userinfo`).  A URL's query may be one
+too (a presigned URL's signature, a ``token=``): the identity, which every member of a group
+cache can read (it is stored with the repository and in the status of its population), holds
+the SHA-256 of a query instead of the query (:func:`_query_hidden`), which tells queries apart
+as well.  Identities stored before hold the query itself (:func:`earlier_identities`).
 
 Caches made before this rule stored the words themselves as the identity
 (:func:`legacy_identity`); a repository with such an identity is still held under its name (see
@@ -156,12 +160,13 @@ def earlier_identities(words: str | Iterable[str]) -> tuple[str, ...]:
         spelled.append(word)
     if not spelled:
         return ()
-    return "\n".join(_identity_words(tuple(spelled), canonical=False)), "\n".join(spelled)
+    return ("\n".join(_identity_words(tuple(spelled), canonical=False)), "\n".join(spelled),
+            _query_shown_identity(words))
 
 
 def _identity_words(normalized: tuple[str, ...], *, canonical: bool = True) -> tuple[str, ...]:
-    """The lines of the identity (see the module docstring); digests as written unless
-    ``canonical`` (see :func:`earlier_identities`)."""
+    """The lines of the identity (see the module docstring), queries as written; digests as
+    written unless ``canonical`` (see :func:`earlier_identities`)."""
     checksummed = any(word.partition(":")[0] in CHECKSUM_WORDS and ":" in word for word in normalized[1:])
     if not checksummed:
         return tuple(without_userinfo(word) for word in normalized)
@@ -171,13 +176,25 @@ def _identity_words(normalized: tuple[str, ...], *, canonical: bool = True) -> t
             *(_canonical(word) if canonical else word for word in normalized[source_count(normalized):]))
 
 
-def recipe_identity(words: str | Iterable[str]) -> str:
-    """A canonical string for a stack of words: recipes that make the same repository give
-    equal strings (see the module docstring).
+def _query_hidden(word: str) -> str:
+    """``word`` with the query of a URL in its argument replaced by the query's SHA-256 (a
+    presigned URL's signature or a token is a credential, and the identity is shared)."""
+    head, mark, rest = word.partition("?")
+    if not mark or "://" not in head:
+        return word  # no query, or a "?" in a path (file:, dirac:), which is the file's name
+    import hashlib  # a URL with a query and no checksum word only
 
-    The identity is stored as UTF-8, so words that are not UTF-8 text are refused: on POSIX a
-    command-line argument with other bytes (a path in Latin-1) arrives with lone surrogates.
-    """
+    query, hash_mark, fragment = rest.partition("#")
+    return f"{head}?sha256:{hashlib.sha256(query.encode()).hexdigest()}{hash_mark}{fragment}"
+
+
+def _query_shown_identity(words: str | Iterable[str]) -> str:
+    """The identity of ``words`` as it was before queries were hidden: what repositories made
+    then hold, and what their default names are made of; refused (UsageError) if it is not
+    UTF-8 text, as the identity must be stored.
+
+    On POSIX a command-line argument with other bytes (a path in Latin-1) arrives with lone
+    surrogates."""
     identity = "\n".join(_identity_words(normalize_words(words)))
     if not identity.isascii():
         try:
@@ -190,6 +207,14 @@ def recipe_identity(words: str | Iterable[str]) -> str:
     return identity
 
 
+def recipe_identity(words: str | Iterable[str]) -> str:
+    """A canonical string for a stack of words: recipes that make the same repository give
+    equal strings (see the module docstring), with the queries of URLs hidden.  The words must
+    be UTF-8 text (see :func:`_query_shown_identity`)."""
+    identity = _query_shown_identity(words)
+    return "\n".join(_query_hidden(line) for line in identity.split("\n")) if "?" in identity else identity
+
+
 def legacy_identity(words: str | Iterable[str]) -> str:
     """The identity that caches made before the checksum rule stored: the words themselves."""
     return "\n".join(normalize_words(words))
@@ -197,7 +222,9 @@ def legacy_identity(words: str | Iterable[str]) -> str:
 
 def default_name(words: str | Iterable[str]) -> str:
     """A repository name derived from the stack: a readable stem and a hash of its identity."""
-    return _name(words, recipe_identity(words))
+    # Made of the identity with its queries as written, as before they were hidden: the name
+    # shows nothing of them, and a repository keeps the name it had.
+    return _name(words, _query_shown_identity(words))
 
 
 def legacy_default_name(words: str | Iterable[str]) -> str:

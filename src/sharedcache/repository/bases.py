@@ -31,12 +31,23 @@ import os
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.layout import absolute_path, check_base, group_directory, user_directory
-from ..errors import QUOTED_CHARACTERS, ConflictError, MissError, NameTakenError, SharedCacheError, UsageError, clipped
+from ..errors import (
+    QUOTED_CHARACTERS,
+    ConflictError,
+    MissError,
+    NameTakenError,
+    NoSpaceError,
+    SharedCacheError,
+    UsageError,
+    clipped,
+)
+from ..sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ..progress import Reporter
     from .records import Record
     from .repositories import Request
 
@@ -159,12 +170,27 @@ class Base:
             self._populate = self.cache().own_directory("populate")
         return self._populate
 
-    def hold(self, request: Request) -> str:
-        """A lease on the repository if it is ready here; MissError if it is not.
+    def hold(self, request: Request, reporter: Reporter) -> str:
+        """A lease on the repository if it is ready here; MissError if it is not.  A file system
+        with no room for the lease (an empty file: an inode) gets it as a population gets its
+        lock file (:meth:`make_room_for_a_file`).
 
         A repository made before checksummed recipes had their own identity holds the words
         themselves as its identity (:func:`~sharedcache.loaders.words.legacy_identity`): it is
         the same recipe, and is held."""
+        while True:
+            try:
+                return self._hold(request)
+            except NoSpaceError as full:
+                # Read-locked meanwhile: the repository asked for is not what gives room.
+                spared = self.cache().lock_for_reading(request.name)
+                try:
+                    if not self.make_room_for_a_file(full, reporter):
+                        raise
+                finally:
+                    os.close(spared)
+
+    def _hold(self, request: Request) -> str:
         try:
             return self.cache().hold(request.name, request.owner, keep=request.keep, meta=request.identity)
         except ConflictError as e:
@@ -175,12 +201,22 @@ class Base:
                 return self.cache().hold(request.name, request.owner, keep=request.keep, meta=e.existing)
             raise conflict(request.name, self.path, e.existing, request.identity) from None
 
-    def try_hold(self, request: Request) -> str | None:
+    def try_hold(self, request: Request, reporter: Reporter) -> str | None:
         """A lease on the repository if it is ready here, else None."""
         try:
-            return self.hold(request)
+            return self.hold(request, reporter)
         except MissError:
             return None
+
+    def make_room_for_a_file(self, full: NoSpaceError, reporter: Reporter) -> bool:
+        """After ``full``, the error of a file that found no room (a lock or a lease: an inode,
+        a block), evict the least recently used repository that nobody uses, saying so; return
+        whether one was.  One at a time, as the caller tries again: a kept repository goes only
+        if the file still finds no room without it."""
+        freed = self.cache().evict(1)
+        if freed:
+            reporter.info(f"{full}; evicted {format_size(freed)} of kept data, trying again")
+        return freed > 0
 
     def link(self, name: str) -> str:
         return os.path.join(self.links, name)

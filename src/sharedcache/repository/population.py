@@ -36,7 +36,7 @@ from ..errors import (
 from ..lean import scoped
 from ..sizes import format_size
 from .bases import conflict
-from .records import local, populator, read_status, write_record
+from .records import local, populator, read_status, without_queries, write_record
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -56,9 +56,8 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
     # A population that fails after this moment fails for this use too (step 3), whether this
     # use had to wait for it or found its lock just released: one that failed before is past.
     asked = time.time()
-    evicted = False
     while True:
-        lease = base.try_hold(request)
+        lease = base.try_hold(request, reporter)
         if lease is not None:
             return lease
         try:
@@ -67,20 +66,15 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
             full = errors.no_space_for(f"repository {request.name!r}", e, base.path)
             if full is None:
                 raise
-            # No inode left even for the lock: kept repositories give theirs back, once, as
-            # they give room to a population (Population._run).
-            freed = 0 if evicted else base.cache().evict()
-            if not freed:
+            if not base.make_room_for_a_file(full, reporter):
                 raise full from None
-            evicted = True
-            reporter.info(f"{full}; evicted {format_size(freed)} of kept data, trying again")
             continue
         try:
             if not locks.try_lock(fd, locks.EXCLUSIVE):
                 _wait(base, request, fd, reporter)
             if not locks.still_linked(fd, lock_path):
                 continue
-            lease = base.try_hold(request)
+            lease = base.try_hold(request, reporter)
             if lease is not None:
                 return lease
             _raise_recorded_failure(base, request, asked)
@@ -317,7 +311,7 @@ class Population:
             except SharedCacheError as e:
                 e.args = (f"repository {name!r}: {e}",)
                 cache.discard(self.work)
-                record = {"time": time.time(), "message": str(e), "error": type(e).__name__}
+                record = {"time": time.time(), "message": without_queries(str(e)), "error": type(e).__name__}
                 if isinstance(e, SizeLimitError) and request.limit is not None:
                     record["limit"] = request.limit  # our --size: a waiter asking for more takes over
                 try:

@@ -14,7 +14,7 @@ import time
 
 from ..engine import locks
 from ..engine.fscache import FsCache
-from ..engine.fsutil import unlink_if_present
+from ..engine.fsutil import remove_leftovers, unlink_if_present
 from ..engine.layout import check_base, check_name, user_directory
 from ..engine.leases import Owner
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
@@ -266,7 +266,7 @@ class Repositories:
             if not base.has_cache() or base.path in self.unusable:
                 continue
             try:
-                lease = base.hold(request)
+                lease = base.hold(request, self.reporter)
             except CacheError as e:
                 self._skip(base, e)
                 continue
@@ -506,14 +506,12 @@ class Repositories:
         cleaned = 0
         names = set()
         files = []
-        now = time.time()
+        # The temporary names of lock files and work directories, left by processes that ended
+        # as they made them.
+        cleaned += remove_leftovers(base.populate_dir)
         for entry in os.scandir(base.populate_dir):
             if entry.is_symlink():  # nothing here is a symlink but what someone planted
                 os.unlink(entry.path)
-            elif _leftover(entry, now):
-                # A lock file's temporary name, left by a process that ended as it made it.
-                unlink_if_present(entry.path)
-                cleaned += 1
             else:
                 files.append(entry.name)
         for file in files:
@@ -681,10 +679,3 @@ def _row(name: str, base: Base, state: str, *, path: str | None = None, size: in
             "last_used": last_used, "base": str(base.path), "in_use": in_use, "owners": owners or [],
             "done": done, "total": total, "error": error, "failed_at": failed_at}
 
-
-def _leftover(entry: os.DirEntry[str], now: float) -> bool:
-    """Whether ``entry`` of the population directory is a temporary file of a lock left behind."""
-    try:
-        return locks.is_leftover(entry.name, entry.stat(follow_symlinks=False), now)
-    except FileNotFoundError:
-        return False
