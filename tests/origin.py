@@ -10,6 +10,7 @@ In the test process::
     origin.fault("/data.bin", drop_after=1000)      # the next GET of it breaks after 1000 body bytes
     origin.fault("/data.bin", ignore_range=True)    # faults queue up: this one is for the GET after
     origin.stats("/data.bin").ranges                # Range headers seen, bytes served, statuses...
+    origin.redirect("/d", "/m1/d", "/m2/d")         # a redirector: each GET of /d to the next mirror
     origin.stop()
 
 As a process (prints the port on stdout, serves until terminated)::
@@ -99,7 +100,7 @@ class Origin:
         #: Bytes per second per connection, or None for full speed; may be changed at any time.
         self.rate = rate
         self._files: dict[str, tuple[bytes, str | None, str | None]] = {}
-        self._redirects: dict[str, tuple[int, str]] = {}
+        self._redirects: dict[str, tuple[int, list[str]]] = {}
         self._version = 0  # bumped by every add, so that a replaced file has new validators
         self._faults: dict[str, list[Fault]] = {}
         self._stats: dict[str, Stats] = {}
@@ -134,8 +135,10 @@ class Origin:
             _, tag, modified = self._files[path]
             self._files[path] = (content, tag, modified)
 
-    def redirect(self, path: str, target: str, status: int = 302) -> str:
-        self._redirects[path] = (status, target)
+    def redirect(self, path: str, target: str, *others: str, status: int = 302) -> str:
+        """Redirect ``path`` to ``target``; with ``others``, each GET to the next of them in turn (a
+        redirector that spreads requests over mirrors)."""
+        self._redirects[path] = (status, [target, *others])
         return self.url(path)
 
     def fault(self, path: str, **kwargs: Any) -> None:
@@ -262,7 +265,10 @@ class _Handler(BaseHTTPRequestHandler):
                 stats.statuses.append(status)
 
         if path in origin._redirects:
-            status, target = origin._redirects[path]
+            with origin._lock:
+                status, targets = origin._redirects[path]
+                target = targets[0]
+                targets.append(targets.pop(0))
             answered(status)
             self._simple(status, headers={"Location": target})
             return

@@ -179,6 +179,57 @@ def test_dropped_part_is_continued(origin: Origin, tmp_path: Path) -> None:
     assert any(first + 300_000 == retry[0] and last == retry[1] for first, last in parts)
 
 
+def mirrored(origin: Origin, payload: bytes) -> str:
+    """A redirector at /data.bin that sends each request to the next of two mirrors, each with
+    its own ETag (as mirrors that do not share validators have); the redirector's URL."""
+    origin.add("/m1/data.bin", payload)
+    origin.add("/m2/data.bin", payload)
+    return origin.redirect("/data.bin", "/m1/data.bin", "/m2/data.bin")
+
+
+def served(origin: Origin) -> int:
+    return origin.stats("/m1/data.bin").bytes_served + origin.stats("/m2/data.bin").bytes_served
+
+
+def test_parts_go_where_the_first_answer_came_from(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(4_000_000)
+    url = mirrored(origin, payload)
+    origin.rate = 8_000_000  # so that little of the first answer past its part is in flight when it is dropped
+    dest = populate(tmp_path, f"http:{url}", sha256(payload))
+    assert (dest / "data.bin").read_bytes() == payload
+    assert origin.stats("/data.bin").gets == 1  # the redirect is followed once, not by each part
+    assert origin.stats("/m2/data.bin").gets == 0 and origin.stats("/m1/data.bin").statuses == [206] * 4
+    assert served(origin) < 1.1 * len(payload)
+    assert sorted(spans(origin.stats("/m1/data.bin").ranges[1:])) == part_spans(0, len(payload), 4)
+
+
+def test_a_dropped_transfer_resumes_where_the_redirect_led(origin: Origin, tmp_path: Path) -> None:
+    payload = os.urandom(4_000_000)
+    url = mirrored(origin, payload)
+    origin.fault("/m1/data.bin", drop_after=1_000_000)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload), connections=1)
+    assert (dest / "data.bin").read_bytes() == payload
+    assert origin.stats("/data.bin").gets == 1 and origin.stats("/m2/data.bin").gets == 0
+    assert origin.stats("/m1/data.bin").ranges == ["bytes=1000000-"] and served(origin) == len(payload)
+
+
+@pytest.mark.parametrize("status", [403, 404, 410])
+def test_a_url_the_redirect_led_to_that_expired_is_asked_for_again(origin: Origin, tmp_path: Path,
+                                                                     status: int) -> None:
+    """A signed URL of a mirror may expire during a download: the URL asked for is followed again
+    (once), and the mirror it leads to continues the download if it has the same file."""
+    payload = os.urandom(4_000_000)
+    origin.add("/m1/data.bin", payload)
+    url = origin.redirect("/data.bin", "/m1/data.bin")
+    origin.fault("/m1/data.bin", drop_after=1_000_000)
+    origin.fault("/m1/data.bin", status=status)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload), connections=1)
+    assert (dest / "data.bin").read_bytes() == payload
+    assert origin.stats("/data.bin").gets == 2
+    assert origin.stats("/m1/data.bin").statuses == [200, status, 206]
+    assert origin.stats("/m1/data.bin").bytes_served == len(payload)
+
+
 def test_part_retries_run_out(origin: Origin, tmp_path: Path) -> None:
     payload = os.urandom(4_000_000)
     url = origin.add("/data.bin", payload)

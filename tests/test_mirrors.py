@@ -340,3 +340,10 @@ def test_a_bad_rewrite_mirror_is_refused_without_its_password(mirror: str) -> No
     with pytest.raises(SettingError) as caught:
         rewrite_rules(f"https://host/ = {mirror}")
     assert "s3cr" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mirror", ["https://m.example:99999/a@b/", "https://u:s3cret@m.example:99999/a@b/"])
+def test_a_bad_rewrite_mirror_with_an_at_sign_in_its_path_shows_its_host_not_its_password(mirror: str) -> None:
+    # The user info precedes the host: an "@" of the path is no end of it.
+    with pytest.raises(SettingError, match="the mirror 'https://m.example:99999/a@b/' is not a URL"):
+        rewrite_rules(f"https://host/ = {mirror}")

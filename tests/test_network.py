@@ -350,6 +350,27 @@ def test_config_file_layers_and_sc_config_shows_sources(tmp_path, origin, squid,
     assert "http_proxy" in sc("config", env={**env, "http_proxy": squid.url}).stdout
 
 
+@pytest.mark.parametrize(("variables", "expected"), [
+    ({"http_proxy": "http://al:s3cret@squid.site:3128", "https_proxy": "https://al:s3cret@tls.site:3129"},
+     "http://squid.site:3128 for http://, https://tls.site:3129 for https://  # http_proxy, https_proxy"),
+    ({"HTTPS_PROXY": "tls.site:3129"}, "DIRECT for http://, http://tls.site:3129 for https://  # HTTPS_PROXY"),
+    ({"all_proxy": "http://al:s3cret@squid.site:3128"}, "http://squid.site:3128  # all_proxy"),
+    ({"https_proxy": "http://tls.site:3129", "ALL_PROXY": "http://squid.site:3128"},
+     "http://squid.site:3128 for http://, http://tls.site:3129 for https://  # ALL_PROXY, https_proxy"),
+    ({}, "(none: curl's variables apply)  # default"),
+])
+def test_sc_config_shows_the_proxy_of_curls_variables_and_which_they_are(tmp_path, variables, expected):
+    config = tmp_path / "config"
+    config.write_text("proxy = http://file.site:3128\n")  # which curl's variables override
+    for env in (sc_env(**variables), sc_env(SC_CONFIG=str(config), **variables)):
+        shown = sc("config", env=env)
+        assert shown.returncode == 0, shown.stderr
+        lines = dict(line.split(" = ", 1) for line in shown.stdout.splitlines())
+        if variables or "SC_CONFIG" not in env:
+            assert lines["proxy"] == expected, shown.stdout
+        assert "s3cret" not in shown.stdout
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("colour = blue\n", ":1: unknown key 'colour'"),
     ("# fine\nconnections = many\n", ":2: connections: invalid value 'many'"),
@@ -431,6 +452,31 @@ def test_a_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, owner):
     with pytest.raises(SettingError, match="timeout must be a number of seconds, not -1"):
         with sharedcache.use("file:/x", directories=[str(tmp_path)], timeout=-1):
             raise AssertionError("no use may be held")
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ({"timeout": 1e308}, "timeout must be at most 9223372036 seconds, not 1e+308"),
+    ({"connections": True}, "use(connections=...) must be between 1 and 32, not True"),
+    ({"connections": True, "fetch": sharedcache.FetchPolicy()}, "give connections in fetch, or alone, not both"),
+])
+def test_the_api_refuses_a_timeout_past_any_wait_and_a_bool_for_connections(tmp_path, origin, arguments, expected):
+    # 1e308 seconds is finite, but no deadline could be computed from it; True is an int equal to 1.
+    url = origin.add("/data", b"data")
+    with pytest.raises(sharedcache.UsageError) as caught:
+        with sharedcache.use(f"http:{url}", directories=[str(tmp_path)], **arguments):
+            raise AssertionError("no use may be held")
+    assert str(caught.value) == expected
+    assert origin.stats("/data").gets == 0
+
+
+def test_a_timeout_past_any_wait_is_one_line(tmp_path, owner):
+    config = tmp_path / "config"
+    config.write_text("connect_timeout = 1e300\n")
+    for args, env in ((["--timeout", "1e308"], sc_env()), ([], sc_env(SC_CONFIG=str(config)))):
+        result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), *args, f"http:http://127.0.0.1:{free_port()}/x",
+                    env=env)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "must be at most 9223372036 seconds, not 1e+30" in result.stderr, result.stderr
 
 
 # --- saying what happens -------------------------------------------------------------------------

@@ -11,6 +11,9 @@ import pytest
 from scutil import Sleeper, control, sc, sc_env, user_dir
 from squid import free_port
 
+from sharedcache.config.settings import proxy_chain
+from sharedcache.errors import SettingError
+
 DATA = b"local mirror bytes\n" * 1000
 SHA256 = hashlib.sha256(DATA).hexdigest()
 
@@ -41,6 +44,26 @@ def test_the_password_of_a_proxy_no_connection_can_use_is_never_shown_or_stored(
         shown = sc("config", env=env)
         assert "s3cret" not in shown.stdout + shown.stderr
     assert "s3cret" not in stored(tmp_path)
+
+
+@pytest.mark.parametrize("password", ["pa#s3cret", "12#s3cret", "s3cret pa", "12 s3cret", "p/s3cret", "p?s3cret"])
+def test_a_password_written_with_a_hash_space_slash_or_question_mark_is_never_shown(tmp_path, owner, password):
+    # As users write them, unescaped: a URL parser ends the host at "#", "/" or "?", and a space
+    # splits the recipe's word; what follows them is never shown or stored, bare URL or not.
+    # (What comes before, if digits, is a port as far as anyone can tell: "http://alice:12/x@h" is
+    # the path /x@h of the host alice.)
+    url = f"http://alice:{password}@127.0.0.1:{free_port()}/data"
+    for words in ([f"http:{url}"], [url]):
+        result = sc("--use", "-v", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), *words, timeout=30)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "s3cret" not in result.stderr, result.stderr
+    assert "s3cret" not in stored(tmp_path)
+
+
+@pytest.mark.parametrize("proxy", ["http://proxy.site:0/a@b", "http://alice:s3cret@proxy.site:0/a@b"])
+def test_a_refused_proxy_with_an_at_sign_in_its_path_shows_its_host_not_its_password(proxy):
+    with pytest.raises(SettingError, match="proxy cannot use 'http://proxy.site:0/a@b'"):
+        proxy_chain(proxy)
 
 
 def test_a_netrc_line_without_the_word_password_does_not_show_the_password(tmp_path, owner, origin):

@@ -4,6 +4,9 @@ Every error meant for a user derives from :class:`SharedCacheError`; its message
 says what failed and why, ready to be printed as it is.  The command line prints exactly that line
 and exits with :attr:`SharedCacheError.exit_status`: 2 for a usage error, 1 for anything else.
 Anything that is not a :class:`SharedCacheError` reaching the command line is a bug.
+
+What a message may show of a URL is decided here too, once for every message, record, identity
+and listing: never its user info (:func:`split_user_info`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,76 @@ def clipped(message: str, limit: int = 4000) -> str:
 def _ends(text: str, limit: int) -> str:
     half = limit // 2
     return text[:half] + "…" + text[-half:]
+
+
+def split_user_info(url: str, *, schemeless: bool = False) -> tuple[str, str | None]:
+    """``url`` (or a loader word that holds one, ``http:https://...``) without the user info of its
+    authority, and that user info (``USER:PASSWORD``, None if it has none): what may be shown,
+    stored or made an identity of a URL, and the credential it carries.  ``schemeless``: ``url``
+    may be written without its scheme, starting with its authority (a proxy's
+    ``USER:PASSWORD@HOST``); else text without ``://`` holds no URL.
+
+    The authority ends at the first "/", "?" or "#", and its user info at its last "@", as URL
+    parsers read it, so that an "@" in the path or query ("https://host/a@b") is no end of user
+    info.  But users write passwords with those characters unescaped ("alice:pa#ss@host",
+    "alice:a/b@host"), which would show what follows them: when the authority so ended has no "@"
+    and an "@" comes after it, the user info goes on to that "@" (the last one before the next "/",
+    "?" or "#") if the authority cannot be a host on its own: a ":" followed by what is no port
+    ("alice:pa"), or a "#" after it (a download needs no fragment).  A host with a port
+    ("host:8080/a@b") keeps its path."""
+    start = url.find("://")
+    if start < 0 and not schemeless:
+        return url, None
+    start = start + 3 if start >= 0 else 0
+    end = _authority_end(url, start)
+    at = url.rfind("@", start, end)
+    if at < 0:
+        after = url.find("@", end)
+        if after >= 0 and (_no_host(url[start:end]) or url.startswith("#", end)):
+            at = url.rfind("@", start, _authority_end(url, after))
+    if at < 0:
+        return url, None
+    return url[:start] + url[at + 1:], url[start:at]
+
+
+def _authority_end(url: str, start: int) -> int:
+    """Where the authority that begins at ``start`` ends: at the first "/", "?" or "#" after it."""
+    ends = [found for found in (url.find(delimiter, start) for delimiter in "/?#") if found >= 0]
+    return min(ends, default=len(url))
+
+
+def _no_host(authority: str) -> bool:
+    """Whether ``authority`` (without user info) is no host: a ":" that no port follows."""
+    host, colon, port = authority.partition(":")
+    return bool(colon and port and not port.isdigit() and not host.startswith("["))
+
+
+def user_info_problem(url: str, *, schemeless: bool = False) -> str | None:
+    """What is wrong with the user info of ``url`` (see :func:`split_user_info`), which a URL
+    parser (urllib3's, curl's) would not read as such: it would take another host; None if nothing."""
+    user_info = split_user_info(url, schemeless=schemeless)[1] or ""
+    if any(char in user_info for char in "/?#"):
+        return "a '/', '?' or '#' in the user name or password of a URL is written %2F, %3F or %23"
+    return None
+
+
+def without_user_info(url: str, *, schemeless: bool = False) -> str:
+    """``url`` without the user info of its authority (see :func:`split_user_info`)."""
+    return split_user_info(url, schemeless=schemeless)[0]
+
+
+def unparsed_url(url: str, *, schemeless: bool = False) -> str:
+    """What a message shows of ``url``, which no URL parser takes: without its user info, and
+    with nothing after its "://" if what remains of the authority is no host but one with a ":"
+    that no port follows.  That is a user and password whose "@" is gone (a password with a space,
+    which splits a recipe's word there: "http://alice:pa")."""
+    shown = without_user_info(url, schemeless=schemeless)
+    scheme, separator, rest = shown.partition("://")
+    if not separator:
+        if not schemeless:
+            return shown
+        scheme, rest = "", shown
+    return f"{scheme}{separator}..." if _no_host(rest[:_authority_end(rest, 0)]) else shown
 
 
 def unresolvable(path: str) -> SharedCacheError:

@@ -16,7 +16,7 @@ import sys
 # module before they freeze what start-up made (see bin/sc).
 from ..config import files
 from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
-from ..errors import SharedCacheError, UsageError, clipped, printable
+from ..errors import SharedCacheError, UsageError, clipped, printable, without_user_info
 from ..progress import Reporter
 from ..repository.bases import group_id
 from ..repository.repositories import Repositories
@@ -301,8 +301,8 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 
 def show_config(effective: Effective) -> int:
     """``sc config``: every setting, its effective value and where it comes from."""
-    from ..config.settings import FetchPolicy, without_user_info
-    from ..loaders.transport import shown_chain
+    from ..config.settings import FetchPolicy
+    from ..loaders.transport import curl_proxy, shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES
 
     defaults = FetchPolicy()
@@ -321,10 +321,25 @@ def show_config(effective: Effective) -> int:
 
             value = "".join(without_user_info(part) for part in re.split(r"([\s;=]+)", value))
         elif key == "proxy" and value is None:
-            value = "(none: curl's variables apply)"
+            value, where = _curl_proxies(curl_proxy("http"), curl_proxy("https")) or (
+                "(none: curl's variables apply)", where)
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         print(f"{key} = {text}  # {where}")
     return 0
+
+
+def _curl_proxies(http: tuple[str, str] | None, https: tuple[str, str] | None) -> tuple[str, str] | None:
+    """What ``sc config`` shows of the proxies that curl's variables give ``http://`` and
+    ``https://`` URLs (each a variable and its proxy, or None), and where they come from; None
+    if neither is set."""
+    from ..config.settings import DIRECT
+
+    if http == https:
+        return None if http is None else (without_user_info(http[1]), http[0])
+    found = (("http", http), ("https", https))
+    return (", ".join(f"{DIRECT if proxy is None else without_user_info(proxy[1])} for {scheme}://"
+                      for scheme, proxy in found),
+            ", ".join(proxy[0] for _, proxy in found if proxy is not None))
 
 
 def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> Held:

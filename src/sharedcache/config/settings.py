@@ -17,8 +17,9 @@ fetch policy only on a miss (:mod:`sharedcache.config.files`).
 from __future__ import annotations
 
 import os
+from _thread import TIMEOUT_MAX  # (threading's, without importing threading)
 
-from ..errors import SettingError
+from ..errors import SettingError, split_user_info, unparsed_url, user_info_problem
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 #: At most this many connections for one download (``--connections``).
 MAX_CONNECTIONS = 32
+#: The most seconds a timeout may be: the longest wait that Python's locks and sockets take (about
+#: 292 years; 1e308 seconds, finite, made a deadline that no timeout could be computed from).
+MAX_SECONDS = TIMEOUT_MAX
 #: The member of a proxy chain that means "no proxy".
 DIRECT = "DIRECT"
 
@@ -163,7 +167,7 @@ class Rewrite:
             raise SettingError("rewrite", f"{prefix}: give at least one mirror after '='")
         for mirror in mirrors:
             if not _url_prefix(mirror) or not _parses(mirror):
-                raise SettingError("rewrite", f"{prefix}: the mirror {_unparsed(mirror)!r} is not a URL "
+                raise SettingError("rewrite", f"{prefix}: the mirror {unparsed_url(mirror)!r} is not a URL "
                                               "(SCHEME://HOST...)")
         self.prefix, self.mirrors = prefix, tuple(mirrors)
 
@@ -205,10 +209,12 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
 
 
 def seconds(setting: str, value: object) -> float:
-    """``value`` of ``setting`` as seconds: a number, finite and not negative (NaN is neither);
-    else :class:`SettingError`."""
+    """``value`` of ``setting`` as seconds: a number, not negative and at most
+    :data:`MAX_SECONDS` (NaN is neither); else :class:`SettingError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise SettingError(setting, f"must be a number of seconds, not {value!r}")
+    if value > MAX_SECONDS:
+        raise SettingError(setting, f"must be at most {MAX_SECONDS:.0f} seconds, not {value!r}")
     return float(value)
 
 
@@ -337,39 +343,20 @@ def proxy_url(member: str) -> str:
     scheme, has_scheme, rest = member.partition("://")
     if not has_scheme:
         scheme, rest = "http", member
-    address = rest.rpartition("@")[2].partition("/")[0]  # HOST[:PORT], without user info
+    address = split_user_info(rest, schemeless=True)[0].partition("/")[0]  # HOST[:PORT], without user info
     host, colon, port = address.rpartition(":")
     if not colon or host.endswith(":"):  # no port, or an IPv6 address without brackets
         host, port = address, ""
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
             or not member.isprintable() or not member.isascii() or " " in member \
             or not _parses(f"{scheme}://{rest}"):
-        why = f"cannot use {_unparsed(member)!r}" if member else "has an empty member"
-        if "/" in rest.rpartition("@")[0]:
-            why += " (a '/' in its user name or password is written %2F)"
+        why = f"cannot use {unparsed_url(member, schemeless=True)!r}" if member else "has an empty member"
+        problem = user_info_problem(member, schemeless=True)
+        if problem is not None:
+            why += f" ({problem})"
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
     return f"{scheme}://{rest}"
-
-
-def without_user_info(url: str) -> str:
-    """A URL (a proxy's, with or without its scheme, or ``DIRECT``), as written, without the user
-    name and password of its authority: what messages and ``sc config`` may show of it."""
-    scheme, has_scheme, rest = url.partition("://")
-    if not has_scheme:
-        scheme, rest = "", url
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}{has_scheme}{authority.rpartition('@')[2]}{slash}{path}"
-
-
-def _unparsed(url: str) -> str:
-    """What a message shows of ``url``, which does not parse: its scheme and what follows its last
-    "@".  Its user info cannot be told from the rest (a password may hold a "/", which
-    :func:`without_user_info` takes for the end of the authority): all that may be it is left out."""
-    scheme, has_scheme, rest = url.partition("://")
-    if not has_scheme:
-        scheme, rest = "", url
-    return f"{scheme}{has_scheme}{rest.rpartition('@')[2]}"
 
 
 def _parses(url: str) -> bool:

@@ -29,7 +29,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from ..config.settings import one_word
-from ..errors import LoaderError
+from ..errors import LoaderError, split_user_info
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -166,15 +166,15 @@ def basic_auth(user: str, password: str) -> str:
 
 
 def url_login(url: str) -> tuple[str, tuple[str, str] | None]:
-    """``url`` without its user info, and the (user, password) that user info gives, if any."""
-    from urllib.parse import unquote, urlsplit, urlunsplit
+    """``url`` without its user info, and the (user, password) that user info gives, if any
+    (:func:`~sharedcache.errors.split_user_info` finds it, as for every message)."""
+    from urllib.parse import unquote
 
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    shown, user_info = split_user_info(url)
+    if user_info is None:
         return url, None
-    host = parts.netloc.rpartition("@")[2]
-    login = (unquote(parts.username or ""), unquote(parts.password or ""))
-    return urlunsplit(parts._replace(netloc=host)), login
+    user, _, password = user_info.partition(":")
+    return shown, (unquote(user), unquote(password))
 
 
 def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:

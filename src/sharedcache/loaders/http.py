@@ -14,6 +14,10 @@ chunk.  A body that has neither ends with a close, which a cut connection also i
 asked for as after an interruption, and either comes (with the size, checked at its end) or a
 ``416`` that gives the size says the file ended there; a server that gives no validator cannot be
 asked, so the population starts over, and fails as before when it gets no further.
+Continuations and parts are asked of the URL that gave the first answer, where its redirects led
+(a redirector that spreads requests over mirrors would send each to another one, whose validators
+differ); if that URL answers 403, 404 or 410 (a mirror's signed URL that expired), the request is
+made once more from the source's URL.
 With ``ctx.deadline`` (``--timeout``), every connection, read and back-off waits at most what is
 left of it.
 
@@ -46,7 +50,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import QUOTED_CHARACTERS, DownloadError, ResumeError, UsageError, WaitTimeoutError, quoted
+from ..errors import (
+    QUOTED_CHARACTERS,
+    DownloadError,
+    ResumeError,
+    UsageError,
+    WaitTimeoutError,
+    quoted,
+    unparsed_url,
+    user_info_problem,
+)
 from .credentials import Authorization, certificate_problem, tls_context, url_login
 from .local import safe_filename
 from .protocol import Context, Source
@@ -65,6 +78,8 @@ _NUMBER = re.compile(r"[0-9]+")
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)")
 #: Redirects followed from the URL asked for.
 _MAX_REDIRECTS = 10
+#: The answers of a URL a redirect led to that say it may have expired (a mirror's signed URL).
+_EXPIRED = (403, 404, 410)
 
 
 class HttpSource(Source):
@@ -80,7 +95,10 @@ class HttpSource(Source):
 
         assert arg is not None
         if arg.startswith("//"):  # http://HOST/PATH written without the word's name
-            raise UsageError(f"'{self.word}' looks like a bare URL: write http:{self.word}")
+            raise UsageError(f"'{unparsed_url(self.word)}' looks like a bare URL: write http:{unparsed_url(self.word)}")
+        problem = user_info_problem(arg)
+        if problem is not None:
+            raise UsageError(f"'{self.word}': {problem}")
         try:
             parts = urlsplit(arg)
             parts.port  # noqa: B018 - raises on a malformed port
@@ -88,7 +106,8 @@ class HttpSource(Source):
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
                 or any(char.isspace() for char in arg):
-            raise UsageError(f"'{self.word}': malformed URL, expected http://HOST/PATH or https://HOST/PATH")
+            raise UsageError(f"'{self.name}:{unparsed_url(arg)}': malformed URL, expected http://HOST/PATH or "
+                             "https://HOST/PATH")
         # User info is a credential: sent as basic auth, never shown or stored.
         self.url, self.login = url_login(arg)
 
@@ -218,6 +237,9 @@ class _HttpStream(SourceStream):
                                proxy_context=tls_context(fetch.credentials, url, client_certificate=False))
         self._transports: dict[str, Transport] = {}  # by origin: see _transport
         self._transports_lock = threading.Lock()  # parts ask from their threads
+        #: Where the parts and the continuations of this download are asked for: the URL that gave
+        #: the first answer, once its redirects are followed (see continuation).
+        self.resume_url = url
         try:
             response = self._first_response(start, validator)
         except BaseException:
@@ -259,6 +281,7 @@ class _HttpStream(SourceStream):
 
     def _adopt(self, response: Any) -> None:
         _refuse_encoding(response, self.url)
+        self.resume_url = response.url
         self.validator = _validator(response)
         content_range = _content_range(response)
         if response.status == 206 and content_range is not None:
@@ -335,11 +358,11 @@ class _HttpStream(SourceStream):
         return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
     def _get(self, start: int | None, validator: str | None, last: int | None = None,
-             stop: threading.Event | None = None) -> Any:
+             stop: threading.Event | None = None, url: str | None = None) -> Any:
         """GET bytes ``start`` to ``last`` (the whole file if ``start`` is None, to its end if ``last``
-        is), guarded by ``validator``; follows redirects, each through the route of its own URL
-        (:meth:`_transport`); retries connection failures and 5xx answers from the URL asked for.
-        The answer's ``url`` is the URL that gave it."""
+        is), guarded by ``validator``, from ``url`` (default: the source's URL); follows redirects,
+        each through the route of its own URL (:meth:`_transport`); retries connection failures and
+        5xx answers from ``url``.  The answer's ``url`` is the URL that gave it."""
         import urllib3
 
         ranges: dict[str, str] = {}
@@ -347,7 +370,8 @@ class _HttpStream(SourceStream):
             ranges["Range"] = f"bytes={start}-{'' if last is None else last}"
             if validator:
                 ranges["If-Range"] = validator
-        attempt, target, redirects = 0, self.url, 0
+        url = url or self.url
+        attempt, target, redirects = 0, url, 0
         while True:
             transport = self._transport(target)
             member, pool = transport.pool()
@@ -401,7 +425,7 @@ class _HttpStream(SourceStream):
             self.notice(f"retrying {where} in {delay:.2g} s ({why}; "
                         f"attempt {attempt + 2} of {self.retries + 1})")
             self.pause(delay, stop, why)
-            attempt, target, redirects = attempt + 1, self.url, 0  # a redirect may lead elsewhere now
+            attempt, target, redirects = attempt + 1, url, 0  # a redirect may lead elsewhere now
 
     def pause(self, seconds: float, stop: threading.Event | None, why: str) -> None:
         """Wait before a retry, which ``why`` failed; a part stopped meanwhile (``stop`` set) gives
@@ -472,8 +496,20 @@ class _HttpStream(SourceStream):
     def continuation(self, position: int, last: int | None, stop: threading.Event) -> Any:
         """An answer with bytes ``position`` to ``last`` (to the end if None) of the same file;
         None if the file's size was not known and it ends at ``position`` (a 416 that says its
-        size is that); else :class:`ResumeError` if the server does not give exactly those."""
-        response = self._get(position, self.validator, last, stop)
+        size is that); else :class:`ResumeError` if the server does not give exactly those.
+
+        It is asked of :attr:`resume_url`, where the redirects of the first request led, as aria2
+        and curl continue a download: a redirector that spreads requests over mirrors would send
+        each part to another mirror, whose validators differ, and the part would be fetched again.
+        A URL a redirect led to that has since gone (403, 404 or 410: a mirror's signed URL that
+        expired) is given up for the source's URL, once for each request; the URL its redirects
+        lead to then serves the rest, if it has the same file."""
+        response = self._get(position, self.validator, last, stop, self.resume_url)
+        if response.status in _EXPIRED and self.resume_url != self.url:
+            response.close()
+            response = self._get(position, self.validator, last, stop)
+            if response.status == 206:
+                self.resume_url = response.url
         if (response.status == 416 and last is None and self.total is None
                 and _size_of_unsatisfiable(response) == position):
             response.close()

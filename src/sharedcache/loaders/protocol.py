@@ -90,10 +90,9 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from ..config.settings import FetchPolicy
-from ..errors import SizeLimitError, UsageError
+from ..errors import SizeLimitError, UsageError, without_user_info
 from ..sizes import format_size
 from .streams import Progress, SourceStream, Stream
-from .words import without_userinfo
 
 
 class Sealing(Protocol):
@@ -164,7 +163,7 @@ class Loader:
     @property
     def word(self) -> str:
         """The word as messages show it (user info in a URL removed: it is a credential)."""
-        return self.name if self.arg is None else without_userinfo(f"{self.name}:{self.arg}")
+        return self.name if self.arg is None else without_user_info(f"{self.name}:{self.arg}")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.word}>"

@@ -15,9 +15,9 @@ import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from ..errors import UsageError, unparsed_url, without_user_info
 from .protocol import Loader, Source, Transform, Unpacker
-from .words import CHECKSUM_WORDS, normalize_words, recipe_identity, without_userinfo
+from .words import CHECKSUM_WORDS, normalize_words, recipe_identity
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -79,6 +79,9 @@ def loader_class(name: str) -> type[Loader]:
     found = BUILT_IN.get(name) or _words().get(name)
     if found is None:
         known = ", ".join(sorted(_words()))
+        if "@" in name:  # no word's name: the end of a URL whose password held a space, which split the word
+            raise UsageError(f"unknown loader '...@{name.rpartition('@')[2]}' (a space in a URL is written %20; "
+                             f"known: {known})")
         raise UsageError(f"unknown loader '{name}' (known: {known})")
     target = found if isinstance(found, str) else found.value
     try:
@@ -127,14 +130,14 @@ def parse_recipe(words: str | Iterable[str], rewrites: Iterable[Rewrite] = ()) -
     for word in normalized:
         name, colon, arg = word.partition(":")
         if arg.startswith("//") and not _known(name):
-            raise UsageError(f"'{word}' looks like a bare URL: write http:{word}")
+            raise UsageError(f"'{unparsed_url(word)}' looks like a bare URL: write http:{unparsed_url(word)}")
         cls = loader_class(name)
         try:
             loaders.append(cls(name, arg if colon else None))
         except UsageError:
             raise
         except Exception as exc:  # a plugin's check of its argument, which should say UsageError
-            raise UsageError(f"'{without_userinfo(word)}': {exc!s}") from None
+            raise UsageError(f"'{without_user_info(word)}': {exc!s}") from None
     if not isinstance(loaders[0], Source):
         raise UsageError(
             f"a recipe starts with a source (http:URL, file:PATH, dirac:LFN), not '{loaders[0].word}'")
@@ -164,7 +167,7 @@ def _rewritten(sources: tuple[Source, ...], rewrites: tuple[Rewrite, ...]) -> tu
     included, which no other mirror is given.  A source met twice is tried once."""
     result: dict[str, Source] = {}
     for source in sources:
-        argument = without_userinfo(source.arg or "")
+        argument = without_user_info(source.arg or "")
         rule = next((rule for rule in rewrites if argument.startswith(rule.prefix)), None)
         if rule is None:
             result.setdefault(source.word, source)

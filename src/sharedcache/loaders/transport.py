@@ -37,8 +37,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config.settings import DIRECT, FetchPolicy, proxy_url, without_user_info
-from ..errors import ConfigError, DownloadError, SettingError
+from ..config.settings import DIRECT, FetchPolicy, proxy_url
+from ..errors import ConfigError, DownloadError, SettingError, without_user_info
 
 if TYPE_CHECKING:
     import ssl
@@ -73,14 +73,21 @@ def route(url: str, fetch: FetchPolicy, environ: Mapping[str, str] = os.environ)
         for group in fetch.proxy:
             members += random.sample(group, len(group))
         return members
-    names = ("http_proxy",) if parts.scheme == "http" else ("https_proxy", "HTTPS_PROXY")
+    variable = curl_proxy(parts.scheme, environ)
+    return [DIRECT] if variable is None else [variable[1]]
+
+
+def curl_proxy(scheme: str, environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """The variable of curl's that names the proxy of URLs of ``scheme`` (``http``, ``https``),
+    and that proxy's URL; None if none is set."""
+    names = ("http_proxy",) if scheme == "http" else ("https_proxy", "HTTPS_PROXY")
     for name in (*names, "all_proxy", "ALL_PROXY"):
         if environ.get(name):
             try:
-                return [proxy_url(environ[name])]
+                return name, proxy_url(environ[name])
             except SettingError as e:
                 raise ConfigError(f"{name}: {e.setting} {e.reason}") from None
-    return [DIRECT]
+    return None
 
 
 def bypassed(host: str, no_proxy: str) -> bool:
@@ -112,13 +119,13 @@ def bypassed(host: str, no_proxy: str) -> bool:
 
 def shown_chain(chain: str) -> str:
     """A proxy chain as written, without the user info of its proxies."""
-    return ";".join("|".join(without_user_info(member.strip()) for member in group.split("|"))
+    return ";".join("|".join(without_user_info(member.strip(), schemeless=True) for member in group.split("|"))
                     for group in chain.split(";"))
 
 
 def shown(proxy: str) -> str:
     """A route member as messages name it: without user info."""
-    return "a direct connection" if proxy == DIRECT else f"proxy {without_user_info(proxy)}"
+    return "a direct connection" if proxy == DIRECT else f"proxy {without_user_info(proxy, schemeless=True)}"
 
 
 def read_timeout(fetch: FetchPolicy) -> float:
@@ -157,20 +164,18 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
     if member == DIRECT:
         manager = urllib3.PoolManager(**common)
     else:
-        from urllib.parse import unquote, urlsplit
+        from urllib.parse import urlsplit
 
-        parts = urlsplit(member)
-        proxy_headers = None
-        if parts.username is not None:
-            from .credentials import basic_auth
+        from .credentials import basic_auth, url_login
 
-            proxy_headers = {"Proxy-Authorization": basic_auth(unquote(parts.username), unquote(parts.password or ""))}
-        address = parts.netloc.rpartition("@")[2]
+        address, login = url_login(member)
+        parts = urlsplit(address)
+        proxy_headers = None if login is None else {"Proxy-Authorization": basic_auth(*login)}
         # An HTTPS proxy is verified against the CAs asked for, as the origin is, and is shown no
         # client certificate: through its CONNECT tunnel (proxy_ssl_context) and when it forwards
         # a plain-HTTP URL (a pool of connections to the proxy itself).
         proxy_context = tls.proxy_context() if tls.proxy_context is not None and parts.scheme == "https" else None
-        manager = urllib3.ProxyManager(f"{parts.scheme}://{address}", proxy_headers=proxy_headers,
+        manager = urllib3.ProxyManager(f"{parts.scheme}://{parts.netloc}", proxy_headers=proxy_headers,
                                        proxy_ssl_context=proxy_context, **common)
         assert manager.proxy is not None
         proxy = (manager.proxy.host, manager.proxy.port)  # as urllib3 names the pool of the proxy itself

@@ -20,11 +20,12 @@ that two recipes make the same repository:
   repository.
 
 User info in a URL (``https://user:password@host/...``) is a credential: it is never part of the
-identity, of a name, or of anything shown (:func:`without_userinfo`).  A URL's query may be one
-too (a presigned URL's signature, a ``token=``): the identity, which every member of a group
-cache can read (it is stored with the repository and in the status of its population), holds
-the SHA-256 of a query instead of the query (:func:`_query_hidden`), which tells queries apart
-as well.  Identities stored before hold the query itself (:func:`earlier_identities`).
+identity, of a name, or of anything shown (:func:`~sharedcache.errors.without_user_info`).  A URL's
+query may be one too (a presigned URL's signature, a ``token=``): the identity, which every
+member of a group cache can read (it is stored with the repository and in the status of its
+population), holds the SHA-256 of a query instead of the query (:func:`_query_hidden`), which
+tells queries apart as well.  Identities stored before hold the query itself
+(:func:`earlier_identities`).
 
 Caches made before this rule stored the words themselves as the identity
 (:func:`legacy_identity`); a repository with such an identity is still held under its name (see
@@ -33,6 +34,8 @@ also looks for the default name that identity gave (:func:`legacy_default_name`)
 """
 
 from __future__ import annotations
+
+from ..errors import without_user_info
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -79,25 +82,9 @@ def _absolute_file(word: str) -> str:
 CHECKSUM_WORDS = ("md5", "sha1", "sha256", "sha512")
 
 
-def without_userinfo(word: str) -> str:
-    """``word`` without the user info (``user:password@``) of a URL in its argument: what may be
-    stored and shown of it."""
-    start = word.find("://")
-    if start < 0:
-        return word
-    start += 3
-    end = len(word)
-    for delimiter in "/?#":
-        found = word.find(delimiter, start, end)
-        if found >= 0:
-            end = found
-    at = word.rfind("@", start, end)
-    return word if at < 0 else word[:start] + word[at + 1:]
-
-
 def shown_words(words: Iterable[str]) -> str:
     """The words as messages may show them: user info removed."""
-    return " ".join(without_userinfo(word) for word in words)
+    return " ".join(without_user_info(word) for word in words)
 
 
 #: The built-in source words: after the first word, only these are taken for its mirrors.
@@ -123,7 +110,7 @@ def _file_name(word: str) -> str:
     (a path, ``file:`` or ``dirac:``, may hold "?" and "#" in its file name, which names the file
     of a recipe without an unpacker).  After a trailing "/" it is empty: such a URL's file is
     named "download", so it is not the repository of the URL without the "/"."""
-    argument = without_userinfo(word).partition(":")[2]
+    argument = without_user_info(word).partition(":")[2]
     if "://" in argument:
         for delimiter in "?#":
             argument = argument.partition(delimiter)[0]
@@ -169,7 +156,7 @@ def _identity_words(normalized: tuple[str, ...], *, canonical: bool = True) -> t
     written unless ``canonical`` (see :func:`earlier_identities`)."""
     checksummed = any(word.partition(":")[0] in CHECKSUM_WORDS and ":" in word for word in normalized[1:])
     if not checksummed:
-        return tuple(without_userinfo(word) for word in normalized)
+        return tuple(without_user_info(word) for word in normalized)
     # The first line holds a space, which no word can: an identity of this form never equals one
     # made of the words themselves.
     return (f"checksummed {_file_name(normalized[0])}",
@@ -203,7 +190,7 @@ def _query_shown_identity(words: str | Iterable[str]) -> str:
             from ..errors import UsageError
 
             word = next(word for word in identity.split("\n") if exc.object[exc.start] in word)
-            raise UsageError(f"loader word {without_userinfo(word)!r} is not UTF-8 text") from None
+            raise UsageError(f"loader word {without_user_info(word)!r} is not UTF-8 text") from None
     return identity
 
 
@@ -238,7 +225,7 @@ def _name(words: str | Iterable[str], identity: str) -> str:
     from urllib.parse import unquote
 
     normalized = normalize_words(words)
-    argument = without_userinfo(normalized[0]).partition(":")[2] if normalized else ""
+    argument = without_user_info(normalized[0]).partition(":")[2] if normalized else ""
     path = re.split(r"[?#]", argument, maxsplit=1)[0].rstrip("/")
     stem = re.sub(
         r"(\.(tar|cpio)(\.(gz|bz2|xz|zst|lz|lzma|z))?|\.(tgz|tbz2?|txz|tzst|zip|gz|bz2|xz|zst))+$",

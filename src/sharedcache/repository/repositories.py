@@ -623,7 +623,9 @@ def use(
     """
     from ..config import files
 
-    if fetch is not None and connections != 1:
+    # (True == 1, but is no number of connections: it is refused as any other wrong value is.)
+    connections_given = type(connections) is not int or connections != 1
+    if fetch is not None and connections_given:
         raise UsageError("give connections in fetch, or alone, not both")
     if fetch is not None:
         from ..config.settings import FetchPolicy
@@ -635,7 +637,7 @@ def use(
     given = {key: value for key, value in (("directories", directories), ("max_size", max_size),
                                            ("timeout", timeout), ("connections", connections),
                                            ("group", group))
-             if value is not None and not (key == "connections" and value == 1)}
+             if value is not None and (key != "connections" or connections_given)}
     effective = files.effective(given, os.environ, given_as="use({}=...)")
     repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity),
                                 group=group_id(files.value(effective, "group")))
