@@ -250,6 +250,118 @@ def test_a_members_recorded_failure_reaches_the_waiters_as_one_short_line(shared
     assert len(line) < 4100 and "\x1b" not in line
 
 
+_CRAFTED_POPULATOR = """
+import fcntl, json, os, sys
+populate = sys.argv[1]
+fd = os.open(os.path.join(populate, "x.lock"), os.O_RDWR | os.O_CREAT, 0o660)
+fcntl.flock(fd, fcntl.LOCK_EX)
+with open(os.path.join(populate, "x.json"), "w") as record:
+    json.dump({"pid": 1, "owner": "b:1:0:1:" + "\x1b[2J" + "M" * 60000, "done": 0}, record)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_members_crafted_populator_key_is_no_line_of_hers(shared, python):
+    # The status record names its populator as a lease does: bob's key of 60 kB, with a terminal
+    # control, was each waiter's waiting line as it was, and the listing's row.
+    source, base, group = file_in_a_group_cache(shared)
+    interpreter, env = python
+    with Sleeper() as alice_job:
+        made = as_user(python, ALICE, "--use", *group, "-n", "first", "--pid", str(alice_job.pid),
+                       f"file:{source}")
+        assert made.returncode == 0, made.stderr
+        populate = base / f".shared-cache-g{GROUP}" / "populate"
+        bob = subprocess.Popen([interpreter, "-c", _CRAFTED_POPULATOR, str(populate)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, env=env, user=BOB, group=GROUP,
+                               extra_groups=[GROUP])
+        try:
+            assert bob.stdout is not None and select.select([bob.stdout], [], [], 30)[0], "bob never got ready"
+            assert bob.stdout.readline() == "ready\n"
+            waited = as_user(python, ALICE, "--use", *group, "-n", "x", "-v", "--timeout", "1",
+                             "--pid", str(alice_job.pid), "file:/nonexistent")
+            listed = as_user(python, ALICE, "list", *group)
+        finally:
+            bob.kill()
+            bob.wait(10)
+    assert waited.returncode == 1 and "waiting 0 s for process 1 " in waited.stderr, waited.stderr[:300]
+    assert "\x1b" not in waited.stderr and "MMMM" not in waited.stderr, waited.stderr[:300]
+    assert listed.returncode == 0 and "populating" in listed.stdout, listed.stderr
+    assert "MMMM" not in listed.stdout, listed.stdout[:300]
+
+
+_ANOTHER_RECIPES_FAILURE = """
+import fcntl, json, os, sys, time
+populate = sys.argv[1]
+fd = os.open(os.path.join(populate, "x.lock"), os.O_RDWR | os.O_CREAT, 0o660)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("ready", flush=True)
+sys.stdin.readline()  # the waiter has asked
+with open(os.path.join(populate, "x.error"), "w") as record:
+    json.dump({"time": time.time(), "error": "DownloadError", "identity": "file:/elsewhere",
+               "message": "repository 'x': file:/elsewhere: no such file"}, record)
+"""
+
+
+def test_a_failure_of_another_recipe_under_the_name_is_not_a_waiters(shared, python):
+    # Two jobs gave one name (-n) to two recipes: the first failed as the second waited for it,
+    # and the second was told the first one's failure, its own recipe never tried.
+    source, base, group = file_in_a_group_cache(shared)
+    interpreter, env = python
+    made = as_user(python, ALICE, "--use", *group, "-n", "first", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    populate = base / f".shared-cache-g{GROUP}" / "populate"
+    bob = subprocess.Popen([interpreter, "-c", _ANOTHER_RECIPES_FAILURE, str(populate)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, env=env, user=BOB, group=GROUP, extra_groups=[GROUP])
+    alice = None
+    try:
+        assert bob.stdout is not None and select.select([bob.stdout], [], [], 30)[0], "bob never got ready"
+        assert bob.stdout.readline() == "ready\n"
+        alice = subprocess.Popen([interpreter, "-m", "sharedcache", "--use", *group, "-n", "x", "-v",
+                                  f"file:{source}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env, user=ALICE, group=GROUP, extra_groups=[GROUP], umask=0o077)
+        assert alice.stderr is not None and select.select([alice.stderr], [], [], 30)[0]
+        assert "waiting" in alice.stderr.readline()
+        assert bob.stdin is not None
+        bob.stdin.write("go\n")
+        bob.stdin.close()
+        assert bob.wait(30) == 0
+        out, err = alice.communicate(timeout=60)
+    finally:
+        for process in (bob, alice):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+    assert alice.returncode == 0 and "elsewhere" not in err, err
+    assert os.path.realpath(out.strip()).startswith(str(base))
+
+
+def test_a_members_failure_record_dated_in_the_future_is_not_listed(shared, python):
+    # A failure record dated in the future fails no use, but sc list showed it as a failure
+    # "0 s ago" for as long as its date was ahead, and gc, which removes the old ones, never did.
+    import json
+    import time
+
+    source, base, group = file_in_a_group_cache(shared)
+    made = as_user(python, ALICE, "--use", *group, "-n", "first", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    interpreter, env = python
+    planted = ("import json, sys\n"
+               "with open(sys.argv[1], 'w') as record:\n"
+               "    json.dump({'time': float(sys.argv[2]), 'error': 'DownloadError', 'message': 'PLANTED'}, record)\n")
+    record = base / f".shared-cache-g{GROUP}" / "populate" / "x.error"
+    for when in (time.time() + 86400 * 365, time.time() - 5):
+        wrote = subprocess.run([interpreter, "-c", planted, str(record), str(when)], capture_output=True, text=True,
+                               timeout=60, env=env, user=BOB, group=GROUP, extra_groups=[GROUP])
+        assert wrote.returncode == 0, wrote.stderr
+        listed = as_user(python, ALICE, "list", *group)
+        assert listed.returncode == 0, listed.stderr
+        rows = [line for line in listed.stdout.splitlines() if line.startswith("x ")]
+        assert rows == ([] if when > time.time() else [rows[0]]), listed.stdout
+    assert "failed" in rows[0] and "PLANTED" in rows[0]
+    assert json.loads(record.read_text())["message"] == "PLANTED"
+
+
 # Loaded by alice's sc as its sitecustomize: it pauses, for bob to make the index's journals,
 # before she looks at the files beside the index (as she opens it to make it if missing), or
 # once SQLite has opened the index, before SQLite opens the journals.

@@ -248,14 +248,15 @@ class Base:
 
     def failures(self) -> list[tuple[str, Record]]:
         """(name, error record) of every population that failed and is not under way again, for
-        as long as its record counts (:data:`~.records.ERROR_RECORD_TTL`)."""
+        as long as its record counts (:data:`~.records.ERROR_RECORD_TTL`; one dated in the future,
+        which no population wrote, does not)."""
         import time
 
         from .records import ERROR_RECORD_TTL
 
         now = time.time()
         return [(name, record) for name, record in self._records(".error")
-                if now - float(record.get("time", 0)) <= ERROR_RECORD_TTL and not self.populating(name)]
+                if 0 <= now - float(record.get("time", 0)) <= ERROR_RECORD_TTL and not self.populating(name)]
 
     def _records(self, suffix: str) -> list[tuple[str, Record]]:
         """(name, record) of every readable population record of this suffix."""

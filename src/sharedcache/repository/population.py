@@ -166,7 +166,10 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
     to fail every use of the name.)"""
     name = request.name
     record = read_status(base.population_file(name, ".error"))
-    if record and asked <= float(record.get("time", 0)) <= time.time():
+    # (Under a name given with -n, the population that failed may have been of another recipe:
+    # this one has not been tried.  A record without an identity was written by an earlier version.)
+    if (record and asked <= float(record.get("time", 0)) <= time.time()
+            and record.get("identity", request.identity) == request.identity):
         if record.get("error") == SizeLimitError.__name__ and "limit" in record and (
                 request.limit is None or request.limit > record["limit"]):
             return
@@ -311,7 +314,8 @@ class Population:
             except SharedCacheError as e:
                 e.args = (f"repository {name!r}: {e}",)
                 cache.discard(self.work)
-                record = {"time": time.time(), "message": without_queries(str(e)), "error": type(e).__name__}
+                record = {"time": time.time(), "message": without_queries(str(e)), "error": type(e).__name__,
+                          "identity": request.identity}
                 if isinstance(e, SizeLimitError) and request.limit is not None:
                     record["limit"] = request.limit  # our --size: a waiter asking for more takes over
                 try:

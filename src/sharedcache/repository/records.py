@@ -80,14 +80,22 @@ def read_status(path: str) -> Record | None:
             or (key in _NUMBER_FIELDS and type(field) in (int, float) and math.isfinite(field) and field >= 0)}
 
 
+#: The longest owner key a status record is taken to hold: a lease file's name holds it.
+_KEY_LENGTH = 255
+
+
 def populator(status: Record) -> Owner | None:
     """The process that writes the status record ``status``, as a lease names it (so that one of
     another host or container is told from this one's); None if the record names nobody (a
     member of a group cache may write anything there)."""
-    try:
-        return Owner.parse(status["owner"])
-    except (KeyError, ValueError):
-        pass
+    key = status.get("owner", "")
+    # As a lease's name holds it: a file name's length, printable (a member's key of 64 KiB, or
+    # with terminal controls, would be in each waiter's line and in the listing).
+    if len(key) <= _KEY_LENGTH and key.isprintable():
+        try:
+            return Owner.parse(key)
+        except ValueError:
+            pass
     pid = status.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return None
