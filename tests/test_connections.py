@@ -230,6 +230,20 @@ def test_a_url_the_redirect_led_to_that_expired_is_asked_for_again(origin: Origi
     assert origin.stats("/m1/data.bin").bytes_served == len(payload)
 
 
+def test_a_url_the_redirect_led_to_that_fails_past_its_retries_is_asked_for_again(origin: Origin,
+                                                                                 tmp_path: Path) -> None:
+    """A mirror that goes down during a download: the redirector is asked again, and sends the
+    rest of the download to another mirror (whose other ETag has the file fetched again)."""
+    payload = os.urandom(4_000_000)
+    url = mirrored(origin, payload)
+    origin.fault("/m1/data.bin", drop_after=1_000_000)
+    origin.fault("/m1/data.bin", status=503, times=2)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload), connections=1, retries=1)
+    assert (dest / "data.bin").read_bytes() == payload
+    assert origin.stats("/m1/data.bin").statuses[:3] == [200, 503, 503]
+    assert origin.stats("/m2/data.bin").ranges[0] == "bytes=1000000-"
+
+
 def test_part_retries_run_out(origin: Origin, tmp_path: Path) -> None:
     payload = os.urandom(4_000_000)
     url = origin.add("/data.bin", payload)

@@ -60,6 +60,15 @@ def test_a_password_written_with_a_hash_space_slash_or_question_mark_is_never_sh
     assert "s3cret" not in stored(tmp_path)
 
 
+def test_a_backslash_in_the_host_of_a_url_is_refused(tmp_path, owner):
+    # urlsplit takes "127.0.0.1\.good.example" for the host, urllib3 connects to 127.0.0.1 and
+    # sends it the login: the host shown was not where the credentials went.
+    url = "http://alice:s3cret@127.0.0.1\\.good.example/data"
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), f"http:{url}", timeout=30)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "a '\\' in the host of a URL" in result.stderr and "s3cret" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("proxy", ["http://proxy.site:0/a@b", "http://alice:s3cret@proxy.site:0/a@b"])
 def test_a_refused_proxy_with_an_at_sign_in_its_path_shows_its_host_not_its_password(proxy):
     with pytest.raises(SettingError, match="proxy cannot use 'http://proxy.site:0/a@b'"):
@@ -225,6 +234,18 @@ def test_sc_config_shows_no_password_of_a_rewrite_mirror(tmp_path):
     assert (f"rewrite = http://origin.site/a@b/ = http://mirror.site/x@y/;http://o2.site/=https://m2.site/  "
             f"# {config}:1\n") in shown.stdout, shown.stdout
     assert "s3cret" not in shown.stdout and "pw-word" not in shown.stdout
+
+
+def test_sc_config_shows_no_password_of_a_rewrite_mirror_that_holds_an_equals_sign(tmp_path):
+    # A base64 token ends with "=": only a rule's first "=" ends its prefix.
+    config = tmp_path / "config"
+    config.write_text("rewrite = http://origin.site/ = http://bob:czNjcmV0==@mirror.site/x/"
+                      ";http://o2.site/=https://al:cHc=@m2.site/\n")
+    shown = sc("config", env=sc_env(SC_CONFIG=str(config)))
+    assert shown.returncode == 0, shown.stderr
+    assert (f"rewrite = http://origin.site/ = http://mirror.site/x/;http://o2.site/=https://m2.site/  "
+            f"# {config}:1\n") in shown.stdout, shown.stdout
+    assert "czNjcmV0" not in shown.stdout and "cHc" not in shown.stdout
 
 
 def test_a_mirror_that_is_no_url_is_refused_without_its_password(tmp_path):

@@ -301,7 +301,7 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 
 def show_config(effective: Effective) -> int:
     """``sc config``: every setting, its effective value and where it comes from."""
-    from ..config.settings import FetchPolicy
+    from ..config.settings import FetchPolicy, shown_rewrites
     from ..loaders.transport import curl_proxy, shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES
 
@@ -317,9 +317,7 @@ def show_config(effective: Effective) -> int:
         if key == "proxy" and isinstance(value, str):  # user info in a proxy URL is not shown
             value = shown_chain(value)
         elif key == "rewrite" and isinstance(value, str):  # nor in a mirror's
-            import re
-
-            value = "".join(without_user_info(part) for part in re.split(r"([\s;=]+)", value))
+            value = shown_rewrites(value)
         elif key == "proxy" and value is None:
             value, where = _curl_proxies(curl_proxy("http"), curl_proxy("https")) or (
                 "(none: curl's variables apply)", where)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from _thread import TIMEOUT_MAX  # (threading's, without importing threading)
 
-from ..errors import SettingError, split_user_info, unparsed_url, user_info_problem
+from ..errors import SettingError, split_user_info, unparsed_url, user_info_problem, without_user_info
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -206,6 +206,20 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
             raise SettingError("rewrite", f"{line!r}: expected PREFIX = MIRROR [MIRROR...]")
         rules.append(Rewrite(prefix.strip(), mirrors.split()))
     return tuple(rules)
+
+
+def shown_rewrites(text: str) -> str:
+    """Rewrite rules as written, without the user info of their URLs: what ``sc config`` shows.
+    Only the first "=" of a rule ends its prefix, as :func:`rewrite_rules` reads it: a mirror's
+    password may hold more (a base64 token's padding)."""
+    import re
+
+    shown = []
+    for rule in re.split(r"([;\n])", text):
+        prefix, equals, mirrors = rule.partition("=")
+        shown.append(without_user_info(prefix) + equals
+                     + "".join(without_user_info(part) for part in re.split(r"(\s+)", mirrors)))
+    return "".join(shown)
 
 
 def seconds(setting: str, value: object) -> float:

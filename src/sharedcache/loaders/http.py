@@ -17,7 +17,8 @@ asked, so the population starts over, and fails as before when it gets no furthe
 Continuations and parts are asked of the URL that gave the first answer, where its redirects led
 (a redirector that spreads requests over mirrors would send each to another one, whose validators
 differ); if that URL answers 403, 404 or 410 (a mirror's signed URL that expired), the request is
-made once more from the source's URL.
+made once more from the source's URL, as it is when that URL fails past its retries (a mirror
+that went down).
 With ``ctx.deadline`` (``--timeout``), every connection, read and back-off waits at most what is
 left of it.
 
@@ -108,6 +109,11 @@ class HttpSource(Source):
                 or any(char.isspace() for char in arg):
             raise UsageError(f"'{self.name}:{unparsed_url(arg)}': malformed URL, expected http://HOST/PATH or "
                              "https://HOST/PATH")
+        if "\\" in parts.netloc:
+            # Python's parser takes "evil.example\.good.example" for one host, urllib3 connects
+            # to evil.example: what is shown, and where credentials go, would not be where it leads.
+            raise UsageError(f"'{self.name}:{unparsed_url(arg)}': a '\\' in the host of a URL, where URL "
+                             "parsers disagree on where the host ends")
         # User info is a credential: sent as basic auth, never shown or stored.
         self.url, self.login = url_login(arg)
 
@@ -502,11 +508,19 @@ class _HttpStream(SourceStream):
         and curl continue a download: a redirector that spreads requests over mirrors would send
         each part to another mirror, whose validators differ, and the part would be fetched again.
         A URL a redirect led to that has since gone (403, 404 or 410: a mirror's signed URL that
-        expired) is given up for the source's URL, once for each request; the URL its redirects
-        lead to then serves the rest, if it has the same file."""
-        response = self._get(position, self.validator, last, stop, self.resume_url)
-        if response.status in _EXPIRED and self.resume_url != self.url:
-            response.close()
+        expired) or that fails past its retries (a mirror that went down: the redirector would send
+        the request elsewhere) is given up for the source's URL, once for each request; the URL its
+        redirects lead to then serves the rest, if it has the same file."""
+        redirected = self.resume_url != self.url
+        try:
+            response = self._get(position, self.validator, last, stop, self.resume_url)
+        except DownloadError:
+            if not redirected or stop.is_set():
+                raise
+            response = None
+        if response is None or (redirected and response.status in _EXPIRED):
+            if response is not None:
+                response.close()
             response = self._get(position, self.validator, last, stop)
             if response.status == 206:
                 self.resume_url = response.url
