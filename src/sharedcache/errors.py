@@ -6,7 +6,8 @@ and exits with :attr:`SharedCacheError.exit_status`: 2 for a usage error, 1 for 
 Anything that is not a :class:`SharedCacheError` reaching the command line is a bug.
 
 What a message may show of a URL is decided here too, once for every message, record, identity
-and listing: never its user info (:func:`split_user_info`).
+and listing: never its user info (:func:`split_user_info`), and in what other members of a group
+cache read, not its query either (:func:`without_queries`).
 """
 
 from __future__ import annotations
@@ -108,6 +109,22 @@ def user_info_problem(url: str, *, schemeless: bool = False) -> str | None:
 def without_user_info(url: str, *, schemeless: bool = False) -> str:
     """``url`` without the user info of its authority (see :func:`split_user_info`)."""
     return split_user_info(url, schemeless=schemeless)[0]
+
+
+def without_queries(message: str) -> str:
+    """``message`` with the query of each ``http://`` or ``https://`` URL in it shown as ``?…``
+    (a URL ends at a space or a quote: it holds neither)."""
+    parts = []
+    rest = message
+    while (start := min((found for found in (rest.find("http://"), rest.find("https://")) if found >= 0),
+                        default=-1)) >= 0:
+        end = next((i for i in range(start, len(rest)) if rest[i].isspace() or rest[i] in "'\"<>"), len(rest))
+        url, query, after = rest[start:end].partition("?")
+        if query:
+            url += "?…" + (after[after.index("#"):] if "#" in after else "")
+        parts.append(rest[:start] + url)
+        rest = rest[end:]
+    return "".join(parts) + rest
 
 
 def unparsed_url(url: str, *, schemeless: bool = False) -> str:

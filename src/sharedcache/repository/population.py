@@ -32,11 +32,12 @@ from ..errors import (
     SizeLimitError,
     UsageError,
     WaitTimeoutError,
+    without_queries,
 )
 from ..lean import scoped
 from ..sizes import format_size
 from .bases import conflict
-from .records import local, populator, read_status, without_queries, write_record
+from .records import local, populator, read_status, write_record
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ so a flush would only make the download wait for the disk twice a second.
 
 Both are readable by every member of a group cache, so neither holds a credential: the identity
 holds no user info and no query (see :mod:`sharedcache.loaders.words`), and the message of an
-error has the queries of the URLs it names hidden (:func:`without_queries`), as a presigned URL's
-signature or a token may be there, in the URL of the recipe or of a redirect.
+error has the queries of the URLs it names hidden (:func:`~sharedcache.errors.without_queries`),
+as a presigned URL's signature or a token may be there, in the URL of the recipe or of a redirect.
 """
 
 from __future__ import annotations
@@ -39,22 +39,6 @@ def write_record(path: str, record: Record, mode: int) -> None:
     import json  # records are written on a miss only
 
     write_atomic(path, json.dumps(record).encode(), mode=mode, durable=False)
-
-
-def without_queries(message: str) -> str:
-    """``message`` with the query of each ``http://`` or ``https://`` URL in it shown as ``?…``
-    (a URL ends at a space or a quote: it holds neither)."""
-    parts = []
-    rest = message
-    while (start := min((found for found in (rest.find("http://"), rest.find("https://")) if found >= 0),
-                        default=-1)) >= 0:
-        end = next((i for i in range(start, len(rest)) if rest[i].isspace() or rest[i] in "'\"<>"), len(rest))
-        url, query, after = rest[start:end].partition("?")
-        if query:
-            url += "?…" + (after[after.index("#"):] if "#" in after else "")
-        parts.append(rest[:start] + url)
-        rest = rest[end:]
-    return "".join(parts) + rest
 
 
 #: The fields a record may have: the text ones, and the numbers (never negative).
