@@ -50,13 +50,13 @@ def sc(*args: str, timeout: float = 60, env: dict[str, str] | None = None, **kwa
 #: that sends one must not depend on how the suite was started: under nohup, or in the
 #: background of a non-interactive shell, its processes inherit SIGHUP or SIGINT ignored, and
 #: ``sc`` rightly keeps a signal its starter ignored.
-DEFAULT_SIGNALS = ["env", "--default-signal=HUP,INT,TERM"]
+DEFAULT_SIGNALS = ["env", "--default-signal=HUP,INT,QUIT,TERM"]
 
 
 def sc_start(*args: str, env: dict[str, str] | None = None, default_signals: bool = False,  # type: ignore[no-untyped-def]
              **kwargs) -> subprocess.Popen:
     """Start ``sc ARGS`` (text mode, output captured); with ``default_signals``, as a job starts
-    it: SIGHUP, SIGINT and SIGTERM do what they do by default (see :data:`DEFAULT_SIGNALS`)."""
+    it: SIGHUP, SIGINT, SIGQUIT and SIGTERM do what they do by default (see :data:`DEFAULT_SIGNALS`)."""
     return subprocess.Popen(
         [*(DEFAULT_SIGNALS if default_signals else []), *SC, *args], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=env if env is not None else sc_env(), **kwargs,

@@ -997,18 +997,15 @@ def _many(root: Path, n: int) -> FsCache:
     return cache
 
 
-def _check_scale(root: Path, cache: FsCache, n: int, children: Children) -> dict[str, float]:
-    timings = {}
-    t = time.perf_counter()
+def _check_scale(root: Path, cache: FsCache, n: int, children: Children) -> None:
+    """What eviction, gc and entries() do in a cache of ``n`` entries: eviction touches its victims
+    only (so its cost does not grow with the cache).  How long they take is measured by
+    benchmarks/bench_fscache.py, not here: a shared machine's timings would make a flaky test."""
     entries = cache.entries()
-    timings["entries"] = time.perf_counter() - t
     assert len(entries) == n
     one = entries[0].size
     assert cache.size == n * one
-    t = time.perf_counter()
-    report = cache.gc()
-    timings["gc"] = time.perf_counter() - t
-    assert report == GcReport()
+    assert cache.gc() == GcReport()
     # loads of old entries make them recent: eviction must skip them
     recent = [f"entry-{i:06d}" for i in range(0, n // 100, 2)]
     for name in recent:
@@ -1016,7 +1013,6 @@ def _check_scale(root: Path, cache: FsCache, n: int, children: Children) -> dict
             pass
     # evict 1% in another process, recording every path below objects/ it touches
     audit = children.start("evict_audit", root=str(root), free=(n // 100) * one).result(120)
-    timings["evict"] = audit["seconds"]
     assert audit["before"] - audit["after"] == (n // 100) * one
     remaining = only_entries(cache)
     evicted = {f"entry-{i:06d}" for i in range(n)} - remaining
@@ -1037,7 +1033,6 @@ def _check_scale(root: Path, cache: FsCache, n: int, children: Children) -> dict
     assert listed == {os.path.join(objects, name, "leases") for name in evicted}, (
         "eviction listed more than its victims' leases")
     assert cache.size == (n - n // 100) * one <= cache.max_size
-    return timings
 
 
 @pytest.fixture
@@ -1051,19 +1046,14 @@ def big_root(tmp_path: Path) -> Iterator[Path]:
 
 def test_ten_thousand_entries(big_root: Path, children: Children) -> None:
     n = 10_000
-    cache = _many(big_root, n)
-    timings = _check_scale(big_root, cache, n, children)
-    assert timings["evict"] < 3.0 and timings["gc"] < 5 and timings["entries"] < 5, timings
+    _check_scale(big_root, _many(big_root, n), n, children)
 
 
 @pytest.mark.skipif(not os.environ.get("SC_SLOW_TESTS"), reason="slow: set SC_SLOW_TESTS=1")
 @pytest.mark.timeout(600)
 def test_hundred_thousand_entries(big_root: Path, children: Children) -> None:
     n = 100_000
-    cache = _many(big_root, n)
-    timings = _check_scale(big_root, cache, n, children)
-    # (the goal is < 1 s, see benchmarks/bench_fscache.py; here the audit hook slows it down)
-    assert timings["evict"] < 3.0, timings
+    _check_scale(big_root, _many(big_root, n), n, children)
 
 
 def test_a_deadline_bounds_the_waits_of_the_thread_that_set_it_only(tmp_path: Path) -> None:

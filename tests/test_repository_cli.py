@@ -711,10 +711,11 @@ def paused_population(base: Path, tmp_path: Path, *args: str) -> Iterator[subpro
         go.unlink(missing_ok=True)
 
 
-def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs, tarball, tmp_path):
+def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs, tarball, tmp_path, reachable_tmp):
     # It said "already exists with another loader stack", naming only the recipe there, with a
-    # failure's status: the name is the caller's to change.
-    other = tmp_path / "other.bin"
+    # failure's status: the name is the caller's to change.  (The file's path is short, for the
+    # message shows a long one cut in the middle, and how long tmp_path is depends on the runner.)
+    other = reachable_tmp / "other.bin"
     other.write_bytes(b"other data")
     _, md5 = tarball
     with Sleeper() as owner:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from scutil import (
+    DEFAULT_SIGNALS,
     SC,
     Sleeper,
     close_listener,
@@ -632,7 +633,7 @@ def test_sc_run_as_pid_1_of_a_container_ended_while_it_populates_ends_cleanly(tm
     base = tmp_path / "base"
     base.mkdir()
     container = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc", *SC, "run", "--speed-limit", "0", "-d", str(base),
+        [*DEFAULT_SIGNALS, "unshare", "--pid", "--fork", "--mount-proc", *SC, "run", "--speed-limit", "0", "-d", str(base),
          "-n", "slow", trickle.word(), "--", "true"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sc_env())
     try:
