@@ -356,3 +356,30 @@ def test_a_sweep_keeps_no_one_from_staging_while_it_deletes_a_killed_store_s_tre
     assert during > 0, "staging waited for the whole deletion"
     assert left() == 0 and list((root / "stage").iterdir()) == []
     assert "next" in FsCache(root)
+
+
+def test_a_lock_probe_left_by_a_killed_process_is_removed_by_gc(tmp_path: Path) -> None:
+    # A process killed while it probed whether locks work (on the first use of a cache, and by
+    # gc) left its probe file in the cache's directory for good: gc knew it by no name.
+    root = tmp_path / "cache"
+    FsCache(root)
+    # Killed as it opens its probe file the second time: the first open made it.
+    probing = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from sharedcache.engine import locks\n"
+        "opened = []\n"
+        "def audit(event, args):\n"
+        "    if event == 'open' and str(args[0]).startswith('.lockprobe'):\n"
+        "        opened.append(args[0])\n"
+        "        if len(opened) == 2:\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "sys.addaudithook(audit)\n"
+        "locks.locks_work(sys.argv[1])\n"), str(root)], capture_output=True, text=True, timeout=60)
+    assert probing.returncode == -signal.SIGKILL, probing.stderr
+    (probe,) = (path for path in root.iterdir() if path.name.startswith(".lockprobe"))
+    FsCache(root).gc()
+    assert probe.exists(), "gc removed a probe that may be under way"
+    hours_ago = time.time() - 2 * 3600
+    os.utime(probe, (hours_ago, hours_ago))
+    assert FsCache(root).gc().leftovers_removed == 1
+    assert not probe.exists()

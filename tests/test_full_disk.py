@@ -256,7 +256,7 @@ def test_the_lock_probe_of_a_file_system_out_of_inodes_waits_for_nobody(tmp_path
     real = locks.open_lock_file
 
     def no_inode(path, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if str(path).startswith(".lockprobe-"):
+        if str(path).startswith(".lockprobe"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, *args, **kwargs)
 

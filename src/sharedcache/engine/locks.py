@@ -178,7 +178,7 @@ def locks_work(directory: str | os.PathLike[str], existing: str | None = None) -
     """
     at = open_directory(directory)  # not through a symlink at its name, as a group cache's creator may put
     try:
-        name = f".lockprobe-{os.getpid()}-{time.monotonic_ns()}"
+        name = temp_beside("lockprobe")  # a leftover's name, for gc, if this process is killed here
         made: str | None = name
         try:
             first = open_lock_file(name, dir_fd=at)
