@@ -352,6 +352,24 @@ def test_zip_times_in_one_header_only(tmp_path: Path, kept_in: str) -> None:
     assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
 
 
+def test_a_zip_member_typed_a_directory_without_a_trailing_slash_is_a_file_as_unzip_makes_it(tmp_path: Path) -> None:
+    """unzip knows a directory by the "/" that ends its name alone: a member whose mode says
+    directory without it (and the MS-DOS directory bit or not, data or not) is made a file, with
+    the mode's permissions.  It was refused as a special file."""
+    need("unzip")
+    archive = tmp_path / "typed.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, attributes, data in (("flagged", (stat.S_IFDIR | 0o750) << 16 | 0x10, b""),
+                                       ("mode-only", (stat.S_IFDIR | 0o750) << 16, b""),
+                                       ("with-data", (stat.S_IFDIR | 0o700) << 16, b"xyz"),
+                                       ("real-dir/", (stat.S_IFDIR | 0o755) << 16 | 0x10, b""),
+                                       ("real-dir/inside", (stat.S_IFREG | 0o644) << 16, b"in")):
+            info = zipfile.ZipInfo(name, (2024, 5, 6, 7, 8, 10))
+            info.create_system, info.external_attr = 3, attributes
+            out.writestr(info, data)
+    assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
+
+
 def test_zip_times_in_the_old_unix_fields(tmp_path: Path) -> None:
     """Before the extended timestamp, Info-ZIP's zip wrote the times in its "UX" field (0x5855),
     and PKWARE's zip for Unix in its Unix field (0x000d): access, then modification time, in the

@@ -638,7 +638,7 @@ def _extract_zip_member(reader: ZipReader, member: ZipMember, tree: SafeTree | W
             raise tree.refuse(name, "is a symlink with an implausibly long target")
         target = reader.open(member, data_start)(member.file_size)
         tree.symlink(name, target.decode("utf-8", "surrogateescape"), mtime_ns)
-    elif kind in (0, stat.S_IFREG):
+    elif kind in (0, stat.S_IFREG, stat.S_IFDIR):  # a directory's type without the "/": unzip makes a file
         tree.write_file(name, member.file_size, mode, mtime_ns, reader.open(member, data_start))
     else:
         kinds = {stat.S_IFCHR: "device file", stat.S_IFBLK: "device file", stat.S_IFIFO: "FIFO"}
