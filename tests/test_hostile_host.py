@@ -411,11 +411,11 @@ def test_a_member_s_file_beside_the_index_of_a_group_cache_is_refused_then_set_a
 
 
 # Swaps each of PATHS for a symlink to TARGET and back, in a loop, for SECONDS.
-SWAP = """\
+SWAP = f"""\
 import os, sys, time
-target, seconds, *paths = sys.argv[1], float(sys.argv[2]), *sys.argv[3:]
-end = time.monotonic() + seconds
-while time.monotonic() < end:
+target, stop, *paths = sys.argv[1:]
+end = time.monotonic() + {2 * BOUND}  # (a bound: the test makes the file `stop` once its rounds are done)
+while not os.path.exists(stop) and time.monotonic() < end:
     for real in paths:
         aside = real + ".real"
         try:
@@ -437,13 +437,11 @@ def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_out
     with Sleeper() as job:
         args = [*group, "-d", str(base), "--pid", str(job.pid), *recipe]
         assert run_as(python, users.victim, "--use", "-n", "warm", *args, groups=(users.gid,)).returncode == 0
-        attacker = code_as(python, users.member, SWAP, str(home), "3", str(root / "stage"), str(root / "trash"),
+        stop = shared / "stop"
+        attacker = code_as(python, users.member, SWAP, str(home), str(stop), str(root / "stage"), str(root / "trash"),
                            groups=(users.gid,))
         try:
-            end = time.monotonic() + 3
-            rounds = 0
-            while time.monotonic() < end:
-                rounds += 1
+            for rounds in range(1, 25):  # (about as many as 3 s allow on an idle machine)
                 used = run_as(python, users.victim, "--use", "-n", f"r{rounds}", *args, groups=(users.gid,))
                 clean_lines(used)
                 if used.returncode == 0:
@@ -451,6 +449,7 @@ def test_swapping_stage_and_trash_for_links_during_populations_never_reaches_out
                 released = run_as(python, users.victim, "--unuse", "-n", f"r{rounds}", *args, groups=(users.gid,))
                 clean_lines(released)
         finally:
+            stop.touch()
             done(attacker)
     assert snapshot(home) == before
 
@@ -728,18 +727,17 @@ def test_swapping_an_entry_for_a_link_during_uses_and_releases_never_reaches_out
         for item in [decoy, *decoy.rglob("*")]:
             os.chown(item, users.victim, users.victim)
         before, touched = snapshot(home), os.stat(decoy / "lock").st_mtime_ns
-        attacker = code_as(python, users.member, SWAP, str(decoy), "4", str(entry), groups=(users.gid,))
+        stop = shared / "stop"
+        attacker = code_as(python, users.member, SWAP, str(decoy), str(stop), str(entry), groups=(users.gid,))
         try:
-            end, rounds = time.monotonic() + 4, 0
-            while time.monotonic() < end:
-                rounds += 1
+            for _ in range(20):  # (about as many as 4 s allow on an idle machine)
                 # (What she reads meanwhile is up to the member, whom she trusts by joining: the
                 # path goes through objects/, which every member may rename things in.)
                 for command in (["--use", *args], ["--unuse", *args], ["gc", *group, "-d", str(base)]):
                     clean_lines(run_as(python, users.victim, *command, groups=(users.gid,)))
         finally:
+            stop.touch()
             done(attacker)
-        assert rounds > 3
         after = run_as(python, users.victim, "--use", *args, groups=(users.gid,))
         assert after.returncode == 0, after.stderr
         check_tree(Path(after.stdout.strip()), FILES)
