@@ -106,6 +106,25 @@ def user_info_problem(url: str, *, schemeless: bool = False) -> str | None:
     return None
 
 
+def pathless_problem(url: str, *, schemeless: bool = False) -> str | None:
+    """What is wrong with ``url``, a URL that has no use for a path (a proxy's), if an "@" follows
+    its authority once its user info is gone (see :func:`split_user_info`); None if nothing.  That
+    "@" can only end user info with an unescaped "/" or "?" that URL parsers (curl's, urllib3's)
+    end the host at, and that :func:`split_user_info` cannot tell from a path, as the digits
+    before it can be a port: "alice:12/S3CRET@proxy:3128" is to them the host alice, port 12 and
+    the path "/S3CRET@proxy:3128", so the password would be shown, and the connection made to
+    the user name."""
+    shown = without_user_info(url, schemeless=schemeless)
+    start = shown.find("://")
+    if start < 0 and not schemeless:
+        return None
+    start = start + 3 if start >= 0 else 0
+    if "@" not in shown[_authority_end(shown, start):]:
+        return None
+    return ("a proxy URL has no path, so an '@' after its host ends a user name or password, where a '/' "
+            "is written %2F and a '?' %3F")
+
+
 def without_user_info(url: str, *, schemeless: bool = False) -> str:
     """``url`` without the user info of its authority (see :func:`split_user_info`)."""
     return split_user_info(url, schemeless=schemeless)[0]
@@ -127,18 +146,24 @@ def without_queries(message: str) -> str:
     return "".join(parts) + rest
 
 
-def unparsed_url(url: str, *, schemeless: bool = False) -> str:
+def unparsed_url(url: str, *, schemeless: bool = False, pathless: bool = False) -> str:
     """What a message shows of ``url``, which no URL parser takes: without its user info, and
     with nothing after its "://" if what remains of the authority is no host but one with a ":"
     that no port follows.  That is a user and password whose "@" is gone (a password with a space,
-    which splits a recipe's word there: "http://alice:pa")."""
+    which splits a recipe's word there: "http://alice:pa").  ``pathless``: ``url`` has no use for
+    a path (a proxy's), and nothing after its "://" is shown either if :func:`pathless_problem`
+    finds a problem: what comes before its "/" or "?" is a user name (a token, as some write one)
+    and a password's first characters, what comes after, the rest of that password and a host
+    that would seem to be the one used, where a URL parser would connect to the user name."""
     shown = without_user_info(url, schemeless=schemeless)
     scheme, separator, rest = shown.partition("://")
     if not separator:
         if not schemeless:
             return shown
         scheme, rest = "", shown
-    return f"{scheme}{separator}..." if _no_host(rest[:_authority_end(rest, 0)]) else shown
+    if _no_host(rest[:_authority_end(rest, 0)]) or (pathless and pathless_problem(url, schemeless=schemeless)):
+        return f"{scheme}{separator}..."
+    return shown
 
 
 def unresolvable(path: str) -> SharedCacheError:

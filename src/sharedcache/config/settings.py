@@ -19,7 +19,14 @@ from __future__ import annotations
 import os
 from _thread import TIMEOUT_MAX  # (threading's, without importing threading)
 
-from ..errors import SettingError, split_user_info, unparsed_url, user_info_problem, without_user_info
+from ..errors import (
+    SettingError,
+    pathless_problem,
+    split_user_info,
+    unparsed_url,
+    user_info_problem,
+    without_user_info,
+)
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -361,11 +368,14 @@ def proxy_url(member: str) -> str:
     host, colon, port = address.rpartition(":")
     if not colon or host.endswith(":"):  # no port, or an IPv6 address without brackets
         host, port = address, ""
+    # (A "#" in a password that starts with digits reads as a port to curl, which then connects
+    # to the user name: refused like the "/" and "?" that download URLs may not hold either.)
+    problem = pathless_problem(member, schemeless=True) or user_info_problem(member, schemeless=True)
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
             or not member.isprintable() or not member.isascii() or " " in member \
-            or not _parses(f"{scheme}://{rest}"):
-        why = f"cannot use {unparsed_url(member, schemeless=True)!r}" if member else "has an empty member"
-        problem = user_info_problem(member, schemeless=True)
+            or not _parses(f"{scheme}://{rest}") or problem is not None:
+        shown = unparsed_url(member, schemeless=True, pathless=True)
+        why = f"cannot use {shown!r}" if member else "has an empty member"
         if problem is not None:
             why += f" ({problem})"
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
