@@ -1,5 +1,5 @@
-"""Network inputs that must never show a secret or meet an internal error: proxies, netrc,
-bearer tokens, client keys, timeouts and rewrite mirrors; and offline with a local mirror."""
+"""Network inputs that must never show a secret or meet an internal error: proxies, bearer
+tokens, client keys, timeouts and rewrite mirrors; and offline with a local mirror."""
 
 from __future__ import annotations
 
@@ -120,16 +120,6 @@ def test_a_proxy_password_with_a_hash_after_digits_is_refused(proxy):
 def test_a_refused_proxy_with_an_at_sign_in_its_path_shows_no_part_of_a_password():
     with pytest.raises(SettingError, match=r"proxy cannot use 'http://\.\.\.' \(a proxy URL has no path"):
         proxy_chain("http://alice:s3cret@proxy.site:0/a@b")
-
-
-def test_a_netrc_line_without_the_word_password_does_not_show_the_password(tmp_path, owner, origin):
-    url = origin.add("/data", DATA)
-    netrc = tmp_path / "netrc"
-    netrc.write_text("machine 127.0.0.1 login alice S3CRET-pw\n")
-    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), f"http:{url}",
-                env=sc_env(NETRC=str(netrc)))
-    assert result.returncode == 1 and result.stderr.startswith(f"sc: error: repository 'data': cannot read {netrc}: ")
-    assert "S3CRET" not in result.stderr and "S3CRET" not in stored(tmp_path), result.stderr
 
 
 def test_offline_a_local_mirror_still_populates(tmp_path, owner, origin):

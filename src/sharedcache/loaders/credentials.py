@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import ssl
+import stat
 from typing import TYPE_CHECKING, Any
 
 from ..config.settings import one_word
@@ -177,28 +179,111 @@ def url_login(url: str) -> tuple[str, tuple[str, str] | None]:
     return shown, (unquote(user), unquote(password))
 
 
-def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
-    """The login and password ``.netrc`` gives for ``host`` (or its ``default``), if any."""
-    if not path or not os.path.isfile(path):
-        return None
-    import netrc
-    import re
+# A word of a .netrc, after what separates it from the one before: spaces, tabs, line ends and
+# comment lines (whose first word starts with "#"), skipped whole ("*+": no word is read back out
+# of a comment).  A word is quoted (group 1; group 2, its closing quote, is missing if the file
+# ends first) or plain (group 3): anything but spaces, tabs and line ends.
+_NETRC_WORD = re.compile(r'(?:^[ \t]*#[^\n]*|[ \t\r\n])*+(?:"((?:[^"\\]|\\.)*)(")?|([^ \t\r\n]+))',
+                         re.MULTILINE | re.DOTALL)
+_NETRC_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+_NETRC_MACRO_END = re.compile(r"\n\r*\n")  # an empty line
 
+
+def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
+    """The login and password ``.netrc`` gives for ``host`` (or its ``default``), if any.
+
+    Users share one ``.netrc`` between curl, wget, git and sc, and other tools write words of
+    their own in it (``port 80``): Python's ``netrc`` refuses the whole file for one of them, so
+    the file is read as curl reads it (lib/netrc.c).  Words are separated by spaces, tabs and
+    line ends, and a line whose first word starts with ``#`` is a comment.  The keywords, in any
+    case: ``machine NAME``, ``default``, ``login X`` (or ``user X``, which Python's ``netrc`` read
+    as ``login``: a file written for it keeps working), ``password X``, ``account X`` (not used),
+    and ``macdef``, whose macro, up to the next empty line, is skipped.  The value of a keyword is
+    the next word, whatever it is.  A word that begins with a double quote runs to the next one
+    (it may hold spaces), and a backslash in it escapes the next character (``\\n``, ``\\r``
+    and ``\\t`` are a newline, a carriage return and a tab); a quoted word is never a keyword.
+    Any other word is skipped by itself (in ``port 80``, both are).
+
+    The first ``machine`` entry for ``host`` (in any case) that gives a login or a password wins;
+    a ``default`` one, only if none does (curl takes a ``default`` written before it).  The only
+    file that cannot be read is one with a quote left open, and its message names the line,
+    never a word: a password can be anywhere."""
+    if not path or (text := _netrc_text(path)) is None:
+        return None
+    # The machine entries before the default ones, each in file order (sorted is stable).
+    for machine, given in sorted(_netrc_entries(text, path), key=lambda entry: entry[0] is None):
+        if given.keys() & {"login", "password"} and (machine is None or machine.lower() == host.lower()):
+            return given.get("login", ""), given.get("password", "")
+    return None
+
+
+def _netrc_text(path: str) -> str | None:
+    """The text of the ``.netrc`` at ``path``, or None if there is none (or it is no regular
+    file: opening a FIFO would wait for a writer)."""
     try:
-        entry = netrc.netrc(path).authenticators(host)
-    except netrc.NetrcParseError as exc:
-        # Its message quotes the word it did not expect, which may be a password (a line
-        # "login alice S3CRET" without the word "password"): never shown.
-        why = re.sub(r"\s*(['\"]).*\1$", "", exc.msg)
-        raise LoaderError(f"cannot read {path}: {why} (line {exc.lineno})") from None
-    except UnicodeDecodeError as exc:
-        raise LoaderError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start})") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        # Absent, as is one that cannot even be looked up (HOME a directory of another user's,
+        # as after sudo without -H); but a file that is there and cannot be read is an error.
+        if not os.path.isfile(path):
+            return None
+        raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read()
     except OSError as exc:
         raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
-    if entry is None:
-        return None
-    login, _account, password = entry
-    return login, password or ""
+    finally:
+        os.close(fd)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise LoaderError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start})") from None
+
+
+def _netrc_entries(text: str, path: str) -> list[tuple[str | None, dict[str, str]]]:
+    """The entries of the ``.netrc`` at ``path`` in file order: each machine (None for
+    ``default``) and the keywords it gives (``login``, ``password``, ``account``), read as
+    :func:`_netrc_login` says."""
+    entries: list[tuple[str | None, dict[str, str]]] = []
+    given: dict[str, str] = {}  # by the entry being read (before the first one, or after a macro: by none)
+    position = 0
+
+    def next_word() -> tuple[str, bool] | None:
+        """The next word, unquoted, and whether it was quoted; None at the end of the file."""
+        nonlocal position
+        word = _NETRC_WORD.match(text, position)
+        if word is None:
+            return None
+        position = word.end()
+        if word[3] is not None:
+            return word[3], False
+        if word[2] is None:
+            line = text.count("\n", 0, word.start(1)) + 1
+            raise LoaderError(f"cannot read {path}: a quote is not closed (line {line})")
+        return re.sub(r"\\(.)", lambda escaped: _NETRC_ESCAPES.get(escaped[1], escaped[1]), word[1],
+                      flags=re.DOTALL), True
+
+    def value() -> str | None:
+        """The value of a keyword: the next word, whatever it is."""
+        word = next_word()
+        return word[0] if word else None
+
+    while (word := next_word()) is not None:
+        keyword = None if word[1] else word[0].lower()
+        if keyword in ("machine", "default"):
+            given = {}
+            entries.append(((value() or "") if keyword == "machine" else None, given))
+        elif keyword in ("login", "user", "password", "account"):
+            if (found := value()) is not None:
+                given["login" if keyword == "user" else keyword] = found
+        elif keyword == "macdef":
+            given = {}
+            macro_end = _NETRC_MACRO_END.search(text, position)
+            position = macro_end.end() if macro_end else len(text)
+    return entries
 
 
 def _bearer_token(credentials: Credentials) -> str | None:
