@@ -113,21 +113,24 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:  # type
             proc.wait(timeout)
 
 
-def pause_at(event_test: str) -> str:
-    """The text of a ``sitecustomize`` that pauses the process that loads it the first time an
-    audit event passes ``event_test`` (an expression of ``event`` and ``args``): it makes the
-    file $SC_TEST_PAUSED, then waits (at most 30 s) for the file $SC_TEST_GO, so that a test
-    can act at that very moment."""
+def pause_at(event_test: str, times: int = 1) -> str:
+    """The text of a ``sitecustomize`` that pauses the process that loads it at each of the first
+    ``times`` audit events that pass ``event_test`` (an expression of ``event`` and ``args``): it
+    makes the file $SC_TEST_PAUSED, then waits (at most 30 s) for the file $SC_TEST_GO, so that a
+    test can act at that very moment.  Before a pause that is not the last it removes
+    $SC_TEST_GO, and the test removes $SC_TEST_PAUSED before making it, to see the next pause."""
     return f"""
 import os, sys, time
-_paused = []
+_pauses = [{times}]
 def _hook(event, args):
-    if not _paused and {event_test}:
-        _paused.append(True)
+    if _pauses[0] and {event_test}:
+        _pauses[0] -= 1
         open(os.environ["SC_TEST_PAUSED"], "w").close()
         end = time.monotonic() + 30
         while not os.path.exists(os.environ["SC_TEST_GO"]) and time.monotonic() < end:
             time.sleep(0.005)
+        if _pauses[0] and os.path.exists(os.environ["SC_TEST_GO"]):
+            os.remove(os.environ["SC_TEST_GO"])
 sys.addaudithook(_hook)
 """
 

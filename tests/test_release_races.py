@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scutil import SRC, Sleeper, control, make_tarball, sample_files, sc, sc_env
+from scutil import (SRC, Sleeper, check_tree, control, finish, make_tarball, pause_at, sample_files, sc, sc_env,
+                    sc_start, user_dir, wait_for)
 
 FILES = sample_files()
 
@@ -117,3 +118,69 @@ def test_a_release_that_cannot_read_the_budget_changes_nothing(base, words):
         from sharedcache import FsCache
 
         assert FsCache(control(base)).size == 0
+
+
+def started_paused(tmp_path: Path, role: str, event_test: str, *args: str, times: int = 1) -> tuple[
+        subprocess.Popen[str], Path, Path]:
+    """``sc ARGS`` started to pause at the first ``times`` audit events that pass ``event_test`` (see
+    :func:`scutil.pause_at`); with the files that tell it has paused, and let it go on."""
+    site = tmp_path / f"site-{role}"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(pause_at(event_test, times))
+    paused, go = tmp_path / f"paused-{role}", tmp_path / f"go-{role}"
+    proc = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
+                                      SC_TEST_GO=str(go)))
+    return proc, paused, go
+
+
+def test_a_release_whose_population_lock_gc_removed_leaves_the_link_of_the_next_population(base, words, tmp_path):
+    """The last release removes the link of the repository it deleted under the population lock,
+    which it opened before a gc removed the lock file: that lock locks nothing then.  A new
+    population, holding the new lock file, commits while the release is between its look into
+    the cache (the repository is not there yet) and its removal of the link, and keeps the link
+    it finds there: the release must not then remove the link of that live repository."""
+    link = user_dir(base) / "repo"
+    lock = control(base) / "populate" / "repo.lock"
+    args = ["-d", str(base), "-n", "repo", *words]
+    with Sleeper() as first, Sleeper() as second:
+        assert sc("--use", "--pid", str(first.pid), *args).returncode == 0
+        assert lock.exists() and link.is_symlink()
+        procs = []
+        try:
+            # The release pauses having opened the lock file, before it locks it; and again as it
+            # removes the link, if it gets that far.
+            release, release_paused, release_go = started_paused(
+                tmp_path, "release",
+                f'(event == "fcntl.flock" and os.readlink(f"/proc/self/fd/{{args[0]}}") == {str(lock)!r}) '
+                f'or (event == "os.remove" and str(args[0]) == {str(link)!r})',
+                "--unuse", "--pid", str(first.pid), *args, times=2)
+            procs.append(release)
+            wait_for(release_paused.exists, what="the release")
+            # gc pauses having removed the lock file, before it looks at the links.
+            gc, gc_paused, gc_go = started_paused(
+                tmp_path, "gc", f'event == "os.scandir" and str(args[0]) == {str(user_dir(base))!r}',
+                "gc", "-d", str(base))
+            procs.append(gc)
+            wait_for(gc_paused.exists, what="gc")
+            assert not lock.exists()
+            # The new population pauses holding the new lock file, before it fills the repository.
+            population, populating, population_go = started_paused(
+                tmp_path, "population", 'event == "os.mkdir" and str(args[0]).endswith("/repo.work")',
+                "--use", "--pid", str(second.pid), *args)
+            procs.append(population)
+            wait_for(populating.exists, what="the population")
+            release_paused.unlink()
+            release_go.touch()
+            wait_for(lambda: release_paused.exists() or release.poll() is not None, what="the release to go on")
+            population_go.touch()
+            ((status, out, err),) = finish([population])
+            assert status == 0, err
+            assert out.strip() == str(link)
+            release_go.touch()
+            gc_go.touch()
+            for status, _, err in finish([release, gc]):
+                assert status == 0, err
+        finally:
+            finish(procs)
+        assert link.is_symlink(), "the link of the repository in use was removed"
+        check_tree(link, FILES)
