@@ -296,9 +296,11 @@ def test_netrc_gives_basic_auth(nginx: Nginx, home: Path) -> None:
     f"machine 127.0.0.1 account project\ndefault login {USER} password {PASSWORD}\n",
     f"MACHINE 127.0.0.1 Login {USER} PASSWORD {PASSWORD}\n",
     f"machine 127.0.0.1 user {USER} password {PASSWORD}\n",
+    f"\ufeffmachine 127.0.0.1 login {USER} password {PASSWORD}\r\ndefault login {USER} password wrong-pw\r\n",
 ], ids=["words-of-other-tools", "a-word-between-login-and-password", "macros-skipped", "quoted-password",
         "the-first-entry-wins", "default-when-no-entry-gives-a-login", "keywords-in-any-case",
-        "user-as-pythons-netrc-reads-it"])
+        "user-as-pythons-netrc-reads-it",
+        "a-byte-order-mark-and-crlf-as-windows-editors-write"])
 def test_netrc_is_read_as_curl_reads_it(nginx: Nginx, home: Path, text: str) -> None:
     # Users share one .netrc between curl, wget, git and sc: a word sc does not know is skipped
     # (Python's netrc refused the whole file for it).
@@ -554,3 +556,13 @@ def test_a_config_file_names_the_ca_bundle_and_the_bearer_token_file(nginx: Ngin
     succeeded(use(home, nginx.url("/token/data.tgz"), SC_CONFIG=config))
     # The option-less settings win over the standard variables, as the settings given do.
     succeeded(use(home, nginx.url("/public/data.tgz"), SC_CONFIG=config, SSL_CERT_FILE=nginx.pki / "other-ca.pem"))
+
+
+@pytest.mark.parametrize("key", ["netrc", "bearer_token_file", "ca_bundle"])
+def test_a_config_file_naming_a_credential_file_with_a_nul_byte_is_one_line(origin, home: Path, key: str) -> None:
+    # No system call takes such a name (Python raises for it): the line is refused, as a value of
+    # the wrong kind is, where it was an internal error (a .netrc was read with no error before).
+    config = home / "site.config"
+    config.write_bytes(f"{key} = {home}/cred\0ential\n".encode())
+    failed(use(home, origin.add("/data.tgz", DATA), SC_CONFIG=config),
+           f"{config}:1: {key} cannot name a file: it holds a NUL byte", status=2)

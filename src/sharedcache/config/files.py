@@ -51,6 +51,13 @@ def _text(value: str) -> str:
     return value
 
 
+def _file(value: str) -> str:
+    # (Only a file's line can hold one: no system call takes the name, where Python raises.)
+    if "\0" in value:
+        raise SettingError("", "cannot name a file: it holds a NUL byte")
+    return value
+
+
 def _size(value: str) -> str:
     from ..sizes import parse_size
 
@@ -115,11 +122,11 @@ SETTINGS = (
     Setting("no_proxy", _text, "hosts reached without a proxy", ("no_proxy", "NO_PROXY")),
     Setting("offline", _boolean, "no network at all: serve what is here", ("SC_OFFLINE",)),
     Setting("rewrite", _text, "site rewrite rules: 'PREFIX = MIRROR [MIRROR...]', ';'-separated"),
-    Setting("ca_bundle", _text, "CAs to trust instead of the system's (a PEM file or a hashed directory)"),
-    Setting("client_cert", _text, "client certificate (PEM; a grid proxy holds its key too)"),
-    Setting("client_key", _text, "the client certificate's key, if in a file of its own"),
-    Setting("bearer_token_file", _text, "a file holding a bearer token"),
-    Setting("netrc", _text, "the .netrc file of basic-auth logins"),
+    Setting("ca_bundle", _file, "CAs to trust instead of the system's (a PEM file or a hashed directory)"),
+    Setting("client_cert", _file, "client certificate (PEM; a grid proxy holds its key too)"),
+    Setting("client_key", _file, "the client certificate's key, if in a file of its own"),
+    Setting("bearer_token_file", _file, "a file holding a bearer token"),
+    Setting("netrc", _file, "the .netrc file of basic-auth logins"),
     Setting("verbose", _boolean, "say what is done; progress lines off a terminal too"),
     Setting("quiet", _boolean, "print nothing but errors"),
 )

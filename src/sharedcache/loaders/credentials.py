@@ -194,14 +194,15 @@ def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
 
     Users share one ``.netrc`` between curl, wget, git and sc, and other tools write words of
     their own in it (``port 80``): Python's ``netrc`` refuses the whole file for one of them, so
-    the file is read as curl reads it (lib/netrc.c).  Words are separated by spaces, tabs and
-    line ends, and a line whose first word starts with ``#`` is a comment.  The keywords, in any
-    case: ``machine NAME``, ``default``, ``login X`` (or ``user X``, which Python's ``netrc`` read
-    as ``login``: a file written for it keeps working), ``password X``, ``account X`` (not used),
-    and ``macdef``, whose macro, up to the next empty line, is skipped.  The value of a keyword is
-    the next word, whatever it is.  A word that begins with a double quote runs to the next one
-    (it may hold spaces), and a backslash in it escapes the next character (``\\n``, ``\\r``
-    and ``\\t`` are a newline, a carriage return and a tab); a quoted word is never a keyword.
+    the file is read as curl reads it (lib/netrc.c), but for a byte order mark at its start,
+    skipped.  Words are separated by spaces, tabs and line ends, and a line whose first word
+    starts with ``#`` is a comment.  The keywords, in any case: ``machine NAME``, ``default``,
+    ``login X`` (or ``user X``, which Python's ``netrc`` read as ``login``: a file written for it
+    keeps working), ``password X``, ``account X`` (not used), and ``macdef``, whose macro, up to
+    the next empty line, is skipped.  The value of a keyword is the next word, whatever it is.
+    A word that begins with a double quote runs to the next one (it may hold spaces), and a
+    backslash in it escapes the next character (``\\n``, ``\\r`` and ``\\t`` are a newline, a
+    carriage return and a tab); a quoted word is never a keyword.
     Any other word is skipped by itself (in ``port 80``, both are).
 
     The first ``machine`` entry for ``host`` (in any case) that gives a login or a password wins;
@@ -238,7 +239,9 @@ def _netrc_text(path: str) -> str | None:
     finally:
         os.close(fd)
     try:
-        return data.decode()
+        # (Without the byte order mark some Windows editors start a file with, which would join
+        # the first keyword and lose the first entry to a later default one.)
+        return data.decode().removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise LoaderError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start})") from None
 
