@@ -106,6 +106,12 @@ def test_a_proxy_written_with_a_slash_after_its_port_is_taken(proxy):
     assert proxy_chain(proxy) == ((f"http://{proxy.removeprefix('http://')}",),)
 
 
+def test_a_proxy_s_scheme_is_read_in_any_case():
+    # HTTP_PROXY=HTTP://proxy:3128 was refused; curl takes it.
+    assert proxy_chain("HTTP://proxy.site:3128|Https://proxy.site:3129") == (
+        ("http://proxy.site:3128", "https://proxy.site:3129"),)
+
+
 @pytest.mark.parametrize("proxy", ["http://alice:12#pw@proxy.site:3128", "alice:12#pw@proxy.site:3128"])
 def test_a_proxy_password_with_a_hash_after_digits_is_refused(proxy):
     # It was taken: curl reads "alice:12" as host and port (and connects to the user name), where

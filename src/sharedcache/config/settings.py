@@ -362,8 +362,9 @@ def proxy_url(member: str) -> str:
     if member.upper() == DIRECT:
         return DIRECT
     scheme, has_scheme, rest = member.partition("://")
+    scheme = scheme.lower() if has_scheme else "http"  # (HTTP://, as curl takes it)
     if not has_scheme:
-        scheme, rest = "http", member
+        rest = member
     address = split_user_info(rest, schemeless=True)[0].partition("/")[0]  # HOST[:PORT], without user info
     host, colon, port = address.rpartition(":")
     if not colon or host.endswith(":"):  # no port, or an IPv6 address without brackets
