@@ -70,10 +70,9 @@ def split_user_info(url: str, *, schemeless: bool = False) -> tuple[str, str | N
     "?" or "#") if the authority cannot be a host on its own: a ":" followed by what is no port
     ("alice:pa"), or a "#" after it (a download needs no fragment).  A host with a port
     ("host:8080/a@b") keeps its path."""
-    start = url.find("://")
-    if start < 0 and not schemeless:
+    start = _authority_start(url, schemeless)
+    if start is None:
         return url, None
-    start = start + 3 if start >= 0 else 0
     end = _authority_end(url, start)
     at = url.rfind("@", start, end)
     if at < 0:
@@ -83,6 +82,15 @@ def split_user_info(url: str, *, schemeless: bool = False) -> tuple[str, str | N
     if at < 0:
         return url, None
     return url[:start] + url[at + 1:], url[start:at]
+
+
+def _authority_start(url: str, schemeless: bool) -> int | None:
+    """Where the authority of ``url`` begins: after its "://", or at its start if it may be
+    written without a scheme (``schemeless``); None if it holds no URL."""
+    start = url.find("://")
+    if start >= 0:
+        return start + 3
+    return 0 if schemeless else None
 
 
 def _authority_end(url: str, start: int) -> int:
@@ -115,11 +123,8 @@ def pathless_problem(url: str, *, schemeless: bool = False) -> str | None:
     the path "/S3CRET@proxy:3128", so the password would be shown, and the connection made to
     the user name."""
     shown = without_user_info(url, schemeless=schemeless)
-    start = shown.find("://")
-    if start < 0 and not schemeless:
-        return None
-    start = start + 3 if start >= 0 else 0
-    if "@" not in shown[_authority_end(shown, start):]:
+    start = _authority_start(shown, schemeless)
+    if start is None or "@" not in shown[_authority_end(shown, start):]:
         return None
     return ("a proxy URL has no path, so an '@' after its host ends a user name or password, where a '/' "
             "is written %2F and a '?' %3F")

@@ -193,7 +193,6 @@ def _make_aside(path: str, mode: int, dir_fd: int | None, group: int | None) -> 
                 raise
             os.close(fd)
             fd = None
-            os.rmdir(temp, dir_fd=dir_fd)
             if not _mkdir(path, mode, dir_fd):
                 return None
             fd = open_directory(path, dir_fd=dir_fd)
@@ -209,7 +208,7 @@ def _make_aside(path: str, mode: int, dir_fd: int | None, group: int | None) -> 
         try:
             os.rmdir(temp, dir_fd=dir_fd)
         except OSError:
-            pass  # renamed into place, or removed above
+            pass  # renamed into place
 
 
 def _give_mode(fd: int, mode: int) -> None:
