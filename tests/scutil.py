@@ -334,6 +334,37 @@ def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None) -> Iterator
 
 
 @contextmanager
+def mounted_bindfs(source: Path, view: Path, *options: str) -> Iterator[Path]:
+    """``source`` seen through bindfs, a FUSE file system (given ``options``), at the new directory
+    ``view`` for the block; the calling test is skipped, saying why, where bindfs is missing or
+    cannot mount."""
+    import shutil
+
+    if shutil.which("bindfs") is None:
+        pytest.skip("bindfs is not installed (Debian: bindfs)")
+    view.mkdir()
+    daemon = subprocess.Popen(["bindfs", "-f", *options, str(source), str(view)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(view):
+            if daemon.poll() is not None:
+                pytest.skip(f"cannot mount bindfs: {daemon.stderr.read().decode().strip()}")  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "bindfs never mounted"
+            time.sleep(0.05)
+        yield view
+    finally:
+        # Lazily if busy (a descriptor a failed test left open): a mount whose daemon is killed
+        # would stay behind, its directory unreachable.
+        if subprocess.run(["umount", str(view)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(view)], capture_output=True)
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(10)
+
+
+@contextmanager
 def mounted_image(mount: Path, fs_type: str, megabytes: int, *options: str) -> Iterator[Path]:
     """A new file system of ``fs_type`` (made by ``mkfs.<fs_type>``, given ``options`` too) in an
     image file of ``megabytes`` MiB beside ``mount``, mounted through a loop device on the new directory

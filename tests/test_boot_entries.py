@@ -27,6 +27,7 @@ from scutil import (
     check_tree,
     control,
     make_tarball,
+    mounted_bindfs,
     mounted_image,
     mounted_tmpfs,
     needs_delayed_allocation,
@@ -218,29 +219,8 @@ def served(disk: Path, tmp_path: Path) -> Iterator[Path]:
     """``disk`` as another machine reaches it: through a file system that a kernel serves to it,
     as nfs is.  bindfs, a FUSE file system, stands in for it (a process reading through it, in a
     mount namespace with another boot id and machine id, is that other machine)."""
-    if shutil.which("bindfs") is None:
-        pytest.skip("bindfs is not installed (Debian: bindfs)")
-    view = tmp_path / "view"
-    view.mkdir()
-    daemon = subprocess.Popen(["bindfs", "-f", str(disk), str(view)], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(view):
-            if daemon.poll() is not None:
-                pytest.skip(f"cannot mount bindfs: {daemon.stderr.read().decode().strip()}")  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "bindfs never mounted"
-            time.sleep(0.05)
+    with mounted_bindfs(disk, tmp_path / "view") as view:
         yield view
-    finally:
-        # Lazily if busy (a descriptor a failed test left open): a mount whose daemon is killed
-        # would stay behind, its directory unreachable.
-        if subprocess.run(["umount", str(view)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(view)], capture_output=True)
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(10)
 
 
 def test_from_another_machine_an_entry_of_the_serving_machine_s_boot_is_neither_used_nor_removed(

@@ -3,6 +3,7 @@ share one repository and one download, and either can delete what the other crea
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import stat
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, interpreter_for, make_tarball, pause_at, sample_files
+from scutil import Sleeper, interpreter_for, make_tarball, mounted_bindfs, pause_at, sample_files
+
+from sharedcache.engine.fsutil import rename_noreplace
 
 ALICE, BOB, CAROL, GROUP = 41001, 41002, 41003, 41500
 FILES = sample_files(n=5, size=20_000)
@@ -97,6 +100,39 @@ def test_two_users_share_one_download_through_a_group_cache(shared, origin, pyth
         # Its read-only tree can only be emptied by its committer: alice's next command does it.
         assert as_user(python, ALICE, "gc", *group, "-d", str(base)).returncode == 0
         assert list((control / "trash").iterdir()) == []
+
+
+def test_a_group_cache_on_a_file_system_that_cannot_rename_without_replacing_is_made_in_place(shared, python):
+    # Its directories are made aside and renamed into place with RENAME_NOREPLACE, which some
+    # file systems refuse (EINVAL: FUSE's bindfs here, some network ones): there they are made in
+    # place and given their mode then, and nothing is left under a temporary name.
+    disk = shared / "disk"
+    disk.mkdir()
+    disk.chmod(0o755)
+    tarball = shared / "data.tar.gz"
+    md5 = make_tarball(tarball, FILES)
+    with mounted_bindfs(disk, shared / "view", "-o", "allow_other") as view:
+        probe = view / "probe"
+        probe.mkdir()
+        with pytest.raises(OSError) as refused:
+            rename_noreplace(str(probe), str(view / "renamed"))
+        assert refused.value.errno == errno.EINVAL, "this file system renames without replacing: no fallback here"
+        base = view / "base"
+        base.mkdir()
+        base.chmod(0o1777)
+        words = ["--group", str(GROUP), "-n", "repo", "-d", str(base), f"file:{tarball}", f"md5:{md5}", "tar"]
+        with Sleeper() as job:
+            for member in (ALICE, BOB):  # each with umask 077
+                used = as_user(python, member, "--use", "--pid", str(job.pid), *words)
+                assert used.returncode == 0, used.stderr
+                assert read_as(python, member, Path(used.stdout.strip())).returncode == 0
+            control = base / f".shared-cache-g{GROUP}"
+            st = control.stat()
+            assert st.st_gid == GROUP and stat.S_IMODE(st.st_mode) == 0o2770
+            for name in ("objects", "stage", "trash", "populate"):
+                st = (control / name).stat()
+                assert st.st_gid == GROUP and st.st_mode & 0o070 == 0o070, (name, oct(st.st_mode))
+            assert not [path for path in base.rglob("*") if ".tmp-" in path.name]
 
 
 def test_a_setgid_directory_makes_no_group_cache_without_consent(shared, python):
