@@ -65,7 +65,8 @@ def _free_port() -> int:
 class Nginx:
     """nginx serving /public/, /token/ (bearer token) and /basic/ (basic auth) on ``port``, a vhost
     on ``cert_port`` that wants a client certificate of the test CA (/to-cert/ on ``port``
-    redirects there), and plain HTTP on ``redirect_port`` that redirects every request to ``port``."""
+    redirects there), and plain HTTP on ``redirect_port`` that serves /basic/ too and redirects
+    every other request to ``port`` (as a proxy, it serves any host name, none to resolve)."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -121,8 +122,9 @@ http {{
         location / {{ if ($ssl_client_verify != SUCCESS) {{ return 403; }} }}
     }}
     server {{
-        listen 127.0.0.1:{self.redirect_port};
+        listen 127.0.0.1:{self.redirect_port}; root {root};
         location / {{ return 302 https://127.0.0.1:{self.port}$request_uri; }}
+        location /basic/ {{ auth_basic "shared-cache test"; auth_basic_user_file {home}/htpasswd; }}
     }}
 }}
 """)
@@ -286,6 +288,10 @@ def test_netrc_gives_basic_auth(nginx: Nginx, home: Path) -> None:
     failed(use(home, url, SSL_CERT_FILE=ca), f"cannot read {netrc}: it is not UTF-8 text (byte 39)")
 
 
+# A .netrc of 128 KiB, the largest read (as curl reads it since 8.12), whose entry is at its end.
+LARGEST_NETRC = f"\nmachine 127.0.0.1 login {USER} password {PASSWORD}\n".rjust(128 * 1024, "#")
+
+
 @pytest.mark.parametrize("text", [
     f"machine 127.0.0.1 port 443 login {USER} password {PASSWORD} port 443\n",
     f"machine 127.0.0.1 login {USER} sslcert password {PASSWORD}\n",
@@ -297,10 +303,11 @@ def test_netrc_gives_basic_auth(nginx: Nginx, home: Path) -> None:
     f"MACHINE 127.0.0.1 Login {USER} PASSWORD {PASSWORD}\n",
     f"machine 127.0.0.1 user {USER} password {PASSWORD}\n",
     f"\ufeffmachine 127.0.0.1 login {USER} password {PASSWORD}\r\ndefault login {USER} password wrong-pw\r\n",
+    LARGEST_NETRC,
 ], ids=["words-of-other-tools", "a-word-between-login-and-password", "macros-skipped", "quoted-password",
         "the-first-entry-wins", "default-when-no-entry-gives-a-login", "keywords-in-any-case",
         "user-as-pythons-netrc-reads-it",
-        "a-byte-order-mark-and-crlf-as-windows-editors-write"])
+        "a-byte-order-mark-and-crlf-as-windows-editors-write", "the-largest-file-read"])
 def test_netrc_is_read_as_curl_reads_it(nginx: Nginx, home: Path, text: str) -> None:
     # Users share one .netrc between curl, wget, git and sc: a word sc does not know is skipped
     # (Python's netrc refused the whole file for it).
@@ -308,12 +315,34 @@ def test_netrc_is_read_as_curl_reads_it(nginx: Nginx, home: Path, text: str) -> 
     succeeded(use(home, nginx.url("/basic/data.tgz"), SSL_CERT_FILE=nginx.pki / "ca.pem"))
 
 
-def test_a_netrc_that_cannot_be_read_is_one_line_without_its_words(nginx: Nginx, home: Path) -> None:
+@pytest.mark.parametrize(("text", "cause"), [
+    (f'machine 127.0.0.1 login {USER}\n  password "{PASSWORD}\n', "a quote is not closed (line 2)"),
+    # curl ends the line at a NUL and drops what follows (7.88 drops the next line too): the
+    # password must not be cut there and sent, nor a NUL.
+    (f"machine 127.0.0.1 login {USER}\n  password {PASSWORD}\0-and-more\n", "it holds a NUL byte (line 2)"),
+    # Read whole, a runaway file would cost its size in memory at every download.
+    (LARGEST_NETRC + "\n", "it is larger than 128 KiB"),
+], ids=["a-quote-left-open", "a-nul-byte", "larger-than-128-KiB"])
+def test_a_netrc_that_cannot_be_read_is_one_line_without_its_words(
+        nginx: Nginx, home: Path, text: str, cause: str) -> None:
     netrc = home / ".netrc"
-    netrc.write_text(f'machine 127.0.0.1 login {USER}\n  password "{PASSWORD}\n')
+    netrc.write_text(text)
     line = failed(use(home, nginx.url("/basic/data.tgz"), SSL_CERT_FILE=nginx.pki / "ca.pem"),
-                  f"cannot read {netrc}: a quote is not closed (line 2)")
+                  f"cannot read {netrc}: {cause}")
     assert PASSWORD not in line
+
+
+def test_netrc_machine_names_match_in_ascii_case_only(nginx: Nginx, home: Path) -> None:
+    # As curl: by Unicode's rules (str.lower) a name written with a Kelvin sign is the same name
+    # written with a "k", and its login went to that other host.  k.example is reached through
+    # nginx's plain-HTTP port as a proxy.
+    url, proxy, netrc = "http://k.example/basic/data.tgz", f"http://127.0.0.1:{nginx.redirect_port}", home / ".netrc"
+    netrc.write_text(f"machine \u212a.example login {USER} password {PASSWORD}\n")
+    failed(use(home, url, http_proxy=proxy),
+           f"HTTP 401 Unauthorized for {url} via proxy {proxy} (no credentials were sent)")
+    netrc.write_text(f"machine \u212a.example login {USER} password wrong-pw\nmachine K.EXAMPLE login {USER} "
+                     f"password {PASSWORD}\n")
+    succeeded(use(home, url, http_proxy=proxy))
 
 
 def test_user_info_in_a_url_is_sent_and_never_shown_or_stored(nginx: Nginx, home: Path) -> None:

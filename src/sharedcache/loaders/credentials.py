@@ -187,6 +187,9 @@ _NETRC_WORD = re.compile(r'(?:^[ \t]*#[^\n]*|[ \t\r\n])*+(?:"((?:[^"\\]|\\.)*)("
                          re.MULTILINE | re.DOTALL)
 _NETRC_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
 _NETRC_MACRO_END = re.compile(r"\n\r*\n")  # an empty line
+# The largest .netrc read, as curl since 8.12 (which refuses a larger one; 7.88 reads any
+# size): thousands of entries, and a bound on the memory a runaway file takes at each download.
+_NETRC_MAX_BYTES = 128 * 1024
 
 
 def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
@@ -205,17 +208,32 @@ def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
     carriage return and a tab); a quoted word is never a keyword.
     Any other word is skipped by itself (in ``port 80``, both are).
 
-    The first ``machine`` entry for ``host`` (in any case) that gives a login or a password wins;
-    a ``default`` one, only if none does (curl takes a ``default`` written before it).  The only
-    file that cannot be read is one with a quote left open, and its message names the line,
-    never a word: a password can be anywhere."""
+    The first ``machine`` entry for ``host`` that gives a login or a password wins; a
+    ``default`` one, only if none does (curl takes a ``default`` written before it).  Keywords and
+    machine names are compared in any case of ASCII letters only, as curl compares them: by
+    Unicode's rules a name written with a Kelvin sign (U+212A) would get the login of the same
+    name written with a ``k``.
+
+    A file that cannot be read is one line that names the file and the line at fault, never a
+    word (a password can be anywhere): one with a quote left open, or with a NUL byte (curl takes
+    it for the end of the line and drops text after it, 7.88 the next line too: no word is cut
+    there and sent).  A file larger than 128 KiB is refused without reading further, as curl
+    refuses it since 8.12."""
     if not path or (text := _netrc_text(path)) is None:
         return None
+    host = _ascii_lower(host)
     # The machine entries before the default ones, each in file order (sorted is stable).
     for machine, given in sorted(_netrc_entries(text, path), key=lambda entry: entry[0] is None):
-        if given.keys() & {"login", "password"} and (machine is None or machine.lower() == host.lower()):
+        if given.keys() & {"login", "password"} and (machine is None or _ascii_lower(machine) == host):
             return given.get("login", ""), given.get("password", "")
     return None
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_lower(word: str) -> str:
+    return word.translate(_ASCII_LOWER)
 
 
 def _netrc_text(path: str) -> str | None:
@@ -233,11 +251,16 @@ def _netrc_text(path: str) -> str | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         with open(fd, "rb", closefd=False) as file:
-            data = file.read()
+            data = file.read(_NETRC_MAX_BYTES + 1)
     except OSError as exc:
         raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
+    if len(data) > _NETRC_MAX_BYTES:
+        raise LoaderError(f"cannot read {path}: it is larger than {_NETRC_MAX_BYTES // 1024} KiB")
+    if (nul := data.find(b"\0")) >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise LoaderError(f"cannot read {path}: it holds a NUL byte (line {line})")
     try:
         # (Without the byte order mark some Windows editors start a file with, which would join
         # the first keyword and lose the first entry to a later default one.)
@@ -275,7 +298,7 @@ def _netrc_entries(text: str, path: str) -> list[tuple[str | None, dict[str, str
         return word[0] if word else None
 
     while (word := next_word()) is not None:
-        keyword = None if word[1] else word[0].lower()
+        keyword = None if word[1] else _ascii_lower(word[0])
         if keyword in ("machine", "default"):
             given = {}
             entries.append(((value() or "") if keyword == "machine" else None, given))
