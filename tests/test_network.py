@@ -124,7 +124,7 @@ def test_proxy_credentials_are_sent_and_never_shown(tmp_path, origin, owner):
         chain = f"http://alice:s3cret-word@{address};alice:s3cret-word@{address}|DIRECT"
         shown = sc("config", env=sc_env(SC_PROXY=chain))
         assert shown.returncode == 0, shown.stderr
-        assert f"proxy = http://{address};{address}|DIRECT  # SC_PROXY" in shown.stdout, shown.stdout
+        assert f"proxy = http://{address};http://{address}|DIRECT  # SC_PROXY" in shown.stdout, shown.stdout
         assert "s3cret" not in result.stderr + shown.stdout
 
 

@@ -3,6 +3,7 @@ tokens, client keys, timeouts and rewrite mirrors; and offline with a local mirr
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +104,8 @@ def test_a_proxy_password_with_a_slash_after_digits_is_refused_showing_only_the_
 
 @pytest.mark.parametrize("proxy", ["http://proxy.site:3128/", "alice:s3cret@proxy.site:3128/"])
 def test_a_proxy_written_with_a_slash_after_its_port_is_taken(proxy):
-    assert proxy_chain(proxy) == ((f"http://{proxy.removeprefix('http://')}",),)
+    # (And left out, as curl leaves it out: a proxy has no use for a path.)
+    assert proxy_chain(proxy) == ((f"http://{proxy.removeprefix('http://').removesuffix('/')}",),)
 
 
 def test_a_proxy_s_scheme_is_read_in_any_case():
@@ -170,15 +172,17 @@ def test_a_bearer_token_a_header_cannot_carry_is_refused_at_once(tmp_path, owner
 
 
 class _RecordingProxy:
-    """A forward proxy for plain HTTP that answers every GET itself with ``DATA`` and records the
-    ``Proxy-Authorization`` it was sent."""
+    """A forward proxy for plain HTTP that answers every GET itself, with ``DATA`` (a 404 for a
+    URL whose path ends in ``/missing``), and records the ``Proxy-Authorization`` it was sent
+    (``seen``) and the request line (``requested``)."""
 
     def __init__(self) -> None:
         import http.server
         import threading
 
         seen: list[str | None] = []
-        self.seen = seen
+        requested: list[str] = []
+        self.seen, self.requested = seen, requested
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -188,6 +192,10 @@ class _RecordingProxy:
 
             def do_GET(self) -> None:
                 seen.append(self.headers.get("Proxy-Authorization"))
+                requested.append(self.requestline)
+                if self.path.endswith("/missing"):
+                    self.send_error(404)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(DATA)))
                 self.end_headers()
@@ -204,8 +212,6 @@ class _RecordingProxy:
 
 
 def test_a_proxy_password_outside_latin_1_is_sent_as_utf_8(tmp_path, owner):
-    import base64
-
     proxy = _RecordingProxy()
     try:
         result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
@@ -215,6 +221,103 @@ def test_a_proxy_password_outside_latin_1_is_sent_as_utf_8(tmp_path, owner):
         proxy.stop()
     assert result.returncode == 0 and "internal error" not in result.stderr, result.stderr
     assert proxy.seen == ["Basic " + base64.b64encode("alice:p\u20acss".encode()).decode()]
+
+
+@pytest.fixture
+def recording_proxy() -> Iterator[_RecordingProxy]:
+    proxy = _RecordingProxy()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("written", ["http://alice:pw@{address}?x=S3CRET", "alice:pw@{address}?x=S3CRET",
+                                     "http://alice:pw@{address}/?x=S3CRET", "http://alice:pw@{address}#S3CRET"])
+def test_a_proxy_with_a_query_or_fragment_is_taken_as_curl_takes_it(tmp_path, owner, recording_proxy, written):
+    # It was refused ("proxy:3128?x=1" is no port), where curl connects to the proxy's host and
+    # port and sends the query nowhere, neither in the request line nor in any header; so do we.
+    proxy = written.format(address=recording_proxy.address)
+    origin = f"http://origin.invalid:{free_port()}/data"
+    config = tmp_path / "config"
+    config.write_text(f"proxy = {proxy}\n")
+    sources = [(["--proxy", proxy], {}), ([], {"SC_PROXY": proxy}), ([], {"SC_CONFIG": str(config)}),
+               ([], {"all_proxy": proxy})]
+    for n, (args, variables) in enumerate(sources):
+        result = sc("--use", "-v", "-d", str(tmp_path), "-n", f"data{n}", "--pid", str(owner.pid), *args,
+                    f"http:{origin}", f"sha256:{SHA256}", env=sc_env(**variables))
+        assert result.returncode == 0, result.stderr
+        assert (user_dir(tmp_path) / f"data{n}" / "data").read_bytes() == DATA
+        shown = sc("config", *args, env=sc_env(**variables))
+        assert shown.returncode == 0, shown.stderr
+        assert f"proxy = http://{recording_proxy.address}  # " in shown.stdout, shown.stdout
+        assert "S3CRET" not in result.stderr + shown.stdout
+    assert recording_proxy.requested == [f"GET {origin} HTTP/1.1"] * len(sources)
+    assert recording_proxy.seen == ["Basic " + base64.b64encode(b"alice:pw").decode()] * len(sources)
+
+
+def test_a_proxy_is_shown_by_its_scheme_host_and_port_alone(tmp_path, owner, recording_proxy):
+    # "http://alice:12/S3CRET" is a password with a "/" whose "@host" was lost: to any URL parser
+    # the host alice, port 12 and a path, which a proxy has no use for.  It was shown whole by
+    # sc config, -v and the error lines of what went through it.
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: a connection error, and a fail-over
+    chain = f"http://{dead}/S3CRET-1;http://{recording_proxy.address}/S3CRET-2"
+    missing = f"http://origin.invalid:{free_port()}/missing"
+    result = sc("--use", "-v", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
+                "--proxy", chain, f"http:{missing}")
+    assert result.returncode == 1, result.stderr
+    assert f"proxy http://{dead} failed for {missing} (" in result.stderr, result.stderr
+    assert f"failing over to proxy http://{recording_proxy.address}\n" in result.stderr, result.stderr
+    assert result.stderr.endswith(f"HTTP 404 Not Found for {missing} via proxy http://{recording_proxy.address}\n"), \
+        result.stderr
+    assert recording_proxy.requested == [f"GET {missing} HTTP/1.1"]
+    for variables, line in [({"SC_PROXY": "http://alice:12/S3CRET|DIRECT"}, "http://alice:12|DIRECT  # SC_PROXY"),
+                            ({"SC_PROXY": "alice:12/S3CRET"}, "http://alice:12  # SC_PROXY"),
+                            ({"http_proxy": "alice:12/S3CRET", "https_proxy": "https://bob:7?S3CRET"},
+                             "http://alice:12 for http://, https://bob:7 for https://  # http_proxy, https_proxy")]:
+        shown = sc("config", env=sc_env(**variables))
+        assert shown.returncode == 0, shown.stderr
+        assert f"\nproxy = {line}\n" in shown.stdout, shown.stdout
+        assert "S3CRET" not in shown.stdout
+
+
+@pytest.mark.parametrize("variable", ["SC_PROXY", "SC_CONFIG", "http_proxy", "https_proxy", "all_proxy"])
+def test_sc_config_that_fails_prints_no_row(tmp_path, variable):
+    # The rows above the proxy were printed before curl's variables were read and one refused.
+    proxy = "http://alice:1/S3CRET@proxy.site:3128"
+    config = tmp_path / "config"
+    config.write_text(f"proxy = {proxy}\n")
+    shown = sc("config", env=sc_env(**{variable: str(config) if variable == "SC_CONFIG" else proxy}))
+    assert (shown.returncode, shown.stdout) == (2, "")
+    assert shown.stderr.startswith("sc: error: ") and shown.stderr.count("\n") == 1, shown.stderr
+
+
+@pytest.mark.parametrize("chain", [[["ftp://x"]], [["http://alice:12/S3CRET@proxy.site:3128"]], [[""]], [[]], [],
+                                   [["http://proxy.site:3128", "socks5://alice:S3CRET@proxy.site:1080"], ["DIRECT"]]])
+def test_a_fetch_policy_s_proxy_groups_are_checked_as_the_settings_are(chain):
+    # FetchPolicy(proxy=...) checked a chain written as text, and took its groups as they were.
+    from sharedcache.config.settings import FetchPolicy
+
+    written = ";".join("|".join(group) for group in chain)
+    with pytest.raises(SettingError) as as_text:
+        FetchPolicy(proxy=written)
+    for given in (chain, tuple(tuple(group) for group in chain)):
+        with pytest.raises(SettingError) as as_groups:
+            FetchPolicy(proxy=given)
+        assert str(as_groups.value) == str(as_text.value) and "S3CRET" not in str(as_groups.value)
+
+
+def test_a_fetch_policy_s_proxy_groups_are_those_of_the_text():
+    from sharedcache.config.settings import FetchPolicy
+
+    text = "HTTP://alice:pw@proxy.site:3128/|proxy.site:3129?x=1;DIRECT"
+    assert FetchPolicy(proxy=[["HTTP://alice:pw@proxy.site:3128/", "proxy.site:3129?x=1"], ["DIRECT"]]) \
+        == FetchPolicy(proxy=text)
+    assert FetchPolicy(proxy=text).proxy == (("http://alice:pw@proxy.site:3128", "http://proxy.site:3129"), ("DIRECT",))
+    for wrong in (42, ["http://alice:S3CRET@proxy.site:3128"], [[b"http://alice:S3CRET@proxy.site:3128"]]):
+        with pytest.raises(SettingError, match="^proxy ") as refused:
+            FetchPolicy(proxy=wrong)  # type: ignore[arg-type]
+        assert "S3CRET" not in str(refused.value)
 
 
 @pytest.mark.parametrize("key", ["connect_timeout", "read_timeout"])

@@ -6,8 +6,9 @@ and exits with :attr:`SharedCacheError.exit_status`: 2 for a usage error, 1 for 
 Anything that is not a :class:`SharedCacheError` reaching the command line is a bug.
 
 What a message may show of a URL is decided here too, once for every message, record, identity
-and listing: never its user info (:func:`split_user_info`), and in what other members of a group
-cache read, not its query either (:func:`without_queries`).
+and listing: never its user info (:func:`split_user_info`), of a proxy nothing but its scheme,
+host and port (:func:`shown_proxy`), and in what other members of a group cache read, not its
+query either (:func:`without_queries`).
 """
 
 from __future__ import annotations
@@ -156,19 +157,41 @@ def unparsed_url(url: str, *, schemeless: bool = False, pathless: bool = False) 
     with nothing after its "://" if what remains of the authority is no host but one with a ":"
     that no port follows.  That is a user and password whose "@" is gone (a password with a space,
     which splits a recipe's word there: "http://alice:pa").  ``pathless``: ``url`` has no use for
-    a path (a proxy's), and nothing after its "://" is shown either if :func:`pathless_problem`
-    finds a problem: what comes before its "/" or "?" is a user name (a token, as some write one)
-    and a password's first characters, what comes after, the rest of that password and a host
-    that would seem to be the one used, where a URL parser would connect to the user name."""
+    a path (a proxy's), so nothing after its authority is shown (it means nothing, and may be the
+    end of a password whose "@" is gone: "http://alice:12/S3CRET"); and nothing after its "://"
+    either if :func:`pathless_problem` finds a problem: what comes before its "/" or "?" is a user
+    name (a token, as some write one) and a password's first characters, what comes after, the
+    rest of that password and a host that would seem to be the one used, where a URL parser would
+    connect to the user name."""
     shown = without_user_info(url, schemeless=schemeless)
-    scheme, separator, rest = shown.partition("://")
-    if not separator:
-        if not schemeless:
-            return shown
-        scheme, rest = "", shown
-    if _no_host(rest[:_authority_end(rest, 0)]) or (pathless and pathless_problem(url, schemeless=schemeless)):
-        return f"{scheme}{separator}..."
-    return shown
+    parts = _address_parts(shown, schemeless)
+    if parts is None:
+        return shown
+    before, address = parts
+    if _no_host(address) or (pathless and pathless_problem(url, schemeless=schemeless)):
+        return f"{before}..."
+    return before + address if pathless else shown
+
+
+def shown_proxy(url: str) -> str:
+    """What a message or ``sc config`` shows of the proxy ``url`` (``[SCHEME://]HOST[:PORT]``
+    with user info and anything after it, which a proxy has no use for): its scheme, host and port
+    only, or less if it is no URL (see :func:`unparsed_url`)."""
+    return unparsed_url(url, schemeless=True, pathless=True)
+
+
+def host_and_port(url: str, *, schemeless: bool = False) -> str:
+    """The authority of ``url`` without its user info (see :func:`split_user_info`): ``HOST[:PORT]``,
+    empty if ``url`` holds no URL."""
+    parts = _address_parts(without_user_info(url, schemeless=schemeless), schemeless)
+    return "" if parts is None else parts[1]
+
+
+def _address_parts(shown: str, schemeless: bool) -> tuple[str, str] | None:
+    """What comes before the authority of ``shown`` (a URL without user info), and that
+    authority; None if it holds no URL."""
+    start = _authority_start(shown, schemeless)
+    return None if start is None else (shown[:start], shown[start:_authority_end(shown, start)])
 
 
 def unresolvable(path: str) -> SharedCacheError:

@@ -16,7 +16,7 @@ import sys
 # module before they freeze what start-up made (see bin/sc).
 from ..config import files
 from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
-from ..errors import SharedCacheError, UsageError, clipped, printable, without_user_info
+from ..errors import SharedCacheError, UsageError, clipped, printable, shown_proxy
 from ..progress import Reporter
 from ..repository.bases import group_id
 from ..repository.repositories import Repositories
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..config.files import Effective
+    from ..config.settings import FetchPolicy
     from ..repository.repositories import Held
     from .parser import Arguments
 
@@ -46,8 +47,7 @@ def run(options: Arguments) -> int:
              and not (setting.key in ("verbose", "quiet") and value == 0)}
     effective = files.effective(given, os.environ)
     if options.action == "config":
-        files.fetch_policy(effective, os.environ)  # checks the fetch settings, as a miss would
-        return show_config(effective)
+        return show_config(effective, files.fetch_policy(effective, os.environ))  # checked, as a miss would
     for key in ("directories", "max_size", "keep", "group", "timeout", "verbose", "quiet"):
         if key in effective:
             setattr(options, key, effective[key][0])
@@ -299,13 +299,15 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 }
 
 
-def show_config(effective: Effective) -> int:
-    """``sc config``: every setting, its effective value and where it comes from."""
+def show_config(effective: Effective, fetch: FetchPolicy) -> int:
+    """``sc config``: every setting, its effective value and where it comes from; ``fetch`` is
+    the fetch policy they make."""
     from ..config.settings import FetchPolicy, shown_rewrites
     from ..loaders.transport import curl_proxy, shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES
 
     defaults = FetchPolicy()
+    rows = []  # all of them made before any is printed: a failure prints none
     for setting in files.SETTINGS:
         key = setting.key
         if key in effective:
@@ -314,15 +316,16 @@ def show_config(effective: Effective) -> int:
             value, where = ":".join(DEFAULT_DIRECTORIES), "default"
         else:
             value, where = getattr(defaults, key, None), "default"
-        if key == "proxy" and isinstance(value, str):  # user info in a proxy URL is not shown
-            value = shown_chain(value)
+        if key == "proxy" and fetch.proxy is not None:  # user info in a proxy URL is not shown
+            value = shown_chain(fetch.proxy)
         elif key == "rewrite" and isinstance(value, str):  # nor in a mirror's
             value = shown_rewrites(value)
-        elif key == "proxy" and value is None:
+        elif key == "proxy":
             value, where = _curl_proxies(curl_proxy("http"), curl_proxy("https")) or (
                 "(none: curl's variables apply)", where)
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
-        print(f"{key} = {text}  # {where}")
+        rows.append(f"{key} = {text}  # {where}\n")
+    sys.stdout.write("".join(rows))
     return 0
 
 
@@ -333,9 +336,9 @@ def _curl_proxies(http: tuple[str, str] | None, https: tuple[str, str] | None) -
     from ..config.settings import DIRECT
 
     if http == https:
-        return None if http is None else (without_user_info(http[1]), http[0])
+        return None if http is None else (shown_proxy(http[1]), http[0])
     found = (("http", http), ("https", https))
-    return (", ".join(f"{DIRECT if proxy is None else without_user_info(proxy[1])} for {scheme}://"
+    return (", ".join(f"{DIRECT if proxy is None else shown_proxy(proxy[1])} for {scheme}://"
                       for scheme, proxy in found),
             ", ".join(proxy[0] for _, proxy in found if proxy is not None))
 

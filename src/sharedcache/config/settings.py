@@ -21,7 +21,9 @@ from _thread import TIMEOUT_MAX  # (threading's, without importing threading)
 
 from ..errors import (
     SettingError,
+    host_and_port,
     pathless_problem,
+    shown_proxy,
     split_user_info,
     unparsed_url,
     user_info_problem,
@@ -255,8 +257,8 @@ class FetchPolicy:
     trust and authentication (:class:`Credentials`; None: the system's CAs and no credentials).
     ``rewrites``: the site's rewrite rules (:func:`rewrite_rules`).
 
-    ``proxy``: the proxy chain (a string as :func:`proxy_chain` reads it, or its groups), or None
-    to follow curl's environment variables.  ``no_proxy``: hosts reached directly, as curl's
+    ``proxy``: the proxy chain (a string as :func:`proxy_chain` reads it, or its groups, checked
+    alike), or None to follow curl's environment variables.  ``no_proxy``: hosts reached directly, as curl's
     ``no_proxy`` (None: the environment's).  ``offline``: no network connection of any kind; a
     source that needs one fails at once.
     """
@@ -294,7 +296,7 @@ class FetchPolicy:
                  read_timeout: float = 60.0, retries: int = 5, backoff: float = 0.25,
                  backoff_max: float = 8.0, speed_limit: int = 1000, speed_time: float = 60.0,
                  credentials: Credentials | None = None, rewrites: Sequence[Rewrite] = (),
-                 proxy: str | ProxyChain | None = None, no_proxy: str | None = None,
+                 proxy: str | Sequence[Sequence[str]] | None = None, no_proxy: str | None = None,
                  offline: bool = False) -> None:
         if type(connections) is not int or not 1 <= connections <= MAX_CONNECTIONS:
             raise SettingError("connections", f"must be between 1 and {MAX_CONNECTIONS}, not {connections!r}")
@@ -316,7 +318,7 @@ class FetchPolicy:
                   "read_timeout": float(read_timeout), "retries": retries, "backoff": float(backoff),
                   "backoff_max": float(backoff_max), "speed_limit": speed_limit, "speed_time": float(speed_time),
                   "credentials": credentials, "rewrites": tuple(rewrites),
-                  "proxy": proxy_chain(proxy) if isinstance(proxy, str) else proxy, "no_proxy": no_proxy,
+                  "proxy": None if proxy is None else proxy_chain(proxy), "no_proxy": no_proxy,
                   "offline": offline}
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -344,28 +346,36 @@ class FetchPolicy:
         return f"FetchPolicy({fields})"
 
 
-def proxy_chain(text: str) -> ProxyChain:
+def proxy_chain(chain: str | Sequence[Sequence[str]]) -> ProxyChain:
     """The groups of a CVMFS-style proxy chain ``A|B;C``: groups (``;``) are tried in order, the
     proxies of a group (``|``) in random order; ``DIRECT`` is a member that uses no proxy.  A
     proxy is ``[http://|https://][USER:PASSWORD@]HOST[:PORT]`` (``http://`` if no scheme is given).
+    ``chain`` is that text, or its groups (each a sequence of members), checked alike.
     """
-    groups = []
-    for group in text.split(";"):
-        members = tuple(proxy_url(member.strip()) for member in group.split("|"))
-        groups.append(members)
-    return tuple(groups)
+    if isinstance(chain, str):
+        chain = [[member.strip() for member in group.split("|")] for group in chain.split(";")]
+    elif not isinstance(chain, (list, tuple)) or not all(isinstance(group, (list, tuple)) for group in chain):
+        # (Not shown: it may hold a password.)
+        raise SettingError("proxy", "must be text, or its groups as a list of lists of members")
+    # An empty group or chain is no route at all: refused as the empty member it is written as.
+    return tuple(tuple(proxy_url(member) for member in group or [""]) for group in chain or [[""]])
 
 
 def proxy_url(member: str) -> str:
-    """The URL of the proxy written ``member`` (``http://`` added if no scheme is given), or
-    ``DIRECT``; :class:`SettingError` if it is neither."""
+    """The URL of the proxy written ``member`` (``http://`` added if no scheme is given; whatever
+    follows its port left out, as curl ignores it), or ``DIRECT``; :class:`SettingError` if it is
+    neither."""
+    if not isinstance(member, str):
+        raise SettingError("proxy", f"has a member that is not text but {type(member).__name__}")
     if member.upper() == DIRECT:
         return DIRECT
     scheme, has_scheme, rest = member.partition("://")
     scheme = scheme.lower() if has_scheme else "http"  # (HTTP://, as curl takes it)
     if not has_scheme:
         rest = member
-    address = split_user_info(rest, schemeless=True)[0].partition("/")[0]  # HOST[:PORT], without user info
+    user_info = split_user_info(rest, schemeless=True)[1]
+    address = host_and_port(rest, schemeless=True)
+    url = f"{scheme}://{address}" if user_info is None else f"{scheme}://{user_info}@{address}"
     host, colon, port = address.rpartition(":")
     if not colon or host.endswith(":"):  # no port, or an IPv6 address without brackets
         host, port = address, ""
@@ -374,14 +384,13 @@ def proxy_url(member: str) -> str:
     problem = pathless_problem(member, schemeless=True) or user_info_problem(member, schemeless=True)
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
             or not member.isprintable() or not member.isascii() or " " in member \
-            or not _parses(f"{scheme}://{rest}") or problem is not None:
-        shown = unparsed_url(member, schemeless=True, pathless=True)
-        why = f"cannot use {shown!r}" if member else "has an empty member"
+            or not _parses(url) or problem is not None:
+        why = f"cannot use {shown_proxy(member)!r}" if member else "has an empty member"
         if problem is not None:
             why += f" ({problem})"
         raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
-    return f"{scheme}://{rest}"
+    return url
 
 
 def _parses(url: str) -> bool:

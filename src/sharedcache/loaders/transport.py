@@ -37,8 +37,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config.settings import DIRECT, FetchPolicy, proxy_url
-from ..errors import ConfigError, DownloadError, SettingError, without_user_info
+from ..config.settings import DIRECT, FetchPolicy, ProxyChain, proxy_url
+from ..errors import ConfigError, DownloadError, SettingError, shown_proxy
 
 if TYPE_CHECKING:
     import ssl
@@ -117,15 +117,14 @@ def bypassed(host: str, no_proxy: str) -> bool:
     return False
 
 
-def shown_chain(chain: str) -> str:
-    """A proxy chain as written, without the user info of its proxies."""
-    return ";".join("|".join(without_user_info(member.strip(), schemeless=True) for member in group.split("|"))
-                    for group in chain.split(";"))
+def shown_chain(chain: ProxyChain) -> str:
+    """A proxy chain as ``sc config`` shows it: its proxies by scheme, host and port."""
+    return ";".join("|".join(shown_proxy(member) for member in group) for group in chain)
 
 
 def shown(proxy: str) -> str:
-    """A route member as messages name it: without user info."""
-    return "a direct connection" if proxy == DIRECT else f"proxy {without_user_info(proxy, schemeless=True)}"
+    """A route member as messages name it: a proxy by scheme, host and port."""
+    return "a direct connection" if proxy == DIRECT else f"proxy {shown_proxy(proxy)}"
 
 
 def read_timeout(fetch: FetchPolicy) -> float:
