@@ -1,5 +1,6 @@
 """Hostile neighbours: other users of the host, played for real by users and a group that this
-module creates (``schost*``), in base directories like ``/tmp`` that everyone can write.
+module creates (``schost<pid><letters>*``, new names at each run, so that two runs at once never
+meet), in base directories like ``/tmp`` that everyone can write.
 
 Each test asserts what the victim sees: her files outside the cache keep their names, contents
 and modes; what she reads is the checksummed content, or her command fails with one clear line;
@@ -8,12 +9,15 @@ and every command returns within its bound.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
 import pwd
+import random
 import shutil
 import stat
+import string
 import subprocess
 import time
 import zipfile
@@ -25,47 +29,76 @@ import pytest
 from scutil import (Sleeper, check_tree, control, interpreter_for, make_tarball, pause_at, sample_files, sc,
                     sc_env)
 
+from sharedcache.engine.leases import Owner, key_alive
+
 FILES = sample_files(n=4, size=5_000)
-NAMES = ("schost1", "schost2", "schost3", "schost4")
-GROUP_NAME = "schostg"
+USER_PREFIX = "schost"
+# The comment of each user made here, before the owner key of the process that made them (its
+# colons as spaces, which a comment may not hold): what tells the users of a killed run.
+MADE_BY = "shared-cache test users of "
 # The bound on any command here: nothing in these tests may make one wait for a lock or a FIFO.
 BOUND = 30.0
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating and switching users needs root")
 
 
+def user_names(tag: str) -> list[str]:
+    """The victim's, the member's, the other's and the outsider's names."""
+    return [f"{tag}{n}" for n in range(1, 5)]
+
+
+def group_name(tag: str) -> str:
+    return f"{tag}g"
+
+
 class Users:
-    """The test's users: ``victim`` (schost1), ``member`` (schost2, in the group with the victim),
-    ``other`` (schost3, also in the group), ``outsider`` (schost4, in no group); ``gid`` is the
-    group's."""
+    """The test's users: ``victim`` (<tag>1), ``member`` (<tag>2, in the group with the victim),
+    ``other`` (<tag>3, also in the group), ``outsider`` (<tag>4, in no group); ``gid`` is the
+    group's (<tag>g)."""
 
-    def __init__(self) -> None:
-        self.victim, self.member, self.other, self.outsider = (pwd.getpwnam(n).pw_uid for n in NAMES)
-        import grp
-
-        self.gid = grp.getgrnam(GROUP_NAME).gr_gid
+    def __init__(self, tag: str) -> None:
+        self.victim, self.member, self.other, self.outsider = (pwd.getpwnam(n).pw_uid for n in user_names(tag))
+        self.gid = grp.getgrnam(group_name(tag)).gr_gid
 
 
-def _delete_users() -> None:
-    for name in NAMES:
-        subprocess.run(["userdel", name], capture_output=True, timeout=30, check=False)
-    subprocess.run(["groupdel", GROUP_NAME], capture_output=True, timeout=30, check=False)
+def _admin(*command: str, check: bool) -> None:
+    subprocess.run(command, check=check, capture_output=True, timeout=30)
+
+
+def _delete_users(tag: str) -> None:
+    # The group first: while it exists, so do its users, whose comment says whose they are.
+    _admin("groupdel", group_name(tag), check=False)
+    for name in user_names(tag):
+        _admin("userdel", name, check=False)
+
+
+def _delete_users_of_ended_runs() -> None:
+    """The users (and group) of every run that ended without deleting them: killed midway."""
+    ended = {entry.pw_name[:-1] for entry in pwd.getpwall()
+             if entry.pw_name.startswith(USER_PREFIX) and entry.pw_gecos.startswith(MADE_BY)
+             and not key_alive(entry.pw_gecos.removeprefix(MADE_BY).replace(" ", ":"))}
+    for tag in ended:
+        _delete_users(tag)
 
 
 @pytest.fixture(scope="module")
 def users() -> Iterator[Users]:
-    if shutil.which("useradd") is None or shutil.which("groupadd") is None:
-        pytest.skip("useradd/groupadd are not installed: cannot create the test users")
-    _delete_users()  # what an interrupted run left
+    if any(shutil.which(tool) is None for tool in ("useradd", "usermod", "groupadd")):
+        pytest.skip("useradd/usermod/groupadd are not installed: cannot create the test users")
+    _delete_users_of_ended_runs()
+    tag = f"{USER_PREFIX}{os.getpid()}{''.join(random.choices(string.ascii_lowercase, k=4))}"
+    comment = MADE_BY + Owner.current().key.replace(":", " ")
+    names = user_names(tag)
     try:
-        subprocess.run(["groupadd", GROUP_NAME], check=True, capture_output=True, timeout=30)
-        for name in NAMES:
-            groups = [] if name == "schost4" else ["-G", GROUP_NAME]
-            subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", *groups, name], check=True,
-                           capture_output=True, timeout=30)
-        yield Users()
+        # The users before their group, so that a group is never left without users to tell whose it is.
+        for name in names:
+            _admin("useradd", "-M", "-N", "-s", "/bin/sh", "-c", comment, name, check=True)
+        _admin("groupadd", group_name(tag), check=True)
+        for name in names[:3]:  # (the outsider is in no group)
+            _admin("usermod", "-a", "-G", group_name(tag), name, check=True)
+        yield Users(tag)
     finally:
-        _delete_users()
+        _delete_users(tag)
 
 
 @pytest.fixture(scope="module")
