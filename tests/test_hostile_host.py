@@ -283,7 +283,8 @@ def test_a_private_cache_is_private_whatever_the_umask_and_nobody_else_can_lock_
                  "    sys.exit(f'opened {path}')\n")
         done(code_as(python, users.member, probe, *locks))
         # The umask of the command sc runs is the caller's: sc never changes it.
-        ran = run_as(python, users.victim, "run", *args[:-3], *recipe, "--", "sh", "-c", "umask", umask=umask)
+        ran = run_as(python, users.victim, "run", "-n", "repo", "-d", str(base), *recipe, "--", "sh", "-c", "umask",
+                     umask=umask)
         assert ran.returncode == 0, ran.stderr
         assert int(ran.stdout.strip(), 8) == umask
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from shlex import quote as shlex_quote
 from pathlib import Path
@@ -236,15 +236,23 @@ def test_keep_leaves_an_lru_entry_within_max_size(dirs, tarball, tmp_path):
         assert "big" in names and "kept0" not in names and "kept2" in names
 
 
+def three_kept(dirs, tarball, owner) -> tuple[list[str], Callable[[], dict[str, int]]]:
+    """Three repositories kept (kept0 to kept2, the last the most recently used) in the first base
+    directory; the options that kept them, and what lists the names and sizes kept there."""
+    common = ["-d", str(dirs[0]), "--pid", str(owner.pid), "--keep"]
+    for n in range(3):
+        args = [*common, "-n", f"kept{n}", *recipe(tarball)]
+        assert sc("--use", *args).returncode == 0
+        assert sc("--unuse", *args).returncode == 0
+
+    def listed() -> dict[str, int]:
+        return {r["name"]: r["size"] for r in json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)}
+    return common, listed
+
+
 def test_max_size_given_with_a_warm_use_applies_at_once(dirs, tarball):
     with Sleeper() as owner:
-        common = ["-d", str(dirs[0]), "--pid", str(owner.pid), "--keep"]
-        for n in range(3):
-            args = [*common, "-n", f"kept{n}", *recipe(tarball)]
-            assert sc("--use", *args).returncode == 0
-            assert sc("--unuse", *args).returncode == 0
-        def listed():
-            return {r["name"]: r["size"] for r in json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)}
+        common, listed = three_kept(dirs, tarball, owner)
         one = listed()["kept2"]
         # A warm use of kept2 with a budget of one repository: the two others go, kept2 stays.
         args = [*common, "-n", "kept2", "--max-size", str(one), *recipe(tarball)]
@@ -262,6 +270,80 @@ def test_max_size_given_with_a_warm_use_applies_at_once(dirs, tarball):
         assert damaged.returncode == 1 and "set it again" in damaged.stderr, damaged.stderr
         assert sc("--use", *args).returncode == 0
         assert budget.read_text() == str(one)
+
+
+def test_max_size_given_with_a_release_applies_to_it(dirs, tarball):
+    with Sleeper() as owner, Sleeper() as stranger:
+        common, listed = three_kept(dirs, tarball, owner)
+        one = listed()["kept2"]
+        args = ["-n", "last", *recipe(tarball)]
+        assert sc("--use", *common, *args).returncode == 0
+        budget = control(dirs[0]) / "budget"
+        # A release that fails (that process holds no use) sets no budget either.
+        failed = sc("--unuse", "-d", str(dirs[0]), "--pid", str(stranger.pid), "--max-size", str(one), *args)
+        assert failed.returncode == 1 and not budget.exists(), failed.stderr
+        # The job that keeps what it releases gives the budget: the release evicts down to it, the
+        # repository it released staying, as the most recently used.
+        released = sc("--unuse", *common, "--max-size", str(one), *args)
+        assert released.returncode == 0, released.stderr
+        assert listed() == {"last": one}
+        assert budget.read_text() == str(one)
+
+
+def test_run_refuses_a_pid_its_use_being_its_own(dirs, tarball, tmp_path):
+    # sc run holds its use while its command runs: a --pid was ignored, the use not the PID's.
+    ran = tmp_path / "ran"
+    result = sc("run", "-d", str(dirs[0]), "--pid", "1", *recipe(tarball), "--", "touch", str(ran))
+    assert (result.returncode, result.stdout) == (2, ""), result
+    assert result.stderr == "sc: error: option --pid does not apply to run (see 'sc --help')\n"
+    assert not ran.exists() and not any(dirs[0].iterdir())
+
+
+def test_one_list_of_options_serves_use_location_and_unuse(dirs, tarball):
+    # What a job gives --use it may give --location and --unuse too; there the options that mean
+    # nothing (the size, the download's) are taken and ignored, never an error.
+    with Sleeper() as owner:
+        options = ["-d", str(dirs[0]), "-n", "repo", "--pid", str(owner.pid), "--size", "1GB", "--keep",
+                   "--max-size", "1GB", "--timeout", "30", "--connections", "2", "--speed-limit", "1KB",
+                   "--speed-time", "5", "--proxy", "DIRECT", "--offline"]
+        used = sc("--use", *options[:-1], *recipe(tarball))  # (not offline: it populates)
+        assert used.returncode == 0, used.stderr
+        for action in ("--location", "--unuse"):
+            result = sc(action, *options, *recipe(tarball))
+            assert result.returncode == 0, (action, result.stderr)
+        assert (user_dir(dirs[0]) / "repo").exists(), "kept"
+
+
+def test_settings_that_a_command_does_not_use_never_fail_it(dirs, tarball, tmp_path):
+    # From a config file and the environment, every setting is taken by every command: a site's
+    # settings apply where they mean something, and are no error elsewhere.
+    config = tmp_path / "config"
+    config.write_text("keep = yes\nmax_size = 1GB\ntimeout = 30\nconnections = 2\nspeed_limit = 1KB\n"
+                      "speed_time = 5\nproxy = DIRECT\n")
+    env = sc_env(SC_CONFIG=str(config), SC_OFFLINE="1", SC_PROXY="DIRECT", SC_DIRECTORIES=str(dirs[0]))
+    with Sleeper() as owner:
+        args = ["-n", "repo", *recipe(tarball)]
+        for command in (["--use", "--pid", str(owner.pid), *args], ["--location", *args],
+                        ["--unuse", "--pid", str(owner.pid), *args], ["run", *args, "--", "true"],
+                        ["list"], ["gc"], ["config"]):
+            result = sc(*command, env=env)
+            assert result.returncode == 0, (command, result.stderr)
+
+
+def test_config_takes_every_option_that_is_a_setting(tmp_path):
+    from sharedcache.cli.parser import OPTIONS
+    from sharedcache.config.files import SETTINGS
+
+    values = {"directories": str(tmp_path), "max_size": "1GB", "group": str(os.getgid()), "timeout": "5",
+              "connections": "2", "speed_limit": "1KB", "speed_time": "5", "proxy": "DIRECT"}
+    settings = [option for option in OPTIONS if option.dest in {setting.key for setting in SETTINGS}]
+    given = [word for option in settings
+             for word in ([option.flags[-1], values[option.dest]] if option.metavar else [option.flags[-1]])]
+    shown = sc("config", *given)
+    assert shown.returncode == 0, shown.stderr
+    lines = dict(line.split(" = ", 1) for line in shown.stdout.splitlines())
+    for option in settings:
+        assert lines[option.dest].endswith(f"# {option.flags[-1]}"), (option.dest, lines[option.dest])
 
 
 def write_big(tmp_path: Path, size: int) -> Path:

@@ -87,7 +87,7 @@ def unuse(repositories: Repositories, options: Arguments) -> int:
         found = (Owner.of(pid) for pid in _job_chain()[0]) if PARENT != 0 else iter(())
         owners = [Owner.current(), *(owner for owner in found if owner is not None)]
     deleted = repositories.release(options.loaders, owners=owners, name=options.name, keep=options.keep,
-                                   timeout=options.timeout)
+                                   max_size=options.max_size, timeout=options.timeout)
     repositories.reporter.info("repository deleted" if deleted else "use released")
     return 0
 

@@ -46,8 +46,10 @@ OPTIONS = (
            actions=SETTING_ACTIONS),
     Option(("--max-size",), "max_size", "size budget of the base directory's kept repositories",
            metavar="SIZE", actions=SETTING_ACTIONS),
+    # Not for run, whose use is its own, held while its command runs: a --pid there would mislead.
+    # (--location takes it, as it takes the other options of --use: one list of them serves both.)
     Option(("--pid",), "pid", "process owning the use (default: the job that ran sc)",
-           metavar="PID", convert=int, actions=REPOSITORY_ACTIONS),
+           metavar="PID", convert=int, actions=("use", "unuse", "location")),
     Option(("--timeout",), "timeout", "seconds to wait for a population, another process's or its own",
            metavar="SECONDS", convert=parse_seconds, actions=SETTING_ACTIONS),
     Option(("--connections",), "connections",

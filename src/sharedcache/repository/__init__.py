@@ -55,8 +55,9 @@ Acquire (``sc --use``, :func:`use`)
 5. Make sure the user's link ``<name>`` points to the entry, and return its path.  A use whose
    link cannot be made is released before the error is raised: no failure leaks a lease.
 
-Release (``sc --unuse``) drops one lease of the owner; the engine deletes the entry in the same
-transaction if no live use remains and it is not kept.  The link is then removed under the
+Release (``sc --unuse``) drops one lease of the owner; a budget it gives (``--max-size``) is set
+first, while that lease still spares the entry from eviction.  The engine deletes the entry in the
+same transaction if no live use remains and it is not kept.  The link is then removed under the
 population lock (checked as in step 2), so it never disappears under a population that is
 recreating it.
 

@@ -333,20 +333,24 @@ class Repositories:
 
     def release(
         self, words: Sequence[str], *, owners: Sequence[Owner], name: str | None = None, keep: bool = False,
-        timeout: float | None = None,
+        max_size: int | str | None = None, timeout: float | None = None,
     ) -> bool:
         """Release one use of the first of ``owners`` that holds one; return whether that deleted
-        the repository.  ``timeout``: seconds any wait (for a lock, for the index) may take in all."""
+        the repository.  ``max_size``: the budget to give the repository's base directory, which
+        the release then evicts down to, as a use that gives one does.  ``timeout``: seconds any
+        wait (for a lock, for the index) may take in all."""
+        budget = None if max_size is None else parse_size(max_size, "--max-size")
         deadline = deadline_after(timeout)
         for base in self.bases:
             base.bound_waits(deadline)
         try:
-            return self._release(words, owners, name, keep)
+            return self._release(words, owners, name, keep, budget)
         finally:
             for base in self.bases:
                 base.bound_waits(None)
 
-    def _release(self, words: Sequence[str], owners: Sequence[Owner], name: str | None, keep: bool) -> bool:
+    def _release(self, words: Sequence[str], owners: Sequence[Owner], name: str | None, keep: bool,
+                 budget: int | None) -> bool:
         name, base = self._find_named(words, name)
         if base is None:
             raise SharedCacheError(f"no repository {name!r} in {self._searched()}")
@@ -366,6 +370,10 @@ class Repositories:
                 if found is not None:
                     base, cache, lease = other, other_cache, found
                     break
+        # Set while the use is still held, which evictions spare (a budget that cannot be set
+        # leaves it held, to release again); not by a release that fails for want of a use.
+        if budget is not None and lease is not None:
+            self._set_budget(cache, budget)
         while True:
             try:
                 deleted = cache.release(name, owners[-1], lease=lease, keep=keep)
