@@ -20,6 +20,7 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -588,12 +589,18 @@ IGNORES_CHILDREN = textwrap.dedent("""
 """)
 
 
-def test_a_program_that_ignores_sigchld_gets_its_tree(tmp_path: Path) -> None:
+def fifty_member_unpack(tmp_path: Path, template: str) -> tuple[Path, Path, str]:
+    """A tar of 50 members, the directory to unpack it into, and ``template`` (a script that
+    unpacks it with writer processes) filled in for them."""
     archive, dest, work = tmp_path / "many.tar", tmp_path / "dest", tmp_path / "work"
     archive.write_bytes(tar(*many_members(50)))
     dest.mkdir()
     work.mkdir()
-    script = IGNORES_CHILDREN.format(src=SRC, archive=str(archive), dest=str(dest), work=str(work))
+    return archive, dest, template.format(src=SRC, archive=str(archive), dest=str(dest), work=str(work))
+
+
+def test_a_program_that_ignores_sigchld_gets_its_tree(tmp_path: Path) -> None:
+    archive, dest, script = fifty_member_unpack(tmp_path, IGNORES_CHILDREN)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
     expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
@@ -668,3 +675,116 @@ def test_an_interrupt_while_the_parent_waits_for_the_child_s_answer_still_stops_
         wait_for(lambda: all(map(ended, children)), 30, "the end of the children")
     finally:
         end_unpacking(parent, write_end, children, signal.SIGCONT)  # they end once continued
+
+
+# --- what the other threads of the parent hold at the fork ----------------------------------------
+
+SIGNALLED_AT_THE_FORK = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a shell in the foreground starts it
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.errors import LoaderError
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    # A progress line, written by another thread to a stderr that nobody reads for now: that
+    # thread holds the stream's lock at the fork.
+    telling = threading.Thread(target=lambda: print("sc: progress", file=sys.stderr, flush=True), daemon=True)
+    telling.start()
+    def writing():
+        with open(f"/proc/self/task/{{telling.native_id}}/wchan") as wchan:
+            return "pipe_write" in wchan.read()
+    while not writing():
+        time.sleep(0.01)
+    # Ctrl-C (or a job's end) reaching each child as it starts.
+    os.register_at_fork(after_in_parent=lambda: print("forked", flush=True),
+                        after_in_child=lambda: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        with open({archive!r}, "rb") as archive:
+            extract_tar(archive, Path({dest!r}), Context(work=Path({work!r}), what="many.tar"))
+    except LoaderError as error:
+        print(error, flush=True)
+    else:
+        print("unpacked", flush=True)
+""")
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe filled to the brim: a write to it waits until its reader reads."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"." * 4096)
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+def test_a_signal_as_a_writer_starts_while_another_thread_writes_to_stderr_ends_the_unpack(tmp_path: Path) -> None:
+    # The signal's exception, raised in the child by the parent's handler within the handlers
+    # Python runs after a fork, was printed to stderr: whose lock the child never got, as the
+    # thread that held it at the fork does not exist there.  Both writers waited for it for
+    # good, and the parent for them.
+    script = fifty_member_unpack(tmp_path, SIGNALLED_AT_THE_FORK)[2]
+    read_end, write_end = full_pipe()
+    # Buffered, as anyone runs sc: the stream then has a lock (PYTHONUNBUFFERED leaves it none).
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=write_end, text=True,
+                              env=env)
+    os.close(write_end)
+    children: list[int] = []
+    err: list[bytes] = []
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline() == "forked\n"
+        with contextlib.suppress(FileNotFoundError):  # gone already: it ended
+            children = children_of(parent.pid)
+        drain = threading.Thread(target=lambda: err.extend(iter(lambda: os.read(read_end, 1 << 16), b"")), daemon=True)
+        drain.start()  # the line goes out: the parent's thread lets go of the stream's lock
+        out, _ = parent.communicate(timeout=30)
+        assert parent.returncode == 0
+        assert out.splitlines()[-1] == "cannot unpack many.tar: its writer process was killed by signal 2", out
+        drain.join(30)
+        assert b"".join(err).strip(b".") == b"sc: progress\n"  # and nothing of the children's
+        wait_for(lambda: all(map(ended, children)), 30, "the end of the writers")
+    finally:
+        end_unpacking(parent, -1, children)
+        os.close(read_end)
+
+
+FINALIZED_AT_THE_FORK = textwrap.dedent("""
+    import gc, os, sys
+    parent = os.getpid()
+    class Connection:  # a finalizer of the program's: it may take a lock, flush a file, print
+        def __del__(self):
+            os.write(1, b"finalized in the parent\\n" if os.getpid() == parent else b"finalized in a writer\\n")
+    def garbage():
+        connection = Connection()
+        connection.cycle = connection
+        del connection  # garbage, not yet collected: the next allocation collects it
+        gc.set_threshold(1)
+    # Registered first, so that it runs last before the fork.
+    os.register_at_fork(before=garbage, after_in_parent=lambda: gc.set_threshold(700))
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    with open({archive!r}, "rb") as archive:
+        extract_tar(archive, Path({dest!r}), Context(work=Path({work!r}), what="many.tar"))
+    gc.collect()
+    print("unpacked")
+""")
+
+
+def test_no_finalizer_of_the_parent_runs_in_a_writer(tmp_path: Path) -> None:
+    # A collection in the child, as it made its first objects, ran the finalizers of the
+    # parent's garbage there, with whatever locks the parent's other threads held.
+    archive, dest, script = fifty_member_unpack(tmp_path, FINALIZED_AT_THE_FORK)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["finalized in the parent"] * writer.WRITERS + ["unpacked"]
+    assert ("tree", _tree(dest)) == outcome(archive.read_bytes(), "tar", ONE_PROCESS)

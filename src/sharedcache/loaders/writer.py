@@ -82,6 +82,17 @@ other's end of the liveness pipe and the tree's directories at once (the parent'
 connections and index are not kept alive by it), restores the default action of the signals the
 parent handles in Python, loads no module (the ones they need are loaded before the fork), never
 logs or prints, and leaves with ``os._exit``.
+
+The parent forks with other threads running (the source's reader, the checksums, the
+decompression, which also calls the progress callback that writes to stderr), and a lock that
+one of them held at that moment stays held in the child for good: a stream's, a queue's,
+logging's, a library's (zlib, zstd, OpenSSL, a hash object's).  So a child touches nothing those
+threads may hold.  It runs only this module's code and the tree's, on objects of its own (its
+pipes and buffer, the tree's descriptors and records), and reports a failure only on its result
+pipe.  It is forked with the collector off and every signal blocked (:func:`_fork`), so that no
+finalizer of the parent's garbage and no handler of the parent's signals runs in it, and it has
+no ``sys.stdout`` or ``sys.stderr``: what would print there (a warning, an exception nothing
+catches) is dropped.  ``os._exit`` runs no exit handler and flushes no buffer of the parent's.
 """
 
 from __future__ import annotations
@@ -305,11 +316,7 @@ class WriterProcess:
             # Its own liveness pipe's write end, and the other's read end, which it watches.
             keep = (lives[child.slot][1], lives[1 - child.slot][0]) if lives else (-1, -1)
             try:
-                with warnings.catch_warnings():
-                    # Python 3.12 warns of fork in a process with threads.  The child runs none of
-                    # the code that the other threads (reading ahead, decompressing) may hold locks of.
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    child.pid = os.fork()
+                child.pid, mask = _fork()
             except OSError:  # out of processes or memory: one process fewer will do
                 self._close(child, command_read, result_write)
                 if not forked:
@@ -321,7 +328,7 @@ class WriterProcess:
                     raise
                 break
             if child.pid == 0:
-                _child(tree, child.slot, command_read, result_write, keep, self._shared)
+                _child(tree, child.slot, command_read, result_write, keep, self._shared, mask)
             os.close(command_read)
             os.close(result_write)
             forked.append(child)
@@ -574,21 +581,55 @@ class WriterProcess:
                 child.outcome = (_STOPPED, None, None, _UNNUMBERED)
 
 
+def _fork() -> tuple[int, set[int]]:
+    """``os.fork()``, with the collector off and every signal blocked in this thread across it;
+    and the signal mask to restore, which the child restores once its handlers are the defaults.
+
+    A collection in the child would run the finalizers of the parent's garbage there (one that
+    takes a lock, flushes a file or writes to stderr), and a handler of the parent's (Python's
+    for SIGINT, the population's for SIGTERM) would raise in the child, maybe in the handlers
+    that Python runs after a fork, which print the exception to stderr, or before the child's
+    code catches anything: it would run the parent's code from there.  The child keeps the
+    collector off (nothing it runs makes cycles); a signal that came meanwhile does to it, once
+    unblocked, what it does to any process."""
+    import signal
+
+    collecting = gc.isenabled()
+    gc.disable()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    pid = -1
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12 warns of fork in a process with threads: the child runs none of the code
+            # that the other threads (reading ahead, decompressing, showing progress) may hold locks of.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    finally:
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if collecting:
+                gc.enable()
+    return pid, mask
+
+
 def _child(tree: SafeTree, slot: int, commands: int, results: int, lives: tuple[int, int],
-           shared: mmap.mmap) -> NoReturn:
+           shared: mmap.mmap, mask: set[int]) -> NoReturn:
     """A writer process: execute the frames read from ``commands``, answer on ``results``.
     ``lives`` holds the write end of its liveness pipe and the read end of the other child's
-    (both -1 if there is no other)."""
+    (both -1 if there is no other); ``mask`` is the signal mask to restore (see :func:`_fork`)."""
     import pickle  # loaded before the fork: found, not loaded
     import signal
 
+    # Another thread of the parent may have been writing to them at the fork, holding their lock
+    # for good here: what would print (a warning, an exception nothing catches) prints nothing.
+    sys.stdout = sys.stderr = None
     outcome: _Outcome
     try:
-        gc.disable()  # nothing here makes cycles, and a collection would walk the parent's objects
         for number in signal.valid_signals():
             with contextlib.suppress(OSError, ValueError):
                 if callable(signal.getsignal(number)):
                     signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         keep = {commands, results, *lives, *tree.descriptors()}
         for name in os.listdir("/proc/self/fd"):
             if int(name) not in keep:
