@@ -154,6 +154,24 @@ def test_a_proxy_host_that_is_not_ascii_is_one_line_not_an_internal_error(tmp_pa
         assert "proxy cannot use 'http://pr\u00f6xy.site:3128'" in result.stderr
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1\\x", "[::1]x", "%00x", "[v1.x]"])
+def test_a_proxy_host_urllib3_reads_otherwise_is_refused_before_anything_connects(tmp_path, owner, host):
+    # Python's parser and messages took "127.0.0.1\x" for the host, and urllib3 connected to
+    # 127.0.0.1, port 80, with the password; the other hosts were a traceback once connected to.
+    # (curl refuses them all: "Unsupported proxy syntax".)
+    proxy = f"http://alice:S3CRET@{host}:{free_port()}"
+    url = f"http:http://127.0.0.1:{free_port()}/data"
+    config = tmp_path / "config"
+    config.write_text("retries = 0\n")
+    for variables in ({"SC_PROXY": proxy}, {"http_proxy": proxy}):
+        env = sc_env(SC_CONFIG=str(config), **variables)
+        for args in (("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url), ("config",)):
+            result = sc(*args, env=env, timeout=60)
+            assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+            assert result.stderr.startswith("sc: error: ") and "proxy cannot use '" in result.stderr, result.stderr
+            assert "S3CRET" not in result.stderr + result.stdout
+
+
 @pytest.mark.parametrize("mirror", ["http://[::1/", "http://mirror.site:99999/"])
 def test_a_rewrite_mirror_no_connection_can_use_is_refused_naming_the_config_line(tmp_path, owner, mirror):
     config = tmp_path / "config"

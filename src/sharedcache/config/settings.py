@@ -394,11 +394,18 @@ def proxy_url(member: str) -> str:
 
 
 def _parses(url: str) -> bool:
-    """Whether ``url`` has a host and a port that can be connected to, as urllib3 will need."""
-    from urllib.parse import urlsplit
+    """Whether ``url`` has a host and a port that can be connected to, and urllib3 (which is
+    given it without its user info) connects to the host and port that Python's parser reads
+    and messages show: to urllib3 a "\\" ends the host ("proxy\\x:3128" is "proxy", port 80), and
+    a host such as "[::1]x" or one with a "%00" was a traceback once connected to."""
+    from urllib.parse import unquote, urlsplit
+
+    from urllib3.util import parse_url
 
     try:
-        parts = urlsplit(url)
-        return bool(parts.hostname) and parts.port != 0  # .port raises past 65535
-    except ValueError:  # an unclosed "[" of an IPv6 address, say
+        parts, connected = urlsplit(url), parse_url(without_user_info(url))
+        port = parts.port  # raises past 65535
+    except ValueError:  # an unclosed "[" of an IPv6 address, say (urllib3's errors are ValueErrors too)
         return False
+    return bool(parts.hostname) and port != 0 and connected.port == port \
+        and unquote(connected.host or "").strip("[]").lower() == unquote(parts.hostname or "").lower()
