@@ -788,3 +788,54 @@ def test_no_finalizer_of_the_parent_runs_in_a_writer(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["finalized in the parent"] * writer.WRITERS + ["unpacked"]
     assert ("tree", _tree(dest)) == outcome(archive.read_bytes(), "tar", ONE_PROCESS)
+
+
+TWO_UNPACKS_AT_ONCE = textwrap.dedent("""
+    import gc, os, sys, threading, time
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    # Each writer, as it starts, says whether the collector was on (it must not be).
+    os.register_at_fork(after_in_child=lambda: os.write(1, b"collector on in a writer\\n") if gc.isenabled() else None)
+    first = threading.Event()   # the first unpack is about to fork its first writer
+    second = threading.Event()  # the second is about to fork too
+    def at_fork(event, args):
+        if event != "os.fork":
+            return
+        if threading.current_thread().name == "first" and not first.is_set():
+            first.set()
+            second.wait(2)  # until the second thread has looked at the collector, if it may
+        elif threading.current_thread().name == "second" and not second.is_set():
+            second.set()
+            deadline = time.monotonic() + 2  # until the first has switched the collector back on
+            while not gc.isenabled() and time.monotonic() < deadline:
+                time.sleep(0.001)
+    sys.addaudithook(at_fork)
+    def unpack(number):
+        with open({archive!r}, "rb") as archive:
+            extract_tar(archive, Path({dest!r}) / number, Context(work=Path({work!r}), what="many.tar"))
+    threads = [threading.Thread(target=unpack, args=(name,), name=name) for name in ("first", "second")]
+    threads[0].start()
+    first.wait(10)
+    threads[1].start()
+    for thread in threads:
+        thread.join(60)
+    print("collector", "on" if gc.isenabled() else "off")
+""")
+
+
+def test_two_unpacks_at_once_fork_with_the_collector_off_and_leave_it_on(tmp_path: Path) -> None:
+    # The collector's state is the process's: two threads forking at once (a program unpacking
+    # two archives with the library) each saved and restored it, so the second forked with it
+    # switched back on by the first, or left it off for good.
+    archive, dest, script = fifty_member_unpack(tmp_path, TWO_UNPACKS_AT_ONCE)
+    for number in ("first", "second"):
+        (dest / number).mkdir()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "collector on\n"
+    expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
+    assert ("tree", _tree(dest / "first")) == ("tree", _tree(dest / "second")) == expected

@@ -103,6 +103,7 @@ import math
 import os
 import struct
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
@@ -126,6 +127,7 @@ FILE, DIRECTORY, SYMLINK, HARDLINK, FINISH = range(1, 6)
 _FRAME = struct.Struct("<BIIqqIqqq")
 _AUTHORITY, _HELPER = 0, 1         # each child's slot in the shared counts
 _DONE = struct.Struct("<q")        # a child's count of frames done, in the shared memory
+_FORKING = threading.Lock()        # held across a fork (see _fork)
 _POLL = 0.0002                     # seconds between two looks at the other child's count
 _PIPE_SIZE = 1 << 20               # asked of the kernel for the command pipes (its default is 64 KiB)
 _BATCH = 256 << 10                 # bytes gathered before a write to a pipe...
@@ -594,21 +596,26 @@ def _fork() -> tuple[int, set[int]]:
     unblocked, what it does to any process."""
     import signal
 
-    collecting = gc.isenabled()
-    gc.disable()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    pid = -1
-    try:
-        with warnings.catch_warnings():
-            # Python 3.12 warns of fork in a process with threads: the child runs none of the code
-            # that the other threads (reading ahead, decompressing, showing progress) may hold locks of.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-    finally:
-        if pid != 0:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            if collecting:
-                gc.enable()
+    # One fork at a time in the process: the collector's state is the process's, and two threads
+    # unpacking at once (a program using the library) would otherwise leave it off for good, or
+    # switch it on while the other forks.
+    with _FORKING:
+        collecting = gc.isenabled()
+        gc.disable()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        pid = -1
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12 warns of fork in a process with threads: the child runs none of the
+                # code that the other threads (reading ahead, decompressing, showing progress) may
+                # hold locks of.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                if collecting:
+                    gc.enable()
     return pid, mask
 
 
