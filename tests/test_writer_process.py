@@ -839,3 +839,32 @@ def test_two_unpacks_at_once_fork_with_the_collector_off_and_leave_it_on(tmp_pat
     assert result.stdout == "collector on\n"
     expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
     assert ("tree", _tree(dest / "first")) == ("tree", _tree(dest / "second")) == expected
+
+
+LEAVES_THE_FILTERS = textwrap.dedent("""
+    import os, sys, warnings
+    sys.path.insert(0, {src!r})
+    from pathlib import Path
+    from sharedcache.loaders import writer
+    from sharedcache.loaders.archives import extract_tar
+    from sharedcache.loaders.protocol import Context
+    writer.SERIAL_MEMBERS = 0
+    parent = os.getpid()
+    class Told(warnings.catch_warnings):  # says in which process the filters are put back
+        def __exit__(self, *exc):
+            os.write(1, b"filters put back in the parent\\n" if os.getpid() == parent else b"in a writer\\n")
+            return super().__exit__(*exc)
+    warnings.catch_warnings = Told
+    with open({archive!r}, "rb") as archive:
+        extract_tar(archive, Path({dest!r}), Context(work=Path({work!r}), what="many.tar"))
+    print("unpacked", flush=True)
+""")
+
+
+def test_a_writer_never_puts_back_the_parent_s_warning_filters(tmp_path: Path) -> None:
+    # From Python 3.13 that takes the warnings module's lock, which another thread of the parent
+    # may have held at the fork: the writer would wait for it for good.
+    script = fifty_member_unpack(tmp_path, LEAVES_THE_FILTERS)[2]
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["filters put back in the parent"] * writer.WRITERS + ["unpacked"]

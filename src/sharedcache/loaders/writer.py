@@ -604,15 +604,18 @@ def _fork() -> tuple[int, set[int]]:
         gc.disable()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         pid = -1
+        # Python 3.12 warns of fork in a process with threads: the child runs none of the code
+        # that the other threads (reading ahead, decompressing, showing progress) may hold locks
+        # of.  The filters are put back by the parent alone: from 3.13 that takes the warnings
+        # module's lock, which another thread may have held at the fork.
+        filters = warnings.catch_warnings()
+        filters.__enter__()
         try:
-            with warnings.catch_warnings():
-                # Python 3.12 warns of fork in a process with threads: the child runs none of the
-                # code that the other threads (reading ahead, decompressing, showing progress) may
-                # hold locks of.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         finally:
             if pid != 0:
+                filters.__exit__(None, None, None)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 if collecting:
                     gc.enable()
