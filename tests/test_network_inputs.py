@@ -325,6 +325,18 @@ def test_a_fetch_policy_s_proxy_groups_are_checked_as_the_settings_are(chain):
         assert str(as_groups.value) == str(as_text.value) and "S3CRET" not in str(as_groups.value)
 
 
+def test_a_fetch_policy_s_repr_shows_no_password():
+    # A program may log its policy: the proxies' and the mirrors' passwords were in its repr.
+    from sharedcache.config.settings import FetchPolicy, rewrite_rules
+
+    policy = FetchPolicy(proxy="http://alice:S3CRET@proxy.site:3128|DIRECT",
+                         rewrites=rewrite_rules("https://bob:T0KEN@a.example/ = https://carol:PASSW0RD@m.example/"))
+    shown = repr(policy)
+    assert "proxy=(('http://proxy.site:3128', 'DIRECT'),)" in shown, shown
+    assert "Rewrite('https://a.example/', ('https://m.example/',))" in shown, shown
+    assert not any(secret in shown for secret in ("S3CRET", "T0KEN", "PASSW0RD", "alice", "bob", "carol"))
+
+
 def test_a_fetch_policy_s_proxy_groups_are_those_of_the_text():
     from sharedcache.config.settings import FetchPolicy
 

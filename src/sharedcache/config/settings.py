@@ -186,8 +186,8 @@ class Rewrite:
     def __hash__(self) -> int:
         return hash((self.prefix, self.mirrors))
 
-    def __repr__(self) -> str:
-        return f"Rewrite({self.prefix!r}, {self.mirrors!r})"
+    def __repr__(self) -> str:  # (a program may log it: no password of a mirror in it)
+        return f"Rewrite({without_user_info(self.prefix)!r}, {tuple(map(without_user_info, self.mirrors))!r})"
 
 
 def _url_prefix(text: str) -> bool:
@@ -342,8 +342,11 @@ class FetchPolicy:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"FetchPolicy({fields})"
+        # (A program may log it: its proxies are shown as messages show them, without passwords.)
+        shown = {name: getattr(self, name) for name in self.__slots__}
+        if self.proxy is not None:
+            shown["proxy"] = tuple(tuple(shown_proxy(member) for member in group) for group in self.proxy)
+        return "FetchPolicy(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
 
 
 def proxy_chain(chain: str | Sequence[Sequence[str]]) -> ProxyChain:
