@@ -325,6 +325,16 @@ def test_a_fetch_policy_s_proxy_groups_are_checked_as_the_settings_are(chain):
         assert str(as_groups.value) == str(as_text.value) and "S3CRET" not in str(as_groups.value)
 
 
+@pytest.mark.parametrize("hosts", [42, ["a.example"], b"a.example"])
+def test_a_fetch_policy_s_no_proxy_must_be_text(hosts):
+    # It was taken, and a download through the policy was an internal error (AttributeError).
+    from sharedcache.config.settings import FetchPolicy
+
+    with pytest.raises(SettingError, match="^no_proxy must be text, hosts separated by commas, not "):
+        FetchPolicy(no_proxy=hosts)
+    assert FetchPolicy(no_proxy="a.example, .b.example").no_proxy == "a.example, .b.example"
+
+
 def test_a_fetch_policy_s_repr_shows_no_password():
     # A program may log its policy: the proxies' and the mirrors' passwords were in its repr.
     from sharedcache.config.settings import FetchPolicy, rewrite_rules

@@ -312,6 +312,8 @@ class FetchPolicy:
                 raise SettingError(what, f"must be a number of seconds more than 0, not {given!r}")
         if speed_time == 0 and speed_limit:
             raise SettingError("speed_time", "must be more than 0 seconds when there is a speed limit")
+        if no_proxy is not None and not isinstance(no_proxy, str):  # (it was met only by a download)
+            raise SettingError("no_proxy", f"must be text, hosts separated by commas, not {type(no_proxy).__name__}")
         if type(offline) is not bool:
             raise SettingError("offline", f"must be true or false, not {offline!r}")
         values = {"connections": connections, "connect_timeout": float(connect_timeout),
