@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -308,6 +309,47 @@ def test_arguments_that_cannot_be_kept_as_given_are_refused_before_anything_is_m
         pass
     with cache.load("largest"):
         assert cache.hold("largest", Owner.current(), meta="x" * fscache.META_BYTES)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"timeout": float("nan")}, "timeout must be a number of seconds, not nan"),
+    ({"timeout": "5"}, "timeout must be a number of seconds, not '5'"),
+    ({"timeout": None}, "timeout must be a number of seconds, not None"),
+    ({"timeout": -1}, "timeout must be a number of seconds, not -1"),
+    ({"durable": "no"}, "durable must be True or False, not 'no'"),
+    ({"repair": None}, "repair must be True or False, not None"),
+    ({"group": "users"}, "a cache's group must be a gid, not 'users'"),
+    ({"group": True}, "a cache's group must be a gid, not True"),
+])
+def test_a_wrong_argument_of_a_cache_is_refused_naming_it(root: Path, kwargs: dict[str, object],
+                                                          message: str) -> None:
+    # A NaN or text timeout failed with Python's own error at the first wait of a store, "no"
+    # was taken as true, and a group's name was said to be a group this user is not in.
+    with pytest.raises(UsageError) as raised:
+        FsCache(root / "cache", **kwargs)  # type: ignore[arg-type]
+    assert str(raised.value) == message
+    assert not (root / "cache").exists()
+
+
+def test_a_wrong_argument_of_a_store_hold_or_release_is_refused_naming_it(root: Path) -> None:
+    # Each failed deep inside (AttributeError, a bare AssertionError), a store after its block ran.
+    cache = FsCache(root)
+    for kwargs, message in (({"strict_budget": "no"}, "strict_budget must be True or False, not 'no'"),
+                            ({"holder": 5}, "holder must be an Owner (such as Owner.current()), not 5"),
+                            ({"seal": 5}, "seal must be a Seal (from FsCache.seal()), not 5")):
+        with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+            with cache.store("entry", **kwargs) as data:  # type: ignore[arg-type]
+                raise AssertionError(f"filled with {kwargs}: {data}")
+    put(cache, "entry")
+    with pytest.raises(UsageError, match=r"^owner must be an Owner \(such as Owner.current\(\)\), not None$"):
+        cache.hold("entry", None)  # type: ignore[arg-type]
+    lease = cache.hold("entry", Owner.current())
+    for kwargs, message in (({}, "owner (or a lease) must be an Owner (such as Owner.current()), not None"),
+                            ({"lease": 5}, "a lease is the str that hold() returned, not 5"),
+                            ({"lease": lease, "keep": "yes"}, "keep must be True or False, not 'yes'")):
+        with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+            cache.release("entry", **kwargs)  # type: ignore[arg-type]
+    assert cache.lease_of("entry", Owner.current()) == lease
 
 
 def test_max_size_forms_and_persistence(root: Path) -> None:

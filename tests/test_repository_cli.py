@@ -1032,6 +1032,7 @@ def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one
     (("file:/x",), {"fetch": "x"}, "fetch must be a FetchPolicy, not 'x'"),
     (("file:/x",), {"verbosity": "loud"}, "verbosity must be a whole number, not 'loud'"),
     (("file:/x",), {"directories": 5}, "directories must be paths, not 5"),
+    (("file:/x",), {"directories": b"/tmp"}, "directories must be paths, not b'/tmp'"),
     (("file:/x",), {"directories": ["/tmp", 5]}, "a candidate directory must be a path, not 5"),
     (("file:/x",), {"directories": [b"/tmp"]}, "a candidate directory must be a path, not b'/tmp'"),
 ])

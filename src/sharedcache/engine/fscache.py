@@ -307,6 +307,19 @@ def _unwritable_file(name: str, directory: int, settle: float) -> str:
         time.sleep(0.002)
 
 
+def _check_flag(what: str, value: object) -> None:
+    """Refuse a flag argument that is not a bool: ``"no"`` or ``1`` would be taken as true."""
+    if type(value) is not bool:
+        raise UsageError(f"{what} must be True or False, not {value!r}")
+
+
+def _check_owner(what: str, owner: object) -> None:
+    """Refuse an owner of a lease that is no :class:`Owner` (it would fail deep in the
+    writing of the lease, after the work it follows)."""
+    if not isinstance(owner, Owner):
+        raise UsageError(f"{what} must be an Owner (such as Owner.current()), not {owner!r}")
+
+
 def _check_entry_settings(meta: object, keep: object) -> None:
     """Refuse, before anything is made, a ``meta`` or ``keep`` of :meth:`FsCache.store` and
     :meth:`FsCache.hold` that could not be kept as given."""
@@ -318,8 +331,7 @@ def _check_entry_settings(meta: object, keep: object) -> None:
         if size is None or size > META_BYTES:
             shown = f"{len(meta):,} characters" if isinstance(meta, str) else repr(meta)
             raise UsageError(f"an entry's meta must be UTF-8 text of at most {META_BYTES:,} bytes, not {shown}")
-    if type(keep) is not bool:
-        raise UsageError(f"keep must be True or False, not {keep!r}")
+    _check_flag("keep", keep)
 
 
 def _path(path: str) -> Path:
@@ -411,6 +423,14 @@ class FsCache:
         repair: bool = False,
     ) -> None:
         self.root = absolute_path(root, "a cache's root")
+        if group is not None and type(group) is not int:  # (a name would be "not in that group")
+            raise UsageError(f"a cache's group must be a gid, not {group!r}")
+        _check_flag("durable", durable)
+        _check_flag("repair", repair)
+        if timeout != _INDEX_TIMEOUT:  # (the default needs no check, and the warm path no import)
+            from ..config.settings import seconds
+
+            timeout = seconds("timeout", timeout)
         self.group = group
         self.repair = repair
         self.durable = durable
@@ -686,6 +706,11 @@ class FsCache:
         """
         check_name(name)
         _check_entry_settings(meta, keep)
+        _check_flag("strict_budget", strict_budget)
+        if holder is not None:
+            _check_owner("holder", holder)
+        if seal is not None and not isinstance(seal, Seal):
+            raise UsageError(f"seal must be a Seal (from FsCache.seal()), not {seal!r}")
         try:
             with self._staging(f"entry {name!r}") as staging:
                 data = os.path.join(staging.path, "data")
@@ -933,6 +958,7 @@ class FsCache:
         no lease is taken.  The index is not opened: this is the whole of a warm use.
         """
         _check_entry_settings(meta, keep)
+        _check_owner("owner", owner)
         with self._shared(check_name(name)) as (_, entry):
             if meta is not None:
                 found = self._meta(entry)
@@ -1014,6 +1040,11 @@ class FsCache:
         it).  Returns whether the entry was deleted.  Raises MissError if there is no such
         entry, UsageError if that owner holds no lease on it.
         """
+        _check_flag("keep", keep)
+        if lease is None:
+            _check_owner("owner (or a lease)", owner)
+        elif not isinstance(lease, str):
+            raise UsageError(f"a lease is the str that hold() returned, not {lease!r}")
         if keep:
             with self._entry(check_name(name)) as entry:
                 flushes = self._flushes_to_keep(entry)
@@ -1027,7 +1058,7 @@ class FsCache:
             # the release whole.
             kept, budget = db.kept(name), self.max_size
             if lease is None:
-                assert owner is not None
+                assert owner is not None  # (checked above)
                 lease = self.lease_of(name, owner)
             if lease is None or not remove_lease(entry, lease):
                 who = f"lease {lease}" if owner is None else f"process {owner.pid}"

@@ -78,7 +78,8 @@ def base_directories(
         directories = [d for d in directories.split(":") if d]
     elif isinstance(directories, os.PathLike):
         directories = [directories]
-    elif not hasattr(directories, "__iter__"):
+    elif not hasattr(directories, "__iter__") or isinstance(directories, (bytes, bytearray)):  # type: ignore[unreachable]
+        # (bytes are iterable, but as numbers: each would be refused as "not 47")
         raise UsageError(f"directories must be paths, not {directories!r}")
     result = [absolute_path(directory, "a candidate directory") for directory in directories]
     if not result:
