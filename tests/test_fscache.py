@@ -350,6 +350,25 @@ def test_a_wrong_argument_of_a_store_hold_or_release_is_refused_naming_it(root: 
         with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
             cache.release("entry", **kwargs)  # type: ignore[arg-type]
     assert cache.lease_of("entry", Owner.current()) == lease
+    # evict("x") was a bare TypeError, evict(nan) freed nothing and said nothing; a deadline of
+    # text failed at the next wait.
+    for nbytes in ("x", float("nan"), -1, True):
+        with pytest.raises(UsageError, match="^evict's nbytes must be a whole number of bytes or None, not "):
+            cache.evict(nbytes)  # type: ignore[arg-type]
+    for deadline in ("x", float("nan")):
+        with pytest.raises(UsageError, match=r"^a deadline must be a time.monotonic\(\) or None, not "):
+            cache.deadline = deadline  # type: ignore[assignment]
+    assert cache.deadline is None and cache.evict(0) == 0
+
+
+def test_an_empty_root_is_refused_not_taken_for_the_current_directory(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="^a cache's root must be a path, not ''$"):
+        FsCache("")
+    assert not any(tmp_path.iterdir())
+    FsCache(Path(""))  # "." written as a Path: the current directory, as asked
+    assert (tmp_path / "cache.info").exists()
 
 
 def test_max_size_forms_and_persistence(root: Path) -> None:

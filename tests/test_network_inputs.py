@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -333,6 +334,22 @@ def test_a_fetch_policy_s_no_proxy_must_be_text(hosts):
     with pytest.raises(SettingError, match="^no_proxy must be text, hosts separated by commas, not "):
         FetchPolicy(no_proxy=hosts)
     assert FetchPolicy(no_proxy="a.example, .b.example").no_proxy == "a.example, .b.example"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rewrites": "https://a.example/ = https://m.example/"}, "rewrites must be Rewrite rules, as rewrite_rules"),
+    ({"rewrites": [("https://a.example/", "https://m.example/")]}, "rewrites must be Rewrite rules, as rewrite_rules"),
+    ({"credentials": "alice:pw"}, "credentials must be a Credentials or None, not str"),
+])
+def test_a_fetch_policy_s_rules_and_credentials_are_checked(kwargs, message):
+    # A str of rules became a tuple of characters, and credentials of another type failed at the
+    # first download.
+    from sharedcache.config.settings import FetchPolicy, rewrite_rules
+
+    with pytest.raises(SettingError, match=f"^{re.escape(message)}"):
+        FetchPolicy(**kwargs)
+    rules = rewrite_rules("https://a.example/ = https://m.example/")
+    assert FetchPolicy(rewrites=list(rules)).rewrites == rules
 
 
 def test_a_fetch_policy_s_repr_shows_no_password():

@@ -312,6 +312,11 @@ class FetchPolicy:
                 raise SettingError(what, f"must be a number of seconds more than 0, not {given!r}")
         if speed_time == 0 and speed_limit:
             raise SettingError("speed_time", "must be more than 0 seconds when there is a speed limit")
+        if credentials is not None and not isinstance(credentials, Credentials):
+            raise SettingError("credentials", f"must be a Credentials or None, not {type(credentials).__name__}")
+        if not all(isinstance(rule, Rewrite) for rule in rewrites):
+            # (a str of rules is read by rewrite_rules(); taken here, it was a tuple of characters)
+            raise SettingError("rewrites", "must be Rewrite rules, as rewrite_rules(text) makes them")
         if no_proxy is not None and not isinstance(no_proxy, str):  # (it was met only by a download)
             raise SettingError("no_proxy", f"must be text, hosts separated by commas, not {type(no_proxy).__name__}")
         if type(offline) is not bool:

@@ -541,6 +541,8 @@ class FsCache:
 
     @deadline.setter
     def deadline(self, deadline: float | None) -> None:
+        if deadline is not None and (type(deadline) not in (int, float) or deadline != deadline):  # (NaN)
+            raise UsageError(f"a deadline must be a time.monotonic() or None, not {deadline!r}")
         self._local.deadline = deadline
 
     def _wait(self) -> float:
@@ -1185,6 +1187,8 @@ class FsCache:
     def evict(self, nbytes: int | None = None) -> int:
         """Delete unused entries, least recently used first, until ``nbytes`` are freed (all of
         them if None); return the bytes freed.  For making room on a full file system."""
+        if nbytes is not None and (type(nbytes) is not int or nbytes < 0):
+            raise UsageError(f"evict's nbytes must be a whole number of bytes or None, not {nbytes!r}")
         with self._transaction() as db:
             freed = self._evict(db, float("inf") if nbytes is None else nbytes)  # type: ignore[arg-type]  # inf: all
         self._empty_trash()

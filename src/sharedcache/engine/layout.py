@@ -87,9 +87,10 @@ PRIVATE, GROUP = Modes(False), Modes(True)
 
 def absolute_path(path: object, what: str) -> str:
     """``path`` (a ``str`` or a ``pathlib.Path``) made absolute; :class:`UsageError` naming
-    ``what`` it should be if it is no path of text (a number, bytes)."""
+    ``what`` it should be if it is no path of text (a number, bytes), or the empty string (which
+    ``abspath`` would read as the current directory: ``Path("")``, written so, is "." already)."""
     text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-    if not isinstance(text, str):
+    if not isinstance(text, str) or not text:
         raise UsageError(f"{what} must be a path, not {path!r}")
     try:
         return os.path.abspath(text)
