@@ -290,6 +290,19 @@ def test_max_size_given_with_a_release_applies_to_it(dirs, tarball):
         assert budget.read_text() == str(one)
 
 
+def test_a_kept_release_that_its_budget_evicts_leaves_no_link(dirs, tarball):
+    # The release kept the repository, then evicted it down to its budget, and said "use
+    # released", leaving the user's link dangling until a gc.
+    with Sleeper() as owner:
+        args = ["-d", str(dirs[0]), "--pid", str(owner.pid), "-n", "big", *recipe(tarball)]
+        assert sc("--use", *args).returncode == 0
+        released = sc("--unuse", "-v", "--keep", "--max-size", "1", *args)
+        assert released.returncode == 0 and "repository deleted" in released.stderr, released.stderr
+        link = user_dir(dirs[0]) / "big"
+        assert not link.is_symlink() and not link.exists()
+        assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
+
+
 def test_run_refuses_a_pid_its_use_being_its_own(dirs, tarball, tmp_path):
     # sc run holds its use while its command runs: a --pid was ignored, the use not the PID's.
     ran = tmp_path / "ran"

@@ -1039,8 +1039,9 @@ class FsCache:
         """Release one lease on ``name``: the lease ``lease``, or one held by ``owner``.
 
         If no live use remains, the entry is deleted unless it is marked to keep (``keep`` marks
-        it).  Returns whether the entry was deleted.  Raises MissError if there is no such
-        entry, UsageError if that owner holds no lease on it.
+        it).  Returns whether the entry was deleted: by the release, or by the eviction down to
+        the budget that follows it (a kept entry larger than the budget).  Raises MissError if
+        there is no such entry, UsageError if that owner holds no lease on it.
         """
         _check_flag("keep", keep)
         if lease is None:
@@ -1070,6 +1071,8 @@ class FsCache:
                 db.mark_kept(name)
             deleted = not keep and not kept and self._retire(db, name, unless_kept=True, entry=entry)
             self._restore_budget(db, budget)
+            # (Kept, it may be what the budget evicted: the caller removes what points to it.)
+            deleted = deleted or not db.has(name)
         self._empty_trash()
         return deleted
 
