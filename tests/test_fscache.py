@@ -6,6 +6,7 @@ test_fscache_crash.py; the child processes both use are in fscache_worker.py.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
@@ -854,6 +855,43 @@ def test_lost_index_is_rebuilt_by_gc(root: Path, how: str) -> None:
     assert {e.name: e.size for e in cache.entries()} == sizes
     assert cache.size == fresh_scan(root)
     assert all(loads(cache, name) for name in sizes)
+
+
+def test_the_release_of_an_entry_whose_row_is_lost_does_not_say_it_deleted_it(root: Path) -> None:
+    # Until gc adopts it, an entry without a row is none an eviction removes; the release of one
+    # of its two uses said it was deleted ("repository deleted") while the other still used it.
+    cache = FsCache(root)
+    put(cache, "entry")
+    users = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        owners = [Owner.of(user.pid) for user in users]
+        for owner in owners:
+            cache.hold("entry", owner)
+        cache.close()
+        (root / "index.sqlite").unlink()
+        cache = FsCache(root)
+        assert cache.release("entry", owners[0]) is False
+        assert "entry" in cache and cache.users("entry") == [users[1].pid]
+        assert cache.release("entry", owners[1]) is False and "entry" in cache  # (stored kept)
+    finally:
+        for user in users:
+            user.kill()
+            user.wait(10)
+
+
+def test_numbers_of_int_and_float_subclasses_are_taken(root: Path) -> None:
+    # type() is not isinstance(): an IntEnum gid or size, or a float subclass's deadline (numpy's
+    # float64, from time.monotonic() + a numpy number), was refused as no number.
+    class Gid(enum.IntEnum):
+        OURS = os.getgid()
+
+    class Seconds(float):
+        pass
+
+    assert FsCache(root / "group", group=Gid.OURS).shared
+    cache = FsCache(root / "private")
+    cache.deadline = Seconds(time.monotonic() + 60)
+    assert cache.evict(Gid.OURS) == 0
 
 
 def test_index_emptied_under_other_processes_is_a_cache_error_and_gc_rebuilds_it(

@@ -340,6 +340,7 @@ def test_a_fetch_policy_s_no_proxy_must_be_text(hosts):
     ({"rewrites": "https://a.example/ = https://m.example/"}, "rewrites must be Rewrite rules, as rewrite_rules"),
     ({"rewrites": [("https://a.example/", "https://m.example/")]}, "rewrites must be Rewrite rules, as rewrite_rules"),
     ({"credentials": "alice:pw"}, "credentials must be a Credentials or None, not str"),
+    ({"rewrites": 5}, "rewrites must be Rewrite rules, as rewrite_rules"),
 ])
 def test_a_fetch_policy_s_rules_and_credentials_are_checked(kwargs, message):
     # A str of rules became a tuple of characters, and credentials of another type failed at the
@@ -350,6 +351,8 @@ def test_a_fetch_policy_s_rules_and_credentials_are_checked(kwargs, message):
         FetchPolicy(**kwargs)
     rules = rewrite_rules("https://a.example/ = https://m.example/")
     assert FetchPolicy(rewrites=list(rules)).rewrites == rules
+    # An iterator of rules was walked by the check, which left the policy none.
+    assert FetchPolicy(rewrites=iter(rules)).rewrites == rules
 
 
 def test_a_fetch_policy_s_repr_shows_no_password():

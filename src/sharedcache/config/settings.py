@@ -314,7 +314,9 @@ class FetchPolicy:
             raise SettingError("speed_time", "must be more than 0 seconds when there is a speed limit")
         if credentials is not None and not isinstance(credentials, Credentials):
             raise SettingError("credentials", f"must be a Credentials or None, not {type(credentials).__name__}")
-        if not all(isinstance(rule, Rewrite) for rule in rewrites):
+        # (Made a tuple once: an iterator that the check walked would be empty after it.)
+        rules = tuple(rewrites) if hasattr(rewrites, "__iter__") else (rewrites,)
+        if not all(isinstance(rule, Rewrite) for rule in rules):
             # (a str of rules is read by rewrite_rules(); taken here, it was a tuple of characters)
             raise SettingError("rewrites", "must be Rewrite rules, as rewrite_rules(text) makes them")
         if no_proxy is not None and not isinstance(no_proxy, str):  # (it was met only by a download)
@@ -324,7 +326,7 @@ class FetchPolicy:
         values = {"connections": connections, "connect_timeout": float(connect_timeout),
                   "read_timeout": float(read_timeout), "retries": retries, "backoff": float(backoff),
                   "backoff_max": float(backoff_max), "speed_limit": speed_limit, "speed_time": float(speed_time),
-                  "credentials": credentials, "rewrites": tuple(rewrites),
+                  "credentials": credentials, "rewrites": rules,
                   "proxy": None if proxy is None else proxy_chain(proxy), "no_proxy": no_proxy,
                   "offline": offline}
         for name, value in values.items():

@@ -423,7 +423,8 @@ class FsCache:
         repair: bool = False,
     ) -> None:
         self.root = absolute_path(root, "a cache's root")
-        if group is not None and type(group) is not int:  # (a name would be "not in that group")
+        # (A name would be "not in that group".)
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int)):
             raise UsageError(f"a cache's group must be a gid, not {group!r}")
         _check_flag("durable", durable)
         _check_flag("repair", repair)
@@ -541,7 +542,8 @@ class FsCache:
 
     @deadline.setter
     def deadline(self, deadline: float | None) -> None:
-        if deadline is not None and (type(deadline) not in (int, float) or deadline != deadline):  # (NaN)
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                                     or deadline != deadline):  # (NaN)
             raise UsageError(f"a deadline must be a time.monotonic() or None, not {deadline!r}")
         self._local.deadline = deadline
 
@@ -1059,7 +1061,7 @@ class FsCache:
                 raise MissError(f"no entry {name!r} in cache {self.root}")
             # Read before anything changes, so that an unusable index (or a damaged budget) fails
             # the release whole.
-            kept, budget = db.kept(name), self.max_size
+            kept, budget, counted = db.kept(name), self.max_size, db.has(name)
             if lease is None:
                 assert owner is not None  # (checked above)
                 lease = self.lease_of(name, owner)
@@ -1071,8 +1073,9 @@ class FsCache:
                 db.mark_kept(name)
             deleted = not keep and not kept and self._retire(db, name, unless_kept=True, entry=entry)
             self._restore_budget(db, budget)
-            # (Kept, it may be what the budget evicted: the caller removes what points to it.)
-            deleted = deleted or not db.has(name)
+            # (Kept, it may be what the budget evicted: the caller removes what points to it.  An
+            # entry without a row, until gc adopts it, is none the eviction walks, and stays.)
+            deleted = deleted or (counted and not db.has(name))
         self._empty_trash()
         return deleted
 
@@ -1190,7 +1193,7 @@ class FsCache:
     def evict(self, nbytes: int | None = None) -> int:
         """Delete unused entries, least recently used first, until ``nbytes`` are freed (all of
         them if None); return the bytes freed.  For making room on a full file system."""
-        if nbytes is not None and (type(nbytes) is not int or nbytes < 0):
+        if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0):
             raise UsageError(f"evict's nbytes must be a whole number of bytes or None, not {nbytes!r}")
         with self._transaction() as db:
             freed = self._evict(db, float("inf") if nbytes is None else nbytes)  # type: ignore[arg-type]  # inf: all
