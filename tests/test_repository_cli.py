@@ -160,21 +160,46 @@ def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tar
     # A reader that went away before the output was written: a failure, said in one line (the
     # interpreter's teardown printed two lines about a BrokenPipeError, and exited 120).
     # So with the output written at once (PYTHONUNBUFFERED, which container images often set).
+    # So too for the path --use writes at once: the failed flush left it in the buffer, which the
+    # flush at exit failed to write once more, a second line.
     for unbuffered in ("", "1"):
-        read_end, write_end = os.pipe()
-        os.close(read_end)
-        try:
-            gone = subprocess.run([*SC, "--version"], stdout=write_end, stderr=subprocess.PIPE,
-                                  text=True, timeout=60, env=sc_env(PYTHONUNBUFFERED=unbuffered))
-        finally:
-            os.close(write_end)
-        assert gone.returncode == 1
-        assert gone.stderr == "sc: error: cannot write the output: Broken pipe\n", (unbuffered, gone.stderr)
-    # Started with its output or its error stream closed: nothing to write, nothing to fail.
+        for command in (["--version"], ["--use", "-d", d(dirs), "--pid", str(os.getpid()), *recipe(tarball)]):
+            read_end, write_end = os.pipe()
+            os.close(read_end)
+            try:
+                gone = subprocess.run([*SC, *command], stdout=write_end, stderr=subprocess.PIPE,
+                                      text=True, timeout=60, env=sc_env(PYTHONUNBUFFERED=unbuffered))
+            finally:
+                os.close(write_end)
+            assert gone.returncode == 1
+            assert gone.stderr == "sc: error: cannot write the output: Broken pipe\n", (unbuffered, command,
+                                                                                         gone.stderr)
+    # Started with its output or its error stream closed: nothing to write, nothing to fail,
+    # whichever command writes the output (config wrote to sys.stdout, None: an internal error).
     for closed in (">&-", "2>&-"):
-        done = subprocess.run(["sh", "-c", f'exec "$0" "$@" {closed}', *SC, "--version"],
-                              capture_output=True, text=True, timeout=60, env=sc_env())
-        assert done.returncode == 0 and "Traceback" not in done.stderr, (closed, done.stderr)
+        for command in (["--version"], ["-h"], ["config"], ["list", "-d", d(dirs)], ["gc", "-d", d(dirs)]):
+            done = subprocess.run(["sh", "-c", f'exec "$0" "$@" {closed}', *SC, *command],
+                                  capture_output=True, text=True, timeout=60, env=sc_env())
+            assert (done.returncode, done.stderr) == (0, ""), (closed, command, done.stderr)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_paths_are_written_as_their_bytes_whatever_the_output_s_encoding(tmp_path, tarball, encoding):
+    # PYTHONIOENCODING=utf-8 (container images set it) cannot encode a name that is not UTF-8,
+    # nor ascii one that is not ASCII: each command that printed such a path ended in an
+    # internal error, the use taken released.
+    for name in (b"b\xff", "\u00e9".encode()):
+        base = os.fsencode(tmp_path) + b"/" + name
+        os.mkdir(base)
+        env = sc_env(PYTHONIOENCODING=encoding, SC_DIRECTORIES=os.fsdecode(base))
+        args = ["--pid", str(os.getpid()), *recipe(tarball)]
+        for command in (["--use", *args], ["--location", *args], ["gc"], ["config"]):
+            done = subprocess.run([*SC, *command], capture_output=True, timeout=60, env=env)
+            assert (done.returncode, done.stderr) == (0, b""), (name, command, done.stderr)
+            if command[0] in ("--use", "--location"):
+                assert done.stdout.startswith(base + b"/") and os.path.isdir(done.stdout.rstrip(b"\n"))
+            else:
+                assert base in done.stdout, (command, done.stdout)
 
 
 def test_without_an_error_stream_stdout_still_carries_only_the_path(dirs, tarball):

@@ -14,6 +14,7 @@ shown for an error a user can cause.
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import sys
 
@@ -34,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Started with descriptor 2 closed (`2>&-`): messages go nowhere, since print() given
         # None writes to stdout, where a job reads the path `--use` prints.
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # What stdout carries are paths, and names made of them: written as their bytes, as ls
+        # writes them, whatever encoding PYTHONIOENCODING asks for (utf-8 cannot encode a name
+        # that is not UTF-8, ascii one that is not ASCII: an internal error).
+        sys.stdout.reconfigure(encoding=sys.getfilesystemencoding(), errors=sys.getfilesystemencodeerrors())
     verbose = "-v" in argv or "--verbose" in argv
     try:
         options = parse(argv)

@@ -73,6 +73,9 @@ def use(repositories: Repositories, options: Arguments) -> int:
         repositories.release_held(held)
         if isinstance(e, OSError):
             print(f"sc: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
+            # The path stays in the stream's buffer, which the flush at exit (leave) would fail
+            # to write, and say so, once more.
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
             return 1
         raise
     return 0
@@ -325,7 +328,7 @@ def show_config(effective: Effective, fetch: FetchPolicy) -> int:
                 "(none: curl's variables apply)", where)
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         rows.append(f"{key} = {text}  # {where}\n")
-    sys.stdout.write("".join(rows))
+    print("".join(rows), end="")  # (not sys.stdout.write: None when started with stdout closed)
     return 0
 
 
