@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, interpreter_for, make_tarball, mounted_bindfs, pause_at, sample_files
+from scutil import Sleeper, interpreter_for, make_tarball, mounted_bindfs, pause_at, sample_files, sc, sc_env
 
 from sharedcache.engine.fsutil import rename_noreplace
 
@@ -180,6 +180,19 @@ def test_the_python_api_uses_a_group_cache_when_asked_by_argument_or_config_file
     with pytest.raises(UsageError, match="no such group: 'no-such-group-here'"), \
             sharedcache.use(*words, name="none", directories=[shared], group="no-such-group-here"):
         pass
+
+
+def test_a_group_that_names_no_group_is_one_line(tmp_path):
+    # '²' passed str.isdigit and failed int(), a NUL failed getgrnam: both internal errors.
+    words = ("file:/nonexistent.tar", "tar")
+    config = tmp_path / "config"
+    config.write_bytes(b"group = a\0b\n")
+    for group, env in (("\u00b2", sc_env()), ("\u2460", sc_env()), ("\u0661", sc_env()),
+                       (None, sc_env(SC_CONFIG=str(config)))):
+        options = ("--group", group) if group is not None else ()
+        result = sc("--use", "-d", str(tmp_path), *options, *words, env=env)
+        shown = repr(group if group is not None else "a\0b")
+        assert (result.returncode, result.stderr) == (2, f"sc: error: no such group: {shown} (see 'sc --help')\n")
 
 
 # Bob holds the population lock of "x" in the group cache and writes a status record that is

@@ -431,6 +431,17 @@ def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, own
         assert result.stderr.count("\n") == 1
 
 
+def test_a_config_file_under_a_file_is_a_missing_one(tmp_path):
+    # A service account's HOME=/dev/null made every command fail: "cannot read the config file:
+    # Not a directory", for the user's file that cannot be there.
+    env = {name: value for name, value in sc_env().items() if name != "XDG_CONFIG_HOME"}
+    result = sc("config", env={**env, "HOME": os.devnull})
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    named = sc("config", env=sc_env(SC_CONFIG=f"{os.devnull}/config"))
+    assert named.returncode == 2 and named.stderr == f"sc: error: {os.devnull}/config: no such config file " \
+                                                     "(named by SC_CONFIG)\n", named.stderr
+
+
 @pytest.mark.parametrize("proxy", ["http://[::1", "proxy.site:99999", "http://proxy.site:0", "socks5://proxy.site:1080"])
 def test_a_proxy_no_connection_can_use_is_one_line_naming_where_it_came_from(tmp_path, owner, proxy):
     url = f"http:http://127.0.0.1:{free_port()}/data"

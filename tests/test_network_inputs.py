@@ -155,6 +155,18 @@ def test_a_proxy_host_that_is_not_ascii_is_one_line_not_an_internal_error(tmp_pa
         assert "proxy cannot use 'http://pr\u00f6xy.site:3128'" in result.stderr
 
 
+@pytest.mark.parametrize("host", ["a..b", f"{'x' * 64}.example"])
+def test_a_host_name_idna_cannot_encode_is_one_line_and_not_retried(tmp_path, owner, host):
+    # The resolver's thread died of getaddrinfo's UnicodeError, printing its traceback, and the
+    # download was retried as one whose resolver had given no answer.
+    url = f"http:http://{host}/data"
+    for env, args in ((sc_env(), (url,)),
+                      (sc_env(SC_PROXY=f"http://{host}:3128"), (f"http:http://origin.invalid:{free_port()}/data",))):
+        result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), *args, env=env)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.endswith(f"'{host}', label empty or too long\n"), result.stderr
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1\\x", "[::1]x", "%00x", "[v1.x]"])
 def test_a_proxy_host_urllib3_reads_otherwise_is_refused_before_anything_connects(tmp_path, owner, host):
     # Python's parser and messages took "127.0.0.1\x" for the host, and urllib3 connected to

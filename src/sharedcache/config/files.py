@@ -151,7 +151,7 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
     try:
         # O_NONBLOCK: a FIFO planted there must not hang sc (it is refused below).
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (the latter under a HOME that is a file: /dev/null)
         if required:
             raise ConfigError(f"{path}: no such config file (named by SC_CONFIG)") from None
         return {}

@@ -243,11 +243,24 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
             (five seconds, twice, for each name server) and cannot be told to stop: left in a
             thread of its own that ends with it, a resolution past the limit fails as one that
             found no address.  urllib3 would also give each address the whole timeout."""
-            from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+            from urllib3.exceptions import (
+                ConnectTimeoutError,
+                LocationParseError,
+                NameResolutionError,
+                NewConnectionError,
+            )
 
             host, limit = self._dns_host, self.timeout
             if not isinstance(limit, (int, float)) or _numeric(host):
                 return super()._new_conn()
+            # getaddrinfo raises UnicodeError for a name IDNA cannot encode (an empty label, one
+            # over 63 characters), which would kill the resolver's thread with a traceback and
+            # read as no answer; urllib3, whose resolution this replaces, refuses such a name so,
+            # as no retry fixes it.
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                raise LocationParseError(f"'{host}', label empty or too long") from None
             ends = time.monotonic() + limit
             try:
                 addresses = _resolve(host, self.port, limit)

@@ -94,13 +94,13 @@ def group_id(group: str | int | None) -> int | None:
         return group
     if not isinstance(group, str):
         raise UsageError(f"a group is a name or a gid, not {group!r}")
-    if group.isdigit():
+    if group.isascii() and group.isdigit():  # (isdigit alone takes '²', which int() refuses)
         return int(group)
     import grp
 
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name, which a config file's line can hold
         raise UsageError(f"no such group: {group!r}") from None
 
 
