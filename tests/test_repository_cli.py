@@ -328,6 +328,39 @@ def test_a_kept_release_that_its_budget_evicts_leaves_no_link(dirs, tarball):
         assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
 
 
+def test_a_name_held_in_another_cache_of_the_base_is_refused_before_any_download(dirs, tarball, tmp_path):
+    # The user's own cache and a group's share the user's directory of links: a name taken in
+    # one was refused in the other after its download, as "a symlink to '.cache/objects/...',
+    # not to repository ...; refusing to follow it", which read as an attack.
+    gid = os.getgid()
+    group, group_cache = ["--group", str(gid)], dirs[0] / f".shared-cache-g{gid}"
+    link = user_dir(dirs[0]) / "r"
+    with Sleeper() as owner:
+        args = ["-d", str(dirs[0]), "--pid", str(owner.pid), "-n", "r", *recipe(tarball)]
+        assert sc("--use", *args).returncode == 0
+        refused = sc("--use", *group, *args)
+        assert (refused.returncode, refused.stdout) == (2, ""), refused
+        assert refused.stderr == (f"sc: error: {link} is the path of repository 'r' of your own cache already: "
+                                  "give this one another name (-n NAME), or release that one first (sc --unuse)\n")
+        assert not (group_cache / "objects" / "r").exists(), "nothing downloaded for it"
+        assert sc("--unuse", *args).returncode == 0
+        assert sc("--use", "--keep", *group, *args).returncode == 0
+        refused = sc("--use", *args)
+        assert refused.returncode == 2 and f"of the cache of group {gid} already" in refused.stderr, refused.stderr
+        # Released, then evicted by another use of the group's cache: the link stays until a gc.
+        assert sc("--unuse", "--keep", *group, *args).returncode == 0
+        other = tmp_path / "other"
+        other.write_bytes(b"other data")
+        assert sc("--use", *group, "-d", str(dirs[0]), "--pid", str(owner.pid), "--max-size", "1", "-n", "other",
+                  f"file:{other}").returncode == 0
+        assert link.is_symlink() and not link.exists()
+        gone = sc("--use", *args)
+        gc = f"sc gc -d {dirs[0]} --group {gid}"
+        assert gone.returncode == 2 and f"which is gone: run '{gc}' to remove it" in gone.stderr, gone.stderr
+        assert sc(*gc.split()[1:]).returncode == 0
+        assert sc("--use", *args).returncode == 0
+
+
 def test_run_refuses_a_pid_its_use_being_its_own(dirs, tarball, tmp_path):
     # sc run holds its use while its command runs: a --pid was ignored, the use not the PID's.
     ran = tmp_path / "ran"

@@ -17,7 +17,9 @@ is refused with a clear line and the base is skipped; so is a base that belongs 
 or that others may write without its sticky bit.  The printed path of a repository,
 ``<base>/.shared-cache-<uid>/<name>``, is stable for a user and a name, and nobody else can
 redirect it: only this user (and root) can write the directory that holds the link.  The link
-of a group repository points into the group's cache.  A ``<base>/.shared-cache`` made by
+of a group repository points into the group's cache; so a name is one repository per user and
+base, and a name that links into one of the user's caches is refused for another
+(:meth:`Base.linked`) until released.  A ``<base>/.shared-cache`` made by
 shared-cache 0.2 is never read, changed or removed.
 
 This module owns the list of candidate bases, a base's paths, its cache, its free space and the
@@ -290,27 +292,42 @@ class Base:
 
     def ensure_link(self, name: str) -> str:
         """Make this user's link ``<name>`` point to the entry's data; refuse anything else found
-        there."""
-        link, target = self.link(name), self.link_target(name)
-        while True:
+        there (see :meth:`linked`)."""
+        link = self.link(name)
+        while not self.linked(name):
             try:
-                current = os.readlink(link)
-            except FileNotFoundError:
-                try:
-                    os.symlink(target, link)  # fails, rather than replaces, if anything is there
-                except FileExistsError:
-                    continue
-                return link
-            except OSError:
-                raise SharedCacheError(
-                    f"{link} exists and is not a shared-cache link; refusing to use it"
-                ) from None
-            if current != target:
-                raise SharedCacheError(
-                    f"{link} is a symlink to {current!r}, not to repository {name!r}; "
-                    "refusing to follow it"
-                )
-            return link
+                os.symlink(self.link_target(name), link)  # fails, rather than replaces, if anything is there
+            except FileExistsError:
+                pass  # made meanwhile: looked at again
+        return link
+
+    def linked(self, name: str) -> bool:
+        """Whether this user's link ``<name>`` is there, pointing to this base's repository of
+        that name.  Anything else there is refused: the link of the user's repository of the
+        name in another cache of this base (their own, or a group's), which the caller is to
+        release or give another name, or what is no link of ours."""
+        link = self.link(name)
+        try:
+            current = os.readlink(link)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            raise SharedCacheError(f"{link} exists and is not a shared-cache link; refusing to use it") from None
+        if current == self.link_target(name):
+            return True
+        import re
+
+        group = re.fullmatch(rf"\.\./\.shared-cache-g(\d+)/objects/{re.escape(name)}/data", current)
+        if current == f"{PRIVATE_CACHE}/objects/{name}/data" or group:
+            where = f"the cache of group {group[1]}" if group else "your own cache"
+            if not os.path.exists(link):  # that repository is gone, its link not yet removed by a gc
+                gc = f"sc gc -d {self.path}" + (f" --group {group[1]}" if group else "")
+                raise NameTakenError(f"{link} is the link of repository {name!r} of {where}, which is gone: "
+                                     f"run '{gc}' to remove it, or give this one another name (-n NAME)")
+            raise NameTakenError(f"{link} is the path of repository {name!r} of {where} already: give this "
+                                 "one another name (-n NAME), or release that one first (sc --unuse)")
+        raise SharedCacheError(f"{link} is a symlink to {current!r}, not to repository {name!r}; "
+                               "refusing to follow it")
 
     def drop_link_if_unused(self, name: str) -> None:
         """Remove the link of a deleted repository, unless it is being populated again."""

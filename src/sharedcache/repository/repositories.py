@@ -187,6 +187,7 @@ class Repositories:
         if base is None:
             base = self._choose(request)
         self._report_skips()
+        base.linked(request.name)  # a name this user holds in another cache of the base: refused before any download
         cache = base.cache()
         if budget is not None:
             self._set_budget(cache, budget)
