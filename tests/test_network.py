@@ -442,6 +442,15 @@ def test_a_config_file_under_a_file_is_a_missing_one(tmp_path):
                                                      "(named by SC_CONFIG)\n", named.stderr
 
 
+def test_a_config_file_a_windows_editor_wrote_is_read(tmp_path):
+    # Its byte order mark joined the first key: "unknown key '\ufeffkeep'".
+    config = tmp_path / "config"
+    config.write_bytes("keep = yes\r\nmax_size = 1GB\r\n".encode("utf-8-sig"))
+    shown = sc("config", env=sc_env(SC_CONFIG=str(config)))
+    assert shown.returncode == 0, shown.stderr
+    assert f"keep = yes  # {config}:1\n" in shown.stdout and f"max_size = 1GB  # {config}:2\n" in shown.stdout
+
+
 @pytest.mark.parametrize("proxy", ["http://[::1", "proxy.site:99999", "http://proxy.site:0", "socks5://proxy.site:1080"])
 def test_a_proxy_no_connection_can_use_is_one_line_naming_where_it_came_from(tmp_path, owner, proxy):
     url = f"http:http://127.0.0.1:{free_port()}/data"

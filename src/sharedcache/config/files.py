@@ -168,7 +168,8 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
     finally:
         os.close(fd)
     found: dict[str, tuple[object, str]] = {}
-    for number, text in enumerate(b"".join(chunks).decode("utf-8", "replace").splitlines(), start=1):
+    # (utf-8-sig: without the byte order mark some Windows editors start a file with.)
+    for number, text in enumerate(b"".join(chunks).decode("utf-8-sig", "replace").splitlines(), start=1):
         line = text.partition("#")[0].strip()
         if not line:
             continue
