@@ -287,6 +287,17 @@ def test_a_proxy_with_a_query_or_fragment_is_taken_as_curl_takes_it(tmp_path, ow
     assert recording_proxy.seen == ["Basic " + base64.b64encode(b"alice:pw").decode()] * len(sources)
 
 
+def test_an_internationalized_host_name_is_asked_for_in_its_ascii_form(tmp_path, owner, recording_proxy):
+    # "Unable to parse URL without the 'idna' module": the HTTP client converts such a name only
+    # with that package, which was not installed. Through a proxy, which sees the name as sent.
+    origin = "http://b\u00fccher.example/data"
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
+                "--proxy", f"http://{recording_proxy.address}", f"http:{origin}", f"sha256:{SHA256}")
+    assert result.returncode == 0, result.stderr
+    assert (user_dir(tmp_path) / "data" / "data").read_bytes() == DATA
+    assert recording_proxy.requested == ["GET http://xn--bcher-kva.example/data HTTP/1.1"]
+
+
 def test_a_proxy_is_shown_by_its_scheme_host_and_port_alone(tmp_path, owner, recording_proxy):
     # "http://alice:12/S3CRET" is a password with a "/" whose "@host" was lost: to any URL parser
     # the host alice, port 12 and a path, which a proxy has no use for.  It was shown whole by
