@@ -202,6 +202,20 @@ def test_paths_are_written_as_their_bytes_whatever_the_output_s_encoding(tmp_pat
                 assert base in done.stdout, (command, done.stdout)
 
 
+@pytest.mark.parametrize("encoding", ["", "utf-8"])
+def test_text_the_file_system_s_encoding_lacks_is_written_escaped(tmp_path, encoding):
+    # A config file is UTF-8, whatever the locale: under one of another encoding (here C, ASCII)
+    # sc config printed a setting's character it lacks as an internal error, even where
+    # PYTHONIOENCODING=utf-8 could write it.
+    config = tmp_path / "config"
+    config.write_text("directories = /d/b\u20ac\n", encoding="utf-8")
+    env = sc_env(SC_CONFIG=str(config), LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+                 PYTHONIOENCODING=encoding)
+    done = subprocess.run([*SC, "config"], capture_output=True, timeout=60, env=env)
+    assert (done.returncode, done.stderr) == (0, b""), done.stderr
+    assert b"directories = /d/b\\u20ac  # " in done.stdout, done.stdout
+
+
 def test_without_an_error_stream_stdout_still_carries_only_the_path(dirs, tarball):
     # A job that closed stderr (`P=$(sc --use ... 2>&-)`): the messages that had nowhere to go
     # were printed to stdout, as print() does given None, so the job read an error as its path,

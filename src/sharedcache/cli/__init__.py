@@ -14,6 +14,7 @@ shown for an error a user can cause.
 from __future__ import annotations
 
 import atexit
+import codecs
 import io
 import os
 import sys
@@ -39,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # What stdout carries are paths, and names made of them: written as their bytes, as ls
         # writes them, whatever encoding PYTHONIOENCODING asks for (utf-8 cannot encode a name
         # that is not UTF-8, ascii one that is not ASCII: an internal error).
-        sys.stdout.reconfigure(encoding=sys.getfilesystemencoding(), errors=sys.getfilesystemencodeerrors())
+        codecs.register_error(_PATH_BYTES, _path_bytes)
+        sys.stdout.reconfigure(encoding=sys.getfilesystemencoding(), errors=_PATH_BYTES)
     verbose = "-v" in argv or "--verbose" in argv
     try:
         options = parse(argv)
@@ -86,6 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sc: internal error ({type(e).__name__}: {e}); rerun with -v for details",
               file=sys.stderr)
         return 1
+
+
+_PATH_BYTES = "sharedcache.path-bytes"
+
+
+def _path_bytes(error: UnicodeError) -> tuple[str | bytes, int]:
+    """stdout's handler of what its encoding, the file system's, cannot encode: a byte of a path
+    that was no text in it (decoded as a lone surrogate, as ``surrogateescape`` does) is written
+    as itself; any other character, which only text read from a UTF-8 file under a locale of
+    another encoding can hold (``sc config``), as its escape, rather than failing the command."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    char = error.object[error.start]
+    if "\udc80" <= char <= "\udcff":
+        return bytes([ord(char) - 0xDC00]), error.start + 1
+    return char.encode("ascii", "backslashreplace").decode("ascii"), error.start + 1
 
 
 def leave(status: int) -> NoReturn:

@@ -321,7 +321,9 @@ class Base:
         if current == f"{PRIVATE_CACHE}/objects/{name}/data" or group:
             where = f"the cache of group {group[1]}" if group else "your own cache"
             if not os.path.exists(link):  # that repository is gone, its link not yet removed by a gc
-                gc = f"sc gc -d {self.path}" + (f" --group {group[1]}" if group else "")
+                from shlex import quote  # (a command to paste: a base's path may hold a space)
+
+                gc = f"sc gc -d {quote(self.path)}" + (f" --group {group[1]}" if group else "")
                 raise NameTakenError(f"{link} is the link of repository {name!r} of {where}, which is gone: "
                                      f"run '{gc}' to remove it, or give this one another name (-n NAME)")
             raise NameTakenError(f"{link} is the path of repository {name!r} of {where} already: give this "
