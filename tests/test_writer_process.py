@@ -708,6 +708,9 @@ SIGNALLED_AT_THE_FORK = textwrap.dedent("""
         print(error, flush=True)
     else:
         print("unpacked", flush=True)
+    # Its line out (the test drains stderr once forked), the stream's lock is free again: else
+    # the flush of stderr at exit, waiting for that lock, would abort the interpreter.
+    telling.join(30)
 """)
 
 
