@@ -223,6 +223,7 @@ from .layout import (
     STAGE,
     TRASH,
     absolute_path,
+    check_flag,
     check_locks,
     check_name,
     make_directory,
@@ -307,10 +308,10 @@ def _unwritable_file(name: str, directory: int, settle: float) -> str:
         time.sleep(0.002)
 
 
-def _check_flag(what: str, value: object) -> None:
-    """Refuse a flag argument that is not a bool: ``"no"`` or ``1`` would be taken as true."""
-    if type(value) is not bool:
-        raise UsageError(f"{what} must be True or False, not {value!r}")
+def _number(value: object, kinds: type | tuple[type, ...]) -> bool:
+    """Whether ``value`` is a number of ``kinds`` (their subclasses too: an IntEnum, numpy's
+    float64), not a bool, which is an int to Python and no number to a caller."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 def _check_owner(what: str, owner: object) -> None:
@@ -331,7 +332,7 @@ def _check_entry_settings(meta: object, keep: object) -> None:
         if size is None or size > META_BYTES:
             shown = f"{len(meta):,} characters" if isinstance(meta, str) else repr(meta)
             raise UsageError(f"an entry's meta must be UTF-8 text of at most {META_BYTES:,} bytes, not {shown}")
-    _check_flag("keep", keep)
+    check_flag("keep", keep)
 
 
 def _path(path: str) -> Path:
@@ -424,10 +425,10 @@ class FsCache:
     ) -> None:
         self.root = absolute_path(root, "a cache's root")
         # (A name would be "not in that group".)
-        if group is not None and (isinstance(group, bool) or not isinstance(group, int)):
+        if group is not None and not _number(group, int):
             raise UsageError(f"a cache's group must be a gid, not {group!r}")
-        _check_flag("durable", durable)
-        _check_flag("repair", repair)
+        check_flag("durable", durable)
+        check_flag("repair", repair)
         if timeout != _INDEX_TIMEOUT:  # (the default needs no check, and the warm path no import)
             from ..config.settings import seconds
 
@@ -542,8 +543,7 @@ class FsCache:
 
     @deadline.setter
     def deadline(self, deadline: float | None) -> None:
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
-                                     or deadline != deadline):  # (NaN)
+        if deadline is not None and (not _number(deadline, (int, float)) or deadline != deadline):  # (NaN)
             raise UsageError(f"a deadline must be a time.monotonic() or None, not {deadline!r}")
         self._local.deadline = deadline
 
@@ -710,7 +710,7 @@ class FsCache:
         """
         check_name(name)
         _check_entry_settings(meta, keep)
-        _check_flag("strict_budget", strict_budget)
+        check_flag("strict_budget", strict_budget)
         if holder is not None:
             _check_owner("holder", holder)
         if seal is not None and not isinstance(seal, Seal):
@@ -1045,7 +1045,7 @@ class FsCache:
         the budget that follows it (a kept entry larger than the budget).  Raises MissError if
         there is no such entry, UsageError if that owner holds no lease on it.
         """
-        _check_flag("keep", keep)
+        check_flag("keep", keep)
         if lease is None:
             _check_owner("owner (or a lease)", owner)
         elif not isinstance(lease, str):
@@ -1193,7 +1193,7 @@ class FsCache:
     def evict(self, nbytes: int | None = None) -> int:
         """Delete unused entries, least recently used first, until ``nbytes`` are freed (all of
         them if None); return the bytes freed.  For making room on a full file system."""
-        if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0):
+        if nbytes is not None and (not _number(nbytes, int) or nbytes < 0):
             raise UsageError(f"evict's nbytes must be a whole number of bytes or None, not {nbytes!r}")
         with self._transaction() as db:
             freed = self._evict(db, float("inf") if nbytes is None else nbytes)  # type: ignore[arg-type]  # inf: all

@@ -98,6 +98,12 @@ def absolute_path(path: object, what: str) -> str:
         raise unresolvable(text) from None
 
 
+def check_flag(what: str, value: object) -> None:
+    """Refuse a flag argument that is not a bool: ``"no"`` or ``1`` would be taken as true."""
+    if type(value) is not bool:
+        raise UsageError(f"{what} must be True or False, not {value!r}")
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it can name an entry (one path component, not hidden), else raise."""
     try:

@@ -15,7 +15,7 @@ import time
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_leftovers, unlink_if_present
-from ..engine.layout import check_base, check_name, user_directory
+from ..engine.layout import check_base, check_flag, check_name, user_directory
 from ..engine.leases import Owner
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
 from ..lean import scoped
@@ -146,8 +146,7 @@ class Repositories:
         defaults); it does not change the data, so it is not part of the recipe's identity.  It
         may be a function that makes the policy: it is called on a miss only, before anything is
         created, so that its errors (a bad setting) leave nothing behind."""
-        if type(keep) is not bool:
-            raise UsageError(f"keep must be True or False, not {keep!r}")
+        check_flag("keep", keep)
         given, words = words, normalize_words(words)
         if not words:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
