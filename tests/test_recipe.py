@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from scutil import SRC
@@ -94,6 +94,51 @@ def test_default_name() -> None:
 @given(st.lists(st.text(), max_size=4))
 def test_default_name_is_always_a_safe_name(words: list[str]) -> None:
     assert NAME.fullmatch(default_name(words))
+
+
+def reference_name(words: list[str]) -> str:
+    """A default name as it was made with ``re`` and ``urllib.parse`` (before the warm path was
+    kept free of them): names must not change, or a ready repository would be made again."""
+    import hashlib
+    from urllib.parse import unquote
+
+    from sharedcache.errors import without_user_info
+    from sharedcache.loaders.words import _query_shown_identity, normalize_words
+
+    normalized = normalize_words(words)
+    argument = without_user_info(normalized[0]).partition(":")[2] if normalized else ""
+    path = re.split(r"[?#]", argument, maxsplit=1)[0].rstrip("/")
+    stem = re.sub(
+        r"(\.(tar|cpio)(\.(gz|bz2|xz|zst|lz|lzma|z))?|\.(tgz|tbz2?|txz|tzst|zip|gz|bz2|xz|zst))+$",
+        "", unquote(path.rpartition("/")[2]), flags=re.IGNORECASE,
+    )
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).lstrip("._+-")[:117].rstrip("._+-") or "data"
+    return f"{stem}-{hashlib.sha256(_query_shown_identity(words).encode()).hexdigest()[:10]}"
+
+
+#: Pieces of file names: the suffixes a name drops, in odd cases and with the characters outside
+#: ASCII that match their letters, percent escapes, and characters a name replaces.
+NAME_PIECES = st.sampled_from([".tar", ".TAR", ".cpio", ".Gz", ".gz", ".bz2", ".xz", ".zst", ".lz", ".lzma",
+                               ".z", ".Z", ".tgz", ".tbz", ".tbz2", ".txz", ".tzst", ".ZIP", ".zip", ".tar.gz",
+                               ".\u0131", ".tz\u017ft", ".z\u0130p", ".", "..", "-", "_", "+", " ", "%20", "%C3%BC", "%",
+                               "%zz", "ü", "a", "B", "7", "~", "/", "?q", "#f", "\u212a"])
+
+
+@given(st.lists(NAME_PIECES | st.text(max_size=3), max_size=12).map("".join),
+       st.sampled_from(["http:https://h.example/d/", "file:/d/", "dirac:/vo/"]))
+@example("x.tar.Z", "file:/d/")
+@example("x.cpio.lzma.gz", "file:/d/")
+@example("a.lz", "file:/d/")
+@example("\u0130.z\u0130p.tz\u017ft.tbz", "http:https://h.example/d/")
+@example("%C3%BC%20.tar.gz?sig=1#f", "http:https://h.example/d/")
+def test_default_name_is_the_one_made_before(file_name: str, source: str) -> None:
+    if not (source + file_name).isascii():
+        try:
+            (source + file_name).encode()
+        except UnicodeEncodeError:  # refused before any name is made
+            return
+    words = [source + file_name.replace(" ", "%20"), f"sha256:{HEX64}", "tar"]
+    assert default_name(words) == reference_name(words)
 
 
 def test_identity_and_name_are_cheap() -> None:

@@ -25,6 +25,7 @@ import sharedcache
 from scutil import (DEFAULT_SIGNALS, SC, SRC, Sleeper, check_tree, control, finish, make_tarball, pause_at, sample_files,
                     sc, sc_env, sc_start, stop_process, user_dir, wait_for)
 from sharedcache.engine.leases import pid_namespace
+from sharedcache.loaders.words import default_name
 
 FILES = sample_files()
 
@@ -57,7 +58,7 @@ def d(dirs: tuple[Path, Path]) -> str:
 # large part of its budget (measured by python -m benchmarks.peers, W3; see CONTRIBUTING.md).
 WARM_FORBIDDEN = {"_sqlite3", "sqlite3", "contextlib", "collections", "importlib", "json", "re",
                   "typing", "pathlib", "threading", "argparse", "urllib3", "tarfile", "zipfile",
-                  "dataclasses", "tomllib"}
+                  "dataclasses", "tomllib", "hashlib", "urllib.parse"}
 # Exactly the modules of ours a warm use loads (CONTRIBUTING.md, "The warm path"): a module added
 # here costs every warm use its loading time, so adding one is a decision, made in both places.
 WARM_MODULES = {
@@ -71,14 +72,22 @@ WARM_MODULES = {
 }
 
 
-def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball, tmp_path):
+@pytest.mark.parametrize("how", ["named", "by its default name", "of a presigned URL"])
+def test_warm_use_opens_no_index_and_imports_nothing_heavy(how, dirs, tarball, tmp_path, origin):
     # A site's settings of how to fetch are made into a policy on a miss only.
     config = tmp_path / "config"
     config.write_text("proxy = http://127.0.0.1:9|DIRECT\nrewrite = https://a.example/ = http://b.example/\n"
                       "connections = 4\nspeed_limit = 10KB\nnetrc = /nonexistent\n")
+    words = recipe(tarball)
+    if how == "of a presigned URL":  # a query (hidden in the identity by its SHA-256), no --name
+        url = origin.add("/data.tar.gz", tarball[0].read_bytes()) + "?X-Amz-Signature=0123abcd"
+        words = [f"http:{url}", *words[1:]]
+    named = ["-n", "repo"] if how == "named" else []
+    name = "repo" if named else default_name(words)
     with Sleeper() as owner:
-        args = ["-n", "repo", "-d", d(dirs), "--pid", str(owner.pid), "--keep", *recipe(tarball)]
-        assert sc("--use", *args, env=sc_env(SC_CONFIG=str(config))).returncode == 0
+        args = [*named, "-d", d(dirs), "--pid", str(owner.pid), "--keep", *words]
+        env = sc_env(SC_CONFIG=str(config), no_proxy="127.0.0.1")
+        assert sc("--use", *args, env=env).returncode == 0
         script = textwrap.dedent(f"""
             import os, sys
             from sharedcache.cli import main
@@ -88,14 +97,14 @@ def test_warm_use_opens_no_index_and_imports_nothing_heavy(dirs, tarball, tmp_pa
             assert status == 0 and not loaded, (status, sorted(loaded))
             ours = {{name for name in sys.modules if name.split(".")[0] == "sharedcache"}}
             assert ours == {WARM_MODULES!r}, (sorted(ours - {WARM_MODULES!r}), sorted({WARM_MODULES!r} - ours))
-            print(sorted(os.listdir({str(control(dirs[0]) / "objects" / "repo" / "leases")!r})))
+            print(sorted(os.listdir({str(control(dirs[0]) / "objects" / name / "leases")!r})))
         """)
         warm = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=60, env=sc_env(SC_CONFIG=str(config)))
+                              timeout=60, env=env)
         assert warm.returncode == 0, warm.stderr
-        assert warm.stdout.startswith(f"{user_dir(dirs[0]) / 'repo'}\n")
+        assert warm.stdout.startswith(f"{user_dir(dirs[0]) / name}\n")
         assert warm.stdout.count(f":{owner.pid}:") == 2  # two leases of the owner, one per use
-        check_tree(user_dir(dirs[0]) / "repo", FILES)
+        check_tree(user_dir(dirs[0]) / name, FILES)
 
 
 def test_use_prints_only_the_path_and_unuse_deletes(dirs, tarball):

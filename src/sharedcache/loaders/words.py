@@ -169,10 +169,23 @@ def _query_hidden(word: str) -> str:
     head, mark, rest = word.partition("?")
     if not mark or "://" not in head:
         return word  # no query, or a "?" in a path (file:, dirac:), which is the file's name
-    import hashlib  # a URL with a query and no checksum word only
-
     query, hash_mark, fragment = rest.partition("#")
-    return f"{head}?sha256:{hashlib.sha256(query.encode()).hexdigest()}{hash_mark}{fragment}"
+    return f"{head}?sha256:{_sha256_hex(query)}{hash_mark}{fragment}"
+
+
+def _sha256_hex(text: str) -> str:
+    """The SHA-256 of ``text`` in UTF-8, in hex, from the interpreter's own module, on which
+    :mod:`hashlib` falls back: hashlib loads OpenSSL, which costs a warm use (3-4 ms) more than
+    the rest of its work.  The module's name changed in Python 3.12."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # (typeshed stubs hashlib alone)
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # (as above)
+        except ImportError:  # an interpreter built without its own hashes
+            from hashlib import sha256
+    digest: str = sha256(text.encode()).hexdigest()
+    return digest
 
 
 def _query_shown_identity(words: str | Iterable[str]) -> str:
@@ -220,17 +233,53 @@ def legacy_default_name(words: str | Iterable[str]) -> str:
 
 
 def _name(words: str | Iterable[str], identity: str) -> str:
-    import hashlib  # only without --name: each of these costs more than the rest of a warm use
-    import re
-    from urllib.parse import unquote
-
     normalized = normalize_words(words)
     argument = without_user_info(normalized[0]).partition(":")[2] if normalized else ""
-    path = re.split(r"[?#]", argument, maxsplit=1)[0].rstrip("/")
-    stem = re.sub(
-        r"(\.(tar|cpio)(\.(gz|bz2|xz|zst|lz|lzma|z))?|\.(tgz|tbz2?|txz|tzst|zip|gz|bz2|xz|zst))+$",
-        "", unquote(path.rpartition("/")[2]), flags=re.IGNORECASE,
-    )
-    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).lstrip("._+-")[:117].rstrip("._+-") or "data"
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
-    return f"{stem}-{digest}"
+    path = argument.partition("?")[0].partition("#")[0].rstrip("/")
+    file_name = path.rpartition("/")[2]
+    if "%" in file_name:  # (urllib.parse costs a warm use 2 ms: imported for such a name only)
+        from urllib.parse import unquote
+
+        file_name = unquote(file_name)
+    stem = _name_characters(_without_archive_suffixes(file_name)).lstrip("._+-")[:117].rstrip("._+-") or "data"
+    return f"{stem}-{_sha256_hex(identity)[:10]}"
+
+
+#: What the stem of a default name drops from the end of its file name, repeatedly and in any
+#: case: a container, compressed or not, or a short form (``x.tar.gz``, ``x.tgz``, ``x.zip.gz``).
+_ARCHIVE_SUFFIXES = (".tar", ".cpio", ".tgz", ".tbz", ".tbz2", ".txz", ".tzst", ".zip", ".gz", ".bz2", ".xz", ".zst",
+                     *(container + compression for container in (".tar", ".cpio")
+                       for compression in (".gz", ".bz2", ".xz", ".zst", ".lz", ".lzma", ".z")))
+
+#: The characters outside ASCII that match an ASCII letter of those suffixes in any case, as
+#: ``re.IGNORECASE`` matched them when names were made with it (a name must not change).
+_FOLDED = {"\u0130": "i", "\u0131": "i", "\u017f": "s"}
+
+
+def _without_archive_suffixes(file_name: str) -> str:
+    folded = "".join(_FOLDED.get(c, c.lower() if c.isascii() else c) for c in file_name)  # one for one
+    end = len(folded)
+    while True:
+        for suffix in _ARCHIVE_SUFFIXES:
+            if folded.endswith(suffix, 0, end):
+                end -= len(suffix)
+                break
+        else:
+            return file_name[:end]
+
+
+#: The characters a default name keeps of its file name; each run of others becomes one "-".
+_KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-")
+
+
+def _name_characters(text: str) -> str:
+    kept: list[str] = []
+    in_run = False
+    for character in text:
+        if character in _KEPT:
+            kept.append(character)
+            in_run = False
+        elif not in_run:
+            kept.append("-")
+            in_run = True
+    return "".join(kept)
