@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,6 +298,43 @@ def test_an_internationalized_host_name_is_asked_for_in_its_ascii_form(tmp_path,
     assert result.returncode == 0, result.stderr
     assert (user_dir(tmp_path) / "data" / "data").read_bytes() == DATA
     assert recording_proxy.requested == ["GET http://xn--bcher-kva.example/data HTTP/1.1"]
+
+
+@pytest.mark.parametrize(("host", "no_proxy"), [("b\u00fccher.example", "a..b\u00fc, xn--bcher-kva.example"),
+                                                ("www.xn--bcher-kva.example", ".B\u00dcCHER.example")])
+def test_no_proxy_names_an_internationalized_host_in_either_form(tmp_path, owner, recording_proxy, host, no_proxy):
+    # The URL's host, which urlsplit gives as written, was compared with the entries as written:
+    # an entry copied from DNS or a proxy's log (xn--) did not name the Unicode host, which went
+    # to the proxy.  Reached directly, the name resolves nowhere: the proxy must see nothing.
+    config = tmp_path / "config"
+    config.write_text("retries = 0\n")
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
+                "--proxy", f"http://{recording_proxy.address}", f"http:http://{host}/data", f"sha256:{SHA256}",
+                env=sc_env(SC_CONFIG=str(config), no_proxy=no_proxy))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot download http://{host}/data: Failed to resolve " in result.stderr, result.stderr
+    assert recording_proxy.requested == []
+
+
+def test_a_no_proxy_entry_idna_cannot_encode_names_no_host(tmp_path, owner, recording_proxy):
+    # Skipped, as urllib3 would refuse to send that name: neither matched nor an internal error.
+    no_proxy = "a..b\u00fc, b\u00fc_cher.example, " + "\u00fc" * 64 + ".example"
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
+                "--proxy", f"http://{recording_proxy.address}", "http:http://b\u00fccher.example/data",
+                f"sha256:{SHA256}", env=sc_env(no_proxy=no_proxy))
+    assert result.returncode == 0, result.stderr
+    assert recording_proxy.requested == ["GET http://xn--bcher-kva.example/data HTTP/1.1"]
+
+
+def test_no_proxy_imports_idna_only_for_a_name_outside_ascii():
+    # Its import is the cost of a name outside ASCII only.
+    code = ("import sys\n"
+            "from sharedcache.loaders.transport import bypassed\n"
+            "assert bypassed('h.example.org', 'a.example, 10.0.0.0/8, example.org')\n"
+            "assert 'idna' not in sys.modules\n"
+            "assert bypassed('b\u00fccher.example', 'xn--bcher-kva.example')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=sc_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_proxy_is_shown_by_its_scheme_host_and_port_alone(tmp_path, owner, recording_proxy):

@@ -5,7 +5,9 @@ The route of a URL:
 
 * a host that ``no_proxy`` names (``FetchPolicy.no_proxy``, else ``no_proxy``/``NO_PROXY``) is
   reached directly.  As curl reads it: a comma-separated list of host names, each matching itself
-  and its sub-domains (a leading dot is ignored), IP addresses or CIDR ranges, or ``*`` for all;
+  and its sub-domains (a leading dot is ignored), IP addresses or CIDR ranges, or ``*`` for all.
+  A name outside ASCII is compared in its IDNA (``xn--``) form, the form it is sent in, on either
+  side (curl converts the URL's host only, so that an entry written in Unicode names nothing);
 * else the proxy chain of the settings (``--proxy``, ``SC_PROXY``, the config file), if set: its
   groups in order, the members of a group in random order (so that a fleet spreads over them);
 * else curl's environment variables: ``http_proxy`` for ``http://`` URLs (lower case only: a CGI
@@ -99,6 +101,7 @@ def bypassed(host: str, no_proxy: str) -> bool:
         address = ipaddress.ip_address(host)
     except ValueError:
         address = None
+        host = _on_the_wire(host) or host  # (one IDNA cannot encode fails on any route)
     for written in no_proxy.replace(" ", ",").split(","):
         entry = written.strip().lower().strip(".").removeprefix("[").removesuffix("]")
         if not entry:
@@ -112,9 +115,26 @@ def bypassed(host: str, no_proxy: str) -> bool:
             except ValueError:
                 pass
             continue
-        if host == entry or host.endswith("." + entry):
+        name = _on_the_wire(entry)  # None: no host is sent by that name
+        if name is not None and (host == name or host.endswith("." + name)):
             return True
     return False
+
+
+def _on_the_wire(name: str) -> str | None:
+    """The host ``name`` as a request sends it: each label outside ASCII in its IDNA (``xn--``)
+    form, as urllib3 encodes a URL's host; None if one has none.  An administrator writes
+    ``no_proxy`` from DNS or a proxy's log, in that form, while ``urlsplit`` gives the URL's host
+    as it was written: both sides must be compared so."""
+    if name.isascii():  # (idna costs an import: ASCII names are nearly all of them)
+        return name
+    import idna
+
+    try:
+        return ".".join(label if label.isascii() else idna.encode(label, strict=True, std3_rules=True).decode()
+                        for label in name.split("."))
+    except idna.IDNAError:
+        return None
 
 
 def shown_chain(chain: ProxyChain) -> str:
