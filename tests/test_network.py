@@ -474,6 +474,22 @@ def test_a_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, owner):
             raise AssertionError("no use may be held")
 
 
+def test_a_timeout_of_minus_0_is_0(tmp_path, owner):
+    # Taken as 0, and so it is, it was shown as "timed out after -0 s".
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(100_000))
+    config = tmp_path / "config"
+    config.write_text("timeout = -0\n")
+    for n, (args, env) in enumerate([(["--timeout", "-0"], sc_env()), ([], sc_env(SC_CONFIG=str(config)))]):
+        result = sc("--use", "-d", str(tmp_path), "-n", f"late{n}", "--pid", str(owner.pid), *args, f"file:{source}",
+                    env=env)
+        assert result.returncode == 1 and result.stderr.startswith(
+            f"sc: error: repository 'late{n}': timed out after 0 s populating it"), result.stderr
+    with pytest.raises(sharedcache.SharedCacheError, match="^repository 'late2': timed out after 0 s populating it"):
+        with sharedcache.use(f"file:{source}", name="late2", directories=[str(tmp_path)], timeout=-0.0):
+            raise AssertionError("no use may be held")
+
+
 @pytest.mark.parametrize(("arguments", "expected"), [
     ({"timeout": 1e308}, "timeout must be at most 9223372036 seconds, not 1e+308"),
     ({"connections": True}, "use(connections=...) must be between 1 and 32, not True"),

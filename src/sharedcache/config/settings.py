@@ -238,7 +238,7 @@ def seconds(setting: str, value: object) -> float:
         raise SettingError(setting, f"must be a number of seconds, not {value!r}")
     if value > MAX_SECONDS:
         raise SettingError(setting, f"must be at most {MAX_SECONDS:.0f} seconds, not {value!r}")
-    return float(value)
+    return float(value) or 0.0  # -0 (which 0 <= takes) is 0, and must be shown so: not "-0 s"
 
 
 class FetchPolicy:
@@ -304,9 +304,9 @@ class FetchPolicy:
             raise SettingError("retries", f"must be a whole number of at least 0, not {retries!r}")
         if type(speed_limit) is not int or speed_limit < 0:
             raise SettingError("speed_limit", f"must be a whole number of bytes a second, not {speed_limit!r}")
-        for what, given in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout),
-                            ("backoff", backoff), ("backoff_max", backoff_max), ("speed_time", speed_time)):
-            seconds(what, given)
+        durations = {what: seconds(what, given) for what, given in (
+            ("connect_timeout", connect_timeout), ("read_timeout", read_timeout), ("backoff", backoff),
+            ("backoff_max", backoff_max), ("speed_time", speed_time))}
         for what, given in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if not given:  # urllib3 refuses a timeout of 0 (a socket would not wait at all)
                 raise SettingError(what, f"must be a number of seconds more than 0, not {given!r}")
@@ -323,9 +323,7 @@ class FetchPolicy:
             raise SettingError("no_proxy", f"must be text, hosts separated by commas, not {type(no_proxy).__name__}")
         if type(offline) is not bool:
             raise SettingError("offline", f"must be true or false, not {offline!r}")
-        values = {"connections": connections, "connect_timeout": float(connect_timeout),
-                  "read_timeout": float(read_timeout), "retries": retries, "backoff": float(backoff),
-                  "backoff_max": float(backoff_max), "speed_limit": speed_limit, "speed_time": float(speed_time),
+        values = {"connections": connections, **durations, "retries": retries, "speed_limit": speed_limit,
                   "credentials": credentials, "rewrites": rules,
                   "proxy": None if proxy is None else proxy_chain(proxy), "no_proxy": no_proxy,
                   "offline": offline}

@@ -46,14 +46,19 @@ if TYPE_CHECKING:
 READ_ONLY = "a read-only file system"
 
 
-def deadline_after(timeout: float | None) -> float | None:
-    """The ``time.monotonic()`` at which ``timeout`` seconds from now end (None: never);
-    :class:`SettingError` if ``timeout`` is not a number of seconds (negative, NaN)."""
+def checked_timeout(timeout: float | None) -> float | None:
+    """``timeout`` as seconds (None: no limit); :class:`SettingError` if it is not a number of
+    seconds (negative, NaN)."""
     if timeout is None:
         return None
     from ..config.settings import seconds
 
-    return time.monotonic() + seconds("timeout", timeout)
+    return seconds("timeout", timeout)
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` at which ``timeout`` seconds, checked, from now end (None: never)."""
+    return None if timeout is None else time.monotonic() + timeout
 
 
 class Request:
@@ -79,8 +84,8 @@ class Request:
         #: versions were identified by (see Base.hold), read only on a conflict.
         self.given: tuple[str, ...] = words
         self.owner, self.keep, self.limit = owner, keep, limit
-        self.timeout, self._fetch = timeout, fetch
-        self.deadline = deadline_after(timeout)
+        self.timeout, self._fetch = checked_timeout(timeout), fetch
+        self.deadline = deadline_after(self.timeout)
 
     @property
     def fetch(self) -> FetchPolicy:
@@ -340,7 +345,7 @@ class Repositories:
         the release then evicts down to, as a use that gives one does.  ``timeout``: seconds any
         wait (for a lock, for the index) may take in all."""
         budget = None if max_size is None else parse_size(max_size, "--max-size")
-        deadline = deadline_after(timeout)
+        deadline = deadline_after(checked_timeout(timeout))
         for base in self.bases:
             base.bound_waits(deadline)
         try:
