@@ -503,10 +503,22 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
         # Not a tar at all (a page a server sent in place of the file...): say what it is.
         other = what_data_is(head) if codec is None and made is not None and not made.entries else None
         if other is not None and other != "a tar archive":
-            raise CorruptDataError(f"cannot unpack {ctx.what} as a tar archive: it is {other}") from None
+            raise _something_else(ctx.what, "tar", other) from None
         raise
     finally:
         archive.close()
+
+
+#: The loader words that unpack what another archive word was given instead, where they are known.
+_UNPACKED_BY = {"a tar archive": "tar", "a zip archive": "zip", "LZMA-alone (.lzma) data": "unxz tar"}
+
+
+def _something_else(what: str, word: str, other: str) -> CorruptDataError:
+    """The refusal of ``what``, given to ``word`` (``tar``, ``zip``), which is ``other`` ("a zip
+    archive"): it names the words that unpack it, if known."""
+    instead = _UNPACKED_BY.get(other)
+    advice = f"; '{instead}' unpacks it" if instead is not None else ""
+    return CorruptDataError(f"cannot unpack {what} as a {word} archive: it is {other}{advice}")
 
 
 def _extract_members(members: Iterable[_M], extract: Callable[[_M, SafeTree | WriterProcess], None],
@@ -577,7 +589,7 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
             except CorruptDataError:
                 other = what_data_is(file.read(512))
                 if other is not None and other != "a zip archive":
-                    raise CorruptDataError(f"cannot unpack {ctx.what} as a zip archive: it is {other}") from None
+                    raise _something_else(ctx.what, "zip", other) from None
                 raise
             with SafeTree(dest, ctx) as tree:
                 _extract_members(_checked(reader, os.fstat(file.fileno()).st_size, ctx.what, ctx.limit),
