@@ -496,6 +496,15 @@ def test_usage_errors_exit_2_with_one_line(args, dirs):
     assert result.stderr.startswith("sc: error: ")
 
 
+def test_no_command_names_every_command():
+    from sharedcache.cli.parser import ACTIONS
+
+    result = sc()
+    assert result.returncode == 2
+    named = re.findall(r"-*[a-z]+", result.stderr.split(":", 2)[2])
+    assert all(action in named or f"--{action}" in named for action in ACTIONS), result.stderr
+
+
 def test_help_and_version_print_and_exit_0():
     import sharedcache
 

@@ -217,7 +217,7 @@ def _check(args: Arguments) -> Arguments:
     if args.help or args.version:
         return args
     if args.action is None:
-        raise UsageError("say what to do: --use, --unuse, --location, run, list or gc")
+        raise UsageError("say what to do: --use, --unuse, --location, run, list, gc or config")
     defaults = Arguments()
     for option in OPTIONS:
         given = getattr(args, option.dest)
