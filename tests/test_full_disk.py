@@ -1,13 +1,17 @@
 """Full disks heal: on a file system filled to the last byte (a tmpfs the test mounts, so root
 is needed), the release of a last use, ``sc gc`` and ``--max-size`` work, and a population that
 finds no room, whichever of its writes meets ENOSPC first, evicts unused kept repositories,
-tries again, and otherwise fails with one clear line, leaving nothing."""
+tries again, and otherwise fails with one clear line, leaving nothing.  A process out of file
+descriptors (``ulimit -n``) says that, and nothing of damage, whatever it was opening."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import resource
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -334,3 +338,107 @@ def test_every_retry_and_failure_on_a_file_system_out_of_inodes_says_so(tmp_path
                 path.unlink()
             taken.clear()
         assert met >= 5, "too few uses met a full file system to tell anything"
+
+
+def limited_to(descriptors: int):  # type: ignore[no-untyped-def]
+    """A ``preexec_fn`` that lets the child open ``descriptors`` files (its soft RLIMIT_NOFILE)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, hard))
+
+
+def out_of_files(err: str, descriptors: int) -> None:
+    line = one_line(err)
+    assert f"too many open files: this process may open {descriptors} (ulimit -n); raise the limit" in line, line
+    assert not any(word in line for word in ("gc", "not a directory", "no longer")), line
+
+
+API_USE = """
+import sys, sharedcache
+try:
+    with sharedcache.use(*sys.argv[2:], name="api", directories=sys.argv[1]):
+        pass
+except sharedcache.SharedCacheError as e:
+    sys.exit(f"{type(e).__name__}: {e}")
+"""
+
+
+def test_a_process_out_of_file_descriptors_says_so_and_leaves_nothing_to_repair(tmp_path):
+    # Each descriptor short of what a command needs met EMFILE at another open, which was said
+    # as damage ("... is not a directory of this cache (Too many open files); run gc to repair
+    # it"), recorded as the repository's failure, or as a bare "Too many open files: NAME".
+    # Every limit, in turn: a cold use, list, gc, a warm use, a release and the API each
+    # succeed or say which limit ran out; and with the limit back the same base works, no gc.
+    archive = tmp_path / "data.tar.gz"
+    md5 = make_tarball(archive, {"d/a.txt": b"a\n", "d/e/b.txt": b"b\n", "d/e/f/c.txt": b"c\n"})
+    recipe = [f"file:{archive}", f"md5:{md5}", "tar"]
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    said = 0
+    with Sleeper() as owner:
+        kept = ["-n", "kept", "-d", str(ready), "--pid", str(owner.pid), *recipe]
+        assert sc("--use", "--keep", *kept).returncode == 0
+        assert sc("--unuse", *kept).returncode == 0
+        for descriptors in range(4, 21):
+            limit = limited_to(descriptors)
+            if subprocess.run([sys.executable, "-c", "pass"], preexec_fn=limit).returncode:
+                continue  # the interpreter itself cannot start with so few
+            base = tmp_path / f"base{descriptors}"
+            base.mkdir()
+            cold = ["-n", "r", "-d", str(base), "--pid", str(owner.pid), *recipe]
+            for command in (["--use", *cold], ["list", "-d", str(base)], ["gc", "-d", str(base)], ["--use", *cold],
+                            ["--use", *kept], ["--unuse", *kept], ["gc", "-d", str(ready)], ["list", "-d", str(ready)]):
+                run = sc(*command, preexec_fn=limit)
+                if run.returncode != 0 or run.stderr:
+                    assert run.returncode == 1, (descriptors, command, run.stderr)
+                    out_of_files(run.stderr, descriptors)
+                    said += 1
+            api = subprocess.run([sys.executable, "-c", API_USE, str(ready), *recipe], preexec_fn=limit,
+                                 capture_output=True, text=True, timeout=60)
+            assert api.returncode == 0 or api.stderr.startswith("OutOfFilesError: "), (descriptors, api.stderr)
+            if api.returncode:
+                out_of_files("sc: " + api.stderr.removeprefix("OutOfFilesError: "), descriptors)
+
+            # Nothing recorded as the repository's failure, nothing to repair: the same base works.
+            listed = sc("list", "-d", str(base))
+            assert listed.returncode == 0 and "fail" not in listed.stdout + listed.stderr, listed.stdout
+            again = sc("--use", *cold)
+            assert again.returncode == 0 and not again.stderr, (descriptors, again.stderr)
+            assert (Path(again.stdout.strip()) / "d" / "e" / "f" / "c.txt").read_bytes() == b"c\n"
+            assert sc("--unuse", *cold).returncode == 0
+        assert sc("--use", *kept).returncode == 0, "the kept repository was lost"
+    assert said >= 10, "too few commands ran out of descriptors to tell anything"
+
+
+def test_a_process_out_of_file_descriptors_takes_no_live_job_for_gone(tmp_path):
+    # A lease's job is looked up in /proc: with no descriptor for the lookup, it must not read as
+    # gone (a gc or a use would reclaim the use of a job that lives, and delete its data).
+    archive = tmp_path / "data.tar.gz"
+    md5 = make_tarball(archive, {"d/a.txt": b"a\n"})
+    with Sleeper() as owner:
+        held = ["-n", "held", "-d", str(tmp_path), "--pid", str(owner.pid), f"file:{archive}", f"md5:{md5}", "tar"]
+        path = Path(sc("--use", *held).stdout.strip())
+        for descriptors in range(5, 21):
+            for command in (["gc", "-d", str(tmp_path)], ["list", "-d", str(tmp_path)], ["--use", *held[:-4]]):
+                sc(*command, preexec_fn=limited_to(descriptors))
+            assert (path / "d" / "a.txt").read_bytes() == b"a\n", f"a live job's repository went at {descriptors}"
+            users = json.loads(sc("list", "--json", "-d", str(tmp_path)).stdout)
+            assert [row["owners"] for row in users if row["name"] == "held"] == [[str(owner.pid)]], descriptors
+
+
+def test_gc_out_of_file_descriptors_takes_no_repository_for_a_leftover(tmp_path):
+    # With its index lost, gc adopts the committed repositories it finds; one whose marker it
+    # could not open for want of a descriptor was taken for a leftover and put in the trash.
+    archive = tmp_path / "data.tar.gz"
+    md5 = make_tarball(archive, {"d/a.txt": b"a\n"})
+    kept = ["-n", "kept", "-d", str(tmp_path), "--keep", f"file:{archive}", f"md5:{md5}", "tar"]
+    with Sleeper() as owner:
+        assert sc("--use", *kept, "--pid", str(owner.pid)).returncode == 0
+        assert sc("--unuse", *kept, "--pid", str(owner.pid)).returncode == 0
+    data = user_dir(tmp_path) / "kept" / "d" / "a.txt"
+    for descriptors in range(5, 21):
+        for index in control(tmp_path).glob("index.sqlite*"):
+            index.unlink()
+        gc = sc("gc", "-d", str(tmp_path), preexec_fn=limited_to(descriptors))
+        assert data.read_bytes() == b"a\n", f"gc with {descriptors} descriptors removed a kept repository"
+        if gc.returncode:
+            out_of_files(gc.stderr, descriptors)

@@ -307,6 +307,52 @@ def _mount_point(path: str) -> str:
     return here
 
 
+class OutOfFilesError(SharedCacheError):
+    """The process, or the system, has as many files open as it may: a limit to raise, not
+    damage to repair (see :func:`out_of_files`)."""
+
+
+def out_of_files(error: OSError) -> OutOfFilesError | None:
+    """The error to raise for ``error`` if it is EMFILE (this process's limit, ``ulimit -n``) or
+    ENFILE (the system's); else None.  Whatever failed to open is fine: it is what this process
+    may open that ran out, so the line says which limit and not what was being opened.
+
+    The limit is read with ``os.sysconf``, which returns the soft RLIMIT_NOFILE as
+    ``getrlimit`` does: importing :mod:`resource` would open its shared library, which a
+    process with no descriptor left cannot."""
+    import errno
+    import os
+
+    if error.errno == errno.EMFILE:
+        return OutOfFilesError(f"too many open files: this process may open {os.sysconf('SC_OPEN_MAX')} "
+                               "(ulimit -n); raise the limit")
+    if error.errno == errno.ENFILE:
+        return OutOfFilesError("too many open files on this system: its limit (sysctl fs.file-max) is reached; "
+                               "raise it, or end what holds them")
+    return None
+
+
+def raise_if_out_of_files(error: OSError) -> None:
+    """Raise :func:`out_of_files`'s error for ``error``, if it is one, where ``error`` would
+    otherwise be taken for a fact about a file (missing, not ours, abandoned): a process out of
+    descriptors must not judge anything from what it failed to open."""
+    limit = out_of_files(error)
+    if limit is not None:
+        raise limit from None
+
+
+def out_of_files_now() -> OutOfFilesError | None:
+    """:func:`out_of_files`'s error if this process cannot open a descriptor now: for a failure
+    that carries no errno (SQLite's "unable to open database file"), met just before."""
+    import os
+
+    try:
+        os.close(os.open("/", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as e:
+        return out_of_files(e)
+    return None
+
+
 class EntryTooLargeError(NoSpaceError):
     """An entry is larger than the whole cache budget; it is refused without evicting anything."""
 

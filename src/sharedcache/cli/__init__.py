@@ -19,7 +19,7 @@ import io
 import os
 import sys
 
-from ..errors import SharedCacheError, UsageError, clipped
+from ..errors import SharedCacheError, UsageError, clipped, out_of_files
 from ..repository.bases import close_caches
 from . import commands
 from .parser import help_text, parse
@@ -79,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sc: error: cannot write the output: {e.strerror}", file=sys.stderr)
         return 1
     except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        print(f"sc: error: {e.strerror or e}{where}", file=sys.stderr)
+        limit = out_of_files(e)  # (whatever was being opened: the limit is the news)
+        line = str(limit) if limit else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        print(f"sc: error: {line}", file=sys.stderr)
         return 1
     except Exception as e:  # a bug: say so in one line, and show the details on request
         if verbose:

@@ -196,6 +196,8 @@ from ..errors import (
     UsageError,
     WaitTimeoutError,
     no_space_for,
+    out_of_files,
+    raise_if_out_of_files,
 )
 from ..lean import Record, scoped
 from ..sizes import format_size, parse_size
@@ -565,7 +567,7 @@ class FsCache:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise CacheError(f"cannot read {self._budget}: {e.strerror}") from None
+            raise out_of_files(e) or CacheError(f"cannot read {self._budget}: {e.strerror}") from None
         finally:
             os.close(root)
         try:
@@ -646,6 +648,8 @@ class FsCache:
             # tree may also be swept by gc meanwhile, which the removal tolerates.
             if fd is not None:
                 locks.release(fd)  # (not only closed: see locks.release)
+            if directory is not None:
+                os.close(directory)  # before the removal, which a process out of descriptors needs them for
             if made:
                 try:
                     stages = self._open_own(STAGE)
@@ -655,8 +659,6 @@ class FsCache:
                         os.close(stages)
                 except (CacheError, OSError):
                     pass  # stage/ swapped meanwhile, or the tree not removable: what is left is gc's
-            if directory is not None:
-                os.close(directory)
 
     @scoped
     def stage(self) -> Iterator[Path]:
@@ -889,6 +891,9 @@ class FsCache:
                     fd = os.open(lock, _OPEN_FLAGS)
                 except (FileNotFoundError, NotADirectoryError):
                     break
+                except OSError as e:
+                    raise_if_out_of_files(e)
+                    raise
                 try:
                     locks.lock(fd, locks.SHARED, timeout=self._wait(), what=f"entry {name!r}")
                     if not (locks.still_linked(fd, lock) and self._still_named(name, entry)):
@@ -1270,12 +1275,12 @@ class FsCache:
         try:
             root = open_directory(self.root)
         except OSError as e:  # renamed and replaced (by a link, as a group cache's creator may), or gone
-            raise CacheError(f"cache {self.root} is no longer a directory ({e.strerror}); refusing to use it") \
-                from None
+            raise out_of_files(e) or CacheError(
+                f"cache {self.root} is no longer a directory ({e.strerror}); refusing to use it") from None
         try:
             return open_directory(sub, dir_fd=root)
         except OSError as e:
-            raise CacheError(
+            raise out_of_files(e) or CacheError(
                 f"{self.root}/{sub} is not a directory of this cache ({e.strerror}); run gc to repair it"
             ) from None
         finally:
@@ -1509,7 +1514,8 @@ class FsCache:
     def _trash_if_abandoned(stages: int, stage: str, trash: int) -> int:
         try:
             fd = os.open(f"{stage}/lock", _OPEN_FLAGS, dir_fd=stages)
-        except OSError:
+        except OSError as e:
+            raise_if_out_of_files(e)
             fd = None  # created under stage.lock, so a lock-less one was abandoned
         try:
             if fd is not None and not locks.try_lock(fd, locks.EXCLUSIVE):
@@ -1650,7 +1656,10 @@ class FsCache:
                 return False
             size, created = int(marker["size"]), float(marker["created"])
             meta = self._meta(entry)
-        except (OSError, ValueError, KeyError, TypeError):
+        except OSError as e:
+            raise_if_out_of_files(e)  # (else the entry, taken for a leftover, would be removed)
+            return False
+        except (ValueError, KeyError, TypeError):
             return False
         keep = os.path.exists(os.path.join(entry, "keep"))
         last_used = max(created, self._last_use(name, entry))

@@ -46,7 +46,7 @@ try:  # sqlite3's Python layer only adds datetime adapters, which would cost eve
 except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
     import sqlite3  # type: ignore[no-redef]  # the same module under its public name
 
-from ..errors import CacheError, WaitTimeoutError, no_space_for
+from ..errors import CacheError, WaitTimeoutError, no_space_for, out_of_files, out_of_files_now
 from ..lean import scoped
 from .fsutil import open_directory, unlink_if_present
 
@@ -117,6 +117,8 @@ class Index(sqlite3.Connection):
             full = no_space_for(f"the index of cache {self.root}", OSError(errno.ENOSPC, e), self.root)
             assert full is not None
             return full
+        if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN) and (limit := out_of_files_now()):
+            return limit  # (not damage either: gc must not set the index aside)
         self.broken = True
         unusable = _JournalUnopened if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) else CacheError
         return unusable(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
@@ -481,8 +483,12 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
         # per thread), but a forked child closes what its parent made (_close_inherited).
         db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=Index,
                              check_same_thread=False)
-    except (OSError, sqlite3.DatabaseError) as e:
-        raise CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") from None
+    except OSError as e:
+        raise out_of_files(e) or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \
+            from None
+    except sqlite3.DatabaseError as e:
+        raise out_of_files_now() or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \
+            from None
     if not _open_here(index):
         db.close()
         raise CacheError(f"the index of cache {root} was replaced as it was opened (SQLite found another "

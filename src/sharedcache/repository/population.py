@@ -28,6 +28,7 @@ from ..errors import (
     DownloadError,
     LoaderError,
     NoSpaceError,
+    OutOfFilesError,
     SharedCacheError,
     SizeLimitError,
     UsageError,
@@ -307,9 +308,9 @@ class Population:
                     self._attempt()
             except WaitTimeoutError:
                 raise  # our --timeout, not the recipe's failure: the work stays for a takeover
-            except (UsageError, ConfigError) as e:
-                # Our own settings (a proxy variable, a token), not the recipe's failure: the
-                # waiters, who have theirs, are not told it, and the work stays.
+            except (UsageError, ConfigError, OutOfFilesError) as e:
+                # Our own settings (a proxy variable, a token) or limits (ulimit -n), not the
+                # recipe's failure: the waiters, who have theirs, are not told it, and the work stays.
                 e.args = (f"repository {name!r}: {e}",)
                 raise
             except SharedCacheError as e:
@@ -350,6 +351,7 @@ class Population:
             self._prepare_work()
             self._store()
         except OSError as e:
+            errors.raise_if_out_of_files(e)
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             path = self.base.path

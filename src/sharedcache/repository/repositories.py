@@ -17,7 +17,7 @@ from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_leftovers, unlink_if_present
 from ..engine.layout import check_base, check_flag, check_name, user_directory
 from ..engine.leases import Owner
-from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError
+from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError, raise_if_out_of_files
 from ..lean import scoped
 from ..loaders.words import (
     default_name,
@@ -654,11 +654,15 @@ def use(
     effective = files.effective(given, os.environ, given_as="use({}=...)")
     repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity),
                                 group=group_id(files.value(effective, "group")))
-    held = repositories.acquire(
-        _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
-        max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"),
-        fetch=fetch if fetch is not None else files.fetch_when_needed(effective, os.environ, given),
-    )
+    try:
+        held = repositories.acquire(
+            _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
+            max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"),
+            fetch=fetch if fetch is not None else files.fetch_when_needed(effective, os.environ, given),
+        )
+    except OSError as e:  # (the command line says the same of what reaches it)
+        raise_if_out_of_files(e)
+        raise
     holder = os.getpid()
     try:
         with held.cache.load(held.name):
