@@ -90,14 +90,20 @@ class ProgressBar:
             return
         if self._bar is None:
             try:
-                from tqdm import tqdm
+                from tqdm import TqdmMonitorWarning, tqdm
             except ImportError:
                 self._bar = False
             else:
-                self._bar = tqdm(
-                    total=total, desc=self.label, unit="B", unit_scale=True, unit_divisor=1024,
-                    file=self.stream, leave=False,
-                )
+                import warnings
+
+                with warnings.catch_warnings():
+                    # Where the system refuses a thread (a cap on tasks), tqdm goes without the one
+                    # that redraws a bar left idle, and would say so in a warning of three lines.
+                    warnings.simplefilter("ignore", TqdmMonitorWarning)
+                    self._bar = tqdm(
+                        total=total, desc=self.label, unit="B", unit_scale=True, unit_divisor=1024,
+                        file=self.stream, leave=False,
+                    )
         if self._bar:
             if total is not None and self._bar.total != total:
                 self._bar.total = total

@@ -67,6 +67,7 @@ from ..errors import (
     quoted,
 )
 from ..sizes import format_size
+from . import threads
 from .local import safe_filename
 from .protocol import Context, Sealing
 from .streams import CHUNK, FileStream, Meter, Prefetch, Progress, SourceStream, Stream
@@ -92,7 +93,8 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     number of source bytes received in order (with several connections, later parts may have
     arrived too) at most every 0.1 s, ``fetch`` says how sources fetch (connections, timeouts,
     retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None), and
-    ``notice(message)`` hears of retries and fail-overs, and of each move to the next source.
+    ``notice(message)`` hears of retries and fail-overs, of each move to the next source, and of
+    threads the system refused (:mod:`sharedcache.loaders.threads`).
     Past ``deadline`` (a ``time.monotonic()``), no source waits any longer: it raises
     :class:`~sharedcache.errors.WaitTimeoutError`.  ``seal`` asks an unpacker to seal (and maybe
     measure) the tree it makes for a cache (see :class:`~sharedcache.loaders.protocol.Sealing`);
@@ -115,6 +117,9 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
             _empty(dest)
             if following is not None and notice is not None:
                 notice(f"{exc}; trying the next source, {following.describe()}")
+        finally:
+            if notice is not None:
+                threads.tell(notice)
     if len(failures) == 1:
         raise failures[0]
     raise type(failures[-1])("every source failed: " + "; ".join(str(failure) for failure in failures))

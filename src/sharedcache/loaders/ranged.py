@@ -10,6 +10,10 @@ the one being read (``connections`` being fetched, one finished and waiting), an
 at most its own bytes, so at most ``(connections + 1) * part size`` is buffered, 64 MiB at most.
 The consumer reads the part at the head of the window as its bytes arrive.
 
+Workers are threads, and the system may refuse them (:mod:`sharedcache.loaders.threads`): the
+download goes on with those it started, and without any, the reader fetches the parts itself, one
+after another, as it reads them.
+
 Stopping: the first failure of a part stops every worker and is raised to the consumer once it has
 read what came before it; :meth:`RangedReader.close` stops the workers too.  Workers look for the
 stop between reads, and ``Part.abort`` makes a read under way return, so no thread outlives a
@@ -18,11 +22,14 @@ close by more than a moment; every wait here has a timeout.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
+
+from . import threads
 
 __all__ = ["Part", "RangedReader", "part_size"]
 
@@ -92,9 +99,8 @@ class RangedReader:
         self._stopping = False
         self._started = False
         self._closed = False
-        self._threads = [threading.Thread(target=self._work, args=(self._parts[0] if number == 0 else None,),
-                                          name=f"sharedcache-range-{number}", daemon=True)
-                         for number in range(min(connections, len(self._starts)))]
+        self._workers = min(connections, len(self._starts))
+        self._threads: list[threading.Thread] = []  # the workers started
 
     def read(self, size: int) -> bytes:
         """The next at most ``size`` bytes, ``b""`` at the end; raises what made a part fail."""
@@ -102,8 +108,13 @@ class RangedReader:
             raise ValueError("read of a closed stream")
         if not self._started:
             self._started = True
-            for thread in self._threads:
-                thread.start()
+            # Up to the first the system refuses: the first carries the part under way.
+            workers = (threading.Thread(target=self._work, args=(self._parts[0] if number == 0 else None,),
+                                        name=f"sharedcache-range-{number}", daemon=True)
+                       for number in range(self._workers))
+            self._threads = list(itertools.takewhile(threads.start, workers))
+        if not self._threads:
+            return self._read_here(size)
         with self._lock:
             while self._head < len(self._starts):
                 buffered = self._parts.get(self._head)
@@ -118,6 +129,18 @@ class RangedReader:
                     raise self._failure
                 self._arrived.wait(_WAIT)
             return b""
+
+    def _read_here(self, size: int) -> bytes:
+        """The next bytes when no worker could be started: the parts fetched here, in turn."""
+        while (buffered := self._parts.get(self._head)) is not None:
+            data = buffered.part.read(size)
+            if data:
+                return data
+            buffered.part.close()
+            del self._parts[self._head]
+            self._head += 1
+            self._claim()
+        return b""
 
     @staticmethod
     def _take(pieces: deque[bytes], size: int) -> bytes:
@@ -194,7 +217,7 @@ class RangedReader:
             return
         self._closed = True
         under_way = self._stop(None)
-        if not self._started:
+        if not self._threads:
             for part in under_way:  # no thread will read it: close it here
                 part.close()
             return

@@ -9,7 +9,8 @@ read the whole stream below into memory.  :data:`CHUNK` is the read size used th
 delivers (with its total size and validator, for progress and resuming), :class:`FileStream` a
 local file served as a source stream.  :class:`Buffered` hands out the bytes of a stream in exact
 counts or as views, for parsers.  :class:`Prefetch` reads the stream below in a thread of its
-own, a few chunks ahead, telling a :class:`Meter` (the progress callback, throttled) how far it got.
+own, a few chunks ahead, telling a :class:`Meter` (the progress callback, throttled) how far it got;
+in the consumer's, if the system refuses the thread (:mod:`sharedcache.loaders.threads`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import DownloadError
+from . import threads
 
 #: What a population is told of its progress: ``progress(bytes received, total or None)``.
 Progress = Callable[[int, "int | None"], None]
@@ -190,7 +192,8 @@ class Prefetch(Stream):
     """Reads the stream below in a background thread, up to ``depth`` chunks ahead of the
     consumer, and tells ``meter`` how many bytes have come.  What the stream below does (a
     download, a checksum, a decompression) then runs beside the consumer, on another core where
-    the work releases the GIL.
+    the work releases the GIL.  If the system refuses the thread, the consumer's reads read the
+    stream below.
 
     The thread owns the stream below: it reads it and closes it.
     """
@@ -203,16 +206,15 @@ class Prefetch(Stream):
         self._stop = threading.Event()
         self._chunk = memoryview(b"")
         self._finished = False
+        self._received = 0
         self._thread = threading.Thread(target=self._pump, name="sharedcache-reader", daemon=True)
-        self._thread.start()
+        self._inline = not threads.start(self._thread)
 
     def _pump(self) -> None:
-        received = 0
         try:
             while not self._stop.is_set():
-                data = self._below.read(CHUNK)
-                received += len(data)
-                self._put((data, received))
+                data = self._pull()
+                self._put((data, self._received))
                 if not data:
                     break
         except BaseException as exc:  # handed to the consumer, which raises it
@@ -220,11 +222,25 @@ class Prefetch(Stream):
         finally:
             self._below.close()
 
+    def _pull(self) -> bytes:
+        data = self._below.read(CHUNK)
+        self._received += len(data)
+        return data
+
     def _put(self, item: tuple[bytes, int] | BaseException) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(queue.Full):
                 self._queue.put(item, timeout=0.1)
                 return
+
+    def _next(self) -> tuple[bytes, int]:
+        """The next chunk of the stream below and the bytes received so far; raises what reading it raised."""
+        if self._inline:
+            return self._pull(), self._received
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def read(self, size: int = -1) -> bytes:
         if self._stop.is_set():  # the reading thread is gone: get() would wait forever
@@ -232,11 +248,11 @@ class Prefetch(Stream):
         if not self._chunk:
             if self._finished:
                 return b""
-            item = self._queue.get()
-            if isinstance(item, BaseException):
+            try:
+                data, received = self._next()
+            except BaseException:
                 self._finished = True
-                raise item
-            data, received = item
+                raise
             self._meter(received, final=not data)
             if not data:
                 self._finished = True
@@ -250,6 +266,9 @@ class Prefetch(Stream):
     def close(self) -> None:
         if not self.closed:
             self._stop.set()
-            # A thread blocked in a network read leaves at its read timeout; it closes the source itself.
-            self._thread.join(_THREAD_EXIT_WAIT)
+            if self._inline:
+                self._below.close()
+            else:
+                # A thread blocked in a network read leaves at its read timeout; it closes the source itself.
+                self._thread.join(_THREAD_EXIT_WAIT)
             super().close()

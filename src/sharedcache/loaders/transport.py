@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config.settings import DIRECT, FetchPolicy, ProxyChain, proxy_url
 from ..errors import ConfigError, DownloadError, SettingError, shown_proxy
+from . import threads
 
 if TYPE_CHECKING:
     import ssl
@@ -245,7 +246,9 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
     for bytes, so a server or proxy that sent a byte at a time, each within them, held a request
     for ever, past ``--timeout`` too, whose deadline shortens them; the speed limit counts a
     body's bytes only.  When the time is up the connection is shut down, and the step fails as
-    one that timed out (and is retried as such)."""
+    one that timed out (and is retried as such).  The watchdog and the resolver are threads; where
+    the system refuses one (:mod:`sharedcache.loaders.threads`), the step is bounded by the
+    timeouts of its waits, or the resolver by its own settings, alone."""
     import socket
 
     base: Any = connection  # mypy takes no variable for a base class
@@ -326,7 +329,8 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
 
             timer = threading.Timer(limit, cut)
             timer.daemon = True
-            timer.start()
+            if not threads.start(timer):
+                return step()  # bounded by the socket's timeout on each wait alone
             result = None
             try:
                 result = step()
@@ -379,8 +383,10 @@ def _resolve(host: str, port: int, limit: float) -> list[str]:
                       for *_, address in infos])
 
     resolver = threading.Thread(target=resolve, daemon=True)
-    resolver.start()
-    resolver.join(limit)
+    if threads.start(resolver):
+        resolver.join(limit)
+    else:
+        resolve()  # bounded by the resolver's own settings alone
     if not found:
         raise socket.gaierror(socket.EAI_AGAIN, f"the resolver gave no answer in {limit:g} s")
     if isinstance(found[0], OSError):

@@ -1,0 +1,98 @@
+"""A process that may not start another thread still fills its repository (sharedcache.loaders.threads):
+``sc --use`` run as a user whose limit on tasks (RLIMIT_NPROC, ``ulimit -u``) it has reached alone,
+as a batch job that has forked its workers has, reading a compressed tar from a file and over HTTP,
+with one connection and with several, by address and by a host name the resolver must look up."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import select
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from origin import Origin
+from scutil import check_tree, interpreter_for, tarball_bytes
+
+pytestmark = [
+    pytest.mark.timeout(180),
+    # Root ignores RLIMIT_NPROC, so sc runs as nobody, who has no other process here.
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as another user whose tasks it can limit"),
+    pytest.mark.skipif(not (shutil.which("setpriv") and shutil.which("prlimit")),
+                       reason="needs setpriv and prlimit (util-linux)"),
+]
+
+NOBODY = 65534
+MiB = 1 << 20
+# Incompressible, so that a download with several connections is four parts (of 1 MiB but the last).
+FILES = {"a/one": os.urandom(MiB), "a/two": os.urandom(MiB), "b/three": os.urandom(MiB), "b/small": b"small\n"}
+ARCHIVE = tarball_bytes(FILES)
+MD5 = f"md5:{hashlib.md5(ARCHIVE).hexdigest()}"
+REFUSED = "sc: the system refused another thread (a limit on tasks or memory): working in fewer threads, more slowly\n"
+
+
+def use_without_threads(base: Path, *argv: str, stderr: int = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    """``sc --use -d BASE -n data ARGV`` as nobody, with no task left to start a thread with."""
+    python, env = interpreter_for(NOBODY, NOBODY)
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           "prlimit", "--nproc=1", python, "-m", "sharedcache", "--use", "-d", str(base),
+                           "-n", "data", *argv], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=150,
+                          env=env)
+
+
+def base_of_nobody(directory: Path) -> Path:
+    """A base directory in ``directory`` that nobody owns."""
+    base = directory / "base"
+    base.mkdir()
+    os.chown(base, NOBODY, NOBODY)
+    return base
+
+
+@pytest.mark.parametrize(("where", "connections"), [("file", 1), ("127.0.0.1", 1), ("127.0.0.1", 4),
+                                                     ("localhost", 4)])
+def test_without_a_thread_to_start_the_archive_is_unpacked(reachable_tmp: Path, origin: Origin, where: str,
+                                                            connections: int) -> None:
+    if where == "file":
+        path = reachable_tmp / "data.tar.gz"
+        path.write_bytes(ARCHIVE)
+        source = f"file:{path}"
+    else:  # a name (localhost) needs the resolver, which runs in a thread of its own
+        source = "http:" + origin.add("/data.tar.gz", ARCHIVE).replace("127.0.0.1", where)
+    result = use_without_threads(base_of_nobody(reachable_tmp), "-v", "--connections", str(connections), source,
+                                 MD5, "tar")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(REFUSED) == 1, result.stderr
+    check_tree(Path(result.stdout.strip()), FILES)
+    if connections > 1:  # the first answer brings the first part; a request for each of the others
+        parts = [f"bytes={start}-{min(start + MiB, len(ARCHIVE)) - 1}" for start in range(MiB, len(ARCHIVE), MiB)]
+        assert origin.stats("/data.tar.gz").ranges == ["bytes=0-", *parts]
+
+
+def test_on_a_terminal_the_progress_bar_goes_without_a_thread(reachable_tmp: Path) -> None:
+    path = reachable_tmp / "data.tar.gz"
+    path.write_bytes(ARCHIVE)
+    leader, follower = pty.openpty()
+    try:
+        result = use_without_threads(base_of_nobody(reachable_tmp), f"file:{path}", MD5, "tar", stderr=follower)
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while select.select([leader], [], [], 10)[0]:
+            try:
+                piece = os.read(leader, 4096)
+            except OSError:  # EIO: the writer is gone and everything is read
+                break
+            if not piece:
+                break
+            shown += piece
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert result.returncode == 0, shown
+    check_tree(Path(result.stdout.strip()), FILES)
+    # tqdm, which draws the bar, would start a thread, and warn in three lines that it could not.
+    assert b"Warning" not in shown and b"Traceback" not in shown, shown
