@@ -351,6 +351,20 @@ def test_a_kept_release_that_its_budget_evicts_leaves_no_link(dirs, tarball):
         assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
 
 
+def test_a_base_too_deep_for_the_index_is_refused_as_such(tarball, tmp_path):
+    # The files of a cache opened by their paths (SQLite's, a staging directory's) failed past
+    # PATH_MAX deep in a miss, as damage: "the index ... is unusable (...); run gc to rebuild it".
+    deep = tmp_path
+    while len(os.fsencode(deep)) < 3840:
+        deep /= "d" * 200
+    deep /= "d" * (4040 - len(os.fsencode(deep)) - 1)  # a directory sc can make, not its files
+    deep.mkdir(parents=True)
+    result = sc("--use", "-n", "r", "-d", str(deep), *recipe(tarball))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "is too deep for a cache: its path takes 4,040 bytes" in result.stderr, result.stderr
+    assert "gc" not in result.stderr and not (deep / ".shared-cache-0").exists()
+
+
 def test_a_name_held_in_another_cache_of_the_base_is_refused_before_any_download(dirs, tarball, tmp_path):
     # The user's own cache and a group's share the user's directory of links: a name taken in
     # one was refused in the other after its download, as "a symlink to '.cache/objects/...',

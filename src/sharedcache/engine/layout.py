@@ -257,6 +257,11 @@ def group_directory(base: str, group: int) -> str:
     return os.path.join(base, f".shared-cache-g{group}")
 
 
+#: Bytes that the paths of the cache's own files take past the base directory's, at most:
+#: ``/.shared-cache-<uid>/.cache/objects/<name of 128>/`` and a temporary file's name, rounded up.
+CACHE_DEPTH = 256
+
+
 def check_base(base: str, group: int | None) -> None:
     """Refuse a base directory in which another user could move this user's files: one that
     belongs to another user (root excepted), or that others may write without its sticky bit
@@ -267,6 +272,12 @@ def check_base(base: str, group: int | None) -> None:
         raise CacheError(f"cannot use {base}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise CacheError(f"{base} is not a directory")
+    # Some of the cache's files are opened by their paths (SQLite's, a staging directory's),
+    # which the kernel takes up to PATH_MAX bytes: else they fail deep in a miss, as damage.
+    length = len(os.fsencode(base))
+    if length > 2048 and length + CACHE_DEPTH >= (limit := os.pathconf(base, "PC_PATH_MAX")):
+        raise CacheError(f"{base} is too deep for a cache: its path takes {length:,} bytes, and the cache's "
+                         f"own files need {CACHE_DEPTH} more within the {limit - 1:,} the system allows")
     if st.st_uid not in (0, os.geteuid()):
         raise CacheError(
             f"{base} belongs to uid {st.st_uid}, who could replace what sc puts in it; refusing to use it"
