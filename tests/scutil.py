@@ -135,6 +135,19 @@ sys.addaudithook(_hook)
 """
 
 
+def started_paused(tmp_path: Path, role: str, event_test: str, *args: str, times: int = 1) -> tuple[
+        subprocess.Popen[str], Path, Path]:
+    """``sc ARGS`` started to pause at the first ``times`` audit events that pass ``event_test`` (see
+    :func:`scutil.pause_at`); with the files that tell it has paused, and let it go on."""
+    site = tmp_path / f"site-{role}"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(pause_at(event_test, times))
+    paused, go = tmp_path / f"paused-{role}", tmp_path / f"go-{role}"
+    proc = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
+                                      SC_TEST_GO=str(go)))
+    return proc, paused, go
+
+
 class Sleeper:
     """A live process to own leases (``--pid``), killed on exit."""
 
@@ -324,13 +337,22 @@ def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None) -> Iterator
     cannot be mounted (not root)."""
     mount.mkdir()
     options = f"size={size}" + (f",nr_inodes={inodes}" if inodes is not None else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with _mounted(["-t", "tmpfs", "-o", options, "tmpfs"], mount, "a tmpfs"):
         yield mount
+
+
+@contextmanager
+def _mounted(argv: list[str], mount: Path, what: str) -> Iterator[None]:
+    """``mount ARGV MOUNT`` for the block, then unmounted (lazily if busy: a descriptor a failed
+    test left open); the calling test is skipped, saying why, if ``what`` cannot be mounted."""
+    done = subprocess.run(["mount", *argv, str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount {what}: {done.stderr.decode().strip()}")
+    try:
+        yield
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @contextmanager
@@ -365,6 +387,19 @@ def mounted_bindfs(source: Path, view: Path, *options: str) -> Iterator[Path]:
 
 
 @contextmanager
+def mounted_overlay(lower: Path, merged: Path) -> Iterator[Path]:
+    """``lower`` as the lower layer of an overlayfs (a container's image), with a new upper layer,
+    mounted on the new directory ``merged`` for the block (``lower`` must not change meanwhile);
+    the calling test is skipped, saying why, where it cannot be mounted (not root, no overlayfs)."""
+    upper, work = merged.with_name(merged.name + ".upper"), merged.with_name(merged.name + ".work")
+    for directory in (upper, work, merged):
+        directory.mkdir()
+    with _mounted(["-t", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", "overlay"], merged,
+                  "an overlay"):
+        yield merged
+
+
+@contextmanager
 def mounted_image(mount: Path, fs_type: str, megabytes: int, *options: str) -> Iterator[Path]:
     """A new file system of ``fs_type`` (made by ``mkfs.<fs_type>``, given ``options`` too) in an
     image file of ``megabytes`` MiB beside ``mount``, mounted through a loop device on the new directory
@@ -381,13 +416,7 @@ def mounted_image(mount: Path, fs_type: str, megabytes: int, *options: str) -> I
         if formatted.returncode != 0:
             pytest.skip(f"cannot make an {fs_type} file system: {formatted.stderr.decode().strip()}")
         mount.mkdir()
-        done = subprocess.run(["mount", "-t", fs_type, "-o", "loop", str(image), str(mount)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount an {fs_type} image: {done.stderr.decode().strip()}")
-        try:
+        with _mounted(["-t", fs_type, "-o", "loop", str(image)], mount, f"an {fs_type} image"):
             yield mount
-        finally:
-            if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(mount)], check=False)
     finally:
         image.unlink()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scutil import (SRC, Sleeper, check_tree, control, finish, make_tarball, pause_at, sample_files, sc, sc_env,
-                    sc_start, user_dir, wait_for)
+from scutil import (SRC, Sleeper, check_tree, control, finish, make_tarball, sample_files, sc, sc_env, started_paused,
+                    user_dir, wait_for)
 
 FILES = sample_files()
 
@@ -118,19 +118,6 @@ def test_a_release_that_cannot_read_the_budget_changes_nothing(base, words):
         from sharedcache import FsCache
 
         assert FsCache(control(base)).size == 0
-
-
-def started_paused(tmp_path: Path, role: str, event_test: str, *args: str, times: int = 1) -> tuple[
-        subprocess.Popen[str], Path, Path]:
-    """``sc ARGS`` started to pause at the first ``times`` audit events that pass ``event_test`` (see
-    :func:`scutil.pause_at`); with the files that tell it has paused, and let it go on."""
-    site = tmp_path / f"site-{role}"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(pause_at(event_test, times))
-    paused, go = tmp_path / f"paused-{role}", tmp_path / f"go-{role}"
-    proc = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
-                                      SC_TEST_GO=str(go)))
-    return proc, paused, go
 
 
 def test_a_release_whose_population_lock_gc_removed_leaves_the_link_of_the_next_population(base, words, tmp_path):

@@ -122,6 +122,17 @@ atomically: a reader or holder either locked it before (and the delete skipped i
 gone.  A crash before the commit leaves a row whose directory is gone: gc deletes it.  A crash
 after it leaves a tree in ``trash/``, which gc and the next store delete.
 
+overlayfs (a container's ``/tmp``, often) refuses to rename a directory of a lower layer
+(``EXDEV``, unless mounted with ``redirect_dir``), so the entries of a cache warmed in an image's
+build cannot be moved into the trash: what cannot be moved there is removed where it is, at the
+same step (under the entry's lock, in the transaction, held as long as the removal takes): its
+commit markers first, the directory flushed, then the rest of the tree, ``lock`` last, then the
+directory.  No reader ever finds a committed entry missing part of its data, even after a
+crash: one that took the lock next finds no marker (a miss) or the lock unlinked (a retry, then
+a miss).  A crash midway leaves a directory without a marker, a leftover that gc and the next
+store of the name remove the same way (gc even if its row says kept).  An abandoned staging
+directory is removed in place likewise, under ``stage.lock``.
+
 Because the size recorded at commit is the size subtracted at deletion, the accounting cannot
 drift; gc recomputes it from the rows anyway.  Eviction walks the rows in the index's order of
 last use; before deleting a candidate it reads the candidate's lock time, and a candidate used
@@ -284,6 +295,39 @@ def committed(entry: str) -> str | None:
         return MARKER
     marker = boot_marker()
     return marker if os.path.lexists(f"{entry}/{marker}") else None
+
+
+def _is_marker(name: str) -> bool:
+    """Whether ``name`` in an entry's directory is a commit marker: :data:`MARKER`, or the marker
+    of an entry for one boot, this one or another."""
+    return name.startswith("entry.") and name.endswith(".json")
+
+
+def _move_to_trash(directory: int | None, name: str, trash: int) -> None:
+    """Rename ``name`` (in the directory open as ``directory``; None: a path) into the trash open
+    as ``trash``; where the file system refuses to move a directory across its layers
+    (overlayfs), remove it in place instead, commit markers first and ``lock`` last (see
+    "Delete" in the module's docstring)."""
+    try:
+        os.rename(name, unique_name(), src_dir_fd=directory, dst_dir_fd=trash)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    tree = open_directory(name, dir_fd=directory)
+    try:
+        names = os.listdir(tree)
+        markers = [found for found in names if _is_marker(found)]
+        for marker in markers:
+            unlink_if_present(marker, dir_fd=tree)
+        if markers:
+            os.fsync(tree)  # before any data goes: no crash leaves a committed entry missing some
+        for found in names:
+            if found != "lock" and found not in markers:
+                remove_tree(found, dir_fd=tree)
+    finally:
+        os.close(tree)
+    remove_tree(name, dir_fd=directory)  # the lock and the directory itself
 
 
 def _unwritable_file(name: str, directory: int, settle: float) -> str:
@@ -1261,7 +1305,7 @@ class FsCache:
         cache, which only that member can delete, is out of the way at once."""
         trash = self._open_own(TRASH)
         try:
-            os.rename(path, unique_name(), dst_dir_fd=trash)
+            _move_to_trash(None, path, trash)
         except FileNotFoundError:
             return
         finally:
@@ -1327,8 +1371,7 @@ class FsCache:
         finally:
             os.close(objects)
         try:
-            return any(n.startswith("entry.") and n.endswith(".json") and n != MARKER
-                       for n in os.listdir(directory))
+            return any(_is_marker(n) and n != MARKER for n in os.listdir(directory))
         finally:
             os.close(directory)
 
@@ -1359,7 +1402,7 @@ class FsCache:
         does: a symlink swapped in for one of them never makes this move anything else."""
         source, trash = self._open_own(directory), self._open_own(TRASH)
         try:
-            os.rename(name, unique_name(), src_dir_fd=source, dst_dir_fd=trash)
+            _move_to_trash(source, name, trash)
         finally:
             os.close(source)
             os.close(trash)
@@ -1520,7 +1563,7 @@ class FsCache:
         try:
             if fd is not None and not locks.try_lock(fd, locks.EXCLUSIVE):
                 return 0
-            os.rename(stage, unique_name(), src_dir_fd=stages, dst_dir_fd=trash)
+            _move_to_trash(stages, stage, trash)
             return 1
         except FileNotFoundError:
             return 0  # committed or removed by its owner since the listing (no stage is made now)
@@ -1575,8 +1618,12 @@ class FsCache:
                     with self._entry(name) as entry:
                         users, dead = scan_leases(entry, alive)
                         report.leases_reclaimed += reclaim_leases(entry, dead)
-                        if not users and not keep:
-                            report.entries_deleted += self._retire(db, name, unless_kept=True, entry=entry)
+                        # A kept entry has entry.json: without a marker, it is what a crashed
+                        # removal in place left (see "Delete"), whatever its row and flag say.
+                        leftover = committed(entry) is None and not self._another_kernel_s(name)
+                        if not users and (leftover or not keep):
+                            report.entries_deleted += self._retire(db, name, unless_kept=not leftover,
+                                                                   entry=entry)
                 except MissError:
                     continue  # a link where the entry was (a group member's): not ours to follow
             actual = db.sum_of_sizes()
