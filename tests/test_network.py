@@ -442,6 +442,35 @@ def test_a_config_file_under_a_file_is_a_missing_one(tmp_path):
                                                      "(named by SC_CONFIG)\n", named.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as another user")
+def test_a_config_file_behind_a_directory_closed_to_the_user_is_a_missing_one(reachable_tmp):
+    # sudo keeping HOME, or a user namespace whose HOME is the host root's: the user file, which
+    # this user cannot even look up, failed every command ("Permission denied"); git skips it.
+    from scutil import interpreter_for
+
+    home = reachable_tmp / "home"
+    (home / ".config" / "shared-cache").mkdir(parents=True)
+    (home / ".config" / "shared-cache" / "config").write_text("keep = yes\n")
+    home.chmod(0o700)
+    seen = reachable_tmp / "seen"
+    (seen / "shared-cache").mkdir(parents=True)
+    (seen / "shared-cache" / "config").write_text("keep = yes\n")
+    (seen / "shared-cache" / "config").chmod(0)
+    python, env = interpreter_for(65534, 65534)
+    env = {name: value for name, value in env.items() if name != "XDG_CONFIG_HOME"}
+
+    def config(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python, "-m", "sharedcache", "config"], env={**env, **extra}, user=65534, group=65534,
+                              capture_output=True, text=True, timeout=60)
+
+    closed = config(HOME=str(home))
+    assert (closed.returncode, closed.stderr) == (0, ""), closed.stderr
+    assert "keep = (not set)" in closed.stdout
+    unreadable = config(HOME=str(home), XDG_CONFIG_HOME=str(seen))  # there to see, not to read: said
+    assert unreadable.returncode == 2 and unreadable.stderr == (
+        f"sc: error: {seen}/shared-cache/config: cannot read the config file: Permission denied\n"), unreadable.stderr
+
+
 def test_a_config_file_a_windows_editor_wrote_is_read(tmp_path):
     # Its byte order mark joined the first key: "unknown key '\ufeffkeep'".
     config = tmp_path / "config"

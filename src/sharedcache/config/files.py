@@ -155,6 +155,13 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
         if required:
             raise ConfigError(f"{path}: no such config file (named by SC_CONFIG)") from None
         return {}
+    except PermissionError as e:
+        if not required and _unseen(path):
+            # Behind a directory closed to this user (sudo keeping HOME, a user namespace whose
+            # HOME is the host root's): not this user's file, and not known to be there, as git
+            # takes it; a file this user sees but may not read is said.
+            return {}
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
     try:
@@ -183,6 +190,17 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
             raise ConfigError(f"{where}: unknown key {quoted(key)} (known: {', '.join(_BY_KEY)})")
         found[key] = (_convert(setting, value.strip(), where), where)
     return found
+
+
+def _unseen(path: str) -> bool:
+    """Whether this user may not even look ``path`` up (a directory on its way is closed)."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def _convert(setting: Setting, text: str, where: str) -> object:
