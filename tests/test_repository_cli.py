@@ -365,6 +365,25 @@ def test_a_base_too_deep_for_the_index_is_refused_as_such(tarball, tmp_path):
     assert "gc" not in result.stderr and not (deep / ".shared-cache-0").exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as another user")
+def test_a_base_of_a_user_outside_the_user_namespace_is_said_so(reachable_tmp):
+    # In a rootless container, a base of the host's root shows the overflow uid: it was refused
+    # as "belongs to uid 65534", which reads as the user nobody.
+    from scutil import interpreter_for
+
+    (reachable_tmp / "data").write_bytes(b"data")
+    python, env = interpreter_for(65534, 65534)
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "--user", "--map-root-user",
+            python, "-m", "sharedcache", "--use", "-n", "r", "-d", str(reachable_tmp), f"file:{reachable_tmp}/data"]
+    probe = subprocess.run([*argv[:7], "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespace for another user here: {probe.stderr.strip()}")
+    result = subprocess.run(argv, env={**env, "HOME": str(reachable_tmp)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert (f"{reachable_tmp} belongs to a user outside this user namespace (shown as uid 65534: the host's root, "
+            "or another), who could replace what sc puts in it; refusing to use it") in result.stderr, result.stderr
+
+
 def test_a_name_held_in_another_cache_of_the_base_is_refused_before_any_download(dirs, tarball, tmp_path):
     # The user's own cache and a group's share the user's directory of links: a name taken in
     # one was refused in the other after its download, as "a symlink to '.cache/objects/...',

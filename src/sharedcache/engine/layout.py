@@ -280,7 +280,7 @@ def check_base(base: str, group: int | None) -> None:
                          f"own files need {CACHE_DEPTH} more within the {limit - 1:,} the system allows")
     if st.st_uid not in (0, os.geteuid()):
         raise CacheError(
-            f"{base} belongs to uid {st.st_uid}, who could replace what sc puts in it; refusing to use it"
+            f"{base} belongs to {_owner_shown(st.st_uid)}, who could replace what sc puts in it; refusing to use it"
         )
     if st.st_mode & stat.S_ISVTX:
         return
@@ -291,6 +291,19 @@ def check_base(base: str, group: int | None) -> None:
             f"{base} is writable by group {st.st_gid} and not sticky; refusing to use it "
             f"(unless as a cache of that group: --group {st.st_gid})"
         )
+
+
+def _owner_shown(uid: int) -> str:
+    """The owner ``uid`` of a file as a message names it.  In a user namespace (a rootless
+    container's) a file of a user it does not map, the host's root among them, shows the
+    kernel's overflow uid: that is said, as the uid alone reads as the user ``nobody``."""
+    try:
+        with open("/proc/sys/kernel/overflowuid", "rb") as overflow, open("/proc/self/uid_map", "rb") as mapped:
+            unmapped = uid == int(overflow.read()) and mapped.read().split() != [b"0", b"0", b"4294967295"]
+    except (OSError, ValueError):
+        unmapped = False
+    return (f"a user outside this user namespace (shown as uid {uid}: the host's root, or another)" if unmapped
+            else f"uid {uid}")
 
 
 def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
