@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from scutil import (Sleeper, check_tree, content_for, control, make_tarball, mounted_overlay, sample_files, sc,
-                    started_paused, stop_process, user_dir, wait_for)
+from scutil import (Sleeper, check_tree, content_for, control, interpreter_for, make_tarball, mounted_overlay,
+                    sample_files, sc, started_paused, stop_process, user_dir, wait_for)
 from sharedcache import FsCache
 
 FILES = sample_files(4, 5_000)
@@ -120,3 +121,38 @@ def test_a_removal_in_place_killed_midway_leaves_no_entry_and_a_leftover_cleaned
                 run("gc", "-d", base)
                 assert "baked" in listed(base)
             assert_consistent(base)
+
+
+def test_another_members_repository_in_a_lower_layer_is_passed_over_not_failed_on(reachable_tmp):
+    """In a group cache of the image, a member may not remove another's files in their sticky
+    directory, which a deletion in place must do: gc and the eviction a budget makes pass over
+    such a repository as over one in use, and the member's own work goes on (it failed with
+    "Operation not permitted: 'entry.json'")."""
+    alice, bob, group = 41001, 41002, 41500
+    interpreter, env = interpreter_for(alice, group)
+
+    def as_user(uid: int, *args: str | Path | int) -> str:
+        done = subprocess.run([interpreter, "-m", "sharedcache", *map(str, args)], capture_output=True, text=True,
+                              timeout=60, env=env, user=uid, group=group, extra_groups=[group], umask=0o077)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def listed_to(uid: int, base: Path) -> dict[str, int]:
+        return {r["name"]: r["size"] for r in json.loads(as_user(uid, "list", "--json", *shared, "-d", base))}
+
+    lower = reachable_tmp / "image"
+    (lower / "base").mkdir(parents=True)
+    (lower / "base").chmod(0o1777)
+    words = source(reachable_tmp, "files", FILES)
+    shared = ["--group", group]
+    with Sleeper() as alice_job:
+        as_user(alice, "--use", "--keep", *shared, "-d", lower / "base", "-n", "kept", "--pid", alice_job.pid, *words)
+        as_user(alice, "--use", *shared, "-d", lower / "base", "-n", "unused", "--pid", alice_job.pid, *words)
+    with mounted_overlay(lower, reachable_tmp / "container") as merged, Sleeper() as bob_job:
+        base = merged / "base"
+        as_user(bob, "gc", *shared, "-d", base)  # alice's "unused" has no live use left
+        size = listed_to(bob, base)["kept"]
+        as_user(bob, "--use", *shared, "-d", base, "-n", "new", "--max-size", size * 3 // 2, "--pid", bob_job.pid,
+                *words)
+        assert set(listed_to(bob, base)) == {"kept", "unused", "new"}
+        check_tree(base / f".shared-cache-{bob}" / "new", FILES)

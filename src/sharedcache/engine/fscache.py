@@ -131,7 +131,10 @@ directory.  No reader ever finds a committed entry missing part of its data, eve
 crash: one that took the lock next finds no marker (a miss) or the lock unlinked (a retry, then
 a miss).  A crash midway leaves a directory without a marker, a leftover that gc and the next
 store of the name remove the same way (gc even if its row says kept).  An abandoned staging
-directory is removed in place likewise, under ``stage.lock``.
+directory is removed in place likewise, under ``stage.lock``.  In a group cache, the files of
+another member's entry, in its sticky directory, only that member may remove: to the others
+such an entry is one that cannot be deleted now, as one in use is (eviction passes over it, and
+gc and a release leave it), until that member deletes it.
 
 Because the size recorded at commit is the size subtracted at deletion, the accounting cannot
 drift; gc recomputes it from the rows anyway.  Eviction walks the rows in the index's order of
@@ -297,6 +300,17 @@ def committed(entry: str) -> str | None:
     return marker if os.path.lexists(f"{entry}/{marker}") else None
 
 
+def _markerless(entry: str) -> bool:
+    """Whether the directory ``entry`` is known to hold no commit marker valid now: unlike
+    :func:`committed`, a failure to look (EIO, ESTALE on nfs) is no answer, for gc removes what
+    it finds so, kept or not."""
+    try:
+        names = os.listdir(entry)
+    except OSError:
+        return False
+    return MARKER not in names and boot_marker() not in names
+
+
 def _is_marker(name: str) -> bool:
     """Whether ``name`` in an entry's directory is a commit marker: :data:`MARKER`, or the marker
     of an entry for one boot, this one or another."""
@@ -317,7 +331,8 @@ def _move_to_trash(directory: int | None, name: str, trash: int) -> None:
     tree = open_directory(name, dir_fd=directory)
     try:
         names = os.listdir(tree)
-        markers = [found for found in names if _is_marker(found)]
+        # entry.json last: one refused (another member's) leaves the entry kept, whatever went before.
+        markers = sorted((found for found in names if _is_marker(found)), key=lambda found: found == MARKER)
         for marker in markers:
             unlink_if_present(marker, dir_fd=tree)
         if markers:
@@ -1202,7 +1217,12 @@ class FsCache:
                     db.mark_kept(name)
                     reclaim_leases(entry, dead)
                     return False
-                self._to_trash(OBJECTS, name)
+                try:
+                    self._to_trash(OBJECTS, name)
+                except PermissionError:
+                    # Another member's, in a lower layer of an overlayfs: only that member may
+                    # remove its files, in its sticky directory, in place (see "Delete").
+                    return False
             if counted:
                 db.forget(name)
             return True
@@ -1620,7 +1640,7 @@ class FsCache:
                         report.leases_reclaimed += reclaim_leases(entry, dead)
                         # A kept entry has entry.json: without a marker, it is what a crashed
                         # removal in place left (see "Delete"), whatever its row and flag say.
-                        leftover = committed(entry) is None and not self._another_kernel_s(name)
+                        leftover = _markerless(entry) and not self._another_kernel_s(name)
                         if not users and (leftover or not keep):
                             report.entries_deleted += self._retire(db, name, unless_kept=not leftover,
                                                                    entry=entry)
