@@ -1638,12 +1638,13 @@ class FsCache:
                     with self._entry(name) as entry:
                         users, dead = scan_leases(entry, alive)
                         report.leases_reclaimed += reclaim_leases(entry, dead)
-                        # A kept entry has entry.json: without a marker, it is what a crashed
-                        # removal in place left (see "Delete"), whatever its row and flag say.
-                        leftover = _markerless(entry) and not self._another_kernel_s(name)
-                        if not users and (leftover or not keep):
-                            report.entries_deleted += self._retire(db, name, unless_kept=not leftover,
-                                                                   entry=entry)
+                        if not users:
+                            # A kept entry has entry.json: without a marker, it is what a crashed
+                            # removal in place left (see "Delete"), whatever its row and flag say.
+                            leftover = _markerless(entry) and not self._another_kernel_s(name)
+                            if leftover or not keep:
+                                report.entries_deleted += self._retire(db, name, unless_kept=not leftover,
+                                                                       entry=entry)
                 except MissError:
                     continue  # a link where the entry was (a group member's): not ours to follow
             actual = db.sum_of_sizes()
