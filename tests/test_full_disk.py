@@ -378,6 +378,7 @@ def test_a_process_out_of_file_descriptors_says_so_and_leaves_nothing_to_repair(
         kept = ["-n", "kept", "-d", str(ready), "--pid", str(owner.pid), *recipe]
         assert sc("--use", "--keep", *kept).returncode == 0
         assert sc("--unuse", *kept).returncode == 0
+        index = (control(ready) / "index.sqlite").stat().st_ino
         for descriptors in range(4, 21):
             limit = limited_to(descriptors)
             if subprocess.run([sys.executable, "-c", "pass"], preexec_fn=limit).returncode:
@@ -406,6 +407,7 @@ def test_a_process_out_of_file_descriptors_says_so_and_leaves_nothing_to_repair(
             assert (Path(again.stdout.strip()) / "d" / "e" / "f" / "c.txt").read_bytes() == b"c\n"
             assert sc("--unuse", *cold).returncode == 0
         assert sc("--use", *kept).returncode == 0, "the kept repository was lost"
+        assert (control(ready) / "index.sqlite").stat().st_ino == index, "gc set the index aside"
     assert said >= 10, "too few commands ran out of descriptors to tell anything"
 
 
