@@ -2,7 +2,8 @@
 is needed), the release of a last use, ``sc gc`` and ``--max-size`` work, and a population that
 finds no room, whichever of its writes meets ENOSPC first, evicts unused kept repositories,
 tries again, and otherwise fails with one clear line, leaving nothing.  A process out of file
-descriptors (``ulimit -n``) says that, and nothing of damage, whatever it was opening."""
+descriptors (``ulimit -n``) or at its file size limit (``ulimit -f``) says that, and nothing of
+damage, whatever it was opening or writing."""
 
 from __future__ import annotations
 
@@ -444,3 +445,82 @@ def test_gc_out_of_file_descriptors_takes_no_repository_for_a_leftover(tmp_path)
         assert data.read_bytes() == b"a\n", f"gc with {descriptors} descriptors removed a kept repository"
         if gc.returncode:
             out_of_files(gc.stderr, descriptors)
+
+
+def limited_in_size(size: int):  # type: ignore[no-untyped-def]
+    """A ``preexec_fn`` that lets the child write files of ``size`` bytes at most (``ulimit -f``)."""
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+
+
+def file_too_large(err: str, size: int) -> None:
+    line = one_line(err)
+    assert f"file too large: this process may write files of at most {size} bytes (ulimit -f); raise the limit" \
+        in line, line
+    assert not any(word in line for word in ("gc", "unusable", "no space", "evicted")), line
+
+
+def test_a_process_at_its_file_size_limit_says_so_and_judges_nothing_from_it(tmp_path):
+    # Under `ulimit -f`, a write past the limit fails with EFBIG (Python ignores SIGXFSZ), a
+    # write across it is short.  The data's file said "File too large", recorded as the
+    # repository's failure for every waiter; the index's files said "the index ... is unusable
+    # (disk I/O error); run gc to rebuild it", and gc under the limit set the index aside; a
+    # short write to SQLite's journal reads as a full disk, which evicts others' kept data.
+    archive = tmp_path / "data.tar.gz"
+    md5 = make_tarball(archive, {"d/big.bin": os.urandom(150_000), "d/a.txt": b"a\n"})
+    recipe = [f"file:{archive}", f"md5:{md5}", "tar"]
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"s\n")
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    said = 0
+    with Sleeper() as owner:
+        kept = ["-n", "kept", "-d", str(ready), "--pid", str(owner.pid), f"file:{small}"]
+        assert sc("--use", "--keep", *kept).returncode == 0
+        assert sc("--unuse", *kept).returncode == 0
+        index = (control(ready) / "index.sqlite").stat().st_ino
+        for size in (200, 1000, 5000, 20_000, 40_000, 100_000):
+            limit = limited_in_size(size)
+            cold = ["-n", f"r{size}", "-d", str(ready), "--pid", str(owner.pid), *recipe]
+            other = ["-n", f"s{size}", "-d", str(ready), "--pid", str(owner.pid), f"file:{small}"]
+            used = False
+            for command in (["--use", *cold], ["--use", *other], ["--unuse", *other], ["--use", *kept],
+                            ["--unuse", *kept], ["gc", "-d", str(ready)], ["list", "-d", str(ready)]):
+                if command == ["--unuse", *other] and not used:
+                    continue  # (no repository to release)
+                run = sc(*command, preexec_fn=limit)
+                used = used or (command == ["--use", *other] and run.returncode == 0)
+                if run.returncode != 0 or run.stderr:
+                    assert run.returncode == 1, (size, command, run.stderr)
+                    file_too_large(run.stderr, size)
+                    said += 1
+            listed = sc("list", "-d", str(ready))
+            assert listed.returncode == 0 and "fail" not in listed.stdout + listed.stderr, listed.stdout
+            again = sc("--use", *cold)
+            assert again.returncode == 0 and not again.stderr, (size, again.stderr)
+            assert (Path(again.stdout.strip()) / "d" / "a.txt").read_bytes() == b"a\n"
+        assert sc("--use", *kept).returncode == 0 and "kept" in sc("list", "-d", str(ready)).stdout, \
+            "the kept repository was lost"
+        assert (control(ready) / "index.sqlite").stat().st_ino == index, "gc set the index aside"
+    assert said >= 8, "too few commands met the file size limit to tell anything"
+
+
+WRITE_ATOMIC = """
+import os, resource, sys
+from sharedcache.engine.fsutil import write_atomic
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    write_atomic(sys.argv[1], b"x" * 1000)
+except OSError as e:
+    sys.exit(e.errno)
+"""
+
+
+def test_an_atomic_write_cut_short_by_the_file_size_limit_leaves_nothing(tmp_path):
+    # os.write returns what it wrote: the first write across the limit was short, taken for whole,
+    # and the record or marker renamed into place with its first 100 bytes.
+    target = tmp_path / "record.json"
+    run = subprocess.run([sys.executable, "-c", WRITE_ATOMIC, str(target)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == errno.EFBIG, run.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ from pathlib import Path
 from scutil import SRC, control, finish, pause_at, sc_env, sc_start, tarball_bytes, wait_for
 
 
-def test_a_populators_own_settings_are_not_its_waiters_failure(origin, base, tmp_path):
-    """A populator whose proxy variable is malformed fails with its own usage error; the process
-    waiting for it, whose settings are fine, is not told that error: it populates."""
+def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str], **populator_options):  # type: ignore[no-untyped-def]
+    """A population of a 300 KB download, by a process with ``populator_env`` and
+    ``populator_options`` (Popen's), and a use with neither that waits for it; each one's exit
+    status, output and errors, once the waiter has checked what it got."""
     payload = os.urandom(300_000)
     url = origin.add("/blob.bin", payload)
     origin.rate = 300_000
@@ -24,20 +26,40 @@ def test_a_populators_own_settings_are_not_its_waiters_failure(origin, base, tmp
     # The populator pauses as it makes its work directory, before it connects: its waiter is then waiting.
     (site / "sitecustomize.py").write_text(pause_at('event == "os.mkdir" and str(args[0]).endswith(".work")'))
     paused, go = tmp_path / "paused", tmp_path / "go"
-    populator = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), http_proxy="http://[bad",
-                                           SC_TEST_PAUSED=str(paused), SC_TEST_GO=str(go)))
+    populator = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
+                                           SC_TEST_GO=str(go), **populator_env), **populator_options)
     try:
         wait_for(paused.exists, what="the populator")
         waiter = sc_start(*args)
         time.sleep(1.0)  # the waiter waits for the populator
         go.touch()
-        (bad, _, bad_err), (status, out, err) = finish([populator, waiter], timeout=60)
+        populated, waited = finish([populator, waiter], timeout=60)
     finally:
         finish([populator])
-    assert bad == 2 and "http_proxy" in bad_err, bad_err
+    status, out, err = waited
     assert status == 0, err
     assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
+    return populated, waited
+
+
+def test_a_populators_own_settings_are_not_its_waiters_failure(origin, base, tmp_path):
+    """A populator whose proxy variable is malformed fails with its own usage error; the process
+    waiting for it, whose settings are fine, is not told that error: it populates."""
+    (bad, _, bad_err), _ = populator_and_waiter(origin, base, tmp_path, {"http_proxy": "http://[bad"})
+    assert bad == 2 and "http_proxy" in bad_err, bad_err
     assert origin.stats("/blob.bin").gets == 1
+
+
+def test_a_populators_file_size_limit_is_not_its_waiters_failure(origin, base, tmp_path):
+    """A populator that may write smaller files than the data's (``ulimit -f``) fails with that
+    limit; the process waiting for it, which has no such limit, is not told that failure (it was:
+    "File too large", as the repository's): it populates."""
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    (limited, _, limited_err), _ = populator_and_waiter(
+        origin, base, tmp_path, {}, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard)))
+    assert limited == 1 and limited_err.endswith(
+        "file too large: this process may write files of at most 100000 bytes (ulimit -f); raise the limit\n"), \
+        limited_err
 
 
 def test_a_use_that_asked_before_a_population_failed_is_told_its_failure_whether_or_not_it_waited(

@@ -307,17 +307,29 @@ def _mount_point(path: str) -> str:
     return here
 
 
-class OutOfFilesError(SharedCacheError):
-    """The process, or the system, has as many files open as it may: a limit to raise, not
-    damage to repair (see :func:`out_of_files`)."""
+class ProcessLimitError(SharedCacheError):
+    """A limit set on this process or its system (``ulimit``, a sysctl) stopped it: a limit to
+    raise, not a fact about the data or the cache.  Nothing is judged from it (no damage to
+    repair, no leftover), nor recorded as a repository's failure: its waiters have limits of
+    their own (see :func:`over_limit`)."""
 
 
-def out_of_files(error: OSError) -> OutOfFilesError | None:
-    """The error to raise for ``error`` if it is EMFILE (this process's limit, ``ulimit -n``) or
-    ENFILE (the system's); else None.  Whatever failed to open is fine: it is what this process
-    may open that ran out, so the line says which limit and not what was being opened.
+class OutOfFilesError(ProcessLimitError):
+    """The process, or the system, has as many files open as it may."""
 
-    The limit is read with ``os.sysconf``, which returns the soft RLIMIT_NOFILE as
+
+class FileSizeLimitError(ProcessLimitError):
+    """A file reached the size this process may write (``ulimit -f``)."""
+
+
+def over_limit(error: OSError) -> ProcessLimitError | None:
+    """The error to raise for ``error`` if a limit of this process's or its system's caused it;
+    else None.  EMFILE is this process's limit of open files (``ulimit -n``), ENFILE the system's:
+    whatever failed to open is fine, it is what this process may open that ran out, so the line
+    says which limit and not what was being opened.  EFBIG under a file size limit (``ulimit
+    -f``) is that limit; without one it is the file system's largest file, a fact of the base.
+
+    The limit of open files is read with ``os.sysconf``, which returns the soft RLIMIT_NOFILE as
     ``getrlimit`` does: importing :mod:`resource` would open its shared library, which a
     process with no descriptor left cannot."""
     import errno
@@ -329,27 +341,49 @@ def out_of_files(error: OSError) -> OutOfFilesError | None:
     if error.errno == errno.ENFILE:
         return OutOfFilesError("too many open files on this system: its limit (sysctl fs.file-max) is reached; "
                                "raise it, or end what holds them")
+    if error.errno == errno.EFBIG:
+        return file_size_limit_error()
     return None
 
 
-def raise_if_out_of_files(error: OSError) -> None:
-    """Raise :func:`out_of_files`'s error for ``error``, if it is one, where ``error`` would
-    otherwise be taken for a fact about a file (missing, not ours, abandoned): a process out of
-    descriptors must not judge anything from what it failed to open."""
-    limit = out_of_files(error)
+def raise_if_over_limit(error: OSError) -> None:
+    """Raise :func:`over_limit`'s error for ``error``, if it is one, where ``error`` would
+    otherwise be taken for a fact about a file (missing, not ours, abandoned, damaged): a process
+    at one of its limits must not judge anything from what it failed to do."""
+    limit = over_limit(error)
     if limit is not None:
         raise limit from None
 
 
-def out_of_files_now() -> OutOfFilesError | None:
-    """:func:`out_of_files`'s error if this process cannot open a descriptor now: for a failure
+def file_size_limit() -> int | None:
+    """The size in bytes past which this process may not write a file (its soft RLIMIT_FSIZE,
+    ``ulimit -f``), or None if there is none."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def file_size_limit_error(sizes: tuple[int, ...] = ()) -> FileSizeLimitError | None:
+    """:class:`FileSizeLimitError` if this process has a file size limit, and one of the files of
+    ``sizes`` (if given: for a failure that carries no errno, SQLite's) may have met it by growing
+    (by at most 64 KiB, SQLite's largest page); else None."""
+    limit = file_size_limit()
+    if limit is None or (sizes and max(sizes) + 65536 < limit):
+        return None
+    return FileSizeLimitError(f"file too large: this process may write files of at most {limit} bytes "
+                              "(ulimit -f); raise the limit")
+
+
+def out_of_files_now() -> ProcessLimitError | None:
+    """:func:`over_limit`'s error if this process cannot open a descriptor now: for a failure
     that carries no errno (SQLite's "unable to open database file"), met just before."""
     import os
 
     try:
         os.close(os.open("/", os.O_RDONLY | os.O_CLOEXEC))
     except OSError as e:
-        return out_of_files(e)
+        return over_limit(e)
     return None
 
 

@@ -19,7 +19,7 @@ import io
 import os
 import sys
 
-from ..errors import SharedCacheError, UsageError, clipped, out_of_files
+from ..errors import SharedCacheError, UsageError, clipped, over_limit
 from ..repository.bases import close_caches
 from . import commands
 from .parser import help_text, parse
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sc: error: cannot write the output: {e.strerror}", file=sys.stderr)
         return 1
     except OSError as e:
-        limit = out_of_files(e)  # (whatever was being opened: the limit is the news)
+        limit = over_limit(e)  # (whatever was being opened: the limit is the news)
         line = str(limit) if limit else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
         print(f"sc: error: {line}", file=sys.stderr)
         return 1

@@ -210,8 +210,8 @@ from ..errors import (
     UsageError,
     WaitTimeoutError,
     no_space_for,
-    out_of_files,
-    raise_if_out_of_files,
+    over_limit,
+    raise_if_over_limit,
 )
 from ..lean import Record, scoped
 from ..sizes import format_size, parse_size
@@ -626,7 +626,7 @@ class FsCache:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise out_of_files(e) or CacheError(f"cannot read {self._budget}: {e.strerror}") from None
+            raise over_limit(e) or CacheError(f"cannot read {self._budget}: {e.strerror}") from None
         finally:
             os.close(root)
         try:
@@ -951,7 +951,7 @@ class FsCache:
                 except (FileNotFoundError, NotADirectoryError):
                     break
                 except OSError as e:
-                    raise_if_out_of_files(e)
+                    raise_if_over_limit(e)
                     raise
                 try:
                     locks.lock(fd, locks.SHARED, timeout=self._wait(), what=f"entry {name!r}")
@@ -1339,12 +1339,12 @@ class FsCache:
         try:
             root = open_directory(self.root)
         except OSError as e:  # renamed and replaced (by a link, as a group cache's creator may), or gone
-            raise out_of_files(e) or CacheError(
+            raise over_limit(e) or CacheError(
                 f"cache {self.root} is no longer a directory ({e.strerror}); refusing to use it") from None
         try:
             return open_directory(sub, dir_fd=root)
         except OSError as e:
-            raise out_of_files(e) or CacheError(
+            raise over_limit(e) or CacheError(
                 f"{self.root}/{sub} is not a directory of this cache ({e.strerror}); run gc to repair it"
             ) from None
         finally:
@@ -1578,7 +1578,7 @@ class FsCache:
         try:
             fd = os.open(f"{stage}/lock", _OPEN_FLAGS, dir_fd=stages)
         except OSError as e:
-            raise_if_out_of_files(e)
+            raise_if_over_limit(e)
             fd = None  # created under stage.lock, so a lock-less one was abandoned
         try:
             if fd is not None and not locks.try_lock(fd, locks.EXCLUSIVE):
@@ -1725,7 +1725,7 @@ class FsCache:
             size, created = int(marker["size"]), float(marker["created"])
             meta = self._meta(entry)
         except OSError as e:
-            raise_if_out_of_files(e)  # (else the entry, taken for a leftover, would be removed)
+            raise_if_over_limit(e)  # (else the entry, taken for a leftover, would be removed)
             return False
         except (ValueError, KeyError, TypeError):
             return False

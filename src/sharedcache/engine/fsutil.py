@@ -116,7 +116,9 @@ def write_atomic(
     try:
         if mode & 0o077:  # bits the umask may have dropped
             os.fchmod(fd, mode)
-        os.write(fd, data)
+        written = 0
+        while written < len(data):  # a short write (at ``ulimit -f``, or a full disk) ends in the error
+            written += os.write(fd, data[written:])
         if durable:
             os.fsync(fd)
     except BaseException:

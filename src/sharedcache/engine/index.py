@@ -23,7 +23,9 @@ also run out of inodes, with bytes to spare (another user's many small files on 
 tmpfs): SQLite then cannot even make the journals (``-wal`` and ``-shm``, made anew by the
 first connection), and the index cannot be opened.  So the reserve also holds the inodes they
 take: its file and an empty one beside it, ``index.reserve-inode``, removed together.  Running
-out of space (or inodes) all the same is :class:`NoSpaceError`, not damage.
+out of space (or inodes) all the same is :class:`NoSpaceError`, not damage; a write past this
+process's file size limit (``ulimit -f``), which SQLite reports as one or as an I/O error, is
+:class:`~sharedcache.errors.FileSizeLimitError`.
 
 This module is imported only by the operations that change or list the accounting.  Holding and
 loading an entry do not import it: loading SQLite's shared library alone costs more than a warm
@@ -46,7 +48,15 @@ try:  # sqlite3's Python layer only adds datetime adapters, which would cost eve
 except ImportError:  # pragma: no cover - an interpreter without the C module's usual name
     import sqlite3  # type: ignore[no-redef]  # the same module under its public name
 
-from ..errors import CacheError, WaitTimeoutError, no_space_for, out_of_files, out_of_files_now
+from ..errors import (
+    CacheError,
+    FileSizeLimitError,
+    WaitTimeoutError,
+    file_size_limit_error,
+    no_space_for,
+    out_of_files_now,
+    over_limit,
+)
 from ..lean import scoped
 from .fsutil import open_directory, unlink_if_present
 
@@ -111,6 +121,8 @@ class Index(sqlite3.Connection):
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return WaitTimeoutError(f"cache {self.root} index is busy ({e})")
+        if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR) and (too_large := _at_file_size_limit(self.root)):
+            return too_large  # (neither a full disk, whose remedy evicts others' data, nor damage)
         if code == sqlite3.SQLITE_FULL or (code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
                                            and _full(self.root)):
             # (No inode for a journal is CANTOPEN: not damage, and gc must not set the index aside.)
@@ -333,6 +345,17 @@ def _full(root: str) -> bool:
     return st.f_bavail * st.f_frsize < RESERVE or (st.f_files > 0 and st.f_favail < _JOURNAL_INODES)
 
 
+def _at_file_size_limit(root: str) -> FileSizeLimitError | None:
+    """:class:`FileSizeLimitError` if a write to the index's files of the cache at ``root`` may
+    have met this process's file size limit (``ulimit -f``): SQLite tells such a write as a full
+    disk (the write that crossed it was short) or an I/O error (EFBIG), not which."""
+    sizes = [0]
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):
+            sizes.append(os.stat(os.path.join(root, "index.sqlite" + suffix)).st_size)
+    return file_size_limit_error(tuple(sizes))
+
+
 def _remove_reserve(root: str) -> None:
     """Remove the reserve of the index of the cache at ``root``, reached as :func:`make_reserve`
     reaches it."""
@@ -484,7 +507,7 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
         db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=Index,
                              check_same_thread=False)
     except OSError as e:
-        raise out_of_files(e) or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \
+        raise over_limit(e) or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \
             from None
     except sqlite3.DatabaseError as e:
         raise out_of_files_now() or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \

@@ -36,7 +36,7 @@ import errno
 import os
 import stat
 
-from ..errors import CacheError, UsageError, out_of_files, unresolvable
+from ..errors import CacheError, UsageError, over_limit, unresolvable
 from . import locks
 from .fsutil import (
     create_exclusive,
@@ -235,7 +235,7 @@ def user_directory(base: str) -> str:
     except NotADirectoryError:
         raise CacheError(f"{path} is not a directory (a symlink or a file); refusing to use it") from None
     except OSError as e:
-        raise out_of_files(e) or CacheError(f"cannot create {path}: {e.strerror}") from None
+        raise over_limit(e) or CacheError(f"cannot create {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
     finally:
@@ -323,7 +323,7 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
         kind = "a symlink" if os.path.islink(root) else "not a directory"
         raise CacheError(f"cache {root} is {kind}; refusing to use it") from None
     except OSError as e:
-        raise out_of_files(e) or CacheError(f"cannot create cache {root}: {e.strerror}") from None
+        raise over_limit(e) or CacheError(f"cannot create cache {root}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
         if group is not None and st.st_gid != group and st.st_uid == os.geteuid():
@@ -338,14 +338,14 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
             create_exclusive(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
             found = read_control("cache.info", dir_fd=fd)
         except OSError as e:
-            raise out_of_files(e) or CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
+            raise over_limit(e) or CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
         if found in _COMPATIBLE_FORMATS:
             try:
                 write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
             except OSError as e:
                 # A read-only cache can still be read, and nothing of format 3 can be put in it.
                 if e.errno != errno.EROFS:
-                    raise out_of_files(e) or CacheError(
+                    raise over_limit(e) or CacheError(
                         f"cannot bring cache {root} to this version's format: {e.strerror}") from None
         elif found != FORMAT_LINE:
             _repair_marker(root, fd, found, modes, repair=repair)
@@ -374,7 +374,7 @@ def _give_to_group(root: str, fd: int, group: int, st: os.stat_result) -> os.sta
         os.fchown(fd, -1, group)
         os.fchmod(fd, GROUP.directory)
     except OSError as e:
-        raise out_of_files(e) or CacheError(f"cannot give cache {root} to group {group}: {e.strerror}") from None
+        raise over_limit(e) or CacheError(f"cannot give cache {root} to group {group}: {e.strerror}") from None
     return os.fstat(fd)
 
 

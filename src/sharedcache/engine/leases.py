@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CacheError, raise_if_out_of_files
+from ..errors import CacheError, raise_if_over_limit
 from .fsutil import create_empty, open_directory, unique_name
 
 #: The inode of the initial PID namespace (the host's), fixed by the kernel.
@@ -340,7 +340,7 @@ def _read(path: str) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise_if_out_of_files(e)  # (a machine id or a process that cannot be read is not absent)
+        raise_if_over_limit(e)  # (a machine id or a process that cannot be read is not absent)
         return None
     try:
         chunks = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import DownloadError, out_of_files
+from ..errors import DownloadError, over_limit
 from .protocol import Context, Source
 from .streams import FileStream, SourceStream
 
@@ -37,7 +37,7 @@ def open_file(path: str, what: str, *, remove: bool = False) -> FileStream:
     except FileNotFoundError:
         raise DownloadError(f"cannot read {what}: no such file") from None
     except OSError as exc:  # (out of descriptors: no failure of the source, for another to replace)
-        raise out_of_files(exc) or DownloadError(f"cannot read {what}: {exc.strerror or exc}") from None
+        raise over_limit(exc) or DownloadError(f"cannot read {what}: {exc.strerror or exc}") from None
 
 
 class FileSource(Source):

@@ -63,7 +63,7 @@ from ..errors import (
     SizeLimitError,
     UnsafeArchiveError,
     no_space_for,
-    out_of_files,
+    over_limit,
     quoted,
 )
 from ..sizes import format_size
@@ -141,7 +141,7 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             _run(source, recipe, dest, ctx, progress, partial)
             return
         except OSError as exc:  # sources report their own; these come from writing dest or work
-            full = no_space_for(ctx.what, exc, str(dest)) or out_of_files(exc)
+            full = no_space_for(ctx.what, exc, str(dest)) or over_limit(exc)
             if full is not None:
                 raise full from None
             why = exc.strerror or str(exc)

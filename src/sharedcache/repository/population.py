@@ -28,7 +28,7 @@ from ..errors import (
     DownloadError,
     LoaderError,
     NoSpaceError,
-    OutOfFilesError,
+    ProcessLimitError,
     SharedCacheError,
     SizeLimitError,
     UsageError,
@@ -308,8 +308,8 @@ class Population:
                     self._attempt()
             except WaitTimeoutError:
                 raise  # our --timeout, not the recipe's failure: the work stays for a takeover
-            except (UsageError, ConfigError, OutOfFilesError) as e:
-                # Our own settings (a proxy variable, a token) or limits (ulimit -n), not the
+            except (UsageError, ConfigError, ProcessLimitError) as e:
+                # Our own settings (a proxy variable, a token) or limits (ulimit -n, -f), not the
                 # recipe's failure: the waiters, who have theirs, are not told it, and the work stays.
                 e.args = (f"repository {name!r}: {e}",)
                 raise
@@ -351,7 +351,7 @@ class Population:
             self._prepare_work()
             self._store()
         except OSError as e:
-            errors.raise_if_out_of_files(e)
+            errors.raise_if_over_limit(e)
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             path = self.base.path

@@ -17,7 +17,7 @@ from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_leftovers, unlink_if_present
 from ..engine.layout import check_base, check_flag, check_name, user_directory
 from ..engine.leases import Owner
-from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError, raise_if_out_of_files
+from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError, raise_if_over_limit
 from ..lean import scoped
 from ..loaders.words import (
     default_name,
@@ -661,7 +661,7 @@ def use(
             fetch=fetch if fetch is not None else files.fetch_when_needed(effective, os.environ, given),
         )
     except OSError as e:  # (the command line says the same of what reaches it)
-        raise_if_out_of_files(e)
+        raise_if_over_limit(e)
         raise
     holder = os.getpid()
     try:
