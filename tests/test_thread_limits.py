@@ -1,13 +1,16 @@
 """A process that may not start another thread still fills its repository (sharedcache.loaders.threads):
 ``sc --use`` run as a user whose limit on tasks (RLIMIT_NPROC, ``ulimit -u``) it has reached alone,
 as a batch job that has forked its workers has, reading a compressed tar from a file and over HTTP,
-with one connection and with several, by address and by a host name the resolver must look up."""
+with one connection and with several, by address and by a host name the resolver must look up.
+Under a cap on memory (RLIMIT_AS, ``ulimit -v``), where a thread may also be made and die as it
+starts, it fills its repository or says in one line that it ran out, and never hangs."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from origin import Origin
-from scutil import check_tree, interpreter_for, tarball_bytes
+from scutil import SC, check_tree, interpreter_for, sc_env, tarball_bytes
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -96,3 +99,33 @@ def test_on_a_terminal_the_progress_bar_goes_without_a_thread(reachable_tmp: Pat
     check_tree(Path(result.stdout.strip()), FILES)
     # tqdm, which draws the bar, would start a thread, and warn in three lines that it could not.
     assert b"Warning" not in shown and b"Traceback" not in shown, shown
+
+
+OUT_OF_MEMORY = re.compile(r"sc: error: out of memory: this process may take ([0-9]+) bytes of address space "
+                           r"\(ulimit -v\); raise the limit")
+
+
+def test_under_a_cap_on_memory_a_use_fills_its_repository_or_says_so_and_never_hangs(reachable_tmp: Path) -> None:
+    # Every cap from 20 to 90 MiB of address space, in turn.  A MemoryError was "internal error
+    # (MemoryError: ); rerun with -v for details"; and a thread that was made but could not make
+    # its first objects died before it said that it started, for which Thread.start waits without
+    # a limit: `sc --use` hung (at one cap in twenty here).
+    path = reachable_tmp / "data.tar.gz"
+    path.write_bytes(ARCHIVE)
+    said = 0
+    for cap in range(20, 92, 2):
+        base = reachable_tmp / f"base{cap}"
+        base.mkdir()
+        run = subprocess.run(["prlimit", f"--as={cap * MiB}", *SC, "--use", "-d", str(base), "-n", "data",
+                              f"file:{path}", MD5, "tar"], capture_output=True, text=True, timeout=60, env=sc_env())
+        if run.returncode == 0:
+            check_tree(Path(run.stdout.strip()), FILES)
+            continue
+        # Python itself reports a thread that died as it started ("Exception ignored in thread
+        # started by"); the one line that says what happened is the last.
+        assert run.returncode == 1 and "Traceback" not in run.stderr and "internal error" not in run.stderr, \
+            (cap, run.stderr)
+        found = OUT_OF_MEMORY.fullmatch(run.stderr.splitlines()[-1])
+        assert found is not None and int(found[1]) == cap * MiB, (cap, run.stderr)
+        said += 1
+    assert said >= 3, "too few caps ran out of memory to tell anything"

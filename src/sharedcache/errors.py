@@ -358,10 +358,22 @@ def raise_if_over_limit(error: OSError) -> None:
 def file_size_limit() -> int | None:
     """The size in bytes past which this process may not write a file (its soft RLIMIT_FSIZE,
     ``ulimit -f``), or None if there is none."""
-    import resource
+    return _soft_limit("Max file size")
 
-    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    return None if soft == resource.RLIM_INFINITY else soft
+
+def _soft_limit(name: str) -> int | None:
+    """This process's soft limit ``name`` (as ``/proc/self/limits`` names it), or None if there is
+    none or it cannot be read.  Read there rather than with :mod:`resource`, whose shared library
+    a process out of address space cannot load."""
+    try:
+        with open("/proc/self/limits", encoding="ascii") as limits:
+            for line in limits:
+                if line.startswith(name + "  "):
+                    soft = line[len(name):].split()[0]
+                    return int(soft) if soft.isdigit() else None  # "unlimited"
+    except (OSError, ValueError, MemoryError):
+        pass
+    return None
 
 
 def file_size_limit_error(sizes: tuple[int, ...] = ()) -> FileSizeLimitError | None:
@@ -373,6 +385,16 @@ def file_size_limit_error(sizes: tuple[int, ...] = ()) -> FileSizeLimitError | N
         return None
     return FileSizeLimitError(f"file too large: this process may write files of at most {limit} bytes "
                               "(ulimit -f); raise the limit")
+
+
+def out_of_memory() -> str:
+    """What to say of a :class:`MemoryError`: the address space this process may take, where a
+    limit (``ulimit -v``, as batch systems set for a job's memory) caused it.  The threads of a
+    miss each reserve address space far past what they use (the C library's arena of each)."""
+    soft = _soft_limit("Max address space")
+    if soft is None:
+        return "out of memory"
+    return f"out of memory: this process may take {soft} bytes of address space (ulimit -v); raise the limit"
 
 
 def out_of_files_now() -> ProcessLimitError | None:

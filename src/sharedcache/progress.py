@@ -90,20 +90,19 @@ class ProgressBar:
             return
         if self._bar is None:
             try:
-                from tqdm import TqdmMonitorWarning, tqdm
+                from tqdm import tqdm
             except ImportError:
                 self._bar = False
             else:
-                import warnings
-
-                with warnings.catch_warnings():
-                    # Where the system refuses a thread (a cap on tasks), tqdm goes without the one
-                    # that redraws a bar left idle, and would say so in a warning of three lines.
-                    warnings.simplefilter("ignore", TqdmMonitorWarning)
-                    self._bar = tqdm(
-                        total=total, desc=self.label, unit="B", unit_scale=True, unit_divisor=1024,
-                        file=self.stream, leave=False,
-                    )
+                # Without tqdm's monitor, a thread that would lower `miniters` for a bar whose
+                # updates slowed down: ours asks for no minimum, and a thread is one more that the
+                # system may refuse (a warning of three lines), or make and lose as it starts, which
+                # wedges the process (see sharedcache.loaders.threads).
+                bar = type("Bar", (tqdm,), {"monitor_interval": 0})
+                self._bar = bar(
+                    total=total, desc=self.label, unit="B", unit_scale=True, unit_divisor=1024,
+                    file=self.stream, leave=False, miniters=1,
+                )
         if self._bar:
             if total is not None and self._bar.total != total:
                 self._bar.total = total

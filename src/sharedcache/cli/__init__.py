@@ -19,7 +19,7 @@ import io
 import os
 import sys
 
-from ..errors import SharedCacheError, UsageError, clipped, over_limit
+from ..errors import SharedCacheError, UsageError, clipped, out_of_memory, over_limit
 from ..repository.bases import close_caches
 from . import commands
 from .parser import help_text, parse
@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError as e:  # stdout written at once (PYTHONUNBUFFERED), its reader gone
         print(f"sc: error: cannot write the output: {e.strerror}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"sc: error: {out_of_memory()}", file=sys.stderr)
         return 1
     except OSError as e:
         limit = over_limit(e)  # (whatever was being opened: the limit is the news)

@@ -9,28 +9,65 @@ range workers of :mod:`sharedcache.loaders.ranged`, and the watchdog and the res
 itself.  So each is started by :func:`start`, and where it is refused the caller does that work
 (more slowly, or bounded by the socket timeouts alone), as one process does the work of the
 writer processes when fork fails (:mod:`sharedcache.loaders.writer`).  :func:`tell` says so once.
+
+A thread may also be made and then die before it runs: at the cap on memory, its first
+allocations (its lock, its first frame) fail, Python reports the MemoryError as "ignored in
+thread started by", and ``Thread.start``, which waits without a limit for the new thread to say
+that it started, would wait for ever: a wedged job.  So :func:`start` waits for that word
+:data:`START_WAIT` seconds at most.  A thread that has not said it by then is given up for
+refused; which of the two goes on with the work is settled by a lock that the thread takes
+before it does any (its ``run``) and the starter takes when it gives up, so that a thread
+merely late to start, on a loaded host, does nothing, rather than the same work twice.
 """
 
 from __future__ import annotations
 
+import threading
+
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable
+
+#: Seconds a new thread has to say that it started (it takes microseconds) before it is taken
+#: for one that died as it started.
+START_WAIT = 2.0
 
 _refused = False  # a thread was refused in this process...
 _told = False     # ...and a notice has said so
 
 
+class _StartWait(threading.Event):
+    """The event ``Thread.start`` waits on for the new thread's word (its ``_started``), waited
+    on :data:`START_WAIT` seconds at most."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return super().wait(START_WAIT if timeout is None else timeout)
+
+
 def start(thread: threading.Thread) -> bool:
-    """Start ``thread`` (a new one); False if the system refused it."""
+    """Start ``thread`` (a new one); False if the system refused it, or it died as it started
+    (then it never does its work: the caller does)."""
     global _refused  # noqa: PLW0603 - a fact of this process, told once
+    settled = threading.Lock()  # taken by the thread as it begins its work, or by us as we give it up
+    work = thread.run
+
+    def run() -> None:
+        if settled.acquire(blocking=False):
+            work()
+
+    thread.run = run  # type: ignore[method-assign]  # the thread's own, as Timer's is
+    if isinstance(getattr(thread, "_started", None), threading.Event):
+        # Private to threading (3.11 to 3.13 alike): the one way to bound Thread.start's wait.
+        thread._started = _StartWait()  # type: ignore[attr-defined]
     try:
         thread.start()
     except RuntimeError:  # "can't start new thread": no task or no memory left
         _refused = True
         return False
-    return True
+    if thread.is_alive() or not settled.acquire(blocking=False):
+        return True  # it said it started, or it began its work after all
+    _refused = True
+    return False
 
 
 def tell(notice: Callable[[str], None]) -> None:
