@@ -211,6 +211,20 @@ def test_paths_are_written_as_their_bytes_whatever_the_output_s_encoding(tmp_pat
                 assert base in done.stdout, (command, done.stdout)
 
 
+def test_a_config_file_s_path_that_is_no_utf_8_names_that_directory(tmp_path, tarball):
+    # A config file is read as UTF-8, and a path in another encoding (Latin-1 "é") was read with
+    # U+FFFD in its place: another directory than the file names ("(missing)", or one made there).
+    base = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(base)
+    config = tmp_path / "config"
+    config.write_bytes(b"directories = " + base + b"\n")
+    done = subprocess.run([*SC, "--use", "--pid", str(os.getpid()), *recipe(tarball)], capture_output=True,
+                          timeout=60, env=sc_env(SC_CONFIG=str(config)))
+    assert (done.returncode, done.stderr) == (0, b""), done.stderr
+    assert done.stdout.startswith(base + b"/"), done.stdout
+    assert [name for name in os.listdir(tmp_path) if name.startswith("caf")] == ["caf\udce9"]
+
+
 @pytest.mark.parametrize("encoding", ["", "utf-8"])
 def test_text_the_file_system_s_encoding_lacks_is_written_escaped(tmp_path, encoding):
     # A config file is UTF-8, whatever the locale: under one of another encoding (here C, ASCII)

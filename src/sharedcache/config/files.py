@@ -175,8 +175,10 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
     finally:
         os.close(fd)
     found: dict[str, tuple[object, str]] = {}
-    # (utf-8-sig: without the byte order mark some Windows editors start a file with.)
-    for number, text in enumerate(b"".join(chunks).decode("utf-8-sig", "replace").splitlines(), start=1):
+    # (utf-8-sig: without the byte order mark some Windows editors start a file with.  A byte that
+    # is no UTF-8 is kept as the file system's encoding keeps it, so that a path in another
+    # encoding names that very directory, as the same path in SC_DIRECTORIES does.)
+    for number, text in enumerate(b"".join(chunks).decode("utf-8-sig", "surrogateescape").splitlines(), start=1):
         line = text.partition("#")[0].strip()
         if not line:
             continue
