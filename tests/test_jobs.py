@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,51 @@ def test_a_use_of_a_job_that_ended_is_reclaimed(setup):
     assert (user_dir(base) / "repo").exists()
     assert sc("gc", "-d", str(base)).returncode == 0
     assert not (user_dir(base) / "repo").exists()
+
+
+# A process whose first thread ends while another of its threads runs on (the thread that started
+# it waits at the end).  /proc says its state is Z, as of a zombie.
+FIRST_THREAD_ENDS = """
+import ctypes, threading, time
+threading.Thread(target=time.sleep, args=(600,)).start()
+print("ready", flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_a_use_of_a_job_that_ended_and_waits_to_be_reaped_is_reclaimed(setup):
+    # A job that ended, its parent not yet having collected its exit status (a zombie: a parent
+    # that never does keeps it for as long as it lives), was taken for alive, its use never
+    # reclaimed; and --pid named it as a live owner.  A process whose first thread ended alone,
+    # which /proc shows as a zombie too, is alive.
+    base, recipe = setup
+    options = recipe.split()
+    ended = subprocess.Popen(["sleep", "600"])
+    half = subprocess.Popen([sys.executable, "-c", FIRST_THREAD_ENDS], stdout=subprocess.PIPE, text=True)
+    try:
+        assert half.stdout is not None and half.stdout.readline() == "ready\n"
+        for owner, name in ((ended, "ended"), (half, "half")):
+            use = sc("--use", *options[:2], "-n", name, *options[4:], "--pid", str(owner.pid))
+            assert use.returncode == 0, use.stderr
+        ended.kill()
+        for owner in (ended, half):
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{owner.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                assert time.monotonic() < deadline, "the process did not end"
+                time.sleep(0.05)
+        assert sc("gc", *options[:2]).returncode == 0
+        assert not (user_dir(base) / "ended").exists(), "the use of a job that ended was kept"
+        assert (user_dir(base) / "half").exists(), "the use of a process with a live thread was reclaimed"
+        refused = sc("--use", *options, "--pid", str(ended.pid))
+        assert (refused.returncode, refused.stderr) == (2, f"sc: error: --pid {ended.pid}: no such process (see 'sc --help')\n")
+    finally:
+        for owner in (ended, half):
+            owner.kill()
+            owner.wait(10)
+        if half.stdout is not None:
+            half.stdout.close()
+    assert sc("gc", *options[:2]).returncode == 0
+    assert not (user_dir(base) / "half").exists()
 
 
 def needs_root_and_unshare() -> None:

@@ -16,7 +16,8 @@ machine id is ``/etc/machine-id`` (or ``/var/lib/dbus/machine-id``, else the hos
 A lease is judged dead only by a process that can know, and unknown means alive:
 
 - same boot id and same PID namespace: dead exactly when this boot's process with that pid did
-  not start at that time.  Where ``/proc`` hides other users' processes (``hidepid``),
+  not start at that time, or has ended and waits for its parent to collect its exit status (a
+  zombie: state ``Z``, with no thread left).  Where ``/proc`` hides other users' processes (``hidepid``),
   ``kill(pid, 0)`` answers: ESRCH is dead, EPERM is alive (a reused pid then cannot be told from
   the owner: such a lease may outlive its owner, never the reverse);
 - same boot id, another PID namespace (a container sharing the base directory): alive, unless
@@ -127,9 +128,9 @@ def process_alive(pid: int, started: int) -> bool:
     """Whether the process ``pid`` of this namespace that started at ``started`` is alive."""
     if pid <= 0:
         return False
-    seen = start_time(pid)
-    if seen is not None:
-        return seen == started
+    fields = _stat(pid)
+    if fields is not None:
+        return int(fields[19]) == started and not _ended(pid, fields[0])
     try:
         os.kill(pid, 0)  # /proc hides it or it is gone: the kernel tells which
     except (ProcessLookupError, OverflowError):  # (past pid_t: a name no process can have)
@@ -137,6 +138,18 @@ def process_alive(pid: int, started: int) -> bool:
     except PermissionError:
         return True  # another user's process, hidden by hidepid: alive as far as anyone can tell
     return True
+
+
+def _ended(pid: int, state: bytes) -> bool:
+    """Whether the process ``pid``, in ``state`` (field 3 of its stat), has ended: a zombie (``Z``)
+    has, its exit status not yet collected by its parent (one that never does keeps it for as
+    long as it lives), unless only its first thread ended and others of it still run (its stat
+    then says ``Z`` as well: the count of its threads tells)."""
+    if state not in (b"Z", b"X"):
+        return False
+    status = _read(f"/proc/{pid}/status") or b""
+    threads = next((line.split()[1] for line in status.splitlines() if line.startswith(b"Threads:")), b"1")
+    return int(threads) <= 1
 
 
 _namespaces: frozenset[int] | None = None
@@ -210,9 +223,11 @@ class Owner:
 
     @classmethod
     def of(cls, pid: int) -> Owner | None:
-        """The owner identity of the live process ``pid``; None if it cannot be seen."""
-        started = start_time(pid)
-        return None if started is None else cls(boot_id(), pid, started, pid_namespace(), machine_id())
+        """The owner identity of the live process ``pid``; None if it cannot be seen, or has ended."""
+        fields = _stat(pid)
+        if fields is None or _ended(pid, fields[0]):
+            return None
+        return cls(boot_id(), pid, int(fields[19]), pid_namespace(), machine_id())
 
     @classmethod
     def ended(cls, pid: int) -> Owner:
