@@ -22,7 +22,7 @@ As a process (prints the port on stdout, serves until terminated)::
 Served: ``GET`` and ``HEAD``; single ranges ``bytes=N-``, ``bytes=N-M`` and ``bytes=-N`` (``206``
 with ``Content-Range``, ``416`` when unsatisfiable); ``ETag`` and ``Last-Modified``; ``If-Range``
 (a range whose validator does not match gets the whole file, ``200``).  Faults apply to the next
-``times`` GETs of a path: answer a status (``500``), drop the connection after N body bytes, ignore
+``times`` GETs of a path: answer a status (``500``, with headers such as ``Retry-After``), drop the connection after N body bytes, ignore
 the Range header or just If-Range, announce a longer ``Content-Length`` than sent, show a new ETag,
 answer a range with other bytes than asked for (saying so in ``Content-Range``, or not), or replace
 the content once the answer is sent.
@@ -58,6 +58,7 @@ class Fault:
 
     times: int = 1
     status: int | None = None          # answer this status instead of the file
+    headers: dict[str, str] | None = None  # ...with these headers (Retry-After)
     drop_after: int | None = None      # close the connection after this many body bytes
     ignore_range: bool = False         # answer 200 with the whole file to a range request
     extra_length: int = 0              # announce this many more bytes than are sent, then close
@@ -274,7 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.status is not None:
             answered(fault.status)
-            self._simple(fault.status, f"injected {fault.status}\n".encode())
+            self._simple(fault.status, f"injected {fault.status}\n".encode(), headers=fault.headers)
             return
         resource = origin._resource(path)
         if resource is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import hashlib
 import json
@@ -133,6 +134,41 @@ def test_5xx_retries_run_out(origin: Origin, tmp_path: Path) -> None:
     with pytest.raises(DownloadError) as caught:
         populate(tmp_path, f"http:{url}", retries=1)
     assert str(caught.value) == f"HTTP 503 Service Unavailable for {url} (after 2 attempts)"
+
+
+@pytest.mark.parametrize("status", [408, 429])
+def test_a_4xx_that_another_try_may_not_get_is_retried(origin: Origin, tmp_path: Path, status: int) -> None:
+    # Request Timeout and Too Many Requests (a rate limit) failed at once, as a 404 does.
+    url = origin.add("/busy.bin", b"payload")
+    origin.fault("/busy.bin", status=status)
+    dest = populate(tmp_path, f"http:{url}")
+    assert (dest / "busy.bin").read_bytes() == b"payload"
+    assert origin.stats("/busy.bin").statuses == [status, 200]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("form", ["seconds", "date"])
+def test_a_retry_waits_what_retry_after_asks_for(origin: Origin, tmp_path: Path, status: int, form: str) -> None:
+    # Retrying in the back-off's 0.25 s, a rate-limited client asks again before the server allows
+    # it, and runs out of tries.  (An HTTP date has whole seconds: 4 s from now is 3 s at least.)
+    url = origin.add("/limited.bin", b"payload")
+    asked = "2" if form == "seconds" else email.utils.formatdate(time.time() + 4, usegmt=True)
+    origin.fault("/limited.bin", status=status, headers={"Retry-After": asked})
+    started = time.monotonic()
+    dest = populate(tmp_path, f"http:{url}")
+    assert time.monotonic() - started >= 2.0
+    assert (dest / "limited.bin").read_bytes() == b"payload"
+    assert origin.stats("/limited.bin").statuses == [status, 200]
+
+
+def test_a_retry_after_past_the_longest_wait_fails_at_once_saying_so(origin: Origin, tmp_path: Path) -> None:
+    url = origin.add("/quota.bin", b"payload")
+    origin.fault("/quota.bin", status=429, headers={"Retry-After": "86400"}, times=10)
+    with pytest.raises(DownloadError) as caught:
+        populate(tmp_path, f"http:{url}")
+    assert str(caught.value) == (f"HTTP 429 Too Many Requests for {url}, which asks to be asked again in 86400 s "
+                                 "(more than the 300 s waited for)")
+    assert origin.stats("/quota.bin").gets == 1
 
 
 def test_connection_refused(tmp_path: Path) -> None:

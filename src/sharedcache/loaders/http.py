@@ -1,8 +1,10 @@
 """``http:URL``: a file on an HTTP or HTTPS server.
 
 ``http:URL`` (http:// or https://) follows redirects (each to the route of its own URL: see
-:mod:`sharedcache.loaders.transport`), retries connection failures and 5xx answers
-with exponential backoff (4xx answers fail at once), and continues an interrupted transfer with a
+:mod:`sharedcache.loaders.transport`), retries connection failures, 5xx answers, 408 and 429
+with exponential backoff, or after the wait an answer's ``Retry-After`` asks for if longer (up to
+:data:`_RETRY_AFTER_MAX`; a server that asks for more fails the request at once, saying so), while
+other 4xx answers fail at once, and continues an interrupted transfer with a
 ``Range: bytes=N-`` request guarded by ``If-Range`` (the strong ETag, else Last-Modified).  Only a
 ``206`` answer that starts at byte N, has the same total size and the same validator is stitched
 to what came before; anything else means the file changed or the server ignores ranges, and the
@@ -81,6 +83,11 @@ _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)")
 _MAX_REDIRECTS = 10
 #: The answers of a URL a redirect led to that say it may have expired (a mirror's signed URL).
 _EXPIRED = (403, 404, 410)
+#: The 4xx answers that another try may not get (Request Timeout, Too Many Requests), retried as 5xx are.
+_TRANSIENT = (408, 429)
+#: The longest wait a ``Retry-After`` is followed for.  A server that asks for more (the rest of a
+#: day's quota) fails the request at once, saying so, rather than hold the job that long.
+_RETRY_AFTER_MAX = 300.0
 
 
 class HttpSource(Source):
@@ -147,6 +154,23 @@ def _header_size(text: str) -> int | None:
     """The size a header's value gives if it is decimal digits (not ``str.isdigit()``, which takes
     "²", and ``int()`` then refuses), else None."""
     return _size(text) if _NUMBER.fullmatch(text) else None
+
+
+def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
+    """The seconds an answer's ``Retry-After`` asks a client to wait before it asks again (a
+    number of seconds, or an HTTP date), if it asks in a form that can be read."""
+    text = response.headers.get("Retry-After", "").strip()
+    if not text:
+        return None
+    if _NUMBER.fullmatch(text):
+        return float(_size(text))
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return None if when.tzinfo is None else max(0.0, when.timestamp() - time.time())
 
 
 def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | None] | None:
@@ -379,6 +403,7 @@ class _HttpStream(SourceStream):
         url = url or self.url
         attempt, target, redirects = 0, url, 0
         while True:
+            asked: float | None = None  # the wait an answer's Retry-After asks for
             transport = self._transport(target)
             member, pool = transport.pool()
             where = self._where(target)
@@ -421,14 +446,18 @@ class _HttpStream(SourceStream):
                     redirects += 1
                     continue
                 response.url = target
-                if response.status < 500:
+                if response.status < 500 and response.status not in _TRANSIENT:
                     return response
+                asked = _retry_after(response)
                 error = self._status_error(response)
                 if attempt >= self.retries:
                     raise DownloadError(f"{error} (after {attempt + 1} attempts)") from None
-                why = f"HTTP {response.status}"
-            delay = self.fetch.delay(attempt)
-            self.notice(f"retrying {where} in {delay:.2g} s ({why}; "
+                if asked is not None and asked > _RETRY_AFTER_MAX:
+                    raise DownloadError(f"{error}, which asks to be asked again in {asked:.0f} s "
+                                        f"(more than the {_RETRY_AFTER_MAX:.0f} s waited for)") from None
+                why = f"HTTP {response.status}" + ("" if asked is None else f", which asks for {asked:.3g} s")
+            delay = max(self.fetch.delay(attempt), asked or 0.0)
+            self.notice(f"retrying {where} in {delay:.3g} s ({why}; "
                         f"attempt {attempt + 2} of {self.retries + 1})")
             self.pause(delay, stop, why)
             attempt, target, redirects = attempt + 1, url, 0  # a redirect may lead elsewhere now
