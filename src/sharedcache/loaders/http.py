@@ -234,6 +234,8 @@ def _reason(exc: BaseException) -> str:
         why = _reason(exc.args[1])
         # ProtocolError("Connection broken: IncompleteRead(...)", IncompleteRead(...)) says it twice
         return exc.args[0] if why in str(exc.args[0]) else f"{exc.args[0]}: {why}"
+    if len(exc.args) == 2 and isinstance(exc.args[1], str):  # ConnectTimeoutError(connection, what)
+        return exc.args[1]
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc) or type(exc).__name__
     # "HTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] ..."
     return text.rpartition("): ")[2] if text.startswith(("HTTPConnection", "HTTPSConnection")) else text

@@ -25,6 +25,8 @@ down costs that much and not a failed job.  When the last member fails too, the 
 one attempt of the retry policy, and the next attempt starts again from the first member (a proxy
 may be back).
 
+A host name's addresses are raced as Happy Eyeballs races them (:func:`_first_to_connect`).
+
 Every pool manager is built by :func:`pool_manager`, which takes the TLS and authentication
 options (:class:`TlsOptions`): the one place where connections are configured.  Its connections
 bound, in all, the steps that read a peer's words in pieces (:func:`_bounded_steps`): a timeout
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,8 +47,9 @@ from ..errors import ConfigError, DownloadError, SettingError, shown_proxy
 from . import threads
 
 if TYPE_CHECKING:
+    import socket
     import ssl
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     import urllib3
     from urllib3.connection import HTTPConnection
@@ -265,7 +269,8 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
             connect timeout in all.  The system's resolver waits as long as its own settings say
             (five seconds, twice, for each name server) and cannot be told to stop: left in a
             thread of its own that ends with it, a resolution past the limit fails as one that
-            found no address.  urllib3 would also give each address the whole timeout."""
+            found no address.  The addresses are tried as :func:`_first_to_connect` says, where
+            urllib3 would give each in turn the whole timeout."""
             from urllib3.exceptions import (
                 ConnectTimeoutError,
                 LocationParseError,
@@ -289,22 +294,16 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
                 addresses = _resolve(host, self.port, limit)
             except socket.gaierror as e:
                 raise NameResolutionError(self.host, self, e) from e
-            failure: Exception | None = None
             try:
-                for address in addresses:  # in the resolver's order, as urllib3 tries them
-                    left = ends - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._dns_host, self.timeout = address, left
-                    try:
-                        return super()._new_conn()
-                    except NewConnectionError as e:
-                        failure = e
-            finally:
-                self._dns_host, self.timeout = host, limit
-            # None tried: the resolution took all the time.
-            raise failure or ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
-                                                       f"(connect timeout={limit:g})")
+                sock = _first_to_connect(addresses, self.port, ends - time.monotonic(), self.socket_options,
+                                         self.source_address)
+            except TimeoutError:
+                raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
+                                                f"(connect timeout={limit:g})") from None
+            except OSError as e:
+                raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e
+            sys.audit("http.client.connect", self, self.host, self.port)  # (as urllib3's own does)
+            return sock
 
         def getresponse(self) -> Any:
             return self._within(super().getresponse, "the head of the answer")
@@ -361,6 +360,107 @@ def _numeric(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: Seconds an address has to connect before the next one is tried beside it: RFC 8305's
+#: Connection Attempt Delay (curl waits 200 ms).
+NEXT_ADDRESS_DELAY = 0.25
+
+
+def _first_to_connect(addresses: list[str], port: int, limit: float,
+                      options: Sequence[tuple[int, int, int]] | None,
+                      source: tuple[str, int] | None) -> socket.socket:
+    """A socket connected to the first of ``addresses`` to accept it within ``limit`` seconds in
+    all, as Happy Eyeballs (RFC 8305) connects: the families in turn, from the resolver's first,
+    and each address given :data:`NEXT_ADDRESS_DELAY`, or until it fails if sooner, before the
+    next is tried beside it; the first to connect wins, and the others are closed.  A host whose
+    IPv6 route drops what is sent (a worker node's, often, where IPv4 works) is so reached over
+    IPv4 within a quarter of a second, where trying one address after the other spent the whole
+    timeout on the first, at every retry.  Raises the last failure if every address failed, and
+    TimeoutError if the time ran out first."""
+    import selectors
+    import socket
+
+    ends = time.monotonic() + limit
+    waiting = _families_in_turn(addresses)
+    trying: set[socket.socket] = set()
+    failure: OSError | None = None
+    selector = selectors.DefaultSelector()
+    try:
+        next_at = time.monotonic()
+        while (waiting or trying) and (now := time.monotonic()) < ends:
+            if waiting and (not trying or now >= next_at):
+                try:
+                    sock, connected = _start_connecting(waiting.pop(0), port, options, source)
+                except OSError as e:  # refused or unreachable at once: the next one now
+                    failure = e
+                    continue
+                if connected:
+                    return _ready(sock, ends)
+                trying.add(sock)
+                selector.register(sock, selectors.EVENT_WRITE)
+                next_at = now + NEXT_ADDRESS_DELAY
+                continue
+            for key, _ in selector.select(max(0.0, min(ends, next_at) - now) if waiting else ends - now):
+                sock = key.fileobj  # type: ignore[assignment]  # (a socket: what was registered)
+                selector.unregister(sock)
+                trying.discard(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code == 0:
+                    return _ready(sock, ends)
+                sock.close()
+                failure = OSError(code, os.strerror(code))
+                next_at = now
+        every_one_failed = not (waiting or trying)
+    finally:
+        for sock in trying:
+            sock.close()
+        selector.close()
+    if every_one_failed and failure is not None:
+        raise failure
+    raise TimeoutError(f"no address of the host connected within {limit:g} s")
+
+
+def _families_in_turn(addresses: list[str]) -> list[str]:
+    """``addresses`` in the resolver's order within each family, the families taken in turn from
+    the first's."""
+    import itertools
+
+    first = [address for address in addresses if (":" in address) == (":" in addresses[0])]
+    other = [address for address in addresses if (":" in address) != (":" in addresses[0])]
+    return [address for pair in itertools.zip_longest(first, other) for address in pair if address is not None]
+
+
+def _start_connecting(address: str, port: int, options: Sequence[tuple[int, int, int]] | None,
+                      source: tuple[str, int] | None) -> tuple[socket.socket, bool]:
+    """A socket connecting to ``address`` (an IPv6 one may name its interface: ``fe80::1%eth0``)
+    without waiting, and whether it is already connected; OSError if it failed at once."""
+    import errno
+    import socket
+
+    family, kind, protocol, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_NUMERICHOST)[0]
+    sock = socket.socket(family, kind, protocol)
+    try:
+        for option in options or ():
+            sock.setsockopt(*option)
+        if source:
+            sock.bind(source)
+        sock.setblocking(False)
+        code = sock.connect_ex(where)
+        if code not in (0, errno.EINPROGRESS):
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    return sock, code == 0
+
+
+def _ready(sock: socket.socket, ends: float) -> socket.socket:
+    """``sock``, connected, back to blocking reads bounded as urllib3 bounds them (the timeout
+    left; the pool sets the read timeout before each request)."""
+    sock.settimeout(max(ends - time.monotonic(), 0.001))
+    return sock
 
 
 def _resolve(host: str, port: int, limit: float) -> list[str]:
