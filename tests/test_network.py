@@ -727,3 +727,29 @@ def test_the_addresses_of_a_name_are_tried_with_the_families_in_turn():
         "::1", "10.0.0.1", "::2", "10.0.0.2", "::3"]
     assert _families_in_turn(["10.0.0.1", "::1", "::2"]) == ["10.0.0.1", "::1", "::2"]
     assert _families_in_turn(["10.0.0.1", "10.0.0.2"]) == ["10.0.0.1", "10.0.0.2"]
+
+
+OUT_OF_SOCKETS = """
+import resource, socket, sys
+from sharedcache.errors import OutOfFilesError
+from sharedcache.loaders.transport import _first_to_connect
+listener = socket.create_server(("127.0.0.1", 0))
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    while True:  # every descriptor taken
+        __import__("os").open("/dev/null", 0)
+except OSError:
+    pass
+try:
+    _first_to_connect(["::1", "127.0.0.1"], listener.getsockname()[1], 5.0, None, None)
+except OutOfFilesError as e:
+    sys.exit(str(e))
+"""
+
+
+def test_a_process_with_no_descriptor_for_a_socket_says_so_and_not_that_the_host_failed():
+    # A socket this process may not open (ulimit -n) was the connection's failure ("Failed to
+    # establish a new connection: [Errno 24] Too many open files"), the download's, and recorded
+    # as the repository's for its waiters.
+    run = subprocess.run([sys.executable, "-c", OUT_OF_SOCKETS], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stderr.startswith("too many open files: this process may open "), run.stderr

@@ -43,7 +43,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config.settings import DIRECT, FetchPolicy, ProxyChain, proxy_url
-from ..errors import ConfigError, DownloadError, SettingError, shown_proxy
+from ..errors import ConfigError, DownloadError, SettingError, raise_if_over_limit, shown_proxy
 from . import threads
 
 if TYPE_CHECKING:
@@ -385,7 +385,7 @@ def _first_to_connect(addresses: list[str], port: int, limit: float,
     waiting = _families_in_turn(addresses)
     trying: set[socket.socket] = set()
     failure: OSError | None = None
-    selector = selectors.DefaultSelector()
+    selector = selectors.PollSelector()  # (poll takes no descriptor of its own, as epoll does)
     try:
         next_at = time.monotonic()
         while (waiting or trying) and (now := time.monotonic()) < ends:
@@ -393,6 +393,7 @@ def _first_to_connect(addresses: list[str], port: int, limit: float,
                 try:
                     sock, connected = _start_connecting(waiting.pop(0), port, options, source)
                 except OSError as e:  # refused or unreachable at once: the next one now
+                    raise_if_over_limit(e)  # (no socket to be had: no failure of the host's)
                     failure = e
                     continue
                 if connected:
