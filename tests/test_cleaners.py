@@ -1,0 +1,103 @@
+"""A cleaner of the system's that deletes old files (systemd-tmpfiles, as Red Hat family systems
+set it for /tmp and /var/tmp) deletes a cache's files by age, a live job's among them: ``sc
+config`` says where that comes from and the line that keeps the caches, and that line, given to
+the real systemd-tmpfiles, does keep them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from scutil import SC, Sleeper, make_tarball, sc, sc_env, user_dir
+
+from sharedcache.config.cleaners import TMPFILES_DIRECTORIES, cleaning_of
+
+
+def test_the_tmpfiles_d_lines_are_read_as_systemd_tmpfiles_reads_them(tmp_path):
+    etc, lib = tmp_path / "etc", tmp_path / "lib"
+    etc.mkdir()
+    lib.mkdir()
+    (lib / "tmp.conf").write_text("# comment\nD /tmp 1777 root root -\nq! /var/tmp 1777 root root ~30d\n"
+                                  "d /home/%u/cache 0700 - - 1d\n")
+    (lib / "scratch.conf").write_text("e /scratch - - - 7d\n")
+    directories = (str(etc), str(lib))
+    assert cleaning_of("/tmp/.shared-cache-0", directories) is None  # no age
+    assert cleaning_of("/var/tmp/.shared-cache-5", directories) == f"{lib}/tmp.conf:3: files older than 30d"
+    assert cleaning_of("/scratch/site/.shared-cache-g7", directories) == f"{lib}/scratch.conf:1: files older than 7d"
+    assert cleaning_of("/home/u/cache/.shared-cache-0", directories) is None  # (a specifier: passed over)
+    # A file of /etc hides the one of the same name; an x line keeps a cache, or what is above it.
+    (etc / "tmp.conf").write_text("q /tmp 1777 root root 10d\n")
+    assert cleaning_of("/tmp/.shared-cache-0", directories) == f"{etc}/tmp.conf:1: files older than 10d"
+    assert cleaning_of("/var/tmp/.shared-cache-5", directories) is None
+    (etc / "keep.conf").write_text("x /tmp/.shared-cache-*\nX /scratch/site\n")
+    assert cleaning_of("/tmp/.shared-cache-0", directories) is None
+    assert cleaning_of("/scratch/site/.shared-cache-g7", directories) is None
+
+
+def needs_root_and(*tools: str) -> None:
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("unshare", *tools)):
+        pytest.skip(f"needs root, unshare and {', '.join(tools) or 'nothing else'}: a mount namespace")
+
+
+def test_sc_config_says_which_base_directory_is_cleaned_by_age_and_the_line_that_keeps_it(tmp_path):
+    # Each directory systemd-tmpfiles reads is replaced, in a mount namespace, by one of the test's.
+    needs_root_and()
+    shipped, site = tmp_path / "shipped", tmp_path / "site"
+    shipped.mkdir()
+    site.mkdir()
+    (shipped / "tmp.conf").write_text("q /tmp 1777 root root 10d\nq /var/tmp 1777 root root 30d\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    instead = {"/etc/tmpfiles.d": site, "/usr/lib/tmpfiles.d": shipped}
+    binds = " && ".join(f"mount --bind {instead.get(directory, empty)} {directory}"
+                        for directory in TMPFILES_DIRECTORIES if os.path.isdir(directory))
+
+    def config() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["unshare", "--mount", "sh", "-c", f'{binds} && exec "$@"', "sh", *SC, "config",
+                               "-d", "/tmp:/var/tmp:/dev/shm"], capture_output=True, text=True, timeout=60,
+                              env=sc_env())
+
+    shown = config()
+    assert shown.returncode == 0 and "directories = /tmp:/var/tmp:/dev/shm" in shown.stdout, shown.stderr
+    assert shown.stderr.splitlines() == [
+        f"sc: warning: systemd-tmpfiles deletes the files of the caches in {base} by age (/usr/lib/tmpfiles.d/tmp.conf:"
+        f"{line}: files older than {age}), a live job's too; a site keeps them with the line "
+        f"'x {base}/.shared-cache-*' in a file of /etc/tmpfiles.d, or sc is given other base directories"
+        for base, line, age in (("/tmp", 1, "10d"), ("/var/tmp", 2, "30d"))]
+    (site / "shared-cache.conf").write_text("x /tmp/.shared-cache-*\nx /var/tmp/.shared-cache-*\n")
+    kept = config()
+    assert (kept.returncode, kept.stderr) == (0, "")
+
+
+def test_the_line_sc_gives_keeps_a_live_job_s_repository_from_systemd_tmpfiles(tmp_path):
+    # The age is 2 seconds instead of 10 days: without the line, the repository a live job holds,
+    # its lease and the cache's index go; with it, nothing of them.
+    needs_root_and("systemd-tmpfiles")
+    archive = tmp_path / "data.tar.gz"
+    md5 = make_tarball(archive, {"d/a.txt": b"a\n", "d/e/b.txt": b"b\n"})
+    for excluded in (False, True):
+        base = tmp_path / f"base-{excluded}"
+        base.mkdir(mode=0o1777)
+        config = tmp_path / f"clean-{excluded}.conf"
+        config.write_text(f"q {base} 1777 root root 2s\n" + (f"x {base}/.shared-cache-*\n" if excluded else ""))
+        with Sleeper() as job:
+            used = sc("--use", "-d", str(base), "-n", "r", "--pid", str(job.pid), f"file:{archive}", f"md5:{md5}",
+                      "tar")
+            assert used.returncode == 0, used.stderr
+            path = Path(used.stdout.strip())
+            time.sleep(3)
+            cleaned = subprocess.run(["systemd-tmpfiles", "--clean", str(config)], capture_output=True, text=True,
+                                     timeout=60)
+            assert cleaned.returncode == 0, cleaned.stderr
+            assert sc("gc", "-d", str(base)).returncode == 0
+            left = [p.name for p in user_dir(base).rglob("*")] if user_dir(base).exists() else []
+            if excluded:
+                assert (path / "d" / "e" / "b.txt").read_bytes() == b"b\n"
+                # (the marker of an entry for this boot: entry.<boot id>.json)
+                assert "index.sqlite" in left and any(name.startswith("entry.") for name in left), left
+            else:
+                assert not (path / "d" / "e" / "b.txt").exists(), "the cleaning the line prevents did not happen"
