@@ -250,7 +250,7 @@ def test_a_base_that_another_user_owns_is_refused(shared, users, python, recipe)
 # -- private whatever the umask -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("umask", [0o000, 0o077])
+@pytest.mark.parametrize("umask", [0o000, 0o077, 0o177, 0o277, 0o777], ids=oct)
 def test_a_private_cache_is_private_whatever_the_umask_and_nobody_else_can_lock_it(
     shared, users, python, recipe, umask
 ):
@@ -271,6 +271,8 @@ def test_a_private_cache_is_private_whatever_the_umask_and_nobody_else_can_lock_
                 assert mode in (0o444, 0o555), (item, oct(mode))  # sealed; behind a 0700 directory
             else:
                 assert mode & 0o077 == 0, (item, oct(mode))
+                # The owner's own bits, which a umask of 0177 or 0777 would take, are all there.
+                assert mode & 0o700 == (0o700 if stat.S_ISDIR(st.st_mode) else 0o600), (item, oct(mode))
         # Another user can neither reach nor lock anything in it.
         locks = [str(p) for p in mine.rglob("*lock")]
         assert locks
@@ -287,6 +289,62 @@ def test_a_private_cache_is_private_whatever_the_umask_and_nobody_else_can_lock_
                      umask=umask)
         assert ran.returncode == 0, ran.stderr
         assert int(ran.stdout.strip(), 8) == umask
+
+
+@pytest.mark.parametrize("umask", [0o177, 0o277, 0o777], ids=oct)
+def test_a_umask_that_takes_the_owners_own_bits_leaves_every_command_working(shared, users, python, umask):
+    # A umask of 0177 takes the search bit of the directories sc makes, 0277 the write bit of
+    # everything, 0777 every bit: sc gives its own files their modes, its user's bits included.
+    base = tmp_like(shared / "tmp")
+    tarball, archive, plain = shared / "data.tar.gz", shared / "data.zip", shared / "notes.txt"
+    nested = {"a/b/c/deep.txt": b"deep\n", **FILES}
+    make_tarball(tarball, nested)
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name, data in nested.items():
+            zipped.writestr(name, data)
+    plain.write_bytes(b"plain\n")
+    for made in (tarball, archive, plain):
+        made.chmod(0o644)
+    common = ["-d", str(base)]
+    with Sleeper() as job:
+        mine = ["--pid", str(job.pid), *common]
+        for recipe, expected in (([f"file:{tarball}", "tar"], nested), ([f"file:{archive}", "zip"], nested),
+                                 ([f"file:{plain}"], {"notes.txt": b"plain\n"})):
+            for _ in range(2):  # the miss, then the warm use
+                result = run_as(python, users.victim, "--use", *mine, *recipe, umask=umask)
+                assert result.returncode == 0 and clean_lines(result) == [], result.stderr
+                check_tree(Path(result.stdout.strip()), expected)
+        # A group cache: what one member makes there under this umask, another uses under hers.
+        group = ["--group", str(users.gid), "-n", "shared", *mine, f"file:{tarball}", "tar"]
+        for uid, its_umask in ((users.victim, umask), (users.member, 0o022)):
+            result = run_as(python, uid, "--use", *group, groups=(users.gid,), umask=its_umask)
+            assert result.returncode == 0 and clean_lines(result) == [], result.stderr
+            check_tree(Path(result.stdout.strip()), nested)
+        for command in (["list", *common], ["--unuse", *mine, f"file:{plain}"], ["gc", *common]):
+            result = run_as(python, users.victim, *command, umask=umask)
+            assert result.returncode == 0 and "Traceback" not in result.stderr, (command, result.stderr)
+    mine_dir = user_dir(base, users.victim)
+    assert stat.S_IMODE(mine_dir.stat().st_mode) == 0o700
+    # Then, under a usual umask, the same cache serves on.
+    with Sleeper() as job:
+        result = run_as(python, users.victim, "--use", *common, "--pid", str(job.pid), f"file:{tarball}", "tar")
+    assert result.returncode == 0 and clean_lines(result) == [], result.stderr
+
+
+@pytest.mark.parametrize("left", [0o000, 0o400, 0o500, 0o600], ids=oct)
+def test_a_user_directory_left_without_its_owners_bits_is_given_them_back(shared, users, python, recipe, left):
+    # What an sc that took the umask's word for it left under umask 0777, 0377, 0277 or 0177:
+    # the user's directory, with nothing in it that she may enter or write.
+    base = tmp_like(shared / "tmp")
+    mine = user_dir(base, users.victim)
+    mine.mkdir(mode=left)
+    mine.chmod(left)
+    os.chown(mine, users.victim, users.victim)
+    with Sleeper() as job:
+        result = run_as(python, users.victim, "--use", "-d", str(base), "--pid", str(job.pid), *recipe)
+        assert result.returncode == 0 and clean_lines(result) == [], result.stderr
+        assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+        check_tree(Path(result.stdout.strip()), FILES)
 
 
 def test_the_umask_is_unchanged_in_a_group_cache(shared, users, python, recipe):

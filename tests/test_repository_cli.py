@@ -68,7 +68,7 @@ WARM_MODULES = {
     "sharedcache.repository", "sharedcache.repository.repositories", "sharedcache.repository.bases",
     "sharedcache.loaders", "sharedcache.loaders.words",
     "sharedcache.engine", "sharedcache.engine.fscache", "sharedcache.engine.layout",
-    "sharedcache.engine.leases", "sharedcache.engine.locks", "sharedcache.engine.fsutil",
+    "sharedcache.engine.leases", "sharedcache.engine.locks", "sharedcache.engine.fsutil", "sharedcache.modes",
 }
 
 

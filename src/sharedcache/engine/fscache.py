@@ -214,6 +214,7 @@ from ..errors import (
     raise_if_over_limit,
 )
 from ..lean import Record, scoped
+from ..modes import mkdir, taken
 from ..sizes import format_size, parse_size
 from . import locks
 from .fsutil import (
@@ -553,7 +554,7 @@ class FsCache:
             pass
         else:
             try:
-                if self.modes.file & 0o077:  # bits the umask may have dropped (a group cache's)
+                if taken(self.modes.file):
                     os.fchmod(fd, self.modes.file)
                 made = os.fstat(fd)
             finally:
@@ -724,7 +725,7 @@ class FsCache:
         """A volatile scratch directory on the cache's file system, removed on exit."""
         with self._staging("a staging directory") as staging:
             data = os.path.join(staging.path, "data")
-            os.mkdir(data)
+            mkdir(data, 0o777)
             yield _path(data)
 
     # -- store -----------------------------------------------------------------------------------
@@ -779,7 +780,7 @@ class FsCache:
         try:
             with self._staging(f"entry {name!r}") as staging:
                 data = os.path.join(staging.path, "data")
-                os.mkdir(data)
+                mkdir(data, 0o777)
                 yield _path(data)
                 # Without a seal the filler sealed and measured nothing: one that says so walks.
                 self._commit(staging, name, meta=meta, keep=keep, holder=holder, strict=strict_budget,

@@ -22,6 +22,8 @@ import errno
 import os
 import stat
 
+from ..modes import chmod_nofollow, taken
+
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -114,7 +116,7 @@ def write_atomic(
     tmp = temp_beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777)
     try:
-        if mode & 0o077:  # bits the umask may have dropped
+        if taken(mode):
             os.fchmod(fd, mode)
         written = 0
         while written < len(data):  # a short write (at ``ulimit -f``, or a full disk) ends in the error
@@ -479,24 +481,6 @@ def open_directory(path: str | os.PathLike[str], *, dir_fd: int | None = None) -
         raise
 
 
-def chmod_nofollow(name: str, mode: int, *, dir_fd: int, kind: int) -> bool:
-    """Give ``name`` in ``dir_fd`` the mode ``mode`` if it is of type ``kind`` (stat.S_IFREG,
-    S_IFDIR); never through a symlink.  Returns whether it changed the mode.
-
-    Linux has no ``lchmod``: the file is opened as a mere path reference (``O_PATH``), its type
-    checked on what was opened, and changed through ``/proc/self/fd``, which names exactly that
-    inode.
-    """
-    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        if stat.S_IFMT(os.fstat(fd).st_mode) != kind:
-            return False
-        os.chmod(f"/proc/self/fd/{fd}", mode)
-        return True
-    finally:
-        os.close(fd)
-
-
 def walk(root: int, enter: Callable[[int, str], int | None], leave: Callable[[int, str, int], None]) -> None:
     """Walk the tree below the directory open as ``root``, depth first, iteratively.
 
@@ -557,7 +541,7 @@ def create_empty(path: str, *, exclusive: bool = False, mode: int = 0o600, dir_f
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
     fd = os.open(path, flags, mode & 0o777, dir_fd=dir_fd)
     try:
-        if mode & 0o077:  # bits the umask may have dropped (a group cache's)
+        if taken(mode):
             os.fchmod(fd, mode)
     finally:
         os.close(fd)

@@ -37,6 +37,7 @@ import os
 import stat
 
 from ..errors import CacheError, UsageError, over_limit, unresolvable
+from ..modes import mkdir, taken
 from . import locks
 from .fsutil import (
     create_exclusive,
@@ -152,10 +153,11 @@ def open_made_directory(path: str, mode: int, *, dir_fd: int | None = None) -> t
 
 
 def _mkdir(path: str, mode: int, dir_fd: int | None) -> bool:
-    """Create the directory ``path`` with the permission bits of ``mode`` that the umask leaves;
-    whether this call created it."""
+    """Create the directory ``path`` with the permission bits of ``mode`` (those of a mode that
+    :func:`_made_aside` does not take: the umask can take none of them); whether this call
+    created it."""
     try:
-        os.mkdir(path, mode & 0o777, dir_fd=dir_fd)
+        mkdir(path, mode & 0o777, dir_fd=dir_fd)
     except FileExistsError:
         return False
     return True
@@ -163,8 +165,8 @@ def _mkdir(path: str, mode: int, dir_fd: int | None) -> bool:
 
 def _made_aside(mode: int, group: int | None) -> bool:
     """Whether a directory of ``mode`` (and ``group``) is made aside (:func:`_make_aside`): when
-    it has bits that the umask may drop or that mkdir does not set (a group cache's)."""
-    return bool(mode & 0o7077) or group is not None
+    it has bits for others that the umask takes or that mkdir does not set (a group cache's)."""
+    return bool(mode & 0o7000 or taken(mode & 0o077)) or group is not None
 
 
 def _make_aside(path: str, mode: int, dir_fd: int | None, group: int | None) -> int | None:
@@ -183,7 +185,7 @@ def _make_aside(path: str, mode: int, dir_fd: int | None, group: int | None) -> 
     except FileNotFoundError:
         pass
     temp = temp_beside(path)
-    os.mkdir(temp, 0o700, dir_fd=dir_fd)
+    mkdir(temp, 0o700, dir_fd=dir_fd)
     fd = None
     try:
         fd = open_directory(temp, dir_fd=dir_fd)
@@ -227,28 +229,34 @@ def _give_mode(fd: int, mode: int) -> None:
 
 def user_directory(base: str) -> str:
     """This user's directory in the base directory ``base``, created if needed (0700); refused
-    with a clear error if another user owns it (squatted) or others may write or enter it."""
+    with a clear error if another user owns it (squatted) or others may write or enter it.
+
+    It is looked at through a mere path reference (``O_PATH``), which needs no permission on it:
+    one that its owner may not enter or write (made under a umask such as 0177 or 0777 by an
+    sc that did not give the owner's bits back) is given them back, as it was meant to have."""
     path = os.path.join(base, f".shared-cache-{os.geteuid()}")
     try:
         make_directory(path, 0o700)
-        fd = open_directory(path)
-    except NotADirectoryError:
-        raise CacheError(f"{path} is not a directory (a symlink or a file); refusing to use it") from None
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise over_limit(e) or CacheError(f"cannot create {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise CacheError(f"{path} is not a directory (a symlink or a file); refusing to use it")
+        if st.st_uid != os.geteuid():
+            raise CacheError(f"{path} belongs to uid {st.st_uid}, not to this user; refusing to use it")
+        if st.st_mode & 0o077:
+            raise CacheError(
+                f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); refusing to use "
+                "it (remove it to let sc create it again)"
+            )
+        if st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+    except OSError as e:
+        raise CacheError(f"cannot use {path}: {e.strerror}") from None
     finally:
         os.close(fd)
-    if st.st_uid != os.geteuid():
-        raise CacheError(
-            f"{path} belongs to uid {st.st_uid}, not to this user; refusing to use it"
-        )
-    if st.st_mode & 0o077:
-        raise CacheError(
-            f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); refusing to use "
-            "it (remove it to let sc create it again)"
-        )
     return path
 
 

@@ -26,6 +26,7 @@ import stat
 import time
 
 from ..errors import CacheError, WaitTimeoutError
+from ..modes import taken
 from .fsutil import open_directory, temp_beside
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -48,9 +49,10 @@ def open_lock_file(
     lock files are readable by their owner only: nobody else can hold them.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    # A mode the umask may cut (a group cache's): the file appears at ``path`` only once it has
-    # that mode (made aside, then linked), so that another member never finds it hers alone.
-    aside = create and bool(mode & 0o077)
+    # A mode the umask cuts (a group cache's, or the owner's own under umask 0277): the file
+    # appears at ``path`` only once it has that mode (made aside, then linked), so that another
+    # member never finds it hers alone, nor another process of this user's unreadable.
+    aside = create and bool(taken(mode))
     if create and not aside:
         flags |= os.O_CREAT
     while True:

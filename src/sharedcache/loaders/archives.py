@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from ..errors import CorruptDataError, UnsafeArchiveError, no_space_for, quoted
+from ..modes import mkdir, opener, umask
 from ..sizes import format_size
 from .codecs import check_expansion, decompressing, sniff, what_data_is
 from .protocol import Context
@@ -69,16 +70,6 @@ def _set_mtime(target: int | str, mtime_ns: int, *, dir_fd: int | None = None, f
 def _safe_mode(mode: int) -> int:
     """A file's mode from the archive's: no special bits, no write permission for group and others."""
     return mode & _FILE_MODE_MASK | 0o600
-
-
-def _umask() -> int | None:
-    """The process's umask, read without changing it (os.umask would, for every thread), or None
-    if the kernel does not say."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
-        for line in status:
-            if line.startswith(b"Umask:"):
-                return int(line.split()[1], 8)
-    return None
 
 
 #: FS_IOC_GETFLAGS (linux/fs.h: ``_IOR('f', 1, long)``), and its flag of a file whose data is in
@@ -137,7 +128,7 @@ class SafeTree:
         self._block = os.fstatvfs(self._root_fd).f_bsize if self._measure else 1
         self.vouch(None)  # a failed source's tree before this one counts for nothing
         # A file is created with its final mode, set again only if the umask took bits from it.
-        self._umask = _umask()
+        self._umask = umask()
         self._adopting = False  # see adopt()
 
     def __enter__(self) -> Self:
@@ -242,7 +233,7 @@ class SafeTree:
         self.count()
         descriptor = self._descriptor(parent, parent_parts)
         try:
-            os.mkdir(part, 0o755, dir_fd=descriptor)
+            mkdir(part, 0o755, dir_fd=descriptor)
         except FileExistsError:
             # Every directory here was made by _dir: what is there is a file or a link.
             there = "/".join((*parent_parts, part))
@@ -332,8 +323,7 @@ class SafeTree:
                 while written < len(piece):  # a short write (interrupted by a signal) goes on
                     piece = piece[written:]
                     written = os.write(descriptor, piece)
-            umask = self._umask
-            if umask is None or mode & umask:
+            if mode & self._umask:
                 os.fchmod(descriptor, mode)
             _set_mtime(descriptor, mtime_ns)
             if self._measure:
@@ -578,7 +568,7 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
 
     spool = ctx.work / "unzip.spool"
     try:
-        with open(spool, "wb") as out:
+        with open(spool, "wb", opener=opener) as out:
             while data := stream.read(CHUNK):
                 out.write(data)
         if _zip_entries(spool) > MAX_ENTRIES:

@@ -66,6 +66,7 @@ from ..errors import (
     over_limit,
     quoted,
 )
+from ..modes import opener
 from ..sizes import format_size
 from . import threads
 from .local import safe_filename
@@ -220,7 +221,7 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
 
 
 def _write(stream: Stream, path: Path, ctx: Context) -> None:
-    with open(path, "xb") as out:
+    with open(path, "xb", opener=opener) as out:
         while data := stream.read(CHUNK):
             ctx.charge(len(data))
             out.write(data)
@@ -289,7 +290,7 @@ class _Partial:
         """Append what ``stream`` yields after its first ``start`` bytes (those are in the file)."""
         validator, total = source.validator, source.total
         ctx.charge(start)
-        with open(self.data, "r+b" if start else "wb") as out:
+        with open(self.data, "r+b" if start else "wb", opener=opener) as out:
             out.seek(start)
             self._checkpoint(start, validator, total)
             skip, done, last = start, start, time.monotonic()
