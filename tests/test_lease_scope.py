@@ -201,6 +201,25 @@ def python() -> tuple[str, dict[str, str]]:
     return interpreter_for(ALICE, GROUP)
 
 
+def test_without_proc_every_command_says_so_in_one_line_and_a_live_use_stays(world):
+    # A bare chroot or a sandbox may have no /proc: the identity of jobs, and the safe opening of
+    # files through /proc/self/fd, are not to be had, and nothing may be judged without them.
+    base, recipe = world
+    with Sleeper() as job:
+        assert run([SC, "--use", "--pid", str(job.pid), *recipe]).returncode == 0
+        before = sorted(p.relative_to(base) for p in base.rglob("*"))
+        hide = 'mount -t tmpfs none /proc && exec "$@"'
+        commands = (["--use", *recipe], ["--unuse", "--pid", str(job.pid), *recipe], ["--location", *recipe],
+                    ["run", *recipe, "--", "true"], ["gc", *recipe[:2]], ["list", *recipe[:2]])
+        for command in commands:
+            done = run(["unshare", "--mount", "sh", "-c", hide, "sh", SC, *command])
+            assert done.returncode == 1, (command, done.stderr)
+            assert done.stderr == ("sc: error: /proc is not mounted here: sc needs it to tell a live job from "
+                                   "an ended one (mount it: mount -t proc proc /proc)\n"), (command, done.stderr)
+        assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
+        assert exists(base)
+
+
 def test_under_hidepid_another_user_s_live_use_is_alive_and_a_dead_one_is_reclaimed(world, python):
     base, recipe = world
     interpreter, env = python

@@ -254,6 +254,7 @@ from .leases import (
     lease_of,
     reclaim_leases,
     remove_lease,
+    require_proc,
     scan_lease_owners,
     scan_leases,
 )
@@ -486,6 +487,7 @@ class FsCache:
         repair: bool = False,
     ) -> None:
         self.root = absolute_path(root, "a cache's root")
+        require_proc()
         # (A name would be "not in that group".)
         if group is not None and not _number(group, int):
             raise UsageError(f"a cache's group must be a gid, not {group!r}")

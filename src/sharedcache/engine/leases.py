@@ -69,12 +69,22 @@ _forgotten: frozenset[str] = frozenset()
 _own_start: tuple[int, int] | None = None  # (pid, start time) of this process
 
 
+def require_proc() -> None:
+    """Refuse to go on where ``/proc`` is not mounted (a bare chroot, a sandbox without it): the
+    facts of this module come from it, and the engine opens files safely through
+    ``/proc/self/fd``.  One clear error, rather than a failure of whichever step met it first."""
+    if not os.path.isdir("/proc/self/fd"):
+        raise CacheError("/proc is not mounted here: sc needs it to tell a live job from an ended one "
+                         "(mount it: mount -t proc proc /proc)")
+
+
 def boot_id() -> str:
     global _boot_id  # noqa: PLW0603 - read once per process, then remembered
     if _boot_id is None:
         found = _read("/proc/sys/kernel/random/boot_id")
         if found is None:
-            raise OSError("cannot read /proc/sys/kernel/random/boot_id: is /proc mounted?")
+            require_proc()
+            raise CacheError("cannot read /proc/sys/kernel/random/boot_id, which tells this boot from others")
         _boot_id = found.strip().decode()
     return _boot_id
 

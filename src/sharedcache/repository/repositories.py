@@ -16,7 +16,7 @@ from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_leftovers, unlink_if_present
 from ..engine.layout import check_base, check_flag, check_name, user_directory
-from ..engine.leases import Owner
+from ..engine.leases import Owner, require_proc
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError, raise_if_over_limit
 from ..lean import scoped
 from ..loaders.words import (
@@ -124,6 +124,7 @@ class Repositories:
         """``directories``: the candidate base directories (see
         :func:`~sharedcache.config.settings.base_directories`; None: the defaults).
         ``group``: create new caches in the bases as group caches of that gid."""
+        require_proc()  # (before the identity of a job is asked for)
         self.group = group
         self.bases = [Base(p, group) for p in base_directories(directories)]
         self.reporter = reporter or Reporter(verbosity=-1)
