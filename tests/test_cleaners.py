@@ -73,6 +73,40 @@ def test_sc_config_says_which_base_directory_is_cleaned_by_age_and_the_line_that
     assert (kept.returncode, kept.stderr) == (0, "")
 
 
+def test_the_first_use_that_makes_a_cache_where_it_is_cleaned_by_age_says_so_once(tmp_path):
+    # A user who never runs sc config is told as well, once: by the command that makes the cache.
+    needs_root_and()
+    shipped, site, empty = tmp_path / "shipped", tmp_path / "site", tmp_path / "empty"
+    for directory in (shipped, site, empty):
+        directory.mkdir()
+    archive = tmp_path / "data.tar.gz"
+    make_tarball(archive, {"d/a.txt": b"a\n"})
+    instead = {"/etc/tmpfiles.d": site, "/usr/lib/tmpfiles.d": shipped}
+    binds = " && ".join(f"mount --bind {instead.get(directory, empty)} {directory}"
+                        for directory in TMPFILES_DIRECTORIES if os.path.isdir(directory))
+
+    def use(base: Path, *options: str) -> str:
+        with Sleeper() as job:
+            used = subprocess.run(["unshare", "--mount", "sh", "-c", f'{binds} && exec "$@"', "sh", *SC, "--use",
+                                   *options, "-d", str(base), "-n", "r", "--pid", str(job.pid), f"file:{archive}",
+                                   "tar"], capture_output=True, text=True, timeout=60, env=sc_env())
+        assert used.returncode == 0, used.stderr
+        return used.stderr
+
+    bases = [tmp_path / f"base-{n}" for n in range(3)]
+    (shipped / "scratch.conf").write_text("".join(f"q {base} 1777 root root 10d\n" for base in bases))
+    for base in bases:
+        base.mkdir(mode=0o1777)
+    assert use(bases[0]) == (
+        f"sc: warning: systemd-tmpfiles deletes the files of the caches in {bases[0]} by age (/usr/lib/tmpfiles.d/scratch.conf:1: "
+        f"files older than 10d), a live job's too; a site keeps them with the line '"
+        f"x {bases[0]}/.shared-cache-*' in a file of /etc/tmpfiles.d, or sc is given other base directories\n")
+    assert use(bases[0]) == "", "said once: as the cache was made"
+    assert use(bases[1], "-q") == ""
+    (site / "shared-cache.conf").write_text(f"x {bases[2]}/.shared-cache-*\n")
+    assert use(bases[2]) == ""
+
+
 def test_the_line_sc_gives_keeps_a_live_job_s_repository_from_systemd_tmpfiles(tmp_path):
     # The age is 2 seconds instead of 10 days: without the line, the repository a live job holds,
     # its lease and the cache's index go; with it, nothing of them.

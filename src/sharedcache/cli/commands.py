@@ -336,19 +336,16 @@ def show_config(effective: Effective, fetch: FetchPolicy) -> int:
 def _warn_of_cleaners(effective: Effective) -> None:
     """Say, for each candidate base directory whose caches a cleaner of the system's deletes by
     age (:mod:`sharedcache.config.cleaners`), where that comes from and what keeps them."""
-    from ..config.cleaners import cleaning_of
+    from ..config.cleaners import cleaning_warning
     from ..repository.bases import base_directories
 
     directories, group = (effective.get(key, (None, ""))[0] for key in ("directories", "group"))
     gid = group_id(group)  # type: ignore[arg-type]  # (a setting's converted value: a name or gid)
     for base in base_directories(directories):  # type: ignore[arg-type]  # (likewise: the ':'-separated text)
         suffix = f"g{gid}" if gid is not None else str(os.geteuid())
-        cleaning = cleaning_of(os.path.join(base, f".shared-cache-{suffix}"))
-        if cleaning is not None:
-            kept = os.path.join(os.path.normpath(base), ".shared-cache-*")
-            print(f"sc: warning: systemd-tmpfiles deletes the files of the caches in {base} by age ({cleaning}), "
-                  f"a live job's too; a site keeps them with the line 'x {kept}' in a file of /etc/tmpfiles.d, "
-                  "or sc is given other base directories", file=sys.stderr)
+        warning = cleaning_warning(base, os.path.join(base, f".shared-cache-{suffix}"))
+        if warning is not None:
+            print(f"sc: {warning}", file=sys.stderr)
 
 
 def _curl_proxies(http: tuple[str, str] | None, https: tuple[str, str] | None) -> tuple[str, str] | None:

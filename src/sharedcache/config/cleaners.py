@@ -6,8 +6,9 @@ are all older than that age, then the directories left empty, whoever uses them:
 systems ship ``q /tmp 1777 root root 10d`` (and ``/var/tmp`` 30 days).  A cache there loses the
 data of a job that has run that long, its lease and its index.  An ``x`` or ``X`` line whose glob
 names the cache's directory (or one above it) keeps it out; only root may write one, so sc says
-where the cleaning comes from and what line would keep the caches (``sc config``) rather than
-change anything.
+where the cleaning comes from and what line would keep the caches rather than change anything:
+``sc config``, for every candidate base directory, and the command that first makes a cache in
+one.
 
 The configuration is read as systemd-tmpfiles reads it: the ``*.conf`` files of
 :data:`TMPFILES_DIRECTORIES`, a file of an earlier directory hiding one of the same name in a
@@ -42,6 +43,19 @@ def cleaning_of(cache: str, directories: tuple[str, ...] = TMPFILES_DIRECTORIES)
         elif kind in _EXCLUDING and any(fnmatchcase(directory, path) for directory in above):
             return None
     return cleaning
+
+
+def cleaning_warning(base: str, cache: str, directories: tuple[str, ...] = TMPFILES_DIRECTORIES) -> str | None:
+    """What a user is told of the cleaning of the cache directory ``cache`` of the base directory
+    ``base`` (:func:`cleaning_of`): where it comes from and the line that keeps the caches out
+    of it; None if nothing cleans it by age."""
+    cleaning = cleaning_of(cache, directories)
+    if cleaning is None:
+        return None
+    kept = os.path.join(os.path.normpath(base), ".shared-cache-*")
+    return (f"warning: systemd-tmpfiles deletes the files of the caches in {base} by age ({cleaning}), a live "
+            f"job's too; a site keeps them with the line 'x {kept}' in a file of /etc/tmpfiles.d, or sc is "
+            "given other base directories")
 
 
 def _lines(directories: tuple[str, ...]) -> list[tuple[str, str, str, str]]:

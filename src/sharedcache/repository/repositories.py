@@ -311,12 +311,15 @@ class Repositories:
                 if free < limit:
                     seen.append(f"{base.path} ({format_size(max(free, 0))} free)")
                     continue
+            made = not base.has_cache()
             try:
                 base.cache()
             except CacheError as e:
                 seen.append(f"{base.path} ({e})")
                 self._skip(base, e)
                 continue
+            if made:
+                self._warn_of_cleaning(base)
             return base
         seen += [f"{b.path} ({'not a directory' if os.path.lexists(b.path) else 'missing'})"
                  for b in self.bases if not os.path.isdir(b.path)]
@@ -326,6 +329,15 @@ class Repositories:
             f"repository {name!r}: no usable candidate directory has {format_size(limit)} free: "
             + ", ".join(seen)
         )
+
+    def _warn_of_cleaning(self, base: Base) -> None:
+        """Say, as a cache is made in ``base``, if a cleaner of the system's deletes its files by
+        age: once, for the user who may never run ``sc config``, which says it too."""
+        from ..config.cleaners import cleaning_warning
+
+        warning = cleaning_warning(base.path, base.links if base.group is None else base.control)
+        if warning is not None:
+            self.reporter.warning(warning)
 
     # -- release, location, listing, gc ----------------------------------------------------------
 
