@@ -201,6 +201,38 @@ def python() -> tuple[str, dict[str, str]]:
     return interpreter_for(ALICE, GROUP)
 
 
+def test_a_job_in_a_time_namespace_and_the_host_agree_on_whether_it_lives(world):
+    # /proc shows a process in a time namespace (unshare --time, LXC's lxc.time.offset.boot)
+    # start times with its boot time offset added: the host took such a job's live use for
+    # a reused pid's, and deleted its data.
+    base, recipe = world
+    if run(["unshare", "--time", "--boottime", "100000", "--fork", "true"]).returncode != 0:
+        pytest.skip("no time namespaces here")
+    offset = ["unshare", "--time", "--boottime", "100000", "--fork"]
+    script = f'echo $$ && {SC} --use --pid $$ "$@" >/dev/null && echo used && exec sleep 600'
+    job = subprocess.Popen([*offset, "sh", "-c", script, "sh", *recipe], stdout=subprocess.PIPE, text=True,
+                           env=sc_env())
+    try:
+        assert job.stdout is not None
+        pid = int(job.stdout.readline())
+        assert job.stdout.readline() == "used\n"
+        assert run([SC, "gc", *recipe[:2]]).returncode == 0
+        assert exists(base), "the host judged the live use of a job in a time namespace dead"
+        os.kill(pid, 9)
+        job.wait(30)
+        assert run([SC, "gc", *recipe[:2]]).returncode == 0
+        assert not exists(base), "the use of the job, ended, was not reclaimed"
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait(30)
+    # And the other way round: gc in a time namespace judges a job of the host's.
+    with Sleeper() as host_job:
+        assert run([SC, "--use", "--pid", str(host_job.pid), *recipe]).returncode == 0
+        assert run([*offset, SC, "gc", *recipe[:2]]).returncode == 0
+        assert exists(base), "gc in a time namespace judged a live job of the host's dead"
+
+
 def test_without_proc_every_command_says_so_in_one_line_and_a_live_use_stays(world):
     # A bare chroot or a sandbox may have no /proc: the identity of jobs, and the safe opening of
     # files through /proc/self/fd, are not to be had, and nothing may be judged without them.

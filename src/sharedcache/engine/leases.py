@@ -9,7 +9,9 @@ another host they name another process.  An owner is therefore
     (boot id, pid, start time, PID namespace, machine id)
 
 where the boot id is ``/proc/sys/kernel/random/boot_id``, the start time is field 22 of
-``/proc/PID/stat`` (clock ticks since boot), the PID namespace is the inode of
+``/proc/PID/stat`` (clock ticks since boot, as the host counts them: ``/proc`` shows a process
+in a time namespace its namespace's boot time offset added, which :func:`_started` takes off, so
+that a job in one and a host judging it agree), the PID namespace is the inode of
 ``/proc/self/ns/pid`` of the process that wrote the lease (the pid is as seen there), and the
 machine id is ``/etc/machine-id`` (or ``/var/lib/dbus/machine-id``, else the host name).
 
@@ -67,6 +69,7 @@ _machine_id: str | None = None
 _pid_namespace: int | None = None
 _forgotten: frozenset[str] = frozenset()
 _own_start: tuple[int, int] | None = None  # (pid, start time) of this process
+_boot_offset: int | None = None  # clock ticks (see _started)
 
 
 def require_proc() -> None:
@@ -128,10 +131,29 @@ def _stat(pid: int) -> list[bytes] | None:
     return stat[stat.rindex(b")") + 2 :].split()
 
 
+def _started(fields: list[bytes]) -> int:
+    """The start time in ``fields`` (of :func:`_stat`), in clock ticks since the host's boot.
+
+    ``/proc`` shows start times plus the boot time offset of the reader's time namespace
+    (``unshare --time --boottime``, LXC's ``lxc.time.offset.boot``): a job in such a namespace
+    would write one start time and the host read another, and judge its live use dead.  An
+    offset that is not a whole number of ticks (one CRIU may give a restored process) leaves the
+    two a tick apart half of the time: only its whole ticks are taken off."""
+    global _boot_offset  # noqa: PLW0603 - read once per process, then remembered
+    if _boot_offset is None:
+        _boot_offset = 0
+        for line in (_read("/proc/self/timens_offsets") or b"").splitlines():
+            words = line.split()
+            if len(words) == 3 and words[0] == b"boottime":  # "boottime <seconds> <nanoseconds>"
+                ticks = os.sysconf("SC_CLK_TCK")
+                _boot_offset = int(words[1]) * ticks + int(words[2]) * ticks // 1_000_000_000
+    return int(fields[19]) - _boot_offset  # field 22 of the whole line
+
+
 def start_time(pid: int) -> int | None:
     """Start time of process ``pid`` in clock ticks since boot, or None if it cannot be seen."""
     fields = _stat(pid)
-    return None if fields is None else int(fields[19])  # field 22 of the whole line
+    return None if fields is None else _started(fields)
 
 
 def process_alive(pid: int, started: int) -> bool:
@@ -140,7 +162,7 @@ def process_alive(pid: int, started: int) -> bool:
         return False
     fields = _stat(pid)
     if fields is not None:
-        return int(fields[19]) == started and not _ended(pid, fields[0])
+        return _started(fields) == started and not _ended(pid, fields[0])
     try:
         os.kill(pid, 0)  # /proc hides it or it is gone: the kernel tells which
     except (ProcessLookupError, OverflowError):  # (past pid_t: a name no process can have)
@@ -237,7 +259,7 @@ class Owner:
         fields = _stat(pid)
         if fields is None or _ended(pid, fields[0]):
             return None
-        return cls(boot_id(), pid, int(fields[19]), pid_namespace(), machine_id())
+        return cls(boot_id(), pid, _started(fields), pid_namespace(), machine_id())
 
     @classmethod
     def ended(cls, pid: int) -> Owner:
