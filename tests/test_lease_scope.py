@@ -10,6 +10,7 @@ repositories.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,7 +234,7 @@ def test_a_job_in_a_time_namespace_and_the_host_agree_on_whether_it_lives(world)
         assert exists(base), "gc in a time namespace judged a live job of the host's dead"
 
 
-def test_without_proc_every_command_says_so_in_one_line_and_a_live_use_stays(world):
+def test_without_a_proc_of_its_own_every_command_says_so_in_one_line_and_a_live_use_stays(world):
     # A bare chroot or a sandbox may have no /proc: the identity of jobs, and the safe opening of
     # files through /proc/self/fd, are not to be had, and nothing may be judged without them.
     base, recipe = world
@@ -250,6 +251,16 @@ def test_without_proc_every_command_says_so_in_one_line_and_a_live_use_stays(wor
                                    "an ended one (mount it: mount -t proc proc /proc)\n"), (command, done.stderr)
         assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
         assert exists(base)
+        # A PID namespace under the /proc of another (unshare --pid without --mount-proc): the pids
+        # there are another namespace's, and a lease would name the start of whichever process of
+        # the host had this one's pid.
+        for command in commands:
+            done = run(["unshare", "--pid", "--fork", SC, *command])
+            assert done.returncode == 1, (command, done.stderr)
+            assert re.fullmatch(r"sc: error: /proc is another PID namespace's \(it shows this process as pid \d+, "
+                                r"which is 1 here\): sc needs this namespace's to tell a live job from an ended "
+                                r"one \(unshare --mount-proc\)\n", done.stderr), (command, done.stderr)
+        assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
 
 
 def test_under_hidepid_another_user_s_live_use_is_alive_and_a_dead_one_is_reclaimed(world, python):

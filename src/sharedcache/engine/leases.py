@@ -73,12 +73,21 @@ _boot_offset: int | None = None  # clock ticks (see _started)
 
 
 def require_proc() -> None:
-    """Refuse to go on where ``/proc`` is not mounted (a bare chroot, a sandbox without it): the
-    facts of this module come from it, and the engine opens files safely through
-    ``/proc/self/fd``.  One clear error, rather than a failure of whichever step met it first."""
-    if not os.path.isdir("/proc/self/fd"):
+    """Refuse to go on where ``/proc`` is not mounted (a bare chroot, a sandbox without it), or
+    is another PID namespace's (``unshare --pid`` without ``--mount-proc``): the facts of this
+    module come from it, and the engine opens files safely through ``/proc/self/fd``.  One clear
+    error, rather than a failure of whichever step met it first, or, under another namespace's
+    ``/proc``, the start time of the host's process of the same pid taken for this one's: a
+    lease that died with that process, under a live job."""
+    try:
+        shown = int(os.readlink("/proc/self"))  # this process's pid in the PID namespace of /proc
+    except (OSError, ValueError):
         raise CacheError("/proc is not mounted here: sc needs it to tell a live job from an ended one "
-                         "(mount it: mount -t proc proc /proc)")
+                         "(mount it: mount -t proc proc /proc)") from None
+    if shown != os.getpid():
+        raise CacheError(f"/proc is another PID namespace's (it shows this process as pid {shown}, which is "
+                         f"{os.getpid()} here): sc needs this namespace's to tell a live job from an ended one "
+                         "(unshare --mount-proc)")
 
 
 def boot_id() -> str:
