@@ -82,32 +82,44 @@ def test_a_cache_in_a_lower_layer_deletes_evicts_and_collects(tmp_path):
             assert_consistent(base)
 
 
-@pytest.mark.parametrize("then", ["gc", "use"])
-def test_a_removal_in_place_killed_midway_leaves_no_entry_and_a_leftover_cleaned(tmp_path, then):
-    """An eviction killed while it removes a repository of the image in place, its data half
-    gone: the repository is no entry any more (a use populates it again, over what is left), and
-    gc removes what is left, although its row, rolled back, still says it is kept (and no budget
-    asks for the room)."""
-    lower = tmp_path / "image"
+def bake(lower: Path, name: str, words: list[str], job: Sleeper) -> None:
+    """Make ``lower`` an image's layer that holds repository ``name``, kept and unused."""
     lower.mkdir()
-    many, few = source(tmp_path, "many", MANY_FILES), source(tmp_path, "few", FILES)
+    run("--use", "--keep", "-d", lower, "-n", name, "--pid", job.pid, *words)
+    run("--unuse", "--keep", "-d", lower, "-n", name, "--pid", job.pid, *words)
+
+
+@pytest.mark.parametrize("at", ["commit", "data"])
+@pytest.mark.parametrize("then", ["gc", "use"])
+def test_a_removal_in_place_killed_midway_leaves_no_entry_and_a_leftover_cleaned(tmp_path, then, at):
+    """An eviction killed while it removes a repository of the image in place, its markers gone,
+    before its transaction commits or while the data goes: the repository is no entry any more
+    (a use populates it again, over what is left), and gc removes what is left, even when its
+    row, rolled back, still says it is kept (and no budget asks for the room)."""
+    lower, many, few = tmp_path / "image", source(tmp_path, "many", MANY_FILES), source(tmp_path, "few", FILES)
     with Sleeper() as job:
-        run("--use", "--keep", "-d", lower, "-n", "baked", "--pid", job.pid, *many)
-        run("--unuse", "--keep", "-d", lower, "-n", "baked", "--pid", job.pid, *many)
+        bake(lower, "baked", many, job)
+        if at == "commit":
+            # What a kill between the markers and the commit leaves (no event of the audit hook
+            # falls there to stop at): the markers gone, the data whole, the row still kept.
+            for marker in (control(lower) / "objects" / "baked").glob("entry*.json"):
+                marker.unlink()
         with mounted_overlay(lower, tmp_path / "container") as base:
             entry = control(base) / "objects" / "baked"
-            evictor, paused, _ = started_paused(
-                tmp_path, "evictor", 'event == "os.rmdir" and str(args[0]).startswith("shard-")',
-                "--use", "--keep", "-d", str(base), "-n", "new", "--max-size", "1MB", "--pid", str(job.pid), *few)
-            try:
-                wait_for(lambda: paused.exists() or evictor.poll() is not None, what="the removal in place")
-                assert paused.exists(), evictor.communicate(timeout=10)[1]
-                assert not list(entry.glob("entry*.json")), "the markers go first"
-                assert (entry / "lock").exists() and len(os.listdir(entry / "data")) > 10
-                evictor.kill()
-                evictor.wait(10)
-            finally:
-                stop_process(evictor)
+            if at == "data":
+                evictor, paused, _ = started_paused(
+                    tmp_path, "evictor", 'event == "os.rmdir" and str(args[0]).startswith("shard-")',
+                    "--use", "--keep", "-d", str(base), "-n", "new", "--max-size", "1MB", "--pid", str(job.pid),
+                    *few)
+                try:
+                    wait_for(lambda: paused.exists() or evictor.poll() is not None, what="the removal in place")
+                    assert paused.exists(), evictor.communicate(timeout=10)[1]
+                    assert not list(entry.glob("entry*.json")), "the markers go first"
+                    assert (entry / "lock").exists() and len(os.listdir(entry / "data")) > 10
+                    evictor.kill()
+                    evictor.wait(10)
+                finally:
+                    stop_process(evictor)
             assert "baked" not in listed(base)
             if then == "gc":
                 # With a budget that no longer needs the room, only gc's look at it removes it.
@@ -156,3 +168,35 @@ def test_another_members_repository_in_a_lower_layer_is_passed_over_not_failed_o
                 *words)
         assert set(listed_to(bob, base)) == {"kept", "unused", "new"}
         check_tree(base / f".shared-cache-{bob}" / "new", FILES)
+
+
+def test_a_removal_in_place_holds_the_index_only_while_its_markers_go(tmp_path):
+    """The index's write lock is held while the markers of a repository of the image go, not
+    while its data does: another job's release, which needs that lock, is done at once, though
+    the eviction is stopped half-way through the data (it waited for as long as the removal
+    took: a tree of a million files took longer than any command waits)."""
+    lower, many, few = tmp_path / "image", source(tmp_path, "many", MANY_FILES), source(tmp_path, "few", FILES)
+    with Sleeper() as job:
+        bake(lower, "baked", many, job)
+        with mounted_overlay(lower, tmp_path / "container") as base:
+            entry = control(base) / "objects" / "baked"
+            run("--use", "-d", base, "-n", "other", "--pid", job.pid, *few)
+            evictor, paused, go = started_paused(
+                tmp_path, "evictor", 'event == "os.rmdir" and str(args[0]).startswith("shard-")',
+                "--use", "--keep", "-d", str(base), "-n", "new", "--max-size", "1MB", "--pid", str(job.pid), *few)
+            try:
+                wait_for(lambda: paused.exists() or evictor.poll() is not None, what="the removal in place")
+                assert paused.exists(), evictor.communicate(timeout=10)[1]
+                assert len(os.listdir(entry / "data")) > 10, "stopped half-way through the data"
+                released = sc("--unuse", "--timeout", "5", "-d", str(base), "-n", "other", "--pid", str(job.pid), *few)
+                assert released.returncode == 0, released.stderr
+                assert evictor.poll() is None
+                go.touch()
+                _, err = evictor.communicate(timeout=60)
+                assert evictor.returncode == 0, err
+            finally:
+                stop_process(evictor)
+            assert not entry.exists()
+            assert set(listed(base)) == {"new"}
+            check_tree(user_dir(base) / "new", FILES)
+            assert_consistent(base)

@@ -124,13 +124,18 @@ after it leaves a tree in ``trash/``, which gc and the next store delete.
 
 overlayfs (a container's ``/tmp``, often) refuses to rename a directory of a lower layer
 (``EXDEV``, unless mounted with ``redirect_dir``), so the entries of a cache warmed in an image's
-build cannot be moved into the trash: what cannot be moved there is removed where it is, at the
-same step (under the entry's lock, in the transaction, held as long as the removal takes): its
-commit markers first, the directory flushed, then the rest of the tree, ``lock`` last, then the
-directory.  No reader ever finds a committed entry missing part of its data, even after a
-crash: one that took the lock next finds no marker (a miss) or the lock unlinked (a retry, then
-a miss).  A crash midway leaves a directory without a marker, a leftover that gc and the next
-store of the name remove the same way (gc even if its row says kept).  An abandoned staging
+build cannot be moved into the trash: what cannot be moved there is removed where it is.  At
+the same step (under the entry's lock, in the transaction) its commit markers go, and the
+directory is flushed: from then on it is no entry.  The rest goes after the commit, so that the
+index's write lock is not held for as long as a large tree takes to remove: the tree, ``lock``
+last, through a descriptor of the directory opened in the transaction, then the directory
+itself if its name still names it (a store of the name may meanwhile have removed what was left,
+the same way, and renamed its entry there: a descriptor never reaches that one, and an entry's
+directory is never empty).  No reader ever finds a committed entry missing part of its data,
+even after a crash: one that took the lock next finds no marker (a miss) or the lock unlinked
+(a retry, then a miss).  A crash midway leaves a directory without a marker, a leftover that gc
+and the next store of the name remove the same way (gc even if its row, rolled back by a crash
+before the commit, says kept).  An abandoned staging
 directory is removed in place likewise, under ``stage.lock``.  In a group cache, the files of
 another member's entry, in its sticky directory, only that member may remove: to the others
 such an entry is one that cannot be deleted now, as one in use is (eviction passes over it, and
@@ -319,11 +324,12 @@ def _is_marker(name: str) -> bool:
     return name.startswith("entry.") and name.endswith(".json")
 
 
-def _move_to_trash(directory: int | None, name: str, trash: int) -> None:
+def _move_to_trash(directory: int | None, name: str, trash: int, later: list[_RemovalInPlace] | None = None) -> None:
     """Rename ``name`` (in the directory open as ``directory``; None: a path) into the trash open
     as ``trash``; where the file system refuses to move a directory across its layers
     (overlayfs), remove it in place instead, commit markers first and ``lock`` last (see
-    "Delete" in the module's docstring)."""
+    "Delete" in the module's docstring): all of it now, or, given ``later``, the markers now and
+    the rest as a :class:`_RemovalInPlace` put in ``later``."""
     try:
         os.rename(name, unique_name(), src_dir_fd=directory, dst_dir_fd=trash)
         return
@@ -339,12 +345,46 @@ def _move_to_trash(directory: int | None, name: str, trash: int) -> None:
             unlink_if_present(marker, dir_fd=tree)
         if markers:
             os.fsync(tree)  # before any data goes: no crash leaves a committed entry missing some
+        if later is not None:
+            later.append(_RemovalInPlace(directory, name, tree))
+            tree = -1  # (the removal's now)
+            return
         for found in names:
             if found != "lock" and found not in markers:
                 remove_tree(found, dir_fd=tree)
     finally:
-        os.close(tree)
+        if tree >= 0:
+            os.close(tree)
     remove_tree(name, dir_fd=directory)  # the lock and the directory itself
+
+
+class _RemovalInPlace:
+    """The rest of an entry's removal in place once its markers are gone (see "Delete"), done
+    after the index's transaction: through a descriptor of its directory taken under it, so
+    that an entry committed under the name meanwhile is never touched."""
+
+    def __init__(self, parent: int | None, name: str, tree: int) -> None:
+        self.parent = os.dup(parent) if parent is not None else None
+        self.name, self.tree = name, tree
+
+    def finish(self) -> None:
+        """Remove the tree, ``lock`` last, then its directory if the name still names it (a
+        store of the name may have removed it and renamed its entry there).  What cannot be
+        removed now stays, a leftover for gc and the next store of the name."""
+        try:
+            for found in os.listdir(self.tree):
+                if found != "lock":
+                    remove_tree(found, dir_fd=self.tree)
+            unlink_if_present("lock", dir_fd=self.tree)
+            there = os.stat(self.name, dir_fd=self.parent, follow_symlinks=False)
+            if (there.st_dev, there.st_ino) == (os.fstat(self.tree).st_dev, os.fstat(self.tree).st_ino):
+                os.rmdir(self.name, dir_fd=self.parent)  # (fails, if an entry replaced it since: not empty)
+        except OSError:
+            pass  # (the removal whose part this is has committed: what stays is gc's)
+        finally:
+            os.close(self.tree)
+            if self.parent is not None:
+                os.close(self.parent)
 
 
 def _unwritable_file(name: str, directory: int, settle: float) -> str:
@@ -1221,7 +1261,7 @@ class FsCache:
                     reclaim_leases(entry, dead)
                     return False
                 try:
-                    self._to_trash(OBJECTS, name)
+                    self._to_trash(OBJECTS, name, later=True)
                 except PermissionError:
                     # Another member's, in a lower layer of an overlayfs: only that member may
                     # remove its files, in its sticky directory, in place (see "Delete").
@@ -1420,15 +1460,25 @@ class FsCache:
             "system committed it there, unflushed, for its own boot, which only it can judge; a "
             "use with --keep on that machine makes it usable from here")
 
-    def _to_trash(self, directory: str, name: str) -> None:
+    def _to_trash(self, directory: str, name: str, *, later: bool = False) -> None:
         """Rename ``directory/name`` into the trash, both directories reached as :meth:`_open_own`
-        does: a symlink swapped in for one of them never makes this move anything else."""
+        does: a symlink swapped in for one of them never makes this move anything else.  With
+        ``later``, a removal in place that a rename cannot be (see "Delete") is finished by the
+        next :meth:`_empty_trash` of this thread, after the caller's transaction."""
         source, trash = self._open_own(directory), self._open_own(TRASH)
         try:
-            _move_to_trash(source, name, trash)
+            _move_to_trash(source, name, trash, self._removals_in_place() if later else None)
         finally:
             os.close(source)
             os.close(trash)
+
+    def _removals_in_place(self) -> list[_RemovalInPlace]:
+        """This thread's removals in place that wait for :meth:`_empty_trash`."""
+        try:
+            return self._local.removals  # type: ignore[no-any-return]  # (a thread-local attribute)
+        except AttributeError:
+            self._local.removals = []
+            return self._local.removals  # type: ignore[no-any-return]
 
     def _empty_trash(self, *, thorough: bool = False) -> int:
         """Delete whatever is in the trash; return how many trees were removed.  A tree that
@@ -1442,7 +1492,13 @@ class FsCache:
         Only directories are put in the trash, and a directory's link count is 2 plus its
         subdirectories on the usual file systems (ext4, xfs, tmpfs): a count of 2 says it is
         empty without opening it, which every release would otherwise do.  gc (``thorough``)
-        looks inside whatever the count, for anything else planted there."""
+        looks inside whatever the count, for anything else planted there.
+
+        The removals in place that this thread's transactions left (:meth:`_to_trash`) are
+        finished first."""
+        removals = self._removals_in_place()
+        while removals:
+            removals.pop().finish()
         if not thorough:
             try:
                 status = os.stat(self._trash, follow_symlinks=False)
@@ -1630,7 +1686,7 @@ class FsCache:
                 elif self._another_kernel_s(name):
                     continue  # not ours to judge (see _another_kernel_s)
                 else:
-                    self._to_trash(OBJECTS, name)
+                    self._to_trash(OBJECTS, name, later=True)
                     report.orphans_removed += 1
             for name in rows - on_disk:
                 db.forget(name)
