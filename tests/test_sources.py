@@ -128,6 +128,30 @@ def test_500_then_success(origin: Origin, tmp_path: Path) -> None:
     assert origin.stats("/flaky.bin").statuses == [500, 500, 200]
 
 
+def test_a_download_that_failed_to_start_leaves_streams_that_close_quietly(
+        origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A download whose first answer fails it (a 404) leaves its stream half made, which the
+    # finalizer closes: Python 3.13 reports on stderr what that close() raises.
+    from sharedcache.loaders import http
+
+    made = []
+    making = http._HttpStream.__init__
+
+    def recorded(self: http._HttpStream, *args: object, **kwargs: object) -> None:
+        made.append(self)
+        making(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http._HttpStream, "__init__", recorded)
+    url = origin.add("/gone.bin", b"payload")
+    origin.fault("/gone.bin", status=404, times=10)
+    with pytest.raises(DownloadError):
+        populate(tmp_path, f"http:{url}")
+    assert made
+    for stream in made:
+        stream.close()  # what the finalizer does
+        assert stream.closed
+
+
 def test_5xx_retries_run_out(origin: Origin, tmp_path: Path) -> None:
     url = origin.add("/down.bin", b"payload")
     origin.fault("/down.bin", status=503, times=10)

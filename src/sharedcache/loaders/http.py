@@ -276,6 +276,7 @@ class _HttpStream(SourceStream):
             response = self._first_response(start, validator)
         except BaseException:
             self._clear()
+            self._abandon()
             raise
         self._position = self.start
         self._reader = self._rest(response)

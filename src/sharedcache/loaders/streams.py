@@ -51,6 +51,12 @@ class Stream(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
+    def _abandon(self) -> None:
+        """Mark a stream whose making failed closed, with nothing of its own to close: its
+        finalizer's ``close()`` then does nothing, where it would meet what was never made
+        (Python 3.13 reports what a finalizer's ``close()`` raises, on the user's stderr)."""
+        io.RawIOBase.close(self)
+
 
 class Layer(Stream):
     """A stream computed from the stream below it; closing it closes the one below."""
@@ -84,7 +90,11 @@ class FileStream(SourceStream):
         self.path = Path(path)
         self._what = str(path) if what is None else what  # the file as messages name it
         # Open as long as the stream is.
-        self._file = open(path if fd is None else fd, "rb", buffering=0)  # noqa: SIM115
+        try:
+            self._file = open(path if fd is None else fd, "rb", buffering=0)  # noqa: SIM115
+        except BaseException:
+            self._abandon()
+            raise
         status = os.fstat(self._file.fileno())
         self.total = status.st_size
         self._version = (status.st_size, status.st_mtime_ns)
