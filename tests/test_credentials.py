@@ -50,8 +50,10 @@ def _certificate(pki: Path, name: str, ca: str, *, server: bool) -> None:
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", f"/CN={name}",
              "-out", f"{name}.csr", cwd=pki)
     extensions = pki / f"{name}.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n" if server
-                          else "extendedKeyUsage=clientAuth\n")
+    # The extensions RFC 5280 asks for, which Python 3.13 checks (VERIFY_X509_STRICT) as urllib3 does.
+    profile = "basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
+    extensions.write_text(profile + ("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+                                     if server else "extendedKeyUsage=clientAuth\n"))
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
              "-days", "2", "-sha256", "-extfile", extensions, "-out", f"{name}.pem", cwd=pki)
 
@@ -74,7 +76,9 @@ class Nginx:
         self.pki.mkdir()
         for ca in ("ca", "other-ca"):
             _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
-                     "-days", "2", "-subj", f"/CN=shared-cache test {ca}", cwd=self.pki)
+                     "-days", "2", "-subj", f"/CN=shared-cache test {ca}", "-addext",
+                     "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                     cwd=self.pki)
         _certificate(self.pki, "server", "ca", server=True)
         _certificate(self.pki, "client", "ca", server=False)
         _certificate(self.pki, "stranger", "other-ca", server=False)

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_fuzz import _snapshot, damaged
 
-from scutil import SRC, wait_for
+from scutil import SRC, interpreter_for, wait_for
 from sharedcache.errors import LoaderError
 from sharedcache.loaders import archives, writer
 from sharedcache.loaders.pipeline import populate
@@ -567,8 +567,9 @@ def test_without_a_process_to_fork_the_archive_is_unpacked_in_one(reachable_tmp:
         directory.mkdir()
         os.chown(directory, 65534, 65534)
     script = NO_FORK.format(src=SRC, archive=str(archive), dest=str(dest), work=str(work))
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-                             script], capture_output=True, text=True, timeout=60)
+    interpreter, env = interpreter_for(65534, 65534)  # (this one may be in a home only root enters)
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", interpreter, "-c",
+                             script], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0 and result.stdout == "unpacked\n", result.stderr
     expected = outcome(archive.read_bytes(), "tar", ONE_PROCESS)
     assert ("tree", _tree(dest)) == expected
