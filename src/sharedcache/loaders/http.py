@@ -247,7 +247,21 @@ class _HttpStream(SourceStream):
 
     def __init__(self, url: str, ctx: Context, start: int, validator: str | None,
                  login: tuple[str, str] | None = None) -> None:
+        # First, for close(), which the finalizer calls whatever stopped the making (a signal's
+        # exception too, in the import of urllib3): a stream not made is closed as it fails.
+        self._transports: dict[str, Transport] = {}  # by origin: see _transport
+        self._transports_lock = threading.Lock()  # parts ask from their threads
         super().__init__()
+        try:
+            self._start(url, ctx, start, validator, login)
+        except BaseException:
+            self._clear()
+            self._abandon()
+            raise
+
+    def _start(self, url: str, ctx: Context, start: int, validator: str | None,
+               login: tuple[str, str] | None) -> None:
+        """Ask for the file, and keep what reads the rest of it."""
         import urllib3
 
         from .transport import TlsOptions
@@ -267,17 +281,10 @@ class _HttpStream(SourceStream):
         # that ask for it.  An HTTPS proxy is verified against the same CAs and shown none.
         self._tls = TlsOptions(tls_context(fetch.credentials, url),
                                proxy_context=tls_context(fetch.credentials, url, client_certificate=False))
-        self._transports: dict[str, Transport] = {}  # by origin: see _transport
-        self._transports_lock = threading.Lock()  # parts ask from their threads
         #: Where the parts and the continuations of this download are asked for: the URL that gave
         #: the first answer, once its redirects are followed (see continuation).
         self.resume_url = url
-        try:
-            response = self._first_response(start, validator)
-        except BaseException:
-            self._clear()
-            self._abandon()
-            raise
+        response = self._first_response(start, validator)
         self._position = self.start
         self._reader = self._rest(response)
 
