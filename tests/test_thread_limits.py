@@ -129,3 +129,26 @@ def test_under_a_cap_on_memory_a_use_fills_its_repository_or_says_so_and_never_h
         assert found is not None and int(found[1]) == cap * MiB, (cap, run.stderr)
         said += 1
     assert said >= 3, "too few caps ran out of memory to tell anything"
+
+
+def test_a_library_that_cannot_be_mapped_under_a_cap_on_memory_is_out_of_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under ulimit -v the import of a download's modules fails as the dynamic loader cannot map a
+    # library (ImportError: ... failed to map segment from shared object), or as a module cannot
+    # get memory (MemoryError): "internal error", and a loader that "cannot be loaded: " (a
+    # usage error, with no reason).  Both are the limit's doing, said as such.
+    check = ("import sys; from sharedcache.errors import memory_refused; "
+             "print(memory_refused(ImportError('libcrypto.so.3: failed to map segment from shared object')))")
+    limited = subprocess.run(["prlimit", f"--as={64 * 1024 * MiB}", *SC[:1], "-c", check], capture_output=True,
+                             text=True, timeout=60, env=sc_env())
+    unlimited = subprocess.run([*SC[:1], "-c", check], capture_output=True, text=True, timeout=60,
+                               env=sc_env())
+    assert (limited.stdout, unlimited.stdout) == ("True\n", "False\n"), (limited.stderr, unlimited.stderr)
+    from sharedcache.loaders import registry
+
+    def out_of_memory(module: str) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(registry.importlib, "import_module", out_of_memory)
+    with pytest.raises(MemoryError):
+        registry.loader_class("http")

@@ -365,12 +365,18 @@ def _soft_limit(name: str) -> int | None:
     """This process's soft limit ``name`` (as ``/proc/self/limits`` names it), or None if there is
     none or it cannot be read.  Read there rather than with :mod:`resource`, whose shared library
     a process out of address space cannot load."""
-    try:
-        with open("/proc/self/limits", encoding="ascii") as limits:
-            for line in limits:
-                if line.startswith(name + "  "):
-                    soft = line[len(name):].split()[0]
-                    return int(soft) if soft.isdigit() else None  # "unlimited"
+    import os
+
+    try:  # (raw: a text file's buffers may be more than a process out of memory can get)
+        fd = os.open("/proc/self/limits", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            limits = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        for line in limits.splitlines():
+            if line.startswith(name.encode() + b"  "):
+                soft = line[len(name):].split()[0]
+                return int(soft) if soft.isdigit() else None  # "unlimited"
     except (OSError, ValueError, MemoryError):
         pass
     return None
@@ -395,6 +401,17 @@ def out_of_memory() -> str:
     if soft is None:
         return "out of memory"
     return f"out of memory: this process may take {soft} bytes of address space (ulimit -v); raise the limit"
+
+
+def memory_refused(error: BaseException) -> bool:
+    """Whether ``error`` is the system refusing memory: a :class:`MemoryError`, or a module whose
+    library could not be mapped under a limit on address space (the dynamic loader says "failed
+    to map segment from shared object", or "cannot allocate memory")."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return (isinstance(error, ImportError) and _soft_limit("Max address space") is not None
+            and ("failed to map segment" in text or "cannot allocate memory" in text))
 
 
 def out_of_files_now() -> ProcessLimitError | None:

@@ -19,7 +19,7 @@ import io
 import os
 import sys
 
-from ..errors import SharedCacheError, UsageError, clipped, out_of_memory, over_limit
+from ..errors import SharedCacheError, UsageError, clipped, memory_refused, out_of_memory, over_limit
 from ..repository.bases import close_caches
 from . import commands
 from .parser import help_text, parse
@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sc: error: {line}", file=sys.stderr)
         return 1
     except Exception as e:  # a bug: say so in one line, and show the details on request
+        if memory_refused(e):  # (a lazy import under ulimit -v: no bug)
+            print(f"sc: error: {out_of_memory()}", file=sys.stderr)
+            return 1
         if verbose:
             raise
         print(f"sc: internal error ({type(e).__name__}: {e}); rerun with -v for details",

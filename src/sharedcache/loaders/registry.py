@@ -15,7 +15,7 @@ import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError, unparsed_url, without_user_info
+from ..errors import UsageError, memory_refused, unparsed_url, without_user_info
 from .protocol import Loader, Source, Transform, Unpacker
 from .words import CHECKSUM_WORDS, normalize_words, recipe_identity
 
@@ -91,6 +91,8 @@ def loader_class(name: str) -> type[Loader]:
         else:
             cls = found.load()
     except (Exception, SystemExit) as exc:  # a module may sys.exit() when it cannot work here
+        if memory_refused(exc):  # (under ulimit -v: the limit is the news, not the loader)
+            raise
         raise UsageError(f"loader '{name}' ({target}) cannot be loaded: {exc!s}") from None
     if not (isinstance(cls, type) and issubclass(cls, (Source, Transform, Unpacker))):
         raise UsageError(f"loader '{name}' ({target}) is not a Source, Transform or Unpacker")
