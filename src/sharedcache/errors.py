@@ -409,9 +409,11 @@ def memory_refused(error: BaseException) -> bool:
     to map segment from shared object", or "cannot allocate memory")."""
     if isinstance(error, MemoryError):
         return True
+    if not isinstance(error, ImportError):
+        return False
     text = str(error).lower()
-    return (isinstance(error, ImportError) and _soft_limit("Max address space") is not None
-            and ("failed to map segment" in text or "cannot allocate memory" in text))
+    return ("failed to map segment" in text or "cannot allocate memory" in text) and \
+        _soft_limit("Max address space") is not None
 
 
 def out_of_files_now() -> ProcessLimitError | None:

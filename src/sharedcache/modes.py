@@ -55,8 +55,9 @@ def _read_umask() -> int:
 
 
 def taken(mode: int) -> int:
-    """The bits of ``mode`` that the umask takes from a new file."""
-    return mode & umask()
+    """The bits of ``mode`` that the umask takes from a new file (a mode without bits asks for no
+    look at the umask: a private cache's directories ask whether others' bits are taken)."""
+    return mode & umask() if mode else 0
 
 
 def chmod_nofollow(name: str, mode: int, *, dir_fd: int | None, kind: int, add: bool = False) -> bool:

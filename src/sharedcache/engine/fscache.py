@@ -376,8 +376,8 @@ class _RemovalInPlace:
                 if found != "lock":
                     remove_tree(found, dir_fd=self.tree)
             unlink_if_present("lock", dir_fd=self.tree)
-            there = os.stat(self.name, dir_fd=self.parent, follow_symlinks=False)
-            if (there.st_dev, there.st_ino) == (os.fstat(self.tree).st_dev, os.fstat(self.tree).st_ino):
+            there, tree = os.stat(self.name, dir_fd=self.parent, follow_symlinks=False), os.fstat(self.tree)
+            if (there.st_dev, there.st_ino) == (tree.st_dev, tree.st_ino):
                 os.rmdir(self.name, dir_fd=self.parent)  # (fails, if an entry replaced it since: not empty)
         except OSError:
             pass  # (the removal whose part this is has committed: what stays is gc's)
