@@ -88,7 +88,7 @@ def assert_consistent(root: Path) -> None:
 # (operation, (caller, callee, profile event), what must be left, budget in entries or None)
 CRASH_POINTS = {
     "store: filling": ("store_fill", None, "stage", None),
-    "store: holding stage.lock": ("store", ("_staging", "make_directory", "return"), "stage", None),
+    "store: holding stage.lock": ("store", ("_staging", "mkdir", "return"), "stage", None),
     "store: marker written": ("store", ("_commit", "write_atomic", "return"), "stage", None),
     "store: making room": ("store", ("_commit", "_make_room", "return"), "stage", 3),
     "store: renamed into objects": ("store", ("_rename_into_objects", "rename", "c_return"), "orphans", None),

@@ -411,32 +411,44 @@ def test_an_interrupt_as_the_repository_is_committed_leaves_one_outcome(tmp_path
 
 
 # Loaded by the populating process as its sitecustomize: the job's SIGTERM comes as soon as the
-# staging directory is made, while its lock file is being opened.
+# staging directory is made: at $SC_TEST_AT "mkdir", as the mkdir that makes it returns (a profile
+# function sees the return; the handler's exception comes out of the call), at "lock", while its
+# lock file is being opened.
 TERM_ONCE_STAGED = """
 import os, signal, sys
 _staged = []
+def _term():
+    _staged.append(True)
+    os.kill(os.getpid(), signal.SIGTERM)
 def _hook(event, args):
     name = str(args[0]) if args else ""
     if event == "os.mkdir" and args[1] == 0o700 and len(name) == 24 and not _staged:  # a staging id
         _staged.append(name)
-    elif event == "open" and _staged and str(args[0]) == _staged[0] + "/lock":
-        _staged.append(True)
-        os.kill(os.getpid(), signal.SIGTERM)
+    elif event == "open" and len(_staged) == 1 and str(args[0]) == _staged[0] + "/lock":
+        _term()
+def _profile(_frame, event, function):
+    if event == "c_return" and function is os.mkdir and len(_staged) == 1:
+        sys.setprofile(None)
+        _term()
 sys.addaudithook(_hook)
+if os.environ["SC_TEST_AT"] == "mkdir":
+    sys.setprofile(_profile)
 """
 
 
-def test_a_populator_ended_as_its_staging_directory_is_made_leaves_none(tmp_path):
+@pytest.mark.parametrize("at", ["mkdir", "lock"])
+def test_a_populator_ended_as_its_staging_directory_is_made_leaves_none(tmp_path, at):
     # The staging directory was made, and its removal set up only once its lock was taken: a
-    # SIGTERM in between left an empty staging directory for a later store to sweep.
+    # SIGTERM in between left an empty staging directory for a later store to sweep.  Then only
+    # once the call that made it had returned: a SIGTERM as the mkdir returned did the same.
     base, site = tmp_path / "base", tmp_path / "site"
     base.mkdir()
     site.mkdir()
     (site / "sitecustomize.py").write_text(TERM_ONCE_STAGED)
     source = tmp_path / "small.bin"
     source.write_bytes(b"data\n" * 1000)
-    populator = sc_start("--use", "-d", str(base), "-n", "slow", f"file:{source}", env=sc_env(PYTHONPATH=str(site)),
-                         default_signals=True)
+    populator = sc_start("--use", "-d", str(base), "-n", "slow", f"file:{source}",
+                         env=sc_env(PYTHONPATH=str(site), SC_TEST_AT=at), default_signals=True)
     try:
         populator.communicate(timeout=30)
     finally:

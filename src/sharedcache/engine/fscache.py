@@ -726,8 +726,14 @@ class FsCache:
                 try:
                     # Private to this process's user until the commit, whatever the cache: nobody
                     # else can change or swap anything in it while it is filled and sealed.
-                    make_directory(stage_id, 0o700, dir_fd=stages)
+                    # Set first: a job's signal can end the call once its mkdir is done, and
+                    # the removal of a name never made is a no-op.
                     made = True
+                    try:
+                        mkdir(stage_id, 0o700, dir_fd=stages)
+                    except FileExistsError:
+                        made = False  # (not this process's)
+                        raise
                     fd = locks.open_lock_file(f"{stage_id}/lock", mode=self.modes.file, dir_fd=stages)
                     directory = open_directory(stage_id, dir_fd=stages)
                 finally:
