@@ -7,6 +7,7 @@ test_fscache_crash.py; the child processes both use are in fscache_worker.py.
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import os
 import re
@@ -597,6 +598,101 @@ def test_last_release_deletes_an_entry_not_kept(root: Path) -> None:
     assert_clean(root)
 
 
+#: Holds a use of entry "shared" of the cache ``argv[1]``, says so by making the file ``argv[3]``,
+#: then releases it as soon as the file ``argv[2]`` exists, and prints whether that deleted it.
+RELEASES_AT_ONCE = """
+import os, sys, time
+from sharedcache import FsCache
+from sharedcache.engine.leases import Owner
+cache, go = FsCache(sys.argv[1]), sys.argv[2]
+cache.hold("shared", Owner.current())
+open(sys.argv[3], "w").close()
+end = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < end:
+    pass  # (no sleep: the releases start together)
+print(cache.release("shared", Owner.current()))
+"""
+
+
+@pytest.mark.parametrize("parent", ["keeps its use", "released first"])
+def test_uses_released_at_once_leave_the_entry_to_the_last_release_only(root: Path, tmp_path: Path,
+                                                                       parent: str) -> None:
+    # A release that leaves another owner's live use takes no index transaction.  Jobs releasing
+    # at once must still neither all leave the deletion to another (an entry nobody uses, kept
+    # until gc) nor delete it under a use that stays.
+    cache = FsCache(root)
+    me = Owner.current()
+    for attempt in range(8):
+        with cache.store("shared", keep=False, holder=me) as path:
+            fill(path, "shared", "n", [1000])
+        go = tmp_path / f"go{attempt}"
+        ready = [tmp_path / f"ready{attempt}-{n}" for n in range(4)]
+        releasers = [subprocess.Popen([sys.executable, "-c", RELEASES_AT_ONCE, str(root), str(go), str(r)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in ready]
+        try:
+            deadline = time.monotonic() + 30
+            while not all(r.exists() for r in ready):
+                assert time.monotonic() < deadline and all(p.poll() is None for p in releasers)
+                time.sleep(0.01)
+            if parent == "released first":
+                assert cache.release("shared", me) is False
+            go.touch()
+            results = [p.communicate(timeout=60) for p in releasers]
+        finally:
+            for p in releasers:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(10)
+        assert all(p.returncode == 0 for p in releasers), results
+        said = [out.strip() for out, _err in results]
+        if parent == "keeps its use":
+            assert said == ["False"] * 4 and cache.info("shared").users == (os.getpid(),), said
+            assert cache.release("shared", me) is True
+        else:
+            assert "True" in said, said
+        assert "shared" not in cache, f"attempt {attempt}: {said}"
+    assert cache.gc() == GcReport()
+    assert_clean(root)
+
+
+#: Releases the lease ``argv[2]`` of entry "e" of the cache ``argv[1]``, the look at the other
+#: leases that follows its removal failing (out of descriptors); prints the error.
+LOOK_FAILS = """
+import errno, sys
+from sharedcache import FsCache
+removed = []
+def _hook(event, args):
+    if event == "os.remove" and str(args[0]) == sys.argv[2]:
+        removed.append(True)
+    elif event == "os.listdir" and removed:
+        removed.clear()
+        raise OSError(errno.EMFILE, "Too many open files")
+cache = FsCache(sys.argv[1])
+sys.addaudithook(_hook)
+try:
+    cache.release("e", lease=sys.argv[2])
+except OSError as e:
+    print(type(e).__name__, e.errno)
+"""
+
+
+def test_a_release_that_fails_after_removing_its_lease_gives_it_back(root: Path) -> None:
+    # Without the index, a release removes its lease, then looks at the others: a failure there
+    # would leave the job without the use it still holds, as far as it is told.
+    cache = FsCache(root)
+    me = Owner.current()
+    with cache.store("e", keep=False, holder=me) as path:
+        fill(path, "e", "n", [1000])
+    lease = cache.lease_of("e", me)
+    assert lease is not None
+    failed = subprocess.run([sys.executable, "-c", LOOK_FAILS, str(root), lease], capture_output=True, text=True,
+                            timeout=60)
+    assert failed.stdout.split()[-1:] == [str(errno.EMFILE)], failed.stdout + failed.stderr
+    assert cache.users("e") == [os.getpid()] and cache.lease_of("e", me) == lease
+    assert cache.release("e", lease=lease) is True
+    assert_clean(root)
+
+
 def test_lease_of_a_killed_owner_is_reclaimed_by_gc(root: Path, children: Children) -> None:
     cache = FsCache(root)
     put(cache, "a")
@@ -805,6 +901,9 @@ def test_corrupt_index_is_a_cache_error_and_gc_rebuilds_it(root: Path, how: str)
     assert "e3" in cache and loads(cache, "e3") and cache.max_size == budget
     cache.hold("e5", me)
     assert cache.users("e5") == [os.getpid()]
+    # Nor does the release of a use that leaves another: only a last use's needs the index.
+    two = [cache.hold("e3", me), cache.hold("e3", me)]
+    assert cache.release("e3", lease=two[0]) is False and cache.users("e3") == [os.getpid()]
     operations = {
         "size": lambda: cache.size,
         "set max_size": lambda: setattr(cache, "max_size", "1GB"),

@@ -101,8 +101,9 @@ CRASH_POINTS = {
     "gc: reconciling": ("gc", ("gc", "_adopt", "return"), "", None),
     "gc: emptying trash": ("gc", ("gc", "_empty_trash", "call"), "", None),
     "load: locked": ("load", ("_shared", "_touch", "call"), "", None),
-    "hold: lease created": ("hold", ("add_lease", "create_empty", "return"), "dead leases", None),
+    "hold: lease created": ("hold", ("put_lease", "create_empty", "return"), "dead leases", None),
     "release: lease removed": ("release", ("reclaim_leases", "unlink", "c_return"), "", None),
+    "release: last lease given back": ("release", ("_give_back", "put_lease", "return"), "dead leases", None),
 }
 
 

@@ -117,11 +117,16 @@ def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage
         warm = sc("--use", *args)
         assert warm.returncode == 0, warm.stderr
         check_tree(Path(warm.stdout.strip()), FILES)
-        # What needs the index (the accounting of a release) fails clearly.
+        # Nor does the release of a use that leaves another (the job holds two).
+        released = sc("--unuse", *args)
+        assert released.returncode == 0, released.stderr
+        # What needs the index (the accounting of the last use's release) fails clearly, whole.
         broken = sc("--unuse", *args)
         assert broken.returncode == 1 and "gc" in one_line(broken.stderr)
         gc = sc("gc", "-d", str(base))
         assert gc.returncode == 0, gc.stderr
+        listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+        assert [row["users"] for row in listed] == [[owner.pid]], listed
         fixed = sc("--use", *args)
         assert fixed.returncode == 0, fixed.stderr
         check_tree(Path(fixed.stdout.strip()), FILES)

@@ -192,9 +192,26 @@ Leases
 ------
 A lease is a file in the entry's ``leases/`` whose name says which process owns it (see
 :mod:`sharedcache.engine.leases`).  An entry with a lease of a live owner is in use exactly as if it
-were locked.  Release removes one lease file within an index transaction and then deletes the
-entry if no live lease remains and ``keep`` is absent; an entry whose last users died instead is
-deleted by the next gc.  An entry with ``keep`` stays as a cache entry under the budget.
+were locked.  An entry whose last users died is deleted by the next gc.  An entry with ``keep``
+stays as a cache entry under the budget.
+
+Release (``release(name)``) of a use that does not keep the entry:
+
+1. Without the index or the entry's lock, remove the lease file, then list the others (removing
+   the dead ones'): if a live lease remains, done.  Most releases end here: every job but the
+   last leaves the entry in use, which nobody deletes, so nothing needs the index.
+2. Otherwise (the last use, maybe) create the same lease file again, and in an index
+   transaction remove it and delete the entry (above) if no live lease remains and ``keep`` is
+   absent.  The lease given back makes the release whole or nothing: a transaction that fails
+   (an unusable index) leaves the use held.
+
+Two releases at once never both leave the deletion to the other: each removes its lease
+before it lists, so whichever lists second finds neither lease, and goes on to step 2.  A
+release whose lease was found last may meanwhile be overtaken: another release, or gc, deletes
+the entry while the lease is away (its use is over, the entry unused); step 2 then finds the
+entry gone, or another in its place, and reports it deleted.  A crash in step 1 leaves the
+use released; one after the lease is given back leaves it held, as if the release never ran.  A release that
+keeps the entry (``keep``) takes step 2 directly, and marks the entry kept in the transaction.
 """
 
 from __future__ import annotations
@@ -257,6 +274,7 @@ from .leases import (
     add_lease,
     boot_id,
     lease_of,
+    put_lease,
     reclaim_leases,
     remove_lease,
     require_proc,
@@ -415,6 +433,15 @@ def _number(value: object, kinds: type | tuple[type, ...]) -> bool:
     """Whether ``value`` is a number of ``kinds`` (their subclasses too: an IntEnum, numpy's
     float64), not a bool, which is an int to Python and no number to a caller."""
     return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _give_back(entry: str, lease: str) -> bool:
+    """Create the lease ``lease`` of the entry at ``entry`` again; whether that could be done."""
+    try:
+        put_lease(entry, lease)
+    except (CacheError, OSError):
+        return False
+    return True
 
 
 def _check_owner(what: str, owner: object) -> None:
@@ -1163,24 +1190,55 @@ class FsCache:
             _check_owner("owner (or a lease)", owner)
         elif not isinstance(lease, str):
             raise UsageError(f"a lease is the str that hold() returned, not {lease!r}")
+        released_from = None  # the entry's directory, if the lease was removed from it already
+        given_back = True
         if keep:
             with self._entry(check_name(name)) as entry:
                 flushes = self._flushes_to_keep(entry)
             if flushes:  # first: the index's write lock is never held while the disk writes
                 with self._shared(name) as (_, entry):
                     self._make_durable(entry)
-        with self._transaction() as db, self._entry(check_name(name)) as entry:
+        else:
+            with self._entry(check_name(name)) as entry:
+                if not committed(entry):
+                    raise MissError(f"no entry {name!r} in cache {self.root}")
+                lease = self._remove_lease(name, entry, owner, lease)
+                live: list[int] = []
+                try:
+                    live, dead = scan_leases(entry)
+                    reclaim_leases(entry, dead)
+                    released_from = os.stat(entry)
+                finally:
+                    # Maybe the last use (or the look failed: out of descriptors, most often):
+                    # given back, so that the release is whole or nothing.
+                    if not live:
+                        given_back = _give_back(entry, lease)
+                if live:
+                    return False  # another use remains: nothing to delete, no index to open
+        try:
+            deleted = self._release_in_transaction(name, owner, lease, keep, released_from, given_back)
+        except MissError:
+            if released_from is None:
+                raise
+            deleted = True  # deleted (by gc) since it was left without a live use above
+        self._empty_trash()
+        return deleted
+
+    def _release_in_transaction(self, name: str, owner: Owner | None, lease: str | None, keep: bool,
+                                released_from: os.stat_result | None, given_back: bool) -> bool:
+        """The steps of :meth:`release` in the index transaction.  ``released_from``: the entry's
+        directory, if the lease was found the last live one without the index (the lease is in
+        it again if ``given_back``)."""
+        with self._transaction() as db, self._entry(name) as entry:
             if not committed(entry):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
+            if released_from is not None and not os.path.samestat(os.stat(entry), released_from):
+                return True  # deleted (by gc) since it was left without a live use, stored anew
             # Read before anything changes, so that an unusable index (or a damaged budget) fails
             # the release whole.
             kept, budget, counted = db.kept(name), self.max_size, db.has(name)
-            if lease is None:
-                assert owner is not None  # (checked above)
-                lease = self.lease_of(name, owner)
-            if lease is None or not remove_lease(entry, lease):
-                who = f"lease {lease}" if owner is None else f"process {owner.pid}"
-                raise UsageError(f"{who} holds no use of {name!r} in {self.root}")
+            if given_back:
+                self._remove_lease(name, entry, owner, lease)
             if keep:
                 self._mark_kept(entry)
                 db.mark_kept(name)
@@ -1188,9 +1246,18 @@ class FsCache:
             self._restore_budget(db, budget)
             # (Kept, it may be what the budget evicted: the caller removes what points to it.  An
             # entry without a row, until gc adopts it, is none the eviction walks, and stays.)
-            deleted = deleted or (counted and not db.has(name))
-        self._empty_trash()
-        return deleted
+            return deleted or (counted and not db.has(name))
+
+    def _remove_lease(self, name: str, entry: str, owner: Owner | None, lease: str | None) -> str:
+        """Remove ``lease`` (or a lease of ``owner``) from the entry at ``entry``; return it.
+        UsageError if there is none."""
+        if lease is None:
+            assert owner is not None  # (checked by the caller)
+            lease = lease_of(entry, owner)
+        if lease is None or not remove_lease(entry, lease):
+            who = f"lease {lease}" if owner is None else f"process {owner.pid}"
+            raise UsageError(f"{who} holds no use of {name!r} in {self.root}")
+        return lease
 
     def _restore_budget(self, db: Index, budget: int | None) -> None:
         """Within a transaction: evict down to ``budget`` (exceeded by non-strict stores), read by

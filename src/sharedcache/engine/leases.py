@@ -452,6 +452,12 @@ def _lease_names(entry: str) -> list[str]:
 def add_lease(entry: str, owner: Owner) -> str:
     """Create a lease of ``owner`` in ``entry``; return its id."""
     lease = f"{owner.key}.{unique_name()}"
+    put_lease(entry, lease)
+    return lease
+
+
+def put_lease(entry: str, lease: str) -> None:
+    """Create the lease ``lease`` in ``entry``: a new one, or one given back."""
     directory = _leases(entry)
     if directory is None:
         raise CacheError("an entry's leases/ is not a directory (a link or a file put in its place?); "
@@ -460,7 +466,6 @@ def add_lease(entry: str, owner: Owner) -> str:
         create_empty(lease, exclusive=True, dir_fd=directory)
     finally:
         os.close(directory)
-    return lease
 
 
 def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[int], list[str]]:
