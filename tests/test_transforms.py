@@ -618,3 +618,37 @@ def test_raw_file_limit(tmp_path: Path) -> None:
     with pytest.raises(SizeLimitError):
         source = put(tmp_path, "data.gz", gzip.compress(b"x" * 5000))
         populate(tmp_path / "again", source, "gunzip", limit=4999)
+
+
+# Loaded by sc as its sitecustomize: the interpreter has none of the hash modules named in
+# $SC_TEST_NO_HASHES (separated by ":"), as one built without OpenSSL or some of its own has not.
+WITHOUT_HASHES = """
+import os, sys
+for name in os.environ["SC_TEST_NO_HASHES"].split(":"):
+    sys.modules[name] = None
+"""
+
+
+def test_an_interpreter_without_some_hashes_checks_with_those_it_has_and_refuses_the_others(tmp_path):
+    # hashlib logs a traceback on stderr for each hash it cannot make, as it is imported: a use
+    # of sha256: printed a dozen lines of tracebacks (so did a use under a small cap on memory,
+    # which such libraries do not fit in), and a hash it lacked was said among them.
+    from scutil import SRC, sc, sc_env
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(WITHOUT_HASHES)
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"data\n" * 100)
+    base = tmp_path / "base"
+    base.mkdir()
+    env = sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_NO_HASHES="_hashlib:_sha3:_blake2:_md5")
+    used = sc("--use", "-d", str(base), f"file:{source}", "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest(),
+              env=env)
+    assert (used.returncode, used.stderr) == (0, ""), used.stderr
+    assert (Path(used.stdout.strip()) / source.name).read_bytes() == source.read_bytes()
+    refused = sc("--use", "-d", str(base), f"file:{source}", "md5:" + hashlib.md5(source.read_bytes()).hexdigest(),
+                 env=env)
+    assert refused.returncode == 2 and refused.stderr.splitlines() == [
+        f"sc: error: 'md5:{hashlib.md5(source.read_bytes()).hexdigest()}': unsupported hash type md5 (see 'sc --help')"
+    ], refused.stderr

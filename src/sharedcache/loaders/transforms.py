@@ -14,13 +14,34 @@
 
 from __future__ import annotations
 
-import hashlib
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import ClassVar
 
 from ..errors import ChecksumError, UsageError
 from .protocol import Context, Transform, Unpacker
 from .streams import Layer, Stream
+
+
+def _quietly_imported_hashlib() -> ModuleType:
+    """:mod:`hashlib`, imported without the traceback it logs on stderr for each hash it cannot
+    make (an interpreter without OpenSSL or some of its own hash modules; a cap on memory that
+    their libraries do not fit in): a hash a recipe asks for and cannot have is refused in one
+    line (:class:`Checksum`), and the others are not the user's concern."""
+    stderr = sys.stderr
+    if "hashlib" not in sys.modules:
+        import io
+
+        sys.stderr = io.StringIO()
+    try:
+        import hashlib
+    finally:
+        sys.stderr = stderr
+    return hashlib
+
+
+hashlib = _quietly_imported_hashlib()
 
 # Not string.hexdigits: importing string compiles a pattern, about 1.3 ms of every miss.
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
