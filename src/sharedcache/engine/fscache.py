@@ -107,10 +107,13 @@ release or deletion acts through that descriptor; the check above also asks that
 
 A load holds the lock until the caller is done.  A hold, still under the lock, checks the
 entry's metadata against the caller's (another recipe under this name is a conflict), removes
-the leases of dead owners, creates ``keep`` if asked to (making an entry of this boot durable
-first, below), creates its lease file, and releases the lock.  A crash anywhere leaves at most
-a lease file whose owner is dead, which counts for nothing and is removed by whoever next
-holds, releases or deletes the entry, or by gc.
+the leases of dead owners among at most 16 it judges (all, if there are no more; else a run of
+them that depends on its pid), creates ``keep`` if asked to (making an entry of this boot
+durable first, below), creates its lease file, and releases the lock.  Judging an owner reads
+``/proc``: judging every lease, a use of an entry with hundreds of live ones cost half as much
+again; judging sixteen, dead leases still cannot pile up, since each hold adds one lease and
+removes the dead among sixteen.  A crash anywhere leaves at most a lease file whose owner is
+dead, which counts for nothing and is removed by a later hold or release, by a deletion or by gc.
 
 Delete (eviction, ``remove``, release of the last use)
 ------------------------------------------------------
@@ -197,8 +200,9 @@ stays as a cache entry under the budget.
 
 Release (``release(name)``) of a use that does not keep the entry:
 
-1. Without the index or the entry's lock, remove the lease file, then list the others (removing
-   the dead ones'): if a live lease remains, done.  Most releases end here: every job but the
+1. Without the index or the entry's lock, remove the lease file and the dead among the others
+   that a hold would judge (above), then look at the rest: if one has a live owner, done (the
+   first found ends the look).  Most releases end here: every job but the
    last leaves the entry in use, which nobody deletes, so nothing needs the index.
 2. Otherwise (the last use, maybe) create the same lease file again, and in an index
    transaction remove it and delete the entry (above) if no live lease remains and ``keep`` is
@@ -272,6 +276,7 @@ from .layout import (
 from .leases import (
     Owner,
     add_lease,
+    any_live_lease,
     boot_id,
     lease_of,
     put_lease,
@@ -280,6 +285,7 @@ from .leases import (
     require_proc,
     scan_lease_owners,
     scan_leases,
+    some_dead_leases,
 )
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -1108,7 +1114,7 @@ class FsCache:
                 found = self._meta(entry)
                 if found != meta:
                     raise ConflictError(name, found)
-            reclaim_leases(entry, scan_leases(entry)[1])
+            reclaim_leases(entry, some_dead_leases(entry))
             try:
                 if keep:
                     self._make_durable(entry)
@@ -1203,10 +1209,10 @@ class FsCache:
                 if not committed(entry):
                     raise MissError(f"no entry {name!r} in cache {self.root}")
                 lease = self._remove_lease(name, entry, owner, lease)
-                live: list[int] = []
+                live = False
                 try:
-                    live, dead = scan_leases(entry)
-                    reclaim_leases(entry, dead)
+                    reclaim_leases(entry, some_dead_leases(entry))
+                    live = any_live_lease(entry)
                     released_from = os.stat(entry)
                 finally:
                     # Maybe the last use (or the look failed: out of descriptors, most often):

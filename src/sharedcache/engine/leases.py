@@ -477,13 +477,47 @@ def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[
     return [owner.pid for owner in owners], dead
 
 
+#: How many of an entry's leases a hold judges at most (see :func:`some_dead_leases`).
+HOLD_JUDGES = 16
+
+
+def some_dead_leases(entry: str) -> list[str]:
+    """The dead among at most :data:`HOLD_JUDGES` of ``entry``'s leases: all of them if there are
+    no more, else a run of them (in the directory's order, wrapping around) that starts at a
+    place given by this process's pid, so that different processes judge different ones.
+
+    A hold takes this, not every lease: judging an owner reads ``/proc``, and a use of an entry
+    with 500 live leases took 1.6x the time of one with a single one.  Dead leases still
+    cannot pile up: each hold adds one lease and removes the dead among sixteen."""
+    leases = _lease_names(entry)
+    if len(leases) > HOLD_JUDGES:
+        start = os.getpid() * 2654435761 % len(leases)  # (Knuth's multiplier: nearby pids spread)
+        leases = (leases[start:] + leases[:start])[:HOLD_JUDGES]
+    return _judged(leases, {})[1]
+
+
+def any_live_lease(entry: str) -> bool:
+    """Whether any of ``entry``'s leases has a live owner; stops at the first one."""
+    alive: dict[str, bool] = {}
+    for lease in _lease_names(entry):
+        key = owner_key(lease)
+        if key not in alive:
+            alive[key] = key_alive(key)
+            if alive[key]:
+                return True
+    return False
+
+
 def scan_lease_owners(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[Owner], list[str]]:
     """The live owners of ``entry``'s leases (one per lease), and the dead leases' ids: as
     :func:`scan_leases`, with each owner whole, so that a listing can say which host and PID
     namespace a pid is of."""
-    leases = _lease_names(entry)
-    if alive is None:
-        alive = {}
+    return _judged(_lease_names(entry), {} if alive is None else alive)
+
+
+def _judged(leases: list[str], alive: dict[str, bool]) -> tuple[list[Owner], list[str]]:
+    """The live owners of ``leases`` (one per lease), and the dead ones; ``alive``: whether each
+    owner key is alive, as known so far (filled in)."""
     live: list[Owner] = []
     dead: list[str] = []
     owners: dict[str, Owner] = {}
