@@ -202,20 +202,23 @@ Release (``release(name)``) of a use that does not keep the entry:
 
 1. Without the index or the entry's lock, remove the lease file and the dead among the others
    that a hold would judge (above), then look at the rest: if one has a live owner, done (the
-   first found ends the look).  Most releases end here: every job but the
-   last leaves the entry in use, which nobody deletes, so nothing needs the index.
+   first found ends the look).  Most releases end here: every job but the last leaves the
+   entry in use, which nobody deletes, so nothing needs the index.
 2. Otherwise (the last use, maybe) create the same lease file again, and in an index
    transaction remove it and delete the entry (above) if no live lease remains and ``keep`` is
    absent.  The lease given back makes the release whole or nothing: a transaction that fails
-   (an unusable index) leaves the use held.
+   (an unusable index) leaves the use held.  So does a failure in step 1 after the removal.
 
 Two releases at once never both leave the deletion to the other: each removes its lease
-before it lists, so whichever lists second finds neither lease, and goes on to step 2.  A
-release whose lease was found last may meanwhile be overtaken: another release, or gc, deletes
-the entry while the lease is away (its use is over, the entry unused); step 2 then finds the
-entry gone, or another in its place, and reports it deleted.  A crash in step 1 leaves the
-use released; one after the lease is given back leaves it held, as if the release never ran.  A release that
-keeps the entry (``keep``) takes step 2 directly, and marks the entry kept in the transaction.
+before it looks, so whichever looks second finds neither lease, and goes on to step 2.  The
+entry's lock is not taken in step 1: a releaser holding it shared would make the deleter of a
+concurrent last release (which locks without waiting) take the entry for one in use, and leave
+it without a lease.  A release whose lease was found the last may be overtaken while the lease
+is away: another release, or gc, deletes the entry (its use is over, the entry unused); step 2
+then finds the entry gone, or another in its place, and reports it deleted.  A crash in step 1
+leaves the use released; one after the lease is given back leaves it held, as if the release
+never ran.  A release that keeps the entry (``keep``) takes step 2 directly, and marks the
+entry kept in the transaction.
 """
 
 from __future__ import annotations
