@@ -436,6 +436,7 @@ def empty_members(count: int) -> Iterator[bytes]:
         yield bytes(header)
 
 
+@pytest.mark.timeout(150)
 def test_200000_empty_members_in_bounded_memory(box: Box) -> None:
     """Within the entry cap: unpacked at the file system's pace, in constant memory."""
     path = box.inputs / "many.tar.gz"
@@ -452,8 +453,10 @@ def test_200000_empty_members_in_bounded_memory(box: Box) -> None:
               "populate(parse_recipe(sys.argv[1:3]), sys.argv[3], work=sys.argv[4])\n"
               "status = open('/proc/self/status').read()\n"
               "print(status.split('VmHWM:')[1].split()[0])\n")
+    # (A guard against a hang, not a measure of speed: about 10 s alone, more than 50 s beside two
+    # busy loops and the suite's other worker on two cores.)
     result = subprocess.run([sys.executable, "-c", script, f"file:{path}", "tar", box.dest, box.work],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=50)
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) < 150 * 1024  # KiB: the interpreter alone takes some 30 MiB
     assert sum(len(files) for _, _, files in os.walk(box.dest)) == 200_000
