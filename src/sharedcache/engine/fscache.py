@@ -1213,9 +1213,10 @@ class FsCache:
                     raise MissError(f"no entry {name!r} in cache {self.root}")
                 lease = self._remove_lease(name, entry, owner, lease)
                 live = False
+                alive: dict[str, bool] = {}  # (whom the reclaim judged, the look needs not judge again)
                 try:
-                    reclaim_leases(entry, some_dead_leases(entry))
-                    live = any_live_lease(entry)
+                    reclaim_leases(entry, some_dead_leases(entry, alive))
+                    live = any_live_lease(entry, alive)
                     released_from = os.stat(entry)
                 finally:
                     # Maybe the last use (or the look failed: out of descriptors, most often):
