@@ -152,3 +152,20 @@ def test_a_library_that_cannot_be_mapped_under_a_cap_on_memory_is_out_of_memory(
     monkeypatch.setattr(registry.importlib, "import_module", out_of_memory)
     with pytest.raises(MemoryError):
         registry.loader_class("http")
+
+def test_with_no_memory_left_the_line_still_names_the_cap() -> None:
+    # The cap is read from /proc/self/limits as the line is made, when memory may be all taken: a
+    # buffer made for the reading then failed, and the line said "out of memory" without its cause.
+    hoard = ("from sharedcache.errors import out_of_memory\n"
+             "hoard = []\n"
+             "for size in (1 << 20, 1 << 16, 1 << 12, 512, 64):\n"
+             "    try:\n"
+             "        while True:\n"
+             "            hoard.append(bytearray(size))\n"
+             "    except MemoryError:\n"
+             "        pass\n"
+             "print(out_of_memory())\n")
+    run = subprocess.run(["prlimit", f"--as={64 * MiB}", *SC[:1], "-c", hoard], capture_output=True, text=True,
+                         timeout=60, env=sc_env())
+    assert run.stdout == (f"out of memory: this process may take {64 * MiB} bytes of address space (ulimit -v); "
+                          "raise the limit\n"), run.stderr

@@ -13,6 +13,8 @@ query either (:func:`without_queries`).
 
 from __future__ import annotations
 
+import _thread
+
 #: Quoted text longer than this many characters is shown by its two ends (a name in an archive may
 #: be 256 KiB long, and the message must stay a line a user can read).
 QUOTED_CHARACTERS = 160
@@ -361,25 +363,39 @@ def file_size_limit() -> int | None:
     return _soft_limit("Max file size")
 
 
+#: What :func:`_soft_limit` reads ``/proc/self/limits`` into: made with the module, since a process
+#: that has run out of memory may not get the 4 KiB of a new buffer (the line then lost its reason).
+_LIMITS = bytearray(4096)
+_LIMITS_LOCK = _thread.allocate_lock()
+_DIGITS = b"0123456789"
+
+
 def _soft_limit(name: str) -> int | None:
     """This process's soft limit ``name`` (as ``/proc/self/limits`` names it), or None if there is
     none or it cannot be read.  Read there rather than with :mod:`resource`, whose shared library
-    a process out of address space cannot load."""
+    a process out of address space cannot load, and without making a buffer or a line."""
     import os
 
-    try:  # (raw: a text file's buffers may be more than a process out of memory can get)
+    key = b"\n" + name.encode() + b"  "
+    try:
         fd = os.open("/proc/self/limits", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            limits = os.read(fd, 4096)
+            with _LIMITS_LOCK:
+                size = os.readv(fd, [_LIMITS])
+                start = _LIMITS.find(key, 0, size)
+                if start < 0:
+                    return None
+                first = start + len(key)
+                while first < size and _LIMITS[first] == ord(" "):
+                    first += 1
+                last = first
+                while last < size and _LIMITS[last] in _DIGITS:
+                    last += 1
+                return int(_LIMITS[first:last]) if last > first else None  # (None: "unlimited")
         finally:
             os.close(fd)
-        for line in limits.splitlines():
-            if line.startswith(name.encode() + b"  "):
-                soft = line[len(name):].split()[0]
-                return int(soft) if soft.isdigit() else None  # "unlimited"
     except (OSError, ValueError, MemoryError):
-        pass
-    return None
+        return None
 
 
 def file_size_limit_error(sizes: tuple[int, ...] = ()) -> FileSizeLimitError | None:
