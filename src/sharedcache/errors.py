@@ -316,6 +316,10 @@ class ProcessLimitError(SharedCacheError):
     their own (see :func:`over_limit`)."""
 
 
+class OutOfMemoryError(ProcessLimitError):
+    """The system refused this process memory (ENOMEM): under a cap on address space, most often."""
+
+
 class OutOfFilesError(ProcessLimitError):
     """The process, or the system, has as many files open as it may."""
 
@@ -330,6 +334,7 @@ def over_limit(error: OSError) -> ProcessLimitError | None:
     whatever failed to open is fine, it is what this process may open that ran out, so the line
     says which limit and not what was being opened.  EFBIG under a file size limit (``ulimit
     -f``) is that limit; without one it is the file system's largest file, a fact of the base.
+    ENOMEM is memory refused, as under ``ulimit -v``.
 
     The limit of open files is read with ``os.sysconf``, which returns the soft RLIMIT_NOFILE as
     ``getrlimit`` does: importing :mod:`resource` would open its shared library, which a
@@ -345,6 +350,8 @@ def over_limit(error: OSError) -> ProcessLimitError | None:
                                "raise it, or end what holds them")
     if error.errno == errno.EFBIG:
         return file_size_limit_error()
+    if error.errno == errno.ENOMEM:
+        return OutOfMemoryError(out_of_memory())
     return None
 
 
@@ -420,11 +427,16 @@ def out_of_memory() -> str:
 
 
 def memory_refused(error: BaseException) -> bool:
-    """Whether ``error`` is the system refusing memory: a :class:`MemoryError`, or a module whose
-    library could not be mapped under a limit on address space (the dynamic loader says "failed
-    to map segment from shared object", or "cannot allocate memory")."""
+    """Whether ``error`` is the system refusing memory: a :class:`MemoryError`, or, under a limit
+    on address space, a module whose library could not be mapped (the dynamic loader says "failed
+    to map segment from shared object", or "cannot allocate memory") or a :class:`SystemError`
+    (the interpreter's C code that met an allocation failing and did not say so: "error return
+    without exception set", in an import at a cap of 29 MiB).  A call that fails with ENOMEM is
+    :func:`over_limit`'s."""
     if isinstance(error, MemoryError):
         return True
+    if isinstance(error, SystemError):
+        return _soft_limit("Max address space") is not None
     if not isinstance(error, ImportError):
         return False
     text = str(error).lower()

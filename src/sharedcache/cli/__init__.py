@@ -78,17 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError as e:  # stdout written at once (PYTHONUNBUFFERED), its reader gone
         print(f"sc: error: cannot write the output: {e.strerror}", file=sys.stderr)
         return 1
-    except MemoryError:
-        print(f"sc: error: {out_of_memory()}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        limit = over_limit(e)  # (whatever was being opened: the limit is the news)
-        line = str(limit) if limit else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-        print(f"sc: error: {line}", file=sys.stderr)
-        return 1
-    except Exception as e:  # a bug: say so in one line, and show the details on request
-        if memory_refused(e):  # (a lazy import under ulimit -v: no bug)
+    except Exception as e:  # unless the system refused: a bug, said in one line, its details on request
+        if memory_refused(e):  # (also a lazy import, or an ENOMEM, under ulimit -v: no bug)
             print(f"sc: error: {out_of_memory()}", file=sys.stderr)
+            return 1
+        if isinstance(e, OSError):
+            limit = over_limit(e)  # (whatever was being opened: the limit is the news)
+            line = str(limit) if limit else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+            print(f"sc: error: {line}", file=sys.stderr)
             return 1
         if verbose:
             raise

@@ -278,6 +278,14 @@ def _lzma_alone(start: bytes) -> bool:
     return size == 2**64 - 1 or size < 2**38
 
 
+def _zlib_refused_memory(error: BaseException) -> bool:
+    """Whether ``error`` is zlib's Z_MEM_ERROR (-4), which it says without a message of its own:
+    memory refused (its window is allocated as a stream needs it).  ISA-L's -4 is a bad header."""
+    import zlib
+
+    return type(error) is zlib.error and str(error).startswith("Error -4 while")
+
+
 _DECODERS: dict[str, Callable[[bytes], Any]] = {"gzip": _gzip_decoder, "bzip2": _bz2_decoder, "xz": _xz_decoder}
 #: How many of a stream's first bytes its decoder is chosen by (an .lzma header's).
 _START = 13
@@ -373,6 +381,8 @@ class _Decompressing(Layer):
             except self._errors as exc:
                 if self._codec == "xz" and "Memory usage limit" in str(exc):  # liblzma's LZMA_MEMLIMIT_ERROR
                     raise too_large(self._what, "xz", "more memory") from None
+                if _zlib_refused_memory(exc):  # (the data unjudged)
+                    raise MemoryError from None
                 raise _failure(self._codec, self._what, self._head, self._produced,
                                f"corrupt {self._codec} data from {self._what}: {exc}", alone=self._alone) from None
             if out:

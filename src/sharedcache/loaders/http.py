@@ -262,6 +262,11 @@ class _HttpStream(SourceStream):
     def _start(self, url: str, ctx: Context, start: int, validator: str | None,
                login: tuple[str, str] | None) -> None:
         """Ask for the file, and keep what reads the rest of it."""
+        # Loaded with the HTTP stack, not by the first resolution of a host name (the socket module
+        # looks the codec up for each): a library it needs that cannot be mapped (under a cap on
+        # memory) is then this ImportError, which says so, not "unknown encoding: idna".
+        import encodings.idna  # noqa: F401
+
         import urllib3
 
         from .transport import TlsOptions

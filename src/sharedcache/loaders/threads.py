@@ -18,6 +18,12 @@ that it started, would wait for ever: a wedged job.  So :func:`start` waits for 
 refused; which of the two goes on with the work is settled by a lock that the thread takes
 before it does any (its ``run``) and the starter takes when it gives up, so that a thread
 merely late to start, on a loaded host, does nothing, rather than the same work twice.
+
+Python reports such a death on stderr, with a traceback (from ``threading.excepthook``, or as
+"Exception ignored in thread started by").  For the threads started here, whose work goes on
+without them, and for a thread of the process that the system refused memory as it started,
+those reports are left unsaid (:func:`_quiet_deaths`): the user hears of the limit once, from
+:func:`tell` or the command's last line.  A report that itself finds no memory may still show.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ START_WAIT = 2.0
 
 _refused = False  # a thread was refused in this process...
 _told = False     # ...and a notice has said so
+_quieted = False  # the reports of threads that died as they started are left unsaid
 
 
 class _StartWait(threading.Event):
@@ -48,6 +55,9 @@ def start(thread: threading.Thread) -> bool:
     """Start ``thread`` (a new one); False if the system refused it, or it died as it started
     (then it never does its work: the caller does)."""
     global _refused  # noqa: PLW0603 - a fact of this process, told once
+    if not _quieted:
+        _quiet_deaths()
+    thread.quiet_death = True  # type: ignore[attr-defined]  # (read by the hook of _quiet_deaths)
     settled = threading.Lock()  # taken by the thread as it begins its work, or by us as we give it up
     work = thread.run
 
@@ -68,6 +78,28 @@ def start(thread: threading.Thread) -> bool:
         return True  # it said it started, or it began its work after all
     _refused = True
     return False
+
+
+def _quiet_deaths() -> None:
+    """Leave unsaid Python's reports of a thread of ours that died of memory (a MemoryError, or the
+    SystemError of C code that met an allocation failing), and of any thread refused memory as it
+    started; pass every other report on to the hooks there were."""
+    import sys
+
+    global _quieted  # noqa: PLW0603 - hooks of this process, set once
+    _quieted = True
+    memory = (MemoryError, SystemError)
+    thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
+
+    def thread_died(args: threading.ExceptHookArgs) -> None:
+        if not (issubclass(args.exc_type, memory) and getattr(args.thread, "quiet_death", False)):
+            thread_hook(args)
+
+    def unraisable(report: sys.UnraisableHookArgs) -> None:
+        if not (issubclass(report.exc_type, memory) and (report.err_msg or "").endswith("thread started by")):
+            unraisable_hook(report)
+
+    threading.excepthook, sys.unraisablehook = thread_died, unraisable
 
 
 def tell(notice: Callable[[str], None]) -> None:
