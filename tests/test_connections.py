@@ -430,6 +430,27 @@ def test_reader_raises_after_the_bytes_before_the_failure(fake_parts: list[FakeP
     assert all(part.closed for part in fake_parts)
 
 
+def test_reader_whose_workers_end_unheard_fails_rather_than_waits(fake_parts: list[FakePart],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker hands on what stops it; if the handing on fails too (no memory for it, under a cap
+    # on memory), the worker ends without a word, and the consumer waited for the part for ever.
+    stop = RangedReader._stop
+
+    def no_memory_to_hand_on(self: RangedReader, failure: BaseException | None) -> list[object]:
+        if failure is not None:
+            raise MemoryError
+        return stop(self, failure)  # (the close's)
+
+    monkeypatch.setattr(RangedReader, "_stop", no_memory_to_hand_on)
+    reader = RangedReader(lambda start, end: FakePart(start, end, fail_at=start), 0, 50_000,
+                          part_size=4000, connections=4, first=FakePart(0, 4000, fail_at=0))
+    with pytest.raises(MemoryError, match="ended without handing on its work"):
+        while reader.read(3000):
+            pass
+    reader.close()
+    assert not range_threads()
+
+
 def test_reader_closed_before_or_while_reading(fake_parts: list[FakePart]) -> None:
     first = FakePart(0, 4000)
     RangedReader(FakePart, 0, 40_000, part_size=4000, connections=4, first=first).close()

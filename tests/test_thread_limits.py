@@ -191,3 +191,23 @@ def test_with_no_memory_left_the_line_still_names_the_cap() -> None:
                          timeout=60, env=sc_env())
     assert run.stdout == (f"out of memory: this process may take {64 * MiB} bytes of address space (ulimit -v); "
                           "raise the limit\n"), run.stderr
+
+
+def test_a_read_ahead_whose_thread_ends_unheard_fails_rather_than_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The read-ahead thread hands its consumer what stops it; where that handing on failed too
+    # (no memory for its frame, under a cap on memory), the thread ended without a word and the
+    # consumer waited for the next chunk for ever: `sc --use` hung, once, at a cap of 38 MiB.
+    from sharedcache.loaders import streams
+
+    class Failing(streams.Stream):
+        def read(self, size: int = -1) -> bytes:
+            raise OSError("the source failed")
+
+    def no_memory_to_hand_on(self: streams.Prefetch, item: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(streams.Prefetch, "_put", no_memory_to_hand_on)
+    reader = streams.Prefetch(Failing())
+    with pytest.raises(MemoryError, match="ended without handing on its work"):
+        reader.read()
+    reader.close()

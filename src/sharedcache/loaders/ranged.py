@@ -127,6 +127,8 @@ class RangedReader:
                     continue
                 if self._failure is not None:
                     raise self._failure
+                if not any(thread.is_alive() for thread in self._threads):  # (a part is left unfinished)
+                    raise threads.ended_unheard()
                 self._arrived.wait(_WAIT)
             return b""
 

@@ -247,7 +247,15 @@ class Prefetch(Stream):
         """The next chunk of the stream below and the bytes received so far; raises what reading it raised."""
         if self._inline:
             return self._pull(), self._received
-        item = self._queue.get()
+        while True:
+            # Looked at before the queue: what a thread that has ended put is in it by then.
+            alive = self._thread.is_alive()
+            try:
+                item = self._queue.get(alive, threads.ALIVE_CHECK)
+                break
+            except queue.Empty:
+                if not alive:
+                    raise threads.ended_unheard() from None
         if isinstance(item, BaseException):
             raise item
         return item

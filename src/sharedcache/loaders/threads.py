@@ -34,6 +34,10 @@ TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+#: Seconds between a consumer's looks at whether the threads it waits on still live (see
+#: :func:`ended_unheard`).
+ALIVE_CHECK = 1.0
+
 #: Seconds a new thread has to say that it started (it takes microseconds) before it is taken
 #: for one that died as it started.
 START_WAIT = 2.0
@@ -100,6 +104,14 @@ def _quiet_deaths() -> None:
             unraisable_hook(report)
 
     threading.excepthook, sys.unraisablehook = thread_died, unraisable
+
+
+def ended_unheard() -> MemoryError:
+    """What a consumer raises when the threads it waits on have all ended without handing on their
+    last word (their data, its end, or their failure), rather than wait for ever: each hands on
+    whatever stops it, so only the handing on itself failed, and only memory refused makes that
+    fail (the frame of the call, the queue's entry)."""
+    return MemoryError("a thread ended without handing on its work")
 
 
 def tell(notice: Callable[[str], None]) -> None:
