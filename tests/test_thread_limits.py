@@ -104,7 +104,7 @@ def test_on_a_terminal_the_progress_bar_goes_without_a_thread(reachable_tmp: Pat
     assert b"Warning" not in shown and b"Traceback" not in shown, shown
 
 
-OUT_OF_MEMORY = re.compile(r"sc: error: (?:repository 'data': )?out of memory: this process may take ([0-9]+) bytes of address space "
+OUT_OF_MEMORY = re.compile(r"sc: error: (?:repository '[a-z]+': )?out of memory: this process may take ([0-9]+) bytes of address space "
                            r"\(ulimit -v\); raise the limit")
 
 
@@ -211,3 +211,25 @@ def test_a_read_ahead_whose_thread_ends_unheard_fails_rather_than_waits(monkeypa
     with pytest.raises(MemoryError, match="ended without handing on its work"):
         reader.read()
     reader.close()
+
+
+def test_a_decoder_refused_memory_is_out_of_memory_not_corrupt_data(reachable_tmp: Path) -> None:
+    # zstd's decoder allocates the window a frame asks for (here 128 MiB, as `zstd --long=27`
+    # makes it, with no content size to allocate less by) as the stream starts: under a cap of
+    # 100 MiB that allocation fails, and the line said "corrupt zstd data ... Allocation error".
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters(window_log=27, write_content_size=False)
+    compressor = zstandard.ZstdCompressor(compression_params=params).compressobj()  # (streamed: no size)
+    path = reachable_tmp / "wide.tar.zst"
+    path.write_bytes(compressor.compress(tarball_bytes(SMALL_FILES, compression="")) + compressor.flush())
+    assert zstandard.get_frame_parameters(path.read_bytes()).window_size == 128 * MiB
+    checksum = f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    argv = [*SC, "--use", "-d", str(reachable_tmp), "-n", "wide", f"file:{path}", checksum, "tar"]
+    capped = subprocess.run(["prlimit", f"--as={100 * MiB}", *argv], capture_output=True, text=True, timeout=60,
+                            env=sc_env())
+    assert capped.returncode == 1 and OUT_OF_MEMORY.fullmatch(capped.stderr.splitlines()[-1]), capped.stderr
+    assert "corrupt" not in capped.stderr, capped.stderr
+    whole = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=sc_env())
+    assert whole.returncode == 0, whole.stderr
+    check_tree(Path(whole.stdout.strip()), SMALL_FILES)
