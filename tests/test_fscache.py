@@ -693,6 +693,36 @@ def test_a_release_that_fails_after_removing_its_lease_gives_it_back(root: Path)
     assert_clean(root)
 
 
+#: Stores entry "e" in the cache ``argv[1]``, the block failing, and every opening failing from then
+#: on (out of descriptors); prints the error that comes out.
+STORE_FAILS_OUT_OF_FILES = """
+import errno, sys
+from sharedcache import FsCache
+cache = FsCache(sys.argv[1])
+out = []
+def _hook(event, args):
+    if out and event == "open":
+        raise OSError(errno.EMFILE, "Too many open files")
+sys.addaudithook(_hook)
+try:
+    with cache.store("e") as path:
+        out.append(True)
+        raise ValueError("the block's own error")
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_store_whose_cleanup_has_no_descriptor_left_raises_the_blocks_own_error(root: Path) -> None:
+    # The staging tree of a failed store is removed through a descriptor of stage/; with none
+    # left, the cleanup's OutOfFilesError came out in place of what made the block fail.
+    failed = subprocess.run([sys.executable, "-c", STORE_FAILS_OUT_OF_FILES, str(root)], capture_output=True,
+                            text=True, timeout=60)
+    assert failed.stdout == "ValueError the block's own error\n", failed.stdout + failed.stderr
+    FsCache(root).gc()  # the staging tree left is gc's
+    assert_clean(root)
+
+
 #: Holds entry "e" of the cache ``argv[1]`` for the process ``argv[2]``, from a process of its own.
 HOLDS_FOR = """
 import sys

@@ -236,6 +236,7 @@ from ..errors import (
     EntryTooLargeError,
     MissError,
     NoSpaceError,
+    ProcessLimitError,
     UsageError,
     WaitTimeoutError,
     no_space_for,
@@ -801,8 +802,10 @@ class FsCache:
                         remove_tree(stage_id, dir_fd=stages)  # a no-op once the commit renamed it away
                     finally:
                         os.close(stages)
-                except (CacheError, OSError):
-                    pass  # stage/ swapped meanwhile, or the tree not removable: what is left is gc's
+                except (CacheError, ProcessLimitError, OSError):
+                    # stage/ swapped meanwhile, the tree not removable, or no descriptor left to
+                    # reach it with: what is left is gc's, and the block's own error is the news.
+                    pass
 
     @scoped
     def stage(self) -> Iterator[Path]:
