@@ -500,14 +500,7 @@ def some_dead_leases(entry: str, alive: dict[str, bool] | None = None) -> list[s
 def any_live_lease(entry: str, alive: dict[str, bool]) -> bool:
     """Whether any of ``entry``'s leases has a live owner; stops at the first one.  ``alive``: as
     for :func:`scan_leases` (owners judged already are not judged again)."""
-    for lease in _lease_names(entry):
-        key = owner_key(lease)
-        up = alive.get(key)
-        if up is None:
-            up = alive[key] = key_alive(key)
-        if up:
-            return True
-    return False
+    return any(_remembered_alive(owner_key(lease), alive) for lease in _lease_names(entry))
 
 
 def scan_lease_owners(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[Owner], list[str]]:
@@ -525,10 +518,7 @@ def _judged(leases: list[str], alive: dict[str, bool]) -> tuple[list[Owner], lis
     owners: dict[str, Owner] = {}
     for lease in leases:
         key = owner_key(lease)
-        up = alive.get(key)
-        if up is None:
-            up = alive[key] = key_alive(key)
-        if not up:
+        if not _remembered_alive(key, alive):
             dead.append(lease)
             continue
         owner = owners.get(key)
@@ -536,6 +526,14 @@ def _judged(leases: list[str], alive: dict[str, bool]) -> tuple[list[Owner], lis
             owner = owners[key] = Owner.parse(key)
         live.append(owner)
     return live, dead
+
+
+def _remembered_alive(key: str, alive: dict[str, bool]) -> bool:
+    """:func:`key_alive` of ``key``, judged once: remembered in ``alive``."""
+    up = alive.get(key)
+    if up is None:
+        up = alive[key] = key_alive(key)
+    return up
 
 
 def reclaim_leases(entry: str, dead: list[str]) -> int:
