@@ -233,3 +233,59 @@ def test_a_decoder_refused_memory_is_out_of_memory_not_corrupt_data(reachable_tm
     whole = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=sc_env())
     assert whole.returncode == 0, whole.stderr
     check_tree(Path(whole.stdout.strip()), SMALL_FILES)
+
+
+def test_a_zip_members_inflater_refused_memory_is_out_of_memory_not_corrupt_data(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # zlib allocates its window as a stream needs it, and says Z_MEM_ERROR as "Error -4 while
+    # decompressing data": a zip member's inflater took that for corrupt data, as the gzip
+    # decoder did (ISA-L's -4 is a bad header: data).
+    import zlib
+
+    from sharedcache.loaders import ziparchive
+
+    class Refusing:
+        eof = False
+        unconsumed_tail = b""
+
+        def __init__(self, error: zlib.error) -> None:
+            self.error = error
+
+        def decompress(self, data: bytes, max_length: int) -> bytes:
+            raise self.error
+
+    for error, raised in ((zlib.error("Error -4 while decompressing data"), MemoryError),
+                          (zlib.error("Error -3 while decompressing data: invalid block type"), ValueError)):
+        monkeypatch.setattr(ziparchive, "inflate_module", lambda error=error: type(
+            "Zlib", (), {"error": zlib.error, "decompressobj": staticmethod(lambda wbits: Refusing(error))}))
+        with pytest.raises(raised):
+            ziparchive._Inflate().decompress(b"data", 100)
+
+
+#: Starts a thread of ours (``threads.start``) that dies of ``argv[1]`` (an exception's name), then
+#: a bare thread that does (which Python reports as "Exception ignored in thread started by").
+DIES_OF = """
+import _thread, sys, threading, time
+from sharedcache.loaders import threads
+
+def die():
+    raise getattr(__builtins__, sys.argv[1])("died")
+
+thread = threading.Thread(target=die)
+assert threads.start(thread)
+thread.join(10)
+_thread.start_new_thread(die, ())
+time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("error", ["MemoryError", "SystemError", "ValueError"])
+def test_a_thread_that_dies_of_memory_is_not_reported_and_others_are(error: str) -> None:
+    # A thread that died of memory as it started (its work done without it) was reported by
+    # Python with a traceback on the user's stderr; any other death still is.
+    run = subprocess.run([*SC[:1], "-c", DIES_OF, error], capture_output=True, text=True, timeout=60, env=sc_env())
+    assert run.returncode == 0, run.stderr
+    if error == "ValueError":
+        assert run.stderr.count("ValueError: died") == 2, run.stderr
+    else:
+        assert run.stderr == "", run.stderr

@@ -278,16 +278,16 @@ def _lzma_alone(start: bytes) -> bool:
     return size == 2**64 - 1 or size < 2**38
 
 
-def _refused_memory(codec: str, error: BaseException) -> bool:
-    """Whether the error of ``codec``'s decoder is memory refused (its window or tables, allocated
-    as a stream needs them), in which the data has no part: libzstd's allocation error, or zlib's
-    Z_MEM_ERROR (-4), said without a message of its own (ISA-L's -4 is a bad header).  liblzma's
-    and libbz2's are MemoryError already."""
-    if codec == "zstd":
-        return "Allocation error" in str(error)
+def refused_memory(error: BaseException) -> bool:
+    """Whether a decoder's ``error`` is memory refused (its window or tables, allocated as a stream
+    needs them), in which the data has no part: zlib's Z_MEM_ERROR (-4), said without a message of
+    its own (ISA-L's -4 is a bad header, and its errors are not zlib's), or libzstd's allocation
+    error.  liblzma's and libbz2's are MemoryError already."""
     import zlib
 
-    return codec == "gzip" and type(error) is zlib.error and str(error).startswith("Error -4 while")
+    if type(error) is zlib.error:
+        return str(error).startswith("Error -4 while")
+    return "Allocation error" in str(error)
 
 
 _DECODERS: dict[str, Callable[[bytes], Any]] = {"gzip": _gzip_decoder, "bzip2": _bz2_decoder, "xz": _xz_decoder}
@@ -385,7 +385,7 @@ class _Decompressing(Layer):
             except self._errors as exc:
                 if self._codec == "xz" and "Memory usage limit" in str(exc):  # liblzma's LZMA_MEMLIMIT_ERROR
                     raise too_large(self._what, "xz", "more memory") from None
-                if _refused_memory(self._codec, exc):  # (the data unjudged)
+                if refused_memory(exc):  # (the data unjudged)
                     raise MemoryError from None
                 raise _failure(self._codec, self._what, self._head, self._produced,
                                f"corrupt {self._codec} data from {self._what}: {exc}", alone=self._alone) from None
@@ -509,7 +509,7 @@ class _Zstd(Layer):
         try:
             out = self._reader.read(size if size > 0 else CHUNK)
         except self._error as exc:
-            if _refused_memory("zstd", exc):  # (the data unjudged)
+            if refused_memory(exc):  # (the data unjudged)
                 raise MemoryError from None
             window = self._window()
             if window > _ZSTD_WINDOW_LIMIT:  # compressed with --long

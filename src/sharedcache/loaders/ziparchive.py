@@ -42,7 +42,7 @@ from typing import Any
 
 from ..errors import CorruptDataError, quoted
 from ..sizes import format_size
-from .codecs import XZ_MEMORY_LIMIT, too_large
+from .codecs import XZ_MEMORY_LIMIT, inflate_module, refused_memory, too_large
 from .streams import CHUNK, Buffered
 
 _END_RECORD = struct.Struct("<4s4H2LH")          # end of central directory
@@ -339,8 +339,6 @@ class _Inflate(_Decoder):
     """Deflate, inflated by ISA-L where it is installed (see :func:`~sharedcache.loaders.codecs.inflate_module`)."""
 
     def __init__(self) -> None:
-        from .codecs import inflate_module
-
         module = inflate_module()
         self._inflater, self._errors = module.decompressobj(-15), (module.error, zlib.error)
 
@@ -351,6 +349,8 @@ class _Inflate(_Decoder):
         try:
             out: bytes = self._inflater.decompress(tail + data if tail else data, max_length)
         except self._errors as exc:
+            if refused_memory(exc):  # (the data unjudged)
+                raise MemoryError from None
             raise ValueError(str(exc)) from None
         self.eof = self._inflater.eof
         return out
