@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fscache_worker import Children
 from origin import Origin
+from scutil import mounted_image, needs_delayed_allocation
 
 # --- Loader tests: the loopback HTTP origin --------------------------------------------------------
 
@@ -49,6 +50,17 @@ def children() -> Iterator[Children]:
 def root(tmp_path: Path) -> Path:
     """Where a test's cache lives (not created: the engine creates it)."""
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ext4 file system of the test's own, which delays allocation: what is not flushed
+    can be seen (:func:`scutil.pending`), and no other test's ``syncfs`` flushes it, as one of the
+    file system of ``tmp_path`` would (every commit makes one); skipped, saying why, where it cannot
+    be mounted (not root, no loop device)."""
+    with mounted_image(tmp_path / "disk", "ext4", 64) as mount:
+        needs_delayed_allocation(mount)
+        yield mount
 
 
 # --- Tests with other users: a directory they can reach ------------------------------------------

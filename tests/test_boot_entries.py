@@ -28,9 +28,7 @@ from scutil import (
     control,
     make_tarball,
     mounted_bindfs,
-    mounted_image,
     mounted_tmpfs,
-    needs_delayed_allocation,
     on_host,
     pending,
     sc,
@@ -43,14 +41,6 @@ from sharedcache.errors import MissError
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
 
 OTHER_BOOT = "0badb007-0000-4000-8000-000000000000\n"
-
-
-@pytest.fixture
-def disk(tmp_path: Path):
-    """A fresh ext4 file system, which delays allocation: what is not flushed can be seen."""
-    with mounted_image(tmp_path / "disk", "ext4", 64) as mount:
-        needs_delayed_allocation(mount)
-        yield mount
 
 
 def markers(entry: Path) -> set[str]:

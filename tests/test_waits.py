@@ -34,7 +34,6 @@ from scutil import (
     close_listener,
     control,
     finish,
-    needs_delayed_allocation,
     pause_at,
     pending,
     read_head,
@@ -140,14 +139,13 @@ def test_a_download_below_the_speed_limit_fails_and_its_waiters_get_the_error(tm
     assert not (control(base) / "populate" / "slow.work").exists()
 
 
-def test_the_records_of_a_population_in_progress_are_not_flushed(tmp_path):
+def test_the_records_of_a_population_in_progress_are_not_flushed(disk):
     # The status record is written as a population starts and rewritten twice a second while
     # bytes come; the work directory's marker once.  After a power loss that population is dead
     # and a garbled record reads as none, so flushing them would only make it wait for the disk.
     # (An origin that sends no byte keeps the first status record: ext4 starts writing back a
     # file renamed over another at once, which FIEMAP could not tell from a flush.)
-    needs_delayed_allocation(tmp_path)
-    base = tmp_path / "base"
+    base = disk / "base"
     base.mkdir()
     silent = Trickle(interval=60)
     populator = sc_start("--use", "-d", str(base), "-n", "slow", "--speed-limit", "0", silent.word())
