@@ -100,7 +100,9 @@ def _quiet_deaths() -> None:
             thread_hook(args)
 
     def unraisable(report: sys.UnraisableHookArgs) -> None:
-        if not (issubclass(report.exc_type, memory) and (report.err_msg or "").endswith("thread started by")):
+        # (Python 3.13 puts the thread's function into the message, where 3.11 gave it apart.)
+        if not (issubclass(report.exc_type, memory)
+                and (report.err_msg or "").startswith("Exception ignored in thread started by")):
             unraisable_hook(report)
 
     threading.excepthook, sys.unraisablehook = thread_died, unraisable
