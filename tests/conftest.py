@@ -55,9 +55,9 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A fresh ext4 file system of the test's own, which delays allocation: what is not flushed
-    can be seen (:func:`scutil.pending`), and no other test's ``syncfs`` flushes it, as one of the
-    file system of ``tmp_path`` would (every commit makes one); skipped, saying why, where it cannot
-    be mounted (not root, no loop device)."""
+    can be seen (:func:`scutil.pending`), and the ``syncfs`` of another test's commit, which
+    flushes the file system ``tmp_path`` shares with the suite, does not reach it; skipped, saying
+    why, where it cannot be mounted (not root, no loop device)."""
     with mounted_image(tmp_path / "disk", "ext4", 64) as mount:
         needs_delayed_allocation(mount)
         yield mount
