@@ -426,22 +426,27 @@ def out_of_memory() -> str:
     return f"out of memory: this process may take {soft} bytes of address space (ulimit -v); raise the limit"
 
 
-def memory_refused(error: BaseException) -> bool:
+def memory_refused(error: BaseException | None) -> bool:
     """Whether ``error`` is the system refusing memory: a :class:`MemoryError`, or, under a limit
     on address space, a module whose library could not be mapped (the dynamic loader says "failed
-    to map segment from shared object", or "cannot allocate memory") or a :class:`SystemError`
+    to map segment from shared object", or "cannot allocate memory"; a module that imports
+    another's C interface through a capsule says only "PyCapsule_Import could not import module",
+    the reason dropped: ``_ssl`` of ``_socket``, at a cap of 23 MiB) or a :class:`SystemError`
     (the interpreter's C code that met an allocation failing and did not say so: "error return
-    without exception set", in an import at a cap of 29 MiB).  A call that fails with ENOMEM is
-    :func:`over_limit`'s."""
+    without exception set", in an import at a cap of 29 MiB, or "... returned NULL without setting
+    an exception"; any other SystemError is a bug, capped or not).  A call that fails with ENOMEM
+    is :func:`over_limit`'s."""
     if isinstance(error, MemoryError):
         return True
-    if isinstance(error, SystemError):
-        return _soft_limit("Max address space") is not None
-    if not isinstance(error, ImportError):
-        return False
     text = str(error).lower()
-    return ("failed to map segment" in text or "cannot allocate memory" in text) and \
-        _soft_limit("Max address space") is not None
+    if isinstance(error, SystemError):
+        unsaid = "without exception set" in text or "without setting an exception" in text
+    elif isinstance(error, ImportError):
+        unsaid = ("failed to map segment" in text or "cannot allocate memory" in text
+                  or "pycapsule_import could not import module" in text)
+    else:
+        return False
+    return unsaid and _soft_limit("Max address space") is not None
 
 
 def out_of_files_now() -> ProcessLimitError | None:
