@@ -85,24 +85,26 @@ def start(thread: threading.Thread) -> bool:
 
 
 def _quiet_deaths() -> None:
-    """Leave unsaid Python's reports of a thread of ours that died of memory (a MemoryError, or the
-    SystemError of C code that met an allocation failing), and of any thread refused memory as it
-    started; pass every other report on to the hooks there were."""
+    """Leave unsaid Python's reports of a thread of ours that died of memory refused, and of any
+    thread refused memory as it started (as :func:`~sharedcache.errors.memory_refused` judges
+    it: a MemoryError, or the SystemError of C code that met an allocation failing under a cap);
+    pass every other report on to the hooks there were."""
     import sys
+
+    from ..errors import memory_refused
 
     global _quieted  # noqa: PLW0603 - hooks of this process, set once
     _quieted = True
-    memory = (MemoryError, SystemError)
     thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
 
     def thread_died(args: threading.ExceptHookArgs) -> None:
-        if not (issubclass(args.exc_type, memory) and getattr(args.thread, "quiet_death", False)):
+        if not (getattr(args.thread, "quiet_death", False) and memory_refused(args.exc_value)):
             thread_hook(args)
 
     def unraisable(report: sys.UnraisableHookArgs) -> None:
         # (Python 3.13 puts the thread's function into the message, where 3.11 gave it apart.)
-        if not (issubclass(report.exc_type, memory)
-                and (report.err_msg or "").startswith("Exception ignored in thread started by")):
+        if not ((report.err_msg or "").startswith("Exception ignored in thread started by")
+                and memory_refused(report.exc_value)):
             unraisable_hook(report)
 
     threading.excepthook, sys.unraisablehook = thread_died, unraisable
