@@ -186,15 +186,16 @@ def unpack_sealed(data: bytes, scratch: Path, serial_members: int, *, measure: b
         (scratch / sub).mkdir()
     (scratch / "input.tar").write_bytes(data)
     seal = Seal(measure=measure)
-    saved = writer.SERIAL_MEMBERS
-    writer.SERIAL_MEMBERS = serial_members
+    saved = writer.SERIAL_MEMBERS, writer.SMALL_FILE_BYTES
+    # Past ``serial_members``, the writers take over however large the files so far.
+    writer.SERIAL_MEMBERS, writer.SMALL_FILE_BYTES = serial_members, 1 << 62
     try:
         populate(parse_recipe([f"file:{scratch / 'input.tar'}", "tar"]), scratch / "dest", work=scratch / "work",
                  seal=seal)
     except LoaderError:
         return None
     finally:
-        writer.SERIAL_MEMBERS = saved
+        writer.SERIAL_MEMBERS, writer.SMALL_FILE_BYTES = saved
     return scratch / "dest", seal
 
 

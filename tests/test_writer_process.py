@@ -44,10 +44,12 @@ ONE_PROCESS = 10**9
 
 
 def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None = 10_000_000, *,
-            writers: int = writer.WRITERS) -> tuple[str, object]:
-    """What unpacking ``data`` gives: the tree, or the error's type and message."""
-    saved = writer.SERIAL_MEMBERS, writer.WRITERS
-    writer.SERIAL_MEMBERS, writer.WRITERS = serial_members, writers
+            writers: int = writer.WRITERS, small_file_bytes: int = 1 << 62) -> tuple[str, object]:
+    """What unpacking ``data`` gives: the tree, or the error's type and message.  The writers take
+    over past ``serial_members`` members however large their files, unless ``small_file_bytes``
+    says otherwise (the writer's default does: see ``writer.worth_forking``)."""
+    saved = writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES
+    writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES = serial_members, writers, small_file_bytes
     try:
         with tempfile.TemporaryDirectory() as scratch:
             root = Path(scratch)
@@ -61,7 +63,7 @@ def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None =
                 return type(error).__name__, str(error).replace(scratch, "SCRATCH")
             return "tree", _tree(root / "dest")
     finally:
-        writer.SERIAL_MEMBERS, writer.WRITERS = saved
+        writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES = saved
 
 
 def _tree(dest: Path) -> dict[str, tuple[object, ...]]:
@@ -111,6 +113,25 @@ def test_a_large_archive_makes_the_same_tree_as_in_one_process(serial_members: i
     kind, tree = outcome(data, "tar", serial_members, writers=writers)
     assert kind == "tree"
     assert (kind, tree) == outcome(data, "tar", ONE_PROCESS)
+
+
+#: The pid of each process that forked, in this one (the writers are forked by the unpacking
+#: process itself, whose fork hooks run: os.register_at_fork).
+_FORKS: list[int] = []
+os.register_at_fork(before=lambda: _FORKS.append(os.getpid()))
+
+
+@pytest.mark.parametrize(("file_bytes", "forked"), [(12_000, False), (3_000, True)], ids=["larger", "small"])
+def test_writers_take_over_only_from_archives_of_small_files(file_bytes: int, forked: bool) -> None:
+    """Past SERIAL_MEMBERS members, writer processes take over only if the files so far held
+    SMALL_FILE_BYTES or less on average: for larger ones (a software tree's) they cost more than
+    they save.  The tree is the same either way."""
+    data = tar(*[(f"top/d{i // 50}/f{i}.txt", bytes([65 + i % 26]) * file_bytes, tarfile.REGTYPE) for i in range(800)])
+    forks = len(_FORKS)
+    found = outcome(data, "tar", 400, small_file_bytes=writer.SMALL_FILE_BYTES)
+    assert (len(_FORKS) > forks) == forked
+    assert found[0] == "tree"
+    assert found == outcome(data, "tar", ONE_PROCESS)
 
 
 def zip_of_members(members: list[tuple[str, bytes | str | None, bytes]]) -> bytes:

@@ -18,10 +18,11 @@ Work is proportional to the archive, memory is bounded:
 
 Tar archives are read in one pass from the stream (any compression is recognised by its magic
 bytes) by :class:`~sharedcache.loaders.tarstream.TarReader`; past the first
-:data:`~sharedcache.loaders.writer.SERIAL_MEMBERS` members, their files are made by a writer
-process while this one parses (:mod:`sharedcache.loaders.writer`).  Zip archives need random
-access, so they are spooled to the work directory first, then read member by member by
-:class:`~sharedcache.loaders.ziparchive.ZipReader`, as unzip reads them (names, times, methods).
+:data:`~sharedcache.loaders.writer.SERIAL_MEMBERS` members, if their files were small, the
+files are made by writer processes while this one parses (:mod:`sharedcache.loaders.writer`).
+Zip archives need random access, so they are spooled to the work directory first, then read
+member by member by :class:`~sharedcache.loaders.ziparchive.ZipReader`, as unzip reads them
+(names, times, methods).
 """
 
 from __future__ import annotations
@@ -180,6 +181,10 @@ class SafeTree:
         """The directories made so far, as the tree keeps them: (parent's id, name) -> id, the
         root being 0 and the ids counting up from 1 as they were made (a copy)."""
         return dict(self._dirs)
+
+    def file_bytes(self) -> int:
+        """The bytes of the files made so far (or about to be: those charged to the size limit)."""
+        return self._ctx.written
 
     def charge(self, size: int) -> None:
         """Charge ``size`` bytes about to be written to the size limit (a writer process's parent
@@ -520,7 +525,7 @@ def _extract_members(members: Iterable[_M], extract: Callable[[_M, SafeTree | Wr
     target: SafeTree | writer.WriterProcess = tree
     try:
         for count, member in enumerate(members):
-            if count == writer.SERIAL_MEMBERS and writer.available():
+            if count == writer.SERIAL_MEMBERS and writer.available() and writer.worth_forking(tree):
                 with contextlib.suppress(OSError):  # no process to be had: one will do
                     target = writer.WriterProcess(tree, what)
             extract(member, target)
