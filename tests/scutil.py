@@ -420,3 +420,20 @@ def mounted_image(mount: Path, fs_type: str, megabytes: int, *options: str) -> I
             yield mount
     finally:
         image.unlink()
+
+
+@contextmanager
+def writers_past(members: int, *, writers: int | None = None, small_file_bytes: int = 1 << 62) -> Iterator[None]:
+    """While it lasts, the writer processes of an unpack in this process take over past ``members``
+    members (``sharedcache.loaders.writer``), however large the files so far unless
+    ``small_file_bytes`` says otherwise, ``writers`` of them if given."""
+    from sharedcache.loaders import writer
+
+    saved = writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES
+    writer.SERIAL_MEMBERS, writer.SMALL_FILE_BYTES = members, small_file_bytes
+    if writers is not None:
+        writer.WRITERS = writers
+    try:
+        yield
+    finally:
+        writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES = saved

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,9 @@ from hypothesis import strategies as st
 import zstandard
 
 from sharedcache.errors import LoaderError
-from sharedcache.loaders import writer
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import parse_recipe
-from scutil import deflate64_zip
+from scutil import deflate64_zip, writers_past
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -653,16 +651,10 @@ def build_tree(root: Path, steps: list[tuple[Any, ...]]) -> None:
         os.utime(path, ns=(when, when), follow_symlinks=False)
 
 
-@contextlib.contextmanager
-def writers_from_the_first_member(wanted: bool) -> Iterator[None]:
+def writers_from_the_first_member(wanted: bool) -> contextlib.AbstractContextManager[None]:
     """If ``wanted``, the writer processes take over at the first member (where this machine has
-    them), not only in archives of thousands."""
-    saved = writer.SERIAL_MEMBERS
-    writer.SERIAL_MEMBERS = 0 if wanted else saved
-    try:
-        yield
-    finally:
-        writer.SERIAL_MEMBERS = saved
+    them), not only in archives of thousands of small files."""
+    return writers_past(0) if wanted else contextlib.nullcontext()
 
 
 @pytest.mark.timeout(600)

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import sharedcache
-from scutil import Sleeper, control, mounted_image, mounted_tmpfs, sc
+from scutil import Sleeper, control, mounted_image, mounted_tmpfs, sc, writers_past
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.fsutil import Seal, counts_blocks_at_write, disk_usage, flush_file_system, remove_tree
 from sharedcache.errors import LoaderError
@@ -186,16 +186,12 @@ def unpack_sealed(data: bytes, scratch: Path, serial_members: int, *, measure: b
         (scratch / sub).mkdir()
     (scratch / "input.tar").write_bytes(data)
     seal = Seal(measure=measure)
-    saved = writer.SERIAL_MEMBERS, writer.SMALL_FILE_BYTES
-    # Past ``serial_members``, the writers take over however large the files so far.
-    writer.SERIAL_MEMBERS, writer.SMALL_FILE_BYTES = serial_members, 1 << 62
     try:
-        populate(parse_recipe([f"file:{scratch / 'input.tar'}", "tar"]), scratch / "dest", work=scratch / "work",
-                 seal=seal)
+        with writers_past(serial_members):
+            populate(parse_recipe([f"file:{scratch / 'input.tar'}", "tar"]), scratch / "dest", work=scratch / "work",
+                     seal=seal)
     except LoaderError:
         return None
-    finally:
-        writer.SERIAL_MEMBERS, writer.SMALL_FILE_BYTES = saved
     return scratch / "dest", seal
 
 

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_fuzz import _snapshot, damaged
 
-from scutil import SRC, interpreter_for, wait_for
+from scutil import SRC, interpreter_for, wait_for, writers_past
 from sharedcache.errors import LoaderError
 from sharedcache.loaders import archives, writer
 from sharedcache.loaders.pipeline import populate
@@ -48,22 +48,18 @@ def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None =
     """What unpacking ``data`` gives: the tree, or the error's type and message.  The writers take
     over past ``serial_members`` members however large their files, unless ``small_file_bytes``
     says otherwise (the writer's default does: see ``writer.worth_forking``)."""
-    saved = writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES
-    writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES = serial_members, writers, small_file_bytes
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            root = Path(scratch)
-            (root / "dest").mkdir()
-            (root / "work").mkdir()
-            (root / "input").write_bytes(data)
-            try:
-                populate(parse_recipe([f"file:{root / 'input'}", unpacker]), root / "dest", work=root / "work",
-                         limit=limit)
-            except LoaderError as error:
-                return type(error).__name__, str(error).replace(scratch, "SCRATCH")
-            return "tree", _tree(root / "dest")
-    finally:
-        writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES = saved
+    with writers_past(serial_members, writers=writers, small_file_bytes=small_file_bytes), \
+            tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        (root / "dest").mkdir()
+        (root / "work").mkdir()
+        (root / "input").write_bytes(data)
+        try:
+            populate(parse_recipe([f"file:{root / 'input'}", unpacker]), root / "dest", work=root / "work",
+                     limit=limit)
+        except LoaderError as error:
+            return type(error).__name__, str(error).replace(scratch, "SCRATCH")
+        return "tree", _tree(root / "dest")
 
 
 def _tree(dest: Path) -> dict[str, tuple[object, ...]]:
