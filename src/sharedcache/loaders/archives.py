@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 from ..errors import CorruptDataError, UnsafeArchiveError, no_space_for, quoted
 from ..modes import mkdir, opener, umask
 from ..sizes import format_size
-from .codecs import check_expansion, decompressing, sniff, what_data_is
+from .codecs import check_expansion, decompressing, instead, sniff, what_data_is
 from .protocol import Context
 from .streams import CHUNK, Layer, Prefetch, Stream
 from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarMember, TarReader
@@ -504,16 +504,10 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
         archive.close()
 
 
-#: The loader words that unpack what another archive word was given instead, where they are known.
-_UNPACKED_BY = {"a tar archive": "tar", "a zip archive": "zip", "LZMA-alone (.lzma) data": "unxz tar"}
-
-
 def _something_else(what: str, word: str, other: str) -> CorruptDataError:
     """The refusal of ``what``, given to ``word`` (``tar``, ``zip``), which is ``other`` ("a zip
-    archive"): it names the words that unpack it, if known."""
-    instead = _UNPACKED_BY.get(other)
-    advice = f"; '{instead}' unpacks it" if instead is not None else ""
-    return CorruptDataError(f"cannot unpack {what} as a {word} archive: it is {other}{advice}")
+    archive"): it names the words that read it, if known."""
+    return CorruptDataError(f"cannot unpack {what} as a {word} archive: it is {other}{instead(other)}")
 
 
 def _extract_members(members: Iterable[_M], extract: Callable[[_M, SafeTree | WriterProcess], None],

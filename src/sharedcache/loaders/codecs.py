@@ -76,6 +76,20 @@ _OTHER_FORMATS = (
 )
 
 
+#: The loader words that read what :func:`what_data_is` names, where there are some.
+_READ_BY = {"gzip data": "'gunzip' decompresses it", "bzip2 data": "'bunzip2' decompresses it",
+            "xz data": "'unxz' decompresses it", "zstd data": "'unzstd' decompresses it",
+            "a tar archive": "'tar' unpacks it", "a zip archive": "'zip' unpacks it",
+            "LZMA-alone (.lzma) data": "'unxz tar' unpacks it"}
+
+
+def instead(other: str) -> str:
+    """What a message that data is ``other`` (as :func:`what_data_is` says it), not what a word
+    expected, adds: the words that read it ("; 'unxz' decompresses it"), if there are some."""
+    advice = _READ_BY.get(other)
+    return f"; {advice}" if advice is not None else ""
+
+
 def sniff(head: bytes) -> str | None:
     """The compression whose magic bytes start ``head``, or ``None``.  Skippable frames at the
     start (pzstd writes one before each frame) are passed over to the magic after them."""
@@ -328,7 +342,7 @@ def _failure(codec: str, what: str, head: bytes, produced: int, why: str, *, alo
         other = what_data_is(head)
         own = {f"{codec} data", "LZMA-alone (.lzma) data"} if alone else {f"{codec} data"}
         if other is not None and other not in own:
-            return CorruptDataError(f"corrupt {codec} data from {what}: it is {other}")
+            return CorruptDataError(f"corrupt {codec} data from {what}: it is {other}{instead(other)}")
     return CorruptDataError(why)
 
 
