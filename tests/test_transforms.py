@@ -308,6 +308,14 @@ NOT_WHAT_WAS_EXPECTED = {
                              r"corrupt gzip data from .*: it is bzip2 data; 'bunzip2' decompresses it$"),
     "a zip to gunzip": ("gunzip", _zip_bytes(), r"corrupt gzip data from .*: it is a zip archive; 'zip' unpacks it$"),
     "a tar to unzstd": ("unzstd", _tar_bytes(), r"corrupt zstd data from .*: it is a tar archive; 'tar' unpacks it$"),
+    "gzipped text to tar": ("tar", gzip.compress(b"hello world\n" * 100),
+                            r"cannot unpack .* as a tar archive: it is gzip data of text starting 'hello world'; "
+                            r"'gunzip' decompresses it$"),
+    "an HTML page as zstd to tar": ("tar", COMPRESS["zstd"](b"<!DOCTYPE html>\n<html>" + b" " * 600),
+                                    r"cannot unpack .* as a tar archive: it is zstd data of text starting "
+                                    r"'<!DOCTYPE html>'; 'unzstd' decompresses it$"),
+    "a zip as xz to tar": ("tar", lzma.compress(_zip_bytes()),
+                           r"cannot unpack .* as a tar archive: it is xz data of a zip archive; 'unxz zip' unpacks it$"),
     "a JSON error to unzstd": ("unzstd", b'{"error": "not found"}\n',
                                r"""corrupt zstd data from .*: it is text starting '{"error": "not found"}'$"""),
 }
@@ -318,6 +326,26 @@ def test_data_that_is_something_else_is_named(tmp_path: Path, case: str) -> None
     word, data, message = NOT_WHAT_WAS_EXPECTED[case]
     with pytest.raises(CorruptDataError, match=message):
         populate(tmp_path, put(tmp_path, "download", data), word)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bzip2", "xz", "zstd"])
+@pytest.mark.parametrize("where", [0.0, 0.1, 0.5])
+def test_a_damaged_compressed_tar_is_called_so(tmp_path: Path, codec: str, where: float) -> None:
+    """What a compressed tar holds is looked at when its first header is not one, but a tar whose
+    compressed data is damaged, before its first header is out or midway, is said to be that, not
+    something else."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name in ("a.txt", "b.txt"):
+            info = tarfile.TarInfo(name)
+            data = os.urandom(100_000).hex().encode()  # text that compresses, but not to nothing
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    whole = bytearray(COMPRESS[codec](archive.getvalue()))
+    at = max(24, int(len(whole) * where))  # 24: in the first compressed block, past any header
+    whole[at:at + 4] = bytes(byte ^ 0xFF for byte in whole[at:at + 4])
+    with pytest.raises(CorruptDataError, match=f"^(corrupt|truncated) {codec} data from "):
+        populate(tmp_path, put(tmp_path, "damaged", bytes(whole)), "tar")
 
 
 def test_streams_that_need_too_much_memory_are_refused_as_such(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from ..sizes import format_size
 from .codecs import check_expansion, decompressing, instead, sniff, what_data_is
 from .protocol import Context
 from .streams import CHUNK, Layer, Prefetch, Stream
-from .tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarMember, TarReader
+from .tarstream import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarMember, TarReader
 
 if TYPE_CHECKING:
     from .writer import WriterProcess
@@ -489,25 +489,36 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
         # Decompression releases the GIL: in a thread of its own it runs beside the parsing and the
         # file creation here, on another core.  (Its thread is done with the stream at its end.)
         archive = Prefetch(decompressing(codec, archive, ctx.what, ctx.limit))
-    reader = TarReader(archive, ctx.what)
     made = None
     try:
+        if codec is not None:
+            # What the compression holds, read here so that a decompressor's error comes as its
+            # own: the parser's first header is then read from these bytes alone.
+            head = b""
+            while len(head) < BLOCK and (data := archive.read(CHUNK)):
+                head += data
+            archive = _Replay(head, archive)
+        reader = TarReader(archive, ctx.what)
         with SafeTree(dest, ctx) as made:
             _extract_members(_tar_members(reader), functools.partial(_extract_tar_member, reader), made, ctx.what)
     except CorruptDataError:
-        # Not a tar at all (a page a server sent in place of the file...): say what it is.
-        other = what_data_is(head) if codec is None and made is not None and not made.entries else None
+        # Not a tar at all (a page a server sent in place of the file, a compressed file that is
+        # no archive...): say what it is.
+        other = what_data_is(head) if made is not None and not made.entries else None
         if other is not None and other != "a tar archive":
-            raise _something_else(ctx.what, "tar", other) from None
+            raise _something_else(ctx.what, "tar", other, compressed=codec) from None
         raise
     finally:
         archive.close()
 
 
-def _something_else(what: str, word: str, other: str) -> CorruptDataError:
+def _something_else(what: str, word: str, other: str, *, compressed: str | None = None) -> CorruptDataError:
     """The refusal of ``what``, given to ``word`` (``tar``, ``zip``), which is ``other`` ("a zip
-    archive"): it names the words that read it, if known."""
-    return CorruptDataError(f"cannot unpack {what} as a {word} archive: it is {other}{instead(other)}")
+    archive"), or holds it compressed with the codec ``compressed``: it names the words that
+    read it, if known."""
+    kind = other if compressed is None else f"{compressed} data of {other}"
+    return CorruptDataError(f"cannot unpack {what} as a {word} archive: it is {kind}"
+                            f"{instead(other, compressed=compressed)}")
 
 
 def _extract_members(members: Iterable[_M], extract: Callable[[_M, SafeTree | WriterProcess], None],

@@ -76,18 +76,24 @@ _OTHER_FORMATS = (
 )
 
 
-#: The loader words that read what :func:`what_data_is` names, where there are some.
-_READ_BY = {"gzip data": "'gunzip' decompresses it", "bzip2 data": "'bunzip2' decompresses it",
-            "xz data": "'unxz' decompresses it", "zstd data": "'unzstd' decompresses it",
-            "a tar archive": "'tar' unpacks it", "a zip archive": "'zip' unpacks it",
-            "LZMA-alone (.lzma) data": "'unxz tar' unpacks it"}
+#: The loader words that read what :func:`what_data_is` names, where there are some: those that
+#: decompress it, and those that unpack it (:data:`_UNPACKING`).
+_READ_BY = {"gzip data": "gunzip", "bzip2 data": "bunzip2", "xz data": "unxz", "zstd data": "unzstd",
+            "a tar archive": "tar", "a zip archive": "zip", "LZMA-alone (.lzma) data": "unxz tar"}
+_UNPACKING = frozenset({"a tar archive", "a zip archive", "LZMA-alone (.lzma) data"})
 
 
-def instead(other: str) -> str:
+def instead(other: str, *, compressed: str | None = None) -> str:
     """What a message that data is ``other`` (as :func:`what_data_is` says it), not what a word
-    expected, adds: the words that read it ("; 'unxz' decompresses it"), if there are some."""
-    advice = _READ_BY.get(other)
-    return f"; {advice}" if advice is not None else ""
+    expected, adds: the words that read it ("; 'unxz' decompresses it"), if there are some.  With
+    ``compressed`` (a codec: "gzip"), ``other`` is what that compression holds, and the words
+    start with the one that decompresses it ("; 'gunzip zip' unpacks it")."""
+    words = [_READ_BY[f"{compressed} data"]] if compressed is not None else []
+    if other in _READ_BY and (other in _UNPACKING or not words):
+        words.append(_READ_BY[other])
+    if not words:
+        return ""
+    return f"; '{' '.join(words)}' {'unpacks' if other in _UNPACKING else 'decompresses'} it"
 
 
 def sniff(head: bytes) -> str | None:
