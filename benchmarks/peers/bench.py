@@ -177,10 +177,11 @@ class Bench:
         return path
 
     def usable(self, keys: Sequence[str] | None = None,
-               where: Callable[[Contender], bool] = lambda c: c.kind not in ("baseline", "flushed")
+               where: Callable[[Contender], bool] = lambda c: c.kind not in ("baseline", "flushed", "local")
                ) -> list[Contender]:
         """The contenders named by ``keys`` (default: all) that ``where`` selects (default: all
-        but the baseline's and the flushed pipeline, which only some workloads measure)."""
+        but the baseline's, the flushed pipeline and those reading the archive's file, which only
+        some workloads measure)."""
         return [c for c in self.contenders if (keys is None or c.key in keys) and where(c)]
 
     def target(self, archive: Archive, dest: Path, *, rate: float | None = None,
@@ -188,7 +189,7 @@ class Bench:
         """The request for ``archive`` into ``dest``; ``algorithm`` "" asks for no checksum."""
         url = self.origin(rate, archive.path.parent).url(archive.name)
         digest = f"{algorithm}:{self.digest(archive, algorithm)}" if algorithm else ""
-        return Target(url, digest, archive.name.split(".tar")[0], archive.name, dest, extra)
+        return Target(url, digest, archive.name.split(".tar")[0], archive.name, dest, extra, archive.path)
 
     # measurements
 

@@ -75,16 +75,19 @@ def fetch():
 #: The reference: one stream through curl, tee, a checksum tool and tar (or into a file that unzip
 #: then reads).  The checksum tool reads fd 3 rather than a process substitution inside the
 #: pipeline, so that bash can close its input and wait for it.  Arguments: URL HEX DEST TOOL
-#: UNPACK (a tar flag, as md5sum -z, sha256sum --zstd..., or "unzip"), and "sync" to flush the
-#: tree's file system before answering.
+#: UNPACK (a tar flag, as md5sum -z, sha256sum --zstd..., or "unzip"), "sync" to flush the
+#: tree's file system before answering, and "file" to read the archive with cat, URL being its
+#: path (the same pipeline without an HTTP client: the reference of ``sc --use file:``).
 CURL_PIPELINE = """\
 set -o pipefail
 mkdir -p "$3/tree"
+fetch=(curl -sf)
+[ "$7" = file ] && fetch=(cat)
 exec 3> >("$4" >"$3/sum")
 if [ "$5" = unzip ]; then
-    curl -sf "$1" | tee /dev/fd/3 >"$3/archive" && unzip -q "$3/archive" -d "$3/tree"
+    "${fetch[@]}" "$1" | tee /dev/fd/3 >"$3/archive" && unzip -q "$3/archive" -d "$3/tree"
 else
-    curl -sf "$1" | tee /dev/fd/3 | tar -x "$5" -f - -C "$3/tree"
+    "${fetch[@]}" "$1" | tee /dev/fd/3 | tar -x "$5" -f - -C "$3/tree"
 fi
 status=$?
 rm -f "$3/archive"
@@ -115,13 +118,14 @@ class Target:
     filename: str
     dest: Path
     extra: tuple[str, ...] = ()  # more options (sc --use only)
+    path: Path | None = None     # the archive's file, for the contenders that read it (kind "local")
 
 
 @dataclass(frozen=True)
 class Contender:
     key: str
     label: str
-    kind: str                                  # "project", "peer", "reference", "flushed" or "baseline"
+    kind: str                                  # "project", "peer", "reference", "flushed", "baseline" or "local"
     argv: Callable[[Target], list[str]]        # fetch, verify, unpack; print the tree's path
     warm: bool = True                          # answers again from its cache (W3)
     in_process: bool = True                    # has fetch() for an in-process loop (W4)
@@ -150,18 +154,20 @@ def python_contender(key: str, label: str, kind: str, python: Path, recipe: str,
 def sc_contender(key: str, label: str, kind: str, sc: Path) -> Contender:
     def argv(t: Target) -> list[str]:
         unpacker = "zip" if t.filename.endswith(".zip") else "tar"
-        return [str(sc), "--use", "-d", str(t.dest), "-n", t.name, f"http:{t.url}",
+        source = f"file:{t.path}" if kind == "local" else f"http:{t.url}"
+        return [str(sc), "--use", "-d", str(t.dest), "-n", t.name, source,
                 *filter(None, [t.digest]), unpacker, *t.extra]
 
-    return Contender(key, label, kind, argv, in_process=False,
+    # A warm hit does not read the source: the one from a file would measure W3 twice.
+    return Contender(key, label, kind, argv, warm=kind != "local", in_process=False,
                      unavailable="" if sc.exists() else f"{sc} not found")
 
 
-def curl_argv(t: Target, *, flush: bool = False) -> list[str]:
+def curl_argv(t: Target, *, flush: bool = False, local: bool = False) -> list[str]:
     algorithm, _, hexdigest = t.digest.partition(":")
     flag = next(flag for suffix, flag in UNPACKS.items() if t.filename.endswith(suffix))
-    return ["bash", "-c", CURL_PIPELINE, "curl-pipeline", t.url, hexdigest, str(t.dest),
-            f"{algorithm}sum", flag, "sync" if flush else ""]
+    return ["bash", "-c", CURL_PIPELINE, "curl-pipeline", str(t.path) if local else t.url, hexdigest,
+            str(t.dest), f"{algorithm}sum", flag, "sync" if flush else "", "file" if local else ""]
 
 
 def contenders(scripts: Path, python: Path, peers: PeerEnv, baseline: Path | None) -> list[Contender]:
@@ -197,4 +203,8 @@ def contenders(scripts: Path, python: Path, peers: PeerEnv, baseline: Path | Non
         Contender("curl-sync", "curl pipeline+sync", "flushed",
                   lambda t: curl_argv(t, flush=True), warm=False, in_process=False,
                   unavailable=missing),
+        # The archive read from its file, no HTTP client on either side (W9).
+        sc_contender("sc-cli-file", "sc --use file:", "local", python.parent / "sc"),
+        Contender("cat", "cat pipeline", "local", lambda t: curl_argv(t, local=True), warm=False,
+                  in_process=False, unavailable=missing),
     ]

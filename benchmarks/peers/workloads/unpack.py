@@ -5,6 +5,8 @@ W9 software tree: the standard library of the interpreter running the benchmark,
 ``md5:``; the GNU pipeline ``curl URL | tee >(sha256sum) | tar -x[z|J|--zstd]f -``, alone and
 followed by ``sync -f`` (the promise ``sc`` keeps: the tree is on stable storage when the
 command returns); pooch (``sha256:``) and cached_path for the formats Python's tarfile reads.
+Beside them, ``sc --use file:`` against the same pipeline with ``cat FILE`` for ``curl URL``:
+neither side has an HTTP client to start, so the two pairs show what a miss over HTTP adds.
 W10 many small files: ``--members`` files of 1-8 KB as .tar.gz (default 50,000; up to
 1,000,000), the same contenders (the peers at the first size only: at a million members they
 take minutes a run), with the peak RSS of every run.  With two sizes, the time per member of
@@ -32,6 +34,10 @@ ARCHIVE_CONTENDERS = [("sc-cli", "sha256"), ("sc-cli-baseline", "sha256"), ("sc-
                       ("curl", "sha256"), ("curl-sync", "sha256"), ("pooch", "sha256"),
                       ("cached_path", "")]
 REFERENCE = "curl pipeline sha256"
+#: W9's pair that reads the archive from its file, with no HTTP client on either side: what the
+#: miss of an HTTP source adds shows beside it (not a goal)
+FROM_FILE = [("sc-cli-file", "sha256"), ("cat", "sha256")]
+FILE_REFERENCE = "cat pipeline sha256"
 #: what the reference costs with sc's durability: the second ratio of every row
 FLUSHED = "curl pipeline+sync sha256"
 SC = "sc --use sha256"
@@ -45,13 +51,13 @@ def w9_software_tree(b: Bench) -> Workload:
                  "GNU pipeline", params={"repeat": b.args.repeat, "archives": {
                      c: {"bytes": a.size, "files": a.files, "content_bytes": a.content_bytes}
                      for c, a in archives.items()}})
-    chosen = chosen_contenders(b)
+    chosen, from_file = chosen_contenders(b), entries(b, FROM_FILE)
     for filesystem in b.filesystems:
         for compression, archive in archives.items():
-            attempts = interleaved(b, archive, chosen, filesystem, f"w9-{compression}")
-            made = rows(archive, chosen, attempts, REFERENCE,
-                        f"{filesystem} .tar.{compression} {archive.size / MB:.0f} MB: ", also=FLUSHED)
-            w.rows += made
+            attempts = interleaved(b, archive, chosen + from_file, filesystem, f"w9-{compression}")
+            prefix = f"{filesystem} .tar.{compression} {archive.size / MB:.0f} MB: "
+            made = rows(archive, chosen, attempts, REFERENCE, prefix, also=FLUSHED)
+            w.rows += made + rows(archive, from_file, attempts, FILE_REFERENCE, prefix)
             w.check("W9", f"{filesystem} .tar.{compression}",
                     next((r.ratio for r in made if r.contender.endswith(": " + SC)), None))
     return w
