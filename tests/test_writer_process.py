@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -732,6 +733,22 @@ SIGNALLED_AT_THE_FORK = textwrap.dedent("""
 """)
 
 
+def first_line(descriptor: int, timeout: float) -> tuple[bytes, bytes]:
+    """The first line read from the pipe ``descriptor``, and what came with it.  Read from the
+    descriptor, not through a file object: ``communicate()`` reads the descriptor too, and would
+    not see what a file object's ``readline()`` had taken into its buffer."""
+    got, deadline = b"", time.monotonic() + timeout
+    while b"\n" not in got:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([descriptor], [], [], left)[0]:
+            raise TimeoutError(f"no line in {timeout} s (got {got!r})")
+        if not (chunk := os.read(descriptor, 1 << 16)):
+            break
+        got += chunk
+    line, newline, rest = got.partition(b"\n")
+    return line + newline, rest
+
+
 def full_pipe() -> tuple[int, int]:
     """A pipe filled to the brim: a write to it waits until its reader reads."""
     read_end, write_end = os.pipe()
@@ -752,19 +769,20 @@ def test_a_signal_as_a_writer_starts_while_another_thread_writes_to_stderr_ends_
     read_end, write_end = full_pipe()
     # Buffered, as anyone runs sc: the stream then has a lock (PYTHONUNBUFFERED leaves it none).
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=write_end, text=True,
-                              env=env)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=write_end, env=env)
     os.close(write_end)
     children: list[int] = []
     err: list[bytes] = []
     try:
         assert parent.stdout is not None
-        assert parent.stdout.readline() == "forked\n"
+        # (The parent may have said all it says by now: the rest is kept for what follows.)
+        line, rest = first_line(parent.stdout.fileno(), 30)
+        assert line == b"forked\n"
         with contextlib.suppress(FileNotFoundError):  # gone already: it ended
             children = children_of(parent.pid)
         drain = threading.Thread(target=lambda: err.extend(iter(lambda: os.read(read_end, 1 << 16), b"")), daemon=True)
         drain.start()  # the line goes out: the parent's thread lets go of the stream's lock
-        out, _ = parent.communicate(timeout=30)
+        out = (rest + parent.communicate(timeout=30)[0]).decode()
         assert parent.returncode == 0
         assert out.splitlines()[-1] == "cannot unpack many.tar: its writer process was killed by signal 2", out
         drain.join(30)
