@@ -603,6 +603,16 @@ def test_zip_members_overlapping_are_refused(box: Box, case: str) -> None:
     assert not any(box.dest.rglob("inner"))
 
 
+def test_zip_cut_within_its_end_record(box: Box) -> None:
+    """A zip cut short within its end-of-central-directory record (an empty zip is that record
+    alone) is no zip: its signature, with less than a record after it, is not taken for one."""
+    whole = zip_of()
+    assert whole.startswith(b"PK\x05\x06") and len(whole) == 22
+    for cut in range(4, len(whole)):
+        message = Box(box.root / str(cut)).refused(whole[:cut], "zip", expected=CorruptDataError)
+        assert message.endswith("it has no end-of-central-directory record in its last 64 KiB"), message
+
+
 def test_zip_member_lying_about_its_size(box: Box) -> None:
     archive = bytearray(zip_of(("f", b"x" * 1000, stat.S_IFREG | 0o644), method=zipfile.ZIP_STORED))
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central headers

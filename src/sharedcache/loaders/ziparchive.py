@@ -147,8 +147,9 @@ class ZipReader:
         tail_start = max(0, size - _END_RECORD.size - 0xFFFF)
         tail = os.pread(self.fd, size - tail_start, tail_start)
         # The last signature with a whole record after it, as unzip looks for it: one in the last
-        # bytes of a comment cannot be the record.
-        at = tail.rfind(b"PK\x05\x06", 0, len(tail) - _END_RECORD.size + 4)
+        # bytes of a comment cannot be the record.  (In a file shorter than a record, none can: a
+        # negative end would count from the end, and find a signature with no record after it.)
+        at = tail.rfind(b"PK\x05\x06", 0, max(0, len(tail) - _END_RECORD.size + 4))
         if at < 0:
             raise self._corrupt("it has no end-of-central-directory record in its last 64 KiB")
         end = tail_start + at  # where the central directory ends, unless Zip64 records follow it
