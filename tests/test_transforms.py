@@ -278,10 +278,10 @@ def _tar_bytes() -> bytes:
     return archive.getvalue()
 
 
-def _zip_bytes() -> bytes:
+def _zip_bytes(content: bytes = b"a") -> bytes:
     archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as out:
-        out.writestr("a.txt", "a")
+    with zipfile.ZipFile(archive, "w") as out:  # stored: what compresses it is what follows
+        out.writestr("a.txt", content)
     return archive.getvalue()
 
 
@@ -295,7 +295,17 @@ NOT_WHAT_WAS_EXPECTED = {
                            r"cannot unpack .* as a tar archive: it is LZMA-alone \(\.lzma\) data; 'unxz tar' unpacks it$"),
     "lzip data to tar": ("tar", b"LZIP\x01" + bytes(600), r"cannot unpack .* as a tar archive: it is lzip data$"),
     "a .tar.gz to zip": ("zip", gzip.compress(_tar_bytes()),
-                         r"cannot unpack .* as a zip archive: it is gzip data; 'gunzip' decompresses it$"),
+                         r"cannot unpack .* as a zip archive: it is gzip data of a tar archive; 'tar' unpacks it$"),
+    "a zip as zstd to zip": ("zip", COMPRESS["zstd"](_zip_bytes(b"the same line\n" * 1000)),
+                             r"cannot unpack .* as a zip archive: it is zstd data of a zip archive; "
+                             r"'unzstd zip' unpacks it$"),
+    "bzip2ed text to zip": ("zip", bz2.compress(b"hello world\n" * 100),
+                            r"cannot unpack .* as a zip archive: it is bzip2 data of text starting 'hello world'; "
+                            r"'bunzip2' decompresses it$"),
+    "gzipped random bytes to zip": ("zip", gzip.compress(bytes(range(256)) * 4),
+                                    r"cannot unpack .* as a zip archive: it is gzip data; 'gunzip' decompresses it$"),
+    "a .tar.gz cut short to zip": ("zip", gzip.compress(os.urandom(4000))[:100],
+                                   r"cannot unpack .* as a zip archive: it is gzip data; 'gunzip' decompresses it$"),
     "a tar to zip": ("zip", _tar_bytes(), r"cannot unpack .* as a zip archive: it is a tar archive; 'tar' unpacks it$"),
     "xz data to gunzip": ("gunzip", lzma.compress(b"x" * 100), r"corrupt gzip data from .*: it is xz data; 'unxz' decompresses it$"),
     "gzip data to unzstd": ("unzstd", gzip.compress(b"x" * 100),

@@ -36,9 +36,9 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Self, TypeVar
 
-from ..errors import CorruptDataError, UnsafeArchiveError, no_space_for, quoted
+from ..errors import CorruptDataError, LoaderError, UnsafeArchiveError, no_space_for, quoted
 from ..modes import mkdir, opener, umask
 from ..sizes import format_size
 from .codecs import check_expansion, decompressing, instead, sniff, what_data_is
@@ -587,7 +587,12 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
             try:
                 reader = ZipReader(file.fileno(), ctx.what)
             except CorruptDataError:
-                other = what_data_is(file.read(512))
+                head = file.read(BLOCK)
+                codec = sniff(head)
+                inner = what_data_is(_decompressed_head(codec, file, ctx.what)) if codec is not None else None
+                if inner is not None:  # compressed, and what it holds is known
+                    raise _something_else(ctx.what, "zip", inner, compressed=codec) from None
+                other = what_data_is(head)
                 if other is not None and other != "a zip archive":
                     raise _something_else(ctx.what, "zip", other) from None
                 raise
@@ -601,6 +606,18 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
         raise
     finally:
         spool.unlink(missing_ok=True)
+
+
+def _decompressed_head(codec: str, file: IO[bytes], what: str) -> bytes:
+    """The first bytes that the ``codec`` data of ``file`` decompress to, enough to say what they
+    are (:func:`what_data_is`); fewer, or none, where the data cannot be decompressed that far."""
+    file.seek(0)
+    head = b""
+    with contextlib.suppress(LoaderError):
+        decompressed = decompressing(codec, file, what, None)
+        while len(head) < BLOCK and (data := decompressed.read(CHUNK)):
+            head += data
+    return head
 
 
 def _zip_entries(path: Path) -> int:

@@ -87,7 +87,10 @@ def instead(other: str, *, compressed: str | None = None) -> str:
     """What a message that data is ``other`` (as :func:`what_data_is` says it), not what a word
     expected, adds: the words that read it ("; 'unxz' decompresses it"), if there are some.  With
     ``compressed`` (a codec: "gzip"), ``other`` is what that compression holds, and the words
-    start with the one that decompresses it ("; 'gunzip zip' unpacks it")."""
+    start with the one that decompresses it ("; 'gunzip zip' unpacks it"), unless ``tar`` reads
+    that compression itself (every one that :func:`sniff` knows)."""
+    if compressed is not None and other == "a tar archive":
+        return "; 'tar' unpacks it"
     words = [_READ_BY[f"{compressed} data"]] if compressed is not None else []
     if other in _READ_BY and (other in _UNPACKING or not words):
         words.append(_READ_BY[other])
