@@ -37,6 +37,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -213,6 +214,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     origin: Origin
+    #: Set to end ``serve_forever`` at its next poll (SIGTERM, when run as a process).
+    stopping = False
+
+    def service_actions(self) -> None:
+        # Called by serve_forever between two polls, in its own thread: where an exception ends it.
+        if self.stopping:
+            raise SystemExit(0)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients hang up in the middle of answers on purpose (after a 4xx, at a cut, when they
@@ -387,6 +395,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=None, help="bytes per second per connection")
     args = parser.parse_args(argv)
     origin = Origin(args.dir, host=args.host, port=args.port, rate=args.rate)
+    # SIGTERM (the end of a test or a benchmark) is acted on by the serving loop: SystemExit
+    # raised by the handler itself could land in a weakref callback or a finalizer, which Python
+    # reports and ignores, and the origin served on.
+    signal.signal(signal.SIGTERM, lambda *_: setattr(origin._server, "stopping", True))
     print(origin.port, flush=True)
     try:
         origin._server.serve_forever(poll_interval=0.2)
@@ -397,7 +409,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import signal
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     main()
