@@ -598,7 +598,12 @@ def test_origin_runs_as_a_process(tmp_path: Path) -> None:
         assert stats["/sub/file.bin"]["gets"] == 1 and stats["/sub/file.bin"]["statuses"] == [200]
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)  # it ends on SIGTERM, as the benchmarks end it
+        finally:
+            if process.poll() is None:  # killed by its PID, not left serving
+                process.kill()
+                process.wait(10)
 
 
 def test_a_file_source_that_is_a_fifo_or_a_directory_is_refused_without_hanging(tmp_path: Path) -> None:
