@@ -478,11 +478,19 @@ class _Replay(Layer):
         return self.below.read(size)
 
 
+def _start_of(stream: Stream, size: int, *, ended_by: tuple[type[Exception], ...] = ()) -> bytes:
+    """The first ``size`` bytes of ``stream`` or more (it is read by the chunk); fewer where it
+    ends sooner, or where a read raises ``ended_by``."""
+    head = b""
+    with contextlib.suppress(*ended_by):
+        while len(head) < size and (data := stream.read(CHUNK)):
+            head += data
+    return head
+
+
 def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
     """Unpack the tar archive (of any compression) read from ``stream`` into ``dest``."""
-    head = b""
-    while len(head) < 64 and (data := stream.read(CHUNK)):  # magic numbers, past pzstd's first frame
-        head += data
+    head = _start_of(stream, 64)  # magic numbers, past pzstd's first frame
     codec = sniff(head)
     archive: Stream = _Replay(head, stream)
     if codec is not None:
@@ -494,9 +502,7 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
         if codec is not None:
             # What the compression holds, read here so that a decompressor's error comes as its
             # own: the parser's first header is then read from these bytes alone.
-            head = b""
-            while len(head) < BLOCK and (data := archive.read(CHUNK)):
-                head += data
+            head = _start_of(archive, BLOCK)
             archive = _Replay(head, archive)
         reader = TarReader(archive, ctx.what)
         with SafeTree(dest, ctx) as made:
@@ -612,12 +618,7 @@ def _decompressed_head(codec: str, file: IO[bytes], what: str) -> bytes:
     """The first bytes that the ``codec`` data of ``file`` decompress to, enough to say what they
     are (:func:`what_data_is`); fewer, or none, where the data cannot be decompressed that far."""
     file.seek(0)
-    head = b""
-    with contextlib.suppress(LoaderError):
-        decompressed = decompressing(codec, file, what, None)
-        while len(head) < BLOCK and (data := decompressed.read(CHUNK)):
-            head += data
-    return head
+    return _start_of(decompressing(codec, file, what, None), BLOCK, ended_by=(LoaderError,))
 
 
 def _zip_entries(path: Path) -> int:
