@@ -141,14 +141,16 @@ def cmd_chaos(a: dict) -> None:
 
 
 def cmd_reader(a: dict) -> None:
-    """Load random entries for ``seconds`` and check each is one complete copy."""
+    """Load random entries for ``seconds``, or until the file ``stop`` (if given) exists, and
+    check each is one complete copy."""
     rng = random.Random(a.get("seed"))
     cache = FsCache(a["root"], timeout=a.get("timeout", 30))
     hits = misses = 0
     errors: list[str] = []
     say("ready")
     end = time.monotonic() + a["seconds"]
-    while time.monotonic() < end:
+    stop = a.get("stop")
+    while time.monotonic() < end and not (stop and os.path.exists(stop)):
         name = rng.choice(a["names"])
         try:
             with cache.load(name) as path:

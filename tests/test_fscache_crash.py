@@ -213,22 +213,25 @@ def test_readers_never_see_a_partial_entry(root: Path, children: Children) -> No
     cache = FsCache(root, max_size="150kB")
     for name in names[:3]:
         put(cache, name, [20000, 3000, 11000])
-    seconds = 7.0
-    readers = [children.start("reader", root=str(root), names=names, seconds=seconds, seed=i)
+    # The readers read while writers are killed: for 6 s and 10 kills at least (a loaded host
+    # starts the writers slowly), then until told to stop.
+    stop = root.parent / "stop-reading"
+    readers = [children.start("reader", root=str(root), names=names, seconds=90, stop=str(stop), seed=i)
                for i in range(2)]
     for reader in readers:
         reader.expect("ready")
     steady = children.start("chaos", root=str(root), names=names, seed=5, weights=[5, 2, 1, 0.2, 1, 1])
     steady.expect("ready")
-    end = time.monotonic() + seconds - 1
+    start = time.monotonic()
     kills = 0
-    while time.monotonic() < end:
+    while (time.monotonic() < start + 6 or kills < 10) and time.monotonic() < start + 60:
         victim = children.start("chaos", root=str(root), names=names, seed=rng.random())
         victim.expect("ready")
         time.sleep(rng.uniform(0.0, 0.2))
         victim.kill()
         kills += 1
     steady.kill()
+    stop.touch()
     results = [reader.result(timeout=30) for reader in readers]
     for result in results:
         assert result["n_errors"] == 0, result["errors"]
