@@ -1080,6 +1080,41 @@ def test_planted_entry_at_link_path_is_refused_and_leaks_no_lease(dirs, tarball)
         assert not (control(dirs[0]) / "objects" / "repo").exists(), "the use taken was released"
 
 
+def test_location_shows_only_a_link_it_checked(dirs, tarball):
+    args = ["-n", "repo", "-d", str(dirs[0]), "--keep", *recipe(tarball)]
+    link = user_dir(dirs[0]) / "repo"
+    assert sc("--use", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
+    link.unlink()
+    link.symlink_to("/etc/passwd")
+    planted = sc("--location", *args)
+    assert planted.returncode == 1 and planted.stdout == ""
+    assert "refusing" in planted.stderr and len(planted.stderr.splitlines()) == 1
+    link.unlink()
+    missing = sc("--location", *args)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert "link" in missing.stderr and "missing" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    assert sc("--use", *args).stdout == f"{link}\n"
+    assert sc("--location", *args).stdout == f"{link}\n"
+
+
+@pytest.mark.parametrize("damage", ["symlink", "fifo", "missing"])
+def test_an_entry_whose_data_is_no_directory_is_refused_and_gc_deletes_it(dirs, tarball, damage):
+    args = ["-n", "repo", "-d", str(dirs[0]), "--keep", *recipe(tarball)]
+    assert sc("--use", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
+    data = control(dirs[0]) / "objects" / "repo" / "data"
+    data.chmod(0o755)
+    os.rename(data, data.with_name("aside"))
+    {"symlink": lambda: data.symlink_to("/etc"), "fifo": lambda: os.mkfifo(data), "missing": lambda: None}[damage]()
+    refused = sc("--use", *args)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "damaged" in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert sc("gc", "-d", str(dirs[0])).returncode == 0
+    assert not (control(dirs[0]) / "objects" / "repo").exists()
+    used = sc("--use", *args)
+    assert used.returncode == 0, used.stderr
+    check_tree(Path(used.stdout.strip()), FILES)
+
+
 def test_missing_file_source_is_a_clear_error(dirs):
     result = sc("--use", "-n", "repo", "-d", str(dirs[0]), "file:/no/such/file.tar", "tar")
     assert result.returncode == 1

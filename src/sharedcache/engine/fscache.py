@@ -95,7 +95,9 @@ Load (``load(name)``) and hold (``hold(name, owner)``)
 Open ``objects/<name>/lock`` (absent: miss), take it shared, then check that the path still names
 that lock file (else the entry was deleted meanwhile: retry, then miss) and that a commit marker
 valid in this boot is there (else miss, unless only another machine can judge the entry's boot:
-then an error, see "Entries for this boot"), and set the lock's modification time to now: the
+then an error, see "Entries for this boot"), that its ``data`` is a directory, not a link or
+anything else put there (else an error: a damaged entry, which gc deletes once unused), and set
+the lock's modification time to now: the
 last use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for users who
 do not own the files.
 
@@ -333,6 +335,15 @@ def committed(entry: str) -> str | None:
         return MARKER
     marker = boot_marker()
     return marker if os.path.lexists(f"{entry}/{marker}") else None
+
+
+def _damaged(entry: str) -> bool:
+    """Whether the committed directory ``entry`` has lost its data directory: ``data`` missing or
+    replaced by anything else (a link, to whatever it points to, is not the entry's data)."""
+    try:
+        return not stat.S_ISDIR(os.lstat(f"{entry}/data").st_mode)
+    except FileNotFoundError:
+        return True
 
 
 def _markerless(entry: str) -> bool:
@@ -1049,6 +1060,9 @@ class FsCache:
                         if self._another_kernel_s(name):
                             raise self._judged_elsewhere(name, "use")
                         break
+                    if _damaged(entry):
+                        raise CacheError(f"entry {name!r} in cache {self.root} is damaged: its data is not a "
+                                         "directory; sc gc deletes it once unused")
                     self._touch(fd)
                     yield fd, entry
                     return
@@ -1744,9 +1758,10 @@ class FsCache:
         Removes abandoned staging directories, the trash, and what processes that ended left
         under temporary names (an hour old: see :func:`~sharedcache.engine.fsutil.remove_leftovers`);
         reconciles ``objects/`` with the index (adopts committed directories that lost their row,
-        removes directories without a valid marker and rows without a directory); removes the leases of dead processes;
-        deletes unused entries not marked to keep; recomputes the accounted size; and evicts
-        down to the budget.
+        removes directories without a valid marker and rows without a directory); removes the
+        leases of dead processes; deletes unused entries not marked to keep, and unused entries
+        whose data is gone (:func:`_damaged`); recomputes the accounted size; and evicts down to
+        the budget.
         """
         check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
         report = GcReport()
@@ -1785,8 +1800,10 @@ class FsCache:
                         report.leases_reclaimed += reclaim_leases(entry, dead)
                         if not users:
                             # A kept entry has entry.json: without a marker, it is what a crashed
-                            # removal in place left (see "Delete"), whatever its row and flag say.
-                            leftover = _markerless(entry) and not self._another_kernel_s(name)
+                            # removal in place left (see "Delete"), whatever its row and flag say;
+                            # one whose data is gone is nobody's to keep either.
+                            leftover = ((_markerless(entry) and not self._another_kernel_s(name))
+                                        or (committed(entry) is not None and _damaged(entry)))
                             if leftover or not keep:
                                 report.entries_deleted += self._retire(db, name, unless_kept=not leftover,
                                                                        entry=entry)
@@ -1865,7 +1882,7 @@ class FsCache:
             import json
 
             marker = json.loads(read_control(os.path.join(entry, found), 1 << 16) or b"")
-            if marker["name"] != name or not os.path.isdir(os.path.join(entry, "data")):
+            if marker["name"] != name or _damaged(entry):
                 return False
             size, created = int(marker["size"]), float(marker["created"])
             meta = self._meta(entry)

@@ -422,7 +422,14 @@ class Repositories:
     def locate(self, words: Sequence[str], *, name: str | None = None) -> str | None:
         name, base = self._find_named(words, name)
         self._report_skips()
-        return None if base is None else base.link(name)
+        if base is None:
+            return None
+        # The path shown is the user's link: what --use checks before it prints it, --location
+        # checks too (anything planted there is refused, a missing link is no path to give).
+        if not base.linked(name):
+            raise SharedCacheError(f"repository {name!r} is in {base.path}, but its link {base.link(name)} is "
+                                   "missing: sc --use makes it again")
+        return base.link(name)
 
     def _find_named(self, words: Sequence[str], name: str | None) -> tuple[str, Base | None]:
         """The repository's name and the base holding it ready.  Without ``name``, the default
