@@ -171,3 +171,23 @@ def test_a_release_whose_population_lock_gc_removed_leaves_the_link_of_the_next_
             finish(procs)
         assert link.is_symlink(), "the link of the repository in use was removed"
         check_tree(link, FILES)
+
+
+def test_a_repository_moved_away_as_it_is_committed_fails_the_use_in_one_line(base, words, tmp_path):
+    """Between the commit, which gives the owner its use, and the look for that use, another
+    process of the user (or of the group) renames the fresh entry away: the use fails, saying
+    so, and nothing is linked (the look's assertion was an internal error)."""
+    objects = control(base) / "objects"
+    with Sleeper() as owner:
+        population, paused, go = started_paused(
+            tmp_path, "population", 'event == "os.remove" and str(args[0]).endswith("/repo.error")',
+            "--use", "--pid", str(owner.pid), "-d", str(base), "-n", "repo", *words)
+        try:
+            wait_for(paused.exists, what="the population's commit")
+            os.rename(objects / "repo", objects / "aside")
+            go.touch()
+        finally:
+            ((status, out, err),) = finish([population])
+    assert status == 1 and out == ""
+    assert "moved away" in err and len(err.splitlines()) == 1, err
+    assert not (user_dir(base) / "repo").is_symlink()

@@ -332,7 +332,9 @@ class Population:
         cache.discard(self.work)
         unlink_if_present(self.error_path)
         lease = cache.lease_of(name, owner)
-        assert lease is not None, "the commit gives the owner a lease"
+        if lease is None:  # the commit gave the owner one: the entry was moved away since
+            raise SharedCacheError(f"repository {name!r} in {base.path} was moved away as it was committed, "
+                                   "with the use it gave: try again")
         entry = cache.info(name)
         if entry.meta != request.identity:  # a direct FsCache user stored the name meanwhile
             cache.release(name, lease=lease)
