@@ -98,6 +98,28 @@ def test_planted_symlink_inside_the_control_directory_is_not_followed(tmp_path, 
         assert sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
 
 
+@pytest.mark.parametrize("plant", ["fifo", "directory"])
+def test_what_is_planted_at_a_population_lock_is_refused_by_its_path_and_gc_removes_it(base, words, plant):
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "first", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
+    lock = control(base) / "populate" / "repo.lock"
+    if plant == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+        (lock / "inside").write_text("x")
+    result = sc("--use", "-n", "repo", "-d", str(base), *words)
+    assert result.returncode == 1
+    assert f" {lock} is not a regular file" in one_line(result.stderr)  # (not the /proc/self/fd/N it was opened by)
+    gc = sc("gc", "-d", str(base))
+    assert gc.returncode == 0 and gc.stderr == ""
+    assert not os.path.lexists(lock)
+    with Sleeper() as owner:
+        used = sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words)
+        assert used.returncode == 0, used.stderr
+        check_tree(Path(used.stdout.strip()), FILES)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "directory"])
 def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage):
     with Sleeper() as owner:

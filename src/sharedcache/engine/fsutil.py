@@ -49,6 +49,20 @@ def temp_beside(path: str | os.PathLike[str]) -> str:
     return os.path.join(head, unique_name(f".{tail}{_TEMP_INFIX}"))
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a user knows it: one through a directory this process holds open
+    (``/proc/self/fd/N/...``, as the engine names what may be swapped) from that directory's
+    path.  For messages only: the path shown is no safer to follow than any other."""
+    text = os.fspath(path)
+    fd, slash, rest = text.removeprefix("/proc/self/fd/").partition("/")
+    if text.startswith("/proc/self/fd/") and fd.isdigit():
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}") + slash + rest
+        except OSError:
+            pass  # closed meanwhile: the path is all there is to show
+    return text
+
+
 def _is_leftover(name: str, status: os.stat_result, now: float) -> bool:
     """Whether ``name`` (a file or directory whose ``status`` this is) is a temporary name of
     :func:`temp_beside` that its maker left behind ``LEFTOVER_SECONDS`` ago or more."""

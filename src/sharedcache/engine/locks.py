@@ -27,7 +27,7 @@ import time
 
 from ..errors import CacheError, WaitTimeoutError
 from ..modes import taken
-from .fsutil import open_directory, temp_beside
+from .fsutil import open_directory, shown_path, temp_beside
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def open_lock_file(
         st = os.fstat(fd) if fd >= 0 else None
         if st is None or not stat.S_ISREG(st.st_mode):
             raise CacheError(
-                f"{os.fspath(path)} is not a regular file (a planted symlink, FIFO or directory?); "
+                f"{shown_path(path)} is not a regular file (a planted symlink, FIFO or directory?); "
                 "refusing to use it ('sc gc' removes it)"
             )
         if create and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode and st.st_size == 0:

@@ -14,7 +14,7 @@ import time
 
 from ..engine import locks
 from ..engine.fscache import FsCache
-from ..engine.fsutil import remove_leftovers, unlink_if_present
+from ..engine.fsutil import remove_leftovers, remove_tree, shown_path, unlink_if_present
 from ..engine.layout import check_base, check_flag, check_name, user_directory
 from ..engine.leases import Owner, require_proc
 from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError, raise_if_over_limit
@@ -555,8 +555,16 @@ class Repositories:
             lock_path = base.population_file(name, ".lock")
             try:
                 fd = locks.open_lock_file(lock_path, mode=cache.modes.file)
-            except (CacheError, OSError) as e:  # planted there, or a name no lock can have
-                self.reporter.warning(f"gc: skipping {lock_path!r}: {e}")
+            except CacheError:  # planted there (a FIFO, a directory): every population of the name refuses it
+                try:
+                    remove_tree(lock_path)
+                except OSError as e:  # another member's, in a sticky directory
+                    self.reporter.warning(f"gc: skipping {shown_path(lock_path)!r}: {e.strerror}")
+                else:
+                    cleaned += 1
+                continue
+            except OSError as e:  # a name no lock can have
+                self.reporter.warning(f"gc: skipping {shown_path(lock_path)!r}: {e}")
                 continue
             try:
                 # A lock file unlinked (by another gc) since it was opened locks nothing: the
