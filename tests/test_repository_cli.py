@@ -1097,14 +1097,18 @@ def test_location_shows_only_a_link_it_checked(dirs, tarball):
     assert sc("--location", *args).stdout == f"{link}\n"
 
 
-@pytest.mark.parametrize("damage", ["symlink", "fifo", "missing"])
-def test_an_entry_whose_data_is_no_directory_is_refused_and_gc_deletes_it(dirs, tarball, damage):
+@pytest.mark.parametrize(("part", "damage"), [(part, damage) for part in ("data", "lock")
+                                               for damage in ("symlink", "fifo", "directory", "missing")
+                                               if (part, damage) != ("data", "directory")])
+def test_an_entry_whose_data_or_lock_was_replaced_is_refused_and_gc_deletes_it(dirs, tarball, part, damage):
     args = ["-n", "repo", "-d", str(dirs[0]), "--keep", *recipe(tarball)]
     assert sc("--use", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
-    data = control(dirs[0]) / "objects" / "repo" / "data"
-    data.chmod(0o755)
-    os.rename(data, data.with_name("aside"))
-    {"symlink": lambda: data.symlink_to("/etc"), "fifo": lambda: os.mkfifo(data), "missing": lambda: None}[damage]()
+    replaced = control(dirs[0]) / "objects" / "repo" / part
+    replaced.chmod(0o755)
+    os.rename(replaced, replaced.with_name("aside"))
+    {"symlink": lambda: replaced.symlink_to("/etc" if part == "data" else "aside"),
+     "fifo": lambda: os.mkfifo(replaced), "directory": replaced.mkdir, "missing": lambda: None}[damage]()
+    assert sc("list", "-d", str(dirs[0])).returncode == 0
     refused = sc("--use", *args)
     assert refused.returncode == 1 and refused.stdout == ""
     assert "damaged" in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr

@@ -96,7 +96,8 @@ Open ``objects/<name>/lock`` (absent: miss), take it shared, then check that the
 that lock file (else the entry was deleted meanwhile: retry, then miss) and that a commit marker
 valid in this boot is there (else miss, unless only another machine can judge the entry's boot:
 then an error, see "Entries for this boot"), that its ``data`` is a directory, not a link or
-anything else put there (else an error: a damaged entry, which gc deletes once unused), and set
+anything else put there, and that ``lock`` is still a regular file (else an error: a damaged
+entry, which gc deletes once unused), and set
 the lock's modification time to now: the
 last use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for users who
 do not own the files.
@@ -338,12 +339,18 @@ def committed(entry: str) -> str | None:
 
 
 def _damaged(entry: str) -> bool:
-    """Whether the committed directory ``entry`` has lost its data directory: ``data`` missing or
-    replaced by anything else (a link, to whatever it points to, is not the entry's data)."""
+    """Whether the committed directory ``entry`` has lost its data directory or its lock: either
+    missing or replaced by anything else (a link, to whatever it points to, is not the entry's)."""
     try:
-        return not stat.S_ISDIR(os.lstat(f"{entry}/data").st_mode)
+        return not (stat.S_ISDIR(os.lstat(f"{entry}/data").st_mode)
+                    and stat.S_ISREG(os.lstat(f"{entry}/lock").st_mode))
     except FileNotFoundError:
         return True
+
+
+def _damaged_error(name: str, root: str) -> CacheError:
+    return CacheError(f"entry {name!r} in cache {root} is damaged: its data or lock was replaced or removed; "
+                      "sc gc deletes it once unused")
 
 
 def _markerless(entry: str) -> bool:
@@ -1048,9 +1055,14 @@ class FsCache:
                 try:
                     fd = os.open(lock, _OPEN_FLAGS)
                 except (FileNotFoundError, NotADirectoryError):
+                    # (a deletion in place removes the markers first, and the lock last)
+                    if committed(entry) and not os.path.lexists(lock):
+                        raise _damaged_error(name, self.root) from None
                     break
                 except OSError as e:
                     raise_if_over_limit(e)
+                    if e.errno == errno.ELOOP:
+                        raise _damaged_error(name, self.root) from None
                     raise
                 try:
                     locks.lock(fd, locks.SHARED, timeout=self._wait(), what=f"entry {name!r}")
@@ -1060,9 +1072,8 @@ class FsCache:
                         if self._another_kernel_s(name):
                             raise self._judged_elsewhere(name, "use")
                         break
-                    if _damaged(entry):
-                        raise CacheError(f"entry {name!r} in cache {self.root} is damaged: its data is not a "
-                                         "directory; sc gc deletes it once unused")
+                    if _damaged(entry):  # (under the lock: no use goes on with a lock not a file)
+                        raise _damaged_error(name, self.root)
                     self._touch(fd)
                     yield fd, entry
                     return
@@ -1344,10 +1355,7 @@ class FsCache:
         # The index is read before anything changes, so that an unusable one fails the
         # deletion whole.
         counted = db.has(name)
-        try:
-            fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            fd = None  # the directory is gone (a crashed delete): only the row is left
+        fd = self._deletion_lock(entry)
         try:
             if fd is not None:
                 if not self._lock_if_unused(fd):
@@ -1372,6 +1380,23 @@ class FsCache:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    @staticmethod
+    def _deletion_lock(entry: str) -> int | None:
+        """A descriptor of the lock of the entry at ``entry``, to delete it; None if the directory
+        is gone (a crashed delete: only the row is left).  A damaged entry's lock (see
+        :func:`_damaged`), missing or a link, no use can take, nor does any go on with whatever
+        else is there (:meth:`_shared`): the entry's directory, which nobody else locks, stands
+        in for it."""
+        try:
+            return os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            if committed(entry) is None:
+                return None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+        return os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     @staticmethod
     def _lock_if_unused(fd: int) -> bool:
@@ -1686,6 +1711,12 @@ class FsCache:
             fd = os.open(f"{entry}/lock", _OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return False, float("-inf")
+        except PermissionError:  # (made unreadable by its owner): whether it is held is unknown
+            return True, float("-inf")
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            return False, float("-inf")  # a link in its place: a damaged entry, which no use can take
         try:
             return not locks.try_lock(fd, locks.EXCLUSIVE), os.fstat(fd).st_mtime
         finally:
@@ -1760,7 +1791,7 @@ class FsCache:
         reconciles ``objects/`` with the index (adopts committed directories that lost their row,
         removes directories without a valid marker and rows without a directory); removes the
         leases of dead processes; deletes unused entries not marked to keep, and unused entries
-        whose data is gone (:func:`_damaged`); recomputes the accounted size; and evicts down to
+        whose data or lock is gone (:func:`_damaged`); recomputes the accounted size; and evicts down to
         the budget.
         """
         check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
