@@ -1,8 +1,9 @@
 """HTTP bodies are complete and are what the origin stored: a body without a length counts only
 if it is chunked and ends with its final chunk, or, ended by a close, if a range request for what
-follows completes it or says it ended there; a Content-Encoding nobody asked for is refused;
-absurd sizes and ranges give one clear line.  Each time nothing is committed and the error
-record is left for waiters.
+follows completes it or says it ended there; a Content-Encoding nobody asked for is refused, and
+so is a Transfer-Encoding other than chunked alone; absurd sizes and ranges give one clear line.
+Each time nothing is committed and the error record is left for waiters.  What a server writes
+shows in -v notices escaped, as in errors.
 
 The origin is a raw socket server in this file, answering every request with bytes the test
 writes out in full (the misbehaviours tests/origin.py, a correct server, cannot produce).
@@ -14,13 +15,14 @@ import gzip
 import itertools
 import random
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from scutil import close_listener, control, read_head, sc, sc_env
+from scutil import SC, close_listener, control, read_head, sc, sc_env
 
 BODY = b"0123456789" * 1000
 
@@ -150,6 +152,37 @@ def test_a_content_encoding_that_was_not_asked_for_is_refused(tmp_path, serve):
     assert_refused(use(tmp_path, origin), tmp_path, "gzip")
 
 
+# Transfer-Encodings that urllib3 takes for chunked, or that code the bytes, each with a body as a
+# server that sends it might: what http.client reads of each is not the file, or not known whole.
+TRANSFER_CODED = {
+    "chunked and a space, plain body cut by a close": ('Transfer-Encoding: chunked \nETag: "v1"\n', BODY[:3000]),
+    "gzip then chunked, plain body cut by a close": ('Transfer-Encoding: gzip, chunked\nETag: "v1"\n', BODY[:3000]),
+    "chunked twice, plain body cut by a close": ('Transfer-Encoding: chunked, chunked\nETag: "v1"\n', BODY[:3000]),
+    "chunked and a space, chunked body": ("Transfer-Encoding: chunked \n", chunked(BODY, final=True)),
+    "gzip then chunked, chunked gzip body": ("Transfer-Encoding: gzip, chunked\n",
+                                            chunked(gzip.compress(BODY), final=True)),
+    "two chunked fields, body chunked twice": ("Transfer-Encoding: chunked\nTransfer-Encoding: chunked\n",
+                                               chunked(chunked(BODY, final=True), final=True)),
+    "gzip with a length": (f"Transfer-Encoding: gzip\nContent-Length: {len(gzip.compress(BODY))}\n",
+                           gzip.compress(BODY)),
+}
+
+
+@pytest.mark.parametrize("head, body", TRANSFER_CODED.values(), ids=TRANSFER_CODED.keys())
+def test_a_transfer_encoding_other_than_chunked_alone_is_refused(tmp_path, serve, head, body):
+    origin = serve(fixed(f"HTTP/1.1 200 OK\n{head}", body))
+    assert_refused(use(tmp_path, origin), tmp_path, "Transfer-Encoding '")
+
+
+@pytest.mark.parametrize("length", [len(BODY) // 2, len(BODY) * 2], ids=["shorter", "longer"])
+def test_a_chunked_body_ends_with_its_final_chunk_whatever_its_content_length(tmp_path, serve, length):
+    origin = serve(fixed(f"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\nContent-Length: {length}\nETag: \"v1\"\n",
+                         chunked(BODY, final=True)))
+    result = use(tmp_path, origin)
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
+
+
 @pytest.mark.parametrize("path", ["data.bin.gz", "data.tgz", "DATA.BIN.GZ"])
 def test_a_compressed_file_labelled_with_its_own_encoding_is_stored_as_it_is(tmp_path, serve, path):
     """A .gz file that its server labels `Content-Encoding: gzip` (S3 objects whose uploader set
@@ -215,6 +248,24 @@ def test_a_long_reason_and_encoding_are_shown_by_their_two_ends(tmp_path, serve)
     result = use(tmp_path / "encoding", origin)
     assert_refused(result, tmp_path / "encoding", "Content-Encoding 'xxx", "(9,000 characters)")
     assert len(result.stderr) < 500, result.stderr
+
+
+def test_a_retry_notice_cannot_steer_the_terminal(tmp_path, serve):
+    # No status line, as an HTTP/0.9 server answers: http.client's error quotes the first line,
+    # which the notice of the retry shows.
+    origin = serve(lambda _request: b"\x1b]0;title\x07\x1b[2J\x1b[31mred\r\nmore\r\n\r\n")
+    config = tmp_path / "config"
+    config.write_text("retries = 1\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    # In bytes: text mode would turn a CR into a newline.
+    result = subprocess.run([*SC, "--use", "-v", "-d", str(base), "-n", "data", origin.word()], capture_output=True,
+                            timeout=60, env=sc_env(SC_CONFIG=str(config)))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.split(b"\n")
+    assert lines.pop() == b"" and all(line.startswith(b"sc: ") for line in lines), result.stderr
+    assert not any(char in result.stderr for char in b"\x1b\x07\r"), result.stderr
+    assert any(line.startswith(b"sc: retrying ") and b"\\x1b]0;title\\x07" in line for line in lines), lines
 
 
 def test_the_credentials_of_a_url_go_to_its_origin_alone_across_redirects(tmp_path, serve):

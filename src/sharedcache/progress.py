@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from .errors import printable
 from .sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -44,19 +45,24 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if self.verbosity > 0:
-            print(f"sc: {message}", file=self.stream, flush=True)
+            self._say(message)
 
     def warning(self, message: str) -> None:
         """A line that something was skipped or repaired: shown unless quiet."""
         if self.verbosity >= 0:
-            print(f"sc: {message}", file=self.stream, flush=True)
+            self._say(message)
 
     def waiting(self, message: str, *, every: float = 5.0) -> None:
         """A waiting message, at most one per ``every`` seconds."""
         now = time.monotonic()
         if self.chatty and now - self._last_wait >= every:
             self._last_wait = now
-            print(f"sc: {message}", file=self.stream, flush=True)
+            self._say(message)
+
+    def _say(self, message: str) -> None:
+        # Messages quote what servers, archives and other users wrote (a status line, a path):
+        # escaped, each stays one line and cannot steer the terminal, as an error's line.
+        print(f"sc: {printable(message)}", file=self.stream, flush=True)
 
     def bar(self, label: str) -> ProgressBar:
         return ProgressBar(label, self.stream, enabled=self.chatty, lines=not self.tty)

@@ -12,7 +12,10 @@ stream raises :class:`ResumeError` so that the population starts over: no mix of
 ever delivered.  It is resumable across processes (see :mod:`sharedcache.loaders.pipeline`).
 
 A body is complete when it has its ``Content-Length``, or is chunked and ends with its final
-chunk.  A body that has neither ends with a close, which a cut connection also is: what follows is
+chunk (a chunked body's ``Content-Length`` is ignored, as RFC 9112 has it).  Only a
+``Transfer-Encoding`` of ``chunked`` alone is read; any other (``gzip``, ``gzip, chunked``, chunked
+twice, an unknown coding) is refused, its bytes being neither the file nor known to end where it
+does.  A body that has neither ends with a close, which a cut connection also is: what follows is
 asked for as after an interruption, and either comes (with the size, checked at its end) or a
 ``416`` that gives the size says the file ended there; a server that gives no validator cannot be
 asked, so the population starts over, and fails as before when it gets no further.
@@ -200,11 +203,28 @@ _OWN_ENCODINGS = {"gzip": (".gz", ".tgz"), "x-gzip": (".gz", ".tgz"), "compress"
                   "xz": (".xz", ".txz"), "bzip2": (".bz2", ".tbz2", ".tbz")}
 
 
+def _chunked(response: urllib3.BaseHTTPResponse) -> bool:
+    """Whether the body is chunked as http.client reads it (urllib3 only passes its bytes on):
+    http.client reads chunks only if the first Transfer-Encoding field is "chunked" but for case, and
+    reads any other body to its Content-Length or to the close, codings and all.  urllib3's
+    ``chunked`` says yes to any list that names chunked ("gzip, chunked", "chunked " with a space);
+    this says yes to one field of "chunked" alone, and :func:`_refuse_encoding` refuses the others."""
+    return response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+
+
 def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
     """Refuse a body in a Content-Encoding that was not asked for (identity was): its bytes are
     not the file's, and storing them under the file's name would be a silent lie.  Unless the
     file's name says it is compressed that way: then the label is the file's own, and its bytes
-    are the file's, as curl, wget and pip keep them."""
+    are the file's, as curl, wget and pip keep them.  Refuse as well a Transfer-Encoding other than
+    chunked alone (see :func:`_chunked`), which no name makes the file's own: nothing here decodes
+    its codings, and a body that names chunked but is not read as chunked would be stored with its
+    framing, or cut short by a close that seems its end."""
+    coding = response.headers.get("Transfer-Encoding", "")
+    if coding.lower() not in ("", "identity") and not _chunked(response):
+        response.close()
+        raise DownloadError(f"{url}: the server sent the file with Transfer-Encoding {quoted(coding)}, which "
+                            "is not read here (only 'chunked' alone is); refusing to store its bytes as the file")
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("", "identity"):
         return
@@ -333,7 +353,9 @@ class _HttpStream(SourceStream):
             self.start, _, self.total = content_range
         else:
             self.start = 0
-            length = response.headers.get("Content-Length", "")
+            # A chunked body ends with its final chunk, whatever a Content-Length says: http.client
+            # reads it so (RFC 9112 §6.3), and the header's length would cut it, or take its end for a cut.
+            length = "" if _chunked(response) else response.headers.get("Content-Length", "")
             self.total = _header_size(length)
             if self.total is not None and self.total >= _MAX_SIZE:
                 response.close()
@@ -655,7 +677,7 @@ class _Body:
                 self._check_speed(len(data))
                 return data
             if self._end is None:
-                if not getattr(self._response, "chunked", False):
+                if not _chunked(self._response):
                     # Ended by a close, which a cut connection also is: nothing says it is whole.
                     # Asking for what follows tells: the rest, or a 416 saying the file ends here.
                     self._interrupted(
