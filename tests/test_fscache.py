@@ -472,6 +472,27 @@ def test_lowering_the_budget_evicts_least_recently_used_first(root: Path) -> Non
     assert cache.size == 2 * one
 
 
+@pytest.mark.parametrize("plant", ["directory", "fifo", "garbage"])
+def test_a_damaged_budget_is_a_clear_error_until_it_is_set_again(root: Path, plant: str) -> None:
+    cache = FsCache(root)
+    one = put(cache, "a")
+    budget = root / "budget"
+    if plant == "directory":
+        budget.mkdir()
+        (budget / "inside").write_text("x")
+    elif plant == "fifo":
+        os.mkfifo(budget)
+    else:
+        budget.write_bytes(b"12 KiB")
+    with pytest.raises(CacheError, match="set it again"):
+        cache.gc()
+    for value in (10 * one, None):
+        cache.max_size = value
+        assert cache.max_size == value
+        cache.gc()
+    assert os.listdir(root / "trash") == []
+
+
 # -- entries in use --------------------------------------------------------------------------------
 
 

@@ -746,6 +746,12 @@ class FsCache:
             excess = db.total() - budget if budget is not None else 0
             root = self._open_own(".")
             try:
+                try:
+                    planted = not stat.S_ISREG(os.lstat(BUDGET, dir_fd=root).st_mode)
+                except FileNotFoundError:
+                    planted = False
+                if planted:  # (a directory, which neither the unlink nor the rename below replaces)
+                    self._to_trash(".", BUDGET)
                 if budget is None:
                     unlink_if_present(BUDGET, dir_fd=root)
                 else:
