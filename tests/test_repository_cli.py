@@ -24,7 +24,7 @@ import sharedcache
 
 from scutil import (DEFAULT_SIGNALS, SC, SRC, Sleeper, check_tree, control, finish, make_tarball, pause_at, sample_files,
                     sc, sc_env, sc_start, stop_process, user_dir, wait_for)
-from sharedcache.engine.leases import pid_namespace
+from sharedcache.engine.leases import Owner, pid_namespace
 from sharedcache.loaders.words import default_name
 
 FILES = sample_files()
@@ -1114,6 +1114,30 @@ def test_an_entry_whose_data_or_lock_was_replaced_is_refused_and_gc_deletes_it(d
     assert "damaged" in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert sc("gc", "-d", str(dirs[0])).returncode == 0
     assert not (control(dirs[0]) / "objects" / "repo").exists()
+    used = sc("--use", *args)
+    assert used.returncode == 0, used.stderr
+    check_tree(Path(used.stdout.strip()), FILES)
+
+
+@pytest.mark.parametrize("damage", ["missing", "symlink", "directory"])
+def test_a_repository_that_lost_the_record_of_its_recipe_is_damaged_and_gc_deletes_it(dirs, tarball, damage):
+    args = ["-n", "repo", "-d", str(dirs[0]), "--keep", *recipe(tarball)]
+    assert sc("--use", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
+    meta = control(dirs[0]) / "objects" / "repo" / "meta"
+    meta.parent.chmod(0o755)
+    meta.unlink()
+    {"missing": lambda: None, "symlink": lambda: meta.symlink_to("keep"), "directory": meta.mkdir}[damage]()
+    for action in ("--use", "--location", "--unuse"):
+        refused = sc(action, *args)
+        assert refused.returncode == 1 and refused.stdout == "", (action, refused.stderr)
+        assert "damaged" in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
+    with Sleeper() as owner:  # in use (a use taken before), it stays; once unused, gc deletes it, kept as it is
+        leases = control(dirs[0]) / "objects" / "repo" / "leases"
+        os.close(os.open(leases / f"{Owner.of(owner.pid).key}.x", os.O_CREAT | os.O_WRONLY, 0o600))
+        assert sc("gc", "-d", str(dirs[0])).returncode == 0
+        assert meta.parent.exists()
+    assert sc("gc", "-d", str(dirs[0])).returncode == 0
+    assert not meta.parent.exists()
     used = sc("--use", *args)
     assert used.returncode == 0, used.stderr
     check_tree(Path(used.stdout.strip()), FILES)

@@ -35,6 +35,7 @@ from ..engine.fscache import FsCache
 from ..engine.layout import absolute_path, check_base, group_directory, user_directory
 from ..errors import (
     QUOTED_CHARACTERS,
+    CacheError,
     ConflictError,
     MissError,
     NameTakenError,
@@ -348,10 +349,16 @@ class Base:
             os.close(fd)
 
 
-def conflict(name: str, base: str, existing: str | None, wanted: str, *, populating: bool = False) -> NameTakenError:
+def conflict(name: str, base: str, existing: str | None, wanted: str, *,
+             populating: bool = False) -> SharedCacheError:
     """The error for a repository name that holds the recipe whose identity is ``existing`` in
     ``base`` (or is being populated with it), where the recipe whose identity is ``wanted`` was
-    asked for."""
+    asked for; a repository that holds none (None) is damaged, since every one records its own."""
+    if existing is None and not populating:
+        return CacheError(
+            f"repository {name!r} in {base} is damaged: the record of its recipe (its meta file) is missing or "
+            f"unreadable; sc gc deletes it once unused"
+        )
     if populating:
         return NameTakenError(
             f"repository {name!r} in {base} is being populated with another recipe ({_shown(existing)}) than "

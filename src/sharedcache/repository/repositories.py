@@ -17,7 +17,7 @@ from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_leftovers, remove_tree, shown_path, unlink_if_present
 from ..engine.layout import check_base, check_flag, check_name, user_directory
 from ..engine.leases import Owner, require_proc
-from ..errors import CacheError, MissError, NoSpaceError, SharedCacheError, UsageError, raise_if_over_limit
+from ..errors import BusyError, CacheError, MissError, NoSpaceError, SharedCacheError, UsageError, raise_if_over_limit
 from ..lean import scoped
 from ..loaders.words import (
     default_name,
@@ -515,6 +515,7 @@ class Repositories:
                 continue
             try:
                 report = vars(cache.gc())
+                report["entries_deleted"] += self._delete_recipeless(cache)
                 base.use_cache(cache)
                 report["populations_cleaned"] = self._clean_populations(base, cache)
                 report["stuck_populations"] = self._stuck_populations(base)
@@ -524,6 +525,20 @@ class Repositories:
             reports[str(base.path)] = report
         self._report_skips()
         return reports
+
+    @staticmethod
+    def _delete_recipeless(cache: FsCache) -> int:
+        """Delete the unused repositories that lost the record of their recipe (its meta file):
+        no recipe can be matched to them, so no use or release would ever come to them."""
+        deleted = 0
+        for name in cache.names():
+            try:
+                if cache.meta(name) is None:
+                    cache.remove(name)
+                    deleted += 1
+            except (MissError, BusyError):
+                continue  # deleted meanwhile, or in use: left to its users, then to the next gc
+        return deleted
 
     @staticmethod
     def _stuck_populations(base: Base) -> str:
