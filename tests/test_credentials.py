@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import sharedcache
-from scutil import Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes
+from scutil import SC, Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes
 from sharedcache.config.settings import Credentials, FetchPolicy
 from sharedcache.errors import DownloadError
 
@@ -371,6 +371,20 @@ def test_user_info_in_a_url_is_sent_and_never_shown_or_stored(nginx: Nginx, home
     assert use(home, nginx.url("/public/data.tgz"), base=base, SSL_CERT_FILE=ca).stdout == made.stdout
 
 
+def test_user_info_that_is_not_utf_8_is_refused_before_anything_is_made(origin, home: Path) -> None:
+    # The check that words are UTF-8 text read the identity, which leaves user info out: such a
+    # word got as far as a population, then failed as an internal error (basic auth is UTF-8),
+    # leaving its work directory behind.
+    url, base = origin.add("/data.tgz", DATA), home / "base"
+    with Sleeper() as owner:
+        for user_info in (b"\xff", b"alice:pa\xffss"):
+            word = os.fsdecode(b"http:http://" + user_info + b"@" + url.removeprefix("http://").encode())
+            failed(sc("--use", "-d", str(base), "--pid", str(owner.pid), word, SHA256, "tar", env=env(home)),
+                   f"the user info of loader word 'http:{url}' is not UTF-8 text", status=2)
+            assert not list(base.iterdir())
+            assert origin.stats("/data.tgz").gets == 0
+
+
 def test_client_certificates_from_the_settings_and_the_grid_proxy(nginx: Nginx, home: Path) -> None:
     url, ca, pki = nginx.url("/cert/data.tgz", cert=True), nginx.pki / "ca.pem", nginx.pki
     failed(use(home, url, SSL_CERT_FILE=ca), f"HTTP 403 Forbidden for {url} (no credentials were sent)")
@@ -386,6 +400,47 @@ def test_client_certificates_from_the_settings_and_the_grid_proxy(nginx: Nginx, 
         check_tree(path, FILES)
     failed(use(home, url, SSL_CERT_FILE=ca, X509_USER_PROXY=pki / "client.csr"),
            f"cannot use the client certificate {pki}/client.csr: ")
+
+
+@pytest.mark.parametrize("where", ["SSL_CERT_FILE", "SSL_CERT_DIR", "X509_USER_PROXY", "ca_bundle", "client_cert",
+                                   "client_key"])
+def test_a_credential_file_that_is_a_fifo_is_one_line_not_a_wait_for_good(nginx: Nginx, home: Path, where: str) -> None:
+    # OpenSSL opened the paths it was given itself, blocking: a FIFO held the download (and its
+    # population) for good, past --timeout, waiting for a writer.  One in a hashed directory, named
+    # by the hash of the CA that signed the server's certificate, was opened in the handshake.
+    fifo, pki, config = home / "fifo", nginx.pki, home / "site.config"
+    ca_hash = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", pki / "ca.pem"], capture_output=True,
+                             text=True, check=True, timeout=60).stdout.strip()
+    variables: dict[str, str | Path] = {"SSL_CERT_FILE": pki / "ca.pem"}
+    if where == "SSL_CERT_DIR":
+        fifo = home / "cas" / f"{ca_hash}.0"
+        fifo.parent.mkdir()
+        (fifo.parent / "ffffffff.0").symlink_to(home / "gone.pem")  # skipped, as OpenSSL skips it
+        variables = {"SSL_CERT_DIR": fifo.parent}
+    elif where in ("SSL_CERT_FILE", "X509_USER_PROXY"):
+        variables[where] = fifo
+    else:
+        config.write_text(f"{where} = {fifo}\n" + (f"client_cert = {pki / 'client.pem'}\n" if where == "client_key" else ""))
+        variables["SC_CONFIG"] = config
+    os.mkfifo(fifo)
+    base = home / "base"
+    with Sleeper() as owner:
+        started = subprocess.Popen([*SC, "--use", "-d", str(base), "--pid", str(owner.pid), "--timeout", "5",
+                                    f"http:{nginx.url('/public/data.tgz')}", SHA256, "tar"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=env(home, **variables), start_new_session=True)
+        try:
+            _, stderr = started.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(started.pid, signal.SIGKILL)  # sc and whatever it started, in the group it leads
+            started.communicate(timeout=10)
+            pytest.fail(f"sc waited for good on the FIFO {fifo} given as {where}")
+    what = {"SSL_CERT_FILE": "CA bundle", "SSL_CERT_DIR": "CA bundle", "ca_bundle": "CA bundle",
+            "client_key": "client key"}.get(where, "client certificate")
+    assert started.returncode == 1, stderr
+    assert stderr.startswith("sc: error: ") and stderr.count("\n") == 1, stderr
+    assert stderr.endswith(f": cannot use the {what} {fifo}: it is not a regular file\n"), stderr
+    assert not list((control(base) / "populate").glob("*.work"))
 
 
 def test_the_client_certificate_is_presented_to_the_disk_server_a_redirect_leads_to(nginx: Nginx, home: Path) -> None:

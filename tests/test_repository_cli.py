@@ -211,6 +211,23 @@ def test_paths_are_written_as_their_bytes_whatever_the_output_s_encoding(tmp_pat
                 assert base in done.stdout, (command, done.stdout)
 
 
+def test_a_checksummed_file_in_a_directory_whose_name_is_no_utf_8_is_used_located_and_released(dirs, tmp_path):
+    # The checksummed identity leaves the file's directory out, so such a recipe is UTF-8 enough
+    # to use; --location and --unuse of it, looking on a miss for the default name of caches
+    # made before that identity (the words themselves), ended in an internal error.
+    directory = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(directory)
+    with open(directory + b"/hello.txt", "wb") as file:
+        file.write(b"hello\n")
+    words = [b"file:" + directory + b"/hello.txt", b"md5:" + hashlib.md5(b"hello\n").hexdigest().encode()]
+    with Sleeper() as owner:
+        args = [b"-d", os.fsencode(dirs[0]), b"--pid", str(owner.pid).encode(), *words]
+        for action, status in ((b"--location", 1), (b"--unuse", 1), (b"--use", 0), (b"--location", 0),
+                               (b"--unuse", 0)):
+            done = subprocess.run([*SC, action, *args], capture_output=True, timeout=60, env=sc_env())
+            assert done.returncode == status and b"internal error" not in done.stderr, (action, done.stderr)
+
+
 def test_a_config_file_s_path_that_is_no_utf_8_names_that_directory(tmp_path, tarball):
     # A config file is read as UTF-8, and a path in another encoding (Latin-1 "é") was read with
     # U+FFFD in its place: another directory than the file names ("(missing)", or one made there).

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.settings import one_word
 from ..errors import LoaderError, split_user_info
+from ..lean import scoped
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from ..config.settings import Credentials
 
@@ -77,30 +78,92 @@ def tls_context(credentials: Credentials | None, url: str, *,
 
 
 def _ssl_context(credentials: Credentials, client_certificate: bool = True) -> ssl.SSLContext:
-    bundle = credentials.ca_file or credentials.ca_dir
-    if bundle:
+    if credentials.ca_file or credentials.ca_dir:
         # The CAs asked for, instead of the system's (a client context verifies certificates and
         # host names, as the default one does).
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        _load(context.load_verify_locations, "CA bundle", bundle,
-              cafile=credentials.ca_file, capath=credentials.ca_dir)
+        if credentials.ca_file:
+            with _checked_file("CA bundle", credentials.ca_file) as bundle:
+                _load(context.load_verify_locations, "CA bundle", credentials.ca_file, cafile=bundle)
+        if credentials.ca_dir:
+            _trust_directories(context, "CA bundle", credentials.ca_dir)
     else:
         context = ssl.create_default_context()
     if credentials.grid_ca_dir:
-        _load(context.load_verify_locations, "grid CA directory", credentials.grid_ca_dir,
-              capath=credentials.grid_ca_dir)
+        _trust_directories(context, "grid CA", credentials.grid_ca_dir)
     if credentials.cert_file and client_certificate:
-        key = credentials.key_file or credentials.cert_file
+        cert_file, key_file = credentials.cert_file, credentials.key_file
 
         def no_passphrase() -> bytes:
             # Without this, OpenSSL asks for the passphrase on the terminal (a job waits there for
             # good, holding its population) or prints its prompt and fails with "Invalid argument".
-            raise LoaderError(f"cannot use the client certificate {credentials.cert_file}: its key {key} is "
+            raise LoaderError(f"cannot use the client certificate {cert_file}: its key {key_file or cert_file} is "
                               "encrypted, and sc cannot ask for its passphrase")
 
-        _load(context.load_cert_chain, "client certificate", credentials.cert_file,
-              certfile=credentials.cert_file, keyfile=credentials.key_file, password=no_passphrase)
+        with _checked_file("client certificate", cert_file) as certificate, \
+                _checked_file("client key", key_file) as key:
+            _load(context.load_cert_chain, "client certificate", cert_file,
+                  certfile=certificate, keyfile=key, password=no_passphrase)
     return context
+
+
+#: The largest file of certificates or keys used: far more than any bundle holds (the system's,
+#: some 150 CAs, is about 200 KB), and a bound on what a file named by mistake costs.
+_CERTIFICATES_MAX_BYTES = 16 << 20
+
+#: The name of a CA's file in a hashed directory (``openssl rehash``): the hash of its subject and a
+#: number.  Its CRLs (``HHHHHHHH.rN``) are not read: no CRL is checked.
+_HASHED_CA = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+@scoped
+def _checked_file(what: str, path: str | None) -> Iterator[str | None]:
+    """The name through which OpenSSL reads the credential file ``path`` (None for None), for the
+    ``with`` block; a :class:`LoaderError` naming it if it is no regular file or cannot be used.
+
+    OpenSSL opens the paths it is given itself, blocking: a FIFO there (``X509_USER_PROXY``
+    naming a pipe by mistake) would hold the download, and its population, past every timeout.
+    The file is opened here instead, without waiting, and checked (:func:`_open_regular`), and
+    OpenSSL given ``/proc/self/fd/N``, which opens that very file whatever ``path`` names by then.
+    Nothing is copied (a private key copied to a temporary file would outlive a killed process),
+    and OpenSSL reads the file as it read its path: ``cadata`` would take neither a bundle's CRLs
+    and trusted certificates nor its comments outside ASCII."""
+    if path is None:
+        yield None
+        return
+    try:
+        fd = _open_regular(path, _CERTIFICATES_MAX_BYTES)
+    except OSError as exc:
+        raise LoaderError(f"cannot use the {what} {path}: {exc.strerror}") from None
+    if fd is None:
+        raise LoaderError(f"cannot use the {what} {path}: it is not a regular file")
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _trust_directories(context: ssl.SSLContext, what: str, directories: str) -> None:
+    """Have ``context`` trust the CAs of the hashed ``directories`` (separated by ``:``, as OpenSSL
+    reads them), all read now, each through :func:`_checked_file`: OpenSSL would open a CA's file
+    itself when a handshake needs it, blocking (see there).  Reading them all takes about as long
+    as reading a bundle of the same CAs, once per process.  What OpenSSL would find no CA in is
+    skipped, as OpenSSL skips it: a directory that cannot be listed, a link left dangling, a file
+    that holds no certificate."""
+    for directory in directories.split(":"):
+        try:
+            names = os.listdir(directory) if directory else []
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if not _HASHED_CA.fullmatch(name) or not os.path.exists(path):
+                continue
+            try:
+                with _checked_file(what, path) as ca:
+                    context.load_verify_locations(cafile=ca)
+            except ssl.SSLError:
+                continue
 
 
 def _load(method: Any, what: str, path: str, **kwargs: Any) -> None:
@@ -238,26 +301,17 @@ def _ascii_lower(word: str) -> str:
 
 def _netrc_text(path: str) -> str | None:
     """The text of the ``.netrc`` at ``path``, or None if there is none (or it is no regular
-    file: opening a FIFO would wait for a writer)."""
+    file: ``NETRC=/dev/null`` is one way to have none)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        data = _regular_file_bytes(path, _NETRC_MAX_BYTES)
     except OSError as exc:
         # Absent, as is one that cannot even be looked up (HOME a directory of another user's,
         # as after sudo without -H); but a file that is there and cannot be read is an error.
         if not os.path.isfile(path):
             return None
         raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with open(fd, "rb", closefd=False) as file:
-            data = file.read(_NETRC_MAX_BYTES + 1)
-    except OSError as exc:
-        raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > _NETRC_MAX_BYTES:
-        raise LoaderError(f"cannot read {path}: it is larger than {_NETRC_MAX_BYTES // 1024} KiB")
+    if data is None:
+        return None
     if (nul := data.find(b"\0")) >= 0:
         line = data.count(b"\n", 0, nul) + 1
         raise LoaderError(f"cannot read {path}: it holds a NUL byte (line {line})")
@@ -267,6 +321,44 @@ def _netrc_text(path: str) -> str | None:
         return data.decode().removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise LoaderError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start})") from None
+
+
+def _open_regular(path: str, limit: int) -> int | None:
+    """A descriptor of the credential file at ``path``, or None if it is no regular file.  It is
+    opened without waiting, and checked before anything reads it: opening a FIFO waits for a
+    writer, for good, and a device may never end.  OSError if it cannot be opened, or if it holds
+    more than ``limit`` bytes (its ``strerror`` says so: a runaway file would cost its size in
+    memory at each download)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISREG(status.st_mode) and status.st_size <= limit:
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    if stat.S_ISREG(status.st_mode):
+        raise _larger_than(limit)
+    return None
+
+
+def _regular_file_bytes(path: str, limit: int) -> bytes | None:
+    """What the credential file at ``path`` holds, opened and checked by :func:`_open_regular`
+    (None if it is no regular file)."""
+    fd = _open_regular(path, limit)
+    if fd is None:
+        return None
+    with open(fd, "rb") as file:
+        data = file.read(limit + 1)  # (it may have grown since it was checked)
+    if len(data) > limit:
+        raise _larger_than(limit)
+    return data
+
+
+def _larger_than(limit: int) -> OSError:
+    unit, shift = ("MiB", 20) if limit >= 1 << 20 else ("KiB", 10)
+    return OSError(errno.EFBIG, f"it is larger than {limit >> shift} {unit}")
 
 
 def _netrc_entries(text: str, path: str) -> list[tuple[str | None, dict[str, str]]]:

@@ -35,7 +35,7 @@ also looks for the default name that identity gave (:func:`legacy_default_name`)
 
 from __future__ import annotations
 
-from ..errors import without_user_info
+from ..errors import split_user_info, without_user_info
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -191,20 +191,33 @@ def _sha256_hex(text: str) -> str:
 def _query_shown_identity(words: str | Iterable[str]) -> str:
     """The identity of ``words`` as it was before queries were hidden: what repositories made
     then hold, and what their default names are made of; refused (UsageError) if it is not
-    UTF-8 text, as the identity must be stored.
+    UTF-8 text, as the identity must be stored, or if the user info of a URL is not, as it is
+    sent (in a header, though the identity leaves it out).
 
     On POSIX a command-line argument with other bytes (a path in Latin-1) arrives with lone
     surrogates."""
-    identity = "\n".join(_identity_words(normalize_words(words)))
-    if not identity.isascii():
-        try:
-            identity.encode()
-        except UnicodeEncodeError as exc:
-            from ..errors import UsageError
+    normalized = normalize_words(words)
+    identity = "\n".join(_identity_words(normalized))
+    if not "".join(normalized).isascii():  # (the identity is made of the words)
+        from ..errors import UsageError
 
-            word = next(word for word in identity.split("\n") if exc.object[exc.start] in word)
-            raise UsageError(f"loader word {without_user_info(word)!r} is not UTF-8 text") from None
+        for line in identity.split("\n"):
+            if not _utf8(line):
+                raise UsageError(f"loader word {without_user_info(line)!r} is not UTF-8 text")
+        for word in normalized:
+            user_info = split_user_info(word)[1]
+            if user_info is not None and not _utf8(user_info):
+                raise UsageError(f"the user info of loader word {without_user_info(word)!r} is not UTF-8 text")
     return identity
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be written in UTF-8: it holds no lone surrogate."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def recipe_identity(words: str | Iterable[str]) -> str:
@@ -227,9 +240,12 @@ def default_name(words: str | Iterable[str]) -> str:
     return _name(words, _query_shown_identity(words))
 
 
-def legacy_default_name(words: str | Iterable[str]) -> str:
-    """The default name that caches made before the checksum rule gave the stack."""
-    return _name(words, legacy_identity(words))
+def legacy_default_name(words: str | Iterable[str]) -> str | None:
+    """The default name that caches made before the checksum rule gave the stack; None if the
+    words are not UTF-8 text, which no cache stored as an identity (a checksummed identity leaves
+    out the words in which a path in Latin-1 may be)."""
+    identity = legacy_identity(words)
+    return _name(words, identity) if identity.isascii() or _utf8(identity) else None
 
 
 def _name(words: str | Iterable[str], identity: str) -> str:

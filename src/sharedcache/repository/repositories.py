@@ -451,7 +451,7 @@ class Repositories:
             return name, base
         name = default_name(words)
         base = self.find(name)
-        if base is None and (legacy := legacy_default_name(words)) != name:
+        if base is None and (legacy := legacy_default_name(words)) not in (None, name):
             legacy_base = self.find(legacy)
             if legacy_base is not None:
                 return legacy, legacy_base
