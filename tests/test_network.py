@@ -490,7 +490,35 @@ def test_a_proxy_no_connection_can_use_is_one_line_naming_where_it_came_from(tmp
     curl_style = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url,
                     env=sc_env(http_proxy=proxy))
     assert curl_style.returncode == 2 and curl_style.stderr.count("\n") == 1, curl_style.stderr
-    assert curl_style.stderr.startswith(f"sc: error: repository 'data': http_proxy: proxy cannot use {proxy!r}")
+    assert curl_style.stderr.startswith(f"sc: error: http_proxy: proxy cannot use {proxy!r}")
+
+
+@pytest.mark.parametrize(("variable", "proxy"), [("ALL_PROXY", "socks5://127.0.0.1:1"), ("http_proxy", ":"),
+                                                ("https_proxy", "http://[::1")])
+def test_a_proxy_variable_no_connection_can_use_fails_a_miss_before_anything_is_made(
+        tmp_path, origin, owner, variable, proxy):
+    # curl's variables were read by the download: a bad one failed the population once its work
+    # directory was made, where the same proxy in a config file fails before the cache is touched.
+    url = origin.add("/data.tar.gz", DATA)
+    ready, base = tmp_path / "ready", tmp_path / "base"
+    ready.mkdir()
+    base.mkdir()
+    assert use(ready, owner, url).returncode == 0
+    bad = sc_env(**{variable: proxy})
+    # A use of ready data does not read them, as it reads no fetch setting.
+    assert use(ready, owner, url, env=bad).returncode == 0
+    missed = use(base, owner, url, env=bad)
+    assert missed.returncode == 2 and missed.stderr == (
+        f"sc: error: {variable}: proxy cannot use {proxy!r}: expected DIRECT or [http://]HOST[:PORT], groups "
+        "separated by ';' and proxies inside a group by '|'\n"), missed.stderr
+    assert not list(base.iterdir())  # no cache, no populate/*.work
+    # A recipe that downloads nothing does not read them either.
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(DATA)
+    local = sc("--use", "-n", "local", "-d", str(base), "--pid", str(owner.pid), f"file:{archive}", f"sha256:{SHA256}",
+               "tar", env=bad)
+    assert local.returncode == 0, local.stderr
+    assert origin.stats("/data.tar.gz").gets == 1
 
 
 def test_a_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, owner):

@@ -17,6 +17,7 @@ import sys
 from ..config import files
 from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
 from ..errors import SharedCacheError, UsageError, clipped, printable, shown_proxy
+from ..loaders.words import normalize_words, source_count
 from ..progress import Reporter
 from ..repository.bases import group_id
 from ..repository.repositories import Repositories
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
     from ..config.files import Effective
     from ..config.settings import FetchPolicy
-    from ..repository.repositories import Held
+    from ..repository.repositories import Fetch, Held
     from .parser import Arguments
 
 # The owner of a use is the job that ran sc (see _owner), found from sc's parent.  The parent is
@@ -51,7 +52,7 @@ def run(options: Arguments) -> int:
     for key in ("directories", "max_size", "keep", "group", "timeout", "verbose", "quiet"):
         if key in effective:
             setattr(options, key, effective[key][0])
-    options.fetch = files.fetch_when_needed(effective, os.environ, given)
+    options.fetch = _curl_proxies_checked(files.fetch_when_needed(effective, os.environ, given), options.loaders)
     repositories = Repositories(
         options.directories,  # the environment's, a file's, or the option's (files.effective)
         reporter=Reporter(options.verbosity),
@@ -59,6 +60,26 @@ def run(options: Arguments) -> int:
     )
     assert options.action is not None
     return COMMANDS[options.action](repositories, options)
+
+
+def _curl_proxies_checked(fetch: Fetch, loaders: list[str]) -> Callable[[], FetchPolicy]:
+    """``fetch`` made by a function that a miss calls, which also checks the proxies that curl's
+    variables name, when the policy follows them and ``loaders`` download over HTTP.  The
+    download reads them, inside the population: a bad one failed it once its work was begun,
+    where a bad proxy setting fails before.  A use of ready data neither reads nor imports them,
+    nor does a miss that downloads nothing."""
+
+    def checked() -> FetchPolicy:
+        policy = fetch() if callable(fetch) else fetch
+        words = normalize_words(loaders)
+        if policy.proxy is None and not policy.offline \
+                and any(word.startswith("http:") for word in words[:source_count(words)]):
+            from ..loaders.transport import curl_proxies
+
+            curl_proxies(os.environ)
+        return policy
+
+    return checked
 
 
 def use(repositories: Repositories, options: Arguments) -> int:
@@ -306,7 +327,7 @@ def show_config(effective: Effective, fetch: FetchPolicy) -> int:
     """``sc config``: every setting, its effective value and where it comes from; ``fetch`` is
     the fetch policy they make."""
     from ..config.settings import FetchPolicy, shown_rewrites
-    from ..loaders.transport import curl_proxy, shown_chain
+    from ..loaders.transport import curl_proxies, shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES
 
     defaults = FetchPolicy()
@@ -324,7 +345,7 @@ def show_config(effective: Effective, fetch: FetchPolicy) -> int:
         elif key == "rewrite" and isinstance(value, str):  # nor in a mirror's
             value = shown_rewrites(value)
         elif key == "proxy":
-            value, where = _curl_proxies(curl_proxy("http"), curl_proxy("https")) or (
+            value, where = _curl_proxies(*curl_proxies(os.environ)) or (
                 "(none: curl's variables apply)", where)
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         rows.append(f"{key} = {text}  # {where}\n")

@@ -97,6 +97,12 @@ def curl_proxy(scheme: str, environ: Mapping[str, str] = os.environ) -> tuple[st
     return None
 
 
+def curl_proxies(environ: Mapping[str, str] = os.environ) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+    """What :func:`curl_proxy` gives ``http://`` URLs and ``https://`` ones: each variable that a
+    download may read checked."""
+    return curl_proxy("http", environ), curl_proxy("https", environ)
+
+
 def bypassed(host: str, no_proxy: str) -> bool:
     """Whether ``host`` is one that the ``no_proxy`` list names (curl's rules)."""
     import ipaddress
