@@ -20,7 +20,7 @@ from scutil import SC, Sleeper, check_tree, control, sample_files, sc, sc_env, t
 from squid import Squid, free_port
 
 import sharedcache
-from sharedcache.errors import SettingError
+from sharedcache.errors import ConfigError, SettingError
 
 FILES = sample_files(n=10, size=20_000)
 DATA = tarball_bytes(FILES)
@@ -518,6 +518,15 @@ def test_a_proxy_variable_no_connection_can_use_fails_a_miss_before_anything_is_
     local = sc("--use", "-n", "local", "-d", str(base), "--pid", str(owner.pid), f"file:{archive}", f"sha256:{SHA256}",
                "tar", env=bad)
     assert local.returncode == 0, local.stderr
+    # Nor is the Python API's miss any different.
+    api = tmp_path / "api"
+    api.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(variable, proxy)
+        with pytest.raises(ConfigError, match=f"^{variable}: proxy cannot use "), \
+                sharedcache.use(f"http:{url}", f"sha256:{SHA256}", "tar", directories=[str(api)]):
+            pass
+    assert not list(api.iterdir())
     assert origin.stats("/data.tar.gz").gets == 1
 
 

@@ -17,7 +17,6 @@ import sys
 from ..config import files
 from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
 from ..errors import SharedCacheError, UsageError, clipped, printable, shown_proxy
-from ..loaders.words import normalize_words, source_count
 from ..progress import Reporter
 from ..repository.bases import group_id
 from ..repository.repositories import Repositories
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
     from ..config.files import Effective
     from ..config.settings import FetchPolicy
-    from ..repository.repositories import Fetch, Held
+    from ..repository.repositories import Held
     from .parser import Arguments
 
 # The owner of a use is the job that ran sc (see _owner), found from sc's parent.  The parent is
@@ -52,7 +51,7 @@ def run(options: Arguments) -> int:
     for key in ("directories", "max_size", "keep", "group", "timeout", "verbose", "quiet"):
         if key in effective:
             setattr(options, key, effective[key][0])
-    options.fetch = _curl_proxies_checked(files.fetch_when_needed(effective, os.environ, given), options.loaders)
+    options.fetch = files.fetch_when_needed(effective, os.environ, given)
     repositories = Repositories(
         options.directories,  # the environment's, a file's, or the option's (files.effective)
         reporter=Reporter(options.verbosity),
@@ -60,26 +59,6 @@ def run(options: Arguments) -> int:
     )
     assert options.action is not None
     return COMMANDS[options.action](repositories, options)
-
-
-def _curl_proxies_checked(fetch: Fetch, loaders: list[str]) -> Callable[[], FetchPolicy]:
-    """``fetch`` made by a function that a miss calls, which also checks the proxies that curl's
-    variables name, when the policy follows them and ``loaders`` download over HTTP.  The
-    download reads them, inside the population: a bad one failed it once its work was begun,
-    where a bad proxy setting fails before.  A use of ready data neither reads nor imports them,
-    nor does a miss that downloads nothing."""
-
-    def checked() -> FetchPolicy:
-        policy = fetch() if callable(fetch) else fetch
-        words = normalize_words(loaders)
-        if policy.proxy is None and not policy.offline \
-                and any(word.startswith("http:") for word in words[:source_count(words)]):
-            from ..loaders.transport import curl_proxies
-
-            curl_proxies(os.environ)
-        return policy
-
-    return checked
 
 
 def use(repositories: Repositories, options: Arguments) -> int:

@@ -26,6 +26,7 @@ from ..loaders.words import (
     legacy_identity,
     normalize_words,
     recipe_identity,
+    source_count,
 )
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
@@ -90,7 +91,12 @@ class Request:
     @property
     def fetch(self) -> FetchPolicy:
         """How a download fetches, made on first need: a use of ready data fetches nothing, so
-        it neither imports the fetch settings nor reads credentials (nor fails on a bad one)."""
+        it neither imports the fetch settings nor reads credentials (nor fails on a bad one).
+
+        Made, it checks the proxies that curl's variables name, when it follows them and the
+        recipe downloads over HTTP: the download reads them, inside the population, where a bad
+        one failed it once its work was begun (a bad proxy setting fails before).  Both schemes':
+        a redirect or a rewrite may take the download to the other."""
         fetch = self._fetch
         if fetch is None:
             from ..config.settings import FetchPolicy
@@ -98,6 +104,11 @@ class Request:
             fetch = FetchPolicy()
         elif callable(fetch):
             fetch = fetch()
+        if fetch.proxy is None and not fetch.offline \
+                and any(word.startswith("http:") for word in self.words[:source_count(self.words)]):
+            from ..loaders.transport import curl_proxies
+
+            curl_proxies(os.environ)
         self._fetch = fetch
         return fetch
 
