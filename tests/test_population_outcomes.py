@@ -43,10 +43,30 @@ def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str], 
 
 
 def test_a_populators_own_settings_are_not_its_waiters_failure(origin, base, tmp_path):
-    """A populator whose proxy variable is malformed fails with its own usage error; the process
-    waiting for it, whose settings are fine, is not told that error: it populates."""
-    (bad, _, bad_err), _ = populator_and_waiter(origin, base, tmp_path, {"http_proxy": "http://[bad"})
+    """A use whose proxy variable is malformed fails with its own usage error before it takes the
+    population: it leaves no error record that a use with fine settings would be told, and that
+    one populates.  (It failed as the populator, its waiter not told that error by the rule the
+    next test checks with a limit of the populator's own, which a population still meets.)"""
+    payload = os.urandom(300_000)
+    url = origin.add("/blob.bin", payload)
+    args = ["--use", "-d", str(base), "-n", "blob", f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    ((bad, _, bad_err),) = finish([sc_start(*args, env=sc_env(http_proxy="http://[bad"))], timeout=60)
     assert bad == 2 and "http_proxy" in bad_err, bad_err
+    assert not list(base.iterdir()), "nothing was made in the cache"
+    ((status, out, err),) = finish([sc_start(*args)], timeout=60)
+    assert status == 0, err
+    assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
+    assert origin.stats("/blob.bin").gets == 1
+
+
+def test_a_populators_own_credentials_are_not_its_waiters_failure(origin, base, tmp_path):
+    """A populator whose .netrc cannot be read (a NUL byte in it) fails with that error; the
+    process waiting for it, whose own .netrc is fine, is not told it (it was, as the recipe's
+    failure: "cannot read .../netrc"): it populates."""
+    netrc = tmp_path / "netrc"
+    netrc.write_bytes(b"machine elsewhere login a password \0\n")
+    (bad, _, bad_err), _ = populator_and_waiter(origin, base, tmp_path, {"NETRC": str(netrc)})
+    assert bad == 1 and bad_err.endswith(f"cannot read {netrc}: it holds a NUL byte (line 1)\n"), bad_err
     assert origin.stats("/blob.bin").gets == 1
 
 

@@ -469,6 +469,12 @@ class LoaderError(SharedCacheError):
     """Fetching or preparing data failed (base of the loader errors)."""
 
 
+class CredentialError(LoaderError):
+    """This process's credentials cannot be used (a CA bundle, a client certificate or key, a
+    bearer token file, a ``.netrc``): its own failure, not the recipe's, which the processes
+    waiting for its population, who have their own, are not told."""
+
+
 class DownloadError(LoaderError):
     """A source could not deliver its bytes: network failure, HTTP error, missing file or tool."""
 

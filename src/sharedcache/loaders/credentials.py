@@ -17,8 +17,8 @@ download needs them and turns them into:
   against the same CAs.
 
 No credential is ever part of a message: messages name where a credential came from (a file, a
-variable), never its value.  A credential file that cannot be used is a :class:`LoaderError` (not
-a download error: no mirror would do better).
+variable), never its value.  A credential file that cannot be used is a :class:`CredentialError`
+(not a download error: no mirror would do better; nor the recipe's failure: it is this process's).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from ..config.settings import one_word
-from ..errors import LoaderError, split_user_info
+from ..errors import CredentialError, split_user_info
 from ..lean import scoped
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def tls_context(credentials: Credentials | None, url: str, *,
         if made is None:
             try:
                 made = _contexts[credentials, client_certificate] = _ssl_context(credentials, client_certificate)
-            except LoaderError:
+            except CredentialError:
                 if url.startswith("http://"):
                     return None
                 raise
@@ -97,7 +97,7 @@ def _ssl_context(credentials: Credentials, client_certificate: bool = True) -> s
         def no_passphrase() -> bytes:
             # Without this, OpenSSL asks for the passphrase on the terminal (a job waits there for
             # good, holding its population) or prints its prompt and fails with "Invalid argument".
-            raise LoaderError(f"cannot use the client certificate {cert_file}: its key {key_file or cert_file} is "
+            raise CredentialError(f"cannot use the client certificate {cert_file}: its key {key_file or cert_file} is "
                               "encrypted, and sc cannot ask for its passphrase")
 
         with _checked_file("client certificate", cert_file) as certificate, \
@@ -119,7 +119,7 @@ _HASHED_CA = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 @scoped
 def _checked_file(what: str, path: str | None) -> Iterator[str | None]:
     """The name through which OpenSSL reads the credential file ``path`` (None for None), for the
-    ``with`` block; a :class:`LoaderError` naming it if it is no regular file or cannot be used.
+    ``with`` block; a :class:`CredentialError` naming it if it is no regular file or cannot be used.
 
     OpenSSL opens the paths it is given itself, blocking: a FIFO there (``X509_USER_PROXY``
     naming a pipe by mistake) would hold the download, and its population, past every timeout.
@@ -134,9 +134,9 @@ def _checked_file(what: str, path: str | None) -> Iterator[str | None]:
     try:
         fd = _open_regular(path, _CERTIFICATES_MAX_BYTES)
     except OSError as exc:
-        raise LoaderError(f"cannot use the {what} {path}: {exc.strerror}") from None
+        raise CredentialError(f"cannot use the {what} {path}: {exc.strerror}") from None
     if fd is None:
-        raise LoaderError(f"cannot use the {what} {path}: it is not a regular file")
+        raise CredentialError(f"cannot use the {what} {path}: it is not a regular file")
     try:
         yield f"/proc/self/fd/{fd}"
     finally:
@@ -171,7 +171,7 @@ def _load(method: Any, what: str, path: str, **kwargs: Any) -> None:
         method(**kwargs)
     except (OSError, ssl.SSLError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else getattr(exc, "reason", None) or exc
-        raise LoaderError(f"cannot use the {what} {path}: {why}") from None
+        raise CredentialError(f"cannot use the {what} {path}: {why}") from None
 
 
 def certificate_problem(exc: BaseException) -> str | None:
@@ -309,18 +309,18 @@ def _netrc_text(path: str) -> str | None:
         # as after sudo without -H); but a file that is there and cannot be read is an error.
         if not os.path.isfile(path):
             return None
-        raise LoaderError(f"cannot read {path}: {exc.strerror}") from None
+        raise CredentialError(f"cannot read {path}: {exc.strerror}") from None
     if data is None:
         return None
     if (nul := data.find(b"\0")) >= 0:
         line = data.count(b"\n", 0, nul) + 1
-        raise LoaderError(f"cannot read {path}: it holds a NUL byte (line {line})")
+        raise CredentialError(f"cannot read {path}: it holds a NUL byte (line {line})")
     try:
         # (Without the byte order mark some Windows editors start a file with, which would join
         # the first keyword and lose the first entry to a later default one.)
         return data.decode().removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
-        raise LoaderError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start})") from None
+        raise CredentialError(f"cannot read {path}: it is not UTF-8 text (byte {exc.start})") from None
 
 
 def _open_regular(path: str, limit: int) -> int | None:
@@ -380,7 +380,7 @@ def _netrc_entries(text: str, path: str) -> list[tuple[str | None, dict[str, str
             return word[3], False
         if word[2] is None:
             line = text.count("\n", 0, word.start(1)) + 1
-            raise LoaderError(f"cannot read {path}: a quote is not closed (line {line})")
+            raise CredentialError(f"cannot read {path}: a quote is not closed (line {line})")
         return re.sub(r"\\(.)", lambda escaped: _NETRC_ESCAPES.get(escaped[1], escaped[1]), word[1],
                       flags=re.DOTALL), True
 
@@ -424,18 +424,18 @@ def _bearer_token(credentials: Credentials) -> str | None:
             fd = os.open(path, flags)
         except OSError as exc:
             if exc.errno == errno.ELOOP and flags & os.O_NOFOLLOW:
-                raise LoaderError(f"the bearer token file {path} is a symbolic link in a directory that others "
+                raise CredentialError(f"the bearer token file {path} is a symbolic link in a directory that others "
                                   "may write; refusing to follow it") from None
             raise
         try:
             status = os.fstat(fd)
             if status.st_uid not in (os.getuid(), 0):
-                raise LoaderError(f"the bearer token file {path} belongs to another user (uid {status.st_uid})")
+                raise CredentialError(f"the bearer token file {path} belongs to another user (uid {status.st_uid})")
             token = os.read(fd, 1 << 20).decode("utf-8", "replace").strip()
         finally:
             os.close(fd)
     except OSError as exc:
-        raise LoaderError(f"cannot read the bearer token file {path}: {exc.strerror}") from None
+        raise CredentialError(f"cannot read the bearer token file {path}: {exc.strerror}") from None
     if not one_word(token):
-        raise LoaderError(f"the bearer token file {path} does not hold one token")
+        raise CredentialError(f"the bearer token file {path} does not hold one token")
     return token

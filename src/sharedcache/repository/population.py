@@ -25,6 +25,7 @@ from ..engine.leases import Owner, boot_id, pid_namespace
 from ..errors import (
     CacheError,
     ConfigError,
+    CredentialError,
     DownloadError,
     LoaderError,
     NoSpaceError,
@@ -308,10 +309,14 @@ class Population:
                     self._attempt()
             except WaitTimeoutError:
                 raise  # our --timeout, not the recipe's failure: the work stays for a takeover
-            except (UsageError, ConfigError, ProcessLimitError) as e:
-                # Our own settings (a proxy variable, a token) or limits (ulimit -n, -f), not the
-                # recipe's failure: the waiters, who have theirs, are not told it, and the work stays.
+            except (UsageError, ConfigError, CredentialError, ProcessLimitError) as e:
+                # Our own settings (a token file, a .netrc, a CA bundle) or limits (ulimit -n, -f),
+                # not the recipe's failure: the waiters, who have theirs, are not told it.  What a
+                # limit cut short stays for one to take over; a setting fails a request before it
+                # is sent, the first one mostly, and is not left a work directory to show for it.
                 e.args = (f"repository {name!r}: {e}",)
+                if not isinstance(e, ProcessLimitError):
+                    cache.discard(self.work)
                 raise
             except SharedCacheError as e:
                 e.args = (f"repository {name!r}: {e}",)
