@@ -25,7 +25,7 @@ from fscache_worker import Children, fill, loads, scan_usage, verify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from scutil import needs_delayed_allocation, pending
+from scutil import Sleeper, needs_delayed_allocation, pending
 
 from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
 from sharedcache.errors import EntryTooLargeError
@@ -491,6 +491,28 @@ def test_a_damaged_budget_is_a_clear_error_until_it_is_set_again(root: Path, pla
         assert cache.max_size == value
         cache.gc()
     assert os.listdir(root / "trash") == []
+
+
+def test_an_entry_whose_lock_was_replaced_is_kept_while_used_even_without_its_row(root: Path) -> None:
+    """gc adopts, from its directory, an entry whose index row was lost; one whose lock is a link
+    is damaged, yet its data is whole and a live job may hold a use of it: gc keeps it until that
+    use ends, then deletes it."""
+    cache = FsCache(root)
+    put(cache, "held")
+    with Sleeper() as job:
+        lease = cache.hold("held", Owner.of(job.pid))
+        lock = root / "objects" / "held" / "lock"
+        os.rename(lock, lock.with_name("aside"))
+        lock.symlink_to("aside")
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            (root / name).unlink(missing_ok=True)
+        cache.close()
+        cache = FsCache(root, repair=True)
+        cache.gc()
+        assert (root / "objects" / "held" / "data").is_dir(), "deleted under a live use"
+        assert lease in os.listdir(root / "objects" / "held" / "leases")
+    cache.gc()
+    assert not (root / "objects" / "held").exists()
 
 
 # -- entries in use --------------------------------------------------------------------------------

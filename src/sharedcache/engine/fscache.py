@@ -97,10 +97,9 @@ that lock file (else the entry was deleted meanwhile: retry, then miss) and that
 valid in this boot is there (else miss, unless only another machine can judge the entry's boot:
 then an error, see "Entries for this boot"), that its ``data`` is a directory, not a link or
 anything else put there, and that ``lock`` is still a regular file (else an error: a damaged
-entry, which gc deletes once unused), and set
-the lock's modification time to now: the
-last use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for users who
-do not own the files.
+entry, which gc deletes once unused), and set the lock's modification time to now: the last
+use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for users who do not
+own the files.
 
 In a group cache every member may write ``objects/``, so one could put a link where an entry
 was between two steps.  There the entry's directory is opened first, without following a link
@@ -297,7 +296,7 @@ from .leases import (
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from pathlib import Path
 
@@ -341,9 +340,12 @@ def committed(entry: str) -> str | None:
 def _damaged(entry: str) -> bool:
     """Whether the committed directory ``entry`` has lost its data directory or its lock: either
     missing or replaced by anything else (a link, to whatever it points to, is not the entry's)."""
+    return _lost(entry, "data", stat.S_ISDIR) or _lost(entry, "lock", stat.S_ISREG)
+
+
+def _lost(entry: str, name: str, is_kind: Callable[[int], bool]) -> bool:
     try:
-        return not (stat.S_ISDIR(os.lstat(f"{entry}/data").st_mode)
-                    and stat.S_ISREG(os.lstat(f"{entry}/lock").st_mode))
+        return not is_kind(os.lstat(f"{entry}/{name}").st_mode)
     except FileNotFoundError:
         return True
 
@@ -1797,8 +1799,8 @@ class FsCache:
         reconciles ``objects/`` with the index (adopts committed directories that lost their row,
         removes directories without a valid marker and rows without a directory); removes the
         leases of dead processes; deletes unused entries not marked to keep, and unused entries
-        whose data or lock is gone (:func:`_damaged`); recomputes the accounted size; and evicts down to
-        the budget.
+        whose data or lock is gone (:func:`_damaged`); recomputes the accounted size; and evicts
+        down to the budget.
         """
         check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
         report = GcReport()
@@ -1838,7 +1840,7 @@ class FsCache:
                         if not users:
                             # A kept entry has entry.json: without a marker, it is what a crashed
                             # removal in place left (see "Delete"), whatever its row and flag say;
-                            # one whose data is gone is nobody's to keep either.
+                            # one whose data or lock is gone is nobody's to keep either.
                             leftover = ((_markerless(entry) and not self._another_kernel_s(name))
                                         or (committed(entry) is not None and _damaged(entry)))
                             if leftover or not keep:
@@ -1919,7 +1921,9 @@ class FsCache:
             import json
 
             marker = json.loads(read_control(os.path.join(entry, found), 1 << 16) or b"")
-            if marker["name"] != name or _damaged(entry):
+            # (A lock lost is no reason to drop the entry: live uses may hold it, which the
+            # deletion of a damaged entry spares.)
+            if marker["name"] != name or _lost(entry, "data", stat.S_ISDIR):
                 return False
             size, created = int(marker["size"]), float(marker["created"])
             meta = self._meta(entry)
