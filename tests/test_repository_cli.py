@@ -1136,14 +1136,15 @@ def test_an_entry_whose_data_or_lock_was_replaced_is_refused_and_gc_deletes_it(d
     check_tree(Path(used.stdout.strip()), FILES)
 
 
-@pytest.mark.parametrize("damage", ["missing", "symlink", "directory"])
+@pytest.mark.parametrize("damage", ["missing", "symlink", "directory", "empty"])
 def test_a_repository_that_lost_the_record_of_its_recipe_is_damaged_and_gc_deletes_it(dirs, tarball, damage):
     args = ["-n", "repo", "-d", str(dirs[0]), "--keep", *recipe(tarball)]
     assert sc("--use", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
     meta = control(dirs[0]) / "objects" / "repo" / "meta"
     meta.parent.chmod(0o755)
     meta.unlink()
-    {"missing": lambda: None, "symlink": lambda: meta.symlink_to("keep"), "directory": meta.mkdir}[damage]()
+    {"missing": lambda: None, "symlink": lambda: meta.symlink_to("keep"), "directory": meta.mkdir,
+     "empty": meta.touch}[damage]()
     for action in ("--use", "--location", "--unuse"):
         refused = sc(action, *args)
         assert refused.returncode == 1 and refused.stdout == "", (action, refused.stderr)

@@ -353,8 +353,9 @@ def conflict(name: str, base: str, existing: str | None, wanted: str, *,
              populating: bool = False) -> SharedCacheError:
     """The error for a repository name that holds the recipe whose identity is ``existing`` in
     ``base`` (or is being populated with it), where the recipe whose identity is ``wanted`` was
-    asked for; a repository that holds none (None) is damaged, since every one records its own."""
-    if existing is None and not populating:
+    asked for; a repository that holds none (None, or an empty record) is damaged, since every
+    one records its own."""
+    if not existing and not populating:
         return CacheError(
             f"repository {name!r} in {base} is damaged: the record of its recipe (its meta file) is missing or "
             f"unreadable; sc gc deletes it once unused"

@@ -544,7 +544,7 @@ class Repositories:
         deleted = 0
         for name in cache.names():
             try:
-                if cache.meta(name) is None:
+                if not cache.meta(name):  # (None: no file; an empty one is no recipe either)
                     cache.remove(name)
                     deleted += 1
             except (MissError, BusyError):
