@@ -1136,7 +1136,7 @@ def test_an_entry_whose_data_or_lock_was_replaced_is_refused_and_gc_deletes_it(d
     check_tree(Path(used.stdout.strip()), FILES)
 
 
-@pytest.mark.parametrize("damage", ["missing", "symlink", "directory", "empty"])
+@pytest.mark.parametrize("damage", ["missing", "symlink", "directory", "empty", "zeroed"])
 def test_a_repository_that_lost_the_record_of_its_recipe_is_damaged_and_gc_deletes_it(dirs, tarball, damage):
     args = ["-n", "repo", "-d", str(dirs[0]), "--keep", *recipe(tarball)]
     assert sc("--use", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
@@ -1144,7 +1144,7 @@ def test_a_repository_that_lost_the_record_of_its_recipe_is_damaged_and_gc_delet
     meta.parent.chmod(0o755)
     meta.unlink()
     {"missing": lambda: None, "symlink": lambda: meta.symlink_to("keep"), "directory": meta.mkdir,
-     "empty": meta.touch}[damage]()
+     "empty": meta.touch, "zeroed": lambda: meta.write_bytes(bytes(60))}[damage]()
     for action in ("--use", "--location", "--unuse"):
         refused = sc(action, *args)
         assert refused.returncode == 1 and refused.stdout == "", (action, refused.stderr)
@@ -1261,6 +1261,7 @@ def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one
     ((("file:/x", "tar"),), {}, "separate arguments"),
     ((None,), {}, "not NoneType"),
     ((b"file:/x",), {}, "not bytes"),
+    (("file:/x\0y", "md5:" + "0" * 32), {}, "loader word 'file:/x\\x00y' holds a NUL character"),
     ((), {}, "no loader given"),
     (("file:/x",), {"name": "a/b"}, "invalid repository name"),
     (("file:/x",), {"size": "lots"}, "size"),

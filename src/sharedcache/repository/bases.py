@@ -349,13 +349,19 @@ class Base:
             os.close(fd)
 
 
+def recipe_lost(identity: str | None) -> bool:
+    """Whether ``identity``, read from a repository's record of its recipe, is no recipe's: the
+    record missing (None), emptied, or overwritten with NUL bytes, which no loader word holds.
+    Every repository records its recipe, so such a one is damaged."""
+    return not identity or "\0" in identity
+
+
 def conflict(name: str, base: str, existing: str | None, wanted: str, *,
              populating: bool = False) -> SharedCacheError:
     """The error for a repository name that holds the recipe whose identity is ``existing`` in
     ``base`` (or is being populated with it), where the recipe whose identity is ``wanted`` was
-    asked for; a repository that holds none (None, or an empty record) is damaged, since every
-    one records its own."""
-    if not existing and not populating:
+    asked for; one whose record is lost (:func:`recipe_lost`) is damaged."""
+    if recipe_lost(existing) and not populating:
         return CacheError(
             f"repository {name!r} in {base} is damaged: the record of its recipe (its meta file) is missing or "
             f"unreadable; sc gc deletes it once unused"

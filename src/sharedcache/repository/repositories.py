@@ -17,7 +17,16 @@ from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_leftovers, remove_tree, shown_path, unlink_if_present
 from ..engine.layout import check_base, check_flag, check_name, user_directory
 from ..engine.leases import Owner, require_proc
-from ..errors import BusyError, CacheError, MissError, NoSpaceError, SharedCacheError, UsageError, raise_if_over_limit
+from ..errors import (
+    BusyError,
+    CacheError,
+    MissError,
+    NoSpaceError,
+    SharedCacheError,
+    UsageError,
+    raise_if_over_limit,
+    without_user_info,
+)
 from ..lean import scoped
 from ..loaders.words import (
     default_name,
@@ -30,7 +39,7 @@ from ..loaders.words import (
 )
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
-from .bases import PRIVATE_CACHE, Base, base_directories, conflict, group_id
+from .bases import PRIVATE_CACHE, Base, base_directories, conflict, group_id, recipe_lost
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -544,7 +553,7 @@ class Repositories:
         deleted = 0
         for name in cache.names():
             try:
-                if not cache.meta(name):  # (None: no file; an empty one is no recipe either)
+                if recipe_lost(cache.meta(name)):
                     cache.remove(name)
                     deleted += 1
             except (MissError, BusyError):
@@ -740,6 +749,8 @@ def _loader_words(words: tuple[object, ...]) -> list[str]:
         if not isinstance(word, str):
             raise UsageError(f"a loader word is a string, as in use('http:URL', 'sha256:HEX', 'tar'), "
                              f"not {type(word).__name__} {word!r}")
+        if "\0" in word:  # (no command-line argument can hold one)
+            raise UsageError(f"loader word {without_user_info(word)!r} holds a NUL character")
     return list(words)  # type: ignore[arg-type]  # (each was checked to be a str)
 
 
