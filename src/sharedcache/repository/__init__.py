@@ -31,9 +31,12 @@ there (``../.shared-cache-g<GID>/objects/<name>/data``).
 Acquire (``sc --use``, :func:`use`)
 ===================================
 1. In each candidate base that has a cache, try to hold ``<name>`` (with the recipe's identity:
-   another recipe under that name is refused).  Held: go to 5.  A base where ``<name>`` is being
-   populated is chosen.  Otherwise the first base whose free space, less the space reserved by
-   the populations in progress there, is at least the requested size is chosen.
+   another recipe under that name is refused).  Held: go to 5.  Held nowhere: make the fetch
+   policy, so that a bad setting (curl's proxy variables among them, for a recipe that
+   downloads over HTTP) fails the use before anything is made in any cache.  A base where
+   ``<name>`` is being populated is chosen.  Otherwise the first base whose free space, less the
+   space reserved by the populations in progress there, is at least the requested size is
+   chosen.
 2. In the chosen base, loop: try to hold (held: go to 5); take the population lock of ``<name>``
    without waiting; if another process has it, wait for it (saying whom we wait for and how far
    it has got), then loop.  After taking it, check that the lock file is still the one named
@@ -50,7 +53,9 @@ Acquire (``sc --use``, :func:`use`)
    made or kept for the same recipe and used through that descriptor, whatever another member of
    a group cache puts at its name), commit it with a lease for the owner in the
    same transaction, then remove the work directory and the status.  On failure write the error
-   record, discard the work directory and raise.  Release the population lock.  A process
+   record, discard the work directory and raise; unless the failure is this process's own (its
+   settings, its credentials, its limits), which the waiters, who have theirs, are not told: no
+   record, and the work directory is kept for a takeover only after a limit.  Release the population lock.  A process
    killed here releases the lock with its death; a waiter takes over at step 3.
 5. Make sure the user's link ``<name>`` points to the entry, and return its path.  A use whose
    link cannot be made is released before the error is raised: no failure leaks a lease.
@@ -65,5 +70,6 @@ gc removes what a population left behind (its status, the temporary files of its
 work directory, an expired error record and then the lock file itself) only under that
 population lock, checked as in step 2: a lock taken on a file that another gc removed in the
 meantime locks nothing, and the name's files may by then belong to a population holding the new
-lock file.
+lock file.  It deletes, once unused, a repository whose record of its recipe is lost (missing,
+empty, or NUL bytes): no use or release can name it any more.
 """
