@@ -55,8 +55,9 @@ Acquire (``sc --use``, :func:`use`)
    same transaction, then remove the work directory and the status.  On failure write the error
    record, discard the work directory and raise; unless the failure is this process's own (its
    settings, its credentials, its limits), which the waiters, who have theirs, are not told: no
-   record, and the work directory is kept for a takeover only after a limit.  Release the population lock.  A process
-   killed here releases the lock with its death; a waiter takes over at step 3.
+   record, and the work directory is kept for a takeover only after a limit.  Release the
+   population lock.  A process killed here releases the lock with its death; a waiter takes over
+   at step 3.
 5. Make sure the user's link ``<name>`` points to the entry, and return its path.  A use whose
    link cannot be made is released before the error is raised: no failure leaks a lease.
 

@@ -363,8 +363,8 @@ def conflict(name: str, base: str, existing: str | None, wanted: str, *,
     asked for; one whose record is lost (:func:`recipe_lost`) is damaged."""
     if recipe_lost(existing) and not populating:
         return CacheError(
-            f"repository {name!r} in {base} is damaged: the record of its recipe (its meta file) is missing or "
-            f"unreadable; sc gc deletes it once unused"
+            f"repository {name!r} in {base} is damaged: the record of its recipe (its meta file) is lost; "
+            "sc gc deletes it once unused"
         )
     if populating:
         return NameTakenError(
