@@ -192,6 +192,28 @@ def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tar
             assert (done.returncode, done.stderr) == (0, ""), (closed, command, done.stderr)
 
 
+@pytest.mark.parametrize("raised", [
+    "OSError(errno.EIO, 'Input/output error', 'x\\n\\x1b[2Jy')",  # a file name is anyone's bytes
+    "RuntimeError('x\\n\\x1b[2Jy')",  # the last resort's line quotes whatever the bug's text holds
+])
+def test_an_unforeseen_error_is_one_line_that_cannot_steer_the_terminal(raised):
+    # Errors that no code foresaw, raised where a command runs: the lines said of them printed
+    # their text as it was, a newline and a terminal's escape sequence included.
+    script = textwrap.dedent(f"""
+        import errno, sys
+        from sharedcache.cli import commands, main
+        def run(options):
+            raise {raised}
+        commands.run = run
+        sys.exit(main(["config"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env=sc_env(PYTHONPATH=SRC))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr, result.stderr
+    assert "x\\n\\x1b[2Jy" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
 def test_paths_are_written_as_their_bytes_whatever_the_output_s_encoding(tmp_path, tarball, encoding):
     # PYTHONIOENCODING=utf-8 (container images set it) cannot encode a name that is not UTF-8,

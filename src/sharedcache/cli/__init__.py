@@ -19,7 +19,7 @@ import io
 import os
 import sys
 
-from ..errors import SharedCacheError, UsageError, clipped, memory_refused, out_of_memory, over_limit
+from ..errors import SharedCacheError, UsageError, clipped, memory_refused, out_of_memory, over_limit, printable
 from ..repository.bases import close_caches
 from . import commands
 from .parser import help_text, parse
@@ -85,11 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, OSError):
             limit = over_limit(e)  # (whatever was being opened: the limit is the news)
             line = str(limit) if limit else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-            print(f"sc: error: {line}", file=sys.stderr)
+            # (printable: a file name is anyone's bytes; shown decoded, a newline would end the line)
+            print(f"sc: error: {clipped(printable(line))}", file=sys.stderr)
             return 1
         if verbose:
             raise
-        print(f"sc: internal error ({type(e).__name__}: {e}); rerun with -v for details",
+        print(f"sc: internal error ({type(e).__name__}: {clipped(printable(str(e)))}); rerun with -v for details",
               file=sys.stderr)
         return 1
 
