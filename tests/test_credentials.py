@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import sharedcache
-from scutil import SC, Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes
+from scutil import SC, Sleeper, check_tree, control, interpreter_for, sample_files, sc, sc_env, tarball_bytes
 from sharedcache.config.settings import Credentials, FetchPolicy
 from sharedcache.errors import DownloadError
 
@@ -441,6 +441,44 @@ def test_a_credential_file_that_is_a_fifo_is_one_line_not_a_wait_for_good(nginx:
     assert stderr.startswith("sc: error: ") and stderr.count("\n") == 1, stderr
     assert stderr.endswith(f": cannot use the {what} {fifo}: it is not a regular file\n"), stderr
     assert not list((control(base) / "populate").glob("*.work"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as a user who may not read a file")
+def test_a_file_of_a_hashed_directory_that_holds_no_readable_ca_is_skipped_as_openssl_skips_it(
+        nginx: Nginx, reachable_tmp: Path) -> None:
+    # A file of the hashed directory that the user may not read, or a directory named as a CA's
+    # file: sc read every file up front and failed every HTTPS download in one line ("cannot use
+    # the CA bundle ...: Permission denied"), where OpenSSL, reading the file it needs when it
+    # needs it, failed none whose CA is elsewhere.
+    ca = nginx.pki / "ca.pem"
+    ca_hash = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", ca], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.strip()
+    cas, home = reachable_tmp / "cas", reachable_tmp / "home"
+    cas.mkdir()
+    (cas / f"{ca_hash}.0").write_bytes(ca.read_bytes())
+    (cas / "00000000.0").write_bytes(ca.read_bytes())
+    (cas / "00000000.0").chmod(0o600)  # root's: nobody may not read it
+    (cas / "11111111.0").mkdir()
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    interpreter, python_env = interpreter_for(65534, 65534)
+    variables = {**env(home, SSL_CERT_DIR=cas), "PYTHONPATH": python_env["PYTHONPATH"]}
+
+    def use_as_nobody(base: str) -> subprocess.CompletedProcess[str]:
+        (home / base).mkdir()
+        os.chown(home / base, 65534, 65534)
+        with Sleeper() as owner:
+            return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", interpreter, "-m",
+                                   "sharedcache", "--use", "-d", str(home / base), "--pid", str(owner.pid),
+                                   f"http:{nginx.url('/public/data.tgz')}", SHA256, "tar"],
+                                  capture_output=True, text=True, timeout=120, env=variables)
+
+    succeeded(use_as_nobody("base"))
+    # The CA the server's certificate needs, unreadable: the handshake's refusal, not the file's.
+    (cas / f"{ca_hash}.0").chmod(0o600)
+    result = use_as_nobody("other-base")
+    failed(result, "certificate")
+    assert "Permission denied" not in result.stderr, result.stderr
 
 
 def test_the_client_certificate_is_presented_to_the_disk_server_a_redirect_leads_to(nginx: Nginx, home: Path) -> None:

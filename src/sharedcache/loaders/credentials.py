@@ -149,7 +149,8 @@ def _trust_directories(context: ssl.SSLContext, what: str, directories: str) -> 
     itself when a handshake needs it, blocking (see there).  Reading them all takes about as long
     as reading a bundle of the same CAs, once per process.  What OpenSSL would find no CA in is
     skipped, as OpenSSL skips it: a directory that cannot be listed, a link left dangling, a file
-    that holds no certificate."""
+    the user may not read, a directory, a file that holds no certificate.  One of them failed
+    every HTTPS download, where OpenSSL fails only the one whose CA it would have held."""
     for directory in directories.split(":"):
         try:
             names = os.listdir(directory) if directory else []
@@ -157,7 +158,8 @@ def _trust_directories(context: ssl.SSLContext, what: str, directories: str) -> 
             continue
         for name in names:
             path = os.path.join(directory, name)
-            if not _HASHED_CA.fullmatch(name) or not os.path.exists(path):
+            # (Checked by path, then opened: what changes between is refused in one line, or skipped.)
+            if not _HASHED_CA.fullmatch(name) or not os.access(path, os.R_OK) or os.path.isdir(path):
                 continue
             try:
                 with _checked_file(what, path) as ca:
