@@ -183,6 +183,25 @@ def test_a_chunked_body_ends_with_its_final_chunk_whatever_its_content_length(tm
     assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
 
 
+def test_informational_answers_are_read_past_to_the_final_one(tmp_path, serve):
+    # http.client reads past "100 Continue" alone: a "103 Early Hints" (which a server or a CDN may
+    # send ahead of any answer) or a "102 Processing" was taken for the answer, and failed the
+    # download ("HTTP 103").  One that sends nothing else is refused in one line.
+    early = "HTTP/1.1 103 Early Hints\nLink: </style.css>; rel=preload\n\n"
+    answer = (early + early + "HTTP/1.1 102 Processing\n\nHTTP/1.1 100 Continue\n\n"
+              + f"HTTP/1.1 200 OK\nContent-Length: {len(BODY)}\nConnection: close\n")
+    origin = serve(fixed(answer, BODY))
+    result = use(tmp_path, origin)
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
+    config, base = tmp_path / "config", tmp_path / "other"
+    config.write_text("retries = 0\n")
+    base.mkdir()
+    endless = serve(fixed(early * 40, BODY))
+    result = sc("--use", "-d", str(base), "-n", "data", endless.word(), env=sc_env(SC_CONFIG=str(config)))
+    assert_refused(result, base, "informational answers")
+
+
 @pytest.mark.parametrize("path", ["data.bin.gz", "data.tgz", "DATA.BIN.GZ"])
 def test_a_compressed_file_labelled_with_its_own_encoding_is_stored_as_it_is(tmp_path, serve, path):
     """A .gz file that its server labels `Content-Encoding: gzip` (S3 objects whose uploader set

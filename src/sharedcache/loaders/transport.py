@@ -47,6 +47,7 @@ from ..errors import ConfigError, DownloadError, SettingError, raise_if_over_lim
 from . import threads
 
 if TYPE_CHECKING:
+    import http.client
     import socket
     import ssl
     from collections.abc import Callable, Mapping, Sequence
@@ -266,6 +267,7 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
     class Connection(base):  # type: ignore[misc]  # (whose type it then cannot know)
         _dns_host: str  # urllib3's: the host name or address that the socket connects to
         timeout: Any  # http.client's: the step's timeout, set by the pool (seconds, None or a default)
+        response_class = _final_answer_class()  # http.client's: the answer it reads
 
         def connect(self) -> None:
             self._within(super().connect, "connecting")
@@ -355,6 +357,33 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
     # which http._reason takes off.
     Connection.__name__ = Connection.__qualname__ = connection.__name__
     return Connection
+
+
+#: Informational answers read past before the final one: a bound on a server that sends nothing else.
+_MAX_INFORMATIONAL = 32
+
+
+def _final_answer_class() -> type[http.client.HTTPResponse]:
+    """http.client's answer, read past every informational one (1xx) to the final answer, as RFC
+    9110 (15.2) asks of a client.  http.client reads past ``100 Continue`` only: a ``103 Early
+    Hints``, which a server or a CDN may send ahead of any answer (RFC 8297), or a ``102
+    Processing``, was taken for the answer, without a body, and failed every download from there
+    ("HTTP 103").  ``101 Switching Protocols`` is final (sc never asks to switch)."""
+    import http.client
+
+    class FinalAnswer(http.client.HTTPResponse):
+        def begin(self) -> None:
+            for _ in range(_MAX_INFORMATIONAL):
+                super().begin()
+                if not (102 <= self.status < 200):  # (100: http.client itself read past it)
+                    return
+                # begin() reads an answer once, unless told that none was read yet: its fields
+                # were the informational answer's, which has no body; the next answer follows.
+                self.headers = self.msg = None  # type: ignore[assignment]  # (None: "none read yet", as it starts)
+            raise http.client.HTTPException(f"more than {_MAX_INFORMATIONAL} informational answers (1xx) "
+                                            "and no final one")
+
+    return FinalAnswer
 
 
 def _numeric(host: str) -> bool:
