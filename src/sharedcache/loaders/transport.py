@@ -30,7 +30,8 @@ A host name's addresses are raced as Happy Eyeballs races them (:func:`_first_to
 Every pool manager is built by :func:`pool_manager`, which takes the TLS and authentication
 options (:class:`TlsOptions`): the one place where connections are configured.  Its connections
 bound, in all, the steps that read a peer's words in pieces (:func:`_bounded_steps`): a timeout
-bounds each wait for bytes only.
+bounds each wait for bytes only.  They read past informational answers to the final one
+(:func:`_final_answer_class`).
 """
 
 from __future__ import annotations
