@@ -9,4 +9,8 @@ install_system_packages
 ./tools/lint.sh
 . tools/venv.sh
 setup_venv '[test,progress,lint]'
+# The package's bytecode, which an installed package has (pip compiles it).  Without it, where
+# PYTHONDONTWRITEBYTECODE is set, every sc a test starts parses the sources again: slower, and
+# under a test's cap on memory the parser's failed allocations come out as bogus SyntaxErrors.
+"$venv/bin/python" -m compileall -q src >/dev/null
 exec "$venv/bin/python" -m pytest "$@"

@@ -426,6 +426,12 @@ def out_of_memory() -> str:
     return f"out of memory: this process may take {soft} bytes of address space (ulimit -v); raise the limit"
 
 
+#: SQLite's (extended) result codes for memory it did not get: SQLITE_NOMEM, SQLITE_IOERR_NOMEM.
+_SQLITE_OUT_OF_MEMORY = frozenset({7, 3082})
+#: SQLite's codes for the shared memory of a WAL index not mapped: SQLITE_IOERR_SHMSIZE, _SHMMAP.
+_SQLITE_UNMAPPED = frozenset({4874, 5386})
+
+
 def memory_refused(error: BaseException | None) -> bool:
     """Whether ``error`` is the system refusing memory: a :class:`MemoryError`, or, under a limit
     on address space, a module whose library could not be mapped (the dynamic loader says "failed
@@ -434,12 +440,18 @@ def memory_refused(error: BaseException | None) -> bool:
     the reason dropped: ``_ssl`` of ``_socket``, at a cap of 23 MiB) or a :class:`SystemError`
     (the interpreter's C code that met an allocation failing and did not say so: "error return
     without exception set", in an import at a cap of 29 MiB, or "... returned NULL without setting
-    an exception"; any other SystemError is a bug, capped or not).  A call that fails with ENOMEM
-    is :func:`over_limit`'s."""
+    an exception"; any other SystemError is a bug, capped or not), or SQLite's error that it could
+    not map the index's shared memory (``-shm``), which it says as "disk I/O error" (or that it ran
+    out of memory, which it says as such).  A call that fails with ENOMEM is :func:`over_limit`'s."""
     if isinstance(error, MemoryError):
         return True
     text = str(error).lower()
-    if isinstance(error, SystemError):
+    sqlite_code = getattr(error, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        if sqlite_code in _SQLITE_OUT_OF_MEMORY:
+            return True
+        unsaid = sqlite_code in _SQLITE_UNMAPPED
+    elif isinstance(error, SystemError):
         unsaid = "without exception set" in text or "without setting an exception" in text
     elif isinstance(error, ImportError):
         unsaid = ("failed to map segment" in text or "cannot allocate memory" in text

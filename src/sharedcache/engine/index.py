@@ -53,6 +53,7 @@ from ..errors import (
     FileSizeLimitError,
     WaitTimeoutError,
     file_size_limit_error,
+    memory_refused,
     no_space_for,
     out_of_files_now,
     over_limit,
@@ -118,6 +119,8 @@ class Index(sqlite3.Connection):
     def failure(self, e: sqlite3.DatabaseError) -> Exception:
         if isinstance(e, sqlite3.ProgrammingError):
             return e
+        if memory_refused(e):  # (under ulimit -v: neither damage nor a reason to rebuild the index)
+            return MemoryError(str(e))
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return WaitTimeoutError(f"cache {self.root} index is busy ({e})")
@@ -510,6 +513,8 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
         raise over_limit(e) or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \
             from None
     except sqlite3.DatabaseError as e:
+        if memory_refused(e):
+            raise MemoryError(str(e)) from None
         raise out_of_files_now() or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \
             from None
     if not _open_here(index):

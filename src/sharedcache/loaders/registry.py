@@ -139,6 +139,8 @@ def parse_recipe(words: str | Iterable[str], rewrites: Iterable[Rewrite] = ()) -
         except UsageError:
             raise
         except Exception as exc:  # a plugin's check of its argument, which should say UsageError
+            if memory_refused(exc):  # (under ulimit -v: the limit is the news, as in loader_class)
+                raise
             raise UsageError(f"'{without_user_info(word)}': {exc!s}") from None
     if not isinstance(loaders[0], Source):
         raise UsageError(

@@ -17,9 +17,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from ..errors import ChecksumError, UsageError
+from ..errors import ChecksumError, UsageError, memory_refused
 from .protocol import Context, Transform, Unpacker
 from .streams import Layer, Stream
 
@@ -43,6 +43,25 @@ def _quietly_imported_hashlib() -> ModuleType:
 
 hashlib = _quietly_imported_hashlib()
 
+
+def _new_hash(algorithm: str) -> Any:
+    """hashlib's hash object for ``algorithm``.  hashlib says "unsupported hash type" of a hash
+    whose library it could not load as it was imported, whatever the reason: under a cap on
+    memory (``ulimit -v``) the reason is the cap, which OpenSSL's module, loaded again, then says."""
+    try:
+        return hashlib.new(algorithm, usedforsecurity=False)
+    except ValueError as unsupported:
+        if "_hashlib" in sys.modules:  # loaded, and without this hash: no cap to blame
+            raise
+        try:
+            import _hashlib
+        except ImportError as exc:
+            if memory_refused(exc):
+                raise exc from None
+            raise unsupported from None
+        # Loaded now, with the memory it lacked then (hashlib does not look for it again).
+        return _hashlib.new(algorithm, usedforsecurity=False)
+
 # Not string.hexdigits: importing string compiles a pattern, about 1.3 ms of every miss.
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
@@ -50,7 +69,7 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 class _Hashing(Layer):
     def __init__(self, below: Stream, algorithm: str, expected: str, what: str) -> None:
         super().__init__(below)
-        self._hash = hashlib.new(algorithm, usedforsecurity=False)
+        self._hash = _new_hash(algorithm)
         self._algorithm = algorithm
         self._expected = expected
         self._what = what
@@ -79,7 +98,7 @@ class Checksum(Transform):
     def __init__(self, name: str, arg: str | None) -> None:
         super().__init__(name, arg)
         assert arg is not None
-        digits = hashlib.new(self.algorithm, usedforsecurity=False).digest_size * 2
+        digits = _new_hash(self.algorithm).digest_size * 2
         if len(arg) != digits or not set(arg) <= _HEX_DIGITS:
             raise UsageError(f"'{self.word}': a {name} digest is {digits} hexadecimal digits")
         self.digest = arg.lower()
