@@ -76,6 +76,7 @@ class Request:
 
     __slots__ = (
         "_fetch",
+        "_policy",
         "deadline",
         "given",
         "identity",
@@ -95,6 +96,7 @@ class Request:
         self.given: tuple[str, ...] = words
         self.owner, self.keep, self.limit = owner, keep, limit
         self.timeout, self._fetch = checked_timeout(timeout), fetch
+        self._policy: FetchPolicy | None = None  # made from _fetch on first need
         self.deadline = deadline_after(self.timeout)
 
     @property
@@ -106,6 +108,8 @@ class Request:
         recipe downloads over HTTP: the download reads them, inside the population, where a bad
         one failed it once its work was begun (a bad proxy setting fails before).  Both schemes':
         a redirect or a rewrite may take the download to the other."""
+        if self._policy is not None:
+            return self._policy
         fetch = self._fetch
         if fetch is None:
             from ..config.settings import FetchPolicy
@@ -118,7 +122,7 @@ class Request:
             from ..loaders.transport import curl_proxies
 
             curl_proxies(os.environ)
-        self._fetch = fetch
+        self._policy = fetch
         return fetch
 
 
