@@ -199,7 +199,41 @@ def test_informational_answers_are_read_past_to_the_final_one(tmp_path, serve):
     base.mkdir()
     endless = serve(fixed(early * 40, BODY))
     result = sc("--use", "-d", str(base), "-n", "data", endless.word(), env=sc_env(SC_CONFIG=str(config)))
-    assert_refused(result, base, "informational answers")
+    assert_refused(result, base, "the answer was refused: more than 32 informational answers")
+
+
+NOT_HTTP = {
+    "nothing": (b"", "the connection was closed without an answer"),
+    "not a status line": (b"garbage\x1b[31m\r\n\r\n", "the answer is not HTTP: it begins with 'garbage\\x1b[31m'"),
+    "a header line too long": (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", "the answer's head is too long"),
+    "too many header fields": (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 120 + b"\r\n",
+                               "the answer was refused: got more than 100 headers"),
+}
+
+
+@pytest.mark.parametrize("answer, says", NOT_HTTP.values(), ids=NOT_HTTP.keys())
+def test_an_answer_that_cannot_be_read_is_named_for_what_is_wrong_with_it(tmp_path, serve, answer, says):
+    # urllib3 words each of these "Connection aborted." followed by http.client's own words (a
+    # repr, "Remote end closed connection without response"): the line says what came back.
+    config = tmp_path / "config"
+    config.write_text("retries = 0\n")
+    origin = serve(lambda _request: answer)
+    result = sc("--use", "-d", str(tmp_path), "-n", "data", origin.word(), env=sc_env(SC_CONFIG=str(config)))
+    assert_refused(result, tmp_path, f"cannot download {origin.word()[5:]}: {says}")
+    assert "aborted" not in result.stderr
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_that_closes_without_an_answer_is_named_so(tmp_path, serve, scheme):
+    # Plain HTTP asks the proxy for the file; HTTPS asks it for a tunnel (CONNECT) first.
+    config = tmp_path / "config"
+    config.write_text("retries = 0\n")
+    proxy = serve(lambda _request: b"")
+    result = sc("--use", "--proxy", f"http://127.0.0.1:{proxy.port}", "-d", str(tmp_path), "-n", "data",
+                f"http:{scheme}://example.test/data.bin", env=sc_env(SC_CONFIG=str(config)))
+    assert_refused(result, tmp_path, f"via proxy http://127.0.0.1:{proxy.port}: ",
+                   "the connection was closed without an answer")
+    assert "Remote end" not in result.stderr
 
 
 @pytest.mark.parametrize("path", ["data.bin.gz", "data.tgz", "DATA.BIN.GZ"])

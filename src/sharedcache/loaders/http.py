@@ -251,6 +251,12 @@ def _reason(exc: BaseException) -> str:
     if isinstance(inner, BaseException):
         return _reason(inner)
     if len(exc.args) == 2 and isinstance(exc.args[1], BaseException):  # ProxyError(what, why)
+        answer = _answer_problem(exc.args[1])
+        if answer is not None:
+            from urllib3.exceptions import ProtocolError
+
+            # ProtocolError("Connection aborted.", why): urllib3's words for any failure before an answer
+            return answer if isinstance(exc, ProtocolError) else f"{exc.args[0]}: {answer}"
         why = _reason(exc.args[1])
         # ProtocolError("Connection broken: IncompleteRead(...)", IncompleteRead(...)) says it twice
         return exc.args[0] if why in str(exc.args[0]) else f"{exc.args[0]}: {why}"
@@ -259,6 +265,24 @@ def _reason(exc: BaseException) -> str:
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc) or type(exc).__name__
     # "HTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] ..."
     return text.rpartition("): ")[2] if text.startswith(("HTTPConnection", "HTTPSConnection")) else text
+
+
+def _answer_problem(exc: BaseException) -> str | None:
+    """What was wrong with the answer to a request, for an error that http.client raised as it
+    read the answer's head (from the server, or from a proxy); None for any other error."""
+    import http.client  # loaded with urllib3 already
+
+    if isinstance(exc, http.client.RemoteDisconnected):  # (a BadStatusLine too)
+        return "the connection was closed without an answer"
+    if isinstance(exc, http.client.BadStatusLine):
+        first = str(exc).rstrip("\r\n")  # its one argument, the line
+        return f"the answer is not HTTP: it begins with {quoted(first) if first else 'an empty line'}"
+    if isinstance(exc, http.client.LineTooLong):  # "got more than 65536 bytes when reading header line"
+        return f"the answer's head is too long: {exc}"
+    if isinstance(exc, http.client.HTTPException) and not isinstance(exc, http.client.IncompleteRead):
+        # "got more than 100 headers", the cap on 1xx answers
+        return f"the answer was refused: {str(exc) or type(exc).__name__}"
+    return None
 
 
 class _HttpStream(SourceStream):
