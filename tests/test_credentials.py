@@ -649,6 +649,11 @@ def test_credentials_that_cannot_be_used_do_not_fail_plain_http(origin, home: Pa
     succeeded(use(home, url, X509_USER_PROXY=home / "expired-and-gone", SSL_CERT_FILE=home / "missing.pem"))
 
 
+def test_an_https_url_to_a_plain_http_server_says_the_server_speaks_no_tls(origin, home: Path) -> None:
+    url = origin.add("/data.tgz", DATA).replace("http://", "https://")
+    failed(use(home, url), "TLS failed (WRONG_VERSION_NUMBER): the other end answered without TLS")
+
+
 def test_discovery_order_of_the_settings_and_the_variables(tmp_path: Path) -> None:
     ca_dir, ca_file, token_file = tmp_path / "cas", tmp_path / "ca.pem", tmp_path / "token"
     ca_dir.mkdir()

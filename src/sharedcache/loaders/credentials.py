@@ -190,6 +190,8 @@ def certificate_problem(exc: BaseException) -> str | None:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return (f"untrusted server certificate ({exc.verify_message}): give its CA with SSL_CERT_FILE, "
                 "SSL_CERT_DIR or the ca_bundle setting")
+    if exc.reason == "WRONG_VERSION_NUMBER":  # OpenSSL reading a plain answer as a TLS record
+        return "TLS failed (WRONG_VERSION_NUMBER): the other end answered without TLS (a plain http:// server?)"
     return f"TLS failed ({exc.reason or exc})"
 
 
