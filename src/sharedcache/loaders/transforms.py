@@ -100,7 +100,7 @@ class Checksum(Transform):
         assert arg is not None
         digits = _new_hash(self.algorithm).digest_size * 2
         if len(arg) != digits or not set(arg) <= _HEX_DIGITS:
-            raise UsageError(f"'{self.word}': a {name} digest is {digits} hexadecimal digits")
+            raise UsageError(f"'{self.word}': {name} digests are {digits} hexadecimal digits")
         self.digest = arg.lower()
 
     def wrap(self, below: Stream, ctx: Context) -> Stream:
