@@ -117,9 +117,10 @@ def test_a_body_ended_by_close_without_a_length_is_an_error(tmp_path, serve):
     assert_refused(use(tmp_path, origin), tmp_path, "length")
 
 
-def ranges_after_a_close(cut: int) -> Callable[[bytes], bytes]:
+def ranges_after_a_close(cut: int, pad: str = "") -> Callable[[bytes], bytes]:
     """A server that ends its first answer by a close, with no length, after ``cut`` bytes of
-    BODY, and answers a range request as a correct server does (a 416 past the end)."""
+    BODY, and answers a range request as a correct server does (a 416 past the end), with more
+    whitespace, ``pad``, around the values of its Content-Range."""
 
     def answer(request: bytes) -> bytes:
         head = request.decode("latin-1").lower()
@@ -127,20 +128,22 @@ def ranges_after_a_close(cut: int) -> Callable[[bytes], bytes]:
             return b'HTTP/1.1 200 OK\r\nETag: "v1"\r\nConnection: close\r\n\r\n' + BODY[:cut]
         start = int(head.split("range: bytes=")[1].split("-")[0])
         if start >= len(BODY):
-            return (f'HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len(BODY)}\r\n'
+            return (f'HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: {pad}bytes */{len(BODY)}{pad}\r\n'
                     'Content-Length: 0\r\n\r\n').encode()
         rest = BODY[start:]
         return (f'HTTP/1.1 206 Partial Content\r\nETag: "v1"\r\nContent-Length: {len(rest)}\r\n'
-                f'Content-Range: bytes {start}-{len(BODY) - 1}/{len(BODY)}\r\n\r\n').encode() + rest
+                f'Content-Range: {pad}bytes {start}-{len(BODY) - 1}/{len(BODY)}{pad}\r\n\r\n').encode() + rest
 
     return answer
 
 
+@pytest.mark.parametrize("pad", ["", " \t "], ids=["plain", "whitespace around the values"])
 @pytest.mark.parametrize("cut", [len(BODY) // 3, len(BODY)], ids=["cut short", "whole"])
-def test_a_body_ended_by_close_is_completed_or_confirmed_by_a_range_request(tmp_path, serve, cut):
+def test_a_body_ended_by_close_is_completed_or_confirmed_by_a_range_request(tmp_path, serve, cut, pad):
     # Cut short: the rest is asked for and comes with the size, checked at its end.  Whole: the
-    # server's 416 for the bytes after it says the file ends there.
-    origin = serve(ranges_after_a_close(cut))
+    # server's 416 for the bytes after it says the file ends there.  Whitespace around a field's
+    # value is no part of it (RFC 9110 §5.5).
+    origin = serve(ranges_after_a_close(cut, pad))
     result = use(tmp_path, origin)
     assert result.returncode == 0, result.stderr
     assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
@@ -261,6 +264,23 @@ def test_an_absurd_content_range_with_connections_is_a_clean_error(tmp_path, ser
     head = f'HTTP/1.1 206 Partial Content\nContent-Range: bytes 0-{len(BODY) - 1}/{10**30}\nETag: "v"\nContent-Length: {len(BODY)}\n'
     origin = serve(fixed(head, BODY))
     assert_refused(use(tmp_path, origin, "--connections", "4"), tmp_path)
+
+
+LENGTHS = {
+    "whitespace around it": f"Content-Length:  \t{len(BODY)} \t\n",
+    "the same number as a list": f"Content-Length: {len(BODY)}, {len(BODY)}\n",
+    "the same field twice": f"Content-Length: {len(BODY)}\nContent-Length: {len(BODY)}\n",
+}
+
+
+@pytest.mark.parametrize("length", LENGTHS.values(), ids=LENGTHS.keys())
+def test_a_content_length_in_any_form_rfc_9110_allows_is_the_length(tmp_path, serve, length):
+    # With no validator, a body without a length cannot be continued or checked whole: read as
+    # no length at all, these failed ("the server sent neither a length nor a chunked body").
+    origin = serve(fixed(f"HTTP/1.1 200 OK\n{length}", BODY))
+    result = use(tmp_path, origin)
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
 
 
 def latin1(head: str, body: bytes) -> Callable[[bytes], bytes]:

@@ -159,6 +159,20 @@ def _header_size(text: str) -> int | None:
     return _size(text) if _NUMBER.fullmatch(text) else None
 
 
+def _field(response: urllib3.BaseHTTPResponse, name: str) -> str:
+    """The value of the header field ``name`` (several joined by commas), without the whitespace
+    around it, which RFC 9110 §5.5 says is no part of it (http.client keeps what trails it)."""
+    return response.headers.get(name, "").strip(" \t")
+
+
+def _content_length(text: str) -> int | None:
+    """The size a ``Content-Length`` value gives, or None.  It may be the same number repeated as
+    a list (RFC 9110 §8.6: what a proxy makes of the field sent twice); a list of different
+    numbers never gets here (urllib3 refuses the answer)."""
+    sizes = {_header_size(value.strip(" \t")) for value in text.split(",")}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
     """The seconds an answer's ``Retry-After`` asks a client to wait before it asks again (a
     number of seconds, or an HTTP date), if it asks in a form that can be read."""
@@ -179,7 +193,7 @@ def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
 def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | None] | None:
     """The first and last byte and the total size that ``Content-Range`` announces, if it is well
     formed."""
-    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+    match = _CONTENT_RANGE.fullmatch(_field(response, "Content-Range"))
     if match is None:
         return None
     first, last, total = _size(match[1]), _size(match[2]), None if match[3] == "*" else _size(match[3])
@@ -190,7 +204,7 @@ def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | 
 
 def _size_of_unsatisfiable(response: urllib3.BaseHTTPResponse) -> int | None:
     """The size a 416 answer gives (``Content-Range: bytes */SIZE``), if it gives one."""
-    unit, _, text = response.headers.get("Content-Range", "").partition(" */")
+    unit, _, text = _field(response, "Content-Range").partition(" */")
     size = _header_size(text) if unit.strip() == "bytes" else None
     return size if size is not None and size < _MAX_SIZE else None
 
@@ -379,8 +393,8 @@ class _HttpStream(SourceStream):
             self.start = 0
             # A chunked body ends with its final chunk, whatever a Content-Length says: http.client
             # reads it so (RFC 9112 §6.3), and the header's length would cut it, or take its end for a cut.
-            length = "" if _chunked(response) else response.headers.get("Content-Length", "")
-            self.total = _header_size(length)
+            length = "" if _chunked(response) else _field(response, "Content-Length")
+            self.total = _content_length(length)
             if self.total is not None and self.total >= _MAX_SIZE:
                 response.close()
                 raise DownloadError(f"{self.url}: the server announces an absurd size "
