@@ -739,9 +739,10 @@ def test_a_release_that_fails_after_removing_its_lease_gives_it_back(root: Path)
 #: Stores entry "e" in the cache ``argv[1]``, the block failing, and every opening failing from then
 #: on (out of descriptors); prints the error that comes out.
 STORE_FAILS_OUT_OF_FILES = """
-import errno, sys
+import errno, os, sys
 from sharedcache import FsCache
 cache = FsCache(sys.argv[1])
+os.mkdir(os.path.join(sys.argv[1], "trash", "left"))  # a tree left to delete: the trash is opened
 out = []
 def _hook(event, args):
     if out and event == "open":
@@ -757,7 +758,8 @@ except Exception as e:
 
 
 def test_a_store_whose_cleanup_has_no_descriptor_left_raises_the_blocks_own_error(root: Path) -> None:
-    # The staging tree of a failed store is removed through a descriptor of stage/; with none
+    # The staging tree of a failed store is removed through a descriptor of stage/, and the trash
+    # emptied through one of trash/ (opened when it holds a tree, and on btrfs always); with none
     # left, the cleanup's OutOfFilesError came out in place of what made the block fail.
     failed = subprocess.run([sys.executable, "-c", STORE_FAILS_OUT_OF_FILES, str(root)], capture_output=True,
                             text=True, timeout=60)

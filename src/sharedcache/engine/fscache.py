@@ -898,10 +898,18 @@ class FsCache:
                 # Without a seal the filler sealed and measured nothing: one that says so walks.
                 self._commit(staging, name, meta=meta, keep=keep, holder=holder, strict=strict_budget,
                              seal=seal if seal is not None else Seal(measure=False))
-        finally:
-            # Only now: until the staging context is left, the new entry's lock is held, and
-            # readers of it would wait for the deletion of whatever the commit evicted.
-            self._empty_trash()
+        except BaseException:
+            # The block's or the commit's error is the news: a trash that cannot be emptied now
+            # (no descriptor left; on btrfs, whose directories do not count their subdirectories,
+            # it is opened every time) is emptied by the next command.
+            try:
+                self._empty_trash()
+            except (CacheError, ProcessLimitError, OSError):
+                pass
+            raise
+        # Only now: until the staging context is left, the new entry's lock is held, and readers
+        # of it would wait for the deletion of whatever the commit evicted.
+        self._empty_trash()
         self._sweep()
 
     def _commit(
@@ -1624,7 +1632,8 @@ class FsCache:
 
         Only directories are put in the trash, and a directory's link count is 2 plus its
         subdirectories on the usual file systems (ext4, xfs, tmpfs): a count of 2 says it is
-        empty without opening it, which every release would otherwise do.  gc (``thorough``)
+        empty without opening it, which every release would otherwise do (and does on btrfs,
+        whose directories count 1 link whatever they hold).  gc (``thorough``)
         looks inside whatever the count, for anything else planted there.
 
         The removals in place that this thread's transactions left (:meth:`_to_trash`) are
