@@ -719,12 +719,16 @@ def use(
                                            ("group", group))
              if value is not None and (key != "connections" or connections_given)}
     effective = files.effective(given, os.environ, given_as="use({}=...)")
+    # Parsed here, so that an error names them as this function does (acquire names the options).
+    limit = None if size is None else parse_size(size, "size")
+    budget = files.value(effective, "max_size")
+    budget = None if budget is None else parse_size(budget, "max_size")
     repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity),
                                 group=group_id(files.value(effective, "group")))
     try:
         held = repositories.acquire(
-            _loader_words(words), owner=Owner.current(), name=name, size=size, keep=keep,
-            max_size=files.value(effective, "max_size"), timeout=files.value(effective, "timeout"),
+            _loader_words(words), owner=Owner.current(), name=name, size=limit, keep=keep,
+            max_size=budget, timeout=files.value(effective, "timeout"),
             fetch=fetch if fetch is not None else files.fetch_when_needed(effective, os.environ, given),
         )
     except OSError as e:  # (the command line says the same of what reaches it)
