@@ -119,6 +119,19 @@ def test_checksum_match_and_mismatch(tmp_path: Path, algorithm: str) -> None:
     assert str(caught.value) == f"{algorithm} mismatch for {source[5:]}: expected {wrong}, got {digest}"
 
 
+def test_a_mismatch_of_text_where_a_file_was_expected_says_what_the_text_is(tmp_path: Path) -> None:
+    # A login page of a proxy or a captive portal, served in place of an archive: the digests
+    # alone do not tell it from another version of the file.  (Binary data adds nothing: above.)
+    page = b"<!DOCTYPE html>\n<html><head><title>Sign in to the network</title></head></html>\n"
+    source = put(tmp_path, "data.tar.gz", page)
+    wrong = hashlib.sha256(b"the archive").hexdigest()
+    with pytest.raises(ChecksumError) as caught:
+        populate(tmp_path, source, f"sha256:{wrong}", "tar")
+    assert str(caught.value) == (f"sha256 mismatch for {source[5:]}: expected {wrong}, got "
+                                 f"{hashlib.sha256(page).hexdigest()} (the data is text starting "
+                                 "'<!DOCTYPE html>': a page sent in place of the file?)")
+
+
 def test_checksum_of_decompressed_bytes(tmp_path: Path) -> None:
     data = b"abc" * 100_000
     source = put(tmp_path, "data.txt.gz", gzip.compress(data))

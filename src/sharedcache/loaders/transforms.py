@@ -66,6 +66,11 @@ def _new_hash(algorithm: str) -> Any:
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
+#: The first bytes a checksum keeps, to say what the data was if it does not match: enough for
+#: :func:`~sharedcache.loaders.codecs.what_data_is`.
+_HEAD_BYTES = 512
+
+
 class _Hashing(Layer):
     def __init__(self, below: Stream, algorithm: str, expected: str, what: str) -> None:
         super().__init__(below)
@@ -74,18 +79,31 @@ class _Hashing(Layer):
         self._expected = expected
         self._what = what
         self._checked = False
+        self._head = b""
 
     def read(self, size: int = -1) -> bytes:
         data = self.below.read(size)
         if data:
             self._hash.update(data)
+            if len(self._head) < _HEAD_BYTES:
+                self._head += data[: _HEAD_BYTES - len(self._head)]
         elif not self._checked:
             self._checked = True
             actual = self._hash.hexdigest()
             if actual != self._expected:
-                raise ChecksumError(
-                    f"{self._algorithm} mismatch for {self._what}: expected {self._expected}, got {actual}")
+                raise ChecksumError(f"{self._algorithm} mismatch for {self._what}: expected {self._expected}, "
+                                    f"got {actual}{self._text_instead()}")
         return data
+
+    def _text_instead(self) -> str:
+        """What the data was, if it was text: a page that a server, a proxy or a captive portal
+        sent in place of the file (a login page, an error page) is the usual cause, and the
+        digests alone do not tell it from another version of the file."""
+        from .codecs import what_data_is
+
+        described = what_data_is(self._head)
+        return f" (the data is {described}: a page sent in place of the file?)" \
+            if described is not None and described.startswith("text ") else ""
 
 
 class Checksum(Transform):
