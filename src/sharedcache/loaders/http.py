@@ -219,11 +219,12 @@ _OWN_ENCODINGS = {"gzip": (".gz", ".tgz"), "x-gzip": (".gz", ".tgz"), "compress"
 
 def _chunked(response: urllib3.BaseHTTPResponse) -> bool:
     """Whether the body is chunked as http.client reads it (urllib3 only passes its bytes on):
-    http.client reads chunks only if the first Transfer-Encoding field is "chunked" but for case, and
-    reads any other body to its Content-Length or to the close, codings and all.  urllib3's
-    ``chunked`` says yes to any list that names chunked ("gzip, chunked", "chunked " with a space);
-    this says yes to one field of "chunked" alone, and :func:`_refuse_encoding` refuses the others."""
-    return response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    http.client reads chunks only if the Transfer-Encoding field is "chunked" but for case (and the
+    whitespace around it: see ``transport._final_answer_class``), and reads any other body to its
+    Content-Length or to the close, codings and all.  urllib3's ``chunked`` says yes to any list
+    that names chunked ("gzip, chunked"); this says yes to one field of "chunked" alone, and
+    :func:`_refuse_encoding` refuses the others."""
+    return _field(response, "Transfer-Encoding").lower() == "chunked"
 
 
 def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
@@ -234,7 +235,7 @@ def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
     chunked alone (see :func:`_chunked`), which no name makes the file's own: nothing here decodes
     its codings, and a body that names chunked but is not read as chunked would be stored with its
     framing, or cut short by a close that seems its end."""
-    coding = response.headers.get("Transfer-Encoding", "")
+    coding = _field(response, "Transfer-Encoding")
     if coding.lower() not in ("", "identity") and not _chunked(response):
         response.close()
         raise DownloadError(f"{url}: the server sent the file with Transfer-Encoding {quoted(coding)}, which "

@@ -369,7 +369,11 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
     9110 (15.2) asks of a client.  http.client reads past ``100 Continue`` only: a ``103 Early
     Hints``, which a server or a CDN may send ahead of any answer (RFC 8297), or a ``102
     Processing``, was taken for the answer, without a body, and failed every download from there
-    ("HTTP 103").  ``101 Switching Protocols`` is final (sc never asks to switch)."""
+    ("HTTP 103").  ``101 Switching Protocols`` is final (sc never asks to switch).
+
+    Its body is chunked, too, when its one ``Transfer-Encoding`` field says ``chunked`` with
+    whitespace around it, which is no part of a field's value (RFC 9110 5.5): http.client read
+    such a body to the close, framing and all (curl reads it as chunked)."""
     import http.client
 
     class FinalAnswer(http.client.HTTPResponse):
@@ -377,6 +381,10 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
             for _ in range(_MAX_INFORMATIONAL):
                 super().begin()
                 if not (102 <= self.status < 200):  # (100: http.client itself read past it)
+                    codings = self.headers.get_all("Transfer-Encoding") or []
+                    if not self.chunked and len(codings) == 1 and codings[0].strip(" \t").lower() == "chunked":
+                        # As begin() sets them for a chunked body: its length is the chunks'.
+                        self.chunked, self.chunk_left, self.length = True, None, None
                     return
                 # begin() reads an answer once, unless told that none was read yet: its fields
                 # were the informational answer's, which has no body; the next answer follows.
