@@ -239,6 +239,18 @@ def test_an_answer_that_cannot_be_read_is_named_for_what_is_wrong_with_it(tmp_pa
     assert "aborted" not in result.stderr
 
 
+@pytest.mark.parametrize("status, says", [
+    ("203 Non-Authoritative Information", "HTTP 203 Non-Authoritative Information for {url} (a proxy on the way "
+                                          "changed the file: its bytes are not the server's)"),
+    ("204 No Content", "HTTP 204 No Content for {url} (only a 200 answer, or a 206 to a range request, brings the file)"),
+], ids=["203", "204"])
+def test_a_success_that_does_not_bring_the_file_says_why_it_is_refused(tmp_path, serve, status, says):
+    # curl stores the body of any 2xx.  A 203 is a transforming proxy's copy of the file, not
+    # the server's bytes (RFC 9110 15.3.4); a 204 has no body.
+    origin = serve(fixed(f"HTTP/1.1 {status}\nContent-Length: {len(BODY)}\n", BODY))
+    assert_refused(use(tmp_path, origin), tmp_path, says.format(url=origin.word()[5:]))
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_proxy_that_closes_without_an_answer_is_named_so(tmp_path, serve, scheme):
     # Plain HTTP asks the proxy for the file; HTTPS asks it for a tunnel (CONNECT) first.

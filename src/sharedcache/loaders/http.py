@@ -420,6 +420,10 @@ class _HttpStream(SourceStream):
             # redirect elsewhere is of a request that carried none of them.
             refused = f" ({self._auth.sent})" if _origin(target) == _origin(self.url) else \
                 " (redirected to another origin: the Authorization of the URL was not sent there)"
+        elif response.status == 203:  # RFC 9110 15.3.4: what a transforming proxy made of a 200
+            refused = " (a proxy on the way changed the file: its bytes are not the server's)"
+        elif 200 <= response.status < 300:  # a success, but not a file's: curl would store its body
+            refused = " (only a 200 answer, or a 206 to a range request, brings the file)"
         return DownloadError(f"HTTP {response.status} {reason} for {self._where(target)}{refused}")
 
     def _transport(self, target: str) -> Transport:
