@@ -362,6 +362,9 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
 
 #: Informational answers read past before the final one: a bound on a server that sends nothing else.
 _MAX_INFORMATIONAL = 32
+#: The longest line of a chunk's size that is read (http.client's bound on a line).
+_MAX_CHUNK_LINE = 65536
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 def _final_answer_class() -> type[http.client.HTTPResponse]:
@@ -373,10 +376,40 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
 
     Its body is chunked, too, when its one ``Transfer-Encoding`` field says ``chunked`` with
     whitespace around it, which is no part of a field's value (RFC 9110 5.5): http.client read
-    such a body to the close, framing and all (curl reads it as chunked)."""
+    such a body to the close, framing and all (curl reads it as chunked).
+
+    And its chunks are framed as RFC 9112 (7.1) says, or refused.  http.client tosses the two
+    bytes after a chunk's data whatever they are, and reads a size with ``int(line, 16)``, which
+    takes "0x10", "1_0", "+10" and "-1": a server that ended a chunk with a bare LF lost the first
+    digit of the next size, and "1000" read as "000" ended the body there, cut short and taken for
+    whole.  Here a chunk ends with CRLF, or LF alone as curl allows, and a size is hexadecimal
+    digits; anything else breaks the body off (``IncompleteRead``), as a cut connection does.
+    (These are http.client's own steps of a chunked read, which urllib3 calls through ``read``.)"""
     import http.client
 
     class FinalAnswer(http.client.HTTPResponse):
+        def _get_chunk_left(self) -> int | None:
+            if self.chunk_left == 0:  # at the end of a chunk's data: its CRLF comes next
+                end = self.fp.read(1)
+                if end == b"\r":
+                    end = self.fp.read(1)
+                if end != b"\n":
+                    self.close()  # (the connection's framing is lost)
+                    raise http.client.IncompleteRead(b"")
+                self.chunk_left = None  # read: the next size follows
+            return super()._get_chunk_left()  # type: ignore[misc, no-any-return]  # (private, untyped)
+
+        def _read_next_chunk_size(self) -> int:
+            line = self.fp.readline(_MAX_CHUNK_LINE + 1)
+            if len(line) > _MAX_CHUNK_LINE:
+                raise http.client.LineTooLong("chunk size")
+            # chunk-size [ BWS ";" chunk-ext ] CRLF
+            size = line.partition(b";")[0].rstrip(b" \t\r\n")
+            if not size or not _HEX_DIGITS.issuperset(size):
+                self.close()
+                raise ValueError(f"not a chunk's size: {line[:40]!r}")  # (an IncompleteRead, to the caller)
+            return int(size, 16)
+
         def begin(self) -> None:
             for _ in range(_MAX_INFORMATIONAL):
                 super().begin()
