@@ -218,13 +218,14 @@ _OWN_ENCODINGS = {"gzip": (".gz", ".tgz"), "x-gzip": (".gz", ".tgz"), "compress"
 
 
 def _chunked(response: urllib3.BaseHTTPResponse) -> bool:
-    """Whether the body is chunked as http.client reads it (urllib3 only passes its bytes on):
-    http.client reads chunks only if the Transfer-Encoding field is "chunked" but for case (and the
-    whitespace around it: see ``transport._final_answer_class``), and reads any other body to its
-    Content-Length or to the close, codings and all.  urllib3's ``chunked`` says yes to any list
-    that names chunked ("gzip, chunked"); this says yes to one field of "chunked" alone, and
-    :func:`_refuse_encoding` refuses the others."""
-    return _field(response, "Transfer-Encoding").lower() == "chunked"
+    """Whether the body is chunked as the connections read it (urllib3 only passes its bytes on):
+    as chunks only if its one Transfer-Encoding field is "chunked" (``transport.chunked_alone``),
+    and any other body to its Content-Length or to the close, codings and all.  urllib3's
+    ``chunked`` says yes to any list that names chunked ("gzip, chunked"); this says yes to
+    chunked alone, and :func:`_refuse_encoding` refuses the others."""
+    from .transport import chunked_alone  # (loaded: the answer came through it)
+
+    return chunked_alone(response.headers.getlist("Transfer-Encoding"))
 
 
 def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:

@@ -367,6 +367,13 @@ _MAX_CHUNK_LINE = 65536
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
+def chunked_alone(codings: list[str]) -> bool:
+    """Whether the ``Transfer-Encoding`` fields ``codings`` say ``chunked`` and nothing else: one
+    field, "chunked" but for case and the whitespace around it (no part of a field's value, RFC
+    9110 5.5).  The connections read such a body as chunks (:func:`_final_answer_class`)."""
+    return len(codings) == 1 and codings[0].strip(" \t").lower() == "chunked"
+
+
 def _final_answer_class() -> type[http.client.HTTPResponse]:
     """http.client's answer, read past every informational one (1xx) to the final answer, as RFC
     9110 (15.2) asks of a client.  http.client reads past ``100 Continue`` only: a ``103 Early
@@ -414,8 +421,7 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
             for _ in range(_MAX_INFORMATIONAL):
                 super().begin()
                 if not (102 <= self.status < 200):  # (100: http.client itself read past it)
-                    codings = self.headers.get_all("Transfer-Encoding") or []
-                    if not self.chunked and len(codings) == 1 and codings[0].strip(" \t").lower() == "chunked":
+                    if not self.chunked and chunked_alone(self.headers.get_all("Transfer-Encoding") or []):
                         # As begin() sets them for a chunked body: its length is the chunks'.
                         self.chunked, self.chunk_left, self.length = True, None, None
                     return
