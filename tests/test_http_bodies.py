@@ -531,3 +531,39 @@ def test_random_malformed_answers_each_end_in_one_line(tmp_path, serve):
         if result.returncode != 0:
             assert result.returncode in (1, 2) and result.stderr.startswith("sc: error: "), (replay, result.stderr)
             assert result.stderr.count("\n") == 1 and len(result.stderr) < 1000, (replay, result.stderr)
+
+
+def resumed_with(answer: str, body: bytes) -> Callable[[bytes], bytes]:
+    """A file whose first answer breaks off after 3000 bytes, each range request for the rest
+    getting the 206 answer ``answer`` (its head less the status line) over ``body``."""
+
+    def serve(request: bytes) -> bytes:
+        if b"\r\nrange:" not in request.lower():
+            return (f'HTTP/1.1 200 OK\r\nETag: "v1"\r\nContent-Length: {len(BODY)}\r\n\r\n').encode() + BODY[:3000]
+        return f"HTTP/1.1 206 Partial Content\n{answer}\n".replace("\n", "\r\n").encode() + body
+
+    return serve
+
+
+SEVERAL_RANGES = (b"--SEP\r\nContent-Range: bytes 3000-9999/10000\r\n\r\n" + BODY[3000:] + b"\r\n--SEP--\r\n")
+RESUMPTIONS_WITHOUT_A_RANGE = {
+    "no Content-Range": (f'ETag: "v1"\nContent-Length: {len(BODY) - 3000}\n', BODY[3000:],
+                         "but got an answer without Content-Range"),
+    "multipart/byteranges": (f'ETag: "v1"\nContent-Type: multipart/byteranges; boundary=SEP\n'
+                             f'Content-Length: {len(SEVERAL_RANGES)}\n', SEVERAL_RANGES,
+                             "but got several ranges in one answer (multipart/byteranges)"),
+}
+
+
+@pytest.mark.parametrize("head, body, said", RESUMPTIONS_WITHOUT_A_RANGE.values(),
+                         ids=RESUMPTIONS_WITHOUT_A_RANGE.keys())
+def test_a_resumption_answered_without_one_range_says_what_came(tmp_path, serve, head, body, said):
+    # Before, the line said "but got 'None'" in both cases.
+    origin = serve(resumed_with(head, body))
+    config = tmp_path / "sc.conf"
+    config.write_text("retries = 1\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    result = sc("--use", "-d", str(base), "-n", "data", origin.word(), env=sc_env(SC_CONFIG=str(config)))
+    assert_refused(result, base, f"cannot resume http://127.0.0.1:{origin.port}/data.bin at byte 3000: "
+                                     f"asked for bytes 3000- {said}")

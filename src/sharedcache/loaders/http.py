@@ -190,6 +190,16 @@ def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
     return None if when.tzinfo is None else max(0.0, when.timestamp() - time.time())
 
 
+def _shown_range(response: urllib3.BaseHTTPResponse) -> str:
+    """What a ``206`` answer says it holds, for an error line."""
+    content_range = response.headers.get("Content-Range")
+    if content_range is not None:
+        return f"'{content_range}'"
+    if _field(response, "Content-Type").lower().startswith("multipart/byteranges"):
+        return "several ranges in one answer (multipart/byteranges)"
+    return "an answer without Content-Range"
+
+
 def _content_range(response: urllib3.BaseHTTPResponse) -> tuple[int, int, int | None] | None:
     """The first and last byte and the total size that ``Content-Range`` announces, if it is well
     formed."""
@@ -600,7 +610,7 @@ class _HttpStream(SourceStream):
         content_range = _content_range(response)
         if content_range is None or content_range[0] != start or last not in (None, content_range[1]):
             asked = f"{start}-{'' if last is None else last}"
-            return f"asked for bytes {asked} but got '{response.headers.get('Content-Range')}'"
+            return f"asked for bytes {asked} but got {_shown_range(response)}"
         total = content_range[2]
         if self.total is not None and total != self.total:
             return f"its size changed from {self.total} to {total} bytes"
