@@ -546,24 +546,26 @@ def resumed_with(answer: str, body: bytes) -> Callable[[bytes], bytes]:
 
 
 SEVERAL_RANGES = (b"--SEP\r\nContent-Range: bytes 3000-9999/10000\r\n\r\n" + BODY[3000:] + b"\r\n--SEP--\r\n")
-RESUMPTIONS_WITHOUT_A_RANGE = {
+RESUMPTIONS_NOT_SAID_TO_END_THE_FILE = {
     "no Content-Range": (f'ETag: "v1"\nContent-Length: {len(BODY) - 3000}\n', BODY[3000:],
-                         "but got an answer without Content-Range"),
+                         "asked for bytes 3000- but got an answer without Content-Range"),
     "multipart/byteranges": (f'ETag: "v1"\nContent-Type: multipart/byteranges; boundary=SEP\n'
                              f'Content-Length: {len(SEVERAL_RANGES)}\n', SEVERAL_RANGES,
-                             "but got several ranges in one answer (multipart/byteranges)"),
+                             "asked for bytes 3000- but got several ranges in one answer (multipart/byteranges)"),
+    "a size of '*'": (f'ETag: "v1"\nContent-Range: bytes 3000-9999/*\nContent-Length: {len(BODY) - 3000}\n',
+                      BODY[3000:], "its size of 10000 bytes is no longer given"),
 }
 
 
-@pytest.mark.parametrize("head, body, said", RESUMPTIONS_WITHOUT_A_RANGE.values(),
-                         ids=RESUMPTIONS_WITHOUT_A_RANGE.keys())
-def test_a_resumption_answered_without_one_range_says_what_came(tmp_path, serve, head, body, said):
-    # Before, the line said "but got 'None'" in both cases.
+@pytest.mark.parametrize("head, body, said", RESUMPTIONS_NOT_SAID_TO_END_THE_FILE.values(),
+                         ids=RESUMPTIONS_NOT_SAID_TO_END_THE_FILE.keys())
+def test_a_resumption_not_said_to_end_the_file_says_what_came(tmp_path, serve, head, body, said):
+    # Before, the line said "but got 'None'" in the first two cases, "from 10000 to None bytes" in
+    # the last.
     origin = serve(resumed_with(head, body))
     config = tmp_path / "sc.conf"
     config.write_text("retries = 1\n")
     base = tmp_path / "base"
     base.mkdir()
     result = sc("--use", "-d", str(base), "-n", "data", origin.word(), env=sc_env(SC_CONFIG=str(config)))
-    assert_refused(result, base, f"cannot resume http://127.0.0.1:{origin.port}/data.bin at byte 3000: "
-                                     f"asked for bytes 3000- {said}")
+    assert_refused(result, base, f"cannot resume http://127.0.0.1:{origin.port}/data.bin at byte 3000: {said}")

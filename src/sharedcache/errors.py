@@ -513,3 +513,11 @@ class ResumeError(DownloadError):
     Loaders raise it so that the population starts over; it reaches the user only when starting over
     did not help either.
     """
+
+
+def size_change(before: int, now: int | None) -> str:
+    """Why a continuation is not of the file of ``before`` bytes that it continues: it gives another
+    size, ``now``, or none (a ``Content-Range`` ending in ``/*``)."""
+    if now is None:
+        return f"its size of {before} bytes is no longer given"
+    return f"its size changed from {before} to {now} bytes"

@@ -63,6 +63,7 @@ from ..errors import (
     UsageError,
     WaitTimeoutError,
     quoted,
+    size_change,
     unparsed_url,
     user_info_problem,
 )
@@ -613,7 +614,7 @@ class _HttpStream(SourceStream):
             return f"asked for bytes {asked} but got {_shown_range(response)}"
         total = content_range[2]
         if self.total is not None and total != self.total:
-            return f"its size changed from {self.total} to {total} bytes"
+            return size_change(self.total, total)
         now = _validator(response)
         if validator is not None and now is not None and now != validator:
             return f"it changed ({validator} became {now})"

@@ -65,6 +65,7 @@ from ..errors import (
     no_space_for,
     over_limit,
     quoted,
+    size_change,
 )
 from ..modes import opener
 from ..sizes import format_size
@@ -180,8 +181,7 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
         elif start and total is not None and source.total != total:
             # The source checks its continuation against the size it has seen, which after a
             # takeover is none: the size the partial recorded is checked here, as within a process.
-            raise ResumeError(f"cannot resume {ctx.what} at byte {start}: its size changed from {total} "
-                              f"to {source.total} bytes")
+            raise ResumeError(f"cannot resume {ctx.what} at byte {start}: {size_change(total, source.total)}")
         if _raw(recipe) and source.total is not None and ctx.limit is not None and source.total > ctx.limit:
             raise SizeLimitError(f"{ctx.what} is {format_size(source.total)}, "
                                  f"more than the limit of {format_size(ctx.limit)}")
