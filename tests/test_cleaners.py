@@ -21,20 +21,24 @@ def test_the_tmpfiles_d_lines_are_read_as_systemd_tmpfiles_reads_them(tmp_path):
     etc, lib = tmp_path / "etc", tmp_path / "lib"
     etc.mkdir()
     lib.mkdir()
-    (lib / "tmp.conf").write_text("# comment\nD /tmp 1777 root root -\nq! /var/tmp 1777 root root ~30d\n"
-                                  "d /home/%u/cache 0700 - - 1d\n")
+    (lib / "tmp.conf").write_text("# comment\nD /tmp 1777 root root -\nq- /var/tmp 1777 root root ~30d\n"
+                                  "d /home/%u/cache 0700 - - 1d\nq! /srv 1777 root root 1d\n")
     (lib / "scratch.conf").write_text("e /scratch - - - 7d\n")
     directories = (str(etc), str(lib))
     assert cleaning_of("/tmp/.shared-cache-0", directories) is None  # no age
     assert cleaning_of("/var/tmp/.shared-cache-5", directories) == f"{lib}/tmp.conf:3: files older than 30d"
     assert cleaning_of("/scratch/site/.shared-cache-g7", directories) == f"{lib}/scratch.conf:1: files older than 7d"
     assert cleaning_of("/home/u/cache/.shared-cache-0", directories) is None  # (a specifier: passed over)
-    # A file of /etc hides the one of the same name; an x line keeps a cache, or what is above it.
+    assert cleaning_of("/srv/.shared-cache-0", directories) is None  # (for the boot only: passed over)
+    # A file of /etc hides the one of the same name; an x line keeps a cache, or what is above it
+    # below the cleaned directory; an X line keeps a directory but not what is in it.
     (etc / "tmp.conf").write_text("q /tmp 1777 root root 10d\n")
     assert cleaning_of("/tmp/.shared-cache-0", directories) == f"{etc}/tmp.conf:1: files older than 10d"
     assert cleaning_of("/var/tmp/.shared-cache-5", directories) is None
     (etc / "keep.conf").write_text("x /tmp/.shared-cache-*\nX /scratch/site\n")
     assert cleaning_of("/tmp/.shared-cache-0", directories) is None
+    assert cleaning_of("/scratch/site/.shared-cache-g7", directories) == f"{lib}/scratch.conf:1: files older than 7d"
+    (etc / "keep.conf").write_text("x /scratch/site\n")
     assert cleaning_of("/scratch/site/.shared-cache-g7", directories) is None
 
 
@@ -135,3 +139,58 @@ def test_the_line_sc_gives_keeps_a_live_job_s_repository_from_systemd_tmpfiles(t
                 assert "index.sqlite" in left and any(name.startswith("entry.") for name in left), left
             else:
                 assert not (path / "d" / "e" / "b.txt").exists(), "the cleaning the line prevents did not happen"
+
+
+#: Configurations (BASE being the base directory, PARENT the one above it, CACHE the cache
+#: directory), and whether systemd-tmpfiles keeps the cache's files, 2 seconds old.  Before, sc
+#: read globs as Python's fnmatch does (a ``*`` matching a slash or a leading dot), an ``X`` line
+#: or one at or above the cleaned directory as keeping the cache, a line for the boot (``!``) as
+#: cleaning, and a cache directory's own line with an age as cleaning nothing.
+AGED = "q BASE 1777 root root 2s\n"
+TMPFILES_CASES = {
+    AGED: False,
+    AGED + "x BASE/.shared-cache-*": True,
+    AGED + "x BASE/*": False,
+    AGED + "x BASE/.*": True,
+    AGED + "x BASE/?shared-cache-*": False,
+    AGED + "x BASE/[.]shared-cache-*": False,
+    AGED + "x BASE/*cache*": False,
+    AGED + "x PARENT/*/.shared-cache-*": True,
+    AGED + "x PARENT*/.shared-cache-*": False,
+    AGED + "x BASE/.shared-cache-[!x]": True,
+    AGED + "x CACHE/": True,
+    AGED + "x BASE": False,
+    AGED + "x PARENT/*": False,
+    AGED + "x /*": False,
+    AGED + "X CACHE": False,
+    AGED + "X BASE/.shared-cache-*": False,
+    AGED + "d CACHE 0700 root root -": True,
+    AGED + "z CACHE": True,
+    AGED + "q! CACHE 0700 root root -": False,
+    "q! BASE 1777 root root 2s": True,
+    "e CACHE - - - 2s": False,
+    "D PARENT - - - 2s\nx BASE": True,
+}
+
+
+def test_what_cleans_a_cache_is_what_systemd_tmpfiles_cleans(tmp_path):
+    needs_root_and("systemd-tmpfiles")
+    cases = []
+    for number, (lines, kept) in enumerate(TMPFILES_CASES.items()):
+        parent = tmp_path / f"case{number}"
+        base, configs = parent / "base", parent / "tmpfiles.d"
+        cache = base / ".shared-cache-0"
+        (cache / "objects").mkdir(parents=True)
+        (cache / "objects" / "data").write_text("data\n")
+        configs.mkdir()
+        text = lines.replace("CACHE", str(cache)).replace("BASE", str(base)).replace("PARENT", str(parent))
+        (configs / "site.conf").write_text(f"{text}\n")
+        cases.append((lines, kept, cache, configs))
+    time.sleep(3)  # older than the age
+    for lines, kept, cache, configs in cases:
+        said = cleaning_of(str(cache), (str(configs),))
+        assert (said is None) == kept, (lines, said)
+        cleaned = subprocess.run(["systemd-tmpfiles", "--clean", str(configs / "site.conf")], capture_output=True,
+                                 text=True, timeout=60)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert (cache / "objects" / "data").exists() == kept, lines
