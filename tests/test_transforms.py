@@ -132,6 +132,23 @@ def test_a_mismatch_of_text_where_a_file_was_expected_says_what_the_text_is(tmp_
                                  "'<!DOCTYPE html>': a page sent in place of the file?)")
 
 
+@pytest.mark.parametrize("start, said", [
+    (b"x\n", None),  # binary data whose first line is short and printable (random data, now and then)
+    (b"\r\n\r\n<!DOCTYPE html>\n", "text starting '<!DOCTYPE html>'"),  # a page with blank lines first
+], ids=["binary data with a short first line", "a page starting with blank lines"])
+def test_a_mismatch_is_said_to_be_of_text_when_all_its_start_is(tmp_path: Path, start: bytes, said: str | None) -> None:
+    # Before, only the first line was looked at: the first case was "text starting 'x'" (0.66% of
+    # random data was text so: the checksum test above failed about once in 40 runs), the second
+    # no text at all.
+    data = start + (bytes(range(256)) * 4 if said is None else b"<html>" + b" " * 1000)
+    source = put(tmp_path, "data.bin", data)
+    wrong = hashlib.sha256(b"the file").hexdigest()
+    with pytest.raises(ChecksumError) as caught:
+        populate(tmp_path, source, f"sha256:{wrong}")
+    told = "" if said is None else f" (the data is {said}: a page sent in place of the file?)"
+    assert str(caught.value) == f"sha256 mismatch for {source[5:]}: expected {wrong}, got {hashlib.sha256(data).hexdigest()}{told}"
+
+
 def test_checksum_of_decompressed_bytes(tmp_path: Path) -> None:
     data = b"abc" * 100_000
     source = put(tmp_path, "data.txt.gz", gzip.compress(data))

@@ -125,6 +125,10 @@ def _kept_head(head: bytes, consumed: int, data: bytes) -> bytes:
     return head + data[:_HEAD - consumed] if consumed < _HEAD else head
 
 
+#: The characters of text that are not printable: its spaces and line ends.
+_TEXT_SPACES = frozenset("\t\n\v\f\r")
+
+
 def what_data_is(head: bytes) -> str | None:
     """What data starting with ``head`` is, as a message says it ("xz data", "a zip archive",
     "text starting '<!DOCTYPE html>'"), if its first bytes tell: a page that a server sent in
@@ -138,12 +142,16 @@ def what_data_is(head: bytes) -> str | None:
         return known
     if head[257:262] == b"ustar":
         return "a tar archive"
-    line = head[:240].partition(b"\n")[0].strip()
+    # Text through and through: binary data often has a short, printable first line.
     try:
-        text = line.decode()
+        text = head.decode()
     except UnicodeDecodeError as error:  # a character cut at the end is still text
-        text = line[:error.start].decode() if error.start >= len(line) - 3 and error.start > 0 else ""
-    return f"text starting {quoted(text[:60])}" if text and text.isprintable() else None
+        text = head[:error.start].decode() if error.start >= len(head) - 3 else ""
+    text = text.removeprefix("\ufeff")
+    if not all(character.isprintable() or character in _TEXT_SPACES for character in text):
+        return None
+    line = text.strip().partition("\n")[0].strip()
+    return f"text starting {quoted(line[:60])}" if line else None
 
 
 def check_expansion(produced: int, consumed: int, what: str, limit: int | None) -> None:
