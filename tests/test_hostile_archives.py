@@ -613,6 +613,32 @@ def test_zip_cut_within_its_end_record(box: Box) -> None:
         assert message.endswith("it has no end-of-central-directory record in its last 64 KiB"), message
 
 
+def test_the_last_part_of_a_split_zip_says_to_join_the_parts(box: Box) -> None:
+    """The last file of a zip split over several (``zip -s``), whose central directory places
+    the members in the other files: before, "its members overlap ... a likely decompression
+    bomb"."""
+    if shutil.which("zip") is None:
+        pytest.skip("needs Info-ZIP's zip (the package zip)")
+    (box.root / "a.bin").write_bytes(os.urandom(200_000))
+    subprocess.run(["zip", "-q", "-s", "64k", str(box.root / "split.zip"), "a.bin"], cwd=box.root, check=True,
+                   timeout=60)
+    assert (box.root / "split.z01").exists()
+    message = box.refused((box.root / "split.zip").read_bytes(), "zip", expected=CorruptDataError)
+    assert message.endswith(": it is the last part of a zip split over several files (zip -s), which is not "
+                            "supported: join the parts first (zip -s 0 PART.zip --out WHOLE.zip)"), message
+
+
+@pytest.mark.parametrize("method, named", [(98, "PPMd (method 98)"), (93, "Zstandard (method 93)"), (77, "method 77")])
+def test_zip_member_of_a_method_no_decoder_reads_is_named_for_it(box: Box, method: int, named: str) -> None:
+    archive = bytearray(zip_of(("f", b"data", stat.S_IFREG | 0o644), method=zipfile.ZIP_STORED))
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local and central headers
+        at = archive.index(signature) + offset
+        archive[at:at + 2] = method.to_bytes(2, "little")
+    message = box.refused(bytes(archive), "zip", expected=CorruptDataError)
+    assert message.endswith(f"'f' from {box.inputs / 'input.zip'}: it is compressed with {named}, which no unpacker "
+                            "here reads"), message
+
+
 def test_zip_member_lying_about_its_size(box: Box) -> None:
     archive = bytearray(zip_of(("f", b"x" * 1000, stat.S_IFREG | 0o644), method=zipfile.ZIP_STORED))
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central headers

@@ -63,6 +63,10 @@ _ENCRYPTED, _UTF8_NAME, _STRONG_ENCRYPTION = 0x1, 0x800, 0x40
 _UNIX, _MS_DOS = 3, 0
 _CP437_SYSTEMS = {_MS_DOS, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
 _STORED, _DEFLATED, _DEFLATE64, _BZIP2, _LZMA = 0, 8, 9, 12, 14
+#: The methods of APPNOTE.TXT (4.4.5) that no decoder here reads, by name for the messages.
+_UNREAD_METHODS = {1: "Shrink", 2: "Reduce", 3: "Reduce", 4: "Reduce", 5: "Reduce", 6: "Implode",
+                   10: "PKWARE DCL Implode", 16: "IBM z/OS CMPSC", 18: "IBM TERSE", 19: "IBM LZ77 z",
+                   93: "Zstandard", 94: "MP3", 95: "XZ", 96: "JPEG", 97: "WavPack", 98: "PPMd"}
 _DEFLATE64_INPUT = 16 << 10  # compressed bytes inflated at once: at most about 16 MiB come of them
 _SATURATED = 0xFFFFFFFF
 
@@ -139,6 +143,10 @@ class ZipReader:
     def _corrupt(self, why: str) -> CorruptDataError:
         return CorruptDataError(f"corrupt zip archive {self.what}: {why}")
 
+    def _split(self) -> CorruptDataError:
+        return self._corrupt("it is the last part of a zip split over several files (zip -s), which is not "
+                             "supported: join the parts first (zip -s 0 PART.zip --out WHOLE.zip)")
+
     def _directory(self) -> tuple[int, int, int]:
         """Where the central directory starts, its size, and how many bytes precede the archive,
         found as zipfile finds them: from the last end record in the file's last 64 KiB (the
@@ -153,14 +161,16 @@ class ZipReader:
         if at < 0:
             raise self._corrupt("it has no end-of-central-directory record in its last 64 KiB")
         end = tail_start + at  # where the central directory ends, unless Zip64 records follow it
-        directory_size, directory_offset = _END_RECORD.unpack_from(tail, at)[5:7]
+        _, disk, directory_disk, _, _, directory_size, directory_offset, _ = _END_RECORD.unpack_from(tail, at)
+        if {disk, directory_disk} - {0, 0xFFFF}:  # (0xFFFF: in the Zip64 records, looked at below)
+            raise self._split()
         if end >= _ZIP64_LOCATOR.size + _ZIP64_END_RECORD.size:
             records = os.pread(self.fd, _ZIP64_END_RECORD.size + _ZIP64_LOCATOR.size,
                                end - _ZIP64_LOCATOR.size - _ZIP64_END_RECORD.size)
             locator = _ZIP64_LOCATOR.unpack_from(records, _ZIP64_END_RECORD.size)
             if locator[0] == b"PK\x06\x07":
                 if locator[1] != 0 or locator[3] > 1:
-                    raise self._corrupt("it is one part of a zip split over several files, which is not supported")
+                    raise self._split()
                 if records.startswith(b"PK\x06\x06"):
                     directory_size, directory_offset = _ZIP64_END_RECORD.unpack_from(records)[8:10]
                     end -= _ZIP64_LOCATOR.size + _ZIP64_END_RECORD.size
@@ -265,7 +275,9 @@ class ZipReader:
             raise self.refuse(member, "it is encrypted")
         decoder = _DECODERS.get(member.method)
         if decoder is None:
-            raise self.refuse(member, f"it is compressed with method {member.method}, which no unpacker here reads")
+            method = f"{_UNREAD_METHODS[member.method]} (method {member.method})" \
+                if member.method in _UNREAD_METHODS else f"method {member.method}"
+            raise self.refuse(member, f"it is compressed with {method}, which no unpacker here reads")
         try:
             return _MemberData(self, member, data_start, decoder()).read
         except ImportError as exc:
