@@ -613,6 +613,19 @@ def test_zip_cut_within_its_end_record(box: Box) -> None:
         assert message.endswith("it has no end-of-central-directory record in its last 64 KiB"), message
 
 
+def test_a_later_volume_of_a_multi_volume_tar_says_what_it_is(box: Box) -> None:
+    """GNU tar's second volume (``tar -M``) starts with the rest of a file, a member of type M:
+    before, "is a special file"."""
+    if shutil.which("tar") is None:
+        pytest.skip("needs GNU tar")
+    (box.root / "big").write_bytes(os.urandom(150_000))
+    subprocess.run(["tar", "-M", "-L", "100", "-cf", "v1.tar", "-f", "v2.tar", "big"], cwd=box.root, check=True,
+                   timeout=60)
+    message = box.refused((box.root / "v2.tar").read_bytes(), "tar")
+    assert message.endswith("member 'big' is the rest of a file begun in the volume before (a volume of a "
+                            "multi-volume archive, tar -M, which is not supported)"), message
+
+
 def test_the_last_part_of_a_split_zip_says_to_join_the_parts(box: Box) -> None:
     """The last file of a zip split over several (``zip -s``), whose central directory places
     the members in the other files: before, "its members overlap ... a likely decompression

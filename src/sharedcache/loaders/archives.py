@@ -571,8 +571,10 @@ def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | W
         tree.parts(name)  # a name that leaves the tree is refused for that first, as with any member
         if kind == REGULAR:
             raise tree.refuse(name, f"has a negative size ({member.size})")
-        what = {b"3": "device file", b"4": "device file", b"6": "FIFO"}.get(kind, "special file")
-        raise tree.refuse(name, f"is a {what}")
+        what = {b"3": "a device file", b"4": "a device file", b"6": "a FIFO",
+                b"M": "the rest of a file begun in the volume before (a volume of a multi-volume archive, tar -M, "
+                      "which is not supported)"}.get(kind, "a special file")
+        raise tree.refuse(name, f"is {what}")
 
 
 # --- zip ------------------------------------------------------------------------------------------
