@@ -152,12 +152,14 @@ def test_a_download_that_failed_to_start_leaves_streams_that_close_quietly(
         assert stream.closed
 
 
-def test_5xx_retries_run_out(origin: Origin, tmp_path: Path) -> None:
+@pytest.mark.parametrize("retries", [1, 0])
+def test_5xx_retries_run_out(origin: Origin, tmp_path: Path, retries: int) -> None:
+    # One attempt is not counted: the line said "(after 1 attempts)".
     url = origin.add("/down.bin", b"payload")
     origin.fault("/down.bin", status=503, times=10)
     with pytest.raises(DownloadError) as caught:
-        populate(tmp_path, f"http:{url}", retries=1)
-    assert str(caught.value) == f"HTTP 503 Service Unavailable for {url} (after 2 attempts)"
+        populate(tmp_path, f"http:{url}", retries=retries)
+    assert str(caught.value) == f"HTTP 503 Service Unavailable for {url}" + (" (after 2 attempts)" if retries else "")
 
 
 @pytest.mark.parametrize("status", [408, 429])

@@ -191,6 +191,11 @@ def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
     return None if when.tzinfo is None else max(0.0, when.timestamp() - time.time())
 
 
+def _after(attempts: int) -> str:
+    """What an error line adds of the attempts that failed: nothing for one."""
+    return f" (after {attempts} attempts)" if attempts > 1 else ""
+
+
 def _shown_range(response: urllib3.BaseHTTPResponse) -> str:
     """What a ``206`` answer says it holds, for an error line."""
     content_range = response.headers.get("Content-Range")
@@ -526,9 +531,8 @@ class _HttpStream(SourceStream):
                 refused = isinstance(cause, (OSError, urllib3.exceptions.SSLError)) and not isinstance(
                     cause, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
                 if permanent or refused or attempt >= self.retries:
-                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
                     why = certificate_problem(exc) or _reason(exc)
-                    raise DownloadError(f"cannot download {where}: {why}{tries}") from None
+                    raise DownloadError(f"cannot download {where}: {why}{_after(attempt + 1)}") from None
                 why = _reason(exc)
             else:
                 location = response.get_redirect_location()
@@ -543,7 +547,7 @@ class _HttpStream(SourceStream):
                 asked = _retry_after(response)
                 error = self._status_error(response)
                 if attempt >= self.retries:
-                    raise DownloadError(f"{error} (after {attempt + 1} attempts)") from None
+                    raise DownloadError(f"{error}{_after(attempt + 1)}") from None
                 if asked is not None and asked > _RETRY_AFTER_MAX:
                     raise DownloadError(f"{error}, which asks to be asked again in {asked:.0f} s "
                                         f"(more than the {_RETRY_AFTER_MAX:.0f} s waited for)") from None
@@ -779,8 +783,8 @@ class _Body:
             raise ResumeError(f"download of {http.url} broke off at byte {self._position} ({why}), and cannot "
                               "go on from there: the server gives no ETag or Last-Modified to check it did not change")
         if self._failures >= http.retries:
-            raise DownloadError(f"download of {http.url} failed at byte {self._position}: {why} "
-                                f"(after {self._failures + 1} attempts)")
+            raise DownloadError(f"download of {http.url} failed at byte {self._position}: "
+                                f"{why}{_after(self._failures + 1)}")
         delay = http.fetch.delay(self._failures)
         http.notice(f"resuming {http.url} at byte {self._position} in {delay:.2g} s ({why}; "
                     f"attempt {self._failures + 2} of {http.retries + 1})")
