@@ -484,9 +484,10 @@ def test_a_config_file_a_windows_editor_wrote_is_read(tmp_path):
 def test_a_proxy_no_connection_can_use_is_one_line_naming_where_it_came_from(tmp_path, owner, proxy):
     url = f"http:http://127.0.0.1:{free_port()}/data"
     option = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "--proxy", proxy, url)
+    why = " (socks5 is SOCKS, which is not supported)" if proxy.startswith("socks5") else ""
     assert option.returncode == 2 and option.stderr == (
-        f"sc: error: --proxy cannot use {proxy!r}: expected DIRECT or [http://]HOST[:PORT], groups separated "
-        "by ';' and proxies inside a group by '|' (see 'sc --help')\n"), option.stderr
+        f"sc: error: --proxy cannot use {proxy!r}{why}: expected DIRECT or [http:// or https://]HOST[:PORT], groups "
+        "separated by ';' and proxies inside a group by '|' (see 'sc --help')\n"), option.stderr
     curl_style = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url,
                     env=sc_env(http_proxy=proxy))
     assert curl_style.returncode == 2 and curl_style.stderr.count("\n") == 1, curl_style.stderr
@@ -508,9 +509,10 @@ def test_a_proxy_variable_no_connection_can_use_fails_a_miss_before_anything_is_
     # A use of ready data does not read them, as it reads no fetch setting.
     assert use(ready, owner, url, env=bad).returncode == 0
     missed = use(base, owner, url, env=bad)
+    why = " (socks5 is SOCKS, which is not supported)" if proxy.startswith("socks5") else ""
     assert missed.returncode == 2 and missed.stderr == (
-        f"sc: error: {variable}: proxy cannot use {proxy!r}: expected DIRECT or [http://]HOST[:PORT], groups "
-        "separated by ';' and proxies inside a group by '|'\n"), missed.stderr
+        f"sc: error: {variable}: proxy cannot use {proxy!r}{why}: expected DIRECT or [http:// or https://]HOST[:PORT], "
+        "groups separated by ';' and proxies inside a group by '|'\n"), missed.stderr
     assert not list(base.iterdir())  # no cache, no populate/*.work
     # A recipe that downloads nothing does not read them either.
     archive = tmp_path / "data.tar.gz"

@@ -85,7 +85,7 @@ def test_a_proxy_password_with_a_slash_after_digits_is_refused_showing_only_the_
     config = tmp_path / "config"
     config.write_text(f"proxy = {proxy}\n")
     reason = (f"proxy cannot use {shown!r} (a proxy URL has no path, so an '@' after its host ends a user name "
-              "or password, where a '/' is written %2F and a '?' %3F): expected DIRECT or [http://]HOST[:PORT], "
+              "or password, where a '/' is written %2F and a '?' %3F): expected DIRECT or [http:// or https://]HOST[:PORT], "
               "groups separated by ';' and proxies inside a group by '|'")
     for args, variables, line in [
         (["--proxy", proxy], {}, f"--{reason} (see 'sc --help')"),

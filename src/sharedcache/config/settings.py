@@ -391,14 +391,15 @@ def proxy_url(member: str) -> str:
         host, port = address, ""
     # (A "#" in a password that starts with digits reads as a port to curl, which then connects
     # to the user name: refused like the "/" and "?" that download URLs may not hold either.)
-    problem = pathless_problem(member, schemeless=True) or user_info_problem(member, schemeless=True)
+    problem = pathless_problem(member, schemeless=True) or user_info_problem(member, schemeless=True) or (
+        f"{scheme} is SOCKS, which is not supported" if scheme.startswith("socks") else None)
     if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
             or not member.isprintable() or not member.isascii() or " " in member \
             or not _parses(url) or problem is not None:
         why = f"cannot use {shown_proxy(member)!r}" if member else "has an empty member"
         if problem is not None:
             why += f" ({problem})"
-        raise SettingError("proxy", f"{why}: expected DIRECT or [http://]HOST[:PORT], groups "
+        raise SettingError("proxy", f"{why}: expected DIRECT or [http:// or https://]HOST[:PORT], groups "
                                     "separated by ';' and proxies inside a group by '|'")
     return url
 
