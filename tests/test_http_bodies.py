@@ -569,3 +569,23 @@ def test_a_resumption_not_said_to_end_the_file_says_what_came(tmp_path, serve, h
     base.mkdir()
     result = sc("--use", "-d", str(base), "-n", "data", origin.word(), env=sc_env(SC_CONFIG=str(config)))
     assert_refused(result, base, f"cannot resume http://127.0.0.1:{origin.port}/data.bin at byte 3000: {said}")
+
+
+THREE_HUNDREDS = {
+    "300 with a Location": ("300 Multiple Choices\nLocation: /other.bin", " (not followed: only 301, 302, 303, 307 "
+                            "and 308 are redirects; its Location is '/other.bin')"),
+    "305": ("305 Use Proxy\nLocation: http://proxy.test:3128/", " (not followed: only 301, 302, 303, 307 and 308 "
+            "are redirects; its Location is 'http://proxy.test:3128/')"),
+    "399 without a Location": ("399 Odd", " (not followed: only 301, 302, 303, 307 and 308 are redirects)"),
+    "301 without a Location": ("301 Moved Permanently", " (a redirect without a Location)"),
+    "304": ("304 Not Modified", " (the answer to a conditional request, and none was made)"),
+}
+
+
+@pytest.mark.parametrize("status, said", THREE_HUNDREDS.values(), ids=THREE_HUNDREDS.keys())
+def test_a_3xx_answer_that_is_not_followed_says_why(tmp_path, serve, status, said):
+    # The line said only "HTTP 300 Multiple Choices for URL" (curl -L follows a Location of any 3xx).
+    origin = serve(fixed(f"HTTP/1.1 {status}\nContent-Length: 0\n", b""))
+    result = use(tmp_path, origin)
+    code, _, reason = status.partition("\n")[0].partition(" ")
+    assert_refused(result, tmp_path, f"HTTP {code} {reason} for http://127.0.0.1:{origin.port}/data.bin{said}\n")

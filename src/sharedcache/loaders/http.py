@@ -441,6 +441,15 @@ class _HttpStream(SourceStream):
             refused = " (a proxy on the way changed the file: its bytes are not the server's)"
         elif 200 <= response.status < 300:  # a success, but not a file's: curl would store its body
             refused = " (only a 200 answer, or a 206 to a range request, brings the file)"
+        elif 300 <= response.status < 400:  # (curl -L follows any with a Location)
+            location = _field(response, "Location")
+            if response.status in response.REDIRECT_STATUSES:  # (the ones get_redirect_location follows)
+                refused = " (a redirect without a Location)"
+            elif response.status == 304:
+                refused = " (the answer to a conditional request, and none was made)"
+            else:
+                refused = (" (not followed: only 301, 302, 303, 307 and 308 are redirects"
+                           + (f"; its Location is {quoted(location)}" if location else "") + ")")
         return DownloadError(f"HTTP {response.status} {reason} for {self._where(target)}{refused}")
 
     def _transport(self, target: str) -> Transport:
