@@ -40,9 +40,11 @@ def interleaved(b: Bench, archive: Archive, chosen: list[Entry], filesystem: str
     runnable = [e for e in chosen if not e.contender.unavailable
                 and e.contender.unpacks(archive.name)]
     attempts: dict[str, list[Attempt]] = {e.label: [] for e in runnable}
-    # Trees stay until the benchmark ends, where there is room: no run follows a removal (see
-    # ``RECENTLY_DELETED_SECONDS``).
-    keep = b.room_for(archive, len(runnable) * b.args.repeat, filesystem)
+    # On the disk, trees stay until the benchmark ends, where there is room: no run follows a
+    # removal (see ``RECENTLY_DELETED_SECONDS``).  On tmpfs each goes after its run: kept, they
+    # hold gigabytes of the machine's memory, and on this virtual machine a process's new pages
+    # then cost more, the later runs' most ("Kept trees on tmpfs" in docs/performance.md).
+    keep = filesystem == "disk" and b.room_for(archive, len(runnable) * b.args.repeat, filesystem)
     for i in range(b.args.repeat):
         turn = i % len(runnable) if runnable else 0
         for e in runnable[turn:] + runnable[:turn]:
