@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +23,35 @@ def origin() -> Iterator[Origin]:
     server = Origin().start()
     try:
         yield server
+    finally:
+        server.stop()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def tls_origin(tmp_path: Path) -> Iterator[tuple[Origin, Path]]:
+    """An HTTPS origin on 127.0.0.1 whose certificate a test CA signed; and the CA's file."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (tools/test.sh installs it when run as root)")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=sc test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign", cwd=pki)
+    _openssl("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=pki)
+    (pki / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "ext", cwd=pki)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    server = Origin()
+    server._server.socket = context.wrap_socket(server._server.socket, server_side=True)
+    server.start()
+    try:
+        yield server, pki / "ca.pem"
     finally:
         server.stop()
 

@@ -34,7 +34,7 @@ def stored(base: Path) -> str:
 
 
 @pytest.mark.parametrize("proxy", ["http://alice:s3cret-word@proxy.site:99999", "alice:s3cret-word@proxy.site:0",
-                                   "socks5://alice:s3cret-word@proxy.site:1080",
+                                   "ftp://alice:s3cret-word@proxy.site:21",
                                    "http://alice:s3cret-word@[::1", "http://alice:s3cret/word@proxy.site:3128"])
 def test_the_password_of_a_proxy_no_connection_can_use_is_never_shown_or_stored(tmp_path, owner, proxy):
     url = f"http:http://127.0.0.1:{free_port()}/data"
@@ -85,7 +85,7 @@ def test_a_proxy_password_with_a_slash_after_digits_is_refused_showing_only_the_
     config = tmp_path / "config"
     config.write_text(f"proxy = {proxy}\n")
     reason = (f"proxy cannot use {shown!r} (a proxy URL has no path, so an '@' after its host ends a user name "
-              "or password, where a '/' is written %2F and a '?' %3F): expected DIRECT or [http:// or https://]HOST[:PORT], "
+              "or password, where a '/' is written %2F and a '?' %3F): expected DIRECT or [SCHEME://]HOST[:PORT] (SCHEME: http, https, socks5h, socks5, socks4a, socks4), "
               "groups separated by ';' and proxies inside a group by '|'")
     for args, variables, line in [
         (["--proxy", proxy], {}, f"--{reason} (see 'sc --help')"),
@@ -373,7 +373,7 @@ def test_sc_config_that_fails_prints_no_row(tmp_path, variable):
 
 
 @pytest.mark.parametrize("chain", [[["ftp://x"]], [["http://alice:12/S3CRET@proxy.site:3128"]], [[""]], [[]], [],
-                                   [["http://proxy.site:3128", "socks5://alice:S3CRET@proxy.site:1080"], ["DIRECT"]]])
+                                   [["http://proxy.site:3128", "ftp://alice:S3CRET@proxy.site:21"], ["DIRECT"]]])
 def test_a_fetch_policy_s_proxy_groups_are_checked_as_the_settings_are(chain):
     # FetchPolicy(proxy=...) checked a chain written as text, and took its groups as they were.
     from sharedcache.config.settings import FetchPolicy

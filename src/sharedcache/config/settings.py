@@ -41,6 +41,9 @@ MAX_CONNECTIONS = 32
 MAX_SECONDS = TIMEOUT_MAX
 #: The member of a proxy chain that means "no proxy".
 DIRECT = "DIRECT"
+#: The schemes of SOCKS proxies, as curl names them: a name of a URL behind ``socks5h`` and
+#: ``socks4a`` is resolved by the proxy, behind the others here.
+SOCKS_SCHEMES = ("socks5h", "socks5", "socks4a", "socks4")
 
 ProxyChain = tuple[tuple[str, ...], ...]
 
@@ -359,7 +362,8 @@ class FetchPolicy:
 def proxy_chain(chain: str | Sequence[Sequence[str]]) -> ProxyChain:
     """The groups of a CVMFS-style proxy chain ``A|B;C``: groups (``;``) are tried in order, the
     proxies of a group (``|``) in random order; ``DIRECT`` is a member that uses no proxy.  A
-    proxy is ``[http://|https://][USER:PASSWORD@]HOST[:PORT]`` (``http://`` if no scheme is given).
+    proxy is ``[SCHEME://][USER:PASSWORD@]HOST[:PORT]``, SCHEME being ``http`` (if none is given),
+    ``https`` or one of :data:`SOCKS_SCHEMES`.
     ``chain`` is that text, or its groups (each a sequence of members), checked alike.
     """
     if isinstance(chain, str):
@@ -392,16 +396,25 @@ def proxy_url(member: str) -> str:
     # (A "#" in a password that starts with digits reads as a port to curl, which then connects
     # to the user name: refused like the "/" and "?" that download URLs may not hold either.)
     problem = pathless_problem(member, schemeless=True) or user_info_problem(member, schemeless=True) or (
-        f"{scheme} is SOCKS, which is not supported" if scheme.startswith("socks") else None)
-    if scheme not in ("http", "https") or not host or (port and not port.isdigit()) \
+        f"{scheme} needs the PySocks package: pip install 'sharedcache[socks]'"
+        if scheme in SOCKS_SCHEMES and not _socks_installed() else None)
+    if scheme not in ("http", "https", *SOCKS_SCHEMES) or not host or (port and not port.isdigit()) \
             or not member.isprintable() or not member.isascii() or " " in member \
             or not _parses(url) or problem is not None:
         why = f"cannot use {shown_proxy(member)!r}" if member else "has an empty member"
         if problem is not None:
             why += f" ({problem})"
-        raise SettingError("proxy", f"{why}: expected DIRECT or [http:// or https://]HOST[:PORT], groups "
-                                    "separated by ';' and proxies inside a group by '|'")
+        raise SettingError("proxy", f"{why}: expected DIRECT or [SCHEME://]HOST[:PORT] (SCHEME: http, https, "
+                                    f"{', '.join(SOCKS_SCHEMES)}), groups separated by ';' and proxies inside a "
+                                    "group by '|'")
     return url
+
+
+def _socks_installed() -> bool:
+    """Whether urllib3's SOCKS connections can be made: they need PySocks (the ``socks`` extra)."""
+    from importlib.util import find_spec
+
+    return find_spec("socks") is not None
 
 
 def _parses(url: str) -> bool:

@@ -52,6 +52,7 @@ import contextlib
 import math
 import posixpath
 import re
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -277,6 +278,10 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
+#: The names of urllib3's connections, which begin the messages of their errors.
+_CONNECTIONS = ("HTTPConnection", "HTTPSConnection", "SOCKSConnection", "SOCKSHTTPSConnection")
+
+
 def _reason(exc: BaseException) -> str:
     """A short reason for a urllib3 or socket error (urllib3 nests and decorates them)."""
     inner = getattr(exc, "reason", None)
@@ -294,9 +299,16 @@ def _reason(exc: BaseException) -> str:
         return exc.args[0] if why in str(exc.args[0]) else f"{exc.args[0]}: {why}"
     if len(exc.args) == 2 and isinstance(exc.args[1], str):  # ConnectTimeoutError(connection, what)
         return exc.args[1]
+    socks = sys.modules.get("socks")  # PySocks, loaded if a SOCKS proxy is in use
+    refusal = exc.__cause__ or exc.__context__
+    if socks is not None and isinstance(refusal, socks.ProxyError):
+        # urllib3 words both "Failed to establish a new connection", whoever failed.
+        if isinstance(refusal, socks.ProxyConnectionError):
+            return f"Unable to connect to proxy: {refusal.socket_err or refusal.msg}"
+        return f"the SOCKS exchange failed: {refusal.msg.removeprefix('Socket error: ')}"
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc) or type(exc).__name__
     # "HTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] ..."
-    return text.rpartition("): ")[2] if text.startswith(("HTTPConnection", "HTTPSConnection")) else text
+    return text.rpartition("): ")[2] if text.startswith(_CONNECTIONS) else text
 
 
 def _answer_problem(exc: BaseException) -> str | None:

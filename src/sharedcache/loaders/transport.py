@@ -17,6 +17,9 @@ The route of a URL:
 * else no proxy.
 
 HTTPS through a proxy is a ``CONNECT`` tunnel: the proxy sees neither the URL's path nor the bytes.
+A SOCKS proxy (``socks5h://``...; urllib3's ``contrib.socks``, with PySocks) makes the TCP connection
+to the origin itself, for plain HTTP and TLS alike; with ``socks5h`` and ``socks4a`` it resolves the
+host name too.
 
 Fail-over: a connection error (refused, unreachable, connect timeout, a proxy's refusal to connect)
 moves on to the next member of the route at once, without a retry's back-off; every member but the
@@ -43,7 +46,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config.settings import DIRECT, FetchPolicy, ProxyChain, proxy_url
+from ..config.settings import DIRECT, SOCKS_SCHEMES, FetchPolicy, ProxyChain, proxy_url
 from ..errors import ConfigError, DownloadError, SettingError, raise_if_over_limit, shown_proxy
 from . import threads
 
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     import urllib3
-    from urllib3.connection import HTTPConnection
+    from urllib3.connection import HTTPConnection, HTTPSConnection
 
 _Connection = TypeVar("_Connection", bound="HTTPConnection")
 
@@ -195,6 +198,18 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
     )
     if member == DIRECT:
         manager = urllib3.PoolManager(**common)
+    elif member.partition("://")[0] in SOCKS_SCHEMES:
+        # The proxy makes the TCP connection to the origin, and TLS goes through it as through a
+        # CONNECT tunnel: the pools are those of the origins, their connections made by PySocks.
+        from urllib3.contrib.socks import SOCKSConnection, SOCKSHTTPSConnection, SOCKSProxyManager
+
+        from .credentials import url_login
+
+        address, login = url_login(member)
+        manager = SOCKSProxyManager(address, *(login or (None, None)), **common)
+        manager.pool_classes_by_scheme = {"http": _http_pool_class(SOCKSConnection),
+                                          "https": _https_pool_class(tls.context, connection=SOCKSHTTPSConnection)}
+        return manager
     else:
         from urllib.parse import urlsplit
 
@@ -216,29 +231,32 @@ def pool_manager(member: str, fetch: FetchPolicy, *, connect_timeout: float, max
     return manager
 
 
-def _http_pool_class() -> type[urllib3.HTTPConnectionPool]:
-    """urllib3's HTTP pool, of connections bounded in time as :func:`_bounded_steps` says."""
+def _http_pool_class(connection: type[HTTPConnection] | None = None) -> type[urllib3.HTTPConnectionPool]:
+    """urllib3's HTTP pool, of ``connection``s (urllib3's own by default) bounded in time as
+    :func:`_bounded_steps` says."""
     import urllib3
     from urllib3.connection import HTTPConnection
 
     class HTTPConnectionPool(urllib3.HTTPConnectionPool):
-        ConnectionCls = _bounded_steps(HTTPConnection)
+        ConnectionCls = _bounded_steps(connection or HTTPConnection)
 
     return HTTPConnectionPool
 
 
 def _https_pool_class(context: Callable[[], ssl.SSLContext | None] | None,
                       proxy_context: Callable[[], ssl.SSLContext | None] | None = None,
-                      proxy: tuple[str | None, int | None] | None = None) -> type[urllib3.HTTPSConnectionPool]:
-    """urllib3's HTTPS pool, of connections bounded in time as :func:`_bounded_steps` says, with
-    the ``ssl_context`` that ``context()`` makes (if not None) when the first is made: plain-HTTP
-    pools never ask for it.  A pool of connections to the HTTPS ``proxy`` (host, port) itself,
-    which forwards plain-HTTP URLs, has the one ``proxy_context()`` makes instead."""
+                      proxy: tuple[str | None, int | None] | None = None, *,
+                      connection: type[HTTPSConnection] | None = None) -> type[urllib3.HTTPSConnectionPool]:
+    """urllib3's HTTPS pool, of ``connection``s (urllib3's own by default) bounded in time as
+    :func:`_bounded_steps` says, with the ``ssl_context`` that ``context()`` makes (if not None)
+    when the first is made: plain-HTTP pools never ask for it.  A pool of connections to the HTTPS
+    ``proxy`` (host, port) itself, which forwards plain-HTTP URLs, has the one ``proxy_context()``
+    makes instead."""
     import urllib3
     from urllib3.connection import HTTPSConnection
 
     class HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
-        ConnectionCls = _bounded_steps(HTTPSConnection)
+        ConnectionCls = _bounded_steps(connection or HTTPSConnection)
 
         def __init__(self, host: str, port: int | None = None, **options: Any) -> None:
             maker = proxy_context if proxy is not None and (host, port) == proxy else context
@@ -288,7 +306,8 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
             )
 
             host, limit = self._dns_host, self.timeout
-            if not isinstance(limit, (int, float)) or _numeric(host):
+            # Through a SOCKS proxy, PySocks connects to the proxy, and the proxy to the host.
+            if not isinstance(limit, (int, float)) or _numeric(host) or hasattr(self, "_socks_options"):
                 return super()._new_conn()
             # getaddrinfo raises UnicodeError for a name IDNA cannot encode (an empty label, one
             # over 63 characters), which would kill the resolver's thread with a traceback and
