@@ -41,8 +41,8 @@ MAX_CONNECTIONS = 32
 MAX_SECONDS = TIMEOUT_MAX
 #: The member of a proxy chain that means "no proxy".
 DIRECT = "DIRECT"
-#: The schemes of SOCKS proxies, as curl names them: a name of a URL behind ``socks5h`` and
-#: ``socks4a`` is resolved by the proxy, behind the others here.
+#: The schemes of SOCKS proxies, as curl names them: through ``socks5h`` and ``socks4a`` the
+#: proxy resolves a URL's host name, through the others this process does.
 SOCKS_SCHEMES = ("socks5h", "socks5", "socks4a", "socks4")
 
 ProxyChain = tuple[tuple[str, ...], ...]
