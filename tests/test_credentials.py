@@ -33,8 +33,8 @@ USER, PASSWORD = "alice", "s3cret-pw"
 # A second login, whose password only a quoted .netrc word can give.
 QUOTED_USER, QUOTED_PASSWORD = "bob", 's3cret "quoted" \\ pw\t'
 # Every variable that could bring credentials in from the environment the tests run in.
-CREDENTIAL_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "X509_CERT_DIR", "X509_USER_PROXY", "BEARER_TOKEN",
-                        "BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR", "NETRC")
+CREDENTIAL_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE", "X509_CERT_DIR", "X509_USER_PROXY",
+                        "BEARER_TOKEN", "BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR", "NETRC")
 
 
 def _nginx() -> str | None:
@@ -229,6 +229,10 @@ def test_server_certificates_are_checked_against_the_ca_bundles_given(nginx: Ngi
     succeeded(use(home, url, X509_CERT_DIR=nginx.ca_dir))  # grid CAs, trusted besides the system's
     failed(use(home, url, SSL_CERT_FILE=nginx.pki / "other-ca.pem"), "untrusted server certificate")
     failed(use(home, url, SSL_CERT_FILE=home / "missing.pem"), f"cannot use the CA bundle {home}/missing.pem: ")
+    # curl's variable, where OpenSSL's are not set (the CA bundle of a site's curl users).
+    succeeded(use(home, url, CURL_CA_BUNDLE=nginx.pki / "ca.pem"))
+    failed(use(home, url, CURL_CA_BUNDLE=nginx.pki / "ca.pem", SSL_CERT_FILE=nginx.pki / "other-ca.pem"),
+           "untrusted server certificate")
 
 
 def test_a_plain_http_url_redirected_to_https_is_checked_against_the_ca_bundles_given(

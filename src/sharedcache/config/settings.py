@@ -95,8 +95,9 @@ class Credentials:
         """The credentials of this process: the settings given, else the standard variables.
 
         CAs: ``ca_bundle`` (a file or a directory), else ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``
-        (as OpenSSL reads them), else the system's; ``X509_CERT_DIR`` adds grid CAs (default
-        ``/etc/grid-security/certificates`` when it exists).  Client certificate: ``client_cert``
+        (as OpenSSL reads them), else curl's ``CURL_CA_BUNDLE``, else the system's;
+        ``X509_CERT_DIR`` adds grid CAs (default ``/etc/grid-security/certificates`` when it
+        exists).  Client certificate: ``client_cert``
         and ``client_key``, else ``X509_USER_PROXY``, else ``/tmp/x509up_u<uid>`` if it is the
         user's own file.  Bearer token in the WLCG discovery order: ``bearer_token_file``, else
         ``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``
@@ -109,6 +110,8 @@ class Credentials:
             ca_dir, ca_file = (ca_bundle, None) if os.path.isdir(ca_bundle) else (None, ca_bundle)
         else:
             ca_file, ca_dir = environ.get("SSL_CERT_FILE") or None, environ.get("SSL_CERT_DIR") or None
+            if ca_file is None and ca_dir is None:
+                ca_file = environ.get("CURL_CA_BUNDLE") or None
         grid_ca_dir = environ.get("X509_CERT_DIR") or _existing("/etc/grid-security/certificates")
         if client_cert is None:
             client_cert = environ.get("X509_USER_PROXY") or _own_file(f"/tmp/x509up_u{uid}", uid)
