@@ -1,6 +1,6 @@
 """A SOCKS5 proxy on 127.0.0.1 for tests (RFC 1928, with RFC 1929's user and password).
 
-Standard library only.  It serves ``CONNECT`` to IPv4 and IPv6 addresses and to host names,
+It serves ``CONNECT`` to IPv4 and IPv6 addresses and to host names,
 resolving the names it is given in ``names`` itself (so that a test shows that a name went to the
 proxy unresolved, as ``socks5h://`` sends it) and others with the system's resolver; it relays
 the bytes both ways until either side closes.
@@ -18,10 +18,12 @@ import struct
 import threading
 from typing import Any
 
+from scutil import close_listener
+
 _NO_AUTHENTICATION, _PASSWORD, _NO_METHOD = 0x00, 0x02, 0xFF
 _CONNECT = 0x01
 _IPV4, _NAME, _IPV6 = 0x01, 0x03, 0x04
-_SUCCEEDED, _FAILURE, _REFUSED, _UNSUPPORTED = 0x00, 0x01, 0x05, 0x07
+_SUCCEEDED, _REFUSED, _UNSUPPORTED, _NO_ADDRESS_TYPE = 0x00, 0x05, 0x07, 0x08
 
 
 class SocksProxy:
@@ -45,11 +47,7 @@ class SocksProxy:
         return f"{scheme}://{login}{'@' if login else ''}127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
-        except OSError:
-            pass
-        self._listener.close()
+        close_listener(self._listener)
         self._thread.join(10)
 
     def _serve(self) -> None:
@@ -95,8 +93,11 @@ class SocksProxy:
             host = socket.inet_ntop(socket.AF_INET, _exactly(client, 4))
         elif kind == _IPV6:
             host = socket.inet_ntop(socket.AF_INET6, _exactly(client, 16))
-        else:
+        elif kind == _NAME:
             host = _exactly(client, _exactly(client, 1)[0]).decode()
+        else:
+            client.sendall(_reply(_NO_ADDRESS_TYPE))
+            return None
         (port,) = struct.unpack("!H", _exactly(client, 2))
         self.asked.append((host, port))
         if command != _CONNECT:
