@@ -149,6 +149,32 @@ def test_a_body_ended_by_close_is_completed_or_confirmed_by_a_range_request(tmp_
     assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
 
 
+@pytest.mark.parametrize("validator", ['ETag: "v1"', "Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT"],
+                         ids=["etag", "last-modified"])
+def test_a_validator_is_the_same_whatever_whitespace_trails_it(tmp_path, serve, validator):
+    # A proxy or another mirror that sends the field without the whitespace after it sends the
+    # same validator (RFC 9110 §5.5): the cut transfer goes on from where it stopped, and If-Range
+    # carries the value alone.
+    requests: list[str] = []
+    cut = len(BODY) // 3
+
+    def answer(request: bytes) -> bytes:
+        head = request.decode("latin-1")
+        requests.append(head)
+        if "Range: bytes=" not in head:
+            return (f"HTTP/1.1 200 OK\r\n{validator} \t \r\nContent-Length: {len(BODY)}\r\n\r\n").encode() + BODY[:cut]
+        rest = BODY[cut:]
+        return (f"HTTP/1.1 206 Partial Content\r\n{validator}\r\nContent-Length: {len(rest)}\r\n"
+                f"Content-Range: bytes {cut}-{len(BODY) - 1}/{len(BODY)}\r\n\r\n").encode() + rest
+
+    result = use(tmp_path, serve(answer))
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
+    assert len(requests) == 2, requests
+    assert f"Range: bytes={cut}-\r\n" in requests[1], requests[1]
+    assert f"If-Range: {validator.split(': ', 1)[1]}\r\n" in requests[1], requests[1]
+
+
 def test_a_content_encoding_that_was_not_asked_for_is_refused(tmp_path, serve):
     packed = gzip.compress(BODY)
     origin = serve(fixed(f"HTTP/1.1 200 OK\nContent-Length: {len(packed)}\nContent-Encoding: gzip\n", packed))

@@ -143,10 +143,10 @@ class HttpSource(Source):
 
 def _validator(response: urllib3.BaseHTTPResponse) -> str | None:
     """What ``If-Range`` may use: a strong ETag (weak ones are not allowed there), else Last-Modified."""
-    etag = response.headers.get("ETag")
+    etag = _field(response, "ETag")
     if etag and not etag.startswith("W/"):
         return etag
-    return response.headers.get("Last-Modified")
+    return _field(response, "Last-Modified") or None
 
 
 def _size(digits: str) -> int:
