@@ -235,6 +235,28 @@ def test_info_zip_archive(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "sc" / UNICODE_NAME).read_text() == "unicode\n"
 
 
+def test_zip_names_keep_their_control_characters_as_unzip_does_when_asked(tmp_path: Path) -> None:
+    """A name with a tab or an escape in it (legal in Linux file names, and kept by GNU tar) is
+    unpacked as it is stored, as ``unzip -^`` unpacks it; plain unzip drops those characters (a
+    difference kept on purpose, docs/guarantees.md)."""
+    need("zip", "unzip")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    names = ["tab\tname", "escape\x1bname", "plain"]
+    for name in names:
+        (tree / name).write_text(name)
+    archive = tmp_path / "controls.zip"
+    run("zip", "-q", "-r", archive, ".", cwd=tree)
+    ours = unpack_with_sc(archive, "zip", tmp_path / "out")
+    asked, plain = tmp_path / "unzip-^", tmp_path / "unzip"
+    run("unzip", "-q", "-^", archive, "-d", asked)
+    run("unzip", "-q", archive, "-d", plain)
+    assert snapshot(ours, set(), exact_times=False, link_times=False) == snapshot(
+        asked, set(), exact_times=False, link_times=False)
+    assert sorted(os.listdir(ours)) == sorted(names)
+    assert sorted(os.listdir(plain)) == sorted(["tabname", "escapename", "plain"])
+
+
 @pytest.mark.parametrize("options", [[], ["-mm=Deflate64"]])
 def test_7zip_archive(tmp_path: Path, options: list[str]) -> None:
     """7-Zip, as Windows users make their zips, with its default method or with Deflate64 (the
