@@ -458,7 +458,8 @@ class _Decompressing(Layer):
 
 class _ZstdFrames(Layer):
     """Follows the frame structure of the zstd bytes passing through, to tell a whole stream from a
-    truncated one (zstandard's stream reader silently returns a short result for the latter)."""
+    truncated one (zstandard's stream reader silently returns a short result for the latter), and
+    data that needs a dictionary from corrupt data (libzstd says "Dictionary mismatch")."""
 
     def __init__(self, below: Stream | IO[bytes]) -> None:
         super().__init__(below)
@@ -467,9 +468,12 @@ class _ZstdFrames(Layer):
         self._state = "magic"
         self._skip = 0          # payload bytes to pass over before the next header
         self._checksum = 0      # whether the current frame ends with a 4-byte checksum
+        self._content = 0       # the size of the current frame's content size field
+        self._window = 0        # whether the current frame has a window descriptor
         self.frames = 0
         self.consumed = 0       # bytes passed through
         self.head = b""         # the first of them
+        self.dictionary = 0     # the first dictionary ID a frame header names (zstd -D), if any
 
     def read(self, size: int = -1) -> bytes:
         data = self.below.read(size if size > 0 else CHUNK)
@@ -505,9 +509,16 @@ class _ZstdFrames(Layer):
             descriptor = field[0]
             single_segment = descriptor >> 5 & 1
             self._checksum = descriptor >> 2 & 1
-            content_size = (single_segment, 2, 4, 8)[descriptor >> 6]
-            self._skip = (1 - single_segment) + (0, 1, 2, 4)[descriptor & 3] + content_size
-            self._state, self._need = "block", 3
+            self._content = (single_segment, 2, 4, 8)[descriptor >> 6]
+            self._window = 1 - single_segment
+            identifiers = self._window + (0, 1, 2, 4)[descriptor & 3]
+            if identifiers:
+                self._state, self._need = "identifiers", identifiers
+            else:
+                self._skip, self._state, self._need = self._content, "block", 3
+        elif self._state == "identifiers":  # the window descriptor, then the dictionary ID
+            self.dictionary = self.dictionary or int.from_bytes(field[self._window:], "little")
+            self._skip, self._state, self._need = self._content, "block", 3
         elif self._state == "block":
             header = int.from_bytes(field, "little")
             block_type, block_size = header >> 1 & 3, header >> 3
@@ -545,6 +556,10 @@ class _Zstd(Layer):
             window = self._window()
             if window > _ZSTD_WINDOW_LIMIT:  # compressed with --long
                 raise too_large(self._what, "zstd", f"a window of {format_size(window)}") from None
+            if self._frames.dictionary:  # not corrupt, but unreadable without it
+                raise CorruptDataError(
+                    f"cannot decompress the zstd data from {self._what}: it needs the dictionary it was compressed "
+                    f"with (zstd -D, dictionary ID {self._frames.dictionary}), which sc does not support") from None
             raise _failure("zstd", self._what, self._frames.head, self._produced,
                            f"corrupt zstd data from {self._what}: {exc}") from None
         if not out and not self._frames.complete:
