@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -139,8 +140,10 @@ def test_a_file_system_out_of_inodes_is_named_as_such(tmp_path):
         failed = sc("--use", "-d", str(small), "--pid", str(owner.pid), f"file:{big}")
         line = one_line(failed.stderr)
         assert failed.returncode == 1 and "no space left on the device" in line and "inode" not in line, line
-        # The full file system is named, not only the source (it read as the source's device).
-        assert f"no space left on the device of {small} for {big}" in line, line
+        # The full file system is named, not only the source (it read as the source's device),
+        # and how much of the data was written by then: the least room it needs.
+        assert f"no space left on the device of {small} for {big} after " in line, line
+        assert re.search(r" after \d+(\.\d)? (KiB|MiB) of its data$", line.rstrip("\n")), line
 
 
 def take_every_inode(mount: Path, taken: list[Path]) -> None:

@@ -282,13 +282,19 @@ class NoSpaceError(SharedCacheError):
     """Not enough space: the budget or the file system cannot hold the data."""
 
 
-def no_space_for(what: str, error: OSError, path: str) -> NoSpaceError | None:
+def no_space_for(what: str, error: OSError, path: str, written: int = 0) -> NoSpaceError | None:
     """The error to raise for ``error``, met by a write for ``what`` under ``path``, if it is a
-    full file system or quota (ENOSPC, EDQUOT), said with :func:`why_full` at once; else None."""
+    full file system or quota (ENOSPC, EDQUOT), said with :func:`why_full` at once; else None.
+    ``written``: the bytes of the data written by then, which tell how much room it needed at
+    least."""
     import errno
 
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
+    if written:
+        from .sizes import format_size
+
+        what += f" after {format_size(written)} of its data"
     return NoSpaceError(f"no space left on the device of {_mount_point(path)} for {what}"
                         f"{why_full(error.errno, path)}")
 

@@ -608,7 +608,7 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
                 _extract_members(_checked(reader, os.fstat(file.fileno()).st_size, ctx.what, ctx.limit),
                                  functools.partial(_extract_zip_member, reader), tree, ctx.what)
     except OSError as e:  # said before the spool's removal gives an inode back
-        full = no_space_for(ctx.what, e, str(dest))
+        full = no_space_for(ctx.what, e, str(dest), ctx.written)
         if full is not None:
             raise full from None
         raise

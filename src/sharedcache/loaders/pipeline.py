@@ -143,7 +143,7 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             _run(source, recipe, dest, ctx, progress, partial)
             return
         except OSError as exc:  # sources report their own; these come from writing dest or work
-            full = no_space_for(ctx.what, exc, str(dest)) or over_limit(exc)
+            full = no_space_for(ctx.what, exc, str(dest), ctx.written) or over_limit(exc)
             if full is not None:
                 raise full from None
             why = exc.strerror or str(exc)
