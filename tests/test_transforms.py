@@ -405,21 +405,24 @@ def test_streams_that_need_too_much_memory_are_refused_as_such(tmp_path: Path) -
 
 
 def test_zstd_data_made_with_a_dictionary_says_it_needs_it(tmp_path: Path) -> None:
-    """Data compressed with a dictionary (`zstd -D`) is not corrupt: libzstd's "Dictionary
-    mismatch" said so.  The line names the dictionary's ID, alone or as a tar, in a frame after others."""
+    """Data compressed with a dictionary (`zstd -D`) is whole, where the line said "corrupt zstd
+    data … Dictionary mismatch": it says that the data needs its dictionary, by ID, whether its
+    frame gives a window or its content's size, as a tar, and after a frame without one."""
     rnd = random.Random(7)
     words = [bytes(rnd.choice(b"abcdefghij") for _ in range(6)) for _ in range(50)]
     samples = [b" ".join(rnd.choice(words) for _ in range(60)) for _ in range(300)]
     dictionary = zstandard.train_dictionary(2048, samples)
     archive = make_tar({"a.txt": samples[0]})
-    with_it = zstandard.ZstdCompressor(dict_data=dictionary).compress(archive)
+    with_it = zstandard.ZstdCompressor(dict_data=dictionary).compress(archive)  # its size, no window
+    windowed = zstandard.ZstdCompressor(dict_data=dictionary, write_content_size=False).compress(archive)
     assert zstandard.get_frame_parameters(with_it).dict_id == dictionary.dict_id() != 0
-    # A first frame without it, whose content size and window fields come before the second's ID.
-    after = zstandard.ZstdCompressor(write_content_size=True).compress(archive[:512]) + \
+    assert zstandard.get_frame_parameters(windowed).dict_id == dictionary.dict_id()
+    after = zstandard.ZstdCompressor().compress(archive[:512]) + \
         zstandard.ZstdCompressor(dict_data=dictionary).compress(archive[512:])
     said = (f"^cannot decompress the zstd data from .*: it needs the dictionary it was compressed with "
             f"\\(zstd -D, dictionary ID {dictionary.dict_id()}\\), which sc does not support$")
-    for name, word, data in (("alone", "unzstd", with_it), ("tar", "tar", with_it), ("after", "tar", after)):
+    for name, word, data in (("alone", "unzstd", with_it), ("windowed", "unzstd", windowed), ("tar", "tar", with_it),
+                             ("after", "tar", after)):
         with pytest.raises(CorruptDataError, match=said):
             populate(tmp_path / name, put(tmp_path, f"{name}.data", data), word)
 

@@ -469,7 +469,7 @@ class _ZstdFrames(Layer):
         self._skip = 0          # payload bytes to pass over before the next header
         self._checksum = 0      # whether the current frame ends with a 4-byte checksum
         self._content = 0       # the size of the current frame's content size field
-        self._window = 0        # whether the current frame has a window descriptor
+        self._window_bytes = 0  # the size of its window descriptor: 0 or 1
         self.frames = 0
         self.consumed = 0       # bytes passed through
         self.head = b""         # the first of them
@@ -510,14 +510,14 @@ class _ZstdFrames(Layer):
             single_segment = descriptor >> 5 & 1
             self._checksum = descriptor >> 2 & 1
             self._content = (single_segment, 2, 4, 8)[descriptor >> 6]
-            self._window = 1 - single_segment
-            identifiers = self._window + (0, 1, 2, 4)[descriptor & 3]
+            self._window_bytes = 1 - single_segment
+            identifiers = self._window_bytes + (0, 1, 2, 4)[descriptor & 3]
             if identifiers:
                 self._state, self._need = "identifiers", identifiers
             else:
                 self._skip, self._state, self._need = self._content, "block", 3
         elif self._state == "identifiers":  # the window descriptor, then the dictionary ID
-            self.dictionary = self.dictionary or int.from_bytes(field[self._window:], "little")
+            self.dictionary = self.dictionary or int.from_bytes(field[self._window_bytes:], "little")
             self._skip, self._state, self._need = self._content, "block", 3
         elif self._state == "block":
             header = int.from_bytes(field, "little")
