@@ -626,6 +626,25 @@ def test_a_later_volume_of_a_multi_volume_tar_says_what_it_is(box: Box) -> None:
                             "multi-volume archive, tar -M, which is not supported)"), message
 
 
+def test_a_tar_cut_inside_a_member_names_it_and_the_first_volume_of_a_multi_volume_tar(box: Box) -> None:
+    """An archive that ends inside a member's data (a download cut short, or the first volume of
+    ``tar -M``, which ends so): the line names the member and the byte, where it said "unexpected
+    end of data" alone."""
+    if shutil.which("tar") is None:
+        pytest.skip("needs GNU tar")
+    (box.root / "small").write_bytes(b"small\n")
+    (box.root / "big").write_bytes(os.urandom(150_000))
+    subprocess.run(["tar", "-M", "-L", "100", "-cf", "v1.tar", "-f", "v2.tar", "small", "big"], cwd=box.root,
+                   check=True, timeout=60)
+    said = ("unexpected end of data in member 'big' at byte {}: the archive is cut short, or is the first volume "
+            "of a multi-volume one (tar -M)")
+    message = box.refused((box.root / "v1.tar").read_bytes(), "tar", expected=CorruptDataError)
+    assert message.endswith(said.format("102,400")), message
+    whole = tar(member("small", content=b"small\n"), member("big", content=b"b" * 5000))
+    message = box.refused(whole[:3000], "tar", expected=CorruptDataError)
+    assert message.endswith(said.format("3,000")), message
+
+
 def test_the_last_part_of_a_split_zip_says_to_join_the_parts(box: Box) -> None:
     """The last file of a zip split over several (``zip -s``), whose central directory places
     the members in the other files: before, "its members overlap ... a likely decompression

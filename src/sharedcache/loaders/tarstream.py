@@ -30,7 +30,7 @@ import re
 import zlib
 from typing import IO
 
-from ..errors import CorruptDataError, UnsafeArchiveError
+from ..errors import CorruptDataError, UnsafeArchiveError, quoted
 from ..sizes import format_size
 from .streams import CHUNK, Buffered, Stream
 
@@ -84,6 +84,7 @@ class TarReader(Buffered):
         super().__init__(below.read)
         self._below = below
         self._what = what
+        self._name = ""        # the current member's, for a message
         self._data_left = 0    # of the current member's data, not taken yet
         self._skip = 0         # padding after it
         self._global: dict[str, str] = {}
@@ -93,7 +94,7 @@ class TarReader(Buffered):
         """Up to ``size`` bytes (at least one) of the current member's data, as a view."""
         piece = self.view(min(size, self._data_left))
         if not piece:
-            raise self._corrupt("unexpected end of data")
+            raise self._cut_short()
         self._data_left -= len(piece)
         return piece
 
@@ -116,7 +117,7 @@ class TarReader(Buffered):
             self._at += skip
             self._position += skip
         elif not self.skip(skip):
-            raise self._corrupt("unexpected end of data")
+            raise self._cut_short()
         self._data_left = self._skip = 0
         local: dict[str, str] | None = None
         long_name = long_link = None
@@ -204,6 +205,7 @@ class TarReader(Buffered):
         # for an incremental restore).
         if (kind == REGULAR and name.endswith("/")) or kind == _DUMPDIR:
             kind = DIRECTORY
+        self._name = name
         return TarMember(name, kind, size, mode, mtime_ns, linkname, offset)
 
     def _check_sum(self, header: bytes, stored: int, offset: int) -> None:
@@ -255,6 +257,11 @@ class TarReader(Buffered):
 
     def _corrupt(self, why: str) -> CorruptDataError:
         return CorruptDataError(f"corrupt tar archive {self._what}: {why}")
+
+    def _cut_short(self) -> CorruptDataError:
+        """The error for an archive that ends within the current member's data or padding."""
+        return self._corrupt(f"unexpected end of data in member {quoted(self._name)} at byte {self._position:,}: "
+                             "the archive is cut short, or is the first volume of a multi-volume one (tar -M)")
 
     def _refuse(self, why: str, offset: int) -> UnsafeArchiveError:
         return UnsafeArchiveError(f"unsafe archive {self._what}: {why} (at byte {offset})")
