@@ -11,12 +11,15 @@ writes out in full (the misbehaviours tests/origin.py, a correct server, cannot 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
+import json
 import random
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -173,6 +176,78 @@ def test_a_validator_is_the_same_whatever_whitespace_trails_it(tmp_path, serve, 
     assert len(requests) == 2, requests
     assert f"Range: bytes={cut}-\r\n" in requests[1], requests[1]
     assert f"If-Range: {validator.split(': ', 1)[1]}\r\n" in requests[1], requests[1]
+
+
+SERVER_SAYS = {
+    "an object store's XML (an expired signed URL)": (
+        403, "application/xml", b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+        b"<Message>Request has expired</Message><RequestId>R1</RequestId></Error>",
+        "the server says 'AccessDenied: Request has expired'"),
+    "a JSON API's error object": (404, "application/json; charset=UTF-8",
+                                  b'{"error": {"code": 404, "message": "No such object: b/o"}}',
+                                  "the server says 'No such object: b/o'"),
+    "a JSON message": (410, "application/problem+json", b'{"title": "Gone", "detail": "removed in 2025"}',
+                       "the server says 'removed in 2025'"),
+    "a line of text, control characters escaped": (451, "text/plain", b"\n\x1b[31mblocked here\nmore\n",
+                                                   "the server says '\\x1b[31mblocked here'"),
+    "an HTML page": (403, "text/html", b"<html><title>403 Forbidden</title></html>", None),
+    "a compressed body": (403, "application/json", gzip.compress(b'{"message": "x"}'), None),
+}
+
+
+@pytest.mark.parametrize("status, kind, body, said", SERVER_SAYS.values(), ids=SERVER_SAYS.keys())
+def test_an_error_answer_shows_what_the_server_says_in_it(tmp_path, serve, status, kind, body, said):
+    encoding = "Content-Encoding: gzip\n" if body.startswith(b"\x1f\x8b") else ""
+    origin = serve(fixed(f"HTTP/1.1 {status} Nope\nContent-Type: {kind}\n{encoding}Content-Length: {len(body)}\n",
+                         body))
+    result = use(tmp_path, origin)
+    assert_refused(result, tmp_path, f"HTTP {status} Nope for ")
+    if said is None:
+        assert "the server says" not in result.stderr, result.stderr
+    else:
+        assert result.stderr.rstrip("\n").endswith(f": {said}"), result.stderr
+
+
+def test_what_the_server_says_is_kept_from_the_failure_others_read(tmp_path, serve):
+    # The failure recorded for the waiters (every member of a group cache reads it, and sc list
+    # shows it) leaves out what the server wrote: an error answer may repeat a token it was sent.
+    body = b'{"message": "token \'s3cr3t\' has expired"}'
+    origin = serve(fixed(f"HTTP/1.1 401 Nope\nContent-Type: application/json\nContent-Length: {len(body)}\n", body))
+    result = use(tmp_path, origin)
+    assert_refused(result, tmp_path, "the server says \"token 's3cr3t' has expired\"")
+    record = json.loads((control(tmp_path) / "populate" / "data.error").read_text())
+    assert record["message"].endswith("(no credentials were sent): the server says …"), record
+    listed = sc("list", "-d", str(tmp_path))
+    assert "the server says …" in listed.stdout and "s3cr3t" not in listed.stdout + listed.stderr, listed
+
+
+def test_an_error_answer_whose_body_does_not_come_is_not_waited_for(tmp_path):
+    # Its head, then nothing: the line is made within a few seconds, not the read timeout's 60.
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve_one() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                read_head(conn)
+                conn.sendall(b"HTTP/1.1 403 Nope\r\nContent-Type: application/xml\r\nContent-Length: 500\r\n\r\n<Err")
+                done.wait(30)
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        result = sc("--use", "-d", str(tmp_path), "-n", "data",
+                    f"http:http://127.0.0.1:{listener.getsockname()[1]}/data.bin")
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        close_listener(listener)
+        thread.join(10)
+    assert_refused(result, tmp_path, "HTTP 403 Nope for ")
+    assert "the server says" not in result.stderr, result.stderr
+    assert took < 30, took
 
 
 def test_a_content_encoding_that_was_not_asked_for_is_refused(tmp_path, serve):

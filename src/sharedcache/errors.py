@@ -8,7 +8,7 @@ Anything that is not a :class:`SharedCacheError` reaching the command line is a 
 What a message may show of a URL is decided here too, once for every message, record, identity
 and listing: never its user info (:func:`split_user_info`), of a proxy nothing but its scheme,
 host and port (:func:`shown_proxy`), and in what other members of a group cache read, not its
-query either (:func:`without_queries`).
+query either, nor what a server wrote in an error answer (:func:`shown_to_others`).
 """
 
 from __future__ import annotations
@@ -136,6 +136,23 @@ def pathless_problem(url: str, *, schemeless: bool = False) -> str | None:
 def without_user_info(url: str, *, schemeless: bool = False) -> str:
     """``url`` without the user info of its authority (see :func:`split_user_info`)."""
     return split_user_info(url, schemeless=schemeless)[0]
+
+
+def server_says(text: str) -> str:
+    """The end of an error's line that gives what a server wrote in its answer (quoted: escaped,
+    and by its two ends if long); :func:`shown_to_others` hides it."""
+    return f": the server says {quoted(text)}"
+
+
+def shown_to_others(message: str) -> str:
+    """``message`` as other members of a group cache may read it: without what a server wrote
+    (an error answer may repeat a token it was sent), and with the query of each URL hidden
+    (:func:`without_queries`)."""
+    import re  # (not at the top: this module is on the warm path, and re is not)
+
+    # What server_says made: a quoted string (a repr), and its length if shortened.
+    said = re.compile(r": the server says (?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")(?: \([0-9,]+ characters\))?")
+    return without_queries(said.sub(": the server says …", message))
 
 
 def without_queries(message: str) -> str:

@@ -64,6 +64,7 @@ from ..errors import (
     UsageError,
     WaitTimeoutError,
     quoted,
+    server_says,
     size_change,
     unparsed_url,
     user_info_problem,
@@ -93,6 +94,11 @@ _TRANSIENT = (408, 429)
 #: The longest wait a ``Retry-After`` is followed for.  A server that asks for more (the rest of a
 #: day's quota) fails the request at once, saying so, rather than hold the job that long.
 _RETRY_AFTER_MAX = 300.0
+#: How much of an error answer's body is read for what the server says, and how long for.
+_ERROR_BODY_BYTES = 4096
+_ERROR_BODY_SECONDS = 2.0
+#: The error answers whose body may say why: object stores' XML (S3, GCS, Azure), JSON APIs, text.
+_ERROR_BODY_TYPES = ("application/xml", "text/xml", "application/json", "application/problem+json", "text/plain")
 
 
 class HttpSource(Source):
@@ -147,6 +153,67 @@ def _validator(response: urllib3.BaseHTTPResponse) -> str | None:
     if etag and not etag.startswith("W/"):
         return etag
     return _field(response, "Last-Modified") or None
+
+
+def _server_says(response: Any, wait: float) -> str | None:
+    """What the body of an error answer says, if it says it in a form known here: an object
+    store's ``<Code>`` and ``<Message>`` (an expired signed URL: "AccessDenied: Request has
+    expired"), a JSON ``message`` or ``error``, or a line of text.  At most
+    :data:`_ERROR_BODY_BYTES` are read, in ``wait`` seconds at most; None if nothing is said so
+    (an HTML page, a compressed body, none, or one that does not come in time)."""
+    kind = _field(response, "Content-Type").partition(";")[0].strip(" \t").lower()
+    if kind not in _ERROR_BODY_TYPES or _field(response, "Content-Encoding") not in ("", "identity"):
+        return None
+    import http.client  # loaded with urllib3 already
+
+    import urllib3
+
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None or not hasattr(response, "read1"):  # (read1: urllib3 >= 2.3)
+        return None
+    ends, body = time.monotonic() + wait, b""
+    try:
+        while len(body) < _ERROR_BODY_BYTES:  # a server that trickles it is given ``wait`` in all
+            left = ends - time.monotonic()
+            if left <= 0:
+                return None
+            sock.settimeout(left)
+            piece = response.read1(_ERROR_BODY_BYTES - len(body))
+            if not piece:
+                break
+            body += piece
+    except (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException):
+        return None  # the status speaks alone
+    text = body.decode("utf-8", "replace")
+    if kind.endswith("xml"):
+        found = [match.group(1).strip() for tag in ("Code", "Message")
+                 if (match := re.search(f"<{tag}>([^<]*)</{tag}>", text))]
+        said = ": ".join(part for part in found if part)
+    elif kind.endswith("json"):
+        said = _json_message(text)
+    else:
+        said = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    said = " ".join(said.split())
+    return said or None
+
+
+def _json_message(text: str) -> str:
+    """The message of a JSON error: ``message``, ``error`` (a string, or an object with a
+    ``message``), ``error_description`` or ``detail``; empty if it has none, or is cut short."""
+    import json
+
+    try:
+        error = json.loads(text)
+    except ValueError:
+        return ""
+    if not isinstance(error, dict):
+        return ""
+    for key in ("message", "error", "error_description", "detail"):
+        value = error.get(key)
+        message = value.get("message") if isinstance(value, dict) else value
+        if isinstance(message, str) and message.strip():
+            return message
+    return ""
 
 
 def _size(digits: str) -> int:
@@ -441,6 +508,10 @@ class _HttpStream(SourceStream):
                 reason = "(unknown status)"
         if len(reason) > QUOTED_CHARACTERS:  # a line of up to 64 KiB, from the server
             reason = quoted(reason)
+        # (Within the deadline, as every wait of a download is.)
+        wait = _ERROR_BODY_SECONDS if self.deadline is None else min(_ERROR_BODY_SECONDS,
+                                                                       self.deadline - time.monotonic())
+        says = _server_says(response, wait) if response.status >= 400 and wait > 0 else None
         response.close()
         target = response.url or self.url
         refused = ""
@@ -462,7 +533,8 @@ class _HttpStream(SourceStream):
             else:
                 refused = (" (not followed: only 301, 302, 303, 307 and 308 are redirects"
                            + (f"; its Location is {quoted(location)}" if location else "") + ")")
-        return DownloadError(f"HTTP {response.status} {reason} for {self._where(target)}{refused}")
+        said = "" if says is None else server_says(says)
+        return DownloadError(f"HTTP {response.status} {reason} for {self._where(target)}{refused}{said}")
 
     def _transport(self, target: str) -> Transport:
         """The connections to ``target``'s origin.  Each origin of a redirect chain has its own

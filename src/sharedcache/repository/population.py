@@ -34,7 +34,7 @@ from ..errors import (
     SizeLimitError,
     UsageError,
     WaitTimeoutError,
-    without_queries,
+    shown_to_others,
 )
 from ..lean import scoped
 from ..sizes import format_size
@@ -321,7 +321,7 @@ class Population:
             except SharedCacheError as e:
                 e.args = (f"repository {name!r}: {e}",)
                 cache.discard(self.work)
-                record = {"time": time.time(), "message": without_queries(str(e)), "error": type(e).__name__,
+                record = {"time": time.time(), "message": shown_to_others(str(e)), "error": type(e).__name__,
                           "identity": request.identity}
                 if isinstance(e, SizeLimitError) and request.limit is not None:
                     record["limit"] = request.limit  # our --size: a waiter asking for more takes over

@@ -13,8 +13,9 @@ so a flush would only make the download wait for the disk twice a second.
 
 Both are readable by every member of a group cache, so neither holds a credential: the identity
 holds no user info and no query (see :mod:`sharedcache.loaders.words`), and the message of an
-error has the queries of the URLs it names hidden (:func:`~sharedcache.errors.without_queries`),
-as a presigned URL's signature or a token may be there, in the URL of the recipe or of a redirect.
+error has the queries of the URLs it names hidden, as a presigned URL's signature or a token may
+be there, in the URL of the recipe or of a redirect, and so has what a server wrote in an error
+answer, which may repeat them (:func:`~sharedcache.errors.shown_to_others`).
 """
 
 from __future__ import annotations
