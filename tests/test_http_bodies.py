@@ -191,6 +191,9 @@ SERVER_SAYS = {
     "a line of text, control characters escaped": (451, "text/plain", b"\n\x1b[31mblocked here\nmore\n",
                                                    "the server says '\\x1b[31mblocked here'"),
     "an HTML page": (403, "text/html", b"<html><title>403 Forbidden</title></html>", None),
+    "JSON nested past the parser's depth": (400, "application/json", b"[" * 4000 + b"]" * 4000, None),
+    "a long message, by its two ends": (
+        403, "text/plain", b"a" * 300 + b"z" * 300, "the server says '" + "a" * 80 + "…" + "z" * 80 + "' (600 characters)"),
     "a compressed body": (403, "application/json", gzip.compress(b'{"message": "x"}'), None),
 }
 

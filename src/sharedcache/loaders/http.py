@@ -204,7 +204,7 @@ def _json_message(text: str) -> str:
 
     try:
         error = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested a thousand deep
         return ""
     if not isinstance(error, dict):
         return ""
