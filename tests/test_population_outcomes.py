@@ -134,8 +134,13 @@ def test_data_past_the_populators_size_is_not_past_a_waiters_larger_one(origin, 
     assert all((Path(out.strip()) / name).read_bytes() == content for name, content in files.items())
 
 
+# linecache is imported first: Python 3.12's warning that a fork with threads running may
+# deadlock is given while its fork still holds the import lock, and formatting it imports
+# linecache, which the population's thread may be importing at that moment (with urllib3), so
+# the program deadlocked about once in ten runs on 3.12.1 (3.13 gives the warning after the lock
+# is released).  The locks of the population are what this test is about.
 _FORKS_DURING_ITS_POPULATION = """
-import os, sys, threading, time
+import linecache, os, sys, threading, time
 import sharedcache
 status, words = sys.argv[1], sys.argv[2:]
 def fork():
