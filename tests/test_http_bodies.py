@@ -211,13 +211,17 @@ def test_an_error_answer_shows_what_the_server_says_in_it(tmp_path, serve, statu
         assert result.stderr.rstrip("\n").endswith(f": {said}"), result.stderr
 
 
-def test_what_the_server_says_is_kept_from_the_failure_others_read(tmp_path, serve):
+@pytest.mark.parametrize("text, shown", [
+    ("token 's3cr3t' has expired", "the server says \"token 's3cr3t' has expired\""),
+    ("token s3cr3t " + "x" * 300 + " expired", "' (321 characters)"),  # shown by its ends, and its length
+], ids=["quoted", "long"])
+def test_what_the_server_says_is_kept_from_the_failure_others_read(tmp_path, serve, text, shown):
     # The failure recorded for the waiters (every member of a group cache reads it, and sc list
     # shows it) leaves out what the server wrote: an error answer may repeat a token it was sent.
-    body = b'{"message": "token \'s3cr3t\' has expired"}'
+    body = json.dumps({"message": text}).encode()
     origin = serve(fixed(f"HTTP/1.1 401 Nope\nContent-Type: application/json\nContent-Length: {len(body)}\n", body))
     result = use(tmp_path, origin)
-    assert_refused(result, tmp_path, "the server says \"token 's3cr3t' has expired\"")
+    assert_refused(result, tmp_path, "s3cr3t", shown)
     record = json.loads((control(tmp_path) / "populate" / "data.error").read_text())
     assert record["message"].endswith("(no credentials were sent): the server says …"), record
     listed = sc("list", "-d", str(tmp_path))
