@@ -119,8 +119,11 @@ if TYPE_CHECKING:
 
     from .archives import SafeTree
 
+# Enough members to tell small files from a software tree's, and no more: each one before the fork
+# costs an archive of small files half as much again as one after it (docs/performance.md, "The
+# writers forked after 512 members").
 #: Members unpacked in this process before the rest is handed to writer processes...
-SERIAL_MEMBERS = 4096
+SERIAL_MEMBERS = 512
 #: ...if their files held at most this many bytes each, on average (see worth_forking).
 SMALL_FILE_BYTES = 8 << 10
 #: Writer processes: the authority alone (1), or with a helper (2).
