@@ -331,12 +331,13 @@ def on_host(host: tuple[Path, Path | None, str], argv: list[str]) -> list[str]:
 
 
 @contextmanager
-def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None) -> Iterator[Path]:
-    """A tmpfs of ``size`` (``mount -o size=``), and of at most ``inodes`` inodes if given, mounted
-    on the new directory ``mount`` for the block; the calling test is skipped, saying why, where it
-    cannot be mounted (not root)."""
+def mounted_tmpfs(mount: Path, size: str, inodes: int | None = None, *, huge: str | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``mount -o size=``), of at most ``inodes`` inodes and with the ``huge=``
+    policy if given, mounted on the new directory ``mount`` for the block; the calling test is
+    skipped, saying why, where it cannot be mounted (not root)."""
     mount.mkdir()
-    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes is not None else "")
+    options = (f"size={size}" + (f",nr_inodes={inodes}" if inodes is not None else "")
+               + (f",huge={huge}" if huge is not None else ""))
     with _mounted(["-t", "tmpfs", "-o", options, "tmpfs"], mount, "a tmpfs"):
         yield mount
 

@@ -277,7 +277,8 @@ def sealed_mode(mode: int) -> int:
 SEALED_DIRECTORY = 0o555
 
 #: File systems whose count of a file's blocks, read when its last write returns, is what the
-#: file holds once flushed.  tmpfs has no write-back.  ext4 counts the blocks that delayed
+#: file holds once flushed.  tmpfs has no write-back (but its files may take huge pages, which
+#: the kernel splits later: see _huge_pages).  ext4 counts the blocks that delayed
 #: allocation reserves, and allocates that many (a file written whole in few pieces needs no
 #: extent block), but its write-back lowers the reservation before it raises the allocation:
 #: a count read in between falls short, so an unpacker counts a file as at least its size in
@@ -347,18 +348,47 @@ IN_MEMORY = frozenset({"tmpfs", "ramfs"})
 def file_system_type(fd: int) -> str | None:
     """The type of the file system of the file open as ``fd`` ("ext4", "tmpfs"...), as the mount
     table names it (found by device number); None if that cannot be told."""
+    mount = _mount_of(fd)
+    return None if mount is None else mount[0]
+
+
+def _mount_of(fd: int) -> tuple[str, str] | None:
+    """The type and the options of the file system of the file open as ``fd``, as the mount table
+    gives them (found by device number); None if it is not there."""
     from ..mounts import mounts  # a store, an eviction or a refused use: never a warm use
 
     device = os.fstat(fd).st_dev
     number = f"{os.major(device)}:{os.minor(device)}"
-    return next((kind for found, _, _, kind, _ in mounts() if found == number), None)
+    return next(((kind, options) for found, _, _, kind, options in mounts() if found == number), None)
 
 
 def counts_blocks_at_write(fd: int) -> bool:
     """Whether the file system of the file open as ``fd`` counts a file's blocks, when its last
-    write returns, as it will once flushed (one of :data:`_COUNTED_AT_WRITE`); False if that
-    cannot be told."""
-    return file_system_type(fd) in _COUNTED_AT_WRITE
+    write returns, as it will once flushed (one of :data:`_COUNTED_AT_WRITE`, but a tmpfs whose
+    files take huge pages); False if that cannot be told."""
+    mount = _mount_of(fd)
+    if mount is None or mount[0] not in _COUNTED_AT_WRITE:
+        return False
+    return mount[0] != "tmpfs" or not _huge_pages(mount[1])
+
+
+#: The kernel's policy of huge pages for tmpfs: "force" gives them to every mount, whatever its
+#: ``huge=`` option.
+_SHMEM_HUGE_PAGES = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+
+def _huge_pages(options: str) -> bool:
+    """Whether the files of a tmpfs mounted with ``options`` may take huge pages: with a ``huge=``
+    option but ``never``, or where the kernel forces them.  Such a file holds 2 MiB from its first
+    byte, until the kernel splits the pages past its end (when the file system is full, or memory
+    short): a count of its blocks holds only until then."""
+    if any(option.startswith("huge=") and option != "huge=never" for option in options.split(",")):
+        return True
+    try:
+        with open(_SHMEM_HUGE_PAGES) as policy:
+            return "[force]" in policy.read()
+    except OSError:  # no huge pages in this kernel, or no /sys here
+        return False
 
 
 def disk_usage(
