@@ -26,7 +26,14 @@ from hypothesis import strategies as st
 import sharedcache
 from scutil import Sleeper, control, mounted_image, mounted_tmpfs, sc, writers_past
 from sharedcache.engine.fscache import FsCache
-from sharedcache.engine.fsutil import Seal, counts_blocks_at_write, disk_usage, flush_file_system, remove_tree
+from sharedcache.engine.fsutil import (
+    Seal,
+    blocks_follow_size,
+    counts_blocks_at_write,
+    disk_usage,
+    flush_file_system,
+    remove_tree,
+)
 from sharedcache.errors import LoaderError
 from sharedcache.loaders import writer
 from sharedcache.loaders.pipeline import populate
@@ -78,6 +85,14 @@ COUNTED = ("tmpfs", "ext4")
 MEASURED = (*COUNTED, "ext4_inline")
 
 
+def blocks_follow_size_of(path: Path) -> bool:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return blocks_follow_size(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def flushed_usage(path: Path) -> int:
     """What the engine's walk finds in the tree at ``path`` once its file system is flushed."""
     subprocess.run(["sync", "-f", str(path)], check=True)
@@ -115,6 +130,41 @@ def test_the_file_systems_that_count_blocks_at_write(kind: str, request: pytest.
         assert counts_blocks_at_write(fd) == (file_system_type(where) in COUNTED and kind != "tmpfs_huge"), where
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "tmpfs_huge", "ext4", "ext2"])
+def test_only_a_tmpfs_without_huge_pages_counts_a_file_by_its_size(kind: str, request: pytest.FixtureRequest) -> None:
+    where = request.getfixturevalue(kind)
+    assert blocks_follow_size_of(where) is (kind == "tmpfs")
+    cache = FsCache(str(where / f"cache-{os.getpid()}"))
+    try:
+        assert cache.seal().by_size is (kind == "tmpfs")
+    finally:
+        cache.close()
+        remove_tree(where / f"cache-{os.getpid()}")
+
+
+@pytest.mark.parametrize("serial_members", [ONE_PROCESS, 0], ids=["one process", "writer process"])
+@pytest.mark.parametrize("empty", [1, 200], ids=["after an empty file", "after 200 empty files"])
+def test_a_seal_wrong_about_counting_by_size_counts_nothing(tmpfs_huge: Path, serial_members: int,
+                                                            empty: int) -> None:
+    """A seal that says files may be counted by their size, on a tmpfs where they take huge pages:
+    the unpacker reads the blocks of a sample of its files, finds one that holds more, and counts
+    nothing, so that the commit walks the tree.  Empty files hold what their size says anywhere:
+    the first file that holds data is found at the first sample that comes after them."""
+    drawn = [(f"empty/{number}", "file", 0, 0o644) for number in range(empty)]
+    drawn += [(f"full/{number}", "file", 4600, 0o644) for number in range(100)]
+    scratch = tmpfs_huge / f"lying-{os.getpid()}"
+    scratch.mkdir()
+    try:
+        unpacked = unpack_sealed(archive(drawn), scratch, serial_members, measure=True, by_size=True)
+        assert unpacked is not None
+        dest, seal = unpacked
+        assert seal.allocated is None
+        assert sealed(dest) == []
+        assert len(os.listdir(dest / "full")) == 100
+    finally:
+        remove_tree(scratch)
 
 
 @pytest.mark.parametrize("kind", ["tmpfs", "ext4", "ext2"])
@@ -191,12 +241,14 @@ def archive(drawn: list[tuple[str, str, object, int]]) -> bytes:
     return buffer.getvalue()
 
 
-def unpack_sealed(data: bytes, scratch: Path, serial_members: int, *, measure: bool) -> tuple[Path, Seal] | None:
-    """Unpack ``data`` into ``scratch/dest`` with a seal; None if the archive is refused."""
+def unpack_sealed(data: bytes, scratch: Path, serial_members: int, *, measure: bool,
+                  by_size: bool | None = None) -> tuple[Path, Seal] | None:
+    """Unpack ``data`` into ``scratch/dest`` with a seal that counts files by their size where the
+    engine's would (unless ``by_size`` says); None if the archive is refused."""
     for sub in ("dest", "work"):
         (scratch / sub).mkdir()
     (scratch / "input.tar").write_bytes(data)
-    seal = Seal(measure=measure)
+    seal = Seal(measure=measure, by_size=by_size if by_size is not None else blocks_follow_size_of(scratch))
     try:
         with writers_past(serial_members):
             populate(parse_recipe([f"file:{scratch / 'input.tar'}", "tar"]), scratch / "dest", work=scratch / "work",

@@ -253,6 +253,7 @@ from .fsutil import (
     IN_MEMORY,
     LOCAL_DISKS,
     Seal,
+    blocks_follow_size,
     counts_blocks_at_write,
     create_empty,
     create_exclusive,
@@ -848,7 +849,7 @@ class FsCache:
         to measure what it makes only where the commit will take that count."""
         stages = self._open_own(STAGE)
         try:
-            return Seal(measure=counts_blocks_at_write(stages))
+            return Seal(measure=counts_blocks_at_write(stages), by_size=blocks_follow_size(stages))
         finally:
             os.close(stages)
 

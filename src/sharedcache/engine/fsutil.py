@@ -302,7 +302,10 @@ class Seal:
     once, read after it last changed each, a regular file written whole as at least its size in
     whole blocks of the file system unless its inode holds its data (a count read while ext4
     writes the file back falls short: see :data:`_COUNTED_AT_WRITE`), and when the tree is
-    complete sets :attr:`allocated`.
+    complete sets :attr:`allocated`.  Where :attr:`by_size` is set too (a tmpfs without huge
+    pages: :func:`blocks_follow_size`), the filler may count a regular file written whole as its
+    size in whole blocks without reading it, but reads a sample of them, and counts nothing
+    (leaves :attr:`allocated` None) if one holds other than that.
     By setting it, the filler vouches that it made everything below the data directory, and
     sealed it.
     :meth:`apply` takes that count where the file system's counts can be read at write
@@ -314,8 +317,9 @@ class Seal:
     file_mode = staticmethod(sealed_mode)
     directory_mode = SEALED_DIRECTORY
 
-    def __init__(self, *, measure: bool) -> None:
+    def __init__(self, *, measure: bool, by_size: bool = False) -> None:
         self.measure = measure
+        self.by_size = measure and by_size
         self.allocated: int | None = None
 
     def apply(self, path: str, *, dir_fd: int) -> int:
@@ -370,6 +374,14 @@ def counts_blocks_at_write(fd: int) -> bool:
     if mount is None or mount[0] not in _COUNTED_AT_WRITE:
         return False
     return mount[0] != "tmpfs" or not _huge_pages(mount[1])
+
+
+def blocks_follow_size(fd: int) -> bool:
+    """Whether a regular file written whole on the file system of the file open as ``fd`` holds
+    its size in whole blocks (of ``f_bsize``) and no more, so that a count of it needs no
+    ``fstat``: a tmpfs whose files take no huge pages.  False if that cannot be told."""
+    mount = _mount_of(fd)
+    return mount is not None and mount[0] == "tmpfs" and not _huge_pages(mount[1])
 
 
 #: The kernel's policy of huge pages for tmpfs: "force" gives them to every mount, whatever its

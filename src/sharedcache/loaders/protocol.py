@@ -97,11 +97,13 @@ from .streams import Progress, SourceStream, Stream
 
 class Sealing(Protocol):
     """What an unpacker is asked when its tree is for a cache (the engine's ``Seal`` answers it):
-    the modes of what it makes, whether to count the blocks of what it makes, and, set when the
-    tree is complete, that count (None: not counted)."""
+    the modes of what it makes, whether to count the blocks of what it makes (and whether a file
+    written whole may be counted by its size, a sample of them read), and, set when the tree is
+    complete, that count (None: not counted)."""
 
     directory_mode: int
     measure: bool
+    by_size: bool
     allocated: int | None
 
     def file_mode(self, mode: int) -> int:
