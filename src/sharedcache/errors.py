@@ -465,8 +465,10 @@ def memory_refused(error: BaseException | None) -> bool:
     without exception set", in an import at a cap of 29 MiB, or "... returned NULL without setting
     an exception"; any other SystemError is a bug, capped or not), or SQLite's error that it could
     not map the index's shared memory (``-shm``), which it says as "disk I/O error" (or that it ran
-    out of memory, which it says as such).  A call that fails with ENOMEM is :func:`over_limit`'s."""
-    if isinstance(error, MemoryError):
+    out of memory, which it says as such), or the interpreter's "can't allocate lock" (a
+    RuntimeError, met by a thread under a cap of 42 MiB).  A call that fails with ENOMEM is
+    :func:`over_limit`'s."""
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and str(error) == "can't allocate lock"):
         return True
     text = str(error).lower()
     sqlite_code = getattr(error, "sqlite_errorcode", None)

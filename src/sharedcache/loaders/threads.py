@@ -104,10 +104,23 @@ def _quiet_deaths() -> None:
     def unraisable(report: sys.UnraisableHookArgs) -> None:
         # (Python 3.13 puts the thread's function into the message, where 3.11 gave it apart.)
         if not ((report.err_msg or "").startswith("Exception ignored in thread started by")
-                and memory_refused(report.exc_value)):
+                and (memory_refused(report.exc_value) or _never_registered(report.exc_value))):
             unraisable_hook(report)
 
     threading.excepthook, sys.unraisablehook = thread_died, unraisable
+
+
+def _never_registered(error: BaseException | None) -> bool:
+    """Whether ``error`` is threading's bookkeeping failing at the end of a thread that was refused
+    memory before it was registered: the KeyError of Python 3.11's ``Thread._delete``, which no
+    thread that started meets (the refusal itself goes unreported)."""
+    if not isinstance(error, KeyError) or error.__traceback__ is None:
+        return False
+    last = error.__traceback__
+    while last.tb_next is not None:
+        last = last.tb_next
+    code = last.tb_frame.f_code
+    return code.co_name == "_delete" and code.co_filename == threading.__file__
 
 
 def ended_unheard() -> MemoryError:
