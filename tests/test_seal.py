@@ -144,6 +144,27 @@ def test_only_a_tmpfs_without_huge_pages_counts_a_file_by_its_size(kind: str, re
         remove_tree(where / f"cache-{os.getpid()}")
 
 
+@pytest.mark.parametrize(("policy", "huge"), [
+    ("always within_size advise [never] deny force\n", False),
+    ("always within_size advise never deny [force]\n", True),  # huge pages for every tmpfs mount
+    (None, False),  # a kernel without transparent huge pages
+])
+def test_the_kernels_policy_of_huge_pages_for_tmpfs_is_heeded(tmpfs: Path, tmp_path: Path, policy: str | None,
+                                                              huge: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sharedcache.engine import fsutil
+
+    written = tmp_path / "shmem_enabled"  # the kernel's file, in its words, where ours is read from
+    if policy is not None:
+        written.write_text(policy)
+    monkeypatch.setattr(fsutil, "_SHMEM_HUGE_PAGES", str(written))
+    fd = os.open(tmpfs, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert blocks_follow_size(fd) is not huge
+        assert counts_blocks_at_write(fd) is not huge
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("serial_members", [ONE_PROCESS, 0], ids=["one process", "writer process"])
 @pytest.mark.parametrize("empty", [1, 200], ids=["after an empty file", "after 200 empty files"])
 def test_a_seal_wrong_about_counting_by_size_counts_nothing(tmpfs_huge: Path, serial_members: int,
