@@ -336,7 +336,6 @@ def test_the_report_of_a_thread_refused_memory_is_known_in_the_words_of_each_pyt
     assert (run.returncode, run.stderr) == (0, "")
 
 
-
 #: Ends a bare thread, which threading never registered, with threading's own bookkeeping of a
 #: thread's end (a KeyError), then another with a KeyError of its own.
 UNREGISTERED = """

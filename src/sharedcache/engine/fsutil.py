@@ -391,9 +391,10 @@ _SHMEM_HUGE_PAGES = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
 def _huge_pages(options: str) -> bool:
     """Whether the files of a tmpfs mounted with ``options`` may take huge pages: with a ``huge=``
-    option but ``never``, or where the kernel forces them.  Such a file holds 2 MiB from its first
-    byte, until the kernel splits the pages past its end (when the file system is full, or memory
-    short): a count of its blocks holds only until then."""
+    option but ``never``, or where the kernel forces them.  Such a file may hold 2 MiB from its
+    first byte (on ``huge=always``, a file of 4.6 KB does), until the kernel splits the pages past
+    its end (when the file system is full, or memory short): a count of its blocks holds only
+    until then."""
     if any(option.startswith("huge=") and option != "huge=never" for option in options.split(",")):
         return True
     try:

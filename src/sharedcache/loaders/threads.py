@@ -112,8 +112,8 @@ def _quiet_deaths() -> None:
 
 def _never_registered(error: BaseException | None) -> bool:
     """Whether ``error`` is threading's bookkeeping failing at the end of a thread that was refused
-    memory before it was registered: the KeyError of Python 3.11's ``Thread._delete``, which no
-    thread that started meets (the refusal itself goes unreported)."""
+    memory before it was registered: the KeyError of threading's ``Thread._delete`` (3.11 to 3.13
+    alike), which no thread that started meets (the refusal itself goes unreported)."""
     if not isinstance(error, KeyError) or error.__traceback__ is None:
         return False
     last = error.__traceback__
