@@ -28,7 +28,6 @@ from scutil import Sleeper, control, mounted_image, mounted_tmpfs, sc, writers_p
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.fsutil import (
     Seal,
-    blocks_follow_size,
     counts_blocks_at_write,
     disk_usage,
     flush_file_system,
@@ -85,10 +84,11 @@ COUNTED = ("tmpfs", "ext4")
 MEASURED = (*COUNTED, "ext4_inline")
 
 
-def blocks_follow_size_of(path: Path) -> bool:
+def engines_seal(path: Path) -> Seal:
+    """The seal the engine gives a filler of a tree at ``path``."""
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return blocks_follow_size(descriptor)
+        return Seal.for_file_system(descriptor)
     finally:
         os.close(descriptor)
 
@@ -135,7 +135,7 @@ def test_the_file_systems_that_count_blocks_at_write(kind: str, request: pytest.
 @pytest.mark.parametrize("kind", ["tmpfs", "tmpfs_huge", "ext4", "ext2"])
 def test_only_a_tmpfs_without_huge_pages_counts_a_file_by_its_size(kind: str, request: pytest.FixtureRequest) -> None:
     where = request.getfixturevalue(kind)
-    assert blocks_follow_size_of(where) is (kind == "tmpfs")
+    assert engines_seal(where).by_size is (kind == "tmpfs")
     cache = FsCache(str(where / f"cache-{os.getpid()}"))
     try:
         assert cache.seal().by_size is (kind == "tmpfs")
@@ -159,7 +159,7 @@ def test_the_kernels_policy_of_huge_pages_for_tmpfs_is_heeded(tmpfs: Path, tmp_p
     monkeypatch.setattr(fsutil, "_SHMEM_HUGE_PAGES", str(written))
     fd = os.open(tmpfs, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert blocks_follow_size(fd) is not huge
+        assert Seal.for_file_system(fd).by_size is not huge
         assert counts_blocks_at_write(fd) is not huge
     finally:
         os.close(fd)
@@ -269,7 +269,7 @@ def unpack_sealed(data: bytes, scratch: Path, serial_members: int, *, measure: b
     for sub in ("dest", "work"):
         (scratch / sub).mkdir()
     (scratch / "input.tar").write_bytes(data)
-    seal = Seal(measure=measure, by_size=by_size if by_size is not None else blocks_follow_size_of(scratch))
+    seal = Seal(measure=measure, by_size=by_size if by_size is not None else engines_seal(scratch).by_size)
     try:
         with writers_past(serial_members):
             populate(parse_recipe([f"file:{scratch / 'input.tar'}", "tar"]), scratch / "dest", work=scratch / "work",

@@ -253,8 +253,6 @@ from .fsutil import (
     IN_MEMORY,
     LOCAL_DISKS,
     Seal,
-    blocks_follow_size,
-    counts_blocks_at_write,
     create_empty,
     create_exclusive,
     file_system_type,
@@ -849,7 +847,7 @@ class FsCache:
         to measure what it makes only where the commit will take that count."""
         stages = self._open_own(STAGE)
         try:
-            return Seal(measure=counts_blocks_at_write(stages), by_size=blocks_follow_size(stages))
+            return Seal.for_file_system(stages)
         finally:
             os.close(stages)
 

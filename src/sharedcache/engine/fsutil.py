@@ -303,9 +303,9 @@ class Seal:
     whole blocks of the file system unless its inode holds its data (a count read while ext4
     writes the file back falls short: see :data:`_COUNTED_AT_WRITE`), and when the tree is
     complete sets :attr:`allocated`.  Where :attr:`by_size` is set too (a tmpfs without huge
-    pages: :func:`blocks_follow_size`), the filler may count a regular file written whole as its
-    size in whole blocks without reading it, but reads a sample of them, and counts nothing
-    (leaves :attr:`allocated` None) if one holds other than that.
+    pages, where a regular file written whole holds its size in whole blocks and no more), the
+    filler may count such a file so without reading it, but reads a sample of them, and counts
+    nothing (leaves :attr:`allocated` None) if one holds other than that.
     By setting it, the filler vouches that it made everything below the data directory, and
     sealed it.
     :meth:`apply` takes that count where the file system's counts can be read at write
@@ -321,6 +321,17 @@ class Seal:
         self.measure = measure
         self.by_size = measure and by_size
         self.allocated: int | None = None
+
+    @classmethod
+    def for_file_system(cls, fd: int) -> Seal:
+        """The seal for a filler of a tree on the file system of the file open as ``fd``: measuring
+        where that counts a file's blocks when its last write returns
+        (:func:`counts_blocks_at_write`), and by their size where it is a tmpfs (then one
+        without huge pages)."""
+        mount = _mount_of(fd)
+        if mount is None or not _counts_at_write(*mount):
+            return cls(measure=False)
+        return cls(measure=True, by_size=mount[0] == "tmpfs")
 
     def apply(self, path: str, *, dir_fd: int) -> int:
         """Seal the complete tree at ``path`` (relative to ``dir_fd``) and return the bytes allocated
@@ -371,17 +382,11 @@ def counts_blocks_at_write(fd: int) -> bool:
     write returns, as it will once flushed (one of :data:`_COUNTED_AT_WRITE`, but a tmpfs whose
     files take huge pages); False if that cannot be told."""
     mount = _mount_of(fd)
-    if mount is None or mount[0] not in _COUNTED_AT_WRITE:
-        return False
-    return mount[0] != "tmpfs" or not _huge_pages(mount[1])
+    return mount is not None and _counts_at_write(*mount)
 
 
-def blocks_follow_size(fd: int) -> bool:
-    """Whether a regular file written whole on the file system of the file open as ``fd`` holds
-    its size in whole blocks (of ``f_bsize``) and no more, so that a count of it needs no
-    ``fstat``: a tmpfs whose files take no huge pages.  False if that cannot be told."""
-    mount = _mount_of(fd)
-    return mount is not None and mount[0] == "tmpfs" and not _huge_pages(mount[1])
+def _counts_at_write(kind: str, options: str) -> bool:
+    return kind in _COUNTED_AT_WRITE and not (kind == "tmpfs" and _huge_pages(options))
 
 
 #: The kernel's policy of huge pages for tmpfs: "force" gives them to every mount, whatever its
