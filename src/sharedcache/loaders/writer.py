@@ -11,7 +11,8 @@ bytes charged to the size limit).  The parent reads, decompresses and parses, an
 member down a pipe.  Small archives never fork: for them the fork would cost more
 than it saves.  Nor do archives whose first files are larger than a few KiB on average
 (:func:`worth_forking`), as software trees' are: the children save the parent the system calls of
-each file, but cost it a copy of every byte through a pipe, and on two cores they take its CPU.
+each file, but cost it a copy of every byte (into the shared ring, or through a pipe), and on two
+cores they take its CPU.
 Nor does a process that may use only one CPU (:func:`available`): there the
 processes would only take turns.
 
@@ -27,9 +28,19 @@ The protocol:
 1. Parent to child, on each child's command pipe: a frame per member, in archive order.  A frame
    is a fixed header (:data:`_FRAME`: operation, sizes of the name and of the link target, mode,
    time in seconds and nanoseconds, data size, the member's number, and how many frames of the
-   other child must be done before this one), the name and the target in UTF-8 (other bytes kept
-   as surrogate escapes), then a file's data.  A full pipe makes the parent wait: memory stays a
-   pipe's worth per child.
+   other child must be done before this one, and where a file's data is in the child's ring), the
+   name and the target in UTF-8 (other bytes kept as surrogate escapes), then a file's data,
+   unless the ring holds it.  A full pipe makes the parent wait: memory stays a pipe's and a
+   ring's worth per child.
+
+   The *ring* is memory shared with the child before the fork (:data:`_RING` bytes), for the data
+   of small files (:data:`_RING_FILE` bytes or fewer), which then crosses no pipe: the bytes are
+   copied once, from the parent's buffer, rather than into a pipe and out of it.  The parent puts
+   a file's data at the ring's next place (at its start again rather than across its end), and
+   only then the frame that names the place in the pipe.  After it has made the file, the child
+   publishes where that data ended, in the shared memory beside its count of frames: the parent
+   puts nothing over data it has not seen so published.  A ring without room for a file sends its
+   data through the pipe after its frame, as for a larger file: the parent never waits for room.
 2. Which child makes a plain file: the helper, if the directory it goes in was made by a frame
    sent to the authority before, the name is not that of such a directory nor of a hard link or
    its target, and a hash of its last component falls on the helper; else the authority.  (A
@@ -131,10 +142,14 @@ WRITERS = 2
 
 FILE, DIRECTORY, SYMLINK, HARDLINK, FINISH = range(1, 6)
 # operation, name bytes, target bytes, mode, mtime (seconds, nanoseconds), data bytes, the member's
-# number, the other child's frames to be done first
-_FRAME = struct.Struct("<BIIqqIqqq")
+# number, the other child's frames to be done first, where the data starts in the ring (counted
+# from the ring's first use, -1 for data in the pipe)
+_FRAME = struct.Struct("<BIIqqIqqqq")
 _AUTHORITY, _HELPER = 0, 1         # each child's slot in the shared counts
-_DONE = struct.Struct("<q")        # a child's count of frames done, in the shared memory
+_DONE = struct.Struct("<q")        # in the shared memory: a child's count of frames done...
+_RING_SEEN = 2                     # ...and after both counts, where the ring's data it has made ends
+_RING = 2 << 20                    # bytes of each child's ring (see the protocol's step 1)...
+_RING_FILE = 64 << 10              # ...for files of at most this many bytes
 _FORKING = threading.Lock()        # held across a fork (see _fork)
 _POLL = 0.0002                     # seconds between two looks at the other child's count
 _PIPE_SIZE = 1 << 20               # asked of the kernel for the command pipes (its default is 64 KiB)
@@ -167,7 +182,8 @@ def worth_forking(tree: SafeTree) -> bool:
     most :data:`SMALL_FILE_BYTES` each, on average.
 
     The writers save the parent the system calls of each file (``open``, ``write``, ``futimens``,
-    ``close``), but cost it, and the machine, every byte once more: into a pipe, then out of it.
+    ``close``), but cost it, and the machine, every byte once more (into a pipe and out of it, when
+    this was measured; into the ring now, for small files).
     What they save grows with the files, what they cost with the bytes; on two cores, where they
     take the CPU that the parent, which sets the pace, needs, they pay for small files only.
     Measured into tmpfs on real trees (docs/performance.md, "Writer processes for small files
@@ -273,6 +289,8 @@ class _Child:
         self.outcome: _Outcome | None = None
         self.answer: list[bytes] = []  # what the child has answered so far (see WriterProcess._stop)
         self.status: int | None = None  # its exit status, once waited for
+        self.placed = 0  # where the next data goes in its ring, counted from the ring's first use
+        self.unsent = 0  # bytes put in its ring since its frames were last written
 
 
 def _pipe_pair() -> tuple[tuple[int, int], tuple[int, int]]:
@@ -309,7 +327,8 @@ class WriterProcess:
         import select  # noqa: F401
         import signal  # noqa: F401
 
-        self._shared = mmap.mmap(-1, 2 * _DONE.size)
+        self._shared = mmap.mmap(-1, 4 * _DONE.size)
+        self._rings = [mmap.mmap(-1, _RING) for _ in range(WRITERS)]
         self._children = self._fork(tree)
         self._authority = self._children[0]
         self._helper = self._children[1] if len(self._children) > 1 else None
@@ -357,7 +376,7 @@ class WriterProcess:
                     raise
                 break
             if child.pid == 0:
-                _child(tree, child.slot, command_read, result_write, keep, self._shared, mask)
+                _child(tree, child.slot, command_read, result_write, keep, self._shared, self._rings[child.slot], mask)
             os.close(command_read)
             os.close(result_write)
             forked.append(child)
@@ -396,6 +415,8 @@ class WriterProcess:
                 self._helper_sent[directory] = helper.sent + 1
             else:
                 child, after = self._authority, self._before_authority(parts[:-1], parts[-1:])
+        if size <= _RING_FILE and self._place(child, name, size, mode, mtime_ns, after, read):
+            return
         self._frame(child, FILE, name, "", mode, mtime_ns, size, after)
         pending, left = child.pending, size
         while left:
@@ -408,6 +429,30 @@ class WriterProcess:
                 pending = child.pending
         if len(pending) >= _MAX_PENDING:
             self._flush(child)
+
+    def _place(self, child: _Child, name: str, size: int, mode: int, mtime_ns: int, after: int,
+               read: Callable[[int], bytes | memoryview]) -> bool:
+        """Put the data of a small file in ``child``'s ring, then its frame; False if the ring has no
+        room for it now (see the protocol's step 1)."""
+        start = child.placed
+        at = start % _RING
+        if at + size > _RING:
+            start += _RING - at
+            at = 0
+        seen = _DONE.unpack_from(self._shared, (_RING_SEEN + child.slot) * _DONE.size)[0]
+        if start + size - seen > _RING:
+            return False
+        ring, end = self._rings[child.slot], at + size
+        while at < end:
+            piece = read(end - at)
+            ring[at:at + len(piece)] = piece
+            at += len(piece)
+        child.placed = start + size
+        self._frame(child, FILE, name, "", mode, mtime_ns, size, after, start)
+        child.unsent += size
+        if child.unsent >= _BATCH:  # its frames go as often as if the data went with them
+            self._flush(child)
+        return True
 
     def mkdir(self, name: str, mode: int, mtime_ns: int) -> None:
         after = self._authority_member(name, directory=True)
@@ -523,7 +568,7 @@ class WriterProcess:
         return after
 
     def _frame(self, child: _Child, operation: int, name: str, target: str, mode: int, mtime_ns: int, size: int,
-               after: int) -> None:
+               after: int, place: int = -1) -> None:
         if after:  # what it waits for must be in the other child's pipe, not held here (step 4)
             other = self._children[1 - child.slot]
             if after > other.written:
@@ -535,7 +580,7 @@ class WriterProcess:
         name_bytes = name.encode("utf-8", "surrogateescape")
         target_bytes = target.encode("utf-8", "surrogateescape") if target else b""
         frame = _FRAME.pack(operation, len(name_bytes), len(target_bytes), mode, seconds, nanoseconds,
-                            size, self._number, after) + name_bytes + target_bytes
+                            size, self._number, after, place) + name_bytes + target_bytes
         if operation != FINISH:
             child.sent += 1
         child.pending.append(frame)
@@ -545,7 +590,7 @@ class WriterProcess:
 
     def _flush(self, child: _Child) -> None:
         pending, left = child.pending, child.pending_bytes
-        child.pending, child.pending_bytes = [], 0
+        child.pending, child.pending_bytes, child.unsent = [], 0, 0
         child.written = child.sent
         while pending:
             try:
@@ -650,7 +695,7 @@ def _fork() -> tuple[int, set[int]]:
 
 
 def _child(tree: SafeTree, slot: int, commands: int, results: int, lives: tuple[int, int],
-           shared: mmap.mmap, mask: set[int]) -> NoReturn:
+           shared: mmap.mmap, ring: mmap.mmap, mask: set[int]) -> NoReturn:
     """A writer process: execute the frames read from ``commands``, answer on ``results``.
     ``lives`` holds the write end of its liveness pipe and the read end of the other child's
     (both -1 if there is no other); ``mask`` is the signal mask to restore (see :func:`_fork`)."""
@@ -677,7 +722,7 @@ def _child(tree: SafeTree, slot: int, commands: int, results: int, lives: tuple[
             low = os.dup(watch)
             os.close(watch)
             watch = low
-        outcome = _serve(tree, slot, commands, watch, shared)
+        outcome = _serve(tree, slot, commands, watch, shared, ring)
     except BaseException as exc:  # sent to the parent, which raises it
         outcome = (_FAILED, exc, None, 0)
     try:
@@ -714,14 +759,14 @@ class _Frames(Buffered):
             raise _Stopped
         return False
 
-    def next(self) -> tuple[int, str, str, int, int, int, int, int] | None:
-        """The next frame's operation, name, target, mode, mtime, data size, member's number and
-        the other child's count to wait for; None at the end."""
+    def next(self) -> tuple[int, str, str, int, int, int, int, int, int] | None:
+        """The next frame's operation, name, target, mode, mtime, data size, member's number, the
+        other child's count to wait for and the data's place in the ring; None at the end."""
         self.within = False
         at, buffer = self._at, self._buffer
         start = at + _FRAME.size
         if start <= len(buffer):
-            operation, name_size, target_size, mode, seconds, nanoseconds, size, number, after = \
+            operation, name_size, target_size, mode, seconds, nanoseconds, size, number, after, place = \
                 _FRAME.unpack_from(buffer, at)
             end = start + name_size + target_size
             if end <= len(buffer):  # the usual case: all of it is here
@@ -730,21 +775,22 @@ class _Frames(Buffered):
                 self.within = True
                 target = str(buffer[start + name_size:end], "utf-8", "surrogateescape") if target_size else ""
                 return (operation, str(buffer[start:start + name_size], "utf-8", "surrogateescape"), target,
-                        mode, _time(seconds, nanoseconds), size, number, after)
+                        mode, _time(seconds, nanoseconds), size, number, after, place)
         header = self.read_exact(_FRAME.size)
         if not header:
             return None
         self.within = True
         if len(header) < _FRAME.size:
             raise _Stopped
-        operation, name_size, target_size, mode, seconds, nanoseconds, size, number, after = _FRAME.unpack(header)
+        operation, name_size, target_size, mode, seconds, nanoseconds, size, number, after, place = \
+            _FRAME.unpack(header)
         name_bytes = self.read_exact(name_size)
         target_bytes = self.read_exact(target_size)
         if len(name_bytes) < name_size or len(target_bytes) < target_size:
             raise _Stopped
         return (operation, name_bytes.decode("utf-8", "surrogateescape"),
                 target_bytes.decode("utf-8", "surrogateescape"), mode, _time(seconds, nanoseconds), size, number,
-                after)
+                after, place)
 
 
 def _time(seconds: int, nanoseconds: int) -> int:
@@ -763,20 +809,39 @@ def _wait(shared: mmap.mmap, slot: int, count: int, watch: int) -> None:
             return
 
 
-def _serve(tree: SafeTree, slot: int, commands: int, watch: int, shared: mmap.mmap) -> _Outcome:
+class _Placed:
+    """The data of a file in the ring, from ``at``, handed out as :meth:`SafeTree.write_file
+    <sharedcache.loaders.archives.SafeTree.write_file>` reads it."""
+
+    __slots__ = ("_at", "_ring")
+
+    def __init__(self, ring: memoryview, at: int) -> None:
+        self._ring, self._at = ring, at
+
+    def __call__(self, size: int) -> memoryview:
+        at = self._at
+        self._at = at + size
+        return self._ring[at:at + size]
+
+
+def _serve(tree: SafeTree, slot: int, commands: int, watch: int, shared: mmap.mmap, ring: mmap.mmap) -> _Outcome:
     frames = _Frames(commands)
     data = frames.view  # within a file's frame, it raises _Stopped rather than end short
-    other, offset = 1 - slot, slot * _DONE.size
+    placed = memoryview(ring)
+    other, offset, seen = 1 - slot, slot * _DONE.size, (_RING_SEEN + slot) * _DONE.size
     start = tree.measured()
     if slot == _HELPER:
         tree.adopt()
     done = number = 0
     try:
         while (frame := frames.next()) is not None:
-            operation, name, target, mode, mtime_ns, size, number, after = frame
+            operation, name, target, mode, mtime_ns, size, number, after, place = frame
             if after:
                 _wait(shared, other, after, watch)
-            if operation == FILE:
+            if operation == FILE and place >= 0:
+                tree.write_file(name, size, mode, mtime_ns, _Placed(placed, place % _RING))
+                _DONE.pack_into(shared, seen, place + size)
+            elif operation == FILE:
                 tree.write_file(name, size, mode, mtime_ns, data)
             elif operation == FINISH:
                 if slot == _HELPER:
