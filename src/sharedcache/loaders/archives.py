@@ -557,8 +557,9 @@ _CHECKED_ON_ELSE = 1 << 20
 
 
 def _damage_past(archive: Stream, codec: str) -> LoaderError | None:
-    """The error of damaged data (the decompressor's, or the checksum's below it) if reading
-    :data:`_CHECKED_ON` more bytes of ``archive`` (or to its end) meets one."""
+    """The error of damaged data (the decompressor's, or the checksum's below it) if reading on in
+    ``archive``, compressed with ``codec``, as far as :data:`_CHECKED_ON` says (or to its end)
+    meets one."""
     left = _CHECKED_ON.get(codec, _CHECKED_ON_ELSE)
     try:
         while left > 0 and (data := archive.read(min(left, CHUNK))):
@@ -566,7 +567,7 @@ def _damage_past(archive: Stream, codec: str) -> LoaderError | None:
     except (CorruptDataError, ChecksumError) as error:
         return error
     except (SharedCacheError, OSError):  # a limit, the network: the tar's own failure is the one to say
-        return None
+        pass
     return None
 
 
