@@ -39,6 +39,9 @@ SC = PYTHON.parent / "sc"
 # directory, and in 11.9 s (of which 11.9 s system time) just after the previous run's tree was
 # removed.  A run must not pay for its predecessor's removal.
 RECENTLY_DELETED_SECONDS = 361
+#: Touched in ``--tmp`` when a run removes its working directory there, so that the next run,
+#: started within ``RECENTLY_DELETED_SECONDS``, waits before it measures on the disk.
+REMOVAL_STAMP = ".sc-bench-peers-removed"
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Bench:
         self._origins: dict[tuple[Path, float | None], OriginProcess] = {}
         self._instrumented: dict[str, Attempt] = {}
         self._dirs = 0
+        self._settled = False  # whether the disk's freed inodes were waited for (see wait_out_last_removal)
         self._packages = [(PYTHON, _package_directory(PYTHON))]
         if args.baseline is not None and (args.baseline / ".venv/bin/python").exists():
             old = args.baseline / ".venv/bin/python"
@@ -220,6 +224,21 @@ class Bench:
         free = os.statvfs(self.roots[filesystem])
         return (archive.content_bytes * copies < free.f_bavail * free.f_frsize // 2
                 and (free.f_files == 0 or archive.files * copies < free.f_favail // 2))
+
+    def wait_out_last_removal(self, filesystem: str) -> None:
+        """Before the first measurement on the disk: if it is ext4 without a journal and an earlier
+        run removed its trees there less than ``RECENTLY_DELETED_SECONDS`` ago, wait for the rest
+        of that time (else this run's first rounds would measure the scan of the freed inodes)."""
+        if filesystem != "disk" or self._settled:
+            return
+        self._settled = True
+        with contextlib.suppress(FileNotFoundError):
+            waited = time.time() - (self.args.tmp / REMOVAL_STAMP).stat().st_mtime
+            if waited < RECENTLY_DELETED_SECONDS and harness.file_system(self.work).endswith("without a journal"):
+                log(f"waiting {RECENTLY_DELETED_SECONDS - waited:.0f} s: the last run removed its trees from "
+                    f"this disk {waited:.0f} s ago, and ext4 without a journal slows every allocation "
+                    "down for minutes after (\"Freed inodes on the disk\" in docs/performance.md)")
+                time.sleep(RECENTLY_DELETED_SECONDS - waited)
 
     @staticmethod
     def settle(filesystem: str) -> None:

@@ -45,6 +45,7 @@ def interleaved(b: Bench, archive: Archive, chosen: list[Entry], filesystem: str
     # hold gigabytes of the machine's memory, and on this virtual machine a process's new pages
     # then cost more, the later runs' most ("Kept trees on tmpfs" in docs/performance.md).
     keep = filesystem == "disk" and b.room_for(archive, len(runnable) * b.args.repeat, filesystem)
+    b.wait_out_last_removal(filesystem)
     for i in range(b.args.repeat):
         turn = i % len(runnable) if runnable else 0
         for e in runnable[turn:] + runnable[:turn]:
