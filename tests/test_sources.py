@@ -19,7 +19,7 @@ import pytest
 from origin import Origin
 from scutil import tarball_bytes
 
-from sharedcache.errors import ChecksumError, DownloadError, ResumeError, SizeLimitError, UsageError, WaitTimeoutError
+from sharedcache.errors import ChecksumError, CorruptDataError, DownloadError, ResumeError, SizeLimitError, UsageError, WaitTimeoutError
 from sharedcache import FetchPolicy
 from sharedcache.loaders.pipeline import populate as run_recipe
 from sharedcache.loaders.streams import Progress
@@ -237,6 +237,21 @@ def test_dropped_connection_resumes_under_tar(origin: Origin, tmp_path: Path) ->
     assert tree(dest) == files
     stats = origin.stats("/data.tar.gz")
     assert len(stats.ranges) == 2 and stats.bytes_served < 2 * len(archive)
+
+
+def test_a_tar_broken_before_its_download_fails_is_reported_as_broken(origin: Origin, tmp_path: Path) -> None:
+    """A header that is no header, then a download that fails: past a bad header in compressed
+    data the unpacker reads on for the decompressor's own error (damaged data can decompress to
+    garbage first), and there meets the download's failure.  The bad header, which came first in
+    the stream, is what is reported, as where the download does not fail."""
+    first = gzip.decompress(tarball_bytes({"a.txt": b"one\n"}))[:1024]  # a member, no end marker
+    archive = gzip.compress(first + b"x" * 512 + os.urandom(1_000_000), compresslevel=1)
+    url = origin.add("/data.tar.gz", archive)
+    origin.fault("/data.tar.gz", drop_after=300_000)
+    origin.fault("/data.tar.gz", status=404, times=10)  # the resumption fails at once
+    with pytest.raises(CorruptDataError, match=r"^corrupt tar archive .*: (bad checksum|invalid header) at byte 1024"):
+        populate(tmp_path, f"http:{url}", "tar")
+    assert origin.stats("/data.tar.gz").statuses == [200, 404]  # the read on met the failure
 
 
 def test_range_answered_with_200_starts_over(origin: Origin, tmp_path: Path) -> None:
