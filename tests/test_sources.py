@@ -249,7 +249,7 @@ def test_a_tar_broken_before_its_download_fails_is_reported_as_broken(origin: Or
     url = origin.add("/data.tar.gz", archive)
     origin.fault("/data.tar.gz", drop_after=300_000)
     origin.fault("/data.tar.gz", status=404, times=10)  # the resumption fails at once
-    with pytest.raises(CorruptDataError, match=r"^corrupt tar archive .*: (bad checksum|invalid header) at byte 1024"):
+    with pytest.raises(CorruptDataError, match=r"^corrupt tar archive .*: invalid header at byte 1024$"):
         populate(tmp_path, f"http:{url}", "tar")
     assert origin.stats("/data.tar.gz").statuses == [200, 404]  # the read on met the failure
 

@@ -87,7 +87,7 @@ class Bench:
         self._origins: dict[tuple[Path, float | None], OriginProcess] = {}
         self._instrumented: dict[str, Attempt] = {}
         self._dirs = 0
-        self._settled = False  # whether the disk's freed inodes were waited for (see wait_out_last_removal)
+        self._waited_out = False  # whether wait_out_last_removal has looked
         self._packages = [(PYTHON, _package_directory(PYTHON))]
         if args.baseline is not None and (args.baseline / ".venv/bin/python").exists():
             old = args.baseline / ".venv/bin/python"
@@ -229,9 +229,9 @@ class Bench:
         """Before the first measurement on the disk: if it is ext4 without a journal and an earlier
         run removed its trees there less than ``RECENTLY_DELETED_SECONDS`` ago, wait for the rest
         of that time (else this run's first rounds would measure the scan of the freed inodes)."""
-        if filesystem != "disk" or self._settled:
+        if filesystem != "disk" or self._waited_out:
             return
-        self._settled = True
+        self._waited_out = True
         with contextlib.suppress(FileNotFoundError):
             waited = time.time() - (self.args.tmp / REMOVAL_STAMP).stat().st_mtime
             if waited < RECENTLY_DELETED_SECONDS and harness.file_system(self.work).endswith("without a journal"):
