@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks import harness
 
 from . import __doc__ as overview
-from .bench import PEERS_VENV, REMOVAL_STAMP, RESULTS, Bench, remove
+from .bench import PEERS_VENV, RESULTS, Bench, remove, stamp_removal
 from .environments import PeerEnv, prepare_baseline, prepare_peers
 from .goals import goals_markdown
 from .report import Workload, log
@@ -110,7 +110,7 @@ def working_directory(args: argparse.Namespace) -> Iterator[Path]:
             log(f"kept {work}")
         else:
             remove(work)
-            (args.tmp / REMOVAL_STAMP).touch()  # for the next run's wait (Bench.wait_out_last_removal)
+            stamp_removal(args.tmp)  # for the next run's wait (Bench.wait_out_last_removal)
 
 
 def write_report(output: Path, args: argparse.Namespace, argv: Sequence[str], started: float,

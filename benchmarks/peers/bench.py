@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -42,6 +43,30 @@ RECENTLY_DELETED_SECONDS = 361
 #: Touched in ``--tmp`` when a run removes its working directory there, so that the next run,
 #: started within ``RECENTLY_DELETED_SECONDS``, waits before it measures on the disk.
 REMOVAL_STAMP = ".sc-bench-peers-removed"
+
+
+def stamp_removal(tmp: Path) -> None:
+    """Record in ``tmp`` (a shared directory: ``/tmp``) that a run removed its trees there now.
+    Never through a link or into a FIFO another user put in the stamp's place; a stamp that
+    cannot be made is no run's loss but the next one's wait."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    with contextlib.suppress(OSError):
+        descriptor = os.open(tmp / REMOVAL_STAMP, flags, 0o644)
+        try:
+            if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                os.utime(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _last_removal(tmp: Path) -> float | None:
+    """When a run of this user last removed its trees in ``tmp`` (:func:`stamp_removal`); None if
+    unknown.  A stamp another user made is not taken: it could only hold this run back."""
+    try:
+        status = os.stat(tmp / REMOVAL_STAMP, follow_symlinks=False)
+    except OSError:
+        return None
+    return status.st_mtime if stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid() else None
 
 
 @dataclass
@@ -87,7 +112,6 @@ class Bench:
         self._origins: dict[tuple[Path, float | None], OriginProcess] = {}
         self._instrumented: dict[str, Attempt] = {}
         self._dirs = 0
-        self._waited_out = False  # whether wait_out_last_removal has looked
         self._packages = [(PYTHON, _package_directory(PYTHON))]
         if args.baseline is not None and (args.baseline / ".venv/bin/python").exists():
             old = args.baseline / ".venv/bin/python"
@@ -229,16 +253,16 @@ class Bench:
         """Before the first measurement on the disk: if it is ext4 without a journal and an earlier
         run removed its trees there less than ``RECENTLY_DELETED_SECONDS`` ago, wait for the rest
         of that time (else this run's first rounds would measure the scan of the freed inodes)."""
-        if filesystem != "disk" or self._waited_out:
+        removed = _last_removal(self.args.tmp) if filesystem == "disk" else None
+        if removed is None:
             return
-        self._waited_out = True
-        with contextlib.suppress(FileNotFoundError):
-            waited = time.time() - (self.args.tmp / REMOVAL_STAMP).stat().st_mtime
-            if waited < RECENTLY_DELETED_SECONDS and harness.file_system(self.work).endswith("without a journal"):
-                log(f"waiting {RECENTLY_DELETED_SECONDS - waited:.0f} s: the last run removed its trees from "
-                    f"this disk {waited:.0f} s ago, and ext4 without a journal slows every allocation "
-                    "down for minutes after (\"Freed inodes on the disk\" in docs/performance.md)")
-                time.sleep(RECENTLY_DELETED_SECONDS - waited)
+        # Once waited out, or found past, it stays so: a run stamps its removal only as it ends.
+        waited = time.time() - removed
+        if waited < RECENTLY_DELETED_SECONDS and harness.file_system(self.work).endswith("without a journal"):
+            log(f"waiting {RECENTLY_DELETED_SECONDS - waited:.0f} s: the last run removed its trees from "
+                f"this disk {waited:.0f} s ago, and ext4 without a journal slows every allocation "
+                "down for minutes after (\"Freed inodes on the disk\" in docs/performance.md)")
+            time.sleep(RECENTLY_DELETED_SECONDS - waited)
 
     @staticmethod
     def settle(filesystem: str) -> None:
