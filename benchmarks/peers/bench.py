@@ -111,6 +111,7 @@ class Bench:
         self._digests: dict[tuple[Path, str], str] = {}
         self._origins: dict[tuple[Path, float | None], OriginProcess] = {}
         self._instrumented: dict[str, Attempt] = {}
+        self._slowed: bool | None = None  # see _slowed_by_removals
         self._dirs = 0
         self._packages = [(PYTHON, _package_directory(PYTHON))]
         if args.baseline is not None and (args.baseline / ".venv/bin/python").exists():
@@ -258,19 +259,25 @@ class Bench:
             return
         # Once waited out, or found past, it stays so: a run stamps its removal only as it ends.
         waited = time.time() - removed
-        if waited < RECENTLY_DELETED_SECONDS and harness.file_system(self.work).endswith("without a journal"):
+        if waited < RECENTLY_DELETED_SECONDS and self._slowed_by_removals():
             log(f"waiting {RECENTLY_DELETED_SECONDS - waited:.0f} s: the last run removed its trees from "
                 f"this disk {waited:.0f} s ago, and ext4 without a journal slows every allocation "
                 "down for minutes after (\"Freed inodes on the disk\" in docs/performance.md)")
             time.sleep(RECENTLY_DELETED_SECONDS - waited)
 
-    @staticmethod
-    def settle(filesystem: str) -> None:
+    def settle(self, filesystem: str) -> None:
         """After a removal on the disk, wait until the inodes it freed slow no allocation down
-        (``RECENTLY_DELETED_SECONDS``)."""
-        if filesystem == "disk":
+        (``RECENTLY_DELETED_SECONDS``), where they would."""
+        if filesystem == "disk" and self._slowed_by_removals():
             os.sync()
             time.sleep(RECENTLY_DELETED_SECONDS)
+
+    def _slowed_by_removals(self) -> bool:
+        """Whether the disk is ext4 without a journal: the one file system whose allocations
+        skip, one by one, the inodes freed in the last minutes (``RECENTLY_DELETED_SECONDS``)."""
+        if self._slowed is None:
+            self._slowed = harness.file_system(self.work).endswith("without a journal")
+        return self._slowed
 
     def instrumented(self, c: Contender) -> Attempt:
         """One cold W1 fetch with peak RSS and disk measured (shared by W5 and W6)."""
