@@ -68,6 +68,17 @@ class Fault:
     replace_with: bytes | None = None  # after answering, serve this content instead (with a new ETag)
     range_offset: int = 0              # answer a range with the bytes this far after (or before) it
     range_lies: bool = False           # ...while Content-Range names the range asked for
+    no_validators: bool = False        # send neither ETag nor Last-Modified (as a 206 may omit them)
+
+
+#: How a server answers a range guarded by If-Range once the file has changed, as faults: as it
+#: should (200), or with the range of the new file, naming its version or (as the 206 of a careless
+#: server may) not naming any.
+IF_RANGE_SERVERS: dict[str, dict[str, bool]] = {
+    "honours If-Range": {},
+    "ignores If-Range": {"ignore_if_range": True},
+    "ignores If-Range and names no version": {"ignore_if_range": True, "no_validators": True},
+}
 
 
 @dataclass
@@ -316,9 +327,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
-        if etag is not None:
+        unvalidated = fault is not None and fault.no_validators
+        if etag is not None and not unvalidated:
             self.send_header("ETag", etag)
-        if resource.last_modified is not None:
+        if resource.last_modified is not None and not unvalidated:
             self.send_header("Last-Modified", resource.last_modified)
         if status == 206:
             self.send_header("Content-Range", f"bytes {shown[0]}-{shown[1]}/{resource.size}")

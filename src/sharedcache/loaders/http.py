@@ -713,7 +713,12 @@ class _HttpStream(SourceStream):
         if self.total is not None and total != self.total:
             return size_change(self.total, total)
         now = _validator(response)
-        if validator is not None and now is not None and now != validator:
+        if validator is not None and now is None:
+            # A server that ignores If-Range answers with the range of whatever it has now; one
+            # that also names no version cannot be taken at its word (RFC 9110 15.3.7 has a 206
+            # repeat the ETag its 200 would send).
+            return "the server did not say which version it sent (no ETag or Last-Modified)"
+        if validator is not None and now != validator:
             return f"it changed ({validator} became {now})"
         return None
 
