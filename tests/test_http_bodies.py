@@ -440,6 +440,7 @@ LENGTHS = {
     "whitespace around it": f"Content-Length:  \t{len(BODY)} \t\n",
     "the same number as a list": f"Content-Length: {len(BODY)}, {len(BODY)}\n",
     "the same field twice": f"Content-Length: {len(BODY)}\nContent-Length: {len(BODY)}\n",
+    "leading zeros past 19 digits": f"Content-Length: {len(BODY):030d}\n",
 }
 
 

@@ -217,8 +217,10 @@ def _json_message(text: str) -> str:
 
 
 def _size(digits: str) -> int:
-    """The number that a header's ``digits`` (matched by :data:`_NUMBER`) give.  Past 19 digits it
-    is :data:`_MAX_SIZE`: absurd as a size, and not converted (``int`` refuses 4,300 digits)."""
+    """The number that a header's ``digits`` (matched by :data:`_NUMBER`) give.  Past 19 digits
+    (leading zeros aside) it is :data:`_MAX_SIZE`: absurd as a size, and not converted (``int``
+    refuses 4,300 digits)."""
+    digits = digits.lstrip("0") or "0"
     return int(digits) if len(digits) <= len(str(_MAX_SIZE)) else _MAX_SIZE
 
 
