@@ -320,6 +320,93 @@ def test_chunks_framed_otherwise_than_rfc_9112_says_are_refused(tmp_path, serve,
     assert_refused(use(tmp_path, origin), tmp_path)
 
 
+class TricklingOrigin:
+    """Answers every request on 127.0.0.1 with ``start``, then with ``trickle`` a piece at a time,
+    a piece every tenth of a second, over and over until stopped: the framing of a chunked body
+    that never ends, though bytes keep coming."""
+
+    def __init__(self, start: bytes, trickle: bytes) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._start, self._trickle = start, trickle
+        self._threads.append(threading.Thread(target=self._serve, daemon=True))
+        self._threads[0].start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            if read_head(conn) is None:
+                return
+            conn.sendall(self._start)
+            for piece in itertools.cycle(self._trickle.split(b"|")):
+                if self._stop.wait(0.1):
+                    return
+                conn.sendall(piece)
+
+    def stop(self) -> None:
+        self._stop.set()
+        close_listener(self._listener)
+        for thread in self._threads:
+            thread.join(10)
+
+
+TRICKLES = {
+    # the whole body, its last chunk, then trailer lines that never end
+    "trailer lines": (b"HTTP/1.1 200 OK\r\nETag: \"v\"\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      + chunked(BODY, final=False) + b"0\r\n", b"X-T: y\r\n"),
+    # a chunk, then the next chunk's size line a byte at a time, with an extension that never ends
+    "a size line": (b"HTTP/1.1 200 OK\r\nETag: \"v\"\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + chunked(BODY[:4096], final=False) + b"10;", b"a"),
+}
+
+
+@pytest.mark.parametrize("trickle", TRICKLES.values(), ids=TRICKLES.keys())
+def test_chunked_framing_that_never_ends_is_cut_at_the_deadline(tmp_path, trickle):
+    # http.client reads a size line and the trailer section inside one read of the body, each
+    # recv bounded by the read timeout alone: bytes a tenth of a second apart held the download
+    # for ever, past --timeout, and past the speed limit, which counts the body's bytes.
+    origin = TricklingOrigin(*trickle)
+    try:
+        started = time.monotonic()
+        result = sc("--use", "-d", str(tmp_path), "-n", "data", "--timeout", "3",
+                    f"http:http://127.0.0.1:{origin.port}/data.bin", timeout=60)
+        took = time.monotonic() - started
+    finally:
+        origin.stop()
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "in the time left" in result.stderr, result.stderr
+    assert took < 15, took
+    assert not (control(tmp_path) / "objects" / "data").exists()
+
+
+def test_an_error_answer_whose_chunked_framing_never_ends_is_not_waited_for(tmp_path):
+    # The error body is read for what the server says, for two seconds at most: a trailer that
+    # never ends held the failure for ever.
+    origin = TricklingOrigin(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n", b"X-T: y\r\n")
+    try:
+        started = time.monotonic()
+        result = sc("--use", "-d", str(tmp_path), "-n", "data",
+                    f"http:http://127.0.0.1:{origin.port}/data.bin", timeout=60)
+        took = time.monotonic() - started
+    finally:
+        origin.stop()
+    assert_refused(result, tmp_path, "HTTP 404")
+    assert took < 15, took
+
+
 @pytest.mark.parametrize("padded", ["chunked ", "Chunked\t", " \tCHUNKED  "])
 def test_chunked_with_whitespace_around_it_is_chunked(tmp_path, serve, padded):
     # Whitespace around a field's value is no part of it (RFC 9110 5.5), and curl reads these

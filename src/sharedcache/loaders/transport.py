@@ -39,6 +39,7 @@ bounds each wait for bytes only.  They read past informational answers to the fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -381,8 +382,10 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
 
 #: Informational answers read past before the final one: a bound on a server that sends nothing else.
 _MAX_INFORMATIONAL = 32
-#: The longest line of a chunk's size that is read (http.client's bound on a line).
+#: The longest line of a chunk's size or of a trailer field that is read (http.client's bound on a line).
 _MAX_CHUNK_LINE = 65536
+#: The fields of a chunked body's trailer section that are read past (http.client's bound on a head's).
+_MAX_TRAILER_FIELDS = 100
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -410,23 +413,73 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
     digit of the next size, and "1000" read as "000" ended the body there, cut short and taken for
     whole.  Here a chunk ends with CRLF, or LF alone as curl allows, and a size is hexadecimal
     digits; anything else breaks the body off (``IncompleteRead``), as a cut connection does.
-    (These are http.client's own steps of a chunked read, which urllib3 calls through ``read``.)"""
+    (These are http.client's own steps of a chunked read, which urllib3 calls through ``read``.)
+
+    That framing (the end of a chunk, the next size line, the trailer section after the last
+    chunk) is read inside one read of the body, which hands on none of its bytes: a server that
+    sent it a byte at a time, each within the read timeout, held the download for ever, past
+    ``--timeout`` and past the speed limit, which counts a body's bytes.  So each step of the
+    framing ends within the socket's timeout as it began (the read timeout, shortened to what is
+    left before the deadline) in all, as the head of an answer does (:func:`_bounded_steps`),
+    and then fails as a read that timed out; and the trailer section holds at most
+    :data:`_MAX_TRAILER_FIELDS` fields, as a head does in http.client."""
     import http.client
 
     class FinalAnswer(http.client.HTTPResponse):
+        def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self._socket = sock
+            self._framing_ends: float | None = None  # when the step of the framing under way must end
+
         def _get_chunk_left(self) -> int | None:
-            if self.chunk_left == 0:  # at the end of a chunk's data: its CRLF comes next
-                end = self.fp.read(1)
-                if end == b"\r":
-                    end = self.fp.read(1)
-                if end != b"\n":
-                    self.close()  # (the connection's framing is lost)
-                    raise http.client.IncompleteRead(b"")
-                self.chunk_left = None  # read: the next size follows
-            return super()._get_chunk_left()  # type: ignore[misc, no-any-return]  # (private, untyped)
+            if self.chunk_left:  # within a chunk's data: no framing to read
+                return self.chunk_left
+            timeout = self._socket.gettimeout()
+            self._framing_ends = None if timeout is None else time.monotonic() + timeout
+            try:
+                if self.chunk_left == 0:  # at the end of a chunk's data: its CRLF comes next
+                    if self._framing_line(2) not in (b"\r\n", b"\n"):
+                        self.close()  # (the connection's framing is lost)
+                        raise http.client.IncompleteRead(b"")
+                    self.chunk_left = None  # read: the next size follows
+                return super()._get_chunk_left()  # type: ignore[misc, no-any-return]  # (private, untyped)
+            finally:
+                self._framing_ends = None
+                with contextlib.suppress(OSError):  # (closed, when the framing was refused)
+                    self._socket.settimeout(timeout)
+
+        def _framing_line(self, most: int) -> bytes:
+            """A line of the framing, with its end of line, read to at most ``most`` bytes (past
+            them, ``most`` + 1 bytes of it), each wait for its bytes bounded by the time left of
+            the step (none left: :class:`TimeoutError`); what came before the end of the body if
+            it ends first."""
+            line = b""
+            while len(line) <= most:
+                if self._framing_ends is not None:
+                    left = self._framing_ends - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("the framing of a chunked body came too slowly")
+                    self._socket.settimeout(left)
+                buffered = self.fp.peek(1)  # what is buffered, else one read of the socket
+                if not buffered:
+                    break
+                end = buffered.find(b"\n", 0, most + 1 - len(line))
+                line += self.fp.read(end + 1 if end >= 0 else min(len(buffered), most + 1 - len(line)))
+                if end >= 0:
+                    break
+            return line
+
+        def _read_and_discard_trailer(self) -> None:
+            for _ in range(_MAX_TRAILER_FIELDS + 1):
+                line = self._framing_line(_MAX_CHUNK_LINE)
+                if len(line) > _MAX_CHUNK_LINE:
+                    raise http.client.LineTooLong("trailer line")
+                if line in (b"\r\n", b"\n", b""):
+                    return
+            raise http.client.HTTPException(f"more than {_MAX_TRAILER_FIELDS} trailer fields")
 
         def _read_next_chunk_size(self) -> int:
-            line = self.fp.readline(_MAX_CHUNK_LINE + 1)
+            line = self._framing_line(_MAX_CHUNK_LINE)
             if len(line) > _MAX_CHUNK_LINE:
                 raise http.client.LineTooLong("chunk size")
             # chunk-size [ BWS ";" chunk-ext ] CRLF
