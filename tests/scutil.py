@@ -12,8 +12,9 @@ import subprocess
 import struct
 import sys
 import tarfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -242,6 +243,42 @@ def read_head(conn: socket.socket) -> bytes | None:
             return None
         request += chunk
     return request
+
+
+class ThreadedServer:
+    """A TCP server on 127.0.0.1 that hands each connection to ``serve(conn)`` in a thread of its
+    own, and closes it after; :attr:`stopping` is set by :meth:`stop`, which waits for them all."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self._serve = serve
+        self.stopping = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self._serve(conn)
+            except OSError:
+                return  # the client went away
+
+    def stop(self) -> None:
+        self.stopping.set()
+        close_listener(self._listener)
+        for thread in self._threads:
+            thread.join(10)
 
 
 def close_listener(listener: socket.socket) -> None:

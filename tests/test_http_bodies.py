@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import SC, close_listener, control, read_head, sc, sc_env
+from scutil import SC, ThreadedServer, close_listener, control, read_head, sc, sc_env
 
 BODY = b"0123456789" * 1000
 
@@ -320,45 +320,23 @@ def test_chunks_framed_otherwise_than_rfc_9112_says_are_refused(tmp_path, serve,
     assert_refused(use(tmp_path, origin), tmp_path)
 
 
-class TricklingOrigin:
-    """Answers every request on 127.0.0.1 with ``start``, then with ``trickle`` a piece at a time,
-    a piece every tenth of a second, over and over until stopped: the framing of a chunked body
-    that never ends, though bytes keep coming."""
+class TricklingOrigin(ThreadedServer):
+    """Answers every request on 127.0.0.1 with ``start``, then with ``trickle`` a piece at a time
+    (pieces separated by "|"), a piece every tenth of a second, over and over until stopped: the
+    framing of a chunked body that never ends, though bytes keep coming."""
 
     def __init__(self, start: bytes, trickle: bytes) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._start, self._trickle = start, trickle
-        self._threads.append(threading.Thread(target=self._serve, daemon=True))
-        self._threads[0].start()
+        super().__init__(self._answer_slowly)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
+    def _answer_slowly(self, conn: socket.socket) -> None:
+        if read_head(conn) is None:
+            return
+        conn.sendall(self._start)
+        for piece in itertools.cycle(self._trickle.split(b"|")):
+            if self.stopping.wait(0.1):
                 return
-            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            if read_head(conn) is None:
-                return
-            conn.sendall(self._start)
-            for piece in itertools.cycle(self._trickle.split(b"|")):
-                if self._stop.wait(0.1):
-                    return
-                conn.sendall(piece)
-
-    def stop(self) -> None:
-        self._stop.set()
-        close_listener(self._listener)
-        for thread in self._threads:
-            thread.join(10)
+            conn.sendall(piece)
 
 
 TRICKLES = {

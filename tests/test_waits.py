@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from scutil import (
     SC,
     SRC,
     Sleeper,
-    close_listener,
+    ThreadedServer,
     control,
     finish,
     pause_at,
@@ -49,7 +48,7 @@ from scutil import (
 from sharedcache.engine.leases import boot_id
 
 
-class Trickle:
+class Trickle(ThreadedServer):
     """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, one every ``interval`` s;
     ``headers``: whether it answers at all (else it reads the request and stays silent);
     ``slow_head``: whether it sends its head the same way, never ending it."""
@@ -57,52 +56,28 @@ class Trickle:
     def __init__(self, length: int = 100_000, interval: float = 0.2, headers: bool = True,
                  slow_head: bool = False) -> None:
         self.length, self.interval, self.headers, self.slow_head = length, interval, headers, slow_head
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        super().__init__(self._trickle)
 
     def word(self) -> str:
         return f"http:http://127.0.0.1:{self.port}/slow.bin"
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
+    def _trickle(self, conn: socket.socket) -> None:
+        if read_head(conn) is None:
+            return
+        head = f'HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\nETag: "v1"\r\n\r\n'
+        if not self.headers:
+            self.stopping.wait(120)
+            return
+        if self.slow_head:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not self.stopping.wait(self.interval):
+                conn.sendall(b"x")
+            return
+        conn.sendall(head.encode())
+        for _ in range(self.length):
+            if self.stopping.wait(self.interval):
                 return
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            if read_head(conn) is None:
-                return
-            head = f'HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\nETag: "v1"\r\n\r\n'
-            try:
-                if not self.headers:
-                    self._stop.wait(120)
-                    return
-                if self.slow_head:
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                    while not self._stop.wait(self.interval):
-                        conn.sendall(b"x")
-                    return
-                conn.sendall(head.encode())
-                for _ in range(self.length):
-                    if self._stop.wait(self.interval):
-                        return
-                    conn.sendall(b"x")
-            except OSError:
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        close_listener(self._listener)
-        for thread in self._threads:
-            thread.join(10)
+            conn.sendall(b"x")
 
 
 @pytest.fixture
