@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -732,6 +733,23 @@ def test_zip_member_placed_before_the_archive(box: Box) -> None:
     message = box.refused(bytes(archive), "zip", expected=CorruptDataError)
     assert message.startswith("cannot unzip 'f' from "), message
     assert "before the start of the archive" in message
+
+
+@pytest.mark.parametrize("offset", [2**63 - 1, 2**63, 2**64 - 1])
+def test_zip_member_placed_past_the_archive_by_its_zip64_field(box: Box, offset: int) -> None:
+    """A Zip64 field can place a member's local header anywhere up to 2**64 - 1: past the file,
+    it is no header, as one a few bytes past the end is not (the system's pread refused the
+    offset, an internal error, or read it as a failure to write)."""
+    name, data = b"a", b"x"
+    crc = zlib.crc32(data)
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, crc, 1, 1, len(name), 0) + name + data
+    extra = struct.pack("<HHQ", 0x0001, 8, offset)  # Zip64: the local header's offset alone
+    central = struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 45, 0, 0, 0, 0, 0x21, crc, 1, 1,
+                          len(name), len(extra), 0, 0, 0, 0o100644 << 16, 0xFFFFFFFF) + name + extra
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(central), len(local), 0)
+    message = box.refused(local + central + end, "zip", expected=CorruptDataError)
+    assert message.startswith("cannot unzip 'a' from "), message
+    assert f"no local header at byte {offset}" in message, message
 
 
 def test_zip_name_flagged_as_utf8_that_is_not(box: Box) -> None:

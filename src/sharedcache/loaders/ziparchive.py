@@ -138,6 +138,7 @@ class ZipReader:
 
     def __init__(self, fd: int, what: str) -> None:
         self.fd, self.what = fd, what
+        self._file_size = os.fstat(fd).st_size
         self._start, self._size, self._concat = self._directory()
 
     def _corrupt(self, why: str) -> CorruptDataError:
@@ -151,7 +152,7 @@ class ZipReader:
         """Where the central directory starts, its size, and how many bytes precede the archive,
         found as zipfile finds them: from the last end record in the file's last 64 KiB (the
         record, then a comment), and the Zip64 end record before it, if any."""
-        size = os.fstat(self.fd).st_size
+        size = self._file_size
         tail_start = max(0, size - _END_RECORD.size - 0xFFFF)
         tail = os.pread(self.fd, size - tail_start, tail_start)
         # The last signature with a whole record after it, as unzip looks for it: one in the last
@@ -229,7 +230,9 @@ class ZipReader:
         """The extra fields of the member's local header, and where its data starts."""
         if member.header_offset < 0:
             raise self.refuse(member, "the central directory places it before the start of the archive")
-        header = os.pread(self.fd, _LOCAL_HEADER.size, member.header_offset)
+        # (Past the file, a Zip64 field's offset may be one that pread cannot even take.)
+        header = os.pread(self.fd, _LOCAL_HEADER.size, member.header_offset) \
+            if member.header_offset < self._file_size else b""
         if len(header) < _LOCAL_HEADER.size or not header.startswith(b"PK\x03\x04"):
             raise self.refuse(member, f"no local header at byte {member.header_offset}, where the central "
                                       "directory places it")
