@@ -247,6 +247,12 @@ def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tm
             assert one_line(listed.stderr) == f"sc: skipping {ro}: a read-only file system\n"
         collected = sc("gc", "-d", str(ro))
         assert collected.returncode == 0 and one_line(collected.stderr) == f"sc: skipping {ro}: a read-only file system\n"
+        # The release of a use there cannot remove its lease: said of the repository and the
+        # base (it named the lease's file alone, as an error of the system), and held still.
+        released = sc("--unuse", "-d", str(ro), "-n", "ready", *common)
+        assert released.returncode == 1, released.stderr
+        assert one_line(released.stderr) == (f"sc: error: cannot release the use of repository 'ready' in {ro}: "
+                                             "a read-only file system\n")
 
 
 def test_the_lock_probe_of_a_file_system_out_of_inodes_waits_for_nobody(tmp_path, monkeypatch):

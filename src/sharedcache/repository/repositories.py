@@ -420,6 +420,11 @@ class Repositories:
             try:
                 deleted = cache.release(name, owners[-1], lease=lease, keep=keep)
                 break
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
+                raise CacheError(f"cannot release the use of repository {name!r} in {base.path}: {READ_ONLY}") \
+                    from None
             except UsageError:
                 # The lease was chosen before the release began: another release of the same
                 # job (`sc --unuse` run twice at once) may have taken it meanwhile.  The next
