@@ -582,6 +582,26 @@ def test_usage_errors_exit_2_with_one_line(args, dirs):
     assert result.stderr.startswith("sc: error: ")
 
 
+BAD_RECIPES = {
+    "an unpacker first": (["tar", "file:/etc/hostname"], "a recipe starts with a source"),
+    "an unknown word": (["file:/etc/hostname", "bogus"], "unknown loader 'bogus'"),
+    "a digest that is none": (["file:/etc/hostname", "sha256:zz"], "64 hexadecimal digits"),
+}
+
+
+@pytest.mark.parametrize("base", ["missing", "too small"])
+@pytest.mark.parametrize("recipe", BAD_RECIPES.values(), ids=BAD_RECIPES.keys())
+def test_a_bad_recipe_is_refused_as_such_whatever_the_directories(tmp_path, base, recipe):
+    # A miss chose its directory before it read its recipe: where none would do, the recipe's
+    # fault was said as a want of a directory (exit 1), and learnt only once that was mended.
+    words, said = recipe
+    where = ["-d", str(tmp_path / "missing")] if base == "missing" else ["-d", str(tmp_path), "--size", "1PB"]
+    result = sc("--use", *where, *words)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("sc: error: ") and said in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
 def test_no_command_names_every_command():
     from sharedcache.cli.parser import ACTIONS
 

@@ -274,12 +274,10 @@ class Population:
     def run(self) -> str:
         """Populate and commit; return the owner's lease.  On failure leave the error record
         for the waiters, remove the work directory, and raise."""
-        from ..loaders.registry import parse_recipe  # loaders are needed on a miss only
         from ..loaders.words import shown_words
 
         request, base, name = self.request, self.base, self.request.name
-        # A bad recipe fails before anything is written.
-        self.recipe = parse_recipe(request.words, request.fetch.rewrites)
+        self.recipe = request.recipe  # parsed before the base was chosen, or now: before anything is written
         if request.fetch.offline and any(source.network for source in self.recipe.sources):
             # Offline, the sources that need no network (local mirrors, listed first) still do.
             local = tuple(source for source in self.recipe.sources if not source.network)

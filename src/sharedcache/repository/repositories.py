@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ..config.settings import FetchPolicy
+    from ..loaders.registry import Recipe
     from .records import Record
 
     #: A fetch policy, or a function that makes one when a miss needs it.
@@ -77,6 +78,7 @@ class Request:
     __slots__ = (
         "_fetch",
         "_policy",
+        "_recipe",
         "deadline",
         "given",
         "identity",
@@ -97,7 +99,20 @@ class Request:
         self.owner, self.keep, self.limit = owner, keep, limit
         self.timeout, self._fetch = checked_timeout(timeout), fetch
         self._policy: FetchPolicy | None = None  # made from _fetch on first need
+        self._recipe: Recipe | None = None  # parsed from words on first need
         self.deadline = deadline_after(self.timeout)
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe the words make, parsed on first need: a use of ready data, and a wait for
+        another process's population, import no loader.  A miss asks for it before it chooses a
+        base, so that a bad recipe is refused as such (exit 2), not said as a want of a
+        directory where none would do, and before a cache is made for it."""
+        if self._recipe is None:
+            from ..loaders.registry import parse_recipe
+
+            self._recipe = parse_recipe(self.words, self.fetch.rewrites)
+        return self._recipe
 
     @property
     def fetch(self) -> FetchPolicy:
@@ -213,7 +228,8 @@ class Repositories:
                     raise
             return base
         request.fetch  # noqa: B018 - a miss: the fetch policy is made (or fails) before anything else
-        if base is None:
+        if base is None:  # (else another process populates it, whose waiters need no loader)
+            request.recipe  # noqa: B018 - and a bad recipe is refused before a base is chosen
             base = self._choose(request)
         self._report_skips()
         base.linked(request.name)  # a name this user holds in another cache of the base: refused before any download
