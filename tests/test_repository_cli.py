@@ -1391,6 +1391,24 @@ def test_a_use_whose_path_cannot_be_written_fails_and_is_released(tmp_path, stdo
         assert [pid for row in listed for pid in row["users"]] == []
 
 
+def test_every_output_that_cannot_be_written_is_said_so(tmp_path):
+    # Only --use said "cannot write the output": --location, list, gc, config and --version
+    # said the system's error alone ("No space left on device"), which read as the cache's.
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"data\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    with Sleeper() as owner:
+        assert sc("--use", "--pid", str(owner.pid), "-d", str(base), f"file:{source}").returncode == 0
+        for command in (["--location", "-d", str(base), f"file:{source}"], ["list", "-d", str(base)],
+                        ["list", "--json", "-d", str(base)], ["gc", "-d", str(base)], ["config"],
+                        ["--version"], ["--help"]):
+            result = subprocess.run(["bash", "-c", 'exec "$@" >/dev/full', "bash", *SC, *command],
+                                    capture_output=True, text=True, timeout=60, env=sc_env())
+            assert (result.returncode, result.stderr) == (
+                1, "sc: error: cannot write the output: No space left on device\n"), command
+
+
 def test_location_and_unuse_under_a_name_refuse_another_recipes_repository(dirs, tarball, tmp_path):
     # --use refuses a name that another recipe made; --location printed that recipe's path (its
     # data, not the one asked for) and --unuse released its use, deleting it under its job.

@@ -46,19 +46,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse(argv)
         if options.help:
-            print(help_text(), end="")
+            commands.output(help_text())
             return 0
         if options.version:
             from .. import __version__
 
-            print(f"sc (shared-cache) {__version__}")
+            lines = [f"sc (shared-cache) {__version__}\n"]
             if options.verbose > 0:
                 from ..loaders import writer
                 from ..loaders.codecs import backends
 
-                for codec, library in backends().items():
-                    print(f"{codec}: {library}")
-                print(f"large archives: {writer.describe()}")
+                lines += [f"{codec}: {library}\n" for codec, library in backends().items()]
+                lines.append(f"large archives: {writer.describe()}\n")
+            commands.output("".join(lines))
             return 0
         return commands.run(options)
     except UsageError as e:
@@ -75,9 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # for a command goes on with its script unless the command died of it.
         commands.ENDED_BY.append(signal.SIGINT)
         return 130
-    except BrokenPipeError as e:  # stdout written at once (PYTHONUNBUFFERED), its reader gone
-        print(f"sc: error: cannot write the output: {e.strerror}", file=sys.stderr)
-        return 1
     except Exception as e:  # unless the system refused: a bug, said in one line, its details on request
         if memory_refused(e):  # (also a lazy import, or an ENOMEM, under ulimit -v: no bug)
             print(f"sc: error: {out_of_memory()}", file=sys.stderr)

@@ -8,7 +8,6 @@ the options (:mod:`sharedcache.config.files`), and passed down as values.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
@@ -64,21 +63,35 @@ def run(options: Arguments) -> int:
 def use(repositories: Repositories, options: Arguments) -> int:
     held = _acquire(repositories, options, _owner(options))
     # Written out now, not at exit: a use whose path cannot be written, or that is interrupted
-    # first, is released rather than left to its owner, who was never told of it.
+    # first, is released rather than left to its owner, who was never told of it.  The path is
+    # the use's contract: a closed output fails it too.
     try:
         if sys.stdout is None:  # started with descriptor 1 closed
-            raise OSError(errno.EBADF, "the standard output is closed")
-        print(held.path, flush=True)
-    except BaseException as e:
+            raise SharedCacheError(f"{_UNWRITTEN}: the standard output is closed")
+        output(f"{held.path}\n")
+    except BaseException:
         repositories.release_held(held)
-        if isinstance(e, OSError):
-            print(f"sc: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
-            # The path stays in the stream's buffer, which the flush at exit (leave) would fail
-            # to write, and say so, once more.
-            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
-            return 1
         raise
     return 0
+
+
+_UNWRITTEN = "cannot write the output"
+
+
+def output(text: str) -> None:
+    """Write ``text`` to the standard output now.  An output that cannot take it (a full disk
+    under a redirection, a reader gone) fails the command in a line that says so, where the
+    error of the system alone read as the cache's.  Started with the output closed, a command
+    writes nothing and fails nothing (one run for its exit status), :func:`use` excepted."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as e:
+        # What stays in the stream's buffer would fail the flush at exit (leave) once more.
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
+        raise SharedCacheError(f"{_UNWRITTEN}: {e.strerror or e}") from None
 
 
 def unuse(repositories: Repositories, options: Arguments) -> int:
@@ -100,7 +113,7 @@ def location(repositories: Repositories, options: Arguments) -> int:
     if path is None:
         repositories.reporter.info("no such repository")
         return 1
-    print(path)
+    output(f"{path}\n")
     return 0
 
 
@@ -249,9 +262,9 @@ def listing(repositories: Repositories, options: Arguments) -> int:
     if options.json:
         import json
 
-        print(json.dumps(rows, indent=2))
+        output(json.dumps(rows, indent=2) + "\n")
         return 0
-    print(f"{'NAME':24} {'STATE':17} {'SIZE':>10}  {'PATH':40} USERS")
+    lines = [f"{'NAME':24} {'STATE':17} {'SIZE':>10}  {'PATH':40} USERS\n"]
     for row in rows:
         # In use without a lease: held through its lock (by what a killed `sc run` started).
         # Another host's or PID namespace's process is qualified (PID@MACHINE-ID, PID@pid:[NS]).
@@ -269,7 +282,8 @@ def listing(repositories: Repositories, options: Arguments) -> int:
         size = "-" if row["size"] is None else format_size(row["size"])
         # Names and paths are escaped: in a group cache another member chose them.
         name, path = printable(row["name"]), printable(row["path"] or "-")
-        print(f"{name:24} {state:17} {size:>10}  {path:40} {users}")
+        lines.append(f"{name:24} {state:17} {size:>10}  {path:40} {users}\n")
+    output("".join(lines))
     return 0
 
 
@@ -286,9 +300,11 @@ def gc(repositories: Repositories, options: Arguments) -> int:
         if not hosts:
             raise UsageError("--forget-host: no machine id given")
         forget_hosts(hosts)
+    lines = []
     for base, report in repositories.collect().items():
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
-        print(f"{base}: {done or 'nothing to do'}")
+        lines.append(f"{base}: {done or 'nothing to do'}\n")
+    output("".join(lines))
     return 0
 
 
@@ -328,7 +344,7 @@ def show_config(effective: Effective, fetch: FetchPolicy) -> int:
                 "(none: curl's variables apply)", where)
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         rows.append(f"{key} = {text}  # {where}\n")
-    print("".join(rows), end="")  # (not sys.stdout.write: None when started with stdout closed)
+    output("".join(rows))
     _warn_of_cleaners(effective)
     return 0
 
