@@ -400,6 +400,18 @@ def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, own
         assert result.stderr.count("\n") == 1
 
 
+def test_a_list_of_directories_that_names_none_says_where_it_was_given(tmp_path):
+    # "no candidate directory given (see 'sc --help')", as if an option had said so: neither the
+    # file and line nor the variable was named, and sc config printed every setting first.
+    config = tmp_path / "config"
+    config.write_text("directories =\n")
+    for env, source in (({"SC_CONFIG": str(config)}, f"{config}:1"), ({"SC_DIRECTORIES": ":"}, "SC_DIRECTORIES")):
+        for command in (["list"], ["config"]):
+            result = sc(*command, env=sc_env(**env))
+            assert (result.returncode, result.stdout, result.stderr) == (
+                2, "", f"sc: error: {source}: directories names no directory (paths separated by ':')\n")
+
+
 def test_a_config_file_under_a_file_is_a_missing_one(tmp_path):
     # A service account's HOME=/dev/null made every command fail: "cannot read the config file:
     # Not a directory", for the user's file that cannot be there.

@@ -51,6 +51,14 @@ def _text(value: str) -> str:
     return value
 
 
+def _directories(value: str) -> str:
+    # (Empty, it would be refused where it is used, as "no candidate directory given": said
+    # here, the line names the file and line, or the variable, that gave it.)
+    if not any(value.split(":")):
+        raise SettingError("", "names no directory (paths separated by ':')")
+    return value
+
+
 def _file(value: str) -> str:
     # (Only a file's line can hold one: no system call takes the name, where Python raises.)
     if "\0" in value:
@@ -107,7 +115,7 @@ class Setting:
 #: (``max_size`` is ``--max-size``) override them.  The options that name one use (``--name``,
 #: ``--size``, ``--pid``) are not settings.
 SETTINGS = (
-    Setting("directories", _text, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",)),
+    Setting("directories", _directories, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",)),
     Setting("max_size", _size, "size budget of a base directory's kept repositories"),
     Setting("keep", _boolean, "keep repositories once unused (LRU)"),
     Setting("group", _text, "use the cache this group shares in each base directory, instead of your own"),
