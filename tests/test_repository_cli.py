@@ -1391,6 +1391,23 @@ def test_a_use_whose_path_cannot_be_written_fails_and_is_released(tmp_path, stdo
         assert [pid for row in listed for pid in row["users"]] == []
 
 
+def test_a_directory_named_twice_is_one_candidate(tmp_path):
+    # Named again (with a trailing slash, or through a symlink), it was two candidates: list
+    # showed each repository twice, and gc collected the cache twice.
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"data\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    (tmp_path / "link").symlink_to(base)
+    named = f"{base}:{base}/:{tmp_path / 'link'}"
+    with Sleeper() as owner:
+        assert sc("--use", "--pid", str(owner.pid), "-d", named, f"file:{source}").returncode == 0
+        listed = json.loads(sc("list", "--json", "-d", named).stdout)
+        assert len(listed) == 1, listed
+        collected = sc("gc", "-d", named)
+        assert collected.stdout == f"{base}: nothing to do\n", collected.stdout
+
+
 def test_every_output_that_cannot_be_written_is_said_so(tmp_path):
     # Only --use said "cannot write the output": --location, list, gc, config and --version
     # said the system's error alone ("No space left on device"), which read as the cache's.

@@ -74,7 +74,9 @@ def base_directories(
     directories: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
 ) -> list[str]:
     """Candidate base directories as absolute paths: a ``:``-separated string, one path, or a
-    sequence of paths; None gives :data:`DEFAULT_DIRECTORIES`."""
+    sequence of paths; None gives :data:`DEFAULT_DIRECTORIES`.  A directory named again (``/b``
+    and ``/b/``, or through a symlink) is one candidate, at its first place: else ``sc list``
+    showed its repositories twice, and ``gc`` collected it twice."""
     if directories is None:
         directories = DEFAULT_DIRECTORIES
     if isinstance(directories, str):
@@ -84,7 +86,17 @@ def base_directories(
     elif not hasattr(directories, "__iter__") or isinstance(directories, (bytes, bytearray)):  # type: ignore[unreachable]
         # (bytes are iterable, but as numbers: each would be refused as "not 47")
         raise UsageError(f"directories must be paths, not {directories!r}")
-    result = [absolute_path(directory, "a candidate directory") for directory in directories]
+    result, seen = [], set()
+    for directory in directories:
+        path = absolute_path(directory, "a candidate directory")
+        try:
+            found = os.stat(path)
+            same: tuple[int, int] | str = (found.st_dev, found.st_ino)
+        except (OSError, ValueError):  # not there (yet), or no name here: its path alone says which
+            same = path
+        if same not in seen:
+            seen.add(same)
+            result.append(path)
     if not result:
         raise UsageError("no candidate directory given")
     return result
