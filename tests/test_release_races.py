@@ -173,6 +173,32 @@ def test_a_release_whose_population_lock_gc_removed_leaves_the_link_of_the_next_
         check_tree(link, FILES)
 
 
+def test_a_last_release_overtaken_by_gc_reports_the_repository_deleted(base, words, tmp_path):
+    """A last release removes its lease, then looks at the others: a gc that deletes the entry,
+    unused by then, overtakes it.  The release's look found the private cache's entry gone by
+    its path, and the release failed with the system's error ("No such file or directory",
+    naming the entry); it is the release that deleted it, in effect, and says so."""
+    args = ["-d", str(base), "-n", "repo", *words]
+    with Sleeper() as owner:
+        assert sc("--use", "--pid", str(owner.pid), *args).returncode == 0
+        # The release pauses as it lists the entry's leases for its look, its own lease removed.
+        removed_then_listed = ('(event == "os.remove" and globals().__setitem__("removed", True)) '
+                               'or (event == "os.listdir" and isinstance(args[0], int) and globals().get("removed"))')
+        release, paused, go = started_paused(tmp_path, "release", removed_then_listed,
+                                             "--unuse", "-v", "--pid", str(owner.pid), *args)
+        try:
+            wait_for(paused.exists, what="the release")
+            collected = sc("gc", "-d", str(base))
+            assert collected.returncode == 0, collected.stderr
+            assert not (control(base) / "objects" / "repo").exists(), "gc left the unused entry"
+            go.touch()
+        finally:
+            ((status, _, err),) = finish([release])
+        assert status == 0, err
+        assert "repository deleted" in err, err
+        assert not (user_dir(base) / "repo").exists()
+
+
 def test_a_repository_moved_away_as_it_is_committed_fails_the_use_in_one_line(base, words, tmp_path):
     """Between the commit, which gives the owner its use, and the look for that use, another
     process of the user (or of the group) renames the fresh entry away: the use fails, saying

@@ -217,7 +217,9 @@ entry's lock is not taken in step 1: a releaser holding it shared would make the
 concurrent last release (which locks without waiting) take the entry for one in use, and leave
 it without a lease.  A release whose lease was found the last may be overtaken while the lease
 is away: another release, or gc, deletes the entry (its use is over, the entry unused); step 2
-then finds the entry gone, or another in its place, and reports it deleted.  A crash in step 1
+then finds the entry gone, or another in its place, and reports it deleted.  So does step 1,
+when its own look finds the entry gone (a private cache names it by its path), and it gives no
+lease back then: the name may hold another entry by now.  A crash in step 1
 leaves the use released; one after the lease is given back leaves it held, as if the release
 never ran.  A release that keeps the entry (``keep``) takes step 2 directly, and marks the
 entry kept in the transaction.
@@ -1255,19 +1257,25 @@ class FsCache:
                 if not committed(entry):
                     raise MissError(f"no entry {name!r} in cache {self.root}")
                 lease = self._remove_lease(name, entry, owner, lease)
-                live = False
+                live = overtaken = False
                 alive: dict[str, bool] = {}  # (whom the reclaim judged, the look needs not judge again)
                 try:
                     reclaim_leases(entry, some_dead_leases(entry, alive))
                     live = any_live_lease(entry, alive)
                     released_from = os.stat(entry)
+                except FileNotFoundError:
+                    if os.path.lexists(entry):
+                        raise
+                    overtaken = True  # deleted by another process since the lease was removed
                 finally:
                     # Maybe the last use (or the look failed: out of descriptors, most often):
                     # given back, so that the release is whole or nothing.
-                    if not live:
+                    if not live and not overtaken:
                         given_back = _give_back(entry, lease)
                 if live:
                     return False  # another use remains: nothing to delete, no index to open
+                if overtaken:
+                    return True
         try:
             deleted = self._release_in_transaction(name, owner, lease, keep, released_from, given_back)
         except MissError:
