@@ -163,6 +163,30 @@ def test_sigkill_at_a_step_leaves_no_lock_and_gc_or_a_store_cleans_up(
     assert_consistent(root)
 
 
+def test_a_store_that_adopts_a_killed_stores_entry_keeps_the_budget(root: Path, children: Children) -> None:
+    """A store killed between its rename into objects/ and its commit leaves an entry without a
+    row; a later store of that name adopts it, as gc would.  It added its size with nothing
+    evicted: with the budget filled meanwhile by other entries (the orphan counted nowhere), the
+    accounted size went past the budget until a later gc or release."""
+    cache = FsCache(root)
+    one = put(cache, "first")
+    cache.remove("first")
+    cache.max_size = 4 * one
+    child = children.start("crash_at", root=str(root), op="store",
+                           point=("_rename_into_objects", "rename", "c_return"), name="new", max_size=4 * one)
+    child.expect("paused")
+    child.kill()
+    assert leftovers(root)["orphans"] == 1
+    for name in ("a", "b", "c", "d"):
+        put(cache, name)
+    assert cache.size == 4 * one
+    put(cache, "new")  # adopts the orphan
+    assert cache.size <= cache.max_size, (cache.size, cache.max_size)
+    assert loads(cache, "new")
+    cache.gc()
+    assert_consistent(root)
+
+
 # -- crashes at random moments ---------------------------------------------------------------------
 
 

@@ -76,7 +76,8 @@ Store (``store(name)``)
    and these files); write the commit marker ``entry.json`` (atomically: temp file, fsync,
    rename), or for an entry of this boot only ``entry.<boot id>.json``.
 4. Begin an index transaction.  If ``objects/<name>`` has a commit marker, another store won:
-   adopt it if it has no row, give the holder a lease on it, discard ours, done.  If the size
+   adopt it if it has no row (evicting, as below, until its size fits), give the holder a
+   lease on it, discard ours, done.  If the size
    exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
    the budget: evict (below) until it fits, or refuse if what is in use leaves too little.
 5. Insert the row, add the size to the accounted size, rename ``stage/<id>`` to
@@ -961,7 +962,7 @@ class FsCache:
         with self._transaction() as db:
             if committed(os.path.join(self._objects, name)):
                 if not db.has(name):
-                    self._adopt(db, name)
+                    self._adopt(db, name, room=True)
                 if holder is not None:
                     self.hold(name, holder)
                 return False
@@ -1921,15 +1922,18 @@ class FsCache:
             except (FileNotFoundError, PermissionError):
                 pass  # moved by another gc meanwhile, or another member's
 
-    def _adopt(self, db: Index, name: str) -> bool:
-        """Within a transaction: give a committed directory that has no row its row back."""
+    def _adopt(self, db: Index, name: str, *, room: bool = False) -> bool:
+        """Within a transaction: give a committed directory that has no row its row back.  With
+        ``room``, first evict what the budget needs for it, as a store does for its own entry (a
+        store that finds its name committed by one killed before its commit); gc evicts once it
+        has adopted them all."""
         try:
             with self._entry(name) as entry:
-                return self._adopt_from(db, name, entry)
+                return self._adopt_from(db, name, entry, room=room)
         except MissError:
             return False  # a link (a member's): moved to the trash by the caller
 
-    def _adopt_from(self, db: Index, name: str, entry: str) -> bool:
+    def _adopt_from(self, db: Index, name: str, entry: str, *, room: bool = False) -> bool:
         found = committed(entry)
         if found is None:
             return False  # no marker valid in this boot: a leftover, not an entry
@@ -1950,5 +1954,7 @@ class FsCache:
             return False
         keep = os.path.exists(os.path.join(entry, "keep"))
         last_used = max(created, self._last_use(name, entry))
+        if room:  # (without its row, it is no candidate for this eviction)
+            self._make_room(db, name, size, strict=False)
         db.add(name, size, created, last_used, keep, meta)
         return True
