@@ -136,6 +136,29 @@ def test_a_second_store_of_a_name_is_discarded(root: Path) -> None:
     assert_clean(root)
 
 
+@pytest.mark.parametrize("holder", [False, True])
+def test_a_second_store_that_keeps_keeps_the_first(root: Path, holder: bool) -> None:
+    # A store asked to keep its entry that lost the name to another (here one committed in
+    # between, by another process) discarded its copy and its keep: the entry stayed unkept,
+    # and the next gc deleted it once unused.
+    cache = FsCache(root, durable=True)
+    code = (f"from sharedcache import FsCache\nfrom fscache_worker import fill\n"
+            f"with FsCache({str(root)!r}).store('a', keep=False) as path:\n    fill(path, 'a', 'first', [1000])\n")
+    owner = Owner.current() if holder else None
+    with cache.store("a", keep=True, holder=owner) as path:
+        fill(path, "a", "second", [50000])
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])})
+    [entry] = cache.entries()
+    assert entry.keep
+    assert (root / "objects" / "a" / "entry.json").exists(), "kept, but only for this boot"
+    if owner is not None:
+        cache.release("a", owner)
+    cache.gc()
+    with cache.load("a") as path:
+        assert '"first"' in (path / "MANIFEST").read_text()
+
+
 def test_directories_without_marker_are_misses_and_without_row_are_adopted(root: Path) -> None:
     cache = FsCache(root)
     put(cache, "full")

@@ -77,7 +77,8 @@ Store (``store(name)``)
    rename), or for an entry of this boot only ``entry.<boot id>.json``.
 4. Begin an index transaction.  If ``objects/<name>`` has a commit marker, another store won:
    adopt it if it has no row (evicting, as below, until its size fits), give the holder a
-   lease on it, discard ours, done.  If the size
+   lease on it, discard ours, and with ``keep`` mark it kept, flushed first, once the
+   transaction is over (as a use that keeps it does), done.  If the size
    exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
    the budget: evict (below) until it fits, or refuse if what is in use leaves too little.
 5. Insert the row, add the size to the accounted size, rename ``stage/<id>`` to
@@ -959,18 +960,28 @@ class FsCache:
         marker = {"name": name, "size": size, "created": now}
         write_atomic(os.path.join(stage, boot_marker() if boot_only else MARKER),
                      json.dumps(marker).encode(), mode=self.modes.file, durable=flush)
+        fits = True
         with self._transaction() as db:
-            if committed(os.path.join(self._objects, name)):
+            lost = committed(os.path.join(self._objects, name)) is not None
+            if lost:
                 if not db.has(name):
                     self._adopt(db, name, room=True)
                 if holder is not None:
                     self.hold(name, holder)
-                return False
-            db.forget(name)  # what a delete killed before its commit left
-            fits = self._make_room(db, name, size, strict=strict) or not strict
-            if fits:
-                db.add(name, size, now, now, keep, meta)
-                self._rename_into_objects(staging.id, name)
+            else:
+                db.forget(name)  # what a delete killed before its commit left
+                fits = self._make_room(db, name, size, strict=strict) or not strict
+                if fits:
+                    db.add(name, size, now, now, keep, meta)
+                    self._rename_into_objects(staging.id, name)
+        if lost:
+            if keep:  # as a use that keeps it does, after the transaction, which no flush may hold
+                try:
+                    with self._shared(name) as (_, entry):
+                        self._keep(entry)
+                except MissError:
+                    pass  # evicted since, unkept and unused, as any entry may be once stored
+            return False
         if not fits:
             raise NoSpaceError(
                 f"cache {self.root} cannot fit {name!r} ({format_size(size)}) in its budget "
@@ -1166,8 +1177,7 @@ class FsCache:
             reclaim_leases(entry, some_dead_leases(entry))
             try:
                 if keep:
-                    self._make_durable(entry)
-                    self._mark_kept(entry)
+                    self._keep(entry)
                 return add_lease(entry, owner)
             except OSError as e:  # (a lease is an empty file: no inode left for it, most often)
                 full = no_space_for(f"a use of entry {name!r}", e, self.root)
@@ -1209,6 +1219,11 @@ class FsCache:
         create_exclusive(f"{entry}/{MARKER}", marker, mode=self.modes.file)
         fsync_dir(entry)
         fsync_dir(self._objects)  # the commit's rename into objects/ was not flushed either
+
+    def _keep(self, entry: str) -> None:
+        """Mark the entry at ``entry`` kept, made durable first.  The caller holds its lock."""
+        self._make_durable(entry)
+        self._mark_kept(entry)
 
     def _mark_kept(self, entry: str) -> None:
         keep = os.path.join(entry, "keep")
