@@ -26,7 +26,7 @@ from scutil import (
     tarball_bytes,
     user_dir,
 )
-from sharedcache.config.settings import FetchPolicy, Rewrite, rewrite_rules
+from sharedcache.config.settings import FetchPolicy, Rewrite, rewrite_rules, shown_rewrites
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.leases import Owner
 from sharedcache.errors import ChecksumError, SettingError, UsageError
@@ -340,6 +340,18 @@ def test_a_bad_rewrite_mirror_is_refused_without_its_password(mirror: str) -> No
     with pytest.raises(SettingError) as caught:
         rewrite_rules(f"https://host/ = {mirror}")
     assert "s3cr" not in str(caught.value)
+
+
+@pytest.mark.parametrize("password", [";S3CRET-PART", "12;S3CRET-PART", "12;S3CRET=PART", "pa;ss"])
+def test_a_mirror_password_holding_a_semicolon_ends_no_rule(password: str) -> None:
+    # RFC 3986 allows ";" in user info as it is: the rules were split there, and the password's
+    # end, taken for a rule of its own, was quoted whole in the error (every miss, sc config).
+    mirror = f"http://mirror-user:{password}@mirror.site/"
+    text = f"https://origin.example/ = {mirror} ; https://other.example/ = http://m2.site/"
+    first, second = rewrite_rules(text)
+    assert (first.prefix, first.mirrors, second.prefix) == ("https://origin.example/", (mirror,), "https://other.example/")
+    shown = shown_rewrites(text)
+    assert shown == "https://origin.example/ = http://mirror.site/ ; https://other.example/ = http://m2.site/", shown
 
 
 @pytest.mark.parametrize("mirror", ["https://m.example:99999/a@b/", "https://u:s3cret@m.example:99999/a@b/"])

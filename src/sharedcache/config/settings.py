@@ -212,7 +212,7 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
         https://github.com/ = http://mirror.site/github/ https://github.com/
     """
     rules = []
-    for text_line in text.replace(";", "\n").splitlines():
+    for text_line in _rule_texts(text)[::2]:
         line = text_line.strip()
         if not line or line.startswith("#"):
             continue
@@ -223,6 +223,26 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
     return tuple(rules)
 
 
+def _rule_texts(text: str) -> list[str]:
+    """The rules of ``text`` and the separators between them, alternately (rule, separator,
+    rule...): rules end at a line's end, and at a ";" that a rule, a comment or nothing follows.
+    A ";" followed by anything else is part of the rule: a mirror's password may hold one (RFC
+    3986 allows it in user info as it is), whose end would otherwise be read, and shown, as a
+    rule of its own."""
+    import re
+
+    parts = re.split(r"([;\n])", text)
+    joined = [parts[0]]
+    for separator, rule in zip(parts[1::2], parts[2::2], strict=True):
+        begins = rule.strip()
+        if separator == ";" and begins and not begins.startswith("#") \
+                and not _url_prefix(begins.partition("=")[0].strip()):
+            joined[-1] += separator + rule
+        else:
+            joined += [separator, rule]
+    return joined
+
+
 def shown_rewrites(text: str) -> str:
     """Rewrite rules as written, without the user info of their URLs: what ``sc config`` shows.
     Only the first "=" of a rule ends its prefix, as :func:`rewrite_rules` reads it: a mirror's
@@ -230,7 +250,7 @@ def shown_rewrites(text: str) -> str:
     import re
 
     shown = []
-    for rule in re.split(r"([;\n])", text):
+    for rule in _rule_texts(text):
         prefix, equals, mirrors = rule.partition("=")
         shown.append(without_user_info(prefix) + equals
                      + "".join(without_user_info(part) for part in re.split(r"(\s+)", mirrors)))
