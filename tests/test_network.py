@@ -9,12 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scutil import SC, Sleeper, check_tree, control, sample_files, sc, sc_env, tarball_bytes, user_dir
+from scutil import SC, Sleeper, ThreadedServer, check_tree, control, read_head, sample_files, sc, sc_env, tarball_bytes, user_dir
 from squid import Squid, free_port
 
 import sharedcache
@@ -237,6 +238,35 @@ def test_a_tunnel_the_proxy_refuses_fails_at_once_naming_the_proxy(tmp_path, tls
     assert "407 Proxy Authentication Required" in result.stderr, result.stderr
     assert took < 5, "a refusal is not retried"
     assert server.stats("/data.tar.gz").gets == 0
+
+
+def test_a_proxy_that_never_answers_connect_is_failed_over(tmp_path, tls_origin, owner):
+    # It takes the connection (a stopped or overloaded squid), then says nothing: urllib3 takes
+    # the proxy for reached once its TCP connection is made, so each attempt timed out as a read
+    # and was retried on the same proxy, and the download failed although DIRECT would do.
+    server, ca = tls_origin
+    server.add("/data.tar.gz", DATA)
+    url = f"https://127.0.0.1:{server.port}/data.tar.gz"
+    asked: list[bytes] = []
+
+    def listen(conn: socket.socket) -> None:
+        asked.append(read_head(conn) or b"")
+        proxy.stopping.wait(60)
+
+    proxy = ThreadedServer(listen)
+    try:
+        started = time.monotonic()
+        result = use(tmp_path, owner, url, "-v", "--proxy", f"http://127.0.0.1:{proxy.port};DIRECT",
+                     env=sc_env(SSL_CERT_FILE=str(ca)))
+        took = time.monotonic() - started
+    finally:
+        proxy.stop()
+    assert result.returncode == 0, result.stderr
+    assert asked and asked[0].startswith(b"CONNECT 127.0.0.1:"), asked
+    failover = [line for line in result.stderr.splitlines() if "failing over" in line]
+    assert len(failover) == 1 and f"proxy http://127.0.0.1:{proxy.port} failed" in failover[0], result.stderr
+    assert took < 15, f"{took:.1f} s: the fail-over connect timeout is 5 s"
+    check_tree(user_dir(tmp_path) / "data", FILES)
 
 
 # --- offline -------------------------------------------------------------------------------------

@@ -289,8 +289,26 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
         timeout: Any  # http.client's: the step's timeout, set by the pool (seconds, None or a default)
         response_class = _final_answer_class()  # http.client's: the answer it reads
 
+        _tunnelled = False  # whether the proxy has answered this connection's CONNECT
+
         def connect(self) -> None:
-            self._within(super().connect, "connecting")
+            self._tunnelled = False
+            try:
+                self._within(super().connect, "connecting")
+            except TimeoutError as e:
+                if not self._tunnel_host or self._tunnelled:
+                    raise
+                # A proxy that took the connection but does not answer CONNECT (stopped, or
+                # overloaded) is down as one that refuses it: the next member of the route is
+                # tried at once.  urllib3 takes the proxy for reached once its TCP connection is
+                # made, and this for a read that timed out, retried on the same proxy.
+                from urllib3.exceptions import ConnectTimeoutError, ProxyError
+
+                raise ProxyError("Unable to connect to proxy", ConnectTimeoutError(self, str(e))) from None
+
+        def _tunnel(self) -> None:
+            super()._tunnel()
+            self._tunnelled = True
 
         def _new_conn(self) -> Any:
             """The TCP connection, its host name resolved and its addresses tried within the
