@@ -627,6 +627,23 @@ def test_a_redirect_keeps_its_host_when_its_query_holds_an_at_sign(tmp_path, ser
     assert asked == [b"GET /data.bin HTTP/1.1", b"GET /?sig=a@localhost:1 HTTP/1.1"]
 
 
+def test_a_redirect_to_a_host_holding_a_backslash_is_refused(tmp_path, serve):
+    # Python's parser reads "127.0.0.1\.example.internal" as one host, which chose the route (a
+    # no_proxy entry could match it); urllib3 connected to 127.0.0.1, port 80, around the proxy,
+    # and the lines named a host that was never asked.  A source's URL is refused so already.
+    asked: list[bytes] = []
+
+    def answer(request: bytes) -> bytes:
+        asked.append(request.split(b"\r\n")[0])
+        return (f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1\\.example.internal:{origin.port}/ok\r\n"
+                "Content-Length: 0\r\n\r\n").encode()
+
+    origin = serve(answer)
+    result = use(tmp_path, origin)
+    assert_refused(result, tmp_path, "whose host holds a '\\'")
+    assert asked == [b"GET /data.bin HTTP/1.1"]
+
+
 def test_a_long_redirect_location_is_shown_by_its_two_ends(tmp_path, serve):
     def answer(request: bytes) -> bytes:
         if request.split(b" ")[1] == b"/data.bin":

@@ -575,6 +575,9 @@ class _HttpStream(SourceStream):
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise DownloadError(f"cannot download {self.url}: redirected to {quoted(location)}, "
                                 "which is no http:// or https:// URL")
+        if "\\" in parts.netloc:  # (as in a source's URL: the route would be chosen for another host)
+            raise DownloadError(f"cannot download {self.url}: redirected to {quoted(location)}, whose host "
+                                "holds a '\\' (URL parsers disagree on where such a host ends)")
         # The user info is dropped from the authority as urlsplit found it: a "@" in the query of a
         # URL without a path ("http://host?sig=a@b") is no end of user info.
         return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
