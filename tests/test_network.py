@@ -269,6 +269,30 @@ def test_a_proxy_that_never_answers_connect_is_failed_over(tmp_path, tls_origin,
     check_tree(user_dir(tmp_path) / "data", FILES)
 
 
+def test_a_proxy_that_asks_for_credentials_is_failed_over_for_plain_http_too(tmp_path, origin, owner):
+    # Through a CONNECT tunnel a 407 failed over; to a plain-HTTP request the proxy forwards, the
+    # 407 was taken for the origin's answer, and the download failed although DIRECT would do.
+    url = origin.add("/data.tar.gz", DATA)
+    asked: list[bytes] = []
+
+    def refuse(conn: socket.socket) -> None:
+        asked.append(read_head(conn) or b"")
+        conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"p\"\r\n"
+                     b"Content-Length: 0\r\n\r\n")
+
+    proxy = ThreadedServer(refuse)
+    try:
+        result = use(tmp_path, owner, url, "-v", "--proxy", f"http://127.0.0.1:{proxy.port};DIRECT")
+    finally:
+        proxy.stop()
+    assert result.returncode == 0, result.stderr
+    assert asked and asked[0].startswith(f"GET {url} ".encode()), asked
+    failover = [line for line in result.stderr.splitlines() if "failing over" in line]
+    assert len(failover) == 1 and "HTTP 407" in failover[0], result.stderr
+    assert origin.stats("/data.tar.gz").gets == 1
+    check_tree(user_dir(tmp_path) / "data", FILES)
+
+
 # --- offline -------------------------------------------------------------------------------------
 
 

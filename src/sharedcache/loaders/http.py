@@ -633,6 +633,12 @@ class _HttpStream(SourceStream):
                     raise DownloadError(f"cannot download {where}: {why}{_after(attempt + 1)}") from None
                 why = _reason(exc)
             else:
+                # Only a proxy answers 407, to a plain-HTTP request it forwards: the next member of
+                # the route is tried at once, as when a proxy refuses a tunnel (past the last, the
+                # answer stands: it would refuse again).
+                if response.status == 407 and transport.via() and transport.fail_over(member, "HTTP 407"):
+                    response.close()
+                    continue
                 location = response.get_redirect_location()
                 if location:
                     response.close()
