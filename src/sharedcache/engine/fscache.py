@@ -977,7 +977,7 @@ class FsCache:
         if lost:
             if keep:  # as a use that keeps it does, after the transaction, which no flush may hold
                 try:
-                    with self._shared(name) as (_, entry):
+                    with self._shared(name, use=False) as (_, entry):  # (a store that lost is no use)
                         self._keep(entry)
                 except MissError:
                     pass  # evicted since, unkept and unused, as any entry may be once stored
@@ -1075,9 +1075,10 @@ class FsCache:
             return os.dup(fd)  # (a copy shares the lock: it is held until every copy is closed)
 
     @scoped
-    def _shared(self, name: str) -> Iterator[tuple[int, str]]:
-        """Take entry ``name``'s lock shared and record the use; yield the locked descriptor
-        and the entry's path (:meth:`_entry`), for the block to act on that very directory."""
+    def _shared(self, name: str, *, use: bool = True) -> Iterator[tuple[int, str]]:
+        """Take entry ``name``'s lock shared and record the use (unless not ``use``); yield the
+        locked descriptor and the entry's path (:meth:`_entry`), for the block to act on that very
+        directory."""
         for _ in range(3):
             with self._entry(name) as entry:
                 lock = os.path.join(entry, "lock")
@@ -1103,7 +1104,8 @@ class FsCache:
                         break
                     if _damaged(entry):  # (under the lock: no use goes on with a lock not a file)
                         raise _damaged_error(name, self.root)
-                    self._touch(fd)
+                    if use:
+                        self._touch(fd)
                     yield fd, entry
                     return
                 finally:
