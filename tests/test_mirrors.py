@@ -352,6 +352,9 @@ def test_a_mirror_password_holding_a_semicolon_ends_no_rule(password: str) -> No
     assert (first.prefix, first.mirrors, second.prefix) == ("https://origin.example/", (mirror,), "https://other.example/")
     shown = shown_rewrites(text)
     assert shown == "https://origin.example/ = http://mirror.site/ ; https://other.example/ = http://m2.site/", shown
+    # A ";" past a URL's authority still ends its rule: a bad rule after it is said as such.
+    with pytest.raises(SettingError, match="not 'github.com/'"):
+        rewrite_rules(f"https://origin.example/ = {mirror} ; github.com/ = http://m2.site/")
 
 
 @pytest.mark.parametrize("mirror", ["https://m.example:99999/a@b/", "https://u:s3cret@m.example:99999/a@b/"])

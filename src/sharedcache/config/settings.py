@@ -225,17 +225,17 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
 
 def _rule_texts(text: str) -> list[str]:
     """The rules of ``text`` and the separators between them, alternately (rule, separator,
-    rule...): rules end at a line's end, and at a ";" that a rule, a comment or nothing follows.
-    A ";" followed by anything else is part of the rule: a mirror's password may hold one (RFC
-    3986 allows it in user info as it is), whose end would otherwise be read, and shown, as a
-    rule of its own."""
+    rule...): rules end at a line's end, and at a ";", but one within a URL's authority that no
+    rule follows.  A mirror's password may hold a ";" (RFC 3986 allows it in user info as it
+    is), whose end would otherwise be read, and shown, as a rule of its own."""
     import re
 
     parts = re.split(r"([;\n])", text)
     joined = [parts[0]]
     for separator, rule in zip(parts[1::2], parts[2::2], strict=True):
-        begins = rule.strip()
-        if separator == ";" and begins and not begins.startswith("#") \
+        words, begins = joined[-1].split(), rule.strip()
+        within_authority = bool(words) and "/" not in words[-1].partition("://")[2] and "://" in words[-1]
+        if separator == ";" and within_authority and begins and not begins.startswith("#") \
                 and not _url_prefix(begins.partition("=")[0].strip()):
             joined[-1] += separator + rule
         else:
