@@ -211,6 +211,41 @@ def test_an_error_answer_shows_what_the_server_says_in_it(tmp_path, serve, statu
         assert result.stderr.rstrip("\n").endswith(f": {said}"), result.stderr
 
 
+@pytest.mark.parametrize("length", ["chunked", "none"])
+def test_a_body_that_closes_its_connection_is_read_whole_within_a_deadline(tmp_path, serve, length):
+    # With a deadline, each read of the body is bounded through the socket the answer is read
+    # from, which http.client closes with the answer's end: the read past the end must not take
+    # that for a broken transfer.
+    head = "HTTP/1.1 200 OK\nETag: \"v\"\nConnection: close\n"
+    head += "Transfer-Encoding: chunked\n" if length == "chunked" else ""
+    body = chunked(BODY, final=True) if length == "chunked" else BODY
+    asked: list[bytes] = []
+
+    def answer(request: bytes) -> bytes:
+        asked.append(request.split(b"\r\n")[0])
+        if b"Range:" in request:  # what follows a body ended by the close: nothing
+            return f"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len(BODY)}\r\n\r\n".encode()
+        return fixed(head, body)(request)
+
+    origin = serve(answer)
+    result = use(tmp_path, origin, "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == BODY
+    assert len(asked) == (1 if length == "chunked" else 2), asked
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_what_the_server_says_is_read_from_an_answer_that_closes_its_connection(tmp_path, serve, version):
+    # http.client lets go of the connection's socket when the answer ends it (Connection: close,
+    # HTTP/1.0), and the body, whose read is bounded through that socket, was not read at all.
+    body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+    origin = serve(fixed(f"{version} 403 Forbidden\nContent-Type: application/xml\nConnection: close\n"
+                         f"Content-Length: {len(body)}\n", body))
+    result = use(tmp_path, origin)
+    assert_refused(result, tmp_path, "HTTP 403 Forbidden for ")
+    assert result.stderr.rstrip("\n").endswith(": the server says 'AccessDenied: Request has expired'"), result.stderr
+
+
 @pytest.mark.parametrize("text, shown", [
     ("token 's3cr3t' has expired", "the server says \"token 's3cr3t' has expired\""),
     ("token s3cr3t " + "x" * 300 + " expired", "' (321 characters)"),  # shown by its ends, and its length

@@ -168,7 +168,7 @@ def _server_says(response: Any, wait: float) -> str | None:
 
     import urllib3
 
-    sock = getattr(getattr(response, "connection", None), "sock", None)
+    sock = _socket_of(response)
     if sock is None or not hasattr(response, "read1"):  # (read1: urllib3 >= 2.3)
         return None
     ends, body = time.monotonic() + wait, b""
@@ -177,7 +177,8 @@ def _server_says(response: Any, wait: float) -> str | None:
             left = ends - time.monotonic()
             if left <= 0:
                 return None
-            sock.settimeout(left)
+            with contextlib.suppress(OSError):  # (closed with the answer's end: no read waits then)
+                sock.settimeout(left)
             piece = response.read1(_ERROR_BODY_BYTES - len(body))
             if not piece:
                 break
@@ -195,6 +196,15 @@ def _server_says(response: Any, wait: float) -> str | None:
         said = next((line.strip() for line in text.splitlines() if line.strip()), "")
     said = " ".join(said.split())
     return said or None
+
+
+def _socket_of(response: Any) -> Any:
+    """The socket that ``response`` is read from, whose timeout bounds each wait: its
+    connection's, or, once http.client has let go of the connection (an answer that ends it:
+    ``Connection: close``, HTTP/1.0), the one that the answer itself reads and keeps
+    (:func:`sharedcache.loaders.transport._final_answer_class`, behind urllib3's ``_fp``)."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    return sock if sock is not None else getattr(getattr(response, "_fp", None), "_socket", None)
 
 
 def _json_message(text: str) -> str:
@@ -859,7 +869,7 @@ class _Body:
         """With a deadline, let the next read wait no longer than the time left (a silent server
         would otherwise hold it for the whole read timeout)."""
         left = self._http.time_left()
-        sock = getattr(getattr(response, "connection", None), "sock", None)
+        sock = _socket_of(response)
         if left is not None and sock is not None:
             from .transport import read_timeout
 
