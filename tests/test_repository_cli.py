@@ -709,6 +709,21 @@ def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
     assert empty.returncode == 2 and "run needs '-- COMMAND [ARG...]'" in empty.stderr, empty.stderr
 
 
+def test_run_whose_command_releases_the_use_itself_exits_with_the_command_s_status(dirs, tarball):
+    # The command's `sc --unuse` (run by sc run, or exec'd by its shell) finds sc run as its
+    # job, and releases sc run's use: sc run's own release then failed, "lease ... holds no
+    # use" with a usage hint, and exited 2 where the command had exited 0.
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    for command in ([*SC, "--unuse", *args], ["sh", "-c", 'exec "$@"; exit 9', "sh", *SC, "--unuse", *args]):
+        result = sc("run", *args, "--", *command)
+        assert (result.returncode, result.stderr) == (0, ""), (command, result.stderr)
+        listed = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)
+        assert [row["users"] for row in listed if row["name"] == "repo"] in ([], [[]]), listed
+        # (Its command held the entry's lock as it released the use: gc deletes it, unused now.)
+        assert sc("gc", "-d", str(dirs[0])).returncode == 0
+        assert json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout) == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
 def test_run_passes_a_signal_sent_to_sc_on_to_its_command(dirs, tarball, tmp_path, sig):
     # SIGUSR1 and SIGUSR2 (a batch system's warning that time is almost up) ended sc run by

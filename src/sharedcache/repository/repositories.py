@@ -461,6 +461,10 @@ class Repositories:
             deleted = held.cache.release(held.name, lease=held.lease, keep=keep)
         except MissError:
             return  # deleted already (gc found its owner dead)
+        except UsageError:
+            # Released already: by an `sc --unuse` of `sc run`'s command, whose job `sc run` is.
+            # What that release could not delete (the command held the entry's lock), gc does.
+            return
         if deleted:
             Base(held.base, self.group).drop_link_if_unused(held.name)
 
