@@ -323,7 +323,8 @@ def test_a_small_entry_is_flushed_without_waiting_for_other_writers(root: Path, 
 
 
 def test_arguments_that_cannot_be_kept_as_given_are_refused_before_anything_is_made(root: Path) -> None:
-    for bad_root in (5, b"/tmp/cache"):
+    # (A NUL, which no system call takes, came out of os.mkdir as a ValueError.)
+    for bad_root in (5, b"/tmp/cache", str(root) + "\0x", root / "a\0b"):
         with pytest.raises(UsageError, match="a cache's root must be a path"):
             FsCache(bad_root)  # type: ignore[arg-type]
     cache = FsCache(root)

@@ -91,7 +91,7 @@ def absolute_path(path: object, what: str) -> str:
     ``what`` it should be if it is no path of text (a number, bytes), or the empty string (which
     ``abspath`` would read as the current directory: ``Path("")``, written so, is "." already)."""
     text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-    if not isinstance(text, str) or not text:
+    if not isinstance(text, str) or not text or "\0" in text:  # (no system call takes a NUL)
         raise UsageError(f"{what} must be a path, not {path!r}")
     try:
         return os.path.abspath(text)
