@@ -199,6 +199,49 @@ def test_a_last_release_overtaken_by_gc_reports_the_repository_deleted(base, wor
         assert not (user_dir(base) / "repo").exists()
 
 
+def test_threads_of_one_program_release_every_use_they_took(base, words, monkeypatch):
+    """A population looks its owner's lease up once it has committed: a use that another thread
+    of the program took just then (of the fresh repository, without waiting) could be the one it
+    found.  Both threads then released that lease: the second failed ("holds no use"), and the
+    population's own use stayed held for the rest of the program.  Which lease the look finds
+    is a matter of their names: several rounds."""
+    import threading
+
+    import sharedcache
+    from sharedcache.engine import fscache
+
+    real = fscache.FsCache.lease_of
+    failures: list[BaseException] = []
+
+    def use(name: str, entered: threading.Event | None = None) -> None:
+        try:
+            with sharedcache.use(*words, directories=str(base), name=name, keep=False):
+                if entered is not None:
+                    entered.set()
+        except BaseException as e:  # (reported by the test, not lost in a thread)
+            failures.append(e)
+
+    for round in range(6):
+        name, entered = f"r{round}", threading.Event()
+
+        def lease_of_once_another_thread_holds(self, entry, owner, name=name, entered=entered):  # type: ignore[no-untyped-def]
+            if entry == name and not entered.is_set() and threading.current_thread().name == name:
+                threading.Thread(target=use, args=(name, entered), name="other").start()
+                assert entered.wait(30), "the other thread took no use"
+            return real(self, entry, owner)
+
+        monkeypatch.setattr(fscache.FsCache, "lease_of", lease_of_once_another_thread_holds)
+        populator = threading.Thread(target=use, args=(name,), name=name)
+        populator.start()
+        populator.join(60)
+        for thread in threading.enumerate():
+            if thread.name == "other":
+                thread.join(60)
+        assert failures == [], failures
+        listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+        assert [row["users"] for row in listed if row["name"] == name] in ([], [[]]), listed
+
+
 def test_a_repository_moved_away_as_it_is_committed_fails_the_use_in_one_line(base, words, tmp_path):
     """Between the commit, which gives the owner its use, and the look for that use, another
     process of the user (or of the group) renames the fresh entry away: the use fails, saying

@@ -462,9 +462,15 @@ class Repositories:
         except MissError:
             return  # deleted already (gc found its owner dead)
         except UsageError:
-            # Released already: by an `sc --unuse` of `sc run`'s command, whose job `sc run` is.
-            # What that release could not delete (the command held the entry's lock), gc does.
-            return
+            # Released already, by another release of its owner: an `sc --unuse` of `sc run`'s
+            # command, whose job `sc run` is; or another thread of a program, handed this lease
+            # for its own by a population, which looks its owner's lease up once it has
+            # committed.  An owner's uses are alike: one it still holds goes in its place.
+            owner = Owner.parse(held.lease.rpartition(".")[0])
+            try:
+                deleted = held.cache.release(held.name, owner, keep=keep)
+            except (MissError, UsageError):
+                return  # none left: what the other release could not delete (its lock held), gc does
         if deleted:
             Base(held.base, self.group).drop_link_if_unused(held.name)
 
