@@ -213,22 +213,28 @@ def test_threads_of_one_program_release_every_use_they_took(base, words, monkeyp
     real = fscache.FsCache.lease_of
     failures: list[BaseException] = []
 
-    def use(name: str, entered: threading.Event | None = None) -> None:
+    def use(name: str, entered: threading.Event | None = None, looked: threading.Event | None = None) -> None:
         try:
             with sharedcache.use(*words, directories=str(base), name=name, keep=False):
-                if entered is not None:
+                if entered is not None and looked is not None:
                     entered.set()
+                    looked.wait(30)  # held while the population looks its lease up
         except BaseException as e:  # (reported by the test, not lost in a thread)
             failures.append(e)
 
     for round in range(6):
-        name, entered = f"r{round}", threading.Event()
+        name, entered, looked = f"r{round}", threading.Event(), threading.Event()
 
-        def lease_of_once_another_thread_holds(self, entry, owner, name=name, entered=entered):  # type: ignore[no-untyped-def]
-            if entry == name and not entered.is_set() and threading.current_thread().name == name:
-                threading.Thread(target=use, args=(name, entered), name="other").start()
-                assert entered.wait(30), "the other thread took no use"
-            return real(self, entry, owner)
+        def lease_of_once_another_thread_holds(self, entry, owner, name=name, entered=entered,  # type: ignore[no-untyped-def]
+                                               looked=looked):
+            if entry != name or entered.is_set() or threading.current_thread().name != name:
+                return real(self, entry, owner)
+            threading.Thread(target=use, args=(name, entered, looked), name="other").start()
+            assert entered.wait(30), "the other thread took no use"
+            try:
+                return real(self, entry, owner)
+            finally:
+                looked.set()
 
         monkeypatch.setattr(fscache.FsCache, "lease_of", lease_of_once_another_thread_holds)
         populator = threading.Thread(target=use, args=(name,), name=name)
