@@ -288,3 +288,124 @@ def test_under_hidepid_another_user_s_live_use_is_alive_and_a_dead_one_is_reclai
         if alice_job.poll() is None:
             alice_job.kill()
             alice_job.wait(10)
+
+
+def wait_until_gone(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, f"process {pid} outlived its container"
+        time.sleep(0.05)
+
+
+def pid_namespace_of(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/pid").st_ino
+
+
+def container_init(proc: subprocess.Popen[str]) -> int:
+    """The host's pid of PID 1 of the container that ``unshare`` (``proc``) started."""
+    return int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+
+
+def test_the_use_of_a_container_that_ended_is_reclaimed_though_the_next_container_has_its_inode(world, tmp_path):
+    # The kernel gives an ended namespace's inode to the next namespace made (a second later
+    # here): a host that judged by the namespace kept the ended container's use for as long as
+    # the next container lived.
+    base, recipe = world
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    with running([*CONTAINER, "--kill-child", "bash", "-c", job(first, recipe)], first) as proc:
+        init = container_init(proc)
+        ended = pid_namespace_of(init)
+        proc.kill()
+        proc.wait(10)
+    wait_until_gone(init)
+    deadline = time.monotonic() + 30
+    while True:
+        # A container with no use at all: its namespace is all it brings.
+        idle = subprocess.Popen([*CONTAINER, "--kill-child", "sh", "-c", f"touch {second}/ready; exec sleep 600"])
+        try:
+            wait_for(second / "ready", idle)  # type: ignore[arg-type]
+            if pid_namespace_of(container_init(idle)) == ended:
+                assert run([SC, "gc", "-d", str(base)]).returncode == 0
+                assert not exists(base), "the use of a container that ended was kept by the next one's namespace"
+                return
+        finally:
+            idle.kill()
+            idle.wait(10)
+            (second / "ready").unlink(missing_ok=True)
+        if time.monotonic() > deadline:
+            pytest.skip("the kernel gave no new namespace the inode of the one that ended")
+        time.sleep(0.5)
+
+
+LONG_LIVED_HOST_PROGRAM = """
+import sys, time
+from pathlib import Path
+import sharedcache
+directory, origin, flags = sys.argv[1:]
+def use(name):
+    with sharedcache.use(f"file:{origin}", "tar", name=name, directories=[directory]):
+        pass
+use("early")  # judges the first container's lease: the host's processes are listed now
+(Path(flags) / "looked").touch()
+deadline = time.monotonic() + 60
+while not (Path(flags) / "taken").exists():
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+use("repo")  # its release judges the second container's lease, taken since
+"""
+
+
+def test_a_container_that_took_its_use_after_a_host_program_first_looked_keeps_it(world, tmp_path):
+    # A program on the host that lives long (or `sc gc` going through many repositories) lists
+    # the host's processes at its first judgement of a container's lease: a container started
+    # since was missing there, and its use was judged dead and its data deleted under its job.
+    base, recipe = world
+    origin = recipe[-2].removeprefix("file:")
+    early, late = tmp_path / "early", tmp_path / "late"
+    early.mkdir()
+    late.mkdir()
+    early_recipe = [*recipe[:2], "-n", "early", *recipe[4:]]
+    with running([*CONTAINER, "--kill-child", "bash", "-c", job(early, early_recipe)], early):
+        program = subprocess.Popen([sys.executable, "-c", LONG_LIVED_HOST_PROGRAM, str(base), origin, str(tmp_path)],
+                                   env=sc_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(tmp_path / "looked", program)
+            with running([*CONTAINER, "--kill-child", "bash", "-c", job(late, recipe)], late) as later:
+                (tmp_path / "taken").touch()
+                _, err = program.communicate(timeout=60)
+                assert program.returncode == 0, err
+                assert exists(base), "the host's program deleted the data of a container's live use"
+                let_finish(later, late)
+        finally:
+            if program.poll() is None:
+                program.kill()
+                program.wait(10)
+    assert not exists(base)
+
+
+def test_under_hidepid_a_container_s_live_use_of_another_user_is_alive(world, python):
+    # Under hidepid, the host's /proc shows a user none of another user's processes: a listing of
+    # the host's namespaces lacked the container of that user's job, which was judged ended.
+    base, recipe = world
+    interpreter, env = python
+    sc_as = [interpreter, "-m", "sharedcache"]
+    shared = base / f".shared-cache-g{GROUP}" / "objects" / "repo"
+    flags = base.parent / "flags"  # (where the user can write: the test's own directory is root's)
+    flags.mkdir(mode=0o777)
+    flags.chmod(0o777)
+    take = " ".join([*sc_as, "--use", "--group", str(GROUP), *recipe])
+    alice = [*CONTAINER, "--kill-child", "setpriv", f"--reuid={ALICE}", f"--regid={GROUP}", "--clear-groups",
+             "sh", "-c", f"umask 077; {take} >/dev/null && touch {flags}/ready && exec sleep 600"]
+    proc = subprocess.Popen(alice, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(flags / "ready", proc)
+        for mode in (1, 2):
+            judged = run(hidden(mode, BOB, [*sc_as, "gc", "--group", str(GROUP), "-d", str(base)]), env=env)
+            assert judged.returncode == 0, judged.stderr
+            assert shared.exists(), f"hidepid={mode}: another user's container's live use was judged dead"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

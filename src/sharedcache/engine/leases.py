@@ -23,8 +23,10 @@ A lease is judged dead only by a process that can know, and unknown means alive:
   ``kill(pid, 0)`` answers: ESRCH is dead, EPERM is alive (a reused pid then cannot be told from
   the owner: such a lease may outlive its owner, never the reverse);
 - same boot id, another PID namespace (a container sharing the base directory): alive, unless
-  the process judging sees every PID namespace of the host (root in the host's namespace) and
-  that one has no process left; otherwise a process of that namespace judges it;
+  the process judging is in the host's PID namespace, where ``/proc`` shows every process unless
+  ``hidepid`` hides some, and finds no process that is the owner: started at that time, with
+  that pid in that namespace (:func:`foreign_process_alive`); otherwise a process of that
+  namespace judges it;
 - another boot id and the same machine id: this machine before a reboot: dead;
 - another boot id and another machine id (another host sharing the base directory): alive,
   unless that host was forgotten by policy (:func:`forget_hosts`, ``sc gc --forget-host``).
@@ -193,47 +195,77 @@ def _ended(pid: int, state: bytes) -> bool:
     return int(threads) <= 1
 
 
-_namespaces: frozenset[int] | None = None
-_namespaces_read = False
+#: The host's processes by start time, as the last look at all of ``/proc`` found them (see
+#: :func:`foreign_process_alive`); None before the first look.
+_host_processes: dict[int, list[int]] | None = None
 
 
-def _live_pid_namespaces() -> frozenset[int] | None:
-    """The PID namespaces that still have a process, if this process can see them all (root in
-    the host's namespace); None if it cannot.  Read once per process."""
-    global _namespaces, _namespaces_read  # noqa: PLW0603 - read once per process, then remembered
-    if not _namespaces_read:
-        _namespaces_read = True
-        if pid_namespace() == INITIAL_PID_NAMESPACE:
-            _namespaces = _scan_pid_namespaces()
-    return _namespaces
+def foreign_process_alive(pid_ns: int, pid: int, started: int) -> bool | None:
+    """Whether the process ``pid`` of another PID namespace ``pid_ns`` (pid as seen there) that
+    started at ``started`` is alive, as a process that sees every process of the host judges it
+    (any process in the host's namespace where ``/proc`` hides none); None if this process cannot
+    see them all.
+
+    The process is looked for, not its namespace: a namespace's inode is reused once it has
+    ended (the next container often gets it a second later), so a namespace found alive may be
+    another container than the owner's.  A process of the host is the owner if it started at
+    ``started``, has not ended, and has ``pid`` in ``pid_ns``: its own namespace is ``pid_ns``
+    and ``pid`` its pid there, or it lives in a namespace nested in another and has ``pid`` at
+    some level between (nesting is not traced: unknown is alive).
+
+    The host's processes are listed once and remembered, and a process found there is read
+    again before it counts.  Not found, they are listed again before the owner is judged dead:
+    a process that started after the first listing (a container that took a use since, in a
+    program that lives long, or later in the same ``sc gc``) would not be in it."""
+    global _host_processes  # noqa: PLW0603 - remembered per process, listed again when it misses
+    if pid_namespace() != INITIAL_PID_NAMESPACE:
+        return None
+    listed_now = _host_processes is None
+    for _ in range(2):
+        if _host_processes is None:
+            _host_processes = _list_host_processes()
+            if _host_processes is None:
+                return None
+        if any(_is_foreign_process(host_pid, pid_ns, pid, started) for host_pid in _host_processes.get(started, ())):
+            return True
+        if listed_now:
+            return False
+        _host_processes, listed_now = None, True
+    return False
 
 
-def _scan_pid_namespaces() -> frozenset[int] | None:
-    found = set()
+def _list_host_processes() -> dict[int, list[int]] | None:
+    """Every process of the host by its start time; None if ``/proc`` hides some (``hidepid``
+    hides those of other users, PID 1's among them, from all but root and its ``gid=``)."""
+    if _stat(1) is None:
+        return None
+    by_start: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
-            try:
-                found.add(os.stat(f"/proc/{name}/ns/pid").st_ino)
-            except (FileNotFoundError, ProcessLookupError):
-                continue  # it ended while we looked
-            except OSError:
-                # Not ours to inspect: it is known only if it lives in this very namespace.
-                if not _in_this_namespace(name):
-                    return None
-                found.add(pid_namespace())
-    return frozenset(found)
+            fields = _stat(int(name))
+            if fields is not None:  # (else it ended while we looked)
+                by_start.setdefault(_started(fields), []).append(int(name))
+    return by_start
 
 
-def _in_this_namespace(pid: str) -> bool:
-    """Whether process ``pid`` lives in this PID namespace (its NSpid has a single pid)."""
+def _is_foreign_process(host_pid: int, pid_ns: int, pid: int, started: int) -> bool:
+    """Whether the host's process ``host_pid`` is the live process ``pid`` of namespace ``pid_ns``
+    that started at ``started`` (see :func:`foreign_process_alive`)."""
+    fields = _stat(host_pid)
+    status = _read(f"/proc/{host_pid}/status")
+    if fields is None or status is None or _started(fields) != started or _ended(host_pid, fields[0]):
+        return False
+    nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith(b"NSpid:")), [])
+    shown = str(pid).encode()
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"NSpid:"):
-                    return len(line.split()) == 2
-    except OSError:
-        pass
-    return False
+        own = os.stat(f"/proc/{host_pid}/ns/pid").st_ino
+    except PermissionError:  # another user's, to a process that is not root: unknown is alive
+        return True
+    except OSError:  # it ended since it was read
+        return False
+    if own == pid_ns:
+        return nspid[-1:] == [shown]
+    return shown in nspid[1:-1]  # nested: which level is pid_ns's is not traced
 
 
 #: The start time of :meth:`Owner.ended`: no process's.
@@ -331,9 +363,11 @@ class Owner:
             return self.machine != machine_id() and self.machine not in _forgotten
         if self.pid_ns is not None and self.pid_ns != pid_namespace():
             # Another container's process: its own namespace judges it, or a process that sees
-            # every namespace of this host and finds that one gone.
-            namespaces = _live_pid_namespaces()
-            return namespaces is None or self.pid_ns in namespaces
+            # every process of this host and finds it gone.
+            found = foreign_process_alive(self.pid_ns, self.pid, self.start_time)
+            if found is None or found:
+                return True
+            return self.via is not None and foreign_process_alive(self.pid_ns, *self.via) is not False
         if process_alive(self.pid, self.start_time):
             return True
         return self.via is not None and process_alive(*self.via)
