@@ -240,20 +240,20 @@ def test_a_tunnel_the_proxy_refuses_fails_at_once_naming_the_proxy(tmp_path, tls
     assert server.stats("/data.tar.gz").gets == 0
 
 
-def test_a_proxy_that_never_answers_connect_is_failed_over(tmp_path, tls_origin, owner):
-    # It takes the connection (a stopped or overloaded squid), then says nothing: urllib3 takes
-    # the proxy for reached once its TCP connection is made, so each attempt timed out as a read
-    # and was retried on the same proxy, and the download failed although DIRECT would do.
+def failed_over_from_a_tunnel(tmp_path, tls_origin, owner, after_connect) -> float:  # type: ignore[no-untyped-def]
+    """Download over HTTPS through a chain of a proxy that reads the ``CONNECT`` and then does
+    ``after_connect(conn, proxy)``, and ``DIRECT``: the download must fail over to ``DIRECT``
+    once, saying so, and succeed.  Returns the seconds it took."""
     server, ca = tls_origin
     server.add("/data.tar.gz", DATA)
     url = f"https://127.0.0.1:{server.port}/data.tar.gz"
     asked: list[bytes] = []
 
-    def listen(conn: socket.socket) -> None:
+    def answer(conn: socket.socket) -> None:
         asked.append(read_head(conn) or b"")
-        proxy.stopping.wait(60)
+        after_connect(conn, proxy)
 
-    proxy = ThreadedServer(listen)
+    proxy = ThreadedServer(answer)
     try:
         started = time.monotonic()
         result = use(tmp_path, owner, url, "-v", "--proxy", f"http://127.0.0.1:{proxy.port};DIRECT",
@@ -265,8 +265,25 @@ def test_a_proxy_that_never_answers_connect_is_failed_over(tmp_path, tls_origin,
     assert asked and asked[0].startswith(b"CONNECT 127.0.0.1:"), asked
     failover = [line for line in result.stderr.splitlines() if "failing over" in line]
     assert len(failover) == 1 and f"proxy http://127.0.0.1:{proxy.port} failed" in failover[0], result.stderr
-    assert took < 15, f"{took:.1f} s: the fail-over connect timeout is 5 s"
     check_tree(user_dir(tmp_path) / "data", FILES)
+    return took
+
+
+def test_a_proxy_that_never_answers_connect_is_failed_over(tmp_path, tls_origin, owner):
+    # It takes the connection (a stopped or overloaded squid), then says nothing: urllib3 takes
+    # the proxy for reached once its TCP connection is made, so each attempt timed out as a read
+    # and was retried on the same proxy, and the download failed although DIRECT would do.
+    took = failed_over_from_a_tunnel(tmp_path, tls_origin, owner, lambda conn, proxy: proxy.stopping.wait(60))
+    assert took < 15, f"{took:.1f} s: the fail-over connect timeout is 5 s"
+
+
+def test_a_proxy_that_opens_the_tunnel_then_closes_it_is_failed_over(tmp_path, tls_origin, owner):
+    # It answers CONNECT with 200, then closes the connection (a proxy that could not reach the
+    # origin after all, or was stopped): the TLS handshake met the end of the stream, which was
+    # taken for the origin's TLS failing, which no retry or other member fixes, and the download
+    # failed although DIRECT would do.
+    failed_over_from_a_tunnel(tmp_path, tls_origin, owner,
+                              lambda conn, proxy: conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n"))
 
 
 def test_a_proxy_that_asks_for_credentials_is_failed_over_for_plain_http_too(tmp_path, origin, owner):

@@ -292,9 +292,12 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
         _tunnelled = False  # whether the proxy has answered this connection's CONNECT
 
         def connect(self) -> None:
+            import ssl
+
             self._tunnelled = False
             try:
                 self._within(super().connect, "connecting")
+                return
             except TimeoutError as e:
                 if not self._tunnel_host or self._tunnelled:
                     raise
@@ -305,6 +308,18 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
                 from urllib3.exceptions import ConnectTimeoutError, ProxyError
 
                 raise ProxyError("Unable to connect to proxy", ConnectTimeoutError(self, str(e))) from None
+            except (ssl.SSLEOFError, ConnectionResetError):
+                if not self._tunnelled:
+                    raise
+            # The tunnel was opened, then closed before TLS through it could begin: a proxy that
+            # could not reach the origin after all, or went away.  Taken for the origin's TLS
+            # failing, which nothing fixes, it failed the download although the next member of
+            # the route would do; it is tried now, and the attempt counts.  (Raised out of the
+            # handler: the TLS error in its context would be read as the origin's.)
+            from urllib3.exceptions import NewConnectionError, ProxyError
+
+            raise ProxyError("Unable to connect through the proxy", NewConnectionError(
+                self, "it closed the tunnel before TLS began"))
 
         def _tunnel(self) -> None:
             super()._tunnel()
