@@ -441,6 +441,49 @@ def test_zip_name_flagged_utf8_in_a_zip_made_on_ms_dos(tmp_path: Path) -> None:
     assert (unpack_with_sc(archive, "zip", tmp_path / "out") / UNICODE_NAME).read_text() == "unicode\n"
 
 
+@pytest.mark.parametrize("system", [2, 5, 12, 13, 16, 17, 30])
+def test_zips_made_on_other_systems_that_record_unix_modes(tmp_path: Path, system: int) -> None:
+    """unzip reads a Unix mode in the external attributes of zips made on VMS (2), Atari MiNT (5),
+    QDOS (12), Acorn (13), BeOS and Haiku (16: Haiku's zip says so), Tandem (17) and AtheOS (30),
+    and makes the symlinks of five of them.  Read for Unix (3) alone, their executables came out
+    without their x bits, and their symlinks as files holding the target."""
+    need("unzip")
+    archive = tmp_path / f"made-on-{system}.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, mode, data in (("run.sh", stat.S_IFREG | 0o755, b"#!/bin/sh\n"), ("link", stat.S_IFLNK | 0o777, b"run.sh"),
+                                 ("data.txt", stat.S_IFREG | 0o644, b"data\n"), ("dir/", stat.S_IFDIR | 0o755, b"")):
+            info = zipfile.ZipInfo(name, (2024, 5, 6, 7, 8, 10))
+            info.create_system, info.external_attr = system, mode << 16
+            out.writestr(info, data)
+    assert_same_trees(archive, "zip", tmp_path / "out", exact_times=False)
+    assert os.access(tmp_path / "out" / "sc" / "run.sh", os.X_OK)
+
+
+def test_zip_names_made_on_windows_nt_by_tools_other_than_winzip_5_are_in_its_ansi_code_page(tmp_path: Path) -> None:
+    """unzip reads the unflagged names of zips made on Windows NT as its ANSI code page, but for
+    those that WinZip 5.0 wrote (version made by 5.0), in code page 437 as on MS-DOS: "café"
+    written by Info-ZIP's zip for Windows (version 3.0) came out as "cafΘ".  (unzip writes those
+    letters in ISO 8859-1, as it does the others; they are written in UTF-8 here.)"""
+    archive = tmp_path / "windows.zip"
+    names = {b"caf\xe9.txt": (11, 30, "café.txt"), b"\x80uro.txt": (11, 20, "€uro.txt"),
+             b"na\x8bve.txt": (11, 50, "naïve.txt"), b"\x81x.txt": (11, 30, "\x81x.txt"),
+             b"\x82t\x82.txt": (0, 20, "été.txt")}
+    placeholders = {}
+    with zipfile.ZipFile(archive, "w") as out:
+        for number, (stored, (system, version, _)) in enumerate(names.items()):
+            placeholder = f"{number}".rjust(len(stored), "_")  # as long as the stored name
+            placeholders[placeholder.encode()] = stored
+            info = zipfile.ZipInfo(placeholder, (2024, 5, 6, 7, 8, 10))
+            info.create_system, info.create_version = system, version
+            out.writestr(info, stored)
+    data = archive.read_bytes()
+    for placeholder, stored in placeholders.items():
+        data = data.replace(placeholder, stored)
+    archive.write_bytes(data)
+    unpacked = unpack_with_sc(archive, "zip", tmp_path / "out")
+    assert sorted(os.listdir(unpacked)) == sorted(name for _, _, name in names.values())
+
+
 def test_zip_with_backslashes_for_separators(tmp_path: Path) -> None:
     """Windows tools that ignore the format's rule (PowerShell 5's Compress-Archive) write
     ``dir\\file``: unzip takes the backslashes for separators in an archive made on MS-DOS (FAT)

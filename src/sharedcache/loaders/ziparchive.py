@@ -10,9 +10,14 @@ member, read as unzip reads it:
   keeps them); else the UTF-8 name of an Info-ZIP Unicode Path extra
   field (0x7075) whose CRC matches the stored name; else the stored bytes as they are if the
   archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's names so, unflagged),
-  or read as code page 437 if made on MS-DOS, OS/2 or Windows NT.  Its backslashes are separators
+  read as code page 437 if made on MS-DOS or OS/2, or on Windows NT by WinZip 5.0, or as Windows'
+  ANSI code page (1252) if made on Windows NT by anything else (as unzip tells them apart; it
+  writes ISO 8859-1 bytes where we write the same letters in UTF-8).  Its backslashes are separators
   if it was made on MS-DOS (FAT) and has no slash (PowerShell 5's ``Compress-Archive`` writes such
   names).  A name ends at a NUL byte;
+* its mode (type and permissions), where the system that made it records one as Unix does: Unix
+  and the systems that unzip reads so (:data:`_UNIX_MODE_SYSTEMS`), whose symlinks are made where
+  unzip makes them (:data:`_SYMLINK_SYSTEMS`);
 * its sizes and the offset of its local header, from the Zip64 extra field (0x0001) where the
   record's own are saturated, moved by the bytes before the archive if there are any (the program
   of a self-extracting zip).
@@ -60,8 +65,16 @@ _EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds sin
 _OLD_UNIX_TIMES = (0x5855, 0x000D)
 _DOS_2038 = (2038, 1, 18, 0, 0, 0)  # an MS-DOS time past which a negative "UT" time is past 2038
 _ENCRYPTED, _UTF8_NAME, _STRONG_ENCRYPTION = 0x1, 0x800, 0x40
-_UNIX, _MS_DOS = 3, 0
-_CP437_SYSTEMS = {_MS_DOS, 6, 11}  # MS-DOS (FAT), OS/2 (HPFS), Windows NT (NTFS): names in code page 437
+_UNIX, _MS_DOS, _NTFS = 3, 0, 11
+#: Where names are in code page 437 (MS-DOS's FAT, OS/2's HPFS; Windows NT's NTFS as WinZip 5.0, the
+#: version it names, wrote them); Windows NT's other names are in its ANSI code page.
+_CP437_SYSTEMS, _WINZIP_5 = {_MS_DOS, 6}, 50
+#: The systems whose zips record a Unix mode in the high half of the external attributes, as unzip
+#: reads them (its ``mapattr``): Unix, VMS, Atari MiNT, QDOS, Acorn, Tandem, BeOS (Haiku's zip
+#: says so) and AtheOS; and those of them whose symlinks unzip makes (elsewhere, a file holding
+#: the target).
+_UNIX_MODE_SYSTEMS = frozenset({_UNIX, 2, 5, 12, 13, 16, 17, 30})
+_SYMLINK_SYSTEMS = frozenset({_UNIX, 2, 5, 16, 30})
 _STORED, _DEFLATED, _DEFLATE64, _BZIP2, _LZMA = 0, 8, 9, 12, 14
 #: The methods of APPNOTE.TXT (4.4.5) that no decoder here reads, by name for the messages.
 _UNREAD_METHODS = {1: "Shrink", 2: "Reduce", 3: "Reduce", 4: "Reduce", 5: "Reduce", 6: "Implode",
@@ -76,12 +89,12 @@ class ZipMember:
     sizes, CRC, method, flags and DOS time; where its local header is; who made it and the
     attributes they recorded."""
 
-    __slots__ = ("compress_size", "crc", "create_system", "date_time", "external_attr", "file_size", "flags",
-                 "header_offset", "method", "name", "stored_name")
+    __slots__ = ("compress_size", "crc", "create_system", "create_version", "date_time", "external_attr",
+                 "file_size", "flags", "header_offset", "method", "name", "stored_name")
 
     def __init__(self, record: tuple[Any, ...], stored_name: bytes, extra: dict[int, bytes], concat: int) -> None:
-        (_, _, self.create_system, _, _, self.flags, self.method, dos_time, dos_date, self.crc, compress_size,
-         file_size, *_, self.external_attr, header_offset) = record
+        (_, self.create_version, self.create_system, _, _, self.flags, self.method, dos_time, dos_date, self.crc,
+         compress_size, file_size, *_, self.external_attr, header_offset) = record
         self.date_time = ((dos_date >> 9) + 1980, (dos_date >> 5) & 0xF, dos_date & 0x1F, dos_time >> 11,
                           (dos_time >> 5) & 0x3F, (dos_time & 0x1F) * 2)
         self.stored_name = stored_name
@@ -99,7 +112,12 @@ class ZipMember:
     @property
     def unix_mode(self) -> int:
         """The mode an archive made on a Unix-like system records, else 0."""
-        return self.external_attr >> 16 if self.create_system == _UNIX else 0
+        if self.create_system not in _UNIX_MODE_SYSTEMS:
+            return 0
+        mode: int = self.external_attr >> 16
+        if mode & 0o170000 == 0o120000 and self.create_system not in _SYMLINK_SYSTEMS:
+            return 0o100000 | mode & 0o7777  # a symlink unzip makes a file of
+        return mode
 
 
 def _name(member: ZipMember, extra: dict[int, bytes]) -> str:
@@ -113,7 +131,12 @@ def _name(member: ZipMember, extra: dict[int, bytes]) -> str:
     if (len(unicode_path) > 5 and unicode_path[0] == 1
             and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(member.stored_name)):
         return unicode_path[5:].decode("utf-8", "surrogateescape")
-    if member.create_system not in _CP437_SYSTEMS:
+    if member.create_system == _NTFS and member.create_version != _WINZIP_5:
+        try:
+            return stored.decode("cp1252")
+        except UnicodeDecodeError:  # one of its five unassigned bytes: ISO 8859-1, as unzip reads it
+            return stored.decode("latin-1")
+    if member.create_system not in _CP437_SYSTEMS and member.create_system != _NTFS:
         return stored.decode("utf-8", "surrogateescape")
     name = stored.decode("cp437")
     return name.replace("\\", "/") if member.create_system == _MS_DOS and "/" not in name else name
