@@ -409,3 +409,33 @@ def test_under_hidepid_a_container_s_live_use_of_another_user_is_alive(world, py
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+THREADED_JOB = """
+import subprocess, sys, threading, time
+from pathlib import Path
+sc, flags, *recipe = sys.argv[1:]
+thread = threading.Thread(target=lambda: (Path(flags) / "go").exists() or time.sleep(60), daemon=True)
+thread.start()
+took = subprocess.run([sc, "--use", "--pid", str(thread.native_id), *recipe], capture_output=True, text=True)
+assert took.returncode == 0, took.stderr
+(Path(flags) / "ready").touch()
+deadline = time.monotonic() + 60
+while not (Path(flags) / "go").exists():
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+done = subprocess.run([sc, "--unuse", "--pid", str(thread.native_id), *recipe], capture_output=True, text=True)
+assert done.returncode == 0, done.stderr
+"""
+
+
+def test_a_use_given_to_a_thread_of_a_container_s_process_is_its_process_s(world, tmp_path):
+    # `--pid` took a thread's id for a process's: the host, which looks for a container's owner
+    # among its processes, found none of that id, and deleted the data under the live process.
+    base, recipe = world
+    argv = [*CONTAINER, "--kill-child", sys.executable, "-c", THREADED_JOB, SC, str(tmp_path), *recipe]
+    with running(argv, tmp_path) as proc:
+        assert run([SC, "gc", "-d", str(base)]).returncode == 0
+        assert exists(base), "the host deleted the data of a live process's thread's use"
+        let_finish(proc, tmp_path)
+    assert not exists(base), "the release by the thread's id did not release the use"

@@ -14,7 +14,15 @@ import sys
 # What a command needs is imported here, not in the functions: the sc scripts import this
 # module before they freeze what start-up made (see bin/sc).
 from ..config import files
-from ..engine.leases import INITIAL_PID_NAMESPACE, Owner, forget_hosts, job_of, pid_namespace, start_time
+from ..engine.leases import (
+    INITIAL_PID_NAMESPACE,
+    Owner,
+    forget_hosts,
+    job_of,
+    pid_namespace,
+    process_of,
+    start_time,
+)
 from ..errors import SharedCacheError, UsageError, clipped, printable, shown_proxy
 from ..progress import Reporter
 from ..repository.bases import group_id
@@ -96,7 +104,8 @@ def output(text: str) -> None:
 
 def unuse(repositories: Repositories, options: Arguments) -> int:
     if options.pid is not None:
-        owners = [Owner.of(options.pid) or Owner.ended(options.pid)]
+        owner = process_of(options.pid)
+        owners = [Owner.of(owner) or Owner.ended(owner)]
     else:
         # The nearest process first: a shell execs its last command (bash -c '...; sc --unuse'),
         # so sc itself, or a wrapper it runs under, may be the very process that took the use.
@@ -388,7 +397,8 @@ def _acquire(repositories: Repositories, options: Arguments, owner: Owner) -> He
 def _owner(options: Arguments) -> Owner:
     """The owner of the use: the process ``--pid`` names, else the job that ran sc."""
     if options.pid is not None:
-        owner = Owner.of(options.pid)
+        # A thread's id names its process: a lease names processes, which every judge can find.
+        owner = Owner.of(process_of(options.pid))
         if owner is None:
             raise UsageError(f"--pid {options.pid}: no such process")
         return owner

@@ -382,6 +382,15 @@ class Owner:
         return str(self.pid)
 
 
+def process_of(pid: int) -> int:
+    """The process that ``pid`` names: itself, or the one whose thread it is (a thread's id may
+    be given for a process's, as ``--pid`` takes it, and lives no longer than its process), as
+    ``/proc`` says; ``pid`` if it cannot be read."""
+    status = _read(f"/proc/{pid}/status") or b""
+    tgid = next((line.split()[1:2] for line in status.splitlines() if line.startswith(b"Tgid:")), [])
+    return int(tgid[0]) if tgid and tgid[0].isdigit() else pid
+
+
 def job_of(pid: int) -> tuple[list[int], int | None]:
     """The processes from ``pid`` (which ran sc) up to the job it belongs to, the job last, and
     the last copy of the job's shell met on the way if there was one.
