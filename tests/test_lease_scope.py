@@ -439,3 +439,25 @@ def test_a_use_given_to_a_thread_of_a_container_s_process_is_its_process_s(world
         assert exists(base), "the host deleted the data of a live process's thread's use"
         let_finish(proc, tmp_path)
     assert not exists(base), "the release by the thread's id did not release the use"
+
+
+def test_sc_entered_into_a_container_is_told_its_parent_is_outside(world):
+    # As `docker exec` and `kubectl exec` start a command in a running container, whose PID 1 is
+    # another process: sc was told it was the namespace's first process.
+    base, recipe = world
+    container = subprocess.Popen([*CONTAINER, "--kill-child", "sleep", "600"])
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"/proc/{container.pid}/task/{container.pid}/children").read_text().split():
+            assert time.monotonic() < deadline, "the container never started"
+            time.sleep(0.05)
+        init = int(Path(f"/proc/{container.pid}/task/{container.pid}/children").read_text().split()[0])
+        entered = run(["nsenter", "-t", str(init), "-p", "-m", SC, "--use", *recipe])
+    finally:
+        container.kill()
+        container.wait(10)
+    assert entered.returncode == 1
+    assert entered.stderr == ("sc: error: sc's parent is outside its PID namespace (sc is the namespace's first "
+                              "process, or was entered into it, as nsenter and docker exec do): there is no job to "
+                              "own the use here; pass --pid to name its owner\n"), entered.stderr
+    assert not exists(base)

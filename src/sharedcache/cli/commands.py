@@ -420,7 +420,9 @@ def _job() -> Owner:
 
 def _job_chain() -> tuple[list[int], int | None]:
     if PARENT == 0:
-        raise SharedCacheError("sc is the first process of its PID namespace; pass --pid to name the owner of the use")
+        raise SharedCacheError("sc's parent is outside its PID namespace (sc is the namespace's first process, or "
+                               "was entered into it, as nsenter and docker exec do): there is no job to own the use "
+                               "here; pass --pid to name its owner")
     if PARENT == 1 and pid_namespace() == INITIAL_PID_NAMESPACE:
         raise SharedCacheError("the process that ran sc has exited; there is no one to own the use")
     return job_of(PARENT)
