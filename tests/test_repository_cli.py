@@ -391,6 +391,25 @@ def test_max_size_given_with_a_release_applies_to_it(dirs, tarball):
         assert budget.read_text() == str(one)
 
 
+def test_a_release_that_deletes_what_it_releases_counts_it_against_no_budget(dirs, tarball):
+    # The budget was set, and evicted down to, before the release, with the repository it then
+    # deleted counted: kept repositories within the budget were evicted with it.
+    with Sleeper() as owner, Sleeper() as other:
+        _, listed = three_kept(dirs, tarball, owner)
+        kept = listed()
+        base = ["-d", str(dirs[0]), "-n", "passing", *recipe(tarball)]
+        assert sc("--use", "--pid", str(owner.pid), *base).returncode == 0
+        released = sc("--unuse", "--pid", str(owner.pid), "--max-size", str(sum(kept.values())), *base)
+        assert released.returncode == 0, released.stderr
+        assert listed() == kept, "kept repositories within the budget were evicted"
+        # A release that leaves another use evicts down to the budget at once, sparing that one.
+        for pid in (owner.pid, other.pid):
+            assert sc("--use", "--pid", str(pid), *base).returncode == 0
+        budget = kept["kept2"] + listed()["passing"]
+        assert sc("--unuse", "--pid", str(owner.pid), "--max-size", str(budget), *base).returncode == 0
+        assert set(listed()) == {"kept2", "passing"}
+
+
 def test_a_kept_release_that_its_budget_evicts_leaves_no_link(dirs, tarball):
     # The release kept the repository, then evicted it down to its budget, and said "use
     # released", leaving the user's link dangling until a gc.

@@ -742,6 +742,10 @@ class FsCache:
 
     @max_size.setter
     def max_size(self, value: int | str | None) -> None:
+        self._set_max_size(value, evict=True)
+
+    def _set_max_size(self, value: int | str | None, *, evict: bool) -> None:
+        """Write the budget and, if ``evict``, make the evictions it calls for."""
         # Kept in a file of its own, not in the index, so that an index rebuilt by gc keeps it.
         # It is changed under the index's write lock, with the evictions it calls for.
         budget = None if value is None else parse_size(value, "max_size")
@@ -763,7 +767,7 @@ class FsCache:
                     write_atomic(f"/proc/self/fd/{root}/{BUDGET}", str(budget).encode(), mode=self.modes.file)
             finally:
                 os.close(root)
-            if excess > 0:
+            if evict and excess > 0:
                 self._evict(db, excess)
         self._empty_trash()
 
@@ -1249,6 +1253,7 @@ class FsCache:
         *,
         lease: str | None = None,
         keep: bool = False,
+        max_size: int | str | None = None,
     ) -> bool:
         """Release one lease on ``name``: the lease ``lease``, or one held by ``owner``.
 
@@ -1256,8 +1261,14 @@ class FsCache:
         it).  Returns whether the entry was deleted: by the release, or by the eviction down to
         the budget that follows it (a kept entry larger than the budget).  Raises MissError if
         there is no such entry, UsageError if that owner holds no lease on it.
+
+        ``max_size`` sets the budget with the release: written first, while the use is held (a
+        budget that cannot be written leaves it held), and evicted down to once the entry, if the
+        release deletes it, is gone: an entry deleted anyway counts against no budget.
         """
         check_flag("keep", keep)
+        if max_size is not None:
+            self._set_max_size(max_size, evict=False)
         if lease is None:
             _check_owner("owner (or a lease)", owner)
         elif not isinstance(lease, str):
@@ -1290,8 +1301,13 @@ class FsCache:
                     # given back, so that the release is whole or nothing.
                     if not live and not overtaken:
                         given_back = _give_back(entry, lease)
-                if live:
+                if live and max_size is None:
                     return False  # another use remains: nothing to delete, no index to open
+                if live:
+                    with self._transaction() as db:
+                        self._restore_budget(db, self.max_size)
+                    self._empty_trash()
+                    return False
                 if overtaken:
                     return True
         try:

@@ -297,12 +297,16 @@ class Repositories:
     def _set_budget(cache: FsCache, budget: int) -> None:
         """Give the cache this budget; a budget already in place costs no write (nor the index),
         and a damaged one is written over, as its error says to do."""
+        if Repositories._budget_differs(cache, budget):
+            cache.max_size = budget
+
+    @staticmethod
+    def _budget_differs(cache: FsCache, budget: int) -> bool:
+        """Whether the cache's budget is another than ``budget``, or damaged."""
         try:
-            if cache.max_size == budget:
-                return
+            return cache.max_size != budget
         except CacheError:
-            pass
-        cache.max_size = budget
+            return True
 
     def _existing(self, request: Request) -> Held | Base | None:
         """Step 1: a held use where the repository exists, or the base populating it, or None."""
@@ -428,13 +432,13 @@ class Repositories:
                 if found is not None:
                     base, cache, lease = other, other_cache, found
                     break
-        # Set while the use is still held, which evictions spare (a budget that cannot be set
-        # leaves it held, to release again); not by a release that fails for want of a use.
-        if budget is not None and lease is not None:
-            self._set_budget(cache, budget)
+        # Set with the release, which evicts once the entry it deletes is gone; not by a release
+        # that fails for want of a use.
+        max_size = budget if lease is not None and budget is not None and self._budget_differs(cache, budget) \
+            else None
         while True:
             try:
-                deleted = cache.release(name, owners[-1], lease=lease, keep=keep)
+                deleted = cache.release(name, owners[-1], lease=lease, keep=keep, max_size=max_size)
                 break
             except OSError as e:
                 if e.errno != errno.EROFS:
