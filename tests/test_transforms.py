@@ -26,7 +26,7 @@ from sharedcache.loaders.streams import CHUNK
 from sharedcache.errors import ChecksumError, CorruptDataError, SizeLimitError, UnsafeArchiveError
 from sharedcache.loaders.pipeline import populate as run_recipe
 from sharedcache.loaders.registry import parse_recipe
-from sharedcache.loaders.transforms import Gunzip, Unzstd
+from sharedcache.loaders.transforms import Gunzip, Unxz, Unzstd
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -274,7 +274,7 @@ def test_unxz_reads_an_lzma_file_as_xz_does(tmp_path: Path) -> None:
     checks its header passes, and so does `unxz`.  Eighteen zero bytes, which liblzma's automatic
     choice would decode as an empty file, fail them."""
     data = lzma.compress(b"the old format\n" * 100, format=lzma.FORMAT_ALONE)
-    assert (populate(tmp_path, put(tmp_path, "a.lzma", data), "unxz") / "a.lzma").read_bytes() == \
+    assert (populate(tmp_path, put(tmp_path, "a.lzma", data), "unxz") / "a").read_bytes() == \
         b"the old format\n" * 100
     with pytest.raises(CorruptDataError, match="^corrupt xz data from "):
         populate(tmp_path / "zeros", put(tmp_path, "zeros.xz", bytes(18)), "unxz")
@@ -498,6 +498,9 @@ def test_output_names() -> None:
     assert Gunzip("gunzip", None).rename("plain") == "plain"
     assert Gunzip("gunzip", None).rename(".gz") == ".gz"
     assert Unzstd("unzstd", None).rename("x.zst") == "x"
+    # As xz -d names them (the .lzma suffix was kept: "a.lzma" held the decompressed bytes).
+    assert Unxz("unxz", None).rename("a.lzma") == "a"
+    assert Unxz("unxz", None).rename("a.tlz") == "a.tar"
 
 
 # --- tar ------------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ class Bunzip2(Decompress):
 
 class Unxz(Decompress):
     codec = "xz"
-    suffixes: ClassVar[dict[str, str]] = {".xz": "", ".txz": ".tar"}
+    suffixes: ClassVar[dict[str, str]] = {".xz": "", ".txz": ".tar", ".lzma": "", ".tlz": ".tar"}
 
 
 class Unzstd(Decompress):
