@@ -24,7 +24,7 @@ import sys
 
 TYPE_CHECKING = False  # see sharedcache.lean
 
-__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.3.0.dev0"  # the one place the version is written (pyproject.toml reads it)
 
 _EXPORTS = {
     "FsCache": "engine.fscache",
