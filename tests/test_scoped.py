@@ -32,6 +32,17 @@ def test_value_and_order_on_a_normal_exit() -> None:
     assert recording.__name__ == "recording" and recording.__doc__ == "Enter, then exit or fail."
 
 
+def test_help_shows_the_parameters() -> None:
+    # help(sharedcache.use) showed (*args, **kwargs): none of name=, size=, keep=...
+    import inspect
+
+    import sharedcache
+
+    assert list(inspect.signature(recording).parameters) == ["log", "swallow"]
+    assert {"name", "size", "keep"} <= set(inspect.signature(sharedcache.use).parameters)
+    assert {"name", "meta", "keep"} <= set(inspect.signature(FsCache.store).parameters)
+
+
 def test_the_blocks_exception_reaches_the_generator_and_propagates_unchanged() -> None:
     log: list[str] = []
     error = KeyError("x")

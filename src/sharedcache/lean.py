@@ -84,4 +84,6 @@ def scoped(function: Callable[P, Iterator[T]]) -> Callable[P, AbstractContextMan
 
     start.__name__, start.__qualname__ = function.__name__, function.__qualname__
     start.__doc__, start.__module__ = function.__doc__, function.__module__
+    # What help() and inspect.signature show: the parameters, not (*args, **kwargs).
+    start.__wrapped__ = function  # type: ignore[attr-defined]  # (an attribute functions may have)
     return start
