@@ -9,6 +9,7 @@ repositories.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -461,3 +462,27 @@ def test_sc_entered_into_a_container_is_told_its_parent_is_outside(world):
                               "process, or was entered into it, as nsenter and docker exec do): there is no job to "
                               "own the use here; pass --pid to name its owner\n"), entered.stderr
     assert not exists(base)
+
+
+def test_a_container_without_the_network_fails_its_own_download_not_the_host_s(world, origin, tmp_path):
+    # A container without the network populated first; a job of the host, which reaches the
+    # origin, waited for it and was given its failure ("Network is unreachable") as its own.
+    base, _ = world
+    payload = os.urandom(300_000)
+    url = origin.add("/blob.bin", payload)
+    recipe = ["-d", str(base), "-n", "blob", f"http:{url}", f"sha256:{hashlib.sha256(payload).hexdigest()}"]
+    job_shell = ["sh", "-c", '"$@"; exit $?', "sh"]  # (the container's PID 1, the job that owns the use)
+    isolated = subprocess.Popen(["unshare", "--net", *CONTAINER, *job_shell, SC, "--use", *recipe],
+                                env=sc_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        status = control(base) / "populate" / "blob.json"
+        wait_for(status, isolated)  # (its population under way: the host's use waits for it)
+        host = run([SC, "--use", *recipe])
+        _, err = isolated.communicate(timeout=60)
+    finally:
+        if isolated.poll() is None:
+            isolated.kill()
+            isolated.wait(10)
+    assert isolated.returncode == 1 and "Network is unreachable" in err, err
+    assert host.returncode == 0, host.stderr
+    assert (Path(host.stdout.strip()) / "blob.bin").read_bytes() == payload

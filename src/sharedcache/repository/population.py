@@ -179,7 +179,18 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
         kind = getattr(errors, str(record.get("error")), None)
         if not (isinstance(kind, type) and issubclass(kind, SharedCacheError)):
             kind = LoaderError
+        if issubclass(kind, DownloadError) and record.get("network", network_namespace()) != network_namespace():
+            return  # a container's view of the network (none, often): this one may reach the source
         raise kind(str(record.get("message", f"repository {name!r}: population failed")))
+
+
+def network_namespace() -> int | None:
+    """The inode of this process's network namespace (None if it cannot be read): a failure to
+    download in one is not a failure in another, whose routes, names and proxies are its own."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return None
 
 
 #: The SIGTERM or SIGHUP ending this process's population, once its handler has run (see
@@ -320,7 +331,7 @@ class Population:
                 e.args = (f"repository {name!r}: {e}",)
                 cache.discard(self.work)
                 record = {"time": time.time(), "message": shown_to_others(str(e)), "error": type(e).__name__,
-                          "identity": request.identity}
+                          "identity": request.identity, "network": network_namespace()}
                 if isinstance(e, SizeLimitError) and request.limit is not None:
                     record["limit"] = request.limit  # our --size: a waiter asking for more takes over
                 try:

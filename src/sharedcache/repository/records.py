@@ -4,12 +4,13 @@
 reserved size, bytes so far, start time) is written by the populating process about twice a
 second, and read by its waiters (to say whom they wait for and how far it has got), by ``sc list``
 and by the choice of a base directory (the space it reserves).
-``populate/<name>.error`` (time, message, error class; the ``--size`` that the data outgrew)
-answers the uses that asked while the population that failed was under way, so that one failure
-is not repeated by each of them; ``sc list`` shows it; it counts for :data:`ERROR_RECORD_TTL`
-seconds at most.  Both are written atomically, and not flushed: after
-a power loss the population they speak of is dead, and a record lost or garbled reads as none,
-so a flush would only make the download wait for the disk twice a second.
+``populate/<name>.error`` (time, message, error class; the ``--size`` that the data outgrew; the
+network namespace it failed to download in) answers the uses that asked while the population
+that failed was under way, so that one failure is not repeated by each of them (a failure to
+download, by those of the same network namespace: a container's network is its own); ``sc list``
+shows it; it counts for :data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically,
+and not flushed: after a power loss the population they speak of is dead, and a record lost or
+garbled reads as none, so a flush would only make the download wait for the disk twice a second.
 
 Both are readable by every member of a group cache, so neither holds a credential: the identity
 holds no user info and no query (see :mod:`sharedcache.loaders.words`), and the message of an
@@ -44,7 +45,7 @@ def write_record(path: str, record: Record, mode: int) -> None:
 
 #: The fields a record may have: the text ones, and the numbers (never negative).
 _TEXT_FIELDS = frozenset({"identity", "error", "message", "owner"})
-_NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time", "limit"})
+_NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time", "limit", "network"})
 
 
 def read_status(path: str) -> Record | None:
