@@ -42,6 +42,12 @@ def test_the_tmpfiles_d_lines_are_read_as_systemd_tmpfiles_reads_them(tmp_path):
     assert cleaning_of("/scratch/site/.shared-cache-g7", directories) is None
 
 
+def test_a_tmpfiles_d_line_is_named_by_the_number_editors_give_it(tmp_path):
+    # A form feed, a vertical tab, U+0085 or U+2028 ended a line too: the line named was a later one.
+    (tmp_path / "tmp.conf").write_text("# site\n\f\v\n# \x85 \u2028\nq /tmp 1777 root root 10d\r\n", encoding="utf-8")
+    assert cleaning_of("/tmp/.shared-cache-0", (str(tmp_path),)) == f"{tmp_path}/tmp.conf:4: files older than 10d"
+
+
 def needs_root_and(*tools: str) -> None:
     if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("unshare", *tools)):
         pytest.skip(f"needs root, unshare and {', '.join(tools) or 'nothing else'}: a mount namespace")

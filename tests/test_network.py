@@ -532,6 +532,18 @@ def test_a_config_file_a_windows_editor_wrote_is_read(tmp_path):
     assert f"keep = yes  # {config}:1\n" in shown.stdout and f"max_size = 1GB  # {config}:2\n" in shown.stdout
 
 
+@pytest.mark.parametrize("breaker", ["\f", "\v", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_a_config_file_s_lines_are_numbered_as_editors_number_them(tmp_path, breaker):
+    # A form feed (a page break some editors write), a vertical tab, U+0085 or U+2028 ended a
+    # line too: every error after one named a line below the bad one.
+    config = tmp_path / "config"
+    config.write_text(f"# site settings\n{breaker}\nretries = 3  # was 5{breaker}\r\nkeep = maybe\n", encoding="utf-8")
+    result = sc("config", env=sc_env(SC_CONFIG=str(config)))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"sc: error: {config}:4: keep must be yes or no (1/0, true/false, on/off), "
+                             "not 'maybe'\n"), result.stderr
+
+
 @pytest.mark.parametrize("proxy", ["http://[::1", "proxy.site:99999", "http://proxy.site:0", "ftp://proxy.site:21"])
 def test_a_proxy_no_connection_can_use_is_one_line_naming_where_it_came_from(tmp_path, owner, proxy):
     url = f"http:http://127.0.0.1:{free_port()}/data"

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import os
 
+from .files import text_lines
+
 #: Where the tmpfiles.d files are, the first hiding the files of the same name in the others.
 TMPFILES_DIRECTORIES = ("/etc/tmpfiles.d", "/run/tmpfiles.d", "/usr/local/lib/tmpfiles.d", "/usr/lib/tmpfiles.d")
 #: The line types whose age cleans what is below their path.
@@ -99,7 +101,7 @@ def _lines(directories: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
                 text = file.read(1 << 20)
         except OSError:
             continue
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text_lines(text), start=1):
             fields = line.split()
             if len(fields) < 2 or fields[0].startswith("#") or "%" in fields[1]:
                 continue

@@ -186,7 +186,7 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
     # (utf-8-sig: without the byte order mark some Windows editors start a file with.  A byte that
     # is no UTF-8 is kept as the file system's encoding keeps it, so that a path in another
     # encoding names that very directory, as the same path in SC_DIRECTORIES does.)
-    for number, text in enumerate(b"".join(chunks).decode("utf-8-sig", "surrogateescape").splitlines(), start=1):
+    for number, text in enumerate(text_lines(b"".join(chunks).decode("utf-8-sig", "surrogateescape")), start=1):
         line = text.partition("#")[0].strip()
         if not line:
             continue
@@ -200,6 +200,14 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
             raise ConfigError(f"{where}: unknown key {quoted(key)} (known: {', '.join(_BY_KEY)})")
         found[key] = (_convert(setting, value.strip(), where), where)
     return found
+
+
+def text_lines(text: str) -> list[str]:
+    """The lines of ``text`` as editors, ``grep -n`` and ``sed`` number them: each ended by a
+    newline alone, without the carriage return before it that a Windows editor writes.
+    (``str.splitlines`` also ends a line at a form feed, a vertical tab, U+0085 or U+2028: every
+    line after one was named by the wrong number.)"""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _unseen(path: str) -> bool:
