@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def test_a_tmpfiles_d_line_is_named_by_the_number_editors_give_it(tmp_path):
     # A form feed, a vertical tab, U+0085 or U+2028 ended a line too: the line named was a later one.
     (tmp_path / "tmp.conf").write_text("# site\n\f\v\n# \x85 \u2028\nq /tmp 1777 root root 10d\r\n", encoding="utf-8")
     assert cleaning_of("/tmp/.shared-cache-0", (str(tmp_path),)) == f"{tmp_path}/tmp.conf:4: files older than 10d"
+
+
+def test_a_fifo_among_the_tmpfiles_d_files_is_passed_over_without_waiting(tmp_path):
+    # It was opened blocking: sc config, and the first use that made a cache, waited for a writer
+    # for good.  (In a process of its own, that a hang is ended by the timeout.)
+    os.mkfifo(tmp_path / "a.conf")
+    (tmp_path / "tmp.conf").write_text("q /tmp 1777 root root 10d\n")
+    program = ("import sys\nfrom sharedcache.config.cleaners import cleaning_of\n"
+               "print(cleaning_of('/tmp/.shared-cache-0', (sys.argv[1],)))")
+    result = subprocess.run([sys.executable, "-c", program, str(tmp_path)], capture_output=True, text=True,
+                            timeout=30, env=sc_env())
+    assert (result.returncode, result.stdout) == (0, f"{tmp_path}/tmp.conf:1: files older than 10d\n"), result.stderr
 
 
 def needs_root_and(*tools: str) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 
-from .files import text_lines
+from .files import regular_file_bytes, text_lines
 
 #: Where the tmpfiles.d files are, the first hiding the files of the same name in the others.
 TMPFILES_DIRECTORIES = ("/etc/tmpfiles.d", "/run/tmpfiles.d", "/usr/local/lib/tmpfiles.d", "/usr/lib/tmpfiles.d")
@@ -97,10 +97,12 @@ def _lines(directories: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
     lines = []
     for name in sorted(files):
         try:
-            with open(files[name], encoding="utf-8", errors="surrogateescape") as file:
-                text = file.read(1 << 20)
+            data = regular_file_bytes(files[name], 1 << 20)
         except OSError:
             continue
+        if data is None:  # (a FIFO, or a link to /dev/null that masks the file of a later directory)
+            continue
+        text = data.decode("utf-8", "surrogateescape")
         for number, line in enumerate(text_lines(text), start=1):
             fields = line.split()
             if len(fields) < 2 or fields[0].startswith("#") or "%" in fields[1]:

@@ -157,8 +157,7 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
     if path == os.devnull:
         return {}
     try:
-        # O_NONBLOCK: a FIFO planted there must not hang sc (it is refused below).
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        data = regular_file_bytes(path)
     except (FileNotFoundError, NotADirectoryError):  # (the latter under a HOME that is a file: /dev/null)
         if required:
             raise ConfigError(f"{path}: no such config file (named by SC_CONFIG)") from None
@@ -172,21 +171,13 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{path}: the config file is not a regular file")
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
-    finally:
-        os.close(fd)
+    if data is None:
+        raise ConfigError(f"{path}: the config file is not a regular file")
     found: dict[str, tuple[object, str]] = {}
     # (utf-8-sig: without the byte order mark some Windows editors start a file with.  A byte that
     # is no UTF-8 is kept as the file system's encoding keeps it, so that a path in another
     # encoding names that very directory, as the same path in SC_DIRECTORIES does.)
-    for number, text in enumerate(text_lines(b"".join(chunks).decode("utf-8-sig", "surrogateescape")), start=1):
+    for number, text in enumerate(text_lines(data.decode("utf-8-sig", "surrogateescape")), start=1):
         line = text.partition("#")[0].strip()
         if not line:
             continue
@@ -200,6 +191,26 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
             raise ConfigError(f"{where}: unknown key {quoted(key)} (known: {', '.join(_BY_KEY)})")
         found[key] = (_convert(setting, value.strip(), where), where)
     return found
+
+
+def regular_file_bytes(path: str, limit: int | None = None) -> bytes | None:
+    """The bytes of the file ``path`` (its first ``limit``, if given); None if it is no regular
+    file; :class:`OSError` if it cannot be opened or read.  It is opened without blocking: a FIFO
+    planted under its name would hang the open until a writer came (it is then no regular file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, size = [], 0
+        while limit is None or size < limit:
+            chunk = os.read(fd, 65536 if limit is None else min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def text_lines(text: str) -> list[str]:
