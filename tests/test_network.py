@@ -532,6 +532,34 @@ def test_a_config_file_a_windows_editor_wrote_is_read(tmp_path):
     assert f"keep = yes  # {config}:1\n" in shown.stdout and f"max_size = 1GB  # {config}:2\n" in shown.stdout
 
 
+def test_v_and_q_replace_the_verbose_and_quiet_of_the_config_files(tmp_path, owner):
+    # Verbosity is one setting written with two keys.  Counted apart, as their difference, a
+    # file's "quiet = yes" cancelled -v, and its "verbose = yes" -q; sc config showed both.
+    data = tmp_path / "data.txt"
+    data.write_text("data")
+    config, home = tmp_path / "config", tmp_path / "home"
+    (home / "shared-cache").mkdir(parents=True)
+    env = sc_env(SC_CONFIG=str(config), XDG_CONFIG_HOME=str(home))
+    use = ("--use", "-d", str(tmp_path), "--pid", str(owner.pid), f"file:{data}")
+    config.write_text("quiet = yes\n")
+    said = sc("-v", "-n", "said", *use, env=env)
+    assert said.returncode == 0 and "sc: 'said' is ready: " in said.stderr, said.stderr
+    config.write_text("verbose = yes\n")
+    silent = sc("-q", "-n", "silent", *use, env=env)
+    assert (silent.returncode, silent.stderr) == (0, ""), silent.stderr
+    shown = sc("config", "-q", env=env)
+    assert "\nverbose = no  # --quiet\nquiet = 1  # --quiet\n" in shown.stdout, shown.stdout
+    # A later file's (or line's) one replaces an earlier one's other, as another value would.
+    (home / "shared-cache" / "config").write_text("verbose = yes\n")
+    config.write_text("quiet = yes\n")
+    shown = sc("config", env=env)
+    assert f"\nverbose = no  # {config}:1\nquiet = yes  # {config}:1\n" in shown.stdout, shown.stdout
+    config.write_text("quiet = yes\nverbose = yes\n")
+    shown = sc("config", env=env)
+    assert f"\nverbose = yes  # {config}:2\nquiet = no  # {config}:2\n" in shown.stdout, shown.stdout
+    assert sc("-n", "said-again", *use, env=env).stderr.startswith("sc: populating 'said-again'")
+
+
 @pytest.mark.parametrize("breaker", ["\f", "\v", "\x1c", "\x85", "\u2028", "\u2029"])
 def test_a_config_file_s_lines_are_numbered_as_editors_number_them(tmp_path, breaker):
     # A form feed (a page break some editors write), a vertical tab, U+0085 or U+2028 ended a

@@ -189,7 +189,7 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
         setting = _BY_KEY.get(key)
         if setting is None:
             raise ConfigError(f"{where}: unknown key {quoted(key)} (known: {', '.join(_BY_KEY)})")
-        found[key] = (_convert(setting, value.strip(), where), where)
+        _overlay(found, {key: (_convert(setting, value.strip(), where), where)})
     return found
 
 
@@ -248,20 +248,37 @@ def effective(given: Mapping[str, object], environ: Mapping[str, str], *,
     ``max_size``; ``given_as`` names where they came from, the key with ``_`` as ``-``)."""
     settings: dict[str, tuple[object, str]] = {}
     for path, required in config_files(environ):
-        settings.update(read_file(path, required))
+        _overlay(settings, read_file(path, required))
+    variables = {}
     for setting in SETTINGS:
         for variable in setting.environment:
             if environ.get(variable):
-                settings[setting.key] = (_convert(setting, environ[variable], variable), variable)
+                variables[setting.key] = (_convert(setting, environ[variable], variable), variable)
                 break
+    _overlay(settings, variables)
     proxy = settings.get("proxy")
     if proxy is not None and proxy[1] not in _BY_KEY["proxy"].environment:  # from a file
         overriding = [variable for variable in CURL_PROXY_VARIABLES if environ.get(variable)]
         if overriding:
             settings["proxy"] = (None, ", ".join(overriding))
-    for key, value in given.items():
-        settings[key] = (value, given_as.format(key.replace("_", "-")))
+    _overlay(settings, {key: (value, given_as.format(key.replace("_", "-"))) for key, value in given.items()})
     return settings
+
+
+#: The keys that are one setting between them, each the other's: how much sc says, ``verbose``
+#: or ``quiet``.  Counted apart (their difference), a file's ``quiet`` cancelled ``-v``.
+_OTHER_HALF = {"verbose": "quiet", "quiet": "verbose"}
+
+
+def _overlay(settings: dict[str, tuple[object, str]], layer: Mapping[str, tuple[object, str]]) -> None:
+    """Put the settings of ``layer`` (a later file's, line's, or the options') over ``settings``,
+    key by key; a key of :data:`_OTHER_HALF` that the layer sets without the other also turns
+    that other off, saying that the layer did (``quiet = no  # --verbose``)."""
+    for key, entry in layer.items():
+        other = _OTHER_HALF.get(key)
+        if other is not None and other in settings and other not in layer:
+            settings[other] = (False, entry[1])
+        settings[key] = entry
 
 
 def value(settings: Effective, key: str) -> Any:
