@@ -195,6 +195,27 @@ def test_a_rewrite_mirror_no_connection_can_use_is_refused_naming_the_config_lin
     assert result.returncode == 2 and result.stderr.startswith(f"sc: error: {config}:1: rewrite "), result.stderr
 
 
+@pytest.mark.parametrize("rules", [
+    "https://github.com/ http://alice:S3CRET@mirror.site/github/",  # its "=" forgotten
+    "https://github.com/ http://alice:S3CRET=@mirror.site/github/",  # and a "=" in the password
+    "https://alice:S3CRET@data.cern.ch/ =",
+    "https://alice:S3CRET@data.cern.ch/ x = http://mirror.site/",
+    "https://alice:S3CRET@data.cern.ch/ = mirror.site/",
+])
+def test_a_bad_rewrite_rule_is_refused_without_a_password_of_its_urls(tmp_path, owner, rules):
+    # The line refusing a rule quoted its prefix, or the rule, as written: passwords and all.
+    config = tmp_path / "config"
+    config.write_text(f"rewrite = {rules}\n")
+    env = sc_env(SC_CONFIG=str(config))
+    for args in (("config",), ("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
+                               "http:https://data.cern.ch/data")):
+        result = sc(*args, env=env)
+        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert result.stderr.startswith(f"sc: error: {config}:1: rewrite ") and result.stderr.count("\n") == 1, \
+            result.stderr
+        assert "S3CRET" not in result.stderr and "alice" not in result.stderr, result.stderr
+
+
 def test_a_bearer_token_a_header_cannot_carry_is_refused_at_once(tmp_path, owner):
     url = f"http:https://127.0.0.1:{free_port()}/data"
     result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url,

@@ -177,12 +177,12 @@ class Rewrite:
 
     def __init__(self, prefix: str, mirrors: Sequence[str]) -> None:
         if not _url_prefix(prefix):
-            raise SettingError("rewrite", f"needs a URL prefix without spaces, not {prefix!r}")
+            raise SettingError("rewrite", f"needs a URL prefix without spaces, not {_shown(prefix)!r}")
         if not mirrors:
-            raise SettingError("rewrite", f"{prefix}: give at least one mirror after '='")
+            raise SettingError("rewrite", f"{_shown(prefix)}: give at least one mirror after '='")
         for mirror in mirrors:
             if not _url_prefix(mirror) or not _parses(mirror):
-                raise SettingError("rewrite", f"{prefix}: the mirror {unparsed_url(mirror)!r} is not a URL "
+                raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {unparsed_url(mirror)!r} is not a URL "
                                               "(SCHEME://HOST...)")
         self.prefix, self.mirrors = prefix, tuple(mirrors)
 
@@ -218,7 +218,7 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
             continue
         prefix, equals, mirrors = line.partition("=")
         if not equals:
-            raise SettingError("rewrite", f"{line!r}: expected PREFIX = MIRROR [MIRROR...]")
+            raise SettingError("rewrite", f"{_shown(line)!r}: expected PREFIX = MIRROR [MIRROR...]")
         rules.append(Rewrite(prefix.strip(), mirrors.split()))
     return tuple(rules)
 
@@ -247,14 +247,19 @@ def shown_rewrites(text: str) -> str:
     """Rewrite rules as written, without the user info of their URLs: what ``sc config`` shows.
     Only the first "=" of a rule ends its prefix, as :func:`rewrite_rules` reads it: a mirror's
     password may hold more (a base64 token's padding)."""
-    import re
-
     shown = []
     for rule in _rule_texts(text):
         prefix, equals, mirrors = rule.partition("=")
-        shown.append(without_user_info(prefix) + equals
-                     + "".join(without_user_info(part) for part in re.split(r"(\s+)", mirrors)))
+        shown.append(_shown(prefix) + equals + _shown(mirrors))
     return "".join(shown)
+
+
+def _shown(text: str) -> str:
+    """``text``, rules or a part of one, with each of its words shown as a message shows a URL
+    (:func:`~sharedcache.errors.unparsed_url`): without user info, which holds passwords."""
+    import re
+
+    return "".join(unparsed_url(part) for part in re.split(r"(\s+)", text))
 
 
 def seconds(setting: str, value: object) -> float:
