@@ -195,6 +195,22 @@ def test_a_rewrite_mirror_no_connection_can_use_is_refused_naming_the_config_lin
     assert result.returncode == 2 and result.stderr.startswith(f"sc: error: {config}:1: rewrite "), result.stderr
 
 
+@pytest.mark.parametrize("mirror", ["ftp://mirror.site/", "FTP://bob:S3CRET@mirror.site/", "file://localhost/srv/",
+                                    "socks5h://mirror.site:1080/"])
+def test_a_rewrite_mirror_that_is_not_http_is_refused_by_sc_config_and_a_miss(tmp_path, owner, mirror):
+    # sc config took it, and every miss the rule matched failed as a malformed recipe, the user's
+    # word blamed (exit 2, no file named), the origin kept as the last resort never tried.
+    config = tmp_path / "config"
+    config.write_text(f"rewrite = http://origin.site/ = {mirror} http://origin.site/\n")
+    env = sc_env(SC_CONFIG=str(config))
+    expected = (f"sc: error: {config}:1: rewrite http://origin.site/: the mirror "
+                f"{mirror.replace('bob:S3CRET@', '')!r} is not an http:// or https:// URL\n")
+    for args in (("config",), ("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid),
+                               "http:http://origin.site/data")):
+        result = sc(*args, env=env)
+        assert (result.returncode, result.stdout, result.stderr) == (2, "", expected)
+
+
 @pytest.mark.parametrize("rules", [
     "https://github.com/ http://alice:S3CRET@mirror.site/github/",  # its "=" forgotten
     "https://github.com/ http://alice:S3CRET=@mirror.site/github/",  # and a "=" in the password

@@ -184,6 +184,11 @@ class Rewrite:
             if not _url_prefix(mirror) or not _parses(mirror):
                 raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {unparsed_url(mirror)!r} is not a URL "
                                               "(SCHEME://HOST...)")
+            # A mirror stands for an http: source's URL, and the source fetches no other scheme:
+            # let through, every miss the rule matches failed as a malformed recipe.
+            if mirror.partition("://")[0].lower() not in ("http", "https"):
+                raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {unparsed_url(mirror)!r} is not an "
+                                              "http:// or https:// URL")
         self.prefix, self.mirrors = prefix, tuple(mirrors)
 
     def __eq__(self, other: object) -> bool:
