@@ -177,7 +177,7 @@ def test_the_python_api_uses_a_group_cache_when_asked_by_argument_or_config_file
     monkeypatch.setenv("SC_CONFIG", str(config))
     with sharedcache.use(*words, name="again", directories=[shared]) as path:
         assert path.resolve().parent.parent == shared / f".shared-cache-g{gid}" / "objects"
-    with pytest.raises(UsageError, match="no such group: 'no-such-group-here'"), \
+    with pytest.raises(UsageError, match=r"^use\(group=\.\.\.\) 'no-such-group-here': no such group$"), \
             sharedcache.use(*words, name="none", directories=[shared], group="no-such-group-here"):
         pass
 
@@ -191,8 +191,9 @@ def test_a_group_that_names_no_group_is_one_line(tmp_path):
                        (None, sc_env(SC_CONFIG=str(config)))):
         options = ("--group", group) if group is not None else ()
         result = sc("--use", "-d", str(tmp_path), *options, *words, env=env)
+        where, hint = ("--group", " (see 'sc --help')") if group is not None else (f"{config}:1: group", "")
         shown = repr(group if group is not None else "a\0b")
-        assert (result.returncode, result.stderr) == (2, f"sc: error: no such group: {shown} (see 'sc --help')\n")
+        assert (result.returncode, result.stderr) == (2, f"sc: error: {where} {shown}: no such group{hint}\n")
 
 
 # Bob holds the population lock of "x" in the group cache and writes a status record that is

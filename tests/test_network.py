@@ -483,6 +483,21 @@ def test_a_list_of_directories_that_names_none_says_where_it_was_given(tmp_path)
                 2, "", f"sc: error: {source}: directories names no directory (paths separated by ':')\n")
 
 
+def test_a_group_that_names_no_group_says_where_it_was_given(tmp_path):
+    # "no such group: 'x' (see 'sc --help')", as if an option had said so: neither the file nor
+    # the line was named, and sc config printed every setting before it failed.
+    config = tmp_path / "config"
+    config.write_text("keep = yes\ngroup = no-such-group-here\n")
+    env = sc_env(SC_CONFIG=str(config))
+    for command in (["config"], ["list"], ["--use", "-d", str(tmp_path), "file:/nonexistent.tar", "tar"]):
+        result = sc(*command, env=env)
+        assert (result.returncode, result.stdout, result.stderr) == (
+            2, "", f"sc: error: {config}:2: group 'no-such-group-here': no such group\n")
+    option = sc("config", "--group", "no-such-group-here", env=env)
+    assert (option.returncode, option.stdout, option.stderr) == (
+        2, "", "sc: error: --group 'no-such-group-here': no such group (see 'sc --help')\n")
+
+
 def test_a_config_file_under_a_file_is_a_missing_one(tmp_path):
     # A service account's HOME=/dev/null made every command fail: "cannot read the config file:
     # Not a directory", for the user's file that cannot be there.

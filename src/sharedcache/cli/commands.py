@@ -53,16 +53,17 @@ def run(options: Arguments) -> int:
              if (value := getattr(options, setting.key, None)) is not None and value is not False
              and not (setting.key in ("verbose", "quiet") and value == 0)}
     effective = files.effective(given, os.environ)
+    group = files.converted(effective, "group", group_id)  # (before sc config shows a row)
     if options.action == "config":
-        return show_config(effective, files.fetch_policy(effective, os.environ))  # checked, as a miss would
-    for key in ("directories", "max_size", "keep", "group", "timeout", "verbose", "quiet"):
+        return show_config(effective, files.fetch_policy(effective, os.environ), group)  # checked, as a miss would
+    for key in ("directories", "max_size", "keep", "timeout", "verbose", "quiet"):
         if key in effective:
             setattr(options, key, effective[key][0])
     options.fetch = files.fetch_when_needed(effective, os.environ, given)
     repositories = Repositories(
         options.directories,  # the environment's, a file's, or the option's (files.effective)
         reporter=Reporter(options.verbosity),
-        group=group_id(options.group),
+        group=group,
     )
     assert options.action is not None
     return COMMANDS[options.action](repositories, options)
@@ -327,9 +328,9 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 }
 
 
-def show_config(effective: Effective, fetch: FetchPolicy) -> int:
+def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> int:
     """``sc config``: every setting, its effective value and where it comes from; ``fetch`` is
-    the fetch policy they make."""
+    the fetch policy they make, ``group`` the gid of the group cache they name."""
     from ..config.settings import FetchPolicy, shown_rewrites
     from ..loaders.transport import curl_proxies, shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES
@@ -354,20 +355,19 @@ def show_config(effective: Effective, fetch: FetchPolicy) -> int:
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         rows.append(f"{key} = {text}  # {where}\n")
     output("".join(rows))
-    _warn_of_cleaners(effective)
+    _warn_of_cleaners(effective, group)
     return 0
 
 
-def _warn_of_cleaners(effective: Effective) -> None:
-    """Say, for each candidate base directory whose caches a cleaner of the system's deletes by
-    age (:mod:`sharedcache.config.cleaners`), where that comes from and what keeps them."""
+def _warn_of_cleaners(effective: Effective, group: int | None) -> None:
+    """Say, for each candidate base directory whose caches (of the group cache of gid ``group``,
+    if not None) a cleaner of the system's deletes by age (:mod:`sharedcache.config.cleaners`),
+    where that comes from and what keeps them."""
     from ..config.cleaners import cleaning_warning
     from ..repository.bases import base_directories
 
-    directories, group = (effective.get(key, (None, ""))[0] for key in ("directories", "group"))
-    gid = group_id(group)  # type: ignore[arg-type]  # (a setting's converted value: a name or gid)
-    for base in base_directories(directories):  # type: ignore[arg-type]  # (likewise: the ':'-separated text)
-        suffix = f"g{gid}" if gid is not None else str(os.geteuid())
+    for base in base_directories(files.value(effective, "directories")):
+        suffix = f"g{group}" if group is not None else str(os.geteuid())
         warning = cleaning_warning(base, os.path.join(base, f".shared-cache-{suffix}"))
         if warning is not None:
             print(f"sc: {warning}", file=sys.stderr)

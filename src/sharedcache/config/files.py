@@ -30,17 +30,18 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import ConfigError, SettingError, UsageError, quoted
+from ..errors import ConfigError, SettingError, SharedCacheError, UsageError, quoted
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import Any
+    from typing import Any, TypeVar
 
     from .settings import FetchPolicy
 
     #: Every setting that is set: key -> (value, where it came from).
     Effective = dict[str, tuple[object, str]]
+    Converted = TypeVar("Converted")
 
 SITE_FILE = "/etc/shared-cache/config"
 #: The environment variables of curl's that name a proxy; any of them overrides a file's ``proxy``.
@@ -286,6 +287,16 @@ def value(settings: Effective, key: str) -> Any:
     return settings[key][0] if key in settings else None
 
 
+def converted(settings: Effective, key: str, convert: Callable[[Any], Converted]) -> Converted:
+    """``convert`` applied to the value of setting ``key`` (None if unset), where what it needs is
+    above this module (a group's name made its gid); its :class:`SettingError` names where the
+    value was set, as :func:`fetch_policy`'s do."""
+    try:
+        return convert(value(settings, key))
+    except SettingError as e:
+        raise _where_set(settings, e) from None
+
+
 def fetch_when_needed(settings: Effective, environ: Mapping[str, str],
                       given: Mapping[str, object]) -> FetchPolicy | Callable[[], FetchPolicy]:
     """The fetch policy of ``settings`` as the repositories take it: a function that makes it,
@@ -315,9 +326,15 @@ def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy
                               if key in settings and settings[key][0] is not None},
                            credentials=credentials, rewrites=rewrites)
     except SettingError as e:
-        if e.setting not in settings:  # a standard variable (BEARER_TOKEN), not one of the settings
-            raise ConfigError(f"{e.setting}: {e.reason}") from None
-        where = settings[e.setting][1]
-        if where.startswith(("--", "use(")):  # the caller's own input
-            raise UsageError(f"{where} {e.reason}") from None
-        raise ConfigError(f"{where}: {e.setting} {e.reason}") from None
+        raise _where_set(settings, e) from None
+
+
+def _where_set(settings: Effective, error: SettingError) -> SharedCacheError:
+    """``error``, of a value of ``settings``, as one line naming where that value was set: an
+    option's is a :class:`UsageError`, a file's or a variable's a :class:`ConfigError`."""
+    if error.setting not in settings:  # a standard variable (BEARER_TOKEN), not one of the settings
+        return ConfigError(f"{error.setting}: {error.reason}")
+    where = settings[error.setting][1]
+    if where.startswith(("--", "use(")):  # the caller's own input
+        return UsageError(f"{where} {error.reason}")
+    return ConfigError(f"{where}: {error.setting} {error.reason}")

@@ -40,6 +40,7 @@ from ..errors import (
     MissError,
     NameTakenError,
     NoSpaceError,
+    SettingError,
     SharedCacheError,
     UsageError,
     clipped,
@@ -116,7 +117,8 @@ def group_id(group: str | int | None) -> int | None:
     try:
         return grp.getgrnam(group).gr_gid
     except (KeyError, ValueError):  # ValueError: a NUL in the name, which a config file's line can hold
-        raise UsageError(f"no such group: {group!r}") from None
+        # (A SettingError, that the edge says where the name was given: a file's line, an option.)
+        raise SettingError("group", f"{group!r}: no such group") from None
 
 
 class Base:

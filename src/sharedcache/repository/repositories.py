@@ -759,7 +759,7 @@ def use(
     budget = files.value(effective, "max_size")
     budget = None if budget is None else parse_size(budget, "max_size")
     repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity),
-                                group=group_id(files.value(effective, "group")))
+                                group=files.converted(effective, "group", group_id))
     try:
         held = repositories.acquire(
             _loader_words(words), owner=Owner.current(), name=name, size=limit, keep=keep,
