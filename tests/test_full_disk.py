@@ -8,6 +8,7 @@ damage, whatever it was opening or writing."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -144,6 +145,21 @@ def test_a_file_system_out_of_inodes_is_named_as_such(tmp_path):
         # and how much of the data was written by then: the least room it needs.
         assert f"no space left on the device of {small} for {big} after " in line, line
         assert re.search(r" after \d+(\.\d)? (KiB|MiB) of its data$", line.rstrip("\n")), line
+
+
+def test_the_first_population_of_a_new_cache_that_finds_no_room_names_its_data(tmp_path, small_fs, origin):  # noqa: F811
+    # Its download, kept for a takeover, still takes the room when the population evicts: the
+    # eviction opened the new cache's index for the first time, with no room for its journal,
+    # and its own error replaced the population's ("... for the index of cache ...").
+    payload = os.urandom(4_000_000)
+    url = origin.add("/big.bin", payload)
+    with Sleeper() as owner:
+        failed = sc("--use", "-d", str(small_fs), "--pid", str(owner.pid), "-n", "big",
+                    f"http:{url}", f"sha256:{hashlib.sha256(payload).hexdigest()}")
+    assert failed.returncode == 1
+    line = one_line(failed.stderr)
+    assert f"no space left on the device of {small_fs} for {url} after " in line, line
+    assert "index" not in line, line
 
 
 def take_every_inode(mount: Path, taken: list[Path]) -> None:

@@ -231,10 +231,20 @@ class Base:
         a block), evict the least recently used repository that nobody uses, saying so; return
         whether one was.  One at a time, as the caller tries again: a kept repository goes only
         if the file still finds no room without it."""
-        freed = self.cache().evict(1)
+        freed = self.evict(1)
         if freed:
             reporter.info(f"{full}; evicted {format_size(freed)} of kept data, trying again")
         return freed > 0
+
+    def evict(self, nbytes: int | None = None) -> int:
+        """Evict unused repositories of this base's cache to make room for what met a full file
+        system (:meth:`FsCache.evict`); return the bytes freed.  0 if the eviction itself finds
+        no room: the index of a new cache, opened for the first time, has no reserve yet for
+        its journal, and what needed the room is what the caller's error must name."""
+        try:
+            return self.cache().evict(nbytes)
+        except NoSpaceError:
+            return 0
 
     def link(self, name: str) -> str:
         return os.path.join(self.links, name)

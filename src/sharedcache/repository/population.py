@@ -311,7 +311,7 @@ class Population:
                     self._attempt()
                 except NoSpaceError as e:
                     # The file system is full: the space kept repositories hold is given back, once.
-                    freed = 0 if isinstance(e, SizeLimitError) else cache.evict()
+                    freed = 0 if isinstance(e, SizeLimitError) else base.evict()
                     if not freed:
                         raise
                     self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
