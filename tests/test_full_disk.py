@@ -271,6 +271,46 @@ def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tm
                                              "a read-only file system\n")
 
 
+def test_a_base_with_no_room_for_a_cache_is_skipped_with_one_line_saying_so(tmp_path):
+    # A full first candidate where this user had no cache yet failed every command with the
+    # system's bare "No space left on device" (or naming "populate", "index.sqlite"), never
+    # trying the next candidate; use() raised a bare OSError.
+    source = tmp_path / "small.txt"
+    source.write_text("hello\n")
+    api = """
+import sys, sharedcache
+try:
+    with sharedcache.use(sys.argv[1], name="api", directories=sys.argv[2:]) as path:
+        print(path)
+except sharedcache.SharedCacheError as e:
+    print("error:", e)
+"""
+    with (Sleeper() as owner, mounted_tmpfs(tmp_path / "full", "1m") as full_fs,
+          mounted_tmpfs(tmp_path / "inodes", "8m", inodes=100) as inodes, mounted_tmpfs(tmp_path / "few", "8m", inodes=7) as few,
+          mounted_tmpfs(tmp_path / "room", "8m") as room):
+        fill(full_fs)
+        take_every_inode(inodes, [])
+        for base, why in ((full_fs, ""), (inodes, ": no free inodes (see df -i)"),
+                          (few, ": no free inodes (see df -i)")):  # (few: room for all but populate/)
+            skipped = f"sc: skipping {base}: no space left on the device of {base} for "
+            name = base.name
+            used = sc("--use", "-d", f"{base}:{room}", "--pid", str(owner.pid), "-n", name, f"file:{source}")
+            assert used.returncode == 0, used.stderr
+            assert used.stdout.strip() == str(user_dir(room) / name)
+            line = one_line(used.stderr)
+            assert line.startswith(skipped) and line.endswith(f"{why}\n"), line
+            listed = sc("list", "-d", f"{base}:{room}")
+            assert listed.returncode == 0 and name in listed.stdout.split(), listed.stderr
+            assert listed.stderr == "" or one_line(listed.stderr).startswith(skipped), listed.stderr
+            collected = sc("gc", "-d", str(base))
+            assert collected.returncode == 0, collected.stderr
+            assert collected.stderr == "" or one_line(collected.stderr).startswith(skipped), collected.stderr
+            alone = subprocess.run([sys.executable, "-c", api, f"file:{source}", str(base)],
+                                   capture_output=True, text=True, timeout=60)
+            assert alone.stdout.startswith("error: ") and "no space left on the device of" in alone.stdout, \
+                (alone.stdout, alone.stderr)
+
+
 def test_the_lock_probe_of_a_file_system_out_of_inodes_waits_for_nobody(tmp_path, monkeypatch):
     # With no inode for a probe file, gc probes its locks on cache.info, which every member of a
     # group cache can open: one holding a lock on it (for as long as it likes) made every gc

@@ -319,11 +319,14 @@ def no_space_for(what: str, error: OSError, path: str, written: int = 0) -> NoSp
 def _mount_point(path: str) -> str:
     """Where the file system of ``path`` is mounted (what ``df`` names), or ``path`` itself if
     that cannot be told: the place a message about a full file system names, rather than the
-    source whose data was being written."""
+    source whose data was being written.  A ``path`` not made yet (a new cache's directory, which
+    found no room) is on the file system of its nearest existing parent."""
     import os
 
     try:
         here = os.path.realpath(path)
+        while not os.path.exists(here) and here != "/":
+            here = os.path.dirname(here)
         device = os.stat(here).st_dev
         while here != "/" and os.stat(os.path.dirname(here)).st_dev == device:
             here = os.path.dirname(here)

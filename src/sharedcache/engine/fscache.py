@@ -280,6 +280,7 @@ from .layout import (
     check_name,
     make_directory,
     make_subdirectory,
+    making,
     open_cache,
 )
 from .leases import (
@@ -650,8 +651,9 @@ class FsCache:
         descriptor of a file drops the POSIX locks that this process holds on it, and SQLite's
         connections in other threads hold theirs there."""
         try:
-            fd = os.open(INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         self.modes.file, dir_fd=directory)
+            with making(f"the index of cache {self.root}", self.root):
+                fd = os.open(INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             self.modes.file, dir_fd=directory)
         except FileExistsError:
             pass
         else:
@@ -1593,7 +1595,8 @@ class FsCache:
             del self._kept_open[sub]
         root = open_directory(self.root)
         try:
-            make_subdirectory(root, sub, self.modes, repair=self.repair)
+            with making(f"{self.root}/{sub}", self.root):
+                make_subdirectory(root, sub, self.modes, repair=self.repair)
         finally:
             os.close(root)
         self._kept_open[sub] = self._open_own(sub)

@@ -36,7 +36,8 @@ import errno
 import os
 import stat
 
-from ..errors import CacheError, UsageError, over_limit, unresolvable
+from ..errors import CacheError, UsageError, no_space_for, over_limit, unresolvable
+from ..lean import scoped
 from ..modes import mkdir, taken
 from . import locks
 from .fsutil import (
@@ -48,6 +49,10 @@ from .fsutil import (
     unique_name,
     write_atomic,
 )
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 FORMAT_LINE = b"shared-cache fscache 3\n"
 # Caches whose every entry this layout reads as it is: the first open rewrites their marker.
@@ -227,6 +232,21 @@ def _give_mode(fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
 
 
+@scoped
+def making(what: str, path: str) -> Iterator[None]:
+    """Raise a full file system or quota that the block meets as it makes ``what`` under ``path``
+    as :class:`~sharedcache.errors.NoSpaceError` (:func:`~sharedcache.errors.no_space_for`: the
+    mount point, and whether no inode was free), not the system's bare error: a base with no room
+    for a cache is then skipped, saying so, as one that is no use for any other reason."""
+    try:
+        yield
+    except OSError as e:
+        full = no_space_for(what, e, path)
+        if full is None:
+            raise
+        raise full from None
+
+
 def user_directory(base: str) -> str:
     """This user's directory in the base directory ``base``, created if needed (0700); refused
     with a clear error if another user owns it (squatted) or others may write or enter it.
@@ -236,7 +256,8 @@ def user_directory(base: str) -> str:
     sc that did not give the owner's bits back) is given them back, as it was meant to have."""
     path = os.path.join(base, f".shared-cache-{os.geteuid()}")
     try:
-        make_directory(path, 0o700)
+        with making(f"this user's directory {path}", base):
+            make_directory(path, 0o700)
         fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise over_limit(e) or CacheError(f"cannot create {path}: {e.strerror}") from None
@@ -321,11 +342,12 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
     if group is not None and group != os.getegid() and group not in os.getgroups():
         raise CacheError(f"cannot use a cache of group {group} at {root}: this user is not in that group")
     try:
-        try:
-            make_directory(root, modes.directory, group=group)
-        except FileNotFoundError:  # its parents first (a caller's choice of place: default modes)
-            os.makedirs(os.path.dirname(root), exist_ok=True)
-            make_directory(root, modes.directory, group=group)
+        with making(f"cache {root}", root):
+            try:
+                make_directory(root, modes.directory, group=group)
+            except FileNotFoundError:  # its parents first (a caller's choice of place: default modes)
+                os.makedirs(os.path.dirname(root), exist_ok=True)
+                make_directory(root, modes.directory, group=group)
         fd = open_directory(root)
     except NotADirectoryError:
         kind = "a symlink" if os.path.islink(root) else "not a directory"
@@ -333,35 +355,43 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
     except OSError as e:
         raise over_limit(e) or CacheError(f"cannot create cache {root}: {e.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if group is not None and st.st_gid != group and st.st_uid == os.geteuid():
-            st = _give_to_group(root, fd, group, st)
-        _check_owner(root, st, group)
-        try:
-            found = read_control("cache.info", dir_fd=fd)
-        except FileNotFoundError:
-            # A new cache: refuse it if locks lock nothing there.  The marker records that the
-            # check passed, so the operations that follow pay nothing for it.
-            check_locks(root)
-            create_exclusive(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
-            found = read_control("cache.info", dir_fd=fd)
-        except OSError as e:
-            raise over_limit(e) or CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
-        if found in _COMPATIBLE_FORMATS:
-            try:
-                write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
-            except OSError as e:
-                # A read-only cache can still be read, and nothing of format 3 can be put in it.
-                if e.errno != errno.EROFS:
-                    raise over_limit(e) or CacheError(
-                        f"cannot bring cache {root} to this version's format: {e.strerror}") from None
-        elif found != FORMAT_LINE:
-            _repair_marker(root, fd, found, modes, repair=repair)
-        for sub in (OBJECTS, STAGE, TRASH):
-            make_subdirectory(fd, sub, modes, repair=repair)
+        with making(f"cache {root}", root):
+            _check_and_complete(root, fd, group, modes, repair=repair)
     finally:
         os.close(fd)
     return modes
+
+
+def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, repair: bool) -> None:
+    """Check the cache directory ``root``, open as ``fd``, and give it what it lacks: its marker
+    (once its locks are known to work), its subdirectories; a marker of an earlier compatible
+    format is brought to this one's."""
+    st = os.fstat(fd)
+    if group is not None and st.st_gid != group and st.st_uid == os.geteuid():
+        st = _give_to_group(root, fd, group, st)
+    _check_owner(root, st, group)
+    try:
+        found = read_control("cache.info", dir_fd=fd)
+    except FileNotFoundError:
+        # A new cache: refuse it if locks lock nothing there.  The marker records that the
+        # check passed, so the operations that follow pay nothing for it.
+        check_locks(root)
+        create_exclusive(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
+        found = read_control("cache.info", dir_fd=fd)
+    except OSError as e:
+        raise over_limit(e) or CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
+    if found in _COMPATIBLE_FORMATS:
+        try:
+            write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
+        except OSError as e:
+            # A read-only cache can still be read, and nothing of format 3 can be put in it.
+            if e.errno != errno.EROFS:
+                raise over_limit(e) or CacheError(
+                    f"cannot bring cache {root} to this version's format: {e.strerror}") from None
+    elif found != FORMAT_LINE:
+        _repair_marker(root, fd, found, modes, repair=repair)
+    for sub in (OBJECTS, STAGE, TRASH):
+        make_subdirectory(fd, sub, modes, repair=repair)
 
 
 def make_subdirectory(root: int, sub: str, modes: Modes, *, repair: bool) -> None:

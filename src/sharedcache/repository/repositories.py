@@ -55,6 +55,11 @@ if TYPE_CHECKING:
 
 #: Why a base on a file system mounted read-only is skipped.
 READ_ONLY = "a read-only file system"
+#: What makes a candidate base no use to a command that looks for a cache to use (a miss choosing
+#: where to populate, a listing, a gc), which then skips it saying why: the base, this user's
+#: directory or the cache is not safe to use, or its file system has no room (no block, no
+#: inode) to make what the cache needs there.
+UNUSABLE = (CacheError, NoSpaceError)
 
 
 def checked_timeout(timeout: float | None) -> float | None:
@@ -261,7 +266,7 @@ class Repositories:
         except (SharedCacheError, OSError):
             held.cache.drop_lease(held.name, held.lease)
 
-    def _skip(self, base: Base, error: CacheError) -> None:
+    def _skip(self, base: Base, error: SharedCacheError) -> None:
         """Skip ``base`` from now on; why is said once, by :meth:`_report_skips` if the
         command goes on, or in its error if it fails."""
         self.unusable.setdefault(base.path, str(error))
@@ -288,7 +293,8 @@ class Repositories:
                 if not base.present():
                     continue
                 cache = base.cache()
-            except CacheError as e:
+                base.populate_dir  # noqa: B018 - made now if missing: a base with no room for it is skipped
+            except UNUSABLE as e:
                 self._skip(base, e)
                 continue
             yield base, cache
@@ -358,7 +364,8 @@ class Repositories:
             made = not base.has_cache()
             try:
                 base.cache()
-            except CacheError as e:
+                base.populate_dir  # noqa: B018 - made now if missing: a base with no room for it is skipped
+            except UNUSABLE as e:
                 seen.append(f"{base.path} ({e})")
                 self._skip(base, e)
                 continue
@@ -527,9 +534,9 @@ class Repositories:
         for base, cache in self._caches():
             try:
                 entries = cache.entries()
-            except CacheError as e:
+            except UNUSABLE as e:
                 # Its index cannot be opened there (a read-only file system, an index damaged
-                # or planted: "run gc to rebuild it"): the other candidates are still listed,
+                # or planted: "run gc to rebuild it", or no room to make it): the other candidates are still listed,
                 # as gc and uses go on past such a base, and the skipped one said why.
                 failed = failed or e
                 self._skip(base, CacheError(READ_ONLY) if base.read_only() else e)
@@ -569,7 +576,7 @@ class Repositories:
                 check_base(base.path, base.group)
                 user_directory(base.path)
                 cache = FsCache(base.control, group=base.group, repair=True)
-            except CacheError as e:
+            except UNUSABLE as e:
                 self._skip(base, e)
                 continue
             try:
@@ -579,6 +586,11 @@ class Repositories:
                 report["populations_cleaned"] = self._clean_populations(base, cache)
                 report["stuck_populations"] = self._stuck_populations(base)
                 report["links_removed"] = self._clean_links(base)
+            except NoSpaceError as e:
+                # No room for what the cache lacks (the index of a cache whose making found
+                # none): said as for a base with no room to make the cache, and the others go on.
+                self._skip(base, e)
+                continue
             finally:
                 cache.close()  # opened for the repair, outside the process's table of caches
             reports[str(base.path)] = report
