@@ -20,7 +20,7 @@ from pathlib import Path
 
 from test_guards import small_fs  # noqa: F401 - the fixture: a 3 MiB tmpfs mounted for the test
 
-from scutil import Sleeper, control, make_tarball, mounted_tmpfs, sc, user_dir
+from scutil import Sleeper, control, finish, make_tarball, mounted_tmpfs, sc, sc_start, user_dir, wait_for
 
 
 def fill(mount: Path) -> Path:
@@ -160,6 +160,37 @@ def test_the_first_population_of_a_new_cache_that_finds_no_room_names_its_data(t
     line = one_line(failed.stderr)
     assert f"no space left on the device of {small_fs} for {url} after " in line, line
     assert "index" not in line, line
+
+
+def test_a_population_in_progress_reserves_only_what_it_has_yet_to_write(tmp_path, origin):
+    # A population of --size 6MiB two thirds done on an 8 MiB file system: 4 MiB written (off
+    # the free space already), 2 MiB to come.  Its whole size was reserved on top of what it had
+    # written, and a use of --size 1MiB, which fits, was refused with "0 B free".
+    payload = os.urandom(6 << 20)
+    url = origin.add("/big.bin", payload)
+    origin.rate = 2_000_000
+    small = tmp_path / "small.txt"
+    small.write_text("hello\n")
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "m", "8m") as mount:
+        common = ["-d", str(mount), "--pid", str(owner.pid)]
+        big = sc_start("--use", *common, "-n", "big", "--size", "6MiB", f"http:{url}",
+                       f"sha256:{hashlib.sha256(payload).hexdigest()}")
+        try:
+            status = control(mount) / "populate" / "big.json"
+
+            def written() -> int:
+                try:
+                    return int(json.loads(status.read_bytes()).get("done", 0))
+                except (OSError, ValueError):
+                    return 0
+
+            wait_for(lambda: written() >= 4 << 20, timeout=30, what="4 MiB of the download")
+            fits = sc("--use", *common, "-n", "small", "--size", "1MiB", f"file:{small}")
+            assert fits.returncode == 0, fits.stderr
+        finally:
+            origin.rate = None
+            (done, _out, err), = finish([big])
+        assert done == 0, err
 
 
 def take_every_inode(mount: Path, taken: list[Path]) -> None:

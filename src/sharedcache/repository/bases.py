@@ -264,10 +264,14 @@ class Base:
         return bool(os.statvfs(self.path).f_flag & os.ST_RDONLY)
 
     def reserved(self) -> int:
-        """Space reserved by the populations in progress here."""
+        """Space reserved by the populations in progress here: what each has yet to write of its
+        size (``--size``).  What it has written is off :meth:`free_space` already: counted again,
+        a population half done held its size and a half.  Its status record's ``done``, the
+        source's bytes received, is what it has written at least (a download is written as it
+        comes; an archive unpacks to more than it took), so the rest is never counted short."""
         total = 0
         for _name, status in self.populations():
-            total += int(status.get("size") or 0)
+            total += max(int(status.get("size") or 0) - int(status.get("done") or 0), 0)
         return total
 
     def populations(self) -> list[tuple[str, Record]]:
