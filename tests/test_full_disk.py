@@ -20,7 +20,7 @@ from pathlib import Path
 
 from test_guards import small_fs  # noqa: F401 - the fixture: a 3 MiB tmpfs mounted for the test
 
-from scutil import Sleeper, control, finish, make_tarball, mounted_tmpfs, sc, sc_start, user_dir, wait_for
+from scutil import Sleeper, control, finish, make_tarball, mounted_tmpfs, sc, sc_env, sc_start, user_dir, wait_for
 
 
 def fill(mount: Path) -> Path:
@@ -191,6 +191,59 @@ def test_a_population_in_progress_reserves_only_what_it_has_yet_to_write(tmp_pat
             origin.rate = None
             (done, _out, err), = finish([big])
         assert done == 0, err
+
+
+#: ``sc`` (``python -c PAUSED_AS_IT_CHOOSES FLAGS ARGS...``, given two candidate directories) that
+#: stops once it has read what the populations under way in both reserve, before it chooses, until
+#: FLAGS/go exists (FLAGS/paused says it waits).
+PAUSED_AS_IT_CHOOSES = """
+import os, runpy, sys, time
+flags = sys.argv.pop(1)
+listed = []
+def pause(event, args):
+    if event == "os.listdir" and str(args[0]).startswith("/proc/self/fd/"):  # (a cache's populate/)
+        listed.append(args[0])
+        if len(listed) == 2:
+            open(flags + "/paused", "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(flags + "/go") and time.monotonic() < deadline:
+                time.sleep(0.01)
+sys.addaudithook(pause)
+sys.argv[0] = "sc"
+runpy.run_module("sharedcache", run_name="__main__")
+"""
+
+
+def test_two_uses_that_choose_a_base_at_once_do_not_both_take_its_room(tmp_path, origin):
+    # Two uses of --size 6MiB, with two empty 8 MiB candidates, that chose at the same moment
+    # both saw the first one empty, both downloaded there, and both failed for space, the other
+    # candidate left empty.  The later reservation now gives the base up, and chooses again.
+    payload = os.urandom(6 << 20)
+    url = origin.add("/big.bin", payload)
+    recipe = [f"http:{url}", f"sha256:{hashlib.sha256(payload).hexdigest()}"]
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    with (Sleeper() as owner, mounted_tmpfs(tmp_path / "first", "8m") as first,
+          mounted_tmpfs(tmp_path / "second", "8m") as second):
+        common = ["--use", "-d", f"{first}:{second}", "--pid", str(owner.pid), "--size", "6MiB"]
+        small = tmp_path / "small.txt"
+        small.write_text("hello\n")
+        for base in (first, second):  # (their caches made, as on a node in use)
+            assert sc("--use", "-d", str(base), "--pid", str(owner.pid), "-n", "warm", f"file:{small}").returncode == 0
+        later = subprocess.Popen([sys.executable, "-c", PAUSED_AS_IT_CHOOSES, str(flags), *common, "-n", "later",
+                                  *recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sc_env())
+        earlier = None
+        try:
+            wait_for((flags / "paused").exists, timeout=30, what="the later use's choice")
+            earlier = sc_start(*common, "-n", "earlier", *recipe)
+            wait_for((control(first) / "populate" / "earlier.json").exists, timeout=30,
+                     what="the earlier use's reservation")
+        finally:
+            (flags / "go").touch()
+            results = finish([later] if earlier is None else [later, earlier])
+        assert [status for status, _, _ in results] == [0, 0], results
+        assert results[0][1].strip() == str(user_dir(second) / "later")
+        assert results[1][1].strip() == str(user_dir(first) / "earlier")
 
 
 def take_every_inode(mount: Path, taken: list[Path]) -> None:

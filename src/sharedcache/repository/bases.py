@@ -29,6 +29,7 @@ space reserved by populations in progress, and the links.
 from __future__ import annotations
 
 import os
+import time
 
 from ..engine import locks
 from ..engine.fscache import FsCache
@@ -45,11 +46,12 @@ from ..errors import (
     UsageError,
     clipped,
 )
+from ..lean import scoped
 from ..sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from ..progress import Reporter
     from .records import Record
@@ -57,6 +59,9 @@ if TYPE_CHECKING:
 
 #: Base directories used when none are given.
 DEFAULT_DIRECTORIES = ("/tmp", "/var/tmp")
+#: The lock under which a population reserves its size, in the population files' directory (no
+#: repository's name starts with a dot, so no population's files are named so).
+RESERVATIONS_LOCK = ".reservations.lock"
 #: The private cache's directory in a user's directory (hidden: no repository is named so).
 PRIVATE_CACHE = ".cache"
 # The caches this process has opened, kept so that a program calling use() in a loop opens each
@@ -263,16 +268,31 @@ class Base:
         """Whether the base is on a file system mounted read-only."""
         return bool(os.statvfs(self.path).f_flag & os.ST_RDONLY)
 
-    def reserved(self) -> int:
-        """Space reserved by the populations in progress here: what each has yet to write of its
-        size (``--size``).  What it has written is off :meth:`free_space` already: counted again,
-        a population half done held its size and a half.  Its status record's ``done``, the
-        source's bytes received, is what it has written at least (a download is written as it
-        comes; an archive unpacks to more than it took), so the rest is never counted short."""
+    def reserved(self, besides: str | None = None) -> int:
+        """Space reserved by the populations in progress here (but that of ``besides``): what
+        each has yet to write of its size (``--size``).  What it has written is off
+        :meth:`free_space` already: counted again, a population half done held its size and a
+        half.  Its status record's ``done``, the source's bytes received, is what it has written
+        at least (a download is written as it comes; an archive unpacks to more than it took), so
+        the rest is never counted short."""
         total = 0
-        for _name, status in self.populations():
-            total += max(int(status.get("size") or 0) - int(status.get("done") or 0), 0)
+        for name, status in self.populations():
+            if name != besides:
+                total += max(int(status.get("size") or 0) - int(status.get("done") or 0), 0)
         return total
+
+    @scoped
+    def reservations_held(self) -> Iterator[None]:
+        """Hold this base's reservations lock, which a population with a size holds while it
+        writes its first status record (its reservation) and checks the room the reservations
+        before it leave (:meth:`~sharedcache.repository.population.Population.run`)."""
+        fd = locks.open_lock_file(os.path.join(self.populate_dir, RESERVATIONS_LOCK), mode=self.cache().modes.file)
+        try:
+            left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            locks.lock(fd, locks.EXCLUSIVE, timeout=left, what=f"the reservations of {self.path}")
+            yield
+        finally:
+            locks.release(fd)
 
     def populations(self) -> list[tuple[str, Record]]:
         """(name, status) of every population in progress (its lock is held)."""

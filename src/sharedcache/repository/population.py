@@ -200,6 +200,11 @@ def network_namespace() -> int | None:
 _ending: list[int] = []
 
 
+class RoomTaken(Exception):
+    """The room a population's base had when it was chosen was reserved by another population
+    since: no failure of the recipe, so none its waiters are told; the use chooses again."""
+
+
 class _Ended(BaseException):
     """A SIGTERM or SIGHUP that came while this process populated (see :func:`_ending_cleanly`);
     not an Exception, so that no handler of failures takes it for the recipe's."""
@@ -363,7 +368,10 @@ class Population:
         """One try: the status record, the work directory, the store; whichever of their writes
         meets a full file system first raises :class:`NoSpaceError`."""
         try:
-            write_record(self.status_path, self.status, self.base.cache().modes.file)
+            if self.request.limit is None or not self.request.chosen:
+                write_record(self.status_path, self.status, self.base.cache().modes.file)
+            else:
+                self._reserve(self.request.limit)
             self._prepare_work()
             self._store()
         except OSError as e:
@@ -372,6 +380,20 @@ class Population:
                 raise
             path = self.base.path
             raise NoSpaceError(f"no space left on the device of {path}{errors.why_full(e.errno, path)}") from None
+
+    def _reserve(self, size: int) -> None:
+        """Write the status record, which reserves ``size`` on the base, under the base's
+        reservations lock, and check that the reservations made before it leave that room.  Two
+        uses that chose the base at the same moment saw the same room and took it both, and both
+        failed when it ran out where another base had room: the later one gives the base up
+        (:class:`RoomTaken`), and its choice is made again."""
+        with self.base.reservations_held():
+            write_record(self.status_path, self.status, self.base.cache().modes.file)
+            free = self.base.free_space() - self.base.reserved(besides=self.request.name)
+            if free < size:
+                unlink_if_present(self.status_path)
+                raise RoomTaken(f"{format_size(max(free, 0))} free once the populations under way have "
+                                "what they reserved")
 
     def _store(self) -> None:
         request = self.request

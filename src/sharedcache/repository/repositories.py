@@ -84,6 +84,7 @@ class Request:
         "_fetch",
         "_policy",
         "_recipe",
+        "chosen",
         "deadline",
         "given",
         "identity",
@@ -106,6 +107,10 @@ class Request:
         self._policy: FetchPolicy | None = None  # made from _fetch on first need
         self._recipe: Recipe | None = None  # parsed from words on first need
         self.deadline = deadline_after(self.timeout)
+        #: Whether the base was chosen for the room it had for ``limit``: the population checks
+        #: that room again as it reserves it (a use that takes over another's population, whose
+        #: data may fill part of it already, was not).
+        self.chosen = False
 
     @property
     def recipe(self) -> Recipe:
@@ -236,14 +241,21 @@ class Repositories:
         if base is None:  # (else another process populates it, whose waiters need no loader)
             request.recipe  # noqa: B018 - and a bad recipe is refused before a base is chosen
             base = self._choose(request)
+            request.chosen = True
         self._report_skips()
         base.linked(request.name)  # a name this user holds in another cache of the base: refused before any download
         cache = base.cache()
         if budget is not None:
             self._set_budget(cache, budget)
-        from .population import hold_or_populate  # a miss, or a wait for one
+        from .population import RoomTaken, hold_or_populate  # a miss, or a wait for one
 
-        lease = hold_or_populate(base, request, self.reporter)
+        try:
+            lease = hold_or_populate(base, request, self.reporter)
+        except RoomTaken as e:
+            # Another use that chose this base at the same moment reserved the room first: the
+            # choice is made again without it.
+            self._skip(base, NoSpaceError(str(e)))
+            return self._acquire(request, budget)
         return self._held(base, request.name, lease)
 
     def _held(self, base: Base, name: str, lease: str) -> Held:
@@ -635,7 +647,9 @@ class Repositories:
                 files.append(entry.name)
         for file in files:
             stem, dot, suffix = file.rpartition(".")
-            if dot and suffix in ("lock", "json", "error", "work"):
+            # (A stem that starts with a dot is no repository's: the reservations lock, held by
+            # populations in turn, which a removal would split in two.)
+            if dot and suffix in ("lock", "json", "error", "work") and not stem.startswith("."):
                 names.add(stem)
         for name in names:
             lock_path = base.population_file(name, ".lock")
