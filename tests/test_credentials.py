@@ -669,12 +669,15 @@ def test_discovery_order_of_the_settings_and_the_variables(tmp_path: Path) -> No
     assert (found.cert_file, found.bearer_token, found.bearer_token_file, found.netrc) == (
         "/env/proxy", "env-token", None, "/env/netrc")
     assert "env-token" not in repr(found) and "env-token" not in repr(FetchPolicy(credentials=found))
-    # Settings given explicitly win over the variables.
-    given = Credentials.discover(variables, ca_bundle=str(ca_dir), client_cert="/set/cert.pem",
-                                 client_key="/set/key.pem", bearer_token_file=str(token_file), netrc="/set/netrc")
+    # Settings given explicitly win over the variables (and must name files that are there).
+    cert, key, netrc = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "netrc"
+    for path in (ca_file, token_file, cert, key, netrc):
+        path.write_text("")
+    given = Credentials.discover(variables, ca_bundle=str(ca_dir), client_cert=str(cert),
+                                 client_key=str(key), bearer_token_file=str(token_file), netrc=str(netrc))
     assert (given.ca_file, given.ca_dir) == (None, str(ca_dir))
     assert (given.cert_file, given.key_file, given.bearer_token, given.bearer_token_file, given.netrc) == (
-        "/set/cert.pem", "/set/key.pem", None, str(token_file), "/set/netrc")
+        str(cert), str(key), None, str(token_file), str(netrc))
     assert Credentials.discover(variables, ca_bundle=str(ca_file)).ca_file == str(ca_file)
     # BEARER_TOKEN_FILE when BEARER_TOKEN is not set; ~/.netrc without NETRC.
     later = Credentials.discover({"BEARER_TOKEN_FILE": "/env/token", "HOME": str(tmp_path)})

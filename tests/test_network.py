@@ -498,6 +498,43 @@ def test_a_group_that_names_no_group_says_where_it_was_given(tmp_path):
         2, "", "sc: error: --group 'no-such-group-here': no such group (see 'sc --help')\n")
 
 
+def test_a_credential_path_that_cannot_be_used_says_where_it_was_set(tmp_path, owner):
+    # A missing ca_bundle, client_cert or bearer_token_file passed sc config, then failed every
+    # HTTPS miss naming the path alone ("cannot use the CA bundle ...: No such file or
+    # directory"), never the file and line that set it; a missing netrc, or one that is a
+    # directory, was taken for none without a word.
+    cert, data = tmp_path / "cert.pem", tmp_path / "data.txt"
+    cert.write_text("not used: the line after it fails first\n")
+    data.write_text("ready")
+    missing = tmp_path / "missing"
+    cases = [(f"ca_bundle = {missing}\n", 1, "ca_bundle", missing, "No such file or directory"),
+             (f"client_cert = {missing}\n", 1, "client_cert", missing, "No such file or directory"),
+             (f"client_cert = {cert}\nclient_key = {missing}\n", 2, "client_key", missing, "No such file or directory"),
+             (f"keep = yes\nbearer_token_file = {missing}\n", 2, "bearer_token_file", missing,
+              "No such file or directory"),
+             (f"netrc = {missing}\n", 1, "netrc", missing, "No such file or directory"),
+             (f"netrc = {tmp_path}\n", 1, "netrc", tmp_path, "it is a directory, not a file"),
+             (f"client_cert = {cert}/key.pem\n", 1, "client_cert", cert / "key.pem", "Not a directory")]
+    config = tmp_path / "config"
+    use = ("--use", "-d", str(tmp_path), "--pid", str(owner.pid))
+    for text, line, key, path, why in cases:
+        config.write_text(text)
+        env = sc_env(SC_CONFIG=str(config))
+        for command in (["config"], [*use, "-n", "missed", f"file:{data}"]):
+            result = sc(*command, env=env)
+            assert (result.returncode, result.stdout, result.stderr) == (
+                2, "", f"sc: error: {config}:{line}: {key} cannot use {path}: {why}\n"), (text, command)
+    assert not (user_dir(tmp_path) / "missed").exists()
+    # Ready data fetches nothing: its use neither reads nor checks them, nor does a listing.
+    assert sc(*use, "-n", "ready", f"file:{data}").returncode == 0
+    config.write_text("".join(text for text, *_ in cases[2:6]))
+    env = sc_env(SC_CONFIG=str(config))
+    for command in ([*use, "-n", "ready", f"file:{data}"], ["--location", "-d", str(tmp_path), "-n", "ready",
+                                                             f"file:{data}"], ["list", "-d", str(tmp_path)]):
+        result = sc(*command, env=env)
+        assert (result.returncode, result.stderr) == (0, ""), (command, result.stderr)
+
+
 def test_a_config_file_under_a_file_is_a_missing_one(tmp_path):
     # A service account's HOME=/dev/null made every command fail: "cannot read the config file:
     # Not a directory", for the user's file that cannot be there.

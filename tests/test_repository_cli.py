@@ -77,7 +77,7 @@ def test_warm_use_opens_no_index_and_imports_nothing_heavy(how, dirs, tarball, t
     # A site's settings of how to fetch are made into a policy on a miss only.
     config = tmp_path / "config"
     config.write_text("proxy = http://127.0.0.1:9|DIRECT\nrewrite = https://a.example/ = http://b.example/\n"
-                      "connections = 4\nspeed_limit = 10KB\nnetrc = /nonexistent\n")
+                      "connections = 4\nspeed_limit = 10KB\n")
     words = recipe(tarball)
     if how == "of a presigned URL":  # a query (hidden in the identity by its SHA-256), no --name
         url = origin.add("/data.tar.gz", tarball[0].read_bytes()) + "?X-Amz-Signature=0123abcd"
@@ -88,6 +88,8 @@ def test_warm_use_opens_no_index_and_imports_nothing_heavy(how, dirs, tarball, t
         args = [*named, "-d", d(dirs), "--pid", str(owner.pid), "--keep", *words]
         env = sc_env(SC_CONFIG=str(config), no_proxy="127.0.0.1")
         assert sc("--use", *args, env=env).returncode == 0
+        with config.open("a") as appended:
+            appended.write("netrc = /nonexistent\n")  # (a miss refuses it: the warm use must not look)
         script = textwrap.dedent(f"""
             import os, sys
             from sharedcache.cli import main

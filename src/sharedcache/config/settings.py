@@ -17,6 +17,7 @@ fetch policy only on a miss (:mod:`sharedcache.config.files`).
 from __future__ import annotations
 
 import os
+import stat
 from _thread import TIMEOUT_MAX  # (threading's, without importing threading)
 
 from ..errors import (
@@ -103,8 +104,17 @@ class Credentials:
         ``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``
         (the first that is set or exists; in /tmp, only the user's own file).  ``.netrc``:
         ``netrc``, else ``$NETRC``, else ``~/.netrc``.
-        Nothing is read here but variables and whether a few files exist."""
+        Nothing is read here but variables and whether a few files exist.  A setting given that
+        names nothing this user can read, or a directory where a file is wanted, is a
+        :class:`SettingError` (the standard variables are not: a stale ``X509_USER_PROXY`` fails
+        only the HTTPS downloads that would present it)."""
         uid = os.getuid()
+        for setting, path in (("ca_bundle", ca_bundle), ("client_cert", client_cert), ("client_key", client_key),
+                              ("bearer_token_file", bearer_token_file), ("netrc", netrc)):
+            # (An empty one is none: "netrc =" in a user's file stands for no .netrc, not a path.)
+            problem = unusable_path(path, directory=setting == "ca_bundle") if path else None
+            if problem is not None:
+                raise SettingError(setting, problem)
         ca_file = ca_dir = None
         if ca_bundle is not None:
             ca_dir, ca_file = (ca_bundle, None) if os.path.isdir(ca_bundle) else (None, ca_bundle)
@@ -146,6 +156,23 @@ class Credentials:
         if "bearer_token" in shown:
             shown["bearer_token"] = "(hidden)"
         return "Credentials(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
+
+
+def unusable_path(path: str, *, directory: bool) -> str | None:
+    """Why the credential file ``path`` (or directory, if ``directory``) named by a setting cannot
+    be used, or None: it names nothing, nothing this user may read, or a directory where a file
+    is wanted.  Said where the setting is read, it names the file and line that set it; met by a
+    download, it named the path alone, and a missing ``netrc`` was taken for none.  What only
+    reading the file tells (a FIFO, no certificate in it) is said when a download reads it."""
+    try:
+        is_directory = stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError as e:
+        return f"cannot use {path}: {e.strerror}"
+    if is_directory and not directory:
+        return f"cannot use {path}: it is a directory, not a file"
+    if not os.access(path, os.R_OK | (os.X_OK if is_directory else 0)):
+        return f"cannot use {path}: Permission denied"
+    return None
 
 
 def one_word(token: str) -> bool:
