@@ -483,6 +483,49 @@ def test_a_list_of_directories_that_names_none_says_where_it_was_given(tmp_path)
                 2, "", f"sc: error: {source}: directories names no directory (paths separated by ':')\n")
 
 
+def test_paths_of_the_settings_take_tilde_as_home_and_a_file_refuses_relative_ones(tmp_path, origin, owner):
+    # "directories = ~/scratch" in the user's file was "$PWD/~/scratch": jobs started in two
+    # directories used two caches, each downloading the data once more.
+    home, first, second = tmp_path / "home", tmp_path / "first", tmp_path / "second"
+    for directory in (home / ".config" / "shared-cache", home / "scratch", first / "here", second):
+        directory.mkdir(parents=True)
+    (home / "ca.pem").write_text("")
+    user_file = home / ".config" / "shared-cache" / "config"
+    user_file.write_text("directories = ~/scratch:/nonexistent/also\nca_bundle = ~/ca.pem\n")
+    env = sc_env(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    shown = sc("config", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"directories = {home}/scratch:/nonexistent/also  # {user_file}:1\n" in shown.stdout, shown.stdout
+    assert f"ca_bundle = {home}/ca.pem  # {user_file}:2\n" in shown.stdout, shown.stdout
+    url = origin.add("/data.tar.gz", DATA)
+    for cwd in (first, second):
+        used = sc("--use", "-n", "data", "--pid", str(owner.pid), *recipe(url), env=env, cwd=cwd)
+        assert (used.returncode, used.stdout) == (0, f"{user_dir(home / 'scratch') / 'data'}\n"), used.stderr
+    assert origin.stats("/data.tar.gz").gets == 1
+    assert not [path for path in tmp_path.rglob("~")], "a directory named ~ was made"
+    # A variable's "~" is the home too (quoted, no shell made it so); its relative paths, as an
+    # option's, are the working directory's.
+    variable = sc("config", env={**env, "SC_DIRECTORIES": "~/other:relative"}, cwd=first)
+    assert f"directories = {home}/other:relative  # SC_DIRECTORIES\n" in variable.stdout, variable.stderr
+    option = sc("--use", "-d", "here", "-n", "data", "--pid", str(owner.pid), *recipe(url), env=env, cwd=first)
+    assert (option.returncode, option.stdout) == (0, f"{user_dir(first / 'here') / 'data'}\n"), option.stderr
+    # A file's relative path depends on where each command runs: refused, naming the file and line.
+    for text, key, path in (("keep = yes\ndirectories = /tmp:scratch\n", "directories", "scratch"),
+                            ("keep = yes\nnetrc = .netrc\n", "netrc", ".netrc"),
+                            ("keep = yes\nclient_cert = ./cert.pem\n", "client_cert", "./cert.pem")):
+        user_file.write_text(text)
+        for command in (["config"], ["list"]):
+            result = sc(*command, env=env, cwd=first)
+            assert (result.returncode, result.stdout, result.stderr) == (
+                2, "", f"sc: error: {user_file}:2: {key} names the relative path '{path}': a config file is read "
+                       "from any directory, so give it from / or ~/\n"), (text, result.stderr)
+    user_file.write_text("directories = ~no-such-user-here/scratch\n")
+    unknown = sc("list", env=env)
+    assert (unknown.returncode, unknown.stderr) == (2, f"sc: error: {user_file}:1: directories names "
+                                                       "'~no-such-user-here/scratch', but there is no user "
+                                                       "'no-such-user-here'\n"), unknown.stderr
+
+
 def test_a_group_that_names_no_group_says_where_it_was_given(tmp_path):
     # "no such group: 'x' (see 'sc --help')", as if an option had said so: neither the file nor
     # the line was named, and sc config printed every setting before it failed.

@@ -103,20 +103,22 @@ def flag(value: str, setting: str) -> bool:
 
 class Setting:
     """A key of the config file: how its text becomes a value, and the environment variables
-    that set it too (the first one set wins)."""
+    that set it too (the first one set wins).  ``paths``, for a setting that names paths, is what
+    separates them ("" for one path): see :func:`_anchored`."""
 
-    __slots__ = ("convert", "environment", "help", "key")
+    __slots__ = ("convert", "environment", "help", "key", "paths")
 
     def __init__(self, key: str, convert: Callable[[str], object], help: str,
-                 environment: tuple[str, ...] = ()) -> None:
+                 environment: tuple[str, ...] = (), paths: str | None = None) -> None:
         self.key, self.convert, self.help, self.environment = key, convert, help, environment
+        self.paths = paths
 
 
 #: Every setting a config file may hold; the command line's options of the same name
 #: (``max_size`` is ``--max-size``) override them.  The options that name one use (``--name``,
 #: ``--size``, ``--pid``) are not settings.
 SETTINGS = (
-    Setting("directories", _directories, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",)),
+    Setting("directories", _directories, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",), ":"),
     Setting("max_size", _size, "size budget of a base directory's kept repositories"),
     Setting("keep", _boolean, "keep repositories once unused (LRU)"),
     Setting("group", _text, "use the cache this group shares in each base directory, instead of your own"),
@@ -131,30 +133,35 @@ SETTINGS = (
     Setting("no_proxy", _text, "hosts reached without a proxy", ("no_proxy", "NO_PROXY")),
     Setting("offline", _boolean, "no network at all: serve what is here", ("SC_OFFLINE",)),
     Setting("rewrite", _text, "site rewrite rules: 'PREFIX = MIRROR [MIRROR...]', ';'-separated"),
-    Setting("ca_bundle", _file, "CAs to trust instead of the system's (a PEM file or a hashed directory)"),
-    Setting("client_cert", _file, "client certificate (PEM; a grid proxy holds its key too)"),
-    Setting("client_key", _file, "the client certificate's key, if in a file of its own"),
-    Setting("bearer_token_file", _file, "a file holding a bearer token"),
-    Setting("netrc", _file, "the .netrc file of basic-auth logins"),
+    Setting("ca_bundle", _file, "CAs to trust instead of the system's (a PEM file or a hashed directory)", paths=""),
+    Setting("client_cert", _file, "client certificate (PEM; a grid proxy holds its key too)", paths=""),
+    Setting("client_key", _file, "the client certificate's key, if in a file of its own", paths=""),
+    Setting("bearer_token_file", _file, "a file holding a bearer token", paths=""),
+    Setting("netrc", _file, "the .netrc file of basic-auth logins", paths=""),
     Setting("verbose", _boolean, "say what is done; progress lines off a terminal too"),
     Setting("quiet", _boolean, "print nothing but errors"),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
 
+def home_directory(environ: Mapping[str, str]) -> str:
+    """The user's home: ``$HOME``, else the user database's."""
+    return environ.get("HOME") or os.path.expanduser("~")
+
+
 def config_files(environ: Mapping[str, str]) -> list[tuple[str, bool]]:
     """The config files to read, in order, each with whether it must exist."""
-    home = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"),
-                                                          ".config")
+    home = environ.get("XDG_CONFIG_HOME") or os.path.join(home_directory(environ), ".config")
     files = [(SITE_FILE, False), (os.path.join(home, "shared-cache", "config"), False)]
     if environ.get("SC_CONFIG"):
         files.append((environ["SC_CONFIG"], True))
     return files
 
 
-def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]]:
-    """The settings ``path`` holds: key -> (value, where: ``path:line``).  ``/dev/null`` holds
-    none (``SC_CONFIG=/dev/null``, as ``GIT_CONFIG=/dev/null``)."""
+def read_file(path: str, home: str, required: bool = False) -> dict[str, tuple[object, str]]:
+    """The settings ``path`` holds: key -> (value, where: ``path:line``), ``~`` in its paths
+    standing for ``home``.  ``/dev/null`` holds none (``SC_CONFIG=/dev/null``, as
+    ``GIT_CONFIG=/dev/null``)."""
     if path == os.devnull:
         return {}
     try:
@@ -190,7 +197,7 @@ def read_file(path: str, required: bool = False) -> dict[str, tuple[object, str]
         setting = _BY_KEY.get(key)
         if setting is None:
             raise ConfigError(f"{where}: unknown key {quoted(key)} (known: {', '.join(_BY_KEY)})")
-        _overlay(found, {key: (_convert(setting, value.strip(), where), where)})
+        _overlay(found, {key: (_convert(setting, value.strip(), where, home, in_file=True), where)})
     return found
 
 
@@ -233,13 +240,43 @@ def _unseen(path: str) -> bool:
     return False
 
 
-def _convert(setting: Setting, text: str, where: str) -> object:
+def _convert(setting: Setting, text: str, where: str, home: str, *, in_file: bool) -> object:
     try:
+        if setting.paths is not None:
+            text = _anchored(text, setting.paths, home, in_file=in_file)
         return setting.convert(text)
     except SettingError as e:
         raise ConfigError(f"{where}: {setting.key} {e.reason}") from None
     except ValueError:
         raise ConfigError(f"{where}: {setting.key}: invalid value {quoted(text)}") from None
+
+
+def _anchored(text: str, separator: str, home: str, *, in_file: bool) -> str:
+    """The paths of ``text`` (separated by ``separator``; "": one path) with a leading ``~`` made
+    ``home``, and ``~user`` that user's home.  A relative path is refused ``in_file``: a config
+    file serves commands run from any directory, each of which read it from its own (jobs
+    started in two directories used two caches, and ``~/scratch`` was ``$PWD/~/scratch``).
+    One from a variable stays relative to the working directory, as one from an option does."""
+    paths = [_at_home(path, home) for path in (text.split(separator) if separator else [text])]
+    for path in paths:
+        if in_file and path and not os.path.isabs(path):
+            raise SettingError("", f"names the relative path {quoted(path)}: a config file is read from any "
+                                   "directory, so give it from / or ~/")
+    return separator.join(paths)
+
+
+def _at_home(path: str, home: str) -> str:
+    """``path`` with a leading ``~`` made ``home``, and ``~user`` that user's home."""
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return os.path.join(home, path[2:])
+    if not path.startswith("~"):
+        return path
+    found = os.path.expanduser(path)  # (~user: from the user database)
+    if found.startswith("~"):
+        raise SettingError("", f"names {quoted(path)}, but there is no user {quoted(path[1:].partition('/')[0])}")
+    return found
 
 
 def effective(given: Mapping[str, object], environ: Mapping[str, str], *,
@@ -248,13 +285,15 @@ def effective(given: Mapping[str, object], environ: Mapping[str, str], *,
     environment and ``given`` (the command line's options, by key: ``--max-size`` as
     ``max_size``; ``given_as`` names where they came from, the key with ``_`` as ``-``)."""
     settings: dict[str, tuple[object, str]] = {}
+    home = home_directory(environ)
     for path, required in config_files(environ):
-        _overlay(settings, read_file(path, required))
+        _overlay(settings, read_file(path, home, required))
     variables = {}
     for setting in SETTINGS:
         for variable in setting.environment:
             if environ.get(variable):
-                variables[setting.key] = (_convert(setting, environ[variable], variable), variable)
+                variables[setting.key] = (_convert(setting, environ[variable], variable, home, in_file=False),
+                                          variable)
                 break
     _overlay(settings, variables)
     proxy = settings.get("proxy")
