@@ -186,6 +186,31 @@ def test_a_host_s_uses_end_with_its_boot_or_when_another_host_forgets_it(network
         assert not exists(base)
 
 
+def on_uninitialized_host(boot: Path, uninitialized: Path, hostname: str, argv: list[str]) -> list[str]:
+    """``argv`` run on a host of boot id ``boot`` whose first boot has not yet given it a machine
+    id: systemd's ``uninitialized`` in its machine id files, and ``hostname`` as its host name."""
+    script = ('mount --bind "$1" /proc/sys/kernel/random/boot_id && mount --bind "$2" /etc/machine-id && '
+              '{ [ ! -e /var/lib/dbus/machine-id ] || mount --bind "$2" /var/lib/dbus/machine-id; } && '
+              'hostname "$3" && shift 3 && exec "$@"')
+    return ["unshare", "--mount", "--uts", "sh", "-c", script, "sh", str(boot), str(uninitialized), hostname, *argv]
+
+
+def test_hosts_whose_machine_id_is_not_yet_made_are_told_apart_by_their_names(network, hosts, tmp_path):
+    # systemd writes "uninitialized" as the machine id until the first boot completes: every such
+    # host took it for its id, and judged another such host's live use as its own earlier boot's.
+    base, recipe = network
+    uninitialized = tmp_path / "uninitialized"
+    uninitialized.write_text("uninitialized\n")
+    with Sleeper() as owner:
+        take = [SC, "--use", "--pid", str(owner.pid), *recipe]
+        assert run(on_uninitialized_host(hosts["a"][0], uninitialized, "first", take)).returncode == 0
+        judged = run(on_uninitialized_host(hosts["b"][0], uninitialized, "second", [SC, "gc", "-d", str(base)]))
+        assert judged.returncode == 0, judged.stderr
+        assert exists(base), "a host deleted data in use on another host of the same uninitialized machine id"
+        listed = run(on_uninitialized_host(hosts["b"][0], uninitialized, "second", [SC, "list", "-d", str(base)]))
+        assert f"{owner.pid}@host-first" in listed.stdout, listed.stdout
+
+
 # --- hidepid: another user's processes are invisible in /proc ----------------------------------
 
 ALICE, BOB, GROUP = 47101, 47102, 47500

@@ -13,7 +13,8 @@ where the boot id is ``/proc/sys/kernel/random/boot_id``, the start time is fiel
 in a time namespace its namespace's boot time offset added, which :func:`_started` takes off, so
 that a job in one and a host judging it agree), the PID namespace is the inode of
 ``/proc/self/ns/pid`` of the process that wrote the lease (the pid is as seen there), and the
-machine id is ``/etc/machine-id`` (or ``/var/lib/dbus/machine-id``, else the host name).
+machine id is ``/etc/machine-id`` (or ``/var/lib/dbus/machine-id``, else the host name; systemd's
+``uninitialized``, which names no host, counts as none).
 
 A lease is judged dead only by a process that can know, and unknown means alive:
 
@@ -104,12 +105,14 @@ def boot_id() -> str:
 
 
 def machine_id() -> str:
-    """This host's machine id, or its host name where it has none (a lean container)."""
+    """This host's machine id, or its host name where it has none (a lean container, or a
+    system whose first boot has not yet given it one: systemd writes ``uninitialized`` there
+    until it has, the same on every such host)."""
     global _machine_id  # noqa: PLW0603 - read once per process, then remembered
     if _machine_id is None:
         for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
             found = (_read(path) or b"").strip().decode(errors="replace")
-            if found.isalnum():
+            if found.isalnum() and found != "uninitialized":
                 _machine_id = found
                 break
         else:
