@@ -11,6 +11,7 @@ Layout
     <root>/
       cache.info        format marker: one line, "shared-cache fscache 3"
       budget            the size budget in bytes (absent: unlimited)
+      boots             the boots of machine ids met in its leases (see below)
       index.sqlite      the index: accounting and eviction order (see sharedcache.engine.index)
       stage.lock        guards the creation of staging directories against gc
       stage/<id>/       a staging directory: what becomes objects/<name>/, being filled
@@ -200,7 +201,11 @@ Leases
 A lease is a file in the entry's ``leases/`` whose name says which process owns it (see
 :mod:`sharedcache.engine.leases`).  An entry with a lease of a live owner is in use exactly as if it
 were locked.  An entry whose last users died is deleted by the next gc.  An entry with ``keep``
-stays as a cache entry under the budget.
+stays as a cache entry under the budget.  Whoever judges leases judges them with the cache's
+``boots``, which links the leases of this machine's containers (with machine ids of their own)
+to it after a reboot; it is written (atomically) by a process of the host that judges such a
+lease of its own boot, once a boot, outside any lock (a line lost to another host's write at the
+same moment is written again at the next such judgement: see :mod:`sharedcache.engine.leases`).
 
 Release (``release(name)``) of a use that does not keep the entry:
 
@@ -284,6 +289,7 @@ from .layout import (
     open_cache,
 )
 from .leases import (
+    Boots,
     Owner,
     add_lease,
     any_live_lease,
@@ -610,6 +616,7 @@ class FsCache:
         self._kept_open: dict[str, int] = {}  # (see own_directory)
         self.modes = open_cache(self.root, group, repair=repair)
         self.shared = self.modes.group
+        self._boots = Boots(lambda: self._open_own("."), self.modes.file)  # (see Leases)
         if max_size is not _UNSET:
             self.max_size = max_size  # type: ignore[assignment]  # not _UNSET: an int, a str or None
 
@@ -1041,7 +1048,7 @@ class FsCache:
             with self._entry(name) as entry:
                 fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
                 try:
-                    return not self._lock_if_unused(fd) or bool(scan_leases(entry)[0])
+                    return not self._lock_if_unused(fd) or bool(scan_leases(entry, boots=self._boots)[0])
                 finally:
                     os.close(fd)  # and with it the lock, if taken
         except (MissError, FileNotFoundError, NotADirectoryError):
@@ -1182,7 +1189,7 @@ class FsCache:
                 found = self._meta(entry)
                 if found != meta:
                     raise ConflictError(name, found)
-            reclaim_leases(entry, some_dead_leases(entry))
+            reclaim_leases(entry, some_dead_leases(entry, boots=self._boots))
             try:
                 if keep:
                     self._keep(entry)
@@ -1291,8 +1298,8 @@ class FsCache:
                 live = overtaken = False
                 alive: dict[str, bool] = {}  # (whom the reclaim judged, the look needs not judge again)
                 try:
-                    reclaim_leases(entry, some_dead_leases(entry, alive))
-                    live = any_live_lease(entry, alive)
+                    reclaim_leases(entry, some_dead_leases(entry, alive, self._boots))
+                    live = any_live_lease(entry, alive, self._boots)
                     released_from = os.stat(entry)
                 except FileNotFoundError:
                     if os.path.lexists(entry):
@@ -1374,7 +1381,7 @@ class FsCache:
         """pids of the live processes holding a lease on ``name``."""
         try:
             with self._entry(check_name(name)) as entry:
-                return scan_leases(entry)[0]
+                return scan_leases(entry, boots=self._boots)[0]
         except MissError:
             return []
 
@@ -1385,7 +1392,7 @@ class FsCache:
         with self._transaction() as db, self._entry(check_name(name)) as entry:
             if not committed(entry):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
-            users = scan_leases(entry)[0]
+            users = scan_leases(entry, boots=self._boots)[0]
             if users:
                 pids = ", ".join(str(pid) for pid in users)
                 raise BusyError(f"entry {name!r} in {self.root} is in use by process {pids}")
@@ -1419,7 +1426,7 @@ class FsCache:
             if fd is not None:
                 if not self._lock_if_unused(fd):
                     return False
-                live, dead = scan_leases(entry)
+                live, dead = scan_leases(entry, boots=self._boots)
                 if live:
                     reclaim_leases(entry, dead)
                     return False
@@ -1743,7 +1750,7 @@ class FsCache:
         if committed(entry) is None:
             return None
         name, size, created, last_used, keep, meta = row
-        owners = scan_lease_owners(entry, alive)[0]
+        owners = scan_lease_owners(entry, alive, self._boots)[0]
         locked, used = self._probe(entry)
         keep = bool(keep) or os.path.exists(f"{entry}/keep")
         return Entry(name, size, created, max(last_used, used), keep, meta, bool(owners) or locked,
@@ -1888,7 +1895,7 @@ class FsCache:
             for name, keep in db.names_and_keep():
                 try:
                     with self._entry(name) as entry:
-                        users, dead = scan_leases(entry, alive)
+                        users, dead = scan_leases(entry, alive, self._boots)
                         report.leases_reclaimed += reclaim_leases(entry, dead)
                         if not users:
                             # A kept entry has entry.json: without a marker, it is what a crashed

@@ -28,9 +28,37 @@ A lease is judged dead only by a process that can know, and unknown means alive:
   ``hidepid`` hides some, and finds no process that is the owner: started at that time, with
   that pid in that namespace (:func:`foreign_process_alive`); otherwise a process of that
   namespace judges it;
+- same boot id, whatever the machine id: the boot id is the kernel's, shared by every container
+  of the host, so the owner is a process of this kernel, judged as above (a container often has
+  a machine id of its own, or none and so its host name);
 - another boot id and the same machine id: this machine before a reboot: dead;
-- another boot id and another machine id (another host sharing the base directory): alive,
-  unless that host was forgotten by policy (:func:`forget_hosts`, ``sc gc --forget-host``).
+- another boot id and another machine id: dead if the cache recorded that boot as one of this
+  machine id's (below): a container of this machine before a reboot; else alive (another host
+  sharing the base directory), unless that host was forgotten by policy (:func:`forget_hosts`,
+  ``sc gc --forget-host``).
+
+After a reboot the leases of this machine's containers name its previous boot and their own
+machine ids, which nothing on the machine links to it any more.  So each cache keeps a record,
+``<cache>/boots`` (:class:`Boots`): lines ``<machine id> <boot id>``, the last
+:data:`BOOTS_PER_MACHINE` boots of each machine id.  A process of the host's PID namespace (the
+host, whose machine id is the host's own) that judges a lease of its own boot and another
+machine id adds its boot there, once; a lease of another boot and another machine id is this
+machine's, and dead, if the record pairs that boot with the judge's machine id.  Boot ids are
+random and never reused, so a boot paired with this machine id was a boot of this machine (as
+trustworthy as the rule for its own leases: machine ids are unique per host); another host's
+boot is never paired with it, and its leases stay alive.  Only a boot in which the host itself
+judged its containers' leases (any ``sc gc``, ``sc list``, eviction, or use of the same
+repository) is known: one in which only containers used the cache is not, and its leases stay
+alive, as before, until ``--forget-host``.  A process of a container does not record: its
+machine id may be one that containers of other hosts have too (a host name given to every one
+of them, an id baked into an image), and its record would pair those hosts' boots with it.
+Each machine id is written only by processes of that machine, which add the same line, so two
+of them writing at once lose nothing; two hosts writing at once may lose one host's line, which
+its next judgement in the boot adds again (until then, its leases are alive: unknown is alive).
+The file is read as untrusted data (a member of a group cache may write it): opened without
+following a link or waiting on a FIFO, at most :data:`BOOTS_BYTES`, and only well-formed lines
+count; a line a member planted can make leases of a boot of another machine dead, as the member
+could remove them anyway.
 
 Leases written before namespaces and hosts were recorded (``boot:pid:start``) are judged as
 they were then: by pid and start time in this boot, dead after a reboot.
@@ -56,7 +84,11 @@ from __future__ import annotations
 import os
 
 from ..errors import CacheError, raise_if_over_limit
-from .fsutil import create_empty, open_directory, unique_name
+from .fsutil import create_empty, open_directory, read_control, unique_name, write_atomic
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: The inode of the initial PID namespace (the host's), fixed by the kernel.
 INITIAL_PID_NAMESPACE = 0xEFFFFFFC
@@ -271,6 +303,85 @@ def _is_foreign_process(host_pid: int, pid_ns: int, pid: int, started: int) -> b
     return shown in nspid[1:-1]  # nested: which level is pid_ns's is not traced
 
 
+#: The file of a cache's directory recording the boots of machine ids (see :class:`Boots`).
+BOOTS = "boots"
+#: How many boots of one machine id the record keeps (the latest): leases of an older one have
+#: been judged by then, or are taken for another host's.
+BOOTS_PER_MACHINE = 8
+#: The most of the record that is read.
+BOOTS_BYTES = 1 << 20
+_BOOT_ID_CHARACTERS = frozenset("0123456789abcdef-")
+
+
+class Boots:
+    """The record of a cache's boots of machine ids (see "After a reboot" in the module's
+    docstring), read at most once per process: ``open_root`` opens the cache's directory, and
+    the record is written with ``mode``."""
+
+    def __init__(self, open_root: Callable[[], int], mode: int) -> None:
+        self._open_root, self._mode = open_root, mode
+        self._lines: list[tuple[str, str]] | None = None
+        self._noted = False
+
+    def earlier(self, boot: str) -> bool:
+        """Whether ``boot`` (not this one) was a boot of this machine."""
+        return (machine_id(), boot) in self._read()
+
+    def note_this_boot(self) -> None:
+        """Record this boot as one of this machine, if it is not yet and this process is the
+        host's: it has met a lease of this boot of another machine id."""
+        if self._noted or pid_namespace() != INITIAL_PID_NAMESPACE:
+            return
+        self._noted = True
+        mine = (machine_id(), boot_id())
+        lines = self._read()
+        if mine in lines:
+            return
+        own = [line for line in lines if line[0] == mine[0]][-(BOOTS_PER_MACHINE - 1):]
+        lines = [line for line in lines if line[0] != mine[0]] + own + [mine]
+        text = "".join(f"{machine} {boot}\n" for machine, boot in lines)
+        try:
+            root = self._open_root()
+            try:
+                write_atomic(f"/proc/self/fd/{root}/{BOOTS}", text.encode(), mode=self._mode)
+            finally:
+                os.close(root)
+        except (OSError, CacheError) as e:
+            # (Not recorded, the boot's leases of other machine ids stay alive after a reboot, as
+            # unknown ones do: no use fails for it.)
+            if isinstance(e, OSError):
+                raise_if_over_limit(e)
+            return
+        self._lines = lines
+
+    def _read(self) -> list[tuple[str, str]]:
+        if self._lines is None:
+            try:
+                root = self._open_root()
+                try:
+                    found = read_control(BOOTS, BOOTS_BYTES, dir_fd=root) or b""
+                finally:
+                    os.close(root)
+            except FileNotFoundError:
+                found = b""
+            except (OSError, CacheError) as e:
+                if isinstance(e, OSError):
+                    raise_if_over_limit(e)
+                found = b""  # (unknown: another boot's leases of other machine ids stay alive)
+            self._lines = [line for line in map(_boot_line, found.split(b"\n")) if line is not None]
+        return self._lines
+
+
+def _boot_line(line: bytes) -> tuple[str, str] | None:
+    """The machine id and boot id a line of the record names; None for anything else."""
+    words = line.decode(errors="replace").split(" ")
+    if len(words) != 2 or not words[0].isprintable() or ":" in words[0] or not words[0]:
+        return None
+    if not 0 < len(words[1]) <= 64 or not set(words[1]) <= _BOOT_ID_CHARACTERS:
+        return None
+    return words[0], words[1]
+
+
 #: The start time of :meth:`Owner.ended`: no process's.
 _ENDED = -1
 
@@ -358,12 +469,17 @@ class Owner:
         mine = {(self.pid, self.start_time), self.via}
         return (other.pid, other.start_time) in mine or (other.via is not None and other.via in mine)
 
-    def alive(self) -> bool:
-        """Whether the owner may be alive: False only if a process that can know says it is dead."""
+    def alive(self, boots: Boots | None = None) -> bool:
+        """Whether the owner may be alive: False only if a process that can know says it is dead.
+        ``boots``: the record of the cache of the lease (see "After a reboot"), if it has one."""
         if self.boot_id != boot_id():
             if self.machine is None:
                 return False  # an old lease of this host's previous boot
-            return self.machine != machine_id() and self.machine not in _forgotten
+            if self.machine == machine_id() or self.machine in _forgotten:
+                return False
+            return boots is None or not boots.earlier(self.boot_id)
+        if boots is not None and self.machine is not None and self.machine != machine_id():
+            boots.note_this_boot()  # (a container's own machine id: after a reboot, this tells)
         if self.pid_ns is not None and self.pid_ns != pid_namespace():
             # Another container's process: its own namespace judges it, or a process that sees
             # every process of this host and finds it gone.
@@ -463,10 +579,11 @@ def _same_command(pid: int, comm: str | None, parent: int) -> bool:
     return line is not None and line == _cmdline(parent)
 
 
-def key_alive(key: str) -> bool:
-    """Whether the owner stored as ``key`` is alive (a malformed key is not)."""
+def key_alive(key: str, boots: Boots | None = None) -> bool:
+    """Whether the owner stored as ``key`` is alive (a malformed key is not); ``boots``: as for
+    :meth:`Owner.alive`."""
     try:
-        return Owner.parse(key).alive()
+        return Owner.parse(key).alive(boots)
     except ValueError:
         return False
 
@@ -514,12 +631,15 @@ def put_lease(entry: str, lease: str) -> None:
         os.close(directory)
 
 
-def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[int], list[str]]:
+def scan_leases(
+    entry: str, alive: dict[str, bool] | None = None, boots: Boots | None = None
+) -> tuple[list[int], list[str]]:
     """The pids of the live owners of ``entry``'s leases, and the dead leases' ids.
 
     ``alive`` caches whether each owner is alive, across calls if the caller passes it (an
-    owner often holds many leases: each ``sc --use`` of a job adds one)."""
-    owners, dead = scan_lease_owners(entry, alive)
+    owner often holds many leases: each ``sc --use`` of a job adds one); ``boots``: the record
+    of the entry's cache (see :meth:`Owner.alive`)."""
+    owners, dead = scan_lease_owners(entry, alive, boots)
     return [owner.pid for owner in owners], dead
 
 
@@ -527,11 +647,11 @@ def scan_leases(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[
 HOLD_JUDGES = 16
 
 
-def some_dead_leases(entry: str, alive: dict[str, bool] | None = None) -> list[str]:
+def some_dead_leases(entry: str, alive: dict[str, bool] | None = None, boots: Boots | None = None) -> list[str]:
     """The dead among at most :data:`HOLD_JUDGES` of ``entry``'s leases: all of them if there are
     no more, else a run of them (in the directory's order, wrapping around) that starts at a
     place given by this process's pid, so that different processes judge different ones.
-    ``alive``: as for :func:`scan_leases`.
+    ``alive`` and ``boots``: as for :func:`scan_leases`.
 
     Holds and releases take this, not every lease: judging an owner reads ``/proc``, and a use of
     an entry with 500 live leases took 1.6x the time of one with a single one.  Dead leases still
@@ -540,31 +660,33 @@ def some_dead_leases(entry: str, alive: dict[str, bool] | None = None) -> list[s
     if len(leases) > HOLD_JUDGES:
         start = os.getpid() * 2654435761 % len(leases)  # (Knuth's multiplier: nearby pids spread)
         leases = (leases[start:] + leases[:start])[:HOLD_JUDGES]
-    return _judged(leases, {} if alive is None else alive)[1]
+    return _judged(leases, {} if alive is None else alive, boots)[1]
 
 
-def any_live_lease(entry: str, alive: dict[str, bool]) -> bool:
-    """Whether any of ``entry``'s leases has a live owner; stops at the first one.  ``alive``: as
-    for :func:`scan_leases` (owners judged already are not judged again)."""
-    return any(_remembered_alive(owner_key(lease), alive) for lease in _lease_names(entry))
+def any_live_lease(entry: str, alive: dict[str, bool], boots: Boots | None = None) -> bool:
+    """Whether any of ``entry``'s leases has a live owner; stops at the first one.  ``alive`` and
+    ``boots``: as for :func:`scan_leases` (owners judged already are not judged again)."""
+    return any(_remembered_alive(owner_key(lease), alive, boots) for lease in _lease_names(entry))
 
 
-def scan_lease_owners(entry: str, alive: dict[str, bool] | None = None) -> tuple[list[Owner], list[str]]:
+def scan_lease_owners(
+    entry: str, alive: dict[str, bool] | None = None, boots: Boots | None = None
+) -> tuple[list[Owner], list[str]]:
     """The live owners of ``entry``'s leases (one per lease), and the dead leases' ids: as
     :func:`scan_leases`, with each owner whole, so that a listing can say which host and PID
     namespace a pid is of."""
-    return _judged(_lease_names(entry), {} if alive is None else alive)
+    return _judged(_lease_names(entry), {} if alive is None else alive, boots)
 
 
-def _judged(leases: list[str], alive: dict[str, bool]) -> tuple[list[Owner], list[str]]:
+def _judged(leases: list[str], alive: dict[str, bool], boots: Boots | None) -> tuple[list[Owner], list[str]]:
     """The live owners of ``leases`` (one per lease), and the dead ones; ``alive``: whether each
-    owner key is alive, as known so far (filled in)."""
+    owner key is alive, as known so far (filled in); ``boots``: as for :func:`scan_leases`."""
     live: list[Owner] = []
     dead: list[str] = []
     owners: dict[str, Owner] = {}
     for lease in leases:
         key = owner_key(lease)
-        if not _remembered_alive(key, alive):
+        if not _remembered_alive(key, alive, boots):
             dead.append(lease)
             continue
         owner = owners.get(key)
@@ -574,11 +696,11 @@ def _judged(leases: list[str], alive: dict[str, bool]) -> tuple[list[Owner], lis
     return live, dead
 
 
-def _remembered_alive(key: str, alive: dict[str, bool]) -> bool:
+def _remembered_alive(key: str, alive: dict[str, bool], boots: Boots | None) -> bool:
     """:func:`key_alive` of ``key``, judged once: remembered in ``alive``."""
     up = alive.get(key)
     if up is None:
-        up = alive[key] = key_alive(key)
+        up = alive[key] = key_alive(key, boots)
     return up
 
 
