@@ -653,3 +653,27 @@ def test_sc_run_as_pid_1_of_a_container_ended_while_it_populates_ends_cleanly(tm
     assert "Traceback" not in err and "_Ended" not in err, err
     assert container.returncode == 128 + signum, err
     undone(base, "slow")
+
+
+def test_a_populator_whose_standard_error_breaks_goes_on_for_its_waiters(tmp_path, origin):
+    # The populating job's stderr went to a reader that left (`sc --use -v ... 2>&1 | head -1`):
+    # its next progress line failed, the failure was taken for one to write the data, and the
+    # population failed, for its waiter too ("cannot write the data of ...: Broken pipe").
+    payload = os.urandom(3 << 20)
+    url = origin.add("/raw.bin", payload)
+    origin.rate = 400_000  # (7.5 s: a progress line is due every 5 s)
+    words = ["-d", str(tmp_path), "-n", "raw", f"http:{url}"]
+    try:
+        with Sleeper() as owner:
+            reader_gone = subprocess.Popen([*SC, "--use", "-v", "--pid", str(owner.pid), *words],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=sc_env())
+            assert reader_gone.stderr is not None
+            reader_gone.stderr.readline()  # "populating ..."
+            reader_gone.stderr.close()
+            wait_for_population(tmp_path, "raw", reader_gone)
+            waiter = sc("--use", "--pid", str(owner.pid), *words)
+            assert reader_gone.wait(60) == 0
+            assert waiter.returncode == 0, waiter.stderr
+            assert (Path(waiter.stdout.strip()) / "raw.bin").read_bytes() == payload
+    finally:
+        origin.rate = None

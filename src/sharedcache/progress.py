@@ -5,6 +5,11 @@ else a plain line redrawn in place) and waiting processes say whom they wait for
 nothing is printed but errors, unless the user asks for it with ``-v``: progress is then a line
 every :data:`LINE_INTERVAL` seconds and one at the end, fit for a job's log.  ``-q`` silences all
 but errors even on a terminal.
+
+What is said never fails what is done: a stream that cannot be written (its reader gone, as in
+``sc --use -v ... 2>&1 | head -1``, or a terminal hung up) silences the reporter and its bars for
+the rest of the process, and the population goes on (it failed, and its waiters with it, as if
+its data could not be written).
 """
 
 from __future__ import annotations
@@ -62,18 +67,33 @@ class Reporter:
     def _say(self, message: str) -> None:
         # Messages quote what servers, archives and other users wrote (a status line, a path):
         # escaped, each stays one line and cannot steer the terminal, as an error's line.
-        print(f"sc: {printable(message)}", file=self.stream, flush=True)
+        self.write(f"sc: {printable(message)}")
+
+    def write(self, text: str, end: str = "\n") -> None:
+        """Write ``text`` to the stream now; one that cannot be written silences the reporter."""
+        try:
+            print(text, end=end, file=self.stream, flush=True)
+        except (OSError, ValueError):  # (ValueError: a stream closed)
+            self.silence()
+
+    def silence(self) -> None:
+        """Say nothing more: the stream cannot be written.  (Standard error is replaced too, as
+        a stdout that cannot be written is: what its buffer kept would fail the exit's flush.)"""
+        quiet = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
+        if self.stream is sys.stderr:
+            sys.stderr = quiet
+        self.verbosity, self.tty, self.stream = -1, False, quiet
 
     def bar(self, label: str) -> ProgressBar:
-        return ProgressBar(label, self.stream, enabled=self.chatty, lines=not self.tty)
+        return ProgressBar(label, self, enabled=self.chatty, lines=not self.tty)
 
 
 class ProgressBar:
     """A byte counter shown on a terminal, or as lines in a log (``lines``); a callable fit for
     ``Recipe.populate(progress=)``."""
 
-    def __init__(self, label: str, stream: TextIO, *, enabled: bool, lines: bool = False) -> None:
-        self.label, self.stream, self.enabled, self.lines = label, stream, enabled, lines
+    def __init__(self, label: str, reporter: Reporter, *, enabled: bool, lines: bool = False) -> None:
+        self.label, self.reporter, self.enabled, self.lines = label, reporter, enabled, lines
         self._bar: Any = None
         self._plain_at = 0.0
         self._line_at: float | None = None  # when the last line was printed; None: no progress yet
@@ -82,11 +102,17 @@ class ProgressBar:
     def _line(self, done: int, total: int | None) -> None:
         self._line_at = time.monotonic()
         of = f" of {format_size(total)} ({100 * done // total}%)" if total else ""
-        print(f"sc: {self.label}: {format_size(done)}{of}", file=self.stream, flush=True)
+        self.reporter.write(f"sc: {self.label}: {format_size(done)}{of}")
 
     def __call__(self, done: int, total: int | None) -> None:
-        if not self.enabled:
+        if not self.enabled or self.reporter.verbosity < 0:  # (silenced since it was made)
             return
+        try:
+            self._show(done, total)
+        except (OSError, ValueError):  # tqdm's own writes
+            self.reporter.silence()
+
+    def _show(self, done: int, total: int | None) -> None:
         if self.lines:
             self._last = (done, total)
             if self._line_at is None:
@@ -107,7 +133,7 @@ class ProgressBar:
                 bar = type("Bar", (tqdm,), {"monitor_interval": 0})
                 self._bar = bar(
                     total=total, desc=self.label, unit="B", unit_scale=True, unit_divisor=1024,
-                    file=self.stream, leave=False, miniters=1,
+                    file=self.reporter.stream, leave=False, miniters=1,
                 )
         if self._bar:
             if total is not None and self._bar.total != total:
@@ -116,14 +142,17 @@ class ProgressBar:
         elif time.monotonic() - self._plain_at > 0.2:
             self._plain_at = time.monotonic()
             of = f" of {format_size(total)}" if total else ""
-            print(f"\r{self.label}: {format_size(done)}{of}", end="", file=self.stream, flush=True)
+            self.reporter.write(f"\r{self.label}: {format_size(done)}{of}", end="")
 
     def close(self) -> None:
         if self._last is not None:
             self._line(*self._last)
             self._last = None
         if self._bar:
-            self._bar.close()
+            try:
+                self._bar.close()
+            except (OSError, ValueError):
+                self.reporter.silence()
         elif self._bar is False:
-            print(file=self.stream, flush=True)
+            self.reporter.write("")
         self._bar = None
