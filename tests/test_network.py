@@ -653,6 +653,14 @@ def test_v_and_q_replace_the_verbose_and_quiet_of_the_config_files(tmp_path, own
     shown = sc("config", env=env)
     assert f"\nverbose = yes  # {config}:2\nquiet = no  # {config}:2\n" in shown.stdout, shown.stdout
     assert sc("-n", "said-again", *use, env=env).stderr.startswith("sc: populating 'said-again'")
+    # Turning one off leaves the other as it was: "quiet = no" after "verbose = yes" turned
+    # verbose off, and "verbose = no" after "quiet = yes" turned quiet off.
+    config.write_text("verbose = yes\nquiet = no\n")
+    shown = sc("config", env=env)
+    assert f"\nverbose = yes  # {config}:1\nquiet = no  # {config}:2\n" in shown.stdout, shown.stdout
+    config.write_text("quiet = yes\nverbose = no\n")
+    shown = sc("config", env=env)
+    assert f"\nverbose = no  # {config}:2\nquiet = yes  # {config}:1\n" in shown.stdout, shown.stdout
 
 
 @pytest.mark.parametrize("breaker", ["\f", "\v", "\x1c", "\x85", "\u2028", "\u2029"])

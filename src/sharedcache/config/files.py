@@ -312,11 +312,12 @@ _OTHER_HALF = {"verbose": "quiet", "quiet": "verbose"}
 
 def _overlay(settings: dict[str, tuple[object, str]], layer: Mapping[str, tuple[object, str]]) -> None:
     """Put the settings of ``layer`` (a later file's, line's, or the options') over ``settings``,
-    key by key; a key of :data:`_OTHER_HALF` that the layer sets without the other also turns
-    that other off, saying that the layer did (``quiet = no  # --verbose``)."""
+    key by key; a key of :data:`_OTHER_HALF` that the layer turns on without setting the other
+    also turns that other off, saying that the layer did (``quiet = no  # --verbose``): turning
+    one off leaves the other as it was (``verbose = yes`` then ``quiet = no`` is verbose)."""
     for key, entry in layer.items():
         other = _OTHER_HALF.get(key)
-        if other is not None and other in settings and other not in layer:
+        if other is not None and entry[0] and other in settings and other not in layer:
             settings[other] = (False, entry[1])
         settings[key] = entry
 
