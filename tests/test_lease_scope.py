@@ -189,24 +189,37 @@ def test_a_host_s_uses_end_with_its_boot_or_when_another_host_forgets_it(network
 def test_the_uses_of_a_host_s_containers_with_machine_ids_of_their_own_end_with_its_boot(network, hosts, tmp_path):
     # A container often has a machine id of its own (an image's, or none: its host name). After a
     # reboot its lease named another boot and another machine id, as another host's does: the
-    # host kept it for ever, and the repository could never be evicted.
+    # host kept it for ever, and the repository could never be evicted.  This host is host A (its
+    # record is written by its own processes, which see its files), host B another one.
     base, recipe = network
-    hosts["b2"] = (tmp_path / "b2.boot", hosts["b"][1], hosts["b"][2])  # "b" rebooted
-    hosts["b2"][0].write_text("4" * 8 + "-0000-4000-8000-000000000000\n")
+    this_boot = tmp_path / "this.boot"
+    this_boot.write_text(Path("/proc/sys/kernel/random/boot_id").read_text())
+    rebooted = (hosts["a2"][0], None, "")  # this machine, after a reboot
+    image = tmp_path / "image.machine"  # the machine id of an image that containers of both hosts run
+    image.write_text("c" * 32 + "\n")
     containers = []
     try:
-        for host, machine in (("a", "c" * 32), ("b", "d" * 32)):
-            flags, own_machine = tmp_path / f"container-{host}", tmp_path / f"container-{host}.machine"
+        for host, boot in (("a", this_boot), ("b", hosts["b"][0])):
+            flags = tmp_path / f"container-{host}"
             flags.mkdir()
-            own_machine.write_text(machine + "\n")
             take = f"{SC} --use {' '.join(recipe)} >/dev/null && touch {flags}/ready && exec sleep 600"
-            inside = on_host((hosts[host][0], own_machine, machine), ["sh", "-c", take])
+            inside = on_host((boot, image, "c" * 32), ["sh", "-c", take])
             containers.append(subprocess.Popen([*CONTAINER, "--kill-child", *inside], env=sc_env(),
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             wait_for(flags / "ready", containers[-1])
-            # The host looks at the repository while its container holds it (a listing, a gc, a use).
-            looked = run(on_host(hosts[host], [SC, "list", "-d", str(base)]))
-            assert looked.returncode == 0, looked.stderr
+        with Sleeper() as job:  # a use of host A's own, alive throughout
+            assert run([SC, "--use", "--pid", str(job.pid), *recipe[:2], "-n", "mine", *recipe[4:]]).returncode == 0
+            # Each host looks at the repositories while its container holds one (a listing, a gc,
+            # a use); so does a container of the image on host A that shares A's PID namespace
+            # (docker --pid=host), whose record would pair A's boot with the image's machine id:
+            # a container of that image on host B would then judge A's own live use dead.
+            for looking in ([SC, "list", "-d", str(base)], on_host(hosts["b"], [SC, "list", "-d", str(base)]),
+                            on_host((this_boot, image, ""), [SC, "list", "-d", str(base)])):
+                looked = run(looking)
+                assert looked.returncode == 0, looked.stderr
+            judged = run(on_host((hosts["b"][0], image, ""), [SC, "gc", "-d", str(base)]))
+            assert judged.returncode == 0, judged.stderr
+            assert (control(base) / "objects" / "mine").exists(), "host B's container judged host A's live use dead"
         inits = [container_init(proc) for proc in containers]
     finally:
         for proc in containers:
@@ -214,14 +227,12 @@ def test_the_uses_of_a_host_s_containers_with_machine_ids_of_their_own_end_with_
             proc.wait(10)
     for init in inits:
         wait_until_gone(init)
-    # The machines go down with their containers: host A reboots: its container's use is over, host B's container's is not.
-    assert run(on_host(hosts["a2"], [SC, "gc", "-d", str(base)])).returncode == 0
-    listed = run(on_host(hosts["a2"], [SC, "list", "-d", str(base)]))
-    assert f"1@{'d' * 32}" in listed.stdout and "c" * 32 not in listed.stdout, listed.stdout
+    # The machines go down with their containers: host A reboots: its container's use is over,
+    # host B's container's is not (its boot is paired with no machine id of A's).
+    assert run(on_host(rebooted, [SC, "gc", "-d", str(base)])).returncode == 0
+    listed = run(on_host(rebooted, [SC, "list", "-d", str(base)]))
+    assert listed.stdout.count(f"1@{'c' * 32}") == 1, listed.stdout
     assert exists(base), "a host took another host's container's use for one of its own before a reboot"
-    # Host B reboots too: nothing holds the repository any more.
-    assert run(on_host(hosts["b2"], [SC, "gc", "-d", str(base)])).returncode == 0
-    assert not exists(base), "the use of a host's container outlived the host's reboot"
 
 
 def on_uninitialized_host(boot: Path, uninitialized: Path, hostname: str, argv: list[str]) -> list[str]:

@@ -40,9 +40,10 @@ A lease is judged dead only by a process that can know, and unknown means alive:
 After a reboot the leases of this machine's containers name its previous boot and their own
 machine ids, which nothing on the machine links to it any more.  So each cache keeps a record,
 ``<cache>/boots`` (:class:`Boots`): lines ``<machine id> <boot id>``, the last
-:data:`BOOTS_PER_MACHINE` boots of each machine id.  A process of the host's PID namespace (the
-host, whose machine id is the host's own) that judges a lease of its own boot and another
-machine id adds its boot there, once; a lease of another boot and another machine id is this
+:data:`BOOTS_PER_MACHINE` boots of each machine id.  A process of the host's PID namespace and
+of its first process's mount namespace (the host, whose machine id is the host's own; a container
+that shares the host's PID namespace has files of its own), that judges a lease of its own boot
+and another machine id, adds its boot there, once; a lease of another boot and another machine id is this
 machine's, and dead, if the record pairs that boot with the judge's machine id.  Boot ids are
 random and never reused, so a boot paired with this machine id was a boot of this machine (as
 trustworthy as the rule for its own leases: machine ids are unique per host); another host's
@@ -330,9 +331,11 @@ class Boots:
     def note_this_boot(self) -> None:
         """Record this boot as one of this machine, if it is not yet and this process is the
         host's: it has met a lease of this boot of another machine id."""
-        if self._noted or pid_namespace() != INITIAL_PID_NAMESPACE:
+        if self._noted:
             return
         self._noted = True
+        if not _sees_the_hosts_files():
+            return
         mine = (machine_id(), boot_id())
         lines = self._read()
         if mine in lines:
@@ -370,6 +373,20 @@ class Boots:
                 found = b""  # (unknown: another boot's leases of other machine ids stay alive)
             self._lines = [line for line in map(_boot_line, found.split(b"\n")) if line is not None]
         return self._lines
+
+
+def _sees_the_hosts_files() -> bool:
+    """Whether this process is the host's, whose machine id is the host's own: of the host's PID
+    namespace and of its first process's mount namespace.  A container that shares the host's PID
+    namespace (``docker --pid=host``, Apptainer) has files of its own, a machine id among them,
+    which may be an image's that containers of other hosts have too.  (Only root may read the
+    first process's namespace: another user's processes record nothing, and root's do.)"""
+    if pid_namespace() != INITIAL_PID_NAMESPACE:
+        return False
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino == os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        return False
 
 
 def _boot_line(line: bytes) -> tuple[str, str] | None:
