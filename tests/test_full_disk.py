@@ -193,9 +193,9 @@ def test_a_population_in_progress_reserves_only_what_it_has_yet_to_write(tmp_pat
         assert done == 0, err
 
 
-#: ``sc`` (``python -c PAUSED_AS_IT_CHOOSES FLAGS ARGS...``, given two candidate directories) that
-#: stops once it has read what the populations under way in both reserve, before it chooses, until
-#: FLAGS/go exists (FLAGS/paused says it waits).
+#: ``sc`` (``python -c PAUSED_AS_IT_CHOOSES FLAGS ARGS...``, given candidate directories) that stops
+#: once it has read what the populations under way in the first one reserve, before it chooses,
+#: until FLAGS/go exists (FLAGS/paused says it waits).
 PAUSED_AS_IT_CHOOSES = """
 import os, runpy, sys, time
 flags = sys.argv.pop(1)
@@ -215,9 +215,10 @@ runpy.run_module("sharedcache", run_name="__main__")
 
 
 def test_two_uses_that_choose_a_base_at_once_do_not_both_take_its_room(tmp_path, origin):
-    # Two uses of --size 6MiB, with two empty 8 MiB candidates, that chose at the same moment
-    # both saw the first one empty, both downloaded there, and both failed for space, the other
-    # candidate left empty.  The later reservation now gives the base up, and chooses again.
+    # Two uses of --size 6MiB, with two empty 8 MiB file systems to choose from, that chose at the
+    # same moment both saw the first one empty, both downloaded there, and both failed for space,
+    # the other left empty.  The later reservation now gives up the base, and the other
+    # candidates of its file system (two here, as /tmp and /var/tmp on one disk), and chooses again.
     payload = os.urandom(6 << 20)
     url = origin.add("/big.bin", payload)
     recipe = [f"http:{url}", f"sha256:{hashlib.sha256(payload).hexdigest()}"]
@@ -225,10 +226,12 @@ def test_two_uses_that_choose_a_base_at_once_do_not_both_take_its_room(tmp_path,
     flags.mkdir()
     with (Sleeper() as owner, mounted_tmpfs(tmp_path / "first", "8m") as first,
           mounted_tmpfs(tmp_path / "second", "8m") as second):
-        common = ["--use", "-d", f"{first}:{second}", "--pid", str(owner.pid), "--size", "6MiB"]
+        bases = [first / "one", first / "two", second]
+        common = ["--use", "-d", ":".join(map(str, bases)), "--pid", str(owner.pid), "--size", "6MiB"]
         small = tmp_path / "small.txt"
         small.write_text("hello\n")
-        for base in (first, second):  # (their caches made, as on a node in use)
+        for base in bases:  # (their caches made, as on a node in use)
+            base.mkdir(exist_ok=True)
             assert sc("--use", "-d", str(base), "--pid", str(owner.pid), "-n", "warm", f"file:{small}").returncode == 0
         later = subprocess.Popen([sys.executable, "-c", PAUSED_AS_IT_CHOOSES, str(flags), *common, "-n", "later",
                                   *recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sc_env())
@@ -236,14 +239,14 @@ def test_two_uses_that_choose_a_base_at_once_do_not_both_take_its_room(tmp_path,
         try:
             wait_for((flags / "paused").exists, timeout=30, what="the later use's choice")
             earlier = sc_start(*common, "-n", "earlier", *recipe)
-            wait_for((control(first) / "populate" / "earlier.json").exists, timeout=30,
+            wait_for((control(bases[0]) / "populate" / "earlier.json").exists, timeout=30,
                      what="the earlier use's reservation")
         finally:
             (flags / "go").touch()
             results = finish([later] if earlier is None else [later, earlier])
         assert [status for status, _, _ in results] == [0, 0], results
         assert results[0][1].strip() == str(user_dir(second) / "later")
-        assert results[1][1].strip() == str(user_dir(first) / "earlier")
+        assert results[1][1].strip() == str(user_dir(bases[0]) / "earlier")
 
 
 def take_every_inode(mount: Path, taken: list[Path]) -> None:

@@ -253,8 +253,11 @@ class Repositories:
             lease = hold_or_populate(base, request, self.reporter)
         except RoomTaken as e:
             # Another use that chose this base at the same moment reserved the room first: the
-            # choice is made again without it.
-            self._skip(base, NoSpaceError(str(e)))
+            # choice is made again without it, nor the other candidates of its file system.
+            device = os.stat(base.path).st_dev
+            for other in self.bases:
+                if other is base or (os.path.isdir(other.path) and os.stat(other.path).st_dev == device):
+                    self._skip(other, NoSpaceError(str(e)))
             return self._acquire(request, budget)
         return self._held(base, request.name, lease)
 
