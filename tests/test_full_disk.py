@@ -358,6 +358,25 @@ def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tm
                                              "a read-only file system\n")
 
 
+def test_a_cache_made_without_population_files_is_looked_at_on_a_read_only_file_system(tmp_path):
+    # A cache made by FsCache alone has no populate/: on a file system mounted read-only, sc list
+    # and --location failed on making it ("Read-only file system: populate"), where they had
+    # answered from what is ready.
+    code = ("import os, sys; from sharedcache import FsCache\n"
+            "os.makedirs(sys.argv[1], mode=0o700); cache = FsCache(sys.argv[1] + '/.cache')\n"
+            "with cache.store('entry') as data: (data / 'f').write_text('x')\n")
+    with mounted_tmpfs(tmp_path / "ro", "8m") as ro:
+        made = subprocess.run([sys.executable, "-c", code, str(user_dir(ro))], capture_output=True, text=True,
+                              timeout=60, env=sc_env())
+        assert made.returncode == 0, made.stderr
+        assert not (control(ro) / "populate").exists()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True, capture_output=True, timeout=30)
+        listed = sc("list", "-d", str(ro))
+        assert "populate" not in listed.stderr, listed.stderr
+        located = sc("--location", "-d", str(ro), "-n", "missing", f"file:{tmp_path}/none")
+        assert (located.returncode, located.stderr) == (1, ""), located.stderr
+
+
 def test_a_base_with_no_room_for_a_cache_is_skipped_with_one_line_saying_so(tmp_path):
     # A full first candidate where this user had no cache yet failed every command with the
     # system's bare "No space left on device" (or naming "populate", "index.sqlite"), never

@@ -308,7 +308,13 @@ class Repositories:
                 if not base.present():
                     continue
                 cache = base.cache()
-                base.populate_dir  # noqa: B018 - made now if missing: a base with no room for it is skipped
+                try:
+                    base.populate_dir  # noqa: B018 - made now if missing: a base with no room for it is skipped
+                except OSError as e:
+                    # Read-only (a cache made by FsCache alone has none): nothing is made there,
+                    # and what looks at what is ready needs none.
+                    if e.errno != errno.EROFS:
+                        raise
             except UNUSABLE as e:
                 self._skip(base, e)
                 continue
