@@ -23,15 +23,16 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from origin import Origin
 from test_fuzz import _snapshot, damaged
 
-from scutil import SRC, interpreter_for, wait_for, writers_past
+from scutil import SRC, control, interpreter_for, sc, sc_start, stop_process, wait_for, writers_past
 from sharedcache.errors import LoaderError
 from sharedcache.loaders import archives, writer
 from sharedcache.loaders.pipeline import populate
@@ -691,13 +692,16 @@ def test_an_interrupt_while_the_parent_waits_for_the_child_s_answer_still_stops_
 
         def waiting_for_the_answer() -> bool:  # the command pipes closed: the input's and the answers' left
             with open(f"/proc/{parent.pid}/wchan") as wchan:
-                return pipes_of(parent.pid) == 1 + writer.WRITERS and "pipe_read" in wchan.read()
+                return pipes_of(parent.pid) == 1 + writer.WRITERS and "poll_schedule_timeout" in wchan.read()
 
         wait_for(waiting_for_the_answer, 30, "the parent waiting for the children's answers")
         parent.send_signal(signal.SIGINT)
-        time.sleep(0.5)  # the interrupt is handled; the parent is waiting again, for good this time
+        # The interrupt is handled; the parent, given up, waits no longer for stopped writers:
+        # it kills them (a continued one would end too, having been sent nothing more).
+        time.sleep(0.5)
         for child in children:
-            os.kill(child, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
         out, err = parent.communicate(timeout=30)
         assert (parent.returncode, out) == (0, "interrupted\n"), err
         wait_for(lambda: all(map(ended, children)), 30, "the end of the children")
@@ -918,3 +922,89 @@ def test_a_writer_never_puts_back_the_parent_s_warning_filters(tmp_path: Path) -
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["filters put back in the parent"] * writer.WRITERS + ["unpacked"]
+
+
+# --- a writer stopped (kill -STOP, a debugger) ----------------------------------------------------
+
+def small_then_large() -> bytes:
+    """A tar of small files, for the writers to take over, then of files too large for their
+    rings: their data goes through the command pipes, which fill once a writer stops reading."""
+    return tar(*[(f"small{i}", b"small\n" * 100, tarfile.REGTYPE) for i in range(writer.SERIAL_MEMBERS + 100)],
+               *[(f"large{i}", os.urandom(200_000), tarfile.REGTYPE) for i in range(60)])
+
+
+@pytest.fixture
+def slow_archive() -> Iterator[tuple[Origin, str]]:
+    """An origin serving :func:`small_then_large` at 2 MB/s (a few seconds for all of it), and its URL."""
+    server = Origin(rate=2_000_000).start()
+    try:
+        yield server, server.add("/many.tar", small_then_large())
+    finally:
+        server.stop()
+
+
+def stop_writers(populator: subprocess.Popen[str]) -> list[int]:
+    """Stop the writer processes of ``populator`` as soon as they are forked; their pids."""
+    def forked() -> bool:
+        assert populator.poll() is None, populator.communicate()
+        return len(children_of(populator.pid)) == writer.WRITERS
+
+    wait_for(forked, 30, "the writer processes")
+    children = children_of(populator.pid)
+    for child in children:
+        os.kill(child, signal.SIGSTOP)
+    return children
+
+
+def test_stopped_writers_end_the_population_at_its_timeout_and_the_waiter_takes_over(
+        tmp_path: Path, slow_archive: tuple[Origin, str]) -> None:
+    # The populator waited for good on a stopped writer (to write to its pipe, then to read its
+    # answer), past --timeout, silent even with -v; a signal's clean-up waited the same way.
+    server, url = slow_archive
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["--use", "-d", str(base), "-n", "many", "--pid", str(os.getpid()), f"http:{url}", "tar"]
+    populator = sc_start("--timeout", "4", *args)
+    waiter: subprocess.Popen[str] | None = None
+    children: list[int] = []
+    try:
+        children = stop_writers(populator)
+        waiter = sc_start("--timeout", "60", *args)
+        _out, err = populator.communicate(timeout=30)
+        assert populator.returncode == 1, err
+        assert err.startswith("sc: error: repository 'many': timed out after 4 s populating it"), err
+        assert len(err.splitlines()) == 1, err
+        assert any(f"its writer process {child} did not answer (it is stopped)" in err for child in children), err
+        assert all(map(ended, children)), "a stopped writer is left behind"
+        server.rate = None
+        out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, err
+        assert len(os.listdir(out.strip())) == writer.SERIAL_MEMBERS + 160
+    finally:
+        if waiter is not None:
+            stop_process(waiter)
+        end_unpacking(populator, -1, children, signal.SIGKILL)
+
+
+def test_a_populator_whose_writers_are_stopped_ends_at_once_by_sigterm(tmp_path: Path,
+                                                                    slow_archive: tuple[Origin, str]) -> None:
+    server, url = slow_archive
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["--use", "-d", str(base), "-n", "many", "--pid", str(os.getpid()), f"http:{url}", "tar"]
+    populator = sc_start(*args, default_signals=True)
+    children: list[int] = []
+    try:
+        children = stop_writers(populator)
+        populator.send_signal(signal.SIGTERM)
+        _out, err = populator.communicate(timeout=30)
+        assert populator.returncode == -signal.SIGTERM, err
+        assert all(map(ended, children)), "a stopped writer is left behind"
+        assert list((control(base) / "stage").iterdir()) == [], "the staging tree is left for a sweep"
+        assert not (control(base) / "populate" / "many.error").exists(), "an error is recorded for the next use"
+        server.rate = None
+        again = sc(*args)
+        assert again.returncode == 0, again.stderr
+        assert len(os.listdir(again.stdout.strip())) == writer.SERIAL_MEMBERS + 160
+    finally:
+        end_unpacking(populator, -1, children, signal.SIGKILL)

@@ -531,7 +531,7 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
             archive = _Replay(head, archive)
         reader = TarReader(archive, ctx.what)
         with SafeTree(dest, ctx) as made:
-            _extract_members(_tar_members(reader), functools.partial(_extract_tar_member, reader), made, ctx.what)
+            _extract_members(_tar_members(reader), functools.partial(_extract_tar_member, reader), made, ctx)
     except CorruptDataError:
         # Damaged compressed data may decompress to garbage before its checksum says so (bzip2
         # checks a block's at its end): that damage is the failure to report.
@@ -581,17 +581,22 @@ def _something_else(what: str, word: str, other: str, *, compressed: str | None 
 
 
 def _extract_members(members: Iterable[_M], extract: Callable[[_M, SafeTree | WriterProcess], None],
-                     tree: SafeTree, what: str) -> None:
+                     tree: SafeTree, ctx: Context) -> None:
     """Unpack ``members`` with ``extract`` into ``tree``; past the first ones, in writer processes
-    (see :mod:`sharedcache.loaders.writer`) when the archive turns out to have many."""
+    (see :mod:`sharedcache.loaders.writer`), which wait for no more than ``ctx.deadline``, when the
+    archive turns out to have many."""
     from . import writer
 
     target: SafeTree | writer.WriterProcess = tree
     try:
         for count, member in enumerate(members):
             if count == writer.SERIAL_MEMBERS and writer.available() and writer.worth_forking(tree):
-                with contextlib.suppress(OSError):  # no process to be had: one will do
-                    target = writer.WriterProcess(tree, what)
+                try:
+                    # Known here before it forks: if a signal cuts in, abandon() stops what it forked.
+                    target = writer.WriterProcess(tree, ctx.what, ctx.deadline)
+                    target.start()
+                except OSError:  # no process to be had: one will do
+                    target = tree
             extract(member, target)
         target.finish()
     except BaseException as failure:
@@ -659,7 +664,7 @@ def extract_zip(stream: Stream, dest: Path, ctx: Context) -> None:
                 raise
             with SafeTree(dest, ctx) as tree:
                 _extract_members(_checked(reader, os.fstat(file.fileno()).st_size, ctx.what, ctx.limit),
-                                 functools.partial(_extract_zip_member, reader), tree, ctx.what)
+                                 functools.partial(_extract_zip_member, reader), tree, ctx)
     except OSError as e:  # said before the spool's removal gives an inode back
         full = no_space_for(ctx.what, e, str(dest), ctx.written)
         if full is not None:

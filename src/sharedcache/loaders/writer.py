@@ -90,6 +90,16 @@ The protocol:
    parent's next write to it finds the pipe closed, and the same choice is made.
 8. If the parent dies, each child reads the end of its command pipe (or finds the other gone) and
    exits, without finishing.
+9. No wait of the parent on a child lasts for good: a writer may be stopped (``kill -STOP``, a
+   debugger) while the parent runs on.  The parent's ends of the pipes do not block: a write to
+   a full pipe, or a read of an answer not yet there, returns at once, and only then does the
+   parent wait, in ``poll``, until the population's deadline (``--timeout``); past it, the unpack
+   fails with :class:`~sharedcache.errors.WaitTimeoutError`, naming the writer that did not
+   answer (a stopped one if any, saying so).  Once the parent gives up (step 7: a failure, an
+   interrupt, the deadline), it kills a writer that is stopped at once, and every writer once
+   they have done no frame for :data:`_GRACE` seconds, then reaps them: a writer killed so
+   reports nothing, and the parent's failure stands.  A signal that comes as a child is forked
+   loses no child (:meth:`WriterProcess.start`).
 
 The children hold no more than they need: each closes every descriptor but its two pipes, the
 other's end of the liveness pipe and the tree's directories at once (the parent's locks,
@@ -118,11 +128,12 @@ import os
 import struct
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
-from ..errors import LoaderError, UnsafeArchiveError
+from ..errors import LoaderError, UnsafeArchiveError, WaitTimeoutError
 from .streams import CHUNK, Buffered
 
 if TYPE_CHECKING:
@@ -156,6 +167,10 @@ _PIPE_SIZE = 1 << 20               # asked of the kernel for the command pipes (
 _BATCH = 256 << 10                 # bytes gathered before a write to a pipe...
 _MAX_PENDING = 512                 # ...or pieces (well below IOV_MAX, 1024)
 _FINISHED, _STOPPED, _FAILED = "finished", "stopped", "failed"
+# Once this process has given up (a failure, a signal, the deadline), how long the writers may go
+# without doing a frame before they are killed: they are given the time to execute what they were
+# sent (their failure may be the one to report), not for ever.
+_GRACE = 2.0
 # What a child answers: how it ended, the failure that ended it, what it measured, and the
 # number of the member it was at.
 _Outcome = tuple[str, BaseException | None, int | None, int]
@@ -289,6 +304,7 @@ class _Child:
         self.outcome: _Outcome | None = None
         self.answer: list[bytes] = []  # what the child has answered so far (see WriterProcess._stop)
         self.status: int | None = None  # its exit status, once waited for
+        self.killed = False  # by this process, which gave up waiting for it
         self.placed = 0  # where the next data goes in its ring, counted from the ring's first use
         self.unsent = 0  # bytes put in its ring since its frames were last written
 
@@ -305,12 +321,16 @@ def _pipe_pair() -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 class WriterProcess:
-    """The parent's side: a stand-in for the tree that the tar loop calls, with its methods.
-    OSError if no child can be made (no process or memory left): one process will do."""
+    """The parent's side: a stand-in for the tree that the tar loop calls, with its methods, once
+    :meth:`start` has forked the children.  OSError if no child can be made (no process or memory
+    left): one process will do."""
 
-    def __init__(self, tree: SafeTree, what: str) -> None:
+    def __init__(self, tree: SafeTree, what: str, deadline: float | None = None) -> None:
         self._tree = tree  # this process's copy, from now on used only for names, messages and charges
         self._what = what
+        self._deadline = deadline  # (a time.monotonic(): the population's, see _await)
+        # Once abandoning: when the writers were last seen doing frames, and the frames they had done.
+        self._quiet: tuple[float, int] | None = None
         self._number = 0  # the current member's
         # The authority's directories as the parent sees them, from those the tree has made so
         # far (counted already), as in the tree: (parent's id, name) -> id, the root being 0; by
@@ -329,12 +349,31 @@ class WriterProcess:
 
         self._shared = mmap.mmap(-1, 4 * _DONE.size)
         self._rings = [mmap.mmap(-1, _RING) for _ in range(WRITERS)]
-        self._children = self._fork(tree)
+        self._children: list[_Child] = []  # those forked, the authority first
+
+    def start(self) -> None:
+        """Fork the children; OSError if not even the authority can be made.  A signal's exception
+        may cut in: :meth:`abandon` stops the children forked by then."""
+        before = _children_of_this_thread()
+        try:
+            self._fork(self._tree)
+        except BaseException:
+            # Another thread can take the signal while this one has it blocked (see _fork), and
+            # its exception then comes between a fork and the child's record: that child is one
+            # this thread has now and had not before.
+            recorded = {child.pid for child in self._children}
+            for pid in _children_of_this_thread() - before - recorded:
+                import signal
+
+                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            raise
         self._authority = self._children[0]
         self._helper = self._children[1] if len(self._children) > 1 else None
 
-    def _fork(self, tree: SafeTree) -> list[_Child]:
-        """The children, the authority first; OSError if not even the authority can be made."""
+    def _fork(self, tree: SafeTree) -> None:
+        """Fork the children into ``self._children``, the authority first."""
         (command_read, command_write), (result_read, result_write) = _pipe_pair()
         children = [_Child(_AUTHORITY, command_write, result_read)]
         ends = [(command_read, result_write)]
@@ -359,15 +398,25 @@ class WriterProcess:
             with contextlib.suppress(OSError):
                 # Above the system's limit for this user, the default size works, with more switches.
                 fcntl.fcntl(child.commands, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        forked: list[_Child] = []
+            # A write that would wait and a read that would wait return at once, and only then
+            # does this process wait, bounded (see _await): a writer may be stopped for good.
+            os.set_blocking(child.commands, False)
+            os.set_blocking(child.results, False)
         for child, (command_read, result_write) in zip(children, ends, strict=True):
             # Its own liveness pipe's write end, and the other's read end, which it watches.
             keep = (lives[child.slot][1], lives[1 - child.slot][0]) if lives else (-1, -1)
+
+            def forked(pid: int, child: _Child = child, ends: tuple[int, int] = (command_read, result_write)) -> None:
+                child.pid = pid
+                for descriptor in ends:  # the child's: its answer's end is its exit
+                    os.close(descriptor)
+                self._children.append(child)
+
             try:
-                child.pid, mask = _fork()
+                pid, mask = _fork(forked)
             except OSError:  # out of processes or memory: one process fewer will do
                 self._close(child, command_read, result_write)
-                if not forked:
+                if not self._children:
                     for other, (read_end, write_end) in zip(children[1:], ends[1:], strict=True):
                         self._close(other, read_end, write_end)
                     for read_end, write_end in lives:
@@ -375,15 +424,11 @@ class WriterProcess:
                         os.close(write_end)
                     raise
                 break
-            if child.pid == 0:
+            if pid == 0:
                 _child(tree, child.slot, command_read, result_write, keep, self._shared, self._rings[child.slot], mask)
-            os.close(command_read)
-            os.close(result_write)
-            forked.append(child)
         for read_end, write_end in lives:
             os.close(read_end)
             os.close(write_end)
-        return forked
 
     @staticmethod
     def _close(child: _Child, *ends: int) -> None:
@@ -502,6 +547,7 @@ class WriterProcess:
         """After this process failed with ``failure``: stop the children once they have executed
         what they were sent, and return the failure to raise (a child's, which came first, if
         one failed)."""
+        self._quiet = (time.monotonic(), self._done())
         for child in self._children:
             try:
                 self._flush(child)
@@ -595,13 +641,16 @@ class WriterProcess:
         while pending:
             try:
                 written = os.writev(child.commands, pending)
+            except BlockingIOError:  # the pipe is full
+                self._await(child, child.commands)
+                continue
             except BrokenPipeError:  # the child ended: failed, or stopped by the other's end
                 self._stop()
                 failure = self._first_failure()
                 raise failure if failure is not None else LoaderError(
                     f"cannot unpack {self._what}: its writer process stopped reading") from None
             left -= written
-            if not left:  # all of it, as a blocking pipe takes it unless a signal cuts in
+            if not left:  # all of it, as the pipe takes it when it has room
                 return
             done = 0
             while done < len(pending) and written >= len(pending[done]):
@@ -610,6 +659,7 @@ class WriterProcess:
             del pending[:done]
             if written:
                 pending[0] = memoryview(pending[0])[written:]
+            self._await(child, child.commands)  # the pipe took what it had room for: it is full
 
     def _first_failure(self) -> BaseException | None:
         """The children's failure that came first in archive order (the authority's, for one
@@ -632,18 +682,25 @@ class WriterProcess:
             if child.outcome is not None:
                 continue
             while child.results >= 0:
-                if chunk := os.read(child.results, 1 << 16):
+                try:
+                    chunk = os.read(child.results, 1 << 16)
+                except BlockingIOError:
+                    self._await(child, child.results)
+                    continue
+                if chunk:
                     child.answer.append(chunk)
                 else:
                     os.close(child.results)
                     child.results = -1
             if child.status is None:
-                try:
+                try:  # the answer's end is the child's exit: this waits for no more than that
                     child.status = os.waitpid(child.pid, 0)[1]
                 except ChildProcessError:  # reaped already: the process ignores SIGCHLD
                     child.status = 0
             status = child.status
-            if child.answer:
+            if child.killed:  # what this process gave up on: its failure, if any, stands
+                child.outcome = (_STOPPED, None, None, _UNNUMBERED)
+            elif child.answer:
                 import pickle
 
                 child.outcome = pickle.loads(b"".join(child.answer))
@@ -654,10 +711,89 @@ class WriterProcess:
             else:
                 child.outcome = (_STOPPED, None, None, _UNNUMBERED)
 
+    def _await(self, child: _Child, pipe: int) -> None:
+        """Return once ``pipe``, ``child``'s command pipe or result pipe, can be written to or
+        read from, or the child has ended; raise WaitTimeoutError past the deadline.  Once
+        abandoning, wait no longer for writers that are stopped (a ``kill -STOP``, a debugger), nor
+        for any once they have done no frame for :data:`_GRACE` seconds: kill them, and return
+        once they are gone."""
+        import select
 
-def _fork() -> tuple[int, set[int]]:
+        poller = select.poll()
+        poller.register(pipe, select.POLLOUT if pipe == child.commands else select.POLLIN)
+        while True:
+            now = time.monotonic()
+            if self._quiet is None:
+                until = self._deadline
+                if until is not None and now >= until:
+                    raise WaitTimeoutError(self._unanswered(child))
+            elif child.killed:
+                until = None  # SIGKILL ends a process, stopped or traced: its pipes end with it
+            else:
+                for other in self._children:
+                    if self._running(other) and _is_stopped(other.pid):
+                        self._kill(other)
+                done = self._done()
+                if done != self._quiet[1]:
+                    self._quiet = (now, done)
+                until = self._quiet[0] + _GRACE
+                if now >= until:
+                    for other in self._children:
+                        self._kill(other)
+                    until = None
+            if poller.poll(None if until is None else math.ceil((until - now) * 1000)):
+                return
+
+    def _done(self) -> int:
+        """The frames the children have done, as they published them."""
+        return sum(_DONE.unpack_from(self._shared, child.slot * _DONE.size)[0] for child in self._children)
+
+    @staticmethod
+    def _running(child: _Child) -> bool:
+        """Whether ``child`` may still run: neither reaped (its pid is still its own) nor killed."""
+        return child.status is None and not child.killed
+
+    def _kill(self, child: _Child) -> None:
+        if self._running(child):
+            import signal
+
+            os.kill(child.pid, signal.SIGKILL)
+            child.killed = True
+
+    def _unanswered(self, child: _Child) -> str:
+        """Which writer this process waited for in vain: a stopped one, if any, else ``child``."""
+        stopped = next((other for other in self._children if self._running(other) and _is_stopped(other.pid)),
+                       None)
+        culprit = child if stopped is None else stopped
+        return (f"cannot unpack {self._what}: its writer process {culprit.pid} did not answer"
+                + (" (it is stopped)" if stopped is not None else ""))
+
+
+def _children_of_this_thread() -> set[int]:
+    """The pids of the processes this thread forked that are not reaped (none if /proc does not
+    say)."""
+    try:
+        with open("/proc/thread-self/children", "rb") as listing:
+            return {int(pid) for pid in listing.read().split()}
+    except OSError:
+        return set()
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped: by a signal (``kill -STOP``, Ctrl-Z) or by its tracer."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as status:
+            return status.read().rpartition(b")")[2].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
+def _fork(forked: Callable[[int], None]) -> tuple[int, set[int]]:
     """``os.fork()``, with the collector off and every signal blocked in this thread across it;
     and the signal mask to restore, which the child restores once its handlers are the defaults.
+    The parent calls ``forked`` with the child's pid before it unblocks the signals, whose
+    exception may cut in as soon as they are (one that another thread took meanwhile can cut in
+    sooner: see :meth:`WriterProcess.start`).
 
     A collection in the child would run the finalizers of the parent's garbage there (one that
     takes a lock, flushes a file or writes to stderr), and a handler of the parent's (Python's
@@ -685,6 +821,8 @@ def _fork() -> tuple[int, set[int]]:
         try:
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
+            if pid > 0:
+                forked(pid)
         finally:
             if pid != 0:
                 filters.__exit__(None, None, None)
