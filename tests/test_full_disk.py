@@ -84,6 +84,42 @@ def test_release_gc_and_max_size_work_on_a_full_file_system(tmp_path, small_fs):
         assert sc("list", "-d", str(small_fs)).returncode == 0
 
 
+#: Holds a use of ``file:PATH`` for the process ARGV[2] in the base ARGV[1], under the name of the
+#: file's stem, for each PATH that follows: what as many ``sc --use --pid`` do, in one process.
+HOLD_EACH = """
+import sys
+from pathlib import Path
+from sharedcache.engine.leases import Owner
+from sharedcache.repository.repositories import Repositories
+repositories, owner = Repositories(sys.argv[1]), Owner.of(int(sys.argv[2]))
+for path in sys.argv[3:]:
+    repositories.acquire([f"file:{path}"], owner=owner, name=Path(path).stem)
+"""
+
+
+def test_concurrent_releases_and_gc_work_on_a_full_file_system(tmp_path):
+    # Every process of an index shares its reserve, as it shares its journals: one gives the
+    # reserve up to make its journal, and another, finding that room free, made the reserve again
+    # in it (as it connected, or after its transaction), so that the first one's journal found
+    # none ("no space left ... for the index"), and its release left the repository in use.
+    blobs = [tmp_path / f"blob{n}.bin" for n in range(16)]
+    for blob in blobs:
+        blob.write_bytes(os.urandom(200_000))
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "full", "8m") as mount:
+        for round in range(12):
+            held = subprocess.run([sys.executable, "-c", HOLD_EACH, str(mount), str(owner.pid), *map(str, blobs)],
+                                  capture_output=True, text=True, timeout=60)
+            assert held.returncode == 0, held.stderr
+            filler = fill(mount)
+            done = finish([sc_start("gc", "-d", str(mount)) for _ in range(8)]
+                          + [sc_start("--unuse", "-n", blob.stem, "-d", str(mount), "--pid", str(owner.pid),
+                                      f"file:{blob}") for blob in blobs])
+            assert [(status, err) for status, _, err in done] == [(0, "")] * len(done), \
+                f"round {round}: {[err for _, _, err in done if err]}"
+            assert not [blob.stem for blob in blobs if (user_dir(mount) / blob.stem).exists()], f"round {round}"
+            filler.unlink()
+
+
 def test_a_population_on_a_full_file_system_evicts_kept_data_and_retries(tmp_path, small_fs):  # noqa: F811
     blob = tmp_path / "blob.bin"
     blob.write_bytes(os.urandom(300_000))

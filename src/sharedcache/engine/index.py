@@ -17,11 +17,29 @@ that could be held for longer.
 A full file system must not make the index unusable: SQLite's journal (``-wal``) grows with
 every write transaction, and the transactions that free space (a release, an eviction, gc) are
 writes too.  So the index keeps a *reserve*, ``index.reserve``, a file of :data:`RESERVE`
-allocated bytes: a transaction that begins with less free space than that removes it first,
-giving the journal room, and whoever commits with room again makes it anew.  A file system can
-also run out of inodes, with bytes to spare (another user's many small files on a shared
-tmpfs): SQLite then cannot even make the journals (``-wal`` and ``-shm``, made anew by the
-first connection), and the index cannot be opened.  So the reserve also holds the inodes they
+allocated bytes.  Every process of the index shares it, as they share the journals it is for;
+between them:
+
+1. *Giving it up.*  A process about to connect (its first statement may make the journals) or
+   to begin a write transaction that finds less than :data:`RESERVE` free removes it.  Its room
+   is then the journals', whoever's transaction writes them: not this process's alone.
+2. *Making it again.*  Whoever finds room for the reserve and as much again (twice
+   :data:`RESERVE` free) makes it, whole: after connecting, after a transaction, after emptying
+   the trash, at the exit of a process that gave it up.  Never with less while the journals
+   are there (another connection is open): what stays free is for the journals of the
+   transactions that began once it was given up, which may be writing still (a reserve made of
+   whatever was free took that room from another process's journal, whose release then
+   failed).  With no connection open, what is free is made the reserve, up to its size: a
+   process that gave it up and freed nothing gives its room back as it exits.  A whole reserve
+   is not even opened: a process that gives it up gets its room back only once nobody has it
+   open.
+3. *Waiting for the room.*  A connection that finds no room for its journals, the reserve
+   given up, tries again for :data:`JOURNALS_SETTLE`: others' journals take that room only for
+   as long as their transactions, and their releases free more.
+
+A file system can also run out of inodes, with bytes to spare (another user's many small files
+on a shared tmpfs): SQLite then cannot even make the journals (``-wal`` and ``-shm``, made anew
+by the first connection), and the index cannot be opened.  So the reserve also holds the inodes they
 take: its file and an empty one beside it, ``index.reserve-inode``, removed together.  Running
 out of space (or inodes) all the same is :class:`NoSpaceError`, not damage; a write past this
 process's file size limit (``ulimit -f``), which SQLite reports as one or as an I/O error, is
@@ -51,6 +69,7 @@ except ImportError:  # pragma: no cover - an interpreter without the C module's 
 from ..errors import (
     CacheError,
     FileSizeLimitError,
+    NoSpaceError,
     WaitTimeoutError,
     file_size_limit_error,
     memory_refused,
@@ -126,9 +145,11 @@ class Index(sqlite3.Connection):
             return WaitTimeoutError(f"cache {self.root} index is busy ({e})")
         if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR) and (too_large := _at_file_size_limit(self.root)):
             return too_large  # (neither a full disk, whose remedy evicts others' data, nor damage)
-        if code == sqlite3.SQLITE_FULL or (code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
-                                           and _full(self.root)):
-            # (No inode for a journal is CANTOPEN: not damage, and gc must not set the index aside.)
+        if code == sqlite3.SQLITE_FULL or getattr(e, "sqlite_errorcode", 0) == sqlite3.SQLITE_IOERR_SHMSIZE or (
+                code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN) and _full(self.root)):
+            # (No inode for a journal is CANTOPEN: not damage, and gc must not set the index aside.
+            # No room to grow the -shm is SHMSIZE, whatever the room by now: others' journals that
+            # took it may have ended.)
             full = no_space_for(f"the index of cache {self.root}", OSError(errno.ENOSPC, e), self.root)
             assert full is not None
             return full
@@ -374,23 +395,33 @@ def _remove_reserve(root: str) -> None:
 
 
 def make_reserve(root: str, mode: int, spare_inodes: int = 0) -> None:
-    """Allocate the reserve of the index of the cache at ``root``: :data:`RESERVE` bytes, or
-    what is free if less (a nearly full file system keeps what it can for the next
-    transaction), grown back to :data:`RESERVE` once there is room.  Best effort.  ``mode``: the
+    """Allocate the reserve of the index of the cache at ``root``: :data:`RESERVE` bytes, once
+    as much again stays free; with no connection open (no journals), what is free if less
+    (see the module's docstring).  Best effort.  ``mode``: the
     cache's file mode, given to a new reserve.  The cache's directory is opened without following
     a symlink at its name: a group cache's creator may rename the directory and put one there,
     and the reserve would be made wherever it led.  Its files leave ``spare_inodes`` free: those
     that a connection about to make the journals takes."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fd = -1
+    journals_open = True
     try:
         directory = open_directory(root)
         try:
+            journals_open = any(os.path.lexists(f"/proc/self/fd/{directory}/index.sqlite{suffix}")
+                                for suffix in ("-wal", "-shm"))
             for name in (_RESERVE, _RESERVE_INODE):
-                fs = os.fstatvfs(directory)
-                if fs.f_files and fs.f_favail <= spare_inodes and not os.path.lexists(
-                        f"/proc/self/fd/{directory}/{name}"):
-                    break  # its inode would be the journals'
+                try:
+                    found = os.stat(name, dir_fd=directory, follow_symlinks=False)
+                except FileNotFoundError:
+                    fs = os.fstatvfs(directory)
+                    if fs.f_files and fs.f_favail <= spare_inodes:
+                        break  # its inode would be the journals'
+                else:
+                    # Made already, or something planted there: not opened, since a process
+                    # giving the reserve up gets its room back only once nobody has it open.
+                    if name == _RESERVE_INODE or not stat.S_ISREG(found.st_mode) or found.st_blocks * 512 >= RESERVE:
+                        continue
                 made = os.open(name, flags, mode, dir_fd=directory)
                 if name == _RESERVE:
                     fd = made
@@ -408,7 +439,7 @@ def make_reserve(root: str, mode: int, spare_inodes: int = 0) -> None:
         size = st.st_blocks * 512
         free = os.fstatvfs(fd)
         room = free.f_bavail * free.f_frsize
-        if not stat.S_ISREG(st.st_mode) or size >= RESERVE or (size and room < 2 * RESERVE):
+        if not stat.S_ISREG(st.st_mode) or size >= RESERVE or (journals_open and room - (RESERVE - size) < RESERVE):
             return
         _give_mode(fd, mode)
         os.posix_fallocate(fd, 0, min(RESERVE, size + room) // 4096 * 4096 or 4096)
@@ -445,7 +476,8 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
     opens them in between gets them read-only (writes then fail), or not at all.  So a
     connection is kept once it has shown that it may write (``BEGIN IMMEDIATE``), and one that
     may not is made again, for at most :data:`JOURNALS_SETTLE` seconds: a connection that has
-    its journals open keeps them open, and nobody removes them meanwhile."""
+    its journals open keeps them open, and nobody removes them meanwhile.  So is one that finds no
+    room for them, the index's reserve given up (see the module's docstring)."""
     deadline = time.monotonic() + JOURNALS_SETTLE
     while True:
         db = _connect(root, index, timeout, file_mode)
@@ -462,6 +494,13 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.002)
+        except NoSpaceError:
+            # The room of a reserve given up may be taken for the moment by others' journals
+            # (step 3 of the reserve's protocol, in the module's docstring).
+            db.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
         except BaseException:
             db.close()
             raise
