@@ -259,6 +259,12 @@ def test_timeout_bounds_the_command_s_own_population(tmp_path, trickle):
     assert not (control(base) / "objects" / "slow").exists()
     # Not the recipe's failure: no error record answers the next user.
     assert not (control(base) / "populate" / "slow.error").exists()
+    assert "so far; the next use takes over from there)" in result.stderr, result.stderr
+    # What an unpacking has done is not kept: the line said the next use would take over from
+    # there, and it started over.
+    unpacked = sc("--use", "--timeout", "2", "-d", str(base), "-n", "unpacked", "--speed-limit", "0",
+                  trickle.word(), "tar")
+    assert unpacked.returncode == 1 and "so far; the next use starts over)" in unpacked.stderr, unpacked.stderr
 
 
 @pytest.mark.parametrize("silent", ["answer", "body"])

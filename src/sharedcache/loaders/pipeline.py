@@ -165,6 +165,12 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             raise
 
 
+def keeps_partial(recipe: Recipe) -> bool:
+    """Whether a population of ``recipe`` cut short leaves what it downloaded for the next one to
+    go on from (a resumable source followed only by checksums); others start over."""
+    return _raw(recipe) and any(source.resumable for source in recipe.sources)
+
+
 def _raw(recipe: Recipe) -> bool:
     """Whether the output is the source's bytes unchanged (only checksums above the source)."""
     return recipe.unpacker is None and all(transform.passthrough for transform in recipe.transforms)

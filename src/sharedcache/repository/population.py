@@ -467,10 +467,14 @@ class Population:
     def _timed_out(self, cause: str) -> WaitTimeoutError:
         """The deadline's error; ``cause`` is what the recipe was waiting for when it struck
         (empty when it was making progress)."""
+        from ..loaders.pipeline import keeps_partial
+
         request = self.request
+        # (What an unpacking or a decompression has done is not kept: the next use starts over.)
+        next_use = "takes over from there" if keeps_partial(self.recipe) else "starts over"
         return WaitTimeoutError(
             f"repository {request.name!r}: timed out after {request.timeout:g} s populating it in "
-            f"{self.base.path} ({format_size(self._done)} so far; the next use takes over from there)"
+            f"{self.base.path} ({format_size(self._done)} so far; the next use {next_use})"
             + (f": {cause}" if cause else ""))
 
     def _prepare_work(self) -> None:
