@@ -985,3 +985,19 @@ def test_a_process_with_no_descriptor_for_a_socket_says_so_and_not_that_the_host
     # as the repository's for its waiters.
     run = subprocess.run([sys.executable, "-c", OUT_OF_SOCKETS], capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and run.stderr.startswith("too many open files: this process may open "), run.stderr
+
+
+def test_a_certificate_for_another_host_is_not_said_to_want_its_ca(tmp_path, tls_origin, owner):
+    # Its CA given, a certificate for another host (or expired) was called untrusted, with the
+    # advice to give its CA: no CA makes such a certificate do.
+    server, ca = tls_origin
+    server.add("/data.tar.gz", DATA)
+    url = f"https://localhost:{server.port}/data.tar.gz"  # (the certificate names 127.0.0.1 alone)
+    result = use(tmp_path, owner, url, env=sc_env(SSL_CERT_FILE=str(ca)))
+    assert result.returncode == 1, result.stderr
+    assert "the server's certificate is refused (Hostname mismatch" in result.stderr, result.stderr
+    assert "give its CA" not in result.stderr, result.stderr
+    # Without its CA, the advice stands.
+    result = use(tmp_path, owner, f"https://127.0.0.1:{server.port}/data.tar.gz")
+    assert result.returncode == 1 and "untrusted server certificate" in result.stderr, result.stderr
+    assert "give its CA with SSL_CERT_FILE" in result.stderr, result.stderr

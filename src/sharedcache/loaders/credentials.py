@@ -176,6 +176,12 @@ def _load(method: Any, what: str, path: str, **kwargs: Any) -> None:
         raise CredentialError(f"cannot use the {what} {path}: {why}") from None
 
 
+#: OpenSSL's verification failures that the CA of the certificate, given, would end: its issuer
+#: unknown here (X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT, DEPTH_ZERO_SELF_SIGNED_CERT,
+#: SELF_SIGNED_CERT_IN_CHAIN, UNABLE_TO_GET_ISSUER_CERT_LOCALLY, UNABLE_TO_VERIFY_LEAF_SIGNATURE).
+_ISSUER_UNKNOWN = frozenset({2, 18, 19, 20, 21})
+
+
 def certificate_problem(exc: BaseException) -> str | None:
     """A one-line cause for a TLS failure (an untrusted certificate, a refused client
     certificate), or None if ``exc`` is no such failure."""
@@ -188,6 +194,8 @@ def certificate_problem(exc: BaseException) -> str | None:
             return None
         exc = inner
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code not in _ISSUER_UNKNOWN:  # expired, for another host...: no CA makes it do
+            return f"the server's certificate is refused ({exc.verify_message})"
         return (f"untrusted server certificate ({exc.verify_message}): give its CA with SSL_CERT_FILE, "
                 "SSL_CERT_DIR or the ca_bundle setting")
     if exc.reason == "WRONG_VERSION_NUMBER":  # OpenSSL reading a plain answer as a TLS record
