@@ -69,6 +69,8 @@ class Fault:
     range_offset: int = 0              # answer a range with the bytes this far after (or before) it
     range_lies: bool = False           # ...while Content-Range names the range asked for
     no_validators: bool = False        # send neither ETag nor Last-Modified (as a 206 may omit them)
+    busy_status: int | None = None     # answer this status while another answer of the path is sent
+                                       # (a limit of one connection per client: nginx's limit_conn)
 
 
 #: How a server answers a range guarded by If-Range once the file has changed, as faults: as it
@@ -116,6 +118,7 @@ class Origin:
         self._redirects: dict[str, tuple[int, list[str]]] = {}
         self._version = 0  # bumped by every add, so that a replaced file has new validators
         self._faults: dict[str, list[Fault]] = {}
+        self._sending: dict[str, int] = {}  # answers whose body is being sent, by path
         self._stats: dict[str, Stats] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -296,6 +299,13 @@ class _Handler(BaseHTTPRequestHandler):
             answered(fault.status)
             self._simple(fault.status, f"injected {fault.status}\n".encode(), headers=fault.headers)
             return
+        with origin._lock:
+            busy = fault is not None and fault.busy_status is not None and origin._sending.get(path, 0) > 0
+        if busy:
+            assert fault is not None and fault.busy_status is not None
+            answered(fault.busy_status)
+            self._simple(fault.busy_status, f"injected {fault.busy_status}\n".encode(), headers=fault.headers)
+            return
         resource = origin._resource(path)
         if resource is None:
             answered(404)
@@ -342,7 +352,13 @@ class _Handler(BaseHTTPRequestHandler):
         limit = length
         if fault is not None and fault.drop_after is not None:
             limit = min(limit, fault.drop_after)
-        sent = self._send(resource, start, limit, stats)
+        with origin._lock:
+            origin._sending[path] = origin._sending.get(path, 0) + 1
+        try:
+            sent = self._send(resource, start, limit, stats)
+        finally:
+            with origin._lock:
+                origin._sending[path] -= 1
         if fault is not None and fault.replace_with is not None:
             origin.add(path, fault.replace_with)
         if sent < length + extra:  # dropped, or fewer bytes than announced: end the connection

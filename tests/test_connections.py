@@ -254,6 +254,25 @@ def test_part_retries_run_out(origin: Origin, tmp_path: Path) -> None:
     assert not range_threads()
 
 
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_server_that_allows_one_connection_serves_the_file_over_one(origin: Origin, tmp_path: Path,
+                                                                      status: int) -> None:
+    """A server that limits connections per client refuses the parts while the first answer is
+    sent: the download goes on over one connection from where it got to, rather than fail once
+    the parts' retries run out."""
+    payload = os.urandom(4_000_000)
+    url = origin.add("/data.bin", payload)
+    origin.fault("/data.bin", busy_status=status, times=1000)
+    origin.rate = 1_000_000  # the first part is still being sent when the parts' retries run out
+    dest = populate(tmp_path, f"http:{url}", sha256(payload), retries=2)
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    open_ended = [first for first, last in spans(stats.ranges) if last is None]
+    assert open_ended[0] == 0 and len(open_ended) >= 2  # went on with one connection
+    assert stats.statuses.count(status) <= 6  # each part gave up at its first refusal
+    assert not range_threads()
+
+
 def test_takeover_continues_in_parts(origin: Origin, tmp_path: Path) -> None:
     payload = os.urandom(5_000_000)
     url = origin.add("/data.bin", payload)

@@ -35,8 +35,11 @@ in order (:mod:`sharedcache.loaders.ranged`).  Each part is checked as a resume 
 the range asked for, the same size and validator) and each is continued on its own after an
 interruption.  A part that fails the check is never stitched: the stream goes on with one
 connection from the byte it has handed on, with a range request guarded by ``If-Range``, so that a
-file that changed raises :class:`ResumeError`.  A server that answers ``200`` or gives no validator,
-and a small file, get one connection.  This holds for fresh downloads and for resumed ones alike.
+file that changed raises :class:`ResumeError`.  So does a part refused with ``503`` or ``429``
+(:data:`_BUSY`), at its first refusal: a server that allows a client one connection (nginx's
+``limit_conn``) refuses the others while that one is busy, and their retries would run out.  A
+server that answers ``200`` or gives no validator, and a small file, get one connection.  This
+holds for fresh downloads and for resumed ones alike.
 
 TLS trust, the client certificate and the ``Authorization`` header come from
 :mod:`sharedcache.loaders.credentials` (``ctx.fetch.credentials``; the user info of the URL, which
@@ -91,6 +94,10 @@ _MAX_REDIRECTS = 10
 _EXPIRED = (403, 404, 410)
 #: The 4xx answers that another try may not get (Request Timeout, Too Many Requests), retried as 5xx are.
 _TRANSIENT = (408, 429)
+#: The answers of a server that refuses more connections than it allows a client (nginx's
+#: ``limit_conn`` answers 503, or 429 as configured): a part that gets one gives up at once, and
+#: the download goes on over the one connection (see :meth:`_HttpStream.read`).
+_BUSY = (429, 503)
 #: The longest wait a ``Retry-After`` is followed for.  A server that asks for more (the rest of a
 #: day's quota) fails the request at once, saying so, rather than hold the job that long.
 _RETRY_AFTER_MAX = 300.0
@@ -408,6 +415,10 @@ def _answer_problem(exc: BaseException) -> str | None:
     return None
 
 
+class _Refused(DownloadError):
+    """A part's request refused with one of :data:`_BUSY`: one connection too many."""
+
+
 class _HttpStream(SourceStream):
     """The file from ``start`` on (from 0 if it cannot be continued there): through one connection,
     or in parts over ``ctx.fetch.connections`` connections when the server allows it."""
@@ -593,11 +604,12 @@ class _HttpStream(SourceStream):
         return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
     def _get(self, start: int | None, validator: str | None, last: int | None = None,
-             stop: threading.Event | None = None, url: str | None = None) -> Any:
+             stop: threading.Event | None = None, url: str | None = None, busy_fails: bool = False) -> Any:
         """GET bytes ``start`` to ``last`` (the whole file if ``start`` is None, to its end if ``last``
         is), guarded by ``validator``, from ``url`` (default: the source's URL); follows redirects,
         each through the route of its own URL (:meth:`_transport`); retries connection failures and
-        5xx answers from ``url``.  The answer's ``url`` is the URL that gave it."""
+        5xx answers from ``url``, but with ``busy_fails`` not the answers of :data:`_BUSY`.  The answer's
+        ``url`` is the URL that gave it."""
         import urllib3
 
         ranges: dict[str, str] = {}
@@ -660,6 +672,8 @@ class _HttpStream(SourceStream):
                     return response
                 asked = _retry_after(response)
                 error = self._status_error(response)
+                if busy_fails and response.status in _BUSY:
+                    raise _Refused(str(error)) from None
                 if attempt >= self.retries:
                     raise DownloadError(f"{error}{_after(attempt + 1)}") from None
                 if asked is not None and asked > _RETRY_AFTER_MAX:
@@ -743,7 +757,7 @@ class _HttpStream(SourceStream):
             return f"it changed ({validator} became {now})"
         return None
 
-    def continuation(self, position: int, last: int | None, stop: threading.Event) -> Any:
+    def continuation(self, position: int, last: int | None, stop: threading.Event, busy_fails: bool = False) -> Any:
         """An answer with bytes ``position`` to ``last`` (to the end if None) of the same file;
         None if the file's size was not known and it ends at ``position`` (a 416 that says its
         size is that); else :class:`ResumeError` if the server does not give exactly those.
@@ -754,10 +768,11 @@ class _HttpStream(SourceStream):
         A URL a redirect led to that has since gone (403, 404 or 410: a mirror's signed URL that
         expired) or that fails past its retries (a mirror that went down: the redirector would send
         the request elsewhere) is given up for the source's URL, once for each request; the URL its
-        redirects lead to then serves the rest, if it has the same file."""
+        redirects lead to then serves the rest, if it has the same file.  ``busy_fails``: as
+        :meth:`_get`'s."""
         redirected = self.resume_url != self.url
         try:
-            response = self._get(position, self.validator, last, stop, self.resume_url)
+            response = self._get(position, self.validator, last, stop, self.resume_url, busy_fails)
         except DownloadError:
             if not redirected or stop.is_set():
                 raise
@@ -765,7 +780,7 @@ class _HttpStream(SourceStream):
         if response is None or (redirected and response.status in _EXPIRED):
             if response is not None:
                 response.close()
-            response = self._get(position, self.validator, last, stop)
+            response = self._get(position, self.validator, last, stop, busy_fails=busy_fails)
             if response.status == 206:
                 self.resume_url = response.url
         if (response.status == 416 and last is None and self.total is None
@@ -783,13 +798,17 @@ class _HttpStream(SourceStream):
         size = size if size > 0 else CHUNK
         try:
             data = self._reader.read(size)
-        except ResumeError:
+        except (ResumeError, _Refused) as exc:
             if not isinstance(self._reader, RangedReader):
                 raise
-            # A part was not the same file (it changed, or the server stopped serving ranges).  What
-            # came before it was checked: go on with one connection from there, with a range guarded
-            # by If-Range, so that a file that did change starts the population over.
+            # A part was not the same file (it changed, or the server stopped serving ranges), or
+            # could not be fetched (a server that allows a client one connection refuses the others
+            # with 503 or 429 while the first is busy).  What came before it was checked: go on with
+            # one connection from there, with a range guarded by If-Range, so that a file that did
+            # change starts the population over.
             self._reader.close()
+            self.notice(f"going on with one connection from byte {self._position} of {self.url} "
+                        f"(a part failed: {exc})")
             self._reader = _Body(self, self._position, None)
             data = self._reader.read(size)
         self._position += len(data)
@@ -831,7 +850,10 @@ class _Body:
         while True:
             if self._response is None:
                 self._check_speed(0)
-                self._response = self._http.continuation(self._position, self._last, self._stop)
+                # A part that the server refuses as one connection too many fails at once: the others
+                # are then stopped and one connection goes on (see _HttpStream.read).
+                self._response = self._http.continuation(self._position, self._last, self._stop,
+                                                         busy_fails=self._last is not None)
                 if self._stop.is_set():  # aborted while asking: abort() may not have seen this answer
                     raise self._http.stopped_error()
                 if self._response is None:  # the file ends here: what came was the whole of it
