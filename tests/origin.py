@@ -69,6 +69,7 @@ class Fault:
     range_offset: int = 0              # answer a range with the bytes this far after (or before) it
     range_lies: bool = False           # ...while Content-Range names the range asked for
     no_validators: bool = False        # send neither ETag nor Last-Modified (as a 206 may omit them)
+    no_length: bool = False            # send no Content-Length: the body ends with the connection's close
     busy_status: int | None = None     # answer this status while another answer of the path is sent
                                        # (a limit of one connection per client: nginx's limit_conn)
 
@@ -345,7 +346,11 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {shown[0]}-{shown[1]}/{resource.size}")
         extra = fault.extra_length if fault is not None else 0
-        self.send_header("Content-Length", str(length + extra))
+        if fault is not None and fault.no_length:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(length + extra))
         self.end_headers()
         if not body:
             return

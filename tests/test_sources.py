@@ -317,6 +317,36 @@ def test_no_validator_starts_over(origin: Origin, tmp_path: Path) -> None:
         populate(tmp_path, f"http:{url}", retries=1)
 
 
+CLOSE_ENDED_SERVERS = {
+    "gives no validator": ({"etag": False, "last_modified": False}, {}),
+    "ignores ranges": ({}, {"ignore_range": True}),
+}
+
+
+@pytest.mark.parametrize("server", list(CLOSE_ENDED_SERVERS))
+def test_a_body_ended_by_a_close_that_cannot_be_confirmed_is_left_to_the_checksum(
+        origin: Origin, tmp_path: Path, server: str) -> None:
+    """A body without a length, ended by the close, from a server that cannot be asked for what
+    follows: the checksum after the source proves it whole; without one it is refused at once,
+    not downloaded again and again to end the same way."""
+    validators, faults = CLOSE_ENDED_SERVERS[server]
+    payload = os.urandom(1_000_000)
+    url = origin.add("/data.bin", payload, **validators)
+    origin.fault("/data.bin", no_length=True, times=100, **faults)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload))
+    assert (dest / "data.bin").read_bytes() == payload
+    asked = origin.stats("/data.bin").gets
+    assert asked <= 2  # with a validator, what follows is asked for once
+
+    with pytest.raises(DownloadError, match="refused: the server sent neither a length nor a chunked body"):
+        populate(tmp_path, f"http:{url}")
+    assert origin.stats("/data.bin").gets == 2 * asked
+
+    with pytest.raises(ChecksumError, match=r"closing the connection, without a length, so it may have been cut"):
+        populate(tmp_path, f"http:{url}", sha256(b"another file"))
+    assert origin.stats("/data.bin").gets == 3 * asked
+
+
 # --- resuming in another process ------------------------------------------------------------------
 
 

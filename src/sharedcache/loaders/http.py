@@ -17,8 +17,11 @@ chunk (a chunked body's ``Content-Length`` is ignored, as RFC 9112 has it).  Onl
 twice, an unknown coding) is refused, its bytes being neither the file nor known to end where it
 does.  A body that has neither ends with a close, which a cut connection also is: what follows is
 asked for as after an interruption, and either comes (with the size, checked at its end) or a
-``416`` that gives the size says the file ended there; a server that gives no validator cannot be
-asked, so the population starts over, and fails as before when it gets no further.
+``416`` that gives the size says the file ended there.  A server that cannot be asked (it gives no
+validator, or answers the range with the whole file again, of the same version) would end every
+download the same way: the end is handed on when a checksum follows the source
+(``ctx.checksummed``), which proves the bytes whole (a mismatch says that the close may have cut
+them: ``unconfirmed_end``), and is refused at once otherwise.
 Continuations and parts are asked of the URL that gave the first answer, where its redirects led
 (a redirector that spreads requests over mirrors would send each to another one, whose validators
 differ); if that URL answers 403, 404 or 410 (a mirror's signed URL that expired), the request is
@@ -415,6 +418,11 @@ def _answer_problem(exc: BaseException) -> str | None:
     return None
 
 
+class _WholeAgain(ResumeError):
+    """A range asked for was answered with the whole file, of the same version and size: the
+    server ignores ranges (the file has not changed)."""
+
+
 class _Refused(DownloadError):
     """A part's request refused with one of :data:`_BUSY`: one connection too many."""
 
@@ -453,6 +461,7 @@ class _HttpStream(SourceStream):
         self.fetch = fetch = ctx.fetch
         self.notice = ctx.notice
         self.deadline = ctx.deadline
+        self.checksummed = ctx.checksummed
         self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
         self._connections = fetch.connections
@@ -791,7 +800,9 @@ class _HttpStream(SourceStream):
         problem = self._continuation_problem(response, position, self.validator, last)
         if problem is not None:
             response.close()
-            raise ResumeError(f"cannot resume {self.url} at byte {position}: {problem}")
+            same = response.status == 200 and _validator(response) == self.validator and \
+                _content_length("" if _chunked(response) else _field(response, "Content-Length")) == self.total
+            raise (_WholeAgain if same else ResumeError)(f"cannot resume {self.url} at byte {position}: {problem}")
         return response
 
     def read(self, size: int = -1) -> bytes:
@@ -839,6 +850,9 @@ class _Body:
         self._end = http.total if last is None else last + 1
         self._response = response
         self._failures = 0  # consecutive interruptions without progress
+        #: Why the end of a body ended by a close is not known to be the file's, while what follows
+        #: it is asked for (None otherwise).
+        self._closed_early: str | None = None
         self._stop = threading.Event()
         self._window = (time.monotonic(), 0)  # since when, and how many bytes since (speed limit)
 
@@ -852,8 +866,14 @@ class _Body:
                 self._check_speed(0)
                 # A part that the server refuses as one connection too many fails at once: the others
                 # are then stopped and one connection goes on (see _HttpStream.read).
-                self._response = self._http.continuation(self._position, self._last, self._stop,
-                                                         busy_fails=self._last is not None)
+                try:
+                    self._response = self._http.continuation(self._position, self._last, self._stop,
+                                                             busy_fails=self._last is not None)
+                except _WholeAgain:
+                    if self._closed_early is None:
+                        raise
+                    # A server that ignores ranges would send the same body again, ended the same way.
+                    return self._unconfirmed_end(self._closed_early, "serves no ranges to ask for what follows")
                 if self._stop.is_set():  # aborted while asking: abort() may not have seen this answer
                     raise self._http.stopped_error()
                 if self._response is None:  # the file ends here: what came was the whole of it
@@ -874,18 +894,37 @@ class _Body:
             if data:
                 self._position += len(data)
                 self._failures = 0
+                self._closed_early = None
                 self._check_speed(len(data))
                 return data
             if self._end is None:
                 if not _chunked(self._response):
                     # Ended by a close, which a cut connection also is: nothing says it is whole.
                     # Asking for what follows tells: the rest, or a 416 saying the file ends here.
-                    self._interrupted(
-                        f"the server sent neither a length nor a chunked body, so the {self._position} "
-                        "bytes received cannot be known to be the whole file")
+                    why = (f"the server sent neither a length nor a chunked body, so the {self._position} "
+                           "bytes received cannot be known to be the whole file")
+                    if self._http.validator is None:
+                        # Nothing can be asked: each download from the start would end the same way.
+                        return self._unconfirmed_end(why, "gives no ETag or Last-Modified to ask for what follows")
+                    self._closed_early = why
+                    self._interrupted(why)
                     continue
                 return b""
             self._interrupted(f"the connection closed after {self._position} of {self._http.total} bytes")
+
+    def _unconfirmed_end(self, why: str, server: str) -> bytes:
+        """The end of a body ended by a close that nothing here can confirm (``why``), from a
+        server that cannot be asked for what follows: handed on to the checksum above, which proves
+        the bytes whole, else refused at once."""
+        http = self._http
+        self.close()
+        if not http.checksummed:
+            raise DownloadError(f"download of {http.url} refused: {why}, the server {server}, and "
+                                "the recipe has no checksum after the source to prove them whole")
+        http.unconfirmed_end = ("the server ended the body by closing the connection, without a length, "
+                                f"so it may have been cut after {self._position} bytes")
+        self._end = self._position
+        return b""
 
     def _bound_wait(self, response: Any) -> None:
         """With a deadline, let the next read wait no longer than the time left (a silent server

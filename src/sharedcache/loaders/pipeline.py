@@ -179,6 +179,7 @@ def _raw(recipe: Recipe) -> bool:
 def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Progress | None,
          partial: _Partial | None) -> None:
     start, validator, total = partial.load() if partial is not None else (0, None, None)
+    ctx.checksummed = bool(recipe.transforms) and recipe.transforms[0].passthrough
     source = origin.open(ctx, start=start, validator=validator)
     stream: Stream = source
     try:
@@ -222,6 +223,10 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
         else:
             partial.write(stream, start, source, ctx)
             partial.finish(dest / name)
+    except ChecksumError as exc:
+        if source.unconfirmed_end is not None:
+            exc.args = (f"{exc} ({source.unconfirmed_end})",)
+        raise
     finally:
         stream.close()
 

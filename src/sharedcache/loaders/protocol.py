@@ -130,6 +130,9 @@ class Context:
         self.fetch = fetch if fetch is not None else FetchPolicy()
         self.notice: Callable[[str], None] = notice if notice is not None else _ignore
         self.progress: Progress = progress if progress is not None else _unwatched
+        #: Whether a checksum reads the source's bytes as they come: a source whose end nothing
+        #: else confirms (a body ended by a close) may hand it on, and the checksum proves it whole.
+        self.checksummed = False
         self.written = 0
 
     def charge(self, nbytes: int) -> None:

@@ -77,6 +77,9 @@ class SourceStream(Stream):
     start: int = 0
     total: int | None = None
     validator: str | None = None
+    #: Why the bytes may have ended before the file did, if nothing could confirm their end (a
+    #: checksum then decides, and a mismatch says this).
+    unconfirmed_end: str | None = None
 
 
 class FileStream(SourceStream):
