@@ -69,6 +69,8 @@ class Fault:
     range_offset: int = 0              # answer a range with the bytes this far after (or before) it
     range_lies: bool = False           # ...while Content-Range names the range asked for
     no_validators: bool = False        # send neither ETag nor Last-Modified (as a 206 may omit them)
+    young_date: bool = False           # answer a range guarded by If-Range with a date with 200, as Apache
+                                       # does for a Last-Modified under 60 s old (weak: RFC 9110 8.8.2.2)
     no_length: bool = False            # send no Content-Length: the body ends with the connection's close
     busy_status: int | None = None     # answer this status while another answer of the path is sent
                                        # (a limit of one connection per client: nginx's limit_conn)
@@ -319,6 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
         status = 200
         if range_header and not (fault is not None and fault.ignore_range):
             validated = if_range is None or if_range in (etag, resource.last_modified)
+            if fault is not None and fault.young_date and if_range == resource.last_modified:
+                validated = False
             if validated or (fault is not None and fault.ignore_if_range):
                 try:
                     wanted = self._range(range_header, resource.size)

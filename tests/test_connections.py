@@ -273,6 +273,26 @@ def test_a_server_that_allows_one_connection_serves_the_file_over_one(origin: Or
     assert not range_threads()
 
 
+@pytest.mark.parametrize("connections", [4, 1])
+def test_a_server_that_takes_a_young_date_for_no_validator_serves_the_file(origin: Origin, tmp_path: Path,
+                                                                           connections: int) -> None:
+    """Apache answers a range guarded by a Last-Modified under 60 s old with the whole file: the
+    parts, or the resume of a dropped transfer, get the same file whole, of the same date and size,
+    and one connection reads on from that answer past the bytes already handed on."""
+    payload = os.urandom(4_000_000)
+    url = origin.add("/data.bin", payload, etag=False)
+    if connections == 1:
+        origin.fault("/data.bin", drop_after=1_000_000)
+    origin.fault("/data.bin", young_date=True, times=100)
+    dest = populate(tmp_path, f"http:{url}", sha256(payload), connections=connections)
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    assert 200 in stats.statuses and stats.gets <= 6  # no population started over
+    if connections == 1:
+        assert stats.gets == 2  # the dropped transfer and its resume, read on: no third download
+    assert not range_threads()
+
+
 def test_takeover_continues_in_parts(origin: Origin, tmp_path: Path) -> None:
     payload = os.urandom(5_000_000)
     url = origin.add("/data.bin", payload)

@@ -9,7 +9,11 @@ other 4xx answers fail at once, and continues an interrupted transfer with a
 ``206`` answer that starts at byte N, has the same total size and the same validator is stitched
 to what came before; anything else means the file changed or the server ignores ranges, and the
 stream raises :class:`ResumeError` so that the population starts over: no mix of two versions is
-ever delivered.  It is resumable across processes (see :mod:`sharedcache.loaders.pipeline`).
+ever delivered.  But a ``200`` with the same Last-Modified date and size, when that date is the
+validator, is read on from, past the bytes already had: Apache takes a date under 60 s old for too
+recent to be sure of (RFC 9110 8.8.2.2) and answers every range guarded by it so, and a population
+started over would meet the same answer (parts always do: the download goes on over one connection).
+It is resumable across processes (see :mod:`sharedcache.loaders.pipeline`).
 
 A body is complete when it has its ``Content-Length``, or is chunked and ends with its final
 chunk (a chunked body's ``Content-Length`` is ignored, as RFC 9112 has it).  Only a
@@ -163,6 +167,11 @@ def _validator(response: urllib3.BaseHTTPResponse) -> str | None:
     if etag and not etag.startswith("W/"):
         return etag
     return _field(response, "Last-Modified") or None
+
+
+def _is_date(validator: str | None) -> bool:
+    """Whether ``validator`` is a Last-Modified date rather than an ETag (always quoted)."""
+    return validator is not None and not validator.endswith('"')
 
 
 def _server_says(response: Any, wait: float) -> str | None:
@@ -420,7 +429,12 @@ def _answer_problem(exc: BaseException) -> str | None:
 
 class _WholeAgain(ResumeError):
     """A range asked for was answered with the whole file, of the same version and size: the
-    server ignores ranges (the file has not changed)."""
+    server ignores ranges, or (the version being a date) takes the date for too recent to be sure
+    of.  ``response`` is that answer, not yet read; whoever catches this reads or closes it."""
+
+    def __init__(self, message: str, response: Any) -> None:
+        super().__init__(message)
+        self.response = response
 
 
 class _Refused(DownloadError):
@@ -799,10 +813,12 @@ class _HttpStream(SourceStream):
         _refuse_encoding(response, self.url)
         problem = self._continuation_problem(response, position, self.validator, last)
         if problem is not None:
+            message = f"cannot resume {self.url} at byte {position}: {problem}"
+            if response.status == 200 and _validator(response) == self.validator and \
+                    _content_length("" if _chunked(response) else _field(response, "Content-Length")) == self.total:
+                raise _WholeAgain(message, response)
             response.close()
-            same = response.status == 200 and _validator(response) == self.validator and \
-                _content_length("" if _chunked(response) else _field(response, "Content-Length")) == self.total
-            raise (_WholeAgain if same else ResumeError)(f"cannot resume {self.url} at byte {position}: {problem}")
+            raise ResumeError(message)
         return response
 
     def read(self, size: int = -1) -> bytes:
@@ -853,6 +869,7 @@ class _Body:
         #: Why the end of a body ended by a close is not known to be the file's, while what follows
         #: it is asked for (None otherwise).
         self._closed_early: str | None = None
+        self._skipping = 0  # bytes of the answer under way to drop: they are the ones before _position
         self._stop = threading.Event()
         self._window = (time.monotonic(), 0)  # since when, and how many bytes since (speed limit)
 
@@ -869,11 +886,12 @@ class _Body:
                 try:
                     self._response = self._http.continuation(self._position, self._last, self._stop,
                                                              busy_fails=self._last is not None)
-                except _WholeAgain:
-                    if self._closed_early is None:
+                except _WholeAgain as again:
+                    if not self._read_on(again):
                         raise
-                    # A server that ignores ranges would send the same body again, ended the same way.
-                    return self._unconfirmed_end(self._closed_early, "serves no ranges to ask for what follows")
+                    if self._closed_early is not None:
+                        # A server that ignores ranges would send the same body again, ended the same way.
+                        return self._unconfirmed_end(self._closed_early, "serves no ranges to ask for what follows")
                 if self._stop.is_set():  # aborted while asking: abort() may not have seen this answer
                     raise self._http.stopped_error()
                 if self._response is None:  # the file ends here: what came was the whole of it
@@ -891,6 +909,12 @@ class _Body:
             except self._http.errors as exc:
                 self._interrupted(_reason(exc))
                 continue
+            if data and self._skipping:  # the bytes of a whole answer that were handed on already
+                skipped = min(self._skipping, len(data))
+                self._skipping -= skipped
+                data = data[skipped:]
+                if not data:
+                    continue
             if data:
                 self._position += len(data)
                 self._failures = 0
@@ -911,6 +935,27 @@ class _Body:
                     continue
                 return b""
             self._interrupted(f"the connection closed after {self._position} of {self._http.total} bytes")
+
+    def _read_on(self, again: _WholeAgain) -> bool:
+        """Whether to read on from ``again``'s answer, the whole file again, of the same date and
+        size, past the bytes already handed on: with one connection (a part fails, and one connection
+        goes on: see _HttpStream.read) and a date for validator, which Apache takes for too recent to
+        be sure of when it is under 60 s old (RFC 9110 8.8.2.2) and answers every range guarded by it
+        with the whole file.  An ETag is exact: a server that answers a range guarded by it with the
+        whole file ignores ranges, and the population starts over (a body ended by a close, which
+        could not be confirmed otherwise, is then read on too, to its end)."""
+        if self._last is not None or not (self._closed_early is not None or _is_date(self._http.validator)):
+            again.response.close()
+            return False
+        if self._closed_early is not None:
+            again.response.close()
+            return True
+        self._http.notice(f"reading on from byte {self._position} of {self._http.url} in the server's answer "
+                          "with the whole file: it has the same Last-Modified and size (a date the server "
+                          "takes for too recent to serve a range by)")
+        self._response = again.response
+        self._skipping = self._position
+        return True
 
     def _unconfirmed_end(self, why: str, server: str) -> bytes:
         """The end of a body ended by a close that nothing here can confirm (``why``), from a
@@ -972,6 +1017,7 @@ class _Body:
         self._failures += 1
 
     def close(self) -> None:
+        self._skipping = 0
         if self._response is not None:
             self._response.close()
             self._response = None
