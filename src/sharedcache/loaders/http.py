@@ -10,9 +10,12 @@ other 4xx answers fail at once, and continues an interrupted transfer with a
 to what came before; anything else means the file changed or the server ignores ranges, and the
 stream raises :class:`ResumeError` so that the population starts over: no mix of two versions is
 ever delivered.  But a ``200`` with the same Last-Modified date and size, when that date is the
-validator, is read on from, past the bytes already had: Apache takes a date under 60 s old for too
-recent to be sure of (RFC 9110 8.8.2.2) and answers every range guarded by it so, and a population
-started over would meet the same answer (parts always do: the download goes on over one connection).
+validator and a checksum reads the bytes as they come, is read on from, past the bytes already
+had: Apache takes a date under 60 s old for too recent to be sure of (RFC 9110 8.8.2.2) and answers
+every range guarded by it so, and a population started over would meet the same answer (parts
+always do: the download goes on over one connection).  The date cannot tell two versions of the
+same size written within one second apart, which is why the server refused the range: without
+the checksum, which such a mix fails, the population starts over.
 It is resumable across processes (see :mod:`sharedcache.loaders.pipeline`).
 
 A body is complete when it has its ``Content-Length``, or is chunked and ends with its final
@@ -944,7 +947,10 @@ class _Body:
         with the whole file.  An ETag is exact: a server that answers a range guarded by it with the
         whole file ignores ranges, and the population starts over (a body ended by a close, which
         could not be confirmed otherwise, is then read on too, to its end)."""
-        if self._last is not None or not (self._closed_early is not None or _is_date(self._http.validator)):
+        # (A file rewritten within the second at the same size has the same date: only the checksum
+        # above tells such a mix of two versions, and without one the population starts over.)
+        if self._last is not None or not (self._closed_early is not None
+                                          or (_is_date(self._http.validator) and self._http.checksummed)):
             again.response.close()
             return False
         if self._closed_early is not None:
