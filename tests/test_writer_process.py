@@ -1008,3 +1008,37 @@ def test_a_populator_whose_writers_are_stopped_ends_at_once_by_sigterm(tmp_path:
         assert len(os.listdir(again.stdout.strip())) == writer.SERIAL_MEMBERS + 160
     finally:
         end_unpacking(populator, -1, children, signal.SIGKILL)
+
+
+def test_a_populator_ended_by_sigterm_does_not_wait_for_its_writers_to_drain_their_queue(tmp_path: Path) -> None:
+    # On a signal the parent let its writers execute every frame it had sent them (a megabyte of
+    # small files) before it stopped them: the command took seconds (9-13 s on a disk) to end,
+    # with its writers busy in a staging tree nobody would commit.
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w") as out:
+        for number in range(40_000):
+            info = tarfile.TarInfo(f"d{number // 1000}/f{number}")
+            info.size = 64
+            out.addfile(info, io.BytesIO(bytes(64)))
+    base = tmp_path / "base"
+    base.mkdir()
+    populator = sc_start("--use", "-d", str(base), "-n", "many", "--pid", str(os.getpid()), f"file:{archive}", "tar",
+                         default_signals=True)
+    children: list[int] = []
+    try:
+        def forked() -> bool:
+            assert populator.poll() is None, populator.communicate()
+            return len(children_of(populator.pid)) == writer.WRITERS
+
+        wait_for(forked, 30, "the writer processes")
+        children = children_of(populator.pid)
+        time.sleep(0.3)  # (their queue filled)
+        populator.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        populator.communicate(timeout=60)
+        took = time.monotonic() - signalled
+        assert populator.returncode == -signal.SIGTERM
+        assert all(map(ended, children)), "a writer is left behind"
+        assert took < 1, f"{took:.1f} s from SIGTERM to the end: the writers drained their queue first"
+    finally:
+        end_unpacking(populator, -1, children, signal.SIGKILL)

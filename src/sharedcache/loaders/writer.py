@@ -95,9 +95,10 @@ The protocol:
    a full pipe, or a read of an answer not yet there, returns at once, and only then does the
    parent wait, in ``poll``, until the population's deadline (``--timeout``); past it, the unpack
    fails with :class:`~sharedcache.errors.WaitTimeoutError`, naming the writer that did not
-   answer (a stopped one if any, saying so).  Once the parent gives up (step 7: a failure, an
-   interrupt, the deadline), it kills a writer that is stopped at once, and every writer once
-   they have done no frame for :data:`_GRACE` seconds, then reaps them: a writer killed so
+   answer (a stopped one if any, saying so).  Once the parent gives up (step 7), it kills the
+   writers at once after an interrupt, a job's signal or the deadline (what they were sent is of
+   no use then); after a failure, a writer that is stopped at once, and every writer once they
+   have done no frame for :data:`_GRACE` seconds; then it reaps them: a writer killed so
    reports nothing, and the parent's failure stands.  A signal that comes as a child is forked
    loses no child (:meth:`WriterProcess.start`).
 
@@ -546,13 +547,19 @@ class WriterProcess:
     def abandon(self, failure: BaseException) -> BaseException:
         """After this process failed with ``failure``: stop the children once they have executed
         what they were sent, and return the failure to raise (a child's, which came first, if
-        one failed)."""
+        one failed).  After a signal's exception (an interrupt, a job's end) or the deadline,
+        what they were sent is of no use, and no failure of theirs would be raised: they are
+        killed at once (draining what they were sent, a megabyte of small files, took seconds)."""
         self._quiet = (time.monotonic(), self._done())
-        for child in self._children:
-            try:
-                self._flush(child)
-            except BaseException:  # a child's failure (or an interrupt): _stop tells which
-                break
+        if not isinstance(failure, Exception) or isinstance(failure, WaitTimeoutError):
+            for child in self._children:
+                self._kill(child)
+        else:
+            for child in self._children:
+                try:
+                    self._flush(child)
+                except BaseException:  # a child's failure (or an interrupt): _stop tells which
+                    break
         self._stop()
         child_failure = self._first_failure()
         if child_failure is not None and isinstance(failure, Exception):
