@@ -136,13 +136,15 @@ class Origin:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def add(self, path: str, content: bytes, *, etag: bool = True, last_modified: bool = True) -> str:
-        """Serve ``content`` at ``path`` (replacing what was there, with a new ETag); return its URL."""
+    def add(self, path: str, content: bytes, *, etag: bool = True, last_modified: bool = True,
+            modified_at: float | None = None) -> str:
+        """Serve ``content`` at ``path`` (replacing what was there, with a new ETag); return its URL.
+        Its Last-Modified is a minute old (a second more for each file added), or ``modified_at``."""
         with self._lock:
             self._version += 1
             version = self._version
             tag = f'"{hashlib.sha1(content).hexdigest()[:16]}-{version}"' if etag else None
-            stamp = time.time() - 60 + version
+            stamp = time.time() - 60 + version if modified_at is None else modified_at
             modified = email.utils.formatdate(stamp, usegmt=True) if last_modified else None
             self._files[path] = (content, tag, modified)
         return self.url(path)

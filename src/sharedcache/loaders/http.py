@@ -165,11 +165,26 @@ class HttpSource(Source):
 
 
 def _validator(response: urllib3.BaseHTTPResponse) -> str | None:
-    """What ``If-Range`` may use: a strong ETag (weak ones are not allowed there), else Last-Modified."""
+    """What ``If-Range`` may use: a strong ETag (weak ones are not allowed there), else a
+    Last-Modified that is strong: at least a second before the answer's Date (RFC 9110 8.8.2.2).
+    A younger one names no version: a file written again within that second, at the same size,
+    has the same date, and a server that honours it answers a range of the new version, which
+    was stitched to the old one.  (Without a validator, nothing is resumed: parts are not used,
+    and an interrupted download starts over.)"""
     etag = _field(response, "ETag")
     if etag and not etag.startswith("W/"):
         return etag
-    return _field(response, "Last-Modified") or None
+    modified = _field(response, "Last-Modified")
+    if not modified:
+        return None
+    import email.utils  # (loaded with http.client already)
+
+    try:
+        age = (email.utils.parsedate_to_datetime(_field(response, "Date"))
+               - email.utils.parsedate_to_datetime(modified)).total_seconds()
+    except (TypeError, ValueError, IndexError):  # no Date, or either is no date: taken as it is
+        return modified
+    return modified if age >= 1 else None
 
 
 def _is_date(validator: str | None) -> bool:
