@@ -738,3 +738,23 @@ def test_an_atomic_write_cut_short_by_the_file_size_limit_leaves_nothing(tmp_pat
                          timeout=60)
     assert run.returncode == errno.EFBIG, run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gc_clears_what_is_planted_at_the_reservations_lock(tmp_path):
+    # A directory (or FIFO) at the lock's name fails every use that reserves, saying that gc
+    # removes it; gc passed over every name starting with a dot, this one among them.
+    source = tmp_path / "small.txt"
+    source.write_text("hello\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    with Sleeper() as owner:
+        use = ["--use", "-d", str(base), "--pid", str(owner.pid), "--size", "1KB", f"file:{source}"]
+        assert sc(*use, "-n", "first").returncode == 0
+        planted = control(base) / "populate" / ".reservations.lock"
+        planted.unlink()
+        planted.mkdir()
+        refused = sc(*use, "-n", "second")
+        assert refused.returncode == 1 and "'sc gc' removes it" in refused.stderr, refused.stderr
+        collected = sc("gc", "-d", str(base))
+        assert collected.returncode == 0, collected.stderr
+        assert sc(*use, "-n", "second").returncode == 0

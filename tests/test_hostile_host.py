@@ -852,7 +852,8 @@ time.sleep(60)
 
 
 @pytest.mark.parametrize(("held", "name"), [("populate/repo.lock", "repo"), ("objects/warm/lock", "warm"),
-                                           ("stage.lock", "repo"), ("index.sqlite", "repo")])
+                                           ("stage.lock", "repo"), ("index.sqlite", "repo"),
+                                           ("populate/.reservations.lock", "repo")])
 def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_its_timeout(
     shared, users, python, recipe, held, name
 ):
@@ -867,7 +868,8 @@ def test_a_member_holding_a_lock_of_a_group_cache_delays_a_use_no_longer_than_it
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         start = time.monotonic()
-        result = run_as(python, users.victim, "--use", *group, "-n", name, "-d", str(base),
+        size = ["--size", "1KB"] if held.endswith(".reservations.lock") else []  # (what reserves)
+        result = run_as(python, users.victim, "--use", *group, "-n", name, "-d", str(base), *size,
                         "--timeout", "2", *recipe, groups=(users.gid,))
         elapsed = time.monotonic() - start
         last = clean_lines(result)[-1]

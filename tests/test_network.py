@@ -644,23 +644,24 @@ def test_v_and_q_replace_the_verbose_and_quiet_of_the_config_files(tmp_path, own
     assert (silent.returncode, silent.stderr) == (0, ""), silent.stderr
     shown = sc("config", "-q", env=env)
     assert "\nverbose = no  # --quiet\nquiet = 1  # --quiet\n" in shown.stdout, shown.stdout
+
+    def shown_for(text: str) -> str:
+        config.write_text(text)
+        return sc("config", env=env).stdout
+
     # A later file's (or line's) one replaces an earlier one's other, as another value would.
     (home / "shared-cache" / "config").write_text("verbose = yes\n")
-    config.write_text("quiet = yes\n")
-    shown = sc("config", env=env)
-    assert f"\nverbose = no  # {config}:1\nquiet = yes  # {config}:1\n" in shown.stdout, shown.stdout
-    config.write_text("quiet = yes\nverbose = yes\n")
-    shown = sc("config", env=env)
-    assert f"\nverbose = yes  # {config}:2\nquiet = no  # {config}:2\n" in shown.stdout, shown.stdout
+    shown = shown_for("quiet = yes\n")
+    assert f"\nverbose = no  # {config}:1\nquiet = yes  # {config}:1\n" in shown, shown
+    shown = shown_for("quiet = yes\nverbose = yes\n")
+    assert f"\nverbose = yes  # {config}:2\nquiet = no  # {config}:2\n" in shown, shown
     assert sc("-n", "said-again", *use, env=env).stderr.startswith("sc: populating 'said-again'")
     # Turning one off leaves the other as it was: "quiet = no" after "verbose = yes" turned
     # verbose off, and "verbose = no" after "quiet = yes" turned quiet off.
-    config.write_text("verbose = yes\nquiet = no\n")
-    shown = sc("config", env=env)
-    assert f"\nverbose = yes  # {config}:1\nquiet = no  # {config}:2\n" in shown.stdout, shown.stdout
-    config.write_text("quiet = yes\nverbose = no\n")
-    shown = sc("config", env=env)
-    assert f"\nverbose = no  # {config}:2\nquiet = yes  # {config}:1\n" in shown.stdout, shown.stdout
+    shown = shown_for("verbose = yes\nquiet = no\n")
+    assert f"\nverbose = yes  # {config}:1\nquiet = no  # {config}:2\n" in shown, shown
+    shown = shown_for("quiet = yes\nverbose = no\n")
+    assert f"\nverbose = no  # {config}:2\nquiet = yes  # {config}:1\n" in shown, shown
 
 
 @pytest.mark.parametrize("breaker", ["\f", "\v", "\x1c", "\x85", "\u2028", "\u2029"])

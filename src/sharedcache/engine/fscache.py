@@ -720,6 +720,12 @@ class FsCache:
             raise UsageError(f"a deadline must be a time.monotonic() or None, not {deadline!r}")
         self._local.deadline = deadline
 
+    @property
+    def wait_left(self) -> float:
+        """Seconds a wait for a lock of this cache may take now, for a lock of its directory that
+        is not the engine's (the repositories' reservations): as long as the engine's own."""
+        return self._wait()
+
     def _wait(self) -> float:
         """Seconds a wait for a lock (or for the index) may take now: ``timeout``, or less if
         the deadline is nearer."""

@@ -43,8 +43,8 @@ machine ids, which nothing on the machine links to it any more.  So each cache k
 :data:`BOOTS_PER_MACHINE` boots of each machine id.  A process of the host's PID namespace and
 of its first process's mount namespace (the host, whose machine id is the host's own; a container
 that shares the host's PID namespace has files of its own), that judges a lease of its own boot
-and another machine id, adds its boot there, once; a lease of another boot and another machine id is this
-machine's, and dead, if the record pairs that boot with the judge's machine id.  Boot ids are
+and another machine id, adds its boot there, once; a lease of another boot and another machine
+id is this machine's, and dead, if the record pairs that boot with the judge's machine id.  Boot ids are
 random and never reused, so a boot paired with this machine id was a boot of this machine (as
 trustworthy as the rule for its own leases: machine ids are unique per host); another host's
 boot is never paired with it, and its leases stay alive.  Only a boot in which the host itself
@@ -227,8 +227,14 @@ def _ended(pid: int, state: bytes) -> bool:
     if state not in (b"Z", b"X"):
         return False
     status = _read(f"/proc/{pid}/status") or b""
-    threads = next((line.split()[1] for line in status.splitlines() if line.startswith(b"Threads:")), b"1")
-    return int(threads) <= 1
+    threads = _status_field(status, b"Threads:") or [b"1"]
+    return int(threads[0]) <= 1
+
+
+def _status_field(status: bytes, name: bytes) -> list[bytes]:
+    """The words of the field ``name`` (``b"NSpid:"``) of ``/proc/PID/status`` text ``status``;
+    empty if it has none."""
+    return next((line.split()[1:] for line in status.splitlines() if line.startswith(name)), [])
 
 
 #: The host's processes by start time, as the last look at all of ``/proc`` found them (see
@@ -294,7 +300,7 @@ def _is_foreign_process(host_pid: int, pid_ns: int, pid: int, started: int) -> b
     status = _read(f"/proc/{host_pid}/status")
     if fields is None or status is None or _started(fields) != started or _ended(host_pid, fields[0]):
         return False
-    nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith(b"NSpid:")), [])
+    nspid = _status_field(status, b"NSpid:")
     shown = str(pid).encode()
     try:
         own = os.stat(f"/proc/{host_pid}/ns/pid").st_ino
@@ -525,8 +531,7 @@ def process_of(pid: int) -> int:
     """The process that ``pid`` names: itself, or the one whose thread it is (a thread's id may
     be given for a process's, as ``--pid`` takes it, and lives no longer than its process), as
     ``/proc`` says; ``pid`` if it cannot be read."""
-    status = _read(f"/proc/{pid}/status") or b""
-    tgid = next((line.split()[1:2] for line in status.splitlines() if line.startswith(b"Tgid:")), [])
+    tgid = _status_field(_read(f"/proc/{pid}/status") or b"", b"Tgid:")
     return int(tgid[0]) if tgid and tgid[0].isdigit() else pid
 
 

@@ -29,7 +29,6 @@ space reserved by populations in progress, and the links.
 from __future__ import annotations
 
 import os
-import time
 
 from ..engine import locks
 from ..engine.fscache import FsCache
@@ -288,8 +287,8 @@ class Base:
         before it leave (:meth:`~sharedcache.repository.population.Population.run`)."""
         fd = locks.open_lock_file(os.path.join(self.populate_dir, RESERVATIONS_LOCK), mode=self.cache().modes.file)
         try:
-            left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-            locks.lock(fd, locks.EXCLUSIVE, timeout=left, what=f"the reservations of {self.path}")
+            # (As long as any wait in the cache: a member of a group cache may hold it.)
+            locks.lock(fd, locks.EXCLUSIVE, timeout=self.cache().wait_left, what=f"the reservations of {self.path}")
             yield
         finally:
             locks.release(fd)

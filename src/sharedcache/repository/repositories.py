@@ -39,7 +39,7 @@ from ..loaders.words import (
 )
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
-from .bases import PRIVATE_CACHE, Base, base_directories, conflict, group_id, recipe_lost
+from .bases import PRIVATE_CACHE, RESERVATIONS_LOCK, Base, base_directories, conflict, group_id, recipe_lost
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -640,6 +640,23 @@ class Repositories:
         found = ((name, stuck(base.population_file(name, ".json"), status)) for name, status in base.populations())
         return "; ".join(f"{name!r} ({why})" for name, why in found if why)
 
+    def _lock_file(self, lock_path: str, cache: FsCache) -> tuple[int | None, int]:
+        """A descriptor of the lock file ``lock_path`` (None if there is none to use), and how many
+        things gc removed there: anything but a file planted at its name (a FIFO, a directory),
+        which every population that needs the lock refuses."""
+        try:
+            return locks.open_lock_file(lock_path, mode=cache.modes.file), 0
+        except CacheError:
+            try:
+                remove_tree(lock_path)
+            except OSError as e:  # another member's, in a sticky directory
+                self.reporter.warning(f"gc: skipping {shown_path(lock_path)!r}: {e.strerror}")
+                return None, 0
+            return None, 1
+        except OSError as e:  # a name no lock can have
+            self.reporter.warning(f"gc: skipping {shown_path(lock_path)!r}: {e}")
+            return None, 0
+
     def _clean_populations(self, base: Base, cache: FsCache) -> int:
         from .records import ERROR_RECORD_TTL, read_status
 
@@ -660,20 +677,16 @@ class Repositories:
             # populations in turn, which a removal would split in two.)
             if dot and suffix in ("lock", "json", "error", "work") and not stem.startswith("."):
                 names.add(stem)
+        if RESERVATIONS_LOCK in files:  # a file, or planted: never unlinked, it is only cleared
+            fd, removed = self._lock_file(base.population_file(RESERVATIONS_LOCK, ""), cache)
+            cleaned += removed
+            if fd is not None:
+                os.close(fd)
         for name in names:
             lock_path = base.population_file(name, ".lock")
-            try:
-                fd = locks.open_lock_file(lock_path, mode=cache.modes.file)
-            except CacheError:  # planted there (a FIFO, a directory): every population of the name refuses it
-                try:
-                    remove_tree(lock_path)
-                except OSError as e:  # another member's, in a sticky directory
-                    self.reporter.warning(f"gc: skipping {shown_path(lock_path)!r}: {e.strerror}")
-                else:
-                    cleaned += 1
-                continue
-            except OSError as e:  # a name no lock can have
-                self.reporter.warning(f"gc: skipping {shown_path(lock_path)!r}: {e}")
+            fd, removed = self._lock_file(lock_path, cache)
+            cleaned += removed
+            if fd is None:
                 continue
             try:
                 # A lock file unlinked (by another gc) since it was opened locks nothing: the
