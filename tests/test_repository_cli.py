@@ -1025,6 +1025,9 @@ def test_list_and_gc_human_output(dirs, tarball):
         assert "repo" in listing.stdout and str(owner.pid) in listing.stdout and "ready" in listing.stdout
         gc = sc("gc", "-d", str(dirs[0]))
         assert gc.returncode == 0 and str(dirs[0]) in gc.stdout
+        # -q prints nothing but errors: gc's report ("nothing to do" here) is no error.
+        quiet = sc("gc", "-q", "-d", str(dirs[0]))
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
 @contextmanager

@@ -314,7 +314,8 @@ def gc(repositories: Repositories, options: Arguments) -> int:
     for base, report in repositories.collect().items():
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
         lines.append(f"{base}: {done or 'nothing to do'}\n")
-    output("".join(lines))
+    if options.verbosity >= 0:  # (-q: nothing but errors, and a report of what was done is none)
+        output("".join(lines))
     return 0
 
 
