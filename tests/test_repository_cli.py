@@ -458,6 +458,34 @@ def test_a_base_of_a_user_outside_the_user_namespace_is_said_so(reachable_tmp):
             "or another), who could replace what sc puts in it; refusing to use it") in result.stderr, result.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as another user")
+def test_a_rootless_container_s_root_shares_its_user_s_cache(tmp_path, reachable_tmp):
+    # The root of a rootless container is its user on the host: it named its directory
+    # .shared-cache-0, beside the user's .shared-cache-65534, and downloaded the data again.
+    from scutil import interpreter_for
+
+    base = reachable_tmp / "base"
+    base.mkdir()
+    (reachable_tmp / "data").write_bytes(b"data")
+    os.chown(base, 65534, 65534)
+    python, env = interpreter_for(65534, 65534)
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    rootless = [*user, "unshare", "--user", "--map-root-user"]
+    probe = subprocess.run([*rootless, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespace for another user here: {probe.stderr.strip()}")
+    command = [python, "-m", "sharedcache", "--use", "-n", "r", "-d", str(base), f"file:{reachable_tmp}/data"]
+    with Sleeper() as owner:
+        uses = [subprocess.run([*where, *command, "--pid", str(owner.pid)], env={**env, "HOME": str(tmp_path)},
+                               capture_output=True, text=True, timeout=60) for where in (user, rootless, user)]
+        assert [use.returncode for use in uses] == [0, 0, 0], [use.stderr for use in uses]
+        assert {use.stdout for use in uses} == {f"{base}/.shared-cache-65534/r\n"}
+        assert sorted(path.name for path in base.iterdir()) == [".shared-cache-65534"]
+        listing = subprocess.run([*rootless, python, "-m", "sharedcache", "list", "--json", "-d", str(base)],
+                                 env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+        assert [len(row["users"]) for row in json.loads(listing.stdout)] == [3], listing
+
+
 def test_a_name_held_in_another_cache_of_the_base_is_refused_before_any_download(dirs, tarball, tmp_path):
     # The user's own cache and a group's share the user's directory of links: a name taken in
     # one was refused in the other after its download, as "a symlink to '.cache/objects/...',

@@ -365,11 +365,12 @@ def _warn_of_cleaners(effective: Effective, group: int | None) -> None:
     if not None) a cleaner of the system's deletes by age (:mod:`sharedcache.config.cleaners`),
     where that comes from and what keeps them."""
     from ..config.cleaners import cleaning_warning
+    from ..engine.layout import group_directory, user_directory_name
     from ..repository.bases import base_directories
 
     for base in base_directories(files.value(effective, "directories")):
-        suffix = f"g{group}" if group is not None else str(os.geteuid())
-        warning = cleaning_warning(base, os.path.join(base, f".shared-cache-{suffix}"))
+        cache = group_directory(base, group) if group is not None else os.path.join(base, user_directory_name())
+        warning = cleaning_warning(base, cache)
         if warning is not None:
             print(f"sc: {warning}", file=sys.stderr)
 

@@ -27,7 +27,8 @@ FIFO or a directory, so:
 
 Per-user directories in a shared base (:func:`user_directory`) follow the same rules, in the
 way of tmux and ssh-agent: ``<base>/.shared-cache-<uid>``, 0700, refused when it is not this
-user's or is open to others.
+user's or is open to others.  The uid in the name is the user's outside a user namespace
+(:func:`user_directory_name`), so that a rootless container's root shares its user's cache.
 """
 
 from __future__ import annotations
@@ -247,6 +248,41 @@ def making(what: str, path: str) -> Iterator[None]:
         raise full from None
 
 
+_IDENTITY_MAP = [b"0", b"0", b"4294967295"]
+
+
+def _user_namespace_map() -> list[int] | None:
+    """The uid map of this process's user namespace as ``[inside, outside, count, ...]``, each
+    range mapping ``count`` uids from ``inside`` on to the parent namespace's from ``outside``
+    on; None in the initial namespace (or without ``/proc``)."""
+    try:
+        fd = os.open("/proc/self/uid_map", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            words = os.read(fd, 4096).split()
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return None if words == _IDENTITY_MAP else [int(word) for word in words]
+
+
+def user_directory_name() -> str:
+    """The name of this user's directory in a base: ``.shared-cache-<uid>``, by this user's uid
+    outside its user namespace.  The root of a rootless container is its user on the host: a job
+    there and one on the host share one directory, and so one download, where the names
+    ``.shared-cache-0`` and ``.shared-cache-1000`` made two.  The files keep their checks by
+    ``st_uid``, which the kernel shows in the namespace's numbering: the same user either way.
+
+    One level is mapped, the parent namespace's (a namespace nested in a container's names the
+    container's uid); a uid the map does not cover (the kernel's overflow uid) is kept."""
+    uid = os.geteuid()
+    ranges = _user_namespace_map() or []
+    for inside, outside, count in zip(ranges[0::3], ranges[1::3], ranges[2::3], strict=True):
+        if inside <= uid < inside + count:
+            return f".shared-cache-{outside + uid - inside}"
+    return f".shared-cache-{uid}"
+
+
 def user_directory(base: str) -> str:
     """This user's directory in the base directory ``base``, created if needed (0700); refused
     with a clear error if another user owns it (squatted) or others may write or enter it.
@@ -254,7 +290,7 @@ def user_directory(base: str) -> str:
     It is looked at through a mere path reference (``O_PATH``), which needs no permission on it:
     one that its owner may not enter or write (made under a umask such as 0177 or 0777 by an
     sc that did not give the owner's bits back) is given them back, as it was meant to have."""
-    path = os.path.join(base, f".shared-cache-{os.geteuid()}")
+    path = os.path.join(base, user_directory_name())
     try:
         with making(f"this user's directory {path}", base):
             make_directory(path, 0o700)
@@ -327,8 +363,8 @@ def _owner_shown(uid: int) -> str:
     container's) a file of a user it does not map, the host's root among them, shows the
     kernel's overflow uid: that is said, as the uid alone reads as the user ``nobody``."""
     try:
-        with open("/proc/sys/kernel/overflowuid", "rb") as overflow, open("/proc/self/uid_map", "rb") as mapped:
-            unmapped = uid == int(overflow.read()) and mapped.read().split() != [b"0", b"0", b"4294967295"]
+        with open("/proc/sys/kernel/overflowuid", "rb") as overflow:
+            unmapped = uid == int(overflow.read()) and _user_namespace_map() is not None
     except (OSError, ValueError):
         unmapped = False
     return (f"a user outside this user namespace (shown as uid {uid}: the host's root, or another)" if unmapped

@@ -32,7 +32,7 @@ import os
 
 from ..engine import locks
 from ..engine.fscache import FsCache
-from ..engine.layout import absolute_path, check_base, group_directory, user_directory
+from ..engine.layout import absolute_path, check_base, group_directory, user_directory, user_directory_name
 from ..errors import (
     QUOTED_CHARACTERS,
     CacheError,
@@ -132,7 +132,7 @@ class Base:
         self.path = path
         self.group = group
         #: this user's directory in the base: the links live there
-        self.links = os.path.join(path, f".shared-cache-{os.geteuid()}")
+        self.links = os.path.join(path, user_directory_name())
         if group is None:
             self.control = os.path.join(self.links, PRIVATE_CACHE)
             self._target = f"{PRIVATE_CACHE}/objects/"
