@@ -541,6 +541,17 @@ def test_one_list_of_options_serves_use_location_and_unuse(dirs, tarball):
             result = sc(action, *options, *recipe(tarball))
             assert result.returncode == 0, (action, result.stderr)
         assert (user_dir(dirs[0]) / "repo").exists(), "kept"
+        # A value that is none is refused alike by all three: --unuse released the use with a
+        # --size that --use refuses, and --location ignored a --max-size that --unuse refuses.
+        assert sc("--use", *options[:-1], *recipe(tarball)).returncode == 0
+        for bad in (["--size", "1XB"], ["--max-size", "-1"], ["--speed-limit", "fast"]):
+            for action in ("--use", "--location", "--unuse"):
+                result = sc(action, *options, *bad, *recipe(tarball))
+                assert (result.returncode, result.stdout) == (2, ""), (action, bad, result)
+                assert result.stderr.startswith(f"sc: error: invalid {bad[0]}: {bad[1]!r} (expected bytes or a "
+                                                "number with a unit"), (action, bad, result.stderr)
+        listed = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)
+        assert [row["users"] for row in listed] == [[owner.pid]], "the use is still held"
 
 
 def test_settings_that_a_command_does_not_use_never_fail_it(dirs, tarball, tmp_path):

@@ -34,18 +34,29 @@ class Option:
         self.convert, self.actions = convert, actions
 
 
+def _size_text(flag: str) -> Callable[[str], str]:
+    """The conversion of a size option: its text, refused at once if it is no size.  A command
+    that has no use for the size (``--size`` on ``--unuse``) ignores it, but not a typo that
+    ``--use`` refuses: one list of options fails, or serves, all three alike."""
+    def checked(text: str) -> str:
+        parse_size(text, flag)
+        return text
+
+    return checked
+
+
 OPTIONS = (
     Option(("-n", "--name"), "name", "repository name (default: derived from the loaders)",
            metavar="NAME", actions=REPOSITORY_ACTIONS),
     Option(("-s", "--size"), "size", "space the repository needs (10GB, 512MiB, bytes)",
-           metavar="SIZE", actions=REPOSITORY_ACTIONS),
+           metavar="SIZE", convert=_size_text("--size"), actions=REPOSITORY_ACTIONS),
     Option(("-d", "--directories"), "directories",
            "candidate base directories (default: $SC_DIRECTORIES or /tmp:/var/tmp)",
            metavar="DIR[:DIR...]"),
     Option(("--keep",), "keep", "once unused, keep the repository as a cache entry (LRU)",
            actions=SETTING_ACTIONS),
     Option(("--max-size",), "max_size", "size budget of the base directory's kept repositories",
-           metavar="SIZE", actions=SETTING_ACTIONS),
+           metavar="SIZE", convert=_size_text("--max-size"), actions=SETTING_ACTIONS),
     # Not for run, whose use is its own, held while its command runs: a --pid there would mislead.
     # (--location takes it, as it takes the other options of --use: one list of them serves both.)
     Option(("--pid",), "pid", "process owning the use (default: the job that ran sc)",
@@ -209,6 +220,8 @@ def _take(args: Arguments, flag: str, value: str | None, rest: list[str]) -> Non
         setattr(args, option.dest, option.convert(value))
     except SettingError as e:
         raise UsageError(f"option {flag} {e.reason}") from None
+    except UsageError:  # (a size's, which says what a size is)
+        raise
     except ValueError:
         raise UsageError(f"option {flag}: invalid value {value!r}") from None
 
