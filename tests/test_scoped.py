@@ -84,3 +84,37 @@ def test_a_stop_iteration_in_the_block_propagates_as_itself(root: Path, what: st
         with manager():
             next(iter([]))
     assert "b" not in cache
+
+
+@pytest.mark.parametrize("what", ["use", "store"])
+def test_a_scope_entered_again_is_refused_and_changes_nothing(tmp_path: Path, what: str) -> None:
+    # Entered again inside its own block (as a lock may be), a use released the outer use,
+    # deleting its data under the block, and a store committed its half-filled directory; the
+    # StopIteration that followed was taken for handled, and the rest of the block skipped.
+    import sharedcache
+
+    data = tmp_path / "data"
+    data.write_bytes(b"data")
+    (tmp_path / "base").mkdir()
+    cache = FsCache(tmp_path / "cache")
+    manager = {"use": lambda: sharedcache.use(f"file:{data}", directories=str(tmp_path / "base"), verbosity=-1),
+               "store": lambda: cache.store("entry")}[what]()
+    finished = False
+    with manager as path:
+        with pytest.raises(RuntimeError, match="entered again"):
+            with manager:
+                pass
+        if what == "use":
+            assert (path / "data").read_bytes() == b"data", "the use is still held"
+        else:
+            assert "entry" not in cache, "nothing committed"
+            (path / "f").write_text("whole")
+        finished = True
+    assert finished, "the rest of the block ran"
+    if what == "store":
+        with cache.load("entry") as path:
+            assert (path / "f").read_text() == "whole"
+    with pytest.raises(RuntimeError, match="entered again"):  # after the block, as contextlib refuses it
+        with manager:
+            pass
+

@@ -47,13 +47,21 @@ class Record:
 class Scope:
     """One use of a ``@scoped`` function: the generator it returned, driven by ``with``."""
 
-    __slots__ = ("_name", "_steps")
+    __slots__ = ("_entered", "_name", "_steps")
 
     def __init__(self, steps: Generator[Any, None, None], name: str) -> None:
-        self._steps, self._name = steps, name
+        self._steps, self._name, self._entered = steps, name, False
 
     def __enter__(self) -> Any:
-        return next(self._steps)
+        # Once only: entered again (inside its block, as a lock may be), the generator would run
+        # on past its yield, to the release or the commit that the outer block's end is for.
+        if self._entered:
+            raise RuntimeError(f"{self._name}(...) entered again: each call gives one 'with' block")
+        self._entered = True
+        try:
+            return next(self._steps)
+        except StopIteration:
+            raise RuntimeError(f"{self._name} did not yield") from None
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
@@ -64,8 +72,8 @@ class Scope:
             return False
         try:
             self._steps.throw(error)
-        except StopIteration:
-            return True  # the generator handled the exception
+        except StopIteration as stop:
+            return stop is not error  # the generator handled the exception, unless it is the block's own
         except BaseException as raised:
             if raised is error:
                 return False  # propagates with its own traceback
