@@ -322,6 +322,15 @@ def test_subcommand_forms_and_default_name(dirs, tarball):
         assert sc("location", *args).returncode == 0
         assert sc("unuse", *args).returncode == 0
         assert not path.exists()
+        # The subcommand is the first word no option takes, as a cron line may put it: it was
+        # refused as "say what to do: ... list ...".
+        for command in (["-d", d(dirs), "list"], ["-q", "gc", "-d", d(dirs)], ["-d", d(dirs), "-n", "run", "run",
+                                                                                  *recipe(tarball), "--", "true"]):
+            result = sc(*command)
+            assert (result.returncode, result.stderr) == (0, ""), (command, result)
+        assert sc("-d", d(dirs), "list").stdout == sc("list", "-d", d(dirs)).stdout
+        valued = sc("--use=", *args)  # (it said "unknown option --use")
+        assert valued.stderr == "sc: error: option --use takes no value (see 'sc --help')\n", valued.stderr
 
 
 def test_keep_leaves_an_lru_entry_within_max_size(dirs, tarball, tmp_path):
@@ -629,6 +638,8 @@ def test_same_name_with_another_recipe_is_refused(dirs, tarball, tmp_path):
         ["--use", "--size", "lots", "file:/x"],
         ["--use", "--bogus", "file:/x"],
         ["--use", "--unuse", "file:/x"],
+        ["--use=", "file:/x"],
+        ["--use", "list"],
         ["--use", "-n", "../escape", "file:/x"],
         ["run", "file:/x"],
         [],

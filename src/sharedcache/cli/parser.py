@@ -169,21 +169,25 @@ def parse(argv: Sequence[str]) -> Arguments:
     """Parse ``argv``; raise :class:`UsageError` with a one-line reason if it is malformed."""
     args = Arguments()
     words = list(argv)
-    if words and words[0] in ACTIONS:
-        args.action = words.pop(0)
     if "--" in words:
         split = words.index("--")
         words, args.command = words[:split], words[split + 1 :]
     while words:
         word = words.pop(0)
         if not word.startswith("-") or word == "-":
-            args.loaders.append(word)
+            # The subcommand is the first word that is no option's (sc -q gc, as cron lines say it).
+            if args.action is None and not args.loaders and word in ACTIONS:
+                args.action = word
+            else:
+                args.loaders.append(word)
         elif word in _ACTION_FLAGS:
             if args.action is not None:
                 raise UsageError(f"{word} cannot be combined with {args.action}")
             args.action = _ACTION_FLAGS[word]
         elif word.startswith("--"):
             flag, has_value, value = word.partition("=")
+            if flag in _ACTION_FLAGS:
+                raise UsageError(f"option {flag} takes no value")
             _take(args, flag, value if has_value else None, words)
         else:
             _take_short(args, word, words)
