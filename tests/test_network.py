@@ -643,7 +643,10 @@ def test_v_and_q_replace_the_verbose_and_quiet_of_the_config_files(tmp_path, own
     silent = sc("-q", "-n", "silent", *use, env=env)
     assert (silent.returncode, silent.stderr) == (0, ""), silent.stderr
     shown = sc("config", "-q", env=env)
-    assert "\nverbose = no  # --quiet\nquiet = 1  # --quiet\n" in shown.stdout, shown.stdout
+    # (A count of -q or -v is shown as the yes a file writes: it showed "quiet = 1".)
+    assert "\nverbose = no  # --quiet\nquiet = yes  # --quiet\n" in shown.stdout, shown.stdout
+    shown = sc("config", "-vv", env=sc_env(SC_CONFIG=os.devnull, XDG_CONFIG_HOME=str(tmp_path / "none")))
+    assert "\nverbose = yes  # --verbose\nquiet = (not set)  # default\n" in shown.stdout, shown.stdout
 
     def shown_for(text: str) -> str:
         config.write_text(text)

@@ -353,6 +353,8 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
         elif key == "proxy":
             value, where = _curl_proxies(*curl_proxies(os.environ)) or (
                 "(none: curl's variables apply)", where)
+        if key in ("verbose", "quiet") and type(value) is int:  # the count of -v or -q given
+            value = value > 0
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         rows.append(f"{key} = {text}  # {where}\n")
     output("".join(rows))
