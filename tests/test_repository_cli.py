@@ -778,6 +778,21 @@ def test_run_exports_path_holds_use_and_returns_status(dirs, tarball, tmp_path):
     # An empty name names no command: a usage error (it was 'cannot run : Permission denied').
     empty = sc("run", *args, "--", "")
     assert empty.returncode == 2 and "run needs '-- COMMAND [ARG...]'" in empty.stderr, empty.stderr
+    # A name with a newline and a terminal control is one line, escaped (it was printed raw).
+    odd = sc("run", *args, "--", "no\nsuch\x1b[7mcmd")
+    assert (odd.returncode, odd.stderr) == (
+        127, "sc: error: cannot run no\\nsuch\\x1b[7mcmd: No such file or directory\n"), odd.stderr
+
+
+def test_a_name_too_long_and_a_base_path_too_long_are_said_so(dirs, tarball, tmp_path):
+    # A name past 200 bytes was refused without the limit, and a base whose path the system
+    # refuses as too long was called missing.
+    long_name = sc("--use", "-d", str(dirs[0]), "-n", "n" * 201, *recipe(tarball))
+    assert long_name.returncode == 2 and "of at most 200 bytes of UTF-8" in long_name.stderr, long_name.stderr
+    base = tmp_path / ("b" * 300)
+    too_long = sc("--use", "-d", str(base), *recipe(tarball))
+    assert too_long.returncode == 1, too_long.stderr
+    assert too_long.stderr.rstrip().endswith(f"{base} (file name too long)"), too_long.stderr
 
 
 def test_run_whose_command_releases_the_use_itself_exits_with_the_command_s_status(dirs, tarball):

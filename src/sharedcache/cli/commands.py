@@ -171,7 +171,8 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
             try:
                 child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)), pass_fds=(lock,))
             except OSError as e:
-                print(f"sc: error: cannot run {command[0]}: {e.strerror}", file=sys.stderr)
+                # (The name is the caller's, a newline or a terminal control in it: one line still.)
+                print(f"sc: error: cannot run {clipped(printable(command[0]), 200)}: {e.strerror}", file=sys.stderr)
                 # As shells and timeout(1) tell them apart: not found, or found and not runnable.
                 return 127 if isinstance(e, FileNotFoundError) else 126
         finally:

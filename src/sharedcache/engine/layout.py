@@ -64,7 +64,7 @@ _COMPATIBLE_FORMATS = frozenset({b"shared-cache fscache 2\n"})
 # Caches in an older layout (marker -> the versions that made it): refused with a clear error
 # rather than taken for foreign content.
 _OLD_FORMATS = {b"shared-cache fscache 1\n": "shared-cache 0.1"}
-_MAX_NAME_BYTES = 200
+MAX_NAME_BYTES = 200
 #: The subdirectories of a cache (see the layout in sharedcache.engine.fscache).
 OBJECTS, STAGE, TRASH = "objects", "stage", "trash"
 
@@ -119,14 +119,14 @@ def check_name(name: str) -> str:
         length = -1
     if (
         not isinstance(name, str)
-        or not 0 < length <= _MAX_NAME_BYTES
+        or not 0 < length <= MAX_NAME_BYTES
         or name.startswith(".")
         or "/" in name
         or "\0" in name
     ):
         raise UsageError(
             f"invalid entry name {name!r}: it must be one path component of at most "
-            f"{_MAX_NAME_BYTES} bytes of UTF-8, without '/' and not starting with '.'"
+            f"{MAX_NAME_BYTES} bytes of UTF-8, without '/' and not starting with '.'"
         )
     return name
 

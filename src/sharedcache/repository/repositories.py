@@ -15,7 +15,7 @@ import time
 from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_leftovers, remove_tree, shown_path, unlink_if_present
-from ..engine.layout import check_base, check_flag, check_name, user_directory
+from ..engine.layout import MAX_NAME_BYTES, check_base, check_flag, check_name, user_directory
 from ..engine.leases import Owner, require_proc
 from ..errors import (
     BusyError,
@@ -393,8 +393,7 @@ class Repositories:
             if made:
                 self._warn_of_cleaning(base)
             return base
-        seen += [f"{b.path} ({'not a directory' if os.path.lexists(b.path) else 'missing'})"
-                 for b in self.bases if not os.path.isdir(b.path)]
+        seen += [f"{b.path} ({why})" for b in self.bases if (why := _not_a_directory(b.path)) is not None]
         if limit is None or not any(s.endswith(" free)") for s in seen):
             raise CacheError(f"repository {name!r}: no usable candidate directory: " + ", ".join(seen))
         raise NoSpaceError(
@@ -738,20 +737,28 @@ class Repositories:
         return removed
 
 
+def _not_a_directory(path: str) -> str | None:
+    """Why ``path`` is no directory ("missing", "not a directory", or what the system says: a
+    path too long is not a missing one), or None if it is one."""
+    import stat
+
+    try:
+        return None if stat.S_ISDIR(os.stat(path).st_mode) else "not a directory"
+    except OSError as e:
+        return "missing" if isinstance(e, FileNotFoundError) else (e.strerror or str(e)).lower()
+
+
 def check_repository_name(name: str) -> str:
     """``name`` if a repository may be given it: an entry's name (:func:`check_name`) that is
     printable too (a newline or a terminal control in it would garble every listing)."""
-    valid = isinstance(name, str) and name.isprintable()
-    if valid:
-        try:
-            check_name(name)
-        except UsageError:
-            valid = False
-    if not valid:
-        raise UsageError(
-            f"invalid repository name {name!r}: it must be one path component of printable "
-            "characters, not starting with '.'"
-        )
+    rule = "one path component of printable characters, not starting with '.'"
+    if not (isinstance(name, str) and name.isprintable()):
+        raise UsageError(f"invalid repository name {name!r}: it must be {rule}")
+    try:
+        check_name(name)
+    except UsageError:
+        raise UsageError(f"invalid repository name {name!r}: it must be {rule}, "
+                         f"of at most {MAX_NAME_BYTES} bytes of UTF-8") from None
     return name
 
 
