@@ -418,7 +418,9 @@ def test_sc_config_shows_the_proxy_of_curls_variables_and_which_they_are(tmp_pat
     ("proxy = ftp://x\n", ":1: proxy cannot use 'ftp://x'"),
     ("offline = perhaps\n", ":1: offline must be yes or no"),
     ("just words\n", ":1: expected 'key = value'"),
-    ("max_size = lots\n", ":1: max_size"),
+    ("max_size = lots\n", ":1: max_size must be a size: 'lots' (expected bytes or a number with a unit"),
+    ("max_size = 9000PiB\n", ":1: max_size must be a size: '9000PiB' is more than 8 EiB"),  # (said "invalid value")
+    ("speed_limit = 1 XB\n", ":1: speed_limit must be a size: '1 XB' (expected bytes"),
     ("timeout = nan\n", ":1: timeout must be a number of seconds, not nan"),
     ("timeout = -1\n", ":1: timeout must be a number of seconds, not -1.0"),
     ("proxy = http://[::1\n", ":1: proxy cannot use 'http://[::1'"),

@@ -67,17 +67,24 @@ def _file(value: str) -> str:
     return value
 
 
-def _size(value: str) -> str:
+def _parsed_size(value: str, key: str) -> int:
+    """``value`` in bytes; a :class:`SettingError` that says what is wrong with it (more than
+    8 EiB, or what a size is) if it is none."""
     from ..sizes import parse_size
 
-    parse_size(value, "max_size")
+    try:
+        return parse_size(value, key)
+    except UsageError as e:
+        raise SettingError(key, "must be a size: " + str(e).removeprefix(f"invalid {key}: ")) from None
+
+
+def _size(value: str) -> str:
+    _parsed_size(value, "max_size")
     return value
 
 
 def _rate(value: str) -> int:
-    from ..sizes import parse_size
-
-    return parse_size(value, "speed_limit")
+    return _parsed_size(value, "speed_limit")
 
 
 def parse_seconds(text: str) -> float:
