@@ -9,7 +9,7 @@ In the test process::
     url = origin.url("/data.bin")
     origin.fault("/data.bin", drop_after=1000)      # the next GET of it breaks after 1000 body bytes
     origin.fault("/data.bin", ignore_range=True)    # faults queue up: this one is for the GET after
-    origin.stats("/data.bin").ranges                # Range headers seen, bytes served, statuses...
+    origin.stats("/data.bin").ranges                # Range and Authorization headers seen, bytes served...
     origin.redirect("/d", "/m1/d", "/m2/d")         # a redirector: each GET of /d to the next mirror
     origin.stop()
 
@@ -93,12 +93,13 @@ class Stats:
     gets: int = 0
     ranges: list[str] = field(default_factory=list)   # the Range header of each GET that had one
     if_ranges: list[str] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)  # the Authorization header of each GET that had one
     statuses: list[int] = field(default_factory=list)
     bytes_served: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"gets": self.gets, "ranges": self.ranges, "if_ranges": self.if_ranges,
-                "statuses": self.statuses, "bytes_served": self.bytes_served}
+                "authorizations": self.authorizations, "statuses": self.statuses, "bytes_served": self.bytes_served}
 
 
 @dataclass
@@ -280,6 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
         stats = origin.stats(path)
         range_header = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
+        authorization = self.headers.get("Authorization")
         with origin._lock:
             if body:
                 stats.gets += 1
@@ -287,6 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
                     stats.ranges.append(range_header)
                 if if_range:
                     stats.if_ranges.append(if_range)
+                if authorization:
+                    stats.authorizations.append(authorization)
 
         def answered(status: int) -> None:
             with origin._lock:

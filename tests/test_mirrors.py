@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import sharedcache
 from origin import Origin
 from scutil import (
+    SC,
     Sleeper,
     check_tree,
     control,
@@ -362,3 +364,64 @@ def test_a_bad_rewrite_mirror_with_an_at_sign_in_its_path_shows_its_host_not_its
     # The user info precedes the host: an "@" of the path is no end of it.
     with pytest.raises(SettingError, match="the mirror 'https://m.example:99999/a@b/' is not a URL"):
         rewrite_rules(f"https://host/ = {mirror}")
+
+
+@pytest.mark.parametrize(("rule", "url", "fetched"), [
+    ("https://github.com = http://u:pw@m.site", "https://github.com/a/d.tgz", "http://m.site/a/d.tgz"),
+    ("https://github.com = http://u:pw@m.site", "https://github.com?d=1", "http://m.site/?d=1"),
+    ("https://github.com = http://u:pw@m.site", "https://github.com.attacker.example/d.tgz", None),
+    ("https://github.com = http://u:pw@m.site", "https://github.company.com/d.tgz", None),
+    ("https://github.com = http://u:pw@m.site", "https://github.com:8443/d.tgz", None),
+    # A mirror without a path has the path "/": its host was made "m.sited.tgz".
+    ("https://github.com/ = http://m.site", "https://github.com/d.tgz", "http://m.site/d.tgz"),
+    ("https://h.example/pub = http://m.site/pub", "https://h.example/pub/d.tgz", "http://m.site/pub/d.tgz"),
+    ("https://h.example/pub = http://m.site/pub", "https://h.example/pub?d=1", "http://m.site/pub?d=1"),
+    ("https://h.example/pub = http://m.site/pub", "https://h.example/public/d.tgz", None),
+    ("https://h.example/pub/ = http://m.site/p/", "https://h.example/pub/d.tgz", "http://m.site/p/d.tgz"),
+])
+def test_a_rewrite_prefix_matches_whole_segments_of_a_url(rule: str, url: str, fetched: str | None) -> None:
+    recipe = parse_recipe([f"http:{url}", SHA256, "tar"], rewrite_rules(rule))
+    assert [source.word for source in recipe.sources] == [f"http:{fetched or url}"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare: host names are given in a mount namespace's /etc/hosts")
+@pytest.mark.parametrize("host", ["github.com.attacker.example", "github.company.com", "github.com"])
+def test_a_rewrite_mirror_password_never_goes_to_a_host_that_a_recipe_url_names(host: str, base: Path,
+                                                                                tmp_path: Path) -> None:
+    # The rule's prefix and mirror end at their hosts: the rest of a URL that began with the
+    # prefix as text was joined to the mirror's host, "mirror.site.attacker.example:PORT" (or
+    # "mirror.sitepany.com:PORT", "mirror.site:PORT"), which was sent the mirror's password.
+    hosts = tmp_path / "hosts"
+    names = (host, "mirror.site", "mirror.site.attacker.example", "mirror.sitepany.com")
+    hosts.write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {name}\n" for name in names))
+    config = tmp_path / "site.config"
+    config.write_text("retries = 0\nrewrite = http://github.com = http://mirror:S3CRET-MIRROR-PW@mirror.site\n")
+    with Origin() as other:
+        other.add("/data.tgz", GOOD)
+        url = f"http://{host}:{other.port}/data.tgz"
+        with Sleeper() as owner:
+            used = subprocess.run(["unshare", "--mount", "sh", "-c", f'mount --bind {hosts} /etc/hosts && exec "$@"',
+                                   "sh", *SC, "--use", "-d", str(base), "--pid", str(owner.pid), f"http:{url}",
+                                   SHA256, "tar"], capture_output=True, text=True, timeout=60,
+                                  env=sc_env(SC_CONFIG=str(config)))
+        assert other.stats("/data.tgz").authorizations == []
+    # No rule applies: the URL is fetched as written, from the host it names.
+    assert (used.returncode, used.stderr) == (0, ""), used.stderr
+    check_tree(Path(used.stdout.strip()), FILES)
+
+
+def test_a_rewritten_url_off_the_mirror_host_is_refused_and_not_sent_the_mirror_password(base: Path) -> None:
+    # A program may set a rule's mirrors as it likes, past the "/" that ends a mirror's host in
+    # a rule that was read: the mirror's user info goes to its own host and port or nowhere.
+    with Origin() as other:
+        other.add("/data.tgz", GOOD)
+        rule = Rewrite("http://h.example/", ["http://mirror:S3CRET@127.0.0.1/"])
+        rule.mirrors = ("http://mirror:S3CRET@127.0.0.1",)
+        words = (f"http:http://h.example/:{other.port}/data.tgz", SHA256, "tar")
+        with pytest.raises(SettingError) as caught, \
+                sharedcache.use(*words, directories=[base], fetch=FetchPolicy(retries=0, rewrites=[rule])):
+            pass
+        assert other.stats("/data.tgz").gets == 0
+    assert str(caught.value) == (f"rewrite http://h.example/: the mirror 'http://127.0.0.1' followed by the rest of "
+                                 f"the URL is 'http://127.0.0.1:{other.port}/data.tgz', on another host than the mirror's")

@@ -133,6 +133,17 @@ def pathless_problem(url: str, *, schemeless: bool = False) -> str | None:
             "is written %2F and a '?' %3F")
 
 
+def with_path(url: str) -> str:
+    """``url`` (``SCHEME://...``) with the path "/" if it has none (``https://host``,
+    ``https://host?q``): to HTTP the same URL (RFC 3986, 6.2.3), but one that ends its authority
+    with a "/", so that no text joined to its end can go on its host or port."""
+    start = _authority_start(url, False)
+    if start is None:
+        return url
+    end = _authority_end(url, start)
+    return url if url.startswith("/", end) else f"{url[:end]}/{url[end:]}"
+
+
 def without_user_info(url: str, *, schemeless: bool = False) -> str:
     """``url`` without the user info of its authority (see :func:`split_user_info`)."""
     return split_user_info(url, schemeless=schemeless)[0]

@@ -28,6 +28,7 @@ from ..errors import (
     split_user_info,
     unparsed_url,
     user_info_problem,
+    with_path,
     without_user_info,
 )
 
@@ -197,8 +198,11 @@ def _own_file(path: str, uid: int) -> str | None:
 
 
 class Rewrite:
-    """A site rewrite rule: a source whose URL starts with ``prefix`` is fetched from each of
-    ``mirrors`` in turn, the prefix replaced by the mirror (see :func:`rewrite_rules`)."""
+    """A site rewrite rule: a source whose URL is under ``prefix`` (:meth:`rest`) is fetched from
+    each of ``mirrors`` in turn, the prefix replaced by the mirror (see :func:`rewrite_rules`).
+    A prefix or mirror without a path is given the path "/" (``https://github.com`` is
+    ``https://github.com/``), so that what follows the prefix in a URL is joined to a mirror after
+    a "/", and never goes on the mirror's host or port (``mirror.site.attacker.example``)."""
 
     __slots__ = ("mirrors", "prefix")
 
@@ -216,7 +220,21 @@ class Rewrite:
             if mirror.partition("://")[0].lower() not in ("http", "https"):
                 raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {unparsed_url(mirror)!r} is not an "
                                               "http:// or https:// URL")
-        self.prefix, self.mirrors = prefix, tuple(mirrors)
+        self.prefix, self.mirrors = with_path(prefix), tuple(map(with_path, mirrors))
+
+    def rest(self, url: str) -> str | None:
+        """What follows this rule's prefix in ``url`` (without user info), the text that goes after
+        a mirror; None if ``url`` is not under the prefix.  A prefix matches whole path segments, as
+        directories do: where it ends, ``url`` ends or goes on with a "/", "?" or "#", unless the
+        prefix ends with one itself.  ``https://host/pub`` matches ``https://host/pub``,
+        ``https://host/pub/a`` and ``https://host/pub?a``, not ``https://host/public``; and as a
+        prefix without a path has the path "/", ``https://github.com`` matches neither
+        ``https://github.com.example``, ``https://github.company.com`` nor ``https://github.com:8443``."""
+        url = with_path(url)
+        if not url.startswith(self.prefix):
+            return None
+        rest = url[len(self.prefix):]
+        return rest if self.prefix.endswith(_SEGMENT_ENDS) or rest[:1] in ("", *_SEGMENT_ENDS) else None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Rewrite) and (self.prefix, self.mirrors) == (other.prefix, other.mirrors)
@@ -226,6 +244,10 @@ class Rewrite:
 
     def __repr__(self) -> str:  # (a program may log it: no password of a mirror in it)
         return f"Rewrite({without_user_info(self.prefix)!r}, {tuple(map(without_user_info, self.mirrors))!r})"
+
+
+#: What ends a segment of a URL's path, where a rule's prefix may end (see :meth:`Rewrite.rest`).
+_SEGMENT_ENDS = ("/", "?", "#")
 
 
 def _url_prefix(text: str) -> bool:
@@ -238,8 +260,8 @@ def _url_prefix(text: str) -> bool:
 def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
     """Rewrite rules from their text: ``PREFIX = MIRROR [MIRROR...]``, one rule per line or
     separated by ``;``; a ``#`` starts a comment line.  The first rule whose prefix a source's URL
-    starts with applies; a mirror equal to the prefix keeps the URL as written (the origin as the
-    last resort)::
+    is under (:meth:`Rewrite.rest`) applies; a mirror equal to the prefix keeps the URL as written
+    (the origin as the last resort)::
 
         https://github.com/ = http://mirror.site/github/ https://github.com/
     """

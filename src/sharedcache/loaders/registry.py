@@ -15,7 +15,7 @@ import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError, memory_refused, unparsed_url, without_user_info
+from ..errors import SettingError, UsageError, host_and_port, memory_refused, unparsed_url, without_user_info
 from .protocol import Loader, Source, Transform, Unpacker
 from .words import CHECKSUM_WORDS, normalize_words, recipe_identity
 
@@ -166,20 +166,34 @@ def parse_recipe(words: str | Iterable[str], rewrites: Iterable[Rewrite] = ()) -
 
 
 def _rewritten(sources: tuple[Source, ...], rewrites: tuple[Rewrite, ...]) -> tuple[Source, ...]:
-    """Each source replaced by the mirrors of the first rule whose prefix its argument starts with
-    (user info aside); a mirror that is the prefix itself keeps the source as written, credentials
+    """Each source replaced by the mirrors of the first rule that its argument (user info aside)
+    is under; a mirror that is the prefix itself keeps the source as written, credentials
     included, which no other mirror is given.  A source met twice is tried once."""
     result: dict[str, Source] = {}
     for source in sources:
         argument = without_user_info(source.arg or "")
-        rule = next((rule for rule in rewrites if argument.startswith(rule.prefix)), None)
-        if rule is None:
+        matched = next(((rule, rest) for rule in rewrites if (rest := rule.rest(argument)) is not None), None)
+        if matched is None:
             result.setdefault(source.word, source)
             continue
+        rule, rest = matched
         for mirror in rule.mirrors:
             if mirror == rule.prefix:
                 result.setdefault(source.word, source)
             else:
-                alternative = type(source)(source.name, mirror + argument[len(rule.prefix):])
+                alternative = type(source)(source.name, _at_mirror(rule, mirror, rest))
                 result.setdefault(alternative.word, alternative)
     return tuple(result.values())
+
+
+def _at_mirror(rule: Rewrite, mirror: str, rest: str) -> str:
+    """``mirror`` followed by ``rest``, the part of a URL after ``rule``'s prefix; refused if that
+    is not on the mirror's own host and port (its scheme is the mirror's: it begins with it), as
+    the mirror's user info would go there.  A rule's mirrors end their host with a path, but a
+    program may set a rule's ``mirrors`` as it likes."""
+    url = mirror + rest
+    if host_and_port(url) != host_and_port(mirror):
+        raise SettingError("rewrite", f"{unparsed_url(rule.prefix)}: the mirror {unparsed_url(mirror)!r} followed "
+                                      f"by the rest of the URL is {unparsed_url(url)!r}, on another host than the "
+                                      "mirror's")
+    return url
