@@ -182,3 +182,55 @@ def test_a_child_forked_during_a_population_does_not_hold_its_locks(origin, base
             os.killpg(program.pid, 9)  # the forked child, in the program's own process group
         except ProcessLookupError:
             pass
+
+
+# (linecache first: see _FORKS_DURING_ITS_POPULATION.)
+_FORKS_A_WORKER_DURING_ITS_POPULATION = """
+import linecache, multiprocessing, os, sys, threading, time
+import sharedcache
+stage, words = sys.argv[1], sys.argv[2:]
+def populate():
+    with sharedcache.use(*words, name="blob", directories=[os.environ["BASE"]]):
+        time.sleep(60)
+threading.Thread(target=populate, daemon=True).start()
+while not (os.path.isdir(stage) and os.listdir(stage)):  # filling its stage, under the population lock
+    time.sleep(0.01)
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))  # never uses the cache
+worker.start()
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_worker_forked_by_another_thread_of_a_killed_populator_holds_none_of_its_locks(origin, base):
+    """A program populates in one thread while its main thread forks a worker (multiprocessing's
+    fork), and is killed: the next use takes over at once, although the worker lives on with
+    copies of every descriptor the population had open (the population's lock, its stage's)."""
+    payload = os.urandom(900_000)
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 300_000
+    words = [f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    program = subprocess.Popen(
+        [sys.executable, "-c", _FORKS_A_WORKER_DURING_ITS_POPULATION, str(control(base) / "stage"), *words],
+        stdout=subprocess.PIPE, text=True, env=sc_env(PYTHONPATH=SRC, BASE=str(base)), start_new_session=True)
+    worker = None
+    try:
+        assert program.stdout is not None
+        worker = int(program.stdout.readline())
+        program.kill()
+        program.wait(10)
+        waiter = sc_start("--use", "-d", str(base), "-n", "blob", *words, "--timeout", "20")
+        ((code, out, err),) = finish([waiter], timeout=60)
+        assert os.path.exists(f"/proc/{worker}")  # (it lived on, with its copies)
+        assert code == 0, err  # not timed out waiting for the dead populator's worker (60 s)
+        assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
+        assert os.listdir(control(base) / "stage") == []  # the dead population's stage was swept
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait(10)
+        if worker is not None:
+            try:
+                os.kill(worker, 9)
+            except ProcessLookupError:
+                pass

@@ -49,6 +49,13 @@ lease can be added until the entry is gone, so the deleter's look at the leases 
 staging directory's ``lock`` becomes the entry's ``lock`` by the commit rename, so the storer's
 exclusive lock covers the entry until the commit is complete.
 
+Every lock here (entries', stages', ``stage.lock``) is taken with :func:`~sharedcache.engine.locks.lock`
+or :func:`~sharedcache.engine.locks.try_lock` and closed with :func:`~sharedcache.engine.locks.close`
+or :func:`~sharedcache.engine.locks.release`, never ``os.close``: a child that a program forks
+(without exec) gives up its copies of the exclusive ones as it starts (see
+:mod:`sharedcache.engine.locks`).  No worker forked by another thread keeps a stage locked
+after its storer died.
+
 Entry locks may be held for long (a reader holds one while it reads, and may meanwhile store,
 which waits for the index), so whoever holds the index's write lock never waits for an entry
 lock that a reader holds: a deleter tries without waiting (and waits at most 50 ms for an
@@ -825,7 +832,7 @@ class FsCache:
                     os.close(stages)
                 locks.lock(fd, locks.EXCLUSIVE)  # nobody else knows the file yet: immediate
             finally:
-                os.close(guard)
+                locks.close(guard)
             # In a group cache another member could swap the directories on the way to it: it is
             # then named through its descriptor, so that no write meant for it lands elsewhere.
             path = f"/proc/self/fd/{directory}" if self.shared else os.path.join(self._stage, stage_id)
@@ -1056,7 +1063,7 @@ class FsCache:
                 try:
                     return not self._lock_if_unused(fd) or bool(scan_leases(entry, boots=self._boots)[0])
                 finally:
-                    os.close(fd)  # and with it the lock, if taken
+                    locks.close(fd)  # and with it the lock, if taken
         except (MissError, FileNotFoundError, NotADirectoryError):
             return False  # only its row is left, which a retirement drops
 
@@ -1128,7 +1135,7 @@ class FsCache:
                     yield fd, entry
                     return
                 finally:
-                    os.close(fd)
+                    locks.close(fd)
         raise MissError(f"no entry {name!r} in cache {self.root}")
 
     def _still_named(self, name: str, entry: str) -> bool:
@@ -1451,7 +1458,7 @@ class FsCache:
             return True
         finally:
             if fd is not None:
-                os.close(fd)
+                locks.close(fd)
 
     @staticmethod
     def _deletion_lock(entry: str) -> int | None:
@@ -1794,7 +1801,7 @@ class FsCache:
         try:
             return not locks.try_lock(fd, locks.EXCLUSIVE), os.fstat(fd).st_mtime
         finally:
-            os.close(fd)
+            locks.close(fd)
 
     # -- garbage collection ----------------------------------------------------------------------
 
@@ -1832,7 +1839,7 @@ class FsCache:
                 os.close(stages)
                 os.close(trash)
         finally:
-            os.close(guard)
+            locks.close(guard)
         if removed:
             self._empty_trash()
         return removed
@@ -1855,7 +1862,7 @@ class FsCache:
             return 0  # another member's: only that member (or root) can move or delete it
         finally:
             if fd is not None:
-                os.close(fd)
+                locks.close(fd)
 
     def gc(self) -> GcReport:
         """Clean what crashed processes left, reclaim dead leases, and repair the accounting.

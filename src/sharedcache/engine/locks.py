@@ -11,6 +11,17 @@ a crashed process can never leave a lock behind.  Two consequences shape the cod
 * A lock protects an inode, not a path.  Whoever locks a file that others may rename or unlink
   must, after acquiring the lock, check that the path still names the inode it locked
   (:func:`still_linked`) and start over if it does not.
+* ``fork`` without ``exec`` copies every descriptor, and the copy shares the lock (``O_CLOEXEC``
+  does nothing there): a child that another thread of a program forks (a worker pool, a
+  preforking server) would hold the lock for as long as it lives, even once its parent has died
+  holding it.  So every descriptor locked through :func:`try_lock` or :func:`lock` is recorded,
+  with the thread that locked it, until it is closed through :func:`close` or :func:`release`
+  (never ``os.close``), and a child forked by Python (``os.fork``, ``multiprocessing``) gives up
+  its copies of the exclusive ones as it starts (:func:`_give_up_inherited`).  Since the child
+  may start after the parent has closed its own descriptor, the parent's close of one whose
+  copies a child gives up unlocks it first.  A child forked in C, which runs no hook of
+  Python's, keeps every copy (:func:`release` unlocks, so that one holds nothing once its
+  parent is done).
 
 ``flock`` has no timeout, so a blocking acquisition polls with a non-blocking attempt and a short,
 growing sleep; the holders this waits for keep their locks for milliseconds (commits, removals)
@@ -112,13 +123,64 @@ def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -
     return fd
 
 
+#: The descriptors this process has locked and not closed: whether exclusively (see the
+#: module's docstring).
+_held: dict[int, bool] = {}
+#: Those of them whose copies a child forked since gives up: this process's close unlocks them
+#: (see :func:`close`).
+_given_up: set[int] = set()
+_hooked: list[bool] = []  # (whether the hooks are registered: once, when first needed)
+
+
 def try_lock(fd: int, mode: int) -> bool:
     """Take the lock ``mode`` (SHARED or EXCLUSIVE) on ``fd`` if it is free now; return whether taken."""
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    if not _hooked:
+        os.register_at_fork(after_in_parent=_note_given_up, after_in_child=_give_up_inherited)
+        _hooked.append(True)
+    _held[fd] = mode == EXCLUSIVE
     return True
+
+
+def _inherited() -> list[int]:
+    """The locked descriptors that a child forked now may not hold: the exclusive ones."""
+    return [fd for fd, exclusive in _held.items() if exclusive]
+
+
+def _note_given_up() -> None:
+    # The child gives its copies up as it starts, which may be after this process closes its
+    # own: the close then unlocks, so that no copy holds the lock meanwhile.
+    _given_up.update(_inherited())
+
+
+def _give_up_inherited() -> None:
+    """In a forked child: give up the copies of the locks it may not hold (see the module's
+    docstring).  Each is replaced by a descriptor of ``/dev/null`` rather than closed, so that
+    its number is not reused: the forking thread goes on in the child, and its code closes the
+    descriptors it locked as it leaves them (a child that a store's block forks, and that
+    unwinds it), which must not close what the child opened meanwhile."""
+    inherited = _inherited()
+    _given_up.clear()  # (those are given up, and the copies it keeps are its parent's locks too)
+    if not inherited:
+        return
+    try:
+        stand_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        stand_in = -1  # (no /dev/null in this container: closed, then)
+    for fd in inherited:
+        del _held[fd]
+        try:
+            if stand_in >= 0:
+                os.dup2(stand_in, fd)
+            else:
+                os.close(fd)
+        except OSError:
+            pass  # (closed already: nothing is held through it)
+    if stand_in >= 0:
+        os.close(stand_in)
 
 
 def lock(
@@ -152,12 +214,28 @@ def lock(
 
 def release(fd: int) -> None:
     """Release the lock held on ``fd`` (if any), then close it.  A close alone releases a flock
-    only once every copy of the open file description is closed: a child that another thread
-    forked meanwhile (without exec) holds a copy, and would hold the lock for as long as it lives."""
+    only once every copy of the open file description is closed: a child forked meanwhile
+    (without exec) in a way that runs no hook of Python's (by a C library) holds a copy, and
+    would hold the lock for as long as it lives."""
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)
+        close(fd)
+
+
+def close(fd: int) -> None:
+    """Close ``fd``, a descriptor that may have been locked: the lock goes with it (once no
+    copy is left, or at once if a child forked meanwhile gives its copy up), and so does the
+    record of it (see the module's docstring)."""
+    _held.pop(fd, None)
+    if fd in _given_up:
+        _given_up.discard(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return
+    os.close(fd)
 
 
 def still_linked(fd: int, path: str | os.PathLike[str]) -> bool:
@@ -200,9 +278,9 @@ def locks_work(directory: str | os.PathLike[str], existing: str | None = None) -
                 fcntl.flock(first, fcntl.LOCK_EX)
                 return not try_lock(second, EXCLUSIVE)
             finally:
-                os.close(second)
+                close(second)
         finally:
-            os.close(first)
+            close(first)
             if made:
                 os.unlink(made, dir_fd=at)
     finally:

@@ -57,7 +57,9 @@ Acquire (``sc --use``, :func:`use`)
    settings, its credentials, its limits), which the waiters, who have theirs, are not told: no
    record, and the work directory is kept for a takeover only after a limit.  Release the
    population lock.  A process killed here releases the lock with its death; a waiter takes over
-   at step 3.
+   at step 3.  A child that another thread of the process forked (a worker pool) gave up its copy
+   of the population lock, of the stage's and of the reservations lock as it started (see
+   :mod:`sharedcache.engine.locks`), so it never holds them past that death.
 5. Make sure the user's link ``<name>`` points to the entry, and return its path.  A use whose
    link cannot be made is released before the error is raised: no failure leaks a lease.
 

@@ -334,7 +334,7 @@ class Base:
         try:
             return not locks.try_lock(fd, locks.EXCLUSIVE)
         finally:
-            os.close(fd)
+            locks.close(fd)
 
     # -- links -----------------------------------------------------------------------------------
 
@@ -393,7 +393,7 @@ class Base:
             except OSError:
                 pass  # no link, or not ours: nothing to remove
         finally:
-            os.close(fd)
+            locks.close(fd)
 
 
 def recipe_lost(identity: str | None) -> bool:

@@ -711,7 +711,7 @@ class Repositories:
                     os.unlink(lock_path)  # waiters check that the path still names what they lock
                 cleaned += found
             finally:
-                os.close(fd)
+                locks.close(fd)
         return cleaned
 
     def _clean_links(self, base: Base) -> int:
