@@ -127,3 +127,40 @@ def test_a_child_forked_inside_use_that_exits_leaves_the_parents_use_alone(base:
     # The parent's own release worked, and deleted the repository as the last one.
     assert "blob" not in FsCache(cache_root)
     assert not os.path.lexists(base / f".shared-cache-{os.getuid()}" / "blob")
+
+
+def test_a_child_forked_by_another_thread_leaves_the_last_release_free_to_delete(base: Path, tmp_path: Path) -> None:
+    # The child inherits the read lock that the thread's use holds; kept, it made the entry look
+    # in use to the last release, which left it on disk, unused and unleased, until a gc.
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(10_000))
+    inside, leave = threading.Event(), threading.Event()
+
+    def job() -> None:
+        with sharedcache.use(f"file:{blob}", name="blob", directories=str(base)):
+            inside.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert inside.wait(30)
+    go_read, go_write = os.pipe()
+    pid = _fork(lambda: 0 if os.read(go_read, 1) == b"x" else 1)  # a worker that never uses the cache
+    try:
+        leave.set()
+        thread.join(30)
+        assert not thread.is_alive()
+        # The last release deleted it while the child lives.
+        assert "blob" not in FsCache(base / f".shared-cache-{os.getuid()}" / ".cache")
+        assert not os.path.lexists(base / f".shared-cache-{os.getuid()}" / "blob")
+    finally:
+        os.write(go_write, b"x")
+        os.close(go_write)
+        os.close(go_read)
+        deadline = time.monotonic() + 10
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.02)

@@ -52,9 +52,10 @@ exclusive lock covers the entry until the commit is complete.
 Every lock here (entries', stages', ``stage.lock``) is taken with :func:`~sharedcache.engine.locks.lock`
 or :func:`~sharedcache.engine.locks.try_lock` and closed with :func:`~sharedcache.engine.locks.close`
 or :func:`~sharedcache.engine.locks.release`, never ``os.close``: a child that a program forks
-(without exec) gives up its copies of the exclusive ones as it starts (see
-:mod:`sharedcache.engine.locks`).  No worker forked by another thread keeps a stage locked
-after its storer died.
+(without exec) gives up its copies of them as it starts, but for the reads of the thread that
+forked it (see :mod:`sharedcache.engine.locks`).  No worker forked by another thread keeps a
+stage locked after its storer died, nor an entry read after its reader left it (which made the
+last release leave the entry on disk, unused, until gc).
 
 Entry locks may be held for long (a reader holds one while it reads, and may meanwhile store,
 which waits for the index), so whoever holds the index's write lock never waits for an entry
@@ -1098,7 +1099,9 @@ class FsCache:
         there is none.  The entry is in use while any copy of the descriptor is open, so a
         child process that inherits it holds the entry for as long as it keeps it."""
         with self._shared(check_name(name)) as (fd, _):
-            return os.dup(fd)  # (a copy shares the lock: it is held until every copy is closed)
+            copy = os.dup(fd)  # (a copy shares the lock: it is held until every copy is closed)
+            locks.hand_over(fd)  # (the caller's, which its children may inherit)
+            return copy
 
     @scoped
     def _shared(self, name: str, *, use: bool = True) -> Iterator[tuple[int, str]]:

@@ -17,11 +17,13 @@ a crashed process can never leave a lock behind.  Two consequences shape the cod
   holding it.  So every descriptor locked through :func:`try_lock` or :func:`lock` is recorded,
   with the thread that locked it, until it is closed through :func:`close` or :func:`release`
   (never ``os.close``), and a child forked by Python (``os.fork``, ``multiprocessing``) gives up
-  its copies of the exclusive ones as it starts (:func:`_give_up_inherited`).  Since the child
-  may start after the parent has closed its own descriptor, the parent's close of one whose
-  copies a child gives up unlocks it first.  A child forked in C, which runs no hook of
-  Python's, keeps every copy (:func:`release` unlocks, so that one holds nothing once its
-  parent is done).
+  its copies as it starts (:func:`_give_up_inherited`): every exclusive one, and the shared
+  ones of threads other than the forking one.  Since the child may start after the parent has
+  closed its own descriptor, the parent's close of one whose copies a child gives up unlocks it
+  first.  A child that a thread forks while it reads an entry (inside ``load()`` or ``use()``)
+  keeps that read, and holds the entry for as long as it keeps the descriptor: it is meant to
+  read the entry too.  A child forked in C, which runs no hook of Python's, keeps every copy
+  (:func:`release` unlocks, so that one holds nothing once its parent is done).
 
 ``flock`` has no timeout, so a blocking acquisition polls with a non-blocking attempt and a short,
 growing sleep; the holders this waits for keep their locks for milliseconds (commits, removals)
@@ -35,6 +37,7 @@ import fcntl
 import os
 import stat
 import time
+from _thread import get_ident  # threading.get_ident, without importing threading
 
 from ..errors import CacheError, WaitTimeoutError
 from ..modes import taken
@@ -123,9 +126,9 @@ def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -
     return fd
 
 
-#: The descriptors this process has locked and not closed: whether exclusively (see the
-#: module's docstring).
-_held: dict[int, bool] = {}
+#: The descriptors this process has locked and not closed: the thread that locked each, and
+#: whether exclusively (see the module's docstring).
+_held: dict[int, tuple[int, bool]] = {}
 #: Those of them whose copies a child forked since gives up: this process's close unlocks them
 #: (see :func:`close`).
 _given_up: set[int] = set()
@@ -141,13 +144,15 @@ def try_lock(fd: int, mode: int) -> bool:
     if not _hooked:
         os.register_at_fork(after_in_parent=_note_given_up, after_in_child=_give_up_inherited)
         _hooked.append(True)
-    _held[fd] = mode == EXCLUSIVE
+    _held[fd] = (get_ident(), mode == EXCLUSIVE)
     return True
 
 
 def _inherited() -> list[int]:
-    """The locked descriptors that a child forked now may not hold: the exclusive ones."""
-    return [fd for fd, exclusive in _held.items() if exclusive]
+    """The locked descriptors that a child forked by this thread now may not hold: every
+    exclusive one, and the shared ones of other threads."""
+    forking = get_ident()
+    return [fd for fd, (thread, exclusive) in _held.items() if exclusive or thread != forking]
 
 
 def _note_given_up() -> None:
@@ -163,7 +168,7 @@ def _give_up_inherited() -> None:
     descriptors it locked as it leaves them (a child that a store's block forks, and that
     unwinds it), which must not close what the child opened meanwhile."""
     inherited = _inherited()
-    _given_up.clear()  # (those are given up, and the copies it keeps are its parent's locks too)
+    _given_up.clear()  # (the copies it keeps are its parent's locks too: never unlocked by it)
     if not inherited:
         return
     try:
@@ -236,6 +241,13 @@ def close(fd: int) -> None:
             os.close(fd)
         return
     os.close(fd)
+
+
+def hand_over(fd: int) -> None:
+    """Forget the lock on ``fd``, which a copy of it (``os.dup``) goes on holding for the caller
+    once ``fd`` is closed: a child forked then inherits that copy, and holds the lock with it."""
+    _held.pop(fd, None)
+    _given_up.discard(fd)
 
 
 def still_linked(fd: int, path: str | os.PathLike[str]) -> bool:

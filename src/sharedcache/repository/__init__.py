@@ -62,6 +62,10 @@ Acquire (``sc --use``, :func:`use`)
    :mod:`sharedcache.engine.locks`), so it never holds them past that death.
 5. Make sure the user's link ``<name>`` points to the entry, and return its path.  A use whose
    link cannot be made is released before the error is raised: no failure leaks a lease.
+   :func:`use` also reads the entry (its lock taken shared) for the length of its block: a child
+   that the block's thread forks keeps that read, and holds the entry for as long as it lives;
+   one that another thread forks gives it up as it starts, and leaves the last release free to
+   delete the entry.
 
 Release (``sc --unuse``) drops one lease of the owner; a budget it gives (``--max-size``) is set
 first, while that lease still spares the entry from eviction.  The engine deletes the entry in the
