@@ -111,6 +111,38 @@ def test_a_use_that_asked_before_a_population_failed_is_told_its_failure_whether
     assert origin.stats("/gone.tgz").gets == 2, "a use that asks after the failure tries afresh"
 
 
+def test_a_populator_killed_as_it_discards_a_failed_population_s_work_has_recorded_its_failure(
+        origin, base, tmp_path):
+    """The protocol's order on failure: the error record, then the work directory's discard.  In
+    the other order, a populator killed between them left its waiters no record: they downloaded
+    again what had just failed."""
+    payload = os.urandom(100_000)
+    url = origin.add("/bad.bin", payload)
+    args = ["--use", "-d", str(base), "-n", "bad", f"http:{url}", "sha256:" + "0" * 64]
+    site = tmp_path / "site"
+    site.mkdir()
+    # The populator pauses as it makes its work directory (its waiter then asks), then as it
+    # discards it, having failed.
+    (site / "sitecustomize.py").write_text(pause_at('(event == "os.mkdir" and str(args[0]).endswith(".work")) or '
+                                                    '(event == "os.rename" and str(args[0]).endswith("bad.work"))', 2))
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    populator = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
+                                           SC_TEST_GO=str(go)))
+    try:
+        wait_for(paused.exists, what="the populator")
+        waiter = sc_start(*args)  # it asks while the population is under way: it waits
+        time.sleep(1.0)
+        paused.unlink()
+        go.touch()
+        wait_for(paused.exists, what="the populator's discard of its work")
+        populator.kill()
+        ((status, _, err),) = finish([waiter], timeout=60)
+    finally:
+        finish([populator])
+    assert status == 1 and "sha256 mismatch" in err, err
+    assert origin.stats("/bad.bin").gets == 1, "the waiter downloaded again what had just failed"
+
+
 def test_data_past_the_populators_size_is_not_past_a_waiters_larger_one(origin, base):
     """The populator's --size is its own: a waiter that asks for more (or sets none) populates
     for itself; one that asks for no more gets the populator's error."""

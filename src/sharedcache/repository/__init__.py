@@ -52,8 +52,9 @@ Acquire (``sc --use``, :func:`use`)
    the recipe (``work`` survives us for a takeover; it is private to its user, and opened once
    made or kept for the same recipe and used through that descriptor, whatever another member of
    a group cache puts at its name), commit it with a lease for the owner in the
-   same transaction, then remove the work directory and the status.  On failure write the error
-   record, discard the work directory and raise; unless the failure is this process's own (its
+   same transaction, then remove the status and the work directory.  On failure write the error
+   record, then discard the work directory (a process killed between them has told its waiters),
+   and raise; unless the failure is this process's own (its
    settings, its credentials, its limits), which the waiters, who have theirs, are not told: no
    record, and the work directory is kept for a takeover only after a limit.  Release the
    population lock.  A process killed here releases the lock with its death; a waiter takes over

@@ -334,15 +334,15 @@ class Population:
                 raise
             except SharedCacheError as e:
                 e.args = (f"repository {name!r}: {e}",)
-                cache.discard(self.work)
                 record = {"time": time.time(), "message": shown_to_others(str(e)), "error": type(e).__name__,
                           "identity": request.identity, "network": network_namespace()}
                 if isinstance(e, SizeLimitError) and request.limit is not None:
                     record["limit"] = request.limit  # our --size: a waiter asking for more takes over
-                try:
+                try:  # (before the discard: a populator killed between them has told its waiters)
                     write_record(self.error_path, record, cache.modes.file)
                 except OSError:
                     pass  # no room even for the record: the waiters try for themselves
+                cache.discard(self.work)
                 raise
             finally:
                 self._bar.close()
