@@ -14,6 +14,7 @@ query either, nor what a server wrote in an error answer (:func:`shown_to_others
 from __future__ import annotations
 
 import _thread
+import sys
 
 #: Quoted text longer than this many characters is shown by its two ends (a name in an archive may
 #: be 256 KiB long, and the message must stay a line a user can read).
@@ -252,6 +253,26 @@ class UsageError(SharedCacheError, ValueError):
     """The caller asked for something malformed: a bad recipe, option, name or size."""
 
     exit_status = 2
+
+
+def writes_as_utf8(text: str) -> bool:
+    """Whether this process writes ``text`` into a file name as its UTF-8 bytes, as every name
+    in a cache is written: it is ASCII, or Python's file-system encoding is UTF-8 (that of a
+    UTF-8 locale, of the C and POSIX locales, and of PYTHONUTF8=1).  Under another (a Latin-1
+    locale) the same name is other bytes on disk, another file to every other process."""
+    return text.isascii() or sys.getfilesystemencoding() == "utf-8"
+
+
+def not_utf8_here(what: str) -> UsageError:
+    """The refusal of ``what``, not ASCII, by a process that would not write it as UTF-8
+    (:func:`writes_as_utf8`)."""
+    return UsageError(f"{what} is not ASCII, and {why_not_utf8_here()}")
+
+
+def why_not_utf8_here() -> str:
+    """Why this process leaves alone the names not ASCII (:func:`writes_as_utf8`), and what to do."""
+    return (f"this locale writes file names in {sys.getfilesystemencoding()}, not in UTF-8 as a cache's names are: "
+            "run sc under a UTF-8 locale (such as LC_ALL=C.UTF-8) or with PYTHONUTF8=1")
 
 
 class SettingError(UsageError):

@@ -34,6 +34,26 @@ transaction that deletes the row, so a crash between the two steps is the only w
 without the other: a committed directory without its row is adopted (given its row back) by
 the next store of that name or by gc, and a row without its directory is dropped.
 
+Names
+-----
+An entry's name is text, written on disk (``objects/<name>``, and the files named after it above
+the engine) as its UTF-8 bytes, as the index and the commit marker hold it.  Python writes a name
+in its file-system encoding: UTF-8 in a UTF-8 locale, in the C and POSIX locales and with
+``PYTHONUTF8=1``, but Latin-1 (say) under a Latin-1 locale, where a name not ASCII would be other
+bytes, another directory to every other process.  Such a process is refused a name not ASCII
+(:func:`~sharedcache.engine.layout.check_name`), and leaves alone every name not ASCII that it
+finds on disk or in the index: it neither uses, adopts, removes nor evicts those entries, nor
+drops their rows (gc counts them, ``names_left_alone``), and listings leave them out.
+
+Garbage collection
+------------------
+gc reconciles ``objects/`` with the index (a directory without a row: adopted if its marker names
+it, else removed; a row without a directory: dropped), then deletes unused entries as a release
+does.  It never removes a directory whose entry lock a use holds or that holds a lease of a live
+owner, whatever its name and marker say: what it removes it removes as a delete does (below),
+under the entry's lock taken without waiting, after a look at the leases.  A directory whose
+marker names another name is still an entry to whoever committed it there.
+
 What a warm use changes (a lease, the keep flag, the time of last use) lives in the entry's
 directory, so that holding and loading an entry never open the index: that is what makes a use
 of a ready entry cost a few system calls.  The index's copies of the last use and the keep flag
@@ -261,6 +281,7 @@ from ..errors import (
     no_space_for,
     over_limit,
     raise_if_over_limit,
+    writes_as_utf8,
 )
 from ..lean import Record, scoped
 from ..modes import mkdir, taken
@@ -558,6 +579,8 @@ class GcReport(Record):
         self.entries_deleted = 0
         self.accounting_fixed = 0
         self.index_rebuilt = False
+        #: entry directories this process cannot judge (see "Names"): neither removed nor their rows dropped
+        self.names_left_alone = 0
 
 
 
@@ -1057,7 +1080,10 @@ class FsCache:
 
     def _in_use(self, name: str) -> bool:
         """Whether entry ``name`` is in use: locked by a reader or holder, or leased by a live
-        process (as :meth:`_retire` judges it, without retiring it)."""
+        process (as :meth:`_retire` judges it, without retiring it), or one this process cannot
+        judge (see "Names")."""
+        if not writes_as_utf8(name):
+            return True
         try:
             with self._entry(name) as entry:
                 fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
@@ -1424,6 +1450,8 @@ class FsCache:
         Returns whether it was removed.  The tree itself is deleted after the commit, by
         :meth:`_empty_trash`.
         """
+        if not writes_as_utf8(name):
+            return False  # its directory is at other bytes than this process would name (see "Names")
         if entry is None:
             try:
                 with self._entry(name) as opened:
@@ -1456,6 +1484,8 @@ class FsCache:
                     # Another member's, in a lower layer of an overlayfs: only that member may
                     # remove its files, in its sticky directory, in place (see "Delete").
                     return False
+            elif os.path.lexists(entry):  # neither lock nor marker (nor a directory): nothing a use holds
+                self._to_trash(OBJECTS, name, later=True)
             if counted:
                 db.forget(name)
             return True
@@ -1465,8 +1495,9 @@ class FsCache:
 
     @staticmethod
     def _deletion_lock(entry: str) -> int | None:
-        """A descriptor of the lock of the entry at ``entry``, to delete it; None if the directory
-        is gone (a crashed delete: only the row is left).  A damaged entry's lock (see
+        """A descriptor of the lock of the entry at ``entry``, to delete it; None if there is no
+        lock to take: the directory gone (a crashed delete: only the row is left), or neither
+        lock nor marker in it, nothing a use can hold.  A damaged entry's lock (see
         :func:`_damaged`), missing or a link, no use can take, nor does any go on with whatever
         else is there (:meth:`_shared`): the entry's directory, which nobody else locks, stands
         in for it."""
@@ -1752,8 +1783,11 @@ class FsCache:
 
     def _describe(self, row: Row, alive: dict[str, bool]) -> Entry | None:
         """An index row completed by what its entry's directory says now; None if the directory
-        is no entry now (one of a boot before, or gone with a crashed delete: gc drops the row)."""
+        is no entry now (one of a boot before, or gone with a crashed delete: gc drops the row),
+        or this process cannot name it (see "Names")."""
         name, size, created, last_used, keep, meta = row
+        if not writes_as_utf8(name):
+            return None
         if self.shared:
             try:
                 with self._entry(name) as entry:
@@ -1896,19 +1930,22 @@ class FsCache:
                 on_disk = set(os.listdir(objects))
             finally:
                 os.close(objects)
-            for name in on_disk - rows:
+            foreign = {name for name in on_disk | rows if not writes_as_utf8(name)}
+            report.names_left_alone = len(foreign & on_disk)  # (a row's name spelt another way on disk)
+            for name in on_disk - rows - foreign:
                 if self._adopt(db, name):
                     report.orphans_adopted += 1
                 elif self._another_kernel_s(name):
                     continue  # not ours to judge (see _another_kernel_s)
-                else:
-                    self._to_trash(OBJECTS, name, later=True)
+                elif self._remove_orphan(db, name):
                     report.orphans_removed += 1
-            for name in rows - on_disk:
+            for name in rows - on_disk - foreign:
                 db.forget(name)
                 report.rows_dropped += 1
             alive: dict[str, bool] = {}
             for name, keep in db.names_and_keep():
+                if name in foreign:
+                    continue
                 try:
                     with self._entry(name) as entry:
                         users, dead = scan_leases(entry, alive, self._boots)
@@ -1931,6 +1968,18 @@ class FsCache:
             self._restore_budget(db, budget)
         report.trash_removed = self._empty_trash(thorough=True)
         return report
+
+    def _remove_orphan(self, db: Index, name: str) -> bool:
+        """Within a transaction: move ``objects/<name>``, which no row accounts for and which is
+        no entry to adopt, into the trash, unless a use holds it (its lock, or a lease of a live
+        owner: a directory whose marker names another name is still used through that name by
+        whoever committed it); return whether it was."""
+        try:
+            with self._entry(name) as entry:
+                return self._retire(db, name, entry=entry)
+        except MissError:  # a link (a member's): nothing any use reaches through it
+            self._to_trash(OBJECTS, name, later=True)
+            return True
 
     def _remove_leftovers(self) -> int:
         """Remove what processes that ended left under temporary names (see

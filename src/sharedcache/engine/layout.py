@@ -23,7 +23,9 @@ FIFO or a directory, so:
 * a marker that names another format or another tool is refused; a damaged one (emptied,
   truncated, garbage, replaced by a directory) beside our layout is rewritten by a repairing
   open (``sc gc``);
-* a name of an entry is one path component of at most 200 bytes of UTF-8, not hidden.
+* a name of an entry is one path component of at most 200 bytes of UTF-8, not hidden, written
+  on disk as those bytes: a process whose locale would write other bytes for it (a name not
+  ASCII, under a Latin-1 locale) is refused it (:func:`~sharedcache.errors.writes_as_utf8`).
 
 Per-user directories in a shared base (:func:`user_directory`) follow the same rules, in the
 way of tmux and ssh-agent: ``<base>/.shared-cache-<uid>``, 0700, refused when it is not this
@@ -37,7 +39,7 @@ import errno
 import os
 import stat
 
-from ..errors import CacheError, UsageError, no_space_for, over_limit, unresolvable
+from ..errors import CacheError, UsageError, no_space_for, not_utf8_here, over_limit, unresolvable, writes_as_utf8
 from ..lean import scoped
 from ..modes import mkdir, taken
 from . import locks
@@ -128,6 +130,8 @@ def check_name(name: str) -> str:
             f"invalid entry name {name!r}: it must be one path component of at most "
             f"{MAX_NAME_BYTES} bytes of UTF-8, without '/' and not starting with '.'"
         )
+    if not writes_as_utf8(name):
+        raise not_utf8_here(f"entry name {name!r}")
     return name
 
 

@@ -199,8 +199,11 @@ def _query_shown_identity(words: str | Iterable[str]) -> str:
     normalized = normalize_words(words)
     identity = "\n".join(_identity_words(normalized))
     if not "".join(normalized).isascii():  # (the identity is made of the words)
-        from ..errors import UsageError
+        from ..errors import UsageError, not_utf8_here, writes_as_utf8
 
+        for word in normalized:
+            if not writes_as_utf8(word):  # (the same words, another identity, in another locale)
+                raise not_utf8_here(f"loader word {without_user_info(word)!r}")
         for line in identity.split("\n"):
             if not _utf8(line):
                 raise UsageError(f"loader word {without_user_info(line)!r} is not UTF-8 text")

@@ -24,8 +24,11 @@ from ..errors import (
     NoSpaceError,
     SharedCacheError,
     UsageError,
+    not_utf8_here,
     raise_if_over_limit,
+    why_not_utf8_here,
     without_user_info,
+    writes_as_utf8,
 )
 from ..lean import scoped
 from ..loaders.words import (
@@ -562,6 +565,10 @@ class Repositories:
                 self._skip(base, CacheError(READ_ONLY) if base.read_only() else e)
                 continue
             listed = True
+            left_out = sum(not writes_as_utf8(name) for name in cache.names())
+            if left_out:
+                self.reporter.warning(f"{base.path}: left out {left_out} repositories whose names are not ASCII: "
+                                      f"{why_not_utf8_here()}")
             for entry in entries:
                 rows.append(_row(entry.name, base, "ready", path=str(base.link(entry.name)), size=entry.size,
                                  users=list(entry.users), owners=list(entry.owners), keep=entry.keep,
@@ -601,6 +608,9 @@ class Repositories:
                 continue
             try:
                 report = vars(cache.gc())
+                if report["names_left_alone"]:
+                    self.reporter.warning(f"gc: {base.path}: left alone {report['names_left_alone']} repositories "
+                                          f"whose names are not ASCII: {why_not_utf8_here()}")
                 report["entries_deleted"] += self._delete_recipeless(cache)
                 base.use_cache(cache)
                 report["populations_cleaned"] = self._clean_populations(base, cache)
@@ -622,7 +632,7 @@ class Repositories:
         """Delete the unused repositories that lost the record of their recipe (its meta file):
         no recipe can be matched to them, so no use or release would ever come to them."""
         deleted = 0
-        for name in cache.names():
+        for name in filter(writes_as_utf8, cache.names()):  # (the others are left alone: see FsCache.gc)
             try:
                 if recipe_lost(cache.meta(name)):
                     cache.remove(name)
@@ -674,7 +684,9 @@ class Repositories:
             stem, dot, suffix = file.rpartition(".")
             # (A stem that starts with a dot is no repository's: the reservations lock, held by
             # populations in turn, which a removal would split in two.)
-            if dot and suffix in ("lock", "json", "error", "work") and not stem.startswith("."):
+            # (Nor is a stem this process would write as other bytes, whose files it leaves alone.)
+            if dot and suffix in ("lock", "json", "error", "work") and not stem.startswith(".") \
+                    and writes_as_utf8(stem):
                 names.add(stem)
         if RESERVATIONS_LOCK in files:  # a file, or planted: never unlinked, it is only cleared
             fd, removed = self._lock_file(base.population_file(RESERVATIONS_LOCK, ""), cache)
@@ -720,8 +732,8 @@ class Repositories:
         removed = 0
         present = base.cache().names()
         for link in os.scandir(base.links):
-            if link.name in present or link.name == PRIVATE_CACHE:
-                continue
+            if link.name in present or link.name == PRIVATE_CACHE or not writes_as_utf8(link.name):
+                continue  # (a name not ASCII, in a locale that would write it as other bytes: left alone)
             try:
                 check_name(link.name)
             except UsageError:
@@ -754,6 +766,8 @@ def check_repository_name(name: str) -> str:
     rule = "one path component of printable characters, not starting with '.'"
     if not (isinstance(name, str) and name.isprintable()):
         raise UsageError(f"invalid repository name {name!r}: it must be {rule}")
+    if not writes_as_utf8(name):
+        raise not_utf8_here(f"repository name {name!r}")
     try:
         check_name(name)
     except UsageError:
