@@ -177,6 +177,11 @@ another member's entry, in its sticky directory, only that member may remove: to
 such an entry is one that cannot be deleted now, as one in use is (eviction passes over it, and
 gc and a release leave it), until that member deletes it.
 
+An eviction deletes entries on behalf of another (the store that needs their room, the
+release or the budget that evicts down to it): what points to them from outside the cache is
+not the cache's to know, so the names it deleted are kept, per thread, for the caller to take
+(:meth:`FsCache.take_evicted`) and remove what it made point to them.
+
 Because the size recorded at commit is the size subtracted at deletion, the accounting cannot
 drift; gc recomputes it from the rows anyway.  Eviction walks the rows in the index's order of
 last use; before deleting a candidate it reads the candidate's lock time, and a candidate used
@@ -1570,9 +1575,27 @@ class FsCache:
                 after = (last_used, name)
                 if self._retire(db, name):
                     freed += size
+                    self._note_evicted(name)
                     if freed >= need:
                         break
         return freed
+
+    def _note_evicted(self, name: str) -> None:
+        """Count ``name`` among what :meth:`take_evicted` returns."""
+        try:
+            self._local.evicted.add(name)
+        except AttributeError:  # (this thread's first)
+            self._local.evicted = {name}
+
+    def take_evicted(self) -> set[str]:
+        """The names of the entries that this thread's evictions deleted since it last asked: to
+        make room for a store, down to a budget set (``max_size``) or restored by a release, by
+        :meth:`evict` or by :meth:`gc`.  For a caller that points to entries from outside the
+        cache (the links of repositories), which the eviction of one entry on behalf of another
+        leaves pointing to nothing."""
+        evicted: set[str] = getattr(self._local, "evicted", set())
+        self._local.evicted = set()
+        return evicted
 
     def _retire_other_boots(self, db: Index) -> int:
         """Within a transaction, once a boot: retire the rows of directories that are no entry in
@@ -1586,6 +1609,7 @@ class FsCache:
         for name, size in db.unkept():
             if not committed(os.path.join(self._objects, name)) and self._retire(db, name):
                 freed += size
+                self._note_evicted(name)
         db.set_swept_boot(boot)
         return freed
 

@@ -74,6 +74,13 @@ same transaction if no live use remains and it is not kept.  The link is then re
 population lock (checked as in step 2), so it never disappears under a population that is
 recreating it.
 
+An eviction deletes kept repositories on behalf of another: the store that needs their room
+(step 4), the budget that a use or a release gives, or that a release restores.  The engine
+names what it evicted (:meth:`~sharedcache.engine.fscache.FsCache.take_evicted`), and the use or
+release, at its end, succeeded or not, removes their links as a release removes its own.  Only
+this user's links are in reach: in a group cache, another member's link of a repository evicted
+by this user stays until that member's gc, or next use of the name, which makes it anew.
+
 gc removes what a population left behind (its status, the temporary files of its records, its
 work directory, an expired error record and then the lock file itself) only under that
 population lock, checked as in step 2: a lock taken on a file that another gc removed in the

@@ -181,7 +181,8 @@ class Base:
         return self._cache
 
     def use_cache(self, cache: FsCache) -> None:
-        """Work with ``cache`` (opened by the caller, for a repair) as this base's cache."""
+        """Work with ``cache``, opened by the caller (for a repair, or the use it holds), as this
+        base's cache."""
         self._cache, self._populate = cache, None
 
     @property
@@ -378,6 +379,22 @@ class Base:
                                  "one another name (-n NAME), or release that one first (sc --unuse)")
         raise SharedCacheError(f"{link} is a symlink to {current!r}, not to repository {name!r}; "
                                "refusing to follow it")
+
+    def drop_links_of_evicted(self) -> None:
+        """Remove this user's links of the repositories that this thread's evictions in this
+        base's cache deleted (:meth:`FsCache.take_evicted`): those of the store, budget or
+        release that evicted them on behalf of another repository.  Only this user's links are
+        in reach: in a group cache, another member's link of a repository evicted here stays
+        until that member's ``sc gc``, or next use of the name."""
+        if self._cache is None:
+            return  # (no cache opened here: nothing evicted)
+        for name in sorted(self._cache.take_evicted()):
+            try:
+                self.drop_link_if_unused(name)
+            except (OSError, SharedCacheError):
+                # (No room for its lock file, or one planted there.)  A link left behind is what
+                # gc removes: no cause to fail the command, whose own work is done.
+                continue
 
     def drop_link_if_unused(self, name: str) -> None:
         """Remove the link of a deleted repository, unless it is being populated again."""

@@ -225,8 +225,7 @@ class Repositories:
         try:
             return self._acquire(request, budget)
         finally:
-            for base in self.bases:
-                base.bound_waits(None)
+            self._finish()
 
     def _acquire(self, request: Request, budget: int | None) -> Held:
         """The steps of :meth:`acquire`, each wait in the caches bounded by the request's deadline."""
@@ -438,8 +437,15 @@ class Repositories:
         try:
             return self._release(words, owners, name, keep, budget)
         finally:
-            for base in self.bases:
-                base.bound_waits(None)
+            self._finish()
+
+    def _finish(self) -> None:
+        """The end of an acquire or a release, whether it succeeded or not: the links of what its
+        evictions deleted are removed, and waits in the caches are bounded by their own bound
+        again."""
+        for base in self.bases:
+            base.drop_links_of_evicted()
+            base.bound_waits(None)
 
     def _release(self, words: Sequence[str], owners: Sequence[Owner], name: str | None, keep: bool,
                  budget: int | None) -> bool:
@@ -505,8 +511,11 @@ class Repositories:
                 deleted = held.cache.release(held.name, owner, keep=keep)
             except (MissError, UsageError):
                 return  # none left: what the other release could not delete (its lock held), gc does
+        base = Base(held.base, self.group)
+        base.use_cache(held.cache)
         if deleted:
-            Base(held.base, self.group).drop_link_if_unused(held.name)
+            base.drop_link_if_unused(held.name)
+        base.drop_links_of_evicted()  # (what the release evicted to restore the budget)
 
     def locate(self, words: Sequence[str], *, name: str | None = None) -> str | None:
         name, base = self._find_named(words, name)
