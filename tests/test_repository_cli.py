@@ -479,6 +479,31 @@ def test_the_repositories_an_eviction_deletes_leave_no_link(evicting, dirs, tarb
         assert all((user_dir(dirs[0]) / name).exists() for name in left)
 
 
+def test_what_removes_a_deleted_repositorys_link_leaves_no_lock_file(dirs, tarball):
+    # The link's removal takes the repository's population lock, making its file if need be: a
+    # last release, an eviction's and gc's removal each left an empty populate/<name>.lock, which
+    # only the next gc removed (saying "nothing to do").
+    populate = control(dirs[0]) / "populate"
+    with Sleeper() as owner, Sleeper() as ended:
+        released = ["-d", str(dirs[0]), "--pid", str(owner.pid), "-n", "released", *recipe(tarball)]
+        assert sc("--use", *released).returncode == 0
+        assert sc("--unuse", *released).returncode == 0
+        assert sorted(os.listdir(populate)) == []
+        # Evicted by the budget of another's use, which keeps its own population's lock file.
+        evicted = ["-d", str(dirs[0]), "--pid", str(owner.pid), "--keep", "-n", "evicted", *recipe(tarball)]
+        assert sc("--use", *evicted).returncode == 0 and sc("--unuse", *evicted).returncode == 0
+        size = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)[0]["size"]
+        other = ["-d", str(dirs[0]), "--pid", str(ended.pid), "-n", "other", *recipe(tarball)]
+        assert sc("--use", "--max-size", str(size), *other).returncode == 0
+        assert sorted(os.listdir(populate)) == ["other.lock"]
+        assert not (user_dir(dirs[0]) / "evicted").is_symlink()
+        # gc deletes the repository whose user has ended, and its link.
+        ended.kill()
+        assert sc("gc", "-d", str(dirs[0])).returncode == 0
+        assert not (user_dir(dirs[0]) / "other").is_symlink()
+        assert sorted(os.listdir(populate)) == []
+
+
 def test_a_base_too_deep_for_the_index_is_refused_as_such(tarball, tmp_path):
     # The files of a cache opened by their paths (SQLite's, a staging directory's) failed past
     # PATH_MAX deep in a miss, as damage: "the index ... is unusable (...); run gc to rebuild it".

@@ -40,7 +40,8 @@ Acquire (``sc --use``, :func:`use`)
 2. In the chosen base, loop: try to hold (held: go to 5); take the population lock of ``<name>``
    without waiting; if another process has it, wait for it (saying whom we wait for and how far
    it has got), then loop.  After taking it, check that the lock file is still the one named
-   by its path (gc may remove lock files it holds), else loop.
+   by its path (gc, and the removal of a deleted repository's link, remove lock files they
+   hold), else loop.
 3. Holding the population lock, try to hold once more (the previous holder may have
    finished).  If instead a population failed after this use asked for the repository (at the
    start of step 2), its error record is newer than the asking: raise that error, so that one
@@ -72,19 +73,23 @@ Release (``sc --unuse``) drops one lease of the owner; a budget it gives (``--ma
 first, while that lease still spares the entry from eviction.  The engine deletes the entry in the
 same transaction if no live use remains and it is not kept.  The link is then removed under the
 population lock (checked as in step 2), so it never disappears under a population that is
-recreating it.
+recreating it; still holding it, the release removes the lock file too, unless a population's
+status, work directory or error record is there (gc cleans those under it, and an error record
+keeps its lock file, as gc keeps it).
 
 An eviction deletes kept repositories on behalf of another: the store that needs their room
 (step 4), the budget that a use or a release gives, or that a release restores.  The engine
 names what it evicted (:meth:`~sharedcache.engine.fscache.FsCache.take_evicted`), and the use or
-release, at its end, succeeded or not, removes their links as a release removes its own.  Only
-this user's links are in reach: in a group cache, another member's link of a repository evicted
-by this user stays until that member's gc, or next use of the name, which makes it anew.
+release, at its end, succeeded or not, removes their links (and lock files) as a release
+removes its own.  Only this user's links are in reach: in a group cache, another member's link
+of a repository evicted by this user stays until that member's gc, or next use of the name,
+which makes it anew.
 
 gc removes what a population left behind (its status, the temporary files of its records, its
 work directory, an expired error record and then the lock file itself) only under that
 population lock, checked as in step 2: a lock taken on a file that another gc removed in the
 meantime locks nothing, and the name's files may by then belong to a population holding the new
-lock file.  It deletes, once unused, a repository whose record of its recipe is lost (missing,
+lock file.  The links of deleted repositories it then removes as a release does, lock files
+included.  It deletes, once unused, a repository whose record of its recipe is lost (missing,
 empty, or NUL bytes): no use or release can name it any more.
 """

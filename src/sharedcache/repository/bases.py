@@ -397,7 +397,8 @@ class Base:
                 continue
 
     def drop_link_if_unused(self, name: str) -> None:
-        """Remove the link of a deleted repository, unless it is being populated again."""
+        """Remove the link of a deleted repository, unless it is being populated again; then its
+        population lock file, unless a population left a record there (see below)."""
         lock_path = self.population_file(name, ".lock")
         fd = locks.open_lock_file(lock_path, mode=self.cache().modes.file)
         try:
@@ -409,6 +410,13 @@ class Base:
                     os.unlink(self.link(name))
             except OSError:
                 pass  # no link, or not ours: nothing to remove
+            # The lock file, made by the population or just now to be locked, would stay behind
+            # until a gc.  It goes under its lock, checked, as gc removes it: whoever waits on
+            # it finds it unlinked and takes the new one.  Not while a population's status, work
+            # directory or error record is there: those are gc's to clean under it, and an error
+            # record keeps its lock as gc keeps it.
+            if not any(os.path.lexists(self.population_file(name, suffix)) for suffix in (".json", ".work", ".error")):
+                os.unlink(lock_path)
         finally:
             locks.close(fd)
 
