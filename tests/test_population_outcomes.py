@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from scutil import SRC, control, finish, pause_at, sc_env, sc_start, tarball_bytes, wait_for
+import pytest
+from scutil import SRC, control, finish, pause_at, sc, sc_env, sc_start, started_paused, tarball_bytes, wait_for
 
 
 def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str], **populator_options):  # type: ignore[no-untyped-def]
@@ -266,3 +267,88 @@ def test_a_worker_forked_by_another_thread_of_a_killed_populator_holds_none_of_i
                 os.kill(worker, 9)
             except ProcessLookupError:
                 pass
+
+
+#: Where a waiter is stopped: as it starts to wait for the population lock (it reads the
+#: population's status, to say whom it waits for), or as soon as it has found the population
+#: under way, among its candidate bases, before it comes to that lock.
+WAITER_PAUSES = {
+    "waiting": 'event == "open" and str(args[0]).endswith("/blob.json")',
+    "found": 'event == "import" and args[0] == "sharedcache.repository.population"',
+}
+
+
+def waiter_past_a_finished_population(origin, base, tmp_path, pause="waiting"):  # type: ignore[no-untyped-def]
+    """A job (``sc run ... -- true``) that populates a repository, and one that asks for it
+    while that population is under way; the second is stopped (at ``WAITER_PAUSES[pause]``)
+    until the first has committed, run its command and released its use, all before the
+    waiter saw the population lock free.  Return the waiter (stopped), the file that lets it go
+    on, and the recipe's arguments."""
+    payload = os.urandom(300_000)
+    url = origin.add("/blob.bin", payload)
+    (tmp_path / "expected").write_bytes(payload)
+    recipe = ["-d", str(base), "-n", "blob", f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    # The populator pauses as it makes its work directory (its status record is written): the
+    # waiter then comes to the population lock while it is held.
+    populator, populating, populate = started_paused(
+        tmp_path, "populator", 'event == "os.mkdir" and str(args[0]).endswith(".work")', "run", *recipe, "--", "true")
+    try:
+        wait_for(populating.exists, what="the populator")
+        waiter, waiting, wait = started_paused(
+            tmp_path, "waiter", WAITER_PAUSES[pause], "run", *recipe, "--", "sh", "-c", 'cmp -- "$SC_PATH/blob.bin" "$0"', str(tmp_path / "expected"))
+        try:
+            wait_for(waiting.exists, what="the waiter")
+            populate.touch()
+            ((status, _, err),) = finish([populator], timeout=60)
+            assert status == 0, err
+        except BaseException:
+            finish([waiter], timeout=0)
+            raise
+    finally:
+        finish([populator], timeout=0)
+    return waiter, wait, recipe
+
+
+@pytest.mark.parametrize("pause", list(WAITER_PAUSES))
+def test_a_waiter_gets_the_data_of_the_population_it_waited_for_though_its_job_released_it_first(
+        origin, base, tmp_path, pause):
+    """A population whose job ends at once (``sc run -- true``, a quick test) released the last
+    use before its waiter saw the population lock free: the release deleted the repository, and
+    the waiter found nothing and downloaded it again (8 jobs asking at once downloaded it up to
+    8 times).  The release leaves it for the waiter, whose own last release deletes it."""
+    waiter, wait, _ = waiter_past_a_finished_population(origin, base, tmp_path, pause)
+    try:
+        wait.touch()
+        ((status, _, err),) = finish([waiter], timeout=60)
+    finally:
+        finish([waiter], timeout=0)
+    assert status == 0, err
+    assert origin.stats("/blob.bin").gets == 1, "the waiter downloaded again"
+    assert not list((control(base) / "objects").iterdir()), "the waiter's last release did not delete it"
+    assert sc("gc", "-d", str(base)).returncode == 0
+    assert not list((control(base) / "populate").glob("blob.*")), "gc left the population's files"
+
+
+@pytest.mark.parametrize("then", ["gc", "use"])
+def test_a_repository_left_for_a_waiter_killed_meanwhile_is_deleted_by_gc_or_the_next_use(
+        origin, base, tmp_path, then):
+    """The repository that a release leaves unused for a waiter is not kept for good when that
+    waiter is killed before it holds it: gc deletes it, and so does the release of the next use
+    (which holds it, without downloading it again)."""
+    waiter, _, recipe = waiter_past_a_finished_population(origin, base, tmp_path)
+    try:
+        waiter.kill()
+        waiter.wait(10)
+    finally:
+        finish([waiter], timeout=0)
+    objects = control(base) / "objects"
+    assert [entry.name for entry in objects.iterdir()] == ["blob"], "not left for the waiter"
+    if then == "gc":
+        ran = sc("gc", "-d", str(base))
+    else:
+        ran = sc("run", *recipe, "--", "true")
+        assert origin.stats("/blob.bin").gets == 1
+    assert ran.returncode == 0, ran.stderr
+    assert not list(objects.iterdir()), f"{then} did not delete the repository nobody uses or waits for"
+    if then == "gc":
+        assert not (control(base) / "populate" / "blob.waiting").exists(), "gc left the killed waiter's file"

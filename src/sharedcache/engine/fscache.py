@@ -151,9 +151,10 @@ dead, which counts for nothing and is removed by a later hold or release, by a d
 Delete (eviction, ``remove``, release of the last use)
 ------------------------------------------------------
 Within an index transaction: take the entry's lock exclusively without waiting (busy: skip it);
-if a live owner holds a lease (or, for the release of a last use, ``keep`` exists): skip it;
-rename ``objects/<name>`` to ``trash/<id>``, delete the row, subtract the size it recorded,
-commit, release the lock; then delete ``trash/<id>``.  The rename is what removes the entry,
+if a live owner holds a lease (or, for the release of a last use and gc's deletion of an unused
+entry, ``keep`` exists, or the cache's ``awaited(name)`` says that processes are on their way to
+hold it): skip it; rename ``objects/<name>`` to ``trash/<id>``, delete the row, subtract the
+size it recorded, commit, release the lock; then delete ``trash/<id>``.  The rename is what removes the entry,
 atomically: a reader or holder either locked it before (and the delete skipped it) or finds it
 gone.  A crash before the commit leaves a row whose directory is gone: gc deletes it.  A crash
 after it leaves a tree in ``trash/``, which gc and the next store delete.
@@ -247,9 +248,13 @@ Release (``release(name)``) of a use that does not keep the entry:
    first found ends the look).  Most releases end here: every job but the last leaves the
    entry in use, which nobody deletes, so nothing needs the index.
 2. Otherwise (the last use, maybe) create the same lease file again, and in an index
-   transaction remove it and delete the entry (above) if no live lease remains and ``keep`` is
-   absent.  The lease given back makes the release whole or nothing: a transaction that fails
-   (an unusable index) leaves the use held.  So does a failure in step 1 after the removal.
+   transaction remove it and delete the entry (above) if no live lease remains, ``keep`` is
+   absent and nobody is on the way to hold it (``awaited``: the waiters for the population that
+   made it, who would otherwise find it gone and make it again).  An entry left so has no use:
+   the last release of those who come to hold it deletes it, or, if they die first, the
+   release of the next use, or gc.  The lease given back makes the release whole or nothing: a
+   transaction that fails (an unusable index) leaves the use held.  So does a failure in step 1
+   after the removal.
 
 Two releases at once never both leave the deletion to the other: each removes its lease
 before it looks, so whichever looks second finds neither lease, and goes on to step 2.  The
@@ -617,6 +622,11 @@ class FsCache:
     ``repair`` lets the opening rewrite a damaged format marker (emptied, truncated or replaced
     by a directory); :meth:`gc` repairs the rest.  ``FsCache(root, repair=True).gc()`` is what
     ``sc gc`` does.
+
+    ``awaited``, a function its user may set, says (``awaited(name)``) whether processes that
+    will hold entry ``name`` are on their way to it (the repositories' waiters for a
+    population): the release of its last use, and gc, leave such an entry, unused and not
+    kept, for them (see "Delete").
     """
 
     def __init__(
@@ -642,6 +652,8 @@ class FsCache:
             timeout = seconds("timeout", timeout)
         self.group = group
         self.repair = repair
+        #: See the class's docstring: set by the user of the cache.
+        self.awaited: Callable[[str], bool] | None = None
         self.durable = durable
         self.timeout = timeout
         self._objects = os.path.join(self.root, "objects")
@@ -1483,6 +1495,9 @@ class FsCache:
                     db.mark_kept(name)
                     reclaim_leases(entry, dead)
                     return False
+                if unless_kept and self.awaited is not None and self.awaited(name):
+                    reclaim_leases(entry, dead)
+                    return False
                 try:
                     self._to_trash(OBJECTS, name, later=True)
                 except PermissionError:
@@ -1932,9 +1947,9 @@ class FsCache:
         under temporary names (an hour old: see :func:`~sharedcache.engine.fsutil.remove_leftovers`);
         reconciles ``objects/`` with the index (adopts committed directories that lost their row,
         removes directories without a valid marker and rows without a directory); removes the
-        leases of dead processes; deletes unused entries not marked to keep, and unused entries
-        whose data or lock is gone (:func:`_damaged`); recomputes the accounted size; and evicts
-        down to the budget.
+        leases of dead processes; deletes unused entries not marked to keep (nor ``awaited``),
+        and unused entries whose data or lock is gone (:func:`_damaged`); recomputes the
+        accounted size; and evicts down to the budget.
         """
         check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
         report = GcReport()

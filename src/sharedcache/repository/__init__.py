@@ -20,6 +20,7 @@ Each user has a directory of their own in a base (see :mod:`~.bases` for the che
     <base>/.shared-cache-<uid>/<name>          symlink to .cache/objects/<name>/data: the path printed
     <base>/.shared-cache-<uid>/.cache/         the user's private FsCache (see sharedcache.engine)
     <cache>/populate/<name>.lock    held exclusively by the process populating <name>
+    <cache>/populate/<name>.waiting held shared by the uses waiting for (or making) <name>
     <cache>/populate/<name>.json    its status: pid (and its owner key), reserved size, bytes so far
     <cache>/populate/<name>.error   the last failed population: time and message
     <cache>/populate/<name>.work/<uid>/   private, kept across a takeover by the same user
@@ -34,12 +35,20 @@ Acquire (``sc --use``, :func:`use`)
    another recipe under that name is refused).  Held: go to 5.  Held nowhere: make the fetch
    policy, so that a bad setting (curl's proxy variables among them, for a recipe that
    downloads over HTTP) fails the use before anything is made in any cache.  A base where
-   ``<name>`` is being populated is chosen.  Otherwise the first base whose free space, less the
-   space reserved by the populations in progress there, is at least the requested size is
-   chosen.
-2. In the chosen base, loop: try to hold (held: go to 5); take the population lock of ``<name>``
-   without waiting; if another process has it, wait for it (saying whom we wait for and how far
-   it has got), then loop.  After taking it, check that the lock file is still the one named
+   ``<name>`` is being populated is chosen: looking for one, take ``<name>.waiting`` shared
+   first (as in step 2), and keep it where a population is found.  Otherwise the first base
+   whose free space, less the space reserved by the populations in progress there, is at least
+   the requested size is chosen.
+2. In the chosen base, take ``<name>.waiting`` shared (made with the lock files' guards and
+   modes; taken, check that its path still names it, else take it again: it is removed when
+   nobody holds it), and hold it until this use has its lease or fails; then remove it unless
+   another holds it (gc removes one that a killed waiter left).  It says that a use is
+   on its way to the repository: the release of the last use of the repository that a
+   population makes, which may come before its waiters see the population lock free, leaves it
+   for them (see Release), instead of deleting it under them (each then made it again).  Then
+   loop: try to hold (held: go to 5); take the population lock of ``<name>`` without waiting;
+   if another process has it, wait for it (saying whom we wait for and how far it has got),
+   then loop.  After taking it, check that the lock file is still the one named
    by its path (gc, and the removal of a deleted repository's link, remove lock files they
    hold), else loop.
 3. Holding the population lock, try to hold once more (the previous holder may have
@@ -71,11 +80,15 @@ Acquire (``sc --use``, :func:`use`)
 
 Release (``sc --unuse``) drops one lease of the owner; a budget it gives (``--max-size``) is set
 first, while that lease still spares the entry from eviction.  The engine deletes the entry in the
-same transaction if no live use remains and it is not kept.  The link is then removed under the
-population lock (checked as in step 2), so it never disappears under a population that is
-recreating it; still holding it, the release removes the lock file too, unless a population's
-status, work directory or error record is there (gc cleans those under it, and an error record
-keeps its lock file, as gc keeps it).
+same transaction if no live use remains, it is not kept, and nobody holds ``<name>.waiting``
+(the cache's ``awaited``, tried exclusively without waiting under the entry's lock: a waiter
+adds its lease under that lock before it lets the file go, so the look is final).  An entry left
+for its waiters is deleted by the last release of theirs; a waiter killed first lets the file go
+with its death, and the release of the next use, or gc, deletes it.  The link is then removed
+under the population lock (checked as in step 2), so it never disappears under a population
+that is recreating it; still holding it, the release removes the lock file too, unless a
+population's status, work directory or error record is there (gc cleans those under it, and an
+error record keeps its lock file, as gc keeps it).
 
 An eviction deletes kept repositories on behalf of another: the store that needs their room
 (step 4), the budget that a use or a release gives, or that a release restores.  The engine
@@ -85,11 +98,13 @@ removes its own.  Only this user's links are in reach: in a group cache, another
 of a repository evicted by this user stays until that member's gc, or next use of the name,
 which makes it anew.
 
-gc removes what a population left behind (its status, the temporary files of its records, its
-work directory, an expired error record and then the lock file itself) only under that
-population lock, checked as in step 2: a lock taken on a file that another gc removed in the
-meantime locks nothing, and the name's files may by then belong to a population holding the new
-lock file.  The links of deleted repositories it then removes as a release does, lock files
-included.  It deletes, once unused, a repository whose record of its recipe is lost (missing,
-empty, or NUL bytes): no use or release can name it any more.
+gc leaves an unused repository that is awaited as a release does, and removes a
+``<name>.waiting`` that nobody holds (a killed waiter's).  It removes what a population left
+behind (its status, the temporary files of its records, its work directory, an expired error
+record and then the lock file itself) only under that population lock, checked as in step 2: a
+lock taken on a file that another gc removed in the meantime locks nothing, and the name's
+files may by then belong to a population holding the new lock file.  The links of deleted
+repositories it then removes as a release does, lock files included.  It deletes, once unused,
+a repository whose record of its recipe is lost (missing, empty, or NUL bytes): no use or
+release can name it any more.
 """

@@ -28,10 +28,12 @@ space reserved by populations in progress, and the links.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from ..engine import locks
 from ..engine.fscache import FsCache
+from ..engine.fsutil import unlink_if_present
 from ..engine.layout import absolute_path, check_base, group_directory, user_directory, user_directory_name
 from ..errors import (
     QUOTED_CHARACTERS,
@@ -61,6 +63,9 @@ DEFAULT_DIRECTORIES = ("/tmp", "/var/tmp")
 #: The lock under which a population reserves its size, in the population files' directory (no
 #: repository's name starts with a dot, so no population's files are named so).
 RESERVATIONS_LOCK = ".reservations.lock"
+#: The suffix of the file whose shared lock says that a use waits for the population of its name
+#: (see :meth:`Base.await_population`).
+WAITING = ".waiting"
 #: The private cache's directory in a user's directory (hidden: no repository is named so).
 PRIVATE_CACHE = ".cache"
 # The caches this process has opened, kept so that a program calling use() in a loop opens each
@@ -141,6 +146,7 @@ class Base:
             self._target = f"../{os.path.basename(self.control)}/objects/"
         self._cache: FsCache | None = None
         self._populate: str | None = None
+        self._awaiting: tuple[int, str] | None = None  # the waiting file held, and its path (see await_population)
         #: The command's deadline (``--timeout``), which bounds every wait in the cache too.
         self.deadline: float | None = None
 
@@ -176,7 +182,7 @@ class Base:
             if self._cache is None or not os.path.isdir(os.path.join(self.control, "populate")):
                 check_base(self.path, self.group)
                 user_directory(self.path)
-                self._cache = _open_caches[key] = FsCache(self.control, group=self.group)
+                self._cache = _open_caches[key] = with_waiters(FsCache(self.control, group=self.group))
             self._cache.deadline = self.deadline  # (shared by the commands of this process)
         return self._cache
 
@@ -327,15 +333,51 @@ class Base:
 
     def populating(self, name: str) -> bool:
         """Whether some process holds the population lock of ``name`` now."""
+        return _locked(self.population_file(name, ".lock"), self.cache().modes.file)
+
+    def await_population(self, name: str) -> None:
+        """Say, until :meth:`stop_awaiting`, that this process waits for the population of
+        ``name`` and will hold what it makes: a shared lock on ``<name>.waiting``, beside the
+        population lock.  The release of the repository's last use leaves it, unused, while
+        such a lock is held, instead of deleting it before its waiters hold it (they made it
+        again, one after another).  The lock dies with its holder: a waiter killed leaves the
+        repository to the release of the next use, or gc.  Taken once (a second call keeps the
+        first); not taken where the file cannot be made (a full file system, whose room the
+        population lock's own making makes or says is lacking; a read-only one, where nothing
+        is populated)."""
+        if self._awaiting is not None:
+            return
+        path = self.population_file(name, WAITING)
+        while True:
+            try:
+                fd = locks.open_lock_file(path, mode=self.cache().modes.file)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                return
+            try:
+                # (Held exclusively only for an instant, by a release or gc that looks; a member
+                # of a group cache may hold it for longer: as long as any wait in the cache.)
+                locks.lock(fd, locks.SHARED, timeout=self.cache().wait_left,
+                           what=f"the waiters' file of repository {name!r} in {self.path}")
+                if locks.still_linked(fd, path):  # (removed when nobody holds it: see stop_awaiting)
+                    self._awaiting = fd, path
+                    return
+            except BaseException:
+                locks.release(fd)
+                raise
+            locks.release(fd)
+
+    def stop_awaiting(self) -> None:
+        """End what :meth:`await_population` said (nothing if it said nothing); the last waiter
+        removes the file, as gc does."""
+        if self._awaiting is None:
+            return
+        (fd, path), self._awaiting = self._awaiting, None
         try:
-            fd = locks.open_lock_file(self.population_file(name, ".lock"), create=False,
-                                      mode=self.cache().modes.file)
-        except (FileNotFoundError, SharedCacheError):
-            return False
-        try:
-            return not locks.try_lock(fd, locks.EXCLUSIVE)
+            unlink_unless_locked(fd, path)
         finally:
-            locks.close(fd)
+            locks.release(fd)
 
     # -- links -----------------------------------------------------------------------------------
 
@@ -419,6 +461,35 @@ class Base:
                 os.unlink(lock_path)
         finally:
             locks.close(fd)
+
+
+def _locked(path: str, mode: int) -> bool:
+    """Whether some process holds a lock on the population file ``path`` (of ``mode``) now."""
+    try:
+        fd = locks.open_lock_file(path, create=False, mode=mode)
+    except (FileNotFoundError, SharedCacheError):
+        return False
+    try:
+        return not locks.try_lock(fd, locks.EXCLUSIVE)
+    finally:
+        locks.close(fd)
+
+
+def unlink_unless_locked(fd: int, path: str) -> None:
+    """Remove the population file ``path``, open as ``fd``, unless another holds a lock on it.
+    Whoever locks it checks, once it holds it, that its path still names it (else it makes it
+    again): one removed meanwhile names nothing."""
+    if locks.try_lock(fd, locks.EXCLUSIVE) and locks.still_linked(fd, path):
+        unlink_if_present(path)
+
+
+def with_waiters(cache: FsCache) -> FsCache:
+    """``cache``, told which of its repositories uses wait for (its ``awaited``: the waiting
+    file of the name is held, see :meth:`Base.await_population`), so that the release of the
+    last use of one of them, and gc, leave it for them."""
+    cache.awaited = lambda name: _locked(os.path.join(cache.own_directory("populate"), name + WAITING),
+                                         cache.modes.file)
+    return cache
 
 
 def recipe_lost(identity: str | None) -> bool:

@@ -59,31 +59,37 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
     # A population that fails after this moment fails for this use too (step 3), whether this
     # use had to wait for it or found its lock just released: one that failed before is past.
     asked = time.time()
-    while True:
-        lease = base.try_hold(request, reporter)
-        if lease is not None:
-            return lease
-        try:
-            fd = locks.open_lock_file(lock_path, mode=base.cache().modes.file)
-        except OSError as e:  # (named by a descriptor's path: the line names the file system)
-            full = errors.no_space_for(f"repository {request.name!r}", e, base.path)
-            if full is None:
-                raise
-            if not base.make_room_for_a_file(full, reporter):
-                raise full from None
-            continue
-        try:
-            if not locks.try_lock(fd, locks.EXCLUSIVE):
-                _wait(base, request, fd, reporter)
-            if not locks.still_linked(fd, lock_path):
-                continue
+    # Before the population lock is looked at: a population found under way has not yet handed
+    # out what it makes, and what it makes stays until this use holds it.
+    base.await_population(request.name)
+    try:
+        while True:
             lease = base.try_hold(request, reporter)
             if lease is not None:
                 return lease
-            _raise_recorded_failure(base, request, asked)
-            return Population(base, request, reporter).run()
-        finally:
-            locks.release(fd)
+            try:
+                fd = locks.open_lock_file(lock_path, mode=base.cache().modes.file)
+            except OSError as e:  # (named by a descriptor's path: the line names the file system)
+                full = errors.no_space_for(f"repository {request.name!r}", e, base.path)
+                if full is None:
+                    raise
+                if not base.make_room_for_a_file(full, reporter):
+                    raise full from None
+                continue
+            try:
+                if not locks.try_lock(fd, locks.EXCLUSIVE):
+                    _wait(base, request, fd, reporter)
+                if not locks.still_linked(fd, lock_path):
+                    continue
+                lease = base.try_hold(request, reporter)
+                if lease is not None:
+                    return lease
+                _raise_recorded_failure(base, request, asked)
+                return Population(base, request, reporter).run()
+            finally:
+                locks.release(fd)
+    finally:
+        base.stop_awaiting()
 
 
 #: A population whose status record has not changed for this many seconds is reported as stuck.

@@ -42,7 +42,18 @@ from ..loaders.words import (
 )
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
-from .bases import PRIVATE_CACHE, RESERVATIONS_LOCK, Base, base_directories, conflict, group_id, recipe_lost
+from .bases import (
+    PRIVATE_CACHE,
+    RESERVATIONS_LOCK,
+    WAITING,
+    Base,
+    base_directories,
+    conflict,
+    group_id,
+    recipe_lost,
+    unlink_unless_locked,
+    with_waiters,
+)
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -355,11 +366,23 @@ class Repositories:
                 self._skip(base, CacheError(READ_ONLY))  # a use is a lease, written there
                 continue
             except MissError:
-                if populating is None and base.populating(name):
+                if populating is None and self._found_populating(base, name):
                     populating = base
                 continue
             return self._held(base, name, lease)
         return populating
+
+    @staticmethod
+    def _found_populating(base: Base, name: str) -> bool:
+        """Whether ``name`` is being populated in ``base``; if it is, this use waits for it from
+        now on (see :meth:`Base.await_population`), until :func:`hold_or_populate` has its lease
+        (or :meth:`acquire` ends): said before the population lock is looked at, so that what a
+        population found under way makes is not deleted before this use holds it."""
+        base.await_population(name)
+        if base.populating(name):
+            return True
+        base.stop_awaiting()
+        return False
 
     def _choose(self, request: Request) -> Base:
         """Step 1, continued: the first base with room for ``limit`` bytes.
@@ -441,11 +464,13 @@ class Repositories:
 
     def _finish(self) -> None:
         """The end of an acquire or a release, whether it succeeded or not: the links of what its
-        evictions deleted are removed, and waits in the caches are bounded by their own bound
-        again."""
+        evictions deleted are removed, waits in the caches are bounded by their own bound again,
+        and a wait for a population is over (an acquire may fail between finding a population
+        and waiting for it)."""
         for base in self.bases:
             base.drop_links_of_evicted()
             base.bound_waits(None)
+            base.stop_awaiting()
 
     def _release(self, words: Sequence[str], owners: Sequence[Owner], name: str | None, keep: bool,
                  budget: int | None) -> bool:
@@ -611,7 +636,7 @@ class Repositories:
                     raise CacheError(READ_ONLY)
                 check_base(base.path, base.group)
                 user_directory(base.path)
-                cache = FsCache(base.control, group=base.group, repair=True)
+                cache = with_waiters(FsCache(base.control, group=base.group, repair=True))
             except UNUSABLE as e:
                 self._skip(base, e)
                 continue
@@ -694,7 +719,7 @@ class Repositories:
             # (A stem that starts with a dot is no repository's: the reservations lock, held by
             # populations in turn, which a removal would split in two.)
             # (Nor is a stem this process would write as other bytes, whose files it leaves alone.)
-            if dot and suffix in ("lock", "json", "error", "work") and not stem.startswith(".") \
+            if dot and suffix in ("lock", "json", "error", "work", "waiting") and not stem.startswith(".") \
                     and writes_as_utf8(stem):
                 names.add(stem)
         if RESERVATIONS_LOCK in files:  # a file, or planted: never unlinked, it is only cleared
@@ -703,6 +728,8 @@ class Repositories:
             if fd is not None:
                 os.close(fd)
         for name in names:
+            if name + WAITING in files:
+                cleaned += self._remove_unawaited(base, name, cache)
             lock_path = base.population_file(name, ".lock")
             fd, removed = self._lock_file(lock_path, cache)
             cleaned += removed
@@ -734,6 +761,18 @@ class Repositories:
             finally:
                 locks.close(fd)
         return cleaned
+
+    def _remove_unawaited(self, base: Base, name: str, cache: FsCache) -> int:
+        """Remove the waiting file of ``name`` (see :meth:`Base.await_population`), a killed
+        waiter's, if nobody holds it; return 1 if what was there was planted (and removed), else 0."""
+        path = base.population_file(name, WAITING)
+        fd, removed = self._lock_file(path, cache)
+        if fd is not None:
+            try:
+                unlink_unless_locked(fd, path)
+            finally:
+                os.close(fd)
+        return removed
 
     def _clean_links(self, base: Base) -> int:
         """Remove the links of deleted repositories (run after the engine's gc, which has given
