@@ -326,6 +326,46 @@ def interpreter_for(uid: int, gid: int) -> tuple[str, dict[str, str]]:
     pytest.skip(f"no {version} that another user may run")
 
 
+#: Damage to an index that SQLite's quick_check finds sound, each made by damage_in_values.
+SOUND_LOOKING_DAMAGE = ["misplaced-total", "total-text", "total-missing", "size-text", "meta-not-utf8"]
+
+
+def damage_in_values(index: Path, how: str) -> None:
+    """Damage the index file ``index`` (no journal beside it, no connection open) as ``how`` says:
+    the rowid of the 'total' setting changed in the file, so that the table and its index
+    disagree (one byte), or values no write of the engine makes; ``PRAGMA quick_check`` still says
+    "ok" after each."""
+    import re
+    import sqlite3
+
+    if how == "misplaced-total":
+        data = bytearray(index.read_bytes())
+        # The table's record: its rowid (1), its header (3 bytes: the header's size, a text of 5
+        # bytes, an integer), 'total'.  The index's record of it has the rowid after the key.
+        found = [m.start() for m in re.finditer(rb"\x01\x03\x17[\x01-\x09]total", data)]
+        assert len(found) == 1, found
+        data[found[0]] = 0x36
+        index.write_bytes(bytes(data))
+    else:
+        statement = {
+            "total-text": "UPDATE settings SET value='abc' WHERE key='total'",
+            "total-missing": "DELETE FROM settings WHERE key='total'",
+            "size-text": "UPDATE entries SET size='big' WHERE rowid=(SELECT min(rowid) FROM entries)",
+            "meta-not-utf8": "UPDATE entries SET meta=CAST(X'74FF31' AS TEXT) WHERE rowid=(SELECT min(rowid) FROM entries)",
+        }[how]
+        db = sqlite3.connect(index, isolation_level=None)
+        try:
+            db.execute(statement)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.close()
+    db = sqlite3.connect(index)
+    try:
+        assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+
+
 def pending(path: Path) -> bool:
     """Whether some of the data of ``path`` waits in memory for its blocks (an extent that FIEMAP
     marks delayed-allocation): written and not yet flushed.  False where FIEMAP is not supported."""

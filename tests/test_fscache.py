@@ -25,7 +25,7 @@ from fscache_worker import Children, fill, loads, scan_usage, verify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from scutil import Sleeper, needs_delayed_allocation, pending
+from scutil import SOUND_LOOKING_DAMAGE, Sleeper, damage_in_values, needs_delayed_allocation, pending
 
 from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
 from sharedcache.errors import EntryTooLargeError
@@ -1068,6 +1068,54 @@ def test_corrupt_index_is_a_cache_error_and_gc_rebuilds_it(root: Path, how: str)
     put(cache, "after")
     assert cache.gc() == GcReport()  # a second gc finds nothing to do
     assert_clean(root)
+
+
+@pytest.mark.parametrize("how", SOUND_LOOKING_DAMAGE)
+def test_an_index_that_sqlite_s_quick_check_finds_sound_yet_is_damaged_is_rebuilt_by_gc(root: Path, how: str) -> None:
+    """Damage that PRAGMA quick_check does not see (a table and its index that disagree, values
+    of the wrong kind) failed every transaction, gc's too ("run gc to rebuild it"), or ended in a
+    ValueError, or failed listings while gc found nothing to do."""
+    sizes = _checkpointed_cache(root, 10)
+    damage_in_values(root / "index.sqlite", how)
+    cache = FsCache(root)
+    failures = []
+    for call in (lambda: cache.size, cache.entries):
+        try:
+            call()
+        except CacheError as e:
+            failures.append(str(e))
+    assert failures and all(re.fullmatch(r"the index of cache .* is unusable \(.*\); run gc to rebuild it", failure)
+                            for failure in failures), failures
+    cache.close()
+    report = FsCache(root).gc()
+    assert report.index_rebuilt, report
+    cache = FsCache(root)
+    assert {e.name: e.size for e in cache.entries()} == sizes
+    assert cache.size == fresh_scan(root)
+    put(cache, "after")
+    assert cache.gc() == GcReport()
+    assert_clean(root)
+
+
+def test_a_last_release_that_a_damaged_index_fails_leaves_the_entry_and_its_use(root: Path) -> None:
+    """The release moved the entry into the trash, then failed on the index and reported its
+    failure: the entry was gone, and so was its use."""
+    _checkpointed_cache(root, 3)
+    with Sleeper() as job:
+        owner = Owner.of(job.pid)
+        cache = FsCache(root)
+        with cache.store("used", keep=False, holder=owner) as path:
+            fill(path, "used", "n", [5000])
+        cache.close()
+        damage_in_values(root / "index.sqlite", "misplaced-total")
+        cache = FsCache(root)
+        with pytest.raises(CacheError, match="unusable"):
+            cache.release("used", owner)
+        assert "used" in cache and cache.users("used") == [job.pid]
+        assert os.listdir(root / "trash") == []
+        assert cache.gc().index_rebuilt
+        assert cache.release("used", owner) is True
+        assert "used" not in cache
 
 
 def test_process_recovers_once_another_process_rebuilt_the_index(root: Path, children: Children) -> None:

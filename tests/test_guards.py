@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, check_tree, control, make_tarball, mounted_tmpfs, sample_files, sc, sc_env, user_dir
+from scutil import SOUND_LOOKING_DAMAGE, Sleeper, check_tree, damage_in_values, control, make_tarball, mounted_tmpfs, sample_files, sc, sc_env, user_dir
 
 FILES = sample_files(n=6, size=10_000)
 
@@ -120,8 +120,10 @@ def test_what_is_planted_at_a_population_lock_is_refused_by_its_path_and_gc_remo
         check_tree(Path(used.stdout.strip()), FILES)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "directory"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "directory", "misplaced-total"])
 def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage):
+    """"misplaced-total": damage that SQLite's quick_check does not see; the failed release had
+    moved the repository into the trash, and gc failed with the line saying to run gc."""
     with Sleeper() as owner:
         args = ["-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words]
         assert sc("--use", *args).returncode == 0
@@ -132,6 +134,8 @@ def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage
             index.write_bytes(b"this is not a database" * 100)
         elif damage == "truncated":
             index.write_bytes(index.read_bytes()[:700])
+        elif damage in SOUND_LOOKING_DAMAGE:
+            damage_in_values(index, damage)
         else:
             index.unlink()
             index.mkdir()
@@ -145,6 +149,7 @@ def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage
         # What needs the index (the accounting of the last use's release) fails clearly, whole.
         broken = sc("--unuse", *args)
         assert broken.returncode == 1 and "gc" in one_line(broken.stderr)
+        assert os.listdir(control(base) / "trash") == [], "a failed release leaves the repository"
         gc = sc("gc", "-d", str(base))
         assert gc.returncode == 0, gc.stderr
         listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
@@ -153,6 +158,28 @@ def test_corrupt_index_gives_a_clear_error_and_gc_repairs_it(base, words, damage
         assert fixed.returncode == 0, fixed.stderr
         check_tree(Path(fixed.stdout.strip()), FILES)
         assert sc("--unuse", *args).returncode == 0
+
+
+@pytest.mark.parametrize("damage", ["total-text", "meta-not-utf8"])
+def test_values_damaged_in_the_index_give_a_clear_error_and_gc_repairs_them(base, words, damage):
+    """A 'total' that is no number ended a download with --max-size and gc in "internal error
+    (ValueError ...)"; a row's meta that is no UTF-8 failed `sc list` for good, gc finding nothing
+    to do."""
+    with Sleeper() as owner:
+        args = ["-d", str(base), "--pid", str(owner.pid), "--keep", *words]
+        assert sc("--use", "-n", "repo", *args).returncode == 0
+        assert sc("--unuse", "-n", "repo", *args).returncode == 0
+        damage_in_values(control(base) / "index.sqlite", damage)
+        failed = sc("--use", "-n", "other", "--max-size", "1GB", *args) if damage == "total-text" \
+            else sc("list", "-d", str(base))
+        assert failed.returncode == 1 and "unusable" in one_line(failed.stderr)
+        gc = sc("gc", "-d", str(base))
+        assert gc.returncode == 0 and "index rebuilt" in gc.stdout, (gc.stdout, gc.stderr)
+        used = sc("--use", "-n", "other", "--max-size", "1GB", *args)
+        assert used.returncode == 0, used.stderr
+        listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+        assert sorted(row["name"] for row in listed) == ["other", "repo"]
+        assert "nothing to do" in sc("gc", "-d", str(base)).stdout
 
 
 def test_foreign_cache_marker_is_refused_clearly(base, words):

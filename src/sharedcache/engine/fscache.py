@@ -153,10 +153,14 @@ Delete (eviction, ``remove``, release of the last use)
 Within an index transaction: take the entry's lock exclusively without waiting (busy: skip it);
 if a live owner holds a lease (or, for the release of a last use and gc's deletion of an unused
 entry, ``keep`` exists, or the cache's ``awaited(name)`` says that processes are on their way to
-hold it): skip it; rename ``objects/<name>`` to ``trash/<id>``, delete the row, subtract the
-size it recorded, commit, release the lock; then delete ``trash/<id>``.  The rename is what removes the entry,
-atomically: a reader or holder either locked it before (and the delete skipped it) or finds it
-gone.  A crash before the commit leaves a row whose directory is gone: gc deletes it.  A crash
+hold it): skip it; delete the row, subtract the size it recorded (a release then evicts down to
+the budget), rename ``objects/<name>`` to ``trash/<id>``, commit, release the lock; then delete
+``trash/<id>``.  The rename is what removes the entry, atomically: a reader or holder either
+locked it before (and the delete skipped it) or finds it gone.  It comes after the transaction's
+statements, which cannot be undone once it is done (the trash may be emptied at any moment): a
+statement that fails (an unusable index) leaves the entry where it was, and the rollback its
+row.  A crash before the commit (or a commit that fails) leaves a row whose directory is gone:
+gc deletes it.  A crash
 after it leaves a tree in ``trash/``, which gc and the next store delete.
 
 overlayfs (a container's ``/tmp``, often) refuses to rename a directory of a lower layer
@@ -253,8 +257,9 @@ Release (``release(name)``) of a use that does not keep the entry:
    made it, who would otherwise find it gone and make it again).  An entry left so has no use:
    the last release of those who come to hold it deletes it, or, if they die first, the
    release of the next use, or gc.  The lease given back makes the release whole or nothing: a
-   transaction that fails (an unusable index) leaves the use held.  So does a failure in step 1
-   after the removal.
+   transaction that fails (an unusable index) leaves the use held, its lease given back once
+   more if the transaction had removed it (the entry is still there: see "Delete").  So does a
+   failure in step 1 after the removal.
 
 Two releases at once never both leave the deletion to the other: each removes its lease
 before it looks, so whichever looks second finds neither lease, and goes on to step 2.  The
@@ -1400,16 +1405,26 @@ class FsCache:
             # Read before anything changes, so that an unusable index (or a damaged budget) fails
             # the release whole.
             kept, budget, counted = db.kept(name), self.max_size, db.has(name)
-            if given_back:
-                self._remove_lease(name, entry, owner, lease)
-            if keep:
-                self._mark_kept(entry)
-                db.mark_kept(name)
-            deleted = not keep and not kept and self._retire(db, name, unless_kept=True, entry=entry)
-            self._restore_budget(db, budget)
-            # (Kept, it may be what the budget evicted: the caller removes what points to it.  An
-            # entry without a row, until gc adopts it, is none the eviction walks, and stays.)
-            return deleted or (counted and not db.has(name))
+            removed = self._remove_lease(name, entry, owner, lease) if given_back else None
+            try:
+                if keep:
+                    self._mark_kept(entry)
+                    db.mark_kept(name)
+                if keep or kept:
+                    deleted = False
+                    self._restore_budget(db, budget)
+                else:
+                    # Restored once its row is gone (it counts against no budget), and before it
+                    # moves away: a statement of the eviction that fails leaves it in place.
+                    deleted = self._retire(db, name, unless_kept=True, entry=entry,
+                                           before_removal=lambda: self._restore_budget(db, budget))
+                # (Kept, it may be what the budget evicted: the caller removes what points to it.  An
+                # entry without a row, until gc adopts it, is none the eviction walks, and stays.)
+                return deleted or (counted and not db.has(name))
+            except BaseException:
+                if removed is not None:  # the release failed whole, its entry in place: the use stays held
+                    _give_back(entry, removed)
+                raise
 
     def _remove_lease(self, name: str, entry: str, owner: Owner | None, lease: str | None) -> str:
         """Remove ``lease`` (or a lease of ``owner``) from the entry at ``entry``; return it.
@@ -1459,59 +1474,82 @@ class FsCache:
                 raise BusyError(f"entry {name!r} in {self.root} is in use")
         self._empty_trash()
 
-    def _retire(self, db: Index, name: str, *, unless_kept: bool = False, entry: str | None = None) -> bool:
+    def _retire(self, db: Index, name: str, *, unless_kept: bool = False, entry: str | None = None,
+                before_removal: Callable[[], None] | None = None) -> bool:
         """Within a transaction: move entry ``name`` to the trash unless it is in use (locked,
         or leased by a live process) or, with ``unless_kept``, marked to keep.  ``entry``: the
-        caller's path of its directory (:meth:`_entry`), if it has one.
+        caller's path of its directory (:meth:`_entry`), if it has one.  ``before_removal``: the
+        caller's further statements, run once whatever the outcome, after the row is dropped and
+        before the directory moves.
 
         Returns whether it was removed.  The tree itself is deleted after the commit, by
         :meth:`_empty_trash`.
         """
+        then = before_removal or (lambda: None)
         if not writes_as_utf8(name):
+            then()
             return False  # its directory is at other bytes than this process would name (see "Names")
         if entry is None:
             try:
                 with self._entry(name) as opened:
-                    return self._retire(db, name, unless_kept=unless_kept, entry=opened)
+                    return self._retire(db, name, unless_kept=unless_kept, entry=opened, before_removal=then)
             except MissError:
                 # No directory (a crashed delete), or a link a group member put in its place:
                 # only the row is ours to drop (gc moves a link away).
                 if db.has(name):
                     db.forget(name)
+                then()
                 return True
         # The index is read before anything changes, so that an unusable one fails the
         # deletion whole.
-        counted = db.has(name)
+        row = db.row(name)
         fd = self._deletion_lock(entry)
         try:
+            if fd is not None and not self._unused(db, name, entry, fd, unless_kept=unless_kept):
+                then()
+                return False
+            # The index's statements first: one that fails leaves the entry where it was, and
+            # the transaction's rollback its row (a rename cannot be rolled back).
+            if row is not None:
+                db.forget(name)
+            then()
             if fd is not None:
-                if not self._lock_if_unused(fd):
-                    return False
-                live, dead = scan_leases(entry, boots=self._boots)
-                if live:
-                    reclaim_leases(entry, dead)
-                    return False
-                if unless_kept and os.path.exists(os.path.join(entry, "keep")):
-                    db.mark_kept(name)
-                    reclaim_leases(entry, dead)
-                    return False
-                if unless_kept and self.awaited is not None and self.awaited(name):
-                    reclaim_leases(entry, dead)
-                    return False
                 try:
                     self._to_trash(OBJECTS, name, later=True)
                 except PermissionError:
                     # Another member's, in a lower layer of an overlayfs: only that member may
-                    # remove its files, in its sticky directory, in place (see "Delete").
+                    # remove its files, in its sticky directory, in place (see "Delete").  It
+                    # stays, and so does its row.
+                    if row is not None:
+                        _, size, created, last_used, keep, meta = row
+                        db.add(name, size, created, last_used, bool(keep), meta)
                     return False
             elif os.path.lexists(entry):  # neither lock nor marker (nor a directory): nothing a use holds
                 self._to_trash(OBJECTS, name, later=True)
-            if counted:
-                db.forget(name)
             return True
         finally:
             if fd is not None:
                 locks.close(fd)
+
+    def _unused(self, db: Index, name: str, entry: str, fd: int, *, unless_kept: bool) -> bool:
+        """Within a transaction, for :meth:`_retire`: whether the entry at ``entry``, whose lock is
+        ``fd``, may be deleted, its lock taken exclusively if so.  The dead leases of one that may
+        not are reclaimed, and a kept one (``unless_kept``) is marked kept in its row; an awaited
+        one (``unless_kept`` too) is left for its waiters."""
+        if not self._lock_if_unused(fd):
+            return False
+        live, dead = scan_leases(entry, boots=self._boots)
+        if live:
+            reclaim_leases(entry, dead)
+            return False
+        if unless_kept and os.path.exists(os.path.join(entry, "keep")):
+            db.mark_kept(name)
+            reclaim_leases(entry, dead)
+            return False
+        if unless_kept and self.awaited is not None and self.awaited(name):
+            reclaim_leases(entry, dead)
+            return False
+        return True
 
     @staticmethod
     def _deletion_lock(entry: str) -> int | None:

@@ -82,11 +82,16 @@ from .fsutil import open_directory, unlink_if_present
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from typing import Any
 
 #: A row: name, size, created, last used, keep, meta.
 Row = tuple[str, int, float, float, int, "str | None"]
+#: What each column of a row holds, as read (a REAL column's integral values may read as ints).
+_KINDS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "size": int, "created": (float, int), "last_used": (float, int), "keep": int,
+    "meta": (str, type(None)),
+}
 
 #: Bytes kept allocated beside the index for its journal to grow into on a full file system.
 RESERVE = 256 * 1024
@@ -116,9 +121,9 @@ class Index(sqlite3.Connection):
     """A connection to the index whose failures are shared-cache errors.
 
     A damaged index raises :class:`CacheError` wherever SQLite notices it (including while rows
-    are fetched), and the connection is marked broken so that the next use opens the file again
-    (another process's gc may have rebuilt it); a lock held too long raises
-    :class:`WaitTimeoutError`.
+    are fetched) or a value read is not of its column's kind, and the connection is marked
+    broken so that the next use opens the file again (another process's gc may have rebuilt it);
+    a lock held too long raises :class:`WaitTimeoutError`.
     """
 
     root: str
@@ -155,22 +160,44 @@ class Index(sqlite3.Connection):
             return full
         if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN) and (limit := out_of_files_now()):
             return limit  # (not damage either: gc must not set the index aside)
-        self.broken = True
         unusable = _JournalUnopened if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY) else CacheError
-        return unusable(f"the index of cache {self.root} is unusable ({e}); run gc to rebuild it")
+        return self.damaged(str(e), unusable)
+
+    def damaged(self, why: str, kind: type[CacheError] = CacheError) -> CacheError:
+        """The error of an index found unusable for ``why``; the connection is marked broken."""
+        self.broken = True
+        return kind(f"the index of cache {self.root} is unusable ({why}); run gc to rebuild it")
+
+    def _typed(self, rows: Iterable[Any], columns: tuple[str, ...]) -> Iterator[Any]:
+        """``rows``, whose values are those of ``columns``, once each value is checked to be of
+        its column's kind: SQLite stores whatever a damaged record says (text where a size was,
+        bytes that are no UTF-8), and its checks (``PRAGMA integrity_check``) do not look at types."""
+        for row in rows:
+            for column, value in zip(columns, row, strict=True):
+                if not isinstance(value, _KINDS[column]):
+                    raise self.damaged(f"an entry's {column} is {value!r:.40}")
+            yield row
 
     # -- the queries: every statement the engine runs is one of these ------------------------
 
     def total(self) -> int:
         """The accounted size: the sum of the rows' sizes, kept up to date by every change."""
-        return int(self.execute("SELECT value FROM settings WHERE key='total'").fetchone()[0])
+        row = self.execute("SELECT value FROM settings WHERE key='total'").fetchone()
+        return self._number(None if row is None else row[0], "its accounted size")
 
     def set_total(self, total: int) -> None:
         self.execute("UPDATE settings SET value=? WHERE key='total'", (total,))
 
     def sum_of_sizes(self) -> int:
         """The accounted size recomputed from the rows."""
-        return int(self.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0])
+        # (A size that is no integer makes SQLite's sum a float.)
+        return self._number(self.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0],
+                            "the sum of its entries' sizes")
+
+    def _number(self, value: object, what: str) -> int:
+        if not isinstance(value, int):
+            raise self.damaged(f"{what} is {value!r:.40}")
+        return value
 
     def add(self, name: str, size: int, created: float, last_used: float, keep: bool,
             meta: str | None) -> None:
@@ -199,8 +226,7 @@ class Index(sqlite3.Connection):
 
     def unkept(self) -> list[tuple[str, int]]:
         """The rows not marked kept: (name, size)."""
-        rows: list[tuple[str, int]] = self.execute("SELECT name, size FROM entries WHERE keep=0").fetchall()
-        return rows
+        return list(self._typed(self.execute("SELECT name, size FROM entries WHERE keep=0"), ("name", "size")))
 
     def swept_boot(self) -> str | None:
         """The boot in which an eviction last retired the entries of the boots before (see
@@ -217,38 +243,42 @@ class Index(sqlite3.Connection):
     def eviction_batch(self, after: tuple[float, str], count: int = 256) -> list[tuple[float, str, int]]:
         """The next ``count`` rows in the order of eviction (last use, then name) after
         ``after``: (last used, name, size)."""
-        batch: list[tuple[float, str, int]] = self.execute(
-            "SELECT last_used, name, size FROM entries WHERE (last_used, name) > (?, ?) "
-            "ORDER BY last_used, name LIMIT ?", (*after, count),
-        ).fetchall()
-        return batch
+        rows = self.execute("SELECT last_used, name, size FROM entries WHERE (last_used, name) > (?, ?) "
+                            "ORDER BY last_used, name LIMIT ?", (*after, count))
+        return list(self._typed(rows, ("last_used", "name", "size")))
 
     def sizes_by_last_use(self) -> Iterator[tuple[str, int]]:
         """(name, size) of every row, least recently used first, read as they are asked for."""
-        rows: Iterator[tuple[str, int]] = self.execute("SELECT name, size FROM entries ORDER BY last_used, name")
-        return rows
+        return self._typed(self.execute("SELECT name, size FROM entries ORDER BY last_used, name"), ("name", "size"))
 
-    _ROW = "SELECT name, size, created, last_used, keep, meta FROM entries"
+    _ROW = ("name", "size", "created", "last_used", "keep", "meta")
+    _SELECT_ROW = f"SELECT {', '.join(_ROW)} FROM entries"
 
     def rows(self) -> list[Row]:
         """Every row, by name: (name, size, created, last used, keep, meta)."""
-        rows: list[Row] = self.execute(self._ROW + " ORDER BY name").fetchall()
-        return rows
+        return list(self._typed(self.execute(self._SELECT_ROW + " ORDER BY name"), self._ROW))
 
     def row(self, name: str) -> Row | None:
-        row: Row | None = self.execute(self._ROW + " WHERE name=?", (name,)).fetchone()
-        return row
+        return next(self._typed(self.execute(self._SELECT_ROW + " WHERE name=?", (name,)), self._ROW), None)
 
     def names(self) -> set[str]:
-        return {name for (name,) in self.execute("SELECT name FROM entries")}
+        return {name for (name,) in self._typed(self.execute("SELECT name FROM entries"), ("name",))}
 
     def names_and_keep(self) -> list[tuple[str, int]]:
-        rows: list[tuple[str, int]] = self.execute("SELECT name, keep FROM entries").fetchall()
-        return rows
+        return list(self._typed(self.execute("SELECT name, keep FROM entries"), ("name", "keep")))
 
     def intact(self) -> bool:
-        """Whether SQLite finds the database sound (``PRAGMA quick_check``)."""
-        return bool(self.execute("PRAGMA quick_check").fetchone()[0] == "ok")
+        """Whether the index can be used as it is: SQLite finds the database sound (``PRAGMA
+        integrity_check``, which also finds an index of a table that disagrees with the table,
+        as ``quick_check`` does not), and every value the queries read is of its kind."""
+        if self.execute("PRAGMA integrity_check(1)").fetchone()[0] != "ok":
+            return False
+        try:
+            self.total()
+            self.rows()
+        except CacheError:
+            return False
+        return True
 
     @scoped
     def transaction(self) -> Iterator[Index]:
