@@ -509,12 +509,37 @@ def test_a_damaged_budget_is_a_clear_error_until_it_is_set_again(root: Path, pla
     else:
         budget.write_bytes(b"12 KiB")
     with pytest.raises(CacheError, match="set it again"):
-        cache.gc()
+        cache.max_size  # noqa: B018 - the read is what is tested
     for value in (10 * one, None):
         cache.max_size = value
         assert cache.max_size == value
         cache.gc()
     assert os.listdir(root / "trash") == []
+
+
+@pytest.mark.parametrize("plant", ["directory", "garbage"])
+def test_a_damaged_budget_fails_no_store_that_may_exceed_it_and_gc_removes_it(root: Path, plant: str) -> None:
+    """A damaged budget failed a store that may exceed the budget (a repository's, for data a
+    job needs now) after the whole of its filling, and gc, for good."""
+    cache = FsCache(root)
+    put(cache, "a")
+    budget = root / "budget"
+    if plant == "directory":
+        budget.mkdir()
+        (budget / "inside").write_text("x")
+    else:
+        budget.write_bytes(b"1O00000")
+    with pytest.raises(CacheError, match="set it again"):
+        put(cache, "strict")  # (one that must keep the budget cannot know it)
+    with cache.store("loose", strict_budget=False) as path:
+        fill(path, "loose", "n", [3000])
+    assert loads(cache, "loose")
+    report = cache.gc()
+    assert report.damaged_budget_removed, report
+    assert not os.path.lexists(budget) and cache.max_size is None
+    assert cache.gc() == GcReport()
+    put(cache, "strict")
+    assert_clean(root)
 
 
 def test_an_entry_whose_lock_was_replaced_is_kept_while_used_even_without_its_row(root: Path) -> None:

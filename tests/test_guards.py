@@ -182,6 +182,26 @@ def test_values_damaged_in_the_index_give_a_clear_error_and_gc_repairs_them(base
         assert "nothing to do" in sc("gc", "-d", str(base)).stdout
 
 
+def test_a_damaged_budget_fails_no_download_and_gc_removes_it(base, words):
+    """A garbled budget failed a plain new use (no --keep, no --max-size) once its download and
+    unpack were done, recording the failure for its waiters, and gc failed with the same line."""
+    with Sleeper() as owner:
+        args = ["-d", str(base), "--pid", str(owner.pid), *words]
+        assert sc("--use", "-n", "kept", "--keep", "--max-size", "1MB", *args).returncode == 0
+        budget = control(base) / "budget"
+        budget.write_bytes(b"1O00000")
+        used = sc("--use", "-n", "new", *args)
+        assert used.returncode == 0, used.stderr
+        assert "damaged" in one_line(used.stderr) and "'new' is committed without a budget" in used.stderr
+        check_tree(Path(used.stdout.strip()), FILES)
+        gc = sc("gc", "-d", str(base))
+        assert gc.returncode == 0 and "damaged budget removed" in gc.stdout, (gc.stdout, gc.stderr)
+        assert not os.path.lexists(budget)
+        assert sc("gc", "-d", str(base)).stdout.endswith("nothing to do\n")
+        listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+        assert sorted((row["name"], row["state"]) for row in listed) == [("kept", "ready"), ("new", "ready")]
+
+
 def test_foreign_cache_marker_is_refused_clearly(base, words):
     user_dir(base).mkdir(mode=0o700)
     control(base).mkdir(mode=0o700)

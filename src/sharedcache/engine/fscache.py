@@ -580,6 +580,10 @@ class Staging:
         self.id, self.path, self.fd = stage_id, path, fd
 
 
+class _DamagedBudget(CacheError):
+    """The budget's file holds no number, or is no file: what gc removes."""
+
+
 class GcReport(Record):
     """What :meth:`FsCache.gc` cleaned and repaired."""
 
@@ -596,6 +600,7 @@ class GcReport(Record):
         self.index_rebuilt = False
         #: entry directories this process cannot judge (see "Names"): neither removed nor their rows dropped
         self.names_left_alone = 0
+        self.damaged_budget_removed = False
 
 
 
@@ -803,9 +808,9 @@ class FsCache:
         try:
             return int(text)
         except ValueError:
-            raise CacheError(
+            raise _DamagedBudget(
                 f"the budget {self._budget} of cache {self.root} is damaged ({text[:20]!r}); "
-                "set it again (max_size, or sc --max-size)"
+                "set it again (max_size, or sc --max-size), or run gc to remove it"
             ) from None
 
     @max_size.setter
@@ -950,7 +955,8 @@ class FsCache:
         store with ``strict_budget`` is refused (:class:`NoSpaceError`, or
         :class:`EntryTooLargeError` for an entry larger than the whole budget), and evicts
         nothing (unless an entry was used between the count and the eviction); without it the
-        entry is committed anyway, and the budget is restored by eviction as soon as entries
+        entry is committed anyway (a budget that cannot be read taken for none: gc removes a
+        damaged one), and the budget is restored by eviction as soon as entries
         in use are released.  (Repositories use the latter: a budget for kept data must never
         fail a job that needs data now.)
 
@@ -1069,7 +1075,12 @@ class FsCache:
         rolled back), so the caller commits the transaction either way.  With ``strict`` (the
         store is refused if they do not fit) nothing is evicted unless enough is unused: a store
         that is refused all the same would have lost those entries for nothing."""
-        budget = self.max_size
+        try:
+            budget = self.max_size
+        except CacheError:  # damaged, or unreadable
+            if strict:
+                raise
+            budget = None  # (what may exceed the budget is data needed now: see store)
         if budget is None:
             return True
         if size > budget and strict:
@@ -2001,7 +2012,8 @@ class FsCache:
         report.leftovers_removed = self._remove_leftovers()
         report.stages_removed = self._sweep()
         with self._transaction() as db:
-            rows, budget = db.names(), self.max_size  # (before anything changes, as a release reads them)
+            # (Before anything changes, as a release reads them.)
+            rows, budget = db.names(), self._budget_repaired(report)
             objects = self._open_own(OBJECTS)
             try:
                 on_disk = set(os.listdir(objects))
@@ -2057,6 +2069,17 @@ class FsCache:
         except MissError:  # a link (a member's): nothing any use reaches through it
             self._to_trash(OBJECTS, name, later=True)
             return True
+
+    def _budget_repaired(self, report: GcReport) -> int | None:
+        """Within gc's transaction: the budget; a damaged one (:class:`_DamagedBudget`) is moved
+        into the trash, which leaves the cache unlimited until a budget is set again (under the
+        index's write lock, as gc holds it: none is set meanwhile)."""
+        try:
+            return self.max_size
+        except _DamagedBudget:
+            self._to_trash(".", BUDGET)
+            report.damaged_budget_removed = True
+            return None
 
     def _remove_leftovers(self) -> int:
         """Remove what processes that ended left under temporary names (see

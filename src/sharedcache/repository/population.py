@@ -405,6 +405,10 @@ class Population:
         request = self.request
         cache = self.base.cache()
         self._seal = cache.seal()
+        try:
+            cache.max_size  # noqa: B018 - read to say now that a damaged one is taken for none
+        except CacheError as e:
+            self.reporter.warning(f"{e}; {request.name!r} is committed without a budget")
         started = time.monotonic()
         try:
             with cache.store(request.name, meta=request.identity, keep=request.keep,
