@@ -9,6 +9,7 @@ and every command returns within its bound.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import json
@@ -433,6 +434,11 @@ elif kind == "fifo":
 elif kind == "file":
     with open(full, "w") as f:
         f.write("planted")
+elif kind == "unreadable file":  # (a member's umask 077)
+    os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+elif kind == "directory of hers":  # which only she may move to another directory, or write in
+    os.mkdir(full, 0o755)
+    open(os.path.join(full, "hers"), "w").close()
 else:
     os.mkdir(full, 0o777)
 """
@@ -447,6 +453,23 @@ def plant_after_a_use(python: tuple[str, dict[str, str]], users: Users, base: Pa
     assert run_as(python, users.victim, "--unuse", *args, groups=(users.gid,)).returncode == 0
     root = base / f".shared-cache-g{users.gid}"
     done(code_as(python, users.member, PLANT, str(root), path, kind, str(home), groups=(users.gid,)))
+
+
+@contextlib.contextmanager
+def planted(shared: Path, users: Users, python: tuple[str, dict[str, str]], recipe: list[str], home: Path,
+            path: str, kind: str) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """A group cache in a fresh base where the member planted a ``kind`` at ``path`` after the
+    victim's kept repository 'repo' (:func:`plant_after_a_use`): the base, the option naming the
+    group, and the words a use adds after its name (for a live owner).  The victim's home must
+    be unchanged at the end."""
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    before = snapshot(home)
+    with Sleeper() as job:
+        rest = ["-d", str(base), "--pid", str(job.pid), *recipe]
+        plant_after_a_use(python, users, base, [*group, "-n", "repo", *rest], path, kind, home)
+        yield base, group, rest
+    assert snapshot(home) == before
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "file", "directory"])
@@ -485,12 +508,7 @@ def test_a_member_s_file_beside_the_index_of_a_group_cache_is_refused_then_set_a
     # SQLite opens its journals, beside the index, for writing and without O_NONBLOCK: a FIFO
     # there hung every command that opened the index, SIGTERM and --timeout included, and a
     # directory or a file the victim may not write made every write fail, gc's repair too.
-    base = tmp_like(shared / "tmp")
-    group = ["--group", str(users.gid)]
-    before = snapshot(home)
-    with Sleeper() as job:
-        rest = ["-d", str(base), "--pid", str(job.pid), *recipe]
-        plant_after_a_use(python, users, base, [*group, "-n", "repo", *rest], f"index.sqlite{suffix}", kind, home)
+    with planted(shared, users, python, recipe, home, f"index.sqlite{suffix}", kind) as (base, group, rest):
         other = [*group, "-n", "other", *rest]
         refused = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
         assert refused.returncode in (0, 1) and len(clean_lines(refused)) <= 1, refused.stderr
@@ -499,7 +517,32 @@ def test_a_member_s_file_beside_the_index_of_a_group_cache_is_refused_then_set_a
         again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
         assert again.returncode == 0, again.stderr
         check_tree(Path(again.stdout.strip()), FILES)
-    assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("kind", ["unreadable file", "directory of hers"])
+@pytest.mark.parametrize("path", ["stage.lock"])
+def test_what_a_member_plants_that_another_cannot_open_or_move_is_refused_clearly_then_put_away_by_gc(
+    shared, users, python, recipe, home, path, kind
+):
+    # A file of hers made under umask 077, or a directory of hers, at a name every population
+    # needs: each use failed with a bare "Permission denied", and gc with it, repairing nothing.
+    with planted(shared, users, python, recipe, home, path, kind) as (base, group, rest):
+        other = [*group, "-n", "other", "--size", "1MB", *rest]
+        with Sleeper() as early:  # (its use, if one is given, ends with it: gc deletes the entry)
+            refused = run_as(python, users.victim, "--use", *other, "--pid", str(early.pid), groups=(users.gid,))
+        lines = clean_lines(refused)
+        assert refused.returncode == 0 or len(lines) == 1, refused.stderr
+        for line in lines:
+            assert "/proc/self/fd" not in line and "ermission denied" not in line, line
+            assert f".shared-cache-g{users.gid}/{path}" in line, line
+        gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+        assert gc.returncode == 0 and not clean_lines(gc), gc.stderr
+        again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert again.returncode == 0, again.stderr
+        check_tree(Path(again.stdout.strip()), FILES)
+        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
+        assert released.returncode == 0 and not clean_lines(released), released.stderr
+        assert not (base / f".shared-cache-g{users.gid}" / "objects" / "other").exists()  # the last use's release
 
 
 # Swaps each of PATHS for a symlink to TARGET and back, in a loop, for SECONDS.

@@ -320,6 +320,7 @@ from .fsutil import (
     write_atomic,
 )
 from .layout import (
+    ASIDE,
     OBJECTS,
     STAGE,
     TRASH,
@@ -331,6 +332,7 @@ from .layout import (
     make_subdirectory,
     making,
     open_cache,
+    set_aside,
 )
 from .leases import (
     Boots,
@@ -370,8 +372,6 @@ INDEX = "index.sqlite"
 BUDGET = "budget"
 #: The files SQLite keeps beside the index (its journals), by the suffix of their names.
 _INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
-#: The beginning of the name of what gc set aside in the cache's directory, not in the trash.
-_ASIDE = ".aside-"
 #: The commit marker of an entry flushed to disk before its commit.
 MARKER = "entry.json"
 
@@ -1931,19 +1931,34 @@ class FsCache:
     # -- garbage collection ----------------------------------------------------------------------
 
     def _stage_guard(self) -> int:
-        """Open ``stage.lock``; a repairing open (gc) moves anything but a file found there
-        into the trash and makes a new one."""
+        """Open ``stage.lock``; a repairing open (gc) puts anything found there but a file it may
+        read out of the way (:meth:`put_away`) and makes a new one."""
         root = self._open_own(".")
+        guard = f"/proc/self/fd/{root}/stage.lock"  # (named so: a refusal names the cache)
         try:
             try:
-                return locks.open_lock_file("stage.lock", mode=self.modes.file, dir_fd=root)
+                return locks.open_lock_file(guard, mode=self.modes.file)
             except CacheError:
                 if not self.repair:
                     raise
-                self._to_trash(".", "stage.lock")
-                return locks.open_lock_file("stage.lock", mode=self.modes.file, dir_fd=root)
+                self.put_away(root, "stage.lock")
+                return locks.open_lock_file(guard, mode=self.modes.file)
         finally:
             os.close(root)
+
+    def put_away(self, directory: int, name: str) -> None:
+        """Move what is at ``name``, in this cache's directory open as ``directory``, into the
+        trash; what cannot go there (another member's directory, or anything while the trash is
+        not the cache's own) is renamed aside where it is (:func:`~.layout.set_aside`), and its
+        owner's next gc moves it into the trash (:meth:`trash_what_was_set_aside`).  For what a
+        member planted at a name the cache needs: the name is free either way."""
+        trash = self._open_own(TRASH)
+        try:
+            _move_to_trash(directory, name, trash)
+        except PermissionError:
+            set_aside(directory, name)
+        finally:
+            os.close(trash)
 
     def _sweep(self) -> int:
         """Remove the staging directories of dead processes, if nobody is creating one now.
@@ -2008,7 +2023,7 @@ class FsCache:
         except CacheError:
             self._set_index_aside()
             report.index_rebuilt = True
-        self._trash_what_was_set_aside()
+        self.trash_what_was_set_aside()
         report.leftovers_removed = self._remove_leftovers()
         report.stages_removed = self._sweep()
         with self._transaction() as db:
@@ -2100,33 +2115,30 @@ class FsCache:
         """Move an unusable index, and the files beside it, into the trash; the next connection
         creates a new one, and gc then adopts every committed entry from its directory.
 
-        A directory that another member of a group cache made at one of those names cannot move
-        to another directory (only its owner may rewrite its ``..``): it is renamed aside in the
-        cache's own directory (:data:`_ASIDE`), which frees the name, and its owner's next gc
-        moves it into the trash (:meth:`_trash_what_was_set_aside`)."""
+        What another member of a group cache made at one of those names and cannot move there
+        is renamed aside (:meth:`put_away`)."""
         self._local.db = None
         root = self._open_own(".")
         try:
             for name in (INDEX + suffix for suffix in ("", *_INDEX_SIDE_FILES)):
                 try:
-                    self._to_trash(".", name)
+                    self.put_away(root, name)
                 except FileNotFoundError:
                     pass
-                except PermissionError:
-                    os.rename(name, _ASIDE + unique_name(), src_dir_fd=root, dst_dir_fd=root)
         finally:
             os.close(root)
 
-    def _trash_what_was_set_aside(self) -> None:
-        """Move into the trash what :meth:`_set_index_aside` renamed aside, where this user may."""
-        root = self._open_own(".")
+    def trash_what_was_set_aside(self, sub: str = ".") -> None:
+        """Move into the trash what :meth:`put_away` renamed aside in this cache's directory
+        ``sub``, where this user may."""
+        directory = self._open_own(sub)
         try:
-            names = [name for name in os.listdir(root) if name.startswith(_ASIDE)]
+            names = [name for name in os.listdir(directory) if name.startswith(ASIDE)]
         finally:
-            os.close(root)
+            os.close(directory)
         for name in names:
             try:
-                self._to_trash(".", name)
+                self._to_trash(sub, name)
             except (FileNotFoundError, PermissionError):
                 pass  # moved by another gc meanwhile, or another member's
 

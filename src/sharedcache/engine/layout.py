@@ -69,6 +69,17 @@ _OLD_FORMATS = {b"shared-cache fscache 1\n": "shared-cache 0.1"}
 MAX_NAME_BYTES = 200
 #: The subdirectories of a cache (see the layout in sharedcache.engine.fscache).
 OBJECTS, STAGE, TRASH = "objects", "stage", "trash"
+#: The beginning of the name of what was set aside in its own directory, not in the trash.
+ASIDE = ".aside-"
+
+
+def set_aside(directory: int, name: str) -> None:
+    """Rename ``name`` aside (:data:`ASIDE`) within the directory open as ``directory``, which
+    frees the name.  A directory that another member of a group cache made cannot move to
+    another directory (only its owner may rewrite its ``..``), nor can anything move into a
+    trash that is not the cache's own; a rename within their directory is what any member may
+    do with them."""
+    os.rename(name, ASIDE + unique_name(), src_dir_fd=directory, dst_dir_fd=directory)
 
 
 class Modes:

@@ -55,8 +55,8 @@ def open_lock_file(
     path: str | os.PathLike[str], *, create: bool = True, mode: int = 0o600, dir_fd: int | None = None
 ) -> int:
     """Open (and by default create, with exactly ``mode``) a lock file; anything but a regular
-    file found at ``path`` (a planted symlink, FIFO or directory) is refused with a CacheError,
-    never followed or waited on.
+    file found at ``path`` (a planted symlink, FIFO or directory), or a file this user may not
+    read, is refused with a CacheError, never followed or waited on.
 
     Read access is enough for ``flock``, so a lock file created by another member of a group
     cache can be used without write permission on it.  For the same reason a private cache's
@@ -79,6 +79,11 @@ def open_lock_file(
             if made is None:
                 continue  # another process made it first: open theirs
             fd = made
+        except PermissionError:
+            # Another user's file, not readable by the group (a member's umask): a bare
+            # "Permission denied" would name neither the file nor what to do.
+            raise CacheError(f"{shown_path(path)} is not readable by this user (another user's file?); "
+                             "refusing to use it ('sc gc' removes it)") from None
         except OSError as e:
             if e.errno not in (errno.ELOOP, errno.EISDIR):
                 raise
