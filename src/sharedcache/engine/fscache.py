@@ -1941,23 +1941,24 @@ class FsCache:
             except CacheError:
                 if not self.repair:
                     raise
-                self.put_away(root, "stage.lock")
+                self.put_away(".", "stage.lock")
                 return locks.open_lock_file(guard, mode=self.modes.file)
         finally:
             os.close(root)
 
-    def put_away(self, directory: int, name: str) -> None:
-        """Move what is at ``name``, in this cache's directory open as ``directory``, into the
-        trash; what cannot go there (another member's directory, or anything while the trash is
+    def put_away(self, sub: str, name: str) -> None:
+        """Move what is at ``name``, in this cache's directory ``sub`` (reached as :meth:`_open_own`
+        does), into the trash; what cannot go there (another member's directory, or anything while the trash is
         not the cache's own) is renamed aside where it is (:func:`~.layout.set_aside`), and its
         owner's next gc moves it into the trash (:meth:`trash_what_was_set_aside`).  For what a
         member planted at a name the cache needs: the name is free either way."""
-        trash = self._open_own(TRASH)
+        directory, trash = self._open_own(sub), self._open_own(TRASH)
         try:
             _move_to_trash(directory, name, trash)
         except PermissionError:
             set_aside(directory, name)
         finally:
+            os.close(directory)
             os.close(trash)
 
     def _sweep(self) -> int:
@@ -2118,15 +2119,11 @@ class FsCache:
         What another member of a group cache made at one of those names and cannot move there
         is renamed aside (:meth:`put_away`)."""
         self._local.db = None
-        root = self._open_own(".")
-        try:
-            for name in (INDEX + suffix for suffix in ("", *_INDEX_SIDE_FILES)):
-                try:
-                    self.put_away(root, name)
-                except FileNotFoundError:
-                    pass
-        finally:
-            os.close(root)
+        for name in (INDEX + suffix for suffix in ("", *_INDEX_SIDE_FILES)):
+            try:
+                self.put_away(".", name)
+            except FileNotFoundError:
+                pass
 
     def trash_what_was_set_aside(self, sub: str = ".") -> None:
         """Move into the trash what :meth:`put_away` renamed aside in this cache's directory

@@ -103,8 +103,11 @@ gc leaves an unused repository that is awaited as a release does, and removes a
 behind (its status, the temporary files of its records, its work directory, an expired error
 record and then the lock file itself) only under that population lock, checked as in step 2: a
 lock taken on a file that another gc removed in the meantime locks nothing, and the name's
-files may by then belong to a population holding the new lock file.  The links of deleted
-repositories it then removes as a release does, lock files included.  It deletes, once unused,
-a repository whose record of its recipe is lost (missing, empty, or NUL bytes): no use or
-release can name it any more.
+files may by then belong to a population holding the new lock file.  What a member of a group
+cache put at the name of a lock file (its reservations lock or a name's), which no population
+can open (a FIFO, a directory, a file this user may not read), gc puts away
+(:meth:`~sharedcache.engine.fscache.FsCache.put_away`): the next population makes the lock
+again.  The links of deleted repositories it then removes as a release does, lock files
+included.  It deletes, once unused, a repository whose record of its recipe is lost (missing,
+empty, or NUL bytes): no use or release can name it any more.
 """

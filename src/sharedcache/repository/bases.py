@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 #: Base directories used when none are given.
 DEFAULT_DIRECTORIES = ("/tmp", "/var/tmp")
+#: The directory of the population files in a cache (see the layout in sharedcache.repository).
+POPULATE = "populate"
 #: The lock under which a population reserves its size, in the population files' directory (no
 #: repository's name starts with a dot, so no population's files are named so).
 RESERVATIONS_LOCK = ".reservations.lock"
@@ -179,7 +181,7 @@ class Base:
         if self._cache is None:
             key = (self.control, self.group)
             self._cache = _open_caches.get(key)
-            if self._cache is None or not os.path.isdir(os.path.join(self.control, "populate")):
+            if self._cache is None or not os.path.isdir(os.path.join(self.control, POPULATE)):
                 check_base(self.path, self.group)
                 user_directory(self.path)
                 self._cache = _open_caches[key] = with_waiters(FsCache(self.control, group=self.group))
@@ -196,7 +198,7 @@ class Base:
         """The directory of the population files, named so that what is swapped in the cache
         (by another member of a group cache) never redirects them."""
         if self._populate is None:
-            self._populate = self.cache().own_directory("populate")
+            self._populate = self.cache().own_directory(POPULATE)
         return self._populate
 
     def hold(self, request: Request, reporter: Reporter) -> str:

@@ -14,7 +14,7 @@ import time
 
 from ..engine import locks
 from ..engine.fscache import FsCache
-from ..engine.fsutil import remove_leftovers, remove_tree, shown_path, unlink_if_present
+from ..engine.fsutil import remove_leftovers, shown_path, unlink_if_present
 from ..engine.layout import MAX_NAME_BYTES, check_base, check_flag, check_name, user_directory
 from ..engine.leases import Owner, require_proc
 from ..errors import (
@@ -43,6 +43,7 @@ from ..loaders.words import (
 from ..progress import Reporter
 from ..sizes import format_size, parse_size
 from .bases import (
+    POPULATE,
     PRIVATE_CACHE,
     RESERVATIONS_LOCK,
     WAITING,
@@ -683,18 +684,18 @@ class Repositories:
         found = ((name, stuck(base.population_file(name, ".json"), status)) for name, status in base.populations())
         return "; ".join(f"{name!r} ({why})" for name, why in found if why)
 
-    def _lock_file(self, lock_path: str, cache: FsCache) -> tuple[int | None, int]:
-        """A descriptor of the lock file ``lock_path`` (None if there is none to use), and how many
-        things gc removed there: anything but a file planted at its name (a FIFO, a directory),
-        which every population that needs the lock refuses."""
+    def _lock_file(self, base: Base, file: str, cache: FsCache) -> tuple[int | None, int]:
+        """A descriptor of the lock file ``file`` in ``populate/`` (None if there is none to use),
+        and how many things gc put away there: what every population that needs the lock
+        refuses (a FIFO, a directory, a file this user may not read, planted at its name)."""
+        lock_path = base.population_file(file, "")
         try:
             return locks.open_lock_file(lock_path, mode=cache.modes.file), 0
         except CacheError:
             try:
-                remove_tree(lock_path)
-            except OSError as e:  # another member's, in a sticky directory
-                self.reporter.warning(f"gc: skipping {shown_path(lock_path)!r}: {e.strerror}")
-                return None, 0
+                cache.put_away(POPULATE, file)
+            except FileNotFoundError:
+                return None, 0  # put away by another gc meanwhile
             return None, 1
         except OSError as e:  # a name no lock can have
             self.reporter.warning(f"gc: skipping {shown_path(lock_path)!r}: {e}")
@@ -709,6 +710,7 @@ class Repositories:
         # The temporary names of lock files and work directories, left by processes that ended
         # as they made them.
         cleaned += remove_leftovers(base.populate_dir)
+        cache.trash_what_was_set_aside(POPULATE)
         for entry in os.scandir(base.populate_dir):
             if entry.is_symlink():  # nothing here is a symlink but what someone planted
                 os.unlink(entry.path)
@@ -723,7 +725,7 @@ class Repositories:
                     and writes_as_utf8(stem):
                 names.add(stem)
         if RESERVATIONS_LOCK in files:  # a file, or planted: never unlinked, it is only cleared
-            fd, removed = self._lock_file(base.population_file(RESERVATIONS_LOCK, ""), cache)
+            fd, removed = self._lock_file(base, RESERVATIONS_LOCK, cache)
             cleaned += removed
             if fd is not None:
                 os.close(fd)
@@ -731,7 +733,7 @@ class Repositories:
             if name + WAITING in files:
                 cleaned += self._remove_unawaited(base, name, cache)
             lock_path = base.population_file(name, ".lock")
-            fd, removed = self._lock_file(lock_path, cache)
+            fd, removed = self._lock_file(base, f"{name}.lock", cache)
             cleaned += removed
             if fd is None:
                 continue
@@ -766,12 +768,12 @@ class Repositories:
         """Remove the waiting file of ``name`` (see :meth:`Base.await_population`), a killed
         waiter's, if nobody holds it; return 1 if what was there was planted (and removed), else 0."""
         path = base.population_file(name, WAITING)
-        fd, removed = self._lock_file(path, cache)
+        fd, removed = self._lock_file(base, f"{name}{WAITING}", cache)
         if fd is not None:
             try:
                 unlink_unless_locked(fd, path)
             finally:
-                os.close(fd)
+                locks.close(fd)
         return removed
 
     def _clean_links(self, base: Base) -> int:
