@@ -520,7 +520,8 @@ def test_a_member_s_file_beside_the_index_of_a_group_cache_is_refused_then_set_a
 
 
 @pytest.mark.parametrize("kind", ["unreadable file", "directory of hers"])
-@pytest.mark.parametrize("path", ["stage.lock", "populate/.reservations.lock", "populate/other.lock"])
+@pytest.mark.parametrize("path", ["stage.lock", "populate/.reservations.lock", "populate/other.lock",
+                                  "populate/other.work", "populate/repo.work"])
 def test_what_a_member_plants_that_another_cannot_open_or_move_is_refused_clearly_then_put_away_by_gc(
     shared, users, python, recipe, home, path, kind
 ):

@@ -460,6 +460,16 @@ def _move_to_trash(directory: int | None, name: str, trash: int, later: list[_Re
     remove_tree(name, dir_fd=directory)  # the lock and the directory itself
 
 
+def _put_away(directory: int | None, name: str, trash: int) -> None:
+    """Move ``name`` (in the directory open as ``directory``; None: a path) into the trash open
+    as ``trash``, or rename it aside where it is if it cannot go there (see
+    :meth:`FsCache.put_away`)."""
+    try:
+        _move_to_trash(directory, name, trash)
+    except PermissionError:
+        set_aside(directory, name)
+
+
 class _RemovalInPlace:
     """The rest of an entry's removal in place once its markers are gone (see "Delete"), done
     after the index's transaction: through a descriptor of its directory taken under it, so
@@ -1690,11 +1700,12 @@ class FsCache:
 
     def discard(self, path: str) -> None:
         """Delete the tree ``path``, a directory inside this cache's (a population's work
-        directory).  It is moved into the trash first: a tree made by another member of a group
-        cache, which only that member can delete, is out of the way at once."""
+        directory).  It is moved into the trash first, or where it cannot go there, renamed
+        aside in its directory (as by :meth:`put_away`): a tree made by another member of a
+        group cache, which only that member can delete, is out of the way at once."""
         trash = self._open_own(TRASH)
         try:
-            _move_to_trash(None, path, trash)
+            _put_away(None, path, trash)
         except FileNotFoundError:
             return
         finally:
@@ -1954,9 +1965,7 @@ class FsCache:
         member planted at a name the cache needs: the name is free either way."""
         directory, trash = self._open_own(sub), self._open_own(TRASH)
         try:
-            _move_to_trash(directory, name, trash)
-        except PermissionError:
-            set_aside(directory, name)
+            _put_away(directory, name, trash)
         finally:
             os.close(directory)
             os.close(trash)

@@ -73,13 +73,14 @@ OBJECTS, STAGE, TRASH = "objects", "stage", "trash"
 ASIDE = ".aside-"
 
 
-def set_aside(directory: int, name: str) -> None:
-    """Rename ``name`` aside (:data:`ASIDE`) within the directory open as ``directory``, which
-    frees the name.  A directory that another member of a group cache made cannot move to
-    another directory (only its owner may rewrite its ``..``), nor can anything move into a
-    trash that is not the cache's own; a rename within their directory is what any member may
-    do with them."""
-    os.rename(name, ASIDE + unique_name(), src_dir_fd=directory, dst_dir_fd=directory)
+def set_aside(directory: int | None, name: str) -> None:
+    """Rename ``name`` aside (:data:`ASIDE`) within the directory open as ``directory`` (None:
+    ``name`` is a path, renamed within its directory), which frees the name.  A directory that
+    another member of a group cache made cannot move to another directory (only its owner may
+    rewrite its ``..``), nor can anything move into a trash that is not the cache's own; a
+    rename within their directory is what any member may do with them."""
+    aside = os.path.join(os.path.dirname(name), ASIDE + unique_name())
+    os.rename(name, aside, src_dir_fd=directory, dst_dir_fd=directory)
 
 
 class Modes:

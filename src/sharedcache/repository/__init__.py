@@ -58,18 +58,19 @@ Acquire (``sc --use``, :func:`use`)
    wait for the lock or came to it just as the failure released it.  A use that asks after the
    failure tries afresh (the error may have been a passing one).  If the holder died, there is
    no record: we take over.
-4. Populate: write the status file (this reserves the space), fill a store of ``<name>`` with
-   the recipe (``work`` survives us for a takeover; it is private to its user, and opened once
-   made or kept for the same recipe and used through that descriptor, whatever another member of
-   a group cache puts at its name), commit it with a lease for the owner in the
-   same transaction, then remove the status and the work directory.  On failure write the error
-   record, then discard the work directory (a process killed between them has told its waiters),
-   and raise; unless the failure is this process's own (its
-   settings, its credentials, its limits), which the waiters, who have theirs, are not told: no
-   record, and the work directory is kept for a takeover only after a limit.  Release the
-   population lock.  A process killed here releases the lock with its death; a waiter takes over
-   at step 3.  A child that another thread of the process forked (a worker pool) gave up its copy
-   of the population lock, of the stage's and of the reservations lock as it started (see
+4. Populate: write the status file (this reserves the space), fill a store of ``<name>`` with the
+   recipe (``work`` survives us for a takeover; it is private to its user, and opened once made or
+   kept for the same recipe and used through that descriptor, whatever another member of a group
+   cache puts at its name: a work directory of hers, where this user may not make her own, is put
+   away as any other that is not this recipe's, into the trash or renamed aside), commit it with a
+   lease for the owner in the same transaction, then remove the status and the work directory.
+   On failure write the error record, then discard the work directory (a process killed between
+   them has told its waiters), and raise; unless the failure is this process's own (its settings,
+   its credentials, its limits), which the waiters, who have theirs, are not told: no record, and
+   the work directory is kept for a takeover only after a limit.  Release the population lock.  A
+   process killed here releases the lock with its death; a waiter takes over at step 3.  A child
+   that another thread of the process forked (a worker pool) gave up its copy of the population
+   lock, of the stage's and of the reservations lock as it started (see
    :mod:`sharedcache.engine.locks`), so it never holds them past that death.
 5. Make sure the user's link ``<name>`` points to the entry, and return its path.  A use whose
    link cannot be made is released before the error is raised: no failure leaks a lease.

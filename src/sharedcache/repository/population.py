@@ -533,6 +533,8 @@ class Population:
             fd, made = open_made_directory(mine, 0o700, dir_fd=outer)
         except (FileNotFoundError, NotADirectoryError):
             return None  # something else of that name
+        except PermissionError:
+            return None  # a work directory another member made, where only she may write
         status = os.fstat(fd)
         if status.st_uid != os.geteuid() or status.st_mode & 0o077:  # not this user's alone
             os.close(fd)
