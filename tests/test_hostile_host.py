@@ -521,7 +521,7 @@ def test_a_member_s_file_beside_the_index_of_a_group_cache_is_refused_then_set_a
 
 @pytest.mark.parametrize("kind", ["unreadable file", "directory of hers"])
 @pytest.mark.parametrize("path", ["stage.lock", "populate/.reservations.lock", "populate/other.lock",
-                                  "populate/other.work", "populate/repo.work"])
+                                  "populate/other.work", "populate/repo.work", "trash", "stage"])
 def test_what_a_member_plants_that_another_cannot_open_or_move_is_refused_clearly_then_put_away_by_gc(
     shared, users, python, recipe, home, path, kind
 ):
@@ -531,6 +531,13 @@ def test_what_a_member_plants_that_another_cannot_open_or_move_is_refused_clearl
         other = [*group, "-n", "other", "--size", "1MB", *rest]
         with Sleeper() as early:  # (its use, if one is given, ends with it: gc deletes the entry)
             refused = run_as(python, users.victim, "--use", *other, "--pid", str(early.pid), groups=(users.gid,))
+            if path == "trash":  # nothing a population needs: what it cannot clear after its commit fails no use
+                assert refused.returncode == 0, refused.stderr
+                # The last release, which cannot delete, fails whole: the use stays held.
+                unused = run_as(python, users.victim, "--unuse", *other, "--pid", str(early.pid),
+                                groups=(users.gid,))
+                assert unused.returncode == 1 and len(clean_lines(unused)) == 1, unused.stderr
+                assert len(os.listdir(base / f".shared-cache-g{users.gid}" / "objects" / "other" / "leases")) == 1
         lines = clean_lines(refused)
         assert refused.returncode == 0 or len(lines) == 1, refused.stderr
         for line in lines:

@@ -180,7 +180,10 @@ before the commit, says kept).  An abandoned staging
 directory is removed in place likewise, under ``stage.lock``.  In a group cache, the files of
 another member's entry, in its sticky directory, only that member may remove: to the others
 such an entry is one that cannot be deleted now, as one in use is (eviction passes over it, and
-gc and a release leave it), until that member deletes it.
+gc and a release leave it), until that member deletes it.  ``stage/`` and ``trash/`` must be the
+group's (setgid, writable by it): one that a member made hers, where the others may not write,
+is refused in every step that needs it (a store, a deletion: "run gc to repair it"), and gc sets
+it aside and makes a new one (:func:`~sharedcache.engine.layout.make_subdirectory`).
 
 An eviction deletes entries on behalf of another (the store that needs their room, the
 release or the budget that evicts down to it): what points to them from outside the cache is
@@ -257,9 +260,10 @@ Release (``release(name)``) of a use that does not keep the entry:
    made it, who would otherwise find it gone and make it again).  An entry left so has no use:
    the last release of those who come to hold it deletes it, or, if they die first, the
    release of the next use, or gc.  The lease given back makes the release whole or nothing: a
-   transaction that fails (an unusable index) leaves the use held, its lease given back once
-   more if the transaction had removed it (the entry is still there: see "Delete").  So does a
-   failure in step 1 after the removal.
+   transaction that fails (an unusable index, or a trash that is not the cache's own, which the
+   deletion needs, looked at before the lease goes) leaves the use held, its lease given back
+   once more if the transaction had removed it (the entry is still there: see "Delete").  So
+   does a failure in step 1 after the removal.
 
 Two releases at once never both leave the deletion to the other: each removes its lease
 before it looks, so whichever looks second finds neither lease, and goes on to step 2.  The
@@ -328,6 +332,7 @@ from .layout import (
     check_flag,
     check_locks,
     check_name,
+    foreign_subdirectory,
     make_directory,
     make_subdirectory,
     making,
@@ -999,9 +1004,14 @@ class FsCache:
                 pass
             raise
         # Only now: until the staging context is left, the new entry's lock is held, and readers
-        # of it would wait for the deletion of whatever the commit evicted.
-        self._empty_trash()
-        self._sweep()
+        # of it would wait for the deletion of whatever the commit evicted.  The entry is
+        # committed: what cannot be cleaned now (a trash or stage that a member made hers, until
+        # gc repairs it) is the next command's, and fails no store.
+        try:
+            self._empty_trash()
+            self._sweep()
+        except (CacheError, ProcessLimitError, OSError):
+            pass
 
     def _commit(
         self,
@@ -1426,6 +1436,8 @@ class FsCache:
             # Read before anything changes, so that an unusable index (or a damaged budget) fails
             # the release whole.
             kept, budget, counted = db.kept(name), self.max_size, db.has(name)
+            if not keep and not kept:  # (a trash the deletion cannot use fails the release whole, too)
+                os.close(self._open_own(TRASH))
             removed = self._remove_lease(name, entry, owner, lease) if given_back else None
             try:
                 if keep:
@@ -1722,13 +1734,19 @@ class FsCache:
             raise over_limit(e) or CacheError(
                 f"cache {self.root} is no longer a directory ({e.strerror}); refusing to use it") from None
         try:
-            return open_directory(sub, dir_fd=root)
+            fd = open_directory(sub, dir_fd=root)
         except OSError as e:
             raise over_limit(e) or CacheError(
                 f"{self.root}/{sub} is not a directory of this cache ({e.strerror}); run gc to repair it"
             ) from None
         finally:
             os.close(root)
+        found = os.fstat(fd)
+        if foreign_subdirectory(sub, found, self.group):
+            os.close(fd)
+            raise CacheError(f"{self.root}/{sub} is not this cache's own directory (uid {found.st_uid}, mode "
+                             f"{stat.S_IMODE(found.st_mode):o}: another member's?); run gc to repair it")
+        return fd
 
     def own_directory(self, sub: str) -> str:
         """A path that names the subdirectory ``sub`` of this cache (created if needed) for as

@@ -71,6 +71,9 @@ MAX_NAME_BYTES = 200
 OBJECTS, STAGE, TRASH = "objects", "stage", "trash"
 #: The beginning of the name of what was set aside in its own directory, not in the trash.
 ASIDE = ".aside-"
+#: The subdirectories that hold only what is being made or deleted, where every member of a
+#: group cache must write: one that is not the cache's own is refused, and set aside by gc.
+_DISPOSABLE = (STAGE, TRASH)
 
 
 def set_aside(directory: int | None, name: str) -> None:
@@ -448,12 +451,33 @@ def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, 
 
 def make_subdirectory(root: int, sub: str, modes: Modes, *, repair: bool) -> None:
     """Create the subdirectory ``sub`` of the cache open as ``root`` if it is missing; a repairing
-    open removes anything but a directory found there first (a planted link, FIFO or file)."""
+    open removes anything but a directory found there first (a planted link, FIFO or file), and
+    sets aside a ``stage`` or ``trash`` that is not the cache's own (:func:`foreign_subdirectory`)."""
     if make_directory(sub, modes.directory, dir_fd=root) or not repair:
         return
-    if not stat.S_ISDIR(os.stat(sub, dir_fd=root, follow_symlinks=False).st_mode):
+    found = os.stat(sub, dir_fd=root, follow_symlinks=False)
+    if not stat.S_ISDIR(found.st_mode):
         os.unlink(sub, dir_fd=root)
-        make_directory(sub, modes.directory, dir_fd=root)
+    elif foreign_subdirectory(sub, found, os.fstat(root).st_gid if modes.group else None):
+        set_aside(root, sub)
+    else:
+        return
+    make_directory(sub, modes.directory, dir_fd=root)
+
+
+def foreign_subdirectory(sub: str, found: os.stat_result, group: int | None) -> bool:
+    """Whether the subdirectory ``sub`` of a cache of ``group`` (None: a private cache, which
+    nobody else may write), whose status is ``found``, is a ``stage`` or ``trash`` that a member
+    made her own (a mode that others of the group may not write): nobody else could stage or
+    delete anything in the cache."""
+    return group is not None and sub in _DISPOSABLE and not _of_group(found, group)
+
+
+def _of_group(found: os.stat_result, group: int) -> bool:
+    """Whether the directory whose status is ``found`` is one of ``group``: its group's, setgid,
+    writable by the group and not by others."""
+    mode = stat.S_IMODE(found.st_mode)
+    return found.st_gid == group and bool(mode & stat.S_ISGID) and mode & 0o070 == 0o070 and not mode & 0o002
 
 
 def _give_to_group(root: str, fd: int, group: int, st: os.stat_result) -> os.stat_result:
@@ -519,7 +543,7 @@ def _check_owner(root: str, st: os.stat_result, group: int | None) -> None:
                 "a private cache"
             )
         return
-    if st.st_gid != group or not mode & stat.S_ISGID or mode & 0o070 != 0o070 or mode & 0o002:
+    if not _of_group(st, group):
         raise CacheError(
             f"cache {root} is not a cache of group {group} (group {st.st_gid}, mode {mode:o}); "
             "refusing to use it"

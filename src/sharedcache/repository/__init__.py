@@ -63,10 +63,11 @@ Acquire (``sc --use``, :func:`use`)
    kept for the same recipe and used through that descriptor, whatever another member of a group
    cache puts at its name: a work directory of hers, where this user may not make her own, is put
    away as any other that is not this recipe's, into the trash or renamed aside), commit it with a
-   lease for the owner in the same transaction, then remove the status and the work directory.
-   On failure write the error record, then discard the work directory (a process killed between
-   them has told its waiters), and raise; unless the failure is this process's own (its settings,
-   its credentials, its limits), which the waiters, who have theirs, are not told: no record, and
+   lease for the owner in the same transaction, then remove the status and the work directory
+   (what cannot be removed is left to gc: the use is committed).  On failure write the error
+   record, then discard the work directory (a process killed between them has told its
+   waiters), and raise; unless the failure is this process's own (its settings, its
+   credentials, its limits), which the waiters, who have theirs, are not told: no record, and
    the work directory is kept for a takeover only after a limit.  Release the population lock.  A
    process killed here releases the lock with its death; a waiter takes over at step 3.  A child
    that another thread of the process forked (a worker pool) gave up its copy of the population

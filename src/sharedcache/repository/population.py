@@ -354,8 +354,11 @@ class Population:
                 self._bar.close()
                 unlink_if_present(self.status_path)
                 self._close_work()
-        cache.discard(self.work)
-        unlink_if_present(self.error_path)
+        try:
+            cache.discard(self.work)
+            unlink_if_present(self.error_path)
+        except (SharedCacheError, OSError):
+            pass  # committed, with the owner's use: what is left there is gc's, and fails no use
         lease = cache.lease_of(name, owner)
         if lease is None:  # the commit gave the owner one: the entry was moved away since
             raise SharedCacheError(f"repository {name!r} in {base.path} was moved away as it was committed, "
