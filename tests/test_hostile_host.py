@@ -553,6 +553,32 @@ def test_what_a_member_plants_that_another_cannot_open_or_move_is_refused_clearl
         assert not (base / f".shared-cache-g{users.gid}" / "objects" / "other").exists()  # the last use's release
 
 
+def test_an_entry_in_use_that_a_member_renames_into_the_trash_is_not_deleted_under_its_users(
+    shared, users, python, recipe
+):
+    # Any member may rename an entry of a group cache into its trash; the victim's next command
+    # emptied the trash, and deleted the data her live job was reading.
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    root = base / f".shared-cache-g{users.gid}"
+    with Sleeper() as job:
+        rest = ["-d", str(base), "--pid", str(job.pid), *recipe]
+        used = run_as(python, users.victim, "--use", *group, "-n", "repo", *rest, groups=(users.gid,))
+        assert used.returncode == 0, used.stderr
+        reading = os.open(Path(used.stdout.strip()).resolve(), os.O_RDONLY | os.O_DIRECTORY)  # (the job's view)
+        try:
+            done(code_as(python, users.member, "import os, sys; os.rename(sys.argv[1], sys.argv[2])",
+                         str(root / "objects" / "repo"), str(root / "trash" / "x"), groups=(users.gid,)))
+            other = run_as(python, users.victim, "--use", *group, "-n", "other", *rest, groups=(users.gid,))
+            assert other.returncode == 0, other.stderr
+            check_tree(Path(f"/proc/self/fd/{reading}"), FILES)
+        finally:
+            os.close(reading)
+    gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+    assert gc.returncode == 0, gc.stderr
+    assert not os.listdir(root / "trash")  # its users ended: removed then
+
+
 # Swaps each of PATHS for a symlink to TARGET and back, in a loop, for SECONDS.
 SWAP = f"""\
 import os, sys, time

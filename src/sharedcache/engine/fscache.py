@@ -23,7 +23,9 @@ Layout
         keep              present if the entry stays cached once unused (never removed)
         leases/           one empty file per use held by a process: <owner>.<random id>
         data/             the caller's tree, read-only
-      trash/<id>/       an entry being deleted; anything here is garbage
+      trash/<id>/       an entry being deleted; anything here is garbage, but an entry still in
+                        use (its lock held, or a live lease), which a member of a group cache
+                        renamed here: it stays until its users end
 
 An entry *exists* when its directory is in ``objects/`` with its commit marker: ``entry.json``,
 or ``entry.<boot id>.json`` naming this boot of the machine.  Its row in the
@@ -1843,7 +1845,8 @@ class FsCache:
 
         A tree that cannot be removed now for any other reason (a member who keeps making files
         in a directory of it, an I/O error) stays too: what put it there is done, and the next
-        command that empties the trash tries again.
+        command that empties the trash tries again.  So does an entry in use that a member
+        renamed there (:meth:`_used_in_trash`), until its users end.
 
         Only directories are put in the trash, and a directory's link count is 2 plus its
         subdirectories on the usual file systems (ext4, xfs, tmpfs): a count of 2 says it is
@@ -1864,9 +1867,12 @@ class FsCache:
             if status is not None and stat.S_ISDIR(status.st_mode) and status.st_nlink == 2:
                 return 0
         removed = 0
+        alive: dict[str, bool] = {}
         trash = self._open_own(TRASH)
         try:
             for tree in os.listdir(trash):
+                if self._used_in_trash(trash, tree, alive):
+                    continue  # its users' data stays until they end: the next command then removes it
                 try:
                     remove_tree(tree, dir_fd=trash)
                 except OSError:  # PermissionError: another member's
@@ -1881,6 +1887,25 @@ class FsCache:
                 return removed  # the next command that frees room makes the reserve again
             make_reserve(self.root, self.modes.file)  # the room just made keeps the index usable on a full disk
         return removed
+
+    def _used_in_trash(self, trash: int, tree: str, alive: dict[str, bool]) -> bool:
+        """Whether ``tree``, in the trash open as ``trash``, is an entry in use: its lock held, or
+        a lease of a live owner in it.  No deletion puts one there (it takes the lock and looks
+        at the leases first), but any member of a group cache may rename an entry there."""
+        try:
+            fd = os.open(f"{tree}/lock", _OPEN_FLAGS, dir_fd=trash)
+        except OSError:
+            fd = -1  # none (a tree of another kind, or what a member planted): the leases say
+        if fd >= 0:
+            try:
+                if not locks.try_lock(fd, locks.EXCLUSIVE):
+                    return True
+            finally:
+                os.close(fd)
+        try:
+            return any_live_lease(f"/proc/self/fd/{trash}/{tree}", alive, self._boots)
+        except OSError:
+            return False  # no leases to read there
 
     # -- inspection ------------------------------------------------------------------------------
 
