@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,38 @@ def test_what_is_planted_at_a_population_lock_is_refused_by_its_path_and_gc_remo
         used = sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words)
         assert used.returncode == 0, used.stderr
         check_tree(Path(used.stdout.strip()), FILES)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "held"])
+def test_what_is_at_the_waiters_file_of_one_base_fails_no_use_ready_in_the_next(tmp_path, words, plant):
+    # The first base looked at for a population under way took its waiters' file, waiting, and
+    # refused a FIFO there: a use of a repository ready in the next base failed, or waited out
+    # its whole --timeout for whoever held the file.
+    first, second = tmp_path / "b1", tmp_path / "b2"
+    first.mkdir()
+    second.mkdir()
+    with Sleeper() as owner:
+        for base, name in ((first, "other"), (second, "repo")):
+            assert sc("--use", "-n", name, "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
+        waiting = control(first) / "populate" / "repo.waiting"
+        holder = None
+        if plant == "fifo":
+            os.mkfifo(waiting)
+        else:
+            holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                                       "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o600)\n"
+                                       "fcntl.flock(fd, fcntl.LOCK_EX); print(flush=True); time.sleep(60)",
+                                       str(waiting)], stdout=subprocess.PIPE, text=True)
+            assert holder.stdout is not None and holder.stdout.readline() == "\n"
+        try:
+            used = sc("--use", "-n", "repo", "-d", f"{first}:{second}", "--timeout", "20", "--pid", str(owner.pid),
+                      *words)
+        finally:
+            if holder is not None:
+                holder.kill()
+                holder.wait(10)
+        assert (used.returncode, used.stderr) == (0, ""), used.stderr
+        assert used.stdout == f"{user_dir(second)}/repo\n"
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "directory", "misplaced-total"])

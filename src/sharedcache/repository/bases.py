@@ -337,7 +337,7 @@ class Base:
         """Whether some process holds the population lock of ``name`` now."""
         return _locked(self.population_file(name, ".lock"), self.cache().modes.file)
 
-    def await_population(self, name: str) -> None:
+    def await_population(self, name: str, *, at_once: bool = False) -> None:
         """Say, until :meth:`stop_awaiting`, that this process waits for the population of
         ``name`` and will hold what it makes: a shared lock on ``<name>.waiting``, beside the
         population lock.  The release of the repository's last use leaves it, unused, while
@@ -346,7 +346,8 @@ class Base:
         repository to the release of the next use, or gc.  Taken once (a second call keeps the
         first); not taken where the file cannot be made (a full file system, whose room the
         population lock's own making makes or says is lacking; a read-only one, where nothing
-        is populated)."""
+        is populated).  ``at_once``: not taken if it cannot be taken now (a base looked at among
+        others, which waits for none: the one chosen takes it, waiting)."""
         if self._awaiting is not None:
             return
         path = self.population_file(name, WAITING)
@@ -360,8 +361,13 @@ class Base:
             try:
                 # (Held exclusively only for an instant, by a release or gc that looks; a member
                 # of a group cache may hold it for longer: as long as any wait in the cache.)
-                locks.lock(fd, locks.SHARED, timeout=self.cache().wait_left,
-                           what=f"the waiters' file of repository {name!r} in {self.path}")
+                if at_once:
+                    if not locks.try_lock(fd, locks.SHARED):
+                        locks.release(fd)
+                        return
+                else:
+                    locks.lock(fd, locks.SHARED, timeout=self.cache().wait_left,
+                               what=f"the waiters' file of repository {name!r} in {self.path}")
                 if locks.still_linked(fd, path):  # (removed when nobody holds it: see stop_awaiting)
                     self._awaiting = fd, path
                     return

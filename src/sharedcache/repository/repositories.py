@@ -379,7 +379,10 @@ class Repositories:
         now on (see :meth:`Base.await_population`), until :func:`hold_or_populate` has its lease
         (or :meth:`acquire` ends): said before the population lock is looked at, so that what a
         population found under way makes is not deleted before this use holds it."""
-        base.await_population(name)
+        try:
+            base.await_population(name, at_once=True)
+        except SharedCacheError:
+            pass  # (something planted there: said by step 2, if this base is the one it takes)
         if base.populating(name):
             return True
         base.stop_awaiting()
