@@ -279,7 +279,8 @@ def cmd_crash_at(a: dict) -> None:
 
     sys.setprofile(hook)
     if op == "store":
-        with cache.store(name) as path:
+        holder = Owner.of(a["holder"]) if "holder" in a else None  # (a live process's lease, given at the commit)
+        with cache.store(name, holder=holder) as path:
             fill(path, name, "crash", [5000, 7000])
     elif op == "remove":
         cache.remove(name)

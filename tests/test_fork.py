@@ -164,3 +164,25 @@ def test_a_child_forked_by_another_thread_leaves_the_last_release_free_to_delete
                 os.waitpid(pid, 0)
                 break
             time.sleep(0.02)
+
+
+def test_a_child_forked_after_the_cache_s_work_keeps_every_file_of_its_parent(tmp_path: Path) -> None:
+    # A lock taken to look at the trash was closed with os.close, its record kept: a child
+    # forked later gave up "its copy", a /dev/null put over the parent's file that had the
+    # number since (a multiprocessing pool's pipe: the pool never answered).
+    cache = FsCache(tmp_path / "cache")
+    with cache.store("entry") as path:
+        (path / "f").write_text("x")
+    cache.remove("entry")  # (which empties the trash)
+    payload = tmp_path / "payload"
+    payload.write_text("the parent's data")
+    opened = [os.open(payload, os.O_RDONLY) for _ in range(8)]  # (the lowest free numbers)
+    try:
+        def child() -> int:
+            return 0 if all(os.pread(fd, 100, 0) == b"the parent's data" for fd in opened) else 1
+
+        pid = _fork(child)
+        assert os.waitpid(pid, 0)[1] == 0, "a child lost a file of its parent's"
+    finally:
+        for fd in opened:
+            os.close(fd)

@@ -163,6 +163,21 @@ def test_sigkill_at_a_step_leaves_no_lock_and_gc_or_a_store_cleans_up(
     assert_consistent(root)
 
 
+def test_a_store_killed_after_its_holder_s_lease_leaves_nothing_after_gc(root: Path, children: Children) -> None:
+    """A store killed between its holder's lease and its marker leaves a stage with a lease of
+    a live process in it (a job whose sc was killed by a time limit): gc moved it into the trash
+    and kept it there for as long as the job lived, taking it for an entry in use."""
+    cache = FsCache(root)
+    child = children.start("crash_at", root=str(root), op="store", point=("_commit", "write_atomic", "call"),
+                           name="new", holder=os.getpid())
+    child.expect("paused")
+    child.kill()
+    assert leftovers(root)["stage"] == 1
+    cache.gc()
+    assert leftovers(root)["stage"] == 0 and leftovers(root)["trash"] == 0, leftovers(root)
+    assert_consistent(root)
+
+
 def test_a_store_that_adopts_a_killed_stores_entry_keeps_the_budget(root: Path, children: Children) -> None:
     """A store killed between its rename into objects/ and its commit leaves an entry without a
     row; a later store of that name adopts it, as gc would.  It added its size with nothing

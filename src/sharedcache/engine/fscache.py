@@ -1891,17 +1891,21 @@ class FsCache:
     def _used_in_trash(self, trash: int, tree: str, alive: dict[str, bool]) -> bool:
         """Whether ``tree``, in the trash open as ``trash``, is an entry in use: its lock held, or
         a lease of a live owner in it.  No deletion puts one there (it takes the lock and looks
-        at the leases first), but any member of a group cache may rename an entry there."""
+        at the leases first), but any member of a group cache may rename an entry there.  Only an
+        entry of this boot has users: a stage is none, though the lease of its store's holder is
+        in it (a store killed before its commit, whose job lives on, left it for gc)."""
+        if committed(f"/proc/self/fd/{trash}/{tree}") is None:
+            return False
         try:
             fd = os.open(f"{tree}/lock", _OPEN_FLAGS, dir_fd=trash)
         except OSError:
-            fd = -1  # none (a tree of another kind, or what a member planted): the leases say
+            fd = -1  # none (what a member planted there): the leases say
         if fd >= 0:
             try:
                 if not locks.try_lock(fd, locks.EXCLUSIVE):
                     return True
             finally:
-                os.close(fd)
+                locks.close(fd)
         try:
             return any_live_lease(f"/proc/self/fd/{trash}/{tree}", alive, self._boots)
         except OSError:

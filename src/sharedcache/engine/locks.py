@@ -131,9 +131,9 @@ def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -
     return fd
 
 
-#: The descriptors this process has locked and not closed: the thread that locked each, and
-#: whether exclusively (see the module's docstring).
-_held: dict[int, tuple[int, bool]] = {}
+#: The descriptors this process has locked and not closed: the thread that locked each, whether
+#: exclusively, and the file's device and inode (see the module's docstring).
+_held: dict[int, tuple[int, bool, int, int]] = {}
 #: Those of them whose copies a child forked since gives up: this process's close unlocks them
 #: (see :func:`close`).
 _given_up: set[int] = set()
@@ -149,7 +149,8 @@ def try_lock(fd: int, mode: int) -> bool:
     if not _hooked:
         os.register_at_fork(after_in_parent=_note_given_up, after_in_child=_give_up_inherited)
         _hooked.append(True)
-    _held[fd] = (get_ident(), mode == EXCLUSIVE)
+    status = os.fstat(fd)
+    _held[fd] = (get_ident(), mode == EXCLUSIVE, status.st_dev, status.st_ino)
     return True
 
 
@@ -157,7 +158,7 @@ def _inherited() -> list[int]:
     """The locked descriptors that a child forked by this thread now may not hold: every
     exclusive one, and the shared ones of other threads."""
     forking = get_ident()
-    return [fd for fd, (thread, exclusive) in _held.items() if exclusive or thread != forking]
+    return [fd for fd, (thread, exclusive, _, _) in _held.items() if exclusive or thread != forking]
 
 
 def _note_given_up() -> None:
@@ -181,8 +182,13 @@ def _give_up_inherited() -> None:
     except OSError:
         stand_in = -1  # (no /dev/null in this container: closed, then)
     for fd in inherited:
-        del _held[fd]
+        _, _, device, inode = _held.pop(fd)
         try:
+            # (A descriptor closed without close() would leave its record, and its number may
+            # be another file's now: that one is the child's to keep.)
+            status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) != (device, inode):
+                continue
             if stand_in >= 0:
                 os.dup2(stand_in, fd)
             else:
