@@ -186,3 +186,28 @@ def test_a_child_forked_after_the_cache_s_work_keeps_every_file_of_its_parent(tm
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def test_a_child_forked_inside_a_store_that_leaves_it_leaves_the_parent_s_stage_alone(tmp_path: Path) -> None:
+    # The child unwound the block as its parent would: it removed the parent's stage, which the
+    # parent then committed with some of its files, or none; a child that left the block
+    # normally committed it itself.
+    cache = FsCache(tmp_path / "cache")
+    for how in ("sys.exit", "falls through"):
+        name = how.replace(" ", "-").replace(".", "-")
+        parent = os.getpid()
+        child = 0
+        try:
+            with cache.store(name) as path:
+                for i in range(200):
+                    (path / f"f{i}").write_bytes(b"x")
+                child = os.fork()
+                if child == 0 and how == "sys.exit":
+                    raise SystemExit(0)
+                if child != 0:
+                    assert os.waitpid(child, 0)[1] == 0  # the child is done with the block first
+                    (path / "last").write_bytes(b"x")
+        finally:
+            if os.getpid() != parent:
+                os._exit(0)
+        assert len(os.listdir(cache.path(name))) == 201, how

@@ -877,6 +877,7 @@ class FsCache:
         has given back the inodes whose lack the error would have named."""
         guard = self._stage_guard()
         stage_id = unique_name()
+        maker = os.getpid()
         made = False
         fd = directory = None
         try:
@@ -914,11 +915,14 @@ class FsCache:
             # The lock first: nfs and FUSE keep a file that is removed while open under another
             # name (.nfs*, .fuse_hidden*), and its directory could not be removed.  Unlocked, the
             # tree may also be swept by gc meanwhile, which the removal tolerates.
+            # A child forked in the block that leaves it (sys.exit()) closes its copies, and
+            # leaves the stage to the process that made it, which goes on filling it.
+            mine = os.getpid() == maker
             if fd is not None:
-                locks.release(fd)  # (not only closed: see locks.release)
+                (locks.release if mine else locks.close)(fd)  # (not only closed: see locks.release)
             if directory is not None:
                 os.close(directory)  # before the removal, which a process out of descriptors needs them for
-            if made:
+            if made and mine:
                 try:
                     stages = self._open_own(STAGE)
                     try:
@@ -988,11 +992,14 @@ class FsCache:
             _check_owner("holder", holder)
         if seal is not None and not isinstance(seal, Seal):
             raise UsageError(f"seal must be a Seal (from FsCache.seal()), not {seal!r}")
+        maker = os.getpid()
         try:
             with self._staging(f"entry {name!r}") as staging:
                 data = os.path.join(staging.path, "data")
                 mkdir(data, 0o777)
                 yield _path(data)
+                if os.getpid() != maker:
+                    return  # a child forked in the block: the stage is its parent's to commit
                 # Without a seal the filler sealed and measured nothing: one that says so walks.
                 self._commit(staging, name, meta=meta, keep=keep, holder=holder, strict=strict_budget,
                              seal=seal if seal is not None else Seal(measure=False))
