@@ -227,6 +227,12 @@ def test_a_damaged_budget_fails_no_download_and_gc_removes_it(base, words):
         assert used.returncode == 0, used.stderr
         assert "damaged" in one_line(used.stderr) and "'new' is committed without a budget" in used.stderr
         check_tree(Path(used.stdout.strip()), FILES)
+        # Nor is a release: sc run exited 1 once its command had succeeded, and --unuse failed.
+        ran = sc("run", "-n", "briefly", "-d", str(base), *words, "--", "true")
+        assert ran.returncode == 0 and "the release restores none" in ran.stderr, ran.stderr
+        unused = sc("--unuse", "-n", "kept", *args)
+        assert unused.returncode == 0 and "the release restores none" in one_line(unused.stderr), unused.stderr
+        assert sc("--use", "-n", "kept", *args).returncode == 0
         gc = sc("gc", "-d", str(base))
         assert gc.returncode == 0 and "damaged budget removed" in gc.stdout, (gc.stdout, gc.stderr)
         assert not os.path.lexists(budget)

@@ -810,6 +810,14 @@ class FsCache:
 
     # -- settings --------------------------------------------------------------------------------
 
+    def _sound_budget(self) -> int | None:
+        """The budget, or None if it is damaged: what a release restores, as a store that may
+        exceed the budget takes it (a budget never fails a job; gc removes a damaged one)."""
+        try:
+            return self.max_size
+        except _DamagedBudget:
+            return None
+
     @property
     def max_size(self) -> int | None:
         """The size budget in bytes (None: unlimited), as stored in the cache now."""
@@ -1418,7 +1426,7 @@ class FsCache:
                     return False  # another use remains: nothing to delete, no index to open
                 if live:
                     with self._transaction() as db:
-                        self._restore_budget(db, self.max_size)
+                        self._restore_budget(db, self._sound_budget())
                     self._empty_trash()
                     return False
                 if overtaken:
@@ -1442,9 +1450,8 @@ class FsCache:
                 raise MissError(f"no entry {name!r} in cache {self.root}")
             if released_from is not None and not os.path.samestat(os.stat(entry), released_from):
                 return True  # deleted (by gc) since it was left without a live use, stored anew
-            # Read before anything changes, so that an unusable index (or a damaged budget) fails
-            # the release whole.
-            kept, budget, counted = db.kept(name), self.max_size, db.has(name)
+            # Read before anything changes, so that an unusable index fails the release whole.
+            kept, budget, counted = db.kept(name), self._sound_budget(), db.has(name)
             if not keep and not kept:  # (a trash the deletion cannot use fails the release whole, too)
                 os.close(self._open_own(TRASH))
             removed = self._remove_lease(name, entry, owner, lease) if given_back else None

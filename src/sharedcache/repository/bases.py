@@ -471,6 +471,15 @@ class Base:
             locks.close(fd)
 
 
+def say_if_budget_damaged(cache: FsCache, reporter: Reporter, consequence: str) -> None:
+    """Say in one line that the budget of ``cache`` is damaged, and ``consequence``: a use takes
+    a damaged budget for none (gc removes it), so that it fails no job."""
+    try:
+        cache.max_size  # noqa: B018 - read for its error alone
+    except CacheError as e:
+        reporter.warning(f"{e}; {consequence}")
+
+
 def _locked(path: str, mode: int) -> bool:
     """Whether some process holds a lock on the population file ``path`` (of ``mode``) now."""
     try:

@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..lean import scoped
 from ..sizes import format_size
-from .bases import conflict
+from .bases import conflict, say_if_budget_damaged
 from .records import local, populator, read_status, write_record
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -408,10 +408,7 @@ class Population:
         request = self.request
         cache = self.base.cache()
         self._seal = cache.seal()
-        try:
-            cache.max_size  # noqa: B018 - read to say now that a damaged one is taken for none
-        except CacheError as e:
-            self.reporter.warning(f"{e}; {request.name!r} is committed without a budget")
+        say_if_budget_damaged(cache, self.reporter, f"{request.name!r} is committed without a budget")
         started = time.monotonic()
         try:
             with cache.store(request.name, meta=request.identity, keep=request.keep,

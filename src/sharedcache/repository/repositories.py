@@ -52,6 +52,7 @@ from .bases import (
     conflict,
     group_id,
     recipe_lost,
+    say_if_budget_damaged,
     unlink_unless_locked,
     with_waiters,
 )
@@ -501,6 +502,8 @@ class Repositories:
         # that fails for want of a use.
         max_size = budget if lease is not None and budget is not None and self._budget_differs(cache, budget) \
             else None
+        if max_size is None:
+            say_if_budget_damaged(cache, self.reporter, "the release restores none")
         while True:
             try:
                 deleted = cache.release(name, owners[-1], lease=lease, keep=keep, max_size=max_size)
@@ -526,6 +529,7 @@ class Repositories:
 
     def release_held(self, held: Held, *, keep: bool = False) -> None:
         """Release a use returned by :meth:`acquire`."""
+        say_if_budget_damaged(held.cache, self.reporter, "the release restores none")
         try:
             deleted = held.cache.release(held.name, lease=held.lease, keep=keep)
         except MissError:
