@@ -538,6 +538,10 @@ def test_what_a_member_plants_that_another_cannot_open_or_move_is_refused_clearl
                                 groups=(users.gid,))
                 assert unused.returncode == 1 and len(clean_lines(unused)) == 1, unused.stderr
                 assert len(os.listdir(base / f".shared-cache-g{users.gid}" / "objects" / "other" / "leases")) == 1
+                # A population that fails says its own failure, not the trash's ("... run gc").
+                wrong = [*group, "-n", "wrong", "-d", str(base), recipe[0], "md5:" + "0" * 32, "tar"]
+                failed = run_as(python, users.victim, "--use", *wrong, groups=(users.gid,))
+                assert failed.returncode == 1 and "md5 mismatch" in failed.stderr, failed.stderr
         lines = clean_lines(refused)
         assert refused.returncode == 0 or len(lines) == 1, refused.stderr
         for line in lines:

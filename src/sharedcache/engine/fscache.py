@@ -2024,12 +2024,19 @@ class FsCache:
         not the cache's own) is renamed aside where it is (:func:`~.layout.set_aside`), and its
         owner's next gc moves it into the trash (:meth:`trash_what_was_set_aside`).  For what a
         member planted at a name the cache needs: the name is free either way."""
-        directory, trash = self._open_own(sub), self._open_own(TRASH)
+        directory = self._open_own(sub)
         try:
-            _put_away(directory, name, trash)
+            try:
+                trash = self._open_own(TRASH)
+            except CacheError:  # (not the cache's own: a repairing open makes a new one)
+                set_aside(directory, name)
+                return
+            try:
+                _put_away(directory, name, trash)
+            finally:
+                os.close(trash)
         finally:
             os.close(directory)
-            os.close(trash)
 
     def _sweep(self) -> int:
         """Remove the staging directories of dead processes, if nobody is creating one now.

@@ -348,7 +348,10 @@ class Population:
                     write_record(self.error_path, record, cache.modes.file)
                 except OSError:
                     pass  # no room even for the record: the waiters try for themselves
-                cache.discard(self.work)
+                try:
+                    cache.discard(self.work)
+                except (SharedCacheError, OSError):
+                    pass  # (a trash a member made hers, say: gc's; the failure itself is the news)
                 raise
             finally:
                 self._bar.close()
