@@ -309,6 +309,18 @@ def waiter_past_a_finished_population(origin, base, tmp_path, pause="waiting"): 
     return waiter, wait, recipe
 
 
+def let_go_without_download(origin, waiter: subprocess.Popen[str], wait: Path) -> None:  # type: ignore[no-untyped-def]
+    """Let the ``waiter`` of :func:`waiter_past_a_finished_population` go on (``wait``), and check
+    that it got the data of the population it waited for, not downloaded again."""
+    try:
+        wait.touch()
+        ((status, _, err),) = finish([waiter], timeout=60)
+    finally:
+        finish([waiter], timeout=0)
+    assert status == 0, err
+    assert origin.stats("/blob.bin").gets == 1, "the waiter downloaded again"
+
+
 @pytest.mark.parametrize("pause", list(WAITER_PAUSES))
 def test_a_waiter_gets_the_data_of_the_population_it_waited_for_though_its_job_released_it_first(
         origin, base, tmp_path, pause):
@@ -317,16 +329,34 @@ def test_a_waiter_gets_the_data_of_the_population_it_waited_for_though_its_job_r
     the waiter found nothing and downloaded it again (8 jobs asking at once downloaded it up to
     8 times).  The release leaves it for the waiter, whose own last release deletes it."""
     waiter, wait, _ = waiter_past_a_finished_population(origin, base, tmp_path, pause)
-    try:
-        wait.touch()
-        ((status, _, err),) = finish([waiter], timeout=60)
-    finally:
-        finish([waiter], timeout=0)
-    assert status == 0, err
-    assert origin.stats("/blob.bin").gets == 1, "the waiter downloaded again"
+    let_go_without_download(origin, waiter, wait)
     assert not list((control(base) / "objects").iterdir()), "the waiter's last release did not delete it"
     assert sc("gc", "-d", str(base)).returncode == 0
     assert not list((control(base) / "populate").glob("blob.*")), "gc left the population's files"
+
+
+@pytest.mark.parametrize("evictor", ["gc", "use"])
+def test_a_repository_left_for_its_waiter_is_not_evicted_before_the_waiter_holds_it(
+        origin, base, tmp_path, evictor):
+    """The repository that a release leaves for its waiter is over the budget (a population's
+    store does not hold to it strictly): gc, which says it leaves an awaited repository, then
+    evicted it to restore the budget, and so did any other use's eviction (here, one that sets
+    a budget); the waiter downloaded it again."""
+    waiter, wait, _ = waiter_past_a_finished_population(origin, base, tmp_path)
+    try:
+        budget = "100K"  # (the repository is 300 KB)
+        if evictor == "gc":
+            (control(base) / "budget").write_text("100000")  # (set by a use meanwhile)
+            ran = sc("gc", "-d", str(base))
+        else:
+            small = origin.add("/small.bin", b"small")
+            ran = sc("run", "-d", str(base), "-n", "small", f"http:{small}", "--max-size", budget, "--", "true")
+        assert ran.returncode == 0, ran.stderr
+        assert [entry.name for entry in (control(base) / "objects").iterdir()] == ["blob"], "evicted under its waiter"
+    except BaseException:
+        finish([waiter], timeout=0)
+        raise
+    let_go_without_download(origin, waiter, wait)
 
 
 @pytest.mark.parametrize("then", ["gc", "use"])

@@ -154,10 +154,11 @@ Delete (eviction, ``remove``, release of the last use)
 ------------------------------------------------------
 Within an index transaction: take the entry's lock exclusively without waiting (busy: skip it);
 if a live owner holds a lease (or, for the release of a last use and gc's deletion of an unused
-entry, ``keep`` exists, or the cache's ``awaited(name)`` says that processes are on their way to
-hold it): skip it; delete the row, subtract the size it recorded (a release then evicts down to
-the budget), rename ``objects/<name>`` to ``trash/<id>``, commit, release the lock; then delete
-``trash/<id>``.  The rename is what removes the entry, atomically: a reader or holder either
+entry, ``keep`` exists; or, for these and an eviction, the cache's ``awaited(name)`` says that
+processes are on their way to hold it, asked only of an entry about to go): skip it; delete
+the row, subtract the size it recorded (a release then evicts down to the budget), rename
+``objects/<name>`` to ``trash/<id>``, commit, release the lock; then delete ``trash/<id>``.
+The rename is what removes the entry, atomically: a reader or holder either
 locked it before (and the delete skipped it) or finds it gone.  It comes after the transaction's
 statements, which cannot be undone once it is done (the trash may be emptied at any moment): a
 statement that fails (an unusable index) leaves the entry where it was, and the rollback its
@@ -196,7 +197,9 @@ Because the size recorded at commit is the size subtracted at deletion, the acco
 drift; gc recomputes it from the rows anyway.  Eviction walks the rows in the index's order of
 last use; before deleting a candidate it reads the candidate's lock time, and a candidate used
 since its row was written gets its row updated and its turn later, so the order is exact and
-only candidates' files are looked at.
+only candidates' files are looked at.  It passes over an awaited entry as over one in use: an
+entry left for its waiters (a release's, gc's) and then evicted for the budget (which a
+non-strict store exceeds) would be made again by each of them.
 
 Entries for this boot
 ---------------------
@@ -652,8 +655,8 @@ class FsCache:
 
     ``awaited``, a function its user may set, says (``awaited(name)``) whether processes that
     will hold entry ``name`` are on their way to it (the repositories' waiters for a
-    population): the release of its last use, and gc, leave such an entry, unused and not
-    kept, for them (see "Delete").
+    population): the release of its last use, gc and every eviction leave such an entry, unused
+    and not kept, for them (see "Delete").
     """
 
     def __init__(
@@ -1523,10 +1526,11 @@ class FsCache:
                 raise BusyError(f"entry {name!r} in {self.root} is in use")
         self._empty_trash()
 
-    def _retire(self, db: Index, name: str, *, unless_kept: bool = False, entry: str | None = None,
-                before_removal: Callable[[], None] | None = None) -> bool:
+    def _retire(self, db: Index, name: str, *, unless_kept: bool = False, unless_awaited: bool = False,
+                entry: str | None = None, before_removal: Callable[[], None] | None = None) -> bool:
         """Within a transaction: move entry ``name`` to the trash unless it is in use (locked,
-        or leased by a live process) or, with ``unless_kept``, marked to keep.  ``entry``: the
+        or leased by a live process) or, with ``unless_kept``, marked to keep or awaited, or,
+        with ``unless_awaited``, awaited (see :meth:`_unused`).  ``entry``: the
         caller's path of its directory (:meth:`_entry`), if it has one.  ``before_removal``: the
         caller's further statements, run once whatever the outcome, after the row is dropped and
         before the directory moves.
@@ -1541,7 +1545,8 @@ class FsCache:
         if entry is None:
             try:
                 with self._entry(name) as opened:
-                    return self._retire(db, name, unless_kept=unless_kept, entry=opened, before_removal=then)
+                    return self._retire(db, name, unless_kept=unless_kept, unless_awaited=unless_awaited,
+                                        entry=opened, before_removal=then)
             except MissError:
                 # No directory (a crashed delete), or a link a group member put in its place:
                 # only the row is ours to drop (gc moves a link away).
@@ -1554,7 +1559,8 @@ class FsCache:
         row = db.row(name)
         fd = self._deletion_lock(entry)
         try:
-            if fd is not None and not self._unused(db, name, entry, fd, unless_kept=unless_kept):
+            if fd is not None and not self._unused(db, name, entry, fd, unless_kept=unless_kept,
+                                                   unless_awaited=unless_awaited):
                 then()
                 return False
             # The index's statements first: one that fails leaves the entry where it was, and
@@ -1580,11 +1586,12 @@ class FsCache:
             if fd is not None:
                 locks.close(fd)
 
-    def _unused(self, db: Index, name: str, entry: str, fd: int, *, unless_kept: bool) -> bool:
+    def _unused(self, db: Index, name: str, entry: str, fd: int, *, unless_kept: bool, unless_awaited: bool) -> bool:
         """Within a transaction, for :meth:`_retire`: whether the entry at ``entry``, whose lock is
         ``fd``, may be deleted, its lock taken exclusively if so.  The dead leases of one that may
         not are reclaimed, and a kept one (``unless_kept``) is marked kept in its row; an awaited
-        one (``unless_kept`` too) is left for its waiters."""
+        one (``unless_kept`` or ``unless_awaited``) is left for its waiters.  ``awaited`` is asked
+        last, of an entry about to go: never on the way of a use."""
         if not self._lock_if_unused(fd):
             return False
         live, dead = scan_leases(entry, boots=self._boots)
@@ -1595,7 +1602,7 @@ class FsCache:
             db.mark_kept(name)
             reclaim_leases(entry, dead)
             return False
-        if unless_kept and self.awaited is not None and self.awaited(name):
+        if (unless_kept or unless_awaited) and self.awaited is not None and self.awaited(name):
             reclaim_leases(entry, dead)
             return False
         return True
@@ -1675,7 +1682,8 @@ class FsCache:
                     db.set_last_used(name, used)
                     break
                 after = (last_used, name)
-                if self._retire(db, name):
+                # An awaited entry goes no more than one in use: its waiters would make it again.
+                if self._retire(db, name, unless_awaited=True):
                     freed += size
                     self._note_evicted(name)
                     if freed >= need:

@@ -100,7 +100,8 @@ removes its own.  Only this user's links are in reach: in a group cache, another
 of a repository evicted by this user stays until that member's gc, or next use of the name,
 which makes it anew.
 
-gc leaves an unused repository that is awaited as a release does, and removes a
+gc leaves an unused repository that is awaited as a release does, and no eviction (gc's
+restoring the budget, a store's, a use's or a release's) deletes one either; gc removes a
 ``<name>.waiting`` that nobody holds (a killed waiter's).  It removes what a population left
 behind (its status, the temporary files of its records, its work directory, an expired error
 record and then the lock file itself) only under that population lock, checked as in step 2: a
