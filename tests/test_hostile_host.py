@@ -557,8 +557,19 @@ def test_what_a_member_plants_that_another_cannot_open_or_move_is_refused_clearl
         assert not (base / f".shared-cache-g{users.gid}" / "objects" / "other").exists()  # the last use's release
 
 
+# How a member renames an entry (objects/repo) into the trash: ARGV is the cache's directory.
+INTO_THE_TRASH = {
+    "itself": "import os, sys; os.rename(f'{sys.argv[1]}/objects/repo', f'{sys.argv[1]}/trash/x')",
+    # In a directory of hers, one level down: the check looked only at the trash's own trees.
+    "in a directory": "import os, sys; os.mkdir(f'{sys.argv[1]}/trash/box'); os.chmod(f'{sys.argv[1]}/trash/box', 0o2770); "
+                      "os.rename(f'{sys.argv[1]}/objects/repo', f'{sys.argv[1]}/trash/box/repo')",
+    "with objects": "import os, sys; os.rename(f'{sys.argv[1]}/objects', f'{sys.argv[1]}/trash/x')",
+}
+
+
+@pytest.mark.parametrize("how", list(INTO_THE_TRASH))
 def test_an_entry_in_use_that_a_member_renames_into_the_trash_is_not_deleted_under_its_users(
-    shared, users, python, recipe
+    shared, users, python, recipe, how
 ):
     # Any member may rename an entry of a group cache into its trash; the victim's next command
     # emptied the trash, and deleted the data her live job was reading.
@@ -571,16 +582,19 @@ def test_an_entry_in_use_that_a_member_renames_into_the_trash_is_not_deleted_und
         assert used.returncode == 0, used.stderr
         reading = os.open(Path(used.stdout.strip()).resolve(), os.O_RDONLY | os.O_DIRECTORY)  # (the job's view)
         try:
-            done(code_as(python, users.member, "import os, sys; os.rename(sys.argv[1], sys.argv[2])",
-                         str(root / "objects" / "repo"), str(root / "trash" / "x"), groups=(users.gid,)))
+            done(code_as(python, users.member, INTO_THE_TRASH[how], str(root), groups=(users.gid,)))
             other = run_as(python, users.victim, "--use", *group, "-n", "other", *rest, groups=(users.gid,))
             assert other.returncode == 0, other.stderr
+            gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+            assert gc.returncode == 0, gc.stderr
             check_tree(Path(f"/proc/self/fd/{reading}"), FILES)
         finally:
             os.close(reading)
-    gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
-    assert gc.returncode == 0, gc.stderr
-    assert not os.listdir(root / "trash")  # its users ended: removed then
+    # Its users ended: removed then, by the victim's gc, and the member's directory by hers.
+    for user in (users.victim, users.member):
+        gc = run_as(python, user, "gc", *group, "-d", str(base), groups=(users.gid,))
+        assert gc.returncode == 0, gc.stderr
+    assert not os.listdir(root / "trash")
 
 
 # Swaps each of PATHS for a symlink to TARGET and back, in a loop, for SECONDS.

@@ -25,7 +25,9 @@ Layout
         data/             the caller's tree, read-only
       trash/<id>/       an entry being deleted; anything here is garbage, but an entry still in
                         use (its lock held, or a live lease), which a member of a group cache
-                        renamed here: it stays until its users end
+                        renamed here, at any depth (in a directory of hers, or ``objects``
+                        itself): it stays, with the directories that hold it, until its users
+                        end; the walk that deletes a tree here passes over it, deleting the rest
 
 An entry *exists* when its directory is in ``objects/`` with its commit marker: ``entry.json``,
 or ``entry.<boot id>.json`` naming this boot of the machine.  Its row in the
@@ -1868,7 +1870,8 @@ class FsCache:
         A tree that cannot be removed now for any other reason (a member who keeps making files
         in a directory of it, an I/O error) stays too: what put it there is done, and the next
         command that empties the trash tries again.  So does an entry in use that a member
-        renamed there (:meth:`_used_in_trash`), until its users end.
+        renamed there (:meth:`_used_in_trash`), at any depth, with the directories that hold
+        it, until its users end: the walk that removes the rest of the tree passes over it.
 
         Only directories are put in the trash, and a directory's link count is 2 plus its
         subdirectories on the usual file systems (ext4, xfs, tmpfs): a count of 2 says it is
@@ -1890,13 +1893,18 @@ class FsCache:
                 return 0
         removed = 0
         alive: dict[str, bool] = {}
+
+        def in_use(directory: int) -> bool:
+            return self._used_in_trash(directory, alive)
+
         trash = self._open_own(TRASH)
         try:
             for tree in os.listdir(trash):
-                if self._used_in_trash(trash, tree, alive):
-                    continue  # its users' data stays until they end: the next command then removes it
                 try:
-                    remove_tree(tree, dir_fd=trash)
+                    # An entry in use, wherever in the tree, stays with what holds it until its
+                    # users end: the next command then removes it.
+                    if not remove_tree(tree, dir_fd=trash, spare=in_use):
+                        continue
                 except OSError:  # PermissionError: another member's
                     continue
                 removed += 1
@@ -1910,16 +1918,18 @@ class FsCache:
             make_reserve(self.root, self.modes.file)  # the room just made keeps the index usable on a full disk
         return removed
 
-    def _used_in_trash(self, trash: int, tree: str, alive: dict[str, bool]) -> bool:
-        """Whether ``tree``, in the trash open as ``trash``, is an entry in use: its lock held, or
-        a lease of a live owner in it.  No deletion puts one there (it takes the lock and looks
-        at the leases first), but any member of a group cache may rename an entry there.  Only an
-        entry of this boot has users: a stage is none, though the lease of its store's holder is
-        in it (a store killed before its commit, whose job lives on, left it for gc)."""
-        if committed(f"/proc/self/fd/{trash}/{tree}") is None:
+    def _used_in_trash(self, directory: int, alive: dict[str, bool]) -> bool:
+        """Whether the directory open as ``directory``, in the trash at any depth, is an entry in
+        use: its lock held, or a lease of a live owner in it.  No deletion puts one there (it
+        takes the lock and looks at the leases first), but any member of a group cache may rename
+        an entry there, or a directory holding entries (one of hers, ``objects`` itself).  Only
+        an entry of this boot has users: a stage is none, though the lease of its store's holder
+        is in it (a store killed before its commit, whose job lives on, left it for gc)."""
+        tree = f"/proc/self/fd/{directory}"
+        if committed(tree) is None:
             return False
         try:
-            fd = os.open(f"{tree}/lock", _OPEN_FLAGS, dir_fd=trash)
+            fd = os.open("lock", _OPEN_FLAGS, dir_fd=directory)
         except OSError:
             fd = -1  # none (what a member planted there): the leases say
         if fd >= 0:
@@ -1929,7 +1939,7 @@ class FsCache:
             finally:
                 locks.close(fd)
         try:
-            return any_live_lease(f"/proc/self/fd/{trash}/{tree}", alive, self._boots)
+            return any_live_lease(tree, alive, self._boots)
         except OSError:
             return False  # no leases to read there
 

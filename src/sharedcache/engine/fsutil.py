@@ -8,7 +8,8 @@
 * :func:`disk_usage`: what a tree occupies (allocated blocks, each inode once), the unit of every
   size budget; a :class:`Seal` lets the filler of a tree measure it as it makes it instead.
 * :func:`remove_tree`: deletes a tree, restoring write permission only on what it removes, and
-  tolerating a concurrent remover of the same tree.
+  tolerating a concurrent remover of the same tree; it can spare the directories its caller
+  says must stay, and what holds them.
 
 Trees are walked by :func:`walk`: iteratively (any depth), relative to directory descriptors
 opened with ``O_NOFOLLOW|O_DIRECTORY``, never following a symlink, so that a link planted or
@@ -457,7 +458,9 @@ def disk_usage(
         os.close(root)
 
 
-def remove_tree(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
+def remove_tree(
+    path: str | os.PathLike[str], *, dir_fd: int | None = None, spare: Callable[[int], bool] | None = None
+) -> bool:
     """Delete the tree at ``path`` (relative to ``dir_fd`` if given); missing parts (a
     concurrent remover) are not an error.
 
@@ -466,22 +469,30 @@ def remove_tree(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> N
     tree (committed data is read-only) are made writable first, but only those being removed.
     Raises PermissionError for a tree that this user may not delete (another member's, in a
     group cache).
+
+    ``spare(directory)``, asked of each directory of the tree (``path`` included) through the
+    descriptor that the walk opened it by, before anything in it changes, says whether it
+    stays: it is left whole, and so are the directories that hold it, the rest of the tree
+    removed in the same walk.  Returns whether the tree is gone (False: something was spared).
     """
     try:
         os.unlink(path, dir_fd=dir_fd)
-        return
+        return True
     except FileNotFoundError:
-        return
+        return True
     except IsADirectoryError:
         pass
     try:
         root = open_directory(path, dir_fd=dir_fd)
     except FileNotFoundError:
-        return
+        return True
     except NotADirectoryError:  # swapped for a link or a file meanwhile: remove that
         unlink_if_present(path, dir_fd=dir_fd)
-        return
+        return True
+    spared = False
     try:
+        if spare is not None and spare(root):
+            return False
         _make_writable(root)
 
         def enter(directory: int, name: str) -> int | None:
@@ -499,24 +510,41 @@ def remove_tree(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> N
             except NotADirectoryError:
                 unlink_if_present(name, dir_fd=directory)
                 return None
-            _make_writable(child)
+            nonlocal spared
+            try:
+                if spare is not None and spare(child):
+                    spared = True
+                    os.close(child)
+                    return None
+                _make_writable(child)
+            except BaseException:
+                os.close(child)
+                raise
             return child
 
         def leave(parent: int, name: str, _directory: int) -> None:
-            try:
-                os.rmdir(name, dir_fd=parent)
-            except FileNotFoundError:
-                pass
+            _remove_directory(name, parent, holds_spared=spared)
 
         walk(root, enter, leave)
     except FileNotFoundError:
-        return  # a concurrent remover took the tree from under this walk
+        return True  # a concurrent remover took the tree from under this walk
     finally:
         os.close(root)
+    _remove_directory(path, dir_fd, holds_spared=spared)
+    return not spared
+
+
+def _remove_directory(path: str | os.PathLike[str], dir_fd: int | None, *, holds_spared: bool) -> None:
+    """Remove the directory ``path`` that a walk of :func:`remove_tree` emptied; gone already is
+    fine, and so, once the walk has spared something (``holds_spared``), is one not empty: it
+    may hold what was spared."""
     try:
         os.rmdir(path, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        if not (holds_spared and e.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+            raise
 
 
 def _make_writable(fd: int) -> None:
