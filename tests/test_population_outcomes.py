@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import subprocess
@@ -329,7 +330,16 @@ def test_a_waiter_gets_the_data_of_the_population_it_waited_for_though_its_job_r
     the waiter found nothing and downloaded it again (8 jobs asking at once downloaded it up to
     8 times).  The release leaves it for the waiter, whose own last release deletes it."""
     waiter, wait, _ = waiter_past_a_finished_population(origin, base, tmp_path, pause)
+    try:
+        # Unused, it outlives its release for the waiter: sc list says so, not that nobody holds it.
+        listed = sc("list", "-d", str(base))
+        assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[-1] == "waiters", listed.stdout
+        assert [row["awaited"] for row in json.loads(sc("list", "--json", "-d", str(base)).stdout)] == [True]
+    except BaseException:
+        finish([waiter], timeout=0)
+        raise
     let_go_without_download(origin, waiter, wait)
+    assert [row["awaited"] for row in json.loads(sc("list", "--json", "-d", str(base)).stdout)] == []
     assert not list((control(base) / "objects").iterdir()), "the waiter's last release did not delete it"
     assert sc("gc", "-d", str(base)).returncode == 0
     assert not list((control(base) / "populate").glob("blob.*")), "gc left the population's files"

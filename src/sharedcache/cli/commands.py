@@ -280,7 +280,9 @@ def listing(repositories: Repositories, options: Arguments) -> int:
         # In use without a lease: held through its lock (by what a killed `sc run` started).
         # Another host's or PID namespace's process is qualified (PID@MACHINE-ID, PID@pid:[NS]).
         # (escaped too: a lease's machine id is text a member of a group cache may have chosen)
-        users = printable(",".join(row["owners"])) or ("a lock" if row["in_use"] else "-")
+        # Unused, and held by waiting uses: "waiters" (see Base.await_population).
+        users = printable(",".join(row["owners"])) or (
+            "a lock" if row["in_use"] else "waiters" if row["awaited"] else "-")
         state = row["state"] + (" (kept)" if row["keep"] else "")
         if row["state"] == "populating":  # how far it has got (its size is known once it is ready)
             done, total = row["done"], row["total"]

@@ -612,9 +612,12 @@ class Repositories:
                 self.reporter.warning(f"{base.path}: left out {left_out} repositories whose names are not ASCII: "
                                       f"{why_not_utf8_here()}")
             for entry in entries:
+                # Unused, and left for the uses waiting for the population that made it (see
+                # Base.await_population): said, since it outlives its last release for them.
+                awaited = not entry.in_use and cache.awaited is not None and cache.awaited(entry.name)
                 rows.append(_row(entry.name, base, "ready", path=str(base.link(entry.name)), size=entry.size,
                                  users=list(entry.users), owners=list(entry.owners), keep=entry.keep,
-                                 last_used=entry.last_used, in_use=entry.in_use))
+                                 last_used=entry.last_used, in_use=entry.in_use, awaited=awaited))
             for name, status in base.populations():
                 # The populating process, as a lease names it (of another host: PID@MACHINE-ID);
                 # a record without one (written by another member of a group cache) names nobody.
@@ -926,9 +929,9 @@ def _loader_words(words: tuple[object, ...]) -> list[str]:
 def _row(name: str, base: Base, state: str, *, path: str | None = None, size: int | None = None,
          users: list[int] | None = None, owners: list[str] | None = None, keep: bool | None = None,
          last_used: float | None = None, in_use: bool = False, done: int | None = None, total: int | None = None,
-         error: str | None = None, failed_at: float | None = None) -> Record:
+         error: str | None = None, failed_at: float | None = None, awaited: bool = False) -> Record:
     """A row of :meth:`Repositories.listing`."""
     return {"name": name, "path": path, "state": state, "size": size, "users": users or [], "keep": keep,
             "last_used": last_used, "base": str(base.path), "in_use": in_use, "owners": owners or [],
-            "done": done, "total": total, "error": error, "failed_at": failed_at}
+            "done": done, "total": total, "error": error, "failed_at": failed_at, "awaited": awaited}
 
