@@ -270,6 +270,54 @@ def test_a_worker_forked_by_another_thread_of_a_killed_populator_holds_none_of_i
                 pass
 
 
+# A child forked by the C library's fork(), which runs none of Python's fork hooks, keeps every
+# copy of its parent's descriptors (see sharedcache.engine.locks).
+_FORKS_IN_C_DURING_ITS_POPULATION = _FORKS_A_WORKER_DURING_ITS_POPULATION.replace(
+    """worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))  # never uses the cache
+worker.start()
+print(worker.pid, flush=True)""",
+    """import ctypes
+pid = ctypes.PyDLL(None).fork()  # (PyDLL: called holding the interpreter's lock, which the child keeps)
+if pid == 0:
+    time.sleep(60)  # with its copies of every descriptor, the population lock's among them
+    os._exit(0)
+print(pid, flush=True)""")
+
+
+def test_a_waiter_for_a_populator_that_has_ended_says_so_and_who_may_hold_its_lock(origin, base):
+    """Only a child that holds a copy of the lock can keep a population's lock once its populator
+    has ended: the waiter's line said "a longer --timeout (or none) waits for it to finish", of a
+    process that had ended."""
+    payload = os.urandom(900_000)
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 300_000
+    words = [f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    assert "ctypes" in _FORKS_IN_C_DURING_ITS_POPULATION
+    program = subprocess.Popen(
+        [sys.executable, "-c", _FORKS_IN_C_DURING_ITS_POPULATION, str(control(base) / "stage"), *words],
+        stdout=subprocess.PIPE, text=True, env=sc_env(PYTHONPATH=SRC, BASE=str(base)), start_new_session=True)
+    child = None
+    try:
+        assert program.stdout is not None
+        child = int(program.stdout.readline())
+        program.kill()
+        program.wait(10)
+        waiter = sc_start("--use", "-d", str(base), "-n", "blob", *words, "--timeout", "2")
+        ((code, _, err),) = finish([waiter], timeout=60)
+        assert code == 1 and err.count("\n") == 1, err
+        assert f"process {program.pid}" in err and "has ended" in err and "fuser" in err, err
+        assert "a longer --timeout" not in err, err
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait(10)
+        if child is not None:
+            try:
+                os.kill(child, 9)
+            except ProcessLookupError:
+                pass
+
+
 #: Where a waiter is stopped: as it starts to wait for the population lock (it reads the
 #: population's status, to say whom it waits for), or as soon as it has found the population
 #: under way, among its candidate bases, before it comes to that lock.

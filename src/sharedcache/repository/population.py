@@ -102,6 +102,14 @@ def stuck(status_path: str, status: Record) -> str | None:
     cgroup; seen only from its own host and PID namespace), or it has written no progress for
     :data:`STALL_SECONDS`; None if it does not."""
     process = populator(status)
+    if process is not None and local(process) and not process.alive():
+        # Yet its lock is held: by a process that has a copy of it, which a child started
+        # without exec outside Python's fork hooks may (see sharedcache.engine.locks).
+        from shlex import quote  # (a command to paste: a base's path may hold a space)
+
+        lock = status_path.removesuffix(".json") + ".lock"
+        return (f"process {process.pid} has ended, but a process it started holds a copy of the population lock "
+                f"(fuser {quote(lock)} names it): the next use takes over once that one ends")
     if process is not None and local(process):
         pid = process.pid
         try:
