@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -236,38 +237,49 @@ time.sleep(60)
 """
 
 
-def test_a_worker_forked_by_another_thread_of_a_killed_populator_holds_none_of_its_locks(origin, base):
-    """A program populates in one thread while its main thread forks a worker (multiprocessing's
-    fork), and is killed: the next use takes over at once, although the worker lives on with
-    copies of every descriptor the population had open (the population's lock, its stage's)."""
+@contextmanager
+def killed_while_its_child_lives(origin, base, program_text: str):  # type: ignore[no-untyped-def]
+    """A program that populates a 900 KB download in a thread (``program_text``) while its main
+    thread forks a child, then prints the child's pid: it is SIGKILLed, the child lives on with
+    copies of its descriptors.  Yields the recipe's words, the program, the child's pid and the
+    payload; the child is killed on exit."""
     payload = os.urandom(900_000)
     url = origin.add("/blob.bin", payload)
     origin.rate = 300_000
     words = [f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
     program = subprocess.Popen(
-        [sys.executable, "-c", _FORKS_A_WORKER_DURING_ITS_POPULATION, str(control(base) / "stage"), *words],
+        [sys.executable, "-c", program_text, str(control(base) / "stage"), *words],
         stdout=subprocess.PIPE, text=True, env=sc_env(PYTHONPATH=SRC, BASE=str(base)), start_new_session=True)
-    worker = None
+    child = None
     try:
         assert program.stdout is not None
-        worker = int(program.stdout.readline())
+        child = int(program.stdout.readline())
         program.kill()
         program.wait(10)
+        yield words, program, child, payload
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait(10)
+        if child is not None:
+            try:
+                os.kill(child, 9)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_worker_forked_by_another_thread_of_a_killed_populator_holds_none_of_its_locks(origin, base):
+    """A program populates in one thread while its main thread forks a worker (multiprocessing's
+    fork), and is killed: the next use takes over at once, although the worker lives on with
+    copies of every descriptor the population had open (the population's lock, its stage's)."""
+    with killed_while_its_child_lives(origin, base, _FORKS_A_WORKER_DURING_ITS_POPULATION) as (
+            words, _, worker, payload):
         waiter = sc_start("--use", "-d", str(base), "-n", "blob", *words, "--timeout", "20")
         ((code, out, err),) = finish([waiter], timeout=60)
         assert os.path.exists(f"/proc/{worker}")  # (it lived on, with its copies)
         assert code == 0, err  # not timed out waiting for the dead populator's worker (60 s)
         assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
         assert os.listdir(control(base) / "stage") == []  # the dead population's stage was swept
-    finally:
-        if program.poll() is None:
-            program.kill()
-            program.wait(10)
-        if worker is not None:
-            try:
-                os.kill(worker, 9)
-            except ProcessLookupError:
-                pass
 
 
 # A child forked by the C library's fork(), which runs none of Python's fork hooks, keeps every
@@ -288,34 +300,13 @@ def test_a_waiter_for_a_populator_that_has_ended_says_so_and_who_may_hold_its_lo
     """Only a child that holds a copy of the lock can keep a population's lock once its populator
     has ended: the waiter's line said "a longer --timeout (or none) waits for it to finish", of a
     process that had ended."""
-    payload = os.urandom(900_000)
-    url = origin.add("/blob.bin", payload)
-    origin.rate = 300_000
-    words = [f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
     assert "ctypes" in _FORKS_IN_C_DURING_ITS_POPULATION
-    program = subprocess.Popen(
-        [sys.executable, "-c", _FORKS_IN_C_DURING_ITS_POPULATION, str(control(base) / "stage"), *words],
-        stdout=subprocess.PIPE, text=True, env=sc_env(PYTHONPATH=SRC, BASE=str(base)), start_new_session=True)
-    child = None
-    try:
-        assert program.stdout is not None
-        child = int(program.stdout.readline())
-        program.kill()
-        program.wait(10)
+    with killed_while_its_child_lives(origin, base, _FORKS_IN_C_DURING_ITS_POPULATION) as (words, program, _, _):
         waiter = sc_start("--use", "-d", str(base), "-n", "blob", *words, "--timeout", "2")
         ((code, _, err),) = finish([waiter], timeout=60)
         assert code == 1 and err.count("\n") == 1, err
         assert f"process {program.pid}" in err and "has ended" in err and "fuser" in err, err
         assert "a longer --timeout" not in err, err
-    finally:
-        if program.poll() is None:
-            program.kill()
-            program.wait(10)
-        if child is not None:
-            try:
-                os.kill(child, 9)
-            except ProcessLookupError:
-                pass
 
 
 #: Where a waiter is stopped: as it starts to wait for the population lock (it reads the
