@@ -211,3 +211,28 @@ def test_a_child_forked_inside_a_store_that_leaves_it_leaves_the_parent_s_stage_
             if os.getpid() != parent:
                 os._exit(0)
         assert len(os.listdir(cache.path(name))) == 201, how
+
+
+def test_a_child_that_keeps_its_parent_s_read_keeps_it_though_another_thread_forks_too(tmp_path: Path) -> None:
+    # The block's thread forks a reader, which keeps the use's read (the repository stays for
+    # it); another thread forked a child too, which gives that read up: the parent's close then
+    # unlocked the open file description, the reader's copy with it, and the last release
+    # deleted the data under the reader.
+    data = tmp_path / "data.txt"
+    data.write_text("payload")
+    (tmp_path / "base").mkdir()
+    read_end, write_end = os.pipe()  # (the parent has left the block once a byte is written)
+    with sharedcache.use(f"file:{data}", directories=str(tmp_path / "base"), verbosity=-1) as path:
+        def reader() -> int:
+            os.close(write_end)
+            os.read(read_end, 1)  # until its parent has left the block
+            return 0 if (path / "data.txt").read_text() == "payload" else 1
+
+        reading = _fork(reader)
+        other = threading.Thread(target=lambda: os.waitpid(_fork(lambda: 0), 0))
+        other.start()
+        other.join(10)
+    os.write(write_end, b"x")
+    os.close(write_end)
+    os.close(read_end)
+    assert os.waitpid(reading, 0)[1] == 0, "the data was deleted under the child that kept the read"

@@ -223,12 +223,12 @@ def test_a_child_forked_during_a_population_does_not_hold_its_locks(origin, base
 _FORKS_A_WORKER_DURING_ITS_POPULATION = """
 import linecache, multiprocessing, os, sys, threading, time
 import sharedcache
-stage, words = sys.argv[1], sys.argv[2:]
+place, words = sys.argv[1], sys.argv[2:]
 def populate():
     with sharedcache.use(*words, name="blob", directories=[os.environ["BASE"]]):
         time.sleep(60)
 threading.Thread(target=populate, daemon=True).start()
-while not (os.path.isdir(stage) and os.listdir(stage)):  # filling its stage, under the population lock
+while not (os.path.isdir(place) and os.listdir(place)):  # its stage filling, under the population lock
     time.sleep(0.01)
 worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))  # never uses the cache
 worker.start()
@@ -258,14 +258,19 @@ def killed_while_its_child_lives(origin, base, program_text: str):  # type: igno
         program.wait(10)
         yield words, program, child, payload
     finally:
-        if program.poll() is None:
-            program.kill()
-            program.wait(10)
-        if child is not None:
-            try:
-                os.kill(child, 9)
-            except ProcessLookupError:
-                pass
+        _end(program, child)
+
+
+def _end(program: subprocess.Popen[str] | None, child: int | None) -> None:
+    """Kill ``program`` if it runs, and its ``child`` (a pid) if any."""
+    if program is not None and program.poll() is None:
+        program.kill()
+        program.wait(10)
+    if child is not None:
+        try:
+            os.kill(child, 9)
+        except ProcessLookupError:
+            pass
 
 
 def test_a_worker_forked_by_another_thread_of_a_killed_populator_holds_none_of_its_locks(origin, base):
@@ -305,8 +310,60 @@ def test_a_waiter_for_a_populator_that_has_ended_says_so_and_who_may_hold_its_lo
         waiter = sc_start("--use", "-d", str(base), "-n", "blob", *words, "--timeout", "2")
         ((code, _, err),) = finish([waiter], timeout=60)
         assert code == 1 and err.count("\n") == 1, err
-        assert f"process {program.pid}" in err and "has ended" in err and "fuser" in err, err
+        assert f"process {program.pid}" in err and "has ended" in err, err
+        assert f"(fuser {control(base) / 'populate' / 'blob.lock'} names it)" in err, err
         assert "a longer --timeout" not in err, err
+
+
+# A thread waits for another process's population while the main thread forks a worker; the
+# population is then this program's to take over.
+_FORKS_A_WORKER_AS_A_THREAD_WAITS = _FORKS_A_WORKER_DURING_ITS_POPULATION.replace(
+    """while not (os.path.isdir(place) and os.listdir(place)):  # its stage filling, under the population lock
+    time.sleep(0.01)""",
+    """while not os.path.exists(place):  # the waiters' file: the thread waits for another's population
+    time.sleep(0.01)
+time.sleep(0.2)  # (past its opening of the population lock's file)""")
+
+
+def test_a_worker_forked_as_a_thread_waits_for_a_lock_holds_none_of_it_once_taken(origin, base):
+    """The lock file a thread waits on is open, not locked: a worker forked then kept its copy,
+    which held the lock once the thread took it (here, taking over a population whose process
+    was killed), and held it after the program was killed too: the next use waited for it."""
+    assert "the waiters' file" in _FORKS_A_WORKER_AS_A_THREAD_WAITS
+    payload = os.urandom(900_000)
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 300_000
+    words = [f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    populate = control(base) / "populate"
+    first = sc_start("--use", "-d", str(base), "-n", "blob", *words)
+    program = worker = None
+    try:
+        wait_for((populate / "blob.json").exists, what="the first population")
+        program = subprocess.Popen(
+            [sys.executable, "-c", _FORKS_A_WORKER_AS_A_THREAD_WAITS, str(populate / "blob.waiting"), *words],
+            stdout=subprocess.PIPE, text=True, env=sc_env(PYTHONPATH=SRC, BASE=str(base)), start_new_session=True)
+        assert program.stdout is not None
+        worker = int(program.stdout.readline())
+        first.kill()
+        first.wait(10)
+
+        def taken_over() -> bool:
+            try:
+                return json.loads((populate / "blob.json").read_text()).get("pid") == program.pid
+            except (OSError, ValueError):
+                return False  # (none, or being written)
+
+        wait_for(taken_over, what="the program's population")
+        program.kill()
+        program.wait(10)
+        waiter = sc_start("--use", "-d", str(base), "-n", "blob", *words, "--timeout", "20")
+        ((code, out, err),) = finish([waiter], timeout=60)
+        assert os.path.exists(f"/proc/{worker}")  # (it lived on, with its copies)
+        assert code == 0, err  # not timed out waiting for the killed program's worker
+        assert (Path(out.strip()) / "blob.bin").read_bytes() == payload
+    finally:
+        finish([first], timeout=0)
+        _end(program, worker)
 
 
 #: Where a waiter is stopped: as it starts to wait for the population lock (it reads the

@@ -14,16 +14,19 @@ a crashed process can never leave a lock behind.  Two consequences shape the cod
 * ``fork`` without ``exec`` copies every descriptor, and the copy shares the lock (``O_CLOEXEC``
   does nothing there): a child that another thread of a program forks (a worker pool, a
   preforking server) would hold the lock for as long as it lives, even once its parent has died
-  holding it.  So every descriptor locked through :func:`try_lock` or :func:`lock` is recorded,
-  with the thread that locked it, until it is closed through :func:`close` or :func:`release`
-  (never ``os.close``), and a child forked by Python (``os.fork``, ``multiprocessing``) gives up
-  its copies as it starts (:func:`_give_up_inherited`): every exclusive one, and the shared
-  ones of threads other than the forking one.  Since the child may start after the parent has
-  closed its own descriptor, the parent's close of one whose copies a child gives up unlocks it
-  first.  A child that a thread forks while it reads an entry (inside ``load()`` or ``use()``)
-  keeps that read, and holds the entry for as long as it keeps the descriptor: it is meant to
-  read the entry too.  A child forked in C, which runs no hook of Python's, keeps every copy
-  (:func:`release` unlocks, so that one holds nothing once its parent is done).
+  holding it.  So every descriptor of a lock file is recorded from its opening
+  (:func:`open_lock_file`), or from its first lock (:func:`try_lock` and :func:`lock` record it
+  before they lock or wait: a fork meanwhile copies it recorded), with the thread that locks it,
+  until it is closed through :func:`close` or :func:`release` (never ``os.close``); and a child
+  forked by Python (``os.fork``, ``multiprocessing``) gives up its copies as it starts
+  (:func:`_give_up_inherited`): every one but the shared locks of the forking thread.  Since the
+  child may start after the parent has closed its own descriptor, the parent's close of one
+  whose copies a child gives up unlocks it first, unless another child keeps a copy (an unlock
+  is the open file description's: it would take that child's lock too).  A child that a thread
+  forks while it reads an entry (inside ``load()`` or ``use()``) keeps that read, and holds the
+  entry for as long as it keeps the descriptor: it is meant to read the entry too.  A child
+  forked in C, which runs no hook of Python's, keeps every copy (:func:`release` unlocks, so
+  that one holds nothing once its parent is done).
 
 ``flock`` has no timeout, so a blocking acquisition polls with a non-blocking attempt and a short,
 growing sleep; the holders this waits for keep their locks for milliseconds (commits, removals)
@@ -102,6 +105,7 @@ def open_lock_file(
         if fd >= 0:
             os.close(fd)
         raise
+    _record(fd, EXCLUSIVE, st)  # (from its opening: a fork while it is locked, or waited for, copies it)
     return fd
 
 
@@ -131,27 +135,54 @@ def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -
     return fd
 
 
-#: The descriptors this process has locked and not closed: the thread that locked each, whether
-#: exclusively, and the file's device and inode (see the module's docstring).
+#: The descriptors of lock files this process has open, from their opening (:func:`open_lock_file`)
+#: or locking (:func:`try_lock`, :func:`lock`) to their close (:func:`close`): the thread that
+#: locked each (or waits for it, or opened it), whether it may be held exclusively (so recorded
+#: until a shared lock is taken on it), and the file's device and inode (see the module's
+#: docstring).
 _held: dict[int, tuple[int, bool, int, int]] = {}
 #: Those of them whose copies a child forked since gives up: this process's close unlocks them
-#: (see :func:`close`).
+#: (see :func:`close`), unless a child keeps a copy too (:data:`_kept`).
 _given_up: set[int] = set()
+#: Those whose copies a child forked since keeps (the forking thread's shared locks): an unlock,
+#: which is the open file description's, would take its lock from that child too.
+_kept: set[int] = set()
 _hooked: list[bool] = []  # (whether the hooks are registered: once, when first needed)
+
+
+def _record(fd: int, mode: int, status: os.stat_result | None = None) -> None:
+    """Record ``fd`` in :data:`_held`, as this thread's, locked (or to be) in ``mode``."""
+    if not _hooked:
+        os.register_at_fork(after_in_parent=_note_given_up, after_in_child=_give_up_inherited)
+        _hooked.append(True)
+    status = status or os.fstat(fd)
+    _held[fd] = (get_ident(), mode == EXCLUSIVE, status.st_dev, status.st_ino)
 
 
 def try_lock(fd: int, mode: int) -> bool:
     """Take the lock ``mode`` (SHARED or EXCLUSIVE) on ``fd`` if it is free now; return whether taken."""
+    before = _held.get(fd)
+    _record(fd, mode)  # (before the lock: a fork that comes as it is taken copies it recorded)
+    if _flock_now(fd, mode):
+        return True
+    _restore(fd, before)
+    return False
+
+
+def _flock_now(fd: int, mode: int) -> bool:
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    if not _hooked:
-        os.register_at_fork(after_in_parent=_note_given_up, after_in_child=_give_up_inherited)
-        _hooked.append(True)
-    status = os.fstat(fd)
-    _held[fd] = (get_ident(), mode == EXCLUSIVE, status.st_dev, status.st_ino)
     return True
+
+
+def _restore(fd: int, record: tuple[int, bool, int, int] | None) -> None:
+    """Put back the record of ``fd`` as it was before a lock that was not taken (None: none)."""
+    if record is None:
+        _held.pop(fd, None)
+    else:
+        _held[fd] = record
 
 
 def _inherited() -> list[int]:
@@ -163,8 +194,11 @@ def _inherited() -> list[int]:
 
 def _note_given_up() -> None:
     # The child gives its copies up as it starts, which may be after this process closes its
-    # own: the close then unlocks, so that no copy holds the lock meanwhile.
-    _given_up.update(_inherited())
+    # own: the close then unlocks, so that no copy holds the lock meanwhile; but not the copies
+    # it keeps, whose lock is its own as well.
+    given_up = _inherited()
+    _given_up.update(given_up)
+    _kept.update(set(_held) - set(given_up))
 
 
 def _give_up_inherited() -> None:
@@ -175,6 +209,7 @@ def _give_up_inherited() -> None:
     unwinds it), which must not close what the child opened meanwhile."""
     inherited = _inherited()
     _given_up.clear()  # (the copies it keeps are its parent's locks too: never unlocked by it)
+    _kept.clear()
     if not inherited:
         return
     try:
@@ -212,20 +247,26 @@ def lock(
     ``waiting(elapsed)`` is called between attempts so a caller can report whom it waits for.
     Raises :class:`WaitTimeoutError` naming ``what`` when the time is up.
     """
-    if try_lock(fd, mode):
+    before = _held.get(fd)
+    _record(fd, mode)  # (for the whole wait: a fork while it waits copies it recorded)
+    if _flock_now(fd, mode):
         return
     start = time.monotonic()
     delay = 0.001
-    while True:
-        elapsed = time.monotonic() - start
-        if timeout is not None and elapsed >= timeout:
-            raise WaitTimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        if waiting is not None:
-            waiting(elapsed)
-        time.sleep(delay if timeout is None else max(0.0, min(delay, timeout - elapsed)))
-        delay = min(delay * 2, 0.05)
-        if try_lock(fd, mode):
-            return
+    try:
+        while True:
+            elapsed = time.monotonic() - start
+            if timeout is not None and elapsed >= timeout:
+                raise WaitTimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+            if waiting is not None:
+                waiting(elapsed)
+            time.sleep(delay if timeout is None else max(0.0, min(delay, timeout - elapsed)))
+            delay = min(delay * 2, 0.05)
+            if _flock_now(fd, mode):
+                return
+    except BaseException:
+        _restore(fd, before)
+        raise
 
 
 def release(fd: int) -> None:
@@ -244,8 +285,13 @@ def close(fd: int) -> None:
     copy is left, or at once if a child forked meanwhile gives its copy up), and so does the
     record of it (see the module's docstring)."""
     _held.pop(fd, None)
+    kept = fd in _kept
+    _kept.discard(fd)
     if fd in _given_up:
         _given_up.discard(fd)
+        if kept:  # (a child holds the lock through its copy, as it should: no unlock for all)
+            os.close(fd)
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -259,6 +305,7 @@ def hand_over(fd: int) -> None:
     once ``fd`` is closed: a child forked then inherits that copy, and holds the lock with it."""
     _held.pop(fd, None)
     _given_up.discard(fd)
+    _kept.discard(fd)
 
 
 def still_linked(fd: int, path: str | os.PathLike[str]) -> bool:

@@ -19,7 +19,7 @@ import time
 
 from .. import errors
 from ..engine import locks
-from ..engine.fsutil import read_control, unlink_if_present, write_atomic
+from ..engine.fsutil import read_control, shown_path, unlink_if_present, write_atomic
 from ..engine.layout import open_made_directory
 from ..engine.leases import Owner, boot_id, pid_namespace
 from ..errors import (
@@ -107,7 +107,7 @@ def stuck(status_path: str, status: Record) -> str | None:
         # without exec outside Python's fork hooks may (see sharedcache.engine.locks).
         from shlex import quote  # (a command to paste: a base's path may hold a space)
 
-        lock = status_path.removesuffix(".json") + ".lock"
+        lock = shown_path(status_path.removesuffix(".json") + ".lock")
         return (f"process {process.pid} has ended, but a process it started holds a copy of the population lock "
                 f"(fuser {quote(lock)} names it): the next use takes over once that one ends")
     if process is not None and local(process):

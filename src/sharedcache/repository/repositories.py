@@ -738,7 +738,7 @@ class Repositories:
             fd, removed = self._lock_file(base, RESERVATIONS_LOCK, cache)
             cleaned += removed
             if fd is not None:
-                os.close(fd)
+                locks.close(fd)
         for name in names:
             if name + WAITING in files:
                 cleaned += self._remove_unawaited(base, name, cache)
