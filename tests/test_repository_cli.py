@@ -565,6 +565,48 @@ def test_a_rootless_container_s_root_shares_its_user_s_cache(tmp_path, reachable
         assert [len(row["users"]) for row in json.loads(listing.stdout)] == [3], listing
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as another user")
+def test_a_rootless_container_s_root_resumes_its_user_s_download_and_an_unmapped_user_is_refused(
+        tmp_path, reachable_tmp, origin):
+    # The work directory was named by the uid inside the namespace: the container started its
+    # user's interrupted download over from byte 0.  And in a user namespace without a map, the
+    # user took the name of the host's nobody (.shared-cache-65534), every file's owner showing
+    # as that overflow uid, so that no check by owner meant anything.
+    from scutil import interpreter_for
+
+    payload = os.urandom(2_000_000)
+    url = origin.add("/big.bin", payload)
+    origin.rate = 400_000
+    recipe = ["-n", "big", f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    base = reachable_tmp / "base"
+    base.mkdir()
+    os.chown(base, 65534, 65534)
+    python, env = interpreter_for(65534, 65534)
+    env = {**env, "HOME": str(tmp_path)}
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*user, "unshare", "--user", "--map-root-user", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespace for another user here: {probe.stderr.strip()}")
+    command = [python, "-m", "sharedcache", "--use", "-d", str(base), "--speed-limit", "0", *recipe]
+    first = subprocess.Popen([*user, *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: origin.stats("/big.bin").bytes_served >= 400_000, what="the first download's start")
+    finally:
+        first.terminate()  # (its partial download is kept for the next use)
+        first.communicate(timeout=30)
+    with Sleeper() as owner:
+        resumed = subprocess.run([*user, "unshare", "--user", "--map-root-user", *command, "--pid", str(owner.pid)],
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert resumed.returncode == 0, resumed.stderr
+        assert origin.stats("/big.bin").ranges, "started over from byte 0"
+        assert origin.stats("/big.bin").bytes_served < 2 * len(payload) - 300_000
+        unmapped = subprocess.run([*user, "unshare", "--user", *command], env=env, capture_output=True, text=True,
+                                  timeout=60)
+        assert (unmapped.returncode, unmapped.stdout) == (1, ""), unmapped
+        assert "has no uid outside its user namespace" in unmapped.stderr and unmapped.stderr.count("\n") == 1
+        assert sorted(path.name for path in base.iterdir()) == [".shared-cache-65534"]
+
+
 def test_a_name_held_in_another_cache_of_the_base_is_refused_before_any_download(dirs, tarball):
     # The user's own cache and a group's share the user's directory of links: a name taken in
     # one was refused in the other after its download, as "a symlink to '.cache/objects/...',

@@ -285,21 +285,34 @@ def _user_namespace_map() -> list[int] | None:
     return None if words == _IDENTITY_MAP else [int(word) for word in words]
 
 
-def user_directory_name() -> str:
-    """The name of this user's directory in a base: ``.shared-cache-<uid>``, by this user's uid
-    outside its user namespace.  The root of a rootless container is its user on the host: a job
-    there and one on the host share one directory, and so one download, where the names
+def user_id_outside() -> int:
+    """This user's uid outside its user namespace, by which its directories in a base are named
+    (:func:`user_directory_name`, and its work directories in a group cache's).  The root of a
+    rootless container is its user on the host: a job there and one on the host share one
+    directory, and so one download (and one partial download), where the names
     ``.shared-cache-0`` and ``.shared-cache-1000`` made two.  The files keep their checks by
     ``st_uid``, which the kernel shows in the namespace's numbering: the same user either way.
 
     One level is mapped, the parent namespace's (a namespace nested in a container's names the
-    container's uid); a uid the map does not cover (the kernel's overflow uid) is kept."""
+    container's uid).  A user the map does not cover (``unshare --user`` without a map, where
+    every file's owner shows as the kernel's overflow uid, and the checks by owner mean nothing)
+    is refused."""
     uid = os.geteuid()
-    ranges = _user_namespace_map() or []
+    ranges = _user_namespace_map()
+    if ranges is None:
+        return uid
     for inside, outside, count in zip(ranges[0::3], ranges[1::3], ranges[2::3], strict=True):
         if inside <= uid < inside + count:
-            return f".shared-cache-{outside + uid - inside}"
-    return f".shared-cache-{uid}"
+            return outside + uid - inside
+    raise CacheError(f"this process's user (uid {uid} here) has no uid outside its user namespace (no uid_map "
+                     "covers it), so neither its own files nor anyone else's can be told: run sc where its user "
+                     "is mapped (unshare --map-root-user or --map-current-user)")
+
+
+def user_directory_name() -> str:
+    """The name of this user's directory in a base: ``.shared-cache-<uid>``, by
+    :func:`user_id_outside`."""
+    return f".shared-cache-{user_id_outside()}"
 
 
 def user_directory(base: str) -> str:

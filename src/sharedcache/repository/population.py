@@ -20,7 +20,7 @@ import time
 from .. import errors
 from ..engine import locks
 from ..engine.fsutil import read_control, shown_path, unlink_if_present, write_atomic
-from ..engine.layout import open_made_directory
+from ..engine.layout import open_made_directory, user_id_outside
 from ..engine.leases import Owner, boot_id, pid_namespace
 from ..errors import (
     CacheError,
@@ -538,7 +538,7 @@ class Population:
         record can survive while the data they count does not.  Hence the marker names the boot
         as well as the recipe, and a work left before a reboot is cleared, however whole it
         looks: no checksum need be there to notice the damage."""
-        mine = str(os.geteuid())
+        mine = str(user_id_outside())  # (a rootless container's root is its user: one work directory)
         identity = f"{self.request.identity}\nboot {boot_id()}".encode()
         try:
             fd, made = open_made_directory(mine, 0o700, dir_fd=outer)
