@@ -99,13 +99,15 @@ def test_planted_symlink_inside_the_control_directory_is_not_followed(tmp_path, 
         assert sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
 
 
-@pytest.mark.parametrize("plant", ["fifo", "directory"])
+@pytest.mark.parametrize("plant", ["fifo", "socket", "directory"])
 def test_what_is_planted_at_a_population_lock_is_refused_by_its_path_and_gc_removes_it(base, words, plant):
     with Sleeper() as owner:
         assert sc("--use", "-n", "first", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
     lock = control(base) / "populate" / "repo.lock"
     if plant == "fifo":
         os.mkfifo(lock)
+    elif plant == "socket":  # (which open() refuses with ENXIO: it escaped as a bare error)
+        bound(lock)
     else:
         lock.mkdir()
         (lock / "inside").write_text("x")
@@ -121,7 +123,20 @@ def test_what_is_planted_at_a_population_lock_is_refused_by_its_path_and_gc_remo
         check_tree(Path(used.stdout.strip()), FILES)
 
 
-@pytest.mark.parametrize("plant", ["fifo", "held"])
+def bound(path: Path) -> None:
+    """A UNIX socket at ``path``, as a process that listens there makes it (the socket itself is
+    closed: the file stays)."""
+    import socket
+    import tempfile
+
+    short = tempfile.mkdtemp(dir="/tmp")  # (a socket's path is at most 107 bytes: made there, then moved)
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(f"{short}/s")
+    os.rename(f"{short}/s", path)
+    os.rmdir(short)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "socket", "held"])
 def test_what_is_at_the_waiters_file_of_one_base_fails_no_use_ready_in_the_next(tmp_path, words, plant):
     # The first base looked at for a population under way took its waiters' file, waiting, and
     # refused a FIFO there: a use of a repository ready in the next base failed, or waited out
@@ -136,6 +151,8 @@ def test_what_is_at_the_waiters_file_of_one_base_fails_no_use_ready_in_the_next(
         holder = None
         if plant == "fifo":
             os.mkfifo(waiting)
+        elif plant == "socket":
+            bound(waiting)
         else:
             holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
                                        "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o600)\n"
@@ -151,6 +168,27 @@ def test_what_is_at_the_waiters_file_of_one_base_fails_no_use_ready_in_the_next(
                 holder.wait(10)
         assert (used.returncode, used.stderr) == (0, ""), used.stderr
         assert used.stdout == f"{user_dir(second)}/repo\n"
+
+
+def test_a_waiters_file_that_is_the_population_lock_under_another_name_is_refused_and_gc_removes_it(
+        base, words):
+    # A hard link of the population lock planted at the waiters' file: the use held it shared,
+    # then waited for its own lock for good, the population "by an unknown process".
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "first", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
+    populate = control(base) / "populate"
+    (populate / "repo.lock").touch(mode=0o600)
+    os.link(populate / "repo.lock", populate / "repo.waiting")
+    refused = sc("--use", "-n", "repo", "-d", str(base), "--timeout", "20", *words)
+    assert refused.returncode == 1, refused.stderr
+    assert f" {populate / 'repo.waiting'} is the population lock's file under another name" in one_line(refused.stderr)
+    gc = sc("gc", "-d", str(base))
+    assert gc.returncode == 0 and gc.stderr == "", gc.stderr
+    assert not os.path.lexists(populate / "repo.waiting")
+    with Sleeper() as owner:
+        used = sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words)
+        assert used.returncode == 0, used.stderr
+        check_tree(Path(used.stdout.strip()), FILES)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "directory", "misplaced-total"])

@@ -58,7 +58,7 @@ def open_lock_file(
     path: str | os.PathLike[str], *, create: bool = True, mode: int = 0o600, dir_fd: int | None = None
 ) -> int:
     """Open (and by default create, with exactly ``mode``) a lock file; anything but a regular
-    file found at ``path`` (a planted symlink, FIFO or directory), or a file this user may not
+    file found at ``path`` (a planted symlink, FIFO, socket or directory), or a file this user may not
     read, is refused with a CacheError, never followed or waited on.
 
     Read access is enough for ``flock``, so a lock file created by another member of a group
@@ -88,7 +88,7 @@ def open_lock_file(
             raise CacheError(f"{shown_path(path)} is not readable by this user (another user's file?); "
                              "refusing to use it ('sc gc' removes it)") from None
         except OSError as e:
-            if e.errno not in (errno.ELOOP, errno.EISDIR):
+            if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # (ENXIO: a UNIX socket)
                 raise
             fd = -1
         break
@@ -96,7 +96,7 @@ def open_lock_file(
         st = os.fstat(fd) if fd >= 0 else None
         if st is None or not stat.S_ISREG(st.st_mode):
             raise CacheError(
-                f"{shown_path(path)} is not a regular file (a planted symlink, FIFO or directory?); "
+                f"{shown_path(path)} is not a regular file (a planted symlink, FIFO, socket or directory?); "
                 "refusing to use it ('sc gc' removes it)"
             )
         if create and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode and st.st_size == 0:

@@ -33,7 +33,7 @@ import os
 
 from ..engine import locks
 from ..engine.fscache import FsCache
-from ..engine.fsutil import unlink_if_present
+from ..engine.fsutil import shown_path, unlink_if_present
 from ..engine.layout import absolute_path, check_base, group_directory, user_directory, user_directory_name
 from ..errors import (
     QUOTED_CHARACTERS,
@@ -369,6 +369,7 @@ class Base:
                     locks.lock(fd, locks.SHARED, timeout=self.cache().wait_left,
                                what=f"the waiters' file of repository {name!r} in {self.path}")
                 if locks.still_linked(fd, path):  # (removed when nobody holds it: see stop_awaiting)
+                    _refuse_the_population_lock(fd, path, self.population_file(name, ".lock"))
                     self._awaiting = fd, path
                     return
             except BaseException:
@@ -469,6 +470,19 @@ class Base:
                 os.unlink(lock_path)
         finally:
             locks.close(fd)
+
+
+def _refuse_the_population_lock(fd: int, path: str, lock_path: str) -> None:
+    """Refuse the waiters' file ``path`` (open as ``fd``) if it is the population lock's file
+    under another name (a hard link a member planted): the use that holds it shared would wait
+    for ever on its own lock."""
+    try:
+        lock = os.stat(lock_path, follow_symlinks=False)
+    except OSError:
+        return  # none yet: nothing it can be
+    if os.path.samestat(os.fstat(fd), lock):
+        raise CacheError(f"{shown_path(path)} is the population lock's file under another name (a hard link "
+                         "planted there?); refusing to use it ('sc gc' removes it)")
 
 
 def say_if_budget_damaged(cache: FsCache, reporter: Reporter, consequence: str) -> None:
