@@ -73,7 +73,9 @@ class Scope:
         try:
             self._steps.throw(error)
         except StopIteration as stop:
-            return stop is not error  # the generator handled the exception, unless it is the block's own
+            # The generator handled the exception; unless it is the block's own, which a finished
+            # generator throws back (an __exit__ called twice: entering twice is refused).
+            return stop is not error
         except BaseException as raised:
             if raised is error:
                 return False  # propagates with its own traceback

@@ -370,12 +370,11 @@ def _warn_of_cleaners(effective: Effective, group: int | None) -> None:
     if not None) a cleaner of the system's deletes by age (:mod:`sharedcache.config.cleaners`),
     where that comes from and what keeps them."""
     from ..config.cleaners import cleaning_warning
-    from ..engine.layout import group_directory, user_directory_name
-    from ..repository.bases import base_directories
+    from ..repository.bases import Base, base_directories
 
     for base in base_directories(files.value(effective, "directories")):
-        cache = group_directory(base, group) if group is not None else os.path.join(base, user_directory_name())
-        warning = cleaning_warning(base, cache)
+        candidate = Base(base, group)
+        warning = cleaning_warning(base, candidate.links if group is None else candidate.control)
         if warning is not None:
             print(f"sc: {warning}", file=sys.stderr)
 

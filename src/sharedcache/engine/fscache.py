@@ -1903,7 +1903,8 @@ class FsCache:
                 try:
                     # An entry in use, wherever in the tree, stays with what holds it until its
                     # users end: the next command then removes it.
-                    if not remove_tree(tree, dir_fd=trash, spare=in_use):
+                    # (Only a member of a group cache can put an entry in use here.)
+                    if not remove_tree(tree, dir_fd=trash, spare=in_use if self.shared else None):
                         continue
                 except OSError:  # PermissionError: another member's
                     continue

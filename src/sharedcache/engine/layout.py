@@ -277,7 +277,7 @@ def _user_namespace_map() -> list[int] | None:
     try:
         fd = os.open("/proc/self/uid_map", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            words = os.read(fd, 4096).split()
+            words = os.read(fd, 1 << 14).split()  # (340 ranges at most, of 33 bytes each at most)
         finally:
             os.close(fd)
     except OSError:
@@ -297,7 +297,18 @@ def user_id_outside() -> int:
     container's uid).  A user the map does not cover (``unshare --user`` without a map, where
     every file's owner shows as the kernel's overflow uid, and the checks by owner mean nothing)
     is refused."""
-    uid = os.geteuid()
+    key = (os.getpid(), os.geteuid())  # (read once: every candidate base's directory asks)
+    if key not in _outside:
+        _outside[key] = _mapped_outside(key[1])
+    return _outside[key]
+
+
+#: :func:`user_id_outside` of (a process, its uid).
+_outside: dict[tuple[int, int], int] = {}
+
+
+def _mapped_outside(uid: int) -> int:
+    """``uid`` mapped by this process's user namespace to its parent's (see :func:`user_id_outside`)."""
     ranges = _user_namespace_map()
     if ranges is None:
         return uid

@@ -189,16 +189,18 @@ def _inherited() -> list[int]:
     """The locked descriptors that a child forked by this thread now may not hold: every
     exclusive one, and the shared ones of other threads."""
     forking = get_ident()
-    return [fd for fd, (thread, exclusive, _, _) in _held.items() if exclusive or thread != forking]
+    # (A copy, taken at once: the other threads run again as the parent's hook runs.)
+    return [fd for fd, (thread, exclusive, _, _) in list(_held.items()) if exclusive or thread != forking]
 
 
 def _note_given_up() -> None:
     # The child gives its copies up as it starts, which may be after this process closes its
     # own: the close then unlocks, so that no copy holds the lock meanwhile; but not the copies
     # it keeps, whose lock is its own as well.
+    held = set(_held)
     given_up = _inherited()
     _given_up.update(given_up)
-    _kept.update(set(_held) - set(given_up))
+    _kept.update(held - set(given_up))
 
 
 def _give_up_inherited() -> None:
@@ -284,20 +286,14 @@ def close(fd: int) -> None:
     """Close ``fd``, a descriptor that may have been locked: the lock goes with it (once no
     copy is left, or at once if a child forked meanwhile gives its copy up), and so does the
     record of it (see the module's docstring)."""
-    _held.pop(fd, None)
-    kept = fd in _kept
-    _kept.discard(fd)
-    if fd in _given_up:
-        _given_up.discard(fd)
-        if kept:  # (a child holds the lock through its copy, as it should: no unlock for all)
-            os.close(fd)
-            return
-        try:
+    # (Not what a child keeps: it holds the lock through its copy, as it should.)
+    unlock = fd in _given_up and fd not in _kept
+    hand_over(fd)  # (its records go)
+    try:
+        if unlock:
             fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-        return
-    os.close(fd)
+    finally:
+        os.close(fd)
 
 
 def hand_over(fd: int) -> None:

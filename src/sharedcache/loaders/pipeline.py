@@ -179,7 +179,9 @@ def _raw(recipe: Recipe) -> bool:
 def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Progress | None,
          partial: _Partial | None) -> None:
     start, validator, total = partial.load() if partial is not None else (0, None, None)
-    ctx.checksummed = bool(recipe.transforms) and recipe.transforms[0].passthrough
+    from .transforms import Checksum  # (a passthrough transform is no checksum unless it is one)
+
+    ctx.checksummed = bool(recipe.transforms) and isinstance(recipe.transforms[0], Checksum)
     source = origin.open(ctx, start=start, validator=validator)
     stream: Stream = source
     try:

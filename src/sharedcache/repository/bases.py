@@ -292,8 +292,8 @@ class Base:
     @scoped
     def reservations_held(self) -> Iterator[None]:
         """Hold this base's reservations lock, which a population with a size holds while it
-        writes its first status record (its reservation) and checks the room the reservations
-        before it leave (:meth:`~sharedcache.repository.population.Population.run`)."""
+        checks the room the reservations before it leave and writes its first status record (its
+        reservation) (:meth:`~sharedcache.repository.population.Population.run`)."""
         fd = locks.open_lock_file(os.path.join(self.populate_dir, RESERVATIONS_LOCK), mode=self.cache().modes.file)
         try:
             # (As long as any wait in the cache: a member of a group cache may hold it.)
@@ -518,7 +518,7 @@ def with_waiters(cache: FsCache) -> FsCache:
     """``cache``, told which of its repositories uses wait for (its ``awaited``: the waiting
     file of the name is held, see :meth:`Base.await_population`), so that the release of the
     last use of one of them, and gc, leave it for them."""
-    cache.awaited = lambda name: _locked(os.path.join(cache.own_directory("populate"), name + WAITING),
+    cache.awaited = lambda name: _locked(os.path.join(cache.own_directory(POPULATE), name + WAITING),
                                          cache.modes.file)
     return cache
 

@@ -366,8 +366,8 @@ class Population:
                 unlink_if_present(self.status_path)
                 self._close_work()
         try:
+            unlink_if_present(self.error_path)  # (first: a discard that fails leaves no stale record)
             cache.discard(self.work)
-            unlink_if_present(self.error_path)
         except (SharedCacheError, OSError):
             pass  # committed, with the owner's use: what is left there is gc's, and fails no use
         lease = cache.lease_of(name, owner)
@@ -402,18 +402,17 @@ class Population:
             raise NoSpaceError(f"no space left on the device of {path}{errors.why_full(e.errno, path)}") from None
 
     def _reserve(self, size: int) -> None:
-        """Write the status record, which reserves ``size`` on the base, under the base's
-        reservations lock, and check that the reservations made before it leave that room.  Two
+        """Under the base's reservations lock, check that the reservations made before leave
+        ``size`` of room, then write the status record, which reserves it.  Two
         uses that chose the base at the same moment saw the same room and took it both, and both
         failed when it ran out where another base had room: the later one gives the base up
         (:class:`RoomTaken`), and its choice is made again."""
         with self.base.reservations_held():
-            write_record(self.status_path, self.status, self.base.cache().modes.file)
             free = self.base.free_space() - self.base.reserved(besides=self.request.name)
             if free < size:
-                unlink_if_present(self.status_path)
                 raise RoomTaken(f"{format_size(max(free, 0))} free once the populations under way have "
                                 "what they reserved")
+            write_record(self.status_path, self.status, self.base.cache().modes.file)
 
     def _store(self) -> None:
         request = self.request
