@@ -557,6 +557,34 @@ def test_what_a_member_plants_that_another_cannot_open_or_move_is_refused_clearl
         assert not (base / f".shared-cache-g{users.gid}" / "objects" / "other").exists()  # the last use's release
 
 
+@pytest.mark.parametrize("kind", ["directory of hers"])
+def test_a_budget_a_member_made_that_another_cannot_read_or_move_is_damaged_then_put_away_by_gc(
+    shared, users, python, recipe, home, kind
+):
+    # A directory of hers at `budget` failed the victim's gc with a bare PermissionError: only
+    # she may move it into the trash.
+    with planted(shared, users, python, recipe, home, "budget", kind) as (base, group, rest):
+        root = base / f".shared-cache-g{users.gid}"
+        other = [*group, "-n", "other", *rest]
+        # A download and the last release take it for none, saying so in one line.
+        for command in (["--use", *other], ["--unuse", *other]):
+            result = run_as(python, users.victim, *command, groups=(users.gid,))
+            lines = clean_lines(result)
+            assert result.returncode == 0 and len(lines) == 1 and "is damaged" in lines[0], (command, result.stderr)
+        assert not (root / "objects" / "other").exists()  # (the last use's release deleted it)
+        gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+        assert gc.returncode == 0 and not clean_lines(gc), gc.stderr
+        assert "damaged budget removed" in gc.stdout, gc.stdout
+        assert not os.path.lexists(root / "budget")
+        # Planted again: a budget set (as the warning says to do) puts it away too.
+        done(code_as(python, users.member, PLANT, str(root), "budget", kind, str(home), groups=(users.gid,)))
+        again = run_as(python, users.victim, "--use", *other, "--max-size", "100MB", groups=(users.gid,))
+        assert again.returncode == 0 and len(clean_lines(again)) <= 1, again.stderr
+        assert (root / "budget").read_bytes() == b"100000000"
+        unused = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
+        assert unused.returncode == 0 and not clean_lines(unused), unused.stderr
+
+
 # How a member renames an entry (objects/repo) into the trash: ARGV is the cache's directory.
 INTO_THE_TRASH = {
     "itself": "import os, sys; os.rename(f'{sys.argv[1]}/objects/repo', f'{sys.argv[1]}/trash/x')",

@@ -863,7 +863,7 @@ class FsCache:
                 except FileNotFoundError:
                     planted = False
                 if planted:  # (a directory, which neither the unlink nor the rename below replaces)
-                    self._to_trash(".", BUDGET)
+                    self.put_away(".", BUDGET)
                 if budget is None:
                     unlink_if_present(BUDGET, dir_fd=root)
                 else:
@@ -2183,13 +2183,14 @@ class FsCache:
             return True
 
     def _budget_repaired(self, report: GcReport) -> int | None:
-        """Within gc's transaction: the budget; a damaged one (:class:`_DamagedBudget`) is moved
-        into the trash, which leaves the cache unlimited until a budget is set again (under the
-        index's write lock, as gc holds it: none is set meanwhile)."""
+        """Within gc's transaction: the budget; a damaged one (:class:`_DamagedBudget`) is put
+        away (:meth:`put_away`: a member's directory there only she may move into the trash),
+        which leaves the cache unlimited until a budget is set again (under the index's write
+        lock, as gc holds it: none is set meanwhile)."""
         try:
             return self.max_size
         except _DamagedBudget:
-            self._to_trash(".", BUDGET)
+            self.put_away(".", BUDGET)
             report.damaged_budget_removed = True
             return None
 
