@@ -603,7 +603,7 @@ class Staging:
 
 
 class _DamagedBudget(CacheError):
-    """The budget's file holds no number, or is no file: what gc removes."""
+    """The budget's file holds no number, is no file, or may not be read: what gc removes."""
 
 
 class GcReport(Record):
@@ -831,6 +831,10 @@ class FsCache:
             text = read_control(BUDGET, 64, dir_fd=root) or b"<not a file>"
         except FileNotFoundError:
             return None
+        except PermissionError:
+            # Another member's, made under umask 077: as useless as garbage to this user, and
+            # gc puts it away as it does garbage.
+            raise self._damaged_budget("this user may not read it") from None
         except OSError as e:
             raise over_limit(e) or CacheError(f"cannot read {self._budget}: {e.strerror}") from None
         finally:
@@ -838,14 +842,15 @@ class FsCache:
         try:
             return int(text)
         except ValueError:
-            raise _DamagedBudget(
-                f"the budget {self._budget} of cache {self.root} is damaged ({text[:20]!r}); "
-                "set it again (max_size, or sc --max-size), or run gc to remove it"
-            ) from None
+            raise self._damaged_budget(repr(text[:20])) from None
 
     @max_size.setter
     def max_size(self, value: int | str | None) -> None:
         self._set_max_size(value, evict=True)
+
+    def _damaged_budget(self, why: str) -> _DamagedBudget:
+        return _DamagedBudget(f"the budget {self._budget} of cache {self.root} is damaged ({why}); "
+                              "set it again (max_size, or sc --max-size), or run gc to remove it")
 
     def _set_max_size(self, value: int | str | None, *, evict: bool) -> None:
         """Write the budget and, if ``evict``, make the evictions it calls for."""
