@@ -135,39 +135,54 @@ def test_a_removal_in_place_killed_midway_leaves_no_entry_and_a_leftover_cleaned
             assert_consistent(base)
 
 
+# Two members of a group cache, by uid (no user needs to exist to run a process as one).
+ALICE, BOB, GROUP = 41001, 41002, 41500
+
+
+def as_member(python: tuple[str, dict[str, str]], uid: int, *args: str | Path | int) -> str:
+    """The output of ``sc ARGS`` run as ``uid``, a member of GROUP, under umask 077; it must succeed."""
+    interpreter, env = python
+    done = subprocess.run([interpreter, "-m", "sharedcache", *map(str, args)], capture_output=True, text=True,
+                          timeout=60, env=env, user=uid, group=GROUP, extra_groups=[GROUP], umask=0o077)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def listed_to(python: tuple[str, dict[str, str]], uid: int, base: Path) -> dict[str, int]:
+    """The repositories of GROUP's cache in ``base`` that ``sc list`` shows ``uid``, with their sizes."""
+    return {r["name"]: r["size"] for r in json.loads(as_member(python, uid, "list", "--json", "--group", GROUP,
+                                                               "-d", base))}
+
+
+def group_image(reachable_tmp: Path) -> tuple[Path, list[str]]:
+    """A base in an image's layer that every member may write (as /tmp), and the words of a use."""
+    lower = reachable_tmp / "image"
+    (lower / "base").mkdir(parents=True)
+    (lower / "base").chmod(0o1777)
+    return lower, source(reachable_tmp, "files", FILES)
+
+
 def test_another_members_repository_in_a_lower_layer_is_passed_over_not_failed_on(reachable_tmp):
     """In a group cache of the image, a member may not remove another's files in their sticky
     directory, which a deletion in place must do: gc and the eviction a budget makes pass over
     such a repository as over one in use, and the member's own work goes on (it failed with
     "Operation not permitted: 'entry.json'")."""
-    alice, bob, group = 41001, 41002, 41500
-    interpreter, env = interpreter_for(alice, group)
-
-    def as_user(uid: int, *args: str | Path | int) -> str:
-        done = subprocess.run([interpreter, "-m", "sharedcache", *map(str, args)], capture_output=True, text=True,
-                              timeout=60, env=env, user=uid, group=group, extra_groups=[group], umask=0o077)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def listed_to(uid: int, base: Path) -> dict[str, int]:
-        return {r["name"]: r["size"] for r in json.loads(as_user(uid, "list", "--json", *shared, "-d", base))}
-
-    lower = reachable_tmp / "image"
-    (lower / "base").mkdir(parents=True)
-    (lower / "base").chmod(0o1777)
-    words = source(reachable_tmp, "files", FILES)
-    shared = ["--group", group]
+    python = interpreter_for(ALICE, GROUP)
+    lower, words = group_image(reachable_tmp)
+    shared = ["--group", GROUP]
     with Sleeper() as alice_job:
-        as_user(alice, "--use", "--keep", *shared, "-d", lower / "base", "-n", "kept", "--pid", alice_job.pid, *words)
-        as_user(alice, "--use", *shared, "-d", lower / "base", "-n", "unused", "--pid", alice_job.pid, *words)
+        as_member(python, ALICE, "--use", "--keep", *shared, "-d", lower / "base", "-n", "kept", "--pid",
+                  alice_job.pid, *words)
+        as_member(python, ALICE, "--use", *shared, "-d", lower / "base", "-n", "unused", "--pid", alice_job.pid,
+                  *words)
     with mounted_overlay(lower, reachable_tmp / "container") as merged, Sleeper() as bob_job:
         base = merged / "base"
-        as_user(bob, "gc", *shared, "-d", base)  # alice's "unused" has no live use left
-        size = listed_to(bob, base)["kept"]
-        as_user(bob, "--use", *shared, "-d", base, "-n", "new", "--max-size", size * 3 // 2, "--pid", bob_job.pid,
-                *words)
-        assert set(listed_to(bob, base)) == {"kept", "unused", "new"}
-        check_tree(base / f".shared-cache-{bob}" / "new", FILES)
+        as_member(python, BOB, "gc", *shared, "-d", base)  # alice's "unused" has no live use left
+        size = listed_to(python, BOB, base)["kept"]
+        as_member(python, BOB, "--use", *shared, "-d", base, "-n", "new", "--max-size", size * 3 // 2, "--pid",
+                  bob_job.pid, *words)
+        assert set(listed_to(python, BOB, base)) == {"kept", "unused", "new"}
+        check_tree(base / f".shared-cache-{BOB}" / "new", FILES)
 
 
 def test_a_removal_in_place_holds_the_index_only_while_its_markers_go(tmp_path):
@@ -200,3 +215,33 @@ def test_a_removal_in_place_holds_the_index_only_while_its_markers_go(tmp_path):
             assert set(listed(base)) == {"new"}
             check_tree(user_dir(base) / "new", FILES)
             assert_consistent(base)
+
+
+def test_a_release_that_may_not_remove_another_members_repository_keeps_the_cache_within_its_budget(reachable_tmp):
+    """In a group cache of the image, the last release of another member's repository, which
+    this user may not remove, leaves it counted; the eviction down to the budget that comes
+    with the release counts it too (it evicted as if the repository were gone, and the cache
+    stayed over its budget until the next eviction)."""
+    python = interpreter_for(ALICE, GROUP)
+    lower, words = group_image(reachable_tmp)
+    shared = ["--group", GROUP]
+    with Sleeper() as alice_job:
+        as_member(python, ALICE, "--use", *shared, "-d", lower / "base", "-n", "hers", "--pid", alice_job.pid, *words)
+    with mounted_overlay(lower, reachable_tmp / "container") as merged, Sleeper() as bob_job:
+        base = merged / "base"
+        mine = ["-d", base, "-n", "mine", "--pid", bob_job.pid, *words]
+        as_member(python, BOB, "--use", "--keep", *shared, *mine)
+        as_member(python, BOB, "--unuse", "--keep", *shared, *mine)
+        hers = ["-d", base, "-n", "hers", "--pid", bob_job.pid, *words]
+        as_member(python, BOB, "--use", *shared, *hers)
+        sizes = listed_to(python, BOB, base)
+        budget = sizes["hers"] * 3 // 2  # room for one of the two
+        as_member(python, BOB, "--unuse", *shared, *hers, "--max-size", budget)
+        assert set(listed_to(python, BOB, base)) == {"hers"}, "hers stays, and mine goes for the budget"
+        interpreter, env = python
+        accounted = subprocess.run(
+            [interpreter, "-c", "import sys; from sharedcache import FsCache; "
+             "print(FsCache(sys.argv[1], group=int(sys.argv[2])).size)", base / f".shared-cache-g{GROUP}", str(GROUP)],
+            capture_output=True, text=True, timeout=60, env=env, user=BOB, group=GROUP, extra_groups=[GROUP])
+        assert accounted.returncode == 0, accounted.stderr
+        assert int(accounted.stdout) == sizes["hers"] <= budget

@@ -185,7 +185,9 @@ before the commit, says kept).  An abandoned staging
 directory is removed in place likewise, under ``stage.lock``.  In a group cache, the files of
 another member's entry, in its sticky directory, only that member may remove: to the others
 such an entry is one that cannot be deleted now, as one in use is (eviction passes over it, and
-gc and a release leave it), until that member deletes it.  ``stage/`` and ``trash/`` must be the
+gc and a release leave it), until that member deletes it.  Its row, dropped before the move, is
+given back in the same transaction, and a release, whose eviction down to the budget ran then
+as if the entry were gone, evicts down to it again, counting it.  ``stage/`` and ``trash/`` must be the
 group's (setgid, writable by it): one that a member made hers, where the others may not write,
 is refused in every step that needs it (a store, a deletion: "run gc to repair it"), and gc sets
 it aside and makes a new one (:func:`~sharedcache.engine.layout.make_subdirectory`).
@@ -1476,7 +1478,7 @@ class FsCache:
                     # Restored once its row is gone (it counts against no budget), and before it
                     # moves away: a statement of the eviction that fails leaves it in place.
                     deleted = self._retire(db, name, unless_kept=True, entry=entry,
-                                           before_removal=lambda: self._restore_budget(db, budget))
+                                           evict_to_budget=lambda: self._restore_budget(db, budget))
                 # (Kept, it may be what the budget evicted: the caller removes what points to it.  An
                 # entry without a row, until gc adopts it, is none the eviction walks, and stays.)
                 return deleted or (counted and not db.has(name))
@@ -1534,18 +1536,19 @@ class FsCache:
         self._empty_trash()
 
     def _retire(self, db: Index, name: str, *, unless_kept: bool = False, unless_awaited: bool = False,
-                entry: str | None = None, before_removal: Callable[[], None] | None = None) -> bool:
+                entry: str | None = None, evict_to_budget: Callable[[], None] | None = None) -> bool:
         """Within a transaction: move entry ``name`` to the trash unless it is in use (locked,
         or leased by a live process) or, with ``unless_kept``, marked to keep or awaited, or,
         with ``unless_awaited``, awaited (see :meth:`_unused`).  ``entry``: the
-        caller's path of its directory (:meth:`_entry`), if it has one.  ``before_removal``: the
-        caller's further statements, run once whatever the outcome, after the row is dropped and
-        before the directory moves.
+        caller's path of its directory (:meth:`_entry`), if it has one.  ``evict_to_budget``: the
+        caller's eviction down to its budget, run whatever the outcome, after the row is dropped
+        and before the directory moves; and once more if the directory may not move (another
+        member's, on an overlayfs), after its row is back: it counts against the budget again.
 
         Returns whether it was removed.  The tree itself is deleted after the commit, by
         :meth:`_empty_trash`.
         """
-        then = before_removal or (lambda: None)
+        then = evict_to_budget or (lambda: None)
         if not writes_as_utf8(name):
             then()
             return False  # its directory is at other bytes than this process would name (see "Names")
@@ -1553,7 +1556,7 @@ class FsCache:
             try:
                 with self._entry(name) as opened:
                     return self._retire(db, name, unless_kept=unless_kept, unless_awaited=unless_awaited,
-                                        entry=opened, before_removal=then)
+                                        entry=opened, evict_to_budget=then)
             except MissError:
                 # No directory (a crashed delete), or a link a group member put in its place:
                 # only the row is ours to drop (gc moves a link away).
@@ -1581,10 +1584,12 @@ class FsCache:
                 except PermissionError:
                     # Another member's, in a lower layer of an overlayfs: only that member may
                     # remove its files, in its sticky directory, in place (see "Delete").  It
-                    # stays, and so does its row.
+                    # stays, and so does its row, and the caller's eviction, which took it for
+                    # gone, counts it now.
                     if row is not None:
                         _, size, created, last_used, keep, meta = row
                         db.add(name, size, created, last_used, bool(keep), meta)
+                        then()
                     return False
             elif os.path.lexists(entry):  # neither lock nor marker (nor a directory): nothing a use holds
                 self._to_trash(OBJECTS, name, later=True)
