@@ -259,8 +259,8 @@ def test_part_retries_run_out(origin: Origin, tmp_path: Path) -> None:
 def test_a_server_that_allows_one_connection_serves_the_file_over_one(origin: Origin, tmp_path: Path,
                                                                       status: int) -> None:
     """A server that limits connections per client refuses the parts while the first answer is
-    sent: the download goes on over one connection from where it got to, rather than fail once
-    the parts' retries run out."""
+    sent: the first part is fetched to its end, and the download goes on over one connection from
+    there, rather than fail once the parts' retries run out, or ask again for what came."""
     payload = os.urandom(4_000_000)
     url = origin.add("/data.bin", payload)
     origin.fault("/data.bin", busy_status=status, times=1000)
@@ -270,7 +270,31 @@ def test_a_server_that_allows_one_connection_serves_the_file_over_one(origin: Or
     stats = origin.stats("/data.bin")
     open_ended = [first for first, last in spans(stats.ranges) if last is None]
     assert open_ended[0] == 0 and len(open_ended) >= 2  # went on with one connection
+    assert set(open_ended[1:]) == {part_size(len(payload), 4)}  # from the end of the first part
     assert stats.statuses.count(status) <= 6  # each part gave up at its first refusal
+    assert not range_threads()
+
+
+def test_one_connection_goes_on_from_what_the_parts_received(origin: Origin, tmp_path: Path) -> None:
+    """A part refused once it has received some of its bytes (the server began to limit connections
+    per client): the part before it is fetched to its end, and one connection asks for what follows
+    the bytes the refused part received, so that the server serves each byte once."""
+    payload = os.urandom(4_000_000)
+    url = origin.add("/data.bin", payload)
+    size = part_size(len(payload), 2)
+    assert size == 2_000_000
+    origin.fault("/data.bin")  # the first answer, which brings the first part
+    origin.fault("/data.bin", drop_after=1_000_000)  # the second part, cut
+    origin.fault("/data.bin", status=503)  # its continuation, refused
+    origin.rate = 1_000_000  # the first part is still being sent when the second is refused
+    dest = populate(tmp_path, f"http:{url}", sha256(payload), connections=2)
+    assert (dest / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    assert spans(stats.ranges) == [(0, None), (size, len(payload) - 1), (size + 1_000_000, len(payload) - 1),
+                                   (size + 1_000_000, None)]
+    assert stats.if_ranges[-1] == stats.if_ranges[0]  # the fall-back is guarded as the parts are
+    # Only the first answer's bytes in flight past its part, when it was closed there, are extra.
+    assert stats.bytes_served < len(payload) + 200_000
     assert not range_threads()
 
 
@@ -524,14 +548,10 @@ def test_reader_whose_workers_end_unheard_fails_rather_than_waits(fake_parts: li
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # A worker hands on what stops it; if the handing on fails too (no memory for it, under a cap
     # on memory), the worker ends without a word, and the consumer waited for the part for ever.
-    stop = RangedReader._stop
+    def no_memory_to_hand_on(self: RangedReader, index: int, failure: BaseException) -> None:
+        raise MemoryError
 
-    def no_memory_to_hand_on(self: RangedReader, failure: BaseException | None) -> list[object]:
-        if failure is not None:
-            raise MemoryError
-        return stop(self, failure)  # (the close's)
-
-    monkeypatch.setattr(RangedReader, "_stop", no_memory_to_hand_on)
+    monkeypatch.setattr(RangedReader, "_fail", no_memory_to_hand_on)
     reader = RangedReader(lambda start, end: FakePart(start, end, fail_at=start), 0, 50_000,
                           part_size=4000, connections=4, first=FakePart(0, 4000, fail_at=0))
     with pytest.raises(MemoryError, match="ended without handing on its work"):

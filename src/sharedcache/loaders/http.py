@@ -43,12 +43,13 @@ If the answer is a ``206`` with the total size and a validator and the rest is w
 others with ``Range: bytes=A-B`` requests guarded by ``If-Range``; the bytes are handed on strictly
 in order (:mod:`sharedcache.loaders.ranged`).  Each part is checked as a resume is (a ``206`` with exactly
 the range asked for, the same size and validator) and each is continued on its own after an
-interruption.  A part that fails the check is never stitched: the stream goes on with one
-connection from the byte it has handed on, with a range request guarded by ``If-Range``, so that a
-file that changed raises :class:`ResumeError`.  So does a part refused with ``503`` or ``429``
-(:data:`_BUSY`), at its first refusal: a server that allows a client one connection (nginx's
-``limit_conn``) refuses the others while that one is busy, and their retries would run out.  A
-server that answers ``200`` or gives no validator, and a small file, get one connection.  This
+interruption.  A part that fails the check is never stitched: the parts before it are fetched to
+their end and handed on, with what the failed part received, and the stream goes on with one
+connection from the byte it has handed on, with a range request guarded by ``If-Range``, so that no
+byte is asked for twice and a file that changed raises :class:`ResumeError`.  So does a part
+refused with ``503`` or ``429`` (:data:`_BUSY`), at its first refusal: a server that allows a
+client one connection (nginx's ``limit_conn``) refuses the others while that one is busy, and their
+retries would run out.  A server that answers ``200`` or gives no validator, and a small file, get one connection.  This
 holds for fresh downloads and for resumed ones alike.
 
 TLS trust, the client certificate and the ``Authorization`` header come from
@@ -459,6 +460,10 @@ class _Refused(DownloadError):
     """A part's request refused with one of :data:`_BUSY`: one connection too many."""
 
 
+#: The failures of a part that one connection goes on from (see :meth:`_HttpStream.read`).
+_FALLS_BACK = (ResumeError, _Refused)
+
+
 class _HttpStream(SourceStream):
     """The file from ``start`` on (from 0 if it cannot be continued there): through one connection,
     or in parts over ``ctx.fetch.connections`` connections when the server allows it."""
@@ -521,7 +526,8 @@ class _HttpStream(SourceStream):
             if size is not None:
                 first = _Body(self, self.start, self.start + size - 1, response)
                 return RangedReader(lambda start, end: _Body(self, start, end - 1), self.start, self.total,
-                                    part_size=size, connections=self._connections, first=first)
+                                    part_size=size, connections=self._connections, first=first,
+                                    goes_on=_FALLS_BACK)
         return _Body(self, self.start, None, response)
 
     def _first_response(self, start: int, validator: str | None) -> Any:
@@ -843,14 +849,15 @@ class _HttpStream(SourceStream):
         size = size if size > 0 else CHUNK
         try:
             data = self._reader.read(size)
-        except (ResumeError, _Refused) as exc:
+        except _FALLS_BACK as exc:
             if not isinstance(self._reader, RangedReader):
                 raise
             # A part was not the same file (it changed, or the server stopped serving ranges), or
             # could not be fetched (a server that allows a client one connection refuses the others
-            # with 503 or 429 while the first is busy).  What came before it was checked: go on with
-            # one connection from there, with a range guarded by If-Range, so that a file that did
-            # change starts the population over.
+            # with 503 or 429 while the first is busy).  What came before it was checked, and has
+            # been handed on with what the part itself received (the reader finishes the parts
+            # before it): go on with one connection from there, with a range guarded by If-Range,
+            # so that no byte is fetched twice and a file that did change starts the population over.
             self._reader.close()
             self.notice(f"going on with one connection from byte {self._position} of {self.url} "
                         f"(a part failed: {exc})")

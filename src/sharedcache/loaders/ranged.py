@@ -14,8 +14,11 @@ Workers are threads, and the system may refuse them (:mod:`sharedcache.loaders.t
 download goes on with those it started, and without any, the reader fetches the parts itself, one
 after another, as it reads them.
 
-Stopping: the first failure of a part stops every worker and is raised to the consumer once it has
-read what came before it; :meth:`RangedReader.close` stops the workers too.  Workers look for the
+Stopping: a failure of a part is raised to the consumer once it has read what came before it.  A
+failure the consumer goes on from with other means (``goes_on``: one connection from there) stops
+the parts after the failed one only: those before it are fetched to their end and handed on, and
+so is what the failed part received, so that the consumer asks for no byte twice.  Any other
+failure stops every worker at once.  :meth:`RangedReader.close` stops the workers too.  Workers look for the
 stop between reads, and ``Part.abort`` makes a read under way return, so no thread outlives a
 close by more than a moment; every wait here has a timeout.
 """
@@ -68,8 +71,9 @@ class Part(Protocol):
 class _Buffered:
     """A claimed part: the bytes received and not yet read by the consumer."""
 
-    def __init__(self, part: Part) -> None:
+    def __init__(self, part: Part, index: int) -> None:
         self.part = part
+        self.index = index
         self.pieces: deque[bytes] = deque()
         self.done = False
 
@@ -79,11 +83,12 @@ class RangedReader:
     ``connections`` threads and read in order with :meth:`read`.
 
     ``first`` is the first part, already under way; ``open_part(start, end)`` makes the others.  The
-    threads start with the first read, so that a reader that is never read costs nothing.
+    threads start with the first read, so that a reader that is never read costs nothing.  A failure
+    of a type in ``goes_on`` lets the parts before the failed one finish (see the module's docstring).
     """
 
     def __init__(self, open_part: Callable[[int, int], Part], start: int, end: int, *, part_size: int,
-                 connections: int, first: Part) -> None:
+                 connections: int, first: Part, goes_on: tuple[type[BaseException], ...] = ()) -> None:
         self._open_part = open_part
         self._starts = range(start, end, part_size)
         self._end = end
@@ -92,11 +97,14 @@ class RangedReader:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # the consumer waits here for bytes
         self._room = threading.Condition(self._lock)     # workers wait here for the window to move
-        self._parts: dict[int, _Buffered] = {0: _Buffered(first)}  # claimed and not yet read
+        self._parts: dict[int, _Buffered] = {0: _Buffered(first, 0)}  # claimed and not yet read
         self._head = 0     # the part the consumer reads
         self._claimed = 1  # parts handed out so far (the first came under way)
+        self._goes_on = goes_on
         self._failure: BaseException | None = None
-        self._stopping = False
+        self._failed_at: int | None = None  # the index of the first part that failed
+        self._stopping = False  # no part is claimed any more
+        self._closing = False
         self._started = False
         self._closed = False
         self._workers = min(connections, len(self._starts))
@@ -125,7 +133,7 @@ class RangedReader:
                     self._head += 1
                     self._room.notify_all()
                     continue
-                if self._failure is not None:
+                if self._failure is not None and (self._head == self._failed_at or not self._finishing()):
                     raise self._failure
                 if not any(thread.is_alive() for thread in self._threads):  # (a part is left unfinished)
                     raise threads.ended_unheard()
@@ -168,7 +176,7 @@ class RangedReader:
             if self._stopping or self._claimed >= len(self._starts):
                 return None
             start = self._starts[self._claimed]
-            buffered = _Buffered(self._open_part(start, min(start + self._size, self._end)))
+            buffered = _Buffered(self._open_part(start, min(start + self._size, self._end)), self._claimed)
             self._parts[self._claimed] = buffered
             self._claimed += 1
             return buffered
@@ -181,7 +189,7 @@ class RangedReader:
             try:
                 self._fetch(buffered)
             except BaseException as exc:  # handed to the consumer, which raises it
-                self._stop(exc)
+                self._fail(buffered.index, exc)
                 return
             finally:
                 buffered.part.close()
@@ -190,7 +198,7 @@ class RangedReader:
     def _fetch(self, buffered: _Buffered) -> None:
         while True:
             with self._lock:
-                if self._stopping:
+                if self._given_up(buffered.index):
                     return
             data = buffered.part.read(_PIECE)
             with self._lock:
@@ -202,13 +210,35 @@ class RangedReader:
             if not data:
                 return
 
-    def _stop(self, failure: BaseException | None) -> list[Part]:
-        """Tell every thread to stop (``failure`` is what the consumer will get, if it is the first);
-        return the parts under way."""
+    def _finishing(self) -> bool:
+        """Whether the parts before the one that failed are still fetched (called with the lock held)."""
+        return not self._closing and isinstance(self._failure, self._goes_on)
+
+    def _given_up(self, index: int) -> bool:
+        """Whether part ``index`` is no longer wanted (called with the lock held)."""
+        return self._closing or (self._failed_at is not None
+                                 and (index > self._failed_at or not self._finishing()))
+
+    def _fail(self, index: int, failure: BaseException) -> None:
+        """Part ``index`` failed with ``failure``: no part is claimed any more, and the parts that are
+        no longer wanted are made to stop now (one may be waiting for bytes or for a retry)."""
         with self._lock:
-            if not self._stopping:
-                self._failure = failure
+            # An earlier part's failure comes first, unless every part was stopped already (a part
+            # stopped then fails for that alone).
+            if self._failed_at is None or (index < self._failed_at and self._finishing()):
+                self._failed_at, self._failure = index, failure
             self._stopping = True
+            self._arrived.notify_all()
+            self._room.notify_all()
+            unwanted = [buffered.part for buffered in self._parts.values()
+                        if not buffered.done and buffered.index != index and self._given_up(buffered.index)]
+        for part in unwanted:
+            part.abort()
+
+    def _stop(self) -> list[Part]:
+        """Tell every thread to stop; return the parts under way."""
+        with self._lock:
+            self._stopping = self._closing = True
             self._arrived.notify_all()
             self._room.notify_all()
             return [buffered.part for buffered in self._parts.values() if not buffered.done]
@@ -218,7 +248,7 @@ class RangedReader:
         if self._closed:
             return
         self._closed = True
-        under_way = self._stop(None)
+        under_way = self._stop()
         if not self._threads:
             for part in under_way:  # no thread will read it: close it here
                 part.close()
