@@ -228,7 +228,8 @@ def test_server_certificates_are_checked_against_the_ca_bundles_given(nginx: Ngi
     succeeded(use(home, url, SSL_CERT_DIR=nginx.ca_dir))
     succeeded(use(home, url, X509_CERT_DIR=nginx.ca_dir))  # grid CAs, trusted besides the system's
     failed(use(home, url, SSL_CERT_FILE=nginx.pki / "other-ca.pem"), "untrusted server certificate")
-    failed(use(home, url, SSL_CERT_FILE=home / "missing.pem"), f"cannot use the CA bundle {home}/missing.pem: ")
+    failed(use(home, url, SSL_CERT_FILE=home / "missing.pem"), f"SSL_CERT_FILE: cannot use {home}/missing.pem: ",
+           status=2)
     # curl's variable, where OpenSSL's are not set (the CA bundle of a site's curl users).
     succeeded(use(home, url, CURL_CA_BUNDLE=nginx.pki / "ca.pem"))
     failed(use(home, url, CURL_CA_BUNDLE=nginx.pki / "ca.pem", SSL_CERT_FILE=nginx.pki / "other-ca.pem"),
@@ -648,9 +649,34 @@ def test_a_bearer_token_that_is_not_one_word_is_named_in_one_line(origin, home: 
         assert result.stderr == "sc: error: BEARER_TOKEN: must be one word of printable ASCII characters\n"
 
 
-def test_credentials_that_cannot_be_used_do_not_fail_plain_http(origin, home: Path) -> None:
+def test_a_client_certificate_that_cannot_be_used_does_not_fail_plain_http(origin, home: Path) -> None:
     url = origin.add("/data.tgz", DATA)
-    succeeded(use(home, url, X509_USER_PROXY=home / "expired-and-gone", SSL_CERT_FILE=home / "missing.pem"))
+    succeeded(use(home, url, X509_USER_PROXY=home / "expired-and-gone"))
+
+
+def test_a_variable_naming_a_file_that_cannot_be_used_is_one_line_before_any_connection(origin, home: Path) -> None:
+    # The download met them late: a missing NETRC was taken for none (a 401 once connected), an
+    # SSL_CERT_DIR without a directory for no CA (an untrusted certificate), and a missing
+    # SSL_CERT_FILE was named without its variable.
+    url = origin.add("/data.tgz", DATA)
+    (home / "file").write_text("")
+    missing = "No such file or directory"
+    for variable, path, why in [("SSL_CERT_FILE", home / "missing.pem", missing),
+                                ("SSL_CERT_FILE", home, "it is a directory, not a file"),
+                                ("CURL_CA_BUNDLE", home / "missing.pem", missing),
+                                ("SSL_CERT_DIR", home / "missing", missing),
+                                ("SSL_CERT_DIR", home / "file", "it is not a directory"),
+                                ("NETRC", home / "missing-netrc", missing),
+                                ("NETRC", home, "it is a directory, not a file")]:
+        for result in (use(home, url, base=home / "base", **{variable: path}),
+                       sc("config", env=env(home, **{variable: path}))):
+            assert result.returncode == 2, result.stderr
+            assert result.stderr == f"sc: error: {variable}: cannot use {path}: {why}\n"
+    assert origin.stats("/data.tgz").gets == 0
+    assert not any((home / "base").iterdir())  # nothing made in the cache
+    # One directory of SSL_CERT_DIR's list that can be read is enough, as OpenSSL reads it; and
+    # NETRC=/dev/null is a way to have no .netrc.
+    succeeded(use(home, url, SSL_CERT_DIR=f"{home / 'missing'}:{home}", NETRC="/dev/null"))
 
 
 def test_an_https_url_to_a_plain_http_server_says_the_server_speaks_no_tls(origin, home: Path) -> None:

@@ -339,6 +339,8 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
     from ..loaders.transport import curl_proxies, shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES
 
+    if fetch.credentials is not None:  # (as a miss that downloads checks them)
+        fetch.credentials.check_variables()
     defaults = FetchPolicy()
     rows = []  # all of them made before any is printed: a failure prints none
     for setting in files.SETTINGS:

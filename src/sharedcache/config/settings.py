@@ -21,6 +21,7 @@ import stat
 from _thread import TIMEOUT_MAX  # (threading's, without importing threading)
 
 from ..errors import (
+    ConfigError,
     SettingError,
     host_and_port,
     pathless_problem,
@@ -59,8 +60,9 @@ class Credentials:
     key may be in the certificate's file, as in a grid proxy).  ``bearer_token``: a token for
     ``Authorization: Bearer`` over HTTPS, or ``bearer_token_file``, a file that holds one (read
     when a download needs it).  ``netrc``: the ``.netrc`` file of basic-auth logins per host.
-    Each ``*_from`` field says where the value came from (a variable, a setting), for messages.
-    The values are read only when a download needs them
+    Each ``*_from`` field says where the value came from (a variable, a setting), for messages;
+    ``variables`` are the standard variables whose paths were taken, each with its path, which
+    :meth:`check_variables` checks.  The values are read only when a download needs them
     (:mod:`sharedcache.loaders.credentials`); the token never appears in ``repr``.
     """
 
@@ -74,12 +76,14 @@ class Credentials:
         "key_file",
         "netrc",
         "token_from",
+        "variables",
     )
 
     def __init__(self, *, ca_file: str | None = None, ca_dir: str | None = None,
                  grid_ca_dir: str | None = None, cert_file: str | None = None, key_file: str | None = None,
                  bearer_token: str | None = None, bearer_token_file: str | None = None,
-                 netrc: str | None = None, token_from: str | None = None) -> None:
+                 netrc: str | None = None, token_from: str | None = None,
+                 variables: tuple[tuple[str, str], ...] = ()) -> None:
         if key_file is not None and cert_file is None:
             raise SettingError("client_key", "needs a client_cert to go with it")
         if bearer_token is not None and not one_word(bearer_token):
@@ -89,6 +93,7 @@ class Credentials:
         self.bearer_token = None if bearer_token is None else bearer_token.strip()
         self.bearer_token_file, self.netrc = bearer_token_file, netrc
         self.token_from = token_from or ("bearer_token" if bearer_token is not None else bearer_token_file)
+        self.variables = variables
 
     @classmethod
     def discover(cls, environ: Mapping[str, str] = os.environ, *, ca_bundle: str | None = None,
@@ -107,8 +112,10 @@ class Credentials:
         ``netrc``, else ``$NETRC``, else ``~/.netrc``.
         Nothing is read here but variables and whether a few files exist.  A setting given that
         names nothing this user can read, or a directory where a file is wanted, is a
-        :class:`SettingError` (the standard variables are not: a stale ``X509_USER_PROXY`` fails
-        only the HTTPS downloads that would present it)."""
+        :class:`SettingError`; the paths of ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``CURL_CA_BUNDLE``
+        and ``NETRC``, where taken, are checked by :meth:`check_variables`, which a download calls
+        (the other standard variables are not: a stale ``X509_USER_PROXY`` fails only the HTTPS
+        downloads that would present it)."""
         uid = os.getuid()
         for setting, path in (("ca_bundle", ca_bundle), ("client_cert", client_cert), ("client_key", client_key),
                               ("bearer_token_file", bearer_token_file), ("netrc", netrc)):
@@ -117,12 +124,15 @@ class Credentials:
             if problem is not None:
                 raise SettingError(setting, problem)
         ca_file = ca_dir = None
+        variables: tuple[tuple[str, str | None], ...] = ()
         if ca_bundle is not None:
             ca_dir, ca_file = (ca_bundle, None) if os.path.isdir(ca_bundle) else (None, ca_bundle)
         else:
             ca_file, ca_dir = environ.get("SSL_CERT_FILE") or None, environ.get("SSL_CERT_DIR") or None
+            variables = (("SSL_CERT_FILE", ca_file), ("SSL_CERT_DIR", ca_dir))
             if ca_file is None and ca_dir is None:
                 ca_file = environ.get("CURL_CA_BUNDLE") or None
+                variables = (("CURL_CA_BUNDLE", ca_file),)
         grid_ca_dir = environ.get("X509_CERT_DIR") or _existing("/etc/grid-security/certificates")
         if client_cert is None:
             client_cert = environ.get("X509_USER_PROXY") or _own_file(f"/tmp/x509up_u{uid}", uid)
@@ -138,10 +148,33 @@ class Credentials:
             bearer_token_file = (_existing(f"{runtime}/bt_u{uid}") if runtime else None) \
                 or _own_file(f"/tmp/bt_u{uid}", uid)
         if netrc is None:
+            # (~/.netrc is read if it is there: only the variable says that one must be.)
+            variables += (("NETRC", environ.get("NETRC") or None),)
             netrc = environ.get("NETRC") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".netrc")
         return cls(ca_file=ca_file, ca_dir=ca_dir, grid_ca_dir=grid_ca_dir, cert_file=client_cert,
                    key_file=client_key, bearer_token=token, bearer_token_file=bearer_token_file,
-                   netrc=netrc, token_from=token_from)
+                   netrc=netrc, token_from=token_from,
+                   variables=tuple((name, path) for name, path in variables if path is not None))
+
+    def check_variables(self) -> None:
+        """Refuse, in one line naming the variable and its path (:class:`ConfigError`), a standard
+        variable of :attr:`variables` that names nothing this user can read, or a directory where a
+        file is wanted; an ``SSL_CERT_DIR`` of which no directory can be listed.  Met by the download
+        instead, a missing ``NETRC`` file was taken for none (no credentials sent), a CA bundle was
+        named without its variable, and an ``SSL_CERT_DIR`` without a directory ended in an untrusted
+        certificate once connected.  ``NETRC=/dev/null`` stays a way to have no ``.netrc``."""
+        for name, path in self.variables:
+            if name == "SSL_CERT_DIR":
+                # (OpenSSL skips the directories of the list it cannot read: one usable is enough.)
+                problems = [unusable_path(directory, directory=True) or
+                            (None if os.path.isdir(directory) else f"cannot use {directory}: it is not a directory")
+                            for directory in path.split(":") if directory]
+                problem = None if not problems or None in problems else (problems[0] if len(problems) == 1 else
+                                                         f"cannot use {path}: none of it is a directory to read")
+            else:
+                problem = unusable_path(path, directory=False)
+            if problem is not None:
+                raise ConfigError(f"{name}: {problem}")
 
     def _fields(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)

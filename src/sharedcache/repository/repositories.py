@@ -148,7 +148,8 @@ class Request:
         Made, it checks the proxies that curl's variables name, when it follows them and the
         recipe downloads over HTTP: the download reads them, inside the population, where a bad
         one failed it once its work was begun (a bad proxy setting fails before).  Both schemes':
-        a redirect or a rewrite may take the download to the other."""
+        a redirect or a rewrite may take the download to the other.  So are the files that the
+        variables of the credentials name (:meth:`~sharedcache.config.settings.Credentials.check_variables`)."""
         if self._policy is not None:
             return self._policy
         fetch = self._fetch
@@ -158,11 +159,13 @@ class Request:
             fetch = FetchPolicy()
         elif callable(fetch):
             fetch = fetch()
-        if fetch.proxy is None and not fetch.offline \
-                and any(word.startswith("http:") for word in self.words[:source_count(self.words)]):
-            from ..loaders.transport import curl_proxies
+        if not fetch.offline and any(word.startswith("http:") for word in self.words[:source_count(self.words)]):
+            if fetch.proxy is None:
+                from ..loaders.transport import curl_proxies
 
-            curl_proxies(os.environ)
+                curl_proxies(os.environ)
+            if fetch.credentials is not None:
+                fetch.credentials.check_variables()
         self._policy = fetch
         return fetch
 
