@@ -295,6 +295,11 @@ def test_rewrite_rules_keep_credentials_only_for_the_url_as_written() -> None:
     recipe = parse_recipe(["http:https://u:p%40ss@host.example/d.tgz", SHA256, "tar"], rules)
     assert [source.word for source in recipe.sources] == ["http:http://mirror.site/d.tgz", "http:https://host.example/d.tgz"]
     assert [vars(source).get("login") for source in recipe.sources] == [None, ("u", "p@ss")]
+    # So when the URL, or the mirror that stands for it, writes its scheme and host in other cases.
+    rules = rewrite_rules("https://host.example/ = http://mirror.site/ HTTPS://Host.Example/")
+    recipe = parse_recipe(["http:Https://u:p%40ss@HOST.example/d.tgz", SHA256, "tar"], rules)
+    assert [source.word for source in recipe.sources] == ["http:http://mirror.site/d.tgz", "http:Https://HOST.example/d.tgz"]
+    assert [vars(source).get("login") for source in recipe.sources] == [None, ("u", "p@ss")]
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -378,6 +383,10 @@ def test_a_bad_rewrite_mirror_with_an_at_sign_in_its_path_shows_its_host_not_its
     ("https://h.example/pub = http://m.site/pub", "https://h.example/pub?d=1", "http://m.site/pub?d=1"),
     ("https://h.example/pub = http://m.site/pub", "https://h.example/public/d.tgz", None),
     ("https://h.example/pub/ = http://m.site/p/", "https://h.example/pub/d.tgz", "http://m.site/p/d.tgz"),
+    # The scheme and host in any case name the same host (they were not rewritten); the path is as written.
+    ("https://github.com = http://u:pw@m.site", "HTTPS://GitHub.COM/a/D.tgz", "http://m.site/a/D.tgz"),
+    ("HTTPS://GitHub.com/Pub = http://m.site/p", "https://github.com/Pub/d.tgz", "http://m.site/p/d.tgz"),
+    ("https://github.com/pub = http://m.site/p", "https://github.com/Pub/d.tgz", None),
 ])
 def test_a_rewrite_prefix_matches_whole_segments_of_a_url(rule: str, url: str, fetched: str | None) -> None:
     recipe = parse_recipe([f"http:{url}", SHA256, "tar"], rewrite_rules(rule))

@@ -145,6 +145,28 @@ def with_path(url: str) -> str:
     return url if url.startswith("/", end) else f"{url[:end]}/{url[end:]}"
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    """``text`` with its ASCII letters in lower case, and only those: as hosts and the keywords of
+    configuration files compare, where Unicode's rules would take a Kelvin sign for a "k" (and
+    change the text's length)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def with_folded_origin(url: str) -> str:
+    """``url`` (``SCHEME://...``) with its scheme and authority in lower case (ASCII letters only,
+    so that its length is the same): URLs that differ there alone name the same resource (RFC 3986,
+    6.2.2.1), as ``HTTPS://GitHub.com/x`` and ``https://github.com/x`` do; its path, query and
+    fragment are compared as they are."""
+    start = _authority_start(url, False)
+    if start is None:
+        return url
+    end = _authority_end(url, start)
+    return ascii_lower(url[:end]) + url[end:]
+
+
 def without_user_info(url: str, *, schemeless: bool = False) -> str:
     """``url`` without the user info of its authority (see :func:`split_user_info`)."""
     return split_user_info(url, schemeless=schemeless)[0]

@@ -29,6 +29,7 @@ from ..errors import (
     split_user_info,
     unparsed_url,
     user_info_problem,
+    with_folded_origin,
     with_path,
     without_user_info,
 )
@@ -262,9 +263,11 @@ class Rewrite:
         prefix ends with one itself.  ``https://host/pub`` matches ``https://host/pub``,
         ``https://host/pub/a`` and ``https://host/pub?a``, not ``https://host/public``; and as a
         prefix without a path has the path "/", ``https://github.com`` matches neither
-        ``https://github.com.example``, ``https://github.company.com`` nor ``https://github.com:8443``."""
+        ``https://github.com.example``, ``https://github.company.com`` nor ``https://github.com:8443``.
+        The scheme and host compare in any case of ASCII letters (``HTTPS://GitHub.com/x`` is under
+        ``https://github.com/``), the path as it is."""
         url = with_path(url)
-        if not url.startswith(self.prefix):
+        if not with_folded_origin(url).startswith(with_folded_origin(self.prefix)):
             return None
         rest = url[len(self.prefix):]
         return rest if self.prefix.endswith(_SEGMENT_ENDS) or rest[:1] in ("", *_SEGMENT_ENDS) else None

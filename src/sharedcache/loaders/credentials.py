@@ -31,7 +31,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from ..config.settings import one_word
-from ..errors import CredentialError, split_user_info
+from ..errors import CredentialError, ascii_lower, split_user_info
 from ..lean import scoped
 
 if TYPE_CHECKING:
@@ -296,19 +296,12 @@ def _netrc_login(path: str | None, host: str) -> tuple[str, str] | None:
     refuses it since 8.12."""
     if not path or (text := _netrc_text(path)) is None:
         return None
-    host = _ascii_lower(host)
+    host = ascii_lower(host)
     # The machine entries before the default ones, each in file order (sorted is stable).
     for machine, given in sorted(_netrc_entries(text, path), key=lambda entry: entry[0] is None):
-        if given.keys() & {"login", "password"} and (machine is None or _ascii_lower(machine) == host):
+        if given.keys() & {"login", "password"} and (machine is None or ascii_lower(machine) == host):
             return given.get("login", ""), given.get("password", "")
     return None
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _ascii_lower(word: str) -> str:
-    return word.translate(_ASCII_LOWER)
 
 
 def _netrc_text(path: str) -> str | None:
@@ -402,7 +395,7 @@ def _netrc_entries(text: str, path: str) -> list[tuple[str | None, dict[str, str
         return word[0] if word else None
 
     while (word := next_word()) is not None:
-        keyword = None if word[1] else _ascii_lower(word[0])
+        keyword = None if word[1] else ascii_lower(word[0])
         if keyword in ("machine", "default"):
             given = {}
             entries.append(((value() or "") if keyword == "machine" else None, given))

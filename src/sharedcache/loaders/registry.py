@@ -15,7 +15,15 @@ import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import SettingError, UsageError, host_and_port, memory_refused, unparsed_url, without_user_info
+from ..errors import (
+    SettingError,
+    UsageError,
+    host_and_port,
+    memory_refused,
+    unparsed_url,
+    with_folded_origin,
+    without_user_info,
+)
 from .protocol import Loader, Source, Transform, Unpacker
 from .words import CHECKSUM_WORDS, normalize_words, recipe_identity
 
@@ -178,7 +186,7 @@ def _rewritten(sources: tuple[Source, ...], rewrites: tuple[Rewrite, ...]) -> tu
             continue
         rule, rest = matched
         for mirror in rule.mirrors:
-            if mirror == rule.prefix:
+            if with_folded_origin(mirror) == with_folded_origin(rule.prefix):
                 result.setdefault(source.word, source)
             else:
                 alternative = type(source)(source.name, _at_mirror(rule, mirror, rest))
