@@ -364,6 +364,32 @@ def test_a_mirror_password_holding_a_semicolon_ends_no_rule(password: str) -> No
         rewrite_rules(f"https://origin.example/ = {mirror} ; github.com/ = http://m2.site/")
 
 
+@pytest.mark.parametrize("mirror", ["http://user:12 S3CRET@mirror.site/", "http://us ERNAME:S3CRET@mirror.site/",
+                                    "http://user:S3CRET TAIL@mirror.site/", "http://user:S3CRET  TAIL PART/x@mirror.site/"])
+def test_a_rule_whose_password_holds_a_space_is_refused_without_any_of_it(mirror: str, tmp_path: Path) -> None:
+    # A space splits the mirror in two words: what followed it was shown as a mirror that is no
+    # URL ("the mirror 'ERNAME:S3CRET@mirror.site/' is not a URL"), or the word before it passed
+    # for a URL with a port ("http://user:12") and the rest was shown.
+    text = f"https://origin.example/ = {mirror} https://origin.example/"
+    refusal = ("rewrite https://origin.example/: a user name or password with a space in a URL of the rule "
+               "(write the space %20)")
+    secrets = ("S3CRET", "ERNAME", "TAIL", "PART")
+    with pytest.raises(SettingError) as caught:
+        rewrite_rules(text)
+    assert not [secret for secret in secrets if secret in str(caught.value)], caught.value
+    assert str(caught.value) == refusal
+    shown = " ".join(shown_rewrites(text).split())
+    assert shown == "https://origin.example/ = http://... " + " ".join(["..."] * (len(mirror.split()) - 1)) \
+        + " https://origin.example/"
+    config = tmp_path / "site.config"
+    config.write_text(f"rewrite = {text}\n")
+    with Sleeper() as owner:
+        for result in (sc("config", env=sc_env(SC_CONFIG=str(config))),
+                       sc("--use", "-d", str(tmp_path / "base"), "--pid", str(owner.pid),
+                          "http:https://origin.example/d.tgz", SHA256, "tar", env=sc_env(SC_CONFIG=str(config)))):
+            assert (result.returncode, result.stderr) == (2, f"sc: error: {config}:1: {refusal}\n")
+
+
 @pytest.mark.parametrize("mirror", ["https://m.example:99999/a@b/", "https://u:s3cret@m.example:99999/a@b/"])
 def test_a_bad_rewrite_mirror_with_an_at_sign_in_its_path_shows_its_host_not_its_password(mirror: str) -> None:
     # The user info precedes the host: an "@" of the path is no end of it.

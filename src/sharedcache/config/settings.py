@@ -247,12 +247,12 @@ class Rewrite:
             raise SettingError("rewrite", f"{_shown(prefix)}: give at least one mirror after '='")
         for mirror in mirrors:
             if not _url_prefix(mirror) or not _parses(mirror):
-                raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {unparsed_url(mirror)!r} is not a URL "
+                raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {_shown(mirror)!r} is not a URL "
                                               "(SCHEME://HOST...)")
             # A mirror stands for an http: source's URL, and the source fetches no other scheme:
             # let through, every miss the rule matches failed as a malformed recipe.
             if mirror.partition("://")[0].lower() not in ("http", "https"):
-                raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {unparsed_url(mirror)!r} is not an "
+                raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {_shown(mirror)!r} is not an "
                                               "http:// or https:// URL")
         self.prefix, self.mirrors = with_path(prefix), tuple(map(with_path, mirrors))
 
@@ -309,6 +309,9 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
         prefix, equals, mirrors = line.partition("=")
         if not equals:
             raise SettingError("rewrite", f"{_shown(line)!r}: expected PREFIX = MIRROR [MIRROR...]")
+        if any(map(_user_info_tail, line.split())):
+            raise SettingError("rewrite", f"{_shown(prefix.strip())}: a user name or password with a space in a "
+                                          "URL of the rule (write the space %20)")
         rules.append(Rewrite(prefix.strip(), mirrors.split()))
     return tuple(rules)
 
@@ -346,10 +349,31 @@ def shown_rewrites(text: str) -> str:
 
 def _shown(text: str) -> str:
     """``text``, rules or a part of one, with each of its words shown as a message shows a URL
-    (:func:`~sharedcache.errors.unparsed_url`): without user info, which holds passwords."""
+    (:func:`~sharedcache.errors.unparsed_url`): without user info, which holds passwords, nor
+    what a space cut off a user info (:func:`_user_info_tail`)."""
     import re
 
-    return "".join(unparsed_url(part) for part in re.split(r"(\s+)", text))
+    parts = re.split(r"(\s+)", text)
+    shown = [unparsed_url(part) for part in parts]
+    url = None  # the index of the last URL met
+    for index, part in enumerate(parts):
+        if "://" in part:
+            url = index
+        elif _user_info_tail(part):
+            # The URL before it and the words between hold the rest of that user info.
+            first = index if url is None else url
+            if url is not None:
+                shown[url] = parts[url].partition("://")[0] + "://..."
+                first += 1
+            shown[first:index + 1] = [piece if piece.isspace() else "..." for piece in parts[first:index + 1]]
+    return "".join(shown)
+
+
+def _user_info_tail(word: str) -> bool:
+    """Whether ``word`` of a rule may be the end of a user name or password that a space split
+    from its URL (``http://user:pa ss@mirror/``): it is no URL and holds an "@".  What is before
+    its "@" is part of a password, never to be shown."""
+    return "@" in word and "://" not in word
 
 
 def seconds(setting: str, value: object) -> float:
