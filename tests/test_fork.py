@@ -9,10 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import sharedcache
 from sharedcache import FsCache
+from sharedcache.engine import locks
 
 HERE = os.path.dirname(__file__)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(HERE, "..", "src"), os.environ.get("PYTHONPATH", "")])}
@@ -236,3 +239,70 @@ def test_a_child_that_keeps_its_parent_s_read_keeps_it_though_another_thread_for
     os.close(write_end)
     os.close(read_end)
     assert os.waitpid(reading, 0)[1] == 0, "the data was deleted under the child that kept the read"
+
+
+def _copies_in_children_forked_before_each_lock(lock_file: Path, action: Callable[[], object]) -> list[int]:
+    """Run ``action`` in this thread while another thread forks a child just before each lock
+    it takes (as a worker pool may, at any moment); return, for each child, how many
+    descriptors of ``lock_file`` it holds once it has started."""
+    wanted = os.stat(lock_file)
+    counts: list[int] = []
+
+    def fork_and_ask() -> None:
+        read_end, write_end = os.pipe()
+
+        def count_copies() -> int:
+            held = 0
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    status = os.fstat(int(name))
+                except OSError:
+                    continue  # (the listing's own descriptor, closed)
+                held += (status.st_dev, status.st_ino) == (wanted.st_dev, wanted.st_ino)
+            os.write(write_end, str(held).encode())
+            return 0
+
+        pid = _fork(count_copies)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as answer:
+            counts.append(int(answer.read() or b"-1"))
+        assert os.waitpid(pid, 0)[1] == 0
+
+    def fork_before_locks(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code in (locks.try_lock.__code__, locks.lock.__code__):
+            forking = threading.Thread(target=fork_and_ask)
+            forking.start()
+            forking.join(10)
+            assert not forking.is_alive()
+
+    sys.setprofile(fork_before_locks)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    assert counts, "nothing was locked"
+    return counts
+
+
+def test_a_child_forked_as_an_entry_is_deleted_holds_no_copy_of_its_lock(tmp_path: Path) -> None:
+    # The deletion opened the entry's lock with a plain open: a child forked between the open
+    # and the lock kept an unrecorded copy, which then shared the deleter's lock for as long as
+    # it lived.
+    cache = FsCache(tmp_path / "cache")
+    with cache.store("a") as data:
+        (data / "f").write_text("x")
+    copies = _copies_in_children_forked_before_each_lock(tmp_path / "cache" / "objects" / "a" / "lock",
+                                                         lambda: cache.remove("a"))
+    assert copies == [0] * len(copies)
+
+
+def test_a_child_forked_as_gc_looks_at_an_entry_in_the_trash_holds_no_copy_of_its_lock(tmp_path: Path) -> None:
+    # A member of a group cache may rename an entry into the trash; gc's look at whether it is
+    # in use opened its lock with a plain open, which a child forked before the lock copied.
+    cache = FsCache(tmp_path / "cache", group=os.getgid())
+    with cache.store("a") as data:
+        (data / "f").write_text("x")
+    lock_file = tmp_path / "cache" / "trash" / "renamed" / "lock"
+    os.rename(tmp_path / "cache" / "objects" / "a", lock_file.parent)
+    copies = _copies_in_children_forked_before_each_lock(lock_file, cache.gc)
+    assert copies == [0] * len(copies)

@@ -73,8 +73,11 @@ lease can be added until the entry is gone, so the deleter's look at the leases 
 staging directory's ``lock`` becomes the entry's ``lock`` by the commit rename, so the storer's
 exclusive lock covers the entry until the commit is complete.
 
-Every lock here (entries', stages', ``stage.lock``) is taken with :func:`~sharedcache.engine.locks.lock`
-or :func:`~sharedcache.engine.locks.try_lock` and closed with :func:`~sharedcache.engine.locks.close`
+Every lock here (entries', stages', ``stage.lock``) is opened with
+:func:`~sharedcache.engine.locks.open_lock_file` or :func:`~sharedcache.engine.locks.open_recorded`
+(never ``os.open``: a fork before the lock would copy the descriptor unrecorded), taken with
+:func:`~sharedcache.engine.locks.lock` or :func:`~sharedcache.engine.locks.try_lock` and closed
+with :func:`~sharedcache.engine.locks.close`
 or :func:`~sharedcache.engine.locks.release`, never ``os.close``: a child that a program forks
 (without exec) gives up its copies of them as it starts, but for the reads of the thread that
 forked it (see :mod:`sharedcache.engine.locks`).  No worker forked by another thread keeps a
@@ -376,8 +379,6 @@ if TYPE_CHECKING:
 # wedged cache.
 _INDEX_TIMEOUT = 60.0
 _UNSET = object()
-# An entry's lock is opened never through a symlink, and never waiting on a FIFO.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: The most an entry's metadata may hold, in bytes of UTF-8: what a read of it takes in.
 META_BYTES = 1 << 20
 #: The index's file in the cache's directory (see :mod:`sharedcache.engine.index`).
@@ -1168,7 +1169,7 @@ class FsCache:
             return True
         try:
             with self._entry(name) as entry:
-                fd = os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
+                fd = locks.open_recorded(os.path.join(entry, "lock"))
                 try:
                     return not self._lock_if_unused(fd) or bool(scan_leases(entry, boots=self._boots)[0])
                 finally:
@@ -1220,7 +1221,7 @@ class FsCache:
             with self._entry(name) as entry:
                 lock = os.path.join(entry, "lock")
                 try:
-                    fd = os.open(lock, _OPEN_FLAGS)
+                    fd = locks.open_recorded(lock)
                 except (FileNotFoundError, NotADirectoryError):
                     # (a deletion in place removes the markers first, and the lock last)
                     if committed(entry) and not os.path.lexists(lock):
@@ -1628,7 +1629,7 @@ class FsCache:
         else is there (:meth:`_shared`): the entry's directory, which nobody else locks, stands
         in for it."""
         try:
-            return os.open(os.path.join(entry, "lock"), _OPEN_FLAGS)
+            return locks.open_recorded(os.path.join(entry, "lock"))
         except (FileNotFoundError, NotADirectoryError):
             if committed(entry) is None:
                 return None
@@ -1940,7 +1941,7 @@ class FsCache:
         if committed(tree) is None:
             return False
         try:
-            fd = os.open("lock", _OPEN_FLAGS, dir_fd=directory)
+            fd = locks.open_recorded("lock", dir_fd=directory)
         except OSError:
             fd = -1  # none (what a member planted there): the leases say
         if fd >= 0:
@@ -2015,7 +2016,7 @@ class FsCache:
         """Whether some process holds the entry's lock (a reader or holder, or a storer
         committing), and the time of its last use."""
         try:
-            fd = os.open(f"{entry}/lock", _OPEN_FLAGS)
+            fd = locks.open_recorded(f"{entry}/lock")
         except (FileNotFoundError, NotADirectoryError):
             return False, float("-inf")
         except PermissionError:  # (made unreadable by its owner): whether it is held is unknown
@@ -2094,7 +2095,7 @@ class FsCache:
     @staticmethod
     def _trash_if_abandoned(stages: int, stage: str, trash: int) -> int:
         try:
-            fd = os.open(f"{stage}/lock", _OPEN_FLAGS, dir_fd=stages)
+            fd = locks.open_recorded(f"{stage}/lock", dir_fd=stages)
         except OSError as e:
             raise_if_over_limit(e)
             fd = None  # created under stage.lock, so a lock-less one was abandoned

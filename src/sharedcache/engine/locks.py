@@ -15,8 +15,10 @@ a crashed process can never leave a lock behind.  Two consequences shape the cod
   does nothing there): a child that another thread of a program forks (a worker pool, a
   preforking server) would hold the lock for as long as it lives, even once its parent has died
   holding it.  So every descriptor of a lock file is recorded from its opening
-  (:func:`open_lock_file`), or from its first lock (:func:`try_lock` and :func:`lock` record it
-  before they lock or wait: a fork meanwhile copies it recorded), with the thread that locks it,
+  (:func:`open_lock_file`, or :func:`open_recorded` for a caller that judges what it finds
+  itself; never a plain ``os.open``, whose descriptor a fork before the lock would copy
+  unrecorded, to share the lock once it is taken), and again as it is locked (:func:`try_lock`
+  and :func:`lock` record it before they lock or wait), with the thread that locks it,
   until it is closed through :func:`close` or :func:`release` (never ``os.close``); and a child
   forked by Python (``os.fork``, ``multiprocessing``) gives up its copies as it starts
   (:func:`_give_up_inherited`): every one but the shared locks of the forking thread.  Since the
@@ -54,6 +56,25 @@ SHARED = fcntl.LOCK_SH
 EXCLUSIVE = fcntl.LOCK_EX
 
 
+#: How a lock file is opened: read access is enough for ``flock``; never through a link, never
+#: waiting (for a FIFO's writer).
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_recorded(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """Open the existing lock file ``path`` (never through a link), recorded from its opening
+    (see the module's docstring), for a caller that judges what it finds there itself: raises
+    what ``os.open`` raises, and takes whatever is not a link (:func:`open_lock_file` refuses
+    all but a regular file)."""
+    fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
+    try:
+        _record(fd, EXCLUSIVE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_lock_file(
     path: str | os.PathLike[str], *, create: bool = True, mode: int = 0o600, dir_fd: int | None = None
 ) -> int:
@@ -65,7 +86,7 @@ def open_lock_file(
     cache can be used without write permission on it.  For the same reason a private cache's
     lock files are readable by their owner only: nobody else can hold them.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags = _OPEN_FLAGS
     # A mode the umask cuts (a group cache's, or the owner's own under umask 0277): the file
     # appears at ``path`` only once it has that mode (made aside, then linked), so that another
     # member never finds it hers alone, nor another process of this user's unreadable.
@@ -135,8 +156,8 @@ def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -
     return fd
 
 
-#: The descriptors of lock files this process has open, from their opening (:func:`open_lock_file`)
-#: or locking (:func:`try_lock`, :func:`lock`) to their close (:func:`close`): the thread that
+#: The descriptors of lock files this process has open, from their opening (:func:`open_lock_file`,
+#: :func:`open_recorded`) or locking (:func:`try_lock`, :func:`lock`) to their close (:func:`close`): the thread that
 #: locked each (or waits for it, or opened it), whether it may be held exclusively (so recorded
 #: until a shared lock is taken on it), and the file's device and inode (see the module's
 #: docstring).
@@ -155,8 +176,13 @@ def _record(fd: int, mode: int, status: os.stat_result | None = None) -> None:
     if not _hooked:
         os.register_at_fork(after_in_parent=_note_given_up, after_in_child=_give_up_inherited)
         _hooked.append(True)
-    status = status or os.fstat(fd)
-    _held[fd] = (get_ident(), mode == EXCLUSIVE, status.st_dev, status.st_ino)
+    known = _held.get(fd)
+    if status is not None or known is None:
+        status = status or os.fstat(fd)
+        device, inode = status.st_dev, status.st_ino
+    else:
+        _, _, device, inode = known  # (recorded from its opening: one fstat is enough)
+    _held[fd] = (get_ident(), mode == EXCLUSIVE, device, inode)
 
 
 def try_lock(fd: int, mode: int) -> bool:
