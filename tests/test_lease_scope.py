@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from scutil import Sleeper, control, interpreter_for, make_tarball, mounted_tmpfs, on_host, sc_env
+from sharedcache.engine.leases import (BOOTS, BOOTS_BYTES, BOOTS_PER_MACHINE, INITIAL_PID_NAMESPACE, Boots, boot_id,
+                                       machine_id)
 
 BIN = os.path.dirname(sys.executable)
 SC = f"{BIN}/sc"
@@ -581,3 +583,78 @@ def test_the_owners_of_ended_containers_are_judged_from_one_listing_of_the_host_
     counted = run([sys.executable, "-c", COUNTED_LISTINGS])
     assert counted.returncode == 0, counted.stderr
     assert counted.stdout.split() == ["1", "50"], counted.stdout
+
+
+# --- the record of a cache's boots (leases.Boots) ------------------------------------------------
+
+NOTE_THIS_BOOT = ("import os, sys\n"
+                  "from sharedcache.engine.leases import Boots\n"
+                  "Boots(lambda: os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY), 0o644).note_this_boot()\n")
+
+
+def noted_by_the_host(cache: Path) -> None:
+    """Have a process of the host note this boot in the record of ``cache``, as one that has met a
+    lease of this boot of another machine id does.  Only the host's processes record: those of the
+    host's PID namespace and of its first process's mount namespace, which a sandbox may keep
+    from being read; the process is given a mount namespace of its own where it is."""
+    if pid_namespace_of(os.getpid()) != INITIAL_PID_NAMESPACE:
+        pytest.skip("not in the host's PID namespace")
+    script = 'mount --bind /proc/$$/ns /proc/1/ns && exec "$@"'
+    noted = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", sys.executable, "-c", NOTE_THIS_BOOT,
+                            str(cache)], capture_output=True, text=True, timeout=60, env=sc_env())
+    assert noted.returncode == 0, noted.stderr
+
+
+def boot_number(number: int) -> str:
+    return f"{number:08x}-abcd-4000-8000-000000000000"
+
+
+def test_a_host_s_record_of_boots_keeps_the_last_eight_of_each_machine(tmp_path):
+    other = "e" * 32
+    lines = [f"{machine_id()} {boot_number(n)}\n" for n in range(10)] + [f"{other} {boot_number(n)}\n" for n in range(10)]
+    (tmp_path / BOOTS).write_text("".join(lines))
+    noted_by_the_host(tmp_path)
+    kept = (tmp_path / BOOTS).read_text().splitlines()
+    assert BOOTS_PER_MACHINE == 8
+    # This machine's latest seven and this boot; another machine's lines are its own to keep.
+    assert [line for line in kept if line.startswith(machine_id())] == [
+        *(f"{machine_id()} {boot_number(n)}" for n in range(3, 10)), f"{machine_id()} {boot_id()}"]
+    assert [line for line in kept if line.startswith(other)] == [line.rstrip("\n") for line in lines[10:]]
+    boots = Boots(lambda: os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY), 0o644)
+    assert [boots.earlier(boot_number(n)) for n in range(10)] == [False] * 3 + [True] * 7
+
+
+def test_a_host_s_record_of_boots_counts_only_well_formed_lines(tmp_path):
+    # A member of a group cache may write anything there: only a line of a machine id and a boot
+    # id, alone, makes that boot one of the machine's; nothing else in the file fails a judgement.
+    me = machine_id()
+    malformed = {
+        1: f"{me} {boot_number(1)} extra",  # three words
+        2: f"{me}  {boot_number(2)}",  # two spaces
+        3: f"{me} {boot_number(3).upper()}",  # not a boot id's characters
+        4: f"{me} {boot_number(4)}\r",
+        5: f"{me} {boot_number(5)}{'0' * 30}",  # longer than any boot id
+        6: f"{me}\t{boot_number(6)}",
+    }
+    text = "\n".join([*malformed.values(), "\xff\x00 garbage", f"{me} {boot_number(7)}", ""])
+    (tmp_path / BOOTS).write_bytes(text.encode("utf-8", "surrogateescape"))
+    boots = Boots(lambda: os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY), 0o644)
+    assert [boots.earlier(boot_number(n)) for n in range(1, 8)] == [False] * 6 + [True]
+    # Nor is a line past the most that is read.
+    (tmp_path / BOOTS).write_text(" " * BOOTS_BYTES + f"\n{me} {boot_number(8)}\n")
+    boots = Boots(lambda: os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY), 0o644)
+    assert not boots.earlier(boot_number(8))
+
+
+def test_a_host_s_record_of_boots_is_never_read_or_written_through_a_link(tmp_path):
+    # A member could point the record at a file of hers, to pair any boot with this machine, or
+    # at a file of the user's, for the host to write.
+    target = tmp_path / "elsewhere"
+    target.write_text(f"{machine_id()} {boot_number(1)}\n")
+    (tmp_path / BOOTS).symlink_to(target)
+    boots = Boots(lambda: os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY), 0o644)
+    assert not boots.earlier(boot_number(1))
+    noted_by_the_host(tmp_path)
+    assert target.read_text() == f"{machine_id()} {boot_number(1)}\n"
+    assert not (tmp_path / BOOTS).is_symlink()
+    assert (tmp_path / BOOTS).read_text() == f"{machine_id()} {boot_id()}\n"
