@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,6 +108,24 @@ def test_warm_use_opens_no_index_and_imports_nothing_heavy(how, dirs, tarball, t
         assert warm.stdout.startswith(f"{user_dir(dirs[0]) / name}\n")
         assert warm.stdout.count(f":{owner.pid}:") == 2  # two leases of the owner, one per use
         check_tree(user_dir(dirs[0]) / name, FILES)
+
+
+def test_a_warm_use_of_a_group_cache_looks_again_only_at_what_members_may_replace(dirs, tarball, tmp_path):
+    # Only a group cache's stage and trash can be made another member's own (see
+    # test_group_cache.py): a warm use that asked the status of the objects directory it
+    # reached, which no member can replace, paid a system call for nothing.
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    with Sleeper() as owner:
+        args = ["-n", "repo", "-d", str(dirs[0]), "--group", str(os.getgid()), "--pid", str(owner.pid),
+                *recipe(tarball)]
+        assert sc("--use", *args).returncode == 0
+        trace = tmp_path / "trace"
+        traced = subprocess.run(["strace", "-f", "-y", "-e", "trace=fstat,newfstatat,statx", "-o", str(trace),
+                                 *SC, "--use", *args], capture_output=True, text=True, timeout=60, env=sc_env())
+        assert traced.returncode == 0, traced.stderr
+    looked_at = [line for line in trace.read_text().splitlines() if "/objects>" in line and '""' in line]
+    assert not looked_at, looked_at
 
 
 def test_use_prints_only_the_path_and_unuse_deletes(dirs, tarball):

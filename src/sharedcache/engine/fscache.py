@@ -1778,8 +1778,8 @@ class FsCache:
             ) from None
         finally:
             os.close(root)
-        found = os.fstat(fd)
-        if foreign_subdirectory(sub, found, self.group):
+        if foreign_subdirectory(sub, fd, self.group):
+            found = os.fstat(fd)
             os.close(fd)
             raise CacheError(f"{self.root}/{sub} is not this cache's own directory (uid {found.st_uid}, mode "
                              f"{stat.S_IMODE(found.st_mode):o}: another member's?); run gc to repair it")

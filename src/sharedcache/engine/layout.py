@@ -489,12 +489,16 @@ def make_subdirectory(root: int, sub: str, modes: Modes, *, repair: bool) -> Non
     make_directory(sub, modes.directory, dir_fd=root)
 
 
-def foreign_subdirectory(sub: str, found: os.stat_result, group: int | None) -> bool:
+def foreign_subdirectory(sub: str, found: os.stat_result | int, group: int | None) -> bool:
     """Whether the subdirectory ``sub`` of a cache of ``group`` (None: a private cache, which
-    nobody else may write), whose status is ``found``, is a ``stage`` or ``trash`` that a member
-    made her own (a mode that others of the group may not write): nobody else could stage or
-    delete anything in the cache."""
-    return group is not None and sub in _DISPOSABLE and not _of_group(found, group)
+    nobody else may write), whose status is ``found`` (or that is open as the descriptor
+    ``found``), is a ``stage`` or ``trash`` that a member made her own (a mode that others of the
+    group may not write): nobody else could stage or delete anything in the cache.  A descriptor
+    is looked at only there: the other directories, and a private cache's, are asked for on
+    every use."""
+    if group is None or sub not in _DISPOSABLE:
+        return False
+    return not _of_group(os.fstat(found) if isinstance(found, int) else found, group)
 
 
 def _of_group(found: os.stat_result, group: int) -> bool:
