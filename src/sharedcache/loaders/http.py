@@ -912,11 +912,12 @@ class _Body:
                     self._response = self._http.continuation(self._position, self._last, self._stop,
                                                              busy_fails=self._last is not None)
                 except _WholeAgain as again:
-                    if not self._read_on(again):
-                        raise
                     if self._closed_early is not None:
                         # A server that ignores ranges would send the same body again, ended the same way.
+                        again.response.close()
                         return self._unconfirmed_end(self._closed_early, "serves no ranges to ask for what follows")
+                    if not self._read_on(again):
+                        raise
                 if self._stop.is_set():  # aborted while asking: abort() may not have seen this answer
                     raise self._http.stopped_error()
                 if self._response is None:  # the file ends here: what came was the whole of it
@@ -967,17 +968,12 @@ class _Body:
         goes on: see _HttpStream.read) and a date for validator, which Apache takes for too recent to
         be sure of when it is under 60 s old (RFC 9110 8.8.2.2) and answers every range guarded by it
         with the whole file.  An ETag is exact: a server that answers a range guarded by it with the
-        whole file ignores ranges, and the population starts over (a body ended by a close, which
-        could not be confirmed otherwise, is then read on too, to its end)."""
+        whole file ignores ranges, and the population starts over."""
         # (A file rewritten within the second at the same size has the same date: only the checksum
         # above tells such a mix of two versions, and without one the population starts over.)
-        if self._last is not None or not (self._closed_early is not None
-                                          or (_is_date(self._http.validator) and self._http.checksummed)):
+        if self._last is not None or not (_is_date(self._http.validator) and self._http.checksummed):
             again.response.close()
             return False
-        if self._closed_early is not None:
-            again.response.close()
-            return True
         self._http.notice(f"reading on from byte {self._position} of {self._http.url} in the server's answer "
                           "with the whole file: it has the same Last-Modified and size (a date the server "
                           "takes for too recent to serve a range by)")
