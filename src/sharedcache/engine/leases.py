@@ -237,9 +237,9 @@ def _status_field(status: bytes, name: bytes) -> list[bytes]:
     return next((line.split()[1:] for line in status.splitlines() if line.startswith(name)), [])
 
 
-#: The host's processes by start time, as the last look at all of ``/proc`` found them (see
-#: :func:`foreign_process_alive`); None before the first look.
-_host_processes: dict[int, list[int]] | None = None
+#: The host's processes by start time, as the last look at all of ``/proc`` found them, and the
+#: newest of those start times (see :func:`foreign_process_alive`); None before the first look.
+_host_processes: tuple[dict[int, list[int]], int] | None = None
 
 
 def foreign_process_alive(pid_ns: int, pid: int, started: int) -> bool | None:
@@ -261,7 +261,7 @@ def foreign_process_alive(pid_ns: int, pid: int, started: int) -> bool | None:
     not be in it (a container that took a use since, in a program that lives long, or later in
     the same ``sc gc``): the processes are listed again before it is judged dead.  (Listed again
     for each dead owner, 300 leases of ended containers cost seconds on a host of 2,000
-    processes.)"""
+    processes; so the newest start time is found once per listing, not once per dead owner.)"""
     global _host_processes  # noqa: PLW0603 - remembered per process, listed again when it misses
     if pid_namespace() != INITIAL_PID_NAMESPACE:
         return None
@@ -271,17 +271,19 @@ def foreign_process_alive(pid_ns: int, pid: int, started: int) -> bool | None:
             _host_processes = _list_host_processes()
             if _host_processes is None:
                 return None
-        if any(_is_foreign_process(host_pid, pid_ns, pid, started) for host_pid in _host_processes.get(started, ())):
+        by_start, newest = _host_processes
+        if any(_is_foreign_process(host_pid, pid_ns, pid, started) for host_pid in by_start.get(started, ())):
             return True
-        if listed_now or started < max(_host_processes, default=0):
+        if listed_now or started < newest:
             return False
         _host_processes, listed_now = None, True
     return False
 
 
-def _list_host_processes() -> dict[int, list[int]] | None:
-    """Every process of the host by its start time; None if ``/proc`` hides some (``hidepid``
-    hides those of other users, PID 1's among them, from all but root and its ``gid=``)."""
+def _list_host_processes() -> tuple[dict[int, list[int]], int] | None:
+    """Every process of the host by its start time, and the newest start time; None if ``/proc``
+    hides some (``hidepid`` hides those of other users, PID 1's among them, from all but root and
+    its ``gid=``)."""
     if _stat(1) is None:
         return None
     by_start: dict[int, list[int]] = {}
@@ -290,7 +292,7 @@ def _list_host_processes() -> dict[int, list[int]] | None:
             fields = _stat(int(name))
             if fields is not None:  # (else it ended while we looked)
                 by_start.setdefault(_started(fields), []).append(int(name))
-    return by_start
+    return by_start, max(by_start, default=0)
 
 
 def _is_foreign_process(host_pid: int, pid_ns: int, pid: int, started: int) -> bool:
