@@ -1,5 +1,6 @@
 """An interrupt (KeyboardInterrupt, or what a signal handler raises) at the wrong moment of an
-index transaction or an atomic write: it propagates as itself, and leaves no write lock held."""
+index transaction, an atomic write or a use: it propagates as itself, and leaves no write lock
+held, and no use taken."""
 
 from __future__ import annotations
 
@@ -73,3 +74,74 @@ def test_an_interrupt_as_an_atomic_write_renames_propagates_as_itself(
     monkeypatch.undo()
     assert "a" not in cache
     assert os.listdir(root / "stage") == []
+
+
+_INTERRUPTED_USES = r"""
+import glob, os, signal, sys, threading
+import sharedcache
+
+base, rounds = sys.argv[1], int(sys.argv[2])
+words = (f"file:{base}/data.bin",)
+# Another thread's use holds the repository for the whole run: a release that ran twice would
+# take its lease in place of the one it had released already.
+held, done = threading.Event(), threading.Event()
+
+def hold():
+    with sharedcache.use(*words, name="r", directories=base):
+        held.set()
+        done.wait(300)
+
+# Ctrl-C is let in only around the use, and in this thread: the rest is no part of what is tested.
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+holder = threading.Thread(target=hold)
+holder.start()
+held.wait(60)
+interrupted = 0
+print("ready", flush=True)
+for _ in range(rounds):
+    try:
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+            with sharedcache.use(*words, name="r", directories=base):
+                pass
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    except KeyboardInterrupt:
+        interrupted += 1
+leases = glob.glob(f"{base}/.shared-cache-*/.cache/objects/r/leases/*")
+print(interrupted, len(leases), signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+done.set()
+holder.join(60)
+"""
+
+
+def test_ctrl_c_anywhere_in_a_use_releases_it_once_and_reaches_the_caller(tmp_path: Path) -> None:
+    # Ctrl-C that came as a use's lease was made, as its block was entered or left, or as it was
+    # released, left the lease taken for the life of the process (an interactive interpreter, a
+    # notebook's kernel); real interrupts, at random moments of hundreds of uses.
+    (tmp_path / "data.bin").write_bytes(b"x" * 1000)
+    user = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_USES, str(tmp_path), "3000"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sender = None
+    try:
+        assert user.stdout is not None
+        assert user.stdout.readline() == "ready\n"
+        sender = subprocess.Popen([sys.executable, "-c", f"""
+import os, random, signal, time
+while True:
+    time.sleep(random.uniform(0, 0.004))
+    try:
+        os.kill({user.pid}, signal.SIGINT)
+    except ProcessLookupError:
+        break
+"""])
+        out, err = user.communicate(timeout=240)
+    finally:
+        for process in (user, sender):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
+    assert user.returncode == 0, err
+    interrupted, leases, handler_restored = out.split()
+    assert int(interrupted) > 50  # the interrupts reached the caller
+    assert (leases, handler_restored, err) == ("1", "True", "")  # the holding thread's lease alone

@@ -78,18 +78,27 @@ through that descriptor: in a group cache the entry may be another member's, who
 to a directory of yours in its place, where every file not named as a live owner's lease would
 be removed as a dead one.  Whatever a member plants among the leases (a directory, a name no
 process can have) is nobody's lease, and fails nothing.
+
+A lease taken for :func:`sharedcache.use` must reach the ``finally`` that releases it, and its
+release must run to its end, whenever Ctrl-C comes: :data:`INTERRUPTS` defers the interrupt of
+the main thread from the lease's creation (:func:`add_lease`) until ``use()`` holds it, and
+while ``use()`` releases it, then raises it (see :class:`InterruptGuard`).
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (signal's C module, loaded with the interpreter: signal imports enum)
+import _thread
 import os
 
 from ..errors import CacheError, raise_if_over_limit
+from ..lean import Scope
 from .fsutil import create_empty, open_directory, read_control, unique_name, write_atomic
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import FrameType
 
 #: The inode of the initial PID namespace (the host's), fixed by the kernel.
 INITIAL_PID_NAMESPACE = 0xEFFFFFFC
@@ -639,8 +648,88 @@ def _lease_names(entry: str) -> list[str]:
         os.close(directory)
 
 
+class InterruptGuard:
+    """Ctrl-C held back while a :func:`sharedcache.use` of the main thread has a lease that is
+    not yet, or no longer, in the hands of its ``try``/``finally``.
+
+    Python raises KeyboardInterrupt at whatever bytecode the main thread runs: after the lease's
+    file is made and before ``use()`` has it, or halfway through its release, the lease was left
+    for the life of the process (an interactive interpreter, a notebook's kernel that caught the
+    interrupt).  ``use()`` arms the guard (:meth:`arm`: in the main thread, over Python's own
+    handler only, a program's handler being the program's) around its acquire and its release.
+    The interrupt is then deferred (:attr:`pending`) while :attr:`deferring`, which
+    :func:`add_lease` turns on for an acquire (:attr:`acquiring`) of this thread and ``use()``
+    for its release, and raised by :meth:`settle`.  One that comes in a ``with`` statement's
+    call of a ``@scoped`` manager's ``__enter__`` or ``__exit__`` is raised at the next check,
+    out of them: there it would leave the block without resuming the generator that releases.
+    """
+
+    __slots__ = ("acquiring", "deferring", "depth", "pending", "thread")
+
+    def __init__(self) -> None:
+        self.thread: int | None = None  # the main thread, while armed
+        self.depth = 0  # the armed uses (a use inside another's block arms it again)
+        self.acquiring = self.deferring = self.pending = False
+
+    def arm(self) -> bool:
+        """Guard the calling thread's use from now on, deferring the interrupt until the caller
+        is in its ``try`` (:meth:`settle`); whether it is guarded (only the main thread gets
+        interrupts, and only Python's handler is replaced)."""
+        import threading  # (a use() of Python: the command line never arms)
+
+        thread = _thread.get_ident()
+        if thread != threading.main_thread().ident:
+            return False
+        if _signal.getsignal(_signal.SIGINT) is not (_interrupted if self.depth else _signal.default_int_handler):
+            return False
+        if not self.depth:
+            self.pending = False  # (one that came as the last use's handler was put back)
+        # Deferring before the handler is ours, and counted once it is, by stores alone: no
+        # interrupt is checked for between them.
+        self.deferring = True
+        _signal.signal(_signal.SIGINT, _interrupted)
+        self.depth += 1
+        self.thread = thread
+        return True
+
+    def settle(self) -> None:
+        """Stop deferring; raise the interrupt deferred meanwhile."""
+        self.acquiring = self.deferring = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def disarm(self) -> None:
+        """The end of an armed use, deferring until then: Python's handler back (unless the
+        program put its own meanwhile), then the deferred interrupt raised."""
+        self.depth -= 1
+        if not self.depth:
+            self.thread = None
+            if _signal.getsignal(_signal.SIGINT) is _interrupted:
+                _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        self.settle()
+
+
+INTERRUPTS = InterruptGuard()
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    if INTERRUPTS.deferring:
+        INTERRUPTS.pending = True
+        return
+    if frame is not None and frame.f_code in _SCOPE_STEPS:
+        _thread.interrupt_main()  # (SIGINT) raised at the next check, out of the with statement's calls
+        return
+    raise KeyboardInterrupt
+
+
+_SCOPE_STEPS = (Scope.__enter__.__code__, Scope.__exit__.__code__)
+
+
 def add_lease(entry: str, owner: Owner) -> str:
     """Create a lease of ``owner`` in ``entry``; return its id."""
+    if INTERRUPTS.acquiring and INTERRUPTS.thread == _thread.get_ident():
+        INTERRUPTS.deferring = True  # before the file is made: see InterruptGuard
     lease = f"{owner.key}.{unique_name()}"
     put_lease(entry, lease)
     return lease

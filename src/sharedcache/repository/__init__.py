@@ -78,7 +78,9 @@ Acquire (``sc --use``, :func:`use`)
    :func:`use` also reads the entry (its lock taken shared) for the length of its block: a child
    that the block's thread forks keeps that read, and holds the entry for as long as it lives;
    one that another thread forks gives it up as it starts, and leaves the last release free to
-   delete the entry.
+   delete the entry.  Ctrl-C in the main thread is deferred from the making of the lease until
+   :func:`use` holds it in its ``try``, and during its release, then raised (see
+   :class:`~sharedcache.engine.leases.InterruptGuard`): it leaks no use, and reaches the caller.
 
 Release (``sc --unuse``) drops one lease of the owner; a budget it gives (``--max-size``) is set
 first, while that lease still spares the entry from eviction.  The engine deletes the entry in the

@@ -16,7 +16,7 @@ from ..engine import locks
 from ..engine.fscache import FsCache
 from ..engine.fsutil import remove_leftovers, shown_path, unlink_if_present
 from ..engine.layout import MAX_NAME_BYTES, check_base, check_flag, check_name, user_directory
-from ..engine.leases import Owner, require_proc
+from ..engine.leases import INTERRUPTS, Owner, require_proc
 from ..errors import (
     BusyError,
     CacheError,
@@ -892,26 +892,45 @@ def use(
     budget = None if budget is None else parse_size(budget, "max_size")
     repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity),
                                 group=files.converted(effective, "group", group_id))
+    # Ctrl-C from the lease's making to the try below, and during the release, is deferred, then
+    # raised: it left the use taken for the life of the process (see InterruptGuard).
+    guarded = INTERRUPTS.arm()
     try:
+        if guarded:
+            INTERRUPTS.settle()
+            INTERRUPTS.acquiring = True
         held = repositories.acquire(
             _loader_words(words), owner=Owner.current(), name=name, size=limit, keep=keep,
             max_size=budget, timeout=files.value(effective, "timeout"),
             fetch=fetch if fetch is not None else files.fetch_when_needed(effective, os.environ, given),
         )
-    except OSError as e:  # (the command line says the same of what reaches it)
-        raise_if_over_limit(e)
+    except BaseException as e:
+        if guarded:
+            INTERRUPTS.deferring = True  # (first: no call comes before it)
+            INTERRUPTS.disarm()  # (an interrupt deferred as a failed use gave its lease back is raised)
+        if isinstance(e, OSError):  # (the command line says the same of what reaches it)
+            raise_if_over_limit(e)
         raise
     holder = os.getpid()
     try:
+        if guarded:
+            INTERRUPTS.settle()  # in the try: the release below runs
         with held.cache.load(held.name):
             from pathlib import Path
 
             yield Path(held.path)
     finally:
-        # A child forked inside the block that leaves it (sys.exit() unwinds it) does not own the
-        # use: its parent does, and releases it when it leaves the block itself.
-        if os.getpid() == holder:
-            repositories.release_held(held, keep=keep)
+        # (First, with no call before it: nothing is checked for an interrupt until it is done.)
+        if guarded:
+            INTERRUPTS.deferring = True
+        try:
+            # A child forked inside the block that leaves it (sys.exit() unwinds it) does not own
+            # the use: its parent does, and releases it when it leaves the block itself.
+            if os.getpid() == holder:
+                repositories.release_held(held, keep=keep)
+        finally:
+            if guarded:
+                INTERRUPTS.disarm()
 
 
 def _loader_words(words: tuple[object, ...]) -> list[str]:
