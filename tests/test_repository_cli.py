@@ -325,6 +325,51 @@ def test_without_an_error_stream_stdout_still_carries_only_the_path(dirs, tarbal
     assert Path(embedded.stdout.strip()).parent.parent == dirs[1]
 
 
+_STDERR_OF_THE_PROGRAM = r"""
+import fcntl, os, sys, threading
+import sharedcache
+
+read, write = os.pipe()
+for fd in (read, write):
+    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)
+try:
+    while True:
+        os.write(write, b"." * 65536)
+except BlockingIOError:
+    pass
+# The program's own stderr, full for now (its reader busy): the use's first line cannot be written.
+sys.stderr = own = open(write, "w", encoding="utf-8")
+
+
+def drained():
+    heard = b""
+    try:
+        while chunk := os.read(read, 65536):
+            heard += chunk
+    except BlockingIOError:
+        pass
+    return heard
+
+
+with sharedcache.use(*sys.argv[2:], directories=[sys.argv[1]], verbosity=1):
+    drained()
+    line = threading.Thread(target=lambda: print("another thread's line", file=sys.stderr, flush=True))
+    line.start()
+    line.join(30)
+    heard = drained()
+print(sys.stderr is own, b"another thread's line" in heard)
+"""
+
+
+def test_a_use_that_cannot_write_its_messages_leaves_the_program_s_stderr_alone(dirs, tarball):
+    # The library silenced itself by putting /dev/null in sys.stderr, for the whole program: the
+    # lines its other threads wrote during (and after) the use were lost, and a stderr the
+    # program had put there itself was swapped.
+    done = subprocess.run([sys.executable, "-c", _STDERR_OF_THE_PROGRAM, str(dirs[0]), *recipe(tarball)],
+                          capture_output=True, text=True, timeout=60, env=sc_env())
+    assert (done.returncode, done.stdout) == (0, "True True\n"), done.stderr
+
+
 def test_subcommand_forms_and_default_name(dirs, tarball):
     with Sleeper() as owner:
         args = ["-d", d(dirs), "--pid", str(owner.pid), *recipe(tarball)]

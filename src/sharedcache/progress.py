@@ -9,7 +9,8 @@ but errors even on a terminal.
 What is said never fails what is done: a stream that cannot be written (its reader gone, as in
 ``sc --use -v ... 2>&1 | head -1``, or a terminal hung up) silences the reporter and its bars for
 the rest of the process, and the population goes on (it failed, and its waiters with it, as if
-its data could not be written).
+its data could not be written).  Only ``sc``'s reporter silences the process's standard error
+too; the library's silences itself alone: the program's stderr is the program's.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ LINE_INTERVAL = 5.0
 class Reporter:
     """Decides what to print, and prints it to ``stream`` (stderr)."""
 
-    def __init__(self, verbosity: int = 0, stream: TextIO | None = None) -> None:
+    def __init__(self, verbosity: int = 0, stream: TextIO | None = None, *, owns_stderr: bool = False) -> None:
         if stream is None:
             # A process started without stderr (a daemon that embeds the library) hears nothing;
             # print() given None would write to its stdout.
             stream = sys.stderr or open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - the reporter's for life
-        self.stream = stream
+        self.stream: TextIO | None = stream  # None once silenced
+        self.owns_stderr = owns_stderr  # (sc's: see silence)
         self.tty = self.stream.isatty()
         self.verbosity = verbosity
         self._last_wait = 0.0
@@ -71,18 +73,21 @@ class Reporter:
 
     def write(self, text: str, end: str = "\n") -> None:
         """Write ``text`` to the stream now; one that cannot be written silences the reporter."""
+        if self.stream is None:
+            return
         try:
             print(text, end=end, file=self.stream, flush=True)
         except (OSError, ValueError):  # (ValueError: a stream closed)
             self.silence()
 
     def silence(self) -> None:
-        """Say nothing more: the stream cannot be written.  (Standard error is replaced too, as
-        a stdout that cannot be written is: what its buffer kept would fail the exit's flush.)"""
-        quiet = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
-        if self.stream is sys.stderr:
-            sys.stderr = quiet
-        self.verbosity, self.tty, self.stream = -1, False, quiet
+        """Say nothing more: the stream cannot be written.  The reporter of ``sc``, which owns
+        the process's standard error, replaces that too, as a stdout that cannot be written is:
+        what its buffer kept would fail the exit's flush.  A library's leaves it to the program,
+        whose other threads write there (and whose next write may well get through)."""
+        if self.owns_stderr and self.stream is sys.stderr:
+            sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
+        self.verbosity, self.tty, self.stream = -1, False, None
 
     def bar(self, label: str) -> ProgressBar:
         return ProgressBar(label, self, enabled=self.chatty, lines=not self.tty)

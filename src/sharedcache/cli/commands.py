@@ -62,7 +62,7 @@ def run(options: Arguments) -> int:
     options.fetch = files.fetch_when_needed(effective, os.environ, given)
     repositories = Repositories(
         options.directories,  # the environment's, a file's, or the option's (files.effective)
-        reporter=Reporter(options.verbosity),
+        reporter=Reporter(options.verbosity, owns_stderr=True),
         group=group,
     )
     assert options.action is not None
