@@ -1611,6 +1611,35 @@ def test_python_api_bad_input_is_a_usage_error_of_one_line(dirs, args, kwargs, m
     assert not (user_dir(dirs[0]) / "repo").exists()
 
 
+_DIRECTORIES_AT_HOME = r"""
+import pathlib, sys
+import sharedcache
+
+for directories in ("~/bases", ["~/bases"], pathlib.Path("~/bases"), "/nonexistent:~"):
+    with sharedcache.use(*sys.argv[1:], name="r", directories=directories) as path:
+        print(path)
+try:
+    with sharedcache.use(*sys.argv[1:], name="r", directories="~no-such-user-of-sc/bases"):
+        pass
+except sharedcache.UsageError as e:
+    print(e)
+"""
+
+
+def test_a_leading_tilde_in_the_directories_of_use_is_the_home(tmp_path, tarball):
+    # No shell expands what a program gives use(): '~/bases' was the relative path
+    # '$PWD/~/bases', missing, where SC_DIRECTORIES, a config file and sc's shell make it the home.
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    (home / "bases").mkdir(parents=True)
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-c", _DIRECTORIES_AT_HOME, *recipe(tarball)], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=60, env=sc_env(HOME=str(home)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(user_dir(home / "bases") / "r")] * 3 + [str(user_dir(home) / "r")] + [
+        "use(directories=...) names '~no-such-user-of-sc/bases', but there is no user 'no-such-user-of-sc'"]
+    assert os.listdir(elsewhere) == []
+
+
 def test_a_relative_path_in_a_deleted_directory_is_one_line_naming_it(tmp_path, dirs, tarball):
     # A job whose working directory was removed under it: getcwd() fails with a bare
     # "No such file or directory", which named neither the path nor the cause.

@@ -862,7 +862,8 @@ def use(
     ``fetch`` (a :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches;
     ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.  What is not given is
     taken from the config files and the environment as ``sc`` takes it
-    (:mod:`sharedcache.config.files`): ``directories`` (else /tmp:/var/tmp), ``max_size``,
+    (:mod:`sharedcache.config.files`): ``directories`` (else /tmp:/var/tmp; a leading ``~`` is
+    the home, as the shell makes it on the command line), ``max_size``,
     ``timeout``, ``group`` (a group's name or gid: use the cache that group shares, as ``sc
     --group`` does, instead of your own) and, without ``fetch``, the fetch settings (proxy, offline, timeouts...), which
     are made into a policy, and checked, only when the repository is not ready (``connections``,
@@ -881,6 +882,8 @@ def use(
             raise UsageError(f"fetch must be a FetchPolicy, not {fetch!r}")
     if type(verbosity) is not int:
         raise UsageError(f"verbosity must be a whole number, not {verbosity!r}")
+    if directories is not None:  # (no shell expanded them)
+        directories = files.paths_at_home(directories, os.environ, "use(directories=...)")  # type: ignore[assignment]  # checked by Repositories
     given = {key: value for key, value in (("directories", directories), ("max_size", max_size),
                                            ("timeout", timeout), ("connections", connections),
                                            ("group", group))
