@@ -669,6 +669,28 @@ def test_v_and_q_replace_the_verbose_and_quiet_of_the_config_files(tmp_path, own
     assert f"\nverbose = no  # {config}:2\nquiet = yes  # {config}:1\n" in shown, shown
 
 
+def test_config_shows_the_verbosity_that_v_and_q_together_give(tmp_path, owner):
+    # Each -q takes back a -v on every command; sc config showed "verbose = yes" and
+    # "quiet = yes" for -q -v, where a use is neither verbose nor quiet.
+    data = tmp_path / "data.txt"
+    data.write_text("data")
+    env = sc_env(SC_CONFIG=os.devnull, XDG_CONFIG_HOME=str(tmp_path / "none"))
+    use = ("--use", "-d", str(tmp_path), "--pid", str(owner.pid), f"file:{data}")
+    for flags, verbose, quiet in ((("-q", "-v"), "no  # --verbose", "no  # --quiet"),
+                                  (("-v", "-q"), "no  # --verbose", "no  # --quiet"),
+                                  (("-vv", "-q"), "yes  # --verbose", "(not set)  # default"),
+                                  (("-q", "-v", "-q"), "(not set)  # default", "yes  # --quiet")):
+        shown = sc(flags[0], "config", *flags[1:], env=env)
+        assert f"\nverbose = {verbose}\nquiet = {quiet}\n" in shown.stdout, (flags, shown.stdout)
+    said = sc("-q", "-v", "-n", "neither", *use, env=env)
+    assert (said.returncode, said.stderr) == (0, ""), said.stderr
+    # Cancelled among the options, -q -v still replaces a file's verbosity, as one of them does.
+    config = tmp_path / "config"
+    config.write_text("verbose = yes\n")
+    shown = sc("config", "-q", "-v", env=sc_env(SC_CONFIG=str(config), XDG_CONFIG_HOME=str(tmp_path / "none")))
+    assert "\nverbose = no  # --verbose\nquiet = no  # --quiet\n" in shown.stdout, shown.stdout
+
+
 @pytest.mark.parametrize("breaker", ["\f", "\v", "\x1c", "\x85", "\u2028", "\u2029"])
 def test_a_config_file_s_lines_are_numbered_as_editors_number_them(tmp_path, breaker):
     # A form feed (a page break some editors write), a vertical tab, U+0085 or U+2028 ended a

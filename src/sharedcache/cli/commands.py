@@ -51,7 +51,8 @@ def run(options: Arguments) -> int:
     # An option not given is None, False, or a count (-v, -q) of 0.
     given = {setting.key: value for setting in files.SETTINGS
              if (value := getattr(options, setting.key, None)) is not None and value is not False
-             and not (setting.key in ("verbose", "quiet") and value == 0)}
+             and setting.key not in ("verbose", "quiet")}
+    given.update(_verbosity_given(options))
     effective = files.effective(given, os.environ)
     group = files.converted(effective, "group", group_id)  # (before sc config shows a row)
     if options.action == "config":
@@ -67,6 +68,19 @@ def run(options: Arguments) -> int:
     )
     assert options.action is not None
     return COMMANDS[options.action](repositories, options)
+
+
+def _verbosity_given(options: Arguments) -> dict[str, object]:
+    """The ``verbose`` and ``quiet`` settings that the options' -v and -q give, and ``options``'
+    counts made the same: each -q takes back a -v, so that ``-q -v`` is neither and ``-vv -q``
+    verbose, as every command speaks; ``sc config`` showed both turned on."""
+    if not (options.verbose or options.quiet):
+        return {}
+    net = options.verbosity
+    options.verbose, options.quiet = max(net, 0), max(-net, 0)
+    if net == 0:  # the pair given cancels: neither, whatever the files say
+        return {"verbose": False, "quiet": False}
+    return {"verbose": net} if net > 0 else {"quiet": -net}
 
 
 def use(repositories: Repositories, options: Arguments) -> int:
