@@ -253,6 +253,31 @@ def test_values_damaged_in_the_index_give_a_clear_error_and_gc_repairs_them(base
         assert "nothing to do" in sc("gc", "-d", str(base)).stdout
 
 
+@pytest.mark.parametrize("damage", ["garbage", "misplaced-total"])
+def test_a_damaged_index_fails_a_new_use_before_its_download(base, words, origin, damage):
+    """A damaged index failed a new use only at its commit, once everything was downloaded and
+    unpacked: each job of a batch downloaded for nothing."""
+    payload = os.urandom(2_000_000)
+    origin.add("/big.bin", payload)
+    with Sleeper() as owner:
+        args = ["-d", str(base), "--pid", str(owner.pid)]
+        assert sc("--use", "-n", "first", *args, *words).returncode == 0
+        index = control(base) / "index.sqlite"
+        if damage == "garbage":
+            index.write_bytes(b"garbage" * 1000)
+        else:
+            damage_in_values(index, damage)
+        failed = sc("--use", "-n", "new", *args, f"http:{origin.url('/big.bin')}")
+        assert failed.returncode == 1 and "run gc to rebuild it" in one_line(failed.stderr), failed.stderr
+        assert origin.stats("/big.bin").bytes_served == 0
+        # A use of ready data does not open the index, and gc repairs it for the next download.
+        assert sc("--use", "-n", "first", *args, *words).returncode == 0
+        assert sc("gc", "-d", str(base)).returncode == 0
+        used = sc("--use", "-n", "new", *args, f"http:{origin.url('/big.bin')}")
+        assert used.returncode == 0, used.stderr
+        assert origin.stats("/big.bin").bytes_served == len(payload)
+
+
 def test_a_damaged_budget_fails_no_download_and_gc_removes_it(base, words):
     """A garbled budget failed a plain new use (no --keep, no --max-size) once its download and
     unpack were done, recording the failure for its waiters, and gc failed with the same line."""

@@ -92,7 +92,9 @@ takes the winner's lock shared, which only such instant exclusive holders can de
 
 Store (``store(name)``)
 -----------------------
-1. Take ``stage.lock`` shared; create ``stage/<random id>/``, create its ``lock`` and lock it
+1. Read where the commit will write in the index (:meth:`~sharedcache.engine.index.Index.check_for_commit`):
+   a damaged index fails the store now, not once it is filled.  Take ``stage.lock`` shared;
+   create ``stage/<random id>/``, create its ``lock`` and lock it
    exclusively; release ``stage.lock``.  (gc takes ``stage.lock`` exclusively, so it never sees a
    staging directory whose owner has not locked it yet.)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is unlocked
@@ -1013,6 +1015,7 @@ class FsCache:
             _check_owner("holder", holder)
         if seal is not None and not isinstance(seal, Seal):
             raise UsageError(f"seal must be a Seal (from FsCache.seal()), not {seal!r}")
+        self._db().check_for_commit(name)
         maker = os.getpid()
         try:
             with self._staging(f"entry {name!r}") as staging:

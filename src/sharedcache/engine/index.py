@@ -213,6 +213,13 @@ class Index(sqlite3.Connection):
             self.execute("DELETE FROM entries WHERE name=?", (name,))
             self.execute("UPDATE settings SET value=value-? WHERE key='total'", row)
 
+    def check_for_commit(self, name: str) -> None:
+        """Read where a commit of ``name`` writes (its row's place, the accounted size): damage
+        there, which SQLite finds only as a statement reaches it, is found by a store before it
+        is filled (a download) rather than by its commit, once the work is done."""
+        self.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone()
+        self.execute("SELECT value FROM settings WHERE key='total'").fetchone()
+
     def has(self, name: str) -> bool:
         return self.execute("SELECT 1 FROM entries WHERE name=?", (name,)).fetchone() is not None
 
