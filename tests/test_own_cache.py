@@ -254,3 +254,23 @@ def test_list_goes_past_a_base_whose_index_is_damaged(tmp_path: Path, words: lis
         assert alone.returncode == 1 and alone.stderr.startswith("sc: error: the index of cache"), alone
         assert sc("gc", "-d", f"{bad}:{good}").returncode == 0
         assert len(sc("list", "-d", f"{bad}:{good}").stdout.splitlines()) == 3
+
+
+def test_gc_reports_each_repair_that_heals_the_cache(tmp_path: Path, words: list[str]) -> None:
+    # A trash or stage replaced by the repairing open, and a stage.lock put out of the way, were
+    # left out of gc's report ("nothing to do"), which is what a user reads to know what gc did.
+    base = tmp_path / "base"
+    base.mkdir()
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
+    cache = control(base)
+    for sub in ("trash", "stage"):
+        (cache / sub).rmdir()
+        (cache / sub).write_bytes(b"planted")
+    (cache / "stage.lock").unlink()
+    (cache / "stage.lock").mkdir()
+    gc = sc("gc", "-d", str(base))
+    assert gc.returncode == 0, gc.stderr
+    assert "subdirectories repaired: 2" in gc.stdout and "put away: 1" in gc.stdout, gc.stdout
+    assert (cache / "trash").is_dir() and (cache / "stage").is_dir() and (cache / "stage.lock").is_file()
+    assert sc("gc", "-d", str(base)).stdout.endswith("nothing to do\n")

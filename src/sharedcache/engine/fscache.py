@@ -628,6 +628,11 @@ class GcReport(Record):
         #: entry directories this process cannot judge (see "Names"): neither removed nor their rows dropped
         self.names_left_alone = 0
         self.damaged_budget_removed = False
+        #: ``stage`` or ``trash`` replaced (something planted there, or another member's)
+        self.subdirectories_repaired = 0
+        #: what was at a name the cache needs (its index, ``stage.lock``), moved into the trash or
+        #: renamed aside, which the next command empties
+        self.put_away = 0
 
 
 
@@ -699,7 +704,9 @@ class FsCache:
         self._budget = os.path.join(self.root, BUDGET)  # (as messages name it)
         self._local = thread_local()
         self._kept_open: dict[str, int] = {}  # (see own_directory)
-        self.modes = open_cache(self.root, group, repair=repair)
+        # What a repairing open replaced or put out of the way, until gc reports it.
+        self.modes, self._subdirectories_repaired = open_cache(self.root, group, repair=repair)
+        self._names_put_away = 0
         self.shared = self.modes.group
         self._boots = Boots(lambda: self._open_own("."), self.modes.file)  # (see Leases)
         if max_size is not _UNSET:
@@ -1807,7 +1814,7 @@ class FsCache:
         root = open_directory(self.root)
         try:
             with making(f"{self.root}/{sub}", self.root):
-                make_subdirectory(root, sub, self.modes, repair=self.repair)
+                self._subdirectories_repaired += make_subdirectory(root, sub, self.modes, repair=self.repair)
         finally:
             os.close(root)
         self._kept_open[sub] = self._open_own(sub)
@@ -2058,6 +2065,7 @@ class FsCache:
         owner's next gc moves it into the trash (:meth:`trash_what_was_set_aside`).  For what a
         member planted at a name the cache needs: the name is free either way."""
         directory = self._open_own(sub)
+        self._names_put_away += 1
         try:
             try:
                 trash = self._open_own(TRASH)
@@ -2182,6 +2190,9 @@ class FsCache:
                 db.set_total(actual)
             self._restore_budget(db, budget)
         report.trash_removed = self._empty_trash(thorough=True)
+        # (What this object's opening and this gc did, reported once.)
+        report.subdirectories_repaired, self._subdirectories_repaired = self._subdirectories_repaired, 0
+        report.put_away, self._names_put_away = self._names_put_away, 0
         return report
 
     def _remove_orphan(self, db: Index, name: str) -> bool:

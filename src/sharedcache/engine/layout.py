@@ -414,9 +414,10 @@ def _owner_shown(uid: int) -> str:
             else f"uid {uid}")
 
 
-def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
+def open_cache(root: str, group: int | None, *, repair: bool) -> tuple[Modes, int]:
     """Create the cache at ``root`` if needed (safe when many processes do it at once) and check
-    it; return the modes of what is created in it.  ``group``: the gid of a group cache."""
+    it; return the modes of what is created in it, and how many of its subdirectories a
+    repairing open replaced (:func:`make_subdirectory`).  ``group``: the gid of a group cache."""
     modes = GROUP if group is not None else PRIVATE
     if group is not None and group != os.getegid() and group not in os.getgroups():
         raise CacheError(f"cannot use a cache of group {group} at {root}: this user is not in that group")
@@ -435,16 +436,16 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> Modes:
         raise over_limit(e) or CacheError(f"cannot create cache {root}: {e.strerror}") from None
     try:
         with making(f"cache {root}", root):
-            _check_and_complete(root, fd, group, modes, repair=repair)
+            repaired = _check_and_complete(root, fd, group, modes, repair=repair)
     finally:
         os.close(fd)
-    return modes
+    return modes, repaired
 
 
-def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, repair: bool) -> None:
+def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, repair: bool) -> int:
     """Check the cache directory ``root``, open as ``fd``, and give it what it lacks: its marker
     (once its locks are known to work), its subdirectories; a marker of an earlier compatible
-    format is brought to this one's."""
+    format is brought to this one's.  Return how many subdirectories a repair replaced."""
     st = os.fstat(fd)
     if group is not None and st.st_gid != group and st.st_uid == os.geteuid():
         st = _give_to_group(root, fd, group, st)
@@ -469,24 +470,25 @@ def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, 
                     f"cannot bring cache {root} to this version's format: {e.strerror}") from None
     elif found != FORMAT_LINE:
         _repair_marker(root, fd, found, modes, repair=repair)
-    for sub in (OBJECTS, STAGE, TRASH):
-        make_subdirectory(fd, sub, modes, repair=repair)
+    return sum(make_subdirectory(fd, sub, modes, repair=repair) for sub in (OBJECTS, STAGE, TRASH))
 
 
-def make_subdirectory(root: int, sub: str, modes: Modes, *, repair: bool) -> None:
+def make_subdirectory(root: int, sub: str, modes: Modes, *, repair: bool) -> bool:
     """Create the subdirectory ``sub`` of the cache open as ``root`` if it is missing; a repairing
     open removes anything but a directory found there first (a planted link, FIFO or file), and
-    sets aside a ``stage`` or ``trash`` that is not the cache's own (:func:`foreign_subdirectory`)."""
+    sets aside a ``stage`` or ``trash`` that is not the cache's own (:func:`foreign_subdirectory`).
+    Return whether it replaced what was there (what gc reports)."""
     if make_directory(sub, modes.directory, dir_fd=root) or not repair:
-        return
+        return False
     found = os.stat(sub, dir_fd=root, follow_symlinks=False)
     if not stat.S_ISDIR(found.st_mode):
         os.unlink(sub, dir_fd=root)
     elif foreign_subdirectory(sub, found, os.fstat(root).st_gid if modes.group else None):
         set_aside(root, sub)
     else:
-        return
+        return False
     make_directory(sub, modes.directory, dir_fd=root)
+    return True
 
 
 def foreign_subdirectory(sub: str, found: os.stat_result | int, group: int | None) -> bool:

@@ -506,12 +506,14 @@ def _locked(path: str, mode: int) -> bool:
         locks.close(fd)
 
 
-def unlink_unless_locked(fd: int, path: str) -> None:
-    """Remove the population file ``path``, open as ``fd``, unless another holds a lock on it.
-    Whoever locks it checks, once it holds it, that its path still names it (else it makes it
-    again): one removed meanwhile names nothing."""
+def unlink_unless_locked(fd: int, path: str) -> bool:
+    """Remove the population file ``path``, open as ``fd``, unless another holds a lock on it;
+    return whether it was removed.  Whoever locks it checks, once it holds it, that its path
+    still names it (else it makes it again): one removed meanwhile names nothing."""
     if locks.try_lock(fd, locks.EXCLUSIVE) and locks.still_linked(fd, path):
         unlink_if_present(path)
+        return True
+    return False
 
 
 def with_waiters(cache: FsCache) -> FsCache:

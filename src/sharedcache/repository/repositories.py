@@ -779,12 +779,12 @@ class Repositories:
 
     def _remove_unawaited(self, base: Base, name: str, cache: FsCache) -> int:
         """Remove the waiting file of ``name`` (see :meth:`Base.await_population`), a killed
-        waiter's, if nobody holds it; return 1 if what was there was planted (and removed), else 0."""
+        waiter's, if nobody holds it; return 1 if it was removed (or what was planted there), else 0."""
         path = base.population_file(name, WAITING)
         fd, removed = self._lock_file(base, f"{name}{WAITING}", cache)
         if fd is not None:
             try:
-                unlink_unless_locked(fd, path)
+                removed = unlink_unless_locked(fd, path)
             finally:
                 locks.close(fd)
         return removed
