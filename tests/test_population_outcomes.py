@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from scutil import SRC, control, finish, pause_at, sc, sc_env, sc_start, started_paused, tarball_bytes, wait_for
+from scutil import SRC, control, finish, mounted_tmpfs, pause_at, sc, sc_env, sc_start, started_paused, tarball_bytes, wait_for
 
 
 def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str], **populator_options):  # type: ignore[no-untyped-def]
@@ -490,3 +490,50 @@ def test_a_repository_left_for_a_waiter_killed_meanwhile_is_deleted_by_gc_or_the
         assert not (control(base) / "populate" / "blob.waiting").exists(), "gc left the killed waiter's file"
         # (Its report said nothing of it: the file's removal was no population cleaned.)
         assert ", populations cleaned: 1," in ran.stdout, ran.stdout
+
+
+def _fill_inodes(directory: Path) -> None:
+    """Make empty files in ``directory`` until its file system has no inode left."""
+    directory.mkdir()
+    for i in range(1_000_000):
+        try:
+            (directory / str(i)).touch()
+        except OSError:
+            return
+
+
+def test_a_waiter_that_cannot_make_the_waiters_file_is_spared_by_the_populator_s_release(origin, tmp_path):
+    """On a file system out of inodes, a populator that made room by evicting kept data had no
+    waiters' file (it found none when it asked), nor could a waiter make one: the populator's
+    last release deleted the repository under the waiter, which downloaded it again."""
+    with mounted_tmpfs(tmp_path / "small", "64m", inodes=200) as base:
+        kept = tmp_path / "kept.tar"
+        kept.write_bytes(tarball_bytes({f"f{i}": b"x" for i in range(40)}))
+        assert sc("--use", "-n", "kept", "--keep", "-d", str(base), "--pid", str(os.getpid()),
+                  f"file:{kept}", "tar").returncode == 0
+        assert sc("--unuse", "-n", "kept", "-d", str(base), "--pid", str(os.getpid()),
+                  f"file:{kept}", "tar").returncode == 0
+        _fill_inodes(base / "others")
+        payload = os.urandom(300_000)
+        url = origin.add("/blob.bin", payload)
+        recipe = ["-d", str(base), "-n", "blob", f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+        populator, populating, populate = started_paused(
+            tmp_path, "populator", 'event == "os.mkdir" and str(args[0]).endswith(".work")', "run", *recipe, "--", "true")
+        waiter = None
+        try:
+            wait_for(populating.exists, what="the populator")
+            _fill_inodes(base / "more")  # (what the eviction freed, taken by others)
+            waiter, waiting, wait = started_paused(tmp_path, "waiter", WAITER_PAUSES["waiting"], "--use", "--pid",
+                                                   str(os.getpid()), *recipe)
+            wait_for(waiting.exists, what="the waiter")
+            subprocess.run(["rm", "-rf", str(base / "more")], check=True, timeout=60)  # room for the commit
+            populate.touch()
+            ((status, _, err),) = finish([populator], timeout=60)
+            assert status == 0, err
+            wait.touch()
+            ((status, out, err),) = finish([waiter], timeout=60)
+            assert (status, err) == (0, ""), err  # (nothing said of a file it could not make)
+            assert Path(out.strip(), "blob.bin").read_bytes() == payload
+        finally:
+            finish([populator, *([waiter] if waiter else [])], timeout=0)
+        assert origin.stats("/blob.bin").gets == 1, "the waiter downloaded it again"

@@ -57,7 +57,10 @@ Acquire (``sc --use``, :func:`use`)
    failure is not repeated by every use that asked while it was under way, whether it had to
    wait for the lock or came to it just as the failure released it.  A use that asks after the
    failure tries afresh (the error may have been a passing one).  If the holder died, there is
-   no record: we take over.
+   no record: we take over.  A use that could not make ``<name>.waiting`` in step 2 (a full
+   file system) tries once more, without waiting, now that the population lock's making may
+   have made room: the file is then there while it populates, and a waiter that cannot make
+   files there (full, or read-only to it) opens it.
 4. Populate: write the status file (this reserves the space), fill a store of ``<name>`` with the
    recipe (``work`` survives us for a takeover; it is private to its user, and opened once made or
    kept for the same recipe and used through that descriptor, whatever another member of a group

@@ -346,8 +346,10 @@ class Base:
         repository to the release of the next use, or gc.  Taken once (a second call keeps the
         first); not taken where the file cannot be made (a full file system, whose room the
         population lock's own making makes or says is lacking; a read-only one, where nothing
-        is populated).  ``at_once``: not taken if it cannot be taken now (a base looked at among
-        others, which waits for none: the one chosen takes it, waiting)."""
+        is populated; a populator tries again once it holds the population lock, whose making
+        may have made room, so that such a waiter finds the file to open).  ``at_once``: not
+        taken if it cannot be taken now (a base looked at among others, which waits for none:
+        the one chosen takes it, waiting)."""
         if self._awaiting is not None:
             return
         path = self.population_file(name, WAITING)

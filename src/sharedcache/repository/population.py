@@ -85,6 +85,12 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
                 if lease is not None:
                     return lease
                 _raise_recorded_failure(base, request, asked)
+                # Taken again if its file found no room before: the population lock's making
+                # may have evicted for it since.  The file is then there for the whole
+                # population, and a waiter on a full (or read-only) file system opens it,
+                # where it could not make it, and is not left out of what this use's last
+                # release spares.
+                base.await_population(request.name, at_once=True)
                 return Population(base, request, reporter).run()
             finally:
                 locks.release(fd)
