@@ -300,6 +300,31 @@ def take_every_inode(mount: Path, taken: list[Path]) -> None:
     assert os.statvfs(mount).f_favail == 0
 
 
+def test_a_download_goes_on_while_another_job_holds_the_last_inode(tmp_path, origin):
+    # Its data needs blocks only, but its progress records (the status its waiters read, twice
+    # a second, and the partial's checkpoint) are each written as a new file: the first written
+    # while another job held the last inode failed the download, its partial thrown away.
+    payload = os.urandom(3_000_000)
+    origin.rate = 1_000_000  # three seconds: several records are due while the inodes are taken
+    url = origin.add("/big.bin", payload)
+    with Sleeper() as owner, mounted_tmpfs(tmp_path / "few", "40m", inodes=500) as few:
+        use = sc_start("--use", "-n", "big", "-d", str(few), "--pid", str(owner.pid), f"http:{url}")
+        taken: list[Path] = []
+        try:
+            wait_for(lambda: origin.stats("/big.bin").bytes_served > 300_000, what="the download to start")
+            take_every_inode(few, taken)
+            # (A third of it: the records due meanwhile meet no inode, the commit's finds them.)
+            wait_for(lambda: use.poll() is not None or origin.stats("/big.bin").bytes_served > 1_500_000,
+                     what="records written meanwhile")
+        finally:
+            for path in taken:
+                path.unlink()
+        [(status, out, err)] = finish([use])
+        assert status == 0, err
+        assert (Path(out.strip()) / "big.bin").read_bytes() == payload
+        assert origin.stats("/big.bin").gets == 1, "the download started over"
+
+
 def test_release_gc_list_and_a_warm_use_work_on_a_file_system_out_of_inodes(tmp_path):
     # Bytes to spare, but another user took every inode: SQLite could not make the index's
     # journals (-wal, -shm), so a release and sc list failed and advised a gc; gc failed on its

@@ -370,6 +370,15 @@ def no_space_for(what: str, error: OSError, path: str, written: int = 0) -> NoSp
                         f"{why_full(error.errno, path)}")
 
 
+def cannot_write_here(error: OSError) -> bool:
+    """Whether ``error`` says that nothing more can be written on its file system for now: no
+    room (no block, no inode: ENOSPC; a quota: EDQUOT), or mounted read-only (EROFS).  A write
+    that is only advisory skips on it rather than failing what it speaks of."""
+    import errno
+
+    return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def _mount_point(path: str) -> str:
     """Where the file system of ``path`` is mounted (what ``df`` names), or ``path`` itself if
     that cannot be told: the place a message about a full file system names, rather than the

@@ -20,7 +20,8 @@ times), so two versions of the data are never mixed.
 Across processes, a recipe that is a resumable source followed only by checksums produces a file
 that *is* the downloaded bytes.  It is written to ``work/partial.data``, with ``work/partial.json``
 (recipe identity, source, validator, bytes written so far) replaced atomically about once a
-second, and moved into ``dest`` at the end.  A process that finds such a pair in ``work`` (left by
+second (skipped while the file system has no room for the new file: the one before stays), and
+moved into ``dest`` at the end.  A process that finds such a pair in ``work`` (left by
 one that was killed) rehashes the first ``bytes`` bytes and asks the source for the rest; if the
 source cannot continue (the data changed), the partial is discarded.  Other recipes start over
 after a takeover: resuming a decompression or an unpacking midway would need a copy of the
@@ -62,6 +63,7 @@ from ..errors import (
     ResumeError,
     SizeLimitError,
     UnsafeArchiveError,
+    cannot_write_here,
     no_space_for,
     over_limit,
     quoted,
@@ -324,8 +326,17 @@ class _Partial:
         if validator is None:
             return  # without a validator nobody could check that the rest matches
         temporary = self.meta.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"identity": self._identity, "source": self._what,
-                                         "validator": validator, "total": total, "bytes": done}))
+        try:
+            temporary.write_text(json.dumps({"identity": self._identity, "source": self._what,
+                                             "validator": validator, "total": total, "bytes": done}))
+        except OSError as e:
+            # A new file each time (an inode, which another job may have taken while bytes
+            # remain): without it the checkpoint before stays, and a takeover resumes from there
+            # (what was written past it is cut off), rather than the download failing for it.
+            temporary.unlink(missing_ok=True)
+            if not cannot_write_here(e):
+                raise
+            return
         os.replace(temporary, self.meta)
 
     def finish(self, target: Path) -> None:

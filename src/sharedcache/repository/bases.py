@@ -28,7 +28,6 @@ space reserved by populations in progress, and the links.
 
 from __future__ import annotations
 
-import errno
 import os
 
 from ..engine import locks
@@ -45,6 +44,7 @@ from ..errors import (
     SettingError,
     SharedCacheError,
     UsageError,
+    cannot_write_here,
     clipped,
 )
 from ..lean import scoped
@@ -357,7 +357,7 @@ class Base:
             try:
                 fd = locks.open_lock_file(path, mode=self.cache().modes.file)
             except OSError as e:
-                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                if not cannot_write_here(e):
                     raise
                 return
             try:

@@ -488,7 +488,14 @@ class Population:
         if time.monotonic() - self._last_write >= 0.5:
             self._last_write = time.monotonic()
             self.status.update(done=done, total=total)
-            write_record(self.status_path, self.status, self.base.cache().modes.file)
+            try:
+                write_record(self.status_path, self.status, self.base.cache().modes.file)
+            except OSError as e:
+                # Written anew each time (an inode, which another job may have taken while bytes
+                # remain), and only advisory: the record written before stays whole for its
+                # readers, and the data, which may still fit, is not thrown away for it.
+                if not errors.cannot_write_here(e):
+                    raise
 
     def _timed_out(self, cause: str) -> WaitTimeoutError:
         """The deadline's error; ``cause`` is what the recipe was waiting for when it struck

@@ -11,6 +11,8 @@ download, by those of the same network namespace: a container's network is its o
 shows it; it counts for :data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically,
 and not flushed: after a power loss the population they speak of is dead, and a record lost or
 garbled reads as none, so a flush would only make the download wait for the disk twice a second.
+Each write is a new file (an inode): an update of the status that finds no room for it (no inode,
+no block, a quota, a read-only file system) is skipped, and the one before stays, whole.
 
 Both are readable by every member of a group cache, so neither holds a credential: the identity
 holds no user info and no query (see :mod:`sharedcache.loaders.words`), and the message of an
