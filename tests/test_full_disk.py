@@ -419,6 +419,34 @@ def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tm
                                              "a read-only file system\n")
 
 
+def test_the_end_of_sc_run_and_of_use_on_a_file_system_gone_read_only_says_so_as_unuse_does(tmp_path):
+    # Remounted read-only while the command ran (an admin, or the kernel after an I/O error):
+    # sc run printed the system's bare error naming a lease's file, and use() raised a plain
+    # OSError, where --unuse says which repository could not be released, and where.
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"data\n" * 100)
+    with mounted_tmpfs(tmp_path / "ro", "8m") as ro:
+        common = ["-d", str(ro), "-n", "ready", f"file:{source}"]
+        assert sc("--keep", "run", *common, "--", "true").returncode == 0
+        expected = f"cannot release the use of repository 'ready' in {ro}: a read-only file system"
+        try:
+            ran = sc("run", *common, "--", "mount", "-o", "remount,ro", str(ro))
+            assert ran.returncode == 1, ran.stderr
+            assert one_line(ran.stderr) == f"sc: error: {expected}\n"
+            subprocess.run(["mount", "-o", "remount,rw", str(ro)], check=True, capture_output=True, timeout=30)
+            code = ("import subprocess, sys, sharedcache\n"
+                    "try:\n"
+                    "    with sharedcache.use(sys.argv[2], name='ready', directories=[sys.argv[1]]):\n"
+                    "        subprocess.run(['mount', '-o', 'remount,ro', sys.argv[1]], check=True)\n"
+                    "except sharedcache.CacheError as e:\n"
+                    "    print(e)\n")
+            used = subprocess.run([sys.executable, "-c", code, str(ro), f"file:{source}"], capture_output=True,
+                                  text=True, timeout=60, env=sc_env())
+            assert (used.returncode, used.stdout, used.stderr) == (0, f"{expected}\n", "")
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(ro)], capture_output=True, timeout=30)
+
+
 def test_a_cache_made_without_population_files_is_looked_at_on_a_read_only_file_system(tmp_path):
     # A cache made by FsCache alone has no populate/: on a file system mounted read-only, sc list
     # and --location failed on making it ("Read-only file system: populate"), where they had

@@ -509,13 +509,9 @@ class Repositories:
             say_if_budget_damaged(cache, self.reporter, "the release restores none")
         while True:
             try:
-                deleted = cache.release(name, owners[-1], lease=lease, keep=keep, max_size=max_size)
+                with _releasing(name, base.path):
+                    deleted = cache.release(name, owners[-1], lease=lease, keep=keep, max_size=max_size)
                 break
-            except OSError as e:
-                if e.errno != errno.EROFS:
-                    raise
-                raise CacheError(f"cannot release the use of repository {name!r} in {base.path}: {READ_ONLY}") \
-                    from None
             except UsageError:
                 # The lease was chosen before the release began: another release of the same
                 # job (`sc --unuse` run twice at once) may have taken it meanwhile.  The next
@@ -533,20 +529,21 @@ class Repositories:
     def release_held(self, held: Held, *, keep: bool = False) -> None:
         """Release a use returned by :meth:`acquire`."""
         say_if_budget_damaged(held.cache, self.reporter, "the release restores none")
-        try:
-            deleted = held.cache.release(held.name, lease=held.lease, keep=keep)
-        except MissError:
-            return  # deleted already (gc found its owner dead)
-        except UsageError:
-            # Released already, by another release of its owner: an `sc --unuse` of `sc run`'s
-            # command, whose job `sc run` is; or another thread of a program, handed this lease
-            # for its own by a population, which looks its owner's lease up once it has
-            # committed.  An owner's uses are alike: one it still holds goes in its place.
-            owner = Owner.parse(held.lease.rpartition(".")[0])
+        with _releasing(held.name, held.base):
             try:
-                deleted = held.cache.release(held.name, owner, keep=keep)
-            except (MissError, UsageError):
-                return  # none left: what the other release could not delete (its lock held), gc does
+                deleted = held.cache.release(held.name, lease=held.lease, keep=keep)
+            except MissError:
+                return  # deleted already (gc found its owner dead)
+            except UsageError:
+                # Released already, by another release of its owner: an `sc --unuse` of `sc run`'s
+                # command, whose job `sc run` is; or another thread of a program, handed this lease
+                # for its own by a population, which looks its owner's lease up once it has
+                # committed.  An owner's uses are alike: one it still holds goes in its place.
+                owner = Owner.parse(held.lease.rpartition(".")[0])
+                try:
+                    deleted = held.cache.release(held.name, owner, keep=keep)
+                except (MissError, UsageError):
+                    return  # none left: what the other release could not delete (its lock held), gc does
         base = Base(held.base, self.group)
         base.use_cache(held.cache)
         if deleted:
@@ -837,6 +834,20 @@ def check_repository_name(name: str) -> str:
         raise UsageError(f"invalid repository name {name!r}: it must be {rule}, "
                          f"of at most {MAX_NAME_BYTES} bytes of UTF-8") from None
     return name
+
+
+@scoped
+def _releasing(name: str, base: str) -> Iterator[None]:
+    """The release of a use of ``name`` in the base directory ``base``, whoever asks for it
+    (``--unuse``, the end of ``sc run`` or of :func:`use`): a file system remounted read-only
+    since the use was taken fails it in one line naming the repository and the base, not with
+    the system's error naming a lease's file."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.EROFS:
+            raise
+        raise CacheError(f"cannot release the use of repository {name!r} in {base}: {READ_ONLY}") from None
 
 
 @scoped
