@@ -13,14 +13,16 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from test_guards import small_fs  # noqa: F401 - the fixture: a 3 MiB tmpfs mounted for the test
 
-from scutil import Sleeper, control, finish, make_tarball, mounted_tmpfs, sc, sc_env, sc_start, user_dir, wait_for
+from scutil import SC, Sleeper, control, finish, make_tarball, mounted_tmpfs, sc, sc_env, sc_start, user_dir, wait_for
 
 
 def fill(mount: Path) -> Path:
@@ -811,3 +813,56 @@ def test_gc_clears_what_is_planted_at_the_reservations_lock(tmp_path):
         collected = sc("gc", "-d", str(base))
         assert collected.returncode == 0, collected.stderr
         assert sc(*use, "-n", "second").returncode == 0
+
+
+def _with_write_failing(nth: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sc ARGS`` with its ``nth`` pwrite64 (SQLite's writes of the index's journal and pages)
+    failing with ENOSPC: the file system filling between a transaction's look for room and
+    its COMMIT."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed: it injects the failed write")
+    return subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64", "-e",
+                           f"inject=pwrite64:error=ENOSPC:when={nth}", *SC, *args],
+                          capture_output=True, text=True, timeout=60, env=sc_env())
+
+
+def test_an_index_write_that_fails_at_commit_or_last_release_leaves_the_repository_as_it_was(tmp_path):
+    # The rename into objects/ (at commit) and into the trash (at a last release) were inside
+    # the index's transaction, and stayed when its COMMIT failed: a use that failed (its waiters
+    # told so) left a committed entry without its row, served to the next use while sc list
+    # said failed; a release that failed left the repository in the trash, its row and link
+    # behind, and its retry said there was no repository.
+    source = tmp_path / "d.tar"
+    make_tarball(source, {f"d/f{i}": b"data" for i in range(5)})
+    runs = {"commit": [0, 0], "release": [0, 0]}  # (failed, succeeded) of each
+    with Sleeper() as owner:
+        for nth in range(1, 80):
+            base = tmp_path / f"commit-{nth}"
+            base.mkdir()
+            common = ["-d", str(base), "-n", "d", "--pid", str(owner.pid), f"file:{source}", "tar"]
+            ran = _with_write_failing(nth, "--keep", "--use", *common)
+            objects = control(base) / "objects"
+            runs["commit"][ran.returncode == 0] += 1
+            if ran.returncode != 0:
+                assert "no space left" in ran.stderr, ran.stderr
+                assert not objects.exists() or list(objects.iterdir()) == [], f"#{nth}: committed though it failed"
+            elif runs["commit"][0]:
+                break  # past the writes of the commit
+        for nth in range(1, 80):
+            base = tmp_path / f"release-{nth}"
+            base.mkdir()
+            common = ["-d", str(base), "-n", "d", "--pid", str(owner.pid), f"file:{source}", "tar"]
+            assert sc("--use", *common).returncode == 0
+            released = _with_write_failing(nth, "--unuse", *common)
+            runs["release"][released.returncode == 0] += 1
+            if released.returncode != 0:
+                assert "no space left" in released.stderr, released.stderr
+                entry = control(base) / "objects" / "d"
+                assert len(list((entry / "leases").iterdir())) == 1, f"#{nth}: the use is not held still"
+                assert (user_dir(base) / "d" / "d" / "f0").read_bytes() == b"data"
+                again = sc("--unuse", *common)
+                assert again.returncode == 0, again.stderr
+                assert not entry.exists() and not (user_dir(base) / "d").exists()
+            elif runs["release"][0]:
+                break
+    assert runs["commit"][0] and runs["commit"][1] and runs["release"][0] and runs["release"][1], runs

@@ -34,9 +34,11 @@ or ``entry.<boot id>.json`` naming this boot of the machine.  Its row in the
 index is its accounting record (see :mod:`sharedcache.engine.index`): the size counted against the
 budget and its place in the order of eviction.  The commit renames the directory into place
 within the index transaction that inserts the row, and a delete renames it away within the
-transaction that deletes the row, so a crash between the two steps is the only way to get one
-without the other: a committed directory without its row is adopted (given its row back) by
-the next store of that name or by gc, and a row without its directory is dropped.
+transaction that deletes the row; a transaction that fails, its COMMIT included (no room for the
+journal), renames it back before its rollback (but an eviction's, see "Delete").  So a crash
+between the two steps, or an eviction whose transaction fails, is the only way to get one
+without the other: a committed directory without its row is adopted (given its row back) by the
+next store of that name or by gc, and a row without its directory is dropped.
 
 Names
 -----
@@ -121,14 +123,19 @@ Store (``store(name)``)
    the budget: evict (below) until it fits, or refuse if what is in use leaves too little.
 5. Insert the row, add the size to the accounted size, rename ``stage/<id>`` to
    ``objects/<name>`` (a leftover there without a marker is moved to ``trash/`` first, unless
-   another machine's, below: the store is then refused), and commit the transaction.  Release
-   the lock.
+   another machine's, below: the store is then refused), and commit the transaction.  If the
+   COMMIT fails (the journal finds no room), rename ``objects/<name>`` back to ``stage/<id>``,
+   then roll back: the store fails and leaves nothing, as in step 2 (the lock, still held, kept
+   every use and deleter off the entry meanwhile; should SQLite have let the index's write
+   lock go with the failed COMMIT, another store of the name that found the entry meanwhile
+   misses it).  Release the lock.
 
 A crash in steps 1-3 leaves a staging directory whose lock is free: gc and the next store remove
 it (under ``stage.lock`` taken exclusively without waiting, they move it into the trash, and delete
 it with the trash once the lock is released).  A crash in step 4-5 before the transaction commits
-rolls the index back; the directory may already be in ``objects/``: a committed entry without its
-row, adopted by gc or the next store of the name.
+(or after a COMMIT that failed, before the rename back) rolls the index back; the directory may
+already be in ``objects/``: a committed entry without its row, adopted by gc or the next store of
+the name.  A crash after the rename back leaves a staging directory, as in steps 1-3.
 
 Load (``load(name)``) and hold (``hold(name, owner)``)
 -------------------------------------------------------
@@ -167,17 +174,24 @@ the row, subtract the size it recorded (a release then evicts down to the budget
 ``objects/<name>`` to ``trash/<id>``, commit, release the lock; then delete ``trash/<id>``.
 The rename is what removes the entry, atomically: a reader or holder either
 locked it before (and the delete skipped it) or finds it gone.  It comes after the transaction's
-statements, which cannot be undone once it is done (the trash may be emptied at any moment): a
-statement that fails (an unusable index) leaves the entry where it was, and the rollback its
-row.  A crash before the commit (or a commit that fails) leaves a row whose directory is gone:
-gc deletes it.  A crash
+statements: a statement that fails (an unusable index) leaves the entry where it was, and the
+rollback its row.  The deletion of a release's entry (and ``remove``'s) can be undone after it:
+its lock, held exclusively until the transaction ends, keeps whoever empties the trash off it
+(see :meth:`FsCache._empty_trash`), and a transaction that fails after the rename (its COMMIT,
+or a statement of the caller's) renames ``trash/<id>`` back to ``objects/<name>`` before its
+rollback, which gives the row back: a release that fails leaves its entry as it was.  An
+eviction's rename is not undone (the trash may be emptied at any moment: it would hold a lock,
+a descriptor, for each entry it deletes): a COMMIT that fails leaves a row whose directory is
+gone, which gc drops, as a crash before the commit (or before the rename back) leaves.  A crash
 after it leaves a tree in ``trash/``, which gc and the next store delete.
 
 overlayfs (a container's ``/tmp``, often) refuses to rename a directory of a lower layer
 (``EXDEV``, unless mounted with ``redirect_dir``), so the entries of a cache warmed in an image's
 build cannot be moved into the trash: what cannot be moved there is removed where it is.  At
 the same step (under the entry's lock, in the transaction) its commit markers go, and the
-directory is flushed: from then on it is no entry.  The rest goes after the commit, so that the
+directory is flushed: from then on it is no entry, and a transaction that fails does not give
+it back (its markers are gone: a release that fails there has lost its entry, as one that finds
+it gone).  The rest goes after the commit, so that the
 index's write lock is not held for as long as a large tree takes to remove: the tree, ``lock``
 last, through a descriptor of the directory opened in the transaction, then the directory
 itself if its name still names it (a store of the name may meanwhile have removed what was left,
@@ -274,10 +288,13 @@ Release (``release(name)``) of a use that does not keep the entry:
    made it, who would otherwise find it gone and make it again).  An entry left so has no use:
    the last release of those who come to hold it deletes it, or, if they die first, the
    release of the next use, or gc.  The lease given back makes the release whole or nothing: a
-   transaction that fails (an unusable index, or a trash that is not the cache's own, which the
-   deletion needs, looked at before the lease goes) leaves the use held, its lease given back
-   once more if the transaction had removed it (the entry is still there: see "Delete").  So
-   does a failure in step 1 after the removal.
+   transaction that fails (an unusable index, a COMMIT that finds no room for the journal, or a
+   trash that is not the cache's own, which the deletion needs, looked at before the lease
+   goes) leaves the use held, its lease given back once more if the transaction had removed it,
+   once the entry is renamed back from the trash (see "Delete").  So does a failure in step 1
+   after the removal.  A crash between the failed COMMIT and the lease given back leaves the
+   use released, as a crash in step 1 does; one before the rename back, a row whose directory
+   is in the trash, which gc drops.
 
 Two releases at once never both leave the deletion to the other: each removes its lease
 before it looks, so whichever looks second finds neither lease, and goes on to step 2.  The
@@ -443,15 +460,17 @@ def _is_marker(name: str) -> bool:
     return name.startswith("entry.") and name.endswith(".json")
 
 
-def _move_to_trash(directory: int | None, name: str, trash: int, later: list[_RemovalInPlace] | None = None) -> None:
+def _move_to_trash(directory: int | None, name: str, trash: int,
+                   later: list[_RemovalInPlace] | None = None) -> str | None:
     """Rename ``name`` (in the directory open as ``directory``; None: a path) into the trash open
-    as ``trash``; where the file system refuses to move a directory across its layers
-    (overlayfs), remove it in place instead, commit markers first and ``lock`` last (see
-    "Delete" in the module's docstring): all of it now, or, given ``later``, the markers now and
-    the rest as a :class:`_RemovalInPlace` put in ``later``."""
+    as ``trash``, and return its name there; where the file system refuses to move a directory
+    across its layers (overlayfs), remove it in place instead, commit markers first and ``lock``
+    last (see "Delete" in the module's docstring): all of it now, or, given ``later``, the markers
+    now and the rest as a :class:`_RemovalInPlace` put in ``later``; then return None."""
+    moved = unique_name()
     try:
-        os.rename(name, unique_name(), src_dir_fd=directory, dst_dir_fd=trash)
-        return
+        os.rename(name, moved, src_dir_fd=directory, dst_dir_fd=trash)
+        return moved
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
@@ -467,7 +486,7 @@ def _move_to_trash(directory: int | None, name: str, trash: int, later: list[_Re
         if later is not None:
             later.append(_RemovalInPlace(directory, name, tree))
             tree = -1  # (the removal's now)
-            return
+            return None
         for found in names:
             if found != "lock" and found not in markers:
                 remove_tree(found, dir_fd=tree)
@@ -475,6 +494,7 @@ def _move_to_trash(directory: int | None, name: str, trash: int, later: list[_Re
         if tree >= 0:
             os.close(tree)
     remove_tree(name, dir_fd=directory)  # the lock and the directory itself
+    return None
 
 
 def _put_away(directory: int | None, name: str, trash: int) -> None:
@@ -1112,6 +1132,9 @@ class FsCache:
                 if fits:
                     db.add(name, size, now, now, keep, meta)
                     self._rename_into_objects(staging.id, name)
+                    # A COMMIT that fails (no room for the journal) leaves no entry behind, as
+                    # a rollback leaves no row: its stage, still locked, is removed as any other.
+                    db.at_end(lambda: self._rename_back(OBJECTS, name, STAGE, staging.id), lambda: None)
         if lost:
             if keep:  # as a use that keeps it does, after the transaction, which no flush may hold
                 try:
@@ -1477,26 +1500,29 @@ class FsCache:
             kept, budget, counted = db.kept(name), self._sound_budget(), db.has(name)
             if not keep and not kept:  # (a trash the deletion cannot use fails the release whole, too)
                 os.close(self._open_own(TRASH))
-            removed = self._remove_lease(name, entry, owner, lease) if given_back else None
-            try:
-                if keep:
-                    self._mark_kept(entry)
-                    db.mark_kept(name)
-                if keep or kept:
-                    deleted = False
-                    self._restore_budget(db, budget)
-                else:
-                    # Restored once its row is gone (it counts against no budget), and before it
-                    # moves away: a statement of the eviction that fails leaves it in place.
-                    deleted = self._retire(db, name, unless_kept=True, entry=entry,
-                                           evict_to_budget=lambda: self._restore_budget(db, budget))
-                # (Kept, it may be what the budget evicted: the caller removes what points to it.  An
-                # entry without a row, until gc adopts it, is none the eviction walks, and stays.)
-                return deleted or (counted and not db.has(name))
-            except BaseException:
-                if removed is not None:  # the release failed whole, its entry in place: the use stays held
-                    _give_back(entry, removed)
-                raise
+            if given_back:
+                # A release that fails, its COMMIT included, fails whole: the entry is put back
+                # in place (by the undo registered after this one, run first) and its lease given
+                # back, through a descriptor of the directory opened before the lease goes (in a
+                # group cache ``entry`` names one closed by then).
+                directory = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                db.at_end(lambda: None, lambda: os.close(directory))
+                removed = self._remove_lease(name, entry, owner, lease)
+                db.at_end(lambda: _give_back(f"/proc/self/fd/{directory}", removed), lambda: None)
+            if keep:
+                self._mark_kept(entry)
+                db.mark_kept(name)
+            if keep or kept:
+                deleted = False
+                self._restore_budget(db, budget)
+            else:
+                # Restored once its row is gone (it counts against no budget), and before it
+                # moves away: a statement of the eviction that fails leaves it in place.
+                deleted = self._retire(db, name, unless_kept=True, entry=entry, restorable=True,
+                                       evict_to_budget=lambda: self._restore_budget(db, budget))
+            # (Kept, it may be what the budget evicted: the caller removes what points to it.  An
+            # entry without a row, until gc adopts it, is none the eviction walks, and stays.)
+            return deleted or (counted and not db.has(name))
 
     def _remove_lease(self, name: str, entry: str, owner: Owner | None, lease: str | None) -> str:
         """Remove ``lease`` (or a lease of ``owner``) from the entry at ``entry``; return it.
@@ -1542,12 +1568,13 @@ class FsCache:
             if users:
                 pids = ", ".join(str(pid) for pid in users)
                 raise BusyError(f"entry {name!r} in {self.root} is in use by process {pids}")
-            if not self._retire(db, name, entry=entry):
+            if not self._retire(db, name, entry=entry, restorable=True):
                 raise BusyError(f"entry {name!r} in {self.root} is in use")
         self._empty_trash()
 
     def _retire(self, db: Index, name: str, *, unless_kept: bool = False, unless_awaited: bool = False,
-                entry: str | None = None, evict_to_budget: Callable[[], None] | None = None) -> bool:
+                entry: str | None = None, evict_to_budget: Callable[[], None] | None = None,
+                restorable: bool = False) -> bool:
         """Within a transaction: move entry ``name`` to the trash unless it is in use (locked,
         or leased by a live process) or, with ``unless_kept``, marked to keep or awaited, or,
         with ``unless_awaited``, awaited (see :meth:`_unused`).  ``entry``: the
@@ -1555,6 +1582,9 @@ class FsCache:
         caller's eviction down to its budget, run whatever the outcome, after the row is dropped
         and before the directory moves; and once more if the directory may not move (another
         member's, on an overlayfs), after its row is back: it counts against the budget again.
+        With ``restorable`` (a release's, a removal's: not an eviction's, whose entries may be
+        many, each a descriptor held), the entry is moved back if the transaction fails, its lock
+        held until then so that nobody empties it from the trash meanwhile.
 
         Returns whether it was removed.  The tree itself is deleted after the commit, by
         :meth:`_empty_trash`.
@@ -1567,7 +1597,7 @@ class FsCache:
             try:
                 with self._entry(name) as opened:
                     return self._retire(db, name, unless_kept=unless_kept, unless_awaited=unless_awaited,
-                                        entry=opened, evict_to_budget=then)
+                                        entry=opened, evict_to_budget=then, restorable=restorable)
             except MissError:
                 # No directory (a crashed delete), or a link a group member put in its place:
                 # only the row is ours to drop (gc moves a link away).
@@ -1585,13 +1615,17 @@ class FsCache:
                 then()
                 return False
             # The index's statements first: one that fails leaves the entry where it was, and
-            # the transaction's rollback its row (a rename cannot be rolled back).
+            # the transaction's rollback its row (a rename is undone only by another).
             if row is not None:
                 db.forget(name)
             then()
             if fd is not None:
                 try:
-                    self._to_trash(OBJECTS, name, later=True)
+                    moved = self._to_trash(OBJECTS, name, later=True)
+                    if moved is not None and restorable:
+                        lock, fd = fd, None  # (closed as the transaction ends, not below)
+                        db.at_end(lambda: self._rename_back(TRASH, moved, OBJECTS, name),
+                                  lambda: locks.close(lock))
                 except PermissionError:
                     # Another member's, in a lower layer of an overlayfs: only that member may
                     # remove its files, in its sticky directory, in place (see "Delete").  It
@@ -1863,17 +1897,28 @@ class FsCache:
             "system committed it there, unflushed, for its own boot, which only it can judge; a "
             "use with --keep on that machine makes it usable from here")
 
-    def _to_trash(self, directory: str, name: str, *, later: bool = False) -> None:
+    def _to_trash(self, directory: str, name: str, *, later: bool = False) -> str | None:
         """Rename ``directory/name`` into the trash, both directories reached as :meth:`_open_own`
-        does: a symlink swapped in for one of them never makes this move anything else.  With
-        ``later``, a removal in place that a rename cannot be (see "Delete") is finished by the
-        next :meth:`_empty_trash` of this thread, after the caller's transaction."""
+        does: a symlink swapped in for one of them never makes this move anything else; return
+        its name there (None: removed in place).  With ``later``, a removal in place that a rename
+        cannot be (see "Delete") is finished by the next :meth:`_empty_trash` of this thread,
+        after the caller's transaction."""
         source, trash = self._open_own(directory), self._open_own(TRASH)
         try:
-            _move_to_trash(source, name, trash, self._removals_in_place() if later else None)
+            return _move_to_trash(source, name, trash, self._removals_in_place() if later else None)
         finally:
             os.close(source)
             os.close(trash)
+
+    def _rename_back(self, source: str, name: str, target: str, original: str) -> None:
+        """Rename ``source/name`` to ``target/original``, where a transaction that failed had
+        moved it from: both directories reached as :meth:`_open_own` does."""
+        sources, targets = self._open_own(source), self._open_own(target)
+        try:
+            os.rename(name, original, src_dir_fd=sources, dst_dir_fd=targets)
+        finally:
+            os.close(sources)
+            os.close(targets)
 
     def _removals_in_place(self) -> list[_RemovalInPlace]:
         """This thread's removals in place that wait for :meth:`_empty_trash`."""
@@ -1893,6 +1938,9 @@ class FsCache:
         command that empties the trash tries again.  So does an entry in use that a member
         renamed there (:meth:`_used_in_trash`), at any depth, with the directories that hold
         it, until its users end: the walk that removes the rest of the tree passes over it.
+        In a private cache, where nobody else renames anything there, only each tree itself is
+        looked at: the entry of a release whose transaction is not over, its lock held, stays,
+        since a transaction that fails renames it back (see "Delete").
 
         Only directories are put in the trash, and a directory's link count is 2 plus its
         subdirectories on the usual file systems (ext4, xfs, tmpfs): a count of 2 says it is
@@ -1925,6 +1973,8 @@ class FsCache:
                     # An entry in use, wherever in the tree, stays with what holds it until its
                     # users end: the next command then removes it.
                     # (Only a member of a group cache can put an entry in use here.)
+                    if not self.shared and self._tree_in_use(trash, tree, alive):
+                        continue
                     if not remove_tree(tree, dir_fd=trash, spare=in_use if self.shared else None):
                         continue
                 except OSError:  # PermissionError: another member's
@@ -1940,10 +1990,24 @@ class FsCache:
             make_reserve(self.root, self.modes.file)  # the room just made keeps the index usable on a full disk
         return removed
 
+    def _tree_in_use(self, trash: int, tree: str, alive: dict[str, bool]) -> bool:
+        """Whether the tree ``tree`` of the trash open as ``trash`` is an entry in use (see
+        :meth:`_used_in_trash`).  Once its lock is found free it stays free: a deletion that is
+        undone renames the entry away from that name, and none brings one there again."""
+        try:
+            directory = open_directory(tree, dir_fd=trash)
+        except OSError:
+            return False  # gone, or no directory: the removal says what to do
+        try:
+            return self._used_in_trash(directory, alive)
+        finally:
+            os.close(directory)
+
     def _used_in_trash(self, directory: int, alive: dict[str, bool]) -> bool:
         """Whether the directory open as ``directory``, in the trash at any depth, is an entry in
         use: its lock held, or a lease of a live owner in it.  No deletion puts one there (it
-        takes the lock and looks at the leases first), but any member of a group cache may rename
+        takes the lock and looks at the leases first; the lock of a release's entry it holds
+        until its transaction ends), but any member of a group cache may rename
         an entry there, or a directory holding entries (one of hers, ``objects`` itself).  Only
         an entry of this boot has users: a stage is none, though the lease of its store's holder
         is in it (a store killed before its commit, whose job lives on, left it for gc)."""

@@ -82,7 +82,7 @@ from .fsutil import open_directory, unlink_if_present
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
 #: A row: name, size, created, last used, keep, meta.
@@ -130,6 +130,14 @@ class Index(sqlite3.Connection):
     file_mode: int  # the cache's mode for the files it makes (the reserve)
     broken = False
     waits: float  # seconds a busy index is waited for (SQLite's busy timeout), as last set
+    _ends: list[tuple[Callable[[], object], Callable[[], object]]]  # the open transaction's (see at_end)
+
+    def at_end(self, undo: Callable[[], object], done: Callable[[], object]) -> None:
+        """Within a transaction: what to do once it ends.  ``undo`` undoes what the caller did
+        beside the index (a rename, which no rollback undoes) if it fails, its COMMIT included,
+        before its rollback; ``done`` then runs whether it committed or not (it releases what
+        kept others from what ``undo`` puts back: an entry's lock).  Last registered, first run."""
+        self._ends.append((undo, done))
 
     def wait_at_most(self, seconds: float) -> None:
         """Wait for a busy index at most ``seconds`` from now on (SQLite's busy timeout)."""
@@ -297,23 +305,42 @@ class Index(sqlite3.Connection):
             # exception a signal handler raised) came between its BEGIN and its COMMIT where
             # nothing could roll it back.  It still holds the index's write lock.
             self.execute("ROLLBACK")
+        self._ends = []
         try:
             self.execute("BEGIN IMMEDIATE")  # (a busy index: WaitTimeoutError, see failure)
             yield self
             self.execute("COMMIT")
         except BaseException as e:
-            # Whatever ended it (the block's exception, or an interrupt that came just after the
-            # BEGIN or just before the COMMIT ran): the write lock is not kept.
+            # Whatever ended it (the block's exception, a COMMIT that failed, or an interrupt
+            # that came just after the BEGIN or just before the COMMIT ran): what was done beside
+            # the index is undone, while the write lock is still held if SQLite has not let it
+            # go, and the write lock is not kept.
+            self._end(committed=False)
             if self.in_transaction:
                 self.execute("ROLLBACK")
             if isinstance(e, sqlite3.DatabaseError):
                 raise self.failure(e) from None
             raise
+        self._end(committed=True)
         if _full(self.root):
             # Give back what the journal took, so that the reserve can be made again now.
             with contextlib.suppress(sqlite3.DatabaseError):
                 super().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         make_reserve(self.root, self.file_mode)
+
+
+    def _end(self, *, committed: bool) -> None:
+        """Run what :meth:`at_end` registered: each undo (unless ``committed``), then what is done
+        either way.  An undo that fails leaves what a process killed there leaves, which gc and
+        the next store repair: the transaction's own error is the one to raise."""
+        ends, self._ends = self._ends, []
+        for undo, done in reversed(ends):
+            try:
+                if not committed:
+                    with contextlib.suppress(OSError):
+                        undo()
+            finally:
+                done()
 
 
 class _JournalUnopened(CacheError):
