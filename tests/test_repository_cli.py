@@ -1771,3 +1771,29 @@ def test_unuse_releases_the_use_in_the_candidate_that_holds_it(dirs, tarball):
         assert released.returncode == 0, released.stderr
         users = {row["base"]: row["users"] for row in json.loads(sc("list", "--json", "-d", d(dirs)).stdout)}
         assert users == {str(first): [other_job.pid]}
+
+
+def test_list_gives_no_path_for_a_repository_that_gc_adopted_until_a_use_links_it(tmp_path):
+    # A repository committed whose row and link were lost (its use killed between the steps of
+    # its commit: gc gives it its row back, not its link) was listed with the path of a link
+    # that did not exist.
+    source = tmp_path / "f.txt"
+    source.write_text("hi\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    common = ["-d", str(base), "-n", "r", f"file:{source}"]
+    assert sc("--keep", "run", *common, "--", "true").returncode == 0
+    (user_dir(base) / "r").unlink()
+    for index in control(base).glob("index.sqlite*"):
+        index.unlink()
+    assert sc("gc", "-d", str(base)).returncode == 0
+
+    def listed() -> dict[str, object]:
+        done = sc("list", "--json", "-d", str(base))
+        assert done.returncode == 0, done.stderr
+        [row] = json.loads(done.stdout)
+        return row  # type: ignore[no-any-return]
+
+    assert (listed()["state"], listed()["path"]) == ("ready", None)
+    assert sc("--keep", "run", *common, "--", "true").returncode == 0
+    assert listed()["path"] == str(user_dir(base) / "r")

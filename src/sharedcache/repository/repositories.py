@@ -615,8 +615,11 @@ class Repositories:
                 # Unused, and left for the uses waiting for the population that made it (see
                 # Base.await_population): said, since it outlives its last release for them.
                 awaited = not entry.in_use and cache.awaited is not None and cache.awaited(entry.name)
-                rows.append(_row(entry.name, base, "ready", path=str(base.link(entry.name)), size=entry.size,
-                                 users=list(entry.users), owners=list(entry.owners), keep=entry.keep,
+                # No path where the link is missing: one that gc adopted (committed by a use that
+                # was killed before it made the link) has none until its next use makes it.
+                link = base.link(entry.name)
+                rows.append(_row(entry.name, base, "ready", path=link if os.path.lexists(link) else None,
+                                 size=entry.size, users=list(entry.users), owners=list(entry.owners), keep=entry.keep,
                                  last_used=entry.last_used, in_use=entry.in_use, awaited=awaited))
             for name, status in base.populations():
                 # The populating process, as a lease names it (of another host: PID@MACHINE-ID);
