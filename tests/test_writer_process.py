@@ -943,11 +943,18 @@ def slow_archive() -> Iterator[tuple[Origin, str]]:
         server.stop()
 
 
-def stop_writers(populator: subprocess.Popen[str]) -> list[int]:
-    """Stop the writer processes of ``populator`` as soon as they are forked; their pids."""
+def stop_writers(populator: subprocess.Popen[str], *, begun: bool = False) -> list[int]:
+    """Stop the writer processes of ``populator`` as soon as they are forked, or once they have
+    ``begun`` (bound to their parent: they have put back the default action of SIGTERM, which
+    ``populator``, started with ``default_signals``, catches); their pids."""
     def forked() -> bool:
         assert populator.poll() is None, populator.communicate()
-        return len(children_of(populator.pid)) == writer.WRITERS
+        children = children_of(populator.pid)
+        try:
+            return len(children) == writer.WRITERS and not (begun and any(
+                caught_signals(child) & 1 << (signal.SIGTERM - 1) for child in children))
+        except FileNotFoundError:  # a process that is no writer, gone already
+            return False
 
     wait_for(forked, 30, "the writer processes")
     children = children_of(populator.pid)
@@ -1040,5 +1047,24 @@ def test_a_populator_ended_by_sigterm_does_not_wait_for_its_writers_to_drain_the
         assert populator.returncode == -signal.SIGTERM
         assert all(map(ended, children)), "a writer is left behind"
         assert took < 1, f"{took:.1f} s from SIGTERM to the end: the writers drained their queue first"
+    finally:
+        end_unpacking(populator, -1, children, signal.SIGKILL)
+
+
+def test_stopped_writers_end_with_their_populator_when_it_is_killed(tmp_path: Path,
+                                                                    slow_archive: tuple[Origin, str]) -> None:
+    # A writer that runs reads the end of its command pipe and exits; a stopped one reads nothing,
+    # and stayed stopped for good once its populator was killed, holding the staging tree.
+    _server, url = slow_archive
+    base = tmp_path / "base"
+    base.mkdir()
+    populator = sc_start("--use", "-d", str(base), "-n", "many", "--pid", str(os.getpid()), f"http:{url}", "tar",
+                         default_signals=True)
+    children: list[int] = []
+    try:
+        children = stop_writers(populator, begun=True)
+        populator.kill()
+        populator.wait(timeout=30)
+        wait_for(lambda: all(map(ended, children)), 30, "the end of the stopped writers after their populator's")
     finally:
         end_unpacking(populator, -1, children, signal.SIGKILL)

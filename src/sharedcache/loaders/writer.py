@@ -89,7 +89,10 @@ The protocol:
    then raised in place of the parent's; else the parent's stands.  When a child fails first, the
    parent's next write to it finds the pipe closed, and the same choice is made.
 8. If the parent dies, each child reads the end of its command pipe (or finds the other gone) and
-   exits, without finishing.
+   exits, without finishing.  A child that is stopped reads nothing: the kernel kills it as its
+   parent ends (``PR_SET_PDEATHSIG``, set by the child as it starts; one whose parent ended
+   before that exits at once), else it would stay stopped for good, holding the staging tree's
+   directories and its memory.
 9. No wait of the parent on a child lasts for good: a writer may be stopped (``kill -STOP``, a
    debugger) while the parent runs on.  The parent's ends of the pipes do not block: a write to
    a full pipe, or a read of an answer not yet there, returns at once, and only then does the
@@ -114,7 +117,8 @@ one of them held at that moment stays held in the child for good: a stream's, a 
 logging's, a library's (zlib, zstd, OpenSSL, a hash object's).  So a child touches nothing those
 threads may hold.  It runs only this module's code and the tree's, on objects of its own (its
 pipes and buffer, the tree's descriptors and records), and reports a failure only on its result
-pipe.  It is forked with the collector off and every signal blocked (:func:`_fork`), so that no
+pipe; the one call into libc it makes itself (``prctl``, step 8) is looked up before the fork and
+takes no lock.  It is forked with the collector off and every signal blocked (:func:`_fork`), so that no
 finalizer of the parent's garbage and no handler of the parent's signals runs in it, and it has
 no ``sys.stdout`` or ``sys.stderr``: what would print there (a warning, an exception nothing
 catches) is dropped.  ``os._exit`` runs no exit handler and flushes no buffer of the parent's.
@@ -175,6 +179,7 @@ _GRACE = 2.0
 # What a child answers: how it ended, the failure that ended it, what it measured, and the
 # number of the member it was at.
 _Outcome = tuple[str, BaseException | None, int | None, int]
+_PR_SET_PDEATHSIG = 1              # prctl's option (linux/prctl.h)
 _UNNUMBERED = 1 << 63              # the member of a failure no child reported (a child killed)
 # A pax header can say any number.  A time whose seconds a frame cannot hold, no clock holds
 # either (time_t has 64 bits): it is sent as _NO_TIME, and the child gives the tree a time that
@@ -348,6 +353,7 @@ class WriterProcess:
         import select  # noqa: F401
         import signal  # noqa: F401
 
+        self._end_with_parent = _parent_death_signal()
         self._shared = mmap.mmap(-1, 4 * _DONE.size)
         self._rings = [mmap.mmap(-1, _RING) for _ in range(WRITERS)]
         self._children: list[_Child] = []  # those forked, the authority first
@@ -403,6 +409,7 @@ class WriterProcess:
             # does this process wait, bounded (see _await): a writer may be stopped for good.
             os.set_blocking(child.commands, False)
             os.set_blocking(child.results, False)
+        parent = os.getpid()
         for child, (command_read, result_write) in zip(children, ends, strict=True):
             # Its own liveness pipe's write end, and the other's read end, which it watches.
             keep = (lives[child.slot][1], lives[1 - child.slot][0]) if lives else (-1, -1)
@@ -426,7 +433,8 @@ class WriterProcess:
                     raise
                 break
             if pid == 0:
-                _child(tree, child.slot, command_read, result_write, keep, self._shared, self._rings[child.slot], mask)
+                _child(tree, child.slot, command_read, result_write, keep, self._shared, self._rings[child.slot], mask,
+                       parent, self._end_with_parent)
         for read_end, write_end in lives:
             os.close(read_end)
             os.close(write_end)
@@ -839,14 +847,38 @@ def _fork(forked: Callable[[int], None]) -> tuple[int, set[int]]:
     return pid, mask
 
 
+def _parent_death_signal() -> Callable[[], int] | None:
+    """A call of ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, made ready before the fork (the child loads
+    nothing), that returns 0 once it has bound the calling process's life to its parent's; None
+    if libc has no ``prctl``."""
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
+    # prctl is variadic: its second argument is read as an unsigned long, so it is passed as one.
+    option, signum = ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL)
+    return lambda: int(prctl(option, signum))
+
+
 def _child(tree: SafeTree, slot: int, commands: int, results: int, lives: tuple[int, int],
-           shared: mmap.mmap, ring: mmap.mmap, mask: set[int]) -> NoReturn:
+           shared: mmap.mmap, ring: mmap.mmap, mask: set[int], parent: int,
+           end_with_parent: Callable[[], int] | None) -> NoReturn:
     """A writer process: execute the frames read from ``commands``, answer on ``results``.
     ``lives`` holds the write end of its liveness pipe and the read end of the other child's
-    (both -1 if there is no other); ``mask`` is the signal mask to restore (see :func:`_fork`)."""
+    (both -1 if there is no other); ``mask`` is the signal mask to restore (see :func:`_fork`);
+    ``parent`` is the pid of the process that forked it, which ``end_with_parent`` binds its life
+    to (see the protocol's step 8)."""
     import pickle  # loaded before the fork: found, not loaded
     import signal
 
+    # First: a parent killed from now on takes this process with it, even stopped.  One killed
+    # before has left it to another parent (init, a subreaper), which tells it apart.  (The signal
+    # comes when the thread that forked ends, which it does only once it has reaped this process.)
+    if end_with_parent is not None and end_with_parent() == 0 and os.getppid() != parent:
+        os._exit(0)
     # Another thread of the parent may have been writing to them at the fork, holding their lock
     # for good here: what would print (a warning, an exception nothing catches) prints nothing.
     sys.stdout = sys.stderr = None
