@@ -1051,20 +1051,63 @@ def test_a_populator_ended_by_sigterm_does_not_wait_for_its_writers_to_drain_the
         end_unpacking(populator, -1, children, signal.SIGKILL)
 
 
+def populate_many(tmp_path: Path, url: str) -> subprocess.Popen[str]:
+    """Start ``sc --use`` of the tar at ``url``, named ``many``, in a base made under ``tmp_path``, as a
+    job starts it (``default_signals``)."""
+    base = tmp_path / "base"
+    base.mkdir()
+    populator: subprocess.Popen[str] = sc_start("--use", "-d", str(base), "-n", "many", "--pid", str(os.getpid()),
+                                                f"http:{url}", "tar", default_signals=True)
+    return populator
+
+
 def test_stopped_writers_end_with_their_populator_when_it_is_killed(tmp_path: Path,
                                                                     slow_archive: tuple[Origin, str]) -> None:
     # A writer that runs reads the end of its command pipe and exits; a stopped one reads nothing,
     # and stayed stopped for good once its populator was killed, holding the staging tree.
-    _server, url = slow_archive
-    base = tmp_path / "base"
-    base.mkdir()
-    populator = sc_start("--use", "-d", str(base), "-n", "many", "--pid", str(os.getpid()), f"http:{url}", "tar",
-                         default_signals=True)
+    populator = populate_many(tmp_path, slow_archive[1])
     children: list[int] = []
     try:
         children = stop_writers(populator, begun=True)
         populator.kill()
         populator.wait(timeout=30)
         wait_for(lambda: all(map(ended, children)), 30, "the end of the stopped writers after their populator's")
+    finally:
+        end_unpacking(populator, -1, children, signal.SIGKILL)
+
+
+def test_a_populator_held_by_a_stopped_writer_says_so_once_and_goes_on_when_it_is_continued(
+        tmp_path: Path, slow_archive: tuple[Origin, str]) -> None:
+    # Without --timeout, the populator waited for a stopped writer for good, saying nothing, -v or
+    # not; its waiters waited behind it.  A writer the user stopped is the user's: it is not killed.
+    server, url = slow_archive
+    populator = populate_many(tmp_path, url)
+    children: list[int] = []
+    try:
+        children = stop_writers(populator)
+        assert populator.stderr is not None
+        said, deadline = b"", time.monotonic() + 60
+        while not all(f"writer process {child}, ".encode() in said for child in children):
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([populator.stderr], [], [], left)[0], f"nothing said: {said!r}"
+            chunk = os.read(populator.stderr.fileno(), 1 << 16)
+            assert chunk, f"the populator ended: {said!r}"
+            said += chunk
+        for child in children:
+            assert not ended(child), "a stopped writer was killed"
+            with open(f"/proc/{child}/stat") as status:
+                assert status.read().rpartition(")")[2].split()[0] == "T"
+        server.rate = None
+        for child in children:
+            os.kill(child, signal.SIGCONT)
+        out, err = populator.communicate(timeout=60)
+        assert populator.returncode == 0, err
+        lines = (said.decode() + err).splitlines()
+        assert len(lines) == writer.WRITERS, lines
+        for child in children:
+            named = [line for line in lines if f"writer process {child}, " in line]
+            assert len(named) == 1 and named[0].startswith("sc: "), lines
+            assert "is stopped (state T)" in named[0] and f"kill -CONT {child}" in named[0], named[0]
+        assert len(os.listdir(out.strip())) == writer.SERIAL_MEMBERS + 160
     finally:
         end_unpacking(populator, -1, children, signal.SIGKILL)

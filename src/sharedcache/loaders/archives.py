@@ -593,7 +593,7 @@ def _extract_members(members: Iterable[_M], extract: Callable[[_M, SafeTree | Wr
             if count == writer.SERIAL_MEMBERS and writer.available() and writer.worth_forking(tree):
                 try:
                     # Known here before it forks: if a signal cuts in, abandon() stops what it forked.
-                    target = writer.WriterProcess(tree, ctx.what, ctx.deadline)
+                    target = writer.WriterProcess(tree, ctx.what, ctx.deadline, ctx.warning)
                     target.start()
                 except OSError:  # no process to be had: one will do
                     target = tree

@@ -89,7 +89,8 @@ _CHECKPOINT_INTERVAL = 1.0  # seconds between updates of partial.json
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
              limit: int | None = None, progress: Progress | None = None,
              fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
-             deadline: float | None = None, seal: Sealing | None = None) -> None:
+             deadline: float | None = None, seal: Sealing | None = None,
+             warning: Callable[[str], None] | None = None) -> None:
     """Fill the empty directory ``dest`` with what ``recipe`` describes.
 
     ``work`` is a private directory that outlives the process (for the partial file and spools),
@@ -98,7 +99,8 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     arrived too) at most every 0.1 s, ``fetch`` says how sources fetch (connections, timeouts,
     retries; the defaults of :class:`~sharedcache.config.settings.FetchPolicy` if None), and
     ``notice(message)`` hears of retries and fail-overs, of each move to the next source, and of
-    threads the system refused (:mod:`sharedcache.loaders.threads`).
+    threads the system refused (:mod:`sharedcache.loaders.threads`); ``warning(message)`` hears of
+    what holds the population until someone acts (a writer process that is stopped).
     Past ``deadline`` (a ``time.monotonic()``), no source waits any longer: it raises
     :class:`~sharedcache.errors.WaitTimeoutError`.  ``seal`` asks an unpacker to seal (and maybe
     measure) the tree it makes for a cache (see :class:`~sharedcache.loaders.protocol.Sealing`);
@@ -113,7 +115,7 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
     for source, following in zip(sources, [*sources[1:], None], strict=True):
         try:
             ctx = Context(work=work, what=source.describe(), limit=limit, fetch=fetch, notice=notice,
-                          deadline=deadline, seal=seal, progress=progress)
+                          deadline=deadline, seal=seal, progress=progress, warning=warning)
             _populate_from(source, recipe, dest, ctx, progress)
             return
         except _MIRROR_FAILURES as exc:

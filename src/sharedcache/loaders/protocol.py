@@ -56,7 +56,9 @@ While running, loaders raise subclasses of :class:`~sharedcache.errors.LoaderErr
 message naming what failed and why; ``ctx.what`` names the source for such messages;
 ``ctx.fetch`` is the fetch policy (:class:`~sharedcache.config.settings.FetchPolicy`: connections,
 timeouts, retries, back-off, proxies, offline); ``ctx.notice(message)`` tells the user (with
-``-v``) what is worth knowing, such as a retry and its reason.  ``ctx.work`` is a private
+``-v``) what is worth knowing, such as a retry and its reason; ``ctx.warning(message)`` (shown
+unless ``-q``) what holds the population until the user acts, such as a writer process that is
+stopped.  ``ctx.work`` is a private
 directory that survives the process, for spooling; remove what you put there.  ``ctx.deadline``
 (a ``time.monotonic()``, or None) is when the caller stops waiting (``--timeout``): a source that
 waits on the network bounds each wait by what is left, and past it raises
@@ -116,7 +118,7 @@ class Context:
     def __init__(self, *, work: Path, what: str, limit: int | None = None,
                  fetch: FetchPolicy | None = None, notice: Callable[[str], None] | None = None,
                  deadline: float | None = None, seal: Sealing | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, warning: Callable[[str], None] | None = None) -> None:
         self.work = work
         self.what = what
         #: How an unpacker seals (and may measure) what it makes, when its tree is for a cache (see
@@ -129,6 +131,8 @@ class Context:
         self.limit = limit
         self.fetch = fetch if fetch is not None else FetchPolicy()
         self.notice: Callable[[str], None] = notice if notice is not None else _ignore
+        #: What the population cannot go on without the user: said unless the user asked for quiet.
+        self.warning: Callable[[str], None] = warning if warning is not None else _ignore
         self.progress: Progress = progress if progress is not None else _unwatched
         #: Whether a checksum reads the source's bytes as they come: a source whose end nothing
         #: else confirms (a body ended by a close) may hand it on, and the checksum proves it whole.

@@ -98,12 +98,14 @@ The protocol:
    a full pipe, or a read of an answer not yet there, returns at once, and only then does the
    parent wait, in ``poll``, until the population's deadline (``--timeout``); past it, the unpack
    fails with :class:`~sharedcache.errors.WaitTimeoutError`, naming the writer that did not
-   answer (a stopped one if any, saying so).  Once the parent gives up (step 7), it kills the
-   writers at once after an interrupt, a job's signal or the deadline (what they were sent is of
-   no use then); after a failure, a writer that is stopped at once, and every writer once they
-   have done no frame for :data:`_GRACE` seconds; then it reaps them: a writer killed so
-   reports nothing, and the parent's failure stands.  A signal that comes as a child is forked
-   loses no child (:meth:`WriterProcess.start`).
+   answer (a stopped one if any, saying so).  A writer found stopped once the parent has waited
+   :data:`_TELL_STOPPED` seconds is named in a warning, once while it stays stopped, and left
+   stopped: whoever stopped it (the user, a debugger) continues it, and the unpack goes on.
+   Once the parent gives up (step 7), it kills the writers at once after an interrupt, a job's
+   signal or the deadline (what they were sent is of no use then); after a failure, a writer
+   that is stopped at once, and every writer once they have done no frame for :data:`_GRACE`
+   seconds; then it reaps them: a writer killed so reports nothing, and the parent's failure
+   stands.  A signal that comes as a child is forked loses no child (:meth:`WriterProcess.start`).
 
 The children hold no more than they need: each closes every descriptor but its two pipes, the
 other's end of the liveness pipe and the tree's directories at once (the parent's locks,
@@ -176,6 +178,9 @@ _FINISHED, _STOPPED, _FAILED = "finished", "stopped", "failed"
 # without doing a frame before they are killed: they are given the time to execute what they were
 # sent (their failure may be the one to report), not for ever.
 _GRACE = 2.0
+# How long this process waits on its writers before it looks for a stopped one, to say so: a
+# wait on a writer that runs lasts milliseconds.
+_TELL_STOPPED = 5.0
 # What a child answers: how it ended, the failure that ended it, what it measured, and the
 # number of the member it was at.
 _Outcome = tuple[str, BaseException | None, int | None, int]
@@ -331,10 +336,12 @@ class WriterProcess:
     :meth:`start` has forked the children.  OSError if no child can be made (no process or memory
     left): one process will do."""
 
-    def __init__(self, tree: SafeTree, what: str, deadline: float | None = None) -> None:
+    def __init__(self, tree: SafeTree, what: str, deadline: float | None = None,
+                 warning: Callable[[str], None] | None = None) -> None:
         self._tree = tree  # this process's copy, from now on used only for names, messages and charges
         self._what = what
         self._deadline = deadline  # (a time.monotonic(): the population's, see _await)
+        self._warning = warning  # told of a writer that holds the unpack stopped
         # Once abandoning: when the writers were last seen doing frames, and the frames they had done.
         self._quiet: tuple[float, int] | None = None
         self._number = 0  # the current member's
@@ -728,7 +735,8 @@ class WriterProcess:
 
     def _await(self, child: _Child, pipe: int) -> None:
         """Return once ``pipe``, ``child``'s command pipe or result pipe, can be written to or
-        read from, or the child has ended; raise WaitTimeoutError past the deadline.  Once
+        read from, or the child has ended; raise WaitTimeoutError past the deadline.  Every
+        :data:`_TELL_STOPPED` seconds of the wait, warn of the writers newly found stopped.  Once
         abandoning, wait no longer for writers that are stopped (a ``kill -STOP``, a debugger), nor
         for any once they have done no frame for :data:`_GRACE` seconds: kill them, and return
         once they are gone."""
@@ -736,17 +744,25 @@ class WriterProcess:
 
         poller = select.poll()
         poller.register(pipe, select.POLLOUT if pipe == child.commands else select.POLLIN)
+        began = time.monotonic()
+        look = began + _TELL_STOPPED
+        told: set[int] = set()  # the writers this wait has warned of, while they stay stopped
         while True:
             now = time.monotonic()
             if self._quiet is None:
                 until = self._deadline
                 if until is not None and now >= until:
                     raise WaitTimeoutError(self._unanswered(child))
+                if self._warning is not None:
+                    if now >= look:
+                        self._tell_stopped(told, now - began)
+                        look = now + _TELL_STOPPED
+                    until = look if until is None else min(until, look)
             elif child.killed:
                 until = None  # SIGKILL ends a process, stopped or traced: its pipes end with it
             else:
                 for other in self._children:
-                    if self._running(other) and _is_stopped(other.pid):
+                    if self._running(other) and _stopped_state(other.pid):
                         self._kill(other)
                 done = self._done()
                 if done != self._quiet[1]:
@@ -758,6 +774,20 @@ class WriterProcess:
                     until = None
             if poller.poll(None if until is None else math.ceil((until - now) * 1000)):
                 return
+
+    def _tell_stopped(self, told: set[int], waited: float) -> None:
+        """Warn of each writer that is stopped and not in ``told`` (then put there), after
+        ``waited`` seconds; forget those of ``told`` that run again."""
+        assert self._warning is not None
+        for other in self._children:
+            state = _stopped_state(other.pid) if self._running(other) else None
+            if state is None:
+                told.discard(other.pid)
+            elif other.pid not in told:
+                told.add(other.pid)
+                pid = other.pid
+                self._warning(f"the unpack of {self._what} has waited {waited:.0f} s for its writer process {pid}, "
+                              f"which is stopped (state {state}): it goes on once that is continued (kill -CONT {pid})")
 
     def _done(self) -> int:
         """The frames the children have done, as they published them."""
@@ -777,8 +807,8 @@ class WriterProcess:
 
     def _unanswered(self, child: _Child) -> str:
         """Which writer this process waited for in vain: a stopped one, if any, else ``child``."""
-        stopped = next((other for other in self._children if self._running(other) and _is_stopped(other.pid)),
-                       None)
+        stopped = next((other for other in self._children
+                        if self._running(other) and _stopped_state(other.pid)), None)
         culprit = child if stopped is None else stopped
         return (f"cannot unpack {self._what}: its writer process {culprit.pid} did not answer"
                 + (" (it is stopped)" if stopped is not None else ""))
@@ -794,13 +824,15 @@ def _children_of_this_thread() -> set[int]:
         return set()
 
 
-def _is_stopped(pid: int) -> bool:
-    """Whether process ``pid`` is stopped: by a signal (``kill -STOP``, Ctrl-Z) or by its tracer."""
+def _stopped_state(pid: int) -> str | None:
+    """The state of process ``pid`` if it is stopped: ``T`` by a signal (``kill -STOP``, Ctrl-Z),
+    ``t`` by its tracer; else None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as status:
-            return status.read().rpartition(b")")[2].split()[0] in (b"T", b"t")
+            state = status.read().rpartition(b")")[2].split()[0]
     except (OSError, IndexError):
-        return False
+        return None
+    return state.decode() if state in (b"T", b"t") else None
 
 
 def _fork(forked: Callable[[int], None]) -> tuple[int, set[int]]:

@@ -470,7 +470,7 @@ class Population:
         try:
             populate(self.recipe, data, work=f"/proc/self/fd/{self._work_fd}", limit=request.limit,
                      progress=self.progress, fetch=request.fetch, notice=self.reporter.info,
-                     deadline=request.deadline, seal=self._seal)
+                     deadline=request.deadline, seal=self._seal, warning=self.reporter.warning)
         except WaitTimeoutError as e:
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 raise self._timed_out(str(e)) from None
