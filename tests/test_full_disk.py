@@ -866,3 +866,31 @@ def test_an_index_write_that_fails_at_commit_or_last_release_leaves_the_reposito
             elif runs["release"][0]:
                 break
     assert runs["commit"][0] and runs["commit"][1] and runs["release"][0] and runs["release"][1], runs
+
+
+def kept_unused(common: list[str], origin, names: tuple[str, ...], size: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Make one kept repository of ``size`` random bytes for each of ``names`` (least recently
+    used first), each released at once; return the recipe of each, by name."""
+    recipes = {}
+    for name in names:
+        recipes[name] = f"http:{origin.add(f'/{name}.bin', os.urandom(size))}"
+        made = sc("run", *common, "-n", name, "--keep", recipes[name], "--", "true")
+        assert made.returncode == 0, made.stderr
+    return recipes
+
+
+def test_a_use_with_a_size_takes_the_room_of_unused_kept_repositories(tmp_path, origin):
+    # Three unused kept repositories of 5 MB fill most of a 20 MiB file system: a use of --size
+    # 6MB was refused ("no usable candidate directory has 5.7 MiB free") until a gc, though
+    # evicting one of them made room.  The least recently used one goes, the others stay.
+    with mounted_tmpfs(tmp_path / "m", "20m", 5000) as mount:
+        common = ["-d", str(mount)]
+        kept_unused(common, origin, ("a", "b", "c"), 5_000_000)
+        url = origin.add("/d.bin", os.urandom(5_000_000))
+        made = sc("run", *common, "--size", "6MB", "-n", "d", f"http:{url}", "--", "true")
+        assert made.returncode == 0, made.stderr
+        assert sorted(os.listdir(control(mount) / "objects")) == ["b", "c"]
+        # What the unused ones cannot make up is none of theirs to give: nothing is evicted.
+        refused = sc("run", *common, "--size", "30MB", "-n", "e", f"http:{url}", "--", "true")
+        assert refused.returncode == 1 and "no usable candidate directory has 28.6 MiB free" in refused.stderr
+        assert sorted(os.listdir(control(mount) / "objects")) == ["b", "c"]

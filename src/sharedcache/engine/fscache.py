@@ -1175,12 +1175,18 @@ class FsCache:
         if excess <= 0:
             return True
         if strict:
-            excess -= self._retire_other_boots(db)  # no entries: they go whatever comes next
-            if excess <= 0:
-                return True
-            if self._unused_bytes(db, excess) < excess:
-                return False
+            return self._evict_if_enough(db, excess) >= excess
         return self._evict(db, excess) >= excess
+
+    def _evict_if_enough(self, db: Index, need: int) -> int:
+        """Within a transaction: evict as :meth:`_evict` does, but only if the unused entries hold
+        ``need`` bytes: evicted for a need they cannot meet, they would be lost for nothing.
+        Returns the bytes freed (the rows of entries of a boot before go whatever comes next: no
+        entries)."""
+        freed = self._retire_other_boots(db)
+        if freed >= need or self._unused_bytes(db, need - freed) < need - freed:
+            return freed
+        return freed + self._evict(db, need - freed)
 
     def _unused_bytes(self, db: Index, need: int) -> int:
         """Within a transaction: the bytes of the entries nobody uses now, counted in the order of
@@ -1711,13 +1717,18 @@ class FsCache:
         except MissError:
             pass  # deleted already
 
-    def evict(self, nbytes: int | None = None) -> int:
+    def evict(self, nbytes: int | None = None, *, only_if_enough: bool = False) -> int:
         """Delete unused entries, least recently used first, until ``nbytes`` are freed (all of
-        them if None); return the bytes freed.  For making room on a full file system."""
+        them if None); return the bytes freed.  For making room on a full file system.
+        ``only_if_enough``: delete none unless the unused entries hold ``nbytes`` (room that
+        cannot be had whole is worth no entry)."""
         if nbytes is not None and (not _number(nbytes, int) or nbytes < 0):
             raise UsageError(f"evict's nbytes must be a whole number of bytes or None, not {nbytes!r}")
+        check_flag("only_if_enough", only_if_enough)
         with self._transaction() as db:
-            freed = self._evict(db, float("inf") if nbytes is None else nbytes)  # type: ignore[arg-type]  # inf: all
+            need = float("inf") if nbytes is None else nbytes
+            evict = self._evict_if_enough if only_if_enough else self._evict
+            freed = evict(db, need)  # type: ignore[arg-type]  # inf: all
         self._empty_trash()
         return freed
 

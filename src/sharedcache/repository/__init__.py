@@ -38,7 +38,9 @@ Acquire (``sc --use``, :func:`use`)
    ``<name>`` is being populated is chosen: looking for one, take ``<name>.waiting`` shared
    first (as in step 2), and keep it where a population is found.  Otherwise the first base
    whose free space, less the space reserved by the populations in progress there, is at least
-   the requested size is chosen.
+   the requested size is chosen; the unused repositories of its cache are room too, and under
+   its reservations lock the least recently used are evicted for what the free space lacks, if
+   they hold that much (none is evicted for room they cannot make up).
 2. In the chosen base, take ``<name>.waiting`` shared (made with the lock files' guards and
    modes; taken, check that its path still names it, else take it again: it is removed when
    nobody holds it), and hold it until this use has its lease or fails; then remove it unless
@@ -61,7 +63,8 @@ Acquire (``sc --use``, :func:`use`)
    file system) tries once more, without waiting, now that the population lock's making may
    have made room: the file is then there while it populates, and a waiter that cannot make
    files there (full, or read-only to it) opens it.
-4. Populate: write the status file (this reserves the space), fill a store of ``<name>`` with the
+4. Populate: write the status file (this reserves the space: with a size, under the reservations
+   lock, once the room is checked again as in step 1), fill a store of ``<name>`` with the
    recipe (``work`` survives us for a takeover; it is private to its user, and opened once made or
    kept for the same recipe and used through that descriptor, whatever another member of a group
    cache puts at its name: a work directory of hers, where this user may not make her own, is put

@@ -249,13 +249,13 @@ class Base:
             reporter.info(f"{full}; evicted {format_size(freed)} of kept data, trying again")
         return freed > 0
 
-    def evict(self, nbytes: int | None = None) -> int:
+    def evict(self, nbytes: int | None = None, *, only_if_enough: bool = False) -> int:
         """Evict unused repositories of this base's cache to make room for what met a full file
-        system (:meth:`FsCache.evict`); return the bytes freed.  0 if the eviction itself finds
-        no room: the index of a new cache, opened for the first time, has no reserve yet for
-        its journal, and what needed the room is what the caller's error must name."""
+        system, or lacks room (:meth:`FsCache.evict`); return the bytes freed.  0 if the eviction
+        itself finds no room: the index of a new cache, opened for the first time, has no reserve
+        yet for its journal, and what needed the room is what the caller's error must name."""
         try:
-            return self.cache().evict(nbytes)
+            return self.cache().evict(nbytes, only_if_enough=only_if_enough)
         except NoSpaceError:
             return 0
 
@@ -271,6 +271,18 @@ class Base:
     def free_space(self) -> int:
         st = os.statvfs(self.path)
         return st.f_bavail * st.f_frsize
+
+    def room(self, size: int, reserved: int) -> int:
+        """The room here for ``size`` bytes, of which populations under way have ``reserved``:
+        the free space less ``reserved``, once the least recently used repositories that nobody
+        uses are evicted for what it lacks of ``size``, if they hold that much (unused kept data
+        is room, but evicted for a size it cannot make up, it would be lost for nothing).  The
+        caller holds the reservations lock (:meth:`reservations_held`): two uses that counted
+        the same unused bytes as their room would both take it."""
+        free = self.free_space() - reserved
+        if free < size and self.has_cache() and self.evict(size - free, only_if_enough=True):
+            free = self.free_space() - reserved
+        return free
 
     def read_only(self) -> bool:
         """Whether the base is on a file system mounted read-only."""

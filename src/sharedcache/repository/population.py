@@ -409,12 +409,13 @@ class Population:
 
     def _reserve(self, size: int) -> None:
         """Under the base's reservations lock, check that the reservations made before leave
-        ``size`` of room, then write the status record, which reserves it.  Two
+        ``size`` of room (evicting unused repositories for it: :meth:`Base.room`), then write the
+        status record, which reserves it.  Two
         uses that chose the base at the same moment saw the same room and took it both, and both
         failed when it ran out where another base had room: the later one gives the base up
         (:class:`RoomTaken`), and its choice is made again."""
         with self.base.reservations_held():
-            free = self.base.free_space() - self.base.reserved(besides=self.request.name)
+            free = self.base.room(size, self.base.reserved(besides=self.request.name))
             if free < size:
                 raise RoomTaken(f"{format_size(max(free, 0))} free once the populations under way have "
                                 "what they reserved")

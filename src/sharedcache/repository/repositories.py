@@ -24,6 +24,7 @@ from ..errors import (
     NoSpaceError,
     SharedCacheError,
     UsageError,
+    no_space_for,
     not_utf8_here,
     raise_if_over_limit,
     why_not_utf8_here,
@@ -396,7 +397,9 @@ class Repositories:
         """Step 1, continued: the first base with room for ``limit`` bytes.
 
         Populations in progress reserve their size on their file system, so the reservations
-        of every candidate on the same device count against each of them.
+        of every candidate on the same device count against each of them.  The unused
+        repositories of a base's cache are room too: evicted, least recently used first, for
+        what the free space lacks (:meth:`Base.room`).
         """
         name, limit = request.name, request.limit
         seen = [f"{path} ({problem})" for path, problem in self.unusable.items()]
@@ -410,18 +413,26 @@ class Repositories:
             if base.read_only():
                 seen.append(f"{base.path} ({READ_ONLY})")
                 continue
-            if limit is not None:
-                free = base.free_space() - reserved[os.stat(base.path).st_dev]
-                if free < limit:
-                    seen.append(f"{base.path} ({format_size(max(free, 0))} free)")
-                    continue
             made = not base.has_cache()
             try:
+                if limit is not None:
+                    free = base.free_space() - reserved[os.stat(base.path).st_dev]
+                    if free < limit and not made:
+                        with base.reservations_held():  # (the population's reservation checks again)
+                            free = base.room(limit, reserved[os.stat(base.path).st_dev])
+                    if free < limit:
+                        seen.append(f"{base.path} ({format_size(max(free, 0))} free)")
+                        continue
                 base.cache()
                 base.populate_dir  # noqa: B018 - made now if missing: a base with no room for it is skipped
-            except UNUSABLE as e:
-                seen.append(f"{base.path} ({e})")
-                self._skip(base, e)
+            except (*UNUSABLE, OSError) as e:
+                # (No inode for the reservations lock: such a base has no room either.)
+                unusable = e if isinstance(e, SharedCacheError) else no_space_for(
+                    f"repository {name!r}", e, base.path)
+                if unusable is None:
+                    raise
+                seen.append(f"{base.path} ({unusable})")
+                self._skip(base, unusable)
                 continue
             if made:
                 self._warn_of_cleaning(base)
