@@ -894,3 +894,23 @@ def test_a_use_with_a_size_takes_the_room_of_unused_kept_repositories(tmp_path, 
         refused = sc("run", *common, "--size", "30MB", "-n", "e", f"http:{url}", "--", "true")
         assert refused.returncode == 1 and "no usable candidate directory has 28.6 MiB free" in refused.stderr
         assert sorted(os.listdir(control(mount) / "objects")) == ["b", "c"]
+
+
+def test_a_population_on_a_full_file_system_evicts_only_what_it_needs(tmp_path, origin):
+    # Three unused kept repositories of 5.5 MB on a 20 MiB file system, and a fourth that meets
+    # the full file system: every kept repository was evicted (all of them, where one would do),
+    # and for a file whose size (Content-Length) could never fit, all of them for nothing.
+    with mounted_tmpfs(tmp_path / "m", "20m", 5000) as mount:
+        common = ["-d", str(mount)]
+        kept_unused(common, origin, ("a", "b", "c"), 5_500_000)
+        url = origin.add("/d.bin", os.urandom(5_500_000))
+        made = sc("run", "-v", *common, "--keep", "-n", "d", f"http:{url}", "--", "true")
+        assert made.returncode == 0, made.stderr
+        assert "evicted 5.2 MiB of kept data, trying again" in made.stderr, made.stderr
+        assert sorted(os.listdir(control(mount) / "objects")) == ["b", "c", "d"]
+
+        huge = origin.add("/huge.bin", os.urandom(30_000_000))
+        failed = sc("run", *common, "-n", "huge", f"http:{huge}", "--", "true")
+        assert failed.returncode == 1
+        assert f"no space left on the device of {mount} for {huge} after " in one_line(failed.stderr)
+        assert sorted(os.listdir(control(mount) / "objects")) == ["b", "c", "d"]

@@ -175,6 +175,12 @@ def keeps_partial(recipe: Recipe) -> bool:
     return _raw(recipe) and any(source.resumable for source in recipe.sources)
 
 
+def partial_room(work: str | os.PathLike[str]) -> int:
+    """The bytes that the partial download kept in ``work`` takes on its file system: room that
+    the next population either goes on from or frees (0 if there is none)."""
+    return _Partial.room_taken(Path(work))
+
+
 def _raw(recipe: Recipe) -> bool:
     """Whether the output is the source's bytes unchanged (only checksums above the source)."""
     return recipe.unpacker is None and all(transform.passthrough for transform in recipe.transforms)
@@ -269,6 +275,14 @@ class _Partial:
         self.meta = work / self.META
         self._identity = identity
         self._what = what
+
+    @staticmethod
+    def room_taken(work: Path) -> int:
+        """The bytes the partial kept in ``work`` takes on its file system (0 if none)."""
+        try:
+            return (work / "partial.data").stat().st_blocks * 512
+        except OSError:
+            return 0
 
     @staticmethod
     def kept_source(work: Path) -> str | None:

@@ -3,8 +3,8 @@
 The steps refer to the protocol in :mod:`sharedcache.repository` (its package docstring).
 
 A :class:`Population` is one attempt to make a repository (step 4): it writes the status record,
-keeps a work directory for a takeover, fills a store of the engine, retries once after evicting
-kept data when the file system is full, and leaves an error record for its waiters when it
+keeps a work directory for a takeover, fills a store of the engine, retries after evicting the
+kept data it needs when the file system is full, and leaves an error record for its waiters when it
 fails.  :meth:`Population.fill` is the one place where the data comes from: today it runs the
 recipe (:mod:`sharedcache.loaders.pipeline`); a tier that serves prepared data (another host, a
 remote cache) takes its place there, and everything around it (locks, records, accounting,
@@ -97,6 +97,11 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
     finally:
         base.stop_awaiting()
 
+
+#: What a population needs besides its data, when it evicts for room: the status and partial's
+#: records, the entry's lock, marker, metadata and lease, the index's journal, the data's last
+#: block rounded up; a few blocks each, of at most 64 KiB on the file systems in use.
+ROOM_MARGIN = 1 << 20
 
 #: A population whose status record has not changed for this many seconds is reported as stuck.
 STALL_SECONDS = 60.0
@@ -304,6 +309,7 @@ class Population:
         self._bar = reporter.bar(name)
         self._last_write = 0.0
         self._done = 0  # source bytes received, as progress() last heard
+        self._total: int | None = None  # the source's size, if it said it, as progress() last heard
         # Seconds the store took to make the data, then to flush and commit it: said with -v.
         self._times = (0.0, 0.0)
 
@@ -332,15 +338,17 @@ class Population:
         name, owner = request.name, request.owner
         with _ending_cleanly():
             try:
-                try:
-                    self._attempt()
-                except NoSpaceError as e:
-                    # The file system is full: the space kept repositories hold is given back, once.
-                    freed = 0 if isinstance(e, SizeLimitError) else base.evict()
-                    if not freed:
-                        raise
-                    self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
-                    self._attempt()
+                while True:
+                    try:
+                        self._attempt()
+                        break
+                    except NoSpaceError as e:
+                        # The file system is full: the space kept repositories hold is given back,
+                        # as much as the next try needs (each try evicts, so the tries end).
+                        freed = 0 if isinstance(e, SizeLimitError) else self._evict_for_next_try()
+                        if not freed:
+                            raise
+                        self.reporter.info(f"{e}; evicted {format_size(freed)} of kept data, trying again")
             except WaitTimeoutError:
                 raise  # our --timeout, not the recipe's failure: the work stays for a takeover
             except (UsageError, ConfigError, CredentialError, ProcessLimitError) as e:
@@ -389,6 +397,24 @@ class Population:
         self.reporter.info(f"{name!r} is ready: {format_size(entry.size)} on disk, made in {filled:.2f} s, then "
                            f"committed in {committed:.2f} s")
         return lease
+
+    def _evict_for_next_try(self) -> int:
+        """After a try met a full file system: evict the least recently used repositories that
+        nobody uses, for the room the next try needs; return the bytes freed (0: none evicted).
+        The need is known from the data's total (a download's Content-Length; for an archive, the
+        least its content takes) or from ``--size``, less the free space and the room a partial
+        download takes (which the next try goes on from, or frees): then nothing is evicted unless
+        the unused repositories make it up, which otherwise would be lost for a population that
+        fails all the same.  Unknown (no total, no size), it is twice what the try wrote: each
+        try reaches at least twice as far, and they end once the data fits or nothing is left to
+        evict."""
+        from ..loaders.pipeline import keeps_partial, partial_room
+
+        limit, total = self.request.limit, self._total
+        needed = total if total is not None and (limit is None or keeps_partial(self.recipe)) else limit
+        taken = 0 if self._work_fd is None else partial_room(f"/proc/self/fd/{self._work_fd}")
+        lacking = (2 * self._done if needed is None else needed) + ROOM_MARGIN - self.base.free_space() - taken
+        return self.base.evict(max(lacking, 1), only_if_enough=needed is not None)
 
     def _attempt(self) -> None:
         """One try: the status record, the work directory, the store; whichever of their writes
@@ -482,7 +508,7 @@ class Population:
         request's deadline (``--timeout``), give up."""
         _raise_if_ending()
         self._bar(done, total)
-        self._done = done
+        self._done, self._total = done, total
         request = self.request
         if request.deadline is not None and time.monotonic() > request.deadline:
             raise WaitTimeoutError  # said by fill(), which has nothing to add to it
