@@ -914,3 +914,21 @@ def test_a_population_on_a_full_file_system_evicts_only_what_it_needs(tmp_path, 
         assert failed.returncode == 1
         assert f"no space left on the device of {mount} for {huge} after " in one_line(failed.stderr)
         assert sorted(os.listdir(control(mount) / "objects")) == ["b", "c", "d"]
+
+
+def test_a_population_that_evicts_for_room_goes_on_from_what_it_downloaded(tmp_path, origin):
+    # A 12 MB download on a 20 MiB file system that a kept repository of 9 MB fills: the retry
+    # after the eviction fetched the whole file again from byte 0 (24 MB served), though the
+    # partial download was there to go on from, as a takeover does (its checksum checks the whole).
+    payload = os.urandom(12_000_000)
+    with mounted_tmpfs(tmp_path / "m", "20m", 500) as mount:
+        common = ["-d", str(mount)]
+        kept_unused(common, origin, ("kept",), 9_000_000)
+        url = origin.add("/new.bin", payload)
+        made = sc("run", "-v", *common, "-n", "new", f"http:{url}", f"sha256:{hashlib.sha256(payload).hexdigest()}",
+                  "--", "true")
+        assert made.returncode == 0, made.stderr
+        assert "of kept data, trying again" in made.stderr, made.stderr
+        stats = origin.stats("/new.bin")
+        # (Beyond the file, what was in flight when the write failed: the sockets' buffers.)
+        assert stats.statuses == [200, 206] and stats.bytes_served < len(payload) + (1 << 20), stats

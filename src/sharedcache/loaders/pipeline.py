@@ -20,7 +20,8 @@ times), so two versions of the data are never mixed.
 Across processes, a recipe that is a resumable source followed only by checksums produces a file
 that *is* the downloaded bytes.  It is written to ``work/partial.data``, with ``work/partial.json``
 (recipe identity, source, validator, bytes written so far) replaced atomically about once a
-second (skipped while the file system has no room for the new file: the one before stays), and
+second (skipped while the file system has no room for the new file: the one before stays) and
+when the file system fills up (the population that evicts for room goes on from there), and
 moved into ``dest`` at the end.  A process that finds such a pair in ``work`` (left by
 one that was killed) rehashes the first ``bytes`` bytes and asks the source for the rest; if the
 source cannot continue (the data changed), the partial is discarded.  Other recipes start over
@@ -46,6 +47,7 @@ from, which is therefore tried first.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -78,12 +80,15 @@ from .streams import CHUNK, FileStream, Meter, Prefetch, Progress, SourceStream,
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import BinaryIO
 
     from ..config.settings import FetchPolicy
     from .protocol import Source
     from .registry import Recipe
 
 _CHECKPOINT_INTERVAL = 1.0  # seconds between updates of partial.json
+#: What a partial gives back for its record on a full file system: a block, of at most 64 KiB.
+_RECORD_ROOM = 1 << 16
 
 
 def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.PathLike[str],
@@ -325,22 +330,45 @@ class _Partial:
             out.seek(start)
             self._checkpoint(start, validator, total)
             skip, done, last = start, start, time.monotonic()
-            while data := stream.read(CHUNK):
-                if skip:  # the kept prefix, coming back through the checksums
-                    data, skip = data[skip:], max(0, skip - len(data))
-                if not data:
-                    continue
-                ctx.charge(len(data))
-                out.write(data)
-                done += len(data)
-                if time.monotonic() - last >= _CHECKPOINT_INTERVAL:
-                    out.flush()  # the data reaches the file before the checkpoint counts it
-                    self._checkpoint(done, validator, total)
-                    last = time.monotonic()
+            try:
+                while data := stream.read(CHUNK):
+                    if skip:  # the kept prefix, coming back through the checksums
+                        data, skip = data[skip:], max(0, skip - len(data))
+                    if not data:
+                        continue
+                    ctx.charge(len(data))
+                    out.write(data)
+                    done += len(data)
+                    if time.monotonic() - last >= _CHECKPOINT_INTERVAL:
+                        out.flush()  # the data reaches the file before the checkpoint counts it
+                        self._checkpoint(done, validator, total)
+                        last = time.monotonic()
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self._checkpoint_when_full(out, validator, total)
+                raise
 
-    def _checkpoint(self, done: int, validator: str | None, total: int | None) -> None:
+    def _checkpoint_when_full(self, out: BinaryIO, validator: str | None, total: int | None) -> None:
+        """Count in the record what reached the file before the file system filled up: the
+        population that evicts for room, or the next one, goes on from there (the last
+        checkpoint may be a second old, or the first, of no byte).  The record needs a block
+        of its own: where there is none, the file gives back its last bytes for it.  (What the
+        file holds is the stream's first bytes, as many as its size says: written in order.)"""
+        kept = os.fstat(out.fileno()).st_size
+        for _attempt in range(2):
+            try:
+                if self._checkpoint(kept, validator, total):
+                    return
+            except OSError:
+                return  # the last checkpoint stands
+            kept = max(kept - _RECORD_ROOM, 0) // _RECORD_ROOM * _RECORD_ROOM
+            os.truncate(out.fileno(), kept)
+
+    def _checkpoint(self, done: int, validator: str | None, total: int | None) -> bool:
+        """Record ``done`` bytes written; whether the record says so now (False: no room for it,
+        the record before standing)."""
         if validator is None:
-            return  # without a validator nobody could check that the rest matches
+            return True  # without a validator nobody could check that the rest matches
         temporary = self.meta.with_suffix(".tmp")
         try:
             temporary.write_text(json.dumps({"identity": self._identity, "source": self._what,
@@ -352,8 +380,9 @@ class _Partial:
             temporary.unlink(missing_ok=True)
             if not cannot_write_here(e):
                 raise
-            return
+            return False
         os.replace(temporary, self.meta)
+        return True
 
     def finish(self, target: Path) -> None:
         shutil.move(self.data, target)
