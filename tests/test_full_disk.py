@@ -932,3 +932,39 @@ def test_a_population_that_evicts_for_room_goes_on_from_what_it_downloaded(tmp_p
         stats = origin.stats("/new.bin")
         # (Beyond the file, what was in flight when the write failed: the sockets' buffers.)
         assert stats.statuses == [200, 206] and stats.bytes_served < len(payload) + (1 << 20), stats
+
+
+def test_a_full_first_candidate_with_a_cache_gives_way_to_the_next(tmp_path, origin):
+    # The first candidate, where this user's cache is, full (no block left, or no inode with
+    # --size), the second empty: the use failed for space on the first, never trying the second.
+    small = tmp_path / "small.txt"
+    small.write_text("hello\n")
+    with (mounted_tmpfs(tmp_path / "a", "8m", 500) as first, mounted_tmpfs(tmp_path / "b", "8m", 500) as second):
+        both = ["-d", f"{first}:{second}"]
+        assert sc("run", "-d", str(first), f"file:{small}", "--", "true").returncode == 0  # (its cache made)
+        filler = fill(first)
+        url = origin.add("/f.bin", os.urandom(3_000_000))
+        used = sc("--use", *both, "-n", "f", f"http:{url}")
+        assert used.returncode == 0, used.stderr
+        assert used.stdout.strip() == str(user_dir(second) / "f")
+        assert sc("--unuse", *both, "-n", "f", f"http:{url}").returncode == 0
+        assert used.stderr.startswith(f"sc: skipping {first}: no space left on the device of {first} "), used.stderr
+        filler.unlink()
+        taken: list[Path] = []
+        take_every_inode(first, taken)
+        assert os.statvfs(first).f_bavail > 1000
+        sized = sc("--use", *both, "--size", "4MB", "-n", "g", f"http:{url}")
+        assert sized.returncode == 0, sized.stderr
+        assert sized.stdout.strip() == str(user_dir(second) / "g")
+        assert sc("--unuse", *both, "-n", "g", f"http:{url}").returncode == 0
+        for path in taken:
+            path.unlink()
+        # Room for a third of the data, none to evict: the population fails there, and the use
+        # is made in the next candidate, saying why.
+        st = os.statvfs(first)
+        (first / "other-job").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 1_000_000))
+        moved = sc("--use", "-v", *both, "-n", "h", f"http:{url}")
+        assert moved.returncode == 0, moved.stderr
+        assert moved.stdout.strip() == str(user_dir(second) / "h")
+        assert f"no space left on the device of {first} for {url} after " in moved.stderr
+        assert "; trying the next candidate directory" in moved.stderr, moved.stderr

@@ -40,7 +40,8 @@ Acquire (``sc --use``, :func:`use`)
    whose free space, less the space reserved by the populations in progress there, is at least
    the requested size is chosen; the unused repositories of its cache are room too, and under
    its reservations lock the least recently used are evicted for what the free space lacks, if
-   they hold that much (none is evicted for room they cannot make up).
+   they hold that much (none is evicted for room they cannot make up).  A base with no block or
+   no inode left comes after all the others.
 2. In the chosen base, take ``<name>.waiting`` shared (made with the lock files' guards and
    modes; taken, check that its path still names it, else take it again: it is removed when
    nobody holds it), and hold it until this use has its lease or fails; then remove it unless
@@ -72,13 +73,15 @@ Acquire (``sc --use``, :func:`use`)
    lease for the owner in the same transaction, then remove the status and the work directory
    (what cannot be removed is left to gc: the use is committed).  On failure write the error
    record, then discard the work directory (a process killed between them has told its
-   waiters), and raise; unless the failure is this process's own (its settings, its
-   credentials, its limits), which the waiters, who have theirs, are not told: no record, and
-   the work directory is kept for a takeover only after a limit.  Release the population lock.  A
-   process killed here releases the lock with its death; a waiter takes over at step 3.  A child
-   that another thread of the process forked (a worker pool) gave up its copy of the population
-   lock, of the stage's and of the reservations lock as it started (see
-   :mod:`sharedcache.engine.locks`), so it never holds them past that death.
+   waiters), and raise (a file system full with nothing left to evict, where this use chose the
+   base, has the use choose again without it and the candidates on its file system); unless the
+   failure is this process's own (its settings, its credentials, its limits), which the waiters,
+   who have theirs, are not told: no record, and the work directory is kept for a takeover only
+   after a limit.  Release the population lock.  A process killed here releases the lock with
+   its death; a waiter takes over at step 3.  A child that another thread of the process
+   forked (a worker pool) gave up its copy of the population lock, of the stage's and of the
+   reservations lock as it started (see :mod:`sharedcache.engine.locks`), so it never holds
+   them past that death.
 5. Make sure the user's link ``<name>`` points to the entry, and return its path.  A use whose
    link cannot be made is released before the error is raised: no failure leaks a lease.
    :func:`use` also reads the entry (its lock taken shared) for the length of its block: a child

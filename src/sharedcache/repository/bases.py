@@ -272,6 +272,12 @@ class Base:
         st = os.statvfs(self.path)
         return st.f_bavail * st.f_frsize
 
+    def full(self) -> bool:
+        """Whether the base's file system has no block, or no inode, left for this user (a file
+        system that counts no inodes, as btrfs, has one for each file)."""
+        st = os.statvfs(self.path)
+        return st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)
+
     def room(self, size: int, reserved: int) -> int:
         """The room here for ``size`` bytes, of which populations under way have ``reserved``:
         the free space less ``reserved``, once the least recently used repositories that nobody

@@ -23,6 +23,7 @@ from ..errors import (
     MissError,
     NoSpaceError,
     SharedCacheError,
+    SizeLimitError,
     UsageError,
     no_space_for,
     not_utf8_here,
@@ -273,12 +274,26 @@ class Repositories:
         except RoomTaken as e:
             # Another use that chose this base at the same moment reserved the room first: the
             # choice is made again without it, nor the other candidates of its file system.
-            device = os.stat(base.path).st_dev
-            for other in self.bases:
-                if other is base or (os.path.isdir(other.path) and os.stat(other.path).st_dev == device):
-                    self._skip(other, NoSpaceError(str(e)))
+            self._give_up(base, NoSpaceError(str(e)))
+            return self._acquire(request, budget)
+        except NoSpaceError as e:
+            # Full, with nothing left to evict there: the next candidate may have the room
+            # (a --size outgrown is the data's, and fails the use wherever it is made).
+            if isinstance(e, SizeLimitError) or not request.chosen:
+                raise
+            self._give_up(base, e)
+            if not any(other.path not in self.unusable for other in self.bases):
+                raise
+            self.reporter.info(f"{e}; trying the next candidate directory")
             return self._acquire(request, budget)
         return self._held(base, request.name, lease)
+
+    def _give_up(self, base: Base, error: SharedCacheError) -> None:
+        """Skip ``base``, and the other candidates on its file system, for ``error``."""
+        device = os.stat(base.path).st_dev
+        for other in self.bases:
+            if other is base or (os.path.isdir(other.path) and os.stat(other.path).st_dev == device):
+                self._skip(other, error)
 
     def _held(self, base: Base, name: str, lease: str) -> Held:
         """The use just taken with ``lease``, once its link is in place; a use whose link
@@ -394,7 +409,8 @@ class Repositories:
         return False
 
     def _choose(self, request: Request) -> Base:
-        """Step 1, continued: the first base with room for ``limit`` bytes.
+        """Step 1, continued: the first base with room for ``limit`` bytes, and a block and an
+        inode; a base with none left comes after the others.
 
         Populations in progress reserve their size on their file system, so the reservations
         of every candidate on the same device count against each of them.  The unused
@@ -409,7 +425,9 @@ class Repositories:
             for base in present:
                 device = os.stat(base.path).st_dev
                 reserved[device] = reserved.get(device, 0) + (base.reserved() if base.has_cache() else 0)
-        for base in present:
+        # A full base comes last: chosen only if no other will do, and its evictions make room.
+        full = {base.path for base in present if base.full()}
+        for base in sorted(present, key=lambda base: base.path in full):
             if base.read_only():
                 seen.append(f"{base.path} ({READ_ONLY})")
                 continue
@@ -436,6 +454,10 @@ class Repositories:
                 continue
             if made:
                 self._warn_of_cleaning(base)
+            for passed in present[: present.index(base)]:
+                if passed.path in full:  # (said as a full file system says it)
+                    self._skip(passed, no_space_for(f"repository {name!r}", OSError(errno.ENOSPC, ""), passed.path)
+                               or NoSpaceError(passed.path))
             return base
         seen += [f"{b.path} ({why})" for b in self.bases if (why := _not_a_directory(b.path)) is not None]
         if limit is None or not any(s.endswith(" free)") for s in seen):
