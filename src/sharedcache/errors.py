@@ -271,6 +271,24 @@ def why_full(code: int, path: str) -> str:
     return ": no free inodes (see df -i)" if stats.f_files > 0 and stats.f_ffree == 0 else ""  # 0, 0: no count
 
 
+class Ended(BaseException):
+    """A signal that ends the process (SIGTERM, SIGHUP), taken as an exception so that what is
+    under way undoes itself first; not an Exception, so that no handler of failures takes it for
+    one of theirs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def end_by_exception(signum: int, _frame: object) -> None:
+    """A signal handler that raises :class:`Ended`: ``sc run`` installs it as the first process
+    of a PID namespace, for which the kernel drops a signal left to its default action.  A
+    population that finds it in place ends cleanly by its signal, as it does by a default one
+    (:mod:`sharedcache.repository.population`)."""
+    raise Ended(signum)
+
+
 class UsageError(SharedCacheError, ValueError):
     """The caller asked for something malformed: a bad recipe, option, name or size."""
 

@@ -23,7 +23,7 @@ from ..engine.leases import (
     process_of,
     start_time,
 )
-from ..errors import SharedCacheError, UsageError, clipped, printable, shown_proxy
+from ..errors import Ended, SharedCacheError, UsageError, clipped, end_by_exception, printable, shown_proxy
 from ..progress import Reporter
 from ..repository.bases import group_id
 from ..repository.repositories import Repositories
@@ -163,12 +163,23 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     warnings = (signal.SIGUSR1, signal.SIGUSR2)
     early: list[int] = []
     original = {s: signal.signal(s, lambda sig, _: early.append(sig)) for s in warnings}
+    if os.getpid() == 1:
+        # The kernel drops a signal left to its default action that is sent to the first process
+        # of a PID namespace (a container's entrypoint): a SIGTERM that came while sc waited for
+        # another's population was lost, the command started, and the orchestrator waited out
+        # its grace period.  Handled, it ends sc before the command runs, with 128+N; a
+        # population of its own undoes itself first (see repository.population).
+        for ending in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            if signal.getsignal(ending) == signal.SIG_DFL:
+                original[ending] = signal.signal(ending, end_by_exception)
     try:
         held = _acquire(repositories, options, Owner.current())
         for number in dict.fromkeys(early):
             repositories.reporter.warning(f"{signal.Signals(number).name} came while the repository was made, "
                                           "before the command ran: not passed on")
         return _run_holding(repositories, options, command, held)
+    except Ended as ended:  # (its use released, or never taken)
+        return 128 + ended.signum
     finally:
         for sig, handler in original.items():
             signal.signal(sig, handler)
@@ -176,10 +187,11 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
 
 def _run_holding(repositories: Repositories, options: Arguments, command: list[str], held: Held) -> int:
     """:func:`run_command` once the use is held."""
-    import signal
-    import subprocess
-
     try:
+        # (Within: a signal that ends sc as PID 1 may come at once, and the use is released.)
+        import signal
+        import subprocess
+
         lock = held.cache.lock_for_reading(held.name)
         try:
             try:

@@ -27,6 +27,7 @@ from ..errors import (
     ConfigError,
     CredentialError,
     DownloadError,
+    Ended,
     LoaderError,
     NoSpaceError,
     ProcessLimitError,
@@ -34,6 +35,7 @@ from ..errors import (
     SizeLimitError,
     UsageError,
     WaitTimeoutError,
+    end_by_exception,
     shown_to_others,
 )
 from ..lean import scoped
@@ -230,15 +232,6 @@ class RoomTaken(Exception):
     since: no failure of the recipe, so none its waiters are told; the use chooses again."""
 
 
-class _Ended(BaseException):
-    """A SIGTERM or SIGHUP that came while this process populated (see :func:`_ending_cleanly`);
-    not an Exception, so that no handler of failures takes it for the recipe's."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 @scoped
 def _ending_cleanly() -> Iterator[None]:
     """Have a SIGTERM or SIGHUP that would end the process mid-population (a batch system ending
@@ -246,29 +239,31 @@ def _ending_cleanly() -> Iterator[None]:
     does: its staging tree removed (else it stays until a later store sweeps it), its status
     record gone, what it downloaded kept for a takeover, no error recorded for its waiters.  The
     process then ends by that same signal, as it would have.  Only for a signal whose default
-    action is in force, and in the main thread, where Python runs handlers: what an application
-    embedding the library does with its signals stays as it is.  A second such signal ends the
-    process at once."""
+    action is in force, or that ``sc run`` as a namespace's first process has end it by an
+    exception (:func:`~sharedcache.errors.end_by_exception`), and in the main thread, where Python
+    runs handlers: what an application embedding the library does with its signals stays as it
+    is.  A second such signal ends the process at once."""
     import signal
 
     def end(signum: int, _frame: object) -> None:
         signal.signal(signum, signal.SIG_DFL)
         _ending.append(signum)
-        raise _Ended(signum)
+        raise Ended(signum)
 
-    caught = []
+    caught = {}  # each signal taken, and the handler it had
     for signum in (signal.SIGTERM, signal.SIGHUP):
         try:
-            if signal.getsignal(signum) == signal.SIG_DFL:
+            handler = signal.getsignal(signum)
+            if handler == signal.SIG_DFL or handler is end_by_exception:
                 signal.signal(signum, end)
-                caught.append(signum)
+                caught[signum] = handler
         except ValueError:  # not the main thread
             break
     _ending.clear()
     try:
         yield
         _raise_if_ending()  # the population ended, but the signal's exception had been lost
-    except _Ended as ended:
+    except Ended as ended:
         signal.signal(ended.signum, signal.SIG_DFL)
         os.kill(os.getpid(), ended.signum)
         if os.getpid() == 1:
@@ -279,15 +274,15 @@ def _ending_cleanly() -> Iterator[None]:
         raise  # the signal is blocked in this thread: it ends the process once unblocked
     finally:
         _ending.clear()
-        for signum in caught:
+        for signum, handler in caught.items():
             if signal.getsignal(signum) is end:
-                signal.signal(signum, signal.SIG_DFL)
+                signal.signal(signum, handler)
 
 
 def _raise_if_ending() -> None:
-    """Raise :class:`_Ended` again if a SIGTERM or SIGHUP came, in case its exception was lost."""
+    """Raise :class:`~sharedcache.errors.Ended` again if a SIGTERM or SIGHUP came, in case its exception was lost."""
     if _ending:
-        raise _Ended(_ending[0])
+        raise Ended(_ending[0])
 
 
 class Population:
