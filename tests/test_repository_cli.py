@@ -1015,6 +1015,55 @@ def test_run_passes_a_signal_sent_to_sc_on_to_its_command(dirs, tarball, tmp_pat
     assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
 
 
+#: A ``sitecustomize`` that pauses the process, as :func:`scutil.pause_at` does, as the fork of
+#: its first command returns (no audit event comes between the fork and the return of Popen).
+PAUSED_AS_THE_COMMAND_IS_FORKED = """
+import os, sys, time
+def _profile(frame, event, arg):
+    if event == "c_return" and getattr(arg, "__name__", "") == "fork_exec":
+        sys.setprofile(None)
+        open(os.environ["SC_TEST_PAUSED"], "w").close()
+        end = time.monotonic() + 30
+        while not os.path.exists(os.environ["SC_TEST_GO"]) and time.monotonic() < end:
+            time.sleep(0.005)
+sys.setprofile(_profile)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_run_passes_on_a_signal_that_comes_as_its_command_starts(dirs, tarball, tmp_path, sig):
+    # A signal that came between the fork of the command and the installation of the handlers
+    # that pass signals on ended sc (SIGINT as an interrupt, releasing the use), and the command
+    # ran on, never told: a batch system's SIGTERM left it running past the job's end.
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    assert sc("--use", "--keep", *args).returncode == 0  # ready: no population forks
+    assert sc("--unuse", "--keep", *args).returncode == 0
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PAUSED_AS_THE_COMMAND_IS_FORKED)
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    # (Its output to a file: an orphaned command would hold a pipe open for its whole life.)
+    errors = tmp_path / "stderr"
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen([*DEFAULT_SIGNALS, *SC, "run", *args, "--", "sleep", "120"], stderr=stderr,
+                                env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
+                                           SC_TEST_GO=str(go)))
+    command = None
+    try:
+        wait_for(paused.exists, what="the command's fork")
+        [command] = (int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+        os.kill(proc.pid, sig)
+        go.touch()
+        assert proc.wait(30) == -sig, errors.read_text()
+        wait_for(lambda: ended(command), timeout=10, what="the command to get the signal")
+    finally:
+        stop_process(proc)
+        if command is not None and not ended(command):
+            os.kill(command, signal.SIGKILL)
+    [row] = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)
+    assert row["users"] == [] and not row["in_use"], row
+
+
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
 def test_run_is_not_ended_by_a_warning_that_comes_while_it_populates(origin, base, tmp_path, sig):
     # The warning came before the command ran: its default action ended sc (status 138), which

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import signal
     import subprocess
     from collections.abc import Callable
+    from types import FrameType
 
     from ..config.files import Effective
     from ..config.settings import FetchPolicy
@@ -187,33 +188,50 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
 
 def _run_holding(repositories: Repositories, options: Arguments, command: list[str], held: Held) -> int:
     """:func:`run_command` once the use is held."""
+    previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     try:
         # (Within: a signal that ends sc as PID 1 may come at once, and the use is released.)
         import signal
         import subprocess
 
+        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+        # From the fork in Popen on, SIGINT, SIGTERM and SIGHUP are the command's: they are
+        # recorded until there is a child to pass them on to (their default action ended sc, and
+        # the command, just started, ran on never told).  SIGUSR1 and SIGUSR2 keep run_command's
+        # handler until the command runs.
+        recorded: list[int] = []
+        for sig in forwarded[:3]:
+            previous[sig] = signal.signal(sig, lambda number, _: recorded.append(number))
         lock = held.cache.lock_for_reading(held.name)
         try:
             try:
                 child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)), pass_fds=(lock,))
             except OSError as e:
+                if recorded:  # sc ends by what would have ended it
+                    return _ended_by(-recorded[0])
                 # (The name is the caller's, a newline or a terminal control in it: one line still.)
                 print(f"sc: error: cannot run {clipped(printable(command[0]), 200)}: {e.strerror}", file=sys.stderr)
                 # As shells and timeout(1) tell them apart: not found, or found and not runnable.
                 return 127 if isinstance(e, FileNotFoundError) else 126
         finally:
             os.close(lock)  # the child has its copy; sc's own use is its lease
-        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         # These handlers pass on what comes before the signals are blocked (the child already
-        # runs), and what another thread of sc takes, since a mask is a thread's own.
-        previous = {s: signal.signal(s, lambda sig, _: child.send_signal(sig)) for s in forwarded}
-        try:
-            status = _wait_passing_on(child, forwarded)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        # runs), and what another thread of sc takes, since a mask is a thread's own.  What was
+        # recorded is passed on once they are in place, so that none comes in between unheard.
+        for sig in forwarded:
+            previous.setdefault(sig, signal.signal(sig, lambda number, _: child.send_signal(number)))
+        for number in recorded:
+            child.send_signal(number)
+        status = _wait_passing_on(child, forwarded)
     finally:
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)
         repositories.release_held(held, keep=options.keep)
+    return _ended_by(status)
+
+
+def _ended_by(status: int) -> int:
+    """The exit status of ``sc run`` whose command ended with ``status`` (-N: killed by signal N)."""
     if status < 0:
         ENDED_BY.append(-status)  # sc ends by it too, once done (see sharedcache.cli.leave)
     return status if status >= 0 else 128 - status
