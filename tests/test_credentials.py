@@ -649,9 +649,12 @@ def test_a_bearer_token_that_is_not_one_word_is_named_in_one_line(origin, home: 
         assert result.stderr == "sc: error: BEARER_TOKEN: must be one word of printable ASCII characters\n"
 
 
-def test_a_client_certificate_that_cannot_be_used_does_not_fail_plain_http(origin, home: Path) -> None:
+def test_credentials_that_cannot_be_used_do_not_fail_plain_http(origin, home: Path) -> None:
+    # As with curl: a stale CA variable (a removed environment's) fails no plain-HTTP download.
     url = origin.add("/data.tgz", DATA)
     succeeded(use(home, url, X509_USER_PROXY=home / "expired-and-gone"))
+    for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE"):
+        succeeded(use(home, url, **{variable: home / "missing"}))
 
 
 def test_a_variable_naming_a_file_that_cannot_be_used_is_one_line_before_any_connection(origin, home: Path) -> None:
@@ -659,6 +662,7 @@ def test_a_variable_naming_a_file_that_cannot_be_used_is_one_line_before_any_con
     # SSL_CERT_DIR without a directory for no CA (an untrusted certificate), and a missing
     # SSL_CERT_FILE was named without its variable.
     url = origin.add("/data.tgz", DATA)
+    tls = url.replace("http://", "https://")  # (never connected to: the check comes first)
     (home / "file").write_text("")
     missing = "No such file or directory"
     for variable, path, why in [("SSL_CERT_FILE", home / "missing.pem", missing),
@@ -668,7 +672,7 @@ def test_a_variable_naming_a_file_that_cannot_be_used_is_one_line_before_any_con
                                 ("SSL_CERT_DIR", home / "file", "it is not a directory"),
                                 ("NETRC", home / "missing-netrc", missing),
                                 ("NETRC", home, "it is a directory, not a file")]:
-        for result in (use(home, url, base=home / "base", **{variable: path}),
+        for result in (use(home, url if variable == "NETRC" else tls, base=home / "base", **{variable: path}),
                        sc("config", env=env(home, **{variable: path}))):
             assert result.returncode == 2, result.stderr
             assert result.stderr == f"sc: error: {variable}: cannot use {path}: {why}\n"

@@ -52,6 +52,10 @@ SOCKS_SCHEMES = ("socks5h", "socks5", "socks4a", "socks4")
 ProxyChain = tuple[tuple[str, ...], ...]
 
 
+#: The standard variables that name the CAs a TLS connection trusts.
+_CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE")
+
+
 class Credentials:
     """Where TLS trust and authentication come from: paths and the token, never shown.
 
@@ -157,14 +161,18 @@ class Credentials:
                    netrc=netrc, token_from=token_from,
                    variables=tuple((name, path) for name, path in variables if path is not None))
 
-    def check_variables(self) -> None:
+    def check_variables(self, *, tls: bool = True) -> None:
         """Refuse, in one line naming the variable and its path (:class:`ConfigError`), a standard
         variable of :attr:`variables` that names nothing this user can read, or a directory where a
         file is wanted; an ``SSL_CERT_DIR`` of which no directory can be listed.  Met by the download
         instead, a missing ``NETRC`` file was taken for none (no credentials sent), a CA bundle was
         named without its variable, and an ``SSL_CERT_DIR`` without a directory ended in an untrusted
-        certificate once connected.  ``NETRC=/dev/null`` stays a way to have no ``.netrc``."""
+        certificate once connected.  ``NETRC=/dev/null`` stays a way to have no ``.netrc``.
+        Without ``tls`` (a download that asks for no HTTPS URL), the CAs' variables are not looked
+        at: as with curl, a stale one fails no plain-HTTP download."""
         for name, path in self.variables:
+            if not tls and name in _CA_VARIABLES:
+                continue
             if name == "SSL_CERT_DIR":
                 # (OpenSSL skips the directories of the list it cannot read: one usable is enough.)
                 problems = [unusable_path(directory, directory=True) or

@@ -151,7 +151,8 @@ class Request:
         recipe downloads over HTTP: the download reads them, inside the population, where a bad
         one failed it once its work was begun (a bad proxy setting fails before).  Both schemes':
         a redirect or a rewrite may take the download to the other.  So are the files that the
-        variables of the credentials name (:meth:`~sharedcache.config.settings.Credentials.check_variables`)."""
+        variables of the credentials name (:meth:`~sharedcache.config.settings.Credentials.check_variables`),
+        the CAs' only when the recipe or a rewrite's mirror asks for an HTTPS URL."""
         if self._policy is not None:
             return self._policy
         fetch = self._fetch
@@ -161,13 +162,17 @@ class Request:
             fetch = FetchPolicy()
         elif callable(fetch):
             fetch = fetch()
-        if not fetch.offline and any(word.startswith("http:") for word in self.words[:source_count(self.words)]):
+        urls = [word[5:] for word in self.words[:source_count(self.words)] if word.startswith("http:")]
+        if not fetch.offline and urls:
             if fetch.proxy is None:
                 from ..loaders.transport import curl_proxies
 
                 curl_proxies(os.environ)
             if fetch.credentials is not None:
-                fetch.credentials.check_variables()
+                # (A redirect to HTTPS finds them when its connection is made: see tls_context.)
+                fetch.credentials.check_variables(tls=any(
+                    url[:6].lower() == "https:" for url in (*urls, *(mirror for rule in fetch.rewrites
+                                                                     for mirror in rule.mirrors))))
         self._policy = fetch
         return fetch
 
