@@ -390,6 +390,14 @@ def test_a_rule_whose_password_holds_a_space_is_refused_without_any_of_it(mirror
             assert (result.returncode, result.stderr) == (2, f"sc: error: {config}:1: {refusal}\n")
 
 
+def test_a_mirror_written_without_its_scheme_is_refused_as_no_url() -> None:
+    # Its "@" was taken for the tail of a password that a space had split: the message spoke of
+    # a space in a user name or password that the rule does not have.
+    for text in ("https://origin.example/ = mirror@host/x", "https://origin.example = mirror@host/x"):
+        with pytest.raises(SettingError, match=r"the mirror '[^']*' is not a URL \(SCHEME://HOST...\)"):
+            rewrite_rules(text)
+
+
 @pytest.mark.parametrize("mirror", ["https://m.example:99999/a@b/", "https://u:s3cret@m.example:99999/a@b/"])
 def test_a_bad_rewrite_mirror_with_an_at_sign_in_its_path_shows_its_host_not_its_password(mirror: str) -> None:
     # The user info precedes the host: an "@" of the path is no end of it.

@@ -317,7 +317,7 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
         prefix, equals, mirrors = line.partition("=")
         if not equals:
             raise SettingError("rewrite", f"{_shown(line)!r}: expected PREFIX = MIRROR [MIRROR...]")
-        if any(map(_user_info_tail, line.split())):
+        if _splits_user_info(line.split()):
             raise SettingError("rewrite", f"{_shown(prefix.strip())}: a user name or password with a space in a "
                                           "URL of the rule (write the space %20)")
         rules.append(Rewrite(prefix.strip(), mirrors.split()))
@@ -382,6 +382,22 @@ def _user_info_tail(word: str) -> bool:
     from its URL (``http://user:pa ss@mirror/``): it is no URL and holds an "@".  What is before
     its "@" is part of a password, never to be shown."""
     return "@" in word and "://" not in word
+
+
+def _splits_user_info(words: Sequence[str]) -> bool:
+    """Whether a space of a rule's ``words`` splits a URL's user name or password: a word that
+    may end one (:func:`_user_info_tail`) comes after a URL whose authority is left open (no "/"
+    after its "://"), with no "=" between.  ``mirror@host/x``, a mirror written without its
+    scheme, is no URL's tail, and is refused as the mirror that is no URL it is."""
+    open_authority = False
+    for word in words:
+        if "://" in word:
+            open_authority = "/" not in word.partition("://")[2]
+        elif open_authority and _user_info_tail(word):
+            return True
+        elif word == "=" or "/" in word:
+            open_authority = False
+    return False
 
 
 def seconds(setting: str, value: object) -> float:
