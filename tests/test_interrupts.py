@@ -5,8 +5,10 @@ held, and no use taken."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,86 @@ while True:
     interrupted, leases, handler_restored = out.split()
     assert int(interrupted) > 50  # the interrupts reached the caller
     assert (leases, handler_restored, err) == ("1", "True", "")  # the holding thread's lease alone
+
+
+_USE_LEFT_IN_A_WORKER = r"""
+import contextlib, glob, os, queue, signal, sys, threading, time
+import sharedcache
+
+base, how = sys.argv[1], sys.argv[2]
+words = (f"file:{base}/data.bin",)
+
+def body():
+    with sharedcache.use(*words, name="r", directories=base):
+        yield
+        yield
+
+# "nested": the main thread holds a use of its own throughout, which the interrupt must leave.
+outer = sharedcache.use(*words, name="r", directories=base) if how == "nested" else contextlib.nullcontext()
+try:
+    with outer:
+        if how == "exit stack closed":
+            stack = contextlib.ExitStack()
+            stack.enter_context(sharedcache.use(*words, name="r", directories=base))
+            leave = stack.close
+        else:
+            rows = body()
+            next(rows)
+            if how == "generator dropped":  # its last reference goes in the worker, which finalises it
+                handed = queue.Queue()
+                handed.put(rows)
+                del rows
+                def leave():
+                    item = handed.get(timeout=30)
+                    del item
+            else:
+                leave = rows.close
+        outcome = []
+        def work():
+            try:
+                leave()
+                outcome.append("left")
+            except BaseException as e:
+                outcome.append(repr(e))
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join(30)
+        leases = glob.glob(f"{base}/.shared-cache-*/.cache/objects/r/leases/*")
+        print(*outcome, len(leases), flush=True)
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            time.sleep(0.01)
+    print("not interrupted", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", time.monotonic(), threading.current_thread() is threading.main_thread(), flush=True)
+with sharedcache.use(*words, name="r", directories=base):
+    pass
+leases = glob.glob(f"{base}/.shared-cache-*/.cache/objects/r/leases/*")
+print(len(leases), signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["generator closed", "exit stack closed", "generator dropped", "nested"])
+def test_a_use_left_in_another_thread_leaves_ctrl_c_working_in_the_main_thread(tmp_path: Path, how: str) -> None:
+    # A use entered in the main thread and left in a worker (a streaming body's generator closed
+    # or dropped by a thread pool, an ExitStack closed there) failed with "signal only works in
+    # main thread" once released, and left every later Ctrl-C of the main thread deferred for
+    # ever: the program could no longer be interrupted.
+    (tmp_path / "data.bin").write_bytes(b"x" * 1000)
+    user = subprocess.Popen([sys.executable, "-c", _USE_LEFT_IN_A_WORKER, str(tmp_path), how], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert user.stdout is not None
+        left = user.stdout.readline()
+        assert left == ("left 1\n" if how == "nested" else "left 0\n")  # released once, cleanly
+        sent = time.monotonic()
+        os.kill(user.pid, signal.SIGINT)
+        out, err = user.communicate(timeout=60)
+    finally:
+        if user.poll() is None:
+            user.kill()
+            user.wait(30)
+    interrupted, at, in_main, leases, handler_restored = out.split()
+    assert (interrupted, in_main) == ("interrupted", "True")
+    assert float(at) - sent < 1  # promptly, not when the next use happens to settle it
+    assert (leases, handler_restored, err, user.returncode) == ("0", "True", "", 0)

@@ -82,7 +82,8 @@ process can have) is nobody's lease, and fails nothing.
 A lease taken for :func:`sharedcache.use` must reach the ``finally`` that releases it, and its
 release must run to its end, whenever Ctrl-C comes: :data:`INTERRUPTS` defers the interrupt of
 the main thread from the lease's creation (:func:`add_lease`) until ``use()`` holds it, and
-while ``use()`` releases it, then raises it (see :class:`InterruptGuard`).
+while ``use()`` releases it, then raises it (see :class:`InterruptGuard`); a use that another
+thread leaves is released there, deferring nothing of the main thread's.
 """
 
 from __future__ import annotations
@@ -648,7 +649,7 @@ def _lease_names(entry: str) -> list[str]:
         os.close(directory)
 
 
-class InterruptGuard:
+class InterruptGuard(_thread._local):
     """Ctrl-C held back while a :func:`sharedcache.use` of the main thread has a lease that is
     not yet, or no longer, in the hands of its ``try``/``finally``.
 
@@ -662,14 +663,26 @@ class InterruptGuard:
     for its release, and raised by :meth:`settle`.  One that comes in a ``with`` statement's
     call of a ``@scoped`` manager's ``__enter__`` or ``__exit__`` is raised at the next check,
     out of them: there it would leave the block without resuming the generator that releases.
+
+    A use entered in the main thread may be left in another (a generator holding its block that
+    a worker closes or drops, an ``ExitStack`` a worker closes).  :attr:`acquiring`,
+    :attr:`deferring` and :attr:`pending` are therefore each thread's own (this is a
+    ``threading.local``; only the slots :attr:`depth` and :attr:`thread` are shared), so that
+    ``use()`` sets them by stores alone, with no call to tell the threads apart before them, and
+    the handler, which runs in the main thread, reads the main thread's: another thread's
+    release defers nothing of the main thread's, and a deferred interrupt is raised in the main
+    thread only.  Another thread's :meth:`disarm` only counts the use down; the last one leaves
+    our handler in place (only the main thread may set one), where, deferring nothing, it
+    raises KeyboardInterrupt as Python's does, until the main thread's next use puts Python's
+    back.
     """
 
-    __slots__ = ("acquiring", "deferring", "depth", "pending", "thread")
-
-    def __init__(self) -> None:
-        self.thread: int | None = None  # the main thread, while armed
-        self.depth = 0  # the armed uses (a use inside another's block arms it again)
-        self.acquiring = self.deferring = self.pending = False
+    # Shared by the threads: the thread-local attributes are the class's defaults below until
+    # a thread sets its own.
+    __slots__ = ("depth", "thread")
+    depth: int
+    thread: int | None
+    acquiring = deferring = pending = False
 
     def arm(self) -> bool:
         """Guard the calling thread's use from now on, deferring the interrupt until the caller
@@ -680,7 +693,9 @@ class InterruptGuard:
         thread = _thread.get_ident()
         if thread != threading.main_thread().ident:
             return False
-        if _signal.getsignal(_signal.SIGINT) is not (_interrupted if self.depth else _signal.default_int_handler):
+        handler = _signal.getsignal(_signal.SIGINT)
+        # Ours with no use armed: the last use was left in another thread, which may set no handler.
+        if handler is not _interrupted and (self.depth or handler is not _signal.default_int_handler):
             return False
         if not self.depth:
             self.pending = False  # (one that came as the last use's handler was put back)
@@ -701,8 +716,12 @@ class InterruptGuard:
 
     def disarm(self) -> None:
         """The end of an armed use, deferring until then: Python's handler back (unless the
-        program put its own meanwhile), then the deferred interrupt raised."""
+        program put its own meanwhile), then the deferred interrupt raised.  In another thread
+        than the one that armed it, the use is only counted down (see the class)."""
         self.depth -= 1
+        if _thread.get_ident() != self.thread:
+            self.deferring = False  # (this thread's own: it deferred nothing of the main thread's)
+            return
         if not self.depth:
             self.thread = None
             if _signal.getsignal(_signal.SIGINT) is _interrupted:
@@ -711,6 +730,8 @@ class InterruptGuard:
 
 
 INTERRUPTS = InterruptGuard()
+INTERRUPTS.depth = 0  # the armed uses (a use inside another's block arms it again)
+INTERRUPTS.thread = None  # the main thread, while armed
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:

@@ -90,6 +90,8 @@ Acquire (``sc --use``, :func:`use`)
    delete the entry.  Ctrl-C in the main thread is deferred from the making of the lease until
    :func:`use` holds it in its ``try``, and during its release, then raised (see
    :class:`~sharedcache.engine.leases.InterruptGuard`): it leaks no use, and reaches the caller.
+   A use that another thread leaves (a generator holding its block, closed or dropped there) is
+   released there, and the main thread's Ctrl-C is raised at once, as outside a use.
 
 Release (``sc --unuse``) drops one lease of the owner; a budget it gives (``--max-size``) is set
 first, while that lease still spares the entry from eviction.  The engine deletes the entry in the
