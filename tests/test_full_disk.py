@@ -968,3 +968,26 @@ def test_a_full_first_candidate_with_a_cache_gives_way_to_the_next(tmp_path, ori
         assert moved.stdout.strip() == str(user_dir(second) / "h")
         assert f"no space left on the device of {first} for {url} after " in moved.stderr
         assert "; trying the next candidate directory" in moved.stderr, moved.stderr
+
+
+def test_the_stage_of_a_store_killed_before_its_commit_leaves_the_trash_while_its_job_lives(tmp_path):
+    # The trash of a private cache passed over a tree that held a commit marker and a live lease:
+    # a store killed at its commit's rename, whose job lives on, left its whole download there,
+    # which gc moved into the trash and never deleted until the job ended.
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed: it kills the store at its commit's rename")
+    (tmp_path / "base").mkdir()
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(2_000_000))
+    with Sleeper() as owner:
+        common = ["-d", str(tmp_path / "base"), "-n", "r", "--pid", str(owner.pid)]
+        killed = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=renameat",
+                                 "-e", "inject=renameat:error=EIO:signal=KILL:when=1",
+                                 *SC, "--use", *common, f"file:{blob}"],
+                                capture_output=True, text=True, timeout=60, env=sc_env())
+        assert killed.returncode != 0, killed.stderr
+        stage = control(tmp_path / "base") / "stage"
+        assert [path for path in stage.iterdir() if path.is_dir()], "no stage was left to look at"
+        assert sc("gc", "-d", str(tmp_path / "base")).returncode == 0
+        trash = control(tmp_path / "base") / "trash"
+        assert not list(trash.iterdir()) and not [path for path in stage.iterdir() if path.is_dir()]

@@ -2002,21 +2002,24 @@ class FsCache:
         return removed
 
     def _tree_in_use(self, trash: int, tree: str, alive: dict[str, bool]) -> bool:
-        """Whether the tree ``tree`` of the trash open as ``trash`` is an entry in use (see
-        :meth:`_used_in_trash`).  Once its lock is found free it stays free: a deletion that is
-        undone renames the entry away from that name, and none brings one there again."""
+        """Whether the tree ``tree`` of the trash open as ``trash`` is an entry whose lock is held:
+        a release's, whose transaction is not over (see :meth:`_used_in_trash`).  Its leases are
+        not looked at: in a private cache nobody else puts an entry there, and a store killed
+        before its commit left the live lease of its job's holder in its stage, which is no use.
+        Once its lock is found free it stays free: a deletion that is undone renames the entry
+        away from that name, and none brings one there again."""
         try:
             directory = open_directory(tree, dir_fd=trash)
         except OSError:
             return False  # gone, or no directory: the removal says what to do
         try:
-            return self._used_in_trash(directory, alive)
+            return self._used_in_trash(directory, alive, leases=False)
         finally:
             os.close(directory)
 
-    def _used_in_trash(self, directory: int, alive: dict[str, bool]) -> bool:
+    def _used_in_trash(self, directory: int, alive: dict[str, bool], *, leases: bool = True) -> bool:
         """Whether the directory open as ``directory``, in the trash at any depth, is an entry in
-        use: its lock held, or a lease of a live owner in it.  No deletion puts one there (it
+        use: its lock held, or (with ``leases``) a lease of a live owner in it.  No deletion puts one there (it
         takes the lock and looks at the leases first; the lock of a release's entry it holds
         until its transaction ends), but any member of a group cache may rename
         an entry there, or a directory holding entries (one of hers, ``objects`` itself).  Only
@@ -2035,6 +2038,8 @@ class FsCache:
                     return True
             finally:
                 locks.close(fd)
+        if not leases:
+            return False
         try:
             return any_live_lease(tree, alive, self._boots)
         except OSError:
