@@ -1507,3 +1507,31 @@ def test_a_deadline_bounds_the_waits_of_the_thread_that_set_it_only(tmp_path: Pa
     finally:
         holder.kill()
         holder.communicate(timeout=30)
+
+
+def test_a_failed_transaction_undoes_until_an_undo_fails_then_ends_everything(tmp_path: Path) -> None:
+    # A release whose COMMIT failed gave its lease back into a tree left in the trash when the
+    # rename back failed (a store of the name had made the entry again, SQLite having let the
+    # index go), and closed the entry's lock before the lease was back.
+    db = FsCache(tmp_path / "cache")._db()
+    happened: list[str] = []
+
+    def failing() -> None:
+        happened.append("rename back")
+        raise OSError(errno.ENOTEMPTY, "made again meanwhile")
+
+    with pytest.raises(RuntimeError), db.transaction():
+        db.at_end(lambda: happened.append("lease given back"), lambda: happened.append("directory closed"))
+        db.at_end(failing, lambda: happened.append("lock closed"))
+        raise RuntimeError("the COMMIT failed")
+    assert happened == ["rename back", "lock closed", "directory closed"]
+    happened.clear()
+    with pytest.raises(RuntimeError), db.transaction():
+        db.at_end(lambda: happened.append("lease given back"), lambda: happened.append("directory closed"))
+        db.at_end(lambda: happened.append("rename back"), lambda: happened.append("lock closed"))
+        raise RuntimeError("the COMMIT failed")
+    assert happened == ["rename back", "lease given back", "lock closed", "directory closed"]
+    happened.clear()
+    with db.transaction():
+        db.at_end(lambda: happened.append("undone"), lambda: happened.append("done"))
+    assert happened == ["done"]

@@ -125,10 +125,9 @@ Store (``store(name)``)
    ``objects/<name>`` (a leftover there without a marker is moved to ``trash/`` first, unless
    another machine's, below: the store is then refused), and commit the transaction.  If the
    COMMIT fails (the journal finds no room), rename ``objects/<name>`` back to ``stage/<id>``,
-   then roll back: the store fails and leaves nothing, as in step 2 (the lock, still held, kept
-   every use and deleter off the entry meanwhile; should SQLite have let the index's write
-   lock go with the failed COMMIT, another store of the name that found the entry meanwhile
-   misses it).  Release the lock.
+   then roll back: the store fails and leaves nothing, as in step 2 (SQLite, which rolls a
+   failed COMMIT back itself, lets the index's write lock go before the rename back: a store or
+   a use of the name that found the entry in that moment misses it).  Release the lock.
 
 A crash in steps 1-3 leaves a staging directory whose lock is free: gc and the next store remove
 it (under ``stage.lock`` taken exclusively without waiting, they move it into the trash, and delete
@@ -294,7 +293,10 @@ Release (``release(name)``) of a use that does not keep the entry:
    once the entry is renamed back from the trash (see "Delete").  So does a failure in step 1
    after the removal.  A crash between the failed COMMIT and the lease given back leaves the
    use released, as a crash in step 1 does; one before the rename back, a row whose directory
-   is in the trash, which gc drops.
+   is in the trash, which gc drops.  SQLite rolls a failed COMMIT back itself, letting the
+   index go before the rename back: a store of the name in that moment makes the entry again,
+   the rename back then fails, and the release fails with its use gone (the lease is not
+   given back into the tree left in the trash, which the next command empties).
 
 Two releases at once never both leave the deletion to the other: each removes its lease
 before it looks, so whichever looks second finds neither lease, and goes on to step 2.  The

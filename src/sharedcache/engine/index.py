@@ -330,17 +330,25 @@ class Index(sqlite3.Connection):
 
 
     def _end(self, *, committed: bool) -> None:
-        """Run what :meth:`at_end` registered: each undo (unless ``committed``), then what is done
-        either way.  An undo that fails leaves what a process killed there leaves, which gc and
-        the next store repair: the transaction's own error is the one to raise."""
+        """Run what :meth:`at_end` registered: the undos (unless ``committed``), last first, then
+        what is done either way, last first: an entry's lock goes only once everything that it
+        kept others off is back (a lease given back after the rename back).  An undo that fails
+        stops the undos: those registered before it would put back what assumes it done (a
+        lease given back into a tree left in the trash).  What is left is what a process killed
+        there leaves, which gc and the next store repair: the transaction's own error is the
+        one to raise."""
         ends, self._ends = self._ends, []
-        for undo, done in reversed(ends):
-            try:
-                if not committed:
-                    with contextlib.suppress(OSError):
+        try:
+            if not committed:
+                for undo, _ in reversed(ends):
+                    try:
                         undo()
-            finally:
-                done()
+                    except OSError:
+                        break
+        finally:
+            for _, done in reversed(ends):
+                with contextlib.suppress(OSError):
+                    done()
 
 
 class _JournalUnopened(CacheError):
