@@ -991,3 +991,20 @@ def test_the_stage_of_a_store_killed_before_its_commit_leaves_the_trash_while_it
         assert sc("gc", "-d", str(tmp_path / "base")).returncode == 0
         trash = control(tmp_path / "base") / "trash"
         assert not list(trash.iterdir()) and not [path for path in stage.iterdir() if path.is_dir()]
+
+
+def test_a_use_that_waited_on_a_full_first_candidate_follows_its_populator_to_the_next(tmp_path, origin):
+    # The populator fell over to the next candidate and succeeded there; its waiter read the
+    # failure it recorded on the first and failed with "no space left", the data ready beside.
+    origin.rate = 1_000_000
+    url = origin.add("/f.bin", os.urandom(3_000_000))
+    with mounted_tmpfs(tmp_path / "a", "1m", 500) as first, mounted_tmpfs(tmp_path / "b", "20m", 500) as second, \
+            Sleeper() as owner:
+        use = ["--use", "-d", f"{first}:{second}", "-n", "big", "--pid", str(owner.pid), f"http:{url}"]
+        populator = sc_start(*use)
+        wait_for(lambda: origin.stats("/f.bin").gets == 1, what="the population on the first")
+        waiter = sc_start(*use)
+        (populated, out, err), (waited, waiter_out, waiter_err) = finish([populator, waiter], timeout=60)
+        assert (populated, waited) == (0, 0), (err, waiter_err)
+        assert out.strip() == waiter_out.strip() == str(user_dir(second) / "big")
+        assert origin.stats("/f.bin").gets <= 2  # the first try on the first candidate, then one

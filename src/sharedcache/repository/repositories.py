@@ -283,8 +283,11 @@ class Repositories:
             return self._acquire(request, budget)
         except NoSpaceError as e:
             # Full, with nothing left to evict there: the next candidate may have the room
-            # (a --size outgrown is the data's, and fails the use wherever it is made).
-            if isinstance(e, SizeLimitError) or not request.chosen:
+            # (a --size outgrown is the data's, and fails the use wherever it is made).  So for
+            # a use that waited for another's population there, which the populator's error
+            # record failed: that populator goes on in the next candidate, where this use
+            # finds it.
+            if isinstance(e, SizeLimitError):
                 raise
             self._give_up(base, e)
             if not any(other.path not in self.unusable for other in self.bases):
