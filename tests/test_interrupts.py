@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from scutil import stop_process
 from sharedcache import FsCache
 from sharedcache.engine import fsutil, index
 
@@ -140,9 +141,8 @@ while True:
         out, err = user.communicate(timeout=240)
     finally:
         for process in (user, sender):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(30)
+            if process is not None:
+                stop_process(process, 30)
     assert user.returncode == 0, err
     interrupted, leases, handler_restored = out.split()
     assert int(interrupted) > 50  # the interrupts reached the caller

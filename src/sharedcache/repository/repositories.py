@@ -464,8 +464,9 @@ class Repositories:
                 self._warn_of_cleaning(base)
             for passed in present[: present.index(base)]:
                 if passed.path in full:  # (said as a full file system says it)
-                    self._skip(passed, no_space_for(f"repository {name!r}", OSError(errno.ENOSPC, ""), passed.path)
-                               or NoSpaceError(passed.path))
+                    no_room = no_space_for(f"repository {name!r}", OSError(errno.ENOSPC, ""), passed.path)
+                    assert no_room is not None  # (ENOSPC always is one)
+                    self._skip(passed, no_room)
             return base
         seen += [f"{b.path} ({why})" for b in self.bases if (why := _not_a_directory(b.path)) is not None]
         if limit is None or not any(s.endswith(" free)") for s in seen):
