@@ -1535,3 +1535,15 @@ def test_a_failed_transaction_undoes_until_an_undo_fails_then_ends_everything(tm
     with db.transaction():
         db.at_end(lambda: happened.append("undone"), lambda: happened.append("done"))
     assert happened == ["done"]
+
+
+def test_a_committed_entry_without_its_lock_is_damaged_for_a_load(root: Path) -> None:
+    # The look that tells such an entry from one deleted meanwhile goes through one descriptor
+    # of its directory: the concurrent test of readers (test_fscache_crash) checks that an entry
+    # deleted and stored again between two looks by its path is not taken for it.
+    cache = FsCache(root)
+    put(cache, "lockless")
+    (root / "objects" / "lockless" / "lock").unlink()
+    with pytest.raises(CacheError, match="'lockless' .* is damaged: its data or lock was replaced or removed"), \
+            cache.load("lockless"):
+        pass

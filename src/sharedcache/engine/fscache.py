@@ -427,6 +427,22 @@ def committed(entry: str) -> str | None:
     return marker if os.path.lexists(f"{entry}/{marker}") else None
 
 
+def _lockless(entry: str) -> bool:
+    """Whether the directory at ``entry`` is committed and has no lock (a deletion in place
+    removes the markers first, and the lock last), judged through one descriptor of it: looked
+    up twice by its path, the marker of an entry that a store committed meanwhile and the lock
+    of one deleted since would pass for one damaged entry's."""
+    try:
+        directory = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False  # gone meanwhile, or no directory: no entry's damage to say
+    try:
+        return committed(f"/proc/self/fd/{directory}") is not None \
+            and not os.path.lexists(f"/proc/self/fd/{directory}/lock")
+    finally:
+        os.close(directory)
+
+
 def _damaged(entry: str) -> bool:
     """Whether the committed directory ``entry`` has lost its data directory or its lock: either
     missing or replaced by anything else (a link, to whatever it points to, is not the entry's)."""
@@ -1264,8 +1280,7 @@ class FsCache:
                 try:
                     fd = locks.open_recorded(lock)
                 except (FileNotFoundError, NotADirectoryError):
-                    # (a deletion in place removes the markers first, and the lock last)
-                    if committed(entry) and not os.path.lexists(lock):
+                    if _lockless(entry):
                         raise _damaged_error(name, self.root) from None
                     break
                 except OSError as e:
