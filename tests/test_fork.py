@@ -5,6 +5,8 @@ use alone."""
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+
+import pytest
 
 import sharedcache
 from sharedcache import FsCache
@@ -306,3 +310,108 @@ def test_a_child_forked_as_gc_looks_at_an_entry_in_the_trash_holds_no_copy_of_it
     os.rename(tmp_path / "cache" / "objects" / "a", lock_file.parent)
     copies = _copies_in_children_forked_before_each_lock(lock_file, cache.gc)
     assert copies == [0] * len(copies)
+
+
+#: A program that opens (or closes) the lock file argv[1] while another thread forks a child
+#: right after the ``open`` system call (right before the ``close``), paused there for up to 2 s
+#: by a profile hook; it locks it exclusively (before the close), prints the child's PID once
+#: done, and waits to be killed.  The child waits for 60 s at most.
+_FORK_AMID_A_STEP = """
+import os, sys, threading, time
+from sharedcache.engine import locks
+
+path, step = sys.argv[1], sys.argv[2]
+go, forked = threading.Event(), threading.Event()
+children = []
+
+def fork_on_go():
+    if go.wait(30):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+        forked.set()
+
+threading.Thread(target=fork_on_go, daemon=True).start()
+event, call = {"open": ("c_return", os.open), "close": ("c_call", os.close)}[step]
+
+def fork_there(frame, what, arg):
+    if what == event and arg is call and frame.f_code.co_filename == locks.__file__ and not go.is_set():
+        go.set()
+        forked.wait(2)  # (a fork that waits for the step to be over times out here)
+
+if step == "open":
+    sys.setprofile(fork_there)
+    fd = locks.open_lock_file(path)
+    sys.setprofile(None)
+    locks.lock(fd, locks.EXCLUSIVE)
+else:
+    fd = locks.open_lock_file(path)
+    locks.lock(fd, locks.EXCLUSIVE)
+    sys.setprofile(fork_there)
+    locks.close(fd)
+    sys.setprofile(None)
+assert forked.wait(30)
+print(children[0], flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("step", ["open", "close"])
+def test_a_child_forked_as_a_lock_file_is_opened_or_closed_holds_no_copy_of_it(tmp_path: Path, step: str) -> None:
+    # Between the open system call and its record (and between the record's removal and the
+    # close) a child forked by another thread copied a descriptor it did not give up: it shared
+    # the lock taken on it next, and held it once its parent had died (or closed it).
+    lock_file = tmp_path / "lock"
+    program = subprocess.Popen([sys.executable, "-c", _FORK_AMID_A_STEP, str(lock_file), step], env=ENV,
+                               stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert program.stdout is not None
+        ready, _, _ = select.select([program.stdout], [], [], 30)
+        assert ready, "the program said nothing in time"
+        child = int(program.stdout.readline())
+        program.kill()
+        program.wait(10)
+        with open(lock_file) as other:  # this test is the third process
+            deadline = time.monotonic() + 2
+            while not locks._flock_now(other.fileno(), locks.EXCLUSIVE):
+                assert time.monotonic() < deadline, "the forked child holds the dead program's lock"
+                time.sleep(0.05)
+    finally:
+        program.kill()
+        program.wait(10)
+        if program.stdout is not None:
+            program.stdout.close()
+        if child:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_fork_by_the_thread_opening_a_lock_file_does_not_wait_for_itself(tmp_path: Path) -> None:
+    # A signal handler that forks runs in the thread it interrupts, which may be between the
+    # opening of a lock file and its record, where forks of other threads wait.
+    script = f"""
+import os, signal, sys
+from sharedcache.engine import locks
+
+def fork(signum, frame):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+signal.signal(signal.SIGUSR1, fork)
+
+def signal_there(frame, what, arg):
+    if what == "c_return" and arg is os.open and frame.f_code.co_filename == locks.__file__:
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+sys.setprofile(signal_there)
+locks.close(locks.open_lock_file({str(tmp_path / "lock")!r}))
+sys.setprofile(None)
+"""
+    subprocess.run([sys.executable, "-c", script], env=ENV, check=True, timeout=30)

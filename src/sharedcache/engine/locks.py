@@ -21,7 +21,13 @@ a crashed process can never leave a lock behind.  Two consequences shape the cod
   and :func:`lock` record it before they lock or wait), with the thread that locks it,
   until it is closed through :func:`close` or :func:`release` (never ``os.close``); and a child
   forked by Python (``os.fork``, ``multiprocessing``) gives up its copies as it starts
-  (:func:`_give_up_inherited`): every one but the shared locks of the forking thread.  Since the
+  (:func:`_give_up_inherited`): every one but the shared locks of the forking thread.  A fork
+  waits for an opening (the ``open`` system call and its record, :data:`_recording`) or a close
+  (the record's removal and the ``close``) in another thread to be over: between the two steps
+  the descriptor is open and unrecorded, and a child forked there would keep its copy, to share
+  the lock taken on it next, or to hold it once its parent has died; a fork by the thread in
+  such a step (a signal handler's) cannot wait for itself, and its child keeps that one copy.
+  Since the
   child may start after the parent has closed its own descriptor, the parent's close of one
   whose copies a child gives up unlocks it first, unless another child keeps a copy (an unlock
   is the open file description's: it would take that child's lock too).  A child that a thread
@@ -42,7 +48,7 @@ import fcntl
 import os
 import stat
 import time
-from _thread import get_ident  # threading.get_ident, without importing threading
+from _thread import RLock, get_ident  # threading's, without importing threading
 
 from ..errors import CacheError, WaitTimeoutError
 from ..modes import taken
@@ -61,18 +67,34 @@ EXCLUSIVE = fcntl.LOCK_EX
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+#: Held by a thread from the ``open`` system call of a lock file to its record, and from the
+#: removal of a record to the ``close``, and taken by a fork (its ``before`` hook) so that no fork
+#: copies a descriptor in between (see the module's docstring).  Re-entrant: a fork by the thread
+#: that holds it (a signal handler's, run between the two steps) cannot wait for itself.
+_recording = RLock()
+
+
+def _open(path: str | os.PathLike[str], flags: int, mode: int = 0o777, *,
+          dir_fd: int | None = None) -> tuple[int, os.stat_result]:
+    """Open ``path`` with ``flags`` (``mode``: a new file's), recorded before a fork can copy
+    it; return the descriptor and its status."""
+    with _recording:
+        fd = os.open(path, flags, mode, dir_fd=dir_fd)
+        try:
+            status = os.fstat(fd)
+            _record(fd, EXCLUSIVE, status)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd, status
+
+
 def open_recorded(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
     """Open the existing lock file ``path`` (never through a link), recorded from its opening
     (see the module's docstring), for a caller that judges what it finds there itself: raises
     what ``os.open`` raises, and takes whatever is not a link (:func:`open_lock_file` refuses
     all but a regular file)."""
-    fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
-    try:
-        _record(fd, EXCLUSIVE)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _open(path, _OPEN_FLAGS, dir_fd=dir_fd)[0]
 
 
 def open_lock_file(
@@ -95,14 +117,14 @@ def open_lock_file(
         flags |= os.O_CREAT
     while True:
         try:
-            fd = os.open(path, flags, mode & 0o777, dir_fd=dir_fd)
+            fd, st = _open(path, flags, mode & 0o777, dir_fd=dir_fd)
         except FileNotFoundError:
             if not aside:
                 raise
             made = _create_aside(path, mode, dir_fd)
             if made is None:
                 continue  # another process made it first: open theirs
-            fd = made
+            fd, st = made
         except PermissionError:
             # Another user's file, not readable by the group (a member's umask): a bare
             # "Permission denied" would name neither the file nor what to do.
@@ -114,8 +136,7 @@ def open_lock_file(
             fd = -1
         break
     try:
-        st = os.fstat(fd) if fd >= 0 else None
-        if st is None or not stat.S_ISREG(st.st_mode):
+        if fd < 0 or not stat.S_ISREG(st.st_mode):
             raise CacheError(
                 f"{shown_path(path)} is not a regular file (a planted symlink, FIFO, socket or directory?); "
                 "refusing to use it ('sc gc' removes it)"
@@ -124,22 +145,21 @@ def open_lock_file(
             os.fchmod(fd, mode)  # ours, and new: the umask may have dropped bits (never a mere look's)
     except BaseException:
         if fd >= 0:
-            os.close(fd)
+            close(fd)
         raise
-    _record(fd, EXCLUSIVE, st)  # (from its opening: a fork while it is locked, or waited for, copies it)
     return fd
 
 
-def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -> int | None:
-    """A descriptor of a new lock file at ``path`` that had exactly ``mode`` before anyone could
-    open it there: made under a temporary name, given ``mode``, then linked at ``path``; None if
-    something is at ``path`` already."""
+def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -> tuple[int, os.stat_result] | None:
+    """A descriptor (and its status) of a new lock file at ``path`` that had exactly ``mode``
+    before anyone could open it there: made under a temporary name, given ``mode``, then linked
+    at ``path``; None if something is at ``path`` already."""
     temp = temp_beside(path)
-    fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777,
-                 dir_fd=dir_fd)
+    fd, st = _open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777,
+                   dir_fd=dir_fd)
     try:
         try:
-            if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            if stat.S_IMODE(st.st_mode) != mode:
                 os.fchmod(fd, mode)
             os.link(temp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         finally:
@@ -148,12 +168,12 @@ def _create_aside(path: str | os.PathLike[str], mode: int, dir_fd: int | None) -
             except FileNotFoundError:
                 pass  # removed by gc as a leftover (see fsutil.LEFTOVER_SECONDS), if this one was stopped that long
     except (FileExistsError, FileNotFoundError):  # (the latter: the temporary file removed by gc)
-        os.close(fd)
+        close(fd)
         return None
     except BaseException:
-        os.close(fd)
+        close(fd)
         raise
-    return fd
+    return fd, st
 
 
 #: The descriptors of lock files this process has open, from their opening (:func:`open_lock_file`,
@@ -168,14 +188,10 @@ _given_up: set[int] = set()
 #: Those whose copies a child forked since keeps (the forking thread's shared locks): an unlock,
 #: which is the open file description's, would take its lock from that child too.
 _kept: set[int] = set()
-_hooked: list[bool] = []  # (whether the hooks are registered: once, when first needed)
 
 
 def _record(fd: int, mode: int, status: os.stat_result | None = None) -> None:
     """Record ``fd`` in :data:`_held`, as this thread's, locked (or to be) in ``mode``."""
-    if not _hooked:
-        os.register_at_fork(after_in_parent=_note_given_up, after_in_child=_give_up_inherited)
-        _hooked.append(True)
     known = _held.get(fd)
     if status is not None or known is None:
         status = status or os.fstat(fd)
@@ -219,6 +235,20 @@ def _inherited() -> list[int]:
     return [fd for fd, (thread, exclusive, _, _) in list(_held.items()) if exclusive or thread != forking]
 
 
+def _after_fork_in_parent() -> None:
+    try:
+        _note_given_up()
+    finally:
+        _recording.release()
+
+
+def _after_fork_in_child() -> None:
+    try:
+        _give_up_inherited()
+    finally:
+        _recording.release()
+
+
 def _note_given_up() -> None:
     # The child gives its copies up as it starts, which may be after this process closes its
     # own: the close then unlocks, so that no copy holds the lock meanwhile; but not the copies
@@ -260,6 +290,12 @@ def _give_up_inherited() -> None:
             pass  # (closed already: nothing is held through it)
     if stand_in >= 0:
         os.close(stand_in)
+
+
+# (At import, not once a lock is first recorded: a thread that registered them while another
+# forked could have that fork run the hooks after it and not the one before it.)
+os.register_at_fork(before=_recording.acquire, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 def lock(
@@ -314,12 +350,13 @@ def close(fd: int) -> None:
     record of it (see the module's docstring)."""
     # (Not what a child keeps: it holds the lock through its copy, as it should.)
     unlock = fd in _given_up and fd not in _kept
-    hand_over(fd)  # (its records go)
-    try:
-        if unlock:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with _recording:
+        hand_over(fd)  # (its records go)
+        try:
+            if unlock:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def hand_over(fd: int) -> None:
