@@ -300,6 +300,23 @@ def test_a_child_forked_as_an_entry_is_deleted_holds_no_copy_of_its_lock(tmp_pat
     assert copies == [0] * len(copies)
 
 
+@pytest.mark.parametrize("damage", ["removed", "a link"])
+def test_a_child_forked_as_a_damaged_entry_is_deleted_holds_no_copy_of_its_directory_s_lock(
+        tmp_path: Path, damage: str) -> None:
+    # A damaged entry's deletion locks its directory instead of its lock, which it opened with
+    # a plain open: a child forked before the lock kept an unrecorded copy, to share the lock.
+    cache = FsCache(tmp_path / "cache")
+    with cache.store("a") as data:
+        (data / "f").write_text("x")
+    entry = tmp_path / "cache" / "objects" / "a"
+    os.unlink(entry / "lock")
+    if damage == "a link":
+        os.symlink("/etc/passwd", entry / "lock")
+    copies = _copies_in_children_forked_before_each_lock(entry, lambda: cache.remove("a"))
+    assert copies == [0] * len(copies)
+    assert "a" not in cache
+
+
 def test_a_child_forked_as_gc_looks_at_an_entry_in_the_trash_holds_no_copy_of_its_lock(tmp_path: Path) -> None:
     # A member of a group cache may rename an entry into the trash; gc's look at whether it is
     # in use opened its lock with a plain open, which a child forked before the lock copied.

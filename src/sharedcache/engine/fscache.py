@@ -1703,7 +1703,10 @@ class FsCache:
         except OSError as e:
             if e.errno != errno.ELOOP:
                 raise
-        return os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Recorded from its opening as any lock (a fork before the lock would copy it unrecorded,
+        # to share it); "." since in a group cache ``entry`` is a descriptor's link in /proc, which
+        # the recorded open, never through a link at the last step, would refuse.
+        return locks.open_recorded(os.path.join(entry, "."))
 
     @staticmethod
     def _lock_if_unused(fd: int) -> bool:
