@@ -1030,11 +1030,12 @@ sys.setprofile(_profile)
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
 def test_run_passes_on_a_signal_that_comes_as_its_command_starts(dirs, tarball, tmp_path, sig):
     # A signal that came between the fork of the command and the installation of the handlers
     # that pass signals on ended sc (SIGINT as an interrupt, releasing the use), and the command
-    # ran on, never told: a batch system's SIGTERM left it running past the job's end.
+    # ran on, never told: a batch system's SIGTERM left it running past the job's end.  SIGUSR1
+    # and SIGUSR2 (a batch system's "time is almost up") were dropped there, unsaid.
     args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
     assert sc("--use", "--keep", *args).returncode == 0  # ready: no population forks
     assert sc("--unuse", "--keep", *args).returncode == 0

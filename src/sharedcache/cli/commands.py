@@ -159,8 +159,9 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # What a job is told (USR1 and USR2: a batch system's "time is almost up") is the command's
     # to hear: their default action would end sc, orphaning the command, or, while sc populates,
-    # leaving its work for a takeover.  One that comes before the command runs is not passed on
-    # (a command just started has no handler for it yet, and would die of it): sc says so.
+    # leaving its work for a takeover.  One that comes before the command is being started is not
+    # passed on (a command just started has no handler for it yet, and would die of it): sc says
+    # so (see _run_holding).
     warnings = (signal.SIGUSR1, signal.SIGUSR2)
     early: list[int] = []
     original = {s: signal.signal(s, lambda sig, _: early.append(sig)) for s in warnings}
@@ -175,10 +176,7 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
                 original[ending] = signal.signal(ending, end_by_exception)
     try:
         held = _acquire(repositories, options, Owner.current())
-        for number in dict.fromkeys(early):
-            repositories.reporter.warning(f"{signal.Signals(number).name} came while the repository was made, "
-                                          "before the command ran: not passed on")
-        return _run_holding(repositories, options, command, held)
+        return _run_holding(repositories, options, command, held, early)
     except Ended as ended:  # (its use released, or never taken)
         return 128 + ended.signum
     finally:
@@ -186,8 +184,10 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
             signal.signal(sig, handler)
 
 
-def _run_holding(repositories: Repositories, options: Arguments, command: list[str], held: Held) -> int:
-    """:func:`run_command` once the use is held."""
+def _run_holding(repositories: Repositories, options: Arguments, command: list[str], held: Held,
+                 early: list[int]) -> int:
+    """:func:`run_command` once the use is held; ``early``: the warnings (SIGUSR1, SIGUSR2) that
+    came before, not passed on."""
     previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     try:
         # (Within: a signal that ends sc as PID 1 may come at once, and the use is released.)
@@ -195,20 +195,25 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
         import subprocess
 
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-        # From the fork in Popen on, SIGINT, SIGTERM and SIGHUP are the command's: they are
-        # recorded until there is a child to pass them on to (their default action ended sc, and
-        # the command, just started, ran on never told).  SIGUSR1 and SIGUSR2 keep run_command's
-        # handler until the command runs.
+        # From the fork in Popen on, the signals are the command's: they are recorded until there
+        # is a child to pass them on to (the default action of SIGINT, SIGTERM and SIGHUP ended
+        # sc, and the command, just started, ran on never told; a warning went to run_command's
+        # handler, which only says what came before, and was dropped unsaid).
         recorded: list[int] = []
-        for sig in forwarded[:3]:
+        for sig in forwarded:
             previous[sig] = signal.signal(sig, lambda number, _: recorded.append(number))
+        # (Said once no more can come: a later one is recorded, and passed on.)
+        for number in dict.fromkeys(early):
+            repositories.reporter.warning(f"{signal.Signals(number).name} came while the repository was made, "
+                                          "before the command ran: not passed on")
         lock = held.cache.lock_for_reading(held.name)
         try:
             try:
                 child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)), pass_fds=(lock,))
             except OSError as e:
-                if recorded:  # sc ends by what would have ended it
-                    return _ended_by(-recorded[0])
+                # sc ends by what would have ended it (a warning ends nothing: there is no one to warn).
+                if endings := [number for number in recorded if number in forwarded[:3]]:
+                    return _ended_by(-endings[0])
                 # (The name is the caller's, a newline or a terminal control in it: one line still.)
                 print(f"sc: error: cannot run {clipped(printable(command[0]), 200)}: {e.strerror}", file=sys.stderr)
                 # As shells and timeout(1) tell them apart: not found, or found and not runnable.
