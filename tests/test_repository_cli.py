@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -1099,17 +1100,19 @@ TERMINAL_SESSION = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "hangup"])
+@pytest.mark.parametrize("how", ["ctrl-c", "hangup", "ctrl-c as the command starts"])
 def test_run_does_not_pass_on_a_signal_the_terminal_sent_its_command_too(dirs, tarball, tmp_path, how):
     # The terminal signals its whole foreground process group (Ctrl-C; a hangup as the session
     # ends), sc run's command with sc: sc passed the signal on too, and its command got it twice,
-    # which many programs take as "abort now, skip the clean-up".
-    sig = signal.SIGINT if how == "ctrl-c" else signal.SIGHUP
+    # which many programs take as "abort now, skip the clean-up".  So did a Ctrl-C that came
+    # while sc started its command, before it took signals with what tells a terminal's apart.
+    sig = signal.SIGHUP if how == "hangup" else signal.SIGINT
     args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
     ready, heard = tmp_path / "ready", tmp_path / "heard"
     # Each delivery writes a byte to the wakeup pipe (Python runs its handler once for two that
     # come close together).  A signal that is pending still when another comes is not delivered
-    # twice, so sc passing one on waits (see the sitecustomize) until its command has its own.
+    # twice, so sc passing one on waits (see the sitecustomize) until its command has its own:
+    # at its first kill, or, as the command starts, from the fork on.
     script = textwrap.dedent(f"""
         import os, select, signal, time
         read, write = os.pipe()
@@ -1125,7 +1128,8 @@ def test_run_does_not_pass_on_a_signal_the_terminal_sent_its_command_too(dirs, t
     """)
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(pause_at('event == "os.kill"'))
+    starting = how == "ctrl-c as the command starts"
+    (site / "sitecustomize.py").write_text(PAUSED_AS_THE_COMMAND_IS_FORKED if starting else pause_at('event == "os.kill"'))
     env = sc_env(PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
                  SC_TEST_PAUSED=str(tmp_path / "paused"), SC_TEST_GO=str(tmp_path / "go"))
     master, terminal = os.openpty()
@@ -1143,8 +1147,8 @@ def test_run_does_not_pass_on_a_signal_the_terminal_sent_its_command_too(dirs, t
         started.append(command)
         [sc_pid] = (int(p) for p in Path(f"/proc/{session.pid}/task/{session.pid}/children").read_text().split())
         started.append(sc_pid)
-        if how == "ctrl-c":
-            os.write(master, b"\x03")
+        if sig == signal.SIGINT:
+            os.write(master, termios.tcgetattr(master)[6][termios.VINTR])
             _, err = session.communicate(timeout=30)
             assert session.returncode == 0, err
         else:

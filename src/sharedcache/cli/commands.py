@@ -189,14 +189,14 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
     """:func:`run_command` once the use is held; ``early``: the warnings (SIGUSR1, SIGUSR2) that
     came before, not passed on."""
     previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+    unblocked: list[set[int | signal.Signals]] = []  # the mask before the command's fork blocked what sc takes
     try:
         # (Within: a signal that ends sc as PID 1 may come at once, and the use is released.)
         import signal
-        import subprocess
 
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-        # From the fork in Popen on, the signals are the command's: they are recorded until there
-        # is a child to pass them on to (the default action of SIGINT, SIGTERM and SIGHUP ended
+        # From here on, the signals are the command's: until its fork they are recorded, to be
+        # passed on once there is a child (the default action of SIGINT, SIGTERM and SIGHUP ended
         # sc, and the command, just started, ran on never told; a warning went to run_command's
         # handler, which only says what came before, and was dropped unsaid).
         recorded: list[int] = []
@@ -206,11 +206,17 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
         for number in dict.fromkeys(early):
             repositories.reporter.warning(f"{signal.Signals(number).name} came while the repository was made, "
                                           "before the command ran: not passed on")
+        # From just before the fork on, they are blocked instead, and taken with what tells a
+        # terminal's from another's (see _wait_passing_on): a handler cannot tell them apart, and
+        # passed on the Ctrl-C that the command, in sc's process group, had from the terminal.
+        taken = {*forwarded, signal.SIGCHLD}
         lock = held.cache.lock_for_reading(held.name)
         try:
             try:
-                child = subprocess.Popen(command, env=dict(os.environ, SC_PATH=str(held.path)), pass_fds=(lock,))
+                child = _started(command, dict(os.environ, SC_PATH=str(held.path)), lock, taken, unblocked)
             except OSError as e:
+                if unblocked:  # what came since goes to the handlers that record it
+                    signal.pthread_sigmask(signal.SIG_SETMASK, unblocked[0])
                 # sc ends by what would have ended it (a warning ends nothing: there is no one to warn).
                 if endings := [number for number in recorded if number in forwarded[:3]]:
                     return _ended_by(-endings[0])
@@ -220,15 +226,18 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
                 return 127 if isinstance(e, FileNotFoundError) else 126
         finally:
             os.close(lock)  # the child has its copy; sc's own use is its lease
-        # These handlers pass on what comes before the signals are blocked (the child already
-        # runs), and what another thread of sc takes, since a mask is a thread's own.  What was
-        # recorded is passed on once they are in place, so that none comes in between unheard.
+        # These handlers pass on what another thread of sc takes, since a mask is a thread's
+        # own.  What was recorded is passed on once they are in place, so that none comes in
+        # between unheard.
         for sig in forwarded:
             previous.setdefault(sig, signal.signal(sig, lambda number, _: child.send_signal(number)))
         for number in recorded:
             child.send_signal(number)
-        status = _wait_passing_on(child, forwarded)
+        status = _wait_passing_on(child, taken)
     finally:
+        if unblocked:
+            # Unblocked, what came after the last wait goes to the handlers, to a child now reaped.
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked[0])
         for restored, handler in previous.items():
             signal.signal(restored, handler)
         repositories.release_held(held, keep=options.keep)
@@ -252,33 +261,74 @@ ENDED_BY: list[int] = []
 _SI_KERNEL = 0x80
 
 
-def _wait_passing_on(child: subprocess.Popen[bytes], forwarded: tuple[signal.Signals, ...]) -> int:
-    """Wait for ``child``, passing on to it each of the ``forwarded`` signals sc gets, save one
-    that reached it too; return its status.
+def _started(command: list[str], env: dict[str, str], lock: int, taken: set[signal.Signals],
+             unblocked: list[set[int | signal.Signals]]) -> subprocess.Popen[bytes]:
+    """``command`` started with ``env``, given the descriptor ``lock``; the signals ``taken``
+    blocked in sc from just before its fork, and the mask that this replaced appended to
+    ``unblocked`` (not if the fork never came), for the caller to restore.
 
-    The signals are taken blocked, with :func:`signal.sigtimedwait`, for their ``si_code``, which
-    a handler does not see.  SIGCHLD is taken with them, to hear at once that the child ended.
-    As PID 1 of a PID namespace (a container's entrypoint), sc also reaps the orphans that the
-    kernel makes its children, as an init must: else each stays a zombie, holding its pid.
+    Blocked earlier, a terminal's signal that came while Popen prepared the fork would have been
+    taken for one the command had too; the hook runs as the fork is made, in the parent, Python
+    running no handler in between.  The command gets the mask sc had, and the default action of
+    the signals sc handled (as exec gives it), in that order: one that comes meanwhile acts as it
+    would on the command, where the handler inherited from sc took it, unheard.
+    """
+    import signal
+    import subprocess
+
+    def as_exec_leaves_them() -> None:  # (in the child, before the exec)
+        for sig in taken - {signal.SIGCHLD}:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked[0])
+
+    global _fork_hooked  # noqa: PLW0603 - a hook of os.register_at_fork stays for the process: made once
+    if not _fork_hooked:
+        os.register_at_fork(before=_block_as_the_command_forks)
+        _fork_hooked = True
+    _FORKING_COMMAND.append((taken, unblocked))
+    try:
+        # (A preexec_fn is what has Popen run the hooks of os.register_at_fork.)
+        return subprocess.Popen(command, env=env, pass_fds=(lock,),
+                                preexec_fn=as_exec_leaves_them)  # noqa: PLW1509 - it takes no lock another thread holds
+    finally:
+        _FORKING_COMMAND.clear()
+
+
+#: The signals to block as the fork of ``sc run``'s command is made, and the list to append the
+#: mask they replace to (see _started); empty at any other fork.  (A hook of os.register_at_fork
+#: cannot be removed: it is registered once, and does nothing at other forks.)
+_FORKING_COMMAND: list[tuple[set[signal.Signals], list[set[int | signal.Signals]]]] = []
+_fork_hooked = False
+
+
+def _block_as_the_command_forks() -> None:
+    import signal
+
+    for taken, unblocked in _FORKING_COMMAND:
+        unblocked.append(signal.pthread_sigmask(signal.SIG_BLOCK, taken))
+
+
+def _wait_passing_on(child: subprocess.Popen[bytes], taken: set[signal.Signals]) -> int:
+    """Wait for ``child``, passing on to it each of the signals ``taken`` but SIGCHLD that sc
+    gets, save one that reached it too; return its status.
+
+    The signals are blocked (since the child's fork: see :func:`_started`), and taken with
+    :func:`signal.sigtimedwait`, for their ``si_code``, which a handler does not see.  SIGCHLD
+    is taken with them, to hear at once that the child ended.  As PID 1 of a PID namespace (a
+    container's entrypoint), sc also reaps the orphans that the kernel makes its children, as an
+    init must: else each stays a zombie, holding its pid.
     """
     import signal
 
-    taken = {*forwarded, signal.SIGCHLD}
     init = os.getpid() == 1
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, taken)
-    try:
-        # The child is polled after the block: an end after that leaves SIGCHLD pending.  The
-        # timeout covers a SIGCHLD that sc ignores (the kernel then sends none), or that
-        # another thread took.
-        while child.poll() is None:
-            if init:
-                _reap_orphans(child.pid)
-            info = signal.sigtimedwait(taken, 1.0)
-            if info is not None and info.si_signo != signal.SIGCHLD and not _reached_it_too(child, info):
-                child.send_signal(info.si_signo)
-    finally:
-        # Unblocked, what came after the last wait goes to the handlers, to a child now reaped.
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    # The child is polled with SIGCHLD blocked: an end after that leaves it pending.  The timeout
+    # covers a SIGCHLD that sc ignores (the kernel then sends none), or that another thread took.
+    while child.poll() is None:
+        if init:
+            _reap_orphans(child.pid)
+        info = signal.sigtimedwait(taken, 1.0)
+        if info is not None and info.si_signo != signal.SIGCHLD and not _reached_it_too(child, info):
+            child.send_signal(info.si_signo)
     return child.returncode
 
 
