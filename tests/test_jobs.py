@@ -11,8 +11,10 @@ way and the test checks that this deleted the repository (the release found the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import control, make_tarball, sc, sc_env, user_dir
+from scutil import SRC, control, make_tarball, pause_at, sc, sc_env, stop_process, user_dir, wait_for
 
 BIN = os.path.dirname(sys.executable)
 
@@ -217,6 +219,41 @@ def test_sc_run_as_pid_1_reaps_the_orphans_of_its_command(setup):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "0\n", result.stdout
+
+
+@pytest.mark.parametrize("where", ["pid_1", "in a job"])
+def test_sc_run_ended_as_it_releases_its_use_releases_it_first(setup, tmp_path, where):
+    # `sc run` as a container's entrypoint, stopped (`docker stop`) as it released its use once
+    # its command had ended: the signal, handled to end it (the kernel drops one left to its
+    # default action at PID 1), broke off the release, and the use was left for gc.  Elsewhere
+    # the signal's default action did the same.
+    if where == "pid_1":
+        needs_root_and_unshare()
+    base, recipe = setup
+    ran = tmp_path / "ran"
+    site = tmp_path / "site"
+    site.mkdir()
+    # (Paused as it removes its lease: the command has ended, and the release is under way.)
+    (site / "sitecustomize.py").write_text(pause_at(f'event == "os.remove" and os.path.exists({str(ran)!r})'))
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    container = ["unshare", "--pid", "--fork", "--mount-proc"] if where == "pid_1" else ["env", "--default-signal=TERM"]
+    proc = subprocess.Popen(
+        [*container, f"{BIN}/sc", "run", *recipe.split(), "--", "touch", str(ran)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused), SC_TEST_GO=str(go)))
+    try:
+        wait_for(paused.exists, what="the release")
+        # (env execs sc; unshare forks it)
+        sc_pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0]) if where == "pid_1" else proc.pid
+        os.kill(sc_pid, signal.SIGTERM)
+        go.touch()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    # (PID 1 is not ended by a signal of its own: it exits as a shell reports such an end.)
+    assert proc.returncode == (128 + signal.SIGTERM if where == "pid_1" else -signal.SIGTERM), err
+    assert "Traceback" not in err, err
+    assert json.loads(sc("list", "--json", "-d", str(base)).stdout) == [], "its use was left"
 
 
 def test_a_relative_file_path_means_the_file_where_sc_runs(tmp_path):

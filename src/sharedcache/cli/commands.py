@@ -194,7 +194,7 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
         # (Within: a signal that ends sc as PID 1 may come at once, and the use is released.)
         import signal
 
-        forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+        forwarded = _passed_on()
         # From here on, the signals are the command's: until its fork they are recorded, to be
         # passed on once there is a child (the default action of SIGINT, SIGTERM and SIGHUP ended
         # sc, and the command, just started, ran on never told; a warning went to run_command's
@@ -235,13 +235,36 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
             child.send_signal(number)
         status = _wait_passing_on(child, taken)
     finally:
-        if unblocked:
-            # Unblocked, what came after the last wait goes to the handlers, to a child now reaped.
-            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked[0])
+        _release_deferring_signals(repositories, held, options.keep, previous, unblocked)
+    return _ended_by(status)
+
+
+def _passed_on() -> tuple[signal.Signals, ...]:
+    """The signals that ``sc run`` passes on to its command."""
+    import signal
+
+    return signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2
+
+
+def _release_deferring_signals(
+        repositories: Repositories, held: Held, keep: bool,
+        previous: dict[int, Callable[[int, FrameType | None], object] | int | None],
+        unblocked: list[set[int | signal.Signals]]) -> None:
+    """Release ``held``, the use of ``sc run``, with the signals it passes on blocked over the
+    release, and the ``previous`` handlers of those it replaced put back first: one that comes
+    meanwhile acts once the release is done, on them.  (SIGTERM to sc as PID 1, whose handler
+    raises, broke the release off and left the use for gc; to another sc its default action
+    did.)  The mask is then the one before the command's fork (``unblocked``, if it came), else
+    the one before this."""
+    import signal
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _passed_on())
+    try:
         for restored, handler in previous.items():
             signal.signal(restored, handler)
-        repositories.release_held(held, keep=options.keep)
-    return _ended_by(status)
+        repositories.release_held(held, keep=keep)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked[0] if unblocked else blocked)
 
 
 def _ended_by(status: int) -> int:
@@ -329,6 +352,10 @@ def _wait_passing_on(child: subprocess.Popen[bytes], taken: set[signal.Signals])
         info = signal.sigtimedwait(taken, 1.0)
         if info is not None and info.si_signo != signal.SIGCHLD and not _reached_it_too(child, info):
             child.send_signal(info.si_signo)
+    # What came as the child ended was for it (a terminal's Ctrl-C that it handled, then ended):
+    # taken, passed on to no one, rather than left to end sc once its use is released.
+    while signal.sigtimedwait(taken, 0) is not None:
+        pass
     return child.returncode
 
 
