@@ -515,3 +515,40 @@ def writers_past(members: int, *, writers: int | None = None, small_file_bytes: 
         yield
     finally:
         writer.SERIAL_MEMBERS, writer.WRITERS, writer.SMALL_FILE_BYTES = saved
+
+
+#: A population of a release before the status record held its owner's key (format 2, and the
+#: first of format 3): it holds the population lock exclusively, as such a release does, and
+#: writes the record as it wrote it (no ``owner``; its recipe's identity left out, which reads as
+#: no other recipe's), then prints ``holding`` and waits.
+_EARLIER_POPULATOR = """
+import fcntl, json, os, sys, time
+populate, name = sys.argv[1:]
+os.makedirs(populate, mode=0o700, exist_ok=True)
+fd = os.open(os.path.join(populate, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+record = {"pid": os.getpid(), "pid_ns": os.stat("/proc/self/ns/pid").st_ino, "size": None, "done": 0,
+          "total": None, "started": time.time()}
+with open(os.path.join(populate, name + ".json"), "w") as status:
+    json.dump(record, status)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+@contextmanager
+def earlier_populator(base: Path, name: str) -> Iterator[subprocess.Popen[str]]:
+    """A live population of ``name`` in the cache of ``base`` by a release before the status
+    record named its owner (:data:`_EARLIER_POPULATOR`); killed at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", _EARLIER_POPULATOR, str(control(base) / "populate"), name],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(30)
+        assert ready == ["holding\n"], f"the earlier population did not start: {ready}"
+        yield proc
+    finally:
+        stop_process(proc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ from scutil import (
     Sleeper,
     check_tree,
     control,
+    earlier_populator,
+    finish,
     make_tarball,
     mounted_bindfs,
     mounted_tmpfs,
@@ -33,6 +36,9 @@ from scutil import (
     pending,
     sc,
     sc_env,
+    sc_start,
+    stop_process,
+    wait_for,
 )
 from sharedcache.engine.fscache import FsCache
 from sharedcache.engine.leases import Owner, boot_id
@@ -143,6 +149,39 @@ def test_after_a_reboot_an_entry_of_the_boot_before_is_made_again(origin, disk: 
         assert checked.returncode == 0, checked.stderr
     assert markers(control(base) / "objects" / "job") == {f"entry.{OTHER_BOOT.strip()}.json"}
     assert not list((control(base) / "trash").iterdir())
+
+
+def test_a_cache_of_format_2_stays_so_while_a_use_of_that_version_may_wait_in_it(origin, disk: Path,
+                                                                                  tmp_path: Path) -> None:
+    # A use of a version of format 2 that waits for a population checked the marker as it
+    # opened the cache, and not since: had this version's open rewritten it and then committed
+    # the repository for this boot, that use, taking over or waiting still, would take the
+    # entry for a crash's leftover and move it into the trash under its users.
+    make_tarball(tmp_path / "job.tgz", {"data/part.bin": os.urandom(2**20)})
+    url = origin.add("/job.tgz", (tmp_path / "job.tgz").read_bytes())
+    base = disk / "base"
+    base.mkdir()
+    made = sc("--use", "--keep", "-d", str(base), "-n", "before", f"http:{url}", "tar")  # (the cache)
+    assert made.returncode == 0, made.stderr
+    info = control(base) / "cache.info"
+    info.write_bytes(b"shared-cache fscache 2\n")
+    with Sleeper() as job, earlier_populator(base, "job") as earlier:
+        use = sc_start("--use", "-d", str(base), "-n", "job", "--pid", str(job.pid), f"http:{url}", "tar")
+        try:
+            # Made as the use starts to wait, after its open of the cache.
+            wait_for((control(base) / "populate" / "job.waiting").exists, what="the use to wait")
+            assert info.read_bytes() == b"shared-cache fscache 2\n", "brought to format 3 under a waiting use"
+            os.kill(earlier.pid, signal.SIGKILL)  # (the waiting use takes over)
+            ((status, out, err),) = finish([use], timeout=60)
+        finally:
+            stop_process(use)
+        assert status == 0, err
+        assert markers(control(base) / "objects" / "job") == {"entry.json"}, "committed as format 2 cannot read"
+        assert info.read_bytes() == b"shared-cache fscache 2\n"
+        assert (Path(out.strip()) / "data" / "part.bin").stat().st_size == 2**20
+    later = sc("list", "-d", str(base))  # nothing under way: the cache is of this format now
+    assert later.returncode == 0, later.stderr
+    assert info.read_bytes() == b"shared-cache fscache 3\n"
 
 
 def test_a_store_replaces_an_entry_of_another_boot_and_gc_removes_one(disk: Path) -> None:

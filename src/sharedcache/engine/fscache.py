@@ -247,6 +247,15 @@ entry is flushed, whatever it costs.  A tmpfs (:data:`~sharedcache.engine.fsutil
 has nothing to write back, and ends with the boot itself: nothing is flushed there, and every
 entry gets ``entry.json``.
 
+A version of format 2 knows no marker of one boot: it takes such an entry for a leftover, and its
+store of the name moves it into the trash, leases and all.  It refuses a cache of format 3, but
+checks the marker only as it opens the cache, so a command of it under way (a use waiting for
+another's population, which it takes over if that one dies) goes on after an open of this version
+rewrote the marker.  So a cache of format 2 is brought to format 3 only by an open that the
+caller's ``older_at_work`` tells that no such command is under way (the repositories: no
+population lock held, which every such use waits on); an open that finds one leaves the marker,
+and commits every entry it makes durably, under ``entry.json``, which format 2 reads.
+
 A use that keeps such an entry (``hold`` or ``release`` with ``keep``) first flushes it with
 :func:`~sharedcache.engine.fsutil.sync_tree` (the data, its metadata and the boot's marker), under
 the entry's lock taken shared and outside any index transaction, then creates ``entry.json``
@@ -703,6 +712,11 @@ class FsCache:
     by a directory); :meth:`gc` repairs the rest.  ``FsCache(root, repair=True).gc()`` is what
     ``sc gc`` does.
 
+    ``older_at_work``, given the cache's directory (open), says whether a command of a version
+    of format 2 may be under way in a cache of that format (its user's locks held: see "Entries
+    for this boot"); the cache then stays of format 2 for this object, which commits every entry
+    as format 2 reads it.  Without it the open brings the cache to format 3 at once.
+
     ``awaited``, a function its user may set, says (``awaited(name)``) whether processes that
     will hold entry ``name`` are on their way to it (the repositories' waiters for a
     population): the release of its last use, gc and every eviction leave such an entry, unused
@@ -718,6 +732,7 @@ class FsCache:
         timeout: float = _INDEX_TIMEOUT,
         group: int | None = None,
         repair: bool = False,
+        older_at_work: Callable[[int], bool] | None = None,
     ) -> None:
         self.root = absolute_path(root, "a cache's root")
         require_proc()
@@ -743,7 +758,8 @@ class FsCache:
         self._local = thread_local()
         self._kept_open: dict[str, int] = {}  # (see own_directory)
         # What a repairing open replaced or put out of the way, until gc reports it.
-        self.modes, self._subdirectories_repaired = open_cache(self.root, group, repair=repair)
+        self.modes, self._subdirectories_repaired, self._format_before = open_cache(
+            self.root, group, repair=repair, older_at_work=older_at_work)
         self._names_put_away = 0
         self.shared = self.modes.group
         self._boots = Boots(lambda: self._open_own("."), self.modes.file)  # (see Leases)
@@ -1107,7 +1123,7 @@ class FsCache:
         # and a tmpfs has no disk to write to.
         kind = file_system_type(staging.fd)
         flush = self.durable and kind not in IN_MEMORY and (keep or kind not in LOCAL_DISKS)
-        boot_only = self.durable and not keep and kind in LOCAL_DISKS
+        boot_only = self.durable and not keep and kind in LOCAL_DISKS and not self._format_before
         if flush:
             # Flushed before it is measured: another process's commit flushes the whole file
             # system, and while a file is being written back ext4 can show fewer blocks than it

@@ -20,6 +20,10 @@ FIFO or a directory, so:
   must be regular files, so a planted symlink or FIFO is refused, never followed or waited on;
 * a new cache is refused if file locks do nothing on its file system, and gets its format
   marker ``cache.info`` only once that check passed;
+* a marker of the format before (2) is brought to this one (3) by the first open that the
+  caller, asked, tells no command of that version is under way in the cache; until then the
+  cache stays of that format, and what this version commits there is readable by it (see
+  "Entries for this boot" in :mod:`sharedcache.engine.fscache`);
 * a marker that names another format or another tool is refused; a damaged one (emptied,
   truncated, garbage, replaced by a directory) beside our layout is rewritten by a repairing
   open (``sc gc``);
@@ -55,13 +59,15 @@ from .fsutil import (
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 FORMAT_LINE = b"shared-cache fscache 3\n"
-# Caches whose every entry this layout reads as it is: the first open rewrites their marker.
-# Format 3 adds entries committed for one boot (entry.<boot id>.json, see sharedcache.engine.fscache),
-# which a version of format 2 would take for leftovers of a crash and delete, in use or not: it
-# refuses a cache of format 3 instead.
+# Caches whose every entry this layout reads as it is: an open rewrites their marker, once no
+# command of their version is under way there.  Format 3 adds entries committed for one boot
+# (entry.<boot id>.json, see sharedcache.engine.fscache), which a version of format 2 would take
+# for leftovers of a crash and delete, in use or not: it refuses a cache of format 3 instead, but
+# one of its commands that opened the cache before the rewrite (a use waiting for a population)
+# never looks at the marker again.
 _COMPATIBLE_FORMATS = frozenset({b"shared-cache fscache 2\n"})
 # Caches in an older layout (marker -> the versions that made it): refused with a clear error
 # rather than taken for foreign content.
@@ -414,10 +420,14 @@ def _owner_shown(uid: int) -> str:
             else f"uid {uid}")
 
 
-def open_cache(root: str, group: int | None, *, repair: bool) -> tuple[Modes, int]:
+def open_cache(root: str, group: int | None, *, repair: bool,
+               older_at_work: Callable[[int], bool] | None = None) -> tuple[Modes, int, bool]:
     """Create the cache at ``root`` if needed (safe when many processes do it at once) and check
-    it; return the modes of what is created in it, and how many of its subdirectories a
-    repairing open replaced (:func:`make_subdirectory`).  ``group``: the gid of a group cache."""
+    it; return the modes of what is created in it, how many of its subdirectories a
+    repairing open replaced (:func:`make_subdirectory`), and whether it is still of the format
+    before (:data:`_COMPATIBLE_FORMATS`), its marker left as it was.  ``group``: the gid of a
+    group cache.  ``older_at_work`` (given the cache's directory, open) says whether a command of
+    the version before may be under way in it: its marker is then left alone."""
     modes = GROUP if group is not None else PRIVATE
     if group is not None and group != os.getegid() and group not in os.getgroups():
         raise CacheError(f"cannot use a cache of group {group} at {root}: this user is not in that group")
@@ -436,16 +446,19 @@ def open_cache(root: str, group: int | None, *, repair: bool) -> tuple[Modes, in
         raise over_limit(e) or CacheError(f"cannot create cache {root}: {e.strerror}") from None
     try:
         with making(f"cache {root}", root):
-            repaired = _check_and_complete(root, fd, group, modes, repair=repair)
+            repaired, format_before = _check_and_complete(root, fd, group, modes, repair=repair,
+                                                          older_at_work=older_at_work)
     finally:
         os.close(fd)
-    return modes, repaired
+    return modes, repaired, format_before
 
 
-def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, repair: bool) -> int:
+def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, repair: bool,
+                        older_at_work: Callable[[int], bool] | None) -> tuple[int, bool]:
     """Check the cache directory ``root``, open as ``fd``, and give it what it lacks: its marker
     (once its locks are known to work), its subdirectories; a marker of an earlier compatible
-    format is brought to this one's.  Return how many subdirectories a repair replaced."""
+    format is brought to this one's unless ``older_at_work(fd)``.  Return how many
+    subdirectories a repair replaced, and whether the cache is still of the format before."""
     st = os.fstat(fd)
     if group is not None and st.st_gid != group and st.st_uid == os.geteuid():
         st = _give_to_group(root, fd, group, st)
@@ -460,17 +473,19 @@ def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, 
         found = read_control("cache.info", dir_fd=fd)
     except OSError as e:
         raise over_limit(e) or CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
-    if found in _COMPATIBLE_FORMATS:
+    format_before = found in _COMPATIBLE_FORMATS
+    if format_before and (older_at_work is None or not older_at_work(fd)):
         try:
             write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
+            format_before = False
         except OSError as e:
             # A read-only cache can still be read, and nothing of format 3 can be put in it.
             if e.errno != errno.EROFS:
                 raise over_limit(e) or CacheError(
                     f"cannot bring cache {root} to this version's format: {e.strerror}") from None
-    elif found != FORMAT_LINE:
+    elif not format_before and found != FORMAT_LINE:
         _repair_marker(root, fd, found, modes, repair=repair)
-    return sum(make_subdirectory(fd, sub, modes, repair=repair) for sub in (OBJECTS, STAGE, TRASH))
+    return sum(make_subdirectory(fd, sub, modes, repair=repair) for sub in (OBJECTS, STAGE, TRASH)), format_before
 
 
 def make_subdirectory(root: int, sub: str, modes: Modes, *, repair: bool) -> bool:

@@ -184,7 +184,7 @@ class Base:
             if self._cache is None or not os.path.isdir(os.path.join(self.control, POPULATE)):
                 check_base(self.path, self.group)
                 user_directory(self.path)
-                self._cache = _open_caches[key] = with_waiters(FsCache(self.control, group=self.group))
+                self._cache = _open_caches[key] = open_with_waiters(self.control, self.group)
             self._cache.deadline = self.deadline  # (shared by the commands of this process)
         return self._cache
 
@@ -526,6 +526,21 @@ def _locked(path: str, mode: int) -> bool:
         locks.close(fd)
 
 
+def _population_under_way(cache: int) -> bool:
+    """Whether a population lock of the cache open as ``cache`` is held now: by a population, of
+    this version or of one before, while the uses of the name wait for it.  A use of a version of
+    format 2 that waits there goes on in the cache whatever its marker says meanwhile (see
+    "Entries for this boot" in :mod:`sharedcache.engine.fscache`)."""
+    populate = f"/proc/self/fd/{cache}/{POPULATE}"
+    try:
+        names = os.listdir(populate)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # (no population was ever there)
+    except OSError:
+        return True  # (none can be told: the marker waits for an open that can)
+    return any(_locked(f"{populate}/{name}", 0o600) for name in names if name.endswith(".lock"))
+
+
 def unlink_unless_locked(fd: int, path: str) -> bool:
     """Remove the population file ``path``, open as ``fd``, unless another holds a lock on it;
     return whether it was removed.  Whoever locks it checks, once it holds it, that its path
@@ -536,10 +551,13 @@ def unlink_unless_locked(fd: int, path: str) -> bool:
     return False
 
 
-def with_waiters(cache: FsCache) -> FsCache:
-    """``cache``, told which of its repositories uses wait for (its ``awaited``: the waiting
-    file of the name is held, see :meth:`Base.await_population`), so that the release of the
-    last use of one of them, and gc, leave it for them."""
+def open_with_waiters(control: str, group: int | None, *, repair: bool = False) -> FsCache:
+    """The cache at ``control`` (of ``group``), told which of its repositories uses wait for (its
+    ``awaited``: the waiting file of the name is held, see :meth:`Base.await_population`), so
+    that the release of the last use of one of them, and gc, leave it for them; and whether uses
+    wait for a population there, which leaves a cache of format 2 of that format (see
+    :func:`_population_under_way`)."""
+    cache = FsCache(control, group=group, repair=repair, older_at_work=_population_under_way)
     cache.awaited = lambda name: _locked(os.path.join(cache.own_directory(POPULATE), name + WAITING),
                                          cache.modes.file)
     return cache

@@ -53,10 +53,10 @@ from .bases import (
     base_directories,
     conflict,
     group_id,
+    open_with_waiters,
     recipe_lost,
     say_if_budget_damaged,
     unlink_unless_locked,
-    with_waiters,
 )
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -692,7 +692,7 @@ class Repositories:
                     raise CacheError(READ_ONLY)
                 check_base(base.path, base.group)
                 user_directory(base.path)
-                cache = with_waiters(FsCache(base.control, group=base.group, repair=True))
+                cache = open_with_waiters(base.control, base.group, repair=True)
             except UNUSABLE as e:
                 self._skip(base, e)
                 continue
