@@ -32,6 +32,7 @@ from scutil import (
     Sleeper,
     ThreadedServer,
     control,
+    earlier_populator,
     finish,
     pause_at,
     pending,
@@ -187,6 +188,23 @@ def test_a_waiter_that_times_out_says_in_its_one_line_whom_it_waited_for_and_tha
         waiter = sc("--use", "--timeout", "1", *args)
         assert waiter.returncode == 1 and "stopped" not in waiter.stderr, waiter.stderr
         assert "so far; a longer --timeout (or none) waits for it" in waiter.stderr, waiter.stderr
+
+
+def test_a_live_population_of_an_earlier_release_is_not_said_to_have_ended(tmp_path):
+    # Its status record names its pid alone, not its start time: the waiter said "process N has
+    # ended, but a process it started holds a copy of the population lock" of a live one.
+    base, source = tmp_path / "base", tmp_path / "source.txt"
+    base.mkdir()
+    source.write_bytes(b"data\n")
+    made = sc("--use", "--keep", "-d", str(base), "-n", "before", f"file:{source}")  # (the cache)
+    assert made.returncode == 0, made.stderr
+    with earlier_populator(base, "slow") as populator:
+        waiter = sc("--use", "-v", "--timeout", "1", "-d", str(base), "-n", "slow", f"file:{source}")
+        assert populator.poll() is None
+    assert waiter.returncode == 1, waiter.stderr
+    assert f"waiting 0 s for process {populator.pid} to populate 'slow'" in waiter.stderr, waiter.stderr
+    assert "has ended" not in waiter.stderr, waiter.stderr
+    assert "so far; a longer --timeout (or none) waits for it" in waiter.stderr, waiter.stderr
 
 
 #: ``sc gc`` paused where a scheduler may pause it: it has opened the population lock file of

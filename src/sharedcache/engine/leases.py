@@ -19,10 +19,12 @@ machine id is ``/etc/machine-id`` (or ``/var/lib/dbus/machine-id``, else the hos
 A lease is judged dead only by a process that can know, and unknown means alive:
 
 - same boot id and same PID namespace: dead exactly when this boot's process with that pid did
-  not start at that time, or has ended and waits for its parent to collect its exit status (a
-  zombie: state ``Z``, with no thread left).  Where ``/proc`` hides other users' processes (``hidepid``),
-  ``kill(pid, 0)`` answers: ESRCH is dead, EPERM is alive (a reused pid then cannot be told from
-  the owner: such a lease may outlive its owner, never the reverse);
+  not start at that time (a start time of 0 is unknown, as in the population record of a release
+  before records named their owners: there is no such process), or has ended and waits for its
+  parent to collect its exit status (a zombie: state ``Z``, with no thread left).  Where
+  ``/proc`` hides other users' processes (``hidepid``), ``kill(pid, 0)`` answers: ESRCH is dead,
+  EPERM is alive (a reused pid then cannot be told from the owner: such a lease may outlive its
+  owner, never the reverse);
 - same boot id, another PID namespace (a container sharing the base directory): alive, unless
   the process judging is in the host's PID namespace, where ``/proc`` shows every process unless
   ``hidepid`` hides some, and finds no process that is the owner: started at that time, with
@@ -214,12 +216,14 @@ def start_time(pid: int) -> int | None:
 
 
 def process_alive(pid: int, started: int) -> bool:
-    """Whether the process ``pid`` of this namespace that started at ``started`` is alive."""
+    """Whether the process ``pid`` of this namespace that started at ``started`` is alive; a
+    ``started`` of 0 is unknown (a population record of a release before the records named their
+    owners' keys): then any process ``pid`` alive is taken for it."""
     if pid <= 0:
         return False
     fields = _stat(pid)
     if fields is not None:
-        return _started(fields) == started and not _ended(pid, fields[0])
+        return started in (0, _started(fields)) and not _ended(pid, fields[0])
     try:
         os.kill(pid, 0)  # /proc hides it or it is gone: the kernel tells which
     except (ProcessLookupError, OverflowError):  # (past pid_t: a name no process can have)
