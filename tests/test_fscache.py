@@ -946,16 +946,17 @@ def _one_clear_line(error: CacheError, root: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    "content",
-    [b"shared-cache fscache 4\n", b"some other tool 1\n"],
+    ("content", "said"),
+    [(b"shared-cache fscache 4\n", "made by a newer version of shared-cache (format 4); this version cannot use it"),
+     (b"some other tool 1\n", "not a shared-cache cache")],
     ids=["future", "foreign"],
 )
-def test_foreign_cache_info_is_a_clear_cache_error_and_never_overwritten(root: Path, content: object) -> None:
+def test_foreign_cache_info_is_a_clear_cache_error_and_never_overwritten(root: Path, content: bytes, said: str) -> None:
     info = _replace_cache_info(root, content)
     for repair in (False, True):
         with pytest.raises(CacheError) as raised:
             FsCache(root, repair=repair)
-        assert "not a shared-cache cache" in _one_clear_line(raised.value, root)
+        assert said in _one_clear_line(raised.value, root)
     assert info.read_bytes() == content
     assert (root / "objects" / "a").is_dir()  # nothing was touched
 

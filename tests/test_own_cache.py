@@ -152,6 +152,26 @@ def test_gc_heals_your_own_cache(tmp_path: Path, words: list[str], damage: str) 
         assert sc("--unuse", *args).returncode == 0
 
 
+def test_a_cache_of_a_newer_format_is_refused_as_such_and_left_as_it_is(tmp_path: Path, words: list[str]) -> None:
+    # A later version's cache is healthy: it was called "not a shared-cache cache", which
+    # invites its removal.  gc and list skip it as any base they cannot use, saying why.
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["-n", "repo", "-d", str(base), *words]
+    assert sc("--use", "--keep", *args).returncode == 0
+    assert sc("--unuse", *args).returncode == 0
+    info = control(base) / "cache.info"
+    info.write_bytes(b"shared-cache fscache 4\n")
+    said = f"cache {control(base)} was made by a newer version of shared-cache (format 4); this version cannot use it"
+    used = sc("--use", *args)
+    assert used.returncode != 0 and said in used.stderr and "not a shared-cache cache" not in used.stderr, used.stderr
+    for command in ("gc", "list"):
+        skipped = sc(command, "-d", str(base))
+        assert skipped.returncode == 0 and skipped.stderr == f"sc: skipping {base}: {said}\n", skipped.stderr
+    assert info.read_bytes() == b"shared-cache fscache 4\n"
+    assert (control(base) / "objects" / "repo" / "entry.json").exists()
+
+
 def test_gc_skips_odd_names_and_never_touches_foreign_objects(tmp_path: Path, words: list[str]) -> None:
     base = tmp_path / "base"
     base.mkdir()

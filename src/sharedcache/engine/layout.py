@@ -24,9 +24,10 @@ FIFO or a directory, so:
   caller, asked, tells no command of that version is under way in the cache; until then the
   cache stays of that format, and what this version commits there is readable by it (see
   "Entries for this boot" in :mod:`sharedcache.engine.fscache`);
-* a marker that names another format or another tool is refused; a damaged one (emptied,
-  truncated, garbage, replaced by a directory) beside our layout is rewritten by a repairing
-  open (``sc gc``);
+* a marker that names another format or another tool is refused (one of a later format of
+  ours as a newer version's cache, not as another tool's); a damaged one (emptied, truncated,
+  garbage, replaced by a directory) beside our layout is rewritten by a repairing open
+  (``sc gc``);
 * a name of an entry is one path component of at most 200 bytes of UTF-8, not hidden, written
   on disk as those bytes: a process whose locale would write other bytes for it (a name not
   ASCII, under a Latin-1 locale) is refused it (:func:`~sharedcache.errors.writes_as_utf8`).
@@ -544,6 +545,17 @@ def _looks_like_a_marker(found: bytes) -> bool:
             and all(w.isalnum() or w.replace(b"-", b"").isalnum() for w in words))
 
 
+def _newer_format(found: bytes | None) -> int | None:
+    """The format named by the marker ``found`` if it is ours, of a format after this one's."""
+    prefix, _, ours = FORMAT_LINE.rstrip(b"\n").rpartition(b" ")
+    if found is None or not found.startswith(prefix + b" ") or not found.endswith(b"\n"):
+        return None
+    number = found[len(prefix) + 1 : -1]
+    if not (number.isdigit() and number.isascii()) or int(number) <= int(ours):
+        return None
+    return int(number)
+
+
 def _repair_marker(root: str, fd: int, found: bytes | None, modes: Modes, *, repair: bool) -> None:
     """A marker that is not ours: rewrite it if it is only damaged (emptied, truncated, garbage,
     or replaced by something not a file, in a directory that holds our layout) and this is a
@@ -554,6 +566,10 @@ def _repair_marker(root: str, fd: int, found: bytes | None, modes: Modes, *, rep
             "does not use; remove it (its data is fetched again) to let this version make a "
             "new one"
         )
+    newer = _newer_format(found)
+    if newer is not None:  # (healthy, and another version's to use: nothing invites its removal)
+        raise CacheError(f"cache {root} was made by a newer version of shared-cache (format {newer}); "
+                         "this version cannot use it")
     try:
         ours = stat.S_ISDIR(os.stat(OBJECTS, dir_fd=fd, follow_symlinks=False).st_mode)
     except FileNotFoundError:
