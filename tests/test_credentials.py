@@ -734,3 +734,26 @@ def test_a_config_file_naming_a_credential_file_with_a_nul_byte_is_one_line(orig
     config.write_bytes(f"{key} = {home}/cred\0ential\n".encode())
     failed(use(home, origin.add("/data.tgz", DATA), SC_CONFIG=config),
            f"{config}:1: {key} cannot name a file: it holds a NUL byte", status=2)
+
+
+def test_a_stale_ca_variable_fails_a_plain_http_url_redirected_to_https_in_one_line(
+        nginx: Nginx, home: Path) -> None:
+    # A plain-HTTP download checks no CA variable up front (a stale one fails no plain-HTTP
+    # download), but a redirect to HTTPS trusted the system's CAs instead of the CAs it names,
+    # ending in an untrusted certificate that blamed no variable.
+    url = f"http://127.0.0.1:{nginx.redirect_port}/public/data.tgz"
+    (home / "file").write_text("")
+    missing = "No such file or directory"
+    for variable, path, why in [("SSL_CERT_FILE", home / "missing.pem", missing),
+                                ("CURL_CA_BUNDLE", home / "missing.pem", missing),
+                                ("SSL_CERT_DIR", home / "missing", missing),
+                                ("SSL_CERT_DIR", home / "file", "it is not a directory")]:
+        base = home / "cache"
+        base.mkdir()
+        failed(use(home, url, base=base, **{variable: path}), f": {variable}: cannot use {path}: {why}",
+               status=2)
+        assert [entry.name for entry in base.iterdir() if not entry.name.startswith(".")] == [], variable
+        shutil.rmtree(base)
+    # A stale client certificate still fails no plain-HTTP download: the hop to HTTPS goes
+    # without it, trusting the CAs the variables name.
+    succeeded(use(home, url, SSL_CERT_FILE=nginx.pki / "ca.pem", X509_USER_PROXY=home / "expired-and-gone"))

@@ -169,7 +169,8 @@ class Credentials:
         named without its variable, and an ``SSL_CERT_DIR`` without a directory ended in an untrusted
         certificate once connected.  ``NETRC=/dev/null`` stays a way to have no ``.netrc``.
         Without ``tls`` (a download that asks for no HTTPS URL), the CAs' variables are not looked
-        at: as with curl, a stale one fails no plain-HTTP download."""
+        at: as with curl, a stale one fails no plain-HTTP download, until a redirect takes it to
+        HTTPS (:func:`~sharedcache.loaders.credentials.tls_context` checks them then)."""
         for name, path in self.variables:
             if not tls and name in _CA_VARIABLES:
                 continue

@@ -56,25 +56,38 @@ def tls_context(credentials: Credentials | None, url: str, *,
 
     For an ``https://`` URL the context with the client certificate is made here, so that a CA
     bundle or client certificate that cannot be used fails the download before it connects.  A
-    plain-HTTP download does not fail because of one (a stale ``X509_USER_PROXY``): should it be
-    redirected to HTTPS, or go through an HTTPS proxy, urllib3's defaults apply there."""
+    plain-HTTP download does not fail because of one until it reaches HTTPS (redirected there, or
+    through an HTTPS proxy): then the CAs' variables are checked as an HTTPS URL's are up front
+    (:meth:`~sharedcache.config.settings.Credentials.check_variables`: one line naming the
+    variable), and CAs that cannot be used fail it, as they fail an HTTPS URL: the system's CAs,
+    trusted there instead, ignored what the user asked for.  A client certificate that cannot be
+    used (a stale ``X509_USER_PROXY``) is left out there instead: it fails no plain-HTTP URL."""
 
     def context() -> ssl.SSLContext | None:
         if credentials is None:
             return None
-        made = _contexts.get((credentials, client_certificate))
-        if made is None:
-            try:
-                made = _contexts[credentials, client_certificate] = _ssl_context(credentials, client_certificate)
-            except CredentialError:
-                if url.startswith("http://"):
-                    return None
+        if not url.startswith("http://"):
+            return _made_context(credentials, client_certificate)
+        if (credentials, client_certificate) not in _contexts:
+            credentials.check_variables()
+        try:
+            return _made_context(credentials, client_certificate)
+        except CredentialError:
+            if not client_certificate:
                 raise
-        return made
+            return _made_context(credentials, False)  # (raises again if the CAs are at fault)
 
     if client_certificate and not url.startswith("http://"):
         context()
     return context
+
+
+def _made_context(credentials: Credentials, client_certificate: bool) -> ssl.SSLContext:
+    """The process's TLS context for ``credentials``, made on first need (:func:`_ssl_context`)."""
+    made = _contexts.get((credentials, client_certificate))
+    if made is None:
+        made = _contexts[credentials, client_certificate] = _ssl_context(credentials, client_certificate)
+    return made
 
 
 def _ssl_context(credentials: Credentials, client_certificate: bool = True) -> ssl.SSLContext:

@@ -169,7 +169,7 @@ class Request:
 
                 curl_proxies(os.environ)
             if fetch.credentials is not None:
-                # (A redirect to HTTPS finds them when its connection is made: see tls_context.)
+                # (A redirect to HTTPS checks the CAs' ones when its connection is made: see tls_context.)
                 fetch.credentials.check_variables(tls=any(
                     url[:6].lower() == "https:" for url in (*urls, *(mirror for rule in fetch.rewrites
                                                                      for mirror in rule.mirrors))))
