@@ -780,3 +780,41 @@ def test_an_interpreter_without_some_hashes_checks_with_those_it_has_and_refuses
     assert refused.returncode == 2 and refused.stderr.splitlines() == [
         f"sc: error: 'md5:{hashlib.md5(source.read_bytes()).hexdigest()}': unsupported hash type md5 (see 'sc --help')"
     ], refused.stderr
+
+
+# Imports the transforms while hashlib logs its tracebacks (the hashes of $SC_TEST_NO_HASHES
+# missing), and has another thread write a line to sys.stderr meanwhile: as hashlib looks for
+# its own SHA-1 module, a finder first on sys.meta_path starts that thread and waits for it.
+WRITES_WHILE_HASHLIB_IS_IMPORTED = """
+import sys, threading
+
+class WriteFromAnotherThread:
+    def find_spec(self, name, path=None, target=None):
+        if name == "_sha1":
+            sys.meta_path.remove(self)
+            writer = threading.Thread(target=lambda: print("another thread's line", file=sys.stderr))
+            writer.start()
+            writer.join(30)
+        return None
+
+sys.meta_path.insert(0, WriteFromAnotherThread())
+import sharedcache.loaders.transforms
+print("hashlib" in sys.modules, "_sha1" in sys.modules)
+"""
+
+
+def test_importing_the_transforms_hides_hashlibs_tracebacks_but_no_other_threads_writes(tmp_path):
+    # sys.stderr was replaced while hashlib was imported, to drop its tracebacks: what a library
+    # caller's other threads wrote to stderr meanwhile was lost with them.
+    import subprocess
+    import sys
+
+    from scutil import SRC, sc_env
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(WITHOUT_HASHES)
+    env = sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_NO_HASHES="_hashlib:_sha3:_blake2:_md5")
+    done = subprocess.run([sys.executable, "-c", WRITES_WHILE_HASHLIB_IS_IMPORTED], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "True True\n", "another thread's line\n"), done.stderr

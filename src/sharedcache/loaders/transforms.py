@@ -25,19 +25,28 @@ from .streams import Layer, Stream
 
 
 def _quietly_imported_hashlib() -> ModuleType:
-    """:mod:`hashlib`, imported without the traceback it logs on stderr for each hash it cannot
-    make (an interpreter without OpenSSL or some of its own hash modules; a cap on memory that
-    their libraries do not fit in): a hash a recipe asks for and cannot have is refused in one
-    line (:class:`Checksum`), and the others are not the user's concern."""
-    stderr = sys.stderr
-    if "hashlib" not in sys.modules:
-        import io
+    """:mod:`hashlib`, imported without the traceback it logs for each hash it cannot make (an
+    interpreter without OpenSSL or some of its own hash modules; a cap on memory that their
+    libraries do not fit in): a hash a recipe asks for and cannot have is refused in one line
+    (:class:`Checksum`), and the others are not the user's concern.
 
-        sys.stderr = io.StringIO()
+    hashlib logs them on the root logger (``logging.exception``), which prints them on stderr when
+    no handler is set.  Those records alone are dropped, by a filter of the root logger while
+    hashlib is imported: ``sys.stderr`` replaced meanwhile lost what a library caller's other
+    threads wrote there, and a handler the caller had set showed them all the same."""
+    if "hashlib" in sys.modules:
+        return sys.modules["hashlib"]
+    import logging
+
+    def not_hashlibs(record: logging.LogRecord) -> bool:
+        return record.module != "hashlib"
+
+    root = logging.getLogger()
+    root.addFilter(not_hashlibs)
     try:
         import hashlib
     finally:
-        sys.stderr = stderr
+        root.removeFilter(not_hashlibs)
     return hashlib
 
 
