@@ -1029,3 +1029,49 @@ def test_a_certificate_for_another_host_is_not_said_to_want_its_ca(tmp_path, tls
     result = use(tmp_path, owner, f"https://127.0.0.1:{server.port}/data.tar.gz")
     assert result.returncode == 1 and "untrusted server certificate" in result.stderr, result.stderr
     assert "give its CA with SSL_CERT_FILE" in result.stderr, result.stderr
+
+
+_CREDENTIALS_AT_HOME = r"""
+import pathlib, sys
+import sharedcache
+from sharedcache.config.settings import Credentials, FetchPolicy
+
+given = Credentials(ca_file="~/ca.pem", ca_dir="~/cas:/etc/ssl/certs", grid_ca_dir="~/grid",
+                    cert_file=pathlib.Path("~/cert.pem"), key_file="~/key.pem",
+                    bearer_token_file="~/token", netrc="~/netrc")
+print(given)
+found = Credentials.discover({}, ca_bundle="~/ca.pem", client_cert="~/cert.pem", bearer_token_file="~/token",
+                             netrc="~/netrc")
+print(found.ca_file, found.cert_file, found.bearer_token_file, found.netrc)
+with sharedcache.use(*sys.argv[1:], name="r", directories="~", fetch=FetchPolicy(
+        credentials=Credentials(netrc="~/netrc"))) as path:
+    print(path)
+try:
+    Credentials(netrc="~no-such-user-of-sc/netrc")
+except sharedcache.UsageError as e:
+    print(e)
+"""
+
+
+def test_a_leading_tilde_in_the_credential_paths_given_from_python_is_the_home(tmp_path, origin):
+    # A config file and SC_* variables make "~" the home, but Credentials(netrc="~/netrc") from
+    # Python (no shell expands it) read $PWD/~/netrc: no login was sent, and the origin said 401.
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    elsewhere.mkdir()
+    for name in ("ca.pem", "cert.pem", "token"):
+        (home / name).write_text("t0ken\n")
+    (home / "netrc").write_text("machine 127.0.0.1 login alice password s3cret\n")
+    url = origin.add("/data.tar.gz", DATA)
+    done = subprocess.run([sys.executable, "-c", _CREDENTIALS_AT_HOME, *recipe(url)], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=60, env=sc_env(HOME=str(home)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"Credentials(bearer_token_file='{home}/token', ca_dir='{home}/cas:/etc/ssl/certs', ca_file='{home}/ca.pem', "
+        f"cert_file='{home}/cert.pem', grid_ca_dir='{home}/grid', key_file='{home}/key.pem', netrc='{home}/netrc', "
+        f"token_from='{home}/token', variables=())",
+        f"{home}/ca.pem {home}/cert.pem {home}/token {home}/netrc",
+        str(user_dir(home) / "r"),
+        "Credentials(netrc=...) names '~no-such-user-of-sc/netrc', but there is no user 'no-such-user-of-sc'"]
+    assert origin.stats("/data.tar.gz").authorizations == ["Basic YWxpY2U6czNjcmV0"]
+    assert os.listdir(elsewhere) == []

@@ -286,11 +286,12 @@ def _at_home(path: str, home: str) -> str:
     return found
 
 
-def paths_at_home(paths: object, environ: Mapping[str, str], given_as: str) -> object:
-    """The paths a Python caller gave (a ``:``-separated string, a path, or a sequence of them)
-    with a leading ``~`` made the home, and ``~user`` that user's, as the shell makes them on a
-    command line and as they are made in a variable or a file; anything else as it is, for the
-    checks of its use.  ``given_as`` names the argument in the error of an unknown user."""
+def paths_at_home(paths: object, environ: Mapping[str, str], given_as: str, *, separator: str = ":") -> object:
+    """The paths a Python caller gave (a string of paths separated by ``separator``, "" for one
+    path; a path, or a sequence of them) with a leading ``~`` made the home, and ``~user`` that
+    user's, as the shell makes them on a command line and as they are made in a variable or a
+    file; anything else as it is, for the checks of its use.  ``given_as`` names the argument in
+    the error of an unknown user."""
     home = home_directory(environ)
 
     def at_home(path: object, separator: str = "") -> object:
@@ -304,7 +305,7 @@ def paths_at_home(paths: object, environ: Mapping[str, str], given_as: str) -> o
             raise UsageError(f"{given_as} {e.reason}") from None
 
     if isinstance(paths, str):
-        return at_home(paths, ":")
+        return at_home(paths, separator)
     if isinstance(paths, os.PathLike):
         return at_home(paths)
     if isinstance(paths, (list, tuple)):

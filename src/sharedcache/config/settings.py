@@ -6,7 +6,8 @@ A value is validated once, when it is built, so that the code that uses it need 
 again; invalid input raises :class:`~sharedcache.errors.SettingError` naming the setting, which
 the edge turns into one line saying where the value came from.  The environment is read here
 only by :meth:`Credentials.discover` (``SSL_CERT_FILE``, ``X509_USER_PROXY``,
-``BEARER_TOKEN``...), which the edge calls.  Which proxy a URL goes through when no chain is set
+``BEARER_TOKEN``...), which the edge calls, and for the home that a leading ``~`` of a
+credential's path stands for (``HOME``).  Which proxy a URL goes through when no chain is set
 (curl's variables ``http_proxy``, ``https_proxy``, ``all_proxy``, ``no_proxy``) is decided per
 URL by :mod:`sharedcache.loaders.transport`.
 
@@ -37,6 +38,7 @@ from ..errors import (
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from typing import Any
 
 #: At most this many connections for one download (``--connections``).
 MAX_CONNECTIONS = 32
@@ -67,7 +69,10 @@ class Credentials:
     when a download needs it).  ``netrc``: the ``.netrc`` file of basic-auth logins per host.
     Each ``*_from`` field says where the value came from (a variable, a setting), for messages;
     ``variables`` are the standard variables whose paths were taken, each with its path, which
-    :meth:`check_variables` checks.  The values are read only when a download needs them
+    :meth:`check_variables` checks.  A leading ``~`` of a path is the home (``$HOME``), and
+    ``~user`` that user's, as in a config file or an ``SC_*`` variable: no shell expands what a
+    program gives (``ca_dir`` and ``grid_ca_dir`` are lists separated by ``:``, as OpenSSL reads
+    them).  The values are read only when a download needs them
     (:mod:`sharedcache.loaders.credentials`); the token never appears in ``repr``.
     """
 
@@ -89,6 +94,15 @@ class Credentials:
                  bearer_token: str | None = None, bearer_token_file: str | None = None,
                  netrc: str | None = None, token_from: str | None = None,
                  variables: tuple[tuple[str, str], ...] = ()) -> None:
+        # (The variables first: a path taken from one is refused naming it.)
+        variables = tuple((name, _at_home(path, name, ":" if name == "SSL_CERT_DIR" else ""))
+                          for name, path in variables)
+        ca_file, cert_file, key_file, bearer_token_file, netrc = (
+            _at_home(path, f"Credentials({name}=...)")
+            for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file),
+                               ("bearer_token_file", bearer_token_file), ("netrc", netrc)))
+        ca_dir, grid_ca_dir = (_at_home(path, f"Credentials({name}=...)", ":")
+                               for name, path in (("ca_dir", ca_dir), ("grid_ca_dir", grid_ca_dir)))
         if key_file is not None and cert_file is None:
             raise SettingError("client_key", "needs a client_cert to go with it")
         if bearer_token is not None and not one_word(bearer_token):
@@ -122,8 +136,12 @@ class Credentials:
         (the other standard variables are not: a stale ``X509_USER_PROXY`` fails only the HTTPS
         downloads that would present it)."""
         uid = os.getuid()
-        for setting, path in (("ca_bundle", ca_bundle), ("client_cert", client_cert), ("client_key", client_key),
-                              ("bearer_token_file", bearer_token_file), ("netrc", netrc)):
+        settings = {setting: _at_home(path, f"Credentials.discover({setting}=...)", environ=environ)
+                    for setting, path in (("ca_bundle", ca_bundle), ("client_cert", client_cert),
+                                          ("client_key", client_key), ("bearer_token_file", bearer_token_file),
+                                          ("netrc", netrc))}
+        ca_bundle, client_cert, client_key, bearer_token_file, netrc = settings.values()
+        for setting, path in settings.items():
             # (An empty one is none: "netrc =" in a user's file stands for no .netrc, not a path.)
             problem = unusable_path(path, directory=setting == "ca_bundle") if path else None
             if problem is not None:
@@ -200,6 +218,17 @@ class Credentials:
         if "bearer_token" in shown:
             shown["bearer_token"] = "(hidden)"
         return "Credentials(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
+
+
+def _at_home(path: Any, given_as: str, separator: str = "", *, environ: Mapping[str, str] = os.environ) -> Any:
+    """``path`` (None, or what the caller gave: checked where it is used) with a leading ``~``
+    made the home (:func:`~sharedcache.config.files.paths_at_home`); its unknown user is a
+    :class:`~sharedcache.errors.UsageError` naming ``given_as``."""
+    if path is None:
+        return None
+    from .files import paths_at_home
+
+    return paths_at_home(path, environ, given_as, separator=separator)
 
 
 def unusable_path(path: str, *, directory: bool) -> str | None:
