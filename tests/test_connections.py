@@ -395,6 +395,50 @@ def test_takeover_continues_in_parts(origin: Origin, tmp_path: Path) -> None:
     assert not any((tmp_path / "work").iterdir())
 
 
+def test_a_sigterm_keeps_all_that_reached_the_partial_for_the_takeover(origin: Origin, tmp_path: Path) -> None:
+    # A SIGTERM kept what the last checkpoint of partial.json counted, up to a second old: with
+    # several connections, the bytes of the parts ahead are only in memory, and the next use
+    # fetched again everything after that checkpoint, the second of the download before it too.
+    import json
+    import signal
+    import subprocess
+
+    from scutil import SC, Sleeper, sc_env
+
+    payload = os.urandom(24 * MiB)
+    url = origin.add("/data.bin", payload)
+    recipe = [f"http:{url}", sha256(payload)]
+    base = tmp_path / "base"
+    base.mkdir()
+    origin.rate = 2 * MiB
+    with Sleeper() as owner:
+        command = [*SC, "--use", "-d", str(base), "--pid", str(owner.pid), "--connections", "4", *recipe]
+        used = subprocess.Popen(command, env=sc_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not list(base.rglob("partial.json")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.5)  # past the first checkpoint, between two
+            used.send_signal(signal.SIGTERM)
+            _, errors = used.communicate(timeout=30)
+        finally:
+            if used.poll() is None:
+                used.kill()
+                used.wait(10)
+        assert used.returncode == -signal.SIGTERM, errors
+        [record] = base.rglob("partial.json")
+        kept = json.loads(record.read_text())["bytes"]
+        assert kept == (record.parent / "partial.data").stat().st_size > 0
+        origin.rate = None
+        again = subprocess.run(command, env=sc_env(), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert (Path(again.stdout.strip()) / "data.bin").read_bytes() == payload
+    # (Ranges, not the bytes the origin wrote: it writes an open-ended range's rest into the
+    # socket until it sees the reader gone.)
+    asked = spans(origin.stats("/data.bin").ranges)[4:]
+    assert asked[0] == (kept, None) and sorted(asked[1:]) == part_spans(kept, len(payload), 4)
+
+
 def test_threads_stop_when_the_consumer_fails(origin: Origin, tmp_path: Path) -> None:
     payload = os.urandom(8_000_000)  # not a tarball: the unpacker fails at once
     url = origin.add("/data.tar", payload)

@@ -21,7 +21,8 @@ Across processes, a recipe that is a resumable source followed only by checksums
 that *is* the downloaded bytes.  It is written to ``work/partial.data``, with ``work/partial.json``
 (recipe identity, source, validator, bytes written so far) replaced atomically about once a
 second (skipped while the file system has no room for the new file: the one before stays) and
-when the file system fills up (the population that evicts for room goes on from there), and
+when the writing ends early, counting all that reached the file (a SIGTERM's takeover, or the
+population that evicts for room after the file system filled up, goes on from there), and
 moved into ``dest`` at the end.  A process that finds such a pair in ``work`` (left by
 one that was killed) rehashes the first ``bytes`` bytes and asks the source for the rest; if the
 source cannot continue (the data changed), the partial is discarded.  Other recipes start over
@@ -47,7 +48,7 @@ from, which is therefore tried first.
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import itertools
 import json
 import os
@@ -343,17 +344,21 @@ class _Partial:
                         out.flush()  # the data reaches the file before the checkpoint counts it
                         self._checkpoint(done, validator, total)
                         last = time.monotonic()
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    self._checkpoint_when_full(out, validator, total)
+            except BaseException:
+                self._checkpoint_at_end(out, validator, total)
                 raise
 
-    def _checkpoint_when_full(self, out: BinaryIO, validator: str | None, total: int | None) -> None:
-        """Count in the record what reached the file before the file system filled up: the
-        population that evicts for room, or the next one, goes on from there (the last
-        checkpoint may be a second old, or the first, of no byte).  The record needs a block
-        of its own: where there is none, the file gives back its last bytes for it.  (What the
-        file holds is the stream's first bytes, as many as its size says: written in order.)"""
+    def _checkpoint_at_end(self, out: BinaryIO, validator: str | None, total: int | None) -> None:
+        """Count in the record what reached the file when the writing ends early: the process
+        that takes the population over (after a SIGTERM, a ``--timeout``), the one that evicts for
+        room (after the file system filled up) or the next one goes on from there.  The last
+        checkpoint may be a second old, or the first, of no byte: with several connections a
+        second of the download is several seconds of the one bringing the next bytes, fetched
+        again.  The record needs a block of its own: where there is none, the file gives back
+        its last bytes for it.  (What the file holds is the stream's first bytes, as many as its
+        size says: written in order.)"""
+        with contextlib.suppress(OSError):  # (a full file system keeps what reached it)
+            out.flush()
         kept = os.fstat(out.fileno()).st_size
         for _attempt in range(2):
             try:
