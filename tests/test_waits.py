@@ -155,6 +155,13 @@ def stopped_populator(tmp_path: Path, trickle: Trickle) -> Iterator[tuple[Path, 
     populator = sc_start("--use", *args)
     try:
         wait_for_population(base, "slow", populator)
+        # Stopped once its data flows, past the index's first opening, which writes: stopped
+        # there, it would hold every other writer of the index (gc's included) for its wait.
+        work, deadline = control(base) / "populate" / "slow.work", time.monotonic() + 30
+        while not any(part.stat().st_size for part in work.glob("*/partial.data")):
+            assert populator.poll() is None, populator.communicate()
+            assert time.monotonic() < deadline, "no data came"
+            time.sleep(0.05)
         os.kill(populator.pid, signal.SIGSTOP)
         yield base, args, populator
     finally:
