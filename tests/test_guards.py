@@ -75,11 +75,15 @@ def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_pa
 
 
 def test_symlinked_user_directory_is_refused(tmp_path, base, words):
+    # The link leads to a directory of this user's that the other checks would take (0700, its
+    # own): only the refusal to follow a link stops it.
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    elsewhere.mkdir(mode=0o700)
     user_dir(base).symlink_to(elsewhere)
     result = sc("--use", "-n", "repo", "-d", str(base), *words)
-    assert result.returncode == 1 and "symlink" in one_line(result.stderr)
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (f"sc: error: repository 'repo': no usable candidate directory: {base} "
+                                       f"({user_dir(base)} is not a directory (a symlink or a file); refusing to use it)")
     assert list(elsewhere.iterdir()) == []
 
 
