@@ -87,6 +87,33 @@ def test_symlinked_user_directory_is_refused(tmp_path, base, words):
     assert list(elsewhere.iterdir()) == []
 
 
+def _skipped_for(squatted: Path, words: list[str], tmp_path: Path) -> str:
+    """The one line with which ``sc --use`` skips the base ``squatted`` for the next candidate,
+    after checking that it used that next one and wrote nothing into ``squatted``."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    before = sorted(squatted.rglob("*"))
+    with Sleeper() as owner:
+        result = sc("--use", "-n", "repo", "-d", f"{squatted}:{mine}", "--pid", str(owner.pid), *words)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(user_dir(mine) / "repo")
+    assert sorted(squatted.rglob("*")) == before, "nothing was written into it"
+    return one_line(result.stderr)
+
+
+def test_user_directory_open_to_others_is_skipped_with_one_line(tmp_path, base, words):
+    user_dir(base).mkdir()
+    os.chmod(user_dir(base), 0o777)
+    assert f"{user_dir(base)} is open to other users (mode 777); refusing to use it" in _skipped_for(
+        base, words, tmp_path)
+
+
+def test_base_writable_by_every_user_without_its_sticky_bit_is_skipped_with_one_line(tmp_path, base, words):
+    os.chmod(base, 0o757)  # (group-writable is refused for another reason: --group)
+    assert f"{base} is writable by every user and not sticky; refusing to use it" in _skipped_for(
+        base, words, tmp_path)
+
+
 def test_planted_symlink_inside_the_control_directory_is_not_followed(tmp_path, base, words):
     with Sleeper() as owner:
         assert sc("--use", "-n", "first", "-d", str(base), "--pid", str(owner.pid), *words).returncode == 0
