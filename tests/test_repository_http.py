@@ -14,6 +14,7 @@ import struct
 import subprocess
 import termios
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ def test_killed_populator_is_taken_over_and_the_download_resumes(origin, base):
         assert stats.gets == 2
         assert stats.ranges and stats.ranges[-1].startswith("bytes=") and stats.ranges[-1] != "bytes=0-"
         assert stats.bytes_served < 2 * len(payload), "the taker resumed instead of starting over"
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30) as answer:
+            assert stats.if_ranges == [answer.headers["ETag"]], "the resume is guarded by the version it goes on"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
