@@ -609,15 +609,18 @@ def test_store_is_refused_when_everything_is_in_use(root: Path, children: Childr
 
 
 def test_leased_entry_is_busy_and_protected_from_eviction(root: Path, children: Children) -> None:
+    # Only the live lease protects "a": its holder neither keeps it nor holds its lock, and "b",
+    # stored after the hold, makes "a" the least recently used when "c" needs the room.
     cache = FsCache(root)
     one = put(cache, "a")
-    put(cache, "b")
-    cache.max_size = 2 * one + one // 2
-    holder = children.start("hold", root=str(root), name="a", how="lease", keep=True)
+    holder = children.start("hold", root=str(root), name="a", how="lease", keep=False)
     holder.expect("held")
+    time.sleep(0.01)
+    put(cache, "b")
     with pytest.raises(BusyError, match=str(holder.pid)):
         cache.remove("a")
     assert cache.info("a").users == (holder.pid,)
+    cache.max_size = 2 * one + one // 2
     put(cache, "c")
     assert only_entries(cache) == {"a", "c"}
 
