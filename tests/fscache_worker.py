@@ -250,7 +250,9 @@ def cmd_gc(a: dict) -> None:
 
 
 def cmd_crash_at(a: dict) -> None:
-    """Run one operation and stop (printing ``paused``) at a given step, to be SIGKILLed there.
+    """Run one operation and stop (printing ``paused``) at a given step, to be SIGKILLed there;
+    or, with ``points`` (a list of steps) in place of ``point``, stop at each in turn and go on
+    from it when the parent writes a line to stdin.
 
     The step is found with a profile hook that only watches calls: nothing is replaced, every
     file-system call is the real one.  ``point`` is (caller function, called function, event):
@@ -264,16 +266,23 @@ def cmd_crash_at(a: dict) -> None:
             fill(path, name, "crash", [5000, 7000])
             say("paused")
             time.sleep(120)
-    caller, callee, event = a["point"]
+    points = [tuple(point) for point in a.get("points", [a.get("point")])]
+    resumed = "points" in a
 
     def hook(frame, ev, arg):  # type: ignore[no-untyped-def]
+        caller, callee, event = points[0]
         if ev != event:
             return
         name = getattr(arg, "__name__", None) if ev.startswith("c_") else frame.f_code.co_name
         where = frame.f_code.co_name if ev.startswith("c_") else frame.f_back.f_code.co_name
         if name == callee and where == caller:
-            sys.setprofile(None)
+            points.pop(0)
+            if not points:
+                sys.setprofile(None)
             say("paused")
+            if resumed:
+                sys.stdin.readline()
+                return
             time.sleep(120)
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -296,7 +305,7 @@ def cmd_crash_at(a: dict) -> None:
     elif op == "release":
         cache.release(name, lease=cache.hold(name, Owner.current()))
     sys.setprofile(None)
-    say("finished without reaching the point")
+    say("finished" if resumed and not points else "finished without reaching the point")
 
 
 def cmd_evict_audit(a: dict) -> None:
@@ -368,6 +377,10 @@ class Child:
         status, out, err = self.finish(timeout)
         assert status == 0, f"{self.command} failed with status {status}:\n{err}"
         return json.loads(out.strip().splitlines()[-1])
+
+    def go_on(self) -> None:
+        """Let a ``crash_at`` child paused at one of its ``points`` go on."""
+        self.proc.stdin.write(b"\n")  # type: ignore[union-attr]
 
     def release(self) -> None:
         """Close the child's stdin (a ``hold`` child then exits)."""

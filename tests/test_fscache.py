@@ -25,7 +25,7 @@ from fscache_worker import Children, fill, loads, scan_usage, verify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from scutil import SOUND_LOOKING_DAMAGE, Sleeper, damage_in_values, needs_delayed_allocation, pending
+from scutil import SOUND_LOOKING_DAMAGE, Sleeper, damage_in_values, needs_delayed_allocation, pending, wait_for
 
 from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
 from sharedcache.errors import EntryTooLargeError
@@ -623,6 +623,49 @@ def test_leased_entry_is_busy_and_protected_from_eviction(root: Path, children: 
     cache.max_size = 2 * one + one // 2
     put(cache, "c")
     assert only_entries(cache) == {"a", "c"}
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has the file ``path`` open."""
+    fds = f"/proc/{pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, fd)) == str(path):
+                return True
+        except FileNotFoundError:
+            pass  # closed meanwhile
+    return False
+
+
+def test_a_reader_that_waited_while_its_entry_was_replaced_reads_the_new_one_under_its_lock(
+        root: Path, children: Children) -> None:
+    # A reader opens the entry's lock and waits for it while a deleter holds it; the deleter
+    # renames the entry into the trash and commits, then, before it lets its lock go, the name
+    # is stored again.  The reader's lock is then the old entry's, which nothing links to
+    # objects/<name> any more: it must look again and take the new entry's lock, or the new
+    # entry, read through the same path, would be in use under a lock that protects nothing.
+    cache = FsCache(root)
+    put(cache, "e", nonce="old")
+    deleter = children.start("crash_at", root=str(root), op="remove", name="e",
+                             points=[("_unused", "scan_leases", "call"), ("<lambda>", "close", "call")])
+    deleter.expect("paused")  # the entry's lock taken exclusively, in the transaction
+    reader = children.start("hold", root=str(root), name="e")
+    # (A lock is waited for by attempts, in no table: the reader is waiting once it has it open.)
+    wait_for(lambda: _has_open(reader.pid, root / "objects" / "e" / "lock"), what="the reader to open the entry's lock")
+    deleter.go_on()
+    deleter.expect("paused")  # the entry in the trash and the transaction committed; its lock still held
+    put(cache, "e", nonce="new")
+    deleter.go_on()
+    deleter.expect("finished")
+    reader.expect("held")
+    with pytest.raises(BusyError):
+        cache.remove("e")
+    with cache.load("e") as path:
+        assert json.loads((path / "MANIFEST").read_text())["nonce"] == "new"
+    reader.release()
+    assert reader.finish(30)[0] == 0
+    cache.remove("e")
+    assert_clean(root)
 
 
 # -- leases ----------------------------------------------------------------------------------------
