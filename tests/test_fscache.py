@@ -793,6 +793,27 @@ def test_uses_released_at_once_leave_the_entry_to_the_last_release_only(root: Pa
     assert_clean(root)
 
 
+def test_a_use_taken_while_the_last_release_goes_to_the_index_keeps_the_entry(root: Path,
+                                                                             children: Children) -> None:
+    # The release found its lease the last live one without the index, and is on its way to the
+    # transaction that deletes the entry: a use taken meanwhile holds no lock once taken, only
+    # its lease, which the transaction must see.
+    cache = FsCache(root)
+    with cache.store("e", keep=False) as path:
+        fill(path, "e", "n", [1000])
+    releaser = children.start("crash_at", root=str(root), op="release", name="e",
+                              points=[("release", "_release_in_transaction", "call")])
+    releaser.expect("paused")
+    lease = cache.hold("e", Owner.current())
+    releaser.go_on()
+    releaser.expect("finished")
+    assert cache.info("e").users == (os.getpid(),)
+    assert loads(cache, "e")
+    assert cache.release("e", lease=lease) is True
+    assert "e" not in cache
+    assert_clean(root)
+
+
 #: Releases the lease ``argv[2]`` of entry "e" of the cache ``argv[1]``, the look at the other
 #: leases that follows its removal failing (out of descriptors); prints the error.
 LOOK_FAILS = """
