@@ -44,7 +44,8 @@ def _collected() -> list[str]:
     return [line for line in result.stdout.splitlines() if "::" in line]
 
 
-def _selected(command: str, collected: list[str]) -> list[str]:
+def _arguments(command: str) -> tuple[list[str], str | None]:
+    """The paths a pytest command names, and its ``-k`` expression if it has one."""
     words = shlex.split(command)
     words = words[words.index("pytest") + 1:]
     paths, keyword = [], None
@@ -54,6 +55,10 @@ def _selected(command: str, collected: list[str]) -> list[str]:
             keyword = words.pop(0)
         elif not word.startswith("-"):
             paths.append(word)
+    return paths, keyword
+
+
+def _matching(paths: list[str], keyword: str | None, collected: list[str]) -> list[str]:
     chosen = [test for test in collected
               if any(test == path or test.startswith(path.rstrip("/") + ("::" if ".py" in path else "/"))
                      or test.startswith(path + "[") for path in paths)]
@@ -65,14 +70,43 @@ def _selected(command: str, collected: list[str]) -> list[str]:
     return chosen
 
 
-def test_every_command_of_the_guarantees_selects_tests() -> None:
+def _selected(command: str, collected: list[str]) -> list[str]:
+    return _matching(*_arguments(command), collected)
+
+
+def _terms_selecting_nothing(command: str, collected: list[str]) -> list[str]:
+    """The terms of the command's ``-k`` disjunction that select no test of its paths: a
+    misspelled one leaves its tests out, unnoticed while the other terms select some."""
+    paths, keyword = _arguments(command)
+    if keyword is None or not re.fullmatch(r"[\w\[\]-]+( or [\w\[\]-]+)*", keyword):
+        return []  # (no terms to tell apart: the whole expression must select tests, above)
+    return [term for term in keyword.split(" or ") if not _matching(paths, term, collected)]
+
+
+def _guarantees_commands() -> list[str]:
     guarantees = (ROOT / "docs" / "guarantees.md").read_text()
-    commands = [command for command in re.findall(r"`([^`]*pytest[^`]*)`", guarantees) if "tests/" in command]
+    return [command for command in re.findall(r"`([^`]*pytest[^`]*)`", guarantees) if "tests/" in command]
+
+
+def test_every_command_of_the_guarantees_selects_tests() -> None:
+    commands = _guarantees_commands()
     assert len(commands) >= 20
     collected = _collected()
     assert collected
     empty = [command for command in commands if not _selected(command, collected)]
     assert not empty, f"these commands select no test: {empty}"
+
+
+def test_every_term_of_the_guarantees_keywords_selects_tests() -> None:
+    collected = _collected()
+    unmatched = {command: terms for command in _guarantees_commands()
+                 if (terms := _terms_selecting_nothing(command, collected))}
+    assert not unmatched, f"these terms select no test of their command's files: {unmatched}"
+
+
+def test_a_misspelled_term_of_a_keyword_is_caught() -> None:
+    command = "pytest tests/test_fuzz.py -k 'fuzz or no_such_tset'"
+    assert _terms_selecting_nothing(command, _collected()) == ["no_such_tset"]
 
 
 @pytest.mark.parametrize("command", ["pytest tests/test_fuzz.py -k no_such_test_anywhere",
