@@ -359,9 +359,14 @@ def test_the_child_holds_no_descriptor_of_the_parent_and_ends_when_it_is_killed(
     try:
         assert parent.stdout is not None
         assert int(parent.stdout.readline()) == parent.pid
-        # Members (more than the parent gathers before it writes to the pipe), then silence: the
-        # parent waits for more, the child for the parent.
-        head = tar(*[(f"f{i}", b"data\n" * 400, tarfile.REGTYPE) for i in range(300)])
+        # Members, then silence: the parent waits for more, the child for the parent.  Which writer
+        # makes a file is a hash of its name (random in each process), and a writer is sent
+        # nothing until a batch of its files is gathered: 300 files of 2,000 bytes left f0's
+        # writer short of a batch in about one run of fifty.  Files of the ring's largest fill a
+        # batch by the handful, and each writer gets dozens.
+        data = b"data\n" * (writer._RING_FILE // 5)
+        assert 5 * len(data) >= writer._BATCH
+        head = tar(*[(f"f{i}", data, tarfile.REGTYPE) for i in range(64)])
         os.write(write_end, head[: len(head) - 2048])
         wait_for(lambda: len(children_of(parent.pid)) == writer.WRITERS, 30, "the writer processes")
         children = children_of(parent.pid)
