@@ -195,13 +195,20 @@ def served(origin: Origin) -> int:
 def test_parts_go_where_the_first_answer_came_from(origin: Origin, tmp_path: Path) -> None:
     payload = os.urandom(4_000_000)
     url = mirrored(origin, payload)
-    origin.rate = 8_000_000  # so that little of the first answer past its part is in flight when it is dropped
+    # Slow enough that the first answer is far from its end (1.5 s of sending) when its part is
+    # done and it is dropped.
+    origin.rate = 2_000_000
     dest = populate(tmp_path, f"http:{url}", sha256(payload))
     assert (dest / "data.bin").read_bytes() == payload
     assert origin.stats("/data.bin").gets == 1  # the redirect is followed once, not by each part
     assert origin.stats("/m2/data.bin").gets == 0 and origin.stats("/m1/data.bin").statuses == [206] * 4
-    assert served(origin) < 1.1 * len(payload)
-    assert sorted(spans(origin.stats("/m1/data.bin").ranges[1:])) == part_spans(0, len(payload), 4)
+    parts = part_spans(0, len(payload), 4)
+    assert sorted(spans(origin.stats("/m1/data.bin").ranges[1:])) == parts
+    # The first answer was dropped once its part was read, not read on to its end.  (How much of it
+    # the server sent past its part is what it sent while the client had not yet closed: under
+    # load, 0.5 MB at 8 MB/s; a bound on it is a bound on the client's lag.)
+    first_answer = served(origin) - sum(last + 1 - first for first, last in parts)
+    assert first_answer < len(payload), first_answer
 
 
 def test_a_dropped_transfer_resumes_where_the_redirect_led(origin: Origin, tmp_path: Path) -> None:
