@@ -37,6 +37,27 @@ def test_readme_module_table_matches_the_tree() -> None:
     assert modules | packages == named, (sorted((modules | packages) - named), sorted(named - modules - packages))
 
 
+def test_readme_python_examples_pass_mypy_strict_in_a_user_s_program(tmp_path: Path) -> None:
+    """A user's program that imports as the README shows type-checks under mypy --strict: the
+    package ships py.typed, and its lazy exports are re-exported explicitly."""
+    import sharedcache
+
+    assert sorted(sharedcache.__all__) == sorted(sharedcache._EXPORTS)
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"^```python\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+    assert len(examples) >= 2 and any("FsCache" in example for example in examples)
+    for number, example in enumerate(examples):
+        (tmp_path / f"example_{number}.py").write_text(example)
+    # Outside the checkout, so that only the installed package (and its py.typed) is seen.
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"),
+         *sorted(path.name for path in tmp_path.glob("example_*.py"))],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    if "No module named mypy" in checked.stderr:
+        pytest.skip("mypy is not installed (the lint extra: tools/test.sh installs it)")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 @cache
 def _collected() -> list[str]:
     result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
