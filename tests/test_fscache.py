@@ -107,6 +107,26 @@ def test_failing_store_commits_nothing_and_reraises_the_same_exception(root: Pat
     assert loads(cache, "new")
 
 
+@pytest.mark.parametrize("replace", ["removed", "a file", "a link to a directory"])
+def test_a_store_whose_block_removes_or_replaces_its_data_directory_is_a_usage_error(
+        root: Path, tmp_path: Path, replace: str) -> None:
+    cache = FsCache(root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(UsageError, match=r"^entry 'x': the block removed or replaced its data directory$"):
+        with cache.store("x") as path:
+            (path / "f").write_text("x")
+            shutil.rmtree(path)
+            if replace == "a file":
+                path.write_text("not a directory")
+            elif replace == "a link to a directory":
+                path.symlink_to(elsewhere)
+    assert "x" not in cache
+    assert_clean(root)
+    put(cache, "x")
+    assert loads(cache, "x")
+
+
 def test_stage_is_removed_on_exit(root: Path) -> None:
     cache = FsCache(root)
     with cache.stage() as scratch:

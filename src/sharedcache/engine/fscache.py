@@ -101,7 +101,8 @@ Store (``store(name)``)
    staging directory whose owner has not locked it yet.)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is unlocked
    and removed (what cannot be removed is left to gc) and the exception re-raised; nothing is
-   committed.
+   committed.  So too, with a :class:`~sharedcache.errors.UsageError` naming the entry, when the
+   block removed ``data`` or put something else in its place.
 3. Flush the data to disk (:func:`~sharedcache.engine.fsutil.sync_tree`: an entry of a few files
    inode by inode, a larger one with the whole file system), unless the entry is for this boot
    only or on a tmpfs (below; then nothing in this step is flushed), then measure the tree
@@ -623,6 +624,18 @@ def _check_entry_settings(meta: object, keep: object) -> None:
     check_flag("keep", keep)
 
 
+def _check_data_directory(stage: int, name: str) -> None:
+    """Refuse the commit of entry ``name`` whose block removed the ``data`` directory of the
+    staging directory open as ``stage``, or put something else there (a file, a link): the
+    walks that seal and measure it would fail with the system's words for a bare ``data``."""
+    try:
+        kept = stat.S_ISDIR(os.lstat("data", dir_fd=stage).st_mode)
+    except FileNotFoundError:
+        kept = False
+    if not kept:
+        raise UsageError(f"entry {name!r}: the block removed or replaced its data directory")
+
+
 def _path(path: str) -> Path:
     """``path`` as the :class:`pathlib.Path` the API hands out (imported only when needed)."""
     from pathlib import Path
@@ -1119,6 +1132,7 @@ class FsCache:
         seal: Seal,
     ) -> bool:
         stage = staging.path
+        _check_data_directory(staging.fd, name)
         # An entry nobody keeps ends with the uses of this boot (see "Entries for this boot"),
         # and a tmpfs has no disk to write to.
         kind = file_system_type(staging.fd)
