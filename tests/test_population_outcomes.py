@@ -312,7 +312,7 @@ def test_a_waiter_for_a_populator_that_has_ended_says_so_and_who_may_hold_its_lo
         assert code == 1 and err.count("\n") == 1, err
         assert f"process {program.pid}" in err and "has ended" in err, err
         assert f"(fuser {control(base) / 'populate' / 'blob.lock'} names it)" in err, err
-        assert "a longer --timeout" not in err, err
+        assert "a longer timeout" not in err, err
 
 
 # A thread waits for another process's population while the main thread forks a worker; the

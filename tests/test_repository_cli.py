@@ -686,7 +686,7 @@ def test_a_name_held_in_another_cache_of_the_base_is_refused_before_any_download
         refused = sc("--use", *group, *args)
         assert (refused.returncode, refused.stdout) == (2, ""), refused
         assert refused.stderr == (f"sc: error: {link} is the path of repository 'r' of your own cache already: "
-                                  "give this one another name (-n NAME), or release that one first (sc --unuse)\n")
+                                  "give this one another name, or release that one's uses first\n")
         assert not (group_cache / "objects" / "r").exists(), "nothing downloaded for it"
         assert sc("--unuse", *args).returncode == 0
         assert sc("--use", "--keep", *group, *args).returncode == 0
@@ -1363,7 +1363,7 @@ def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs,
         (line,) = refused.stderr.splitlines()
         assert line.startswith(f"sc: error: repository 'repo' in {dirs[0]} holds another recipe ("), line
         assert f"md5:{md5[:12]}…" in line and md5 not in line, line  # the other recipe, short
-        assert f"(file:{other})" in line and "choose another --name" in line and "sc --unuse -n repo" in line, line
+        assert f"(file:{other})" in line and "choose another name;" in line and "last release of a use of its recipe" in line, line
         # Being populated with another recipe: said so, as it is not there yet.
         with paused_population(dirs[0], tmp_path, "-n", "made", *recipe(tarball)):
             refused = sc("--use", "-n", "made", "-d", str(dirs[0]), "--pid", str(owner.pid), f"file:{other}")
@@ -1371,7 +1371,7 @@ def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs,
             (line,) = refused.stderr.splitlines()
             assert line.startswith(f"sc: error: repository 'made' in {dirs[0]} is being populated with another "
                                    f"recipe (checksummed data.tar.gz md5:{md5[:12]}… tar) than the one given "
-                                   f"(file:{other}): choose another --name"), line
+                                   f"(file:{other}): choose another name"), line
 
 
 def test_list_shows_a_failed_population_and_one_in_progress_as_they_are(dirs, tarball, tmp_path):

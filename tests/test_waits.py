@@ -46,6 +46,7 @@ from scutil import (
     wait_for,
 )
 
+import sharedcache
 from sharedcache.engine.leases import boot_id
 
 
@@ -194,7 +195,21 @@ def test_a_waiter_that_times_out_says_in_its_one_line_whom_it_waited_for_and_tha
         os.kill(populator.pid, signal.SIGCONT)
         waiter = sc("--use", "--timeout", "1", *args)
         assert waiter.returncode == 1 and "stopped" not in waiter.stderr, waiter.stderr
-        assert "so far; a longer --timeout (or none) waits for it" in waiter.stderr, waiter.stderr
+        assert "so far; a longer timeout (or none) waits for it" in waiter.stderr, waiter.stderr
+
+
+def test_a_library_use_that_times_out_names_no_option_of_the_command_line(tmp_path, trickle):
+    # sharedcache.use() takes timeout=, not --timeout: the line says what to do in words that
+    # fit both callers.
+    with stopped_populator(tmp_path, trickle) as (base, _args, populator):
+        os.kill(populator.pid, signal.SIGCONT)
+        with pytest.raises(sharedcache.WaitTimeoutError) as timed_out:
+            with sharedcache.use(trickle.word(), name="slow", directories=str(base), timeout=1):
+                pytest.fail("the use was taken while the population went on")
+        line = str(timed_out.value)
+        assert line.startswith(f"repository 'slow': timed out after 1 s waiting for process {populator.pid} "), line
+        assert line.endswith("so far; a longer timeout (or none) waits for it to finish"), line
+        assert "--" not in line, line
 
 
 def test_a_live_population_of_an_earlier_release_is_not_said_to_have_ended(tmp_path):

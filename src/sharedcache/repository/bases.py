@@ -445,9 +445,9 @@ class Base:
 
                 gc = f"sc gc -d {quote(self.path)}" + (f" --group {group[1]}" if group else "")
                 raise NameTakenError(f"{link} is the link of repository {name!r} of {where}, which is gone: "
-                                     f"run '{gc}' to remove it, or give this one another name (-n NAME)")
+                                     f"run '{gc}' to remove it, or give this one another name")
             raise NameTakenError(f"{link} is the path of repository {name!r} of {where} already: give this "
-                                 "one another name (-n NAME), or release that one first (sc --unuse)")
+                                 "one another name, or release that one's uses first")
         raise SharedCacheError(f"{link} is a symlink to {current!r}, not to repository {name!r}; "
                                "refusing to follow it")
 
@@ -583,12 +583,12 @@ def conflict(name: str, base: str, existing: str | None, wanted: str, *,
     if populating:
         return NameTakenError(
             f"repository {name!r} in {base} is being populated with another recipe ({_shown(existing)}) than "
-            f"the one given ({_shown(wanted)}): choose another --name"
+            f"the one given ({_shown(wanted)}): choose another name"
         )
     return NameTakenError(
         f"repository {name!r} in {base} holds another recipe ({_shown(existing)}) than the one given "
-        f"({_shown(wanted)}): choose another --name; this one is free once that repository is deleted (by the "
-        f"last sc --unuse -n {name} of its recipe, unless it is kept, or by sc gc once its users have ended)"
+        f"({_shown(wanted)}): choose another name; this one is free once that repository is deleted (by the "
+        "last release of a use of its recipe, unless it is kept, or by sc gc once its users have ended)"
     )
 
 

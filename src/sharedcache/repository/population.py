@@ -180,11 +180,11 @@ def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
         locks.lock(fd, locks.EXCLUSIVE, timeout=remaining, waiting=report)
     except WaitTimeoutError:
         # The line a job's log keeps, -v or not: whom it waited for, why that did not end, and
-        # what to do about it.
+        # what to do about it, in words that fit sc's --timeout and use()'s timeout= alike.
         waited_for, why = _waiting_for(base, request, status_path, "it")
         raise WaitTimeoutError(
             f"repository {request.name!r}: timed out after {request.timeout:g} s waiting for {waited_for}; "
-            + (f"stuck: {why}" if why else "a longer --timeout (or none) waits for it to finish")
+            + (f"stuck: {why}" if why else "a longer timeout (or none) waits for it to finish")
         ) from None
 
 

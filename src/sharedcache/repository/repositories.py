@@ -601,7 +601,7 @@ class Repositories:
         # checks too (anything planted there is refused, a missing link is no path to give).
         if not base.linked(name):
             raise SharedCacheError(f"repository {name!r} is in {base.path}, but its link {base.link(name)} is "
-                                   "missing: sc --use makes it again")
+                                   "missing: a use of it makes it again")
         return base.link(name)
 
     def _find_named(self, words: Sequence[str], name: str | None) -> tuple[str, Base | None]:
