@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,15 @@ from fscache_worker import Children, fill, loads, scan_usage, verify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from scutil import SOUND_LOOKING_DAMAGE, Sleeper, damage_in_values, needs_delayed_allocation, pending, wait_for
+from scutil import (
+    SOUND_LOOKING_DAMAGE,
+    Sleeper,
+    damage_in_values,
+    interpreter_for,
+    needs_delayed_allocation,
+    pending,
+    wait_for,
+)
 
 from sharedcache import BusyError, CacheError, FsCache, MissError, NoSpaceError, UsageError
 from sharedcache.errors import EntryTooLargeError
@@ -730,6 +739,72 @@ def test_a_tree_in_the_trash_that_cannot_be_removed_fails_no_commit_or_release(r
     assert only_entries(cache) == set()
     cache.gc()
     assert os.listdir(root / "trash") == []
+
+
+#: Run as an ordinary user (root reads any directory whatever its mode): stores, a failed store
+#: and a stage of trees holding a directory of the user's own that its modes close to its owner;
+#: then a gc of such a tree found in the trash, and of one there that the user cannot remove.
+#: Each tree also links to a closed directory of the user's outside it, which stays as it is.
+CLOSED_DIRECTORIES = """
+import json, os, stat, sys
+from sharedcache import FsCache, SharedCacheError
+root, outside = sys.argv[1:]
+cache, results = FsCache(root), {}
+def closed(path, mode):
+    (path / "z").mkdir()
+    (path / "z" / "g").write_bytes(b"x" * 100_000)
+    (path / "z" / "outside").symlink_to(outside)
+    os.chmod(path / "z", mode)
+for mode in (0o000, 0o300):
+    try:
+        with cache.store(f"m{mode:o}") as path:
+            closed(path, mode)
+        with cache.load(f"m{mode:o}") as path:
+            results[f"m{mode:o}"] = [oct(stat.S_IMODE(os.stat(path / "z").st_mode)), (path / "z" / "g").stat().st_size]
+    except (SharedCacheError, OSError) as e:
+        results[f"m{mode:o}"] = f"{type(e).__name__}: {e}"
+try:
+    with cache.store("raises") as path:
+        closed(path, 0o000)
+        raise ValueError("the block fails")
+except ValueError:
+    pass
+with cache.stage() as path:
+    closed(path, 0o300)
+results["left"] = os.listdir(root + "/stage") + os.listdir(root + "/trash")
+os.mkdir(root + "/trash/left-by-a-crash")
+closed(__import__("pathlib").Path(root + "/trash/left-by-a-crash"), 0o000)
+report = cache.gc()
+results["gc"] = [report.trash_removed, report.trash_left]
+results["after gc"] = os.listdir(root + "/trash")
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as an ordinary user needs root")
+def test_trees_holding_a_directory_closed_to_its_owner_are_committed_or_removed_and_gc_reports_what_stays(
+        reachable_tmp: Path) -> None:
+    user = 41021
+    interpreter, env = interpreter_for(user, user)
+    root = reachable_tmp / "cache"
+    FsCache(root)  # (made by root, then given to the user)
+    subprocess.run(["chown", "-R", f"{user}:{user}", str(root)], check=True, timeout=30)
+    # What the user cannot remove: a tree of root's, in the user's trash.
+    (root / "trash" / "root-s").mkdir()
+    (root / "trash" / "root-s" / "f").write_text("root's")
+    outside = reachable_tmp / "outside"
+    outside.mkdir(mode=0o700)
+    os.chown(outside, user, user)
+    outside.chmod(0o000)
+    ran = subprocess.run([interpreter, "-c", CLOSED_DIRECTORIES, str(root), str(outside)], capture_output=True,
+                         text=True, timeout=120, env=env, user=user, group=user)
+    assert ran.returncode == 0, ran.stderr
+    results = json.loads(ran.stdout)
+    assert results["m0"] == results["m300"] == ["0o555", 100_000], results
+    assert results["left"] == ["root-s"], results  # the failed store's and the stage's trees were removed
+    assert results["gc"] == [1, 1], results  # the crash's tree removed; root's said to stay
+    assert results["after gc"] == ["root-s"], results
+    assert stat.S_IMODE(outside.stat().st_mode) == 0, "no walk followed a link"
 
 
 def test_last_release_deletes_an_entry_not_kept(root: Path) -> None:

@@ -677,6 +677,9 @@ class GcReport(Record):
     def __init__(self) -> None:
         self.stages_removed = 0
         self.trash_removed = 0
+        #: trees of the trash that could not be removed: another member's (until that member's
+        #: next command), or what a fault kept (an I/O error); the next command tries again
+        self.trash_left = 0
         self.leftovers_removed = 0
         self.orphans_adopted = 0
         self.orphans_removed = 0
@@ -1989,8 +1992,9 @@ class FsCache:
             self._local.removals = []
             return self._local.removals  # type: ignore[no-any-return]
 
-    def _empty_trash(self, *, thorough: bool = False) -> int:
-        """Delete whatever is in the trash; return how many trees were removed.  A tree that
+    def _empty_trash(self, *, thorough: bool = False) -> tuple[int, int]:
+        """Delete whatever is in the trash; return how many trees were removed, and how many
+        could not be (gc reports them).  A tree that
         another member of a group cache committed can only be deleted by that member (its
         directories are read-only): it stays until that member's next command here.
 
@@ -2020,8 +2024,8 @@ class FsCache:
             except FileNotFoundError:
                 status = None  # (missing: _open_own below says so)
             if status is not None and stat.S_ISDIR(status.st_mode) and status.st_nlink == 2:
-                return 0
-        removed = 0
+                return 0, 0
+        removed = left = 0
         alive: dict[str, bool] = {}
 
         def in_use(directory: int) -> bool:
@@ -2039,6 +2043,7 @@ class FsCache:
                     if not remove_tree(tree, dir_fd=trash, spare=in_use if self.shared else None):
                         continue
                 except OSError:  # PermissionError: another member's
+                    left += 1
                     continue
                 removed += 1
         finally:
@@ -2047,9 +2052,9 @@ class FsCache:
             try:
                 from .index import make_reserve  # (the index is open already: this imports nothing)
             except ImportError:  # (but an import fails at the interpreter's exit: a use() finalised then)
-                return removed  # the next command that frees room makes the reserve again
+                return removed, left  # the next command that frees room makes the reserve again
             make_reserve(self.root, self.modes.file)  # the room just made keeps the index usable on a full disk
-        return removed
+        return removed, left
 
     def _tree_in_use(self, trash: int, tree: str, alive: dict[str, bool]) -> bool:
         """Whether the tree ``tree`` of the trash open as ``trash`` is an entry whose lock is held:
@@ -2256,7 +2261,8 @@ class FsCache:
     def gc(self) -> GcReport:
         """Clean what crashed processes left, reclaim dead leases, and repair the accounting.
 
-        Removes abandoned staging directories, the trash, and what processes that ended left
+        Removes abandoned staging directories, the trash (counting what of it stays:
+        :attr:`GcReport.trash_left`), and what processes that ended left
         under temporary names (an hour old: see :func:`~sharedcache.engine.fsutil.remove_leftovers`);
         reconciles ``objects/`` with the index (adopts committed directories that lost their row,
         removes directories without a valid marker and rows without a directory); removes the
@@ -2319,7 +2325,7 @@ class FsCache:
                 report.accounting_fixed = 1
                 db.set_total(actual)
             self._restore_budget(db, budget)
-        report.trash_removed = self._empty_trash(thorough=True)
+        report.trash_removed, report.trash_left = self._empty_trash(thorough=True)
         # (What this object's opening and this gc did, reported once.)
         report.subdirectories_repaired, self._subdirectories_repaired = self._subdirectories_repaired, 0
         report.put_away, self._names_put_away = self._names_put_away, 0

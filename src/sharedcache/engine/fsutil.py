@@ -11,6 +11,10 @@
   tolerating a concurrent remover of the same tree; it can spare the directories its caller
   says must stay, and what holds them.
 
+Both walks change the modes of what they walk (the seal, the removal), so both enter a directory
+of this user's that its modes close to its owner (000, 0300: as a filler may leave one) by
+giving it the owner's bits first (:func:`open_own_directory`); another user's stays closed.
+
 Trees are walked by :func:`walk`: iteratively (any depth), relative to directory descriptors
 opened with ``O_NOFOLLOW|O_DIRECTORY``, never following a symlink, so that a link planted or
 swapped in anywhere (by an archive, or by another member of a group cache) makes no walk act
@@ -339,7 +343,7 @@ class Seal:
         to it: the filler's count and the root's blocks, or what :func:`disk_usage` finds."""
         if self.allocated is None or not counts_blocks_at_write(dir_fd):
             return disk_usage(path, seal=SEALED_DIRECTORY, dir_fd=dir_fd)
-        root = open_directory(path, dir_fd=dir_fd)
+        root = open_own_directory(path, dir_fd=dir_fd)
         try:
             os.fchmod(root, SEALED_DIRECTORY)
             return os.fstat(root).st_blocks * 512 + self.allocated
@@ -416,13 +420,15 @@ def disk_usage(
     """Bytes allocated to the tree at ``path``: the blocks of every inode in it, hard links once.
 
     With ``seal`` (a directory mode, 0o555), the same walk also gives the files their
-    :func:`sealed_mode` and the directories that mode.
+    :func:`sealed_mode` and the directories that mode, entering those of this user's that are
+    closed to their owner (:func:`open_own_directory`).
     Committed data is sealed so that no job can change what another reads; whoever deletes it
     restores write permission on what it removes (:func:`remove_tree`).  The walk never follows
     a symlink, the tree's own root included: a link swapped in anywhere is counted as a link
     and left alone.
     """
-    root = open_directory(path, dir_fd=dir_fd)
+    opener = open_directory if seal is None else open_own_directory  # (a mere count changes no mode)
+    root = opener(path, dir_fd=dir_fd)
     try:
         total = os.fstat(root).st_blocks * 512
         seen: set[tuple[int, int]] = set()
@@ -439,7 +445,7 @@ def disk_usage(
                 seen.add((st.st_dev, st.st_ino))
             total += st.st_blocks * 512
             if stat.S_ISDIR(st.st_mode):
-                return open_directory(name, dir_fd=directory)
+                return opener(name, dir_fd=directory)
             if seal is not None and stat.S_ISREG(st.st_mode):
                 mode = sealed_mode(st.st_mode)
                 if stat.S_IMODE(st.st_mode) != mode:  # an unpacker may have given it already
@@ -466,7 +472,8 @@ def remove_tree(
 
     The walk never follows a symlink (one found anywhere, ``path`` included, is removed as a
     link) and never recurses, so any depth can be removed.  Read-only directories inside the
-    tree (committed data is read-only) are made writable first, but only those being removed.
+    tree (committed data is read-only) are made writable first, but only those being removed,
+    and so are this user's directories closed to their owner (:func:`open_own_directory`).
     Raises PermissionError for a tree that this user may not delete (another member's, in a
     group cache).
 
@@ -483,7 +490,7 @@ def remove_tree(
     except IsADirectoryError:
         pass
     try:
-        root = open_directory(path, dir_fd=dir_fd)
+        root = open_own_directory(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return True
     except NotADirectoryError:  # swapped for a link or a file meanwhile: remove that
@@ -504,7 +511,7 @@ def remove_tree(
             except IsADirectoryError:
                 pass
             try:
-                child = open_directory(name, dir_fd=directory)
+                child = open_own_directory(name, dir_fd=directory)
             except FileNotFoundError:
                 return None
             except NotADirectoryError:
@@ -569,6 +576,31 @@ def open_directory(path: str | os.PathLike[str], *, dir_fd: int | None = None) -
         if e.errno == errno.ELOOP:
             raise NotADirectoryError(errno.ENOTDIR, "a symlink, not a directory", os.fspath(path)) from None
         raise
+
+
+def open_own_directory(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """:func:`open_directory`, for a walk that changes modes: a directory of this user's that its
+    own modes keep its owner from reading (000, 0300) is given the owner's read, write and search
+    bits, then opened.  Another user's stays as it is (PermissionError).
+
+    The directory is reached once, as a mere path reference (``O_PATH``, which needs no
+    permission on it) that is no symlink; its type and owner are checked on what was opened,
+    its mode changed through ``/proc/self/fd`` (the inode itself), and it is opened again from
+    that reference: nothing swapped in at ``path`` meanwhile is changed or opened."""
+    try:
+        return open_directory(path, dir_fd=dir_fd)
+    except PermissionError as e:
+        refused = e
+    # (A link or a file swapped in meanwhile: NotADirectoryError, as open_directory says it.)
+    reference = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        status = os.fstat(reference)
+        if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid():
+            raise refused
+        os.chmod(f"/proc/self/fd/{reference}", stat.S_IMODE(status.st_mode) | stat.S_IRWXU)
+        return os.open(".", DIRECTORY, dir_fd=reference)
+    finally:
+        os.close(reference)
 
 
 def walk(root: int, enter: Callable[[int, str], int | None], leave: Callable[[int, str, int], None]) -> None:
