@@ -809,7 +809,7 @@ def test_gc_clears_what_is_planted_at_the_reservations_lock(tmp_path):
         planted.unlink()
         planted.mkdir()
         refused = sc(*use, "-n", "second")
-        assert refused.returncode == 1 and "'sc gc' removes it" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and "(gc removes it)" in refused.stderr, refused.stderr
         collected = sc("gc", "-d", str(base))
         assert collected.returncode == 0, collected.stderr
         assert sc(*use, "-n", "second").returncode == 0

@@ -467,8 +467,9 @@ def _lost(entry: str, name: str, is_kind: Callable[[int], bool]) -> bool:
 
 
 def _damaged_error(name: str, root: str) -> CacheError:
+    # "gc": sc gc and FsCache.gc() alike (a cache of the engine's own is no base of sc's).
     return CacheError(f"entry {name!r} in cache {root} is damaged: its data or lock was replaced or removed; "
-                      "sc gc deletes it once unused")
+                      "gc deletes it once unused")
 
 
 def _markerless(entry: str) -> bool:

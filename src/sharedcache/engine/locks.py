@@ -129,7 +129,7 @@ def open_lock_file(
             # Another user's file, not readable by the group (a member's umask): a bare
             # "Permission denied" would name neither the file nor what to do.
             raise CacheError(f"{shown_path(path)} is not readable by this user (another user's file?); "
-                             "refusing to use it ('sc gc' removes it)") from None
+                             "refusing to use it (gc removes it)") from None
         except OSError as e:
             if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # (ENXIO: a UNIX socket)
                 raise
@@ -139,7 +139,7 @@ def open_lock_file(
         if fd < 0 or not stat.S_ISREG(st.st_mode):
             raise CacheError(
                 f"{shown_path(path)} is not a regular file (a planted symlink, FIFO, socket or directory?); "
-                "refusing to use it ('sc gc' removes it)"
+                "refusing to use it (gc removes it)"
             )
         if create and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode and st.st_size == 0:
             os.fchmod(fd, mode)  # ours, and new: the umask may have dropped bits (never a mere look's)
