@@ -226,7 +226,7 @@ def test_a_live_population_of_an_earlier_release_is_not_said_to_have_ended(tmp_p
     assert waiter.returncode == 1, waiter.stderr
     assert f"waiting 0 s for process {populator.pid} to populate 'slow'" in waiter.stderr, waiter.stderr
     assert "has ended" not in waiter.stderr, waiter.stderr
-    assert "so far; a longer --timeout (or none) waits for it" in waiter.stderr, waiter.stderr
+    assert "so far; a longer timeout (or none) waits for it" in waiter.stderr, waiter.stderr
 
 
 #: ``sc gc`` paused where a scheduler may pause it: it has opened the population lock file of
