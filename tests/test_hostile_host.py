@@ -1083,3 +1083,44 @@ def test_what_a_member_plants_in_an_entry_s_leases_fails_no_use_release_or_gc(sh
             assert result.returncode == 0 and clean_lines(result) == [], (command, result.stderr)
             if command[0] == "--use":
                 check_tree(Path(result.stdout.strip()), FILES)
+
+
+# How a member plants a directory of hers in objects/, which only she may move to another
+# directory (a move rewrites its `..`): ARGV is the cache's directory.
+IN_OBJECTS = {
+    "beside the entries": "import os, sys; os.mkdir(f'{sys.argv[1]}/objects/planted', 0o755)",
+    # Unreadable to the others: they cannot even open it to look for an entry's lock.
+    "private, beside the entries": "import os, sys; os.mkdir(f'{sys.argv[1]}/objects/planted', 0o700)",
+    # In an entry's place, its row still there: the entry renamed out of objects/ first.
+    "in an entry's place": "import os, sys; os.rename(f'{sys.argv[1]}/objects/repo', f'{sys.argv[1]}/gone'); "
+                           "os.mkdir(f'{sys.argv[1]}/objects/repo', 0o755)",
+    "private, in an entry's place": "import os, sys; os.rename(f'{sys.argv[1]}/objects/repo', f'{sys.argv[1]}/gone'); "
+                                    "os.mkdir(f'{sys.argv[1]}/objects/repo', 0o700)",
+}
+
+
+@pytest.mark.parametrize("how", list(IN_OBJECTS))
+def test_a_directory_a_member_plants_in_objects_is_left_to_her_and_gc_repairs_the_rest(
+    shared, users, python, recipe, home, how
+):
+    # Such a directory failed every other member's gc whole with a bare "Permission denied:
+    # planted", so that gc repaired nothing else: a link she planted at a population lock stayed,
+    # failing that repository's uses with a line that said gc removes it.
+    with planted(shared, users, python, recipe, home, "populate/other.lock", "symlink") as (base, group, rest):
+        root = base / f".shared-cache-g{users.gid}"
+        planted_path = root / "objects" / ("repo" if how.endswith("in an entry's place") else "planted")
+        done(code_as(python, users.member, IN_OBJECTS[how], str(root), groups=(users.gid,)))
+        other = [*group, "-n", "other", *rest]
+        refused = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert refused.returncode == 1 and "'sc gc' removes it" in refused.stderr, refused.stderr
+        gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+        lines = clean_lines(gc)
+        assert gc.returncode == 0 and len(lines) == 1, gc.stderr
+        assert str(planted_path) in lines[0] and f"uid {users.member}" in lines[0], lines
+        assert "left alone: 1" in gc.stdout, gc.stdout
+        assert planted_path.is_dir() and not os.path.lexists(root / "populate" / "other.lock")
+        again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert again.returncode == 0, again.stderr
+        check_tree(Path(again.stdout.strip()), FILES)
+        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
+        assert released.returncode == 0, released.stderr

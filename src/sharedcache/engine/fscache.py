@@ -58,7 +58,10 @@ it, else removed; a row without a directory: dropped), then deletes unused entri
 does.  It never removes a directory whose entry lock a use holds or that holds a lease of a live
 owner, whatever its name and marker say: what it removes it removes as a delete does (below),
 under the entry's lock taken without waiting, after a look at the leases.  A directory whose
-marker names another name is still an entry to whoever committed it there.
+marker names another name is still an entry to whoever committed it there.  In a group cache,
+what another member owns there and this user may not move (a directory of hers, whose ``..`` a
+move to another directory rewrites) or open is left where it is, and so is its row: gc names it
+and its owner in its report (``left_alone``) and goes on with the rest.
 
 What a warm use changes (a lease, the keep flag, the time of last use) lives in the entry's
 directory, so that holding and loading an entry never open the index: that is what makes a use
@@ -380,6 +383,7 @@ from .layout import (
     make_subdirectory,
     making,
     open_cache,
+    owner_shown,
     set_aside,
 )
 from .leases import (
@@ -691,6 +695,9 @@ class GcReport(Record):
         self.index_rebuilt = False
         #: entry directories this process cannot judge (see "Names"): neither removed nor their rows dropped
         self.names_left_alone = 0
+        #: what another member of a group cache owns in ``objects/`` that this user may not move or
+        #: open (a directory of hers), left where it is: one line each, naming its path and owner
+        self.left_alone: list[str] = []
         self.damaged_budget_removed = False
         #: ``stage`` or ``trash`` replaced (something planted there, or another member's)
         self.subdirectories_repaired = 0
@@ -1631,7 +1638,7 @@ class FsCache:
 
     def _retire(self, db: Index, name: str, *, unless_kept: bool = False, unless_awaited: bool = False,
                 entry: str | None = None, evict_to_budget: Callable[[], None] | None = None,
-                restorable: bool = False) -> bool:
+                restorable: bool = False, left_alone: list[str] | None = None) -> bool:
         """Within a transaction: move entry ``name`` to the trash unless it is in use (locked,
         or leased by a live process) or, with ``unless_kept``, marked to keep or awaited, or,
         with ``unless_awaited``, awaited (see :meth:`_unused`).  ``entry``: the
@@ -1641,7 +1648,8 @@ class FsCache:
         member's, on an overlayfs), after its row is back: it counts against the budget again.
         With ``restorable`` (a release's, a removal's: not an eviction's, whose entries may be
         many, each a descriptor held), the entry is moved back if the transaction fails, its lock
-        held until then so that nobody empties it from the trash meanwhile.
+        held until then so that nobody empties it from the trash meanwhile.  What only another
+        member may move is left where it is, said in ``left_alone`` (gc's report) if given.
 
         Returns whether it was removed.  The tree itself is deleted after the commit, by
         :meth:`_empty_trash`.
@@ -1676,25 +1684,28 @@ class FsCache:
             if row is not None:
                 db.forget(name)
             then()
-            if fd is not None:
-                try:
+            try:
+                if fd is not None:
                     moved = self._to_trash(OBJECTS, name, later=True)
                     if moved is not None and restorable:
                         lock, fd = fd, None  # (closed as the transaction ends, not below)
                         db.at_end(lambda: self._rename_back(TRASH, moved, OBJECTS, name),
                                   lambda: locks.close(lock))
-                except PermissionError:
-                    # Another member's, in a lower layer of an overlayfs: only that member may
-                    # remove its files, in its sticky directory, in place (see "Delete").  It
-                    # stays, and so does its row, and the caller's eviction, which took it for
-                    # gone, counts it now.
-                    if row is not None:
-                        _, size, created, last_used, keep, meta = row
-                        db.add(name, size, created, last_used, bool(keep), meta)
-                        then()
-                    return False
-            elif os.path.lexists(entry):  # neither lock nor marker (nor a directory): nothing a use holds
-                self._to_trash(OBJECTS, name, later=True)
+                elif os.path.lexists(entry):  # neither lock nor marker (nor a directory): nothing a use holds
+                    self._to_trash(OBJECTS, name, later=True)
+            except PermissionError:
+                # Another member's: a directory of hers, which only she may move to another
+                # directory (the move rewrites its `..`), or an entry of hers in a lower layer of
+                # an overlayfs, whose files only she may remove, in its sticky directory, in
+                # place (see "Delete").  It stays, and so does its row, and the caller's
+                # eviction, which took it for gone, counts it now.
+                if row is not None:
+                    _, size, created, last_used, keep, meta = row
+                    db.add(name, size, created, last_used, bool(keep), meta)
+                    then()
+                if left_alone is not None:
+                    left_alone.append(self._left_to_owner(name))
+                return False
             return True
         finally:
             if fd is not None:
@@ -2293,12 +2304,15 @@ class FsCache:
             foreign = {name for name in on_disk | rows if not writes_as_utf8(name)}
             report.names_left_alone = len(foreign & on_disk)  # (a row's name spelt another way on disk)
             for name in on_disk - rows - foreign:
-                if self._adopt(db, name):
-                    report.orphans_adopted += 1
-                elif self._another_kernel_s(name):
-                    continue  # not ours to judge (see _another_kernel_s)
-                elif self._remove_orphan(db, name):
-                    report.orphans_removed += 1
+                try:
+                    if self._adopt(db, name):
+                        report.orphans_adopted += 1
+                    elif self._another_kernel_s(name):
+                        continue  # not ours to judge (see _another_kernel_s)
+                    elif self._remove_orphan(db, name, report.left_alone):
+                        report.orphans_removed += 1
+                except PermissionError:  # a directory of another member's that this user may not open
+                    report.left_alone.append(self._left_to_owner(name))
             for name in rows - on_disk - foreign:
                 db.forget(name)
                 report.rows_dropped += 1
@@ -2318,9 +2332,11 @@ class FsCache:
                                         or (committed(entry) is not None and _damaged(entry)))
                             if leftover or not keep:
                                 report.entries_deleted += self._retire(db, name, unless_kept=not leftover,
-                                                                       entry=entry)
+                                                                       entry=entry, left_alone=report.left_alone)
                 except MissError:
                     continue  # a link where the entry was (a group member's): not ours to follow
+                except PermissionError:  # a directory of another member's that this user may not open
+                    report.left_alone.append(self._left_to_owner(name))
             actual = db.sum_of_sizes()
             if actual != db.total():
                 report.accounting_fixed = 1
@@ -2332,17 +2348,28 @@ class FsCache:
         report.put_away, self._names_put_away = self._names_put_away, 0
         return report
 
-    def _remove_orphan(self, db: Index, name: str) -> bool:
+    def _remove_orphan(self, db: Index, name: str, left_alone: list[str]) -> bool:
         """Within a transaction: move ``objects/<name>``, which no row accounts for and which is
         no entry to adopt, into the trash, unless a use holds it (its lock, or a lease of a live
         owner: a directory whose marker names another name is still used through that name by
-        whoever committed it); return whether it was."""
+        whoever committed it), or another member owns it and this user may not move it (said in
+        ``left_alone``); return whether it was."""
         try:
             with self._entry(name) as entry:
-                return self._retire(db, name, entry=entry)
+                return self._retire(db, name, entry=entry, left_alone=left_alone)
         except MissError:  # a link (a member's): nothing any use reaches through it
             self._to_trash(OBJECTS, name, later=True)
             return True
+
+    def _left_to_owner(self, name: str) -> str:
+        """What gc says of ``objects/<name>``, which another member owns and this user may not
+        move or open: its path and its owner, who alone may remove it."""
+        path = os.path.join(self._objects, name)
+        try:
+            owner = owner_shown(os.stat(path, follow_symlinks=False).st_uid)
+        except OSError:
+            owner = "another member"  # (removed by its owner meanwhile)
+        return f"{path}: left alone: it belongs to {owner}, who alone may move or remove it"
 
     def _budget_repaired(self, report: GcReport) -> int | None:
         """Within gc's transaction: the budget; a damaged one (:class:`_DamagedBudget`) is put

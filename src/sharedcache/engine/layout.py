@@ -395,7 +395,7 @@ def check_base(base: str, group: int | None) -> None:
                          f"own files need {CACHE_DEPTH} more within the {limit - 1:,} the system allows")
     if st.st_uid not in (0, os.geteuid()):
         raise CacheError(
-            f"{base} belongs to {_owner_shown(st.st_uid)}, who could replace what sc puts in it; refusing to use it"
+            f"{base} belongs to {owner_shown(st.st_uid)}, who could replace what sc puts in it; refusing to use it"
         )
     if st.st_mode & stat.S_ISVTX:
         return
@@ -408,7 +408,7 @@ def check_base(base: str, group: int | None) -> None:
         )
 
 
-def _owner_shown(uid: int) -> str:
+def owner_shown(uid: int) -> str:
     """The owner ``uid`` of a file as a message names it.  In a user namespace (a rootless
     container's) a file of a user it does not map, the host's root among them, shows the
     kernel's overflow uid: that is said, as the uid alone reads as the user ``nobody``."""

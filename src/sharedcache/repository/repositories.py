@@ -27,6 +27,7 @@ from ..errors import (
     UsageError,
     no_space_for,
     not_utf8_here,
+    printable,
     raise_if_over_limit,
     why_not_utf8_here,
     without_user_info,
@@ -701,6 +702,9 @@ class Repositories:
                 if report["names_left_alone"]:
                     self.reporter.warning(f"gc: {base.path}: left alone {report['names_left_alone']} repositories "
                                           f"whose names are not ASCII: {why_not_utf8_here()}")
+                for line in report["left_alone"]:  # (paths another member chose)
+                    self.reporter.warning(f"gc: {printable(line)}")
+                report["left_alone"] = len(report["left_alone"])
                 report["entries_deleted"] += self._delete_recipeless(cache)
                 base.use_cache(cache)
                 report["populations_cleaned"] = self._clean_populations(base, cache)
@@ -729,6 +733,8 @@ class Repositories:
                     deleted += 1
             except (MissError, BusyError):
                 continue  # deleted meanwhile, or in use: left to its users, then to the next gc
+            except PermissionError:
+                continue  # a directory of another member's, which the cache's gc has said it leaves alone
         return deleted
 
     @staticmethod
