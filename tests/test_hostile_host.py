@@ -1124,3 +1124,25 @@ def test_a_directory_a_member_plants_in_objects_is_left_to_her_and_gc_repairs_th
         check_tree(Path(again.stdout.strip()), FILES)
         released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
         assert released.returncode == 0, released.stderr
+
+
+@pytest.mark.parametrize("record", [".json", ".error"])
+def test_a_directory_a_member_plants_at_a_population_record_is_put_away_by_gc(
+    shared, users, python, recipe, home, record
+):
+    # gc unlinks a population's records with its other leftovers: a directory of hers at one
+    # failed every other member's gc with "Is a directory: /proc/self/fd/7/other.json", and
+    # nothing after it (the rest of populate/, stale links) was cleaned.
+    with planted(shared, users, python, recipe, home, f"populate/other{record}", "directory of hers") as (
+        base, group, rest
+    ):
+        root = base / f".shared-cache-g{users.gid}"
+        gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+        assert gc.returncode == 0 and not clean_lines(gc), gc.stderr
+        assert not os.path.lexists(root / "populate" / f"other{record}")
+        other = [*group, "-n", "other", *rest]
+        again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert again.returncode == 0, again.stderr
+        check_tree(Path(again.stdout.strip()), FILES)
+        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
+        assert released.returncode == 0, released.stderr

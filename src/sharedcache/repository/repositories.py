@@ -817,7 +817,10 @@ class Repositories:
                 found = os.path.lexists(work) or any(os.path.lexists(path) for path in leftovers)
                 cache.discard(work)
                 for path in leftovers:
-                    unlink_if_present(path)
+                    try:
+                        unlink_if_present(path)
+                    except IsADirectoryError:  # (a member's, planted) put away as a work directory is
+                        cache.discard(path)
                 if expired:  # a kept error record keeps its lock: waiters may still read it
                     os.unlink(lock_path)  # waiters check that the path still names what they lock
                 cleaned += found
