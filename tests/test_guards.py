@@ -391,3 +391,15 @@ def test_damaged_cache_marker_gives_a_clear_error_and_gc_repairs_it(base, words)
         fixed = sc("--use", *args)
         assert fixed.returncode == 0, fixed.stderr
         check_tree(Path(fixed.stdout.strip()), FILES)
+
+
+def test_what_gc_cannot_move_into_the_trash_is_named_with_what_it_did(base, words):
+    # A mount point in objects/, which no rename moves, failed gc with "Device or resource busy:
+    # planted": neither what gc was doing nor where that was.
+    made = sc("--use", "--keep", "-n", "repo", "-d", str(base), *words)
+    assert made.returncode == 0, made.stderr
+    planted = control(base) / "objects" / "planted"
+    with mounted_tmpfs(planted, "1m"):
+        gc = sc("gc", "-d", str(base))
+    assert gc.returncode == 1, gc.stderr
+    assert one_line(gc.stderr) == f"sc: error: cannot move {planted} into the trash: Device or resource busy"

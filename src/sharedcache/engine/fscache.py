@@ -364,6 +364,7 @@ from .fsutil import (
     read_control,
     remove_leftovers,
     remove_tree,
+    shown_path,
     sync_tree,
     unique_name,
     unlink_if_present,
@@ -506,7 +507,10 @@ def _move_to_trash(directory: int | None, name: str, trash: int,
         return moved
     except OSError as e:
         if e.errno != errno.EXDEV:
-            raise
+            # Named now, while ``directory`` is open: the system names only ``name``.  (Of the
+            # same class: callers pass over what they may not move, or what is gone.)
+            shown = shown_path(name if directory is None else f"/proc/self/fd/{directory}/{name}")
+            raise OSError(e.errno, f"cannot move {shown} into the trash: {e.strerror}") from e
     tree = open_directory(name, dir_fd=directory)
     try:
         names = os.listdir(tree)
