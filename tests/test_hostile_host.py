@@ -1146,3 +1146,19 @@ def test_a_directory_a_member_plants_at_a_population_record_is_put_away_by_gc(
         check_tree(Path(again.stdout.strip()), FILES)
         released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
         assert released.returncode == 0, released.stderr
+
+
+def test_a_directory_a_member_plants_in_stage_is_left_to_her_and_named_by_gc(shared, users, python, recipe, home):
+    # Such a directory, which no store locks, is taken for an abandoned stage: gc passed over it
+    # without a word, on every run, while it said what it leaves in objects/.
+    with planted(shared, users, python, recipe, home, "stage/planted", "directory of hers") as (base, group, rest):
+        root = base / f".shared-cache-g{users.gid}"
+        gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+        lines = clean_lines(gc)
+        assert gc.returncode == 0 and len(lines) == 1, gc.stderr
+        assert str(root / "stage" / "planted") in lines[0] and f"uid {users.member}" in lines[0], lines
+        assert "left alone: 1" in gc.stdout, gc.stdout
+        other = [*group, "-n", "other", *rest]
+        again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert again.returncode == 0, again.stderr
+        check_tree(Path(again.stdout.strip()), FILES)

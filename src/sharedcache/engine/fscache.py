@@ -61,7 +61,8 @@ under the entry's lock taken without waiting, after a look at the leases.  A dir
 marker names another name is still an entry to whoever committed it there.  In a group cache,
 what another member owns there and this user may not move (a directory of hers, whose ``..`` a
 move to another directory rewrites) or open is left where it is, and so is its row: gc names it
-and its owner in its report (``left_alone``) and goes on with the rest.
+and its owner in its report (``left_alone``) and goes on with the rest; so does a directory of
+hers in ``stage/``.
 
 What a warm use changes (a lease, the keep flag, the time of last use) lives in the entry's
 directory, so that holding and loading an entry never open the index: that is what makes a use
@@ -699,8 +700,9 @@ class GcReport(Record):
         self.index_rebuilt = False
         #: entry directories this process cannot judge (see "Names"): neither removed nor their rows dropped
         self.names_left_alone = 0
-        #: what another member of a group cache owns in ``objects/`` that this user may not move or
-        #: open (a directory of hers), left where it is: one line each, naming its path and owner
+        #: what another member of a group cache owns in ``objects/`` or ``stage/`` that this user
+        #: may not move or open (a directory of hers), left where it is: one line each, naming its
+        #: path and owner
         self.left_alone: list[str] = []
         self.damaged_budget_removed = False
         #: ``stage`` or ``trash`` replaced (something planted there, or another member's)
@@ -1708,7 +1710,7 @@ class FsCache:
                     db.add(name, size, created, last_used, bool(keep), meta)
                     then()
                 if left_alone is not None:
-                    left_alone.append(self._left_to_owner(name))
+                    left_alone.append(self._left_to_owner(OBJECTS, name))
                 return False
             return True
         finally:
@@ -2230,8 +2232,10 @@ class FsCache:
         finally:
             os.close(directory)
 
-    def _sweep(self) -> int:
-        """Remove the staging directories of dead processes, if nobody is creating one now.
+    def _sweep(self, left_alone: list[str] | None = None) -> int:
+        """Remove the staging directories of dead processes, if nobody is creating one now; what
+        another member owns there and this user may not move is left, said in ``left_alone``
+        (gc's report) if given.
 
         Under ``stage.lock`` they are only moved into the trash, then deleted with it once the
         lock is released: a killed population may leave a million files, and every store waits
@@ -2244,7 +2248,7 @@ class FsCache:
             stages, trash = self._open_own(STAGE), self._open_own(TRASH)
             try:
                 for stage in os.listdir(stages):
-                    removed += self._trash_if_abandoned(stages, stage, trash)
+                    removed += self._trash_if_abandoned(stages, stage, trash, left_alone)
             finally:
                 os.close(stages)
                 os.close(trash)
@@ -2254,8 +2258,7 @@ class FsCache:
             self._empty_trash()
         return removed
 
-    @staticmethod
-    def _trash_if_abandoned(stages: int, stage: str, trash: int) -> int:
+    def _trash_if_abandoned(self, stages: int, stage: str, trash: int, left_alone: list[str] | None) -> int:
         try:
             fd = locks.open_recorded(f"{stage}/lock", dir_fd=stages)
         except OSError as e:
@@ -2268,8 +2271,10 @@ class FsCache:
             return 1
         except FileNotFoundError:
             return 0  # committed or removed by its owner since the listing (no stage is made now)
-        except PermissionError:
-            return 0  # another member's: only that member (or root) can move or delete it
+        except PermissionError:  # another member's: only that member (or root) can move or delete it
+            if left_alone is not None:
+                left_alone.append(self._left_to_owner(STAGE, stage))
+            return 0
         finally:
             if fd is not None:
                 locks.close(fd)
@@ -2296,7 +2301,7 @@ class FsCache:
             report.index_rebuilt = True
         self.trash_what_was_set_aside()
         report.leftovers_removed = self._remove_leftovers()
-        report.stages_removed = self._sweep()
+        report.stages_removed = self._sweep(report.left_alone)
         with self._transaction() as db:
             # (Before anything changes, as a release reads them.)
             rows, budget = db.names(), self._budget_repaired(report)
@@ -2316,7 +2321,7 @@ class FsCache:
                     elif self._remove_orphan(db, name, report.left_alone):
                         report.orphans_removed += 1
                 except PermissionError:  # a directory of another member's that this user may not open
-                    report.left_alone.append(self._left_to_owner(name))
+                    report.left_alone.append(self._left_to_owner(OBJECTS, name))
             for name in rows - on_disk - foreign:
                 db.forget(name)
                 report.rows_dropped += 1
@@ -2340,7 +2345,7 @@ class FsCache:
                 except MissError:
                     continue  # a link where the entry was (a group member's): not ours to follow
                 except PermissionError:  # a directory of another member's that this user may not open
-                    report.left_alone.append(self._left_to_owner(name))
+                    report.left_alone.append(self._left_to_owner(OBJECTS, name))
             actual = db.sum_of_sizes()
             if actual != db.total():
                 report.accounting_fixed = 1
@@ -2365,10 +2370,10 @@ class FsCache:
             self._to_trash(OBJECTS, name, later=True)
             return True
 
-    def _left_to_owner(self, name: str) -> str:
-        """What gc says of ``objects/<name>``, which another member owns and this user may not
-        move or open: its path and its owner, who alone may remove it."""
-        path = os.path.join(self._objects, name)
+    def _left_to_owner(self, sub: str, name: str) -> str:
+        """What gc says of ``name`` in this cache's directory ``sub``, which another member owns
+        and this user may not move or open: its path and its owner, who alone may remove it."""
+        path = os.path.join(self.root, sub, name)
         try:
             owner = owner_shown(os.stat(path, follow_symlinks=False).st_uid)
         except OSError:
