@@ -184,6 +184,35 @@ def test_a_cache_of_format_2_stays_so_while_a_use_of_that_version_may_wait_in_it
     assert info.read_bytes() == b"shared-cache fscache 3\n"
 
 
+def test_a_cache_of_format_2_stays_so_while_a_dead_population_of_that_version_may_be_taken_over(
+        tmp_path: Path) -> None:
+    # A waiter of that version polls the population lock: from its populator's death to its
+    # takeover no lock is held, and an open of this version then (a mere sc list) rewrote the
+    # marker; this version's next commit of the name, for this boot, was that waiter's leftover.
+    source = tmp_path / "source.txt"
+    source.write_bytes(b"data\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    made = sc("--use", "--keep", "-d", str(base), "-n", "before", f"file:{source}")  # (the cache)
+    assert made.returncode == 0, made.stderr
+    info = control(base) / "cache.info"
+    info.write_bytes(b"shared-cache fscache 2\n")
+    with earlier_populator(base, "job") as earlier:
+        os.kill(earlier.pid, signal.SIGKILL)
+        earlier.wait(10)
+    assert (control(base) / "populate" / "job.json").exists()
+    listed = sc("list", "-d", str(base))
+    assert listed.returncode == 0, listed.stderr
+    assert info.read_bytes() == b"shared-cache fscache 2\n", "brought to format 3 before a takeover"
+    # gc removes the dead population's record (a waiter that comes back takes over without it).
+    collected = sc("gc", "-d", str(base))
+    assert collected.returncode == 0, collected.stderr
+    assert not (control(base) / "populate" / "job.json").exists()
+    later = sc("list", "-d", str(base))
+    assert later.returncode == 0, later.stderr
+    assert info.read_bytes() == b"shared-cache fscache 3\n"
+
+
 def test_a_store_replaces_an_entry_of_another_boot_and_gc_removes_one(disk: Path) -> None:
     cache = FsCache(disk / "cache")
     for name in ("replaced", "collected"):

@@ -258,8 +258,10 @@ checks the marker only as it opens the cache, so a command of it under way (a us
 another's population, which it takes over if that one dies) goes on after an open of this version
 rewrote the marker.  So a cache of format 2 is brought to format 3 only by an open that the
 caller's ``older_at_work`` tells that no such command is under way (the repositories: no
-population lock held, which every such use waits on); an open that finds one leaves the marker,
-and commits every entry it makes durably, under ``entry.json``, which format 2 reads.
+population lock held, which every such use waits on, and no population's status record, which
+stays from the death of a populator to the takeover by a use that polls its lock); an open that
+finds one leaves the marker, and commits every entry it makes durably, under ``entry.json``,
+which format 2 reads.
 
 A use that keeps such an entry (``hold`` or ``release`` with ``keep``) first flushes it with
 :func:`~sharedcache.engine.fsutil.sync_tree` (the data, its metadata and the boot's marker), under

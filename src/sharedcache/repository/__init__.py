@@ -20,7 +20,8 @@ Each user has a directory of their own in a base (see :mod:`~.bases` for the che
     <base>/.shared-cache-<uid>/<name>          symlink to .cache/objects/<name>/data: the path printed
     <base>/.shared-cache-<uid>/.cache/         the user's private FsCache (see sharedcache.engine)
     <cache>/populate/<name>.lock    held exclusively by the process populating <name> (any
-                                    held keeps a cache of format 2 so: see sharedcache.engine.fscache)
+                                    held, or any status record, keeps a cache of format 2 so:
+                                    see sharedcache.engine.fscache)
     <cache>/populate/<name>.waiting held shared by the uses waiting for (or making) <name>
     <cache>/populate/<name>.json    its status: pid (and its owner key), reserved size, bytes so far
     <cache>/populate/<name>.error   the last failed population: time and message

@@ -527,10 +527,12 @@ def _locked(path: str, mode: int) -> bool:
 
 
 def _population_under_way(cache: int) -> bool:
-    """Whether a population lock of the cache open as ``cache`` is held now: by a population, of
-    this version or of one before, while the uses of the name wait for it.  A use of a version of
-    format 2 that waits there goes on in the cache whatever its marker says meanwhile (see
-    "Entries for this boot" in :mod:`sharedcache.engine.fscache`)."""
+    """Whether a population may be under way in the cache open as ``cache``, of this version or
+    of one before, with uses of the name waiting for it: one of its locks is held, or a status
+    record is there (a population that ended removes its own; a waiter of a version of format 2
+    polls the lock, so between the death of its populator and its takeover the record alone
+    says it may come back).  Such a use goes on in the cache whatever its marker says meanwhile
+    (see "Entries for this boot" in :mod:`sharedcache.engine.fscache`)."""
     populate = f"/proc/self/fd/{cache}/{POPULATE}"
     try:
         names = os.listdir(populate)
@@ -538,7 +540,8 @@ def _population_under_way(cache: int) -> bool:
         return False  # (no population was ever there)
     except OSError:
         return True  # (none can be told: the marker waits for an open that can)
-    return any(_locked(f"{populate}/{name}", 0o600) for name in names if name.endswith(".lock"))
+    return any(name.endswith(".json") for name in names) or \
+        any(_locked(f"{populate}/{name}", 0o600) for name in names if name.endswith(".lock"))
 
 
 def unlink_unless_locked(fd: int, path: str) -> bool:
