@@ -403,3 +403,34 @@ def test_what_gc_cannot_move_into_the_trash_is_named_with_what_it_did(base, word
         gc = sc("gc", "-d", str(base))
     assert gc.returncode == 1, gc.stderr
     assert one_line(gc.stderr) == f"sc: error: cannot move {planted} into the trash: Device or resource busy"
+
+
+_LEASED = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)  # F_SETLEASE: told of every open of the file by another
+print("leased", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_file_held_under_a_lease_is_refused_by_its_path_in_one_line(base, words):
+    # The owner of a lock file (another member of a group cache) may take a lease on it: an open
+    # that must not wait is then refused, and the use said "Resource temporarily unavailable"
+    # of /proc/self/fd/N/lock, naming neither the file nor why.
+    made = sc("--use", "--keep", "-n", "repo", "-d", str(base), *words)
+    assert made.returncode == 0, made.stderr
+    lock = control(base) / "objects" / "repo" / "lock"
+    holder = subprocess.Popen([sys.executable, "-c", _LEASED, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "leased\n"
+        refused = sc("--use", "-n", "repo", "-d", str(base), *words)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert refused.returncode == 1
+    line = one_line(refused.stderr)
+    assert f"{lock} is held under a file lease by another process" in line, line
+    with Sleeper() as owner:
+        used = sc("--use", "-n", "repo", "-d", str(base), "--pid", str(owner.pid), *words)
+        assert used.returncode == 0, used.stderr

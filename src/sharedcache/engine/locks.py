@@ -79,7 +79,14 @@ def _open(path: str | os.PathLike[str], flags: int, mode: int = 0o777, *,
     """Open ``path`` with ``flags`` (``mode``: a new file's), recorded before a fork can copy
     it; return the descriptor and its status."""
     with _recording:
-        fd = os.open(path, flags, mode, dir_fd=dir_fd)
+        try:
+            fd = os.open(path, flags, mode, dir_fd=dir_fd)
+        except BlockingIOError:
+            # The file's owner (another member of a group cache) holds a lease on it (fcntl
+            # F_SETLEASE): an open that must not wait is refused until the kernel breaks it.
+            raise CacheError(f"{shown_path(path)} is held under a file lease by another process (its owner's): "
+                             "cannot open it now; the kernel breaks a lease within "
+                             "/proc/sys/fs/lease-break-time seconds, then a retry opens it") from None
         try:
             status = os.fstat(fd)
             _record(fd, EXCLUSIVE, status)
