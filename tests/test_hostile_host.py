@@ -1112,7 +1112,7 @@ def test_a_directory_a_member_plants_in_objects_is_left_to_her_and_gc_repairs_th
         done(code_as(python, users.member, IN_OBJECTS[how], str(root), groups=(users.gid,)))
         other = [*group, "-n", "other", *rest]
         refused = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
-        assert refused.returncode == 1 and "'sc gc' removes it" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and "(gc removes it)" in refused.stderr, refused.stderr
         gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
         lines = clean_lines(gc)
         assert gc.returncode == 0 and len(lines) == 1, gc.stderr
