@@ -23,7 +23,7 @@ import pytest
 import sharedcache
 from scutil import SC, Sleeper, check_tree, control, interpreter_for, sample_files, sc, sc_env, tarball_bytes
 from sharedcache.config.settings import Credentials, FetchPolicy
-from sharedcache.errors import DownloadError
+from sharedcache.errors import ConfigError, DownloadError
 
 FILES = sample_files(n=3, size=5_000)
 DATA = tarball_bytes(FILES)
@@ -655,6 +655,28 @@ def test_credentials_that_cannot_be_used_do_not_fail_plain_http(origin, home: Pa
     succeeded(use(home, url, X509_USER_PROXY=home / "expired-and-gone"))
     for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE"):
         succeeded(use(home, url, **{variable: home / "missing"}))
+
+
+def test_a_variable_naming_the_home_of_an_unknown_user_fails_only_what_uses_it(origin, home: Path) -> None:
+    # "~nouser/x" in a standard variable (a removed account's) was a usage error of every plain-HTTP
+    # download, named as a Credentials(...) argument for X509_*; like any path that names nothing,
+    # it is refused, naming its variable, by the downloads that use it alone.
+    url = origin.add("/data.tgz", DATA)
+    unknown = "~no-such-user-of-sc/x"
+    for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE", "X509_USER_PROXY", "X509_CERT_DIR"):
+        succeeded(use(home, url, **{variable: unknown}))
+    tls = url.replace("http://", "https://")  # (never connected to: the check comes first)
+    result = use(home, tls, SSL_CERT_FILE=unknown)
+    assert (result.returncode, result.stderr) == (
+        2, f"sc: error: SSL_CERT_FILE: cannot use {unknown}: No such file or directory\n"), result.stderr
+    # A known home is the home of the environment discovered, the others' paths as they are.
+    found = Credentials.discover({"HOME": str(home), "X509_USER_PROXY": "~/proxy", "X509_CERT_DIR": f"~/cas:{unknown}",
+                                  "SSL_CERT_DIR": f"{unknown}:~/certs", "NETRC": unknown})
+    assert (found.cert_file, found.grid_ca_dir, found.ca_dir, found.netrc) == (
+        f"{home}/proxy", f"{home}/cas:{unknown}", f"{unknown}:{home}/certs", unknown)
+    assert found.variables == (("SSL_CERT_DIR", f"{unknown}:{home}/certs"), ("NETRC", unknown))
+    with pytest.raises(ConfigError, match=f"^NETRC: cannot use {unknown}: No such file or directory$"):
+        found.check_variables(tls=False)
 
 
 def test_a_variable_naming_a_file_that_cannot_be_used_is_one_line_before_any_connection(origin, home: Path) -> None:

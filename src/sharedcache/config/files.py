@@ -258,13 +258,15 @@ def _convert(setting: Setting, text: str, where: str, home: str, *, in_file: boo
         raise ConfigError(f"{where}: {setting.key}: invalid value {quoted(text)}") from None
 
 
-def _anchored(text: str, separator: str, home: str, *, in_file: bool) -> str:
+def _anchored(text: str, separator: str, home: str, *, in_file: bool, unknown_user_as_is: bool = False) -> str:
     """The paths of ``text`` (separated by ``separator``; "": one path) with a leading ``~`` made
-    ``home``, and ``~user`` that user's home.  A relative path is refused ``in_file``: a config
+    ``home``, and ``~user`` that user's home (see :func:`_at_home` for ``unknown_user_as_is``).
+    A relative path is refused ``in_file``: a config
     file serves commands run from any directory, each of which read it from its own (jobs
     started in two directories used two caches, and ``~/scratch`` was ``$PWD/~/scratch``).
     One from a variable stays relative to the working directory, as one from an option does."""
-    paths = [_at_home(path, home) for path in (text.split(separator) if separator else [text])]
+    paths = [_at_home(path, home, unknown_user_as_is=unknown_user_as_is)
+             for path in (text.split(separator) if separator else [text])]
     for path in paths:
         if in_file and path and not os.path.isabs(path):
             raise SettingError("", f"names the relative path {quoted(path)}: a config file is read from any "
@@ -272,8 +274,9 @@ def _anchored(text: str, separator: str, home: str, *, in_file: bool) -> str:
     return separator.join(paths)
 
 
-def _at_home(path: str, home: str) -> str:
-    """``path`` with a leading ``~`` made ``home``, and ``~user`` that user's home."""
+def _at_home(path: str, home: str, *, unknown_user_as_is: bool = False) -> str:
+    """``path`` with a leading ``~`` made ``home``, and ``~user`` that user's home; the ``~user``
+    of an unknown user is a :class:`SettingError`, or left as it is if ``unknown_user_as_is``."""
     if path == "~":
         return home
     if path.startswith("~/"):
@@ -281,17 +284,19 @@ def _at_home(path: str, home: str) -> str:
     if not path.startswith("~"):
         return path
     found = os.path.expanduser(path)  # (~user: from the user database)
-    if found.startswith("~"):
+    if found.startswith("~") and not unknown_user_as_is:
         raise SettingError("", f"names {quoted(path)}, but there is no user {quoted(path[1:].partition('/')[0])}")
     return found
 
 
-def paths_at_home(paths: object, environ: Mapping[str, str], given_as: str, *, separator: str = ":") -> object:
+def paths_at_home(paths: object, environ: Mapping[str, str], given_as: str | None, *,
+                  separator: str = ":") -> object:
     """The paths a Python caller gave (a string of paths separated by ``separator``, "" for one
     path; a path, or a sequence of them) with a leading ``~`` made the home, and ``~user`` that
     user's, as the shell makes them on a command line and as they are made in a variable or a
     file; anything else as it is, for the checks of its use.  ``given_as`` names the argument in
-    the error of an unknown user."""
+    the error of an unknown user; None (the paths of a standard variable, which sharedcache only
+    passes on) leaves the path of an unknown user as it is, for the checks of its use."""
     home = home_directory(environ)
 
     def at_home(path: object, separator: str = "") -> object:
@@ -300,7 +305,7 @@ def paths_at_home(paths: object, environ: Mapping[str, str], given_as: str, *, s
         if not isinstance(path, str):
             return path
         try:
-            return _anchored(path, separator, home, in_file=False)
+            return _anchored(path, separator, home, in_file=False, unknown_user_as_is=given_as is None)
         except SettingError as e:
             raise UsageError(f"{given_as} {e.reason}") from None
 

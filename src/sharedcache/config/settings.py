@@ -97,12 +97,16 @@ class Credentials:
         # (The variables first: a path taken from one is refused naming it.)
         variables = tuple((name, _at_home(path, name, ":" if name == "SSL_CERT_DIR" else ""))
                           for name, path in variables)
-        ca_file, cert_file, key_file, bearer_token_file, netrc = (
-            _at_home(path, f"Credentials({name}=...)")
-            for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file),
-                               ("bearer_token_file", bearer_token_file), ("netrc", netrc)))
-        ca_dir, grid_ca_dir = (_at_home(path, f"Credentials({name}=...)", ":")
-                               for name, path in (("ca_dir", ca_dir), ("grid_ca_dir", grid_ca_dir)))
+        paths = {name: _at_home(path, f"Credentials({name}=...)", ":" if name in ("ca_dir", "grid_ca_dir") else "")
+                 for name, path in (("ca_file", ca_file), ("ca_dir", ca_dir), ("grid_ca_dir", grid_ca_dir),
+                                    ("cert_file", cert_file), ("key_file", key_file),
+                                    ("bearer_token_file", bearer_token_file), ("netrc", netrc))}
+        self._assign(bearer_token=bearer_token, token_from=token_from, variables=variables, **paths)
+
+    def _assign(self, *, ca_file: str | None, ca_dir: str | None, grid_ca_dir: str | None, cert_file: str | None,
+                key_file: str | None, bearer_token: str | None, bearer_token_file: str | None,
+                netrc: str | None, token_from: str | None, variables: tuple[tuple[str, str], ...]) -> None:
+        """Check and set the fields, their paths as they are to be used (``~`` made the home)."""
         if key_file is not None and cert_file is None:
             raise SettingError("client_key", "needs a client_cert to go with it")
         if bearer_token is not None and not one_word(bearer_token):
@@ -134,8 +138,14 @@ class Credentials:
         :class:`SettingError`; the paths of ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``CURL_CA_BUNDLE``
         and ``NETRC``, where taken, are checked by :meth:`check_variables`, which a download calls
         (the other standard variables are not: a stale ``X509_USER_PROXY`` fails only the HTTPS
-        downloads that would present it)."""
+        downloads that would present it).  A leading ``~`` in the path of a variable is the home
+        of ``environ``; that of an unknown user is left as it is, for those checks to refuse, as a
+        path that names nothing is: it fails only the downloads that use it."""
         uid = os.getuid()
+
+        def variable(name: str, separator: str = "") -> str | None:
+            return _at_home(environ.get(name) or None, None, separator, environ=environ)  # type: ignore[no-any-return]  # a str in, a str out
+
         settings = {setting: _at_home(path, f"Credentials.discover({setting}=...)", environ=environ)
                     for setting, path in (("ca_bundle", ca_bundle), ("client_cert", client_cert),
                                           ("client_key", client_key), ("bearer_token_file", bearer_token_file),
@@ -151,20 +161,20 @@ class Credentials:
         if ca_bundle is not None:
             ca_dir, ca_file = (ca_bundle, None) if os.path.isdir(ca_bundle) else (None, ca_bundle)
         else:
-            ca_file, ca_dir = environ.get("SSL_CERT_FILE") or None, environ.get("SSL_CERT_DIR") or None
+            ca_file, ca_dir = variable("SSL_CERT_FILE"), variable("SSL_CERT_DIR", ":")
             variables = (("SSL_CERT_FILE", ca_file), ("SSL_CERT_DIR", ca_dir))
             if ca_file is None and ca_dir is None:
-                ca_file = environ.get("CURL_CA_BUNDLE") or None
+                ca_file = variable("CURL_CA_BUNDLE")
                 variables = (("CURL_CA_BUNDLE", ca_file),)
-        grid_ca_dir = environ.get("X509_CERT_DIR") or _existing("/etc/grid-security/certificates")
+        grid_ca_dir = variable("X509_CERT_DIR", ":") or _existing("/etc/grid-security/certificates")
         if client_cert is None:
-            client_cert = environ.get("X509_USER_PROXY") or _own_file(f"/tmp/x509up_u{uid}", uid)
+            client_cert = variable("X509_USER_PROXY") or _own_file(f"/tmp/x509up_u{uid}", uid)
         token = token_from = None
         if bearer_token_file is None:
             token = environ.get("BEARER_TOKEN") or None
             token_from = "BEARER_TOKEN" if token else None
         if token is None and bearer_token_file is None:
-            bearer_token_file = environ.get("BEARER_TOKEN_FILE") or None
+            bearer_token_file = variable("BEARER_TOKEN_FILE")
             token_from = "BEARER_TOKEN_FILE" if bearer_token_file else None
         if token is None and bearer_token_file is None:
             runtime = environ.get("XDG_RUNTIME_DIR")
@@ -172,12 +182,17 @@ class Credentials:
                 or _own_file(f"/tmp/bt_u{uid}", uid)
         if netrc is None:
             # (~/.netrc is read if it is there: only the variable says that one must be.)
-            variables += (("NETRC", environ.get("NETRC") or None),)
-            netrc = environ.get("NETRC") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".netrc")
-        return cls(ca_file=ca_file, ca_dir=ca_dir, grid_ca_dir=grid_ca_dir, cert_file=client_cert,
-                   key_file=client_key, bearer_token=token, bearer_token_file=bearer_token_file,
-                   netrc=netrc, token_from=token_from,
-                   variables=tuple((name, path) for name, path in variables if path is not None))
+            netrc = variable("NETRC")
+            variables += (("NETRC", netrc),)
+            netrc = netrc or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".netrc")
+        # (Not through __init__: its paths are made the home already, and one of an unknown user
+        # there is no error.)
+        found = cls.__new__(cls)
+        found._assign(ca_file=ca_file, ca_dir=ca_dir, grid_ca_dir=grid_ca_dir, cert_file=client_cert,
+                      key_file=client_key, bearer_token=token, bearer_token_file=bearer_token_file,
+                      netrc=netrc, token_from=token_from,
+                      variables=tuple((name, path) for name, path in variables if path is not None))
+        return found
 
     def check_variables(self, *, tls: bool = True) -> None:
         """Refuse, in one line naming the variable and its path (:class:`ConfigError`), a standard
@@ -220,10 +235,11 @@ class Credentials:
         return "Credentials(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
 
 
-def _at_home(path: Any, given_as: str, separator: str = "", *, environ: Mapping[str, str] = os.environ) -> Any:
+def _at_home(path: Any, given_as: str | None, separator: str = "", *,
+             environ: Mapping[str, str] = os.environ) -> Any:
     """``path`` (None, or what the caller gave: checked where it is used) with a leading ``~``
     made the home (:func:`~sharedcache.config.files.paths_at_home`); its unknown user is a
-    :class:`~sharedcache.errors.UsageError` naming ``given_as``."""
+    :class:`~sharedcache.errors.UsageError` naming ``given_as``, or left as it is if None."""
     if path is None:
         return None
     from .files import paths_at_home
