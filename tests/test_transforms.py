@@ -783,16 +783,21 @@ def test_an_interpreter_without_some_hashes_checks_with_those_it_has_and_refuses
 
 
 # Imports the transforms while hashlib logs its tracebacks (the hashes of $SC_TEST_NO_HASHES
-# missing), and has another thread write a line to sys.stderr meanwhile: as hashlib looks for
-# its own SHA-1 module, a finder first on sys.meta_path starts that thread and waits for it.
+# missing), and has another thread write a line to sys.stderr and log a warning meanwhile: as
+# hashlib looks for its own SHA-1 module, a finder first on sys.meta_path starts that thread and
+# waits for it.
 WRITES_WHILE_HASHLIB_IS_IMPORTED = """
-import sys, threading
+import logging, sys, threading
+
+def write_and_log():
+    print("another thread's line", file=sys.stderr)
+    logging.getLogger("its.own").warning("another thread's record")
 
 class WriteFromAnotherThread:
     def find_spec(self, name, path=None, target=None):
         if name == "_sha1":
             sys.meta_path.remove(self)
-            writer = threading.Thread(target=lambda: print("another thread's line", file=sys.stderr))
+            writer = threading.Thread(target=write_and_log)
             writer.start()
             writer.join(30)
         return None
@@ -817,4 +822,33 @@ def test_importing_the_transforms_hides_hashlibs_tracebacks_but_no_other_threads
     env = sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_NO_HASHES="_hashlib:_sha3:_blake2:_md5")
     done = subprocess.run([sys.executable, "-c", WRITES_WHILE_HASHLIB_IS_IMPORTED], env=env, capture_output=True,
                           text=True, timeout=60)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "True True\n", "another thread's line\n"), done.stderr
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, "True True\n", "another thread's line\nanother thread's record\n"), done.stderr
+
+
+# Imports the transforms while hashlib logs its tracebacks, then configures logging as a program does.
+CONFIGURES_LOGGING_AFTER_THE_TRANSFORMS = """
+import logging
+import sharedcache.loaders.transforms
+print(logging.getLogger().handlers, logging.getLevelName(logging.getLogger().level))
+logging.basicConfig(level=logging.INFO, format="CONFIGURED %(levelname)s %(message)s")
+logging.info("the program's record")
+"""
+
+
+def test_importing_the_transforms_leaves_the_root_logger_as_it_was(tmp_path):
+    # hashlib's logging.exception() configured the root logger with a handler of its own, which
+    # stayed: the program's own logging.basicConfig(level=..., format=...) then did nothing.
+    import subprocess
+    import sys
+
+    from scutil import SRC, sc_env
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(WITHOUT_HASHES)
+    env = sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_NO_HASHES="_hashlib:_md5")
+    done = subprocess.run([sys.executable, "-c", CONFIGURES_LOGGING_AFTER_THE_TRANSFORMS], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, "[] WARNING\n", "CONFIGURED INFO the program's record\n"), done.stderr

@@ -33,7 +33,13 @@ def _quietly_imported_hashlib() -> ModuleType:
     hashlib logs them on the root logger (``logging.exception``), which prints them on stderr when
     no handler is set.  Those records alone are dropped, by a filter of the root logger while
     hashlib is imported: ``sys.stderr`` replaced meanwhile lost what a library caller's other
-    threads wrote there, and a handler the caller had set showed them all the same."""
+    threads wrote there, and a handler the caller had set showed them all the same.
+
+    ``logging.exception`` also configures a root logger without handlers (``basicConfig()``): the
+    handler it left made the program's own ``basicConfig(level=..., format=...)`` later do nothing.
+    So a root logger without handlers is given, while hashlib is imported, the handler that
+    logging falls back on without one (``logging.lastResort``): the other threads' records are
+    shown as they would have been, and the root logger is left as it was found."""
     if "hashlib" in sys.modules:
         return sys.modules["hashlib"]
     import logging
@@ -42,11 +48,17 @@ def _quietly_imported_hashlib() -> ModuleType:
         return record.module != "hashlib"
 
     root = logging.getLogger()
+    # (A program that set lastResort to None wants such records dropped.)
+    stand_in = None if root.handlers else (logging.lastResort or logging.NullHandler())
     root.addFilter(not_hashlibs)
+    if stand_in is not None:
+        root.addHandler(stand_in)
     try:
         import hashlib
     finally:
         root.removeFilter(not_hashlibs)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
     return hashlib
 
 
