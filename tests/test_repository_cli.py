@@ -1005,7 +1005,7 @@ def test_run_passes_a_signal_sent_to_sc_on_to_its_command(dirs, tarball, tmp_pat
         while not os.path.exists({str(heard)!r}) and time.monotonic() < end:
             time.sleep(0.02)
     """)
-    proc = sc_start("run", *args, "--", sys.executable, "-c", script)
+    proc = sc_start("run", *args, "--", sys.executable, "-c", script, default_signals=True)
     try:
         wait_for(ready.exists, what="the command to start")
         os.kill(proc.pid, sig)
@@ -1066,27 +1066,109 @@ def test_run_passes_on_a_signal_that_comes_as_its_command_starts(dirs, tarball, 
     assert row["users"] == [] and not row["in_use"], row
 
 
+def slow_download(origin, base: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    """The arguments of a use of repository "blob" in ``base``: a download from ``origin`` that
+    takes a second or so."""
+    payload = os.urandom(400_000)
+    url = origin.add("/blob.bin", payload)
+    origin.rate = 400_000
+    return ["-n", "blob", "-d", str(base), f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+
+
+def signalled_as_it_populates(command: list[str], base: Path, *signals: signal.Signals) -> tuple[int, str, str]:
+    """Run ``command`` (an sc of a :func:`slow_download`), sending it ``signals`` once its population
+    has begun; return its status, output and error output."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sc_env())
+    try:
+        wait_for((control(base) / "populate" / "blob.json").exists, what="the population")
+        for sig in signals:
+            os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    return proc.returncode, out, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])
 def test_run_is_not_ended_by_a_warning_that_comes_while_it_populates(origin, base, tmp_path, sig):
     # The warning came before the command ran: its default action ended sc (status 138), which
     # left its population for a takeover and never ran the command.  It is not passed on (a
     # command just started has no handler for it yet): sc says so, and the command runs.
-    payload = os.urandom(400_000)
-    url = origin.add("/blob.bin", payload)
-    origin.rate = 400_000  # a second or so
-    args = ["-n", "blob", "-d", str(base), f"http:{url}", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    args = slow_download(origin, base)
     ran = tmp_path / "ran"
-    proc = sc_start("run", *args, "--", "touch", str(ran))
-    try:
-        wait_for((control(base) / "populate" / "blob.json").exists, what="the population")
-        os.kill(proc.pid, sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        stop_process(proc)
-    assert proc.returncode == 0, err
+    status, _, err = signalled_as_it_populates([*SC, "run", *args, "--", "touch", str(ran)], base, sig)
+    assert status == 0, err
     assert err == f"sc: {sig.name} came while the repository was made, before the command ran: not passed on\n"
     assert ran.exists()
     assert origin.stats("/blob.bin").gets == 1
+
+
+def ignoring(*signals: signal.Signals) -> list[str]:
+    """A prefix that starts a command with ``signals`` ignored, as ``nohup`` (SIGHUP) and a
+    script's background job (SIGINT, SIGQUIT) do: an ignored signal stays so across exec."""
+    return ["env", f"--ignore-signal={','.join(sig.name[3:] for sig in signals)}"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2])
+def test_run_leaves_a_signal_its_caller_ignores_ignored(dirs, tarball, tmp_path, sig):
+    # `nohup sc run ...`: sc caught the SIGHUP that nohup ignored, passed it on to its command,
+    # started with its default action, and the command died of it (sc exited 129).  A script's
+    # background job (SIGINT ignored) was ended so by a Ctrl-C to the script's process group.
+    # As a shell does, sc leaves it ignored: it passes it on to no one, and the command starts
+    # with it ignored.  The others are still passed on (here the marker, which ends the command).
+    args = ["-n", "repo", "-d", str(dirs[0]), *recipe(tarball)]
+    marker = signal.SIGUSR1 if sig != signal.SIGUSR1 else signal.SIGUSR2
+    ignored_at_start, ready, heard = tmp_path / "ignored", tmp_path / "ready", tmp_path / "heard"
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        status = open("/proc/self/status").read()
+        open({str(ignored_at_start)!r}, "w").write(status.split("SigIgn:")[1].split()[0])
+        heard = []
+        for number in ({int(sig)}, {int(marker)}):
+            signal.signal(number, lambda s, _: heard.append(s))
+        open({str(ready)!r}, "w").close()
+        end = time.monotonic() + 30
+        while {int(marker)} not in heard and time.monotonic() < end:
+            time.sleep(0.02)
+        open({str(heard)!r}, "w").write(" ".join(map(str, heard)))
+    """)
+    proc = subprocess.Popen([*ignoring(sig), *SC, "run", *args, "--", sys.executable, "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=sc_env())
+    try:
+        wait_for(ready.exists, what="the command to start")
+        # The command's ignored signal comes first, then the marker: passed on, it would come first.
+        os.kill(proc.pid, sig)
+        os.kill(proc.pid, marker)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert int(ignored_at_start.read_text(), 16) & (1 << (sig - 1)), "the command started with it ignored"
+    assert (proc.returncode, heard.read_text()) == (0, str(int(marker))), err
+    assert err == ""
+    assert not (user_dir(dirs[0]) / "repo").exists(), "released when the command ended"
+
+
+@pytest.mark.parametrize("command", ["run", "use"])
+def test_a_population_is_not_ended_by_signals_its_caller_ignores(origin, base, tmp_path, command):
+    # A nohup'd population (or a script's background job's) goes on through the hangup (the
+    # interrupt, the warning) it ignores, and holds its use as any other: the command runs, or
+    # the path is given, and sc says nothing of a signal it never heeded.
+    args = slow_download(origin, base)
+    ran = tmp_path / "ran"
+    taken = ["run", *args, "--", "touch", str(ran)] if command == "run" else ["--use", *args]
+    signals = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    status, out, err = signalled_as_it_populates([*ignoring(*signals), *SC, *taken], base, *signals)
+    assert (status, err) == (0, ""), err
+    assert origin.stats("/blob.bin").gets == 1
+    rows = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+    if command == "run":
+        assert ran.exists()
+        assert rows == [], "released (and deleted) when the command ended"
+    else:
+        [row] = rows
+        assert out == f"{user_dir(base) / 'blob'}\n"
+        assert row["state"] == "ready" and len(row["users"]) == 1, row
+        assert sc("--unuse", "--pid", str(os.getpid()), *args).returncode == 0
 
 
 #: A login session in miniature: a session leader whose controlling terminal is its standard

@@ -157,12 +157,13 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     # command gets the default, as under `timeout`.
     if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    forwarded = _passed_on()  # (asked before sc sets a handler of its own)
     # What a job is told (USR1 and USR2: a batch system's "time is almost up") is the command's
     # to hear: their default action would end sc, orphaning the command, or, while sc populates,
     # leaving its work for a takeover.  One that comes before the command is being started is not
     # passed on (a command just started has no handler for it yet, and would die of it): sc says
     # so (see _run_holding).
-    warnings = (signal.SIGUSR1, signal.SIGUSR2)
+    warnings: list[signal.Signals] = [s for s in forwarded if s in (signal.SIGUSR1, signal.SIGUSR2)]
     early: list[int] = []
     original = {s: signal.signal(s, lambda sig, _: early.append(sig)) for s in warnings}
     if os.getpid() == 1:
@@ -176,7 +177,7 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
                 original[ending] = signal.signal(ending, end_by_exception)
     try:
         held = _acquire(repositories, options, Owner.current())
-        return _run_holding(repositories, options, command, held, early)
+        return _run_holding(repositories, options, command, held, forwarded, early)
     except Ended as ended:  # (its use released, or never taken)
         return 128 + ended.signum
     finally:
@@ -185,16 +186,16 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
 
 
 def _run_holding(repositories: Repositories, options: Arguments, command: list[str], held: Held,
-                 early: list[int]) -> int:
-    """:func:`run_command` once the use is held; ``early``: the warnings (SIGUSR1, SIGUSR2) that
-    came before, not passed on."""
+                 forwarded: tuple[signal.Signals, ...], early: list[int]) -> int:
+    """:func:`run_command` once the use is held, passing on the signals ``forwarded``
+    (:func:`_passed_on`); ``early``: the warnings (SIGUSR1, SIGUSR2) that came before, not
+    passed on."""
     previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     unblocked: list[set[int | signal.Signals]] = []  # the mask before the command's fork blocked what sc takes
     try:
         # (Within: a signal that ends sc as PID 1 may come at once, and the use is released.)
         import signal
 
-        forwarded = _passed_on()
         # From here on, the signals are the command's: until its fork they are recorded, to be
         # passed on once there is a child (the default action of SIGINT, SIGTERM and SIGHUP ended
         # sc, and the command, just started, ran on never told; a warning went to run_command's
@@ -218,7 +219,7 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
                 if unblocked:  # what came since goes to the handlers that record it
                     signal.pthread_sigmask(signal.SIG_SETMASK, unblocked[0])
                 # sc ends by what would have ended it (a warning ends nothing: there is no one to warn).
-                if endings := [number for number in recorded if number in forwarded[:3]]:
+                if endings := [number for number in recorded if number not in (signal.SIGUSR1, signal.SIGUSR2)]:
                     return _ended_by(-endings[0])
                 # (The name is the caller's, a newline or a terminal control in it: one line still.)
                 print(f"sc: error: cannot run {clipped(printable(command[0]), 200)}: {e.strerror}", file=sys.stderr)
@@ -235,30 +236,38 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
             child.send_signal(number)
         status = _wait_passing_on(child, taken)
     finally:
-        _release_deferring_signals(repositories, held, options.keep, previous, unblocked)
+        _release_deferring_signals(repositories, held, options.keep, forwarded, previous, unblocked)
     return _ended_by(status)
 
 
 def _passed_on() -> tuple[signal.Signals, ...]:
-    """The signals that ``sc run`` passes on to its command."""
+    """The signals that ``sc run`` passes on to its command: SIGINT, SIGTERM, SIGHUP, SIGUSR1
+    and SIGUSR2, but those that sc is ignoring (as it started: asked before it sets a handler).
+
+    One that its caller ignores stays ignored, by sc and by the command, as a shell leaves it:
+    ``nohup`` ignores SIGHUP, a script's background job SIGINT (and SIGQUIT, which sc leaves
+    alone).  sc caught them, passed them on, and started the command with their default
+    action: the hangup that nohup was there to ignore ended the command, and sc with 129.
+    """
     import signal
 
-    return signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2
+    return tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+                 if signal.getsignal(sig) != signal.SIG_IGN)
 
 
 def _release_deferring_signals(
-        repositories: Repositories, held: Held, keep: bool,
+        repositories: Repositories, held: Held, keep: bool, forwarded: tuple[signal.Signals, ...],
         previous: dict[int, Callable[[int, FrameType | None], object] | int | None],
         unblocked: list[set[int | signal.Signals]]) -> None:
-    """Release ``held``, the use of ``sc run``, with the signals it passes on blocked over the
-    release, and the ``previous`` handlers of those it replaced put back first: one that comes
+    """Release ``held``, the use of ``sc run``, with the signals it passes on (``forwarded``)
+    blocked over the release, and the ``previous`` handlers of those it replaced put back first: one that comes
     meanwhile acts once the release is done, on them.  (SIGTERM to sc as PID 1, whose handler
     raises, broke the release off and left the use for gc; to another sc its default action
     did.)  The mask is then the one before the command's fork (``unblocked``, if it came), else
     the one before this."""
     import signal
 
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _passed_on())
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
     try:
         for restored, handler in previous.items():
             signal.signal(restored, handler)
