@@ -1701,18 +1701,21 @@ class FsCache:
                                   lambda: locks.close(lock))
                 elif os.path.lexists(entry):  # neither lock nor marker (nor a directory): nothing a use holds
                     self._to_trash(OBJECTS, name, later=True)
-            except PermissionError:
+            except OSError as e:
                 # Another member's: a directory of hers, which only she may move to another
                 # directory (the move rewrites its `..`), or an entry of hers in a lower layer of
                 # an overlayfs, whose files only she may remove, in its sticky directory, in
-                # place (see "Delete").  It stays, and so does its row, and the caller's
-                # eviction, which took it for gone, counts it now.
+                # place (see "Delete"); or, for gc, what no move can take (a mount point: a
+                # member may mount on a directory of hers).  It stays, and so does its row, and
+                # the caller's eviction, which took it for gone, counts it now.
+                if not isinstance(e, PermissionError) and (left_alone is None or isinstance(e, FileNotFoundError)):
+                    raise
                 if row is not None:
                     _, size, created, last_used, keep, meta = row
                     db.add(name, size, created, last_used, bool(keep), meta)
                     then()
                 if left_alone is not None:
-                    left_alone.append(self._left_to_owner(OBJECTS, name))
+                    left_alone.append(self._left_alone(OBJECTS, name, e))
                 return False
             return True
         finally:
@@ -2273,9 +2276,10 @@ class FsCache:
             return 1
         except FileNotFoundError:
             return 0  # committed or removed by its owner since the listing (no stage is made now)
-        except PermissionError:  # another member's: only that member (or root) can move or delete it
-            if left_alone is not None:
-                left_alone.append(self._left_to_owner(STAGE, stage))
+        except OSError as e:  # another member's, that only she (or root) may move; or a mount point
+            if left_alone is None:
+                raise
+            left_alone.append(self._left_alone(STAGE, stage, e))
             return 0
         finally:
             if fd is not None:
@@ -2322,8 +2326,10 @@ class FsCache:
                         continue  # not ours to judge (see _another_kernel_s)
                     elif self._remove_orphan(db, name, report.left_alone):
                         report.orphans_removed += 1
-                except PermissionError:  # a directory of another member's that this user may not open
-                    report.left_alone.append(self._left_to_owner(OBJECTS, name))
+                except FileNotFoundError:
+                    continue  # removed by its owner since the listing: nothing to do
+                except PermissionError as e:  # a directory of another member's that this user may not open
+                    report.left_alone.append(self._left_alone(OBJECTS, name, e))
             for name in rows - on_disk - foreign:
                 db.forget(name)
                 report.rows_dropped += 1
@@ -2346,8 +2352,10 @@ class FsCache:
                                                                        entry=entry, left_alone=report.left_alone)
                 except MissError:
                     continue  # a link where the entry was (a group member's): not ours to follow
-                except PermissionError:  # a directory of another member's that this user may not open
-                    report.left_alone.append(self._left_to_owner(OBJECTS, name))
+                except FileNotFoundError:
+                    continue  # removed by its owner since the listing (its row stays until the next gc)
+                except PermissionError as e:  # a directory of another member's that this user may not open
+                    report.left_alone.append(self._left_alone(OBJECTS, name, e))
             actual = db.sum_of_sizes()
             if actual != db.total():
                 report.accounting_fixed = 1
@@ -2372,10 +2380,14 @@ class FsCache:
             self._to_trash(OBJECTS, name, later=True)
             return True
 
-    def _left_to_owner(self, sub: str, name: str) -> str:
-        """What gc says of ``name`` in this cache's directory ``sub``, which another member owns
-        and this user may not move or open: its path and its owner, who alone may remove it."""
+    def _left_alone(self, sub: str, name: str, error: OSError) -> str:
+        """What gc says of ``name`` in this cache's directory ``sub``, which it could not move or
+        open (``error``): its path and why; of another member's, its owner, who alone may remove
+        it."""
         path = os.path.join(self.root, sub, name)
+        if not isinstance(error, PermissionError):
+            reason = str(error) if error.errno is None else os.strerror(error.errno)
+            return f"{path}: left alone: it cannot be moved into the trash ({reason})"
         try:
             owner = owner_shown(os.stat(path, follow_symlinks=False).st_uid)
         except OSError:
