@@ -1119,6 +1119,10 @@ def test_a_directory_a_member_plants_in_objects_is_left_to_her_and_gc_repairs_th
         assert str(planted_path) in lines[0] and f"uid {users.member}" in lines[0], lines
         assert "left alone: 1" in gc.stdout, gc.stdout
         assert planted_path.is_dir() and not os.path.lexists(root / "populate" / "other.lock")
+        if how == "private, in an entry's place":  # (a use of that name cannot even open it)
+            closed = run_as(python, users.victim, "--use", *group, "-n", "repo", *rest, groups=(users.gid,))
+            assert closed.returncode == 1 and len(clean_lines(closed)) == 1, closed.stderr
+            assert f"{planted_path} belongs to uid {users.member}" in closed.stderr, closed.stderr
         again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
         assert again.returncode == 0, again.stderr
         check_tree(Path(again.stdout.strip()), FILES)

@@ -679,6 +679,12 @@ class Staging:
         self.id, self.path, self.fd = stage_id, path, fd
 
 
+class _ClosedEntry(CacheError, PermissionError):
+    """An entry's name taken by a directory of another member's that this user may not open: no
+    entry of this user's, and none gc may move (it leaves it to her: a PermissionError, as what
+    she alone may move is)."""
+
+
 class _DamagedBudget(CacheError):
     """The budget's file holds no number, is no file, or may not be read: what gc removes."""
 
@@ -1396,6 +1402,9 @@ class FsCache:
             fd = open_directory(name, dir_fd=objects)
         except (FileNotFoundError, NotADirectoryError):
             raise MissError(f"no entry {name!r} in cache {self.root}") from None
+        except PermissionError:  # a directory of another member's, closed to the others
+            raise _ClosedEntry(f"cannot use entry {name!r}: {os.path.join(self.root, OBJECTS, name)} belongs to "
+                             f"{self._owner_of(OBJECTS, name)}, who alone may move or remove it") from None
         finally:
             os.close(objects)
         try:
@@ -2328,8 +2337,8 @@ class FsCache:
                         report.orphans_removed += 1
                 except FileNotFoundError:
                     continue  # removed by its owner since the listing: nothing to do
-                except PermissionError as e:  # a directory of another member's that this user may not open
-                    report.left_alone.append(self._left_alone(OBJECTS, name, e))
+                except PermissionError:  # a directory of another member's that this user may not open
+                    report.left_alone.append(self._left_alone(OBJECTS, name))
             for name in rows - on_disk - foreign:
                 db.forget(name)
                 report.rows_dropped += 1
@@ -2354,8 +2363,8 @@ class FsCache:
                     continue  # a link where the entry was (a group member's): not ours to follow
                 except FileNotFoundError:
                     continue  # removed by its owner since the listing (its row stays until the next gc)
-                except PermissionError as e:  # a directory of another member's that this user may not open
-                    report.left_alone.append(self._left_alone(OBJECTS, name, e))
+                except PermissionError:  # a directory of another member's that this user may not open
+                    report.left_alone.append(self._left_alone(OBJECTS, name))
             actual = db.sum_of_sizes()
             if actual != db.total():
                 report.accounting_fixed = 1
@@ -2380,19 +2389,22 @@ class FsCache:
             self._to_trash(OBJECTS, name, later=True)
             return True
 
-    def _left_alone(self, sub: str, name: str, error: OSError) -> str:
-        """What gc says of ``name`` in this cache's directory ``sub``, which it could not move or
-        open (``error``): its path and why; of another member's, its owner, who alone may remove
-        it."""
+    def _left_alone(self, sub: str, name: str, error: OSError | None = None) -> str:
+        """What gc says of ``name`` in this cache's directory ``sub``, which it could not move
+        (``error``) or open: its path and why; of another member's, its owner, who alone may
+        remove it."""
         path = os.path.join(self.root, sub, name)
-        if not isinstance(error, PermissionError):
+        if error is not None and not isinstance(error, PermissionError):
             reason = str(error) if error.errno is None else os.strerror(error.errno)
             return f"{path}: left alone: it cannot be moved into the trash ({reason})"
+        return f"{path}: left alone: it belongs to {self._owner_of(sub, name)}, who alone may move or remove it"
+
+    def _owner_of(self, sub: str, name: str) -> str:
+        """The owner of ``name`` in this cache's directory ``sub``, as messages name a user."""
         try:
-            owner = owner_shown(os.stat(path, follow_symlinks=False).st_uid)
+            return owner_shown(os.stat(os.path.join(self.root, sub, name), follow_symlinks=False).st_uid)
         except OSError:
-            owner = "another member"  # (removed by its owner meanwhile)
-        return f"{path}: left alone: it belongs to {owner}, who alone may move or remove it"
+            return "another member"  # (removed by its owner meanwhile)
 
     def _budget_repaired(self, report: GcReport) -> int | None:
         """Within gc's transaction: the budget; a damaged one (:class:`_DamagedBudget`) is put
