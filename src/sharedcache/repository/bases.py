@@ -540,7 +540,9 @@ def _population_under_way(cache: int) -> bool:
         return False  # (no population was ever there)
     except OSError:
         return True  # (none can be told: the marker waits for an open that can)
-    return any(name.endswith(".json") for name in names) or \
+    # (A record's name is a repository's, which never begins with a dot: what does is no one's
+    # record, and gc leaves it, so that it would keep the marker for good.)
+    return any(name.endswith(".json") and not name.startswith(".") for name in names) or \
         any(_locked(f"{populate}/{name}", 0o600) for name in names if name.endswith(".lock"))
 
 
