@@ -1130,6 +1130,21 @@ def test_a_directory_a_member_plants_in_objects_is_left_to_her_and_gc_repairs_th
         assert released.returncode == 0, released.stderr
 
 
+def test_a_directory_a_member_plants_at_a_status_record_fails_no_use(shared, users, python, recipe, home):
+    # The population writes its status record by a rename onto its name: a directory of hers
+    # there failed every use of the name with "Is a directory: /proc/self/fd/4/other.json",
+    # until a gc put it away; the population puts it away itself, as one at its work directory.
+    with planted(shared, users, python, recipe, home, "populate/other.json", "directory of hers") as (
+        _base, group, rest
+    ):
+        other = [*group, "-n", "other", *rest]
+        used = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert used.returncode == 0 and not clean_lines(used), used.stderr
+        check_tree(Path(used.stdout.strip()), FILES)
+        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
+        assert released.returncode == 0, released.stderr
+
+
 @pytest.mark.parametrize("record", [".json", ".error"])
 def test_a_directory_a_member_plants_at_a_population_record_is_put_away_by_gc(
     shared, users, python, recipe, home, record

@@ -416,7 +416,7 @@ class Population:
         meets a full file system first raises :class:`NoSpaceError`."""
         try:
             if self.request.limit is None or not self.request.chosen:
-                write_record(self.status_path, self.status, self.base.cache().modes.file)
+                self._write_status()
             else:
                 self._reserve(self.request.limit)
             self._prepare_work()
@@ -427,6 +427,16 @@ class Population:
                 raise
             path = self.base.path
             raise NoSpaceError(f"no space left on the device of {path}{errors.why_full(e.errno, path)}") from None
+
+    def _write_status(self) -> None:
+        """Write the status record; a directory at its name (another member's, planted: gc puts
+        such a one away) is put away first, as one at the work directory's is."""
+        cache = self.base.cache()
+        try:
+            write_record(self.status_path, self.status, cache.modes.file)
+        except IsADirectoryError:
+            cache.discard(self.status_path)
+            write_record(self.status_path, self.status, cache.modes.file)
 
     def _reserve(self, size: int) -> None:
         """Under the base's reservations lock, check that the reservations made before leave
@@ -440,7 +450,7 @@ class Population:
             if free < size:
                 raise RoomTaken(f"{format_size(max(free, 0))} free once the populations under way have "
                                 "what they reserved")
-            write_record(self.status_path, self.status, self.base.cache().modes.file)
+            self._write_status()
 
     def _store(self) -> None:
         request = self.request
@@ -511,7 +521,7 @@ class Population:
             self._last_write = time.monotonic()
             self.status.update(done=done, total=total)
             try:
-                write_record(self.status_path, self.status, self.base.cache().modes.file)
+                self._write_status()
             except OSError as e:
                 # Written anew each time (an inode, which another job may have taken while bytes
                 # remain), and only advisory: the record written before stays whole for its
