@@ -190,6 +190,18 @@ def clean_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return lines
 
 
+def used_and_released(python: tuple[str, dict[str, str]], users: Users,
+                      args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The victim's use of ``args`` (the recipe of :data:`FILES`), checked, and its release: the
+    use's result."""
+    used = run_as(python, users.victim, "--use", *args, groups=(users.gid,))
+    assert used.returncode == 0, used.stderr
+    check_tree(Path(used.stdout.strip()), FILES)
+    released = run_as(python, users.victim, "--unuse", *args, groups=(users.gid,))
+    assert released.returncode == 0, released.stderr
+    return used
+
+
 def user_dir(base: Path, uid: int) -> Path:
     return base / f".shared-cache-{uid}"
 
@@ -1123,11 +1135,7 @@ def test_a_directory_a_member_plants_in_objects_is_left_to_her_and_gc_repairs_th
             closed = run_as(python, users.victim, "--use", *group, "-n", "repo", *rest, groups=(users.gid,))
             assert closed.returncode == 1 and len(clean_lines(closed)) == 1, closed.stderr
             assert f"{planted_path} belongs to uid {users.member}" in closed.stderr, closed.stderr
-        again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
-        assert again.returncode == 0, again.stderr
-        check_tree(Path(again.stdout.strip()), FILES)
-        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
-        assert released.returncode == 0, released.stderr
+        used_and_released(python, users, other)
 
 
 def test_a_directory_a_member_plants_at_a_status_record_fails_no_use(shared, users, python, recipe, home):
@@ -1138,11 +1146,8 @@ def test_a_directory_a_member_plants_at_a_status_record_fails_no_use(shared, use
         _base, group, rest
     ):
         other = [*group, "-n", "other", *rest]
-        used = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
-        assert used.returncode == 0 and not clean_lines(used), used.stderr
-        check_tree(Path(used.stdout.strip()), FILES)
-        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
-        assert released.returncode == 0, released.stderr
+        used = used_and_released(python, users, other)
+        assert not clean_lines(used), used.stderr
 
 
 @pytest.mark.parametrize("record", [".json", ".error"])
@@ -1160,11 +1165,7 @@ def test_a_directory_a_member_plants_at_a_population_record_is_put_away_by_gc(
         assert gc.returncode == 0 and not clean_lines(gc), gc.stderr
         assert not os.path.lexists(root / "populate" / f"other{record}")
         other = [*group, "-n", "other", *rest]
-        again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
-        assert again.returncode == 0, again.stderr
-        check_tree(Path(again.stdout.strip()), FILES)
-        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
-        assert released.returncode == 0, released.stderr
+        used_and_released(python, users, other)
 
 
 def test_a_directory_a_member_plants_in_stage_is_left_to_her_and_named_by_gc(shared, users, python, recipe, home):
