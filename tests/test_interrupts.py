@@ -230,3 +230,40 @@ def test_a_use_left_in_another_thread_leaves_ctrl_c_working_in_the_main_thread(t
     assert (interrupted, in_main) == ("interrupted", "True")
     assert float(at) - sent < 1  # promptly, not when the next use happens to settle it
     assert (leases, handler_restored, err, user.returncode) == ("0", "True", "", 0)
+
+
+_INTERRUPTED_AS_FILLED = r"""
+import glob, os, signal, sys
+import sharedcache
+
+base = sys.argv[1]
+
+def profile(frame, event, _arg):
+    # Ctrl-C as the data are complete, before the commit: the population's ignoring begins.
+    if event == "return" and frame.f_code.co_name == "_ignore_interrupts":
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGINT)
+
+sys.setprofile(profile)
+try:
+    with sharedcache.use(f"file:{base}/data.bin", name="r", directories=base, keep=True):
+        print("entered", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+sys.setprofile(None)
+entries = glob.glob(f"{base}/.shared-cache-*/.cache/objects/r/data/data.bin")
+leases = glob.glob(f"{base}/.shared-cache-*/.cache/objects/r/leases/*")
+print(len(entries), len(leases), signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+"""
+
+
+def test_ctrl_c_as_a_use_commits_its_population_keeps_the_download_and_reaches_the_caller(tmp_path: Path) -> None:
+    # From the end of the fill, the population ignores Ctrl-C until it has committed (its waiters
+    # would download again), save under use()'s own guard, where it raised in the commit and the
+    # download was thrown away; it is held back to the block, which holds the use, then raised.
+    (tmp_path / "data.bin").write_bytes(b"x" * 1000)
+    result = subprocess.run([sys.executable, "-c", _INTERRUPTED_AS_FILLED, str(tmp_path)], env=ENV,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # Raised as use() holds it, before its block: the use released, the repository kept.
+    assert (result.stdout, result.stderr) == ("interrupted\n1 0 True\n", "")

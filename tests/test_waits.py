@@ -429,6 +429,56 @@ def test_an_interrupt_as_the_repository_is_committed_leaves_one_outcome(tmp_path
         assert [pid for row in listed for pid in row["users"]] == [owner.pid]
 
 
+# Loaded by sc as its sitecustomize: Ctrl-C (SIGINT) comes as the function $SC_TEST_AT of the
+# module $SC_TEST_IN returns (a profile function sees the return; Python's handler runs at the
+# next instruction that checks for one, in its caller).
+INTERRUPT_AS_IT_RETURNS = """
+import os, signal, sys
+def _profile(frame, event, _arg):
+    code = frame.f_code
+    if (event == "return" and code.co_name == os.environ["SC_TEST_AT"]
+            and code.co_filename.endswith(os.environ["SC_TEST_IN"])):
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGINT)
+sys.setprofile(_profile)
+"""
+
+
+@pytest.mark.parametrize("at", [
+    "run:repository/population.py",  # the population's lease returned: ignoring it stops there
+    "add_lease:engine/leases.py",  # a lease taken of a repository there already
+    "output:cli/commands.py",  # the path written
+    "use:cli/commands.py",  # the command's outcome returned
+    "main:cli/__init__.py",  # ... and sc's
+])
+def test_an_interrupt_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path, at):
+    # From the making of the lease on, the outcome is the use: Ctrl-C between the moment the
+    # population stopped ignoring it and sc's exit left the job the use while sc said
+    # "interrupted" (130), or showed a traceback and died of SIGINT after printing the path.
+    function, module = at.split(":")
+    base, site = tmp_path / "base", tmp_path / "site"
+    base.mkdir()
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(INTERRUPT_AS_IT_RETURNS)
+    archive = tmp_path / "small.tar.gz"
+    archive.write_bytes(tarball_bytes({"a": b"data\n"}))
+    words = ("-d", str(base), "-n", "small", f"file:{archive}", "tar")
+    with Sleeper() as first, Sleeper() as owner:
+        if function == "add_lease":
+            sc("--use", "--pid", str(first.pid), *words)
+        proc = sc_start("--use", "--pid", str(owner.pid), *words, default_signals=True,
+                        env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_AT=function,
+                                   SC_TEST_IN=module))
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            stop_process(proc)
+        assert (proc.returncode, err, out.strip()) == (0, "", str(user_dir(base) / "small"))
+        listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+        users = {pid for row in listed for pid in row["users"]}
+        assert owner.pid in users, listed
+
+
 # Loaded by the populating process as its sitecustomize: the job's SIGTERM comes as soon as the
 # staging directory is made: at $SC_TEST_AT "mkdir", as the mkdir that makes it returns (a profile
 # function sees the return; the handler's exception comes out of the call), at "lock", while its

@@ -13,6 +13,9 @@ shown for an error a user can cause.
 
 from __future__ import annotations
 
+# The C module behind `signal`, loaded with the interpreter: `signal` itself imports enum, about
+# 3 ms of every command.
+import _signal  # type: ignore[import-not-found]  # typeshed stubs signal, not its C module
 import atexit
 import codecs
 import io
@@ -47,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse(argv)
         if options.help:
             commands.output(help_text())
-            return 0
+            return _decided(0)
         if options.version:
             from .. import __version__
 
@@ -59,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lines += [f"{codec}: {library}\n" for codec, library in backends().items()]
                 lines.append(f"large archives: {writer.describe()}\n")
             commands.output("".join(lines))
-            return 0
-        return commands.run(options)
+            return _decided(0)
+        return _decided(commands.run(options))
     except UsageError as e:
         print(f"sc: error: {clipped(str(e))} (see 'sc --help')", file=sys.stderr)
         return e.exit_status
@@ -92,6 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _decided(status: int) -> int:
+    """``status``, the command's outcome, once Ctrl-C (SIGINT) is ignored: from the moment it is
+    decided, an interrupt could only turn it into a traceback (after :func:`main` returned) or
+    into "interrupted" (before: what :func:`main` says of one that comes here, in its ``try``)."""
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # (which raises one that came first)
+    return status
+
+
 _PATH_BYTES = "sharedcache.path-bytes"
 
 
@@ -119,13 +130,9 @@ def leave(status: int) -> NoReturn:
     remakes its full-disk reserve in one), and the standard streams are flushed.  The threads
     left are daemons either way, and a writer process has been waited for.
 
-    The outcome is decided by now, so Ctrl-C (SIGINT) is ignored from here: it could only turn
-    it into a traceback.
+    The outcome is decided by now, so Ctrl-C (SIGINT) is ignored from here (a command's success
+    ignored it already: :func:`_decided`): it could only turn it into a traceback.
     """
-    # The C module behind `signal`, loaded with the interpreter: `signal` itself imports enum,
-    # about 3 ms of every command.
-    import _signal  # type: ignore[import-not-found]  # typeshed stubs signal, not its C module
-
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     close_caches()
     # A private name, but the one function that runs the handlers as the teardown would.
@@ -152,7 +159,6 @@ def _end_by(signum: int) -> None:
     """End the process by signal ``signum`` (SIGINT after Ctrl-C, or the one that ended ``sc
     run``'s command); return if it does not end it (a signal whose default action is to stop,
     or to do nothing)."""
-    import _signal  # (see leave)
     import resource
 
     # The command dumped its core, if any: sc's own would be of no use, and could be large.

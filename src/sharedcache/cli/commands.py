@@ -8,6 +8,7 @@ the options (:mod:`sharedcache.config.files`), and passed down as values.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (signal's C module: signal imports enum, see sharedcache.cli.leave)
 import os
 import sys
 
@@ -16,6 +17,7 @@ import sys
 from ..config import files
 from ..engine.leases import (
     INITIAL_PID_NAMESPACE,
+    INTERRUPTS,
     Owner,
     forget_hosts,
     job_of,
@@ -26,7 +28,7 @@ from ..engine.leases import (
 from ..errors import Ended, SharedCacheError, UsageError, clipped, end_by_exception, printable, shown_proxy
 from ..progress import Reporter
 from ..repository.bases import group_id
-from ..repository.repositories import Repositories
+from ..repository.repositories import Repositories, acquire_deferring_interrupts
 from ..sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -85,7 +87,10 @@ def _verbosity_given(options: Arguments) -> dict[str, object]:
 
 
 def use(repositories: Repositories, options: Arguments) -> int:
-    held = _acquire(repositories, options, _owner(options))
+    # Ctrl-C is deferred from the making of the lease on (as for use() of Python): what came
+    # once the lease was made released the use if it came before the path was written, and
+    # once it was, it turned a use the job was told of into "interrupted", or a traceback.
+    held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, _owner(options)))
     # Written out now, not at exit: a use whose path cannot be written, or that is interrupted
     # first, is released rather than left to its owner, who was never told of it.  The path is
     # the use's contract: a closed output fails it too.
@@ -94,8 +99,15 @@ def use(repositories: Repositories, options: Arguments) -> int:
             raise SharedCacheError(f"{_UNWRITTEN}: the standard output is closed")
         output(f"{held.path}\n")
     except BaseException:
-        repositories.release_held(held)
+        try:
+            repositories.release_held(held)
+        finally:
+            if guarded:
+                INTERRUPTS.disarm()  # (what came meanwhile is raised now, the use released)
         raise
+    # The outcome is decided: an interrupt deferred meanwhile is moot, and a later one too (see
+    # sharedcache.cli.leave).
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     return 0
 
 

@@ -692,11 +692,6 @@ class InterruptGuard(_thread._local):
         """Guard the calling thread's use from now on, deferring the interrupt until the caller
         is in its ``try`` (:meth:`settle`); whether it is guarded (only the main thread gets
         interrupts, and only Python's handler is replaced)."""
-        import threading  # (a use() of Python: the command line never arms)
-
-        thread = _thread.get_ident()
-        if thread != threading.main_thread().ident:
-            return False
         handler = _signal.getsignal(_signal.SIGINT)
         # Ours with no use armed: the last use was left in another thread, which may set no handler.
         if handler is not _interrupted and (self.depth or handler is not _signal.default_int_handler):
@@ -706,9 +701,13 @@ class InterruptGuard(_thread._local):
         # Deferring before the handler is ours, and counted once it is, by stores alone: no
         # interrupt is checked for between them.
         self.deferring = True
-        _signal.signal(_signal.SIGINT, _interrupted)
+        try:
+            _signal.signal(_signal.SIGINT, _interrupted)
+        except ValueError:  # not the main thread, the one that gets interrupts (asked so: no threading import)
+            self.deferring = False
+            return False
         self.depth += 1
-        self.thread = thread
+        self.thread = _thread.get_ident()
         return True
 
     def settle(self) -> None:

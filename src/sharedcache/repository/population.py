@@ -13,6 +13,7 @@ commit) stays the same.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import time
@@ -21,7 +22,7 @@ from .. import errors
 from ..engine import locks
 from ..engine.fsutil import read_control, shown_path, unlink_if_present, write_atomic
 from ..engine.layout import open_made_directory, user_id_outside
-from ..engine.leases import Owner, boot_id, pid_namespace
+from ..engine.leases import INTERRUPTS, Owner, boot_id, pid_namespace
 from ..errors import (
     CacheError,
     ConfigError,
@@ -297,7 +298,7 @@ class Population:
         self.work = base.population_file(name, ".work")
         self._work_fd: int | None = None  # the work directory, once prepared: see _prepare_work
         self._seal: Seal | None = None  # what the store asks of the filler, while it fills
-        self._interrupts_ignored = False  # see _ignore_interrupts
+        self._interrupts_ignored = self._interrupts_deferred = False  # see _ignore_interrupts
         self.status = {"pid": os.getpid(), "pid_ns": pid_namespace(), "owner": Owner.current().key,
                        "identity": request.identity,
                        "size": request.limit, "done": 0, "total": None, "started": time.time()}
@@ -326,7 +327,7 @@ class Population:
         try:
             return self._run()
         finally:
-            self._heed_interrupts()
+            self._heed_interrupts(committed=True)  # (or failed after the commit, which its caller undoes)
 
     def _run(self) -> str:
         request, base, cache = self.request, self.base, self.base.cache()
@@ -465,7 +466,7 @@ class Population:
                 filled = time.monotonic()
                 self._ignore_interrupts()
         except BaseException:
-            self._heed_interrupts()  # not committed: a retry downloads again, and may be interrupted
+            self._heed_interrupts(committed=False)  # a retry downloads again, and may be interrupted
             raise
         self._times = (filled - started, time.monotonic() - filled)
 
@@ -475,8 +476,16 @@ class Population:
         The data are complete then.  An interrupt during the commit, or after it, would throw the
         download away (and its waiters would make it again), or leave the owner, often the job,
         a use that the command reports as failed.  What is left takes milliseconds, or the
-        seconds of a flush.  Only where SIGINT raises KeyboardInterrupt (Python's default
-        handler), in the main thread: an application's own handler is left alone."""
+        seconds of a flush.  Where the use's lease is guarded (``use()`` and ``sc --use`` arm
+        :data:`~sharedcache.engine.leases.INTERRUPTS` in the main thread), the interrupt is
+        deferred to the guard's holder instead, who raises it once its ``try`` holds the use
+        (``use()``), or drops it as moot once the path is printed (``sc --use``).  Elsewhere
+        only where SIGINT raises KeyboardInterrupt (Python's default handler), in the main
+        thread: an application's own handler is left alone."""
+        if INTERRUPTS.depth and INTERRUPTS.thread == _thread.get_ident():
+            INTERRUPTS.deferring = True
+            self._interrupts_deferred = True
+            return
         import signal
 
         try:
@@ -486,12 +495,20 @@ class Population:
         except ValueError:  # not the main thread, where Python runs handlers
             pass
 
-    def _heed_interrupts(self) -> None:
+    def _heed_interrupts(self, *, committed: bool) -> None:
+        """Undo :meth:`_ignore_interrupts`.  Not ``committed``, an interrupt deferred meanwhile is
+        raised: a retry would download again.  Committed, a deferred one stays the guard's."""
         if self._interrupts_ignored:
             import signal
 
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self._interrupts_ignored = False
+        if self._interrupts_deferred and not committed:
+            self._interrupts_deferred = False
+            INTERRUPTS.deferring = False
+            if INTERRUPTS.pending:
+                INTERRUPTS.pending = False
+                raise KeyboardInterrupt
 
     def fill(self, data: Path) -> None:
         """Put the repository's data into the empty directory ``data``: run the recipe, in the

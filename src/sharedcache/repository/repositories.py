@@ -904,6 +904,25 @@ def _releasing(name: str, base: str) -> Iterator[None]:
         raise CacheError(f"cannot release the use of repository {name!r} in {base}: {READ_ONLY}") from None
 
 
+def acquire_deferring_interrupts(acquire: Callable[[], Held]) -> tuple[Held, bool]:
+    """The use that ``acquire()`` takes, with Ctrl-C of the main thread deferred from the making
+    of its lease on (see :class:`~sharedcache.engine.leases.InterruptGuard`), and whether it is
+    (the guard armed).  The caller, once its ``try`` holds the use, raises what came
+    meanwhile (``INTERRUPTS.settle()``), or lets it go as moot (the outcome decided), and after
+    its release disarms the guard.  A failed acquire has disarmed it, raising what came."""
+    guarded = INTERRUPTS.arm()
+    try:
+        if guarded:
+            INTERRUPTS.settle()
+            INTERRUPTS.acquiring = True
+        return acquire(), guarded
+    except BaseException:
+        if guarded:
+            INTERRUPTS.deferring = True  # (first: no call comes before it)
+            INTERRUPTS.disarm()  # (an interrupt deferred as a failed use gave its lease back is raised)
+        raise
+
+
 @scoped
 def use(
     *words: str,
@@ -962,22 +981,14 @@ def use(
                                 group=files.converted(effective, "group", group_id))
     # Ctrl-C from the lease's making to the try below, and during the release, is deferred, then
     # raised: it left the use taken for the life of the process (see InterruptGuard).
-    guarded = INTERRUPTS.arm()
     try:
-        if guarded:
-            INTERRUPTS.settle()
-            INTERRUPTS.acquiring = True
-        held = repositories.acquire(
+        held, guarded = acquire_deferring_interrupts(lambda: repositories.acquire(
             _loader_words(words), owner=Owner.current(), name=name, size=limit, keep=keep,
             max_size=budget, timeout=files.value(effective, "timeout"),
             fetch=fetch if fetch is not None else files.fetch_when_needed(effective, os.environ, given),
-        )
-    except BaseException as e:
-        if guarded:
-            INTERRUPTS.deferring = True  # (first: no call comes before it)
-            INTERRUPTS.disarm()  # (an interrupt deferred as a failed use gave its lease back is raised)
-        if isinstance(e, OSError):  # (the command line says the same of what reaches it)
-            raise_if_over_limit(e)
+        ))
+    except OSError as e:  # (the command line says the same of what reaches it)
+        raise_if_over_limit(e)
         raise
     holder = os.getpid()
     try:
