@@ -267,3 +267,65 @@ def test_ctrl_c_as_a_use_commits_its_population_keeps_the_download_and_reaches_t
     assert result.returncode == 0, result.stderr
     # Raised as use() holds it, before its block: the use released, the repository kept.
     assert (result.stdout, result.stderr) == ("interrupted\n1 0 True\n", "")
+
+
+_NESTED_UNDER_ITS_OWN_HANDLER = r"""
+import os, signal, sys, time
+import sharedcache
+
+base = sys.argv[1]
+with sharedcache.use(f"file:{base}/a.bin", name="a", directories=base):
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # the program's, over the inner use
+    with sharedcache.use(f"file:{base}/b.bin", name="b", directories=base):  # populated: not guarded
+        pass
+    signal.signal(signal.SIGINT, previous)  # use()'s own again, for the outer block
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):
+            time.sleep(0.01)
+        print("not interrupted in the block", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted in the block", flush=True)
+"""
+
+
+def test_a_use_populated_inside_a_block_under_the_programs_handler_leaves_ctrl_c_to_the_block(tmp_path: Path) -> None:
+    # The inner use, under the program's own handler, is not guarded; its population deferred
+    # Ctrl-C all the same, for good: the outer block (under use()'s handler again) no longer got it.
+    (tmp_path / "a.bin").write_bytes(b"a" * 1000)
+    (tmp_path / "b.bin").write_bytes(b"b" * 1000)
+    result = subprocess.run([sys.executable, "-c", _NESTED_UNDER_ITS_OWN_HANDLER, str(tmp_path)], env=ENV,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "interrupted in the block\n", "")
+
+
+_MAIN_CALLED = r"""
+import os, signal, subprocess, sys, threading
+from sharedcache.cli import main
+
+base, source = sys.argv[1], sys.argv[2]
+owner = subprocess.Popen(["sleep", "60"])
+try:
+    print(main(["--use", "--pid", str(owner.pid), "-d", base, "-n", "a", f"file:{source}"]),
+          signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+    statuses = []
+    worker = threading.Thread(target=lambda: statuses.append(
+        main(["--use", "--pid", str(owner.pid), "-d", base, "-n", "b", f"file:{source}"])))
+    worker.start()
+    worker.join(60)
+    print(*statuses, flush=True)
+finally:
+    owner.kill()
+    owner.wait()
+"""
+
+
+def test_main_called_by_a_program_leaves_its_ctrl_c_as_it_was(tmp_path: Path) -> None:
+    # Only sc's own process ignores SIGINT once the outcome is decided: a program that called
+    # main() was left with Ctrl-C ignored, and from another thread than the main one, a use
+    # became an internal error ("signal only works in main thread") with its path printed.
+    (tmp_path / "data.bin").write_bytes(b"x" * 1000)
+    result = subprocess.run([sys.executable, "-c", _MAIN_CALLED, str(tmp_path), str(tmp_path / "data.bin")],
+                            env=ENV, capture_output=True, text=True, timeout=120)
+    base = tmp_path / ".shared-cache-0"
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{base}/a\n0 True\n{base}/b\n0\n", "")

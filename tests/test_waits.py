@@ -8,6 +8,7 @@ byte at a time, each well within any read timeout (the origin users met).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -430,13 +431,13 @@ def test_an_interrupt_as_the_repository_is_committed_leaves_one_outcome(tmp_path
 
 
 # Loaded by sc as its sitecustomize: Ctrl-C (SIGINT) comes as the function $SC_TEST_AT of the
-# module $SC_TEST_IN returns (a profile function sees the return; Python's handler runs at the
-# next instruction that checks for one, in its caller).
+# module $SC_TEST_IN returns, or is called if $SC_TEST_EVENT says "call" (a profile function sees
+# them; Python's handler runs at the next instruction that checks for one).
 INTERRUPT_AS_IT_RETURNS = """
 import os, signal, sys
 def _profile(frame, event, _arg):
     code = frame.f_code
-    if (event == "return" and code.co_name == os.environ["SC_TEST_AT"]
+    if (event == os.environ.get("SC_TEST_EVENT", "return") and code.co_name == os.environ["SC_TEST_AT"]
             and code.co_filename.endswith(os.environ["SC_TEST_IN"])):
         sys.setprofile(None)
         os.kill(os.getpid(), signal.SIGINT)
@@ -452,9 +453,9 @@ sys.setprofile(_profile)
     "main:cli/__init__.py",  # ... and sc's
 ])
 def test_an_interrupt_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path, at):
-    # From the making of the lease on, the outcome is the use: Ctrl-C between the moment the
-    # population stopped ignoring it and sc's exit left the job the use while sc said
-    # "interrupted" (130), or showed a traceback and died of SIGINT after printing the path.
+    # From the making of the lease on, the data complete, the outcome is the use: Ctrl-C between
+    # the moment the population stopped ignoring it and sc's exit left the job the use while sc
+    # said "interrupted" (130), or showed a traceback and died of SIGINT after printing the path.
     function, module = at.split(":")
     base, site = tmp_path / "base", tmp_path / "site"
     base.mkdir()
@@ -477,6 +478,76 @@ def test_an_interrupt_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path
         listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
         users = {pid for row in listed for pid in row["users"]}
         assert owner.pid in users, listed
+
+
+def test_an_interrupt_as_a_lease_fails_to_be_made_ends_the_use_before_the_next_candidate(tmp_path):
+    # A repository ready in the first candidate whose lease cannot be made there (its leases/ no
+    # directory: the base is skipped; or a read-only mount) is made in the next one: Ctrl-C that
+    # came as the lease was being made was held back through that whole download, and the use
+    # succeeded.
+    first, second, site = tmp_path / "first", tmp_path / "second", tmp_path / "site"
+    for directory in (first, second, site):
+        directory.mkdir()
+    (site / "sitecustomize.py").write_text(INTERRUPT_AS_IT_RETURNS)
+    archive = tmp_path / "small.tar.gz"
+    archive.write_bytes(tarball_bytes({"a": b"data\n"}))
+    words = ("-n", "small", f"file:{archive}", "tar")
+    sc("--use", "--pid", "1", "--keep", "-d", str(first), *words)
+    sc("--unuse", "--pid", "1", "--keep", "-d", str(first), *words)
+    leases = control(first) / "objects" / "small" / "leases"
+    leases.rmdir()
+    leases.touch()
+    with Sleeper() as owner:
+        proc = sc_start("--use", "--pid", str(owner.pid), "-d", f"{first}:{second}", *words, default_signals=True,
+                        env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_AT="put_lease",
+                                   SC_TEST_IN="engine/leases.py", SC_TEST_EVENT="call"))
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            stop_process(proc)
+        assert (proc.returncode, err.splitlines()[-1], out) == (-signal.SIGINT, "sc: interrupted", ""), err
+        assert not list(second.glob(".shared-cache-*/.cache/objects/small")), "made in the next candidate"
+
+
+def test_an_interrupt_as_sc_waits_for_its_output_to_take_the_path_releases_the_use(tmp_path):
+    # A pipe whose reader does not read (full), or a stopped terminal, holds the path's write:
+    # Ctrl-C was held back there for as long, sc hung and the use stayed taken.
+    base = tmp_path / "base"
+    base.mkdir()
+    archive = tmp_path / "small.tar.gz"
+    archive.write_bytes(tarball_bytes({"a": b"data\n"}))
+    reading, writing = os.pipe()
+    try:
+        os.set_blocking(writing, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(writing, b"x" * 4096)
+        os.set_blocking(writing, True)
+        with Sleeper() as owner:
+            proc = subprocess.Popen(
+                [*DEFAULT_SIGNALS, *SC, "--use", "--pid", str(owner.pid), "-d", str(base), "-n", "small",
+                 f"file:{archive}", "tar"], stdout=writing, stderr=subprocess.PIPE, text=True, env=sc_env())
+            try:
+                entry = control(base) / "objects" / "small"
+                wait_for(lambda: entry.exists() and proc_waits_in(proc.pid, "poll"), what="sc waiting for its output")
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=30)
+            finally:
+                stop_process(proc)
+            assert (proc.returncode, err) == (-signal.SIGINT, "sc: interrupted\n")
+            listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+            assert [pid for row in listed for pid in row["users"]] == [], listed
+    finally:
+        os.close(reading)
+        os.close(writing)
+
+
+def proc_waits_in(pid: int, kernel_function: str) -> bool:
+    """Whether process ``pid`` sleeps in a kernel function whose name holds ``kernel_function``."""
+    try:
+        return kernel_function in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
 
 
 # Loaded by the populating process as its sitecustomize: the job's SIGTERM comes as soon as the

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv``; its exit status.  With no ``argv``, the command of this process
+    (``bin/sc``, ``python -m sharedcache``), which :func:`leave` then ends."""
+    commands.ENDS_THE_PROCESS = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if sys.stderr is None:
         # Started with descriptor 2 closed (`2>&-`): messages go nowhere, since print() given
@@ -96,10 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _decided(status: int) -> int:
-    """``status``, the command's outcome, once Ctrl-C (SIGINT) is ignored: from the moment it is
-    decided, an interrupt could only turn it into a traceback (after :func:`main` returned) or
-    into "interrupted" (before: what :func:`main` says of one that comes here, in its ``try``)."""
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # (which raises one that came first)
+    """``status``, the command's outcome, once Ctrl-C (SIGINT) is ignored in sc's own process:
+    from the moment it is decided, an interrupt could only turn it into a traceback (after
+    :func:`main` returned) or into "interrupted" (before: what :func:`main` says of one that
+    comes here, in its ``try``).  A program that calls :func:`main` keeps its handler."""
+    if commands.ENDS_THE_PROCESS:
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # (which raises one that came first)
     return status
 
 

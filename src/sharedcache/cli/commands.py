@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable
     from types import FrameType
+    from typing import TextIO
 
     from ..config.files import Effective
     from ..config.settings import FetchPolicy
@@ -87,9 +88,10 @@ def _verbosity_given(options: Arguments) -> dict[str, object]:
 
 
 def use(repositories: Repositories, options: Arguments) -> int:
-    # Ctrl-C is deferred from the making of the lease on (as for use() of Python): what came
-    # once the lease was made released the use if it came before the path was written, and
-    # once it was, it turned a use the job was told of into "interrupted", or a traceback.
+    # Ctrl-C is deferred from the making of the lease on (as for use() of Python); the data are
+    # complete by then, and it is moot (see Population._ignore_interrupts), save while sc waits
+    # for its output to take the path, which may be for good.  (What came once the lease was
+    # made left the job the use while sc said "interrupted", or printed the path, then a traceback.)
     held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, _owner(options)))
     # Written out now, not at exit: a use whose path cannot be written, or that is interrupted
     # first, is released rather than left to its owner, who was never told of it.  The path is
@@ -97,18 +99,51 @@ def use(repositories: Repositories, options: Arguments) -> int:
     try:
         if sys.stdout is None:  # started with descriptor 1 closed
             raise SharedCacheError(f"{_UNWRITTEN}: the standard output is closed")
+        if guarded:
+            INTERRUPTS.pending = False
+            INTERRUPTS.deferring = False
+            _until_writable(sys.stdout)  # (a pipe nobody reads: an interrupt releases the use)
+            INTERRUPTS.deferring = True
         output(f"{held.path}\n")
     except BaseException:
+        if guarded:
+            INTERRUPTS.deferring = True  # (first: no call comes before it)
         try:
             repositories.release_held(held)
         finally:
             if guarded:
                 INTERRUPTS.disarm()  # (what came meanwhile is raised now, the use released)
         raise
-    # The outcome is decided: an interrupt deferred meanwhile is moot, and a later one too (see
-    # sharedcache.cli.leave).
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    if guarded:
+        if ENDS_THE_PROCESS:
+            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # (see sharedcache.cli.leave)
+        INTERRUPTS.pending = False  # moot
+        INTERRUPTS.disarm()  # (a program that called main() has its handler back)
     return 0
+
+
+def _until_writable(stream: TextIO) -> None:
+    """Wait until ``stream`` takes a write: a pipe whose reader does not read, or a terminal, may
+    hold it.  A file never does, and the module that waits is not loaded for one."""
+    import stat
+
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # (io.UnsupportedOperation: a stream of Python's, no descriptor)
+        return
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll()
+
+
+#: Whether this process is sc's own, ended by :func:`sharedcache.cli.leave` (:func:`main`
+#: called with no arguments), not a program that calls :func:`main`: only sc's own ignores
+#: Ctrl-C once the outcome is decided.
+ENDS_THE_PROCESS = False
 
 
 _UNWRITTEN = "cannot write the output"

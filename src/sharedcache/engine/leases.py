@@ -712,10 +712,23 @@ class InterruptGuard(_thread._local):
 
     def settle(self) -> None:
         """Stop deferring; raise the interrupt deferred meanwhile."""
-        self.acquiring = self.deferring = False
+        self.acquiring = False
+        self.stop_deferring()
+
+    def stop_deferring(self) -> None:
+        """Stop deferring, and raise the interrupt deferred meanwhile; for a step that deferred
+        it and made no lease after all (the use goes on elsewhere, or fails), where it would
+        have been held back until a later step (a whole download) was done."""
+        self.deferring = False
         if self.pending:
             self.pending = False
             raise KeyboardInterrupt
+
+    def guards_here(self) -> bool:
+        """Whether an acquire of the calling thread is guarded (:meth:`arm`, then
+        :attr:`acquiring`): the lease it makes is deferred for, not one of a use taken inside
+        the block of a guarded one, under a handler of the program's."""
+        return self.acquiring and self.thread == _thread.get_ident()
 
     def disarm(self) -> None:
         """The end of an armed use, deferring until then: Python's handler back (unless the
@@ -752,10 +765,16 @@ _SCOPE_STEPS = (Scope.__enter__.__code__, Scope.__exit__.__code__)
 
 def add_lease(entry: str, owner: Owner) -> str:
     """Create a lease of ``owner`` in ``entry``; return its id."""
-    if INTERRUPTS.acquiring and INTERRUPTS.thread == _thread.get_ident():
+    deferred = not INTERRUPTS.deferring and INTERRUPTS.guards_here()
+    if deferred:
         INTERRUPTS.deferring = True  # before the file is made: see InterruptGuard
     lease = f"{owner.key}.{unique_name()}"
-    put_lease(entry, lease)
+    try:
+        put_lease(entry, lease)
+    except BaseException:
+        if deferred:  # (a base whose leases cannot be written is skipped: the use goes on in another)
+            INTERRUPTS.stop_deferring()
+        raise
     return lease
 
 

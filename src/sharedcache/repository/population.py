@@ -13,7 +13,6 @@ commit) stays the same.
 
 from __future__ import annotations
 
-import _thread
 import errno
 import os
 import time
@@ -482,9 +481,9 @@ class Population:
         (``use()``), or drops it as moot once the path is printed (``sc --use``).  Elsewhere
         only where SIGINT raises KeyboardInterrupt (Python's default handler), in the main
         thread: an application's own handler is left alone."""
-        if INTERRUPTS.depth and INTERRUPTS.thread == _thread.get_ident():
-            INTERRUPTS.deferring = True
-            self._interrupts_deferred = True
+        if INTERRUPTS.guards_here():
+            if not INTERRUPTS.deferring:
+                INTERRUPTS.deferring = self._interrupts_deferred = True
             return
         import signal
 
@@ -505,10 +504,7 @@ class Population:
             self._interrupts_ignored = False
         if self._interrupts_deferred and not committed:
             self._interrupts_deferred = False
-            INTERRUPTS.deferring = False
-            if INTERRUPTS.pending:
-                INTERRUPTS.pending = False
-                raise KeyboardInterrupt
+            INTERRUPTS.stop_deferring()
 
     def fill(self, data: Path) -> None:
         """Put the repository's data into the empty directory ``data``: run the recipe, in the
