@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from origin import IF_RANGE_SERVERS, Origin
-from scutil import tarball_bytes
+from scutil import tarball_bytes, wait_for
 
 from sharedcache.loaders import pipeline
 from sharedcache.errors import (
@@ -567,7 +567,10 @@ def test_reader_is_in_order_and_bounded(fake_parts: list[FakePart]) -> None:
     reader = RangedReader(FakePart, start, end, part_size=size, connections=connections,
                           first=FakePart(start, start + size))
     got = [reader.read(7000)]
-    time.sleep(0.3)  # the consumer dawdles: the workers fill the window and wait
+    # The consumer dawdles: the workers fill the window (however long a loaded machine takes
+    # to run them), then wait, claiming nothing past it however long it dawdles on.
+    wait_for(lambda: len(fake_parts) >= connections + 1, what="the window filled")
+    time.sleep(0.3)
     assert len(fake_parts) == connections + 1
     consumed = len(got[0])
     while data := reader.read(random.randint(1, 9000)):
