@@ -339,7 +339,7 @@ def test_the_report_of_a_thread_refused_memory_is_known_in_the_words_of_each_pyt
 #: Ends a bare thread, which threading never registered, with threading's own bookkeeping of a
 #: thread's end (a KeyError), then another with a KeyError of its own.
 UNREGISTERED = """
-import _thread, time, threading
+import _thread, os, time, threading
 from sharedcache.loaders import threads
 
 never_started = threading.Thread()  # (made here: made in the bare thread, it would register that)
@@ -353,7 +353,11 @@ def elsewhere():
 threads.start(threading.Thread(target=lambda: None))
 for end in (unregistered, elsewhere):
     _thread.start_new_thread(end, ())
-    time.sleep(0.5)
+    # Until the thread has ended (its exception reported, or not, before it does): however
+    # late a loaded machine runs it, the interpreter's exit would cut it short.
+    deadline = time.monotonic() + 30
+    while len(os.listdir("/proc/self/task")) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
 """
 
 
