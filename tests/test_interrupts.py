@@ -228,7 +228,9 @@ def test_a_use_left_in_another_thread_leaves_ctrl_c_working_in_the_main_thread(t
             user.wait(30)
     interrupted, at, in_main, leases, handler_restored = out.split()
     assert (interrupted, in_main) == ("interrupted", "True")
-    assert float(at) - sent < 1  # promptly, not when the next use happens to settle it
+    # Promptly, not when the next use happens to settle it, 10 s on (5 s: room for a loaded
+    # machine to run the handler, still far below that).
+    assert float(at) - sent < 5
     assert (leases, handler_restored, err, user.returncode) == ("0", "True", "", 0)
 
 
