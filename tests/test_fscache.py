@@ -1640,12 +1640,13 @@ def test_hundred_thousand_entries(big_root: Path, children: Children) -> None:
 
 def test_a_deadline_bounds_the_waits_of_the_thread_that_set_it_only(tmp_path: Path) -> None:
     # use() from several threads shares one FsCache: one caller's --timeout must not cut short
-    # the waits of another, which keeps the cache's own bound (here 1 s).
+    # the waits of another, which keeps the cache's own bound (here 4 s: the thread whose time
+    # is up may take a while to give up on a loaded machine, and must still be told apart).
     import threading
 
     from sharedcache import WaitTimeoutError
 
-    cache = FsCache(tmp_path / "c", timeout=1.0)
+    cache = FsCache(tmp_path / "c", timeout=4.0)
     with cache.stage():  # (makes stage.lock)
         pass
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -1669,7 +1670,7 @@ def test_a_deadline_bounds_the_waits_of_the_thread_that_set_it_only(tmp_path: Pa
         thread.start()
         mine = waited()
         thread.join(10)
-        assert mine < 0.5 and len(other) == 1 and other[0] >= 0.9, (mine, other)
+        assert mine < 2 and len(other) == 1 and other[0] >= 3.9, (mine, other)
     finally:
         holder.kill()
         holder.communicate(timeout=30)
