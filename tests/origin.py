@@ -413,10 +413,14 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = source.read(min(step, length - sent))
                 if not chunk:
                     break
-                if rate is not None:  # keep to the rate over the whole answer
+                # Keep to the rate over the whole answer, in short sleeps: a test that changes
+                # the rate (or lifts it) meanwhile is obeyed at once, not after a chunk's delay.
+                while rate is not None and not origin._stopping.is_set():
                     delay = began + (sent + len(chunk)) / rate - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
+                    if delay <= 0:
+                        break
+                    time.sleep(min(delay, 0.05))
+                    rate = origin.rate
                 try:
                     self.wfile.write(chunk)
                 except OSError:  # the client went away

@@ -154,11 +154,12 @@ def test_killed_unpacking_populator_is_taken_over(origin, tarball, base):
 
 
 def start_slow_population(origin, tarball, base):  # type: ignore[no-untyped-def]
-    """Start an ``sc --use`` whose download lasts about 2 s; return its arguments and process
-    once the download has begun."""
+    """Start an ``sc --use`` whose download crawls (it would last 30 s) until the test sets
+    ``origin.rate = None``; return its arguments and process once the download has begun.  (A
+    download of a fixed length could end before a loaded machine has started the next use.)"""
     payload, md5 = tarball
     url = origin.add("/data.tar.gz", payload)
-    origin.rate = len(payload) / 2
+    origin.rate = len(payload) / 30
     args = ["--use", "-n", "slow", "-d", str(base), f"http:{url}", f"md5:{md5}", "tar"]
     first = sc_start(*args)
     try:
@@ -172,13 +173,21 @@ def start_slow_population(origin, tarball, base):  # type: ignore[no-untyped-def
 
 def test_waiting_process_says_whom_it_waits_for(origin, tarball, base):
     args, first = start_slow_population(origin, tarball, base)
+    said = base.parent / "waiter.err"
     try:
-        time.sleep(0.2)
-        ((status, _out, err),) = finish([sc_start("-v", *args)], timeout=60)
+        with open(said, "w") as stderr:
+            waiter = subprocess.Popen([*SC, "-v", *args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                      env=sc_env())
+        try:
+            wait_for(lambda: "waiting" in said.read_text() or waiter.poll() is not None, 60, "the waiter")
+        finally:
+            origin.rate = None
+            ((status, _out, _),) = finish([waiter], timeout=60)
         ((status0, _, err0),) = finish([first], timeout=60)
     finally:
         if first.poll() is None:
             first.kill()
+    err = said.read_text()
     assert status == status0 == 0, err + err0
     assert err0 == "", "off a terminal and without -v: silent"
     assert "waiting" in err and f"process {first.pid}" in err and "slow" in err
@@ -254,6 +263,7 @@ def test_waiting_past_timeout_is_a_clear_error_and_the_population_goes_on(origin
         started = time.monotonic()
         impatient = sc(*args, "--timeout", "0.5")
         assert time.monotonic() - started < 10
+        origin.rate = None  # (the population may end now)
         assert impatient.returncode == 1
         assert "timed out after 0.5 s" in impatient.stderr and "'slow'" in impatient.stderr
         assert f"process {first.pid}" in impatient.stderr
