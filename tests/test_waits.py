@@ -453,31 +453,66 @@ sys.setprofile(_profile)
     "main:cli/__init__.py",  # ... and sc's
 ])
 def test_an_interrupt_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path, at):
-    # From the making of the lease on, the data complete, the outcome is the use: Ctrl-C between
-    # the moment the population stopped ignoring it and sc's exit left the job the use while sc
-    # said "interrupted" (130), or showed a traceback and died of SIGINT after printing the path.
-    function, module = at.split(":")
-    base, site = tmp_path / "base", tmp_path / "site"
+    # From the making of the lease on, the outcome is the use: Ctrl-C between the moment the
+    # population stopped ignoring it and sc's exit left the job the use while sc said
+    # "interrupted" (130), or showed a traceback and died of SIGINT after printing the path.
+    base, words = _small_repository(tmp_path)
+    with Sleeper() as first, Sleeper() as owner:
+        if at.startswith("add_lease:"):
+            sc("--use", "--pid", str(first.pid), *words)
+        status, out, err = _interrupted_at(tmp_path, at, "--use", "--pid", str(owner.pid), *words)
+        assert (status, err, out.strip()) == (0, "", str(user_dir(base) / "small"))
+        assert owner.pid in _users(base)
+
+
+@pytest.mark.parametrize(("at", "released"), [
+    ("lease_of:engine/fscache.py", False),  # the lease found, not yet removed: nothing done
+    ("_release_in_transaction:engine/fscache.py", True),  # the index's transaction committed
+    ("_empty_trash:engine/fscache.py", True),  # the deleted repository's data gone
+    ("drop_link_if_unused:repository/bases.py", True),  # its link gone
+])
+def test_an_interrupt_as_a_use_is_released_says_what_became_of_it(tmp_path, at, released):
+    # Ctrl-C to `sc --unuse` once the index had committed the release said "interrupted" (130)
+    # of a use released; from the lease's removal on, the release is the outcome.
+    base, words = _small_repository(tmp_path)
+    with Sleeper() as owner:
+        sc("--use", "--pid", str(owner.pid), *words)
+        status, out, err = _interrupted_at(tmp_path, at, "--unuse", "--pid", str(owner.pid), *words)
+        assert (status, out, err) == ((0, "", "") if released else (-signal.SIGINT, "", "sc: interrupted\n"))
+        assert (owner.pid in _users(base)) is not released
+
+
+def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
+    """A base directory under ``tmp_path``, and the words of sc that use a small tarball there
+    as ``small``."""
+    base = tmp_path / "base"
     base.mkdir()
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(INTERRUPT_AS_IT_RETURNS)
     archive = tmp_path / "small.tar.gz"
     archive.write_bytes(tarball_bytes({"a": b"data\n"}))
-    words = ("-d", str(base), "-n", "small", f"file:{archive}", "tar")
-    with Sleeper() as first, Sleeper() as owner:
-        if function == "add_lease":
-            sc("--use", "--pid", str(first.pid), *words)
-        proc = sc_start("--use", "--pid", str(owner.pid), *words, default_signals=True,
-                        env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_AT=function,
-                                   SC_TEST_IN=module))
-        try:
-            out, err = proc.communicate(timeout=60)
-        finally:
-            stop_process(proc)
-        assert (proc.returncode, err, out.strip()) == (0, "", str(user_dir(base) / "small"))
-        listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
-        users = {pid for row in listed for pid in row["users"]}
-        assert owner.pid in users, listed
+    return base, ("-d", str(base), "-n", "small", f"file:{archive}", "tar")
+
+
+def _interrupted_at(tmp_path: Path, at: str, *args: str) -> tuple[int, str, str]:
+    """The status, output and errors of ``sc ARGS`` (as a job starts it) that gets Ctrl-C as
+    the function ``at`` (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`) returns."""
+    function, module = at.split(":")
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(INTERRUPT_AS_IT_RETURNS)
+    proc = sc_start(*args, default_signals=True,
+                    env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_AT=function,
+                               SC_TEST_IN=module))
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    return proc.returncode, out, err
+
+
+def _users(base: Path) -> set[int]:
+    """The pids of the owners of the uses of the repositories in ``base``."""
+    listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
+    return {pid for row in listed for pid in row["users"]}
 
 
 def test_an_interrupt_as_a_lease_fails_to_be_made_ends_the_use_before_the_next_candidate(tmp_path):

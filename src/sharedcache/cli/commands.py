@@ -28,7 +28,7 @@ from ..engine.leases import (
 from ..errors import Ended, SharedCacheError, UsageError, clipped, end_by_exception, printable, shown_proxy
 from ..progress import Reporter
 from ..repository.bases import group_id
-from ..repository.repositories import Repositories, acquire_deferring_interrupts
+from ..repository.repositories import Repositories, acquire_deferring_interrupts, release_deferring_interrupts
 from ..sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -114,12 +114,19 @@ def use(repositories: Repositories, options: Arguments) -> int:
             if guarded:
                 INTERRUPTS.disarm()  # (what came meanwhile is raised now, the use released)
         raise
+    _decided(guarded)
+    return 0
+
+
+def _decided(guarded: bool) -> None:
+    """The command's outcome decided, under the guard if ``guarded``: an interrupt deferred
+    meanwhile is moot, and in sc's own process so is any later one (see sharedcache.cli.leave);
+    a program that called main() has its handler back."""
     if guarded:
         if ENDS_THE_PROCESS:
-            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # (see sharedcache.cli.leave)
-        INTERRUPTS.pending = False  # moot
-        INTERRUPTS.disarm()  # (a program that called main() has its handler back)
-    return 0
+            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+        INTERRUPTS.pending = False
+        INTERRUPTS.disarm()
 
 
 def _until_writable(stream: TextIO) -> None:
@@ -174,8 +181,12 @@ def unuse(repositories: Repositories, options: Arguments) -> int:
         # so sc itself, or a wrapper it runs under, may be the very process that took the use.
         found = (Owner.of(pid) for pid in _job_chain()[0]) if PARENT != 0 else iter(())
         owners = [Owner.current(), *(owner for owner in found if owner is not None)]
-    deleted = repositories.release(options.loaders, owners=owners, name=options.name, keep=options.keep,
-                                   max_size=options.max_size, timeout=options.timeout)
+    # Ctrl-C is deferred from the removal of the lease on: it said "interrupted" of a release
+    # done (the index's commit, the trash emptied, the link removed after it).
+    deleted, guarded = release_deferring_interrupts(lambda: repositories.release(
+        options.loaders, owners=owners, name=options.name, keep=options.keep, max_size=options.max_size,
+        timeout=options.timeout))
+    _decided(guarded)
     repositories.reporter.info("repository deleted" if deleted else "use released")
     return 0
 

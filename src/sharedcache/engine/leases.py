@@ -85,7 +85,8 @@ A lease taken for :func:`sharedcache.use` must reach the ``finally`` that releas
 release must run to its end, whenever Ctrl-C comes: :data:`INTERRUPTS` defers the interrupt of
 the main thread from the lease's creation (:func:`add_lease`) until ``use()`` holds it, and
 while ``use()`` releases it, then raises it (see :class:`InterruptGuard`); a use that another
-thread leaves is released there, deferring nothing of the main thread's.
+thread leaves is released there, deferring nothing of the main thread's.  ``sc --unuse`` defers
+it from the lease's removal (:func:`remove_lease`) on: its release is then the outcome.
 """
 
 from __future__ import annotations
@@ -663,14 +664,15 @@ class InterruptGuard(_thread._local):
     interrupt).  ``use()`` arms the guard (:meth:`arm`: in the main thread, over Python's own
     handler only, a program's handler being the program's) around its acquire and its release.
     The interrupt is then deferred (:attr:`pending`) while :attr:`deferring`, which
-    :func:`add_lease` turns on for an acquire (:attr:`acquiring`) of this thread and ``use()``
-    for its release, and raised by :meth:`settle`.  One that comes in a ``with`` statement's
+    :func:`add_lease` turns on for an acquire (:attr:`acquiring`) of this thread,
+    :func:`remove_lease` for a release (:attr:`releasing`: ``sc --unuse``, whose outcome it is
+    from then on) and ``use()`` for its release, and raised by :meth:`settle`.  One that comes in a ``with`` statement's
     call of a ``@scoped`` manager's ``__enter__`` or ``__exit__`` is raised at the next check,
     out of them: there it would leave the block without resuming the generator that releases.
 
     A use entered in the main thread may be left in another (a generator holding its block that
     a worker closes or drops, an ``ExitStack`` a worker closes).  :attr:`acquiring`,
-    :attr:`deferring` and :attr:`pending` are therefore each thread's own (this is a
+    :attr:`releasing`, :attr:`deferring` and :attr:`pending` are therefore each thread's own (this is a
     ``threading.local``; only the slots :attr:`depth` and :attr:`thread` are shared), so that
     ``use()`` sets them by stores alone, with no call to tell the threads apart before them, and
     the handler, which runs in the main thread, reads the main thread's: another thread's
@@ -686,7 +688,7 @@ class InterruptGuard(_thread._local):
     __slots__ = ("depth", "thread")
     depth: int
     thread: int | None
-    acquiring = deferring = pending = False
+    acquiring = releasing = deferring = pending = False
 
     def arm(self) -> bool:
         """Guard the calling thread's use from now on, deferring the interrupt until the caller
@@ -712,7 +714,7 @@ class InterruptGuard(_thread._local):
 
     def settle(self) -> None:
         """Stop deferring; raise the interrupt deferred meanwhile."""
-        self.acquiring = False
+        self.acquiring = self.releasing = False
         self.stop_deferring()
 
     def stop_deferring(self) -> None:
@@ -888,6 +890,8 @@ def reclaim_leases(entry: str, dead: list[str]) -> int:
 def remove_lease(entry: str, lease: str) -> bool:
     """Remove the lease ``lease`` of ``entry``; whether it was there to remove.  (A name with a
     "/" names no lease: it would be a path below ``leases/``.)"""
+    if INTERRUPTS.releasing and INTERRUPTS.thread == _thread.get_ident():
+        INTERRUPTS.deferring = True  # before the file goes: see InterruptGuard
     return "/" not in lease and reclaim_leases(entry, [lease]) == 1
 
 

@@ -105,7 +105,9 @@ with its death, and the release of the next use, or gc, deletes it.  The link is
 under the population lock (checked as in step 2), so it never disappears under a population
 that is recreating it; still holding it, the release removes the lock file too, unless a
 population's status, work directory or error record is there (gc cleans those under it, and an
-error record keeps its lock file, as gc keeps it).
+error record keeps its lock file, as gc keeps it).  Ctrl-C in ``sc --unuse`` is deferred from the
+removal of the lease on, and is then moot: the release is the outcome (one before it releases
+nothing).
 
 An eviction deletes kept repositories on behalf of another: the store that needs their room
 (step 4), the budget that a use or a release gives, or that a release restores.  The engine

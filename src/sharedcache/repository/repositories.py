@@ -64,10 +64,13 @@ TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
+    from typing import TypeVar
 
     from ..config.settings import FetchPolicy
     from ..loaders.registry import Recipe
     from .records import Record
+
+    Changed = TypeVar("Changed")
 
     #: A fetch policy, or a function that makes one when a miss needs it.
     Fetch = FetchPolicy | Callable[[], FetchPolicy]
@@ -910,16 +913,30 @@ def acquire_deferring_interrupts(acquire: Callable[[], Held]) -> tuple[Held, boo
     (the guard armed).  The caller, once its ``try`` holds the use, raises what came
     meanwhile (``INTERRUPTS.settle()``), or lets it go as moot (the outcome decided), and after
     its release disarms the guard.  A failed acquire has disarmed it, raising what came."""
+    return _deferring_interrupts(acquire, "acquiring")
+
+
+def release_deferring_interrupts(release: Callable[[], bool]) -> tuple[bool, bool]:
+    """What ``release()`` returns, with Ctrl-C of the main thread deferred from the removal of
+    its lease on (``sc --unuse``), and whether it is (the guard armed): the release is then the
+    outcome, and what came meanwhile is moot; the caller disarms the guard.  A failed release,
+    which gave its lease back, has disarmed it, raising what came."""
+    return _deferring_interrupts(release, "releasing")
+
+
+def _deferring_interrupts(change: Callable[[], Changed], when: str) -> tuple[Changed, bool]:
+    """What ``change()`` returns, with Ctrl-C deferred once the guard's attribute ``when``
+    (``acquiring``, ``releasing``) has the lease's change defer it; and whether it is."""
     guarded = INTERRUPTS.arm()
     try:
         if guarded:
             INTERRUPTS.settle()
-            INTERRUPTS.acquiring = True
-        return acquire(), guarded
+            setattr(INTERRUPTS, when, True)
+        return change(), guarded
     except BaseException:
         if guarded:
             INTERRUPTS.deferring = True  # (first: no call comes before it)
-            INTERRUPTS.disarm()  # (an interrupt deferred as a failed use gave its lease back is raised)
+            INTERRUPTS.disarm()  # (an interrupt deferred as a failed change undid itself is raised)
         raise
 
 
