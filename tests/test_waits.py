@@ -482,6 +482,25 @@ def test_an_interrupt_as_a_use_is_released_says_what_became_of_it(tmp_path, at, 
         assert (owner.pid in _users(base)) is not released
 
 
+@pytest.mark.parametrize("at", [
+    "run:repository/population.py",  # the population's lease returned
+    "add_lease:engine/leases.py",  # a lease taken of a repository there already
+])
+def test_an_interrupt_as_sc_run_takes_its_use_releases_it(tmp_path, at):
+    # Ctrl-C to `sc run` after its lease was made, before the command's wait held it, said
+    # "interrupted" and left the lease (and the repository it made) for gc; it is released.
+    base, words = _small_repository(tmp_path)
+    leases = user_dir(base) / ".cache" / "objects" / "small" / "leases"
+    with Sleeper() as first:
+        if at.startswith("add_lease:"):
+            sc("--use", "--pid", str(first.pid), *words)
+        status, out, err = _interrupted_at(tmp_path, at, "run", *words, "--", "echo", "ran")
+        assert (status, out, err) == (-signal.SIGINT, "", "sc: interrupted\n")
+        # (A lease's name is BOOT:PID:..., its owner's.)
+        owners = [int(lease.name.split(":")[1]) for lease in leases.iterdir()] if leases.exists() else []
+        assert owners == ([first.pid] if at.startswith("add_lease:") else [])
+
+
 def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     """A base directory under ``tmp_path``, and the words of sc that use a small tarball there
     as ``small``."""

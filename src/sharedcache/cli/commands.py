@@ -234,8 +234,14 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
             if signal.getsignal(ending) == signal.SIG_DFL:
                 original[ending] = signal.signal(ending, end_by_exception)
     try:
-        held = _acquire(repositories, options, Owner.current())
-        return _run_holding(repositories, options, command, held, forwarded, early)
+        # Ctrl-C is deferred from the making of the lease to _run_holding's try, which releases
+        # it (it left the use, and the repository, to gc after saying "interrupted").
+        held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, Owner.current()))
+        try:
+            return _run_holding(repositories, options, command, held, forwarded, early, guarded)
+        finally:
+            if guarded:
+                INTERRUPTS.disarm()
     except Ended as ended:  # (its use released, or never taken)
         return 128 + ended.signum
     finally:
@@ -244,13 +250,15 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
 
 
 def _run_holding(repositories: Repositories, options: Arguments, command: list[str], held: Held,
-                 forwarded: tuple[signal.Signals, ...], early: list[int]) -> int:
+                 forwarded: tuple[signal.Signals, ...], early: list[int], guarded: bool) -> int:
     """:func:`run_command` once the use is held, passing on the signals ``forwarded``
     (:func:`_passed_on`); ``early``: the warnings (SIGUSR1, SIGUSR2) that came before, not
-    passed on."""
+    passed on; ``guarded``: whether Ctrl-C is deferred until the use is in hand here."""
     previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     unblocked: list[set[int | signal.Signals]] = []  # the mask before the command's fork blocked what sc takes
     try:
+        if guarded:
+            INTERRUPTS.settle()  # in the try: the release below runs
         # (Within: a signal that ends sc as PID 1 may come at once, and the use is released.)
         import signal
 

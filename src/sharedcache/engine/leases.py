@@ -86,7 +86,9 @@ release must run to its end, whenever Ctrl-C comes: :data:`INTERRUPTS` defers th
 the main thread from the lease's creation (:func:`add_lease`) until ``use()`` holds it, and
 while ``use()`` releases it, then raises it (see :class:`InterruptGuard`); a use that another
 thread leaves is released there, deferring nothing of the main thread's.  ``sc --unuse`` defers
-it from the lease's removal (:func:`remove_lease`) on: its release is then the outcome.
+it from the lease's removal (:func:`remove_lease`) on: its release is then the outcome.  ``sc
+--use`` and ``sc run`` defer it as ``use()`` does, until the path is written or the command's
+wait holds the use.
 """
 
 from __future__ import annotations
