@@ -14,6 +14,7 @@ import importlib.util
 import io
 import lzma
 import os
+import signal
 import stat
 import tarfile
 import tempfile
@@ -133,7 +134,10 @@ def test_main_answers_with_a_status_and_one_line(argv: list[str], tmp_path_facto
     argv = [word.format(**places) if word.startswith("file:{") else word for word in argv]
     monkeypatch.setenv("SC_DIRECTORIES", str(base))  # where a "-d" without its value leaves us
     capsys.readouterr()
+    interrupts = signal.getsignal(signal.SIGINT)
     status = cli.main([argv[0], "-d", str(base), *argv[1:]])
+    # Only sc's own process ignores Ctrl-C once the outcome is decided: this one keeps its handler.
+    assert signal.getsignal(signal.SIGINT) is interrupts
     _out, err = capsys.readouterr()
     assert status in (0, 1, 2), (argv, status, err)
     assert "Traceback" not in err and "internal error" not in err, (argv, err)

@@ -501,6 +501,21 @@ def test_an_interrupt_as_sc_run_takes_its_use_releases_it(tmp_path, at):
         assert owners == ([first.pid] if at.startswith("add_lease:") else [])
 
 
+@pytest.mark.parametrize("at", [
+    "check_repository_name:repository/repositories.py",  # before the error: it is the interrupt's
+    "clipped:errors.py",  # the error decided, as it is said
+])
+def test_an_interrupt_as_sc_fails_says_one_thing(tmp_path, at):
+    # Ctrl-C to sc as it said an error (a release of no use) showed a traceback after, or in
+    # place of, the error's line; sc says either the error or "interrupted", never both.
+    base, words = _small_repository(tmp_path)
+    status, out, err = _interrupted_at(tmp_path, at, "--unuse", "--pid", str(os.getpid()), *words)
+    if at.startswith("clipped:"):
+        assert (status, out, err) == (1, "", f"sc: error: no repository 'small' in {base}\n")
+    else:
+        assert (status, out, err) == (-signal.SIGINT, "", "sc: interrupted\n")
+
+
 def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     """A base directory under ``tmp_path``, and the words of sc that use a small tarball there
     as ``small``."""

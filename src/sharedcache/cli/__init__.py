@@ -37,7 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv``; its exit status.  With no ``argv``, the command of this process
     (``bin/sc``, ``python -m sharedcache``), which :func:`leave` then ends."""
     commands.ENDS_THE_PROCESS = argv is None
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _outcome(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # at any moment until the outcome is decided, an error's included
+        _decided(130)  # (a second one would be a traceback)
+        print("sc: interrupted", file=sys.stderr)
+        # Ended by SIGINT as well, once done (see leave): a shell that gets Ctrl-C while it waits
+        # for a command goes on with its script unless the command died of it.
+        commands.ENDED_BY.append(_signal.SIGINT)
+        return 130
+
+
+def _outcome(argv: Sequence[str]) -> int:
+    """The exit status of ``sc ARGV``, decided (see :func:`_decided`): an error is said, in one
+    line, once an interrupt can no longer come (one that came first is :func:`main`'s to say)."""
     if sys.stderr is None:
         # Started with descriptor 2 closed (`2>&-`): messages go nowhere, since print() given
         # None writes to stdout, where a job reads the path `--use` prints.
@@ -68,41 +81,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _decided(0)
         return _decided(commands.run(options))
     except UsageError as e:
+        status = _decided(e.exit_status)
         print(f"sc: error: {clipped(str(e))} (see 'sc --help')", file=sys.stderr)
-        return e.exit_status
+        return status
     except SharedCacheError as e:
+        status = _decided(e.exit_status)
         print(f"sc: error: {clipped(str(e))}", file=sys.stderr)
-        return e.exit_status
-    except KeyboardInterrupt:
-        import signal  # (an interrupted command can afford its import)
-
-        print("sc: interrupted", file=sys.stderr)
-        # Ended by SIGINT as well, once done (see leave): a shell that gets Ctrl-C while it waits
-        # for a command goes on with its script unless the command died of it.
-        commands.ENDED_BY.append(signal.SIGINT)
-        return 130
+        return status
     except Exception as e:  # unless the system refused: a bug, said in one line, its details on request
+        status = _decided(1)
         if memory_refused(e):  # (also a lazy import, or an ENOMEM, under ulimit -v: no bug)
             print(f"sc: error: {out_of_memory()}", file=sys.stderr)
-            return 1
+            return status
         if isinstance(e, OSError):
             limit = over_limit(e)  # (whatever was being opened: the limit is the news)
             line = str(limit) if limit else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
             # (printable: a file name is anyone's bytes; shown decoded, a newline would end the line)
             print(f"sc: error: {clipped(printable(line))}", file=sys.stderr)
-            return 1
+            return status
         if verbose:
             raise
         print(f"sc: internal error ({type(e).__name__}: {clipped(printable(str(e)))}); rerun with -v for details",
               file=sys.stderr)
-        return 1
+        return status
 
 
 def _decided(status: int) -> int:
     """``status``, the command's outcome, once Ctrl-C (SIGINT) is ignored in sc's own process:
     from the moment it is decided, an interrupt could only turn it into a traceback (after
-    :func:`main` returned) or into "interrupted" (before: what :func:`main` says of one that
-    comes here, in its ``try``).  A program that calls :func:`main` keeps its handler."""
+    :func:`main` returned, or as an error is said) or into "interrupted" after another line
+    (before: what :func:`main` says of one that comes here, or comes first).  A program that
+    calls :func:`main` keeps its handler."""
     if commands.ENDS_THE_PROCESS:
         _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # (which raises one that came first)
     return status
