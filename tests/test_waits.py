@@ -516,6 +516,19 @@ def test_an_interrupt_as_sc_fails_says_one_thing(tmp_path, at):
         assert (status, out, err) == (-signal.SIGINT, "", "sc: interrupted\n")
 
 
+@pytest.mark.parametrize("command", ["--location", "list", "gc", "--version"])
+def test_an_interrupt_once_the_output_is_written_leaves_it_the_outcome(tmp_path, command):
+    # Ctrl-C to sc once it had written what it was asked for (a path, the listing, gc's
+    # report) made it say "interrupted" (130) after the output, whole.
+    base, words = _small_repository(tmp_path)
+    with Sleeper() as owner:
+        sc("--use", "--pid", str(owner.pid), *words)
+        args = {"--location": words, "--version": ()}.get(command, ("-d", str(base)))
+        status, out, err = _interrupted_at(tmp_path, "output:cli/commands.py", command, *args)
+        assert (status, err) == (0, "")
+        assert out == sc(command, *args).stdout
+
+
 def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     """A base directory under ``tmp_path``, and the words of sc that use a small tarball there
     as ``small``."""

@@ -65,8 +65,7 @@ def _outcome(argv: Sequence[str]) -> int:
     try:
         options = parse(argv)
         if options.help:
-            commands.output(help_text())
-            return _decided(0)
+            return commands.outcome(help_text())
         if options.version:
             from .. import __version__
 
@@ -77,8 +76,7 @@ def _outcome(argv: Sequence[str]) -> int:
 
                 lines += [f"{codec}: {library}\n" for codec, library in backends().items()]
                 lines.append(f"large archives: {writer.describe()}\n")
-            commands.output("".join(lines))
-            return _decided(0)
+            return commands.outcome("".join(lines))
         return _decided(commands.run(options))
     except UsageError as e:
         status = _decided(e.exit_status)

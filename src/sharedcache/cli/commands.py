@@ -172,6 +172,15 @@ def output(text: str) -> None:
         raise SharedCacheError(f"{_UNWRITTEN}: {e.strerror or e}") from None
 
 
+def outcome(text: str) -> int:
+    """Write ``text``, the command's outcome, to the standard output (see :func:`output`); return
+    0.  Ctrl-C is ignored from just before (one that came first is raised): once written, it
+    made sc say "interrupted" (130) after the output, whole."""
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    output(text)
+    return 0
+
+
 def unuse(repositories: Repositories, options: Arguments) -> int:
     if options.pid is not None:
         owner = process_of(options.pid)
@@ -196,8 +205,7 @@ def location(repositories: Repositories, options: Arguments) -> int:
     if path is None:
         repositories.reporter.info("no such repository")
         return 1
-    output(f"{path}\n")
-    return 0
+    return outcome(f"{path}\n")
 
 
 def run_command(repositories: Repositories, options: Arguments) -> int:
@@ -474,8 +482,7 @@ def listing(repositories: Repositories, options: Arguments) -> int:
     if options.json:
         import json
 
-        output(json.dumps(rows, indent=2) + "\n")
-        return 0
+        return outcome(json.dumps(rows, indent=2) + "\n")
     lines = [f"{'NAME':24} {'STATE':17} {'SIZE':>10}  {'PATH':40} USERS\n"]
     for row in rows:
         # In use without a lease: held through its lock (by what a killed `sc run` started).
@@ -497,8 +504,7 @@ def listing(repositories: Repositories, options: Arguments) -> int:
         # Names and paths are escaped: in a group cache another member chose them.
         name, path = printable(row["name"]), printable(row["path"] or "-")
         lines.append(f"{name:24} {state:17} {size:>10}  {path:40} {users}\n")
-    output("".join(lines))
-    return 0
+    return outcome("".join(lines))
 
 
 def gc(repositories: Repositories, options: Arguments) -> int:
@@ -519,7 +525,7 @@ def gc(repositories: Repositories, options: Arguments) -> int:
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
         lines.append(f"{base}: {done or 'nothing to do'}\n")
     if options.verbosity >= 0:  # (-q: nothing but errors, and a report of what was done is none)
-        output("".join(lines))
+        return outcome("".join(lines))
     return 0
 
 
@@ -563,9 +569,9 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
             value = value > 0
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         rows.append(f"{key} = {text}  # {where}\n")
-    output("".join(rows))
+    status = outcome("".join(rows))
     _warn_of_cleaners(effective, group)
-    return 0
+    return status
 
 
 def _warn_of_cleaners(effective: Effective, group: int | None) -> None:
