@@ -591,13 +591,12 @@ def test_an_interrupt_as_a_lease_fails_to_be_made_ends_the_use_before_the_next_c
         assert not list(second.glob(".shared-cache-*/.cache/objects/small")), "made in the next candidate"
 
 
-def test_an_interrupt_as_sc_waits_for_its_output_to_take_the_path_releases_the_use(tmp_path):
-    # A pipe whose reader does not read (full), or a stopped terminal, holds the path's write:
-    # Ctrl-C was held back there for as long, sc hung and the use stayed taken.
-    base = tmp_path / "base"
-    base.mkdir()
-    archive = tmp_path / "small.tar.gz"
-    archive.write_bytes(tarball_bytes({"a": b"data\n"}))
+@pytest.mark.parametrize("command", ["--use", "list", "--location"])
+def test_an_interrupt_as_sc_waits_for_its_output_to_take_it_ends_the_command(tmp_path, command):
+    # A pipe whose reader does not read (full), or a stopped terminal, holds the output's write:
+    # Ctrl-C was held back there for as long (sc hung, and --use kept the use taken), as it is
+    # once the output, the command's outcome, is written.
+    base, words = _small_repository(tmp_path)
     reading, writing = os.pipe()
     try:
         os.set_blocking(writing, False)
@@ -606,19 +605,20 @@ def test_an_interrupt_as_sc_waits_for_its_output_to_take_the_path_releases_the_u
                 os.write(writing, b"x" * 4096)
         os.set_blocking(writing, True)
         with Sleeper() as owner:
-            proc = subprocess.Popen(
-                [*DEFAULT_SIGNALS, *SC, "--use", "--pid", str(owner.pid), "-d", str(base), "-n", "small",
-                 f"file:{archive}", "tar"], stdout=writing, stderr=subprocess.PIPE, text=True, env=sc_env())
+            if command != "--use":
+                sc("--use", "--pid", str(owner.pid), *words)
+            args = (command, "--pid", str(owner.pid), *words) if command == "--use" else (
+                (command, "-d", str(base)) if command == "list" else (command, *words))
+            proc = subprocess.Popen([*DEFAULT_SIGNALS, *SC, *args], stdout=writing, stderr=subprocess.PIPE, text=True,
+                                    env=sc_env())
             try:
-                entry = control(base) / "objects" / "small"
-                wait_for(lambda: entry.exists() and proc_waits_in(proc.pid, "poll"), what="sc waiting for its output")
+                wait_for(lambda: proc_waits_in(proc.pid, "poll"), what="sc waiting for its output")
                 proc.send_signal(signal.SIGINT)
                 _, err = proc.communicate(timeout=30)
             finally:
                 stop_process(proc)
             assert (proc.returncode, err) == (-signal.SIGINT, "sc: interrupted\n")
-            listed = json.loads(sc("list", "--json", "-d", str(base)).stdout)
-            assert [pid for row in listed for pid in row["users"]] == [], listed
+            assert _users(base) == (set() if command == "--use" else {owner.pid})
     finally:
         os.close(reading)
         os.close(writing)

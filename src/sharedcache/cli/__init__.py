@@ -110,8 +110,7 @@ def _decided(status: int) -> int:
     :func:`main` returned, or as an error is said) or into "interrupted" after another line
     (before: what :func:`main` says of one that comes here, or comes first).  A program that
     calls :func:`main` keeps its handler."""
-    if commands.ENDS_THE_PROCESS:
-        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # (which raises one that came first)
+    commands.ignore_interrupts()
     return status
 
 

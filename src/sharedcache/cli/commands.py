@@ -114,17 +114,16 @@ def use(repositories: Repositories, options: Arguments) -> int:
             if guarded:
                 INTERRUPTS.disarm()  # (what came meanwhile is raised now, the use released)
         raise
-    _decided(guarded)
+    _decided_under(guarded)
     return 0
 
 
-def _decided(guarded: bool) -> None:
+def _decided_under(guarded: bool) -> None:
     """The command's outcome decided, under the guard if ``guarded``: an interrupt deferred
     meanwhile is moot, and in sc's own process so is any later one (see sharedcache.cli.leave);
     a program that called main() has its handler back."""
+    ignore_interrupts()
     if guarded:
-        if ENDS_THE_PROCESS:
-            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
         INTERRUPTS.pending = False
         INTERRUPTS.disarm()
 
@@ -174,11 +173,22 @@ def output(text: str) -> None:
 
 def outcome(text: str) -> int:
     """Write ``text``, the command's outcome, to the standard output (see :func:`output`); return
-    0.  Ctrl-C is ignored from just before (one that came first is raised): once written, it
-    made sc say "interrupted" (130) after the output, whole."""
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    0.  Ctrl-C is ignored from just before (one that came first is raised), once the output
+    takes a write (waiting for it, as for a pipe nobody reads, may be interrupted): once
+    written, it made sc say "interrupted" (130) after the output, whole."""
+    if sys.stdout is not None:
+        _until_writable(sys.stdout)
+    ignore_interrupts()
     output(text)
     return 0
+
+
+def ignore_interrupts() -> None:
+    """Ignore Ctrl-C (SIGINT) from now on, the command's outcome decided, in sc's own process
+    only (:data:`ENDS_THE_PROCESS`): a program that calls main() keeps its handler.  One that
+    came first is raised."""
+    if ENDS_THE_PROCESS:
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
 
 
 def unuse(repositories: Repositories, options: Arguments) -> int:
@@ -195,7 +205,7 @@ def unuse(repositories: Repositories, options: Arguments) -> int:
     deleted, guarded = release_deferring_interrupts(lambda: repositories.release(
         options.loaders, owners=owners, name=options.name, keep=options.keep, max_size=options.max_size,
         timeout=options.timeout))
-    _decided(guarded)
+    _decided_under(guarded)
     repositories.reporter.info("repository deleted" if deleted else "use released")
     return 0
 
