@@ -139,7 +139,10 @@ def _until_writable(stream: TextIO) -> None:
         return
     if stat.S_ISREG(os.fstat(fd).st_mode):
         return
-    import select
+    try:
+        import select
+    except ImportError:  # (no descriptor left to load it with: the write, which needs none, goes on)
+        return
 
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
