@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import time
 
 from .. import errors
@@ -259,6 +260,16 @@ def _ending_cleanly() -> Iterator[None]:
                 caught[signum] = handler
         except ValueError:  # not the main thread
             break
+    shown = sys.unraisablehook
+
+    def unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+        # What Python says of an exception it drops: the end lost so is raised again (see
+        # _ending), and is no failure to show in a traceback.
+        if not (isinstance(unraisable.exc_value, Ended) and _ending):
+            shown(unraisable)
+
+    if caught:
+        sys.unraisablehook = unraisable
     _ending.clear()
     try:
         yield
@@ -274,6 +285,8 @@ def _ending_cleanly() -> Iterator[None]:
         raise  # the signal is blocked in this thread: it ends the process once unblocked
     finally:
         _ending.clear()
+        if sys.unraisablehook is unraisable:
+            sys.unraisablehook = shown
         for signum, handler in caught.items():
             if signal.getsignal(signum) is end:
                 signal.signal(signum, handler)
