@@ -529,6 +529,14 @@ def test_an_interrupt_once_the_output_is_written_leaves_it_the_outcome(tmp_path,
         assert out == sc(command, *args).stdout
 
 
+def test_an_interrupt_as_sc_s_main_is_entered_says_interrupted(tmp_path):
+    # Between the try around sc's imports and main()'s own, Ctrl-C was a traceback.
+    base = tmp_path / "base"
+    base.mkdir()
+    assert _interrupted_at(tmp_path, "main:cli/__init__.py", "list", "-d", str(base), event="call") == (
+        130, "", "sc: interrupted\n")
+
+
 def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     """A base directory under ``tmp_path``, and the words of sc that use a small tarball there
     as ``small``."""
@@ -539,16 +547,17 @@ def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     return base, ("-d", str(base), "-n", "small", f"file:{archive}", "tar")
 
 
-def _interrupted_at(tmp_path: Path, at: str, *args: str) -> tuple[int, str, str]:
+def _interrupted_at(tmp_path: Path, at: str, *args: str, event: str = "return") -> tuple[int, str, str]:
     """The status, output and errors of ``sc ARGS`` (as a job starts it) that gets Ctrl-C as
-    the function ``at`` (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`) returns."""
+    the function ``at`` (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`) returns (or is
+    called: ``event``)."""
     function, module = at.split(":")
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(INTERRUPT_AS_IT_RETURNS)
     proc = sc_start(*args, default_signals=True,
                     env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_AT=function,
-                               SC_TEST_IN=module))
+                               SC_TEST_IN=module, SC_TEST_EVENT=event))
     try:
         out, err = proc.communicate(timeout=60)
     finally:
@@ -619,6 +628,39 @@ def test_an_interrupt_as_sc_waits_for_its_output_to_take_it_ends_the_command(tmp
                 stop_process(proc)
             assert (proc.returncode, err) == (-signal.SIGINT, "sc: interrupted\n")
             assert _users(base) == (set() if command == "--use" else {owner.pid})
+    finally:
+        os.close(reading)
+        os.close(writing)
+
+
+def test_an_interrupt_as_an_output_larger_than_the_pipe_s_room_waits_ends_the_command(tmp_path):
+    # A pipe with a page of room reports room, and took the first 4 KiB of a longer listing:
+    # sc, which ignored Ctrl-C from then on, hung on the rest until the reader read.
+    base = tmp_path / "base"
+    base.mkdir()
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"x")
+    for number in range(20):
+        with sharedcache.use(f"file:{source}", name=f"repository-{number}", directories=str(base), keep=True):
+            pass
+    reading, writing = os.pipe()
+    try:
+        os.set_blocking(writing, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(writing, b"x" * 4096)
+        os.set_blocking(writing, True)
+        os.read(reading, 4096)  # a page of room
+        proc = subprocess.Popen([*DEFAULT_SIGNALS, *SC, "list", "--json", "-d", str(base)], stdout=writing,
+                                stderr=subprocess.PIPE, text=True, env=sc_env())
+        try:
+            wait_for(lambda: proc_waits_in(proc.pid, "poll") or proc_waits_in(proc.pid, "pipe_write"),
+                     what="sc waiting for its output")
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            stop_process(proc)
+        assert (proc.returncode, err) == (-signal.SIGINT, "sc: interrupted\n")
     finally:
         os.close(reading)
         os.close(writing)

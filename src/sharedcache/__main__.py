@@ -6,13 +6,16 @@ import gc
 gc.disable()
 try:
     from .cli import leave, main  # imported with the collector off
-except KeyboardInterrupt:  # Ctrl-C while the modules load: said as at any later moment
+
+    gc.freeze()
+    gc.enable()
+    status = main()
+# Ctrl-C while the modules load, or as main() is entered (before its own try): said as at any
+# later moment.
+except KeyboardInterrupt:
     import sys
 
     if sys.stderr is not None:  # None: started with descriptor 2 closed
         sys.stderr.write("sc: interrupted\n")
     raise SystemExit(130) from None
-
-gc.freeze()
-gc.enable()
-leave(main())
+leave(status)

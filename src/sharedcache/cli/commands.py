@@ -176,14 +176,23 @@ def output(text: str) -> None:
 
 def outcome(text: str) -> int:
     """Write ``text``, the command's outcome, to the standard output (see :func:`output`); return
-    0.  Ctrl-C is ignored from just before (one that came first is raised), once the output
-    takes a write (waiting for it, as for a pipe nobody reads, may be interrupted): once
-    written, it made sc say "interrupted" (130) after the output, whole."""
-    if sys.stdout is not None:
-        _until_writable(sys.stdout)
-    ignore_interrupts()
-    output(text)
+    0.  It goes in pieces that a pipe with room takes whole, each once the output has room
+    (:func:`_until_writable`), Ctrl-C heeded meanwhile: a pipe nobody reads holds sc until it
+    is interrupted.  Ctrl-C is ignored from just before the last piece (one that came first is
+    raised): once the output was whole, it made sc say "interrupted" (130) after it."""
+    pieces = [text[start:start + _PIECE] for start in range(0, len(text), _PIECE)] or [""]
+    for number, piece in enumerate(pieces, 1):
+        if sys.stdout is not None:
+            _until_writable(sys.stdout)
+        if number == len(pieces):
+            ignore_interrupts()
+        output(piece)
     return 0
+
+
+#: The characters of a piece of :func:`outcome`: at most ``PIPE_BUF`` (4096) bytes, written whole
+#: by a pipe that reports room, even at ten bytes a character (a character escaped).
+_PIECE = 400
 
 
 def ignore_interrupts() -> None:
