@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -606,31 +606,13 @@ def test_an_interrupt_as_sc_waits_for_its_output_to_take_it_ends_the_command(tmp
     # Ctrl-C was held back there for as long (sc hung, and --use kept the use taken), as it is
     # once the output, the command's outcome, is written.
     base, words = _small_repository(tmp_path)
-    reading, writing = os.pipe()
-    try:
-        os.set_blocking(writing, False)
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                os.write(writing, b"x" * 4096)
-        os.set_blocking(writing, True)
-        with Sleeper() as owner:
-            if command != "--use":
-                sc("--use", "--pid", str(owner.pid), *words)
-            args = (command, "--pid", str(owner.pid), *words) if command == "--use" else (
-                (command, "-d", str(base)) if command == "list" else (command, *words))
-            proc = subprocess.Popen([*DEFAULT_SIGNALS, *SC, *args], stdout=writing, stderr=subprocess.PIPE, text=True,
-                                    env=sc_env())
-            try:
-                wait_for(lambda: proc_waits_in(proc.pid, "poll"), what="sc waiting for its output")
-                proc.send_signal(signal.SIGINT)
-                _, err = proc.communicate(timeout=30)
-            finally:
-                stop_process(proc)
-            assert (proc.returncode, err) == (-signal.SIGINT, "sc: interrupted\n")
-            assert _users(base) == (set() if command == "--use" else {owner.pid})
-    finally:
-        os.close(reading)
-        os.close(writing)
+    with Sleeper() as owner:
+        if command != "--use":
+            sc("--use", "--pid", str(owner.pid), *words)
+        args = (command, "--pid", str(owner.pid), *words) if command == "--use" else (
+            (command, "-d", str(base)) if command == "list" else (command, *words))
+        assert _interrupted_writing(args, room=0) == (-signal.SIGINT, "sc: interrupted\n")
+        assert _users(base) == (set() if command == "--use" else {owner.pid})
 
 
 def test_an_interrupt_as_an_output_larger_than_the_pipe_s_room_waits_ends_the_command(tmp_path):
@@ -643,6 +625,13 @@ def test_an_interrupt_as_an_output_larger_than_the_pipe_s_room_waits_ends_the_co
     for number in range(20):
         with sharedcache.use(f"file:{source}", name=f"repository-{number}", directories=str(base), keep=True):
             pass
+    assert _interrupted_writing(("list", "--json", "-d", str(base)), room=4096) == (
+        -signal.SIGINT, "sc: interrupted\n")
+
+
+def _interrupted_writing(args: Sequence[str], room: int) -> tuple[int, str]:
+    """The status and errors of ``sc ARGS`` (as a job starts it) whose output is a pipe nobody
+    reads with ``room`` bytes free, interrupted once it waits there."""
     reading, writing = os.pipe()
     try:
         os.set_blocking(writing, False)
@@ -650,9 +639,10 @@ def test_an_interrupt_as_an_output_larger_than_the_pipe_s_room_waits_ends_the_co
             while True:
                 os.write(writing, b"x" * 4096)
         os.set_blocking(writing, True)
-        os.read(reading, 4096)  # a page of room
-        proc = subprocess.Popen([*DEFAULT_SIGNALS, *SC, "list", "--json", "-d", str(base)], stdout=writing,
-                                stderr=subprocess.PIPE, text=True, env=sc_env())
+        if room:
+            os.read(reading, room)
+        proc = subprocess.Popen([*DEFAULT_SIGNALS, *SC, *args], stdout=writing, stderr=subprocess.PIPE, text=True,
+                                env=sc_env())
         try:
             wait_for(lambda: proc_waits_in(proc.pid, "poll") or proc_waits_in(proc.pid, "pipe_write"),
                      what="sc waiting for its output")
@@ -660,7 +650,7 @@ def test_an_interrupt_as_an_output_larger_than_the_pipe_s_room_waits_ends_the_co
             _, err = proc.communicate(timeout=30)
         finally:
             stop_process(proc)
-        assert (proc.returncode, err) == (-signal.SIGINT, "sc: interrupted\n")
+        return proc.returncode, err
     finally:
         os.close(reading)
         os.close(writing)
