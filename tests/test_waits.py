@@ -440,9 +440,22 @@ def _profile(frame, event, _arg):
     if (event == os.environ.get("SC_TEST_EVENT", "return") and code.co_name == os.environ["SC_TEST_AT"]
             and code.co_filename.endswith(os.environ["SC_TEST_IN"])):
         sys.setprofile(None)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), int(os.environ.get("SC_TEST_SIGNAL", signal.SIGINT)))
 sys.setprofile(_profile)
 """
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_an_end_as_a_last_use_is_released_deletes_its_repository_first(tmp_path, signum):
+    # SIGTERM (or SIGHUP) to `sc --unuse` as it removed the last use's lease ended it there, by
+    # its default action: the repository, nobody's, stayed until a gc.
+    base, words = _small_repository(tmp_path)
+    with Sleeper() as owner:
+        sc("--use", "--pid", str(owner.pid), *words)
+        status, out, err = _interrupted_at(tmp_path, "remove_lease:engine/leases.py", "--unuse", "--pid",
+                                           str(owner.pid), *words, signum=signum)
+        assert (status, out, err) == (-signum, "", "")
+    assert json.loads(sc("list", "--json", "-d", str(base)).stdout) == []
 
 
 @pytest.mark.parametrize("at", [
@@ -547,17 +560,18 @@ def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     return base, ("-d", str(base), "-n", "small", f"file:{archive}", "tar")
 
 
-def _interrupted_at(tmp_path: Path, at: str, *args: str, event: str = "return") -> tuple[int, str, str]:
-    """The status, output and errors of ``sc ARGS`` (as a job starts it) that gets Ctrl-C as
-    the function ``at`` (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`) returns (or is
-    called: ``event``)."""
+def _interrupted_at(tmp_path: Path, at: str, *args: str, event: str = "return",
+                    signum: int = signal.SIGINT) -> tuple[int, str, str]:
+    """The status, output and errors of ``sc ARGS`` (as a job starts it) that gets Ctrl-C (or
+    ``signum``) as the function ``at`` (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`)
+    returns (or is called: ``event``)."""
     function, module = at.split(":")
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(INTERRUPT_AS_IT_RETURNS)
     proc = sc_start(*args, default_signals=True,
                     env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_AT=function,
-                               SC_TEST_IN=module, SC_TEST_EVENT=event))
+                               SC_TEST_IN=module, SC_TEST_EVENT=event, SC_TEST_SIGNAL=str(int(signum))))
     try:
         out, err = proc.communicate(timeout=60)
     finally:

@@ -213,10 +213,17 @@ def unuse(repositories: Repositories, options: Arguments) -> int:
         found = (Owner.of(pid) for pid in _job_chain()[0]) if PARENT != 0 else iter(())
         owners = [Owner.current(), *(owner for owner in found if owner is not None)]
     # Ctrl-C is deferred from the removal of the lease on: it said "interrupted" of a release
-    # done (the index's commit, the trash emptied, the link removed after it).
-    deleted, guarded = release_deferring_interrupts(lambda: repositories.release(
-        options.loaders, owners=owners, name=options.name, keep=options.keep, max_size=options.max_size,
-        timeout=options.timeout))
+    # done (the index's commit, the trash emptied, the link removed after it).  SIGTERM and
+    # SIGHUP, whose default action ended sc there and left a last use's repository undeleted
+    # until gc, are blocked over the release, and act once it is done (as for sc run's).
+    ending = {_signal.SIGTERM, _signal.SIGHUP}
+    mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, ending)
+    try:
+        deleted, guarded = release_deferring_interrupts(lambda: repositories.release(
+            options.loaders, owners=owners, name=options.name, keep=options.keep, max_size=options.max_size,
+            timeout=options.timeout))
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
     _decided_under(guarded)
     repositories.reporter.info("repository deleted" if deleted else "use released")
     return 0
