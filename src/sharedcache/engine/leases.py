@@ -728,11 +728,12 @@ class InterruptGuard(_thread._local):
             self.pending = False
             raise KeyboardInterrupt
 
-    def guards_here(self) -> bool:
-        """Whether an acquire of the calling thread is guarded (:meth:`arm`, then
-        :attr:`acquiring`): the lease it makes is deferred for, not one of a use taken inside
-        the block of a guarded one, under a handler of the program's."""
-        return self.acquiring and self.thread == _thread.get_ident()
+    def guards_here(self, *, releasing: bool = False) -> bool:
+        """Whether an acquire (or a release) of the calling thread is guarded (:meth:`arm`, then
+        :attr:`acquiring`, or :attr:`releasing`): the lease it makes (or removes) is deferred
+        for, not one of a use taken inside the block of a guarded one, under a handler of the
+        program's."""
+        return (self.releasing if releasing else self.acquiring) and self.thread == _thread.get_ident()
 
     def disarm(self) -> None:
         """The end of an armed use, deferring until then: Python's handler back (unless the
@@ -892,7 +893,7 @@ def reclaim_leases(entry: str, dead: list[str]) -> int:
 def remove_lease(entry: str, lease: str) -> bool:
     """Remove the lease ``lease`` of ``entry``; whether it was there to remove.  (A name with a
     "/" names no lease: it would be a path below ``leases/``.)"""
-    if INTERRUPTS.releasing and INTERRUPTS.thread == _thread.get_ident():
+    if INTERRUPTS.guards_here(releasing=True):
         INTERRUPTS.deferring = True  # before the file goes: see InterruptGuard
     return "/" not in lease and reclaim_leases(entry, [lease]) == 1
 
