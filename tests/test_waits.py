@@ -503,15 +503,12 @@ def test_an_interrupt_as_sc_run_takes_its_use_releases_it(tmp_path, at):
     # Ctrl-C to `sc run` after its lease was made, before the command's wait held it, said
     # "interrupted" and left the lease (and the repository it made) for gc; it is released.
     base, words = _small_repository(tmp_path)
-    leases = user_dir(base) / ".cache" / "objects" / "small" / "leases"
     with Sleeper() as first:
         if at.startswith("add_lease:"):
             sc("--use", "--pid", str(first.pid), *words)
         status, out, err = _interrupted_at(tmp_path, at, "run", *words, "--", "echo", "ran")
         assert (status, out, err) == (-signal.SIGINT, "", "sc: interrupted\n")
-        # (A lease's name is BOOT:PID:..., its owner's.)
-        owners = [int(lease.name.split(":")[1]) for lease in leases.iterdir()] if leases.exists() else []
-        assert owners == ([first.pid] if at.startswith("add_lease:") else [])
+        assert _lease_owners(base) == ([first.pid] if at.startswith("add_lease:") else [])
 
 
 @pytest.mark.parametrize("at", [
@@ -565,18 +562,30 @@ def _interrupted_at(tmp_path: Path, at: str, *args: str, event: str = "return",
     """The status, output and errors of ``sc ARGS`` (as a job starts it) that gets Ctrl-C (or
     ``signum``) as the function ``at`` (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`)
     returns (or is called: ``event``)."""
-    function, module = at.split(":")
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(INTERRUPT_AS_IT_RETURNS)
-    proc = sc_start(*args, default_signals=True,
-                    env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_AT=function,
-                               SC_TEST_IN=module, SC_TEST_EVENT=event, SC_TEST_SIGNAL=str(int(signum))))
+    proc = sc_start(*args, default_signals=True, env=_signalled_at(tmp_path, at, event=event, signum=signum))
     try:
         out, err = proc.communicate(timeout=60)
     finally:
         stop_process(proc)
     return proc.returncode, out, err
+
+
+def _signalled_at(tmp_path: Path, at: str, event: str = "return", signum: int = signal.SIGINT) -> dict[str, str]:
+    """The environment of an sc that gets Ctrl-C (or ``signum``) as the function ``at``
+    (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`) returns (or is called: ``event``)."""
+    function, module = at.split(":")
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(INTERRUPT_AS_IT_RETURNS)
+    return sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_AT=function, SC_TEST_IN=module,
+                  SC_TEST_EVENT=event, SC_TEST_SIGNAL=str(int(signum)))
+
+
+def _lease_owners(base: Path) -> list[int]:
+    """The pids of the owners of the leases of ``small`` in ``base`` (see :func:`_small_repository`)."""
+    leases = control(base) / "objects" / "small" / "leases"
+    # (A lease's name is BOOT:PID:..., its owner's.)
+    return [int(lease.name.split(":")[1]) for lease in leases.iterdir()] if leases.exists() else []
 
 
 def _users(base: Path) -> set[int]:
