@@ -478,6 +478,24 @@ def test_an_interrupt_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path
         assert owner.pid in _users(base)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("at", [
+    "run:repository/population.py",  # the population's lease returned
+    "add_lease:engine/leases.py",  # a lease taken of a repository there already
+])
+def test_an_end_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path, at, signum):
+    # SIGTERM (a job's end, `timeout`) or SIGHUP to `sc --use` once its lease was made ended it by
+    # their default action: no path printed, and the use left to the job until it ended.  As for
+    # Ctrl-C, the data are complete: the use is the outcome.
+    base, words = _small_repository(tmp_path)
+    with Sleeper() as first, Sleeper() as owner:
+        if at.startswith("add_lease:"):
+            sc("--use", "--pid", str(first.pid), *words)
+        status, out, err = _interrupted_at(tmp_path, at, "--use", "--pid", str(owner.pid), *words, signum=signum)
+        assert (status, err, out.strip()) == (0, "", str(user_dir(base) / "small"))
+        assert owner.pid in _users(base)
+
+
 @pytest.mark.parametrize(("at", "released"), [
     ("lease_of:engine/fscache.py", False),  # the lease found, not yet removed: nothing done
     ("_release_in_transaction:engine/fscache.py", True),  # the index's transaction committed
@@ -509,6 +527,36 @@ def test_an_interrupt_as_sc_run_takes_its_use_releases_it(tmp_path, at):
         status, out, err = _interrupted_at(tmp_path, at, "run", *words, "--", "echo", "ran")
         assert (status, out, err) == (-signal.SIGINT, "", "sc: interrupted\n")
         assert _lease_owners(base) == ([first.pid] if at.startswith("add_lease:") else [])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("at", [
+    "run:repository/population.py",  # the population's lease returned
+    "add_lease:engine/leases.py",  # a lease taken of a repository there already
+])
+def test_an_end_as_sc_run_as_pid_1_takes_its_use_releases_it(tmp_path, at, signum):
+    # `sc run` as a container's entrypoint (PID 1 of its namespace, whose SIGTERM raises) that
+    # is stopped just after its lease was made, before the command's wait held it: the use, and
+    # a repository it had made, stayed until a gc.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to make PID namespaces")
+    base, words = _small_repository(tmp_path)
+    ran = tmp_path / "ran"
+    with Sleeper() as first:
+        if at.startswith("add_lease:"):
+            sc("--use", "--pid", str(first.pid), *words)
+        container = subprocess.Popen(
+            [*DEFAULT_SIGNALS, "unshare", "--pid", "--fork", "--mount-proc", *SC, "run", *words, "--", "touch",
+             str(ran)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_signalled_at(tmp_path, at, signum=signum))
+        try:
+            out, err = container.communicate(timeout=60)
+        finally:
+            stop_process(container)
+        assert (container.returncode, out, err) == (128 + signum, "", "")
+        assert not ran.exists(), "the command ran"
+        assert _lease_owners(base) == ([first.pid] if at.startswith("add_lease:") else [])
+        assert (control(base) / "objects" / "small").exists() is at.startswith("add_lease:"), "a repository it made"
 
 
 @pytest.mark.parametrize("at", [
@@ -638,6 +686,21 @@ def test_an_interrupt_as_sc_waits_for_its_output_to_take_it_ends_the_command(tmp
         assert _users(base) == (set() if command == "--use" else {owner.pid})
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_an_end_as_sc_waits_for_its_output_to_take_the_path_releases_the_use(tmp_path, signum):
+    # SIGTERM (a job's end) or SIGHUP to `sc --use` held by a pipe nobody reads ended it by their
+    # default action, and its use stayed with the job until it ended.
+    base, words = _small_repository(tmp_path)
+    with Sleeper() as owner:
+        assert _interrupted_writing(("--use", "--pid", str(owner.pid), *words), room=0, signum=signum) == (-signum, "")
+        assert _users(base) == set()
+        # One that came as the population returned the use, held back, ends the wait it finds.
+        assert _interrupted_writing(("--use", "--pid", str(owner.pid), *words), room=0,
+                                    env=_signalled_at(tmp_path, "run:repository/population.py", signum=signum)) == (
+            -signum, "")
+        assert _users(base) == set()
+
+
 def test_an_interrupt_as_an_output_larger_than_the_pipe_s_room_waits_ends_the_command(tmp_path):
     # A pipe with a page of room reports room, and took the first 4 KiB of a longer listing:
     # sc, which ignored Ctrl-C from then on, hung on the rest until the reader read.
@@ -652,9 +715,11 @@ def test_an_interrupt_as_an_output_larger_than_the_pipe_s_room_waits_ends_the_co
         -signal.SIGINT, "sc: interrupted\n")
 
 
-def _interrupted_writing(args: Sequence[str], room: int) -> tuple[int, str]:
+def _interrupted_writing(args: Sequence[str], room: int, signum: int = signal.SIGINT,
+                         env: dict[str, str] | None = None) -> tuple[int, str]:
     """The status and errors of ``sc ARGS`` (as a job starts it) whose output is a pipe nobody
-    reads with ``room`` bytes free, interrupted once it waits there."""
+    reads with ``room`` bytes free, interrupted (or sent ``signum``) once it waits there; or, with
+    ``env`` (see :func:`_signalled_at`), that signals itself, and is sent nothing."""
     reading, writing = os.pipe()
     try:
         os.set_blocking(writing, False)
@@ -665,11 +730,12 @@ def _interrupted_writing(args: Sequence[str], room: int) -> tuple[int, str]:
         if room:
             os.read(reading, room)
         proc = subprocess.Popen([*DEFAULT_SIGNALS, *SC, *args], stdout=writing, stderr=subprocess.PIPE, text=True,
-                                env=sc_env())
+                                env=sc_env() if env is None else env)
         try:
-            wait_for(lambda: proc_waits_in(proc.pid, "poll") or proc_waits_in(proc.pid, "pipe_write"),
-                     what="sc waiting for its output")
-            proc.send_signal(signal.SIGINT)
+            if env is None:
+                wait_for(lambda: proc_waits_in(proc.pid, "poll") or proc_waits_in(proc.pid, "pipe_write"),
+                         what="sc waiting for its output")
+                proc.send_signal(signum)
             _, err = proc.communicate(timeout=30)
         finally:
             stop_process(proc)
@@ -778,6 +844,8 @@ def test_a_populator_ends_by_its_job_s_signal_even_when_the_handler_s_exception_
     # during the download, it is raised again at the next progress and the population undoes
     # itself; lost during the commit, at the population's end: the repository is made, and the
     # process still ends by the signal.  What Python printed of it, a traceback, is not shown.
+    # (sc's own process holds the signal back over the commit, as Ctrl-C: the commit's case is
+    # that of a program that calls main(), whose signals are its own, as a library's caller's.)
     base, site = tmp_path / "base", tmp_path / "site"
     base.mkdir()
     site.mkdir()
@@ -790,8 +858,11 @@ def test_a_populator_ends_by_its_job_s_signal_even_when_the_handler_s_exception_
                  SC_TEST_AT="/slow.json" if during_download else ":".join(f"/{m}" for m in MARKERS))
     if not during_download:
         armed.touch()
-    populator = sc_start("--use", "--speed-limit", "0", "-d", str(base), "-n", "slow",
-                         trickle.word() if during_download else f"file:{source}", env=env, default_signals=True)
+    args = ("--use", "--speed-limit", "0", "-d", str(base), "-n", "slow",
+            trickle.word() if during_download else f"file:{source}")
+    populator = sc_start(*args, env=env, default_signals=True) if during_download else subprocess.Popen(
+        [*DEFAULT_SIGNALS, sys.executable, "-c", "import sys; from sharedcache.cli import main; main(sys.argv[1:])",
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         if during_download:
             wait_for_population(base, "slow", populator)

@@ -1,10 +1,11 @@
 """The ``sc`` (alias ``shared-cache``) command line.
 
 Turns arguments into calls of :mod:`sharedcache.repository` and outcomes into exit statuses:
-0 success, 1 failure, 2 usage error, 130 interrupted; ``sc run`` ends as its command ends (its
-status, or by the signal that killed it; as PID 1 with 128+N), 127 if it finds no such command,
-126 if it cannot run it.  Paths are the only thing printed on stdout by ``--use`` and
-``--location``; every message goes to stderr as one line starting with ``sc:``.  No traceback is
+0 success, 1 failure, 2 usage error, 130 interrupted; ``--use`` ended by SIGTERM or SIGHUP as it
+waits for its output to take the path ends by that signal, its use released; ``sc run`` ends as
+its command ends (its status, or by the signal that killed it; as PID 1 with 128+N), 127 if it
+finds no such command, 126 if it cannot run it.  Paths are the only thing printed on stdout by
+``--use`` and ``--location``; every message goes to stderr as one line starting with ``sc:``.  No traceback is
 shown for an error a user can cause.
 
 * :mod:`~.parser`: the grammar (the options table, the parser, the help text);
@@ -22,7 +23,7 @@ import io
 import os
 import sys
 
-from ..errors import SharedCacheError, UsageError, clipped, memory_refused, out_of_memory, over_limit, printable
+from ..errors import Ended, SharedCacheError, UsageError, clipped, memory_refused, out_of_memory, over_limit, printable
 from ..repository.bases import close_caches
 from . import commands
 from .parser import help_text, parse
@@ -46,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # for a command goes on with its script unless the command died of it.
         commands.ENDED_BY.append(_signal.SIGINT)
         return 130
+    except Ended as ended:  # SIGTERM or SIGHUP as `sc --use` waited for its output, the use released
+        commands.ENDED_BY.append(ended.signum)  # (no line: the end says it, as the default action did)
+        return _decided(128 + ended.signum)
 
 
 def _outcome(argv: Sequence[str]) -> int:

@@ -92,7 +92,11 @@ def use(repositories: Repositories, options: Arguments) -> int:
     # complete by then, and it is moot (see Population._ignore_interrupts), save while sc waits
     # for its output to take the path, which may be for good.  (What came once the lease was
     # made left the job the use while sc said "interrupted", or printed the path, then a traceback.)
-    held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, _owner(options)))
+    # SIGTERM and SIGHUP are held back with it, and are moot too if the output takes the path at
+    # once; else they end sc's wait, its use released.  (Their default action ended sc with the
+    # lease made, no path printed, and the use left to the job until it ended.)
+    held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, _owner(options)),
+                                                 _endings())
     # Written out now, not at exit: a use whose path cannot be written, or that is interrupted
     # first, is released rather than left to its owner, who was never told of it.  The path is
     # the use's contract: a closed output fails it too.
@@ -102,7 +106,9 @@ def use(repositories: Repositories, options: Arguments) -> int:
         if guarded:
             INTERRUPTS.pending = False
             INTERRUPTS.deferring = False
-            _until_writable(sys.stdout)  # (a pipe nobody reads: an interrupt releases the use)
+            # (a pipe nobody reads: an interrupt, or an end, releases the use; the endings stay
+            # blocked after it, for good: once the path is written they are moot)
+            _until_writable(sys.stdout, INTERRUPTS.take_endings())
             INTERRUPTS.deferring = True
         output(f"{held.path}\n")
     except BaseException:
@@ -128,9 +134,12 @@ def _decided_under(guarded: bool) -> None:
         INTERRUPTS.disarm()
 
 
-def _until_writable(stream: TextIO) -> None:
+def _until_writable(stream: TextIO, ending: tuple[int, ...] = ()) -> None:
     """Wait until ``stream`` takes a write: a pipe whose reader does not read, or a terminal, may
-    hold it.  A file never does, and the module that waits is not loaded for one."""
+    hold it.  A file never does, and the module that waits is not loaded for one.  The signals
+    ``ending``, which the caller blocked, end a wait if there is one (raising
+    :class:`~sharedcache.errors.Ended`), one that came before it included, and are blocked again
+    after it."""
     import stat
 
     try:
@@ -146,7 +155,30 @@ def _until_writable(stream: TextIO) -> None:
 
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
-    poller.poll()
+    if not ending:
+        poller.poll()
+        return
+    if poller.poll(0):
+        return
+    handlers = {signum: _signal.signal(signum, end_by_exception) for signum in ending}
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, ending)
+    try:
+        poller.poll()
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, ending)
+        for signum, handler in handlers.items():
+            _signal.signal(signum, handler)
+
+
+def _endings() -> tuple[int, ...]:
+    """The signals that end sc (SIGTERM, SIGHUP) that its acquire holds back with Ctrl-C: those
+    whose default action is in force, or that end it by an exception (``sc run`` as a PID
+    namespace's first process); in sc's own process only, a program that calls main() keeping
+    its signals as they are (see :data:`ENDS_THE_PROCESS`)."""
+    if not ENDS_THE_PROCESS:
+        return ()
+    return tuple(signum for signum in (_signal.SIGTERM, _signal.SIGHUP)
+                 if _signal.getsignal(signum) in (_signal.SIG_DFL, end_by_exception))
 
 
 #: Whether this process is sc's own, ended by :func:`sharedcache.cli.leave` (:func:`main`
@@ -272,8 +304,10 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
                 original[ending] = signal.signal(ending, end_by_exception)
     try:
         # Ctrl-C is deferred from the making of the lease to _run_holding's try, which releases
-        # it (it left the use, and the repository, to gc after saying "interrupted").
-        held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, Owner.current()))
+        # it (it left the use, and the repository, to gc after saying "interrupted"), and so are
+        # SIGTERM and SIGHUP (as PID 1, their exception, raised before that try, left them so).
+        held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, Owner.current()),
+                                                     _endings())
         try:
             return _run_holding(repositories, options, command, held, forwarded, early, guarded)
         finally:

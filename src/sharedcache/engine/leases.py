@@ -88,7 +88,8 @@ while ``use()`` releases it, then raises it (see :class:`InterruptGuard`); a use
 thread leaves is released there, deferring nothing of the main thread's.  ``sc --unuse`` defers
 it from the lease's removal (:func:`remove_lease`) on: its release is then the outcome.  ``sc
 --use`` and ``sc run`` defer it as ``use()`` does, until the path is written or the command's
-wait holds the use.
+wait holds the use, and hold back SIGTERM and SIGHUP with it (see
+:meth:`InterruptGuard.hold_endings`).
 """
 
 from __future__ import annotations
@@ -668,7 +669,12 @@ class InterruptGuard(_thread._local):
     The interrupt is then deferred (:attr:`pending`) while :attr:`deferring`, which
     :func:`add_lease` turns on for an acquire (:attr:`acquiring`) of this thread,
     :func:`remove_lease` for a release (:attr:`releasing`: ``sc --unuse``, whose outcome it is
-    from then on) and ``use()`` for its release, and raised by :meth:`settle`.  One that comes in a ``with`` statement's
+    from then on) and ``use()`` for its release, and raised by :meth:`settle`.  The command line
+    also has the signals that end it (SIGTERM, SIGHUP: :attr:`endings`) held back with the
+    interrupt of an acquire, from the making of the lease on (:meth:`hold_endings`): blocked, as
+    their default action ended ``sc`` with the lease made and its job the owner, and unblocked
+    when the deferral stops (:meth:`stop_deferring`), unless ``sc --use`` has taken them over
+    (:meth:`take_endings`).  One that comes in a ``with`` statement's
     call of a ``@scoped`` manager's ``__enter__`` or ``__exit__`` is raised at the next check,
     out of them: there it would leave the block without resuming the generator that releases.
 
@@ -691,6 +697,10 @@ class InterruptGuard(_thread._local):
     depth: int
     thread: int | None
     acquiring = releasing = deferring = pending = False
+    #: The signals that end the process which the armed use's caller has held back with the
+    #: interrupt (see :meth:`hold_endings`); and those of them that are blocked so, to unblock.
+    endings: tuple[int, ...] = ()
+    held: tuple[int, ...] = ()
 
     def arm(self) -> bool:
         """Guard the calling thread's use from now on, deferring the interrupt until the caller
@@ -719,11 +729,27 @@ class InterruptGuard(_thread._local):
         self.acquiring = self.releasing = False
         self.stop_deferring()
 
+    def hold_endings(self) -> None:
+        """Block :attr:`endings` as the deferral of a lease's making starts, until it stops: one
+        that comes meanwhile acts then, when the use is in its caller's ``try`` or has failed."""
+        if self.endings and not self.held:
+            blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, self.endings)
+            self.held = tuple(signum for signum in self.endings if signum not in blocked)
+
+    def take_endings(self) -> tuple[int, ...]:
+        """The endings :meth:`hold_endings` blocked, handed to the caller, who unblocks them (or
+        leaves them blocked for good): the deferral's end no longer does."""
+        held, self.held = self.held, ()
+        return held
+
     def stop_deferring(self) -> None:
         """Stop deferring, and raise the interrupt deferred meanwhile; for a step that deferred
         it and made no lease after all (the use goes on elsewhere, or fails), where it would
-        have been held back until a later step (a whole download) was done."""
+        have been held back until a later step (a whole download) was done.  The endings held
+        are unblocked first: one that came acts now."""
         self.deferring = False
+        if self.held:
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, self.take_endings())
         if self.pending:
             self.pending = False
             raise KeyboardInterrupt
@@ -745,6 +771,7 @@ class InterruptGuard(_thread._local):
             return
         if not self.depth:
             self.thread = None
+            self.endings = ()
             if _signal.getsignal(_signal.SIGINT) is _interrupted:
                 _signal.signal(_signal.SIGINT, _signal.default_int_handler)
         self.settle()
@@ -773,6 +800,7 @@ def add_lease(entry: str, owner: Owner) -> str:
     deferred = not INTERRUPTS.deferring and INTERRUPTS.guards_here()
     if deferred:
         INTERRUPTS.deferring = True  # before the file is made: see InterruptGuard
+        INTERRUPTS.hold_endings()
     lease = f"{owner.key}.{unique_name()}"
     try:
         put_lease(entry, lease)

@@ -92,6 +92,11 @@ Acquire (``sc --use``, :func:`use`)
    delete the entry.  Ctrl-C in the main thread is deferred from the making of the lease until
    :func:`use` holds it in its ``try``, and during its release, then raised (see
    :class:`~sharedcache.engine.leases.InterruptGuard`): it leaks no use, and reaches the caller.
+   ``sc --use`` and ``sc run`` hold back SIGTERM and SIGHUP with it, blocked from the making of
+   the lease (or the end of the fill) until the use is in hand: ``sc run`` then releases it
+   before they end it (as PID 1 of a PID namespace, by their exception), and for ``sc --use``
+   they are moot once the output can take the path, and end its wait for an output that cannot
+   (a pipe nobody reads), the use released first.
    A use that another thread leaves (a generator holding its block, closed or dropped there) is
    released there, and the main thread's Ctrl-C is raised at once, as outside a use.
 

@@ -491,12 +491,16 @@ class Population:
         seconds of a flush.  Where the use's lease is guarded (``use()`` and ``sc --use`` arm
         :data:`~sharedcache.engine.leases.INTERRUPTS` in the main thread), the interrupt is
         deferred to the guard's holder instead, who raises it once its ``try`` holds the use
-        (``use()``), or drops it as moot once the path is printed (``sc --use``).  Elsewhere
-        only where SIGINT raises KeyboardInterrupt (Python's default handler), in the main
-        thread: an application's own handler is left alone."""
+        (``use()``), or drops it as moot once the path is printed (``sc --use``); so are
+        SIGTERM and SIGHUP of the command line (held back from here: see
+        :meth:`~sharedcache.engine.leases.InterruptGuard.hold_endings`), which a commit that
+        fails lets act at once, on :func:`_ending_cleanly`'s handler.  Elsewhere only where
+        SIGINT raises KeyboardInterrupt (Python's default handler), in the main thread: an
+        application's own handler is left alone."""
         if INTERRUPTS.guards_here():
             if not INTERRUPTS.deferring:
                 INTERRUPTS.deferring = self._interrupts_deferred = True
+                INTERRUPTS.hold_endings()
             return
         import signal
 

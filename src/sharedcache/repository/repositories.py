@@ -907,13 +907,15 @@ def _releasing(name: str, base: str) -> Iterator[None]:
         raise CacheError(f"cannot release the use of repository {name!r} in {base}: {READ_ONLY}") from None
 
 
-def acquire_deferring_interrupts(acquire: Callable[[], Held]) -> tuple[Held, bool]:
+def acquire_deferring_interrupts(acquire: Callable[[], Held], endings: tuple[int, ...] = ()) -> tuple[Held, bool]:
     """The use that ``acquire()`` takes, with Ctrl-C of the main thread deferred from the making
     of its lease on (see :class:`~sharedcache.engine.leases.InterruptGuard`), and whether it is
     (the guard armed).  The caller, once its ``try`` holds the use, raises what came
     meanwhile (``INTERRUPTS.settle()``), or lets it go as moot (the outcome decided), and after
-    its release disarms the guard.  A failed acquire has disarmed it, raising what came."""
-    return _deferring_interrupts(acquire, "acquiring")
+    its release disarms the guard.  A failed acquire has disarmed it, raising what came.  The
+    signals ``endings`` (SIGTERM, SIGHUP: the command line's) are held back with the interrupt,
+    blocked, and act as the deferral stops (or are taken over: ``INTERRUPTS.take_endings()``)."""
+    return _deferring_interrupts(acquire, "acquiring", endings)
 
 
 def release_deferring_interrupts(release: Callable[[], bool]) -> tuple[bool, bool]:
@@ -921,16 +923,18 @@ def release_deferring_interrupts(release: Callable[[], bool]) -> tuple[bool, boo
     its lease on (``sc --unuse``), and whether it is (the guard armed): the release is then the
     outcome, and what came meanwhile is moot; the caller disarms the guard.  A failed release,
     which gave its lease back, has disarmed it, raising what came."""
-    return _deferring_interrupts(release, "releasing")
+    return _deferring_interrupts(release, "releasing", ())
 
 
-def _deferring_interrupts(change: Callable[[], Changed], when: str) -> tuple[Changed, bool]:
-    """What ``change()`` returns, with Ctrl-C deferred once the guard's attribute ``when``
-    (``acquiring``, ``releasing``) has the lease's change defer it; and whether it is."""
+def _deferring_interrupts(change: Callable[[], Changed], when: str, endings: tuple[int, ...]) -> tuple[Changed, bool]:
+    """What ``change()`` returns, with Ctrl-C (and the signals ``endings``) deferred once the
+    guard's attribute ``when`` (``acquiring``, ``releasing``) has the lease's change defer it;
+    and whether it is."""
     guarded = INTERRUPTS.arm()
     try:
         if guarded:
             INTERRUPTS.settle()
+            INTERRUPTS.endings = endings
             setattr(INTERRUPTS, when, True)
         return change(), guarded
     except BaseException:
