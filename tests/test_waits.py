@@ -753,6 +753,91 @@ def proc_waits_in(pid: int, kernel_function: str) -> bool:
         return False
 
 
+# Holds the write lock of the index named by its argument (as a process stopped in a
+# transaction, or a long gc, does) until its standard input closes.
+HOLD_INDEX = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+# use() of a program that reports the interrupt it gets (argv: archive, base).
+USE_AND_REPORT_INTERRUPT = f"""
+import sys
+sys.path.insert(0, {SRC!r})
+import sharedcache
+try:
+    with sharedcache.use("file:" + sys.argv[1], "tar", name="small", directories=sys.argv[2], max_size="1MB",
+                         timeout=60):
+        pass
+except KeyboardInterrupt:
+    sys.exit("KeyboardInterrupt")
+"""
+
+
+@pytest.mark.parametrize(("caller", "signum"), [("sc", signal.SIGINT), ("sc", signal.SIGTERM),
+                                                ("use()", signal.SIGINT)])
+def test_an_interrupt_while_the_index_is_busy_acts_at_once(tmp_path, caller, signum):
+    # A miss with a budget sets it first, in an index transaction, and one without commits its
+    # population in one (where SIGTERM ends it, Ctrl-C being ignored there): each waits for the
+    # index's write lock for up to --timeout.  SQLite waits in C, where Python runs no signal
+    # handler: the signal acted only once the wait was over, a minute later.
+    base, words = _small_repository(tmp_path)
+    with Sleeper() as owner:
+        assert sc("--use", "--pid", str(owner.pid), *words).returncode == 0  # (the index made)
+        assert sc("--unuse", "--pid", str(owner.pid), *words).returncode == 0  # (and the repository gone)
+        index = control(base) / "index.sqlite"
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_INDEX, str(index)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            if caller == "sc":
+                budget = ["--max-size", "1MB"] if signum == signal.SIGINT else []
+                proc = sc_start("--use", "--pid", str(owner.pid), *budget, "--timeout", "60", *words,
+                                default_signals=True)
+            else:
+                archive = words[-2].removeprefix("file:")
+                proc = subprocess.Popen([*DEFAULT_SIGNALS, sys.executable, "-c", USE_AND_REPORT_INTERRUPT, archive,
+                                         str(base)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=sc_env())
+            try:
+                wait_for(lambda: _has_open(proc.pid, index) and proc_waits_in(proc.pid, "nanosleep"),
+                         what="a wait for the index's write lock")
+                proc.send_signal(signum)
+                try:
+                    out, err = proc.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pytest.fail("the interrupt waited for the index's write lock")
+            finally:
+                stop_process(proc)
+        finally:
+            stop_process(holder)
+            for pipe in (holder.stdin, holder.stdout):
+                assert pipe is not None
+                pipe.close()
+    if caller == "sc":
+        said = "sc: interrupted\n" if signum == signal.SIGINT else ""  # (SIGTERM ends it silently, by itself)
+        assert (proc.returncode, err, out) == (-signum, said, ""), err
+    else:
+        assert (proc.returncode, err.splitlines()[-1]) == (1, "KeyboardInterrupt"), err
+    undone(base, "small")
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has the file at ``path`` open."""
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in descriptors:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path.resolve()):
+                return True
+    return False
+
+
 # Loaded by the populating process as its sitecustomize: the job's SIGTERM comes as soon as the
 # staging directory is made: at $SC_TEST_AT "mkdir", as the mkdir that makes it returns (a profile
 # function sees the return; the handler's exception comes out of the call), at "lock", while its

@@ -117,6 +117,13 @@ INSERT OR IGNORE INTO settings VALUES ('total', 0);
 """
 
 
+#: Seconds SQLite waits for a busy index (another connection has its write lock) at a time.
+#: Python runs no signal handler while SQLite waits, in C: a longer wait is made of such slices,
+#: each statement run again after one (see :meth:`Index.waits_again`), so that Ctrl-C and the
+#: signals sc makes exceptions of act between two, not once the whole wait is over.
+BUSY_SLICE = 0.05
+
+
 class Index(sqlite3.Connection):
     """A connection to the index whose failures are shared-cache errors.
 
@@ -129,7 +136,8 @@ class Index(sqlite3.Connection):
     root: str
     file_mode: int  # the cache's mode for the files it makes (the reserve)
     broken = False
-    waits: float  # seconds a busy index is waited for (SQLite's busy timeout), as last set
+    waits: float  # seconds a statement waits for a busy index, as last set
+    busy_slice: float  # seconds SQLite waits for a busy index at a time (its busy timeout) now
     _ends: list[tuple[Callable[[], object], Callable[[], object]]]  # the open transaction's (see at_end)
 
     def at_end(self, undo: Callable[[], object], done: Callable[[], object]) -> None:
@@ -140,10 +148,35 @@ class Index(sqlite3.Connection):
         self._ends.append((undo, done))
 
     def wait_at_most(self, seconds: float) -> None:
-        """Wait for a busy index at most ``seconds`` from now on (SQLite's busy timeout)."""
-        if seconds != self.waits:
+        """Wait for a busy index at most ``seconds`` in each statement from now on."""
+        self.waits = seconds
+
+    def busy_deadline(self) -> float:
+        """When a statement starting now stops waiting for a busy index; SQLite's busy timeout
+        set to the first slice of that wait."""
+        self._wait_slice(self.waits)
+        return time.monotonic() + self.waits
+
+    def waits_again(self, began: float, deadline: float) -> bool:
+        """Whether a statement that began at ``began`` and met a busy index is to be run again,
+        SQLite's busy timeout set to the next slice of the wait until ``deadline``: time is
+        left, and SQLite waited its whole slice.  Some statements it refuses without waiting (a
+        switch of the journal mode while another connection reads, a checkpoint while another
+        runs one): a longer wait would not have changed their outcome, which is theirs at once,
+        as it was before the wait was cut in slices."""
+        now = time.monotonic()
+        # (A refusal without waiting takes microseconds, a slice at least its milliseconds.)
+        if now >= deadline or now - began < self.busy_slice / 2:
+            return False
+        self._wait_slice(deadline - now)
+        return True
+
+    def _wait_slice(self, seconds: float) -> None:
+        """Have SQLite wait for a busy index ``seconds``, at most :data:`BUSY_SLICE`."""
+        seconds = min(seconds, BUSY_SLICE)
+        if seconds != self.busy_slice:
             super().execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
-            self.waits = seconds
+            self.busy_slice = seconds
 
     def execute(self, sql: str, parameters: tuple[object, ...] = ()) -> _Rows:  # type: ignore[override]  # rows are fetched through _Rows, whose errors are ours
         return self.cursor(_Rows).execute(sql, parameters)
@@ -323,9 +356,15 @@ class Index(sqlite3.Connection):
             raise
         self._end(committed=True)
         if _full(self.root):
-            # Give back what the journal took, so that the reserve can be made again now.
+            # Give back what the journal took, so that the reserve can be made again now: once
+            # the readers of the journal are done (its first column says they were not yet).
             with contextlib.suppress(sqlite3.DatabaseError):
-                super().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                deadline = self.busy_deadline()
+                while True:
+                    began = time.monotonic()
+                    if not super().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] or \
+                            not self.waits_again(began, deadline):
+                        break
         make_reserve(self.root, self.file_mode)
 
 
@@ -361,11 +400,22 @@ class _Rows(sqlite3.Cursor):
     connection: Index
 
     def execute(self, sql: str, parameters: Any = ()) -> _Rows:
-        try:
-            super().execute(sql, parameters)
-            return self
-        except sqlite3.DatabaseError as e:
-            raise self.connection.failure(e) from None
+        db = self.connection
+        deadline = db.busy_deadline()
+        while True:
+            began = time.monotonic()
+            try:
+                super().execute(sql, parameters)
+                return self
+            except sqlite3.DatabaseError as e:
+                # Outside a transaction, a statement that met a busy index changed nothing, and
+                # a COMMIT that did leaves its transaction open (as SQLite documents): either is
+                # run again.  Any other within a transaction (none meets it in WAL mode, its
+                # BEGIN IMMEDIATE having the write lock) needs the transaction rolled back.
+                busy = (getattr(e, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+                again = not db.in_transaction or sql == "COMMIT"
+                if not (busy and again and db.waits_again(began, deadline)):
+                    raise db.failure(e) from None
 
     def fetchone(self) -> Any:
         try:
@@ -618,7 +668,7 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
     try:
         # check_same_thread=False: each connection is used by the thread that made it (FsCache keeps one
         # per thread), but a forked child closes what its parent made (_close_inherited).
-        db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=Index,
+        db = sqlite3.connect(uri, uri=True, timeout=min(timeout, BUSY_SLICE), isolation_level=None, factory=Index,
                              check_same_thread=False)
     except OSError as e:
         raise over_limit(e) or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \
@@ -632,7 +682,7 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
         db.close()
         raise CacheError(f"the index of cache {root} was replaced as it was opened (SQLite found another "
                          "file at its path); run gc to rebuild it")
-    db.root, db.file_mode, db.waits = root, file_mode, timeout
+    db.root, db.file_mode, db.waits, db.busy_slice = root, file_mode, timeout, min(timeout, BUSY_SLICE)
     _connections.add(db)
     return db
 
