@@ -14,13 +14,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import sharedcache
+from nginx import Nginx, free_port, require_nginx
 from scutil import SC, Sleeper, check_tree, control, interpreter_for, sample_files, sc, sc_env, tarball_bytes
 from sharedcache.config.settings import Credentials, FetchPolicy
 from sharedcache.errors import ConfigError, DownloadError
@@ -35,10 +35,6 @@ QUOTED_USER, QUOTED_PASSWORD = "bob", 's3cret "quoted" \\ pw\t'
 # Every variable that could bring credentials in from the environment the tests run in.
 CREDENTIAL_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE", "X509_CERT_DIR", "X509_USER_PROXY",
                         "BEARER_TOKEN", "BEARER_TOKEN_FILE", "XDG_RUNTIME_DIR", "NETRC")
-
-
-def _nginx() -> str | None:
-    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 
 def _openssl(*args: str | Path, cwd: Path) -> None:
@@ -58,13 +54,7 @@ def _certificate(pki: Path, name: str, ca: str, *, server: bool) -> None:
              "-days", "2", "-sha256", "-extfile", extensions, "-out", f"{name}.pem", cwd=pki)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Nginx:
+class CredentialServers:
     """nginx serving /public/, /token/ (bearer token) and /basic/ (basic auth) on ``port``, a vhost
     on ``cert_port`` that wants a client certificate of the test CA (/to-cert/ on ``port``
     redirects there), and plain HTTP on ``redirect_port`` that serves /basic/ too and redirects
@@ -96,19 +86,9 @@ class Nginx:
         (home / "htpasswd").write_text("".join(
             f"{user}:{{SHA}}{base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()}\n"
             for user, password in ((USER, PASSWORD), (QUOTED_USER, QUOTED_PASSWORD))))
-        self.port, self.cert_port, self.redirect_port = _free_port(), _free_port(), _free_port()
+        self.port, self.cert_port, self.redirect_port = free_port(), free_port(), free_port()
         tls = f"ssl_certificate {self.pki}/server.pem; ssl_certificate_key {self.pki}/server.key; root {root};"
-        config = home / "nginx.conf"
-        config.write_text(f"""
-daemon off;
-master_process off;
-pid {home}/nginx.pid;
-error_log {home}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {home}/access.log;
-    client_body_temp_path {home}/body; proxy_temp_path {home}/proxy; fastcgi_temp_path {home}/fastcgi;
-    uwsgi_temp_path {home}/uwsgi; scgi_temp_path {home}/scgi;
+        self.server = Nginx(home, f"""
     map $http_authorization $token_refusal {{ "" 401; "Bearer {TOKEN}" ""; default 403; }}
     server {{
         listen 127.0.0.1:{self.port} ssl; {tls}
@@ -129,51 +109,21 @@ http {{
         listen 127.0.0.1:{self.redirect_port}; root {root};
         location / {{ return 302 https://127.0.0.1:{self.port}$request_uri; }}
         location /basic/ {{ auth_basic "shared-cache test"; auth_basic_user_file {home}/htpasswd; }}
-    }}
-}}
-""")
-        nginx = _nginx()
-        assert nginx is not None
-        self.process = subprocess.Popen([nginx, "-c", str(config), "-p", str(home)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 15
-        while not self._listening():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                error = (home / "error.log").read_text() if (home / "error.log").exists() else ""
-                raise RuntimeError(f"nginx did not start: {error}")
-            time.sleep(0.05)
-
-    def _listening(self) -> bool:
-        try:
-            for port in (self.port, self.cert_port, self.redirect_port):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
+    }}""", [self.port, self.cert_port, self.redirect_port])
 
     def url(self, path: str, *, cert: bool = False, userinfo: str = "") -> str:
         return f"https://{userinfo}127.0.0.1:{self.cert_port if cert else self.port}{path}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # a graceful stop, by the PID we started
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    if _nginx() is None:
-        pytest.skip("nginx is not installed (tools/test.sh installs it when run as root with apt-get)")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CredentialServers]:
+    require_nginx()
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (tools/test.sh installs it when run as root with apt-get)")
-    server = Nginx(tmp_path_factory.mktemp("nginx"))
+    server = CredentialServers(tmp_path_factory.mktemp("nginx"))
     try:
         yield server
     finally:
@@ -221,7 +171,7 @@ def failed(result: subprocess.CompletedProcess[str], cause: str, status: int = 1
     return lines[0]
 
 
-def test_server_certificates_are_checked_against_the_ca_bundles_given(nginx: Nginx, home: Path) -> None:
+def test_server_certificates_are_checked_against_the_ca_bundles_given(nginx: CredentialServers, home: Path) -> None:
     url = nginx.url("/public/data.tgz")
     failed(use(home, url), f"cannot download {url}: untrusted server certificate (")
     succeeded(use(home, url, SSL_CERT_FILE=nginx.pki / "ca.pem"))
@@ -237,7 +187,7 @@ def test_server_certificates_are_checked_against_the_ca_bundles_given(nginx: Ngi
 
 
 def test_a_plain_http_url_redirected_to_https_is_checked_against_the_ca_bundles_given(
-        nginx: Nginx, home: Path) -> None:
+        nginx: CredentialServers, home: Path) -> None:
     # A plain-HTTP download makes its TLS context only when a redirect asks for TLS: it must be
     # the one the settings say, not urllib3's default.
     url = f"http://127.0.0.1:{nginx.redirect_port}/public/data.tgz"
@@ -246,7 +196,7 @@ def test_a_plain_http_url_redirected_to_https_is_checked_against_the_ca_bundles_
     succeeded(use(home, url, X509_CERT_DIR=nginx.ca_dir))
 
 
-def test_bearer_token_in_the_wlcg_discovery_order(nginx: Nginx, home: Path) -> None:
+def test_bearer_token_in_the_wlcg_discovery_order(nginx: CredentialServers, home: Path) -> None:
     url, ca = nginx.url("/token/data.tgz"), nginx.pki / "ca.pem"
     failed(use(home, url, SSL_CERT_FILE=ca), f"HTTP 401 Unauthorized for {url} (no credentials were sent)")
     line = failed(use(home, url, SSL_CERT_FILE=ca, BEARER_TOKEN="wrong-token"),
@@ -284,7 +234,7 @@ def test_bearer_token_in_the_wlcg_discovery_order(nginx: Nginx, home: Path) -> N
     assert TOKEN not in repr(Credentials(bearer_token=TOKEN))
 
 
-def test_netrc_gives_basic_auth(nginx: Nginx, home: Path) -> None:
+def test_netrc_gives_basic_auth(nginx: CredentialServers, home: Path) -> None:
     url, ca = nginx.url("/basic/data.tgz"), nginx.pki / "ca.pem"
     failed(use(home, url, SSL_CERT_FILE=ca), f"HTTP 401 Unauthorized for {url} (no credentials were sent)")
     netrc = home / ".netrc"
@@ -317,7 +267,7 @@ LARGEST_NETRC = f"\nmachine 127.0.0.1 login {USER} password {PASSWORD}\n".rjust(
         "the-first-entry-wins", "default-when-no-entry-gives-a-login", "keywords-in-any-case",
         "user-as-pythons-netrc-reads-it",
         "a-byte-order-mark-and-crlf-as-windows-editors-write", "the-largest-file-read"])
-def test_netrc_is_read_as_curl_reads_it(nginx: Nginx, home: Path, text: str) -> None:
+def test_netrc_is_read_as_curl_reads_it(nginx: CredentialServers, home: Path, text: str) -> None:
     # Users share one .netrc between curl, wget, git and sc: a word sc does not know is skipped
     # (Python's netrc refused the whole file for it).
     (home / ".netrc").write_text(text)
@@ -333,7 +283,7 @@ def test_netrc_is_read_as_curl_reads_it(nginx: Nginx, home: Path, text: str) -> 
     (LARGEST_NETRC + "\n", "it is larger than 128 KiB"),
 ], ids=["a-quote-left-open", "a-nul-byte", "larger-than-128-KiB"])
 def test_a_netrc_that_cannot_be_read_is_one_line_without_its_words(
-        nginx: Nginx, home: Path, text: str, cause: str) -> None:
+        nginx: CredentialServers, home: Path, text: str, cause: str) -> None:
     netrc = home / ".netrc"
     netrc.write_text(text)
     line = failed(use(home, nginx.url("/basic/data.tgz"), SSL_CERT_FILE=nginx.pki / "ca.pem"),
@@ -341,7 +291,7 @@ def test_a_netrc_that_cannot_be_read_is_one_line_without_its_words(
     assert PASSWORD not in line
 
 
-def test_netrc_machine_names_match_in_ascii_case_only(nginx: Nginx, home: Path) -> None:
+def test_netrc_machine_names_match_in_ascii_case_only(nginx: CredentialServers, home: Path) -> None:
     # As curl: by Unicode's rules (str.lower) a name written with a Kelvin sign is the same name
     # written with a "k", and its login went to that other host.  k.example is reached through
     # nginx's plain-HTTP port as a proxy.
@@ -354,7 +304,7 @@ def test_netrc_machine_names_match_in_ascii_case_only(nginx: Nginx, home: Path) 
     succeeded(use(home, url, http_proxy=proxy))
 
 
-def test_user_info_in_a_url_is_sent_and_never_shown_or_stored(nginx: Nginx, home: Path) -> None:
+def test_user_info_in_a_url_is_sent_and_never_shown_or_stored(nginx: CredentialServers, home: Path) -> None:
     ca, base = nginx.pki / "ca.pem", home / "base"
     good = nginx.url("/basic/data.tgz", userinfo=f"{USER}:{PASSWORD}@")
     bad = nginx.url("/basic/data.tgz", userinfo=f"{USER}:wrong-pw@")
@@ -390,7 +340,7 @@ def test_user_info_that_is_not_utf_8_is_refused_before_anything_is_made(origin, 
             assert origin.stats("/data.tgz").gets == 0
 
 
-def test_client_certificates_from_the_settings_and_the_grid_proxy(nginx: Nginx, home: Path) -> None:
+def test_client_certificates_from_the_settings_and_the_grid_proxy(nginx: CredentialServers, home: Path) -> None:
     url, ca, pki = nginx.url("/cert/data.tgz", cert=True), nginx.pki / "ca.pem", nginx.pki
     failed(use(home, url, SSL_CERT_FILE=ca), f"HTTP 403 Forbidden for {url} (no credentials were sent)")
     succeeded(use(home, url, SSL_CERT_FILE=ca, X509_USER_PROXY=pki / "proxy.pem"))
@@ -409,7 +359,7 @@ def test_client_certificates_from_the_settings_and_the_grid_proxy(nginx: Nginx, 
 
 @pytest.mark.parametrize("where", ["SSL_CERT_FILE", "SSL_CERT_DIR", "X509_USER_PROXY", "ca_bundle", "client_cert",
                                    "client_key"])
-def test_a_credential_file_that_is_a_fifo_is_one_line_not_a_wait_for_good(nginx: Nginx, home: Path, where: str) -> None:
+def test_a_credential_file_that_is_a_fifo_is_one_line_not_a_wait_for_good(nginx: CredentialServers, home: Path, where: str) -> None:
     # OpenSSL opened the paths it was given itself, blocking: a FIFO held the download (and its
     # population) for good, past --timeout, waiting for a writer.  One in a hashed directory, named
     # by the hash of the CA that signed the server's certificate, was opened in the handshake.
@@ -450,7 +400,7 @@ def test_a_credential_file_that_is_a_fifo_is_one_line_not_a_wait_for_good(nginx:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as a user who may not read a file")
 def test_a_file_of_a_hashed_directory_that_holds_no_readable_ca_is_skipped_as_openssl_skips_it(
-        nginx: Nginx, reachable_tmp: Path) -> None:
+        nginx: CredentialServers, reachable_tmp: Path) -> None:
     # A file of the hashed directory that the user may not read, or a directory named as a CA's
     # file: sc read every file up front and failed every HTTPS download in one line ("cannot use
     # the CA bundle ...: Permission denied"), where OpenSSL, reading the file it needs when it
@@ -486,7 +436,7 @@ def test_a_file_of_a_hashed_directory_that_holds_no_readable_ca_is_skipped_as_op
     assert "Permission denied" not in result.stderr, result.stderr
 
 
-def test_the_client_certificate_is_presented_to_the_disk_server_a_redirect_leads_to(nginx: Nginx, home: Path) -> None:
+def test_the_client_certificate_is_presented_to_the_disk_server_a_redirect_leads_to(nginx: CredentialServers, home: Path) -> None:
     # Grid storage redirects from its head node to the disk server that holds the file, which
     # asks for the certificate, as curl and davix present it there.  The Authorization header
     # is not sent there, and a refusal there says so.
@@ -561,7 +511,7 @@ class TlsProxy:
 
 
 @pytest.fixture
-def tls_proxy(nginx: Nginx) -> Iterator[TlsProxy]:
+def tls_proxy(nginx: CredentialServers) -> Iterator[TlsProxy]:
     proxy = TlsProxy(nginx.pki)
     try:
         yield proxy
@@ -570,7 +520,7 @@ def tls_proxy(nginx: Nginx) -> Iterator[TlsProxy]:
 
 
 def test_an_https_proxy_is_verified_against_the_ca_bundle_and_shown_no_client_certificate(
-        nginx: Nginx, origin, tls_proxy: TlsProxy, home: Path) -> None:
+        nginx: CredentialServers, origin, tls_proxy: TlsProxy, home: Path) -> None:
     config, pki = home / "site.config", nginx.pki
     config.write_text(f"ca_bundle = {pki / 'ca.pem'}\n")
     url, plain = nginx.url("/cert/data.tgz", cert=True), origin.add("/data.tgz", DATA)
@@ -737,7 +687,7 @@ def test_discovery_order_of_the_settings_and_the_variables(tmp_path: Path) -> No
     assert later.netrc == str(tmp_path / ".netrc")
 
 
-def test_a_config_file_names_the_ca_bundle_and_the_bearer_token_file(nginx: Nginx, home: Path) -> None:
+def test_a_config_file_names_the_ca_bundle_and_the_bearer_token_file(nginx: CredentialServers, home: Path) -> None:
     config, token_file = home / "site.config", home / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
@@ -759,7 +709,7 @@ def test_a_config_file_naming_a_credential_file_with_a_nul_byte_is_one_line(orig
 
 
 def test_a_stale_ca_variable_fails_a_plain_http_url_redirected_to_https_in_one_line(
-        nginx: Nginx, home: Path) -> None:
+        nginx: CredentialServers, home: Path) -> None:
     # A plain-HTTP download checks no CA variable up front (a stale one fails no plain-HTTP
     # download), but a redirect to HTTPS trusted the system's CAs instead of the CAs it names,
     # ending in an untrusted certificate that blamed no variable.
