@@ -360,19 +360,79 @@ def test_a_file_rewritten_within_its_date_s_second_is_not_read_on_without_a_chec
     assert (dest / "data.bin").read_bytes() in (first, second), "two versions stitched"
 
 
+@pytest.mark.parametrize("etag", [False, True], ids=["date", "etag of the date"])
 @pytest.mark.parametrize("connections", [1, 4])
 def test_a_file_rewritten_within_the_second_of_its_date_is_never_stitched(origin: Origin, tmp_path: Path,
-                                                                          connections: int) -> None:
+                                                                          connections: int, etag: bool) -> None:
     """A Last-Modified less than a second before the answer's Date is weak (RFC 9110 8.8.2.2): a
     file written again within that second, at the same size, has the same date, and a server that
     honours the date in If-Range (nginx compares it exactly) answered the resume, or the parts,
-    with the new version, stitched to the old one without a checksum to tell."""
+    with the new version, stitched to the old one without a checksum to tell.  So did one that
+    honours an ETag made of the date and the size (nginx's), which the new version has too."""
     first, second = b"A" * 4_000_000, b"B" * 4_000_000
-    url = origin.add("/data.bin", first, etag=False, modified_at=time.time() + 1)  # (never a second before Date)
+    url = origin.add("/data.bin", first, etag=etag, modified_at=time.time() + 1)  # (never a second before Date)
     origin.fault("/data.bin", drop_after=1_000_000)
     with rewritten_once_served(origin, "/data.bin", second):
         dest = populate(tmp_path, f"http:{url}", connections=connections)
     assert (dest / "data.bin").read_bytes() in (first, second), "two versions stitched"
+
+
+def test_a_takeover_from_nginx_never_stitches_a_file_replaced_within_the_second_of_its_date(tmp_path: Path) -> None:
+    """nginx's strong ETag is the modification time in seconds and the size: a file replaced
+    within the second of its date by another of the same size keeps it, and the takeover of a
+    download SIGKILLed after the replacement resumed under it, committing the start of one
+    version and the end of the other."""
+    import json
+    import signal
+
+    from nginx import Nginx, free_port
+    from scutil import sc, sc_start, wait_for
+
+    first, second = b"A" * 6 * MiB, b"B" * 6 * MiB
+    www, home, base = tmp_path / "www", tmp_path / "nginx", tmp_path / "base"
+    for directory in (www, home, base):
+        directory.mkdir()
+    served = www / "data.bin"
+    # The date is after the answer's, as any within its second may be: whenever the first
+    # request comes, the file is still "being written" (a date never a second before Date).
+    modified = int(time.time()) + 2
+
+    def publish(content: bytes) -> None:
+        staged = www / ".data.bin"
+        staged.write_bytes(content)
+        os.utime(staged, (modified, modified))
+        staged.rename(served)
+
+    publish(first)
+    port = free_port()
+    server = Nginx(home, f"server {{ listen 127.0.0.1:{port}; root {www}; limit_rate 1m; }}", [port])
+    try:
+        args = ["--use", "-d", str(base), f"http:http://127.0.0.1:{port}/data.bin"]
+        downloader = sc_start(*args)
+        try:
+            def received(size: int) -> bool:
+                return any(data.stat().st_size >= size for data in base.rglob("partial.data"))
+
+            wait_for(lambda: received(1), what="the first answer")
+            publish(second)
+            def resumable() -> bool:  # a checkpoint counts bytes of the first version
+                return any(json.loads(record.read_text())["bytes"] > 0 for record in base.rglob("partial.json"))
+
+            # Killed once resumable, or well into the file (where no checkpoint is made).
+            wait_for(lambda: resumable() or received(2 * MiB), what="a partial download")
+            downloader.send_signal(signal.SIGKILL)
+            downloader.communicate(timeout=30)
+        finally:
+            if downloader.poll() is None:
+                downloader.kill()
+                downloader.communicate(timeout=30)
+        taken_over = sc(*args)
+    finally:
+        server.stop()
+    assert taken_over.returncode == 0, taken_over.stderr
+    committed = (Path(taken_over.stdout.strip()) / "data.bin").read_bytes()
+    one_version = committed in (first, second)
+    assert one_version, f"two versions stitched: {committed.count(b'A')} bytes of the first, then the second"
 
 
 def test_takeover_continues_in_parts(origin: Origin, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@
 with exponential backoff, or after the wait an answer's ``Retry-After`` asks for if longer (up to
 :data:`_RETRY_AFTER_MAX`; a server that asks for more fails the request at once, saying so), while
 other 4xx answers fail at once, and continues an interrupted transfer with a
-``Range: bytes=N-`` request guarded by ``If-Range`` (the strong ETag, else Last-Modified).  Only a
+``Range: bytes=N-`` request guarded by ``If-Range`` (the strong ETag, else Last-Modified; neither
+while the Last-Modified is less than a second before the answer's Date: see :func:`_validator`).  Only a
 ``206`` answer that starts at byte N, has the same total size and the same validator is stitched
 to what came before; anything else means the file changed or the server ignores ranges, and the
 stream raises :class:`ResumeError` so that the population starts over: no mix of two versions is
@@ -167,25 +168,32 @@ class HttpSource(Source):
 
 def _validator(response: urllib3.BaseHTTPResponse) -> str | None:
     """What ``If-Range`` may use: a strong ETag (weak ones are not allowed there), else a
-    Last-Modified that is strong: at least a second before the answer's Date (RFC 9110 8.8.2.2).
-    A younger one names no version: a file written again within that second, at the same size,
-    has the same date, and a server that honours it answers a range of the new version, which
-    was stitched to the old one.  (Without a validator, nothing is resumed: parts are not used,
-    and an interrupted download starts over.)"""
+    Last-Modified date; none while the Last-Modified is less than a second before the answer's
+    Date.  Such a date is weak (RFC 9110 8.8.2.2): a file written again within that second, at the
+    same size, has the same date, and a server that honours it answers a range of the new version,
+    which was stitched to the old one.  So is an ETag then, however strong it says it is: nginx's
+    is the modification time in seconds and the size, the same for both versions (Apache marks
+    such an ETag weak itself).  (Without a validator, nothing is resumed: parts are not used, and
+    an interrupted download starts over.)"""
+    modified = _field(response, "Last-Modified")
+    if modified and _too_recent(modified, _field(response, "Date")):
+        return None
     etag = _field(response, "ETag")
     if etag and not etag.startswith("W/"):
         return etag
-    modified = _field(response, "Last-Modified")
-    if not modified:
-        return None
+    return modified or None
+
+
+def _too_recent(modified: str, date: str) -> bool:
+    """Whether the date ``modified`` is less than a second before the date ``date`` (or after
+    it); False when either is no date (a missing Date: the Last-Modified is taken as it is)."""
     import email.utils  # (loaded with http.client already)
 
     try:
-        age = (email.utils.parsedate_to_datetime(_field(response, "Date"))
-               - email.utils.parsedate_to_datetime(modified)).total_seconds()
-    except (TypeError, ValueError, IndexError):  # no Date, or either is no date: taken as it is
-        return modified
-    return modified if age >= 1 else None
+        age = (email.utils.parsedate_to_datetime(date) - email.utils.parsedate_to_datetime(modified)).total_seconds()
+    except (TypeError, ValueError, IndexError):
+        return False
+    return age < 1
 
 
 def _is_date(validator: str | None) -> bool:
