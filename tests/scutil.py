@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import signal
 import socket
@@ -87,13 +88,14 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
         time.sleep(0.02)
 
 
-def kill_populator_and_take_over(args: list[str], partly_done) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+def kill_populator_and_take_over(args: list[str], partly_done,  # type: ignore[no-untyped-def]
+                                 env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Start a populating ``sc``, and once ``partly_done()``, a second one that waits for it;
     SIGKILL the first; return what the second ends with."""
-    first = sc_start(*args)
+    first = sc_start(*args, env=env)
     try:
         wait_for(partly_done, what="a partial download")
-        waiter = sc_start(*args)
+        waiter = sc_start(*args, env=env)
         time.sleep(0.3)  # the waiter is now waiting for the first
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
@@ -103,6 +105,13 @@ def kill_populator_and_take_over(args: list[str], partly_done) -> tuple[int, str
             first.kill()
             first.wait(10)
     return status, out, err
+
+
+def resumable(base: Path) -> bool:
+    """Whether a download in ``base`` has a checkpoint that counts bytes: a takeover resumes it."""
+    return any(json.loads(record.read_text())["bytes"] > 0 for record in base.rglob("partial.json"))
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:  # type: ignore[type-arg]
     """Stop ``proc`` by its PID: SIGTERM, then SIGKILL if it is still there after ``timeout``."""
     if proc.poll() is None:

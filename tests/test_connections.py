@@ -382,11 +382,10 @@ def test_a_takeover_from_nginx_never_stitches_a_file_replaced_within_the_second_
     within the second of its date by another of the same size keeps it, and the takeover of a
     download SIGKILLed after the replacement resumed under it, committing the start of one
     version and the end of the other."""
-    import json
     import signal
 
     from nginx import Nginx, free_port
-    from scutil import sc, sc_start, wait_for
+    from scutil import resumable, sc, sc_start, wait_for
 
     first, second = b"A" * 6 * MiB, b"B" * 6 * MiB
     www, home, base = tmp_path / "www", tmp_path / "nginx", tmp_path / "base"
@@ -415,11 +414,8 @@ def test_a_takeover_from_nginx_never_stitches_a_file_replaced_within_the_second_
 
             wait_for(lambda: received(1), what="the first answer")
             publish(second)
-            def resumable() -> bool:  # a checkpoint counts bytes of the first version
-                return any(json.loads(record.read_text())["bytes"] > 0 for record in base.rglob("partial.json"))
-
             # Killed once resumable, or well into the file (where no checkpoint is made).
-            wait_for(lambda: resumable() or received(2 * MiB), what="a partial download")
+            wait_for(lambda: resumable(base) or received(2 * MiB), what="a partial download")
             downloader.send_signal(signal.SIGKILL)
             downloader.communicate(timeout=30)
         finally:
