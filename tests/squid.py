@@ -7,7 +7,9 @@ namespace; stopped by its PID.
         proxy.requests()                         # access log: [(method, url, status, user agent)]
 
 Configured as a site runs one in front of a fleet: ``collapsed_forwarding on`` (simultaneous misses
-for one URL make one request upstream) and a ``maximum_object_size`` far above the default 4 MB.
+for one URL make one request upstream), ``range_offset_limit -1`` and ``quick_abort_min -1 KB`` (a
+range request fetches and caches the whole object, even when its client leaves) and a
+``maximum_object_size`` far above the default 4 MB.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ cache_mem 256 MB
 maximum_object_size 1 GB
 maximum_object_size_in_memory 256 MB
 collapsed_forwarding on
+range_offset_limit -1
+quick_abort_min -1 KB
 {access}
 shutdown_lifetime 0 seconds
 pinger_enable off

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scutil import SC, Sleeper, ThreadedServer, check_tree, control, read_head, sample_files, sc, sc_env, tarball_bytes, user_dir
+from scutil import (SC, Sleeper, ThreadedServer, check_tree, control, kill_populator_and_take_over, read_head, resumable,
+                    sample_files, sc, sc_env, tarball_bytes, user_dir)
 from squid import Squid, free_port
 
 import sharedcache
@@ -125,6 +126,39 @@ def test_proxy_credentials_are_sent_and_never_shown(tmp_path, origin, owner):
         assert shown.returncode == 0, shown.stderr
         assert f"proxy = http://{address};http://{address}|DIRECT  # SC_PROXY" in shown.stdout, shown.stdout
         assert "s3cret" not in result.stderr + shown.stdout
+
+
+# --- a site's squid ------------------------------------------------------------------------------
+
+
+def test_hosts_with_connections_and_a_takeover_behind_the_site_squid_make_one_origin_download(
+        tmp_path, origin, squid, owner):
+    """Hosts one after another behind the squid of docs/site-squid.md, with ``--connections 4``,
+    the first SIGKILLed midway and taken over: the origin serves the file once.  Parts and the
+    takeover's resume ask for ranges, which squid by default forwards to the origin without caching
+    their answers (``range_offset_limit``), and the fetch of a client gone is given up
+    (``quick_abort_min``): every host downloaded the whole file from the origin."""
+    payload = os.urandom(12 << 20)
+    # Published a day ago: fresh for hours by squid's heuristic, never revalidated during the test.
+    url = origin.add("/data.bin", payload, modified_at=time.time() - 86400)
+    env = sc_env(http_proxy=squid.url)
+    hosts = [tmp_path / f"host{number}" for number in range(3)]
+    for base in hosts:
+        base.mkdir()
+
+    def args(base: Path) -> list[str]:
+        return ["--use", "-d", str(base), "--pid", str(owner.pid), "--connections", "4", f"http:{url}",
+                f"sha256:{hashlib.sha256(payload).hexdigest()}"]
+
+    origin.rate = 4 << 20
+    results = [kill_populator_and_take_over(args(hosts[0]), lambda: resumable(hosts[0]), env=env)]
+    results += [(result.returncode, result.stdout, result.stderr)
+                for result in (sc(*args(base), env=env) for base in hosts[1:])]
+    for status, out, err in results:
+        assert status == 0, err
+        assert (Path(out.strip()) / "data.bin").read_bytes() == payload
+    stats = origin.stats("/data.bin")
+    assert (stats.gets, stats.bytes_served) == (1, len(payload)), stats
 
 
 # --- the proxy chain -----------------------------------------------------------------------------
