@@ -137,7 +137,8 @@ def test_hosts_with_connections_and_a_takeover_behind_the_site_squid_make_one_or
     the first SIGKILLed midway and taken over: the origin serves the file once.  Parts and the
     takeover's resume ask for ranges, which squid by default forwards to the origin without caching
     their answers (``range_offset_limit``), and the fetch of a client gone is given up
-    (``quick_abort_min``): every host downloaded the whole file from the origin."""
+    (``quick_abort_min``): every host downloaded the whole file from the origin.  Through a proxy
+    that sees its requests, each ``sc`` makes one: parts bring nothing there."""
     payload = os.urandom(12 << 20)
     # Published a day ago: fresh for hours by squid's heuristic, never revalidated during the test.
     url = origin.add("/data.bin", payload, modified_at=time.time() - 86400)
@@ -159,6 +160,8 @@ def test_hosts_with_connections_and_a_takeover_behind_the_site_squid_make_one_or
         assert (Path(out.strip()) / "data.bin").read_bytes() == payload
     stats = origin.stats("/data.bin")
     assert (stats.gets, stats.bytes_served) == (1, len(payload)), stats
+    asked = [method for method, seen, _, _ in squid.requests() if seen == url]
+    assert asked == ["GET"] * 4, squid.requests()  # the killed host, its taker and two more: no parts
 
 
 # --- the proxy chain -----------------------------------------------------------------------------
@@ -257,6 +260,21 @@ def test_https_goes_through_connect(tmp_path, tls_origin, squid, owner):
     again = use(tmp_path, owner, url, env=sc_env(http_proxy=squid.url, SSL_CERT_FILE=str(ca)), name="direct")
     assert again.returncode == 0, again.stderr
     assert len(squid.requests()) == 1
+
+
+def test_https_through_a_proxy_is_split_over_the_connections(tmp_path, tls_origin, squid, owner):
+    # The tunnel reaches the origin end to end, which the parts of --connections are for: an
+    # http:// URL alone is fetched over one connection through a proxy.
+    server, ca = tls_origin
+    payload = os.urandom(8 << 20)
+    server.add("/data.bin", payload)
+    url = f"https://127.0.0.1:{server.port}/data.bin"
+    result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "--connections", "4", f"http:{url}",
+                f"sha256:{hashlib.sha256(payload).hexdigest()}", env=sc_env(https_proxy=squid.url, SSL_CERT_FILE=str(ca)))
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == payload
+    assert len(server.stats("/data.bin").ranges) > 2, server.stats("/data.bin")  # the first request's and parts
+    assert {method for method, _, _, _ in squid.requests()} == {"CONNECT"}
 
 
 def test_a_tunnel_the_proxy_refuses_fails_at_once_naming_the_proxy(tmp_path, tls_origin, owner):

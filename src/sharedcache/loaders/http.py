@@ -51,7 +51,15 @@ byte is asked for twice and a file that changed raises :class:`ResumeError`.  So
 refused with ``503`` or ``429`` (:data:`_BUSY`), at its first refusal: a server that allows a
 client one connection (nginx's ``limit_conn``) refuses the others while that one is busy, and their
 retries would run out.  A server that answers ``200`` or gives no validator, and a small file, get one connection.  This
-holds for fresh downloads and for resumed ones alike.
+holds for fresh downloads and for resumed ones alike.  So does an ``http://`` URL reached through
+a proxy that sees its requests (an HTTP or HTTPS proxy: :meth:`Transport.forwards
+<sharedcache.loaders.transport.Transport.forwards>`), whatever N: such a proxy is a site's cache,
+near, there so that a fleet's hosts share one download from the origin, and parts defeat it or gain
+nothing.  Squid by default forwards a range to the origin and caches no ``206`` answer, so every
+host downloaded the whole file from the origin; configured to fetch the whole object for a range
+(``range_offset_limit -1``), it fetches it over one connection to the origin for all the parts.
+The throttling per connection that parts work around is the origin's.  An ``https://`` URL is
+tunnelled through the proxy to the origin, end to end, and is split as without one.
 
 TLS trust, the client certificate and the ``Authorization`` header come from
 :mod:`sharedcache.loaders.credentials` (``ctx.fetch.credentials``; the user info of the URL, which
@@ -530,11 +538,12 @@ class _HttpStream(SourceStream):
         answer is a 206 with the size and a validator to check the parts against, and the file is
         large enough to be worth it; else the first answer alone, continued after interruptions."""
         if response.status == 206 and self.validator is not None and self.total is not None:
-            size = part_size(self.total - self.start, self._connections)
+            connections = self._connections_to(self.resume_url)
+            size = part_size(self.total - self.start, connections)
             if size is not None:
                 first = _Body(self, self.start, self.start + size - 1, response)
                 return RangedReader(lambda start, end: _Body(self, start, end - 1), self.start, self.total,
-                                    part_size=size, connections=self._connections, first=first,
+                                    part_size=size, connections=connections, first=first,
                                     goes_on=_FALLS_BACK)
         return _Body(self, self.start, None, response)
 
@@ -545,7 +554,7 @@ class _HttpStream(SourceStream):
         # part that answer is dropped, wasting what is in flight on its connection; a bounded first
         # range would instead cost a second request for every file that turns out not worth splitting.
         start = start if validator else 0
-        if start or self._connections > 1:
+        if start or self._connections_to(self.url) > 1:
             response = self._get(start, validator)
             if response.status == 200 or self._continuation_problem(response, start, validator) is None:
                 self._adopt(response)
@@ -556,6 +565,11 @@ class _HttpStream(SourceStream):
             raise self._status_error(response)
         self._adopt(response)
         return response
+
+    def _connections_to(self, target: str) -> int:
+        """How many connections a download from ``target`` may use: one through a proxy that sees
+        its requests (a site's cache, which parts defeat: see the module's docstring)."""
+        return 1 if self._transport(target).forwards() else self._connections
 
     def _adopt(self, response: Any) -> None:
         _refuse_encoding(response, self.url)

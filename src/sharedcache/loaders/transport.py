@@ -729,6 +729,16 @@ class Transport:
             self._current = 0
             return False
 
+    def forwards(self) -> bool:
+        """Whether the member in use is a proxy that sees the requests, and may cache the answers:
+        an HTTP or HTTPS proxy of an ``http://`` URL (an ``https://`` one is tunnelled through it,
+        and a SOCKS proxy relays bytes)."""
+        from urllib.parse import urlsplit
+
+        member = self.member
+        return urlsplit(self.url).scheme == "http" and member != DIRECT \
+            and urlsplit(member).scheme not in SOCKS_SCHEMES
+
     def via(self) -> str:
         """How the member in use is named in messages: empty for a direct connection."""
         return "" if self.member == DIRECT else f" via {shown(self.member)}"
