@@ -794,7 +794,8 @@ def test_a_resumption_not_said_to_end_the_file_says_what_came(tmp_path, serve, h
     base = tmp_path / "base"
     base.mkdir()
     result = sc("--use", "-d", str(base), "-n", "data", origin.word(), env=sc_env(SC_CONFIG=str(config)))
-    assert_refused(result, base, f"cannot resume http://127.0.0.1:{origin.port}/data.bin at byte 3000: {said}")
+    assert_refused(result, base, f"cannot resume http://127.0.0.1:{origin.port}/data.bin at byte 3000 (it broke off: "
+                                 f"Connection broken: IncompleteRead(3000 bytes read, 7000 more expected)): {said}")
 
 
 THREE_HUNDREDS = {

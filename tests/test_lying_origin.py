@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,17 @@ def test_a_lie_is_seen_and_the_data_is_right(origin: Origin, tmp_path: Path, lie
     assert tree(dest) == expected(recipe)
     assert origin.stats("/data.tar.gz").gets >= 2  # the lie was told
     assert not any((tmp_path / "work").iterdir())
+
+
+def test_a_resume_that_fails_names_what_broke_the_transfer_off(origin: Origin, tmp_path: Path) -> None:
+    # The line named only the refusal of the range, not why a range was asked for: a server that
+    # stalls or drops every transfer and answers ranges with the whole file.
+    url = origin.add("/data.tar.gz", ARCHIVE)
+    origin.fault("/data.tar.gz", drop_after=DROP, ignore_range=True, times=20)
+    with pytest.raises(LoaderError) as failed:
+        populate(tmp_path, f"http:{url}", SHA256, "tar", retries=1)
+    assert re.search(rf"cannot resume {re.escape(url)} at byte {DROP} \(it broke off: .*IncompleteRead.*\): "
+                     "the server sent the whole file again", str(failed.value)), failed.value
 
 
 @pytest.mark.parametrize("connections", [1, 4])

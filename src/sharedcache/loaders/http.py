@@ -826,7 +826,8 @@ class _HttpStream(SourceStream):
             return f"it changed ({validator} became {now})"
         return None
 
-    def continuation(self, position: int, last: int | None, stop: threading.Event, busy_fails: bool = False) -> Any:
+    def continuation(self, position: int, last: int | None, stop: threading.Event, busy_fails: bool = False,
+                     broken_off: str | None = None) -> Any:
         """An answer with bytes ``position`` to ``last`` (to the end if None) of the same file;
         None if the file's size was not known and it ends at ``position`` (a 416 that says its
         size is that); else :class:`ResumeError` if the server does not give exactly those.
@@ -838,7 +839,8 @@ class _HttpStream(SourceStream):
         expired) or that fails past its retries (a mirror that went down: the redirector would send
         the request elsewhere) is given up for the source's URL, once for each request; the URL its
         redirects lead to then serves the rest, if it has the same file.  ``busy_fails``: as
-        :meth:`_get`'s."""
+        :meth:`_get`'s; ``broken_off``: why the transfer stopped, which a failure to resume names
+        too (it may be what the user can mend: a server that stalls)."""
         redirected = self.resume_url != self.url
         try:
             response = self._get(position, self.validator, last, stop, self.resume_url, busy_fails)
@@ -859,7 +861,8 @@ class _HttpStream(SourceStream):
         _refuse_encoding(response, self.url)
         problem = self._continuation_problem(response, position, self.validator, last)
         if problem is not None:
-            message = f"cannot resume {self.url} at byte {position}: {problem}"
+            after = "" if broken_off is None else f" (it broke off: {broken_off})"
+            message = f"cannot resume {self.url} at byte {position}{after}: {problem}"
             if response.status == 200 and _validator(response) == self.validator and \
                     _content_length("" if _chunked(response) else _field(response, "Content-Length")) == self.total:
                 raise _WholeAgain(message, response)
@@ -916,6 +919,7 @@ class _Body:
         #: Why the end of a body ended by a close is not known to be the file's, while what follows
         #: it is asked for (None otherwise).
         self._closed_early: str | None = None
+        self._broken_off: str | None = None  # why the last transfer stopped, while the rest is asked for
         self._skipping = 0  # bytes of the answer under way to drop: they are the ones before _position
         self._stop = threading.Event()
         self._window = (time.monotonic(), 0)  # since when, and how many bytes since (speed limit)
@@ -932,7 +936,8 @@ class _Body:
                 # are then stopped and one connection goes on (see _HttpStream.read).
                 try:
                     self._response = self._http.continuation(self._position, self._last, self._stop,
-                                                             busy_fails=self._last is not None)
+                                                             busy_fails=self._last is not None,
+                                                             broken_off=self._broken_off)
                 except _WholeAgain as again:
                     if self._closed_early is not None:
                         # A server that ignores ranges would send the same body again, ended the same way.
@@ -1046,6 +1051,7 @@ class _Body:
         """Get ready to ask for the rest, or give up: without a validator, after too many attempts,
         or at the deadline."""
         self.close()
+        self._broken_off = why
         http = self._http
         http.time_left(why)
         if http.validator is None:  # started over by the population, which needs no validator
