@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import gc
 import json
 import os
 import re
@@ -1438,6 +1439,26 @@ def test_a_cache_made_again_under_a_live_object_is_accounted_in_its_new_index(ro
     assert not any(target.startswith(f"{root}/index.sqlite") and target.endswith("(deleted)") for target in _open_files())
 
 
+def test_a_cache_closed_or_let_go_keeps_nothing_of_it_open(root: Path) -> None:
+    # close() closed this thread's connection alone, never the directories of own_directory,
+    # which a cache let go kept open for the life of the process.
+    def held() -> list[str]:
+        return [target for target in _open_files() if target.startswith(str(root))]
+
+    cache = FsCache(root)
+    with cache.store("x") as path:
+        (path / "f").write_text("x")
+    cache.own_directory("populate")
+    assert held()
+    cache.close()
+    assert held() == []
+    assert [e.name for e in cache.entries()] == ["x"]  # (what it needs, it opens again)
+    assert os.listdir(cache.own_directory("populate")) == []
+    del cache
+    gc.collect()  # (an exception's traceback may hold the object in a cycle)
+    assert held() == []
+
+
 def _open_files() -> list[str]:
     found = []
     for fd in os.listdir("/proc/self/fd"):
@@ -1680,7 +1701,8 @@ def test_a_failed_transaction_undoes_until_an_undo_fails_then_ends_everything(tm
     # A release whose COMMIT failed gave its lease back into a tree left in the trash when the
     # rename back failed (a store of the name had made the entry again, SQLite having let the
     # index go), and closed the entry's lock before the lease was back.
-    db = FsCache(tmp_path / "cache")._db()
+    cache = FsCache(tmp_path / "cache")  # (kept: its connections close as it is freed)
+    db = cache._db()
     happened: list[str] = []
 
     def failing() -> None:

@@ -1379,6 +1379,48 @@ def test_python_api_use(dirs, tarball):
     assert result.stdout.split() == [str(user_dir(dirs[0]) / "api"), str(len(FILES["data/part-000.bin"])), "False"]
 
 
+def test_uses_of_ever_new_bases_keep_no_descriptor_of_those_removed(tmp_path, tarball):
+    # A program using a fresh base each time (a test suite's tmp_path), removed after, kept the
+    # index, its journals and populate/ of every one open: it ran out of descriptors within a
+    # few dozen uses, and held the deleted files' space.  So did one whose base was emptied
+    # between uses, one descriptor a use.
+    code = textwrap.dedent(f"""
+        import json, os, shutil, sharedcache
+
+        def open_files():
+            found = []
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    found.append(os.readlink(f"/proc/self/fd/{{fd}}"))
+                except OSError:
+                    pass  # the listing's own descriptor
+            return found
+
+        def use(base):
+            with sharedcache.use(*{recipe(tarball)!r}, name="r", directories=base) as path:
+                assert (path / "data/part-000.bin").exists()
+
+        counts = {{}}
+        for how in ("new bases", "one base emptied"):
+            for i in range(30):
+                base = {str(tmp_path)!r} + "/" + (f"base{{i}}" if how == "new bases" else "emptied")
+                os.makedirs(base, exist_ok=True)
+                use(base)
+                shutil.rmtree(base)
+                if i == 0:
+                    first = len(open_files())
+            files = open_files()
+            counts[how] = [first, len(files), sum(f.endswith("(deleted)") for f in files)]
+        print(json.dumps(counts))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    for how, (first, last, deleted) in json.loads(result.stdout).items():
+        # (At most what the cache of the last use holds: its index, two journals and populate/.)
+        assert last <= first and deleted <= 4, f"{how}: {first} descriptors open after the first use, " \
+                                               f"{last} after the last, {deleted} of deleted files"
+
+
 def test_a_use_in_a_generator_left_unfinished_is_released_at_exit(dirs, tarball):
     # The interpreter finalises the generator as it exits, when imports fail: the release
     # raised ("Exception ignored in generator") and left the repository's link dangling.

@@ -335,6 +335,8 @@ import os
 import stat
 import time
 from _thread import _local as thread_local  # threading.local, without importing threading
+from _thread import allocate_lock
+from _weakref import ref as weak_reference  # weakref.ref, without importing weakref
 
 from ..errors import (
     BusyError,
@@ -426,6 +428,11 @@ INDEX = "index.sqlite"
 BUDGET = "budget"
 #: The files SQLite keeps beside the index (its journals), by the suffix of their names.
 _INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
+#: Held to change what a cache keeps open (its connections, its directories: see FsCache.close),
+#: and across a fork: a child never finds it taken by a thread it has not.
+_HELD_OPEN_CHANGE = allocate_lock()
+os.register_at_fork(before=_HELD_OPEN_CHANGE.acquire, after_in_parent=_HELD_OPEN_CHANGE.release,
+                    after_in_child=_HELD_OPEN_CHANGE.release)
 #: The commit marker of an entry flushed to disk before its commit.
 MARKER = "entry.json"
 
@@ -598,6 +605,39 @@ def _unwritable_file(name: str, directory: int, settle: float) -> str:
         if time.monotonic() >= deadline:
             return "cannot be written by this user"
         time.sleep(0.002)
+
+
+def _open_own(root: str, sub: str, group: int | None) -> int:
+    """A descriptor of the subdirectory ``sub`` of the cache at ``root`` (of ``group``), reached
+    without following a symlink at any step from the cache's directory (another member of a
+    group cache may have swapped one in), so that what is removed or renamed through it is the
+    cache's."""
+    try:
+        directory = open_directory(root)
+    except OSError as e:  # renamed and replaced (by a link, as a group cache's creator may), or gone
+        raise over_limit(e) or CacheError(
+            f"cache {root} is no longer a directory ({e.strerror}); refusing to use it") from None
+    try:
+        fd = open_directory(sub, dir_fd=directory)
+    except OSError as e:
+        raise over_limit(e) or CacheError(
+            f"{root}/{sub} is not a directory of this cache ({e.strerror}); run gc to repair it"
+        ) from None
+    finally:
+        os.close(directory)
+    if foreign_subdirectory(sub, fd, group):
+        found = os.fstat(fd)
+        os.close(fd)
+        raise CacheError(f"{root}/{sub} is not this cache's own directory (uid {found.st_uid}, mode "
+                         f"{stat.S_IMODE(found.st_mode):o}: another member's?); run gc to repair it")
+    return fd
+
+
+def _close_index(db: Index) -> None:
+    try:
+        db.close()
+    except db.Error:
+        pass  # the journal stays beside the index, and the next connection folds it back
 
 
 def _number(value: object, kinds: type | tuple[type, ...]) -> bool:
@@ -794,13 +834,15 @@ class FsCache:
         self._trash = os.path.join(self.root, "trash")
         self._budget = os.path.join(self.root, BUDGET)  # (as messages name it)
         self._local = thread_local()
-        self._kept_open: dict[str, int] = {}  # (see own_directory)
+        self._kept_open: dict[str, tuple[int, int, int]] = {}  # descriptor, device, inode (see own_directory)
+        self._connections: list[tuple[int, weak_reference[Index]]] = []  # by pid, each thread's (see __del__)
         # What a repairing open replaced or put out of the way, until gc reports it.
         self.modes, self._subdirectories_repaired, self._format_before = open_cache(
             self.root, group, repair=repair, older_at_work=older_at_work)
         self._names_put_away = 0
         self.shared = self.modes.group
-        self._boots = Boots(lambda: self._open_own("."), self.modes.file)  # (see Leases)
+        root = self.root  # (a closure over self would keep it alive until the collector found the cycle)
+        self._boots = Boots(lambda: _open_own(root, ".", group), self.modes.file)  # (see Leases)
         if max_size is not _UNSET:
             self.max_size = max_size  # type: ignore[assignment]  # not _UNSET: an int, a str or None
 
@@ -819,7 +861,7 @@ class FsCache:
                     return db
             except OSError:
                 pass
-            self.close()
+            self._close_connection()
         from .index import open_index  # SQLite is loaded by what needs the index only
 
         directory = self._open_own(".")
@@ -829,6 +871,9 @@ class FsCache:
             os.close(directory)
         db = open_index(self.root, index, self.timeout, self.modes.file)
         self._local.db, self._local.pid, self._local.index = db, os.getpid(), index
+        with _HELD_OPEN_CHANGE:
+            self._connections = [(pid, made) for pid, made in self._connections if made() is not None]
+            self._connections.append((os.getpid(), weak_reference(db)))
         return db
 
     def _index_file(self, directory: int) -> tuple[int, int]:
@@ -873,16 +918,37 @@ class FsCache:
         raise CacheError(f"the index of cache {self.root} is unusable ({problem}); run gc to rebuild it") from None
 
     def close(self) -> None:
-        """Close this thread's connection to the index, if it has one (the next call needing the
-        index opens another).  The last connection to close folds SQLite's journal back into the
-        index file: a process that ends without the interpreter's teardown closes it first."""
+        """Close this thread's connection to the index, if it has one, and the directories that
+        :meth:`own_directory` keeps open (the next call needing either opens it again): what the
+        owner of the cache calls once done with it.  The last connection to close folds SQLite's
+        journal back into the index file: a process that ends without the interpreter's
+        teardown closes it first.  Another thread's connection closes with its thread, or as it
+        calls this; all of them, and the directories, close as the object is freed."""
+        self._close_connection()
+        with _HELD_OPEN_CHANGE:
+            kept, self._kept_open = self._kept_open, {}
+        for fd, _, _ in kept.values():
+            os.close(fd)
+
+    def _close_connection(self) -> None:
+        """Close this thread's connection to the index, if it has one."""
         db: Index | None = getattr(self._local, "db", None)
         self._local.db = None
         if db is not None and self._local.pid == os.getpid():
-            try:
-                db.close()
-            except db.Error:
-                pass  # the journal stays beside the index, and the next connection folds it back
+            _close_index(db)
+
+    def __del__(self) -> None:
+        # A program that opens caches for ever (one in a fresh directory per test) kept their
+        # connections and directories open, removed or not, until it ran out of descriptors: a
+        # connection is freed by the collector alone (SQLite's statement cache refers to it), and
+        # it came late.  No other thread can reach the object now, and the lock could be this
+        # thread's, held where the collector called this.  (Not set if __init__ failed first.)
+        for pid, made in getattr(self, "_connections", ()):
+            db = made()
+            if db is not None and pid == os.getpid():  # (a forked child's inherited ones are the index's)
+                _close_index(db)
+        for fd, _, _ in getattr(self, "_kept_open", {}).values():
+            os.close(fd)
 
     def _transaction(self) -> AbstractContextManager[Index]:
         db = self._db()
@@ -1902,53 +1968,41 @@ class FsCache:
         self._empty_trash()
 
     def _open_own(self, sub: str) -> int:
-        """A descriptor of the subdirectory ``sub`` of this cache, reached without following a
-        symlink at any step from the cache's directory (another member of a group cache may
-        have swapped one in), so that what is removed or renamed through it is this cache's."""
-        try:
-            root = open_directory(self.root)
-        except OSError as e:  # renamed and replaced (by a link, as a group cache's creator may), or gone
-            raise over_limit(e) or CacheError(
-                f"cache {self.root} is no longer a directory ({e.strerror}); refusing to use it") from None
-        try:
-            fd = open_directory(sub, dir_fd=root)
-        except OSError as e:
-            raise over_limit(e) or CacheError(
-                f"{self.root}/{sub} is not a directory of this cache ({e.strerror}); run gc to repair it"
-            ) from None
-        finally:
-            os.close(root)
-        if foreign_subdirectory(sub, fd, self.group):
-            found = os.fstat(fd)
-            os.close(fd)
-            raise CacheError(f"{self.root}/{sub} is not this cache's own directory (uid {found.st_uid}, mode "
-                             f"{stat.S_IMODE(found.st_mode):o}: another member's?); run gc to repair it")
-        return fd
+        """A descriptor of the subdirectory ``sub`` of this cache (see :func:`_open_own`)."""
+        return _open_own(self.root, sub, self.group)
 
     def own_directory(self, sub: str) -> str:
-        """A path that names the subdirectory ``sub`` of this cache (created if needed) for as
-        long as this process lives, whatever is renamed or swapped in the cache meanwhile: the
-        directory is opened as :meth:`_open_own` does and named through ``/proc/self/fd``.  For
-        directories that code outside the engine reads and writes by path (the population
-        files)."""
-        fd = self._kept_open.get(sub)
-        if fd is not None:
+        """A path that names the subdirectory ``sub`` of this cache (created if needed) until
+        :meth:`close`, whatever is renamed or swapped in the cache meanwhile: the directory is
+        opened as :meth:`_open_own` does and named through ``/proc/self/fd``.  For directories
+        that code outside the engine reads and writes by path (the population files)."""
+        kept = self._kept_open.get(sub)
+        if kept is not None:
             try:
-                st, now = os.fstat(fd), os.stat(os.path.join(self.root, sub), follow_symlinks=False)
-                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
-                    return f"/proc/self/fd/{fd}"
+                now = os.stat(os.path.join(self.root, sub), follow_symlinks=False)
+                if (now.st_dev, now.st_ino) == kept[1:]:
+                    return f"/proc/self/fd/{kept[0]}"
             except FileNotFoundError:
                 pass
-            os.close(fd)  # removed (and maybe made again) since: open what is there now
-            del self._kept_open[sub]
+            # Removed (and maybe made again) since: what is there now is opened instead.
+            with _HELD_OPEN_CHANGE:
+                if self._kept_open.get(sub) is kept:  # (another thread may have done so already)
+                    del self._kept_open[sub]
+                    os.close(kept[0])
         root = open_directory(self.root)
         try:
             with making(f"{self.root}/{sub}", self.root):
                 self._subdirectories_repaired += make_subdirectory(root, sub, self.modes, repair=self.repair)
         finally:
             os.close(root)
-        self._kept_open[sub] = self._open_own(sub)
-        return f"/proc/self/fd/{self._kept_open[sub]}"
+        fd = self._open_own(sub)
+        found = os.fstat(fd)
+        opened = (fd, found.st_dev, found.st_ino)
+        with _HELD_OPEN_CHANGE:
+            kept = self._kept_open.setdefault(sub, opened)
+        if kept is not opened:  # another thread's came first
+            os.close(fd)
+        return f"/proc/self/fd/{kept[0]}"
 
     def _another_kernel_s(self, name: str) -> bool:
         """Whether ``objects/<name>``, no entry in this boot, is an entry of another boot that only

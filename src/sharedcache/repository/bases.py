@@ -29,6 +29,8 @@ space reserved by populations in progress, and the links.
 from __future__ import annotations
 
 import os
+from _thread import allocate_lock
+from _weakref import ref as weak_reference  # weakref.ref, without importing weakref
 
 from ..engine import locks
 from ..engine.fscache import FsCache
@@ -70,16 +72,49 @@ RESERVATIONS_LOCK = ".reservations.lock"
 WAITING = ".waiting"
 #: The private cache's directory in a user's directory (hidden: no repository is named so).
 PRIVATE_CACHE = ".cache"
-# The caches this process has opened, kept so that a program calling use() in a loop opens each
-# cache and its index once (a new FsCache costs checks, and its connection to the index).
+#: How many caches this process keeps open for its next uses (see _open_caches).
+KEPT_CACHES = 8
+# The caches this process used last, the latest last, kept so that a program calling use() in a
+# loop opens each cache and its index once (a new FsCache costs checks, and its connection to
+# the index).  A few only: a program that uses a fresh base each time (a test suite's temporary
+# directories) kept every one, with its descriptors, until it could open no file.  A cache
+# dropped from here closes what it holds open once its last user lets it go.
 _open_caches: dict[tuple[str, int | None], FsCache] = {}
+# Held to change _open_caches (use() may be called from several threads), and across a fork: a
+# child never finds it taken by a thread it has not.
+_open_caches_change = allocate_lock()
+os.register_at_fork(before=_open_caches_change.acquire, after_in_parent=_open_caches_change.release,
+                    after_in_child=_open_caches_change.release)
 
 
 def close_caches() -> None:
-    """Close the connections to the indexes of the caches this process opened (see
-    :meth:`FsCache.close`)."""
-    for cache in _open_caches.values():
+    """Close the connections to the indexes of the caches this process keeps open, and their
+    directories (see :meth:`FsCache.close`)."""
+    with _open_caches_change:
+        caches = list(_open_caches.values())
+    for cache in caches:
         cache.close()
+
+
+def _drop_removed_caches() -> None:
+    """Drop the caches whose directory was removed (with their base, often): what they hold open
+    keeps deleted files' space."""
+    with _open_caches_change:
+        controls = list(_open_caches)
+    removed = [key for key in controls if not os.path.isdir(os.path.join(key[0], POPULATE))]
+    with _open_caches_change:
+        for key in removed:
+            _open_caches.pop(key, None)
+
+
+def _keep_open(key: tuple[str, int | None], cache: FsCache) -> None:
+    """Keep ``cache`` as the one of ``key``, the latest used, dropping the least recently used
+    beyond :data:`KEPT_CACHES` (and what it replaces)."""
+    with _open_caches_change:
+        _open_caches.pop(key, None)
+        _open_caches[key] = cache
+        while len(_open_caches) > KEPT_CACHES:
+            del _open_caches[next(iter(_open_caches))]
 
 
 def base_directories(
@@ -180,12 +215,15 @@ class Base:
         base, this user's directory or the cache is not safe to use."""
         if self._cache is None:
             key = (self.control, self.group)
-            self._cache = _open_caches.get(key)
-            if self._cache is None or not os.path.isdir(os.path.join(self.control, POPULATE)):
+            cache = _open_caches.get(key)
+            if cache is None or not os.path.isdir(os.path.join(self.control, POPULATE)):
                 check_base(self.path, self.group)
                 user_directory(self.path)
-                self._cache = _open_caches[key] = open_with_waiters(self.control, self.group)
-            self._cache.deadline = self.deadline  # (shared by the commands of this process)
+                cache = open_with_waiters(self.control, self.group)
+                _drop_removed_caches()
+            _keep_open(key, cache)
+            cache.deadline = self.deadline  # (shared by the commands of this process)
+            self._cache = cache
         return self._cache
 
     def use_cache(self, cache: FsCache) -> None:
@@ -563,8 +601,17 @@ def open_with_waiters(control: str, group: int | None, *, repair: bool = False) 
     wait for a population there, which leaves a cache of format 2 of that format (see
     :func:`_population_under_way`)."""
     cache = FsCache(control, group=group, repair=repair, older_at_work=_population_under_way)
-    cache.awaited = lambda name: _locked(os.path.join(cache.own_directory(POPULATE), name + WAITING),
-                                         cache.modes.file)
+    # (Through a weak reference: one of the cache to itself would keep it open after its last
+    # user let it go, until the collector found the cycle.)
+    reach = weak_reference(cache)
+    mode = cache.modes.file
+
+    def awaited(name: str) -> bool:
+        itself = reach()
+        assert itself is not None  # (called by the cache)
+        return _locked(os.path.join(itself.own_directory(POPULATE), name + WAITING), mode)
+
+    cache.awaited = awaited
     return cache
 
 
