@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 from test_guards import small_fs  # noqa: F401 - the fixture: a 3 MiB tmpfs mounted for the test
 
+from sharedcache import CacheError, FsCache
+from sharedcache.engine.leases import Owner
+
 from scutil import SC, Sleeper, control, finish, make_tarball, mounted_tmpfs, sc, sc_env, sc_start, user_dir, wait_for
 
 
@@ -466,6 +469,32 @@ def test_a_cache_made_without_population_files_is_looked_at_on_a_read_only_file_
         assert "populate" not in listed.stderr, listed.stderr
         located = sc("--location", "-d", str(ro), "-n", "missing", f"file:{tmp_path}/none")
         assert (located.returncode, located.stderr) == (1, ""), located.stderr
+
+
+def test_every_write_of_an_fscache_on_a_read_only_file_system_says_so_of_the_cache(tmp_path):
+    # store() and remove() said so of the index, where stage(), hold() (its lease, or a dead
+    # use's it removes) and gc() (its probe of file locks) raised the system's bare error,
+    # naming a file of no meaning to the caller.
+    with mounted_tmpfs(tmp_path / "ro", "8m") as ro:
+        cache = FsCache(ro / "cache")
+        for name in ("entry", "used by the dead"):
+            with cache.store(name) as data:
+                (data / "f").write_text("x")
+        with Sleeper() as ended:
+            cache.hold("used by the dead", Owner.of(ended.pid))
+        cache.close()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True, capture_output=True, timeout=30)
+
+        def stage() -> None:
+            with cache.stage():
+                pass
+
+        for call in (stage, lambda: cache.hold("entry", Owner.current()),
+                     lambda: cache.hold("used by the dead", Owner.current()), cache.gc):
+            with pytest.raises(CacheError) as raised:
+                call()
+            assert str(raised.value) == f"cache {ro}/cache cannot be written: it is on a read-only file system"
+        cache.close()
 
 
 def test_a_base_with_no_room_for_a_cache_is_skipped_with_one_line_saying_so(tmp_path):

@@ -950,6 +950,17 @@ class FsCache:
         for fd, _, _ in getattr(self, "_kept_open", {}).values():
             os.close(fd)
 
+    def _raise_if_unwritable(self, what: str, error: OSError) -> None:
+        """Raise the error to raise for ``error``, met as ``what`` was written in this cache, if
+        it was met for want of room (:func:`~sharedcache.errors.no_space_for`) or on a read-only
+        file system (said as the index says it: the system's error named a file of no meaning
+        to the caller); return for any other."""
+        if error.errno == errno.EROFS:
+            raise CacheError(f"cache {self.root} cannot be written: it is on a read-only file system") from None
+        full = no_space_for(what, error, self.root)
+        if full is not None:
+            raise full from None
+
     def _transaction(self) -> AbstractContextManager[Index]:
         db = self._db()
         db.wait_at_most(self._wait())
@@ -1095,10 +1106,8 @@ class FsCache:
             path = f"/proc/self/fd/{directory}" if self.shared else os.path.join(self._stage, stage_id)
             yield Staging(stage_id, path, directory)
         except OSError as e:
-            full = no_space_for(what, e, self.root)
-            if full is None:
-                raise
-            raise full from None
+            self._raise_if_unwritable(what, e)
+            raise
         finally:
             # The lock first: nfs and FUSE keep a file that is removed while open under another
             # name (.nfs*, .fuse_hidden*), and its directory could not be removed.  Unlocked, the
@@ -1494,16 +1503,14 @@ class FsCache:
                 found = self._meta(entry)
                 if found != meta:
                     raise ConflictError(name, found)
-            reclaim_leases(entry, some_dead_leases(entry, boots=self._boots))
             try:
+                reclaim_leases(entry, some_dead_leases(entry, boots=self._boots))
                 if keep:
                     self._keep(entry)
                 return add_lease(entry, owner)
             except OSError as e:  # (a lease is an empty file: no inode left for it, most often)
-                full = no_space_for(f"a use of entry {name!r}", e, self.root)
-                if full is None:
-                    raise
-                raise full from None
+                self._raise_if_unwritable(f"a use of entry {name!r}", e)
+                raise
 
     def meta(self, name: str) -> str | None:
         """The metadata of entry ``name`` (None if it has none); MissError if there is no entry.
@@ -2360,7 +2367,11 @@ class FsCache:
         and unused entries whose data or lock is gone (:func:`_damaged`); recomputes the
         accounted size; and evicts down to the budget.
         """
-        check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
+        try:
+            check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
+        except OSError as e:
+            self._raise_if_unwritable("a probe of its file locks", e)
+            raise
         report = GcReport()
         try:
             if not self._db().intact():

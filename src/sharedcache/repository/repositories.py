@@ -332,6 +332,11 @@ class Repositories:
         command goes on, or in its error if it fails."""
         self.unusable.setdefault(base.path, str(error))
 
+    def _skip_unusable(self, base: Base, error: SharedCacheError) -> None:
+        """Skip ``base`` for ``error``, met in its cache: on a read-only file system, for that
+        alone, whatever the engine's error says of the cache."""
+        self._skip(base, CacheError(READ_ONLY) if base.read_only() else error)
+
     def _report_skips(self) -> None:
         for path, problem in self.unusable.items():
             if path not in self._reported:
@@ -391,12 +396,7 @@ class Repositories:
             try:
                 lease = base.hold(request, self.reporter)
             except CacheError as e:
-                self._skip(base, e)
-                continue
-            except OSError as e:
-                if e.errno != errno.EROFS:
-                    raise
-                self._skip(base, CacheError(READ_ONLY))  # a use is a lease, written there
+                self._skip_unusable(base, e)  # (a use is a lease, written there)
                 continue
             except MissError:
                 if populating is None and self._found_populating(base, name):
@@ -650,7 +650,7 @@ class Repositories:
                 # or planted: "run gc to rebuild it", or no room to make it): the other candidates are still listed,
                 # as gc and uses go on past such a base, and the skipped one said why.
                 failed = failed or e
-                self._skip(base, CacheError(READ_ONLY) if base.read_only() else e)
+                self._skip_unusable(base, e)
                 continue
             listed = True
             left_out = sum(not writes_as_utf8(name) for name in cache.names())
