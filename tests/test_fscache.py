@@ -1439,6 +1439,19 @@ def test_a_cache_made_again_under_a_live_object_is_accounted_in_its_new_index(ro
     assert not any(target.startswith(f"{root}/index.sqlite") and target.endswith("(deleted)") for target in _open_files())
 
 
+def test_gc_of_a_cache_removed_under_a_live_object_says_so_as_every_method_does(root: Path) -> None:
+    # gc() raised the bare FileNotFoundError of its probe of file locks.
+    cache = FsCache(root)
+    with cache.store("x") as path:
+        (path / "f").write_text("x")
+    shutil.rmtree(root)
+    for call in (cache.entries, cache.gc):
+        with pytest.raises(CacheError) as raised:
+            call()
+        assert str(raised.value).startswith(f"cache {root} is no longer a directory ("), call
+    cache.close()
+
+
 def test_a_cache_closed_or_let_go_keeps_nothing_of_it_open(root: Path) -> None:
     # close() closed this thread's connection alone, never the directories of own_directory,
     # which a cache let go kept open for the life of the process.

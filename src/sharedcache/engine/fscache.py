@@ -2367,6 +2367,9 @@ class FsCache:
         and unused entries whose data or lock is gone (:func:`_damaged`); recomputes the
         accounted size; and evicts down to the budget.
         """
+        # A cache removed is said so, as every other method says it (the probe's bare error named
+        # no cache), before the probe opens the directory by its path.
+        os.close(self._open_own("."))
         try:
             check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
         except OSError as e:
