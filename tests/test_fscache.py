@@ -1452,6 +1452,32 @@ def test_gc_of_a_cache_removed_under_a_live_object_says_so_as_every_method_does(
     cache.close()
 
 
+def test_a_cache_too_deep_for_sqlite_says_so_and_gc_sets_nothing_aside(tmp_path: Path) -> None:
+    # SQLite opens a file by a path of at most 504 bytes: a store said that the index was
+    # "unusable (unable to open database file); run gc to rebuild it", and gc set it aside, to
+    # fail again the same way.
+    parent = tmp_path
+    while len(os.fsencode(parent)) < 400:
+        parent /= "d" * 50
+    deepest = parent / ("d" * (504 - len("/index.sqlite") - len(os.fsencode(parent)) - 1))
+    too_deep = parent / ("d" * (len(deepest.name) + 1))
+    with FsCache(deepest).store("x") as path:
+        (path / "f").write_text("x")
+    cache = FsCache(too_deep)
+
+    def store() -> None:
+        with cache.store("x"):
+            pass
+
+    for call in (store, cache.gc):
+        with pytest.raises(CacheError) as raised:
+            call()
+        assert str(raised.value) == (
+            f"cache {too_deep} is too deep for its index: SQLite opens a file by a path of at most 504 bytes, "
+            "and the index's takes 505; use a cache at a shorter path")
+    assert (too_deep / "index.sqlite").is_file() and os.listdir(too_deep / "trash") == []
+
+
 def test_a_cache_closed_or_let_go_keeps_nothing_of_it_open(root: Path) -> None:
     # close() closed this thread's connection alone, never the directories of own_directory,
     # which a cache let go kept open for the life of the process.

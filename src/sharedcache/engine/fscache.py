@@ -428,6 +428,9 @@ INDEX = "index.sqlite"
 BUDGET = "budget"
 #: The files SQLite keeps beside the index (its journals), by the suffix of their names.
 _INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
+#: The longest path by which SQLite (its unix VFS) opens a database: 512 bytes, less the 8 of the
+#: longest suffix of a journal's name.
+_SQLITE_PATH_MAX = 504
 #: Held to change what a cache keeps open (its connections, its directories: see FsCache.close),
 #: and across a fork: a child never finds it taken by a thread it has not.
 _HELD_OPEN_CHANGE = allocate_lock()
@@ -729,6 +732,10 @@ class _DamagedBudget(CacheError):
     """The budget's file holds no number, is no file, or may not be read: what gc removes."""
 
 
+class _IndexOutOfReach(CacheError):
+    """The index's path is too long for SQLite: nothing that gc could repair."""
+
+
 class GcReport(Record):
     """What :meth:`FsCache.gc` cleaned and repaired."""
 
@@ -869,7 +876,11 @@ class FsCache:
             index = self._index_file(directory)
         finally:
             os.close(directory)
-        db = open_index(self.root, index, self.timeout, self.modes.file)
+        try:
+            db = open_index(self.root, index, self.timeout, self.modes.file)
+        except CacheError:
+            self._raise_if_out_of_sqlite_s_reach()
+            raise
         self._local.db, self._local.pid, self._local.index = db, os.getpid(), index
         with _HELD_OPEN_CHANGE:
             self._connections = [(pid, made) for pid, made in self._connections if made() is not None]
@@ -916,6 +927,17 @@ class FsCache:
             except OSError as e:  # gone meanwhile: set aside by a gc
                 problem = e.strerror or str(e)
         raise CacheError(f"the index of cache {self.root} is unusable ({problem}); run gc to rebuild it") from None
+
+    def _raise_if_out_of_sqlite_s_reach(self) -> None:
+        """Raise :class:`_IndexOutOfReach` if SQLite cannot open the index for the length of its
+        path (with every symlink on the way resolved, as SQLite resolves them): it says no more
+        than that it is "unable to open database file", which read as damage."""
+        length = len(os.fsencode(os.path.realpath(os.path.join(self.root, INDEX))))
+        if length > _SQLITE_PATH_MAX:
+            raise _IndexOutOfReach(
+                f"cache {self.root} is too deep for its index: SQLite opens a file by a path of at most "
+                f"{_SQLITE_PATH_MAX} bytes, and the index's takes {length:,}; use a cache at a shorter path"
+            ) from None
 
     def close(self) -> None:
         """Close this thread's connection to the index, if it has one, and the directories that
@@ -2379,6 +2401,8 @@ class FsCache:
         try:
             if not self._db().intact():
                 raise CacheError("damaged index")
+        except _IndexOutOfReach:
+            raise
         except CacheError:
             self._set_index_aside()
             report.index_rebuilt = True
