@@ -1042,6 +1042,75 @@ def test_a_member_holding_the_index_delays_a_release_no_longer_than_its_timeout(
         assert released.returncode == 0, released.stderr  # the use stayed, and is released now
 
 
+# Holds a write lease (fcntl F_SETLEASE) on the file named by its argument, taken again as soon
+# as nobody has the file open, for two minutes: the kernel breaks it only after
+# /proc/sys/fs/lease-break-time (45 s by default), since its holder never gives it up.
+LEASE = """\
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # (told of each open that breaks it)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+said = False
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    try:
+        if fcntl.fcntl(fd, 1025) != fcntl.F_WRLCK:  # F_GETLEASE
+            fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)  # F_SETLEASE
+    except OSError:
+        pass  # open elsewhere, or its break under way: taken again once it is over
+    else:
+        if not said:
+            print("leased", flush=True)
+            said = True
+    time.sleep(0.005)
+"""
+
+
+# What the victim runs while the member holds the file under a lease, and its exit status: a
+# warm use needs the cache's marker and the entry's record of its recipe; a release takes a
+# budget under a lease for none, as a damaged one.
+UNDER_A_LEASE = {"cache.info": ("--use", 1), "objects/warm/meta": ("--use", 1), "budget": ("--unuse", 0)}
+
+
+@pytest.mark.parametrize("leased", list(UNDER_A_LEASE))
+def test_a_member_holding_a_file_of_a_group_cache_under_a_lease_delays_a_command_no_longer_than_its_timeout(
+    shared, users, python, recipe, leased
+):
+    # Its owner may take a lease on any file: the opens of the control files, which must not
+    # wait, failed at once with a bare "Resource temporarily unavailable" (a budget, which never
+    # fails a release, failed it).
+    base = tmp_like(shared / "tmp")
+    group = ["--group", str(users.gid)]
+    root = base / f".shared-cache-g{users.gid}"
+    command, status = UNDER_A_LEASE[leased]
+    with Sleeper() as job:
+        args = [*group, "-n", "warm", "-d", str(base), "--pid", str(job.pid), *recipe]
+        # The member makes the cache and its index, commits the repository and sets the budget.
+        made = run_as(python, users.member, "--use", "--keep", "--max-size", "100MB", *args, groups=(users.gid,))
+        assert made.returncode == 0, made.stderr
+        assert run_as(python, users.member, "--unuse", *args, groups=(users.gid,)).returncode == 0
+        assert run_as(python, users.victim, "--use", *args, groups=(users.gid,)).returncode == 0
+        assert (root / leased).stat().st_uid == users.member
+        holder = code_as(python, users.member, LEASE, str(root / leased), groups=(users.gid,))
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "leased\n"
+            start = time.monotonic()
+            result = run_as(python, users.victim, command, "--timeout", "5", *args, groups=(users.gid,))
+            elapsed = time.monotonic() - start
+        finally:
+            holder.kill()
+            holder.communicate(timeout=BOUND)
+        lines = clean_lines(result)
+        assert result.returncode == status and len(lines) == 1, result.stderr
+        if status:
+            assert f"{root / leased} is held under a file lease by another process" in lines[0], lines
+        else:
+            assert f"{root / 'budget'} of cache {root} is damaged (held under a file lease" in lines[0], lines
+        assert elapsed < 5 + 10
+        if command == "--unuse" and status:  # the use stayed, and is released now
+            released = run_as(python, users.victim, "--unuse", *args, groups=(users.gid,))
+            assert released.returncode == 0, released.stderr
+
+
 # -- what a member puts in an entry's leases ---------------------------------------------------
 
 

@@ -342,6 +342,13 @@ class CacheError(SharedCacheError):
     """The cache directory cannot be used: corrupt or foreign metadata, bad permissions."""
 
 
+class LeasedError(CacheError, BlockingIOError):
+    """A file of the cache that its owner (another member of a group cache) holds under a file
+    lease (``fcntl F_SETLEASE``), past the wait for it: an open that must not block is refused
+    until the kernel breaks the lease.  Still the ``BlockingIOError`` that the open raised, to
+    whoever takes any failed open for a file it cannot use."""
+
+
 class ConflictError(SharedCacheError):
     """An entry exists under the requested name with different metadata (another recipe)."""
 

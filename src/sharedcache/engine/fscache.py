@@ -343,6 +343,7 @@ from ..errors import (
     CacheError,
     ConflictError,
     EntryTooLargeError,
+    LeasedError,
     MissError,
     NoSpaceError,
     ProcessLimitError,
@@ -802,6 +803,9 @@ class FsCache:
     for this boot"); the cache then stays of format 2 for this object, which commits every entry
     as format 2 reads it.  Without it the open brings the cache to format 3 at once.
 
+    ``deadline`` is the opening thread's first :attr:`deadline`, which bounds the opening's
+    wait for the format marker, held under a file lease by its owner (see :func:`open_cache`).
+
     ``awaited``, a function its user may set, says (``awaited(name)``) whether processes that
     will hold entry ``name`` are on their way to it (the repositories' waiters for a
     population): the release of its last use, gc and every eviction leave such an entry, unused
@@ -818,6 +822,7 @@ class FsCache:
         group: int | None = None,
         repair: bool = False,
         older_at_work: Callable[[int], bool] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.root = absolute_path(root, "a cache's root")
         require_proc()
@@ -841,11 +846,12 @@ class FsCache:
         self._trash = os.path.join(self.root, "trash")
         self._budget = os.path.join(self.root, BUDGET)  # (as messages name it)
         self._local = thread_local()
+        self.deadline = deadline
         self._kept_open: dict[str, tuple[int, int, int]] = {}  # descriptor, device, inode (see own_directory)
         self._connections: list[tuple[int, weak_reference[Index]]] = []  # by pid, each thread's (see __del__)
         # What a repairing open replaced or put out of the way, until gc reports it.
         self.modes, self._subdirectories_repaired, self._format_before = open_cache(
-            self.root, group, repair=repair, older_at_work=older_at_work)
+            self.root, group, repair=repair, older_at_work=older_at_work, until=self._wait_until())
         self._names_put_away = 0
         self.shared = self.modes.group
         root = self.root  # (a closure over self would keep it alive until the collector found the cycle)
@@ -1009,6 +1015,10 @@ class FsCache:
         is not the engine's (the repositories' reservations): as long as the engine's own."""
         return self._wait()
 
+    def _wait_until(self) -> float:
+        """The ``time.monotonic()`` past which a wait that starts now may not go (:meth:`_wait`)."""
+        return time.monotonic() + self._wait()
+
     def _wait(self) -> float:
         """Seconds a wait for a lock (or for the index) may take now: ``timeout``, or less if
         the deadline is nearer."""
@@ -1038,6 +1048,10 @@ class FsCache:
             # Another member's, made under umask 077: as useless as garbage to this user, and
             # gc puts it away as it does garbage.
             raise self._damaged_budget("this user may not read it") from None
+        except LeasedError:
+            # Its owner's lease would stop every release until the kernel breaks it: gc puts
+            # it away as it does garbage (renaming it, which no lease prevents).
+            raise self._damaged_budget("held under a file lease by its owner") from None
         except OSError as e:
             raise over_limit(e) or CacheError(f"cannot read {self._budget}: {e.strerror}") from None
         finally:
@@ -1579,10 +1593,10 @@ class FsCache:
         if not os.path.exists(keep):  # (another member's flag in a group cache may be read-only)
             create_empty(keep, mode=self.modes.file)
 
-    @staticmethod
-    def _meta(entry: str) -> str | None:
+    def _meta(self, entry: str) -> str | None:
+        # (Its committer may hold it under a lease, which the kernel breaks as this waits.)
         try:
-            found = read_control(os.path.join(entry, "meta"), META_BYTES)
+            found = read_control(os.path.join(entry, "meta"), META_BYTES, until=self._wait_until())
         except FileNotFoundError:
             return None
         return None if found is None else found.decode(errors="replace")

@@ -26,7 +26,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
+from ..errors import LeasedError
 from ..modes import chmod_nofollow, taken
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -54,11 +56,14 @@ def temp_beside(path: str | os.PathLike[str]) -> str:
     return os.path.join(head, unique_name(f".{tail}{_TEMP_INFIX}"))
 
 
-def shown_path(path: str | os.PathLike[str]) -> str:
-    """``path`` as a user knows it: one through a directory this process holds open
-    (``/proc/self/fd/N/...``, as the engine names what may be swapped) from that directory's
-    path.  For messages only: the path shown is no safer to follow than any other."""
+def shown_path(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> str:
+    """``path`` (relative to the directory open as ``dir_fd``, if given) as a user knows it: one
+    through a directory this process holds open (``/proc/self/fd/N/...``, as the engine names
+    what may be swapped) from that directory's path.  For messages only: the path shown is no
+    safer to follow than any other."""
     text = os.fspath(path)
+    if dir_fd is not None and not os.path.isabs(text):
+        text = f"/proc/self/fd/{dir_fd}/{text}"
     fd, slash, rest = text.removeprefix("/proc/self/fd/").partition("/")
     if text.startswith("/proc/self/fd/") and fd.isdigit():
         try:
@@ -177,12 +182,43 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0
         os.unlink(tmp)
 
 
-def read_control(path: str | os.PathLike[str], limit: int = 4096, *, dir_fd: int | None = None) -> bytes | None:
+def open_unleased(path: str | os.PathLike[str], flags: int, mode: int = 0o777, *, dir_fd: int | None = None,
+                  until: float | None = None) -> int:
+    """``os.open`` of ``path`` with ``flags``, ``O_NONBLOCK`` among them, where a file that its
+    owner holds under a file lease (``fcntl F_SETLEASE``, which any file's owner may take: another
+    member of a group cache) is tried again until ``until`` (a ``time.monotonic()``; None: not
+    at all), then refused with :class:`LeasedError` naming it.  The refused open has the kernel
+    break the lease, within ``/proc/sys/fs/lease-break-time`` seconds unless its holder gives it
+    up sooner; a blocking open would wait that long, whatever its caller's timeout."""
+    pause = 0.001
+    while True:
+        try:
+            return os.open(path, flags, mode, dir_fd=dir_fd)
+        except BlockingIOError:
+            left = 0.0 if until is None else until - time.monotonic()
+            if left <= 0:
+                raise leased(path, dir_fd=dir_fd) from None
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, 0.05)
+
+
+def leased(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> LeasedError:
+    """The error for ``path`` (relative to ``dir_fd``), whose open that must not wait was refused
+    (``BlockingIOError``): its owner holds it under a file lease."""
+    return LeasedError(f"{shown_path(path, dir_fd=dir_fd)} is held under a file lease by another process "
+                       "(its owner's): cannot open it now; the kernel breaks a lease within "
+                       "/proc/sys/fs/lease-break-time seconds, then a retry opens it")
+
+
+def read_control(path: str | os.PathLike[str], limit: int = 4096, *, dir_fd: int | None = None,
+                 until: float | None = None) -> bytes | None:
     """The first ``limit`` bytes of the control file ``path``, or None if it is not a regular
     file (a symlink, a FIFO, a directory: never followed, opened for good or waited on).
-    FileNotFoundError if there is nothing."""
+    FileNotFoundError if there is nothing; :class:`LeasedError` if it is held under a file
+    lease until ``until`` (see :func:`open_unleased`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = open_unleased(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd,
+                           until=until)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENOTDIR):
             return None

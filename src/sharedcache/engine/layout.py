@@ -44,7 +44,16 @@ import errno
 import os
 import stat
 
-from ..errors import CacheError, UsageError, no_space_for, not_utf8_here, over_limit, unresolvable, writes_as_utf8
+from ..errors import (
+    CacheError,
+    LeasedError,
+    UsageError,
+    no_space_for,
+    not_utf8_here,
+    over_limit,
+    unresolvable,
+    writes_as_utf8,
+)
 from ..lean import scoped
 from ..modes import mkdir, taken
 from . import locks
@@ -422,13 +431,16 @@ def owner_shown(uid: int) -> str:
 
 
 def open_cache(root: str, group: int | None, *, repair: bool,
-               older_at_work: Callable[[int], bool] | None = None) -> tuple[Modes, int, bool]:
+               older_at_work: Callable[[int], bool] | None = None, until: float | None = None,
+               ) -> tuple[Modes, int, bool]:
     """Create the cache at ``root`` if needed (safe when many processes do it at once) and check
     it; return the modes of what is created in it, how many of its subdirectories a
     repairing open replaced (:func:`make_subdirectory`), and whether it is still of the format
     before (:data:`_COMPATIBLE_FORMATS`), its marker left as it was.  ``group``: the gid of a
     group cache.  ``older_at_work`` (given the cache's directory, open) says whether a command of
-    the version before may be under way in it: its marker is then left alone."""
+    the version before may be under way in it: its marker is then left alone.  The marker,
+    which its maker (another member of a group cache) may hold under a file lease, is waited
+    for until ``until`` (a ``time.monotonic()``), as the kernel breaks the lease."""
     modes = GROUP if group is not None else PRIVATE
     if group is not None and group != os.getegid() and group not in os.getgroups():
         raise CacheError(f"cannot use a cache of group {group} at {root}: this user is not in that group")
@@ -448,14 +460,14 @@ def open_cache(root: str, group: int | None, *, repair: bool,
     try:
         with making(f"cache {root}", root):
             repaired, format_before = _check_and_complete(root, fd, group, modes, repair=repair,
-                                                          older_at_work=older_at_work)
+                                                          older_at_work=older_at_work, until=until)
     finally:
         os.close(fd)
     return modes, repaired, format_before
 
 
 def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, repair: bool,
-                        older_at_work: Callable[[int], bool] | None) -> tuple[int, bool]:
+                        older_at_work: Callable[[int], bool] | None, until: float | None) -> tuple[int, bool]:
     """Check the cache directory ``root``, open as ``fd``, and give it what it lacks: its marker
     (once its locks are known to work), its subdirectories; a marker of an earlier compatible
     format is brought to this one's unless ``older_at_work(fd)``.  Return how many
@@ -465,13 +477,15 @@ def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, 
         st = _give_to_group(root, fd, group, st)
     _check_owner(root, st, group)
     try:
-        found = read_control("cache.info", dir_fd=fd)
+        found = read_control("cache.info", dir_fd=fd, until=until)
     except FileNotFoundError:
         # A new cache: refuse it if locks lock nothing there.  The marker records that the
         # check passed, so the operations that follow pay nothing for it.
         check_locks(root)
         create_exclusive(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
         found = read_control("cache.info", dir_fd=fd)
+    except LeasedError:
+        raise
     except OSError as e:
         raise over_limit(e) or CacheError(f"cannot read {root}/cache.info: {e.strerror}") from None
     format_before = found in _COMPATIBLE_FORMATS

@@ -52,7 +52,7 @@ from _thread import RLock, get_ident  # threading's, without importing threading
 
 from ..errors import CacheError, WaitTimeoutError
 from ..modes import taken
-from .fsutil import open_directory, shown_path, temp_beside
+from .fsutil import leased, open_directory, shown_path, temp_beside
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -83,10 +83,8 @@ def _open(path: str | os.PathLike[str], flags: int, mode: int = 0o777, *,
             fd = os.open(path, flags, mode, dir_fd=dir_fd)
         except BlockingIOError:
             # The file's owner (another member of a group cache) holds a lease on it (fcntl
-            # F_SETLEASE): an open that must not wait is refused until the kernel breaks it.
-            raise CacheError(f"{shown_path(path)} is held under a file lease by another process (its owner's): "
-                             "cannot open it now; the kernel breaks a lease within "
-                             "/proc/sys/fs/lease-break-time seconds, then a retry opens it") from None
+            # F_SETLEASE): refused at once, as no wait here may hold up the forks of other threads.
+            raise leased(path, dir_fd=dir_fd) from None
         try:
             status = os.fstat(fd)
             _record(fd, EXCLUSIVE, status)

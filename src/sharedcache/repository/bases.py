@@ -219,7 +219,7 @@ class Base:
             if cache is None or not os.path.isdir(os.path.join(self.control, POPULATE)):
                 check_base(self.path, self.group)
                 user_directory(self.path)
-                cache = open_with_waiters(self.control, self.group)
+                cache = open_with_waiters(self.control, self.group, deadline=self.deadline)
                 _drop_removed_caches()
             _keep_open(key, cache)
             cache.deadline = self.deadline  # (shared by the commands of this process)
@@ -594,13 +594,14 @@ def unlink_unless_locked(fd: int, path: str) -> bool:
     return False
 
 
-def open_with_waiters(control: str, group: int | None, *, repair: bool = False) -> FsCache:
+def open_with_waiters(control: str, group: int | None, *, repair: bool = False,
+                      deadline: float | None = None) -> FsCache:
     """The cache at ``control`` (of ``group``), told which of its repositories uses wait for (its
     ``awaited``: the waiting file of the name is held, see :meth:`Base.await_population`), so
     that the release of the last use of one of them, and gc, leave it for them; and whether uses
     wait for a population there, which leaves a cache of format 2 of that format (see
-    :func:`_population_under_way`)."""
-    cache = FsCache(control, group=group, repair=repair, older_at_work=_population_under_way)
+    :func:`_population_under_way`).  ``deadline``: the command's, which bounds the opening too."""
+    cache = FsCache(control, group=group, repair=repair, older_at_work=_population_under_way, deadline=deadline)
     # (Through a weak reference: one of the cache to itself would keep it open after its last
     # user let it go, until the collector found the cycle.)
     reach = weak_reference(cache)
