@@ -1065,19 +1065,21 @@ while time.monotonic() < end:
 """
 
 
-# What the victim runs while the member holds the file under a lease, and its exit status: a
-# warm use needs the cache's marker and the entry's record of its recipe; a release takes a
-# budget under a lease for none, as a damaged one.
-UNDER_A_LEASE = {"cache.info": ("--use", 1), "objects/warm/meta": ("--use", 1), "budget": ("--unuse", 0)}
+# What the victim runs while the member holds the file under a lease, and its exit status: the
+# release of the last use needs the index, a warm use the cache's marker and the entry's record
+# of its recipe; a release takes a budget under a lease for none, as a damaged one.
+UNDER_A_LEASE = {"index.sqlite": ("--unuse", 1), "cache.info": ("--use", 1), "objects/warm/meta": ("--use", 1),
+                 "budget": ("--unuse", 0)}
 
 
 @pytest.mark.parametrize("leased", list(UNDER_A_LEASE))
 def test_a_member_holding_a_file_of_a_group_cache_under_a_lease_delays_a_command_no_longer_than_its_timeout(
     shared, users, python, recipe, leased
 ):
-    # Its owner may take a lease on any file: the opens of the control files, which must not
-    # wait, failed at once with a bare "Resource temporarily unavailable" (a budget, which never
-    # fails a release, failed it).
+    # Its owner may take a lease on any file: SQLite's open of the index waited for the kernel to
+    # break it, 45 s whatever --timeout, and the other files' opens, which must not wait, failed
+    # at once with a bare "Resource temporarily unavailable" (a budget, which never fails a
+    # release, failed it).
     base = tmp_like(shared / "tmp")
     group = ["--group", str(users.gid)]
     root = base / f".shared-cache-g{users.gid}"

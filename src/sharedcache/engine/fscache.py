@@ -883,7 +883,7 @@ class FsCache:
         finally:
             os.close(directory)
         try:
-            db = open_index(self.root, index, self.timeout, self.modes.file)
+            db = open_index(self.root, index, self.timeout, self.modes.file, until=self._wait_until())
         except CacheError:
             self._raise_if_out_of_sqlite_s_reach()
             raise
@@ -902,7 +902,9 @@ class FsCache:
         there but regular files this user may write (a FIFO would hang every command) makes the
         index unusable, until gc sets it aside.  They are looked at, not opened: closing any
         descriptor of a file drops the POSIX locks that this process holds on it, and SQLite's
-        connections in other threads hold theirs there."""
+        connections in other threads hold theirs there.  (A file lease that their owner holds on
+        them is waited out as SQLite connects, when no connection of this process has them open:
+        see :func:`~sharedcache.engine.index.open_index`.)"""
         try:
             with making(f"the index of cache {self.root}", self.root):
                 fd = os.open(INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,

@@ -60,6 +60,7 @@ import stat
 import sys
 import time
 import weakref
+from _thread import allocate_lock  # threading's, without importing threading
 
 try:  # sqlite3's Python layer only adds datetime adapters, which would cost every start
     import _sqlite3 as sqlite3
@@ -69,6 +70,7 @@ except ImportError:  # pragma: no cover - an interpreter without the C module's 
 from ..errors import (
     CacheError,
     FileSizeLimitError,
+    LeasedError,
     NoSpaceError,
     WaitTimeoutError,
     file_size_limit_error,
@@ -78,7 +80,7 @@ from ..errors import (
     over_limit,
 )
 from ..lean import scoped
-from .fsutil import open_directory, unlink_if_present
+from .fsutil import open_directory, open_unleased, unlink_if_present
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -491,12 +493,17 @@ def _full(root: str) -> bool:
     return st.f_bavail * st.f_frsize < RESERVE or (st.f_files > 0 and st.f_favail < _JOURNAL_INODES)
 
 
+#: What SQLite adds to the index's name for the names of its files: the index's own and its
+#: journals'.
+_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
 def _at_file_size_limit(root: str) -> FileSizeLimitError | None:
     """:class:`FileSizeLimitError` if a write to the index's files of the cache at ``root`` may
     have met this process's file size limit (``ulimit -f``): SQLite tells such a write as a full
     disk (the write that crossed it was short) or an I/O error (EFBIG), not which."""
     sizes = [0]
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    for suffix in _SUFFIXES:
         with contextlib.suppress(OSError):
             sizes.append(os.stat(os.path.join(root, "index.sqlite" + suffix)).st_size)
     return file_size_limit_error(tuple(sizes))
@@ -579,7 +586,8 @@ def _give_mode(fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
 
 
-def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int = 0o600) -> Index:
+def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int = 0o600, *,
+               until: float | None = None) -> Index:
     """A connection to the index of the cache at ``root``, created with its schema if needed;
     ``index`` is the device and inode of the index's file, checked by the caller through the
     cache's directory; ``file_mode`` is the cache's mode for the files it makes (the index's
@@ -599,10 +607,13 @@ def open_index(root: str, index: tuple[int, int], timeout: float, file_mode: int
     connection is kept once it has shown that it may write (``BEGIN IMMEDIATE``), and one that
     may not is made again, for at most :data:`JOURNALS_SETTLE` seconds: a connection that has
     its journals open keeps them open, and nobody removes them meanwhile.  So is one that finds no
-    room for them, the index's reserve given up (see the module's docstring)."""
+    room for them, the index's reserve given up (see the module's docstring).  ``until`` (a
+    ``time.monotonic()``; None: ``timeout`` from now) bounds the wait for files of the index
+    held under a file lease (:func:`_unleased`)."""
     deadline = time.monotonic() + JOURNALS_SETTLE
+    until = time.monotonic() + timeout if until is None else until
     while True:
-        db = _connect(root, index, timeout, file_mode)
+        db = _connect(root, index, timeout, file_mode, until)
         try:
             db.execute("PRAGMA synchronous=NORMAL")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
@@ -651,7 +662,7 @@ def _may_write(db: Index) -> bool:
 JOURNALS_SETTLE = 1.0
 
 
-def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) -> Index:
+def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int, until: float) -> Index:
     """A connection to the index of :func:`open_index`'s arguments, which has not yet run a
     statement: SQLite has opened the index's file, and the check that it is the one checked has
     been made."""
@@ -668,8 +679,11 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
     try:
         # check_same_thread=False: each connection is used by the thread that made it (FsCache keeps one
         # per thread), but a forked child closes what its parent made (_close_inherited).
-        db = sqlite3.connect(uri, uri=True, timeout=min(timeout, BUSY_SLICE), isolation_level=None, factory=Index,
-                             check_same_thread=False)
+        with _unleased(root, index, until):
+            db = sqlite3.connect(uri, uri=True, timeout=min(timeout, BUSY_SLICE), isolation_level=None, factory=Index,
+                                 check_same_thread=False)
+    except LeasedError:
+        raise  # (no damage: gc would not help)
     except OSError as e:
         raise over_limit(e) or CacheError(f"the index of cache {root} is unusable ({e}); run gc to rebuild it") \
             from None
@@ -685,6 +699,74 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int) 
     db.root, db.file_mode, db.waits, db.busy_slice = root, file_mode, timeout, min(timeout, BUSY_SLICE)
     _connections.add(db)
     return db
+
+
+#: Held from the opening of the index's files by :func:`_unleased` to their close (see there).
+_connecting = allocate_lock()
+
+
+def _free_connecting() -> None:
+    """In a forked child: a lock of its own, free (another thread of the parent may have held it)."""
+    global _connecting  # noqa: PLW0603 - the child's, in place of what the parent held
+    _connecting = allocate_lock()
+
+
+os.register_at_fork(after_in_child=_free_connecting)
+
+
+@contextlib.contextmanager
+def _unleased(root: str, index: tuple[int, int], until: float) -> Iterator[None]:
+    """Around SQLite's opening of the index of the cache at ``root``: wait until ``until`` for the
+    file leases held on the index's files to be broken, and hold them open meanwhile, so that
+    none can be taken again; :class:`LeasedError` past it.
+
+    Any member of a group cache may take a lease on a file of hers there (``fcntl F_SETLEASE``):
+    the index, which the member who first opened it owns, or journals she left or planted.
+    SQLite opens them for writing, by path, and without ``O_NONBLOCK``: under a lease, its open
+    waits for the kernel to break it, ``/proc/sys/fs/lease-break-time`` seconds (45), whatever
+    the command's timeout.  An open with ``O_NONBLOCK`` is refused instead, having started the
+    break, and is tried again.  SQLite opens the journals at the connection's first statement,
+    after these are closed: a holder who takes a lease again in that instant may still hold up
+    that statement.
+
+    They are closed as SQLite has connected, before it locks anything: closing a descriptor
+    drops every POSIX lock this process holds on its file, SQLite's among them.  So nothing is
+    opened while this process has the index open (another connection's: none of its files
+    can then be leased by another), and connections are made one at a time (:data:`_connecting`)."""
+    with _connecting:
+        held = [] if _open_here(index) else _open_all(root, until)
+        try:
+            yield
+        finally:
+            for fd in held:
+                os.close(fd)
+
+
+def _open_all(root: str, until: float) -> list[int]:
+    """Descriptors of the index's files that are there in the cache at ``root``, opened as
+    :func:`_unleased` says."""
+    held: list[int] = []
+    directory = open_directory(root)
+    try:
+        for suffix in _SUFFIXES:
+            try:
+                held.append(open_unleased("index.sqlite" + suffix, _PROBE_FLAGS, dir_fd=directory, until=until))
+            except LeasedError:
+                raise
+            except OSError:
+                pass  # missing (a journal, most often) or unusable: what SQLite's own open says
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
+    finally:
+        os.close(directory)
+    return held
+
+
+#: How :func:`_unleased` opens the index's files: as SQLite does (for writing: a write open
+#: breaks a read lease too), but never waiting, nor through a link.
+_PROBE_FLAGS = os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _open_here(file: tuple[int, int]) -> bool:
