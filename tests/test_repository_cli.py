@@ -673,6 +673,35 @@ def test_a_rootless_container_s_root_resumes_its_user_s_download_and_an_unmapped
         assert sorted(path.name for path in base.iterdir()) == [".shared-cache-65534"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as other users")
+def test_a_user_mapped_to_the_overflow_uid_is_refused(reachable_tmp):
+    # Mapped to 65534 (rootless podman's USER nobody), a user saw the files of every user outside
+    # its namespace as its own: another user's sticky base was used, whose owner could then swap
+    # the user's directory in it for one of his own, and the printed path served his data.
+    from scutil import interpreter_for
+
+    victim, other = 65533, 65532
+    base = reachable_tmp / "base"
+    base.mkdir()
+    os.chown(base, other, other)
+    base.chmod(0o1777)
+    (reachable_tmp / "data").write_bytes(b"data")
+    python, env = interpreter_for(victim, victim)
+    nobody = ["setpriv", f"--reuid={victim}", f"--regid={victim}", "--clear-groups",
+              "unshare", "--user", "--map-user=65534", "--map-group=65534"]
+    probe = subprocess.run([*nobody, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespace for another user here: {probe.stderr.strip()}")
+    result = subprocess.run([*nobody, python, "-m", "sharedcache", "--use", "-n", "r", "-d", str(base),
+                             f"file:{reachable_tmp}/data"], env={**env, "HOME": str(reachable_tmp)},
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (1, ""), result
+    assert result.stderr == ("sc: error: this process's user (uid 65534 here) has the uid that the files of every "
+                             "user outside its user namespace show (the kernel's overflow uid), so their files cannot "
+                             "be told from its own: run sc where its user is mapped to another uid\n"), result.stderr
+    assert list(base.iterdir()) == []
+
+
 def test_a_name_held_in_another_cache_of_the_base_is_refused_before_any_download(dirs, tarball):
     # The user's own cache and a group's share the user's directory of links: a name taken in
     # one was refused in the other after its download, as "a symlink to '.cache/objects/...',

@@ -312,7 +312,9 @@ def user_id_outside() -> int:
     One level is mapped, the parent namespace's (a namespace nested in a container's names the
     container's uid).  A user the map does not cover (``unshare --user`` without a map, where
     every file's owner shows as the kernel's overflow uid, and the checks by owner mean nothing)
-    is refused."""
+    is refused; so is a user mapped to that overflow uid itself (rootless podman's ``USER
+    nobody``), whose own files and those of every user outside the namespace show one owner:
+    another user's base, or directory in place of this user's, would pass for its own."""
     key = (os.getpid(), os.geteuid())  # (read once: every candidate base's directory asks)
     if key not in _outside:
         _outside[key] = _mapped_outside(key[1])
@@ -330,6 +332,10 @@ def _mapped_outside(uid: int) -> int:
         return uid
     for inside, outside, count in zip(ranges[0::3], ranges[1::3], ranges[2::3], strict=True):
         if inside <= uid < inside + count:
+            if uid == _overflow_uid():
+                raise CacheError(f"this process's user (uid {uid} here) has the uid that the files of every user "
+                                 "outside its user namespace show (the kernel's overflow uid), so their files cannot "
+                                 "be told from its own: run sc where its user is mapped to another uid")
             return outside + uid - inside
     raise CacheError(f"this process's user (uid {uid} here) has no uid outside its user namespace (no uid_map "
                      "covers it), so neither its own files nor anyone else's can be told: run sc where its user "
@@ -417,15 +423,21 @@ def check_base(base: str, group: int | None) -> None:
         )
 
 
+def _overflow_uid() -> int | None:
+    """The uid that a file of a user this user namespace does not map shows as its owner (the
+    kernel's overflow uid, 65534 unless set otherwise); None if ``/proc`` does not say."""
+    try:
+        with open("/proc/sys/kernel/overflowuid", "rb") as overflow:
+            return int(overflow.read())
+    except (OSError, ValueError):
+        return None
+
+
 def owner_shown(uid: int) -> str:
     """The owner ``uid`` of a file as a message names it.  In a user namespace (a rootless
     container's) a file of a user it does not map, the host's root among them, shows the
     kernel's overflow uid: that is said, as the uid alone reads as the user ``nobody``."""
-    try:
-        with open("/proc/sys/kernel/overflowuid", "rb") as overflow:
-            unmapped = uid == int(overflow.read()) and _user_namespace_map() is not None
-    except (OSError, ValueError):
-        unmapped = False
+    unmapped = uid == _overflow_uid() and _user_namespace_map() is not None
     return (f"a user outside this user namespace (shown as uid {uid}: the host's root, or another)" if unmapped
             else f"uid {uid}")
 
