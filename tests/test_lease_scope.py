@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import Sleeper, control, interpreter_for, make_tarball, mounted_tmpfs, on_host, sc_env
+from scutil import Sleeper, control, interpreter_for, make_tarball, mounted_tmpfs, on_host, sc_env, stop_process
 from sharedcache.engine.leases import (BOOTS, BOOTS_BYTES, BOOTS_PER_MACHINE, INITIAL_PID_NAMESPACE, Boots, boot_id,
                                        machine_id)
 
@@ -562,6 +562,65 @@ def test_a_container_without_the_network_fails_its_own_download_not_the_host_s(w
     assert isolated.returncode == 1 and "Network is unreachable" in err, err
     assert host.returncode == 0, host.stderr
     assert (Path(host.stdout.strip()) / "blob.bin").read_bytes() == payload
+
+
+@contextmanager
+def networks_with_origins(served: dict[str, Path], rate: float) -> Iterator[tuple[list[str], int]]:
+    """A network namespace for each of ``served``'s directories, in which a tests/origin.py
+    serves it on one and the same loopback address: the names of the namespaces, and the port.
+    The first origin sends at ``rate`` bytes per second."""
+    if shutil.which("ip") is None:
+        pytest.skip("needs ip (iproute2), to make network namespaces")
+    names, origins = [], []
+    try:
+        port = 0  # (the first origin's, free in every other namespace)
+        for i, directory in enumerate(served.values()):
+            name = f"sc{os.getpid()}-net{i}"
+            made = run(["ip", "netns", "add", name])
+            if made.returncode != 0:
+                pytest.skip(f"cannot make a network namespace here: {made.stderr.strip()}")
+            names.append(name)
+            assert run(["ip", "-n", name, "link", "set", "lo", "up"]).returncode == 0
+            command = [sys.executable, str(Path(__file__).with_name("origin.py")), "--dir", str(directory),
+                       "--port", str(port), *(["--rate", str(rate)] if i == 0 else [])]
+            origins.append(subprocess.Popen(["ip", "netns", "exec", name, *command], stdout=subprocess.PIPE,
+                                            text=True))
+            assert origins[-1].stdout is not None
+            port = int(origins[-1].stdout.readline())  # printed once it listens
+        yield names, port
+    finally:
+        for origin in origins:
+            stop_process(origin)
+            assert origin.stdout is not None
+            origin.stdout.close()
+        for name in names:
+            run(["ip", "netns", "del", name])
+
+
+def test_a_container_whose_network_serves_other_bytes_fails_its_own_checksum_not_another_s(world, tmp_path):
+    # One network's origin for a URL (a captive portal, a proxy's page of refusal, another
+    # mirror) served other bytes: the job there failed its checksum, and a job of another network
+    # namespace, whose origin serves the right bytes, was given that failure as its own.
+    base, _ = world
+    served = {network: tmp_path / network for network in ("other bytes", "right bytes")}
+    for directory in served.values():
+        directory.mkdir()
+        (directory / "blob.bin").write_bytes(os.urandom(300_000))
+    right = (served["right bytes"] / "blob.bin").read_bytes()
+    with networks_with_origins(served, rate=60_000) as ((other, mine), port), Sleeper() as owner:
+        use = [SC, "--use", "-d", str(base), "--pid", str(owner.pid), "-n", "blob",
+               f"http:http://127.0.0.1:{port}/blob.bin", f"sha256:{hashlib.sha256(right).hexdigest()}"]
+        first = subprocess.Popen(["ip", "netns", "exec", other, *use], env=sc_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(control(base) / "populate" / "blob.json", first)  # (under way: the next use waits)
+            waiter = run(["ip", "netns", "exec", mine, *use])
+            _, err = first.communicate(timeout=60)
+        finally:
+            stop_process(first)
+    assert first.returncode == 1 and "sha256 mismatch" in err, err
+    assert waiter.returncode == 0, waiter.stderr
+    assert (Path(waiter.stdout.strip()) / "blob.bin").read_bytes() == right
 
 
 COUNTED_LISTINGS = """

@@ -105,6 +105,12 @@ def source_count(words: tuple[str, ...]) -> int:
     return count
 
 
+def reads_over_network(words: tuple[str, ...]) -> bool:
+    """Whether a source of the recipe ``words`` may read over the network: any but ``file:`` (a
+    plugin's source, not known without loading it, may)."""
+    return any(not word.startswith("file:") for word in words[:source_count(words)])
+
+
 def _file_name(word: str) -> str:
     """The last path component of a source word's argument, query and fragment removed from a URL
     (a path, ``file:`` or ``dirac:``, may hold "?" and "#" in its file name, which names the file

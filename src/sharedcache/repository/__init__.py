@@ -61,7 +61,9 @@ Acquire (``sc --use``, :func:`use`)
    start of step 2), its error record is newer than the asking: raise that error, so that one
    failure is not repeated by every use that asked while it was under way, whether it had to
    wait for the lock or came to it just as the failure released it.  A use that asks after the
-   failure tries afresh (the error may have been a passing one).  If the holder died, there is
+   failure tries afresh (the error may have been a passing one), and so does one whose recipe
+   reads over the network when the failure was in another network namespace (a container's: no
+   network, or another network's bytes for the source).  If the holder died, there is
    no record: we take over.  A use that could not make ``<name>.waiting`` in step 2 (a full
    file system) tries once more, without waiting, now that the population lock's making may
    have made room: the file is then there while it populates, and a waiter that cannot make

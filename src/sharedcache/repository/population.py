@@ -40,6 +40,7 @@ from ..errors import (
     shown_to_others,
 )
 from ..lean import scoped
+from ..loaders.words import reads_over_network
 from ..sizes import format_size
 from .bases import conflict, say_if_budget_damaged
 from .records import local, populator, read_status, write_record
@@ -192,7 +193,8 @@ def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
 def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
     """Step 3: the population that failed after this use asked for the repository: raise its
     error.  Data past the populator's own ``--size`` is not past a larger one (or none): that use
-    populates for itself.  (A record is written before its population lock is released, so one
+    populates for itself, and so does a use of a recipe that reads over the network whose
+    population failed in another network namespace.  (A record is written before its population lock is released, so one
     dated after now was not written by a population: in a group cache a member could plant it,
     to fail every use of the name.)"""
     name = request.name
@@ -207,14 +209,18 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
         kind = getattr(errors, str(record.get("error")), None)
         if not (isinstance(kind, type) and issubclass(kind, SharedCacheError)):
             kind = LoaderError
-        if issubclass(kind, DownloadError) and record.get("network", network_namespace()) != network_namespace():
-            return  # a container's view of the network (none, often): this one may reach the source
+        here = network_namespace()
+        if record.get("network", here) != here and reads_over_network(request.words):
+            # Another network's view of the source (none in a container, often; a captive portal's
+            # page, another mirror's bytes, failing the checksum): this one's may serve it.
+            return
         raise kind(str(record.get("message", f"repository {name!r}: population failed")))
 
 
 def network_namespace() -> int | None:
-    """The inode of this process's network namespace (None if it cannot be read): a failure to
-    download in one is not a failure in another, whose routes, names and proxies are its own."""
+    """The inode of this process's network namespace (None if it cannot be read): a failure of a
+    recipe that reads over the network in one is not a failure in another, whose routes, names
+    and proxies are its own."""
     try:
         return os.stat("/proc/self/ns/net").st_ino
     except OSError:
