@@ -672,6 +672,23 @@ def test_a_config_file_behind_a_directory_closed_to_the_user_is_a_missing_one(re
         f"sc: error: {seen}/shared-cache/config: cannot read the config file: Permission denied\n"), unreadable.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run sc as another user")
+def test_sc_config_of_a_user_its_namespace_does_not_map_prints_one_line_and_no_row(reachable_tmp):
+    # In a user namespace without a map, sc config printed every row, then failed (exit 1) as it
+    # named the user's directory in each base, for the warning of a cleaner of /tmp.
+    from scutil import interpreter_for
+
+    python, env = interpreter_for(65534, 65534)
+    unmapped = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "--user"]
+    probe = subprocess.run([*unmapped, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespace for another user here: {probe.stderr.strip()}")
+    shown = subprocess.run([*unmapped, python, "-m", "sharedcache", "config", "-d", str(reachable_tmp)],
+                           env={**env, "HOME": str(reachable_tmp)}, capture_output=True, text=True, timeout=60)
+    assert (shown.returncode, shown.stdout) == (1, ""), shown
+    assert "has no uid outside its user namespace" in shown.stderr and shown.stderr.count("\n") == 1, shown.stderr
+
+
 def test_a_config_file_a_windows_editor_wrote_is_read(tmp_path):
     # Its byte order mark joined the first key: "unknown key '\ufeffkeep'".
     config = tmp_path / "config"

@@ -632,23 +632,29 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
             value = value > 0
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
         rows.append(f"{key} = {text}  # {where}\n")
+    # (Before the rows: naming this user's directory in a base fails for a user its namespace
+    # does not map, and a failure prints no row.)
+    warnings = _cleaning_warnings(effective, group)
     status = outcome("".join(rows))
-    _warn_of_cleaners(effective, group)
+    for warning in warnings:
+        print(f"sc: {warning}", file=sys.stderr)
     return status
 
 
-def _warn_of_cleaners(effective: Effective, group: int | None) -> None:
-    """Say, for each candidate base directory whose caches (of the group cache of gid ``group``,
-    if not None) a cleaner of the system's deletes by age (:mod:`sharedcache.config.cleaners`),
-    where that comes from and what keeps them."""
+def _cleaning_warnings(effective: Effective, group: int | None) -> list[str]:
+    """What to say of each candidate base directory whose caches (of the group cache of gid
+    ``group``, if not None) a cleaner of the system's deletes by age
+    (:mod:`sharedcache.config.cleaners`): where that comes from and what keeps them."""
     from ..config.cleaners import cleaning_warning
     from ..repository.bases import Base, base_directories
 
+    warnings = []
     for base in base_directories(files.value(effective, "directories")):
         candidate = Base(base, group)
         warning = cleaning_warning(base, candidate.links if group is None else candidate.control)
         if warning is not None:
-            print(f"sc: {warning}", file=sys.stderr)
+            warnings.append(warning)
+    return warnings
 
 
 def _curl_proxies(http: tuple[str, str] | None, https: tuple[str, str] | None) -> tuple[str, str] | None:
