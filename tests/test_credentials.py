@@ -629,6 +629,51 @@ def test_a_variable_naming_the_home_of_an_unknown_user_fails_only_what_uses_it(o
         found.check_variables(tls=False)
 
 
+@pytest.mark.skipif(os.getuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run sc as a uid without a user entry")
+def test_a_user_without_a_home_reads_no_config_file_or_netrc_of_the_working_directory(
+        origin, reachable_tmp: Path) -> None:
+    # A uid without a user entry and without HOME (env -i, a container runtime, a batch system)
+    # has "~" left as it is: taken for the home, it was the working directory's "./~", where
+    # anyone who may write there (a shared scratch directory, /tmp) chose this user's settings
+    # and had their own login sent.  A relative XDG_CONFIG_HOME is the working directory's too.
+    import pwd
+
+    known = {entry.pw_uid for entry in pwd.getpwall()}
+    uid = next(uid for uid in range(54321, 64000) if uid not in known)
+    interpreter, python_env = interpreter_for(uid, uid)
+    shared = reachable_tmp / "shared"
+    for planted, text in (("~/.config/shared-cache/config", "keep = yes\n"),
+                          ("relative-xdg/shared-cache/config", "max_size = 1M\n"),
+                          ("~/.netrc", "machine 127.0.0.1 login mallory password planted\n")):
+        (shared / planted).parent.mkdir(parents=True, exist_ok=True)
+        (shared / planted).write_text(text)
+    shared.chmod(0o1777)
+    (shared / "base").mkdir()
+    os.chown(shared / "base", uid, uid)
+    url = origin.add("/data.tgz", DATA)
+
+    def sc_without_home(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+        assigned = [f"{name}={value}" for name, value in variables.items()]
+        return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "env", "-i",
+                               f"PYTHONPATH={python_env['PYTHONPATH']}", f"SC_DIRECTORIES={shared / 'base'}",
+                               *assigned, interpreter, "-m", "sharedcache", *args],
+                              cwd=shared, capture_output=True, text=True, timeout=60)
+
+    for shown in (sc_without_home("config"), sc_without_home("config", HOME="/nonexistent",
+                                                                 XDG_CONFIG_HOME="relative-xdg")):
+        assert shown.returncode == 0, shown.stderr
+        assert "keep = (not set)" in shown.stdout and "max_size = (not set)" in shown.stdout, shown.stdout
+    with Sleeper() as owner:
+        succeeded(sc_without_home("--use", "--pid", str(owner.pid), f"http:{url}", SHA256, "tar"))
+    assert origin.stats("/data.tgz").authorizations == []
+    # "~/" in a file is a path of the home: without one it is said, not made the working directory's.
+    (shared / "site.config").write_text("netrc = ~/.netrc\n")
+    failed(sc_without_home("config", SC_CONFIG=str(shared / "site.config")),
+           f"{shared}/site.config:1: netrc names '~/.netrc', but this user has no home (no HOME, and none in "
+           "the user database)", status=2)
+
+
 def test_a_variable_naming_a_file_that_cannot_be_used_is_one_line_before_any_connection(origin, home: Path) -> None:
     # The download met them late: a missing NETRC was taken for none (a 401 once connected), an
     # SSL_CERT_DIR without a directory for no CA (an untrusted certificate), and a missing

@@ -151,21 +151,32 @@ SETTINGS = (
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
 
-def home_directory(environ: Mapping[str, str]) -> str:
-    """The user's home: ``$HOME``, else the user database's."""
-    return environ.get("HOME") or os.path.expanduser("~")
+def home_directory(environ: Mapping[str, str]) -> str | None:
+    """The user's home: ``$HOME``, else the user database's; None if that is no absolute path.
+    (A uid without a user entry and without ``HOME``, as under ``env -i`` or a container runtime,
+    has ``~`` left as it is: taken for a home, it was the working directory's ``./~``, where
+    whoever may write there, as in /tmp, chose this user's settings and logins.)"""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return home if os.path.isabs(home) else None
 
 
 def config_files(environ: Mapping[str, str]) -> list[tuple[str, bool]]:
-    """The config files to read, in order, each with whether it must exist."""
-    home = environ.get("XDG_CONFIG_HOME") or os.path.join(home_directory(environ), ".config")
-    files = [(SITE_FILE, False), (os.path.join(home, "shared-cache", "config"), False)]
+    """The config files to read, in order, each with whether it must exist.  The user's file is
+    skipped without a home, as git skips its own; a relative ``XDG_CONFIG_HOME`` is ignored, as
+    the XDG specification says (it would be the working directory's)."""
+    files = [(SITE_FILE, False)]
+    config_home = environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(config_home):
+        home = home_directory(environ)
+        config_home = os.path.join(home, ".config") if home is not None else ""
+    if config_home:
+        files.append((os.path.join(config_home, "shared-cache", "config"), False))
     if environ.get("SC_CONFIG"):
         files.append((environ["SC_CONFIG"], True))
     return files
 
 
-def read_file(path: str, home: str, required: bool = False) -> dict[str, tuple[object, str]]:
+def read_file(path: str, home: str | None, required: bool = False) -> dict[str, tuple[object, str]]:
     """The settings ``path`` holds: key -> (value, where: ``path:line``), ``~`` in its paths
     standing for ``home``.  ``/dev/null`` holds none (``SC_CONFIG=/dev/null``, as
     ``GIT_CONFIG=/dev/null``)."""
@@ -247,7 +258,7 @@ def _unseen(path: str) -> bool:
     return False
 
 
-def _convert(setting: Setting, text: str, where: str, home: str, *, in_file: bool) -> object:
+def _convert(setting: Setting, text: str, where: str, home: str | None, *, in_file: bool) -> object:
     try:
         if setting.paths is not None:
             text = _anchored(text, setting.paths, home, in_file=in_file)
@@ -258,7 +269,7 @@ def _convert(setting: Setting, text: str, where: str, home: str, *, in_file: boo
         raise ConfigError(f"{where}: {setting.key}: invalid value {quoted(text)}") from None
 
 
-def _anchored(text: str, separator: str, home: str, *, in_file: bool, unknown_user_as_is: bool = False) -> str:
+def _anchored(text: str, separator: str, home: str | None, *, in_file: bool, unknown_user_as_is: bool = False) -> str:
     """The paths of ``text`` (separated by ``separator``; "": one path) with a leading ``~`` made
     ``home``, and ``~user`` that user's home (see :func:`_at_home` for ``unknown_user_as_is``).
     A relative path is refused ``in_file``: a config
@@ -274,13 +285,17 @@ def _anchored(text: str, separator: str, home: str, *, in_file: bool, unknown_us
     return separator.join(paths)
 
 
-def _at_home(path: str, home: str, *, unknown_user_as_is: bool = False) -> str:
+def _at_home(path: str, home: str | None, *, unknown_user_as_is: bool = False) -> str:
     """``path`` with a leading ``~`` made ``home``, and ``~user`` that user's home; the ``~user``
-    of an unknown user is a :class:`SettingError`, or left as it is if ``unknown_user_as_is``."""
-    if path == "~":
-        return home
-    if path.startswith("~/"):
-        return os.path.join(home, path[2:])
+    of an unknown user, or a ``~`` without a ``home``, is a :class:`SettingError`, or left as it
+    is if ``unknown_user_as_is``."""
+    if path == "~" or path.startswith("~/"):
+        if home is None:
+            if unknown_user_as_is:
+                return path
+            raise SettingError("", f"names {quoted(path)}, but this user has no home (no HOME, "
+                                   "and none in the user database)")
+        return home if path == "~" else os.path.join(home, path[2:])
     if not path.startswith("~"):
         return path
     found = os.path.expanduser(path)  # (~user: from the user database)

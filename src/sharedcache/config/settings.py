@@ -132,7 +132,8 @@ class Credentials:
         user's own file.  Bearer token in the WLCG discovery order: ``bearer_token_file``, else
         ``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``
         (the first that is set or exists; in /tmp, only the user's own file).  ``.netrc``:
-        ``netrc``, else ``$NETRC``, else ``~/.netrc``.
+        ``netrc``, else ``$NETRC``, else ``~/.netrc`` (none without a home: see
+        :func:`~sharedcache.config.files.home_directory`).
         Nothing is read here but variables and whether a few files exist.  A setting given that
         names nothing this user can read, or a directory where a file is wanted, is a
         :class:`SettingError`; the paths of ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``CURL_CA_BUNDLE``
@@ -141,6 +142,8 @@ class Credentials:
         downloads that would present it).  A leading ``~`` in the path of a variable is the home
         of ``environ``; that of an unknown user is left as it is, for those checks to refuse, as a
         path that names nothing is: it fails only the downloads that use it."""
+        from .files import home_directory
+
         uid = os.getuid()
 
         def variable(name: str, separator: str = "") -> str | None:
@@ -184,7 +187,8 @@ class Credentials:
             # (~/.netrc is read if it is there: only the variable says that one must be.)
             netrc = variable("NETRC")
             variables += (("NETRC", netrc),)
-            netrc = netrc or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".netrc")
+            if netrc is None and (home := home_directory(environ)) is not None:
+                netrc = os.path.join(home, ".netrc")
         # (Not through __init__: its paths are made the home already, and one of an unknown user
         # there is no error.)
         found = cls.__new__(cls)
