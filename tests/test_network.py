@@ -510,6 +510,37 @@ def test_fetch_settings_are_checked_by_a_miss_and_sc_config_not_by_a_use_of_read
     assert not [name for name in os.listdir(control(tmp_path) / "populate") if name.startswith("other")]
 
 
+def test_a_fetch_option_checks_itself_not_the_fetch_settings_of_files_and_variables(tmp_path, owner):
+    # A fetch option (--connections, --offline...) made sc check the whole fetch policy at once:
+    # a site's proxy typo, or a netrc that is a directory, failed a use of ready data, its
+    # location, and its release (the use then held for good), though none of them fetches.
+    data = tmp_path / "data.txt"
+    data.write_text("ready")
+    config = tmp_path / "config"
+    recipe = ("-d", str(tmp_path), "-n", "ready", f"file:{data}")
+    assert sc("--use", "--pid", str(owner.pid), *recipe).returncode == 0
+    for text, variables in (("proxy = http://squid.site:3128|\n", {}), (f"netrc = {tmp_path}\n", {}),
+                            ("", {"SC_PROXY": "squid.site:3128;"})):
+        config.write_text(text)
+        env = sc_env(SC_CONFIG=str(config), **variables)
+        for command in (["--use", "--connections", "2"], ["--location", "--offline"], ["--use", "--speed-limit", "0"],
+                        ["--unuse", "--speed-time", "5"], ["--use", "--proxy", "DIRECT"]):
+            result = sc(*command, "--pid", str(owner.pid), *recipe, env=env)
+            assert (result.returncode, result.stderr) == (0, ""), (text, command, result.stderr)
+        use = ("import sys, sharedcache\n"
+               f"with sharedcache.use('file:{data}', name='ready', directories={str(tmp_path)!r}, connections=2): pass\n")
+        result = subprocess.run([sys.executable, "-c", use], env=env, capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stderr) == (0, ""), (text, result.stderr)
+    # The option itself is checked at once, as any option is; the file's settings by a miss.
+    config.write_text("proxy = http://squid.site:3128|\n")
+    env = sc_env(SC_CONFIG=str(config))
+    bad_option = sc("--unuse", "--proxy", "a b", "--pid", str(owner.pid), *recipe, env=env)
+    assert bad_option.returncode == 2 and bad_option.stderr.startswith("sc: error: --proxy cannot use 'a b'")
+    miss = sc("--use", "--connections", "2", "--pid", str(owner.pid), *recipe[:-3], "-n", "other", f"file:{data}",
+              env=env)
+    assert miss.returncode == 2 and miss.stderr.startswith(f"sc: error: {config}:1: proxy has an empty member")
+
+
 def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, owner):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # a FIFO must not hang sc

@@ -392,13 +392,15 @@ def converted(settings: Effective, key: str, convert: Callable[[Any], Converted]
 
 
 def fetch_when_needed(settings: Effective, environ: Mapping[str, str],
-                      given: Mapping[str, object]) -> FetchPolicy | Callable[[], FetchPolicy]:
+                      given: Mapping[str, object]) -> Callable[[], FetchPolicy]:
     """The fetch policy of ``settings`` as the repositories take it: a function that makes it,
-    which only a miss calls (a use of ready data fetches nothing, so it neither imports the fetch
-    settings nor reads credentials); or, if ``given`` (the caller's own options) holds a fetch
-    setting, the policy made now, so that a bad option is an error at once, as any option is."""
-    if any(key in given for key in (*_FETCH_KEYS, *_CREDENTIAL_KEYS, "rewrite")):
-        return fetch_policy(settings, environ)
+    which only a miss calls (a use of ready data, a release, a location fetch nothing, so they
+    neither import the fetch settings nor read credentials, and a bad one of a file or variable
+    does not stop them).  The fetch settings of ``given`` (the caller's own options) are checked
+    now, alone, so that a bad option is an error at once, as any option is."""
+    own = {key: settings[key] for key in _FETCH_KEYS if key in given}  # (no option names a credential or rule)
+    if own:
+        fetch_policy(own, environ, credentials=False)
     return lambda: fetch_policy(settings, environ)
 
 
@@ -407,18 +409,20 @@ _FETCH_KEYS = ("connections", "connect_timeout", "read_timeout", "retries", "spe
 _CREDENTIAL_KEYS = ("ca_bundle", "client_cert", "client_key", "bearer_token_file", "netrc")
 
 
-def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy:
+def fetch_policy(settings: Effective, environ: Mapping[str, str], *, credentials: bool = True) -> FetchPolicy:
     """The fetch policy ``settings`` make, with the credentials they and the standard variables
-    of ``environ`` give.  An invalid value names where it was set: an option's is a
-    :class:`UsageError`, a file's or a variable's a :class:`ConfigError`."""
+    of ``environ`` give (none without ``credentials``: none are looked for).  An invalid value
+    names where it was set: an option's is a :class:`UsageError`, a file's or a variable's a
+    :class:`ConfigError`."""
     from .settings import Credentials, FetchPolicy, rewrite_rules
 
     try:
-        credentials = Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS})
+        found = (Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS})
+                 if credentials else None)
         rewrites = rewrite_rules(value(settings, "rewrite") or "")
         return FetchPolicy(**{key: settings[key][0] for key in _FETCH_KEYS  # type: ignore[arg-type]  # typed by SETTINGS
                               if key in settings and settings[key][0] is not None},
-                           credentials=credentials, rewrites=rewrites)
+                           credentials=found, rewrites=rewrites)
     except SettingError as e:
         raise _where_set(settings, e) from None
 
