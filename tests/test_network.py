@@ -568,6 +568,17 @@ def test_a_list_of_directories_that_names_none_says_where_it_was_given(tmp_path)
                 2, "", f"sc: error: {source}: directories names no directory (paths separated by ':')\n")
 
 
+def test_a_nul_byte_in_the_directories_of_a_file_names_its_file_and_line(tmp_path):
+    # Refused where it was used, it named no file or line and sent to 'sc --help', though no
+    # option was given.
+    config = tmp_path / "config"
+    config.write_bytes(f"directories = {tmp_path}\0x\n".encode())
+    for command in (["--use", "file:/x"], ["list"], ["config"]):
+        result = sc(*command, env=sc_env(SC_CONFIG=str(config)))
+        assert (result.returncode, result.stdout, result.stderr) == (
+            2, "", f"sc: error: {config}:1: directories cannot name a directory: it holds a NUL byte\n")
+
+
 def test_paths_of_the_settings_take_tilde_as_home_and_a_file_refuses_relative_ones(tmp_path, origin, owner):
     # "directories = ~/scratch" in the user's file was "$PWD/~/scratch": jobs started in two
     # directories used two caches, each downloading the data once more.

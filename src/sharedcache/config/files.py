@@ -57,13 +57,18 @@ def _directories(value: str) -> str:
     # here, the line names the file and line, or the variable, that gave it.)
     if not any(value.split(":")):
         raise SettingError("", "names no directory (paths separated by ':')")
-    return value
+    return _without_nul(value, "a directory")
 
 
 def _file(value: str) -> str:
-    # (Only a file's line can hold one: no system call takes the name, where Python raises.)
+    return _without_nul(value, "a file")
+
+
+def _without_nul(value: str, named: str) -> str:
+    # (Only a file's line can hold one: no system call takes the name, where Python raises, and
+    # where it is used it could not say which file and line gave it.)
     if "\0" in value:
-        raise SettingError("", "cannot name a file: it holds a NUL byte")
+        raise SettingError("", f"cannot name {named}: it holds a NUL byte")
     return value
 
 
