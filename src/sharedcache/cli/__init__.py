@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _outcome(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # at any moment until the outcome is decided, an error's included
         _decided(130)  # (a second one would be a traceback)
-        print("sc: interrupted", file=sys.stderr)
+        _say("sc: interrupted")
         # Ended by SIGINT as well, once done (see leave): a shell that gets Ctrl-C while it waits
         # for a command goes on with its script unless the command died of it.
         commands.ENDED_BY.append(_signal.SIGINT)
@@ -84,28 +84,39 @@ def _outcome(argv: Sequence[str]) -> int:
         return _decided(commands.run(options))
     except UsageError as e:
         status = _decided(e.exit_status)
-        print(f"sc: error: {clipped(str(e))} (see 'sc --help')", file=sys.stderr)
+        _say(f"sc: error: {clipped(str(e))} (see 'sc --help')")
         return status
     except SharedCacheError as e:
         status = _decided(e.exit_status)
-        print(f"sc: error: {clipped(str(e))}", file=sys.stderr)
+        _say(f"sc: error: {clipped(str(e))}")
         return status
     except Exception as e:  # unless the system refused: a bug, said in one line, its details on request
         status = _decided(1)
         if memory_refused(e):  # (also a lazy import, or an ENOMEM, under ulimit -v: no bug)
-            print(f"sc: error: {out_of_memory()}", file=sys.stderr)
+            _say(f"sc: error: {out_of_memory()}")
             return status
         if isinstance(e, OSError):
             limit = over_limit(e)  # (whatever was being opened: the limit is the news)
             line = str(limit) if limit else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
             # (printable: a file name is anyone's bytes; shown decoded, a newline would end the line)
-            print(f"sc: error: {clipped(printable(line))}", file=sys.stderr)
+            _say(f"sc: error: {clipped(printable(line))}")
             return status
         if verbose:
             raise
-        print(f"sc: internal error ({type(e).__name__}: {clipped(printable(str(e)))}); rerun with -v for details",
-              file=sys.stderr)
+        _say(f"sc: internal error ({type(e).__name__}: {clipped(printable(str(e)))}); rerun with -v for details")
         return status
+
+
+def _say(line: str) -> None:
+    """Write ``line``, sc's last word, to stderr.  A stderr that cannot take it (a full disk
+    under ``2>>job.log``, a reader gone, one closed) loses the line, not the decided exit status:
+    the error escaped, exit status 1 whatever the outcome, and Python wrote its traceback."""
+    if sys.stderr is None:  # started with descriptor 2 closed (see _outcome)
+        return
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError):  # (ValueError: the stream was closed)
+        pass
 
 
 def _decided(status: int) -> int:
@@ -157,8 +168,7 @@ def leave(status: int) -> NoReturn:
         if sys.stdout is not None:
             sys.stdout.flush()
     except OSError as e:  # a reader that went away (`sc --list | head -0`), a full disk
-        if sys.stderr is not None:
-            print(f"sc: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
+        _say(f"sc: error: cannot write the output: {e.strerror or e}")
         status = status or 1
     try:
         if sys.stderr is not None:
