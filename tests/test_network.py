@@ -541,6 +541,20 @@ def test_a_fetch_option_checks_itself_not_the_fetch_settings_of_files_and_variab
     assert miss.returncode == 2 and miss.stderr.startswith(f"sc: error: {config}:1: proxy has an empty member")
 
 
+def test_the_help_of_proxy_names_its_defaults_in_the_order_they_win(tmp_path):
+    # It said "$SC_PROXY, config, http_proxy...", where curl's variables replace a file's chain.
+    config = tmp_path / "config"
+    config.write_text("proxy = file.site:3128\n")
+    winners = []
+    for variables in ({"SC_PROXY": "sc.site:3128", "http_proxy": "http://curl.site:3128"},
+                      {"http_proxy": "http://curl.site:3128"}, {}):
+        shown = sc("config", env=sc_env(SC_CONFIG=str(config), **variables))
+        winners.append(next(line for line in shown.stdout.splitlines() if line.startswith("proxy = ")).split("  # ")[1])
+    assert winners == ["SC_PROXY", "http_proxy", f"{config}:1"]
+    helped = next(line for line in sc("--help").stdout.splitlines() if line.lstrip().startswith("--proxy"))
+    assert helped.index("$SC_PROXY") < helped.index("http_proxy") < helped.index("config"), helped
+
+
 def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, owner):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # a FIFO must not hang sc

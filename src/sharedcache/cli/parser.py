@@ -75,7 +75,7 @@ OPTIONS = (
            "use the cache shared by this group (name or gid) instead of your own",
            metavar="GROUP"),
     Option(("--proxy",), "proxy",
-           "proxy chain 'A|B;C' (DIRECT: none); default: $SC_PROXY, config, http_proxy...",
+           "proxy chain 'A|B;C' (DIRECT: none); default: $SC_PROXY, else curl's http_proxy..., else config",
            metavar="PROXIES", actions=SETTING_ACTIONS),
     Option(("--offline",), "offline", "no network at all: serve what is here, fail at once on a miss",
            actions=SETTING_ACTIONS),
