@@ -9,6 +9,7 @@ byte at a time, each well within any read timeout (the origin users met).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from origin import Origin
 
 from scutil import (
     DEFAULT_SIGNALS,
@@ -115,6 +117,59 @@ def test_a_download_below_the_speed_limit_fails_and_its_waiters_get_the_error(tm
     assert wstatus == 1 and "too slow" in werr, werr
     assert not (control(base) / "objects" / "slow").exists()
     assert not (control(base) / "populate" / "slow.work").exists()
+
+
+def process_state(pid: int) -> str:
+    """The state letter of process ``pid`` in /proc (``T``: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1]
+
+
+@pytest.mark.parametrize("connections", [1, 4])
+def test_a_populator_suspended_past_the_speed_time_goes_on_when_continued(tmp_path, connections):
+    # A batch system suspends a job with SIGSTOP.  Meanwhile the origin's bytes wait in the
+    # socket's buffers and the clock runs on: the limit judges the origin, not the stop, on
+    # each connection of a download over several (parts of 3 MB each).
+    payload = os.urandom(3_000_000 * connections)
+    base = tmp_path / "base"
+    base.mkdir()
+    with Origin(rate=500_000) as origin:
+        origin.add("/f.bin", payload)
+        args = ["-d", str(base), "-n", "f", "--speed-limit", "300KB", "--speed-time", "2",
+                "--connections", str(connections),
+                f"http:{origin.url('/f.bin')}", f"sha256:{hashlib.sha256(payload).hexdigest()}"]
+        populator = sc_start("--use", *args)
+        waiter = None
+        try:
+            wait_for(lambda: origin.stats("/f.bin").bytes_served >= 200_000 or populator.poll() is not None,
+                     what="the download under way")
+            os.kill(populator.pid, signal.SIGSTOP)
+            wait_for(lambda: process_state(populator.pid) == "T", what="the populator stopped")
+            waiter = sc_start("--use", *args)
+            # Five times the speed time: over it, the limit asks for more than a part's 3 MB.
+            time.sleep(10)
+            os.kill(populator.pid, signal.SIGCONT)
+            (status, out, err), (wstatus, wout, werr) = finish([populator, waiter], timeout=60)
+        finally:
+            for proc in (populator, waiter):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+        assert status == 0 and wstatus == 0, (err, werr)
+        assert out == wout and (Path(out.strip()) / "f.bin").read_bytes() == payload
+        assert origin.stats("/f.bin").gets == connections  # one per part: none was asked for again
+
+
+def test_an_origin_below_the_speed_limit_fails_though_it_sends_in_bursts(tmp_path):
+    # Bursts that a read takes whole leave nothing unread on the connection: the origin is slow.
+    payload = os.urandom(3_000_000)
+    base = tmp_path / "base"
+    base.mkdir()
+    with Origin(rate=100_000) as origin:
+        origin.add("/f.bin", payload)
+        result = sc("--use", "-d", str(base), "-n", "f", "--speed-limit", "300KB", "--speed-time", "2",
+                    f"http:{origin.url('/f.bin')}", timeout=60)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "too slow" in result.stderr and "less than 300000 bytes/s for 2 s" in result.stderr, result.stderr
 
 
 def test_the_records_of_a_population_in_progress_are_not_flushed(disk):

@@ -261,6 +261,22 @@ def _socket_of(response: Any) -> Any:
     return sock if sock is not None else getattr(getattr(response, "_fp", None), "_socket", None)
 
 
+def _unread(response: Any) -> int:
+    """How many bytes have come on ``response``'s connection that were not read yet (0 without
+    one, or once it is closed)."""
+    sock = _socket_of(response)
+    if sock is None:
+        return 0
+    import fcntl
+    import termios
+
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4))
+    except (OSError, ValueError):  # (ValueError: a closed socket's descriptor, -1)
+        return 0
+    return int.from_bytes(queued, sys.byteorder, signed=True)
+
+
 def _json_message(text: str) -> str:
     """The message of a JSON error: ``message``, ``error`` (a string, or an object with a
     ``message``), ``error_description`` or ``detail``; empty if it has none, or is cut short."""
@@ -1033,7 +1049,19 @@ class _Body:
             sock.settimeout(min(read_timeout(self._http.fetch), left))
 
     def _check_speed(self, got: int) -> None:
-        """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time``."""
+        """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time``,
+        unless bytes the server sent are waiting on the connection, unread: then this process is
+        behind the server, and the window starts again.  It falls behind when it does not run: a
+        batch system suspends a job with SIGSTOP, and the clock runs on while the server's bytes
+        fill the socket's buffers; at the first read after SIGCONT the window, stop included,
+        holds only what came before and the read's share.  Bytes waiting tell this end's delay
+        from the server's wherever the stop came (most often inside the read, which alone could
+        not tell a long wait from a stop), for each connection of a download over several.  A
+        server that is slow leaves nothing unread, since each read takes all that has come, and
+        fails as before (a byte that comes between the read and this look puts it off by one
+        window).  A stop whose bytes one read took whole, with none on the way after them (the
+        server closed the connection meanwhile, or its next bytes are a round trip away), leaves
+        nothing to tell it by: that window is judged as before."""
         fetch = self._http.fetch
         since, count = self._window
         count += got
@@ -1041,7 +1069,7 @@ class _Body:
         self._window = (since, count)
         if not fetch.speed_limit or now - since < fetch.speed_time:
             return
-        if count < fetch.speed_limit * (now - since):
+        if count < fetch.speed_limit * (now - since) and not _unread(self._response):
             raise DownloadError(
                 f"download of {self._http.url} too slow: {count} bytes in the last {now - since:.0f} s "
                 f"(less than {fetch.speed_limit} bytes/s for {fetch.speed_time:g} s), at byte {self._position}")
