@@ -13,9 +13,13 @@ In the test process::
     origin.redirect("/d", "/m1/d", "/m2/d")         # a redirector: each GET of /d to the next mirror
     origin.stop()
 
-As a process (prints the port on stdout, serves until terminated)::
+    with Origin(held=True) as origin:              # no answer begins before origin.release(), so
+        ...                                         # that clients' requests are all in at once
 
-    python tests/origin.py --dir D --port 0 [--rate BYTES_PER_SECOND]
+As a process (prints the port on stdout, serves until terminated; ``--held`` holds every answer
+but the stats until SIGUSR1)::
+
+    python tests/origin.py --dir D --port 0 [--rate BYTES_PER_SECOND] [--held]
 
 ``GET /__origin__/stats`` answers the counters of every path as JSON.
 
@@ -114,7 +118,9 @@ class Origin:
     """The server, run in a thread of this process."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, rate: float | None = None) -> None:
+                 port: int = 0, rate: float | None = None, held: bool = False) -> None:
+        """``held``: every answer waits (counted in the stats, not a byte of its head sent) until
+        :meth:`release`, as a slow origin keeps its clients waiting for the head."""
         self.directory = Path(directory) if directory is not None else None
         #: Bytes per second per connection, or None for full speed; may be changed at any time.
         self.rate = rate
@@ -126,6 +132,9 @@ class Origin:
         self._stats: dict[str, Stats] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._released = threading.Event()
+        if not held:
+            self._released.set()
         self._server = _Server((host, port), _Handler)
         self._server.origin = self
         self._thread: threading.Thread | None = None
@@ -169,6 +178,10 @@ class Origin:
         with self._lock:
             self._faults.setdefault(path, []).append(Fault(**kwargs))
 
+    def release(self) -> None:
+        """Let the answers held (``held``) go on, and the ones to come answer at once."""
+        self._released.set()
+
     def stats(self, path: str) -> Stats:
         with self._lock:
             return self._stats.setdefault(path, Stats())
@@ -185,6 +198,7 @@ class Origin:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()  # handlers still sending give up
+        self._released.set()  # ...and so do the ones held, once they have sent their head
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout)
@@ -291,6 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
                     stats.if_ranges.append(if_range)
                 if authorization:
                     stats.authorizations.append(authorization)
+
+        origin._released.wait()
 
         def answered(status: int) -> None:
             with origin._lock:
@@ -440,8 +456,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--rate", type=float, default=None, help="bytes per second per connection")
+    parser.add_argument("--held", action="store_true", help="hold every answer until SIGUSR1")
     args = parser.parse_args(argv)
-    origin = Origin(args.dir, host=args.host, port=args.port, rate=args.rate)
+    origin = Origin(args.dir, host=args.host, port=args.port, rate=args.rate, held=args.held)
+    signal.signal(signal.SIGUSR1, lambda *_: origin.release())  # before the port is printed: by
+                                                                # default, SIGUSR1 ends a process
     # SIGTERM (the end of a test or a benchmark) is acted on by the serving loop: SystemExit
     # raised by the handler itself could land in a weakref callback or a finalizer, which Python
     # reports and ignores, and the origin served on.
