@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -79,6 +80,20 @@ def finish(procs: Sequence[subprocess.Popen], timeout: float = 60) -> list[tuple
                 proc.kill()
                 proc.wait(5)
     return results
+
+
+def get_direct(url: str, netns: str | None = None, timeout: float = 10.0) -> str:
+    """The body of a GET of ``url`` over no proxy, from network namespace ``netns`` if given (where
+    a test's site keeps its servers).  ``no-cache``: squid would answer a page of its cache manager
+    from its cache."""
+    script = ("import sys, urllib.request\n"
+              "request = urllib.request.Request(sys.argv[1], headers={'Cache-Control': 'no-cache'})\n"
+              "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+              "sys.stdout.write(opener.open(request, timeout=float(sys.argv[2])).read().decode())\n")
+    command = [sys.executable, "-c", script, url, str(timeout)]
+    if netns is not None:
+        command = ["ip", "netns", "exec", netns, *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout + 20, check=True).stdout
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
@@ -228,9 +243,11 @@ def deflate64_zip(files: dict[str, bytes], *, compressed: dict[str, bytes] | Non
     return bytes(data)
 
 
-def sample_files(n: int = 20, size: int = 20_000) -> dict[str, bytes]:
-    """Files whose content is derived from their name, so a reader can check each one."""
-    return {f"data/part-{i:03d}.bin": content_for(f"data/part-{i:03d}.bin", size) for i in range(n)}
+def sample_files(n: int = 20, size: int = 20_000, *, compressible: bool = True) -> dict[str, bytes]:
+    """Files whose content is derived from their name, so a reader can check each one: a short seed
+    repeated, or unless ``compressible``, pseudo-random bytes (a .tar.gz of them is as large)."""
+    names = [f"data/part-{i:03d}.bin" for i in range(n)]
+    return {name: content_for(name, size) if compressible else random.Random(name).randbytes(size) for name in names}
 
 
 def content_for(name: str, size: int) -> bytes:

@@ -5,6 +5,7 @@ namespace; stopped by its PID.
         env["http_proxy"] = proxy.url
         ...
         proxy.requests()                         # access log: [(method, url, status, user agent)]
+        proxy.serving(url)                       # how many clients it is answering for url now
 
 Configured as a site runs one in front of a fleet: ``collapsed_forwarding on`` (simultaneous misses
 for one URL make one request upstream), ``range_offset_limit -1`` and ``quick_abort_min -1 KB`` (a
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scutil import stop_process
+from scutil import get_direct, stop_process
 
 SQUID = shutil.which("squid") or ("/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None)
 
@@ -121,6 +122,12 @@ class Squid:
             method, url, status, agent = line.split(" ", 3)
             rows.append((method, url, status, agent.strip('"')))
         return rows
+
+    def serving(self, url: str) -> int:
+        """How many clients' requests for ``url`` squid is answering now (hits and misses, before
+        their access log lines), as its cache manager lists them; for a squid without ``users``."""
+        page = get_direct(f"{self.url}/squid-internal-mgr/active_requests", netns=self.netns)
+        return page.splitlines().count(f"uri {url}")
 
     def close(self) -> None:
         self.stop()

@@ -5,6 +5,10 @@ sites run it (docs/site-squid.md).  The origin serves one GET; every host has ve
 The namespaces, the bridge that joins them and the private addresses (10.x) exist only for the
 test: a "site" namespace holds the bridge, the origin and squid; each host is a namespace joined
 to the bridge by a veth pair.  Deleting the namespaces at the end removes everything.
+
+The origin holds its answer until squid has every host's request, as a busy origin keeps a
+fleet waiting for the head of its answer: the requests are all in before squid can serve any of
+them from a cache, and without ``collapsed_forwarding`` each of them reaches the origin.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,13 +26,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scutil import SC, Sleeper, check_tree, finish, sample_files, sc_env, stop_process, tarball_bytes, user_dir
+from scutil import (SC, Sleeper, check_tree, finish, get_direct, sample_files, sc_env, stop_process, tarball_bytes,
+                    user_dir, wait_for)
 from squid import Squid
 
 HOSTS = 6
-FILES = sample_files(n=8, size=1_000_000)  # 8 MB, served at 4 MB/s: the hosts' requests overlap
+# 8 MB as served (random bytes do not shrink in the .tar.gz): more than squid keeps by default
+# (maximum_object_size 4 MB), as a fleet's data is.
+FILES = sample_files(n=8, size=1_000_000, compressible=False)
 DATA = tarball_bytes(FILES, compression="gz")
-ORIGIN_RATE = 4_000_000
 TESTS = Path(__file__).parent
 
 
@@ -96,12 +103,12 @@ def test_a_fleet_behind_one_squid_makes_one_origin_download(site, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
     (served / "data.tar.gz").write_bytes(DATA)
-    # Published a day ago: fresh for a while by the usual heuristic (a tenth of its age), so that
-    # squid need not revalidate it for each host.
+    # Published a day ago: fresh for hours by squid's default refresh_pattern (`. 0 20% 4320`, a
+    # fifth of its age), so that squid need not revalidate it for each host.
     day_ago = time.time() - 86400
     os.utime(served / "data.tar.gz", (day_ago, day_ago))
     origin = site.run_in(site.site, [sys.executable, str(TESTS / "origin.py"), "--dir", str(served),
-                                     "--host", site.address, "--rate", str(ORIGIN_RATE)],
+                                     "--host", site.address, "--held"],
                          stdout=subprocess.PIPE, text=True)
     try:
         assert origin.stdout is not None
@@ -116,20 +123,22 @@ def test_a_fleet_behind_one_squid_makes_one_origin_download(site, tmp_path):
                                         str(owner.pid), *recipe],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                      for host in site.hosts]
-            results = finish(fleet, timeout=90)
+            try:
+                # Within the 60 s that a host waits for the head of an answer (read_timeout).
+                wait_for(lambda: proxy.serving(url) >= HOSTS, timeout=45, what="every host's request at squid")
+                origin.send_signal(signal.SIGUSR1)  # releases the answers held
+                results = finish(fleet, timeout=90)
+            finally:  # hosts still waiting when squid did not get all their requests
+                for process in fleet:
+                    stop_process(process)
             for host, (status, out, err) in zip(site.hosts, results, strict=True):
                 assert status == 0, (host, err)
                 assert out == f"{user_dir(tmp_path / host) / 'data'}\n"
                 check_tree(user_dir(tmp_path / host) / "data", FILES)
             gets = [(method, status) for method, seen, status, _ in proxy.requests() if seen == url]
             assert len(gets) == HOSTS, proxy.requests()
-        stats = subprocess.run(
-            ["ip", "netns", "exec", site.site, sys.executable, "-c",
-             "import sys, urllib.request; opener = urllib.request.build_opener(urllib.request.ProxyHandler({}));"
-             "sys.stdout.write(opener.open(sys.argv[1], timeout=10).read().decode())",
-             f"http://{site.address}:{port}/__origin__/stats"],
-            capture_output=True, text=True, timeout=30, check=True)
-        assert json.loads(stats.stdout)["/data.tar.gz"]["gets"] == 1, (stats.stdout, gets)
+        stats = get_direct(f"http://{site.address}:{port}/__origin__/stats", netns=site.site)
+        assert json.loads(stats)["/data.tar.gz"]["gets"] == 1, (stats, gets)
     finally:
         stop_process(origin)
         if origin.stdout is not None:
