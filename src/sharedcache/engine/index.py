@@ -81,6 +81,7 @@ from ..errors import (
 )
 from ..lean import scoped
 from .fsutil import open_directory, open_unleased, unlink_if_present
+from .leases import INTERRUPTS
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -122,7 +123,8 @@ INSERT OR IGNORE INTO settings VALUES ('total', 0);
 #: Seconds SQLite waits for a busy index (another connection has its write lock) at a time.
 #: Python runs no signal handler while SQLite waits, in C: a longer wait is made of such slices,
 #: each statement run again after one (see :meth:`Index.waits_again`), so that Ctrl-C and the
-#: signals sc makes exceptions of act between two, not once the whole wait is over.
+#: signals sc makes exceptions of act between two, not once the whole wait is over (and those it
+#: holds back, while a population can still undo itself: see ``INTERRUPTS.let_endings_act``).
 BUSY_SLICE = 0.05
 
 
@@ -418,6 +420,8 @@ class _Rows(sqlite3.Cursor):
                 again = not db.in_transaction or sql == "COMMIT"
                 if not (busy and again and db.waits_again(began, deadline)):
                     raise db.failure(e) from None
+                if not db.in_transaction:  # (nothing done yet: a COMMIT's wait holds them on)
+                    INTERRUPTS.let_endings_act()
 
     def fetchone(self) -> Any:
         try:

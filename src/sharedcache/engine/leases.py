@@ -89,7 +89,8 @@ thread leaves is released there, deferring nothing of the main thread's.  ``sc -
 it from the lease's removal (:func:`remove_lease`) on: its release is then the outcome.  ``sc
 --use`` and ``sc run`` defer it as ``use()`` does, until the path is written or the command's
 wait holds the use, and hold back SIGTERM and SIGHUP with it (see
-:meth:`InterruptGuard.hold_endings`).
+:meth:`InterruptGuard.hold_endings`), save while a population that has not committed yet waits
+for a busy index (:meth:`InterruptGuard.let_endings_act`).
 """
 
 from __future__ import annotations
@@ -674,7 +675,9 @@ class InterruptGuard(_thread._local):
     interrupt of an acquire, from the making of the lease on (:meth:`hold_endings`): blocked, as
     their default action ended ``sc`` with the lease made and its job the owner, and unblocked
     when the deferral stops (:meth:`stop_deferring`), unless ``sc --use`` has taken them over
-    (:meth:`take_endings`).  One that comes in a ``with`` statement's
+    (:meth:`take_endings`); or earlier, while what the use made can still be undone
+    (:attr:`undoable`: a population before its commit) and it waits for a busy index
+    (:meth:`let_endings_act`).  One that comes in a ``with`` statement's
     call of a ``@scoped`` manager's ``__enter__`` or ``__exit__`` is raised at the next check,
     out of them: there it would leave the block without resuming the generator that releases.
 
@@ -701,6 +704,9 @@ class InterruptGuard(_thread._local):
     #: interrupt (see :meth:`hold_endings`); and those of them that are blocked so, to unblock.
     endings: tuple[int, ...] = ()
     held: tuple[int, ...] = ()
+    #: Whether the held endings' handlers would undo what the use made so far, raising in a
+    #: population that has not committed yet (see :meth:`let_endings_act`).
+    undoable = False
 
     def arm(self) -> bool:
         """Guard the calling thread's use from now on, deferring the interrupt until the caller
@@ -741,6 +747,14 @@ class InterruptGuard(_thread._local):
         leaves them blocked for good): the deferral's end no longer does."""
         held, self.held = self.held, ()
         return held
+
+    def let_endings_act(self) -> None:
+        """Between two slices of a wait for a busy index outside a transaction: while
+        :attr:`undoable`, unblock the held endings if one of them came, so that its handler's
+        exception undoes the population there.  Held on, it acted only once the whole wait was
+        over (up to ``--timeout``), past a batch system's grace before it kills."""
+        if self.undoable and self.held and not _signal.sigpending().isdisjoint(self.held):
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, self.take_endings())
 
     def stop_deferring(self) -> None:
         """Stop deferring, and raise the interrupt deferred meanwhile; for a step that deferred

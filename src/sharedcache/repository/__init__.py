@@ -95,7 +95,9 @@ Acquire (``sc --use``, :func:`use`)
    :func:`use` holds it in its ``try``, and during its release, then raised (see
    :class:`~sharedcache.engine.leases.InterruptGuard`): it leaks no use, and reaches the caller.
    ``sc --use`` and ``sc run`` hold back SIGTERM and SIGHUP with it, blocked from the making of
-   the lease (or the end of the fill) until the use is in hand: ``sc run`` then releases it
+   the lease (or the end of the fill) until the use is in hand, save while the population's
+   commit waits for a busy index to begin its transaction, where one that came acts, the
+   population undoing itself (held on, it waited up to ``--timeout``): ``sc run`` then releases it
    before they end it (as PID 1 of a PID namespace, by their exception), and for ``sc --use``
    they are moot once the output can take the path, and end its wait for an output that cannot
    (a pipe nobody reads), the use released first.

@@ -486,6 +486,8 @@ class Population:
         except BaseException:
             self._heed_interrupts(committed=False)  # a retry downloads again, and may be interrupted
             raise
+        finally:
+            INTERRUPTS.undoable = False  # (committed: the use is the outcome from now on)
         self._times = (filled - started, time.monotonic() - filled)
 
     def _ignore_interrupts(self) -> None:
@@ -500,13 +502,16 @@ class Population:
         (``use()``), or drops it as moot once the path is printed (``sc --use``); so are
         SIGTERM and SIGHUP of the command line (held back from here: see
         :meth:`~sharedcache.engine.leases.InterruptGuard.hold_endings`), which a commit that
-        fails lets act at once, on :func:`_ending_cleanly`'s handler.  Elsewhere only where
+        fails lets act at once, on :func:`_ending_cleanly`'s handler, as does the commit's wait
+        for a busy index (up to ``--timeout``) before its transaction begins
+        (:meth:`~sharedcache.engine.leases.InterruptGuard.let_endings_act`).  Elsewhere only where
         SIGINT raises KeyboardInterrupt (Python's default handler), in the main thread: an
         application's own handler is left alone."""
         if INTERRUPTS.guards_here():
             if not INTERRUPTS.deferring:
                 INTERRUPTS.deferring = self._interrupts_deferred = True
                 INTERRUPTS.hold_endings()
+                INTERRUPTS.undoable = True
             return
         import signal
 
