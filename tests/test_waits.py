@@ -790,7 +790,7 @@ def _interrupted_writing(args: Sequence[str], room: int, signum: int = signal.SI
             if env is None:
                 wait_for(lambda: proc_waits_in(proc.pid, "poll") or proc_waits_in(proc.pid, "pipe_write"),
                          what="sc waiting for its output")
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signum)
             _, err = proc.communicate(timeout=30)
         finally:
             stop_process(proc)
