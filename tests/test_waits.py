@@ -584,6 +584,19 @@ def test_an_interrupt_as_sc_run_takes_its_use_releases_it(tmp_path, at):
         assert _lease_owners(base) == ([first.pid] if at.startswith("add_lease:") else [])
 
 
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("at", [
+    "run:repository/population.py",  # the population's lease returned
+    "add_lease:engine/leases.py",  # a lease taken of a repository there already
+])
+def test_an_end_as_sc_run_takes_its_use_releases_it(tmp_path, at, signum, keep):
+    # SIGTERM (a job's end) or SIGHUP to `sc run` just after its lease was made, held back until
+    # the command's wait held the use, was let go there with its default action in force: sc
+    # died with its own lease, and the use, and a repository it had made, stayed until a gc.
+    _ended_as_sc_run(tmp_path, at, signum, keep=keep, container=(), status=-signum)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 @pytest.mark.parametrize("at", [
     "run:repository/population.py",  # the population's lease returned
@@ -595,23 +608,33 @@ def test_an_end_as_sc_run_as_pid_1_takes_its_use_releases_it(tmp_path, at, signu
     # a repository it had made, stayed until a gc.
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to make PID namespaces")
+    _ended_as_sc_run(tmp_path, at, signum, keep=False, container=("unshare", "--pid", "--fork", "--mount-proc"),
+                     status=128 + signum)
+
+
+def _ended_as_sc_run(tmp_path: Path, at: str, signum: int, *, keep: bool, container: Sequence[str],
+                     status: int) -> None:
+    """Check that ``sc run`` (started by ``container``) that gets ``signum`` as the function
+    ``at`` returns (see :func:`_signalled_at`) ends with ``status``, the command never run, and
+    leaves no use of its own, nor a repository it made unless it was to ``keep`` it."""
     base, words = _small_repository(tmp_path)
     ran = tmp_path / "ran"
     with Sleeper() as first:
         if at.startswith("add_lease:"):
             sc("--use", "--pid", str(first.pid), *words)
-        container = subprocess.Popen(
-            [*DEFAULT_SIGNALS, "unshare", "--pid", "--fork", "--mount-proc", *SC, "run", *words, "--", "touch",
+        proc = subprocess.Popen(
+            [*DEFAULT_SIGNALS, *container, *SC, "run", *words, *(["--keep"] if keep else []), "--", "touch",
              str(ran)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=_signalled_at(tmp_path, at, signum=signum))
         try:
-            out, err = container.communicate(timeout=60)
+            out, err = proc.communicate(timeout=60)
         finally:
-            stop_process(container)
-        assert (container.returncode, out, err) == (128 + signum, "", "")
+            stop_process(proc)
+        assert (proc.returncode, out, err) == (status, "", "")
         assert not ran.exists(), "the command ran"
         assert _lease_owners(base) == ([first.pid] if at.startswith("add_lease:") else [])
-        assert (control(base) / "objects" / "small").exists() is at.startswith("add_lease:"), "a repository it made"
+        made = (control(base) / "objects" / "small").exists()
+        assert made is (keep or at.startswith("add_lease:")), "a repository it made"
 
 
 @pytest.mark.parametrize("at", [

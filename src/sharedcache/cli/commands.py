@@ -293,19 +293,24 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     warnings: list[signal.Signals] = [s for s in forwarded if s in (signal.SIGUSR1, signal.SIGUSR2)]
     early: list[int] = []
     original = {s: signal.signal(s, lambda sig, _: early.append(sig)) for s in warnings}
-    if os.getpid() == 1:
-        # The kernel drops a signal left to its default action that is sent to the first process
-        # of a PID namespace (a container's entrypoint): a SIGTERM that came while sc waited for
-        # another's population was lost, the command started, and the orchestrator waited out
-        # its grace period.  Handled, it ends sc before the command runs, with 128+N; a
-        # population of its own undoes itself first (see repository.population).
-        for ending in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            if signal.getsignal(ending) == signal.SIG_DFL:
-                original[ending] = signal.signal(ending, end_by_exception)
+    # SIGTERM and SIGHUP left to their default action end sc by an exception instead, until the
+    # command's fork takes them (see _run_holding): held back from the making of the lease, they
+    # act in _run_holding's try, which releases the use before sc ends by them.  Their default
+    # action, there, killed sc with its own lease made, and left the use, and a repository it had
+    # made, until a gc.  The kernel drops a signal left to its default action that is sent to
+    # the first process of a PID namespace (a container's entrypoint): a SIGTERM that came while
+    # sc waited for another's population was lost, the command started, and the orchestrator
+    # waited out its grace period; there Ctrl-C is handled so too.  A population of sc's own
+    # undoes itself first (see repository.population).
+    for ending in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        # (A program that calls main() keeps its signals, as PID 1 not.)
+        by_exception = os.getpid() == 1 or (ENDS_THE_PROCESS and ending != signal.SIGINT)
+        if by_exception and signal.getsignal(ending) == signal.SIG_DFL:
+            original[ending] = signal.signal(ending, end_by_exception)
     try:
         # Ctrl-C is deferred from the making of the lease to _run_holding's try, which releases
         # it (it left the use, and the repository, to gc after saying "interrupted"), and so are
-        # SIGTERM and SIGHUP (as PID 1, their exception, raised before that try, left them so).
+        # SIGTERM and SIGHUP (their exception, raised before that try, left them so).
         held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, Owner.current()),
                                                      _endings())
         try:
@@ -314,7 +319,7 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
             if guarded:
                 INTERRUPTS.disarm()
     except Ended as ended:  # (its use released, or never taken)
-        return 128 + ended.signum
+        return _ended_by(-ended.signum)
     finally:
         for sig, handler in original.items():
             signal.signal(sig, handler)

@@ -98,7 +98,7 @@ Acquire (``sc --use``, :func:`use`)
    the lease (or the end of the fill) until the use is in hand, save while the population's
    commit waits for a busy index to begin its transaction, where one that came acts, the
    population undoing itself (held on, it waited up to ``--timeout``): ``sc run`` then releases it
-   before they end it (as PID 1 of a PID namespace, by their exception), and for ``sc --use``
+   before they end it (by their exception, raised there), and for ``sc --use``
    they are moot once the output can take the path, and end its wait for an output that cannot
    (a pipe nobody reads), the use released first.
    A use that another thread leaves (a generator holding its block, closed or dropped there) is
