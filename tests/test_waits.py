@@ -485,6 +485,10 @@ def test_an_interrupt_as_the_repository_is_committed_leaves_one_outcome(tmp_path
         assert [pid for row in listed for pid in row["users"]] == [owner.pid]
 
 
+#: What a non-interactive shell starts a background job under: SIGINT ignored.
+BACKGROUND = ("env", "--ignore-signal=INT")
+
+
 # Loaded by sc as its sitecustomize: Ctrl-C (SIGINT) comes as the function $SC_TEST_AT of the
 # module $SC_TEST_IN returns, or is called if $SC_TEST_EVENT says "call" (a profile function sees
 # them; Python's handler runs at the next instruction that checks for one).
@@ -533,20 +537,23 @@ def test_an_interrupt_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path
         assert owner.pid in _users(base)
 
 
+@pytest.mark.parametrize("background", [False, True])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 @pytest.mark.parametrize("at", [
     "run:repository/population.py",  # the population's lease returned
     "add_lease:engine/leases.py",  # a lease taken of a repository there already
 ])
-def test_an_end_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path, at, signum):
+def test_an_end_once_the_use_is_taken_leaves_it_taken_and_says_so(tmp_path, at, signum, background):
     # SIGTERM (a job's end, `timeout`) or SIGHUP to `sc --use` once its lease was made ended it by
     # their default action: no path printed, and the use left to the job until it ended.  As for
-    # Ctrl-C, the data are complete: the use is the outcome.
+    # Ctrl-C, the data are complete: the use is the outcome.  (A script's background job, which
+    # ignores Ctrl-C, had nothing deferred, and the end held back neither.)
     base, words = _small_repository(tmp_path)
     with Sleeper() as first, Sleeper() as owner:
         if at.startswith("add_lease:"):
             sc("--use", "--pid", str(first.pid), *words)
-        status, out, err = _interrupted_at(tmp_path, at, "--use", "--pid", str(owner.pid), *words, signum=signum)
+        status, out, err = _interrupted_at(tmp_path, at, "--use", "--pid", str(owner.pid), *words, signum=signum,
+                                           background=background)
         assert (status, err, out.strip()) == (0, "", str(user_dir(base) / "small"))
         assert owner.pid in _users(base)
 
@@ -584,17 +591,19 @@ def test_an_interrupt_as_sc_run_takes_its_use_releases_it(tmp_path, at):
         assert _lease_owners(base) == ([first.pid] if at.startswith("add_lease:") else [])
 
 
+@pytest.mark.parametrize("started", [(), BACKGROUND], ids=["job", "background"])
 @pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 @pytest.mark.parametrize("at", [
     "run:repository/population.py",  # the population's lease returned
     "add_lease:engine/leases.py",  # a lease taken of a repository there already
 ])
-def test_an_end_as_sc_run_takes_its_use_releases_it(tmp_path, at, signum, keep):
+def test_an_end_as_sc_run_takes_its_use_releases_it(tmp_path, at, signum, keep, started):
     # SIGTERM (a job's end) or SIGHUP to `sc run` just after its lease was made, held back until
     # the command's wait held the use, was let go there with its default action in force: sc
-    # died with its own lease, and the use, and a repository it had made, stayed until a gc.
-    _ended_as_sc_run(tmp_path, at, signum, keep=keep, container=(), status=-signum)
+    # died with its own lease, and the use, and a repository it had made, stayed until a gc.  (A
+    # script's background job, which ignores Ctrl-C, had the end held back not even that far.)
+    _ended_as_sc_run(tmp_path, at, signum, keep=keep, started=started, status=-signum)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -608,13 +617,13 @@ def test_an_end_as_sc_run_as_pid_1_takes_its_use_releases_it(tmp_path, at, signu
     # a repository it had made, stayed until a gc.
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to make PID namespaces")
-    _ended_as_sc_run(tmp_path, at, signum, keep=False, container=("unshare", "--pid", "--fork", "--mount-proc"),
+    _ended_as_sc_run(tmp_path, at, signum, keep=False, started=("unshare", "--pid", "--fork", "--mount-proc"),
                      status=128 + signum)
 
 
-def _ended_as_sc_run(tmp_path: Path, at: str, signum: int, *, keep: bool, container: Sequence[str],
+def _ended_as_sc_run(tmp_path: Path, at: str, signum: int, *, keep: bool, started: Sequence[str],
                      status: int) -> None:
-    """Check that ``sc run`` (started by ``container``) that gets ``signum`` as the function
+    """Check that ``sc run`` (as a job starts it, then through ``started``) that gets ``signum`` as the function
     ``at`` returns (see :func:`_signalled_at`) ends with ``status``, the command never run, and
     leaves no use of its own, nor a repository it made unless it was to ``keep`` it."""
     base, words = _small_repository(tmp_path)
@@ -623,7 +632,7 @@ def _ended_as_sc_run(tmp_path: Path, at: str, signum: int, *, keep: bool, contai
         if at.startswith("add_lease:"):
             sc("--use", "--pid", str(first.pid), *words)
         proc = subprocess.Popen(
-            [*DEFAULT_SIGNALS, *container, *SC, "run", *words, *(["--keep"] if keep else []), "--", "touch",
+            [*DEFAULT_SIGNALS, *started, *SC, "run", *words, *(["--keep"] if keep else []), "--", "touch",
              str(ran)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=_signalled_at(tmp_path, at, signum=signum))
         try:
@@ -684,11 +693,14 @@ def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
 
 
 def _interrupted_at(tmp_path: Path, at: str, *args: str, event: str = "return",
-                    signum: int = signal.SIGINT) -> tuple[int, str, str]:
-    """The status, output and errors of ``sc ARGS`` (as a job starts it) that gets Ctrl-C (or
-    ``signum``) as the function ``at`` (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`)
-    returns (or is called: ``event``)."""
-    proc = sc_start(*args, default_signals=True, env=_signalled_at(tmp_path, at, event=event, signum=signum))
+                    signum: int = signal.SIGINT, background: bool = False) -> tuple[int, str, str]:
+    """The status, output and errors of ``sc ARGS`` (as a job starts it; ``background``: as a
+    script's background job does, SIGINT ignored) that gets Ctrl-C (or ``signum``) as the
+    function ``at`` (``NAME:MODULE``, see :data:`INTERRUPT_AS_IT_RETURNS`) returns (or is
+    called: ``event``)."""
+    proc = subprocess.Popen([*DEFAULT_SIGNALS, *(BACKGROUND if background else ()), *SC, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_signalled_at(tmp_path, at, event=event, signum=signum))
     try:
         out, err = proc.communicate(timeout=60)
     finally:

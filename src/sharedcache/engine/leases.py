@@ -666,7 +666,8 @@ class InterruptGuard(_thread._local):
     file is made and before ``use()`` has it, or halfway through its release, the lease was left
     for the life of the process (an interactive interpreter, a notebook's kernel that caught the
     interrupt).  ``use()`` arms the guard (:meth:`arm`: in the main thread, over Python's own
-    handler only, a program's handler being the program's) around its acquire and its release.
+    handler only, a program's handler being the program's; or with the interrupt ignored, a
+    script's background job, for the endings below alone) around its acquire and its release.
     The interrupt is then deferred (:attr:`pending`) while :attr:`deferring`, which
     :func:`add_lease` turns on for an acquire (:attr:`acquiring`) of this thread,
     :func:`remove_lease` for a release (:attr:`releasing`: ``sc --unuse``, whose outcome it is
@@ -711,10 +712,12 @@ class InterruptGuard(_thread._local):
     def arm(self) -> bool:
         """Guard the calling thread's use from now on, deferring the interrupt until the caller
         is in its ``try`` (:meth:`settle`); whether it is guarded (only the main thread gets
-        interrupts, and only Python's handler is replaced)."""
+        interrupts, and only Python's handler is replaced).  An ignored interrupt (a script's
+        background job) stays so, and the use is guarded all the same, for its endings."""
         handler = _signal.getsignal(_signal.SIGINT)
+        ignored = handler == _signal.SIG_IGN
         # Ours with no use armed: the last use was left in another thread, which may set no handler.
-        if handler is not _interrupted and (self.depth or handler is not _signal.default_int_handler):
+        if handler is not _interrupted and not ignored and (self.depth or handler is not _signal.default_int_handler):
             return False
         if not self.depth:
             self.pending = False  # (one that came as the last use's handler was put back)
@@ -722,7 +725,8 @@ class InterruptGuard(_thread._local):
         # interrupt is checked for between them.
         self.deferring = True
         try:
-            _signal.signal(_signal.SIGINT, _interrupted)
+            # (Ignored again, it is checked for the main thread all the same.)
+            _signal.signal(_signal.SIGINT, _signal.SIG_IGN if ignored else _interrupted)
         except ValueError:  # not the main thread, the one that gets interrupts (asked so: no threading import)
             self.deferring = False
             return False
