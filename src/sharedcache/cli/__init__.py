@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Ended as ended:  # SIGTERM or SIGHUP as `sc --use` waited for its output, the use released
         commands.ENDED_BY.append(ended.signum)  # (no line: the end says it, as the default action did)
         return _decided(128 + ended.signum)
+    except MemoryError:  # under a cap on memory (ulimit -v), as the error was said: a traceback, status 120
+        status = _decided(1)
+        _say(f"sc: error: {out_of_memory()}")
+        return status
 
 
 def _outcome(argv: Sequence[str]) -> int:
@@ -109,13 +113,14 @@ def _outcome(argv: Sequence[str]) -> int:
 
 def _say(line: str) -> None:
     """Write ``line``, sc's last word, to stderr.  A stderr that cannot take it (a full disk
-    under ``2>>job.log``, a reader gone, one closed) loses the line, not the decided exit status:
-    the error escaped, exit status 1 whatever the outcome, and Python wrote its traceback."""
+    under ``2>>job.log``, a reader gone, one closed; no memory left to write it) loses the line,
+    not the decided exit status: the error escaped, exit status 1 whatever the outcome, and
+    Python wrote its traceback."""
     if sys.stderr is None:  # started with descriptor 2 closed (see _outcome)
         return
     try:
         print(line, file=sys.stderr)
-    except (OSError, ValueError):  # (ValueError: the stream was closed)
+    except (OSError, ValueError, MemoryError):  # (ValueError: the stream was closed)
         pass
 
 
