@@ -55,7 +55,7 @@ OPTIONS = (
            metavar="DIR[:DIR...]"),
     Option(("--keep",), "keep", "once unused, keep the repository as a cache entry (LRU)",
            actions=SETTING_ACTIONS),
-    Option(("--max-size",), "max_size", "size budget of the base directory's kept repositories",
+    Option(("--max-size",), "max_size", "size budget of the base directory's repositories, in use or kept",
            metavar="SIZE", convert=_size_text("--max-size"), actions=SETTING_ACTIONS),
     # Not for run, whose use is its own, held while its command runs: a --pid there would mislead.
     # (--location takes it, as it takes the other options of --use: one list of them serves both.)

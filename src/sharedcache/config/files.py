@@ -131,7 +131,7 @@ class Setting:
 #: ``--size``, ``--pid``) are not settings.
 SETTINGS = (
     Setting("directories", _directories, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",), ":"),
-    Setting("max_size", _size, "size budget of a base directory's kept repositories"),
+    Setting("max_size", _size, "size budget of a base directory's repositories, in use or kept"),
     Setting("keep", _boolean, "keep repositories once unused (LRU)"),
     Setting("group", _text, "use the cache this group shares in each base directory, instead of your own"),
     Setting("timeout", parse_seconds, "seconds to wait for a population, another process's or its own"),
