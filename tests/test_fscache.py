@@ -6,6 +6,7 @@ test_fscache_crash.py; the child processes both use are in fscache_worker.py.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import gc
@@ -465,6 +466,38 @@ def test_budget_is_never_exceeded_and_eviction_is_least_recently_loaded(root: Pa
     assert only_entries(cache) == {"a", "d", "e"}
     assert cache.size <= cache.max_size
     assert_clean(root)
+
+
+@pytest.mark.parametrize("use", ["hold", "load"])
+def test_eviction_ranks_an_entry_by_when_its_last_use_ended(root: Path, use: str) -> None:
+    # "long" is used first and for longest, "short" begun later and ended first: "long" is the
+    # more recently used, and a store that needs room for one more evicts "short".
+    cache = FsCache(root)
+    one = put(cache, "probe")
+    cache.remove("probe")
+    put(cache, "long")
+    put(cache, "short")
+    cache.max_size = 2 * one + one // 2
+
+    @contextlib.contextmanager
+    def used(name: str) -> Iterator[None]:
+        if use == "load":
+            with cache.load(name):
+                yield
+            return
+        lease = cache.hold(name, Owner.current())
+        try:
+            yield
+        finally:
+            cache.release(name, lease=lease)
+
+    with used("long"):
+        time.sleep(0.01)  # (the file system's clock may tick coarsely)
+        with used("short"):
+            time.sleep(0.01)
+        time.sleep(0.01)
+    put(cache, "new")
+    assert only_entries(cache) == {"long", "new"}
 
 
 def test_entry_larger_than_the_budget_is_refused_without_eviction(root: Path) -> None:

@@ -150,7 +150,9 @@ then an error, see "Entries for this boot"), that its ``data`` is a directory, n
 anything else put there, and that ``lock`` is still a regular file (else an error: a damaged
 entry, which gc deletes once unused), and set the lock's modification time to now: the last
 use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for users who do not
-own the files.
+own the files.  The end of a use sets it again (a load as its block ends, a release as it removes
+its lease: see "Leases"), so that a long use that ended last ranks its entry after one that was
+begun later and ended first.
 
 In a group cache every member may write ``objects/``, so one could put a link where an entry
 was between two steps.  There the entry's directory is opened first, without following a link
@@ -293,8 +295,9 @@ same moment is written again at the next such judgement: see :mod:`sharedcache.e
 
 Release (``release(name)``) of a use that does not keep the entry:
 
-1. Without the index or the entry's lock, remove the lease file and the dead among the others
-   that a hold would judge (above), then look at the rest: if one has a live owner, done (the
+1. Without the index or the entry's lock, remove the lease file, set the lock's time to now
+   (the end of the use is its last use), remove the dead among the others that a hold would
+   judge (above), then look at the rest: if one has a live owner, done (the
    first found ends the look).  Most releases end here: every job but the last leaves the
    entry in use, which nobody deletes, so nothing needs the index.
 2. Otherwise (the last use, maybe) create the same lease file again, and in an index
@@ -324,8 +327,10 @@ then finds the entry gone, or another in its place, and reports it deleted.  So 
 when its own look finds the entry gone (a private cache names it by its path), and it gives no
 lease back then: the name may hold another entry by now.  A crash in step 1
 leaves the use released; one after the lease is given back leaves it held, as if the release
-never ran.  A release that keeps the entry (``keep``) takes step 2 directly, and marks the
-entry kept in the transaction.
+never ran.  A release that keeps the entry (``keep``) takes step 2 directly, sets the lock's
+time there and marks the entry kept in the transaction.  A release that leaves the entry (kept)
+writes its lock's time into its row too, before it evicts down to the budget: it is the most
+recently used.
 """
 
 from __future__ import annotations
@@ -1425,8 +1430,11 @@ class FsCache:
     @scoped
     def load(self, name: str) -> Iterator[Path]:
         """Yield the data directory of entry ``name``, read-locked; MissError if there is none."""
-        with self._shared(check_name(name)):
-            yield _path(os.path.join(self._objects, name, "data"))
+        with self._shared(check_name(name)) as (fd, _):
+            try:
+                yield _path(os.path.join(self._objects, name, "data"))
+            finally:
+                self._touch(fd)  # (a long read that ended last is the last use, not the one begun last)
 
     def lock_for_reading(self, name: str) -> int:
         """Entry ``name``'s lock taken shared, as a descriptor the caller closes; MissError if
@@ -1486,10 +1494,12 @@ class FsCache:
         return os.path.samestat(os.stat(entry), now)
 
     @staticmethod
-    def _touch(fd: int) -> None:
-        """Record a use of the entry whose lock is ``fd``: the lock's time becomes now."""
+    def _touch(lock: int | str) -> None:
+        """Record a use of the entry whose lock is ``lock`` (its descriptor, or its path, whose
+        link, if one is put there, is not followed): the lock's time becomes now."""
         try:
-            os.utime(fd)
+            # (A descriptor is no link; a path in a group cache may be one another member put there.)
+            os.utime(lock, follow_symlinks=isinstance(lock, int))
         except OSError:
             pass  # the last use orders eviction only: a read-only lock file must not fail a use
 
@@ -1645,6 +1655,7 @@ class FsCache:
                 if not committed(entry):
                     raise MissError(f"no entry {name!r} in cache {self.root}")
                 lease = self._remove_lease(name, entry, owner, lease)
+                self._touch(os.path.join(entry, "lock"))  # the end of a use is its last use
                 live = overtaken = False
                 alive: dict[str, bool] = {}  # (whom the reclaim judged, the look needs not judge again)
                 try:
@@ -1706,6 +1717,9 @@ class FsCache:
                 db.mark_kept(name)
             if keep or kept:
                 deleted = False
+                if keep:  # (the step that records the end of the use, as it removes the lease, was not taken)
+                    self._touch(os.path.join(entry, "lock"))
+                db.set_last_used(name, self._last_use(name, entry))  # last in the order of eviction
                 self._restore_budget(db, budget)
             else:
                 # Restored once its row is gone (it counts against no budget), and before it

@@ -290,7 +290,9 @@ class Index(sqlite3.Connection):
         self.execute("INSERT OR REPLACE INTO settings VALUES ('swept boot', ?)", (boot,))
 
     def set_last_used(self, name: str, last_used: float) -> None:
-        self.execute("UPDATE entries SET last_used=? WHERE name=?", (last_used, name))
+        """Record a use of ``name`` at ``last_used``, unless its row has a later one: the copy
+        only ever grows."""
+        self.execute("UPDATE entries SET last_used=MAX(last_used, ?) WHERE name=?", (last_used, name))
 
     def eviction_batch(self, after: tuple[float, str], count: int = 256) -> list[tuple[float, str, int]]:
         """The next ``count`` rows in the order of eviction (last use, then name) after
