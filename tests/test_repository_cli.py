@@ -467,6 +467,20 @@ def test_max_size_given_with_a_release_applies_to_it(dirs, tarball):
         assert budget.read_text() == str(one)
 
 
+def test_gc_reports_the_repositories_it_evicts_down_to_the_budget(dirs, tarball):
+    # Its report said "nothing to do" (or only "trash removed") of kept repositories it evicted.
+    with Sleeper() as owner:
+        common, listed = three_kept(dirs, tarball, owner)
+        one = listed()["kept2"]
+        for n in range(3):  # in use, so that the budget given next evicts none of them yet
+            assert sc("--use", *common, "-n", f"kept{n}", *recipe(tarball)).returncode == 0
+        assert sc("--use", *common, "--max-size", str(one), "-n", "kept2", *recipe(tarball)).returncode == 0
+        assert len(listed()) == 3
+    collected = sc("gc", "-d", str(dirs[0]))  # (their user has ended)
+    assert collected.returncode == 0 and "entries evicted: 2" in collected.stdout, collected
+    assert set(listed()) == {"kept2"}
+
+
 def test_a_release_that_deletes_what_it_releases_counts_it_against_no_budget(dirs, tarball):
     # The budget was set, and evicted down to, before the release, with the repository it then
     # deleted counted: kept repositories within the budget were evicted with it.

@@ -757,6 +757,8 @@ class GcReport(Record):
         self.rows_dropped = 0
         self.leases_reclaimed = 0
         self.entries_deleted = 0
+        #: entries evicted down to the budget (kept ones, whose users had ended)
+        self.entries_evicted = 0
         self.accounting_fixed = 0
         self.index_rebuilt = False
         #: entry directories this process cannot judge (see "Names"): neither removed nor their rows dropped
@@ -2417,7 +2419,7 @@ class FsCache:
         removes directories without a valid marker and rows without a directory); removes the
         leases of dead processes; deletes unused entries not marked to keep (nor ``awaited``),
         and unused entries whose data or lock is gone (:func:`_damaged`); recomputes the
-        accounted size; and evicts down to the budget.
+        accounted size; and evicts down to the budget (:attr:`GcReport.entries_evicted`).
         """
         # A cache removed is said so, as every other method says it (the probe's bare error named
         # no cache), before the probe opens the directory by its path.
@@ -2491,7 +2493,9 @@ class FsCache:
             if actual != db.total():
                 report.accounting_fixed = 1
                 db.set_total(actual)
+            counted = db.names()
             self._restore_budget(db, budget)
+            report.entries_evicted = len(counted - db.names())
         report.trash_removed, report.trash_left = self._empty_trash(thorough=True)
         # (What this object's opening and this gc did, reported once.)
         report.subdirectories_repaired, self._subdirectories_repaired = self._subdirectories_repaired, 0
