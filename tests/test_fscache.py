@@ -1798,7 +1798,7 @@ def test_a_failed_transaction_undoes_until_an_undo_fails_then_ends_everything(tm
     assert happened == ["done"]
 
 
-def test_a_committed_entry_without_its_lock_is_damaged_for_a_load(root: Path) -> None:
+def test_a_committed_entry_without_its_lock_is_damaged_for_a_load_and_listed_so(root: Path) -> None:
     # The look that tells such an entry from one deleted meanwhile goes through one descriptor
     # of its directory: the concurrent test of readers (test_fscache_crash) checks that an entry
     # deleted and stored again between two looks by its path is not taken for it.
@@ -1810,3 +1810,6 @@ def test_a_committed_entry_without_its_lock_is_damaged_for_a_load(root: Path) ->
                                          "gc deletes it once unused$"), \
             cache.load("lockless"):
         pass
+    # Listed so, with the same reason (it was listed as any entry a load takes).
+    (entry,) = cache.entries()
+    assert entry.damage == fscache.DAMAGE

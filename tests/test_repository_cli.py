@@ -1695,6 +1695,11 @@ def test_a_repository_that_lost_the_record_of_its_recipe_is_damaged_and_gc_delet
         refused = sc(action, *args)
         assert refused.returncode == 1 and refused.stdout == "", (action, refused.stderr)
         assert "damaged" in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
+    # Listed as such, with the reason the uses give (it was listed "ready").
+    (row,) = json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)
+    assert row["state"] == "damaged" and "record of its recipe (its meta file) is lost" in row["error"], row
+    listed = sc("list", "-d", str(dirs[0])).stdout.splitlines()[1].split()
+    assert listed[:3] == ["repo", "damaged", "(kept)"], listed
     with Sleeper() as owner:  # in use (a use taken before), it stays; once unused, gc deletes it, kept as it is
         leases = control(dirs[0]) / "objects" / "repo" / "leases"
         os.close(os.open(leases / f"{Owner.of(owner.pid).key}.x", os.O_CREAT | os.O_WRONLY, 0o600))

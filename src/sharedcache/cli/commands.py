@@ -568,6 +568,9 @@ def listing(repositories: Repositories, options: Arguments) -> int:
 
             why = row["error"].removeprefix(f"repository {row['name']!r}: ")
             users = f"{max(0, time.time() - row['failed_at']):.0f} s ago: {clipped(printable(why), 200)}"
+        elif row["state"] == "damaged":  # why no use takes it, and what deletes it
+            why = clipped(printable(row["error"]), 200)
+            users = why if users == "-" else f"{users}: {why}"
         size = "-" if row["size"] is None else format_size(row["size"])
         # Names and paths are escaped: in a group cache another member chose them.
         name, path = printable(row["name"]), printable(row["path"] or "-")

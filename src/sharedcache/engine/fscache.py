@@ -490,10 +490,13 @@ def _lost(entry: str, name: str, is_kind: Callable[[int], bool]) -> bool:
         return True
 
 
+#: Why an entry that :func:`_damaged` finds is damaged: no use takes it.  ("gc": sc gc and
+#: FsCache.gc() alike: a cache of the engine's own is no base of sc's.)
+DAMAGE = "its data or lock was replaced or removed; gc deletes it once unused"
+
+
 def _damaged_error(name: str, root: str) -> CacheError:
-    # "gc": sc gc and FsCache.gc() alike (a cache of the engine's own is no base of sc's).
-    return CacheError(f"entry {name!r} in cache {root} is damaged: its data or lock was replaced or removed; "
-                      "gc deletes it once unused")
+    return CacheError(f"entry {name!r} in cache {root} is damaged: {DAMAGE}")
 
 
 def _markerless(entry: str) -> bool:
@@ -708,14 +711,15 @@ class Entry(Record):
     """What :meth:`FsCache.entries` reports of one entry; ``users`` are the pids of the live
     processes holding a lease on it, and ``owners`` the same as users read them: a pid,
     qualified (``PID@MACHINE-ID``, ``PID@pid:[NS]``) when it is not of this host and PID
-    namespace."""
+    namespace; ``damage``, why no use can take it (:data:`DAMAGE`), or None."""
 
     def __init__(self, name: str, size: int, created: float, last_used: float, keep: bool,
                  meta: str | None, in_use: bool, users: tuple[int, ...],
-                 owners: tuple[str, ...] | None = None) -> None:
+                 owners: tuple[str, ...] | None = None, damage: str | None = None) -> None:
         self.name, self.size, self.created, self.last_used = name, size, created, last_used
         self.keep, self.meta, self.in_use, self.users = keep, meta, in_use, users
         self.owners = tuple(str(pid) for pid in users) if owners is None else owners
+        self.damage = damage
 
 
 class Staging:
@@ -2286,7 +2290,8 @@ class FsCache:
         locked, used = self._probe(entry)
         keep = bool(keep) or os.path.exists(f"{entry}/keep")
         return Entry(name, size, created, max(last_used, used), keep, meta, bool(owners) or locked,
-                     tuple(owner.pid for owner in owners), tuple(str(owner) for owner in owners))
+                     tuple(owner.pid for owner in owners), tuple(str(owner) for owner in owners),
+                     DAMAGE if _damaged(entry) else None)
 
     def names(self) -> set[str]:
         """The names of the entries the index accounts for: after :meth:`gc`, every entry."""

@@ -616,6 +616,10 @@ def open_with_waiters(control: str, group: int | None, *, repair: bool = False,
     return cache
 
 
+#: Why a repository whose record of its recipe is lost (:func:`recipe_lost`) is damaged.
+RECIPE_LOST = "the record of its recipe (its meta file) is lost; sc gc deletes it once unused"
+
+
 def recipe_lost(identity: str | None) -> bool:
     """Whether ``identity``, read from a repository's record of its recipe, is no recipe's: the
     record missing (None), emptied, or overwritten with NUL bytes, which no loader word holds.
@@ -629,10 +633,7 @@ def conflict(name: str, base: str, existing: str | None, wanted: str, *,
     ``base`` (or is being populated with it), where the recipe whose identity is ``wanted`` was
     asked for; one whose record is lost (:func:`recipe_lost`) is damaged."""
     if recipe_lost(existing) and not populating:
-        return CacheError(
-            f"repository {name!r} in {base} is damaged: the record of its recipe (its meta file) is lost; "
-            "sc gc deletes it once unused"
-        )
+        return CacheError(f"repository {name!r} in {base} is damaged: {RECIPE_LOST}")
     if populating:
         return NameTakenError(
             f"repository {name!r} in {base} is being populated with another recipe ({_shown(existing)}) than "

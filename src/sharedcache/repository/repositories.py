@@ -48,6 +48,7 @@ from ..sizes import format_size, parse_size
 from .bases import (
     POPULATE,
     PRIVATE_CACHE,
+    RECIPE_LOST,
     RESERVATIONS_LOCK,
     WAITING,
     Base,
@@ -664,9 +665,12 @@ class Repositories:
                 # No path where the link is missing: one that gc adopted (committed by a use that
                 # was killed before it made the link) has none until its next use makes it.
                 link = base.link(entry.name)
-                rows.append(_row(entry.name, base, "ready", path=link if os.path.lexists(link) else None,
-                                 size=entry.size, users=list(entry.users), owners=list(entry.owners), keep=entry.keep,
-                                 last_used=entry.last_used, in_use=entry.in_use, awaited=awaited))
+                # Said as a use that refuses it says it, and what deletes it.
+                damage = entry.damage or _recipe_damage(cache, entry.name)
+                rows.append(_row(entry.name, base, "damaged" if damage else "ready",
+                                 path=link if os.path.lexists(link) else None, size=entry.size,
+                                 users=list(entry.users), owners=list(entry.owners), keep=entry.keep,
+                                 last_used=entry.last_used, in_use=entry.in_use, awaited=awaited, error=damage))
             for name, status in base.populations():
                 # The populating process, as a lease names it (of another host: PID@MACHINE-ID);
                 # a record without one (written by another member of a group cache) names nobody.
@@ -1046,6 +1050,14 @@ def _loader_words(words: tuple[object, ...]) -> list[str]:
         if "\0" in word:  # (no command-line argument can hold one)
             raise UsageError(f"loader word {without_user_info(word)!r} holds a NUL character")
     return list(words)  # type: ignore[arg-type]  # (each was checked to be a str)
+
+
+def _recipe_damage(cache: FsCache, name: str) -> str | None:
+    """Why no use can take repository ``name`` if it lost the record of its recipe, or None."""
+    try:
+        return RECIPE_LOST if recipe_lost(cache.meta(name)) else None
+    except MissError:
+        return None  # deleted since it was listed
 
 
 def _row(name: str, base: Base, state: str, *, path: str | None = None, size: int | None = None,
