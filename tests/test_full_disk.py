@@ -999,6 +999,27 @@ def test_a_full_first_candidate_with_a_cache_gives_way_to_the_next(tmp_path, ori
         assert "; trying the next candidate directory" in moved.stderr, moved.stderr
 
 
+def test_a_repository_that_failed_in_one_candidate_and_was_made_in_the_next_is_listed_ready_alone(tmp_path, origin):
+    # sc list showed it "failed" in the first candidate beside "ready" in the next, while every
+    # use was served.
+    small = tmp_path / "small.txt"
+    small.write_text("hello\n")
+    with (mounted_tmpfs(tmp_path / "a", "8m", 500) as first, mounted_tmpfs(tmp_path / "b", "8m", 500) as second):
+        both = ["-d", f"{first}:{second}"]
+        assert sc("run", "-d", str(first), f"file:{small}", "--", "true").returncode == 0  # (its cache made)
+        st = os.statvfs(first)
+        (first / "other-job").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 1_000_000))
+        url = origin.add("/f.bin", os.urandom(3_000_000))
+        with Sleeper() as job:
+            args = [*both, "--pid", str(job.pid), "-n", "f", f"http:{url}"]
+            moved = sc("--use", *args)
+            assert moved.returncode == 0 and moved.stdout.strip() == str(user_dir(second) / "f"), moved.stderr
+            assert list((control(first) / "populate").glob("f.error")), "no failure recorded in the first"
+            listed = json.loads(sc("list", "--json", *both).stdout)
+            assert [(row["name"], row["state"], row["base"]) for row in listed] == [("f", "ready", str(second))]
+            assert sc("--unuse", *args).returncode == 0
+
+
 def test_the_stage_of_a_store_killed_before_its_commit_leaves_the_trash_while_its_job_lives(tmp_path):
     # The trash of a private cache passed over a tree that held a commit marker and a live lease:
     # a store killed at its commit's rename, whose job lives on, left its whole download there,

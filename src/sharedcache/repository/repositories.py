@@ -643,6 +643,7 @@ class Repositories:
 
         rows = []
         listed, failed = False, None
+        failures: list[tuple[str, Base, Record]] = []
         for base, cache in self._caches():
             try:
                 entries = cache.entries()
@@ -679,13 +680,14 @@ class Repositories:
                 rows.append(_row(name, base, "populating", users=[] if process is None else [process.pid],
                                  owners=[] if process is None else [str(process)], last_used=status.get("started"),
                                  in_use=True, done=status.get("done", 0), total=status.get("total")))
-            ready = {entry.name for entry in entries}
-            for name, record in base.failures():  # (none under way again)
-                if name not in ready:
-                    rows.append(_row(name, base, "failed", error=record.get("message", "population failed"),
-                                     failed_at=record.get("time")))
+            failures.extend((name, base, record) for name, record in base.failures())
         if failed is not None and not listed:
             raise failed  # nothing else to list: the one line says why
+        # A failure is shown unless its repository was made since, or is being made, in any base
+        # listed: a use that failed in one (a full one) went on to the next candidate.
+        made = {row["name"] for row in rows}
+        rows.extend(_row(name, base, "failed", error=record.get("message", "population failed"),
+                         failed_at=record.get("time")) for name, base, record in failures if name not in made)
         self._report_skips()
         return rows
 
