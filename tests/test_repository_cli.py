@@ -1515,6 +1515,30 @@ def paused_population(base: Path, tmp_path: Path, *args: str) -> Iterator[subpro
         go.unlink(missing_ok=True)
 
 
+def test_the_way_to_free_the_name_of_a_kept_repository_that_the_error_gives_works(dirs, tmp_path):
+    # A new version of the data under the name of a kept one: the error sent the user to sc gc,
+    # which never deletes a kept repository.
+    old, new = tmp_path / "v1.bin", tmp_path / "v2.bin"
+    old.write_bytes(b"version 1")
+    new.write_bytes(b"version 2")
+    args = ["-n", "dataset", "-d", str(dirs[0])]
+    assert sc("--use", "--keep", *args, f"file:{old}").returncode == 0
+    assert sc("--unuse", *args, f"file:{old}").returncode == 0
+    refused = sc("--use", "--keep", *args, f"file:{new}")
+    assert refused.returncode == 2, refused
+    assert "kept, only by its eviction once unused, for a budget (--max-size, given with a use or a release)" \
+        in refused.stderr, refused.stderr
+    assert sc("gc", "-d", str(dirs[0])).returncode == 0
+    assert sc("--use", "--keep", *args, f"file:{new}").returncode == 2, "gc deleted a kept repository"
+    # As it says: a budget it exceeds, given with a use of its recipe, evicts it once unused.
+    assert sc("--use", "--max-size", "1", *args, f"file:{old}").returncode == 0
+    assert sc("--unuse", *args, f"file:{old}").returncode == 0
+    used = sc("--use", "--keep", *args, f"file:{new}")
+    assert used.returncode == 0, used.stderr
+    assert (Path(used.stdout.strip()) / "v2.bin").read_bytes() == b"version 2"
+    assert sc("--unuse", *args, f"file:{new}").returncode == 0
+
+
 def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs, tarball, tmp_path, reachable_tmp):
     # It said "already exists with another loader stack", naming only the recipe there, with a
     # failure's status: the name is the caller's to change.  (The file's path is short, for the

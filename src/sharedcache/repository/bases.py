@@ -641,8 +641,10 @@ def conflict(name: str, base: str, existing: str | None, wanted: str, *,
         )
     return NameTakenError(
         f"repository {name!r} in {base} holds another recipe ({_shown(existing)}) than the one given "
-        f"({_shown(wanted)}): choose another name; this one is free once that repository is deleted (by the "
-        "last release of a use of its recipe, unless it is kept, or by sc gc once its users have ended)"
+        f"({_shown(wanted)}): choose another name; this one is free once that repository is deleted: unless "
+        "kept, by the last release of a use of its recipe, or by sc gc once its users have ended; kept, only by "
+        "its eviction once unused, for a budget (--max-size, given with a use or a release) that the kept "
+        "repositories of its base exceed"
     )
 
 
