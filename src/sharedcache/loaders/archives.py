@@ -13,6 +13,8 @@ Work is proportional to the archive, memory is bounded:
 * the decompressed bytes may not exceed :data:`~sharedcache.loaders.codecs.MAX_EXPANSION` times the
   bytes read (see :mod:`sharedcache.loaders.codecs`); for zip, the declared sizes of the members
   are checked against the archive's size, and each member stops at its own;
+* the check of where the symlinks lead resolves each link once (:class:`_Links`): links into a
+  long chain of links do not each walk it again;
 * tar headers are bounded as :mod:`sharedcache.loaders.tarstream` says (extended headers, global pax
   records, sparse members), and a tar archive must end with its end-of-archive marker.
 
@@ -113,15 +115,15 @@ class SafeTree:
     says that they follow from its size, those of a sample of the files), each link's after it is
     made, each directory's at the end, and what a later member of the same name replaces is
     taken off again (unless another hard link keeps its inode).
+
+    :meth:`finish` resolves every symlink of the finished tree to the end of its chain, however
+    long, and refuses the archive if one leads out of it.  A link that leads nowhere (dangling, in
+    a loop) is kept, as GNU tar and unzip keep it, and so is one whose chain is longer than the 40
+    links the kernel follows, if it ends in the tree.
     """
 
     def __init__(self, dest: Path, ctx: Context) -> None:
         self._root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        # Where the symlinks' check resolves their targets from: the directory itself, by its
-        # descriptor, where /proc says where that is.
-        self._anchor = f"/proc/self/fd/{self._root_fd}"
-        if not os.path.isdir(self._anchor):
-            self._anchor = os.path.realpath(dest)
         self._ctx = ctx
         # The real directories made so far (never symlinks), as a tree: (parent's id, name) -> id,
         # the root being 0.  Lookups cost the depth of a path, and memory one item per directory.
@@ -436,17 +438,17 @@ class SafeTree:
         measure them, else None."""
         # A target checked alone can still escape through symlinks extracted after it
         # (x -> . then a -> x/../escape), so resolve every link in the finished tree.
-        root = os.path.realpath(self._anchor)
+        links = _Links(self._root_fd)
         for parts in self._symlinks:
-            below = self._below(parts)
+            if links.resolved(parts):
+                continue
             try:
-                if not stat.S_ISLNK(os.lstat(below, dir_fd=self._root_fd).st_mode):
+                if not stat.S_ISLNK(os.lstat(self._below(parts), dir_fd=self._root_fd).st_mode):
                     continue  # replaced by a later member
             except FileNotFoundError:
                 continue
-            resolved = os.path.realpath(os.path.join(self._anchor, below))
-            if resolved != root and not resolved.startswith(root + os.sep):
-                target = os.readlink(below, dir_fd=self._root_fd)
+            if not links.inside(parts):
+                target = os.readlink(self._below(parts), dir_fd=self._root_fd)
                 raise self.refuse("/".join(parts), f"is a symlink that leads outside the archive ({quoted(target)})")
         if self._seal is not None:
             allocated = self._seal_directories(self._seal.directory_mode)
@@ -484,6 +486,106 @@ class SafeTree:
             if self._measure:
                 self._allocated += os.lstat(below, dir_fd=self._root_fd).st_blocks * 512
         return self._allocated if self._measure else None
+
+
+#: Where a path leads in a tree: its components below the root, and how many of the last of them
+#: name nothing there (missing, below a file, or a link in a loop), which are taken by their text.
+_Place = tuple[tuple[str, ...], int]
+
+
+class _Walk:
+    """One symlink's resolution under way: where its target has led so far, and the target's
+    components still to follow, the next one last."""
+
+    __slots__ = ("link", "pending", "position", "unfound")
+
+    def __init__(self, link: tuple[str, ...], target: str) -> None:
+        self.link = link
+        self.position = list(link[:-1])
+        self.unfound = 0
+        self.pending = target.split("/")[::-1]
+
+    def enter(self, place: _Place) -> None:
+        self.position, self.unfound = list(place[0]), place[1]
+
+
+class _Links:
+    """Where the symlinks of the tree open as ``root_fd`` lead (targets relative to the link, as
+    :meth:`SafeTree.symlink` makes them all), each link resolved once: one that
+    leads through links resolved before takes where they lead as found then, so that the work is
+    the sum of the targets' lengths, however many links lead into a chain (resolving each path
+    alone walked the chain again for each of them).  Resolved iteratively, with no recursion
+    (Python's ``os.path.realpath`` recursed for each link, and failed on a chain of 1,000).
+
+    A path is resolved as the kernel resolves it, component by component, but to the end of
+    any chain: the kernel gives up past 40 links (ELOOP), a program that resolves links itself
+    may not, and none may find a way out of the tree.  What names nothing (a missing name, a name
+    below a file, a link met again while it is being resolved: a loop) is taken by its text, a
+    ``..`` after it removing it, as ``os.path.realpath`` takes it: a path whose text leads out of
+    the tree so leads out too."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._root_fd = root_fd
+        self._places: dict[tuple[str, ...], _Place] = {}
+        self._walks: list[_Walk] = []
+        self._under_way: set[tuple[str, ...]] = set()
+
+    def resolved(self, link: tuple[str, ...]) -> bool:
+        """Whether the symlink at ``link`` was resolved already (on the way to another)."""
+        return link in self._places
+
+    def inside(self, link: tuple[str, ...]) -> bool:
+        """Whether the symlink at ``link``, whose directories are real ones, leads to a place in
+        the tree (or nowhere); False if its path climbs above the root."""
+        self._start(link)
+        while self._walks:
+            walk = self._walks[-1]
+            if not walk.pending:
+                self._settle((tuple(walk.position), walk.unfound))
+                continue
+            part = walk.pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not walk.position:
+                    self._walks.clear()
+                    self._under_way.clear()
+                    return False
+                walk.position.pop()
+                walk.unfound = max(walk.unfound - 1, 0)
+                continue
+            walk.position.append(part)
+            if walk.unfound:
+                walk.unfound += 1
+                continue
+            here = tuple(walk.position)
+            try:
+                mode = os.lstat(SafeTree._below(here), dir_fd=self._root_fd).st_mode
+            except FileNotFoundError:
+                mode = 0
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISLNK(mode) or here in self._under_way:  # (a link under way: a loop)
+                walk.unfound = 1
+                continue
+            walk.position.pop()
+            if here in self._places:
+                walk.enter(self._places[here])
+            else:
+                self._start(here)
+        return True
+
+    def _start(self, link: tuple[str, ...]) -> None:
+        self._walks.append(_Walk(link, os.readlink(SafeTree._below(link), dir_fd=self._root_fd)))
+        self._under_way.add(link)
+
+    def _settle(self, place: _Place) -> None:
+        """End the walk under way, which led to ``place``, and go on with the one that needed it."""
+        walk = self._walks.pop()
+        self._under_way.discard(walk.link)
+        self._places[walk.link] = place
+        if self._walks:
+            self._walks[-1].enter(place)
 
 
 # --- tar ------------------------------------------------------------------------------------------
