@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from scutil import SRC, control, finish, mounted_tmpfs, pause_at, sc, sc_env, sc_start, started_paused, tarball_bytes, wait_for
+from scutil import SC, SRC, control, finish, mounted_tmpfs, pause_at, sc, sc_env, sc_start, started_paused, tarball_bytes, wait_for
 
 
 def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str], **populator_options):  # type: ignore[no-untyped-def]
@@ -144,6 +144,51 @@ def test_a_populator_killed_as_it_discards_a_failed_population_s_work_has_record
         finish([populator])
     assert status == 1 and "sha256 mismatch" in err, err
     assert origin.stats("/bad.bin").gets == 1, "the waiter downloaded again what had just failed"
+
+
+def test_a_waiter_is_told_a_population_s_internal_error_rather_than_populating_again(base, tmp_path):
+    """A fault of sc's own that ends a population (a RecursionError, once: a chain of 1,000
+    links in an archive) is recorded for its waiters as the recipe's failures are, and its work
+    directory discarded: the waiter that asked meanwhile is told it, in one line, instead of
+    taking over to unpack the same data to the same end (it did, finding no record, the work
+    directory left behind)."""
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(tarball_bytes({"f": b"x\n"}))
+    args = ["--use", "-d", str(base), "-n", "faulty", f"file:{archive}", "tar"]
+    site = tmp_path / "site"
+    site.mkdir()
+    # The populator pauses as it makes its work directory (its waiter then waits), then meets a
+    # fault as it opens the archive.
+    (site / "sitecustomize.py").write_text(pause_at('event == "os.mkdir" and str(args[0]).endswith(".work")') + f"""
+def _fault(event, args):
+    if event == "open" and str(args[0]) == {str(archive)!r}:
+        raise RecursionError("maximum recursion depth exceeded")
+sys.addaudithook(_fault)
+""")
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    populator = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
+                                           SC_TEST_GO=str(go)))
+    told = tmp_path / "waiter.err"
+    try:
+        wait_for(paused.exists, what="the populator")
+        with told.open("w") as errors:
+            waiter = subprocess.Popen([*SC, "-v", *args], stdout=subprocess.PIPE, stderr=errors, text=True,
+                                      env=sc_env())
+        try:
+            wait_for(lambda: "waiting 0 s for process" in told.read_text(), what="the waiter to wait")
+            go.touch()
+            (status, _, err), (waited, out, _) = finish([populator, waiter], timeout=60)
+        finally:
+            finish([waiter])
+    finally:
+        finish([populator])
+    assert status == 1 and err == ("sc: internal error (RecursionError: maximum recursion depth exceeded); "
+                                   "rerun with -v for details\n"), err
+    said = told.read_text().splitlines()[-1]
+    assert (waited, out) == (1, ""), said
+    assert said == ("sc: error: repository 'faulty': internal error of its population "
+                    "(RecursionError: maximum recursion depth exceeded)"), said
+    assert not any(base.rglob("faulty.work")), "the work directory was left behind"
 
 
 def test_data_past_the_populators_size_is_not_past_a_waiters_larger_one(origin, base):

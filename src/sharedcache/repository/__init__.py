@@ -81,7 +81,9 @@ Acquire (``sc --use``, :func:`use`)
    base, has the use choose again without it and the candidates on its file system); unless the
    failure is this process's own (its settings, its credentials, its limits), which the waiters,
    who have theirs, are not told: no record, and the work directory is kept for a takeover only
-   after a limit.  Release the population lock.  A process killed here releases the lock with
+   after a limit; so is an error of the system that sc did not make one of its own, and memory
+   refused.  A fault of sc's own (an internal error) is recorded as the recipe's failure is:
+   each waiter would meet it again.  Release the population lock.  A process killed here releases the lock with
    its death; a waiter takes over at step 3.  A child that another thread of the process
    forked (a worker pool) gave up its copy of the population lock, of the stage's and of the
    reservations lock as it started (see :mod:`sharedcache.engine.locks`), so it never holds

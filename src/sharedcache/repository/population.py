@@ -375,19 +375,14 @@ class Population:
                     cache.discard(self.work)
                 raise
             except SharedCacheError as e:
-                e.args = (f"repository {name!r}: {e}",)
-                record = {"time": time.time(), "message": shown_to_others(str(e)), "error": type(e).__name__,
-                          "identity": request.identity, "network": network_namespace()}
-                if isinstance(e, SizeLimitError) and request.limit is not None:
-                    record["limit"] = request.limit  # our --size: a waiter asking for more takes over
-                try:  # (before the discard: a populator killed between them has told its waiters)
-                    write_record(self.error_path, record, cache.modes.file)
-                except OSError:
-                    pass  # no room even for the record: the waiters try for themselves
-                try:
-                    cache.discard(self.work)
-                except (SharedCacheError, OSError):
-                    pass  # (a trash a member made hers, say: gc's; the failure itself is the news)
+                self._fail_for_waiters(e)
+                raise
+            except (OSError, RoomTaken):
+                raise  # the system's refusal, said as such, or a base to choose again: not the recipe's failure
+            except Exception as e:
+                if errors.memory_refused(e):
+                    raise  # this process's limit, as a ProcessLimitError is
+                self._fail_for_waiters(e)
                 raise
             finally:
                 self._bar.close()
@@ -411,6 +406,29 @@ class Population:
         self.reporter.info(f"{name!r} is ready: {format_size(entry.size)} on disk, made in {filled:.2f} s, then "
                            f"committed in {committed:.2f} s")
         return lease
+
+    def _fail_for_waiters(self, e: Exception) -> None:
+        """Step 4's failure: write the error record of ``e`` for the waiters, then discard the work
+        directory.  A fault of the program's own (an internal error) is recorded too: every
+        waiter would meet it again, unpacking the same data to the same end."""
+        request, cache = self.request, self.base.cache()
+        if isinstance(e, SharedCacheError):
+            e.args = (f"repository {request.name!r}: {e}",)
+            message = str(e)
+        else:  # (the populator's own line stays sc's "internal error", with its details on -v)
+            message = f"repository {request.name!r}: internal error of its population ({type(e).__name__}: {e})"
+        record = {"time": time.time(), "message": shown_to_others(message), "error": type(e).__name__,
+                  "identity": request.identity, "network": network_namespace()}
+        if isinstance(e, SizeLimitError) and request.limit is not None:
+            record["limit"] = request.limit  # our --size: a waiter asking for more takes over
+        try:  # (before the discard: a populator killed between them has told its waiters)
+            write_record(self.error_path, record, cache.modes.file)
+        except OSError:
+            pass  # no room even for the record: the waiters try for themselves
+        try:
+            cache.discard(self.work)
+        except (SharedCacheError, OSError):
+            pass  # (a trash a member made hers, say: gc's; the failure itself is the news)
 
     def _evict_for_next_try(self) -> int:
         """After a try met a full file system: evict the least recently used repositories that
