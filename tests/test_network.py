@@ -49,6 +49,16 @@ def use(base: Path, owner: Sleeper, url: str, *extra: str, env: dict[str, str] |
               env=env if env is not None else sc_env())
 
 
+def split_use(base: Path, owner: Sleeper, name: str, url: str, payload: bytes,
+              env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``sc --use -v --connections 4`` of ``payload`` at ``url``, checked: the data is the payload."""
+    result = sc("--use", "-v", "-n", name, "-d", str(base), "--pid", str(owner.pid), "--connections", "4",
+                f"http:{url}", f"sha256:{hashlib.sha256(payload).hexdigest()}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / url.rpartition("/")[2]).read_bytes() == payload
+    return result
+
+
 def version() -> str:
     src = Path(__file__).parent.parent / "src"
     out = subprocess.run([sys.executable, "-c", "import sharedcache; print(sharedcache.__version__)"],
@@ -100,6 +110,24 @@ def test_each_url_of_a_redirect_takes_its_own_route(tmp_path, origin, squid, own
     check_tree(user_dir(tmp_path) / "proxied-first", FILES)
     assert [u for _, u, _, _ in squid.requests()] == [named, proxied_first]
     assert origin.stats("/data.tar.gz").gets == 2
+
+
+def test_a_redirect_is_split_over_the_connections_where_its_route_lets_it(tmp_path, origin, squid, owner):
+    # One origin under two names, as above: whether --connections splits the download is up to the
+    # route of the URL that serves the file, not the first one's.
+    payload = os.urandom(8 << 20)
+    url = origin.add("/data.bin", payload)
+    named = url.replace("127.0.0.1", "localhost")
+    env = sc_env(http_proxy=squid.url, no_proxy="127.0.0.1")
+    proxied_first = origin.redirect("/proxied/data.bin", url).replace("127.0.0.1", "localhost")
+    split_use(tmp_path, owner, "proxied-first", proxied_first, payload, env)
+    assert len(origin.stats("/data.bin").ranges) >= 4, origin.stats("/data.bin")  # 0- and the other parts
+    ranges = origin.stats("/data.bin").ranges[:]
+    split_use(tmp_path, owner, "direct-first", origin.redirect("/direct/data.bin", named), payload, env)
+    # Through the proxy, the whole file was asked for, which squid answers 200 (to a range, 206).
+    assert [status for _, seen, status, _ in squid.requests() if seen == named] == ["TCP_MISS/200"], \
+        squid.requests()
+    assert origin.stats("/data.bin").ranges == ranges, origin.stats("/data.bin")
 
 
 def test_all_proxy_applies_when_no_scheme_variable_is_set(tmp_path, origin, squid, owner):
@@ -242,6 +270,17 @@ def test_chain_with_direct_and_every_proxy_down(tmp_path, origin, owner):
     assert "retrying" in failed.stderr and "attempt 2 of 2" in failed.stderr
 
 
+def test_a_chain_failed_over_to_direct_is_split_over_the_connections(tmp_path, origin, owner):
+    # The proxy that the first attempt tried, which would have got one connection, is not the route
+    # that sends the download.
+    payload = os.urandom(8 << 20)
+    url = origin.add("/data.bin", payload)
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = split_use(tmp_path, owner, "data", url, payload, sc_env(SC_PROXY=f"{dead};DIRECT"))
+    assert "failing over to a direct connection" in result.stderr
+    assert len(origin.stats("/data.bin").ranges) >= 4, origin.stats("/data.bin")  # 0- and the other parts
+
+
 # --- HTTPS through CONNECT -----------------------------------------------------------------------
 
 
@@ -269,10 +308,7 @@ def test_https_through_a_proxy_is_split_over_the_connections(tmp_path, tls_origi
     payload = os.urandom(8 << 20)
     server.add("/data.bin", payload)
     url = f"https://127.0.0.1:{server.port}/data.bin"
-    result = sc("--use", "-d", str(tmp_path), "--pid", str(owner.pid), "--connections", "4", f"http:{url}",
-                f"sha256:{hashlib.sha256(payload).hexdigest()}", env=sc_env(https_proxy=squid.url, SSL_CERT_FILE=str(ca)))
-    assert result.returncode == 0, result.stderr
-    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == payload
+    split_use(tmp_path, owner, "data", url, payload, sc_env(https_proxy=squid.url, SSL_CERT_FILE=str(ca)))
     assert len(server.stats("/data.bin").ranges) > 2, server.stats("/data.bin")  # the first request's and parts
     assert {method for method, _, _, _ in squid.requests()} == {"CONNECT"}
 

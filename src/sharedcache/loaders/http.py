@@ -53,7 +53,10 @@ client one connection (nginx's ``limit_conn``) refuses the others while that one
 retries would run out.  A server that answers ``200`` or gives no validator, and a small file, get one connection.  This
 holds for fresh downloads and for resumed ones alike.  So does an ``http://`` URL reached through
 a proxy that sees its requests (an HTTP or HTTPS proxy: :meth:`Transport.forwards
-<sharedcache.loaders.transport.Transport.forwards>`), whatever N: such a proxy is a site's cache,
+<sharedcache.loaders.transport.Transport.forwards>`), whatever N, the first request asking for no
+range through it.  The route that sends the first request decides, at each attempt and each
+redirect: a chain that fails over past a proxy to ``DIRECT``, or a redirect to a host that
+``no_proxy`` names, splits the download as without a proxy.  Such a proxy is a site's cache,
 near, there so that a fleet's hosts share one download from the origin, and parts defeat it or gain
 nothing.  Squid by default forwards a range to the origin and caches no ``206`` answer, so every
 host downloaded the whole file from the origin; configured to fetch the whole object for a range
@@ -565,13 +568,14 @@ class _HttpStream(SourceStream):
 
     def _first_response(self, start: int, validator: str | None) -> Any:
         # A resume asks for the rest, guarded by the validator.  A fresh download that may use several
-        # connections asks for "bytes=0-": a 206 answer shows that the server serves ranges, and
+        # connections asks for "bytes=0-" (unless its route is a proxy that sees it, which gets the
+        # whole file: see _connections_to): a 206 answer shows that the server serves ranges, and
         # gives the size and the validator that the parts are then checked against.  Past the first
         # part that answer is dropped, wasting what is in flight on its connection; a bounded first
         # range would instead cost a second request for every file that turns out not worth splitting.
         start = start if validator else 0
-        if start or self._connections_to(self.url) > 1:
-            response = self._get(start, validator)
+        if start or self._connections > 1:
+            response = self._get(start, validator, may_split=True)
             if response.status == 200 or self._continuation_problem(response, start, validator) is None:
                 self._adopt(response)
                 return response
@@ -689,12 +693,16 @@ class _HttpStream(SourceStream):
         return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
     def _get(self, start: int | None, validator: str | None, last: int | None = None,
-             stop: threading.Event | None = None, url: str | None = None, busy_fails: bool = False) -> Any:
+             stop: threading.Event | None = None, url: str | None = None, busy_fails: bool = False,
+             may_split: bool = False) -> Any:
         """GET bytes ``start`` to ``last`` (the whole file if ``start`` is None, to its end if ``last``
         is), guarded by ``validator``, from ``url`` (default: the source's URL); follows redirects,
         each through the route of its own URL (:meth:`_transport`); retries connection failures and
         5xx answers from ``url``, but with ``busy_fails`` not the answers of :data:`_BUSY`.  The answer's
-        ``url`` is the URL that gave it."""
+        ``url`` is the URL that gave it.  ``may_split``: the first request of a download that may be
+        split, which asks for a range from byte 0 only where the route that sends it lets the
+        download be split (:meth:`_connections_to`), decided at each attempt and each redirect (a
+        chain may fail over past a proxy, a redirect lead to a host that ``no_proxy`` names)."""
         import urllib3
 
         ranges: dict[str, str] = {}
@@ -710,8 +718,10 @@ class _HttpStream(SourceStream):
             member, pool = transport.pool()
             where = self._where(target)
             # Headers given to a request replace the pool's (User-Agent...): they are merged.  The
-            # credentials go to the origin of the URL asked for alone.
-            headers = {**pool.headers, **ranges}
+            # credentials go to the origin of the URL asked for alone.  Whether a download is split is
+            # the route's that sends this attempt: the first may have failed over, or been redirected.
+            ranged = not (may_split and start == 0 and self._connections_to(target) == 1)
+            headers = {**pool.headers, **(ranges if ranged else {})}
             if _origin(target) == _origin(self.url):
                 headers.update(self._auth.headers)
             try:
