@@ -591,6 +591,34 @@ def test_the_help_of_proxy_names_its_defaults_in_the_order_they_win(tmp_path):
     assert helped.index("$SC_PROXY") < helped.index("http_proxy") < helped.index("config"), helped
 
 
+def test_a_fetch_option_is_checked_with_the_fetch_settings_it_goes_with(tmp_path, owner):
+    # --speed-time 0 is valid without a speed limit: checked alone, against the built-in speed
+    # limit instead of a file's speed_limit = 0, it was refused, though sc config took it.
+    data = tmp_path / "data.txt"
+    data.write_text("ready")
+    config = tmp_path / "config"
+    recipe = ("--pid", str(owner.pid), "-d", str(tmp_path), "-n", "ready", f"file:{data}")
+    assert sc("--use", *recipe).returncode == 0
+    config.write_text("speed_limit = 0\n")
+    for command in ("--use", "--location", "--unuse"):
+        result = sc(command, "--speed-time", "0", *recipe, env=sc_env(SC_CONFIG=str(config)))
+        assert (result.returncode, result.stderr) == (0, ""), (command, result.stderr)
+    # With a speed limit, the option is still refused at once, whichever gives the limit, and a
+    # bad file setting that comes first neither hides it nor fails a use of ready data.
+    assert sc("--use", *recipe).returncode == 0
+    for text in ("speed_limit = 5\n", "connections = 0\nproxy = a b\n"):
+        config.write_text(text)
+        result = sc("--use", "--speed-time", "0", *recipe, env=sc_env(SC_CONFIG=str(config)))
+        assert (result.returncode, result.stderr.splitlines()) == (2, [
+            "sc: error: --speed-time must be more than 0 seconds when there is a speed limit (see 'sc --help')"])
+    config.write_text("speed_time = 0\nconnections = 0\n")
+    result = sc("--unuse", "--speed-limit", "5", *recipe, env=sc_env(SC_CONFIG=str(config)))
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    miss = sc("--use", "--speed-limit", "5", *recipe[:-3], "-n", "other", f"file:{data}",
+              env=sc_env(SC_CONFIG=str(config)))
+    assert miss.returncode == 2 and miss.stderr.startswith(f"sc: error: {config}:2: connections must be"), miss.stderr
+
+
 def test_bad_settings_from_the_environment_and_a_missing_sc_config(tmp_path, owner):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # a FIFO must not hang sc

@@ -402,10 +402,21 @@ def fetch_when_needed(settings: Effective, environ: Mapping[str, str],
     which only a miss calls (a use of ready data, a release, a location fetch nothing, so they
     neither import the fetch settings nor read credentials, and a bad one of a file or variable
     does not stop them).  The fetch settings of ``given`` (the caller's own options) are checked
-    now, alone, so that a bad option is an error at once, as any option is."""
-    own = {key: settings[key] for key in _FETCH_KEYS if key in given}  # (no option names a credential or rule)
-    if own:
-        fetch_policy(own, environ, credentials=False)
+    now, so that a bad option is an error at once, as any option is, with the values of the
+    other fetch settings that they go with (``speed_time = 0`` is valid with a ``speed_limit``
+    of 0 from a file).  A file's or variable's bad value met there is left to a miss: it is set
+    aside, its built-in value taken instead, and the check goes on, lest it hide a bad option."""
+    from .settings import FetchPolicy  # (only with a fetch option: a miss imports it anyway)
+
+    checked = {key: settings[key] for key in _FETCH_KEYS if key in settings}
+    while any(key in given for key in checked):
+        try:
+            FetchPolicy(**_fetch_values(checked))
+            break
+        except SettingError as e:
+            if e.setting in given:
+                raise _where_set(settings, e) from None
+            del checked[e.setting]
     return lambda: fetch_policy(settings, environ)
 
 
@@ -414,22 +425,23 @@ _FETCH_KEYS = ("connections", "connect_timeout", "read_timeout", "retries", "spe
 _CREDENTIAL_KEYS = ("ca_bundle", "client_cert", "client_key", "bearer_token_file", "netrc")
 
 
-def fetch_policy(settings: Effective, environ: Mapping[str, str], *, credentials: bool = True) -> FetchPolicy:
+def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy:
     """The fetch policy ``settings`` make, with the credentials they and the standard variables
-    of ``environ`` give (none without ``credentials``: none are looked for).  An invalid value
-    names where it was set: an option's is a :class:`UsageError`, a file's or a variable's a
-    :class:`ConfigError`."""
+    of ``environ`` give.  An invalid value names where it was set: an option's is a
+    :class:`UsageError`, a file's or a variable's a :class:`ConfigError`."""
     from .settings import Credentials, FetchPolicy, rewrite_rules
 
     try:
-        found = (Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS})
-                 if credentials else None)
+        credentials = Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS})
         rewrites = rewrite_rules(value(settings, "rewrite") or "")
-        return FetchPolicy(**{key: settings[key][0] for key in _FETCH_KEYS  # type: ignore[arg-type]  # typed by SETTINGS
-                              if key in settings and settings[key][0] is not None},
-                           credentials=found, rewrites=rewrites)
+        return FetchPolicy(**_fetch_values(settings), credentials=credentials, rewrites=rewrites)
     except SettingError as e:
         raise _where_set(settings, e) from None
+
+
+def _fetch_values(settings: Effective) -> dict[str, Any]:
+    """The arguments of :class:`FetchPolicy` that the fetch settings of ``settings`` give."""
+    return {key: settings[key][0] for key in _FETCH_KEYS if key in settings and settings[key][0] is not None}
 
 
 def _where_set(settings: Effective, error: SettingError) -> SharedCacheError:
