@@ -670,8 +670,30 @@ def test_a_user_without_a_home_reads_no_config_file_or_netrc_of_the_working_dire
     # "~/" in a file is a path of the home: without one it is said, not made the working directory's.
     (shared / "site.config").write_text("netrc = ~/.netrc\n")
     failed(sc_without_home("config", SC_CONFIG=str(shared / "site.config")),
-           f"{shared}/site.config:1: netrc names '~/.netrc', but this user has no home (no HOME, and none in "
-           "the user database)", status=2)
+           f"{shared}/site.config:1: netrc names '~/.netrc', but this user has no home (no HOME that is an "
+           "absolute path, and none in the user database)", status=2)
+
+
+def test_a_relative_home_is_no_home_and_the_user_database_gives_it(tmp_path: Path) -> None:
+    # A relative HOME (HOME=rel) would be the working directory's, so it is not taken: the user
+    # database's home is, as without HOME.  It was taken for no home at all: the user file and
+    # ~/.netrc were skipped without a word, and a file's "~/" said this user had none.
+    import pwd
+
+    from sharedcache.config.files import config_files
+
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    if not os.path.isabs(home):
+        pytest.skip(f"the user database gives this user no absolute home ({home!r})")
+    config = tmp_path / "config"
+    config.write_text("directories = ~/sc-base\n")
+    (tmp_path / "rel" / ".config" / "shared-cache").mkdir(parents=True)
+    (tmp_path / "rel" / ".config" / "shared-cache" / "config").write_text("keep = yes\n")
+    shown = sc("config", env=sc_env(HOME="rel", SC_CONFIG=str(config)), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f"directories = {home}/sc-base  # {config}:1" in shown.stdout, shown.stdout
+    assert "keep = (not set)" in shown.stdout, shown.stdout
+    assert config_files({"HOME": "rel"})[1] == (os.path.join(home, ".config", "shared-cache", "config"), False)
 
 
 def test_a_variable_naming_a_file_that_cannot_be_used_is_one_line_before_any_connection(origin, home: Path) -> None:

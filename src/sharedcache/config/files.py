@@ -157,11 +157,21 @@ _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
 
 def home_directory(environ: Mapping[str, str]) -> str | None:
-    """The user's home: ``$HOME``, else the user database's; None if that is no absolute path.
-    (A uid without a user entry and without ``HOME``, as under ``env -i`` or a container runtime,
-    has ``~`` left as it is: taken for a home, it was the working directory's ``./~``, where
-    whoever may write there, as in /tmp, chose this user's settings and logins.)"""
-    home = environ.get("HOME") or os.path.expanduser("~")
+    """The user's home: the ``HOME`` of ``environ``, else of this process (``environ`` may hold
+    some variables only, as a caller's ``Credentials.discover({})``), else the user database's;
+    the first that is an absolute path, or None.  (A uid without a user entry and without
+    ``HOME``, as under ``env -i`` or a container runtime, has ``~`` left as it is, and a relative
+    ``HOME`` is relative: taken for a home, either was the working directory's, where whoever may
+    write there, as in /tmp, chose this user's settings and logins.)"""
+    for home in (environ.get("HOME", ""), os.environ.get("HOME", "")):
+        if os.path.isabs(home):
+            return home
+    import pwd  # (only here: a HOME that is set is the warm path's)
+
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # a uid without a user entry
+        return None
     return home if os.path.isabs(home) else None
 
 
@@ -298,8 +308,8 @@ def _at_home(path: str, home: str | None, *, unknown_user_as_is: bool = False) -
         if home is None:
             if unknown_user_as_is:
                 return path
-            raise SettingError("", f"names {quoted(path)}, but this user has no home (no HOME, "
-                                   "and none in the user database)")
+            raise SettingError("", f"names {quoted(path)}, but this user has no home (no HOME that is "
+                                   "an absolute path, and none in the user database)")
         return home if path == "~" else os.path.join(home, path[2:])
     if not path.startswith("~"):
         return path
