@@ -32,8 +32,8 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 @pytest.fixture
-def tls_origin(tmp_path: Path) -> Iterator[tuple[Origin, Path]]:
-    """An HTTPS origin on 127.0.0.1 whose certificate a test CA signed; and the CA's file."""
+def server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server's TLS context for 127.0.0.1, whose certificate a test CA signed; and the CA's file."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (tools/test.sh installs it when run as root)")
     pki = tmp_path / "pki"
@@ -47,11 +47,18 @@ def tls_origin(tmp_path: Path) -> Iterator[tuple[Origin, Path]]:
              "-out", "server.pem", "-days", "2", "-extfile", "ext", cwd=pki)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    return context, pki / "ca.pem"
+
+
+@pytest.fixture
+def tls_origin(server_tls: tuple[ssl.SSLContext, Path]) -> Iterator[tuple[Origin, Path]]:
+    """An HTTPS origin on 127.0.0.1 whose certificate a test CA signed; and the CA's file."""
+    context, ca = server_tls
     server = Origin()
     server._server.socket = context.wrap_socket(server._server.socket, server_side=True)
     server.start()
     try:
-        yield server, pki / "ca.pem"
+        yield server, ca
     finally:
         server.stop()
 
