@@ -416,17 +416,18 @@ def fetch_when_needed(settings: Effective, environ: Mapping[str, str],
     other fetch settings that they go with (``speed_time = 0`` is valid with a ``speed_limit``
     of 0 from a file).  A file's or variable's bad value met there is left to a miss: it is set
     aside, its built-in value taken instead, and the check goes on, lest it hide a bad option."""
-    from .settings import FetchPolicy  # (only with a fetch option: a miss imports it anyway)
-
     checked = {key: settings[key] for key in _FETCH_KEYS if key in settings}
-    while any(key in given for key in checked):
-        try:
-            FetchPolicy(**_fetch_values(checked))
-            break
-        except SettingError as e:
-            if e.setting in given:
-                raise _where_set(settings, e) from None
-            del checked[e.setting]
+    if any(key in given for key in checked):
+        from .settings import FetchPolicy  # (only with a fetch option: a miss imports it anyway)
+
+        while any(key in given for key in checked):
+            try:
+                FetchPolicy(**_fetch_values(checked))
+                break
+            except SettingError as e:
+                if e.setting in given:
+                    raise _where_set(settings, e) from None
+                del checked[e.setting]
     return lambda: fetch_policy(settings, environ)
 
 
