@@ -20,6 +20,7 @@ import pytest
 import sharedcache
 from sharedcache import FsCache
 from sharedcache.engine import locks
+from sharedcache.repository.bases import KEPT_CACHES
 
 HERE = os.path.dirname(__file__)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(HERE, "..", "src"), os.environ.get("PYTHONPATH", "")])}
@@ -336,6 +337,7 @@ def test_a_child_forked_as_gc_looks_at_an_entry_in_the_trash_holds_no_copy_of_it
 _FORK_AMID_A_STEP = """
 import os, sys, threading, time
 from sharedcache.engine import locks
+from sharedcache.repository.bases import KEPT_CACHES
 
 path, step = sys.argv[1], sys.argv[2]
 go, forked = threading.Event(), threading.Event()
@@ -414,6 +416,7 @@ def test_a_fork_by_the_thread_opening_a_lock_file_does_not_wait_for_itself(tmp_p
     script = f"""
 import os, signal, sys
 from sharedcache.engine import locks
+from sharedcache.repository.bases import KEPT_CACHES
 
 def fork(signum, frame):
     pid = os.fork()
@@ -432,3 +435,57 @@ locks.close(locks.open_lock_file({str(tmp_path / "lock")!r}))
 sys.setprofile(None)
 """
     subprocess.run([sys.executable, "-c", script], env=ENV, check=True, timeout=30)
+
+
+@pytest.mark.parametrize("handler", ["forks", "uses a cache"])
+def test_a_signal_handler_that_forks_or_uses_a_cache_as_use_runs_does_not_wait_for_itself(
+        tmp_path: Path, handler: str) -> None:
+    # A signal handler runs in the thread it interrupts, which may hold the lock of the table of
+    # open caches, or a cache's own, where a fork (its hook) and a use() wait: a pre-fork
+    # server's respawn, a reload hook.  Uses of more bases than the table keeps drop a cache at
+    # every use, which closed its connections to the index under the lock: the program hung.
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(10_000))
+    bases = [tmp_path / f"base{i}" for i in range(KEPT_CACHES + 2)]
+    own = tmp_path / "handler's"
+    for path in [*bases, own]:
+        path.mkdir()
+    action = "fork()" if handler == "forks" else f"use({str(own)!r})"
+    script = f"""
+import os, signal, sharedcache
+
+def use(base):
+    with sharedcache.use({f"file:{blob}"!r}, name="blob", directories=base) as path:
+        assert (path / "blob").stat().st_size == 10_000
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+handled, inside = 0, False
+
+def handle(signum, frame):
+    global handled, inside
+    if not inside:  # (not within itself)
+        inside = True
+        {action}
+        handled += 1
+        inside = False
+
+use({str(own)!r})  # (what a use imports is imported before the first signal)
+signal.signal(signal.SIGALRM, handle)
+signal.setitimer(signal.ITIMER_REAL, 0.003, 0.003)
+for _ in range(4):
+    for base in {[str(path) for path in bases]!r}:
+        use(base)
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(handled)
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:  # (killed by run; within the test's own timeout, to say why)
+        pytest.fail(f"a program whose signal handler {handler} hung")
+    assert done.returncode == 0, done.stderr  # (Python 3.12 on warns of a fork while a population's threads run)
+    assert int(done.stdout) > 0  # (the handler ran)

@@ -339,8 +339,8 @@ import errno
 import os
 import stat
 import time
+from _thread import RLock  # threading's, without importing threading
 from _thread import _local as thread_local  # threading.local, without importing threading
-from _thread import allocate_lock
 from _weakref import ref as weak_reference  # weakref.ref, without importing weakref
 
 from ..errors import (
@@ -438,8 +438,11 @@ _INDEX_SIDE_FILES = ("-wal", "-shm", "-journal")
 #: longest suffix of a journal's name.
 _SQLITE_PATH_MAX = 504
 #: Held to change what a cache keeps open (its connections, its directories: see FsCache.close),
-#: and across a fork: a child never finds it taken by a thread it has not.
-_HELD_OPEN_CHANGE = allocate_lock()
+#: and across a fork: a child never finds it taken by a thread it has not.  Re-entrant, as
+#: :data:`~sharedcache.engine.locks._recording` is: a fork by the thread that holds it (a signal
+#: handler's: a pre-fork server's respawn) or a use of a cache by a signal handler there cannot
+#: wait for itself.
+_HELD_OPEN_CHANGE = RLock()
 os.register_at_fork(before=_HELD_OPEN_CHANGE.acquire, after_in_parent=_HELD_OPEN_CHANGE.release,
                     after_in_child=_HELD_OPEN_CHANGE.release)
 #: The commit marker of an entry flushed to disk before its commit.

@@ -29,7 +29,7 @@ space reserved by populations in progress, and the links.
 from __future__ import annotations
 
 import os
-from _thread import allocate_lock
+from _thread import RLock  # threading's, without importing threading
 from _weakref import ref as weak_reference  # weakref.ref, without importing weakref
 
 from ..engine import locks
@@ -81,8 +81,10 @@ KEPT_CACHES = 8
 # dropped from here closes what it holds open once its last user lets it go.
 _open_caches: dict[tuple[str, int | None], FsCache] = {}
 # Held to change _open_caches (use() may be called from several threads), and across a fork: a
-# child never finds it taken by a thread it has not.
-_open_caches_change = allocate_lock()
+# child never finds it taken by a thread it has not.  Re-entrant, as locks._recording is: a fork
+# by the thread that holds it (a signal handler's) or a use() by a signal handler there cannot
+# wait for itself.  No cache is let go while it is held (see _dropped).
+_open_caches_change = RLock()
 os.register_at_fork(before=_open_caches_change.acquire, after_in_parent=_open_caches_change.release,
                     after_in_child=_open_caches_change.release)
 
@@ -103,18 +105,33 @@ def _drop_removed_caches() -> None:
         controls = list(_open_caches)
     removed = [key for key in controls if not os.path.isdir(os.path.join(key[0], POPULATE))]
     with _open_caches_change:
-        for key in removed:
-            _open_caches.pop(key, None)
+        dropped = _dropped(removed)
+    del dropped  # (let go with the lock released: see _dropped)
 
 
 def _keep_open(key: tuple[str, int | None], cache: FsCache) -> None:
     """Keep ``cache`` as the one of ``key``, the latest used, dropping the least recently used
     beyond :data:`KEPT_CACHES` (and what it replaces)."""
     with _open_caches_change:
-        _open_caches.pop(key, None)
+        replaced = _open_caches.pop(key, None)
         _open_caches[key] = cache
-        while len(_open_caches) > KEPT_CACHES:
-            del _open_caches[next(iter(_open_caches))]
+        dropped = _dropped(list(_open_caches)[:-KEPT_CACHES])
+    del replaced, dropped  # (let go with the lock released: see _dropped)
+
+
+def _dropped(keys: list[tuple[str, int | None]]) -> list[FsCache]:
+    """Drop the caches of ``keys`` from the table, those still there (a signal handler's use()
+    may have dropped one as this thread held the lock), and return them.  Called with the lock
+    held, by a caller that lets them go once it has released it: a cache whose last user was
+    the table closes its connections to the index and its directories as it is freed, which
+    may take SQLite a while, and every other thread's use() and fork would wait for it, and a
+    signal handler's use() find the table half changed."""
+    dropped = []
+    for key in keys:
+        cache = _open_caches.pop(key, None)
+        if cache is not None:
+            dropped.append(cache)
+    return dropped
 
 
 def base_directories(
