@@ -28,6 +28,7 @@ from scutil import (DEFAULT_SIGNALS, SC, SRC, Sleeper, check_tree, control, fini
                     sc, sc_env, sc_start, stop_process, user_dir, wait_for)
 from sharedcache.engine.leases import Owner, pid_namespace
 from sharedcache.loaders.words import default_name
+from sharedcache.repository.bases import KEPT_CACHES
 
 FILES = sample_files()
 
@@ -1462,6 +1463,42 @@ def test_uses_of_ever_new_bases_keep_no_descriptor_of_those_removed(tmp_path, ta
         # (At most what the cache of the last use holds: its index, two journals and populate/.)
         assert last <= first and deleted <= 4, f"{how}: {first} descriptors open after the first use, " \
                                                f"{last} after the last, {deleted} of deleted files"
+
+
+def test_threads_that_remove_their_fresh_bases_after_use_never_find_a_file_gone_under_them(tmp_path, tarball):
+    # Another thread's use() drops the cache of a base from the table (the least recently used,
+    # or one whose cache is gone) and may be the last to let it go: its connection to the index
+    # closed there, and SQLite's last close removed the index's journals by name, as the owner
+    # of the base was removing it: shutil.rmtree failed on a file it had listed.
+    code = textwrap.dedent(f"""
+        import json, os, shutil, tempfile, threading, sharedcache
+
+        failed = []
+
+        def uses():
+            for _ in range(150):
+                base = tempfile.mkdtemp(dir={str(tmp_path)!r})
+                with sharedcache.use(*{recipe(tarball)!r}, name="r", directories=base) as path:
+                    assert (path / "data/part-000.bin").exists()
+                try:
+                    shutil.rmtree(base)
+                except OSError as e:
+                    failed.append(str(e))
+
+        threads = [threading.Thread(target=uses) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(json.dumps([failed, len(os.listdir("/proc/self/fd"))]))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    failed, descriptors = json.loads(result.stdout)
+    assert failed == [], f"{len(failed)} removals of a base of 1200 failed, the first: {failed[0]}"
+    # (Its standard streams, the listing's own, and what the caches the table keeps hold: the
+    # index, its two journals and populate/ each.)
+    assert descriptors <= 4 + 4 * KEPT_CACHES, f"{descriptors} descriptors open at the end"
 
 
 def test_a_use_in_a_generator_left_unfinished_is_released_at_exit(dirs, tarball):

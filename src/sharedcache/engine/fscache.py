@@ -648,9 +648,12 @@ def _open_own(root: str, sub: str, group: int | None) -> int:
     return fd
 
 
-def _close_index(db: Index) -> None:
+def _close_index(db: Index, *, leaving_journals: bool = False) -> None:
     try:
-        db.close()
+        if leaving_journals:
+            db.close_leaving_journals()
+        else:
+            db.close()
     except db.Error:
         pass  # the journal stays beside the index, and the next connection folds it back
 
@@ -826,6 +829,8 @@ class FsCache:
     and not kept, for them (see "Delete").
     """
 
+    _leaves_journals = False  # (see let_go)
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -981,6 +986,14 @@ class FsCache:
         if db is not None and self._local.pid == os.getpid():
             _close_index(db)
 
+    def let_go(self) -> None:
+        """Say that this object's owner lets it go while others may still use it (a table of
+        caches that drops it): its connections, which close as it is freed, in whichever thread
+        lets it go last, then leave the index's journals in place
+        (:meth:`~sharedcache.engine.index.Index.close_leaving_journals`).  That moment is not
+        its owner's: another thread may be removing the cache's directory meanwhile."""
+        self._leaves_journals = True
+
     def __del__(self) -> None:
         # A program that opens caches for ever (one in a fresh directory per test) kept their
         # connections and directories open, removed or not, until it ran out of descriptors: a
@@ -990,7 +1003,7 @@ class FsCache:
         for pid, made in getattr(self, "_connections", ()):
             db = made()
             if db is not None and pid == os.getpid():  # (a forked child's inherited ones are the index's)
-                _close_index(db)
+                _close_index(db, leaving_journals=self._leaves_journals)
         for fd, _, _ in getattr(self, "_kept_open", {}).values():
             os.close(fd)
 

@@ -55,8 +55,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import fcntl
+import itertools
 import os
 import stat
+import struct
 import sys
 import time
 import weakref
@@ -138,11 +141,38 @@ class Index(sqlite3.Connection):
     """
 
     root: str
+    file: tuple[int, int]  # the device and inode of the index's file
     file_mode: int  # the cache's mode for the files it makes (the reserve)
     broken = False
     waits: float  # seconds a statement waits for a busy index, as last set
     busy_slice: float  # seconds SQLite waits for a busy index at a time (its busy timeout) now
     _ends: list[tuple[Callable[[], object], Callable[[], object]]]  # the open transaction's (see at_end)
+
+    def close_leaving_journals(self) -> None:
+        """Close this connection leaving the index's journals (``-wal``, ``-shm``) where they are,
+        unfolded, even as the last one: for a close at a moment that nobody chose (a cache
+        freed by whichever thread let it go last), when another thread may be removing the
+        cache's directory (``shutil.rmtree`` fails on a file it listed that is gone when it
+        comes to unlink it).
+
+        SQLite's last connection folds the journal back and unlinks both, by name, once it has
+        taken an exclusive lock on the index's file: a POSIX lock, which conflicts with an open
+        file description's (OFD) lock, even one of its own process.  So each of this process's
+        descriptors of the index (SQLite's own: closing a descriptor that this process opened
+        would drop every POSIX lock it holds on the file, those of its other connections among
+        them) gets an OFD read lock on one byte of that exclusive lock's range for the close.
+        SQLite's attempt fails then, as when another connection is open: the journals stay for
+        the next connection, which folds them back.  Another process's connections take no lock
+        there but as they close, and then leave the journals too.  Each close locks a byte of
+        its own (:data:`_BYTES_LEFT_LOCKED`), so that it unlocks no other close's."""
+        byte = _EXCLUSIVE_RANGE[0] + next(_BYTES_LEFT_LOCKED) % _EXCLUSIVE_RANGE[1]
+        for fd in _descriptors_of(self.file):
+            _lock_byte(fd, byte, fcntl.F_RDLCK)
+        try:
+            self.close()
+        finally:
+            for fd in _descriptors_of(self.file):  # (SQLite's of this connection is closed, with its lock)
+                _lock_byte(fd, byte, fcntl.F_UNLCK)
 
     def at_end(self, undo: Callable[[], object], done: Callable[[], object]) -> None:
         """Within a transaction: what to do once it ends.  ``undo`` undoes what the caller did
@@ -444,6 +474,20 @@ class _Rows(sqlite3.Cursor):
             raise self.connection.failure(e) from None
 
 
+#: The bytes of the index's file that SQLite's exclusive lock takes (unix VFS): first, count.
+_EXCLUSIVE_RANGE = (0x40000000 + 2, 510)
+#: Numbers the closes of :meth:`Index.close_leaving_journals` (a ``next()`` is atomic).
+_BYTES_LEFT_LOCKED = itertools.count()
+
+
+def _lock_byte(fd: int, byte: int, kind: int) -> None:
+    """Take or drop (``kind``) an OFD lock on ``byte`` of the file of ``fd``."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0))
+    except OSError:
+        pass  # closed meanwhile, or a file system without OFD locks: SQLite does as it would
+
+
 #: Every connection this process made, so that a forked child can close what it inherited.
 _connections: weakref.WeakSet[Index] = weakref.WeakSet()
 #: The threads of this process as it last forked (see :func:`_close_inherited`).
@@ -702,7 +746,7 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int, 
         db.close()
         raise CacheError(f"the index of cache {root} was replaced as it was opened (SQLite found another "
                          "file at its path); run gc to rebuild it")
-    db.root, db.file_mode, db.waits, db.busy_slice = root, file_mode, timeout, min(timeout, BUSY_SLICE)
+    db.root, db.file, db.file_mode, db.waits, db.busy_slice = root, index, file_mode, timeout, min(timeout, BUSY_SLICE)
     _connections.add(db)
     return db
 
@@ -779,14 +823,20 @@ def _open_here(file: tuple[int, int]) -> bool:
     """Whether this process has the file of this device and inode open (SQLite, once it has
     connected to it; or another connection of this process to the same index, a case this check
     cannot tell from the first)."""
+    return bool(_descriptors_of(file))
+
+
+def _descriptors_of(file: tuple[int, int]) -> list[int]:
+    """This process's descriptors of the file of this device and inode."""
+    found = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            found = os.stat(f"/proc/self/fd/{name}")
+            status = os.stat(f"/proc/self/fd/{name}")
         except OSError:
             continue  # closed meanwhile (the listing's own descriptor among them)
-        if (found.st_dev, found.st_ino) == file:
-            return True
-    return False
+        if (status.st_dev, status.st_ino) == file:
+            found.append(int(name))
+    return found
 
 
 def _create_schema(db: Index, timeout: float) -> None:

@@ -78,7 +78,8 @@ KEPT_CACHES = 8
 # loop opens each cache and its index once (a new FsCache costs checks, and its connection to
 # the index).  A few only: a program that uses a fresh base each time (a test suite's temporary
 # directories) kept every one, with its descriptors, until it could open no file.  A cache
-# dropped from here closes what it holds open once its last user lets it go.
+# dropped from here closes what it holds open once its last user lets it go, leaving the index's
+# journals for the next connection (see FsCache.let_go).
 _open_caches: dict[tuple[str, int | None], FsCache] = {}
 # Held to change _open_caches (use() may be called from several threads), and across a fork: a
 # child never finds it taken by a thread it has not.  Re-entrant, as locks._recording is: a fork
@@ -113,7 +114,8 @@ def _keep_open(key: tuple[str, int | None], cache: FsCache) -> None:
     """Keep ``cache`` as the one of ``key``, the latest used, dropping the least recently used
     beyond :data:`KEPT_CACHES` (and what it replaces)."""
     with _open_caches_change:
-        replaced = _open_caches.pop(key, None)
+        replaced = [] if _open_caches.get(key) is cache else _dropped([key])
+        _open_caches.pop(key, None)  # (to come last: the latest used)
         _open_caches[key] = cache
         dropped = _dropped(list(_open_caches)[:-KEPT_CACHES])
     del replaced, dropped  # (let go with the lock released: see _dropped)
@@ -121,7 +123,8 @@ def _keep_open(key: tuple[str, int | None], cache: FsCache) -> None:
 
 def _dropped(keys: list[tuple[str, int | None]]) -> list[FsCache]:
     """Drop the caches of ``keys`` from the table, those still there (a signal handler's use()
-    may have dropped one as this thread held the lock), and return them.  Called with the lock
+    may have dropped one as this thread held the lock), and return them, let go (see
+    :meth:`FsCache.let_go`: another thread may be removing their base).  Called with the lock
     held, by a caller that lets them go once it has released it: a cache whose last user was
     the table closes its connections to the index and its directories as it is freed, which
     may take SQLite a while, and every other thread's use() and fork would wait for it, and a
@@ -130,6 +133,7 @@ def _dropped(keys: list[tuple[str, int | None]]) -> list[FsCache]:
     for key in keys:
         cache = _open_caches.pop(key, None)
         if cache is not None:
+            cache.let_go()
             dropped.append(cache)
     return dropped
 
