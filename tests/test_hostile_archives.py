@@ -425,6 +425,17 @@ def test_a_chain_of_links_longer_than_the_kernel_follows_is_unpacked(box: Box, u
     assert (dest / "l1990").read_bytes() == b"x\n"  # (the kernel follows 40 links, no more)
 
 
+@pytest.mark.parametrize("unpacker", ["tar", "zip"])
+def test_a_dangling_link_to_a_name_too_long_for_the_file_system_is_kept(box: Box, unpacker: str) -> None:
+    """As GNU tar keeps it: its target names nothing (the look-up of a 300-byte name fails with
+    ENAMETOOLONG, which failed the archive as data that could not be written)."""
+    target = "a" * 300
+    archive = (tar(member("l", tarfile.SYMTYPE, link=target)) if unpacker == "tar" else
+               zip_of(("l", target.encode(), stat.S_IFLNK | 0o777)))
+    dest = box.populate(box.put(f"long.{unpacker}", archive), unpacker)
+    assert os.readlink(dest / "l") == target
+
+
 def test_links_into_a_long_chain_are_each_resolved_once(box: Box) -> None:
     """3000 links to the head of a chain of 900 cost what 3900 links do, not 3000 walks of the
     chain (some 10 s, 3.5 ms each: minutes for an archive of 100 KB).  Counted in look-ups of

@@ -561,7 +561,7 @@ class _Links:
             here = tuple(walk.position)
             try:
                 mode = os.lstat(SafeTree._below(here), dir_fd=self._root_fd).st_mode
-            except FileNotFoundError:
+            except OSError:  # (a name too long for the file system, one below a file: none there)
                 mode = 0
             if stat.S_ISDIR(mode):
                 continue
