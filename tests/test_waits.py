@@ -9,7 +9,6 @@ byte at a time, each well within any read timeout (the origin users met).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -17,7 +16,6 @@ import select
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tarfile
@@ -27,7 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from origin import Origin
 
 from scutil import (
     DEFAULT_SIGNALS,
@@ -55,23 +52,19 @@ from sharedcache.engine.leases import boot_id
 
 
 class Trickle(ThreadedServer):
-    """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, ``burst`` every ``interval`` s
-    in one segment, each written alone; ``headers``: whether it answers at all (else it reads the
-    request and stays silent); ``slow_head``: whether it sends its head the same way, never ending
-    it; ``tls``: HTTPS, in which each byte written is a record of its own."""
+    """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, one every ``interval`` s;
+    ``headers``: whether it answers at all (else it reads the request and stays silent);
+    ``slow_head``: whether it sends its head the same way, never ending it."""
 
     def __init__(self, length: int = 100_000, interval: float = 0.2, headers: bool = True,
-                 slow_head: bool = False, burst: int = 1, tls: ssl.SSLContext | None = None) -> None:
+                 slow_head: bool = False) -> None:
         self.length, self.interval, self.headers, self.slow_head = length, interval, headers, slow_head
-        self.burst, self.tls = burst, tls
         super().__init__(self._trickle)
 
     def word(self) -> str:
-        return f"http:{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/slow.bin"
+        return f"http:http://127.0.0.1:{self.port}/slow.bin"
 
     def _trickle(self, conn: socket.socket) -> None:
-        if self.tls is not None:
-            conn = self.tls.wrap_socket(conn, server_side=True)
         if read_head(conn) is None:
             return
         head = f'HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\nETag: "v1"\r\n\r\n'
@@ -84,13 +77,10 @@ class Trickle(ThreadedServer):
                 conn.sendall(b"x")
             return
         conn.sendall(head.encode())
-        for _ in range(self.length // self.burst):
+        for _ in range(self.length):
             if self.stopping.wait(self.interval):
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            for _ in range(self.burst):
-                conn.sendall(b"x")
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+            conn.sendall(b"x")
 
 
 @pytest.fixture
@@ -125,80 +115,6 @@ def test_a_download_below_the_speed_limit_fails_and_its_waiters_get_the_error(tm
     assert wstatus == 1 and "too slow" in werr, werr
     assert not (control(base) / "objects" / "slow").exists()
     assert not (control(base) / "populate" / "slow.work").exists()
-
-
-def process_state(pid: int) -> str:
-    """The state letter of process ``pid`` in /proc (``T``: stopped)."""
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1]
-
-
-@pytest.mark.parametrize(("scheme", "connections"), [("http", 1), ("http", 4), ("https", 1)])
-def test_a_populator_suspended_past_the_speed_time_goes_on_when_continued(tmp_path, request, scheme, connections):
-    # A batch system suspends a job with SIGSTOP.  Meanwhile the origin's bytes wait in the
-    # socket's buffers and the clock runs on: the limit judges the origin, not the stop, on
-    # each connection of a download over several (parts of 3 MB each), over TLS too.
-    payload = os.urandom(3_000_000 * connections)
-    base = tmp_path / "base"
-    base.mkdir()
-    if scheme == "https":
-        origin, ca = request.getfixturevalue("tls_origin")
-        env = sc_env(SSL_CERT_FILE=str(ca))
-    else:
-        origin, env = request.getfixturevalue("origin"), sc_env()
-    origin.rate = 500_000
-    origin.add("/f.bin", payload)
-    args = ["-d", str(base), "-n", "f", "--speed-limit", "300KB", "--speed-time", "2",
-            "--connections", str(connections), f"http:{scheme}://127.0.0.1:{origin.port}/f.bin",
-            f"sha256:{hashlib.sha256(payload).hexdigest()}"]
-    populator = sc_start("--use", *args, env=env)
-    waiter = None
-    try:
-        wait_for(lambda: origin.stats("/f.bin").bytes_served >= 200_000 or populator.poll() is not None,
-                 what="the download under way")
-        os.kill(populator.pid, signal.SIGSTOP)
-        wait_for(lambda: process_state(populator.pid) == "T", what="the populator stopped")
-        waiter = sc_start("--use", *args, env=env)
-        # Five times the speed time: over it, the limit asks for more than a part's 3 MB.
-        time.sleep(10)
-        os.kill(populator.pid, signal.SIGCONT)
-        (status, out, err), (wstatus, wout, werr) = finish([populator, waiter], timeout=60)
-    finally:
-        for proc in (populator, waiter):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-    assert status == 0 and wstatus == 0, (err, werr)
-    assert out == wout and (Path(out.strip()) / "f.bin").read_bytes() == payload
-    assert origin.stats("/f.bin").gets == connections  # one per part: none was asked for again
-
-
-def test_an_origin_below_the_speed_limit_fails_though_it_sends_in_bursts(tmp_path):
-    # Bursts that a read takes whole leave nothing unread on the connection: the origin is slow.
-    payload = os.urandom(3_000_000)
-    base = tmp_path / "base"
-    base.mkdir()
-    with Origin(rate=100_000) as origin:
-        origin.add("/f.bin", payload)
-        result = sc("--use", "-d", str(base), "-n", "f", "--speed-limit", "300KB", "--speed-time", "2",
-                    f"http:{origin.url('/f.bin')}", timeout=60)
-    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
-    assert "too slow" in result.stderr and "less than 300000 bytes/s for 2 s" in result.stderr, result.stderr
-
-
-def test_an_https_origin_below_the_speed_limit_fails_though_part_of_a_record_waits_unread(tmp_path, server_tls):
-    # Over TLS a read takes one record: an origin (or a slow link) that sends two at a time
-    # leaves the start of the second unread on the connection whenever the window is judged.
-    context, ca = server_tls
-    base = tmp_path / "base"
-    base.mkdir()
-    origin = Trickle(length=1_000_000, interval=0.1, burst=2, tls=context)
-    try:
-        result = sc("--use", "-d", str(base), "-n", "slow", "--speed-limit", "1000", "--speed-time", "2",
-                    "--timeout", "30", origin.word(), env=sc_env(SSL_CERT_FILE=str(ca)), timeout=60)
-    finally:
-        origin.stop()
-    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
-    assert "too slow" in result.stderr and "less than 1000 bytes/s for 2 s" in result.stderr, result.stderr
 
 
 def test_the_records_of_a_population_in_progress_are_not_flushed(disk):

@@ -471,11 +471,8 @@ class FetchPolicy:
     ``backoff`` seconds doubled ``attempt`` times, at most ``backoff_max``.  ``speed_limit``,
     ``speed_time``: a transfer (each connection of one) that brings fewer than ``speed_limit``
     bytes a second, on average over ``speed_time`` seconds, fails (curl's ``--speed-limit`` and
-    ``--speed-time``), counting the bytes that came and wait unread, unless they fill its
-    receive buffer (this process is behind, as a suspended job is: see
-    :meth:`sharedcache.loaders.http._Body._check_speed`); a ``speed_limit`` of 0 never does.
-    Without it, an origin that sends a byte now and then, each within the read timeout, would
-    keep a population going forever.  ``credentials``: TLS
+    ``--speed-time``); a ``speed_limit`` of 0 never does.  Without it, an origin that sends a
+    byte now and then, each within the read timeout, would keep a population going forever.  ``credentials``: TLS
     trust and authentication (:class:`Credentials`; None: the system's CAs and no credentials).
     ``rewrites``: the site's rewrite rules (:func:`rewrite_rules`).
 

@@ -264,24 +264,6 @@ def _socket_of(response: Any) -> Any:
     return sock if sock is not None else getattr(getattr(response, "_fp", None), "_socket", None)
 
 
-def _receive_queue(response: Any) -> tuple[int, int]:
-    """How many bytes have come on ``response``'s connection that were not read yet, and the size
-    of its receive buffer (0, 0 without one, or once it is closed)."""
-    sock = _socket_of(response)
-    if sock is None:
-        return 0, 0
-    import fcntl
-    import socket
-    import termios
-
-    try:
-        queued = fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4))
-        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    except (OSError, ValueError):  # (ValueError: a closed socket's descriptor, -1)
-        return 0, 0
-    return int.from_bytes(queued, sys.byteorder, signed=True), size
-
-
 def _json_message(text: str) -> str:
     """The message of a JSON error: ``message``, ``error`` (a string, or an object with a
     ``message``), ``error_description`` or ``detail``; empty if it has none, or is cut short."""
@@ -1061,26 +1043,7 @@ class _Body:
             sock.settimeout(min(read_timeout(self._http.fetch), left))
 
     def _check_speed(self, got: int) -> None:
-        """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time``,
-        counting those that have come and wait unread on the connection, unless what the read
-        took and what waits fill a quarter of its receive buffer: then this process is behind
-        the server, which it holds back, and the window starts again.
-
-        Bytes wait unread on a slow link too: over TLS a read takes one record, and the start of
-        the next stays in the kernel, so a few waiting bytes are the server's, counted in the
-        window in which they came and taken off the next one, which reads them (as they came
-        over the wire: a record's framing counts).  This process falls behind when it does not
-        run: a batch system suspends a job with SIGSTOP, and the clock runs on while the server's
-        bytes fill the receive buffer; at the first read after SIGCONT the window, stop included,
-        holds only what came before and what waits.  A full buffer tells this end's delay from
-        the server's wherever the stop came (most often inside the read, which alone could not
-        tell a long wait from a stop), for each connection of a download over several.  It
-        counts as full from a quarter: a kernel may advertise as little as half of it as its
-        window (``tcp_adv_win_scale`` 1, before Linux 6.6).  A server that is slow fills none of
-        it, since each read takes a record or all that has come.  A stop whose bytes one read
-        took whole, with none on the way after them (the server closed the connection
-        meanwhile, or its next bytes are a round trip away), leaves nothing to tell it by: that
-        window is judged as before."""
+        """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time``."""
         fetch = self._http.fetch
         since, count = self._window
         count += got
@@ -1088,15 +1051,11 @@ class _Body:
         self._window = (since, count)
         if not fetch.speed_limit or now - since < fetch.speed_time:
             return
-        unread, buffer = _receive_queue(self._response)
-        behind = (got + unread) * 4 >= buffer > 0
-        if count + unread < fetch.speed_limit * (now - since) and not behind:
-            # (Below 0 when the last window credited TLS framing that a read then did not count.)
+        if count < fetch.speed_limit * (now - since):
             raise DownloadError(
-                f"download of {self._http.url} too slow: {max(count + unread, 0)} bytes in the last "
-                f"{now - since:.0f} s (less than {fetch.speed_limit} bytes/s for {fetch.speed_time:g} s), "
-                f"at byte {self._position}")
-        self._window = (now, -unread)
+                f"download of {self._http.url} too slow: {count} bytes in the last {now - since:.0f} s "
+                f"(less than {fetch.speed_limit} bytes/s for {fetch.speed_time:g} s), at byte {self._position}")
+        self._window = (now, 0)
 
     def _interrupted(self, why: str) -> None:
         """Get ready to ask for the rest, or give up: without a validator, after too many attempts,
