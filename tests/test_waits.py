@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from origin import Origin
 from scutil import (
     DEFAULT_SIGNALS,
     SC,
@@ -52,19 +54,23 @@ from sharedcache.engine.leases import boot_id
 
 
 class Trickle(ThreadedServer):
-    """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, one every ``interval`` s;
-    ``headers``: whether it answers at all (else it reads the request and stays silent);
-    ``slow_head``: whether it sends its head the same way, never ending it."""
+    """An HTTP origin on 127.0.0.1 that sends ``length`` body bytes, ``burst`` every ``interval`` s
+    in one segment, each written alone; ``headers``: whether it answers at all (else it reads the
+    request and stays silent); ``slow_head``: whether it sends its head the same way, never ending
+    it; ``tls``: HTTPS, in which each byte written is a record of its own."""
 
     def __init__(self, length: int = 100_000, interval: float = 0.2, headers: bool = True,
-                 slow_head: bool = False) -> None:
+                 slow_head: bool = False, burst: int = 1, tls: ssl.SSLContext | None = None) -> None:
         self.length, self.interval, self.headers, self.slow_head = length, interval, headers, slow_head
+        self.burst, self.tls = burst, tls
         super().__init__(self._trickle)
 
     def word(self) -> str:
-        return f"http:http://127.0.0.1:{self.port}/slow.bin"
+        return f"http:{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/slow.bin"
 
     def _trickle(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)
         if read_head(conn) is None:
             return
         head = f'HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\nETag: "v1"\r\n\r\n'
@@ -77,10 +83,13 @@ class Trickle(ThreadedServer):
                 conn.sendall(b"x")
             return
         conn.sendall(head.encode())
-        for _ in range(self.length):
+        for _ in range(self.length // self.burst):
             if self.stopping.wait(self.interval):
                 return
-            conn.sendall(b"x")
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            for _ in range(self.burst):
+                conn.sendall(b"x")
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
 
 @pytest.fixture
@@ -138,6 +147,35 @@ def test_the_records_of_a_population_in_progress_are_not_flushed(disk):
         populator.kill()
         populator.wait(10)
         silent.stop()
+
+
+def test_an_origin_below_the_speed_limit_fails_though_it_sends_in_bursts(tmp_path):
+    # Bursts that a read takes whole leave nothing unread on the connection: the origin is slow.
+    payload = os.urandom(3_000_000)
+    base = tmp_path / "base"
+    base.mkdir()
+    with Origin(rate=100_000) as origin:
+        origin.add("/f.bin", payload)
+        result = sc("--use", "-d", str(base), "-n", "f", "--speed-limit", "300KB", "--speed-time", "2",
+                    f"http:{origin.url('/f.bin')}", timeout=60)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "too slow" in result.stderr and "less than 300000 bytes/s for 2 s" in result.stderr, result.stderr
+
+
+def test_an_https_origin_below_the_speed_limit_fails_though_part_of_a_record_waits_unread(tmp_path, server_tls):
+    # Over TLS a read takes one record: an origin (or a slow link) that sends two at a time
+    # leaves the start of the second unread on the connection whenever the window is judged.
+    context, ca = server_tls
+    base = tmp_path / "base"
+    base.mkdir()
+    origin = Trickle(length=1_000_000, interval=0.1, burst=2, tls=context)
+    try:
+        result = sc("--use", "-d", str(base), "-n", "slow", "--speed-limit", "1000", "--speed-time", "2",
+                    "--timeout", "30", origin.word(), env=sc_env(SSL_CERT_FILE=str(ca)), timeout=60)
+    finally:
+        origin.stop()
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "too slow" in result.stderr and "less than 1000 bytes/s for 2 s" in result.stderr, result.stderr
 
 
 def test_speed_limit_options_are_checked(tmp_path):
