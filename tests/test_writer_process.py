@@ -330,7 +330,7 @@ def ended(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as status:
             return status.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # (gone between the open and the read: ESRCH)
         return True
 
 
@@ -958,7 +958,7 @@ def stop_writers(populator: subprocess.Popen[str], *, begun: bool = False) -> li
         try:
             return len(children) == writer.WRITERS and not (begun and any(
                 caught_signals(child) & 1 << (signal.SIGTERM - 1) for child in children))
-        except FileNotFoundError:  # a process that is no writer, gone already
+        except (FileNotFoundError, ProcessLookupError):  # a process that is no writer, gone already
             return False
 
     wait_for(forked, 30, "the writer processes")
