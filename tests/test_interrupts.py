@@ -5,6 +5,7 @@ held, and no use taken."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,6 +119,13 @@ holder.join(60)
 """
 
 
+# Python's report of an interrupt that came while it ran a finalizer (a weakref callback), which it
+# drops: no promise covers it (docs/guarantees.md, "What is not promised"), and the uses around it
+# are still released once, as the count of leases shows.
+_DROPPED_IN_A_FINALIZER = re.compile(r"Exception ignored in: .*\nTraceback \(most recent call last\):\n"
+                                     r"(?:.*\n)*?KeyboardInterrupt: ?\n")
+
+
 def test_ctrl_c_anywhere_in_a_use_releases_it_once_and_reaches_the_caller(tmp_path: Path) -> None:
     # Ctrl-C that came as a use's lease was made, as its block was entered or left, or as it was
     # released, left the lease taken for the life of the process (an interactive interpreter, a
@@ -146,7 +154,7 @@ while True:
     assert user.returncode == 0, err
     interrupted, leases, handler_restored = out.split()
     assert int(interrupted) > 50  # the interrupts reached the caller
-    assert (leases, handler_restored, err) == ("1", "True", "")  # the holding thread's lease alone
+    assert (leases, handler_restored, _DROPPED_IN_A_FINALIZER.sub("", err)) == ("1", "True", "")  # the holding thread's lease alone
 
 
 _USE_LEFT_IN_A_WORKER = r"""
