@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -963,14 +965,21 @@ def test_a_population_that_evicts_for_room_goes_on_from_what_it_downloaded(tmp_p
         assert stats.statuses == [200, 206] and stats.bytes_served < len(payload) + (1 << 20), stats
 
 
-def test_a_full_first_candidate_with_a_cache_gives_way_to_the_next(tmp_path, origin):
-    # The first candidate, where this user's cache is, full (no block left, or no inode with
-    # --size), the second empty: the use failed for space on the first, never trying the second.
+@contextmanager
+def _two_candidates(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Two small tmpfs candidate directories, this user's cache made in the first."""
     small = tmp_path / "small.txt"
     small.write_text("hello\n")
     with (mounted_tmpfs(tmp_path / "a", "8m", 500) as first, mounted_tmpfs(tmp_path / "b", "8m", 500) as second):
-        both = ["-d", f"{first}:{second}"]
         assert sc("run", "-d", str(first), f"file:{small}", "--", "true").returncode == 0  # (its cache made)
+        yield first, second
+
+
+def test_a_full_first_candidate_with_a_cache_gives_way_to_the_next(tmp_path, origin):
+    # The first candidate, where this user's cache is, full (no block left, or no inode with
+    # --size), the second empty: the use failed for space on the first, never trying the second.
+    with _two_candidates(tmp_path) as (first, second):
+        both = ["-d", f"{first}:{second}"]
         filler = fill(first)
         url = origin.add("/f.bin", os.urandom(3_000_000))
         used = sc("--use", *both, "-n", "f", f"http:{url}")
@@ -1002,11 +1011,8 @@ def test_a_full_first_candidate_with_a_cache_gives_way_to_the_next(tmp_path, ori
 def test_a_repository_that_failed_in_one_candidate_and_was_made_in_the_next_is_listed_ready_alone(tmp_path, origin):
     # sc list showed it "failed" in the first candidate beside "ready" in the next, while every
     # use was served.
-    small = tmp_path / "small.txt"
-    small.write_text("hello\n")
-    with (mounted_tmpfs(tmp_path / "a", "8m", 500) as first, mounted_tmpfs(tmp_path / "b", "8m", 500) as second):
+    with _two_candidates(tmp_path) as (first, second):
         both = ["-d", f"{first}:{second}"]
-        assert sc("run", "-d", str(first), f"file:{small}", "--", "true").returncode == 0  # (its cache made)
         st = os.statvfs(first)
         (first / "other-job").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 1_000_000))
         url = origin.add("/f.bin", os.urandom(3_000_000))
