@@ -185,6 +185,30 @@ def test_speed_limit_options_are_checked(tmp_path):
     assert bad.returncode == 2 and "--speed-time" in bad.stderr
 
 
+def wait_for_data(base: Path, name: str, proc) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the population of ``name`` has written data: past the index's first opening,
+    which writes (a process stopped there would hold every other writer of the index, gc's
+    included, for as long as it is stopped)."""
+    wait_for_population(base, name, proc)
+    work, deadline = control(base) / "populate" / f"{name}.work", time.monotonic() + 30
+    while not any(part.stat().st_size for part in work.glob("*/partial.data")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no data came"
+        time.sleep(0.02)
+
+
+@contextmanager
+def stopped(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """``proc`` stopped (SIGSTOP, as a batch system suspends a job) for the block, then continued."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0] == "T",
+                 what=f"process {proc.pid} to stop")
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
 @contextmanager
 def stopped_populator(tmp_path: Path, trickle: Trickle) -> Iterator[tuple[Path, list[str], subprocess.Popen[str]]]:
     """A population of a trickling source, stopped (SIGSTOP) once under way: its base, the
@@ -194,16 +218,9 @@ def stopped_populator(tmp_path: Path, trickle: Trickle) -> Iterator[tuple[Path, 
     args = ["-d", str(base), "-n", "slow", "--speed-limit", "0", trickle.word()]
     populator = sc_start("--use", *args)
     try:
-        wait_for_population(base, "slow", populator)
-        # Stopped once its data flows, past the index's first opening, which writes: stopped
-        # there, it would hold every other writer of the index (gc's included) for its wait.
-        work, deadline = control(base) / "populate" / "slow.work", time.monotonic() + 30
-        while not any(part.stat().st_size for part in work.glob("*/partial.data")):
-            assert populator.poll() is None, populator.communicate()
-            assert time.monotonic() < deadline, "no data came"
-            time.sleep(0.05)
-        os.kill(populator.pid, signal.SIGSTOP)
-        yield base, args, populator
+        wait_for_data(base, "slow", populator)
+        with stopped(populator):
+            yield base, args, populator
     finally:
         populator.kill()
         populator.wait(10)
