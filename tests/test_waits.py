@@ -226,6 +226,55 @@ def stopped_populator(tmp_path: Path, trickle: Trickle) -> Iterator[tuple[Path, 
         populator.wait(10)
 
 
+def test_a_populator_stopped_for_longer_than_the_speed_time_goes_on_once_continued(tmp_path):
+    # The origin sends at twice the limit, and the file lasts past the stop, which is more than
+    # twice the speed time: counted, it would fail the window whatever its age at the stop.
+    payload = os.urandom(8_000_000)
+    base = tmp_path / "base"
+    base.mkdir()
+    with Origin(rate=2_000_000) as origin:
+        origin.add("/f.bin", payload)
+        args = ["-d", str(base), "-n", "f", "--speed-limit", "1MB", "--speed-time", "2", f"http:{origin.url('/f.bin')}"]
+        processes = [sc_start("--use", *args)]
+        try:
+            wait_for_data(base, "f", processes[0])
+            with stopped(processes[0]):
+                processes.append(sc_start("--use", *args))
+                time.sleep(5)
+            (status, out, err), (wstatus, wout, werr) = finish(processes, timeout=60)
+        finally:
+            for proc in processes:
+                stop_process(proc)
+    assert status == 0 and not err, err
+    assert wstatus == 0 and wout == out, werr
+    assert (Path(out.strip()) / "f.bin").read_bytes() == payload
+
+
+def test_a_populator_stopped_while_it_waits_to_retry_goes_on_once_continued(tmp_path):
+    # The body breaks off after 4 MB, and the request for the rest is answered 503 with a
+    # Retry-After of 2 s, in which the populator is stopped for 6 s: counted, the stop would judge
+    # at most 5 MB over more than 6 s, under 1 MB/s.  The wait itself counts, as any back-off does.
+    payload = os.urandom(8_000_000)
+    base = tmp_path / "base"
+    base.mkdir()
+    with Origin() as origin:
+        origin.add("/f.bin", payload)
+        origin.fault("/f.bin", drop_after=4_000_000)
+        origin.fault("/f.bin", status=503, headers={"Retry-After": "2"})
+        populator = sc_start("--use", "-d", str(base), "-n", "f", "--speed-limit", "1MB", "--speed-time", "2",
+                             f"http:{origin.url('/f.bin')}")
+        try:
+            wait_for(lambda: 503 in origin.stats("/f.bin").statuses, what="the answer that asks to retry")
+            with stopped(populator):
+                assert origin.stats("/f.bin").gets == 2, "the retry was made before the stop"
+                time.sleep(6)
+            [(status, out, err)] = finish([populator], timeout=60)
+        finally:
+            stop_process(populator)
+    assert status == 0 and not err, err
+    assert (Path(out.strip()) / "f.bin").read_bytes() == payload
+
+
 def test_a_waiter_says_the_populator_is_stopped_and_gc_reports_it(tmp_path, trickle):
     with stopped_populator(tmp_path, trickle) as (base, args, populator):
         waiter = sc("--use", "-v", "--timeout", "2", *args)

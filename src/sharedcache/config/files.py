@@ -140,7 +140,7 @@ SETTINGS = (
     Setting("read_timeout", float, "seconds to wait for the next bytes of an answer, and for its head"),
     Setting("retries", int, "how many times a failed transfer is tried again"),
     Setting("speed_limit", _rate, "fail a download slower than this many bytes a second for speed_time; 0: never"),
-    Setting("speed_time", float, "seconds a download may stay under speed_limit"),
+    Setting("speed_time", float, "seconds a download may stay under speed_limit while sc runs"),
     Setting("proxy", _text, "proxy chain 'A|B;C' (DIRECT: no proxy)", ("SC_PROXY",)),
     Setting("no_proxy", _text, "hosts reached without a proxy", ("no_proxy", "NO_PROXY")),
     Setting("offline", _boolean, "no network at all: serve what is here", ("SC_OFFLINE",)),

@@ -472,7 +472,9 @@ class FetchPolicy:
     ``speed_time``: a transfer (each connection of one) that brings fewer than ``speed_limit``
     bytes a second, on average over ``speed_time`` seconds, fails (curl's ``--speed-limit`` and
     ``--speed-time``); a ``speed_limit`` of 0 never does.  Without it, an origin that sends a
-    byte now and then, each within the read timeout, would keep a population going forever.  ``credentials``: TLS
+    byte now and then, each within the read timeout, would keep a population going forever.  The
+    seconds are those the process runs: stopped (SIGSTOP: a suspended job), it receives nothing
+    through no fault of the origin.  ``credentials``: TLS
     trust and authentication (:class:`Credentials`; None: the system's CAs and no credentials).
     ``rewrites``: the site's rewrite rules (:func:`rewrite_rules`).
 

@@ -129,6 +129,10 @@ _ERROR_BODY_BYTES = 4096
 _ERROR_BODY_SECONDS = 2.0
 #: The error answers whose body may say why: object stores' XML (S3, GCS, Azure), JSON APIs, text.
 _ERROR_BODY_TYPES = ("application/xml", "text/xml", "application/json", "application/problem+json", "text/plain")
+#: How often the heartbeat of a download under a speed limit beats, and the most time its clock
+#: counts from one beat to the next (see :class:`_Heartbeat`).
+_BEAT = 0.5
+_BEAT_COUNTS_AT_MOST = 2 * _BEAT
 
 
 class HttpSource(Source):
@@ -493,6 +497,7 @@ class _HttpStream(SourceStream):
         # exception too, in the import of urllib3): a stream not made is closed as it fails.
         self._transports: dict[str, Transport] = {}  # by origin: see _transport
         self._transports_lock = threading.Lock()  # parts ask from their threads
+        self._heartbeat: _Heartbeat | None = None  # with a speed limit: see running_time
         super().__init__()
         try:
             self._start(url, ctx, start, validator, login)
@@ -520,6 +525,8 @@ class _HttpStream(SourceStream):
         self.checksummed = ctx.checksummed
         self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
+        if fetch.speed_limit:
+            self._heartbeat = _Heartbeat()
         self._connections = fetch.connections
         # Credentials: the Authorization of every request of this URL, and the TLS trust and
         # client certificate of every pool of its transport.
@@ -806,6 +813,11 @@ class _HttpStream(SourceStream):
         return {"timeout": urllib3.Timeout(connect=shortened(configured.connect_timeout),
                                            read=shortened(configured.read_timeout))}
 
+    def running_time(self) -> float:
+        """Seconds on the clock that the speed limit judges by: one that stands still while this
+        process is not running (see :class:`_Heartbeat`); without a speed limit, none is needed."""
+        return time.monotonic() if self._heartbeat is None else self._heartbeat.running_time()
+
     def stopped_error(self) -> DownloadError:
         return DownloadError(f"download of {self.url} was stopped")
 
@@ -908,9 +920,51 @@ class _HttpStream(SourceStream):
             self._clear()
 
     def _clear(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         with self._transports_lock:
             for transport in self._transports.values():
                 transport.clear()
+
+
+class _Heartbeat:
+    """A clock of the time this process runs, for the speed limit: a process stopped (SIGSTOP, as
+    a batch system suspends a job, or Ctrl-Z) or not scheduled receives nothing, through no fault
+    of the origin; counted, a stop longer than ``speed_time`` would fail the download as too slow
+    once the process is continued, and its waiters with it.
+
+    A daemon thread beats every :data:`_BEAT` seconds, for as long as the download, and the clock
+    counts at most :data:`_BEAT_COUNTS_AT_MOST` from one beat to the next: while the process runs
+    (a wait to retry too), beats come on time and the clock keeps to ``time.monotonic``; a stop
+    holds the beats back, and the clock counts one late beat's worth of it, whether the next beat
+    or a read comes first after the continue (a read that takes at once all that came meanwhile).
+    The stop is told by the process not running, never by the socket: what waits there is the
+    same for a stopped reader as for an origin that sends in bursts, or over TLS (the start of a
+    record always waits), and judging by it would let slow origins pass.  Nor by a handler of
+    SIGCONT: Python runs it in the main thread alone, which a program using the library may not
+    give up, and the parts of a download read in threads of their own, which may judge their
+    window before it has run."""
+
+    def __init__(self) -> None:
+        start = time.monotonic()
+        #: The time of the last beat, and this clock's reading then: one tuple, read and replaced
+        #: whole, so that a reader in another thread never sees one without the other.
+        self._beat = (start, start)
+        self._stopped = threading.Event()
+        threading.Thread(target=self._beats, name="sharedcache-heartbeat", daemon=True).start()
+
+    def running_time(self) -> float:
+        beat, reading = self._beat
+        return reading + min(time.monotonic() - beat, _BEAT_COUNTS_AT_MOST)
+
+    def _beats(self) -> None:
+        while not self._stopped.wait(_BEAT):
+            now = time.monotonic()
+            beat, reading = self._beat
+            self._beat = (now, reading + min(now - beat, _BEAT_COUNTS_AT_MOST))
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 class _Body:
@@ -932,7 +986,7 @@ class _Body:
         self._broken_off: str | None = None  # why the last transfer stopped, while the rest is asked for
         self._skipping = 0  # bytes of the answer under way to drop: they are the ones before _position
         self._stop = threading.Event()
-        self._window = (time.monotonic(), 0)  # since when, and how many bytes since (speed limit)
+        self._window = (http.running_time(), 0)  # since when, and how many bytes since (speed limit)
 
     def read(self, size: int) -> bytes:
         if self._end is not None:
@@ -1043,11 +1097,12 @@ class _Body:
             sock.settimeout(min(read_timeout(self._http.fetch), left))
 
     def _check_speed(self, got: int) -> None:
-        """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time``."""
+        """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time`` seconds
+        that this process ran (a process stopped meanwhile gets the bytes queued for it)."""
         fetch = self._http.fetch
         since, count = self._window
         count += got
-        now = time.monotonic()
+        now = self._http.running_time()
         self._window = (since, count)
         if not fetch.speed_limit or now - since < fetch.speed_time:
             return
