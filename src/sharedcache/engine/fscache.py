@@ -174,8 +174,9 @@ Delete (eviction, ``remove``, release of the last use)
 ------------------------------------------------------
 Within an index transaction: take the entry's lock exclusively without waiting (busy: skip it);
 if a live owner holds a lease (or, for the release of a last use and gc's deletion of an unused
-entry, ``keep`` exists; or, for these and an eviction, the cache's ``awaited(name)`` says that
-processes are on their way to hold it, asked only of an entry about to go): skip it; delete
+entry, ``keep`` exists; or, for these, an eviction and a ``remove`` that evicts by name
+(``unless_awaited``), the cache's ``awaited(name)`` says that processes are on their way to
+hold it, asked only of an entry about to go): skip it (``remove`` raises, saying which); delete
 the row, subtract the size it recorded (a release then evicts down to the budget), rename
 ``objects/<name>`` to ``trash/<id>``, commit, release the lock; then delete ``trash/<id>``.
 The rename is what removes the entry, atomically: a reader or holder either
@@ -1787,17 +1788,27 @@ class FsCache:
 
     # -- deletion --------------------------------------------------------------------------------
 
-    def remove(self, name: str) -> None:
-        """Delete entry ``name``.  MissError if there is none, BusyError if it is in use."""
+    def remove(self, name: str, *, unless_awaited: bool = False) -> None:
+        """Delete entry ``name``, kept or not.  MissError if there is none, BusyError if it is in
+        use (naming its users' processes, as listings name them), or, with ``unless_awaited``,
+        awaited: an eviction of it by name passes over it as every eviction does (see "Delete")."""
         with self._transaction() as db, self._entry(check_name(name)) as entry:
             if not committed(entry):
                 raise MissError(f"no entry {name!r} in cache {self.root}")
-            users = scan_leases(entry, boots=self._boots)[0]
+            users = scan_lease_owners(entry, boots=self._boots)[0]
             if users:
-                pids = ", ".join(str(pid) for pid in users)
-                raise BusyError(f"entry {name!r} in {self.root} is in use by process {pids}")
-            if not self._retire(db, name, entry=entry, restorable=True):
-                raise BusyError(f"entry {name!r} in {self.root} is in use")
+                owners = ", ".join(dict.fromkeys(str(owner) for owner in users))
+                raise BusyError(f"entry {name!r} in {self.root} is in use by process {owners}")
+            left_alone: list[str] = []
+            if not self._retire(db, name, entry=entry, restorable=True, unless_awaited=unless_awaited,
+                                left_alone=left_alone):
+                if left_alone:  # another member's, which only she may move (see "Delete")
+                    raise BusyError(f"entry {name!r}: {left_alone[0]}")
+                # (awaited is asked as _unused asks it: of an entry nobody holds)
+                if unless_awaited and self.awaited is not None and self.awaited(name):
+                    raise BusyError(f"entry {name!r} in {self.root} is awaited: processes waiting for the "
+                                    "population that made it are on their way to use it")
+                raise BusyError(f"entry {name!r} in {self.root} is in use (its lock is held)")
         self._empty_trash()
 
     def _retire(self, db: Index, name: str, *, unless_kept: bool = False, unless_awaited: bool = False,
