@@ -102,6 +102,43 @@ def test_two_users_share_one_download_through_a_group_cache(shared, origin, pyth
         assert list((control / "trash").iterdir()) == []
 
 
+def test_a_member_may_gc_evict_a_repository_another_member_kept_once_nobody_uses_it(shared, python):
+    # Members may delete unused repositories: one kept by another member is evicted by its name,
+    # never while that member's job uses it.
+    tarball = shared / "data.tar.gz"
+    md5 = make_tarball(tarball, FILES)
+    other = shared / "other.bin"
+    other.write_bytes(b"another recipe")
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    group = ["--group", str(GROUP), "-d", str(base)]
+    words = [*group, "-n", "repo", f"file:{tarball}", f"md5:{md5}", "tar"]
+    alice_link = base / f".shared-cache-{ALICE}" / "repo"
+    with Sleeper() as alice_job:
+        used = as_user(python, ALICE, "--use", "--keep", "--pid", str(alice_job.pid), *words)
+        assert used.returncode == 0, used.stderr
+        refused = as_user(python, BOB, "gc", *group, "--evict", "repo")
+        assert refused.returncode == 1, refused
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"sc: error: repository 'repo' in {base} not evicted: ") \
+            and line.endswith(f" is in use by process {alice_job.pid}"), line
+        assert read_as(python, ALICE, alice_link).returncode == 0, "its data was touched"
+        assert as_user(python, ALICE, "--unuse", "--pid", str(alice_job.pid), *words).returncode == 0
+    evicted = as_user(python, BOB, "gc", *group, "--evict", "repo")
+    assert (evicted.returncode, evicted.stderr) == (0, ""), evicted
+    assert evicted.stdout.startswith(f"{base}: evicted: 'repo'"), evicted.stdout
+    # Alice's link goes at her next gc (only her own are in a member's reach), which also empties
+    # the trash of the tree only she may unlink; then the name is hers to use with another recipe.
+    assert as_user(python, ALICE, "gc", *group).returncode == 0
+    assert not alice_link.is_symlink()
+    assert list((base / f".shared-cache-g{GROUP}" / "trash").iterdir()) == []
+    with Sleeper() as alice_job:
+        again = as_user(python, ALICE, "--use", *group, "--pid", str(alice_job.pid), "-n", "repo", f"file:{other}")
+        assert again.returncode == 0, again.stderr
+        assert (Path(again.stdout.strip()) / "other.bin").read_bytes() == b"another recipe"
+
+
 def test_a_group_cache_on_a_file_system_that_cannot_rename_without_replacing_is_made_in_place(shared, python):
     # Its directories are made aside and renamed into place with RENAME_NOREPLACE, which some
     # file systems refuse (EINVAL: FUSE's bindfs here, some network ones): there they are made in

@@ -1576,6 +1576,74 @@ def test_the_way_to_free_the_name_of_a_kept_repository_that_the_error_gives_work
     assert sc("--unuse", *args, f"file:{new}").returncode == 0
 
 
+def test_gc_evict_deletes_nothing_under_a_live_use_and_evicts_the_rest_of_its_list(dirs, tarball, tmp_path):
+    # Each name refused is one line (exit status 1); the others of the list are evicted all the
+    # same.  In use: by a job's lease (named by its pid), or only by the lock that the command
+    # of a killed sc run inherited.
+    base = dirs[0]
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    script = (f"echo $$ > {flags}/command; i=0; "
+              f"while [ ! -e {flags}/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done")
+    run = sc_start("run", "--keep", "-n", "locked", "-d", str(base), *recipe(tarball), "--", "sh", "-c", script)
+    command = None
+    try:
+        wait_for(lambda: (flags / "command").exists() and (flags / "command").read_text().strip() != "",
+                 what="sc run's command")
+        command = int((flags / "command").read_text())
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(10)
+        with Sleeper() as job:
+            for name in ("held", "idle"):
+                assert sc("--use", "--keep", "-d", str(base), "--pid", str(job.pid), "-n", name,
+                          *recipe(tarball)).returncode == 0
+            assert sc("--unuse", "-d", str(base), "--pid", str(job.pid), "-n", "idle", *recipe(tarball)).returncode == 0
+            evicting = sc("gc", "-d", str(base), "--evict", "held,idle,missing,locked")
+            assert evicting.returncode == 1, evicting
+            held, missing, locked = evicting.stderr.splitlines()
+            assert held.startswith(f"sc: error: repository 'held' in {base} not evicted: ") \
+                and held.endswith(f" is in use by process {job.pid}"), held
+            assert missing == f"sc: error: no repository 'missing' in {base}", missing
+            assert locked.startswith(f"sc: error: repository 'locked' in {base} not evicted: ") \
+                and locked.endswith(" is in use (its lock is held)"), locked
+            assert evicting.stdout.splitlines()[0].startswith(f"{base}: evicted: 'idle'"), evicting.stdout
+            # Nothing of those in use was touched: their data, their links, their rows.
+            for name in ("held", "locked"):
+                check_tree(user_dir(base) / name, FILES)
+            rows = {row["name"]: row for row in json.loads(sc("list", "--json", "-d", str(base)).stdout)}
+            assert set(rows) == {"held", "locked"} and all(row["keep"] for row in rows.values()), rows
+        # Its users gone, each goes.
+        (flags / "go").touch()
+        wait_for(lambda: ended(command), what="sc run's command to end")
+        evicted = sc("gc", "-d", str(base), "--evict", "held,locked")
+        assert (evicted.returncode, evicted.stderr) == (0, ""), evicted
+        assert evicted.stdout.startswith(f"{base}: evicted: 'held', 'locked'"), evicted.stdout
+        assert json.loads(sc("list", "--json", "-d", str(base)).stdout) == []
+        assert not any(path.is_symlink() for path in user_dir(base).iterdir())
+    finally:
+        (flags / "go").touch()
+        if command is not None and not ended(command):
+            os.kill(command, signal.SIGKILL)
+        if run.poll() is None:
+            run.kill()
+        run.wait(10)
+
+
+@pytest.mark.parametrize(("names", "why"), [("", "--evict: no repository name given"),
+                                           (",", "--evict: no repository name given"),
+                                           ("idle,a/b", "invalid repository name 'a/b'"),
+                                           (".hidden", "invalid repository name '.hidden'")])
+def test_gc_evict_of_no_name_or_a_name_no_repository_may_have_is_a_usage_error(dirs, tarball, names, why):
+    # Refused before anything is evicted.
+    args = ["-d", str(dirs[0]), "-n", "idle", *recipe(tarball)]
+    assert sc("--use", "--keep", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
+    refused = sc("gc", "-d", str(dirs[0]), "--evict", names)
+    assert refused.returncode == 2 and refused.stdout == "", refused
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"sc: error: {why}"), line
+    assert (user_dir(dirs[0]) / "idle").is_symlink()
+
+
 def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs, tarball, tmp_path, reachable_tmp):
     # It said "already exists with another loader stack", naming only the recipe there, with a
     # failure's status: the name is the caller's to change.  (The file's path is short, for the

@@ -28,7 +28,12 @@ from ..engine.leases import (
 from ..errors import Ended, SharedCacheError, UsageError, clipped, end_by_exception, printable, shown_proxy
 from ..progress import Reporter
 from ..repository.bases import group_id
-from ..repository.repositories import Repositories, acquire_deferring_interrupts, release_deferring_interrupts
+from ..repository.repositories import (
+    Repositories,
+    acquire_deferring_interrupts,
+    check_repository_name,
+    release_deferring_interrupts,
+)
 from ..sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -591,13 +596,33 @@ def gc(repositories: Repositories, options: Arguments) -> int:
         if not hosts:
             raise UsageError("--forget-host: no machine id given")
         forget_hosts(hosts)
-    lines = []
+    names = _names_to_evict(options.evict)
+    # Evicted before the collection, which removes what an eviction could not (a link whose lock
+    # file was planted).
+    evicted, refusals = repositories.evict(names) if names else ({}, [])
+    reports = {base: {"evicted": ", ".join(map(repr, deleted))} for base, deleted in evicted.items()}
     for base, report in repositories.collect().items():
+        reports.setdefault(base, {}).update(report)
+    lines = []
+    for base, report in reports.items():
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
         lines.append(f"{base}: {done or 'nothing to do'}\n")
     if options.verbosity >= 0:  # (-q: nothing but errors, and a report of what was done is none)
-        return outcome("".join(lines))
-    return 0
+        outcome("".join(lines))
+    for refusal in refusals:  # (each its line; the others of the list were evicted all the same)
+        print(f"sc: error: {clipped(printable(refusal))}", file=sys.stderr)
+    return 1 if refusals else 0
+
+
+def _names_to_evict(listed: str | None) -> list[str]:
+    """The repository names of ``--evict NAME[,NAME...]``, each checked before anything is done
+    (a name no repository may have is a usage error); none without the option."""
+    if listed is None:
+        return []
+    names = list(dict.fromkeys(filter(None, listed.split(","))))
+    if not names:
+        raise UsageError("--evict: no repository name given")
+    return [check_repository_name(name) for name in names]
 
 
 COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {

@@ -84,6 +84,8 @@ OPTIONS = (
     Option(("--forget-host",), "forget_host",
            "judge dead every use held on these hosts (machine ids; for hosts that are gone)",
            metavar="ID[,ID...]", actions=("gc",)),
+    Option(("--evict",), "evict", "delete these repositories now if unused, kept ones too (to free a name)",
+           metavar="NAME[,NAME...]", actions=("gc",)),
     Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
     Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
     Option(("-h", "--help"), "help", "show this help and exit"),
@@ -99,6 +101,7 @@ usage: sc --use      [OPTIONS] LOADER...    register a use; print the repository
        sc run        [OPTIONS] LOADER... -- COMMAND [ARG...]
        sc list [--json]                     list the repositories
        sc gc [--forget-host ID,...]         reclaim dead uses, clean leftovers, apply budgets
+       sc gc --evict NAME,...               delete these unused repositories, kept ones too
        sc config                            show the effective settings and where each comes from
 
 settings are read from /etc/shared-cache/config, then $XDG_CONFIG_HOME/shared-cache/config, then
@@ -149,6 +152,7 @@ class Arguments:
         self.max_size: str | None = None
         self.group: str | None = None
         self.forget_host: str | None = None
+        self.evict: str | None = None
         self.pid: int | None = None
         self.timeout: float | None = None
         self.connections: int | None = None

@@ -128,6 +128,13 @@ removes its own.  Only this user's links are in reach: in a group cache, another
 of a repository evicted by this user stays until that member's gc, or next use of the name,
 which makes it anew.
 
+``sc gc --evict NAME`` deletes the repository ``NAME`` of each candidate now, kept or not, as an
+eviction deletes it (the engine's ``remove`` with ``unless_awaited``): never one in use, nor one
+left for its waiters, each refused in a line of its own while the other names go on.  Its link
+goes as a release removes its own, before the rest of gc, which removes a link that could not
+go then (its lock file planted).  In a group cache a member evicts another's repository as she
+may delete it; that member's link goes at her next gc, or use of the name.
+
 gc leaves an unused repository that is awaited as a release does, and no eviction (gc's
 restoring the budget, a store's, a use's or a release's) deletes one either; gc removes a
 ``<name>.waiting`` that nobody holds (a killed waiter's).  It removes what a population left

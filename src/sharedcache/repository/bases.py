@@ -54,7 +54,7 @@ from ..sizes import format_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from ..progress import Reporter
     from .records import Record
@@ -518,7 +518,12 @@ class Base:
         until that member's ``sc gc``, or next use of the name."""
         if self._cache is None:
             return  # (no cache opened here: nothing evicted)
-        for name in sorted(self._cache.take_evicted()):
+        self.drop_links(self._cache.take_evicted())
+
+    def drop_links(self, names: Iterable[str]) -> None:
+        """Remove this user's links of the deleted repositories ``names``, and their lock files
+        (:meth:`drop_link_if_unused`), as far as can be done now."""
+        for name in sorted(names):
             try:
                 self.drop_link_if_unused(name)
             except (OSError, SharedCacheError):

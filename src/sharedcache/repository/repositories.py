@@ -730,6 +730,38 @@ class Repositories:
         self._report_skips()
         return reports
 
+    def evict(self, names: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+        """Evict the repositories ``names`` from every candidate base that holds them, now, kept
+        or not, as an eviction for a budget deletes them: never one in use, nor one left for the
+        uses waiting for its population; their links go with them.  Returns the names evicted
+        from each base, and a line saying why of each of the others (in use, being populated, not
+        there): one refused leaves the others of ``names`` to be evicted."""
+        evicted: dict[str, list[str]] = {}
+        refusals: list[str] = []
+        for name in names:
+            found = False
+            for base, cache in self._caches():
+                try:
+                    if name not in cache:
+                        if base.populating(name):
+                            found = True
+                            refusals.append(f"repository {name!r} in {base.path} is being populated: not evicted")
+                        continue
+                    cache.remove(name, unless_awaited=True)
+                except MissError:
+                    continue  # deleted meanwhile
+                except SharedCacheError as e:
+                    found = True
+                    refusals.append(f"repository {name!r} in {base.path} not evicted: {e}")
+                    continue
+                found = True
+                evicted.setdefault(base.path, []).append(name)
+                base.drop_links([name])
+            if not found:
+                refusals.append(f"no repository {name!r} in {self._searched()}")
+        self._report_skips()
+        return evicted, refusals
+
     @staticmethod
     def _delete_recipeless(cache: FsCache) -> int:
         """Delete the unused repositories that lost the record of their recipe (its meta file):
