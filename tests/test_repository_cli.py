@@ -1553,8 +1553,9 @@ def paused_population(base: Path, tmp_path: Path, *args: str) -> Iterator[subpro
 
 
 def test_the_way_to_free_the_name_of_a_kept_repository_that_the_error_gives_works(dirs, tmp_path):
-    # A new version of the data under the name of a kept one: the error sent the user to sc gc,
-    # which never deletes a kept repository.
+    # A new version of the data under the name of a kept one: the error sent the user to a
+    # budget that evicts it (which stays stored for the base) or to sc gc, which never deletes a
+    # kept repository; no command deleted one repository by its name.
     old, new = tmp_path / "v1.bin", tmp_path / "v2.bin"
     old.write_bytes(b"version 1")
     new.write_bytes(b"version 2")
@@ -1563,13 +1564,16 @@ def test_the_way_to_free_the_name_of_a_kept_repository_that_the_error_gives_work
     assert sc("--unuse", *args, f"file:{old}").returncode == 0
     refused = sc("--use", "--keep", *args, f"file:{new}")
     assert refused.returncode == 2, refused
-    assert "kept, only by its eviction once unused, for a budget (--max-size, given with a use or a release)" \
+    assert "kept or not, once unused, by sc gc --evict dataset (with the --directories or --group of the use)" \
         in refused.stderr, refused.stderr
     assert sc("gc", "-d", str(dirs[0])).returncode == 0
     assert sc("--use", "--keep", *args, f"file:{new}").returncode == 2, "gc deleted a kept repository"
-    # As it says: a budget it exceeds, given with a use of its recipe, evicts it once unused.
-    assert sc("--use", "--max-size", "1", *args, f"file:{old}").returncode == 0
-    assert sc("--unuse", *args, f"file:{old}").returncode == 0
+    # As it says: evicted by its name, with its link, and no budget left behind.
+    evicted = sc("gc", "-d", str(dirs[0]), "--evict", "dataset")
+    assert (evicted.returncode, evicted.stderr) == (0, ""), evicted
+    assert f"{dirs[0]}: evicted: 'dataset'" in evicted.stdout.splitlines()[0], evicted.stdout
+    assert not (user_dir(dirs[0]) / "dataset").is_symlink()
+    assert not (control(dirs[0]) / "budget").exists()
     used = sc("--use", "--keep", *args, f"file:{new}")
     assert used.returncode == 0, used.stderr
     assert (Path(used.stdout.strip()) / "v2.bin").read_bytes() == b"version 2"
