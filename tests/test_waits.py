@@ -840,6 +840,23 @@ def test_an_end_as_sc_waits_for_its_output_to_take_the_path_releases_the_use(tmp
         assert _users(base) == set()
 
 
+@pytest.mark.parametrize("at", [
+    "run:repository/population.py",  # the population's lease returned
+    "add_lease:engine/leases.py",  # a lease taken of a repository there already: the owner's second use
+])
+def test_an_interrupt_held_back_until_sc_waits_for_its_output_ends_the_command(tmp_path, at):
+    # Ctrl-C that came once the lease was made, before sc waited for a pipe nobody reads, was
+    # dropped as moot: sc hung there, the use taken, until a second one (SIGTERM held back so
+    # ended the wait).  Only the use this sc took is released.
+    base, words = _small_repository(tmp_path)
+    with Sleeper() as owner:
+        if at.startswith("add_lease:"):
+            sc("--use", "--pid", str(owner.pid), *words)
+        assert _interrupted_writing(("--use", "--pid", str(owner.pid), *words), room=0,
+                                    env=_signalled_at(tmp_path, at)) == (-signal.SIGINT, "sc: interrupted\n")
+        assert _lease_owners(base) == ([owner.pid] if at.startswith("add_lease:") else [])
+
+
 def test_an_interrupt_as_an_output_larger_than_the_pipe_s_room_waits_ends_the_command(tmp_path):
     # A pipe with a page of room reports room, and took the first 4 KiB of a longer listing:
     # sc, which ignored Ctrl-C from then on, hung on the rest until the reader read.

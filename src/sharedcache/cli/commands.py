@@ -94,12 +94,13 @@ def _verbosity_given(options: Arguments) -> dict[str, object]:
 
 def use(repositories: Repositories, options: Arguments) -> int:
     # Ctrl-C is deferred from the making of the lease on (as for use() of Python); the data are
-    # complete by then, and it is moot (see Population._ignore_interrupts), save while sc waits
-    # for its output to take the path, which may be for good.  (What came once the lease was
-    # made left the job the use while sc said "interrupted", or printed the path, then a traceback.)
-    # SIGTERM and SIGHUP are held back with it, and are moot too if the output takes the path at
-    # once; else they end sc's wait, its use released.  (Their default action ended sc with the
-    # lease made, no path printed, and the use left to the job until it ended.)
+    # complete by then, and it is moot (see Population._ignore_interrupts) if the output takes
+    # the path at once; else it ends sc's wait, which may be for good, its use released, whether
+    # it comes then or came before.  (What came once the lease was made left the job the use
+    # while sc said "interrupted", or printed the path, then a traceback; what came before the
+    # wait was dropped, and sc hung there until a second one.)  SIGTERM and SIGHUP are held back
+    # with it, and act as it does.  (Their default action ended sc with the lease made, no path
+    # printed, and the use left to the job until it ended.)
     held, guarded = acquire_deferring_interrupts(lambda: _acquire(repositories, options, _owner(options)),
                                                  _endings())
     # Written out now, not at exit: a use whose path cannot be written, or that is interrupted
@@ -109,11 +110,13 @@ def use(repositories: Repositories, options: Arguments) -> int:
         if sys.stdout is None:  # started with descriptor 1 closed
             raise SharedCacheError(f"{_UNWRITTEN}: the standard output is closed")
         if guarded:
-            INTERRUPTS.pending = False
+            # Deferring no more, then what was deferred taken: in the other order, one that came
+            # between the two would be left pending, and dropped once the path is written.
             INTERRUPTS.deferring = False
+            interrupted, INTERRUPTS.pending = INTERRUPTS.pending, False
             # (a pipe nobody reads: an interrupt, or an end, releases the use; the endings stay
             # blocked after it, for good: once the path is written they are moot)
-            _until_writable(sys.stdout, INTERRUPTS.take_endings())
+            _until_writable(sys.stdout, INTERRUPTS.take_endings(), interrupted=interrupted)
             INTERRUPTS.deferring = True
         output(f"{held.path}\n")
     except BaseException:
@@ -139,12 +142,13 @@ def _decided_under(guarded: bool) -> None:
         INTERRUPTS.disarm()
 
 
-def _until_writable(stream: TextIO, ending: tuple[int, ...] = ()) -> None:
+def _until_writable(stream: TextIO, ending: tuple[int, ...] = (), *, interrupted: bool = False) -> None:
     """Wait until ``stream`` takes a write: a pipe whose reader does not read, or a terminal, may
     hold it.  A file never does, and the module that waits is not loaded for one.  The signals
     ``ending``, which the caller blocked, end a wait if there is one (raising
     :class:`~sharedcache.errors.Ended`), one that came before it included, and are blocked again
-    after it."""
+    after it.  ``interrupted``: Ctrl-C came before, held back by the caller; it ends a wait if
+    there is one (raising KeyboardInterrupt), as one that comes during it does."""
     import stat
 
     try:
@@ -160,10 +164,12 @@ def _until_writable(stream: TextIO, ending: tuple[int, ...] = ()) -> None:
 
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
+    if poller.poll(0):
+        return
+    if interrupted:
+        raise KeyboardInterrupt
     if not ending:
         poller.poll()
-        return
-    if poller.poll(0):
         return
     handlers = {signum: _signal.signal(signum, end_by_exception) for signum in ending}
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, ending)

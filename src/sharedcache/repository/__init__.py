@@ -101,8 +101,9 @@ Acquire (``sc --use``, :func:`use`)
    commit waits for a busy index to begin its transaction, where one that came acts, the
    population undoing itself (held on, it waited up to ``--timeout``): ``sc run`` then releases it
    before they end it (by their exception, raised there), and for ``sc --use``
-   they are moot once the output can take the path, and end its wait for an output that cannot
-   (a pipe nobody reads), the use released first.
+   they, and Ctrl-C, are moot once the output can take the path, and end its wait for an output
+   that cannot (a pipe nobody reads), the use released first, whether they come during that wait
+   or came before it.
    A use that another thread leaves (a generator holding its block, closed or dropped there) is
    released there, and the main thread's Ctrl-C is raised at once, as outside a use.
 
