@@ -731,6 +731,33 @@ def test_an_interrupt_as_sc_s_main_is_entered_says_interrupted(tmp_path):
         130, "", "sc: interrupted\n")
 
 
+@pytest.mark.parametrize("entry", ["python -m sharedcache", "bin/sc"])
+@pytest.mark.parametrize("stderr", ["/dev/full", "a pipe whose reader is gone"])
+def test_an_interrupt_as_sc_s_main_is_entered_keeps_its_status_when_the_line_cannot_be_written(
+        tmp_path, entry, stderr):
+    # A standard error that cannot take "interrupted" (a full disk under 2>>job.log, a reader
+    # gone): the write's error escaped the entry point's handler, exit status 1 and a traceback.
+    base = tmp_path / "base"
+    base.mkdir()
+    command = SC if entry == "python -m sharedcache" else [sys.executable, str(Path(SRC).parent / "bin" / "sc")]
+    if stderr == "/dev/full":
+        target = os.open("/dev/full", os.O_WRONLY)
+    else:
+        read_end, target = os.pipe()
+        os.close(read_end)
+    try:
+        proc = subprocess.Popen([*DEFAULT_SIGNALS, *command, "list", "-d", str(base)], stdout=subprocess.PIPE,
+                                stderr=target, text=True,
+                                env=_signalled_at(tmp_path, "main:cli/__init__.py", event="call"))
+    finally:
+        os.close(target)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert (proc.returncode, out) == (130, "")
+
+
 def _small_repository(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     """A base directory under ``tmp_path``, and the words of sc that use a small tarball there
     as ``small``."""

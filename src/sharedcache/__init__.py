@@ -81,6 +81,21 @@ if TYPE_CHECKING:
     from .repository.repositories import use
 
 
+def _say(line: str) -> None:
+    """Write ``line``, sc's last word, to stderr.  A stderr that cannot take it (a full disk
+    under ``2>>job.log``, a reader gone, one closed; no memory left to write it) loses the line,
+    not the decided exit status: the error escaped, exit status 1 whatever the outcome, and
+    Python wrote its traceback.  Here, not in :mod:`sharedcache.cli`, for the command's entry
+    points too (``bin/sc``, ``python -m sharedcache``), which say "interrupted" of a Ctrl-C that
+    comes as that module loads."""
+    if sys.stderr is None:  # started with descriptor 2 closed (print() would write to stdout)
+        return
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError, MemoryError):  # (ValueError: the stream was closed)
+        pass
+
+
 def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:

@@ -13,9 +13,8 @@ try:
 # Ctrl-C while the modules load, or as main() is entered (before its own try): said as at any
 # later moment.
 except KeyboardInterrupt:
-    import sys
+    from . import _say
 
-    if sys.stderr is not None:  # None: started with descriptor 2 closed
-        sys.stderr.write("sc: interrupted\n")
+    _say("sc: interrupted")
     raise SystemExit(130) from None
 leave(status)

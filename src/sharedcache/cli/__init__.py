@@ -23,6 +23,7 @@ import io
 import os
 import sys
 
+from .. import _say
 from ..errors import Ended, SharedCacheError, UsageError, clipped, memory_refused, out_of_memory, over_limit, printable
 from ..repository.bases import close_caches
 from . import commands
@@ -109,19 +110,6 @@ def _outcome(argv: Sequence[str]) -> int:
             raise
         _say(f"sc: internal error ({type(e).__name__}: {clipped(printable(str(e)))}); rerun with -v for details")
         return status
-
-
-def _say(line: str) -> None:
-    """Write ``line``, sc's last word, to stderr.  A stderr that cannot take it (a full disk
-    under ``2>>job.log``, a reader gone, one closed; no memory left to write it) loses the line,
-    not the decided exit status: the error escaped, exit status 1 whatever the outcome, and
-    Python wrote its traceback."""
-    if sys.stderr is None:  # started with descriptor 2 closed (see _outcome)
-        return
-    try:
-        print(line, file=sys.stderr)
-    except (OSError, ValueError, MemoryError):  # (ValueError: the stream was closed)
-        pass
 
 
 def _decided(status: int) -> int:
