@@ -1253,3 +1253,22 @@ def test_a_directory_a_member_plants_in_stage_is_left_to_her_and_named_by_gc(sha
         again = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
         assert again.returncode == 0, again.stderr
         check_tree(Path(again.stdout.strip()), FILES)
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo", "symlink"])
+def test_a_member_planting_a_non_directory_at_an_entry_s_name_fails_no_use_of_it(
+    shared, users, python, recipe, home, kind
+):
+    # The commit renames the staging directory onto the entry's name, which fails with "Not a
+    # directory" on anything but a directory: every use of the name made the data again and
+    # failed at its commit with a bare "Not a directory: <staging id>", until a gc.
+    with planted(shared, users, python, recipe, home, "objects/other", kind) as (base, group, rest):
+        entry = base / f".shared-cache-g{users.gid}" / "objects" / "other"
+        other = [*group, "-n", "other", *rest]
+        used = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert used.returncode == 0 and not clean_lines(used), used.stderr
+        check_tree(Path(used.stdout.strip()), FILES)
+        assert not entry.is_symlink() and (entry / "lock").is_file()
+        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
+        assert released.returncode == 0 and not clean_lines(released), released.stderr
+

@@ -127,8 +127,10 @@ Store (``store(name)``)
    exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
    the budget: evict (below) until it fits, or refuse if what is in use leaves too little.
 5. Insert the row, add the size to the accounted size, rename ``stage/<id>`` to
-   ``objects/<name>`` (a leftover there without a marker is moved to ``trash/`` first, unless
-   another machine's, below: the store is then refused), and commit the transaction.  If the
+   ``objects/<name>`` (a leftover there without a marker, or a file, FIFO or symlink that a
+   member of a group cache planted, is moved to ``trash/`` first, unless another machine's,
+   below: the store is then refused; what still cannot be renamed there fails the store in one
+   line naming ``objects/<name>``), and commit the transaction.  If the
    COMMIT fails (the journal finds no room), rename ``objects/<name>`` back to ``stage/<id>``,
    then roll back: the store fails and leaves nothing, as in step 2 (SQLite, which rolls a
    failed COMMIT back itself, lets the index's write lock go before the rename back: a store or
@@ -1431,22 +1433,39 @@ class FsCache:
             return False  # only its row is left, which a retirement drops
 
     def _rename_into_objects(self, stage_id: str, name: str) -> None:
+        """Rename ``stage/<stage_id>`` to ``objects/<name>`` (step 5 of "Store"), moving into the
+        trash first what is there and no entry."""
         stages, objects = self._open_own(STAGE), self._open_own(OBJECTS)
         try:
             try:
                 os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
             except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                # A directory without a commit marker (the caller checked): not an entry, and
-                # nobody can be committing it while the caller holds the index.
+                # ENOTDIR: a file, FIFO or symlink, which only a member of a group cache plants.
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                    raise self._uncommitted(name, e) from None
+                # A directory without a commit marker (the caller checked), or anything but a
+                # directory: not an entry, and nobody can be committing it while the caller
+                # holds the index.
                 if self._another_kernel_s(name):
                     raise self._judged_elsewhere(name, "store") from None
-                self._to_trash(OBJECTS, name)
-                os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
+                try:
+                    self._to_trash(OBJECTS, name)  # (its error names what it could not move)
+                except FileNotFoundError:
+                    pass  # (removed by its maker meanwhile: the name is free)
+                try:
+                    os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
+                except OSError as again:  # (planted anew meanwhile)
+                    raise self._uncommitted(name, again) from None
         finally:
             os.close(stages)
             os.close(objects)
+
+    def _uncommitted(self, name: str, error: OSError) -> Exception:
+        """The error to raise for ``error``, met by the commit's rename into ``objects/<name>``: a
+        full file system or a limit of this process said as such, anything else in one line that
+        names where the entry could not go (the system names only the staging directory)."""
+        return (no_space_for(f"entry {name!r}", error, self.root) or over_limit(error)
+                or CacheError(f"cannot commit {name!r} as {self.root}/{OBJECTS}/{name}: {error.strerror}"))
 
     # -- load and hold ---------------------------------------------------------------------------
 
