@@ -1272,3 +1272,38 @@ def test_a_member_planting_a_non_directory_at_an_entry_s_name_fails_no_use_of_it
         released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
         assert released.returncode == 0 and not clean_lines(released), released.stderr
 
+
+# What a member plants at the marker, and at the trash where a repair would move it: (path,
+# kind) for PLANT, in order.
+AT_THE_MARKER = {
+    # Only she may move it to another directory (a move rewrites its `..`).
+    "directory of hers": [("cache.info", "directory of hers")],
+    "fifo, a file at trash": [("cache.info", "fifo"), ("trash", "file")],
+    # The link leads into the victim's home, where nothing may be moved.
+    "fifo, a link at trash": [("cache.info", "fifo"), ("trash", "symlink")],
+    "directory of hers, a link at trash": [("cache.info", "directory of hers"), ("trash", "symlink")],
+}
+
+
+@pytest.mark.parametrize("plants", list(AT_THE_MARKER))
+def test_a_member_planting_at_the_marker_leaves_it_damaged_until_gc_repairs_it(
+    shared, users, python, recipe, home, plants
+):
+    # gc moved what was at cache.info into trash/ by a path: a directory of hers could not go
+    # there ("Permission denied: cache.info"), nor anything while trash was a file ("Not a
+    # directory: cache.info"), so every use said to run gc, and gc failed, for good; and a link
+    # at trash took her FIFO into the victim's home.
+    (first_path, first_kind), *more = AT_THE_MARKER[plants]
+    with planted(shared, users, python, recipe, home, first_path, first_kind) as (base, group, rest):
+        root = base / f".shared-cache-g{users.gid}"
+        for path, kind in more:
+            done(code_as(python, users.member, PLANT, str(root), path, kind, str(home), groups=(users.gid,)))
+        other = [*group, "-n", "other", *rest]
+        refused = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        lines = clean_lines(refused)
+        assert refused.returncode == 1 and len(lines) == 1 and "run gc to repair it" in lines[0], refused.stderr
+        gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+        assert gc.returncode == 0 and not clean_lines(gc), gc.stderr
+        assert (root / "cache.info").read_bytes() == b"shared-cache fscache 3\n"
+        assert (root / "trash").is_dir() and not (root / "trash").is_symlink()
+        used_and_released(python, users, other)

@@ -27,7 +27,8 @@ FIFO or a directory, so:
 * a marker that names another format or another tool is refused (one of a later format of
   ours as a newer version's cache, not as another tool's); a damaged one (emptied, truncated,
   garbage, replaced by a directory) beside our layout is rewritten by a repairing open
-  (``sc gc``);
+  (``sc gc``), which first puts away what is not a file (into the trash, or renamed aside where
+  it cannot go there);
 * a name of an entry is one path component of at most 200 bytes of UTF-8, not hidden, written
   on disk as those bytes: a process whose locale would write other bytes for it (a name not
   ASCII, under a Latin-1 locale) is refused it (:func:`~sharedcache.errors.writes_as_utf8`).
@@ -511,7 +512,7 @@ def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, 
                 raise over_limit(e) or CacheError(
                     f"cannot bring cache {root} to this version's format: {e.strerror}") from None
     elif not format_before and found != FORMAT_LINE:
-        _repair_marker(root, fd, found, modes, repair=repair)
+        _repair_marker(root, fd, found, group, modes, repair=repair)
     return sum(make_subdirectory(fd, sub, modes, repair=repair) for sub in (OBJECTS, STAGE, TRASH)), format_before
 
 
@@ -582,10 +583,12 @@ def _newer_format(found: bytes | None) -> int | None:
     return int(number)
 
 
-def _repair_marker(root: str, fd: int, found: bytes | None, modes: Modes, *, repair: bool) -> None:
+def _repair_marker(root: str, fd: int, found: bytes | None, group: int | None, modes: Modes, *,
+                   repair: bool) -> None:
     """A marker that is not ours: rewrite it if it is only damaged (emptied, truncated, garbage,
     or replaced by something not a file, in a directory that holds our layout) and this is a
-    repairing open; refuse it otherwise, and always if it names another format."""
+    repairing open; refuse it otherwise, and always if it names another format.  Something not
+    a file is put away first (:func:`_put_away`)."""
     if found in _OLD_FORMATS:
         raise CacheError(
             f"cache {root} was made by {_OLD_FORMATS[found]}, whose layout this version "
@@ -608,9 +611,41 @@ def _repair_marker(root: str, fd: int, found: bytes | None, modes: Modes, *, rep
         )
     if not repair:
         raise CacheError(f"the marker {root}/cache.info of cache {root} is damaged; run gc to repair it")
-    if found is None:
-        os.rename("cache.info", f"{TRASH}/{unique_name()}", src_dir_fd=fd, dst_dir_fd=fd)
-    write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
+    try:
+        if found is None:
+            try:
+                _put_away(fd, "cache.info", group)
+            except FileNotFoundError:
+                pass  # (removed by its maker meanwhile: the name is free)
+        write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
+    except OSError as e:
+        raise over_limit(e) or no_space_for(f"cache {root}", e, root) or CacheError(
+            f"cannot repair the marker {root}/cache.info of cache {root}: {e.strerror}") from None
+
+
+def _put_away(root: int, name: str, group: int | None) -> None:
+    """Move ``name`` from the cache's directory open as ``root`` (of ``group``; None: a private
+    cache) into its trash, reached without following a link; or, where it cannot go there, rename
+    it aside within that directory (:func:`set_aside`): another member's directory cannot move
+    to another, a trash that is not the cache's own (a file, link or directory of a member's,
+    which the repair of the subdirectories then replaces) takes nothing, and overlayfs moves no
+    directory of a lower layer (EXDEV)."""
+    try:
+        trash: int | None = open_directory(TRASH, dir_fd=root)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        trash = None
+    try:
+        if trash is not None and not foreign_subdirectory(TRASH, trash, group):
+            try:
+                os.rename(name, unique_name(), src_dir_fd=root, dst_dir_fd=trash)
+                return
+            except OSError as e:
+                if not isinstance(e, PermissionError) and e.errno != errno.EXDEV:
+                    raise
+        set_aside(root, name)
+    finally:
+        if trash is not None:
+            os.close(trash)
 
 
 def _check_owner(root: str, st: os.stat_result, group: int | None) -> None:
