@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -16,10 +17,11 @@ import pytest
 from scutil import SC, SRC, control, finish, mounted_tmpfs, pause_at, sc, sc_env, sc_start, started_paused, tarball_bytes, wait_for
 
 
-def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str], **populator_options):  # type: ignore[no-untyped-def]
+def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str],  # type: ignore[no-untyped-def]
+                         waiter_env: dict[str, str] | None = None, **populator_options):
     """A population of a 300 KB download, by a process with ``populator_env`` and
-    ``populator_options`` (Popen's), and a use with neither that waits for it; each one's exit
-    status, output and errors, once the waiter has checked what it got."""
+    ``populator_options`` (Popen's), and a use with neither (with ``waiter_env``) that waits for
+    it; each one's exit status, output and errors, once the waiter has checked what it got."""
     payload = os.urandom(300_000)
     url = origin.add("/blob.bin", payload)
     origin.rate = 300_000
@@ -33,7 +35,7 @@ def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str], 
                                            SC_TEST_GO=str(go), **populator_env), **populator_options)
     try:
         wait_for(paused.exists, what="the populator")
-        waiter = sc_start(*args)
+        waiter = sc_start(*args, env=sc_env(**(waiter_env or {})))
         time.sleep(1.0)  # the waiter waits for the populator
         go.touch()
         populated, waited = finish([populator, waiter], timeout=60)
@@ -71,6 +73,25 @@ def test_a_populators_own_credentials_are_not_its_waiters_failure(origin, base, 
     (bad, _, bad_err), _ = populator_and_waiter(origin, base, tmp_path, {"NETRC": str(netrc)})
     assert bad == 1 and bad_err.endswith(f"cannot read {netrc}: it holds a NUL byte (line 1)\n"), bad_err
     assert origin.stats("/blob.bin").gets == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refusal_of_the_populators_credentials_is_not_its_waiters_failure(origin, base, tmp_path, status):
+    """The origin refuses the request of a populator that has no login for it (an expired token,
+    on a grid node where each job has its own); the process waiting for it, whose .netrc has one,
+    is not told that refusal (it was: "HTTP 401 Unauthorized ... (no credentials were sent)",
+    false of it): it populates, sending its own login."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login waiter password its-own\n")
+    netrc.chmod(0o600)
+    origin.fault("/blob.bin", status=status)  # the populator's request
+    (refused, _, refused_err), _ = populator_and_waiter(origin, base, tmp_path, {"NETRC": "/dev/null"},
+                                                        {"NETRC": str(netrc)})
+    assert refused == 1 and f"HTTP {status} " in refused_err and "(no credentials were sent)" in refused_err, \
+        refused_err
+    stats = origin.stats("/blob.bin")
+    assert stats.statuses == [status, 200]
+    assert stats.authorizations == ["Basic " + base64.b64encode(b"waiter:its-own").decode()]
 
 
 def test_a_populators_file_size_limit_is_not_its_waiters_failure(origin, base, tmp_path):

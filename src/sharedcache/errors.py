@@ -607,6 +607,13 @@ class DownloadError(LoaderError):
     """A source could not deliver its bytes: network failure, HTTP error, missing file or tool."""
 
 
+class AuthorizationError(DownloadError):
+    """A server refused this process's request for want of credentials, or for the ones it sent:
+    a 401 or 403 answer from the URL's own origin (which alone is sent them), a 407 from a proxy.
+    This process's own failure, as a :class:`CredentialError` is: it is recorded for the listing,
+    but a process waiting for its population, whose credentials are its own, is not told it."""
+
+
 class ChecksumError(LoaderError):
     """The data does not match the checksum the recipe gives."""
 

@@ -85,6 +85,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     QUOTED_CHARACTERS,
+    AuthorizationError,
     DownloadError,
     ResumeError,
     UsageError,
@@ -618,11 +619,16 @@ class _HttpStream(SourceStream):
         response.close()
         target = response.url or self.url
         refused = ""
+        # A proxy's 407 is of its credentials from this process's settings, and so is the origin's
+        # 401 or 403 (see AuthorizationError).
+        kind = AuthorizationError if response.status == 407 else DownloadError
         if response.status in (401, 403):
             # The credentials went to the URL's own origin alone (see _get): a refusal after a
             # redirect elsewhere is of a request that carried none of them.
-            refused = f" ({self._auth.sent})" if _origin(target) == _origin(self.url) else \
-                " (redirected to another origin: the Authorization of the URL was not sent there)"
+            if _origin(target) == _origin(self.url):
+                kind, refused = AuthorizationError, f" ({self._auth.sent})"
+            else:
+                refused = " (redirected to another origin: the Authorization of the URL was not sent there)"
         elif response.status == 203:  # RFC 9110 15.3.4: what a transforming proxy made of a 200
             refused = " (a proxy on the way changed the file: its bytes are not the server's)"
         elif 200 <= response.status < 300:  # a success, but not a file's: curl would store its body
@@ -637,7 +643,7 @@ class _HttpStream(SourceStream):
                 refused = (" (not followed: only 301, 302, 303, 307 and 308 are redirects"
                            + (f"; its Location is {quoted(location)}" if location else "") + ")")
         said = "" if says is None else server_says(says)
-        return DownloadError(f"HTTP {response.status} {reason} for {self._where(target)}{refused}{said}")
+        return kind(f"HTTP {response.status} {reason} for {self._where(target)}{refused}{said}")
 
     def _transport(self, target: str) -> Transport:
         """The connections to ``target``'s origin.  Each origin of a redirect chain has its own
@@ -738,7 +744,10 @@ class _HttpStream(SourceStream):
                     cause, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
                 if permanent or refused or attempt >= self.retries:
                     why = certificate_problem(exc) or _reason(exc)
-                    raise DownloadError(f"cannot download {where}: {why}{_after(attempt + 1)}") from None
+                    # (http.client says a refused tunnel's status in these words alone.)
+                    kind = AuthorizationError if str(cause).startswith("Tunnel connection failed: 407") \
+                        else DownloadError
+                    raise kind(f"cannot download {where}: {why}{_after(attempt + 1)}") from None
                 why = _reason(exc)
             else:
                 # Only a proxy answers 407, to a plain-HTTP request it forwards: the next member of

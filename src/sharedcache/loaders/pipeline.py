@@ -42,7 +42,8 @@ them in order.  A source that fails (a download error, a checksum mismatch, a co
 archive, data past the size limit) leaves nothing behind: ``dest`` is emptied, its partial
 discarded, and the next source starts afresh.  A failure that no other source can mend (no space,
 a write error, a bad setting) ends the population at once.  When every source failed, the error
-names each one's failure.  A partial left by a killed process is continued from the source it came
+names each one's failure; it is an :class:`~sharedcache.errors.AuthorizationError` if one of them
+refused this process's credentials.  A partial left by a killed process is continued from the source it came
 from, which is therefore tried first.
 """
 
@@ -59,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import (
+    AuthorizationError,
     ChecksumError,
     CorruptDataError,
     DownloadError,
@@ -134,7 +136,11 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
                 threads.tell(notice)
     if len(failures) == 1:
         raise failures[0]
-    raise type(failures[-1])("every source failed: " + "; ".join(str(failure) for failure in failures))
+    # A source that refused this process's credentials may serve another's: the failure of all
+    # is then this process's own, as that source's is.
+    kind = next((type(failure) for failure in failures if isinstance(failure, AuthorizationError)),
+                type(failures[-1]))
+    raise kind("every source failed: " + "; ".join(str(failure) for failure in failures))
 
 
 # Failures of one source that another source may not have (see Mirrors).

@@ -63,7 +63,10 @@ Acquire (``sc --use``, :func:`use`)
    wait for the lock or came to it just as the failure released it.  A use that asks after the
    failure tries afresh (the error may have been a passing one), and so does one whose recipe
    reads over the network when the failure was in another network namespace (a container's: no
-   network, or another network's bytes for the source).  If the holder died, there is
+   network, or another network's bytes for the source), and so does any use when the failure was
+   a refusal of the populator's credentials (a 401 or 403 of the URL's origin, a proxy's 407:
+   each use sends its own, and the record holds nothing of them that could tell them apart, since
+   the members of a group cache read it).  If the holder died, there is
    no record: we take over.  A use that could not make ``<name>.waiting`` in step 2 (a full
    file system) tries once more, without waiting, now that the population lock's making may
    have made room: the file is then there while it populates, and a waiter that cannot make
@@ -81,8 +84,9 @@ Acquire (``sc --use``, :func:`use`)
    base, has the use choose again without it and the candidates on its file system); unless the
    failure is this process's own (its settings, its credentials, its limits), which the waiters,
    who have theirs, are not told: no record, and the work directory is kept for a takeover only
-   after a limit; so is an error of the system that sc did not make one of its own, and memory
-   refused.  A fault of sc's own (an internal error) is recorded as the recipe's failure is:
+   after a limit (a server's refusal of its credentials is recorded as such, for the listing,
+   and the waiters pass over it: see step 3); so is an error of the system that sc did not make
+   one of its own, and memory refused.  A fault of sc's own (an internal error) is recorded as the recipe's failure is:
    each waiter would meet it again.  Release the population lock.  A process killed here releases the lock with
    its death; a waiter takes over at step 3.  A child that another thread of the process
    forked (a worker pool) gave up its copy of the population lock, of the stage's and of the

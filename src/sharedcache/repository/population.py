@@ -24,6 +24,7 @@ from ..engine.fsutil import read_control, shown_path, unlink_if_present, write_a
 from ..engine.layout import open_made_directory, user_id_outside
 from ..engine.leases import INTERRUPTS, Owner, boot_id, pid_namespace
 from ..errors import (
+    AuthorizationError,
     CacheError,
     ConfigError,
     CredentialError,
@@ -193,10 +194,11 @@ def _wait(base: Base, request: Request, fd: int, reporter: Reporter) -> None:
 def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
     """Step 3: the population that failed after this use asked for the repository: raise its
     error.  Data past the populator's own ``--size`` is not past a larger one (or none): that use
-    populates for itself, and so does a use of a recipe that reads over the network whose
-    population failed in another network namespace.  (A record is written before its population lock is released, so one
-    dated after now was not written by a population: in a group cache a member could plant it,
-    to fail every use of the name.)"""
+    populates for itself, and so does a use whose populator's credentials were refused (an
+    :class:`~sharedcache.errors.AuthorizationError`), and a use of a recipe that reads over the
+    network whose population failed in another network namespace.  (A record is written before
+    its population lock is released, so one dated after now was not written by a population: in a
+    group cache a member could plant it, to fail every use of the name.)"""
     name = request.name
     record = read_status(base.population_file(name, ".error"))
     # (Under a name given with -n, the population that failed may have been of another recipe:
@@ -209,6 +211,12 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
         kind = getattr(errors, str(record.get("error")), None)
         if not (isinstance(kind, type) and issubclass(kind, SharedCacheError)):
             kind = LoaderError
+        if issubclass(kind, AuthorizationError):
+            # The credentials refused (or missing) were the populator's, and this use sends its
+            # own.  Told apart from them by nothing in the record: what would tell them apart
+            # (a hash of a password) is read by every member of a group cache, who may test guesses
+            # against it; a use with the same credentials spends one refused request.
+            return
         here = network_namespace()
         if record.get("network", here) != here and reads_over_network(request.words):
             # Another network's view of the source (none in a container, often; a captive portal's
