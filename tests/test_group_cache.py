@@ -765,3 +765,36 @@ def test_a_signed_urls_token_is_kept_from_the_other_members(shared, origin, pyth
         held = as_user(python, ALICE, "--use", *group, *owned, "-n", "made-before", signed)
         assert held.returncode == 0, held.stderr
         assert origin.stats("/data.bin").gets == gets, "held as it was, not downloaded again"
+
+
+def test_a_long_signed_url_a_redirect_led_to_is_kept_from_the_other_members(shared, origin, python):
+    # A URL that redirects to a presigned URL that has expired (403): the message shows that URL,
+    # longer than a quotation, by its two ends, and its query's end (the signature) came after the
+    # ellipsis, with no "?" left before it to say where the query began: it was in the failure
+    # recorded for the waiters, which every member reads.
+    import json
+
+    path = "/bucket/" + "/".join(f"directory-{n:02d}" for n in range(12)) + "/data.bin"
+    query = "X-Amz-Credential=SECRETCREDENTIAL&X-Amz-Expires=3600&X-Amz-Signature=" + "5ec1e7" * 20
+    presigned = origin.url(path) + "?" + query
+    assert len(presigned.partition("?")[0]) > 80 and len(query) > 80  # the "?" is where the quotation leaves out
+    origin.fault(path, status=403)
+    url = origin.redirect("/presign/data.bin", presigned)
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    group = ["--group", str(GROUP), "-d", str(base)]
+    refused = as_user(python, ALICE, "--use", *group, "-n", "data", f"http:{url}")
+    assert refused.returncode == 1 and "HTTP 403" in refused.stderr, refused.stderr
+    assert "5ec1e7" in refused.stderr  # her own line shows the URL by its ends
+    record = base / f".shared-cache-g{GROUP}" / "populate" / "data.error"
+    interpreter, env = python
+    read = subprocess.run([interpreter, "-c", "import sys; print(open(sys.argv[1]).read())", str(record)],
+                          capture_output=True, text=True, timeout=60, env=env, user=BOB, group=GROUP)
+    assert read.returncode == 0, read.stderr
+    message = json.loads(read.stdout)["message"]
+    assert "redirected to 'http://127.0.0.1:" in message and "directory-00" in message, message
+    listed = as_user(python, BOB, "list", "--json", "--group", str(GROUP), "-d", str(base))
+    assert listed.returncode == 0 and "HTTP 403" in listed.stdout, listed.stderr
+    for shown in (message, listed.stdout, listed.stderr):
+        assert "5ec1e7" not in shown and "SECRET" not in shown and "X-Amz" not in shown, shown

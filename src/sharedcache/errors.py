@@ -191,15 +191,22 @@ def shown_to_others(message: str) -> str:
 
 def without_queries(message: str) -> str:
     """``message`` with the query of each ``http://`` or ``https://`` URL in it shown as ``?…``
-    (a URL ends at a space or a quote: it holds neither)."""
+    (a URL ends at a space or a quote: it holds neither), and nothing after the ellipsis of one
+    shown by its two ends (:func:`quoted`) before any "?": its "?" may be in what was left out,
+    and what follows, the end of its query."""
     parts = []
     rest = message
     while (start := min((found for found in (rest.find("http://"), rest.find("https://")) if found >= 0),
                         default=-1)) >= 0:
         end = next((i for i in range(start, len(rest)) if rest[i].isspace() or rest[i] in "'\"<>"), len(rest))
-        url, query, after = rest[start:end].partition("?")
-        if query:
-            url += "?…" + (after[after.index("#"):] if "#" in after else "")
+        url = rest[start:end]
+        shortened, asked = url.find("…"), url.find("?")
+        if shortened >= 0 and not 0 <= asked < shortened:
+            url = url[:shortened + 1]
+        else:
+            url, query, after = url.partition("?")
+            if query:
+                url += "?…" + (after[after.index("#"):] if "#" in after else "")
         parts.append(rest[:start] + url)
         rest = rest[end:]
     return "".join(parts) + rest
