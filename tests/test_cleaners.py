@@ -66,6 +66,14 @@ def needs_root_and(*tools: str) -> None:
         pytest.skip(f"needs root, unshare and {', '.join(tools) or 'nothing else'}: a mount namespace")
 
 
+def with_tmpfiles_d(instead: dict[str, Path], empty: Path) -> list[str]:
+    """The prefix of a command run in a mount namespace where each directory systemd-tmpfiles
+    reads is replaced by one of the test's: ``instead``'s, else ``empty``."""
+    binds = " && ".join(f"mount --bind {instead.get(directory, empty)} {directory}"
+                        for directory in TMPFILES_DIRECTORIES if os.path.isdir(directory))
+    return ["unshare", "--mount", "sh", "-c", f'{binds} && exec "$@"', "sh"]
+
+
 def test_sc_config_says_which_base_directory_is_cleaned_by_age_and_the_line_that_keeps_it(tmp_path):
     # Each directory systemd-tmpfiles reads is replaced, in a mount namespace, by one of the test's.
     needs_root_and()
@@ -75,14 +83,11 @@ def test_sc_config_says_which_base_directory_is_cleaned_by_age_and_the_line_that
     (shipped / "tmp.conf").write_text("q /tmp 1777 root root 10d\nq /var/tmp 1777 root root 30d\n")
     empty = tmp_path / "empty"
     empty.mkdir()
-    instead = {"/etc/tmpfiles.d": site, "/usr/lib/tmpfiles.d": shipped}
-    binds = " && ".join(f"mount --bind {instead.get(directory, empty)} {directory}"
-                        for directory in TMPFILES_DIRECTORIES if os.path.isdir(directory))
+    in_test_tmpfiles_d = with_tmpfiles_d({"/etc/tmpfiles.d": site, "/usr/lib/tmpfiles.d": shipped}, empty)
 
     def config() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["unshare", "--mount", "sh", "-c", f'{binds} && exec "$@"', "sh", *SC, "config",
-                               "-d", "/tmp:/var/tmp:/dev/shm"], capture_output=True, text=True, timeout=60,
-                              env=sc_env())
+        return subprocess.run([*in_test_tmpfiles_d, *SC, "config", "-d", "/tmp:/var/tmp:/dev/shm"],
+                              capture_output=True, text=True, timeout=60, env=sc_env())
 
     shown = config()
     assert shown.returncode == 0 and "directories = /tmp:/var/tmp:/dev/shm" in shown.stdout, shown.stderr
@@ -104,15 +109,13 @@ def test_the_first_use_that_makes_a_cache_where_it_is_cleaned_by_age_says_so_onc
         directory.mkdir()
     archive = tmp_path / "data.tar.gz"
     make_tarball(archive, {"d/a.txt": b"a\n"})
-    instead = {"/etc/tmpfiles.d": site, "/usr/lib/tmpfiles.d": shipped}
-    binds = " && ".join(f"mount --bind {instead.get(directory, empty)} {directory}"
-                        for directory in TMPFILES_DIRECTORIES if os.path.isdir(directory))
+    in_test_tmpfiles_d = with_tmpfiles_d({"/etc/tmpfiles.d": site, "/usr/lib/tmpfiles.d": shipped}, empty)
 
     def use(base: Path, *options: str) -> str:
         with Sleeper() as job:
-            used = subprocess.run(["unshare", "--mount", "sh", "-c", f'{binds} && exec "$@"', "sh", *SC, "--use",
-                                   *options, "-d", str(base), "-n", "r", "--pid", str(job.pid), f"file:{archive}",
-                                   "tar"], capture_output=True, text=True, timeout=60, env=sc_env())
+            used = subprocess.run([*in_test_tmpfiles_d, *SC, "--use", *options, "-d", str(base), "-n", "r", "--pid",
+                                   str(job.pid), f"file:{archive}", "tar"], capture_output=True, text=True,
+                                  timeout=60, env=sc_env())
         assert used.returncode == 0, used.stderr
         return used.stderr
 
@@ -158,6 +161,51 @@ def test_the_line_sc_gives_keeps_a_live_job_s_repository_from_systemd_tmpfiles(t
                 assert "index.sqlite" in left and any(name.startswith("entry.") for name in left), left
             else:
                 assert not (path / "d" / "e" / "b.txt").exists(), "the cleaning the line prevents did not happen"
+
+
+def test_a_group_cache_is_said_to_be_cleaned_when_the_member_s_own_directory_is(tmp_path):
+    # The group's directory made by root, with the tmpfiles.d line that makes it again at boot
+    # (docs/guarantees.md), which keeps that directory from an age cleaning of the base, not the
+    # member's own that holds the paths a job is given (links into the group's): sc looked at the
+    # group's alone, and said nothing as systemd-tmpfiles deleted a live job's path.  The age is 2
+    # seconds; the line sc gives keeps both.
+    needs_root_and("systemd-tmpfiles")
+    group = "41600"  # (root is given it as a supplementary group: a member)
+    archive = tmp_path / "data.tar.gz"
+    md5 = make_tarball(archive, {"d/a.txt": b"a\n"})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for excluded in (False, True):
+        base, site = tmp_path / f"base-{excluded}", tmp_path / f"site-{excluded}"
+        base.mkdir()
+        base.chmod(0o1777)
+        control = base / f".shared-cache-g{group}"
+        control.mkdir()
+        os.chown(control, 0, int(group))
+        control.chmod(0o2770)
+        site.mkdir()
+        (site / "site.conf").write_text(f"q {base} 1777 root root 2s\nd {control} 2770 root {group} -\n"
+                                        + (f"x {base}/.shared-cache-*\n" if excluded else ""))
+        warning = "" if excluded else (
+            f"sc: warning: systemd-tmpfiles deletes the files of the caches in {base} by age (/etc/tmpfiles.d/"
+            f"site.conf:1: files older than 2s), a live job's too; a site keeps them with the line "
+            f"'x {base}/.shared-cache-*' in a file of /etc/tmpfiles.d, or sc is given other base directories\n")
+        in_site = [*with_tmpfiles_d({"/etc/tmpfiles.d": site}, empty), *SC]
+        member = {"capture_output": True, "text": True, "timeout": 60, "env": sc_env(), "extra_groups": [int(group)]}
+        config = subprocess.run([*in_site, "config", "--group", group, "-d", str(base)], **member)
+        assert (config.returncode, config.stderr) == (0, warning)
+        with Sleeper() as job:
+            used = subprocess.run([*in_site, "--use", "--group", group, "-d", str(base), "-n", "r", "--pid",
+                                   str(job.pid), f"file:{archive}", f"md5:{md5}", "tar"], **member)
+            assert (used.returncode, used.stderr) == (0, warning), used.stderr
+            path = Path(used.stdout.strip())
+            assert path.parent == user_dir(base) and (path / "d" / "a.txt").exists()
+            time.sleep(3)  # older than the age
+            cleaned = subprocess.run(["systemd-tmpfiles", "--clean", str(site / "site.conf")], capture_output=True,
+                                     text=True, timeout=60)
+            assert cleaned.returncode == 0, cleaned.stderr
+            assert (path / "d" / "a.txt").exists() == excluded
+            assert (control / "cache.info").exists(), "the line of the group's directory keeps it"
 
 
 #: Configurations (BASE being the base directory, PARENT the one above it, CACHE the cache

@@ -681,19 +681,14 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
 
 
 def _cleaning_warnings(effective: Effective, group: int | None) -> list[str]:
-    """What to say of each candidate base directory whose caches (of the group cache of gid
-    ``group``, if not None) a cleaner of the system's deletes by age
-    (:mod:`sharedcache.config.cleaners`): where that comes from and what keeps them."""
-    from ..config.cleaners import cleaning_warning
+    """What to say of each candidate base directory whose caches (this user's directory and,
+    with ``group`` not None, the directory of the group cache of that gid) a cleaner of the
+    system's deletes by age (:mod:`sharedcache.config.cleaners`): where that comes from and what
+    keeps them."""
     from ..repository.bases import Base, base_directories
 
-    warnings = []
-    for base in base_directories(files.value(effective, "directories")):
-        candidate = Base(base, group)
-        warning = cleaning_warning(base, candidate.links if group is None else candidate.control)
-        if warning is not None:
-            warnings.append(warning)
-    return warnings
+    bases = base_directories(files.value(effective, "directories"))
+    return [warning for warning in (Base(base, group).cleaning_warning() for base in bases) if warning is not None]
 
 
 def _curl_proxies(http: tuple[str, str] | None, https: tuple[str, str] | None) -> tuple[str, str] | None:

@@ -7,7 +7,10 @@ systems ship ``q /tmp 1777 root root 10d`` (and ``/var/tmp`` 30 days).  A cache 
 data of a job that has run that long, its lease and its index.  Only root may write a line that
 keeps it out, so sc says where the cleaning comes from and what line would keep the caches rather
 than change anything: ``sc config``, for every candidate base directory, and the command that
-first makes a cache in one.
+first makes a cache in one.  With a group cache, both of its directories in a base are looked
+at: the group's, and the member's own (``<base>/.shared-cache-<uid>``), which holds the paths a
+job is given (links into the group's); a line that keeps the one alone (the ``d`` line of a
+group directory root made) leaves the other to be cleaned.
 
 What cleans a cache, as ``systemd-tmpfiles --clean`` (the timer's command) does, checked against it:
 
@@ -33,6 +36,10 @@ from __future__ import annotations
 import os
 
 from .files import regular_file_bytes, text_lines
+
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: Where the tmpfiles.d files are, the first hiding the files of the same name in the others.
 TMPFILES_DIRECTORIES = ("/etc/tmpfiles.d", "/run/tmpfiles.d", "/usr/local/lib/tmpfiles.d", "/usr/lib/tmpfiles.d")
@@ -69,11 +76,12 @@ def _matches(glob: str, path: str) -> bool:
         for name, pattern in zip(names, patterns, strict=True))
 
 
-def cleaning_warning(base: str, cache: str, directories: tuple[str, ...] = TMPFILES_DIRECTORIES) -> str | None:
-    """What a user is told of the cleaning of the cache directory ``cache`` of the base directory
-    ``base`` (:func:`cleaning_of`): where it comes from and the line that keeps the caches out
-    of it; None if nothing cleans it by age."""
-    cleaning = cleaning_of(cache, directories)
+def cleaning_warning(base: str, caches: Sequence[str],
+                     directories: tuple[str, ...] = TMPFILES_DIRECTORIES) -> str | None:
+    """What a user is told of the cleaning of the cache directories ``caches`` of the base
+    directory ``base`` (:func:`cleaning_of`): where the first cleaned one's cleaning comes from
+    and the line that keeps the caches out of it; None if nothing cleans any of them by age."""
+    cleaning = next(filter(None, (cleaning_of(cache, directories) for cache in caches)), None)
     if cleaning is None:
         return None
     kept = os.path.join(os.path.normpath(base), ".shared-cache-*")

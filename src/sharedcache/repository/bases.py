@@ -214,6 +214,14 @@ class Base:
         if self._cache is not None:
             self._cache.deadline = deadline
 
+    def cleaning_warning(self) -> str | None:
+        """What a user is told if a cleaner of the system's deletes this base's caches by age
+        (:func:`~sharedcache.config.cleaners.cleaning_warning`): this user's directory, which
+        holds the paths, or a group cache's directory; None if neither is cleaned."""
+        from ..config.cleaners import cleaning_warning
+
+        return cleaning_warning(self.path, (self.links,) if self.group is None else (self.links, self.control))
+
     def has_cache(self) -> bool:
         return os.path.exists(os.path.join(self.control, "cache.info"))
 

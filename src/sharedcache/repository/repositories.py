@@ -484,9 +484,7 @@ class Repositories:
     def _warn_of_cleaning(self, base: Base) -> None:
         """Say, as a cache is made in ``base``, if a cleaner of the system's deletes its files by
         age: once, for the user who may never run ``sc config``, which says it too."""
-        from ..config.cleaners import cleaning_warning
-
-        warning = cleaning_warning(base.path, base.links if base.group is None else base.control)
+        warning = base.cleaning_warning()
         if warning is not None:
             self.reporter.warning(warning)
 
