@@ -468,6 +468,47 @@ def test_max_size_given_with_a_release_applies_to_it(dirs, tarball):
         assert budget.read_text() == str(one)
 
 
+def test_a_budget_stays_on_its_base_until_none_lifts_it_and_sc_config_shows_it(dirs, tarball, tmp_path):
+    # A budget set once evicted every kept repository for good once the setting was gone (a
+    # site's config file that no longer gives one): sc config said "(not set)", and no value
+    # lifted it ("none" was refused, and 0 is a budget of nothing).
+    budget = control(dirs[0]) / "budget"
+    with Sleeper() as owner:
+        common = ["-d", str(dirs[0]), "--pid", str(owner.pid), "--keep"]
+
+        def kept_after_release(name: str, at_use: list[str], at_release: list[str]) -> bool:
+            args = [*common, "-n", name, *recipe(tarball)]
+            assert sc("--use", *args, *at_use).returncode == 0
+            released = sc("--unuse", *args, *at_release)
+            assert released.returncode == 0, released.stderr
+            return name in {row["name"] for row in json.loads(sc("list", "--json", "-d", str(dirs[0])).stdout)}
+
+        assert not kept_after_release("kept0", ["--max-size", "1"], [])
+        shown = sc("config", "-d", str(dirs[0]))
+        assert f"max_size = (not set)  # default; stored: {dirs[0]} 1 B\n" in shown.stdout, shown.stdout
+        assert not kept_after_release("kept1", [], []), "the budget stays until another is given"
+        # Lifted by a use, then by a release: either keeps what it releases.
+        assert kept_after_release("kept2", ["--max-size", "none"], [])
+        assert not budget.exists()
+        assert "max_size = (not set)  # default\n" in sc("config", "-d", str(dirs[0])).stdout
+        assert not kept_after_release("kept3", ["--max-size", "1"], ["--max-size", "1"])
+        assert kept_after_release("kept4", [], ["--max-size", "None"])
+        assert not budget.exists()
+    config = tmp_path / "config"
+    config.write_text("max_size = none\n")
+    shown = sc("config", "-d", str(dirs[0]), env=sc_env(SC_CONFIG=str(config)))
+    assert f"max_size = none  # {config}:1\n" in shown.stdout, shown.stderr
+    for bad in ("inf", "nan", "-1", "nothing"):
+        refused = sc("--use", "-d", str(dirs[0]), "--max-size", bad, *recipe(tarball))
+        assert (refused.returncode, refused.stderr) == (
+            2, f"sc: error: invalid --max-size: {bad!r} (expected bytes or a number with a unit such as 10GB or "
+               "512MiB, or none) (see 'sc --help')\n")
+        config.write_text(f"max_size = {bad}\n")
+        refused = sc("config", env=sc_env(SC_CONFIG=str(config)))
+        assert refused.returncode == 2 and f"{config}:1: max_size must be a size: {bad!r}" in refused.stderr, \
+            refused.stderr
+
+
 def test_gc_reports_the_repositories_it_evicts_down_to_the_budget(dirs, tarball):
     # Its report said "nothing to do" (or only "trash removed") of kept repositories it evicted.
     with Sleeper() as owner:

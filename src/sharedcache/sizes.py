@@ -18,8 +18,26 @@ _UNITS = {
 }
 
 
+#: What a budget of ``none`` is (``--max-size none``, ``max_size = none``): no budget, the one a
+#: base's cache stored lifted.  (No size is negative.)
+NO_BUDGET = -1
+_SIZE = "bytes or a number with a unit such as 10GB or 512MiB"
+
+
 def parse_size(value: int | str, what: str = "size") -> int:
     """Return ``value`` in bytes; raise :class:`UsageError` naming ``what`` if it is not a size."""
+    return _parsed(value, what, _SIZE)
+
+
+def parse_budget(value: int | str, what: str) -> int:
+    """A size budget: in bytes, as :func:`parse_size` reads it, or :data:`NO_BUDGET` for
+    ``none`` (any case)."""
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return NO_BUDGET
+    return _parsed(value, what, f"{_SIZE}, or none")
+
+
+def _parsed(value: int | str, what: str, expected: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise UsageError(f"invalid {what}: {value} is negative")
@@ -32,9 +50,7 @@ def parse_size(value: int | str, what: str = "size") -> int:
         number, unit = text[:split].strip(), text[split:].strip().lower()
         if number and number.replace(".", "", 1).isdigit() and number.isascii() and unit in _UNITS:
             return _bounded(float(number) * _UNITS[unit], value, what)
-    raise UsageError(
-        f"invalid {what}: {value!r} (expected bytes or a number with a unit such as 10GB or 512MiB)"
-    )
+    raise UsageError(f"invalid {what}: {value!r} (expected {expected})")
 
 
 def _bounded(size: float, value: int | str, what: str) -> int:

@@ -25,7 +25,7 @@ from ..engine.leases import (
     process_of,
     start_time,
 )
-from ..errors import Ended, SharedCacheError, UsageError, clipped, end_by_exception, printable, shown_proxy
+from ..errors import CacheError, Ended, SharedCacheError, UsageError, clipped, end_by_exception, printable, shown_proxy
 from ..progress import Reporter
 from ..repository.bases import group_id
 from ..repository.repositories import (
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from ..config.files import Effective
     from ..config.settings import FetchPolicy
+    from ..repository.bases import Base
     from ..repository.repositories import Held
     from .parser import Arguments
 
@@ -646,11 +647,14 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
     the fetch policy they make, ``group`` the gid of the group cache they name."""
     from ..config.settings import FetchPolicy, shown_rewrites
     from ..loaders.transport import curl_proxies, shown_chain
-    from ..repository.bases import DEFAULT_DIRECTORIES
+    from ..repository.bases import DEFAULT_DIRECTORIES, Base, base_directories
 
     if fetch.credentials is not None:  # (as a miss that downloads checks them)
         fetch.credentials.check_variables()
     defaults = FetchPolicy()
+    # (Made before the rows: naming this user's directory in a base fails for a user its
+    # namespace does not map, and a failure prints no row.)
+    bases = [Base(base, group) for base in base_directories(files.value(effective, "directories"))]
     rows = []  # all of them made before any is printed: a failure prints none
     for setting in files.SETTINGS:
         key = setting.key
@@ -670,25 +674,29 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
         if key in ("verbose", "quiet") and type(value) is int:  # the count of -v or -q given
             value = value > 0
         text = "yes" if value is True else "no" if value is False else "(not set)" if value is None else value
+        if key == "max_size":
+            where += _stored_budgets(bases)
         rows.append(f"{key} = {text}  # {where}\n")
-    # (Before the rows: naming this user's directory in a base fails for a user its namespace
-    # does not map, and a failure prints no row.)
-    warnings = _cleaning_warnings(effective, group)
+    warnings = [warning for warning in (base.cleaning_warning() for base in bases) if warning is not None]
     status = outcome("".join(rows))
     for warning in warnings:
         print(f"sc: {warning}", file=sys.stderr)
     return status
 
 
-def _cleaning_warnings(effective: Effective, group: int | None) -> list[str]:
-    """What to say of each candidate base directory whose caches (this user's directory and,
-    with ``group`` not None, the directory of the group cache of that gid) a cleaner of the
-    system's deletes by age (:mod:`sharedcache.config.cleaners`): where that comes from and what
-    keeps them."""
-    from ..repository.bases import Base, base_directories
-
-    bases = base_directories(files.value(effective, "directories"))
-    return [warning for warning in (Base(base, group).cleaning_warning() for base in bases) if warning is not None]
+def _stored_budgets(bases: list[Base]) -> str:
+    """What ``sc config`` shows beside ``max_size``: the budget that the cache of each candidate
+    base directory holds, which a use that gives none keeps to, until another is given."""
+    stored = []
+    for base in bases:
+        try:
+            budget = base.stored_budget()
+        except CacheError:  # (damaged, or another member's that this user may not read: gc removes either)
+            stored.append(f"{base.path} unreadable")
+            continue
+        if budget is not None:
+            stored.append(f"{base.path} {format_size(budget)}")
+    return f"; stored: {', '.join(stored)}" if stored else ""
 
 
 def _curl_proxies(http: tuple[str, str] | None, https: tuple[str, str] | None) -> tuple[str, str] | None:

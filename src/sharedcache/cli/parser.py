@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..config.files import parse_seconds
 from ..errors import SettingError, UsageError
-from ..sizes import parse_size
+from ..sizes import parse_budget, parse_size
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -34,12 +34,12 @@ class Option:
         self.convert, self.actions = convert, actions
 
 
-def _size_text(flag: str) -> Callable[[str], str]:
-    """The conversion of a size option: its text, refused at once if it is no size.  A command
-    that has no use for the size (``--size`` on ``--unuse``) ignores it, but not a typo that
-    ``--use`` refuses: one list of options fails, or serves, all three alike."""
+def _size_text(flag: str, parse: Callable[[str, str], int] = parse_size) -> Callable[[str], str]:
+    """The conversion of a size option: its text, refused at once if ``parse`` reads no size in
+    it.  A command that has no use for the size (``--size`` on ``--unuse``) ignores it, but not a
+    typo that ``--use`` refuses: one list of options fails, or serves, all three alike."""
     def checked(text: str) -> str:
-        parse_size(text, flag)
+        parse(text, flag)
         return text
 
     return checked
@@ -55,8 +55,10 @@ OPTIONS = (
            metavar="DIR[:DIR...]"),
     Option(("--keep",), "keep", "once unused, keep the repository as a cache entry (LRU)",
            actions=SETTING_ACTIONS),
-    Option(("--max-size",), "max_size", "size budget of the base directory's repositories, in use or kept",
-           metavar="SIZE", convert=_size_text("--max-size"), actions=SETTING_ACTIONS),
+    Option(("--max-size",), "max_size",
+           "size budget of the base directory's repositories, in use or kept; it stays there until another "
+           "is given (none: no budget)",
+           metavar="SIZE", convert=_size_text("--max-size", parse_budget), actions=SETTING_ACTIONS),
     # Not for run, whose use is its own, held while its command runs: a --pid there would mislead.
     # (--location takes it, as it takes the other options of --use: one list of them serves both.)
     Option(("--pid",), "pid", "process owning the use (default: the job that ran sc)",

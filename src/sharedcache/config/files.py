@@ -72,24 +72,27 @@ def _without_nul(value: str, named: str) -> str:
     return value
 
 
-def _parsed_size(value: str, key: str) -> int:
-    """``value`` in bytes; a :class:`SettingError` that says what is wrong with it (more than
-    8 EiB, or what a size is) if it is none."""
-    from ..sizes import parse_size
-
+def _parsed_size(value: str, key: str, parse: Callable[[str, str], int]) -> int:
+    """``value`` in bytes, as ``parse`` (:func:`~sharedcache.sizes.parse_size` or
+    :func:`~sharedcache.sizes.parse_budget`) reads it; a :class:`SettingError` that says what is
+    wrong with it (more than 8 EiB, or what a size is) if it is none."""
     try:
-        return parse_size(value, key)
+        return parse(value, key)
     except UsageError as e:
         raise SettingError(key, "must be a size: " + str(e).removeprefix(f"invalid {key}: ")) from None
 
 
-def _size(value: str) -> str:
-    _parsed_size(value, "max_size")
+def _budget(value: str) -> str:
+    from ..sizes import parse_budget
+
+    _parsed_size(value, "max_size", parse_budget)
     return value
 
 
 def _rate(value: str) -> int:
-    return _parsed_size(value, "speed_limit")
+    from ..sizes import parse_size
+
+    return _parsed_size(value, "speed_limit", parse_size)
 
 
 def parse_seconds(text: str) -> float:
@@ -131,7 +134,7 @@ class Setting:
 #: ``--size``, ``--pid``) are not settings.
 SETTINGS = (
     Setting("directories", _directories, "candidate base directories, ':'-separated", ("SC_DIRECTORIES",), ":"),
-    Setting("max_size", _size, "size budget of a base directory's repositories, in use or kept"),
+    Setting("max_size", _budget, "size budget of a base directory's repositories, in use or kept; none: no budget"),
     Setting("keep", _boolean, "keep repositories once unused (LRU)"),
     Setting("group", _text, "use the cache this group shares in each base directory, instead of your own"),
     Setting("timeout", parse_seconds, "seconds to wait for a population, another process's or its own"),

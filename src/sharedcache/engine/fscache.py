@@ -651,6 +651,49 @@ def _open_own(root: str, sub: str, group: int | None) -> int:
     return fd
 
 
+def stored_budget(root: str) -> int | None:
+    """The budget stored in the cache at ``root`` (:attr:`FsCache.max_size`), read without
+    opening the cache, which would make one: None if it has none, or there is no cache there;
+    CacheError if it cannot be read or is damaged."""
+    try:
+        directory = open_directory(root)
+    except (FileNotFoundError, UnicodeEncodeError):  # (or a path the file system's encoding cannot name)
+        return None
+    except OSError as e:
+        raise over_limit(e) or CacheError(f"cannot open cache {root}: {e.strerror}") from None
+    try:
+        return _read_budget(directory, root)
+    finally:
+        os.close(directory)
+
+
+def _read_budget(directory: int, root: str) -> int | None:
+    """The budget stored in the cache at ``root``, open as ``directory``; None if it has none."""
+    try:
+        text = read_control(BUDGET, 64, dir_fd=directory) or b"<not a file>"
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        # Another member's, made under umask 077: as useless as garbage to this user, and gc
+        # puts it away as it does garbage.
+        raise _damaged_budget(root, "this user may not read it") from None
+    except LeasedError:
+        # Its owner's lease would stop every release until the kernel breaks it: gc puts it
+        # away as it does garbage (renaming it, which no lease prevents).
+        raise _damaged_budget(root, "held under a file lease by its owner") from None
+    except OSError as e:
+        raise over_limit(e) or CacheError(f"cannot read {os.path.join(root, BUDGET)}: {e.strerror}") from None
+    try:
+        return int(text)
+    except ValueError:
+        raise _damaged_budget(root, repr(text[:20])) from None
+
+
+def _damaged_budget(root: str, why: str) -> _DamagedBudget:
+    return _DamagedBudget(f"the budget {os.path.join(root, BUDGET)} of cache {root} is damaged ({why}); "
+                          "set it again (max_size, or sc --max-size), or run gc to remove it")
+
+
 def _close_index(db: Index, *, leaving_journals: bool = False) -> None:
     try:
         if leaving_journals:
@@ -866,7 +909,6 @@ class FsCache:
         self._objects = os.path.join(self.root, "objects")
         self._stage = os.path.join(self.root, "stage")
         self._trash = os.path.join(self.root, "trash")
-        self._budget = os.path.join(self.root, BUDGET)  # (as messages name it)
         self._local = thread_local()
         self.deadline = deadline
         self._kept_open: dict[str, tuple[int, int, int]] = {}  # descriptor, device, inode (see own_directory)
@@ -1073,33 +1115,13 @@ class FsCache:
         """The size budget in bytes (None: unlimited), as stored in the cache now."""
         root = self._open_own(".")
         try:
-            text = read_control(BUDGET, 64, dir_fd=root) or b"<not a file>"
-        except FileNotFoundError:
-            return None
-        except PermissionError:
-            # Another member's, made under umask 077: as useless as garbage to this user, and
-            # gc puts it away as it does garbage.
-            raise self._damaged_budget("this user may not read it") from None
-        except LeasedError:
-            # Its owner's lease would stop every release until the kernel breaks it: gc puts
-            # it away as it does garbage (renaming it, which no lease prevents).
-            raise self._damaged_budget("held under a file lease by its owner") from None
-        except OSError as e:
-            raise over_limit(e) or CacheError(f"cannot read {self._budget}: {e.strerror}") from None
+            return _read_budget(root, self.root)
         finally:
             os.close(root)
-        try:
-            return int(text)
-        except ValueError:
-            raise self._damaged_budget(repr(text[:20])) from None
 
     @max_size.setter
     def max_size(self, value: int | str | None) -> None:
         self._set_max_size(value, evict=True)
-
-    def _damaged_budget(self, why: str) -> _DamagedBudget:
-        return _DamagedBudget(f"the budget {self._budget} of cache {self.root} is damaged ({why}); "
-                              "set it again (max_size, or sc --max-size), or run gc to remove it")
 
     def _set_max_size(self, value: int | str | None, *, evict: bool) -> None:
         """Write the budget and, if ``evict``, make the evictions it calls for."""

@@ -112,7 +112,8 @@ Acquire (``sc --use``, :func:`use`)
    released there, and the main thread's Ctrl-C is raised at once, as outside a use.
 
 Release (``sc --unuse``) drops one lease of the owner; a budget it gives (``--max-size``) is set
-first, while that lease still spares the entry from eviction.  The engine deletes the entry in the
+first, while that lease still spares the entry from eviction (``none`` lifts the stored budget
+then, and the release has nothing to evict down to).  The engine deletes the entry in the
 same transaction if no live use remains, it is not kept, and nobody holds ``<name>.waiting``
 (the cache's ``awaited``, tried exclusively without waiting under the entry's lock: a waiter
 adds its lease under that lock before it lets the file go, so the look is final).  An entry left

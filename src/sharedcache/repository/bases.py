@@ -33,7 +33,7 @@ from _thread import RLock  # threading's, without importing threading
 from _weakref import ref as weak_reference  # weakref.ref, without importing weakref
 
 from ..engine import locks
-from ..engine.fscache import FsCache
+from ..engine.fscache import FsCache, stored_budget
 from ..engine.fsutil import shown_path, unlink_if_present
 from ..engine.layout import absolute_path, check_base, group_directory, user_directory, user_directory_name
 from ..errors import (
@@ -221,6 +221,12 @@ class Base:
         from ..config.cleaners import cleaning_warning
 
         return cleaning_warning(self.path, (self.links,) if self.group is None else (self.links, self.control))
+
+    def stored_budget(self) -> int | None:
+        """The budget stored in this base's cache, which stays there until another is given
+        (:func:`~sharedcache.engine.fscache.stored_budget`: read without making the cache);
+        None if it has none."""
+        return stored_budget(self.control)
 
     def has_cache(self) -> bool:
         return os.path.exists(os.path.join(self.control, "cache.info"))

@@ -44,7 +44,7 @@ from ..loaders.words import (
     source_count,
 )
 from ..progress import Reporter
-from ..sizes import format_size, parse_size
+from ..sizes import NO_BUDGET, format_size, parse_budget, parse_size
 from .bases import (
     POPULATE,
     PRIVATE_CACHE,
@@ -247,7 +247,7 @@ class Repositories:
             fetch=fetch,
         )
         request.given = tuple(given)
-        budget = None if max_size is None else parse_size(max_size, "--max-size")
+        budget = None if max_size is None else parse_budget(max_size, "--max-size")
         for base in self.bases:
             base.bound_waits(request.deadline)
         try:
@@ -374,16 +374,17 @@ class Repositories:
 
     @staticmethod
     def _set_budget(cache: FsCache, budget: int) -> None:
-        """Give the cache this budget; a budget already in place costs no write (nor the index),
-        and a damaged one is written over, as its error says to do."""
+        """Give the cache this budget (:data:`~sharedcache.sizes.NO_BUDGET`: lift the one it
+        has); a budget already in place costs no write (nor the index), and a damaged one is
+        written over, as its error says to do."""
         if Repositories._budget_differs(cache, budget):
-            cache.max_size = budget
+            cache.max_size = _stored(budget)
 
     @staticmethod
     def _budget_differs(cache: FsCache, budget: int) -> bool:
         """Whether the cache's budget is another than ``budget``, or damaged."""
         try:
-            return cache.max_size != budget
+            return cache.max_size != _stored(budget)
         except CacheError:
             return True
 
@@ -504,9 +505,10 @@ class Repositories:
     ) -> bool:
         """Release one use of the first of ``owners`` that holds one; return whether that deleted
         the repository.  ``max_size``: the budget to give the repository's base directory, which
-        the release then evicts down to, as a use that gives one does.  ``timeout``: seconds any
+        the release then evicts down to, as a use that gives one does (``none``: the stored one
+        lifted).  ``timeout``: seconds any
         wait (for a lock, for the index) may take in all."""
-        budget = None if max_size is None else parse_size(max_size, "--max-size")
+        budget = None if max_size is None else parse_budget(max_size, "--max-size")
         deadline = deadline_after(checked_timeout(timeout))
         for base in self.bases:
             base.bound_waits(deadline)
@@ -550,6 +552,9 @@ class Repositories:
         # that fails for want of a use.
         max_size = budget if lease is not None and budget is not None and self._budget_differs(cache, budget) \
             else None
+        if max_size == NO_BUDGET:  # (lifted now, with the use held: no budget has nothing to evict down to)
+            self._set_budget(cache, max_size)
+            max_size = None
         if max_size is None:
             say_if_budget_damaged(cache, self.reporter, "the release restores none")
         while True:
@@ -902,6 +907,11 @@ class Repositories:
         return removed
 
 
+def _stored(budget: int) -> int | None:
+    """What the engine stores for ``budget`` (:attr:`FsCache.max_size`): None for no budget."""
+    return None if budget == NO_BUDGET else budget
+
+
 def _not_a_directory(path: str) -> str | None:
     """Why ``path`` is no directory ("missing", "not a directory", or what the system says: a
     path too long is not a missing one), or None if it is one."""
@@ -1004,11 +1014,11 @@ def use(
     ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.  What is not given is
     taken from the config files and the environment as ``sc`` takes it
     (:mod:`sharedcache.config.files`): ``directories`` (else /tmp:/var/tmp; a leading ``~`` is
-    the home, as the shell makes it on the command line), ``max_size``,
-    ``timeout``, ``group`` (a group's name or gid: use the cache that group shares, as ``sc
-    --group`` does, instead of your own) and, without ``fetch``, the fetch settings (proxy, offline, timeouts...), which
-    are made into a policy, and checked, only when the repository is not ready (``connections``,
-    given here, is checked at once).
+    the home, as the shell makes it on the command line), ``max_size`` (stored on the base until
+    another is given; ``"none"`` lifts it), ``timeout``, ``group`` (a group's name or gid: use the
+    cache that group shares, as ``sc --group`` does, instead of your own) and, without ``fetch``,
+    the fetch settings (proxy, offline, timeouts...), which are made into a policy, and checked,
+    only when the repository is not ready (``connections``, given here, is checked at once).
     """
     from ..config import files
 
@@ -1033,7 +1043,8 @@ def use(
     # Parsed here, so that an error names them as this function does (acquire names the options).
     limit = None if size is None else parse_size(size, "size")
     budget = files.value(effective, "max_size")
-    budget = None if budget is None else parse_size(budget, "max_size")
+    if budget is not None:
+        parse_budget(budget, "max_size")
     repositories = Repositories(files.value(effective, "directories"), reporter=Reporter(verbosity),
                                 group=files.converted(effective, "group", group_id))
     # Ctrl-C from the lease's making to the try below, and during the release, is deferred, then
