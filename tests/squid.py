@@ -65,9 +65,9 @@ class Squid:
     """One squid process.  ``netns``: run it in that network namespace (``ip netns exec``)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int | None = None, netns: str | None = None,
-                 users: dict[str, str] | None = None) -> None:
+                 users: dict[str, str] | None = None, config: str = "") -> None:
         """``users``: name -> password of the users allowed, with basic authentication (without
-        it, anyone may use the proxy)."""
+        it, anyone may use the proxy); ``config``: lines added to its squid.conf."""
         self.binary = require_squid()
         self.host, self.port, self.netns = host, port or free_port(), netns
         # squid drops root for its own user, which must reach its files: not under pytest's 0700 tmp.
@@ -80,7 +80,7 @@ class Squid:
             access = (f"auth_param basic program {_NCSA_AUTH} {self.dir}/passwd\n"
                       "acl users proxy_auth REQUIRED\nhttp_access allow users\nhttp_access deny all")
         (self.dir / "squid.conf").write_text(_CONFIG.format(host=self.host, port=self.port, dir=self.dir,
-                                                            access=access))
+                                                            access=access) + config)
         if os.geteuid() == 0:
             user = pwd.getpwnam("proxy")
             os.chown(self.dir, user.pw_uid, user.pw_gid)

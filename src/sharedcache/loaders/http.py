@@ -1,8 +1,9 @@
 """``http:URL``: a file on an HTTP or HTTPS server.
 
 ``http:URL`` (http:// or https://) follows redirects (each to the route of its own URL: see
-:mod:`sharedcache.loaders.transport`), retries connection failures, 5xx answers, 408 and 429
-with exponential backoff, or after the wait an answer's ``Retry-After`` asks for if longer (up to
+:mod:`sharedcache.loaders.transport`), retries connection failures, 5xx answers (but a proxy's
+own fails over along the route: :func:`_proxy_failure`), 408 and 429 with exponential backoff, or
+after the wait an answer's ``Retry-After`` asks for if longer (up to
 :data:`_RETRY_AFTER_MAX`; a server that asks for more fails the request at once, saying so), while
 other 4xx answers fail at once, and continues an interrupted transfer with a
 ``Range: bytes=N-`` request guarded by ``If-Range`` (the strong ETag, else Last-Modified; neither
@@ -411,6 +412,33 @@ def _refuse_encoding(response: urllib3.BaseHTTPResponse, url: str) -> None:
                         "though none was asked for; refusing to store encoded bytes as the file")
 
 
+#: The answers of a gateway that could not get one from the next server (Bad Gateway, Service
+#: Unavailable, Gateway Timeout): a forwarding proxy's own when it cannot reach the origin or its
+#: parent, or the origin's (or the origin's own gateway's), relayed.
+_GATEWAY_FAILURES = (502, 503, 504)
+
+
+def _proxy_failure(response: urllib3.BaseHTTPResponse, transport: Transport) -> str | None:
+    """Why the proxy in use failed ``response``'s request itself, if it did, and the route
+    should go on past it: a 407 (only a proxy asks for credentials, and it would ask again), or,
+    from a proxy that forwards the request (:meth:`Transport.forwards`), a 502, 503 or 504 that it
+    made itself.  Squid marks the answers it makes with ``X-Squid-Error`` and a ``Via`` of its
+    own hop alone (or none); one relayed from an origin behind a squid of its own has that
+    origin's hop in ``Via`` before the site squid's, and stays the origin's, retried as any 5xx.
+    A proxy that marks nothing (nginx, Apache's mod_proxy: their own errors look like relayed
+    ones) has its 5xx taken for the origin's.  None if the answer is not the proxy's failure."""
+    if response.status == 407 and transport.via():
+        return "HTTP 407"
+    squid_error = _field(response, "X-Squid-Error")
+    if response.status not in _GATEWAY_FAILURES or not squid_error or not transport.forwards():
+        return None
+    # Via lists a hop per comma; a hop's comment (in parentheses) may hold commas of its own.
+    hops = [hop for hop in re.sub(r"\([^)]*\)", "", _field(response, "Via")).split(",") if hop.strip()]
+    if len(hops) > 1:
+        return None
+    return f"HTTP {response.status}, its own error: X-Squid-Error {quoted(squid_error)}"
+
+
 def _origin(url: str) -> str:
     """The scheme, host and port of ``url``: what a connection is made to."""
     from urllib.parse import urlsplit
@@ -750,10 +778,10 @@ class _HttpStream(SourceStream):
                     raise kind(f"cannot download {where}: {why}{_after(attempt + 1)}") from None
                 why = _reason(exc)
             else:
-                # Only a proxy answers 407, to a plain-HTTP request it forwards: the next member of
-                # the route is tried at once, as when a proxy refuses a tunnel (past the last, the
-                # answer stands: it would refuse again).
-                if response.status == 407 and transport.via() and transport.fail_over(member, "HTTP 407"):
+                # A proxy's own refusal or failure: the next member of the route is tried at once,
+                # as when a proxy refuses a tunnel (past the last, the answer stands).
+                failure = _proxy_failure(response, transport)
+                if failure is not None and transport.fail_over(member, failure):
                     response.close()
                     continue
                 location = response.get_redirect_location()
