@@ -432,6 +432,39 @@ def test_an_origin_s_5xx_relayed_by_the_proxy_is_retried_through_it(tmp_path, or
     check_tree(user_dir(tmp_path) / "data", FILES)
 
 
+def use_through(base: Path, owner: Sleeper, url: str, digest: str, proxy: Squid) -> subprocess.CompletedProcess[str]:
+    """``sc --use -v`` of the file at ``url`` whose sha256 is ``digest``, through the chain
+    ``proxy;DIRECT``, in base directory ``base`` (a host of its own)."""
+    base.mkdir(exist_ok=True)
+    return sc("--use", "-v", "-n", "file", "-d", str(base), "--pid", str(owner.pid), "--proxy", f"{proxy.url};DIRECT",
+              f"http:{url}", f"sha256:{digest}", env=sc_env())
+
+
+def test_a_stale_copy_in_the_proxy_is_fetched_again_from_the_origin(tmp_path, origin, squid, owner):
+    # Published a year ago, the first version is fresh in squid for days by its heuristic; the
+    # origin's new version at the same URL failed the checksum on every host that asked for it.
+    old, new = os.urandom(1 << 20), os.urandom(1 << 20)
+    url = origin.add("/tool.bin", old, modified_at=time.time() - 365 * 86400)
+    first = use_through(tmp_path / "host1", owner, url, hashlib.sha256(old).hexdigest(), squid)
+    assert first.returncode == 0, first.stderr
+    origin.add("/tool.bin", new)
+    result = use_through(tmp_path / "host2", owner, url, hashlib.sha256(new).hexdigest(), squid)
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "tool.bin").read_bytes() == new
+    assert f"asking proxy {squid.url}, which it came through, to fetch it again" in result.stderr
+    assert origin.stats("/tool.bin").gets == 2  # the first host's, and the second's reload: no more
+    assert [u for _, u, _, _ in squid.requests()] == [url] * 3
+
+
+def test_a_checksum_that_fails_again_through_the_proxy_names_it(tmp_path, origin, squid, owner):
+    url = origin.add("/tool.bin", os.urandom(1 << 20))
+    result = use_through(tmp_path, owner, url, "0" * 64, squid)
+    assert result.returncode == 1, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert "sha256 mismatch" in error and f"it came through proxy {squid.url}, asked to fetch it again" in error
+    assert origin.stats("/tool.bin").gets == 2  # one fetch again, no more
+
+
 # --- offline -------------------------------------------------------------------------------------
 
 

@@ -69,8 +69,10 @@ TLS trust, the client certificate and the ``Authorization`` header come from
 :mod:`sharedcache.loaders.credentials` (``ctx.fetch.credentials``; the user info of the URL, which
 is removed from the URL that messages show); a 401 or 403 answer says what was sent.
 Connections go through :mod:`sharedcache.loaders.transport` (proxies, fail-over, the pool
-managers).  Every retry and every fail-over is told to ``ctx.notice`` with its reason.  Offline
-(``ctx.fetch.offline``) the source refuses to open before any connection is tried.
+managers).  An answer through a proxy that sees the request is marked as such (``cached_by``),
+and with ``ctx.reload`` every request asks the caches on the way for the origin's file
+(:data:`_RELOAD`).  Every retry and every fail-over is told to ``ctx.notice`` with its reason.
+Offline (``ctx.fetch.offline``) the source refuses to open before any connection is tried.
 """
 
 from __future__ import annotations
@@ -126,6 +128,10 @@ _BUSY = (429, 503)
 #: The longest wait a ``Retry-After`` is followed for.  A server that asks for more (the rest of a
 #: day's quota) fails the request at once, saying so, rather than hold the job that long.
 _RETRY_AFTER_MAX = 300.0
+#: What asks every cache on the way to fetch the file again from the origin: ``Cache-Control`` for
+#: HTTP/1.1 caches, ``Pragma`` for HTTP/1.0 ones (RFC 9111 5.4).  Squid then replaces its copy
+#: (unless configured to ``ignore-reload``; ``reload-into-ims`` revalidates it instead).
+_RELOAD = {"Cache-Control": "no-cache", "Pragma": "no-cache"}
 #: How much of an error answer's body is read for what the server says, and how long for.
 _ERROR_BODY_BYTES = 4096
 _ERROR_BODY_SECONDS = 2.0
@@ -552,6 +558,7 @@ class _HttpStream(SourceStream):
         self.notice = ctx.notice
         self.deadline = ctx.deadline
         self.checksummed = ctx.checksummed
+        self.reload = ctx.reload
         self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
         if fetch.speed_limit:
@@ -730,6 +737,8 @@ class _HttpStream(SourceStream):
         chain may fail over past a proxy, a redirect lead to a host that ``no_proxy`` names)."""
         import urllib3
 
+        from .transport import shown
+
         ranges: dict[str, str] = {}
         if start is not None:
             ranges["Range"] = f"bytes={start}-{'' if last is None else last}"
@@ -746,7 +755,7 @@ class _HttpStream(SourceStream):
             # credentials go to the origin of the URL asked for alone.  Whether a download is split is
             # the route's that sends this attempt: the first may have failed over, or been redirected.
             ranged = not (may_split and start == 0 and self._connections_to(target) == 1)
-            headers = {**pool.headers, **(ranges if ranged else {})}
+            headers = {**pool.headers, **(ranges if ranged else {}), **(_RELOAD if self.reload else {})}
             if _origin(target) == _origin(self.url):
                 headers.update(self._auth.headers)
             try:
@@ -792,6 +801,8 @@ class _HttpStream(SourceStream):
                     continue
                 response.url = target
                 if response.status < 500 and response.status not in _TRANSIENT:
+                    if transport.forwards():
+                        self.cached_by = shown(transport.route[member])
                     return response
                 asked = _retry_after(response)
                 error = self._status_error(response)

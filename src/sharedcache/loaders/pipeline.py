@@ -35,6 +35,13 @@ Whoever keeps ``work`` across a reboot must clear it (the repositories do: their
 names the boot it belongs to).  It records the source it came from, and only that source
 continues it.
 
+Caches on the way
+-----------------
+A source's bytes that came through a cache (``SourceStream.cached_by``: a forwarding proxy) and
+fail the checksum may be its stale copy of a file the origin has replaced: the source starts over
+once, from nothing, with ``Context.reload`` set (the caches are asked to fetch it from the origin
+again), and a second mismatch names the cache.
+
 Mirrors
 -------
 A recipe with several sources (alternatives for the same bytes, which its checksum checks) tries
@@ -171,14 +178,34 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
                 e.args = (f"{e} ({restart + 1} attempts, each from the start)" if restart else str(e),)
                 raise
             ctx.notice(f"starting {ctx.what} over ({e}; attempt {restart + 2} of {ctx.fetch.retries + 1})")
-            _empty(dest)
-            ctx.written = 0
-            if partial is not None:
-                partial.discard()
+            _start_over(dest, ctx, partial)
+        except _CachedCopyFailed as failed:
+            ctx.notice(f"{failed.failure}; asking {failed.cached_by}, which it came through, to fetch it again "
+                       "from the origin (its copy may be stale)")
+            ctx.reload = True
+            _start_over(dest, ctx, partial)
         except (ChecksumError, CorruptDataError, SizeLimitError):
             if partial is not None:
                 partial.discard()  # bad data: nothing worth resuming
             raise
+
+
+class _CachedCopyFailed(Exception):
+    """The checksum ``failure`` of bytes that came through the cache ``cached_by`` (a forwarding
+    proxy), whose copy may be stale: the source is fetched again, once, with the caches on the way
+    told to fetch it from the origin (``Context.reload``)."""
+
+    def __init__(self, failure: ChecksumError, cached_by: str) -> None:
+        super().__init__(str(failure))
+        self.failure, self.cached_by = failure, cached_by
+
+
+def _start_over(dest: Path, ctx: Context, partial: _Partial | None) -> None:
+    """Clear what an attempt of the source left, for the next to start from nothing."""
+    _empty(dest)
+    ctx.written = 0
+    if partial is not None:
+        partial.discard()
 
 
 def keeps_partial(recipe: Recipe) -> bool:
@@ -250,6 +277,10 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
     except ChecksumError as exc:
         if source.unconfirmed_end is not None:
             exc.args = (f"{exc} ({source.unconfirmed_end})",)
+        if source.cached_by is not None:
+            if not ctx.reload:
+                raise _CachedCopyFailed(exc, source.cached_by) from None
+            exc.args = (f"{exc} (it came through {source.cached_by}, asked to fetch it again from the origin)",)
         raise
     finally:
         stream.close()
