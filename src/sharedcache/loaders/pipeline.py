@@ -23,9 +23,14 @@ that *is* the downloaded bytes.  It is written to ``work/partial.data``, with ``
 second (skipped while the file system has no room for the new file: the one before stays) and
 when the writing ends early, counting all that reached the file (a SIGTERM's takeover, or the
 population that evicts for room after the file system filled up, goes on from there), and
-moved into ``dest`` at the end.  A process that finds such a pair in ``work`` (left by
-one that was killed) rehashes the first ``bytes`` bytes and asks the source for the rest; if the
-source cannot continue (the data changed), the partial is discarded.  Other recipes start over
+moved into ``dest`` at the end.  The file is written without a buffer of the process's own,
+in order, by the one process that holds the population: whatever reached it, however that
+process died, is the stream's first bytes, as many as its size says, and the record only says
+which version of the data they are (a record counting more than the file holds is no record of
+it).  A process that finds such a pair in ``work`` (left by one that was killed, with a SIGKILL
+too, which leaves no checkpoint: before the first one or between two) rehashes the whole file
+and asks the source for the rest; if the source cannot continue (the data changed), the partial
+is discarded.  Other recipes start over
 after a takeover: resuming a decompression or an unpacking midway would need a copy of the
 compressed bytes, doubling the disk used, and state that no library exposes.
 
@@ -56,7 +61,6 @@ from, which is therefore tried first.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -347,24 +351,28 @@ class _Partial:
         usable = (isinstance(meta, dict) and meta.get("identity") == self._identity
                   and meta.get("source") == self._what
                   and isinstance(meta.get("validator"), str) and isinstance(meta.get("bytes"), int)
-                  and isinstance(meta.get("total"), (int, type(None))) and 0 < meta["bytes"] <= size)
+                  and isinstance(meta.get("total"), (int, type(None))) and meta["bytes"] <= size)
         if not usable:
             self.discard()
             return 0, None, None
         assert isinstance(meta, dict)
-        os.truncate(self.data, meta["bytes"])  # bytes written after the last checkpoint may be torn
-        return meta["bytes"], meta["validator"], meta["total"]
+        # What was written after the last checkpoint follows the bytes it counts, and is kept: a
+        # killed process leaves no torn file (a power loss may, but whoever keeps ``work`` across
+        # a reboot clears it: see Resuming).
+        return size, meta["validator"], meta["total"]
 
     def prefix(self) -> Stream:
-        """The kept bytes, to be hashed again.  The file holds exactly those (``load`` truncated it),
-        and nothing is appended to it before they have all been read: the rest comes after them."""
+        """The kept bytes, to be hashed again: the whole file, to which nothing is appended before
+        they have all been read (the rest comes after them)."""
         return FileStream(self.data)
 
     def write(self, stream: Stream, start: int, source: SourceStream, ctx: Context) -> None:
         """Append what ``stream`` yields after its first ``start`` bytes (those are in the file)."""
         validator, total = source.validator, source.total
         ctx.charge(start)
-        with open(self.data, "r+b" if start else "wb", opener=opener) as out:
+        # Unbuffered: what the file holds is then all that was written, so that its size tells a
+        # takeover where to go on, and nothing is written after _checkpoint_at_end has counted it.
+        with open(self.data, "r+b" if start else "wb", buffering=0, opener=opener) as out:
             out.seek(start)
             self._checkpoint(start, validator, total)
             skip, done, last = start, start, time.monotonic()
@@ -375,10 +383,11 @@ class _Partial:
                     if not data:
                         continue
                     ctx.charge(len(data))
-                    out.write(data)
+                    unwritten = memoryview(data)
+                    while unwritten:  # a short write (a signal) goes on; a failing one raises
+                        unwritten = unwritten[out.write(unwritten):]
                     done += len(data)
                     if time.monotonic() - last >= _CHECKPOINT_INTERVAL:
-                        out.flush()  # the data reaches the file before the checkpoint counts it
                         self._checkpoint(done, validator, total)
                         last = time.monotonic()
             except BaseException:
@@ -386,16 +395,13 @@ class _Partial:
                 raise
 
     def _checkpoint_at_end(self, out: BinaryIO, validator: str | None, total: int | None) -> None:
-        """Count in the record what reached the file when the writing ends early: the process
-        that takes the population over (after a SIGTERM, a ``--timeout``), the one that evicts for
-        room (after the file system filled up) or the next one goes on from there.  The last
-        checkpoint may be a second old, or the first, of no byte: with several connections a
-        second of the download is several seconds of the one bringing the next bytes, fetched
-        again.  The record needs a block of its own: where there is none, the file gives back
-        its last bytes for it.  (What the file holds is the stream's first bytes, as many as its
-        size says: written in order.)"""
-        with contextlib.suppress(OSError):  # (a full file system keeps what reached it)
-            out.flush()
+        """Record what reached the file when the writing ends early, for the process that takes
+        the population over (after a SIGTERM, a ``--timeout``), the one that evicts for room (after
+        the file system filled up) or the next one.  They go on from the file's end whatever the
+        record counts, but only with a record: one that found no room before (a new file each
+        time) is written now, and needs a block of its own: where there is none, the file gives
+        back its last bytes for it.  (What the file holds is the stream's first bytes, as many as
+        its size says: written in order, with no buffer of this process's own.)"""
         kept = os.fstat(out.fileno()).st_size
         for _attempt in range(2):
             try:
@@ -417,8 +423,8 @@ class _Partial:
                                              "validator": validator, "total": total, "bytes": done}))
         except OSError as e:
             # A new file each time (an inode, which another job may have taken while bytes
-            # remain): without it the checkpoint before stays, and a takeover resumes from there
-            # (what was written past it is cut off), rather than the download failing for it.
+            # remain): without it the checkpoint before stays, from which a takeover still goes on
+            # to the file's end, rather than the download failing for it.
             temporary.unlink(missing_ok=True)
             if not cannot_write_here(e):
                 raise
