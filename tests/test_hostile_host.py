@@ -1307,3 +1307,48 @@ def test_a_member_planting_at_the_marker_leaves_it_damaged_until_gc_repairs_it(
         assert (root / "cache.info").read_bytes() == b"shared-cache fscache 3\n"
         assert (root / "trash").is_dir() and not (root / "trash").is_symlink()
         used_and_released(python, users, other)
+
+
+# Run by the member in her directory set aside in objects/: a commit marker naming it, over data.
+FORGE_AN_ENTRY = """\
+import json, os, sys, time
+aside = sys.argv[1]
+os.mkdir(os.path.join(aside, "data"))
+with open(os.path.join(aside, "entry.json"), "w") as f:
+    json.dump({"name": os.path.basename(aside), "size": 1, "created": time.time()}, f)
+"""
+
+
+def test_a_member_planting_a_directory_at_an_entry_s_name_fails_no_use_of_it(
+    shared, users, python, recipe, home, origin
+):
+    # A directory of hers cannot move to another directory (only she may rewrite its `..`): every
+    # use of the name downloaded the data and failed at its commit with "cannot move
+    # <root>/objects/other into the trash: Permission denied", until she removed it.
+    with planted(shared, users, python, recipe, home, "objects/other", "directory of hers") as (base, group, rest):
+        objects = base / f".shared-cache-g{users.gid}" / "objects"
+        url = origin.add("/data.tar.gz", Path(recipe[0].removeprefix("file:")).read_bytes())
+        other = [*group, "-n", "other", *rest[:-len(recipe)], f"http:{url}", *recipe[1:]]
+        used = run_as(python, users.victim, "--use", *other, groups=(users.gid,))
+        assert used.returncode == 0 and not clean_lines(used), used.stderr
+        assert origin.stats("/data.tar.gz").gets == 1
+        check_tree(Path(used.stdout.strip()), FILES)
+        entry = objects / "other"
+        assert entry.stat().st_uid == users.victim and (entry / "lock").is_file() and not (entry / "hers").exists()
+        aside, = (path for path in objects.iterdir() if path.name.startswith("."))
+        assert aside.stat().st_uid == users.member and (aside / "hers").is_file()
+        released = run_as(python, users.victim, "--unuse", *other, groups=(users.gid,))
+        assert released.returncode == 0 and not clean_lines(released), released.stderr
+        # Her directory set aside is never an entry, whatever she writes in it.
+        done(code_as(python, users.member, FORGE_AN_ENTRY, str(aside), groups=(users.gid,)))
+        gc = run_as(python, users.victim, "gc", *group, "-d", str(base), groups=(users.gid,))
+        lines = clean_lines(gc)
+        assert gc.returncode == 0 and len(lines) == 1, gc.stderr
+        assert str(aside) in lines[0] and f"uid {users.member}" in lines[0], lines
+        assert "left alone: 1" in gc.stdout, gc.stdout
+        listed = run_as(python, users.victim, "list", *group, "-d", str(base), groups=(users.gid,))
+        assert listed.returncode == 0 and aside.name not in listed.stdout, listed.stdout
+        # Her own gc takes it away.
+        hers = run_as(python, users.member, "gc", *group, "-d", str(base), groups=(users.gid,))
+        assert hers.returncode == 0 and not clean_lines(hers), hers.stderr
+        assert not os.path.lexists(aside)

@@ -62,7 +62,8 @@ marker names another name is still an entry to whoever committed it there.  In a
 what another member owns there and this user may not move (a directory of hers, whose ``..`` a
 move to another directory rewrites) or open is left where it is, and so is its row: gc names it
 and its owner in its report (``left_alone``) and goes on with the rest; so does a directory of
-hers in ``stage/``.
+hers in ``stage/``.  A hidden name in ``objects/`` (what a store set aside there: see "Store",
+step 5) is never adopted, whatever marker it holds: no entry has one.
 
 What a warm use changes (a lease, the keep flag, the time of last use) lives in the entry's
 directory, so that holding and loading an entry never open the index: that is what makes a use
@@ -127,10 +128,12 @@ Store (``store(name)``)
    exceeds the budget: refuse (nothing is evicted).  If the accounted size plus ours exceeds
    the budget: evict (below) until it fits, or refuse if what is in use leaves too little.
 5. Insert the row, add the size to the accounted size, rename ``stage/<id>`` to
-   ``objects/<name>`` (a leftover there without a marker, or a file, FIFO or symlink that a
-   member of a group cache planted, is moved to ``trash/`` first, unless another machine's,
-   below: the store is then refused; what still cannot be renamed there fails the store in one
-   line naming ``objects/<name>``), and commit the transaction.  If the
+   ``objects/<name>`` (a leftover there without a marker, or what a member of a group cache
+   planted, is moved to ``trash/`` first, unless another machine's, below: the store is then
+   refused; a directory of another member's, which only she may move to another directory, is
+   renamed aside within ``objects/`` instead, to a hidden name no entry has, which her gc moves
+   into the trash; what still cannot be renamed there fails the store in one line naming
+   ``objects/<name>``), and commit the transaction.  If the
    COMMIT fails (the journal finds no room), rename ``objects/<name>`` back to ``stage/<id>``,
    then roll back: the store fails and leaves nothing, as in step 2 (SQLite, which rolls a
    failed COMMIT back itself, lets the index's write lock go before the rename back: a store or
@@ -1455,8 +1458,8 @@ class FsCache:
             return False  # only its row is left, which a retirement drops
 
     def _rename_into_objects(self, stage_id: str, name: str) -> None:
-        """Rename ``stage/<stage_id>`` to ``objects/<name>`` (step 5 of "Store"), moving into the
-        trash first what is there and no entry."""
+        """Rename ``stage/<stage_id>`` to ``objects/<name>`` (step 5 of "Store"), putting away
+        first what is there and no entry (:meth:`put_away`)."""
         stages, objects = self._open_own(STAGE), self._open_own(OBJECTS)
         try:
             try:
@@ -1471,19 +1474,21 @@ class FsCache:
                 if self._another_kernel_s(name):
                     raise self._judged_elsewhere(name, "store") from None
                 try:
-                    self._to_trash(OBJECTS, name)  # (its error names what it could not move)
-                except FileNotFoundError:
-                    pass  # (removed by its maker meanwhile: the name is free)
-                try:
+                    try:
+                        # Into the trash; a directory of another member's, which only she may
+                        # move to another directory, is renamed aside within objects/ instead.
+                        self.put_away(OBJECTS, name)
+                    except FileNotFoundError:
+                        pass  # (removed by its maker meanwhile: the name is free)
                     os.rename(stage_id, name, src_dir_fd=stages, dst_dir_fd=objects)
-                except OSError as again:  # (planted anew meanwhile)
+                except OSError as again:  # (what cannot be moved, or was planted anew meanwhile)
                     raise self._uncommitted(name, again) from None
         finally:
             os.close(stages)
             os.close(objects)
 
     def _uncommitted(self, name: str, error: OSError) -> Exception:
-        """The error to raise for ``error``, met by the commit's rename into ``objects/<name>``: a
+        """The error to raise for ``error``, met as the commit renames into ``objects/<name>``: a
         full file system or a limit of this process said as such, anything else in one line that
         names where the entry could not go (the system names only the staging directory)."""
         return (no_space_for(f"entry {name!r}", error, self.root) or over_limit(error)
@@ -2417,7 +2422,8 @@ class FsCache:
         """Move what is at ``name``, in this cache's directory ``sub`` (reached as :meth:`_open_own`
         does), into the trash; what cannot go there (another member's directory, or anything while the trash is
         not the cache's own) is renamed aside where it is (:func:`~.layout.set_aside`), and its
-        owner's next gc moves it into the trash (:meth:`trash_what_was_set_aside`).  For what a
+        owner's next gc moves it into the trash (:meth:`trash_what_was_set_aside`; in ``objects/``,
+        as it does any directory there that is no entry).  For what a
         member planted at a name the cache needs: the name is free either way."""
         directory = self._open_own(sub)
         self._names_put_away += 1
@@ -2680,7 +2686,8 @@ class FsCache:
             marker = json.loads(read_control(os.path.join(entry, found), 1 << 16) or b"")
             # (A lock lost is no reason to drop the entry: live uses may hold it, which the
             # deletion of a damaged entry spares.)
-            if marker["name"] != name or _lost(entry, "data", stat.S_ISDIR):
+            # (A hidden name is none a store gives: a directory set aside, whatever its marker says.)
+            if marker["name"] != name or name.startswith(".") or _lost(entry, "data", stat.S_ISDIR):
                 return False
             size, created = int(marker["size"]), float(marker["created"])
             meta = self._meta(entry)
