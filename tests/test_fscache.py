@@ -1485,6 +1485,17 @@ def test_gc_of_a_cache_removed_under_a_live_object_says_so_as_every_method_does(
     cache.close()
 
 
+def test_a_store_whose_cache_is_removed_under_its_block_says_so_as_every_method_does(root: Path) -> None:
+    # The store blamed its block: "the block removed or replaced its data directory".
+    cache = FsCache(root)
+    with pytest.raises(CacheError) as raised:
+        with cache.store("x") as path:
+            (path / "f").write_text("x")
+            shutil.rmtree(root)
+    assert str(raised.value).startswith(f"cache {root} is no longer a directory ("), raised.value
+    cache.close()
+
+
 def test_a_cache_too_deep_for_sqlite_says_so_and_gc_sets_nothing_aside(tmp_path: Path) -> None:
     # SQLite opens a file by a path of at most 504 bytes: a store said that the index was
     # "unusable (unable to open database file); run gc to rebuild it", and gc set it aside, to

@@ -107,7 +107,8 @@ Store (``store(name)``)
 2. The caller fills ``stage/<id>/data``.  An exception here: the staging directory is unlocked
    and removed (what cannot be removed is left to gc) and the exception re-raised; nothing is
    committed.  So too, with a :class:`~sharedcache.errors.UsageError` naming the entry, when the
-   block removed ``data`` or put something else in its place.
+   block removed ``data`` or put something else in its place, unless the whole cache directory
+   went with it: then with the :class:`~sharedcache.errors.CacheError` of a removed cache.
 3. Flush the data to disk (:func:`~sharedcache.engine.fsutil.sync_tree`: an entry of a few files
    inode by inode, a larger one with the whole file system), unless the entry is for this boot
    only or on a tmpfs (below; then nothing in this step is flushed), then measure the tree
@@ -743,16 +744,14 @@ def _check_entry_settings(meta: object, keep: object) -> None:
     check_flag("keep", keep)
 
 
-def _check_data_directory(stage: int, name: str) -> None:
-    """Refuse the commit of entry ``name`` whose block removed the ``data`` directory of the
-    staging directory open as ``stage``, or put something else there (a file, a link): the
-    walks that seal and measure it would fail with the system's words for a bare ``data``."""
+def _kept_data_directory(stage: int) -> bool:
+    """Whether the ``data`` directory of the staging directory open as ``stage`` is still a
+    directory: the walks that seal and measure it would fail with the system's words for a bare
+    ``data`` if the block removed it or put something else there (a file, a link)."""
     try:
-        kept = stat.S_ISDIR(os.lstat("data", dir_fd=stage).st_mode)
+        return stat.S_ISDIR(os.lstat("data", dir_fd=stage).st_mode)
     except FileNotFoundError:
-        kept = False
-    if not kept:
-        raise UsageError(f"entry {name!r}: the block removed or replaced its data directory")
+        return False
 
 
 def _path(path: str) -> Path:
@@ -1325,7 +1324,11 @@ class FsCache:
         seal: Seal,
     ) -> bool:
         stage = staging.path
-        _check_data_directory(staging.fd, name)
+        if not _kept_data_directory(staging.fd):
+            # The whole cache removed under the block took the data directory with it: that is
+            # the news, not the block's use of its directory.
+            self._check_still_there()
+            raise UsageError(f"entry {name!r}: the block removed or replaced its data directory")
         # An entry nobody keeps ends with the uses of this boot (see "Entries for this boot"),
         # and a tmpfs has no disk to write to.
         kind = file_system_type(staging.fd)
@@ -2109,6 +2112,12 @@ class FsCache:
         """A descriptor of the subdirectory ``sub`` of this cache (see :func:`_open_own`)."""
         return _open_own(self.root, sub, self.group)
 
+    def _check_still_there(self) -> None:
+        """Raise the :class:`CacheError` that every method raises for a cache whose directory was
+        removed (or replaced by something else), where the next step would raise a bare or
+        misleading error instead."""
+        os.close(self._open_own("."))
+
     def own_directory(self, sub: str) -> str:
         """A path that names the subdirectory ``sub`` of this cache (created if needed) until
         :meth:`close`, whatever is renamed or swapped in the cache meanwhile: the directory is
@@ -2500,9 +2509,8 @@ class FsCache:
         and unused entries whose data or lock is gone (:func:`_damaged`); recomputes the
         accounted size; and evicts down to the budget (:attr:`GcReport.entries_evicted`).
         """
-        # A cache removed is said so, as every other method says it (the probe's bare error named
-        # no cache), before the probe opens the directory by its path.
-        os.close(self._open_own("."))
+        # Before the probe opens the directory by its path: its bare error named no cache.
+        self._check_still_there()
         try:
             check_locks(self.root, "cache.info")  # (its marker, where no inode is left for a probe)
         except OSError as e:
