@@ -1203,6 +1203,25 @@ def test_damaged_cache_info_is_a_clear_cache_error_and_gc_repairs_it(root: Path,
     assert loads(FsCache(root), "a")
 
 
+@pytest.mark.parametrize("damaged", ["objects", "stage.lock"])
+def test_damage_a_gc_without_repair_leaves_says_how_to_repair_it_and_heals(root: Path, damaged: str) -> None:
+    # Such a gc said "run gc to repair it" (or "gc removes it") of what it had just left.
+    put(FsCache(root), "a")
+    if damaged == "objects":  # a subdirectory replaced by a file
+        shutil.rmtree(root / damaged)
+        (root / damaged).write_text("x")
+    else:  # a lock file replaced by a directory
+        (root / damaged).unlink()
+        (root / damaged).mkdir()
+    with pytest.raises(CacheError) as raised:
+        FsCache(root).gc()
+    message = _one_clear_line(raised.value, root)
+    assert message.startswith(f"{root}/{damaged} is not a "), message
+    assert message.endswith("; only a repairing gc repairs it: FsCache(root, repair=True).gc(), as sc gc does"), message
+    FsCache(root, repair=True).gc()
+    FsCache(root).gc()  # healed
+
+
 def test_cache_root_that_is_a_file_is_a_cache_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(CacheError, match="not a directory"):

@@ -222,7 +222,8 @@ given back in the same transaction, and a release, whose eviction down to the bu
 as if the entry were gone, evicts down to it again, counting it.  ``stage/`` and ``trash/`` must be the
 group's (setgid, writable by it): one that a member made hers, where the others may not write,
 is refused in every step that needs it (a store, a deletion: "run gc to repair it"), and gc sets
-it aside and makes a new one (:func:`~sharedcache.engine.layout.make_subdirectory`).
+it aside and makes a new one (:func:`~sharedcache.engine.layout.make_subdirectory`), in a repairing
+open (``FsCache(root, repair=True)``, as ``sc gc`` opens it; another gc says that it needs one).
 
 An eviction deletes entries on behalf of another (the store that needs their room, the
 release or the budget that evicts down to it): what points to them from outside the cache is
@@ -642,16 +643,15 @@ def _open_own(root: str, sub: str, group: int | None) -> int:
     try:
         fd = open_directory(sub, dir_fd=directory)
     except OSError as e:
-        raise over_limit(e) or CacheError(
-            f"{root}/{sub} is not a directory of this cache ({e.strerror}); run gc to repair it"
-        ) from None
+        raise over_limit(e) or locks.Damage(
+            f"{root}/{sub} is not a directory of this cache ({e.strerror})", "run gc to repair it") from None
     finally:
         os.close(directory)
     if foreign_subdirectory(sub, fd, group):
         found = os.fstat(fd)
         os.close(fd)
-        raise CacheError(f"{root}/{sub} is not this cache's own directory (uid {found.st_uid}, mode "
-                         f"{stat.S_IMODE(found.st_mode):o}: another member's?); run gc to repair it")
+        raise locks.Damage(f"{root}/{sub} is not this cache's own directory (uid {found.st_uid}, mode "
+                           f"{stat.S_IMODE(found.st_mode):o}: another member's?)", "run gc to repair it")
     return fd
 
 
@@ -2508,7 +2508,21 @@ class FsCache:
         leases of dead processes; deletes unused entries not marked to keep (nor ``awaited``),
         and unused entries whose data or lock is gone (:func:`_damaged`); recomputes the
         accounted size; and evicts down to the budget (:attr:`GcReport.entries_evicted`).
+
+        What only a repairing open repairs (see ``repair``: a subdirectory or ``stage.lock`` that
+        is not the cache's own) fails the gc of an object opened without it, in a line that says
+        so (the damage's own line says to run gc, which this gc is).
         """
+        try:
+            return self._collect()
+        except locks.Damage as e:
+            if self.repair:
+                raise
+            raise CacheError(f"{e.damage}; only a repairing gc repairs it: FsCache(root, repair=True).gc(), "
+                             "as sc gc does") from None
+
+    def _collect(self) -> GcReport:
+        """:meth:`gc`, but for what it says of damage left to a repairing open."""
         # Before the probe opens the directory by its path: its bare error named no cache.
         self._check_still_there()
         try:

@@ -94,6 +94,16 @@ def _open(path: str | os.PathLike[str], flags: int, mode: int = 0o777, *,
     return fd, status
 
 
+class Damage(CacheError):
+    """What is planted or broken in a cache at a name it needs, which gc repairs: ``damage`` says
+    what is there, and the message adds what to do (a caller that knows better says that
+    instead)."""
+
+    def __init__(self, damage: str, advice: str) -> None:
+        super().__init__(f"{damage}; {advice}")
+        self.damage = damage
+
+
 def open_recorded(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
     """Open the existing lock file ``path`` (never through a link), recorded from its opening
     (see the module's docstring), for a caller that judges what it finds there itself: raises
@@ -133,8 +143,8 @@ def open_lock_file(
         except PermissionError:
             # Another user's file, not readable by the group (a member's umask): a bare
             # "Permission denied" would name neither the file nor what to do.
-            raise CacheError(f"{shown_path(path)} is not readable by this user (another user's file?); "
-                             "refusing to use it (gc removes it)") from None
+            raise Damage(f"{shown_path(path)} is not readable by this user (another user's file?)",
+                         "refusing to use it (gc removes it)") from None
         except OSError as e:
             if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # (ENXIO: a UNIX socket)
                 raise
@@ -142,10 +152,8 @@ def open_lock_file(
         break
     try:
         if fd < 0 or not stat.S_ISREG(st.st_mode):
-            raise CacheError(
-                f"{shown_path(path)} is not a regular file (a planted symlink, FIFO, socket or directory?); "
-                "refusing to use it (gc removes it)"
-            )
+            raise Damage(f"{shown_path(path)} is not a regular file (a planted symlink, FIFO, socket or directory?)",
+                         "refusing to use it (gc removes it)")
         if create and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode and st.st_size == 0:
             os.fchmod(fd, mode)  # ours, and new: the umask may have dropped bits (never a mere look's)
     except BaseException:
