@@ -437,6 +437,48 @@ sys.setprofile(None)
     subprocess.run([sys.executable, "-c", script], env=ENV, check=True, timeout=30)
 
 
+def test_a_signal_handler_whose_use_connects_as_its_thread_connects_does_not_wait_for_itself(tmp_path: Path) -> None:
+    # Connections to an index are made one at a time, under a lock that a signal handler's use
+    # took again in the thread it interrupted, which held it as it connected: the program hung.
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(1_000))
+    connected = tmp_path / "connected"
+    script = f"""
+import os, signal, time, sharedcache
+
+handled, inside = 0, False
+
+def handle(signum, frame):
+    global handled, inside
+    if not inside:  # (not within itself)
+        inside = True
+        base = os.path.join({str(tmp_path)!r}, f"handler's {{handled}}")  # a new index each time
+        os.mkdir(base)
+        with sharedcache.use({f"file:{blob}"!r}, name="blob", directories=base) as path:
+            assert (path / "blob").stat().st_size == 1_000
+        handled += 1
+        inside = False
+
+handle(0, None)  # (what a use imports is imported before the first signal)
+signal.signal(signal.SIGALRM, handle)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+ends = time.monotonic() + 30  # (a loaded machine tries fewer)
+while handled < 200 and time.monotonic() < ends:  # each connect of this loop is to a cache nobody has open
+    cache = sharedcache.FsCache(os.path.join({str(connected)!r}, str(handled)))
+    cache.entries()
+    cache.close()
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(handled)
+"""
+    connected.mkdir()
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=100)
+    except subprocess.TimeoutExpired:  # (killed by run; within the test's own timeout, to say why)
+        pytest.fail("a program whose signal handler connects to an index as it connects hung")
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 1  # (the handler ran, as the loop connected)
+
+
 @pytest.mark.parametrize("handler", ["forks", "uses a cache"])
 def test_a_signal_handler_that_forks_or_uses_a_cache_as_use_runs_does_not_wait_for_itself(
         tmp_path: Path, handler: str) -> None:

@@ -63,7 +63,7 @@ import struct
 import sys
 import time
 import weakref
-from _thread import allocate_lock  # threading's, without importing threading
+from _thread import RLock  # threading's, without importing threading
 
 try:  # sqlite3's Python layer only adds datetime adapters, which would cost every start
     import _sqlite3 as sqlite3
@@ -751,14 +751,17 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int, 
     return db
 
 
-#: Held from the opening of the index's files by :func:`_unleased` to their close (see there).
-_connecting = allocate_lock()
+#: Held from the opening of the index's files by :func:`_unleased` to their close (see there);
+#: reentrant, for a signal handler that connects while its thread holds it.
+_connecting = RLock()
+#: The descriptors that :func:`_unleased` holds open, under :data:`_connecting`.
+_probes: list[int] = []
 
 
 def _free_connecting() -> None:
     """In a forked child: a lock of its own, free (another thread of the parent may have held it)."""
     global _connecting  # noqa: PLW0603 - the child's, in place of what the parent held
-    _connecting = allocate_lock()
+    _connecting = RLock()
 
 
 os.register_at_fork(after_in_child=_free_connecting)
@@ -782,36 +785,45 @@ def _unleased(root: str, index: tuple[int, int], until: float) -> Iterator[None]
     They are closed as SQLite has connected, before it locks anything: closing a descriptor
     drops every POSIX lock this process holds on its file, SQLite's among them.  So nothing is
     opened while this process has the index open (another connection's: none of its files
-    can then be leased by another), and connections are made one at a time (:data:`_connecting`)."""
+    can then be leased by another), and connections are made one at a time (:data:`_connecting`).
+
+    One time only does a thread connect inside another of its connects: a signal handler's,
+    which runs in the thread it interrupts.  The interrupted connect may hold descriptors open
+    (:data:`_probes`), whose close, once the handler returns, would drop the locks of the
+    handler's connection: the handler's connect closes them first, and makes its own connection
+    whole, as any other (the interrupted one, half made, is never its).  The interrupted connect
+    then goes on without them, like a connect to an index already open here."""
     with _connecting:
-        held = [] if _open_here(index) else _open_all(root, until)
+        _close_probes()  # (those of a connect of this thread that a signal handler interrupted)
         try:
+            if not _open_here(index):
+                _open_all(root, until)
             yield
         finally:
-            for fd in held:
-                os.close(fd)
+            _close_probes()
 
 
-def _open_all(root: str, until: float) -> list[int]:
-    """Descriptors of the index's files that are there in the cache at ``root``, opened as
-    :func:`_unleased` says."""
-    held: list[int] = []
+def _close_probes() -> None:
+    # Each taken off the list before it is closed: a handler that runs between the two steps
+    # must not close its number again, which the handler may have reused.
+    while _probes:
+        os.close(_probes.pop())
+
+
+def _open_all(root: str, until: float) -> None:
+    """Open the index's files that are there in the cache at ``root`` as :func:`_unleased` says,
+    into :data:`_probes`."""
     directory = open_directory(root)
     try:
         for suffix in _SUFFIXES:
             try:
-                held.append(open_unleased("index.sqlite" + suffix, _PROBE_FLAGS, dir_fd=directory, until=until))
+                _probes.append(open_unleased("index.sqlite" + suffix, _PROBE_FLAGS, dir_fd=directory, until=until))
             except LeasedError:
                 raise
             except OSError:
                 pass  # missing (a journal, most often) or unusable: what SQLite's own open says
-    except BaseException:
-        for fd in held:
-            os.close(fd)
-        raise
     finally:
         os.close(directory)
-    return held
 
 
 #: How :func:`_unleased` opens the index's files: as SQLite does (for writing: a write open
