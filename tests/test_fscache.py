@@ -1070,6 +1070,27 @@ def test_lease_of_a_killed_owner_is_reclaimed_by_gc(root: Path, children: Childr
     assert_clean(root)
 
 
+def test_a_use_whose_owner_was_killed_ends_for_eviction_when_gc_reclaims_it(root: Path, children: Children) -> None:
+    # "long" is held by a process killed once "short", used later, was released: the end of its
+    # use is when gc found it dead, so a store that needs room evicts "short".  It ranked "long"
+    # by when its use began.
+    cache = FsCache(root)
+    one = put(cache, "probe")
+    cache.remove("probe")
+    put(cache, "long")
+    put(cache, "short")
+    cache.max_size = 2 * one + one // 2
+    holder = children.start("hold", root=str(root), name="long", how="lease")
+    holder.expect("held")
+    time.sleep(0.01)  # (the file system's clock may tick coarsely)
+    cache.release("short", lease=cache.hold("short", Owner.current()))
+    time.sleep(0.01)
+    holder.kill()
+    assert cache.gc().leases_reclaimed == 1
+    put(cache, "new")
+    assert only_entries(cache) == {"long", "new"}
+
+
 def test_lease_of_a_killed_owner_is_reclaimed_by_the_next_hold_and_release(
     root: Path, children: Children
 ) -> None:

@@ -158,7 +158,8 @@ entry, which gc deletes once unused), and set the lock's modification time to no
 use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for users who do not
 own the files.  The end of a use sets it again (a load as its block ends, a release as it removes
 its lease: see "Leases"), so that a long use that ended last ranks its entry after one that was
-begun later and ended first.
+begun later and ended first; so does the removal of a dead owner's lease (by a hold, a release,
+a deletion that leaves the entry, or gc), the latest that use may have ended.
 
 In a group cache every member may write ``objects/``, so one could put a link where an entry
 was between two steps.  There the entry's directory is opened first, without following a link
@@ -1565,6 +1566,15 @@ class FsCache:
             return False
         return os.path.samestat(os.stat(entry), now)
 
+    def _reclaim(self, entry: str, dead: list[str]) -> int:
+        """Remove the leases ``dead`` of the entry at ``entry`` (:func:`reclaim_leases`); return
+        how many were there.  A use whose owner died without a release ends as it is found dead:
+        now, the latest it may have ended, is its last use, as a release's end is."""
+        reclaimed = reclaim_leases(entry, dead)
+        if reclaimed:
+            self._touch(os.path.join(entry, "lock"))
+        return reclaimed
+
     @staticmethod
     def _touch(lock: int | str) -> None:
         """Record a use of the entry whose lock is ``lock`` (its descriptor, or its path, whose
@@ -1624,7 +1634,7 @@ class FsCache:
                 if found != meta:
                     raise ConflictError(name, found)
             try:
-                reclaim_leases(entry, some_dead_leases(entry, boots=self._boots))
+                self._reclaim(entry, some_dead_leases(entry, boots=self._boots))
                 if keep:
                     self._keep(entry)
                 return add_lease(entry, owner)
@@ -1731,7 +1741,7 @@ class FsCache:
                 live = overtaken = False
                 alive: dict[str, bool] = {}  # (whom the reclaim judged, the look needs not judge again)
                 try:
-                    reclaim_leases(entry, some_dead_leases(entry, alive, self._boots))
+                    self._reclaim(entry, some_dead_leases(entry, alive, self._boots))
                     live = any_live_lease(entry, alive, self._boots)
                     released_from = os.stat(entry)
                 except FileNotFoundError:
@@ -1948,14 +1958,14 @@ class FsCache:
             return False
         live, dead = scan_leases(entry, boots=self._boots)
         if live:
-            reclaim_leases(entry, dead)
+            self._reclaim(entry, dead)
             return False
         if unless_kept and os.path.exists(os.path.join(entry, "keep")):
             db.mark_kept(name)
-            reclaim_leases(entry, dead)
+            self._reclaim(entry, dead)
             return False
         if (unless_kept or unless_awaited) and self.awaited is not None and self.awaited(name):
-            reclaim_leases(entry, dead)
+            self._reclaim(entry, dead)
             return False
         return True
 
@@ -2574,7 +2584,7 @@ class FsCache:
                 try:
                     with self._entry(name) as entry:
                         users, dead = scan_leases(entry, alive, self._boots)
-                        report.leases_reclaimed += reclaim_leases(entry, dead)
+                        report.leases_reclaimed += self._reclaim(entry, dead)
                         if not users:
                             # A kept entry has entry.json: without a marker, it is what a crashed
                             # removal in place left (see "Delete"), whatever its row and flag say;
