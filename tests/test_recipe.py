@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from scutil import SRC
+from scutil import SRC, interpreter_for
 from sharedcache.errors import UsageError
 from sharedcache.loaders.http import HttpSource
 from sharedcache.loaders.registry import Recipe, parse_recipe
@@ -225,6 +226,35 @@ def test_home_is_expanded_in_a_file_word(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("HOME", "/home/bob")
     assert recipe_identity(["file:~/data.txt"]) == "file:/home/bob/data.txt" != alice
     assert default_name(["file:~/data.txt"]) == default_name(["file:/home/bob/data.txt"])
+
+
+@pytest.mark.skipif(os.getuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run sc as a uid without a user entry")
+def test_a_file_word_at_home_without_a_home_is_refused_not_read_from_the_working_directory(
+        reachable_tmp: Path) -> None:
+    # A uid without a user entry and without an absolute HOME (env -i, a container runtime) has
+    # "~" left as it is, or made the relative HOME: "file:~/x" read ./~/x of the working
+    # directory, where anyone who may write there (/tmp) chose the data.
+    import pwd
+
+    known = {entry.pw_uid for entry in pwd.getpwall()}
+    uid = next(uid for uid in range(54321, 64000) if uid not in known)
+    interpreter, python_env = interpreter_for(uid, uid)
+    shared = reachable_tmp / "shared"
+    for planted in ("~/x", "relative/x"):
+        (shared / planted).parent.mkdir(parents=True)
+        (shared / planted).write_text("planted")
+    shared.chmod(0o1777)
+    (shared / "base").mkdir()
+    os.chown(shared / "base", uid, uid)
+    for home in ([], ["HOME=relative"]):
+        done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "env", "-i",
+                               f"PYTHONPATH={python_env['PYTHONPATH']}", *home, interpreter, "-m", "sharedcache",
+                               "--use", "-d", str(shared / "base"), "--pid", "1", "file:~/x"],
+                              cwd=shared, capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            2, "", "sc: error: cannot expand ~ in 'file:~/x': this user has no home (no HOME that is an absolute "
+                   "path, and none in the user database) (see 'sc --help')\n"), home
 
 
 def test_one_file_written_two_ways_is_one_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

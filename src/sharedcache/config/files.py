@@ -307,19 +307,33 @@ def _at_home(path: str, home: str | None, *, unknown_user_as_is: bool = False) -
     """``path`` with a leading ``~`` made ``home``, and ``~user`` that user's home; the ``~user``
     of an unknown user, or a ``~`` without a ``home``, is a :class:`SettingError`, or left as it
     is if ``unknown_user_as_is``."""
+    found = at_home(path, home)
+    if found is not None:
+        return found
+    if unknown_user_as_is:
+        return path
+    raise SettingError("", f"names {quoted(path)}, but {why_not_at_home(path)}")
+
+
+def at_home(path: str, home: str | None) -> str | None:
+    """``path`` with a leading ``~`` made ``home`` (from :func:`home_directory`), and ``~user``
+    that user's home; None if there is no such home (:func:`why_not_at_home` says why): left as
+    it is, it would be a relative path, of whatever directory the process works in."""
     if path == "~" or path.startswith("~/"):
         if home is None:
-            if unknown_user_as_is:
-                return path
-            raise SettingError("", f"names {quoted(path)}, but this user has no home (no HOME that is "
-                                   "an absolute path, and none in the user database)")
+            return None
         return home if path == "~" else os.path.join(home, path[2:])
     if not path.startswith("~"):
         return path
     found = os.path.expanduser(path)  # (~user: from the user database)
-    if found.startswith("~") and not unknown_user_as_is:
-        raise SettingError("", f"names {quoted(path)}, but there is no user {quoted(path[1:].partition('/')[0])}")
-    return found
+    return None if found.startswith("~") else found
+
+
+def why_not_at_home(path: str) -> str:
+    """Why :func:`at_home` found no home for ``path``."""
+    if path == "~" or path.startswith("~/"):
+        return "this user has no home (no HOME that is an absolute path, and none in the user database)"
+    return f"there is no user {quoted(path[1:].partition('/')[0])}"
 
 
 def paths_at_home(paths: object, environ: Mapping[str, str], given_as: str | None, *,

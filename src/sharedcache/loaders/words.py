@@ -60,7 +60,18 @@ def _absolute_file(word: str) -> str:
     kernel to follow (a lexical clean-up could name another file through a symlink)."""
     import os  # (loaded already by every caller: this costs a dictionary look-up)
 
-    path = os.path.expanduser(word[5:])
+    path = word[5:]
+    if path.startswith("~"):
+        from ..config.files import at_home, home_directory, why_not_at_home  # (loaded already)
+
+        # The home as a config file's "~/" finds it: os.path.expanduser leaves a "~" it cannot
+        # expand, or makes it a relative HOME, and the file read was then the working directory's.
+        expanded = at_home(path, home_directory(os.environ))
+        if expanded is None:
+            from ..errors import UsageError, quoted
+
+            raise UsageError(f"cannot expand ~ in {quoted(word)}: {why_not_at_home(path)}")
+        path = expanded
     if path and not path.startswith("/"):
         try:
             path = f"{os.getcwd()}/{path}"
