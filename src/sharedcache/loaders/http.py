@@ -491,6 +491,10 @@ def _answer_problem(exc: BaseException) -> str | None:
     read the answer's head (from the server, or from a proxy); None for any other error."""
     import http.client  # loaded with urllib3 already
 
+    from .transport import HeadCutError  # (loaded: the answer came through it)
+
+    if isinstance(exc, HeadCutError):
+        return str(exc)
     if isinstance(exc, http.client.RemoteDisconnected):  # (a BadStatusLine too)
         return "the connection was closed without an answer"
     if isinstance(exc, http.client.BadStatusLine):

@@ -34,8 +34,8 @@ A host name's addresses are raced as Happy Eyeballs races them (:func:`_first_to
 Every pool manager is built by :func:`pool_manager`, which takes the TLS and authentication
 options (:class:`TlsOptions`): the one place where connections are configured.  Its connections
 bound, in all, the steps that read a peer's words in pieces (:func:`_bounded_steps`): a timeout
-bounds each wait for bytes only.  They read past informational answers to the final one
-(:func:`_final_answer_class`).
+bounds each wait for bytes only.  They read past informational answers to the final one, and
+take a head that the end of the connection cut for no answer (:func:`_final_answer_class`).
 """
 
 from __future__ import annotations
@@ -423,6 +423,31 @@ _MAX_TRAILER_FIELDS = 100
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
+class HeadCutError(ConnectionError):
+    """The connection ended within the head of an answer, before the empty line that ends it:
+    no answer was read, and the request is retried as one whose connection was cut."""
+
+
+class _LastLineRead:
+    """The buffered reader ``reader`` of a connection, keeping the last line read from it."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.last: bytes | None = None
+
+    def readline(self, limit: int = -1) -> bytes:
+        self.last = self.reader.readline(limit)
+        return self.last
+
+    def cut(self) -> bool:
+        """Whether the connection's end cut what was read: the last line read ends without an end
+        of line (empty, where the next line of a head was due)."""
+        return self.last is not None and not self.last.endswith(b"\n")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
+
+
 def chunked_alone(codings: list[str]) -> bool:
     """Whether the ``Transfer-Encoding`` fields ``codings`` say ``chunked`` and nothing else: one
     field, "chunked" but for case and the whitespace around it (no part of a field's value, RFC
@@ -448,6 +473,12 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
     whole.  Here a chunk ends with CRLF, or LF alone as curl allows, and a size is hexadecimal
     digits; anything else breaks the body off (``IncompleteRead``), as a cut connection does.
     (These are http.client's own steps of a chunked read, which urllib3 calls through ``read``.)
+
+    Its head ends with its empty line, or the answer is none (:class:`HeadCutError`, retried as a
+    cut connection).  http.client ends a head at the end of the connection as at that line: a
+    head cut there was a whole answer without the fields cut off, a 200 without its length or
+    validator (an empty body, handed to the checksum) or a 206 without its Content-Range (whose
+    resume started over from byte 0).
 
     That framing (the end of a chunk, the next size line, the trailer section after the last
     chunk) is read inside one read of the body, which hands on none of its bytes: a server that
@@ -524,6 +555,24 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
             return int(size, 16)
 
         def begin(self) -> None:
+            reader = self.fp
+            lines = _LastLineRead(reader)
+            self.fp = lines  # type: ignore[assignment]  # (read through as the reader, for the head only)
+            try:
+                self._begin()
+            except http.client.RemoteDisconnected:
+                raise  # nothing was read: no head to be cut
+            except http.client.BadStatusLine:
+                if not lines.cut():  # (else a status line cut short, "HTTP/1.1 20")
+                    raise
+            finally:
+                if self.fp is not None:  # (None if begin() closed it)
+                    self.fp = reader
+            if lines.cut():
+                self.close()
+                raise HeadCutError("the connection was closed within the head of the answer")
+
+        def _begin(self) -> None:
             for _ in range(_MAX_INFORMATIONAL):
                 super().begin()
                 if not (102 <= self.status < 200):  # (100: http.client itself read past it)
