@@ -149,6 +149,29 @@ def test_a_takeover_after_a_sigkill_fetches_none_of_the_bytes_written(origin, ba
     assert stats.bytes_served - served < len(payload) - kept + 500_000
 
 
+def test_a_download_failed_by_an_outage_is_gone_on_from_by_the_next_use(origin, base, tmp_path):
+    """An outage longer than the retries fails the population, and its waiters with it, but what
+    it downloaded is kept, as after a --timeout: the next use asks for the rest alone (it was
+    thrown away with the work directory, and the next use downloaded the whole file again)."""
+    payload = os.urandom(2_000_000)
+    url = origin.add("/cut.bin", payload)
+    config = tmp_path / "config"
+    config.write_text("retries = 1\n")
+    origin.fault("/cut.bin", drop_after=1_500_000)
+    origin.fault("/cut.bin", status=503, times=2)  # every attempt to resume
+    args = ["--use", "-n", "cut", "-d", str(base), f"http:{url}", f"sha256:{hashlib.sha256(payload).hexdigest()}"]
+    failed = sc(*args, env=sc_env(SC_CONFIG=str(config)))
+    assert failed.returncode == 1 and "HTTP 503" in failed.stderr, failed.stderr
+    assert (control(base) / "populate" / "cut.error").exists(), "the waiters were not told"
+    stats = origin.stats("/cut.bin")
+    served, ranges = stats.bytes_served, len(stats.ranges)
+    again = sc(*args, env=sc_env(SC_CONFIG=str(config)))
+    assert again.returncode == 0, again.stderr
+    assert (Path(again.stdout.strip()) / "cut.bin").read_bytes() == payload
+    assert stats.bytes_served - served == len(payload) - 1_500_000, "the next use downloaded again what was had"
+    assert stats.ranges[ranges:] == ["bytes=1500000-"], stats.ranges
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare, to give a mount namespace another boot id")
 def test_a_partial_download_left_before_a_reboot_is_started_over(origin, base, tmp_path):

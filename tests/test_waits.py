@@ -123,7 +123,7 @@ def test_a_download_below_the_speed_limit_fails_and_its_waiters_get_the_error(tm
     assert status == 1 and err.startswith("sc: ") and "too slow" in err and len(err.splitlines()) == 1, err
     assert wstatus == 1 and "too slow" in werr, werr
     assert not (control(base) / "objects" / "slow").exists()
-    assert not (control(base) / "populate" / "slow.work").exists()
+    assert (control(base) / "populate" / "slow.work").exists(), "what came was not kept for the next use"
 
 
 def test_the_records_of_a_population_in_progress_are_not_flushed(disk):

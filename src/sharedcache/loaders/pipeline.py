@@ -34,11 +34,12 @@ is discarded.  Other recipes start over
 after a takeover: resuming a decompression or an unpacking midway would need a copy of the
 compressed bytes, doubling the disk used, and state that no library exposes.
 
-The partial survives the death of the process, but not a crash of the machine: it is never
-flushed, so after a power loss its size and record may count bytes that never reached the disk.
-Whoever keeps ``work`` across a reboot must clear it (the repositories do: their work directory
-names the boot it belongs to).  It records the source it came from, and only that source
-continues it.
+The partial survives the death of the process, and the failure of its download (the population
+keeps it when its source failed, for the next one: see :mod:`sharedcache.repository`), but not a
+crash of the machine: it is never flushed, so after a power loss its size and record may count
+bytes that never reached the disk.  Whoever keeps ``work`` across a reboot must clear it (the
+repositories do: their work directory names the boot it belongs to).  It records the source it
+came from, and only that source continues it.
 
 Caches on the way
 -----------------
@@ -178,6 +179,8 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
                 why += f" ({quoted(str(exc.filename))})"
             raise LoaderError(f"cannot write the data of {ctx.what}: {why}") from None
         except ResumeError as e:
+            if partial is not None:
+                partial.discard()  # the source cannot go on from it: neither could the next population
             if restart >= ctx.fetch.retries:
                 e.args = (f"{e} ({restart + 1} attempts, each from the start)" if restart else str(e),)
                 raise
@@ -222,6 +225,12 @@ def partial_room(work: str | os.PathLike[str]) -> int:
     """The bytes that the partial download kept in ``work`` takes on its file system: room that
     the next population either goes on from or frees (0 if there is none)."""
     return _Partial.room_taken(Path(work))
+
+
+def partial_kept(work: str | os.PathLike[str]) -> bool:
+    """Whether ``work`` holds a partial download that the next population goes on from: bytes
+    recorded with their source and validator (a download without one, or of bad data, keeps none)."""
+    return _Partial.kept_bytes(Path(work)) > 0
 
 
 def _raw(recipe: Recipe) -> bool:
@@ -334,11 +343,22 @@ class _Partial:
     @staticmethod
     def kept_source(work: Path) -> str | None:
         """The source of the partial kept in ``work``, if there is one."""
+        source = _Partial._kept_record(work).get("source")
+        return source if isinstance(source, str) else None
+
+    @staticmethod
+    def kept_bytes(work: Path) -> int:
+        """The bytes that the record of the partial kept in ``work`` counts (0 if there is none)."""
+        kept = _Partial._kept_record(work).get("bytes")
+        return kept if isinstance(kept, int) else 0
+
+    @staticmethod
+    def _kept_record(work: Path) -> dict[str, object]:
         try:
             meta = json.loads((work / _Partial.META).read_text())
         except (OSError, ValueError):
-            return None
-        return meta.get("source") if isinstance(meta, dict) else None
+            return {}
+        return meta if isinstance(meta, dict) else {}
 
     def load(self) -> tuple[int, str | None, int | None]:
         """Where a previous process stopped, its validator and the size of the whole (if known);

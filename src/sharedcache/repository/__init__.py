@@ -80,8 +80,10 @@ Acquire (``sc --use``, :func:`use`)
    lease for the owner in the same transaction, then remove the status and the work directory
    (what cannot be removed is left to gc: the use is committed).  On failure write the error
    record, then discard the work directory (a process killed between them has told its
-   waiters), and raise (a file system full with nothing left to evict, where this use chose the
-   base, has the use choose again without it and the candidates on its file system); unless the
+   waiters), unless a download that failed (an outage longer than its retries) left a partial
+   download there, which the next use goes on from as a takeover does; and raise (a file system
+   full with nothing left to evict, where this use chose the base, has the use choose again
+   without it and the candidates on its file system); unless the
    failure is this process's own (its settings, its credentials, its limits), which the waiters,
    who have theirs, are not told: no record, and the work directory is kept for a takeover only
    after a limit (a server's refusal of its credentials is recorded as such, for the listing,

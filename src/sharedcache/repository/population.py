@@ -417,8 +417,13 @@ class Population:
 
     def _fail_for_waiters(self, e: Exception) -> None:
         """Step 4's failure: write the error record of ``e`` for the waiters, then discard the work
-        directory.  A fault of the program's own (an internal error) is recorded too: every
-        waiter would meet it again, unpacking the same data to the same end."""
+        directory, unless the download failed (an outage longer than its retries) leaving a
+        partial download there: the next use goes on from it, as after a ``--timeout``, checking
+        it as a takeover does (its validator, its size, its bytes hashed again).  A fault of the
+        program's own (an internal error) is recorded too: every waiter would meet it again,
+        unpacking the same data to the same end."""
+        from ..loaders.pipeline import partial_kept
+
         request, cache = self.request, self.base.cache()
         if isinstance(e, SharedCacheError):
             e.args = (f"repository {request.name!r}: {e}",)
@@ -433,6 +438,11 @@ class Population:
             write_record(self.error_path, record, cache.modes.file)
         except OSError:
             pass  # no room even for the record: the waiters try for themselves
+        # Only a failure of the source keeps the work: bad data (a checksum's mismatch, data past
+        # the size) is worth no resuming, and the recipe has thrown its partial away.
+        if isinstance(e, DownloadError) and self._work_fd is not None \
+                and partial_kept(f"/proc/self/fd/{self._work_fd}"):
+            return
         try:
             cache.discard(self.work)
         except (SharedCacheError, OSError):
