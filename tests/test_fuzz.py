@@ -1,9 +1,11 @@
-"""Random input, with hypothesis: recipes, command lines and damaged archives.
+"""Random input, with hypothesis: recipes, command lines, damaged archives and error messages.
 
 The promise checked: whatever a user or a server hands us, the outcome is a result or one of our
 errors (a :class:`UsageError` for a malformed recipe or command line, a :class:`LoaderError` for bad
 data), never another exception; and the command line answers with status 0, 1 or 2 and at most one
-line on stderr, never a traceback.
+line on stderr, never a traceback.  And whatever URLs an error message names, and however it
+quotes or shortens them, what the other members of a group cache read of it shows nothing of a
+query.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from hypothesis import strategies as st
 
 from sharedcache import cli
 from sharedcache.cli import parser
-from sharedcache.errors import LoaderError, UsageError
+from sharedcache.errors import LoaderError, UsageError, quoted, server_says, shown_to_others
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import Recipe, parse_recipe
 from scutil import deflate64_zip
@@ -254,3 +256,39 @@ def test_damaged_data_is_unpacked_or_refused(sample: tuple[bytes, str]) -> None:
             for name in names + files:  # a link that stays may only lead inside the tree
                 path = os.path.join(directory, name)
                 assert os.path.realpath(path) == dest or os.path.realpath(path).startswith(dest + os.sep), path
+
+
+#: What a message's URLs are made of but their queries, which alone hold capital letters (see
+#: test_no_query_of_a_url_in_a_message_is_shown_to_the_other_members).
+URL_CHARACTERS = "abcxyz019/.-_~%:@'\"\\…"
+QUERY_CHARACTERS = "ABCXYZ=&#/:'\"\\…?%"
+
+
+@st.composite
+def message_parts(draw: st.DrawFn) -> str:
+    """A piece of an error message: words (with an apostrophe, as "the server's"), a URL with a
+    query, outside quotes as a source's URL or a redirect's target is shown (no space in it) or
+    quoted, whole or by its two ends, as a Location is (relative, of any scheme, with spaces), or
+    what a server said."""
+    kind = draw(st.sampled_from(["words", "bare", "quoted", "said"]))
+    if kind == "words":
+        return draw(st.sampled_from(["cannot download", "the server's answer", "for", "redirected to",
+                                     "its Location is", "repository 'data':", "(1,234 characters)"]).map(str.lower))
+    if kind == "said":
+        return server_says(draw(st.text(alphabet=QUERY_CHARACTERS + " ", max_size=300)))
+    spaced = kind == "quoted"
+    scheme = draw(st.sampled_from(["http://", "https://"] + (["ftp://", "//", "/", ""] if spaced else [])))
+    before = draw(st.text(alphabet=URL_CHARACTERS + (" " if spaced else ""), max_size=200))
+    query = draw(st.text(alphabet=QUERY_CHARACTERS + (" " if spaced else ""), min_size=1, max_size=200))
+    url = f"{scheme}{before}?{query}"
+    return quoted(url) if spaced else url
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(message_parts(), st.sampled_from([" ", ", ", ": ", " (", ") "])), min_size=1, max_size=6))
+@example([("http://h/it's?SECRET", " ")])  # found: a URL ended at a quote, and its query showed
+@example([("'ftp://h/x?SECRET'", " ")])  # found: a quoted URL of another scheme showed its query
+def test_no_query_of_a_url_in_a_message_is_shown_to_the_other_members(parts: list[tuple[str, str]]) -> None:
+    message = "".join(part + separator for part, separator in parts)
+    shown = shown_to_others(message)
+    assert not any(char.isupper() for char in shown), (message, shown)

@@ -772,8 +772,6 @@ def test_a_long_signed_url_a_redirect_led_to_is_kept_from_the_other_members(shar
     # longer than a quotation, by its two ends, and its query's end (the signature) came after the
     # ellipsis, with no "?" left before it to say where the query began: it was in the failure
     # recorded for the waiters, which every member reads.
-    import json
-
     path = "/bucket/" + "/".join(f"directory-{n:02d}" for n in range(12)) + "/data.bin"
     query = "X-Amz-Credential=SECRETCREDENTIAL&X-Amz-Expires=3600&X-Amz-Signature=" + "5ec1e7" * 20
     presigned = origin.url(path) + "?" + query
@@ -787,14 +785,46 @@ def test_a_long_signed_url_a_redirect_led_to_is_kept_from_the_other_members(shar
     refused = as_user(python, ALICE, "--use", *group, "-n", "data", f"http:{url}")
     assert refused.returncode == 1 and "HTTP 403" in refused.stderr, refused.stderr
     assert "5ec1e7" in refused.stderr  # her own line shows the URL by its ends
-    record = base / f".shared-cache-g{GROUP}" / "populate" / "data.error"
+    message, listed = read_by_another_member(python, base, "data")
+    assert "redirected to 'http://127.0.0.1:" in message and "directory-00" in message, message
+    assert "HTTP 403" in listed, listed
+    for shown in (message, listed):
+        assert "5ec1e7" not in shown and "SECRET" not in shown and "X-Amz" not in shown, shown
+
+
+def read_by_another_member(python, base: Path, name: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """What bob reads of alice's failed population of ``name`` in the group cache under ``base``:
+    the message of its failure record, and ``sc list --json --group`` (its output and errors)."""
+    import json
+
+    record = base / f".shared-cache-g{GROUP}" / "populate" / f"{name}.error"
     interpreter, env = python
     read = subprocess.run([interpreter, "-c", "import sys; print(open(sys.argv[1]).read())", str(record)],
                           capture_output=True, text=True, timeout=60, env=env, user=BOB, group=GROUP)
     assert read.returncode == 0, read.stderr
-    message = json.loads(read.stdout)["message"]
-    assert "redirected to 'http://127.0.0.1:" in message and "directory-00" in message, message
     listed = as_user(python, BOB, "list", "--json", "--group", str(GROUP), "-d", str(base))
-    assert listed.returncode == 0 and "HTTP 403" in listed.stdout, listed.stderr
-    for shown in (message, listed.stdout, listed.stderr):
-        assert "5ec1e7" not in shown and "SECRET" not in shown and "X-Amz" not in shown, shown
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(read.stdout)["message"], listed.stdout + listed.stderr
+
+
+@pytest.mark.parametrize(("location", "status"), [
+    # The URL ended at the quote for the members, and what followed it showed.
+    ("{origin}/mirror/it's/data.bin?X-Amz-Signature=SECRETSIGNATURE", 302),
+    ('{origin}/mirror/say-"yes"/data.bin?X-Amz-Signature=SECRETSIGNATURE', 302),
+    # A Location refused, quoted in the message, is no http:// or https:// URL: nothing was hidden.
+    ("ftp://mirror.example/data.bin?token=SECRETTOKEN", 302),
+    ("//mirror.example:port/data.bin?token=SECRETTOKEN", 302),  # relative, with no port
+    ("/mirror/data.bin?token=SECRETTOKEN", 300),  # not followed, its Location said
+], ids=["apostrophe", "double-quote", "ftp", "relative-without-port", "not-followed"])
+def test_the_query_of_a_location_a_download_failed_at_is_kept_from_the_other_members(shared, origin, python,
+                                                                                       location, status):
+    url = origin.redirect("/presign/data.bin", location.format(origin=origin.url("")), status=status)
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    group = ["--group", str(GROUP), "-d", str(base)]
+    refused = as_user(python, ALICE, "--use", *group, "-n", "data", f"http:{url}")
+    assert refused.returncode == 1 and "SECRET" in refused.stderr, refused.stderr  # her own line says it all
+    message, listed = read_by_another_member(python, base, "data")
+    assert "/presign/data.bin" in message and "?…" in message, message
+    assert "SECRET" not in message and "SECRET" not in listed, (message, listed)

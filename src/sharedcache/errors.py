@@ -190,26 +190,65 @@ def shown_to_others(message: str) -> str:
 
 
 def without_queries(message: str) -> str:
-    """``message`` with the query of each ``http://`` or ``https://`` URL in it shown as ``?…``
-    (a URL ends at a space or a quote: it holds neither), and nothing after the ellipsis of one
-    shown by its two ends (:func:`quoted`) before any "?": its "?" may be in what was left out,
-    and what follows, the end of its query."""
+    """``message`` with whatever may be the query of a URL hidden, for the other members of a
+    group cache; conservative, as it cannot tell a URL from other text:
+
+    - In each quoted item (a ``repr``, as :func:`quoted` makes it: a URL that a server wrote, a
+      ``Location`` that is relative or of another scheme, anything else), all after its first "?",
+      shown as ``?…``, and all after the ellipsis of one shown by its two ends, unless a "?" comes
+      before it: its "?" may be in the middle that was left out, and what follows, the end of its
+      query.  A quote after a letter or digit is an apostrophe ("the server's"), not an item's start.
+    - In each URL outside quotes (``SCHEME://...``, which holds no space: a source's URL refuses
+      one), all after its first "?" or ellipsis up to the next space, quotes included: a URL may
+      hold a quote, which ends nothing there.
+      (Messages put a space, or punctuation and a space, after such a URL, never a quote.)
+    """
     parts = []
-    rest = message
-    while (start := min((found for found in (rest.find("http://"), rest.find("https://")) if found >= 0),
-                        default=-1)) >= 0:
-        end = next((i for i in range(start, len(rest)) if rest[i].isspace() or rest[i] in "'\"<>"), len(rest))
-        url = rest[start:end]
-        shortened, asked = url.find("…"), url.find("?")
-        if shortened >= 0 and not 0 <= asked < shortened:
-            url = url[:shortened + 1]
+    at = 0
+    while at < len(message):
+        quote = next((i for i in range(at, len(message)) if message[i] in "'\"" and not
+                      (i > 0 and message[i - 1].isalnum())), len(message))
+        url = _bare_url_start(message, at, quote)
+        if url < quote:
+            end = next((i for i in range(url, len(message)) if message[i].isspace()), len(message))
+            parts.append(message[at:url] + _without_query(message[url:end]))
+        elif quote < len(message):
+            end = _quoted_end(message, quote)
+            parts.append(message[at:quote + 1] + _without_query(message[quote + 1:end]) + message[end:end + 1])
+            end += 1
         else:
-            url, query, after = url.partition("?")
-            if query:
-                url += "?…" + (after[after.index("#"):] if "#" in after else "")
-        parts.append(rest[:start] + url)
-        rest = rest[end:]
-    return "".join(parts) + rest
+            end = len(message)
+            parts.append(message[at:])
+        at = end
+    return "".join(parts)
+
+
+def _bare_url_start(message: str, start: int, end: int) -> int:
+    """Where the first ``SCHEME://`` in ``message[start:end]`` begins, or ``end``."""
+    found = message.find("://", start, end)
+    if found < 0:
+        return end
+    while found > start and (message[found - 1].isalnum() or message[found - 1] in "+-."):
+        found -= 1
+    return found
+
+
+def _quoted_end(message: str, start: int) -> int:
+    """Where the quoted item that opens at ``start`` closes (its quote, escaped with "\\" within
+    it, as ``repr`` does), or the end of ``message``."""
+    at = start + 1
+    while at < len(message) and message[at] != message[start]:
+        at += 2 if message[at] == "\\" else 1
+    return min(at, len(message))
+
+
+def _without_query(text: str) -> str:
+    """``text`` up to its first "?", followed by ``?…``, or through its first ellipsis (see
+    :func:`without_queries`), whichever comes first."""
+    asked, shortened = text.find("?"), text.find("…")
+    if shortened >= 0 and not 0 <= asked < shortened:
+        return text[:shortened + 1]
+    return text if asked < 0 else text[:asked] + "?…"
 
 
 def unparsed_url(url: str, *, schemeless: bool = False, pathless: bool = False) -> str:
