@@ -811,11 +811,13 @@ def read_by_another_member(python, base: Path, name: str) -> tuple[str, str]:  #
     # The URL ended at the quote for the members, and what followed it showed.
     ("{origin}/mirror/it's/data.bin?X-Amz-Signature=SECRETSIGNATURE", 302),
     ('{origin}/mirror/say-"yes"/data.bin?X-Amz-Signature=SECRETSIGNATURE', 302),
+    # So it did at a space, in a redirect's target shown unquoted.
+    ("{origin}/mirror/a b/data.bin?X-Amz-Signature=SECRETSIGNATURE", 302),
     # A Location refused, quoted in the message, is no http:// or https:// URL: nothing was hidden.
     ("ftp://mirror.example/data.bin?token=SECRETTOKEN", 302),
     ("//mirror.example:port/data.bin?token=SECRETTOKEN", 302),  # relative, with no port
     ("/mirror/data.bin?token=SECRETTOKEN", 300),  # not followed, its Location said
-], ids=["apostrophe", "double-quote", "ftp", "relative-without-port", "not-followed"])
+], ids=["apostrophe", "double-quote", "space", "ftp", "relative-without-port", "not-followed"])
 def test_the_query_of_a_location_a_download_failed_at_is_kept_from_the_other_members(shared, origin, python,
                                                                                        location, status):
     url = origin.redirect("/presign/data.bin", location.format(origin=origin.url("")), status=status)

@@ -199,8 +199,8 @@ def without_queries(message: str) -> str:
       before it: its "?" may be in the middle that was left out, and what follows, the end of its
       query.  A quote after a letter or digit is an apostrophe ("the server's"), not an item's start.
     - In each URL outside quotes (``SCHEME://...``, which holds no space: a source's URL refuses
-      one), all after its first "?" or ellipsis up to the next space, quotes included: a URL may
-      hold a quote, which ends nothing there.
+      one, and a redirect's target that holds one is quoted), all after its first "?" or ellipsis
+      up to the next space, quotes included: a URL may hold a quote, which ends nothing there.
       (Messages put a space, or punctuation and a space, after such a URL, never a quote.)
     """
     parts = []

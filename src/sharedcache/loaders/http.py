@@ -701,8 +701,11 @@ class _HttpStream(SourceStream):
     def _where(self, target: str) -> str:
         """How messages name a request of ``target``: the URL asked for, the URL that a redirect
         led to, and the proxy."""
-        # A server chooses the URL it redirects to, up to 64 KiB of it: a long one is shown by its ends.
-        shown = target if len(target) <= QUOTED_CHARACTERS else quoted(target)
+        # A server chooses the URL it redirects to, up to 64 KiB of it: a long one is shown by its ends,
+        # and one with a space quoted, so that the other members of a group cache see where it ends
+        # (see errors.without_queries).
+        bare = len(target) <= QUOTED_CHARACTERS and not any(char.isspace() for char in target)
+        shown = target if bare else quoted(target)
         redirected = "" if target == self.url else f", redirected to {shown}"
         return f"{self.url}{redirected}{self._transport(target).via()}"
 
