@@ -1643,7 +1643,7 @@ def test_gc_evict_deletes_nothing_under_a_live_use_and_evicts_the_rest_of_its_li
                 assert sc("--use", "--keep", "-d", str(base), "--pid", str(job.pid), "-n", name,
                           *recipe(tarball)).returncode == 0
             assert sc("--unuse", "-d", str(base), "--pid", str(job.pid), "-n", "idle", *recipe(tarball)).returncode == 0
-            evicting = sc("gc", "-d", str(base), "--evict", "held,idle,missing,locked")
+            evicting = sc("gc", "-d", str(base), *evict("held", "idle", "missing", "locked"))
             assert evicting.returncode == 1, evicting
             held, missing, locked = evicting.stderr.splitlines()
             assert held.startswith(f"sc: error: repository 'held' in {base} not evicted: ") \
@@ -1660,7 +1660,7 @@ def test_gc_evict_deletes_nothing_under_a_live_use_and_evicts_the_rest_of_its_li
         # Its users gone, each goes.
         (flags / "go").touch()
         wait_for(lambda: ended(command), what="sc run's command to end")
-        evicted = sc("gc", "-d", str(base), "--evict", "held,locked")
+        evicted = sc("gc", "-d", str(base), *evict("held", "locked"))
         assert (evicted.returncode, evicted.stderr) == (0, ""), evicted
         assert evicted.stdout.startswith(f"{base}: evicted: 'held', 'locked'"), evicted.stdout
         assert json.loads(sc("list", "--json", "-d", str(base)).stdout) == []
@@ -1674,19 +1674,55 @@ def test_gc_evict_deletes_nothing_under_a_live_use_and_evicts_the_rest_of_its_li
         run.wait(10)
 
 
-@pytest.mark.parametrize(("names", "why"), [("", "--evict: no repository name given"),
-                                           (",", "--evict: no repository name given"),
-                                           ("idle,a/b", "invalid repository name 'a/b'"),
-                                           (".hidden", "invalid repository name '.hidden'")])
-def test_gc_evict_of_no_name_or_a_name_no_repository_may_have_is_a_usage_error(dirs, tarball, names, why):
-    # Refused before anything is evicted.
+def evict(*names: str) -> list[str]:
+    """The options of ``sc gc`` that evict ``names``: one ``--evict`` to a name."""
+    return [word for name in names for word in ("--evict", name)]
+
+
+@pytest.mark.parametrize(("names", "why"), [(("",), "invalid repository name ''"),
+                                           (("idle", "a/b"), "invalid repository name 'a/b'"),
+                                           ((".hidden",), "invalid repository name '.hidden'")])
+def test_gc_evict_of_a_name_no_repository_may_have_is_a_usage_error(dirs, tarball, names, why):
+    # Refused before anything is evicted, the valid names given with it too.
     args = ["-d", str(dirs[0]), "-n", "idle", *recipe(tarball)]
     assert sc("--use", "--keep", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
-    refused = sc("gc", "-d", str(dirs[0]), "--evict", names)
+    refused = sc("gc", "-d", str(dirs[0]), *evict(*names))
     assert refused.returncode == 2 and refused.stdout == "", refused
     (line,) = refused.stderr.splitlines()
     assert line.startswith(f"sc: error: {why}"), line
     assert (user_dir(dirs[0]) / "idle").is_symlink()
+    needs_one = sc("gc", "-d", str(dirs[0]), "--evict")
+    assert (needs_one.returncode, needs_one.stderr) == (
+        2, "sc: error: option --evict needs a value (NAME) (see 'sc --help')\n"), needs_one
+
+
+def test_gc_evict_of_the_name_that_the_error_gives_evicts_that_repository_alone(dirs, tmp_path):
+    # --evict split its value at commas, though a name may hold one: the remedy of the error,
+    # "sc gc --evict a,b", evicted the kept repositories 'a' and 'b' (in a group cache, other
+    # members' data) and left 'a,b'; no command line evicted 'a,b'.
+    old, new = tmp_path / "v1.bin", tmp_path / "v2.bin"
+    old.write_bytes(b"version 1")
+    new.write_bytes(b"version 2")
+    env = sc_env(SC_DIRECTORIES=str(dirs[0]))  # (the remedy is pasted as it is: no -d to add)
+    name = "it's a,b"
+    parts = {"it's a", "b", "it's", "a"}
+    for kept in (name, *parts):
+        assert sc("--use", "--keep", "-n", kept, f"file:{old}", env=env).returncode == 0
+        assert sc("--unuse", "-n", kept, f"file:{old}", env=env).returncode == 0
+    refused = sc("--use", "-n", name, f"file:{new}", env=env)
+    assert refused.returncode == 2, refused
+    remedy = re.search(r" by (sc gc --evict .+) \(with the --directories or --group of the use\)$", refused.stderr)
+    assert remedy is not None, refused.stderr
+    pasted = subprocess.run(["sh", "-c", f'sc() {{ {" ".join(map(shlex_quote, SC))} "$@"; }}; {remedy[1]}'],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert (pasted.returncode, pasted.stderr) == (0, ""), pasted
+    assert pasted.stdout.startswith(f"{dirs[0]}: evicted: {name!r}\n"), pasted.stdout
+    assert {row["name"] for row in json.loads(sc("list", "--json", env=env).stdout)} == parts
+    assert sorted(path.name for path in user_dir(dirs[0]).iterdir() if path.is_symlink()) == sorted(parts)
+    used = sc("--use", "-n", name, f"file:{new}", env=env)
+    assert used.returncode == 0, used.stderr
+    assert (Path(used.stdout.strip()) / "v2.bin").read_bytes() == b"version 2"
+    assert sc("--unuse", "-n", name, f"file:{new}", env=env).returncode == 0
 
 
 def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs, tarball, tmp_path, reachable_tmp):

@@ -621,15 +621,11 @@ def gc(repositories: Repositories, options: Arguments) -> int:
     return 1 if refusals else 0
 
 
-def _names_to_evict(listed: str | None) -> list[str]:
-    """The repository names of ``--evict NAME[,NAME...]``, each checked before anything is done
-    (a name no repository may have is a usage error); none without the option."""
-    if listed is None:
-        return []
-    names = list(dict.fromkeys(filter(None, listed.split(","))))
-    if not names:
-        raise UsageError("--evict: no repository name given")
-    return [check_repository_name(name) for name in names]
+def _names_to_evict(given: list[str]) -> list[str]:
+    """The repository names of ``--evict NAME`` (one to each occurrence, as given: a name may
+    hold a comma), each checked before anything is done (a name no repository may have is a
+    usage error)."""
+    return [check_repository_name(name) for name in dict.fromkeys(given)]
 
 
 COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {

@@ -24,14 +24,16 @@ SETTING_ACTIONS = (*REPOSITORY_ACTIONS, "config")
 
 
 class Option:
-    """One option: its spellings, where it goes, and whether it takes a value."""
+    """One option: its spellings, where it goes, and whether it takes a value; a ``repeated``
+    one collects the value of each occurrence in a list, where another keeps the last."""
 
-    __slots__ = ("actions", "convert", "dest", "flags", "help", "metavar")
+    __slots__ = ("actions", "convert", "dest", "flags", "help", "metavar", "repeated")
 
     def __init__(self, flags: tuple[str, ...], dest: str, help: str, *, metavar: str | None = None,
-                 convert: Callable[[str], object] = str, actions: tuple[str, ...] = ACTIONS) -> None:
+                 convert: Callable[[str], object] = str, actions: tuple[str, ...] = ACTIONS,
+                 repeated: bool = False) -> None:
         self.flags, self.dest, self.help, self.metavar = flags, dest, help, metavar
-        self.convert, self.actions = convert, actions
+        self.convert, self.actions, self.repeated = convert, actions, repeated
 
 
 def _size_text(flag: str, parse: Callable[[str, str], int] = parse_size) -> Callable[[str], str]:
@@ -86,8 +88,9 @@ OPTIONS = (
     Option(("--forget-host",), "forget_host",
            "judge dead every use held on these hosts (machine ids; for hosts that are gone)",
            metavar="ID[,ID...]", actions=("gc",)),
-    Option(("--evict",), "evict", "delete these repositories now if unused, kept ones too (to free a name)",
-           metavar="NAME[,NAME...]", actions=("gc",)),
+    # One name to an occurrence, never split: a repository's name may hold a comma.
+    Option(("--evict",), "evict", "delete this repository now if unused, kept or not (to free a name); repeatable",
+           metavar="NAME", actions=("gc",), repeated=True),
     Option(("-q", "--quiet"), "quiet", "print nothing but errors"),
     Option(("-v", "--verbose"), "verbose", "say what is done; show progress off a terminal too"),
     Option(("-h", "--help"), "help", "show this help and exit"),
@@ -103,7 +106,7 @@ usage: sc --use      [OPTIONS] LOADER...    register a use; print the repository
        sc run        [OPTIONS] LOADER... -- COMMAND [ARG...]
        sc list [--json]                     list the repositories
        sc gc [--forget-host ID,...]         reclaim dead uses, clean leftovers, apply budgets
-       sc gc --evict NAME,...               delete these unused repositories, kept ones too
+       sc gc --evict NAME [--evict NAME...] delete these unused repositories, kept ones too
        sc config                            show the effective settings and where each comes from
 
 settings are read from /etc/shared-cache/config, then $XDG_CONFIG_HOME/shared-cache/config, then
@@ -154,7 +157,7 @@ class Arguments:
         self.max_size: str | None = None
         self.group: str | None = None
         self.forget_host: str | None = None
-        self.evict: str | None = None
+        self.evict: list[str] = []
         self.pid: int | None = None
         self.timeout: float | None = None
         self.connections: int | None = None
@@ -228,13 +231,17 @@ def _take(args: Arguments, flag: str, value: str | None, rest: list[str]) -> Non
             raise UsageError(f"option {flag} needs a value ({option.metavar})")
         value = rest.pop(0)
     try:
-        setattr(args, option.dest, option.convert(value))
+        converted = option.convert(value)
     except SettingError as e:
         raise UsageError(f"option {flag} {e.reason}") from None
     except UsageError:  # (a size's, which says what a size is)
         raise
     except ValueError:
         raise UsageError(f"option {flag}: invalid value {value!r}") from None
+    if option.repeated:
+        getattr(args, option.dest).append(converted)
+    else:
+        setattr(args, option.dest, converted)
 
 
 def _check(args: Arguments) -> Arguments:
