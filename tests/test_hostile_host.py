@@ -598,6 +598,47 @@ def test_a_budget_a_member_made_that_another_cannot_read_or_move_is_damaged_then
         assert unused.returncode == 0 and not clean_lines(unused), unused.stderr
 
 
+# Another user's tree holding a budget of 5 bytes, put where the victim's cache goes: ARGV is that
+# place, how (a link to the tree, or the tree itself), the tree, and where its budget is in it.
+SQUAT_WITH_A_BUDGET = """\
+import os, sys
+at, kind, tree, budget = sys.argv[1:5]
+os.makedirs(os.path.dirname(os.path.join(tree, budget)), exist_ok=True)
+with open(os.path.join(tree, budget), "w") as f:
+    f.write("5")
+if kind == "link":
+    os.symlink(tree, at)
+else:
+    os.rename(tree, at)
+"""
+
+
+@pytest.mark.parametrize("kind", ["link", "directory of hers"])
+@pytest.mark.parametrize("cache", ["private", "group"])
+def test_sc_config_shows_no_budget_that_another_user_planted_where_the_victim_s_cache_goes(
+    shared, users, python, recipe, cache, kind
+):
+    # sc config showed the budget of a tree another user put at the victim's directory (or the
+    # group's cache) as the victim's "stored" budget, though every use and gc refuse it there.
+    base = tmp_like(shared / "tmp")
+    if cache == "private":
+        group, at, budget = [], user_dir(base, users.victim), ".cache/budget"
+    else:
+        group, at, budget = ["--group", str(users.gid)], base / f".shared-cache-g{users.gid}", "budget"
+    done(code_as(python, users.outsider, SQUAT_WITH_A_BUDGET, str(at), kind, str(base / "evil"), budget))
+    before = snapshot(base)
+    shown = run_as(python, users.victim, "config", "-d", str(base), *group, groups=(users.gid,))
+    assert shown.returncode == 0 and not clean_lines(shown), shown.stderr
+    (row,) = (line for line in shown.stdout.splitlines() if line.startswith("max_size = "))
+    prefix = f"max_size = (not set)  # default; stored: {base} refused ("
+    assert row.startswith(prefix) and row.endswith(")"), row
+    why = row.removeprefix(prefix).removesuffix(")")
+    assert snapshot(base) == before, "sc config made or changed something"
+    # Refused for the reason the uses give.
+    used = run_as(python, users.victim, "--use", "-d", str(base), *group, *recipe, groups=(users.gid,))
+    assert used.returncode == 1 and why in used.stderr, (why, used.stderr)
+
+
 # How a member renames an entry (objects/repo) into the trash: ARGV is the cache's directory.
 INTO_THE_TRASH = {
     "itself": "import os, sys; os.rename(f'{sys.argv[1]}/objects/repo', f'{sys.argv[1]}/trash/x')",

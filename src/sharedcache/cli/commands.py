@@ -15,6 +15,7 @@ import sys
 # What a command needs is imported here, not in the functions: the sc scripts import this
 # module before they freeze what start-up made (see bin/sc).
 from ..config import files
+from ..engine.fscache import DamagedBudget
 from ..engine.leases import (
     INITIAL_PID_NAMESPACE,
     INTERRUPTS,
@@ -687,8 +688,11 @@ def _stored_budgets(bases: list[Base]) -> str:
     for base in bases:
         try:
             budget = base.stored_budget()
-        except CacheError:  # (damaged, or another member's that this user may not read: gc removes either)
-            stored.append(f"{base.path} unreadable")
+        except DamagedBudget as e:  # (or another member's that this user may not read: gc removes either)
+            stored.append(f"{base.path} unreadable ({e})")
+            continue
+        except CacheError as e:  # (squatted: what is there is no budget of this user's)
+            stored.append(f"{base.path} refused ({e})")
             continue
         if budget is not None:
             stored.append(f"{base.path} {format_size(budget)}")

@@ -404,6 +404,7 @@ from .layout import (
     make_subdirectory,
     making,
     open_cache,
+    open_existing_cache,
     owner_shown,
     set_aside,
 )
@@ -656,16 +657,14 @@ def _open_own(root: str, sub: str, group: int | None) -> int:
     return fd
 
 
-def stored_budget(root: str) -> int | None:
-    """The budget stored in the cache at ``root`` (:attr:`FsCache.max_size`), read without
-    opening the cache, which would make one: None if it has none, or there is no cache there;
-    CacheError if it cannot be read or is damaged."""
-    try:
-        directory = open_directory(root)
-    except (FileNotFoundError, UnicodeEncodeError):  # (or a path the file system's encoding cannot name)
+def stored_budget(root: str, group: int | None) -> int | None:
+    """The budget stored in the cache at ``root`` (of ``group``; :attr:`FsCache.max_size`), read
+    without opening the cache, which would make one: None if it has none, or there is no cache
+    there; CacheError if the cache is not safe to use (:func:`open_existing_cache`), or its
+    budget cannot be read or is damaged."""
+    directory = open_existing_cache(root, group)
+    if directory is None:
         return None
-    except OSError as e:
-        raise over_limit(e) or CacheError(f"cannot open cache {root}: {e.strerror}") from None
     try:
         return _read_budget(directory, root)
     finally:
@@ -694,8 +693,8 @@ def _read_budget(directory: int, root: str) -> int | None:
         raise _damaged_budget(root, repr(text[:20])) from None
 
 
-def _damaged_budget(root: str, why: str) -> _DamagedBudget:
-    return _DamagedBudget(f"the budget {os.path.join(root, BUDGET)} of cache {root} is damaged ({why}); "
+def _damaged_budget(root: str, why: str) -> DamagedBudget:
+    return DamagedBudget(f"the budget {os.path.join(root, BUDGET)} of cache {root} is damaged ({why}); "
                           "set it again (max_size, or sc --max-size), or run gc to remove it")
 
 
@@ -793,7 +792,7 @@ class _ClosedEntry(CacheError, PermissionError):
     she alone may move is)."""
 
 
-class _DamagedBudget(CacheError):
+class DamagedBudget(CacheError):
     """The budget's file holds no number, is no file, or may not be read: what gc removes."""
 
 
@@ -1110,7 +1109,7 @@ class FsCache:
         exceed the budget takes it (a budget never fails a job; gc removes a damaged one)."""
         try:
             return self.max_size
-        except _DamagedBudget:
+        except DamagedBudget:
             return None
 
     @property
@@ -2644,13 +2643,13 @@ class FsCache:
             return "another member"  # (removed by its owner meanwhile)
 
     def _budget_repaired(self, report: GcReport) -> int | None:
-        """Within gc's transaction: the budget; a damaged one (:class:`_DamagedBudget`) is put
+        """Within gc's transaction: the budget; a damaged one (:class:`DamagedBudget`) is put
         away (:meth:`put_away`: a member's directory there only she may move into the trash),
         which leaves the cache unlimited until a budget is set again (under the index's write
         lock, as gc holds it: none is set meanwhile)."""
         try:
             return self.max_size
-        except _DamagedBudget:
+        except DamagedBudget:
             self.put_away(".", BUDGET)
             report.damaged_budget_removed = True
             return None

@@ -351,18 +351,33 @@ def user_directory_name() -> str:
 
 def user_directory(base: str) -> str:
     """This user's directory in the base directory ``base``, created if needed (0700); refused
-    with a clear error if another user owns it (squatted) or others may write or enter it.
+    with a clear error if another user owns it (squatted) or others may write or enter it
+    (:func:`check_user_directory`)."""
+    path = os.path.join(base, user_directory_name())
+    try:
+        with making(f"this user's directory {path}", base):
+            make_directory(path, 0o700)
+    except OSError as e:
+        raise over_limit(e) or CacheError(f"cannot create {path}: {e.strerror}") from None
+    if not check_user_directory(base):  # (removed as soon as made)
+        raise CacheError(f"cannot create {path}: {os.strerror(errno.ENOENT)}")
+    return path
+
+
+def check_user_directory(base: str) -> bool:
+    """Whether this user's directory in the base directory ``base`` is there, nothing made;
+    CacheError if it is not safe to use (a link or a file, another user's, open to others).
 
     It is looked at through a mere path reference (``O_PATH``), which needs no permission on it:
     one that its owner may not enter or write (made under a umask such as 0177 or 0777 by an
     sc that did not give the owner's bits back) is given them back, as it was meant to have."""
     path = os.path.join(base, user_directory_name())
     try:
-        with making(f"this user's directory {path}", base):
-            make_directory(path, 0o700)
         fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
     except OSError as e:
-        raise over_limit(e) or CacheError(f"cannot create {path}: {e.strerror}") from None
+        raise over_limit(e) or CacheError(f"cannot use {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISDIR(st.st_mode):
@@ -380,7 +395,7 @@ def user_directory(base: str) -> str:
         raise CacheError(f"cannot use {path}: {e.strerror}") from None
     finally:
         os.close(fd)
-    return path
+    return True
 
 
 def group_directory(base: str, group: int) -> str:
@@ -455,8 +470,7 @@ def open_cache(root: str, group: int | None, *, repair: bool,
     which its maker (another member of a group cache) may hold under a file lease, is waited
     for until ``until`` (a ``time.monotonic()``), as the kernel breaks the lease."""
     modes = GROUP if group is not None else PRIVATE
-    if group is not None and group != os.getegid() and group not in os.getgroups():
-        raise CacheError(f"cannot use a cache of group {group} at {root}: this user is not in that group")
+    _check_member(root, group)
     try:
         with making(f"cache {root}", root):
             try:
@@ -464,10 +478,7 @@ def open_cache(root: str, group: int | None, *, repair: bool,
             except FileNotFoundError:  # its parents first (a caller's choice of place: default modes)
                 os.makedirs(os.path.dirname(root), exist_ok=True)
                 make_directory(root, modes.directory, group=group)
-        fd = open_directory(root)
-    except NotADirectoryError:
-        kind = "a symlink" if os.path.islink(root) else "not a directory"
-        raise CacheError(f"cache {root} is {kind}; refusing to use it") from None
+        fd = _open_cache_directory(root)
     except OSError as e:
         raise over_limit(e) or CacheError(f"cannot create cache {root}: {e.strerror}") from None
     try:
@@ -477,6 +488,41 @@ def open_cache(root: str, group: int | None, *, repair: bool,
     finally:
         os.close(fd)
     return modes, repaired, format_before
+
+
+def open_existing_cache(root: str, group: int | None) -> int | None:
+    """The directory of the cache at ``root`` (of ``group``), open, checked as :func:`open_cache`
+    checks it, with nothing made or changed: None if there is none; CacheError if it is not safe
+    to read (a link, another user's, not the group's)."""
+    _check_member(root, group)
+    try:
+        fd = _open_cache_directory(root)
+    except (FileNotFoundError, UnicodeEncodeError):  # (or a path the file system's encoding cannot name)
+        return None
+    except OSError as e:
+        raise over_limit(e) or CacheError(f"cannot open cache {root}: {e.strerror}") from None
+    try:
+        _check_owner(root, os.fstat(fd), group)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_member(root: str, group: int | None) -> None:
+    """Refuse the group cache at ``root`` to a user who is not in its ``group``."""
+    if group is not None and group != os.getegid() and group not in os.getgroups():
+        raise CacheError(f"cannot use a cache of group {group} at {root}: this user is not in that group")
+
+
+def _open_cache_directory(root: str) -> int:
+    """The cache directory ``root``, open; CacheError if a link or anything but a directory is
+    there (planted in a base that others write), which is never followed."""
+    try:
+        return open_directory(root)
+    except NotADirectoryError:
+        kind = "a symlink" if os.path.islink(root) else "not a directory"
+        raise CacheError(f"cache {root} is {kind}; refusing to use it") from None
 
 
 def _check_and_complete(root: str, fd: int, group: int | None, modes: Modes, *, repair: bool,

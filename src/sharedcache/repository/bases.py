@@ -35,7 +35,14 @@ from _weakref import ref as weak_reference  # weakref.ref, without importing wea
 from ..engine import locks
 from ..engine.fscache import FsCache, stored_budget
 from ..engine.fsutil import shown_path, unlink_if_present
-from ..engine.layout import absolute_path, check_base, group_directory, user_directory, user_directory_name
+from ..engine.layout import (
+    absolute_path,
+    check_base,
+    check_user_directory,
+    group_directory,
+    user_directory,
+    user_directory_name,
+)
 from ..errors import (
     QUOTED_CHARACTERS,
     CacheError,
@@ -224,9 +231,14 @@ class Base:
 
     def stored_budget(self) -> int | None:
         """The budget stored in this base's cache, which stays there until another is given
-        (:func:`~sharedcache.engine.fscache.stored_budget`: read without making the cache);
-        None if it has none."""
-        return stored_budget(self.control)
+        (:func:`~sharedcache.engine.fscache.stored_budget`: read without making anything); None
+        if it has none.  CacheError if the base, this user's directory or the cache is there
+        but not safe to use, as a use refuses it (squatted): what is there is not this user's."""
+        if not os.path.lexists(self.links if self.group is None else self.control):
+            return None
+        check_base(self.path, self.group)
+        check_user_directory(self.path)
+        return stored_budget(self.control, self.group)
 
     def has_cache(self) -> bool:
         return os.path.exists(os.path.join(self.control, "cache.info"))
