@@ -25,7 +25,8 @@ but the stats until SIGUSR1)::
 
 Served: ``GET`` and ``HEAD``; single ranges ``bytes=N-``, ``bytes=N-M`` and ``bytes=-N`` (``206``
 with ``Content-Range``, ``416`` when unsatisfiable); ``ETag`` and ``Last-Modified``; ``If-Range``
-(a range whose validator does not match gets the whole file, ``200``).  Faults apply to the next
+(a range whose validator does not match gets the whole file, ``200``); ``If-None-Match``, else
+``If-Modified-Since`` (``304`` when the file is the one the cache holds).  Faults apply to the next
 ``times`` GETs of a path: answer a status (``500``, with headers such as ``Retry-After``), drop the connection after N body bytes, ignore
 the Range header or just If-Range, announce a longer ``Content-Length`` than sent, show a new ETag,
 answer a range with other bytes than asked for (saying so in ``Content-Range``, or not), or replace
@@ -339,6 +340,13 @@ class _Handler(BaseHTTPRequestHandler):
         etag = resource.etag
         if etag is not None and fault is not None and fault.new_etag:
             etag = f'"{etag.strip(chr(34))}-{time.monotonic_ns()}"'
+        if self._not_modified(etag, resource.last_modified):
+            answered(304)
+            self.send_response(304)  # no Content-Length: a cache would take it for the file's
+            if etag is not None:
+                self.send_header("ETag", etag)
+            self.end_headers()
+            return
         start, end = 0, resource.size - 1
         status = 200
         if range_header and not (fault is not None and fault.ignore_range):
@@ -399,6 +407,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _not_modified(self, etag: str | None, last_modified: str | None) -> bool:
+        """Whether the request is conditional on a version other than this one (RFC 9110 13.2.2:
+        ``If-None-Match`` decides when given, weakly compared, and ``If-Modified-Since`` only without it)."""
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match is not None:
+            tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+            return etag is not None and ("*" in tags or etag.removeprefix("W/") in tags)
+        if_modified_since = self.headers.get("If-Modified-Since")
+        if if_modified_since is None or last_modified is None:
+            return False
+        try:
+            since = email.utils.parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        return email.utils.parsedate_to_datetime(last_modified) <= since
 
     @staticmethod
     def _range(header: str, size: int) -> tuple[int, int] | None:

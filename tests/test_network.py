@@ -447,12 +447,16 @@ def test_a_stale_copy_in_the_proxy_is_fetched_again_from_the_origin(tmp_path, or
     url = origin.add("/tool.bin", old, modified_at=time.time() - 365 * 86400)
     first = use_through(tmp_path / "host1", owner, url, hashlib.sha256(old).hexdigest(), squid)
     assert first.returncode == 0, first.stderr
+    # Squid counts ages in whole seconds: a copy it got within the second is the origin's current.
+    cached = time.time()
+    while time.time() < int(cached) + 2:
+        time.sleep(0.05)
     origin.add("/tool.bin", new)
     result = use_through(tmp_path / "host2", owner, url, hashlib.sha256(new).hexdigest(), squid)
     assert result.returncode == 0, result.stderr
     assert (Path(result.stdout.strip()) / "tool.bin").read_bytes() == new
-    assert f"asking proxy {squid.url}, which it came through, to fetch it again" in result.stderr
-    assert origin.stats("/tool.bin").gets == 2  # the first host's, and the second's reload: no more
+    assert f"asking proxy {squid.url}, which it came through, to check its copy" in result.stderr
+    assert origin.stats("/tool.bin").gets == 2  # the first host's, and the second's revalidation: no more
     assert [u for _, u, _, _ in squid.requests()] == [url] * 3
 
 
@@ -461,8 +465,21 @@ def test_a_checksum_that_fails_again_through_the_proxy_names_it(tmp_path, origin
     result = use_through(tmp_path, owner, url, "0" * 64, squid)
     assert result.returncode == 1, result.stderr
     error = result.stderr.strip().splitlines()[-1]
-    assert "sha256 mismatch" in error and f"it came through proxy {squid.url}, asked to fetch it again" in error
+    assert "sha256 mismatch" in error and f"it came through proxy {squid.url}, asked to check its copy" in error
     assert origin.stats("/tool.bin").gets == 2  # one fetch again, no more
+
+
+def test_a_wrong_checksum_through_the_proxy_has_the_origin_serve_the_file_once(tmp_path, origin, squid, owner):
+    # A recipe whose checksum is wrong (a typo, a stale recipe) fails on every host of a site, each
+    # having squid check its copy with the origin: asked for a reload instead, squid fetched the
+    # whole file from the origin again for every host.
+    payload = os.urandom(1 << 20)
+    url = origin.add("/tool.bin", payload)
+    for host in range(3):
+        result = use_through(tmp_path / f"host{host}", owner, url, "0" * 64, squid)
+        assert result.returncode == 1 and "sha256 mismatch" in result.stderr, result.stderr
+    stats = origin.stats("/tool.bin")
+    assert stats.bytes_served == len(payload) and set(stats.statuses[1:]) <= {304}, stats
 
 
 # --- offline -------------------------------------------------------------------------------------

@@ -45,8 +45,9 @@ Caches on the way
 -----------------
 A source's bytes that came through a cache (``SourceStream.cached_by``: a forwarding proxy) and
 fail the checksum may be its stale copy of a file the origin has replaced: the source starts over
-once, from nothing, with ``Context.reload`` set (the caches are asked to fetch it from the origin
-again), and a second mismatch names the cache.
+once, from nothing, with ``Context.revalidate`` set (the caches are asked to check their copy with
+the origin, which sends the file anew only if it replaced it), and a second mismatch names the
+cache.
 
 Mirrors
 -------
@@ -187,9 +188,9 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             ctx.notice(f"starting {ctx.what} over ({e}; attempt {restart + 2} of {ctx.fetch.retries + 1})")
             _start_over(dest, ctx, partial)
         except _CachedCopyFailed as failed:
-            ctx.notice(f"{failed.failure}; asking {failed.cached_by}, which it came through, to fetch it again "
-                       "from the origin (its copy may be stale)")
-            ctx.reload = True
+            ctx.notice(f"{failed.failure}; asking {failed.cached_by}, which it came through, to check its copy "
+                       "with the origin (it may be stale)")
+            ctx.revalidate = True
             _start_over(dest, ctx, partial)
         except (ChecksumError, CorruptDataError, SizeLimitError):
             if partial is not None:
@@ -200,7 +201,7 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
 class _CachedCopyFailed(Exception):
     """The checksum ``failure`` of bytes that came through the cache ``cached_by`` (a forwarding
     proxy), whose copy may be stale: the source is fetched again, once, with the caches on the way
-    told to fetch it from the origin (``Context.reload``)."""
+    told to check their copy with the origin (``Context.revalidate``)."""
 
     def __init__(self, failure: ChecksumError, cached_by: str) -> None:
         super().__init__(str(failure))
@@ -291,9 +292,9 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
         if source.unconfirmed_end is not None:
             exc.args = (f"{exc} ({source.unconfirmed_end})",)
         if source.cached_by is not None:
-            if not ctx.reload:
+            if not ctx.revalidate:
                 raise _CachedCopyFailed(exc, source.cached_by) from None
-            exc.args = (f"{exc} (it came through {source.cached_by}, asked to fetch it again from the origin)",)
+            exc.args = (f"{exc} (it came through {source.cached_by}, asked to check its copy with the origin)",)
         raise
     finally:
         stream.close()

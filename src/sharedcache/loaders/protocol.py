@@ -137,9 +137,9 @@ class Context:
         #: Whether a checksum reads the source's bytes as they come: a source whose end nothing
         #: else confirms (a body ended by a close) may hand it on, and the checksum proves it whole.
         self.checksummed = False
-        #: Whether caches on the way must fetch the source from its origin rather than serve a
-        #: copy of theirs (which failed the checksum once: see ``SourceStream.cached_by``).
-        self.reload = False
+        #: Whether caches on the way must check their copy of the source with its origin before
+        #: serving it (a copy that failed the checksum once: see ``SourceStream.cached_by``).
+        self.revalidate = False
         self.written = 0
 
     def charge(self, nbytes: int) -> None:
