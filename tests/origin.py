@@ -9,7 +9,7 @@ In the test process::
     url = origin.url("/data.bin")
     origin.fault("/data.bin", drop_after=1000)      # the next GET of it breaks after 1000 body bytes
     origin.fault("/data.bin", ignore_range=True)    # faults queue up: this one is for the GET after
-    origin.stats("/data.bin").ranges                # Range and Authorization headers seen, bytes served...
+    origin.stats("/data.bin").ranges                # Range, Authorization and Via headers seen, bytes served...
     origin.redirect("/d", "/m1/d", "/m2/d")         # a redirector: each GET of /d to the next mirror
     origin.stop()
 
@@ -99,12 +99,14 @@ class Stats:
     ranges: list[str] = field(default_factory=list)   # the Range header of each GET that had one
     if_ranges: list[str] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)  # the Authorization header of each GET that had one
+    vias: list[str | None] = field(default_factory=list)  # the Via header of each GET (None: none, a direct one)
     statuses: list[int] = field(default_factory=list)
     bytes_served: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"gets": self.gets, "ranges": self.ranges, "if_ranges": self.if_ranges,
-                "authorizations": self.authorizations, "statuses": self.statuses, "bytes_served": self.bytes_served}
+                "authorizations": self.authorizations, "vias": self.vias, "statuses": self.statuses,
+                "bytes_served": self.bytes_served}
 
 
 @dataclass
@@ -306,6 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
                     stats.if_ranges.append(if_range)
                 if authorization:
                     stats.authorizations.append(authorization)
+                stats.vias.append(self.headers.get("Via"))
 
         origin._released.wait()
 

@@ -401,25 +401,29 @@ def test_a_proxy_that_asks_for_credentials_is_failed_over_for_plain_http_too(tmp
 def test_a_squid_proxy_that_cannot_forward_is_failed_over_for_plain_http(tmp_path, origin, owner):
     # Its parent down and never going direct, squid answers every GET with its own 502: the
     # download retried it to the end of the retries and failed, although DIRECT would do (an
-    # https:// URL, whose CONNECT it refuses, failed over).
+    # https:// URL, whose CONNECT it refuses, failed over).  Its retries spent, it is failed over.
     url = origin.add("/data.tar.gz", DATA)
     unreachable_parent = f"cache_peer 127.0.0.1 parent {free_port()} 0 no-query no-digest\nnever_direct allow all\n"
+    config = tmp_path / "config"
+    config.write_text("retries = 1\n")
     with Squid(config=unreachable_parent) as proxy:
-        result = use(tmp_path, owner, url, "-v", "--proxy", f"{proxy.url};DIRECT")
+        result = use(tmp_path, owner, url, "-v", "--proxy", f"{proxy.url};DIRECT", env=sc_env(SC_CONFIG=str(config)))
         asked = proxy.requests()
     assert result.returncode == 0, result.stderr
     failover = [line for line in result.stderr.splitlines() if "failing over" in line]
     assert len(failover) == 1 and f"proxy {proxy.url} failed" in failover[0], result.stderr
     assert "X-Squid-Error" in failover[0] and "a direct connection" in failover[0], failover[0]
-    assert "retrying" not in result.stderr
-    assert [(u, status.rpartition("/")[2]) for _, u, status, _ in asked] == [(url, "502")], asked
-    assert origin.stats("/data.tar.gz").gets == 1
+    assert f"retrying {url} via proxy {proxy.url}" in result.stderr and "attempt 2 of 2" in result.stderr
+    assert [(u, status.rpartition("/")[2]) for _, u, status, _ in asked] == [(url, "502")] * 2, asked
+    assert origin.stats("/data.tar.gz").vias == [None]
     check_tree(user_dir(tmp_path) / "data", FILES)
 
 
 @pytest.mark.parametrize("made_by", [
     {},  # the origin itself
     {"X-Squid-Error": "ERR_CONNECT_FAIL 111", "Via": "1.1 accelerator (squid/6.10)"},  # the origin's own squid
+    # The origin itself, faking the proxy's own error, which moved the client off its proxy at once.
+    {"X-Squid-Error": "ERR_CONNECT_FAIL 111"},
 ])
 def test_an_origin_s_5xx_relayed_by_the_proxy_is_retried_through_it(tmp_path, origin, squid, owner, made_by):
     url = origin.add("/data.tar.gz", DATA)
@@ -429,6 +433,8 @@ def test_an_origin_s_5xx_relayed_by_the_proxy_is_retried_through_it(tmp_path, or
     assert "failing over" not in result.stderr
     assert f"retrying {url} via proxy {squid.url}" in result.stderr and "HTTP 503" in result.stderr
     assert [u for _, u, _, _ in squid.requests()] == [url, url]
+    vias = origin.stats("/data.tar.gz").vias
+    assert len(vias) == 2 and all(via and "squid" in via for via in vias), vias  # none direct
     check_tree(user_dir(tmp_path) / "data", FILES)
 
 

@@ -1,9 +1,9 @@
 """``http:URL``: a file on an HTTP or HTTPS server.
 
 ``http:URL`` (http:// or https://) follows redirects (each to the route of its own URL: see
-:mod:`sharedcache.loaders.transport`), retries connection failures, 5xx answers (but a proxy's
-own fails over along the route: :func:`_proxy_failure`), 408 and 429 with exponential backoff, or
-after the wait an answer's ``Retry-After`` asks for if longer (up to
+:mod:`sharedcache.loaders.transport`), retries connection failures, 5xx answers (a proxy's own,
+once its retries are spent, fails over along the route: :func:`_proxy_failure`), 408 and 429
+with exponential backoff, or after the wait an answer's ``Retry-After`` asks for if longer (up to
 :data:`_RETRY_AFTER_MAX`; a server that asks for more fails the request at once, saying so), while
 other 4xx answers fail at once, and continues an interrupted transfer with a
 ``Range: bytes=N-`` request guarded by ``If-Range`` (the strong ETag, else Last-Modified; neither
@@ -427,16 +427,17 @@ _GATEWAY_FAILURES = (502, 503, 504)
 
 
 def _proxy_failure(response: urllib3.BaseHTTPResponse, transport: Transport) -> str | None:
-    """Why the proxy in use failed ``response``'s request itself, if it did, and the route
-    should go on past it: a 407 (only a proxy asks for credentials, and it would ask again), or,
-    from a proxy that forwards the request (:meth:`Transport.forwards`), a 502, 503 or 504 that it
-    made itself.  Squid marks the answers it makes with ``X-Squid-Error`` and a ``Via`` of its
-    own hop alone (or none); one relayed from an origin behind a squid of its own has that
-    origin's hop in ``Via`` before the site squid's, and stays the origin's, retried as any 5xx.
-    A proxy that marks nothing (nginx, Apache's mod_proxy: their own errors look like relayed
-    ones) has its 5xx taken for the origin's.  None if the answer is not the proxy's failure."""
-    if response.status == 407 and transport.via():
-        return "HTTP 407"
+    """Why the proxy in use failed ``response``'s request itself, if the answer says it did: a
+    502, 503 or 504 that a proxy that forwards the request (:meth:`Transport.forwards`) marks as
+    its own.  Squid marks the answers it makes with ``X-Squid-Error`` and a ``Via`` of its own hop
+    alone (or none); one relayed from an origin behind a squid of its own has that origin's hop in
+    ``Via`` before the site squid's, and is the origin's.  But a relayed answer may carry any
+    header, and the origin's own 503 with ``X-Squid-Error`` and no ``Via`` reads as the proxy's:
+    such an answer is retried through the proxy as any 5xx, and only when the retries are spent
+    and the last answer still reads so does the route go on past the proxy (one answer of an
+    origin moves no client off its site's proxy).  A proxy that marks nothing (nginx, Apache's
+    mod_proxy: their own errors look like relayed ones) has its 5xx taken for the origin's.  None
+    if the answer does not read as the proxy's failure."""
     squid_error = _field(response, "X-Squid-Error")
     if response.status not in _GATEWAY_FAILURES or not squid_error or not transport.forwards():
         return None
@@ -755,6 +756,7 @@ class _HttpStream(SourceStream):
                 ranges["If-Range"] = validator
         url = url or self.url
         attempt, target, redirects = 0, url, 0
+        failed_over: set[int] = set()  # the members failed over for their own errors past their retries
         while True:
             asked: float | None = None  # the wait an answer's Retry-After asks for
             transport = self._transport(target)
@@ -796,10 +798,10 @@ class _HttpStream(SourceStream):
                     raise kind(f"cannot download {where}: {why}{_after(attempt + 1)}") from None
                 why = _reason(exc)
             else:
-                # A proxy's own refusal or failure: the next member of the route is tried at once,
-                # as when a proxy refuses a tunnel (past the last, the answer stands).
-                failure = _proxy_failure(response, transport)
-                if failure is not None and transport.fail_over(member, failure):
+                # Only a proxy answers 407, to a plain-HTTP request it forwards: the next member of
+                # the route is tried at once, as when a proxy refuses a tunnel (past the last, the
+                # answer stands: it would refuse again).
+                if response.status == 407 and transport.via() and transport.fail_over(member, "HTTP 407"):
                     response.close()
                     continue
                 location = response.get_redirect_location()
@@ -818,6 +820,14 @@ class _HttpStream(SourceStream):
                 if busy_fails and response.status in _BUSY:
                     raise _Refused(str(error)) from None
                 if attempt >= self.retries:
+                    # A proxy that still answers that it cannot forward is failed over, once a
+                    # request, and the next member gets the retries anew.
+                    failure = _proxy_failure(response, transport)
+                    if failure is not None and member not in failed_over and transport.fail_over(member, failure):
+                        response.close()
+                        failed_over.add(member)
+                        attempt, target, redirects = 0, url, 0
+                        continue
                     raise DownloadError(f"{error}{_after(attempt + 1)}") from None
                 if asked is not None and asked > _RETRY_AFTER_MAX:
                     raise DownloadError(f"{error}, which asks to be asked again in {asked:.0f} s "

@@ -21,13 +21,15 @@ A SOCKS proxy (``socks5h://``...; urllib3's ``contrib.socks``, with PySocks) mak
 to the origin itself, for plain HTTP and TLS alike; with ``socks5h`` and ``socks4a`` it resolves the
 host name too.
 
-Fail-over: a connection error (refused, unreachable, connect timeout, a proxy's refusal to connect),
-or a proxy's own answer that it cannot serve the request (a 407, or a 502, 503 or 504 it made
-itself: see ``sharedcache.loaders.http._proxy_failure``), moves on to the next member of the
-route at once, without a retry's back-off; every member but the last connects with a short
-timeout (:data:`FAIL_OVER_CONNECT_TIMEOUT`), so that a proxy that is down costs that much and not
-a failed job.  When the last member fails too, the failure counts as one attempt of the retry
-policy, and the next attempt starts again from the first member (a proxy may be back).
+Fail-over: a connection error (refused, unreachable, connect timeout, a proxy's refusal to connect)
+or a proxy's 407 moves on to the next member of the route at once, without a retry's back-off;
+every member but the last connects with a short timeout (:data:`FAIL_OVER_CONNECT_TIMEOUT`), so
+that a proxy that is down costs that much and not a failed job.  When the last member fails too,
+the failure counts as one attempt of the retry policy, and the next attempt starts again from the
+first member (a proxy may be back).  A 502, 503 or 504 that reads as the proxy's own (see
+``sharedcache.loaders.http._proxy_failure``) is retried through it as any 5xx, an origin being
+able to send one alike, and moves on to the next member, with the retries anew, only when they
+are spent and the last answer still reads so.
 
 A host name's addresses are raced as Happy Eyeballs races them (:func:`_first_to_connect`).
 
@@ -765,7 +767,7 @@ class Transport:
             return index, pool
 
     def fail_over(self, failed: int, reason: str) -> bool:
-        """After a connection error through member ``failed``, or its own error answer: move to the next member and say
+        """After a connection error through member ``failed``, or its own error answers: move to the next member and say
         so, and return True; after the last member, go back to the first and return False (the
         failure then counts as an attempt).  If another part moved on meanwhile, just return True."""
         with self._lock:
