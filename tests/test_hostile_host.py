@@ -263,6 +263,23 @@ def test_a_base_that_another_user_owns_is_refused(shared, users, python, recipe)
 # -- private whatever the umask -----------------------------------------------------------------
 
 
+def assert_private(mine: Path, uid: int) -> None:
+    """The user directory ``mine`` and all in it are ``uid``'s alone, with the modes sc promises."""
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+    for item in mine.rglob("*"):
+        st = item.lstat()
+        assert st.st_uid == uid, item
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if "data" in item.relative_to(mine).parts:
+            assert mode in (0o444, 0o555), (item, oct(mode))  # sealed; behind a 0700 directory
+        else:
+            assert mode & 0o077 == 0, (item, oct(mode))
+            # The owner's own bits, which a umask of 0177 or 0777 would take, are all there.
+            assert mode & 0o700 == (0o700 if stat.S_ISDIR(st.st_mode) else 0o600), (item, oct(mode))
+
+
 @pytest.mark.parametrize("umask", [0o000, 0o077, 0o177, 0o277, 0o777], ids=oct)
 def test_a_private_cache_is_private_whatever_the_umask_and_nobody_else_can_lock_it(
     shared, users, python, recipe, umask
@@ -273,19 +290,7 @@ def test_a_private_cache_is_private_whatever_the_umask_and_nobody_else_can_lock_
         result = run_as(python, users.victim, "--use", *args, umask=umask)
         assert result.returncode == 0, result.stderr
         mine = user_dir(base, users.victim)
-        assert stat.S_IMODE(mine.stat().st_mode) == 0o700
-        for item in mine.rglob("*"):
-            st = item.lstat()
-            assert st.st_uid == users.victim, item
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            mode = stat.S_IMODE(st.st_mode)
-            if "data" in item.relative_to(mine).parts:
-                assert mode in (0o444, 0o555), (item, oct(mode))  # sealed; behind a 0700 directory
-            else:
-                assert mode & 0o077 == 0, (item, oct(mode))
-                # The owner's own bits, which a umask of 0177 or 0777 would take, are all there.
-                assert mode & 0o700 == (0o700 if stat.S_ISDIR(st.st_mode) else 0o600), (item, oct(mode))
+        assert_private(mine, users.victim)
         # Another user can neither reach nor lock anything in it.
         locks = [str(p) for p in mine.rglob("*lock")]
         assert locks
@@ -342,6 +347,49 @@ def test_a_umask_that_takes_the_owners_own_bits_leaves_every_command_working(sha
     with Sleeper() as job:
         result = run_as(python, users.victim, "--use", *common, "--pid", str(job.pid), f"file:{tarball}", "tar")
     assert result.returncode == 0 and clean_lines(result) == [], result.stderr
+
+
+# A program using sc as a library, which sets its umask after a first use, as a daemon does once
+# started, then makes a second repository: sc had read the umask once, at the first use, and
+# took its word for what the new umask would leave.
+_UMASK_SET_BETWEEN_USES = """
+import os, sys
+import sharedcache
+base, group, umask, recipe = sys.argv[1], sys.argv[2] or None, int(sys.argv[3], 8), sys.argv[4:]
+os.umask(0o022)
+with sharedcache.use(*recipe, name="first", directories=base, group=group, keep=True):
+    pass
+os.umask(umask)
+with sharedcache.use(*recipe, name="second", directories=base, group=group, keep=True) as path:
+    print(os.path.realpath(path))
+"""
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o377, 0o777], ids=oct)
+def test_a_program_that_sets_its_umask_after_a_first_use_gets_a_private_cache_s_modes(
+    shared, users, python, recipe, umask
+):
+    # Under 077 the data was the owner's alone (0400, 0500), under 0377 the population failed
+    # with "something else was put there at once, 20 times over", and under 0777 with a bare
+    # "Permission denied".
+    base = tmp_like(shared / "tmp")
+    second = Path(done(code_as(python, users.victim, _UMASK_SET_BETWEEN_USES, str(base), "", oct(umask),
+                               *recipe)).strip())
+    assert_private(user_dir(base, users.victim), users.victim)
+    check_tree(second, FILES)
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o377, 0o777], ids=oct)
+def test_a_program_that_sets_its_umask_after_a_first_use_makes_group_data_the_others_read(
+    shared, users, python, recipe, umask
+):
+    # Under 077 the data was 0400 and 0555: another member's read failed with "Permission denied".
+    base, _, _ = group_cache(shared, users)
+    second = done(code_as(python, users.victim, _UMASK_SET_BETWEEN_USES, str(base), str(users.gid), oct(umask),
+                          *recipe, groups=(users.gid,))).strip()
+    read = "import sys; print(*(open(name, 'rb').read().hex() for name in sys.argv[1:]))"
+    found = done(code_as(python, users.member, read, *(f"{second}/{name}" for name in FILES), groups=(users.gid,)))
+    assert found.split() == [data.hex() for data in FILES.values()]
 
 
 @pytest.mark.parametrize("left", [0o000, 0o400, 0o500, 0o600], ids=oct)

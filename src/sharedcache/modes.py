@@ -11,9 +11,12 @@ and sc never changes the umask (``os.umask`` is the process's, for every thread 
   enter nor write what it had just made ("Permission denied"), and a directory so made stayed
   unusable for later runs too.  :func:`mkdir` and :func:`opener` give those back.
 
-The umask is read once, from ``/proc/self/status`` (Linux 4.7): reading it with ``os.umask``
-means setting it, for a moment, under every other thread.  A program that changes its umask
-while it uses sc as a library gets the bits of the umask it had at sc's first look.
+The umask is read from ``/proc/self/status`` (Linux 4.7): reading it with ``os.umask`` means
+setting it, for a moment, under every other thread.  It is read when first needed after each
+operation that makes files begins (a use, a release, a store, a gc: :func:`read_umask_again`), and
+kept for the rest of it: an unpack asks for every file.  A program that changes its umask
+between two uses of sc as a library (a daemon's ``os.umask(0o077)``) thus gets the modes sc
+promises from the second on; a use that finds its repository ready reads it once, as before.
 """
 
 from __future__ import annotations
@@ -25,11 +28,20 @@ _umask: int | None = None
 
 
 def umask() -> int:
-    """The process's umask (:data:`_ALL` when the kernel does not say: every mode given again)."""
-    global _umask  # noqa: PLW0603 - read once per process (see the module's docstring)
+    """The process's umask as the operation under way found it (:data:`_ALL` when the kernel
+    does not say: every mode given again)."""
+    global _umask  # noqa: PLW0603 - read once per operation (see the module's docstring)
     if _umask is None:
         _umask = _read_umask()
     return _umask
+
+
+def read_umask_again() -> None:
+    """Have :func:`umask` read the umask again when next asked: called as an operation that
+    makes files begins, since the program may have changed its umask since the last one.  It
+    costs nothing until a file is made."""
+    global _umask  # noqa: PLW0603 - see umask()
+    _umask = None
 
 
 #: What :func:`umask` takes for the umask when the kernel does not say.

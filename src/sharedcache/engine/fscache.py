@@ -369,7 +369,7 @@ from ..errors import (
     writes_as_utf8,
 )
 from ..lean import Record, scoped
-from ..modes import mkdir, taken
+from ..modes import mkdir, read_umask_again, taken
 from ..sizes import format_size, parse_size
 from . import locks
 from .fsutil import (
@@ -893,6 +893,7 @@ class FsCache:
     ) -> None:
         self.root = absolute_path(root, "a cache's root")
         require_proc()
+        read_umask_again()
         # (A name would be "not in that group".)
         if group is not None and not _number(group, int):
             raise UsageError(f"a cache's group must be a gid, not {group!r}")
@@ -1166,6 +1167,7 @@ class FsCache:
         system met by its making or by the block (for ``what``: "entry 'NAME'") is said as such
         (:func:`~sharedcache.errors.no_space_for`) before the tree is removed: once removed, it
         has given back the inodes whose lack the error would have named."""
+        read_umask_again()
         guard = self._stage_guard()
         stage_id = unique_name()
         maker = os.getpid()
@@ -1627,6 +1629,7 @@ class FsCache:
         """
         _check_entry_settings(meta, keep)
         _check_owner("owner", owner)
+        read_umask_again()
         with self._shared(check_name(name)) as (_, entry):
             if meta is not None:
                 found = self._meta(entry)
@@ -1717,6 +1720,7 @@ class FsCache:
         release deletes it, is gone: an entry deleted anyway counts against no budget.
         """
         check_flag("keep", keep)
+        read_umask_again()
         if max_size is not None:
             self._set_max_size(max_size, evict=False)
         if lease is None:
@@ -2522,6 +2526,7 @@ class FsCache:
         is not the cache's own) fails the gc of an object opened without it, in a line that says
         so (the damage's own line says to run gc, which this gc is).
         """
+        read_umask_again()
         try:
             return self._collect()
         except locks.Damage as e:

@@ -43,6 +43,7 @@ from ..loaders.words import (
     recipe_identity,
     source_count,
 )
+from ..modes import read_umask_again
 from ..progress import Reporter
 from ..sizes import NO_BUDGET, format_size, parse_budget, parse_size
 from .bases import (
@@ -233,6 +234,7 @@ class Repositories:
         may be a function that makes the policy: it is called on a miss only, before anything is
         created, so that its errors (a bad setting) leave nothing behind."""
         check_flag("keep", keep)
+        read_umask_again()
         given, words = words, normalize_words(words)
         if not words:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
@@ -508,6 +510,7 @@ class Repositories:
         the release then evicts down to, as a use that gives one does (``none``: the stored one
         lifted).  ``timeout``: seconds any
         wait (for a lock, for the index) may take in all."""
+        read_umask_again()
         budget = None if max_size is None else parse_budget(max_size, "--max-size")
         deadline = deadline_after(checked_timeout(timeout))
         for base in self.bases:
@@ -578,6 +581,7 @@ class Repositories:
 
     def release_held(self, held: Held, *, keep: bool = False) -> None:
         """Release a use returned by :meth:`acquire`."""
+        read_umask_again()
         say_if_budget_damaged(held.cache, self.reporter, "the release restores none")
         with _releasing(held.name, held.base):
             try:
