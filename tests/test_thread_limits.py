@@ -77,6 +77,17 @@ def test_without_a_thread_to_start_the_archive_is_unpacked(reachable_tmp: Path, 
         assert origin.stats("/data.tar.gz").ranges == ["bytes=0-", *parts]
 
 
+def test_without_a_thread_to_start_a_file_is_downloaded_under_the_default_speed_limit(
+        reachable_tmp: Path, origin: Origin) -> None:
+    # The speed limit's clock beats in a thread of its own (sharedcache.loaders.http._Heartbeat):
+    # refused it, the download judges by the wall clock rather than fail.
+    data = os.urandom(3 * MiB)
+    result = use_without_threads(base_of_nobody(reachable_tmp), "-v", "http:" + origin.add("/data.bin", data))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(REFUSED) == 1, result.stderr
+    assert (Path(result.stdout.strip()) / "data.bin").read_bytes() == data
+
+
 def test_on_a_terminal_the_progress_bar_goes_without_a_thread(reachable_tmp: Path) -> None:
     path = reachable_tmp / "data.tar.gz"
     path.write_bytes(ARCHIVE)

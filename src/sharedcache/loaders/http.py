@@ -99,6 +99,7 @@ from ..errors import (
     unparsed_url,
     user_info_problem,
 )
+from . import threads
 from .credentials import Authorization, certificate_problem, tls_context, url_login
 from .local import safe_filename
 from .protocol import Context, Source
@@ -569,7 +570,7 @@ class _HttpStream(SourceStream):
         self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
         if fetch.speed_limit:
-            self._heartbeat = _Heartbeat()
+            self._heartbeat = _Heartbeat.started()
         self._connections = fetch.connections
         # Credentials: the Authorization of every request of this URL, and the TLS trust and
         # client certificate of every pool of its transport.
@@ -882,7 +883,8 @@ class _HttpStream(SourceStream):
 
     def running_time(self) -> float:
         """Seconds on the clock that the speed limit judges by: one that stands still while this
-        process is not running (see :class:`_Heartbeat`); without a speed limit, none is needed."""
+        process is not running (see :class:`_Heartbeat`); without a speed limit, none is needed,
+        and without the heartbeat's thread, the wall clock serves."""
         return time.monotonic() if self._heartbeat is None else self._heartbeat.running_time()
 
     def stopped_error(self) -> DownloadError:
@@ -1010,7 +1012,11 @@ class _Heartbeat:
     record always waits), and judging by it would let slow origins pass.  Nor by a handler of
     SIGCONT: Python runs it in the main thread alone, which a program using the library may not
     give up, and the parts of a download read in threads of their own, which may judge their
-    window before it has run."""
+    window before it has run.
+
+    Where the system refuses the thread (:mod:`sharedcache.loaders.threads`), there is no
+    heartbeat: the speed limit judges by ``time.monotonic``, a stop counted against the origin,
+    rather than every download failing for a thread that only spares stops."""
 
     def __init__(self) -> None:
         start = time.monotonic()
@@ -1018,7 +1024,13 @@ class _Heartbeat:
         #: whole, so that a reader in another thread never sees one without the other.
         self._beat = (start, start)
         self._stopped = threading.Event()
-        threading.Thread(target=self._beats, name="sharedcache-heartbeat", daemon=True).start()
+
+    @classmethod
+    def started(cls) -> _Heartbeat | None:
+        """A heartbeat beating in a thread of its own; None if the system refused the thread."""
+        heartbeat = cls()
+        beating = threads.start(threading.Thread(target=heartbeat._beats, name="sharedcache-heartbeat", daemon=True))
+        return heartbeat if beating else None
 
     def running_time(self) -> float:
         beat, reading = self._beat
