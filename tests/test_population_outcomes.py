@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,42 @@ def test_a_refusal_of_the_populators_credentials_is_not_its_waiters_failure(orig
     stats = origin.stats("/blob.bin")
     assert stats.statuses == [status, 200]
     assert stats.authorizations == ["Basic " + base64.b64encode(b"waiter:its-own").decode()]
+
+
+def test_a_mirror_refusing_everyone_beside_one_down_is_one_failure_for_every_waiter(origin, base, tmp_path):
+    """One mirror refuses everyone (403) and the other is down: no waiter's credentials could
+    change that, so every waiter is told the populator's failure once its retries are over (each
+    populated for itself, one after another, after the same retries of the mirror that is down:
+    jobs with a --timeout failed)."""
+    payload = os.urandom(1000)
+    origin.add("/blob.bin", payload)
+    origin.fault("/blob.bin", status=403, times=100)
+    down = socket.create_server(("127.0.0.1", 0))
+    down_port = down.getsockname()[1]
+    down.close()
+    args = ["--use", "-v", "-d", str(base), "-n", "blob", f"http:{origin.url('/blob.bin')}",
+            f"http:http://127.0.0.1:{down_port}/blob.bin", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    # The populator pauses as it makes its work directory, before it connects, until every waiter waits.
+    populator, paused, go = started_paused(tmp_path, "populator", 'event == "os.mkdir" and str(args[0]).endswith(".work")',
+                                           *args)
+    waiters, said = [], []
+    try:
+        wait_for(paused.exists, what="the populator")
+        for number in range(3):
+            said.append(tmp_path / f"waiter{number}.err")
+            with said[-1].open("w") as stderr:
+                waiters.append(subprocess.Popen([*SC, *args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                                env=sc_env()))
+        wait_for(lambda: all("sc: waiting 0 s for process" in err.read_text() for err in said), what="the waiters")
+        go.touch()
+        (populated, _, populated_err), *waited = finish([populator, *waiters], timeout=90)
+    finally:
+        finish([populator, *waiters])
+    assert populated == 1 and "every source failed" in populated_err and "HTTP 403 " in populated_err, populated_err
+    failure = populated_err.splitlines()[-1]
+    for (status, _, _), err in zip(waited, said, strict=True):
+        assert status == 1 and err.read_text().splitlines()[-1] == failure, err.read_text()
+    assert origin.stats("/blob.bin").gets == 1
 
 
 def test_a_populators_file_size_limit_is_not_its_waiters_failure(origin, base, tmp_path):

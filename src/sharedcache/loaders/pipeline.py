@@ -149,10 +149,11 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
                 threads.tell(notice)
     if len(failures) == 1:
         raise failures[0]
-    # A source that refused this process's credentials may serve another's: the failure of all
-    # is then this process's own, as that source's is.
-    kind = next((type(failure) for failure in failures if isinstance(failure, AuthorizationError)),
-                type(failures[-1]))
+    # Only where every source refused this process's credentials may another's change the
+    # outcome: the failure of all is then this process's own.  A source that failed otherwise
+    # would fail every waiter again, each after its own retries, one after another.
+    refused = all(isinstance(failure, AuthorizationError) for failure in failures)
+    kind = AuthorizationError if refused else type(failures[-1])
     raise kind("every source failed: " + "; ".join(str(failure) for failure in failures))
 
 
