@@ -172,6 +172,41 @@ def test_a_download_failed_by_an_outage_is_gone_on_from_by_the_next_use(origin, 
     assert stats.ranges[ranges:] == ["bytes=1500000-"], stats.ranges
 
 
+def test_a_takeover_after_an_answer_without_a_validator_commits_one_version(origin, base):
+    """A downloads version 1 (with an ETag) and is SIGKILLed; B takes over, gets version 2 with no
+    validator (its Last-Modified, say, too close to its Date to be one), starts the file afresh,
+    and is SIGKILLed; C, sent to version 1 again (another server of a pool), went on from the end
+    of B's bytes under A's record, and committed version 2's first bytes followed by version 1's
+    rest (a recipe without a checksum has nothing else to tell).  B's start removed the record."""
+    one, two = os.urandom(4_000_000), os.urandom(4_000_000)
+    # Each use's first request goes to the next version in turn.
+    origin.redirect("/cut.bin", origin.add("/one.bin", one),
+                    origin.add("/two.bin", two, etag=False, last_modified=False), origin.url("/one.bin"))
+    origin.rate = 1_000_000
+    args = ["--use", "-n", "cut", "-d", str(base), "--connections", "1", f"http:{origin.url('/cut.bin')}"]
+
+    def killed_once(holds: bytes) -> None:
+        def wrote_enough() -> bool:
+            size = written(base, "cut")
+            data = next(control(base).glob("populate/cut.work/*/partial.data"), None)
+            return size >= 500_000 and data is not None and data.read_bytes()[:size] == holds[:size]
+
+        populator = sc_start(*args)
+        try:
+            wait_for(wrote_enough, what="a partial download of the version")
+        finally:
+            populator.kill()
+            populator.communicate(timeout=10)
+
+    killed_once(one)
+    killed_once(two)
+    origin.rate = None
+    taken = sc(*args)
+    assert taken.returncode == 0, taken.stderr
+    committed = hashlib.sha256((Path(taken.stdout.strip()) / "cut.bin").read_bytes()).digest()
+    assert committed in {hashlib.sha256(one).digest(), hashlib.sha256(two).digest()}, "a mix of two versions was committed"
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare, to give a mount namespace another boot id")
 def test_a_partial_download_left_before_a_reboot_is_started_over(origin, base, tmp_path):

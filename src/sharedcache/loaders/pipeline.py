@@ -18,19 +18,22 @@ Within a process, an interrupted HTTP transfer continues with a range request (s
 times), so two versions of the data are never mixed.
 
 Across processes, a recipe that is a resumable source followed only by checksums produces a file
-that *is* the downloaded bytes.  It is written to ``work/partial.data``, with ``work/partial.json``
-(recipe identity, source, validator, bytes written so far) replaced atomically about once a
-second (skipped while the file system has no room for the new file: the one before stays) and
-when the writing ends early, counting all that reached the file (a SIGTERM's takeover, or the
-population that evicts for room after the file system filled up, goes on from there), and
-moved into ``dest`` at the end.  The file is written without a buffer of the process's own,
-in order, by the one process that holds the population: whatever reached it, however that
-process died, is the stream's first bytes, as many as its size says, and the record only says
-which version of the data they are (a record counting more than the file holds is no record of
-it).  A process that finds such a pair in ``work`` (left by one that was killed, with a SIGKILL
-too, which leaves no checkpoint: before the first one or between two) rehashes the whole file
-and asks the source for the rest; if the source cannot continue (the data changed), the partial
-is discarded.  Other recipes start over
+that *is* the downloaded bytes.  It is written to ``work/partial.data``, with
+``work/partial.json`` (recipe identity, source, validator, bytes written so far) replaced
+atomically about once a second (skipped while the file system has no room for the new file: the
+one before stays) and when the writing ends early, counting all that reached the file (a
+SIGTERM's takeover, or the population that evicts for room after the file system filled up, goes
+on from there), and moved into ``dest`` at the end.  A download from the start removes the record
+before it truncates the file, so that a record only ever names the version of the bytes the file
+holds: one without a validator, or whose first record found no room, leaves none (a takeover
+would go on from the file's end under the validator of the version it replaced, mixing the two).
+The file is written without a buffer of the process's own, in order, by the one process that
+holds the population: whatever reached it, however that process died, is the stream's first
+bytes, as many as its size says, and the record only says which version of the data they are (a
+record counting more than the file holds is no record of it).  A process that finds such a pair
+in ``work`` (left by one that was killed, with a SIGKILL too, which leaves no checkpoint: before
+the first one or between two) rehashes the whole file and asks the source for the rest; if the
+source cannot continue (the data changed), the partial is discarded.  Other recipes start over
 after a takeover: resuming a decompression or an unpacking midway would need a copy of the
 compressed bytes, doubling the disk used, and state that no library exposes.
 
@@ -392,6 +395,11 @@ class _Partial:
         """Append what ``stream`` yields after its first ``start`` bytes (those are in the file)."""
         validator, total = source.validator, source.total
         ctx.charge(start)
+        if not start:
+            # The record names the version of the bytes about to be truncated: gone first, it is
+            # never left beside another version's (see Resuming), should this one have no
+            # validator, no room for its first record, or be killed before it.
+            self.meta.unlink(missing_ok=True)
         # Unbuffered: what the file holds is then all that was written, so that its size tells a
         # takeover where to go on, and nothing is written after _checkpoint_at_end has counted it.
         with open(self.data, "r+b" if start else "wb", buffering=0, opener=opener) as out:
