@@ -172,6 +172,36 @@ def test_a_download_failed_by_an_outage_is_gone_on_from_by_the_next_use(origin, 
     assert stats.ranges[ranges:] == ["bytes=1500000-"], stats.ranges
 
 
+def test_a_takeover_killed_in_its_first_second_then_failed_by_an_outage_is_gone_on_from(origin, base, tmp_path):
+    """A populator SIGKILLed in its first second leaves a record that counts no bytes beside the
+    bytes it wrote; the next use takes over, and fails by an outage before it writes any more: what
+    is kept is the file, which the next use goes on from (it was thrown away with the work
+    directory, the record counting nothing, and the next use downloaded the whole file again)."""
+    payload = os.urandom(6_000_000)
+    url = origin.add("/cut.bin", payload)
+    origin.rate = 2_000_000
+    config = tmp_path / "config"
+    config.write_text("retries = 1\n")
+    args = ["--use", "-n", "cut", "-d", str(base), f"http:{url}", f"sha256:{hashlib.sha256(payload).hexdigest()}"]
+    first = sc_start(*args, env=sc_env(SC_CONFIG=str(config)))
+    try:
+        wait_for(lambda: checkpointed(base, "cut") == 0 and written(base, "cut") >= 500_000,
+                 what="bytes written before the first checkpoint")
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+    kept = written(base, "cut")
+    origin.rate = None
+    origin.fault("/cut.bin", status=503, times=2)  # the takeover's request and its retry
+    failed = sc(*args, env=sc_env(SC_CONFIG=str(config)))
+    assert failed.returncode == 1 and "HTTP 503" in failed.stderr, failed.stderr
+    assert written(base, "cut") == kept, "the failed takeover did not keep what was written"
+    again = sc(*args, env=sc_env(SC_CONFIG=str(config)))
+    assert again.returncode == 0, again.stderr
+    assert (Path(again.stdout.strip()) / "cut.bin").read_bytes() == payload
+    assert origin.stats("/cut.bin").ranges[-1] == f"bytes={kept}-", "the next use did not go on from the bytes kept"
+
+
 def test_a_takeover_after_an_answer_without_a_validator_commits_one_version(origin, base):
     """A downloads version 1 (with an ETag) and is SIGKILLed; B takes over, gets version 2 with no
     validator (its Last-Modified, say, too close to its Date to be one), starts the file afresh,

@@ -73,7 +73,7 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import (
     AuthorizationError,
@@ -234,8 +234,10 @@ def partial_room(work: str | os.PathLike[str]) -> int:
 
 def partial_kept(work: str | os.PathLike[str]) -> bool:
     """Whether ``work`` holds a partial download that the next population goes on from: bytes
-    recorded with their source and validator (a download without one, or of bad data, keeps none)."""
-    return _Partial.kept_bytes(Path(work)) > 0
+    in a file whose record names their source and validator (a download without one, or of bad
+    data, keeps none), as many as the file holds, whatever the record counts."""
+    kept = _Partial.kept(Path(work))
+    return kept is not None and kept.size > 0
 
 
 def _raw(recipe: Recipe) -> bool:
@@ -326,6 +328,16 @@ def _empty(directory: Path) -> None:
             child.unlink()
 
 
+class _Kept(NamedTuple):
+    """A partial download's record, as far as it is one to go on from, and the size of its file."""
+
+    identity: object
+    source: object
+    validator: str
+    total: int | None
+    size: int
+
+
 class _Partial:
     """The raw download kept in ``work`` so that another process can finish it."""
 
@@ -346,45 +358,37 @@ class _Partial:
             return 0
 
     @staticmethod
-    def kept_source(work: Path) -> str | None:
-        """The source of the partial kept in ``work``, if there is one."""
-        source = _Partial._kept_record(work).get("source")
-        return source if isinstance(source, str) else None
-
-    @staticmethod
-    def kept_bytes(work: Path) -> int:
-        """The bytes that the record of the partial kept in ``work`` counts (0 if there is none)."""
-        kept = _Partial._kept_record(work).get("bytes")
-        return kept if isinstance(kept, int) else 0
-
-    @staticmethod
-    def _kept_record(work: Path) -> dict[str, object]:
+    def kept(work: Path) -> _Kept | None:
+        """The partial kept in ``work``, if its record is one to go on from: a validator, and no
+        more bytes counted than the file holds (None if not)."""
         try:
             meta = json.loads((work / _Partial.META).read_text())
+            size = (work / "partial.data").stat().st_size
         except (OSError, ValueError):
-            return {}
-        return meta if isinstance(meta, dict) else {}
+            return None
+        if not (isinstance(meta, dict) and isinstance(meta.get("validator"), str)
+                and isinstance(meta.get("bytes"), int) and isinstance(meta.get("total"), (int, type(None)))
+                and meta["bytes"] <= size):
+            return None
+        # What was written after the last checkpoint follows the bytes it counts, and is kept: a
+        # killed process leaves no torn file (a power loss may, but whoever keeps ``work`` across
+        # a reboot clears it: see Resuming).
+        return _Kept(meta.get("identity"), meta.get("source"), meta["validator"], meta["total"], size)
+
+    @staticmethod
+    def kept_source(work: Path) -> str | None:
+        """The source of the partial kept in ``work``, if there is one."""
+        kept = _Partial.kept(work)
+        return kept.source if kept is not None and isinstance(kept.source, str) else None
 
     def load(self) -> tuple[int, str | None, int | None]:
         """Where a previous process stopped, its validator and the size of the whole (if known);
         (0, None, None) if there is nothing usable."""
-        try:
-            meta = json.loads(self.meta.read_text())
-            size = self.data.stat().st_size
-        except (OSError, ValueError):
-            meta, size = None, 0
-        usable = (isinstance(meta, dict) and meta.get("identity") == self._identity
-                  and meta.get("source") == self._what
-                  and isinstance(meta.get("validator"), str) and isinstance(meta.get("bytes"), int)
-                  and isinstance(meta.get("total"), (int, type(None))) and meta["bytes"] <= size)
-        if not usable:
+        kept = self.kept(self.data.parent)
+        if kept is None or kept.identity != self._identity or kept.source != self._what:
             self.discard()
             return 0, None, None
-        assert isinstance(meta, dict)
-        # What was written after the last checkpoint follows the bytes it counts, and is kept: a
-        # killed process leaves no torn file (a power loss may, but whoever keeps ``work`` across
-        # a reboot clears it: see Resuming).
-        return size, meta["validator"], meta["total"]
+        return kept.size, kept.validator, kept.total
 
     def prefix(self) -> Stream:
         """The kept bytes, to be hashed again: the whole file, to which nothing is appended before
