@@ -4,6 +4,7 @@ use alone."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -16,6 +17,8 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+from origin import Origin
+from scutil import control, stop_process, wait_for
 
 import sharedcache
 from sharedcache import FsCache
@@ -531,3 +534,69 @@ print(handled)
         pytest.fail(f"a program whose signal handler {handler} hung")
     assert done.returncode == 0, done.stderr  # (Python 3.12 on warns of a fork while a population's threads run)
     assert int(done.stdout) > 0  # (the handler ran)
+
+
+_USE_AS_ITS_OWN_POPULATION_RUNS = """
+import os, signal, sys, threading, time, sharedcache
+
+url, base, status = sys.argv[1:]
+
+def use(timeout=None):
+    with sharedcache.use(url, name="data", directories=base, timeout=timeout) as path:
+        return (path / "data.bin").stat().st_size
+
+def wait_in_another_thread():
+    deadline = time.monotonic() + 60
+    while not os.path.exists(status) and time.monotonic() < deadline:  # (the main thread populates)
+        time.sleep(0.01)
+    print("thread:", use(), flush=True)
+
+def handle(signum, frame):
+    try:
+        use(timeout=10)  # (what it waits for, if it does, is stopped until it returns)
+        print("handler: used it", flush=True)
+    except sharedcache.SharedCacheError as e:
+        print(f"handler: {type(e).__name__}: {e}", flush=True)
+
+signal.signal(signal.SIGALRM, handle)
+waiter = threading.Thread(target=wait_in_another_thread)
+waiter.start()
+print("main:", use(), flush=True)
+waiter.join(60)
+"""
+
+
+def test_a_signal_handler_that_interrupts_its_own_population_to_use_it_is_refused_at_once(
+        origin: Origin, tmp_path: Path) -> None:
+    # The handler runs in the thread that populates, which holds the population lock and makes
+    # no progress until the handler returns: its use waited for its own process, for good or
+    # until its timeout.  Another thread's use waits for the population as any waiter does.
+    payload = os.urandom(2_000_000)
+    origin.add("/data.bin", payload)
+    origin.rate = 100_000  # (for 20 s: lifted once the handler has answered)
+    status = control(tmp_path) / "populate" / "data.json"
+    program = subprocess.Popen([sys.executable, "-c", _USE_AS_ITS_OWN_POPULATION_RUNS, f"http:{origin.url('/data.bin')}",
+                                str(tmp_path), str(status)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert program.stdout is not None
+
+        def downloading() -> bool:
+            try:
+                return json.loads(status.read_text()).get("done", 0) > 0
+            except (OSError, ValueError):
+                return False
+
+        wait_for(downloading, what="the population's first bytes")
+        os.kill(program.pid, signal.SIGALRM)
+        ready, _, _ = select.select([program.stdout], [], [], 30)
+        assert ready, "the signal handler's use said nothing in time"
+        handled = program.stdout.readline()
+        origin.rate = None
+        out, err = program.communicate(timeout=60)
+    finally:
+        stop_process(program)
+    assert handled.startswith("handler: UsageError: use of repository 'data' in "), handled
+    assert "from a signal handler that interrupted its own population of it" in handled
+    assert program.returncode == 0, err
+    assert sorted(out.splitlines()) == [f"main: {len(payload)}", f"thread: {len(payload)}"]

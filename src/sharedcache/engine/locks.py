@@ -224,6 +224,29 @@ def try_lock(fd: int, mode: int) -> bool:
     return False
 
 
+def held_in_this_thread(fd: int) -> bool:
+    """Whether this thread holds the lock of the file ``fd`` is open on, through another of its
+    descriptors: a wait on ``fd`` would then wait for itself (a signal handler's, run in the
+    thread whose lock it interrupted, which holds it until the handler returns).  The kernel
+    says which open file description holds a flock (``/proc/self/fdinfo``): a descriptor
+    recorded as about to take the lock, or as waiting for it, holds nothing."""
+    status = os.fstat(fd)
+    thread = get_ident()
+    return any(other != fd and (owner, device, inode) == (thread, status.st_dev, status.st_ino)
+               and _holds_a_flock(other, status) for other, (owner, _, device, inode) in list(_held.items()))
+
+
+def _holds_a_flock(fd: int, status: os.stat_result) -> bool:
+    """Whether ``fd``, open on the file of ``status``, holds a flock on it."""
+    try:
+        if not os.path.samestat(os.fstat(fd), status):  # (a number closed unrecorded, and reused)
+            return False
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            return b" FLOCK " in info.read()
+    except OSError:
+        return False  # (no /proc to ask: the caller waits, as for another holder)
+
+
 def _flock_now(fd: int, mode: int) -> bool:
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)

@@ -53,7 +53,9 @@ Acquire (``sc --use``, :func:`use`)
    for them (see Release), instead of deleting it under them (each then made it again).  Then
    loop: try to hold (held: go to 5); take the population lock of ``<name>`` without waiting;
    if another process has it, wait for it (saying whom we wait for and how far it has got),
-   then loop.  After taking it, check that the lock file is still the one named
+   then loop; if this very thread has it (a signal handler's use, run in the thread whose
+   population it interrupted, which cannot go on until the handler returns), refuse the use,
+   a usage error, rather than wait for itself.  After taking it, check that the lock file is still the one named
    by its path (gc, and the removal of a deleted repository's link, remove lock files they
    hold), else loop.
 3. Holding the population lock, try to hold once more (the previous holder may have

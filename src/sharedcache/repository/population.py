@@ -83,6 +83,7 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
                 continue
             try:
                 if not locks.try_lock(fd, locks.EXCLUSIVE):
+                    _refuse_own_population(base, request, fd)
                     _wait(base, request, fd, reporter)
                 if not locks.still_linked(fd, lock_path):
                     continue
@@ -101,6 +102,17 @@ def hold_or_populate(base: Base, request: Request, reporter: Reporter) -> str:
                 locks.release(fd)
     finally:
         base.stop_awaiting()
+
+
+def _refuse_own_population(base: Base, request: Request, fd: int) -> None:
+    """Refuse the use of ``request`` whose population lock (open on ``fd``, found taken) this
+    very thread holds: a signal handler's use, run in the thread whose population it interrupted.
+    Waiting, it would wait for itself, for good or until its timeout, the population stopped
+    meanwhile.  Another thread's use waits for the population as any waiter does."""
+    if locks.held_in_this_thread(fd):
+        raise UsageError(f"use of repository {request.name!r} in {base.path} from a signal handler that "
+                         "interrupted its own population of it: it would wait for itself; use it once "
+                         "the population is over")
 
 
 #: What a population needs besides its data, when it evicts for room: the status and partial's
