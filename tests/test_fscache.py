@@ -383,6 +383,7 @@ def test_arguments_that_cannot_be_kept_as_given_are_refused_before_anything_is_m
     ({"repair": None}, "repair must be True or False, not None"),
     ({"group": "users"}, "a cache's group must be a gid, not 'users'"),
     ({"group": True}, "a cache's group must be a gid, not True"),
+    ({"group": -1}, "a cache's group must be a gid, not -1"),
 ])
 def test_a_wrong_argument_of_a_cache_is_refused_naming_it(root: Path, kwargs: dict[str, object],
                                                           message: str) -> None:
@@ -413,6 +414,10 @@ def test_a_wrong_argument_of_a_store_hold_or_release_is_refused_naming_it(root: 
         with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
             cache.release("entry", **kwargs)  # type: ignore[arg-type]
     assert cache.lease_of("entry", Owner.current()) == lease
+    put(cache, "unused")
+    with pytest.raises(UsageError, match="^unless_awaited must be True or False, not 'x'$"):
+        cache.remove("unused", unless_awaited="x")  # type: ignore[arg-type]
+    assert "unused" in cache
     # evict("x") was a bare TypeError, evict(nan) freed nothing and said nothing; a deadline of
     # text failed at the next wait.
     for nbytes in ("x", float("nan"), -1, True):

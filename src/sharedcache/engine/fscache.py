@@ -400,6 +400,7 @@ from .layout import (
     check_locks,
     check_name,
     foreign_subdirectory,
+    is_gid,
     make_directory,
     make_subdirectory,
     making,
@@ -895,7 +896,7 @@ class FsCache:
         require_proc()
         read_umask_again()
         # (A name would be "not in that group".)
-        if group is not None and not _number(group, int):
+        if group is not None and not is_gid(group):
             raise UsageError(f"a cache's group must be a gid, not {group!r}")
         check_flag("durable", durable)
         check_flag("repair", repair)
@@ -1854,6 +1855,7 @@ class FsCache:
         """Delete entry ``name``, kept or not.  MissError if there is none, BusyError if it is in
         use (naming its users' processes, as listings name them), or, with ``unless_awaited``,
         awaited: an eviction of it by name passes over it as every eviction does (see "Delete")."""
+        check_flag("unless_awaited", unless_awaited)
         with self._transaction() as db, self._entry(check_name(name)) as entry:
             if not committed(entry):
                 raise MissError(f"no entry {name!r} in cache {self.root}")

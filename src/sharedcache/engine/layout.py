@@ -145,6 +145,16 @@ def check_flag(what: str, value: object) -> None:
         raise UsageError(f"{what} must be True or False, not {value!r}")
 
 
+#: The largest gid: (gid_t)-1, one more, stands for "no change" to chown.
+GID_MAX = 2**32 - 2
+
+
+def is_gid(value: object) -> bool:
+    """Whether ``value`` is a gid: a whole number from 0 to :data:`GID_MAX`, not a bool (an int
+    to Python, and no group to a caller)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= GID_MAX
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it can name an entry (one path component, not hidden), else raise."""
     try:

@@ -36,10 +36,12 @@ from ..engine import locks
 from ..engine.fscache import FsCache, stored_budget
 from ..engine.fsutil import shown_path, unlink_if_present
 from ..engine.layout import (
+    GID_MAX,
     absolute_path,
     check_base,
     check_user_directory,
     group_directory,
+    is_gid,
     user_directory,
     user_directory_name,
 )
@@ -180,12 +182,17 @@ def base_directories(
 def group_id(group: str | int | None) -> int | None:
     """The gid of the group cache asked for (``--group``, ``use(group=)``, a config file's
     ``group``): a gid, or a group's name; None for none."""
-    if group is None or (isinstance(group, int) and not isinstance(group, bool)):
-        return group
-    if not isinstance(group, str):
+    if group is None:
+        return None
+    if isinstance(group, bool) or not isinstance(group, (int, str)):
         raise UsageError(f"a group is a name or a gid, not {group!r}")
-    if group.isascii() and group.isdigit():  # (isdigit alone takes '²', which int() refuses)
-        return int(group)
+    # (isdigit alone takes '²', which int() refuses)
+    if isinstance(group, int) or (group.isascii() and group.isdigit()):
+        gid = int(group)
+        if not is_gid(gid):
+            # (A SettingError, that the edge says where it was given, as for a name: below.)
+            raise SettingError("group", f"{group!r}: no gid is negative or over {GID_MAX}")
+        return gid
     import grp
 
     try:

@@ -1040,9 +1040,10 @@ def use(
     if directories is not None:  # (no shell expanded them)
         directories = files.paths_at_home(directories, os.environ, "use(directories=...)")  # type: ignore[assignment]  # checked by Repositories
     given = {key: value for key, value in (("directories", directories), ("max_size", max_size),
-                                           ("timeout", timeout), ("connections", connections),
-                                           ("group", group))
-             if value is not None and (key != "connections" or connections_given)}
+                                           ("timeout", timeout), ("group", group))
+             if value is not None}
+    if connections_given:  # (None too: unlike the others, it is no "not given", and is refused)
+        given["connections"] = connections
     effective = files.effective(given, os.environ, given_as="use({}=...)")
     # Parsed here, so that an error names them as this function does (acquire names the options).
     limit = None if size is None else parse_size(size, "size")
