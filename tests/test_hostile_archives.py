@@ -551,6 +551,13 @@ def test_zip_entry_cap_is_checked_before_the_directory_is_loaded(
     assert not opened  # refused before zipfile read the directory
 
 
+@pytest.mark.parametrize("codec", list(DECOMPRESSOR))
+def test_a_compressed_archive_of_nothing_says_it_holds_no_tar_data(box: Box, codec: str) -> None:
+    # It was refused as an "empty file", which the compressed file it names is not.
+    message = box.refused(COMPRESS[codec](b""), "tar", expected=CorruptDataError)
+    assert message.endswith(f": it holds no tar data (its {codec} data decompresses to nothing)"), message
+
+
 # --- decompression bombs --------------------------------------------------------------------------
 
 

@@ -631,7 +631,7 @@ def extract_tar(stream: Stream, dest: Path, ctx: Context) -> None:
             # own: the parser's first header is then read from these bytes alone.
             head = _start_of(archive, BLOCK)
             archive = _Replay(head, archive)
-        reader = TarReader(archive, ctx.what)
+        reader = TarReader(archive, ctx.what, compressed=codec)
         with SafeTree(dest, ctx) as made:
             _extract_members(_tar_members(reader), functools.partial(_extract_tar_member, reader), made, ctx)
     except CorruptDataError:

@@ -77,13 +77,15 @@ class TarReader(Buffered):
     """The members of the tar archive read from ``below`` (already decompressed), in order.
 
     Call :meth:`next` for each member, then :meth:`take` for the data of a regular one (what is not
-    taken is skipped).  ``what`` names the archive in messages.
+    taken is skipped).  ``what`` names the archive in messages, and ``compressed`` the compression
+    (a codec's name) that ``below`` was decompressed from, if it was.
     """
 
-    def __init__(self, below: Stream | IO[bytes], what: str) -> None:
+    def __init__(self, below: Stream | IO[bytes], what: str, *, compressed: str | None = None) -> None:
         super().__init__(below.read)
         self._below = below
         self._what = what
+        self._compressed = compressed
         self._name = ""        # the current member's, for a message
         self._data_left = 0    # of the current member's data, not taken yet
         self._skip = 0         # padding after it
@@ -133,8 +135,8 @@ class TarReader(Buffered):
                 header = self.read_exact(BLOCK)
                 if len(header) < BLOCK:
                     if not header:
-                        raise self._corrupt("empty file" if offset == 0 else
-                                            "it ends without an end-of-archive marker")
+                        raise self._corrupt("it ends without an end-of-archive marker" if offset else
+                                            self._nothing())
                     raise self._corrupt(f"truncated header at byte {offset}")
             if header == _ZERO_BLOCK:  # the end-of-archive marker
                 if chain:
@@ -254,6 +256,12 @@ class TarReader(Buffered):
             records[keyword] = data[equals + 1:end - 1].decode("utf-8", "surrogateescape")
             position = end
         return records
+
+    def _nothing(self) -> str:
+        """What is wrong with an archive of no bytes: a compressed file that holds nothing is not empty."""
+        if self._compressed is None:
+            return "empty file"
+        return f"it holds no tar data (its {self._compressed} data decompresses to nothing)"
 
     def _corrupt(self, why: str) -> CorruptDataError:
         return CorruptDataError(f"corrupt tar archive {self._what}: {why}")
