@@ -157,6 +157,79 @@ while True:
     assert (leases, handler_restored, _DROPPED_IN_A_FINALIZER.sub("", err)) == ("1", "True", "")  # the holding thread's lease alone
 
 
+_INTERRUPTED_USES_OF_A_KEPT_REPOSITORY = r"""
+import glob, os, signal, sys
+import sharedcache
+from sharedcache.engine import locks
+
+base, rounds = sys.argv[1], int(sys.argv[2])
+words = (f"file:{base}/data.bin",)
+
+def lock_files():
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue  # (the listing's own)
+        if target.removesuffix(" (deleted)").endswith(("lock", ".waiting")):
+            found.append(target)
+    return sorted(found)
+
+# Ctrl-C is let in only around the use: the rest is no part of what is tested.
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+with sharedcache.use(*words, name="r", directories=base, keep=True):
+    pass
+before = lock_files()
+interrupted = 0
+print("ready", flush=True)
+for _ in range(rounds):
+    try:
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+            with sharedcache.use(*words, name="r", directories=base, keep=True):
+                pass
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    except KeyboardInterrupt:
+        interrupted += 1
+leases = glob.glob(f"{base}/.shared-cache-*/.cache/objects/r/leases/*")
+print(interrupted, len(leases), len(locks._held), [target for target in lock_files() if target not in before],
+      flush=True)
+"""
+
+
+def test_ctrl_c_anywhere_in_a_use_of_a_kept_repository_leaves_no_lock_file_open(tmp_path: Path) -> None:
+    # Ctrl-C as a lock file's open returned, or as the finally that closes it began, left the
+    # descriptor open for the life of the process (a daemon, a notebook's kernel that caught the
+    # interrupt): dozens of the entry's lock after a thousand interrupts.
+    (tmp_path / "data.bin").write_bytes(b"x" * 1000)
+    user = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_USES_OF_A_KEPT_REPOSITORY, str(tmp_path), "3000"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sender = None
+    try:
+        assert user.stdout is not None
+        assert user.stdout.readline() == "ready\n"
+        sender = subprocess.Popen([sys.executable, "-c", f"""
+import os, random, signal, time
+while True:
+    time.sleep(random.uniform(0, 0.004))
+    try:
+        os.kill({user.pid}, signal.SIGINT)
+    except ProcessLookupError:
+        break
+"""])
+        out, err = user.communicate(timeout=240)
+    finally:
+        for process in (user, sender):
+            if process is not None:
+                stop_process(process, 30)
+    assert user.returncode == 0, err
+    interrupted, leases, recorded, opened = out.split(maxsplit=3)
+    assert int(interrupted) > 50  # the interrupts reached the caller
+    assert (leases, recorded, opened) == ("0", "0", "[]\n"), err
+
+
 _USE_LEFT_IN_A_WORKER = r"""
 import contextlib, glob, os, queue, signal, sys, threading, time
 import sharedcache

@@ -1169,11 +1169,11 @@ class FsCache:
         (:func:`~sharedcache.errors.no_space_for`) before the tree is removed: once removed, it
         has given back the inodes whose lack the error would have named."""
         read_umask_again()
-        guard = self._stage_guard()
         stage_id = unique_name()
         maker = os.getpid()
         made = False
         fd = directory = None
+        guard = self._stage_guard()  # (last: a call between it and the try could be cut by Ctrl-C)
         try:
             try:
                 locks.lock(guard, locks.SHARED, timeout=self._wait(), what=f"{self.root}/stage.lock")
@@ -2433,14 +2433,21 @@ class FsCache:
         guard = f"/proc/self/fd/{root}/stage.lock"  # (named so: a refusal names the cache)
         try:
             try:
-                return locks.open_lock_file(guard, mode=self.modes.file)
+                fd = locks.open_lock_file(guard, mode=self.modes.file)
             except CacheError:
                 if not self.repair:
                     raise
                 self.put_away(".", "stage.lock")
-                return locks.open_lock_file(guard, mode=self.modes.file)
-        finally:
+                fd = locks.open_lock_file(guard, mode=self.modes.file)
+        except BaseException:
             os.close(root)
+            raise
+        try:
+            os.close(root)
+        except BaseException:  # (Ctrl-C as the close returned: the caller never gets the descriptor)
+            locks.close(fd)
+            raise
+        return fd
 
     def put_away(self, sub: str, name: str) -> None:
         """Move what is at ``name``, in this cache's directory ``sub`` (reached as :meth:`_open_own`

@@ -106,7 +106,10 @@ from .fsutil import create_empty, open_directory, read_control, unique_name, wri
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import FrameType
+    from types import CodeType, FrameType
+    from typing import Any, TypeVar
+
+    Function = TypeVar("Function", bound=Callable[..., Any])
 
 #: The inode of the initial PID namespace (the host's), fixed by the kernel.
 INITIAL_PID_NAMESPACE = 0xEFFFFFFC
@@ -681,6 +684,8 @@ class InterruptGuard(_thread._local):
     (:meth:`let_endings_act`).  One that comes in a ``with`` statement's
     call of a ``@scoped`` manager's ``__enter__`` or ``__exit__`` is raised at the next check,
     out of them: there it would leave the block without resuming the generator that releases.
+    One that comes as a function marked by :func:`deferring_from_entry` is entered (the close of
+    a lock file, in its caller's ``finally``) is deferred, and raised by that function.
 
     A use entered in the main thread may be left in another (a generator holding its block that
     a worker closes or drops, an ``ExitStack`` a worker closes).  :attr:`acquiring`,
@@ -801,7 +806,7 @@ INTERRUPTS.thread = None  # the main thread, while armed
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
-    if INTERRUPTS.deferring:
+    if INTERRUPTS.deferring or (frame is not None and frame.f_code in _DEFERRING_FROM_ENTRY):
         INTERRUPTS.pending = True
         return
     if frame is not None and frame.f_code in _SCOPE_STEPS:
@@ -811,6 +816,20 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 _SCOPE_STEPS = (Scope.__enter__.__code__, Scope.__exit__.__code__)
+
+#: The code of the functions marked by :func:`deferring_from_entry`.
+_DEFERRING_FROM_ENTRY: set[CodeType] = set()
+
+
+def deferring_from_entry(step: Function) -> Function:
+    """Mark ``step``, a function that defers Ctrl-C of its thread (sets ``INTERRUPTS.deferring``
+    unless set, and calls ``INTERRUPTS.stop_deferring()`` at its end), or first calls another
+    marked one that does, as
+    deferring it from its entry on: Python checks for an interrupt as a function is entered,
+    before its first instruction, where one would cut short a caller's ``finally`` that closes a
+    descriptor, leaving it open for the life of the process."""
+    _DEFERRING_FROM_ENTRY.add(step.__code__)
+    return step
 
 
 def add_lease(entry: str, owner: Owner) -> str:

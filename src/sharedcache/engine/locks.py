@@ -36,6 +36,12 @@ a crashed process can never leave a lock behind.  Two consequences shape the cod
   forked in C, which runs no hook of Python's, keeps every copy (:func:`release` unlocks, so
   that one holds nothing once its parent is done).
 
+Ctrl-C of a :func:`sharedcache.use` (under ``leases.InterruptGuard``) is held back from the
+``open`` system call of a lock file to its record, then raised with the descriptor closed, and
+from the entry of :func:`close` or :func:`release` to the ``close``: raised between the two, it
+left the descriptor open, out of its caller's reach, for the life of the process.  A caller takes
+the descriptor into its ``try`` at once, with no call in between, where the interrupt could come.
+
 ``flock`` has no timeout, so a blocking acquisition polls with a non-blocking attempt and a short,
 growing sleep; the holders this waits for keep their locks for milliseconds (commits, removals)
 or for a download, where the caller reports progress between attempts.
@@ -53,6 +59,7 @@ from _thread import RLock, get_ident  # threading's, without importing threading
 from ..errors import CacheError, WaitTimeoutError
 from ..modes import taken
 from .fsutil import leased, open_directory, shown_path, temp_beside
+from .leases import INTERRUPTS, deferring_from_entry
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
@@ -77,19 +84,34 @@ _recording = RLock()
 def _open(path: str | os.PathLike[str], flags: int, mode: int = 0o777, *,
           dir_fd: int | None = None) -> tuple[int, os.stat_result]:
     """Open ``path`` with ``flags`` (``mode``: a new file's), recorded before a fork can copy
-    it; return the descriptor and its status."""
-    with _recording:
+    it; return the descriptor and its status.  Ctrl-C that comes meanwhile is held back, then
+    raised with the descriptor closed: raised as the ``open`` system call returned, it left the
+    descriptor open, out of every caller's reach (the caller takes it at once in its ``try``)."""
+    deferred = not INTERRUPTS.deferring
+    INTERRUPTS.deferring = True
+    try:
+        with _recording:
+            try:
+                fd = os.open(path, flags, mode, dir_fd=dir_fd)
+            except BlockingIOError:
+                # The file's owner (another member of a group cache) holds a lease on it (fcntl
+                # F_SETLEASE): refused at once, as no wait here may hold up the forks of other threads.
+                raise leased(path, dir_fd=dir_fd) from None
+            try:
+                status = os.fstat(fd)
+                _record(fd, EXCLUSIVE, status)
+            except BaseException:
+                close(fd)
+                raise
+    except BaseException:
+        if deferred:
+            INTERRUPTS.stop_deferring()
+        raise
+    if deferred:
         try:
-            fd = os.open(path, flags, mode, dir_fd=dir_fd)
-        except BlockingIOError:
-            # The file's owner (another member of a group cache) holds a lease on it (fcntl
-            # F_SETLEASE): refused at once, as no wait here may hold up the forks of other threads.
-            raise leased(path, dir_fd=dir_fd) from None
-        try:
-            status = os.fstat(fd)
-            _record(fd, EXCLUSIVE, status)
+            INTERRUPTS.stop_deferring()
         except BaseException:
-            os.close(fd)
+            close(fd)
             raise
     return fd, status
 
@@ -369,30 +391,41 @@ def lock(
         raise
 
 
+@deferring_from_entry
 def release(fd: int) -> None:
     """Release the lock held on ``fd`` (if any), then close it.  A close alone releases a flock
     only once every copy of the open file description is closed: a child forked meanwhile
     (without exec) in a way that runs no hook of Python's (by a C library) holds a copy, and
     would hold the lock for as long as it lives."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        close(fd)
+    _close(fd, unlock=True)
 
 
+@deferring_from_entry
 def close(fd: int) -> None:
     """Close ``fd``, a descriptor that may have been locked: the lock goes with it (once no
     copy is left, or at once if a child forked meanwhile gives its copy up), and so does the
     record of it (see the module's docstring)."""
     # (Not what a child keeps: it holds the lock through its copy, as it should.)
-    unlock = fd in _given_up and fd not in _kept
-    with _recording:
-        hand_over(fd)  # (its records go)
-        try:
-            if unlock:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    _close(fd, unlock=fd in _given_up and fd not in _kept)
+
+
+@deferring_from_entry
+def _close(fd: int, *, unlock: bool) -> None:
+    """Close ``fd``, unlocking it first if ``unlock``, with Ctrl-C held back from the entry of
+    :func:`close` or :func:`release` to the close (a caller's ``finally`` calls them), then raised."""
+    deferred = not INTERRUPTS.deferring
+    INTERRUPTS.deferring = True
+    try:
+        with _recording:
+            hand_over(fd)  # (its records go)
+            try:
+                if unlock:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+    finally:
+        if deferred:
+            INTERRUPTS.stop_deferring()
 
 
 def hand_over(fd: int) -> None:
