@@ -65,6 +65,7 @@ class Fault:
     times: int = 1
     status: int | None = None          # answer this status instead of the file
     headers: dict[str, str] | None = None  # ...with these headers (Retry-After)
+    reason: str | None = None          # ...and this reason phrase in its status line (else the status's own)
     drop_after: int | None = None      # close the connection after this many body bytes
     ignore_range: bool = False         # answer 200 with the whole file to a range request
     extra_length: int = 0              # announce this many more bytes than are sent, then close
@@ -279,8 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._answer(body=True)
 
-    def _simple(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
+    def _simple(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+                reason: str | None = None) -> None:
+        self.send_response(status, reason)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
@@ -326,7 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.status is not None:
             answered(fault.status)
-            self._simple(fault.status, f"injected {fault.status}\n".encode(), headers=fault.headers)
+            self._simple(fault.status, f"injected {fault.status}\n".encode(), headers=fault.headers,
+                         reason=fault.reason)
             return
         with origin._lock:
             busy = fault is not None and fault.busy_status is not None and origin._sending.get(path, 0) > 0

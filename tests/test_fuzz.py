@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from sharedcache import cli
 from sharedcache.cli import parser
-from sharedcache.errors import LoaderError, UsageError, quoted, server_says, shown_to_others
+from sharedcache.errors import LoaderError, UsageError, quoted, said_by_server, server_says, shown_to_others
 from sharedcache.loaders.pipeline import populate
 from sharedcache.loaders.registry import Recipe, parse_recipe
 from scutil import deflate64_zip
@@ -269,13 +269,14 @@ def message_parts(draw: st.DrawFn) -> str:
     """A piece of an error message: words (with an apostrophe, as "the server's"), a URL with a
     query, outside quotes as a source's URL or a redirect's target is shown (no space in it) or
     quoted, whole or by its two ends, as a Location is (relative, of any scheme, with spaces), or
-    what a server said."""
-    kind = draw(st.sampled_from(["words", "bare", "quoted", "said"]))
+    what a server said, in an answer's body or in its status line's reason phrase."""
+    kind = draw(st.sampled_from(["words", "bare", "quoted", "said", "status"]))
     if kind == "words":
         return draw(st.sampled_from(["cannot download", "the server's answer", "for", "redirected to",
                                      "its Location is", "repository 'data':", "(1,234 characters)"]).map(str.lower))
-    if kind == "said":
-        return server_says(draw(st.text(alphabet=QUERY_CHARACTERS + " ", max_size=300)))
+    if kind in ("said", "status"):
+        said = draw(st.text(alphabet=QUERY_CHARACTERS + " ", max_size=300))
+        return server_says(said) if kind == "said" else f"{draw(st.integers(100, 599))} ({said_by_server(said)})"
     spaced = kind == "quoted"
     scheme = draw(st.sampled_from(["http://", "https://"] + (["ftp://", "//", "/", ""] if spaced else [])))
     before = draw(st.text(alphabet=URL_CHARACTERS + (" " if spaced else ""), max_size=200))

@@ -830,3 +830,24 @@ def test_the_query_of_a_location_a_download_failed_at_is_kept_from_the_other_mem
     message, listed = read_by_another_member(python, base, "data")
     assert "/presign/data.bin" in message and "?…" in message, message
     assert "SECRET" not in message and "SECRET" not in listed, (message, listed)
+
+
+@pytest.mark.parametrize(("status", "headers"), [
+    (403, {}),
+    # A lone quote in the phrase paired with the quote that opens the Location, whose query showed.
+    (300, {"Location": "/mirror/data.bin?X-Amz-Signature=SECRETSIGNATURE"}),
+], ids=["refused", "not-followed"])
+def test_the_reason_phrase_of_a_failed_download_is_kept_from_the_other_members(shared, origin, python,
+                                                                                status, headers):
+    # The reason phrase of a status line is the server's to write, as an error answer's body is:
+    # it may repeat the token it was sent.
+    origin.fault("/data.bin", status=status, headers=headers, reason="token ' SECRETREASON expired")
+    base = shared / "base"
+    base.mkdir()
+    base.chmod(0o1777)
+    group = ["--group", str(GROUP), "-d", str(base)]
+    refused = as_user(python, ALICE, "--use", *group, "-n", "data", f"http:{origin.url('/data.bin')}?token=SECRETTOKEN")
+    assert refused.returncode == 1 and "SECRETREASON" in refused.stderr, refused.stderr  # her own line says it all
+    message, listed = read_by_another_member(python, base, "data")
+    assert "SECRET" not in message and "SECRET" not in listed, (message, listed)
+    assert f"HTTP {status} (the server says …) for " in message, message

@@ -173,9 +173,15 @@ def without_user_info(url: str, *, schemeless: bool = False) -> str:
 
 
 def server_says(text: str) -> str:
-    """The end of an error's line that gives what a server wrote in its answer (quoted: escaped,
-    and by its two ends if long); :func:`shown_to_others` hides it."""
-    return f": the server says {quoted(text)}"
+    """The end of an error's line that gives what a server wrote in its answer (see
+    :func:`said_by_server`)."""
+    return f": {said_by_server(text)}"
+
+
+def said_by_server(text: str) -> str:
+    """What a server wrote, quoted (escaped, and by its two ends if long), as a message says it
+    after ": " or "(": :func:`shown_to_others` hides it."""
+    return f"the server says {quoted(text)}"
 
 
 def shown_to_others(message: str) -> str:
@@ -184,9 +190,9 @@ def shown_to_others(message: str) -> str:
     (:func:`without_queries`)."""
     import re  # (not at the top: this module is on the warm path, and re is not)
 
-    # What server_says made: a quoted string (a repr), and its length if shortened.
-    said = re.compile(r": the server says (?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")(?: \([0-9,]+ characters\))?")
-    return without_queries(said.sub(": the server says …", message))
+    # What said_by_server made: a quoted string (a repr), and its length if shortened.
+    said = re.compile(r"(: |\()the server says (?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")(?: \([0-9,]+ characters\))?")
+    return without_queries(said.sub(r"\1the server says …", message))
 
 
 def without_queries(message: str) -> str:

@@ -93,7 +93,9 @@ from ..errors import (
     ResumeError,
     UsageError,
     WaitTimeoutError,
+    ascii_lower,
     quoted,
+    said_by_server,
     server_says,
     size_change,
     unparsed_url,
@@ -490,6 +492,23 @@ def _reason(exc: BaseException) -> str:
     return text.rpartition("): ")[2] if text.startswith(_CONNECTIONS) else text
 
 
+def _status(code: int, reason: str | None) -> str:
+    """A status code and its reason phrase, as a message shows them: the phrase bare if it is the
+    code's own (RFC 9110's, in upper or lower case), else as what the server says (see
+    :func:`~sharedcache.errors.said_by_server`).  The phrase is the server's to choose, and one
+    may repeat a token it was sent, or hold a lone quote that would hide the quoting of the rest
+    of the line from :func:`~sharedcache.errors.without_queries`."""
+    from http import HTTPStatus
+
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "(unknown status)"
+    if not reason or ascii_lower(reason) == ascii_lower(phrase):
+        return f"{code} {reason or phrase}"
+    return f"{code} ({said_by_server(reason)})"
+
+
 def _answer_problem(exc: BaseException) -> str | None:
     """What was wrong with the answer to a request, for an error that http.client raised as it
     read the answer's head (from the server, or from a proxy); None for any other error."""
@@ -645,16 +664,6 @@ class _HttpStream(SourceStream):
                                     f"(Content-Length {quoted(length)})")
 
     def _status_error(self, response: Any) -> DownloadError:
-        from http import HTTPStatus
-
-        reason = response.reason
-        if not reason:
-            try:
-                reason = HTTPStatus(response.status).phrase
-            except ValueError:
-                reason = "(unknown status)"
-        if len(reason) > QUOTED_CHARACTERS:  # a line of up to 64 KiB, from the server
-            reason = quoted(reason)
         # (Within the deadline, as every wait of a download is.)
         wait = _ERROR_BODY_SECONDS if self.deadline is None else min(_ERROR_BODY_SECONDS,
                                                                        self.deadline - time.monotonic())
@@ -686,7 +695,7 @@ class _HttpStream(SourceStream):
                 refused = (" (not followed: only 301, 302, 303, 307 and 308 are redirects"
                            + (f"; its Location is {quoted(location)}" if location else "") + ")")
         said = "" if says is None else server_says(says)
-        return kind(f"HTTP {response.status} {reason} for {self._where(target)}{refused}{said}")
+        return kind(f"HTTP {_status(response.status, response.reason)} for {self._where(target)}{refused}{said}")
 
     def _transport(self, target: str) -> Transport:
         """The connections to ``target``'s origin.  Each origin of a redirect chain has its own
