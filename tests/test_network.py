@@ -5,6 +5,7 @@ offline mode; the config file; what ``-v`` says off a terminal."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -326,6 +327,27 @@ def test_a_tunnel_the_proxy_refuses_fails_at_once_naming_the_proxy(tmp_path, tls
     assert "407 Proxy Authentication Required" in result.stderr, result.stderr
     assert took < 5, "a refusal is not retried"
     assert server.stats("/data.tar.gz").gets == 0
+
+
+def test_a_proxys_own_reason_for_refusing_a_tunnel_is_kept_from_the_waiters(tmp_path, tls_origin, owner):
+    # The reason phrase of its status line is the proxy's to write: it may repeat a credential,
+    # and a lone quote in it made the quoting of the rest of the line misread.
+    server, ca = tls_origin
+    url = f"https://127.0.0.1:{server.port}/data.tar.gz"
+
+    def refuse(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(b"HTTP/1.1 403 token ' SECRETREASON refused\r\nContent-Length: 0\r\n\r\n")
+
+    proxy = ThreadedServer(refuse)
+    try:
+        result = use(tmp_path, owner, url, "--proxy", f"http://127.0.0.1:{proxy.port}",
+                     env=sc_env(SSL_CERT_FILE=str(ca)))
+    finally:
+        proxy.stop()
+    assert result.returncode == 1 and "SECRETREASON" in result.stderr, result.stderr  # its own line says it all
+    message = json.loads((control(tmp_path) / "populate" / "data.error").read_text())["message"]
+    assert "SECRET" not in message and "Tunnel connection failed: 403 (the server says …)" in message, message
 
 
 def failed_over_from_a_tunnel(tmp_path, tls_origin, owner, after_connect) -> float:  # type: ignore[no-untyped-def]

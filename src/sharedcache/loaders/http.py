@@ -463,6 +463,10 @@ def _origin(url: str) -> str:
 _CONNECTIONS = ("HTTPConnection", "HTTPSConnection", "SOCKSConnection", "SOCKSHTTPSConnection")
 
 
+#: How http.client begins the error of a CONNECT that a proxy refused, its status line following.
+_TUNNEL_REFUSED = "Tunnel connection failed: "
+
+
 def _reason(exc: BaseException) -> str:
     """A short reason for a urllib3 or socket error (urllib3 nests and decorates them)."""
     inner = getattr(exc, "reason", None)
@@ -488,6 +492,9 @@ def _reason(exc: BaseException) -> str:
             return f"Unable to connect to proxy: {refusal.socket_err or refusal.msg}"
         return f"the SOCKS exchange failed: {refusal.msg.removeprefix('Socket error: ')}"
     text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc) or type(exc).__name__
+    code, _, reason = text.removeprefix(_TUNNEL_REFUSED).partition(" ")
+    if text.startswith(_TUNNEL_REFUSED) and code.isdigit():  # a proxy's status line
+        return _TUNNEL_REFUSED + _status(int(code), reason)
     # "HTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] ..."
     return text.rpartition("): ")[2] if text.startswith(_CONNECTIONS) else text
 
@@ -803,7 +810,7 @@ class _HttpStream(SourceStream):
                 if permanent or refused or attempt >= self.retries:
                     why = certificate_problem(exc) or _reason(exc)
                     # (http.client says a refused tunnel's status in these words alone.)
-                    kind = AuthorizationError if str(cause).startswith("Tunnel connection failed: 407") \
+                    kind = AuthorizationError if str(cause).startswith(f"{_TUNNEL_REFUSED}407") \
                         else DownloadError
                     raise kind(f"cannot download {where}: {why}{_after(attempt + 1)}") from None
                 why = _reason(exc)
