@@ -483,6 +483,9 @@ def test_informational_answers_are_read_past_to_the_final_one(tmp_path, serve):
 NOT_HTTP = {
     "nothing": (b"", "the connection was closed without an answer"),
     "not a status line": (b"garbage\x1b[31m\r\n\r\n", "the answer is not HTTP: it begins with 'garbage\\x1b[31m'"),
+    # (The TLS alert of a port that speaks HTTPS alone: no end of line, and yet no head cut short.)
+    "another protocol without an end of line": (b"\x15\x03\x01\x00\x02\x02\x46",
+                                                "the answer is not HTTP: it begins with '\\x15\\x03\\x01\\x00\\x02\\x02F'"),
     "a header line too long": (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", "the answer's head is too long"),
     "too many header fields": (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 120 + b"\r\n",
                                "the answer was refused: got more than 100 headers"),
@@ -790,7 +793,9 @@ def resumed_with(answer: str, body: bytes) -> Callable[[bytes], bytes]:
 
 ENDINGS = {"closed": bytes, "reset": Reset, "closed then reset": ClosedThenReset}
 HEAD_OF_200 = f'HTTP/1.1 200 OK\r\nContent-Length: {len(BODY)}\r\nETag: "v1"\r\n\r\n'.encode()
-HEAD_CUTS = {"after the status line": len(b"HTTP/1.1 200 OK\r\n"),
+HEAD_CUTS = {"within the version": len(b"HTT"),
+             "within the status line": len(b"HTTP/1.1 20"),
+             "after the status line": len(b"HTTP/1.1 200 OK\r\n"),
              "within a field": len(b"HTTP/1.1 200 OK\r\nContent-Le"),
              "before the last end of line": len(HEAD_OF_200) - 1}
 

@@ -446,6 +446,13 @@ class _LastLineRead:
         of line (empty, where the next line of a head was due)."""
         return self.last is not None and not self.last.endswith(b"\n")
 
+    def cut_status_line(self) -> bool:
+        """Whether the last line read is an HTTP status line that the connection's end cut short
+        ("HTTP/1.1 20", "HT"): not the bytes of another protocol that hold no end of line (the TLS
+        alert of a port that speaks HTTPS alone), which are no HTTP answer, cut or whole."""
+        line = self.last or b""
+        return self.cut() and (line.startswith(b"HTTP/") or b"HTTP/".startswith(line))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.reader, name)
 
@@ -565,7 +572,7 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
             except http.client.RemoteDisconnected:
                 raise  # nothing was read: no head to be cut
             except http.client.BadStatusLine:
-                if not lines.cut():  # (else a status line cut short, "HTTP/1.1 20")
+                if not lines.cut_status_line():
                     raise
             finally:
                 if self.fp is not None:  # (None if begin() closed it)
