@@ -9,6 +9,7 @@ byte at a time, each well within any read timeout (the origin users met).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -176,6 +177,34 @@ def test_an_https_origin_below_the_speed_limit_fails_though_part_of_a_record_wai
         origin.stop()
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "too slow" in result.stderr and "less than 1000 bytes/s for 2 s" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("connections", ["1", "4"], ids=["one connection", "four connections"])
+def test_a_download_gone_on_from_is_not_judged_by_the_time_its_kept_bytes_are_hashed_again(tmp_path, connections):
+    # The next use after an outage hashes again the 256 MiB that were kept, with four checksums
+    # (about a second, and more on a busy machine), before it reads the answer to its range
+    # request: counted against the origin, that time failed it as too slow, and kept the partial
+    # for every next use to fail the same way.  The rest, 4 MiB on the loopback, takes a moment.
+    kept = 256 << 20
+    payload = os.urandom(1 << 20) * ((kept >> 20) + 4)
+    checksums = [f"{name}:{hashlib.new(name, payload).hexdigest()}" for name in ("md5", "sha1", "sha256", "sha512")]
+    base = tmp_path / "base"
+    base.mkdir()
+    config = tmp_path / "config"
+    config.write_text("retries = 1\n")
+    with Origin() as origin:
+        origin.add("/f.bin", payload)
+        origin.fault("/f.bin", drop_after=kept)
+        origin.fault("/f.bin", status=503, times=2)  # every attempt to go on
+        args = ["--use", "-d", str(base), "-n", "f", f"http:{origin.url('/f.bin')}", *checksums]
+        failed = sc(*args, env=sc_env(SC_CONFIG=str(config)), timeout=120)
+        assert failed.returncode == 1 and "HTTP 503" in failed.stderr, failed.stderr
+        again = sc(*args, "--connections", connections, "--speed-limit", "2MB", "--speed-time", "0.3",
+                   env=sc_env(SC_CONFIG=str(config)), timeout=120)
+        asked = origin.stats("/f.bin").ranges
+    assert again.returncode == 0, again.stderr
+    assert (Path(again.stdout.strip()) / "f.bin").read_bytes() == payload
+    assert asked[2] == f"bytes={kept}-", asked  # (after the two answered 503)
 
 
 def test_speed_limit_options_are_checked(tmp_path):

@@ -1081,9 +1081,17 @@ class _Body:
         self._broken_off: str | None = None  # why the last transfer stopped, while the rest is asked for
         self._skipping = 0  # bytes of the answer under way to drop: they are the ones before _position
         self._stop = threading.Event()
-        self._window = (http.running_time(), 0)  # since when, and how many bytes since (speed limit)
+        #: Since when, and how many bytes since (speed limit), from the first read: the time
+        #: before it is the consumer's (a download gone on from reads and hashes its kept bytes
+        #: first, and the first part of several connections waits for that too).  From then on, a
+        #: consumer slower than the origin (a slow disk, an unpacker) holds the origin back through
+        #: the connection, and counts against it, as in curl: the limit is the download's.  (Any
+        #: other part is read from the moment it is made.)
+        self._window: tuple[float, int] | None = None
 
     def read(self, size: int) -> bytes:
+        if self._window is None:
+            self._window = (self._http.running_time(), 0)
         if self._end is not None:
             size = min(size, self._end - self._position)
             if size <= 0:
@@ -1195,6 +1203,7 @@ class _Body:
         """Fail if fewer than ``speed_limit`` bytes a second came over the last ``speed_time`` seconds
         that this process ran (a process stopped meanwhile gets the bytes queued for it)."""
         fetch = self._http.fetch
+        assert self._window is not None  # (started by the read that calls this)
         since, count = self._window
         count += got
         now = self._http.running_time()
