@@ -95,19 +95,24 @@ def test_a_refusal_of_the_populators_credentials_is_not_its_waiters_failure(orig
     assert stats.authorizations == ["Basic " + base64.b64encode(b"waiter:its-own").decode()]
 
 
-def test_a_mirror_refusing_everyone_beside_one_down_is_one_failure_for_every_waiter(origin, base, tmp_path):
+@pytest.mark.parametrize("down_first", [False, True], ids=["refusing_first", "down_first"])
+def test_a_mirror_refusing_everyone_beside_one_down_is_one_failure_for_every_waiter(origin, base, tmp_path,
+                                                                                    down_first):
     """One mirror refuses everyone (403) and the other is down: no waiter's credentials could
     change that, so every waiter is told the populator's failure once its retries are over (each
     populated for itself, one after another, after the same retries of the mirror that is down:
-    jobs with a --timeout failed)."""
+    jobs with a --timeout failed), in either order of the mirrors (with the refusal last, the
+    failure of all was still taken for a refusal)."""
     payload = os.urandom(1000)
     origin.add("/blob.bin", payload)
     origin.fault("/blob.bin", status=403, times=100)
     down = socket.create_server(("127.0.0.1", 0))
     down_port = down.getsockname()[1]
     down.close()
-    args = ["--use", "-v", "-d", str(base), "-n", "blob", f"http:{origin.url('/blob.bin')}",
-            f"http:http://127.0.0.1:{down_port}/blob.bin", "sha256:" + hashlib.sha256(payload).hexdigest()]
+    mirrors = [f"http:{origin.url('/blob.bin')}", f"http:http://127.0.0.1:{down_port}/blob.bin"]
+    if down_first:
+        mirrors.reverse()
+    args = ["--use", "-v", "-d", str(base), "-n", "blob", *mirrors, "sha256:" + hashlib.sha256(payload).hexdigest()]
     # The populator pauses as it makes its work directory, before it connects, until every waiter waits.
     populator, paused, go = started_paused(tmp_path, "populator", 'event == "os.mkdir" and str(args[0]).endswith(".work")',
                                            *args)

@@ -59,9 +59,10 @@ them in order.  A source that fails (a download error, a checksum mismatch, a co
 archive, data past the size limit) leaves nothing behind: ``dest`` is emptied, its partial
 discarded, and the next source starts afresh.  A failure that no other source can mend (no space,
 a write error, a bad setting) ends the population at once.  When every source failed, the error
-names each one's failure; it is an :class:`~sharedcache.errors.AuthorizationError` if one of them
-refused this process's credentials.  A partial left by a killed process is continued from the source it came
-from, which is therefore tried first.
+names each one's failure; it is an :class:`~sharedcache.errors.AuthorizationError` only if every one
+of them refused this process's credentials (a source that failed otherwise fails any process
+alike), else of the kind of the last failure that was no refusal.  A partial left by a killed
+process is continued from the source it came from, which is therefore tried first.
 """
 
 from __future__ import annotations
@@ -154,9 +155,10 @@ def populate(recipe: Recipe, dest: str | os.PathLike[str], *, work: str | os.Pat
         raise failures[0]
     # Only where every source refused this process's credentials may another's change the
     # outcome: the failure of all is then this process's own.  A source that failed otherwise
-    # would fail every waiter again, each after its own retries, one after another.
-    refused = all(isinstance(failure, AuthorizationError) for failure in failures)
-    kind = AuthorizationError if refused else type(failures[-1])
+    # would fail every waiter again, each after its own retries, one after another: the failure
+    # of all is then of the kind of the last such one, wherever the refusals came in the order.
+    kind = next((type(failure) for failure in reversed(failures) if not isinstance(failure, AuthorizationError)),
+                AuthorizationError)
     raise kind("every source failed: " + "; ".join(str(failure) for failure in failures))
 
 
