@@ -178,6 +178,31 @@ def test_a_killed_download_is_continued_from_the_mirror_it_came_from(mirrors: Mi
     assert mirrors.good.stats("/missing.bin").gets == 1, "only the killed process tried the first mirror"
 
 
+def test_a_download_failed_by_an_outage_beside_a_mirror_that_is_down_is_gone_on_from(
+        mirrors: Mirrors, base: Path, tmp_path: Path) -> None:
+    """The first mirror's download is cut, then its outage outlasts the retries, and the second
+    mirror is down: what the first one downloaded is kept, and the next use asks it for the rest
+    alone (the second mirror's try threw it away, and the next use downloaded it all again)."""
+    payload = os.urandom(2_000_000)
+    url = mirrors.good.add("/cut.bin", payload)
+    mirrors.good.fault("/cut.bin", drop_after=1_500_000)
+    mirrors.good.fault("/cut.bin", status=503, times=2)  # every attempt to resume
+    config = tmp_path / "config"
+    config.write_text("retries = 1\n")
+    args = ["--use", "-n", "cut", "-d", str(base), f"http:{url}", f"http:{mirrors.down_url}",
+            f"sha256:{hashlib.sha256(payload).hexdigest()}"]
+    failed = sc(*args, env=sc_env(SC_CONFIG=str(config)))
+    assert failed.returncode == 1 and "every source failed" in failed.stderr and "HTTP 503" in failed.stderr, \
+        failed.stderr
+    stats = mirrors.good.stats("/cut.bin")
+    served, ranges = stats.bytes_served, len(stats.ranges)
+    again = sc(*args, env=sc_env(SC_CONFIG=str(config)))
+    assert again.returncode == 0, again.stderr
+    assert (Path(again.stdout.strip()) / "cut.bin").read_bytes() == payload
+    assert stats.bytes_served - served == len(payload) - 1_500_000, "the next use downloaded again what was had"
+    assert stats.ranges[ranges:] == ["bytes=1500000-"], stats.ranges
+
+
 def test_a_checksummed_recipe_is_one_repository_whatever_the_mirrors_or_query_token(base: Path) -> None:
     with Origin() as first, Origin() as second:
         first.add("/data.tgz", GOOD)

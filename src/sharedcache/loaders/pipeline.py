@@ -56,13 +56,15 @@ Mirrors
 -------
 A recipe with several sources (alternatives for the same bytes, which its checksum checks) tries
 them in order.  A source that fails (a download error, a checksum mismatch, a corrupt or unsafe
-archive, data past the size limit) leaves nothing behind: ``dest`` is emptied, its partial
-discarded, and the next source starts afresh.  A failure that no other source can mend (no space,
-a write error, a bad setting) ends the population at once.  When every source failed, the error
-names each one's failure; it is an :class:`~sharedcache.errors.AuthorizationError` only if every one
-of them refused this process's credentials (a source that failed otherwise fails any process
-alike), else of the kind of the last failure that was no refusal.  A partial left by a killed
-process is continued from the source it came from, which is therefore tried first.
+archive, data past the size limit) leaves nothing behind in ``dest``, which is emptied, and the
+next source starts afresh.  Its partial is discarded, unless the source failed to deliver the rest
+(a download error): that one stays until another source writes a partial of its own.  A failure
+that no other source can mend (no space, a write error, a bad setting) ends the population at
+once.  When every source failed, the error names each one's failure; it is an
+:class:`~sharedcache.errors.AuthorizationError` only if every one of them refused this process's
+credentials (a source that failed otherwise fails any process alike), else of the kind of the
+last failure that was no refusal.  A partial left by a killed process, or by a population whose
+every source failed, is continued from the source it came from, which is therefore tried first.
 """
 
 from __future__ import annotations
@@ -385,10 +387,15 @@ class _Partial:
 
     def load(self) -> tuple[int, str | None, int | None]:
         """Where a previous process stopped, its validator and the size of the whole (if known);
-        (0, None, None) if there is nothing usable."""
+        (0, None, None) if there is nothing usable.  Another source's partial is left as it is:
+        it goes only when this source writes its own (see :meth:`write`), and this source may
+        fail before it does, as one that is down does, which leaves that partial for the next
+        population to continue from its source."""
         kept = self.kept(self.data.parent)
-        if kept is None or kept.identity != self._identity or kept.source != self._what:
+        if kept is None or kept.identity != self._identity:
             self.discard()
+            return 0, None, None
+        if kept.source != self._what:
             return 0, None, None
         return kept.size, kept.validator, kept.total
 
