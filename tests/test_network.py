@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from origin import Origin
 from scutil import (SC, Sleeper, ThreadedServer, check_tree, control, kill_populator_and_take_over, read_head, resumable,
-                    sample_files, sc, sc_env, tarball_bytes, user_dir)
+                    sample_files, sc, sc_env, stop_process, tarball_bytes, user_dir, wait_for)
 from squid import Squid, free_port
 
 import sharedcache
@@ -438,6 +439,41 @@ def test_a_squid_proxy_that_cannot_forward_is_failed_over_for_plain_http(tmp_pat
     assert f"retrying {url} via proxy {proxy.url}" in result.stderr and "attempt 2 of 2" in result.stderr
     assert [(u, status.rpartition("/")[2]) for _, u, status, _ in asked] == [(url, "502")] * 2, asked
     assert origin.stats("/data.tar.gz").vias == [None]
+    check_tree(user_dir(tmp_path) / "data", FILES)
+
+
+def test_a_squid_proxy_failed_over_is_failed_over_again_when_the_route_comes_back_to_it(tmp_path, owner):
+    # Its retries spent, the broken squid was failed over to DIRECT, whose connection the origin
+    # refused once (a restart): the route went back to the squid, never failed over again, and
+    # every retry left went to it ("HTTP 502 ... via proxy"), though the origin was back.
+    port = free_port()  # the origin's, where nothing listens until DIRECT was refused
+    url = f"http://127.0.0.1:{port}/data.tar.gz"
+    unreachable_parent = f"cache_peer 127.0.0.1 parent {free_port()} 0 no-query no-digest\nnever_direct allow all\n"
+    config = tmp_path / "config"
+    config.write_text("retries = 3\n")
+    stderr = tmp_path / "stderr"
+    with Squid(config=unreachable_parent) as proxy, open(stderr, "w") as log:
+        proc = subprocess.Popen([*SC, "--use", "-v", "-n", "data", "-d", str(tmp_path), "--pid", str(owner.pid),
+                                 "--proxy", f"{proxy.url};DIRECT", *recipe(url)],
+                                stdout=subprocess.PIPE, stderr=log, text=True, env=sc_env(SC_CONFIG=str(config)))
+        try:
+            wait_for(lambda: f"retrying {url} in " in stderr.read_text() or proc.poll() is not None,
+                     timeout=60, what="a refused direct connection")
+            with Origin(port=port) as origin:
+                origin.add("/data.tar.gz", DATA)
+                proc.communicate(timeout=60)
+                vias = origin.stats("/data.tar.gz").vias
+        finally:
+            stop_process(proc)
+        asked = proxy.requests()
+    result = stderr.read_text()
+    assert proc.returncode == 0, result
+    refused = result.count(f"retrying {url} in ")
+    failover = [line for line in result.splitlines() if "failing over to a direct connection" in line]
+    assert refused >= 1 and len(failover) == 1 + refused, result
+    # Its four answers, then one each time a refused connection sent the route back to it.
+    assert [status.rpartition("/")[2] for _, _, status, _ in asked] == ["502"] * (4 + refused), asked
+    assert vias == [None]
     check_tree(user_dir(tmp_path) / "data", FILES)
 
 

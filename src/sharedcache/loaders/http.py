@@ -438,9 +438,11 @@ def _proxy_failure(response: urllib3.BaseHTTPResponse, transport: Transport) -> 
     header, and the origin's own 503 with ``X-Squid-Error`` and no ``Via`` reads as the proxy's:
     such an answer is retried through the proxy as any 5xx, and only when the retries are spent
     and the last answer still reads so does the route go on past the proxy (one answer of an
-    origin moves no client off its site's proxy).  A proxy that marks nothing (nginx, Apache's
-    mod_proxy: their own errors look like relayed ones) has its 5xx taken for the origin's.  None
-    if the answer does not read as the proxy's failure."""
+    origin moves no client off its site's proxy).  A proxy gone past so, that the route comes back
+    to in the same request (a later member's connection failed), is gone past at its first such
+    answer.  A proxy that marks nothing (nginx, Apache's mod_proxy: their own errors look like
+    relayed ones) has its 5xx taken for the origin's.  None if the answer does not read as the
+    proxy's failure."""
     squid_error = _field(response, "X-Squid-Error")
     if response.status not in _GATEWAY_FAILURES or not squid_error or not transport.forwards():
         return None
@@ -832,19 +834,26 @@ class _HttpStream(SourceStream):
                     if transport.forwards():
                         self.cached_by = shown(transport.route[member])
                     return response
+                failure = _proxy_failure(response, transport)
+                # A proxy that still answers that it cannot forward once its retries are spent is
+                # failed over, and the next member gets the retries anew.  The route comes back to
+                # it when a later member's connection fails: having had its retries, it is failed
+                # over again at once, no attempt spent (the last member's failure spends one, so
+                # a route of broken members ends with the retries).
+                spent = member in failed_over
+                if failure is not None and (spent or attempt >= self.retries) \
+                        and transport.fail_over(member, failure):
+                    response.close()
+                    if not spent:
+                        failed_over.add(member)
+                        attempt = 0
+                    target, redirects = url, 0
+                    continue
                 asked = _retry_after(response)
                 error = self._status_error(response)
                 if busy_fails and response.status in _BUSY:
                     raise _Refused(str(error)) from None
                 if attempt >= self.retries:
-                    # A proxy that still answers that it cannot forward is failed over, once a
-                    # request, and the next member gets the retries anew.
-                    failure = _proxy_failure(response, transport)
-                    if failure is not None and member not in failed_over and transport.fail_over(member, failure):
-                        response.close()
-                        failed_over.add(member)
-                        attempt, target, redirects = 0, url, 0
-                        continue
                     raise DownloadError(f"{error}{_after(attempt + 1)}") from None
                 if asked is not None and asked > _RETRY_AFTER_MAX:
                     raise DownloadError(f"{error}, which asks to be asked again in {asked:.0f} s "
