@@ -546,6 +546,20 @@ def test_a_wrong_checksum_through_the_proxy_has_the_origin_serve_the_file_once(t
     assert stats.bytes_served == len(payload) and set(stats.statuses[1:]) <= {304}, stats
 
 
+def test_a_copy_cut_short_in_the_proxy_is_fetched_anew(tmp_path, origin, squid, owner):
+    # The origin's answer had no length and the network cut it: squid took the close for its end
+    # and cached the cut body as the file.  Asked to check that copy, squid got the origin's 304
+    # and served it again: every host failed until the copy expired.
+    payload = os.urandom(2 << 20)
+    url = origin.add("/tool.bin", payload)
+    origin.fault("/tool.bin", no_length=True, drop_after=1 << 20)
+    result = use_through(tmp_path, owner, url, hashlib.sha256(payload).hexdigest(), squid)
+    assert result.returncode == 0, result.stderr
+    assert (Path(result.stdout.strip()) / "tool.bin").read_bytes() == payload
+    assert f"asking proxy {squid.url}, which it came through, to fetch the file anew" in result.stderr
+    assert origin.stats("/tool.bin").statuses == [200, 200]
+
+
 # --- offline -------------------------------------------------------------------------------------
 
 

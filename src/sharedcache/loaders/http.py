@@ -70,8 +70,9 @@ TLS trust, the client certificate and the ``Authorization`` header come from
 is removed from the URL that messages show); a 401 or 403 answer says what was sent.
 Connections go through :mod:`sharedcache.loaders.transport` (proxies, fail-over, the pool
 managers).  An answer through a proxy that sees the request is marked as such (``cached_by``),
-and with ``ctx.revalidate`` every request asks the caches on the way to check their copy with the
-origin (:data:`_REVALIDATE`).  Every retry and every fail-over is told to ``ctx.notice`` with its reason.
+and with ``ctx.refresh`` every request asks the caches on the way to check their copy with the
+origin, or to fetch it anew (:data:`_REFRESH`).  Every retry and every fail-over is told to
+``ctx.notice`` with its reason.
 Offline (``ctx.fetch.offline``) the source refuses to open before any connection is tried.
 """
 
@@ -131,12 +132,18 @@ _BUSY = (429, 503)
 #: The longest wait a ``Retry-After`` is followed for.  A server that asks for more (the rest of a
 #: day's quota) fails the request at once, saying so, rather than hold the job that long.
 _RETRY_AFTER_MAX = 300.0
-#: What asks every cache on the way for a copy no older than now, which it must check with the
-#: origin (RFC 9111 5.2.1.1): squid asks it conditionally (``If-None-Match``, ``If-Modified-Since``)
-#: and serves its copy on a ``304``, fetching the file anew only when the origin replaced it.  A
-#: reload (``no-cache``) would have it fetch the whole file again even when its copy is current:
-#: once per host of a site for a recipe whose checksum is simply wrong.
-_REVALIDATE = {"Cache-Control": "max-age=0"}
+#: What the caches on the way are asked (``ctx.refresh``).  ``revalidate`` asks every cache for a
+#: copy no older than now, which it must check with the origin (RFC 9111 5.2.1.1): squid asks it
+#: conditionally (``If-None-Match``, ``If-Modified-Since``) and serves its copy on a ``304``,
+#: fetching the file anew only when the origin replaced it.  A reload (``no-cache``) would have it
+#: fetch the whole file again even when its copy is current: once per host of a site for a recipe
+#: whose checksum is simply wrong.  But a copy that may be cut short (of an answer without a
+#: length, which a cut connection ends as its close does) is reloaded: checked, the origin answers
+#: ``304`` and the cache serves the cut copy again.
+_REFRESH = {
+    "revalidate": {"Cache-Control": "max-age=0"},
+    "reload": {"Cache-Control": "no-cache", "Pragma": "no-cache"},
+}
 #: How much of an error answer's body is read for what the server says, and how long for.
 _ERROR_BODY_BYTES = 4096
 _ERROR_BODY_SECONDS = 2.0
@@ -594,7 +601,7 @@ class _HttpStream(SourceStream):
         self.notice = ctx.notice
         self.deadline = ctx.deadline
         self.checksummed = ctx.checksummed
-        self.revalidate = ctx.revalidate
+        self.refresh = ctx.refresh
         self.retries = fetch.retries
         self.errors = (urllib3.exceptions.HTTPError, OSError)
         if fetch.speed_limit:
@@ -785,7 +792,7 @@ class _HttpStream(SourceStream):
             # credentials go to the origin of the URL asked for alone.  Whether a download is split is
             # the route's that sends this attempt: the first may have failed over, or been redirected.
             ranged = not (may_split and start == 0 and self._connections_to(target) == 1)
-            headers = {**pool.headers, **(ranges if ranged else {}), **(_REVALIDATE if self.revalidate else {})}
+            headers = {**pool.headers, **(ranges if ranged else {}), **(_REFRESH[self.refresh] if self.refresh else {})}
             if _origin(target) == _origin(self.url):
                 headers.update(self._auth.headers)
             try:

@@ -48,9 +48,12 @@ Caches on the way
 -----------------
 A source's bytes that came through a cache (``SourceStream.cached_by``: a forwarding proxy) and
 fail the checksum may be its stale copy of a file the origin has replaced: the source starts over
-once, from nothing, with ``Context.revalidate`` set (the caches are asked to check their copy with
+once, from nothing, with ``Context.refresh`` set (the caches are asked to check their copy with
 the origin, which sends the file anew only if it replaced it), and a second mismatch names the
-cache.
+cache.  Bytes whose size nothing declared (``SourceStream.total`` None: squid relays the body of an
+origin that gave no length chunked, its end squid's word) may be the cache's copy of an answer a
+cut connection ended: the caches are asked to fetch it anew instead, the origin's ``304`` to a
+check saying nothing of the copy's end.
 
 Mirrors
 -------
@@ -76,7 +79,7 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from ..errors import (
     AuthorizationError,
@@ -196,9 +199,9 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             ctx.notice(f"starting {ctx.what} over ({e}; attempt {restart + 2} of {ctx.fetch.retries + 1})")
             _start_over(dest, ctx, partial)
         except _CachedCopyFailed as failed:
-            ctx.notice(f"{failed.failure}; asking {failed.cached_by}, which it came through, to check its copy "
-                       "with the origin (it may be stale)")
-            ctx.revalidate = True
+            asked, suspicion = _REFRESH_ASKED[failed.refresh]
+            ctx.notice(f"{failed.failure}; asking {failed.cached_by}, which it came through, {asked} ({suspicion})")
+            ctx.refresh = failed.refresh
             _start_over(dest, ctx, partial)
         except (ChecksumError, CorruptDataError, SizeLimitError):
             if partial is not None:
@@ -206,14 +209,21 @@ def _populate_from(source: Source, recipe: Recipe, dest: Path, ctx: Context, pro
             raise
 
 
+#: How messages say what the caches on the way are asked to do (``Context.refresh``), and why.
+_REFRESH_ASKED = {
+    "revalidate": ("to check its copy with the origin", "it may be stale"),
+    "reload": ("to fetch the file anew from the origin", "its copy may be cut short"),
+}
+
+
 class _CachedCopyFailed(Exception):
     """The checksum ``failure`` of bytes that came through the cache ``cached_by`` (a forwarding
-    proxy), whose copy may be stale: the source is fetched again, once, with the caches on the way
-    told to check their copy with the origin (``Context.revalidate``)."""
+    proxy), whose copy may be stale or cut short: the source is fetched again, once, with the
+    caches on the way told to do ``refresh`` (``Context.refresh``)."""
 
-    def __init__(self, failure: ChecksumError, cached_by: str) -> None:
+    def __init__(self, failure: ChecksumError, cached_by: str, refresh: Literal["revalidate", "reload"]) -> None:
         super().__init__(str(failure))
-        self.failure, self.cached_by = failure, cached_by
+        self.failure, self.cached_by, self.refresh = failure, cached_by, refresh
 
 
 def _start_over(dest: Path, ctx: Context, partial: _Partial | None) -> None:
@@ -302,9 +312,11 @@ def _run(origin: Source, recipe: Recipe, dest: Path, ctx: Context, progress: Pro
         if source.unconfirmed_end is not None:
             exc.args = (f"{exc} ({source.unconfirmed_end})",)
         if source.cached_by is not None:
-            if not ctx.revalidate:
-                raise _CachedCopyFailed(exc, source.cached_by) from None
-            exc.args = (f"{exc} (it came through {source.cached_by}, asked to check its copy with the origin)",)
+            if ctx.refresh is None:
+                # Without a declared size, the cache too may have taken a cut connection for the end.
+                raise _CachedCopyFailed(exc, source.cached_by,
+                                        "reload" if source.total is None else "revalidate") from None
+            exc.args = (f"{exc} (it came through {source.cached_by}, asked {_REFRESH_ASKED[ctx.refresh][0]})",)
         raise
     finally:
         stream.close()

@@ -89,7 +89,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from ..config.settings import FetchPolicy
 from ..errors import SizeLimitError, UsageError, without_user_info
@@ -137,9 +137,12 @@ class Context:
         #: Whether a checksum reads the source's bytes as they come: a source whose end nothing
         #: else confirms (a body ended by a close) may hand it on, and the checksum proves it whole.
         self.checksummed = False
-        #: Whether caches on the way must check their copy of the source with its origin before
-        #: serving it (a copy that failed the checksum once: see ``SourceStream.cached_by``).
-        self.revalidate = False
+        #: What caches on the way must do with their copy of the source before serving it (a copy
+        #: that failed the checksum once: see ``SourceStream.cached_by``): ``"revalidate"``, check
+        #: it with the origin, which sends the file anew only if it replaced it; ``"reload"``, fetch
+        #: it anew, a copy that may be cut short (which the origin's ``304`` would not tell); None,
+        #: serve it.
+        self.refresh: Literal["revalidate", "reload"] | None = None
         self.written = 0
 
     def charge(self, nbytes: int) -> None:

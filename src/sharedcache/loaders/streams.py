@@ -81,8 +81,9 @@ class SourceStream(Stream):
     #: checksum then decides, and a mismatch says this).
     unconfirmed_end: str | None = None
     #: The cache on the way that bytes came through (a forwarding proxy, as messages name it), if
-    #: any: a copy it holds may be stale, which a checksum that fails them has it check with the
-    #: origin once (:attr:`~sharedcache.loaders.protocol.Context.revalidate`), and names if they fail again.
+    #: any: a copy it holds may be stale, or cut short, which a checksum that fails them has it check
+    #: with the origin, or fetch anew, once (:attr:`~sharedcache.loaders.protocol.Context.refresh`),
+    #: and names if they fail again.
     cached_by: str | None = None
 
 
