@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sharedcache"
-SHARED = {"errors", "sizes", "progress", "lean", "mounts", "modes", "__init__", "__main__"}
+SHARED = {"errors", "loader_errors", "sizes", "progress", "lean", "mounts", "modes", "__init__", "__main__"}
 # What each sub-system may import, besides itself and the shared modules.
 ALLOWED = {
     "cli": {"repository", "loaders", "engine", "config"},

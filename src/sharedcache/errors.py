@@ -16,6 +16,36 @@ from __future__ import annotations
 import _thread
 import sys
 
+TYPE_CHECKING = False  # see sharedcache.lean
+if TYPE_CHECKING:
+    from .loader_errors import (
+        AuthorizationError as AuthorizationError,
+    )
+    from .loader_errors import (
+        ChecksumError as ChecksumError,
+    )
+    from .loader_errors import (
+        CorruptDataError as CorruptDataError,
+    )
+    from .loader_errors import (
+        CredentialError as CredentialError,
+    )
+    from .loader_errors import (
+        DownloadError as DownloadError,
+    )
+    from .loader_errors import (
+        LoaderError as LoaderError,
+    )
+    from .loader_errors import (
+        ResumeError as ResumeError,
+    )
+    from .loader_errors import (
+        SizeLimitError as SizeLimitError,
+    )
+    from .loader_errors import (
+        UnsafeArchiveError as UnsafeArchiveError,
+    )
+
 #: Quoted text longer than this many characters is shown by its two ends (a name in an archive may
 #: be 256 KiB long, and the message must stay a line a user can read).
 QUOTED_CHARACTERS = 160
@@ -652,55 +682,26 @@ class EntryTooLargeError(NoSpaceError):
     """An entry is larger than the whole cache budget; it is refused without evicting anything."""
 
 
-class LoaderError(SharedCacheError):
-    """Fetching or preparing data failed (base of the loader errors)."""
-
-
-class CredentialError(LoaderError):
-    """This process's credentials cannot be used (a CA bundle, a client certificate or key, a
-    bearer token file, a ``.netrc``): its own failure, not the recipe's, which the processes
-    waiting for its population, who have their own, are not told."""
-
-
-class DownloadError(LoaderError):
-    """A source could not deliver its bytes: network failure, HTTP error, missing file or tool."""
-
-
-class AuthorizationError(DownloadError):
-    """A server refused this process's request for want of credentials, or for the ones it sent:
-    a 401 or 403 answer from the URL's own origin (which alone is sent them), a 407 from a proxy;
-    with several sources, from every one (a source that failed otherwise would fail any process).
-    This process's own failure, as a :class:`CredentialError` is: it is recorded for the listing,
-    but a process waiting for its population, whose credentials are its own, is not told it."""
-
-
-class ChecksumError(LoaderError):
-    """The data does not match the checksum the recipe gives."""
-
-
-class UnsafeArchiveError(LoaderError):
-    """An archive holds a member that would escape the repository or is not allowed."""
-
-
-class SizeLimitError(LoaderError, NoSpaceError):
-    """The data grew past the size the recipe reserved for it."""
-
-
-class CorruptDataError(LoaderError):
-    """The data is not what the recipe says it is: a corrupt or truncated archive or compressed stream."""
-
-
-class ResumeError(DownloadError):
-    """A transfer cannot continue where it stopped: the data changed, or the server ignores ranges.
-
-    Loaders raise it so that the population starts over; it reaches the user only when starting over
-    did not help either.
-    """
-
-
 def size_change(before: int, now: int | None) -> str:
     """Why a continuation is not of the file of ``before`` bytes that it continues: it gives another
     size, ``now``, or none (a ``Content-Range`` ending in ``/*``)."""
     if now is None:
         return f"its size of {before} bytes is no longer given"
     return f"its size changed from {before} to {now} bytes"
+
+
+#: The errors of loaders, made on the first use of one (see :mod:`sharedcache.loader_errors`).
+_LOADER_ERRORS = frozenset({
+    "LoaderError", "CredentialError", "DownloadError", "AuthorizationError", "ChecksumError",
+    "UnsafeArchiveError", "SizeLimitError", "CorruptDataError", "ResumeError",
+})
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LOADER_ERRORS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import loader_errors
+
+    value = getattr(loader_errors, name)
+    globals()[name] = value
+    return value

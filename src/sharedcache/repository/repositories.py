@@ -24,7 +24,6 @@ from ..errors import (
     MissError,
     NoSpaceError,
     SharedCacheError,
-    SizeLimitError,
     UsageError,
     WaitForItselfError,
     no_space_for,
@@ -318,6 +317,8 @@ class Repositories:
             # a use that waited for another's population there, which the populator's error
             # record failed: that populator goes on in the next candidate, where this use
             # finds it.
+            from ..errors import SizeLimitError  # (a loader's error: made on a miss only)
+
             if isinstance(e, SizeLimitError):
                 raise
             self._give_up(base, e)
