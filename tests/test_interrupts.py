@@ -126,12 +126,11 @@ _DROPPED_IN_A_FINALIZER = re.compile(r"Exception ignored in: .*\nTraceback \(mos
                                      r"(?:.*\n)*?KeyboardInterrupt: ?\n")
 
 
-def test_ctrl_c_anywhere_in_a_use_releases_it_once_and_reaches_the_caller(tmp_path: Path) -> None:
-    # Ctrl-C that came as a use's lease was made, as its block was entered or left, or as it was
-    # released, left the lease taken for the life of the process (an interactive interpreter, a
-    # notebook's kernel); real interrupts, at random moments of hundreds of uses.
+def _interrupted_at_random(script: str, tmp_path: Path) -> tuple[str, str]:
+    """The output and errors of ``script`` (run on a file of ``tmp_path``: 3000 uses of it, then
+    its line of counts) under real interrupts at random moments, which it catches and counts."""
     (tmp_path / "data.bin").write_bytes(b"x" * 1000)
-    user = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_USES, str(tmp_path), "3000"], env=ENV,
+    user = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), "3000"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sender = None
     try:
@@ -152,6 +151,14 @@ while True:
             if process is not None:
                 stop_process(process, 30)
     assert user.returncode == 0, err
+    return out, err
+
+
+def test_ctrl_c_anywhere_in_a_use_releases_it_once_and_reaches_the_caller(tmp_path: Path) -> None:
+    # Ctrl-C that came as a use's lease was made, as its block was entered or left, or as it was
+    # released, left the lease taken for the life of the process (an interactive interpreter, a
+    # notebook's kernel); real interrupts, at random moments of hundreds of uses.
+    out, err = _interrupted_at_random(_INTERRUPTED_USES, tmp_path)
     interrupted, leases, handler_restored = out.split()
     assert int(interrupted) > 50  # the interrupts reached the caller
     assert (leases, handler_restored, _DROPPED_IN_A_FINALIZER.sub("", err)) == ("1", "True", "")  # the holding thread's lease alone
@@ -203,28 +210,7 @@ def test_ctrl_c_anywhere_in_a_use_of_a_kept_repository_leaves_no_lock_file_open(
     # Ctrl-C as a lock file's open returned, or as the finally that closes it began, left the
     # descriptor open for the life of the process (a daemon, a notebook's kernel that caught the
     # interrupt): dozens of the entry's lock after a thousand interrupts.
-    (tmp_path / "data.bin").write_bytes(b"x" * 1000)
-    user = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_USES_OF_A_KEPT_REPOSITORY, str(tmp_path), "3000"],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sender = None
-    try:
-        assert user.stdout is not None
-        assert user.stdout.readline() == "ready\n"
-        sender = subprocess.Popen([sys.executable, "-c", f"""
-import os, random, signal, time
-while True:
-    time.sleep(random.uniform(0, 0.004))
-    try:
-        os.kill({user.pid}, signal.SIGINT)
-    except ProcessLookupError:
-        break
-"""])
-        out, err = user.communicate(timeout=240)
-    finally:
-        for process in (user, sender):
-            if process is not None:
-                stop_process(process, 30)
-    assert user.returncode == 0, err
+    out, err = _interrupted_at_random(_INTERRUPTED_USES_OF_A_KEPT_REPOSITORY, tmp_path)
     interrupted, leases, recorded, opened = out.split(maxsplit=3)
     assert int(interrupted) > 50  # the interrupts reached the caller
     assert (leases, recorded, opened) == ("0", "0", "[]\n"), err
