@@ -456,13 +456,6 @@ class WaitTimeoutError(SharedCacheError):
     """Waiting for a lock or for another process's population took longer than allowed."""
 
 
-class WaitForItselfError(UsageError):
-    """A wait that this very thread would have to end: a signal handler's, run in the thread
-    whose step it interrupted, which holds what the handler waits for (a lock, the index's
-    write lock) until the handler returns.  Refused at once: waiting would last until the
-    timeout, or for good."""
-
-
 class NoSpaceError(SharedCacheError):
     """Not enough space: the budget or the file system cannot hold the data."""
 

@@ -56,7 +56,7 @@ import stat
 import time
 from _thread import RLock, get_ident  # threading's, without importing threading
 
-from ..errors import CacheError, WaitForItselfError, WaitTimeoutError
+from ..errors import CacheError, WaitTimeoutError
 from ..modes import taken
 from .fsutil import leased, open_directory, shown_path, temp_beside
 from .leases import INTERRUPTS, deferring_from_entry
@@ -367,9 +367,7 @@ def lock(
     """Take the lock ``mode`` on ``fd``, waiting at most ``timeout`` seconds (None: forever).
 
     ``waiting(elapsed)`` is called between attempts so a caller can report whom it waits for.
-    Raises :class:`WaitTimeoutError` naming ``what`` when the time is up, and
-    :class:`WaitForItselfError` at once if this thread holds the lock through another descriptor
-    (:func:`held_in_this_thread`): a signal handler's wait for the step it interrupted.
+    Raises :class:`WaitTimeoutError` naming ``what`` when the time is up.
     """
     before = _held.get(fd)
     _record(fd, mode)  # (for the whole wait: a fork while it waits copies it recorded)
@@ -378,9 +376,6 @@ def lock(
     start = time.monotonic()
     delay = 0.001
     try:
-        if held_in_this_thread(fd):
-            raise WaitForItselfError(f"{what} is held by this very thread, in the step that a signal handler "
-                                     "interrupted: the handler would wait for itself; try again once that step is over")
         while True:
             elapsed = time.monotonic() - start
             if timeout is not None and elapsed >= timeout:
@@ -408,14 +403,10 @@ def release(fd: int) -> None:
 @deferring_from_entry
 def close(fd: int) -> None:
     """Close ``fd``, a descriptor that may have been locked: the lock goes with it (once no
-    copy is left, or at once if a child forked meanwhile gives its copy up, or if it may be
-    held exclusively), and so does the record of it (see the module's docstring).  An exclusive
-    lock goes before its record: a signal handler run in between, in this thread, would not know
-    the lock for its thread's (:func:`held_in_this_thread`), and would wait for it."""
-    record = _held.get(fd)
-    may_be_exclusive = record is not None and record[1]
+    copy is left, or at once if a child forked meanwhile gives its copy up), and so does the
+    record of it (see the module's docstring)."""
     # (Not what a child keeps: it holds the lock through its copy, as it should.)
-    _close(fd, unlock=(fd in _given_up or may_be_exclusive) and fd not in _kept)
+    _close(fd, unlock=fd in _given_up and fd not in _kept)
 
 
 @deferring_from_entry
@@ -426,11 +417,11 @@ def _close(fd: int, *, unlock: bool) -> None:
     INTERRUPTS.deferring = True
     try:
         with _recording:
+            hand_over(fd)  # (its records go)
             try:
                 if unlock:
                     fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                hand_over(fd)  # (its records go)
                 os.close(fd)
     finally:
         if deferred:
