@@ -3,6 +3,9 @@ the garbage collector is off while it imports)."""
 
 import gc
 
+from . import _reserve_stack
+
+_reserve_stack()
 gc.disable()
 try:
     from .cli import leave, main  # imported with the collector off
