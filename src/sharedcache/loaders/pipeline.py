@@ -79,7 +79,7 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import (
     AuthorizationError,
@@ -344,14 +344,13 @@ def _empty(directory: Path) -> None:
             child.unlink()
 
 
-class _Kept(NamedTuple):
+class _Kept:
     """A partial download's record, as far as it is one to go on from, and the size of its file."""
 
-    identity: object
-    source: object
-    validator: str
-    total: int | None
-    size: int
+    __slots__ = ("identity", "size", "source", "total", "validator")
+
+    def __init__(self, identity: object, source: object, validator: str, total: int | None, size: int) -> None:
+        self.identity, self.source, self.validator, self.total, self.size = identity, source, validator, total, size
 
 
 class _Partial:
