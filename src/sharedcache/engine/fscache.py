@@ -159,8 +159,7 @@ use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for
 own the files.  The end of a use sets it again (a load as its block ends, a release as it removes
 its lease: see "Leases"), so that a long use that ended last ranks its entry after one that was
 begun later and ended first; so does the removal of a dead owner's lease (by a hold, a release,
-an eviction that reaches the entry, a deletion that leaves it, or gc), the latest that use may
-have ended.
+a deletion that leaves the entry, or gc), the latest that use may have ended.
 
 In a group cache every member may write ``objects/``, so one could put a link where an entry
 was between two steps.  There the entry's directory is opened first, without following a link
@@ -234,14 +233,11 @@ not the cache's to know, so the names it deleted are kept, per thread, for the c
 
 Because the size recorded at commit is the size subtracted at deletion, the accounting cannot
 drift; gc recomputes it from the rows anyway.  Eviction walks the rows in the index's order of
-last use; before deleting a candidate it reads the candidate's lock time and, if that is not
-later than its row's, removes the leases of its dead owners, which ends their uses now (see
-"Load and hold"); a candidate used since its row was written, or whose dead uses ended so, gets
-its row updated and its turn later, so the order is exact and only candidates' files are looked
-at: a use held by a job killed without a release does not rank its entry by when it began, gc or
-no gc before.  It passes over an awaited entry as over one in use: an entry left for its waiters
-(a release's, gc's) and then evicted for the budget (which a non-strict store exceeds) would be
-made again by each of them.
+last use; before deleting a candidate it reads the candidate's lock time, and a candidate used
+since its row was written gets its row updated and its turn later, so the order is exact and
+only candidates' files are looked at.  It passes over an awaited entry as over one in use: an
+entry left for its waiters (a release's, gc's) and then evicted for the budget (which a
+non-strict store exceeds) would be made again by each of them.
 
 Entries for this boot
 ---------------------
@@ -1809,7 +1805,7 @@ class FsCache:
                 deleted = False
                 if keep:  # (the step that records the end of the use, as it removes the lease, was not taken)
                     self._touch(os.path.join(entry, "lock"))
-                db.set_last_used(name, self._last_use(entry))  # last in the order of eviction
+                db.set_last_used(name, self._last_use(name, entry))  # last in the order of eviction
                 self._restore_budget(db, budget)
             else:
                 # Restored once its row is gone (it counts against no budget), and before it
@@ -2054,11 +2050,10 @@ class FsCache:
             if not batch:
                 break
             for last_used, name, size in batch:
-                used = self._last_use_ended(name, last_used)
+                used = self._last_use(name)
                 if used > last_used:
-                    # Used since its row was written (or a use of it found dead just now): its
-                    # turn comes later, maybe before the rest of this batch, so the walk goes on
-                    # from here in the new order.
+                    # Used since its row was written: its turn comes later, maybe before the
+                    # rest of this batch, so the walk goes on from here in the new order.
                     db.set_last_used(name, used)
                     break
                 after = (last_used, name)
@@ -2103,29 +2098,15 @@ class FsCache:
         db.set_swept_boot(boot)
         return freed
 
-    def _last_use_ended(self, name: str, recorded: float) -> float:
-        """The time of entry ``name``'s last use, for eviction, whose row says ``recorded``.  If
-        its lock says no later, the uses of its dead owners end first (their leases reclaimed:
-        :meth:`_reclaim`), so that a use whose process died without a release (a job killed with
-        SIGKILL) ranks its entry by when it is found dead, not by when it began.  (A later lock
-        puts the entry's turn off anyway: its leases are judged when that comes, so that a
-        candidate used since its row was written costs a stat only.)"""
+    def _last_use(self, name: str, entry: str | None = None) -> float:
+        """The time of entry ``name``'s last use (its lock's); ``entry``: the caller's path of its
+        directory (:meth:`_entry`), if it has one."""
         try:
-            with self._entry(name) as entry:
-                used = self._last_use(entry)
-                if used <= recorded and self._reclaim(entry, scan_leases(entry, boots=self._boots)[1]):
-                    used = self._last_use(entry)
-                return used
-        except MissError:
-            return float("-inf")
-
-    @staticmethod
-    def _last_use(entry: str) -> float:
-        """The time of the last use of the entry at ``entry`` (a path of :meth:`_entry`): its
-        lock's."""
-        try:
+            if entry is None:
+                with self._entry(name) as opened:
+                    return os.stat(os.path.join(opened, "lock")).st_mtime
             return os.stat(os.path.join(entry, "lock")).st_mtime
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, MissError):
             return float("-inf")
 
     def discard(self, path: str) -> None:
@@ -2761,7 +2742,7 @@ class FsCache:
         except (ValueError, KeyError, TypeError):
             return False
         keep = os.path.exists(os.path.join(entry, "keep"))
-        last_used = max(created, self._last_use(entry))
+        last_used = max(created, self._last_use(name, entry))
         if room:  # (without its row, it is no candidate for this eviction)
             self._make_room(db, name, size, strict=False)
         db.add(name, size, created, last_used, keep, meta)
