@@ -17,34 +17,16 @@ import _thread
 import sys
 
 TYPE_CHECKING = False  # see sharedcache.lean
-if TYPE_CHECKING:
-    from .loader_errors import (
-        AuthorizationError as AuthorizationError,
-    )
-    from .loader_errors import (
-        ChecksumError as ChecksumError,
-    )
-    from .loader_errors import (
-        CorruptDataError as CorruptDataError,
-    )
-    from .loader_errors import (
-        CredentialError as CredentialError,
-    )
-    from .loader_errors import (
-        DownloadError as DownloadError,
-    )
-    from .loader_errors import (
-        LoaderError as LoaderError,
-    )
-    from .loader_errors import (
-        ResumeError as ResumeError,
-    )
-    from .loader_errors import (
-        SizeLimitError as SizeLimitError,
-    )
-    from .loader_errors import (
-        UnsafeArchiveError as UnsafeArchiveError,
-    )
+if TYPE_CHECKING:  # (made on the first use of one: see __getattr__ at the end)
+    from .loader_errors import AuthorizationError as AuthorizationError
+    from .loader_errors import ChecksumError as ChecksumError
+    from .loader_errors import CorruptDataError as CorruptDataError
+    from .loader_errors import CredentialError as CredentialError
+    from .loader_errors import DownloadError as DownloadError
+    from .loader_errors import LoaderError as LoaderError
+    from .loader_errors import ResumeError as ResumeError
+    from .loader_errors import SizeLimitError as SizeLimitError
+    from .loader_errors import UnsafeArchiveError as UnsafeArchiveError
 
 #: Quoted text longer than this many characters is shown by its two ends (a name in an archive may
 #: be 256 KiB long, and the message must stay a line a user can read).
