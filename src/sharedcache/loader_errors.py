@@ -55,3 +55,10 @@ class ResumeError(DownloadError):
     Loaders raise it so that the population starts over; it reaches the user only when starting over
     did not help either.
     """
+
+
+# Named where they are documented and imported from, in a traceback and by pickle (which finds
+# them there through sharedcache.errors.__getattr__).
+for _error in (LoaderError, CredentialError, DownloadError, AuthorizationError, ChecksumError, UnsafeArchiveError,
+               SizeLimitError, CorruptDataError, ResumeError):
+    _error.__module__ = "sharedcache.errors"
