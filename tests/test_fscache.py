@@ -473,16 +473,22 @@ def test_budget_is_never_exceeded_and_eviction_is_least_recently_loaded(root: Pa
     assert_clean(root)
 
 
-@pytest.mark.parametrize("use", ["hold", "load"])
-def test_eviction_ranks_an_entry_by_when_its_last_use_ended(root: Path, use: str) -> None:
-    # "long" is used first and for longest, "short" begun later and ended first: "long" is the
-    # more recently used, and a store that needs room for one more evicts "short".
+def _long_and_short(root: Path) -> FsCache:
+    """A cache holding "long" and "short", whose budget has room for no third entry of their size."""
     cache = FsCache(root)
     one = put(cache, "probe")
     cache.remove("probe")
     put(cache, "long")
     put(cache, "short")
     cache.max_size = 2 * one + one // 2
+    return cache
+
+
+@pytest.mark.parametrize("use", ["hold", "load"])
+def test_eviction_ranks_an_entry_by_when_its_last_use_ended(root: Path, use: str) -> None:
+    # "long" is used first and for longest, "short" begun later and ended first: "long" is the
+    # more recently used, and a store that needs room for one more evicts "short".
+    cache = _long_and_short(root)
 
     @contextlib.contextmanager
     def used(name: str) -> Iterator[None]:
@@ -1079,12 +1085,7 @@ def test_a_use_whose_owner_was_killed_ends_for_eviction_when_gc_reclaims_it(root
     # "long" is held by a process killed once "short", used later, was released: the end of its
     # use is when gc found it dead, so a store that needs room evicts "short".  It ranked "long"
     # by when its use began.
-    cache = FsCache(root)
-    one = put(cache, "probe")
-    cache.remove("probe")
-    put(cache, "long")
-    put(cache, "short")
-    cache.max_size = 2 * one + one // 2
+    cache = _long_and_short(root)
     holder = children.start("hold", root=str(root), name="long", how="lease")
     holder.expect("held")
     time.sleep(0.01)  # (the file system's clock may tick coarsely)
