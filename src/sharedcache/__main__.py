@@ -3,11 +3,11 @@ the garbage collector is off while it imports)."""
 
 import gc
 
-from . import _reserve_stack
-
-_reserve_stack()
 gc.disable()
 try:
+    from . import _reserve_stack
+
+    _reserve_stack()  # (first: under a cap on address space, the stack may find no room later)
     from .cli import leave, main  # imported with the collector off
 
     gc.freeze()
