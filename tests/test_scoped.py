@@ -56,6 +56,31 @@ def test_the_blocks_exception_reaches_the_generator_and_propagates_unchanged() -
     assert log[-2:] == ["enter", "exit"]
 
 
+def test_an_exception_that_propagates_is_freed_without_the_collector() -> None:
+    # The generator re-raises the block's exception inside __exit__, which added __exit__'s frame
+    # (whose locals hold the exception) to its traceback: a cycle only the collector frees.  Under
+    # a cap on memory, MemoryErrors so kept alive used up CPython's spare ones.
+    import gc
+    import weakref
+
+    class Failure(KeyError):
+        pass
+
+    log: list[str] = []
+    gc.disable()
+    try:
+        try:
+            with recording(log):
+                raise Failure("x")
+        except Failure as caught:
+            freed = weakref.ref(caught)
+            assert caught.__traceback__ is not None
+        assert log == ["enter", "failed", "exit"]
+        assert freed() is None, "the exception outlived its last reference"
+    finally:
+        gc.enable()
+
+
 def test_a_generator_may_swallow_the_exception() -> None:
     log: list[str] = []
     with recording(log, swallow=True):

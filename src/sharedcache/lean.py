@@ -78,7 +78,10 @@ class Scope:
             return stop is not error
         except BaseException as raised:
             if raised is error:
-                return False  # propagates with its own traceback
+                # Propagates with the block's traceback: re-raised here, it had gained this frame,
+                # whose locals hold it, a cycle that only the collector frees (as contextlib does).
+                error.__traceback__ = tb
+                return False
             if isinstance(error, StopIteration) and raised.__cause__ is error:
                 return False  # the block's StopIteration, which the generator turned into RuntimeError (PEP 479)
             raise
