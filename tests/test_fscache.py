@@ -1081,10 +1081,13 @@ def test_lease_of_a_killed_owner_is_reclaimed_by_gc(root: Path, children: Childr
     assert_clean(root)
 
 
-def test_a_use_whose_owner_was_killed_ends_for_eviction_when_gc_reclaims_it(root: Path, children: Children) -> None:
+@pytest.mark.parametrize("found_by", ["gc", "eviction"])
+def test_a_use_whose_owner_was_killed_ends_for_eviction_when_found_dead(
+    root: Path, children: Children, found_by: str
+) -> None:
     # "long" is held by a process killed once "short", used later, was released: the end of its
-    # use is when gc found it dead, so a store that needs room evicts "short".  It ranked "long"
-    # by when its use began.
+    # use is when gc, or else the eviction, found it dead, so a store that needs room evicts
+    # "short".  It ranked "long" by when its use began, unless gc had reclaimed it first.
     cache = _long_and_short(root)
     holder = children.start("hold", root=str(root), name="long", how="lease")
     holder.expect("held")
@@ -1092,9 +1095,31 @@ def test_a_use_whose_owner_was_killed_ends_for_eviction_when_gc_reclaims_it(root
     cache.release("short", lease=cache.hold("short", Owner.current()))
     time.sleep(0.01)
     holder.kill()
-    assert cache.gc().leases_reclaimed == 1
+    if found_by == "gc":
+        assert cache.gc().leases_reclaimed == 1
     put(cache, "new")
     assert only_entries(cache) == {"long", "new"}
+    assert _lease_pids(root, "long") == []
+
+
+def test_a_use_whose_owner_was_killed_ends_for_eviction_before_the_release_that_asks_for_it(
+    root: Path, children: Children
+) -> None:
+    # A process holding "used-by-a-killed-job" is killed before "released" is released with a
+    # budget that leaves room for one: the eviction that the release asks for finds the killed
+    # job's use dead, and ends it just before the release's own end, evicting its entry.  Ended
+    # as it was found, after the release (or, within a tick of the clock, at the same time, where
+    # the name came second), it outranked "released", which went instead: the end of sc run that
+    # gives its budget back evicted its own repository.
+    cache = FsCache(root)
+    one = put(cache, "released")
+    put(cache, "used-by-a-killed-job")
+    holder = children.start("hold", root=str(root), name="used-by-a-killed-job", how="lease")
+    holder.expect("held")
+    lease = cache.hold("released", Owner.current())
+    holder.kill()
+    assert cache.release("released", lease=lease, max_size=one) is False
+    assert only_entries(cache) == {"released"}
 
 
 def test_lease_of_a_killed_owner_is_reclaimed_by_the_next_hold_and_release(

@@ -68,7 +68,9 @@ step 5) is never adopted, whatever marker it holds: no entry has one.
 What a warm use changes (a lease, the keep flag, the time of last use) lives in the entry's
 directory, so that holding and loading an entry never open the index: that is what makes a use
 of a ready entry cost a few system calls.  The index's copies of the last use and the keep flag
-are lower bounds (both only ever grow), brought up to date by eviction, release and gc.
+are lower bounds (both only ever grow), brought up to date by eviction, release and gc; but for
+the end of a dead use that an eviction may write in the row alone (see "Delete"), the later of
+the two is the last use.
 
 Entry locks
 ===========
@@ -159,7 +161,9 @@ use, kept explicitly so that LRU eviction is right on ``noatime`` mounts and for
 own the files.  The end of a use sets it again (a load as its block ends, a release as it removes
 its lease: see "Leases"), so that a long use that ended last ranks its entry after one that was
 begun later and ended first; so does the removal of a dead owner's lease (by a hold, a release,
-a deletion that leaves the entry, or gc), the latest that use may have ended.
+a deletion that leaves the entry, or gc), the latest that use may have ended.  An eviction that
+finds such a lease ends that use too, but never after the release that asks for the eviction
+(see "Delete").
 
 In a group cache every member may write ``objects/``, so one could put a link where an entry
 was between two steps.  There the entry's directory is opened first, without following a link
@@ -238,6 +242,22 @@ since its row was written gets its row updated and its turn later, so the order 
 only candidates' files are looked at.  It passes over an awaited entry as over one in use: an
 entry left for its waiters (a release's, gc's) and then evicted for the budget (which a
 non-strict store exceeds) would be made again by each of them.
+
+A candidate whose lock is no later than its row may still hold the leases of owners that died
+without a release (a job killed with SIGKILL), whose uses no gc, hold or release has ended yet:
+ranked by its lock, such a use would count as ended when it began, and a repository used for
+hours by a job that died would go before one used briefly later.  So, under the candidate's
+lock taken as a deletion takes it (no hold adds a lease meanwhile), and if no live owner holds
+a lease, the eviction removes the dead leases and ends those uses, and the candidate gets its
+turn later, as one used since.  Such a use ended between its last sign of life, which nothing
+records (a lease is written once, as the use begins), and its discovery; it ends when found
+(the lock's time set to now), as gc, a hold and a release end it, but never after the release
+that asks for the eviction: that eviction comes after the release's end, which made its entry
+the most recently used, so there the use ends just before it (the lock's time set to that
+moment; only the lock's owner may set a time not now, so for another member of a group cache
+the row alone records it, and an index rebuilt by gc ranks the entry by its lock again).  The
+end of an ``sc run`` that gives its budget back so evicts the repository of a job that died
+before it, not its own, just released.
 
 Entries for this boot
 ---------------------
@@ -1578,12 +1598,13 @@ class FsCache:
         return reclaimed
 
     @staticmethod
-    def _touch(lock: int | str) -> None:
+    def _touch(lock: int | str, at: float | None = None) -> None:
         """Record a use of the entry whose lock is ``lock`` (its descriptor, or its path, whose
-        link, if one is put there, is not followed): the lock's time becomes now."""
+        link, if one is put there, is not followed): the lock's time becomes now, or ``at``
+        (which only the lock's owner may set)."""
         try:
             # (A descriptor is no link; a path in a group cache may be one another member put there.)
-            os.utime(lock, follow_symlinks=isinstance(lock, int))
+            os.utime(lock, None if at is None else (at, at), follow_symlinks=isinstance(lock, int))
         except OSError:
             pass  # the last use orders eviction only: a read-only lock file must not fail a use
 
@@ -1761,7 +1782,7 @@ class FsCache:
                     return False  # another use remains: nothing to delete, no index to open
                 if live:
                     with self._transaction() as db:
-                        self._restore_budget(db, self._sound_budget())
+                        self._restore_budget(db, self._sound_budget(), released=self._last_use(entry))
                     self._empty_trash()
                     return False
                 if overtaken:
@@ -1801,17 +1822,18 @@ class FsCache:
             if keep:
                 self._mark_kept(entry)
                 db.mark_kept(name)
+                # (The step that records the end of the use, as it removes the lease, was not taken.)
+                self._touch(os.path.join(entry, "lock"))
+            ended = self._last_use(entry)  # (the uses that the eviction below finds dead end before it)
             if keep or kept:
                 deleted = False
-                if keep:  # (the step that records the end of the use, as it removes the lease, was not taken)
-                    self._touch(os.path.join(entry, "lock"))
-                db.set_last_used(name, self._last_use(name, entry))  # last in the order of eviction
-                self._restore_budget(db, budget)
+                db.set_last_used(name, ended)  # last in the order of eviction
+                self._restore_budget(db, budget, released=ended)
             else:
                 # Restored once its row is gone (it counts against no budget), and before it
                 # moves away: a statement of the eviction that fails leaves it in place.
                 deleted = self._retire(db, name, unless_kept=True, entry=entry, restorable=True,
-                                       evict_to_budget=lambda: self._restore_budget(db, budget))
+                                       evict_to_budget=lambda: self._restore_budget(db, budget, released=ended))
             # (Kept, it may be what the budget evicted: the caller removes what points to it.  An
             # entry without a row, until gc adopts it, is none the eviction walks, and stays.)
             return deleted or (counted and not db.has(name))
@@ -1827,11 +1849,11 @@ class FsCache:
             raise UsageError(f"{who} holds no use of {name!r} in {self.root}")
         return lease
 
-    def _restore_budget(self, db: Index, budget: int | None) -> None:
+    def _restore_budget(self, db: Index, budget: int | None, *, released: float | None = None) -> None:
         """Within a transaction: evict down to ``budget`` (exceeded by non-strict stores), read by
-        the caller before it changed anything."""
+        the caller before it changed anything; ``released``: as for :meth:`_evict`."""
         if budget is not None and db.total() > budget:
-            self._evict(db, db.total() - budget)
+            self._evict(db, db.total() - budget, released=released)
 
     def lease_of(self, name: str, owner: Owner) -> str | None:
         """A lease of ``owner`` on ``name``, if it holds one."""
@@ -2039,10 +2061,11 @@ class FsCache:
         self._empty_trash()
         return freed
 
-    def _evict(self, db: Index, need: int) -> int:
+    def _evict(self, db: Index, need: int, *, released: float | None = None) -> int:
         """Within a transaction: delete unused entries, least recently used first, until
         ``need`` bytes are freed or nothing more can go, once the rows of entries of a boot
-        before are gone (:meth:`_retire_other_boots`).  Returns the bytes freed."""
+        before are gone (:meth:`_retire_other_boots`).  Returns the bytes freed.  ``released``:
+        the end of the use whose release asks for this eviction (:meth:`_last_use_ended`)."""
         freed = self._retire_other_boots(db)
         after: tuple[float, str] = (float("-inf"), "")
         while freed < need:
@@ -2050,10 +2073,11 @@ class FsCache:
             if not batch:
                 break
             for last_used, name, size in batch:
-                used = self._last_use(name)
+                used = self._last_use_ended(name, last_used, released)
                 if used > last_used:
-                    # Used since its row was written: its turn comes later, maybe before the
-                    # rest of this batch, so the walk goes on from here in the new order.
+                    # Used since its row was written (or a use of it found dead just now): its
+                    # turn comes later, maybe before the rest of this batch, so the walk goes on
+                    # from here in the new order.
                     db.set_last_used(name, used)
                     break
                 after = (last_used, name)
@@ -2098,15 +2122,54 @@ class FsCache:
         db.set_swept_boot(boot)
         return freed
 
-    def _last_use(self, name: str, entry: str | None = None) -> float:
-        """The time of entry ``name``'s last use (its lock's); ``entry``: the caller's path of its
-        directory (:meth:`_entry`), if it has one."""
+    def _last_use_ended(self, name: str, recorded: float, released: float | None) -> float:
+        """For eviction: the time of entry ``name``'s last use, whose row says ``recorded``.  If
+        its lock says no later and nobody uses the entry, the uses of its dead owners end first
+        (their leases reclaimed), so that a use whose process died without a release (a job
+        killed with SIGKILL) ranks the entry by when it is found dead, not by when it began:
+        now, or, if a release asks for the eviction (``released``: the end of its use, which
+        this comes after), just before that end, never after it (see "Delete").  (A later lock
+        puts the entry's turn off anyway: its leases are judged when that comes, so that a
+        candidate used since its row was written costs a stat only.)"""
         try:
-            if entry is None:
-                with self._entry(name) as opened:
-                    return os.stat(os.path.join(opened, "lock")).st_mtime
+            with self._entry(name) as entry:
+                used = self._last_use(entry)
+                if used > recorded:
+                    return used
+                try:
+                    fd = locks.open_recorded(os.path.join(entry, "lock"))
+                except OSError as e:  # (gone since, or a link planted there: its deletion judges it)
+                    if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    return used
+                try:
+                    # Under the lock, taken as a deletion takes it, no hold adds a lease nor sets
+                    # the time that this sets, and a use found busy is not ended.
+                    if not self._lock_if_unused(fd):
+                        return used
+                    live, dead = scan_leases(entry, boots=self._boots)
+                    if live or not reclaim_leases(entry, dead):
+                        return used
+                    if released is None:
+                        self._touch(fd)
+                        return os.fstat(fd).st_mtime
+                    import math  # an eviction that a release asks for only
+
+                    ended = max(used, math.nextafter(released, -math.inf))
+                    self._touch(fd, ended)  # (where this user may not, its row alone records it)
+                    return ended
+                finally:
+                    locks.close(fd)
+        except MissError:
+            return float("-inf")
+
+    @staticmethod
+    def _last_use(entry: str) -> float:
+        """The time of the last use of the entry at ``entry`` (a path of :meth:`_entry`): its
+        lock's."""
+        try:
             return os.stat(os.path.join(entry, "lock")).st_mtime
-        except (FileNotFoundError, NotADirectoryError, MissError):
+        except (FileNotFoundError, NotADirectoryError):
             return float("-inf")
 
     def discard(self, path: str) -> None:
@@ -2742,7 +2805,7 @@ class FsCache:
         except (ValueError, KeyError, TypeError):
             return False
         keep = os.path.exists(os.path.join(entry, "keep"))
-        last_used = max(created, self._last_use(name, entry))
+        last_used = max(created, self._last_use(entry))
         if room:  # (without its row, it is no candidate for this eviction)
             self._make_room(db, name, size, strict=False)
         db.add(name, size, created, last_used, keep, meta)
