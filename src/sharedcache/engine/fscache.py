@@ -427,7 +427,7 @@ from .layout import (
     open_cache,
     open_existing_cache,
     owner_shown,
-    set_aside,
+    put_away,
 )
 from .leases import (
     Boots,
@@ -588,16 +588,6 @@ def _move_to_trash(directory: int | None, name: str, trash: int,
             os.close(tree)
     remove_tree(name, dir_fd=directory)  # the lock and the directory itself
     return None
-
-
-def _put_away(directory: int | None, name: str, trash: int) -> None:
-    """Move ``name`` (in the directory open as ``directory``; None: a path) into the trash open
-    as ``trash``, or rename it aside where it is if it cannot go there (see
-    :meth:`FsCache.put_away`)."""
-    try:
-        _move_to_trash(directory, name, trash)
-    except PermissionError:
-        set_aside(directory, name)
 
 
 class _RemovalInPlace:
@@ -2179,7 +2169,7 @@ class FsCache:
         group cache, which only that member can delete, is out of the way at once."""
         trash = self._open_own(TRASH)
         try:
-            _put_away(None, path, trash)
+            put_away(None, path, trash, _move_to_trash)
         except FileNotFoundError:
             return
         finally:
@@ -2515,7 +2505,7 @@ class FsCache:
     def put_away(self, sub: str, name: str) -> None:
         """Move what is at ``name``, in this cache's directory ``sub`` (reached as :meth:`_open_own`
         does), into the trash; what cannot go there (another member's directory, or anything while the trash is
-        not the cache's own) is renamed aside where it is (:func:`~.layout.set_aside`), and its
+        not the cache's own) is renamed aside where it is (:func:`~.layout.put_away`), and its
         owner's next gc moves it into the trash (:meth:`trash_what_was_set_aside`; in ``objects/``,
         as it does any directory there that is no entry).  For what a
         member planted at a name the cache needs: the name is free either way."""
@@ -2523,14 +2513,14 @@ class FsCache:
         self._names_put_away += 1
         try:
             try:
-                trash = self._open_own(TRASH)
+                trash: int | None = self._open_own(TRASH)
             except CacheError:  # (not the cache's own: a repairing open makes a new one)
-                set_aside(directory, name)
-                return
+                trash = None
             try:
-                _put_away(directory, name, trash)
+                put_away(directory, name, trash, _move_to_trash)
             finally:
-                os.close(trash)
+                if trash is not None:
+                    os.close(trash)
         finally:
             os.close(directory)
 

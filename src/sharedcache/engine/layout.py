@@ -103,6 +103,31 @@ def set_aside(directory: int | None, name: str) -> None:
     os.rename(name, aside, src_dir_fd=directory, dst_dir_fd=directory)
 
 
+def _rename_into_trash(directory: int | None, name: str, trash: int) -> None:
+    os.rename(name, unique_name(), src_dir_fd=directory, dst_dir_fd=trash)
+
+
+def put_away(directory: int | None, name: str, trash: int | None,
+             move: Callable[[int | None, str, int], object] = _rename_into_trash) -> None:
+    """Free the name ``name`` in the directory open as ``directory`` (None: ``name`` is a path):
+    move what is there into the trash open as ``trash`` with ``move``, or, where it cannot go
+    there, rename it aside where it is (:func:`set_aside`).  It cannot go where the cache has no
+    trash of its own (``trash`` None: a file, link or directory of a member's, which the repair
+    of the subdirectories then replaces, takes nothing), nor, being another member's directory,
+    to another directory (PermissionError), nor across the layers of an overlayfs, which moves no
+    directory of a lower layer (EXDEV).  ``move`` is a plain rename unless the caller says how:
+    the engine's removes an entry in place across those layers instead (see "Delete" in
+    :mod:`sharedcache.engine.fscache`) and names the path in its other errors."""
+    if trash is not None:
+        try:
+            move(directory, name, trash)
+            return
+        except OSError as e:
+            if not isinstance(e, PermissionError) and e.errno != errno.EXDEV:
+                raise
+    set_aside(directory, name)
+
+
 class Modes:
     """The modes a cache gives what it creates: ``directory`` and ``file``, and ``entry`` for a
     committed entry's directory.
@@ -644,7 +669,7 @@ def _repair_marker(root: str, fd: int, found: bytes | None, group: int | None, m
     """A marker that is not ours: rewrite it if it is only damaged (emptied, truncated, garbage,
     or replaced by something not a file, in a directory that holds our layout) and this is a
     repairing open; refuse it otherwise, and always if it names another format.  Something not
-    a file is put away first (:func:`_put_away`)."""
+    a file is put away first (:func:`_put_away_in_cache`)."""
     if found in _OLD_FORMATS:
         raise CacheError(
             f"cache {root} was made by {_OLD_FORMATS[found]}, whose layout this version "
@@ -670,7 +695,7 @@ def _repair_marker(root: str, fd: int, found: bytes | None, group: int | None, m
     try:
         if found is None:
             try:
-                _put_away(fd, "cache.info", group)
+                _put_away_in_cache(fd, "cache.info", group)
             except FileNotFoundError:
                 pass  # (removed by its maker meanwhile: the name is free)
         write_atomic(f"/proc/self/fd/{fd}/cache.info", FORMAT_LINE, mode=modes.file)
@@ -679,26 +704,17 @@ def _repair_marker(root: str, fd: int, found: bytes | None, group: int | None, m
             f"cannot repair the marker {root}/cache.info of cache {root}: {e.strerror}") from None
 
 
-def _put_away(root: int, name: str, group: int | None) -> None:
-    """Move ``name`` from the cache's directory open as ``root`` (of ``group``; None: a private
-    cache) into its trash, reached without following a link; or, where it cannot go there, rename
-    it aside within that directory (:func:`set_aside`): another member's directory cannot move
-    to another, a trash that is not the cache's own (a file, link or directory of a member's,
-    which the repair of the subdirectories then replaces) takes nothing, and overlayfs moves no
-    directory of a lower layer (EXDEV)."""
+def _put_away_in_cache(root: int, name: str, group: int | None) -> None:
+    """:func:`put_away` ``name`` from the cache's directory open as ``root`` (of ``group``; None:
+    a private cache), into its trash reached without following a link, if that is the cache's
+    own."""
     try:
         trash: int | None = open_directory(TRASH, dir_fd=root)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         trash = None
     try:
-        if trash is not None and not foreign_subdirectory(TRASH, trash, group):
-            try:
-                os.rename(name, unique_name(), src_dir_fd=root, dst_dir_fd=trash)
-                return
-            except OSError as e:
-                if not isinstance(e, PermissionError) and e.errno != errno.EXDEV:
-                    raise
-        set_aside(root, name)
+        own = trash is not None and not foreign_subdirectory(TRASH, trash, group)
+        put_away(root, name, trash if own else None)
     finally:
         if trash is not None:
             os.close(trash)
