@@ -135,6 +135,27 @@ def test_a_removal_in_place_killed_midway_leaves_no_entry_and_a_leftover_cleaned
             assert_consistent(base)
 
 
+@pytest.mark.parametrize("planted", ["cache.info", "stage.lock"])
+def test_gc_frees_a_name_the_image_holds_as_a_directory(tmp_path, planted):
+    """A directory of the image at a name the cache needs for a file (its marker, ``stage.lock``),
+    which overlayfs renames nowhere, into the trash or aside: a repairing gc removes it in place
+    and makes the file again (the marker's repair failed with "Invalid cross-device link", and gc
+    left the cache damaged); the repository of the image stays usable."""
+    lower, words = tmp_path / "image", source(tmp_path, "files", FILES)
+    with Sleeper() as job:
+        bake(lower, "baked", words, job)
+        (control(lower) / planted).unlink()
+        (control(lower) / planted / "inside").mkdir(parents=True)
+        with mounted_overlay(lower, tmp_path / "container") as base:
+            collected = sc("gc", "-d", str(base))  # (a base gc cannot repair is skipped, status 0)
+            assert collected.returncode == 0 and collected.stderr == "", collected.stderr
+            assert (control(base) / planted).is_file()
+            assert [name for name in os.listdir(control(base)) if name.startswith(".aside-")] == []
+            run("--use", "-d", base, "-n", "baked", "--pid", job.pid, *words)
+            check_tree(user_dir(base) / "baked", FILES)
+            assert_consistent(base)
+
+
 # Two members of a group cache, by uid (no user needs to exist to run a process as one).
 ALICE, BOB, GROUP = 41001, 41002, 41500
 

@@ -28,7 +28,7 @@ FIFO or a directory, so:
   ours as a newer version's cache, not as another tool's); a damaged one (emptied, truncated,
   garbage, replaced by a directory) beside our layout is rewritten by a repairing open
   (``sc gc``), which first puts away what is not a file (into the trash, or renamed aside where
-  it cannot go there);
+  it cannot go there, or removed in place where overlayfs moves it nowhere: :func:`put_away`);
 * a name of an entry is one path component of at most 200 bytes of UTF-8, not hidden, written
   on disk as those bytes: a process whose locale would write other bytes for it (a name not
   ASCII, under a Latin-1 locale) is refused it (:func:`~sharedcache.errors.writes_as_utf8`).
@@ -62,6 +62,7 @@ from .fsutil import (
     create_exclusive,
     open_directory,
     read_control,
+    remove_tree,
     rename_noreplace,
     temp_beside,
     unique_name,
@@ -104,7 +105,12 @@ def set_aside(directory: int | None, name: str) -> None:
 
 
 def _rename_into_trash(directory: int | None, name: str, trash: int) -> None:
-    os.rename(name, unique_name(), src_dir_fd=directory, dst_dir_fd=trash)
+    try:
+        os.rename(name, unique_name(), src_dir_fd=directory, dst_dir_fd=trash)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        remove_tree(name, dir_fd=directory)  # (nor would a rename aside move it: see put_away)
 
 
 def put_away(directory: int | None, name: str, trash: int | None,
@@ -114,17 +120,16 @@ def put_away(directory: int | None, name: str, trash: int | None,
     there, rename it aside where it is (:func:`set_aside`).  It cannot go where the cache has no
     trash of its own (``trash`` None: a file, link or directory of a member's, which the repair
     of the subdirectories then replaces, takes nothing), nor, being another member's directory,
-    to another directory (PermissionError), nor across the layers of an overlayfs, which moves no
-    directory of a lower layer (EXDEV).  ``move`` is a plain rename unless the caller says how:
-    the engine's removes an entry in place across those layers instead (see "Delete" in
-    :mod:`sharedcache.engine.fscache`) and names the path in its other errors."""
+    to another directory (PermissionError).  overlayfs renames a directory of a lower layer
+    nowhere, not even aside (EXDEV): ``move`` removes it in place, as a plain tree unless the
+    caller says how (the engine's removes an entry's commit markers first: see "Delete" in
+    :mod:`sharedcache.engine.fscache`, and names the path in its other errors)."""
     if trash is not None:
         try:
             move(directory, name, trash)
             return
-        except OSError as e:
-            if not isinstance(e, PermissionError) and e.errno != errno.EXDEV:
-                raise
+        except PermissionError:
+            pass
     set_aside(directory, name)
 
 
