@@ -63,8 +63,11 @@ Acquire (``sc --use``, :func:`use`)
    start of step 2), its error record is newer than the asking: raise that error, so that one
    failure is not repeated by every use that asked while it was under way, whether it had to
    wait for the lock or came to it just as the failure released it.  A use that asks after the
-   failure tries afresh (the error may have been a passing one), and so does one whose recipe
-   reads over the network when the failure was in another network namespace (a container's: no
+   failure tries afresh (the error may have been a passing one), and so does one that sees the
+   recipe's sources otherwise than the failure was seen, by the namespaces its record names: from
+   another mount namespace, whatever the recipe (a container's files: another file at a ``file:``
+   path, or none; another ``/etc/hosts``, ``resolv.conf``, CA files or ``.netrc``), and, for a
+   recipe that reads over the network, from another network namespace (a container's: no
    network, or another network's bytes for the source), and so does any use when the failure was
    a refusal of the populator's credentials (a 401 or 403 of the URL's origin, a proxy's 407,
    from every source of the recipe: one that failed otherwise fails every use alike; each use
@@ -82,9 +85,10 @@ Acquire (``sc --use``, :func:`use`)
    away as any other that is not this recipe's, into the trash or renamed aside), commit it with a
    lease for the owner in the same transaction, then remove the status and the work directory
    (what cannot be removed is left to gc: the use is committed).  On failure write the error
-   record, then discard the work directory (a process killed between them has told its
-   waiters), unless a download that failed (an outage longer than its retries) left a partial
-   download there, which the next use goes on from as a takeover does; and raise (a file system
+   record (naming this process's network and mount namespaces, for step 3), then discard the
+   work directory (a process killed between them has told its waiters), unless a download that
+   failed (an outage longer than its retries) left a partial download there, which the next use
+   goes on from as a takeover does; and raise (a file system
    full with nothing left to evict, where this use chose the base, has the use choose again
    without it and the candidates on its file system); unless the
    failure is this process's own (its settings, its credentials, its limits), which the waiters,

@@ -207,10 +207,10 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
     """Step 3: the population that failed after this use asked for the repository: raise its
     error.  Data past the populator's own ``--size`` is not past a larger one (or none): that use
     populates for itself, and so does a use whose populator's credentials were refused (an
-    :class:`~sharedcache.errors.AuthorizationError`), and a use of a recipe that reads over the
-    network whose population failed in another network namespace.  (A record is written before
-    its population lock is released, so one dated after now was not written by a population: in a
-    group cache a member could plant it, to fail every use of the name.)"""
+    :class:`~sharedcache.errors.AuthorizationError`), and a use whose view of the recipe's
+    sources is not the one the failure was seen from (:func:`seen_elsewhere`).  (A record is
+    written before its population lock is released, so one dated after now was not written by a
+    population: in a group cache a member could plant it, to fail every use of the name.)"""
     name = request.name
     record = read_status(base.population_file(name, ".error"))
     # (Under a name given with -n, the population that failed may have been of another recipe:
@@ -229,22 +229,42 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
             # (a hash of a password) is read by every member of a group cache, who may test guesses
             # against it; a use with the same credentials spends one refused request.
             return
-        here = network_namespace()
-        if record.get("network", here) != here and reads_over_network(request.words):
-            # Another network's view of the source (none in a container, often; a captive portal's
-            # page, another mirror's bytes, failing the checksum): this one's may serve it.
+        if seen_elsewhere(record, request.words):
+            # A container's view of the sources (no network, often; a captive portal's page,
+            # another file at a file: path, an /etc/hosts naming another server): this use's own
+            # may give the data.
             return
         raise kind(str(record.get("message", f"repository {name!r}: population failed")))
 
 
-def network_namespace() -> int | None:
-    """The inode of this process's network namespace (None if it cannot be read): a failure of a
-    recipe that reads over the network in one is not a failure in another, whose routes, names
-    and proxies are its own."""
-    try:
-        return os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return None
+#: The namespaces that make a process's view of a recipe's sources, by the field of an error
+#: record that holds each one's inode and its name in /proc/self/ns: the network (routes, proxies,
+#: the server at an address) and the mounts (what a file: path names, and the /etc/hosts,
+#: resolv.conf, CA files and .netrc that a download reads).
+_VIEW_NAMESPACES = (("network", "net"), ("mount", "mnt"))
+
+
+def view() -> dict[str, int]:
+    """This process's view of a recipe's sources, as an error record holds it: the inode of each
+    namespace of :data:`_VIEW_NAMESPACES`, but one that cannot be read."""
+    seen = {}
+    for field, namespace in _VIEW_NAMESPACES:
+        try:
+            seen[field] = os.stat(f"/proc/self/ns/{namespace}").st_ino
+        except OSError:
+            pass
+    return seen
+
+
+def seen_elsewhere(record: Record, words: tuple[str, ...]) -> bool:
+    """Whether the failure of ``record`` was seen from another view of the sources of the recipe
+    ``words`` than this process's: from another mount namespace, for any recipe; from another
+    network namespace, for one that reads over the network (a file: path names the same file in
+    every network).  A namespace the record does not name (written by an earlier version, or
+    unreadable there) is taken for this process's."""
+    here = view()
+    fields = ("network", "mount") if reads_over_network(words) else ("mount",)
+    return any(record.get(field, here.get(field)) != here.get(field) for field in fields)
 
 
 #: The SIGTERM or SIGHUP ending this process's population, once its handler has run (see
@@ -443,7 +463,7 @@ class Population:
         else:  # (the populator's own line stays sc's "internal error", with its details on -v)
             message = f"repository {request.name!r}: internal error of its population ({type(e).__name__}: {e})"
         record = {"time": time.time(), "message": shown_to_others(message), "error": type(e).__name__,
-                  "identity": request.identity, "network": network_namespace()}
+                  "identity": request.identity, **view()}
         if isinstance(e, SizeLimitError) and request.limit is not None:
             record["limit"] = request.limit  # our --size: a waiter asking for more takes over
         try:  # (before the discard: a populator killed between them has told its waiters)

@@ -5,10 +5,10 @@ reserved size, bytes so far, start time) is written by the populating process ab
 second, and read by its waiters (to say whom they wait for and how far it has got), by ``sc list``
 and by the choice of a base directory (the space it reserves).
 ``populate/<name>.error`` (time, message, error class; the ``--size`` that the data outgrew; the
-network namespace it failed to download in) answers the uses that asked while the population
-that failed was under way, so that one failure is not repeated by each of them (a failure to
-download, by those of the same network namespace: a container's network is its own); ``sc list``
-shows it; it counts for :data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically,
+network and mount namespaces it was seen from) answers the uses that asked while the population
+that failed was under way, so that one failure is not repeated by each of them (by those that see
+the recipe's sources as it did: a container's network and files are its own); ``sc list`` shows
+it; it counts for :data:`ERROR_RECORD_TTL` seconds at most.  Both are written atomically,
 and not flushed: after a power loss the population they speak of is dead, and a record lost or
 garbled reads as none, so a flush would only make the download wait for the disk twice a second.
 Each write is a new file (an inode): an update of the status that finds no room for it (no inode,
@@ -47,7 +47,7 @@ def write_record(path: str, record: Record, mode: int) -> None:
 
 #: The fields a record may have: the text ones, and the numbers (never negative).
 _TEXT_FIELDS = frozenset({"identity", "error", "message", "owner"})
-_NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time", "limit", "network"})
+_NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time", "limit", "network", "mount"})
 
 
 def read_status(path: str) -> Record | None:
