@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from origin import Origin
 from scutil import (Sleeper, control, interpreter_for, make_tarball, mounted_tmpfs, on_host, sc_env, started_paused,
                     stop_process, tarball_bytes)
 from sharedcache.engine.leases import (BOOTS, BOOTS_BYTES, BOOTS_PER_MACHINE, INITIAL_PID_NAMESPACE, Boots, boot_id,
@@ -625,16 +624,12 @@ def test_a_container_whose_network_serves_other_bytes_fails_its_own_checksum_not
     assert (Path(waiter.stdout.strip()) / "blob.bin").read_bytes() == right
 
 
-#: How a container of the host's network with mounts of its own sees the source of a recipe that
-#: the host sees right: the source (of the host's file in ``{directory}``, or of the host's origin
-#: on ``{port}``), the shell that makes the container's view ("$1" is that directory, "$2" the
-#: test's), and what its population meets there.
+#: How a container of the host's network with mounts of its own sees the host's file in "$1" (a
+#: directory; "$2" is the test's): the shell that makes the container's view, and what its
+#: population meets there.
 CONTAINER_VIEWS = {
-    "another file at the path": ("file:{directory}/data.tgz",
-                                 'mount -t tmpfs none "$1" && cp "$2/other.tgz" "$1/data.tgz"', "sha256 mismatch"),
-    "no file at the path": ("file:{directory}/data.tgz", 'mount -t tmpfs none "$1"', "no such file"),
-    "another server for the host name": ("http:http://localhost:{port}/data.tgz",
-                                         'mount --bind "$2/hosts" /etc/hosts', "sha256 mismatch"),
+    "another file at the path": ('mount -t tmpfs none "$1" && cp "$2/other.tgz" "$1/data.tgz"', "sha256 mismatch"),
+    "no file at the path": ('mount -t tmpfs none "$1"', "no such file"),
 }
 
 
@@ -642,24 +637,18 @@ CONTAINER_VIEWS = {
 def test_a_container_whose_mounts_show_other_data_fails_its_own_population_not_the_host_s(world, origin, tmp_path,
                                                                                            view):
     # A container of the host's network, with a mount namespace of its own, populated first: a
-    # file: path named another file there, or none, or its /etc/hosts sent the URL's host to
-    # another server.  A job of the host waited for it and was given that failure as its own,
-    # though its own file and server give the right data.
+    # file: path named another file there, or none.  A job of the host waited for it and was
+    # given that failure as its own, though its own file gives the right data.
     base, _ = world
-    source, make_view, failure = CONTAINER_VIEWS[view]
+    make_view, failure = CONTAINER_VIEWS[view]
     right = tarball_bytes({"data.txt": b"the host's data\n"})
-    wrong = tarball_bytes({"data.txt": b"the container's data\n"})
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "data.tgz").write_bytes(right)
-    (tmp_path / "other.tgz").write_bytes(wrong)
-    (tmp_path / "hosts").write_text("127.0.0.2 localhost\n")
-    origin.add("/data.tgz", right)
+    (tmp_path / "other.tgz").write_bytes(tarball_bytes({"data.txt": b"the container's data\n"}))
     container = ["unshare", "--mount", "sh", "-c", f'{make_view} && shift 2 && exec "$@"', "sh",
                  str(tmp_path / "in"), str(tmp_path)]
-    with Origin(host="127.0.0.2", port=origin.port) as other_server, Sleeper() as owner:
-        other_server.add("/data.tgz", wrong)
-        use = ["--use", "-d", str(base), "--pid", str(owner.pid), "-n", "data",
-               source.format(directory=tmp_path / "in", port=origin.port),
+    with Sleeper() as owner:
+        use = ["--use", "-d", str(base), "--pid", str(owner.pid), "-n", "data", f"file:{tmp_path}/in/data.tgz",
                f"sha256:{hashlib.sha256(right).hexdigest()}", "tar"]
         # The container stops once its population is under way (its status record written), and
         # the host's use once it has asked and waits for that population to end.
@@ -682,6 +671,36 @@ def test_a_container_whose_mounts_show_other_data_fails_its_own_population_not_t
                 stop_process(waiter)
     assert waiter.returncode == 0, err
     assert (Path(out.strip()) / "data.txt").read_bytes() == b"the host's data\n"
+
+
+def test_a_url_s_failure_in_a_container_with_mounts_of_its_own_is_the_host_s_waiters_failure_too(world, origin,
+                                                                                                 tmp_path):
+    # Every job of an Apptainer container or of a batch slot with a scratch /tmp has mounts of
+    # its own: if that made each waiter of a failing origin try for itself, they would repeat
+    # its retries one after another.  The origin is asked once.
+    base, _ = world
+    origin.add("/data.tgz", tarball_bytes({"data.txt": b"data\n"}))
+    origin.fault("/data.tgz", status=404, times=100)
+    use = ["--use", "-d", str(base), "-n", "data", f"http:{origin.url('/data.tgz')}", "tar"]
+    first, populating, populate = started_paused(tmp_path, "container", 'event == "os.mkdir" and str(args[0]).endswith(".work")',
+                                                 *use, prefix=["unshare", "--mount"])
+    waiter = None
+    try:
+        wait_for(populating, first)
+        waiter, waiting, wait = started_paused(
+            tmp_path, "host", 'event == "open" and str(args[0]).endswith("/data.json")', *use)
+        wait_for(waiting, waiter)
+        populate.touch()
+        _, first_err = first.communicate(timeout=60)
+        wait.touch()
+        _, err = waiter.communicate(timeout=60)
+    finally:
+        stop_process(first)
+        if waiter is not None:
+            stop_process(waiter)
+    assert first.returncode == 1 and "404" in first_err, first_err
+    assert waiter.returncode == 1 and "404" in err, err
+    assert origin.stats("/data.tgz").gets == 1
 
 
 COUNTED_LISTINGS = """

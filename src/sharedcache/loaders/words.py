@@ -122,6 +122,12 @@ def reads_over_network(words: tuple[str, ...]) -> bool:
     return any(not word.startswith("file:") for word in words[:source_count(words)])
 
 
+def reads_files(words: tuple[str, ...]) -> bool:
+    """Whether a source of the recipe ``words`` is a ``file:`` path, which names what the mounts
+    of the process that reads it show."""
+    return any(word.startswith("file:") for word in words[:source_count(words)])
+
+
 def _file_name(word: str) -> str:
     """The last path component of a source word's argument, query and fragment removed from a URL
     (a path, ``file:`` or ``dirac:``, may hold "?" and "#" in its file name, which names the file

@@ -64,11 +64,13 @@ Acquire (``sc --use``, :func:`use`)
    failure is not repeated by every use that asked while it was under way, whether it had to
    wait for the lock or came to it just as the failure released it.  A use that asks after the
    failure tries afresh (the error may have been a passing one), and so does one that sees the
-   recipe's sources otherwise than the failure was seen, by the namespaces its record names: from
-   another mount namespace, whatever the recipe (a container's files: another file at a ``file:``
-   path, or none; another ``/etc/hosts``, ``resolv.conf``, CA files or ``.netrc``), and, for a
-   recipe that reads over the network, from another network namespace (a container's: no
-   network, or another network's bytes for the source), and so does any use when the failure was
+   recipe's sources otherwise than the failure was seen, by the namespaces its record names: for a
+   recipe with a ``file:`` source, from another mount namespace (a container's files: another
+   file at the path, or none), and, for a recipe that reads over the network, from another
+   network namespace (a container's: no network, or another network's bytes for the source);
+   not from another mount namespace for a URL, which would make the jobs of containers with
+   mounts of their own each repeat a failing origin's retries (``population.seen_elsewhere``);
+   and so does any use when the failure was
    a refusal of the populator's credentials (a 401 or 403 of the URL's origin, a proxy's 407,
    from every source of the recipe: one that failed otherwise fails every use alike; each use
    sends its own, and the record holds nothing of them that could tell them apart, since

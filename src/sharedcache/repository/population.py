@@ -41,7 +41,7 @@ from ..errors import (
     shown_to_others,
 )
 from ..lean import scoped
-from ..loaders.words import reads_over_network
+from ..loaders.words import reads_files, reads_over_network
 from ..sizes import format_size
 from .bases import conflict, say_if_budget_damaged
 from .records import local, populator, read_status, write_record
@@ -231,16 +231,14 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
             return
         if seen_elsewhere(record, request.words):
             # A container's view of the sources (no network, often; a captive portal's page,
-            # another file at a file: path, an /etc/hosts naming another server): this use's own
-            # may give the data.
+            # another file at a file: path, or none): this use's own may give the data.
             return
         raise kind(str(record.get("message", f"repository {name!r}: population failed")))
 
 
 #: The namespaces that make a process's view of a recipe's sources, by the field of an error
 #: record that holds each one's inode and its name in /proc/self/ns: the network (routes, proxies,
-#: the server at an address) and the mounts (what a file: path names, and the /etc/hosts,
-#: resolv.conf, CA files and .netrc that a download reads).
+#: the server at an address) and the mounts (what a file: path names).
 _VIEW_NAMESPACES = (("network", "net"), ("mount", "mnt"))
 
 
@@ -258,12 +256,18 @@ def view() -> dict[str, int]:
 
 def seen_elsewhere(record: Record, words: tuple[str, ...]) -> bool:
     """Whether the failure of ``record`` was seen from another view of the sources of the recipe
-    ``words`` than this process's: from another mount namespace, for any recipe; from another
-    network namespace, for one that reads over the network (a file: path names the same file in
-    every network).  A namespace the record does not name (written by an earlier version, or
-    unreadable there) is taken for this process's."""
+    ``words`` than this process's: from another network namespace, for a recipe that reads over
+    the network; from another mount namespace, for one with a ``file:`` source.  A namespace the
+    record does not name (written by an earlier version, or unreadable there) is taken for this
+    process's.
+
+    Only the namespaces its sources depend on count: every job of an Apptainer container, of an
+    HTCondor slot with a scratch /tmp or of a systemd service with PrivateTmp has mounts of its
+    own, and if another mount namespace counted for a URL, a failing origin's retries would be
+    repeated by each of their waiters in turn.  So a URL's host that a container's own
+    /etc/hosts, resolv.conf or CA files resolve or trust otherwise does not count."""
     here = view()
-    fields = ("network", "mount") if reads_over_network(words) else ("mount",)
+    fields = (("network",) if reads_over_network(words) else ()) + (("mount",) if reads_files(words) else ())
     return any(record.get(field, here.get(field)) != here.get(field) for field in fields)
 
 
