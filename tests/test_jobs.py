@@ -221,6 +221,21 @@ def test_sc_run_as_pid_1_reaps_the_orphans_of_its_command(setup):
     assert result.stdout == "0\n", result.stdout
 
 
+def test_sc_run_as_pid_1_starts_its_command_with_the_signal_mask_it_was_given(setup):
+    # As PID 1, sc blocks the signals it passes on from its first step until its handlers are in
+    # place: the command gets the mask that sc was started with, not that one.
+    needs_root_and_unshare()
+    _, recipe = setup
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", f"{BIN}/sc", "run", *recipe.split(), "--",
+         "grep", "^SigBlk:", "/proc/self/status"],
+        capture_output=True, text=True, timeout=60, env=sc_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    given = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("SigBlk:"))
+    assert result.stdout == f"{given}\n"
+
+
 @pytest.mark.parametrize("where", ["pid_1", "in a job"])
 def test_sc_run_ended_as_it_releases_its_use_releases_it_first(setup, tmp_path, where):
     # `sc run` as a container's entrypoint, stopped (`docker stop`) as it released its use once

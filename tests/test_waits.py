@@ -566,6 +566,9 @@ def test_an_interrupt_as_the_repository_is_committed_leaves_one_outcome(tmp_path
 #: What a non-interactive shell starts a background job under: SIGINT ignored.
 BACKGROUND = ("env", "--ignore-signal=INT")
 
+#: sc's entry points, as :data:`scutil.SC` and ``bin/sc`` start it.
+ENTRIES = {"python -m sharedcache": SC, "bin/sc": [sys.executable, str(Path(SRC).parent / "bin" / "sc")]}
+
 
 # Loaded by sc as its sitecustomize: Ctrl-C (SIGINT) comes as the function $SC_TEST_AT of the
 # module $SC_TEST_IN returns, or is called if $SC_TEST_EVENT says "call" (a profile function sees
@@ -699,18 +702,36 @@ def test_an_end_as_sc_run_as_pid_1_takes_its_use_releases_it(tmp_path, at, signu
                      status=128 + signum)
 
 
+@pytest.mark.parametrize("entry", list(ENTRIES))
+@pytest.mark.parametrize("at", [
+    "_reserve_stack:sharedcache/__init__.py",  # the entry point's first steps done
+    "<module>:cli/commands.py",  # sc's modules loaded
+    "parse:cli/parser.py",  # the command line read
+    "_passed_on:cli/commands.py",  # sc run begun, its handlers not yet in place
+])
+def test_an_end_as_sc_run_as_pid_1_starts_up_ends_it_before_its_command(tmp_path, at, entry):
+    # `sc run` as a container's entrypoint, stopped (`docker stop`) as it started, before its
+    # handler of SIGTERM was in place: the kernel dropped the signal, left to its default action
+    # at PID 1, and the command ran all the same.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to make PID namespaces")
+    _ended_as_sc_run(tmp_path, at, signal.SIGTERM, keep=False, started=("unshare", "--pid", "--fork", "--mount-proc"),
+                     status=128 + signal.SIGTERM, entry=ENTRIES[entry])
+
+
 def _ended_as_sc_run(tmp_path: Path, at: str, signum: int, *, keep: bool, started: Sequence[str],
-                     status: int) -> None:
-    """Check that ``sc run`` (as a job starts it, then through ``started``) that gets ``signum`` as the function
-    ``at`` returns (see :func:`_signalled_at`) ends with ``status``, the command never run, and
-    leaves no use of its own, nor a repository it made unless it was to ``keep`` it."""
+                     status: int, entry: Sequence[str] = SC) -> None:
+    """Check that ``sc run`` (as a job starts it, then through ``started``, by its ``entry``
+    point) that gets ``signum`` as the function ``at`` returns (see :func:`_signalled_at`) ends
+    with ``status``, the command never run, and leaves no use of its own, nor a repository it
+    made unless it was to ``keep`` it."""
     base, words = _small_repository(tmp_path)
     ran = tmp_path / "ran"
     with Sleeper() as first:
         if at.startswith("add_lease:"):
             sc("--use", "--pid", str(first.pid), *words)
         proc = subprocess.Popen(
-            [*DEFAULT_SIGNALS, *started, *SC, "run", *words, *(["--keep"] if keep else []), "--", "touch",
+            [*DEFAULT_SIGNALS, *started, *entry, "run", *words, *(["--keep"] if keep else []), "--", "touch",
              str(ran)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=_signalled_at(tmp_path, at, signum=signum))
         try:
@@ -760,7 +781,7 @@ def test_an_interrupt_as_sc_s_main_is_entered_says_interrupted(tmp_path):
         130, "", "sc: interrupted\n")
 
 
-@pytest.mark.parametrize("entry", ["python -m sharedcache", "bin/sc"])
+@pytest.mark.parametrize("entry", list(ENTRIES))
 @pytest.mark.parametrize("stderr", ["/dev/full", "a pipe whose reader is gone"])
 def test_an_interrupt_as_sc_s_main_is_entered_keeps_its_status_when_the_line_cannot_be_written(
         tmp_path, entry, stderr):
@@ -768,7 +789,7 @@ def test_an_interrupt_as_sc_s_main_is_entered_keeps_its_status_when_the_line_can
     # gone): the write's error escaped the entry point's handler, exit status 1 and a traceback.
     base = tmp_path / "base"
     base.mkdir()
-    command = SC if entry == "python -m sharedcache" else [sys.executable, str(Path(SRC).parent / "bin" / "sc")]
+    command = ENTRIES[entry]
     if stderr == "/dev/full":
         target = os.open("/dev/full", os.O_WRONLY)
     else:

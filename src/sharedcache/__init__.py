@@ -20,6 +20,9 @@ Submodules are imported on first access, so ``import sharedcache`` costs almost 
 
 from __future__ import annotations
 
+# The C module behind `signal`, loaded with the interpreter (see sharedcache.cli), as os is.
+import _signal  # type: ignore[import-not-found]  # typeshed stubs signal, not its C module
+import os
 import sys
 
 TYPE_CHECKING = False  # see sharedcache.lean
@@ -122,6 +125,45 @@ def _reserve_stack() -> None:
             return calls and min(map(down, (calls - 1,)))
 
         down(_STACK_CALLS)
+
+
+#: The signals that ``sc run`` passes on to its command (but those its caller ignores: see
+#: :func:`sharedcache.cli.commands._passed_on`).
+_PASSED_ON: tuple[int, ...] = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGUSR1, _signal.SIGUSR2)
+
+#: Those of :data:`_PASSED_ON` that :func:`_hold_signals_as_init` blocked, until
+#: :func:`_release_held_signals`.
+_held: list[int] = []
+
+
+def _hold_signals_as_init() -> None:
+    """As PID 1 of a PID namespace (a container's entrypoint), block the signals that ``sc run``
+    passes on until sc has its handlers for them (:func:`_release_held_signals`).  The kernel
+    drops a signal left to its default action that is sent to PID 1, but keeps a blocked one
+    pending: SIGTERM that came as sc's modules loaded was lost, and ``sc run`` ran its command
+    all the same.  For the command's entry points (``bin/sc``, ``python -m sharedcache``), first
+    thing; elsewhere it costs a ``getpid()``.  What the caller blocked stays its own."""
+    if os.getpid() == 1:
+        blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, _PASSED_ON)
+        _held.extend(signum for signum in _PASSED_ON if signum not in blocked)
+
+
+def _release_held_signals() -> None:
+    """Unblock what :func:`_hold_signals_as_init` blocked: one that came meanwhile acts now, on
+    the handler then in place (the default action of a signal to PID 1 drops it, as it did)."""
+    if _held:
+        held = _held.copy()
+        _held.clear()
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, held)
+
+
+def _start_command() -> None:
+    """The first steps of the command's entry points (``bin/sc``, ``python -m sharedcache``),
+    before they import its modules: as PID 1, the signals that would be lost meanwhile are held
+    back (:func:`_hold_signals_as_init`); under a cap on address space, the stack is grown while
+    it still has room (:func:`_reserve_stack`)."""
+    _hold_signals_as_init()
+    _reserve_stack()
 
 
 def __getattr__(name: str) -> object:

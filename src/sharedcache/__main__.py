@@ -5,9 +5,9 @@ import gc
 
 gc.disable()
 try:
-    from . import _reserve_stack
+    from . import _start_command
 
-    _reserve_stack()  # (first: under a cap on address space, the stack may find no room later)
+    _start_command()  # (before the command's modules: see why there)
     from .cli import leave, main  # imported with the collector off
 
     gc.freeze()

@@ -23,7 +23,7 @@ import io
 import os
 import sys
 
-from .. import _say
+from .. import _release_held_signals, _say
 from ..errors import Ended, SharedCacheError, UsageError, clipped, memory_refused, out_of_memory, over_limit, printable
 from ..repository.bases import close_caches
 from . import commands
@@ -73,6 +73,8 @@ def _outcome(argv: Sequence[str]) -> int:
     verbose = "-v" in argv or "--verbose" in argv
     try:
         options = parse(argv)
+        if options.action != "run":  # (sc run lets them through once its handlers are in place)
+            _release_held_signals()
         if options.help:
             return commands.outcome(help_text())
         if options.version:

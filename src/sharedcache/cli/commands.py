@@ -14,6 +14,7 @@ import sys
 
 # What a command needs is imported here, not in the functions: the sc scripts import this
 # module before they freeze what start-up made (see bin/sc).
+from .. import _PASSED_ON, _release_held_signals
 from ..config import files
 from ..engine.fscache import DamagedBudget
 from ..engine.leases import (
@@ -321,6 +322,9 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
         if by_exception and signal.getsignal(ending) == signal.SIG_DFL:
             original[ending] = signal.signal(ending, end_by_exception)
     try:
+        # As PID 1, what came since sc started was held back for these handlers (see
+        # sharedcache._hold_signals_as_init): it acts now, in this try.
+        _release_held_signals()
         # Ctrl-C is deferred from the making of the lease to _run_holding's try, which releases
         # it (it left the use, and the repository, to gc after saying "interrupted"), and so are
         # SIGTERM and SIGHUP (their exception, raised before that try, left them so).
@@ -406,8 +410,7 @@ def _passed_on() -> tuple[signal.Signals, ...]:
     """
     import signal
 
-    return tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-                 if signal.getsignal(sig) != signal.SIG_IGN)
+    return tuple(signal.Signals(sig) for sig in _PASSED_ON if signal.getsignal(sig) != signal.SIG_IGN)
 
 
 def _release_deferring_signals(
