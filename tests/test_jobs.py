@@ -221,6 +221,23 @@ def test_sc_run_as_pid_1_reaps_the_orphans_of_its_command(setup):
     assert result.stdout == "0\n", result.stdout
 
 
+def test_sc_run_as_pid_1_ends_what_its_command_left_before_it_releases_its_use(setup):
+    # A container's entrypoint whose command left a process running (`daemon &`): that process
+    # held the repository's lock, which the command passed on, and the release could not delete
+    # the repository; the kernel killed it as sc, PID 1, ended a moment later, and the
+    # repository stayed, unused, until a gc.
+    needs_root_and_unshare()
+    base, recipe = setup
+    leaving = ["sh", "-c", "sleep 60 & (setsid sleep 60 &); exit 3"]
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", f"{BIN}/sc", "run", *recipe.split(), "--",
+         *leaving],
+        capture_output=True, text=True, timeout=60, env=sc_env(),
+    )
+    assert (result.returncode, result.stderr) == (3, "")
+    assert json.loads(sc("list", "--json", "-d", str(base)).stdout) == [], "the repository stayed"
+
+
 def test_sc_run_as_pid_1_starts_its_command_with_the_signal_mask_it_was_given(setup):
     # As PID 1, sc blocks the signals it passes on from its first step until its handlers are in
     # place: the command gets the mask that sc was started with, not that one.

@@ -289,6 +289,8 @@ def run_command(repositories: Repositories, options: Arguments) -> int:
     The lock is a kernel lock held while any process keeps the descriptor open: should sc be
     killed (SIGKILL, the OOM killer), the command and what it started go on holding the data,
     which stays until they end (then ``sc gc``, or the next release, deletes it unless kept).
+    So does what the command leaves running as it ends, but for sc as PID 1 of a PID namespace,
+    which kills it first (see :func:`_end_the_namespace`).
     """
     import signal
 
@@ -394,6 +396,8 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
         for number in recorded:
             child.send_signal(number)
         status = _wait_passing_on(child, taken)
+        if os.getpid() == 1:
+            _end_the_namespace(repositories.reporter)
     finally:
         _release_deferring_signals(repositories, held, options.keep, forwarded, previous, unblocked)
     return _ended_by(status)
@@ -537,6 +541,43 @@ def _reap_orphans(command: int) -> None:
         if ended is None or ended.si_pid == command:
             return
         os.waitpid(ended.si_pid, 0)
+
+
+#: How long ``sc run`` as PID 1 waits for the processes its command left to end, once it has
+#: killed them (see _end_the_namespace).
+_LEFT_ENDING = 5.0
+
+
+def _end_the_namespace(reporter: Reporter) -> None:
+    """As PID 1 of a PID namespace, once the command has ended: kill every other process of the
+    namespace (what the command left running) and reap them, before sc releases its use.
+
+    They held the repository's lock, which the command passed on, and the release could not
+    delete it: it stayed, unused, until a gc, though the kernel kills them as PID 1 ends, a
+    moment later.  SIGCHLD is blocked (since the command's fork: see :func:`_started`), and
+    waited for; the wait is bounded, for one that sc may not kill (another user's) or that is
+    slow to die (in uninterruptible sleep): the release then leaves the repository to them.
+    """
+    import signal
+    import time
+
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:  # (none left)
+        return
+    deadline = time.monotonic() + _LEFT_ENDING
+    while True:
+        try:
+            ended, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # all reaped
+            return
+        if ended == 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                reporter.warning(f"processes that the command left did not end within {_LEFT_ENDING:.0f} s of "
+                                 "SIGKILL; they hold the repository until they do")
+                return
+            signal.sigtimedwait({signal.SIGCHLD}, left)
 
 
 def _reached_it_too(child: subprocess.Popen[bytes], info: signal.struct_siginfo) -> bool:
