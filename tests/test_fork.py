@@ -18,7 +18,7 @@ from types import FrameType
 
 import pytest
 from origin import Origin
-from scutil import control, stop_process, wait_for
+from scutil import Sleeper, control, make_tarball, sc, stop_process, user_dir, wait_for
 
 import sharedcache
 from sharedcache import FsCache
@@ -600,3 +600,87 @@ def test_a_signal_handler_that_interrupts_its_own_population_to_use_it_is_refuse
     assert "from a signal handler that interrupted its own population of it" in handled
     assert program.returncode == 0, err
     assert sorted(out.splitlines()) == [f"main: {len(payload)}", f"thread: {len(payload)}"]
+
+
+#: A program that has used a cache, then forks a launcher that puts the job it forks into a new
+#: namespace (argv[3]: "pid", PID 1 of a PID namespace with a /proc of its own, as ``unshare
+#: --fork --mount-proc`` makes it; "time", a time namespace whose boot was a day earlier, as
+#: ``unshare --fork --time --boottime``).  The job takes a use of argv[1] in argv[2], prints its
+#: path, waits for a line on stdin (60 s at most) and checks that its data is still there.
+_JOB_FORKED_INTO_A_NAMESPACE = """
+import ctypes, os, select, sys, traceback
+import sharedcache
+
+url, base, namespace = sys.argv[1:]
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME, MS_REC, MS_PRIVATE = 0x20000, 0x20000000, 0x80, 0x4000, 0x40000
+
+def forked(step):
+    pid = os.fork()
+    if pid == 0:
+        status = 99
+        try:
+            status = step()
+        except BaseException:
+            traceback.print_exc()
+        os._exit(status)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+def job():
+    if namespace == "pid":  # (private first: the host's /proc stays as it is)
+        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) or libc.mount(b"proc", b"/proc", b"proc", 0, None):
+            raise OSError(ctypes.get_errno(), "mount")
+    with sharedcache.use(url, "tar", name="shared", directories=base) as path:
+        print(path, flush=True)
+        if not select.select([sys.stdin], [], [], 60)[0]:
+            return 4
+        return 0 if (path / "data.txt").exists() else 5
+
+def launcher():
+    if libc.unshare(CLONE_NEWPID | CLONE_NEWNS if namespace == "pid" else CLONE_NEWTIME):
+        raise OSError(ctypes.get_errno(), "unshare")
+    if namespace == "time":
+        with open("/proc/self/timens_offsets", "w") as offsets:  # (its children's)
+            offsets.write("boottime 86400 0")
+    return forked(job)
+
+with sharedcache.use(url, "tar", name="own", directories=base):  # (what this process read of itself, it keeps)
+    pass
+sys.exit(forked(launcher))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making namespaces needs root")
+@pytest.mark.parametrize("namespace", ["pid", "time"])
+def test_a_child_forked_into_a_namespace_judges_uses_as_a_process_of_that_namespace(
+        base: Path, tmp_path: Path, namespace: str) -> None:
+    # The job took the PID namespace and the boot time offset its parent had read: its leases
+    # named processes that were not it, and it judged the host's job's use by its own /proc,
+    # where that job is not (or started at another time): it took it for dead, and its release
+    # deleted the data under the host's job.
+    origin = tmp_path / "data.tgz"
+    make_tarball(origin, {"data.txt": b"data\n"})
+    leases = control(base) / "objects" / "shared" / "leases"
+    with Sleeper() as host_job:
+        taken = sc("--use", "--pid", str(host_job.pid), "-d", str(base), "-n", "shared", f"file:{origin}", "tar")
+        assert taken.returncode == 0, taken.stderr
+        program = subprocess.Popen([sys.executable, "-c", _JOB_FORKED_INTO_A_NAMESPACE, f"file:{origin}", str(base),
+                                    namespace], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert program.stdin is not None and program.stdout is not None
+            ready, _, _ = select.select([program.stdout], [], [], 60)
+            assert ready, "the job took no use in time"
+            assert program.stdout.readline(), program.communicate(timeout=60)[1]
+            judged = sc("gc", "-d", str(base))  # (the host's judgement of the job's use)
+            assert judged.returncode == 0, judged.stderr
+            held = sorted(os.listdir(leases)) if leases.exists() else []
+            _, err = program.communicate("\n", timeout=60)  # (the job checks its data, and releases)
+        finally:
+            if program.poll() is None:
+                os.killpg(program.pid, signal.SIGKILL)  # (the job and its launcher are of its group)
+                program.wait(10)
+        assert len(held) == 2, f"a live job's use was judged dead: {held}"
+        assert program.returncode == 0, err
+        assert [lease for lease in os.listdir(leases) if f":{host_job.pid}:" in lease], "the host job's use was ended"
+        assert (user_dir(base) / "shared" / "data.txt").read_text() == "data\n"

@@ -14,7 +14,8 @@ in a time namespace its namespace's boot time offset added, which :func:`_starte
 that a job in one and a host judging it agree), the PID namespace is the inode of
 ``/proc/self/ns/pid`` of the process that wrote the lease (the pid is as seen there), and the
 machine id is ``/etc/machine-id`` (or ``/var/lib/dbus/machine-id``, else the host name; systemd's
-``uninitialized``, which names no host, counts as none).
+``uninitialized``, which names no host, counts as none).  A process reads them once; a child of
+fork reads them again, all but the boot id (see :func:`_forget_in_child`).
 
 A lease is judged dead only by a process that can know, and unknown means alive:
 
@@ -126,6 +127,23 @@ _pid_namespace: int | None = None
 _forgotten: frozenset[str] = frozenset()
 _own_start: tuple[int, int] | None = None  # (pid, start time) of this process
 _boot_offset: int | None = None  # clock ticks (see _started)
+
+
+def _forget_in_child() -> None:
+    """Forget, in a child of fork, what this process read of the namespaces it is in: a launcher
+    forks the job it puts into new ones (``unshare --fork``, a container runtime), whose PID
+    namespace its pids are of, whose time namespace has its own boot time offset, whose root
+    may hold another machine id, and whose ``/proc`` shows other processes.  Kept, a job forked as
+    PID 1 of a new PID namespace would name the parent's namespace in its leases, and judge the
+    host's leases by its own ``/proc``, where their owners are not: it would reclaim them, and
+    its last release delete the data under the host's jobs.  (The boot id is the kernel's, the
+    same in every namespace; the start time is remembered with the pid, which changes in a child
+    however it was forked.)"""
+    global _machine_id, _pid_namespace, _boot_offset, _host_processes  # noqa: PLW0603 - see above
+    _machine_id = _pid_namespace = _boot_offset = _host_processes = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def require_proc() -> None:
