@@ -384,6 +384,30 @@ def container_init(proc: subprocess.Popen[str]) -> int:
     return int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
 
 
+def test_the_host_releases_a_live_container_job_s_use_by_the_job_s_pid_on_the_host(world, tmp_path):
+    # A host's epilogue names a container's job by the pid it has on the host, where the job's
+    # lease names it as its container does (PID 1 of its namespace): the host said the process
+    # held no use.  Both jobs are PID 1 of their containers: each release is of its own job's use.
+    base, recipe = world
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+
+    def holding(flags: Path) -> list[str]:
+        return [*CONTAINER, "--kill-child", "sh", "-c",
+                f"{SC} --use {' '.join(recipe)} >/dev/null && touch {flags}/ready && exec sleep 600"]
+
+    with running(holding(first), first) as one, running(holding(second), second) as other:
+        released = run([SC, "--unuse", "--pid", str(container_init(one)), *recipe])
+        assert released.returncode == 0, released.stderr
+        listed = run([SC, "list", "-d", str(base)])
+        assert re.findall(r"1@pid:\[(\d+)\]", listed.stdout) == [str(pid_namespace_of(container_init(other)))], \
+            listed.stdout
+        released = run([SC, "--unuse", "--pid", str(container_init(other)), *recipe])
+        assert released.returncode == 0, released.stderr
+        assert not exists(base), "the last use's release did not delete the repository"
+
+
 def test_the_use_of_a_container_that_ended_is_reclaimed_though_the_next_container_has_its_inode(world, tmp_path):
     # The kernel gives an ended namespace's inode to the next namespace made (a second later
     # here): a host that judged by the namespace kept the ended container's use for as long as

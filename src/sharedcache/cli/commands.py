@@ -252,7 +252,12 @@ def ignore_interrupts() -> None:
 def unuse(repositories: Repositories, options: Arguments) -> int:
     if options.pid is not None:
         owner = process_of(options.pid)
-        owners = [Owner.of(owner) or Owner.ended(owner)]
+        owners = [Owner.of(owner) or Owner.ended(owner)]  # (the last one is named by an error)
+        # A process of another PID namespace (a container's job) names itself in its leases as
+        # that namespace does; a use taken for it here with --pid names it as this one does.
+        inside = Owner.in_its_namespace(owner)
+        if inside is not None:
+            owners.insert(0, inside)
     else:
         # The nearest process first: a shell execs its last command (bash -c '...; sc --unuse'),
         # so sc itself, or a wrapper it runs under, may be the very process that took the use.

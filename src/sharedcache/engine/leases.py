@@ -485,6 +485,26 @@ class Owner:
         return cls(boot_id(), pid, _started(fields), pid_namespace(), machine_id())
 
     @classmethod
+    def in_its_namespace(cls, pid: int) -> Owner | None:
+        """The live process ``pid`` as the PID namespace it is in names it, where that is not this
+        process's: its pid there (the last of its ``NSpid``) and that namespace, as its own leases
+        name it (a container's job, whose use a host's epilogue releases by the pid it has on the
+        host).  None if it is of this namespace, cannot be seen (another user's namespace, to a
+        process that is not root), or has ended."""
+        fields = _stat(pid)
+        status = _read(f"/proc/{pid}/status")
+        if fields is None or status is None or _ended(pid, fields[0]):
+            return None
+        try:
+            own = os.stat(f"/proc/{pid}/ns/pid").st_ino
+        except OSError:
+            return None
+        shown = _status_field(status, b"NSpid:")[-1:]
+        if own == pid_namespace() or not shown or not shown[0].isdigit():
+            return None
+        return cls(boot_id(), int(shown[0]), _started(fields), own, machine_id())
+
+    @classmethod
     def ended(cls, pid: int) -> Owner:
         """Whichever process of this boot and PID namespace had ``pid`` and has ended: what
         ``--unuse --pid`` names once that process is gone, as a job's epilogue may.  Its uses are
