@@ -765,6 +765,25 @@ def test_a_config_file_names_the_ca_bundle_and_the_bearer_token_file(nginx: Cred
     succeeded(use(home, nginx.url("/public/data.tgz"), SC_CONFIG=config, SSL_CERT_FILE=nginx.pki / "other-ca.pem"))
 
 
+def test_an_empty_credential_setting_is_none_and_nothing_is_looked_for_in_its_place(
+        nginx: CredentialServers, home: Path) -> None:
+    # "bearer_token_file =" passed `sc config` and failed every HTTPS miss with "cannot read the
+    # bearer token file : No such file or directory"; "client_key =" wanted a client_cert.
+    ca, pki = nginx.pki / "ca.pem", nginx.pki
+    (home / ".netrc").write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
+    config = home / "site.config"
+    config.write_text("bearer_token_file =\nnetrc =\nclient_cert =\nclient_key =\n")
+    found = {"SSL_CERT_FILE": ca, "BEARER_TOKEN": TOKEN, "X509_USER_PROXY": pki / "proxy.pem", "SC_CONFIG": config}
+    assert sc("config", env=env(home, **found)).returncode == 0
+    succeeded(use(home, nginx.url("/public/data.tgz"), **found))
+    for path in ("/token/data.tgz", "/basic/data.tgz"):
+        failed(use(home, nginx.url(path), **found), "HTTP 401 Unauthorized for ")
+    failed(use(home, nginx.url("/cert/data.tgz", cert=True), **found), "(no credentials were sent)")
+    # An empty key alone is none too: the grid proxy holds its own.
+    config.write_text("client_key =\n")
+    succeeded(use(home, nginx.url("/cert/data.tgz", cert=True), **found))
+
+
 @pytest.mark.parametrize("key", ["netrc", "bearer_token_file", "ca_bundle"])
 def test_a_config_file_naming_a_credential_file_with_a_nul_byte_is_one_line(origin, home: Path, key: str) -> None:
     # No system call takes such a name (Python raises for it): the line is refused, as a value of

@@ -107,6 +107,10 @@ class Credentials:
                 key_file: str | None, bearer_token: str | None, bearer_token_file: str | None,
                 netrc: str | None, token_from: str | None, variables: tuple[tuple[str, str], ...]) -> None:
         """Check and set the fields, their paths as they are to be used (``~`` made the home)."""
+        # An empty path is none (``netrc =`` in a user's file: no .netrc), for every use of the
+        # fields alike: a token file "" was opened, and a client key "" wanted a certificate.
+        ca_file, ca_dir, grid_ca_dir, cert_file, key_file, bearer_token_file, netrc = (
+            path or None for path in (ca_file, ca_dir, grid_ca_dir, cert_file, key_file, bearer_token_file, netrc))
         if key_file is not None and cert_file is None:
             raise SettingError("client_key", "needs a client_cert to go with it")
         if bearer_token is not None and not one_word(bearer_token):
@@ -133,7 +137,9 @@ class Credentials:
         ``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``
         (the first that is set or exists; in /tmp, only the user's own file).  ``.netrc``:
         ``netrc``, else ``$NETRC``, else ``~/.netrc`` (none without a home: see
-        :func:`~sharedcache.config.files.home_directory`).
+        :func:`~sharedcache.config.files.home_directory`).  A setting given empty (``netrc=""``,
+        a file's ``netrc =``) is none, and what would come after it is not looked for: no
+        ``.netrc``, no client certificate, no bearer token, and OpenSSL's default CAs.
         Nothing is read here but variables and whether a few files exist.  A setting given that
         names nothing this user can read, or a directory where a file is wanted, is a
         :class:`SettingError`; the paths of ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``CURL_CA_BUNDLE``
@@ -155,7 +161,7 @@ class Credentials:
                                           ("netrc", netrc))}
         ca_bundle, client_cert, client_key, bearer_token_file, netrc = settings.values()
         for setting, path in settings.items():
-            # (An empty one is none: "netrc =" in a user's file stands for no .netrc, not a path.)
+            # (An empty one is none, not a path to check: see _assign.)
             problem = unusable_path(path, directory=setting == "ca_bundle") if path else None
             if problem is not None:
                 raise SettingError(setting, problem)
