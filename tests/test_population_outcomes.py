@@ -573,6 +573,22 @@ def test_a_repository_left_for_its_waiter_is_not_evicted_before_the_waiter_holds
     let_go_without_download(origin, waiter, wait)
 
 
+def test_gc_evict_refuses_a_repository_left_for_its_waiter_in_one_line(origin, base, tmp_path):
+    """``sc gc --evict`` deletes no repository that a release left for the uses waiting for its
+    population, kept or not: one line says so (exit status 1), and the waiter gets it."""
+    waiter, wait, _ = waiter_past_a_finished_population(origin, base, tmp_path)
+    try:
+        refused = sc("gc", "-d", str(base), "--evict", "blob")
+        assert refused.returncode == 1, refused
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"sc: error: repository 'blob' in {base} not evicted: ") and " is awaited: " in line, line
+        assert [entry.name for entry in (control(base) / "objects").iterdir()] == ["blob"], "evicted under its waiter"
+    except BaseException:
+        finish([waiter], timeout=0)
+        raise
+    let_go_without_download(origin, waiter, wait)
+
+
 @pytest.mark.parametrize("then", ["gc", "use"])
 def test_a_repository_left_for_a_waiter_killed_meanwhile_is_deleted_by_gc_or_the_next_use(
         origin, base, tmp_path, then):

@@ -1725,6 +1725,33 @@ def test_gc_evict_of_the_name_that_the_error_gives_evicts_that_repository_alone(
     assert sc("--unuse", "-n", name, f"file:{new}", env=env).returncode == 0
 
 
+def test_gc_evict_evicts_the_name_from_every_candidate_base_that_holds_it(dirs, tarball):
+    # Each base's repository of the name goes, with its link: not only the first one found.
+    for base in dirs:
+        args = ["-d", str(base), "-n", "twice", *recipe(tarball)]
+        assert sc("--use", "--keep", *args).returncode == 0 and sc("--unuse", *args).returncode == 0
+    evicted = sc("gc", "-d", f"{dirs[0]}:{dirs[1]}", "--evict", "twice")
+    assert (evicted.returncode, evicted.stderr) == (0, ""), evicted
+    reports = evicted.stdout.splitlines()
+    for base in dirs:
+        assert any(line.startswith(f"{base}: evicted: 'twice'") for line in reports), evicted.stdout
+        assert json.loads(sc("list", "--json", "-d", str(base)).stdout) == [], base
+        assert not (user_dir(base) / "twice").is_symlink(), base
+
+
+def test_gc_evict_of_a_repository_being_populated_says_so_and_leaves_the_population(dirs, tarball, tmp_path):
+    # A population under way is no repository to evict yet, but the name is there: the line
+    # says it is being populated, not that there is no such repository.
+    base = dirs[0]
+    args = ["-n", "making", *recipe(tarball)]
+    with paused_population(base, tmp_path, *args) as populator:
+        refused = sc("gc", "-d", str(base), "--evict", "making")
+        assert (refused.returncode, refused.stderr) == (
+            1, f"sc: error: repository 'making' in {base} is being populated: not evicted\n"), refused
+    assert populator.returncode == 0  # (made as it would have been)
+    check_tree(user_dir(base) / "making", FILES)
+
+
 def test_a_name_that_holds_another_recipe_is_a_usage_error_that_names_both(dirs, tarball, tmp_path, reachable_tmp):
     # It said "already exists with another loader stack", naming only the recipe there, with a
     # failure's status: the name is the caller's to change.  (The file's path is short, for the
