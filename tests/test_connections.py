@@ -393,8 +393,10 @@ def test_a_takeover_from_nginx_never_stitches_a_file_replaced_within_the_second_
         directory.mkdir()
     served = www / "data.bin"
     # The date is after the answer's, as any within its second may be: whenever the first
-    # request comes, the file is still "being written" (a date never a second before Date).
-    modified = int(time.time()) + 2
+    # request comes, the file is still "being written" (a date never a second before Date).  An
+    # hour ahead, since sc may start late on a loaded machine: two seconds ahead, a first request
+    # that came later found the date a second before its Date, and rightly trusted it.
+    modified = int(time.time()) + 3600
 
     def publish(content: bytes) -> None:
         staged = www / ".data.bin"
