@@ -612,6 +612,32 @@ def test_compressed_streams_as_the_reference_tools_read_them(tmp_path_factory: p
     assert (scratch / "dest" / "input").read_bytes() == reference.stdout
 
 
+#: The suffixes each reference tool drops from the name of a file it decompresses (or makes
+#: ``.tar``), with the format read under them; gzip compares them in any case of letters.
+_SUFFIXES = [*[("gzip", "gzip", suffix) for suffix in (".gz", ".tgz", ".taz", "-gz", "-z", "_z", ".z", ".Z", ".TGZ")],
+             *[("bzip2", "bzip2", suffix) for suffix in (".bz2", ".bz", ".tbz2", ".tbz")],
+             *[("xz", "xz", suffix) for suffix in (".xz", ".txz")], *[("xz", "lzma", suffix) for suffix in (".lzma", ".tlz")],
+             *[("zstd", "zstd", suffix) for suffix in (".zst", ".zstd", ".tzst")]]
+
+
+@pytest.mark.parametrize(("tool", "codec", "suffix"), _SUFFIXES)
+def test_a_decompressed_file_is_named_as_the_reference_tool_names_it(tmp_path: Path, tool: str, codec: str,
+                                                                     suffix: str) -> None:
+    # The README said a decompressing word drops its suffix as gzip -d does; .taz, -gz, _z, .z,
+    # .bz and .zstd were kept ("data.bz" held the decompressed bytes).
+    need(tool)
+    word, compress = _COMPRESSORS[codec]
+    name, data = f"data{suffix}", compress(b"payload\n")
+    for directory in ("input", "reference", "dest", "work"):
+        (tmp_path / directory).mkdir()
+    (tmp_path / "input" / name).write_bytes(data)
+    (tmp_path / "reference" / name).write_bytes(data)
+    run(tool, "-d", "--", name, cwd=tmp_path / "reference")
+    made = [path.name for path in (tmp_path / "reference").iterdir() if path.name != name]  # (zstd keeps it)
+    populate(parse_recipe([f"file:{tmp_path / 'input' / name}", word]), tmp_path / "dest", work=tmp_path / "work")
+    assert [path.name for path in (tmp_path / "dest").iterdir()] == made
+
+
 # --- sdists and wheels from PyPI ------------------------------------------------------------------
 
 

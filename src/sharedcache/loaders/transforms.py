@@ -166,7 +166,8 @@ class Decompress(Transform):
     """Base of the decompression words; subclasses name the codec and the suffixes it removes."""
 
     codec: ClassVar[str]
-    #: Output suffix for each input suffix, as ``gzip -d`` does.
+    #: Output suffix for each input suffix, as the codec's own tool replaces it (``gzip -d``,
+    #: ``bzip2 -d``, ``xz -d``, ``zstd -d``), in any case of letters (as gzip compares them).
     suffixes: ClassVar[dict[str, str]]
 
     def wrap(self, below: Stream, ctx: Context) -> Stream:
@@ -183,12 +184,13 @@ class Decompress(Transform):
 
 class Gunzip(Decompress):
     codec = "gzip"
-    suffixes: ClassVar[dict[str, str]] = {".gz": "", ".tgz": ".tar"}
+    suffixes: ClassVar[dict[str, str]] = {".gz": "", ".tgz": ".tar", ".taz": ".tar", "-gz": "", "-z": "", "_z": "",
+                                          ".z": ""}
 
 
 class Bunzip2(Decompress):
     codec = "bzip2"
-    suffixes: ClassVar[dict[str, str]] = {".bz2": "", ".tbz2": ".tar", ".tbz": ".tar"}
+    suffixes: ClassVar[dict[str, str]] = {".bz2": "", ".bz": "", ".tbz2": ".tar", ".tbz": ".tar"}
 
 
 class Unxz(Decompress):
@@ -198,7 +200,7 @@ class Unxz(Decompress):
 
 class Unzstd(Decompress):
     codec = "zstd"
-    suffixes: ClassVar[dict[str, str]] = {".zst": "", ".tzst": ".tar"}
+    suffixes: ClassVar[dict[str, str]] = {".zst": "", ".zstd": "", ".tzst": ".tar"}
 
 
 class Untar(Unpacker):
