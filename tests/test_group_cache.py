@@ -4,10 +4,13 @@ share one repository and one download, and either can delete what the other crea
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import stat
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,9 +40,10 @@ def python() -> tuple[str, dict[str, str]]:
 def as_user(python, uid: int, *args: str, groups: tuple[int, ...] = (GROUP,),  # type: ignore[no-untyped-def]
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     interpreter, python_env = python
+    # (what is no UTF-8 read as sc writes it, a path's bytes: lone surrogates)
     return subprocess.run([interpreter, "-m", "sharedcache", *args], capture_output=True, text=True,
-                          timeout=60, env=env or python_env, user=uid, group=groups[0] if groups else uid,
-                          extra_groups=list(groups), umask=0o077)
+                          errors="surrogateescape", timeout=60, env=env or python_env, user=uid,
+                          group=groups[0] if groups else uid, extra_groups=list(groups), umask=0o077)
 
 
 def read_as(python, uid: int, path: Path) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
@@ -233,19 +237,36 @@ def test_a_group_that_names_no_group_is_one_line(tmp_path):
         assert (result.returncode, result.stderr) == (2, f"sc: error: {where} {shown}: no such group{hint}\n")
 
 
-# Bob holds the population lock of "x" in the group cache and writes a status record that is
-# valid JSON of the wrong kinds, as any member could.
-_GARBLED_POPULATION = """
-import fcntl, json, os, sys, time
-populate = sys.argv[1]
-fd = os.open(os.path.join(populate, "x.lock"), os.O_RDWR | os.O_CREAT, 0o660)
+# Bob holds the population lock of a name in the group cache, beside a status record of his
+# writing, as any member could.
+_HELD_POPULATION = """
+import fcntl, os, sys, time
+populate, name, record = sys.argv[1:]
+fd = os.open(os.path.join(populate, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o660)
 fcntl.flock(fd, fcntl.LOCK_EX)
-with open(os.path.join(populate, "x.json"), "w") as record:
-    json.dump({"pid": "me", "identity": 7, "size": "lots", "done": [1], "total": -5,
-               "started": float("nan"), "time": float("inf")}, record)
+with open(os.path.join(populate, name + ".json"), "w") as status:
+    status.write(record)
 print("ready", flush=True)
 time.sleep(60)
 """
+
+
+@contextmanager
+def held_population(python: tuple[str, dict[str, str]], base: Path, name: str,
+                    record: dict[str, object]) -> Iterator[None]:
+    """Bob's population of ``name`` in the group cache of ``base``, its status record ``record``
+    (JSON, as Python writes it: NaN too), its lock held until the block is left."""
+    interpreter, env = python
+    populate = base / f".shared-cache-g{GROUP}" / "populate"
+    bob = subprocess.Popen([interpreter, "-c", _HELD_POPULATION, str(populate), name, json.dumps(record)],
+                           stdout=subprocess.PIPE, text=True, env=env, user=BOB, group=GROUP, extra_groups=[GROUP])
+    try:
+        assert bob.stdout is not None and select.select([bob.stdout], [], [], 30)[0], "bob never got ready"
+        assert bob.stdout.readline() == "ready\n"
+        yield
+    finally:
+        bob.kill()
+        bob.wait(10)
 
 
 def test_a_members_garbled_population_record_fails_nobody_else(shared, python):
@@ -259,13 +280,10 @@ def test_a_members_garbled_population_record_fails_nobody_else(shared, python):
     with Sleeper() as alice_job:
         made = as_user(python, ALICE, "--use", *group, "-n", "first", "--pid", str(alice_job.pid), *words)
         assert made.returncode == 0, made.stderr
-        interpreter, env = python
-        populate = base / f".shared-cache-g{GROUP}" / "populate"
-        bob = subprocess.Popen([interpreter, "-c", _GARBLED_POPULATION, str(populate)], stdout=subprocess.PIPE,
-                               text=True, env=env, user=BOB, group=GROUP, extra_groups=[GROUP])
-        try:
-            assert bob.stdout is not None and select.select([bob.stdout], [], [], 30)[0], "bob never got ready"
-            assert bob.stdout.readline() == "ready\n"
+        # valid JSON of the wrong kinds
+        garbled = {"pid": "me", "identity": 7, "size": "lots", "done": [1], "total": -5,
+                   "started": float("nan"), "time": float("inf")}
+        with held_population(python, base, "x", garbled):
             listed = as_user(python, ALICE, "list", *group)
             assert listed.returncode == 0, listed.stderr
             assert "x" in listed.stdout.split() and "populating" in listed.stdout
@@ -276,9 +294,6 @@ def test_a_members_garbled_population_record_fails_nobody_else(shared, python):
             other = as_user(python, ALICE, "--use", *group, "-n", "other", "--size", "1M",
                             "--pid", str(alice_job.pid), *words)
             assert other.returncode == 0, other.stderr
-        finally:
-            bob.kill()
-            bob.wait(10)
 
 
 _HUGE_FAILURE = """
@@ -375,6 +390,25 @@ def test_a_members_crafted_populator_key_is_no_line_of_hers(shared, python):
     assert "\x1b" not in waited.stderr and "MMMM" not in waited.stderr, waited.stderr[:300]
     assert listed.returncode == 0 and "populating" in listed.stdout, listed.stderr
     assert "MMMM" not in listed.stdout, listed.stdout[:300]
+
+
+def test_a_members_stuck_population_cannot_steer_the_gc_report_of_another(shared, python):
+    # Bob's population, named with a terminal's controls and a line break, its process ended and
+    # its lock held: alice's gc named it escaped, but its lock's path (in `fuser PATH`) raw, which
+    # set her terminal's title, cleared her screen and split the report.
+    source, base, group = file_in_a_group_cache(shared, base_name="base\x1b[31m")
+    made = as_user(python, ALICE, "--use", *group, "-n", "first", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    ended = subprocess.Popen(["true"])
+    ended.wait(10)
+    # (and a byte that is no UTF-8, the C1 control CSI to a terminal that reads 8-bit text)
+    with held_population(python, base, "x\x1b]0;OWNED\x07\x1b[2J\ntwo\udc9b2J", {"pid": ended.pid}):
+        collected = as_user(python, ALICE, "gc", *group)
+    assert collected.returncode == 0 and "stuck populations" in collected.stdout, collected.stderr
+    report = collected.stdout.removesuffix("\n")
+    assert report.isprintable(), report
+    assert report.startswith(f"{shared}/base\\x1b[31m: ") and "fuser" in report, report
+    assert report.count("x\\x1b]0;OWNED\\x07\\x1b[2J\\ntwo\\udc9b2J") == 2, report  # the name, and its lock's
 
 
 _ANOTHER_RECIPES_FAILURE = """
@@ -474,12 +508,12 @@ for journal in journals:
 """
 
 
-def file_in_a_group_cache(shared: Path) -> tuple[Path, Path, list[str]]:
+def file_in_a_group_cache(shared: Path, base_name: str = "base") -> tuple[Path, Path, list[str]]:
     """A small file to use as a source, a fresh base like /tmp, and the options that name the
     group's cache there."""
     source = shared / "data.bin"
     source.write_bytes(b"data\n")
-    base = shared / "base"
+    base = shared / base_name
     base.mkdir()
     base.chmod(0o1777)
     return source, base, ["--group", str(GROUP), "-d", str(base)]
