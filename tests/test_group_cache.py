@@ -269,7 +269,16 @@ def held_population(python: tuple[str, dict[str, str]], base: Path, name: str,
         bob.wait(10)
 
 
-def test_a_members_garbled_population_record_fails_nobody_else(shared, python):
+@pytest.mark.parametrize("garbled", [
+    {"pid": "me", "identity": 7, "size": "lots", "done": [1], "total": -5, "started": float("nan"),
+     "time": float("inf")},
+    # Numbers of their kind's type past what a float holds: the share done of a total that is a
+    # fraction of a byte was infinite, an integer too large to be a float failed every reader (a
+    # use with --size in the base too), each as "internal error (OverflowError ...)".
+    {"done": 1, "total": 1e-320},
+    {"pid": 10**400, "size": 10**400, "done": 10**400, "total": 10**400, "started": 10**400},
+], ids=["wrong kinds", "a fraction of a byte", "past a float"])
+def test_a_members_garbled_population_record_fails_nobody_else(shared, python, garbled):
     tarball = shared / "data.tar.gz"
     md5 = make_tarball(tarball, FILES)
     base = shared / "base"
@@ -280,9 +289,6 @@ def test_a_members_garbled_population_record_fails_nobody_else(shared, python):
     with Sleeper() as alice_job:
         made = as_user(python, ALICE, "--use", *group, "-n", "first", "--pid", str(alice_job.pid), *words)
         assert made.returncode == 0, made.stderr
-        # valid JSON of the wrong kinds
-        garbled = {"pid": "me", "identity": 7, "size": "lots", "done": [1], "total": -5,
-                   "started": float("nan"), "time": float("inf")}
         with held_population(python, base, "x", garbled):
             listed = as_user(python, ALICE, "list", *group)
             assert listed.returncode == 0, listed.stderr

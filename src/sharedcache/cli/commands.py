@@ -624,7 +624,7 @@ def listing(repositories: Repositories, options: Arguments) -> int:
         state = row["state"] + (" (kept)" if row["keep"] else "")
         if row["state"] == "populating":  # how far it has got (its size is known once it is ready)
             done, total = row["done"], row["total"]
-            state += f" {min(100, int(100 * done / total))}%" if total else f" {format_size(done)}"
+            state += f" {min(100, 100 * done // total)}%" if total else f" {format_size(done)}"
         elif row["state"] == "failed":  # when, and why: the uses that asked meanwhile were told so
             import time
 

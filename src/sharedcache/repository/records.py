@@ -45,17 +45,22 @@ def write_record(path: str, record: Record, mode: int) -> None:
     write_atomic(path, json.dumps(record).encode(), mode=mode, durable=False)
 
 
-#: The fields a record may have: the text ones, and the numbers (never negative).
+#: The fields a record may have: the text ones, the counts (bytes, process and namespace ids:
+#: whole numbers) and the times (seconds since the epoch).
 _TEXT_FIELDS = frozenset({"identity", "error", "message", "owner"})
-_NUMBER_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "started", "time", "limit", "network", "mount"})
+_COUNT_FIELDS = frozenset({"pid", "pid_ns", "size", "done", "total", "limit", "network", "mount"})
+_TIME_FIELDS = frozenset({"started", "time"})
+
+#: Every number of a record is below this: the largest size of a file is one less.
+_NUMBER_BOUND = 1 << 63
 
 
 def read_status(path: str) -> Record | None:
     """A status or error record, or None if it is missing or unreadable.  A field that is not of
     its kind reads as absent: in a group cache the record may be another user's, and hold anything
-    (a size that is text, a time that is NaN) that would fail whoever reads it."""
+    (a size that is text, a time that is NaN, a count that is a fraction or past any float) that
+    would fail whoever reads it."""
     import json
-    import math
 
     try:
         value = json.loads(read_control(path, 1 << 16) or b"")
@@ -64,8 +69,16 @@ def read_status(path: str) -> Record | None:
     if not isinstance(value, dict):
         return None
     return {key: field for key, field in value.items()
-            if (key in _TEXT_FIELDS and isinstance(field, str))
-            or (key in _NUMBER_FIELDS and type(field) in (int, float) and math.isfinite(field) and field >= 0)}
+            if (key in _TEXT_FIELDS and isinstance(field, str)) or _number_of_its_kind(key, field)}
+
+
+def _number_of_its_kind(key: str, field: object) -> bool:
+    """Whether ``field`` is a number that the field ``key`` may hold: a count is whole (JSON's
+    true is not, though Python's is an int), a time may be a fraction; neither is negative, nor
+    past :data:`_NUMBER_BOUND` (NaN and infinities are not within, and a greater integer is not
+    even a float's)."""
+    kinds: tuple[type, ...] = (int,) if key in _COUNT_FIELDS else (int, float) if key in _TIME_FIELDS else ()
+    return isinstance(field, (int, float)) and type(field) in kinds and 0 <= field < _NUMBER_BOUND
 
 
 #: The longest owner key a status record is taken to hold: a lease file's name holds it.
