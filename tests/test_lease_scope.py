@@ -189,6 +189,22 @@ def test_a_host_s_uses_end_with_its_boot_or_when_another_host_forgets_it(network
         assert not exists(base)
 
 
+def test_every_host_a_gc_forgets_is_forgotten_whether_given_with_commas_or_repeated(network, hosts):
+    # `--forget-host A --forget-host B` forgot B alone, the last occurrence winning silently.
+    base, recipe = network
+    forgotten = hosts["a"][2], hosts["b"][2]
+    with Sleeper() as owner:
+        for given in (["--forget-host", forgotten[0], "--forget-host", forgotten[1]],
+                      ["--forget-host", ",".join(forgotten)]):
+            for host in ("a", "b"):
+                assert run(on_host(hosts[host], [SC, "--use", "--pid", str(owner.pid), *recipe])).returncode == 0
+            assert run([SC, "gc", "-d", str(base)]).returncode == 0
+            assert exists(base)
+            forget = run([SC, "gc", "-d", str(base), *given])
+            assert forget.returncode == 0, forget.stderr
+            assert not exists(base), f"{given}: a host's use was left"
+
+
 def test_the_uses_of_a_host_s_containers_with_machine_ids_of_their_own_end_with_its_boot(network, hosts, tmp_path):
     # A container often has a machine id of its own (an image's, or none: its host name). After a
     # reboot its lease named another boot and another machine id, as another host's does: the

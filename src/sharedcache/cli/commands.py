@@ -641,8 +641,8 @@ def listing(repositories: Repositories, options: Arguments) -> int:
 
 
 def gc(repositories: Repositories, options: Arguments) -> int:
-    if options.forget_host is not None:
-        hosts = frozenset(filter(None, options.forget_host.split(",")))
+    if options.forget_host:
+        hosts = frozenset(host for given in options.forget_host for host in given.split(",") if host)
         for host in sorted(hosts):
             # A machine id as leases record it (leases.machine_id): an id that is not one
             # (a pid@id copied from `sc list`, a typo with a space) would match no lease and

@@ -86,8 +86,8 @@ OPTIONS = (
            actions=SETTING_ACTIONS),
     Option(("--json",), "json", "print JSON", actions=("list",)),
     Option(("--forget-host",), "forget_host",
-           "judge dead every use held on these hosts (machine ids; for hosts that are gone)",
-           metavar="ID[,ID...]", actions=("gc",)),
+           "judge dead every use held on these hosts (machine ids; for hosts that are gone); repeatable",
+           metavar="ID[,ID...]", actions=("gc",), repeated=True),
     # One name to an occurrence, never split: a repository's name may hold a comma.
     Option(("--evict",), "evict", "delete this repository now if unused, kept or not (to free a name); repeatable",
            metavar="NAME", actions=("gc",), repeated=True),
@@ -156,7 +156,7 @@ class Arguments:
         self.directories: str | None = None
         self.max_size: str | None = None
         self.group: str | None = None
-        self.forget_host: str | None = None
+        self.forget_host: list[str] = []
         self.evict: list[str] = []
         self.pid: int | None = None
         self.timeout: float | None = None
