@@ -1605,7 +1605,7 @@ def test_the_way_to_free_the_name_of_a_kept_repository_that_the_error_gives_work
     assert sc("--unuse", *args, f"file:{old}").returncode == 0
     refused = sc("--use", "--keep", *args, f"file:{new}")
     assert refused.returncode == 2, refused
-    assert "kept or not, once unused, by sc gc --evict dataset (with the --directories or --group of the use)" \
+    assert "kept or not, once unused, by sc gc --evict=dataset (with the --directories or --group of the use)" \
         in refused.stderr, refused.stderr
     assert sc("gc", "-d", str(dirs[0])).returncode == 0
     assert sc("--use", "--keep", *args, f"file:{new}").returncode == 2, "gc deleted a kept repository"
@@ -1696,7 +1696,13 @@ def test_gc_evict_of_a_name_no_repository_may_have_is_a_usage_error(dirs, tarbal
         2, "sc: error: option --evict needs a value (NAME) (see 'sc --help')\n"), needs_one
 
 
-def test_gc_evict_of_the_name_that_the_error_gives_evicts_that_repository_alone(dirs, tmp_path):
+@pytest.mark.parametrize(("name", "parts"), [
+    ("it's a,b", {"it's a", "b", "it's", "a"}),
+    # The remedy "sc gc --evict --" was refused, "--" read as the end of the options.
+    ("--", set()),
+    ("-v x", {"x"}),
+])
+def test_gc_evict_of_the_name_that_the_error_gives_evicts_that_repository_alone(dirs, tmp_path, name, parts):
     # --evict split its value at commas, though a name may hold one: the remedy of the error,
     # "sc gc --evict a,b", evicted the kept repositories 'a' and 'b' (in a group cache, other
     # members' data) and left 'a,b'; no command line evicted 'a,b'.
@@ -1704,15 +1710,13 @@ def test_gc_evict_of_the_name_that_the_error_gives_evicts_that_repository_alone(
     old.write_bytes(b"version 1")
     new.write_bytes(b"version 2")
     env = sc_env(SC_DIRECTORIES=str(dirs[0]))  # (the remedy is pasted as it is: no -d to add)
-    name = "it's a,b"
-    parts = {"it's a", "b", "it's", "a"}
     for kept in (name, *parts):
-        assert sc("--use", "--keep", "-n", kept, f"file:{old}", env=env).returncode == 0
-        assert sc("--unuse", "-n", kept, f"file:{old}", env=env).returncode == 0
-    refused = sc("--use", "-n", name, f"file:{new}", env=env)
+        assert sc("--use", "--keep", f"--name={kept}", f"file:{old}", env=env).returncode == 0
+        assert sc("--unuse", f"--name={kept}", f"file:{old}", env=env).returncode == 0
+    refused = sc("--use", f"--name={name}", f"file:{new}", env=env)
     assert refused.returncode == 2, refused
-    remedy = re.search(r" by (sc gc --evict .+) \(with the --directories or --group of the use\)$", refused.stderr)
-    assert remedy is not None, refused.stderr
+    remedy = re.search(r" by (sc gc --evict.+) \(with the --directories or --group of the use\)$", refused.stderr)
+    assert remedy is not None and remedy[1] == f"sc gc --evict={shlex_quote(name)}", refused.stderr
     pasted = subprocess.run(["sh", "-c", f'sc() {{ {" ".join(map(shlex_quote, SC))} "$@"; }}; {remedy[1]}'],
                             capture_output=True, text=True, timeout=60, env=env)
     assert (pasted.returncode, pasted.stderr) == (0, ""), pasted

@@ -179,11 +179,13 @@ def parse(argv: Sequence[str]) -> Arguments:
     """Parse ``argv``; raise :class:`UsageError` with a one-line reason if it is malformed."""
     args = Arguments()
     words = list(argv)
-    if "--" in words:
-        split = words.index("--")
-        words, args.command = words[:split], words[split + 1 :]
     while words:
         word = words.pop(0)
+        if word == "--":
+            # The end of the options, where no option takes it as its value (`-n --` names a
+            # repository '--', as `--name=--` does, and as getopt reads it).
+            args.command = words
+            break
         if not word.startswith("-") or word == "-":
             # The subcommand is the first word that is no option's (sc -q gc, as cron lines say it).
             if args.action is None and not args.loaders and word in ACTIONS:

@@ -698,13 +698,15 @@ def conflict(name: str, base: str, existing: str | None, wanted: str, *,
             f"repository {name!r} in {base} is being populated with another recipe ({_shown(existing)}) than "
             f"the one given ({_shown(wanted)}): choose another name"
         )
-    from shlex import quote  # (a name may hold what a shell would split: the command is to be pasted)
+    # A name may hold what a shell would split (the command is to be pasted), and start with "-":
+    # given after "=", it is read as the option's value whatever it is.
+    from shlex import quote
 
     return NameTakenError(
         f"repository {name!r} in {base} holds another recipe ({_shown(existing)}) than the one given "
         f"({_shown(wanted)}): choose another name; this one is free once that repository is deleted: unless "
         "kept, by the last release of a use of its recipe, or by sc gc once its users have ended; kept or not, "
-        f"once unused, by sc gc --evict {quote(name)} (with the --directories or --group of the use)"
+        f"once unused, by sc gc --evict={quote(name)} (with the --directories or --group of the use)"
     )
 
 
