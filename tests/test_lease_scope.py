@@ -514,8 +514,10 @@ def test_under_hidepid_a_container_s_live_use_of_another_user_is_alive(world, py
     flags.mkdir(mode=0o777)
     flags.chmod(0o777)
     take = " ".join([*sc_as, "--use", "--group", str(GROUP), *recipe])
-    alice = [*CONTAINER, "--kill-child", "setpriv", f"--reuid={ALICE}", f"--regid={GROUP}", "--clear-groups",
-             "sh", "-c", f"umask 077; {take} >/dev/null && touch {flags}/ready && exec sleep 600"]
+    # (The change of uid clears the death signal that --kill-child set, which --pdeathsig keeps:
+    # else the container's sleep outlived the test.)
+    alice = [*CONTAINER, "--kill-child", "setpriv", "--pdeathsig=keep", f"--reuid={ALICE}", f"--regid={GROUP}",
+             "--clear-groups", "sh", "-c", f"umask 077; {take} >/dev/null && touch {flags}/ready && exec sleep 600"]
     proc = subprocess.Popen(alice, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(flags / "ready", proc)
