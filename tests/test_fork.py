@@ -536,6 +536,40 @@ print(handled)
     assert int(done.stdout) > 0  # (the handler ran)
 
 
+def test_a_fork_as_the_collector_frees_a_dropped_cache_does_not_hang(tmp_path: Path) -> None:
+    # A fork counts the threads of its process (sys._current_frames), making frame objects as
+    # it holds the interpreter's lock of its threads: a collection that such an allocation
+    # started, freeing a dropped cache's thread-local, waited for that lock for good (Python
+    # 3.11).  A signal handler that forked every few ms met it now and then; here the collector
+    # is held off until the fork, with a dropped cache left for its first collection (a few
+    # times over: the fork's allocations before the count may start it first).
+    script = f"""
+import gc, os, sharedcache
+
+root = {str(tmp_path / "cache")!r}
+sharedcache.FsCache(root).entries()  # (the index's module loaded, with its hook of fork)
+for _ in range(20):
+    gc.disable()
+    cache = sharedcache.FsCache(root)
+    cache.entries()
+    cycle = [cache]  # (a program's object in a reference cycle: only the collector frees it)
+    cycle.append(cycle)
+    del cache, cycle
+    gc.enable()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print("forked")
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:  # (killed by run; within the test's own timeout, to say why)
+        pytest.fail("a fork as the collector freed a dropped cache hung")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "forked\n"
+
+
 _USE_AS_ITS_OWN_POPULATION_RUNS = """
 import os, signal, sys, threading, time, sharedcache
 

@@ -56,6 +56,7 @@ import atexit
 import contextlib
 import errno
 import fcntl
+import gc
 import itertools
 import os
 import stat
@@ -498,7 +499,16 @@ _kept_from_fork: list[Index] = []
 
 def _count_threads() -> None:
     global _threads_at_fork  # noqa: PLW0603 - what the parent knew at the fork, for the child
-    _threads_at_fork = len(sys._current_frames())  # without importing threading
+    # With the collector held off: sys._current_frames() makes its frame objects holding the
+    # interpreter's lock of its threads, and a collection that one of them started, freeing a
+    # thread-local (a dropped cache's), waited for that lock for good (Python 3.11, gh-106883).
+    collecting = gc.isenabled()
+    try:
+        gc.disable()
+        _threads_at_fork = len(sys._current_frames())  # without importing threading
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _close_inherited() -> None:
