@@ -41,10 +41,12 @@ def sc_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def sc(*args: str, timeout: float = 60, env: dict[str, str] | None = None, **kwargs):  # type: ignore[no-untyped-def]
-    """Run ``sc ARGS`` to completion; return the CompletedProcess (text mode)."""
+def sc(*args: str, timeout: float = 60, env: dict[str, str] | None = None,  # type: ignore[no-untyped-def]
+       prefix: Sequence[str] = (), **kwargs):
+    """Run ``sc ARGS`` to completion (by the command ``prefix`` if given, as :func:`sc_start`
+    runs it); return the CompletedProcess (text mode)."""
     return subprocess.run(
-        [*SC, *args], capture_output=True, text=True, timeout=timeout,
+        [*prefix, *SC, *args], capture_output=True, text=True, timeout=timeout,
         env=env if env is not None else sc_env(), **kwargs,
     )
 

@@ -11,10 +11,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -147,14 +148,14 @@ def env(home: Path, **variables: str | Path) -> dict[str, str]:
     return result
 
 
-def use(home: Path, url: str, *args: str, base: Path | None = None,
+def use(home: Path, url: str, *args: str, base: Path | None = None, prefix: Sequence[str] = (),
         **variables: str | Path) -> subprocess.CompletedProcess[str]:
     """``sc --use`` of the test data at ``url`` in ``base`` (default: a fresh one, so that every
-    call downloads)."""
+    call downloads), run by the command ``prefix`` if given."""
     base = base if base is not None else Path(tempfile.mkdtemp(dir=home))
     with Sleeper() as owner:
         return sc("--use", "-d", str(base), "--pid", str(owner.pid), *args, f"http:{url}", SHA256, "tar",
-                  env=env(home, **variables))
+                  env=env(home, **variables), prefix=prefix)
 
 
 def succeeded(result: subprocess.CompletedProcess[str]) -> None:
@@ -782,6 +783,25 @@ def test_an_empty_credential_setting_is_none_and_nothing_is_looked_for_in_its_pl
     # An empty key alone is none too: the grid proxy holds its own.
     config.write_text("client_key =\n")
     succeeded(use(home, nginx.url("/cert/data.tgz", cert=True), **found))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare: the system's CA bundle is the test CA's in a mount namespace")
+def test_an_empty_ca_bundle_setting_trusts_the_system_s_cas_and_not_the_variables(
+        nginx: CredentialServers, home: Path) -> None:
+    # "ca_bundle =" left the CAs to OpenSSL's defaults, which are the files that SSL_CERT_FILE and
+    # SSL_CERT_DIR name where they are set: a stale one (a conda leftover, which the setting was
+    # given to pass over) failed every HTTPS download, and a CA that one named was trusted.
+    config, url = home / "site.config", nginx.url("/public/data.tgz")
+    config.write_text("ca_bundle =\n")
+    failed(use(home, url, SC_CONFIG=config, SSL_CERT_FILE=nginx.pki / "ca.pem"), "untrusted server certificate")
+    system_bundle = os.path.realpath(ssl.get_default_verify_paths().openssl_cafile)
+    if not os.path.isfile(system_bundle):
+        pytest.skip(f"OpenSSL's default CA bundle {system_bundle} is not there to be replaced")
+    with_the_test_ca_as_the_system_s = ["unshare", "--mount", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"',
+                                        "sh", str(nginx.pki / "ca.pem"), system_bundle]
+    succeeded(use(home, url, SC_CONFIG=config, SSL_CERT_FILE=home / "stale.pem",
+                  prefix=with_the_test_ca_as_the_system_s))
 
 
 @pytest.mark.parametrize("key", ["netrc", "bearer_token_file", "ca_bundle"])

@@ -73,7 +73,9 @@ class Credentials:
     ``~user`` that user's, as in a config file or an ``SC_*`` variable: no shell expands what a
     program gives (``ca_dir`` and ``grid_ca_dir`` are lists separated by ``:``, as OpenSSL reads
     them).  The values are read only when a download needs them
-    (:mod:`sharedcache.loaders.credentials`); the token never appears in ``repr``.
+    (:mod:`sharedcache.loaders.credentials`); the token never appears in ``repr``.  Without
+    ``ca_file`` or ``ca_dir``, the CAs are OpenSSL's default ones, never those that
+    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` name (:meth:`discover` reads those).
     """
 
     __slots__ = (
@@ -139,7 +141,8 @@ class Credentials:
         ``netrc``, else ``$NETRC``, else ``~/.netrc`` (none without a home: see
         :func:`~sharedcache.config.files.home_directory`).  A setting given empty (``netrc=""``,
         a file's ``netrc =``) is none, and what would come after it is not looked for: no
-        ``.netrc``, no client certificate, no bearer token, and OpenSSL's default CAs.
+        ``.netrc``, no client certificate, no bearer token, and OpenSSL's default CAs (not
+        those that ``SSL_CERT_FILE`` names).
         Nothing is read here but variables and whether a few files exist.  A setting given that
         names nothing this user can read, or a directory where a file is wanted, is a
         :class:`SettingError`; the paths of ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``CURL_CA_BUNDLE``

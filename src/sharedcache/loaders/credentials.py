@@ -101,7 +101,15 @@ def _ssl_context(credentials: Credentials, client_certificate: bool = True) -> s
         if credentials.ca_dir:
             _trust_directories(context, "CA bundle", credentials.ca_dir)
     else:
-        context = ssl.create_default_context()
+        # OpenSSL's own default CAs, by their paths: create_default_context() alone loads the files
+        # that SSL_CERT_FILE and SSL_CERT_DIR name where they are set, which the settings read
+        # already (Credentials.discover) or pass over ("ca_bundle ="): a stale one failed every
+        # download, and a CA it named was trusted.  (A capath, even one that is not there, keeps
+        # the variables out; a missing default bundle is skipped, as OpenSSL skips it.)
+        system = ssl.get_default_verify_paths()
+        context = ssl.create_default_context(
+            cafile=system.openssl_cafile if os.path.isfile(system.openssl_cafile) else None,
+            capath=system.openssl_capath)
     if credentials.grid_ca_dir:
         _trust_directories(context, "grid CA", credentials.grid_ca_dir)
     if credentials.cert_file and client_certificate:
