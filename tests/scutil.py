@@ -59,13 +59,14 @@ DEFAULT_SIGNALS = ["env", "--default-signal=HUP,INT,QUIT,TERM"]
 
 
 def sc_start(*args: str, env: dict[str, str] | None = None, default_signals: bool = False,  # type: ignore[no-untyped-def]
-             prefix: Sequence[str] = (), **kwargs) -> subprocess.Popen:
+             prefix: Sequence[str] = (), interpreter: str = sys.executable, **kwargs) -> subprocess.Popen:
     """Start ``sc ARGS`` (text mode, output captured); with ``default_signals``, as a job starts
     it: SIGHUP, SIGINT, SIGQUIT and SIGTERM do what they do by default (see :data:`DEFAULT_SIGNALS`);
-    run by the command ``prefix`` if given (``unshare``, ``ip netns exec``)."""
+    run by the command ``prefix`` if given (``unshare``, ``ip netns exec``), in ``interpreter``
+    (another user's: see :func:`interpreter_for`)."""
     return subprocess.Popen(
-        [*(DEFAULT_SIGNALS if default_signals else []), *prefix, *SC, *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=env if env is not None else sc_env(), **kwargs,
+        [*(DEFAULT_SIGNALS if default_signals else []), *prefix, interpreter, *SC[1:], *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env if env is not None else sc_env(), **kwargs,
     )
 
 
@@ -164,16 +165,20 @@ sys.addaudithook(_hook)
 
 
 def started_paused(tmp_path: Path, role: str, event_test: str, *args: str, times: int = 1,
-                   prefix: Sequence[str] = ()) -> tuple[subprocess.Popen[str], Path, Path]:
-    """``sc ARGS`` started (by ``prefix``, as :func:`sc_start` starts it) to pause at the first
-    ``times`` audit events that pass ``event_test`` (see :func:`scutil.pause_at`); with the files
-    that tell it has paused, and let it go on."""
+                   prefix: Sequence[str] = (), python: tuple[str, dict[str, str]] | None = None,
+                   ) -> tuple[subprocess.Popen[str], Path, Path]:
+    """``sc ARGS`` started (by ``prefix``, as :func:`sc_start` starts it; by the interpreter and
+    environment ``python`` of :func:`interpreter_for` if given, as another user, who must then be
+    able to write in ``tmp_path``) to pause at the first ``times`` audit events that pass
+    ``event_test`` (see :func:`scutil.pause_at`); with the files that tell it has paused, and
+    let it go on."""
     site = tmp_path / f"site-{role}"
     site.mkdir()
     (site / "sitecustomize.py").write_text(pause_at(event_test, times))
     paused, go = tmp_path / f"paused-{role}", tmp_path / f"go-{role}"
-    proc = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_PAUSED=str(paused),
-                                      SC_TEST_GO=str(go)), prefix=prefix)
+    interpreter, path = (sys.executable, SRC) if python is None else (python[0], python[1]["PYTHONPATH"])
+    proc = sc_start(*args, env=sc_env(PYTHONPATH=os.pathsep.join([str(site), path]), SC_TEST_PAUSED=str(paused),
+                                      SC_TEST_GO=str(go)), prefix=prefix, interpreter=interpreter)
     return proc, paused, go
 
 

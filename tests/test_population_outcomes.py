@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from scutil import SC, SRC, control, finish, mounted_tmpfs, pause_at, sc, sc_env, sc_start, started_paused, tarball_bytes, wait_for
+from scutil import (SC, SRC, Sleeper, control, finish, interpreter_for, mounted_tmpfs, pause_at, sc, sc_env, sc_start,
+                    started_paused, tarball_bytes, wait_for)
 
 
 def populator_and_waiter(origin, base, tmp_path, populator_env: dict[str, str],  # type: ignore[no-untyped-def]
@@ -93,6 +95,53 @@ def test_a_refusal_of_the_populators_credentials_is_not_its_waiters_failure(orig
     stats = origin.stats("/blob.bin")
     assert stats.statuses == [status, 200]
     assert stats.authorizations == ["Basic " + base64.b64encode(b"waiter:its-own").decode()]
+
+
+@pytest.mark.skipif(os.getuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv, to run sc as a uid with and without a group")
+def test_a_file_refused_to_the_populators_groups_is_not_its_waiters_failure(reachable_tmp):
+    """A job without the group that may read a ``file:`` source populates, and is refused the
+    file; a job of the same user that has the group waits for it.  The waiter was handed the
+    populator's "Permission denied" (and read the file at its next try): it reads it at once."""
+    import grp
+    import pwd
+
+    taken = {entry.pw_uid for entry in pwd.getpwall()} | {entry.gr_gid for entry in grp.getgrall()}
+    free = (number for number in range(54321, 64000) if number not in taken)
+    uid, reader = next(free), next(free)  # (a user's, and a group that is none of its own)
+    python = interpreter_for(uid, uid)
+    payload = os.urandom(10_000)
+    data = reachable_tmp / "data.bin"
+    data.write_bytes(payload)
+    os.chown(data, 0, reader)
+    data.chmod(0o640)
+    for mine in ("base", "flags"):  # (the jobs' cache, and the files that pause them)
+        (reachable_tmp / mine).mkdir()
+        os.chown(reachable_tmp / mine, uid, uid)
+    job = ["setpriv", f"--reuid={uid}", f"--regid={uid}"]
+    with Sleeper() as owner:
+        use = ["--use", "-d", str(reachable_tmp / "base"), "--pid", str(owner.pid), "-n", "blob", f"file:{data}",
+               "sha256:" + hashlib.sha256(payload).hexdigest()]
+        # The populator pauses as it makes its work directory, before it opens the file, until
+        # the waiter waits for it.
+        populator, populating, populate = started_paused(
+            reachable_tmp / "flags", "populator", 'event == "os.mkdir" and str(args[0]).endswith(".work")', *use,
+            prefix=[*job, "--clear-groups"], python=python)
+        waiter = None
+        try:
+            wait_for(populating.exists, what="the populator")
+            waiter, waiting, wait = started_paused(reachable_tmp / "flags", "waiter", WAITER_PAUSES["waiting"], *use,
+                                                   prefix=[*job, f"--groups={reader}"], python=python)
+            wait_for(waiting.exists, what="the waiter")
+            populate.touch()
+            ((status, _, err),) = finish([populator], timeout=60)
+            assert status == 1 and err.endswith(f": cannot read {data}: Permission denied\n"), err
+            wait.touch()
+            ((status, out, err),) = finish([waiter], timeout=60)
+        finally:
+            finish([populator, *([waiter] if waiter else [])], timeout=0)
+    assert status == 0, err
+    assert (Path(out.strip()) / "data.bin").read_bytes() == payload
 
 
 @pytest.mark.parametrize("down_first", [False, True], ids=["refusing_first", "down_first"])

@@ -28,6 +28,7 @@ class DownloadError(LoaderError):
 class AuthorizationError(DownloadError):
     """A server refused this process's request for want of credentials, or for the ones it sent:
     a 401 or 403 answer from the URL's own origin (which alone is sent them), a 407 from a proxy;
+    or the system refused a local file to this process's uid and groups (``EACCES``, ``EPERM``);
     with several sources, from every one (a source that failed otherwise would fail any process).
     This process's own failure, as a :class:`CredentialError` is: it is recorded for the listing,
     but a process waiting for its population, whose credentials are its own, is not told it."""

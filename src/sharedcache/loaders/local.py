@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import DownloadError, over_limit
+from ..errors import AuthorizationError, DownloadError, over_limit
 from .protocol import Context, Source
 from .streams import FileStream, SourceStream
 
@@ -36,6 +36,10 @@ def open_file(path: str, what: str, *, remove: bool = False) -> FileStream:
         return FileStream(path, fd=fd, remove=remove, what=what)
     except FileNotFoundError:
         raise DownloadError(f"cannot read {what}: no such file") from None
+    except PermissionError as exc:
+        # Refused to this process's uid and groups, not for what the file is: another user (a
+        # member of a group cache), or the same one in a job given a group more, may read it.
+        raise AuthorizationError(f"cannot read {what}: {exc.strerror or exc}") from None
     except OSError as exc:  # (out of descriptors: no failure of the source, for another to replace)
         raise over_limit(exc) or DownloadError(f"cannot read {what}: {exc.strerror or exc}") from None
 

@@ -72,9 +72,9 @@ Acquire (``sc --use``, :func:`use`)
    mounts of their own each repeat a failing origin's retries (``population.seen_elsewhere``);
    and so does any use when the failure was
    a refusal of the populator's credentials (a 401 or 403 of the URL's origin, a proxy's 407,
-   from every source of the recipe: one that failed otherwise fails every use alike; each use
-   sends its own, and the record holds nothing of them that could tell them apart, since
-   the members of a group cache read it).  If the holder died, there is
+   a ``file:`` source refused to its uid and groups, from every source of the recipe: one that
+   failed otherwise fails every use alike; each use sends its own, and the record holds nothing
+   of them that could tell them apart, since the members of a group cache read it).  If the holder died, there is
    no record: we take over.  A use that could not make ``<name>.waiting`` in step 2 (a full
    file system) tries once more, without waiting, now that the population lock's making may
    have made room: the file is then there while it populates, and a waiter that cannot make

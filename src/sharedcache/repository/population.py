@@ -207,7 +207,8 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
     """Step 3: the population that failed after this use asked for the repository: raise its
     error.  Data past the populator's own ``--size`` is not past a larger one (or none): that use
     populates for itself, and so does a use whose populator's credentials were refused (an
-    :class:`~sharedcache.errors.AuthorizationError`), and a use whose view of the recipe's
+    :class:`~sharedcache.errors.AuthorizationError`: by a server, or a ``file:`` source refused
+    to its uid and groups), and a use whose view of the recipe's
     sources is not the one the failure was seen from (:func:`seen_elsewhere`).  (A record is
     written before its population lock is released, so one dated after now was not written by a
     population: in a group cache a member could plant it, to fail every use of the name.)"""
@@ -225,9 +226,10 @@ def _raise_recorded_failure(base: Base, request: Request, asked: float) -> None:
             kind = LoaderError
         if issubclass(kind, AuthorizationError):
             # The credentials refused (or missing) were the populator's, and this use sends its
-            # own.  Told apart from them by nothing in the record: what would tell them apart
-            # (a hash of a password) is read by every member of a group cache, who may test guesses
-            # against it; a use with the same credentials spends one refused request.
+            # own (or opens the file with its own uid and groups).  Told apart from them by
+            # nothing in the record: what would tell them apart (a hash of a password) is read by
+            # every member of a group cache, who may test guesses against it; a use with the same
+            # credentials spends one refused request.
             return
         if seen_elsewhere(record, request.words):
             # A container's view of the sources (no network, often; a captive portal's page,
