@@ -918,6 +918,21 @@ def test_usage_errors_exit_2_with_one_line(args, dirs):
     assert result.stderr.startswith("sc: error: ")
 
 
+@pytest.mark.parametrize(("flag", "wanted"), [("-n", "-n NAME, or --name=--"), ("--name", "--name NAME, or --name=--"),
+                                             ("-d", "-d DIR[:DIR...], or --directories=--"),
+                                             ("--proxy", "--proxy PROXIES, or --proxy=--")])
+def test_an_option_that_took_the_separator_of_run_as_its_value_is_named(flag, wanted):
+    # '--' is the value of an option that takes it (-n -- names the repository '--'): an option
+    # whose value was forgotten took run's '--', and the line said that '-- COMMAND' was missing.
+    result = sc("run", "file:/x", flag, "--", "./job.sh")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2, "", f"sc: error: option {flag} took '--' as its value: give {wanted} if '--' is the value meant "
+               "(see 'sc --help')\n"), result.stderr
+    # Given after '=', it was meant: the command is what is missing.
+    missing = sc("run", "file:/x", "--name=--", "./job.sh")
+    assert missing.returncode == 2 and "run needs '-- COMMAND [ARG...]'" in missing.stderr, missing.stderr
+
+
 BAD_RECIPES = {
     "an unpacker first": (["tar", "file:/etc/hostname"], "a recipe starts with a source"),
     "an unknown word": (["file:/etc/hostname", "bogus"], "unknown loader 'bogus'"),

@@ -169,6 +169,9 @@ class Arguments:
         #: (sharedcache.config.files).
         self.fetch: Fetch | None = None
         self.quiet = self.verbose = 0
+        #: The first option that took the word ``--`` after it as its value (``-n --``): if
+        #: ``run`` then has no command, the ``--`` was meant to end the options.
+        self.took_separator: str | None = None
 
     @property
     def verbosity(self) -> int:
@@ -232,6 +235,8 @@ def _take(args: Arguments, flag: str, value: str | None, rest: list[str]) -> Non
         if not rest:
             raise UsageError(f"option {flag} needs a value ({option.metavar})")
         value = rest.pop(0)
+        if value == "--" and args.took_separator is None:
+            args.took_separator = flag
     try:
         converted = option.convert(value)
     except SettingError as e:
@@ -260,6 +265,10 @@ def _check(args: Arguments) -> Arguments:
         if not args.loaders:
             raise UsageError("no loader given (expected a source such as http:URL, then transforms)")
         if args.action == "run" and not (args.command and args.command[0]):  # '' names no program
+            if args.took_separator is not None:
+                flag, option = args.took_separator, _BY_FLAG[args.took_separator]
+                raise UsageError(f"option {flag} took '--' as its value: give {flag} {option.metavar}, "
+                                 f"or {option.flags[-1]}=-- if '--' is the value meant")
             raise UsageError("run needs '-- COMMAND [ARG...]' after the loaders")
     elif args.loaders:
         raise UsageError(f"{args.action} takes no loader ({args.loaders[0]!r})")
