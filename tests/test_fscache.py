@@ -64,9 +64,10 @@ def fresh_scan(root: Path) -> int:
     return sum(scan_usage(d / "data") for d in (root / "objects").iterdir())
 
 
-def put(cache: FsCache, name: str, sizes: list[int] | None = None, nonce: str = "n") -> int:
-    """Store entry ``name`` holding a verifiable pattern; return its accounted size."""
-    with cache.store(name) as path:
+def put(cache: FsCache, name: str, sizes: list[int] | None = None, nonce: str = "n", *, keep: bool = True) -> int:
+    """Store entry ``name`` holding a verifiable pattern (``keep``: as :meth:`FsCache.store`
+    takes it); return its accounted size."""
+    with cache.store(name, keep=keep) as path:
         fill(path, name, nonce, sizes if sizes is not None else [3000])
     return cache.info(name).size
 
@@ -1120,6 +1121,35 @@ def test_a_use_whose_owner_was_killed_ends_for_eviction_before_the_release_that_
     holder.kill()
     assert cache.release("released", lease=lease, max_size=one) is False
     assert only_entries(cache) == {"released"}
+
+
+@pytest.mark.parametrize("asked_by", ["store", "release"])
+def test_a_use_whose_owner_was_killed_ends_for_eviction_only_on_an_entry_that_stays(
+    root: Path, children: Children, asked_by: str
+) -> None:
+    # Killed jobs held "kept" and then "not-kept", which nobody keeps.  The eviction that a store
+    # or a release with a budget asks for finds both uses dead: "not-kept" is garbage, as the
+    # release of its last use would have left it, and goes at its turn; "kept" stays, its use
+    # ended then.  Both uses ended as found, "kept" came first (found first, or, within a tick
+    # of the clock, by name) and went, and "not-kept" stayed, nobody's, until a gc.
+    cache = FsCache(root)
+    one = put(cache, "kept")
+    put(cache, "not-kept", keep=False)
+    holders = []
+    for name in ("kept", "not-kept"):  # (one after the other: "kept" is the less recently used)
+        holders.append(children.start("hold", root=str(root), name=name, how="lease"))
+        holders[-1].expect("held")
+    for holder in holders:
+        holder.kill()
+    budget = 2 * one + one // 2
+    if asked_by == "store":
+        cache.max_size = budget
+        put(cache, "new")
+    else:
+        put(cache, "new")
+        assert cache.release("new", lease=cache.hold("new", Owner.current()), max_size=budget) is False
+    assert only_entries(cache) == {"kept", "new"}
+    assert _lease_pids(root, "kept") == []
 
 
 def test_lease_of_a_killed_owner_is_reclaimed_by_the_next_hold_and_release(

@@ -162,7 +162,8 @@ own the files.  The end of a use sets it again (a load as its block ends, a rele
 its lease: see "Leases"), so that a long use that ended last ranks its entry after one that was
 begun later and ended first; so does the removal of a dead owner's lease (by a hold, a release,
 a deletion that leaves the entry, or gc), the latest that use may have ended.  An eviction that
-finds such a lease ends that use too, but never after the release that asks for the eviction
+finds such a lease on an entry that stays unused (kept, or awaited) ends that use too, but never
+after the release that asks for the eviction; one that does not stay it deletes at its turn
 (see "Delete").
 
 In a group cache every member may write ``objects/``, so one could put a link where an entry
@@ -249,15 +250,18 @@ ranked by its lock, such a use would count as ended when it began, and a reposit
 hours by a job that died would go before one used briefly later.  So, under the candidate's
 lock taken as a deletion takes it (no hold adds a lease meanwhile), and if no live owner holds
 a lease, the eviction removes the dead leases and ends those uses, and the candidate gets its
-turn later, as one used since.  Such a use ended between its last sign of life, which nothing
-records (a lease is written once, as the use begins), and its discovery; it ends when found
-(the lock's time set to now), as gc, a hold and a release end it, but never after the release
-that asks for the eviction: that eviction comes after the release's end, which made its entry
-the most recently used, so there the use ends just before it (the lock's time set to that
-moment; only the lock's owner may set a time not now, so for another member of a group cache
-the row alone records it, and an index rebuilt by gc ranks the entry by its lock again).  The
-end of an ``sc run`` that gives its budget back so evicts the repository of a job that died
-before it, not its own, just released.
+turn later, as one used since; but only a candidate that stays once unused (``keep`` exists,
+or it is awaited, asked only then).  One that does not is garbage once its users are dead, as
+the release of its last use would have left it (deleted, as gc deletes it): it keeps the turn
+its row gives it, and goes then, before every entry used since, kept ones included.  Such a use
+ended between its last sign of life, which nothing records (a lease is written once, as the use
+begins), and its discovery; it ends when found (the lock's time set to now), as gc, a hold and
+a release end it, but never after the release that asks for the eviction: that eviction comes
+after the release's end, which made its entry the most recently used, so there the use ends
+just before it (the lock's time set to that moment; only the lock's owner may set a time not
+now, so for another member of a group cache the row alone records it, and an index rebuilt by
+gc ranks the entry by its lock again).  The end of an ``sc run`` that gives its budget back so
+evicts the repository of a job that died before it, not its own, just released.
 
 Entries for this boot
 ---------------------
@@ -2118,9 +2122,12 @@ class FsCache:
         (their leases reclaimed), so that a use whose process died without a release (a job
         killed with SIGKILL) ranks the entry by when it is found dead, not by when it began:
         now, or, if a release asks for the eviction (``released``: the end of its use, which
-        this comes after), just before that end, never after it (see "Delete").  (A later lock
-        puts the entry's turn off anyway: its leases are judged when that comes, so that a
-        candidate used since its row was written costs a stat only.)"""
+        this comes after), just before that end, never after it (see "Delete").  That is for an
+        entry that stays unused (kept, or awaited): one that does not is garbage once its users
+        are dead, as the release of its last use would have left it (deleted), and keeps its
+        recorded time, its turn.  (A later lock puts the entry's turn off anyway: its leases are
+        judged when that comes, so that a candidate used since its row was written costs a stat
+        only.)"""
         try:
             with self._entry(name) as entry:
                 used = self._last_use(entry)
@@ -2138,7 +2145,11 @@ class FsCache:
                     if not self._lock_if_unused(fd):
                         return used
                     live, dead = scan_leases(entry, boots=self._boots)
-                    if live or not reclaim_leases(entry, dead):
+                    if live or not dead:
+                        return used
+                    if not self._stays_unused(name, entry):
+                        return used  # garbage, as the release of its last use would have left it
+                    if not reclaim_leases(entry, dead):
                         return used
                     if released is None:
                         self._touch(fd)
@@ -2152,6 +2163,11 @@ class FsCache:
                     locks.close(fd)
         except MissError:
             return float("-inf")
+
+    def _stays_unused(self, name: str, entry: str) -> bool:
+        """Whether entry ``name``, at ``entry``, stays once nobody uses it: it is marked to keep,
+        or processes are on their way to hold it (``awaited``, asked only then)."""
+        return os.path.exists(os.path.join(entry, "keep")) or (self.awaited is not None and self.awaited(name))
 
     @staticmethod
     def _last_use(entry: str) -> float:
