@@ -79,6 +79,7 @@ Offline (``ctx.fetch.offline``) the source refuses to open before any connection
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import posixpath
 import re
@@ -153,6 +154,30 @@ _ERROR_BODY_TYPES = ("application/xml", "text/xml", "application/json", "applica
 #: counts from one beat to the next (see :class:`_Heartbeat`).
 _BEAT = 0.5
 _BEAT_COUNTS_AT_MOST = 2 * _BEAT
+#: The address space that importing the HTTP stack takes (urllib3, http.client, email, ssl:
+#: 3.5 MiB with CPython 3.11 and urllib3 2.8), with a margin (see :func:`_room_for_the_stack`).
+_STACK_ROOM = 4 << 20
+
+
+def _room_for_the_stack() -> None:
+    """Before the HTTP stack is first imported, a MemoryError if this process may not take the
+    room it needs (:data:`_STACK_ROOM`, under a cap on address space: ``ulimit -v``).  Without
+    that room, the import ran out of memory in its midst, where CPython 3.11 may loop for good
+    as it unwinds the MemoryError (it retries an allocation that cannot succeed: CPython issue
+    132508): ``sc --use`` over HTTP hung so at a cap of 30 MiB, up to one run in eight, as the
+    allocation that failed moved with every object made before the import.  A mapping of that
+    size, made and given back at once (never written, so that it is only address space), fails
+    first, where nothing is half done."""
+    if "urllib3" in sys.modules:
+        return
+    import mmap
+
+    try:
+        mmap.mmap(-1, _STACK_ROOM, flags=mmap.MAP_PRIVATE, prot=0).close()
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            raise
+        raise MemoryError(f"no room for the {_STACK_ROOM >> 20} MiB that the HTTP stack takes") from None
 
 
 class HttpSource(Source):
@@ -587,6 +612,7 @@ class _HttpStream(SourceStream):
     def _start(self, url: str, ctx: Context, start: int, validator: str | None,
                login: tuple[str, str] | None) -> None:
         """Ask for the file, and keep what reads the rest of it."""
+        _room_for_the_stack()
         # Loaded with the HTTP stack, not by the first resolution of a host name (the socket module
         # looks the codec up for each): a library it needs that cannot be mapped (under a cap on
         # memory) is then this ImportError, which says so, not "unknown encoding: idna".
