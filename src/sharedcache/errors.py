@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # (made on the first use of one: see __getattr__ at the end)
     from .loader_errors import ResumeError as ResumeError
     from .loader_errors import SizeLimitError as SizeLimitError
     from .loader_errors import UnsafeArchiveError as UnsafeArchiveError
+    from .loader_errors import WaitForItselfError as WaitForItselfError
 
 #: Quoted text longer than this many characters is shown by its two ends (a name in an archive may
 #: be 256 KiB long, and the message must stay a line a user can read).
@@ -670,15 +671,16 @@ def size_change(before: int, now: int | None) -> str:
     return f"its size changed from {before} to {now} bytes"
 
 
-#: The errors of loaders, made on the first use of one (see :mod:`sharedcache.loader_errors`).
-_LOADER_ERRORS = frozenset({
+#: The errors that a ready use never raises, made on the first use of one (see
+#: :mod:`sharedcache.loader_errors`).
+_MADE_ON_FIRST_USE = frozenset({
     "LoaderError", "CredentialError", "DownloadError", "AuthorizationError", "ChecksumError",
-    "UnsafeArchiveError", "SizeLimitError", "CorruptDataError", "ResumeError",
+    "UnsafeArchiveError", "SizeLimitError", "CorruptDataError", "ResumeError", "WaitForItselfError",
 })
 
 
 def __getattr__(name: str) -> object:
-    if name not in _LOADER_ERRORS:
+    if name not in _MADE_ON_FIRST_USE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from . import loader_errors
 

@@ -1,4 +1,5 @@
-"""The errors of loaders: fetching or preparing data failed.
+"""The errors of loaders (fetching or preparing data failed), and the refusal of a signal
+handler's wait for what its own thread holds.
 
 They are :mod:`sharedcache.errors`' and are named from there; they live here, made on the first
 use of one of them (:func:`sharedcache.errors.__getattr__`), because a ready ``sc --use`` raises
@@ -8,7 +9,7 @@ none of them, and making a class of an exception costs as much as a tenth of a m
 
 from __future__ import annotations
 
-from .errors import NoSpaceError, SharedCacheError
+from .errors import NoSpaceError, SharedCacheError, UsageError
 
 
 class LoaderError(SharedCacheError):
@@ -58,8 +59,15 @@ class ResumeError(DownloadError):
     """
 
 
+class WaitForItselfError(UsageError):
+    """A wait that this very thread would have to end: a signal handler's, run in the thread
+    whose step it interrupted, which holds what the handler waits for (a lock, the index's
+    write lock) until the handler returns.  Refused at once: waiting would last until the
+    timeout, or for good."""
+
+
 # Named where they are documented and imported from, in a traceback and by pickle (which finds
 # them there through sharedcache.errors.__getattr__).
 for _error in (LoaderError, CredentialError, DownloadError, AuthorizationError, ChecksumError, UnsafeArchiveError,
-               SizeLimitError, CorruptDataError, ResumeError):
+               SizeLimitError, CorruptDataError, ResumeError, WaitForItselfError):
     _error.__module__ = "sharedcache.errors"

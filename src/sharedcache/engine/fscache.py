@@ -99,6 +99,15 @@ lock that a reader holds: a deleter tries without waiting (and waits at most 50 
 exclusive holder, which holds it for an instant); a store that lost the race for its name
 takes the winner's lock shared, which only such instant exclusive holders can delay.
 
+A signal handler runs in the thread it interrupts, which holds what it held until the handler
+returns: a wait of the handler's for it would wait for itself, until its timeout or for good.  So
+a wait for a lock that this thread holds through another descriptor, and an index transaction
+begun while one of this thread's is under way on that index, are refused at once
+(:class:`~sharedcache.errors.WaitForItselfError`, see :func:`~sharedcache.engine.locks.lock`
+and :meth:`~sharedcache.engine.index.Index.transaction`); a deleter takes such an entry for a
+busy one.  An exclusive lock is released before its record goes (:func:`~sharedcache.engine.locks.close`),
+so that no handler finds it held by nobody it knows of.
+
 Store (``store(name)``)
 -----------------------
 1. Read where the commit will write in the index (:meth:`~sharedcache.engine.index.Index.check_for_commit`):
@@ -1114,9 +1123,10 @@ class FsCache:
     def _wait(self) -> float:
         """Seconds a wait for a lock (or for the index) may take now: ``timeout``, or less if
         the deadline is nearer."""
-        if self.deadline is None:
+        deadline = self.deadline  # (read once: a signal handler run between two reads may change this thread's)
+        if deadline is None:
             return self.timeout
-        return max(0.0, min(self.timeout, self.deadline - time.monotonic()))
+        return max(0.0, min(self.timeout, deadline - time.monotonic()))
 
     # -- settings --------------------------------------------------------------------------------
 
@@ -2017,7 +2027,8 @@ class FsCache:
 
         Readers hold it shared for as long as they use the entry.  An exclusive holder (the
         in-use probe of :meth:`entries`, a store finishing its commit) holds it for an instant:
-        it is waited for, briefly, rather than taken for a user.
+        it is waited for, briefly, rather than taken for a user; unless it is the step of this
+        thread that a signal handler interrupted, which holds it until the handler returns.
         """
         if locks.try_lock(fd, locks.EXCLUSIVE):
             return True
@@ -2025,7 +2036,7 @@ class FsCache:
             return locks.try_lock(fd, locks.EXCLUSIVE)
         try:
             locks.lock(fd, locks.EXCLUSIVE, timeout=0.05)
-        except WaitTimeoutError:
+        except (WaitTimeoutError, UsageError):  # (the UsageError: held by this very thread, see locks.lock)
             return False
         return True
 

@@ -64,7 +64,7 @@ import struct
 import sys
 import time
 import weakref
-from _thread import RLock  # threading's, without importing threading
+from _thread import RLock, get_ident  # threading's, without importing threading
 
 try:  # sqlite3's Python layer only adds datetime adapters, which would cost every start
     import _sqlite3 as sqlite3
@@ -367,7 +367,21 @@ class Index(sqlite3.Connection):
 
     @scoped
     def transaction(self) -> Iterator[Index]:
-        """A write transaction: all of it or none of it happens."""
+        """A write transaction: all of it or none of it happens.
+
+        A thread writes the index in one transaction at a time.  One that begins another while
+        its first is under way (in :data:`_writing`) is a signal handler's, run in the thread
+        whose transaction it interrupted, which keeps the write lock until the handler returns:
+        it is refused at once (:class:`WaitForItselfError`), rather than wait for itself until
+        its timeout (on a connection of its own) or roll the interrupted transaction back under
+        its feet (on that one's connection)."""
+        writer = (get_ident(), self.file)
+        if writer in _writing:
+            from ..errors import WaitForItselfError  # (made on first use: a ready use never meets it)
+
+            raise WaitForItselfError(f"the index of cache {self.root} is being written by this very thread, in the "
+                                     "step that a signal handler interrupted: the handler would wait for itself; "
+                                     "try again once that step is over")
         if _full(self.root):
             _remove_reserve(self.root)
         if self.in_transaction:
@@ -376,22 +390,26 @@ class Index(sqlite3.Connection):
             # nothing could roll it back.  It still holds the index's write lock.
             self.execute("ROLLBACK")
         self._ends = []
+        _writing.add(writer)  # (before the BEGIN: a handler that comes as it returns finds the write lock taken)
         try:
-            self.execute("BEGIN IMMEDIATE")  # (a busy index: WaitTimeoutError, see failure)
-            yield self
-            self.execute("COMMIT")
-        except BaseException as e:
-            # Whatever ended it (the block's exception, a COMMIT that failed, or an interrupt
-            # that came just after the BEGIN or just before the COMMIT ran): what was done beside
-            # the index is undone, while the write lock is still held if SQLite has not let it
-            # go, and the write lock is not kept.
-            self._end(committed=False)
-            if self.in_transaction:
-                self.execute("ROLLBACK")
-            if isinstance(e, sqlite3.DatabaseError):
-                raise self.failure(e) from None
-            raise
-        self._end(committed=True)
+            try:
+                self.execute("BEGIN IMMEDIATE")  # (a busy index: WaitTimeoutError, see failure)
+                yield self
+                self.execute("COMMIT")
+            except BaseException as e:
+                # Whatever ended it (the block's exception, a COMMIT that failed, or an interrupt
+                # that came just after the BEGIN or just before the COMMIT ran): what was done
+                # beside the index is undone, while the write lock is still held if SQLite has
+                # not let it go, and the write lock is not kept.
+                self._end(committed=False)
+                if self.in_transaction:
+                    self.execute("ROLLBACK")
+                if isinstance(e, sqlite3.DatabaseError):
+                    raise self.failure(e) from None
+                raise
+            self._end(committed=True)
+        finally:
+            _writing.discard(writer)
         if _full(self.root):
             # Give back what the journal took, so that the reserve can be made again now: once
             # the readers of the journal are done (its first column says they were not yet).
@@ -766,15 +784,23 @@ def _connect(root: str, index: tuple[int, int], timeout: float, file_mode: int, 
 _connecting = RLock()
 #: The descriptors that :func:`_unleased` holds open, under :data:`_connecting`.
 _probes: list[int] = []
+#: The write transactions under way (see :meth:`Index.transaction`): each thread's, with the
+#: device and inode of the index it writes.
+_writing: set[tuple[int, tuple[int, int]]] = set()
 
 
-def _free_connecting() -> None:
-    """In a forked child: a lock of its own, free (another thread of the parent may have held it)."""
+def _start_afresh_in_child() -> None:
+    """In a forked child: a lock of its own, free (another thread of the parent may have held
+    it), and none of the other threads' transactions, which do not go on in the child (a thread
+    started there may be given the number of one of them)."""
     global _connecting  # noqa: PLW0603 - the child's, in place of what the parent held
     _connecting = RLock()
+    forking = get_ident()
+    for writer in [writer for writer in _writing if writer[0] != forking]:
+        _writing.discard(writer)
 
 
-os.register_at_fork(after_in_child=_free_connecting)
+os.register_at_fork(after_in_child=_start_afresh_in_child)
 
 
 @contextlib.contextmanager

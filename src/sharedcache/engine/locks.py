@@ -367,7 +367,9 @@ def lock(
     """Take the lock ``mode`` on ``fd``, waiting at most ``timeout`` seconds (None: forever).
 
     ``waiting(elapsed)`` is called between attempts so a caller can report whom it waits for.
-    Raises :class:`WaitTimeoutError` naming ``what`` when the time is up.
+    Raises :class:`WaitTimeoutError` naming ``what`` when the time is up, and
+    :class:`WaitForItselfError` at once if this thread holds the lock through another descriptor
+    (:func:`held_in_this_thread`): a signal handler's wait for the step it interrupted.
     """
     before = _held.get(fd)
     _record(fd, mode)  # (for the whole wait: a fork while it waits copies it recorded)
@@ -376,6 +378,11 @@ def lock(
     start = time.monotonic()
     delay = 0.001
     try:
+        if held_in_this_thread(fd):
+            from ..errors import WaitForItselfError  # (made on first use: a ready use never meets it)
+
+            raise WaitForItselfError(f"{what} is held by this very thread, in the step that a signal handler "
+                                     "interrupted: the handler would wait for itself; try again once that step is over")
         while True:
             elapsed = time.monotonic() - start
             if timeout is not None and elapsed >= timeout:
@@ -403,10 +410,14 @@ def release(fd: int) -> None:
 @deferring_from_entry
 def close(fd: int) -> None:
     """Close ``fd``, a descriptor that may have been locked: the lock goes with it (once no
-    copy is left, or at once if a child forked meanwhile gives its copy up), and so does the
-    record of it (see the module's docstring)."""
+    copy is left, or at once if a child forked meanwhile gives its copy up, or if it may be
+    held exclusively), and so does the record of it (see the module's docstring).  An exclusive
+    lock goes before its record: a signal handler run in between, in this thread, would not know
+    the lock for its thread's (:func:`held_in_this_thread`), and would wait for it."""
+    record = _held.get(fd)
+    may_be_exclusive = record is not None and record[1]
     # (Not what a child keeps: it holds the lock through its copy, as it should.)
-    _close(fd, unlock=fd in _given_up and fd not in _kept)
+    _close(fd, unlock=(fd in _given_up or may_be_exclusive) and fd not in _kept)
 
 
 @deferring_from_entry
@@ -417,11 +428,11 @@ def _close(fd: int, *, unlock: bool) -> None:
     INTERRUPTS.deferring = True
     try:
         with _recording:
-            hand_over(fd)  # (its records go)
             try:
                 if unlock:
                     fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
+                hand_over(fd)  # (its records go)
                 os.close(fd)
     finally:
         if deferred:
