@@ -720,3 +720,81 @@ def test_a_child_forked_into_a_namespace_judges_uses_as_a_process_of_that_namesp
         assert program.returncode == 0, err
         assert [lease for lease in os.listdir(leases) if f":{host_job.pid}:" in lease], "the host job's use was ended"
         assert (user_dir(base) / "shared" / "data.txt").read_text() == "data\n"
+
+
+_HANDLER_USES_AMID_ITS_THREAD_S_STEP = """
+import collections, json, os, signal, sys, sharedcache
+
+base, step, *blobs = sys.argv[1:]
+outcomes = collections.Counter()
+armed = False
+
+def use(who, blob):
+    try:
+        with sharedcache.use(f"file:{blob}", directories=base, timeout=3) as path:
+            assert (path / os.path.basename(blob)).stat().st_size == 20_000
+        outcomes[who + ": used"] += 1
+    except sharedcache.UsageError:
+        outcomes[who + ": refused"] += 1
+    except Exception as e:
+        outcomes[f"{who}: {type(e).__name__}: {e}"] += 1
+
+def amid_the_step(frame):
+    while frame is not None:
+        if frame.f_code.co_name == step and frame.f_code.co_filename.endswith("repositories.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+def interrupt_a_transaction(frame, event, arg):
+    # Once armed: at the first call of the index's code within one of its transactions, in the step.
+    global armed
+    if armed and event == "call" and frame.f_code.co_filename.endswith("index.py"):
+        if getattr(frame.f_locals.get("self"), "in_transaction", False) and amid_the_step(frame):
+            armed = False
+            os.kill(os.getpid(), signal.SIGALRM)
+
+def handle(signum, frame):
+    outcomes["interrupted"] += 1
+    use("handler", blobs[0])  # the recipe of the use it interrupted
+    use("handler", blobs[1 + outcomes["interrupted"] % 3])  # another
+
+signal.signal(signal.SIGALRM, handle)
+use("main", blobs[1])  # (what a use imports is imported before the first signal)
+sys.setprofile(interrupt_a_transaction)
+for _ in range(20):
+    armed = True
+    use("main", blobs[0])
+sys.setprofile(None)
+print(json.dumps(outcomes))
+"""
+
+
+@pytest.mark.parametrize("step", ["acquire", "release_held"])
+def test_a_signal_handler_s_use_amid_its_thread_s_acquire_or_release_works_or_is_refused_leaving_no_lease(
+        tmp_path: Path, step: str) -> None:
+    # A signal handler's use() runs in the thread whose use() it interrupts, here as that use
+    # acquires (populates) or releases (deletes) its repository, in an index transaction.  It
+    # shared that use's connection to the index, and rolled back its transaction ("cannot commit
+    # - no transaction is active"), and its deadline, which it cleared (a TypeError); it waited
+    # for what its thread held (the index, the entry's lock) until its timeout; and a use that
+    # failed so kept its lease, so that the next ones found the repository in use.  Each of the
+    # handler's uses now works, or is refused at once (a UsageError), and leaves no lease.
+    blobs = [tmp_path / f"blob{i}" for i in range(4)]
+    for blob in blobs:
+        blob.write_bytes(os.urandom(20_000))
+    base = tmp_path / "base"
+    base.mkdir()
+    try:
+        done = subprocess.run([sys.executable, "-c", _HANDLER_USES_AMID_ITS_THREAD_S_STEP, str(base), step,
+                               *map(str, blobs)], env=ENV, capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired:  # (killed by run; within the test's own timeout, to say why)
+        pytest.fail(f"a program whose signal handler uses repositories amid its thread's {step} hung")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    outcomes = json.loads(done.stdout)
+    failures = {outcome: count for outcome, count in outcomes.items()
+                if outcome != "interrupted" and not outcome.endswith((": used", ": refused"))}
+    assert not failures, failures
+    assert outcomes["interrupted"] == 20 and outcomes["main: used"] == 21, outcomes  # (each use of the loop, once)
+    assert list((control(base) / "objects").glob("*/leases/*")) == []

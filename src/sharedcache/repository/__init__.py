@@ -122,6 +122,16 @@ Acquire (``sc --use``, :func:`use`)
    A use that another thread leaves (a generator holding its block, closed or dropped there) is
    released there, and the main thread's Ctrl-C is raised at once, as outside a use.
 
+A use that starts while an acquire or a release of its own thread is under way is a signal
+handler's, run in the thread whose step it interrupted, which goes on only once the handler
+returns.  It opens caches of its own (:class:`~.repositories.Repositories`): that step's are in
+its state, their connection to an index perhaps in a transaction, their deadline set, which the
+handler's use would share, rolling the transaction back and clearing the deadline.  Where it
+would wait for what that step holds (the index's write lock, an entry's lock, a population
+lock, the reservations lock), it is refused at once, a usage error, rather than wait for itself;
+its release, refused so, removes its lease alone, and the repository stays, unused, for the next
+release or gc.
+
 Release (``sc --unuse``) drops one lease of the owner; a budget it gives (``--max-size``) is set
 first, while that lease still spares the entry from eviction (``none`` lifts the stored budget
 then, and the release has nothing to evict down to).  The engine deletes the entry in the

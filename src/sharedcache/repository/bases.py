@@ -203,11 +203,17 @@ def group_id(group: str | int | None) -> int | None:
 
 
 class Base:
-    """One candidate base directory and the repositories in it."""
+    """One candidate base directory and the repositories in it.
 
-    def __init__(self, path: str, group: int | None = None) -> None:
+    Its cache is the one this process keeps open for every use (:data:`_open_caches`), but for
+    a base ``of_its_own``: a cache opened for it alone, closed as it is freed (a signal
+    handler's use, whose thread's interrupted use may be in the middle of a step of the
+    process's: see :class:`~.repositories.Repositories`)."""
+
+    def __init__(self, path: str, group: int | None = None, *, of_its_own: bool = False) -> None:
         self.path = path
         self.group = group
+        self._of_its_own = of_its_own
         #: this user's directory in the base: the links live there
         self.links = os.path.join(path, user_directory_name())
         if group is None:
@@ -268,17 +274,24 @@ class Base:
         """The cache of this base, created if needed; CacheError (one line saying why) if the
         base, this user's directory or the cache is not safe to use."""
         if self._cache is None:
-            key = (self.control, self.group)
-            cache = _open_caches.get(key)
-            if cache is None or not os.path.isdir(os.path.join(self.control, POPULATE)):
-                check_base(self.path, self.group)
-                user_directory(self.path)
-                cache = open_with_waiters(self.control, self.group, deadline=self.deadline)
-                _drop_removed_caches()
-            _keep_open(key, cache)
-            cache.deadline = self.deadline  # (shared by the commands of this process)
-            self._cache = cache
+            self._cache = self._open_cache() if self._of_its_own else self._kept_cache()
+            self._cache.deadline = self.deadline  # (a kept one is shared by the commands of this process)
         return self._cache
+
+    def _kept_cache(self) -> FsCache:
+        """The cache of this base that the process keeps open, opened now if it has none."""
+        key = (self.control, self.group)
+        cache = _open_caches.get(key)
+        if cache is None or not os.path.isdir(os.path.join(self.control, POPULATE)):
+            cache = self._open_cache()
+            _drop_removed_caches()
+        _keep_open(key, cache)
+        return cache
+
+    def _open_cache(self) -> FsCache:
+        check_base(self.path, self.group)
+        user_directory(self.path)
+        return open_with_waiters(self.control, self.group, deadline=self.deadline)
 
     def use_cache(self, cache: FsCache) -> None:
         """Work with ``cache``, opened by the caller (for a repair, or the use it holds), as this

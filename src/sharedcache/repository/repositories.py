@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from _thread import _local as thread_local  # threading.local, without importing threading
 
 from ..engine import locks
 from ..engine.fscache import FsCache
@@ -83,6 +84,21 @@ READ_ONLY = "a read-only file system"
 #: directory or the cache is not safe to use, or its file system has no room (no block, no
 #: inode) to make what the cache needs there.
 UNUSABLE = (CacheError, NoSpaceError)
+
+#: How many acquires and releases are under way in this thread (``depth``), one inside another
+#: only in a signal handler, which runs in the thread whose step it interrupted (see
+#: :class:`Repositories`).
+_steps = thread_local()
+
+
+@scoped
+def _a_step() -> Iterator[None]:
+    """An acquire or a release of this thread, under way (see :data:`_steps`)."""
+    _steps.depth = getattr(_steps, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _steps.depth -= 1
 
 
 def checked_timeout(timeout: float | None) -> float | None:
@@ -203,10 +219,16 @@ class Repositories:
     ) -> None:
         """``directories``: the candidate base directories (see
         :func:`~sharedcache.config.settings.base_directories`; None: the defaults).
-        ``group``: create new caches in the bases as group caches of that gid."""
+        ``group``: create new caches in the bases as group caches of that gid.
+
+        Made while an acquire or a release of this thread is under way, by a signal handler
+        that interrupted it (its use()), it opens caches of its own (see :class:`Base`): the
+        interrupted step's are in a state of that step's, its connection to an index perhaps in
+        a transaction, its deadline set, which the handler's would share and change."""
         require_proc()  # (before the identity of a job is asked for)
         self.group = group
-        self.bases = [Base(p, group) for p in base_directories(directories)]
+        interrupting = getattr(_steps, "depth", 0) > 0
+        self.bases = [Base(p, group, of_its_own=interrupting) for p in base_directories(directories)]
         self.reporter = reporter or Reporter(verbosity=-1)
         #: base directories found unusable (path -> why), skipped from then on
         self.unusable: dict[str, str] = {}
@@ -249,12 +271,13 @@ class Repositories:
         )
         request.given = tuple(given)
         budget = None if max_size is None else parse_budget(max_size, "--max-size")
-        for base in self.bases:
-            base.bound_waits(request.deadline)
-        try:
-            return self._acquire(request, budget)
-        finally:
-            self._finish()
+        with _a_step():
+            for base in self.bases:
+                base.bound_waits(request.deadline)
+            try:
+                return self._acquire(request, budget)
+            finally:
+                self._finish()
 
     def _acquire(self, request: Request, budget: int | None) -> Held:
         """The steps of :meth:`acquire`, each wait in the caches bounded by the request's deadline."""
@@ -514,12 +537,13 @@ class Repositories:
         read_umask_again()
         budget = None if max_size is None else parse_budget(max_size, "--max-size")
         deadline = deadline_after(checked_timeout(timeout))
-        for base in self.bases:
-            base.bound_waits(deadline)
-        try:
-            return self._release(words, owners, name, keep, budget)
-        finally:
-            self._finish()
+        with _a_step():
+            for base in self.bases:
+                base.bound_waits(deadline)
+            try:
+                return self._release(words, owners, name, keep, budget)
+            finally:
+                self._finish()
 
     def _finish(self) -> None:
         """The end of an acquire or a release, whether it succeeded or not: the links of what its
@@ -582,6 +606,10 @@ class Repositories:
 
     def release_held(self, held: Held, *, keep: bool = False) -> None:
         """Release a use returned by :meth:`acquire`."""
+        with _a_step():
+            self._release_held(held, keep)
+
+    def _release_held(self, held: Held, keep: bool) -> None:
         read_umask_again()
         say_if_budget_damaged(held.cache, self.reporter, "the release restores none")
         with _releasing(held.name, held.base):
@@ -589,7 +617,16 @@ class Repositories:
                 deleted = held.cache.release(held.name, lease=held.lease, keep=keep)
             except MissError:
                 return  # deleted already (gc found its owner dead)
-            except UsageError:
+            except UsageError as refused:
+                from ..errors import WaitForItselfError  # (made on first use: a ready use never meets it)
+
+                if isinstance(refused, WaitForItselfError):
+                    # A signal handler's release, whose thread's interrupted step holds the index
+                    # (or the entry's lock) until the handler returns: the lease goes alone, and
+                    # the repository stays, unused, for the next release or gc, as a use that
+                    # fails leaves it (see _give_back).
+                    held.cache.drop_lease(held.name, held.lease)
+                    return
                 # Released already, by another release of its owner: an `sc --unuse` of `sc run`'s
                 # command, whose job `sc run` is; or another thread of a program, handed this lease
                 # for its own by a population, which looks its owner's lease up once it has
