@@ -638,16 +638,16 @@ def test_a_signal_handler_that_interrupts_its_own_population_to_use_it_is_refuse
     assert sorted(out.splitlines()) == [f"main: {len(payload)}", f"thread: {len(payload)}"]
 
 
-#: A program that has used a cache, then forks a launcher that puts the job it forks into a new
-#: namespace (argv[3]: "pid", PID 1 of a PID namespace with a /proc of its own, as ``unshare
-#: --fork --mount-proc`` makes it; "time", a time namespace whose boot was a day earlier, as
-#: ``unshare --fork --time --boottime``).  The job takes a use of argv[1] in argv[2], prints its
-#: path, waits for a line on stdin (60 s at most) and checks that its data is still there.
+#: A program that has used a cache in argv[4], then forks a launcher that puts the job it forks
+#: into a new namespace (argv[3]: "pid", PID 1 of a PID namespace with a /proc of its own, as
+#: ``unshare --fork --mount-proc`` makes it; "time", a time namespace whose boot was a day
+#: earlier, as ``unshare --fork --time --boottime``).  The job takes a use of argv[1] in argv[2],
+#: prints its path, waits for a line on stdin (60 s at most) and checks that its data is still there.
 _JOB_FORKED_INTO_A_NAMESPACE = """
 import ctypes, os, select, sys, traceback
 import sharedcache
 
-url, base, namespace = sys.argv[1:]
+url, base, namespace, own_base = sys.argv[1:]
 libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME, MS_REC, MS_PRIVATE = 0x20000, 0x20000000, 0x80, 0x4000, 0x40000
 
@@ -680,34 +680,50 @@ def launcher():
             offsets.write("boottime 86400 0")
     return forked(job)
 
-with sharedcache.use(url, "tar", name="own", directories=base):  # (what this process read of itself, it keeps)
+with sharedcache.use(url, "tar", name="own", directories=own_base):  # (what this process read of itself, it keeps)
     pass
 sys.exit(forked(launcher))
 """
 
 
+def _deepest_descendant(pid: int) -> int:
+    """The last process of the line of children that ``pid`` starts (each has one at most)."""
+    while children := Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        pid = int(children[0])
+    return pid
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="making namespaces needs root")
-@pytest.mark.parametrize("namespace", ["pid", "time"])
+@pytest.mark.parametrize(("namespace", "program_is_pid_1", "own_base"), [
+    ("pid", False, "same"), ("time", False, "same"), ("pid", True, "other"),
+], ids=["pid", "time", "pid-by-a-pid-1-in-another-base"])
 def test_a_child_forked_into_a_namespace_judges_uses_as_a_process_of_that_namespace(
-        base: Path, tmp_path: Path, namespace: str) -> None:
+        base: Path, tmp_path: Path, namespace: str, program_is_pid_1: bool, own_base: str) -> None:
     # The job took the PID namespace and the boot time offset its parent had read: its leases
     # named processes that were not it, and it judged the host's job's use by its own /proc,
     # where that job is not (or started at another time): it took it for dead, and its release
-    # deleted the data under the host's job.
+    # deleted the data under the host's job.  A program that is PID 1 of its own namespace (a
+    # container's entrypoint) forks a job that is PID 1 too, whose lease named its parent's start
+    # time: the host's gc reclaimed its use.
     origin = tmp_path / "data.tgz"
     make_tarball(origin, {"data.txt": b"data\n"})
     leases = control(base) / "objects" / "shared" / "leases"
+    own = base if own_base == "same" else tmp_path / "own"
+    own.mkdir(exist_ok=True)
+    as_pid_1 = ["unshare", "--pid", "--fork", "--mount-proc"] if program_is_pid_1 else []
     with Sleeper() as host_job:
         taken = sc("--use", "--pid", str(host_job.pid), "-d", str(base), "-n", "shared", f"file:{origin}", "tar")
         assert taken.returncode == 0, taken.stderr
-        program = subprocess.Popen([sys.executable, "-c", _JOB_FORKED_INTO_A_NAMESPACE, f"file:{origin}", str(base),
-                                    namespace], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        program = subprocess.Popen([*as_pid_1, sys.executable, "-c", _JOB_FORKED_INTO_A_NAMESPACE, f"file:{origin}",
+                                    str(base), namespace, str(own)], env=ENV, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             assert program.stdin is not None and program.stdout is not None
             ready, _, _ = select.select([program.stdout], [], [], 60)
             assert ready, "the job took no use in time"
             assert program.stdout.readline(), program.communicate(timeout=60)[1]
+            job = Path(f"/proc/{_deepest_descendant(program.pid)}/stat").read_text()
+            job_start = job[job.rindex(")") + 2:].split()[19]  # (field 22, as this host counts it)
             judged = sc("gc", "-d", str(base))  # (the host's judgement of the job's use)
             assert judged.returncode == 0, judged.stderr
             held = sorted(os.listdir(leases)) if leases.exists() else []
@@ -717,6 +733,8 @@ def test_a_child_forked_into_a_namespace_judges_uses_as_a_process_of_that_namesp
                 os.killpg(program.pid, signal.SIGKILL)  # (the job and its launcher are of its group)
                 program.wait(10)
         assert len(held) == 2, f"a live job's use was judged dead: {held}"
+        job_lease = [lease for lease in held if f":{host_job.pid}:" not in lease]
+        assert [lease.split(":")[2] for lease in job_lease] == [job_start], f"not the job's start time: {held}"
         assert program.returncode == 0, err
         assert [lease for lease in os.listdir(leases) if f":{host_job.pid}:" in lease], "the host job's use was ended"
         assert (user_dir(base) / "shared" / "data.txt").read_text() == "data\n"

@@ -130,17 +130,18 @@ _boot_offset: int | None = None  # clock ticks (see _started)
 
 
 def _forget_in_child() -> None:
-    """Forget, in a child of fork, what this process read of the namespaces it is in: a launcher
-    forks the job it puts into new ones (``unshare --fork``, a container runtime), whose PID
-    namespace its pids are of, whose time namespace has its own boot time offset, whose root
-    may hold another machine id, and whose ``/proc`` shows other processes.  Kept, a job forked as
-    PID 1 of a new PID namespace would name the parent's namespace in its leases, and judge the
-    host's leases by its own ``/proc``, where their owners are not: it would reclaim them, and
-    its last release delete the data under the host's jobs.  (The boot id is the kernel's, the
-    same in every namespace; the start time is remembered with the pid, which changes in a child
-    however it was forked.)"""
-    global _machine_id, _pid_namespace, _boot_offset, _host_processes  # noqa: PLW0603 - see above
-    _machine_id = _pid_namespace = _boot_offset = _host_processes = None
+    """Forget, in a child of fork, what this process read of itself and of the namespaces it is
+    in: a launcher forks the job it puts into new ones (``unshare --fork``, a container runtime),
+    whose PID namespace its pids are of, whose time namespace has its own boot time offset, whose
+    root may hold another machine id, and whose ``/proc`` shows other processes.  Kept, a job
+    forked as PID 1 of a new PID namespace would name the parent's namespace in its leases, and
+    judge the host's leases by its own ``/proc``, where their owners are not: it would reclaim
+    them, and its last release delete the data under the host's jobs.  Its start time too: a job
+    forked so by a parent that is PID 1 of its own namespace (a container's entrypoint) has the
+    parent's pid, and would name the parent's start time, its use then reclaimed by the host's
+    gc.  (The boot id is the kernel's, the same in every namespace.)"""
+    global _machine_id, _pid_namespace, _boot_offset, _host_processes, _own_start  # noqa: PLW0603 - see above
+    _machine_id = _pid_namespace = _boot_offset = _host_processes = _own_start = None
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
@@ -517,7 +518,8 @@ class Owner:
         a loop asks for it at every call)."""
         global _own_start  # noqa: PLW0603 - remembered per process, as boot_id() is
         pid = os.getpid()
-        if _own_start is None or _own_start[0] != pid:  # (a child of fork is another process)
+        # (Forgotten at a fork; kept with its pid for a child forked outside Python's fork hooks.)
+        if _own_start is None or _own_start[0] != pid:
             started = start_time(pid)
             assert started is not None  # (this very process)
             _own_start = (pid, started)
