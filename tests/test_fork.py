@@ -641,8 +641,9 @@ def test_a_signal_handler_that_interrupts_its_own_population_to_use_it_is_refuse
 #: A program that has used a cache in argv[4], then forks a launcher that puts the job it forks
 #: into a new namespace (argv[3]: "pid", PID 1 of a PID namespace with a /proc of its own, as
 #: ``unshare --fork --mount-proc`` makes it; "time", a time namespace whose boot was a day
-#: earlier, as ``unshare --fork --time --boottime``).  The job takes a use of argv[1] in argv[2],
-#: prints its path, waits for a line on stdin (60 s at most) and checks that its data is still there.
+#: earlier, as ``unshare --fork --time --boottime``).  The job populates a repository of its own
+#: in argv[2], then takes a use of argv[1] there, prints its path, waits for a line on stdin (60 s
+#: at most) and checks that its data is still there.
 _JOB_FORKED_INTO_A_NAMESPACE = """
 import ctypes, os, select, sys, traceback
 import sharedcache
@@ -666,6 +667,8 @@ def job():
     if namespace == "pid":  # (private first: the host's /proc stays as it is)
         if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) or libc.mount(b"proc", b"/proc", b"proc", 0, None):
             raise OSError(ctypes.get_errno(), "mount")
+    with sharedcache.use(url, "tar", name="job", directories=base):  # (a population: it writes the index)
+        pass
     with sharedcache.use(url, "tar", name="shared", directories=base) as path:
         print(path, flush=True)
         if not select.select([sys.stdin], [], [], 60)[0]:
@@ -695,16 +698,17 @@ def _deepest_descendant(pid: int) -> int:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making namespaces needs root")
 @pytest.mark.parametrize(("namespace", "program_is_pid_1", "own_base"), [
-    ("pid", False, "same"), ("time", False, "same"), ("pid", True, "other"),
-], ids=["pid", "time", "pid-by-a-pid-1-in-another-base"])
+    ("pid", False, "same"), ("time", False, "same"), ("pid", True, "same"), ("pid", True, "other"),
+], ids=["pid", "time", "pid-by-a-pid-1-in-the-same-base", "pid-by-a-pid-1-in-another-base"])
 def test_a_child_forked_into_a_namespace_judges_uses_as_a_process_of_that_namespace(
         base: Path, tmp_path: Path, namespace: str, program_is_pid_1: bool, own_base: str) -> None:
     # The job took the PID namespace and the boot time offset its parent had read: its leases
     # named processes that were not it, and it judged the host's job's use by its own /proc,
     # where that job is not (or started at another time): it took it for dead, and its release
     # deleted the data under the host's job.  A program that is PID 1 of its own namespace (a
-    # container's entrypoint) forks a job that is PID 1 too, whose lease named its parent's start
-    # time: the host's gc reclaimed its use.
+    # container's entrypoint) forks a job that is PID 1 too, which took itself for its parent:
+    # it used the index connection its fork had closed (a traceback), and its lease named its
+    # parent's start time, the host's gc then reclaiming its use.
     origin = tmp_path / "data.tgz"
     make_tarball(origin, {"data.txt": b"data\n"})
     leases = control(base) / "objects" / "shared" / "leases"
@@ -816,3 +820,71 @@ def test_a_signal_handler_s_use_amid_its_thread_s_acquire_or_release_works_or_is
     assert not failures, failures
     assert outcomes["interrupted"] == 20 and outcomes["main: used"] == 21, outcomes  # (each use of the loop, once)
     assert list((control(base) / "objects").glob("*/leases/*")) == []
+
+
+#: A program that, as PID 1 of its PID namespace (a container's entrypoint), forks a worker
+#: inside the block of argv[1] ("use": ``sharedcache.use()`` of argv[2] in argv[3]; "store":
+#: ``FsCache(argv[4]).store()``): a launcher puts it into a new PID namespace, where it is PID 1
+#: too, and the worker leaves the block (``sys.exit()``).  The program then checks that its block
+#: is still its own.
+_WORKER_FORKED_INTO_A_PID_NAMESPACE_INSIDE_A_BLOCK = """
+import ctypes, os, sys
+import sharedcache
+from sharedcache import FsCache
+
+block, url, base, cache_root = sys.argv[1:]
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWPID = 0x20000000
+
+def fork_a_worker_that_leaves_the_block():
+    launcher = os.fork()
+    if launcher == 0:
+        if libc.unshare(CLONE_NEWPID):
+            os._exit(98)
+        worker = os.fork()
+        if worker == 0:
+            raise SystemExit(0)  # (the worker is done: sys.exit() unwinds the block in it too)
+        os._exit(os.waitstatus_to_exitcode(os.waitpid(worker, 0)[1]))
+    assert os.waitstatus_to_exitcode(os.waitpid(launcher, 0)[1]) == 0, "the worker failed"
+
+assert os.getpid() == 1
+if block == "use":
+    leases = os.path.join(cache_root, "objects", "blob", "leases")
+    with sharedcache.use(url, name="blob", directories=base) as path:
+        before = os.listdir(leases)
+        fork_a_worker_that_leaves_the_block()
+        assert os.listdir(leases) == before, "the worker released the program's use"
+        assert (path / "blob").stat().st_size == 10_000
+    assert "blob" not in FsCache(cache_root), "the program's own release left the repository"
+else:
+    cache = FsCache(cache_root)
+    with cache.store("entry") as path:
+        for i in range(200):
+            (path / f"f{i}").write_bytes(b"x")
+        fork_a_worker_that_leaves_the_block()
+        (path / "last").write_bytes(b"x")
+    assert len(os.listdir(cache.path("entry"))) == 201, "the worker took the program's stage"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making namespaces needs root")
+@pytest.mark.parametrize("block", ["use", "store"])
+def test_a_worker_forked_into_a_pid_namespace_by_a_pid_1_inside_a_block_leaves_it_to_the_program(
+        base: Path, tmp_path: Path, block: str) -> None:
+    # The worker is PID 1 as the program is, and took the program's use and stage for its own:
+    # it released the use (or failed to, on the index connection its fork had closed), and
+    # removed the stage under the program's block.
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(10_000))
+    cache_root = base / f".shared-cache-{os.getuid()}" / ".cache" if block == "use" else tmp_path / "cache"
+    program = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+                                _WORKER_FORKED_INTO_A_PID_NAMESPACE_INSIDE_A_BLOCK, block, f"file:{blob}", str(base),
+                                str(cache_root)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        _, err = program.communicate(timeout=60)
+    finally:
+        if program.poll() is None:
+            os.killpg(program.pid, signal.SIGKILL)  # (the program and its workers are of its group)
+            program.wait(10)
+    assert program.returncode == 0, err

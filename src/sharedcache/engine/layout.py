@@ -356,13 +356,13 @@ def user_id_outside() -> int:
     is refused; so is a user mapped to that overflow uid itself (rootless podman's ``USER
     nobody``), whose own files and those of every user outside the namespace show one owner:
     another user's base, or directory in place of this user's, would pass for its own."""
-    key = (os.getpid(), os.geteuid())  # (read once: every candidate base's directory asks)
+    key = (locks.fork_generation, os.geteuid())  # (read once: every candidate base's directory asks)
     if key not in _outside:
         _outside[key] = _mapped_outside(key[1])
     return _outside[key]
 
 
-#: :func:`user_id_outside` of (a process, its uid).
+#: :func:`user_id_outside` of (a process, by its fork generation, and its uid).
 _outside: dict[tuple[int, int], int] = {}
 
 

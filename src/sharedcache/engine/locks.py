@@ -33,8 +33,11 @@ a crashed process can never leave a lock behind.  Two consequences shape the cod
   is the open file description's: it would take that child's lock too).  A child that a thread
   forks while it reads an entry (inside ``load()`` or ``use()``) keeps that read, and holds the
   entry for as long as it keeps the descriptor: it is meant to read the entry too.  A child
-  forked in C, which runs no hook of Python's, keeps every copy (:func:`release` unlocks, so
-  that one holds nothing once its parent is done).
+  forked by Python also counts the fork as it starts (:data:`fork_generation`), by which the
+  package tells what it inherited (its parent's stage, use, connections to the index) from what
+  it makes.  A child forked in C, which runs no hook of Python's, keeps every copy
+  (:func:`release` unlocks, so that one holds nothing once its parent is done), and is taken
+  for its parent.
 
 Ctrl-C of a :func:`sharedcache.use` (under ``leases.InterruptGuard``) is held back from the
 ``open`` system call of a lock file to its record, then raised with the descriptor closed, and
@@ -300,8 +303,19 @@ def _after_fork_in_parent() -> None:
         _recording.release()
 
 
+#: How many forks this process is from the one that loaded this module: a child of fork counts
+#: one more than its parent.  What a process remembers with the count it had then is its own
+#: while the count stays the same, and its parent's once it differs: so the package tells a child
+#: of fork from the process that forked it (whose stage, use and connections to the index it must
+#: leave alone).  Not by the pid: a child forked as PID 1 of a new PID namespace has the pid of a
+#: parent that is PID 1 of its own (a container's entrypoint).
+fork_generation = 0
+
+
 def _after_fork_in_child() -> None:
+    global fork_generation  # noqa: PLW0603 - the process's count (see there)
     try:
+        fork_generation += 1
         _give_up_inherited()
     finally:
         _recording.release()
