@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from origin import Origin
-from scutil import SC, check_tree, interpreter_for, sc_env, tarball_bytes
+from scutil import SC, SRC, check_tree, interpreter_for, sc_env, tarball_bytes
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -209,6 +209,63 @@ def test_with_no_memory_left_the_line_still_names_the_cap() -> None:
                          timeout=60, env=sc_env())
     assert run.stdout == (f"out of memory: this process may take {64 * MiB} bytes of address space (ulimit -v); "
                           "raise the limit\n"), run.stderr
+
+
+#: A ``sitecustomize`` that refuses ``sc`` memory as it opens the archive $SC_TEST_ARCHIVE (a
+#: MemoryError), then takes all the memory left, into objects it keeps, as sc reads its cap to say
+#: so: what the failure's unwinding gave back, which another thread of a download may take first.
+#: With $SC_TEST_TAKEN_EARLY, it takes all there is as it refuses the open, too.
+TAKES_MEMORY = """
+import os, sys
+
+taken = []
+
+def take_all():
+    slots = [None] * 50_000  # (made first: a list that grew would need memory to grow)
+    taken.append(slots)
+    count = 0
+    # (Down to a bytes object of each of the sizes of Python's allocator of small objects: one
+    # of size - 33 bytes takes size.)
+    for size in [1 << 20, 1 << 16, 1 << 12, 1024, *range(512, 40, -16)] * 2:
+        try:
+            while count < len(slots):
+                slots[count] = b"\\0" * (size - 33) if size <= 512 else bytearray(size)
+                count += 1
+        except MemoryError:
+            pass
+
+def refuse(event, args):
+    if event != "open":
+        return
+    if args[0] == os.environ["SC_TEST_ARCHIVE"]:
+        if os.environ["SC_TEST_TAKEN_EARLY"]:
+            take_all()
+        raise MemoryError
+    if args[0] == "/proc/self/limits" and sys.exception() is not None:
+        take_all()
+
+sys.addaudithook(refuse)
+"""
+
+
+@pytest.mark.parametrize("taken_early", [False, True])
+def test_with_no_memory_left_to_say_it_the_out_of_memory_line_is_said(tmp_path: Path, taken_early: bool) -> None:
+    # The line was made as it was said, when memory had run out: its making failed, as did
+    # Python's report of that (at a cap of 32 MiB: two bare "MemoryError" lines, or two reports of
+    # a SystemError and a MemoryError that found no memory for their tracebacks), and sc ended
+    # with no line of its own; or it said "out of memory" without the cap, which it could not read.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(TAKES_MEMORY)
+    path = tmp_path / "data.tar.gz"
+    path.write_bytes(ARCHIVE)
+    env = sc_env(PYTHONPATH=os.pathsep.join([str(site), SRC]), SC_TEST_ARCHIVE=str(path),
+                 SC_TEST_TAKEN_EARLY="1" if taken_early else "")
+    run = subprocess.run(["prlimit", f"--as={64 * MiB}", *SC, "--use", "-d", str(tmp_path), "-n", "data",
+                          f"file:{path}", MD5, "tar"], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1:] == [f"sc: error: out of memory: this process may take {64 * MiB} bytes "
+                                            "of address space (ulimit -v); raise the limit"], run.stderr
 
 
 def test_a_read_ahead_whose_thread_ends_unheard_fails_rather_than_waits(monkeypatch: pytest.MonkeyPatch) -> None:

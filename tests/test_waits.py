@@ -704,7 +704,7 @@ def test_an_end_as_sc_run_as_pid_1_takes_its_use_releases_it(tmp_path, at, signu
 
 @pytest.mark.parametrize("entry", list(ENTRIES))
 @pytest.mark.parametrize("at", [
-    "_reserve_stack:sharedcache/__init__.py",  # the entry point's first steps done
+    "_prepare_for_a_cap:sharedcache/__init__.py",  # the entry point's first steps done
     "<module>:cli/commands.py",  # sc's modules loaded
     "parse:cli/parser.py",  # the command line read
     "_passed_on:cli/commands.py",  # sc run begun, its handlers not yet in place

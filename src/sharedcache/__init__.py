@@ -85,35 +85,79 @@ if TYPE_CHECKING:
 
 
 def _say(line: str) -> None:
-    """Write ``line``, sc's last word, to stderr.  A stderr that cannot take it (a full disk
-    under ``2>>job.log``, a reader gone, one closed; no memory left to write it) loses the line,
-    not the decided exit status: the error escaped, exit status 1 whatever the outcome, and
-    Python wrote its traceback.  Here, not in :mod:`sharedcache.cli`, for the command's entry
+    """Write ``line``, sc's last word, to stderr, in one write: whole or not at all.  A stderr
+    that cannot take it (a full disk under ``2>>job.log``, a reader gone, one closed) loses the
+    line, not the decided exit status: the error escaped, exit status 1 whatever the outcome,
+    and Python wrote its traceback.  With no memory left to write it (its bytes are made as it
+    is written), the line said is the one that says so, which needs none
+    (:func:`_say_out_of_memory`).  Here, not in :mod:`sharedcache.cli`, for the command's entry
     points too (``bin/sc``, ``python -m sharedcache``), which say "interrupted" of a Ctrl-C that
     comes as that module loads."""
-    if sys.stderr is None:  # started with descriptor 2 closed (print() would write to stdout)
+    if sys.stderr is None:  # started with descriptor 2 closed
         return
     try:
-        print(line, file=sys.stderr)
-    except (OSError, ValueError, MemoryError):  # (ValueError: the stream was closed)
+        sys.stderr.write(f"{line}\n")
+    except (OSError, ValueError):  # (ValueError: the stream was closed)
+        pass
+    except MemoryError:
+        _say_out_of_memory()
+
+
+#: The line that ends sc when memory runs out, as the bytes to write: made before it does
+#: (:func:`_make_out_of_memory_line`), since by then even a line may not be made.  Made under a
+#: cap on address space, it names the cap; without one, it is this.
+_out_of_memory_line = b"sc: error: out of memory\n"
+
+
+def _make_out_of_memory_line() -> None:
+    """Make :data:`_out_of_memory_line` now, while there is memory to make it, from what
+    :func:`sharedcache.errors.out_of_memory` says of this process's cap."""
+    global _out_of_memory_line  # noqa: PLW0603 - a fact of this process, made before it is needed
+    from .errors import out_of_memory
+
+    _out_of_memory_line = f"sc: error: {out_of_memory()}\n".encode()
+
+
+def _say_out_of_memory() -> None:
+    """Write :data:`_out_of_memory_line` to stderr, making no object to do it: the bytes made
+    before, written to its descriptor, once what the stream holds is out (the start of a report
+    of Python's that found no memory to end its line: it would follow).  Made as memory ran out,
+    the line failed as it was made, and so did Python's report of that (at a cap of 32 MiB, two
+    bare "MemoryError" lines): sc ended with no word of its own.  A stream that cannot take it
+    loses it, as :func:`_say` does."""
+    if sys.stderr is None:
+        return
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError, MemoryError):
+        pass  # (what it holds goes later, if ever: the line is said all the same)
+    try:
+        os.write(sys.stderr.fileno(), _out_of_memory_line)
+    except (OSError, ValueError):  # (also a stream with no descriptor: io.UnsupportedOperation)
         pass
 
 
-#: How deep the entry points grow the stack under a cap on address space (see _reserve_stack):
-#: 450 calls of some 470 bytes of C stack, 200 KiB past where a process starts, where a
-#: population at a cap of 24 MiB had reached 208 KiB when its stack could grow no more.
+#: How deep the entry points grow the stack under a cap on address space (see
+#: _prepare_for_a_cap): 450 calls of some 470 bytes of C stack, 200 KiB past where a process
+#: starts, where a population at a cap of 24 MiB had reached 208 KiB when its stack could grow no
+#: more.
 _STACK_CALLS = 450
 
 
-def _reserve_stack() -> None:
-    """Grow the main thread's stack now, under a cap on address space (``ulimit -v``, ``prlimit
-    --as``).  The kernel grows that stack only while the cap has room, and what a command
-    allocates may take the rest: the next call deeper than the stack had been then dies of
-    SIGSEGV, with no line, where running out of memory is otherwise a MemoryError said in one
-    line (a population did, at a cap of 24 MiB, its stack then 208 KiB).  Grown first, before
-    anything is allocated, the stack keeps its pages.  Each call goes through C (``map``), which
-    takes the C stack that the interpreter's Python calls do not.  For the command's entry
-    points (``bin/sc``, ``python -m sharedcache``); without a cap, nothing is done."""
+def _prepare_for_a_cap() -> None:
+    """Under a cap on address space (``ulimit -v``, ``prlimit --as``), make now, before anything
+    else is allocated, what running out of memory needs and could not get then.
+
+    * The main thread's stack, grown.  The kernel grows that stack only while the cap has room,
+      and what a command allocates may take the rest: the next call deeper than the stack had
+      been then dies of SIGSEGV, with no line, where running out of memory is otherwise a
+      MemoryError said in one line (a population did, at a cap of 24 MiB, its stack then 208
+      KiB).  Grown first, the stack keeps its pages.  Each call goes through C (``map``), which
+      takes the C stack that the interpreter's Python calls do not.
+    * The line that says so, naming the cap (:func:`_make_out_of_memory_line`).
+
+    For the command's entry points (``bin/sc``, ``python -m sharedcache``); without a cap,
+    nothing is done (and a warm use reads no more than this)."""
     try:
         with open("/proc/self/limits", "rb") as limits:
             capped = any(line.startswith(b"Max address space") and b"unlimited" not in line for line in limits)
@@ -125,6 +169,7 @@ def _reserve_stack() -> None:
             return calls and min(map(down, (calls - 1,)))
 
         down(_STACK_CALLS)
+        _make_out_of_memory_line()
 
 
 #: The signals that ``sc run`` passes on to its command (but those its caller ignores: see
@@ -160,10 +205,10 @@ def _release_held_signals() -> None:
 def _start_command() -> None:
     """The first steps of the command's entry points (``bin/sc``, ``python -m sharedcache``),
     before they import its modules: as PID 1, the signals that would be lost meanwhile are held
-    back (:func:`_hold_signals_as_init`); under a cap on address space, the stack is grown while
-    it still has room (:func:`_reserve_stack`)."""
+    back (:func:`_hold_signals_as_init`); under a cap on address space, what running out of
+    memory needs is made while there is room (:func:`_prepare_for_a_cap`)."""
     _hold_signals_as_init()
-    _reserve_stack()
+    _prepare_for_a_cap()
 
 
 def __getattr__(name: str) -> object:

@@ -23,8 +23,8 @@ import io
 import os
 import sys
 
-from .. import _release_held_signals, _say
-from ..errors import Ended, SharedCacheError, UsageError, clipped, memory_refused, out_of_memory, over_limit, printable
+from .. import _make_out_of_memory_line, _release_held_signals, _say, _say_out_of_memory
+from ..errors import Ended, SharedCacheError, UsageError, clipped, memory_refused, over_limit, printable
 from ..repository.bases import close_caches
 from . import commands
 from .parser import help_text, parse
@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (``bin/sc``, ``python -m sharedcache``), which :func:`leave` then ends."""
     commands.ENDS_THE_PROCESS = argv is None
     try:
+        if argv is not None:  # (sc's entry points made it as they started: sharedcache._prepare_for_a_cap)
+            _make_out_of_memory_line()
         return _outcome(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # at any moment until the outcome is decided, an error's included
         _decided(130)  # (a second one would be a traceback)
@@ -51,9 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Ended as ended:  # SIGTERM or SIGHUP as `sc --use` waited for its output, the use released
         commands.ENDED_BY.append(ended.signum)  # (no line: the end says it, as the default action did)
         return _decided(128 + ended.signum)
-    except MemoryError:  # under a cap on memory (ulimit -v), as the error was said: a traceback, status 120
+    except MemoryError:  # under a cap on memory (ulimit -v): the command's, or raised as its error was said
         status = _decided(1)
-        _say(f"sc: error: {out_of_memory()}")
+        _say_out_of_memory()
         return status
 
 
@@ -100,7 +102,7 @@ def _outcome(argv: Sequence[str]) -> int:
     except Exception as e:  # unless the system refused: a bug, said in one line, its details on request
         status = _decided(1)
         if memory_refused(e):  # (also a lazy import, or an ENOMEM, under ulimit -v: no bug)
-            _say(f"sc: error: {out_of_memory()}")
+            _say_out_of_memory()
             return status
         if isinstance(e, OSError):
             limit = over_limit(e)  # (whatever was being opened: the limit is the news)
