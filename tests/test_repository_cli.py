@@ -1198,7 +1198,7 @@ def test_run_is_not_ended_by_a_warning_that_comes_while_it_populates(origin, bas
     ran = tmp_path / "ran"
     status, _, err = signalled_as_it_populates([*SC, "run", *args, "--", "touch", str(ran)], base, sig)
     assert status == 0, err
-    assert err == f"sc: {sig.name} came while the repository was made, before the command ran: not passed on\n"
+    assert err == f"sc: {sig.name} came before the command ran: not passed on\n"
     assert ran.exists()
     assert origin.stats("/blob.bin").gets == 1
 

@@ -371,8 +371,7 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
             previous[sig] = signal.signal(sig, lambda number, _: recorded.append(number))
         # (Said once no more can come: a later one is recorded, and passed on.)
         for number in dict.fromkeys(early):
-            repositories.reporter.warning(f"{signal.Signals(number).name} came while the repository was made, "
-                                          "before the command ran: not passed on")
+            repositories.reporter.warning(f"{signal.Signals(number).name} came before the command ran: not passed on")
         # From just before the fork on, they are blocked instead, and taken with what tells a
         # terminal's from another's (see _wait_passing_on): a handler cannot tell them apart, and
         # passed on the Ctrl-C that the command, in sc's process group, had from the terminal.
