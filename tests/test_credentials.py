@@ -804,6 +804,20 @@ def test_an_empty_ca_bundle_setting_trusts_the_system_s_cas_and_not_the_variable
                   prefix=with_the_test_ca_as_the_system_s))
 
 
+@pytest.mark.parametrize("ca_bundle", ["a file", "a directory", "empty"])
+def test_an_untrusted_certificate_names_the_ca_bundle_setting_in_force_and_where_it_is_set(
+        nginx: CredentialServers, home: Path, ca_bundle: str) -> None:
+    # With ca_bundle set, SSL_CERT_FILE is not read, yet the line said to give the CA with
+    # SSL_CERT_FILE: a user who did so got the same failure, told nothing of the setting.
+    config, url, no_cas = home / "site.config", nginx.url("/public/data.tgz"), home / "no-cas"
+    no_cas.mkdir()
+    value = {"a file": nginx.pki / "other-ca.pem", "a directory": no_cas, "empty": ""}[ca_bundle]
+    config.write_text(f"# the site's CAs\nca_bundle = {value}\n")
+    line = failed(use(home, url, SC_CONFIG=config, SSL_CERT_FILE=nginx.pki / "ca.pem"),
+                  f"cannot download {url}: untrusted server certificate (")
+    assert line.endswith(f"): give its CA with the ca_bundle setting ({config}:2)"), line
+
+
 @pytest.mark.parametrize("key", ["netrc", "bearer_token_file", "ca_bundle"])
 def test_a_config_file_naming_a_credential_file_with_a_nul_byte_is_one_line(origin, home: Path, key: str) -> None:
     # No system call takes such a name (Python raises for it): the line is refused, as a value of

@@ -460,7 +460,8 @@ def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy
     from .settings import Credentials, FetchPolicy, rewrite_rules
 
     try:
-        credentials = Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS})
+        credentials = Credentials.discover(environ, **{key: value(settings, key) for key in _CREDENTIAL_KEYS},
+                                           ca_bundle_from=settings["ca_bundle"][1] if "ca_bundle" in settings else None)
         rewrites = rewrite_rules(value(settings, "rewrite") or "")
         return FetchPolicy(**_fetch_values(settings), credentials=credentials, rewrites=rewrites)
     except SettingError as e:

@@ -68,14 +68,16 @@ class Credentials:
     ``Authorization: Bearer`` over HTTPS, or ``bearer_token_file``, a file that holds one (read
     when a download needs it).  ``netrc``: the ``.netrc`` file of basic-auth logins per host.
     Each ``*_from`` field says where the value came from (a variable, a setting), for messages;
-    ``variables`` are the standard variables whose paths were taken, each with its path, which
-    :meth:`check_variables` checks.  A leading ``~`` of a path is the home (``$HOME``), and
-    ``~user`` that user's, as in a config file or an ``SC_*`` variable: no shell expands what a
-    program gives (``ca_dir`` and ``grid_ca_dir`` are lists separated by ``:``, as OpenSSL reads
-    them).  The values are read only when a download needs them
-    (:mod:`sharedcache.loaders.credentials`); the token never appears in ``repr``.  Without
-    ``ca_file`` or ``ca_dir``, the CAs are OpenSSL's default ones, never those that
-    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` name (:meth:`discover` reads those).
+    ``ca_given_with``, what gives the CAs to trust (the ``ca_bundle`` setting and the file and
+    line that set it, or the standard variables), for the message of an untrusted certificate:
+    :meth:`discover` sets it, and None is a program's own ``Credentials``.  ``variables`` are the
+    standard variables whose paths were taken, each with its path, which :meth:`check_variables`
+    checks.  A leading ``~`` of a path is the home (``$HOME``), and ``~user`` that user's, as in
+    a config file or an ``SC_*`` variable: no shell expands what a program gives (``ca_dir`` and
+    ``grid_ca_dir`` are lists separated by ``:``, as OpenSSL reads them).  The values are read
+    only when a download needs them (:mod:`sharedcache.loaders.credentials`); the token never
+    appears in ``repr``.  Without ``ca_file`` or ``ca_dir``, the CAs are OpenSSL's default ones,
+    never those that ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` name (:meth:`discover` reads those).
     """
 
     __slots__ = (
@@ -83,6 +85,7 @@ class Credentials:
         "bearer_token_file",
         "ca_dir",
         "ca_file",
+        "ca_given_with",
         "cert_file",
         "grid_ca_dir",
         "key_file",
@@ -103,11 +106,13 @@ class Credentials:
                  for name, path in (("ca_file", ca_file), ("ca_dir", ca_dir), ("grid_ca_dir", grid_ca_dir),
                                     ("cert_file", cert_file), ("key_file", key_file),
                                     ("bearer_token_file", bearer_token_file), ("netrc", netrc))}
-        self._assign(bearer_token=bearer_token, token_from=token_from, variables=variables, **paths)
+        self._assign(bearer_token=bearer_token, token_from=token_from, ca_given_with=None, variables=variables,
+                     **paths)
 
     def _assign(self, *, ca_file: str | None, ca_dir: str | None, grid_ca_dir: str | None, cert_file: str | None,
                 key_file: str | None, bearer_token: str | None, bearer_token_file: str | None,
-                netrc: str | None, token_from: str | None, variables: tuple[tuple[str, str], ...]) -> None:
+                netrc: str | None, token_from: str | None, ca_given_with: str | None,
+                variables: tuple[tuple[str, str], ...]) -> None:
         """Check and set the fields, their paths as they are to be used (``~`` made the home)."""
         # An empty path is none (``netrc =`` in a user's file: no .netrc), for every use of the
         # fields alike: a token file "" was opened, and a client key "" wanted a certificate.
@@ -122,12 +127,14 @@ class Credentials:
         self.bearer_token = None if bearer_token is None else bearer_token.strip()
         self.bearer_token_file, self.netrc = bearer_token_file, netrc
         self.token_from = token_from or ("bearer_token" if bearer_token is not None else bearer_token_file)
+        self.ca_given_with = ca_given_with
         self.variables = variables
 
     @classmethod
     def discover(cls, environ: Mapping[str, str] = os.environ, *, ca_bundle: str | None = None,
                  client_cert: str | None = None, client_key: str | None = None,
-                 bearer_token_file: str | None = None, netrc: str | None = None) -> Credentials:
+                 bearer_token_file: str | None = None, netrc: str | None = None,
+                 ca_bundle_from: str | None = None) -> Credentials:
         """The credentials of this process: the settings given, else the standard variables.
 
         CAs: ``ca_bundle`` (a file or a directory), else ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``
@@ -150,7 +157,9 @@ class Credentials:
         (the other standard variables are not: a stale ``X509_USER_PROXY`` fails only the HTTPS
         downloads that would present it).  A leading ``~`` in the path of a variable is the home
         of ``environ``; that of an unknown user is left as it is, for those checks to refuse, as a
-        path that names nothing is: it fails only the downloads that use it."""
+        path that names nothing is: it fails only the downloads that use it.  ``ca_bundle_from``
+        is where ``ca_bundle`` was set (``FILE:LINE``, as ``sc config`` shows it): the message of
+        an untrusted certificate names it, since the variables are not read then."""
         from .files import home_directory
 
         uid = os.getuid()
@@ -172,7 +181,10 @@ class Credentials:
         variables: tuple[tuple[str, str | None], ...] = ()
         if ca_bundle is not None:
             ca_dir, ca_file = (ca_bundle, None) if os.path.isdir(ca_bundle) else (None, ca_bundle)
+            ca_given_with = f"the ca_bundle setting ({ca_bundle_from})" if ca_bundle_from \
+                else "Credentials.discover(ca_bundle=...)"
         else:
+            ca_given_with = "SSL_CERT_FILE, SSL_CERT_DIR or the ca_bundle setting"
             ca_file, ca_dir = variable("SSL_CERT_FILE"), variable("SSL_CERT_DIR", ":")
             variables = (("SSL_CERT_FILE", ca_file), ("SSL_CERT_DIR", ca_dir))
             if ca_file is None and ca_dir is None:
@@ -203,7 +215,7 @@ class Credentials:
         found = cls.__new__(cls)
         found._assign(ca_file=ca_file, ca_dir=ca_dir, grid_ca_dir=grid_ca_dir, cert_file=client_cert,
                       key_file=client_key, bearer_token=token, bearer_token_file=bearer_token_file,
-                      netrc=netrc, token_from=token_from,
+                      netrc=netrc, token_from=token_from, ca_given_with=ca_given_with,
                       variables=tuple((name, path) for name, path in variables if path is not None))
         return found
 

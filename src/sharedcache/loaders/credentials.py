@@ -203,9 +203,12 @@ def _load(method: Any, what: str, path: str, **kwargs: Any) -> None:
 _ISSUER_UNKNOWN = frozenset({2, 18, 19, 20, 21})
 
 
-def certificate_problem(exc: BaseException) -> str | None:
+def certificate_problem(exc: BaseException, credentials: Credentials | None) -> str | None:
     """A one-line cause for a TLS failure (an untrusted certificate, a refused client
-    certificate), or None if ``exc`` is no such failure."""
+    certificate), or None if ``exc`` is no such failure.  An untrusted certificate's line says
+    where to give its CA: to what gives ``credentials`` their CAs (``ca_given_with``: the
+    ``ca_bundle`` setting and where it was set, which ``SSL_CERT_FILE`` would not override), or,
+    for a program's own credentials or none, to its fetch policy."""
     while not isinstance(exc, ssl.SSLError):
         # urllib3 nests its errors: a MaxRetryError's reason, a ProxyError's second argument
         # (the TLS handshake with an HTTPS proxy), an SSLError's first.
@@ -217,8 +220,9 @@ def certificate_problem(exc: BaseException) -> str | None:
     if isinstance(exc, ssl.SSLCertVerificationError):
         if exc.verify_code not in _ISSUER_UNKNOWN:  # expired, for another host...: no CA makes it do
             return f"the server's certificate is refused ({exc.verify_message})"
-        return (f"untrusted server certificate ({exc.verify_message}): give its CA with SSL_CERT_FILE, "
-                "SSL_CERT_DIR or the ca_bundle setting")
+        given_with = credentials.ca_given_with if credentials is not None else None
+        return (f"untrusted server certificate ({exc.verify_message}): give its CA with "
+                f"{given_with or 'FetchPolicy(credentials=Credentials(ca_file=...))'}")
     if exc.reason == "WRONG_VERSION_NUMBER":  # OpenSSL reading a plain answer as a TLS record
         return "TLS failed (WRONG_VERSION_NUMBER): the other end answered without TLS (a plain http:// server?)"
     return f"TLS failed ({exc.reason or exc})"

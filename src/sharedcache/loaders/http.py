@@ -843,7 +843,7 @@ class _HttpStream(SourceStream):
                 refused = isinstance(cause, (OSError, urllib3.exceptions.SSLError)) and not isinstance(
                     cause, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
                 if permanent or refused or attempt >= self.retries:
-                    why = certificate_problem(exc) or _reason(exc)
+                    why = certificate_problem(exc, self.fetch.credentials) or _reason(exc)
                     # (http.client says a refused tunnel's status in these words alone.)
                     kind = AuthorizationError if str(cause).startswith(f"{_TUNNEL_REFUSED}407") \
                         else DownloadError
