@@ -158,6 +158,33 @@ def use(home: Path, url: str, *args: str, base: Path | None = None, prefix: Sequ
                   env=env(home, **variables), prefix=prefix)
 
 
+# A program's sharedcache.use() of the recipe ARGV[1:-2] in the base ARGV[-2], with a fetch policy of
+# its own: credentials of the CA file ARGV[-1], or none if it is empty.  Its error is one line, as sc's.
+_USE_WITH_A_FETCH_POLICY = r"""
+import sys
+import sharedcache
+from sharedcache.config.settings import Credentials, FetchPolicy
+
+*words, base, ca_file = sys.argv[1:]
+fetch = FetchPolicy(credentials=Credentials(ca_file=ca_file) if ca_file else None)
+try:
+    with sharedcache.use(*words, directories=base, keep=True, fetch=fetch) as path:
+        print(path)
+except sharedcache.SharedCacheError as e:
+    sys.exit(f"sc: error: {e}")
+"""
+
+
+def use_from_python(home: Path, url: str, ca_file: str | Path = "", *, prefix: Sequence[str] = (),
+                    **variables: str | Path) -> subprocess.CompletedProcess[str]:
+    """A program's ``sharedcache.use()`` of the test data at ``url`` in a fresh base, kept (the
+    program ends as it prints the path), with ``FetchPolicy(credentials=Credentials(ca_file=...))``
+    or, without ``ca_file``, ``FetchPolicy(credentials=None)``; run by the command ``prefix`` if given."""
+    base = tempfile.mkdtemp(dir=home)
+    return subprocess.run([*prefix, sys.executable, "-c", _USE_WITH_A_FETCH_POLICY, f"http:{url}", SHA256, "tar",
+                           base, str(ca_file)], capture_output=True, text=True, timeout=60, env=env(home, **variables))
+
+
 def succeeded(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, result.stderr
     check_tree(Path(result.stdout.strip()), FILES)
@@ -787,21 +814,28 @@ def test_an_empty_credential_setting_is_none_and_nothing_is_looked_for_in_its_pl
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare: the system's CA bundle is the test CA's in a mount namespace")
-def test_an_empty_ca_bundle_setting_trusts_the_system_s_cas_and_not_the_variables(
-        nginx: CredentialServers, home: Path) -> None:
+@pytest.mark.parametrize("without_cas", ["ca_bundle =", "FetchPolicy(credentials=None)"])
+def test_an_empty_ca_bundle_setting_or_no_credentials_trust_the_system_s_cas_and_not_the_variables(
+        nginx: CredentialServers, home: Path, without_cas: str) -> None:
     # "ca_bundle =" left the CAs to OpenSSL's defaults, which are the files that SSL_CERT_FILE and
     # SSL_CERT_DIR name where they are set: a stale one (a conda leftover, which the setting was
-    # given to pass over) failed every HTTPS download, and a CA that one named was trusted.
+    # given to pass over) failed every HTTPS download, and a CA that one named was trusted.  So
+    # did a program's FetchPolicy(credentials=None), documented as the system's CAs.
     config, url = home / "site.config", nginx.url("/public/data.tgz")
     config.write_text("ca_bundle =\n")
-    failed(use(home, url, SC_CONFIG=config, SSL_CERT_FILE=nginx.pki / "ca.pem"), "untrusted server certificate")
+
+    def use_without_cas(prefix: Sequence[str] = (), **variables: str | Path) -> subprocess.CompletedProcess[str]:
+        if without_cas == "ca_bundle =":
+            return use(home, url, prefix=prefix, SC_CONFIG=config, **variables)
+        return use_from_python(home, url, prefix=prefix, **variables)
+
+    failed(use_without_cas(SSL_CERT_FILE=nginx.pki / "ca.pem"), "untrusted server certificate")
     system_bundle = os.path.realpath(ssl.get_default_verify_paths().openssl_cafile)
     if not os.path.isfile(system_bundle):
         pytest.skip(f"OpenSSL's default CA bundle {system_bundle} is not there to be replaced")
     with_the_test_ca_as_the_system_s = ["unshare", "--mount", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"',
                                         "sh", str(nginx.pki / "ca.pem"), system_bundle]
-    succeeded(use(home, url, SC_CONFIG=config, SSL_CERT_FILE=home / "stale.pem",
-                  prefix=with_the_test_ca_as_the_system_s))
+    succeeded(use_without_cas(SSL_CERT_FILE=home / "stale.pem", prefix=with_the_test_ca_as_the_system_s))
 
 
 @pytest.mark.parametrize("ca_bundle", ["a file", "a directory", "empty"])
@@ -816,6 +850,21 @@ def test_an_untrusted_certificate_names_the_ca_bundle_setting_in_force_and_where
     line = failed(use(home, url, SC_CONFIG=config, SSL_CERT_FILE=nginx.pki / "ca.pem"),
                   f"cannot download {url}: untrusted server certificate (")
     assert line.endswith(f"): give its CA with the ca_bundle setting ({config}:2)"), line
+
+
+def test_a_fetch_policy_without_credentials_trusts_no_ca_that_a_variable_names(
+        nginx: CredentialServers, home: Path) -> None:
+    # FetchPolicy(credentials=None), documented as the system's CAs, left the TLS context to
+    # urllib3, whose default loads what SSL_CERT_FILE and SSL_CERT_DIR name: a program that gave
+    # no credentials trusted a CA they named, where Credentials() (and "ca_bundle =") does not.
+    # The line says where such a program gives its CA, with its own Credentials too.
+    url, ca = nginx.url("/public/data.tgz"), nginx.pki / "ca.pem"
+    advice = "): give its CA with FetchPolicy(credentials=Credentials(ca_file=...))"
+    for result in (use_from_python(home, url, SSL_CERT_FILE=ca, SSL_CERT_DIR=nginx.ca_dir),
+                   use_from_python(home, url, nginx.pki / "other-ca.pem", SSL_CERT_FILE=ca)):
+        line = failed(result, f"cannot download {url}: untrusted server certificate (")
+        assert line.endswith(advice), line
+    succeeded(use_from_python(home, url, ca))
 
 
 @pytest.mark.parametrize("key", ["netrc", "bearer_token_file", "ca_bundle"])

@@ -496,7 +496,9 @@ class FetchPolicy:
     byte now and then, each within the read timeout, would keep a population going forever.  The
     seconds are those the process runs: stopped (SIGSTOP: a suspended job), it receives nothing
     through no fault of the origin.  ``credentials``: TLS
-    trust and authentication (:class:`Credentials`; None: the system's CAs and no credentials).
+    trust and authentication (:class:`Credentials`; None is ``Credentials()``: no credentials, and
+    OpenSSL's default CAs, not those that ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` name, which
+    :meth:`Credentials.discover` reads).
     ``rewrites``: the site's rewrite rules (:func:`rewrite_rules`).
 
     ``proxy``: the proxy chain (a string as :func:`proxy_chain` reads it, or its groups, checked

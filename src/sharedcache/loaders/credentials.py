@@ -30,14 +30,12 @@ import ssl
 import stat
 from typing import TYPE_CHECKING, Any
 
-from ..config.settings import one_word
+from ..config.settings import Credentials, one_word
 from ..errors import CredentialError, ascii_lower, split_user_info
 from ..lean import scoped
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-
-    from ..config.settings import Credentials
 
 # One context per set of credentials (with or without the client certificate) in a process:
 # loading a CA bundle takes tens of milliseconds.
@@ -45,10 +43,14 @@ _contexts: dict[tuple[Credentials, bool], ssl.SSLContext] = {}
 
 
 def tls_context(credentials: Credentials | None, url: str, *,
-                client_certificate: bool = True) -> Callable[[], ssl.SSLContext | None]:
+                client_certificate: bool = True) -> Callable[[], ssl.SSLContext]:
     """What makes the TLS context of the connections that fetch ``url`` with ``credentials``,
     called when the first TLS connection is made: a plain-HTTP download then loads no CA bundle.
-    It gives None for urllib3's defaults (the system's CAs), without credentials.
+    Without credentials (a fetch policy's None) it is that of ``Credentials()``: OpenSSL's
+    default CAs by their paths.  urllib3's own default context, left to it, loaded what
+    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` name, which only :meth:`Credentials.discover` reads:
+    a program that gave no credentials trusted a CA a variable named, and a stale one kept the
+    system's bundle out, unsaid.
 
     The context presents the client certificate, unless ``client_certificate`` is false: the
     context of the connections to an HTTPS proxy, which trusts the same CAs but is given no
@@ -63,19 +65,19 @@ def tls_context(credentials: Credentials | None, url: str, *,
     trusted there instead, ignored what the user asked for.  A client certificate that cannot be
     used (a stale ``X509_USER_PROXY``) is left out there instead: it fails no plain-HTTP URL."""
 
-    def context() -> ssl.SSLContext | None:
-        if credentials is None:
-            return None
+    given = Credentials() if credentials is None else credentials
+
+    def context() -> ssl.SSLContext:
         if not url.startswith("http://"):
-            return _made_context(credentials, client_certificate)
-        if (credentials, client_certificate) not in _contexts:
-            credentials.check_variables()
+            return _made_context(given, client_certificate)
+        if (given, client_certificate) not in _contexts:
+            given.check_variables()
         try:
-            return _made_context(credentials, client_certificate)
+            return _made_context(given, client_certificate)
         except CredentialError:
             if not client_certificate:
                 raise
-            return _made_context(credentials, False)  # (raises again if the CAs are at fault)
+            return _made_context(given, False)  # (raises again if the CAs are at fault)
 
     if client_certificate and not url.startswith("http://"):
         context()
