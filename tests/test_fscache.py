@@ -1103,19 +1103,22 @@ def test_a_use_whose_owner_was_killed_ends_for_eviction_when_found_dead(
     assert _lease_pids(root, "long") == []
 
 
+@pytest.mark.parametrize("kept_by", ["its store", "the killed job's use"])
 def test_a_use_whose_owner_was_killed_ends_for_eviction_before_the_release_that_asks_for_it(
-    root: Path, children: Children
+    root: Path, children: Children, kept_by: str
 ) -> None:
     # A process holding "used-by-a-killed-job" is killed before "released" is released with a
     # budget that leaves room for one: the eviction that the release asks for finds the killed
     # job's use dead, and ends it just before the release's own end, evicting its entry.  Ended
     # as it was found, after the release (or, within a tick of the clock, at the same time, where
     # the name came second), it outranked "released", which went instead: the end of sc run that
-    # gives its budget back evicted its own repository.
+    # gives its budget back evicted its own repository.  So too where only the killed job's use
+    # kept it, which its row does not say: the eviction finds it kept among those nobody keeps.
     cache = FsCache(root)
     one = put(cache, "released")
-    put(cache, "used-by-a-killed-job")
-    holder = children.start("hold", root=str(root), name="used-by-a-killed-job", how="lease")
+    put(cache, "used-by-a-killed-job", keep=kept_by == "its store")
+    holder = children.start("hold", root=str(root), name="used-by-a-killed-job", how="lease",
+                            keep=kept_by != "its store")
     holder.expect("held")
     lease = cache.hold("released", Owner.current())
     holder.kill()
