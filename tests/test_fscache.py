@@ -1126,33 +1126,44 @@ def test_a_use_whose_owner_was_killed_ends_for_eviction_before_the_release_that_
     assert only_entries(cache) == {"released"}
 
 
-@pytest.mark.parametrize("asked_by", ["store", "release"])
-def test_a_use_whose_owner_was_killed_ends_for_eviction_only_on_an_entry_that_stays(
-    root: Path, children: Children, asked_by: str
+@pytest.mark.parametrize("kept_until", ["its release", "its job was killed"])
+@pytest.mark.parametrize("asked_by", ["store", "release", "full disk"])
+def test_an_entry_nobody_keeps_whose_users_were_killed_goes_before_every_kept_one(
+    root: Path, children: Children, asked_by: str, kept_until: str
 ) -> None:
-    # Killed jobs held "kept" and then "not-kept", which nobody keeps.  The eviction that a store
-    # or a release with a budget asks for finds both uses dead: "not-kept" is garbage, as the
-    # release of its last use would have left it, and goes at its turn; "kept" stays, its use
-    # ended then.  Both uses ended as found, "kept" came first (found first, or, within a tick
-    # of the clock, by name) and went, and "not-kept" stayed, nobody's, until a gc.
+    # "kept" was last used (released, or held by a job killed since) before a job, killed since,
+    # began its use of "not-kept", which nobody keeps: garbage once its users are dead, as the
+    # release of that use would have left it, it goes before every kept entry, whichever eviction
+    # comes: a store's or a release's for their budget, or one for a full file system.  Ranked by
+    # when that use began, or by when it was found dead, it came after "kept", which went in its
+    # place, and stayed, nobody's, until a gc.
+    jobs = []
+
+    def hold_in_a_job(name: str) -> None:
+        jobs.append(children.start("hold", root=str(root), name=name, how="lease"))
+        jobs[-1].expect("held")
+
     cache = FsCache(root)
     one = put(cache, "kept")
+    if kept_until == "its release":
+        cache.release("kept", lease=cache.hold("kept", Owner.current()))
+    else:
+        hold_in_a_job("kept")
     put(cache, "not-kept", keep=False)
-    holders = []
-    for name in ("kept", "not-kept"):  # (one after the other: "kept" is the less recently used)
-        holders.append(children.start("hold", root=str(root), name=name, how="lease"))
-        holders[-1].expect("held")
-    for holder in holders:
-        holder.kill()
+    hold_in_a_job("not-kept")
+    for job in jobs:
+        job.kill()
     budget = 2 * one + one // 2
     if asked_by == "store":
         cache.max_size = budget
         put(cache, "new")
-    else:
+    elif asked_by == "release":
         put(cache, "new")
         assert cache.release("new", lease=cache.hold("new", Owner.current()), max_size=budget) is False
+    else:
+        put(cache, "new")
+        assert cache.evict(one) == one
     assert only_entries(cache) == {"kept", "new"}
-    assert _lease_pids(root, "kept") == []
 
 
 def test_lease_of_a_killed_owner_is_reclaimed_by_the_next_hold_and_release(

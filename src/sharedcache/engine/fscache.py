@@ -172,8 +172,8 @@ its lease: see "Leases"), so that a long use that ended last ranks its entry aft
 begun later and ended first; so does the removal of a dead owner's lease (by a hold, a release,
 a deletion that leaves the entry, or gc), the latest that use may have ended.  An eviction that
 finds such a lease on an entry that stays unused (kept, or awaited) ends that use too, but never
-after the release that asks for the eviction; one that does not stay it deletes at its turn
-(see "Delete").
+after the release that asks for the eviction; one that does not stay it deletes, before any
+kept entry (see "Delete").
 
 In a group cache every member may write ``objects/``, so one could put a link where an entry
 was between two steps.  There the entry's directory is opened first, without following a link
@@ -247,11 +247,17 @@ not the cache's to know, so the names it deleted are kept, per thread, for the c
 
 Because the size recorded at commit is the size subtracted at deletion, the accounting cannot
 drift; gc recomputes it from the rows anyway.  Eviction walks the rows in the index's order of
-last use; before deleting a candidate it reads the candidate's lock time, and a candidate used
-since its row was written gets its row updated and its turn later, so the order is exact and
-only candidates' files are looked at.  It passes over an awaited entry as over one in use: an
-entry left for its waiters (a release's, gc's) and then evicted for the budget (which a
-non-strict store exceeds) would be made again by each of them.
+last use: first those not marked kept, deleting only entries of this boot that nobody keeps,
+then every row; before deleting a candidate it reads the candidate's lock time, and a candidate
+used since its row was written gets its row updated and its turn later, so the order is exact
+and only candidates' files are looked at.  An entry nobody keeps is deleted by the release of
+its last use, so one that an eviction finds unused is garbage (its users died without a
+release), which no kept entry makes way for; one that a use kept, which a hold records in the
+entry alone, the first walk marks kept, and leaves to the second.  So does it leave a directory
+that is no entry of this boot (one that only the machine serving the file system can judge, see
+"Entries for this boot") to the order of last use.  It passes over an awaited entry as over one
+in use: an entry left for its waiters (a release's, gc's) and then evicted for the budget (which
+a non-strict store exceeds) would be made again by each of them.
 
 A candidate whose lock is no later than its row may still hold the leases of owners that died
 without a release (a job killed with SIGKILL), whose uses no gc, hold or release has ended yet:
@@ -262,7 +268,7 @@ a lease, the eviction removes the dead leases and ends those uses, and the candi
 turn later, as one used since; but only a candidate that stays once unused (``keep`` exists,
 or it is awaited, asked only then).  One that does not is garbage once its users are dead, as
 the release of its last use would have left it (deleted, as gc deletes it): it keeps the turn
-its row gives it, and goes then, before every entry used since, kept ones included.  Such a use
+its row gives it among the entries nobody keeps, which go before every kept one.  Such a use
 ended between its last sign of life, which nothing records (a lease is written once, as the use
 begins), and its discovery; it ends when found (the lock's time set to now), as gc, a hold and
 a release end it, but never after the release that asks for the eviction: that eviction comes
@@ -2068,31 +2074,40 @@ class FsCache:
         return freed
 
     def _evict(self, db: Index, need: int, *, released: float | None = None) -> int:
-        """Within a transaction: delete unused entries, least recently used first, until
-        ``need`` bytes are freed or nothing more can go, once the rows of entries of a boot
-        before are gone (:meth:`_retire_other_boots`).  Returns the bytes freed.  ``released``:
-        the end of the use whose release asks for this eviction (:meth:`_last_use_ended`)."""
+        """Within a transaction: delete unused entries until ``need`` bytes are freed or nothing
+        more can go, once the rows of entries of a boot before are gone
+        (:meth:`_retire_other_boots`): first those of this boot that nobody keeps, then any, each
+        walk least recently used first (see "Delete").  Returns the bytes freed.
+        ``released``: the end of the use whose release asks for this eviction
+        (:meth:`_last_use_ended`)."""
         freed = self._retire_other_boots(db)
-        after: tuple[float, str] = (float("-inf"), "")
-        while freed < need:
-            batch = db.eviction_batch(after)
-            if not batch:
-                break
-            for last_used, name, size in batch:
-                used = self._last_use_ended(name, last_used, released)
-                if used > last_used:
-                    # Used since its row was written (or a use of it found dead just now): its
-                    # turn comes later, maybe before the rest of this batch, so the walk goes on
-                    # from here in the new order.
-                    db.set_last_used(name, used)
+        for unkept_only in (True, False):
+            after: tuple[float, str] = (float("-inf"), "")
+            while freed < need:
+                batch = db.eviction_batch(after, unkept_only=unkept_only)
+                if not batch:
                     break
-                after = (last_used, name)
-                # An awaited entry goes no more than one in use: its waiters would make it again.
-                if self._retire(db, name, unless_awaited=True):
-                    freed += size
-                    self._note_evicted(name)
-                    if freed >= need:
+                for last_used, name, size in batch:
+                    used = self._last_use_ended(name, last_used, released)
+                    if used > last_used:
+                        # Used since its row was written (or a use of it found dead just now): its
+                        # turn comes later, maybe before the rest of this batch, so the walk goes
+                        # on from here in the new order.
+                        db.set_last_used(name, used)
                         break
+                    after = (last_used, name)
+                    if unkept_only and committed(os.path.join(self._objects, name)) is None:
+                        # No entry of this boot: one that only the machine serving the file system
+                        # can judge, or what a deletion left; the walk of every row judges it.
+                        continue
+                    # An awaited entry goes no more than one in use: its waiters would make it
+                    # again.  One that a use kept, which its row does not say yet, is marked kept
+                    # and waits for its turn in the second walk.
+                    if self._retire(db, name, unless_kept=unkept_only, unless_awaited=True):
+                        freed += size
+                        self._note_evicted(name)
+                        if freed >= need:
+                            break
         return freed
 
     def _note_evicted(self, name: str) -> None:
@@ -2137,9 +2152,9 @@ class FsCache:
         this comes after), just before that end, never after it (see "Delete").  That is for an
         entry that stays unused (kept, or awaited): one that does not is garbage once its users
         are dead, as the release of its last use would have left it (deleted), and keeps its
-        recorded time, its turn.  (A later lock puts the entry's turn off anyway: its leases are
-        judged when that comes, so that a candidate used since its row was written costs a stat
-        only.)"""
+        recorded time: its turn in the first walk, of the entries nobody keeps.  (A later lock
+        puts the entry's turn off anyway: its leases are judged when that comes, so that a
+        candidate used since its row was written costs a stat only.)"""
         try:
             with self._entry(name) as entry:
                 used = self._last_use(entry)

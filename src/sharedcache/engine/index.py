@@ -325,10 +325,12 @@ class Index(sqlite3.Connection):
         only ever grows."""
         self.execute("UPDATE entries SET last_used=MAX(last_used, ?) WHERE name=?", (last_used, name))
 
-    def eviction_batch(self, after: tuple[float, str], count: int = 256) -> list[tuple[float, str, int]]:
-        """The next ``count`` rows in the order of eviction (last use, then name) after
-        ``after``: (last used, name, size)."""
-        rows = self.execute("SELECT last_used, name, size FROM entries WHERE (last_used, name) > (?, ?) "
+    def eviction_batch(self, after: tuple[float, str], *, unkept_only: bool = False,
+                       count: int = 256) -> list[tuple[float, str, int]]:
+        """The next ``count`` rows (``unkept_only``: of those not marked kept) in the order of
+        eviction (last use, then name) after ``after``: (last used, name, size)."""
+        unkept = "AND keep=0 " if unkept_only else ""
+        rows = self.execute(f"SELECT last_used, name, size FROM entries WHERE (last_used, name) > (?, ?) {unkept}"
                             "ORDER BY last_used, name LIMIT ?", (*after, count))
         return list(self._typed(rows, ("last_used", "name", "size")))
 
