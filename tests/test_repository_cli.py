@@ -252,8 +252,29 @@ def test_paths_are_written_as_their_bytes_whatever_the_output_s_encoding(tmp_pat
             assert (done.returncode, done.stderr) == (0, b""), (name, command, done.stderr)
             if command[0] in ("--use", "--location"):
                 assert done.stdout.startswith(base + b"/") and os.path.isdir(done.stdout.rstrip(b"\n"))
+            elif command == ["gc"]:  # (its report escapes what is no text, as sc list does)
+                assert base.replace(b"\xff", b"\\udcff") in done.stdout, done.stdout
             else:
                 assert base in done.stdout, (command, done.stdout)
+
+
+def test_a_base_path_that_is_no_utf_8_is_shown_alike_by_list_and_gc(tmp_path, tarball):
+    # sc list escaped the bytes of such a path that are no text (\udce9), and gc's report wrote
+    # them raw: one base read as two to whoever compared them.
+    base = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(base)
+    shown = os.fsencode(tmp_path) + b"/caf\\udce9"
+    env = sc_env(SC_DIRECTORIES=os.fsdecode(base))
+    with Sleeper() as owner:
+        used = subprocess.run([*SC, "--use", "--pid", str(owner.pid), *recipe(tarball)], capture_output=True,
+                              timeout=60, env=env)
+        assert used.returncode == 0, used.stderr
+        listed = subprocess.run([*SC, "list"], capture_output=True, timeout=60, env=env)
+        collected = subprocess.run([*SC, "gc"], capture_output=True, timeout=60, env=env)
+    assert (listed.returncode, listed.stderr, collected.returncode, collected.stderr) == (0, b"", 0, b"")
+    assert shown + b"/" in listed.stdout and collected.stdout.startswith(shown + b": "), \
+        (listed.stdout, collected.stdout)
+    assert b"\xe9" not in listed.stdout + collected.stdout
 
 
 def test_a_checksummed_file_in_a_directory_whose_name_is_no_utf_8_is_used_located_and_released(dirs, tmp_path):

@@ -44,17 +44,14 @@ class SharedCacheError(Exception):
         return printable(super().__str__())
 
 
-def printable(text: str, *, path_bytes: bool = False) -> str:
+def printable(text: str) -> str:
     """``text`` with its unprintable characters (newlines, terminal controls) escaped as Python
-    escapes them, so that printed it stays one line and cannot steer the terminal.
-    ``path_bytes``: the bytes of a path that are no text in the file system's encoding (lone
-    surrogates, as ``surrogateescape`` decodes them) stay, for sc's standard output to write
-    them as themselves, save those of the C1 controls (0x80 to 0x9f), which a terminal that
-    reads 8-bit text obeys."""
+    escapes them, so that printed it stays one line and cannot steer the terminal.  The bytes of
+    a path that are no text in the file system's encoding (lone surrogates, as
+    ``surrogateescape`` decodes them) are escaped too (``\\udce9``)."""
     if text.isprintable():
         return text
-    return "".join(char if char.isprintable() or (path_bytes and "\udca0" <= char <= "\udcff") else repr(char)[1:-1]
-                   for char in text)
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def quoted(text: str) -> str:

@@ -664,8 +664,8 @@ def gc(repositories: Repositories, options: Arguments) -> int:
         done = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report.items() if v)
         # Escaped whole, as `sc list` escapes its rows: in a group cache another member chose the
         # names of populations (a stuck one is named, and so is its lock's path), and a base's
-        # path may hold any character.  Its bytes that are no text are written as they are.
-        lines.append(printable(f"{base}: {done or 'nothing to do'}", path_bytes=True) + "\n")
+        # path may hold any byte (one that is no text is shown as `sc list` shows it).
+        lines.append(printable(f"{base}: {done or 'nothing to do'}") + "\n")
     if options.verbosity >= 0:  # (-q: nothing but errors, and a report of what was done is none)
         outcome("".join(lines))
     for refusal in refusals:  # (each its line; the others of the list were evicted all the same)
