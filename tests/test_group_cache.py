@@ -237,28 +237,29 @@ def test_a_group_that_names_no_group_is_one_line(tmp_path):
         assert (result.returncode, result.stderr) == (2, f"sc: error: {where} {shown}: no such group{hint}\n")
 
 
-# Bob holds the population lock of a name in the group cache, beside a status record of his
-# writing, as any member could.
-_HELD_POPULATION = """
+# Bob holds the population locks of names in the group cache, each beside a status record of
+# his writing, as any member could.
+_HELD_POPULATIONS = """
 import fcntl, os, sys, time
-populate, name, record = sys.argv[1:]
-fd = os.open(os.path.join(populate, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o660)
-fcntl.flock(fd, fcntl.LOCK_EX)
-with open(os.path.join(populate, name + ".json"), "w") as status:
-    status.write(record)
+populate, record, *names = sys.argv[1:]
+for name in names:
+    fd = os.open(os.path.join(populate, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o660)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    with open(os.path.join(populate, name + ".json"), "w") as status:
+        status.write(record)
 print("ready", flush=True)
 time.sleep(60)
 """
 
 
 @contextmanager
-def held_population(python: tuple[str, dict[str, str]], base: Path, name: str,
-                    record: dict[str, object]) -> Iterator[None]:
-    """Bob's population of ``name`` in the group cache of ``base``, its status record ``record``
-    (JSON, as Python writes it: NaN too), its lock held until the block is left."""
+def held_populations(python: tuple[str, dict[str, str]], base: Path, names: list[str],
+                     record: dict[str, object]) -> Iterator[None]:
+    """Bob's populations of ``names`` in the group cache of ``base``, each with the status record
+    ``record`` (JSON, as Python writes it: NaN too), their locks held until the block is left."""
     interpreter, env = python
     populate = base / f".shared-cache-g{GROUP}" / "populate"
-    bob = subprocess.Popen([interpreter, "-c", _HELD_POPULATION, str(populate), name, json.dumps(record)],
+    bob = subprocess.Popen([interpreter, "-c", _HELD_POPULATIONS, str(populate), json.dumps(record), *names],
                            stdout=subprocess.PIPE, text=True, env=env, user=BOB, group=GROUP, extra_groups=[GROUP])
     try:
         assert bob.stdout is not None and select.select([bob.stdout], [], [], 30)[0], "bob never got ready"
@@ -289,7 +290,7 @@ def test_a_members_garbled_population_record_fails_nobody_else(shared, python, g
     with Sleeper() as alice_job:
         made = as_user(python, ALICE, "--use", *group, "-n", "first", "--pid", str(alice_job.pid), *words)
         assert made.returncode == 0, made.stderr
-        with held_population(python, base, "x", garbled):
+        with held_populations(python, base, ["x"], garbled):
             listed = as_user(python, ALICE, "list", *group)
             assert listed.returncode == 0, listed.stderr
             assert "x" in listed.stdout.split() and "populating" in listed.stdout
@@ -408,13 +409,31 @@ def test_a_members_stuck_population_cannot_steer_the_gc_report_of_another(shared
     ended = subprocess.Popen(["true"])
     ended.wait(10)
     # (and a byte that is no UTF-8, the C1 control CSI to a terminal that reads 8-bit text)
-    with held_population(python, base, "x\x1b]0;OWNED\x07\x1b[2J\ntwo\udc9b2J", {"pid": ended.pid}):
+    with held_populations(python, base, ["x\x1b]0;OWNED\x07\x1b[2J\ntwo\udc9b2J"], {"pid": ended.pid}):
         collected = as_user(python, ALICE, "gc", *group)
     assert collected.returncode == 0 and "stuck populations" in collected.stdout, collected.stderr
     report = collected.stdout.removesuffix("\n")
     assert report.isprintable(), report
     assert report.startswith(f"{shared}/base\\x1b[31m: ") and "fuser" in report, report
     assert report.count("x\\x1b]0;OWNED\\x07\\x1b[2J\\ntwo\\udc9b2J") == 2, report  # the name, and its lock's
+
+
+def test_a_members_many_stuck_populations_keep_the_gc_report_a_short_line(shared, python):
+    # Bob's 300 populations, their process ended and their locks held: alice's gc named each,
+    # with why, in the one line of its report for the base (over 100 kB).
+    source, base, group = file_in_a_group_cache(shared)
+    made = as_user(python, ALICE, "--use", *group, "-n", "first", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    ended = subprocess.Popen(["true"])
+    ended.wait(10)
+    names = [f"stuck-{number:03}" for number in range(300)]
+    with held_populations(python, base, names, {"pid": ended.pid}):
+        collected = as_user(python, ALICE, "gc", *group)
+    assert collected.returncode == 0, collected.stderr
+    report = collected.stdout.removesuffix("\n")
+    assert "\n" not in report and len(report) < 4000, report[:300]
+    named = [name for name in names if repr(name) in report]
+    assert named == names[:5] and "; and 295 more" in report, report
 
 
 _ANOTHER_RECIPES_FAILURE = """

@@ -825,11 +825,12 @@ class Repositories:
 
     @staticmethod
     def _stuck_populations(base: Base) -> str:
-        """The populations in progress that look stuck, and why ("" if none)."""
+        """The populations in progress that look stuck, and why ("" if none), the first few by
+        name (:func:`_first_named`)."""
         from .population import stuck
 
         found = ((name, stuck(base.population_file(name, ".json"), status)) for name, status in base.populations())
-        return "; ".join(f"{name!r} ({why})" for name, why in found if why)
+        return _first_named(sorted(f"{name!r} ({why})" for name, why in found if why))
 
     def _lock_file(self, base: Base, file: str, cache: FsCache) -> tuple[int | None, int]:
         """A descriptor of the lock file ``file`` in ``populate/`` (None if there is none to use),
@@ -947,6 +948,18 @@ class Repositories:
                 base.drop_link_if_unused(link.name)
                 removed += not os.path.islink(link.path)
         return removed
+
+
+#: How many populations a field of gc's report names; the others it counts.  In a group cache
+#: any member may make thousands, which made each gc's line for the base hundreds of kilobytes.
+_NAMED_IN_A_REPORT = 5
+
+
+def _first_named(found: Sequence[str]) -> str:
+    """What gc's report says of ``found``: the first :data:`_NAMED_IN_A_REPORT`, then how many
+    more there are ("" if none)."""
+    more = len(found) - _NAMED_IN_A_REPORT
+    return "; ".join(found[:_NAMED_IN_A_REPORT]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _stored(budget: int) -> int | None:
