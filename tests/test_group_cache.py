@@ -436,6 +436,23 @@ def test_a_members_many_stuck_populations_keep_the_gc_report_a_short_line(shared
     assert named == names[:5] and "; and 295 more" in report, report
 
 
+def test_a_members_population_that_claims_more_room_than_the_file_system_holds_reserves_none(shared, python):
+    # Bob's status record, its lock held, claims 2^62 bytes: every use with --size in the base
+    # found no room there, nothing to evict making it up, and gc said nothing of it.
+    source, base, group = file_in_a_group_cache(shared)
+    made = as_user(python, ALICE, "--use", *group, "-n", "first", f"file:{source}")
+    assert made.returncode == 0, made.stderr
+    with Sleeper() as alice_job, held_populations(python, base, ["x"], {"size": 2**62, "done": 0}):
+        sized = as_user(python, ALICE, "--use", *group, "-n", "sized", "--size", "1M", "--pid", str(alice_job.pid),
+                        f"file:{source}")
+        collected = as_user(python, ALICE, "gc", *group)
+    assert sized.returncode == 0, sized.stderr
+    assert sized.stdout.strip() == str(base / f".shared-cache-{ALICE}" / "sized")
+    assert collected.returncode == 0, collected.stderr
+    assert "reservations ignored: 'x' (4194304.0 TiB, where the file system holds " in collected.stdout, \
+        collected.stdout
+
+
 _ANOTHER_RECIPES_FAILURE = """
 import fcntl, json, os, sys, time
 populate = sys.argv[1]

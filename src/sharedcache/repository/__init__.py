@@ -39,7 +39,8 @@ Acquire (``sc --use``, :func:`use`)
    downloads over HTTP) fails the use before anything is made in any cache.  A base where
    ``<name>`` is being populated is chosen: looking for one, take ``<name>.waiting`` shared
    first (as in step 2), and keep it where a population is found.  Otherwise the first base
-   whose free space, less the space reserved by the populations in progress there, is at least
+   whose free space, less the space reserved by the populations in progress there (but for a
+   reservation past the size of its file system, which none can fill: gc names it), is at least
    the requested size is chosen; the unused repositories of its cache are room too, and under
    its reservations lock the least recently used are evicted for what the free space lacks, if
    they hold that much (none is evicted for room they cannot make up).  A base with no block or

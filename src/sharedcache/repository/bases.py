@@ -377,6 +377,11 @@ class Base:
         st = os.statvfs(self.path)
         return st.f_bavail * st.f_frsize
 
+    def file_system_size(self) -> int:
+        """The bytes that the base's file system holds, used or free."""
+        st = os.statvfs(self.path)
+        return st.f_blocks * st.f_frsize
+
     def full(self) -> bool:
         """Whether the base's file system has no block, or no inode, left for this user (a file
         system that counts no inodes, as btrfs, has one for each file)."""
@@ -400,17 +405,30 @@ class Base:
         return bool(os.statvfs(self.path).f_flag & os.ST_RDONLY)
 
     def reserved(self, besides: str | None = None) -> int:
-        """Space reserved by the populations in progress here (but that of ``besides``): what
-        each has yet to write of its size (``--size``).  What it has written is off
-        :meth:`free_space` already: counted again, a population half done held its size and a
-        half.  Its status record's ``done``, the source's bytes received, is what it has written
-        at least (a download is written as it comes; an archive unpacks to more than it took), so
-        the rest is never counted short."""
-        total = 0
+        """Space reserved by the populations in progress here (but that of ``besides``): see
+        :meth:`reservations`."""
+        counted, _ = self.reservations()
+        return sum(claim for name, claim in counted.items() if name != besides)
+
+    def reservations(self) -> tuple[dict[str, int], dict[str, int]]:
+        """What each population in progress here has yet to write of its size (``--size``), by
+        name: those counted, and apart those ignored, past the size of the file system.
+
+        What a population has written is off :meth:`free_space` already: counted again, a
+        population half done held its size and a half.  Its status record's ``done``, the
+        source's bytes received, is what it has written at least (a download is written as it
+        comes; an archive unpacks to more than it took), so the rest is never counted short.
+        No population writes more than its file system holds: a claim past that is a record that
+        a member of a group cache wrote (any size below 2^63), or a takeover's ``--size``, which
+        no room was checked for; counted, it left every use with a size no room here while its
+        lock was held, and nothing to evict for it."""
+        counted: dict[str, int] = {}
+        ignored: dict[str, int] = {}
+        bound = self.file_system_size()
         for name, status in self.populations():
-            if name != besides:
-                total += max(int(status.get("size") or 0) - int(status.get("done") or 0), 0)
-        return total
+            claim = max(int(status.get("size") or 0) - int(status.get("done") or 0), 0)
+            (counted if claim <= bound else ignored)[name] = claim
+        return counted, ignored
 
     @scoped
     def reservations_held(self) -> Iterator[None]:

@@ -763,6 +763,7 @@ class Repositories:
                 base.use_cache(cache)
                 report["populations_cleaned"] = self._clean_populations(base, cache)
                 report["stuck_populations"] = self._stuck_populations(base)
+                report["reservations_ignored"] = self._ignored_reservations(base)
                 report["links_removed"] = self._clean_links(base)
             except NoSpaceError as e:
                 # No room for what the cache lacks (the index of a cache whose making found
@@ -831,6 +832,18 @@ class Repositories:
 
         found = ((name, stuck(base.population_file(name, ".json"), status)) for name, status in base.populations())
         return _first_named(sorted(f"{name!r} ({why})" for name, why in found if why))
+
+    @staticmethod
+    def _ignored_reservations(base: Base) -> str:
+        """The reservations of populations in progress that no use counts, past the size of the
+        base's file system (see :meth:`Base.reservations`), and what they claim ("" if none),
+        the first few by name (:func:`_first_named`)."""
+        _, ignored = base.reservations()
+        if not ignored:
+            return ""
+        holds = format_size(base.file_system_size())
+        return _first_named(sorted(f"{name!r} ({format_size(claim)}, where the file system holds {holds})"
+                                   for name, claim in ignored.items()))
 
     def _lock_file(self, base: Base, file: str, cache: FsCache) -> tuple[int | None, int]:
         """A descriptor of the lock file ``file`` in ``populate/`` (None if there is none to use),
