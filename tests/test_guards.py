@@ -74,6 +74,30 @@ def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_pa
     assert list(user_dir(foreign).iterdir()) == [], "nothing was written into it"
 
 
+def test_gc_fails_for_a_squatted_base_that_d_names_and_not_for_one_of_a_setting(tmp_path, words):
+    # gc skipped a base that -d named and that it could not collect (another user's directory
+    # there), said so, and exited 0: a script or a cron job could not tell.
+    foreign, mine = tmp_path / "foreign", tmp_path / "mine"
+    foreign.mkdir()
+    mine.mkdir()
+    user_dir(foreign).mkdir(mode=0o700)
+    os.chown(user_dir(foreign), 4321, 4321)
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "repo", "-d", str(mine), "--pid", str(owner.pid), *words).returncode == 0
+    both = f"{foreign}:{mine}"
+    named = sc("gc", "-d", both)
+    assert named.returncode == 1, named.stderr
+    assert one_line(named.stderr).startswith(f"sc: skipping {foreign}: ") and "belongs to uid 4321" in named.stderr
+    assert named.stdout.startswith(f"{mine}: "), "the other base was collected all the same"
+    quiet = sc("-q", "gc", "-d", both)
+    assert quiet.returncode == 1 and quiet.stdout == "", quiet.stdout
+    assert one_line(quiet.stderr).startswith(f"sc: error: skipping {foreign}: "), quiet.stderr
+    # The bases of a setting, as the defaults, are every command's candidates, which another
+    # user may squat: skipping one is said, and fails nothing.
+    unnamed = sc("gc", env=sc_env(SC_DIRECTORIES=both))
+    assert unnamed.returncode == 0 and "belongs to uid 4321" in one_line(unnamed.stderr), unnamed.stderr
+
+
 def test_symlinked_user_directory_is_refused(tmp_path, base, words):
     # The link leads to a directory of this user's that the other checks would take (0700, its
     # own): only the refusal to follow a link stops it.

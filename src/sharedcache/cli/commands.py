@@ -69,12 +69,14 @@ def run(options: Arguments) -> int:
     group = files.converted(effective, "group", group_id)  # (before sc config shows a row)
     if options.action == "config":
         return show_config(effective, files.fetch_policy(effective, os.environ), group)  # checked, as a miss would
-    for key in ("directories", "max_size", "keep", "timeout", "verbose", "quiet"):
+    for key in ("max_size", "keep", "timeout", "verbose", "quiet"):
         if key in effective:
             setattr(options, key, effective[key][0])
     options.fetch = files.fetch_when_needed(effective, os.environ, given)
     repositories = Repositories(
-        options.directories,  # the environment's, a file's, or the option's (files.effective)
+        # The environment's, a file's, or the option's (files.effective); options.directories
+        # stays the option's alone: gc fails for a base that -d names and it skips.
+        files.value(effective, "directories"),
         reporter=Reporter(options.verbosity, owns_stderr=True),
         group=group,
     )
@@ -670,7 +672,15 @@ def gc(repositories: Repositories, options: Arguments) -> int:
         outcome("".join(lines))
     for refusal in refusals:  # (each its line; the others of the list were evicted all the same)
         print(f"sc: error: {clipped(printable(refusal))}", file=sys.stderr)
-    return 1 if refusals else 0
+    # A base that -d names is one this gc was asked to collect: one it skipped (another user's, a
+    # cache it refuses, a read-only file system) fails it, for a script or a cron job to tell.
+    # The bases of a setting or the defaults (/tmp:/var/tmp) are where every command looks, and
+    # where another user may squat this one's directory: skipping one of those fails nothing.
+    skipped = repositories.unusable if options.directories is not None else {}
+    if options.verbosity < 0:  # (-q silenced the warning that said why: failing gc, it is an error)
+        for path, why in skipped.items():
+            print(f"sc: error: {clipped(printable(f'skipping {path}: {why}'))}", file=sys.stderr)
+    return 1 if refusals or skipped else 0
 
 
 def _names_to_evict(given: list[str]) -> list[str]:
