@@ -275,8 +275,10 @@ a release end it, but never after the release that asks for the eviction: that e
 after the release's end, which made its entry the most recently used, so there the use ends
 just before it (the lock's time set to that moment; only the lock's owner may set a time not
 now, so for another member of a group cache the row alone records it, and an index rebuilt by
-gc ranks the entry by its lock again).  The end of an ``sc run`` that gives its budget back so
-evicts the repository of a job that died before it, not its own, just released.
+gc ranks the entry by its lock again).  The release's end is the system clock's now, not its
+lock's time, which a file system records up to a tick of its own clock late (4 ms on most
+disks): a use recorded in that tick came before it.  The end of an ``sc run`` that gives its
+budget back so evicts the repository of a job that died before it, not its own, just released.
 
 Entries for this boot
 ---------------------
@@ -1793,7 +1795,7 @@ class FsCache:
                     return False  # another use remains: nothing to delete, no index to open
                 if live:
                     with self._transaction() as db:
-                        self._restore_budget(db, self._sound_budget(), released=self._last_use(entry))
+                        self._restore_budget(db, self._sound_budget(), released=self._release_s_end(entry))
                     self._empty_trash()
                     return False
                 if overtaken:
@@ -1835,7 +1837,7 @@ class FsCache:
                 db.mark_kept(name)
                 # (The step that records the end of the use, as it removes the lease, was not taken.)
                 self._touch(os.path.join(entry, "lock"))
-            ended = self._last_use(entry)  # (the uses that the eviction below finds dead end before it)
+            ended = self._release_s_end(entry)  # (the uses that the eviction below finds dead end before it)
             if keep or kept:
                 deleted = False
                 db.set_last_used(name, ended)  # last in the order of eviction
@@ -2204,6 +2206,15 @@ class FsCache:
             return os.stat(os.path.join(entry, "lock")).st_mtime
         except (FileNotFoundError, NotADirectoryError):
             return float("-inf")
+
+    @classmethod
+    def _release_s_end(cls, entry: str) -> float:
+        """The end of the use that a release of the entry at ``entry`` has just ended (its lock's
+        time set by then): now, by the system's clock.  A file system's times lag that clock by
+        up to a tick of their own (4 ms on most disks; a second on ext4 with 128-byte inodes):
+        ranked by its lock's time, the entry tied with one that a killed job had held in the same
+        tick, and the name decided which of the two the release's eviction took."""
+        return max(cls._last_use(entry), time.time())
 
     def discard(self, path: str) -> None:
         """Delete the tree ``path``, a directory inside this cache's (a population's work
