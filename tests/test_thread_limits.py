@@ -8,12 +8,14 @@ starts, it fills its repository or says in one line that it ran out, and never h
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pty
 import re
 import select
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -266,6 +268,38 @@ def test_with_no_memory_left_to_say_it_the_out_of_memory_line_is_said(tmp_path: 
     assert run.returncode == 1, run.stderr
     assert run.stderr.splitlines()[-1:] == [f"sc: error: out of memory: this process may take {64 * MiB} bytes "
                                             "of address space (ulimit -v); raise the limit"], run.stderr
+
+
+#: A program that calls ``sharedcache.cli.main(argv)`` with its stderr captured in an
+#: ``io.StringIO`` (as a test harness or an embedding program does), the use of argv[1] meeting a
+#: MemoryError (refused the opening of its source, as a cap on memory would refuse it).
+_MAIN_OUT_OF_MEMORY_INTO_A_STRING = """
+import contextlib, io, json, sys
+from sharedcache.cli import main
+
+source = sys.argv[1]
+
+def refuse(event, args):
+    if event == "open" and args[0] == source:
+        raise MemoryError
+
+sys.addaudithook(refuse)
+said = io.StringIO()
+with contextlib.redirect_stderr(said):
+    status = main(["--use", "-d", sys.argv[2], "-n", "data", f"file:{source}"])
+print(json.dumps([status, said.getvalue()]))
+"""
+
+
+def test_main_out_of_memory_says_so_into_a_stream_with_no_descriptor(tmp_path: Path) -> None:
+    # The line was written to stderr's descriptor, and a stream with none lost it: status 1,
+    # and not a word.
+    source = tmp_path / "data"
+    source.write_bytes(b"x" * 1000)
+    run = subprocess.run([sys.executable, "-c", _MAIN_OUT_OF_MEMORY_INTO_A_STRING, str(source), str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, env=sc_env(PYTHONPATH=SRC))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [1, "sc: error: out of memory\n"]
 
 
 def test_a_read_ahead_whose_thread_ends_unheard_fails_rather_than_waits(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -124,7 +124,8 @@ def _say_out_of_memory() -> None:
     of Python's that found no memory to end its line: it would follow).  Made as memory ran out,
     the line failed as it was made, and so did Python's report of that (at a cap of 32 MiB, two
     bare "MemoryError" lines): sc ended with no word of its own.  A stream that cannot take it
-    loses it, as :func:`_say` does."""
+    loses it, as :func:`_say` does; one with no descriptor (a program's own capture of what
+    :func:`sharedcache.cli.main` says, an ``io.StringIO``) is written to as a stream."""
     if sys.stderr is None:
         return
     try:
@@ -132,8 +133,16 @@ def _say_out_of_memory() -> None:
     except (OSError, ValueError, MemoryError):
         pass  # (what it holds goes later, if ever: the line is said all the same)
     try:
-        os.write(sys.stderr.fileno(), _out_of_memory_line)
-    except (OSError, ValueError):  # (also a stream with no descriptor: io.UnsupportedOperation)
+        descriptor = sys.stderr.fileno()
+    except (OSError, ValueError):  # (io.UnsupportedOperation is both)
+        try:
+            sys.stderr.write(_out_of_memory_line.decode())
+        except (OSError, ValueError, MemoryError):
+            pass
+        return
+    try:
+        os.write(descriptor, _out_of_memory_line)
+    except OSError:
         pass
 
 
