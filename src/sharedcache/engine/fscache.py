@@ -948,7 +948,7 @@ class FsCache:
         self.deadline = deadline
         self._kept_open: dict[str, tuple[int, int, int]] = {}  # descriptor, device, inode (see own_directory)
         # Each thread's, with the fork generation that made it (see __del__).
-        self._connections: list[tuple[int, weak_reference[Index]]] = []
+        self._connections: list[tuple[tuple[int, int], weak_reference[Index]]] = []
         # What a repairing open replaced or put out of the way, until gc reports it.
         self.modes, self._subdirectories_repaired, self._format_before = open_cache(
             self.root, group, repair=repair, older_at_work=older_at_work, until=self._wait_until())
@@ -964,7 +964,7 @@ class FsCache:
     def _db(self) -> Index:
         """This thread's connection to the index (a fresh one after a fork)."""
         db: Index | None = getattr(self._local, "db", None)
-        if db is not None and self._local.generation == locks.fork_generation and not db.broken:
+        if db is not None and self._local.generation == locks.process_key() and not db.broken:
             # Still the index at the cache's path: the cache's directory may have been removed and
             # made again (or the index set aside by a gc, of another thread or process) since
             # this connection was made, and its transactions would then go to a deleted file.
@@ -987,10 +987,10 @@ class FsCache:
         except CacheError:
             self._raise_if_out_of_sqlite_s_reach()
             raise
-        self._local.db, self._local.generation, self._local.index = db, locks.fork_generation, index
+        self._local.db, self._local.generation, self._local.index = db, locks.process_key(), index
         with _HELD_OPEN_CHANGE:
             self._connections = [(generation, made) for generation, made in self._connections if made() is not None]
-            self._connections.append((locks.fork_generation, weak_reference(db)))
+            self._connections.append((locks.process_key(), weak_reference(db)))
         return db
 
     def _index_file(self, directory: int) -> tuple[int, int]:
@@ -1064,7 +1064,7 @@ class FsCache:
         """Close this thread's connection to the index, if it has one."""
         db: Index | None = getattr(self._local, "db", None)
         self._local.db = None
-        if db is not None and self._local.generation == locks.fork_generation:
+        if db is not None and self._local.generation == locks.process_key():
             _close_index(db)
 
     def let_go(self) -> None:
@@ -1083,7 +1083,7 @@ class FsCache:
         # thread's, held where the collector called this.  (Not set if __init__ failed first.)
         for generation, made in getattr(self, "_connections", ()):
             db = made()
-            if db is not None and generation == locks.fork_generation:  # (a child's inherited ones: the index's)
+            if db is not None and generation == locks.process_key():  # (a child's inherited ones: the index's)
                 _close_index(db, leaving_journals=self._leaves_journals)
         for fd, _, _ in getattr(self, "_kept_open", {}).values():
             os.close(fd)
@@ -1203,7 +1203,7 @@ class FsCache:
         has given back the inodes whose lack the error would have named."""
         read_umask_again()
         stage_id = unique_name()
-        generation = locks.fork_generation  # (the maker's)
+        generation = locks.process_key()  # (the maker's)
         made = False
         fd = directory = None
         guard = self._stage_guard()  # (last: a call between it and the try could be cut by Ctrl-C)
@@ -1242,7 +1242,7 @@ class FsCache:
             # tree may also be swept by gc meanwhile, which the removal tolerates.
             # A child forked in the block that leaves it (sys.exit()) closes its copies, and
             # leaves the stage to the process that made it, which goes on filling it.
-            mine = locks.fork_generation == generation
+            mine = locks.process_key() == generation
             if fd is not None:
                 (locks.release if mine else locks.close)(fd)  # (not only closed: see locks.release)
             if directory is not None:
@@ -1318,13 +1318,13 @@ class FsCache:
         if seal is not None and not isinstance(seal, Seal):
             raise UsageError(f"seal must be a Seal (from FsCache.seal()), not {seal!r}")
         self._db().check_for_commit(name)
-        generation = locks.fork_generation
+        generation = locks.process_key()
         try:
             with self._staging(f"entry {name!r}") as staging:
                 data = os.path.join(staging.path, "data")
                 mkdir(data, 0o777)
                 yield _path(data)
-                if locks.fork_generation != generation:
+                if locks.process_key() != generation:
                     return  # a child forked in the block: the stage is its parent's to commit
                 # Without a seal the filler sealed and measured nothing: one that says so walks.
                 self._commit(staging, name, meta=meta, keep=keep, holder=holder, strict=strict_budget,

@@ -356,14 +356,14 @@ def user_id_outside() -> int:
     is refused; so is a user mapped to that overflow uid itself (rootless podman's ``USER
     nobody``), whose own files and those of every user outside the namespace show one owner:
     another user's base, or directory in place of this user's, would pass for its own."""
-    key = (locks.fork_generation, os.geteuid())  # (read once: every candidate base's directory asks)
+    key = (locks.process_key(), os.geteuid())  # (read once: every candidate base's directory asks)
     if key not in _outside:
         _outside[key] = _mapped_outside(key[1])
     return _outside[key]
 
 
-#: :func:`user_id_outside` of (a process, by its fork generation, and its uid).
-_outside: dict[tuple[int, int], int] = {}
+#: :func:`user_id_outside` of (a process, by :func:`~sharedcache.engine.locks.process_key`, and its uid).
+_outside: dict[tuple[tuple[int, int], int], int] = {}
 
 
 def _mapped_outside(uid: int) -> int:

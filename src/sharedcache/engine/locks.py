@@ -27,17 +27,16 @@ a crashed process can never leave a lock behind.  Two consequences shape the cod
   the descriptor is open and unrecorded, and a child forked there would keep its copy, to share
   the lock taken on it next, or to hold it once its parent has died; a fork by the thread in
   such a step (a signal handler's) cannot wait for itself, and its child keeps that one copy.
-  Since the
-  child may start after the parent has closed its own descriptor, the parent's close of one
+  Since the child may start after the parent has closed its own descriptor, the parent's close of one
   whose copies a child gives up unlocks it first, unless another child keeps a copy (an unlock
   is the open file description's: it would take that child's lock too).  A child that a thread
   forks while it reads an entry (inside ``load()`` or ``use()``) keeps that read, and holds the
   entry for as long as it keeps the descriptor: it is meant to read the entry too.  A child
-  forked by Python also counts the fork as it starts (:data:`fork_generation`), by which the
-  package tells what it inherited (its parent's stage, use, connections to the index) from what
-  it makes.  A child forked in C, which runs no hook of Python's, keeps every copy
-  (:func:`release` unlocks, so that one holds nothing once its parent is done), and is taken
-  for its parent.
+  forked by Python also counts the fork as it starts (:data:`fork_generation`), by which, with
+  its pid (:func:`process_key`), the package tells what it inherited (its parent's stage, use,
+  connections to the index) from what it makes.  A child forked in C, which runs no hook of
+  Python's, keeps every copy (:func:`release` unlocks, so that one holds nothing once its parent
+  is done), and is told from its parent by its pid alone.
 
 Ctrl-C of a :func:`sharedcache.use` (under ``leases.InterruptGuard``) is held back from the
 ``open`` system call of a lock file to its record, then raised with the descriptor closed, and
@@ -310,6 +309,16 @@ def _after_fork_in_parent() -> None:
 #: leave alone).  Not by the pid: a child forked as PID 1 of a new PID namespace has the pid of a
 #: parent that is PID 1 of its own (a container's entrypoint).
 fork_generation = 0
+
+
+def process_key() -> tuple[int, int]:
+    """What tells this process from the one it was forked from and from those it forks: its
+    :data:`fork_generation` and its pid.  The count tells a child that Python forked, whose pid
+    may be its parent's (both PID 1, of two PID namespaces); the pid tells one forked in C,
+    which runs no hook of Python's and keeps its parent's count (the workers of uWSGI, unless
+    ``--py-call-osafterfork``: by the count alone, one released its master's use, and committed
+    a stage its parent was still filling)."""
+    return fork_generation, os.getpid()
 
 
 def _after_fork_in_child() -> None:

@@ -1127,7 +1127,7 @@ def use(
     except OSError as e:  # (the command line says the same of what reaches it)
         raise_if_over_limit(e)
         raise
-    generation = locks.fork_generation  # (the holder's)
+    generation = locks.process_key()  # (the holder's)
     try:
         if guarded:
             INTERRUPTS.settle()  # in the try: the release below runs
@@ -1142,7 +1142,7 @@ def use(
         try:
             # A child forked inside the block that leaves it (sys.exit() unwinds it) does not own
             # the use: its parent does, and releases it when it leaves the block itself.
-            if locks.fork_generation == generation:
+            if locks.process_key() == generation:
                 repositories.release_held(held, keep=keep)
         finally:
             if guarded:
