@@ -822,6 +822,51 @@ def test_a_signal_handler_s_use_amid_its_thread_s_acquire_or_release_works_or_is
     assert list((control(base) / "objects").glob("*/leases/*")) == []
 
 
+#: A program whose signal handler raises as a write transaction of its index begins, just as
+#: the transaction has marked the thread as its writer (``Index.transaction``), then stores again.
+_A_HANDLER_S_EXCEPTION_AS_A_TRANSACTION_BEGINS = """
+import os, signal, sys
+from sharedcache import FsCache
+from sharedcache.engine import index
+
+class Interrupted(Exception):
+    pass
+
+def handle(signum, frame):
+    raise Interrupted
+
+armed = True
+
+def signal_as_the_mark_is_made(frame, event, arg):
+    global armed
+    if armed and event == "c_return" and getattr(arg, "__self__", None) is index._writing:
+        armed = False
+        os.kill(os.getpid(), signal.SIGALRM)  # (its handler runs as that call returns)
+
+signal.signal(signal.SIGALRM, handle)
+cache = FsCache(sys.argv[1])
+sys.setprofile(signal_as_the_mark_is_made)
+try:
+    with cache.store("interrupted") as path:
+        (path / "f").write_bytes(b"x")
+except Interrupted:
+    pass
+sys.setprofile(None)
+assert not armed, "no transaction began"
+with cache.store("next") as path:
+    (path / "f").write_bytes(b"x")
+"""
+
+
+def test_an_exception_of_a_signal_handler_as_a_transaction_begins_leaves_the_index_writable(tmp_path: Path) -> None:
+    # The handler's exception left the thread marked as the index's writer: every later write
+    # transaction of that thread on that index (a store, a miss, a last release) was refused,
+    # "the index ... is being written by this very thread", for the life of the process.
+    done = subprocess.run([sys.executable, "-c", _A_HANDLER_S_EXCEPTION_AS_A_TRANSACTION_BEGINS, str(tmp_path / "cache")],
+                          env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 #: A program that forks a worker inside the block of argv[2] ("use": ``sharedcache.use()`` of
 #: argv[3] in argv[4]; "store": ``FsCache(argv[5]).store()``), the worker leaving the block
 #: (``sys.exit()``), then checks that its block is still its own.  As argv[1] says, the worker is

@@ -392,8 +392,11 @@ class Index(sqlite3.Connection):
             # nothing could roll it back.  It still holds the index's write lock.
             self.execute("ROLLBACK")
         self._ends = []
-        _writing.add(writer)  # (before the BEGIN: a handler that comes as it returns finds the write lock taken)
         try:
+            # Before the BEGIN: a handler that comes as it returns finds the write lock taken.  In
+            # the try: an exception that a handler raises as it returns leaves no mark (one left
+            # behind refused every write transaction of this thread on this index for good).
+            _writing.add(writer)
             try:
                 self.execute("BEGIN IMMEDIATE")  # (a busy index: WaitTimeoutError, see failure)
                 yield self
