@@ -314,20 +314,21 @@ def test_deflate64_members_against_unzip(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "sc" / "text.txt").read_bytes() == files["text.txt"]
 
 
+def unicode_path(name: str, crc_of: str) -> bytes:
+    """An Info-ZIP Unicode Path extra field (0x7075) giving ``name``, for the stored name ``crc_of``."""
+    import struct
+    import zlib
+
+    field = b"\x01" + struct.pack("<L", zlib.crc32(crc_of.encode("cp437"))) + name.encode()
+    return struct.pack("<HH", 0x7075, len(field)) + field
+
+
 def test_zip_name_in_a_unicode_path_field(tmp_path: Path) -> None:
     """Zips made where names are not UTF-8 (Info-ZIP on Windows, 7-Zip) keep a name in the local
     code page and the UTF-8 one in a Unicode Path extra field (0x7075) that names the stored one
     by its CRC; unzip uses the UTF-8 name then, and only then."""
     need("unzip")
-    import struct
-    import zlib
-
     stored = "unicode-fallback.txt"
-
-    def unicode_path(name: str, crc_of: str) -> bytes:
-        field = b"\x01" + struct.pack("<L", zlib.crc32(crc_of.encode("cp437"))) + name.encode()
-        return struct.pack("<HH", 0x7075, len(field)) + field
-
     archive = tmp_path / "unicode-path.zip"
     with zipfile.ZipFile(archive, "w") as out:
         for member, extra, content in (("a.txt", unicode_path(UNICODE_NAME, "a.txt"), "right crc\n"),
@@ -484,6 +485,10 @@ def test_zip_names_made_on_windows_nt_by_tools_other_than_winzip_5_are_in_its_an
     assert sorted(os.listdir(unpacked)) == sorted(name for _, _, name in names.values())
 
 
+def _ms_dos_attributes(name: str) -> int:
+    return 0x10 if name.endswith("\\") else 0  # MS-DOS's directory attribute
+
+
 def test_zip_with_backslashes_for_separators(tmp_path: Path) -> None:
     """Windows tools that ignore the format's rule (PowerShell 5's Compress-Archive) write
     ``dir\\file``: unzip takes the backslashes for separators in an archive made on MS-DOS (FAT)
@@ -495,11 +500,55 @@ def test_zip_with_backslashes_for_separators(tmp_path: Path) -> None:
                              ("mixed/a\\b.txt", 0), ("ntfs\\f.txt", 11), ("unix\\f.txt", 3)):
             info = zipfile.ZipInfo(name, (2024, 5, 6, 7, 8, 10))
             info.create_system = system
-            info.external_attr = 0x10 if name.endswith("\\") else 0  # MS-DOS's directory attribute
+            info.external_attr = _ms_dos_attributes(name)
             out.writestr(info, "" if name.endswith("\\") else name)
     assert_same_trees(archive, "zip", tmp_path / "out")
     assert (tmp_path / "out" / "sc" / "dos" / "sub" / "f.txt").read_text() == "dos\\sub\\f.txt"
     assert (tmp_path / "out" / "sc" / "unix\\f.txt").is_file()
+
+
+#: A tree as PowerShell 5's Compress-Archive writes it (made on MS-DOS, backslashes for separators),
+#: an empty directory in it; the names, and the content of each file.
+_POWERSHELL_NAMES = {"Relatórios\\2024\\março.txt": "março\n", "Relatórios\\vazio\\": "", "Reports\\march.txt": "march\n"}
+
+
+def _assert_powershell_tree(unpacked: Path) -> None:
+    assert sorted(str(path.relative_to(unpacked)) for path in unpacked.rglob("*")) == [
+        "Relatórios", "Relatórios/2024", "Relatórios/2024/março.txt", "Relatórios/vazio", "Reports",
+        "Reports/march.txt"]
+    assert (unpacked / "Relatórios" / "vazio").is_dir()
+    assert (unpacked / "Relatórios" / "2024" / "março.txt").read_text() == "março\n"
+
+
+def test_zip_names_flagged_utf8_with_backslashes_for_separators(tmp_path: Path) -> None:
+    """PowerShell 5 (.NET's ZipArchive) flags its non-ASCII names UTF-8 (bit 11) in a zip made on
+    MS-DOS, and separates them with backslashes: unzip's rule for them holds whatever decodes the
+    name.  A flagged name was one file, backslashes and all, and ``dir\\`` an empty file.  (The
+    Debian build of unzip reads those letters as code page 437, a difference kept: see
+    test_zip_name_flagged_utf8_in_a_zip_made_on_ms_dos.)"""
+    archive = tmp_path / "compress-archive.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, content in _POWERSHELL_NAMES.items():
+            info = zipfile.ZipInfo(name, (2024, 5, 6, 7, 8, 10))
+            info.create_system, info.external_attr = 0, _ms_dos_attributes(name)
+            out.writestr(info, content)
+    assert [info.flag_bits & 0x800 for info in zipfile.ZipFile(archive).infolist()] == [0x800, 0x800, 0]
+    _assert_powershell_tree(unpack_with_sc(archive, "zip", tmp_path / "out"))
+
+
+def test_zip_names_in_a_unicode_path_field_with_backslashes_for_separators(tmp_path: Path) -> None:
+    """A UTF-8 name from a Unicode Path extra field (0x7075) of a zip made on MS-DOS is judged by
+    unzip's rule for backslashes too: unzip makes directories of them."""
+    need("unzip")
+    archive = tmp_path / "unicode-path-backslashes.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for number, (name, content) in enumerate(_POWERSHELL_NAMES.items()):
+            info = zipfile.ZipInfo(f"stored-{number}", (2024, 5, 6, 7, 8, 10))
+            info.create_system, info.external_attr = 0, _ms_dos_attributes(name)
+            info.extra = unicode_path(name, info.filename)
+            out.writestr(info, content)
+    assert_same_trees(archive, "zip", tmp_path / "out")
+    _assert_powershell_tree(tmp_path / "out" / "sc")
 
 
 class _Unseekable(io.RawIOBase):

@@ -12,9 +12,9 @@ member, read as unzip reads it:
   archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's names so, unflagged),
   read as code page 437 if made on MS-DOS or OS/2, or on Windows NT by WinZip 5.0, or as Windows'
   ANSI code page (1252) if made on Windows NT by anything else (as unzip tells them apart; it
-  writes ISO 8859-1 bytes where we write the same letters in UTF-8).  Its backslashes are separators
-  if it was made on MS-DOS (FAT) and has no slash (PowerShell 5's ``Compress-Archive`` writes such
-  names).  A name ends at a NUL byte;
+  writes ISO 8859-1 bytes where we write the same letters in UTF-8).  However it was decoded, its
+  backslashes are separators if it was made on MS-DOS (FAT) and has no slash (PowerShell 5's
+  ``Compress-Archive`` writes such names, flagged UTF-8).  A name ends at a NUL byte;
 * its mode (type and permissions), where the system that made it records one as Unix does: Unix
   and the systems that unzip reads so (:data:`_UNIX_MODE_SYSTEMS`), whose symlinks are made where
   unzip makes them (:data:`_SYMLINK_SYSTEMS`);
@@ -122,6 +122,14 @@ class ZipMember:
 
 def _name(member: ZipMember, extra: dict[int, bytes]) -> str:
     """The member's name as unzip writes it here (see the module's docstring)."""
+    name = _decoded_name(member, extra)
+    # unzip's rule for the separators of MS-DOS, judged on the name however it was decoded:
+    # PowerShell 5 flags its names UTF-8 and separates them with backslashes.
+    return name.replace("\\", "/") if member.create_system == _MS_DOS and "/" not in name else name
+
+
+def _decoded_name(member: ZipMember, extra: dict[int, bytes]) -> str:
+    """The member's name, decoded as unzip decodes it (see the module's docstring)."""
     stored = member.stored_name.partition(b"\0")[0]
     if member.flags & _UTF8_NAME:
         # A name flagged so that is not (bsdtar flags every name, whatever the locale's bytes)
@@ -138,8 +146,7 @@ def _name(member: ZipMember, extra: dict[int, bytes]) -> str:
             return stored.decode("latin-1")
     if member.create_system not in _CP437_SYSTEMS and member.create_system != _NTFS:
         return stored.decode("utf-8", "surrogateescape")
-    name = stored.decode("cp437")
-    return name.replace("\\", "/") if member.create_system == _MS_DOS and "/" not in name else name
+    return stored.decode("cp437")
 
 
 def extra_fields(extra: bytes) -> dict[int, bytes]:
