@@ -432,7 +432,7 @@ def test_zip_comment_ending_in_an_end_record_signature(tmp_path: Path) -> None:
 def test_zip_name_flagged_utf8_in_a_zip_made_on_ms_dos(tmp_path: Path) -> None:
     """Java writes every zip (every jar) as made on MS-DOS, with non-ASCII names in UTF-8 and
     flagged so (bit 11).  The flag decides, as the format says: the Debian build of unzip reads
-    such a name as code page 437 instead (``é.txt`` comes out as ``+?.txt``), a difference kept."""
+    such a name as the OEM code page instead (``é.txt`` comes out as ``+®.txt``), a difference kept."""
     archive = tmp_path / "java-like.jar"
     with zipfile.ZipFile(archive, "w") as out:
         info = zipfile.ZipInfo(UNICODE_NAME, (2024, 5, 6, 7, 8, 10))
@@ -460,18 +460,12 @@ def test_zips_made_on_other_systems_that_record_unix_modes(tmp_path: Path, syste
     assert os.access(tmp_path / "out" / "sc" / "run.sh", os.X_OK)
 
 
-def test_zip_names_made_on_windows_nt_by_tools_other_than_winzip_5_are_in_its_ansi_code_page(tmp_path: Path) -> None:
-    """unzip reads the unflagged names of zips made on Windows NT as its ANSI code page, but for
-    those that WinZip 5.0 wrote (version made by 5.0), in code page 437 as on MS-DOS: "café"
-    written by Info-ZIP's zip for Windows (version 3.0) came out as "cafΘ".  (unzip writes those
-    letters in ISO 8859-1, as it does the others; they are written in UTF-8 here.)"""
-    archive = tmp_path / "windows.zip"
-    names = {b"caf\xe9.txt": (11, 30, "café.txt"), b"\x80uro.txt": (11, 20, "€uro.txt"),
-             b"na\x8bve.txt": (11, 50, "naïve.txt"), b"\x81x.txt": (11, 30, "\x81x.txt"),
-             b"\x82t\x82.txt": (0, 20, "été.txt")}
+def zip_of_stored_names(archive: Path, members: list[tuple[bytes, int, int]]) -> None:
+    """Write a zip whose members' names are the bytes given, unflagged (zipfile would write them
+    in UTF-8, flagged), each made on the system and by the version given, and holding its name."""
     placeholders = {}
     with zipfile.ZipFile(archive, "w") as out:
-        for number, (stored, (system, version, _)) in enumerate(names.items()):
+        for number, (stored, system, version) in enumerate(members):
             placeholder = f"{number}".rjust(len(stored), "_")  # as long as the stored name
             placeholders[placeholder.encode()] = stored
             info = zipfile.ZipInfo(placeholder, (2024, 5, 6, 7, 8, 10))
@@ -481,8 +475,50 @@ def test_zip_names_made_on_windows_nt_by_tools_other_than_winzip_5_are_in_its_an
     for placeholder, stored in placeholders.items():
         data = data.replace(placeholder, stored)
     archive.write_bytes(data)
+
+
+def test_zip_names_made_on_windows_nt_by_tools_other_than_winzip_5_are_in_its_ansi_code_page(tmp_path: Path) -> None:
+    """unzip reads the unflagged names of zips made on Windows NT as its ANSI code page, but for
+    those that WinZip 5.0 wrote (version made by 5.0), in the OEM code page as on MS-DOS: "café"
+    written by Info-ZIP's zip for Windows (version 3.0) came out as "cafΘ".  (unzip writes those
+    letters in ISO 8859-1, as it does the others; they are written in UTF-8 here.)"""
+    archive = tmp_path / "windows.zip"
+    names = {b"caf\xe9.txt": (11, 30, "café.txt"), b"\x80uro.txt": (11, 20, "€uro.txt"),
+             b"na\x8bve.txt": (11, 50, "naïve.txt"), b"\x81x.txt": (11, 30, "\x81x.txt"),
+             b"\x82t\x82.txt": (0, 20, "été.txt")}
+    zip_of_stored_names(archive, [(stored, system, version) for stored, (system, version, _) in names.items()])
     unpacked = unpack_with_sc(archive, "zip", tmp_path / "out")
     assert sorted(os.listdir(unpacked)) == sorted(name for _, _, name in names.values())
+
+
+def as_unzip_names_read(name: bytes) -> str:
+    """A name that unzip wrote in ISO 8859-1, as sc writes it: the letters of the ANSI code page
+    (1252: unzip's table writes the OEM code page's ƒ as its 0x83), where it has one."""
+    try:
+        return name.decode("cp1252")
+    except UnicodeDecodeError:
+        return name.decode("latin-1")
+
+
+@pytest.mark.parametrize(("system", "version"), [(0, 20), (6, 20), (11, 50), (0, 25), (0, 26), (0, 40), (11, 30)],
+                         ids=["MS-DOS", "OS/2", "WinZip 5.0", "PKZIP for Windows 2.5", "PKZIP for Windows 2.6",
+                              "PKZIP for Windows 4.0", "Windows NT"])
+def test_zip_names_in_a_code_page_are_unzips_letters(tmp_path: Path, system: int, version: int) -> None:
+    """unzip converts the unflagged names of zips made on MS-DOS, OS/2 and by WinZip 5.0 from the
+    OEM code page with its table, which is code page 850's: "Ação.txt" from a Portuguese Windows
+    came out as "Aç╞o.txt", read as code page 437.  PKZIP for Windows 2.5, 2.6 and 4.0 say MS-DOS
+    but write the ANSI code page, as Windows NT's other tools do: unzip takes those names as they
+    are.  All 128 high bytes, against ``unzip -^`` (which keeps the "ÿ" that plain unzip drops,
+    as it drops control characters: a difference kept)."""
+    need("unzip")
+    archive = tmp_path / "code-page.zip"
+    zip_of_stored_names(archive, [(b"%02x-" % byte + bytes([byte]), system, version) for byte in range(0x80, 0x100)])
+    ours = unpack_with_sc(archive, "zip", tmp_path / "out")
+    theirs = tmp_path / "unzip"
+    run("unzip", "-q", "-^", archive, "-d", theirs)
+    assert sorted(os.listdir(ours)) == sorted(as_unzip_names_read(name) for name in os.listdir(bytes(theirs)))
+    ansi = version in (25, 26, 40) or (system == 11 and version != 50)
+    assert ("c6-Æ" if ansi else "c6-ã") in os.listdir(ours)
 
 
 def _ms_dos_attributes(name: str) -> int:
@@ -524,7 +560,7 @@ def test_zip_names_flagged_utf8_with_backslashes_for_separators(tmp_path: Path) 
     """PowerShell 5 (.NET's ZipArchive) flags its non-ASCII names UTF-8 (bit 11) in a zip made on
     MS-DOS, and separates them with backslashes: unzip's rule for them holds whatever decodes the
     name.  A flagged name was one file, backslashes and all, and ``dir\\`` an empty file.  (The
-    Debian build of unzip reads those letters as code page 437, a difference kept: see
+    Debian build of unzip reads those letters as the OEM code page, a difference kept: see
     test_zip_name_flagged_utf8_in_a_zip_made_on_ms_dos.)"""
     archive = tmp_path / "compress-archive.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
@@ -582,7 +618,7 @@ def test_zipfile_archives_against_unzip(tmp_path_factory: pytest.TempPathFactory
     Windows or macOS, stored, deflated or bzip2'd, with data descriptors or not.  Differences kept
     on purpose, so left out here: unzip gives a directory its mode without the owner's execute
     bit, where `zip` keeps that bit (a directory its owner cannot enter is of no use); and the
-    Debian build of unzip reads a name flagged UTF-8 as code page 437 in a zip made on MS-DOS."""
+    Debian build of unzip reads a name flagged UTF-8 as the OEM code page in a zip made on MS-DOS."""
     need("unzip")
     scratch = tmp_path_factory.mktemp("zipfile")
     out: io.BytesIO | _Unseekable = _Unseekable() if unseekable else io.BytesIO()

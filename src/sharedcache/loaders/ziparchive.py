@@ -10,11 +10,14 @@ member, read as unzip reads it:
   keeps them); else the UTF-8 name of an Info-ZIP Unicode Path extra
   field (0x7075) whose CRC matches the stored name; else the stored bytes as they are if the
   archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's names so, unflagged),
-  read as code page 437 if made on MS-DOS or OS/2, or on Windows NT by WinZip 5.0, or as Windows'
-  ANSI code page (1252) if made on Windows NT by anything else (as unzip tells them apart; it
-  writes ISO 8859-1 bytes where we write the same letters in UTF-8).  However it was decoded, its
-  backslashes are separators if it was made on MS-DOS (FAT) and has no slash (PowerShell 5's
-  ``Compress-Archive`` writes such names, flagged UTF-8).  A name ends at a NUL byte;
+  read as Windows' ANSI code page (1252) if made on Windows NT, or on MS-DOS by PKZIP for Windows
+  (versions 2.5, 2.6 and 4.0), else as the OEM code page if made on MS-DOS, OS/2 or Windows NT (by
+  WinZip 5.0), as unzip tells them apart.  unzip writes ISO 8859-1 bytes where we write the same
+  letters in UTF-8: the OEM code page is 850, as unzip's table converts it, with its box drawing
+  and the few letters that ISO 8859-1 lacks drawn as that table draws them (:data:`_OEM_TO_ISO`).
+  However it was decoded, its backslashes are separators if it was made on MS-DOS (FAT) and has
+  no slash (PowerShell 5's ``Compress-Archive`` writes such names, flagged UTF-8).  A name ends at
+  a NUL byte;
 * its mode (type and permissions), where the system that made it records one as Unix does: Unix
   and the systems that unzip reads so (:data:`_UNIX_MODE_SYSTEMS`), whose symlinks are made where
   unzip makes them (:data:`_SYMLINK_SYSTEMS`);
@@ -65,10 +68,17 @@ _EXTENDED_TIME = 0x5455   # "UT": flags, then the modification time (seconds sin
 _OLD_UNIX_TIMES = (0x5855, 0x000D)
 _DOS_2038 = (2038, 1, 18, 0, 0, 0)  # an MS-DOS time past which a negative "UT" time is past 2038
 _ENCRYPTED, _UTF8_NAME, _STRONG_ENCRYPTION = 0x1, 0x800, 0x40
-_UNIX, _MS_DOS, _NTFS = 3, 0, 11
-#: Where names are in code page 437 (MS-DOS's FAT, OS/2's HPFS; Windows NT's NTFS as WinZip 5.0, the
-#: version it names, wrote them); Windows NT's other names are in its ANSI code page.
-_CP437_SYSTEMS, _WINZIP_5 = {_MS_DOS, 6}, 50
+_UNIX, _MS_DOS, _OS2_HPFS, _NTFS = 3, 0, 6, 11
+#: Where names are in the OEM code page (MS-DOS's FAT, OS/2's HPFS; Windows NT's NTFS as WinZip 5.0,
+#: the version it names, wrote them); Windows NT's other names are in its ANSI code page, and so are
+#: those that PKZIP for Windows 2.5, 2.6 and 4.0 wrote, saying MS-DOS (unzip's exceptions).
+_OEM_SYSTEMS, _WINZIP_5, _PKZIP_FOR_WINDOWS = {_MS_DOS, _OS2_HPFS}, 50, {25, 26, 40}
+#: What unzip's table from the OEM code page (850) to ISO 8859-1 makes of the letters that ISO 8859-1
+#: lacks: box drawing and blocks drawn as "¦", "+" and "-", and the nearest look of four others.
+#: (Its ƒ is 0x83, the ANSI code page's, which is how its ISO 8859-1 bytes are read here.)
+_OEM_TO_ISO = str.maketrans({**dict.fromkeys("░▒▓│┤╣║╠█■", "¦"), **dict.fromkeys("╗╝┐└├┼╚╔╬┘┌", "+"),
+                             **dict.fromkeys("┴┬─╩╦═", "-"), "▄": "_", "▀": "¯", "‗": "=",
+                             "\N{LATIN SMALL LETTER DOTLESS I}": "i"})
 #: The systems whose zips record a Unix mode in the high half of the external attributes, as unzip
 #: reads them (its ``mapattr``): Unix, VMS, Atari MiNT, QDOS, Acorn, Tandem, BeOS (Haiku's zip
 #: says so) and AtheOS; and those of them whose symlinks unzip makes (elsewhere, a file holding
@@ -139,14 +149,15 @@ def _decoded_name(member: ZipMember, extra: dict[int, bytes]) -> str:
     if (len(unicode_path) > 5 and unicode_path[0] == 1
             and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(member.stored_name)):
         return unicode_path[5:].decode("utf-8", "surrogateescape")
-    if member.create_system == _NTFS and member.create_version != _WINZIP_5:
+    system, version = member.create_system, member.create_version
+    if (system == _NTFS and version != _WINZIP_5) or (system == _MS_DOS and version in _PKZIP_FOR_WINDOWS):
         try:
             return stored.decode("cp1252")
         except UnicodeDecodeError:  # one of its five unassigned bytes: ISO 8859-1, as unzip reads it
             return stored.decode("latin-1")
-    if member.create_system not in _CP437_SYSTEMS and member.create_system != _NTFS:
+    if system not in _OEM_SYSTEMS and system != _NTFS:
         return stored.decode("utf-8", "surrogateescape")
-    return stored.decode("cp437")
+    return stored.decode("cp850").translate(_OEM_TO_ISO)
 
 
 def extra_fields(extra: bytes) -> dict[int, bytes]:
