@@ -238,7 +238,7 @@ def _tar_cases() -> dict[str, Case]:
                                     why="is a device file"),
         "block device": refused(member("sda", tarfile.BLKTYPE, devmajor=8), why="is a device file"),
         "fifo": refused(member("pipe", tarfile.FIFOTYPE), why="is a FIFO"),
-        "unknown member type": refused(member("odd", b"Z"), why="is a special file"),
+        "unknown member type, outside": refused(member("../odd", b"Z"), why="has a '..' component"),
         "file over a directory": refused(member("d/x", content=b"x"), member("d", content=b"y"),
                                          why="would replace a directory"),
         "symlink over a directory": refused(member("d/x", content=b"x"),

@@ -210,6 +210,27 @@ def test_tar_regular_members_named_as_directories(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "sc" / "nul").is_dir()
 
 
+def test_tar_members_of_types_gnu_tar_does_not_know_are_files(tmp_path: Path) -> None:
+    """GNU tar makes a regular file of a member whose type it does not know, with a warning:
+    Solaris tar's ACL ("A", before the file it is for, which then replaces it) and extended
+    attributes ("E"), star's inode metadata ("I"), any other letter or digit, a name ending in a
+    slash too.  Such an archive was refused, "member 'file' is a special file"."""
+    need("tar")
+    archive = tmp_path / "solaris.tar"
+    with tarfile.open(archive, "w", format=tarfile.USTAR_FORMAT) as out:
+        for name, kind, mode, data in (("file", b"A", 0o644, b"user::rw-,group::r--,other:r--\0"),
+                                       ("file", tarfile.REGTYPE, 0o644, b"data\n"),
+                                       ("attributes", b"E", 0o644, b"user.origin=solaris\n"),
+                                       ("inode", b"I", 0o755, b""), ("slashed/", b"Z", 0o644, b"z"),
+                                       ("numbered", b"9", 0o600, b"9" * 700)):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.size, info.mtime = kind, mode, len(data), 1_600_000_000
+            out.addfile(info, io.BytesIO(data))
+    assert_same_trees(archive, "tar", tmp_path / "out")
+    assert (tmp_path / "out" / "sc" / "file").read_bytes() == b"data\n"
+    assert (tmp_path / "out" / "sc" / "slashed").read_bytes() == b"z"
+
+
 @pytest.mark.parametrize("writer_processes", [False, True], ids=["one process", "writer processes"])
 def test_gnu_tar_archive_of_names_given_twice(tmp_path: Path, writer_processes: bool) -> None:
     """GNU tar stores a file of two links whose name is given twice as a hard link to itself the

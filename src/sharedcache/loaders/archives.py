@@ -54,7 +54,7 @@ from ..sizes import format_size
 from .codecs import check_expansion, decompressing, instead, sniff, what_data_is
 from .protocol import Context
 from .streams import CHUNK, Layer, Prefetch, Stream
-from .tarstream import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarMember, TarReader
+from .tarstream import BLOCK, DIRECTORY, HARDLINK, SYMLINK, VOLUME_LABEL, TarMember, TarReader
 
 if TYPE_CHECKING:
     from .writer import WriterProcess
@@ -715,11 +715,16 @@ def _tar_members(reader: TarReader) -> Iterator[TarMember]:
     reader.drain()
 
 
+#: The types of the members that are not files, which GNU tar does not make files of either, refused
+#: with what they are.
+_REFUSED_TYPES = {b"3": "a device file", b"4": "a device file", b"6": "a FIFO",
+                  b"M": "the rest of a file begun in the volume before (a volume of a multi-volume archive, "
+                        "tar -M, which is not supported)"}
+
+
 def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | WriterProcess) -> None:
     name, kind = member.name, member.kind
-    if kind == REGULAR and member.size >= 0:  # base-256 and pax sizes can be negative
-        tree.write_file(name, member.size, member.mode, member.mtime_ns, reader.take)
-    elif kind == DIRECTORY:
+    if kind == DIRECTORY:
         tree.mkdir(name, member.mode, member.mtime_ns)
     elif kind == SYMLINK:
         tree.symlink(name, member.linkname, member.mtime_ns)
@@ -727,14 +732,16 @@ def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | W
         tree.hardlink(name, member.linkname)
     elif kind == VOLUME_LABEL:
         pass  # GNU tar passes over it too; its name is the label, not a path
-    else:
+    elif kind in _REFUSED_TYPES or member.size < 0:  # base-256 and pax sizes can be negative
         tree.parts(name)  # a name that leaves the tree is refused for that first, as with any member
-        if kind == REGULAR:
-            raise tree.refuse(name, f"has a negative size ({member.size})")
-        what = {b"3": "a device file", b"4": "a device file", b"6": "a FIFO",
-                b"M": "the rest of a file begun in the volume before (a volume of a multi-volume archive, tar -M, "
-                      "which is not supported)"}.get(kind, "a special file")
-        raise tree.refuse(name, f"is {what}")
+        why = f"is {_REFUSED_TYPES[kind]}" if kind in _REFUSED_TYPES else f"has a negative size ({member.size})"
+        raise tree.refuse(name, why)
+    else:
+        # A regular file, or a member of a type that GNU tar does not know (Solaris' ACLs "A" and
+        # extended attributes "E", star's "I"...), of which GNU tar makes a file too, warning, as
+        # tarfile does (the reader passed its data on); the member that follows for the same
+        # name, the file that an ACL was for, replaces it.
+        tree.write_file(name, member.size, member.mode, member.mtime_ns, reader.take)
 
 
 # --- zip ------------------------------------------------------------------------------------------
