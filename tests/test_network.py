@@ -351,16 +351,19 @@ def test_a_proxys_own_reason_for_refusing_a_tunnel_is_kept_from_the_waiters(tmp_
     assert "SECRET" not in message and "Tunnel connection failed: 403 (the server says …)" in message, message
 
 
-def failed_over_from_a_tunnel(tmp_path, tls_origin, owner, after_connect) -> float:  # type: ignore[no-untyped-def]
-    """Download over HTTPS through a chain of a proxy that reads the ``CONNECT`` and then does
-    ``after_connect(conn, proxy)``, and ``DIRECT``: the download must fail over to ``DIRECT``
-    once, saying so, and succeed.  Returns the seconds it took."""
+def failed_over_from_a_tunnel(tmp_path, tls_origin, owner, after_connect,  # type: ignore[no-untyped-def]
+                              **environment: str) -> float:
+    """Download over HTTPS, in an environment with ``environment`` too, through a chain of a
+    proxy that reads the ``CONNECT`` and then does ``after_connect(conn, proxy)``, and ``DIRECT``:
+    the download must fail over to ``DIRECT`` once, saying so, and succeed.  Returns the seconds
+    it took."""
     server, ca = tls_origin
     server.add("/data.tar.gz", DATA)
     url = f"https://127.0.0.1:{server.port}/data.tar.gz"
     asked: list[bytes] = []
 
     def answer(conn: socket.socket) -> None:
+        conn.settimeout(60)
         asked.append(read_head(conn) or b"")
         after_connect(conn, proxy)
 
@@ -368,7 +371,7 @@ def failed_over_from_a_tunnel(tmp_path, tls_origin, owner, after_connect) -> flo
     try:
         started = time.monotonic()
         result = use(tmp_path, owner, url, "-v", "--proxy", f"http://127.0.0.1:{proxy.port};DIRECT",
-                     env=sc_env(SSL_CERT_FILE=str(ca)))
+                     env=sc_env(SSL_CERT_FILE=str(ca), **environment))
         took = time.monotonic() - started
     finally:
         proxy.stop()
@@ -388,13 +391,91 @@ def test_a_proxy_that_never_answers_connect_is_failed_over(tmp_path, tls_origin,
     assert took < 15, f"{took:.1f} s: the fail-over connect timeout is 5 s"
 
 
-def test_a_proxy_that_opens_the_tunnel_then_closes_it_is_failed_over(tmp_path, tls_origin, owner):
+# Loaded by sc as its sitecustomize: every TLS context it makes has OP_IGNORE_UNEXPECTED_EOF
+# set ("|=") or cleared ("&= ~"), whatever this interpreter's default (Debian's Python sets it
+# on every context).  Set, a handshake that meets the end of the stream raises
+# SSLZeroReturnError; cleared, SSLEOFError, or a plain SSLError where the interpreter does not
+# map OpenSSL 3's reason (Python 3.11.2).
+UNEXPECTED_EOF_OPTION = """
+import ssl
+
+_new_context = ssl.SSLContext.__new__
+
+
+def _new_context_with_the_option(cls, *args, **kwargs):
+    context = _new_context(cls, *args, **kwargs)
+    context.options {operator} ssl.OP_IGNORE_UNEXPECTED_EOF
+    return context
+
+
+ssl.SSLContext.__new__ = _new_context_with_the_option
+"""
+
+
+def open_the_tunnel(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+
+def close_before_the_client_hello(conn: socket.socket, proxy: ThreadedServer) -> None:
+    open_the_tunnel(conn)
+    # The end of the stream follows the answer, so that the handshake meets it whenever the
+    # ClientHello comes: closing the socket would reset the connection instead, were the
+    # ClientHello there first.
+    conn.shutdown(socket.SHUT_WR)
+    proxy.stopping.wait(60)
+
+
+def close_after_reading_the_client_hello(conn: socket.socket, proxy: ThreadedServer) -> None:
+    open_the_tunnel(conn)
+    record_head = read_exactly(conn, 5)  # its TLS record's: type, version, length
+    read_exactly(conn, int.from_bytes(record_head[3:5], "big"))
+
+
+def read_exactly(conn: socket.socket, size: int) -> bytes:
+    read = b""
+    while len(read) < size:
+        chunk = conn.recv(size - len(read))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(read)} of {size} bytes")
+        read += chunk
+    return read
+
+
+def close_with_the_client_hello_unread(conn: socket.socket, proxy: ThreadedServer) -> None:
+    open_the_tunnel(conn)
+    conn.recv(1, socket.MSG_PEEK)  # closed with bytes unread, the connection is reset
+
+
+@pytest.mark.parametrize("close", [close_before_the_client_hello, close_after_reading_the_client_hello,
+                                   close_with_the_client_hello_unread], ids=["before", "after", "unread"])
+@pytest.mark.parametrize("ignore_unexpected_eof", [True, False], ids=["eof-ignored", "eof-reported"])
+def test_a_proxy_that_opens_the_tunnel_then_closes_it_is_failed_over(tmp_path, tls_origin, owner, close,
+                                                                      ignore_unexpected_eof):
     # It answers CONNECT with 200, then closes the connection (a proxy that could not reach the
-    # origin after all, or was stopped): the TLS handshake met the end of the stream, which was
-    # taken for the origin's TLS failing, which no retry or other member fixes, and the download
-    # failed although DIRECT would do.
-    failed_over_from_a_tunnel(tmp_path, tls_origin, owner,
-                              lambda conn, proxy: conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n"))
+    # origin after all, or was stopped): the TLS handshake met the end of the stream (or a reset,
+    # the ClientHello unread), which was taken for the origin's TLS failing, which no retry or
+    # other member fixes, and the download failed although DIRECT would do.  It did so still
+    # where OpenSSL ignores an unexpected end of the stream (Debian's Python: "TLS/SSL connection
+    # has been closed (EOF)"), and where Python does not map its reason to SSLEOFError.
+    site = tmp_path / "site"
+    site.mkdir()
+    operator = "|=" if ignore_unexpected_eof else "&= ~"
+    (site / "sitecustomize.py").write_text(UNEXPECTED_EOF_OPTION.format(operator=operator))
+    failed_over_from_a_tunnel(tmp_path, tls_origin, owner, close, PYTHONPATH=str(site))
+
+
+def test_a_certificate_refused_through_a_proxy_s_tunnel_is_not_failed_over(tmp_path, tls_origin, squid, owner):
+    # The origin's TLS answered through the tunnel, and its refusal is the origin's: no other
+    # member of the route makes its certificate do.  Only a tunnel that ended before that
+    # answer is the proxy's to fail over from.
+    server, _ = tls_origin  # its CA not given
+    server.add("/data.tar.gz", DATA)
+    url = f"https://127.0.0.1:{server.port}/data.tar.gz"
+    result = use(tmp_path, owner, url, "-v", "--proxy", f"{squid.url};DIRECT")
+    assert result.returncode == 1, result.stderr
+    assert "failing over" not in result.stderr, result.stderr
+    assert f"via proxy {squid.url}: " in result.stderr and "untrusted server certificate" in result.stderr, result.stderr
+    assert [m for m, _, _, _ in squid.requests()] == ["CONNECT"]
 
 
 def test_a_proxy_that_asks_for_credentials_is_failed_over_for_plain_http_too(tmp_path, origin, owner):

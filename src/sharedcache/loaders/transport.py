@@ -21,8 +21,9 @@ A SOCKS proxy (``socks5h://``...; urllib3's ``contrib.socks``, with PySocks) mak
 to the origin itself, for plain HTTP and TLS alike; with ``socks5h`` and ``socks4a`` it resolves the
 host name too.
 
-Fail-over: a connection error (refused, unreachable, connect timeout, a proxy's refusal to connect)
-or a proxy's 407 moves on to the next member of the route at once, without a retry's back-off;
+Fail-over: a connection error (refused, unreachable, connect timeout, a proxy's refusal to connect,
+a tunnel that ends before the origin's TLS answers through it: :func:`_connection_ended`) or a
+proxy's 407 moves on to the next member of the route at once, without a retry's back-off;
 every member but the last connects with a short timeout (:data:`FAIL_OVER_CONNECT_TIMEOUT`), so
 that a proxy that is down costs that much and not a failed job.  When the last member fails too,
 the failure counts as one attempt of the retry policy, and the next attempt starts again from the
@@ -311,18 +312,18 @@ def _bounded_steps(connection: type[_Connection]) -> type[_Connection]:
                 from urllib3.exceptions import ConnectTimeoutError, ProxyError
 
                 raise ProxyError("Unable to connect to proxy", ConnectTimeoutError(self, str(e))) from None
-            except (ssl.SSLEOFError, ConnectionResetError):
-                if not self._tunnelled:
+            except (ssl.SSLError, ConnectionError) as e:
+                if not self._tunnelled or not _connection_ended(e):
                     raise
-            # The tunnel was opened, then closed before TLS through it could begin: a proxy that
-            # could not reach the origin after all, or went away.  Taken for the origin's TLS
-            # failing, which nothing fixes, it failed the download although the next member of
-            # the route would do; it is tried now, and the attempt counts.  (Raised out of the
-            # handler: the TLS error in its context would be read as the origin's.)
+            # The tunnel was opened, then closed before the origin's TLS answered through it: a
+            # proxy that could not reach the origin after all, or went away.  Taken for the
+            # origin's TLS failing, which nothing fixes, it failed the download although the next
+            # member of the route would do; it is tried now, and the attempt counts.  (Raised out
+            # of the handler: the TLS error in its context would be read as the origin's.)
             from urllib3.exceptions import NewConnectionError, ProxyError
 
             raise ProxyError("Unable to connect through the proxy", NewConnectionError(
-                self, "it closed the tunnel before TLS began"))
+                self, "it closed the tunnel before the origin's TLS answered"))
 
         def _tunnel(self) -> None:
             super()._tunnel()
@@ -596,6 +597,19 @@ def _final_answer_class() -> type[http.client.HTTPResponse]:
                                             "and no final one")
 
     return FinalAnswer
+
+
+def _connection_ended(error: OSError) -> bool:
+    """Whether ``error``, raised by a TLS handshake, says that the connection ended under it,
+    however the interpreter tells it.  The end of the stream is ``SSLEOFError``, or a plain
+    ``SSLError`` of OpenSSL 3's reason where the interpreter does not map it (Python 3.11.2), or
+    ``SSLZeroReturnError`` where the context sets ``OP_IGNORE_UNEXPECTED_EOF`` (Debian's Python
+    sets it on every one); a peer that closed with bytes unread resets the connection, or breaks
+    its pipe.  A refusal of the peer's TLS (a certificate, an alert) is none of these."""
+    import ssl
+
+    return (isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError))
+            or getattr(error, "reason", None) == "UNEXPECTED_EOF_WHILE_READING")
 
 
 def _numeric(host: str) -> bool:
