@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 from scutil import SC, Sleeper, make_tarball, sc, sc_env, user_dir
@@ -85,9 +86,9 @@ def test_sc_config_says_which_base_directory_is_cleaned_by_age_and_the_line_that
     empty.mkdir()
     in_test_tmpfiles_d = with_tmpfiles_d({"/etc/tmpfiles.d": site, "/usr/lib/tmpfiles.d": shipped}, empty)
 
-    def config() -> subprocess.CompletedProcess[str]:
+    def config(stderr: int | TextIO = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*in_test_tmpfiles_d, *SC, "config", "-d", "/tmp:/var/tmp:/dev/shm"],
-                              capture_output=True, text=True, timeout=60, env=sc_env())
+                              stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=60, env=sc_env())
 
     shown = config()
     assert shown.returncode == 0 and "directories = /tmp:/var/tmp:/dev/shm" in shown.stdout, shown.stderr
@@ -96,6 +97,10 @@ def test_sc_config_says_which_base_directory_is_cleaned_by_age_and_the_line_that
         f"{line}: files older than {age}), a live job's too; a site keeps them with the line "
         f"'x {base}/.shared-cache-*' in a file of /etc/tmpfiles.d, or sc is given other base directories"
         for base, line, age in (("/tmp", 1, "10d"), ("/var/tmp", 2, "30d"))]
+    # A standard error that cannot take the warnings (a full disk under 2>>job.log) loses them,
+    # not the status: the write's error escaped sc, exit status 1.
+    with open("/dev/full", "w") as full:
+        assert config(stderr=full).returncode == 0
     (site / "shared-cache.conf").write_text("x /tmp/.shared-cache-*\nx /var/tmp/.shared-cache-*\n")
     kept = config()
     assert (kept.returncode, kept.stderr) == (0, "")

@@ -2244,22 +2244,28 @@ def test_every_output_that_cannot_be_written_is_said_so(tmp_path):
                 1, "sc: error: cannot write the output: No space left on device\n"), command
 
 
-def test_an_error_line_that_cannot_be_written_keeps_the_exit_status(tmp_path):
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_an_error_line_that_cannot_be_written_keeps_the_exit_status(tmp_path, unbuffered):
     # A standard error that cannot take the error line (a full disk under 2>>job.log, a reader
-    # gone): the write's error escaped sc, whose exit status was then 1 whatever the error was.
+    # gone): the write's error escaped sc, whose exit status was then 1 whatever the error was;
+    # so it stayed for sc run's "cannot run" (127 not found, 126 not runnable).
     source = tmp_path / "data.bin"
     source.write_bytes(b"data\n")
-    usage_error = [*SC, "--use", "-d", str(tmp_path), "-n", "..", f"file:{source}"]
-    full = subprocess.run(["bash", "-c", 'exec "$@" 2>/dev/full', "bash", *usage_error],
-                          capture_output=True, text=True, timeout=60, env=sc_env())
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        gone = subprocess.run(usage_error, stdout=subprocess.PIPE, stderr=write_end, text=True, timeout=60,
-                              env=sc_env())
-    finally:
-        os.close(write_end)
-    assert [(result.returncode, result.stdout) for result in (full, gone)] == [(2, ""), (2, "")]
+    not_runnable = tmp_path / "not-runnable"
+    not_runnable.write_text("#!/bin/sh\n")
+    run = ["run", "-d", str(tmp_path), "-n", "data", f"file:{source}", "--"]
+    for command, status in ((["--use", "-d", str(tmp_path), "-n", "..", f"file:{source}"], 2),
+                            ([*run, str(tmp_path / "no-such-command")], 127), ([*run, str(not_runnable)], 126)):
+        full = subprocess.run(["bash", "-c", 'exec "$@" 2>/dev/full', "bash", *SC, *command],
+                              capture_output=True, text=True, timeout=60, env=sc_env(PYTHONUNBUFFERED=unbuffered))
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            gone = subprocess.run([*SC, *command], stdout=subprocess.PIPE, stderr=write_end, text=True, timeout=60,
+                                  env=sc_env(PYTHONUNBUFFERED=unbuffered))
+        finally:
+            os.close(write_end)
+        assert [(result.returncode, result.stdout) for result in (full, gone)] == [(status, ""), (status, "")], command
 
 
 def test_location_and_unuse_under_a_name_refuse_another_recipes_repository(dirs, tarball, tmp_path):

@@ -85,14 +85,14 @@ if TYPE_CHECKING:
 
 
 def _say(line: str) -> None:
-    """Write ``line``, sc's last word, to stderr, in one write: whole or not at all.  A stderr
-    that cannot take it (a full disk under ``2>>job.log``, a reader gone, one closed) loses the
-    line, not the decided exit status: the error escaped, exit status 1 whatever the outcome,
-    and Python wrote its traceback.  With no memory left to write it (its bytes are made as it
-    is written), the line said is the one that says so, which needs none
-    (:func:`_say_out_of_memory`).  Here, not in :mod:`sharedcache.cli`, for the command's entry
-    points too (``bin/sc``, ``python -m sharedcache``), which say "interrupted" of a Ctrl-C that
-    comes as that module loads."""
+    """Write ``line``, one of sc's own lines (an error, a warning), to stderr, in one write: whole
+    or not at all.  A stderr that cannot take it (a full disk under ``2>>job.log``, a reader
+    gone, one closed) loses the line, not the decided exit status: the error escaped, exit
+    status 1 whatever the outcome, and Python wrote its traceback.  With no memory left to write
+    it (its bytes are made as it is written), the line said is the one that says so, which needs
+    none (:func:`_say_out_of_memory`).  Here, not in :mod:`sharedcache.cli`, for the command's
+    entry points too (``bin/sc``, ``python -m sharedcache``), which say "interrupted" of a
+    Ctrl-C that comes as that module loads."""
     if sys.stderr is None:  # started with descriptor 2 closed
         return
     try:

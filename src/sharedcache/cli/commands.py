@@ -14,7 +14,7 @@ import sys
 
 # What a command needs is imported here, not in the functions: the sc scripts import this
 # module before they freeze what start-up made (see bin/sc).
-from .. import _PASSED_ON, _release_held_signals
+from .. import _PASSED_ON, _release_held_signals, _say
 from ..config import files
 from ..engine.fscache import DamagedBudget
 from ..engine.leases import (
@@ -389,7 +389,7 @@ def _run_holding(repositories: Repositories, options: Arguments, command: list[s
                 if endings := [number for number in recorded if number not in (signal.SIGUSR1, signal.SIGUSR2)]:
                     return _ended_by(-endings[0])
                 # (The name is the caller's, a newline or a terminal control in it: one line still.)
-                print(f"sc: error: cannot run {clipped(printable(command[0]), 200)}: {e.strerror}", file=sys.stderr)
+                _say(f"sc: error: cannot run {clipped(printable(command[0]), 200)}: {e.strerror}")
                 # As shells and timeout(1) tell them apart: not found, or found and not runnable.
                 return 127 if isinstance(e, FileNotFoundError) else 126
         finally:
@@ -671,7 +671,7 @@ def gc(repositories: Repositories, options: Arguments) -> int:
     if options.verbosity >= 0:  # (-q: nothing but errors, and a report of what was done is none)
         outcome("".join(lines))
     for refusal in refusals:  # (each its line; the others of the list were evicted all the same)
-        print(f"sc: error: {clipped(printable(refusal))}", file=sys.stderr)
+        _say(f"sc: error: {clipped(printable(refusal))}")
     # A base that -d names is one this gc was asked to collect: one it skipped (another user's, a
     # cache it refuses, a read-only file system) fails it, for a script or a cron job to tell.
     # The bases of a setting or the defaults (/tmp:/var/tmp) are where every command looks, and
@@ -679,7 +679,7 @@ def gc(repositories: Repositories, options: Arguments) -> int:
     skipped = repositories.unusable if options.directories is not None else {}
     if options.verbosity < 0:  # (-q silenced the warning that said why: failing gc, it is an error)
         for path, why in skipped.items():
-            print(f"sc: error: {clipped(printable(f'skipping {path}: {why}'))}", file=sys.stderr)
+            _say(f"sc: error: {clipped(printable(f'skipping {path}: {why}'))}")
     return 1 if refusals or skipped else 0
 
 
@@ -738,7 +738,7 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
     warnings = [warning for warning in (base.cleaning_warning() for base in bases) if warning is not None]
     status = outcome("".join(rows))
     for warning in warnings:
-        print(f"sc: {warning}", file=sys.stderr)
+        _say(f"sc: {warning}")
     return status
 
 
