@@ -782,11 +782,15 @@ def test_an_interrupt_as_sc_s_main_is_entered_says_interrupted(tmp_path):
 
 
 @pytest.mark.parametrize("entry", list(ENTRIES))
+@pytest.mark.parametrize("at", ["_start_command:sharedcache/__init__.py", "main:cli/__init__.py"])
 @pytest.mark.parametrize("stderr", ["/dev/full", "a pipe whose reader is gone"])
-def test_an_interrupt_as_sc_s_main_is_entered_keeps_its_status_when_the_line_cannot_be_written(
-        tmp_path, entry, stderr):
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_an_interrupt_as_sc_starts_keeps_its_status_when_the_line_cannot_be_written(
+        tmp_path, entry, at, stderr, unbuffered):
     # A standard error that cannot take "interrupted" (a full disk under 2>>job.log, a reader
     # gone): the write's error escaped the entry point's handler, exit status 1 and a traceback.
+    # Then, with stderr buffered as Python buffers it unless PYTHONUNBUFFERED is set, what the
+    # failed write left in the buffer failed the flush at exit once more: exit status 120.
     base = tmp_path / "base"
     base.mkdir()
     command = ENTRIES[entry]
@@ -798,7 +802,7 @@ def test_an_interrupt_as_sc_s_main_is_entered_keeps_its_status_when_the_line_can
     try:
         proc = subprocess.Popen([*DEFAULT_SIGNALS, *command, "list", "-d", str(base)], stdout=subprocess.PIPE,
                                 stderr=target, text=True,
-                                env=_signalled_at(tmp_path, "main:cli/__init__.py", event="call"))
+                                env={**_signalled_at(tmp_path, at, event="call"), "PYTHONUNBUFFERED": unbuffered})
     finally:
         os.close(target)
     try:

@@ -87,20 +87,31 @@ if TYPE_CHECKING:
 def _say(line: str) -> None:
     """Write ``line``, one of sc's own lines (an error, a warning), to stderr, in one write: whole
     or not at all.  A stderr that cannot take it (a full disk under ``2>>job.log``, a reader
-    gone, one closed) loses the line, not the decided exit status: the error escaped, exit
-    status 1 whatever the outcome, and Python wrote its traceback.  With no memory left to write
-    it (its bytes are made as it is written), the line said is the one that says so, which needs
-    none (:func:`_say_out_of_memory`).  Here, not in :mod:`sharedcache.cli`, for the command's
-    entry points too (``bin/sc``, ``python -m sharedcache``), which say "interrupted" of a
-    Ctrl-C that comes as that module loads."""
+    gone, one closed) loses the line, and those after it (:func:`_silence_stderr`), not the
+    decided exit status: the error escaped, exit status 1 whatever the outcome, and Python wrote
+    its traceback.  With no memory left to write it (its bytes are made as it is written), the
+    line said is the one that says so, which needs none (:func:`_say_out_of_memory`).  Here, not
+    in :mod:`sharedcache.cli`, for the command's entry points too (``bin/sc``, ``python -m
+    sharedcache``), which say "interrupted" of a Ctrl-C that comes as that module loads."""
     if sys.stderr is None:  # started with descriptor 2 closed
         return
     try:
         sys.stderr.write(f"{line}\n")
     except (OSError, ValueError):  # (ValueError: the stream was closed)
-        pass
+        _silence_stderr()
     except MemoryError:
         _say_out_of_memory()
+
+
+def _silence_stderr() -> None:
+    """Replace stderr, which failed a write, by a stream that takes everything and keeps nothing.
+    What the failed write left in its buffer (Python's, unless ``PYTHONUNBUFFERED`` is set)
+    would fail the interpreter's flush at exit once more, and make the exit status 120 whatever
+    sc had decided (the entry points end by that flush after a Ctrl-C as sc starts)."""
+    try:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
+    except OSError:  # no descriptor left (the line lost may have said so): None flushes nothing either
+        sys.stderr = None
 
 
 #: The line that ends sc when memory runs out, as the bytes to write: made before it does

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from . import _silence_stderr
 from .errors import printable
 from .sizes import format_size
 
@@ -82,11 +83,11 @@ class Reporter:
 
     def silence(self) -> None:
         """Say nothing more: the stream cannot be written.  The reporter of ``sc``, which owns
-        the process's standard error, replaces that too, as a stdout that cannot be written is:
-        what its buffer kept would fail the exit's flush.  A library's leaves it to the program,
-        whose other threads write there (and whose next write may well get through)."""
+        the process's standard error, replaces that too (:func:`sharedcache._silence_stderr`),
+        as a stdout that cannot be written is.  A library's leaves it to the program, whose
+        other threads write there (and whose next write may well get through)."""
         if self.owns_stderr and self.stream is sys.stderr:
-            sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - kept for the process
+            _silence_stderr()
         self.verbosity, self.tty, self.stream = -1, False, None
 
     def bar(self, label: str) -> ProgressBar:
