@@ -412,8 +412,8 @@ def test_a_base_on_a_read_only_file_system_is_skipped_with_one_line_saying_so(tm
         assert listed.returncode == 1 and "read-only file system" in one_line(listed.stderr)
         assert "gc" not in listed.stderr, listed.stderr
         for order in (f"{ro}:{other}", f"{other}:{ro}"):  # it failed whole, listing nothing
-            listed = sc("list", "-d", order)
-            assert listed.returncode == 0, listed.stderr
+            listed = sc("list", "-d", order)  # (the other listed, and a base -d names skipped: exit 1)
+            assert listed.returncode == 1, listed.stderr
             assert {"ready", "missing"} <= set(listed.stdout.split()), listed.stdout
             assert one_line(listed.stderr) == f"sc: skipping {ro}: a read-only file system\n"
         collected = sc("gc", "-d", str(ro))  # (asked to collect there, and unable to)
@@ -527,8 +527,8 @@ except sharedcache.SharedCacheError as e:
             assert used.stdout.strip() == str(user_dir(room) / name)
             line = one_line(used.stderr)
             assert line.startswith(skipped) and line.endswith(f"{why}\n"), line
-            listed = sc("list", "-d", f"{base}:{room}")
-            assert listed.returncode == 0 and name in listed.stdout.split(), listed.stderr
+            listed = sc("list", "-d", f"{base}:{room}")  # (a base it names and skips fails it)
+            assert listed.returncode == (1 if listed.stderr else 0) and name in listed.stdout.split(), listed.stderr
             assert listed.stderr == "" or one_line(listed.stderr).startswith(skipped), listed.stderr
             collected = sc("gc", "-d", str(base))  # (a base it names and skips fails it)
             assert collected.returncode == (1 if collected.stderr else 0), collected.stderr

@@ -74,9 +74,10 @@ def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_pa
     assert list(user_dir(foreign).iterdir()) == [], "nothing was written into it"
 
 
-def test_gc_fails_for_a_squatted_base_that_d_names_and_not_for_one_of_a_setting(tmp_path, words):
-    # gc skipped a base that -d named and that it could not collect (another user's directory
-    # there), said so, and exited 0: a script or a cron job could not tell.
+@pytest.mark.parametrize("command", [["gc"], ["list"], ["list", "--json"]], ids=" ".join)
+def test_a_squatted_base_that_d_names_fails_gc_and_list_and_one_of_a_setting_does_not(tmp_path, words, command):
+    # gc and list skipped a base that -d named and that they could not look into (another
+    # user's directory there), said so, and exited 0: a script or a cron job could not tell.
     foreign, mine = tmp_path / "foreign", tmp_path / "mine"
     foreign.mkdir()
     mine.mkdir()
@@ -84,18 +85,21 @@ def test_gc_fails_for_a_squatted_base_that_d_names_and_not_for_one_of_a_setting(
     os.chown(user_dir(foreign), 4321, 4321)
     with Sleeper() as owner:
         assert sc("--use", "-n", "repo", "-d", str(mine), "--pid", str(owner.pid), *words).returncode == 0
+    # The other base, looked into all the same: gc's report of it, or list's row of its repository.
+    other = f"{mine}: " if command == ["gc"] else str(user_dir(mine) / "repo")
     both = f"{foreign}:{mine}"
-    named = sc("gc", "-d", both)
+    named = sc(*command, "-d", both)
     assert named.returncode == 1, named.stderr
     assert one_line(named.stderr).startswith(f"sc: skipping {foreign}: ") and "belongs to uid 4321" in named.stderr
-    assert named.stdout.startswith(f"{mine}: "), "the other base was collected all the same"
-    quiet = sc("-q", "gc", "-d", both)
-    assert quiet.returncode == 1 and quiet.stdout == "", quiet.stdout
+    assert other in named.stdout, named.stdout
+    quiet = sc("-q", *command, "-d", both)
+    assert quiet.returncode == 1 and quiet.stdout == ("" if command == ["gc"] else named.stdout), quiet.stdout
     assert one_line(quiet.stderr).startswith(f"sc: error: skipping {foreign}: "), quiet.stderr
     # The bases of a setting, as the defaults, are every command's candidates, which another
     # user may squat: skipping one is said, and fails nothing.
-    unnamed = sc("gc", env=sc_env(SC_DIRECTORIES=both))
+    unnamed = sc(*command, env=sc_env(SC_DIRECTORIES=both))
     assert unnamed.returncode == 0 and "belongs to uid 4321" in one_line(unnamed.stderr), unnamed.stderr
+    assert other in unnamed.stdout, unnamed.stdout
 
 
 def test_symlinked_user_directory_is_refused(tmp_path, base, words):

@@ -240,12 +240,12 @@ def test_three_users_share_tmp_like_bases_and_a_squatted_directory_means_the_nex
         for uid, path in paths.items():
             assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and path.parent.stat().st_uid == uid
             check_tree(path, FILES)
-        # Every command of the squatted user skips that base the same way, with one line; gc,
-        # asked by -d to collect there, fails for it.
+        # Every command of the squatted user skips that base the same way, with one line; list
+        # and gc, asked by -d to look there, fail for it.
         common = ["-n", "repo", "--pid", str(job.pid), *bases, *recipe]
         for command in (["--location", *common], ["list", *bases], ["gc", *bases], ["--unuse", *common]):
             result = run_as(python, users.other, *command)
-            assert result.returncode == (1 if command[0] == "gc" else 0), (command, result.stderr)
+            assert result.returncode == (1 if command[0] in ("list", "gc") else 0), (command, result.stderr)
             lines = clean_lines(result)
             assert len(lines) == 1 and f"belongs to uid {users.member}" in lines[0], (command, lines)
     assert os.listdir(user_dir(tmp, users.other)) == [], "nothing was written into the squatted directory"

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ..config.files import Effective
     from ..config.settings import FetchPolicy
     from ..repository.bases import Base
+    from ..repository.records import Record
     from ..repository.repositories import Held
     from .parser import Arguments
 
@@ -75,7 +76,7 @@ def run(options: Arguments) -> int:
     options.fetch = files.fetch_when_needed(effective, os.environ, given)
     repositories = Repositories(
         # The environment's, a file's, or the option's (files.effective); options.directories
-        # stays the option's alone: gc fails for a base that -d names and it skips.
+        # stays the option's alone: list and gc fail for a base that -d names and they skip.
         files.value(effective, "directories"),
         reporter=Reporter(options.verbosity, owns_stderr=True),
         group=group,
@@ -613,7 +614,14 @@ def listing(repositories: Repositories, options: Arguments) -> int:
     if options.json:
         import json
 
-        return outcome(json.dumps(rows, indent=2) + "\n")
+        outcome(json.dumps(rows, indent=2) + "\n")
+    else:
+        outcome(_table(rows))
+    return 1 if _fails_for_named_skips(repositories, options) else 0
+
+
+def _table(rows: list[Record]) -> str:
+    """The rows of ``sc list`` as its table, under a line of headings."""
     lines = [f"{'NAME':24} {'STATE':17} {'SIZE':>10}  {'PATH':40} USERS\n"]
     for row in rows:
         # In use without a lease: held through its lock (by what a killed `sc run` started).
@@ -638,7 +646,7 @@ def listing(repositories: Repositories, options: Arguments) -> int:
         # Names and paths are escaped: in a group cache another member chose them.
         name, path = printable(row["name"]), printable(row["path"] or "-")
         lines.append(f"{name:24} {state:17} {size:>10}  {path:40} {users}\n")
-    return outcome("".join(lines))
+    return "".join(lines)
 
 
 def gc(repositories: Repositories, options: Arguments) -> int:
@@ -672,15 +680,24 @@ def gc(repositories: Repositories, options: Arguments) -> int:
         outcome("".join(lines))
     for refusal in refusals:  # (each its line; the others of the list were evicted all the same)
         _say(f"sc: error: {clipped(printable(refusal))}")
-    # A base that -d names is one this gc was asked to collect: one it skipped (another user's, a
-    # cache it refuses, a read-only file system) fails it, for a script or a cron job to tell.
-    # The bases of a setting or the defaults (/tmp:/var/tmp) are where every command looks, and
-    # where another user may squat this one's directory: skipping one of those fails nothing.
+    failed = _fails_for_named_skips(repositories, options)
+    return 1 if refusals or failed else 0
+
+
+def _fails_for_named_skips(repositories: Repositories, options: Arguments) -> bool:
+    """Whether ``sc list`` or ``sc gc``, its outcome written, fails for a base that -d names and
+    that it skipped (another user's, a cache it refuses, an index it cannot open, a read-only
+    file system); why is said under -q too, as an error.
+
+    A base that -d names is one the command was asked to look into: skipping it must fail the
+    command, for a script or a cron job to tell.  The bases of a setting or the defaults
+    (/tmp:/var/tmp) are where every command looks, and where another user may squat this one's
+    directory: skipping one of those fails nothing."""
     skipped = repositories.unusable if options.directories is not None else {}
-    if options.verbosity < 0:  # (-q silenced the warning that said why: failing gc, it is an error)
+    if options.verbosity < 0:  # (-q silenced the warning that said why: failing the command, it is an error)
         for path, why in skipped.items():
             _say(f"sc: error: {clipped(printable(f'skipping {path}: {why}'))}")
-    return 1 if refusals or skipped else 0
+    return bool(skipped)
 
 
 def _names_to_evict(given: list[str]) -> list[str]:
