@@ -208,8 +208,9 @@ def test_the_command_ends_with_its_index_closed_and_its_output_written(dirs, tar
                                                                                          gone.stderr)
     # Started with its output or its error stream closed: nothing to write, nothing to fail,
     # whichever command writes the output (config wrote to sys.stdout, None: an internal error).
+    # (The base that holds the cache alone: list says of one that holds none that it holds none.)
     for closed in (">&-", "2>&-"):
-        for command in (["--version"], ["-h"], ["config"], ["list", "-d", d(dirs)], ["gc", "-d", d(dirs)]):
+        for command in (["--version"], ["-h"], ["config"], ["list", "-d", str(dirs[0])], ["gc", "-d", d(dirs)]):
             done = subprocess.run(["sh", "-c", f'exec "$0" "$@" {closed}', *SC, *command],
                                   capture_output=True, text=True, timeout=60, env=sc_env())
             assert (done.returncode, done.stderr) == (0, ""), (closed, command, done.stderr)
@@ -411,7 +412,7 @@ def test_subcommand_forms_and_default_name(dirs, tarball):
         assert not path.exists()
         # The subcommand is the first word no option takes, as a cron line may put it: it was
         # refused as "say what to do: ... list ...".
-        for command in (["-d", d(dirs), "list"], ["-q", "gc", "-d", d(dirs)], ["-d", d(dirs), "-n", "run", "run",
+        for command in (["-d", str(dirs[0]), "list"], ["-q", "gc", "-d", d(dirs)], ["-d", d(dirs), "-n", "run", "run",
                                                                                   *recipe(tarball), "--", "true"]):
             result = sc(*command)
             assert (result.returncode, result.stderr) == (0, ""), (command, result)
@@ -1607,6 +1608,36 @@ def test_list_and_gc_human_output(dirs, tarball):
         # -q prints nothing but errors: gc's report ("nothing to do" here) is no error.
         quiet = sc("gc", "-q", "-d", str(dirs[0]))
         assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+
+
+def test_list_and_gc_say_a_base_that_d_names_holds_no_cache_and_fail_for_one_that_is_not_there(
+        dirs, tarball, tmp_path):
+    # `sc gc -d` and `sc list -d` of a directory that is not there (a typo) exited 0 saying
+    # nothing (gc printed nothing, list its header alone), as they did for a directory without a
+    # cache: a user or a cron job could not tell either from a clean cache.
+    holding, empty, typo = *dirs, tmp_path / "typo"
+    everything = f"{typo}:{holding}:{empty}"
+    no_cache = f"{empty}: no cache of yours here"
+    with Sleeper() as owner:
+        assert sc("--use", "-n", "repo", "-d", str(holding), "--pid", str(owner.pid), *recipe(tarball)).returncode == 0
+        collected = sc("gc", "-d", str(empty))
+        assert (collected.returncode, collected.stdout, collected.stderr) == (0, f"{no_cache}\n", ""), collected
+        group = sc("gc", "--group", str(os.getgid()), "-d", str(empty))
+        assert group.stdout == f"{empty}: no cache of group {os.getgid()} here\n", group
+        listed = sc("list", "-d", str(empty))
+        assert (listed.returncode, listed.stderr) == (0, f"sc: {no_cache}\n"), listed
+        # Not there: no base, sc never makes one; skipped saying so, and the others looked into.
+        for command, shown in ((["gc"], f"{holding}: nothing to do"), (["list"], str(user_dir(holding) / "repo"))):
+            done = sc(*command, "-d", everything)
+            assert done.returncode == 1 and shown in done.stdout, done
+            assert done.stderr.splitlines()[0] == f"sc: skipping {typo}: missing", done.stderr
+            quiet = sc("-q", *command, "-d", everything)
+            assert (quiet.returncode, quiet.stderr) == (1, f"sc: error: skipping {typo}: missing\n"), quiet
+            # Candidates of a setting, as the defaults (/var/tmp in a container), need not be
+            # there, nor hold a cache: as before, not a word of them.
+            unnamed = sc(*command, env=sc_env(SC_DIRECTORIES=everything))
+            assert (unnamed.returncode, unnamed.stderr) == (0, "") and shown in unnamed.stdout, unnamed
+            assert str(empty) not in unnamed.stdout, unnamed.stdout
 
 
 @contextmanager

@@ -610,7 +610,11 @@ def _reached_it_too(child: subprocess.Popen[bytes], info: signal.struct_siginfo)
 
 
 def listing(repositories: Repositories, options: Arguments) -> int:
+    if options.directories is not None:
+        repositories.skip_missing()
     rows = repositories.listing()
+    for line in _cacheless_named(repositories, options):
+        repositories.reporter.warning(line)
     if options.json:
         import json
 
@@ -663,6 +667,8 @@ def gc(repositories: Repositories, options: Arguments) -> int:
             raise UsageError("--forget-host: no machine id given")
         forget_hosts(hosts)
     names = _names_to_evict(options.evict)
+    if options.directories is not None:
+        repositories.skip_missing()
     # Evicted before the collection, which removes what an eviction could not (a link whose lock
     # file was planted).
     evicted, refusals = repositories.evict(names) if names else ({}, [])
@@ -676,6 +682,7 @@ def gc(repositories: Repositories, options: Arguments) -> int:
         # names of populations (a stuck one is named, and so is its lock's path), and a base's
         # path may hold any byte (one that is no text is shown as `sc list` shows it).
         lines.append(printable(f"{base}: {done or 'nothing to do'}") + "\n")
+    lines.extend(printable(line) + "\n" for line in _cacheless_named(repositories, options))
     if options.verbosity >= 0:  # (-q: nothing but errors, and a report of what was done is none)
         outcome("".join(lines))
     for refusal in refusals:  # (each its line; the others of the list were evicted all the same)
@@ -684,10 +691,22 @@ def gc(repositories: Repositories, options: Arguments) -> int:
     return 1 if refusals or failed else 0
 
 
+def _cacheless_named(repositories: Repositories, options: Arguments) -> list[str]:
+    """A line for each base that -d names and that holds no cache to look into (this user's
+    own, or the group's): a listing or a report that said nothing of it read as that of a cache
+    with nothing in it, or nothing to clean, where the user may have named the wrong directory.
+    The bases of a setting or the defaults are every command's candidates, where nothing may
+    ever have been made: a line for each would be noise."""
+    if options.directories is None:
+        return []
+    whose = "yours" if repositories.group is None else f"group {repositories.group}"
+    return [f"{path}: no cache of {whose} here" for path in repositories.cacheless()]
+
+
 def _fails_for_named_skips(repositories: Repositories, options: Arguments) -> bool:
     """Whether ``sc list`` or ``sc gc``, its outcome written, fails for a base that -d names and
     that it skipped (another user's, a cache it refuses, an index it cannot open, a read-only
-    file system); why is said under -q too, as an error.
+    file system, a directory that is not there); why is said under -q too, as an error.
 
     A base that -d names is one the command was asked to look into: skipping it must fail the
     command, for a script or a cron job to tell.  The bases of a setting or the defaults

@@ -364,6 +364,22 @@ class Repositories:
         alone, whatever the engine's error says of the cache."""
         self._skip(base, CacheError(READ_ONLY) if base.read_only() else error)
 
+    def skip_missing(self) -> None:
+        """Skip from now on each candidate that is no directory, saying why as for a base that
+        cannot be used: for candidates that the caller named, where one missing is a typo or a
+        file system not mounted (sc never makes a base directory), not a base unused so far.  A
+        candidate of a setting or of the defaults (``/var/tmp`` in a container) may well be
+        missing, and is passed over in silence without this."""
+        for base in self.bases:
+            why = _not_a_directory(base.path)
+            if why is not None:
+                self._skip(base, CacheError(why))
+
+    def cacheless(self) -> list[str]:
+        """The candidates not skipped that hold no cache (this user's own, or the group's): no
+        use has made one there, and there is nothing to list or collect."""
+        return [base.path for base in self.bases if base.path not in self.unusable and not base.has_cache()]
+
     def _report_skips(self) -> None:
         for path, problem in self.unusable.items():
             if path not in self._reported:
