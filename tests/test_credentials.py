@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -568,7 +569,7 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 from sharedcache.config.settings import Credentials
 found = Credentials.discover({"HOME": "/nonexistent"})
-print(json.dumps([found.cert_file, found.bearer_token_file]))
+print(json.dumps([found.cert_file, found.bearer_token_file, found.found()]))
 """
 
 
@@ -601,8 +602,11 @@ discover
     finally:
         old_tmp.rmdir()  # the bind mount lived in the namespace that ended
     assert result.returncode == 0, result.stderr
-    own = f'["/tmp/x509up_u{uid}", "/tmp/bt_u{uid}"]'
-    assert result.stdout.splitlines() == ["[null, null]", own, "[null, null]", "[null, null]"]
+    # (sc config shows what gave them: a default path.)
+    none = [None, None, {}]
+    own = [f"/tmp/x509up_u{uid}", f"/tmp/bt_u{uid}", {"client_cert": [f"/tmp/x509up_u{uid}", "/tmp/x509up_u<uid>"],
+                                                      "bearer_token_file": [f"/tmp/bt_u{uid}", "/tmp/bt_u<uid>"]}]
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [none, own, none, none]
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
@@ -780,6 +784,48 @@ def test_discovery_order_of_the_settings_and_the_variables(tmp_path: Path) -> No
     later = Credentials.discover({"BEARER_TOKEN_FILE": "/env/token", "HOME": str(tmp_path)})
     assert (later.bearer_token, later.bearer_token_file, later.token_from) == (None, "/env/token", "BEARER_TOKEN_FILE")
     assert later.netrc == str(tmp_path / ".netrc")
+
+
+def test_sc_config_shows_the_credentials_that_the_variables_and_default_paths_give(origin, home: Path) -> None:
+    # sc config said "(not set)  # default" of every credential setting while a download sent
+    # ~/.netrc's login (or BEARER_TOKEN_FILE's token, X509_USER_PROXY's certificate): a user could
+    # not tell why a login or token was sent.  What is in force is shown, and what gave it.
+    uid, keys = os.getuid(), ("ca_bundle", "client_cert", "client_key", "bearer_token_file", "netrc")
+    ca, proxy, token_file, runtime = home / "ca.pem", home / "proxy.pem", home / "token", home / "run"
+    runtime.mkdir()
+    for path in (ca, proxy, token_file, runtime / f"bt_u{uid}"):
+        path.write_text(TOKEN)
+    (home / ".netrc").write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
+
+    def rows(**variables: str | Path) -> dict[str, str]:
+        shown = sc("config", env=env(home, **variables))
+        assert shown.returncode == 0, shown.stderr
+        assert TOKEN not in shown.stdout and PASSWORD not in shown.stdout, shown.stdout
+        return {key: row for key, _, row in (line.partition(" = ") for line in shown.stdout.splitlines())
+                if key in keys}
+
+    found = rows()
+    assert (found["ca_bundle"], found["client_key"], found["netrc"]) == (
+        "(not set)  # default", "(not set)  # default", f"{home}/.netrc  # ~/.netrc"), found
+    url = origin.add("/data.tgz", DATA)
+    succeeded(use(home, url))
+    login = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert origin.stats("/data.tgz").authorizations == [f"Basic {login}"]
+    assert rows(SSL_CERT_FILE=ca, SSL_CERT_DIR=runtime, X509_USER_PROXY=proxy, BEARER_TOKEN_FILE=token_file,
+                NETRC="/dev/null") == {
+        "ca_bundle": f"{ca}, {runtime}  # SSL_CERT_FILE, SSL_CERT_DIR", "client_cert": f"{proxy}  # X509_USER_PROXY",
+        "client_key": "(not set)  # default", "bearer_token_file": f"{token_file}  # BEARER_TOKEN_FILE",
+        "netrc": "/dev/null  # NETRC"}
+    found = rows(BEARER_TOKEN=TOKEN, CURL_CA_BUNDLE=ca, XDG_RUNTIME_DIR=runtime)
+    assert (found["ca_bundle"], found["bearer_token_file"]) == (
+        f"{ca}  # CURL_CA_BUNDLE", "(none: BEARER_TOKEN holds the token)  # BEARER_TOKEN"), found
+    found = rows(XDG_RUNTIME_DIR=runtime)
+    assert found["bearer_token_file"] == f"{runtime}/bt_u{uid}  # $XDG_RUNTIME_DIR/bt_u<uid>", found
+    # A setting, empty or not, is shown as set, and nothing is looked for in its place.
+    config = home / "site.config"
+    config.write_text(f"netrc =\nbearer_token_file = {token_file}\n")
+    found = rows(SC_CONFIG=config, BEARER_TOKEN=TOKEN)
+    assert (found["netrc"], found["bearer_token_file"]) == (f"  # {config}:1", f"{token_file}  # {config}:2"), found
 
 
 def test_a_config_file_names_the_ca_bundle_and_the_bearer_token_file(nginx: CredentialServers, home: Path) -> None:

@@ -1500,8 +1500,8 @@ def test_a_leading_tilde_in_the_credential_paths_given_from_python_is_the_home(t
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         f"Credentials(bearer_token_file='{home}/token', ca_dir='{home}/cas:/etc/ssl/certs', ca_file='{home}/ca.pem', "
-        f"cert_file='{home}/cert.pem', grid_ca_dir='{home}/grid', key_file='{home}/key.pem', netrc='{home}/netrc', "
-        f"token_from='{home}/token', variables=())",
+        f"cert_file='{home}/cert.pem', found_with=(), grid_ca_dir='{home}/grid', key_file='{home}/key.pem', "
+        f"netrc='{home}/netrc', token_from='{home}/token', variables=())",
         f"{home}/ca.pem {home}/cert.pem {home}/token {home}/netrc",
         str(user_dir(home) / "r"),
         "Credentials(netrc=...) names '~no-such-user-of-sc/netrc', but there is no user 'no-such-user-of-sc'"]

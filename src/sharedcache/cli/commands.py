@@ -737,8 +737,9 @@ COMMANDS: dict[str, Callable[[Repositories, Arguments], int]] = {
 
 
 def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> int:
-    """``sc config``: every setting, its effective value and where it comes from; ``fetch`` is
-    the fetch policy they make, ``group`` the gid of the group cache they name."""
+    """``sc config``: every setting, its effective value and where it comes from (for a
+    credential setting not set, what the standard variables or default paths give, and which);
+    ``fetch`` is the fetch policy they make, ``group`` the gid of the group cache they name."""
     from ..config.settings import FetchPolicy, shown_rewrites
     from ..loaders.transport import curl_proxies, shown_chain
     from ..repository.bases import DEFAULT_DIRECTORIES, Base, base_directories
@@ -746,6 +747,9 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
     if fetch.credentials is not None:  # (as a miss that downloads checks them)
         fetch.credentials.check_variables()
     defaults = FetchPolicy()
+    # (A credential setting that is not set may be what a standard variable or a default path
+    # gives: shown, lest a login or token be sent that sc config says nothing of.)
+    found = fetch.credentials.found() if fetch.credentials is not None else {}
     # (Made before the rows: naming this user's directory in a base fails for a user its
     # namespace does not map, and a failure prints no row.)
     bases = [Base(base, group) for base in base_directories(files.value(effective, "directories"))]
@@ -756,6 +760,8 @@ def show_config(effective: Effective, fetch: FetchPolicy, group: int | None) -> 
             value, where = effective[key]
         elif key == "directories":
             value, where = ":".join(DEFAULT_DIRECTORIES), "default"
+        elif key in found:
+            value, where = found[key]
         else:
             value, where = getattr(defaults, key, None), "default"
         if key == "proxy" and fetch.proxy is not None:  # user info in a proxy URL is not shown

@@ -72,8 +72,10 @@ class Credentials:
     line that set it, or the standard variables), for the message of an untrusted certificate:
     :meth:`discover` sets it, and None is a program's own ``Credentials``.  ``variables`` are the
     standard variables whose paths were taken, each with its path, which :meth:`check_variables`
-    checks.  A leading ``~`` of a path is the home (``$HOME``), and ``~user`` that user's, as in
-    a config file or an ``SC_*`` variable: no shell expands what a program gives (``ca_dir`` and
+    checks; ``found_with``, the credential settings that :meth:`discover` took from a standard
+    variable or a default path, each with what gave it (``~/.netrc``), which :meth:`found` shows.
+    A leading ``~`` of a path is the home (``$HOME``), and ``~user`` that user's, as in a config
+    file or an ``SC_*`` variable: no shell expands what a program gives (``ca_dir`` and
     ``grid_ca_dir`` are lists separated by ``:``, as OpenSSL reads them).  The values are read
     only when a download needs them (:mod:`sharedcache.loaders.credentials`); the token never
     appears in ``repr``.  Without ``ca_file`` or ``ca_dir``, the CAs are OpenSSL's default ones,
@@ -87,6 +89,7 @@ class Credentials:
         "ca_file",
         "ca_given_with",
         "cert_file",
+        "found_with",
         "grid_ca_dir",
         "key_file",
         "netrc",
@@ -107,12 +110,12 @@ class Credentials:
                                     ("cert_file", cert_file), ("key_file", key_file),
                                     ("bearer_token_file", bearer_token_file), ("netrc", netrc))}
         self._assign(bearer_token=bearer_token, token_from=token_from, ca_given_with=None, variables=variables,
-                     **paths)
+                     found_with=(), **paths)
 
     def _assign(self, *, ca_file: str | None, ca_dir: str | None, grid_ca_dir: str | None, cert_file: str | None,
                 key_file: str | None, bearer_token: str | None, bearer_token_file: str | None,
                 netrc: str | None, token_from: str | None, ca_given_with: str | None,
-                variables: tuple[tuple[str, str], ...]) -> None:
+                variables: tuple[tuple[str, str], ...], found_with: tuple[tuple[str, str], ...]) -> None:
         """Check and set the fields, their paths as they are to be used (``~`` made the home)."""
         # An empty path is none (``netrc =`` in a user's file: no .netrc), for every use of the
         # fields alike: a token file "" was opened, and a client key "" wanted a certificate.
@@ -129,6 +132,7 @@ class Credentials:
         self.token_from = token_from or ("bearer_token" if bearer_token is not None else bearer_token_file)
         self.ca_given_with = ca_given_with
         self.variables = variables
+        self.found_with = found_with
 
     @classmethod
     def discover(cls, environ: Mapping[str, str] = os.environ, *, ca_bundle: str | None = None,
@@ -179,6 +183,14 @@ class Credentials:
                 raise SettingError(setting, problem)
         ca_file = ca_dir = None
         variables: tuple[tuple[str, str | None], ...] = ()
+        found_with: dict[str, str] = {}
+
+        def taken(setting: str, where: str, found: str | None) -> str | None:
+            """``found``, a value that ``where`` gave ``setting``, recorded as such if it is one."""
+            if found is not None:
+                found_with[setting] = where
+            return found
+
         if ca_bundle is not None:
             ca_dir, ca_file = (ca_bundle, None) if os.path.isdir(ca_bundle) else (None, ca_bundle)
             ca_given_with = f"the ca_bundle setting ({ca_bundle_from})" if ca_bundle_from \
@@ -190,34 +202,49 @@ class Credentials:
             if ca_file is None and ca_dir is None:
                 ca_file = variable("CURL_CA_BUNDLE")
                 variables = (("CURL_CA_BUNDLE", ca_file),)
+            taken("ca_bundle", ", ".join(name for name, path in variables if path is not None), ca_file or ca_dir)
         grid_ca_dir = variable("X509_CERT_DIR", ":") or _existing("/etc/grid-security/certificates")
         if client_cert is None:
-            client_cert = variable("X509_USER_PROXY") or _own_file(f"/tmp/x509up_u{uid}", uid)
+            client_cert = taken("client_cert", "X509_USER_PROXY", variable("X509_USER_PROXY")) \
+                or taken("client_cert", "/tmp/x509up_u<uid>", _own_file(f"/tmp/x509up_u{uid}", uid))
         token = token_from = None
         if bearer_token_file is None:
-            token = environ.get("BEARER_TOKEN") or None
+            token = taken("bearer_token_file", "BEARER_TOKEN", environ.get("BEARER_TOKEN") or None)
             token_from = "BEARER_TOKEN" if token else None
         if token is None and bearer_token_file is None:
-            bearer_token_file = variable("BEARER_TOKEN_FILE")
+            bearer_token_file = taken("bearer_token_file", "BEARER_TOKEN_FILE", variable("BEARER_TOKEN_FILE"))
             token_from = "BEARER_TOKEN_FILE" if bearer_token_file else None
         if token is None and bearer_token_file is None:
             runtime = environ.get("XDG_RUNTIME_DIR")
-            bearer_token_file = (_existing(f"{runtime}/bt_u{uid}") if runtime else None) \
-                or _own_file(f"/tmp/bt_u{uid}", uid)
+            bearer_token_file = (taken("bearer_token_file", "$XDG_RUNTIME_DIR/bt_u<uid>",
+                                       _existing(f"{runtime}/bt_u{uid}")) if runtime else None) \
+                or taken("bearer_token_file", "/tmp/bt_u<uid>", _own_file(f"/tmp/bt_u{uid}", uid))
         if netrc is None:
             # (~/.netrc is read if it is there: only the variable says that one must be.)
-            netrc = variable("NETRC")
+            netrc = taken("netrc", "NETRC", variable("NETRC"))
             variables += (("NETRC", netrc),)
             if netrc is None and (home := home_directory(environ)) is not None:
                 netrc = os.path.join(home, ".netrc")
+                taken("netrc", "~/.netrc", _existing(netrc))
         # (Not through __init__: its paths are made the home already, and one of an unknown user
         # there is no error.)
         found = cls.__new__(cls)
         found._assign(ca_file=ca_file, ca_dir=ca_dir, grid_ca_dir=grid_ca_dir, cert_file=client_cert,
                       key_file=client_key, bearer_token=token, bearer_token_file=bearer_token_file,
                       netrc=netrc, token_from=token_from, ca_given_with=ca_given_with,
-                      variables=tuple((name, path) for name, path in variables if path is not None))
+                      variables=tuple((name, path) for name, path in variables if path is not None),
+                      found_with=tuple(found_with.items()))
         return found
+
+    def found(self) -> dict[str, tuple[str, str]]:
+        """What :meth:`discover` found for the credential settings not given, as ``sc config``
+        shows them: by setting, its paths (never a token: that a variable holds one is said) and
+        the variable or default path that gave them (:attr:`found_with`)."""
+        paths = {"ca_bundle": (self.ca_file, self.ca_dir), "client_cert": (self.cert_file,),
+                 "bearer_token_file": (self.bearer_token_file,), "netrc": (self.netrc,)}
+        return {setting: (", ".join(path for path in paths[setting] if path is not None)
+                          or f"(none: {where} holds the token)", where)
+                for setting, where in self.found_with}
 
     def check_variables(self, *, tls: bool = True) -> None:
         """Refuse, in one line naming the variable and its path (:class:`ConfigError`), a standard
