@@ -453,6 +453,32 @@ def test_a_fetch_policy_s_rules_and_credentials_are_checked(kwargs, message):
     assert FetchPolicy(rewrites=iter(rules)).rewrites == rules
 
 
+@pytest.mark.parametrize(("made_by", "kwargs", "message"), [
+    ("Credentials", {"bearer_token": 1}, "bearer_token must be text, not int"),
+    ("Credentials", {"token_from": 1}, "token_from must be text, not int"),
+    ("Credentials", {"ca_file": 123}, "ca_file must be a path (text or an os.PathLike), not int"),
+    ("Credentials", {"ca_dir": ["/etc/ssl/certs"]},
+     "ca_dir must be paths separated by ':' (text or an os.PathLike), not list"),
+    ("Credentials", {"netrc": b"/home/u/.netrc"}, "netrc must be a path (text or an os.PathLike), not bytes"),
+    ("Credentials", {"variables": [("SSL_CERT_FILE", 5)]},
+     "SSL_CERT_FILE must be a path (text or an os.PathLike), not int"),
+    ("Credentials", {"variables": "SSL_CERT_FILE=/x"}, "variables must be pairs of a variable's name and its path"),
+    ("Credentials.discover", {"ca_bundle": 2}, "ca_bundle must be a path (text or an os.PathLike), not int"),
+])
+def test_credentials_of_the_wrong_kind_are_refused_naming_the_field(tmp_path, made_by, kwargs, message):
+    # Taken as they were, where FetchPolicy's are refused, they ended the constructor in an
+    # AttributeError, or each download in an internal error (a TypeError) recorded as the
+    # population's failure; Credentials.discover(ca_bundle=2) took 2 for a file descriptor.
+    from sharedcache.config.settings import Credentials
+
+    make = Credentials.discover if made_by == "Credentials.discover" else Credentials
+    with pytest.raises(SettingError, match=f"^{re.escape(message)}$"):
+        make(**kwargs)
+    # A path is text or any os.PathLike.
+    assert (Credentials(ca_dir=tmp_path).ca_dir, Credentials.discover({}, ca_bundle=tmp_path).ca_dir) == (
+        str(tmp_path), str(tmp_path))
+
+
 def test_a_fetch_policy_s_repr_shows_no_password():
     # A program may log its policy: the proxies' and the mirrors' passwords were in its repr.
     from sharedcache.config.settings import FetchPolicy, rewrite_rules

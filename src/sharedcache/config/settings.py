@@ -38,7 +38,9 @@ from ..errors import (
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Any
+
+    #: A path as a program gives it.
+    GivenPath = str | os.PathLike[str]
 
 #: At most this many connections for one download (``--connections``).
 MAX_CONNECTIONS = 32
@@ -76,7 +78,9 @@ class Credentials:
     variable or a default path, each with what gave it (``~/.netrc``), which :meth:`found` shows.
     A leading ``~`` of a path is the home (``$HOME``), and ``~user`` that user's, as in a config
     file or an ``SC_*`` variable: no shell expands what a program gives (``ca_dir`` and
-    ``grid_ca_dir`` are lists separated by ``:``, as OpenSSL reads them).  The values are read
+    ``grid_ca_dir`` are lists separated by ``:``, as OpenSSL reads them).  A path is text or an
+    :class:`os.PathLike`, a token text: anything else is a :class:`SettingError` naming the field,
+    here and in :meth:`discover`, as :class:`FetchPolicy` refuses its own.  The values are read
     only when a download needs them (:mod:`sharedcache.loaders.credentials`); the token never
     appears in ``repr``.  Without ``ca_file`` or ``ca_dir``, the CAs are OpenSSL's default ones,
     never those that ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` name (:meth:`discover` reads those).
@@ -97,20 +101,31 @@ class Credentials:
         "variables",
     )
 
-    def __init__(self, *, ca_file: str | None = None, ca_dir: str | None = None,
-                 grid_ca_dir: str | None = None, cert_file: str | None = None, key_file: str | None = None,
-                 bearer_token: str | None = None, bearer_token_file: str | None = None,
-                 netrc: str | None = None, token_from: str | None = None,
-                 variables: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, *, ca_file: GivenPath | None = None, ca_dir: GivenPath | None = None,
+                 grid_ca_dir: GivenPath | None = None, cert_file: GivenPath | None = None,
+                 key_file: GivenPath | None = None, bearer_token: str | None = None,
+                 bearer_token_file: GivenPath | None = None, netrc: GivenPath | None = None,
+                 token_from: str | None = None, variables: Sequence[tuple[str, GivenPath]] = ()) -> None:
+        for field, text in (("bearer_token", bearer_token), ("token_from", token_from)):
+            if text is not None and not isinstance(text, str):
+                raise SettingError(field, f"must be text, not {type(text).__name__}")
+        if not isinstance(variables, (tuple, list)) or not all(
+                isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str) for pair in variables):
+            raise SettingError("variables", "must be pairs of a variable's name and its path")
+
+        def at_home(name: str, path: object, given_as: str) -> str | None:
+            separator = ":" if name in ("SSL_CERT_DIR", "ca_dir", "grid_ca_dir") else ""
+            return _at_home(_path(name, path, separator), given_as, separator)
+
         # (The variables first: a path taken from one is refused naming it.)
-        variables = tuple((name, _at_home(path, name, ":" if name == "SSL_CERT_DIR" else ""))
-                          for name, path in variables)
-        paths = {name: _at_home(path, f"Credentials({name}=...)", ":" if name in ("ca_dir", "grid_ca_dir") else "")
+        variable_paths = tuple((name, path) for name, given in variables
+                               if (path := at_home(name, given, name)) is not None)
+        paths = {name: at_home(name, path, f"Credentials({name}=...)")
                  for name, path in (("ca_file", ca_file), ("ca_dir", ca_dir), ("grid_ca_dir", grid_ca_dir),
                                     ("cert_file", cert_file), ("key_file", key_file),
                                     ("bearer_token_file", bearer_token_file), ("netrc", netrc))}
-        self._assign(bearer_token=bearer_token, token_from=token_from, ca_given_with=None, variables=variables,
-                     found_with=(), **paths)
+        self._assign(bearer_token=bearer_token, token_from=token_from, ca_given_with=None,
+                     variables=variable_paths, found_with=(), **paths)
 
     def _assign(self, *, ca_file: str | None, ca_dir: str | None, grid_ca_dir: str | None, cert_file: str | None,
                 key_file: str | None, bearer_token: str | None, bearer_token_file: str | None,
@@ -135,9 +150,9 @@ class Credentials:
         self.found_with = found_with
 
     @classmethod
-    def discover(cls, environ: Mapping[str, str] = os.environ, *, ca_bundle: str | None = None,
-                 client_cert: str | None = None, client_key: str | None = None,
-                 bearer_token_file: str | None = None, netrc: str | None = None,
+    def discover(cls, environ: Mapping[str, str] = os.environ, *, ca_bundle: GivenPath | None = None,
+                 client_cert: GivenPath | None = None, client_key: GivenPath | None = None,
+                 bearer_token_file: GivenPath | None = None, netrc: GivenPath | None = None,
                  ca_bundle_from: str | None = None) -> Credentials:
         """The credentials of this process: the settings given, else the standard variables.
 
@@ -169,12 +184,12 @@ class Credentials:
         uid = os.getuid()
 
         def variable(name: str, separator: str = "") -> str | None:
-            return _at_home(environ.get(name) or None, None, separator, environ=environ)  # type: ignore[no-any-return]  # a str in, a str out
+            return _at_home(environ.get(name) or None, None, separator, environ=environ)
 
-        settings = {setting: _at_home(path, f"Credentials.discover({setting}=...)", environ=environ)
-                    for setting, path in (("ca_bundle", ca_bundle), ("client_cert", client_cert),
-                                          ("client_key", client_key), ("bearer_token_file", bearer_token_file),
-                                          ("netrc", netrc))}
+        settings: dict[str, str | None] = {
+            setting: _at_home(_path(setting, path), f"Credentials.discover({setting}=...)", environ=environ)
+            for setting, path in (("ca_bundle", ca_bundle), ("client_cert", client_cert), ("client_key", client_key),
+                                  ("bearer_token_file", bearer_token_file), ("netrc", netrc))}
         ca_bundle, client_cert, client_key, bearer_token_file, netrc = settings.values()
         for setting, path in settings.items():
             # (An empty one is none, not a path to check: see _assign.)
@@ -287,16 +302,27 @@ class Credentials:
         return "Credentials(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
 
 
-def _at_home(path: Any, given_as: str | None, separator: str = "", *,
-             environ: Mapping[str, str] = os.environ) -> Any:
-    """``path`` (None, or what the caller gave: checked where it is used) with a leading ``~``
-    made the home (:func:`~sharedcache.config.files.paths_at_home`); its unknown user is a
+def _at_home(path: str | None, given_as: str | None, separator: str = "", *,
+             environ: Mapping[str, str] = os.environ) -> str | None:
+    """``path`` (None, or text: see :func:`_path`) with a leading ``~`` made the home
+    (:func:`~sharedcache.config.files.paths_at_home`); its unknown user is a
     :class:`~sharedcache.errors.UsageError` naming ``given_as``, or left as it is if None."""
     if path is None:
         return None
     from .files import paths_at_home
 
-    return paths_at_home(path, environ, given_as, separator=separator)
+    return paths_at_home(path, environ, given_as, separator=separator)  # type: ignore[return-value]  # a str in, a str out
+
+
+def _path(field: str, given: object, separator: str = "") -> str | None:
+    """``given``, the value of the path field ``field`` (text or an :class:`os.PathLike`; None is
+    none), as text; anything else is a :class:`SettingError` naming the field (taken as it was,
+    it ended each download in an internal error, and a number was taken for a file descriptor)."""
+    path = os.fspath(given) if isinstance(given, (str, os.PathLike)) else given
+    if path is None or isinstance(path, str):
+        return path
+    paths = f"paths separated by {separator!r}" if separator else "a path"
+    raise SettingError(field, f"must be {paths} (text or an os.PathLike), not {type(given).__name__}")
 
 
 def unusable_path(path: str, *, directory: bool) -> str | None:
