@@ -688,6 +688,28 @@ def test_the_python_api_reads_the_settings_too(tmp_path, origin, monkeypatch):
 # --- the config file -----------------------------------------------------------------------------
 
 
+
+def test_the_python_api_s_connections_win_over_a_config_file_s_1_included(tmp_path, origin, monkeypatch):
+    # use(connections=1) was taken for "not given", 1 being its default: a file's
+    # "connections = 4" fetched in four parts what the program asked to fetch over one.
+    import sharedcache
+
+    payload = os.urandom(4_000_000)  # (enough for four parts)
+    checksum = f"sha256:{hashlib.sha256(payload).hexdigest()}"
+    config = tmp_path / "config"
+    config.write_text("connections = 4\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "nothing"))
+    monkeypatch.setenv("SC_CONFIG", str(config))
+    for n, (connections, gets) in enumerate(((1, 1), (2, 2), (None, 4))):
+        url = origin.add(f"/data{n}.bin", payload)
+        with sharedcache.use(f"http:{url}", checksum, directories=[str(tmp_path)], connections=connections) as path:
+            assert (path / f"data{n}.bin").read_bytes() == payload
+        assert origin.stats(f"/data{n}.bin").gets == gets, connections
+    with pytest.raises(sharedcache.UsageError, match="^give connections in fetch, or alone, not both$"), \
+            sharedcache.use(f"http:{url}", checksum, directories=[str(tmp_path)], connections=1,
+                            fetch=sharedcache.FetchPolicy()):
+        pass
+
 def test_config_file_layers_and_sc_config_shows_sources(tmp_path, origin, squid, owner):
     url = origin.add("/data.tar.gz", DATA)
     home = tmp_path / "home"

@@ -2126,7 +2126,7 @@ def test_gc_keeps_a_fresh_error_record_without_counting_it_and_cleans_an_old_one
     (("file:/x",), {"size": "lots"}, "invalid size: 'lots' (expected bytes"),
     (("file:/x",), {"max_size": -1}, "invalid max_size: -1 is negative"),
     (("file:/x",), {"connections": 0}, "use(connections=...) must be between 1 and 32"),
-    (("file:/x",), {"connections": None}, "use(connections=...) must be between 1 and 32, not None"),
+    (("file:/x",), {"connections": "4"}, "use(connections=...) must be between 1 and 32, not '4'"),
     (("nope:/x",), {}, "unknown loader 'nope'"),
     (("file:/x",), {"keep": "yes"}, "keep must be True or False, not 'yes'"),
     (("file:/x",), {"group": 1.5}, "a group is a name or a gid, not 1.5"),

@@ -470,8 +470,8 @@ def fetch_policy(settings: Effective, environ: Mapping[str, str]) -> FetchPolicy
 
 def _fetch_values(settings: Effective) -> dict[str, Any]:
     """The arguments of :class:`FetchPolicy` that the fetch settings of ``settings`` give."""
-    # (A None is passed on, to be refused: use(connections=None); a file's proxy that curl's
-    # variables override is None, as FetchPolicy's own default is.)
+    # (A None is passed on: a file's proxy that curl's variables override is None, as
+    # FetchPolicy's own default is.)
     return {key: settings[key][0] for key in _FETCH_KEYS if key in settings}
 
 

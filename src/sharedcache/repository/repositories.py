@@ -1083,7 +1083,7 @@ def use(
     keep: bool = False,
     max_size: int | str | None = None,
     timeout: float | None = None,
-    connections: int = 1,
+    connections: int | None = None,
     fetch: FetchPolicy | None = None,
     group: str | int | None = None,
     verbosity: int = -1,
@@ -1095,20 +1095,19 @@ def use(
     exit it is released, and the last release deletes the repository unless ``keep``.
 
     ``fetch`` (a :class:`~sharedcache.config.settings.FetchPolicy`) says how a download fetches;
-    ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.  What is not given is
-    taken from the config files and the environment as ``sc`` takes it
+    ``connections`` is a shorthand for ``FetchPolicy(connections=N)``.  What is not given (None)
+    is taken from the config files and the environment as ``sc`` takes it
     (:mod:`sharedcache.config.files`): ``directories`` (else /tmp:/var/tmp; a leading ``~`` is
     the home, as the shell makes it on the command line), ``max_size`` (stored on the base until
     another is given; ``"none"`` lifts it), ``timeout``, ``group`` (a group's name or gid: use the
     cache that group shares, as ``sc --group`` does, instead of your own) and, without ``fetch``,
-    the fetch settings (proxy, offline, timeouts...), which are made into a policy, and checked,
-    only when the repository is not ready (``connections``, given here, is checked at once).
+    the fetch settings (``connections``, proxy, offline, timeouts...), which are made into a
+    policy, and checked, only when the repository is not ready (``connections``, given here, is
+    checked at once, and wins over a file's, 1 included).
     """
     from ..config import files
 
-    # (True == 1, but is no number of connections: it is refused as any other wrong value is.)
-    connections_given = type(connections) is not int or connections != 1
-    if fetch is not None and connections_given:
+    if fetch is not None and connections is not None:
         raise UsageError("give connections in fetch, or alone, not both")
     if fetch is not None:
         from ..config.settings import FetchPolicy
@@ -1120,10 +1119,8 @@ def use(
     if directories is not None:  # (no shell expanded them)
         directories = files.paths_at_home(directories, os.environ, "use(directories=...)")  # type: ignore[assignment]  # checked by Repositories
     given = {key: value for key, value in (("directories", directories), ("max_size", max_size),
-                                           ("timeout", timeout), ("group", group))
+                                           ("timeout", timeout), ("group", group), ("connections", connections))
              if value is not None}
-    if connections_given:  # (None too: unlike the others, it is no "not given", and is refused)
-        given["connections"] = connections
     effective = files.effective(given, os.environ, given_as="use({}=...)")
     # Parsed here, so that an error names them as this function does (acquire names the options).
     limit = None if size is None else parse_size(size, "size")
