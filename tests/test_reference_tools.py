@@ -65,8 +65,9 @@ def need(*tools: str) -> None:
 
 
 def run(*command: str | Path, cwd: Path | None = None, statuses: tuple[int, ...] = (0,)) -> None:
-    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, "LC_ALL": "C.UTF-8"}, timeout=120, check=False)
+    # (errors: a tool's warnings name members by their bytes, which need not be UTF-8)
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, errors="replace",
+                            cwd=cwd, env={**os.environ, "LC_ALL": "C.UTF-8"}, timeout=120, check=False)
     assert result.returncode in statuses, f"{command}: {result.stderr}"
 
 
@@ -481,20 +482,27 @@ def test_zips_made_on_other_systems_that_record_unix_modes(tmp_path: Path, syste
     assert os.access(tmp_path / "out" / "sc" / "run.sh", os.X_OK)
 
 
-def zip_of_stored_names(archive: Path, members: list[tuple[bytes, int, int]]) -> None:
+MS_DOS_ARCHIVE = 0x20  # MS-DOS's "archive" attribute alone: the attributes Windows' tools record
+
+
+def zip_of_stored_names(archive: Path, members: list[tuple[bytes, int, int]], *,
+                        local_names: dict[bytes, bytes] | None = None, external_attr: int = MS_DOS_ARCHIVE) -> None:
     """Write a zip whose members' names are the bytes given, unflagged (zipfile would write them
-    in UTF-8, flagged), each made on the system and by the version given, and holding its name."""
+    in UTF-8, flagged), each made on the system and by the version given, with the attributes
+    given (zipfile would record a Unix mode), and holding its name.  ``local_names`` gives the
+    bytes, as long, that a member's local header names in place of the central directory's."""
     placeholders = {}
     with zipfile.ZipFile(archive, "w") as out:
         for number, (stored, system, version) in enumerate(members):
             placeholder = f"{number}".rjust(len(stored), "_")  # as long as the stored name
             placeholders[placeholder.encode()] = stored
             info = zipfile.ZipInfo(placeholder, (2024, 5, 6, 7, 8, 10))
-            info.create_system, info.create_version = system, version
+            info.create_system, info.create_version, info.external_attr = system, version, external_attr
             out.writestr(info, stored)
     data = archive.read_bytes()
     for placeholder, stored in placeholders.items():
-        data = data.replace(placeholder, stored)
+        # The local header comes first, then the central directory's record.
+        data = data.replace(placeholder, (local_names or {}).get(stored, stored), 1).replace(placeholder, stored)
     archive.write_bytes(data)
 
 
@@ -521,25 +529,65 @@ def as_unzip_names_read(name: bytes) -> str:
         return name.decode("latin-1")
 
 
-@pytest.mark.parametrize(("system", "version"), [(0, 20), (6, 20), (11, 50), (0, 25), (0, 26), (0, 40), (11, 30)],
-                         ids=["MS-DOS", "OS/2", "WinZip 5.0", "PKZIP for Windows 2.5", "PKZIP for Windows 2.6",
-                              "PKZIP for Windows 4.0", "Windows NT"])
-def test_zip_names_in_a_code_page_are_unzips_letters(tmp_path: Path, system: int, version: int) -> None:
+PKZIP_FOR_UNIX = 0o100644 << 16 | MS_DOS_ARCHIVE  # PKZIP for UNIX 2.51 says MS-DOS too, and records a Unix mode
+
+
+@pytest.mark.parametrize(("system", "version", "external_attr"), [
+    (0, 20, MS_DOS_ARCHIVE), (6, 20, MS_DOS_ARCHIVE), (11, 50, MS_DOS_ARCHIVE), (0, 25, MS_DOS_ARCHIVE),
+    (0, 26, MS_DOS_ARCHIVE), (0, 40, MS_DOS_ARCHIVE), (0, 25, PKZIP_FOR_UNIX), (11, 30, MS_DOS_ARCHIVE)],
+    ids=["MS-DOS", "OS/2", "WinZip 5.0", "PKZIP for Windows 2.5", "PKZIP for Windows 2.6", "PKZIP for Windows 4.0",
+         "PKZIP for UNIX 2.51", "Windows NT"])
+def test_zip_names_in_a_code_page_are_unzips_letters(tmp_path: Path, system: int, version: int,
+                                                     external_attr: int) -> None:
     """unzip converts the unflagged names of zips made on MS-DOS, OS/2 and by WinZip 5.0 from the
     OEM code page with its table, which is code page 850's: "Ação.txt" from a Portuguese Windows
     came out as "Aç╞o.txt", read as code page 437.  PKZIP for Windows 2.5, 2.6 and 4.0 say MS-DOS
-    but write the ANSI code page, as Windows NT's other tools do: unzip takes those names as they
-    are.  All 128 high bytes, against ``unzip -^`` (which keeps the "ÿ" that plain unzip drops,
-    as it drops control characters: a difference kept)."""
+    and write the central directory's names in the OEM code page too (only their local headers'
+    are in the ANSI code page, as Windows NT's other tools write them), unless they record a Unix
+    mode, as PKZIP for UNIX 2.51 does: unzip takes those names as they are.  (The central
+    directory's names of PKZIP for Windows were read in the ANSI code page.)  All 128 high bytes,
+    against ``unzip -^`` (which keeps the "ÿ" that plain unzip drops, as it drops control
+    characters: a difference kept)."""
     need("unzip")
     archive = tmp_path / "code-page.zip"
-    zip_of_stored_names(archive, [(b"%02x-" % byte + bytes([byte]), system, version) for byte in range(0x80, 0x100)])
+    zip_of_stored_names(archive, [(b"%02x-" % byte + bytes([byte]), system, version) for byte in range(0x80, 0x100)],
+                        external_attr=external_attr)
     ours = unpack_with_sc(archive, "zip", tmp_path / "out")
     theirs = tmp_path / "unzip"
-    run("unzip", "-q", "-^", archive, "-d", theirs)
+    # 1: a warning, where PKZIP for Windows' local headers, read in the other code page, name
+    # other letters than the central directory; unzip makes the central directory's, as we do.
+    run("unzip", "-q", "-^", archive, "-d", theirs, statuses=(0, 1))
     assert sorted(os.listdir(ours)) == sorted(as_unzip_names_read(name) for name in os.listdir(bytes(theirs)))
-    ansi = version in (25, 26, 40) or (system == 11 and version != 50)
+    ansi = (system == 11 and version != 50) or external_attr == PKZIP_FOR_UNIX
     assert ("c6-Æ" if ansi else "c6-ã") in os.listdir(ours)
+
+
+@pytest.mark.parametrize("version", [25, 26, 40])
+def test_zip_names_that_pkzip_for_windows_wrote_in_two_code_pages(tmp_path: Path, version: int) -> None:
+    """PKZIP for Windows 2.5, 2.6 and 4.0 say MS-DOS and write each name twice: in Windows' ANSI
+    code page in the local header, in the OEM code page in the central directory, whose name is
+    the one unzip makes; it finds the two the same, each decoded as its header's are.  Such a
+    member was refused, "cannot unzip 'café.txt' ...: its local header names 'cafΘ.txt'"."""
+    need("unzip")
+    names = ["café.txt", "Ação.txt", "Søren.txt", "naïve.txt"]
+    archive = tmp_path / "pkzip-for-windows.zip"
+    zip_of_stored_names(archive, [(name.encode("cp850"), 0, version) for name in names],
+                        local_names={name.encode("cp850"): name.encode("cp1252") for name in names})
+    ours = unpack_with_sc(archive, "zip", tmp_path / "out")
+    theirs = tmp_path / "unzip"
+    run("unzip", "-q", archive, "-d", theirs)  # 0: no warning of names that differ
+    assert sorted(os.listdir(ours)) == sorted(as_unzip_names_read(name) for name in os.listdir(bytes(theirs)))
+    assert sorted(os.listdir(ours)) == sorted(names)
+
+
+def test_zip_local_header_naming_another_member_shows_its_letters(tmp_path: Path) -> None:
+    """A local header that names another member than the central directory does is refused, its
+    name decoded as that header's are: PKZIP for Windows' in the ANSI code page ("cafè", which
+    showed as "cafΦ", read as code page 437)."""
+    archive = tmp_path / "other-member.zip"
+    zip_of_stored_names(archive, [(b"caf\x82.txt", 0, 25)], local_names={b"caf\x82.txt": b"caf\xe8.txt"})
+    with pytest.raises(LoaderError, match="cannot unzip 'café.txt' from .*: its local header names 'cafè.txt'$"):
+        unpack_with_sc(archive, "zip", tmp_path / "out")
 
 
 def _ms_dos_attributes(name: str) -> int:

@@ -10,11 +10,14 @@ member, read as unzip reads it:
   keeps them); else the UTF-8 name of an Info-ZIP Unicode Path extra
   field (0x7075) whose CRC matches the stored name; else the stored bytes as they are if the
   archive was made on a Unix-like system (Info-ZIP writes a UTF-8 locale's names so, unflagged),
-  read as Windows' ANSI code page (1252) if made on Windows NT, or on MS-DOS by PKZIP for Windows
-  (versions 2.5, 2.6 and 4.0), else as the OEM code page if made on MS-DOS, OS/2 or Windows NT (by
-  WinZip 5.0), as unzip tells them apart.  unzip writes ISO 8859-1 bytes where we write the same
-  letters in UTF-8: the OEM code page is 850, as unzip's table converts it, with its box drawing
-  and the few letters that ISO 8859-1 lacks drawn as that table draws them (:data:`_OEM_TO_ISO`).
+  read as Windows' ANSI code page (1252) if made on Windows NT, else as the OEM code page if made
+  on MS-DOS, OS/2 or Windows NT (by WinZip 5.0), as unzip tells them apart.  PKZIP for Windows
+  (versions 2.5, 2.6 and 4.0) says MS-DOS, and writes a name twice: in the ANSI code page in the
+  local header, in the OEM code page in the central directory, whose name is the one made; where
+  a version of those records a Unix mode (PKZIP for UNIX 2.51), both are in the ANSI code page.
+  unzip writes ISO 8859-1 bytes where we write the same letters in UTF-8: the OEM code page is
+  850, as unzip's table converts it, with its box drawing and the few letters that ISO 8859-1
+  lacks drawn as that table draws them (:data:`_OEM_TO_ISO`).
   However it was decoded, its backslashes are separators if it was made on MS-DOS (FAT) and has
   no slash (PowerShell 5's ``Compress-Archive`` writes such names, flagged UTF-8).  A name ends at
   a NUL byte;
@@ -36,8 +39,9 @@ seconds).  Deflate64 (method 9, "enhanced deflate": Windows' Explorer writes it 
 
 Whatever is wrong is a :class:`~sharedcache.errors.CorruptDataError` of one line: "corrupt zip
 archive WHAT: why" for the directory (no end record, a record that is not one), "cannot unzip NAME
-from WHAT: why" for a member (a local header that is not one or names another member, data that
-ends short or inflates wrong, a wrong CRC, encryption, a method no reader here knows).
+from WHAT: why" for a member (a local header that is not one or names another member, the two
+names compared as unzip compares them, each decoded as its header's are; data that ends short or
+inflates wrong, a wrong CRC, encryption, a method no reader here knows).
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ _ENCRYPTED, _UTF8_NAME, _STRONG_ENCRYPTION = 0x1, 0x800, 0x40
 _UNIX, _MS_DOS, _OS2_HPFS, _NTFS = 3, 0, 6, 11
 #: Where names are in the OEM code page (MS-DOS's FAT, OS/2's HPFS; Windows NT's NTFS as WinZip 5.0,
 #: the version it names, wrote them); Windows NT's other names are in its ANSI code page, and so are
-#: those that PKZIP for Windows 2.5, 2.6 and 4.0 wrote, saying MS-DOS (unzip's exceptions).
+#: those of the local headers that PKZIP for Windows 2.5, 2.6 and 4.0 wrote, saying MS-DOS, and of
+#: both headers where those versions recorded a Unix mode (unzip's exceptions).
 _OEM_SYSTEMS, _WINZIP_5, _PKZIP_FOR_WINDOWS = {_MS_DOS, _OS2_HPFS}, 50, {25, 26, 40}
 #: What unzip's table from the OEM code page (850) to ISO 8859-1 makes of the letters that ISO 8859-1
 #: lacks: box drawing and blocks drawn as "¦", "+" and "-", and the nearest look of four others.
@@ -141,16 +146,23 @@ def _name(member: ZipMember, extra: dict[int, bytes]) -> str:
 def _decoded_name(member: ZipMember, extra: dict[int, bytes]) -> str:
     """The member's name, decoded as unzip decodes it (see the module's docstring)."""
     stored = member.stored_name.partition(b"\0")[0]
+    unicode_path = extra.get(_UNICODE_PATH, b"")
+    if (not member.flags & _UTF8_NAME and len(unicode_path) > 5 and unicode_path[0] == 1
+            and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(member.stored_name)):
+        return unicode_path[5:].decode("utf-8", "surrogateescape")
+    return _header_name(stored, member, in_local_header=False)
+
+
+def _header_name(stored: bytes, member: ZipMember, *, in_local_header: bool) -> str:
+    """The name ``stored`` in the member's local header or in its record of the central directory,
+    decoded as unzip decodes that header's (see the module's docstring)."""
     if member.flags & _UTF8_NAME:
         # A name flagged so that is not (bsdtar flags every name, whatever the locale's bytes)
         # is written as its bytes, as unzip writes it.
         return stored.decode("utf-8", "surrogateescape")
-    unicode_path = extra.get(_UNICODE_PATH, b"")
-    if (len(unicode_path) > 5 and unicode_path[0] == 1
-            and int.from_bytes(unicode_path[1:5], "little") == zlib.crc32(member.stored_name)):
-        return unicode_path[5:].decode("utf-8", "surrogateescape")
     system, version = member.create_system, member.create_version
-    if (system == _NTFS and version != _WINZIP_5) or (system == _MS_DOS and version in _PKZIP_FOR_WINDOWS):
+    if (system == _NTFS and version != _WINZIP_5) or (
+            system == _MS_DOS and version in _PKZIP_FOR_WINDOWS and (in_local_header or member.external_attr >> 16)):
         try:
             return stored.decode("cp1252")
         except UnicodeDecodeError:  # one of its five unassigned bytes: ISO 8859-1, as unzip reads it
@@ -280,8 +292,13 @@ class ZipReader:
         *_, name_size, extra_size = _LOCAL_HEADER.unpack(header)
         name_start = member.header_offset + _LOCAL_HEADER.size
         variable = os.pread(self.fd, name_size + extra_size, name_start)
-        if variable[:name_size] != member.stored_name:
-            raise self.refuse(member, f"its local header names {quoted(variable[:name_size].decode('cp437'))}")
+        local_name = variable[:name_size]
+        if local_name != member.stored_name:
+            # The same name in two code pages (PKZIP for Windows') is the same name, as unzip
+            # compares them: each decoded as its header's are.
+            decoded = _header_name(local_name, member, in_local_header=True)
+            if decoded != _header_name(member.stored_name, member, in_local_header=False):
+                raise self.refuse(member, f"its local header names {quoted(decoded)}")
         return extra_fields(variable[name_size:]), name_start + name_size + extra_size
 
     def refuse(self, member: ZipMember, why: str) -> CorruptDataError:
