@@ -233,6 +233,42 @@ def test_tar_members_of_types_gnu_tar_does_not_know_are_files(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("writer_processes", [False, True], ids=["one process", "writer processes"])
+def test_tar_acl_before_a_directory_is_replaced_by_it(tmp_path: Path, writer_processes: bool) -> None:
+    """Solaris tar (``tar -p``) writes the ACL of a directory (default entries exist on
+    directories alone) as a member of type A named as the directory, just before it: GNU tar
+    makes a file of it, which the directory replaces, then unpacks what goes in it.  Such an
+    archive was refused, "member 'd/' is a directory in place of the file 'd' made before it"."""
+    need("tar")
+    archive = tmp_path / "solaris-acls.tar"
+    acl = b"user::rwx,group::r-x,mask:r-x,other:r-x,default:user::rwx,default:group::r-x\0"
+    with tarfile.open(archive, "w", format=tarfile.USTAR_FORMAT) as out:
+        for name, kind, data in (("d/", b"A", acl), ("d", tarfile.DIRTYPE, b""),
+                                 ("d/f", b"A", acl), ("d/f", tarfile.REGTYPE, b"data\n"),
+                                 ("d/sub", b"A", acl), ("d/other", tarfile.REGTYPE, b"o\n"),
+                                 ("d/sub", tarfile.DIRTYPE, b""), ("d/sub/g", tarfile.REGTYPE, b"g\n")):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.size, info.mtime = kind, 0o755, len(data), 1_600_000_000
+            out.addfile(info, io.BytesIO(data))
+    with writers_from_the_first_member(writer_processes):
+        assert_same_trees(archive, "tar", tmp_path / "out")
+    assert (tmp_path / "out" / "sc" / "d" / "sub" / "g").read_bytes() == b"g\n"
+
+
+def test_tar_directory_replaces_the_file_of_an_unknown_type_only_until_another_member_has(tmp_path: Path) -> None:
+    """Only the next member of the name replaces the file of a member of a type GNU tar does not
+    know: past a regular file that replaced it, a directory of that name is refused, as for any
+    file (GNU tar would replace it, a difference kept)."""
+    archive = tmp_path / "replaced.tar"
+    with tarfile.open(archive, "w", format=tarfile.USTAR_FORMAT) as out:
+        for name, kind, data in (("d", b"A", b"acl\0"), ("d", tarfile.REGTYPE, b"file\n"), ("d", tarfile.DIRTYPE, b"")):
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data)
+            out.addfile(info, io.BytesIO(data))
+    with pytest.raises(LoaderError, match="member 'd/' is a directory in place of the file 'd' made before it$"):
+        unpack_with_sc(archive, "tar", tmp_path / "out")
+
+
+@pytest.mark.parametrize("writer_processes", [False, True], ids=["one process", "writer processes"])
 def test_gnu_tar_archive_of_names_given_twice(tmp_path: Path, writer_processes: bool) -> None:
     """GNU tar stores a file of two links whose name is given twice as a hard link to itself the
     second time (``f`` linked to ``f``), and the other name as a link to it, twice: each is

@@ -43,6 +43,7 @@ pytestmark = [pytest.mark.timeout(300),
                                  "this process, or no fork and /proc): there would be nothing to compare")]
 
 ONE_PROCESS = 10**9
+SOLARIS_ACL = b"A"  # a type GNU tar does not know, of which it makes a file
 
 
 def outcome(data: bytes, unpacker: str, serial_members: int, limit: int | None = 10_000_000, *,
@@ -75,14 +76,14 @@ def _tree(dest: Path) -> dict[str, tuple[object, ...]]:
 
 
 def tar(*members: tuple[str, bytes | str | None, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:
-    """A tar of (name, content or link target, type) members."""
+    """A tar of (name, content or link target, type) members: a file's content, or that of a member of
+    another type that has data."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
         for name, content, kind in members:
             info = tarfile.TarInfo(name)
             info.type, info.mtime, info.mode = kind, 1_700_000_000, 0o755 if name.endswith(".sh") else 0o644
-            if kind == tarfile.REGTYPE:
-                assert isinstance(content, bytes)
+            if isinstance(content, bytes):
                 info.size = len(content)
                 archive.addfile(info, io.BytesIO(content))
             else:
@@ -266,20 +267,22 @@ def _leaves_for_both_writers() -> tuple[str, ...]:
 def colliding_members(draw: st.DrawFn) -> list[tuple[str, bytes | str | None, bytes]]:
     """Members of few names in few directories, of every kind, falling on both writers: files
     replaced by files, links and directories, and the other way round; hard links to files
-    either writer made; files below what is not a directory."""
+    either writer made; files below what is not a directory; members of a type GNU tar does not
+    know, whose files the next member of their name replaces, a directory too."""
     leaves = _leaves_for_both_writers()
     directories = ["", "d/", "d/e/", f"d/{leaves[0]}/", f"{leaves[3]}/"]
     drawn: list[tuple[str, bytes | str | None, bytes]] = []
     for _ in range(draw(st.integers(1, 24))):
-        kind = draw(st.sampled_from([tarfile.REGTYPE] * 4 + [tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE]))
+        kind = draw(st.sampled_from([tarfile.REGTYPE] * 4 + [tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                                                             SOLARIS_ACL]))
         name = draw(st.sampled_from(directories)) + draw(st.sampled_from(leaves))
         content: bytes | str | None = None
-        if kind == tarfile.REGTYPE:
+        if kind in (tarfile.REGTYPE, SOLARIS_ACL):
             content = draw(st.sampled_from([b"", b"x", b"y" * 5000]))
         elif kind == tarfile.SYMTYPE:
             content = "../" * name.count("/") + draw(st.sampled_from(leaves))
         elif kind == tarfile.LNKTYPE:
-            files = [earlier for earlier, _, earlier_kind in drawn if earlier_kind == tarfile.REGTYPE]
+            files = [earlier for earlier, _, earlier_kind in drawn if earlier_kind in (tarfile.REGTYPE, SOLARIS_ACL)]
             content = draw(st.sampled_from(files)) if files else name
         drawn.append((name, content, kind))
     return drawn
@@ -294,6 +297,23 @@ def test_two_writers_make_what_one_process_makes_whatever_the_names_collide(
     event(serial[0] if serial[0] == "tree" else "refused")
     assert outcome(data, "tar", 0, writers=2) == serial
     assert outcome(data, "tar", 3, writers=2) == serial
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+def test_the_file_of_an_unknown_type_is_replaced_by_a_directory_as_in_one_process(writers: int) -> None:
+    """The file of a member of a type GNU tar does not know (Solaris' ACL, before the directory it
+    is for) is replaced by the next member of its name, a directory too, and a directory replaces
+    it no longer once another member has: whichever writer a file of that name would fall on,
+    the tree and the refusal are those of one process."""
+    leaf = _leaves_for_both_writers()[0]  # a name whose files fall on the helper
+    for members, expected in (
+            ([(leaf, b"acl", SOLARIS_ACL), (leaf, None, tarfile.DIRTYPE), (f"{leaf}/f", b"f", tarfile.REGTYPE)], "tree"),
+            ([(leaf, b"acl", SOLARIS_ACL), (leaf, b"file", tarfile.REGTYPE), (leaf, None, tarfile.DIRTYPE)],
+             "UnsafeArchiveError")):
+        data = tar(*members)
+        serial = outcome(data, "tar", ONE_PROCESS)
+        assert serial[0] == expected, serial
+        assert outcome(data, "tar", 0, writers=writers) == serial
 
 
 # --- the child process ----------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from ..sizes import format_size
 from .codecs import check_expansion, decompressing, instead, sniff, what_data_is
 from .protocol import Context
 from .streams import CHUNK, Layer, Prefetch, Stream
-from .tarstream import BLOCK, DIRECTORY, HARDLINK, SYMLINK, VOLUME_LABEL, TarMember, TarReader
+from .tarstream import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, VOLUME_LABEL, TarMember, TarReader
 
 if TYPE_CHECKING:
     from .writer import WriterProcess
@@ -116,6 +116,10 @@ class SafeTree:
     made, each directory's at the end, and what a later member of the same name replaces is
     taken off again (unless another hard link keeps its inode).
 
+    A later member replaces a file or a link of its name, never a directory, and a directory
+    replaces nothing, but for the file of a member that stands for no file of its own
+    (:meth:`write_replaceable_file`), which the next member of its name replaces, whatever it is.
+
     :meth:`finish` resolves every symlink of the finished tree to the end of its chain, however
     long, and refuses the archive if one leads out of it.  A link that leads nowhere (dangling, in
     a loop) is kept, as GNU tar and unzip keep it, and so is one whose chain is longer than the 40
@@ -130,6 +134,7 @@ class SafeTree:
         self._dirs: dict[tuple[int, str], int] = {}
         self._symlinks: list[tuple[str, ...]] = []
         self._linked: set[tuple[str, ...]] = set()  # the names of hard links and of their targets
+        self._replaceable: set[tuple[str, ...]] = set()  # see write_replaceable_file
         self._dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
         self._entries = 0
         self._open: dict[int, int] = {}  # directory id -> descriptor, oldest first
@@ -190,6 +195,11 @@ class SafeTree:
     def linked(self) -> set[tuple[str, ...]]:
         """The names (as parts) of the hard links made so far and of their targets (a copy)."""
         return set(self._linked)
+
+    def replaceable(self) -> set[tuple[str, ...]]:
+        """The names (as parts) of the files that a directory may still replace (see
+        :meth:`write_replaceable_file`; a copy)."""
+        return set(self._replaceable)
 
     def directories(self) -> dict[tuple[int, str], int]:
         """The directories made so far, as the tree keeps them: (parent's id, name) -> id, the
@@ -255,11 +265,19 @@ class SafeTree:
             mkdir(part, 0o755, dir_fd=descriptor)
         except FileExistsError:
             # Every directory here was made by _dir: what is there is a file or a link.
-            there = "/".join((*parent_parts, part))
+            there_parts = (*parent_parts, part)
+            if there_parts in self._replaceable and there_parts == self.parts(name):
+                # The file of a member that stood for none (a directory's ACL, before it) is
+                # replaced by the directory, as GNU tar replaces it.
+                self._clear(there_parts, descriptor)
+                mkdir(part, 0o755, dir_fd=descriptor)
+                return
+            there = "/".join(there_parts)
             if stat.S_ISLNK(os.lstat(part, dir_fd=descriptor).st_mode):
                 raise self.refuse(name, f"would be written through the symlink {quoted(there)}") from None
-            if (*parent_parts, part) == self.parts(name):  # the member is this directory
-                # (GNU tar would replace the file; here nothing made is replaced by a directory)
+            if there_parts == self.parts(name):  # the member is this directory
+                # (GNU tar would replace the file; here only the file of a member that stood for
+                # none, above, is replaced by a directory)
                 raise self.refuse(name, f"is a directory in place of the file {quoted(there)} made before it") \
                     from None
             raise self.refuse(name, f"would be written below the file {quoted(there)}") from None
@@ -272,7 +290,7 @@ class SafeTree:
         try:
             return make(parts[-1], parent)
         except FileExistsError:
-            self._clear(parts[-1], parent)
+            self._clear(parts, parent)
             return make(parts[-1], parent)
 
     def _parent(self, parts: tuple[str, ...], name: str) -> int:
@@ -292,9 +310,11 @@ class SafeTree:
             raise self.refuse(name, "would replace a directory")
         return self._descriptor(parent, parent_parts)
 
-    def _clear(self, leaf: str, parent: int) -> None:
-        """Remove the file or link ``leaf`` in the directory open as ``parent``, for a later member
-        of the same name, and take its blocks off the count."""
+    def _clear(self, parts: tuple[str, ...], parent: int) -> None:
+        """Remove the file or link ``parts``, in the directory open as ``parent``, for a later
+        member of the same name, and take its blocks off the count."""
+        leaf = parts[-1]
+        self._replaceable.discard(parts)  # replaced: what replaced it stands for itself
         if self._measure:
             replaced = os.lstat(leaf, dir_fd=parent)
             if replaced.st_nlink == 1 and stat.S_ISREG(replaced.st_mode):  # counted as it was made
@@ -328,7 +348,7 @@ class SafeTree:
         try:
             descriptor = os.open(leaf, _CREATE, mode, dir_fd=parent)
         except FileExistsError:
-            self._clear(leaf, parent)
+            self._clear(parts, parent)
             descriptor = os.open(leaf, _CREATE, mode, dir_fd=parent)
         try:
             left = size
@@ -349,6 +369,15 @@ class SafeTree:
                 self._allocated += self._file_allocation(descriptor, size)
         finally:
             os.close(descriptor)
+
+    def write_replaceable_file(self, name: str, size: int, mode: int, mtime_ns: int,
+                               read: Callable[[int], bytes | memoryview]) -> None:
+        """:meth:`write_file`, for a member that stands for no file of its own: one of a type that
+        GNU tar does not know, of which it makes a file, such as the ACL that Solaris tar writes
+        before the file or the directory it is for.  The next member of its name replaces that
+        file, as GNU tar replaces it, a directory too (which replaces no other file)."""
+        self.write_file(name, size, mode, mtime_ns, read)
+        self._replaceable.add(self.parts(name))
 
     def _file_allocation(self, descriptor: int, size: int) -> int:
         """The bytes allocated to the regular file of ``size`` bytes open as ``descriptor``, every
@@ -724,7 +753,9 @@ _REFUSED_TYPES = {b"3": "a device file", b"4": "a device file", b"6": "a FIFO",
 
 def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | WriterProcess) -> None:
     name, kind = member.name, member.kind
-    if kind == DIRECTORY:
+    if kind == REGULAR and member.size >= 0:  # base-256 and pax sizes can be negative
+        tree.write_file(name, member.size, member.mode, member.mtime_ns, reader.take)
+    elif kind == DIRECTORY:
         tree.mkdir(name, member.mode, member.mtime_ns)
     elif kind == SYMLINK:
         tree.symlink(name, member.linkname, member.mtime_ns)
@@ -732,16 +763,16 @@ def _extract_tar_member(reader: TarReader, member: TarMember, tree: SafeTree | W
         tree.hardlink(name, member.linkname)
     elif kind == VOLUME_LABEL:
         pass  # GNU tar passes over it too; its name is the label, not a path
-    elif kind in _REFUSED_TYPES or member.size < 0:  # base-256 and pax sizes can be negative
+    elif kind in _REFUSED_TYPES or member.size < 0:
         tree.parts(name)  # a name that leaves the tree is refused for that first, as with any member
         why = f"is {_REFUSED_TYPES[kind]}" if kind in _REFUSED_TYPES else f"has a negative size ({member.size})"
         raise tree.refuse(name, why)
     else:
-        # A regular file, or a member of a type that GNU tar does not know (Solaris' ACLs "A" and
-        # extended attributes "E", star's "I"...), of which GNU tar makes a file too, warning, as
-        # tarfile does (the reader passed its data on); the member that follows for the same
-        # name, the file that an ACL was for, replaces it.
-        tree.write_file(name, member.size, member.mode, member.mtime_ns, reader.take)
+        # A member of a type that GNU tar does not know (Solaris' ACLs "A" and extended
+        # attributes "E", star's "I"...), of which GNU tar makes a file, warning, as tarfile does
+        # (the reader passed its data on); the member that follows for the same name, the file
+        # or the directory that an ACL was for, replaces it.
+        tree.write_replaceable_file(name, member.size, member.mode, member.mtime_ns, reader.take)
 
 
 # --- zip ------------------------------------------------------------------------------------------

@@ -43,9 +43,12 @@ The protocol:
    data through the pipe after its frame, as for a larger file: the parent never waits for room.
 2. Which child makes a plain file: the helper, if the directory it goes in was made by a frame
    sent to the authority before, the name is not that of such a directory nor of a hard link or
-   its target, and a hash of its last component falls on the helper; else the authority.  (A
-   replaced file's blocks leave the tree's count only with its last link, so every change to a
-   name that a hard link shares is made by one process, in archive order.)  The same name in the same directory
+   its target nor of a file made of a member that stands for none (a replaceable one, which only
+   the authority makes), and a hash of its last component falls on the helper; else the
+   authority.  (A replaced file's blocks leave the tree's count only with its last link, and a
+   directory may replace a replaceable file only until another member has: so every change to
+   a name that a hard link shares, or that a replaceable file had, is made by one process, in
+   archive order.)  The same name in the same directory
    always falls on the same child, so two files of one name are made in archive order.  With a
    helper, the parent counts every member and every directory it implies against the cap on
    entries, and charges every file's size to the size limit, in archive order and before any of
@@ -158,7 +161,7 @@ SMALL_FILE_BYTES = 8 << 10
 #: Writer processes: the authority alone (1), or with a helper (2).
 WRITERS = 2
 
-FILE, DIRECTORY, SYMLINK, HARDLINK, FINISH = range(1, 6)
+FILE, DIRECTORY, SYMLINK, HARDLINK, FINISH, REPLACEABLE_FILE = range(1, 7)
 # operation, name bytes, target bytes, mode, mtime (seconds, nanoseconds), data bytes, the member's
 # number, the other child's frames to be done first, where the data starts in the ring (counted
 # from the ring's first use, -1 for data in the pipe)
@@ -352,7 +355,7 @@ class WriterProcess:
         self._ready = [0] * (len(self._dirs) + 1)
         self._helper_sent = [0] * (len(self._dirs) + 1)
         self._last_parent: tuple[tuple[str, ...], int] = ((), 0)
-        self._linked = tree.linked()  # names the helper never makes a file of (step 2)
+        self._authority_only = tree.linked() | tree.replaceable()  # names the helper never makes a file of (step 2)
         # Loaded here, before the fork, so that the children load no module (nor does an unpack
         # that never forks: these cost a few milliseconds).
         import mmap
@@ -471,7 +474,7 @@ class WriterProcess:
             self._tree.charge(size)
             directory = self._directory(parts[:-1]) if parts and hash(parts[-1]) & 1 else None
             if directory is not None and (directory, parts[-1]) not in self._dirs \
-                    and not (self._linked and parts in self._linked):
+                    and not (self._authority_only and parts in self._authority_only):
                 child, after = helper, self._ready[directory]
                 self._helper_sent[directory] = helper.sent + 1
             else:
@@ -479,6 +482,24 @@ class WriterProcess:
         if size <= _RING_FILE and self._place(child, name, size, mode, mtime_ns, after, read):
             return
         self._frame(child, FILE, name, "", mode, mtime_ns, size, after)
+        self._send_data(child, size, read)
+
+    def write_replaceable_file(self, name: str, size: int, mode: int, mtime_ns: int,
+                               read: Callable[[int], bytes | memoryview]) -> None:
+        self._number += 1
+        after = 0
+        if self._helper is not None:
+            parts = self._tree.parts(name)
+            self._tree.count()
+            self._tree.charge(size)
+            after = self._before_authority(parts[:-1], parts[-1:])
+            self._authority_only.add(parts)
+        self._frame(self._authority, REPLACEABLE_FILE, name, "", mode, mtime_ns, size, after)
+        self._send_data(self._authority, size, read)
+
+    def _send_data(self, child: _Child, size: int, read: Callable[[int], bytes | memoryview]) -> None:
+        """Send ``child`` the ``size`` bytes of the file whose frame was just gathered for it, got
+        by calls of ``read``, through its pipe."""
         pending, left = child.pending, size
         while left:
             piece = read(min(left, CHUNK))  # a view of the reader's buffer: sent, never copied here
@@ -533,7 +554,7 @@ class WriterProcess:
                 target_parts = ()
             if target_parts:
                 after = max(after, self._before_authority(target_parts[:-1], target_parts[-1:], reads=True))
-                self._linked.update((self._tree.parts(name), target_parts))
+                self._authority_only.update((self._tree.parts(name), target_parts))
         self._frame(self._authority, HARDLINK, name, target, 0, 0, 0, after)
 
     def finish(self) -> int | None:
@@ -1052,6 +1073,8 @@ def _serve(tree: SafeTree, slot: int, commands: int, watch: int, shared: mmap.mm
                 _DONE.pack_into(shared, seen, place + size)
             elif operation == FILE:
                 tree.write_file(name, size, mode, mtime_ns, data)
+            elif operation == REPLACEABLE_FILE:
+                tree.write_replaceable_file(name, size, mode, mtime_ns, data)
             elif operation == FINISH:
                 if slot == _HELPER:
                     end = tree.measured()
