@@ -24,6 +24,10 @@ def words(tmp_path: Path) -> list[str]:
     return [f"file:{tarball}", f"md5:{md5}", "tar"]
 
 
+#: For a test that gives a directory to another user.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give a directory to another user")
+
+
 def one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
@@ -57,6 +61,7 @@ def test_locks_that_do_not_lock_are_detected(base, words, lying_flock):
     assert gc.returncode == 1 and "locks do not work" in one_line(gc.stderr)
 
 
+@needs_root
 def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_path, words):
     foreign, mine = tmp_path / "foreign", tmp_path / "mine"
     foreign.mkdir()
@@ -74,6 +79,7 @@ def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_pa
     assert list(user_dir(foreign).iterdir()) == [], "nothing was written into it"
 
 
+@needs_root
 @pytest.mark.parametrize("command", [["gc"], ["list"], ["list", "--json"]], ids=" ".join)
 def test_a_squatted_base_that_d_names_fails_gc_and_list_and_one_of_a_setting_does_not(tmp_path, words, command):
     # gc and list skipped a base that -d named and that they could not look into (another
