@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scutil import stop_process
+from scutil import stop_process, user_dir
 from sharedcache import FsCache
 from sharedcache.engine import fsutil, index
 
@@ -396,5 +396,5 @@ def test_main_called_by_a_program_leaves_its_ctrl_c_as_it_was(tmp_path: Path) ->
     (tmp_path / "data.bin").write_bytes(b"x" * 1000)
     result = subprocess.run([sys.executable, "-c", _MAIN_CALLED, str(tmp_path), str(tmp_path / "data.bin")],
                             env=ENV, capture_output=True, text=True, timeout=120)
-    base = tmp_path / ".shared-cache-0"
+    base = user_dir(tmp_path)
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{base}/a\n0 True\n{base}/b\n0\n", "")
