@@ -1095,7 +1095,9 @@ def writes_of(pids: list[int]) -> dict[int, int]:
         try:
             with open(f"/proc/{pid}/io") as listing:
                 counts[pid] = next(int(line.split()[1]) for line in listing if line.startswith("syscw:"))
-        except (FileNotFoundError, ProcessLookupError, StopIteration):
+        # PermissionError: once a process has let go of its memory (a zombie), the kernel gives
+        # root its files under /proc, and its own user may no longer read its io.
+        except (FileNotFoundError, ProcessLookupError, PermissionError, StopIteration):
             counts[pid] = 0
     return counts
 
