@@ -23,7 +23,8 @@ for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
 port=$(cat "$work/port")
 url=http://127.0.0.1:$port/vsg-0.2.0.tar.gz
 md5=$(md5sum examples/vsg-0.2.0.tar.gz | cut -d' ' -f1)
-mkdir "$work/base"
+# Its own mode: under umask 000 it would be writable by every user, a base that sc refuses.
+mkdir -m 0755 "$work/base"
 
 # As in the seed's example; -d keeps the demo out of the real /tmp.
 repo_args="--name=test-repo --size=10MB -d $work/base http:$url md5:$md5 tar"
