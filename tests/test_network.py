@@ -1083,6 +1083,36 @@ def test_a_config_file_a_windows_editor_wrote_is_read(tmp_path):
     assert f"keep = yes  # {config}:1\n" in shown.stdout and f"max_size = 1GB  # {config}:2\n" in shown.stdout
 
 
+def test_a_hash_within_a_value_of_a_config_file_is_kept(tmp_path, owner):
+    # Any "#" started a comment: "proxy = http://alice:2024#Secret@squid.site:3128" was the proxy
+    # http://alice:2024, the host alice, shown with the password's start by sc config and every
+    # error, where --proxy refuses that URL saying how to write the "#"; and a directory
+    # "/scratch/job#1" was /scratch/job.  A comment starts at a "#" after a space or tab.
+    job = tmp_path / "scratch" / "job#1"
+    job.mkdir(parents=True)
+    data = tmp_path / "data.txt"
+    data.write_text("data")
+    config = tmp_path / "config"
+    config.write_text(f"directories = {job}:/tmp  # the job's scratch first\n\t# retries = 9\nretries = 3\t#\n")
+    env = sc_env(SC_CONFIG=str(config))
+    shown = sc("config", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"directories = {job}:/tmp  # {config}:1\n"), shown.stdout
+    assert f"\nretries = 3  # {config}:3\n" in shown.stdout, shown.stdout
+    used = sc("--use", "--pid", str(owner.pid), "-n", "data", f"file:{data}", env=env)
+    assert (used.returncode, used.stdout) == (0, f"{user_dir(job) / 'data'}\n"), used.stderr
+    proxy = "http://alice:2024#Secret@squid.site:3128"
+    config.write_text(f"proxy = {proxy}\n")
+    refused = sc("config", "--proxy", proxy)
+    assert refused.returncode == 2 and refused.stderr.startswith("sc: error: --proxy cannot use "), refused.stderr
+    reason = refused.stderr.removeprefix("sc: error: --").removesuffix(" (see 'sc --help')\n")
+    for command in (["config"], ["--use", "-d", str(tmp_path), "--pid", str(owner.pid), "-n", "remote",
+                                 f"http:http://127.0.0.1:{free_port()}/data"]):
+        result = sc(*command, env=env)
+        assert (result.returncode, result.stdout, result.stderr) == (2, "", f"sc: error: {config}:1: {reason}\n")
+        assert "alice" not in result.stderr and "2024" not in result.stderr, result.stderr
+
+
 def test_v_and_q_replace_the_verbose_and_quiet_of_the_config_files(tmp_path, owner):
     # Verbosity is one setting written with two keys.  Counted apart, as their difference, a
     # file's "quiet = yes" cancelled -v, and its "verbose = yes" -q; sc config showed both.

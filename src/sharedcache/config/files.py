@@ -9,8 +9,10 @@ Read in this order, each later one overriding what came before, key by key:
 5. the command line's options.
 
 A missing file is skipped (except ``SC_CONFIG``'s, which must exist).  The format is
-``key = value`` lines, as CVMFS's ``default.local`` or ``nix.conf``: ``#`` starts a comment,
-blank lines are ignored, the value is the rest of the line with spaces trimmed.  A file that
+``key = value`` lines, as CVMFS's ``default.local`` or ``nix.conf``: a ``#`` that begins a line
+or follows a space or tab starts a comment (one within a word is kept: a path
+``/scratch/job#1``, a password), blank lines are ignored, the value is the rest of the line with
+spaces trimmed.  A file that
 cannot be read, a line without ``=``, an unknown key or a value of the wrong kind is an error of
 one line naming the file, the line and the key (:class:`~sharedcache.errors.ConfigError`).
 
@@ -222,7 +224,12 @@ def read_file(path: str, home: str | None, required: bool = False) -> dict[str, 
     # is no UTF-8 is kept as the file system's encoding keeps it, so that a path in another
     # encoding names that very directory, as the same path in SC_DIRECTORIES does.)
     for number, text in enumerate(text_lines(data.decode("utf-8-sig", "surrogateescape")), start=1):
-        line = text.partition("#")[0].strip()
+        # A "#" within a word is a value's (a path "/scratch/job#1", a password), not a comment's:
+        # cut there, "http://alice:2024#Secret@squid" was the host alice, shown with the password's start.
+        comment = text.find("#")
+        while comment > 0 and not text[comment - 1].isspace():
+            comment = text.find("#", comment + 1)
+        line = (text if comment < 0 else text[:comment]).strip()
         if not line:
             continue
         where = f"{path}:{number}"
