@@ -232,6 +232,30 @@ def test_a_bad_rewrite_rule_is_refused_without_a_password_of_its_urls(tmp_path, 
         assert "S3CRET" not in result.stderr and "alice" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(("text", "line", "expected"), [
+    ("proxy: http://alice:S3CRET@squid.site:3128\n", 1, "expected 'key = value', but no '=' follows 'proxy'"),
+    ("proxy http://alice:S3CRET=@squid.site:3128\n", 1, "expected 'key = value', but no '=' follows 'proxy'"),
+    # The second line of a proxy chain or of rules, wrapped as a shell line would be.
+    ("proxy = http://alice:S3CRET@squid1.site:3128|\n    http://alice:S3CRET@squid2.site:3128\n", 2,
+     "expected 'key = value', not 'http://squid2.site:3128'"),
+    ("proxy = DIRECT;\n  alice:S3CRET@squid2.site:3128 | http://alice:12/S3CRET@squid3.site:3128\n", 2,
+     "expected 'key = value', not '... | http://...'"),
+    ("rewrite = https://github.com/ =\n  http://alice:pa S3CRET@mirror.site/gh/\n", 2,
+     "expected 'key = value', not 'http://... ...'"),
+    ("https://alice:S3CRET@data.cern.ch/ = http://mirror.site/\n", 1, "unknown key 'https://data.cern.ch' (known: "),
+])
+def test_a_config_line_that_sets_nothing_is_named_without_a_password(tmp_path, text, line, expected):
+    # Such a line was quoted whole by every command, a use of ready data too: a proxy's password
+    # in the site file went to the log of every job.
+    config = tmp_path / "config"
+    config.write_text(text)
+    for command in (["--location", "-d", str(tmp_path), "-n", "data", "file:/nonexistent"], ["config"]):
+        result = sc(*command, env=sc_env(SC_CONFIG=str(config)))
+        assert (result.returncode, result.stdout, result.stderr.count("\n")) == (2, "", 1), result.stderr
+        assert result.stderr.startswith(f"sc: error: {config}:{line}: {expected}"), result.stderr
+        assert "S3CRET" not in result.stderr and "alice" not in result.stderr, result.stderr
+
+
 def test_a_bearer_token_a_header_cannot_carry_is_refused_at_once(tmp_path, owner):
     url = f"http:https://127.0.0.1:{free_port()}/data"
     result = sc("--use", "-d", str(tmp_path), "-n", "data", "--pid", str(owner.pid), url,

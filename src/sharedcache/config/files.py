@@ -235,11 +235,11 @@ def read_file(path: str, home: str | None, required: bool = False) -> dict[str, 
         where = f"{path}:{number}"
         key, equals, value = line.partition("=")
         key = key.strip()
-        if not equals:
-            raise ConfigError(f"{where}: expected 'key = value', not {quoted(line)}")
-        setting = _BY_KEY.get(key)
+        setting = _BY_KEY.get(key) if equals else None
         if setting is None:
-            raise ConfigError(f"{where}: unknown key {quoted(key)} (known: {', '.join(_BY_KEY)})")
+            from .settings import why_no_setting  # (only here: the warm path neither imports nor needs it)
+
+            raise ConfigError(f"{where}: {why_no_setting(line, key if equals else None, _BY_KEY)}")
         _overlay(found, {key: (_convert(setting, value.strip(), where, home, in_file=True), where)})
     return found
 

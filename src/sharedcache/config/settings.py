@@ -26,6 +26,7 @@ from ..errors import (
     SettingError,
     host_and_port,
     pathless_problem,
+    quoted,
     shown_proxy,
     split_user_info,
     unparsed_url,
@@ -37,7 +38,7 @@ from ..errors import (
 
 TYPE_CHECKING = False  # see sharedcache.lean
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
     #: A path as a program gives it.
     GivenPath = str | os.PathLike[str]
@@ -374,17 +375,17 @@ class Rewrite:
 
     def __init__(self, prefix: str, mirrors: Sequence[str]) -> None:
         if not _url_prefix(prefix):
-            raise SettingError("rewrite", f"needs a URL prefix without spaces, not {_shown(prefix)!r}")
+            raise SettingError("rewrite", f"needs a URL prefix without spaces, not {shown_words(prefix)!r}")
         if not mirrors:
-            raise SettingError("rewrite", f"{_shown(prefix)}: give at least one mirror after '='")
+            raise SettingError("rewrite", f"{shown_words(prefix)}: give at least one mirror after '='")
         for mirror in mirrors:
             if not _url_prefix(mirror) or not _parses(mirror):
-                raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {_shown(mirror)!r} is not a URL "
+                raise SettingError("rewrite", f"{shown_words(prefix)}: the mirror {shown_words(mirror)!r} is not a URL "
                                               "(SCHEME://HOST...)")
             # A mirror stands for an http: source's URL, and the source fetches no other scheme:
             # let through, every miss the rule matches failed as a malformed recipe.
             if mirror.partition("://")[0].lower() not in ("http", "https"):
-                raise SettingError("rewrite", f"{_shown(prefix)}: the mirror {_shown(mirror)!r} is not an "
+                raise SettingError("rewrite", f"{shown_words(prefix)}: the mirror {shown_words(mirror)!r} is not an "
                                               "http:// or https:// URL")
         self.prefix, self.mirrors = with_path(prefix), tuple(map(with_path, mirrors))
 
@@ -440,9 +441,9 @@ def rewrite_rules(text: str) -> tuple[Rewrite, ...]:
             continue
         prefix, equals, mirrors = line.partition("=")
         if not equals:
-            raise SettingError("rewrite", f"{_shown(line)!r}: expected PREFIX = MIRROR [MIRROR...]")
+            raise SettingError("rewrite", f"{shown_words(line)!r}: expected PREFIX = MIRROR [MIRROR...]")
         if _splits_user_info(line.split()):
-            raise SettingError("rewrite", f"{_shown(prefix.strip())}: a user name or password with a space in a "
+            raise SettingError("rewrite", f"{shown_words(prefix.strip())}: a user name or password with a space in a "
                                           "URL of the rule (write the space %20)")
         rules.append(Rewrite(prefix.strip(), mirrors.split()))
     return tuple(rules)
@@ -475,18 +476,35 @@ def shown_rewrites(text: str) -> str:
     shown = []
     for rule in _rule_texts(text):
         prefix, equals, mirrors = rule.partition("=")
-        shown.append(_shown(prefix) + equals + _shown(mirrors))
+        shown.append(shown_words(prefix) + equals + shown_words(mirrors))
     return "".join(shown)
 
 
-def _shown(text: str) -> str:
+def why_no_setting(line: str, key: str | None, keys: Collection[str]) -> str:
+    """Why ``line`` of a config file sets nothing: it has no "=" (``key`` None), or its ``key``
+    is none of ``keys``.  The line goes to the log of every job, so it is never quoted as
+    written: one that begins with a key lacks the "=" after it (``proxy: http://alice:S3CRET@squid:3128``),
+    said without the rest; any other is shown as :func:`shown_words` shows the words of a proxy
+    chain or of rules, which it may continue."""
+    begins_with = line[:len(line) - len(line.lstrip("abcdefghijklmnopqrstuvwxyz_"))]
+    if begins_with in keys:
+        return f"expected 'key = value', but no '=' follows {begins_with!r}"
+    if key is None:
+        return f"expected 'key = value', not {quoted(shown_words(line, proxies=True))}"
+    return f"unknown key {quoted(shown_words(key, proxies=True))} (known: {', '.join(keys)})"
+
+
+def shown_words(text: str, *, proxies: bool = False) -> str:
     """``text``, rules or a part of one, with each of its words shown as a message shows a URL
     (:func:`~sharedcache.errors.unparsed_url`): without user info, which holds passwords, nor
-    what a space cut off a user info (:func:`_user_info_tail`)."""
+    what a space cut off a user info (:func:`_user_info_tail`).  ``proxies``: ``text`` may hold
+    proxies too (a config file's line that sets nothing), so a word with an "@" is shown as a
+    proxy is (:func:`~sharedcache.errors.shown_proxy`): a proxy may be written without its
+    scheme, and has no path, so an "@" after its host ends a password with a "/" in it."""
     import re
 
     parts = re.split(r"(\s+)", text)
-    shown = [unparsed_url(part) for part in parts]
+    shown = [shown_proxy(part) if proxies and "@" in part else unparsed_url(part) for part in parts]
     url = None  # the index of the last URL met
     for index, part in enumerate(parts):
         if "://" in part:
