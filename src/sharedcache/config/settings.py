@@ -379,9 +379,12 @@ class Rewrite:
         if not mirrors:
             raise SettingError("rewrite", f"{shown_words(prefix)}: give at least one mirror after '='")
         for mirror in mirrors:
-            if not _url_prefix(mirror) or not _parses(mirror):
+            # (A password with a "/", "?" or "#" is said how to write, as a proxy's and a
+            # download URL's are: the mirror was "not a URL", shown as one that seemed right.)
+            problem = user_info_problem(mirror)
+            if problem is not None or not _url_prefix(mirror) or not _parses(mirror):
                 raise SettingError("rewrite", f"{shown_words(prefix)}: the mirror {shown_words(mirror)!r} is not a URL "
-                                              "(SCHEME://HOST...)")
+                                              f"({problem or 'SCHEME://HOST...'})")
             # A mirror stands for an http: source's URL, and the source fetches no other scheme:
             # let through, every miss the rule matches failed as a malformed recipe.
             if mirror.partition("://")[0].lower() not in ("http", "https"):
