@@ -1113,6 +1113,33 @@ def test_a_hash_within_a_value_of_a_config_file_is_kept(tmp_path, owner):
         assert "alice" not in result.stderr and "2024" not in result.stderr, result.stderr
 
 
+def test_a_config_file_past_1_mib_is_refused_in_one_line_without_reading_it_whole(tmp_path):
+    # SC_CONFIG naming a disk image by mistake: every command read it whole to fail at its first
+    # line (830 MB of memory for 400 MB), and under a limit of memory said "out of memory".
+    import resource
+
+    config = tmp_path / "config"
+    comment = "# " + "x" * 1021 + "\n"
+    config.write_text(comment * 1023 + "# " + "x" * 1010 + "\nkeep = yes\n")
+    assert config.stat().st_size == 1 << 20
+    shown = sc("config", env=sc_env(SC_CONFIG=str(config)))
+    assert shown.returncode == 0 and "\nkeep = yes  # " in shown.stdout, shown.stderr
+    with config.open("a") as grown:
+        grown.write("\n")
+    image = tmp_path / "data.img"
+    with image.open("wb") as sparse:
+        sparse.truncate(400 << 20)
+
+    def within_256_mib() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
+
+    for path in (config, image):
+        for command in (["config"], ["--location", "-d", str(tmp_path), "-n", "data", f"file:{config}"]):
+            result = sc(*command, env=sc_env(SC_CONFIG=str(path)), preexec_fn=within_256_mib)
+            assert (result.returncode, result.stdout, result.stderr) == (
+                2, "", f"sc: error: {path}: cannot read the config file: it is larger than 1 MiB\n")
+
+
 def test_v_and_q_replace_the_verbose_and_quiet_of_the_config_files(tmp_path, owner):
     # Verbosity is one setting written with two keys.  Counted apart, as their difference, a
     # file's "quiet = yes" cancelled -v, and its "verbose = yes" -q; sc config showed both.

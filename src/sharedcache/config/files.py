@@ -12,9 +12,9 @@ A missing file is skipped (except ``SC_CONFIG``'s, which must exist).  The forma
 ``key = value`` lines, as CVMFS's ``default.local`` or ``nix.conf``: a ``#`` that begins a line
 or follows a space or tab starts a comment (one within a word is kept: a path
 ``/scratch/job#1``, a password), blank lines are ignored, the value is the rest of the line with
-spaces trimmed.  A file that
-cannot be read, a line without ``=``, an unknown key or a value of the wrong kind is an error of
-one line naming the file, the line and the key (:class:`~sharedcache.errors.ConfigError`).
+spaces trimmed.  A file that cannot be read or holds more than :data:`CONFIG_MAX_BYTES`, a line
+without ``=``, an unknown key or a value of the wrong kind is an error of one line naming the
+file, the line and the key (:class:`~sharedcache.errors.ConfigError`).
 
 One exception to the order: a ``proxy`` set by a file yields to curl's proxy variables
 (``http_proxy``...) set in the environment, which :mod:`sharedcache.loaders.transport` then reads.
@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     Converted = TypeVar("Converted")
 
 SITE_FILE = "/etc/shared-cache/config"
+#: The most bytes a config file may hold: thousands of lines.  Every command reads the files, and
+#: one named by mistake (``SC_CONFIG`` naming a disk image) was read whole to fail at its first
+#: line: 830 MB of memory for a file of 400 MB, and "out of memory" under a limit.
+CONFIG_MAX_BYTES = 1 << 20
 #: The environment variables of curl's that name a proxy; any of them overrides a file's ``proxy``.
 CURL_PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
@@ -203,7 +207,11 @@ def read_file(path: str, home: str | None, required: bool = False) -> dict[str, 
     if path == os.devnull:
         return {}
     try:
-        data = regular_file_bytes(path)
+        data = regular_file_bytes(path, CONFIG_MAX_BYTES + 1)
+        if data is not None and len(data) > CONFIG_MAX_BYTES:
+            from .settings import larger_than  # (only here: the warm path neither imports nor needs it)
+
+            raise larger_than(CONFIG_MAX_BYTES)
     except (FileNotFoundError, NotADirectoryError):  # (the latter under a HOME that is a file: /dev/null)
         if required:
             raise ConfigError(f"{path}: no such config file (named by SC_CONFIG)") from None

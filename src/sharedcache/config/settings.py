@@ -17,6 +17,7 @@ fetch policy only on a miss (:mod:`sharedcache.config.files`).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from _thread import TIMEOUT_MAX  # (threading's, without importing threading)
@@ -341,6 +342,12 @@ def unusable_path(path: str, *, directory: bool) -> str | None:
     if not os.access(path, os.R_OK | (os.X_OK if is_directory else 0)):
         return f"cannot use {path}: Permission denied"
     return None
+
+
+def larger_than(limit: int) -> OSError:
+    """The error of a file refused for holding more than ``limit`` bytes: its ``strerror`` says so."""
+    unit, shift = ("MiB", 20) if limit >= 1 << 20 else ("KiB", 10)
+    return OSError(errno.EFBIG, f"it is larger than {limit >> shift} {unit}")
 
 
 def one_word(token: str) -> bool:

@@ -30,7 +30,7 @@ import ssl
 import stat
 from typing import TYPE_CHECKING, Any
 
-from ..config.settings import Credentials, one_word
+from ..config.settings import Credentials, larger_than, one_word
 from ..errors import CredentialError, ascii_lower, split_user_info
 from ..lean import scoped
 
@@ -371,7 +371,7 @@ def _open_regular(path: str, limit: int) -> int | None:
         raise
     os.close(fd)
     if stat.S_ISREG(status.st_mode):
-        raise _larger_than(limit)
+        raise larger_than(limit)
     return None
 
 
@@ -384,13 +384,8 @@ def _regular_file_bytes(path: str, limit: int) -> bytes | None:
     with open(fd, "rb") as file:
         data = file.read(limit + 1)  # (it may have grown since it was checked)
     if len(data) > limit:
-        raise _larger_than(limit)
+        raise larger_than(limit)
     return data
-
-
-def _larger_than(limit: int) -> OSError:
-    unit, shift = ("MiB", 20) if limit >= 1 << 20 else ("KiB", 10)
-    return OSError(errno.EFBIG, f"it is larger than {limit >> shift} {unit}")
 
 
 def _netrc_entries(text: str, path: str) -> list[tuple[str | None, dict[str, str]]]:
