@@ -725,7 +725,7 @@ def test_a_relative_home_is_no_home_and_the_user_database_gives_it(tmp_path: Pat
     assert shown.returncode == 0, shown.stderr
     assert f"directories = {home}/sc-base  # {config}:1" in shown.stdout, shown.stdout
     assert "keep = (not set)" in shown.stdout, shown.stdout
-    assert config_files({"HOME": "rel"})[1] == (os.path.join(home, ".config", "shared-cache", "config"), False)
+    assert config_files({"HOME": "rel"})[1] == (os.path.join(home, ".config", "shared-cache", "config"), "user")
 
 
 def test_a_variable_naming_a_file_that_cannot_be_used_is_one_line_before_any_connection(origin, home: Path) -> None:

@@ -160,12 +160,14 @@ def snapshot(path: Path) -> dict[str, tuple[int, int, bytes | None]]:
 
 
 def run_as(python: tuple[str, dict[str, str]], uid: int, *args: str, gid: int | None = None,
-           groups: tuple[int, ...] = (), umask: int = 0o022) -> subprocess.CompletedProcess[str]:
-    """``sc ARGS`` as user ``uid``; it must return within BOUND."""
+           groups: tuple[int, ...] = (), umask: int = 0o022,
+           variables: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``sc ARGS`` as user ``uid`` (with the environment's ``variables`` set too); it must return
+    within BOUND."""
     interpreter, env = python
     return subprocess.run([interpreter, "-m", "sharedcache", *args], capture_output=True, text=True,
-                          timeout=BOUND, env=env, user=uid, group=uid if gid is None else gid,
-                          extra_groups=list(groups), umask=umask, cwd="/")
+                          timeout=BOUND, env={**env, **(variables or {})}, user=uid,
+                          group=uid if gid is None else gid, extra_groups=list(groups), umask=umask, cwd="/")
 
 
 def code_as(python: tuple[str, dict[str, str]], uid: int, code: str, *args: str,
@@ -259,6 +261,120 @@ def test_a_base_that_another_user_owns_is_refused(shared, users, python, recipe)
     result = run_as(python, users.victim, "--use", "-n", "repo", "-d", str(base), *recipe)
     assert result.returncode == 1 and f"belongs to uid {users.member}" in clean_lines(result)[0]
     assert os.listdir(base) == []
+
+
+# -- settings no other user wrote ---------------------------------------------------------------
+
+# Run by another user: her config file at sys.argv[1], in the directories she makes for it.
+PLANT_A_CONFIG_FILE = """\
+import os, sys
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+with open(sys.argv[1], "w") as f:
+    f.write(sys.argv[2])
+"""
+
+
+def at_home(home: Path) -> dict[str, str]:
+    """The variables of a user whose HOME is ``home``, so that ~/.config/shared-cache/config is read."""
+    return {"HOME": str(home), "XDG_CONFIG_HOME": ""}
+
+
+def test_a_config_file_another_user_planted_in_a_home_every_user_may_write_is_refused(shared, users, python, origin):
+    # HOME=/tmp, as CI that runs with an arbitrary uid and containers set it: another user made
+    # ~/.config/shared-cache/config there, and her rewrite rule served the victim her bytes for a
+    # recipe without a checksum (with a proxy and a ca_bundle of hers, she could read the tokens
+    # the victim sends).  Every command refuses it in one line, as ssh refuses such a file.
+    real = origin.add("/data.txt", b"the real data\n")
+    origin.add("/hers/data.txt", b"HER DATA\n")
+    base, home = tmp_like(shared / "base"), tmp_like(shared / "home")
+    config = home / ".config" / "shared-cache" / "config"
+    done(code_as(python, users.other, PLANT_A_CONFIG_FILE, str(config),
+                 f"rewrite = {origin.url('/')} = {origin.url('/hers/')}\n"))
+    refused = f"sc: error: {config}: refusing the config file: it belongs to another user (uid {users.other})\n"
+    for args in (["--use", "-d", str(base), "-n", "data", f"http:{real}"], ["config"],
+                 ["--location", "-d", str(base), "-n", "data", f"http:{real}"]):
+        result = run_as(python, users.victim, *args, variables=at_home(home))
+        assert (result.returncode, result.stdout, result.stderr) == (2, "", refused), args
+    assert origin.stats("/hers/data.txt").gets == origin.stats("/data.txt").gets == 0
+    # Named by SC_CONFIG, hers is refused too; the victim's own file in a directory like /tmp is read.
+    named = run_as(python, users.victim, "config", variables={"SC_CONFIG": str(config)})
+    assert (named.returncode, named.stderr) == (2, refused), named.stderr
+    own = base / "victim.config"
+    own.write_text("keep = yes\n")
+    os.chown(own, users.victim, users.victim)
+    shown = run_as(python, users.victim, "config", variables={"SC_CONFIG": str(own)})
+    assert shown.returncode == 0 and f"\nkeep = yes  # {own}:1\n" in shown.stdout, shown.stderr
+    # A link there is anyone's: hers to the victim's file is not followed.
+    link = base / "linked.config"
+    done(code_as(python, users.other, "import os, sys; os.symlink(sys.argv[1], sys.argv[2])", str(own), str(link)))
+    linked = run_as(python, users.victim, "config", variables={"SC_CONFIG": str(link)})
+    assert (linked.returncode, linked.stderr) == (
+        2, f"sc: error: {link}: refusing the config file: it is a symbolic link in a directory that others may "
+           "write\n"), linked.stderr
+
+
+@pytest.mark.parametrize(("file_owner", "file_mode", "directory_owner", "directory_mode", "why"), [
+    ("victim", 0o644, "victim", 0o755, None),
+    ("root", 0o644, "root", 0o755, None),
+    ("victim", 0o600, "victim", 0o700, None),
+    ("victim", 0o664, "victim", 0o755, "it is writable by other users (mode 0664)"),
+    ("victim", 0o646, "victim", 0o755, "it is writable by other users (mode 0646)"),
+    ("root", 0o666, "root", 0o755, "it is writable by other users (mode 0666)"),
+    ("victim", 0o644, "other", 0o755, "it is in {directory}, which belongs to another user (uid {other})"),
+    ("victim", 0o644, "victim", 0o775, "it is in {directory}, which is writable by other users (mode 0775)"),
+    # Sticky or not: others cannot rename or remove the file there, but may make names in it.
+    ("victim", 0o644, "victim", 0o1777, "it is in {directory}, which is writable by other users (mode 1777)"),
+], ids=["hers", "root's", "hers alone", "group-writable", "world-writable", "root's world-writable",
+        "in another's directory", "in a group-writable directory", "in a sticky directory others may write"])
+def test_the_user_s_config_file_and_its_directory_must_be_written_by_the_user_or_root_alone(
+        shared, users, python, file_owner, file_mode, directory_owner, directory_mode, why):
+    uids = {"victim": users.victim, "other": users.other, "root": 0}
+    home = tmp_like(shared / "home")
+    directory = home / ".config" / "shared-cache"
+    directory.mkdir(parents=True)
+    config = directory / "config"
+    config.write_text("keep = yes\n")
+    for path, owner, mode in ((directory, directory_owner, directory_mode), (config, file_owner, file_mode)):
+        os.chown(path, uids[owner], uids[owner])
+        path.chmod(mode)
+    os.chown(home / ".config", users.victim, users.victim)
+    result = run_as(python, users.victim, "config", variables=at_home(home))
+    if why is None:
+        assert result.returncode == 0 and f"\nkeep = yes  # {config}:1\n" in result.stdout, result.stderr
+    else:
+        expected = why.format(directory=directory, other=users.other)
+        assert (result.returncode, result.stdout, result.stderr) == (
+            2, "", f"sc: error: {config}: refusing the config file: {expected}\n")
+
+
+@pytest.mark.parametrize(("owner", "mode", "why"), [
+    ("root", 0o644, None),
+    ("victim", 0o644, "it belongs to uid {victim}, not to root"),
+    ("root", 0o664, "it is writable by other users (mode 0664)"),
+], ids=["root's", "a user's", "group-writable"])
+def test_the_site_config_file_must_be_written_by_root_alone(shared, users, python, owner, mode, why):
+    # /etc/shared-cache/config is made in a mount namespace, over the host's /etc.
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare, for a mount namespace whose /etc holds the site's file")
+    upper, work = shared / "etc", shared / "work"
+    (upper / "shared-cache").mkdir(parents=True)
+    work.mkdir()
+    site = upper / "shared-cache" / "config"
+    site.write_text("keep = yes\n")
+    os.chown(site, users.victim if owner == "victim" else 0, 0)
+    site.chmod(mode)
+    interpreter, env = python
+    over_etc = f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc"
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", f'{over_etc} && exec "$@"', "sh",
+                             interpreter, "-m", "sharedcache", "config"],
+                            capture_output=True, text=True, timeout=BOUND, env=env)
+    if result.stderr.startswith("mount:"):
+        pytest.skip(f"cannot mount an overlay on /etc here: {result.stderr.strip()}")
+    if why is None:
+        assert result.returncode == 0 and "\nkeep = yes  # /etc/shared-cache/config:1\n" in result.stdout, result.stderr
+    else:
+        assert (result.returncode, result.stdout, result.stderr) == (
+            2, "", f"sc: error: /etc/shared-cache/config: refusing the config file: {why.format(victim=users.victim)}\n")
 
 
 # -- private whatever the umask -----------------------------------------------------------------

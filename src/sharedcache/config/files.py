@@ -184,30 +184,46 @@ def home_directory(environ: Mapping[str, str]) -> str | None:
     return home if os.path.isabs(home) else None
 
 
-def config_files(environ: Mapping[str, str]) -> list[tuple[str, bool]]:
-    """The config files to read, in order, each with whether it must exist.  The user's file is
-    skipped without a home, as git skips its own; a relative ``XDG_CONFIG_HOME`` is ignored, as
-    the XDG specification says (it would be the working directory's)."""
-    files = [(SITE_FILE, False)]
+def config_files(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The config files to read, in order, each with which it is: ``site``, ``user`` or
+    ``SC_CONFIG`` (which must exist).  The user's file is skipped without a home, as git skips its
+    own; a relative ``XDG_CONFIG_HOME`` is ignored, as the XDG specification says (it would be
+    the working directory's)."""
+    files = [(SITE_FILE, "site")]
     config_home = environ.get("XDG_CONFIG_HOME", "")
     if not os.path.isabs(config_home):
         home = home_directory(environ)
         config_home = os.path.join(home, ".config") if home is not None else ""
     if config_home:
-        files.append((os.path.join(config_home, "shared-cache", "config"), False))
+        files.append((os.path.join(config_home, "shared-cache", "config"), "user"))
     if environ.get("SC_CONFIG"):
-        files.append((environ["SC_CONFIG"], True))
+        files.append((environ["SC_CONFIG"], "SC_CONFIG"))
     return files
 
 
-def read_file(path: str, home: str | None, required: bool = False) -> dict[str, tuple[object, str]]:
+def read_file(path: str, home: str | None, which: str) -> dict[str, tuple[object, str]]:
     """The settings ``path`` holds: key -> (value, where: ``path:line``), ``~`` in its paths
     standing for ``home``.  ``/dev/null`` holds none (``SC_CONFIG=/dev/null``, as
-    ``GIT_CONFIG=/dev/null``)."""
+    ``GIT_CONFIG=/dev/null``).
+
+    A file that another user could have written is refused (:func:`open_trusted`), as ssh
+    refuses such a ``~/.ssh/config`` ("Bad owner or permissions"): its settings choose where data
+    comes from (a rewrite rule; a proxy, and CAs to trust it by, which could then read every
+    token sent).  ``which`` file it is (see :func:`config_files`) says whose it must be: the
+    site's, root's; the others, this user's or root's; none writable by others.  The user's
+    file, read without being named, must also be in a directory that only this user or root may
+    write: in a ``HOME`` that is every user's (``HOME=/tmp``, as CI that runs with an arbitrary
+    uid sets it), another user may have made ``.config/shared-cache`` first.  ``SC_CONFIG``
+    names its own, which may be in ``/tmp``."""
     if path == os.devnull:
         return {}
+    required = which == "SC_CONFIG"
     try:
-        data = regular_file_bytes(path, CONFIG_MAX_BYTES + 1)
+        opened = open_trusted(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, root_only=which == "site",
+                              private=True, private_directory=which == "user")
+        if isinstance(opened, str):
+            raise ConfigError(f"{path}: refusing the config file: it {opened}")
+        data = regular_file_bytes(opened, CONFIG_MAX_BYTES + 1)
         if data is not None and len(data) > CONFIG_MAX_BYTES:
             from .settings import larger_than  # (only here: the warm path neither imports nor needs it)
 
@@ -252,11 +268,68 @@ def read_file(path: str, home: str | None, required: bool = False) -> dict[str, 
     return found
 
 
-def regular_file_bytes(path: str, limit: int | None = None) -> bytes | None:
-    """The bytes of the file ``path`` (its first ``limit``, if given); None if it is no regular
-    file; :class:`OSError` if it cannot be opened or read.  It is opened without blocking: a FIFO
-    planted under its name would hang the open until a writer came (it is then no regular file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+def open_trusted(path: str, flags: int, *, root_only: bool = False, private: bool = False,
+                 private_directory: bool = False) -> int | str:
+    """A descriptor of the file ``path`` (``os.open`` with ``flags``) if no other user could have
+    written what it holds, else why one could, as the words that follow the file's name in a
+    message ("belongs to another user (uid 1001)"); :class:`OSError` if it cannot be opened.
+
+    The file must belong to this user or root (``root_only``: to root), and ``private``, be
+    writable by its owner alone.  ``private_directory``: so must the directory that holds it,
+    which must belong to this user or root too, sticky bit or not, as sshd's ``StrictModes``
+    wants the directories of ``authorized_keys``: a sticky directory keeps others from removing
+    or renaming a name that is not theirs, not from making the ones its owner has not made, and
+    nobody needs a config directory that others may write.  A symbolic link in a directory that
+    others may write is not followed: anyone could have put it there.
+
+    The file is opened relative to a descriptor of its directory, and each is judged by what was
+    opened (``fstat``), never by a second lookup of a name that another user could change."""
+    directory, name = os.path.split(path)
+    # (A mere path reference: a directory that may be searched but not listed holds files too.)
+    at = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        holder = os.fstat(at)
+        shared = holder.st_mode & 0o002
+        try:
+            fd = os.open(name or ".", flags | (os.O_NOFOLLOW if shared else 0), dir_fd=at)
+        except OSError as e:
+            import errno  # (only here: a file that opens is the warm path's)
+
+            if shared and e.errno == errno.ELOOP:
+                return "is a symbolic link in a directory that others may write"
+            raise
+    finally:
+        os.close(at)
+    try:
+        why = _written_by_others(os.fstat(fd), root_only, private)
+        if why is None and private_directory and (held := _written_by_others(holder, False, True)) is not None:
+            why = f"is in {directory}, which {held}"
+    except BaseException:
+        os.close(fd)
+        raise
+    if why is not None:
+        os.close(fd)
+        return why
+    return fd
+
+
+def _written_by_others(status: os.stat_result, root_only: bool, private: bool) -> str | None:
+    """Why another user could write the file or directory of ``status`` (see
+    :func:`open_trusted`), or None."""
+    owner = status.st_uid
+    if owner != 0 and (root_only or owner != os.getuid()):
+        return f"belongs to uid {owner}, not to root" if root_only else f"belongs to another user (uid {owner})"
+    if private and status.st_mode & 0o022:
+        return f"is writable by other users (mode {stat.S_IMODE(status.st_mode):04o})"
+    return None
+
+
+def regular_file_bytes(file: str | int, limit: int | None = None) -> bytes | None:
+    """The bytes of ``file``, a path or a descriptor open on it, which this closes (its first
+    ``limit``, if given); None if it is no regular file; :class:`OSError` if it cannot be opened
+    or read.  A path is opened without blocking: a FIFO planted under its name would hang the
+    open until a writer came (it is then no regular file)."""
+    fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK) if isinstance(file, str) else file
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
@@ -387,8 +460,8 @@ def effective(given: Mapping[str, object], environ: Mapping[str, str], *,
     ``max_size``; ``given_as`` names where they came from, the key with ``_`` as ``-``)."""
     settings: dict[str, tuple[object, str]] = {}
     home = home_directory(environ)
-    for path, required in config_files(environ):
-        _overlay(settings, read_file(path, home, required))
+    for path, which in config_files(environ):
+        _overlay(settings, read_file(path, home, which))
     variables = {}
     for setting in SETTINGS:
         for variable in setting.environment:

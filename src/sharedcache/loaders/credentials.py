@@ -23,13 +23,13 @@ variable), never its value.  A credential file that cannot be used is a :class:`
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import ssl
 import stat
 from typing import TYPE_CHECKING, Any
 
+from ..config.files import open_trusted
 from ..config.settings import Credentials, larger_than, one_word
 from ..errors import CredentialError, ascii_lower, split_user_info
 from ..lean import scoped
@@ -440,24 +440,11 @@ def _bearer_token(credentials: Credentials) -> str | None:
     path = credentials.bearer_token_file
     if path is None:
         return None
-    flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK
     try:
-        if os.stat(os.path.dirname(os.path.abspath(path))).st_mode & 0o002:
-            flags |= os.O_NOFOLLOW
-    except OSError:
-        flags |= os.O_NOFOLLOW  # (the open below says why it cannot be read)
-    try:
+        fd = open_trusted(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        if isinstance(fd, str):
+            raise CredentialError(f"the bearer token file {path} {fd}")
         try:
-            fd = os.open(path, flags)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP and flags & os.O_NOFOLLOW:
-                raise CredentialError(f"the bearer token file {path} is a symbolic link in a directory that others "
-                                  "may write; refusing to follow it") from None
-            raise
-        try:
-            status = os.fstat(fd)
-            if status.st_uid not in (os.getuid(), 0):
-                raise CredentialError(f"the bearer token file {path} belongs to another user (uid {status.st_uid})")
             token = os.read(fd, 1 << 20).decode("utf-8", "replace").strip()
         finally:
             os.close(fd)
