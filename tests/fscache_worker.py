@@ -309,10 +309,12 @@ def cmd_crash_at(a: dict) -> None:
 
 
 def cmd_evict_audit(a: dict) -> None:
-    """Evict 1% of the entries by lowering the budget; report the paths below objects/ touched."""
+    """Evict ``free`` bytes by lowering the budget; report the paths below objects/ touched, and
+    the files of /proc opened (``proc``: what judging owners read)."""
     cache = FsCache(a["root"])
     objects = os.path.join(os.path.abspath(a["root"]), "objects")
     touched: list[str] = []
+    proc: list[str] = []
     recording = False
 
     def audit(event: str, args: tuple) -> None:  # type: ignore[type-arg]
@@ -323,6 +325,8 @@ def cmd_evict_audit(a: dict) -> None:
                     path = os.fsdecode(arg)
                     if path.startswith(objects):
                         touched.append(f"{event} {path}")
+                    elif path.startswith("/proc/") and event == "open":
+                        proc.append(path)
 
     sys.addaudithook(audit)
     before = cache.size
@@ -330,7 +334,7 @@ def cmd_evict_audit(a: dict) -> None:
     recording = True
     cache.max_size = target
     recording = False
-    say(json.dumps({"touched": touched, "before": before, "after": cache.size}))
+    say(json.dumps({"touched": touched, "proc": proc, "before": before, "after": cache.size}))
 
 
 # -- the parent's side ---------------------------------------------------------------------------

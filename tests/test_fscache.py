@@ -1174,6 +1174,35 @@ def test_an_entry_nobody_keeps_whose_users_were_killed_goes_before_every_kept_on
     assert only_entries(cache) == {"kept", "new"}
 
 
+def test_an_eviction_passes_the_entries_jobs_use_with_a_look_at_their_leases(
+    root: Path, children: Children
+) -> None:
+    # Two jobs use entries nobody keeps, as jobs use most: the eviction that must delete "kept",
+    # used before them all, first walks them for garbage (above).  Each is looked at as the first
+    # step of a release looks: its leases listed, its lock left alone, and each job judged once.
+    # It took each one's lock twice and judged its job at each look, all under the index's write
+    # lock (the time it took is benchmarks/bench_fscache.py's to measure).
+    cache = FsCache(root)
+    one = put(cache, "kept")
+    used = [f"used-{i}" for i in range(12)]
+    with Sleeper() as first, Sleeper() as second:
+        jobs = [first.pid, second.pid]
+        for i, name in enumerate(used):
+            put(cache, name, keep=False)
+            owner = Owner.of(jobs[i % 2])
+            assert owner is not None
+            cache.hold(name, owner)
+        audit = children.start("evict_audit", root=str(root), free=one).result(120)
+        assert only_entries(cache) == set(used)
+    objects = str(root.absolute() / "objects")
+    looks = sorted(line for line in audit["touched"]
+                   if os.path.relpath(line.split(" ", 1)[1], objects).split(os.sep)[0] in used)
+    assert looks == [f"open {os.path.join(objects, name, 'leases')}" for name in sorted(used)], (
+        f"the eviction did more than list the leases of the entries in use: {looks[:4]}")
+    judged = [path for path in audit["proc"] if path.split("/")[2] in {str(pid) for pid in jobs}]
+    assert sorted(judged) == sorted(f"/proc/{pid}/stat" for pid in jobs)
+
+
 def test_lease_of_a_killed_owner_is_reclaimed_by_the_next_hold_and_release(
     root: Path, children: Children
 ) -> None:

@@ -255,9 +255,17 @@ its last use, so one that an eviction finds unused is garbage (its users died wi
 release), which no kept entry makes way for; one that a use kept, which a hold records in the
 entry alone, the first walk marks kept, and leaves to the second.  So does it leave a directory
 that is no entry of this boot (one that only the machine serving the file system can judge, see
-"Entries for this boot") to the order of last use.  It passes over an awaited entry as over one
-in use: an entry left for its waiters (a release's, gc's) and then evicted for the budget (which
-a non-strict store exceeds) would be made again by each of them.
+"Entries for this boot") to the order of last use.  Most entries nobody keeps are in use (a job
+holds them until it ends), and the first walk passes over every one of them: it first looks at
+an entry's leases alone, as the first step of a release does (neither its lock taken nor its
+time read), and takes the steps above only for one that no live owner holds.  A live lease
+found is an entry in use, which a deletion would skip (one released meanwhile is that release's
+to delete; the dead leases beside it are the next hold's, release's or gc's to remove), and
+each owner is judged once an eviction, a job's uses being many: each such entry's lock taken
+twice and its leases judged at each look made an eviction past a thousand of them 14 times as
+slow, under the index's write lock.  It passes over an awaited entry as over one in use: an
+entry left for its waiters (a release's, gc's) and then evicted for the budget (which a
+non-strict store exceeds) would be made again by each of them.
 
 A candidate whose lock is no later than its row may still hold the leases of owners that died
 without a release (a job killed with SIGKILL), whose uses no gc, hold or release has ended yet:
@@ -2083,6 +2091,7 @@ class FsCache:
         ``released``: the end of the use whose release asks for this eviction
         (:meth:`_last_use_ended`)."""
         freed = self._retire_other_boots(db)
+        alive: dict[str, bool] = {}  # (each owner judged once: a job holds many entries)
         for unkept_only in (True, False):
             after: tuple[float, str] = (float("-inf"), "")
             while freed < need:
@@ -2090,6 +2099,10 @@ class FsCache:
                 if not batch:
                     break
                 for last_used, name, size in batch:
+                    if unkept_only and self._leased(name, alive):
+                        # In use, as most entries nobody keeps are: no garbage (see "Delete").
+                        after = (last_used, name)
+                        continue
                     used = self._last_use_ended(name, last_used, released)
                     if used > last_used:
                         # Used since its row was written (or a use of it found dead just now): its
@@ -2111,6 +2124,17 @@ class FsCache:
                         if freed >= need:
                             break
         return freed
+
+    def _leased(self, name: str, alive: dict[str, bool]) -> bool:
+        """Whether a live owner holds a lease on entry ``name``, as a look at its leases alone,
+        without its lock, finds it (a release's first look, which ends at the first live one);
+        ``alive``: as for :func:`any_live_lease`.  False where that look cannot be had (no
+        directory, another member's closed one): the deletion's steps judge it then."""
+        try:
+            with self._entry(name) as entry:
+                return any_live_lease(entry, alive, self._boots)
+        except (MissError, OSError):
+            return False
 
     def _note_evicted(self, name: str) -> None:
         """Count ``name`` among what :meth:`take_evicted` returns."""
