@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_fscache.py [--entries 10000,100000] [--repeat 5]
-                                                 [--json out.json] [--dir DIR]
+    .venv/bin/python benchmarks/bench_fscache.py [--entries 10000,100000] [--in-use 1000,4000]
+                                                 [--repeat 5] [--json out.json] [--dir DIR]
 
 For each cache size it builds a cache of that many small entries (stored with durable=False,
 through the public API), then measures, each ``--repeat`` times:
@@ -14,6 +14,11 @@ through the public API), then measures, each ``--repeat`` times:
 * eviction of 1% of the entries (by lowering the budget; goal < 1 s for 100,000 entries),
   after which the evicted entries are stored again so every repeat starts from the same size;
 * ``gc()`` and ``entries()`` over the whole cache.
+
+For each number of ``--in-use`` entries, it builds a cache of that many entries nobody keeps, in
+use by a live job (a sleeping process's leases), used after ``--repeat`` kept ones, and measures
+the eviction of one kept entry: an eviction first walks the entries nobody keeps for garbage
+(those of killed jobs), so each of them is looked at, however many there are.
 
 The numbers reported are medians over the repeats (with the fastest and slowest repeat).  A
 table is printed and the same results are written as JSON (by default to
@@ -38,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sharedcache import FsCache
+from sharedcache.engine.leases import Owner
 
 HERE = Path(__file__).resolve().parent
 
@@ -99,6 +105,10 @@ def fmt(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def print_header() -> None:
+    print(f"  {'operation':<38} {'entries':>8} {'median':>10}  {'fastest':>10} {'slowest':>10}  goal")
+
+
 def goal_text(goal: float | None) -> str:
     return "" if goal is None else f"<= {fmt(goal)}"
 
@@ -109,7 +119,7 @@ def bench_size(results: Results, base: Path, n: int, repeat: int, rng: random.Ra
     print(f"\n{n} entries: building ...", flush=True)
     cache, build_rate = build(root, n)
     print(f"  built in {build_rate * n:.1f} s ({fmt(build_rate)} per store, durable=False)")
-    print(f"  {'operation':<38} {'entries':>8} {'median':>10}  {'fastest':>10} {'slowest':>10}  goal")
+    print_header()
     results.add("store while building (durable=False)", n, [build_rate], note="mean over the build")
     one = cache.info(name_of(0)).size
 
@@ -161,6 +171,31 @@ def bench_size(results: Results, base: Path, n: int, repeat: int, rng: random.Ra
     shutil.rmtree(root, ignore_errors=True)
 
 
+def bench_in_use(results: Results, base: Path, n: int, repeat: int) -> None:
+    root = base / f"in-use-{n}"
+    print(f"\n{n} entries in use: building ...", flush=True)
+    cache = FsCache(root, durable=False)
+    job = subprocess.Popen(["sleep", "3600"])
+    try:
+        owner = Owner.of(job.pid)
+        assert owner is not None
+        for r in range(repeat):  # the victims, one a repeat
+            with cache.store(f"kept-{r}") as path:
+                (path / "f").write_bytes(b"kept")
+        one = cache.info("kept-0").size
+        for i in range(n):
+            with cache.store(f"in-use-{i:07d}", keep=False, holder=owner) as path:
+                (path / "f").write_bytes(b"%d\n" % i)
+        print_header()
+        runs = [timed(lambda: cache.evict(one)) for _ in range(repeat)]
+        assert len(cache.entries()) == n
+        results.add("evict 1 kept entry past those in use", n, runs)
+    finally:
+        job.kill()
+        job.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def environment(base: Path) -> dict[str, object]:
     try:
         fs = subprocess.run(["df", "-T", str(base)], capture_output=True, text=True,
@@ -178,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", default="10000,100000",
                         help="comma-separated cache sizes (default: 10000,100000)")
+    parser.add_argument("--in-use", default="1000,4000",
+                        help="comma-separated numbers of entries in use (default: 1000,4000)")
     parser.add_argument("--repeat", type=int, default=5, help="repeats per measurement (default: 5)")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "fscache.json",
                         help="where to write the results (default: benchmarks/results/fscache.json)")
@@ -186,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.entries.split(",") if s.strip()]
-    if args.repeat < 1 or any(n < 100 for n in sizes):
-        parser.error("--repeat must be >= 1 and every --entries value >= 100")
+    in_use = [int(s.replace("_", "")) for s in args.in_use.split(",") if s.strip()]
+    if args.repeat < 1 or any(n < 100 for n in sizes) or any(n < 0 for n in in_use):
+        parser.error("--repeat must be >= 1, every --entries value >= 100 and every --in-use value >= 0")
     rng = random.Random(args.seed)
     base = Path(tempfile.mkdtemp(prefix="bench-fscache-", dir=args.dir))
     results = Results()
@@ -198,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in sizes:
             bench_size(results, base, n, args.repeat, rng)
+        for n in in_use:
+            bench_in_use(results, base, n, args.repeat)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     total = time.perf_counter() - started
