@@ -347,6 +347,35 @@ def test_the_user_s_config_file_and_its_directory_must_be_written_by_the_user_or
             2, "", f"sc: error: {config}: refusing the config file: {expected}\n")
 
 
+def test_a_config_file_and_directory_writable_by_the_user_s_private_group_alone_are_read(
+        shared, users, python):
+    # Where each user has a group of their own (Red Hat's and Debian's useradd), the umask is 002,
+    # and the user's file and directory are group-writable: every command refused them.
+    victim = pwd.getpwuid(users.victim).pw_name
+    _admin("groupadd", victim, check=True)
+    try:
+        own = grp.getgrnam(victim).gr_gid
+        _admin("usermod", "-g", victim, victim, check=True)
+        home = tmp_like(shared / "home")
+        directory = home / ".config" / "shared-cache"
+        directory.mkdir(parents=True)
+        config = directory / "config"
+        config.write_text("keep = yes\n")
+        for path, mode in ((home / ".config", 0o775), (directory, 0o775), (config, 0o664)):
+            os.chown(path, users.victim, own)
+            path.chmod(mode)
+        result = run_as(python, users.victim, "config", variables=at_home(home))
+        assert result.returncode == 0 and f"\nkeep = yes  # {config}:1\n" in result.stdout, result.stderr
+        # The group of several users is no one's own: writable by it, the file is refused.
+        os.chown(config, users.victim, users.gid)
+        shared_group = run_as(python, users.victim, "config", variables=at_home(home))
+        assert (shared_group.returncode, shared_group.stderr) == (
+            2, f"sc: error: {config}: refusing the config file: it is writable by other users (mode 0664)\n")
+    finally:
+        _admin("usermod", "-g", "users", victim, check=False)
+        _admin("groupdel", victim, check=False)
+
+
 @pytest.mark.parametrize(("owner", "mode", "why"), [
     ("root", 0o644, None),
     ("victim", 0o644, "it belongs to uid {victim}, not to root"),

@@ -319,9 +319,26 @@ def _written_by_others(status: os.stat_result, root_only: bool, private: bool) -
     owner = status.st_uid
     if owner != 0 and (root_only or owner != os.getuid()):
         return f"belongs to uid {owner}, not to root" if root_only else f"belongs to another user (uid {owner})"
-    if private and status.st_mode & 0o022:
+    # (A site's file is root's, made under root's umask: its group may not write it either.)
+    if private and status.st_mode & 0o022 and (status.st_mode & 0o002 or root_only or not _owners_own_group(status)):
         return f"is writable by other users (mode {stat.S_IMODE(status.st_mode):04o})"
     return None
+
+
+def _owners_own_group(status: os.stat_result) -> bool:
+    """Whether the group of the file or directory of ``status`` is its owner's private group:
+    the owner's primary group, named as the owner, with no other members, as useradd makes one
+    where each user has a group of their own (Red Hat's and Debian's default).  Such users'
+    umask is 002 there, and every file of theirs group-writable: refused for it, every user's
+    config file would have been.  (Debian's ssh allows such a group likewise.)"""
+    import grp  # (a group-writable file's only: a warm use under umask 022 never asks)
+    import pwd
+
+    try:
+        owner, group = pwd.getpwuid(status.st_uid), grp.getgrgid(status.st_gid)
+    except KeyError:  # (no such user or group: nobody's own)
+        return False
+    return owner.pw_gid == group.gr_gid and group.gr_name == owner.pw_name and set(group.gr_mem) <= {owner.pw_name}
 
 
 def regular_file_bytes(file: str | int, limit: int | None = None) -> bytes | None:
