@@ -61,13 +61,19 @@ def test_locks_that_do_not_lock_are_detected(base, words, lying_flock):
     assert gc.returncode == 1 and "locks do not work" in one_line(gc.stderr)
 
 
-@needs_root
-def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_path, words):
+def squatted_and_mine(tmp_path: Path) -> tuple[Path, Path]:
+    """Two bases: one where another user (uid 4321) made this user's directory first, and one free."""
     foreign, mine = tmp_path / "foreign", tmp_path / "mine"
     foreign.mkdir()
     mine.mkdir()
     user_dir(foreign).mkdir(mode=0o700)
     os.chown(user_dir(foreign), 4321, 4321)
+    return foreign, mine
+
+
+@needs_root
+def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_path, words):
+    foreign, mine = squatted_and_mine(tmp_path)
     with Sleeper() as owner:
         result = sc("--use", "-n", "repo", "-d", f"{foreign}:{mine}", "--pid", str(owner.pid), *words)
         assert result.returncode == 0, result.stderr
@@ -84,11 +90,7 @@ def test_user_directory_squatted_by_another_user_is_skipped_with_one_line(tmp_pa
 def test_a_squatted_base_that_d_names_fails_gc_and_list_and_one_of_a_setting_does_not(tmp_path, words, command):
     # gc and list skipped a base that -d named and that they could not look into (another
     # user's directory there), said so, and exited 0: a script or a cron job could not tell.
-    foreign, mine = tmp_path / "foreign", tmp_path / "mine"
-    foreign.mkdir()
-    mine.mkdir()
-    user_dir(foreign).mkdir(mode=0o700)
-    os.chown(user_dir(foreign), 4321, 4321)
+    foreign, mine = squatted_and_mine(tmp_path)
     with Sleeper() as owner:
         assert sc("--use", "-n", "repo", "-d", str(mine), "--pid", str(owner.pid), *words).returncode == 0
     # The other base, looked into all the same: gc's report of it, or list's row of its repository.
